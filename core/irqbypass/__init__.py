@@ -1,0 +1,67 @@
+"""irqbypass: the Linux IRQ bypass manager for userspace virtualization stacks.
+
+Producers (interrupt sources) and consumers (interrupt sinks) register with a
+:class:`Manager`, which pairs them by token and runs their callbacks in the
+kernel's order. This module is the whole public API: embedders and plugins use
+only what ``__all__`` lists.
+"""
+
+from __future__ import annotations
+
+from .endpoints import Consumer, Endpoint, Producer
+from .errors import (
+    AlreadyRegisteredError,
+    BusyError,
+    CallbackError,
+    CallbackFailure,
+    ConfigError,
+    ConnectError,
+    DeviceError,
+    InvalidEndpointError,
+    IrqBypassError,
+    KindConflictError,
+    PluginError,
+    ReentrantCallError,
+    TokenInUseError,
+    TopologyError,
+    UnknownKindError,
+)
+from .eventfd import Eventfd
+from .hookspecs import hookimpl, hookspec
+from .kinds import EndpointSpec, Factory, Kind, KindRegistrar
+from .manager import Manager
+from .options import Options
+from .plugins import PluginHost, PluginInfo, load_plugins
+
+__all__ = [
+    "AlreadyRegisteredError",
+    "BusyError",
+    "CallbackError",
+    "CallbackFailure",
+    "ConfigError",
+    "ConnectError",
+    "Consumer",
+    "DeviceError",
+    "Endpoint",
+    "EndpointSpec",
+    "Eventfd",
+    "Factory",
+    "InvalidEndpointError",
+    "IrqBypassError",
+    "Kind",
+    "KindConflictError",
+    "KindRegistrar",
+    "Manager",
+    "Options",
+    "PluginError",
+    "PluginHost",
+    "PluginInfo",
+    "Producer",
+    "ReentrantCallError",
+    "TokenInUseError",
+    "TopologyError",
+    "UnknownKindError",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+]

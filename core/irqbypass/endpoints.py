@@ -1,0 +1,154 @@
+"""Producers and consumers: the two ends of an IRQ bypass.
+
+They mirror ``struct irq_bypass_producer`` and ``struct irq_bypass_consumer``.
+The callbacks are plain methods that a subclass defines; the base classes do not
+define them, so that "not defined" means "optional and absent", exactly as a
+NULL function pointer does in the kernel:
+
+- producer, all optional: ``add_consumer(consumer)``, ``del_consumer(consumer)``,
+  ``stop()``, ``start()``;
+- consumer: ``add_producer(producer)`` and ``del_producer(producer)`` required,
+  ``stop()`` and ``start()`` optional.
+
+Beside the manager, an endpoint has a life of its own: :meth:`Endpoint.open`
+attaches it to its device so that its eventfd carries interrupts, and
+:meth:`Endpoint.close` detaches it. Registering with a :class:`~irqbypass.Manager`
+only adds the pairing (the bypass) on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from types import TracebackType
+from typing import TypeVar
+
+from .errors import InvalidEndpointError
+
+#: The callbacks a consumer must define (the kernel refuses one without them).
+REQUIRED_CONSUMER_CALLBACKS = ("add_producer", "del_producer")
+
+_E = TypeVar("_E", bound="Endpoint")
+
+
+def check_token(token: object, what: str) -> None:
+    """Refuse a token the manager cannot index (EINVAL)."""
+    if token is None:
+        raise InvalidEndpointError(
+            f"{what}: token is None; pass the eventfd (or any hashable value) "
+            "that pairs this endpoint with its partner"
+        )
+    if not isinstance(token, Hashable):
+        raise InvalidEndpointError(
+            f"{what}: token {token!r} is not hashable; use an Eventfd, "
+            "a string, an int or another hashable value"
+        )
+    try:
+        hash(token)
+    except TypeError as exc:
+        raise InvalidEndpointError(
+            f"{what}: token {token!r} is not hashable ({exc})"
+        ) from exc
+
+
+def missing_consumer_callbacks(consumer: object) -> list[str]:
+    """The required consumer callbacks that ``consumer`` lacks."""
+    return [
+        name
+        for name in REQUIRED_CONSUMER_CALLBACKS
+        if not callable(getattr(consumer, name, None))
+    ]
+
+
+class Endpoint:
+    """What producers and consumers share: a token, a name, open and close."""
+
+    side: str = "endpoint"
+
+    def __init__(self, *, token: Hashable, name: str | None = None) -> None:
+        check_token(token, f"{type(self).__name__}({name or ''})")
+        self._token = token
+        self.name: str = name if name is not None else type(self).__name__
+
+    @property
+    def token(self) -> Hashable:
+        """The value that pairs this endpoint with its partner (read-only)."""
+        return self._token
+
+    def open(self) -> None:
+        """Attach to the device so the eventfd carries interrupts (default: no-op)."""
+
+    def close(self) -> None:
+        """Detach from the device; undo :meth:`open` (default: no-op)."""
+
+    def stats(self) -> Mapping[str, int]:
+        """Counters for status output. Producers report ``fired``, consumers
+        ``delivered``; anything else is shown as it is."""
+        return {}
+
+    @property
+    def finished(self) -> bool:
+        """True once the endpoint has nothing more to do (a producer that fired
+        its whole count). A run ends early when every producer is finished."""
+        return False
+
+    def __enter__(self: _E) -> _E:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} token={self._token!r}>"
+
+
+class Producer(Endpoint):
+    """An interrupt source, such as a device vector (``irq_bypass_producer``)."""
+
+    side = "producer"
+
+    def __init__(
+        self, *, token: Hashable, irq: int = 0, name: str | None = None
+    ) -> None:
+        super().__init__(token=token, name=name)
+        self.irq = irq
+        self._consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer | None:
+        """The paired consumer, or None while unpaired. Set by the manager."""
+        return self._consumer
+
+    def offer_direct_path(self, deliver: Callable[[], None] | None) -> bool:
+        """A consumer offers a way to deliver without the eventfd (``None``
+        withdraws it). Return True to use it; the default declines, so the
+        producer keeps signalling its eventfd."""
+        return False
+
+
+class Consumer(Endpoint):
+    """An interrupt sink, such as a hypervisor's injection path
+    (``irq_bypass_consumer``). Subclasses must define ``add_producer`` and
+    ``del_producer``."""
+
+    side = "consumer"
+
+    def __init__(self, *, token: Hashable, name: str | None = None) -> None:
+        missing = missing_consumer_callbacks(self)
+        if missing:
+            raise InvalidEndpointError(
+                f"{type(self).__name__} lacks the required consumer callback(s) "
+                f"{', '.join(missing)}; define them as methods"
+            )
+        super().__init__(token=token, name=name)
+        self._producer: Producer | None = None
+
+    @property
+    def producer(self) -> Producer | None:
+        """The paired producer, or None while unpaired. Set by the manager."""
+        return self._producer

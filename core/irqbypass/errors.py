@@ -1,0 +1,154 @@
+"""The one error hierarchy of irqbypass.
+
+Every error is an :class:`IrqBypassError`. Each carries an ``errno`` where the
+kernel's IRQ bypass manager (or the device behind an endpoint) has one, so an
+embedding VMM can map it back to the code the kernel would have returned, and a
+message that says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Sequence
+
+
+class IrqBypassError(Exception):
+    """Base of every irqbypass error; ``errno`` is set where the kernel has one."""
+
+    errno: int | None = None
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        if errno is not None:
+            self.errno = errno
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidEndpointError(IrqBypassError):
+    """An endpoint the manager cannot take: token ``None``, unhashable, or a
+    consumer without ``add_producer``/``del_producer`` (the kernel's EINVAL)."""
+
+    errno = _errno.EINVAL
+
+
+class BusyError(IrqBypassError):
+    """The kernel's EBUSY: something is already registered."""
+
+    errno = _errno.EBUSY
+
+
+class TokenInUseError(BusyError):
+    """Another endpoint on the same side already holds this token."""
+
+
+class AlreadyRegisteredError(BusyError):
+    """This very endpoint object is already registered."""
+
+
+class ReentrantCallError(IrqBypassError):
+    """A callback called back into the manager that is running it.
+
+    The manager's lock is held while callbacks run (as the kernel's mutex is);
+    waiting for it from inside a callback would deadlock, so the call is refused.
+    """
+
+    errno = _errno.EDEADLK
+
+
+class CallbackFailure(IrqBypassError):
+    """Base of the errors raised because endpoint callbacks raised.
+
+    ``errors`` holds every exception the callbacks raised during the operation,
+    in the order they happened; ``__cause__`` is the one that decided the outcome.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Sequence[BaseException] = (),
+        errno: int | None = None,
+    ) -> None:
+        if errno is None:
+            errno = _errno_of(errors[0]) if errors else None
+        super().__init__(message, errno=errno)
+        self.errors: tuple[BaseException, ...] = tuple(errors)
+
+
+class ConnectError(CallbackFailure):
+    """Connecting a producer and a consumer failed (an ``add`` callback raised, or
+    a hook wrapper vetoed it). The endpoint being registered was not registered;
+    its partner stays registered and unpaired."""
+
+
+class CallbackError(CallbackFailure):
+    """A ``stop``, ``start`` or ``del`` callback raised.
+
+    These callbacks cannot fail in the kernel, so the operation still completed
+    exactly as the kernel would have (the message says what state it left), and
+    the failure is reported here rather than lost.
+    """
+
+
+class PluginError(IrqBypassError):
+    """A plugin could not be loaded or used."""
+
+
+class KindConflictError(PluginError):
+    """Two plugins register the same kind name."""
+
+
+class UnknownKindError(PluginError):
+    """A configuration asks for a kind no loaded plugin provides."""
+
+    errno = _errno.ENOENT
+
+
+class ConfigError(IrqBypassError):
+    """A configuration file or an endpoint's options are invalid.
+
+    The message starts with where the problem is: the file, the line where the
+    parser knows it, and the key path.
+    """
+
+    errno = _errno.EINVAL
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = file
+        self.key = key
+        self.line = line
+        where = []
+        if file is not None:
+            where.append(file if line is None else f"{file}:{line}")
+        if key is not None:
+            where.append(key)
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {problem}" if prefix else problem)
+
+
+class TopologyError(IrqBypassError):
+    """Applying or tearing down a topology failed; the message names the
+    endpoint and the step, ``__cause__`` is the underlying error."""
+
+
+class DeviceError(IrqBypassError):
+    """A device or kernel interface behind an endpoint refused an operation.
+
+    Raised by plugins around their ioctls; ``errno`` is the kernel's.
+    """
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    value = getattr(exc, "errno", None)
+    return value if isinstance(value, int) else None

@@ -1,0 +1,138 @@
+"""Kinds: the named endpoint factories that plugins register.
+
+A topology entry ``kind = "mock"`` is looked up here. A plugin registers its kinds
+through the ``irqbypass_register_kinds`` hook, which hands it a
+:class:`KindRegistrar`. Two plugins registering one name make that name
+ambiguous: it is refused at use with an error naming both, while every other kind
+of both plugins keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .endpoints import Endpoint
+from .errors import KindConflictError, UnknownKindError
+from .options import Options
+
+Side = Literal["producer", "consumer"]
+SIDES: tuple[Side, Side] = ("producer", "consumer")
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """Everything a kind's factory needs to build one endpoint.
+
+    ``token`` is the :class:`~irqbypass.Eventfd` the topology owns for
+    ``token_name``; both endpoints of a pair get the same one. ``options`` is
+    the entry's free ``options`` table; read it with :meth:`options_reader`
+    for errors that name the file and key.
+    """
+
+    name: str
+    kind: str
+    side: Side
+    token: Hashable
+    token_name: str = ""
+    irq: int | None = None
+    bypass: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+    key_path: str = ""
+    file: str | None = None
+
+    def options_reader(self) -> Options:
+        where = f"{self.key_path}.options" if self.key_path else f"{self.name}.options"
+        return Options(self.options, where=where, file=self.file)
+
+
+Factory = Callable[[EndpointSpec], Endpoint]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered kind: its name, side, factory and the plugin it came from."""
+
+    name: str
+    side: Side
+    factory: Factory
+    plugin: str
+
+
+class KindRegistrar:
+    """What ``irqbypass_register_kinds`` receives: register kinds by side."""
+
+    def __init__(self, plugin: str, registry: KindRegistry) -> None:
+        self._plugin = plugin
+        self._registry = registry
+
+    def producer(self, name: str, factory: Factory) -> None:
+        self._registry.add(Kind(name, "producer", factory, self._plugin))
+
+    def consumer(self, name: str, factory: Factory) -> None:
+        self._registry.add(Kind(name, "consumer", factory, self._plugin))
+
+
+class KindRegistry:
+    """All kinds, by side and name; a name claimed twice is kept as a conflict."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[Side, dict[str, list[Kind]]] = {s: {} for s in SIDES}
+
+    def add(self, kind: Kind) -> None:
+        if not kind.name or not isinstance(kind.name, str):
+            raise ValueError(f"plugin {kind.plugin}: kind name must be a non-empty string")
+        if not callable(kind.factory):
+            raise TypeError(f"plugin {kind.plugin}: factory of kind {kind.name!r} is not callable")
+        self._kinds[kind.side].setdefault(kind.name, []).append(kind)
+
+    def remove_plugin(self, plugin: str) -> None:
+        for by_name in self._kinds.values():
+            for name in list(by_name):
+                by_name[name] = [k for k in by_name[name] if k.plugin != plugin]
+                if not by_name[name]:
+                    del by_name[name]
+
+    def names(self, side: Side) -> list[str]:
+        return sorted(self._kinds[side])
+
+    def of_plugin(self, plugin: str) -> dict[Side, list[str]]:
+        return {
+            side: sorted(n for n, ks in by_name.items() if any(k.plugin == plugin for k in ks))
+            for side, by_name in self._kinds.items()
+        }
+
+    def conflicts(self) -> list[tuple[Side, str, list[str]]]:
+        """Every (side, name, plugins) claimed by more than one plugin."""
+        return [
+            (side, name, [k.plugin for k in kinds])
+            for side, by_name in self._kinds.items()
+            for name, kinds in sorted(by_name.items())
+            if len(kinds) > 1
+        ]
+
+    def get(self, side: Side, name: str) -> Kind:
+        kinds = self._kinds[side].get(name)
+        if not kinds:
+            raise UnknownKindError(_unknown_kind_message(side, name, self.names(side)))
+        if len(kinds) > 1:
+            raise KindConflictError(
+                f"{side} kind {name!r} is registered by plugins "
+                f"{' and '.join(repr(k.plugin) for k in kinds)}; block one of them "
+                "(config [plugins] block, or --block on the command line)"
+            )
+        return kinds[0]
+
+
+def _unknown_kind_message(side: Side, name: str, known: list[str]) -> str:
+    message = f"no plugin provides {side} kind {name!r}"
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    if known:
+        message += f" (known {side} kinds: {', '.join(known)})"
+    else:
+        message += f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
+    return message

@@ -1,0 +1,110 @@
+"""Typed reading of an endpoint's free ``options`` table, for kind factories.
+
+Every accessor checks type and range and raises :class:`~irqbypass.ConfigError`
+naming the file and key; :meth:`Options.finish` refuses keys nobody read, with
+the closest valid name, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import ConfigError
+
+
+class Options:
+    """A reader over one ``options`` table; call :meth:`finish` when done."""
+
+    def __init__(
+        self, values: Mapping[str, Any], *, where: str = "options", file: str | None = None
+    ) -> None:
+        self._values = dict(values)
+        self._where = where
+        self._file = file
+        self._read: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(problem, file=self._file, key=f"{self._where}.{key}")
+
+    def _take(self, key: str) -> Any:
+        self._read.add(key)
+        return self._values.get(key)
+
+    def get_int(
+        self, key: str, default: int, *, min: int | None = None, max: int | None = None
+    ) -> int:
+        value = self._take(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_describe(value)}")
+        self._check_range(key, value, min, max)
+        return value
+
+    def get_float(
+        self, key: str, default: float, *, min: float | None = None, max: float | None = None
+    ) -> float:
+        value = self._take(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {value}")
+        self._check_range(key, value, min, max)
+        return float(value)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self._take(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def get_str(
+        self, key: str, default: str | None = None, *, choices: Sequence[str] | None = None
+    ) -> str | None:
+        value = self._take(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_describe(value)}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+
+    def get_raw(self, key: str) -> Any:
+        """The value as TOML gave it, for kinds with their own structured options."""
+        return self._take(key)
+
+    def finish(self) -> None:
+        """Refuse every key no accessor asked for."""
+        unknown = sorted(set(self._values) - self._read)
+        if not unknown:
+            return
+        key = unknown[0]
+        problem = f"unknown option {key!r}"
+        close = difflib.get_close_matches(key, sorted(self._read), n=1)
+        if close:
+            problem += f"; did you mean {close[0]!r}?"
+        elif self._read:
+            problem += f" (valid options: {', '.join(sorted(self._read))})"
+        else:
+            problem += " (this kind takes no options)"
+        raise self.error(key, problem)
+
+    def _check_range(
+        self, key: str, value: float, low: float | None, high: float | None
+    ) -> None:
+        if low is not None and value < low:
+            raise self.error(key, f"{value} is below the minimum {low}")
+        if high is not None and value > high:
+            raise self.error(key, f"{value} is above the maximum {high}")
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"

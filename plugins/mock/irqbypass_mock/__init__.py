@@ -1,0 +1,192 @@
+"""irqbypass-mock: a producer that fires interrupts on demand or on a schedule.
+
+It signals its eventfd like a device vector does. When its paired consumer
+offers a direct delivery path (``Producer.offer_direct_path``), it delivers
+through that instead, as hardware posting bypasses the host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+
+import irqbypass
+
+__all__ = ["MockProducer", "irqbypass_register_kinds"]
+
+UNLIMITED = -1
+
+
+class MockProducer(irqbypass.Producer):
+    """Fires ``count`` interrupts (-1: until closed; 0: only :meth:`fire`) at
+    ``rate`` per second (0: as fast as it can), ``burst`` at a time, starting
+    ``delay`` seconds after :meth:`open`.
+
+    While the manager has it stopped, interrupts are held and fired on start,
+    so a quiesce loses none. ``token`` is the eventfd it signals; when the token
+    is not an :class:`irqbypass.Eventfd`, the producer opens (and owns) one.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        irq: int = 0,
+        name: str | None = None,
+        rate: float = 1000.0,
+        count: int = 100,
+        burst: int = 1,
+        delay: float = 0.0,
+    ) -> None:
+        super().__init__(token=token, irq=irq, name=name)
+        if rate < 0 or count < UNLIMITED or burst < 1 or delay < 0:
+            raise irqbypass.InvalidEndpointError(
+                f"mock producer {self.name!r}: rate and delay must be >= 0, "
+                f"count >= -1 and burst >= 1 (got rate={rate}, count={count}, "
+                f"burst={burst}, delay={delay})"
+            )
+        self.rate = rate
+        self.count = count
+        self.burst = burst
+        self.delay = delay
+        self._lock = threading.Lock()
+        self._eventfd: irqbypass.Eventfd | None = None
+        self._own_eventfd = False
+        self._direct: Callable[[], None] | None = None
+        self._stopped = False
+        self._pending = 0
+        self._fired = 0
+        self._via_direct = 0
+        self._via_eventfd = 0
+        self._scheduled = 0
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> MockProducer:
+        opts = spec.options_reader()
+        producer = cls(
+            token=spec.token,
+            irq=spec.irq or 0,
+            name=spec.name,
+            rate=opts.get_float("rate", 1000.0, min=0.0, max=10_000_000.0),
+            count=opts.get_int("count", 100, min=UNLIMITED, max=2**62),
+            burst=opts.get_int("burst", 1, min=1, max=1_000_000),
+            delay=opts.get_float("delay", 0.0, min=0.0, max=3600.0),
+        )
+        opts.finish()
+        return producer
+
+    # -- the device side ---------------------------------------------------
+
+    @property
+    def eventfd(self) -> irqbypass.Eventfd | None:
+        return self._eventfd
+
+    def open(self) -> None:
+        if self._eventfd is not None:
+            return
+        if isinstance(self.token, irqbypass.Eventfd):
+            if self.token.closed:
+                raise irqbypass.InvalidEndpointError(
+                    f"mock producer {self.name!r}: its token eventfd is closed"
+                )
+            self._eventfd, self._own_eventfd = self.token, False
+        else:
+            self._eventfd, self._own_eventfd = irqbypass.Eventfd(), True
+        self._closing.clear()
+        if self.count != 0:
+            self._thread = threading.Thread(
+                target=self._run, name=f"irqbypass-mock-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            eventfd, self._eventfd = self._eventfd, None
+        if eventfd is not None and self._own_eventfd:
+            eventfd.close()
+
+    def fire(self, n: int = 1) -> None:
+        """Raise the interrupt ``n`` times now (held while stopped)."""
+        with self._lock:
+            if self._eventfd is None:
+                raise irqbypass.IrqBypassError(
+                    f"mock producer {self.name!r} is not open; call open() first"
+                )
+            self._fired += n
+            if self._stopped:
+                self._pending += n
+            else:
+                self._deliver(n)
+
+    def _deliver(self, n: int) -> None:
+        """Deliver ``n`` interrupts; the caller holds ``_lock``."""
+        direct = self._direct
+        if direct is not None:
+            for _ in range(n):
+                direct()
+            self._via_direct += n
+        elif self._eventfd is not None:
+            self._eventfd.write(n)
+            self._via_eventfd += n
+
+    def _run(self) -> None:
+        if self._closing.wait(self.delay):
+            return
+        period = self.burst / self.rate if self.rate > 0 else 0.0
+        next_tick = time.monotonic()
+        while not self._closing.is_set():
+            remaining = (
+                self.burst if self.count == UNLIMITED else min(self.burst, self.count - self._scheduled)
+            )
+            if remaining <= 0:
+                return
+            self._scheduled += remaining
+            self.fire(remaining)
+            if period:
+                next_tick += period
+                wait = next_tick - time.monotonic()
+                if wait > 0 and self._closing.wait(wait):
+                    return
+
+    @property
+    def finished(self) -> bool:
+        return self.count != UNLIMITED and self._scheduled >= self.count
+
+    def stats(self) -> Mapping[str, int]:
+        with self._lock:
+            return {
+                "fired": self._fired,
+                "direct": self._via_direct,
+                "eventfd": self._via_eventfd,
+                "pending": self._pending,
+            }
+
+    # -- the bypass callbacks ----------------------------------------------
+
+    def offer_direct_path(self, deliver: Callable[[], None] | None) -> bool:
+        with self._lock:
+            self._direct = deliver
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def start(self) -> None:
+        with self._lock:
+            self._stopped = False
+            pending, self._pending = self._pending, 0
+            if pending:
+                self._deliver(pending)
+
+
+@irqbypass.hookimpl
+def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+    register.producer("mock", MockProducer.from_spec)
