@@ -28,13 +28,14 @@ from .errors import (
 )
 from .eventfd import Eventfd
 from .hookspecs import hookimpl, hookspec
-from .kinds import EndpointSpec, Factory, Kind, KindRegistrar
+from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
 from .options import Options
 from .plugins import PluginHost, PluginInfo, load_plugins
 
 __all__ = [
     "AlreadyRegisteredError",
+    "Availability",
     "BusyError",
     "CallbackError",
     "CallbackFailure",

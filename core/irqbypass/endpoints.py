@@ -45,17 +45,13 @@ def check_token(token: object, what: str) -> None:
     try:
         hash(token)
     except TypeError as exc:
-        raise InvalidEndpointError(
-            f"{what}: token {token!r} is not hashable ({exc})"
-        ) from exc
+        raise InvalidEndpointError(f"{what}: token {token!r} is not hashable ({exc})") from exc
 
 
 def missing_consumer_callbacks(consumer: object) -> list[str]:
     """The required consumer callbacks that ``consumer`` lacks."""
     return [
-        name
-        for name in REQUIRED_CONSUMER_CALLBACKS
-        if not callable(getattr(consumer, name, None))
+        name for name in REQUIRED_CONSUMER_CALLBACKS if not callable(getattr(consumer, name, None))
     ]
 
 
@@ -112,9 +108,7 @@ class Producer(Endpoint):
 
     side = "producer"
 
-    def __init__(
-        self, *, token: Hashable, irq: int = 0, name: str | None = None
-    ) -> None:
+    def __init__(self, *, token: Hashable, irq: int = 0, name: str | None = None) -> None:
         super().__init__(token=token, name=name)
         self.irq = irq
         self._consumer: Consumer | None = None

@@ -44,7 +44,7 @@ class Eventfd:
     last read for writes of 1), waiting up to ``timeout`` seconds.
     """
 
-    __slots__ = ("_fd", "_owned", "_identity", "__weakref__")
+    __slots__ = ("__weakref__", "_fd", "_identity", "_owned")
 
     def __init__(self, initval: int = 0, *, semaphore: bool = False) -> None:
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
@@ -73,8 +73,7 @@ class Eventfd:
             ) from exc
         if "eventfd-count" not in _read_fdinfo(fd):
             raise InvalidEndpointError(
-                f"fd {fd} is not an eventfd; create one with os.eventfd() "
-                "or irqbypass.Eventfd()"
+                f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
             )
         self = cls.__new__(cls)
         self._fd = fd
@@ -153,9 +152,7 @@ class Eventfd:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0 and getattr(self, "_owned", False):
-            warnings.warn(
-                f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self
-            )
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
             self.close()
 
     def __eq__(self, other: object) -> bool:

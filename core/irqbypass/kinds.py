@@ -49,6 +49,8 @@ class EndpointSpec:
 
 
 Factory = Callable[[EndpointSpec], Endpoint]
+#: Returns None when the kind can work on this machine, else why not.
+Availability = Callable[[], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ class Kind:
     side: Side
     factory: Factory
     plugin: str
+    availability: Availability | None = None
+
+    def unavailable_reason(self) -> str | None:
+        """Why this kind cannot work here (no device, no permission), or None."""
+        if self.availability is None:
+            return None
+        try:
+            return self.availability()
+        except Exception as exc:
+            return f"its availability check raised {type(exc).__name__}: {exc}"
 
 
 class KindRegistrar:
@@ -68,11 +80,18 @@ class KindRegistrar:
         self._plugin = plugin
         self._registry = registry
 
-    def producer(self, name: str, factory: Factory) -> None:
-        self._registry.add(Kind(name, "producer", factory, self._plugin))
+    def producer(
+        self, name: str, factory: Factory, *, availability: Availability | None = None
+    ) -> None:
+        """Register producer kind ``name``; ``availability`` says whether it
+        can work on this machine (None: always)."""
+        self._registry.add(Kind(name, "producer", factory, self._plugin, availability))
 
-    def consumer(self, name: str, factory: Factory) -> None:
-        self._registry.add(Kind(name, "consumer", factory, self._plugin))
+    def consumer(
+        self, name: str, factory: Factory, *, availability: Availability | None = None
+    ) -> None:
+        """Register consumer kind ``name`` (see :meth:`producer`)."""
+        self._registry.add(Kind(name, "consumer", factory, self._plugin, availability))
 
 
 class KindRegistry:
@@ -134,5 +153,7 @@ def _unknown_kind_message(side: Side, name: str, known: list[str]) -> str:
     if known:
         message += f" (known {side} kinds: {', '.join(known)})"
     else:
-        message += f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
+        message += (
+            f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
+        )
     return message

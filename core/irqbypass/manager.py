@@ -89,8 +89,8 @@ class Manager:
             self._exit()
         if failures:
             raise _callback_error(
-                f"producer {producer.name!r} was registered and paired with consumer "
-                f"{consumer.name!r}",
+                f"producer {_name(producer)} was registered and paired with consumer "
+                f"{_name(consumer)}",
                 failures,
             )
 
@@ -104,8 +104,7 @@ class Manager:
         missing = missing_consumer_callbacks(consumer)
         if missing:
             raise InvalidEndpointError(
-                f"consumer {_name(consumer)} lacks the required callback(s) "
-                f"{', '.join(missing)}"
+                f"consumer {_name(consumer)} lacks the required callback(s) {', '.join(missing)}"
             )
         self._enter()
         try:
@@ -121,8 +120,8 @@ class Manager:
             self._exit()
         if failures:
             raise _callback_error(
-                f"consumer {consumer.name!r} was registered and paired with producer "
-                f"{producer.name!r}",
+                f"consumer {_name(consumer)} was registered and paired with producer "
+                f"{_name(producer)}",
                 failures,
             )
 
@@ -183,9 +182,7 @@ class Manager:
     def pairs(self) -> list[tuple[Producer, Consumer]]:
         """Every connected (producer, consumer)."""
         consumers = self._consumers
-        return [
-            (p, consumers[t]) for t, p in list(self._producers.items()) if t in consumers
-        ]
+        return [(p, consumers[t]) for t, p in list(self._producers.items()) if t in consumers]
 
     def find_producer(self, token: Hashable) -> Producer | None:
         return self._producers.get(token)
@@ -221,9 +218,7 @@ class Manager:
 
     # -- connect and disconnect ------------------------------------------
 
-    def _call(
-        self, step: str, endpoint: object, side: str, partner: object = None
-    ) -> None:
+    def _call(self, step: str, endpoint: object, side: str, partner: object = None) -> None:
         method = getattr(endpoint, CALLBACKS[step, side], None)
         if method is None:
             return
@@ -245,7 +240,7 @@ class Manager:
         """Call a callback that cannot fail in the kernel; record a failure."""
         try:
             self._call(step, endpoint, side, partner)
-        except BaseException as exc:  # noqa: BLE001 - recorded and re-raised later
+        except BaseException as exc:
             failures.append((_label(step, endpoint, side), exc))
 
     def _connect(
@@ -260,12 +255,12 @@ class Manager:
         self._void(failures, "stop", consumer, "consumer")
         try:
             self._call("add", producer, "producer", consumer)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             failure = (_label("add", producer, "producer"), exc)
         else:
             try:
                 self._call("add", consumer, "consumer", producer)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 failure = (_label("add", consumer, "consumer"), exc)
                 self._void(failures, "del", producer, "producer", consumer)
         self._void(failures, "start", consumer, "consumer")
@@ -276,9 +271,7 @@ class Manager:
             return
         label, cause = failure
         _reraise_interrupts([cause] + [exc for _, exc in failures])
-        mine, theirs = (
-            (producer, consumer) if registering == "producer" else (consumer, producer)
-        )
+        mine, theirs = (producer, consumer) if registering == "producer" else (consumer, producer)
         message = (
             f"connecting {registering} {mine.name!r} to {theirs.side} {theirs.name!r} "
             f"failed: {label} raised {_brief(cause)}; {mine.name!r} was not registered "
@@ -286,13 +279,9 @@ class Manager:
         )
         if failures:
             message += "; also " + "; ".join(f"{lab} raised {_brief(e)}" for lab, e in failures)
-        raise ConnectError(
-            message, errors=[cause] + [e for _, e in failures]
-        ) from cause
+        raise ConnectError(message, errors=[cause] + [e for _, e in failures]) from cause
 
-    def _disconnect(
-        self, producer: Producer, consumer: Consumer, failures: _Failures
-    ) -> None:
+    def _disconnect(self, producer: Producer, consumer: Consumer, failures: _Failures) -> None:
         self._void(failures, "stop", producer, "producer")
         self._void(failures, "stop", consumer, "consumer")
         self._void(failures, "del", consumer, "consumer", producer)
@@ -306,16 +295,14 @@ class Manager:
 def _token_of(endpoint: object, side: str) -> Hashable:
     token = getattr(endpoint, "token", None)
     check_token(token, f"{side} {_name(endpoint)}")
-    return token  # type: ignore[return-value]  # check_token refuses non-hashables
+    return token  # check_token refused everything else
 
 
 def _name(endpoint: object) -> str:
     return repr(getattr(endpoint, "name", type(endpoint).__name__))
 
 
-def _busy(
-    endpoint: object, held: object, side: str
-) -> AlreadyRegisteredError | TokenInUseError:
+def _busy(endpoint: object, held: object, side: str) -> AlreadyRegisteredError | TokenInUseError:
     if held is endpoint:
         return AlreadyRegisteredError(
             f"{side} {_name(endpoint)} is already registered; unregister it first"

@@ -97,9 +97,7 @@ class Options:
             problem += " (this kind takes no options)"
         raise self.error(key, problem)
 
-    def _check_range(
-        self, key: str, value: float, low: float | None, high: float | None
-    ) -> None:
+    def _check_range(self, key: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
             raise self.error(key, f"{value} is below the minimum {low}")
         if high is not None and value > high:

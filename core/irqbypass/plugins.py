@@ -120,9 +120,7 @@ class PluginHost:
         try:
             registered = self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
-            raise PluginError(
-                f"plugin {name or plugin!r} cannot be registered: {exc}"
-            ) from exc
+            raise PluginError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
         self._refresh()
         return registered if registered is not None else str(name)
 
@@ -200,7 +198,7 @@ class PluginHost:
         try:
             plugin = ep.load()
             self.pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
+        except Exception as exc:
             return PluginInfo(
                 name=ep.name,
                 distribution=dist,
@@ -228,7 +226,7 @@ class PluginHost:
             registrar = KindRegistrar(impl.plugin_name, registry)
             try:
                 impl.function(register=registrar)
-            except Exception as exc:  # noqa: BLE001 - reported per plugin
+            except Exception as exc:
                 registry.remove_plugin(impl.plugin_name)
                 failures[impl.plugin_name] = (
                     f"irqbypass_register_kinds raised {type(exc).__name__}: {exc}"
@@ -265,10 +263,7 @@ class PluginHost:
             if name == CORE_PLUGIN or plugin is None:
                 continue
             source = self._sources.get(name, _Source(None, None))
-            hooks = sorted(
-                caller.name
-                for caller in self.pm.get_hookcallers(plugin) or []
-            )
+            hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
             result.append(
                 PluginInfo(
                     name=name,

@@ -143,7 +143,9 @@ class MockProducer(irqbypass.Producer):
         next_tick = time.monotonic()
         while not self._closing.is_set():
             remaining = (
-                self.burst if self.count == UNLIMITED else min(self.burst, self.count - self._scheduled)
+                self.burst
+                if self.count == UNLIMITED
+                else min(self.burst, self.count - self._scheduled)
             )
             if remaining <= 0:
                 return

@@ -1,0 +1,318 @@
+"""TOML configuration: parsed, validated and typed before anything is opened.
+
+Schema (see ``docs/configuration.md``)::
+
+    [plugins]            # all optional
+    load = ["irqbypass-mock"]     # allow list of distributions or plugin names
+    block = ["some-plugin"]       # block list
+    strict = false                # a plugin that fails to load is fatal
+
+    [run]
+    duration = 5.0                # seconds `irqbypass run` lasts at most
+
+    [[producers]]                 # and [[consumers]], the same keys
+    name = "dev0"                 # unique among all endpoints
+    kind = "mock"                 # a kind some plugin registers
+    token = "t0"                  # equal tokens pair up; one eventfd per token
+    irq = 42                      # optional
+    bypass = true                 # false: opened, never registered (never paired)
+    optional = false              # true: skip this token's pair, with the reason,
+                                  # when the kind is missing or unavailable here
+    options = { rate = 100 }      # free table passed to the kind
+
+Every error names the file, the key path and, where it can be found, the line.
+Unknown keys are refused with the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .kinds import SIDES, Side
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+MAX_IRQ = 2**31 - 1
+MAX_DURATION = 7 * 24 * 3600.0
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+_TOP_KEYS = ("plugins", "run", "producers", "consumers")
+_PLUGIN_KEYS = ("load", "block", "strict")
+_RUN_KEYS = ("duration",)
+_ENDPOINT_KEYS = ("name", "kind", "token", "irq", "bypass", "optional", "options")
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    load: tuple[str, ...] | None = None
+    block: tuple[str, ...] = ()
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    side: Side
+    index: int
+    name: str
+    kind: str
+    token: str
+    irq: int | None = None
+    bypass: bool = True
+    optional: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_path(self) -> str:
+        return f"{self.side}s[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration; ``file`` is where it came from."""
+
+    file: str
+    plugins: PluginSettings = PluginSettings()
+    duration: float | None = None
+    producers: tuple[EndpointConfig, ...] = ()
+    consumers: tuple[EndpointConfig, ...] = ()
+    text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def endpoints(self) -> tuple[EndpointConfig, ...]:
+        return self.producers + self.consumers
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError about ``key`` of this file, with its line where found."""
+        return _Validator(self.file, self.text).error(key, problem)
+
+    def token_names(self) -> list[str]:
+        """Every token name, in order of first use."""
+        return list(dict.fromkeys(e.token for e in self.endpoints))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file."""
+    file = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=file) from exc
+    return parse_config(data, file=file)
+
+
+def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
+    """Parse and validate TOML text (bytes must be UTF-8)."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+                "TOML files must be UTF-8",
+                file=file,
+                line=line,
+            ) from None
+    else:
+        text = data
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = int(match.group(1)) if match else None
+        problem = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"invalid TOML: {problem}", file=file, line=where) from None
+    except RecursionError:
+        raise ConfigError("invalid TOML: nested too deeply", file=file) from None
+    return _Validator(file, text).config(raw)
+
+
+class _Validator:
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+
+    def error(self, key: str, problem: str, line: int | None = None) -> ConfigError:
+        return ConfigError(problem, file=self.file, key=key, line=line or self.find_line(key))
+
+    def find_line(self, key: str) -> int | None:
+        """Best effort: the line of ``key`` (``producers[1].irq``) in the text."""
+        match = re.match(r"^(\w+)(?:\[(\d+)\])?(?:\.(\w+))?", key)
+        if not match:
+            return None
+        table, index, leaf = match.group(1), match.group(2), match.group(3)
+        start, end = 0, len(self.lines)
+        if index is not None:
+            headers = [
+                i for i, ln in enumerate(self.lines) if re.match(rf"^\s*\[\[\s*{table}\s*\]\]", ln)
+            ]
+            if int(index) >= len(headers):
+                return None
+            start = headers[int(index)]
+            following = [
+                i for i, ln in enumerate(self.lines) if i > start and re.match(r"^\s*\[", ln)
+            ]
+            end = following[0] if following else len(self.lines)
+            if leaf is None:
+                return start + 1
+        else:
+            headers = [
+                i for i, ln in enumerate(self.lines) if re.match(rf"^\s*\[\s*{table}\s*\]", ln)
+            ]
+            if leaf is None or not headers:
+                return headers[0] + 1 if headers else None
+            start = headers[0]
+        for i in range(start, end):
+            if re.match(rf"^\s*{re.escape(leaf)}\s*=", self.lines[i]):
+                return i + 1
+        return start + 1 if index is not None else None
+
+    def refuse_unknown(self, table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                path = f"{where}.{key}" if where else key
+                raise self.error(
+                    path, f"unknown key {key!r}{hint} (valid keys: {', '.join(known)})"
+                )
+
+    def config(self, raw: dict[str, Any]) -> Config:
+        self.refuse_unknown(raw, _TOP_KEYS, "")
+        plugins = self.plugins(raw.get("plugins", {}))
+        duration = self.run(raw.get("run", {}))
+        sides = {side: self.endpoints(raw.get(f"{side}s", []), side) for side in SIDES}
+        self.cross_check(sides["producer"] + sides["consumer"])
+        return Config(
+            file=self.file,
+            plugins=plugins,
+            duration=duration,
+            producers=tuple(sides["producer"]),
+            consumers=tuple(sides["consumer"]),
+            text="\n".join(self.lines),
+        )
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_describe(value)}")
+        return value
+
+    def plugins(self, value: Any) -> PluginSettings:
+        table = self.table(value, "plugins")
+        self.refuse_unknown(table, _PLUGIN_KEYS, "plugins")
+        load = table.get("load")
+        return PluginSettings(
+            load=None if load is None else tuple(self.names(load, "plugins.load")),
+            block=tuple(self.names(table.get("block", []), "plugins.block")),
+            strict=self.boolean(table.get("strict", False), "plugins.strict"),
+        )
+
+    def names(self, value: Any, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {_describe(value)}")
+        return list(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def run(self, value: Any) -> float | None:
+        table = self.table(value, "run")
+        self.refuse_unknown(table, _RUN_KEYS, "run")
+        duration = table.get("duration")
+        if duration is None:
+            return None
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+            raise self.error("run.duration", f"expected seconds, got {_describe(duration)}")
+        if not 0 < duration <= MAX_DURATION:
+            raise self.error(
+                "run.duration", f"{duration} is out of range (0, {MAX_DURATION:.0f}] seconds"
+            )
+        return float(duration)
+
+    def endpoints(self, value: Any, side: Side) -> list[EndpointConfig]:
+        key = f"{side}s"
+        if not isinstance(value, list):
+            raise self.error(
+                key, f"expected an array of tables ([[{key}]]), got {_describe(value)}"
+            )
+        return [self.endpoint(entry, side, i) for i, entry in enumerate(value)]
+
+    def endpoint(self, value: Any, side: Side, index: int) -> EndpointConfig:
+        where = f"{side}s[{index}]"
+        table = self.table(value, where)
+        self.refuse_unknown(table, _ENDPOINT_KEYS, where)
+        for required in ("name", "kind", "token"):
+            if required not in table:
+                raise self.error(where, f"missing required key {required!r}")
+        name = self.identifier(table["name"], f"{where}.name")
+        kind = self.identifier(table["kind"], f"{where}.kind")
+        token = self.identifier(table["token"], f"{where}.token")
+        irq = table.get("irq")
+        if irq is not None and (
+            isinstance(irq, bool) or not isinstance(irq, int) or not 0 <= irq <= MAX_IRQ
+        ):
+            raise self.error(
+                f"{where}.irq", f"expected an integer from 0 to {MAX_IRQ}, got {_describe(irq)}"
+            )
+        return EndpointConfig(
+            side=side,
+            index=index,
+            name=name,
+            kind=kind,
+            token=token,
+            irq=irq,
+            bypass=self.boolean(table.get("bypass", True), f"{where}.bypass"),
+            optional=self.boolean(table.get("optional", False), f"{where}.optional"),
+            options=self.table(table.get("options", {}), f"{where}.options"),
+        )
+
+    def identifier(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_describe(value)}")
+        if not _NAME.match(value):
+            raise self.error(
+                key,
+                f"{value!r} is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'",
+            )
+        return value
+
+    def cross_check(self, endpoints: list[EndpointConfig]) -> None:
+        names: dict[str, EndpointConfig] = {}
+        tokens: dict[tuple[str, str], EndpointConfig] = {}
+        for e in endpoints:
+            if e.name in names:
+                first = names[e.name]
+                raise self.error(
+                    f"{e.key_path}.name",
+                    f"duplicate name {e.name!r}: {first.key_path} already uses it; "
+                    "names must be unique",
+                )
+            names[e.name] = e
+            held = tokens.get((e.side, e.token))
+            if held is not None:
+                raise self.error(
+                    f"{e.key_path}.token",
+                    f"token {e.token!r} is already used by {e.side} {held.name!r} "
+                    f"({held.key_path}); one {e.side} per token",
+                )
+            tokens[(e.side, e.token)] = e
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"

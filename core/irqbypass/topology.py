@@ -1,0 +1,259 @@
+"""A topology: endpoints built from a configuration, applied all-or-nothing.
+
+Building asks each kind's factory for its endpoint (validation only, no device
+touched); the topology owns one :class:`~irqbypass.Eventfd` per token name and
+hands the same one to both ends of a pair. Applying opens each endpoint, then
+registers it with the manager (unless ``bypass = false``), consumers first, as
+KVM assigns its irqfd before the device's vector is routed. If any step fails,
+everything this apply did is undone in reverse (unregister, then close) and a
+:class:`~irqbypass.TopologyError` names the endpoint, the step and the cause.
+Teardown runs in reverse the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+from .config import Config, EndpointConfig
+from .endpoints import Consumer, Endpoint, Producer
+from .errors import ConfigError, IrqBypassError, PluginError, TopologyError
+from .eventfd import Eventfd
+from .kinds import EndpointSpec
+from .manager import Manager
+from .plugins import PluginHost
+
+
+@dataclass
+class Placed:
+    """One endpoint of the topology and how far it got."""
+
+    config: EndpointConfig
+    endpoint: Endpoint
+    opened: bool = False
+    registered: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.side} {self.config.name!r} (kind {self.config.kind})"
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    """What a status table shows for one token."""
+
+    token: str
+    producer: Placed | None
+    consumer: Placed | None
+    paired: bool
+
+    @property
+    def fired(self) -> int | None:
+        return _stat(self.producer, "fired")
+
+    @property
+    def delivered(self) -> int | None:
+        return _stat(self.consumer, "delivered")
+
+    @property
+    def lost(self) -> int | None:
+        if self.fired is None or self.delivered is None:
+            return None
+        return max(0, self.fired - self.delivered)
+
+
+def _stat(placed: Placed | None, key: str) -> int | None:
+    if placed is None:
+        return None
+    value = placed.endpoint.stats().get(key)
+    return value if isinstance(value, int) else None
+
+
+class Topology:
+    """The endpoints of one configuration, applied to one manager."""
+
+    def __init__(self, config: Config, plugins: PluginHost, manager: Manager | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.manager = manager if manager is not None else Manager(plugins)
+        self.tokens: dict[str, Eventfd] = {}
+        self.placed: list[Placed] = []
+        #: (token, reason) of every optional pair left out
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- building ----------------------------------------------------------
+
+    def build(self) -> None:
+        """Create the token eventfds and the endpoints; open nothing."""
+        if self.placed:
+            return
+        skipped = self._optional_unavailable()
+        self.skipped = sorted(skipped.items())
+        try:
+            self.tokens = {
+                name: Eventfd() for name in self.config.token_names() if name not in skipped
+            }
+            # consumers first: the sink is ready before the source can fire
+            for entry in self.config.consumers + self.config.producers:
+                if entry.token not in skipped:
+                    self.placed.append(Placed(entry, self._build_one(entry)))
+        except BaseException:
+            self._release()
+            raise
+
+    def _optional_unavailable(self) -> dict[str, str]:
+        """Token -> reason, for every token with an optional endpoint whose kind
+        is missing or cannot work here; its whole pair is left out."""
+        skipped: dict[str, str] = {}
+        for entry in self.config.endpoints:
+            if not entry.optional or entry.token in skipped:
+                continue
+            try:
+                reason = self.plugins.kinds.get(entry.side, entry.kind).unavailable_reason()
+            except PluginError as exc:
+                reason = str(exc)
+            if reason is not None:
+                skipped[entry.token] = f"{entry.side} {entry.name!r} (kind {entry.kind}): {reason}"
+        return skipped
+
+    def _build_one(self, entry: EndpointConfig) -> Endpoint:
+        try:
+            kind = self.plugins.kinds.get(entry.side, entry.kind)
+        except PluginError as exc:
+            raise self.config.error(f"{entry.key_path}.kind", str(exc)) from exc
+        spec = EndpointSpec(
+            name=entry.name,
+            kind=entry.kind,
+            side=entry.side,
+            token=self.tokens[entry.token],
+            token_name=entry.token,
+            irq=entry.irq,
+            bypass=entry.bypass,
+            options=entry.options,
+            key_path=entry.key_path,
+            file=self.config.file,
+        )
+        try:
+            endpoint = kind.factory(spec)
+        except ConfigError:
+            raise
+        except IrqBypassError as exc:
+            raise self.config.error(entry.key_path, str(exc)) from exc
+        except Exception as exc:
+            raise TopologyError(
+                f"{entry.key_path} {entry.name!r}: the factory of kind {entry.kind!r} "
+                f"(plugin {kind.plugin}) raised {type(exc).__name__}: {exc}; "
+                "this is a bug in that plugin"
+            ) from exc
+        expected = Producer if entry.side == "producer" else Consumer
+        if not isinstance(endpoint, expected):
+            raise TopologyError(
+                f"{entry.key_path} {entry.name!r}: kind {entry.kind!r} (plugin {kind.plugin}) "
+                f"built {type(endpoint).__name__}, which is not an irqbypass.{expected.__name__}"
+            )
+        return endpoint
+
+    # -- applying ----------------------------------------------------------
+
+    def apply(self) -> None:
+        """Open and register every endpoint, or undo it all and raise."""
+        self.build()
+        for placed in self.placed:
+            step = "open"
+            try:
+                placed.endpoint.open()
+                placed.opened = True
+                if placed.config.bypass:
+                    step = "register"
+                    self._register(placed)
+            except BaseException as exc:
+                undo_errors = self._undo()
+                self._release()
+                if not isinstance(exc, Exception):
+                    raise
+                message = f"applying {self.config.file}: {step} of {placed.label} failed: {exc}"
+                if undo_errors:
+                    message += "; while undoing: " + "; ".join(undo_errors)
+                raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
+
+    def _register(self, placed: Placed) -> None:
+        endpoint = placed.endpoint
+        try:
+            if isinstance(endpoint, Producer):
+                self.manager.register_producer(endpoint)
+            elif isinstance(endpoint, Consumer):
+                self.manager.register_consumer(endpoint)
+        finally:
+            # a CallbackError means "registered, but a start raised": undo must see it
+            placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]
+
+    def teardown(self) -> None:
+        """Unregister and close everything, in reverse; raise once at the end
+        if any step failed (every step is still attempted)."""
+        errors = self._undo()
+        self._release()
+        if errors:
+            raise TopologyError(f"tearing down {self.config.file}: " + "; ".join(errors))
+
+    def _undo(self) -> list[str]:
+        errors = []
+        for placed in reversed(self.placed):
+            if placed.registered:
+                try:
+                    if isinstance(placed.endpoint, Producer):
+                        self.manager.unregister_producer(placed.endpoint)
+                    elif isinstance(placed.endpoint, Consumer):
+                        self.manager.unregister_consumer(placed.endpoint)
+                except Exception as exc:
+                    errors.append(f"unregister of {placed.label}: {exc}")
+                placed.registered = False
+            if placed.opened:
+                try:
+                    placed.endpoint.close()
+                except Exception as exc:
+                    errors.append(f"close of {placed.label}: {exc}")
+                placed.opened = False
+        return errors
+
+    def _release(self) -> None:
+        self.placed = []
+        for eventfd in self.tokens.values():
+            eventfd.close()
+        self.tokens = {}
+
+    # -- looking -----------------------------------------------------------
+
+    def status(self) -> list[PairStatus]:
+        """One row per token: its producer, its consumer, whether they pair."""
+        rows = []
+        for token in self.config.token_names():
+            if token not in self.tokens:
+                continue
+            ends = {p.config.side: p for p in self.placed if p.config.token == token}
+            producer, consumer = ends.get("producer"), ends.get("consumer")
+            paired = (
+                producer is not None
+                and consumer is not None
+                and isinstance(producer.endpoint, Producer)
+                and producer.endpoint.consumer is consumer.endpoint
+            )
+            rows.append(PairStatus(token, producer, consumer, paired))
+        return rows
+
+    @property
+    def finished(self) -> bool:
+        """Every producer is done firing."""
+        producers = [p.endpoint for p in self.placed if p.config.side == "producer"]
+        return bool(producers) and all(p.finished for p in producers)
+
+    def __enter__(self) -> Topology:
+        self.apply()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
