@@ -130,7 +130,9 @@ def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = int(match.group(1)) if match else None
-        problem = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        if where is None and "end of document" in str(exc):
+            where = max(1, len(text.splitlines()))
+        problem = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", str(exc))
         raise ConfigError(f"invalid TOML: {problem}", file=file, line=where) from None
     except RecursionError:
         raise ConfigError("invalid TOML: nested too deeply", file=file) from None

@@ -1,0 +1,167 @@
+"""The CLI as a user runs it: a subprocess, real plugins, real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = [sys.executable, "-m", "irqbypass.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*EXE, *args], capture_output=True, text=True, timeout=120, env=full_env, check=False
+    )
+
+
+def test_demo_runs_and_ends_by_itself() -> None:
+    result = run("demo", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    rows = {row["token"]: row for row in doc["pairs"]}
+    assert rows["vector0"]["paired"] is True
+    assert rows["vector0"]["fired"] == rows["vector0"]["delivered"] == 500
+    assert rows["vector1"]["paired"] is False, "bypass = false: never paired"
+    assert rows["vector1"]["delivered"] == 1000
+    assert "Traceback" not in result.stderr
+
+
+def test_run_prints_table_and_summary_quietly_when_piped(tmp_path: Path) -> None:
+    topo = tmp_path / "t.toml"
+    topo.write_text(
+        '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=0.0, count=300}\n'
+        '[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\n'
+    )
+    result = run("run", str(topo), "--duration", "20")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("m (mock)" in ln and "l (logging)" in ln and "paired" in ln for ln in lines)
+    (summary,) = [ln.split() for ln in lines if ln.split()[:1] == ["t"] and "300" in ln]
+    assert summary[:6] == ["t", "m", "l", "300", "300", "0"]
+    assert "\r" not in result.stderr, "no progress line when not on a terminal"
+
+
+def test_duration_bounds_an_endless_producer(tmp_path: Path) -> None:
+    topo = tmp_path / "t.toml"
+    topo.write_text(
+        '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=200.0, count=-1}\n'
+        '[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\n'
+    )
+    result = run("run", str(topo), "--duration", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["pairs"]
+    assert row["fired"] > 0 and row["delivered"] == row["fired"]
+
+
+def test_check_validates_without_opening(tmp_path: Path) -> None:
+    result = run("check", str(ROOT / "examples" / "demo.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "OK: 2 producers, 2 consumers" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[[producers]]\nname='m'\nkind='mokc'\ntoken='t'\n", "did you mean 'mock'"),
+        ("[[producers]]\nname='m'\nkind='mock'\ntoken='t'\noptions={rat=1}\n",
+         "producers[0].options.rat: unknown option 'rat'; did you mean 'rate'?"),
+        ("x = [\n", "invalid TOML"),
+    ],
+)  # fmt: skip
+def test_check_reports_errors_without_traceback(tmp_path: Path, content: str, message: str) -> None:
+    topo = tmp_path / "bad.toml"
+    topo.write_text(content)
+    result = run("check", str(topo))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"irqbypass: error: {topo}")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("run", str(tmp_path / "none.toml"))
+    assert result.returncode == 1 and "cannot read the file" in result.stderr
+
+
+def test_bad_usage_exits_2() -> None:
+    result = run("run")
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert run("demo", "--duration", "-3").returncode == 2
+
+
+def test_plugins_json_lists_real_distributions() -> None:
+    result = run("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert plugins["mock"]["distribution"] == "irqbypass-mock"
+    assert plugins["mock"]["kinds"] == {"producer": ["mock"]}
+    assert plugins["logging"]["hooks"] == ["irqbypass_register_kinds"]
+    assert set(plugins["mock"]) == {"name", "distribution", "version", "kinds", "hooks", "error"}
+
+
+def test_block_on_command_line_and_env_allow_list() -> None:
+    blocked = json.loads(run("--block", "mock", "plugins", "--json").stdout)
+    assert "mock" not in {p["name"] for p in blocked}
+    only = json.loads(
+        run("plugins", "--json", env={"IRQBYPASS_LOAD_PLUGINS": "irqbypass-logging"}).stdout
+    )
+    assert [p["name"] for p in only] == ["logging"]
+
+
+def test_blocked_kind_in_topology_is_a_clear_error() -> None:
+    result = run("--block", "irqbypass-logging", "check", str(ROOT / "examples" / "demo.toml"))
+    assert result.returncode == 1
+    assert "no plugin provides consumer kind 'logging'" in result.stderr
+
+
+def test_interrupt_tears_down_cleanly(tmp_path: Path) -> None:
+    topo = tmp_path / "t.toml"
+    log = tmp_path / "events.jsonl"
+    topo.write_text(
+        '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=100.0, count=-1}\n'
+        f'[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\noptions={{json_file="{log}"}}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
+    proc = subprocess.Popen(
+        [*EXE, "run", str(topo), "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the table is printed once applied
+    assert "applied" in first
+    proc.send_signal(2)  # SIGINT, as Ctrl-C
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; everything was torn down" in err and "Traceback" not in err
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events[0] == "open" and events[-1] == "close"
+    assert "del_producer" in events
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_run_in_process_leaves_no_fd_or_thread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from irqbypass import cli
+
+    topo = tmp_path / "t.toml"
+    topo.write_text(
+        '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=0.0, count=100}\n'
+        f'[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\n'
+        f'options={{json_file="{tmp_path / "l.jsonl"}"}}\n'
+    )
+    for _ in range(3):
+        assert cli.main(["run", str(topo), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")["pairs"]
+    assert row["delivered"] == 100

@@ -1,0 +1,188 @@
+"""Every configuration error names the file, the key path and (where known) the
+line; unknown keys and kinds get the closest valid name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import irqbypass
+from irqbypass.config import load_config, parse_config
+
+PAIR = """\
+[[producers]]
+name = "p0"
+kind = "mock"
+token = "t0"
+irq = 5
+options = { count = 3 }
+
+[[consumers]]
+name = "c0"
+kind = "logging"
+token = "t0"
+"""
+
+
+def error_of(text: str | bytes) -> irqbypass.ConfigError:
+    with pytest.raises(irqbypass.ConfigError) as info:
+        parse_config(text, file="topo.toml")
+    return info.value
+
+
+def test_valid_config_is_typed() -> None:
+    config = parse_config(PAIR + '[run]\nduration = 2\n[plugins]\nblock = ["x"]\n', file="t")
+    (p,) = config.producers
+    assert (p.name, p.kind, p.token, p.irq, p.bypass, dict(p.options)) == (
+        "p0",
+        "mock",
+        "t0",
+        5,
+        True,
+        {"count": 3},
+    )
+    assert config.duration == 2.0 and config.plugins.block == ("x",)
+    assert config.plugins.load is None and config.token_names() == ["t0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "problem"),
+    [
+        (
+            "[[producers]]\nname='a'\nkind='mock'\ntoken='t'\nirqq=1\n",
+            "producers[0].irqq",
+            5,
+            "unknown key 'irqq'; did you mean 'irq'?",
+        ),
+        ("[plugin]\n", "plugin", 1, "did you mean 'plugins'?"),
+        (
+            "[[producers]]\nname='a'\nkind='mock'\ntoken='t'\nirq=-1\n",
+            "producers[0].irq",
+            5,
+            "expected an integer from 0 to 2147483647, got int -1",
+        ),
+        (
+            "[[producers]]\nname='a'\nkind='mock'\ntoken='t'\nirq=99999999999\n",
+            "producers[0].irq",
+            5,
+            "expected an integer",
+        ),
+        (
+            "[[producers]]\nname='a'\nkind='mock'\ntoken='t'\nirq='5'\n",
+            "producers[0].irq",
+            5,
+            "got str '5'",
+        ),
+        (
+            "[[producers]]\nname='a'\nkind='mock'\n",
+            "producers[0]",
+            1,
+            "missing required key 'token'",
+        ),
+        (
+            "[[consumers]]\nname='a b'\nkind='x'\ntoken='t'\n",
+            "consumers[0].name",
+            2,
+            "is not a valid name",
+        ),
+        (
+            "[[consumers]]\nname=1\nkind='x'\ntoken='t'\n",
+            "consumers[0].name",
+            2,
+            "expected a string, got int 1",
+        ),
+        (
+            "[[consumers]]\nname='a'\nkind='x'\ntoken='t'\nbypass='no'\n",
+            "consumers[0].bypass",
+            5,
+            "expected true or false",
+        ),
+        (
+            "[[consumers]]\nname='a'\nkind='x'\ntoken='t'\noptions=3\n",
+            "consumers[0].options",
+            5,
+            "expected a table",
+        ),
+        ("producers = 3\n", "producers", None, "expected an array of tables"),
+        ("producers = [1]\n", "producers[0]", None, "expected a table"),
+        ("[run]\nduration = -1\n", "run.duration", 2, "out of range"),
+        ("[run]\nduration = inf\n", "run.duration", 2, "out of range"),
+        ("[plugins]\nblock = 'x'\n", "plugins.block", 2, "expected a list of strings"),
+        ("[plugins]\nstrict = 1\n", "plugins.strict", 2, "expected true or false"),
+        (
+            PAIR + "[[producers]]\nname='p0'\nkind='mock'\ntoken='t1'\n",
+            "producers[1].name",
+            13,
+            "duplicate name 'p0'",
+        ),
+        (
+            PAIR + "[[consumers]]\nname='c1'\nkind='logging'\ntoken='t0'\n",
+            "consumers[1].token",
+            15,
+            "token 't0' is already used by consumer 'c0'",
+        ),
+    ],
+)
+def test_validation_errors(text: str, key: str, line: int | None, problem: str) -> None:
+    error = error_of(text)
+    assert error.file == "topo.toml"
+    assert error.key == key
+    assert error.line == line
+    assert problem in error.problem
+    assert str(error).startswith(f"topo.toml{'' if line is None else f':{line}'}: {key}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("x = \n", 1, "invalid TOML"),
+        ("[[producers]]\nname = 'a\n", 2, "invalid TOML"),
+        (b"name = 'caf\xe9'\n", 1, "not UTF-8"),
+        (b"ok = 1\n\xff\n", 2, "not UTF-8"),
+        ("a = " + "[" * 10000 + "]" * 10000, None, "invalid TOML"),
+        ("a = 1\na = 2\n", 2, "invalid TOML"),
+    ],
+)
+def test_syntax_errors(text: str | bytes, line: int | None, problem: str) -> None:
+    error = error_of(text)
+    assert error.line == line and problem in str(error) and error.file == "topo.toml"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(irqbypass.ConfigError, match="cannot read the file") as info:
+        load_config(tmp_path / "nope.toml")
+    assert info.value.file and info.value.file.endswith("nope.toml")
+
+
+def test_options_reader_errors_name_file_and_key() -> None:
+    opts = irqbypass.Options(
+        {"rate": "fast", "count": 5, "burts": 2}, where="producers[0].options", file="f.toml"
+    )
+    with pytest.raises(irqbypass.ConfigError) as info:
+        opts.get_float("rate", 1.0)
+    assert str(info.value) == "f.toml: producers[0].options.rate: expected a number, got str 'fast'"
+    assert opts.get_int("count", 1, min=0) == 5
+    opts.get_int("burst", 1)
+    with pytest.raises(irqbypass.ConfigError, match="unknown option 'burts'; did you mean 'burst'"):
+        opts.finish()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda o: o.get_int("n", 0, max=10), "above the maximum 10"),
+        (lambda o: o.get_int("n", 0, min=20), "below the minimum 20"),
+        (lambda o: o.get_bool("n", False), "expected true or false"),
+        (lambda o: o.get_str("n"), "expected a string"),
+    ],
+)
+def test_options_reader_types_and_ranges(call: object, message: str) -> None:
+    opts = irqbypass.Options({"n": 15})
+    with pytest.raises(irqbypass.ConfigError, match=message):
+        call(opts)  # type: ignore[operator]
+
+
+def test_options_bool_is_not_an_int() -> None:
+    with pytest.raises(irqbypass.ConfigError, match="expected an integer, got bool True"):
+        irqbypass.Options({"n": True}).get_int("n", 0)

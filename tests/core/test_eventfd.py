@@ -1,0 +1,92 @@
+"""Eventfd: ownership, counting, and token identity by the kernel object."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import warnings
+
+import pytest
+
+import irqbypass
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+def test_write_read_counts() -> None:
+    with irqbypass.Eventfd() as efd:
+        efd.write()
+        efd.write(4)
+        assert efd.read(0) == 5
+        assert efd.read(0) == 0
+        assert efd.read(0.01) == 0
+
+
+def test_dup_is_the_same_token() -> None:
+    with irqbypass.Eventfd() as a, a.dup() as b, irqbypass.Eventfd() as c:
+        assert a.fileno() != b.fileno()
+        assert a == b and hash(a) == hash(b)
+        assert a != c
+        assert a.kernel_id is not None and a.kernel_id == b.kernel_id
+        b.write(2)
+        assert a.read(0) == 2
+
+
+def test_fd_received_from_another_process_is_the_same_token() -> None:
+    """SCM_RIGHTS hands over a new fd of the same eventfd."""
+    with irqbypass.Eventfd() as efd:
+        left, right = socket.socketpair(socket.AF_UNIX)
+        with left, right:
+            pid = os.fork()
+            if pid == 0:  # the child sends the fd back and exits
+                socket.send_fds(right, [b"x"], [efd.fileno()])
+                os._exit(0)
+            _, fds, _, _ = socket.recv_fds(left, 1, 1)
+            os.waitpid(pid, 0)
+        with irqbypass.Eventfd.from_fd(fds[0], owned=True) as received:
+            assert received.fileno() != efd.fileno()
+            assert received == efd
+
+
+def test_borrowed_fd_is_not_closed() -> None:
+    fd = os.eventfd(0)
+    try:
+        borrowed = irqbypass.Eventfd.from_fd(fd)
+        borrowed.close()
+        assert borrowed.closed
+        os.fstat(fd)  # still open: the caller owns it
+    finally:
+        os.close(fd)
+
+
+def test_from_fd_refuses_non_eventfds() -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(irqbypass.InvalidEndpointError, match="not an eventfd") as info:
+            irqbypass.Eventfd.from_fd(r)
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(irqbypass.InvalidEndpointError, match="not open") as closed:
+        irqbypass.Eventfd.from_fd(w)
+    assert closed.value.errno == errno.EBADF
+
+
+def test_closed_eventfd_keeps_its_identity_and_refuses_io() -> None:
+    efd = irqbypass.Eventfd()
+    before = hash(efd)
+    efd.close()
+    efd.close()  # idempotent
+    assert hash(efd) == before
+    with pytest.raises(ValueError, match="closed"):
+        efd.write()
+
+
+def test_unclosed_eventfd_warns() -> None:
+    efd = irqbypass.Eventfd()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del efd
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)

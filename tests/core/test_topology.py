@@ -1,0 +1,223 @@
+"""Applying a topology is all-or-nothing; teardown runs in reverse; nothing leaks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import irqbypass
+from irqbypass.config import parse_config
+from irqbypass.topology import Topology
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+class Journal:
+    """A plugin with kinds that journal open/close/add/del and fail on demand."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.fail: set[str] = set()
+
+    def _act(self, what: str) -> None:
+        self.log.append(what)
+        if what in self.fail:
+            raise OSError(5, f"{what} failed")
+
+    def make(self, spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+        journal = self
+        opts = spec.options_reader()
+        opts.finish()
+
+        class Source(irqbypass.Producer):
+            def open(self) -> None:
+                journal._act(f"open {self.name}")
+
+            def close(self) -> None:
+                journal._act(f"close {self.name}")
+
+            def add_consumer(self, consumer: Any) -> None:
+                journal._act(f"add {self.name}")
+
+        class Sink(irqbypass.Consumer):
+            def open(self) -> None:
+                journal._act(f"open {self.name}")
+
+            def close(self) -> None:
+                journal._act(f"close {self.name}")
+
+            def add_producer(self, producer: Any) -> None:
+                journal._act(f"add {self.name}")
+
+            def del_producer(self, producer: Any) -> None:
+                journal._act(f"del {self.name}")
+
+        cls = Source if spec.side == "producer" else Sink
+        return cls(token=spec.token, name=spec.name)
+
+    @irqbypass.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        register.producer("j-src", self.make)
+        register.consumer("j-sink", self.make)
+        register.consumer("j-absent", self.make, availability=lambda: "no such device here")
+
+
+TOPO = """\
+[[producers]]
+name = "p0"
+kind = "j-src"
+token = "a"
+[[producers]]
+name = "p1"
+kind = "j-src"
+token = "b"
+[[consumers]]
+name = "c0"
+kind = "j-sink"
+token = "a"
+[[consumers]]
+name = "c1"
+kind = "j-sink"
+token = "b"
+"""
+
+
+@pytest.fixture
+def journal() -> Journal:
+    return Journal()
+
+
+@pytest.fixture
+def host(journal: Journal) -> Iterator[irqbypass.PluginHost]:
+    plugins = irqbypass.PluginHost()
+    with plugins.registered(journal, name="journal"):
+        yield plugins
+
+
+def test_apply_opens_then_registers_consumers_first(
+    journal: Journal, host: irqbypass.PluginHost
+) -> None:
+    topo = Topology(parse_config(TOPO, file="t.toml"), host)
+    topo.apply()
+    assert journal.log == ["open c0", "open c1", "open p0", "add p0", "add c0", "open p1",
+                           "add p1", "add c1"]  # fmt: skip
+    assert [row.paired for row in topo.status()] == [True, True]
+    assert len(topo.manager.pairs()) == 2
+    journal.log.clear()
+    topo.teardown()
+    assert journal.log == ["del c1", "close p1", "del c0", "close p0", "close c1", "close c0"]
+    assert len(topo.manager) == 0
+
+
+def test_both_ends_share_one_eventfd(host: irqbypass.PluginHost) -> None:
+    with Topology(parse_config(TOPO, file="t.toml"), host) as topo:
+        by_name = {p.config.name: p.endpoint for p in topo.placed}
+        assert by_name["p0"].token is by_name["c0"].token
+        assert isinstance(by_name["p0"].token, irqbypass.Eventfd)
+        assert by_name["p0"].token != by_name["p1"].token
+
+
+@pytest.mark.parametrize("failing", ["open p1", "add c1", "add p0", "open c0"])
+def test_apply_failure_undoes_everything_in_reverse(
+    journal: Journal, host: irqbypass.PluginHost, failing: str
+) -> None:
+    journal.fail = {failing}
+    topo = Topology(parse_config(TOPO, file="t.toml"), host)
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.apply()
+    name = failing.split()[1]
+    assert f"'{name}'" in str(info.value) and "failed" in str(info.value)
+    assert isinstance(info.value.__cause__, irqbypass.IrqBypassError | OSError)
+    assert len(topo.manager) == 0 and topo.placed == [] and topo.tokens == {}
+    opened = [e.split()[1] for e in journal.log if e.startswith("open")]
+    closed = [e.split()[1] for e in journal.log if e.startswith("close")]
+    if failing.startswith("open"):
+        opened.remove(name)  # its open failed: nothing to close
+    assert closed == list(reversed(opened)), journal.log
+
+
+def test_bypass_false_is_opened_but_never_paired(
+    journal: Journal, host: irqbypass.PluginHost
+) -> None:
+    text = TOPO.replace('name = "c1"\n', 'name = "c1"\nbypass = false\n')
+    with Topology(parse_config(text, file="t.toml"), host) as topo:
+        assert "open c1" in journal.log and "add c1" not in journal.log
+        rows = {row.token: row for row in topo.status()}
+        assert rows["a"].paired and not rows["b"].paired
+        assert [c.name for c in topo.manager.consumers()] == ["c0"]
+
+
+def test_optional_unavailable_pair_is_skipped_with_reason(
+    journal: Journal, host: irqbypass.PluginHost
+) -> None:
+    text = TOPO + '[[consumers]]\nname = "c2"\nkind = "j-absent"\ntoken = "c"\noptional = true\n'
+    text += '[[producers]]\nname = "p2"\nkind = "j-src"\ntoken = "c"\n'
+    text += '[[consumers]]\nname = "c3"\nkind = "not-installed"\ntoken = "d"\noptional = true\n'
+    with Topology(parse_config(text, file="t.toml"), host) as topo:
+        assert [row.token for row in topo.status()] == ["a", "b"]
+        assert dict(topo.skipped) == {
+            "c": "consumer 'c2' (kind j-absent): no such device here",
+            "d": topo.skipped[1][1],
+        }
+        assert "no plugin provides consumer kind 'not-installed'" in topo.skipped[1][1]
+        assert "p2" not in {p.config.name for p in topo.placed}
+
+
+def test_unknown_kind_is_a_config_error_with_line(host: irqbypass.PluginHost) -> None:
+    text = TOPO.replace('kind = "j-sink"', 'kind = "j-snik"', 1)
+    topo = Topology(parse_config(text, file="t.toml"), host)
+    with pytest.raises(irqbypass.ConfigError) as info:
+        topo.apply()
+    assert info.value.key == "consumers[0].kind" and info.value.line == 11
+    assert "did you mean 'j-sink'" in str(info.value)
+    assert topo.tokens == {}
+
+
+def test_bad_options_refused_before_anything_opens(
+    journal: Journal, host: irqbypass.PluginHost
+) -> None:
+    text = TOPO + '[[producers]]\nname = "p9"\nkind = "j-src"\ntoken = "z"\noptions = {x = 1}\n'
+    with pytest.raises(irqbypass.ConfigError, match=r"producers\[2\].options.x"):
+        Topology(parse_config(text, file="t.toml"), host).apply()
+    assert journal.log == []
+
+
+def test_teardown_attempts_every_step_and_reports(
+    journal: Journal, host: irqbypass.PluginHost
+) -> None:
+    topo = Topology(parse_config(TOPO, file="t.toml"), host)
+    topo.apply()
+    journal.fail = {"close p1", "del c0"}
+    journal.log.clear()
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.teardown()
+    assert "close of producer 'p1'" in str(info.value)
+    assert "unregister of producer 'p0'" in str(info.value)
+    assert "del c0 failed" in str(info.value)
+    assert journal.log == ["del c1", "close p1", "del c0", "close p0", "close c1", "close c0"]
+    assert len(topo.manager) == 0
+
+
+def test_mock_and_logging_pair_delivers_everything() -> None:
+    text = """
+    [[producers]]
+    name = "m"
+    kind = "mock"
+    token = "t"
+    options = { rate = 0.0, count = 2000, burst = 7 }
+    [[consumers]]
+    name = "l"
+    kind = "logging"
+    token = "t"
+    """
+    host = irqbypass.load_plugins(allow=["irqbypass-mock", "irqbypass-logging"])
+    with Topology(parse_config(text, file="t.toml"), host) as topo:
+        (row,) = topo.status()
+        deadline = time.monotonic() + 30
+        while (row.delivered or 0) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert row.paired and row.fired == 2000 and row.delivered == 2000 and row.lost == 0
+        assert topo.finished

@@ -1,0 +1,65 @@
+"""The logging consumer: every lifecycle step and interrupt, logged and counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from irqbypass_logging import LoggingConsumer
+
+import irqbypass
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+class Source(irqbypass.Producer):
+    pass
+
+
+def test_logs_lifecycle_and_interrupts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "events.jsonl"
+    with irqbypass.Eventfd() as efd:
+        consumer = LoggingConsumer(token=efd, name="sink", json_file=str(path))
+        producer = Source(token=efd, irq=9, name="dev")
+        mgr = irqbypass.Manager()
+        with caplog.at_level(logging.INFO, logger="irqbypass.logging.sink"), consumer:
+            mgr.register_consumer(consumer)
+            mgr.register_producer(producer)
+            efd.write(3)
+            deadline = time.monotonic() + 30
+            while consumer.stats()["delivered"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            mgr.unregister_producer(producer)
+            efd.write(2)  # delivered by the final drain on close
+        assert consumer.stats()["delivered"] == 5
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events[:4] == ["open", "stop", "add_producer", "start"]
+    assert events[-1] == "close" and records[-1]["delivered"] == 5
+    assert ["stop", "del_producer", "start"] == [
+        e for e in events[4:] if e in ("stop", "del_producer", "start")
+    ]
+    assert sum(r["count"] for r in records if r["event"] == "interrupt") == 5
+    assert {r["producer"] for r in records if r["event"] == "add_producer"} == {"dev"}
+    assert any("sink add_producer producer=dev irq=9" in m for m in caplog.messages)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_requires_an_eventfd_token() -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match="not an irqbypass.Eventfd"):
+        LoggingConsumer(token="x").open()
+
+
+def test_bad_level_refused() -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match="unknown level"):
+        LoggingConsumer(token="x", level="LOUD")
+    spec = irqbypass.EndpointSpec(
+        name="l", kind="logging", side="consumer", token="x", options={"level": "LOUD"}
+    )
+    with pytest.raises(irqbypass.ConfigError, match="is not one of"):
+        LoggingConsumer.from_spec(spec)

@@ -1,0 +1,115 @@
+"""The mock producer: counts, rates, bursts, quiesce without loss, direct path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from irqbypass_mock import MockProducer
+
+import irqbypass
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+def wait_until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.005)
+
+
+def drain(efd: irqbypass.Eventfd) -> int:
+    total = 0
+    while value := efd.read(0):
+        total += value
+    return total
+
+
+def test_fires_its_count_in_bursts_into_the_eventfd() -> None:
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, rate=0.0, count=1003, burst=10)
+        with mock:
+            wait_until(lambda: mock.finished)
+        assert mock.stats()["fired"] == 1003 and mock.finished
+        assert drain(efd) == 1003
+
+
+def test_rate_paces_the_firing() -> None:
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, rate=100.0, count=20)
+        with mock:
+            time.sleep(0.05)
+            early = mock.stats()["fired"]
+            wait_until(lambda: mock.finished)
+        assert early < 20, "a rate of 100/s cannot fire 20 in 50 ms"
+        assert drain(efd) == 20
+
+
+def test_manual_mode_and_owned_eventfd() -> None:
+    mock = MockProducer(token="not-an-eventfd", count=0)
+    with pytest.raises(irqbypass.IrqBypassError, match="not open"):
+        mock.fire()
+    with mock:
+        assert mock.eventfd is not None
+        mock.fire(3)
+        assert mock.eventfd.read(0) == 3
+        assert mock.finished, "manual mode schedules nothing on its own"
+    assert mock.eventfd is None
+
+
+def test_stop_holds_and_start_replays() -> None:
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, count=0)
+        with mock:
+            mock.stop()
+            mock.fire(5)
+            assert efd.read(0) == 0 and mock.stats()["pending"] == 5
+            mock.start()
+            assert efd.read(0) == 5 and mock.stats()["pending"] == 0
+
+
+def test_direct_path_replaces_the_eventfd() -> None:
+    delivered: list[int] = []
+
+    class Direct(irqbypass.Consumer):
+        def add_producer(self, producer: irqbypass.Producer) -> None:
+            assert producer.offer_direct_path(lambda: delivered.append(1))
+
+        def del_producer(self, producer: irqbypass.Producer) -> None:
+            producer.offer_direct_path(None)
+
+    with irqbypass.Eventfd() as efd:
+        mock, sink = MockProducer(token=efd, count=0), Direct(token=efd)
+        mgr = irqbypass.Manager()
+        with mock:
+            mgr.register_producer(mock)
+            mgr.register_consumer(sink)
+            mock.fire(7)
+            mgr.unregister_consumer(sink)
+            mock.fire(2)
+        assert len(delivered) == 7 and efd.read(0) == 2
+        assert mock.stats() == {"fired": 9, "direct": 7, "eventfd": 2, "pending": 0}
+
+
+def test_from_spec_validates_options() -> None:
+    def spec(**options: object) -> irqbypass.EndpointSpec:
+        return irqbypass.EndpointSpec(
+            name="m", kind="mock", side="producer", token="t", options=options,
+            key_path="producers[0]", file="f.toml",
+        )  # fmt: skip
+
+    mock = MockProducer.from_spec(spec(rate=5.0, count=-1, burst=2, delay=0.5))
+    assert (mock.rate, mock.count, mock.burst, mock.delay) == (5.0, -1, 2, 0.5)
+    with pytest.raises(irqbypass.ConfigError, match=r"f.toml: producers\[0\].options.count"):
+        MockProducer.from_spec(spec(count=-2))
+    with pytest.raises(irqbypass.ConfigError, match="did you mean 'burst'"):
+        MockProducer.from_spec(spec(brust=3))
+    with pytest.raises(irqbypass.InvalidEndpointError):
+        MockProducer(token="t", burst=0)
+
+
+def test_closed_token_refused_on_open() -> None:
+    efd = irqbypass.Eventfd()
+    efd.close()
+    with pytest.raises(irqbypass.InvalidEndpointError, match="closed"):
+        MockProducer(token=efd).open()
