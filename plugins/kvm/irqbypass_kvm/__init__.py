@@ -1,0 +1,65 @@
+"""irqbypass-kvm: the ``kvm-irqfd`` consumer kind, and a tiny real guest.
+
+:class:`KvmIrqfdConsumer` assigns the token eventfd as a KVM irqfd on a VM's
+GSI (pin, resampled pin for INTx, or MSI route), so interrupts are injected
+inside the kernel. :class:`Guest` is a one-vCPU real-mode VM that counts the
+interrupts it receives, so that delivery is proved, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import irqbypass
+
+from . import _abi
+from ._kvm import DEFAULT_DEVICE, MsiRoute, Vm, open_device
+from .consumer import KvmIrqfdConsumer
+from .guest import ELCR_LINES, GUEST_LINES, Guest
+
+__all__ = [
+    "ELCR_LINES",
+    "GUEST_LINES",
+    "Guest",
+    "KvmIrqfdConsumer",
+    "MsiRoute",
+    "Vm",
+    "irqbypass_register_kinds",
+    "unavailable_reason",
+]
+
+
+def unavailable_reason(device: str = DEFAULT_DEVICE) -> str | None:
+    """Why this plugin cannot run a guest here, or None when it can.
+
+    Opens the device, checks the capabilities the consumer needs, and creates
+    and destroys a VM; a demo can skip its kvm pair with this reason.
+    """
+    try:
+        kvm_fd = open_device(device)
+    except irqbypass.DeviceError as exc:
+        return exc.message
+    try:
+        try:
+            vm = Vm.create(kvm_fd, device)
+        except irqbypass.DeviceError as exc:
+            return f"{device} cannot create a VM ({exc.message})"
+        try:
+            for cap, what in (
+                (_abi.KVM_CAP_IRQCHIP, "an in-kernel irqchip"),
+                (_abi.KVM_CAP_IRQFD, "irqfd"),
+            ):
+                if vm.check_extension(cap) <= 0:
+                    return f"KVM on this host lacks {what}"
+        except irqbypass.DeviceError as exc:
+            return exc.message
+        finally:
+            vm.close()
+    finally:
+        os.close(kvm_fd)
+    return None
+
+
+@irqbypass.hookimpl
+def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+    register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec)

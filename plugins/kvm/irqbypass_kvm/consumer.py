@@ -1,0 +1,480 @@
+"""The ``kvm-irqfd`` consumer: KVM's irqfd as an IRQ bypass consumer.
+
+``open()`` assigns the token eventfd to a GSI of a VM (KVM_IRQFD), so that every
+write to the eventfd injects the interrupt inside the kernel; ``close()``
+deassigns it. Registering with a Manager adds the pairing on top, as KVM
+registers its irqfd consumer with the kernel's bypass manager.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import irqbypass
+
+from . import _abi
+from ._kvm import DEFAULT_DEVICE, MAX_GSI_ROUTES, MsiRoute, Vm
+from .guest import ELCR_LINES, GUEST_LINES, Guest
+
+__all__ = ["KvmIrqfdConsumer", "VmArg"]
+
+#: what ``vm`` may be: "guest" (the plugin's own), a VM fd, a Guest, or a Vm
+VmArg = str | int | Guest | Vm
+
+Hook = Callable[["KvmIrqfdConsumer"], None]
+
+
+class KvmIrqfdConsumer(irqbypass.Consumer):
+    """Injects the token eventfd's interrupts into a KVM guest through an irqfd.
+
+    - ``vm``: ``"guest"`` (the plugin creates its own demo :class:`Guest` on
+      open and destroys it on close), a VM fd owned by the embedding VMM (never
+      closed here), a running :class:`Guest`, or a :class:`Vm`.
+    - ``gsi``: the guest interrupt. Without ``msi`` it is an irqchip pin
+      (0-23; for the demo guest a PIC line 0-15 except 2); with ``msi`` it is a
+      free GSI 24-4095 that this consumer routes to the message.
+    - ``resample``: level-triggered (INTx) semantics: the line stays asserted
+      until the guest's EOI, then KVM lowers it and signals
+      :attr:`resample_eventfd` (given, or opened here), as QEMU does for INTx.
+    - ``msi``: an :class:`MsiRoute`; ``masked`` starts the vector masked.
+    - ``on_stop``/``on_start``: what the manager's stop/start do (an embedding
+      VMM can pause its vCPUs there, as arm64 KVM does); by default nothing.
+    - ``device``: the KVM device path (a seam for tests and odd hosts).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        vm: VmArg = "guest",
+        gsi: int | None = None,
+        resample: bool = False,
+        resample_eventfd: irqbypass.Eventfd | None = None,
+        msi: MsiRoute | None = None,
+        masked: bool = False,
+        guest_ack: str = "exit",
+        device: str = DEFAULT_DEVICE,
+        name: str | None = None,
+        on_stop: Hook | None = None,
+        on_start: Hook | None = None,
+    ) -> None:
+        super().__init__(token=token, name=name)
+        what = f"kvm-irqfd consumer {self.name!r}"
+        if not isinstance(token, irqbypass.Eventfd):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: the token must be an irqbypass.Eventfd (KVM listens to an "
+                f"eventfd), not {type(token).__name__}"
+            )
+        if isinstance(vm, str) and vm != "guest":
+            raise irqbypass.InvalidEndpointError(
+                f'{what}: vm must be "guest", a VM fd, a Guest or a Vm, not {vm!r}'
+            )
+        if isinstance(vm, bool) or not isinstance(vm, (str, int, Guest, Vm)):
+            raise irqbypass.InvalidEndpointError(
+                f'{what}: vm must be "guest", a VM fd, a Guest or a Vm, not {vm!r}'
+            )
+        if isinstance(vm, int) and vm < 0:
+            raise irqbypass.InvalidEndpointError(f"{what}: VM fd {vm} is negative")
+        guest_line = vm.line if isinstance(vm, Guest) else None
+        if gsi is None:
+            if msi is not None:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: an MSI route needs a gsi (24-{MAX_GSI_ROUTES - 1})"
+                )
+            gsi = guest_line if guest_line is not None else 5 if vm == "guest" else None
+            if gsi is None:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: give the gsi to inject on (the guest's irqchip pin)"
+                )
+        if not 0 <= gsi < MAX_GSI_ROUTES:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: GSI {gsi} is out of range; KVM has GSIs 0-{MAX_GSI_ROUTES - 1}"
+            )
+        if msi is None and gsi >= _abi.IOAPIC_NUM_PINS:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: GSI {gsi} is not routed to an interrupt controller pin (the "
+                f"in-kernel irqchip routes GSIs 0-{_abi.IOAPIC_NUM_PINS - 1}); use a pin, "
+                "or give an msi route for this GSI"
+            )
+        if msi is not None:
+            if gsi < _abi.IOAPIC_NUM_PINS:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: GSI {gsi} belongs to the irqchip's pins; route MSIs on a GSI "
+                    f"from {_abi.IOAPIC_NUM_PINS} to {MAX_GSI_ROUTES - 1}"
+                )
+            if resample:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: resample is for level-triggered pins (INTx); an MSI is an "
+                    "edge message, so turn resample off or drop the msi route"
+                )
+            if vm == "guest" or isinstance(vm, Guest):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: the plugin's demo guest listens on its 8259 PIC only; MSI "
+                    "routes need a VMM's VM fd"
+                )
+        elif vm == "guest" or isinstance(vm, Guest):
+            if gsi not in GUEST_LINES:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: the demo guest listens on PIC lines 0-15 except 2, not GSI {gsi}"
+                )
+            if guest_line is not None and gsi != guest_line:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: the guest listens on line {guest_line}, not GSI {gsi}; use its line"
+                )
+            if resample and gsi not in ELCR_LINES:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: resample needs a level-triggered line and PIC line {gsi} "
+                    f"cannot be one; use one of {', '.join(map(str, ELCR_LINES))}"
+                )
+            if resample and isinstance(vm, Guest) and not vm.level:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: resample needs the guest's line to be level-triggered; "
+                    "create the Guest with level=True"
+                )
+        if resample_eventfd is not None and not resample:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: a resample_eventfd without resample=True would never be used"
+            )
+        if guest_ack not in ("exit", "eventfd"):
+            raise irqbypass.InvalidEndpointError(
+                f'{what}: guest_ack must be "exit" or "eventfd", not {guest_ack!r}'
+            )
+        self.vm_arg: VmArg = vm
+        self.gsi: int = gsi
+        self.resample = resample
+        self.msi = msi
+        self.guest_ack = guest_ack
+        self.device = device
+        self.on_stop = on_stop
+        self.on_start = on_start
+        self._given_resample = resample_eventfd
+        self.resample_eventfd: irqbypass.Eventfd | None = None
+        self._masked = masked
+        self._lock = threading.RLock()
+        self._vm: Vm | None = None
+        self._own_guest: Guest | None = None
+        self._assigned = False
+        self._routed = False
+        self._stops = 0
+        self._starts = 0
+        self._paired_name: str | None = None
+        self._last_delivered = 0
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> KvmIrqfdConsumer:
+        """Build from a topology entry (see docs/plugins/kvm.md for the options)."""
+        opts = spec.options_reader()
+        vm_raw = opts.get_raw("vm")
+        vm: VmArg
+        if vm_raw is None or vm_raw == "guest":
+            vm = "guest"
+        elif isinstance(vm_raw, int) and not isinstance(vm_raw, bool) and vm_raw >= 0:
+            vm = vm_raw
+        else:
+            raise opts.error(
+                "vm", f'expected "guest" or a VM fd number handed over by the VMM, got {vm_raw!r}'
+            )
+        default_gsi = spec.irq if spec.irq is not None else (5 if vm == "guest" else -1)
+        gsi = opts.get_int("gsi", default_gsi, min=0, max=MAX_GSI_ROUTES - 1)
+        if gsi < 0:
+            raise opts.error("gsi", "required when vm is a VM fd (or set the entry's irq)")
+        resample = opts.get_bool("resample", False)
+        guest_ack = opts.get_str("guest_ack", "exit", choices=("exit", "eventfd")) or "exit"
+        device = opts.get_str("device", DEFAULT_DEVICE) or DEFAULT_DEVICE
+        msi = _read_msi(opts)
+        masked = opts.get_bool("masked", False)
+        opts.finish()
+        try:
+            return cls(
+                token=spec.token,
+                vm=vm,
+                gsi=gsi,
+                resample=resample,
+                msi=msi,
+                masked=masked,
+                guest_ack=guest_ack,
+                device=device,
+                name=spec.name,
+            )
+        except irqbypass.InvalidEndpointError as exc:
+            raise irqbypass.ConfigError(
+                exc.message, file=spec.file, key=f"{spec.key_path or spec.name}.options"
+            ) from exc
+
+    # -- attach to the VM ----------------------------------------------------
+
+    @property
+    def eventfd(self) -> irqbypass.Eventfd:
+        token = self.token
+        assert isinstance(token, irqbypass.Eventfd)
+        return token
+
+    @property
+    def vm(self) -> Vm | None:
+        """The VM while open."""
+        return self._vm
+
+    @property
+    def guest(self) -> Guest | None:
+        """The guest whose count is ``delivered`` (own or given), if any."""
+        if self._own_guest is not None:
+            return self._own_guest
+        return self.vm_arg if isinstance(self.vm_arg, Guest) else None
+
+    @property
+    def assigned(self) -> bool:
+        return self._assigned
+
+    @property
+    def masked(self) -> bool:
+        return self._masked
+
+    def open(self) -> None:
+        """Assign the irqfd (and route the MSI first, if any). All or nothing."""
+        with self._lock:
+            if self._vm is not None:
+                return
+            if self.eventfd.closed:
+                raise irqbypass.InvalidEndpointError(
+                    f"kvm-irqfd consumer {self.name!r}: its token eventfd is closed; "
+                    "give it an open eventfd",
+                    errno=errno.EBADF,
+                )
+            try:
+                self._vm = self._attach_vm()
+                self._check_caps(self._vm)
+                if self.resample:
+                    self.resample_eventfd = self._given_resample or irqbypass.Eventfd()
+                if not self._masked:
+                    self._route_then_assign()
+            except BaseException:
+                self._teardown(errors=[])
+                raise
+
+    def _attach_vm(self) -> Vm:
+        vm = self.vm_arg
+        if vm == "guest":
+            guest = Guest(
+                line=self.gsi, level=self.resample, ack=self.guest_ack, device=self.device
+            )
+            guest.start()  # closes what it opened if it fails
+            assert guest.vm is not None
+            self._own_guest = guest
+            return guest.vm
+        if isinstance(vm, Guest):
+            if vm.vm is None or not vm.running:
+                raise irqbypass.InvalidEndpointError(
+                    f"kvm-irqfd consumer {self.name!r}: the guest is not running; start() it first"
+                )
+            return vm.vm
+        if isinstance(vm, Vm):
+            return vm
+        assert isinstance(vm, int)
+        return Vm.borrow(vm)
+
+    def _check_caps(self, vm: Vm) -> None:
+        vm.require(_abi.KVM_CAP_IRQFD, "irqfd (KVM_CAP_IRQFD)")
+        if self.resample:
+            vm.require(_abi.KVM_CAP_IRQFD_RESAMPLE, "resampling irqfds (KVM_CAP_IRQFD_RESAMPLE)")
+        if self.msi is not None:
+            routes = vm.require(_abi.KVM_CAP_IRQ_ROUTING, "GSI routing (KVM_CAP_IRQ_ROUTING)")
+            if self.gsi >= routes:
+                raise irqbypass.InvalidEndpointError(
+                    f"kvm-irqfd consumer {self.name!r}: GSI {self.gsi} is out of range; "
+                    f"this KVM routes GSIs 0-{routes - 1}"
+                )
+            if self.msi.devid is not None:
+                vm.require(_abi.KVM_CAP_MSI_DEVID, "MSI device ids (KVM_CAP_MSI_DEVID)")
+
+    def _route_then_assign(self) -> None:
+        """Unmask order: the route exists before the irqfd that uses it."""
+        vm = self._vm
+        assert vm is not None
+        if self.msi is not None:
+            vm.set_msi_route(self.gsi, self.msi)
+            self._routed = True
+        resample_fd = self.resample_eventfd.fileno() if self.resample_eventfd else None
+        vm.irqfd_assign(self.eventfd.fileno(), self.gsi, resample_fd)
+        self._assigned = True
+
+    def _deassign_then_unroute(self, errors: list[BaseException]) -> None:
+        """Mask order: the irqfd goes before the route it uses."""
+        vm = self._vm
+        if vm is None:
+            return
+        if self._assigned:
+            self._assigned = False
+            try:
+                vm.irqfd_deassign(self.eventfd.fileno(), self.gsi)
+            except irqbypass.IrqBypassError as exc:
+                errors.append(exc)
+        if self._routed:
+            self._routed = False
+            try:
+                vm.set_msi_route(self.gsi, None)
+            except irqbypass.IrqBypassError as exc:
+                errors.append(exc)
+
+    def close(self) -> None:
+        """Deassign the irqfd and release what open() opened (idempotent)."""
+        with self._lock:
+            errors: list[BaseException] = []
+            self._teardown(errors)
+        if errors:
+            raise irqbypass.DeviceError(
+                f"kvm-irqfd consumer {self.name!r}: closing failed ({errors[0]}); "
+                "everything else was released",
+                errno=getattr(errors[0], "errno", None),
+            ) from errors[0]
+
+    def _teardown(self, errors: list[BaseException]) -> None:
+        if self._vm is None:
+            return
+        if not self.eventfd.closed:
+            self._deassign_then_unroute(errors)
+        else:
+            # KVM drops the irqfd itself when the eventfd's last reference goes
+            self._assigned = False
+            self._routed = False
+        if self.resample_eventfd is not None and self.resample_eventfd is not self._given_resample:
+            self.resample_eventfd.close()
+        self.resample_eventfd = None
+        vm, self._vm = self._vm, None
+        if self._own_guest is not None:
+            self._last_delivered = self._own_guest.count
+            guest, self._own_guest = self._own_guest, None
+            guest.close()
+        elif isinstance(self.vm_arg, int):
+            vm.close()  # drops our reference; a borrowed fd is never closed
+
+    # -- MSI vector control (cloud-hypervisor's ordering) ------------------------
+
+    def mask(self) -> None:
+        """Mask the MSI vector: deassign the irqfd, then drop its route."""
+        with self._lock:
+            if self._masked:
+                return
+            self._masked = True
+            errors: list[BaseException] = []
+            self._deassign_then_unroute(errors)
+            if errors:
+                raise errors[0]
+
+    def unmask(self) -> None:
+        """Unmask: set the route, then assign the irqfd."""
+        with self._lock:
+            if not self._masked:
+                return
+            if self._vm is not None:
+                self._route_then_assign()
+            self._masked = False
+
+    def set_msi(self, route: MsiRoute) -> None:
+        """Change the MSI message (address, data, devid) of this vector."""
+        with self._lock:
+            if self.msi is None:
+                raise irqbypass.InvalidEndpointError(
+                    f"kvm-irqfd consumer {self.name!r} routes a pin, not an MSI"
+                )
+            if self._vm is not None and route.devid is not None:
+                self._vm.require(_abi.KVM_CAP_MSI_DEVID, "MSI device ids (KVM_CAP_MSI_DEVID)")
+            if self._vm is not None and not self._masked:
+                self._vm.set_msi_route(self.gsi, route)  # KVM re-reads it for the irqfd
+            self.msi = route
+
+    # -- the bypass callbacks --------------------------------------------------
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        """Record the pairing. No direct path is offered: the irqfd already
+        injects inside the kernel, so the producer keeps writing its eventfd."""
+        self._paired_name = producer.name
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        self._paired_name = None
+
+    def stop(self) -> None:
+        self._stops += 1
+        if self.on_stop is not None:
+            self.on_stop(self)
+
+    def start(self) -> None:
+        self._starts += 1
+        if self.on_start is not None:
+            self.on_start(self)
+
+    # -- observing ---------------------------------------------------------------
+
+    @property
+    def paired_with(self) -> str | None:
+        return self._paired_name
+
+    def stats(self) -> Mapping[str, int]:
+        out: dict[str, int] = {
+            "assigned": int(self._assigned),
+            "gsi": self.gsi,
+            "paired": int(self._paired_name is not None),
+            "stops": self._stops,
+            "starts": self._starts,
+        }
+        if self.msi is not None:
+            out["masked"] = int(self._masked)
+        guest = self.guest
+        if guest is not None:
+            out["delivered"] = guest.count
+        elif self.vm_arg == "guest":
+            out["delivered"] = self._last_delivered
+        return out
+
+    def status(self) -> str:
+        """One line for humans: where the irqfd is and what it is paired with."""
+        target = "MSI " + _describe_msi(self.msi) if self.msi is not None else "pin"
+        state = "assigned" if self._assigned else "masked" if self._masked else "not assigned"
+        vm = self.vm_arg
+        if isinstance(vm, str):
+            where = "own guest"
+        elif isinstance(vm, Guest):
+            where = "guest"
+        else:
+            where = f"VM fd {vm if isinstance(vm, int) else vm.fd}"
+        flavour = ", resample" if self.resample else ""
+        parts = [f"irqfd GSI {self.gsi} ({target}{flavour}) {state} on {where}"]
+        parts.append(f"paired with {self._paired_name!r}" if self._paired_name else "unpaired")
+        stats = self.stats()
+        if "delivered" in stats:
+            parts.append(f"guest counted {stats['delivered']}")
+        return "; ".join(parts)
+
+
+def _describe_msi(route: MsiRoute) -> str:
+    devid = "" if route.devid is None else f" devid={route.devid:#x}"
+    return f"address={route.address:#x} data={route.data:#x}{devid}"
+
+
+def _read_msi(opts: irqbypass.Options) -> MsiRoute | None:
+    raw: Any = opts.get_raw("msi")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise opts.error("msi", "expected a table { address = ..., data = ..., devid = ... }")
+    unknown = sorted(set(raw) - {"address", "data", "devid"})
+    if unknown:
+        raise opts.error(
+            f"msi.{unknown[0]}", "unknown key; the msi table takes address, data, devid"
+        )
+    values: dict[str, int] = {}
+    for key in ("address", "data", "devid"):
+        value = raw.get(key)
+        if value is None:
+            if key == "devid":
+                continue
+            raise opts.error(f"msi.{key}", "required")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise opts.error(f"msi.{key}", f"expected a non-negative integer, got {value!r}")
+        values[key] = value
+    try:
+        return MsiRoute(values["address"], values["data"], values.get("devid"))
+    except irqbypass.InvalidEndpointError as exc:
+        raise opts.error("msi", exc.message) from exc

@@ -1,0 +1,427 @@
+"""A minimal real guest: one vCPU in real mode that counts interrupts.
+
+The plugin creates it for ``vm = "guest"`` and tests use it to prove that an
+interrupt really reached a guest. Its program (hand-assembled below, every
+instruction commented) programs the 8259 PICs, unmasks one line, and then sits
+in an ``sti; hlt`` loop. Each interrupt on that line increments a 32-bit
+counter in guest memory, acknowledges by writing an I/O port, and sends EOI.
+
+The acknowledgement port either exits to this process (``ack="exit"``: the vCPU
+thread counts and timestamps it, and can hold the guest before its EOI) or is
+bound to an ioeventfd (``ack="eventfd"``: KVM signals :attr:`Guest.ack_eventfd`
+without leaving the kernel, as a virtio notification does).
+
+The vCPU thread is stopped the way QEMU stops its vCPUs: the stop signal is
+blocked in the thread and unblocked only inside KVM_RUN (KVM_SET_SIGNAL_MASK),
+so ``pthread_kill`` makes KVM_RUN return EINTR wherever the thread is, and the
+signal is never delivered to a handler (it cannot kill the process either: the
+kernel spares signals the thread blocks outside KVM_RUN). ``immediate_exit`` is
+set as well.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import irqbypass
+
+from . import _abi
+from ._kvm import DEFAULT_DEVICE, Vm, ioctl, open_device, raw_ioctl
+
+__all__ = ["ELCR_LINES", "GUEST_LINES", "Guest", "guest_program"]
+
+# -- guest physical layout -------------------------------------------------------
+
+MEM_SIZE = 0x10000  # 64 KiB at guest physical 0
+COUNT_ADDR = 0x0500  # u32: interrupts the guest handled
+CODE_ADDR = 0x1000  # the program below
+STACK_TOP = 0x7000
+
+READY_PORT = 0xE0  # the guest writes it once, when set up and about to sti;hlt
+ACK_PORT = 0xE1  # the guest writes it once per interrupt, before its EOI
+
+MASTER_BASE, SLAVE_BASE = 0x20, 0x28  # the vectors the guest gives the two PICs
+TSS_ADDR = 0xFFFBD000  # what QEMU uses; Intel VMX needs one for real mode
+
+#: PIC lines the guest can listen on (2 is the cascade to the slave PIC)
+GUEST_LINES = tuple(line for line in range(16) if line != 2)
+#: lines the 8259's ELCR can make level-triggered (KVM's elcr masks 0xf8 / 0xde)
+ELCR_LINES = tuple(line for line in GUEST_LINES if (0xDEF8 >> line) & 1)
+
+
+def vector_of(line: int) -> int:
+    return (MASTER_BASE if line < 8 else SLAVE_BASE) + line % 8
+
+
+def guest_program(line: int, *, level: bool = False) -> bytes:
+    """The guest's real-mode code, loaded at 0000:1000, for PIC ``line``."""
+    if line not in GUEST_LINES:
+        raise irqbypass.InvalidEndpointError(
+            f"the demo guest listens on PIC lines {GUEST_LINES[0]}-15 except 2 "
+            f"(the cascade), not {line}"
+        )
+    if level and line not in ELCR_LINES:
+        raise irqbypass.InvalidEndpointError(
+            f"PIC line {line} cannot be level-triggered (the ELCR allows "
+            f"{', '.join(map(str, ELCR_LINES))}); pick one of those for resample"
+        )
+    vector = vector_of(line)
+    slave = line >= 8
+    # everything but the line (and the cascade, if the line is on the slave)
+    master_mask = 0xFF & ~(1 << (2 if slave else line))
+    slave_mask = 0xFF & ~(1 << (line % 8)) if slave else 0xFF
+
+    code = bytearray()
+
+    def emit(*data: int) -> None:
+        code.extend(data)
+
+    def le16(value: int) -> tuple[int, int]:
+        return value & 0xFF, value >> 8
+
+    # handler's offset is known once the main part is laid out: placeholder
+    emit(0xFA)  # cli                         ; no interrupts while we set up
+    emit(0x31, 0xC0)  # xor ax, ax            ; ax = 0
+    emit(0x8E, 0xD8)  # mov ds, ax            ; ds = 0: IVT and counter addressing
+    emit(0xC7, 0x06, *le16(vector * 4))  # mov word [vector*4], imm16 ...
+    handler_fixup = len(code)
+    emit(0x00, 0x00)  # ... = handler offset  ; IVT entry: offset
+    emit(0xC7, 0x06, *le16(vector * 4 + 2), 0x00, 0x00)  # mov word [vector*4+2], 0 ; segment 0
+    emit(0xB0, 0x11)  # mov al, 0x11          ; ICW1: init, cascade mode, ICW4 follows
+    emit(0xE6, 0x20)  # out 0x20, al          ; -> master command port
+    emit(0xB0, MASTER_BASE)  # mov al, 0x20   ; ICW2: master vectors 0x20-0x27
+    emit(0xE6, 0x21)  # out 0x21, al          ; -> master data port
+    emit(0xB0, 0x04)  # mov al, 0x04          ; ICW3: a slave sits on IR2
+    emit(0xE6, 0x21)  # out 0x21, al
+    emit(0xB0, 0x01)  # mov al, 0x01          ; ICW4: 8086 mode, normal EOI
+    emit(0xE6, 0x21)  # out 0x21, al
+    emit(0xB0, 0x11)  # mov al, 0x11          ; ICW1 for the slave
+    emit(0xE6, 0xA0)  # out 0xa0, al          ; -> slave command port
+    emit(0xB0, SLAVE_BASE)  # mov al, 0x28    ; ICW2: slave vectors 0x28-0x2f
+    emit(0xE6, 0xA1)  # out 0xa1, al          ; -> slave data port
+    emit(0xB0, 0x02)  # mov al, 0x02          ; ICW3: slave cascade identity 2
+    emit(0xE6, 0xA1)  # out 0xa1, al
+    emit(0xB0, 0x01)  # mov al, 0x01          ; ICW4: 8086 mode
+    emit(0xE6, 0xA1)  # out 0xa1, al
+    emit(0xB0, master_mask)  # mov al, mask   ; OCW1: unmask our line (or the cascade)
+    emit(0xE6, 0x21)  # out 0x21, al
+    emit(0xB0, slave_mask)  # mov al, mask    ; OCW1: unmask our line on the slave, if there
+    emit(0xE6, 0xA1)  # out 0xa1, al
+    if level:
+        emit(0xBA, *le16(0x4D1 if slave else 0x4D0))  # mov dx, 0x4d0/1 ; the ELCR of our PIC
+        emit(0xB0, 1 << (line % 8))  # mov al, bit ; our line: level-triggered
+        emit(0xEE)  # out dx, al
+    emit(0xB0, 0x01)  # mov al, 1
+    emit(0xE6, READY_PORT)  # out 0xe0, al    ; tell the host: set up
+    loop = len(code)
+    emit(0xFB)  # loop: sti                   ; interrupts on (after the next instruction)
+    emit(0xF4)  # hlt                         ; sleep until an interrupt
+    emit(0xEB, (loop - (len(code) + 2)) & 0xFF)  # jmp loop
+    handler = CODE_ADDR + len(code)
+    emit(0x50)  # handler: push ax
+    emit(0x66, 0xFF, 0x06, *le16(COUNT_ADDR))  # inc dword [0x0500] ; count it
+    emit(0xE6, ACK_PORT)  # out 0xe1, al      ; acknowledge to the host
+    emit(0xB0, 0x20)  # mov al, 0x20          ; OCW2: non-specific EOI
+    if slave:
+        emit(0xE6, 0xA0)  # out 0xa0, al      ; EOI to the slave
+    emit(0xE6, 0x20)  # out 0x20, al          ; EOI to the master
+    emit(0x58)  # pop ax
+    emit(0xCF)  # iret
+    code[handler_fixup : handler_fixup + 2] = bytes(le16(handler))
+    return bytes(code)
+
+
+class Guest:
+    """A running one-vCPU guest that counts interrupts on one PIC ``line``.
+
+    ``level`` makes the line level-triggered (for resample irqfds). ``ack`` is
+    "exit" or "eventfd" (see the module docstring). Create it with
+    :meth:`create` (or use it as a context manager); :meth:`close` stops the
+    vCPU and closes every fd and mapping.
+    """
+
+    def __init__(
+        self,
+        *,
+        line: int = 5,
+        level: bool = False,
+        ack: str = "exit",
+        device: str = DEFAULT_DEVICE,
+        stop_signal: int | None = None,
+    ) -> None:
+        if ack not in ("exit", "eventfd"):
+            raise irqbypass.InvalidEndpointError(f'ack must be "exit" or "eventfd", not {ack!r}')
+        self.line = line
+        self.level = level
+        self.ack = ack
+        self.device = device
+        self.vector = vector_of(line) if line in GUEST_LINES else -1
+        self.program = guest_program(line, level=level)  # validates line and level
+        self.stop_signal = stop_signal if stop_signal is not None else signal.SIGRTMIN + 3
+        self._kvm_fd = -1
+        self.vm: Vm | None = None
+        self._vcpu_fd = -1
+        self._mem: mmap.mmap | None = None
+        self._run: mmap.mmap | None = None
+        self.ack_eventfd: irqbypass.Eventfd | None = None
+        self._ioeventfd_assigned = False
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._ready = threading.Event()
+        self._cond = threading.Condition()
+        self._acks = 0
+        self._gate = threading.Event()
+        self._gate.set()
+        self.error: irqbypass.IrqBypassError | None = None
+        self.ack_times: list[float] | None = None  # set to [] to record ack times
+        self.on_ack: Callable[[int], None] | None = None
+
+    # -- life --------------------------------------------------------------
+
+    @classmethod
+    def create(cls, **kwargs: object) -> Guest:
+        """Build and start a guest (see the class for the arguments)."""
+        guest = cls(**kwargs)  # type: ignore[arg-type]
+        guest.start()
+        return guest
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Create the VM and vCPU, load the program, and run it until it is
+        ready to take interrupts. On failure everything opened is closed."""
+        if self._thread is not None:
+            return
+        try:
+            self._setup()
+            self._thread = threading.Thread(
+                target=self._vcpu_loop, name=f"irqbypass-kvm-vcpu-line{self.line}", daemon=True
+            )
+            self._thread.start()
+            if not self._ready.wait(timeout) or self.error is not None:
+                raise self.error or irqbypass.DeviceError(
+                    f"the guest did not reach its ready port within {timeout}s; "
+                    "is KVM working (try a simple VMM on this host)?",
+                    errno=errno.ETIMEDOUT,
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        self._kvm_fd = open_device(self.device)
+        self.vm = Vm.create(self._kvm_fd, self.device)
+        vm = self.vm.fd
+        ioctl(vm, _abi.KVM_SET_TSS_ADDR, TSS_ADDR, "KVM_SET_TSS_ADDR")
+        ioctl(vm, _abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+        self._mem = mmap.mmap(-1, MEM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._mem[CODE_ADDR : CODE_ADDR + len(self.program)] = self.program
+        region = _abi.kvm_userspace_memory_region(
+            slot=0, guest_phys_addr=0, memory_size=MEM_SIZE, userspace_addr=_address_of(self._mem)
+        )
+        ioctl(vm, _abi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
+        self._vcpu_fd = ioctl(vm, _abi.KVM_CREATE_VCPU, 0, "KVM_CREATE_VCPU")
+        run_size = ioctl(self._kvm_fd, _abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
+        self._run = mmap.mmap(self._vcpu_fd, run_size, mmap.MAP_SHARED)
+        sregs = _abi.kvm_sregs()
+        ioctl(self._vcpu_fd, _abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
+        for seg in (sregs.cs, sregs.ds, sregs.es, sregs.ss):
+            seg.base, seg.selector = 0, 0
+        ioctl(self._vcpu_fd, _abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+        regs = _abi.kvm_regs(rip=CODE_ADDR, rsp=STACK_TOP, rflags=0x2)
+        ioctl(self._vcpu_fd, _abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+        if self.ack == "eventfd":
+            self.ack_eventfd = irqbypass.Eventfd()
+            ioeventfd = _abi.kvm_ioeventfd(
+                addr=ACK_PORT,
+                len=1,
+                fd=self.ack_eventfd.fileno(),
+                flags=_abi.KVM_IOEVENTFD_FLAG_PIO,
+            )
+            ioctl(vm, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD (ack port)")
+            self._ioeventfd_assigned = True
+
+    def _set_run_sigmask(self) -> None:
+        """Block the stop signal in this thread, unblock it inside KVM_RUN."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
+        bits = 0
+        for sig in old - {self.stop_signal}:
+            bits |= 1 << (int(sig) - 1)
+        header = _abi.kvm_signal_mask(len=8)
+        buf = bytearray(bytes(header) + struct.pack("<Q", bits))
+        ioctl(self._vcpu_fd, _abi.KVM_SET_SIGNAL_MASK, buf, "KVM_SET_SIGNAL_MASK")
+
+    def _vcpu_loop(self) -> None:
+        run = self._run
+        assert run is not None
+        io = _abi.KVM_RUN_IO_OFFSET
+        try:
+            self._set_run_sigmask()
+            while not self._stopping:
+                ret = raw_ioctl(self._vcpu_fd, _abi.KVM_RUN)
+                if ret == -errno.EINTR:
+                    continue  # the stop signal (or a stray one): the loop condition decides
+                if ret < 0:
+                    raise irqbypass.DeviceError(f"KVM_RUN failed: {os.strerror(-ret)}", errno=-ret)
+                reason = struct.unpack_from("<I", run, 8)[0]
+                if reason == _abi.KVM_EXIT_IO:
+                    direction, _size, port = struct.unpack_from("<BBH", run, io)
+                    if direction == _abi.KVM_EXIT_IO_OUT and port == ACK_PORT:
+                        self._acked()
+                    elif direction == _abi.KVM_EXIT_IO_OUT and port == READY_PORT:
+                        self._ready.set()
+                    # any other port: ignored (reads see whatever is in the buffer)
+                elif reason in (_abi.KVM_EXIT_HLT, _abi.KVM_EXIT_INTR):
+                    continue
+                else:
+                    raise irqbypass.DeviceError(
+                        f"the guest stopped unexpectedly (KVM exit reason {reason}); "
+                        "this is a bug in the guest program or an unsupported host",
+                        errno=errno.EIO,
+                    )
+        except irqbypass.IrqBypassError as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _acked(self) -> None:
+        now = time.perf_counter()
+        with self._cond:
+            self._acks += 1
+            if self.ack_times is not None:
+                self.ack_times.append(now)
+            self._cond.notify_all()
+        if self.on_ack is not None:
+            self.on_ack(self._acks)
+        while not self._gate.is_set() and not self._stopping:
+            self._gate.wait(0.05)
+
+    def close(self) -> None:
+        """Stop the vCPU thread and close every fd and mapping (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping = True
+            self._gate.set()
+            if self._run is not None:
+                self._run[1] = 1  # kvm_run.immediate_exit
+            while thread.is_alive():
+                if thread.ident is not None:
+                    try:
+                        signal.pthread_kill(thread.ident, self.stop_signal)
+                    except ProcessLookupError:
+                        break
+                thread.join(0.05)
+            thread.join()
+        if self._ioeventfd_assigned and self.vm is not None and self.ack_eventfd is not None:
+            self._ioeventfd_assigned = False
+            ioeventfd = _abi.kvm_ioeventfd(
+                addr=ACK_PORT,
+                len=1,
+                fd=self.ack_eventfd.fileno(),
+                flags=_abi.KVM_IOEVENTFD_FLAG_PIO | _abi.KVM_IOEVENTFD_FLAG_DEASSIGN,
+            )
+            ioctl(self.vm.fd, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD deassign")
+        if self.ack_eventfd is not None:
+            self.ack_eventfd.close()
+            self.ack_eventfd = None
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        if self._vcpu_fd >= 0:
+            os.close(self._vcpu_fd)
+            self._vcpu_fd = -1
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+        if self._kvm_fd >= 0:
+            os.close(self._kvm_fd)
+            self._kvm_fd = -1
+
+    def __enter__(self) -> Guest:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_kvm_fd", -1) >= 0:
+            import warnings
+
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+    # -- observing ---------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def count(self) -> int:
+        """Interrupts the guest counted (read from guest memory)."""
+        if self._mem is None:
+            return 0
+        value: int = struct.unpack_from("<I", self._mem, COUNT_ADDR)[0]
+        return value
+
+    @property
+    def acks(self) -> int:
+        """Acknowledgements that exited to this process (``ack="exit"`` only)."""
+        return self._acks
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> bool:
+        """Wait until the guest counted at least ``n`` interrupts; False on timeout."""
+        deadline = time.monotonic() + timeout
+        poll = self.ack == "eventfd"
+        with self._cond:
+            while self.count < n:
+                if self.error is not None or not self.running:
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.0005) if poll else left)
+        return True
+
+    def hold_acks(self) -> None:
+        """From now on the guest waits at its acknowledgement, before its EOI,
+        until :meth:`release_acks` (``ack="exit"`` only): the window in which a
+        level-triggered line stays asserted."""
+        if self.ack != "exit":
+            raise irqbypass.InvalidEndpointError('hold_acks needs a guest with ack="exit"')
+        self._gate.clear()
+
+    def release_acks(self) -> None:
+        self._gate.set()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Guest line={self.line} vector={self.vector:#x} {state} count={self.count}>"
+
+
+def _address_of(mem: mmap.mmap) -> int:
+    """The host virtual address of an mmap (without keeping a buffer export)."""
+    import ctypes
+
+    ref = ctypes.c_char.from_buffer(mem)
+    try:
+        return ctypes.addressof(ref)
+    finally:
+        del ref
