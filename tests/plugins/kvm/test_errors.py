@@ -1,0 +1,210 @@
+"""Bad input: a clear IrqBypassError subclass each, and nothing half-assigned."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+
+import irqbypass
+import irqbypass_kvm
+import pytest
+from irqbypass_kvm import Guest, KvmIrqfdConsumer
+
+
+def spec(token: irqbypass.Eventfd, **options: object) -> irqbypass.EndpointSpec:
+    return irqbypass.EndpointSpec(
+        name="k0",
+        kind="kvm-irqfd",
+        side="consumer",
+        token=token,
+        options=options,
+        key_path="consumers[0]",
+        file="topo.toml",
+    )
+
+
+def assert_nothing_open(consumer: KvmIrqfdConsumer) -> None:
+    assert not consumer.assigned
+    assert consumer.vm is None
+    assert consumer.guest is None or consumer.vm_arg is consumer.guest
+    assert consumer.resample_eventfd is None
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_missing_device_names_it_and_what_to_do(token: irqbypass.Eventfd) -> None:
+    consumer = KvmIrqfdConsumer(token=token, vm="guest", device="/nonexistent/kvm")
+    with pytest.raises(irqbypass.DeviceError) as info:
+        consumer.open()
+    assert info.value.errno == errno.ENOENT
+    assert "/nonexistent/kvm" in str(info.value) and "modprobe" in str(info.value)
+    assert_nothing_open(consumer)
+    reason = irqbypass_kvm.unavailable_reason("/nonexistent/kvm")
+    assert reason is not None and "/nonexistent/kvm does not exist" in reason
+
+
+@pytest.fixture
+def no_permission_path() -> Iterator[str]:
+    """A path whose open(O_RDWR) fails with EACCES for this process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        locked = os.path.join(tmp, "kvm")
+        with open(locked, "w"):
+            pass
+        os.chmod(locked, 0)
+        for path in (locked, "/sys/kernel/notes"):  # root ignores mode 000; sysfs does not
+            try:
+                os.close(os.open(path, os.O_RDWR))
+            except PermissionError:
+                yield path
+                return
+            except OSError:
+                continue
+        pytest.skip("no path here refuses this process with EACCES")
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_no_permission_names_the_device_and_the_group(
+    token: irqbypass.Eventfd, no_permission_path: str
+) -> None:
+    consumer = KvmIrqfdConsumer(token=token, vm="guest", device=no_permission_path)
+    with pytest.raises(irqbypass.DeviceError) as info:
+        consumer.open()
+    assert info.value.errno == errno.EACCES
+    assert f"{no_permission_path}: permission denied" in str(info.value)
+    assert "kvm" in str(info.value) and "usermod" in str(info.value)
+    assert isinstance(info.value.__cause__, PermissionError)
+    assert_nothing_open(consumer)
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_device_that_is_not_kvm(token: irqbypass.Eventfd) -> None:
+    consumer = KvmIrqfdConsumer(token=token, vm="guest", device="/dev/null")
+    with pytest.raises(irqbypass.DeviceError, match="/dev/null is not a KVM device"):
+        consumer.open()
+    assert_nothing_open(consumer)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gsi": 4096, "vm": 3}, "GSI 4096 is out of range"),
+        ({"gsi": -1, "vm": 3}, "GSI -1 is out of range"),
+        ({"gsi": 24, "vm": 3}, "GSI 24 is not routed"),
+        ({"gsi": 2}, "PIC lines 0-15 except 2"),
+        ({"gsi": 16}, "PIC lines 0-15 except 2"),
+        ({"gsi": 1, "resample": True}, "cannot be one"),
+        ({"gsi": 5, "vm": 3, "msi": irqbypass_kvm.MsiRoute(0xFEE00000, 0x30)}, "irqchip's pins"),
+        ({"gsi": 40, "msi": irqbypass_kvm.MsiRoute(0xFEE00000, 0x30)}, "PIC only"),
+        ({"gsi": 40, "vm": 3, "resample": True, "msi": irqbypass_kvm.MsiRoute(0, 0)}, "edge"),
+        ({"vm": 3}, "give the gsi"),
+        ({"vm": "qemu"}, 'vm must be "guest"'),
+        ({"vm": True}, 'vm must be "guest"'),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(
+    token: irqbypass.Eventfd, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match=message):
+        KvmIrqfdConsumer(token=token, **kwargs)  # type: ignore[arg-type]
+
+
+def test_token_must_be_an_eventfd() -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match=r"must be an irqbypass\.Eventfd"):
+        KvmIrqfdConsumer(token="vector0")
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "message"),
+    [
+        ({"gsi": 5000}, "consumers[0].options.gsi", "above the maximum"),
+        ({"vm": "qemu"}, "consumers[0].options.vm", "a VM fd number"),
+        ({"vm": 7}, "consumers[0].options.gsi", "required when vm is a VM fd"),
+        ({"gsi": 30}, "consumers[0].options", "not routed"),
+        ({"resampel": True}, "consumers[0].options.resampel", "did you mean 'resample'"),
+        ({"vm": 7, "gsi": 40, "msi": {"address": 1}}, "consumers[0].options.msi.data", "required"),
+        (
+            {"vm": 7, "gsi": 40, "msi": {"address": 1, "data": 2, "x": 1}},
+            "consumers[0].options.msi.x",
+            "unknown",
+        ),
+        ({"vm": 7, "gsi": 40, "msi": 3}, "consumers[0].options.msi", "expected a table"),
+    ],
+)
+def test_bad_options_are_config_errors(
+    token: irqbypass.Eventfd, options: dict[str, object], key: str, message: str
+) -> None:
+    with pytest.raises(irqbypass.ConfigError, match=message) as info:
+        KvmIrqfdConsumer.from_spec(spec(token, **options))
+    assert info.value.file == "topo.toml"
+    assert info.value.key == key
+
+
+def test_options_build_an_unopened_consumer(token: irqbypass.Eventfd) -> None:
+    consumer = KvmIrqfdConsumer.from_spec(
+        spec(
+            token, vm=7, gsi=40, msi={"address": 0xFEE00000, "data": 0x41, "devid": 8}, masked=True
+        )
+    )
+    assert consumer.vm_arg == 7 and consumer.gsi == 40 and consumer.masked
+    assert consumer.msi == irqbypass_kvm.MsiRoute(0xFEE00000, 0x41, 8)
+    assert not consumer.assigned and consumer.vm is None
+    default = KvmIrqfdConsumer.from_spec(spec(token))
+    assert default.vm_arg == "guest" and default.gsi == 5 and not default.resample
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_closed_eventfd_is_refused_before_any_device_work(kvm_usable: None) -> None:
+    token = irqbypass.Eventfd()
+    consumer = KvmIrqfdConsumer(token=token, vm="guest")
+    token.close()
+    with pytest.raises(irqbypass.InvalidEndpointError, match="token eventfd is closed") as info:
+        consumer.open()
+    assert info.value.errno == errno.EBADF
+    assert_nothing_open(consumer)
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_an_fd_that_is_not_a_vm(kvm_usable: None, token: irqbypass.Eventfd) -> None:
+    with irqbypass.Eventfd() as other:
+        consumer = KvmIrqfdConsumer(token=token, vm=other.fileno(), gsi=5)
+        with pytest.raises(irqbypass.InvalidEndpointError, match="is not a KVM VM fd") as info:
+            consumer.open()
+        assert "anon_inode:[eventfd]" in str(info.value)
+        assert_nothing_open(consumer)
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    consumer = KvmIrqfdConsumer(token=token, vm=fd, gsi=5)
+    with pytest.raises(irqbypass.InvalidEndpointError, match="is not open") as info:
+        consumer.open()
+    assert info.value.errno == errno.EBADF
+    assert_nothing_open(consumer)
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_same_eventfd_and_gsi_twice_is_busy_and_the_first_keeps_working(
+    guest: Guest, token: irqbypass.Eventfd
+) -> None:
+    first = KvmIrqfdConsumer(token=token, vm=guest, name="first")
+    second = KvmIrqfdConsumer(token=token, vm=guest, name="second")
+    with first:
+        with pytest.raises(irqbypass.DeviceError, match="already assigned as an irqfd") as info:
+            second.open()
+        assert info.value.errno == errno.EBUSY
+        assert_nothing_open(second)
+        assert first.assigned
+        token.write()
+        assert guest.wait_count(1)
+    # after the first let go, the second can take it
+    with second:
+        token.write()
+        assert guest.wait_count(2)
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_guest_not_running_is_refused(kvm_usable: None, token: irqbypass.Eventfd) -> None:
+    guest = Guest(line=5)
+    consumer = KvmIrqfdConsumer(token=token, vm=guest)
+    with pytest.raises(irqbypass.InvalidEndpointError, match="not running"):
+        consumer.open()
+    assert_nothing_open(consumer)

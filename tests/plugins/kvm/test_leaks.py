@@ -1,0 +1,53 @@
+"""Many cycles leave no fd, mapping or thread behind."""
+
+from __future__ import annotations
+
+import irqbypass
+import pytest
+from irqbypass_kvm import Guest, KvmIrqfdConsumer
+from irqbypass_mock import MockProducer
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_1000_register_unregister_cycles(guest: Guest, token: irqbypass.Eventfd) -> None:
+    mgr = irqbypass.Manager()
+    producer = MockProducer(token=token, count=0)
+    producer.open()
+    try:
+        for i in range(1000):
+            consumer = KvmIrqfdConsumer(token=token, vm=guest, resample=False)
+            consumer.open()
+            mgr.register_consumer(consumer)
+            mgr.register_producer(producer)
+            assert consumer.producer is producer
+            if i % 100 == 0:
+                producer.fire()
+                assert guest.wait_count(i // 100 + 1)
+            mgr.unregister_producer(producer)
+            mgr.unregister_consumer(consumer)
+            consumer.close()
+    finally:
+        producer.close()
+    assert guest.count == 10
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_100_guest_create_destroy_cycles(kvm_usable: None, token: irqbypass.Eventfd) -> None:
+    for i in range(100):
+        consumer = KvmIrqfdConsumer(token=token, vm="guest", gsi=5, resample=i % 2 == 1)
+        consumer.open()
+        token.write()
+        assert consumer.guest is not None and consumer.guest.wait_count(1)
+        consumer.close()
+        assert consumer.stats()["delivered"] == 1
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_guest_with_eventfd_acks_closes_everything(kvm_usable: None) -> None:
+    for _ in range(20):
+        with Guest(line=7, ack="eventfd") as guest:
+            assert guest.vm is not None and guest.ack_eventfd is not None
+            guest.vm.irq_line(7, 1)
+            guest.vm.irq_line(7, 0)
+            assert guest.ack_eventfd.read(timeout=10) == 1
+            assert guest.count == 1 and guest.acks == 0  # the ack never left the kernel
