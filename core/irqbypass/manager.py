@@ -21,8 +21,9 @@ that hook; otherwise the endpoint's method is called directly (the fast path).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from threading import Lock, get_ident
+from typing import Any
 
 from .endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
 from .errors import (
@@ -35,16 +36,14 @@ from .errors import (
 )
 from .plugins import PluginHost
 
-# (step, side) -> the endpoint method the kernel would call
-CALLBACKS: dict[tuple[str, str], str] = {
-    ("add", "producer"): "add_consumer",
-    ("add", "consumer"): "add_producer",
-    ("del", "producer"): "del_consumer",
-    ("del", "consumer"): "del_producer",
-    ("stop", "producer"): "stop",
-    ("stop", "consumer"): "stop",
-    ("start", "producer"): "start",
-    ("start", "consumer"): "start",
+#: callback method -> the lifecycle hook step it goes through
+STEPS: dict[str, str] = {
+    "add_consumer": "add",
+    "add_producer": "add",
+    "del_consumer": "del",
+    "del_producer": "del",
+    "stop": "stop",
+    "start": "start",
 }
 
 _Failures = list[tuple[str, BaseException]]
@@ -62,7 +61,7 @@ class Manager:
         self.plugins = plugins if plugins is not None else PluginHost()
         self._producers: dict[Hashable, Producer] = {}
         self._consumers: dict[Hashable, Consumer] = {}
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._owner: int | None = None
 
     # -- registering -------------------------------------------------------
@@ -74,19 +73,28 @@ class Manager:
         AlreadyRegisteredError (EBUSY), ConnectError (not registered), or
         CallbackError (registered and paired, but a stop/start raised).
         """
-        token = _token_of(producer, "producer")
-        self._enter()
-        try:
-            held = self._producers.get(token)
-            if held is not None:
-                raise _busy(producer, held, "producer")
-            failures: _Failures = []
-            consumer = self._consumers.get(token)
-            if consumer is not None:
-                self._connect(producer, consumer, failures)
-            self._producers[token] = producer
-        finally:
-            self._exit()
+        token = producer.token
+        if token is None:
+            raise _invalid_token(producer, "producer")
+        failures: _Failures = []
+        me = get_ident()
+        if self._owner == me:
+            raise _reentered()
+        with self._lock:
+            self._owner = me
+            try:
+                try:
+                    held = self._producers.get(token)
+                except TypeError:
+                    raise _invalid_token(producer, "producer") from None
+                if held is not None:
+                    raise _busy(producer, held, "producer")
+                consumer = self._consumers.get(token)
+                if consumer is not None:
+                    self._connect(producer, consumer, failures, "producer")
+                self._producers[token] = producer
+            finally:
+                self._owner = None
         if failures:
             raise _callback_error(
                 f"producer {_name(producer)} was registered and paired with consumer "
@@ -100,24 +108,36 @@ class Manager:
         The same errors as :meth:`register_producer`; a consumer without
         ``add_producer``/``del_producer`` is refused with EINVAL.
         """
-        token = _token_of(consumer, "consumer")
-        missing = missing_consumer_callbacks(consumer)
-        if missing:
+        token = consumer.token
+        if token is None:
+            raise _invalid_token(consumer, "consumer")
+        if not (
+            callable(getattr(consumer, "add_producer", None))
+            and callable(getattr(consumer, "del_producer", None))
+        ):
             raise InvalidEndpointError(
-                f"consumer {_name(consumer)} lacks the required callback(s) {', '.join(missing)}"
+                f"consumer {_name(consumer)} lacks the required callback(s) "
+                f"{', '.join(missing_consumer_callbacks(consumer))}"
             )
-        self._enter()
-        try:
-            held = self._consumers.get(token)
-            if held is not None:
-                raise _busy(consumer, held, "consumer")
-            failures: _Failures = []
-            producer = self._producers.get(token)
-            if producer is not None:
-                self._connect(producer, consumer, failures, registering="consumer")
-            self._consumers[token] = consumer
-        finally:
-            self._exit()
+        failures: _Failures = []
+        me = get_ident()
+        if self._owner == me:
+            raise _reentered()
+        with self._lock:
+            self._owner = me
+            try:
+                try:
+                    held = self._consumers.get(token)
+                except TypeError:
+                    raise _invalid_token(consumer, "consumer") from None
+                if held is not None:
+                    raise _busy(consumer, held, "consumer")
+                producer = self._producers.get(token)
+                if producer is not None:
+                    self._connect(producer, consumer, failures, "consumer")
+                self._consumers[token] = consumer
+            finally:
+                self._owner = None
         if failures:
             raise _callback_error(
                 f"consumer {_name(consumer)} was registered and paired with producer "
@@ -131,42 +151,52 @@ class Manager:
         Returns False, changing nothing, when it is not registered. Raises
         CallbackError, after unregistering, when a disconnect callback raised.
         """
-        return self._unregister(producer, "producer")
+        token = getattr(producer, "token", None)
+        failures: _Failures = []
+        me = get_ident()
+        if self._owner == me:
+            raise _reentered()
+        with self._lock:
+            self._owner = me
+            try:
+                try:
+                    if self._producers.get(token) is not producer:
+                        return False
+                except TypeError:
+                    return False  # unhashable: it cannot have been registered
+                consumer = self._consumers.get(token)
+                if consumer is not None:
+                    self._disconnect(producer, consumer, failures)
+                del self._producers[token]
+            finally:
+                self._owner = None
+        if failures:
+            raise _callback_error(_unregistered(producer, consumer), failures)
+        return True
 
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
-        return self._unregister(consumer, "consumer")
-
-    def _unregister(self, endpoint: Producer | Consumer, side: str) -> bool:
-        token = getattr(endpoint, "token", None)
-        try:
-            hash(token)
-        except TypeError:
-            return False
-        own, other = (
-            (self._producers, self._consumers)
-            if side == "producer"
-            else (self._consumers, self._producers)
-        )
-        self._enter()
-        try:
-            if token is None or own.get(token) is not endpoint:
-                return False
-            failures: _Failures = []
-            partner = other.get(token)
-            if partner is not None:
-                if side == "producer":
-                    self._disconnect(endpoint, partner, failures)  # type: ignore[arg-type]
-                else:
-                    self._disconnect(partner, endpoint, failures)  # type: ignore[arg-type]
-            del own[token]
-        finally:
-            self._exit()
+        token = getattr(consumer, "token", None)
+        failures: _Failures = []
+        me = get_ident()
+        if self._owner == me:
+            raise _reentered()
+        with self._lock:
+            self._owner = me
+            try:
+                try:
+                    if self._consumers.get(token) is not consumer:
+                        return False
+                except TypeError:
+                    return False  # unhashable: it cannot have been registered
+                producer = self._producers.get(token)
+                if producer is not None:
+                    self._disconnect(producer, consumer, failures)
+                del self._consumers[token]
+            finally:
+                self._owner = None
         if failures:
-            state = f"{side} {endpoint.name!r} was unregistered"
-            if partner is not None:
-                state += f" and disconnected from {partner.name!r}"
-            raise _callback_error(state, failures)
+            raise _callback_error(_unregistered(consumer, producer), failures)
         return True
 
     # -- looking -----------------------------------------------------------
@@ -199,103 +229,141 @@ class Manager:
     def __len__(self) -> int:
         return len(self._producers) + len(self._consumers)
 
-    # -- the lock ----------------------------------------------------------
-
-    def _enter(self) -> None:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise ReentrantCallError(
-                "a callback called back into the IRQ bypass manager that is running it; "
-                "the manager's lock is held during callbacks, so this would deadlock. "
-                "Defer the call until the callback has returned"
-            )
-        self._lock.acquire()
-        self._owner = me
-
-    def _exit(self) -> None:
-        self._owner = None
-        self._lock.release()
-
     # -- connect and disconnect ------------------------------------------
-
-    def _call(self, step: str, endpoint: object, side: str, partner: object = None) -> None:
-        method = getattr(endpoint, CALLBACKS[step, side], None)
-        if method is None:
-            return
-        hooks = self.plugins.wrapped
-        if step in hooks:
-            hook = hooks[step]
-            if partner is None:
-                hook(endpoint=endpoint, side=side)
-            else:
-                hook(endpoint=endpoint, partner=partner, side=side)
-        elif partner is None:
-            method()
-        else:
-            method(partner)
-
-    def _void(
-        self, failures: _Failures, step: str, endpoint: object, side: str, partner: object = None
-    ) -> None:
-        """Call a callback that cannot fail in the kernel; record a failure."""
-        try:
-            self._call(step, endpoint, side, partner)
-        except BaseException as exc:
-            failures.append((_label(step, endpoint, side), exc))
+    #
+    # The sequences are written out step by step, as in the kernel: one
+    # readable place each, and no per-callback function call on the fast path.
+    # ``p`` and ``c`` are the endpoints themselves, or _Hooked stand-ins that
+    # route each callback through the lifecycle hook a plugin implements.
 
     def _connect(
-        self,
-        producer: Producer,
-        consumer: Consumer,
-        failures: _Failures,
-        registering: str = "producer",
+        self, producer: Producer, consumer: Consumer, failures: _Failures, registering: str
     ) -> None:
+        p: Any = producer
+        c: Any = consumer
+        if hooks := self.plugins.wrapped:
+            p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
         failure: tuple[str, BaseException] | None = None
-        self._void(failures, "stop", producer, "producer")
-        self._void(failures, "stop", consumer, "consumer")
+        if (call := getattr(p, "stop", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(producer, "stop"), exc))
+        if (call := getattr(c, "stop", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(consumer, "stop"), exc))
         try:
-            self._call("add", producer, "producer", consumer)
+            if (call := getattr(p, "add_consumer", None)) is not None:
+                call(consumer)
         except BaseException as exc:
-            failure = (_label("add", producer, "producer"), exc)
+            failure = (_label(producer, "add_consumer"), exc)
         else:
             try:
-                self._call("add", consumer, "consumer", producer)
+                c.add_producer(producer)
             except BaseException as exc:
-                failure = (_label("add", consumer, "consumer"), exc)
-                self._void(failures, "del", producer, "producer", consumer)
-        self._void(failures, "start", consumer, "consumer")
-        self._void(failures, "start", producer, "producer")
+                failure = (_label(consumer, "add_producer"), exc)
+                if (call := getattr(p, "del_consumer", None)) is not None:
+                    try:
+                        call(consumer)
+                    except BaseException as exc:
+                        failures.append((_label(producer, "del_consumer"), exc))
+        if (call := getattr(c, "start", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(consumer, "start"), exc))
+        if (call := getattr(p, "start", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(producer, "start"), exc))
         if failure is None:
             producer._consumer = consumer
             consumer._producer = producer
             return
-        label, cause = failure
-        _reraise_interrupts([cause] + [exc for _, exc in failures])
-        mine, theirs = (producer, consumer) if registering == "producer" else (consumer, producer)
-        message = (
-            f"connecting {registering} {mine.name!r} to {theirs.side} {theirs.name!r} "
-            f"failed: {label} raised {_brief(cause)}; {mine.name!r} was not registered "
-            f"and {theirs.name!r} stays registered, unpaired"
-        )
-        if failures:
-            message += "; also " + "; ".join(f"{lab} raised {_brief(e)}" for lab, e in failures)
-        raise ConnectError(message, errors=[cause] + [e for _, e in failures]) from cause
+        raise _connect_error(producer, consumer, registering, failure, failures)
 
     def _disconnect(self, producer: Producer, consumer: Consumer, failures: _Failures) -> None:
-        self._void(failures, "stop", producer, "producer")
-        self._void(failures, "stop", consumer, "consumer")
-        self._void(failures, "del", consumer, "consumer", producer)
-        self._void(failures, "del", producer, "producer", consumer)
-        self._void(failures, "start", consumer, "consumer")
-        self._void(failures, "start", producer, "producer")
+        p: Any = producer
+        c: Any = consumer
+        if hooks := self.plugins.wrapped:
+            p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
+        if (call := getattr(p, "stop", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(producer, "stop"), exc))
+        if (call := getattr(c, "stop", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(consumer, "stop"), exc))
+        try:
+            c.del_producer(producer)
+        except BaseException as exc:
+            failures.append((_label(consumer, "del_producer"), exc))
+        if (call := getattr(p, "del_consumer", None)) is not None:
+            try:
+                call(consumer)
+            except BaseException as exc:
+                failures.append((_label(producer, "del_consumer"), exc))
+        if (call := getattr(c, "start", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(consumer, "start"), exc))
+        if (call := getattr(p, "start", None)) is not None:
+            try:
+                call()
+            except BaseException as exc:
+                failures.append((_label(producer, "start"), exc))
         producer._consumer = None
         consumer._producer = None
 
 
-def _token_of(endpoint: object, side: str) -> Hashable:
-    token = getattr(endpoint, "token", None)
-    check_token(token, f"{side} {_name(endpoint)}")
-    return token  # check_token refused everything else
+class _Hooked:
+    """Stands in for an endpoint while some plugin implements a lifecycle hook.
+
+    ``getattr(stand_in, "stop", None)`` is None when the endpoint has no
+    ``stop`` (no hook fires for an absent callback, as the kernel calls no NULL
+    pointer); otherwise it is a callable that goes through ``irqbypass_stop``
+    when a plugin implements it, or the method itself when none does.
+    """
+
+    def __init__(self, endpoint: Any, side: str, hooks: dict[str, Callable[..., Any]]) -> None:
+        self._endpoint = endpoint
+        self._side = side
+        self._hooks = hooks
+
+    def __getattr__(self, name: str) -> Callable[..., Any] | None:
+        method: Callable[..., Any] | None = getattr(self._endpoint, name, None)
+        step = STEPS.get(name)
+        hook = self._hooks.get(step) if step is not None else None
+        if method is None or hook is None:
+            return method
+        endpoint, side = self._endpoint, self._side
+        if step in ("add", "del"):
+            return lambda partner: hook(endpoint=endpoint, partner=partner, side=side)
+        return lambda: hook(endpoint=endpoint, side=side)
+
+
+def _invalid_token(endpoint: object, side: str) -> InvalidEndpointError:
+    """The EINVAL for a token that is None or unhashable."""
+    try:
+        check_token(getattr(endpoint, "token", None), f"{side} {_name(endpoint)}")
+    except InvalidEndpointError as error:
+        return error
+    raise AssertionError("_invalid_token called for a valid token")  # pragma: no cover
+
+
+def _reentered() -> ReentrantCallError:
+    return ReentrantCallError(
+        "a callback called back into the IRQ bypass manager that is running it; "
+        "the manager's lock is held during callbacks, so this would deadlock. "
+        "Defer the call until the callback has returned"
+    )
 
 
 def _name(endpoint: object) -> str:
@@ -314,8 +382,37 @@ def _busy(endpoint: object, held: object, side: str) -> AlreadyRegisteredError |
     )
 
 
-def _label(step: str, endpoint: object, side: str) -> str:
-    return f"{side} {_name(endpoint)}.{CALLBACKS[step, side]}()"
+def _label(endpoint: object, callback: str) -> str:
+    return f"{getattr(endpoint, 'side', 'endpoint')} {_name(endpoint)}.{callback}()"
+
+
+def _unregistered(endpoint: Any, partner: Any) -> str:
+    state = f"{endpoint.side} {_name(endpoint)} was unregistered"
+    if partner is not None:
+        state += f" and disconnected from {_name(partner)}"
+    return state
+
+
+def _connect_error(
+    producer: Any,
+    consumer: Any,
+    registering: str,
+    failure: tuple[str, BaseException],
+    failures: _Failures,
+) -> ConnectError:
+    label, cause = failure
+    _reraise_interrupts([cause] + [exc for _, exc in failures])
+    mine, theirs = (producer, consumer) if registering == "producer" else (consumer, producer)
+    message = (
+        f"connecting {registering} {_name(mine)} to {theirs.side} {_name(theirs)} "
+        f"failed: {label} raised {_brief(cause)}; {_name(mine)} was not registered "
+        f"and {_name(theirs)} stays registered, unpaired"
+    )
+    if failures:
+        message += "; also " + "; ".join(f"{lab} raised {_brief(e)}" for lab, e in failures)
+    error = ConnectError(message, errors=[cause] + [e for _, e in failures])
+    error.__cause__ = cause
+    return error
 
 
 def _brief(exc: BaseException) -> str:
