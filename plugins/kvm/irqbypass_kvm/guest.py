@@ -370,6 +370,11 @@ class Guest:
     # -- observing ---------------------------------------------------------
 
     @property
+    def vcpu_thread_id(self) -> int | None:
+        """The vCPU thread's kernel thread id (for per-thread CPU accounting)."""
+        return self._thread.native_id if self._thread is not None else None
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
