@@ -1,0 +1,48 @@
+"""A hook-wrapper plugin: traces and times every callback, and vetoes pairings.
+
+Register it in-process (``host.register(Tracer(...))``) or ship it as a
+distribution with an ``irqbypass`` entry point, like a kind plugin.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Generator
+from typing import Any
+
+import irqbypass
+
+
+class Tracer:
+    """Records ``(step, side, endpoint name, seconds)`` for every callback call."""
+
+    def __init__(self, *, refuse: Collection[str] = ()) -> None:
+        self.calls: list[tuple[str, str, str, float]] = []
+        self.refuse = refuse  # endpoint names that must never be paired
+
+    def _timed(self, step: str, endpoint: Any, side: str) -> Generator[None, None, None]:
+        began = time.perf_counter()
+        try:
+            yield  # the inner implementations: in the end, the endpoint's method
+        finally:
+            self.calls.append((step, side, endpoint.name, time.perf_counter() - began))
+
+    @irqbypass.hookimpl(wrapper=True)
+    def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        if endpoint.name in self.refuse:
+            # Raising before the yield vetoes: the method is not called, and
+            # the registration fails with ConnectError (its __cause__ is this).
+            raise PermissionError(f"{endpoint.name} may not be paired")
+        return (yield from self._timed("add", endpoint, side))
+
+    @irqbypass.hookimpl(wrapper=True)
+    def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        return (yield from self._timed("del", endpoint, side))
+
+    @irqbypass.hookimpl(wrapper=True)
+    def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        return (yield from self._timed("stop", endpoint, side))
+
+    @irqbypass.hookimpl(wrapper=True)
+    def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        return (yield from self._timed("start", endpoint, side))
