@@ -8,6 +8,7 @@ only what ``__all__`` lists.
 
 from __future__ import annotations
 
+from .config import Config, EndpointConfig, load_config, parse_config
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
     AlreadyRegisteredError,
@@ -32,6 +33,7 @@ from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
 from .options import Options
 from .plugins import PluginHost, PluginInfo, load_plugins
+from .topology import PairStatus, Placed, Topology
 
 __all__ = [
     "AlreadyRegisteredError",
@@ -39,11 +41,13 @@ __all__ = [
     "BusyError",
     "CallbackError",
     "CallbackFailure",
+    "Config",
     "ConfigError",
     "ConnectError",
     "Consumer",
     "DeviceError",
     "Endpoint",
+    "EndpointConfig",
     "EndpointSpec",
     "Eventfd",
     "Factory",
@@ -54,15 +58,20 @@ __all__ = [
     "KindRegistrar",
     "Manager",
     "Options",
+    "PairStatus",
+    "Placed",
     "PluginError",
     "PluginHost",
     "PluginInfo",
     "Producer",
     "ReentrantCallError",
     "TokenInUseError",
+    "Topology",
     "TopologyError",
     "UnknownKindError",
     "hookimpl",
     "hookspec",
+    "load_config",
     "load_plugins",
+    "parse_config",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Config, load_config, parse_config
+from .config import MAX_DURATION, Config, load_config, parse_config
 from .errors import IrqBypassError
 from .plugins import PluginHost, PluginInfo, load_plugins
 from .topology import PairStatus, Topology
@@ -43,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader went away (`irqbypass plugins --json | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,8 +100,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError("the duration must be positive")
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"the duration must be more than 0 and at most {MAX_DURATION:.0f} seconds"
+        )
     return value
 
 
@@ -238,6 +247,10 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> bool:
 def _progress_line(rows: list[PairStatus], elapsed: float) -> str:
     parts = [f"{r.token}: {_num(r.fired)} fired {_num(r.delivered)} delivered" for r in rows]
     return f"[{elapsed:5.1f}s] " + " | ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: int | None) -> str:

@@ -1,9 +1,9 @@
 """Producers and consumers: the two ends of an IRQ bypass.
 
 They mirror ``struct irq_bypass_producer`` and ``struct irq_bypass_consumer``.
-The callbacks are plain methods that a subclass defines; the base classes do not
-define them, so that "not defined" means "optional and absent", exactly as a
-NULL function pointer does in the kernel:
+The callbacks are plain methods that a subclass defines; in the base classes they
+are ``None``, so that "not defined" means "absent", exactly as a NULL function
+pointer does in the kernel (and the manager's check is one attribute load):
 
 - producer, all optional: ``add_consumer(consumer)``, ``del_consumer(consumer)``,
   ``stop()``, ``start()``;
@@ -108,6 +108,12 @@ class Producer(Endpoint):
 
     side = "producer"
 
+    #: Optional callbacks; None means absent (the kernel's NULL pointer).
+    add_consumer: Callable[[Consumer], None] | None = None
+    del_consumer: Callable[[Consumer], None] | None = None
+    stop: Callable[[], None] | None = None
+    start: Callable[[], None] | None = None
+
     def __init__(self, *, token: Hashable, irq: int = 0, name: str | None = None) -> None:
         super().__init__(token=token, name=name)
         self.irq = irq
@@ -131,6 +137,13 @@ class Consumer(Endpoint):
     ``del_producer``."""
 
     side = "consumer"
+
+    #: Required: a subclass must define these two (None is refused, EINVAL).
+    add_producer: Callable[[Producer], None] | None = None
+    del_producer: Callable[[Producer], None] | None = None
+    #: Optional; None means absent.
+    stop: Callable[[], None] | None = None
+    start: Callable[[], None] | None = None
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
         missing = missing_consumer_callbacks(self)

@@ -21,7 +21,7 @@ that hook; otherwise the endpoint's method is called directly (the fast path).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from threading import Lock, get_ident
 from typing import Any
 
@@ -46,7 +46,8 @@ STEPS: dict[str, str] = {
     "start": "start",
 }
 
-_Failures = list[tuple[str, BaseException]]
+_Failure = tuple[str, BaseException]
+_Failures = list[_Failure]
 
 
 class Manager:
@@ -73,10 +74,12 @@ class Manager:
         AlreadyRegisteredError (EBUSY), ConnectError (not registered), or
         CallbackError (registered and paired, but a stop/start raised).
         """
+        if not isinstance(producer, Producer):
+            raise _not_an_endpoint(producer, "producer")
         token = producer.token
         if token is None:
             raise _invalid_token(producer, "producer")
-        failures: _Failures = []
+        failures: Sequence[_Failure] = ()
         me = get_ident()
         if self._owner == me:
             raise _reentered()
@@ -91,7 +94,7 @@ class Manager:
                     raise _busy(producer, held, "producer")
                 consumer = self._consumers.get(token)
                 if consumer is not None:
-                    self._connect(producer, consumer, failures, "producer")
+                    failures = self._connect(producer, consumer, "producer")
                 self._producers[token] = producer
             finally:
                 self._owner = None
@@ -108,18 +111,17 @@ class Manager:
         The same errors as :meth:`register_producer`; a consumer without
         ``add_producer``/``del_producer`` is refused with EINVAL.
         """
+        if not isinstance(consumer, Consumer):
+            raise _not_an_endpoint(consumer, "consumer")
         token = consumer.token
         if token is None:
             raise _invalid_token(consumer, "consumer")
-        if not (
-            callable(getattr(consumer, "add_producer", None))
-            and callable(getattr(consumer, "del_producer", None))
-        ):
+        if consumer.add_producer is None or consumer.del_producer is None:
             raise InvalidEndpointError(
                 f"consumer {_name(consumer)} lacks the required callback(s) "
                 f"{', '.join(missing_consumer_callbacks(consumer))}"
             )
-        failures: _Failures = []
+        failures: Sequence[_Failure] = ()
         me = get_ident()
         if self._owner == me:
             raise _reentered()
@@ -134,7 +136,7 @@ class Manager:
                     raise _busy(consumer, held, "consumer")
                 producer = self._producers.get(token)
                 if producer is not None:
-                    self._connect(producer, consumer, failures, "consumer")
+                    failures = self._connect(producer, consumer, "consumer")
                 self._consumers[token] = consumer
             finally:
                 self._owner = None
@@ -152,7 +154,7 @@ class Manager:
         CallbackError, after unregistering, when a disconnect callback raised.
         """
         token = getattr(producer, "token", None)
-        failures: _Failures = []
+        failures: Sequence[_Failure] = ()
         me = get_ident()
         if self._owner == me:
             raise _reentered()
@@ -166,7 +168,7 @@ class Manager:
                     return False  # unhashable: it cannot have been registered
                 consumer = self._consumers.get(token)
                 if consumer is not None:
-                    self._disconnect(producer, consumer, failures)
+                    failures = self._disconnect(producer, consumer)
                 del self._producers[token]
             finally:
                 self._owner = None
@@ -177,7 +179,7 @@ class Manager:
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
         token = getattr(consumer, "token", None)
-        failures: _Failures = []
+        failures: Sequence[_Failure] = ()
         me = get_ident()
         if self._owner == me:
             raise _reentered()
@@ -191,7 +193,7 @@ class Manager:
                     return False  # unhashable: it cannot have been registered
                 producer = self._producers.get(token)
                 if producer is not None:
-                    self._disconnect(producer, consumer, failures)
+                    failures = self._disconnect(producer, consumer)
                 del self._consumers[token]
             finally:
                 self._owner = None
@@ -224,7 +226,10 @@ class Manager:
         table: dict[Hashable, Producer] | dict[Hashable, Consumer] = (
             self._producers if isinstance(endpoint, Producer) else self._consumers
         )
-        return table.get(endpoint.token) is endpoint
+        try:
+            return table.get(endpoint.token) is endpoint
+        except TypeError:
+            return False  # an unhashable token cannot have been registered
 
     def __len__(self) -> int:
         return len(self._producers) + len(self._consumers)
@@ -236,26 +241,26 @@ class Manager:
     # ``p`` and ``c`` are the endpoints themselves, or _Hooked stand-ins that
     # route each callback through the lifecycle hook a plugin implements.
 
-    def _connect(
-        self, producer: Producer, consumer: Consumer, failures: _Failures, registering: str
-    ) -> None:
+    def _connect(self, producer: Producer, consumer: Consumer, registering: str) -> _Failures:
+        """Connect the pair; return what the void callbacks raised."""
+        failures: _Failures = []
         p: Any = producer
         c: Any = consumer
         if hooks := self.plugins.wrapped:
             p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
         failure: tuple[str, BaseException] | None = None
-        if (call := getattr(p, "stop", None)) is not None:
+        if (call := p.stop) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(producer, "stop"), exc))
-        if (call := getattr(c, "stop", None)) is not None:
+        if (call := c.stop) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(consumer, "stop"), exc))
         try:
-            if (call := getattr(p, "add_consumer", None)) is not None:
+            if (call := p.add_consumer) is not None:
                 call(consumer)
         except BaseException as exc:
             failure = (_label(producer, "add_consumer"), exc)
@@ -264,17 +269,17 @@ class Manager:
                 c.add_producer(producer)
             except BaseException as exc:
                 failure = (_label(consumer, "add_producer"), exc)
-                if (call := getattr(p, "del_consumer", None)) is not None:
+                if (call := p.del_consumer) is not None:
                     try:
                         call(consumer)
                     except BaseException as exc:
                         failures.append((_label(producer, "del_consumer"), exc))
-        if (call := getattr(c, "start", None)) is not None:
+        if (call := c.start) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(consumer, "start"), exc))
-        if (call := getattr(p, "start", None)) is not None:
+        if (call := p.start) is not None:
             try:
                 call()
             except BaseException as exc:
@@ -282,20 +287,22 @@ class Manager:
         if failure is None:
             producer._consumer = consumer
             consumer._producer = producer
-            return
+            return failures
         raise _connect_error(producer, consumer, registering, failure, failures)
 
-    def _disconnect(self, producer: Producer, consumer: Consumer, failures: _Failures) -> None:
+    def _disconnect(self, producer: Producer, consumer: Consumer) -> _Failures:
+        """Disconnect the pair; return what the callbacks raised."""
+        failures: _Failures = []
         p: Any = producer
         c: Any = consumer
         if hooks := self.plugins.wrapped:
             p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
-        if (call := getattr(p, "stop", None)) is not None:
+        if (call := p.stop) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(producer, "stop"), exc))
-        if (call := getattr(c, "stop", None)) is not None:
+        if (call := c.stop) is not None:
             try:
                 call()
             except BaseException as exc:
@@ -304,32 +311,33 @@ class Manager:
             c.del_producer(producer)
         except BaseException as exc:
             failures.append((_label(consumer, "del_producer"), exc))
-        if (call := getattr(p, "del_consumer", None)) is not None:
+        if (call := p.del_consumer) is not None:
             try:
                 call(consumer)
             except BaseException as exc:
                 failures.append((_label(producer, "del_consumer"), exc))
-        if (call := getattr(c, "start", None)) is not None:
+        if (call := c.start) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(consumer, "start"), exc))
-        if (call := getattr(p, "start", None)) is not None:
+        if (call := p.start) is not None:
             try:
                 call()
             except BaseException as exc:
                 failures.append((_label(producer, "start"), exc))
         producer._consumer = None
         consumer._producer = None
+        return failures
 
 
 class _Hooked:
     """Stands in for an endpoint while some plugin implements a lifecycle hook.
 
-    ``getattr(stand_in, "stop", None)`` is None when the endpoint has no
-    ``stop`` (no hook fires for an absent callback, as the kernel calls no NULL
-    pointer); otherwise it is a callable that goes through ``irqbypass_stop``
-    when a plugin implements it, or the method itself when none does.
+    ``stand_in.stop`` is None when the endpoint has no ``stop`` (no hook fires
+    for an absent callback, as the kernel calls no NULL pointer); otherwise it
+    is a callable that goes through ``irqbypass_stop`` when a plugin implements
+    it, or the method itself when none does.
     """
 
     def __init__(self, endpoint: Any, side: str, hooks: dict[str, Callable[..., Any]]) -> None:
@@ -338,7 +346,7 @@ class _Hooked:
         self._hooks = hooks
 
     def __getattr__(self, name: str) -> Callable[..., Any] | None:
-        method: Callable[..., Any] | None = getattr(self._endpoint, name, None)
+        method: Callable[..., Any] | None = getattr(self._endpoint, name)
         step = STEPS.get(name)
         hook = self._hooks.get(step) if step is not None else None
         if method is None or hook is None:
@@ -356,6 +364,14 @@ def _invalid_token(endpoint: object, side: str) -> InvalidEndpointError:
     except InvalidEndpointError as error:
         return error
     raise AssertionError("_invalid_token called for a valid token")  # pragma: no cover
+
+
+def _not_an_endpoint(endpoint: object, side: str) -> InvalidEndpointError:
+    cls = "Producer" if side == "producer" else "Consumer"
+    return InvalidEndpointError(
+        f"{endpoint!r} is not an irqbypass.{cls}; subclass irqbypass.{cls} to register it "
+        f"as a {side}"
+    )
 
 
 def _reentered() -> ReentrantCallError:
@@ -428,13 +444,13 @@ def _reraise_interrupts(errors: list[BaseException]) -> None:
             raise exc
 
 
-def _callback_error(state: str, failures: _Failures) -> CallbackError:
+def _callback_error(state: str, failures: Sequence[_Failure]) -> CallbackError:
     errors = [exc for _, exc in failures]
     _reraise_interrupts(errors)
     details = "; ".join(f"{label} raised {_brief(exc)}" for label, exc in failures)
     error = CallbackError(
-        f"{state}, but {details}. The state is as the kernel would leave it; "
-        "check the endpoint named",
+        f"{state}, but {details}. The registration state is as the kernel would leave "
+        "it; check (or unregister) the endpoint whose callback raised",
         errors=errors,
     )
     error.__cause__ = errors[0]

@@ -64,7 +64,7 @@ def test_duration_bounds_an_endless_producer(tmp_path: Path) -> None:
 def test_check_validates_without_opening(tmp_path: Path) -> None:
     result = run("check", str(ROOT / "examples" / "demo.toml"))
     assert result.returncode == 0, result.stderr
-    assert "OK: 2 producers, 2 consumers" in result.stdout
+    assert "OK: 3 producers, 3 consumers" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_interrupt_tears_down_cleanly(tmp_path: Path) -> None:
     first = proc.stdout.readline()  # the table is printed once applied
     assert "applied" in first
     proc.send_signal(2)  # SIGINT, as Ctrl-C
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted; everything was torn down" in err and "Traceback" not in err
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
@@ -165,3 +165,16 @@ def test_run_in_process_leaves_no_fd_or_thread(
         assert cli.main(["run", str(topo), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")["pairs"]
     assert row["delivered"] == 100
+
+
+def test_closed_pipe_is_not_a_traceback() -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m irqbypass.cli plugins --json | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout == "["
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import irqbypass
+import pytest
 from irqbypass.config import load_config, parse_config
 
 PAIR = """\

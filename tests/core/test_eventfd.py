@@ -7,9 +7,8 @@ import os
 import socket
 import warnings
 
-import pytest
-
 import irqbypass
+import pytest
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

@@ -8,11 +8,10 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from recorders import CONNECT, DISCONNECT, Boom, RecordingConsumer, RecordingProducer
-
 import irqbypass
+import pytest
 from irqbypass import hookspecs
+from recorders import CONNECT, DISCONNECT, Boom, RecordingConsumer, RecordingProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 

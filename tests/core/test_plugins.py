@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-
 import irqbypass
+import pytest
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 

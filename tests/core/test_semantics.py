@@ -11,6 +11,7 @@ import threading
 from collections.abc import Generator, Iterator
 from typing import Any
 
+import irqbypass
 import pytest
 from recorders import (
     CONNECT,
@@ -21,8 +22,6 @@ from recorders import (
     RecordingConsumer,
     RecordingProducer,
 )
-
-import irqbypass
 
 
 class PassThrough:

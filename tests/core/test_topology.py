@@ -6,9 +6,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 import irqbypass
+import pytest
 from irqbypass.config import parse_config
 from irqbypass.topology import Topology
 

@@ -62,4 +62,4 @@ def unavailable_reason(device: str = DEFAULT_DEVICE) -> str | None:
 
 @irqbypass.hookimpl
 def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
-    register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec)
+    register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec, availability=unavailable_reason)

@@ -72,8 +72,8 @@ class LoggingConsumer(irqbypass.Consumer):
 
     def _event(self, event: str, **fields: Any) -> None:
         self.events.append(event)
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
-        self.log.log(self.level, "%s %s %s", self.name, event, detail)
+        detail = "".join(f" {k}={v}" for k, v in fields.items())
+        self.log.log(self.level, "%s %s%s", self.name, event, detail)
         if self._json is not None:
             record = {"time": time.time(), "consumer": self.name, "event": event, **fields}
             self._json.write(json.dumps(record, default=str) + "\n")

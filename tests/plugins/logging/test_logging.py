@@ -9,10 +9,9 @@ import stat
 import time
 from pathlib import Path
 
+import irqbypass
 import pytest
 from irqbypass_logging import LoggingConsumer
-
-import irqbypass
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -41,8 +40,10 @@ def test_logs_lifecycle_and_interrupts(tmp_path: Path, caplog: pytest.LogCapture
     events = [r["event"] for r in records]
     assert events[:4] == ["open", "stop", "add_producer", "start"]
     assert events[-1] == "close" and records[-1]["delivered"] == 5
-    assert ["stop", "del_producer", "start"] == [
-        e for e in events[4:] if e in ("stop", "del_producer", "start")
+    assert [e for e in events[4:] if e in ("stop", "del_producer", "start")] == [
+        "stop",
+        "del_producer",
+        "start",
     ]
     assert sum(r["count"] for r in records if r["event"] == "interrupt") == 5
     assert {r["producer"] for r in records if r["event"] == "add_producer"} == {"dev"}
@@ -51,7 +52,7 @@ def test_logs_lifecycle_and_interrupts(tmp_path: Path, caplog: pytest.LogCapture
 
 
 def test_requires_an_eventfd_token() -> None:
-    with pytest.raises(irqbypass.InvalidEndpointError, match="not an irqbypass.Eventfd"):
+    with pytest.raises(irqbypass.InvalidEndpointError, match=r"not an irqbypass\.Eventfd"):
         LoggingConsumer(token="x").open()
 
 

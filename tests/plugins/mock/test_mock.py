@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
+import irqbypass
 import pytest
 from irqbypass_mock import MockProducer
-
-import irqbypass
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
