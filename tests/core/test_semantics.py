@@ -503,3 +503,19 @@ def test_lookup_is_a_dict_not_a_walk() -> None:
     compared.clear()
     mgr.register_consumer(MinimalConsumer([], token=CountingToken(1999)))
     assert len(compared) <= 4, f"{len(compared)} token comparisons for one registration"
+
+
+def test_only_endpoints_can_register(mgr: irqbypass.Manager) -> None:
+    class Duck:
+        token = "t"
+        name = "duck"
+
+        def add_producer(self, producer: object) -> None: ...
+
+        def del_producer(self, producer: object) -> None: ...
+
+    for register in (mgr.register_producer, mgr.register_consumer):
+        with pytest.raises(irqbypass.InvalidEndpointError, match="subclass") as info:
+            register(Duck())  # type: ignore[arg-type]
+        assert info.value.errno == errno.EINVAL
+    assert len(mgr) == 0
