@@ -4,6 +4,7 @@ Side by side, in one run, on the same endpoints:
 - irqbypass.Manager, fast path (no plugin implements a lifecycle hook);
 - irqbypass.Manager, wrapped path (one pass-through wrapper on every hook);
 - floor: a hand-written two-dict manager calling the methods directly;
+- floor + lock: the same under one lock (for reference: the lock is required);
 - list walk: the kernel's pre-2025 algorithm (walk both lists on every call).
 
 Goals (docs/benchmarks.md): within 2.0x of the floor at 100 and 100k pairs; the
@@ -14,6 +15,7 @@ list walk at 10k at least 50x slower than irqbypass. Usage:
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -87,6 +89,43 @@ class FloorManager:
         if p is not None:
             p.stop(), c.stop(), c.del_producer(p), p.del_consumer(c), c.start(), p.start()
         del self.consumers[c.token]
+
+
+class LockedFloorManager(FloorManager):
+    """The floor plus the one lock that serializes every change (semantics.md),
+    taken around a delegating call: a reference for what the lock costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def register_producer(self, p: Any) -> None:
+        self.lock.acquire()
+        try:
+            super().register_producer(p)
+        finally:
+            self.lock.release()
+
+    def register_consumer(self, c: Any) -> None:
+        self.lock.acquire()
+        try:
+            super().register_consumer(c)
+        finally:
+            self.lock.release()
+
+    def unregister_producer(self, p: Any) -> None:
+        self.lock.acquire()
+        try:
+            super().unregister_producer(p)
+        finally:
+            self.lock.release()
+
+    def unregister_consumer(self, c: Any) -> None:
+        self.lock.acquire()
+        try:
+            super().unregister_consumer(c)
+        finally:
+            self.lock.release()
 
 
 class ListWalkManager:
@@ -167,6 +206,7 @@ MANAGERS: dict[str, Callable[[], Any]] = {
     "irqbypass": irqbypass.Manager,
     "irqbypass+wrapper": wrapped_manager,
     "floor (two dicts)": FloorManager,
+    "floor + lock": LockedFloorManager,
     "list walk (pre-2025)": ListWalkManager,
 }
 
