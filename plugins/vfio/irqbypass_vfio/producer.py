@@ -1,0 +1,668 @@
+"""The ``vfio`` producer: one interrupt vector of a VFIO device.
+
+``open()`` gets a device fd (iommufd cdev, group + container, or an fd the VMM
+hands over), checks the vector with ``VFIO_DEVICE_GET_IRQ_INFO`` and attaches
+the token eventfd to it with ``VFIO_DEVICE_SET_IRQS`` (``DATA_EVENTFD |
+ACTION_TRIGGER``), as vfio-pci's users do; ``close()`` detaches it (fd -1).
+Registering with a manager only adds the pairing on top, as in the kernel,
+where vfio-pci registers an ``irq_bypass_producer`` for every trigger eventfd.
+
+``stop()``/``start()`` quiesce the vector without losing an interrupt: INTx is
+masked and unmasked (the device keeps the line asserted meanwhile); MSI and
+MSI-X, which vfio-pci cannot mask, have their trigger swapped to a holding
+eventfd while stopped, and what arrived there is written to the token on start
+(QEMU does the same for vectors the guest masks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import threading
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+import irqbypass
+
+from . import _abi
+from ._seam import RealSeam, Seam
+
+__all__ = ["INDEX_NAMES", "DeviceInfo", "IrqInfo", "VfioProducer"]
+
+#: vfio-pci's interrupt indexes (``VFIO_PCI_*_IRQ_INDEX``), by option name.
+INDEX_NAMES: dict[str, int] = {
+    "intx": _abi.VFIO_PCI_INTX_IRQ_INDEX,
+    "msi": _abi.VFIO_PCI_MSI_IRQ_INDEX,
+    "msix": _abi.VFIO_PCI_MSIX_IRQ_INDEX,
+    "err": _abi.VFIO_PCI_ERR_IRQ_INDEX,
+    "req": _abi.VFIO_PCI_REQ_IRQ_INDEX,
+}
+_INDEX_LABELS = {v: k for k, v in INDEX_NAMES.items()}
+
+_BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+CONTAINER_PATH = "/dev/vfio/vfio"
+IOMMUFD_PATH = "/dev/iommu"
+
+BIND_HOWTO = (
+    "bind the device to vfio-pci first: `modprobe vfio-pci; "
+    "echo vfio-pci > /sys/bus/pci/devices/<bdf>/driver_override; "
+    "echo <bdf> > /sys/bus/pci/devices/<bdf>/driver/unbind; "
+    "echo <bdf> > /sys/bus/pci/drivers_probe` (then /dev/vfio/<group> and, "
+    "on kernels with the VFIO cdev, /dev/vfio/devices/vfioN appear)"
+)
+
+
+def index_label(index: int) -> str:
+    return _INDEX_LABELS.get(index, f"index {index}")
+
+
+@dataclass(frozen=True)
+class IrqInfo:
+    """What ``VFIO_DEVICE_GET_IRQ_INFO`` said about one index."""
+
+    index: int
+    flags: int
+    count: int
+
+    @property
+    def eventfd(self) -> bool:
+        return bool(self.flags & _abi.VFIO_IRQ_INFO_EVENTFD)
+
+    @property
+    def maskable(self) -> bool:
+        return bool(self.flags & _abi.VFIO_IRQ_INFO_MASKABLE)
+
+    @property
+    def automasked(self) -> bool:
+        return bool(self.flags & _abi.VFIO_IRQ_INFO_AUTOMASKED)
+
+    @property
+    def noresize(self) -> bool:
+        return bool(self.flags & _abi.VFIO_IRQ_INFO_NORESIZE)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What ``VFIO_DEVICE_GET_INFO`` said."""
+
+    flags: int
+    num_regions: int
+    num_irqs: int
+
+    @property
+    def pci(self) -> bool:
+        return bool(self.flags & _abi.VFIO_DEVICE_FLAGS_PCI)
+
+
+def _parse_index(index: int | str) -> int:
+    if isinstance(index, str):
+        if index.lower() not in INDEX_NAMES:
+            raise irqbypass.InvalidEndpointError(
+                f"unknown VFIO interrupt index {index!r}; use one of "
+                f"{', '.join(INDEX_NAMES)} or an integer index"
+            )
+        return INDEX_NAMES[index.lower()]
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**32:
+        raise irqbypass.InvalidEndpointError(
+            f"VFIO interrupt index {index!r} must be an integer 0..2**32-1 or a name "
+            f"({', '.join(INDEX_NAMES)})"
+        )
+    return index
+
+
+class VfioProducer(irqbypass.Producer):
+    """Vector ``vector`` of interrupt index ``index`` of a VFIO device.
+
+    Give exactly one of ``device`` (a PCI address ``0000:01:00.0``, a cdev
+    ``/dev/vfio/devices/vfioN``, or a group ``/dev/vfio/<N>`` together with
+    ``device_name``) and ``device_fd`` (a device fd the embedding VMM opened,
+    bound and keeps; the producer then owns nothing and only attaches and
+    detaches its vector). ``iommufd`` is the iommufd (path, or an fd the caller
+    keeps) a cdev is bound to. ``seam`` performs the syscalls (tests pass a
+    model). Constructing validates but never touches the device.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        device: str | None = None,
+        device_fd: int | None = None,
+        device_name: str | None = None,
+        index: int | str = "msix",
+        vector: int | None = None,
+        irq: int | None = None,
+        name: str | None = None,
+        iommufd: str | int = IOMMUFD_PATH,
+        seam: Seam | None = None,
+    ) -> None:
+        vec = vector if vector is not None else (irq if irq is not None else 0)
+        super().__init__(token=token, irq=irq if irq is not None else vec, name=name)
+        what = f"vfio producer {self.name!r}"
+        if not isinstance(token, irqbypass.Eventfd):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: token {token!r} is not an irqbypass.Eventfd; the device "
+                "signals an eventfd, so pass the one the consumer listens to"
+            )
+        if (device is None) == (device_fd is None):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: give exactly one of device (a PCI address, "
+                "/dev/vfio/devices/vfioN or /dev/vfio/<group>) and device_fd "
+                f"(got device={device!r}, device_fd={device_fd!r})"
+            )
+        if device_fd is not None and (isinstance(device_fd, bool) or device_fd < 0):
+            raise irqbypass.InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
+        if isinstance(vec, bool) or not isinstance(vec, int) or not 0 <= vec < 2**32:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: vector {vec!r} must be an integer 0..2**32-1"
+            )
+        try:
+            self.index = _parse_index(index)
+        except irqbypass.InvalidEndpointError as exc:
+            raise irqbypass.InvalidEndpointError(f"{what}: {exc}") from None
+        if self.index == _abi.VFIO_PCI_INTX_IRQ_INDEX and vec != 0:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: INTx has a single vector, 0 (got vector {vec})"
+            )
+        self.vector = vec
+        self.device = device
+        self.device_name = device_name
+        if device is not None and _BDF.match(device):
+            self.device_name = device_name or device.lower()
+        self.iommufd = iommufd
+        self._given_fd = device_fd
+        self.seam: Seam = seam if seam is not None else RealSeam()
+        self._lock = threading.Lock()
+        # what open() obtained, closed in reverse by close()
+        self._fd: int | None = None
+        self._owned: list[int] = []  # fds we opened, in opening order
+        self._attached_to: int | None = None  # the fd the vector's trigger points at
+        self._masked = False
+        self._stopped = False
+        self._hold: irqbypass.Eventfd | None = None
+        self.mode: str | None = None  # "cdev", "group" or "fd"
+        self.devid: int | None = None
+        self.device_info: DeviceInfo | None = None
+        self.irq_info: IrqInfo | None = None
+        self._held = 0
+        self._replayed = 0
+        self._triggered = 0
+        self._quiesces = 0
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VfioProducer:
+        opts = spec.options_reader()
+        device = opts.get_str("device")
+        fd = opts.get_raw("fd")
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
+            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
+        if (device is None) == (fd is None):
+            raise opts.error(
+                "device",
+                'give exactly one of device (a PCI address like "0000:01:00.0", '
+                "/dev/vfio/devices/vfioN, or /dev/vfio/<group> with device_name) "
+                "and fd (a device fd this process inherited)",
+            )
+        raw_index = opts.get_raw("index")
+        if raw_index is None:
+            raw_index = "msix"
+        if not isinstance(raw_index, (int, str)) or isinstance(raw_index, bool):
+            raise opts.error("index", f"expected a name or an integer, got {raw_index!r}")
+        try:
+            index = _parse_index(raw_index)
+        except irqbypass.InvalidEndpointError as exc:
+            raise opts.error("index", str(exc)) from None
+        default_vector = spec.irq if spec.irq is not None else 0
+        vector = opts.get_int("vector", default_vector, min=0, max=2**32 - 1)
+        if index == _abi.VFIO_PCI_INTX_IRQ_INDEX and vector != 0:
+            raise opts.error("vector", f"INTx has a single vector, 0 (got {vector})")
+        device_name = opts.get_str("device_name")
+        iommufd = opts.get_str("iommufd", IOMMUFD_PATH) or IOMMUFD_PATH
+        opts.finish()
+        return cls(
+            token=spec.token,
+            device=device,
+            device_fd=fd,
+            device_name=device_name,
+            index=index,
+            vector=vector,
+            irq=spec.irq,
+            name=spec.name,
+            iommufd=iommufd,
+        )
+
+    # -- errors ------------------------------------------------------------
+
+    def _what(self) -> str:
+        where = self.device if self.device is not None else f"fd {self._given_fd}"
+        return (
+            f"vfio producer {self.name!r} ({where}, {index_label(self.index)} vector {self.vector})"
+        )
+
+    def _error(self, op: str, exc: OSError, hint: str = "") -> irqbypass.DeviceError:
+        code = exc.errno if exc.errno is not None else errno.EIO
+        if not hint:
+            hint = _generic_hint(code, op)
+        return irqbypass.DeviceError(
+            f"{self._what()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
+            errno=code,
+        )
+
+    def _refuse(self, problem: str, code: int = errno.EINVAL) -> irqbypass.DeviceError:
+        return irqbypass.DeviceError(f"{self._what()}: {problem}", errno=code)
+
+    # -- syscalls ----------------------------------------------------------
+
+    def _open_node(self, path: str, hint_enoent: str) -> int:
+        try:
+            fd = self.seam.open(path, os.O_RDWR)
+        except OSError as exc:
+            code = exc.errno
+            if code == errno.ENOENT:
+                hint = f"{path} does not exist: {hint_enoent}"
+            elif code in (errno.EACCES, errno.EPERM):
+                hint = (
+                    f"no permission to open {path}: run as root, or give this user the "
+                    f"node (`chown $USER {path}`, or a udev rule), and raise RLIMIT_MEMLOCK "
+                    "if the VMM maps guest memory"
+                )
+            elif code == errno.EBUSY:
+                hint = (
+                    f"{path} is already open elsewhere (a VFIO group or device has one "
+                    "user at a time): stop the other VMM, or let it hand its device fd to "
+                    "this producer (device_fd=...)"
+                )
+            else:
+                hint = ""
+            raise self._error(f"open({path})", exc, hint) from exc
+        self._owned.append(fd)
+        return fd
+
+    def _ioctl(self, fd: int, name: str, request: int, arg: bytearray | int, hint: str = "") -> int:
+        try:
+            return self.seam.ioctl(fd, request, arg)
+        except OSError as exc:
+            if exc.errno == errno.ENOTTY and not hint:
+                hint = (
+                    f"fd {fd} is not a VFIO {_fd_kind(name)} fd: pass a device from "
+                    "/dev/vfio/devices/vfioN, a /dev/vfio/<group> with device_name, or an fd "
+                    "returned by VFIO_GROUP_GET_DEVICE_FD / bound with VFIO_DEVICE_BIND_IOMMUFD"
+                )
+            raise self._error(name, exc, hint) from exc
+
+    def _set_irqs(self, flags: int, data: bytes = b"", *, hint: str = "") -> None:
+        assert self._fd is not None
+        buf = _abi.irq_set(flags, self.index, self.vector, 1, data)
+        self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hint)
+
+    def _set_trigger(self, fd: int) -> None:
+        """Point the vector's trigger at ``fd`` (-1: detach)."""
+        hint = ""
+        if fd >= 0:
+            hint = (
+                "the device refused the eventfd for this vector: for MSI/MSI-X already "
+                "enabled with fewer vectors on a NORESIZE index, the VMM must re-enable it "
+                "with more; on a cdev, bind it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
+            )
+        self._set_irqs(
+            _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER,
+            _abi.eventfd_data(fd),
+            hint=hint,
+        )
+        self._attached_to = fd if fd >= 0 else None
+
+    # -- open / close --------------------------------------------------------
+
+    @property
+    def fd(self) -> int | None:
+        """The device fd while open."""
+        return self._fd
+
+    @property
+    def attached_to(self) -> int | None:
+        """The eventfd the vector's trigger points at (token, or the holding
+        eventfd while stopped), None when detached."""
+        return self._attached_to
+
+    @property
+    def quiesce(self) -> str:
+        """How stop() quiesces this vector: "mask" (INTx) or "swap"."""
+        if self.index == _abi.VFIO_PCI_INTX_IRQ_INDEX and (
+            self.irq_info is None or self.irq_info.maskable
+        ):
+            return "mask"
+        return "swap"
+
+    def open(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                return
+            assert isinstance(self.token, irqbypass.Eventfd)
+            if self.token.closed:
+                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
+            try:
+                self._open_device()
+                self._check_vector()
+                self._set_trigger(self.token.fileno())
+                if self._stopped:
+                    self._quiesce()
+            except BaseException:
+                self._teardown()
+                raise
+
+    def _open_device(self) -> None:
+        if self._given_fd is not None:
+            self.mode = "fd"
+            self._fd = self._given_fd
+            return
+        assert self.device is not None
+        path, group = self.device, None
+        if _BDF.match(path):
+            path, group = self._resolve_bdf(path.lower())
+        if group is not None or self.device_name is not None:
+            self._open_group(path)
+        else:
+            self._open_cdev(path)
+
+    def _resolve_bdf(self, bdf: str) -> tuple[str, str | None]:
+        """The cdev of a PCI device when the kernel has one, else its group."""
+        base = os.path.join(self.seam.sysfs_root, "bus/pci/devices", bdf)
+        if not os.path.isdir(base):
+            raise self._refuse(f"there is no PCI device {bdf} (no {base})", errno.ENOENT)
+        driver = os.path.join(base, "driver")
+        bound = os.path.basename(os.readlink(driver)) if os.path.islink(driver) else None
+        if bound is None or "vfio" not in bound:
+            raise self._refuse(
+                f"PCI device {bdf} is bound to {bound or 'no driver'}, not vfio-pci: "
+                + BIND_HOWTO.replace("<bdf>", bdf),
+                errno.ENODEV,
+            )
+        vfio_dev = os.path.join(base, "vfio-dev")
+        if os.path.isdir(vfio_dev):
+            names = sorted(n for n in os.listdir(vfio_dev) if n.startswith("vfio"))
+            if names:
+                return f"/dev/vfio/devices/{names[0]}", None
+        link = os.path.join(base, "iommu_group")
+        if not os.path.islink(link):
+            raise self._refuse(
+                f"PCI device {bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on / "
+                "amd_iommu=on) or load vfio with enable_unsafe_noiommu_mode=1",
+                errno.ENODEV,
+            )
+        group = os.path.basename(os.readlink(link))
+        noiommu = os.path.join("/dev/vfio", f"noiommu-{group}")
+        return (noiommu if os.path.exists(noiommu) else f"/dev/vfio/{group}"), group
+
+    def _open_cdev(self, path: str) -> None:
+        """iommufd cdev: open it, then VFIO_DEVICE_BIND_IOMMUFD, without which
+        the kernel refuses every other device ioctl (EINVAL)."""
+        self.mode = "cdev"
+        self._fd = self._open_node(path, BIND_HOWTO)
+        if isinstance(self.iommufd, int):
+            iommufd = self.iommufd
+        else:
+            iommufd = self._open_node(
+                self.iommufd, "load iommufd (`modprobe iommufd`) or open the device by group"
+            )
+        bind = _abi.vfio_device_bind_iommufd(
+            argsz=ctypes.sizeof(_abi.vfio_device_bind_iommufd), flags=0, iommufd=iommufd
+        )
+        buf = bytearray(bytes(bind))
+        self._ioctl(
+            self._fd,
+            "VFIO_DEVICE_BIND_IOMMUFD",
+            _abi.VFIO_DEVICE_BIND_IOMMUFD,
+            buf,
+            _bind_hint(path),
+        )
+        self.devid = _abi.vfio_device_bind_iommufd.from_buffer_copy(buf).out_devid
+
+    def _open_group(self, path: str) -> None:
+        """Legacy group: the group must be viable (every device in it bound to
+        vfio-pci or to nothing) and in a container with an IOMMU model set
+        before VFIO_GROUP_GET_DEVICE_FD hands out a device fd."""
+        self.mode = "group"
+        if not self.device_name:
+            raise self._refuse(
+                f"{path} is a VFIO group: say which of its devices to open with "
+                "device_name (its PCI address, as listed in "
+                "/sys/kernel/iommu_groups/<group>/devices)"
+            )
+        group = self._open_node(path, BIND_HOWTO)
+        status = _abi.vfio_group_status(argsz=ctypes.sizeof(_abi.vfio_group_status))
+        buf = bytearray(bytes(status))
+        self._ioctl(group, "VFIO_GROUP_GET_STATUS", _abi.VFIO_GROUP_GET_STATUS, buf)
+        flags = _abi.vfio_group_status.from_buffer_copy(buf).flags
+        if not flags & _abi.VFIO_GROUP_FLAGS_VIABLE:
+            number = os.path.basename(path).removeprefix("noiommu-")
+            raise self._refuse(
+                f"VFIO group {path} is not viable: every device in "
+                f"/sys/kernel/iommu_groups/{number}/devices must be bound to vfio-pci "
+                "(or to no driver) before any of them can be used; "
+                + BIND_HOWTO.replace("bind the device", "bind each of them"),
+                errno.EPERM,
+            )
+        if not flags & _abi.VFIO_GROUP_FLAGS_CONTAINER_SET:
+            self._attach_container(group)
+        name = bytearray(self.device_name.encode() + b"\0")
+        self._fd = self._ioctl(
+            group,
+            "VFIO_GROUP_GET_DEVICE_FD",
+            _abi.VFIO_GROUP_GET_DEVICE_FD,
+            name,
+            f"is {self.device_name!r} one of the devices listed in "
+            "/sys/kernel/iommu_groups/<group>/devices, bound to vfio-pci and not open "
+            "elsewhere?",
+        )
+        self._owned.append(self._fd)
+
+    def _attach_container(self, group: int) -> None:
+        container = self._open_node(CONTAINER_PATH, "load vfio (`modprobe vfio-pci`)")
+        version = self._ioctl(container, "VFIO_GET_API_VERSION", _abi.VFIO_GET_API_VERSION, 0)
+        if version != _abi.VFIO_API_VERSION:
+            raise self._refuse(
+                f"{CONTAINER_PATH} speaks VFIO API {version}, this plugin "
+                f"{_abi.VFIO_API_VERSION}; hand over a device fd instead (device_fd=...)",
+                errno.EPROTO,
+            )
+        self._ioctl(
+            group,
+            "VFIO_GROUP_SET_CONTAINER",
+            _abi.VFIO_GROUP_SET_CONTAINER,
+            bytearray(bytes(ctypes.c_int32(container))),
+        )
+        for model in (_abi.VFIO_TYPE1v2_IOMMU, _abi.VFIO_TYPE1_IOMMU, _abi.VFIO_NOIOMMU_IOMMU):
+            if self._ioctl(container, "VFIO_CHECK_EXTENSION", _abi.VFIO_CHECK_EXTENSION, model):
+                self._ioctl(container, "VFIO_SET_IOMMU", _abi.VFIO_SET_IOMMU, model)
+                return
+        raise self._refuse(
+            "the VFIO container supports no IOMMU model this plugin knows (type1v2, type1, "
+            "noiommu); hand over a device fd from a VMM that set one up (device_fd=...)",
+            errno.ENODEV,
+        )
+
+    def _check_vector(self) -> None:
+        assert self._fd is not None
+        info = _abi.vfio_device_info(argsz=ctypes.sizeof(_abi.vfio_device_info))
+        buf = bytearray(bytes(info))
+        self._ioctl(self._fd, "VFIO_DEVICE_GET_INFO", _abi.VFIO_DEVICE_GET_INFO, buf)
+        got = _abi.vfio_device_info.from_buffer_copy(buf)
+        self.device_info = DeviceInfo(got.flags, got.num_regions, got.num_irqs)
+        if self.index >= got.num_irqs:
+            raise self._refuse(
+                f"the device has {got.num_irqs} interrupt indexes (0..{got.num_irqs - 1}); "
+                f"{index_label(self.index)} ({self.index}) is out of range: pick another index"
+            )
+        irq = _abi.vfio_irq_info(argsz=ctypes.sizeof(_abi.vfio_irq_info), index=self.index)
+        buf = bytearray(bytes(irq))
+        self._ioctl(self._fd, "VFIO_DEVICE_GET_IRQ_INFO", _abi.VFIO_DEVICE_GET_IRQ_INFO, buf)
+        got_irq = _abi.vfio_irq_info.from_buffer_copy(buf)
+        self.irq_info = IrqInfo(got_irq.index, got_irq.flags, got_irq.count)
+        label = index_label(self.index)
+        if got_irq.count == 0:
+            raise self._refuse(
+                f"the device has no {label} interrupts (VFIO_DEVICE_GET_IRQ_INFO count 0): "
+                "pick an index it implements (msix, msi or intx)"
+            )
+        if self.vector >= got_irq.count:
+            raise self._refuse(
+                f"vector {self.vector} is out of range: {label} has {got_irq.count} "
+                f"vector(s), 0..{got_irq.count - 1}"
+            )
+        if not self.irq_info.eventfd:
+            raise self._refuse(
+                f"{label} does not support eventfd signalling (VFIO_IRQ_INFO_EVENTFD is not "
+                "set), so it cannot be bypassed: pick another index"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is None and not self._owned:
+                return
+            self._teardown()
+
+    def _teardown(self) -> None:
+        """Detach, restore what stop() changed, replay what was held, and
+        close what open() opened; raise the first failure at the end."""
+        first: BaseException | None = None
+        if self._fd is not None and self._attached_to is not None:
+            try:
+                self._set_trigger(-1)
+            except irqbypass.DeviceError as exc:
+                first = exc
+        if self._fd is not None and self._masked:
+            try:
+                self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
+                self._masked = False
+            except irqbypass.DeviceError as exc:
+                first = first or exc
+        self._replay()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
+        # the device first, then what it hangs off (group before container)
+        order = sorted(self._owned, key=lambda fd: fd != self._fd)
+        for fd in order:
+            try:
+                self.seam.close(fd)
+            except OSError as exc:
+                first = first or self._error(f"close(fd {fd})", exc)
+        self._owned.clear()
+        self._fd = None
+        self._attached_to = None
+        self._masked = False
+        if first is not None:
+            raise first
+
+    # -- quiesce -----------------------------------------------------------
+
+    def _quiesce(self) -> None:
+        self._quiesces += 1
+        if self.quiesce == "mask":
+            self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK)
+            self._masked = True
+            return
+        if self._hold is None:
+            self._hold = irqbypass.Eventfd()
+        self._set_trigger(self._hold.fileno())
+
+    def _replay(self) -> None:
+        """Write what the holding eventfd caught to the token."""
+        if self._hold is None:
+            return
+        held = self._hold.read(0)
+        if held:
+            self._held += held
+            assert isinstance(self.token, irqbypass.Eventfd)
+            if not self.token.closed:
+                self.token.write(held)
+                self._replayed += held
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._fd is not None:
+                self._quiesce()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                return
+            self._stopped = False
+            if self._fd is None:
+                return
+            try:
+                if self._masked:
+                    self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
+                    self._masked = False
+                elif self._attached_to is not None:
+                    assert isinstance(self.token, irqbypass.Eventfd)
+                    self._set_trigger(self.token.fileno())
+            finally:
+                self._replay()
+
+    def trigger(self, n: int = 1) -> None:
+        """Loopback: ``SET_IRQS(DATA_NONE | ACTION_TRIGGER)`` makes the kernel
+        signal the vector's current eventfd, as though the device fired
+        (vfio.h documents it for testing). Counted as ``triggered``."""
+        with self._lock:
+            if self._fd is None:
+                raise irqbypass.IrqBypassError(f"{self._what()} is not open; call open() first")
+            for _ in range(n):
+                self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER)
+                self._triggered += 1
+
+    def stats(self) -> Mapping[str, int]:
+        """``held``/``replayed``: interrupts caught while stopped and written to
+        the token on start; ``triggered``: loopback triggers. There is no
+        ``fired``: userspace cannot count the device's interrupts."""
+        with self._lock:
+            return {
+                "held": self._held,
+                "replayed": self._replayed,
+                "triggered": self._triggered,
+                "quiesces": self._quiesces,
+                "attached": int(self._attached_to is not None),
+            }
+
+
+def _fd_kind(ioctl_name: str) -> str:
+    if ioctl_name.startswith("VFIO_GROUP"):
+        return "group"
+    if ioctl_name in ("VFIO_GET_API_VERSION", "VFIO_CHECK_EXTENSION", "VFIO_SET_IOMMU"):
+        return "container"
+    return "device"
+
+
+def _bind_hint(path: str) -> str:
+    return (
+        f"could not bind {path} to the iommufd: EINVAL means it is already bound or the "
+        "iommufd fd is not one; EPERM means the platform lacks interrupt remapping "
+        "(load iommufd with allow_unsafe_interrupts=1 only if you accept that); ENOTTY "
+        "means the kernel predates the VFIO cdev (6.6) or this is not a cdev: open the "
+        "device by group instead"
+    )
+
+
+def _generic_hint(code: int, op: str) -> str:
+    if code == errno.EINVAL:
+        return (
+            f"the kernel refused the arguments of {op}: check the index and vector against "
+            "VFIO_DEVICE_GET_IRQ_INFO (stats/irq_info), and that a cdev is bound to an iommufd"
+        )
+    if code == errno.EBUSY:
+        return (
+            "the device or its interrupt is in use (another VMM, or a second user of the "
+            "group): close the other user, or take its device fd (device_fd=...)"
+        )
+    if code == errno.ENODEV:
+        return "the device is gone (unbound from vfio-pci or hot-unplugged): bind it again"
+    if code in (errno.EPERM, errno.EACCES):
+        return "permission denied: run as root or grant this user the VFIO nodes"
+    if code == errno.ENOTTY:
+        return "the fd does not implement this VFIO ioctl: pass a VFIO device fd"
+    return "see the kernel log (dmesg) for the device's complaint"

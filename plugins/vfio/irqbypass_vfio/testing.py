@@ -1,0 +1,398 @@
+"""A model of a vfio-pci device behind the plugin's seam, for tests without one.
+
+:class:`FakeVfio` answers open/close/ioctl as ``linux/vfio.h`` and vfio-pci
+document them: a cdev that refuses device ioctls until bound to an iommufd, a
+single-open group that hands out device fds only when viable and in a container
+with an IOMMU model, ``VFIO_DEVICE_GET_IRQ_INFO`` from a table, and
+``VFIO_DEVICE_SET_IRQS`` that keeps (a reference to) each vector's trigger
+eventfd, masks INTx (automasking it when it fires) and loops triggers back.
+Every call is recorded with its exact payload bytes; any request can be made to
+fail with an errno. Its fds are real (``/dev/null``) so leak checks see them.
+
+It is a model, not a device: it proves the plugin speaks the documented ABI in
+the documented order, nothing about a particular device's behaviour.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import _abi
+
+__all__ = ["REQUEST_NAMES", "Call", "FakeVfio"]
+
+REQUEST_NAMES: dict[int, str] = {
+    getattr(_abi, name): name
+    for name in (
+        "VFIO_GET_API_VERSION",
+        "VFIO_CHECK_EXTENSION",
+        "VFIO_SET_IOMMU",
+        "VFIO_GROUP_GET_STATUS",
+        "VFIO_GROUP_SET_CONTAINER",
+        "VFIO_GROUP_GET_DEVICE_FD",
+        "VFIO_DEVICE_GET_INFO",
+        "VFIO_DEVICE_GET_IRQ_INFO",
+        "VFIO_DEVICE_SET_IRQS",
+        "VFIO_DEVICE_BIND_IOMMUFD",
+    )
+}
+
+#: vfio-pci's answer for a device with INTx, 8 MSI and 16 MSI-X vectors, ERR, REQ.
+PCI_IRQS: dict[int, tuple[int, int]] = {
+    _abi.VFIO_PCI_INTX_IRQ_INDEX: (
+        _abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_MASKABLE | _abi.VFIO_IRQ_INFO_AUTOMASKED,
+        1,
+    ),
+    _abi.VFIO_PCI_MSI_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_NORESIZE, 8),
+    _abi.VFIO_PCI_MSIX_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 16),
+    _abi.VFIO_PCI_ERR_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 1),
+    _abi.VFIO_PCI_REQ_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 1),
+}
+
+_S32 = struct.Struct("=i")
+_U64 = struct.Struct("=Q")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One ioctl as the kernel would see it: the payload as it was passed."""
+
+    fd: int
+    request: int
+    payload: bytes | int
+
+    @property
+    def name(self) -> str:
+        return REQUEST_NAMES.get(self.request, f"{self.request:#x}")
+
+
+@dataclass
+class _File:
+    kind: str  # "cdev", "device", "group", "container", "iommufd", "other"
+    path: str
+    bound: bool = False  # cdev: VFIO_DEVICE_BIND_IOMMUFD done
+    container: int | None = None  # group: the container fd it joined
+    iommu: int | None = None  # container: the model set
+    groups: list[int] = field(default_factory=list)  # container: its groups
+
+
+class FakeVfio:
+    """One vfio-pci device reachable as ``cdev_path``, and as ``device_name`` in
+    group ``group_path``; ``/dev/vfio/vfio`` and ``/dev/iommu`` exist; ``others``
+    are paths that open but are no VFIO node (ioctl: ENOTTY)."""
+
+    def __init__(
+        self,
+        *,
+        irqs: Mapping[int, tuple[int, int]] | None = None,
+        num_irqs: int | None = None,
+        cdev_path: str = "/dev/vfio/devices/vfio0",
+        group_path: str = "/dev/vfio/7",
+        device_name: str = "0000:01:00.0",
+        viable: bool = True,
+        models: tuple[int, ...] = (_abi.VFIO_TYPE1v2_IOMMU, _abi.VFIO_TYPE1_IOMMU),
+        others: tuple[str, ...] = ("/dev/null",),
+        denied: tuple[str, ...] = (),
+        sysfs_root: str = "/nonexistent-sysfs",
+    ) -> None:
+        self.irqs: dict[int, tuple[int, int]] = dict(PCI_IRQS if irqs is None else irqs)
+        self.num_irqs = num_irqs if num_irqs is not None else max(self.irqs, default=-1) + 1
+        self.cdev_path = cdev_path
+        self.group_path = group_path
+        self.device_name = device_name
+        self.viable = viable
+        self.models = models
+        self.others = others
+        self.denied = denied
+        self.sysfs_root = sysfs_root
+        self.calls: list[Call] = []
+        self.opened: list[str] = []
+        self.closed: list[int] = []
+        self._files: dict[int, _File] = {}
+        self._failures: dict[int, list[int]] = {}
+        # the device's interrupt state: (index, vector) -> (caller's fd number, our dup)
+        self._triggers: dict[tuple[int, int], tuple[int, int]] = {}
+        self.intx_masked = False
+        self.intx_pending = False
+
+    # -- steering the model ------------------------------------------------
+
+    def fail(self, request: int, code: int, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``request`` raise OSError(code)."""
+        self._failures.setdefault(request, []).extend([code] * times)
+
+    def trigger_of(self, index: int, vector: int) -> int | None:
+        """The fd number the last SET_IRQS attached to this vector, or None."""
+        entry = self._triggers.get((index, vector))
+        return entry[0] if entry else None
+
+    def fire(self, index: int, vector: int = 0, n: int = 1) -> int:
+        """The device raises the interrupt ``n`` times; returns how many
+        signals reached an eventfd now (INTx: level, held while masked)."""
+        signalled = 0
+        for _ in range(n):
+            if index == _abi.VFIO_PCI_INTX_IRQ_INDEX:
+                if self.intx_masked:
+                    self.intx_pending = True
+                    continue
+                if self.irqs[index][0] & _abi.VFIO_IRQ_INFO_AUTOMASKED:
+                    self.intx_masked = True
+            signalled += self._signal(index, vector)
+        return signalled
+
+    def names(self) -> list[str]:
+        return [call.name for call in self.calls]
+
+    @property
+    def open_fds(self) -> list[int]:
+        return sorted(self._files)
+
+    def _signal(self, index: int, vector: int) -> int:
+        entry = self._triggers.get((index, vector))
+        if entry is None:
+            return 0
+        os.write(entry[1], _U64.pack(1))
+        return 1
+
+    # -- the seam ------------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> int:
+        if path in self.denied:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+        kinds = {
+            self.cdev_path: "cdev",
+            self.group_path: "group",
+            "/dev/vfio/vfio": "container",
+            "/dev/iommu": "iommufd",
+        }
+        kinds.update(dict.fromkeys(self.others, "other"))
+        kind = kinds.get(path)
+        if kind is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if kind == "group" and any(f.kind == "group" for f in self._files.values()):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return self._new(kind, path)
+
+    def _new(self, kind: str, path: str) -> int:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self._files[fd] = _File(kind, path)
+        self.opened.append(path)
+        return fd
+
+    def close(self, fd: int) -> None:
+        file = self._files.pop(fd, None)
+        if file is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        self.closed.append(fd)
+        os.close(fd)
+        if file.kind in ("cdev", "device") and not any(
+            f.kind in ("cdev", "device") for f in self._files.values()
+        ):
+            # the last device fd closed: vfio-pci disables every interrupt
+            for index in {i for i, _ in self._triggers}:
+                self._disable(index)
+            self.intx_masked = self.intx_pending = False
+        if file.kind == "group" and file.container in self._files:
+            self._files[file.container].groups.remove(fd)
+
+    def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
+        self.calls.append(Call(fd, request, arg if isinstance(arg, int) else bytes(arg)))
+        pending = self._failures.get(request)
+        if pending:
+            code = pending.pop(0)
+            raise OSError(code, os.strerror(code))
+        file = self._files.get(fd)
+        handler = _HANDLERS.get((file.kind if file else "none", request))
+        if file is None or handler is None:
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        return handler(self, file, arg)
+
+    # -- the kernel's side of each ioctl -----------------------------------
+
+    def _device_ready(self, file: _File) -> None:
+        if file.kind == "cdev" and not file.bound:
+            # vfio_device_fops_unl_ioctl: access_granted is set by the bind
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    def _bind(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        bind = _abi.vfio_device_bind_iommufd.from_buffer_copy(arg)
+        if bind.argsz < ctypes.sizeof(_abi.vfio_device_bind_iommufd) or bind.flags:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if file.bound:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        ictx = self._files.get(bind.iommufd)
+        if ictx is None or ictx.kind != "iommufd":
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        file.bound = True
+        bind.out_devid = 1
+        arg[:] = bytes(bind)
+        return 0
+
+    def _device_info(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        self._device_ready(file)
+        info = _abi.vfio_device_info.from_buffer_copy(arg)
+        if info.argsz < 16:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        info.flags = _abi.VFIO_DEVICE_FLAGS_PCI | _abi.VFIO_DEVICE_FLAGS_RESET
+        info.num_regions = 9
+        info.num_irqs = self.num_irqs
+        arg[:] = bytes(info)
+        return 0
+
+    def _irq_info(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        self._device_ready(file)
+        info = _abi.vfio_irq_info.from_buffer_copy(arg)
+        if info.argsz < ctypes.sizeof(_abi.vfio_irq_info) or info.index >= self.num_irqs:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        info.flags, info.count = self.irqs.get(info.index, (0, 0))
+        arg[:] = bytes(info)
+        return 0
+
+    def _set_irqs(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        self._device_ready(file)
+        hdr = _abi.vfio_irq_set.from_buffer_copy(arg)
+        data = bytes(arg[ctypes.sizeof(_abi.vfio_irq_set) :])
+        data_type = hdr.flags & (
+            _abi.VFIO_IRQ_SET_DATA_NONE
+            | _abi.VFIO_IRQ_SET_DATA_BOOL
+            | _abi.VFIO_IRQ_SET_DATA_EVENTFD
+        )
+        action = hdr.flags & (
+            _abi.VFIO_IRQ_SET_ACTION_MASK
+            | _abi.VFIO_IRQ_SET_ACTION_UNMASK
+            | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
+        )
+        einval = OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        # vfio_set_irqs_validate_and_prepare
+        if bin(data_type).count("1") != 1 or bin(action).count("1") != 1:
+            raise einval
+        if hdr.flags & ~(data_type | action) or hdr.index >= self.num_irqs:
+            raise einval
+        flags, count = self.irqs.get(hdr.index, (0, 0))
+        if hdr.start >= count or hdr.start + hdr.count > count:
+            raise einval
+        size = {_abi.VFIO_IRQ_SET_DATA_BOOL: 1, _abi.VFIO_IRQ_SET_DATA_EVENTFD: 4}.get(data_type, 0)
+        if hdr.argsz - ctypes.sizeof(_abi.vfio_irq_set) < size * hdr.count:
+            raise einval
+        intx = hdr.index == _abi.VFIO_PCI_INTX_IRQ_INDEX
+        if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
+            if data_type == _abi.VFIO_IRQ_SET_DATA_NONE and hdr.count == 0:
+                self._disable(hdr.index)
+                return 0
+            if data_type == _abi.VFIO_IRQ_SET_DATA_EVENTFD:
+                if not flags & _abi.VFIO_IRQ_INFO_EVENTFD:
+                    raise einval
+                fds = [_S32.unpack_from(data, 4 * i)[0] for i in range(hdr.count)]
+                for i, new in enumerate(fds):
+                    self._set_trigger(hdr.index, hdr.start + i, new)
+                return 0
+            # DATA_NONE / DATA_BOOL: loopback, as though the device fired
+            for i in range(hdr.count):
+                if data_type == _abi.VFIO_IRQ_SET_DATA_BOOL and not data[i]:
+                    continue
+                self._signal(hdr.index, hdr.start + i)
+            return 0
+        # mask / unmask: vfio-pci implements them for INTx only
+        if not intx or not flags & _abi.VFIO_IRQ_INFO_MASKABLE:
+            raise einval
+        if data_type != _abi.VFIO_IRQ_SET_DATA_NONE:
+            raise einval  # (eventfd-driven unmask, the resample path, is not modelled)
+        if action == _abi.VFIO_IRQ_SET_ACTION_MASK:
+            self.intx_masked = True
+        else:
+            self.intx_masked = False
+            if self.intx_pending:
+                self.intx_pending = False
+                self.fire(hdr.index, 0)
+        return 0
+
+    def _set_trigger(self, index: int, vector: int, fd: int) -> None:
+        old = self._triggers.pop((index, vector), None)
+        if old is not None:
+            os.close(old[1])
+        if fd < 0:
+            return
+        try:
+            dup = os.dup(fd)  # the kernel takes a reference on the eventfd file
+        except OSError as exc:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from exc
+        self._triggers[(index, vector)] = (fd, dup)
+
+    def _disable(self, index: int) -> None:
+        for key in [k for k in self._triggers if k[0] == index]:
+            os.close(self._triggers.pop(key)[1])
+
+    def _group_status(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        status = _abi.vfio_group_status.from_buffer_copy(arg)
+        status.flags = (_abi.VFIO_GROUP_FLAGS_VIABLE if self.viable else 0) | (
+            _abi.VFIO_GROUP_FLAGS_CONTAINER_SET if file.container is not None else 0
+        )
+        arg[:] = bytes(status)
+        return 0
+
+    def _set_container(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        cfd = _S32.unpack_from(arg)[0]
+        container = self._files.get(cfd)
+        if container is None or container.kind != "container":
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if not self.viable:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        if file.container is not None:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        file.container = cfd
+        container.groups.append(next(k for k, v in self._files.items() if v is file))
+        return 0
+
+    def _api_version(self, file: _File, arg: bytearray | int) -> int:
+        return _abi.VFIO_API_VERSION
+
+    def _check_extension(self, file: _File, arg: bytearray | int) -> int:
+        return int(arg in self.models)
+
+    def _set_iommu(self, file: _File, arg: bytearray | int) -> int:
+        if not file.groups or arg not in self.models or file.iommu is not None:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        assert isinstance(arg, int)
+        file.iommu = arg
+        return 0
+
+    def _get_device_fd(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        container = self._files.get(file.container) if file.container is not None else None
+        if container is None or container.iommu is None:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        name = bytes(arg).split(b"\0", 1)[0].decode()
+        if name != self.device_name:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return self._new("device", f"{file.path}:{name}")
+
+
+_HANDLERS = {
+    ("cdev", _abi.VFIO_DEVICE_BIND_IOMMUFD): FakeVfio._bind,
+    **{
+        (kind, request): handler
+        for kind in ("cdev", "device")
+        for request, handler in (
+            (_abi.VFIO_DEVICE_GET_INFO, FakeVfio._device_info),
+            (_abi.VFIO_DEVICE_GET_IRQ_INFO, FakeVfio._irq_info),
+            (_abi.VFIO_DEVICE_SET_IRQS, FakeVfio._set_irqs),
+        )
+    },
+    ("group", _abi.VFIO_GROUP_GET_STATUS): FakeVfio._group_status,
+    ("group", _abi.VFIO_GROUP_SET_CONTAINER): FakeVfio._set_container,
+    ("group", _abi.VFIO_GROUP_GET_DEVICE_FD): FakeVfio._get_device_fd,
+    ("container", _abi.VFIO_GET_API_VERSION): FakeVfio._api_version,
+    ("container", _abi.VFIO_CHECK_EXTENSION): FakeVfio._check_extension,
+    ("container", _abi.VFIO_SET_IOMMU): FakeVfio._set_iommu,
+}
