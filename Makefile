@@ -22,8 +22,8 @@ demo: $(STAMP)
 test: lint typecheck pytest docs
 
 lint: $(STAMP)
-	$(BIN)/ruff check core plugins tests benchmarks
-	$(BIN)/ruff format --check core plugins tests benchmarks
+	$(BIN)/ruff check core plugins tests benchmarks docs/examples
+	$(BIN)/ruff format --check core plugins tests benchmarks docs/examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy core/irqbypass
