@@ -280,10 +280,19 @@ class VfioProducer(irqbypass.Producer):
         self._owned.append(fd)
         return fd
 
-    def _ioctl(self, fd: int, name: str, request: int, arg: bytearray | int, hint: str = "") -> int:
+    def _ioctl(
+        self,
+        fd: int,
+        name: str,
+        request: int,
+        arg: bytearray | int,
+        hints: Mapping[int, str] | None = None,
+    ) -> int:
+        """The ioctl; a failure becomes a DeviceError with the hint for its errno."""
         try:
             return self.seam.ioctl(fd, request, arg)
         except OSError as exc:
+            hint = (hints or {}).get(exc.errno or 0, "")
             if exc.errno == errno.ENOTTY and not hint:
                 hint = (
                     f"fd {fd} is not a VFIO {_fd_kind(name)} fd: pass a device from "
@@ -292,16 +301,18 @@ class VfioProducer(irqbypass.Producer):
                 )
             raise self._error(name, exc, hint) from exc
 
-    def _set_irqs(self, flags: int, data: bytes = b"", *, hint: str = "") -> None:
+    def _set_irqs(
+        self, flags: int, data: bytes = b"", *, hints: Mapping[int, str] | None = None
+    ) -> None:
         assert self._fd is not None
         buf = _abi.irq_set(flags, self.index, self.vector, 1, data)
-        self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hint)
+        self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
 
     def _set_trigger(self, fd: int) -> None:
         """Point the vector's trigger at ``fd`` (-1: detach)."""
-        hint = ""
+        hints = {}
         if fd >= 0:
-            hint = (
+            hints[errno.EINVAL] = (
                 "the device refused the eventfd for this vector: for MSI/MSI-X already "
                 "enabled with fewer vectors on a NORESIZE index, the VMM must re-enable it "
                 "with more; on a cdev, bind it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
@@ -309,7 +320,7 @@ class VfioProducer(irqbypass.Producer):
         self._set_irqs(
             _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER,
             _abi.eventfd_data(fd),
-            hint=hint,
+            hints=hints,
         )
         self._attached_to = fd if fd >= 0 else None
 
@@ -358,10 +369,13 @@ class VfioProducer(irqbypass.Producer):
             self._fd = self._given_fd
             return
         assert self.device is not None
-        path, group = self.device, None
+        path = self.device
         if _BDF.match(path):
             path, group = self._resolve_bdf(path.lower())
-        if group is not None or self.device_name is not None:
+            is_group = group is not None
+        else:
+            is_group = self.device_name is not None
+        if is_group:
             self._open_group(path)
         else:
             self._open_cdev(path)
@@ -415,7 +429,7 @@ class VfioProducer(irqbypass.Producer):
             "VFIO_DEVICE_BIND_IOMMUFD",
             _abi.VFIO_DEVICE_BIND_IOMMUFD,
             buf,
-            _bind_hint(path),
+            _bind_hints(path),
         )
         self.devid = _abi.vfio_device_bind_iommufd.from_buffer_copy(buf).out_devid
 
@@ -452,9 +466,12 @@ class VfioProducer(irqbypass.Producer):
             "VFIO_GROUP_GET_DEVICE_FD",
             _abi.VFIO_GROUP_GET_DEVICE_FD,
             name,
-            f"is {self.device_name!r} one of the devices listed in "
-            "/sys/kernel/iommu_groups/<group>/devices, bound to vfio-pci and not open "
-            "elsewhere?",
+            dict.fromkeys(
+                (errno.ENODEV, errno.EINVAL, errno.EBUSY),
+                f"is {self.device_name!r} one of the devices listed in "
+                "/sys/kernel/iommu_groups/<group>/devices, bound to vfio-pci and not open "
+                "elsewhere?",
+            ),
         )
         self._owned.append(self._fd)
 
@@ -638,14 +655,19 @@ def _fd_kind(ioctl_name: str) -> str:
     return "device"
 
 
-def _bind_hint(path: str) -> str:
-    return (
-        f"could not bind {path} to the iommufd: EINVAL means it is already bound or the "
-        "iommufd fd is not one; EPERM means the platform lacks interrupt remapping "
-        "(load iommufd with allow_unsafe_interrupts=1 only if you accept that); ENOTTY "
-        "means the kernel predates the VFIO cdev (6.6) or this is not a cdev: open the "
-        "device by group instead"
-    )
+def _bind_hints(path: str) -> dict[int, str]:
+    return {
+        errno.EINVAL: f"{path} is already bound to an iommufd, or the iommufd fd is not one",
+        errno.EBADF: "the iommufd fd is not open",
+        errno.EPERM: (
+            "the platform lacks interrupt remapping: enable it (intel_iommu=on), or load "
+            "iommufd with allow_unsafe_interrupts=1 only if you accept the risk"
+        ),
+        errno.ENOTTY: (
+            f"{path} is not a VFIO device cdev, or the kernel predates the VFIO cdev (6.6): "
+            'open the device by group (device = "/dev/vfio/<group>", device_name = ...)'
+        ),
+    }
 
 
 def _generic_hint(code: int, op: str) -> str:
