@@ -1,0 +1,28 @@
+"""irqbypass-vdpa: the ``vdpa`` producer kind, a vhost-vdpa virtqueue's call interrupt.
+
+See :class:`VdpaProducer` and ``docs/plugins/vdpa.md``. ``irqbypass_vdpa.testing``
+holds a model of a vhost-vdpa device behind the same seam, for tests without one.
+"""
+
+from __future__ import annotations
+
+import glob
+
+import irqbypass
+
+from ._seam import RealSeam, Seam
+from .producer import VdpaProducer
+
+__all__ = ["RealSeam", "Seam", "VdpaProducer", "irqbypass_register_kinds", "unavailable_reason"]
+
+
+def unavailable_reason() -> str | None:
+    """Why no vhost-vdpa device can be opened here, or None."""
+    if not glob.glob("/dev/vhost-vdpa-*"):
+        return "no /dev/vhost-vdpa-N: load vhost_vdpa and create a device with `vdpa dev add`"
+    return None
+
+
+@irqbypass.hookimpl
+def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+    register.producer("vdpa", VdpaProducer.from_spec, availability=unavailable_reason)

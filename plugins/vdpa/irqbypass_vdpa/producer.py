@@ -1,0 +1,431 @@
+"""The ``vdpa`` producer: one virtqueue's call interrupt of a vhost-vdpa device.
+
+``open()`` gets a ``/dev/vhost-vdpa-N`` fd (or takes the VMM's), reads the
+device id, status, virtqueue count and the virtqueue's group, and binds the
+token eventfd as the virtqueue's call eventfd with ``VHOST_SET_VRING_CALL``;
+``close()`` unbinds it (fd -1). In the kernel, vhost-vdpa registers an
+``irq_bypass_producer`` for that eventfd once the device is DRIVER_OK, which is
+why this producer checks the status.
+
+``stop()``/``start()`` quiesce without losing an interrupt: the call eventfd
+is swapped to a holding eventfd while stopped, and what arrived there is written
+to the token on start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from collections.abc import Hashable, Mapping
+
+import irqbypass
+
+from . import _abi
+from ._seam import RealSeam, Seam
+
+__all__ = ["VdpaProducer"]
+
+CREATE_HOWTO = (
+    "create a vDPA device and give it to vhost-vdpa: `modprobe vhost_vdpa`, list the "
+    "management devices with `vdpa mgmtdev show`, then `vdpa dev add name vdpa0 mgmtdev "
+    "<mgmtdev>` (e.g. mgmtdev vdpasim_net from the vdpa_sim_net module to try it); if "
+    "virtio_vdpa took it, `echo vdpa0 > /sys/bus/vdpa/drivers/virtio_vdpa/unbind; "
+    "echo vdpa0 > /sys/bus/vdpa/drivers/vhost_vdpa/bind`"
+)
+
+
+def status_names(status: int) -> str:
+    names = [
+        name
+        for bit, name in (
+            (_abi.VIRTIO_CONFIG_S_ACKNOWLEDGE, "ACKNOWLEDGE"),
+            (_abi.VIRTIO_CONFIG_S_DRIVER, "DRIVER"),
+            (_abi.VIRTIO_CONFIG_S_FEATURES_OK, "FEATURES_OK"),
+            (_abi.VIRTIO_CONFIG_S_DRIVER_OK, "DRIVER_OK"),
+            (_abi.VIRTIO_CONFIG_S_NEEDS_RESET, "NEEDS_RESET"),
+            (_abi.VIRTIO_CONFIG_S_FAILED, "FAILED"),
+        )
+        if status & bit
+    ]
+    return f"{status:#04x} ({'|'.join(names) or 'reset'})"
+
+
+class VdpaProducer(irqbypass.Producer):
+    """The call interrupt of virtqueue ``queue`` of a vhost-vdpa device.
+
+    Give exactly one of ``device`` (``/dev/vhost-vdpa-N``; the producer opens
+    it, becomes its owner with ``VHOST_SET_OWNER`` and closes it) and
+    ``device_fd`` (the VMM's fd, already owned and set up; the producer only
+    binds and unbinds its virtqueue's call eventfd). ``require_driver_ok``
+    refuses a device whose status lacks DRIVER_OK (the kernel sets up the IRQ
+    bypass only then); ``group`` is the virtqueue group the queue must be in,
+    if given. Constructing validates but never touches the device.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        device: str | None = None,
+        device_fd: int | None = None,
+        queue: int | None = None,
+        irq: int | None = None,
+        name: str | None = None,
+        require_driver_ok: bool = True,
+        group: int | None = None,
+        seam: Seam | None = None,
+    ) -> None:
+        q = queue if queue is not None else (irq if irq is not None else 0)
+        super().__init__(token=token, irq=irq if irq is not None else q, name=name)
+        what = f"vdpa producer {self.name!r}"
+        if not isinstance(token, irqbypass.Eventfd):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: token {token!r} is not an irqbypass.Eventfd; the device "
+                "signals an eventfd, so pass the one the consumer listens to"
+            )
+        if (device is None) == (device_fd is None):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: give exactly one of device (/dev/vhost-vdpa-N) and device_fd "
+                f"(got device={device!r}, device_fd={device_fd!r})"
+            )
+        if device_fd is not None and (isinstance(device_fd, bool) or device_fd < 0):
+            raise irqbypass.InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
+        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q < 2**32:
+            raise irqbypass.InvalidEndpointError(f"{what}: queue {q!r} must be 0..2**32-1")
+        if group is not None and (isinstance(group, bool) or group < 0):
+            raise irqbypass.InvalidEndpointError(f"{what}: group {group!r} must be >= 0")
+        self.queue = q
+        self.device = device
+        self.require_driver_ok = require_driver_ok
+        self.expected_group = group
+        self._given_fd = device_fd
+        self.seam: Seam = seam if seam is not None else RealSeam()
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._owned = False
+        self._bound_to: int | None = None
+        self._stopped = False
+        self._hold: irqbypass.Eventfd | None = None
+        self.device_id: int | None = None
+        self.status: int | None = None
+        self.vq_count: int | None = None
+        self.vq_group: int | None = None
+        self._held = 0
+        self._replayed = 0
+        self._quiesces = 0
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VdpaProducer:
+        opts = spec.options_reader()
+        device = opts.get_str("device")
+        fd = opts.get_raw("fd")
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
+            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
+        if (device is None) == (fd is None):
+            raise opts.error(
+                "device",
+                "give exactly one of device (/dev/vhost-vdpa-N) and fd (a vhost-vdpa fd "
+                "this process inherited)",
+            )
+        queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=2**32 - 1)
+        require = opts.get_bool("require_driver_ok", True)
+        group = opts.get_raw("group")
+        if group is not None and (
+            isinstance(group, bool) or not isinstance(group, int) or group < 0
+        ):
+            raise opts.error("group", f"expected a virtqueue group number >= 0, got {group!r}")
+        opts.finish()
+        return cls(
+            token=spec.token,
+            device=device,
+            device_fd=fd,
+            queue=queue,
+            irq=spec.irq,
+            name=spec.name,
+            require_driver_ok=require,
+            group=group,
+        )
+
+    # -- errors ------------------------------------------------------------
+
+    def _what(self) -> str:
+        where = self.device if self.device is not None else f"fd {self._given_fd}"
+        return f"vdpa producer {self.name!r} ({where}, virtqueue {self.queue})"
+
+    def _error(self, op: str, exc: OSError, hint: str) -> irqbypass.DeviceError:
+        code = exc.errno if exc.errno is not None else errno.EIO
+        return irqbypass.DeviceError(
+            f"{self._what()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
+            errno=code,
+        )
+
+    def _refuse(self, problem: str, code: int = errno.EINVAL) -> irqbypass.DeviceError:
+        return irqbypass.DeviceError(f"{self._what()}: {problem}", errno=code)
+
+    def _ioctl(
+        self,
+        name: str,
+        request: int,
+        arg: bytearray | int,
+        hints: Mapping[int, str] | None = None,
+    ) -> int:
+        assert self._fd is not None
+        try:
+            return self.seam.ioctl(self._fd, request, arg)
+        except OSError as exc:
+            code = exc.errno or 0
+            hint = (hints or {}).get(code) or _HINTS.get(code) or "see the kernel log (dmesg)"
+            raise self._error(name, exc, hint) from exc
+
+    def _read(self, name: str, request: int, ctype: type[ctypes._SimpleCData[int]]) -> int:
+        buf = bytearray(ctypes.sizeof(ctype))
+        self._ioctl(name, request, buf)
+        value: int = ctype.from_buffer_copy(buf).value
+        return value
+
+    def _set_call(self, fd: int) -> None:
+        """Point the virtqueue's call interrupt at ``fd`` (-1: unbind)."""
+        arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
+        self._ioctl(
+            "VHOST_SET_VRING_CALL",
+            _abi.VHOST_SET_VRING_CALL,
+            arg,
+            {
+                errno.ENOBUFS: (
+                    f"virtqueue {self.queue} does not exist: the device has "
+                    f"{self.vq_count if self.vq_count is not None else 'fewer'} virtqueues"
+                ),
+                errno.EPERM: (
+                    "this fd has no vhost owner: the VMM that opened it must call "
+                    "VHOST_SET_OWNER before handing it over"
+                ),
+            },
+        )
+        self._bound_to = fd if fd >= 0 else None
+
+    # -- open / close ----------------------------------------------------------
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    @property
+    def bound_to(self) -> int | None:
+        """The eventfd the virtqueue's call interrupt signals (the token, or the
+        holding eventfd while stopped), None when unbound."""
+        return self._bound_to
+
+    def open(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                return
+            assert isinstance(self.token, irqbypass.Eventfd)
+            if self.token.closed:
+                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
+            try:
+                self._open_device()
+                self._inspect()
+                self._set_call(self.token.fileno())
+                if self._stopped:
+                    self._quiesce()
+            except BaseException:
+                self._teardown()
+                raise
+
+    def _open_device(self) -> None:
+        if self._given_fd is not None:
+            self._fd = self._given_fd
+            return
+        assert self.device is not None
+        path = self.device
+        try:
+            self._fd = self.seam.open(path, os.O_RDWR)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                hint = f"{path} does not exist: {CREATE_HOWTO}"
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                hint = (
+                    f"no permission to open {path}: run as root or give this user the node "
+                    f"(`chown $USER {path}`, or a udev rule)"
+                )
+            elif exc.errno == errno.EBUSY:
+                hint = (
+                    f"{path} is already open (vhost-vdpa has one user at a time): stop the "
+                    "other VMM, or let it hand its fd to this producer (device_fd=...)"
+                )
+            else:
+                hint = "see the kernel log (dmesg)"
+            raise self._error(f"open({path})", exc, hint) from exc
+        self._owned = True
+
+    def _inspect(self) -> None:
+        """Device id, status, virtqueue count and group; refuse what cannot be
+        bypassed, saying why."""
+        assert self._fd is not None
+        self.device_id = self._read(
+            "VHOST_VDPA_GET_DEVICE_ID", _abi.VHOST_VDPA_GET_DEVICE_ID, ctypes.c_uint32
+        )
+        self.status = self._read(
+            "VHOST_VDPA_GET_STATUS", _abi.VHOST_VDPA_GET_STATUS, ctypes.c_uint8
+        )
+        bad = self.status & (_abi.VIRTIO_CONFIG_S_FAILED | _abi.VIRTIO_CONFIG_S_NEEDS_RESET)
+        if bad:
+            raise self._refuse(
+                f"the device status is {status_names(self.status)}: it failed or needs a reset; "
+                "the VMM must reset it (VHOST_VDPA_SET_STATUS 0) and set it up again",
+                errno.EIO,
+            )
+        if self.require_driver_ok and not self.status & _abi.VIRTIO_CONFIG_S_DRIVER_OK:
+            raise self._refuse(
+                f"the device is not ready: its status is {status_names(self.status)}, without "
+                "DRIVER_OK (4); the kernel bypasses a virtqueue's interrupt only once the "
+                "driver set DRIVER_OK. Hand over the fd of a VMM that negotiated features, set "
+                "up the vrings and set DRIVER_OK (device_fd=...), or set require_driver_ok = "
+                "false to bind the call eventfd before that",
+                errno.EAGAIN,
+            )
+        try:
+            count = bytearray(4)
+            self.seam.ioctl(self._fd, _abi.VHOST_VDPA_GET_VQS_COUNT, count)
+            self.vq_count = int.from_bytes(count, "little")
+        except OSError:
+            self.vq_count = None  # before Linux 5.18: SET_VRING_CALL's ENOBUFS will tell
+        if self.vq_count is not None and self.queue >= self.vq_count:
+            raise self._refuse(
+                f"virtqueue {self.queue} is out of range: the {self._kind()} device has "
+                f"{self.vq_count} virtqueues (VHOST_VDPA_GET_VQS_COUNT), 0..{self.vq_count - 1}",
+                errno.ENOBUFS,
+            )
+        if self._owned:
+            self._ioctl(
+                "VHOST_SET_OWNER",
+                _abi.VHOST_SET_OWNER,
+                0,
+                {errno.EBUSY: "the device already has an owner"},
+            )
+        state = bytearray(bytes(_abi.vhost_vring_state(index=self.queue, num=0)))
+        try:
+            self.seam.ioctl(self._fd, _abi.VHOST_VDPA_GET_VRING_GROUP, state)
+            self.vq_group = _abi.vhost_vring_state.from_buffer_copy(state).num
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY):
+                hints = {
+                    errno.EIO: "the parent driver reports a group beyond its group count: a "
+                    "driver bug; report it, or use another virtqueue",
+                    errno.EPERM: "this fd has no vhost owner: the VMM that opened it must "
+                    "call VHOST_SET_OWNER before handing it over",
+                    errno.ENOBUFS: f"virtqueue {self.queue} does not exist on this device",
+                }
+                hint = hints.get(exc.errno or 0) or _HINTS.get(exc.errno or 0, "see dmesg")
+                raise self._error("VHOST_VDPA_GET_VRING_GROUP", exc, hint) from exc
+            # EOPNOTSUPP: the parent has no virtqueue groups; ENOTTY: before Linux 5.19
+            self.vq_group = None
+        if self.expected_group is not None and self.vq_group != self.expected_group:
+            got = "no group (the parent has none)" if self.vq_group is None else self.vq_group
+            raise self._refuse(
+                f"virtqueue {self.queue} is in group {got}, not in group "
+                f"{self.expected_group} as configured: on devices that isolate the control "
+                "virtqueue in its own group (and address space) pick a data virtqueue, or fix "
+                "the group option"
+            )
+
+    def _kind(self) -> str:
+        if self.device_id is None:
+            return "vDPA"
+        return f"virtio-{_abi.VIRTIO_IDS.get(self.device_id, str(self.device_id))}"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            self._teardown()
+
+    def _teardown(self) -> None:
+        first: BaseException | None = None
+        if self._fd is not None and self._bound_to is not None:
+            try:
+                self._set_call(-1)
+            except irqbypass.DeviceError as exc:
+                first = exc
+        self._replay()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
+        if self._owned and self._fd is not None:
+            try:
+                self.seam.close(self._fd)
+            except OSError as exc:
+                first = first or self._error("close", exc, "the fd was already closed")
+        self._owned = False
+        self._fd = None
+        self._bound_to = None
+        if first is not None:
+            raise first
+
+    # -- quiesce ---------------------------------------------------------------
+
+    def _quiesce(self) -> None:
+        self._quiesces += 1
+        if self._hold is None:
+            self._hold = irqbypass.Eventfd()
+        self._set_call(self._hold.fileno())
+
+    def _replay(self) -> None:
+        if self._hold is None:
+            return
+        held = self._hold.read(0)
+        if held:
+            self._held += held
+            assert isinstance(self.token, irqbypass.Eventfd)
+            if not self.token.closed:
+                self.token.write(held)
+                self._replayed += held
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._fd is not None:
+                self._quiesce()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                return
+            self._stopped = False
+            if self._fd is None:
+                return
+            try:
+                if self._bound_to is not None:
+                    assert isinstance(self.token, irqbypass.Eventfd)
+                    self._set_call(self.token.fileno())
+            finally:
+                self._replay()
+
+    def stats(self) -> Mapping[str, int]:
+        """``held``/``replayed``: call interrupts caught while stopped and
+        written to the token on start. No ``fired``: userspace cannot count
+        the device's interrupts."""
+        with self._lock:
+            return {
+                "held": self._held,
+                "replayed": self._replayed,
+                "quiesces": self._quiesces,
+                "bound": int(self._bound_to is not None),
+            }
+
+
+_HINTS = {
+    errno.ENOTTY: (
+        "the fd is not a vhost-vdpa device: pass /dev/vhost-vdpa-N (not /dev/vhost-net or "
+        "another vhost device), or the VMM's vhost-vdpa fd"
+    ),
+    errno.EINVAL: "the kernel refused the arguments: check the virtqueue index",
+    errno.EBUSY: "the device is in use by another owner: close that user, or take its fd",
+    errno.EPERM: "this process is not the device's vhost owner (VHOST_SET_OWNER)",
+    errno.ENODEV: "the vDPA device is gone (deleted with `vdpa dev del`?): create it again",
+    errno.EBADF: "the call eventfd is not open",
+}
