@@ -384,7 +384,10 @@ class VfioProducer(irqbypass.Producer):
         """The cdev of a PCI device when the kernel has one, else its group."""
         base = os.path.join(self.seam.sysfs_root, "bus/pci/devices", bdf)
         if not os.path.isdir(base):
-            raise self._refuse(f"there is no PCI device {bdf} (no {base})", errno.ENOENT)
+            raise self._refuse(
+                f"there is no PCI device {bdf} (no {base}): check the address with `lspci -D`",
+                errno.ENOENT,
+            )
         driver = os.path.join(base, "driver")
         bound = os.path.basename(os.readlink(driver)) if os.path.islink(driver) else None
         if bound is None or "vfio" not in bound:
