@@ -1,5 +1,5 @@
 # make demo: set up .venv from nothing but python3, then run the demo.
-# make test: the same set-up, then ruff, mypy --strict, pytest and the docs build.
+# make test: the same set-up, then ruff, mypy --strict (core and plugins), pytest and the docs build.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check core plugins tests benchmarks docs/examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core/irqbypass
+	$(BIN)/mypy core/irqbypass $(foreach p,$(PLUGINS),$(p)/irqbypass_$(notdir $(p)))
 
 pytest: $(STAMP)
 	$(BIN)/pytest
