@@ -1,0 +1,337 @@
+"""The ``posted-interrupt`` consumer: a paired producer posts into a descriptor.
+
+While the consumer is open and paired, its producer gets a direct posting path
+(``offer_direct_path``); a producer that declines keeps signalling its eventfd,
+and a relay thread reads the eventfd and posts what it read. An optional drain
+thread plays the vCPU: it waits for notifications and syncs PIR into its IRR.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Mapping
+
+import irqbypass
+
+from ._descriptor import LockMode, Port, PostedDescriptor, check_vector
+
+__all__ = ["DEFAULT_NV", "PostedInterruptConsumer"]
+
+#: Linux's POSTED_INTR_VECTOR: the notification vector KVM programs into NV.
+DEFAULT_NV = 0xF2
+_POLL_SECONDS = 0.05
+
+
+class PostedInterruptConsumer(irqbypass.Consumer):
+    """Posts its producer's interrupts into a :class:`PostedDescriptor`.
+
+    ``vector``: the vector to post (default: the producer's ``irq``).
+    ``urgent``: posts notify even while SN is set (also taken from a producer
+    attribute ``urgent``). ``nv``, ``ndst``, ``sn``: the descriptor's control
+    fields. ``file``: back the descriptor by this file (mode 0600, removed on
+    close) so another process can map it; ``lock``: ``"file"`` (default with a
+    file) or ``"process"``. ``drain``: run a vCPU-side thread that syncs on
+    every notification. The descriptor exists while the consumer is open.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        name: str | None = None,
+        vector: int | None = None,
+        urgent: bool = False,
+        nv: int = DEFAULT_NV,
+        ndst: int = 0,
+        sn: bool = False,
+        file: str | None = None,
+        lock: LockMode | None = None,
+        drain: bool = False,
+    ) -> None:
+        super().__init__(token=token, name=name)
+        what = f"posted-interrupt consumer {self.name!r}"
+        try:
+            if vector is not None:
+                check_vector(vector)
+            if not isinstance(nv, int) or not 0 <= nv <= 255:
+                raise irqbypass.InvalidEndpointError(f"nv={nv!r} does not fit a byte; use 0 to 255")
+            if not isinstance(ndst, int) or not 0 <= ndst <= 0xFFFFFFFF:
+                raise irqbypass.InvalidEndpointError(
+                    f"ndst={ndst!r} does not fit a u32; use 0 to 0xffffffff"
+                )
+            if lock not in (None, "process", "file"):
+                raise irqbypass.InvalidEndpointError(
+                    f"lock {lock!r} is unknown; use 'process' or 'file'"
+                )
+            if lock == "file" and not file:
+                raise irqbypass.InvalidEndpointError(
+                    "lock 'file' needs a file-backed descriptor; set file to a path"
+                )
+        except irqbypass.InvalidEndpointError as exc:
+            raise irqbypass.InvalidEndpointError(f"{what}: {exc}") from None
+        self.vector = vector
+        self.urgent = urgent
+        self.nv = nv
+        self.ndst = ndst
+        self.sn = sn
+        self.file = file
+        self.lock = lock
+        self.drain = drain
+        self._lock = threading.Lock()
+        self.descriptor: PostedDescriptor | None = None
+        self._partner: irqbypass.Producer | None = None
+        self._port: Port | None = None
+        self._direct = False
+        self._stopped = False
+        self._relay: threading.Thread | None = None
+        self._relay_stop = threading.Event()
+        self._drainer: threading.Thread | None = None
+        self._drain_stop = threading.Event()
+        self._relayed = 0
+        self._early = 0
+        self._last: dict[str, int] = {}
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> PostedInterruptConsumer:
+        opts = spec.options_reader()
+        vector: int | None = spec.irq
+        if opts.get_raw("vector") is not None:
+            vector = opts.get_int("vector", 0, min=0, max=255)
+        if vector is not None and not 0 <= vector <= 255:
+            raise opts.error("vector", f"irq {vector} is outside the PIR; set vector (0 to 255)")
+        file = opts.get_str("file")
+        lock = opts.get_str("lock", None, choices=["process", "file"])
+        if lock == "file" and not file:
+            raise opts.error("lock", "'file' locking needs a file-backed descriptor; set file")
+        consumer = cls(
+            token=spec.token,
+            name=spec.name,
+            vector=vector,
+            urgent=opts.get_bool("urgent", False),
+            nv=opts.get_int("nv", DEFAULT_NV, min=0, max=255),
+            ndst=opts.get_int("ndst", 0, min=0, max=0xFFFFFFFF),
+            sn=opts.get_bool("sn", False),
+            file=file,
+            lock="file" if lock == "file" else "process" if lock == "process" else None,
+            drain=opts.get_bool("drain", False),
+        )
+        opts.finish()
+        return consumer
+
+    # -- the device side ---------------------------------------------------
+
+    def open(self) -> None:
+        """Create the descriptor (and the drain thread); attach the posting
+        path if already paired."""
+        if self.descriptor is not None:
+            return
+        descriptor = PostedDescriptor(
+            nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
+        )
+        with self._lock:
+            self.descriptor = descriptor
+            self._relayed = self._early = 0
+            partner = self._partner
+        try:
+            if self.drain:
+                self._drain_stop.clear()
+                self._drainer = threading.Thread(
+                    target=self._drain_loop,
+                    args=(descriptor,),
+                    name=f"irqbypass-posted-drain-{self.name}",
+                    daemon=True,
+                )
+                self._drainer.start()
+            if partner is not None:
+                self._attach(partner)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Withdraw the posting path, stop the threads (a last sync if
+        draining), keep the final counters, and unmap the descriptor."""
+        with self._lock:
+            descriptor = self.descriptor
+            partner = self._partner
+        if descriptor is None:
+            return
+        try:
+            if partner is not None:
+                self._detach(partner)
+        finally:
+            if self._drainer is not None:
+                self._drain_stop.set()
+                self._drainer.join()
+                self._drainer = None
+                self._vcpu_sync(descriptor)
+            with self._lock:
+                self._last = self._counters(descriptor)
+                self.descriptor = None
+            descriptor.close()
+
+    def _drain_loop(self, descriptor: PostedDescriptor) -> None:
+        """The vCPU: wake on a notification, sync PIR to IRR, take the vectors."""
+        while not self._drain_stop.is_set():
+            if descriptor.wait(_POLL_SECONDS):
+                self._vcpu_sync(descriptor)
+
+    @staticmethod
+    def _vcpu_sync(descriptor: PostedDescriptor) -> None:
+        descriptor.sync()
+        while descriptor.acknowledge() is not None:
+            pass
+
+    # -- the bypass callbacks ----------------------------------------------
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        vector = self.vector if self.vector is not None else producer.irq
+        try:
+            check_vector(vector)
+        except irqbypass.InvalidEndpointError as exc:
+            raise irqbypass.InvalidEndpointError(
+                f"posted-interrupt consumer {self.name!r}: producer {producer.name!r} has irq "
+                f"{vector!r}, {exc}; set the consumer option vector"
+            ) from None
+        urgent = self.urgent or bool(getattr(producer, "urgent", False))
+        port = Port(vector, urgent)
+        port.held = self._stopped
+        with self._lock:
+            self._partner, self._port = producer, port
+            is_open = self.descriptor is not None
+        if is_open:
+            try:
+                self._attach(producer)
+            except BaseException:
+                with self._lock:
+                    self._partner = self._port = None
+                raise
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        try:
+            if self.descriptor is not None:
+                self._detach(producer)
+        finally:
+            with self._lock:
+                self._partner = self._port = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            descriptor, port = self.descriptor, self._port
+        if port is not None:
+            if descriptor is not None:
+                descriptor.hold(port)
+            else:
+                port.held = True
+
+    def start(self) -> None:
+        with self._lock:
+            self._stopped = False
+            descriptor, port = self.descriptor, self._port
+        if port is not None:
+            if descriptor is not None:
+                descriptor.release_port(port)
+            else:
+                port.held = False
+
+    def _attach(self, producer: irqbypass.Producer) -> None:
+        """Offer the direct path; relay the eventfd if the producer declines.
+        Our lock is not held here: the producer takes its own lock."""
+        descriptor, port = self.descriptor, self._port
+        assert descriptor is not None and port is not None
+        if producer.offer_direct_path(descriptor.poster(port)):
+            self._direct = True
+            # what the producer signalled before it switched (KVM's irqfd also
+            # injects an event pending at assignment)
+            early = self._read_token(0)
+            if early:
+                self._early += early
+                descriptor.post_port(port, early)
+            return
+        self._direct = False
+        if not isinstance(self.token, irqbypass.Eventfd) or self.token.closed:
+            raise irqbypass.ConnectError(
+                f"posted-interrupt consumer {self.name!r}: producer {producer.name!r} declined "
+                "the direct posting path and the token is not an open irqbypass.Eventfd, so "
+                "there is nothing to relay from; pair with a producer that posts directly, "
+                "or use an eventfd token"
+            )
+        self._relay_stop.clear()
+        self._relay = threading.Thread(
+            target=self._relay_loop,
+            args=(descriptor, port),
+            name=f"irqbypass-posted-relay-{self.name}",
+            daemon=True,
+        )
+        self._relay.start()
+
+    def _detach(self, producer: irqbypass.Producer) -> None:
+        descriptor, port = self.descriptor, self._port
+        try:
+            if self._direct:
+                producer.offer_direct_path(None)
+                self._direct = False
+            elif self._relay is not None:
+                self._relay_stop.set()
+                self._relay.join()
+                self._relay = None
+        finally:
+            # whatever was held while stopped was posted to us: deliver it
+            if descriptor is not None and port is not None:
+                descriptor.release_port(port)
+                port.held = self._stopped
+
+    def _read_token(self, timeout: float) -> int:
+        token = self.token
+        if isinstance(token, irqbypass.Eventfd) and not token.closed:
+            return token.read(timeout)
+        return 0
+
+    def _relay_loop(self, descriptor: PostedDescriptor, port: Port) -> None:
+        """The host thread of the eventfd path: read, post."""
+        while not self._relay_stop.is_set():
+            count = self._read_token(_POLL_SECONDS)
+            if count:
+                self._relayed += count
+                descriptor.post_port(port, count)
+        count = self._read_token(0)  # what came before the producer was detached
+        if count:
+            self._relayed += count
+            descriptor.post_port(port, count)
+
+    # -- looking -----------------------------------------------------------
+
+    def _counters(self, descriptor: PostedDescriptor) -> dict[str, int]:
+        counters = descriptor.counters()
+        port = self._port
+        return {
+            "delivered": counters["posts_drained"],
+            "posted": counters["posted"],
+            "notified": counters["notified"],
+            "vectors_drained": counters["vectors_drained"],
+            "syncs": counters["syncs"],
+            "undrained": counters["pending"],
+            "held": port.held_count if port is not None else 0,
+            "relayed": self._relayed,
+            "early": self._early,
+        }
+
+    def stats(self) -> Mapping[str, int]:
+        """``delivered``: posts drained by a sync (each sync takes a vector's
+        PIR bit and every post counted behind it); ``vectors_drained``: PIR bits
+        taken (what the guest sees as interrupts; fewer when posts coalesce);
+        ``posted``, ``notified``, ``syncs``; ``undrained``: posted, not yet
+        synced; ``held``: held while stopped; ``relayed``: posts that came via
+        the eventfd relay; ``early``: signalled before the direct path was set."""
+        with self._lock:
+            descriptor = self.descriptor
+            if descriptor is None:
+                return (
+                    dict(self._last)
+                    if self._last
+                    else dict.fromkeys(
+                        ("delivered", "posted", "notified", "vectors_drained", "syncs"), 0
+                    )
+                )
+        return self._counters(descriptor)

@@ -1,0 +1,626 @@
+"""The posted-interrupt descriptor: Linux ``struct pi_desc`` / VT-d PID, in a shared mapping.
+
+Bytes 0-63 of the mapping are bit-exact with ``struct pi_desc``
+(arch/x86/include/asm/posted_intr.h)::
+
+    u64 pir[4];                                   bytes  0-31  PIR, bit v = vector v
+    u64 on:1, sn:1, rsvd_1:14, nv:8, rsvd_2:8, ndst:32   bytes 32-39  control
+    u32 rsvd[6];                                  bytes 40-63
+
+Behind the descriptor (from byte 64) lies a software sidecar that hardware does
+not have: a magic, counters, and per-vector post counts. It lets any process that
+maps the file count exactly what it drains, because a PIR bit alone cannot say how
+many posts it stands for (posts of one vector before a sync coalesce into one bit).
+
+Posting follows VT-d "Interrupt-Posting Hardware Operation": set the vector's PIR
+bit; if ON was clear and (the post is urgent or SN is clear), set ON and send the
+notification event (here: a write to the notification eventfd). ``sync`` is
+Linux's ``sync_pir_to_irr``: clear ON, then take PIR into the IRR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import irqbypass
+
+__all__ = [
+    "DESCRIPTOR_SIZE",
+    "MAPPING_SIZE",
+    "LockMode",
+    "Port",
+    "PostedDescriptor",
+    "SyncResult",
+]
+
+#: The hardware descriptor: 64 bytes, 64-byte aligned.
+DESCRIPTOR_SIZE = 64
+#: The whole mapping: the descriptor and the software sidecar (two pages).
+MAPPING_SIZE = 8192
+
+# Byte offsets in the hardware descriptor.
+PIR_OFFSET = 0
+PIR_BYTES = 32
+CONTROL_OFFSET = 32  # ON is bit 0 and SN bit 1 of this byte (bits 256 and 257)
+NV_OFFSET = 34
+NDST_OFFSET = 36
+ON_BIT = 0x01
+SN_BIT = 0x02
+
+# The sidecar, in u64 slots (slot i = bytes 8i .. 8i+7), little-endian like x86.
+MAGIC = int.from_bytes(b"IRQBPID1", "little")
+_MAGIC = 8  # byte 64
+_SIZE = 9  # byte 72: MAPPING_SIZE, so an attacher can check it
+_NOTIFIED = 10  # notifications sent (ON 0 -> 1 with a notification)
+_SYNCS = 11  # sync() calls
+_VECTORS_DRAINED = 12  # PIR bits taken by sync()
+_POSTS_DRAINED = 13  # posts taken by sync() (the sum of the counts behind those bits)
+_PENDING = 64  # bytes 512..2559: posts per vector since its bit was last drained
+_DRAINED = 320  # bytes 2560..4607: posts drained per vector, cumulative
+
+_ZERO_PIR = bytes(PIR_BYTES)
+_ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
+
+LockMode = Literal["process", "file"]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one ``sync`` took: the PIR bitmap and the posts behind each bit."""
+
+    vectors: int = 0
+    posts: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def vector_list(self) -> list[int]:
+        return [v for v in range(256) if self.vectors >> v & 1]
+
+    @property
+    def total_posts(self) -> int:
+        return sum(self.posts.values())
+
+
+class Port:
+    """One producer's way in: while ``held`` (the pair is stopped), posts are
+    counted here instead of reaching the descriptor, and flushed on release.
+    Guarded by the descriptor's lock."""
+
+    __slots__ = ("held", "held_count", "urgent", "vector")
+
+    def __init__(self, vector: int, urgent: bool = False) -> None:
+        check_vector(vector)
+        self.vector = vector
+        self.urgent = urgent
+        self.held = False
+        self.held_count = 0
+
+
+def check_vector(vector: object) -> int:
+    if not isinstance(vector, int) or isinstance(vector, bool) or not 0 <= vector <= 255:
+        raise irqbypass.InvalidEndpointError(
+            f"vector {vector!r} is outside the PIR: use an int from 0 to 255"
+        )
+    return vector
+
+
+class PostedDescriptor:
+    """A posted-interrupt descriptor and its notification eventfd.
+
+    Anonymous (``file=None``): an in-process shared mapping; the lock mode is
+    ``"process"`` (a ``threading.Lock``). File-backed: the file is created with
+    ``O_EXCL`` and mode 0600 (refused if it exists), sized to
+    :data:`MAPPING_SIZE`, and removed on :meth:`close`; other processes map it
+    with :meth:`attach`. With lock mode ``"file"`` (the default for a file),
+    every post, sync and SN change also holds ``flock(LOCK_EX)`` on the file, so
+    processes that all use this class never lose a vector. Without it, another
+    process that writes the mapping can race a read-modify-write here.
+    """
+
+    def __init__(
+        self,
+        *,
+        nv: int = 0,
+        ndst: int = 0,
+        sn: bool = False,
+        file: str | None = None,
+        lock: LockMode | None = None,
+        notification: irqbypass.Eventfd | None = None,
+    ) -> None:
+        _check_control(nv, ndst)
+        mode: LockMode = lock if lock is not None else ("file" if file else "process")
+        if mode not in ("process", "file"):
+            raise irqbypass.InvalidEndpointError(
+                f"lock mode {mode!r} is unknown; use 'process' or 'file'"
+            )
+        if mode == "file" and not file:
+            raise irqbypass.InvalidEndpointError(
+                "lock mode 'file' needs a file-backed descriptor; pass file=PATH"
+            )
+        self.closed = True
+        self._fd = -1
+        self._path: str | None = None
+        self._unlink = False
+        if file:
+            self._fd = _create_file(file)
+            self._path, self._unlink = file, True
+        self._setup(mode, notification)
+        try:
+            self._q[_MAGIC] = MAGIC
+            self._q[_SIZE] = MAPPING_SIZE
+            self._b[NV_OFFSET] = nv
+            self._b[NDST_OFFSET : NDST_OFFSET + 4] = ndst.to_bytes(4, "little")
+            self._b[CONTROL_OFFSET] = SN_BIT if sn else 0
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def attach(
+        cls,
+        path: str,
+        *,
+        lock: LockMode = "file",
+        notification: irqbypass.Eventfd | None = None,
+    ) -> PostedDescriptor:
+        """Map the descriptor another process created at ``path`` (the vCPU
+        side of a VMM, say). It is never removed by this object's ``close``.
+        ``notification``: that process's notification eventfd, if passed over
+        (fork, ``pass_fds`` or SCM_RIGHTS); this object does not own it."""
+        if lock not in ("process", "file"):
+            raise irqbypass.InvalidEndpointError(
+                f"lock mode {lock!r} is unknown; use 'process' or 'file'"
+            )
+        self = cls.__new__(cls)
+        self.closed = True
+        self._fd = -1
+        self._path, self._unlink = path, False
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise irqbypass.DeviceError(
+                f"cannot open posted-interrupt descriptor {path!r}: {exc.strerror}; "
+                "is the consumer that creates it open, and may this user read it?",
+                errno=exc.errno,
+            ) from exc
+        try:
+            info = os.fstat(self._fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != MAPPING_SIZE:
+                raise irqbypass.InvalidEndpointError(
+                    f"{path!r} is not a posted-interrupt descriptor file (a regular file "
+                    f"of {MAPPING_SIZE} bytes); check the path"
+                )
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._setup(lock, notification, owned_notification=False)
+        if self._q[_MAGIC] != MAGIC:
+            self.close()
+            raise irqbypass.InvalidEndpointError(
+                f"{path!r} has no posted-interrupt descriptor magic; check the path"
+            )
+        return self
+
+    def _setup(
+        self,
+        mode: LockMode,
+        notification: irqbypass.Eventfd | None,
+        *,
+        owned_notification: bool | None = None,
+    ) -> None:
+        """Map, make the views and the notification eventfd (closes ``_fd`` on failure)."""
+        self.lock_mode: LockMode = mode
+        self._lock = threading.Lock()
+        self.irr = 0  # this side's IRR: vectors synced and not yet acknowledged
+        try:
+            self._mm = (
+                mmap.mmap(self._fd, MAPPING_SIZE) if self._fd >= 0 else mmap.mmap(-1, MAPPING_SIZE)
+            )
+        except BaseException:
+            self._close_file()
+            raise
+        self._b = memoryview(self._mm)
+        self._q = self._b.cast("Q")
+        if notification is None:
+            self._own_notification = True if owned_notification is None else owned_notification
+            self.notification: irqbypass.Eventfd | None = (
+                irqbypass.Eventfd() if self._own_notification else None
+            )
+        else:
+            self._own_notification = False
+            self.notification = notification
+        self._nfd = self.notification.fileno() if self.notification is not None else -1
+        self.closed = False
+
+    def _close_file(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if self._unlink and self._path is not None:
+            self._unlink = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+
+    def close(self) -> None:
+        """Unmap; remove the file if this object created it; close the
+        notification eventfd if it owns it. Posters made by :meth:`poster`
+        must no longer be called."""
+        if self.closed:
+            self._close_file()
+            return
+        self.closed = True
+        with self._lock:
+            self._q.release()
+            self._b.release()
+            self._mm.close()
+        self._close_file()
+        if self.notification is not None and self._own_notification:
+            self.notification.close()
+
+    def __enter__(self) -> PostedDescriptor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self._path or "anonymous"
+        return f"<PostedDescriptor {where} lock={self.lock_mode}{' closed' if self.closed else ''}>"
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    # -- locking -------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        self._lock.acquire()
+        if self.lock_mode == "file":
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._lock.release()
+                raise
+
+    def _release(self) -> None:
+        if self.lock_mode == "file":
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+
+    def _notify(self) -> None:
+        if self._nfd >= 0:
+            os.write(self._nfd, _ONE)
+
+    # -- posting (the device / IOMMU side) -----------------------------------
+
+    def post(self, vector: int, urgent: bool = False) -> bool:
+        """Post ``vector`` once; True if this post sent a notification."""
+        return self.post_many(vector, 1, urgent)
+
+    def post_many(self, vector: int, count: int, urgent: bool = False) -> bool:
+        """Post ``vector`` ``count`` times at once (one PIR bit, ``count`` posts
+        behind it, at most one notification)."""
+        check_vector(vector)
+        if count <= 0:
+            return False
+        self._acquire()
+        try:
+            notify = self._post_locked(vector, count, urgent)
+        finally:
+            self._release()
+        if notify:
+            self._notify()
+        return notify
+
+    def _post_locked(self, vector: int, count: int, urgent: bool) -> bool:
+        b = self._b
+        b[vector >> 3] |= 1 << (vector & 7)
+        self._q[_PENDING + vector] += count
+        control = b[CONTROL_OFFSET]
+        if control & (ON_BIT if urgent else ON_BIT | SN_BIT):
+            return False
+        b[CONTROL_OFFSET] = control | ON_BIT
+        self._q[_NOTIFIED] += 1
+        return True
+
+    def poster(self, port: Port) -> Callable[[], None]:
+        """A no-argument function posting ``port.vector`` once: the direct path
+        offered to a producer. Everything it needs is bound in advance."""
+        lock = self._lock
+        b = self._b
+        q = self._q
+        index = port.vector >> 3
+        mask = 1 << (port.vector & 7)
+        pending = _PENDING + port.vector
+        test = ON_BIT if port.urgent else ON_BIT | SN_BIT
+        nfd = self._nfd
+        write = os.write
+        one = _ONE
+        acquire = lock.acquire
+        release = lock.release
+        control_at = CONTROL_OFFSET
+        on_bit = ON_BIT
+        notified = _NOTIFIED
+
+        if self.lock_mode == "file":
+            fd = self._fd
+            flock = fcntl.flock
+            ex, un = fcntl.LOCK_EX, fcntl.LOCK_UN
+
+            def post_file_locked() -> None:
+                acquire()
+                try:
+                    flock(fd, ex)
+                    try:
+                        if port.held:
+                            port.held_count += 1
+                            return
+                        b[index] |= mask
+                        q[pending] += 1
+                        control = b[control_at]
+                        if control & test:
+                            return
+                        b[control_at] = control | on_bit
+                        q[notified] += 1
+                    finally:
+                        flock(fd, un)
+                finally:
+                    release()
+                if nfd >= 0:
+                    write(nfd, one)
+
+            return post_file_locked
+
+        def post() -> None:
+            acquire()
+            try:
+                if port.held:
+                    port.held_count += 1
+                    return
+                b[index] |= mask
+                q[pending] += 1
+                control = b[control_at]
+                if control & test:
+                    return
+                b[control_at] = control | on_bit
+                q[notified] += 1
+            finally:
+                release()
+            if nfd >= 0:
+                write(nfd, one)
+
+        return post
+
+    def post_port(self, port: Port, count: int) -> bool:
+        """Post ``count`` interrupts through ``port`` (held while it is held):
+        how the eventfd relay posts what one read took."""
+        if count <= 0:
+            return False
+        self._acquire()
+        try:
+            if port.held:
+                port.held_count += count
+                return False
+            notify = self._post_locked(port.vector, count, port.urgent)
+        finally:
+            self._release()
+        if notify:
+            self._notify()
+        return notify
+
+    def hold(self, port: Port) -> None:
+        """Hold the port's posts (the pair is stopped)."""
+        self._acquire()
+        port.held = True
+        self._release()
+
+    def release_port(self, port: Port) -> int:
+        """Stop holding; post what was held (one PIR bit). Returns the count."""
+        self._acquire()
+        try:
+            count, port.held, port.held_count = port.held_count, False, 0
+            notify = count > 0 and self._post_locked(port.vector, count, port.urgent)
+        finally:
+            self._release()
+        if notify:
+            self._notify()
+        return count
+
+    # -- the vCPU side -------------------------------------------------------
+
+    def sync(self) -> SyncResult:
+        """Take PIR into the IRR (Linux ``sync_pir_to_irr``): clear ON first, so
+        a post racing this sync notifies again instead of hiding behind ON."""
+        posts: dict[int, int] = {}
+        self._acquire()
+        try:
+            b, q = self._b, self._q
+            b[CONTROL_OFFSET] &= ~ON_BIT & 0xFF
+            vectors = int.from_bytes(b[PIR_OFFSET:PIR_BYTES], "little")
+            q[_SYNCS] += 1
+            if vectors:
+                b[PIR_OFFSET:PIR_BYTES] = _ZERO_PIR
+                bits, total = vectors, 0
+                while bits:
+                    low = bits & -bits
+                    vector = low.bit_length() - 1
+                    bits ^= low
+                    count = q[_PENDING + vector]
+                    q[_PENDING + vector] = 0
+                    q[_DRAINED + vector] += count
+                    posts[vector] = count
+                    total += count
+                q[_VECTORS_DRAINED] += len(posts)
+                q[_POSTS_DRAINED] += total
+                self.irr |= vectors
+        finally:
+            self._release()
+        return SyncResult(vectors, posts)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for notifications (up to ``timeout`` s); returns how many came."""
+        if self.notification is None:
+            raise irqbypass.IrqBypassError(
+                "this descriptor has no notification eventfd; pass notification= to attach()"
+            )
+        return self.notification.read(timeout)
+
+    def acknowledge(self) -> int | None:
+        """The vCPU takes its highest-priority pending vector out of the IRR
+        (as the local APIC does); None when the IRR is empty."""
+        with self._lock:
+            if not self.irr:
+                return None
+            vector = self.irr.bit_length() - 1
+            self.irr &= ~(1 << vector)
+            return vector
+
+    def set_sn(self, suppress: bool) -> bool:
+        """Set or clear SN (the vCPU is scheduled out / back in). Clearing it
+        while PIR holds vectors and ON is clear sets ON and notifies, as Linux's
+        ``vmx_vcpu_pi_load`` does, so posts suppressed meanwhile wake the vCPU.
+        Returns True if it notified."""
+        notify = False
+        self._acquire()
+        try:
+            b = self._b
+            control = b[CONTROL_OFFSET]
+            if suppress:
+                b[CONTROL_OFFSET] = control | SN_BIT
+            else:
+                control &= ~SN_BIT & 0xFF
+                if not control & ON_BIT and any(b[PIR_OFFSET:PIR_BYTES]):
+                    control |= ON_BIT
+                    self._q[_NOTIFIED] += 1
+                    notify = True
+                b[CONTROL_OFFSET] = control
+        finally:
+            self._release()
+        if notify:
+            self._notify()
+        return notify
+
+    def set_nv(self, nv: int) -> None:
+        _check_control(nv, 0)
+        self._acquire()
+        self._b[NV_OFFSET] = nv
+        self._release()
+
+    def set_ndst(self, ndst: int) -> None:
+        _check_control(0, ndst)
+        self._acquire()
+        self._b[NDST_OFFSET : NDST_OFFSET + 4] = ndst.to_bytes(4, "little")
+        self._release()
+
+    # -- looking -------------------------------------------------------------
+
+    def raw(self) -> bytes:
+        """The 64 descriptor bytes, exactly as mapped."""
+        return bytes(self._b[:DESCRIPTOR_SIZE])
+
+    @property
+    def pir(self) -> int:
+        return int.from_bytes(self._b[PIR_OFFSET:PIR_BYTES], "little")
+
+    @property
+    def on(self) -> bool:
+        return bool(self._b[CONTROL_OFFSET] & ON_BIT)
+
+    @property
+    def sn(self) -> bool:
+        return bool(self._b[CONTROL_OFFSET] & SN_BIT)
+
+    @property
+    def nv(self) -> int:
+        return self._b[NV_OFFSET]
+
+    @property
+    def ndst(self) -> int:
+        return int.from_bytes(self._b[NDST_OFFSET : NDST_OFFSET + 4], "little")
+
+    def posted_per_vector(self) -> dict[int, int]:
+        """Posts per vector so far (drained and pending), vectors with any."""
+        self._acquire()
+        try:
+            q = self._q
+            counts = {v: q[_DRAINED + v] + q[_PENDING + v] for v in range(256)}
+        finally:
+            self._release()
+        return {v: n for v, n in counts.items() if n}
+
+    def drained_per_vector(self) -> dict[int, int]:
+        self._acquire()
+        try:
+            q = self._q
+            counts = {v: q[_DRAINED + v] for v in range(256)}
+        finally:
+            self._release()
+        return {v: n for v, n in counts.items() if n}
+
+    def counters(self) -> dict[str, int]:
+        """posted, notified, syncs, vectors_drained, posts_drained, pending."""
+        self._acquire()
+        try:
+            q = self._q
+            pending = sum(q[_PENDING : _PENDING + 256])
+            drained = q[_POSTS_DRAINED]
+            return {
+                "posted": drained + pending,
+                "notified": q[_NOTIFIED],
+                "syncs": q[_SYNCS],
+                "vectors_drained": q[_VECTORS_DRAINED],
+                "posts_drained": drained,
+                "pending": pending,
+            }
+        finally:
+            self._release()
+
+
+def _check_control(nv: int, ndst: int) -> None:
+    if not isinstance(nv, int) or not 0 <= nv <= 255:
+        raise irqbypass.InvalidEndpointError(
+            f"notification vector nv={nv!r} does not fit its byte; use 0 to 255"
+        )
+    if not isinstance(ndst, int) or not 0 <= ndst <= 0xFFFFFFFF:
+        raise irqbypass.InvalidEndpointError(
+            f"notification destination ndst={ndst!r} does not fit its u32; use 0 to 0xffffffff "
+            "(the x2APIC ID, or the xAPIC ID shifted left by 8)"
+        )
+
+
+def _create_file(path: str) -> int:
+    """Create the backing file: O_EXCL, mode 0600, sized to the mapping."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise irqbypass.DeviceError(
+            f"posted-interrupt descriptor file {path!r} already exists: another consumer "
+            "uses it, or a crashed run left it behind; pick another path or remove it",
+            errno=errno.EEXIST,
+        ) from exc
+    except OSError as exc:
+        raise irqbypass.DeviceError(
+            f"cannot create posted-interrupt descriptor file {path!r}: {exc.strerror}; "
+            "check that the directory exists and is writable (/dev/shm is a good place)",
+            errno=exc.errno,
+        ) from exc
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, MAPPING_SIZE)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise irqbypass.DeviceError(
+            f"cannot size posted-interrupt descriptor file {path!r}: {exc.strerror}",
+            errno=exc.errno,
+        ) from exc
+    return fd
