@@ -64,10 +64,13 @@ def posting_rate(n: int, repeat: int) -> dict[str, float]:
         post = d.poster(Port(44))
         out["posted"] = rate(post, n, repeat)
         d.sync()
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as t:
-        with PostedDescriptor(file=os.path.join(t, "pid")) as d:
-            post = d.poster(Port(44))
-            out["posted_flock"] = rate(post, max(1, n // 5), repeat)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with (
+        tempfile.TemporaryDirectory(dir=shm) as t,
+        PostedDescriptor(file=os.path.join(t, "pid")) as d,
+    ):
+        post = d.poster(Port(44))
+        out["posted_flock"] = rate(post, max(1, n // 5), repeat)
     # two threads posting different vectors into one descriptor at once
     with PostedDescriptor() as d:
         posters = [d.poster(Port(40)), d.poster(Port(41))]
