@@ -76,13 +76,10 @@ def state(on: int, sn: int, nv: int, ndst: int, vectors: list[int]) -> bytes:
         if on:
             assert vectors, "ON is set by a post, so an ON state needs a vector"
             d.post(vectors[0], urgent=True)  # urgent: sets ON despite SN
-        d.set_sn(bool(sn)) if sn else _clear_sn_keep_on(d)
+        if not sn:
+            d.set_sn(False)  # only used where ON is set already, so it adds nothing
         assert (d.on, d.sn) == (bool(on), bool(sn))
         return d.raw()
-
-
-def _clear_sn_keep_on(d: PostedDescriptor) -> None:
-    d.set_sn(False)  # sets ON when PIR holds bits: only used where that is expected
 
 
 def expected_bytes(on: int, sn: int, nv: int, ndst: int, vectors: list[int]) -> bytes:
@@ -154,19 +151,29 @@ def test_mapping_is_64_byte_aligned() -> None:
             del view
 
 
+@pytest.mark.parametrize("path", ["post", "poster", "post_port"])
 @pytest.mark.parametrize(("on", "sn", "urgent"), list(itertools.product([0, 1], repeat=3)))
-def test_posting_rule(on: int, sn: int, urgent: int) -> None:
-    """VT-d: PIR bit always; notify (and set ON) iff ON was clear and (URG or !SN)."""
+def test_posting_rule(on: int, sn: int, urgent: int, path: str) -> None:
+    """VT-d: PIR bit always; notify (and set ON) iff ON was clear and (URG or !SN).
+    The same rule holds for every way in: post(), the direct path, the relay's."""
     with PostedDescriptor(sn=True) as d:
         if on:
             d.post(1, urgent=True)
-        d.set_sn(bool(sn)) if sn else _clear_sn_keep_on(d)
+        if sn:
+            d.set_sn(True)
+        else:
+            d.set_sn(False)  # PIR is empty unless ON is already set: no new notification
         assert (d.on, d.sn) == (bool(on), bool(sn))
         before_notified = d.counters()["notified"]
         d.wait(0)  # take earlier notifications
-        notified = d.post(77, urgent=bool(urgent))
+        port = Port(77, urgent=bool(urgent))
+        if path == "post":
+            d.post(77, urgent=bool(urgent))
+        elif path == "poster":
+            d.poster(port)()
+        else:
+            d.post_port(port, 3)
         expect = not on and (bool(urgent) or not sn)
-        assert notified == expect
         assert d.wait(0) == (1 if expect else 0)
         assert d.counters()["notified"] == before_notified + expect
         assert d.pir >> 77 & 1
