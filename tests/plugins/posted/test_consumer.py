@@ -395,3 +395,62 @@ def test_attach_by_process_lock_reads_only(tmp_path: Path) -> None:
         assert reader.pir == 1 << 9 and reader.on and reader.notification is None
         with pytest.raises(irqbypass.IrqBypassError, match="no notification eventfd"):
             reader.wait(0)
+
+
+SN_CHILD = r"""
+import json, sys
+import irqbypass
+from irqbypass_posted import PostedDescriptor
+
+path, fd = sys.argv[1], int(sys.argv[2])
+with irqbypass.Eventfd.from_fd(fd, owned=True) as note:
+    with PostedDescriptor.attach(path, notification=note) as d:
+        d.set_sn(True)  # this vCPU is scheduled out
+        print("suppressed", flush=True)
+        sys.stdin.readline()
+        notified = d.set_sn(False)  # scheduled in: pending vectors notify
+        notes = d.wait(60.0)
+        posts = d.sync().posts
+        print(json.dumps({"notified": notified, "notes": notes, "posts": posts}), flush=True)
+"""
+
+
+def test_sn_set_by_another_process_suppresses_until_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "vcpu1.pid"
+    with irqbypass.Eventfd() as token:
+        consumer = PostedInterruptConsumer(token=token, vector=49, file=str(path))
+        producer = Raw(token=token)
+        with consumer:
+            mgr = irqbypass.Manager()
+            mgr.register_consumer(consumer)
+            mgr.register_producer(producer)
+            descriptor = consumer.descriptor
+            assert descriptor is not None and descriptor.notification is not None
+            assert producer.deliver is not None
+            nfd = descriptor.notification.fileno()
+            child = subprocess.Popen(
+                [sys.executable, "-c", SN_CHILD, str(path), str(nfd)],
+                pass_fds=(nfd,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert child.stdout is not None and child.stdin is not None
+                assert child.stdout.readline() == "suppressed\n"
+                assert descriptor.sn
+                for _ in range(10):
+                    producer.deliver()
+                assert consumer.stats()["notified"] == 0 and not descriptor.on
+                out, _ = child.communicate("go\n", timeout=TIMEOUT)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate()
+            assert child.returncode == 0
+            assert json.loads(out) == {"notified": True, "notes": 1, "posts": {"49": 10}}
+            stats = consumer.stats()
+            assert (stats["notified"], stats["delivered"], stats["syncs"]) == (1, 10, 1)
+            assert not descriptor.sn and not descriptor.on
+            mgr.unregister_producer(producer)
+            mgr.unregister_consumer(consumer)
