@@ -36,6 +36,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .kinds import SIDES, Side
+from .options import show_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,6 +137,11 @@ def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
         raise ConfigError(f"invalid TOML: {problem}", file=file, line=where) from None
     except RecursionError:
         raise ConfigError("invalid TOML: nested too deeply", file=file) from None
+    except ValueError:  # int() refuses a literal of more than 4300 digits
+        raise ConfigError(
+            "invalid TOML: a number has too many digits; use a value in its key's range",
+            file=file,
+        ) from None
     return _Validator(file, text).config(raw)
 
 
@@ -239,7 +245,8 @@ class _Validator:
             raise self.error("run.duration", f"expected seconds, got {_describe(duration)}")
         if not 0 < duration <= MAX_DURATION:
             raise self.error(
-                "run.duration", f"{duration} is out of range (0, {MAX_DURATION:.0f}] seconds"
+                "run.duration",
+                f"{show_value(duration)} is out of range (0, {MAX_DURATION:.0f}] seconds",
             )
         return float(duration)
 
@@ -286,7 +293,8 @@ class _Validator:
         if not _NAME.match(value):
             raise self.error(
                 key,
-                f"{value!r} is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'",
+                f"{show_value(value)} is not a valid name: "
+                "use 1 to 64 letters, digits, '_', '-' or '.'",
             )
         return value
 
@@ -317,4 +325,4 @@ def _describe(value: object) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {show_value(value)}"

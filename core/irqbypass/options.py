@@ -52,8 +52,12 @@ class Options:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise self.error(key, f"expected a finite number, got {value}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise self.error(key, f"expected a finite number, got {show_value(value)}")
         self._check_range(key, value, min, max)
         return float(value)
 
@@ -74,7 +78,8 @@ class Options:
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {_describe(value)}")
         if choices is not None and value not in choices:
-            raise self.error(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+            allowed = ", ".join(map(repr, choices))
+            raise self.error(key, f"{show_value(value)} is not one of {allowed}")
         return value
 
     def get_raw(self, key: str) -> Any:
@@ -99,10 +104,21 @@ class Options:
 
     def _check_range(self, key: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
-            raise self.error(key, f"{value} is below the minimum {low}")
+            raise self.error(key, f"{show_value(value)} is below the minimum {low}")
         if high is not None and value > high:
-            raise self.error(key, f"{value} is above the maximum {high}")
+            raise self.error(key, f"{show_value(value)} is above the maximum {high}")
+
+
+def show_value(value: object, limit: int = 80) -> str:
+    """``repr(value)`` fit for an error message: an integer too long to print
+    (str() refuses more than 4300 digits) is described by its size, and a long
+    value is shortened, so a hostile file cannot make the message fail or huge."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        sign = "-" if value < 0 else ""
+        return f"{sign}<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]}"
 
 
 def _describe(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {show_value(value)}"
