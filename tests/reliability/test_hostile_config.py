@@ -559,3 +559,57 @@ def test_cli_run_with_failing_apply(tmp_path: Path, cli_env: dict[str, str]) -> 
     )
     _assert_cli_error(proc)
     assert "No such file or directory" in proc.stderr
+
+
+# -- a value that passes validation but broke the mock's firing thread ----------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"rate": 1e-12, "count": 3}, id="tiny-rate"),
+        pytest.param({"rate": 5e-324, "count": -1}, id="denormal-rate"),
+        pytest.param({"delay": 1e12, "count": 1}, id="huge-delay"),
+    ],
+)
+def test_mock_extreme_timing_does_not_crash_its_thread(
+    kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    """Regression: a period or delay beyond threading.TIMEOUT_MAX made the
+    mock's thread die with OverflowError (a traceback on stderr under
+    ``irqbypass run``); it must wait (until closed) instead."""
+    import threading
+    import time
+
+    from irqbypass_mock import MockProducer
+
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    producer = MockProducer(token="t", **kwargs)
+    producer.open()
+    try:
+        expected = 0 if "delay" in kwargs else 1
+        deadline = time.monotonic() + 30
+        while producer.stats()["fired"] < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the thread would have crashed by now if it were going to
+        assert producer._thread is not None and producer._thread.is_alive(), crashed
+        assert producer.stats()["fired"] == expected
+    finally:
+        producer.close()
+    assert crashed == []
+
+
+def test_cli_run_with_tiny_rate_has_no_traceback(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    path = tmp_path / "slow.toml"
+    path.write_text(PRODUCER + "options = { rate = 1e-12, count = 2 }\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "irqbypass.cli", "run", str(path), "--duration", "0.5", "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["pairs"][0]["fired"] == 1

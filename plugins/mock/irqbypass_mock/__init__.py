@@ -137,7 +137,9 @@ class MockProducer(irqbypass.Producer):
             self._via_eventfd += n
 
     def _run(self) -> None:
-        if self._closing.wait(self.delay):
+        # a wait beyond threading.TIMEOUT_MAX raises OverflowError: cap it
+        # (a tiny rate or a huge delay then waits until closed)
+        if self._closing.wait(min(self.delay, threading.TIMEOUT_MAX)):
             return
         period = self.burst / self.rate if self.rate > 0 else 0.0
         next_tick = time.monotonic()
@@ -154,7 +156,7 @@ class MockProducer(irqbypass.Producer):
             if period:
                 next_tick += period
                 wait = next_tick - time.monotonic()
-                if wait > 0 and self._closing.wait(wait):
+                if wait > 0 and self._closing.wait(min(wait, threading.TIMEOUT_MAX)):
                     return
 
     @property
