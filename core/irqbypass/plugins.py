@@ -198,7 +198,7 @@ class PluginHost:
         try:
             plugin = ep.load()
             self.pm.register(plugin, name=ep.name)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() at import is a failed plugin too
             return PluginInfo(
                 name=ep.name,
                 distribution=dist,

@@ -1,0 +1,284 @@
+"""Broken plugins are reported by name and leave the others working; strict mode
+makes them fatal; the allow list and the autoload switch decide what is even
+imported.
+
+The fixture distributions (tests/reliability/fixtures/rel_*.py) are installed
+at test time into a temporary directory: a ``*.dist-info`` with METADATA and
+entry_points.txt beside the module, put on ``sys.path`` (in-process, through the
+``PluginHost.load_entry_points(entry_points=...)`` seam or plain discovery) or on
+PYTHONPATH (the CLI in a subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+
+import irqbypass
+import pytest
+from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+from rel_support import COUNTERS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MARKER = "IRQBYPASS_REL_MARKER"
+
+#: distribution -> module (the entry point has the module's name)
+DISTS = {
+    "irqbypass-rel-broken": "rel_broken_import",
+    "irqbypass-rel-badsig": "rel_bad_signature",
+    "irqbypass-rel-clash": "rel_kind_clash",
+    "irqbypass-rel-good": "rel_good",
+}
+
+
+def install(site: Path, dist: str, module: str) -> None:
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[irqbypass]\n{module} = {module}\n")
+    shutil.copy(FIXTURES / f"{module}.py", site / f"{module}.py")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The fixture distributions installed in a directory on sys.path; the
+    environment cleared; the import marker file set."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for dist, module in DISTS.items():
+        install(root, dist, module)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delenv(ENV_LOAD, raising=False)
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    monkeypatch.setenv(MARKER, str(tmp_path / "imported.txt"))
+    yield root
+    for module in [*DISTS.values(), "rel_exit_on_import"]:
+        sys.modules.pop(module, None)
+
+
+def imported(site: Path) -> list[str]:
+    marker = site.parent / "imported.txt"
+    return marker.read_text().split() if marker.exists() else []
+
+
+def site_entry_points(site: Path) -> Iterable[metadata.EntryPoint]:
+    """The seam: the fixture distributions' entry points plus the installed ones."""
+    mine = [
+        ep
+        for dist in metadata.distributions(path=[str(site)])
+        for ep in dist.entry_points
+        if ep.group == "irqbypass"
+    ]
+    return mine + list(metadata.entry_points(group="irqbypass"))
+
+
+def test_failures_are_reported_by_name_and_others_work(site: Path) -> None:
+    host = irqbypass.PluginHost()
+    failures = host.load_entry_points(entry_points=lambda: site_entry_points(site), environ={})
+    by_name = {f.name: f for f in failures}
+    assert set(by_name) == {"rel_broken_import", "rel_bad_signature"}
+    broken = by_name["rel_broken_import"]
+    assert broken.distribution == "irqbypass-rel-broken" and broken.version == "1.0"
+    assert broken.error == "ImportError: rel_broken_import needs libfoo.so.1"
+    badsig = by_name["rel_bad_signature"]
+    assert badsig.distribution == "irqbypass-rel-badsig"
+    assert badsig.error is not None and badsig.error.startswith("PluginValidationError")
+    assert "irqbypass_stop" in badsig.error and "when" in badsig.error
+    # nothing of the refused plugin stays: not its valid kind hook, not a wrapper
+    assert not host.pm.has_plugin("rel_bad_signature")
+    assert "rel-half" not in host.kinds.names("consumer")
+    assert host.wrapped == {}
+    # the kind clash: the name is refused with both plugins named, the rest works
+    problems = host.check_kinds()
+    assert problems == [
+        "producer kind 'mock' is registered by plugins 'mock' and 'rel_kind_clash'; "
+        "it is refused until one is blocked"
+    ]
+    with pytest.raises(irqbypass.KindConflictError, match="'mock' and 'rel_kind_clash'"):
+        host.kinds.get("producer", "mock")
+    assert host.kinds.get("producer", "rel-other").plugin == "rel_kind_clash"
+    assert host.kinds.get("consumer", "rel-sink").plugin == "rel_good"
+    assert host.kinds.get("consumer", "logging").plugin == "logging"
+    infos = {i.name: i for i in host.info()}
+    assert infos["rel_broken_import"].error == broken.error
+    assert infos["rel_bad_signature"].error == badsig.error
+    assert infos["rel_kind_clash"].error == "producer kind 'mock' is also registered by 'mock'"
+    assert infos["mock"].error == "producer kind 'mock' is also registered by 'rel_kind_clash'"
+    assert infos["rel_good"].error is None and infos["logging"].error is None
+    # blocking one side of the clash resolves it
+    host2 = irqbypass.PluginHost()
+    host2.load_entry_points(
+        entry_points=lambda: site_entry_points(site), environ={}, block=["irqbypass-rel-clash"]
+    )
+    assert host2.check_kinds() == [] and host2.kinds.get("producer", "mock").plugin == "mock"
+    COUNTERS["plugin failure cases"] += 1
+
+
+def test_strict_makes_each_failure_fatal(site: Path) -> None:
+    with pytest.raises(irqbypass.PluginError) as info:
+        irqbypass.load_plugins(strict=True)
+    # the first failure in (distribution, name) order
+    assert str(info.value).startswith(
+        "plugin 'rel_bad_signature' (distribution irqbypass-rel-badsig 1.0) failed to load: "
+        "PluginValidationError"
+    )
+    # with only the clash left, strict refuses the conflict
+    with pytest.raises(irqbypass.PluginError, match="producer kind 'mock' is registered by"):
+        irqbypass.load_plugins(strict=True, block=["irqbypass-rel-broken", "irqbypass-rel-badsig"])
+    host = irqbypass.load_plugins(
+        strict=True,
+        block=["irqbypass-rel-broken", "irqbypass-rel-badsig", "irqbypass-rel-clash"],
+    )
+    assert host.failures == []
+    COUNTERS["plugin failure cases"] += 1
+
+
+def test_exit_on_import_is_a_load_failure(site: Path) -> None:
+    """A plugin calling sys.exit() at import time is a failed plugin, not the
+    end of the host process."""
+    install(site, "irqbypass-rel-exit", "rel_exit_on_import")
+    host = irqbypass.PluginHost()
+    failures = host.load_entry_points(
+        entry_points=lambda: site_entry_points(site), environ={ENV_LOAD: "irqbypass-rel-exit"}
+    )
+    assert [(f.name, f.error) for f in failures] == [("rel_exit_on_import", "SystemExit: 3")]
+    assert imported(site) == ["rel_exit_on_import"]
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [
+        ("irqbypass-mock", {"mock"}),
+        ("irqbypass-mock, irqbypass-rel-good", {"mock", "rel_good"}),
+        ("rel_good", {"rel_good"}),  # a plugin (entry point) name works too
+        ("", set()),  # empty: none
+        ("rel-marker-nothing, os", set()),  # names that are no distribution: none
+    ],
+)
+def test_allow_list_env(site: Path, load: str, expected: set[str]) -> None:
+    host = irqbypass.PluginHost()
+    failures = host.load_entry_points(
+        entry_points=lambda: site_entry_points(site), environ={ENV_LOAD: load}
+    )
+    assert failures == []
+    assert {i.name for i in host.info()} == expected
+    # nothing outside the list was even imported
+    assert set(imported(site)) == expected & set(DISTS.values())
+    COUNTERS["plugin allow-list cases"] += 1
+
+
+def test_disable_autoload(site: Path) -> None:
+    host = irqbypass.PluginHost()
+    failures = host.load_entry_points(
+        entry_points=lambda: site_entry_points(site),
+        environ={ENV_DISABLE: "1", ENV_LOAD: "irqbypass-mock"},
+    )
+    assert failures == [] and host.info() == [] and imported(site) == []
+
+
+def test_env_allow_list_wins_over_config(site: Path) -> None:
+    host = irqbypass.PluginHost()
+    host.load_entry_points(
+        entry_points=lambda: site_entry_points(site),
+        allow=["irqbypass-mock", "irqbypass-rel-broken"],
+        environ={ENV_LOAD: "irqbypass-logging"},
+    )
+    assert {i.name for i in host.info()} == {"logging"} and imported(site) == []
+
+
+# -- the CLI, in a subprocess -------------------------------------------------
+
+
+def run_cli(
+    site: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in (ENV_LOAD, ENV_DISABLE)}
+    environ["PYTHONPATH"] = str(site)
+    environ[MARKER] = str(site.parent / "imported.txt")
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "irqbypass.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=site.parent,
+        check=False,
+    )
+
+
+def test_cli_plugins_json_reports_each_by_name(site: Path) -> None:
+    proc = run_cli(site, "plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    listed = {entry["name"]: entry for entry in json.loads(proc.stdout)}
+    assert listed["rel_broken_import"]["error"] == (
+        "ImportError: rel_broken_import needs libfoo.so.1"
+    )
+    assert listed["rel_broken_import"]["distribution"] == "irqbypass-rel-broken"
+    assert listed["rel_bad_signature"]["error"].startswith("PluginValidationError")
+    assert listed["rel_kind_clash"]["error"] == "producer kind 'mock' is also registered by 'mock'"
+    assert listed["rel_good"]["error"] is None
+    assert listed["rel_good"]["kinds"] == {"consumer": ["rel-sink"]}
+    assert listed["logging"]["error"] is None
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("irqbypass: warning: ")]
+    assert any("plugin 'rel_broken_import' (irqbypass-rel-broken 1.0)" in w for w in warnings)
+    assert any("plugin 'rel_bad_signature' (irqbypass-rel-badsig 1.0)" in w for w in warnings)
+    assert any("'mock' and 'rel_kind_clash'" in w for w in warnings)
+    assert len(warnings) == 3, proc.stderr
+    COUNTERS["plugin CLI cases"] += 1
+
+
+@pytest.mark.parametrize(
+    "command", [["plugins"], ["plugins", "--json"], ["demo", "--duration", "0.1"]]
+)
+def test_cli_strict_is_fatal(site: Path, command: list[str]) -> None:
+    proc = run_cli(site, "--strict", *command)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(
+        "irqbypass: error: plugin 'rel_bad_signature' (distribution irqbypass-rel-badsig 1.0) "
+        "failed to load: PluginValidationError"
+    ), proc.stderr
+    assert proc.stdout == ""
+    COUNTERS["plugin CLI cases"] += 1
+
+
+def test_cli_config_allow_list_imports_nothing_else(site: Path) -> None:
+    config = site.parent / "only.toml"
+    config.write_text(
+        '[plugins]\nload = ["irqbypass-mock", "irqbypass-logging"]\n'
+        '[[producers]]\nname = "p"\nkind = "mock"\ntoken = "t"\n'
+        '[[consumers]]\nname = "c"\nkind = "logging"\ntoken = "t"\n'
+    )
+    proc = run_cli(site, "check", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no broken plugin was even looked at
+    assert imported(site) == []
+    # the env var narrows further, and wins
+    proc = run_cli(site, "check", str(config), env={ENV_LOAD: "irqbypass-logging"})
+    assert proc.returncode == 1 and "no plugin provides producer kind 'mock'" in proc.stderr
+    assert "Traceback" not in proc.stderr and imported(site) == []
+    COUNTERS["plugin CLI cases"] += 2
+
+
+def test_cli_disable_autoload(site: Path) -> None:
+    proc = run_cli(site, "plugins", "--json", env={ENV_DISABLE: "1"})
+    assert proc.returncode == 0 and json.loads(proc.stdout) == [] and proc.stderr == ""
+    assert imported(site) == []
+
+
+def test_cli_survives_a_plugin_exiting_on_import(site: Path) -> None:
+    """Regression: a plugin calling sys.exit(3) at import ended `irqbypass`
+    silently with status 3; now it is listed as failed and the rest works."""
+    install(site, "irqbypass-rel-exit", "rel_exit_on_import")
+    proc = run_cli(site, "plugins", "--json", env={ENV_LOAD: "irqbypass-rel-exit,irqbypass-mock"})
+    assert proc.returncode == 0, proc.stderr
+    listed = {entry["name"]: entry["error"] for entry in json.loads(proc.stdout)}
+    assert listed == {"mock": None, "rel_exit_on_import": "SystemExit: 3"}
+    assert "irqbypass: warning: plugin 'rel_exit_on_import'" in proc.stderr
