@@ -21,6 +21,7 @@ Linux's ``sync_pir_to_irr``: clear ON, then take PIR into the IRR.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -71,6 +72,36 @@ _ZERO_PIR = bytes(PIR_BYTES)
 _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
 
 LockMode = Literal["process", "file"]
+
+
+def _gil_holding_write() -> Callable[[int, bytes], int]:
+    """``write(fd, 8 bytes)`` through libc *without* releasing the GIL.
+
+    ``os.write`` releases the GIL, and a vCPU thread woken by that very
+    notification then takes it: poster and vCPU ping-pong the GIL on every
+    notification (measured with a flat-out mock: about 6,000 notifications and
+    syncs per 200,000 posts instead of about 45). An eventfd write never blocks
+    (the fd is non-blocking), so holding the GIL over it is safe. Falls back to
+    ``os.write``."""
+    try:
+        libc = ctypes.PyDLL(None, use_errno=True)
+        raw = libc.write
+    except (OSError, AttributeError):
+        return os.write
+    raw.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    raw.restype = ctypes.c_ssize_t
+
+    def write(fd: int, data: bytes) -> int:
+        written: int = raw(fd, data, len(data))
+        if written < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return written
+
+    return write
+
+
+_write = _gil_holding_write()
 
 
 @dataclass(frozen=True)
@@ -297,7 +328,7 @@ class PostedDescriptor:
 
     def _notify(self) -> None:
         if self._nfd >= 0:
-            os.write(self._nfd, _ONE)
+            _write(self._nfd, _ONE)
 
     # -- posting (the device / IOMMU side) -----------------------------------
 
@@ -342,7 +373,7 @@ class PostedDescriptor:
         pending = _PENDING + port.vector
         test = ON_BIT if port.urgent else ON_BIT | SN_BIT
         nfd = self._nfd
-        write = os.write
+        write = _write
         one = _ONE
         acquire = lock.acquire
         release = lock.release

@@ -346,3 +346,15 @@ def test_attach_refuses_what_is_not_a_descriptor(tmp_path: Path) -> None:
     blank.write_bytes(bytes(MAPPING_SIZE))
     with pytest.raises(irqbypass.InvalidEndpointError, match="magic"):
         PostedDescriptor.attach(str(blank))
+
+
+def test_notification_write_reports_errors() -> None:
+    """The GIL-holding libc write raises like os.write does."""
+    from irqbypass_posted._descriptor import _write
+
+    with pytest.raises(OSError) as exc:
+        _write(-1, bytes(8))
+    assert exc.value.errno == 9  # EBADF
+    with irqbypass.Eventfd() as efd:
+        assert _write(efd.fileno(), (5).to_bytes(8, "little")) == 8
+        assert efd.read(0) == 5
