@@ -3,11 +3,13 @@
 Every lifecycle step (open, add_producer, stop, start, del_producer, close) and
 every interrupt read from its eventfd is logged through stdlib ``logging``
 (logger ``irqbypass.logging.<name>``) and, optionally, as JSON lines to a file
-created with mode 0600. It counts what it received.
+created with mode 0600 (a symbolic link there is refused). It counts what it
+received.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -94,8 +96,7 @@ class LoggingConsumer(irqbypass.Consumer):
                 f"logging consumer {self.name!r}: its token eventfd is closed"
             )
         if self.json_file is not None:
-            fd = os.open(self.json_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._json = os.fdopen(fd, "a", encoding="utf-8")
+            self._json = self._open_json(self.json_file)
         self._eventfd = self.token
         self._closing.clear()
         self._event("open")
@@ -103,6 +104,22 @@ class LoggingConsumer(irqbypass.Consumer):
             target=self._run, name=f"irqbypass-logging-{self.name}", daemon=True
         )
         self._thread.start()
+
+    def _open_json(self, path: str) -> IO[str]:
+        """Append to ``path``, created 0600; a symlink is refused, not followed."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            hint = (
+                " (it is a symbolic link; name the file itself)" if exc.errno == errno.ELOOP else ""
+            )
+            raise irqbypass.DeviceError(
+                f"logging consumer {self.name!r}: cannot open json_file {path!r}: "
+                f"{exc.strerror}{hint}",
+                errno=exc.errno,
+            ) from exc
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def close(self) -> None:
         if self._thread is None:

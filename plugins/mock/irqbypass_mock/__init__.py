@@ -151,8 +151,9 @@ class MockProducer(irqbypass.Producer):
             )
             if remaining <= 0:
                 return
-            self._scheduled += remaining
             self.fire(remaining)
+            # counted after the fire, so `finished` never runs ahead of `fired`
+            self._scheduled += remaining
             if period:
                 next_tick += period
                 wait = next_tick - time.monotonic()

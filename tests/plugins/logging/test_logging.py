@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -64,3 +65,17 @@ def test_bad_level_refused() -> None:
     )
     with pytest.raises(irqbypass.ConfigError, match="is not one of"):
         LoggingConsumer.from_spec(spec)
+
+
+def test_json_file_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    with irqbypass.Eventfd() as efd:
+        consumer = LoggingConsumer(token=efd, json_file=str(link))
+        with pytest.raises(irqbypass.DeviceError, match="symbolic link") as info:
+            consumer.open()
+        assert info.value.errno == errno.ELOOP
+        consumer.close()  # nothing was started: a no-op
+    assert target.read_text() == ""
