@@ -306,7 +306,17 @@ class VfioProducer(irqbypass.Producer):
     ) -> None:
         assert self._fd is not None
         buf = _abi.irq_set(flags, self.index, self.vector, 1, data)
-        self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
+        got = self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
+        if got > 0:
+            # vfio_msi_enable: enabling vectors 0..vector, the host could allocate
+            # only `got`; vfio-pci returns that count (not an error) and attaches nothing
+            label = index_label(self.index)
+            raise self._refuse(
+                f"VFIO_DEVICE_SET_IRQS enabled nothing: vfio-pci enables {label} vectors "
+                f"0..{self.vector} at once, and the host could allocate only {got} {label} "
+                f"vectors: pick a vector below {got}, or free interrupt vectors on the host",
+                errno.ENOSPC,
+            )
 
     def _set_trigger(self, fd: int) -> None:
         """Point the vector's trigger at ``fd`` (-1: detach)."""

@@ -6,6 +6,10 @@ single-open group that hands out device fds only when viable and in a container
 with an IOMMU model, ``VFIO_DEVICE_GET_IRQ_INFO`` from a table, and
 ``VFIO_DEVICE_SET_IRQS`` that keeps (a reference to) each vector's trigger
 eventfd, masks INTx (automasking it when it fires) and loops triggers back.
+Like vfio-pci it enables one of INTx/MSI/MSI-X at a time, enables MSI/MSI-X
+vectors ``0..start+count-1`` on the first attach (returning the number the host
+could allocate, > 0, and attaching nothing when that is fewer), and refuses a
+vector beyond an enabled MSI or ``NORESIZE`` MSI-X block.
 Every call is recorded with its exact payload bytes; any request can be made to
 fail with an errno. Its fds are real (``/dev/null``) so leak checks see them.
 
@@ -99,6 +103,7 @@ class FakeVfio:
         others: tuple[str, ...] = ("/dev/null",),
         denied: tuple[str, ...] = (),
         sysfs_root: str = "/nonexistent-sysfs",
+        host_vectors: Mapping[int, int] | None = None,
     ) -> None:
         self.irqs: dict[int, tuple[int, int]] = dict(PCI_IRQS if irqs is None else irqs)
         self.num_irqs = num_irqs if num_irqs is not None else max(self.irqs, default=-1) + 1
@@ -110,6 +115,8 @@ class FakeVfio:
         self.others = others
         self.denied = denied
         self.sysfs_root = sysfs_root
+        #: how many MSI/MSI-X vectors the host can allocate (default: all)
+        self.host_vectors = dict(host_vectors or {})
         self.calls: list[Call] = []
         self.opened: list[str] = []
         self.closed: list[int] = []
@@ -119,6 +126,9 @@ class FakeVfio:
         self._triggers: dict[tuple[int, int], tuple[int, int]] = {}
         self.intx_masked = False
         self.intx_pending = False
+        #: vfio-pci's irq_type (INTx, MSI or MSI-X enabled, or None) and block size
+        self.irq_type: int | None = None
+        self.enabled_vectors = 0
 
     # -- steering the model ------------------------------------------------
 
@@ -197,6 +207,7 @@ class FakeVfio:
             for index in {i for i, _ in self._triggers}:
                 self._disable(index)
             self.intx_masked = self.intx_pending = False
+            self.irq_type, self.enabled_vectors = None, 0
         if file.kind == "group" and file.container in self._files:
             self._files[file.container].groups.remove(fd)
 
@@ -284,25 +295,49 @@ class FakeVfio:
         if hdr.argsz - ctypes.sizeof(_abi.vfio_irq_set) < size * hdr.count:
             raise einval
         intx = hdr.index == _abi.VFIO_PCI_INTX_IRQ_INDEX
+        msi = hdr.index in (_abi.VFIO_PCI_MSI_IRQ_INDEX, _abi.VFIO_PCI_MSIX_IRQ_INDEX)
+        exclusive = intx or msi  # vfio-pci's irq_type: one of them at a time
+        busy = exclusive and self.irq_type not in (None, hdr.index)
+        if busy and (action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER or intx):
+            raise einval
+        if msi and action != _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # "XXX Need masking"
         if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
             if data_type == _abi.VFIO_IRQ_SET_DATA_NONE and hdr.count == 0:
+                if exclusive and self.irq_type != hdr.index:
+                    raise einval
                 self._disable(hdr.index)
                 return 0
+            if intx and (hdr.start != 0 or hdr.count != 1):
+                raise einval
             if data_type == _abi.VFIO_IRQ_SET_DATA_EVENTFD:
                 if not flags & _abi.VFIO_IRQ_INFO_EVENTFD:
                     raise einval
+                end: int = hdr.start + hdr.count
+                if exclusive and self.irq_type is None:
+                    if msi:  # vfio_msi_enable(vdev, start + count, msix)
+                        got = min(end, self.host_vectors.get(hdr.index, end))
+                        if got < end:
+                            return got  # not an error: the count it could have
+                    self.irq_type, self.enabled_vectors = hdr.index, end
+                elif msi and end > self.enabled_vectors:
+                    if flags & _abi.VFIO_IRQ_INFO_NORESIZE:
+                        raise einval  # vfio_msi_set_block beyond num_ctx
+                    self.enabled_vectors = end  # dynamic MSI-X allocates more
                 fds = [_S32.unpack_from(data, 4 * i)[0] for i in range(hdr.count)]
                 for i, new in enumerate(fds):
                     self._set_trigger(hdr.index, hdr.start + i, new)
                 return 0
             # DATA_NONE / DATA_BOOL: loopback, as though the device fired
+            if exclusive and self.irq_type != hdr.index:
+                raise einval
             for i in range(hdr.count):
                 if data_type == _abi.VFIO_IRQ_SET_DATA_BOOL and not data[i]:
                     continue
                 self._signal(hdr.index, hdr.start + i)
             return 0
-        # mask / unmask: vfio-pci implements them for INTx only
-        if not intx or not flags & _abi.VFIO_IRQ_INFO_MASKABLE:
+        # mask / unmask: vfio-pci implements them for INTx only, once enabled
+        if not intx or not flags & _abi.VFIO_IRQ_INFO_MASKABLE or self.irq_type != hdr.index:
             raise einval
         if data_type != _abi.VFIO_IRQ_SET_DATA_NONE:
             raise einval  # (eventfd-driven unmask, the resample path, is not modelled)
@@ -330,6 +365,9 @@ class FakeVfio:
     def _disable(self, index: int) -> None:
         for key in [k for k in self._triggers if k[0] == index]:
             os.close(self._triggers.pop(key)[1])
+        if self.irq_type == index:
+            self.irq_type, self.enabled_vectors = None, 0
+            self.intx_masked = self.intx_pending = False
 
     def _group_status(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)

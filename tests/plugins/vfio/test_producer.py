@@ -598,3 +598,58 @@ def test_closed_token_is_refused_at_open(fake: FakeVfio) -> None:
 def test_vector_defaults_to_irq(token: irqbypass.Eventfd) -> None:
     p = VfioProducer(token=token, device=CDEV, irq=6)
     assert (p.vector, p.irq, p.index) == (6, 6, MSIX)
+
+
+# -- vfio-pci's MSI/MSI-X enabling, as vfio_pci_intrs.c does it ------------------------
+
+
+def test_enabling_fewer_vectors_than_asked_is_a_refusal(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    """vfio_msi_enable enables vectors 0..vector at once; when the host can
+    allocate fewer, SET_IRQS *returns* that number (> 0, not an error) and
+    attaches nothing. Taking that for success left the producer "attached"
+    to a vector that never signals."""
+    fake = FakeVfio(host_vectors={MSIX: 4})
+    p = producer(token, fake, index="msix", vector=5)
+    with pytest.raises(irqbypass.DeviceError) as err:
+        p.open()
+    assert err.value.errno == errno.ENOSPC
+    message = str(err.value)
+    assert "only 4 msix vectors" in message and "vector below 4" in message
+    assert p.attached_to is None and p.fd is None
+    assert_clean(fake)
+
+
+def test_the_model_enables_like_vfio_pci(token: irqbypass.Eventfd) -> None:
+    """The model refuses what vfio-pci refuses: a second index while one of
+    INTx/MSI/MSI-X is enabled, a vector beyond an enabled NORESIZE block, and
+    mask/unmask on MSI/MSI-X (ENOTTY) or on INTx before it is enabled."""
+    fake = FakeVfio()
+    fd = fake.open(CDEV, os.O_RDWR)
+    fake.ioctl(
+        fd,
+        _abi.VFIO_DEVICE_BIND_IOMMUFD,
+        bytearray(struct.pack("=IIiI", 16, 0, fake.open("/dev/iommu", 0), 0)),
+    )
+    msi = _abi.VFIO_PCI_MSI_IRQ_INDEX
+
+    def call(flags: int, index: int, start: int, *fds: int) -> int:
+        return fake.ioctl(
+            fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(flags, index, start, *fds))
+        )
+
+    def refused(code: int, flags: int, index: int, start: int, *fds: int) -> None:
+        with pytest.raises(OSError) as err:
+            call(flags, index, start, *fds)
+        assert err.value.errno == code
+
+    refused(errno.EINVAL, MASK, INTX, 0)  # INTx not enabled
+    assert call(TRIGGER_EVENTFD, msi, 1, token.fileno()) == 0  # enables vectors 0..1
+    refused(errno.EINVAL, TRIGGER_EVENTFD, msi, 2, token.fileno())  # NORESIZE, beyond
+    refused(errno.EINVAL, TRIGGER_EVENTFD, MSIX, 0, token.fileno())  # MSI is enabled
+    refused(errno.EINVAL, TRIGGER_EVENTFD, INTX, 0, token.fileno())
+    refused(errno.ENOTTY, MASK, msi, 1)
+    assert call(TRIGGER_EVENTFD, msi, 0, token.fileno()) == 0  # within the block
+    for f in list(fake.open_fds):
+        fake.close(f)
