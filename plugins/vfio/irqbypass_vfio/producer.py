@@ -323,9 +323,12 @@ class VfioProducer(irqbypass.Producer):
         hints = {}
         if fd >= 0:
             hints[errno.EINVAL] = (
-                "the device refused the eventfd for this vector: for MSI/MSI-X already "
-                "enabled with fewer vectors on a NORESIZE index, the VMM must re-enable it "
-                "with more; on a cdev, bind it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
+                "the device refused the eventfd for this vector: vfio-pci enables only one "
+                "of INTx, MSI and MSI-X at a time, so if the VMM (or another producer on "
+                "this fd) enabled another of them, it must disable that first; for MSI/MSI-X "
+                "already enabled with fewer vectors on a NORESIZE index, the VMM must "
+                "re-enable it with more (or open the highest vector first); on a cdev, bind "
+                "it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
             )
         self._set_irqs(
             _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER,

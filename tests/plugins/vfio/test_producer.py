@@ -653,3 +653,29 @@ def test_the_model_enables_like_vfio_pci(token: irqbypass.Eventfd) -> None:
     assert call(TRIGGER_EVENTFD, msi, 0, token.fileno()) == 0  # within the block
     for f in list(fake.open_fds):
         fake.close(f)
+
+
+def test_attach_while_another_index_is_enabled_says_so(
+    no_fd_leak: None, token: irqbypass.Eventfd, fake: FakeVfio
+) -> None:
+    """vfio-pci enables one of INTx/MSI/MSI-X at a time: the VMM's MSI makes
+    the kernel refuse an MSI-X attach with EINVAL, and the hint must name that
+    cause (not only NORESIZE and the iommufd bind)."""
+    vmm_fd = fake.open(CDEV, os.O_RDWR)
+    bind = bytearray(struct.pack("=IIiI", 16, 0, fake.open("/dev/iommu", 0), 0))
+    fake.ioctl(vmm_fd, _abi.VFIO_DEVICE_BIND_IOMMUFD, bind)
+    with irqbypass.Eventfd() as vmm_vector:
+        msi = _abi.VFIO_PCI_MSI_IRQ_INDEX
+        fake.ioctl(
+            vmm_fd,
+            _abi.VFIO_DEVICE_SET_IRQS,
+            bytearray(set_irqs(TRIGGER_EVENTFD, msi, 0, vmm_vector.fileno())),
+        )
+        p = VfioProducer(token=token, device_fd=vmm_fd, index="msix", vector=0, seam=fake)
+        with pytest.raises(irqbypass.DeviceError) as err:
+            p.open()
+        assert err.value.errno == errno.EINVAL
+        assert "only one of INTx, MSI and MSI-X" in str(err.value)
+        assert fake.trigger_of(msi, 0) == vmm_vector.fileno()  # the VMM's is untouched
+        for fd in list(fake.open_fds):
+            fake.close(fd)
