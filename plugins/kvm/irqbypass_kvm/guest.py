@@ -198,6 +198,11 @@ class Guest:
         ready to take interrupts. On failure everything opened is closed."""
         if self._thread is not None:
             return
+        # a previous close() left these set: the new vCPU loop would exit at once
+        # and start() would see the old ready flag
+        self._stopping = False
+        self._ready.clear()
+        self.error = None
         try:
             self._setup()
             self._thread = threading.Thread(

@@ -55,3 +55,23 @@ def test_guest_with_eventfd_acks_closes_everything(kvm_usable: None) -> None:
             guest.vm.irq_line(7, 0)
             assert guest.ack_eventfd.read(timeout=10) == 1
             assert guest.count == 1 and guest.acks == 0  # the ack never left the kernel
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_guest_started_again_after_close_runs_and_counts(kvm_usable: None) -> None:
+    guest = Guest(line=5)
+    try:
+        guest.start()
+        assert guest.vm is not None
+        guest.vm.irq_line(5, 1)
+        guest.vm.irq_line(5, 0)
+        assert guest.wait_count(1)
+        guest.close()
+        guest.start()  # a fresh VM: it must run, not return a stopped guest
+        assert guest.running and guest.error is None
+        assert guest.vm is not None
+        guest.vm.irq_line(5, 1)
+        guest.vm.irq_line(5, 0)
+        assert guest.wait_count(1)
+    finally:
+        guest.close()
