@@ -197,10 +197,7 @@ class VdpaProducer(irqbypass.Producer):
                     f"virtqueue {self.queue} does not exist: the device has "
                     f"{self.vq_count if self.vq_count is not None else 'fewer'} virtqueues"
                 ),
-                errno.EPERM: (
-                    "this fd has no vhost owner: the VMM that opened it must call "
-                    "VHOST_SET_OWNER before handing it over"
-                ),
+                errno.EPERM: _NOT_OWNER,
             },
         )
         self._bound_to = fd if fd >= 0 else None
@@ -314,8 +311,7 @@ class VdpaProducer(irqbypass.Producer):
                 hints = {
                     errno.EIO: "the parent driver reports a group beyond its group count: a "
                     "driver bug; report it, or use another virtqueue",
-                    errno.EPERM: "this fd has no vhost owner: the VMM that opened it must "
-                    "call VHOST_SET_OWNER before handing it over",
+                    errno.EPERM: _NOT_OWNER,
                     errno.ENOBUFS: f"virtqueue {self.queue} does not exist on this device",
                 }
                 hint = hints.get(exc.errno or 0) or _HINTS.get(exc.errno or 0, "see dmesg")
@@ -418,6 +414,13 @@ class VdpaProducer(irqbypass.Producer):
             }
 
 
+_NOT_OWNER = (
+    "this process is not the fd's vhost owner: vhost ownership belongs to the process "
+    "that called VHOST_SET_OWNER (its mm), not to the fd, so the VMM must call it and "
+    "hand the fd over within its own process (embed the producer); an fd passed to or "
+    "inherited by another process (fd = N in a topology) is refused there with EPERM"
+)
+
 _HINTS = {
     errno.ENOTTY: (
         "the fd is not a vhost-vdpa device: pass /dev/vhost-vdpa-N (not /dev/vhost-net or "
@@ -425,7 +428,7 @@ _HINTS = {
     ),
     errno.EINVAL: "the kernel refused the arguments: check the virtqueue index",
     errno.EBUSY: "the device is in use by another owner: close that user, or take its fd",
-    errno.EPERM: "this process is not the device's vhost owner (VHOST_SET_OWNER)",
+    errno.EPERM: _NOT_OWNER,
     errno.ENODEV: "the vDPA device is gone (deleted with `vdpa dev del`?): create it again",
     errno.EBADF: "the call eventfd is not open",
 }

@@ -2,7 +2,8 @@
 
 :class:`FakeVdpa` answers as drivers/vhost/vdpa.c does: one opener at a time
 (EBUSY), device id / status / virtqueue count readable by anyone holding the
-fd, everything per-virtqueue only for the vhost owner (EPERM) and only for an
+fd, everything per-virtqueue only for the vhost owner (EPERM; the owner is the
+process, ``mm``, that called ``VHOST_SET_OWNER``, not the fd) and only for an
 existing virtqueue (ENOBUFS), ``VHOST_VDPA_GET_VRING_GROUP`` EOPNOTSUPP when the
 parent has no groups, and ``VHOST_SET_VRING_CALL`` keeping (a reference to)
 the call eventfd. Every call is recorded with its payload bytes; any request
@@ -83,6 +84,9 @@ class FakeVdpa:
         self.closed: list[int] = []
         self._kinds: dict[int, str] = {}
         self.owner: int | None = None  # the fd that did VHOST_SET_OWNER
+        #: the calling process ("current->mm"); set it to act as another process
+        self.mm: object = "this process"
+        self._owner_mm: object | None = None  # vhost_dev's mm: who owns it
         self._failures: dict[int, list[int]] = {}
         self._calls_fd: dict[int, tuple[int, int]] = {}  # vq -> (caller's fd, our dup)
 
@@ -139,7 +143,7 @@ class FakeVdpa:
             for _, dup in self._calls_fd.values():
                 os.close(dup)
             self._calls_fd.clear()
-            self.owner = None
+            self.owner = self._owner_mm = None
             self.status = 0
 
     def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
@@ -157,9 +161,9 @@ class FakeVdpa:
         if request == _abi.VHOST_VDPA_GET_VQS_COUNT and self.vqs_count_supported:
             return _put(arg, struct.pack("=I", len(self.vq_groups)))
         if request == _abi.VHOST_SET_OWNER:
-            if self.owner is not None:
+            if self._owner_mm is not None:  # vhost_dev_set_owner
                 raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-            self.owner = fd
+            self.owner, self._owner_mm = fd, self.mm
             return 0
         if request in (_abi.VHOST_VDPA_GET_VRING_GROUP, _abi.VHOST_SET_VRING_CALL):
             return self._vring(fd, request, arg)
@@ -167,7 +171,8 @@ class FakeVdpa:
 
     def _vring(self, fd: int, request: int, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)
-        if self.owner != fd:  # vhost_dev_ioctl: "You must be the owner"
+        if self._owner_mm is None or self._owner_mm != self.mm:
+            # vhost_dev_check_owner: dev->mm == current->mm, whichever fd
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         index, value = struct.unpack_from("=Ii", arg)
         if index >= len(self.vq_groups):  # vhost_vdpa_vring_ioctl
@@ -191,7 +196,7 @@ class FakeVdpa:
         """What a VMM does before handing its fd over: open, own, drive the
         device to DRIVER_OK. Returns the fd (the caller closes it)."""
         fd = self.open(self.path, os.O_RDWR)
-        self.owner = fd
+        self.owner, self._owner_mm = fd, self.mm
         self.status = READY
         return fd
 

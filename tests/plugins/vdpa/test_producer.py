@@ -346,7 +346,7 @@ def test_handed_fd_without_owner(
         producer(token, fake, device_fd=fd).open()
     assert err.value.errno == errno.EPERM
     assert "VHOST_VDPA_GET_VRING_GROUP failed" in str(err.value)
-    assert "must call VHOST_SET_OWNER before handing it over" in str(err.value)
+    assert "the VMM must call it and hand the fd over within its own process" in str(err.value)
     assert not any(c.request == _abi.VHOST_SET_VRING_CALL for c in fake.calls)
     fake.close(fd)
 
@@ -413,3 +413,21 @@ def test_token_must_be_an_open_eventfd(fake: FakeVdpa) -> None:
     with pytest.raises(irqbypass.InvalidEndpointError, match="closed"):
         producer(token, fake).open()
     assert fake.opened == []
+
+
+def test_fd_owned_by_another_process_is_refused_and_explained(
+    no_fd_leak: None, token: irqbypass.Eventfd, fake: FakeVdpa, vmm_fd: int
+) -> None:
+    """vhost ownership is the mm that called VHOST_SET_OWNER (vhost_dev_check_owner:
+    dev->mm == current->mm), not the fd: a VMM's owned fd inherited by another
+    process (a topology's fd = N) gets EPERM there, and the message must not
+    tell the VMM to call VHOST_SET_OWNER, which it did."""
+    fake.mm = "another process"
+    with pytest.raises(irqbypass.DeviceError) as err:
+        producer(token, fake, device_fd=vmm_fd, queue=0).open()
+    assert err.value.errno == errno.EPERM
+    message = str(err.value)
+    assert "VHOST_VDPA_GET_VRING_GROUP failed" in message
+    assert "ownership belongs to the process" in message
+    assert "another process" in message and "embed" in message
+    assert_clean(fake, keep=(vmm_fd,))
