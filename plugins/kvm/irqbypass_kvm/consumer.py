@@ -333,12 +333,11 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
     def _teardown(self, errors: list[BaseException]) -> None:
         if self._vm is None:
             return
-        if not self.eventfd.closed:
-            self._deassign_then_unroute(errors)
-        else:
-            # KVM drops the irqfd itself when the eventfd's last reference goes
+        if self.eventfd.closed:
+            # KVM drops the irqfd itself when the eventfd's last reference goes;
+            # the MSI route is ours and is removed below all the same
             self._assigned = False
-            self._routed = False
+        self._deassign_then_unroute(errors)
         if self.resample_eventfd is not None and self.resample_eventfd is not self._given_resample:
             self.resample_eventfd.close()
         self.resample_eventfd = None

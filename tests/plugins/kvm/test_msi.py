@@ -125,3 +125,22 @@ def test_msi_devid_route_is_accepted_or_refused_clearly(
         with pytest.raises(irqbypass.DeviceError, match="KVM_CAP_MSI_DEVID"):
             consumer.open()
         assert not consumer.assigned and consumer.vm is None
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_closing_after_the_token_was_closed_still_removes_the_msi_route(
+    guest: Guest, token: irqbypass.Eventfd
+) -> None:
+    """KVM drops the irqfd with the eventfd, but the route is the plugin's: it must go."""
+    assert guest.vm is not None
+    other = irqbypass.Eventfd()
+    a = KvmIrqfdConsumer(token=other, vm=guest.vm.fd, gsi=50, msi=MSI)
+    b = KvmIrqfdConsumer(token=token, vm=guest.vm.fd, gsi=51, msi=MSI)
+    with b:
+        a.open()
+        assert b.vm is not None and set(b.vm.msi_routes) == {50, 51}
+        other.close()  # the VMM closed the vector's eventfd before the consumer
+        a.close()
+        assert b.vm.msi_routes == {51: MSI}
+        assert kvm_listens(token)
+    assert Vm._borrowed == {}
