@@ -262,9 +262,16 @@ class PostedDescriptor:
         self._q = self._b.cast("Q")
         if notification is None:
             self._own_notification = True if owned_notification is None else owned_notification
-            self.notification: irqbypass.Eventfd | None = (
-                irqbypass.Eventfd() if self._own_notification else None
-            )
+            try:
+                self.notification: irqbypass.Eventfd | None = (
+                    irqbypass.Eventfd() if self._own_notification else None
+                )
+            except BaseException:
+                self._q.release()
+                self._b.release()
+                self._mm.close()
+                self._close_file()
+                raise
         else:
             self._own_notification = False
             self.notification = notification

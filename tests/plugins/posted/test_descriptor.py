@@ -358,3 +358,22 @@ def test_notification_write_reports_errors() -> None:
     with irqbypass.Eventfd() as efd:
         assert _write(efd.fileno(), (5).to_bytes(8, "little")) == 8
         assert efd.read(0) == 5
+
+
+def test_failing_notification_eventfd_leaves_no_file_or_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of fds when the notification eventfd is made: the backing file is
+    removed and its fd closed, or the next open would find it 'left behind'."""
+    path = tmp_path / "vcpu0.pid"
+
+    def no_more_fds() -> irqbypass.Eventfd:
+        raise irqbypass.DeviceError("eventfd: too many open files", errno=24)
+
+    monkeypatch.setattr(irqbypass, "Eventfd", no_more_fds)
+    with pytest.raises(irqbypass.DeviceError, match="too many open files"):
+        PostedDescriptor(file=str(path))
+    assert not path.exists()
+    monkeypatch.undo()
+    with PostedDescriptor(file=str(path)) as d:  # the path is free again
+        assert d.path == str(path)
