@@ -208,7 +208,13 @@ class Guest:
             self._thread = threading.Thread(
                 target=self._vcpu_loop, name=f"irqbypass-kvm-vcpu-line{self.line}", daemon=True
             )
-            self._thread.start()
+            # the new thread inherits this mask: the stop signal is blocked from its
+            # first instruction, so a close() that races its start cannot kill us
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
+            try:
+                self._thread.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             if not self._ready.wait(timeout) or self.error is not None:
                 raise self.error or irqbypass.DeviceError(
                     f"the guest did not reach its ready port within {timeout}s; "

@@ -208,3 +208,39 @@ def test_guest_not_running_is_refused(kvm_usable: None, token: irqbypass.Eventfd
     with pytest.raises(irqbypass.InvalidEndpointError, match="not running"):
         consumer.open()
     assert_nothing_open(consumer)
+
+
+EARLY_CLOSE_CHILD = r"""
+import time
+import irqbypass
+from irqbypass_kvm import Guest
+
+original = Guest._set_run_sigmask
+
+def late(self):
+    time.sleep(0.5)  # the vCPU thread has not blocked the stop signal yet
+    original(self)
+
+Guest._set_run_sigmask = late
+guest = Guest(line=5)
+try:
+    guest.start(timeout=0.01)  # gives up at once: close() signals the vCPU thread
+except irqbypass.DeviceError as exc:
+    print("refused:", exc.errno, flush=True)
+print("alive", flush=True)
+"""
+
+
+def test_closing_before_the_vcpu_thread_blocked_its_stop_signal_spares_the_process(
+    kvm_usable: None,
+) -> None:
+    """The stop signal's default action ends the process: a vCPU thread must
+    have it blocked from its first instruction, not from when it gets to it."""
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-c", EARLY_CLOSE_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, f"the process died: {child.returncode} {child.stderr}"
+    assert child.stdout == f"refused: {errno.ETIMEDOUT}\nalive\n"
