@@ -324,7 +324,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         ``posted``, ``notified``, ``syncs``; ``undrained``: posted, not yet
         synced; ``held``: held while stopped; ``relayed``: posts that came via
         the eventfd relay; ``early``: signalled before the direct path was set."""
-        with self._lock:
+        with self._lock:  # held while reading: close() unmaps only after taking it
             descriptor = self.descriptor
             if descriptor is None:
                 return (
@@ -334,4 +334,4 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                         ("delivered", "posted", "notified", "vectors_drained", "syncs"), 0
                     )
                 )
-        return self._counters(descriptor)
+            return self._counters(descriptor)

@@ -454,3 +454,47 @@ def test_sn_set_by_another_process_suppresses_until_cleared(tmp_path: Path) -> N
             assert not descriptor.sn and not descriptor.on
             mgr.unregister_producer(producer)
             mgr.unregister_consumer(consumer)
+
+
+def test_stats_racing_close_never_reads_an_unmapped_descriptor() -> None:
+    """A status reader in another thread (``irqbypass run``) may ask for stats
+    while the consumer closes: it gets the live or the final counters, never
+    an error from a descriptor unmapped under it."""
+    with irqbypass.Eventfd() as token:
+        consumer = PostedInterruptConsumer(token=token, vector=8)
+        consumer.open()
+        descriptor = consumer.descriptor
+        assert descriptor is not None
+        descriptor.post(8)
+        entered, go = threading.Event(), threading.Event()
+        original = descriptor.counters
+
+        def slow_counters() -> dict[str, int]:
+            if threading.current_thread().name == "reader":
+                entered.set()
+                go.wait(TIMEOUT)
+            return original()
+
+        descriptor.counters = slow_counters  # type: ignore[method-assign]
+        seen: list[object] = []
+        reader = threading.Thread(
+            target=lambda: seen.append(_stats_or_error(consumer)), name="reader"
+        )
+        reader.start()
+        assert entered.wait(TIMEOUT)
+        closer = threading.Thread(target=consumer.close)
+        closer.start()
+        closer.join(0.2)  # lets an unguarded close() unmap under the reader
+        go.set()
+        reader.join()
+        closer.join()
+        assert len(seen) == 1 and isinstance(seen[0], dict), seen
+        assert seen[0]["posted"] == 1
+        assert consumer.stats()["posted"] == 1
+
+
+def _stats_or_error(consumer: PostedInterruptConsumer) -> object:
+    try:
+        return dict(consumer.stats())
+    except Exception as exc:  # the test reports what it got
+        return exc
