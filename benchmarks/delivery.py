@@ -11,9 +11,9 @@ never leaves the kernel, as a virtio notification does not):
   KVM_IRQ_LINE (raise, lower), as a VMM without irqfd would.
 
 Measured per path, in one run: guest-counted interrupts per second, host CPU
-per interrupt (this process, all threads, from getrusage; plus the kernel
-workers' CPU from /proc/*/task/*/schedstat, because irqfd injects from a
-kworker, outside this process), and latency from the eventfd write to the
+per interrupt (each thread of this process, from /proc/self/task/*/schedstat;
+plus the kernel workers' CPU from /proc/*/task/*/schedstat, because irqfd
+injects from a kworker, outside this process), and latency from the eventfd write to the
 guest's acknowledgement (p50, p99).
 
     .venv/bin/python benchmarks/delivery.py [--count N] [--rounds R]
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import select
 import sys
 import threading
@@ -36,11 +35,6 @@ import irqbypass_kvm
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
 
 LINE = 5
-
-
-def process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def thread_cpu() -> dict[int, float]:

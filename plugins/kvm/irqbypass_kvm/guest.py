@@ -331,15 +331,21 @@ class Guest:
                         break
                 thread.join(0.05)
             thread.join()
-        if self._ioeventfd_assigned and self.vm is not None and self.ack_eventfd is not None:
-            self._ioeventfd_assigned = False
-            ioeventfd = _abi.kvm_ioeventfd(
-                addr=ACK_PORT,
-                len=1,
-                fd=self.ack_eventfd.fileno(),
-                flags=_abi.KVM_IOEVENTFD_FLAG_PIO | _abi.KVM_IOEVENTFD_FLAG_DEASSIGN,
-            )
-            ioctl(self.vm.fd, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD deassign")
+        try:
+            if self._ioeventfd_assigned and self.vm is not None and self.ack_eventfd is not None:
+                self._ioeventfd_assigned = False
+                ioeventfd = _abi.kvm_ioeventfd(
+                    addr=ACK_PORT,
+                    len=1,
+                    fd=self.ack_eventfd.fileno(),
+                    flags=_abi.KVM_IOEVENTFD_FLAG_PIO | _abi.KVM_IOEVENTFD_FLAG_DEASSIGN,
+                )
+                ioctl(self.vm.fd, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD deassign")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close every fd and mapping the guest owns (the VM goes with them)."""
         if self.ack_eventfd is not None:
             self.ack_eventfd.close()
             self.ack_eventfd = None

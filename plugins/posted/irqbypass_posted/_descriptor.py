@@ -523,8 +523,9 @@ class PostedDescriptor:
 
     def set_sn(self, suppress: bool) -> bool:
         """Set or clear SN (the vCPU is scheduled out / back in). Clearing it
-        while PIR holds vectors and ON is clear sets ON and notifies, as Linux's
-        ``vmx_vcpu_pi_load`` does, so posts suppressed meanwhile wake the vCPU.
+        while PIR holds vectors and ON is clear sets ON and notifies, so posts
+        suppressed meanwhile wake the vCPU (Linux's ``vmx_vcpu_pi_load`` sets ON
+        and lets the next VM entry process PIR; here the notification stands in).
         Returns True if it notified."""
         notify = False
         self._acquire()

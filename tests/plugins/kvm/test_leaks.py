@@ -75,3 +75,26 @@ def test_a_guest_started_again_after_close_runs_and_counts(kvm_usable: None) -> 
         assert guest.wait_count(1)
     finally:
         guest.close()
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_close_releases_everything_when_the_ack_deassign_fails(
+    kvm_usable: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing KVM_IOEVENTFD deassign is reported, and still nothing leaks."""
+    from irqbypass_kvm import _abi
+    from irqbypass_kvm import guest as guest_module
+
+    real_ioctl = guest_module.ioctl
+
+    def failing(fd: int, request: int, arg: object, what: str) -> object:
+        if request == _abi.KVM_IOEVENTFD and "deassign" in what:
+            raise irqbypass.DeviceError("KVM_IOEVENTFD deassign failed (injected)")
+        return real_ioctl(fd, request, arg, what)
+
+    guest = Guest(line=5, ack="eventfd")
+    guest.start()
+    monkeypatch.setattr(guest_module, "ioctl", failing)
+    with pytest.raises(irqbypass.DeviceError, match="injected"):
+        guest.close()
+    assert guest.vm is None and guest.ack_eventfd is None
