@@ -1,7 +1,8 @@
 """The ``irqbypass`` command: plugins, check, run, demo.
 
 Exit status: 0 done, 1 an irqbypass error (the message says what to do),
-2 bad usage, 130 interrupted (after a clean teardown).
+2 bad usage, 130 interrupted by Ctrl-C and 143 by SIGTERM (both after a clean
+teardown).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IrqBypassError as exc:
         _error(str(exc))
         return 1
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _error(f"stopped by {signal.Signals(signum).name}")
+        return 128 + signum
     except BrokenPipeError:
         # the reader went away (`irqbypass plugins --json | head`): not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -186,38 +191,62 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     duration = args.duration or config.duration or DEFAULT_DURATION
     out = sys.stdout
     topology = Topology(config, host)
-    interrupted = False
-    topology.apply()
-    try:
-        if not args.json:
-            _print_pairs(topology, out)
-        interrupted = not _wait(topology, duration, sys.stderr)
-        rows = topology.status()
-        summary = [_row_dict(row) for row in rows]
-    except KeyboardInterrupt:
-        interrupted = True
-        summary = [_row_dict(row) for row in topology.status()]
-    finally:
-        topology.teardown()
+    stopped_by: int | None = None
+    with _terminate_as_interrupt():
+        try:
+            topology.apply()
+            try:
+                if not args.json:
+                    _print_pairs(topology, out)
+                _wait(topology, duration, sys.stderr)
+            except KeyboardInterrupt as exc:
+                stopped_by = getattr(exc, "signum", signal.SIGINT)
+            summary = [_row_dict(row) for row in topology.status()]
+        finally:
+            topology.teardown()
     if args.json:
         doc = {
             "file": config.file,
-            "interrupted": interrupted,
+            "interrupted": stopped_by is not None,
             "pairs": summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
         }
         print(json.dumps(doc, indent=2))
     else:
         _print_summary(summary, out)
-    if interrupted:
-        _error("interrupted; everything was torn down")
-        return 130
+    if stopped_by is not None:
+        _error(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
+        return 128 + stopped_by
     return 0
 
 
-def _wait(topology: Topology, duration: float, progress: TextIO) -> bool:
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: a clean teardown, then exit 128 + 15."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM tears down like Ctrl-C instead of killing us
+    with devices still attached (only the main thread can install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
     """Run until ``duration`` passes, or every producer finished and its
-    interrupts arrived (or had SETTLE_SECONDS to). False on Ctrl-C."""
+    interrupts arrived (or had SETTLE_SECONDS to)."""
     live = progress.isatty()
     start = time.monotonic()
     finished_at: float | None = None
@@ -236,12 +265,9 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> bool:
                 if caught_up or now - finished_at >= SETTLE_SECONDS:
                     break
             time.sleep(TICK_SECONDS)
-    except KeyboardInterrupt:
-        return False
     finally:
         if live:
             progress.write("\n")
-    return True
 
 
 def _progress_line(rows: list[PairStatus], elapsed: float) -> str:

@@ -218,7 +218,9 @@ class Manager:
     def pairs(self) -> list[tuple[Producer, Consumer]]:
         """Every connected (producer, consumer)."""
         consumers = self._consumers
-        return [(p, consumers[t]) for t, p in list(self._producers.items()) if t in consumers]
+        return [
+            (p, c) for t, p in list(self._producers.items()) if (c := consumers.get(t)) is not None
+        ]
 
     def find_producer(self, token: Hashable) -> Producer | None:
         return self._producers.get(token)

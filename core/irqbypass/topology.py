@@ -157,6 +157,10 @@ class Topology:
 
     def apply(self) -> None:
         """Open and register every endpoint, or undo it all and raise."""
+        if any(placed.opened for placed in self.placed):
+            raise TopologyError(
+                f"{self.config.file} is already applied; call teardown() before applying again"
+            )
         self.build()
         for placed in self.placed:
             step = "open"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_blocked_kind_in_topology_is_a_clear_error() -> None:
     assert "no plugin provides consumer kind 'logging'" in result.stderr
 
 
-def test_interrupt_tears_down_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_tears_down_cleanly(tmp_path: Path, signum: int, status: int) -> None:
     topo = tmp_path / "t.toml"
     log = tmp_path / "events.jsonl"
     topo.write_text(
@@ -140,10 +142,11 @@ def test_interrupt_tears_down_cleanly(tmp_path: Path) -> None:
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the table is printed once applied
     assert "applied" in first
-    proc.send_signal(2)  # SIGINT, as Ctrl-C
+    proc.send_signal(signum)  # Ctrl-C, or a service manager stopping us
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted; everything was torn down" in err and "Traceback" not in err
+    assert proc.returncode == status, err
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}; everything was torn down" in err and "Traceback" not in err
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert events[0] == "open" and events[-1] == "close"
     assert "del_producer" in events

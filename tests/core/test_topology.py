@@ -220,3 +220,11 @@ def test_mock_and_logging_pair_delivers_everything() -> None:
             time.sleep(0.01)
         assert row.paired and row.fired == 2000 and row.delivered == 2000 and row.lost == 0
         assert topo.finished
+
+
+def test_applying_twice_is_refused(journal: Journal, host: irqbypass.PluginHost) -> None:
+    with Topology(parse_config(TOPO, file="t.toml"), host) as topo:
+        opened = list(journal.log)
+        with pytest.raises(irqbypass.TopologyError, match="already applied"):
+            topo.apply()
+        assert journal.log == opened and len(topo.manager.pairs()) == 2
