@@ -131,6 +131,33 @@ class kvm_ioeventfd(ctypes.Structure):
     ]
 
 
+class kvm_enable_cap(ctypes.Structure):
+    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+class kvm_stats_header(ctypes.Structure):
+    _fields_ = [
+        ("flags", u32),
+        ("name_size", u32),
+        ("num_desc", u32),
+        ("id_offset", u32),
+        ("desc_offset", u32),
+        ("data_offset", u32),
+    ]
+
+
+class kvm_stats_desc(ctypes.Structure):
+    """The fixed part; ``name_size`` bytes of name follow each descriptor."""
+
+    _fields_ = [
+        ("flags", u32),
+        ("exponent", ctypes.c_int16),
+        ("size", u16),
+        ("offset", u32),
+        ("bucket_size", u32),
+    ]
+
+
 class kvm_regs(ctypes.Structure):
     _fields_ = [
         (name, u64)
@@ -260,7 +287,9 @@ KVM_SET_REGS = _iow(0x82, kvm_regs)
 KVM_GET_SREGS = _ior(0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(0x84, kvm_sregs)
 KVM_SET_SIGNAL_MASK = _iow(0x8B, kvm_signal_mask)
+KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
 KVM_SIGNAL_MSI = _iow(0xA5, kvm_msi)
+KVM_GET_STATS_FD = _io(0xCE)
 
 # -- constants ---------------------------------------------------------------
 
@@ -274,6 +303,8 @@ KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_IRQFD_RESAMPLE = 82
 KVM_CAP_MSI_DEVID = 131
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_HALT_POLL = 182
+KVM_CAP_BINARY_STATS_FD = 203
 
 KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
 KVM_IRQFD_FLAG_RESAMPLE = 1 << 1

@@ -119,6 +119,19 @@ def check_vm_fd(fd: int) -> None:
         )
 
 
+#: KVM keeps the per-VM halt-polling limit in an unsigned int (ns)
+MAX_HALT_POLL_NS = 2**32 - 1
+
+
+def check_halt_poll_ns(ns: object) -> None:
+    """Refuse a halt-polling limit KVM would refuse, before any ioctl."""
+    if isinstance(ns, bool) or not isinstance(ns, int) or not 0 <= ns <= MAX_HALT_POLL_NS:
+        raise irqbypass.InvalidEndpointError(
+            f"halt_poll_ns must be an integer from 0 (never poll) to {MAX_HALT_POLL_NS} "
+            f"nanoseconds, not {ns!r}; leave it unset (None) for the kernel's default"
+        )
+
+
 @dataclass(frozen=True)
 class MsiRoute:
     """One MSI routing entry: where the message goes (address), what it says
@@ -204,6 +217,21 @@ class Vm:
                 errno=errno.ENOTSUP,
             )
         return value
+
+    # -- halt polling --------------------------------------------------------
+
+    def set_halt_poll_ns(self, ns: int) -> None:
+        """Cap how long a halted vCPU of this VM busy-waits for a wake-up before
+        it sleeps (KVM_ENABLE_CAP with KVM_CAP_HALT_POLL; 0 = never poll).
+
+        Overrides the kvm module's ``halt_poll_ns`` for this VM only; QEMU
+        exposes the same knob as the ``halt-poll-ns`` accelerator property.
+        """
+        check_halt_poll_ns(ns)
+        self.require(_abi.KVM_CAP_HALT_POLL, "a per-VM halt-polling limit (KVM_CAP_HALT_POLL)")
+        cap = _abi.kvm_enable_cap(cap=_abi.KVM_CAP_HALT_POLL)
+        cap.args[0] = ns
+        ioctl(self.fd, _abi.KVM_ENABLE_CAP, cap, f"KVM_ENABLE_CAP (KVM_CAP_HALT_POLL, {ns} ns)")
 
     # -- irqfd ---------------------------------------------------------------
 

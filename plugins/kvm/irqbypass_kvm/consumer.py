@@ -16,7 +16,14 @@ from typing import Any
 import irqbypass
 
 from . import _abi
-from ._kvm import DEFAULT_DEVICE, MAX_GSI_ROUTES, MsiRoute, Vm
+from ._kvm import (
+    DEFAULT_DEVICE,
+    MAX_GSI_ROUTES,
+    MAX_HALT_POLL_NS,
+    MsiRoute,
+    Vm,
+    check_halt_poll_ns,
+)
 from .guest import ELCR_LINES, GUEST_LINES, Guest
 
 __all__ = ["KvmIrqfdConsumer", "VmArg"]
@@ -42,6 +49,9 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
     - ``msi``: an :class:`MsiRoute`; ``masked`` starts the vector masked.
     - ``on_stop``/``on_start``: what the manager's stop/start do (an embedding
       VMM can pause its vCPUs there, as arm64 KVM does); by default nothing.
+    - ``halt_poll_ns``: the own guest's halt-polling limit (``vm="guest"``
+      only; 0 = never poll, None = the kernel's default; see
+      :meth:`Vm.set_halt_poll_ns`).
     - ``device``: the KVM device path (a seam for tests and odd hosts).
     """
 
@@ -56,6 +66,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         msi: MsiRoute | None = None,
         masked: bool = False,
         guest_ack: str = "exit",
+        halt_poll_ns: int | None = None,
         device: str = DEFAULT_DEVICE,
         name: str | None = None,
         on_stop: Hook | None = None,
@@ -142,6 +153,18 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             raise irqbypass.InvalidEndpointError(
                 f'{what}: guest_ack must be "exit" or "eventfd", not {guest_ack!r}'
             )
+        if halt_poll_ns is not None:
+            if vm != "guest":
+                raise irqbypass.InvalidEndpointError(
+                    f'{what}: halt_poll_ns applies to the plugin\'s own guest (vm="guest") '
+                    "only; a VMM sets its VM's halt polling itself (Vm.set_halt_poll_ns), "
+                    "and a given Guest takes it as Guest(halt_poll_ns=...)"
+                )
+            try:
+                check_halt_poll_ns(halt_poll_ns)
+            except irqbypass.InvalidEndpointError as exc:
+                raise irqbypass.InvalidEndpointError(f"{what}: {exc.message}") from None
+        self.halt_poll_ns = halt_poll_ns
         self.vm_arg: VmArg = vm
         self.gsi: int = gsi
         self.resample = resample
@@ -183,6 +206,15 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             raise opts.error("gsi", "required when vm is a VM fd (or set the entry's irq)")
         resample = opts.get_bool("resample", False)
         guest_ack = opts.get_str("guest_ack", "exit", choices=("exit", "eventfd")) or "exit"
+        halt_poll_ns: int | None = None
+        if opts.get_raw("halt_poll_ns") is not None:
+            if vm != "guest":
+                raise opts.error(
+                    "halt_poll_ns",
+                    'applies to the plugin\'s own guest (vm = "guest") only; with a VM fd '
+                    "the VMM sets its VM's halt polling itself",
+                )
+            halt_poll_ns = opts.get_int("halt_poll_ns", 0, min=0, max=MAX_HALT_POLL_NS)
         device = opts.get_str("device", DEFAULT_DEVICE) or DEFAULT_DEVICE
         msi = _read_msi(opts)
         masked = opts.get_bool("masked", False)
@@ -196,6 +228,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 msi=msi,
                 masked=masked,
                 guest_ack=guest_ack,
+                halt_poll_ns=halt_poll_ns,
                 device=device,
                 name=spec.name,
             )
@@ -258,7 +291,11 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         vm = self.vm_arg
         if vm == "guest":
             guest = Guest(
-                line=self.gsi, level=self.resample, ack=self.guest_ack, device=self.device
+                line=self.gsi,
+                level=self.resample,
+                ack=self.guest_ack,
+                device=self.device,
+                halt_poll_ns=self.halt_poll_ns,
             )
             guest.start()  # closes what it opened if it fails
             assert guest.vm is not None

@@ -21,6 +21,7 @@ set as well.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -34,7 +35,7 @@ from types import TracebackType
 import irqbypass
 
 from . import _abi
-from ._kvm import DEFAULT_DEVICE, Vm, ioctl, open_device, raw_ioctl
+from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device, raw_ioctl
 
 __all__ = ["ELCR_LINES", "GUEST_LINES", "Guest", "guest_program"]
 
@@ -143,7 +144,9 @@ class Guest:
     """A running one-vCPU guest that counts interrupts on one PIC ``line``.
 
     ``level`` makes the line level-triggered (for resample irqfds). ``ack`` is
-    "exit" or "eventfd" (see the module docstring). Create it with
+    "exit" or "eventfd" (see the module docstring). ``halt_poll_ns`` caps
+    KVM's halt polling for this VM (0 = a halted vCPU sleeps at once, trading
+    wake-up latency for host CPU; None = the kernel's default). Create it with
     :meth:`create` (or use it as a context manager); :meth:`close` stops the
     vCPU and closes every fd and mapping.
     """
@@ -156,9 +159,13 @@ class Guest:
         ack: str = "exit",
         device: str = DEFAULT_DEVICE,
         stop_signal: int | None = None,
+        halt_poll_ns: int | None = None,
     ) -> None:
         if ack not in ("exit", "eventfd"):
             raise irqbypass.InvalidEndpointError(f'ack must be "exit" or "eventfd", not {ack!r}')
+        if halt_poll_ns is not None:
+            check_halt_poll_ns(halt_poll_ns)
+        self.halt_poll_ns = halt_poll_ns
         self.line = line
         self.level = level
         self.ack = ack
@@ -169,6 +176,7 @@ class Guest:
         self._kvm_fd = -1
         self.vm: Vm | None = None
         self._vcpu_fd = -1
+        self._stats_fd = -1
         self._mem: mmap.mmap | None = None
         self._run: mmap.mmap | None = None
         self.ack_eventfd: irqbypass.Eventfd | None = None
@@ -228,6 +236,8 @@ class Guest:
     def _setup(self) -> None:
         self._kvm_fd = open_device(self.device)
         self.vm = Vm.create(self._kvm_fd, self.device)
+        if self.halt_poll_ns is not None:
+            self.vm.set_halt_poll_ns(self.halt_poll_ns)
         vm = self.vm.fd
         ioctl(vm, _abi.KVM_SET_TSS_ADDR, TSS_ADDR, "KVM_SET_TSS_ADDR")
         ioctl(vm, _abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
@@ -238,6 +248,12 @@ class Guest:
         )
         ioctl(vm, _abi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
         self._vcpu_fd = ioctl(vm, _abi.KVM_CREATE_VCPU, 0, "KVM_CREATE_VCPU")
+        # now, not in vcpu_stats(): every vCPU ioctl takes the vCPU's mutex, which
+        # KVM_RUN holds while the guest sleeps in hlt (reading the fd takes none)
+        if self.vm.check_extension(_abi.KVM_CAP_BINARY_STATS_FD) > 0:
+            self._stats_fd = ioctl(
+                self._vcpu_fd, _abi.KVM_GET_STATS_FD, 0, "KVM_GET_STATS_FD (vCPU)"
+            )
         run_size = ioctl(self._kvm_fd, _abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         self._run = mmap.mmap(self._vcpu_fd, run_size, mmap.MAP_SHARED)
         sregs = _abi.kvm_sregs()
@@ -352,6 +368,9 @@ class Guest:
         if self._run is not None:
             self._run.close()
             self._run = None
+        if self._stats_fd >= 0:
+            os.close(self._stats_fd)
+            self._stats_fd = -1
         if self._vcpu_fd >= 0:
             os.close(self._vcpu_fd)
             self._vcpu_fd = -1
@@ -390,6 +409,26 @@ class Guest:
     def vcpu_thread_id(self) -> int | None:
         """The vCPU thread's kernel thread id (for per-thread CPU accounting)."""
         return self._thread.native_id if self._thread is not None else None
+
+    def vcpu_stats(self) -> dict[str, int]:
+        """The vCPU's KVM statistics (KVM_GET_STATS_FD), by name: for instance
+        ``halt_attempted_poll``, ``halt_successful_poll``, ``halt_poll_success_ns``,
+        ``halt_poll_fail_ns``, ``halt_wakeup``, ``exits``. Histograms are left out.
+        Proves what the halt-polling limit did, without debugfs or root."""
+        if self._vcpu_fd < 0:
+            raise irqbypass.InvalidEndpointError("the guest is not running; start() it first")
+        if self._stats_fd < 0:
+            raise irqbypass.DeviceError(
+                "this kernel's KVM has no binary statistics (KVM_CAP_BINARY_STATS_FD, "
+                "Linux 5.14+); read debugfs (/sys/kernel/debug/kvm) instead",
+                errno=errno.ENOTSUP,
+            )
+        try:
+            return _read_stats(self._stats_fd)
+        except OSError as exc:
+            raise irqbypass.DeviceError(
+                f"reading the vCPU's KVM statistics failed: {exc.strerror}", errno=exc.errno
+            ) from exc
 
     @property
     def running(self) -> bool:
@@ -438,10 +477,32 @@ class Guest:
         return f"<Guest line={self.line} vector={self.vector:#x} {state} count={self.count}>"
 
 
+def _read_stats(fd: int) -> dict[str, int]:
+    """Parse a KVM binary stats fd: header, descriptors (each followed by its
+    name), then the u64 data block. Only single-value stats are returned."""
+    header = _abi.kvm_stats_header.from_buffer_copy(
+        os.pread(fd, ctypes.sizeof(_abi.kvm_stats_header), 0)
+    )
+    desc_size = ctypes.sizeof(_abi.kvm_stats_desc) + header.name_size
+    descs = os.pread(fd, desc_size * header.num_desc, header.desc_offset)
+    entries = []
+    end = 0
+    for i in range(header.num_desc):
+        raw = descs[i * desc_size : (i + 1) * desc_size]
+        desc = _abi.kvm_stats_desc.from_buffer_copy(raw[: ctypes.sizeof(_abi.kvm_stats_desc)])
+        name = raw[ctypes.sizeof(_abi.kvm_stats_desc) :].split(b"\0", 1)[0].decode()
+        entries.append((name, desc.offset, desc.size))
+        end = max(end, desc.offset + 8 * desc.size)
+    data = os.pread(fd, end, header.data_offset)
+    return {
+        name: struct.unpack_from("<Q", data, offset)[0]
+        for name, offset, size in entries
+        if size == 1
+    }
+
+
 def _address_of(mem: mmap.mmap) -> int:
     """The host virtual address of an mmap (without keeping a buffer export)."""
-    import ctypes
-
     ref = ctypes.c_char.from_buffer(mem)
     try:
         return ctypes.addressof(ref)

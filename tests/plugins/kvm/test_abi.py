@@ -33,7 +33,9 @@ IOCTLS = [
     "KVM_GET_SREGS",
     "KVM_SET_SREGS",
     "KVM_SET_SIGNAL_MASK",
+    "KVM_ENABLE_CAP",
     "KVM_SIGNAL_MSI",
+    "KVM_GET_STATS_FD",
 ]
 CONSTANTS = [
     "KVM_API_VERSION",
@@ -45,6 +47,8 @@ CONSTANTS = [
     "KVM_CAP_IRQFD_RESAMPLE",
     "KVM_CAP_MSI_DEVID",
     "KVM_CAP_IMMEDIATE_EXIT",
+    "KVM_CAP_HALT_POLL",
+    "KVM_CAP_BINARY_STATS_FD",
     "KVM_IRQFD_FLAG_DEASSIGN",
     "KVM_IRQFD_FLAG_RESAMPLE",
     "KVM_IRQ_ROUTING_IRQCHIP",
@@ -132,6 +136,25 @@ STRUCTS: dict[str, tuple[type[ctypes.Structure], list[tuple[str, int]]]] = {
             (f, getattr(_abi.kvm_ioeventfd, f).offset)
             for f in ("datamatch", "addr", "len", "fd", "flags", "pad")
         ],
+    ),
+    "kvm_enable_cap": (
+        _abi.kvm_enable_cap,
+        [(f, getattr(_abi.kvm_enable_cap, f).offset) for f in ("cap", "flags", "args", "pad")],
+    ),
+    "kvm_stats_header": (
+        _abi.kvm_stats_header,
+        [
+            (f, getattr(_abi.kvm_stats_header, f).offset)
+            for f in ("flags", "name_size", "num_desc", "id_offset", "desc_offset", "data_offset")
+        ],
+    ),
+    "kvm_stats_desc": (
+        _abi.kvm_stats_desc,
+        [
+            (f, getattr(_abi.kvm_stats_desc, f).offset)
+            for f in ("flags", "exponent", "size", "offset", "bucket_size")
+        ]
+        + [("name", ctypes.sizeof(_abi.kvm_stats_desc))],
     ),
     "kvm_regs": (
         _abi.kvm_regs,
