@@ -10,13 +10,19 @@ never leaves the kernel, as a virtio notification does not):
 - relay: a Python thread polls the token eventfd, reads it and injects with
   KVM_IRQ_LINE (raise, lower), as a VMM without irqfd would.
 
-Measured per path, in one run: guest-counted interrupts per second, host CPU
+Both paths run under two halt-polling settings of the guest's VM, side by side
+in one run: the kernel's default (the kvm module's halt_poll_ns) and
+halt_poll_ns=0 (KVM_CAP_HALT_POLL: a halted vCPU sleeps at once instead of
+busy-waiting for its next interrupt).
+
+Measured per path and setting: guest-counted interrupts per second, host CPU
 per interrupt (each thread of this process, from /proc/self/task/*/schedstat;
 plus the kernel workers' CPU from /proc/*/task/*/schedstat, because irqfd
-injects from a kworker, outside this process), and latency from the eventfd write to the
-guest's acknowledgement (p50, p99).
+injects from a kworker, outside this process), the part of the vCPU's time KVM
+spent halt polling (the vCPU's binary stats), and latency from the eventfd
+write to the guest's acknowledgement (p50, p99).
 
-    .venv/bin/python benchmarks/delivery.py [--count N] [--rounds R]
+    .venv/bin/python benchmarks/delivery.py [--count N] [--rounds R] [--gap-us G]
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class Result:
     producer: float
     kworker: float
     latencies: list[float]
+    halt_poll: float  # seconds KVM spent polling in the vCPU's halts (in vcpu)
 
     @property
     def rate(self) -> float:
@@ -97,10 +104,22 @@ class Result:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+def halt_poll_seconds(guest: Guest) -> float:
+    """Time KVM spent halt polling on the guest's vCPU so far (0 if unknown)."""
+    try:
+        stats = guest.vcpu_stats()
+    except irqbypass.DeviceError:
+        return 0.0
+    polled: int = stats["halt_poll_success_ns"] + stats["halt_poll_fail_ns"]
+    return polled / 1e9
+
+
 def drive(
-    name: str, guest: Guest, token: irqbypass.Eventfd, count: int, setup: Callable[[], None]
+    name: str, guest: Guest, token: irqbypass.Eventfd, count: int, gap: float = 0.0
 ) -> Result:
-    """Fire ``count`` interrupts one by one, each after the previous ack."""
+    """Fire ``count`` interrupts one by one, each after the previous ack (and,
+    with ``gap``, after sleeping that long: a device with idle time between
+    interrupts, during which the halted vCPU polls or sleeps)."""
     ack = guest.ack_eventfd
     assert ack is not None
     poller = select.poll()
@@ -108,8 +127,8 @@ def drive(
     ack_fd = ack.fileno()
     start_count = guest.count
     latencies = [0.0] * count
-    setup()
     vcpu_tid = guest.vcpu_thread_id
+    poll0 = halt_poll_seconds(guest)
     kw0, threads0, t0 = kworker_cpu(), thread_cpu(), time.perf_counter()
     for i in range(count):
         sent = time.perf_counter()
@@ -118,14 +137,17 @@ def drive(
             raise RuntimeError(f"{name}: no acknowledgement after {i} interrupts")
         os.read(ack_fd, 8)
         latencies[i] = time.perf_counter() - sent
+        if gap:
+            time.sleep(gap)
     wall = time.perf_counter() - t0
     threads1, kw = thread_cpu(), kworker_cpu() - kw0
+    poll = halt_poll_seconds(guest) - poll0
     cpu = sum(t - threads0.get(tid, 0.0) for tid, t in threads1.items())
     vcpu = threads1.get(vcpu_tid or -1, 0.0) - threads0.get(vcpu_tid or -1, 0.0)
     me = threading.get_native_id()
     producer = threads1.get(me, 0.0) - threads0.get(me, 0.0)
     delivered = guest.count - start_count
-    return Result(name, delivered, wall, cpu, vcpu, producer, kw, latencies)
+    return Result(name, delivered, wall, cpu, vcpu, producer, kw, latencies, poll)
 
 
 class Relay:
@@ -164,77 +186,121 @@ class Relay:
         self.stop.close()
 
 
+#: the halt-polling settings compared: the kernel's default, and never poll
+SETTINGS: dict[str, int | None] = {"default": None, "poll=0": 0}
+
+
+def per_second(a: Result, b: Result, cpu: Callable[[Result], float]) -> float:
+    """How many more interrupts per CPU second ``a`` delivers than ``b``."""
+    return (a.delivered / cpu(a)) / (b.delivered / cpu(b))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20_000, help="interrupts per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path")
+    parser.add_argument(
+        "--gap-us",
+        type=float,
+        default=0.0,
+        help="sleep this long after each acknowledgement (default 0: back to back)",
+    )
     args = parser.parse_args()
     reason = irqbypass_kvm.unavailable_reason()
     if reason is not None:
         print(f"skipped: {reason}")
         return 0
 
-    results: dict[str, list[Result]] = {"irqfd": [], "relay": []}
-    with Guest(line=LINE, ack="eventfd") as guest, irqbypass.Eventfd() as token:
-        for _ in range(args.rounds):
-            consumer = KvmIrqfdConsumer(token=token, vm=guest)
-            with consumer:
-                drive("warm-up", guest, token, 500, lambda: None)
-                results["irqfd"].append(drive("irqfd", guest, token, args.count, lambda: None))
-            with Relay(guest, token):
-                drive("warm-up", guest, token, 500, lambda: None)
-                results["relay"].append(drive("relay", guest, token, args.count, lambda: None))
+    # (setting, path) -> one Result per round; a fresh guest per setting and
+    # round, so no idle guest's vCPU runs (or polls) during another's run
+    results: dict[tuple[str, str], list[Result]] = {
+        (setting, path): [] for setting in SETTINGS for path in ("irqfd", "relay")
+    }
+    default_ns = "?"
+    try:
+        with open("/sys/module/kvm/parameters/halt_poll_ns") as param:
+            default_ns = param.read().strip()
+    except OSError:
+        pass
+    gap = args.gap_us / 1e6
+    for _ in range(args.rounds):
+        for setting, halt_poll_ns in SETTINGS.items():
+            with (
+                Guest(line=LINE, ack="eventfd", halt_poll_ns=halt_poll_ns) as guest,
+                irqbypass.Eventfd() as token,
+            ):
+                with KvmIrqfdConsumer(token=token, vm=guest):
+                    drive("warm-up", guest, token, 500)
+                    results[setting, "irqfd"].append(drive("irqfd", guest, token, args.count, gap))
+                with Relay(guest, token):
+                    drive("warm-up", guest, token, 500)
+                    results[setting, "relay"].append(drive("relay", guest, token, args.count, gap))
 
-    def best(name: str) -> Result:
-        """The round with the least host CPU per interrupt (the least disturbed)."""
-        return min(results[name], key=lambda r: r.path_cpu / r.delivered)
+    def best(key: tuple[str, str]) -> Result:
+        """The round with the least delivery-path CPU per interrupt (the least disturbed)."""
+        return min(results[key], key=lambda r: r.path_cpu / r.delivered)
 
-    print(f"{args.count} interrupts per path and round, {args.rounds} rounds, best round shown")
+    print(
+        f"{args.count} interrupts per path, setting and round, {args.rounds} rounds, best round"
+        f" shown; kernel default halt_poll_ns = {default_ns}; gap after each ack"
+        f" {args.gap_us:g} us"
+    )
     print("CPU per guest-counted interrupt, in microseconds:")
     print(
-        f"{'path':6} {'counted':>7} {'irq/s':>7} {'device':>7} {'relay':>7} {'vCPU':>7}"
-        f" {'kworker':>8} {'host':>7} {'path':>7} {'p50 lat':>8} {'p99 lat':>8}"
+        f"{'setting':8} {'path':6} {'counted':>7} {'irq/s':>7} {'device':>7} {'relay':>7}"
+        f" {'vCPU':>7} {'(poll)':>7} {'kworker':>8} {'host':>7} {'path':>7}"
+        f" {'p50 lat':>8} {'p99 lat':>8}"
     )
-    rows = {name: best(name) for name in results}
-    for name, r in rows.items():
+    rows = {key: best(key) for key in results}
+    for (setting, name), r in rows.items():
         us = 1e6 / r.delivered
         print(
-            f"{name:6} {r.delivered:7d} {r.rate:7.0f} {r.producer * us:7.2f}"
+            f"{setting:8} {name:6} {r.delivered:7d} {r.rate:7.0f} {r.producer * us:7.2f}"
             f" {(r.cpu - r.vcpu - r.producer) * us:7.2f} {r.vcpu * us:7.2f}"
-            f" {r.kworker * us:8.2f} {r.host_cpu * us:7.2f} {r.path_cpu * us:7.2f}"
-            f" {r.pct(50) * 1e6:8.1f} {r.pct(99) * 1e6:8.1f}"
+            f" {r.halt_poll * us:7.2f} {r.kworker * us:8.2f} {r.host_cpu * us:7.2f}"
+            f" {r.path_cpu * us:7.2f} {r.pct(50) * 1e6:8.1f} {r.pct(99) * 1e6:8.1f}"
         )
     print(
         "(device: the thread that writes the eventfd and waits for the ack; relay: the"
-        " relay thread; vCPU: the guest's thread, halt polling included; host: all of"
-        " them; path: relay + kworker, the delivery path alone)"
+        " relay thread; vCPU: the guest's thread, halt polling included; (poll): the part"
+        " of vCPU KVM spent halt polling; host: all of them; path: relay + kworker, the"
+        " delivery path alone)"
     )
-    for name, rs in results.items():
+    for key, rs in results.items():
         if any(r.delivered != args.count for r in rs):
             print(
-                f"WARNING: {name}: the guest counted {[r.delivered for r in rs]}, not {args.count}"
+                f"WARNING: {key}: the guest counted {[r.delivered for r in rs]}, not {args.count}"
             )
-    irqfd, relay = rows["irqfd"], rows["relay"]
-
-    def ratio(cpu: Callable[[Result], float]) -> float:
-        return (irqfd.delivered / cpu(irqfd)) / (relay.delivered / cpu(relay))
-
-    print(
-        f"irqfd/relay interrupts per delivery-path CPU second: {ratio(lambda r: r.path_cpu):.2f}x"
-        " (goal >= 2x)"
-    )
-    print(
-        f"irqfd/relay interrupts per host CPU second (vCPU included): "
-        f"{ratio(lambda r: r.host_cpu):.2f}x"
-    )
-    print(f"irqfd/relay interrupts per second: {irqfd.rate / relay.rate:.2f}x")
-    print(
-        f"relay/irqfd latency: p50 {relay.pct(50) / irqfd.pct(50):.2f}x, "
-        f"p99 {relay.pct(99) / irqfd.pct(99):.2f}x"
-    )
-    spread = [f"{r.path_cpu / r.delivered * 1e6:.2f}" for r in results["irqfd"]]
-    spread_relay = [f"{r.path_cpu / r.delivered * 1e6:.2f}" for r in results["relay"]]
-    print(f"(path CPU/irq in every round: irqfd {spread} us, relay {spread_relay} us)")
+    for setting in SETTINGS:
+        irqfd, relay = rows[setting, "irqfd"], rows[setting, "relay"]
+        print(f"-- halt polling {setting}: irqfd against relay")
+        path = per_second(irqfd, relay, lambda r: r.path_cpu)
+        host = per_second(irqfd, relay, lambda r: r.host_cpu)
+        print(f"   interrupts per delivery-path CPU second: {path:.2f}x")
+        print(
+            f"   interrupts per host CPU second (vCPU, device, relay, kworkers): {host:.2f}x"
+            f" (goal >= 2x: {'met' if host >= 2 else 'NOT met'})"
+        )
+        print(f"   interrupts per second: {irqfd.rate / relay.rate:.2f}x")
+        print(
+            f"   relay/irqfd latency: p50 {relay.pct(50) / irqfd.pct(50):.2f}x,"
+            f" p99 {relay.pct(99) / irqfd.pct(99):.2f}x"
+        )
+        pairs = zip(results[setting, "irqfd"], results[setting, "relay"], strict=True)
+        rounds = [
+            (per_second(i, r, lambda x: x.path_cpu), per_second(i, r, lambda x: x.host_cpu))
+            for i, r in pairs
+        ]
+        print("   per round (path, host): " + ", ".join(f"{p:.2f}x/{h:.2f}x" for p, h in rounds))
+    print("-- poll=0 against the default, same path")
+    for name in ("irqfd", "relay"):
+        d, z = rows["default", name], rows["poll=0", name]
+        host_d, host_z = d.host_cpu / d.delivered * 1e6, z.host_cpu / z.delivered * 1e6
+        print(
+            f"   {name}: host CPU per interrupt {host_z:.2f} us with poll=0, {host_d:.2f} us"
+            f" with the default ({host_z / host_d:.2f}x); irq/s {z.rate / d.rate:.2f}x;"
+            f" latency p50 {z.pct(50) / d.pct(50):.2f}x, p99 {z.pct(99) / d.pct(99):.2f}x"
+        )
     return 0
 
 
