@@ -90,16 +90,26 @@ class Topology:
         skipped = self._optional_unavailable()
         self.skipped = sorted(skipped.items())
         try:
-            self.tokens = {
-                name: Eventfd() for name in self.config.token_names() if name not in skipped
-            }
+            self.tokens = {name: Eventfd() for name in self.config.token_names()}
             # consumers first: the sink is ready before the source can fire
             for entry in self.config.consumers + self.config.producers:
                 if entry.token not in skipped:
                     self.placed.append(Placed(entry, self._build_one(entry)))
+                elif not entry.optional or self._kind_installed(entry):
+                    # a left-out pair is still validated: building opens nothing
+                    self._build_one(entry)
+            for name in skipped:
+                self.tokens.pop(name).close()
         except BaseException:
             self._release()
             raise
+
+    def _kind_installed(self, entry: EndpointConfig) -> bool:
+        try:
+            self.plugins.kinds.get(entry.side, entry.kind)
+        except PluginError:
+            return False
+        return True
 
     def _optional_unavailable(self) -> dict[str, str]:
         """Token -> reason, for every token with an optional endpoint whose kind

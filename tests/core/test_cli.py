@@ -181,3 +181,10 @@ def test_closed_pipe_is_not_a_traceback() -> None:
     )
     assert result.stdout == "["
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.toml")), ids=str)
+def test_every_example_passes_check(example: Path) -> None:
+    result = run("check", str(example))
+    assert result.returncode == 0, result.stderr
+    assert ": OK: " in result.stdout

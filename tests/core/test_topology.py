@@ -228,3 +228,14 @@ def test_applying_twice_is_refused(journal: Journal, host: irqbypass.PluginHost)
         with pytest.raises(irqbypass.TopologyError, match="already applied"):
             topo.apply()
         assert journal.log == opened and len(topo.manager.pairs()) == 2
+
+
+def test_a_left_out_pair_is_still_validated(journal: Journal, host: irqbypass.PluginHost) -> None:
+    absent = '[[consumers]]\nname = "c2"\nkind = "j-absent"\ntoken = "c"\noptional = true\n'
+    bad_options = absent.replace("optional = true\n", "optional = true\noptions = { x = 1 }\n")
+    with pytest.raises(irqbypass.ConfigError, match=r"consumers\[2\].options.x"):
+        Topology(parse_config(TOPO + bad_options, file="t.toml"), host).build()
+    typo_partner = absent + '[[producers]]\nname = "p2"\nkind = "j-scr"\ntoken = "c"\n'
+    with pytest.raises(irqbypass.ConfigError, match="did you mean 'j-src'"):
+        Topology(parse_config(TOPO + typo_partner, file="t.toml"), host).build()
+    assert journal.log == []
