@@ -27,7 +27,7 @@ from .errors import (
     TopologyError,
     UnknownKindError,
 )
-from .eventfd import Eventfd
+from .eventfd import Eventfd, HoldingEventfd
 from .hookspecs import hookimpl, hookspec
 from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
@@ -51,6 +51,7 @@ __all__ = [
     "EndpointSpec",
     "Eventfd",
     "Factory",
+    "HoldingEventfd",
     "InvalidEndpointError",
     "IrqBypassError",
     "Kind",

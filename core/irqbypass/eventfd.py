@@ -167,3 +167,43 @@ class Eventfd:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         kind, value = self._identity
         return f"<Eventfd {state} {kind}={value}>"
+
+
+class HoldingEventfd:
+    """Where a stopped producer's device signals meanwhile, so a quiesce loses
+    no interrupt: QEMU's pattern for vectors it cannot mask.
+
+    On ``stop()`` point the device at :meth:`fileno`; on ``start()`` point it
+    back at the token and call :meth:`replay`, which writes what was caught to
+    the token. The eventfd is opened on first use and by :meth:`close` closed
+    (a later :meth:`fileno` opens a new one); the counts survive both.
+    """
+
+    def __init__(self) -> None:
+        self._eventfd: Eventfd | None = None
+        #: interrupts caught while stopped, and those written on to the token
+        self.held = 0
+        self.replayed = 0
+
+    def fileno(self) -> int:
+        if self._eventfd is None:
+            self._eventfd = Eventfd()
+        return self._eventfd.fileno()
+
+    def replay(self, token: object) -> int:
+        """Forward what arrived since the last replay to ``token``; a token that
+        is not an open :class:`Eventfd` only has it counted as held."""
+        if self._eventfd is None:
+            return 0
+        count = self._eventfd.read(0)
+        if count:
+            self.held += count
+            if isinstance(token, Eventfd) and not token.closed:
+                token.write(count)
+                self.replayed += count
+        return count
+
+    def close(self) -> None:
+        if self._eventfd is not None:
+            self._eventfd.close()
+            self._eventfd = None

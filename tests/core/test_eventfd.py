@@ -89,3 +89,22 @@ def test_unclosed_eventfd_warns() -> None:
         warnings.simplefilter("always")
         del efd
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
+
+
+def test_holding_eventfd_catches_and_replays_exactly_once() -> None:
+    hold = irqbypass.HoldingEventfd()
+    with irqbypass.Eventfd() as token:
+        assert hold.replay(token) == 0, "nothing opened, nothing held"
+        os.write(hold.fileno(), (3).to_bytes(8, "little"))  # the device signals it
+        assert hold.replay(token) == 3 and token.read(0) == 3
+        assert hold.replay(token) == 0, "replayed once, not twice"
+        os.write(hold.fileno(), (2).to_bytes(8, "little"))
+        hold.close()
+        hold.close()
+        assert (hold.held, hold.replayed) == (3, 3), "what a close drops is not counted"
+        os.write(hold.fileno(), (4).to_bytes(8, "little"))  # a new eventfd after close
+        closed = irqbypass.Eventfd()
+        closed.close()
+        assert hold.replay(closed) == 4
+        assert (hold.held, hold.replayed) == (7, 3), "held but nowhere to replay"
+        hold.close()

@@ -107,13 +107,11 @@ class VdpaProducer(irqbypass.Producer):
         self._owned = False
         self._bound_to: int | None = None
         self._stopped = False
-        self._hold: irqbypass.Eventfd | None = None
+        self._hold = irqbypass.HoldingEventfd()
         self.device_id: int | None = None
         self.status: int | None = None
         self.vq_count: int | None = None
         self.vq_group: int | None = None
-        self._held = 0
-        self._replayed = 0
         self._quiesces = 0
 
     @classmethod
@@ -345,10 +343,8 @@ class VdpaProducer(irqbypass.Producer):
                 self._set_call(-1)
             except irqbypass.DeviceError as exc:
                 first = exc
-        self._replay()
-        if self._hold is not None:
-            self._hold.close()
-            self._hold = None
+        self._hold.replay(self.token)
+        self._hold.close()
         if self._owned and self._fd is not None:
             try:
                 self.seam.close(self._fd)
@@ -364,20 +360,7 @@ class VdpaProducer(irqbypass.Producer):
 
     def _quiesce(self) -> None:
         self._quiesces += 1
-        if self._hold is None:
-            self._hold = irqbypass.Eventfd()
         self._set_call(self._hold.fileno())
-
-    def _replay(self) -> None:
-        if self._hold is None:
-            return
-        held = self._hold.read(0)
-        if held:
-            self._held += held
-            assert isinstance(self.token, irqbypass.Eventfd)
-            if not self.token.closed:
-                self.token.write(held)
-                self._replayed += held
 
     def stop(self) -> None:
         with self._lock:
@@ -399,7 +382,7 @@ class VdpaProducer(irqbypass.Producer):
                     assert isinstance(self.token, irqbypass.Eventfd)
                     self._set_call(self.token.fileno())
             finally:
-                self._replay()
+                self._hold.replay(self.token)
 
     def stats(self) -> Mapping[str, int]:
         """``held``/``replayed``: call interrupts caught while stopped and
@@ -407,8 +390,8 @@ class VdpaProducer(irqbypass.Producer):
         the device's interrupts."""
         with self._lock:
             return {
-                "held": self._held,
-                "replayed": self._replayed,
+                "held": self._hold.held,
+                "replayed": self._hold.replayed,
                 "quiesces": self._quiesces,
                 "bound": int(self._bound_to is not None),
             }

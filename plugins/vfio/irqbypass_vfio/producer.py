@@ -181,13 +181,11 @@ class VfioProducer(irqbypass.Producer):
         self._attached_to: int | None = None  # the fd the vector's trigger points at
         self._masked = False
         self._stopped = False
-        self._hold: irqbypass.Eventfd | None = None
+        self._hold = irqbypass.HoldingEventfd()
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
         self.device_info: DeviceInfo | None = None
         self.irq_info: IrqInfo | None = None
-        self._held = 0
-        self._replayed = 0
         self._triggered = 0
         self._quiesces = 0
 
@@ -571,10 +569,8 @@ class VfioProducer(irqbypass.Producer):
                 self._masked = False
             except irqbypass.DeviceError as exc:
                 first = first or exc
-        self._replay()
-        if self._hold is not None:
-            self._hold.close()
-            self._hold = None
+        self._hold.replay(self.token)
+        self._hold.close()
         # the device first, then what it hangs off (group before container)
         order = sorted(self._owned, key=lambda fd: fd != self._fd)
         for fd in order:
@@ -597,21 +593,7 @@ class VfioProducer(irqbypass.Producer):
             self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK)
             self._masked = True
             return
-        if self._hold is None:
-            self._hold = irqbypass.Eventfd()
         self._set_trigger(self._hold.fileno())
-
-    def _replay(self) -> None:
-        """Write what the holding eventfd caught to the token."""
-        if self._hold is None:
-            return
-        held = self._hold.read(0)
-        if held:
-            self._held += held
-            assert isinstance(self.token, irqbypass.Eventfd)
-            if not self.token.closed:
-                self.token.write(held)
-                self._replayed += held
 
     def stop(self) -> None:
         with self._lock:
@@ -636,7 +618,7 @@ class VfioProducer(irqbypass.Producer):
                     assert isinstance(self.token, irqbypass.Eventfd)
                     self._set_trigger(self.token.fileno())
             finally:
-                self._replay()
+                self._hold.replay(self.token)
 
     def trigger(self, n: int = 1) -> None:
         """Loopback: ``SET_IRQS(DATA_NONE | ACTION_TRIGGER)`` makes the kernel
@@ -655,8 +637,8 @@ class VfioProducer(irqbypass.Producer):
         ``fired``: userspace cannot count the device's interrupts."""
         with self._lock:
             return {
-                "held": self._held,
-                "replayed": self._replayed,
+                "held": self._hold.held,
+                "replayed": self._hold.replayed,
                 "triggered": self._triggered,
                 "quiesces": self._quiesces,
                 "attached": int(self._attached_to is not None),
