@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(sort $(wildcard plugins/*))
 
-.PHONY: demo test lint typecheck pytest docs bench setup clean
+.PHONY: demo test lint typecheck pytest docs bench setup provision clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy core/irqbypass $(foreach p,$(PLUGINS),$(p)/irqbypass_$(notdir $(p)))
 
-pytest: $(STAMP)
+provision:
+	@bash scripts/provision
+
+pytest: $(STAMP) provision
 	$(BIN)/pytest
 
 docs: $(STAMP)
