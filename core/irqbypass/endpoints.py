@@ -14,13 +14,19 @@ Beside the manager, an endpoint has a life of its own: :meth:`Endpoint.open`
 attaches it to its device so that its eventfd carries interrupts, and
 :meth:`Endpoint.close` detaches it. Registering with a :class:`~irqbypass.Manager`
 only adds the pairing (the bypass) on top.
+
+A class whose device can attach many endpoints in one operation (KVM writes a
+VM's whole GSI routing table with one ioctl) may also define the optional
+classmethods ``open_group(endpoints)`` and ``close_group(endpoints)``; a
+:class:`~irqbypass.Topology` then opens and closes all its endpoints of that
+class on one side together. ``None`` (the default) means absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from .errors import InvalidEndpointError
 
@@ -59,6 +65,13 @@ class Endpoint:
     """What producers and consumers share: a token, a name, open and close."""
 
     side: str = "endpoint"
+
+    #: Optional classmethods; None means absent. ``open_group(endpoints)`` opens
+    #: endpoints of this class all or nothing (on failure none stays open, and
+    #: the error names the one that failed); ``close_group(endpoints)`` closes
+    #: every one of them even if one fails, then raises.
+    open_group: ClassVar[Callable[[Sequence[Endpoint]], None] | None] = None
+    close_group: ClassVar[Callable[[Sequence[Endpoint]], None] | None] = None
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
         check_token(token, f"{type(self).__name__}({name or ''})")

@@ -62,6 +62,33 @@ class PairStatus:
         return max(0, self.fired - self.delivered)
 
 
+def _open(unit: list[Placed]) -> None:
+    """Open one endpoint, or a group through its class's ``open_group``."""
+    endpoints = [placed.endpoint for placed in unit]
+    open_group = type(endpoints[0]).open_group
+    if open_group is None:
+        endpoints[0].open()
+    else:
+        open_group(endpoints)
+
+
+def _close(unit: list[Placed]) -> None:
+    """Close endpoints (last opened first), through ``close_group`` if defined."""
+    endpoints = [placed.endpoint for placed in unit]
+    close_group = type(endpoints[0]).close_group
+    if close_group is None:
+        for endpoint in endpoints:
+            endpoint.close()
+    else:
+        close_group(endpoints)
+
+
+def _group_label(unit: list[Placed]) -> str:
+    first = unit[0].config
+    names = ", ".join(repr(placed.config.name) for placed in unit)
+    return f"the group of {len(unit)} {first.side}s of kind {first.kind} ({names})"
+
+
 def _stat(placed: Placed | None, key: str) -> int | None:
     if placed is None:
         return None
@@ -172,23 +199,43 @@ class Topology:
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )
         self.build()
-        for placed in self.placed:
-            step = "open"
+        for unit in self._units():
+            step, placed = "open", unit[0]
             try:
-                placed.endpoint.open()
-                placed.opened = True
-                if placed.config.bypass:
-                    step = "register"
-                    self._register(placed)
+                _open(unit)
+                for placed in unit:
+                    placed.opened = True
+                for placed in unit:
+                    if placed.config.bypass:
+                        step = "register"
+                        self._register(placed)
             except BaseException as exc:
                 undo_errors = self._undo()
                 self._release()
                 if not isinstance(exc, Exception):
                     raise
-                message = f"applying {self.config.file}: {step} of {placed.label} failed: {exc}"
+                what = placed.label if step == "register" or len(unit) == 1 else _group_label(unit)
+                message = f"applying {self.config.file}: {step} of {what} failed: {exc}"
                 if undo_errors:
                     message += "; while undoing: " + "; ".join(undo_errors)
                 raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
+
+    def _units(self) -> list[list[Placed]]:
+        """What is opened together: one endpoint, or every endpoint of one side
+        whose class defines ``open_group``, at the place of the first of them."""
+        units: list[list[Placed]] = []
+        groups: dict[tuple[str, type], list[Placed]] = {}
+        for placed in self.placed:
+            cls = type(placed.endpoint)
+            if cls.open_group is None:
+                units.append([placed])
+                continue
+            key = (placed.config.side, cls)
+            if key not in groups:
+                groups[key] = []
+                units.append(groups[key])
+            groups[key].append(placed)
+        return units
 
     def _register(self, placed: Placed) -> None:
         endpoint = placed.endpoint
@@ -211,22 +258,26 @@ class Topology:
 
     def _undo(self) -> list[str]:
         errors = []
-        for placed in reversed(self.placed):
-            if placed.registered:
+        for unit in reversed(self._units()):
+            for placed in reversed(unit):
+                if placed.registered:
+                    try:
+                        if isinstance(placed.endpoint, Producer):
+                            self.manager.unregister_producer(placed.endpoint)
+                        elif isinstance(placed.endpoint, Consumer):
+                            self.manager.unregister_consumer(placed.endpoint)
+                    except Exception as exc:
+                        errors.append(f"unregister of {placed.label}: {exc}")
+                    placed.registered = False
+            opened = [placed for placed in reversed(unit) if placed.opened]
+            if opened:
+                for placed in opened:
+                    placed.opened = False
                 try:
-                    if isinstance(placed.endpoint, Producer):
-                        self.manager.unregister_producer(placed.endpoint)
-                    elif isinstance(placed.endpoint, Consumer):
-                        self.manager.unregister_consumer(placed.endpoint)
+                    _close(opened)
                 except Exception as exc:
-                    errors.append(f"unregister of {placed.label}: {exc}")
-                placed.registered = False
-            if placed.opened:
-                try:
-                    placed.endpoint.close()
-                except Exception as exc:
-                    errors.append(f"close of {placed.label}: {exc}")
-                placed.opened = False
+                    what = opened[0].label if len(opened) == 1 else _group_label(opened)
+                    errors.append(f"close of {what}: {exc}")
         return errors
 
     def _release(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import irqbypass
 import pytest
@@ -239,3 +239,105 @@ def test_a_left_out_pair_is_still_validated(journal: Journal, host: irqbypass.Pl
     with pytest.raises(irqbypass.ConfigError, match="did you mean 'j-src'"):
         Topology(parse_config(TOPO + typo_partner, file="t.toml"), host).build()
     assert journal.log == []
+
+
+class Batch(irqbypass.Consumer):
+    """A consumer class whose device attaches many endpoints at once."""
+
+    log: ClassVar[list[str]] = []
+    fail: ClassVar[set[str]] = set()
+
+    def add_producer(self, producer: Any) -> None:
+        Batch.log.append(f"add {self.name}")
+
+    def del_producer(self, producer: Any) -> None:
+        Batch.log.append(f"del {self.name}")
+
+    def open(self) -> None:
+        Batch.log.append(f"open {self.name}")
+
+    def close(self) -> None:
+        Batch.log.append(f"close {self.name}")
+
+    @classmethod
+    def open_group(cls, endpoints: Any) -> None:
+        names = [e.name for e in endpoints]
+        Batch.log.append("open_group " + " ".join(names))
+        bad = sorted(Batch.fail & set(names))
+        if bad:
+            raise irqbypass.DeviceError(f"route of {bad[0]!r} refused", errno=22)
+
+    @classmethod
+    def close_group(cls, endpoints: Any) -> None:
+        Batch.log.append("close_group " + " ".join(e.name for e in endpoints))
+
+
+class BatchPlugin:
+    @irqbypass.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        def make(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+            spec.options_reader().finish()
+            return Batch(token=spec.token, name=spec.name)
+
+        register.consumer("batch", make)
+
+
+GROUPED = (
+    TOPO.replace('name = "c1"\nkind = "j-sink"', 'name = "c1"\nkind = "batch"').replace(
+        'name = "c0"\nkind = "j-sink"', 'name = "c0"\nkind = "batch"'
+    )
+    + '[[consumers]]\nname = "c2"\nkind = "j-sink"\ntoken = "c"\n'
+    + ('[[consumers]]\nname = "c3"\nkind = "batch"\ntoken = "d"\n')
+)
+
+
+@pytest.fixture
+def batch_host(host: irqbypass.PluginHost) -> Iterator[irqbypass.PluginHost]:
+    Batch.log, Batch.fail = [], set()
+    with host.registered(BatchPlugin(), name="batch"):
+        yield host
+
+
+def test_a_class_with_open_group_is_opened_and_closed_as_one_group(
+    journal: Journal, batch_host: irqbypass.PluginHost
+) -> None:
+    topo = Topology(parse_config(GROUPED, file="t.toml"), batch_host)
+    topo.apply()
+    # one group call for c0, c1 and c3, at c0's place; never their own open()
+    assert Batch.log == ["open_group c0 c1 c3", "add c0", "add c1"]
+    assert journal.log[:2] == ["open c2", "open p0"]
+    assert [row.paired for row in topo.status()] == [True, True, False, False]
+    Batch.log.clear()
+    topo.teardown()
+    # unregistered one by one (last first), then closed together, last first
+    assert Batch.log == ["del c1", "del c0", "close_group c3 c1 c0"]
+    assert journal.log[-1] == "close c2"
+    assert len(topo.manager) == 0
+
+
+def test_a_failing_group_open_names_the_group_and_undoes_the_rest(
+    journal: Journal, batch_host: irqbypass.PluginHost
+) -> None:
+    Batch.fail = {"c3"}
+    topo = Topology(parse_config(GROUPED, file="t.toml"), batch_host)
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.apply()
+    message = str(info.value)
+    assert "open of the group of 3 consumers of kind batch ('c0', 'c1', 'c3')" in message
+    assert "route of 'c3' refused" in message and info.value.errno == 22
+    # all or nothing: the group opened nothing, so nothing of it is closed
+    assert Batch.log == ["open_group c0 c1 c3"]
+    assert journal.log == []
+    assert topo.placed == [] and topo.tokens == {}
+
+
+def test_a_failing_register_after_a_group_open_closes_the_whole_group(
+    journal: Journal, batch_host: irqbypass.PluginHost
+) -> None:
+    journal.fail = {"add p1"}
+    topo = Topology(parse_config(GROUPED, file="t.toml"), batch_host)
+    with pytest.raises(irqbypass.TopologyError, match="register of producer 'p1'"):
+        topo.apply()
+    assert Batch.log[-1] == "close_group c3 c1 c0"
+    assert journal.log[-1] == "close c2"
+    assert len(topo.manager) == 0
