@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(sort $(wildcard plugins/*))
+# every benchmark script takes --json FILE (docs/benchmarks.md, "Adding a benchmark")
+BENCHMARKS := $(filter-out benchmarks/report.py benchmarks/plot.py,$(sort $(wildcard benchmarks/*.py)))
 
-.PHONY: demo test lint typecheck pytest docs bench setup provision clean
+.PHONY: demo test lint typecheck pytest docs bench plots setup provision clean
 
 setup: $(STAMP)
 
@@ -37,8 +39,15 @@ pytest: $(STAMP) provision
 docs: $(STAMP)
 	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
+# run every benchmark (minutes; never part of make test), keep its JSON, redraw the plots
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(BENCHMARKS); do \
+	  $(BIN)/python $$b --json benchmarks/results/$$(basename $$b .py).json || exit 1; done
+	$(BIN)/python benchmarks/plot.py
+
+# redraw docs/_static/benchmarks/*.svg from benchmarks/results/*.json
+plots: $(STAMP)
+	$(BIN)/python benchmarks/plot.py
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ injects from a kworker, outside this process), the part of the vCPU's time KVM
 spent halt polling (the vCPU's binary stats), and latency from the eventfd
 write to the guest's acknowledgement (p50, p99).
 
-    .venv/bin/python benchmarks/delivery.py [--count N] [--rounds R] [--gap-us G]
+    .venv/bin/python benchmarks/delivery.py [--count N] [--rounds R] [--gap-us G] [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import irqbypass
 import irqbypass_kvm
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
+from report import Report, add_json_option
 
 LINE = 5
 
@@ -205,6 +206,7 @@ def main() -> int:
         default=0.0,
         help="sleep this long after each acknowledgement (default 0: back to back)",
     )
+    add_json_option(parser)
     args = parser.parse_args()
     reason = irqbypass_kvm.unavailable_reason()
     if reason is not None:
@@ -301,7 +303,39 @@ def main() -> int:
             f" with the default ({host_z / host_d:.2f}x); irq/s {z.rate / d.rate:.2f}x;"
             f" latency p50 {z.pct(50) / d.pct(50):.2f}x, p99 {z.pct(99) / d.pct(99):.2f}x"
         )
+    write_report(rows, args.json)
     return 0
+
+
+def write_report(rows: dict[tuple[str, str], Result], path: str | None) -> None:
+    report = Report("delivery", "Interrupt delivery into a KVM guest: irqfd against a relay")
+    cpu = report.figure(
+        "cpu",
+        "host CPU per guest-counted interrupt (best round)",
+        x_label="halt polling",
+        y_label="us CPU per interrupt",
+        kind="bar",
+    )
+    latency = report.figure(
+        "latency",
+        "latency from the eventfd write to the guest's acknowledgement",
+        x_label="halt polling, percentile",
+        y_label="us",
+        kind="bar",
+    )
+    for name in ("irqfd", "relay"):
+        for part, cost in (("host", lambda r: r.host_cpu), ("path", lambda r: r.path_cpu)):
+            cpu.series(
+                f"{name} ({part})",
+                list(SETTINGS),
+                [cost(rows[s, name]) / rows[s, name].delivered * 1e6 for s in SETTINGS],
+            )
+        latency.series(
+            name,
+            [f"{s} p{p}" for s in SETTINGS for p in (50, 99)],
+            [rows[s, name].pct(p) * 1e6 for s in SETTINGS for p in (50, 99)],
+        )
+    report.write(path)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Everything is measured side by side in one run and printed with ratios:
    drain thread syncs in both (goal: the posted path >= 3x cheaper).
 
 Usage: python benchmarks/posting.py [--posts N] [--interrupts N] [--repeat R] [--cpu-runs R]
+                                    [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable
 import irqbypass
 from irqbypass_mock import MockProducer
 from irqbypass_posted import Port, PostedDescriptor, PostedInterruptConsumer
+from report import Report, add_json_option
 
 
 def rate(fn: Callable[[], None], n: int, repeat: int) -> float:
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--interrupts", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpu-runs", type=int, default=5)
+    add_json_option(parser)
     args = parser.parse_args()
 
     print(f"posting rate, best of {args.repeat} x {args.posts:,} calls, one thread:")
@@ -254,6 +257,45 @@ def main() -> None:
             f"  delivery only (minus the mock alone): posted {p_only:.2f} us, "
             f"eventfd {e_only:.2f} us: {e_only / p_only:.1f}x"
         )
+    write_report(r, results, base, args.json)
+
+
+def write_report(
+    rates: dict[str, float],
+    results: dict[str, list[dict[str, float]]],
+    base: float,
+    path: str | None,
+) -> None:
+    report = Report("posting", "Posted interrupts: posting rate and CPU per interrupt")
+    posting = report.figure(
+        "rate", "posts per second, one thread", x_label="", y_label="M posts/s", kind="bar"
+    )
+    labels = {
+        "bare": "bare lock-and-bytes loop",
+        "posted": "poster (anonymous)",
+        "posted_flock": "poster (file + flock)",
+        "posted_2threads_each": "poster, 2 threads (each)",
+    }
+    posting.series("posts/s", list(labels.values()), [rates[k] / 1e6 for k in labels])
+    posting.goal(1.5, "goal: >= 1.5 M/s")
+    cpu = report.figure(
+        "cpu",
+        "host CPU per delivered interrupt (median, min-max)",
+        x_label="",
+        y_label="us CPU per interrupt",
+        kind="bar",
+    )
+    paths = ["posted", "eventfd"]
+    cpus = {p: sorted(run["cpu_us"] for run in results[p]) for p in paths}
+    cpu.series(
+        "CPU per interrupt",
+        ["posted path", "eventfd path"],
+        [statistics.median(cpus[p]) for p in paths],
+        low=[cpus[p][0] for p in paths],
+        high=[cpus[p][-1] for p in paths],
+    )
+    cpu.goal(base, "the mock alone")
+    report.write(path)
 
 
 if __name__ == "__main__":

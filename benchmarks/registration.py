@@ -9,7 +9,7 @@ Side by side, in one run, on the same endpoints:
 
 Goals (docs/benchmarks.md): within 2.0x of the floor at 100 and 100k pairs; the
 list walk at 10k at least 50x slower than irqbypass. Usage:
-    python benchmarks/registration.py [--quick]
+    python benchmarks/registration.py [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import irqbypass
+from report import Report, add_json_option
 
 
 class P(irqbypass.Producer):
@@ -247,6 +248,7 @@ def measure(size: int, rounds: int, lives: int, walk_lives: int) -> dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    add_json_option(parser)
     args = parser.parse_args()
     rounds, lives = (2, 500) if args.quick else (7, 5000)
     sizes = [100, 10_000, 100_000]
@@ -271,6 +273,35 @@ def main() -> None:
           f"({'met' if walk >= 50 else 'NOT met'})")  # fmt: skip
     wrap = results[100]["irqbypass+wrapper"] / results[100]["irqbypass"]
     print(f"wrapped path (one wrapper on every hook) vs fast path at 100: {wrap:.1f}x")
+    write_report(results, rounds, args.json)
+
+
+def write_report(results: dict[int, dict[str, float]], rounds: int, path: str | None) -> None:
+    report = Report("registration", "Cost of one pair's life with N pairs registered")
+    life = report.figure(
+        "life",
+        f"us per pair life (best of {rounds} rounds)",
+        x_label="registered pairs",
+        y_label="us per pair life",
+        log_x=True,
+        log_y=True,
+    )
+    ratio = report.figure(
+        "ratio",
+        "cost against the floor (two dicts)",
+        x_label="registered pairs",
+        y_label="x floor",
+        log_x=True,
+        log_y=True,
+    )
+    for name in MANAGERS:
+        sizes = [size for size, best in results.items() if name in best]
+        life.series(name, sizes, [results[s][name] * 1e6 for s in sizes])
+        if not name.startswith("list walk"):
+            ratios = [results[s][name] / results[s]["floor (two dicts)"] for s in sizes]
+            ratio.series(name, sizes, ratios)
+    ratio.goal(2.0, "goal: irqbypass <= 2.0x floor")
+    report.write(path)
 
 
 if __name__ == "__main__":
