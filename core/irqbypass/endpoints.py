@@ -24,7 +24,7 @@ class on one side together. ``None`` (the default) means absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
 from typing import ClassVar, TypeVar
 
@@ -70,8 +70,8 @@ class Endpoint:
     #: endpoints of this class all or nothing (on failure none stays open, and
     #: the error names the one that failed); ``close_group(endpoints)`` closes
     #: every one of them even if one fails, then raises.
-    open_group: ClassVar[Callable[[Sequence[Endpoint]], None] | None] = None
-    close_group: ClassVar[Callable[[Sequence[Endpoint]], None] | None] = None
+    open_group: ClassVar[Callable[..., None] | None] = None
+    close_group: ClassVar[Callable[..., None] | None] = None
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
         check_token(token, f"{type(self).__name__}({name or ''})")

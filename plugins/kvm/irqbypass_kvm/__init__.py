@@ -3,7 +3,8 @@
 :class:`KvmIrqfdConsumer` assigns the token eventfd as a KVM irqfd on a VM's
 GSI (pin, resampled pin for INTx, or MSI route), so interrupts are injected
 inside the kernel. :class:`Guest` is a one-vCPU real-mode VM that counts the
-interrupts it receives, so that delivery is proved, not assumed.
+interrupts it receives (on its 8259 PIC, or per vector on its x2APIC), so that
+delivery is proved, not assumed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import os
 import irqbypass
 
 from . import _abi
-from ._kvm import DEFAULT_DEVICE, MsiRoute, Vm, open_device
+from ._kvm import DEFAULT_DEVICE, Vm, open_device
+from ._routing import MsiRoute
 from .consumer import KvmIrqfdConsumer
-from .guest import ELCR_LINES, GUEST_LINES, Guest
+from .guest import APIC_MODES, ELCR_LINES, GUEST_LINES, MSI_VECTORS, Guest
 
 __all__ = [
+    "APIC_MODES",
     "ELCR_LINES",
     "GUEST_LINES",
+    "MSI_VECTORS",
     "Guest",
     "KvmIrqfdConsumer",
     "MsiRoute",

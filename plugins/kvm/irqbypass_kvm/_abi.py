@@ -42,6 +42,10 @@ def _ior(nr: int, struct: type[ctypes.Structure]) -> int:
     return _ioc(_IOC_READ, nr, ctypes.sizeof(struct))
 
 
+def _iowr(nr: int, struct: type[ctypes.Structure]) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, nr, ctypes.sizeof(struct))
+
+
 # -- structs -----------------------------------------------------------------
 
 u8, u16, u32, u64, s32 = (
@@ -231,6 +235,25 @@ class kvm_sregs(ctypes.Structure):
     ]
 
 
+class kvm_cpuid_entry2(ctypes.Structure):
+    _fields_ = [
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    ]
+
+
+class kvm_cpuid2(ctypes.Structure):
+    """The header; ``nent`` entries follow it in the same buffer."""
+
+    _fields_ = [("nent", u32), ("padding", u32)]
+
+
 class kvm_signal_mask(ctypes.Structure):
     """The header; ``len`` bytes of kernel sigset follow it."""
 
@@ -273,6 +296,7 @@ KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
 KVM_CHECK_EXTENSION = _io(0x03)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, kvm_cpuid2)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _io(0x47)
@@ -287,6 +311,7 @@ KVM_SET_REGS = _iow(0x82, kvm_regs)
 KVM_GET_SREGS = _ior(0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(0x84, kvm_sregs)
 KVM_SET_SIGNAL_MASK = _iow(0x8B, kvm_signal_mask)
+KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
 KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
 KVM_SIGNAL_MSI = _iow(0xA5, kvm_msi)
 KVM_GET_STATS_FD = _io(0xCE)
@@ -305,6 +330,8 @@ KVM_CAP_MSI_DEVID = 131
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_HALT_POLL = 182
 KVM_CAP_BINARY_STATS_FD = 203
+KVM_CAP_X2APIC_API = 129
+KVM_X2APIC_API_USE_32BIT_IDS = 1 << 0
 
 KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
 KVM_IRQFD_FLAG_RESAMPLE = 1 << 1

@@ -9,21 +9,27 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import heapq
 import os
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 import irqbypass
 
 from . import _abi
+from ._routing import (
+    DEFAULT_ENTRIES,
+    FIRST_MSI_GSI,
+    MAX_GSI_ROUTES,
+    MAX_MSI_ROUTES,
+    MsiRoute,
+    RoutingTable,
+)
 
 #: where the KVM device lives; every entry point takes a ``device`` path seam
 DEFAULT_DEVICE = "/dev/kvm"
 
-#: KVM's bound on GSIs (KVM_MAX_IRQ_ROUTES); the capability reports the real one
-MAX_GSI_ROUTES = 4096
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
@@ -132,33 +138,15 @@ def check_halt_poll_ns(ns: object) -> None:
         )
 
 
-@dataclass(frozen=True)
-class MsiRoute:
-    """One MSI routing entry: where the message goes (address), what it says
-    (data), and the requester id for platforms that need it (devid)."""
-
-    address: int
-    data: int
-    devid: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.address < 2**64 or not 0 <= self.data < 2**32:
-            raise irqbypass.InvalidEndpointError(
-                f"MSI address must fit 64 bits and data 32 bits (got address="
-                f"{self.address:#x}, data={self.data:#x})"
-            )
-        if self.devid is not None and not 0 <= self.devid < 2**32:
-            raise irqbypass.InvalidEndpointError(f"MSI devid {self.devid:#x} does not fit 32 bits")
-
-
 class Vm:
     """A KVM VM fd: owned (created here) or borrowed (the embedding VMM's).
 
     It also keeps the GSI routing table that this plugin writes with
-    KVM_SET_GSI_ROUTING. That ioctl replaces the VM's whole table, so every
-    writer must go through one table: the x86 default (GSI n -> IOAPIC pin n,
-    and PIC pin n for n < 16) plus the MSI routes consumers add. ``Vm.of(fd)``
-    returns the one shared instance for a borrowed fd.
+    KVM_SET_GSI_ROUTING (:class:`RoutingTable`). That ioctl replaces the VM's
+    whole table, so every writer must go through one table: the x86 default
+    (GSI n -> IOAPIC pin n, and PIC pin n for n < 16) plus the MSI routes
+    consumers add. ``Vm.borrow(fd)`` returns the one shared instance for a
+    borrowed fd. It hands out MSI GSIs (:meth:`claim_gsi`), lowest free first.
     """
 
     _borrowed: ClassVar[dict[int, tuple[Vm, int]]] = {}
@@ -167,7 +155,11 @@ class Vm:
     def __init__(self, fd: int, *, owned: bool) -> None:
         self.fd = fd
         self.owned = owned
-        self.msi_routes: dict[int, MsiRoute] = {}
+        self.routing = RoutingTable()
+        self._caps: dict[int, int] = {}
+        self._gsi_owners: dict[int, tuple[object, str]] = {}
+        self._free_gsis: list[int] = []  # a heap of released GSIs below _next_gsi
+        self._next_gsi = FIRST_MSI_GSI
         self._lock = threading.Lock()
 
     # -- life --------------------------------------------------------------
@@ -178,14 +170,15 @@ class Vm:
         return cls(fd, owned=True)
 
     @classmethod
-    def borrow(cls, fd: int) -> Vm:
-        """The shared wrapper of a VMM-owned VM fd; release it with :meth:`close`."""
+    def borrow(cls, fd: int, refs: int = 1) -> Vm:
+        """The shared wrapper of a VMM-owned VM fd, taking ``refs`` references
+        (one per consumer); release each with :meth:`close`."""
         check_vm_fd(fd)
         with cls._borrowed_lock:
-            vm, refs = cls._borrowed.get(fd, (None, 0))
+            vm, held = cls._borrowed.get(fd, (None, 0))
             if vm is None:
                 vm = cls(fd, owned=False)
-            cls._borrowed[fd] = (vm, refs + 1)
+            cls._borrowed[fd] = (vm, held + refs)
             return vm
 
     def close(self) -> None:
@@ -206,7 +199,13 @@ class Vm:
     # -- capabilities --------------------------------------------------------
 
     def check_extension(self, cap: int) -> int:
-        return ioctl(self.fd, _abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+        """KVM_CHECK_EXTENSION on the VM (asked once per capability: it does not change)."""
+        value = self._caps.get(cap)
+        if value is None:
+            value = self._caps[cap] = ioctl(
+                self.fd, _abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION"
+            )
+        return value
 
     def require(self, cap: int, what: str) -> int:
         value = self.check_extension(cap)
@@ -258,57 +257,75 @@ class Vm:
 
     # -- routing -------------------------------------------------------------
 
-    @staticmethod
-    def default_entries() -> list[_abi.kvm_irq_routing_entry]:
-        """The in-kernel irqchip's default x86 table (what KVM_CREATE_IRQCHIP sets)."""
-        entries = []
-        for gsi in range(_abi.IOAPIC_NUM_PINS):
-            if gsi < _abi.PIC_NUM_PINS:
-                chip = _abi.KVM_IRQCHIP_PIC_MASTER if gsi < 8 else _abi.KVM_IRQCHIP_PIC_SLAVE
-                entry = _abi.kvm_irq_routing_entry(gsi=gsi, type=_abi.KVM_IRQ_ROUTING_IRQCHIP)
-                entry.u.irqchip.irqchip, entry.u.irqchip.pin = chip, gsi % 8
-                entries.append(entry)
-            entry = _abi.kvm_irq_routing_entry(gsi=gsi, type=_abi.KVM_IRQ_ROUTING_IRQCHIP)
-            entry.u.irqchip.irqchip, entry.u.irqchip.pin = _abi.KVM_IRQCHIP_IOAPIC, gsi
-            entries.append(entry)
-        return entries
+    @property
+    def msi_routes(self) -> Mapping[int, MsiRoute]:
+        """The MSI routes KVM has on this VM, by GSI (read-only)."""
+        return self.routing.routes
 
-    @staticmethod
-    def msi_entry(gsi: int, route: MsiRoute) -> _abi.kvm_irq_routing_entry:
-        entry = _abi.kvm_irq_routing_entry(gsi=gsi, type=_abi.KVM_IRQ_ROUTING_MSI)
-        entry.u.msi.address_lo = route.address & 0xFFFFFFFF
-        entry.u.msi.address_hi = route.address >> 32
-        entry.u.msi.data = route.data
-        if route.devid is not None:
-            entry.flags = _abi.KVM_MSI_VALID_DEVID
-            entry.u.msi.devid = route.devid
-        return entry
-
-    @staticmethod
-    def routing_buffer(entries: Iterable[_abi.kvm_irq_routing_entry]) -> bytearray:
-        """``struct kvm_irq_routing`` followed by its entries, as the ioctl takes it."""
-        entries = list(entries)
-        header = _abi.kvm_irq_routing(nr=len(entries), flags=0)
-        return bytearray(bytes(header) + b"".join(bytes(e) for e in entries))
-
-    def set_msi_route(self, gsi: int, route: MsiRoute | None) -> None:
+    def set_msi_route(self, gsi: int, route: MsiRoute | None, owner: str | None = None) -> None:
         """Add, change (``route``) or remove (None) one MSI route; all or nothing."""
+        self.set_msi_routes([(gsi, route)], None if owner is None else {gsi: owner})
+
+    def set_msi_routes(
+        self,
+        changes: Iterable[tuple[int, MsiRoute | None]],
+        owners: Mapping[int, str] | None = None,
+    ) -> None:
+        """Many route changes with one KVM_SET_GSI_ROUTING; all or nothing, and
+        an error names the route KVM refuses (and its owner, from ``owners``)."""
         with self._lock:
-            new = dict(self.msi_routes)
-            if route is None:
-                new.pop(gsi, None)
+            self.routing.write(self.fd, changes, owners)
+
+    def claim_gsi(self, gsi: int | None, owner: object, name: str) -> int:
+        """Reserve an MSI GSI for ``owner``: ``gsi``, or the lowest free one.
+
+        Two owners never share a GSI (each would overwrite the other's route).
+        """
+        with self._lock:
+            if gsi is not None:
+                held = self._gsi_owners.get(gsi)
+                if held is not None and held[0] is not owner:
+                    raise irqbypass.InvalidEndpointError(
+                        f"{name}: GSI {gsi} of this VM is already routed by {held[1]}; give "
+                        "another gsi, or leave gsi out to get a free one",
+                        errno=errno.EBUSY,
+                    )
+                self._gsi_owners[gsi] = (owner, name)
+                return gsi
+            if len(self._gsi_owners) >= MAX_MSI_ROUTES:
+                raise self._full(name)
+            while self._free_gsis and self._free_gsis[0] in self._gsi_owners:
+                heapq.heappop(self._free_gsis)
+            if self._free_gsis:
+                gsi = heapq.heappop(self._free_gsis)
             else:
-                new[gsi] = route
-            entries = self.default_entries() + [
-                self.msi_entry(g, r) for g, r in sorted(new.items())
-            ]
-            ioctl(
-                self.fd,
-                _abi.KVM_SET_GSI_ROUTING,
-                self.routing_buffer(entries),
-                f"KVM_SET_GSI_ROUTING ({len(entries)} entries, GSI {gsi})",
-            )
-            self.msi_routes = new
+                while self._next_gsi in self._gsi_owners:
+                    self._next_gsi += 1
+                if self._next_gsi >= MAX_GSI_ROUTES:
+                    raise self._full(name)
+                gsi = self._next_gsi
+                self._next_gsi += 1
+            self._gsi_owners[gsi] = (owner, name)
+            return gsi
+
+    def _full(self, name: str) -> irqbypass.DeviceError:
+        return irqbypass.DeviceError(
+            f"{name}: no free GSI on this VM for an MSI route: {len(self._gsi_owners)} are "
+            f"taken, and KVM allows {MAX_GSI_ROUTES} routing entries per VM "
+            f"(KVM_MAX_IRQ_ROUTES), {DEFAULT_ENTRIES} of them the irqchip's, so at most "
+            f"{MAX_MSI_ROUTES} MSI routes; close other MSI consumers of this VM first",
+            errno=errno.ENOSPC,
+        )
+
+    def release_gsi(self, gsi: int, owner: object) -> None:
+        """Give back a GSI that :meth:`claim_gsi` reserved for ``owner``."""
+        with self._lock:
+            held = self._gsi_owners.get(gsi)
+            if held is None or held[0] is not owner:
+                return
+            del self._gsi_owners[gsi]
+            if gsi < self._next_gsi:
+                heapq.heappush(self._free_gsis, gsi)
 
     # -- lines ---------------------------------------------------------------
 

@@ -8,23 +8,18 @@ registers its irqfd consumer with the kernel's bypass manager.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import irqbypass
 
 from . import _abi
-from ._kvm import (
-    DEFAULT_DEVICE,
-    MAX_GSI_ROUTES,
-    MAX_HALT_POLL_NS,
-    MsiRoute,
-    Vm,
-    check_halt_poll_ns,
-)
-from .guest import ELCR_LINES, GUEST_LINES, Guest
+from ._kvm import DEFAULT_DEVICE, MAX_HALT_POLL_NS, Vm, check_halt_poll_ns
+from ._routing import MAX_GSI_ROUTES, MsiRoute, describe
+from .guest import APIC_MODES, ELCR_LINES, GUEST_LINES, Guest
 
 __all__ = ["KvmIrqfdConsumer", "VmArg"]
 
@@ -42,11 +37,16 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
       closed here), a running :class:`Guest`, or a :class:`Vm`.
     - ``gsi``: the guest interrupt. Without ``msi`` it is an irqchip pin
       (0-23; for the demo guest a PIC line 0-15 except 2); with ``msi`` it is a
-      free GSI 24-4095 that this consumer routes to the message.
+      free GSI 24-4095 that this consumer routes to the message, or None (left
+      out) for the lowest free one of the VM, taken when the vector is first
+      routed (open, or the first unmask) and given back on close.
     - ``resample``: level-triggered (INTx) semantics: the line stays asserted
       until the guest's EOI, then KVM lowers it and signals
       :attr:`resample_eventfd` (given, or opened here), as QEMU does for INTx.
     - ``msi``: an :class:`MsiRoute`; ``masked`` starts the vector masked.
+    - ``apic``: the own guest's interrupt controller (``vm="guest"`` only):
+      None for its 8259 PIC (pin mode), ``"x2apic"`` for its local APIC (MSI
+      mode; see :class:`Guest`).
     - ``on_stop``/``on_start``: what the manager's stop/start do (an embedding
       VMM can pause its vCPUs there, as arm64 KVM does); by default nothing.
     - ``halt_poll_ns``: the own guest's halt-polling limit (``vm="guest"``
@@ -65,6 +65,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         resample_eventfd: irqbypass.Eventfd | None = None,
         msi: MsiRoute | None = None,
         masked: bool = False,
+        apic: str | None = None,
         guest_ack: str = "exit",
         halt_poll_ns: int | None = None,
         device: str = DEFAULT_DEVICE,
@@ -89,29 +90,36 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             )
         if isinstance(vm, int) and vm < 0:
             raise irqbypass.InvalidEndpointError(f"{what}: VM fd {vm} is negative")
-        guest_line = vm.line if isinstance(vm, Guest) else None
-        if gsi is None:
-            if msi is not None:
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: an MSI route needs a gsi (24-{MAX_GSI_ROUTES - 1})"
-                )
+        if apic is not None and apic not in APIC_MODES:
+            raise irqbypass.InvalidEndpointError(
+                f'{what}: apic must be "x2apic" (MSIs into the guest\'s local APIC) or None '
+                f"(its 8259 PIC), not {apic!r}"
+            )
+        if apic is not None and vm != "guest":
+            raise irqbypass.InvalidEndpointError(
+                f'{what}: apic applies to the plugin\'s own guest (vm="guest") only; a given '
+                'Guest takes it as Guest(apic="x2apic")'
+            )
+        guest_apic = vm.apic if isinstance(vm, Guest) else apic if vm == "guest" else None
+        guest_line = vm.line if isinstance(vm, Guest) and guest_apic is None else None
+        if gsi is None and msi is None:
             gsi = guest_line if guest_line is not None else 5 if vm == "guest" else None
             if gsi is None:
                 raise irqbypass.InvalidEndpointError(
                     f"{what}: give the gsi to inject on (the guest's irqchip pin)"
                 )
-        if not 0 <= gsi < MAX_GSI_ROUTES:
+        if gsi is not None and not 0 <= gsi < MAX_GSI_ROUTES:
             raise irqbypass.InvalidEndpointError(
                 f"{what}: GSI {gsi} is out of range; KVM has GSIs 0-{MAX_GSI_ROUTES - 1}"
             )
-        if msi is None and gsi >= _abi.IOAPIC_NUM_PINS:
+        if msi is None and gsi is not None and gsi >= _abi.IOAPIC_NUM_PINS:
             raise irqbypass.InvalidEndpointError(
                 f"{what}: GSI {gsi} is not routed to an interrupt controller pin (the "
                 f"in-kernel irqchip routes GSIs 0-{_abi.IOAPIC_NUM_PINS - 1}); use a pin, "
                 "or give an msi route for this GSI"
             )
         if msi is not None:
-            if gsi < _abi.IOAPIC_NUM_PINS:
+            if gsi is not None and gsi < _abi.IOAPIC_NUM_PINS:
                 raise irqbypass.InvalidEndpointError(
                     f"{what}: GSI {gsi} belongs to the irqchip's pins; route MSIs on a GSI "
                     f"from {_abi.IOAPIC_NUM_PINS} to {MAX_GSI_ROUTES - 1}"
@@ -121,12 +129,19 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                     f"{what}: resample is for level-triggered pins (INTx); an MSI is an "
                     "edge message, so turn resample off or drop the msi route"
                 )
-            if vm == "guest" or isinstance(vm, Guest):
+            if (vm == "guest" or isinstance(vm, Guest)) and guest_apic is None:
                 raise irqbypass.InvalidEndpointError(
-                    f"{what}: the plugin's demo guest listens on its 8259 PIC only; MSI "
-                    "routes need a VMM's VM fd"
+                    f"{what}: this guest listens on its 8259 PIC; to route MSIs into its "
+                    'local APIC use apic = "x2apic" (or a Guest(apic="x2apic")), or a '
+                    "VMM's VM fd"
                 )
+        elif (vm == "guest" or isinstance(vm, Guest)) and guest_apic is not None:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: the guest is in {guest_apic} mode and takes MSIs only (its PIC is "
+                "not programmed); give an msi route, or use a guest without apic"
+            )
         elif vm == "guest" or isinstance(vm, Guest):
+            assert gsi is not None
             if gsi not in GUEST_LINES:
                 raise irqbypass.InvalidEndpointError(
                     f"{what}: the demo guest listens on PIC lines 0-15 except 2, not GSI {gsi}"
@@ -166,7 +181,9 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 raise irqbypass.InvalidEndpointError(f"{what}: {exc.message}") from None
         self.halt_poll_ns = halt_poll_ns
         self.vm_arg: VmArg = vm
-        self.gsi: int = gsi
+        self.gsi: int | None = gsi
+        self._auto_gsi = gsi is None
+        self.apic = apic
         self.resample = resample
         self.msi = msi
         self.guest_ack = guest_ack
@@ -181,6 +198,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         self._own_guest: Guest | None = None
         self._assigned = False
         self._routed = False
+        self._claimed = False
         self._stops = 0
         self._starts = 0
         self._paired_name: str | None = None
@@ -200,10 +218,24 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             raise opts.error(
                 "vm", f'expected "guest" or a VM fd number handed over by the VMM, got {vm_raw!r}'
             )
+        msi = _read_msi(opts)
+        apic = opts.get_str("apic", None, choices=APIC_MODES)
+        if apic is not None and vm != "guest":
+            raise opts.error(
+                "apic",
+                "applies to the plugin's own guest (vm = \"guest\") only; a VMM's guest "
+                "programs its own interrupt controller",
+            )
         default_gsi = spec.irq if spec.irq is not None else (5 if vm == "guest" else -1)
-        gsi = opts.get_int("gsi", default_gsi, min=0, max=MAX_GSI_ROUTES - 1)
-        if gsi < 0:
-            raise opts.error("gsi", "required when vm is a VM fd (or set the entry's irq)")
+        gsi: int | None = opts.get_int("gsi", default_gsi, min=-1, max=MAX_GSI_ROUTES - 1)
+        if gsi == -1 and opts.get_raw("gsi") is not None:
+            raise opts.error("gsi", f"expected an integer from 0 to {MAX_GSI_ROUTES - 1}, got -1")
+        if msi is not None and opts.get_raw("gsi") is None and spec.irq is None:
+            gsi = None  # the VM's allocator picks a free one
+        elif gsi == -1:
+            raise opts.error(
+                "gsi", "required when vm is a VM fd (or set the entry's irq, or give an msi route)"
+            )
         resample = opts.get_bool("resample", False)
         guest_ack = opts.get_str("guest_ack", "exit", choices=("exit", "eventfd")) or "exit"
         halt_poll_ns: int | None = None
@@ -216,7 +248,6 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 )
             halt_poll_ns = opts.get_int("halt_poll_ns", 0, min=0, max=MAX_HALT_POLL_NS)
         device = opts.get_str("device", DEFAULT_DEVICE) or DEFAULT_DEVICE
-        msi = _read_msi(opts)
         masked = opts.get_bool("masked", False)
         opts.finish()
         try:
@@ -227,6 +258,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 resample=resample,
                 msi=msi,
                 masked=masked,
+                apic=apic,
                 guest_ack=guest_ack,
                 halt_poll_ns=halt_poll_ns,
                 device=device,
@@ -287,15 +319,16 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 self._teardown(errors=[])
                 raise
 
-    def _attach_vm(self) -> Vm:
+    def _attach_vm(self, refs: int = 1) -> Vm:
         vm = self.vm_arg
         if vm == "guest":
             guest = Guest(
-                line=self.gsi,
+                line=self.gsi if self.gsi is not None and self.msi is None else 5,
                 level=self.resample,
                 ack=self.guest_ack,
                 device=self.device,
                 halt_poll_ns=self.halt_poll_ns,
+                apic=self.apic,
             )
             guest.start()  # closes what it opened if it fails
             assert guest.vm is not None
@@ -310,7 +343,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         if isinstance(vm, Vm):
             return vm
         assert isinstance(vm, int)
-        return Vm.borrow(vm)
+        return Vm.borrow(vm, refs)
 
     def _check_caps(self, vm: Vm) -> None:
         vm.require(_abi.KVM_CAP_IRQFD, "irqfd (KVM_CAP_IRQFD)")
@@ -318,7 +351,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             vm.require(_abi.KVM_CAP_IRQFD_RESAMPLE, "resampling irqfds (KVM_CAP_IRQFD_RESAMPLE)")
         if self.msi is not None:
             routes = vm.require(_abi.KVM_CAP_IRQ_ROUTING, "GSI routing (KVM_CAP_IRQ_ROUTING)")
-            if self.gsi >= routes:
+            if self.gsi is not None and self.gsi >= routes:
                 raise irqbypass.InvalidEndpointError(
                     f"kvm-irqfd consumer {self.name!r}: GSI {self.gsi} is out of range; "
                     f"this KVM routes GSIs 0-{routes - 1}"
@@ -326,13 +359,40 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             if self.msi.devid is not None:
                 vm.require(_abi.KVM_CAP_MSI_DEVID, "MSI device ids (KVM_CAP_MSI_DEVID)")
 
+    @property
+    def _label(self) -> str:
+        return f"kvm-irqfd consumer {self.name!r}"
+
+    def _batch_key(self, opening: bool) -> object | None:
+        """The VM whose routing table a batch would write for this consumer, or
+        None when it opens (or closes) alone: pins, the own guest, masked."""
+        if self.msi is None or self.vm_arg == "guest":
+            return None
+        if not opening:
+            return id(self._vm) if self._vm is not None and self._routed else None
+        if self._vm is not None or self._masked or self.eventfd.closed:
+            return None
+        vm = self.vm_arg
+        if isinstance(vm, Guest):
+            return id(vm.vm) if vm.vm is not None and vm.running else None
+        return id(vm) if isinstance(vm, Vm) else ("fd", vm)
+
+    def _claim_gsi(self, vm: Vm) -> int:
+        """The MSI GSI, reserved on the VM for this consumer (taken if left out)."""
+        if not self._claimed:
+            self.gsi = vm.claim_gsi(None if self._auto_gsi else self.gsi, self, self._label)
+            self._claimed = True
+        assert self.gsi is not None
+        return self.gsi
+
     def _route_then_assign(self) -> None:
         """Unmask order: the route exists before the irqfd that uses it."""
         vm = self._vm
         assert vm is not None
         if self.msi is not None:
-            vm.set_msi_route(self.gsi, self.msi)
+            vm.set_msi_route(self._claim_gsi(vm), self.msi, self._label)
             self._routed = True
+        assert self.gsi is not None
         resample_fd = self.resample_eventfd.fileno() if self.resample_eventfd else None
         vm.irqfd_assign(self.eventfd.fileno(), self.gsi, resample_fd)
         self._assigned = True
@@ -340,7 +400,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
     def _deassign_then_unroute(self, errors: list[BaseException]) -> None:
         """Mask order: the irqfd goes before the route it uses."""
         vm = self._vm
-        if vm is None:
+        if vm is None or self.gsi is None:
             return
         if self._assigned:
             self._assigned = False
@@ -375,16 +435,75 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
             # the MSI route is ours and is removed below all the same
             self._assigned = False
         self._deassign_then_unroute(errors)
+        self._release()
+
+    def _release(self) -> None:
+        """After the irqfd and route are gone: the GSI, eventfds, VM and guest."""
+        vm = self._vm
+        assert vm is not None
+        if self._claimed:
+            self._claimed = False
+            assert self.gsi is not None
+            vm.release_gsi(self.gsi, self)
+            if self._auto_gsi:
+                self.gsi = None
         if self.resample_eventfd is not None and self.resample_eventfd is not self._given_resample:
             self.resample_eventfd.close()
         self.resample_eventfd = None
-        vm, self._vm = self._vm, None
+        self._vm = None
         if self._own_guest is not None:
             self._last_delivered = self._own_guest.count
             guest, self._own_guest = self._own_guest, None
             guest.close()
         elif isinstance(self.vm_arg, int):
             vm.close()  # drops our reference; a borrowed fd is never closed
+
+    # -- many at once (Topology.apply/teardown, or the embedding VMM) -------------
+
+    @classmethod
+    def open_group(cls, endpoints: Sequence[irqbypass.Endpoint]) -> None:
+        """Open many consumers, all or nothing. The unmasked MSI consumers of one
+        VM are routed with one KVM_SET_GSI_ROUTING for all their routes, then
+        assigned with one KVM_IRQFD each; the others are opened one by one. A
+        failure names the consumer and its route and leaves none of them open."""
+        singles, batches = _partition(endpoints, opening=True)
+        opened: list[KvmIrqfdConsumer] = []
+        try:
+            for consumer in singles:
+                consumer.open()
+                opened.append(consumer)
+            for batch in batches:
+                _open_batch(batch)
+                opened.extend(batch)
+        except BaseException:
+            for consumer in reversed(opened):
+                with contextlib.suppress(irqbypass.IrqBypassError):
+                    consumer.close()
+            raise
+
+    @classmethod
+    def close_group(cls, endpoints: Sequence[irqbypass.Endpoint]) -> None:
+        """Close many consumers: the routed MSI consumers of one VM are deassigned
+        one by one and unrouted with one KVM_SET_GSI_ROUTING; every consumer is
+        closed even if a step fails, and then the first failure is raised."""
+        singles, batches = _partition(endpoints, opening=False)
+        errors: list[BaseException] = []
+        for batch in batches:
+            with contextlib.ExitStack() as locks:
+                for consumer in batch:
+                    locks.enter_context(consumer._lock)
+                _close_batch(batch, errors)
+        for consumer in singles:
+            try:
+                consumer.close()
+            except irqbypass.IrqBypassError as exc:
+                errors.append(exc)
+        if errors:
+            raise irqbypass.DeviceError(
+                f"closing {len(endpoints)} kvm-irqfd consumers: {len(errors)} step(s) "
+                f"failed, the first: {errors[0]}; everything else was released",
+                errno=getattr(errors[0], "errno", None),
+            ) from errors[0]
 
     # -- MSI vector control (cloud-hypervisor's ordering) ------------------------
 
@@ -417,8 +536,9 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 )
             if self._vm is not None and route.devid is not None:
                 self._vm.require(_abi.KVM_CAP_MSI_DEVID, "MSI device ids (KVM_CAP_MSI_DEVID)")
-            if self._vm is not None and not self._masked:
-                self._vm.set_msi_route(self.gsi, route)  # KVM re-reads it for the irqfd
+            if self._vm is not None and self._routed and self.gsi is not None:
+                # KVM re-reads the route for the live irqfd before the ioctl returns
+                self._vm.set_msi_route(self.gsi, route, self._label)
             self.msi = route
 
     # -- the bypass callbacks --------------------------------------------------
@@ -450,7 +570,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
     def stats(self) -> Mapping[str, int]:
         out: dict[str, int] = {
             "assigned": int(self._assigned),
-            "gsi": self.gsi,
+            "gsi": -1 if self.gsi is None else self.gsi,
             "paired": int(self._paired_name is not None),
             "stops": self._stops,
             "starts": self._starts,
@@ -458,7 +578,10 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         if self.msi is not None:
             out["masked"] = int(self._masked)
         guest = self.guest
-        if guest is not None:
+        if guest is not None and guest.apic is not None and guest is not self._own_guest:
+            # a shared guest: what arrived on this consumer's vector
+            out["delivered"] = guest.vector_count(self.msi.data & 0xFF) if self.msi else 0
+        elif guest is not None:
             out["delivered"] = guest.count
         elif self.vm_arg == "guest":
             out["delivered"] = self._last_delivered
@@ -466,7 +589,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
 
     def status(self) -> str:
         """One line for humans: where the irqfd is and what it is paired with."""
-        target = "MSI " + _describe_msi(self.msi) if self.msi is not None else "pin"
+        target = "MSI " + describe(self.msi) if self.msi is not None else "pin"
         state = "assigned" if self._assigned else "masked" if self._masked else "not assigned"
         vm = self.vm_arg
         if isinstance(vm, str):
@@ -476,7 +599,8 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         else:
             where = f"VM fd {vm if isinstance(vm, int) else vm.fd}"
         flavour = ", resample" if self.resample else ""
-        parts = [f"irqfd GSI {self.gsi} ({target}{flavour}) {state} on {where}"]
+        gsi = "(not yet taken)" if self.gsi is None else self.gsi
+        parts = [f"irqfd GSI {gsi} ({target}{flavour}) {state} on {where}"]
         parts.append(f"paired with {self._paired_name!r}" if self._paired_name else "unpaired")
         stats = self.stats()
         if "delivered" in stats:
@@ -484,9 +608,91 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         return "; ".join(parts)
 
 
-def _describe_msi(route: MsiRoute) -> str:
-    devid = "" if route.devid is None else f" devid={route.devid:#x}"
-    return f"address={route.address:#x} data={route.data:#x}{devid}"
+def _partition(
+    endpoints: Sequence[irqbypass.Endpoint], *, opening: bool
+) -> tuple[list[KvmIrqfdConsumer], list[list[KvmIrqfdConsumer]]]:
+    """The consumers that open (or close) alone, and the batches, one per VM."""
+    singles: list[KvmIrqfdConsumer] = []
+    batches: dict[object, list[KvmIrqfdConsumer]] = {}
+    for endpoint in endpoints:
+        if not isinstance(endpoint, KvmIrqfdConsumer):
+            raise irqbypass.InvalidEndpointError(
+                f"{endpoint!r} is not a kvm-irqfd consumer; KvmIrqfdConsumer.open_group and "
+                "close_group take kvm-irqfd consumers only"
+            )
+        key = endpoint._batch_key(opening)
+        if key is None:
+            singles.append(endpoint)
+        else:
+            batches.setdefault(key, []).append(endpoint)
+    return singles, list(batches.values())
+
+
+def _open_batch(batch: list[KvmIrqfdConsumer]) -> None:
+    """Open unmasked MSI consumers of one VM: claim their GSIs, write all their
+    routes with one ioctl, assign each irqfd; on any failure undo it all."""
+    with contextlib.ExitStack() as locks:
+        for consumer in batch:
+            locks.enter_context(consumer._lock)
+        vm = batch[0]._attach_vm(refs=len(batch))
+        for consumer in batch:
+            consumer._vm = vm  # from here on _close_batch undoes whatever was done
+        done = False
+        try:
+            for consumer in batch:
+                consumer._check_caps(vm)
+            routes = [(consumer._claim_gsi(vm), consumer.msi) for consumer in batch]
+            vm.set_msi_routes(
+                routes,
+                {gsi: consumer._label for (gsi, _), consumer in zip(routes, batch, strict=True)},
+            )
+            for consumer in batch:
+                consumer._routed = True
+            for consumer in batch:
+                assert consumer.gsi is not None and consumer.msi is not None
+                try:
+                    vm.irqfd_assign(consumer.eventfd.fileno(), consumer.gsi)
+                except irqbypass.IrqBypassError as exc:
+                    raise irqbypass.DeviceError(
+                        f"{consumer._label} (GSI {consumer.gsi}, MSI {describe(consumer.msi)}): "
+                        f"{exc.message}; none of the {len(batch)} consumers of this batch "
+                        "was opened",
+                        errno=exc.errno,
+                    ) from exc
+                consumer._assigned = True
+            done = True
+        finally:
+            if not done:
+                _close_batch(batch, [])
+
+
+def _close_batch(batch: list[KvmIrqfdConsumer], errors: list[BaseException]) -> None:
+    """Deassign each irqfd, remove all the routes with one ioctl, release the rest."""
+    vm = batch[0]._vm
+    assert vm is not None
+    for consumer in batch:
+        if consumer.eventfd.closed:
+            consumer._assigned = False  # KVM dropped the irqfd with the eventfd
+        if consumer._assigned:
+            consumer._assigned = False
+            assert consumer.gsi is not None
+            try:
+                vm.irqfd_deassign(consumer.eventfd.fileno(), consumer.gsi)
+            except irqbypass.IrqBypassError as exc:
+                errors.append(exc)
+    routed = [consumer for consumer in batch if consumer._routed]
+    for consumer in routed:
+        consumer._routed = False
+    if routed:
+        try:
+            vm.set_msi_routes(
+                [(consumer.gsi, None) for consumer in routed if consumer.gsi is not None]
+            )
+        except irqbypass.IrqBypassError as exc:
+            errors.append(exc)
+    for consumer in batch:
+        if consumer._vm is not None:
+            consumer._release()
 
 
 def _read_msi(opts: irqbypass.Options) -> MsiRoute | None:

@@ -1,5 +1,8 @@
 """A minimal real guest: one vCPU in real mode that counts interrupts.
 
+Two modes: the 8259 PIC (the default, below), or the local APIC in x2APIC mode
+(``apic="x2apic"``: MSIs, counted per vector; see :mod:`._apic`).
+
 The plugin creates it for ``vm = "guest"`` and tests use it to prove that an
 interrupt really reached a guest. Its program (hand-assembled below, every
 instruction commented) programs the 8259 PICs, unmasks one line, and then sits
@@ -34,15 +37,17 @@ from types import TracebackType
 
 import irqbypass
 
-from . import _abi
+from . import _abi, _apic
+from ._apic import APIC_MODES, FAULT_PORT, MSI_VECTORS
 from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device, raw_ioctl
 
-__all__ = ["ELCR_LINES", "GUEST_LINES", "Guest", "guest_program"]
+__all__ = ["APIC_MODES", "ELCR_LINES", "GUEST_LINES", "MSI_VECTORS", "Guest", "guest_program"]
 
 # -- guest physical layout -------------------------------------------------------
 
 MEM_SIZE = 0x10000  # 64 KiB at guest physical 0
 COUNT_ADDR = 0x0500  # u32: interrupts the guest handled
+VECTOR_COUNTS_ADDR = 0x0800  # u32[256]: per vector (x2APIC mode)
 CODE_ADDR = 0x1000  # the program below
 STACK_TOP = 0x7000
 
@@ -141,7 +146,9 @@ def guest_program(line: int, *, level: bool = False) -> bytes:
 
 
 class Guest:
-    """A running one-vCPU guest that counts interrupts on one PIC ``line``.
+    """A running one-vCPU guest that counts interrupts on one PIC ``line``, or,
+    with ``apic="x2apic"``, MSIs into its local APIC on every vector 0x20-0xFE
+    (:meth:`vector_count`; ``line`` and ``level`` do not apply).
 
     ``level`` makes the line level-triggered (for resample irqfds). ``ack`` is
     "exit" or "eventfd" (see the module docstring). ``halt_poll_ns`` caps
@@ -160,9 +167,20 @@ class Guest:
         device: str = DEFAULT_DEVICE,
         stop_signal: int | None = None,
         halt_poll_ns: int | None = None,
+        apic: str | None = None,
     ) -> None:
         if ack not in ("exit", "eventfd"):
             raise irqbypass.InvalidEndpointError(f'ack must be "exit" or "eventfd", not {ack!r}')
+        if apic is not None and apic not in APIC_MODES:
+            raise irqbypass.InvalidEndpointError(
+                f'apic must be None (the 8259 PIC) or "x2apic" (MSIs into the local APIC), '
+                f"not {apic!r}"
+            )
+        if apic is not None and level:
+            raise irqbypass.InvalidEndpointError(
+                "level applies to the PIC mode's line; an x2APIC guest takes edge MSIs"
+            )
+        self.apic = apic
         if halt_poll_ns is not None:
             check_halt_poll_ns(halt_poll_ns)
         self.halt_poll_ns = halt_poll_ns
@@ -170,8 +188,18 @@ class Guest:
         self.level = level
         self.ack = ack
         self.device = device
-        self.vector = vector_of(line) if line in GUEST_LINES else -1
-        self.program = guest_program(line, level=level)  # validates line and level
+        if apic is None:
+            self.vector = vector_of(line) if line in GUEST_LINES else -1
+            self.program = guest_program(line, level=level)  # validates line and level
+        else:
+            self.vector = -1
+            self.program = _apic.x2apic_program(
+                code_addr=CODE_ADDR,
+                count_addr=COUNT_ADDR,
+                vector_counts_addr=VECTOR_COUNTS_ADDR,
+                ready_port=READY_PORT,
+                ack_port=ACK_PORT,
+            )
         self.stop_signal = stop_signal if stop_signal is not None else signal.SIGRTMIN + 3
         self._kvm_fd = -1
         self.vm: Vm | None = None
@@ -248,6 +276,8 @@ class Guest:
         )
         ioctl(vm, _abi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
         self._vcpu_fd = ioctl(vm, _abi.KVM_CREATE_VCPU, 0, "KVM_CREATE_VCPU")
+        if self.apic == "x2apic":
+            _apic.set_cpuid(self._vcpu_fd, guest_cpuid(self._kvm_fd))
         # now, not in vcpu_stats(): every vCPU ioctl takes the vCPU's mutex, which
         # KVM_RUN holds while the guest sleeps in hlt (reading the fd takes none)
         if self.vm.check_extension(_abi.KVM_CAP_BINARY_STATS_FD) > 0:
@@ -303,6 +333,15 @@ class Guest:
                         self._acked()
                     elif direction == _abi.KVM_EXIT_IO_OUT and port == READY_PORT:
                         self._ready.set()
+                    elif direction == _abi.KVM_EXIT_IO_OUT and port == FAULT_PORT:
+                        vector = run[struct.unpack_from("<Q", run, io + 8)[0]]
+                        raise irqbypass.DeviceError(
+                            f"the guest took exception {vector} (#GP) while enabling its "
+                            "x2APIC: the vCPU's CPUID lacks the x2APIC bit (leaf 1 ECX bit "
+                            "21), so WRMSR to IA32_APIC_BASE is refused; this KVM cannot "
+                            "run the guest in x2APIC mode",
+                            errno=errno.ENOTSUP,
+                        )
                     # any other port: ignored (reads see whatever is in the buffer)
                 elif reason in (_abi.KVM_EXIT_HLT, _abi.KVM_EXIT_INTR):
                     continue
@@ -442,6 +481,20 @@ class Guest:
         value: int = struct.unpack_from("<I", self._mem, COUNT_ADDR)[0]
         return value
 
+    def vector_count(self, vector: int) -> int:
+        """MSIs the guest counted on ``vector`` (x2APIC mode; 0 in PIC mode)."""
+        if self._mem is None or self.apic is None or not 0 <= vector < 256:
+            return 0
+        value: int = struct.unpack_from("<I", self._mem, VECTOR_COUNTS_ADDR + 4 * vector)[0]
+        return value
+
+    def vector_counts(self) -> dict[int, int]:
+        """Every vector the guest counted, with its count (x2APIC mode)."""
+        if self._mem is None or self.apic is None:
+            return {}
+        counts = struct.unpack_from("<256I", self._mem, VECTOR_COUNTS_ADDR)
+        return {vector: n for vector, n in enumerate(counts) if n}
+
     @property
     def acks(self) -> int:
         """Acknowledgements that exited to this process (``ack="exit"`` only)."""
@@ -474,7 +527,14 @@ class Guest:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
+        if self.apic is not None:
+            return f"<Guest apic={self.apic} {state} count={self.count}>"
         return f"<Guest line={self.line} vector={self.vector:#x} {state} count={self.count}>"
+
+
+def guest_cpuid(kvm_fd: int) -> list[_abi.kvm_cpuid_entry2]:
+    """The x2APIC guest's CPUID: KVM's supported one, x2APIC on, APIC ID 0."""
+    return _apic.x2apic_cpuid(_apic.supported_cpuid(kvm_fd))
 
 
 def _read_stats(fd: int) -> dict[str, int]:

@@ -36,6 +36,8 @@ IOCTLS = [
     "KVM_ENABLE_CAP",
     "KVM_SIGNAL_MSI",
     "KVM_GET_STATS_FD",
+    "KVM_GET_SUPPORTED_CPUID",
+    "KVM_SET_CPUID2",
 ]
 CONSTANTS = [
     "KVM_API_VERSION",
@@ -49,6 +51,8 @@ CONSTANTS = [
     "KVM_CAP_IMMEDIATE_EXIT",
     "KVM_CAP_HALT_POLL",
     "KVM_CAP_BINARY_STATS_FD",
+    "KVM_CAP_X2APIC_API",
+    "KVM_X2APIC_API_USE_32BIT_IDS",
     "KVM_IRQFD_FLAG_DEASSIGN",
     "KVM_IRQFD_FLAG_RESAMPLE",
     "KVM_IRQ_ROUTING_IRQCHIP",
@@ -194,6 +198,21 @@ STRUCTS: dict[str, tuple[type[ctypes.Structure], list[tuple[str, int]]]] = {
             ("ss.selector", _abi.kvm_sregs.ss.offset + _abi.kvm_segment.selector.offset),
         ],
     ),
+    "kvm_cpuid_entry2": (
+        _abi.kvm_cpuid_entry2,
+        [
+            (f, getattr(_abi.kvm_cpuid_entry2, f).offset)
+            for f in ("function", "index", "flags", "eax", "ebx", "ecx", "edx", "padding")
+        ],
+    ),
+    "kvm_cpuid2": (
+        _abi.kvm_cpuid2,
+        [
+            ("nent", 0),
+            ("padding", _abi.kvm_cpuid2.padding.offset),
+            ("entries", ctypes.sizeof(_abi.kvm_cpuid2)),
+        ],
+    ),
     "kvm_signal_mask": (
         _abi.kvm_signal_mask,
         [("len", 0), ("sigset", ctypes.sizeof(_abi.kvm_signal_mask))],
@@ -270,14 +289,33 @@ def test_struct_layout_matches_the_header(probe: dict[str, int], struct: str) ->
     assert not mismatched, f"(ours, gcc) offsets differ: {mismatched}"
 
 
-def test_routing_buffer_is_header_then_entries() -> None:
-    from irqbypass_kvm import MsiRoute, Vm
+def test_routing_buffer_is_header_then_default_then_msi_entries() -> None:
+    from irqbypass_kvm import MsiRoute
+    from irqbypass_kvm._routing import DEFAULT_ENTRIES, RoutingTable
 
-    entry = Vm.msi_entry(40, MsiRoute(0x1_FEE0_1000, 0x4041, devid=0x0800))
-    buf = Vm.routing_buffer([entry])
-    assert len(buf) == 8 + 48
-    assert bytes(buf[:8]) == (1).to_bytes(4, "little") + bytes(4)
+    table = RoutingTable()
+    table._put(40, MsiRoute(0x1_FEE0_1000, 0x4041, devid=0x0800))
+    buf = table.buffer()
+    assert DEFAULT_ENTRIES == 40 and len(buf) == 8 + 48 * 41
+    assert bytes(buf[:8]) == (41).to_bytes(4, "little") + bytes(4)
+    # the first default entry: GSI 0 -> PIC master pin 0; then GSI 0 -> IOAPIC pin 0
+    words = [int.from_bytes(buf[8 + 4 * i : 12 + 4 * i], "little") for i in range(6)]
+    assert words == [0, 1, 0, 0, 0, 0]
+    msi = buf[8 + 48 * 40 :]
     # gsi, type=MSI, flags=VALID_DEVID, pad, address_lo, address_hi, data, devid
-    words = [int.from_bytes(buf[8 + 4 * i : 12 + 4 * i], "little") for i in range(8)]
+    words = [int.from_bytes(msi[4 * i : 4 + 4 * i], "little") for i in range(8)]
     assert words == [40, 2, 1, 0, 0xFEE01000, 0x1, 0x4041, 0x0800]
-    assert bytes(buf[8 + 32 :]) == bytes(16)
+    assert bytes(msi[32:]) == bytes(16)
+
+
+def test_removing_a_route_moves_the_last_entry_into_its_slot() -> None:
+    from irqbypass_kvm import MsiRoute
+    from irqbypass_kvm._routing import RoutingTable
+
+    table = RoutingTable()
+    for gsi in (30, 31, 32):
+        table._put(gsi, MsiRoute(0xFEE00000, gsi))
+    table._drop(30)
+    buf = table.buffer()
+    gsis = [int.from_bytes(buf[8 + 48 * i : 12 + 48 * i], "little") for i in range(40, 42)]
+    assert gsis == [32, 31] and table._slot == {32: 40, 31: 41}

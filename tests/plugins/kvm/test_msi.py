@@ -4,7 +4,8 @@ assigns."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import irqbypass
 import pytest
@@ -17,7 +18,7 @@ MSI = MsiRoute(0xFEE00000, 0x4041)
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every irqfd and routing ioctl the plugin makes, in order."""
     log: list[str] = []
-    assign, deassign, route = Vm.irqfd_assign, Vm.irqfd_deassign, Vm.set_msi_route
+    assign, deassign, routes = Vm.irqfd_assign, Vm.irqfd_deassign, Vm.set_msi_routes
 
     def rec_assign(vm: Vm, eventfd: int, gsi: int, resamplefd: int | None = None) -> None:
         assign(vm, eventfd, gsi, resamplefd)
@@ -27,13 +28,17 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         deassign(vm, eventfd, gsi)
         log.append(f"deassign {gsi}")
 
-    def rec_route(vm: Vm, gsi: int, msi: MsiRoute | None) -> None:
-        route(vm, gsi, msi)
-        log.append(f"route {gsi} {msi.data:#x}" if msi else f"unroute {gsi}")
+    def rec_routes(
+        vm: Vm, changes: Iterable[tuple[int, MsiRoute | None]], owners: Any = None
+    ) -> None:
+        changes = list(changes)
+        routes(vm, changes, owners)
+        # one line per KVM_SET_GSI_ROUTING
+        log.append(", ".join(f"route {g} {m.data:#x}" if m else f"unroute {g}" for g, m in changes))
 
     monkeypatch.setattr(Vm, "irqfd_assign", rec_assign)
     monkeypatch.setattr(Vm, "irqfd_deassign", rec_deassign)
-    monkeypatch.setattr(Vm, "set_msi_route", rec_route)
+    monkeypatch.setattr(Vm, "set_msi_routes", rec_routes)
     yield log
 
 

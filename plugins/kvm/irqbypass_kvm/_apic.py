@@ -1,0 +1,180 @@
+"""The guest's local-APIC mode: MSIs delivered into an x2APIC, counted per vector.
+
+A real-mode guest cannot reach the xAPIC's MMIO page at 0xFEE00000 (above
+1 MiB), but the x2APIC is programmed through MSRs, which real mode can write.
+KVM offers x2APIC only when the vCPU's CPUID says so (leaf 1 ECX bit 21), so the
+vCPU gets KVM's supported CPUID with that bit set and APIC ID 0
+(:func:`x2apic_cpuid`); without the bit the guest's WRMSR takes #GP, which the
+program reports on :data:`FAULT_PORT` instead of running off into nowhere.
+
+The program (:func:`x2apic_program`, every instruction commented) sets EN and
+EXTD in IA32_APIC_BASE, software-enables the APIC (spurious-vector register),
+clears the task priority, reports ready and sits in ``sti; hlt``. Each vector
+0x20-0xFE has its own IVT entry and stub, which counts it in a per-vector u32
+table; a common tail counts the total, acknowledges on the ack port and writes
+EOI. An MSI with address 0xFEE00000 (APIC ID 0) and data = vector reaches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+import irqbypass
+
+from . import _abi
+from ._kvm import raw_ioctl
+
+__all__ = ["APIC_MODES", "MSI_VECTORS", "x2apic_cpuid", "x2apic_program"]
+
+#: the interrupt-controller modes a Guest offers beside its 8259 PIC (None)
+APIC_MODES = ("x2apic",)
+#: the vectors the guest counts (0x00-0x1f are exceptions; 0xff is spurious)
+MSI_VECTORS = tuple(range(0x20, 0xFF))
+SPURIOUS_VECTOR = 0xFF
+GP_VECTOR = 13  # #GP, as real mode delivers it: through IVT entry 13
+FAULT_PORT = 0xE2  # the guest writes the faulting vector here, then halts for good
+
+MSR_APIC_BASE = 0x1B
+MSR_X2APIC_TPR = 0x808
+MSR_X2APIC_EOI = 0x80B
+MSR_X2APIC_SVR = 0x80F
+APIC_BASE_EXTD = 1 << 10  # x2APIC mode
+APIC_BASE_EN = 1 << 11  # APIC globally enabled
+SVR_APIC_ENABLED = 1 << 8
+CPUID_1_ECX_X2APIC = 1 << 21
+
+
+def _le16(value: int) -> tuple[int, int]:
+    return value & 0xFF, (value >> 8) & 0xFF
+
+
+def _le32(value: int) -> tuple[int, int, int, int]:
+    return value & 0xFF, (value >> 8) & 0xFF, (value >> 16) & 0xFF, value >> 24
+
+
+def x2apic_program(
+    *, code_addr: int, count_addr: int, vector_counts_addr: int, ready_port: int, ack_port: int
+) -> bytes:
+    """The guest's real-mode code, loaded at 0000:``code_addr``."""
+    code = bytearray()
+    emit = code.extend
+    fixups: dict[int, int] = {}  # vector -> where its handler offset goes
+
+    emit((0xFA,))  # cli                       ; no interrupts while we set up
+    emit((0x31, 0xC0))  # xor ax, ax           ; ax = 0
+    emit((0x8E, 0xD8))  # mov ds, ax           ; ds = 0: IVT and counter addressing
+    for vector in (GP_VECTOR, *MSI_VECTORS, SPURIOUS_VECTOR):
+        emit((0xC7, 0x06, *_le16(vector * 4)))  # mov word [vector*4], imm16 ...
+        fixups[vector] = len(code)
+        emit((0x00, 0x00))  # ... = the handler's offset (patched below)
+        emit((0xC7, 0x06, *_le16(vector * 4 + 2), 0x00, 0x00))  # mov word [vector*4+2], 0
+    emit((0x66, 0xB9, *_le32(MSR_APIC_BASE)))  # mov ecx, 0x1b   ; IA32_APIC_BASE
+    emit((0x0F, 0x32))  # rdmsr                ; edx:eax = the base (EN set at reset)
+    emit((0x0D, *_le16(APIC_BASE_EN | APIC_BASE_EXTD)))  # or ax, 0x0c00 ; EN | EXTD
+    emit((0x0F, 0x30))  # wrmsr                ; x2APIC mode (#GP without the CPUID bit)
+    emit((0x66, 0xB9, *_le32(MSR_X2APIC_SVR)))  # mov ecx, 0x80f ; spurious-vector register
+    emit((0x66, 0xB8, *_le32(SVR_APIC_ENABLED | SPURIOUS_VECTOR)))  # mov eax, 0x1ff
+    emit((0x66, 0x31, 0xD2))  # xor edx, edx
+    emit((0x0F, 0x30))  # wrmsr                ; software-enable the APIC
+    emit((0x66, 0xB9, *_le32(MSR_X2APIC_TPR)))  # mov ecx, 0x808 ; task priority
+    emit((0x66, 0x31, 0xC0))  # xor eax, eax
+    emit((0x0F, 0x30))  # wrmsr                ; TPR = 0: every vector gets through
+    emit((0xB0, 0x01))  # mov al, 1
+    emit((0xE6, ready_port))  # out 0xe0, al   ; tell the host: set up
+    loop = len(code)
+    emit((0xFB,))  # loop: sti                 ; interrupts on (after the next instruction)
+    emit((0xF4,))  # hlt                       ; sleep until an interrupt
+    emit((0xEB, (loop - (len(code) + 2)) & 0xFF))  # jmp loop
+
+    code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(_le16(code_addr + len(code)))
+    emit((0xB0, GP_VECTOR))  # gp: mov al, 13
+    emit((0xE6, FAULT_PORT))  # out 0xe2, al   ; tell the host: #GP (no x2APIC?)
+    stuck = len(code)
+    emit((0xFA,))  # cli
+    emit((0xF4,))  # hlt
+    emit((0xEB, (stuck - (len(code) + 2)) & 0xFF))  # jmp back: never resume
+
+    spurious = vector_counts_addr + 4 * SPURIOUS_VECTOR
+    code[fixups[SPURIOUS_VECTOR] : fixups[SPURIOUS_VECTOR] + 2] = bytes(
+        _le16(code_addr + len(code))
+    )
+    emit((0x66, 0xFF, 0x06, *_le16(spurious)))  # inc dword [counts+4*0xff] ; no EOI
+    emit((0xCF,))  # iret
+
+    common = len(code)
+    emit((0x66, 0x50))  # common: push eax
+    emit((0x66, 0x51))  # push ecx
+    emit((0x66, 0x52))  # push edx
+    emit((0x66, 0xFF, 0x06, *_le16(count_addr)))  # inc dword [0x0500] ; the total
+    emit((0xE6, ack_port))  # out 0xe1, al     ; acknowledge to the host
+    emit((0x66, 0xB9, *_le32(MSR_X2APIC_EOI)))  # mov ecx, 0x80b ; EOI register
+    emit((0x66, 0x31, 0xC0))  # xor eax, eax
+    emit((0x66, 0x31, 0xD2))  # xor edx, edx
+    emit((0x0F, 0x30))  # wrmsr                ; EOI
+    emit((0x66, 0x5A))  # pop edx
+    emit((0x66, 0x59))  # pop ecx
+    emit((0x66, 0x58))  # pop eax
+    emit((0xCF,))  # iret
+
+    for vector in MSI_VECTORS:  # one 8-byte stub per vector
+        code[fixups[vector] : fixups[vector] + 2] = bytes(_le16(code_addr + len(code)))
+        emit((0x66, 0xFF, 0x06, *_le16(vector_counts_addr + 4 * vector)))  # inc dword [v]
+        emit((0xE9, *_le16(common - (len(code) + 3))))  # jmp common
+    return bytes(code)
+
+
+def supported_cpuid(kvm_fd: int) -> list[_abi.kvm_cpuid_entry2]:
+    """KVM_GET_SUPPORTED_CPUID (through ctypes: the table is larger than the
+    1024 bytes ``fcntl.ioctl`` copies), growing the buffer while KVM says E2BIG."""
+    nent = 64
+    while True:
+        entries = (_abi.kvm_cpuid_entry2 * nent)()
+        buf = ctypes.create_string_buffer(ctypes.sizeof(_abi.kvm_cpuid2) + ctypes.sizeof(entries))
+        _abi.kvm_cpuid2.from_buffer(buf).nent = nent
+        ret = raw_ioctl(kvm_fd, _abi.KVM_GET_SUPPORTED_CPUID, ctypes.addressof(buf))
+        if ret == -errno.E2BIG and nent < 1024:
+            nent *= 2
+            continue
+        if ret < 0:
+            raise irqbypass.DeviceError(
+                f"KVM_GET_SUPPORTED_CPUID failed: errno {-ret}; this KVM cannot describe "
+                "its vCPUs, so the guest cannot use its local APIC",
+                errno=-ret,
+            )
+        got = _abi.kvm_cpuid2.from_buffer(buf).nent
+        offset = ctypes.sizeof(_abi.kvm_cpuid2)
+        return list((_abi.kvm_cpuid_entry2 * got).from_buffer_copy(buf, offset))
+
+
+def x2apic_cpuid(supported: list[_abi.kvm_cpuid_entry2]) -> list[_abi.kvm_cpuid_entry2]:
+    """KVM's supported CPUID with the x2APIC bit set and APIC ID 0."""
+    leaf1 = [entry for entry in supported if entry.function == 1]
+    if not leaf1:
+        raise irqbypass.DeviceError(
+            "KVM_GET_SUPPORTED_CPUID has no leaf 1; the guest cannot be told it has an "
+            "x2APIC on this host",
+            errno=errno.ENOTSUP,
+        )
+    for entry in supported:
+        if entry.function == 1:
+            entry.ecx |= CPUID_1_ECX_X2APIC
+            entry.ebx &= 0x00FFFFFF  # initial APIC ID (bits 31:24) = 0
+        elif entry.function in (0xB, 0x1F):
+            entry.edx = 0  # x2APIC ID = 0
+    return supported
+
+
+def set_cpuid(vcpu_fd: int, entries: list[_abi.kvm_cpuid_entry2]) -> None:
+    """KVM_SET_CPUID2 on the vCPU (through ctypes, for the same reason)."""
+    table = (_abi.kvm_cpuid_entry2 * len(entries))(*entries)
+    buf = ctypes.create_string_buffer(ctypes.sizeof(_abi.kvm_cpuid2) + ctypes.sizeof(table))
+    _abi.kvm_cpuid2.from_buffer(buf).nent = len(entries)
+    ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(_abi.kvm_cpuid2), table, len(bytes(table)))
+    ret = raw_ioctl(vcpu_fd, _abi.KVM_SET_CPUID2, ctypes.addressof(buf))
+    if ret < 0:
+        raise irqbypass.DeviceError(
+            f"KVM_SET_CPUID2 failed: errno {-ret}; the vCPU refused the CPUID that gives "
+            "it an x2APIC",
+            errno=-ret,
+        )
