@@ -1,0 +1,329 @@
+"""One front-end connection to a vhost-user back-end: requests, replies, fds.
+
+Every wait is bounded (``timeout`` seconds per request), so a back-end that
+stalls, or that queues this connection behind another front-end (as
+qemu-storage-daemon does: it serves one at a time), is an error, never a hang.
+A reply is checked before it is believed: its request, version, reply flag and
+size must be what the spec says, and fds it should not carry are closed. After
+a back-end vanished or answered nonsense the connection is *broken*: every
+later request fails at once with the first error, since the byte stream can no
+longer be trusted.
+
+The socket's file flags are never changed (every call passes MSG_DONTWAIT and
+waits with poll), so a connection handed over by a VMM stays as the VMM set it.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import math
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+from . import _wire as wire
+from .errors import BackendGoneError, BackendTimeoutError, ProtocolError, VhostUserError
+
+__all__ = ["DEFAULT_TIMEOUT", "Connection"]
+
+DEFAULT_TIMEOUT = 5.0
+
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED)
+_FD_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * array.array("i").itemsize)
+
+
+class Connection:
+    """The front-end's end of a vhost-user socket.
+
+    Use :meth:`connect` for a socket path (the connection is owned and closed
+    by :meth:`close`) or :meth:`from_fd` for a connection a VMM established
+    (borrowed: :meth:`close` leaves the fd open). ``what`` starts every error
+    message, so it names the producer and the back-end.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        what: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        owned: bool = True,
+        reply_ack: bool = False,
+    ) -> None:
+        self._sock: socket.socket | None = sock
+        self.what = what
+        self.timeout = timeout
+        self.owned = owned
+        #: REPLY_ACK negotiated: need_reply makes any request synchronous
+        self.reply_ack = reply_ack
+        self.broken: VhostUserError | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, path: str, *, what: str, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+        """Connect to the back-end listening at ``path``, retrying for up to
+        ``timeout`` seconds while the socket does not exist or refuses (a
+        back-end that is still starting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.ENOENT, errno.ECONNREFUSED) and time.monotonic() < deadline:
+                    time.sleep(0.02)  # a starting back-end: poll the path until the deadline
+                    continue
+                hint = {
+                    errno.ENOENT: "no such socket: start the back-end first (for "
+                    "qemu-storage-daemon: --export type=vhost-user-blk,...,addr.type=unix,"
+                    f"addr.path={path})",
+                    errno.ECONNREFUSED: "nothing listens there: the back-end exited (a stale "
+                    "socket file); restart it",
+                    errno.EACCES: "no permission to connect: run as the back-end's user or "
+                    "fix the socket's mode",
+                    errno.ENOTSOCK: f"{path} is not a UNIX socket",
+                }.get(exc.errno or 0, "see the back-end's log")
+                code = exc.errno or errno.EIO
+                raise BackendGoneError(
+                    f"{what}: cannot connect to {path}: {os.strerror(code)} (errno {code}); {hint}",
+                    errno=code,
+                ) from exc
+            except BaseException:
+                sock.close()
+                raise
+            return cls(sock, what=what, timeout=timeout, owned=True)
+
+    @classmethod
+    def from_fd(
+        cls, fd: int, *, what: str, timeout: float = DEFAULT_TIMEOUT, reply_ack: bool = False
+    ) -> Connection:
+        """Borrow an established connection (the VMM's). The fd must be a
+        connected UNIX stream socket."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            code = exc.errno or errno.EBADF
+            raise VhostUserError(
+                f"{what}: fd {fd} is not a vhost-user connection: {os.strerror(code)}; pass "
+                "the fd of the UNIX socket the VMM connected to the back-end",
+                errno=code,
+            ) from exc
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise VhostUserError(
+                f"{what}: fd {fd} is a {sock.family.name} {sock.type.name} socket, not the "
+                "UNIX stream socket of a vhost-user connection",
+                errno=errno.EINVAL,
+            )
+        return cls(sock, what=what, timeout=timeout, owned=False, reply_ack=reply_ack)
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def fileno(self) -> int:
+        return -1 if self._sock is None else self._sock.fileno()
+
+    def identity(self) -> tuple[int, int]:
+        """The socket's kernel identity (device, inode): two fds of one
+        connection have the same."""
+        st = os.fstat(self.fileno())
+        return (st.st_dev, st.st_ino)
+
+    def alive(self) -> bool:
+        """False once the back-end hung up (checked without waiting or reading)."""
+        if self._sock is None or self.broken is not None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        events = poller.poll(0)
+        if not events:
+            return True
+        revents = events[0][1]
+        if revents & (select.POLLHUP | select.POLLRDHUP | select.POLLERR):
+            return False
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self.owned:
+            sock.close()
+        else:
+            sock.detach()
+
+    # -- requests ----------------------------------------------------------
+
+    def request(
+        self,
+        request: wire.Request,
+        payload: bytes = b"",
+        fds: Sequence[int] = (),
+        *,
+        sync: bool = False,
+    ) -> bytes:
+        """Send one request; return its reply's payload (b"" for none).
+
+        Requests the spec answers (GET_*) wait for their reply. With
+        ``sync``, any other request is made synchronous: with REPLY_ACK by
+        need_reply (the back-end's non-zero answer is a refusal), without it
+        by a GET_FEATURES round trip behind it (a back-end handles messages in
+        order, so its reply means the request was handled).
+        """
+        with self._lock:
+            self._check()
+            try:
+                reply_size = wire.REPLY_SIZE.get(request)
+                ack = sync and reply_size is None and self.reply_ack
+                self._send(wire.message(request, payload, need_reply=ack), fds, request)
+                if reply_size is not None:
+                    return self._receive(request, reply_size)
+                if ack:
+                    status = wire.unpack_u64(self._receive(request, 8))
+                    if status != 0:
+                        raise VhostUserError(
+                            f"{self.what}: the back-end refused {wire.request_name(request)} "
+                            f"(REPLY_ACK status {status:#x}); see its log",
+                            errno=errno.EIO,
+                        )
+                elif sync:
+                    self._send(wire.message(wire.Request.GET_FEATURES), (), request)
+                    self._receive(wire.Request.GET_FEATURES, 8)
+                return b""
+            except VhostUserError as exc:
+                # a late reply or a half-sent message would desynchronize the stream
+                self.broken = self.broken or exc
+                raise
+
+    def _check(self) -> None:
+        if self._sock is None:
+            raise BackendGoneError(f"{self.what}: the connection is closed", errno=errno.EBADF)
+        if self.broken is not None:
+            raise type(self.broken)(
+                f"{self.broken.message} (the connection has been unusable since)",
+                errno=self.broken.errno,
+            )
+
+    def _deadline_wait(self, events: int, deadline: float, doing: str) -> None:
+        assert self._sock is not None
+        poller = select.poll()
+        poller.register(self._sock.fileno(), events)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendTimeoutError(
+                    f"{self.what}: the back-end did not {doing} within {self.timeout:g} s; "
+                    "it is stuck, or it serves another front-end first (qemu-storage-daemon "
+                    "queues a second connection until the first one closes): close the other "
+                    "front-end, or check the back-end's log"
+                )
+            if poller.poll(math.ceil(remaining * 1000)):
+                return
+
+    def _gone(self, doing: str, exc: OSError | None = None) -> BackendGoneError:
+        if exc is None:
+            cause, code = "it closed the connection (EOF)", errno.EPIPE
+        else:
+            code = exc.errno or errno.EPIPE
+            cause = f"{os.strerror(code)} (errno {code})"
+        return BackendGoneError(
+            f"{self.what}: the back-end went away {doing}: {cause}; it exited, was killed "
+            "or dropped this connection (its log says why). The eventfds and memory stay "
+            "valid here: close this producer, restart the back-end and open the producer "
+            "again",
+            errno=code,
+        )
+
+    def _send(self, data: bytes, fds: Sequence[int], request: int) -> None:
+        assert self._sock is not None
+        doing = f"while sending {wire.request_name(request)}"
+        deadline = time.monotonic() + self.timeout
+        view = memoryview(data)
+        ancillary = (
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        )
+        while view:
+            self._deadline_wait(select.POLLOUT, deadline, f"accept {wire.request_name(request)}")
+            try:
+                sent = self._sock.sendmsg(
+                    [view], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+                )
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    raise self._gone(doing, exc) from exc
+                raise
+            ancillary = []  # the fds went with the first byte
+            view = view[sent:]
+
+    def _receive(self, request: wire.Request, size: int) -> bytes:
+        name = wire.request_name(request)
+        header = wire.Header.unpack(self._read_exact(wire.HEADER.size, name))
+        if header.request != request or header.version != wire.VERSION or not header.is_reply:
+            raise ProtocolError(
+                f"{self.what}: expected the reply to {name}, got "
+                f"{wire.request_name(header.request)} with flags {header.flags:#x} (a reply "
+                "has version 1 and bit 2 set): the back-end does not follow the "
+                "vhost-user protocol, or another front-end shares this connection"
+            )
+        if header.size != size:
+            raise ProtocolError(
+                f"{self.what}: the reply to {name} has a {header.size}-byte payload, the "
+                f"protocol says {size}: the back-end does not follow the vhost-user protocol"
+            )
+        return self._read_exact(size, name)
+
+    def _read_exact(self, n: int, name: str) -> bytes:
+        assert self._sock is not None
+        deadline = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            self._deadline_wait(select.POLLIN, deadline, f"answer {name}")
+            try:
+                data, ancdata, _flags, _addr = self._sock.recvmsg(
+                    n - got, _FD_SPACE, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    raise self._gone(f"while answering {name}", exc) from exc
+                raise
+            stray = _close_fds(ancdata)
+            if stray:
+                raise ProtocolError(
+                    f"{self.what}: the reply to {name} carried {stray} file descriptor(s), "
+                    "which the protocol does not send with it (closed them)"
+                )
+            if not data:
+                raise self._gone(f"before answering {name}")
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+
+def _close_fds(ancdata: list[tuple[int, int, bytes]]) -> int:
+    count = 0
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                os.close(fd)
+                count += 1
+    return count

@@ -1,0 +1,631 @@
+"""The ``vhost-user`` producer: one virtqueue's call interrupt of a back-end
+in another process.
+
+The VMM hands the virtqueue's call eventfd to the back-end with
+``VHOST_USER_SET_VRING_CALL`` and registers the same eventfd as a KVM irqfd:
+the back-end's completion interrupts reach the guest without passing through
+the VMM. ``open()`` binds the token that way; ``close()`` unbinds to a holding
+eventfd (never the no-fd flag: libvhost-user panics on it at the next
+completion). ``stop()``/``start()`` swap to the holding eventfd and replay
+what it caught, as QEMU's masked notifier does; with REPLY_ACK the swap is
+synchronous, without it a GET_FEATURES round trip makes it so.
+
+The back-end signals every new call fd once (libvhost-user's reconnect kick,
+so qemu-storage-daemon, virtiofsd and others). That kick is accounted for:
+on the holding eventfd it is taken off; on the token it stands in for the
+first interrupt held while stopped, and only when nothing was held is it a
+phantom interrupt, counted in ``phantom`` (it cannot be taken back from an
+irqfd, and a virtio driver finds nothing new in the used ring and ignores it).
+
+Two ways, as the other producers: own the connection (``socket``: connect,
+negotiate, give it the memory and a ring this producer makes, or ``spawn`` a
+private qemu-storage-daemon) or take the VMM's established connection
+(``connection``) and only bind the virtqueue's call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Hashable, Mapping
+
+import irqbypass
+
+from . import _wire as wire
+from .blk import BlkDriver
+from .connection import DEFAULT_TIMEOUT, Connection
+from .daemon import StorageDaemon
+from .errors import BackendGoneError, VhostUserError
+from .ring import GuestMemory, SplitRing
+
+__all__ = ["VhostUserProducer"]
+
+DEFAULT_QUEUE_SIZE = 256
+DEFAULT_MEMORY = 1 << 20
+#: the requests a front-end that owns the connection asks for
+WANTED_PROTOCOL = (1 << wire.ProtocolFeature.REPLY_ACK) | (1 << wire.ProtocolFeature.MQ)
+
+_claims: dict[tuple[object, int], str] = {}
+_claims_lock = threading.Lock()
+
+
+class VhostUserProducer(irqbypass.Producer):
+    """The call interrupt of virtqueue ``queue`` of a vhost-user back-end.
+
+    Give exactly one of ``socket`` (the back-end's UNIX socket path: this
+    producer connects, negotiates, sets up ``memory`` (or a memfd it makes)
+    and a ``queue_size`` ring, and closes the connection), ``spawn`` (the
+    same, with a private qemu-storage-daemon it starts and stops) and
+    ``connection`` (the VMM's established connection, a :class:`Connection`
+    or a socket fd: only SET_VRING_CALL is sent on it; ``reply_ack`` says
+    whether the VMM negotiated REPLY_ACK). ``kicks_on_set_call`` says whether
+    the back-end signals each new call fd once (None: find out when owning the
+    connection, assume so, as libvhost-user does, on a handed one).
+    ``requests`` > 0 makes the producer itself queue that many virtio-blk
+    requests at ``rate`` per second (the demo's load). Every wait on the
+    back-end is bounded by ``timeout`` seconds. Constructing only validates.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: Hashable,
+        socket: str | None = None,
+        spawn: bool = False,
+        connection: Connection | int | None = None,
+        queue: int | None = None,
+        irq: int | None = None,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        memory: GuestMemory | None = None,
+        reply_ack: bool = False,
+        kicks_on_set_call: bool | None = None,
+        requests: int = 0,
+        rate: float = 100.0,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        q = queue if queue is not None else (irq if irq is not None else 0)
+        super().__init__(token=token, irq=irq if irq is not None else q, name=name)
+        what = f"vhost-user producer {self.name!r}"
+        if not isinstance(token, irqbypass.Eventfd):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: token {token!r} is not an irqbypass.Eventfd; the back-end signals "
+                "an eventfd, so pass the one the consumer listens to"
+            )
+        if sum((socket is not None, spawn, connection is not None)) != 1:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: give exactly one of socket (the back-end's socket path), spawn (a "
+                "private qemu-storage-daemon) and connection (the VMM's connection) (got "
+                f"socket={socket!r}, spawn={spawn!r}, connection={connection!r})"
+            )
+        if isinstance(connection, bool) or (isinstance(connection, int) and connection < 0):
+            raise irqbypass.InvalidEndpointError(f"{what}: connection {connection!r} is not an fd")
+        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= wire.VRING_INDEX_MASK:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: queue {q!r} must be 0..{wire.VRING_INDEX_MASK} (the index field of "
+                "SET_VRING_CALL has 8 bits)"
+            )
+        if connection is not None and (requests or memory is not None):
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: requests and memory need a connection this producer owns (socket or "
+                "spawn); on a handed connection the VMM owns the rings"
+            )
+        if not timeout > 0 or not drain_timeout >= 0 or requests < 0 or not rate > 0:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: timeout and rate must be > 0, drain_timeout and requests >= 0"
+            )
+        self.queue = q
+        self.socket_path = socket
+        self.spawn = spawn
+        self.timeout = timeout
+        self.queue_size = queue_size
+        self.reply_ack = reply_ack
+        self.requests = requests
+        self.rate = rate
+        self.drain_timeout = drain_timeout
+        self._given = connection
+        self._given_memory = memory
+        self._kicks_setting = kicks_on_set_call
+        self._kicks = kicks_on_set_call if kicks_on_set_call is not None else True
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None
+        self._claims: list[tuple[object, int]] = []
+        self.daemon: StorageDaemon | None = None
+        self.memory: GuestMemory | None = None
+        self.ring: SplitRing | None = None
+        self.driver: BlkDriver | None = None
+        self._kick_fd: irqbypass.Eventfd | None = None
+        self._hold = irqbypass.HoldingEventfd()
+        self._bound: str | None = None  # "token", "hold" or None
+        self._stopped = False
+        self._feeder: threading.Thread | None = None
+        self._closing = threading.Event()
+        #: the first error that made the back-end unusable, said as an error says it
+        self.problem: str | None = None
+        self.features = 0
+        self.protocol_features = 0
+        self.queue_count: int | None = None
+        #: what the drivers of earlier opens completed
+        self._past = {"completed": 0, "failed": 0}
+        self._counts = dict.fromkeys(
+            ("kicks", "phantom", "absorbed", "quiesces", "backend_lost", "opens"), 0
+        )
+
+    @classmethod
+    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
+        opts = spec.options_reader()
+        socket_path = opts.get_str("socket")
+        spawn = opts.get_bool("spawn", False)
+        fd = opts.get_raw("fd")
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
+            raise opts.error("fd", f"expected an inherited socket fd number >= 0, got {fd!r}")
+        if sum((socket_path is not None, spawn, fd is not None)) != 1:
+            raise opts.error(
+                "socket",
+                "give exactly one of socket (the back-end's socket path), spawn = true (a "
+                "private qemu-storage-daemon) and fd (a connection this process inherited)",
+            )
+        queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=255)
+        timeout = opts.get_float("timeout", DEFAULT_TIMEOUT, min=0.001)
+        queue_size = opts.get_int("queue_size", DEFAULT_QUEUE_SIZE, min=2, max=32768)
+        if queue_size & (queue_size - 1):
+            raise opts.error("queue_size", f"must be a power of 2, got {queue_size}")
+        reply_ack = opts.get_bool("reply_ack", False)
+        kicks = opts.get_raw("kicks_on_set_call")
+        if kicks is not None and not isinstance(kicks, bool):
+            raise opts.error("kicks_on_set_call", f"expected true or false, got {kicks!r}")
+        requests = opts.get_int("requests", 0, min=0)
+        rate = opts.get_float("rate", 100.0, min=0.001)
+        if fd is not None and requests:
+            raise opts.error("requests", "needs a connection this producer owns (socket or spawn)")
+        opts.finish()
+        return cls(
+            token=spec.token,
+            socket=socket_path,
+            spawn=spawn,
+            connection=fd,
+            queue=queue,
+            irq=spec.irq,
+            name=spec.name,
+            timeout=timeout,
+            queue_size=queue_size,
+            reply_ack=reply_ack,
+            kicks_on_set_call=kicks,
+            requests=requests,
+            rate=rate,
+        )
+
+    # -- naming and errors -------------------------------------------------
+
+    @property
+    def owns_connection(self) -> bool:
+        return self._given is None
+
+    def _where(self) -> str:
+        if self.spawn:
+            pid = self.daemon.pid if self.daemon is not None else None
+            return f"its qemu-storage-daemon{'' if pid is None else f' pid {pid}'}"
+        if self.socket_path is not None:
+            return f"socket {self.socket_path}"
+        if isinstance(self._given, Connection):
+            return f"the VMM's connection, fd {self._given.fileno()}"
+        return f"the VMM's connection, fd {self._given}"
+
+    def _what(self) -> str:
+        return f"vhost-user producer {self.name!r} ({self._where()}, virtqueue {self.queue})"
+
+    def _refuse(self, problem: str, code: int = errno.EINVAL) -> VhostUserError:
+        return VhostUserError(f"{self._what()}: {problem}", errno=code)
+
+    # -- open / close ------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection | None:
+        return self._conn
+
+    @property
+    def bound_to(self) -> int | None:
+        """The eventfd the virtqueue's call signals: the token, or the holding
+        eventfd while stopped; None when unbound."""
+        if self._bound == "token":
+            assert isinstance(self.token, irqbypass.Eventfd)
+            return self.token.fileno()
+        return self._hold.fileno() if self._bound == "hold" else None
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            assert isinstance(self.token, irqbypass.Eventfd)
+            if self.token.closed:
+                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
+            try:
+                self.problem = None
+                self._connect()
+                if self.owns_connection:
+                    self._negotiate()
+                    self._set_up_ring()
+                self._bind("hold" if self._stopped else "token")
+                if self._bound == "token" and self._kicks:
+                    self._counts["phantom"] += 1  # nothing is behind the first one
+                self._counts["opens"] += 1
+                if self.requests:
+                    self._start_feeder()
+            except BaseException:
+                self._teardown(graceful=False)
+                raise
+
+    def _connect(self) -> None:
+        if isinstance(self._given, Connection):
+            key: object = ("connection", *self._given.identity())
+            self._take_claim(key)
+            self._conn = self._given
+            return
+        if self._given is not None:
+            conn = Connection.from_fd(
+                self._given, what=self._what(), timeout=self.timeout, reply_ack=self.reply_ack
+            )
+            try:
+                self._take_claim(("connection", *conn.identity()))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return
+        if self.spawn:
+            self.daemon = StorageDaemon()
+            self.daemon.start()
+            path = self.daemon.socket_path
+        else:
+            assert self.socket_path is not None
+            path = self.socket_path
+        self._take_claim(("socket", os.path.realpath(path)))
+        self._conn = Connection.connect(path, what=self._what(), timeout=self.timeout)
+        self._take_claim(("connection", *self._conn.identity()))
+
+    def _take_claim(self, key: object) -> None:
+        with _claims_lock:
+            holder = _claims.get((key, self.queue))
+            if holder is not None:
+                raise irqbypass.BusyError(
+                    f"{self._what()}: virtqueue {self.queue} of this back-end is already bound "
+                    f"by producer {holder!r} in this process; a virtqueue has one call eventfd: "
+                    "close that producer first, or use another virtqueue",
+                    errno=errno.EBUSY,
+                )
+            _claims[(key, self.queue)] = self.name
+            self._claims.append((key, self.queue))
+
+    def _negotiate(self) -> None:
+        """GET_FEATURES ... SET_FEATURES, as QEMU's vhost_user_backend_init and
+        vhost_dev_start do it, asking only for what this producer uses."""
+        conn = self._conn
+        assert conn is not None
+        self.features = wire.unpack_u64(conn.request(wire.Request.GET_FEATURES))
+        if not self.features >> wire.VIRTIO_F_VERSION_1 & 1:
+            raise self._refuse(
+                f"the back-end does not offer VIRTIO_F_VERSION_1 (features {self.features:#x}); "
+                "this producer lays out virtio 1.x rings only",
+                errno.ENOTSUP,
+            )
+        protocol = self.features >> wire.VHOST_USER_F_PROTOCOL_FEATURES & 1
+        if protocol:
+            offered = wire.unpack_u64(conn.request(wire.Request.GET_PROTOCOL_FEATURES))
+            self.protocol_features = offered & WANTED_PROTOCOL
+            conn.request(wire.Request.SET_PROTOCOL_FEATURES, wire.pack_u64(self.protocol_features))
+            conn.reply_ack = bool(self.protocol_features >> wire.ProtocolFeature.REPLY_ACK & 1)
+        if self.protocol_features >> wire.ProtocolFeature.MQ & 1:
+            self.queue_count = wire.unpack_u64(conn.request(wire.Request.GET_QUEUE_NUM))
+            if self.queue >= self.queue_count:
+                raise self._refuse(
+                    f"virtqueue {self.queue} is out of range: the back-end has "
+                    f"{self.queue_count} (GET_QUEUE_NUM), 0..{self.queue_count - 1}; for "
+                    "qemu-storage-daemon raise num-queues in --export",
+                    errno.ENOBUFS,
+                )
+        conn.request(wire.Request.SET_OWNER, sync=True)
+        acked = 1 << wire.VIRTIO_F_VERSION_1 | protocol << wire.VHOST_USER_F_PROTOCOL_FEATURES
+        conn.request(wire.Request.SET_FEATURES, wire.pack_u64(acked), sync=True)
+
+    def _set_up_ring(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        if self._given_memory is not None:
+            self.memory = self._given_memory
+        else:
+            slots = self.queue_size // 2
+            ring_bytes = 16 * self.queue_size + 8 * self.queue_size + 3 * 4096
+            need = ring_bytes + slots * 1024
+            self.memory = GuestMemory.create(max(DEFAULT_MEMORY, (need + 4095) // 4096 * 4096))
+        memory = self.memory
+        self.ring = SplitRing(memory, memory.guest_addr, self.queue_size)
+        self.driver = BlkDriver(self.ring, memory, self.ring.end_gpa)
+        region = wire.MemoryRegion(memory.guest_addr, memory.size, memory.user_addr, 0)
+        conn.request(
+            wire.Request.SET_MEM_TABLE, wire.pack_memory_table([region]), [memory.fd], sync=True
+        )
+        q = self.queue
+        ring = self.ring
+        conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(q, ring.size), sync=True)
+        conn.request(wire.Request.SET_VRING_BASE, wire.pack_vring_state(q, 0), sync=True)
+        addr = wire.pack_vring_addr(
+            q,
+            desc=memory.user(ring.desc_gpa),
+            used=memory.user(ring.used_gpa),
+            avail=memory.user(ring.avail_gpa),
+        )
+        conn.request(wire.Request.SET_VRING_ADDR, addr, sync=True)
+        self._kick_fd = irqbypass.Eventfd()
+        conn.request(
+            wire.Request.SET_VRING_KICK,
+            wire.pack_vring_file(q, has_fd=True),
+            [self._kick_fd.fileno()],
+            sync=True,
+        )
+        # the call goes to the holding eventfd first: with nothing queued, what
+        # it receives is the back-end's own kick, which tells whether it kicks
+        self._bind("hold", probe=self._kicks_setting is None)
+        if self.features >> wire.VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            conn.request(wire.Request.SET_VRING_ENABLE, wire.pack_vring_state(q, 1), sync=True)
+
+    def _bind(self, target: str, *, probe: bool = False) -> None:
+        """SET_VRING_CALL to the token or the holding eventfd, synchronously,
+        and account for the back-end's kick on the new fd."""
+        conn = self._conn
+        assert conn is not None and isinstance(self.token, irqbypass.Eventfd)
+        fd = self.token.fileno() if target == "token" else self._hold.fileno()
+        conn.request(
+            wire.Request.SET_VRING_CALL,
+            wire.pack_vring_file(self.queue, has_fd=True),
+            [fd],
+            sync=True,
+        )
+        self._bound = target
+        if target == "hold":
+            caught = _take(self._hold.fileno())
+            if probe:
+                self._kicks = caught > 0
+            elif self._kicks and caught == 0:
+                self._kicks = False  # it wrote before acking: none means it does not kick
+            if self._kicks and caught:
+                self._counts["kicks"] += 1
+                caught -= 1
+            if caught:
+                _give(self._hold.fileno(), caught)
+        elif self._kicks:
+            self._counts["kicks"] += 1
+
+    def close(self) -> None:
+        self._stop_feeder()  # before the lock: the feeder takes it
+        with self._lock:
+            if self._conn is None:
+                return
+            self._teardown(graceful=True)
+
+    def _stop_feeder(self) -> None:
+        feeder = self._feeder
+        if feeder is not None and feeder is not threading.current_thread():
+            self._closing.set()
+            feeder.join()
+
+    def _teardown(self, *, graceful: bool) -> None:
+        first: BaseException | None = None
+        self._feeder = None
+        self._closing.clear()
+        conn = self._conn
+        if graceful and conn is not None and self._bound is not None and self.problem is None:
+            try:
+                drained = self._drain()
+                self._bind("hold")
+                if self.owns_connection and drained:
+                    self._stop_ring()
+            except BackendGoneError as exc:
+                self._lost(exc)
+            except irqbypass.IrqBypassError as exc:
+                first = exc
+        self._hold.replay(self.token)
+        self._hold.close()
+        self._bound = None
+        if conn is not None and conn is not self._given:
+            conn.close()
+        self._conn = None
+        if self._kick_fd is not None:
+            self._kick_fd.close()
+            self._kick_fd = None
+        if self.memory is not None and self.memory is not self._given_memory:
+            self.memory.close()
+        if self.driver is not None:
+            self._past["completed"] += self.driver.completed
+            self._past["failed"] += self.driver.failed
+        self.memory = self.ring = self.driver = None
+        if self.daemon is not None:
+            self.daemon.close()
+            self.daemon = None
+        with _claims_lock:
+            for claim in self._claims:
+                _claims.pop(claim, None)
+        self._claims.clear()
+        if first is not None:
+            raise first
+
+    def _drain(self) -> bool:
+        """Wait (up to drain_timeout) until the back-end returned every request
+        it was given: GET_VRING_BASE with requests in flight makes
+        qemu-storage-daemon finish them after its reply and drop the
+        connection. True when the ring is empty."""
+        ring = self.ring
+        if ring is None:
+            return True
+        waited = threading.Event()
+        for _ in range(max(1, int(self.drain_timeout * 1000))):
+            if ring.in_flight == 0:
+                return True
+            waited.wait(0.001)  # the used ring has no notification of its own here
+        return ring.in_flight == 0
+
+    def _stop_ring(self) -> None:
+        conn = self._conn
+        ring = self.ring
+        assert conn is not None and ring is not None
+        reply = conn.request(wire.Request.GET_VRING_BASE, wire.pack_vring_state(self.queue, 0))
+        index, base = wire.unpack_vring_state(reply)
+        if index != self.queue or base != ring.avail_idx:
+            raise self._refuse(
+                f"GET_VRING_BASE answered index {index}, base {base}; expected index "
+                f"{self.queue}, base {ring.avail_idx} (every request given back)",
+                errno.EPROTO,
+            )
+
+    def _lost(self, exc: VhostUserError) -> None:
+        if self.problem is None:
+            self.problem = exc.message
+            self._counts["backend_lost"] += 1
+
+    # -- quiesce -----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Swap the call to the holding eventfd (synchronously). A back-end
+        that is gone cannot signal: then this only records the state."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._conn is None or self.problem is not None:
+                return
+            self._counts["quiesces"] += 1
+            try:
+                self._bind("hold")
+            except BackendGoneError as exc:
+                self._lost(exc)
+
+    def start(self) -> None:
+        """Swap the call back to the token, then replay what was held; the
+        back-end's kick on the token stands in for the first held one."""
+        with self._lock:
+            if not self._stopped:
+                return
+            self._stopped = False
+            if self._conn is None:
+                return
+            kicked = False
+            try:
+                if self.problem is None:
+                    self._bind("token")
+                    kicked = self._kicks
+            except BackendGoneError as exc:
+                self._lost(exc)
+            finally:
+                self._replay(kicked)
+
+    def _replay(self, kicked: bool) -> None:
+        if kicked:
+            held = _take(self._hold.fileno())
+            if held:
+                self._counts["absorbed"] += 1
+                if held > 1:
+                    _give(self._hold.fileno(), held - 1)
+            else:
+                self._counts["phantom"] += 1
+        self._hold.replay(self.token)
+
+    # -- the producer's own load ----------------------------------------------
+
+    def submit(self, n: int = 1) -> int:
+        """Queue ``n`` virtio-blk GET_ID requests on the producer's ring and
+        kick the back-end; returns how many fitted (owned connections only)."""
+        with self._lock:
+            if self.driver is None or self._kick_fd is None:
+                raise self._refuse(
+                    "submit needs an open producer that owns its connection (socket or spawn)",
+                    errno.ENOTCONN,
+                )
+            queued = self.driver.queue(n)
+            if queued:
+                self._kick_fd.write()
+            return queued
+
+    def reap(self) -> int:
+        """Take finished requests off the used ring (not the call eventfd)."""
+        with self._lock:
+            return 0 if self.driver is None else self.driver.reap()
+
+    def _start_feeder(self) -> None:
+        self._feeder = threading.Thread(target=self._feed, name=f"vhost-user {self.name}")
+        self._feeder.daemon = True
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        interval = 1.0 / self.rate
+        while not self._closing.is_set():
+            with self._lock:
+                driver = self.driver
+                if driver is None or self.problem is not None:
+                    return
+                driver.reap()
+                if driver.completed >= self.requests:
+                    return
+                if driver.submitted < self.requests and driver.in_flight == 0:
+                    try:
+                        self.submit(1)
+                    except VhostUserError as exc:
+                        self._lost(exc)
+                        return
+            self._closing.wait(interval)
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            driver = self.driver
+            if not self.requests:
+                return False
+            return self.problem is not None or (
+                driver is not None and driver.completed >= self.requests
+            )
+
+    # -- status --------------------------------------------------------------
+
+    def stats(self) -> Mapping[str, int]:
+        """``held``/``replayed``: completions signalled while stopped and passed
+        on at start (a held one the back-end's kick stood in for counts as
+        ``absorbed``, in both); ``kicks``: the back-end's signals on each new
+        call fd; ``phantom``: those that reached the token with no completion
+        behind them; ``backend_lost``: 1 once the back-end went away
+        (:attr:`problem` says how). With ``requests``, ``fired`` is what the
+        token was signalled (completions + phantom)."""
+        with self._lock:
+            if self._conn is not None and self.problem is None and not self._conn.alive():
+                self._lost(
+                    BackendGoneError(
+                        f"{self._what()}: the back-end closed the connection: it exited or was "
+                        "killed; close this producer, restart the back-end and open it again"
+                    )
+                )
+            absorbed = self._counts["absorbed"]
+            stats = {
+                "bound": int(self._bound is not None),
+                "held": self._hold.held + absorbed,
+                "replayed": self._hold.replayed + absorbed,
+                **self._counts,
+            }
+            if self.owns_connection:
+                driver = self.driver
+                stats["completed"] = self._past["completed"] + (driver.completed if driver else 0)
+                stats["failed"] = self._past["failed"] + (driver.failed if driver else 0)
+                stats["in_flight"] = driver.in_flight if driver else 0
+                if self.requests:
+                    stats["fired"] = stats["completed"] + self._counts["phantom"]
+            return stats
+
+
+def _take(fd: int) -> int:
+    """Read an eventfd's whole counter without waiting (0 when empty)."""
+    try:
+        return int.from_bytes(os.read(fd, 8), "little")
+    except BlockingIOError:
+        return 0
+
+
+def _give(fd: int, count: int) -> None:
+    os.write(fd, count.to_bytes(8, "little"))

@@ -1,0 +1,193 @@
+"""A back-end that answers nonsense, vanishes or stalls: clear errors, no hang.
+
+The "back-end" is the other end of a socketpair, its replies written before
+the request is made (the connection sends first, then reads).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+import irqbypass
+import pytest
+from irqbypass_vhost_user import (
+    BackendGoneError,
+    BackendTimeoutError,
+    Connection,
+    ProtocolError,
+    VhostUserError,
+)
+from irqbypass_vhost_user import _wire as wire
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+WHAT = "vhost-user producer 'vq0' (fake)"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(ours, what=WHAT, timeout=0.3)
+    try:
+        yield conn, theirs
+    finally:
+        conn.close()
+        theirs.close()
+
+
+def reply(request: int, payload: bytes, flags: int = wire.VERSION | wire.FLAG_REPLY) -> bytes:
+    return struct.pack("=III", request, flags, len(payload)) + payload
+
+
+def test_a_good_reply(pair: tuple[Connection, socket.socket]) -> None:
+    conn, backend = pair
+    backend.send(reply(1, struct.pack("=Q", 0x1_4000_0000)))
+    assert wire.unpack_u64(conn.request(wire.Request.GET_FEATURES)) == 0x1_4000_0000
+    assert backend.recv(64) == struct.pack("=III", 1, 1, 0)  # what it was asked
+
+
+@pytest.mark.parametrize(
+    ("data", "complaint"),
+    [
+        (reply(15, struct.pack("=Q", 0)), "got VHOST_USER_GET_PROTOCOL_FEATURES"),
+        (reply(1, struct.pack("=Q", 0), flags=1), "flags 0x1"),
+        (reply(1, struct.pack("=Q", 0), flags=2 | 4), "flags 0x6"),
+        (reply(1, struct.pack("=I", 0)), "4-byte payload, the protocol says 8"),
+    ],
+    ids=["wrong-request", "no-reply-flag", "wrong-version", "wrong-size"],
+)
+def test_malformed_replies_are_protocol_errors(
+    pair: tuple[Connection, socket.socket], data: bytes, complaint: str
+) -> None:
+    conn, backend = pair
+    backend.send(data)
+    with pytest.raises(ProtocolError, match=complaint) as caught:
+        conn.request(wire.Request.GET_FEATURES)
+    assert caught.value.errno == errno.EPROTO
+    assert isinstance(caught.value, irqbypass.IrqBypassError)
+    assert "vq0" in caught.value.message
+    # the stream cannot be trusted any more: the next request fails at once
+    with pytest.raises(ProtocolError, match="unusable since"):
+        conn.request(wire.Request.GET_FEATURES)
+
+
+def test_a_reply_carrying_fds_is_refused_and_the_fds_closed(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, backend = pair
+    extra = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [extra]).tobytes())]
+        backend.sendmsg([reply(1, struct.pack("=Q", 0))], fds)
+    finally:
+        os.close(extra)
+    with pytest.raises(ProtocolError, match="carried 1 file descriptor"):
+        conn.request(wire.Request.GET_FEATURES)
+    # no_fd_leak: the received copy was closed
+
+
+def test_eof_is_backend_gone(pair: tuple[Connection, socket.socket]) -> None:
+    conn, backend = pair
+    backend.send(reply(1, b"")[:6])  # half a header, then it stops answering
+    backend.shutdown(socket.SHUT_WR)
+    with pytest.raises(BackendGoneError, match=r"closed the connection \(EOF\)") as caught:
+        conn.request(wire.Request.GET_FEATURES)
+    assert caught.value.errno == errno.EPIPE
+    assert "restart the back-end" in caught.value.message
+    assert not conn.alive()
+
+
+def test_a_send_to_a_dead_backend_is_epipe(pair: tuple[Connection, socket.socket]) -> None:
+    conn, backend = pair
+    backend.close()
+    with pytest.raises(BackendGoneError) as caught:
+        conn.request(wire.Request.SET_OWNER)
+    assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+def test_silence_is_a_timeout_not_a_hang(pair: tuple[Connection, socket.socket]) -> None:
+    conn, _backend = pair
+    with pytest.raises(BackendTimeoutError, match="did not answer VHOST_USER_GET_FEATURES") as c:
+        conn.request(wire.Request.GET_FEATURES)
+    assert c.value.errno == errno.ETIMEDOUT
+    assert "serves another front-end" in c.value.message
+
+
+def test_sync_without_reply_ack_is_a_get_features_round_trip(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, backend = pair
+    backend.send(reply(1, struct.pack("=Q", 0)))
+    conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
+    sent = backend.recv(64)
+    assert sent == struct.pack("=IIIII", 8, 1, 8, 0, 8) + struct.pack("=III", 1, 1, 0)
+
+
+def test_sync_with_reply_ack_sets_need_reply_and_reads_the_status(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, backend = pair
+    conn.reply_ack = True
+    backend.send(reply(8, struct.pack("=Q", 0)))
+    conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
+    assert backend.recv(64)[:12] == struct.pack("=III", 8, 1 | 8, 8)
+    backend.send(reply(8, struct.pack("=Q", 1)))
+    with pytest.raises(VhostUserError, match="refused VHOST_USER_SET_VRING_NUM"):
+        conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
+
+
+def test_fds_go_as_scm_rights(pair: tuple[Connection, socket.socket]) -> None:
+    conn, backend = pair
+    with irqbypass.Eventfd() as call:
+        conn.request(
+            wire.Request.SET_VRING_CALL, wire.pack_vring_file(0, has_fd=True), [call.fileno()]
+        )
+        data, anc, _flags, _addr = backend.recvmsg(64, socket.CMSG_SPACE(4))
+        assert data == struct.pack("=IIIQ", 13, 1, 8, 0)
+        ((level, kind, raw),) = anc
+        assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        received = array.array("i", raw)[0]
+        try:
+            os.write(received, struct.pack("=Q", 1))
+            assert call.read(0) == 1  # the same eventfd
+        finally:
+            os.close(received)
+
+
+def test_a_handed_fd_must_be_a_unix_stream_socket(tmp_path: object) -> None:
+    with (
+        irqbypass.Eventfd() as not_a_socket,
+        pytest.raises(VhostUserError, match="is not a vhost-user connection"),
+    ):
+        Connection.from_fd(not_a_socket.fileno(), what=WHAT)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(VhostUserError, match="not the UNIX stream socket"):
+            Connection.from_fd(udp.fileno(), what=WHAT)
+        assert udp.fileno() >= 0  # refused, not taken
+    finally:
+        udp.close()
+
+
+def test_a_handed_connection_is_borrowed() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        conn = Connection.from_fd(ours.fileno(), what=WHAT)
+        conn.close()
+        os.fstat(ours.fileno())  # still open: the VMM's
+        assert not conn.alive()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_connecting_to_nothing_says_what_to_start(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(os.fspath(tmp_path), "none.sock")
+    with pytest.raises(BackendGoneError, match="start the back-end first") as caught:
+        Connection.connect(path, what=WHAT, timeout=0.05)
+    assert caught.value.errno == errno.ENOENT
