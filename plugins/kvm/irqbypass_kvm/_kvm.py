@@ -11,6 +11,7 @@ import errno
 import fcntl
 import heapq
 import os
+import struct
 import threading
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
@@ -50,6 +51,17 @@ def ioctl(fd: int, request: int, arg: int | ctypes.Structure | bytearray, what: 
         raise irqbypass.DeviceError(
             f"{what} failed: {exc.strerror} (errno {exc.errno})", errno=exc.errno
         ) from exc
+
+
+def _failed(what: str, exc: OSError) -> irqbypass.DeviceError:
+    return irqbypass.DeviceError(
+        f"{what} failed: {exc.strerror} (errno {exc.errno})", errno=exc.errno
+    )
+
+
+#: ``struct kvm_irqfd`` (fd, gsi, flags, resamplefd, 16 bytes of padding), packed
+#: straight into the bytes the ioctl copies: the cheapest way Python can build it
+_IRQFD = struct.Struct("<IIII16x")
 
 
 def raw_ioctl(fd: int, request: int, arg: int = 0) -> int:
@@ -235,25 +247,30 @@ class Vm:
     # -- irqfd ---------------------------------------------------------------
 
     def irqfd_assign(self, eventfd: int, gsi: int, resamplefd: int | None = None) -> None:
-        args = _abi.kvm_irqfd(fd=eventfd, gsi=gsi)
-        if resamplefd is not None:
-            args.flags = _abi.KVM_IRQFD_FLAG_RESAMPLE
-            args.resamplefd = resamplefd
+        flags = 0 if resamplefd is None else _abi.KVM_IRQFD_FLAG_RESAMPLE
         try:
-            ioctl(self.fd, _abi.KVM_IRQFD, args, f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})")
-        except irqbypass.DeviceError as exc:
+            fcntl.ioctl(self.fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, flags, resamplefd or 0))
+        except OSError as exc:
             if exc.errno == errno.EBUSY:
                 raise irqbypass.DeviceError(
                     f"eventfd {eventfd} is already assigned as an irqfd on this VM; "
                     "deassign it first (close the consumer or the VMM's irqfd that "
                     "holds it) or use another eventfd",
                     errno=errno.EBUSY,
-                ) from exc.__cause__
-            raise
+                ) from exc
+            raise _failed(f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})", exc) from exc
 
     def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
-        args = _abi.kvm_irqfd(fd=eventfd, gsi=gsi, flags=_abi.KVM_IRQFD_FLAG_DEASSIGN)
-        ioctl(self.fd, _abi.KVM_IRQFD, args, f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})")
+        deassign = _abi.KVM_IRQFD_FLAG_DEASSIGN
+        try:
+            fcntl.ioctl(self.fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, deassign, 0))
+        except OSError as exc:
+            raise _failed(f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})", exc) from exc
+
+    def claim_gsis(self, wanted: Iterable[tuple[int | None, object, str]]) -> list[int]:
+        """:meth:`claim_gsi` for many owners under one lock (a batch's GSIs)."""
+        with self._lock:
+            return [self._claim(gsi, owner, name) for gsi, owner, name in wanted]
 
     # -- routing -------------------------------------------------------------
 
@@ -282,31 +299,35 @@ class Vm:
         Two owners never share a GSI (each would overwrite the other's route).
         """
         with self._lock:
-            if gsi is not None:
-                held = self._gsi_owners.get(gsi)
-                if held is not None and held[0] is not owner:
-                    raise irqbypass.InvalidEndpointError(
-                        f"{name}: GSI {gsi} of this VM is already routed by {held[1]}; give "
-                        "another gsi, or leave gsi out to get a free one",
-                        errno=errno.EBUSY,
-                    )
-                self._gsi_owners[gsi] = (owner, name)
-                return gsi
-            if len(self._gsi_owners) >= MAX_MSI_ROUTES:
-                raise self._full(name)
-            while self._free_gsis and self._free_gsis[0] in self._gsi_owners:
-                heapq.heappop(self._free_gsis)
-            if self._free_gsis:
-                gsi = heapq.heappop(self._free_gsis)
-            else:
-                while self._next_gsi in self._gsi_owners:
-                    self._next_gsi += 1
-                if self._next_gsi >= MAX_GSI_ROUTES:
-                    raise self._full(name)
-                gsi = self._next_gsi
-                self._next_gsi += 1
+            return self._claim(gsi, owner, name)
+
+    def _claim(self, gsi: int | None, owner: object, name: str) -> int:
+        """Under the lock: see :meth:`claim_gsi`."""
+        if gsi is not None:
+            held = self._gsi_owners.get(gsi)
+            if held is not None and held[0] is not owner:
+                raise irqbypass.InvalidEndpointError(
+                    f"{name}: GSI {gsi} of this VM is already routed by {held[1]}; give "
+                    "another gsi, or leave gsi out to get a free one",
+                    errno=errno.EBUSY,
+                )
             self._gsi_owners[gsi] = (owner, name)
             return gsi
+        if len(self._gsi_owners) >= MAX_MSI_ROUTES:
+            raise self._full(name)
+        while self._free_gsis and self._free_gsis[0] in self._gsi_owners:
+            heapq.heappop(self._free_gsis)
+        if self._free_gsis:
+            gsi = heapq.heappop(self._free_gsis)
+        else:
+            while self._next_gsi in self._gsi_owners:
+                self._next_gsi += 1
+            if self._next_gsi >= MAX_GSI_ROUTES:
+                raise self._full(name)
+            gsi = self._next_gsi
+            self._next_gsi += 1
+        self._gsi_owners[gsi] = (owner, name)
+        return gsi
 
     def _full(self, name: str) -> irqbypass.DeviceError:
         return irqbypass.DeviceError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -84,16 +85,19 @@ def write_default(entries: ctypes.Array[_abi.kvm_irq_routing_entry]) -> int:
     return i
 
 
-def write_msi(entry: _abi.kvm_irq_routing_entry, gsi: int, route: MsiRoute) -> None:
-    entry.gsi, entry.type, entry.pad = gsi, _abi.KVM_IRQ_ROUTING_MSI, 0
-    msi = entry.u.msi
-    msi.address_lo = route.address & 0xFFFFFFFF
-    msi.address_hi = route.address >> 32
-    msi.data = route.data
-    if route.devid is None:
-        entry.flags, msi.devid = 0, 0
-    else:
-        entry.flags, msi.devid = _abi.KVM_MSI_VALID_DEVID, route.devid
+#: an MSI ``struct kvm_irq_routing_entry``: gsi, type, flags, pad, then
+#: ``u.msi`` (address_lo, address_hi, data, devid) and the rest of the union
+_MSI_ENTRY = struct.Struct("<IIIIIIII16x")
+
+
+def _default_bytes() -> bytes:
+    entries = (_abi.kvm_irq_routing_entry * DEFAULT_ENTRIES)()
+    write_default(entries)
+    return bytes(entries)
+
+
+#: the default entries as the ioctl takes them, built once
+DEFAULT_BYTES = _default_bytes()
 
 
 class RoutingTable:
@@ -110,7 +114,8 @@ class RoutingTable:
         self._entries = (_abi.kvm_irq_routing_entry * MAX_GSI_ROUTES).from_buffer(
             self._buf, _HEADER
         )
-        self._defaults = write_default(self._entries)
+        ctypes.memmove(self._address + _HEADER, DEFAULT_BYTES, len(DEFAULT_BYTES))
+        self._defaults = DEFAULT_ENTRIES
         self._header.nr = self._defaults
         self._slot: dict[int, int] = {}  # GSI -> index of its MSI entry in the buffer
         self.routes: dict[int, MsiRoute] = {}
@@ -179,7 +184,19 @@ class RoutingTable:
         if slot is None:
             slot = self._slot[gsi] = self._header.nr
             self._header.nr = slot + 1
-        write_msi(self._entries[slot], gsi, route)
+        devid = route.devid
+        _MSI_ENTRY.pack_into(
+            self._buf,
+            _HEADER + slot * _ENTRY,
+            gsi,
+            _abi.KVM_IRQ_ROUTING_MSI,
+            0 if devid is None else _abi.KVM_MSI_VALID_DEVID,
+            0,
+            route.address & 0xFFFFFFFF,
+            route.address >> 32,
+            route.data,
+            devid or 0,
+        )
 
     def _drop(self, gsi: int) -> None:
         slot = self._slot.pop(gsi, None)

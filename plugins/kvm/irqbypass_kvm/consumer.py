@@ -183,6 +183,8 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         self.vm_arg: VmArg = vm
         self.gsi: int | None = gsi
         self._auto_gsi = gsi is None
+        self._label = what
+        self._eventfd: irqbypass.Eventfd = token
         self.apic = apic
         self.resample = resample
         self.msi = msi
@@ -273,9 +275,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
 
     @property
     def eventfd(self) -> irqbypass.Eventfd:
-        token = self.token
-        assert isinstance(token, irqbypass.Eventfd)
-        return token
+        return self._eventfd
 
     @property
     def vm(self) -> Vm | None:
@@ -358,10 +358,6 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 )
             if self.msi.devid is not None:
                 vm.require(_abi.KVM_CAP_MSI_DEVID, "MSI device ids (KVM_CAP_MSI_DEVID)")
-
-    @property
-    def _label(self) -> str:
-        return f"kvm-irqfd consumer {self.name!r}"
 
     def _batch_key(self, opening: bool) -> object | None:
         """The VM whose routing table a batch would write for this consumer, or
@@ -489,10 +485,15 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         singles, batches = _partition(endpoints, opening=False)
         errors: list[BaseException] = []
         for batch in batches:
-            with contextlib.ExitStack() as locks:
+            locked = 0
+            try:
                 for consumer in batch:
-                    locks.enter_context(consumer._lock)
+                    consumer._lock.acquire()
+                    locked += 1
                 _close_batch(batch, errors)
+            finally:
+                for consumer in batch[:locked]:
+                    consumer._lock.release()
         for consumer in singles:
             try:
                 consumer.close()
@@ -631,27 +632,34 @@ def _partition(
 def _open_batch(batch: list[KvmIrqfdConsumer]) -> None:
     """Open unmasked MSI consumers of one VM: claim their GSIs, write all their
     routes with one ioctl, assign each irqfd; on any failure undo it all."""
-    with contextlib.ExitStack() as locks:
+    locked = 0
+    try:
         for consumer in batch:
-            locks.enter_context(consumer._lock)
+            consumer._lock.acquire()
+            locked += 1
         vm = batch[0]._attach_vm(refs=len(batch))
         for consumer in batch:
             consumer._vm = vm  # from here on _close_batch undoes whatever was done
         done = False
         try:
+            batch[0]._check_caps(vm)  # what the batch shares; a devid is per consumer
             for consumer in batch:
-                consumer._check_caps(vm)
-            routes = [(consumer._claim_gsi(vm), consumer.msi) for consumer in batch]
+                if consumer.msi is not None and consumer.msi.devid is not None:
+                    consumer._check_caps(vm)
+            gsis = vm.claim_gsis((None if c._auto_gsi else c.gsi, c, c._label) for c in batch)
+            for consumer, gsi in zip(batch, gsis, strict=True):
+                consumer.gsi, consumer._claimed = gsi, True
             vm.set_msi_routes(
-                routes,
-                {gsi: consumer._label for (gsi, _), consumer in zip(routes, batch, strict=True)},
+                [(c.gsi, c.msi) for c in batch if c.gsi is not None],
+                {c.gsi: c._label for c in batch if c.gsi is not None},
             )
             for consumer in batch:
                 consumer._routed = True
+            assign = vm.irqfd_assign
             for consumer in batch:
                 assert consumer.gsi is not None and consumer.msi is not None
                 try:
-                    vm.irqfd_assign(consumer.eventfd.fileno(), consumer.gsi)
+                    assign(consumer._eventfd.fileno(), consumer.gsi)
                 except irqbypass.IrqBypassError as exc:
                     raise irqbypass.DeviceError(
                         f"{consumer._label} (GSI {consumer.gsi}, MSI {describe(consumer.msi)}): "
@@ -664,6 +672,9 @@ def _open_batch(batch: list[KvmIrqfdConsumer]) -> None:
         finally:
             if not done:
                 _close_batch(batch, [])
+    finally:
+        for consumer in batch[:locked]:
+            consumer._lock.release()
 
 
 def _close_batch(batch: list[KvmIrqfdConsumer], errors: list[BaseException]) -> None:

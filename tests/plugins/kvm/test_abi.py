@@ -290,13 +290,14 @@ def test_struct_layout_matches_the_header(probe: dict[str, int], struct: str) ->
 
 
 def test_routing_buffer_is_header_then_default_then_msi_entries() -> None:
-    from irqbypass_kvm import MsiRoute
+    from irqbypass_kvm import MsiRoute, _routing
     from irqbypass_kvm._routing import DEFAULT_ENTRIES, RoutingTable
 
     table = RoutingTable()
     table._put(40, MsiRoute(0x1_FEE0_1000, 0x4041, devid=0x0800))
     buf = table.buffer()
     assert DEFAULT_ENTRIES == 40 and len(buf) == 8 + 48 * 41
+    assert _routing._MSI_ENTRY.size == ctypes.sizeof(_abi.kvm_irq_routing_entry)
     assert bytes(buf[:8]) == (41).to_bytes(4, "little") + bytes(4)
     # the first default entry: GSI 0 -> PIC master pin 0; then GSI 0 -> IOAPIC pin 0
     words = [int.from_bytes(buf[8 + 4 * i : 12 + 4 * i], "little") for i in range(6)]
@@ -319,3 +320,10 @@ def test_removing_a_route_moves_the_last_entry_into_its_slot() -> None:
     buf = table.buffer()
     gsis = [int.from_bytes(buf[8 + 48 * i : 12 + 48 * i], "little") for i in range(40, 42)]
     assert gsis == [32, 31] and table._slot == {32: 40, 31: 41}
+
+
+def test_the_packed_irqfd_is_the_struct() -> None:
+    from irqbypass_kvm import _kvm
+
+    packed = _kvm._IRQFD.pack(7, 40, _abi.KVM_IRQFD_FLAG_RESAMPLE, 9)
+    assert packed == bytes(_abi.kvm_irqfd(fd=7, gsi=40, flags=2, resamplefd=9))
