@@ -350,6 +350,15 @@ class Vm:
 
     # -- lines ---------------------------------------------------------------
 
+    def signal_msi(self, route: MsiRoute) -> None:
+        """KVM_SIGNAL_MSI: what a userspace relay does per MSI (no route needed)."""
+        msi = _abi.kvm_msi(
+            address_lo=route.address & 0xFFFFFFFF, address_hi=route.address >> 32, data=route.data
+        )
+        if route.devid is not None:
+            msi.flags, msi.devid = _abi.KVM_MSI_VALID_DEVID, route.devid
+        ioctl(self.fd, _abi.KVM_SIGNAL_MSI, msi, "KVM_SIGNAL_MSI")
+
     def irq_line(self, gsi: int, level: int) -> None:
         """KVM_IRQ_LINE: what a userspace relay does per interrupt."""
         ioctl(self.fd, _abi.KVM_IRQ_LINE, _abi.kvm_irq_level(irq=gsi, level=level), "KVM_IRQ_LINE")
