@@ -28,9 +28,10 @@ import mmap
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import irqbypass
 
@@ -72,36 +73,54 @@ _ZERO_PIR = bytes(PIR_BYTES)
 _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
 
 LockMode = Literal["process", "file"]
+_T = TypeVar("_T")
+
+#: every descriptor not yet closed, so a fork()ed child can mark the ones it
+#: inherited: their flock belongs to the open file description, which fork
+#: shares with the parent, so posts from both would race (see ``_forked``)
+_LIVE: weakref.WeakSet[PostedDescriptor] = weakref.WeakSet()
 
 
-def _gil_holding_write() -> Callable[[int, bytes], int]:
-    """``write(fd, 8 bytes)`` through libc *without* releasing the GIL.
+def _forked() -> None:
+    for descriptor in list(_LIVE):
+        descriptor._in_child = True
+        descriptor._usable[0] = False
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _gil_holding_write() -> Callable[[int, bytes, int], int]:
+    """``write(fd, data, len)`` through libc *without* releasing the GIL;
+    returns -1 on failure (see :func:`_write_error`).
 
     ``os.write`` releases the GIL, and a vCPU thread woken by that very
     notification then takes it: poster and vCPU ping-pong the GIL on every
     notification (measured with a flat-out mock: about 6,000 notifications and
     syncs per 200,000 posts instead of about 45). An eventfd write never blocks
-    (the fd is non-blocking), so holding the GIL over it is safe. Falls back to
-    ``os.write``."""
+    (the fd is non-blocking), so holding the GIL over it is safe.
+
+    It is the C function itself, not a Python wrapper: a signal can then land
+    only after it returned, never between setting ON and notifying. Falls back
+    to ``os.write`` (which raises instead of returning -1)."""
     try:
         libc = ctypes.PyDLL(None, use_errno=True)
         raw = libc.write
     except (OSError, AttributeError):
-        return os.write
+        return lambda fd, data, size: os.write(fd, data)
     raw.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     raw.restype = ctypes.c_ssize_t
-
-    def write(fd: int, data: bytes) -> int:
-        written: int = raw(fd, data, len(data))
-        if written < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        return written
-
-    return write
+    written: Callable[[int, bytes, int], int] = raw
+    return written
 
 
 _write = _gil_holding_write()
+
+
+def _write_error() -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, f"writing the notification eventfd: {os.strerror(code)}")
 
 
 @dataclass(frozen=True)
@@ -176,15 +195,13 @@ class PostedDescriptor:
             raise irqbypass.InvalidEndpointError(
                 "lock mode 'file' needs a file-backed descriptor; pass file=PATH"
             )
-        self.closed = True
-        self._fd = -1
-        self._path: str | None = None
-        self._unlink = False
-        if file:
-            self._fd = _create_file(file)
-            self._path, self._unlink = file, True
-        self._setup(mode, notification)
+        self._blank(mode)
         try:
+            if file:
+                self._path: str | None = file
+                self._fd = _create_file(file)
+                self._unlink = True
+            self._setup(notification)
             self._q[_MAGIC] = MAGIC
             self._q[_SIZE] = MAPPING_SIZE
             self._b[NV_OFFSET] = nv
@@ -211,72 +228,66 @@ class PostedDescriptor:
                 f"lock mode {lock!r} is unknown; use 'process' or 'file'"
             )
         self = cls.__new__(cls)
-        self.closed = True
-        self._fd = -1
-        self._path, self._unlink = path, False
+        self._blank(lock)
+        self._path = path
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise irqbypass.DeviceError(
-                f"cannot open posted-interrupt descriptor {path!r}: {exc.strerror}; "
-                "is the consumer that creates it open, and may this user read it?",
-                errno=exc.errno,
-            ) from exc
-        try:
+            self._fd = _open_file(path)
             info = os.fstat(self._fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != MAPPING_SIZE:
                 raise irqbypass.InvalidEndpointError(
                     f"{path!r} is not a posted-interrupt descriptor file (a regular file "
                     f"of {MAPPING_SIZE} bytes); check the path"
                 )
+            self._setup(notification, owned_notification=False)
+            if self._q[_MAGIC] != MAGIC:
+                raise irqbypass.InvalidEndpointError(
+                    f"{path!r} has no posted-interrupt descriptor magic; check the path"
+                )
         except BaseException:
-            os.close(self._fd)
-            raise
-        self._setup(lock, notification, owned_notification=False)
-        if self._q[_MAGIC] != MAGIC:
             self.close()
-            raise irqbypass.InvalidEndpointError(
-                f"{path!r} has no posted-interrupt descriptor magic; check the path"
-            )
+            raise
         return self
 
-    def _setup(
-        self,
-        mode: LockMode,
-        notification: irqbypass.Eventfd | None,
-        *,
-        owned_notification: bool | None = None,
-    ) -> None:
-        """Map, make the views and the notification eventfd (closes ``_fd`` on failure)."""
+    def _blank(self, mode: LockMode) -> None:
+        """The state :meth:`close` can always undo, set before anything is made."""
         self.lock_mode: LockMode = mode
+        self.closed = True
         self._lock = threading.Lock()
+        #: [False] once closed or inherited by a fork()ed child: every use refuses
+        self._usable = [False]
+        self._in_child = False
+        self._pid = os.getpid()
+        self._fd = -1
+        self._path = None
+        self._unlink = False
+        self._mm: mmap.mmap | None = None
+        self._b: memoryview = memoryview(b"")
+        self._q: memoryview = self._b
+        self.notification: irqbypass.Eventfd | None = None
+        self._own_notification = False
+        self._nfd = -1
         self.irr = 0  # this side's IRR: vectors synced and not yet acknowledged
-        try:
-            self._mm = (
-                mmap.mmap(self._fd, MAPPING_SIZE) if self._fd >= 0 else mmap.mmap(-1, MAPPING_SIZE)
-            )
-        except BaseException:
-            self._close_file()
-            raise
+
+    def _setup(
+        self, notification: irqbypass.Eventfd | None, *, owned_notification: bool = True
+    ) -> None:
+        """Map, make the views and the notification eventfd; :meth:`close`
+        undoes whatever of it was done."""
+        self._mm = (
+            mmap.mmap(self._fd, MAPPING_SIZE) if self._fd >= 0 else mmap.mmap(-1, MAPPING_SIZE)
+        )
         self._b = memoryview(self._mm)
         self._q = self._b.cast("Q")
         if notification is None:
-            self._own_notification = True if owned_notification is None else owned_notification
-            try:
-                self.notification: irqbypass.Eventfd | None = (
-                    irqbypass.Eventfd() if self._own_notification else None
-                )
-            except BaseException:
-                self._q.release()
-                self._b.release()
-                self._mm.close()
-                self._close_file()
-                raise
+            if owned_notification:
+                self.notification = irqbypass.Eventfd()
+                self._own_notification = True
         else:
-            self._own_notification = False
             self.notification = notification
         self._nfd = self.notification.fileno() if self.notification is not None else -1
         self.closed = False
+        self._usable[0] = True
+        _LIVE.add(self)
 
     def _close_file(self) -> None:
         fd, self._fd = self._fd, -1
@@ -290,18 +301,40 @@ class PostedDescriptor:
     def close(self) -> None:
         """Unmap; remove the file if this object created it; close the
         notification eventfd if it owns it. Posters made by :meth:`poster`
-        must no longer be called."""
-        if self.closed:
-            self._close_file()
-            return
+        must no longer be called. Idempotent, and undoes a half-made descriptor.
+
+        In a fork()ed child it only drops the child's copies: the file and the
+        notification eventfd stay the parent's."""
         self.closed = True
-        with self._lock:
-            self._q.release()
-            self._b.release()
-            self._mm.close()
-        self._close_file()
-        if self.notification is not None and self._own_notification:
-            self.notification.close()
+        _LIVE.discard(self)
+        if self._in_child:
+            self._unlink = self._own_notification = False  # the parent's, not ours
+            # the child has no other thread: no lock (its copy may be stale)
+            self._usable[0] = False
+            self._unmap()
+            self._close_file()
+        else:
+            # under the lock, so no post is between its check and its flock
+            with self._lock:
+                self._usable[0] = False
+                self._unmap()
+                self._close_file()
+                self._close_notification()
+            return
+        self._close_notification()
+
+    def _close_notification(self) -> None:
+        notification, self.notification = self.notification, None
+        self._nfd = -1
+        if notification is not None and self._own_notification:
+            notification.close()
+
+    def _unmap(self) -> None:
+        self._q.release()
+        self._b.release()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            mm.close()
 
     def __enter__(self) -> PostedDescriptor:
         return self
@@ -319,23 +352,37 @@ class PostedDescriptor:
 
     # -- locking -------------------------------------------------------------
 
-    def _acquire(self) -> None:
-        self._lock.acquire()
-        if self.lock_mode == "file":
+    # Every locked section is ``with self._lock`` around ``flock`` in
+    # try/finally: a KeyboardInterrupt (or any exception) landing anywhere in it
+    # releases both. Unlocking a flock that was not taken is harmless, so the
+    # finally need not know how far the ``try`` got. The notification is
+    # written under the lock right after ON is set, with no call in between
+    # (so no point where a signal handler can run): ON set without its
+    # notification would leave the vCPU asleep for good.
+
+    def _locked(self, body: Callable[..., _T], *args: object) -> _T:
+        """``body(*args)`` under the thread lock and, in file mode, the flock."""
+        with self._lock:
+            self._check_usable()
+            if self.lock_mode != "file":
+                return body(*args)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
-            except BaseException:
-                self._lock.release()
-                raise
+                return body(*args)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _release(self) -> None:
-        if self.lock_mode == "file":
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._lock.release()
+    def _check_usable(self) -> None:
+        if not self._usable[0]:
+            raise self._unusable_error()
 
-    def _notify(self) -> None:
-        if self._nfd >= 0:
-            _write(self._nfd, _ONE)
+    def _unusable_error(self) -> irqbypass.IrqBypassError:
+        if self._in_child:
+            return _forked_error(self._path, self._pid)
+        return irqbypass.IrqBypassError(
+            f"{self!r} is closed; its posters and methods must no longer be called "
+            "(open a new descriptor, or attach again)"
+        )
 
     # -- posting (the device / IOMMU side) -----------------------------------
 
@@ -349,14 +396,7 @@ class PostedDescriptor:
         check_vector(vector)
         if count <= 0:
             return False
-        self._acquire()
-        try:
-            notify = self._post_locked(vector, count, urgent)
-        finally:
-            self._release()
-        if notify:
-            self._notify()
-        return notify
+        return self._locked(self._post_locked, vector, count, urgent)
 
     def _post_locked(self, vector: int, count: int, urgent: bool) -> bool:
         b = self._b
@@ -367,6 +407,9 @@ class PostedDescriptor:
             return False
         b[CONTROL_OFFSET] = control | ON_BIT
         self._q[_NOTIFIED] += 1
+        # written out, not a helper: a signal could land as a helper starts
+        if self._nfd >= 0 and _write(self._nfd, _ONE, 8) < 0:
+            raise _write_error()
         return True
 
     def poster(self, port: Port) -> Callable[[], None]:
@@ -382,22 +425,24 @@ class PostedDescriptor:
         nfd = self._nfd
         write = _write
         one = _ONE
-        acquire = lock.acquire
-        release = lock.release
         control_at = CONTROL_OFFSET
         on_bit = ON_BIT
         notified = _NOTIFIED
+        usable, unusable = self._usable, self._unusable_error
+        self._check_usable()
 
+        # the same discipline as _locked(), written out: this is the hot path
         if self.lock_mode == "file":
             fd = self._fd
             flock = fcntl.flock
             ex, un = fcntl.LOCK_EX, fcntl.LOCK_UN
 
             def post_file_locked() -> None:
-                acquire()
-                try:
-                    flock(fd, ex)
+                with lock:
+                    if not usable[0]:
+                        raise unusable()
                     try:
+                        flock(fd, ex)
                         if port.held:
                             port.held_count += 1
                             return
@@ -408,18 +453,17 @@ class PostedDescriptor:
                             return
                         b[control_at] = control | on_bit
                         q[notified] += 1
+                        if nfd >= 0 and write(nfd, one, 8) < 0:
+                            raise _write_error()
                     finally:
                         flock(fd, un)
-                finally:
-                    release()
-                if nfd >= 0:
-                    write(nfd, one)
 
             return post_file_locked
 
         def post() -> None:
-            acquire()
-            try:
+            with lock:
+                if not usable[0]:
+                    raise unusable()
                 if port.held:
                     port.held_count += 1
                     return
@@ -430,10 +474,8 @@ class PostedDescriptor:
                     return
                 b[control_at] = control | on_bit
                 q[notified] += 1
-            finally:
-                release()
-            if nfd >= 0:
-                write(nfd, one)
+                if nfd >= 0 and write(nfd, one, 8) < 0:
+                    raise _write_error()
 
         return post
 
@@ -442,34 +484,26 @@ class PostedDescriptor:
         how the eventfd relay posts what one read took."""
         if count <= 0:
             return False
-        self._acquire()
-        try:
-            if port.held:
-                port.held_count += count
-                return False
-            notify = self._post_locked(port.vector, count, port.urgent)
-        finally:
-            self._release()
-        if notify:
-            self._notify()
-        return notify
+        return self._locked(self._post_port_locked, port, count)
+
+    def _post_port_locked(self, port: Port, count: int) -> bool:
+        if port.held:
+            port.held_count += count
+            return False
+        return self._post_locked(port.vector, count, port.urgent)
 
     def hold(self, port: Port) -> None:
         """Hold the port's posts (the pair is stopped)."""
-        self._acquire()
-        port.held = True
-        self._release()
+        self._locked(setattr, port, "held", True)
 
     def release_port(self, port: Port) -> int:
         """Stop holding; post what was held (one PIR bit). Returns the count."""
-        self._acquire()
-        try:
-            count, port.held, port.held_count = port.held_count, False, 0
-            notify = count > 0 and self._post_locked(port.vector, count, port.urgent)
-        finally:
-            self._release()
-        if notify:
-            self._notify()
+        return self._locked(self._release_port_locked, port)
+
+    def _release_port_locked(self, port: Port) -> int:
+        count, port.held, port.held_count = port.held_count, False, 0
+        if count > 0:
+            self._post_locked(port.vector, count, port.urgent)
         return count
 
     # -- the vCPU side -------------------------------------------------------
@@ -477,30 +511,31 @@ class PostedDescriptor:
     def sync(self) -> SyncResult:
         """Take PIR into the IRR (Linux ``sync_pir_to_irr``): clear ON first, so
         a post racing this sync notifies again instead of hiding behind ON."""
+        return self._locked(self._sync_locked)
+
+    def _sync_locked(self) -> SyncResult:
         posts: dict[int, int] = {}
-        self._acquire()
-        try:
-            b, q = self._b, self._q
-            b[CONTROL_OFFSET] &= ~ON_BIT & 0xFF
-            vectors = int.from_bytes(b[PIR_OFFSET:PIR_BYTES], "little")
-            q[_SYNCS] += 1
-            if vectors:
-                b[PIR_OFFSET:PIR_BYTES] = _ZERO_PIR
-                bits, total = vectors, 0
-                while bits:
-                    low = bits & -bits
-                    vector = low.bit_length() - 1
-                    bits ^= low
-                    count = q[_PENDING + vector]
-                    q[_PENDING + vector] = 0
-                    q[_DRAINED + vector] += count
-                    posts[vector] = count
-                    total += count
-                q[_VECTORS_DRAINED] += len(posts)
-                q[_POSTS_DRAINED] += total
-                self.irr |= vectors
-        finally:
-            self._release()
+        b, q = self._b, self._q
+        b[CONTROL_OFFSET] &= ~ON_BIT & 0xFF
+        vectors = int.from_bytes(b[PIR_OFFSET:PIR_BYTES], "little")
+        q[_SYNCS] += 1
+        bits = vectors
+        while bits:
+            low = bits & -bits
+            vector = low.bit_length() - 1
+            bits ^= low
+            # one vector at a time, with no call from here to the loop's end,
+            # so a signal (handled at a call or the jump back) finds each vector
+            # either drained whole or untouched: an interrupted sync loses no
+            # post, and the next sync takes the rest
+            count = q[_PENDING + vector]
+            q[_PENDING + vector] = 0
+            q[_DRAINED + vector] += count
+            b[vector >> 3] &= ~(1 << (vector & 7)) & 0xFF
+            self.irr |= low
+            q[_VECTORS_DRAINED] += 1
+            q[_POSTS_DRAINED] += count
+            posts[vector] = count
         return SyncResult(vectors, posts)
 
     def wait(self, timeout: float | None = None) -> int:
@@ -514,6 +549,7 @@ class PostedDescriptor:
     def acknowledge(self) -> int | None:
         """The vCPU takes its highest-priority pending vector out of the IRR
         (as the local APIC does); None when the IRR is empty."""
+        self._check_usable()
         with self._lock:
             if not self.irr:
                 return None
@@ -527,37 +563,34 @@ class PostedDescriptor:
         suppressed meanwhile wake the vCPU (Linux's ``vmx_vcpu_pi_load`` sets ON
         and lets the next VM entry process PIR; here the notification stands in).
         Returns True if it notified."""
-        notify = False
-        self._acquire()
-        try:
-            b = self._b
-            control = b[CONTROL_OFFSET]
-            if suppress:
-                b[CONTROL_OFFSET] = control | SN_BIT
-            else:
-                control &= ~SN_BIT & 0xFF
-                if not control & ON_BIT and any(b[PIR_OFFSET:PIR_BYTES]):
-                    control |= ON_BIT
-                    self._q[_NOTIFIED] += 1
-                    notify = True
-                b[CONTROL_OFFSET] = control
-        finally:
-            self._release()
-        if notify:
-            self._notify()
-        return notify
+        return self._locked(self._set_sn_locked, bool(suppress))
+
+    def _set_sn_locked(self, suppress: bool) -> bool:
+        b = self._b
+        control = b[CONTROL_OFFSET]
+        if suppress:
+            b[CONTROL_OFFSET] = control | SN_BIT
+            return False
+        control &= ~SN_BIT & 0xFF
+        notify = not control & ON_BIT and any(b[PIR_OFFSET:PIR_BYTES])
+        if not notify:
+            b[CONTROL_OFFSET] = control
+            return False
+        b[CONTROL_OFFSET] = control | ON_BIT
+        self._q[_NOTIFIED] += 1
+        if self._nfd >= 0 and _write(self._nfd, _ONE, 8) < 0:
+            raise _write_error()
+        return True
 
     def set_nv(self, nv: int) -> None:
         _check_control(nv, 0)
-        self._acquire()
-        self._b[NV_OFFSET] = nv
-        self._release()
+        self._locked(self._b.__setitem__, NV_OFFSET, nv)
 
     def set_ndst(self, ndst: int) -> None:
         _check_control(0, ndst)
-        self._acquire()
-        self._b[NDST_OFFSET : NDST_OFFSET + 4] = ndst.to_bytes(4, "little")
-        self._release()
+        self._locked(
+            self._b.__setitem__, slice(NDST_OFFSET, NDST_OFFSET + 4), ndst.to_bytes(4, "little")
+        )
 
     # -- looking -------------------------------------------------------------
 
@@ -587,40 +620,34 @@ class PostedDescriptor:
 
     def posted_per_vector(self) -> dict[int, int]:
         """Posts per vector so far (drained and pending), vectors with any."""
-        self._acquire()
-        try:
-            q = self._q
-            counts = {v: q[_DRAINED + v] + q[_PENDING + v] for v in range(256)}
-        finally:
-            self._release()
+        drained, pending = self._locked(self._per_vector_locked)
+        counts = {v: drained[v] + pending[v] for v in range(256)}
         return {v: n for v, n in counts.items() if n}
 
     def drained_per_vector(self) -> dict[int, int]:
-        self._acquire()
-        try:
-            q = self._q
-            counts = {v: q[_DRAINED + v] for v in range(256)}
-        finally:
-            self._release()
-        return {v: n for v, n in counts.items() if n}
+        drained, _ = self._locked(self._per_vector_locked)
+        return {v: n for v, n in enumerate(drained) if n}
+
+    def _per_vector_locked(self) -> tuple[list[int], list[int]]:
+        q = self._q
+        return q[_DRAINED : _DRAINED + 256].tolist(), q[_PENDING : _PENDING + 256].tolist()
 
     def counters(self) -> dict[str, int]:
         """posted, notified, syncs, vectors_drained, posts_drained, pending."""
-        self._acquire()
-        try:
-            q = self._q
-            pending = sum(q[_PENDING : _PENDING + 256])
-            drained = q[_POSTS_DRAINED]
-            return {
-                "posted": drained + pending,
-                "notified": q[_NOTIFIED],
-                "syncs": q[_SYNCS],
-                "vectors_drained": q[_VECTORS_DRAINED],
-                "posts_drained": drained,
-                "pending": pending,
-            }
-        finally:
-            self._release()
+        return self._locked(self._counters_locked)
+
+    def _counters_locked(self) -> dict[str, int]:
+        q = self._q
+        pending = sum(q[_PENDING : _PENDING + 256])
+        drained = q[_POSTS_DRAINED]
+        return {
+            "posted": drained + pending,
+            "notified": q[_NOTIFIED],
+            "syncs": q[_SYNCS],
+            "vectors_drained": q[_VECTORS_DRAINED],
+            "posts_drained": drained,
+            "pending": pending,
+        }
 
 
 def _check_control(nv: int, ndst: int) -> None:
@@ -633,6 +660,29 @@ def _check_control(nv: int, ndst: int) -> None:
             f"notification destination ndst={ndst!r} does not fit its u32; use 0 to 0xffffffff "
             "(the x2APIC ID, or the xAPIC ID shifted left by 8)"
         )
+
+
+def _forked_error(path: str | None, pid: int) -> irqbypass.DeviceError:
+    where = repr(path) if path else "(anonymous)"
+    return irqbypass.DeviceError(
+        f"posted-interrupt descriptor {where} was opened by process {pid} and is used from "
+        f"its fork()ed child {os.getpid()}: the two share its lock (a flock belongs to the open "
+        "file description, which fork shares), so their posts would race and miscount; "
+        "in the child, close this copy and map the file again with "
+        "PostedDescriptor.attach(path) (an anonymous descriptor cannot be shared)"
+    )
+
+
+def _open_file(path: str) -> int:
+    """Open an existing descriptor file (for :meth:`PostedDescriptor.attach`)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise irqbypass.DeviceError(
+            f"cannot open posted-interrupt descriptor {path!r}: {exc.strerror}; "
+            "is the consumer that creates it open, and may this user read it?",
+            errno=exc.errno,
+        ) from exc
 
 
 def _create_file(path: str) -> int:
@@ -655,11 +705,13 @@ def _create_file(path: str) -> int:
     try:
         os.fchmod(fd, 0o600)
         os.ftruncate(fd, MAPPING_SIZE)
-    except OSError as exc:
+    except BaseException as exc:
         os.close(fd)
         os.unlink(path)
-        raise irqbypass.DeviceError(
-            f"cannot size posted-interrupt descriptor file {path!r}: {exc.strerror}",
-            errno=exc.errno,
-        ) from exc
+        if isinstance(exc, OSError):
+            raise irqbypass.DeviceError(
+                f"cannot size posted-interrupt descriptor file {path!r}: {exc.strerror}",
+                errno=exc.errno,
+            ) from exc
+        raise
     return fd
