@@ -137,6 +137,13 @@ class ConfigError(IrqBypassError):
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
 
 
+class EventfdClosedError(IrqBypassError, ValueError):
+    """I/O on an :class:`~irqbypass.Eventfd` that is closed, or was closed while
+    the call waited (EBADF). A ``ValueError`` too, as I/O on a closed file is."""
+
+    errno = _errno.EBADF
+
+
 class TopologyError(IrqBypassError):
     """Applying or tearing down a topology failed; the message names the
     endpoint and the step, ``__cause__`` is the underlying error."""

@@ -15,12 +15,17 @@ import errno
 import os
 import select
 import struct
+import threading
+import time
 import warnings
 from types import TracebackType
 
-from .errors import InvalidEndpointError
+from .errors import EventfdClosedError, InvalidEndpointError
+from .options import show_value as show
 
 _COUNTER = struct.Struct("=Q")
+#: how soon a waiting :meth:`Eventfd.read` notices that the Eventfd was closed
+CLOSE_NOTICE_SECONDS = 0.1
 
 
 def _read_fdinfo(fd: int) -> dict[str, str]:
@@ -42,19 +47,33 @@ class Eventfd:
     Use it as a context manager, or call :meth:`close`. ``write`` adds to the
     counter; ``read`` takes the whole counter (the number of writes since the
     last read for writes of 1), waiting up to ``timeout`` seconds.
+
+    Closing is safe while another thread reads or writes: the fd number stays
+    taken until that call has left it (so it can never read or write an unrelated
+    file that reused the number), and a waiting :meth:`read` notices the close
+    within :data:`CLOSE_NOTICE_SECONDS` and raises :class:`EventfdClosedError`.
     """
 
-    __slots__ = ("__weakref__", "_fd", "_identity", "_owned")
+    __slots__ = ("__weakref__", "_close_later", "_fd", "_guard", "_identity", "_owned", "_users")
+    _fd: int
+    _identity: tuple[str, int]
 
     def __init__(self, initval: int = 0, *, semaphore: bool = False) -> None:
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         if semaphore:
             flags |= os.EFD_SEMAPHORE
-        self._fd: int = -1
-        fd = os.eventfd(initval, flags)
+        self._init_state(-1, owned=True)
+        self._fd = os.eventfd(initval, flags)
+        self._identity = self._kernel_identity(self._fd)
+
+    def _init_state(self, fd: int, *, owned: bool) -> None:
         self._fd = fd
-        self._owned = True
-        self._identity = self._kernel_identity(fd)
+        self._owned = owned
+        self._identity = ("fd", fd)
+        self._guard = threading.Lock()
+        #: calls using the fd right now; close() leaves it open until they are done
+        self._users = 0
+        self._close_later = -1
 
     @classmethod
     def from_fd(cls, fd: int, *, owned: bool = False) -> Eventfd:
@@ -64,6 +83,10 @@ class Eventfd:
         caller keeps owning it. The fd must be an eventfd; anything else is
         refused with EINVAL (EBADF for a closed fd).
         """
+        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+            raise InvalidEndpointError(
+                f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
+            )
         try:
             os.fstat(fd)
         except OSError as exc:
@@ -71,13 +94,16 @@ class Eventfd:
                 f"fd {fd} is not open ({exc.strerror}); pass an open eventfd",
                 errno=errno.EBADF,
             ) from exc
+        except OverflowError as exc:
+            raise InvalidEndpointError(
+                f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
+            ) from exc
         if "eventfd-count" not in _read_fdinfo(fd):
             raise InvalidEndpointError(
                 f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
             )
         self = cls.__new__(cls)
-        self._fd = fd
-        self._owned = owned
+        self._init_state(fd, owned=bool(owned))
         self._identity = cls._kernel_identity(fd)
         return self
 
@@ -103,41 +129,125 @@ class Eventfd:
         return self._owned
 
     def fileno(self) -> int:
-        if self._fd < 0:
-            raise ValueError("I/O operation on a closed Eventfd")
-        return self._fd
+        """The fd number; valid only until :meth:`close` (do not keep it)."""
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        return fd
+
+    def _closed_error(self, during: str = "") -> EventfdClosedError:
+        kind, value = self._identity
+        return EventfdClosedError(
+            f"I/O operation on a closed Eventfd ({kind} {value}){during}; "
+            "close a token only after every endpoint using it is closed"
+        )
+
+    # The fd is borrowed for the length of each call: ``_users`` counts the
+    # calls inside, and close() leaves the number taken until the last is out.
+    # Between the increment and ``inside = True`` (and in the decrement) no
+    # call is made, so no signal handler can run there and the count is exact.
 
     def write(self, value: int = 1) -> None:
         """Add ``value`` to the counter: signal the interrupt ``value`` times."""
-        os.write(self.fileno(), _COUNTER.pack(value))
+        guard, inside = self._guard, False
+        try:
+            with guard:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                self._users += 1
+                inside = True
+            os.write(fd, _COUNTER.pack(value))
+        finally:
+            if inside:
+                with guard:
+                    self._users -= 1
+                    later = self._close_later if self._users == 0 else -1
+                    if later >= 0:
+                        self._close_later = -1
+                        os.close(later)
 
     def read(self, timeout: float | None = None) -> int:
         """Take the counter, waiting up to ``timeout`` seconds (None: forever).
 
-        Returns 0 when nothing arrived in time.
+        Returns 0 when nothing arrived in time; raises
+        :class:`EventfdClosedError` if the Eventfd is (or gets) closed.
         """
-        fd = self.fileno()
+        guard, inside = self._guard, False
+        try:
+            with guard:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                self._users += 1
+                inside = True
+            return self._read(fd, timeout)
+        finally:
+            if inside:
+                with guard:
+                    self._users -= 1
+                    later = self._close_later if self._users == 0 else -1
+                    if later >= 0:
+                        self._close_later = -1
+                        os.close(later)
+
+    def _read(self, fd: int, timeout: float | None) -> int:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        wait_ms = None if timeout is None else max(0, int(timeout * 1000))
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
-            if not poller.poll(wait_ms):
+            wait = CLOSE_NOTICE_SECONDS
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            ready = poller.poll(int(wait * 1000))
+            if self._fd < 0:
+                raise self._closed_error(" while a read waited on it")
+            if ready:
+                try:
+                    value: int = _COUNTER.unpack(os.read(fd, 8))[0]
+                    return value
+                except BlockingIOError:
+                    pass  # another reader took it
+            if deadline is not None and time.monotonic() >= deadline:
                 return 0
-            try:
-                value: int = _COUNTER.unpack(os.read(fd, 8))[0]
-                return value
-            except BlockingIOError:
-                if wait_ms == 0:
-                    return 0
 
     def dup(self) -> Eventfd:
         """A new owned fd for the same eventfd (the same token)."""
-        return Eventfd.from_fd(os.dup(self.fileno()), owned=True)
+        guard, inside = self._guard, False
+        try:
+            with guard:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                self._users += 1
+                inside = True
+            return Eventfd._adopt(os.dup(fd))
+        finally:
+            if inside:
+                with guard:
+                    self._users -= 1
+                    later = self._close_later if self._users == 0 else -1
+                    if later >= 0:
+                        self._close_later = -1
+                        os.close(later)
+
+    @classmethod
+    def _adopt(cls, fd: int) -> Eventfd:
+        self = cls.__new__(cls)
+        self._init_state(fd, owned=True)
+        self._identity = cls._kernel_identity(fd)
+        return self
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0 and self._owned:
-            os.close(fd)
+        """Close (idempotent). A call still using the fd keeps the number
+        until it returns; a waiting read raises EventfdClosedError."""
+        with self._guard:
+            fd, self._fd = self._fd, -1
+            if fd >= 0 and self._owned:
+                if self._users:
+                    self._close_later = fd
+                else:
+                    os.close(fd)
 
     def __enter__(self) -> Eventfd:
         return self
@@ -151,16 +261,29 @@ class Eventfd:
         self.close()
 
     def __del__(self) -> None:
+        later = getattr(self, "_close_later", -1)
+        if later >= 0:  # a call was interrupted before it could close it
+            self._close_later = -1
+            os.close(later)
         if getattr(self, "_fd", -1) >= 0 and getattr(self, "_owned", False):
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
             self.close()
 
     def __eq__(self, other: object) -> bool:
+        """The same kernel eventfd. A closed Eventfd equals only itself: the
+        kernel reuses eventfd-ids and fd numbers, so its identity may already
+        name an unrelated new eventfd."""
+        if self is other:
+            return True
         if not isinstance(other, Eventfd):
             return NotImplemented
+        if self._fd < 0 or other._fd < 0:
+            return False
         return self._identity == other._identity
 
     def __hash__(self) -> int:
+        # stable across close(), so a closed token can still be found (by
+        # identity) and removed where it is a key
         return hash(self._identity)
 
     def __repr__(self) -> str:

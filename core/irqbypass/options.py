@@ -111,12 +111,16 @@ class Options:
 
 def show_value(value: object, limit: int = 80) -> str:
     """``repr(value)`` fit for an error message: an integer too long to print
-    (str() refuses more than 4300 digits) is described by its size, and a long
-    value is shortened, so a hostile file cannot make the message fail or huge."""
+    (str() refuses more than 4300 digits) is described by its size, a value whose
+    repr() raises by its type, and a long value is shortened, so a hostile file
+    or object cannot make the message fail or huge."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         sign = "-" if value < 0 else ""
         return f"{sign}<an integer of {value.bit_length()} bits>"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # a hostile object: its repr must not hide the real error
+        text = f"<{type(value).__name__} object whose repr() fails>"
     return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]}"
 
 

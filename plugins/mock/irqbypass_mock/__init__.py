@@ -7,6 +7,7 @@ through that instead, as hardware posting bypasses the host.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -14,6 +15,8 @@ from collections.abc import Callable, Hashable, Mapping
 import irqbypass
 
 __all__ = ["MockProducer", "irqbypass_register_kinds"]
+
+log = logging.getLogger("irqbypass.mock")
 
 UNLIMITED = -1
 
@@ -62,6 +65,9 @@ class MockProducer(irqbypass.Producer):
         self._scheduled = 0
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        #: interrupts that could not be signalled because the token was closed
+        self._token_lost = 0
+        self._gave_up = False
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> MockProducer:
@@ -96,6 +102,8 @@ class MockProducer(irqbypass.Producer):
         else:
             self._eventfd, self._own_eventfd = irqbypass.Eventfd(), True
         self._closing.clear()
+        self._token_lost = 0
+        self._gave_up = False
         if self.count != 0:
             self._thread = threading.Thread(
                 target=self._run, name=f"irqbypass-mock-{self.name}", daemon=True
@@ -133,7 +141,13 @@ class MockProducer(irqbypass.Producer):
                 direct()
             self._via_direct += n
         elif self._eventfd is not None:
-            self._eventfd.write(n)
+            try:
+                self._eventfd.write(n)
+            except irqbypass.EventfdClosedError as exc:
+                self._token_lost += n
+                raise irqbypass.EventfdClosedError(
+                    f"mock producer {self.name!r}: cannot signal its token: {exc}"
+                ) from exc
             self._via_eventfd += n
 
     def _run(self) -> None:
@@ -151,7 +165,16 @@ class MockProducer(irqbypass.Producer):
             )
             if remaining <= 0:
                 return
-            self.fire(remaining)
+            try:
+                self.fire(remaining)
+            except irqbypass.EventfdClosedError:
+                log.error(
+                    "mock producer %r: its token eventfd was closed while the producer was "
+                    "open; it stops firing (close endpoints before their token)",
+                    self.name,
+                )
+                self._gave_up = True
+                return
             # counted after the fire, so `finished` never runs ahead of `fired`
             self._scheduled += remaining
             if period:
@@ -162,16 +185,20 @@ class MockProducer(irqbypass.Producer):
 
     @property
     def finished(self) -> bool:
-        return self.count != UNLIMITED and self._scheduled >= self.count
+        """Fired the whole count, or gave up (its token was closed)."""
+        return self._gave_up or (self.count != UNLIMITED and self._scheduled >= self.count)
 
     def stats(self) -> Mapping[str, int]:
         with self._lock:
-            return {
+            stats = {
                 "fired": self._fired,
                 "direct": self._via_direct,
                 "eventfd": self._via_eventfd,
                 "pending": self._pending,
             }
+            if self._token_lost:
+                stats["token_lost"] = self._token_lost
+            return stats
 
     # -- the bypass callbacks ----------------------------------------------
 

@@ -8,6 +8,7 @@ thread plays the vCPU: it waits for notifications and syncs PIR into its IRR.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Hashable, Mapping
 
@@ -20,6 +21,8 @@ __all__ = ["DEFAULT_NV", "PostedInterruptConsumer"]
 #: Linux's POSTED_INTR_VECTOR: the notification vector KVM programs into NV.
 DEFAULT_NV = 0xF2
 _POLL_SECONDS = 0.05
+
+log = logging.getLogger("irqbypass.posted")
 
 
 class PostedInterruptConsumer(irqbypass.Consumer):
@@ -89,6 +92,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         self._drain_stop = threading.Event()
         self._relayed = 0
         self._early = 0
+        self._token_closed = False
         self._last: dict[str, int] = {}
 
     @classmethod
@@ -131,6 +135,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         with self._lock:
             self.descriptor = descriptor
             self._relayed = self._early = 0
+            self._token_closed = False
             partner = self._partner
         try:
             if self.drain:
@@ -244,7 +249,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             self._direct = True
             # what the producer signalled before it switched (KVM's irqfd also
             # injects an event pending at assignment)
-            early = self._read_token(0)
+            try:
+                early = self._read_token(0)
+            except irqbypass.EventfdClosedError:
+                early = 0  # nothing can be pending on a closed token
             if early:
                 self._early += early
                 descriptor.post_port(port, early)
@@ -284,21 +292,29 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     def _read_token(self, timeout: float) -> int:
         token = self.token
-        if isinstance(token, irqbypass.Eventfd) and not token.closed:
+        if isinstance(token, irqbypass.Eventfd) and not self._token_closed:
             return token.read(timeout)
         return 0
 
     def _relay_loop(self, descriptor: PostedDescriptor, port: Port) -> None:
         """The host thread of the eventfd path: read, post."""
-        while not self._relay_stop.is_set():
-            count = self._read_token(_POLL_SECONDS)
+        try:
+            while not self._relay_stop.is_set():
+                count = self._read_token(_POLL_SECONDS)
+                if count:
+                    self._relayed += count
+                    descriptor.post_port(port, count)
+            count = self._read_token(0)  # what came before the producer was detached
             if count:
                 self._relayed += count
                 descriptor.post_port(port, count)
-        count = self._read_token(0)  # what came before the producer was detached
-        if count:
-            self._relayed += count
-            descriptor.post_port(port, count)
+        except irqbypass.EventfdClosedError:
+            self._token_closed = True
+            log.error(
+                "posted-interrupt consumer %r: its token eventfd was closed while the pair "
+                "was open; the relay stops (close endpoints before their token)",
+                self.name,
+            )
 
     # -- looking -----------------------------------------------------------
 
@@ -315,6 +331,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             "held": port.held_count if port is not None else 0,
             "relayed": self._relayed,
             "early": self._early,
+            **({"token_closed": 1} if self._token_closed else {}),
         }
 
     def stats(self) -> Mapping[str, int]:

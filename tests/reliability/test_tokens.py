@@ -1,0 +1,196 @@
+"""The life of tokens and fds: closed eventfds, reused numbers, fork().
+
+The kernel reuses both eventfd-ids and fd numbers as soon as they are free, so
+anything that keeps using a closed token's number may be using an unrelated
+eventfd (or file) by then. These tests make the reuse happen on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import irqbypass
+import pytest
+from irqbypass_logging import LoggingConsumer
+from irqbypass_mock import MockProducer
+from irqbypass_posted import PostedInterruptConsumer
+from rel_support import COUNTERS
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+GUARD_SECONDS = 60.0  # a hang guard, never a speed limit
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GUARD_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"hang guard: {what}"
+        time.sleep(0.005)
+
+
+def _recycled(old: irqbypass.Eventfd) -> irqbypass.Eventfd:
+    """A new eventfd with the closed ``old``'s kernel identity (ids are reused
+    lowest-first, so the next one made usually gets it; try a few)."""
+    spare = []
+    try:
+        for _ in range(64):
+            new = irqbypass.Eventfd()
+            if new._identity == old._identity:
+                return new
+            spare.append(new)
+    finally:
+        for eventfd in spare:
+            eventfd.close()
+    pytest.skip("the kernel did not reuse the eventfd identity within 64 tries")
+
+
+# -- item 5: a closed Eventfd is no longer the token it was ----------------------
+
+
+def test_closed_eventfd_never_equals_the_new_one_that_reuses_its_id() -> None:
+    """Issue 13 item 5: a closed Eventfd kept its identity, and the kernel hands
+    the freed eventfd-id (or fd number) to the next eventfd, so the two compared
+    equal and a consumer on the fresh one paired with a producer on the closed."""
+    old = irqbypass.Eventfd()
+    old.close()
+    new = _recycled(old)
+    with new:
+        assert old != new and new != old
+        assert old == old and hash(old) == hash(new)  # same hash is allowed, not equality
+        mgr = irqbypass.Manager()
+        producer = MockProducer(token=old, count=0, name="stale")
+        consumer = LoggingConsumer(token=new, name="fresh")
+        mgr.register_producer(producer)
+        mgr.register_consumer(consumer)
+        assert producer.consumer is None and consumer.producer is None, "paired across eventfds"
+        assert mgr.find_producer(new) is None
+        # the closed token is still found by itself, so it can be unregistered
+        assert mgr.find_producer(old) is producer
+        assert mgr.unregister_producer(producer) and mgr.unregister_consumer(consumer)
+
+
+def test_open_duplicates_still_pair() -> None:
+    """The fix keeps what identity is for: two open fds of one eventfd pair."""
+    with irqbypass.Eventfd() as token, token.dup() as twin:
+        if token.kernel_id is None:
+            pytest.skip("no eventfd-id on this kernel: dups are different tokens")
+        assert token == twin
+        mgr = irqbypass.Manager()
+        producer = MockProducer(token=token, count=0)
+        consumer = LoggingConsumer(token=twin)
+        mgr.register_producer(producer)
+        mgr.register_consumer(consumer)
+        assert producer.consumer is consumer
+        mgr.unregister_consumer(consumer)
+        mgr.unregister_producer(producer)
+
+
+# -- item 6: closing a token under open endpoints ---------------------------------
+
+
+def test_eventfd_close_during_a_read_never_reads_a_reused_fd_number() -> None:
+    """Issue 13 item 6, in the core: `read` kept the fd number across its poll,
+    so a close from another thread let it poll (and read) whatever eventfd got
+    that number next, or die with EBADF. Now the number stays taken until the
+    read is out, and the read raises EventfdClosedError."""
+    token = irqbypass.Eventfd()
+    number = token.fileno()
+    outcome: list[BaseException | int] = []
+    started = threading.Event()
+
+    def reader() -> None:
+        started.set()
+        try:
+            outcome.append(token.read(None))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    started.wait(GUARD_SECONDS)
+    time.sleep(0.02)  # let it reach its poll (any moment is fine)
+    token.close()
+    with irqbypass.Eventfd() as other:
+        assert other.fileno() != number or not thread.is_alive(), (
+            "the closed number was handed out while a read still used it"
+        )
+        other.write(5)
+        thread.join(GUARD_SECONDS)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], irqbypass.EventfdClosedError), outcome
+        assert outcome[0].errno == 9  # EBADF
+        assert other.read(0) == 5, "the closed token's reader took another eventfd's count"
+    with pytest.raises(irqbypass.EventfdClosedError, match="closed"):
+        token.read(0)
+    with pytest.raises(ValueError):  # still a ValueError, as I/O on a closed file is
+        token.write(1)
+
+
+def _pair(kind: str, token: irqbypass.Eventfd) -> tuple[irqbypass.Producer, irqbypass.Consumer]:
+    if kind == "mock-eventfd->logging":
+        return MockProducer(token=token, rate=2000, count=-1, name="src"), LoggingConsumer(
+            token=token, name="sink"
+        )
+    # a producer that declines the direct path: the posted consumer relays the eventfd
+    producer = MockProducer(token=token, rate=2000, count=-1, name="src")
+    producer.offer_direct_path = lambda deliver: False  # type: ignore[method-assign]
+    return producer, PostedInterruptConsumer(token=token, name="sink", drain=True)
+
+
+@pytest.mark.parametrize("kind", ["mock-eventfd->logging", "mock-eventfd->posted-relay"])
+def test_token_closed_under_an_open_pair_is_reported_and_reads_nothing_else(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 item 6: with the token closed under an open pair, the mock's and
+    logging's threads died with EBADF or spun at 100% CPU, and once the fd number
+    was reused the reader consumed an unrelated eventfd's interrupts (30 of 30
+    runs). Now each side reports it by name and stops; nothing reads or writes
+    the reused number."""
+    token = irqbypass.Eventfd()
+    producer, consumer = _pair(kind, token)
+    mgr = irqbypass.Manager()
+    with caplog.at_level(logging.ERROR):
+        consumer.open()
+        producer.open()
+        try:
+            mgr.register_consumer(consumer)
+            mgr.register_producer(producer)
+            _until(lambda: consumer.stats()["delivered"] > 10, "delivery starts")
+            token.close()
+            with irqbypass.Eventfd() as unrelated:  # most likely the same fd number
+                unrelated.write(7)
+                _until(lambda: producer.finished, "the producer gives up")
+                _until(lambda: consumer.stats().get("token_closed") == 1, "the consumer reports")
+                time.sleep(0.2)  # a spinning or misreading thread would show by now
+                assert unrelated.read(0) == 7, "a closed token's reader took another eventfd's"
+                threads = {t.name: t for t in threading.enumerate()}
+                reader = threads.get("irqbypass-logging-sink") or threads.get(
+                    "irqbypass-posted-relay-sink"
+                )
+                assert reader is None, f"{reader} still runs (spinning?) after its token closed"
+            mgr.unregister_producer(producer)
+            mgr.unregister_consumer(consumer)
+        finally:
+            producer.close()
+            consumer.close()
+    assert producer.stats()["token_lost"] >= 1
+    messages = "\n".join(caplog.messages)
+    assert "mock producer 'src': its token eventfd was closed" in messages
+    assert "consumer 'sink': its token eventfd was closed" in messages
+    COUNTERS["tokens: closed-under-pair runs"] += 1
+
+
+def test_mock_fire_on_a_closed_token_names_the_producer() -> None:
+    token = irqbypass.Eventfd()
+    producer = MockProducer(token=token, count=0, name="dev0")
+    producer.open()
+    try:
+        token.close()
+        with pytest.raises(irqbypass.EventfdClosedError, match="mock producer 'dev0'"):
+            producer.fire()
+        assert producer.stats()["token_lost"] == 1
+    finally:
+        producer.close()
