@@ -202,8 +202,11 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             except KeyboardInterrupt as exc:
                 stopped_by = getattr(exc, "signum", signal.SIGINT)
             summary = [_row_dict(row) for row in topology.status()]
-        finally:
-            topology.teardown()
+        except BaseException:
+            _report_teardown(topology)
+            raise
+        # a teardown error is reported after the summary, never instead of it
+        teardown_error = _teardown(topology)
     if args.json:
         doc = {
             "file": config.file,
@@ -214,10 +217,28 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_summary(summary, out)
+    if teardown_error is not None:
+        _error(str(teardown_error))
     if stopped_by is not None:
         _error(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
         return 128 + stopped_by
-    return 0
+    return 0 if teardown_error is None else 1
+
+
+def _teardown(topology: Topology) -> IrqBypassError | None:
+    """Tear down; the error, if a step failed (every step is still attempted)."""
+    try:
+        topology.teardown()
+    except IrqBypassError as exc:
+        return exc
+    return None
+
+
+def _report_teardown(topology: Topology) -> None:
+    """Tear down while another error is on its way out: say what failed."""
+    error = _teardown(topology)
+    if error is not None:
+        _error(str(error))
 
 
 class _Terminated(KeyboardInterrupt):

@@ -5,10 +5,18 @@ every interrupt read from its eventfd is logged through stdlib ``logging``
 (logger ``irqbypass.logging.<name>``) and, optionally, as JSON lines to a file
 created with mode 0600 (a symbolic link there is refused). It counts what it
 received.
+
+Over a long run it keeps only the last :data:`EVENTS_KEPT` event names in
+memory. A ``json_file`` write error (a full disk, say) is logged once by name;
+counting goes on, the file is given up, and ``close()`` reports how many records
+were lost once everything else is closed. A token closed under an open consumer
+is reported and stops the reader (it never reads an fd number reused since).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import json
 import logging
@@ -23,6 +31,8 @@ import irqbypass
 __all__ = ["LoggingConsumer", "irqbypass_register_kinds"]
 
 _POLL_SECONDS = 0.05
+#: how many of the latest event names ``LoggingConsumer.events`` keeps
+EVENTS_KEPT = 1000
 
 
 class LoggingConsumer(irqbypass.Consumer):
@@ -51,13 +61,18 @@ class LoggingConsumer(irqbypass.Consumer):
         self.json_file = json_file
         self.log = logging.getLogger(f"irqbypass.logging.{self.name}")
         self._lock = threading.Lock()
+        self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
         self._eventfd: irqbypass.Eventfd | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._delivered = 0
         self._reads = 0
-        self.events: list[str] = []
+        self._events: collections.deque[str] = collections.deque(maxlen=EVENTS_KEPT)
+        #: records not written to json_file since it failed, and the first failure
+        self._json_lost = 0
+        self._json_error: OSError | None = None
+        self._token_closed = False
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> LoggingConsumer:
@@ -72,14 +87,41 @@ class LoggingConsumer(irqbypass.Consumer):
         opts.finish()
         return consumer
 
+    @property
+    def events(self) -> list[str]:
+        """The latest event names, oldest first (at most :data:`EVENTS_KEPT`)."""
+        return list(self._events)
+
     def _event(self, event: str, **fields: Any) -> None:
-        self.events.append(event)
+        self._events.append(event)
         detail = "".join(f" {k}={v}" for k, v in fields.items())
         self.log.log(self.level, "%s %s%s", self.name, event, detail)
-        if self._json is not None:
-            record = {"time": time.time(), "consumer": self.name, "event": event, **fields}
-            self._json.write(json.dumps(record, default=str) + "\n")
-            self._json.flush()
+        with self._json_lock:  # the reader thread and the manager's callbacks both write
+            if self._json_error is not None:
+                self._json_lost += 1
+            elif self._json is not None:
+                record = {"time": time.time(), "consumer": self.name, "event": event, **fields}
+                try:
+                    self._json.write(json.dumps(record, default=str) + "\n")
+                    self._json.flush()
+                except OSError as exc:
+                    self._json_failed(exc)
+
+    def _json_failed(self, exc: OSError) -> None:
+        """Give the file up (the record being written counts as lost) and say so once."""
+        self._json_error, self._json_lost = exc, self._json_lost + 1
+        json_file, self._json = self._json, None
+        if json_file is not None:
+            # what was still buffered is counted as lost already
+            with contextlib.suppress(OSError):
+                json_file.close()
+        self.log.error(
+            "logging consumer %r: writing json_file %r failed (%s); interrupts are still "
+            "counted, further records are not written",
+            self.name,
+            self.json_file,
+            exc.strerror or exc,
+        )
 
     # -- the device side ---------------------------------------------------
 
@@ -97,6 +139,7 @@ class LoggingConsumer(irqbypass.Consumer):
             )
         if self.json_file is not None:
             self._json = self._open_json(self.json_file)
+        self._json_error, self._json_lost, self._token_closed = None, 0, False
         self._eventfd = self.token
         self._closing.clear()
         self._event("open")
@@ -122,25 +165,54 @@ class LoggingConsumer(irqbypass.Consumer):
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def close(self) -> None:
+        """Stop the reader, take what is left, close the file; then raise a
+        DeviceError if json_file records were lost."""
         if self._thread is None:
             return
         self._closing.set()
         self._thread.join()
         self._thread = None
-        self._drain(0)
+        try:
+            self._drain(0)
+        except irqbypass.EventfdClosedError:
+            self._report_token_closed()
         self._event("close", delivered=self._delivered)
         self._eventfd = None
         if self._json is not None:
-            self._json.close()
-            self._json = None
+            json_file, self._json = self._json, None
+            try:
+                json_file.close()
+            except OSError as exc:
+                self._json_error, self._json_lost = exc, self._json_lost + 1
+        if self._json_error is not None:
+            error = self._json_error
+            raise irqbypass.DeviceError(
+                f"logging consumer {self.name!r}: {self._json_lost} records were not written to "
+                f"json_file {self.json_file!r} ({error.strerror or error}); every interrupt was "
+                "still counted; free space or pick another file",
+                errno=error.errno,
+            ) from error
 
     def _run(self) -> None:
-        while not self._closing.is_set():
-            self._drain(_POLL_SECONDS)
+        try:
+            while not self._closing.is_set():
+                self._drain(_POLL_SECONDS)
+        except irqbypass.EventfdClosedError:
+            self._report_token_closed()
+
+    def _report_token_closed(self) -> None:
+        if self._token_closed:
+            return
+        self._token_closed = True
+        self.log.error(
+            "logging consumer %r: its token eventfd was closed while the consumer was open; "
+            "it stops reading (close endpoints before their token)",
+            self.name,
+        )
 
     def _drain(self, timeout: float) -> None:
         eventfd = self._eventfd
-        if eventfd is None or eventfd.closed:
+        if eventfd is None or self._token_closed:
             return
         count = eventfd.read(timeout)
         if count:
@@ -151,7 +223,12 @@ class LoggingConsumer(irqbypass.Consumer):
 
     def stats(self) -> Mapping[str, int]:
         with self._lock:
-            return {"delivered": self._delivered, "reads": self._reads}
+            stats = {"delivered": self._delivered, "reads": self._reads}
+        if self._json_error is not None:
+            stats["json_lost"] = self._json_lost
+        if self._token_closed:
+            stats["token_closed"] = 1
+        return stats
 
     # -- the bypass callbacks ----------------------------------------------
 
