@@ -59,9 +59,11 @@ class BlkDriver:
     def in_flight(self) -> int:
         return self.slots - len(self._free)
 
-    def queue(self, n: int = 1, *, kind: int = VIRTIO_BLK_T_GET_ID, sector: int = 0) -> int:
+    def queue(
+        self, n: int = 1, *, kind: int = VIRTIO_BLK_T_GET_ID, sector: int = 0, publish: bool = True
+    ) -> int:
         """Add up to ``n`` requests (as many as there are free slots) and
-        publish them; returns how many. The caller kicks."""
+        publish them (unless not ``publish``); returns how many. The caller kicks."""
         view = self.memory.view
         count = 0
         while count < n and self._free:
@@ -73,9 +75,9 @@ class BlkDriver:
             view[off + 16 + length] = 0xFF  # the device overwrites it with the status
             self.ring.add(2 * slot, [(base, 16, False), (base + 16, length + 1, True)])
             count += 1
-        if count:
+        if count and publish:
             self.ring.publish()
-            self.submitted += count
+        self.submitted += count
         return count
 
     def reap(self) -> int:

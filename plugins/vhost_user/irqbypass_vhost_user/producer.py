@@ -140,6 +140,7 @@ class VhostUserProducer(irqbypass.Producer):
         self._hold = irqbypass.HoldingEventfd()
         self._bound: str | None = None  # "token", "hold" or None
         self._stopped = False
+        self._quiet = False  # stopped with an idle owned ring: publishing deferred
         self._feeder: threading.Thread | None = None
         self._closing = threading.Event()
         #: the first error that made the back-end unusable, said as an error says it
@@ -150,7 +151,17 @@ class VhostUserProducer(irqbypass.Producer):
         #: what the drivers of earlier opens completed
         self._past = {"completed": 0, "failed": 0}
         self._counts = dict.fromkeys(
-            ("kicks", "phantom", "absorbed", "quiesces", "backend_lost", "opens"), 0
+            (
+                "kicks",
+                "phantom",
+                "absorbed",
+                "quiesces",
+                "swaps",
+                "deferred",
+                "backend_lost",
+                "opens",
+            ),
+            0,
         )
 
     @classmethod
@@ -428,6 +439,7 @@ class VhostUserProducer(irqbypass.Producer):
         self._hold.replay(self.token)
         self._hold.close()
         self._bound = None
+        self._quiet = False
         if conn is not None and conn is not self._given:
             conn.close()
         self._conn = None
@@ -486,8 +498,13 @@ class VhostUserProducer(irqbypass.Producer):
     # -- quiesce -----------------------------------------------------------
 
     def stop(self) -> None:
-        """Swap the call to the holding eventfd (synchronously). A back-end
-        that is gone cannot signal: then this only records the state."""
+        """Quiesce: no signal reaches the token until :meth:`start`.
+
+        On a ring this producer owns that has nothing in flight, nothing can
+        complete: it only defers what :meth:`submit` publishes (no message,
+        so no back-end kick). Otherwise the call is swapped to the holding
+        eventfd, synchronously. A back-end that is gone cannot signal: then
+        this only records the state."""
         with self._lock:
             if self._stopped:
                 return
@@ -495,19 +512,28 @@ class VhostUserProducer(irqbypass.Producer):
             if self._conn is None or self.problem is not None:
                 return
             self._counts["quiesces"] += 1
+            if self.ring is not None and self.ring.in_flight == 0:
+                self._quiet = True
+                return
+            self._counts["swaps"] += 1
             try:
                 self._bind("hold")
             except BackendGoneError as exc:
                 self._lost(exc)
 
     def start(self) -> None:
-        """Swap the call back to the token, then replay what was held; the
-        back-end's kick on the token stands in for the first held one."""
+        """Publish what was deferred, or swap the call back to the token and
+        replay what was held (the back-end's kick on the token stands in for
+        the first held one)."""
         with self._lock:
             if not self._stopped:
                 return
             self._stopped = False
             if self._conn is None:
+                return
+            if self._quiet:
+                self._quiet = False
+                self._publish()
                 return
             kicked = False
             try:
@@ -518,6 +544,13 @@ class VhostUserProducer(irqbypass.Producer):
                 self._lost(exc)
             finally:
                 self._replay(kicked)
+
+    def _publish(self) -> None:
+        ring, kick = self.ring, self._kick_fd
+        if ring is not None and kick is not None and ring.unpublished:
+            self._counts["deferred"] += ring.unpublished
+            ring.publish()
+            kick.write()
 
     def _replay(self, kicked: bool) -> None:
         if kicked:
@@ -541,8 +574,8 @@ class VhostUserProducer(irqbypass.Producer):
                     "submit needs an open producer that owns its connection (socket or spawn)",
                     errno.ENOTCONN,
                 )
-            queued = self.driver.queue(n)
-            if queued:
+            queued = self.driver.queue(n, publish=not self._quiet)
+            if queued and not self._quiet:
                 self._kick_fd.write()
             return queued
 
@@ -587,7 +620,9 @@ class VhostUserProducer(irqbypass.Producer):
     # -- status --------------------------------------------------------------
 
     def stats(self) -> Mapping[str, int]:
-        """``held``/``replayed``: completions signalled while stopped and passed
+        """``quiesces``: stops, ``swaps`` those that moved the call to the
+        holding eventfd, ``deferred`` requests published only at start (an idle
+        owned ring); ``held``/``replayed``: completions signalled while stopped and passed
         on at start (a held one the back-end's kick stood in for counts as
         ``absorbed``, in both); ``kicks``: the back-end's signals on each new
         call fd; ``phantom``: those that reached the token with no completion

@@ -175,10 +175,18 @@ class SplitRing:
         return done
 
     @property
+    def unpublished(self) -> int:
+        """Chains added but not yet published."""
+        return (self.avail_idx - self._published()) & 0xFFFF
+
+    def _published(self) -> int:
+        idx: int = _U16.unpack_from(self.memory.view, self._off(self.avail_gpa) + 2)[0]
+        return idx
+
+    @property
     def in_flight(self) -> int:
         """Chains published and not yet in the used ring."""
-        published: int = _U16.unpack_from(self.memory.view, self._off(self.avail_gpa) + 2)[0]
-        return (published - self.device_used_idx()) & 0xFFFF
+        return (self._published() - self.device_used_idx()) & 0xFFFF
 
 
 def _align(value: int, to: int) -> int:
