@@ -63,7 +63,8 @@ class VhostUserProducer(irqbypass.Producer):
     the back-end signals each new call fd once (None: find out when owning the
     connection, assume so, as libvhost-user does, on a handed one).
     ``requests`` > 0 makes the producer itself queue that many virtio-blk
-    requests at ``rate`` per second (the demo's load). Every wait on the
+    requests, one at a time at ``rate`` per second, after ``delay`` seconds
+    (the demo's load: the delay lets a topology pair it first). Every wait on the
     back-end is bounded by ``timeout`` seconds. Constructing only validates.
     """
 
@@ -84,6 +85,7 @@ class VhostUserProducer(irqbypass.Producer):
         kicks_on_set_call: bool | None = None,
         requests: int = 0,
         rate: float = 100.0,
+        delay: float = 0.0,
         drain_timeout: float = 5.0,
     ) -> None:
         q = queue if queue is not None else (irq if irq is not None else 0)
@@ -112,9 +114,9 @@ class VhostUserProducer(irqbypass.Producer):
                 f"{what}: requests and memory need a connection this producer owns (socket or "
                 "spawn); on a handed connection the VMM owns the rings"
             )
-        if not timeout > 0 or not drain_timeout >= 0 or requests < 0 or not rate > 0:
+        if not timeout > 0 or not drain_timeout >= 0 or requests < 0 or not rate > 0 or delay < 0:
             raise irqbypass.InvalidEndpointError(
-                f"{what}: timeout and rate must be > 0, drain_timeout and requests >= 0"
+                f"{what}: timeout and rate must be > 0, drain_timeout, requests and delay >= 0"
             )
         self.queue = q
         self.socket_path = socket
@@ -124,6 +126,7 @@ class VhostUserProducer(irqbypass.Producer):
         self.reply_ack = reply_ack
         self.requests = requests
         self.rate = rate
+        self.delay = delay
         self.drain_timeout = drain_timeout
         self._given = connection
         self._given_memory = memory
@@ -189,6 +192,7 @@ class VhostUserProducer(irqbypass.Producer):
             raise opts.error("kicks_on_set_call", f"expected true or false, got {kicks!r}")
         requests = opts.get_int("requests", 0, min=0)
         rate = opts.get_float("rate", 100.0, min=0.001)
+        delay = opts.get_float("delay", 0.0, min=0.0)
         if fd is not None and requests:
             raise opts.error("requests", "needs a connection this producer owns (socket or spawn)")
         opts.finish()
@@ -206,6 +210,7 @@ class VhostUserProducer(irqbypass.Producer):
             kicks_on_set_call=kicks,
             requests=requests,
             rate=rate,
+            delay=delay,
         )
 
     # -- naming and errors -------------------------------------------------
@@ -591,6 +596,8 @@ class VhostUserProducer(irqbypass.Producer):
 
     def _feed(self) -> None:
         interval = 1.0 / self.rate
+        if self._closing.wait(self.delay):
+            return
         while not self._closing.is_set():
             with self._lock:
                 driver = self.driver
