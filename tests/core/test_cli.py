@@ -65,7 +65,7 @@ def test_duration_bounds_an_endless_producer(tmp_path: Path) -> None:
 def test_check_validates_without_opening(tmp_path: Path) -> None:
     result = run("check", str(ROOT / "examples" / "demo.toml"))
     assert result.returncode == 0, result.stderr
-    assert "OK: 5 producers, 5 consumers" in result.stdout
+    assert "OK: 6 producers, 6 consumers" in result.stdout
 
 
 @pytest.mark.parametrize(
