@@ -638,10 +638,10 @@ def _open_batch(batch: list[KvmIrqfdConsumer]) -> None:
             consumer._lock.acquire()
             locked += 1
         vm = batch[0]._attach_vm(refs=len(batch))
-        for consumer in batch:
-            consumer._vm = vm  # from here on _close_batch undoes whatever was done
         done = False
         try:
+            for consumer in batch:
+                consumer._vm = vm  # from here on _close_batch undoes whatever was done
             batch[0]._check_caps(vm)  # what the batch shares; a devid is per consumer
             for consumer in batch:
                 if consumer.msi is not None and consumer.msi.devid is not None:
@@ -671,7 +671,12 @@ def _open_batch(batch: list[KvmIrqfdConsumer]) -> None:
             done = True
         finally:
             if not done:
-                _close_batch(batch, [])
+                attached = [consumer for consumer in batch if consumer._vm is vm]
+                if attached:
+                    _close_batch(attached, [])
+                if isinstance(batch[0].vm_arg, int):
+                    for _ in range(len(batch) - len(attached)):
+                        vm.close()  # the references no consumer took
     finally:
         for consumer in batch[:locked]:
             consumer._lock.release()

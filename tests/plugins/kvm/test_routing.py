@@ -269,3 +269,23 @@ def test_topology_apply_and_teardown_route_a_vms_msi_consumers_in_one_write_each
             topo.teardown()
         assert routing_ioctls == [48, 40]
         assert apic_guest.vm.msi_routes == {}
+
+
+def test_a_keyboard_interrupt_inside_a_batch_leaves_nothing_behind(
+    vm: Vm, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, calls = Vm.irqfd_assign, []
+
+    def interrupted(self: Vm, eventfd: int, gsi: int, resamplefd: int | None = None) -> None:
+        calls.append(gsi)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        real(self, eventfd, gsi, resamplefd)
+
+    monkeypatch.setattr(Vm, "irqfd_assign", interrupted)
+    consumers = [KvmIrqfdConsumer(token=t, vm=vm.fd, msi=MSI) for t in tokens]
+    with pytest.raises(KeyboardInterrupt):
+        KvmIrqfdConsumer.open_group(consumers)
+    assert not any(c.assigned or c.vm is not None or c.gsi is not None for c in consumers)
+    assert not any(kvm_listens(t) for t in tokens)
+    assert Vm._borrowed == {}
