@@ -116,7 +116,8 @@ class RoutingTable:
         )
         ctypes.memmove(self._address + _HEADER, DEFAULT_BYTES, len(DEFAULT_BYTES))
         self._defaults = DEFAULT_ENTRIES
-        self._header.nr = self._defaults
+        self._nr = self._defaults  # entries in the buffer (the header's nr, once written)
+        self._header.nr = self._nr
         self._slot: dict[int, int] = {}  # GSI -> index of its MSI entry in the buffer
         self.routes: dict[int, MsiRoute] = {}
 
@@ -135,11 +136,13 @@ class RoutingTable:
         KVM_SET_GSI_ROUTING on VM ``fd``; all or nothing. ``names`` says whose
         route each GSI is, for the error."""
         staged = dict(changes)
-        grows = sum(
-            1 for gsi, route in staged.items() if route is not None and gsi not in self._slot
-        )
-        shrinks = sum(1 for gsi, route in staged.items() if route is None and gsi in self._slot)
-        total = self._defaults + len(self._slot) + grows - shrinks
+        slot = self._slot
+        total = self._defaults + len(slot)
+        for gsi, route in staged.items():
+            if route is None:
+                total -= gsi in slot
+            else:
+                total += gsi not in slot
         if total > MAX_GSI_ROUTES:
             raise irqbypass.DeviceError(
                 f"the VM's GSI routing table would hold {total} entries, and KVM allows "
@@ -148,11 +151,13 @@ class RoutingTable:
                 "other vectors first",
                 errno=errno.ENOSPC,
             )
+        put, drop = self._put, self._drop
         for gsi, route in staged.items():
             if route is None:
-                self._drop(gsi)
+                drop(gsi)
             else:
-                self._put(gsi, route)
+                put(gsi, route)
+        self._header.nr = self._nr
         ret = _ioctl(fd, _abi.KVM_SET_GSI_ROUTING, self._address)
         if ret < 0:
             err = ctypes.get_errno()
@@ -180,10 +185,12 @@ class RoutingTable:
                 self.routes[gsi] = route
 
     def _put(self, gsi: int, route: MsiRoute) -> None:
+        """Write ``route`` into ``gsi``'s slot, or a new one at the end; the
+        header's count is written by the caller (``self._nr``)."""
         slot = self._slot.get(gsi)
         if slot is None:
-            slot = self._slot[gsi] = self._header.nr
-            self._header.nr = slot + 1
+            slot = self._slot[gsi] = self._nr
+            self._nr = slot + 1
         devid = route.devid
         _MSI_ENTRY.pack_into(
             self._buf,
@@ -202,7 +209,7 @@ class RoutingTable:
         slot = self._slot.pop(gsi, None)
         if slot is None:
             return
-        last = self._header.nr - 1
+        last = self._nr - 1
         if slot != last:
             ctypes.memmove(
                 self._address + _HEADER + slot * _ENTRY,
@@ -210,14 +217,15 @@ class RoutingTable:
                 _ENTRY,
             )
             self._slot[self._entries[slot].gsi] = slot
-        self._header.nr = last
+        self._nr = last
 
     def _load(self, routes: Mapping[int, MsiRoute]) -> None:
         """Make the buffer hold exactly the defaults and ``routes``."""
-        self._header.nr = self._defaults
+        self._nr = self._defaults
         self._slot = {}
         for gsi, route in routes.items():
             self._put(gsi, route)
+        self._header.nr = self._nr
 
     def _find_refused(
         self, fd: int, added: list[tuple[int, MsiRoute]]
@@ -241,4 +249,5 @@ class RoutingTable:
 
     def buffer(self) -> bytes:
         """The bytes the next write would hand KVM (for tests and benchmarks)."""
-        return ctypes.string_at(self._address, _HEADER + _ENTRY * self._header.nr)
+        self._header.nr = self._nr
+        return ctypes.string_at(self._address, _HEADER + _ENTRY * self._nr)
