@@ -193,16 +193,16 @@ class Vm:
             cls._borrowed[fd] = (vm, held + refs)
             return vm
 
-    def close(self) -> None:
-        """Close an owned fd; drop one reference to a borrowed one (never closed)."""
+    def close(self, refs: int = 1) -> None:
+        """Close an owned fd; drop ``refs`` references to a borrowed one (never closed)."""
         if not self.owned:
             with Vm._borrowed_lock:
-                vm, refs = Vm._borrowed.get(self.fd, (None, 0))
+                vm, held = Vm._borrowed.get(self.fd, (None, 0))
                 if vm is self:
-                    if refs <= 1:
+                    if held <= refs:
                         del Vm._borrowed[self.fd]
                     else:
-                        Vm._borrowed[self.fd] = (vm, refs - 1)
+                        Vm._borrowed[self.fd] = (vm, held - refs)
             return
         fd, self.fd = self.fd, -1
         if fd >= 0:
@@ -340,13 +340,19 @@ class Vm:
 
     def release_gsi(self, gsi: int, owner: object) -> None:
         """Give back a GSI that :meth:`claim_gsi` reserved for ``owner``."""
+        self.release_gsis([(gsi, owner)])
+
+    def release_gsis(self, claims: Iterable[tuple[int, object]]) -> None:
+        """Give back many (GSI, owner) claims under one lock."""
+        owners, free = self._gsi_owners, self._free_gsis
         with self._lock:
-            held = self._gsi_owners.get(gsi)
-            if held is None or held[0] is not owner:
-                return
-            del self._gsi_owners[gsi]
-            if gsi < self._next_gsi:
-                heapq.heappush(self._free_gsis, gsi)
+            for gsi, owner in claims:
+                held = owners.get(gsi)
+                if held is None or held[0] is not owner:
+                    continue
+                del owners[gsi]
+                if gsi < self._next_gsi:
+                    heapq.heappush(free, gsi)
 
     # -- lines ---------------------------------------------------------------
 

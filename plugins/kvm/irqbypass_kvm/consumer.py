@@ -706,9 +706,18 @@ def _close_batch(batch: list[KvmIrqfdConsumer], errors: list[BaseException]) -> 
             )
         except irqbypass.IrqBypassError as exc:
             errors.append(exc)
+    # what _release does, for the whole batch at once (batched consumers have
+    # no resample eventfd and no own guest)
+    vm.release_gsis([(c.gsi, c) for c in batch if c._claimed and c.gsi is not None])
+    borrowed = 0
     for consumer in batch:
-        if consumer._vm is not None:
-            consumer._release()
+        consumer._claimed = False
+        if consumer._auto_gsi:
+            consumer.gsi = None
+        consumer._vm = None
+        borrowed += isinstance(consumer.vm_arg, int)
+    if borrowed:
+        vm.close(refs=borrowed)  # drops our references; a borrowed fd is never closed
 
 
 def _read_msi(opts: irqbypass.Options) -> MsiRoute | None:
