@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import irqbypass
 
@@ -146,8 +146,8 @@ class VhostUserProducer(irqbypass.Producer):
         self._quiet = False  # stopped with an idle owned ring: publishing deferred
         self._feeder: threading.Thread | None = None
         self._closing = threading.Event()
-        #: the first error that made the back-end unusable, said as an error says it
-        self.problem: str | None = None
+        #: the first error that made the back-end unusable while open
+        self.problem_error: VhostUserError | None = None
         self.features = 0
         self.protocol_features = 0
         self.queue_count: int | None = None
@@ -258,7 +258,7 @@ class VhostUserProducer(irqbypass.Producer):
             if self.token.closed:
                 raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
             try:
-                self.problem = None
+                self.problem_error = None
                 self._connect()
                 if self.owns_connection:
                     self._negotiate()
@@ -270,7 +270,7 @@ class VhostUserProducer(irqbypass.Producer):
                 if self.requests:
                     self._start_feeder()
             except BaseException:
-                self._teardown(graceful=False)
+                self._teardown(graceful=False)  # what failed there is secondary
                 raise
 
     def _connect(self) -> None:
@@ -414,11 +414,21 @@ class VhostUserProducer(irqbypass.Producer):
             self._counts["kicks"] += 1
 
     def close(self) -> None:
+        """Unbind and release everything. Raises, once everything is released,
+        what failed, or :class:`BackendGoneError` if the back-end went away
+        while this producer was open (the producer is closed either way and
+        can be opened again)."""
         self._stop_feeder()  # before the lock: the feeder takes it
         with self._lock:
             if self._conn is None:
                 return
-            self._teardown(graceful=True)
+            errors = self._teardown(graceful=True)
+            # Ctrl-C before anything else; then the first failure
+            errors.sort(key=lambda exc: isinstance(exc, Exception))
+            if errors:
+                raise errors[0]
+            if self.problem_error is not None:
+                raise self.problem_error
 
     def _stop_feeder(self) -> None:
         feeder = self._feeder
@@ -426,46 +436,66 @@ class VhostUserProducer(irqbypass.Producer):
             self._closing.set()
             feeder.join()
 
-    def _teardown(self, *, graceful: bool) -> None:
-        first: BaseException | None = None
+    def _teardown(self, *, graceful: bool) -> list[BaseException]:
+        """Release everything, every step attempted whatever the one before
+        did (Ctrl-C included); returns what failed. ``graceful``: first drain
+        the ring, unbind to the holding eventfd and stop the ring."""
+        errors: list[BaseException] = []
+
+        def step(release: Callable[[], object]) -> None:
+            try:
+                release()
+            except BackendGoneError as exc:
+                self._lost(exc)
+            except BaseException as exc:  # kept, re-raised once everything is released
+                errors.append(exc)
+
         self._feeder = None
         self._closing.clear()
         conn = self._conn
         if graceful and conn is not None and self._bound is not None and self.problem is None:
-            try:
-                drained = self._drain()
-                self._bind("hold")
-                if self.owns_connection and drained:
-                    self._stop_ring()
-            except BackendGoneError as exc:
-                self._lost(exc)
-            except irqbypass.IrqBypassError as exc:
-                first = exc
-        self._hold.replay(self.token)
-        self._hold.close()
+            step(self._unbind)
+        step(lambda: self._hold.replay(self.token))
+        step(self._hold.close)
         self._bound = None
         self._quiet = False
         if conn is not None and conn is not self._given:
-            conn.close()
+            step(conn.close)
         self._conn = None
         if self._kick_fd is not None:
-            self._kick_fd.close()
+            step(self._kick_fd.close)
             self._kick_fd = None
         if self.memory is not None and self.memory is not self._given_memory:
-            self.memory.close()
+            step(self.memory.close)
         if self.driver is not None:
             self._past["completed"] += self.driver.completed
             self._past["failed"] += self.driver.failed
         self.memory = self.ring = self.driver = None
         if self.daemon is not None:
-            self.daemon.close()
+            step(self.daemon.close)
             self.daemon = None
         with _claims_lock:
             for claim in self._claims:
                 _claims.pop(claim, None)
         self._claims.clear()
-        if first is not None:
-            raise first
+        return errors
+
+    def _unbind(self) -> None:
+        """Drain, move the call to the holding eventfd, stop the ring."""
+        drained = self._drain()
+        self._bind("hold")
+        if not self.owns_connection:
+            return
+        if not drained:
+            assert self.ring is not None
+            raise self._refuse(
+                f"{self.ring.in_flight} requests were still in flight after "
+                f"{self.drain_timeout:g} s; closed without GET_VRING_BASE (with requests in "
+                "flight qemu-storage-daemon completes them after its reply and drops the "
+                "connection): the back-end is stuck, see its log",
+                errno.ETIMEDOUT,
+            )
+        self._stop_ring()
 
     def _drain(self) -> bool:
         """Wait (up to drain_timeout) until the back-end returned every request
@@ -495,9 +525,15 @@ class VhostUserProducer(irqbypass.Producer):
                 errno.EPROTO,
             )
 
+    @property
+    def problem(self) -> str | None:
+        """What made the back-end unusable while open (a message saying what
+        to do), or None."""
+        return None if self.problem_error is None else self.problem_error.message
+
     def _lost(self, exc: VhostUserError) -> None:
-        if self.problem is None:
-            self.problem = exc.message
+        if self.problem_error is None:
+            self.problem_error = exc
             self._counts["backend_lost"] += 1
 
     # -- quiesce -----------------------------------------------------------
@@ -601,6 +637,7 @@ class VhostUserProducer(irqbypass.Producer):
         while not self._closing.is_set():
             with self._lock:
                 driver = self.driver
+                self._check_alive()
                 if driver is None or self.problem is not None:
                     return
                 driver.reap()
@@ -614,9 +651,21 @@ class VhostUserProducer(irqbypass.Producer):
                         return
             self._closing.wait(interval)
 
+    def _check_alive(self) -> None:
+        """Notice a back-end that hung up, without a message or a wait."""
+        if self._conn is not None and self.problem_error is None and not self._conn.alive():
+            self._lost(
+                BackendGoneError(
+                    f"{self._what()}: the back-end closed the connection: it exited or was "
+                    "killed; close this producer, restart the back-end and open it again"
+                )
+            )
+
     @property
     def finished(self) -> bool:
+        """With ``requests``: all completed, or the back-end went away."""
         with self._lock:
+            self._check_alive()
             driver = self.driver
             if not self.requests:
                 return False
@@ -637,13 +686,7 @@ class VhostUserProducer(irqbypass.Producer):
         (:attr:`problem` says how). With ``requests``, ``fired`` is what the
         token was signalled (completions + phantom)."""
         with self._lock:
-            if self._conn is not None and self.problem is None and not self._conn.alive():
-                self._lost(
-                    BackendGoneError(
-                        f"{self._what()}: the back-end closed the connection: it exited or was "
-                        "killed; close this producer, restart the back-end and open it again"
-                    )
-                )
+            self._check_alive()
             absorbed = self._counts["absorbed"]
             stats = {
                 "bound": int(self._bound is not None),

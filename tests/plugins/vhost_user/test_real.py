@@ -235,7 +235,9 @@ def test_a_killed_backend_is_reported_and_the_producer_reopens(
         # stop/start on a dead back-end record state and raise nothing
         producer.stop()
         producer.start()
-        producer.close()  # no back-end to unbind from: closes cleanly
+        with pytest.raises(BackendGoneError, match="closed the connection"):
+            producer.close()  # closes everything, then says the back-end went away
+        assert producer.connection is None and producer.stats()["bound"] == 0
         daemon.start()
         producer.open()
         assert producer.stats()["backend_lost"] == 1 and producer.problem is None
