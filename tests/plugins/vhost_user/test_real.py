@@ -408,3 +408,25 @@ def test_close_drains_before_get_vring_base(
     with VhostUserProducer(token=token, socket=daemon.socket_path, name="vq0") as again:
         assert again.submit(1) == 1  # the back-end kept serving: nothing was dropped
         complete(again, 1)
+
+
+def test_spawn_runs_a_private_daemon_and_removes_it(
+    daemon_usable: None, token: irqbypass.Eventfd
+) -> None:
+    spec = irqbypass.EndpointSpec(
+        name="blk", kind="vhost-user", side="producer", token=token, irq=None,
+        options={"spawn": True}, key_path="producers[0]", file="t.toml",
+    )  # fmt: skip
+    producer = VhostUserProducer.from_spec(spec)
+    producer.open()
+    try:
+        assert producer.daemon is not None and producer.daemon.running
+        directory, pid = producer.daemon.directory, producer.daemon.pid
+        producer.submit(3)
+        complete(producer, 3)
+    finally:
+        producer.close()
+    assert producer.daemon is None
+    assert directory is not None and not os.path.exists(directory)
+    assert pid is not None and not os.path.exists(f"/proc/{pid}")
+    assert producer.stats()["completed"] == 3
