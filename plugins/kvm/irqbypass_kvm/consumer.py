@@ -228,13 +228,16 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 "applies to the plugin's own guest (vm = \"guest\") only; a VMM's guest "
                 "programs its own interrupt controller",
             )
-        default_gsi = spec.irq if spec.irq is not None else (5 if vm == "guest" else -1)
-        gsi: int | None = opts.get_int("gsi", default_gsi, min=-1, max=MAX_GSI_ROUTES - 1)
-        if gsi == -1 and opts.get_raw("gsi") is not None:
-            raise opts.error("gsi", f"expected an integer from 0 to {MAX_GSI_ROUTES - 1}, got -1")
-        if msi is not None and opts.get_raw("gsi") is None and spec.irq is None:
+        gsi: int | None
+        if opts.get_raw("gsi") is not None:
+            gsi = opts.get_int("gsi", 0, min=0, max=MAX_GSI_ROUTES - 1)
+        elif spec.irq is not None:
+            gsi = spec.irq
+        elif msi is not None:
             gsi = None  # the VM's allocator picks a free one
-        elif gsi == -1:
+        elif vm == "guest":
+            gsi = 5
+        else:
             raise opts.error(
                 "gsi", "required when vm is a VM fd (or set the entry's irq, or give an msi route)"
             )

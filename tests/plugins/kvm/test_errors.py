@@ -132,6 +132,15 @@ def test_token_must_be_an_eventfd() -> None:
             "unknown",
         ),
         ({"vm": 7, "gsi": 40, "msi": 3}, "consumers[0].options.msi", "expected a table"),
+        ({"gsi": -1}, "consumers[0].options.gsi", "below the minimum"),
+        ({"vm": 7, "apic": "x2apic"}, "consumers[0].options.apic", "own guest"),
+        ({"apic": "xapic"}, "consumers[0].options.apic", "is not one of 'x2apic'"),
+        ({"apic": "x2apic"}, "consumers[0].options", "takes MSIs only"),
+        (
+            {"msi": {"address": 0xFEE00000, "data": 0x41}},
+            "consumers[0].options",
+            'use apic = "x2apic"',
+        ),
     ],
 )
 def test_bad_options_are_config_errors(
@@ -154,6 +163,10 @@ def test_options_build_an_unopened_consumer(token: irqbypass.Eventfd) -> None:
     assert not consumer.assigned and consumer.vm is None
     default = KvmIrqfdConsumer.from_spec(spec(token))
     assert default.vm_arg == "guest" and default.gsi == 5 and not default.resample
+    # an MSI without gsi: the VM's allocator picks one on open
+    auto = KvmIrqfdConsumer.from_spec(spec(token, vm=7, msi={"address": 0xFEE00000, "data": 1}))
+    assert auto.gsi is None and auto.stats()["gsi"] == -1
+    assert "GSI (not yet taken)" in auto.status()
 
 
 @pytest.mark.usefixtures("no_fd_leak")
