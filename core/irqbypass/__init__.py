@@ -34,6 +34,7 @@ from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
 from .options import Options
 from .plugins import PluginHost, PluginInfo, load_plugins
+from .signals import deliver_deferred_signals, guard_signals, signal_safe
 from .topology import PairStatus, Placed, Topology
 
 __all__ = [
@@ -72,9 +73,12 @@ __all__ = [
     "Topology",
     "TopologyError",
     "UnknownKindError",
+    "deliver_deferred_signals",
+    "guard_signals",
     "hookimpl",
     "hookspec",
     "load_config",
     "load_plugins",
     "parse_config",
+    "signal_safe",
 ]

@@ -2,9 +2,10 @@
 
 This follows the kernel's ``virt/lib/irqbypass.c`` rule by rule (see
 ``docs/semantics.md``): one producer and one consumer per token, found in O(1)
-through two dicts (the kernel's two xarrays); connecting runs
-stop, stop, add, add (rolling back the producer's half if the consumer's add
-fails), start, start; disconnecting runs stop, stop, del, del, start, start.
+through two dicts (the kernel's two xarrays); registering inserts the endpoint
+first and erases it again if connecting fails, as the kernel does; connecting
+runs stop, stop, add, add (rolling back the producer's half if the consumer's
+add fails), start, start; disconnecting runs stop, stop, del, del, start, start.
 One lock serializes every change and is held while callbacks run, as the
 kernel's mutex is.
 
@@ -15,6 +16,12 @@ cannot fail in the kernel, and the sequence runs on exactly as the kernel's
 does), so the operation completes and then a :class:`~irqbypass.CallbackError`
 says what happened.
 
+Signals: the bookkeeping runs in :func:`~irqbypass.signals.signal_safe`
+sections, so a Ctrl-C landing in the manager's own code waits until the state is
+consistent; one landing in a callback interrupts that callback (a hang stays
+escapable), the sequence completes, and the ``KeyboardInterrupt`` is re-raised
+with a note naming the callback.
+
 Every callback goes through a pluggy lifecycle hook when some plugin implements
 that hook; otherwise the endpoint's method is called directly (the fast path).
 """
@@ -22,7 +29,7 @@ that hook; otherwise the endpoint's method is called directly (the fast path).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from threading import Lock, get_ident
+from threading import RLock
 from typing import Any
 
 from .endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
@@ -34,7 +41,8 @@ from .errors import (
     ReentrantCallError,
     TokenInUseError,
 )
-from .plugins import PluginHost
+from .plugins import CORE_PLUGIN, PluginHost
+from .signals import DEFERRED, deliver_deferred_signals, guard_default_interrupt, signal_safe
 
 #: callback method -> the lifecycle hook step it goes through
 STEPS: dict[str, str] = {
@@ -46,8 +54,9 @@ STEPS: dict[str, str] = {
     "start": "start",
 }
 
-_Failure = tuple[str, BaseException]
-_Failures = list[_Failure]
+#: (endpoint, callback name, what it raised)
+_Failure = tuple[Any, str, BaseException]
+_Failures = tuple[_Failure, ...]
 
 
 class Manager:
@@ -56,16 +65,27 @@ class Manager:
     ``plugins`` is the :class:`~irqbypass.PluginHost` whose lifecycle hooks wrap
     the callbacks; by default a host with no plugin at all (use
     :func:`~irqbypass.load_plugins` for the installed ones).
+
+    Created in the main thread while SIGINT has Python's default handler, it
+    puts :func:`~irqbypass.guard_signals`' guard in front of that handler.
     """
 
     def __init__(self, plugins: PluginHost | None = None) -> None:
         self.plugins = plugins if plugins is not None else PluginHost()
-        self._producers: dict[Hashable, Producer] = {}
-        self._consumers: dict[Hashable, Consumer] = {}
-        self._lock = Lock()
-        self._owner: int | None = None
+        # token -> Producer and token -> Consumer; typed Any so that one body
+        # per direction can work on either side's pair of indexes
+        self._producers: dict[Hashable, Any] = {}
+        self._consumers: dict[Hashable, Any] = {}
+        # Reentrant only so that a callback calling back in is told so: the
+        # thread inside finds _running set and raises ReentrantCallError.
+        self._lock = RLock()
+        self._running = False
+        guard_default_interrupt()
 
     # -- registering -------------------------------------------------------
+    #
+    # The public methods check what they are given and deliver any signal that
+    # waited; one signal-safe body per direction does the work for both sides.
 
     def register_producer(self, producer: Producer) -> None:
         """Register ``producer``; if a consumer holds its token, connect them.
@@ -76,35 +96,11 @@ class Manager:
         """
         if not isinstance(producer, Producer):
             raise _not_an_endpoint(producer, "producer")
-        token = producer.token
-        if token is None:
-            raise _invalid_token(producer, "producer")
-        failures: Sequence[_Failure] = ()
-        me = get_ident()
-        if self._owner == me:
-            raise _reentered()
-        self._lock.acquire()  # explicit: half the cost of a with-statement
         try:
-            self._owner = me
-            try:
-                held = self._producers.get(token)
-            except TypeError:
-                raise _invalid_token(producer, "producer") from None
-            if held is not None:
-                raise _busy(producer, held, "producer")
-            consumer = self._consumers.get(token)
-            if consumer is not None:
-                failures = self._connect(producer, consumer, "producer")
-            self._producers[token] = producer
+            self._register(producer, True)
         finally:
-            self._owner = None
-            self._lock.release()
-        if failures:
-            raise _callback_error(
-                f"producer {_name(producer)} was registered and paired with consumer "
-                f"{_name(consumer)}",
-                failures,
-            )
+            if DEFERRED:
+                deliver_deferred_signals()
 
     def register_consumer(self, consumer: Consumer) -> None:
         """Register ``consumer``; if a producer holds its token, connect them.
@@ -114,40 +110,16 @@ class Manager:
         """
         if not isinstance(consumer, Consumer):
             raise _not_an_endpoint(consumer, "consumer")
-        token = consumer.token
-        if token is None:
-            raise _invalid_token(consumer, "consumer")
         if consumer.add_producer is None or consumer.del_producer is None:
             raise InvalidEndpointError(
                 f"consumer {_name(consumer)} lacks the required callback(s) "
                 f"{', '.join(missing_consumer_callbacks(consumer))}"
             )
-        failures: Sequence[_Failure] = ()
-        me = get_ident()
-        if self._owner == me:
-            raise _reentered()
-        self._lock.acquire()  # explicit: half the cost of a with-statement
         try:
-            self._owner = me
-            try:
-                held = self._consumers.get(token)
-            except TypeError:
-                raise _invalid_token(consumer, "consumer") from None
-            if held is not None:
-                raise _busy(consumer, held, "consumer")
-            producer = self._producers.get(token)
-            if producer is not None:
-                failures = self._connect(producer, consumer, "consumer")
-            self._consumers[token] = consumer
+            self._register(consumer, False)
         finally:
-            self._owner = None
-            self._lock.release()
-        if failures:
-            raise _callback_error(
-                f"consumer {_name(consumer)} was registered and paired with producer "
-                f"{_name(producer)}",
-                failures,
-            )
+            if DEFERRED:
+                deliver_deferred_signals()
 
     def unregister_producer(self, producer: Producer) -> bool:
         """Unregister ``producer`` (this very object), disconnecting it first.
@@ -155,54 +127,104 @@ class Manager:
         Returns False, changing nothing, when it is not registered. Raises
         CallbackError, after unregistering, when a disconnect callback raised.
         """
-        token = getattr(producer, "token", None)
-        failures: Sequence[_Failure] = ()
-        me = get_ident()
-        if self._owner == me:
-            raise _reentered()
-        self._lock.acquire()  # explicit: half the cost of a with-statement
         try:
-            self._owner = me
-            try:
-                if self._producers.get(token) is not producer:
-                    return False
-            except TypeError:
-                return False  # unhashable: it cannot have been registered
-            consumer = self._consumers.get(token)
-            if consumer is not None:
-                failures = self._disconnect(producer, consumer)
-            del self._producers[token]
+            return self._unregister(producer, True)
         finally:
-            self._owner = None
-            self._lock.release()
-        if failures:
-            raise _callback_error(_unregistered(producer, consumer), failures)
-        return True
+            if DEFERRED:
+                deliver_deferred_signals()
 
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
-        token = getattr(consumer, "token", None)
-        failures: Sequence[_Failure] = ()
-        me = get_ident()
-        if self._owner == me:
-            raise _reentered()
-        self._lock.acquire()  # explicit: half the cost of a with-statement
         try:
-            self._owner = me
-            try:
-                if self._consumers.get(token) is not consumer:
-                    return False
-            except TypeError:
-                return False  # unhashable: it cannot have been registered
-            producer = self._producers.get(token)
-            if producer is not None:
-                failures = self._disconnect(producer, consumer)
-            del self._consumers[token]
+            return self._unregister(consumer, False)
         finally:
-            self._owner = None
-            self._lock.release()
+            if DEFERRED:
+                deliver_deferred_signals()
+
+    @signal_safe
+    def _register(self, endpoint: Any, producing: bool) -> None:
+        try:
+            token = endpoint._token
+        except AttributeError:
+            raise _uninitialised(endpoint) from None
+        if token is None:
+            raise _invalid_token(endpoint)
+        if producing:
+            mine, theirs = self._producers, self._consumers
+        else:
+            mine, theirs = self._consumers, self._producers
+        failures: Sequence[_Failure] = ()
+        with self._lock:
+            if self._running:
+                raise _reentered()
+            self._running = True
+            try:
+                try:
+                    held = mine.get(token)
+                except Exception as exc:  # a token whose __hash__ or __eq__ raises
+                    raise _invalid_token(endpoint, exc) from exc
+                if held is not None:
+                    raise _busy(endpoint, held)
+                try:
+                    mine[token] = endpoint  # the kernel's xa_insert, before connecting
+                    partner = theirs.get(token)
+                except Exception as exc:
+                    _forget(mine, endpoint)
+                    raise _invalid_token(endpoint, exc) from exc
+                if partner is not None:
+                    try:
+                        if producing:
+                            failures = self._connect(endpoint, partner, endpoint)
+                        else:
+                            failures = self._connect(partner, endpoint, endpoint)
+                    except BaseException:
+                        del mine[token]  # the kernel's xa_erase after a failed connect
+                        raise
+            finally:
+                self._running = False
         if failures:
-            raise _callback_error(_unregistered(consumer, producer), failures)
+            state = (
+                f"{_side(endpoint)} {_name(endpoint)} was registered and paired with "
+                f"{_side(partner)} {_name(partner)}"
+            )
+            raise _callback_error(state, failures, self.plugins.wrapped)
+
+    @signal_safe
+    def _unregister(self, endpoint: Any, producing: bool) -> bool:
+        try:
+            token = endpoint._token
+        except AttributeError:
+            return False  # not an endpoint (or never initialised): never registered
+        if producing:
+            mine, theirs = self._producers, self._consumers
+        else:
+            mine, theirs = self._consumers, self._producers
+        failures: Sequence[_Failure] = ()
+        with self._lock:
+            if self._running:
+                raise _reentered()
+            self._running = True
+            try:
+                try:
+                    registered = mine.get(token) is endpoint
+                except Exception:
+                    registered = False  # unhashable or hostile: never registered
+                if not registered:
+                    return False
+                partner = theirs.get(token)
+                if partner is not None:
+                    if producing:
+                        failures = self._disconnect(endpoint, partner)
+                    else:
+                        failures = self._disconnect(partner, endpoint)
+                del mine[token]
+            finally:
+                self._running = False
+        if failures:
+            state = f"{_side(endpoint)} {_name(endpoint)} was unregistered"
+            if partner is not None:
+                state += f" and disconnected from {_name(partner)}"
+            raise _callback_error(state, failures, self.plugins.wrapped)
         return True
 
     # -- looking -----------------------------------------------------------
@@ -217,24 +239,30 @@ class Manager:
 
     def pairs(self) -> list[tuple[Producer, Consumer]]:
         """Every connected (producer, consumer)."""
-        consumers = self._consumers
-        return [
-            (p, c) for t, p in list(self._producers.items()) if (c := consumers.get(t)) is not None
-        ]
+        return [(p, c) for p in list(self._producers.values()) if (c := p._consumer) is not None]
 
     def find_producer(self, token: Hashable) -> Producer | None:
-        return self._producers.get(token)
+        try:
+            return self._producers.get(token)
+        except Exception:
+            return None  # unhashable or hostile: no producer can hold it
 
     def find_consumer(self, token: Hashable) -> Consumer | None:
-        return self._consumers.get(token)
+        try:
+            return self._consumers.get(token)
+        except Exception:
+            return None
 
     def is_registered(self, endpoint: Producer | Consumer) -> bool:
-        table: dict[Hashable, Producer] | dict[Hashable, Consumer] = (
-            self._producers if isinstance(endpoint, Producer) else self._consumers
-        )
+        if isinstance(endpoint, Producer):
+            table = self._producers
+        elif isinstance(endpoint, Consumer):
+            table = self._consumers
+        else:
+            return False
         try:
-            return table.get(endpoint.token) is endpoint
-        except TypeError:
+            return table.get(getattr(endpoint, "_token", None)) is endpoint
+        except Exception:
             return False  # an unhashable token cannot have been registered
 
     def __len__(self) -> int:
@@ -246,59 +274,64 @@ class Manager:
     # readable place each, and no per-callback function call on the fast path.
     # ``p`` and ``c`` are the endpoints themselves, or _Hooked stand-ins that
     # route each callback through the lifecycle hook a plugin implements.
+    # Every callback is called through the local ``call``: those are the lines
+    # where a signal may interrupt (see irqbypass.signals).
 
-    def _connect(self, producer: Producer, consumer: Consumer, registering: str) -> _Failures:
+    @signal_safe
+    def _connect(self, producer: Producer, consumer: Consumer, registering: Any) -> _Failures:
         """Connect the pair; return what the void callbacks raised."""
-        failures: _Failures = []
+        failures: _Failures = ()  # a constant: nothing allocated unless something fails
         p: Any = producer
         c: Any = consumer
         if hooks := self.plugins.wrapped:
             p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
-        failure: tuple[str, BaseException] | None = None
+        failure: _Failure | None = None
         if (call := p.stop) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(producer, "stop"), exc))
+                failures += ((producer, "stop", exc),)
         if (call := c.stop) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(consumer, "stop"), exc))
+                failures += ((consumer, "stop", exc),)
         try:
             if (call := p.add_consumer) is not None:
                 call(consumer)
         except BaseException as exc:
-            failure = (_label(producer, "add_consumer"), exc)
+            failure = (producer, "add_consumer", exc)
         else:
             try:
-                c.add_producer(producer)
+                call = c.add_producer
+                call(producer)
             except BaseException as exc:
-                failure = (_label(consumer, "add_producer"), exc)
+                failure = (consumer, "add_producer", exc)
                 if (call := p.del_consumer) is not None:
                     try:
                         call(consumer)
                     except BaseException as exc:
-                        failures.append((_label(producer, "del_consumer"), exc))
+                        failures += ((producer, "del_consumer", exc),)
         if (call := c.start) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(consumer, "start"), exc))
+                failures += ((consumer, "start", exc),)
         if (call := p.start) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(producer, "start"), exc))
+                failures += ((producer, "start", exc),)
         if failure is None:
             producer._consumer = consumer
             consumer._producer = producer
             return failures
-        raise _connect_error(producer, consumer, registering, failure, failures)
+        raise _connect_error(producer, consumer, registering, failure, failures, hooks)
 
+    @signal_safe
     def _disconnect(self, producer: Producer, consumer: Consumer) -> _Failures:
         """Disconnect the pair; return what the callbacks raised."""
-        failures: _Failures = []
+        failures: _Failures = ()  # a constant: nothing allocated unless something fails
         p: Any = producer
         c: Any = consumer
         if hooks := self.plugins.wrapped:
@@ -307,31 +340,32 @@ class Manager:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(producer, "stop"), exc))
+                failures += ((producer, "stop", exc),)
         if (call := c.stop) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(consumer, "stop"), exc))
+                failures += ((consumer, "stop", exc),)
         try:
-            c.del_producer(producer)
+            call = c.del_producer
+            call(producer)
         except BaseException as exc:
-            failures.append((_label(consumer, "del_producer"), exc))
+            failures += ((consumer, "del_producer", exc),)
         if (call := p.del_consumer) is not None:
             try:
                 call(consumer)
             except BaseException as exc:
-                failures.append((_label(producer, "del_consumer"), exc))
+                failures += ((producer, "del_consumer", exc),)
         if (call := c.start) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(consumer, "start"), exc))
+                failures += ((consumer, "start", exc),)
         if (call := p.start) is not None:
             try:
                 call()
             except BaseException as exc:
-                failures.append((_label(producer, "start"), exc))
+                failures += ((producer, "start", exc),)
         producer._consumer = None
         consumer._producer = None
         return failures
@@ -363,20 +397,49 @@ class _Hooked:
         return lambda: hook(endpoint=endpoint, side=side)
 
 
-def _invalid_token(endpoint: object, side: str) -> InvalidEndpointError:
-    """The EINVAL for a token that is None or unhashable."""
+# -- messages ---------------------------------------------------------------
+#
+# Built on error paths only, from whatever the endpoints are: a name property
+# that raises, a name with control characters or an exception whose str()
+# raises still give a message.
+
+
+def _invalid_token(endpoint: object, cause: BaseException | None = None) -> InvalidEndpointError:
+    """The EINVAL for a token that is None, unhashable, or whose hash/eq raises."""
+    what = f"{_side(endpoint)} {_name(endpoint)}"
+    if cause is not None:
+        return InvalidEndpointError(
+            f"{what}: its token {_repr(getattr(endpoint, '_token', None))} cannot be used as a "
+            f"key ({_brief(cause)}); use an Eventfd, a string, an int or another value "
+            "whose hash and equality work"
+        )
     try:
-        check_token(getattr(endpoint, "token", None), f"{side} {_name(endpoint)}")
+        check_token(getattr(endpoint, "_token", None), what)
     except InvalidEndpointError as error:
         return error
     raise AssertionError("_invalid_token called for a valid token")  # pragma: no cover
 
 
+def _forget(table: dict[Hashable, Any], endpoint: object) -> None:
+    """Remove ``endpoint`` from ``table`` without trusting its token's hash or eq."""
+    kept = [(key, value) for key, value in table.items() if value is not endpoint]
+    if len(kept) != len(table):
+        table.clear()
+        table.update(kept)
+
+
+def _uninitialised(endpoint: object) -> InvalidEndpointError:
+    return InvalidEndpointError(
+        f"{_side(endpoint)} {_name(endpoint)} has no token: its class's __init__ did not "
+        f"call super().__init__(token=...); call it before registering"
+    )
+
+
 def _not_an_endpoint(endpoint: object, side: str) -> InvalidEndpointError:
     cls = "Producer" if side == "producer" else "Consumer"
     return InvalidEndpointError(
-        f"{endpoint!r} is not an irqbypass.{cls}; subclass irqbypass.{cls} to register it "
-        f"as a {side}"
+        f"{_repr(endpoint)} is not an irqbypass.{cls}; subclass irqbypass.{cls} to register "
+        f"it as a {side}"
     )
 
 
@@ -388,72 +451,129 @@ def _reentered() -> ReentrantCallError:
     )
 
 
+def _side(endpoint: object) -> str:
+    return "producer" if isinstance(endpoint, Producer) else "consumer"
+
+
 def _name(endpoint: object) -> str:
-    return repr(getattr(endpoint, "name", type(endpoint).__name__))
+    try:
+        name = getattr(endpoint, "name", None)
+    except Exception:
+        name = None
+    return _repr(name if isinstance(name, str) else type(endpoint).__name__)
 
 
-def _busy(endpoint: object, held: object, side: str) -> AlreadyRegisteredError | TokenInUseError:
+def _repr(value: object, limit: int = 80) -> str:
+    """repr(), bounded, and never raising."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _busy(endpoint: Any, held: Any) -> AlreadyRegisteredError | TokenInUseError:
+    side = _side(endpoint)
     if held is endpoint:
         return AlreadyRegisteredError(
             f"{side} {_name(endpoint)} is already registered; unregister it first"
         )
     return TokenInUseError(
-        f"token {getattr(endpoint, 'token', None)!r} is already held by {side} "
-        f"{_name(held)}; one {side} per token: unregister that one first, or use "
-        "another token"
+        f"token {_repr(endpoint._token)} is already held by {side} {_name(held)}; one "
+        f"{side} per token: unregister that one first, or use another token"
     )
 
 
-def _label(endpoint: object, callback: str) -> str:
-    return f"{getattr(endpoint, 'side', 'endpoint')} {_name(endpoint)}.{callback}()"
+def _blame(exc: BaseException, hook: Callable[..., Any] | None) -> str | None:
+    """The plugin whose hook implementation raised ``exc`` (None: the endpoint did).
+
+    The innermost traceback frame that runs a hook implementation tells: the
+    core's own implementation is the one that calls the endpoint's method.
+    """
+    get_impls = getattr(hook, "get_hookimpls", None)
+    if get_impls is None:
+        return None
+    owners = {impl.function.__code__: impl.plugin_name for impl in get_impls()}
+    blamed = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = owners.get(tb.tb_frame.f_code)
+        if owner is not None:
+            blamed = owner
+        tb = tb.tb_next
+    return None if blamed in (None, CORE_PLUGIN) else blamed
 
 
-def _unregistered(endpoint: Any, partner: Any) -> str:
-    state = f"{endpoint.side} {_name(endpoint)} was unregistered"
-    if partner is not None:
-        state += f" and disconnected from {_name(partner)}"
-    return state
+def _describe(failure: _Failure, hooks: dict[str, Callable[..., Any]]) -> str:
+    endpoint, callback, exc = failure
+    label = f"{_side(endpoint)} {_name(endpoint)}.{callback}()"
+    plugin = _blame(exc, hooks.get(STEPS[callback]))
+    if plugin is not None:
+        return (
+            f"plugin {plugin!r} raised {_brief(exc)} in its irqbypass_{STEPS[callback]} hook "
+            f"around {label}"
+        )
+    return f"{label} raised {_brief(exc)}"
 
 
 def _connect_error(
     producer: Any,
     consumer: Any,
-    registering: str,
-    failure: tuple[str, BaseException],
+    registering: Any,
+    failure: _Failure,
     failures: _Failures,
+    hooks: dict[str, Callable[..., Any]],
 ) -> ConnectError:
-    label, cause = failure
-    _reraise_interrupts([cause] + [exc for _, exc in failures])
-    mine, theirs = (producer, consumer) if registering == "producer" else (consumer, producer)
+    mine, theirs = (producer, consumer) if registering is producer else (consumer, producer)
+    state = (
+        f"{_name(mine)} was not registered and {_side(theirs)} {_name(theirs)} stays "
+        "registered, unpaired"
+    )
+    everything = (failure, *failures)
+    _reraise_interrupts(everything, state, hooks)
     message = (
-        f"connecting {registering} {_name(mine)} to {theirs.side} {_name(theirs)} "
-        f"failed: {label} raised {_brief(cause)}; {_name(mine)} was not registered "
-        f"and {_name(theirs)} stays registered, unpaired"
+        f"connecting {_side(mine)} {_name(mine)} to {_side(theirs)} {_name(theirs)} "
+        f"failed: {_describe(failure, hooks)}; {state}"
     )
     if failures:
-        message += "; also " + "; ".join(f"{lab} raised {_brief(e)}" for lab, e in failures)
-    error = ConnectError(message, errors=[cause] + [e for _, e in failures])
+        message += "; also " + "; ".join(_describe(f, hooks) for f in failures)
+    cause = failure[2]
+    error = ConnectError(message, errors=[exc for _, _, exc in everything])
     error.__cause__ = cause
     return error
 
 
 def _brief(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    if len(text) > 200:
+        text = text[:197] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _reraise_interrupts(errors: list[BaseException]) -> None:
+def _reraise_interrupts(
+    failures: Sequence[_Failure], state: str, hooks: dict[str, Callable[..., Any]]
+) -> None:
     """KeyboardInterrupt and friends pass through as themselves, once the
-    manager is consistent again."""
-    for exc in errors:
+    manager is consistent again, with a note naming what they interrupted."""
+    for failure in failures:
+        exc = failure[2]
         if not isinstance(exc, Exception):
+            note = f"irqbypass: interrupted in {_describe(failure, hooks)}; {state}"
+            add_note = getattr(exc, "add_note", None)
+            if add_note is not None:  # Python 3.11+
+                add_note(note)
             raise exc
 
 
-def _callback_error(state: str, failures: Sequence[_Failure]) -> CallbackError:
-    errors = [exc for _, exc in failures]
-    _reraise_interrupts(errors)
-    details = "; ".join(f"{label} raised {_brief(exc)}" for label, exc in failures)
+def _callback_error(
+    state: str, failures: Sequence[_Failure], hooks: dict[str, Callable[..., Any]]
+) -> CallbackError:
+    _reraise_interrupts(failures, state, hooks)
+    details = "; ".join(_describe(f, hooks) for f in failures)
+    errors = [exc for _, _, exc in failures]
     error = CallbackError(
         f"{state}, but {details}. The registration state is as the kernel would leave "
         "it; check (or unregister) the endpoint whose callback raised",

@@ -1,0 +1,160 @@
+"""Signal safety: a signal that lands in irqbypass's own bookkeeping waits for it.
+
+CPython runs a Python-level signal handler (``KeyboardInterrupt`` for SIGINT)
+in the main thread between two bytecodes, wherever that thread is. Landing
+between "producer stopped" and "producer started", or between "paired" and
+"recorded as registered", it would leave an endpoint quiesced forever or a
+pairing the manager does not know of. So a function marked :func:`signal_safe`
+is a section in which signals wait:
+
+- a signal that arrives while such a function runs, or while anything it calls
+  runs (hashing a token, formatting an error), is deferred;
+- except on its *call-out lines*: the lines that call plugin code through a
+  local variable named ``call`` (``call()``, ``call(partner)``), and the lines
+  holding a ``with`` statement (which may block on a lock). There the signal is
+  passed on as usual, so a callback that hangs stays escapable with one Ctrl-C
+  (the manager catches the interrupt, finishes its sequence, and re-raises it).
+
+The section's caller runs :func:`deliver_deferred_signals` once the state is
+consistent again, in a ``finally``.
+
+:func:`guard_signals` puts the guard in front of the current Python-level
+handlers of SIGINT and SIGTERM. The :class:`~irqbypass.Manager` installs it
+when SIGINT still has Python's default handler; a VMM that installs handlers of
+its own calls it afterwards to have them guarded too. The guard costs nothing on
+the fast path: it walks the interrupted stack only when a signal arrives.
+"""
+
+from __future__ import annotations
+
+import dis
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from types import CodeType, FrameType
+from typing import Any, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_Handler = Callable[[int, "FrameType | None"], Any]
+
+#: The local variable through which safe code calls plugin code.
+CALLOUT = "call"
+
+#: safe code object -> its call-out lines (where signals pass)
+_SAFE: dict[CodeType, frozenset[int]] = {}
+
+#: Signals that arrived in a safe section, by number, in arrival order. Standard
+#: signals do not queue (a second SIGINT while one is pending is that same
+#: SIGINT), so this holds at most one entry per signal number: bounded.
+DEFERRED: dict[int, FrameType | None] = {}
+
+
+def signal_safe(func: _F) -> _F:
+    """Mark ``func`` as a section in which signals wait (see the module doc).
+
+    Returns ``func`` itself: no wrapper, nothing added to a call.
+    """
+    code: CodeType = func.__code__
+    _SAFE[code] = _callout_lines(code)
+    return func
+
+
+def deliver_deferred_signals() -> None:
+    """Run, now, the handler of each deferred signal, in arrival order.
+
+    Main thread only (elsewhere it returns: the main thread delivers at the
+    end of its own section). The first handler that raises ends the call; any
+    other deferred signal stays deferred for the next call.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    while DEFERRED:
+        signum = next(iter(DEFERRED))
+        frame = DEFERRED.pop(signum)
+        handler = signal.getsignal(signum)
+        if isinstance(handler, _Guard):
+            handler = handler.previous
+        if callable(handler):
+            handler(signum, frame)
+
+
+class _Guard:
+    """The installed handler: defer inside a safe section, else pass the signal on."""
+
+    def __init__(self, signum: int, previous: _Handler) -> None:
+        self.signum = signum
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        if in_safe_section(frame):
+            DEFERRED[signum] = frame
+            return None
+        return self.previous(signum, frame)
+
+    def __repr__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"<irqbypass signal guard for {name} in front of {self.previous!r}>"
+
+
+def guard_signals(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> list[int]:
+    """Put the guard in front of each signal's current Python-level handler.
+
+    Idempotent. Only the main thread can install handlers: elsewhere this does
+    nothing. A signal whose handler is not a Python callable (SIG_DFL, SIG_IGN)
+    is left alone: no Python code runs for it that could be cut. Returns the
+    signal numbers guarded now.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    guarded = []
+    for signum in signums:
+        current = signal.getsignal(signum)
+        if isinstance(current, _Guard):
+            guarded.append(signum)
+        elif callable(current):
+            signal.signal(signum, _Guard(signum, current))
+            guarded.append(signum)
+    return guarded
+
+
+def guard_default_interrupt() -> None:
+    """Guard SIGINT if it still has Python's own handler (what a Manager does)."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        guard_signals((signal.SIGINT,))
+
+
+def in_safe_section(frame: FrameType | None) -> bool:
+    """Whether a signal interrupting ``frame`` must wait.
+
+    Walks outwards to the innermost safe frame: the signal waits unless that
+    frame stands on one of its call-out lines (then whatever runs below it is
+    plugin code, which stays interruptible).
+    """
+    while frame is not None:
+        callouts = _SAFE.get(frame.f_code)
+        if callouts is not None:
+            return frame.f_lineno not in callouts
+        frame = frame.f_back
+    return False
+
+
+def _callout_lines(code: CodeType) -> frozenset[int]:
+    """The lines of ``code`` that load the local ``call`` or enter a ``with``."""
+    lines = set()
+    line: int | None = None
+    for instruction in dis.get_instructions(code):
+        positions = getattr(instruction, "positions", None)
+        if positions is not None and positions.lineno is not None:
+            line = positions.lineno
+        elif instruction.starts_line:  # Python 3.10
+            line = instruction.starts_line
+        if line is None:
+            continue
+        if instruction.opname in ("BEFORE_WITH", "SETUP_WITH") or (
+            instruction.opname == "LOAD_FAST" and instruction.argval == CALLOUT
+        ):
+            lines.add(line)
+    return frozenset(lines)
