@@ -207,6 +207,11 @@ class Connection:
                 # a late reply or a half-sent message would desynchronize the stream
                 self.broken = self.broken or exc
                 raise
+            except BaseException:  # Ctrl-C (or a bug) in the middle of a message: the same
+                self.broken = self.broken or ProtocolError(
+                    f"{self.what}: interrupted in the middle of {wire.request_name(request)}"
+                )
+                raise
 
     def _check(self) -> None:
         if self._sock is None:

@@ -490,18 +490,18 @@ class VhostUserProducer(irqbypass.Producer):
             assert self.ring is not None
             raise self._refuse(
                 f"{self.ring.in_flight} requests were still in flight after "
-                f"{self.drain_timeout:g} s; closed without GET_VRING_BASE (with requests in "
-                "flight qemu-storage-daemon completes them after its reply and drops the "
-                "connection): the back-end is stuck, see its log",
+                f"{self.drain_timeout:g} s; closed without GET_VRING_BASE (which closes the "
+                "call eventfd, so qemu-storage-daemon panics on what completes after its "
+                "reply and those completions are lost): the back-end is stuck, see its log",
                 errno.ETIMEDOUT,
             )
         self._stop_ring()
 
     def _drain(self) -> bool:
         """Wait (up to drain_timeout) until the back-end returned every request
-        it was given: GET_VRING_BASE with requests in flight makes
-        qemu-storage-daemon finish them after its reply and drop the
-        connection. True when the ring is empty."""
+        it was given: GET_VRING_BASE closes the call eventfd, so requests still
+        in flight complete after its reply, fail to signal and make
+        qemu-storage-daemon panic. True when the ring is empty."""
         ring = self.ring
         if ring is None:
             return True

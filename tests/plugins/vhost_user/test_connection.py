@@ -191,3 +191,20 @@ def test_connecting_to_nothing_says_what_to_start(tmp_path: os.PathLike[str]) ->
     with pytest.raises(BackendGoneError, match="start the back-end first") as caught:
         Connection.connect(path, what=WHAT, timeout=0.05)
     assert caught.value.errno == errno.ENOENT
+
+
+def test_ctrl_c_in_the_middle_of_a_message_breaks_the_connection(
+    pair: tuple[Connection, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _backend = pair
+
+    def interrupted(n: int, name: str) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn, "_read_exact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        conn.request(wire.Request.GET_FEATURES)
+    monkeypatch.undo()
+    # the reply may still arrive: the stream is no longer trusted
+    with pytest.raises(ProtocolError, match="interrupted in the middle of VHOST_USER_GET_FEATURES"):
+        conn.request(wire.Request.GET_FEATURES)
