@@ -341,8 +341,9 @@ def run(driver: BlkDriver, kick: irqbypass.Eventfd, n: int) -> None:
     wait_for(reaped, f"{n} completions")
 
 
+@pytest.mark.parametrize("reply_ack", [True, False], ids=["reply-ack", "round-trip"])
 def test_a_handed_connection_binds_only_its_call(
-    daemon: StorageDaemon, token: irqbypass.Eventfd
+    daemon: StorageDaemon, token: irqbypass.Eventfd, reply_ack: bool
 ) -> None:
     with contextlib.ExitStack() as stack:
         vmm_call = stack.enter_context(irqbypass.Eventfd())
@@ -351,7 +352,7 @@ def test_a_handed_connection_binds_only_its_call(
         run(driver, kick, 3)
         wait_for(lambda: vmm_call.read(0) == 3 or False, "the VMM's own interrupts")
 
-        producer = VhostUserProducer(token=token, connection=conn.fileno(), reply_ack=True)
+        producer = VhostUserProducer(token=token, connection=conn.fileno(), reply_ack=reply_ack)
         producer.open()
         try:
             assert token.read(0) == 1  # the bind's kick: the phantom the stats count
