@@ -409,7 +409,13 @@ class VfioProducer(irqbypass.Producer):
             )
         vfio_dev = os.path.join(base, "vfio-dev")
         if os.path.isdir(vfio_dev):
-            names = sorted(n for n in os.listdir(vfio_dev) if n.startswith("vfio"))
+            # Linux 6.1-6.5 have vfio-dev/vfioN too, but no cdev: only a kernel
+            # with CONFIG_VFIO_DEVICE_CDEV gives it a device number (its "dev")
+            names = sorted(
+                n
+                for n in os.listdir(vfio_dev)
+                if n.startswith("vfio") and os.path.exists(os.path.join(vfio_dev, n, "dev"))
+            )
             if names:
                 return f"/dev/vfio/devices/{names[0]}", None
         link = os.path.join(base, "iommu_group")

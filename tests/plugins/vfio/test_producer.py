@@ -143,16 +143,35 @@ def test_bdf_resolves_to_the_cdev_or_the_group(
 ) -> None:
     dev = tmp_path / "bus/pci/devices" / BDF
     (dev / "vfio-dev/vfio0").mkdir(parents=True)
+    (dev / "vfio-dev/vfio0/dev").write_text("511:0\n")  # a cdev has a device number
     (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
     (dev / "driver").symlink_to(tmp_path / "bus/pci/drivers/vfio-pci")
     fake = FakeVfio(sysfs_root=str(tmp_path))
     with producer(token, fake, device=BDF) as p:
         assert p.mode == "cdev"
     assert fake.opened == [CDEV, "/dev/iommu"]
+    (dev / "vfio-dev/vfio0/dev").unlink()
     (dev / "vfio-dev/vfio0").rmdir()
     (tmp_path / "kernel/iommu_groups/7").mkdir(parents=True)
     (dev / "iommu_group").symlink_to(tmp_path / "kernel/iommu_groups/7")
     fake = FakeVfio(sysfs_root=str(tmp_path))
+    with producer(token, fake, device=BDF) as p:
+        assert p.mode == "group" and p.device_name == BDF
+    assert fake.opened[0] == GROUP
+
+
+def test_bdf_on_a_kernel_without_the_vfio_cdev_opens_the_group(
+    no_fd_leak: None, token: irqbypass.Eventfd, tmp_path: Path
+) -> None:
+    """Linux 6.1-6.5 have /sys/bus/pci/devices/<bdf>/vfio-dev/vfioN but no
+    /dev/vfio/devices/vfioN (no device number): found on vfio-pci in the guest."""
+    dev = tmp_path / "bus/pci/devices" / BDF
+    (dev / "vfio-dev/vfio0").mkdir(parents=True)
+    (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
+    (dev / "driver").symlink_to(tmp_path / "bus/pci/drivers/vfio-pci")
+    (tmp_path / "kernel/iommu_groups/7").mkdir(parents=True)
+    (dev / "iommu_group").symlink_to(tmp_path / "kernel/iommu_groups/7")
+    fake = FakeVfio(sysfs_root=str(tmp_path), cdev_path="/dev/vfio/devices/absent")
     with producer(token, fake, device=BDF) as p:
         assert p.mode == "group" and p.device_name == BDF
     assert fake.opened[0] == GROUP
