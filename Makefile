@@ -36,6 +36,11 @@ provision:
 pytest: $(STAMP) provision
 	$(BIN)/pytest
 
+# the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
+.PHONY: guest-test
+guest-test: $(STAMP) provision
+	$(BIN)/pytest -m guest
+
 docs: $(STAMP)
 	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 

@@ -68,6 +68,7 @@ def fire(p: VdpaProducer, n: int) -> None:
     os.write(bound, n.to_bytes(8, "little"))
 
 
+@pytest.mark.guest("vdpa")
 def test_real_bind_reads_the_device(
     no_fd_leak: None, token: irqbypass.Eventfd, real_device: VdpaProducer
 ) -> None:
@@ -76,6 +77,7 @@ def test_real_bind_reads_the_device(
     assert real_device.vq_count is None or real_device.queue < real_device.vq_count
 
 
+@pytest.mark.guest("vdpa")
 def test_real_quiesce_is_lossless(
     no_fd_leak: None, token: irqbypass.Eventfd, real_device: VdpaProducer
 ) -> None:

@@ -79,6 +79,7 @@ def real_device(token: irqbypass.Eventfd) -> Iterator[VfioProducer]:
         yield p
 
 
+@pytest.mark.guest("vfio")
 def test_real_attach_and_loopback(
     no_fd_leak: None, token: irqbypass.Eventfd, real_device: VfioProducer
 ) -> None:
@@ -87,6 +88,7 @@ def test_real_attach_and_loopback(
     assert token.read(1.0) == 3
 
 
+@pytest.mark.guest("vfio")
 def test_real_quiesce_is_lossless(
     no_fd_leak: None, token: irqbypass.Eventfd, real_device: VfioProducer
 ) -> None:
@@ -104,6 +106,7 @@ def test_real_quiesce_is_lossless(
     assert stats["held"] == stats["replayed"] == 46
 
 
+@pytest.mark.guest("vfio")
 def test_real_pairing_through_a_manager(
     no_fd_leak: None, token: irqbypass.Eventfd, real_device: VfioProducer
 ) -> None:

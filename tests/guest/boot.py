@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Boot the test guest for one device family and run its real-device tests inside.
+
+    scripts/guest vfio|vdpa [--check] [NODEID ...]   (runs this file)
+
+The guest is Debian's kernel (linux-image-amd64) under qemu-system-x86 with TCG,
+booted by virtme-ng (.venv/bin/vng) on this machine's root filesystem, shared
+read-only: the guest sees this checkout and its .venv, and runs pytest on the
+real-device tests (all of the family's, or the NODEIDs given) against a real
+vfio-pci device (QEMU's edu behind an emulated intel-iommu) or real vhost-vdpa
+devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
+linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA).
+
+Everything the guest prints goes to .cache/guest/<family>/boot.log; pytest's
+junit XML to .cache/guest/<family>/junit.xml. Exit status: pytest's, or 77 when
+a part is missing (the reason on the last line, with the command that sets it
+up), or 1 when the guest did not run the tests (the log's tail is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "guest"
+VENV_BIN = ROOT / ".venv" / "bin"
+SKIP = 77
+SETUP = "make guest-test (as root, apt and PyPI reachable: it provisions, then boots)"
+
+#: the real-device test files each family runs in its guest
+FAMILIES: dict[str, list[str]] = {
+    "vfio": ["tests/plugins/vfio/test_real.py", "tests/plugins/vfio/test_real_edu.py"],
+    "vdpa": ["tests/plugins/vdpa/test_real.py", "tests/plugins/vdpa/test_real_sim.py"],
+}
+
+#: QEMU options each family's guest gets
+QEMU_OPTS = {
+    "vfio": "-machine q35 -device intel-iommu -device edu "
+    # a group that is not viable: an edu and a virtio device behind one PCI bridge
+    "-device pcie-pci-bridge,id=pbr "
+    "-device edu,bus=pbr,addr=1 -device virtio-rng-pci,bus=pbr,addr=2",
+    "vdpa": "",
+}
+APPEND = {"vfio": "intel_iommu=on", "vdpa": ""}
+
+#: the vDPA sources built out of tree (module name -> path in linux-source-6.1)
+VDPA_SOURCES = {
+    "vdpa.c": "drivers/vdpa/vdpa.c",
+    "vdpa_sim.c": "drivers/vdpa/vdpa_sim/vdpa_sim.c",
+    "vdpa_sim.h": "drivers/vdpa/vdpa_sim/vdpa_sim.h",
+    "vdpa_sim_blk.c": "drivers/vdpa/vdpa_sim/vdpa_sim_blk.c",
+    "vdpa_sim_net.c": "drivers/vdpa/vdpa_sim/vdpa_sim_net.c",
+    "vhost_vdpa_main.c": "drivers/vhost/vdpa.c",
+    "vhost.h": "drivers/vhost/vhost.h",
+    "vringh.c": "drivers/vhost/vringh.c",
+}
+VDPA_KBUILD = """\
+obj-m := vringh.o vdpa.o vdpa_sim.o vdpa_sim_blk.o vdpa_sim_net.o vhost_vdpa.o
+vhost_vdpa-y := vhost_vdpa_main.o
+"""
+#: in load order
+VDPA_MODULES = ["vringh", "vdpa", "vdpa_sim", "vdpa_sim_blk", "vdpa_sim_net", "vhost_vdpa"]
+
+BOOT_TIMEOUT_S = 900  # a hang guard for a TCG guest on a loaded 2-core host, not a goal
+
+
+class Missing(Exception):
+    """A part the guest needs is not here; the message says which and how to get it."""
+
+
+def kernel() -> tuple[str, Path]:
+    """The newest Debian 6.1 kernel image with its modules (and headers, for vdpa)."""
+    found = []
+    for image in glob.glob("/boot/vmlinuz-6.1.*-amd64"):
+        version = image.removeprefix("/boot/vmlinuz-")
+        if Path("/lib/modules", version, "modules.dep").exists():
+            found.append((tuple(int(n) for n in re.findall(r"\d+", version)), version))
+    if not found:
+        raise Missing(
+            "no Debian 6.1 kernel with modules (/boot/vmlinuz-6.1.*-amd64 and "
+            "/lib/modules/<version>): apt-get install linux-image-amd64"
+        )
+    version = max(found)[1]
+    return version, Path("/boot", f"vmlinuz-{version}")
+
+
+def check(family: str) -> str:
+    """The kernel version to boot; raises Missing when a part is absent."""
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        raise Missing("the test guest needs an x86_64 Linux host")
+    if not shutil.which("qemu-system-x86_64"):
+        raise Missing("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    if not (VENV_BIN / "vng").exists():
+        raise Missing(f"virtme-ng is missing from {VENV_BIN}: make setup")
+    if not Path("/bin/busybox").exists() or "static" not in _file_kind("/bin/busybox"):
+        raise Missing("virtme-ng needs a static busybox: apt-get install busybox-static")
+    version, image = kernel()
+    if not os.access(image, os.R_OK):
+        raise Missing(f"{image} is not readable by this user: run as root")
+    if family == "vdpa":
+        if not Path("/lib/modules", version, "build", "Makefile").exists():
+            raise Missing(
+                f"no kernel headers for {version}: apt-get install linux-headers-{version}"
+            )
+        if not Path("/usr/src/linux-source-6.1.tar.xz").exists():
+            raise Missing(
+                "no linux-source-6.1 (for the vdpa modules): apt-get install linux-source-6.1"
+            )
+        for tool in ("make", "gcc"):
+            if not shutil.which(tool):
+                raise Missing(
+                    f"{tool} is missing (to build the vdpa modules): apt-get install {tool}"
+                )
+        if not shutil.which("vdpa"):
+            raise Missing("the vdpa tool is missing: apt-get install iproute2")
+    return version
+
+
+def _file_kind(path: str) -> str:
+    """'static' when ``path`` has no ELF interpreter (no PT_INTERP)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return "dynamic" if b"/lib64/ld-linux" in head or b"/lib/ld-linux" in head else "static"
+
+
+def build_vdpa(version: str) -> Path:
+    """The vdpa modules for ``version``, built once into .cache/guest/vdpa-<version>."""
+    out = CACHE / f"vdpa-modules-{version}"
+    if all((out / f"{m}.ko").exists() for m in VDPA_MODULES):
+        return out
+    print(f"guest: building the vdpa modules for {version} into {out} (once, ~30 s)", flush=True)
+    work = CACHE / f"vdpa-build-{version}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = CACHE / "vdpa-build.log"
+    prefix = "linux-source-6.1/"
+    with open(log, "w") as logf:
+        step = subprocess.run(
+            ["tar", "-xJf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(work)]
+            + [prefix + p for p in VDPA_SOURCES.values()],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+        if step.returncode == 0:
+            for name, rel in VDPA_SOURCES.items():
+                shutil.copy(work / prefix / rel, work / name)
+            (work / "Kbuild").write_text(VDPA_KBUILD)
+            step = subprocess.run(
+                ["make", "-C", f"/lib/modules/{version}/build", f"M={work}", "modules"],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+    if step.returncode != 0:
+        print(log.read_text()[-3000:], file=sys.stderr)
+        raise RuntimeError(f"building the vdpa modules failed (log: {log})")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for m in VDPA_MODULES:
+        shutil.copy(work / f"{m}.ko", tmp / f"{m}.ko")
+    tmp.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run(family: str, nodeids: list[str]) -> int:
+    version = check(family)
+    modules = build_vdpa(version) if family == "vdpa" else None
+    out = CACHE / family
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "args").write_text("\n".join(nodeids or FAMILIES[family]) + "\n")
+    log = out / "boot.log"
+    inside = Path(__file__).resolve().parent / "inside.sh"
+    command = f"bash {inside} {family} {out} {modules or '-'}"
+    argv = [
+        str(VENV_BIN / "vng"),
+        "--run", f"/boot/vmlinuz-{version}",
+        "--disable-kvm",  # this host's /dev/kvm (kvm_pvm) hangs a Linux guest: TCG
+        "--disable-microvm",
+        "--memory", "2G",
+        "--cpus", "2",
+        "--rwdir", str(out),
+        "--cwd", str(ROOT),
+        "--exec", command,
+    ]  # fmt: skip
+    if QEMU_OPTS[family]:
+        argv.append(f"--qemu-opts={QEMU_OPTS[family]}")
+    if APPEND[family]:
+        argv += ["--append", APPEND[family]]
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    print(f"guest: booting {family} ({version}, TCG); log: {log}", flush=True)
+    started = time.monotonic()
+    with open(log, "wb") as logf:
+        try:
+            proc = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env=env, timeout=BOOT_TIMEOUT_S,
+            )  # fmt: skip
+            vng_rc: int | str = proc.returncode
+        except subprocess.TimeoutExpired:
+            vng_rc = f"timeout after {BOOT_TIMEOUT_S} s"
+    elapsed = time.monotonic() - started
+    rc_file = out / "rc"
+    if not rc_file.exists():
+        tail = log.read_bytes()[-4000:].decode(errors="replace")
+        print(f"{tail}\nguest: the {family} guest ran no tests (vng: {vng_rc}, {elapsed:.0f} s); "
+              f"its log: {log}", file=sys.stderr)  # fmt: skip
+        return 1
+    rc = int(rc_file.read_text().strip() or 1)
+    summary = (out / "summary").read_text().strip() if (out / "summary").exists() else ""
+    print(f"guest: {family}: pytest exit {rc} in {elapsed:.0f} s (boot included): {summary}")
+    return rc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("--check", action="store_true", help="only say whether it can run")
+    parser.add_argument("nodeids", nargs="*", help="in-guest pytest node ids (default: all)")
+    args = parser.parse_args()
+    try:
+        check(args.family)
+        if args.check:
+            print(f"guest: {args.family}: ready")
+            return 0
+        return run(args.family, args.nodeids)
+    except Missing as exc:
+        print(f"guest: cannot boot the {args.family} guest: {exc} (set up with: {SETUP})")
+        return SKIP
+
+
+if __name__ == "__main__":
+    sys.exit(main())

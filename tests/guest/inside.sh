@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs inside the test guest (scripts/guest boots it): set up the family's real
+# devices, then pytest on the node ids in OUT/args. The root filesystem is the
+# host's, read-only; OUT is shared writable; /tmp is the guest's own.
+#   inside.sh vfio|vdpa OUT MODULES_DIR
+set -u
+family=$1 out=$2 modules=$3
+say() { echo "inside: $*"; }
+fail() { say "$*"; echo "$*" >"$out/summary"; echo 3 >"$out/rc"; exit 0; }
+
+case $family in
+vfio)
+  modprobe -a vfio-pci vfio_iommu_type1 || fail "modprobe vfio-pci vfio_iommu_type1 failed"
+  edus=()
+  for dev in /sys/bus/pci/devices/*; do
+    [[ $(<"$dev/vendor") == 0x1234 && $(<"$dev/device") == 0x11e8 ]] && edus+=("${dev##*/}")
+  done
+  ((${#edus[@]} == 2)) || fail "want 2 edu devices (1234:11e8) in the guest, found ${#edus[@]}"
+  echo 1234 11e8 >/sys/bus/pci/drivers/vfio-pci/new_id || fail "vfio-pci new_id failed"
+  edu= lone= shared= sharedgroup=
+  for bdf in "${edus[@]}"; do
+    for _ in $(seq 100); do [[ -e /sys/bus/pci/devices/$bdf/iommu_group ]] && break; sleep 0.1; done
+    group=$(basename "$(readlink "/sys/bus/pci/devices/$bdf/iommu_group")")
+    for _ in $(seq 100); do [[ -e /dev/vfio/$group ]] && break; sleep 0.1; done
+    [[ -e /dev/vfio/$group ]] || fail "/dev/vfio/$group did not appear after binding $bdf"
+    members=$(ls "/sys/kernel/iommu_groups/$group/devices" | wc -l)
+    if ((members == 1)); then edu=$bdf lone=$group; else shared=$bdf sharedgroup=$group; fi
+  done
+  [[ -n $edu && -n $shared ]] || fail "want one edu alone in its group and one sharing one"
+  say "edu $edu (group $lone); edu $shared in non-viable group $sharedgroup:" \
+    "$(ls "/sys/kernel/iommu_groups/$sharedgroup/devices" | tr '\n' ' ')"
+  export IRQBYPASS_TEST_VFIO_NONVIABLE=/dev/vfio/$sharedgroup
+  export IRQBYPASS_TEST_VFIO_NONVIABLE_NAME=$shared
+  export IRQBYPASS_TEST_VFIO_EDU=$edu
+  export IRQBYPASS_TEST_VFIO_DEVICE=$edu IRQBYPASS_TEST_VFIO_INDEX=msi
+  ;;
+vdpa)
+  modprobe -a vhost_iotlb vhost irqbypass || fail "modprobe vhost_iotlb vhost irqbypass failed"
+  for m in vringh vdpa vdpa_sim vdpa_sim_blk vdpa_sim_net vhost_vdpa; do
+    insmod "$modules/$m.ko" || fail "insmod $modules/$m.ko failed"
+  done
+  vdpa dev add name vdpa-blk mgmtdev vdpasim_blk || fail "vdpa dev add (vdpasim_blk) failed"
+  vdpa dev add name vdpa-net mgmtdev vdpasim_net || fail "vdpa dev add (vdpasim_net) failed"
+  node() {  # the /dev/vhost-vdpa-N of vDPA device $1
+    local d
+    for _ in $(seq 100); do
+      for d in /sys/bus/vdpa/devices/"$1"/vhost-vdpa-*; do
+        [[ -e $d && -e /dev/${d##*/} ]] && { echo "/dev/${d##*/}"; return; }
+      done
+      sleep 0.1
+    done
+  }
+  blk=$(node vdpa-blk) net=$(node vdpa-net)
+  [[ -n $blk && -n $net ]] || fail "no /dev/vhost-vdpa-N for vdpa-blk ($blk) or vdpa-net ($net)"
+  say "vdpa-blk $blk, vdpa-net $net"
+  export IRQBYPASS_TEST_VDPA_BLK=$blk IRQBYPASS_TEST_VDPA_NET=$net
+  export IRQBYPASS_TEST_VDPA_DEVICE=$blk
+  ;;
+*) fail "unknown family $family" ;;
+esac
+
+export IRQBYPASS_IN_GUEST=$family PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hyp
+mapfile -t ids <"$out/args"
+.venv/bin/python -m pytest -p no:cacheprovider --basetemp=/tmp/pytest -q -rfEs \
+  --junitxml="$out/junit.xml" "${ids[@]}" 2>&1 | tee "$out/pytest.out"
+rc=${PIPESTATUS[0]}
+tail -n 1 "$out/pytest.out" >"$out/summary"
+echo "$rc" >"$out/rc"

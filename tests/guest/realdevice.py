@@ -1,0 +1,100 @@
+"""What the real-device tests share: a counting consumer a Manager pairs, and
+event-driven waits (a TCG guest on a loaded host is slow, never a fixed sleep).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+import irqbypass
+
+#: hang guard for one wait in the guest; generous: TCG on a shared 2-core host
+WAIT_S = 60.0
+
+
+class CountingConsumer(irqbypass.Consumer):
+    """Reads its token eventfd in a thread while open and counts every
+    interrupt; :meth:`wait_for` blocks until the count reaches a total."""
+
+    def __init__(self, *, token: Hashable, name: str = "count") -> None:
+        super().__init__(token=token, name=name)
+        self.count = 0
+        self.reads = 0
+        self.added: list[str] = []
+        self._cond = threading.Condition()
+        self._stop: irqbypass.Eventfd | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        self.added.append(f"add {producer.name}")
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        self.added.append(f"del {producer.name}")
+
+    def open(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop = irqbypass.Eventfd()
+        self._thread = threading.Thread(target=self._run, name="counting-consumer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is None or self._stop is None:
+            return
+        self._stop.write(1)
+        self._thread.join()
+        self._stop.close()
+        self._thread = self._stop = None
+
+    def _run(self) -> None:
+        assert isinstance(self.token, irqbypass.Eventfd) and self._stop is not None
+        poller = select.poll()
+        poller.register(self.token.fileno(), select.POLLIN)
+        poller.register(self._stop.fileno(), select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self.token.fileno() in ready:
+                n = self.token.read(0)
+                if n:
+                    with self._cond:
+                        self.count += n
+                        self.reads += 1
+                        self._cond.notify_all()
+            if self._stop.fileno() in ready:
+                return
+
+    def wait_for(self, total: int, timeout: float = WAIT_S) -> int:
+        """The count once it reaches ``total`` (or at the hang guard)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.count >= total, timeout)
+            return self.count
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {"delivered": self.count, "reads": self.reads}
+
+
+def readable(fd: int, timeout: float = WAIT_S) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout``, without reading it."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    """Poll ``condition`` (a device register, a sysfs file) until true: for
+    state the kernel offers no event for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
