@@ -19,6 +19,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import irqbypass
+
 from . import _abi
 
 __all__ = ["REQUEST_NAMES", "Call", "FakeVdpa"]
@@ -186,10 +188,11 @@ class FakeVdpa:
         if old is not None:
             os.close(old[1])
         if value >= 0:
-            try:
-                self._calls_fd[index] = (value, os.dup(value))
-            except OSError as exc:
-                raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from exc
+            try:  # eventfd_ctx_fdget: EBADF for a closed fd, EINVAL for one not an eventfd
+                irqbypass.Eventfd.from_fd(value)
+            except irqbypass.InvalidEndpointError as exc:
+                raise OSError(exc.errno, os.strerror(exc.errno)) from exc
+            self._calls_fd[index] = (value, os.dup(value))
         return 0
 
     def hand_over(self) -> int:

@@ -26,9 +26,11 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import irqbypass
+
 from . import _abi
 
-__all__ = ["REQUEST_NAMES", "Call", "FakeVfio"]
+__all__ = ["PCI_IRQS", "PCI_IRQS_NORESIZE_MSIX", "REQUEST_NAMES", "Call", "FakeVfio"]
 
 REQUEST_NAMES: dict[int, str] = {
     getattr(_abi, name): name
@@ -46,7 +48,8 @@ REQUEST_NAMES: dict[int, str] = {
     )
 }
 
-#: vfio-pci's answer for a device with INTx, 8 MSI and 16 MSI-X vectors, ERR, REQ.
+#: vfio-pci's answer for a device with INTx, 8 MSI and 16 MSI-X vectors, ERR, REQ
+#: (ERR and REQ NORESIZE, as vfio-pci reports them; found on the driver, in the guest).
 PCI_IRQS: dict[int, tuple[int, int]] = {
     _abi.VFIO_PCI_INTX_IRQ_INDEX: (
         _abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_MASKABLE | _abi.VFIO_IRQ_INFO_AUTOMASKED,
@@ -54,8 +57,15 @@ PCI_IRQS: dict[int, tuple[int, int]] = {
     ),
     _abi.VFIO_PCI_MSI_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_NORESIZE, 8),
     _abi.VFIO_PCI_MSIX_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 16),
-    _abi.VFIO_PCI_ERR_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 1),
-    _abi.VFIO_PCI_REQ_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD, 1),
+    _abi.VFIO_PCI_ERR_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_NORESIZE, 1),
+    _abi.VFIO_PCI_REQ_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_NORESIZE, 1),
+}
+#: vfio-pci sets NORESIZE on every index but INTx, MSI-X included, unless it can
+#: allocate MSI-X vectors dynamically (Linux 6.5+ with a capable host): PCI_IRQS
+#: is such a kernel; this is Linux 6.1's answer (checked on the driver, in the guest).
+PCI_IRQS_NORESIZE_MSIX: dict[int, tuple[int, int]] = {
+    **PCI_IRQS,
+    _abi.VFIO_PCI_MSIX_IRQ_INDEX: (_abi.VFIO_IRQ_INFO_EVENTFD | _abi.VFIO_IRQ_INFO_NORESIZE, 16),
 }
 
 _S32 = struct.Struct("=i")
@@ -261,9 +271,13 @@ class FakeVfio:
         assert isinstance(arg, bytearray)
         self._device_ready(file)
         info = _abi.vfio_irq_info.from_buffer_copy(arg)
+        # vfio-pci refuses an index it does not report (ERR on a device that is not
+        # PCIe) with EINVAL, as it does one out of range (found on the driver)
         if info.argsz < ctypes.sizeof(_abi.vfio_irq_info) or info.index >= self.num_irqs:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        info.flags, info.count = self.irqs.get(info.index, (0, 0))
+        if info.index not in self.irqs:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        info.flags, info.count = self.irqs[info.index]
         arg[:] = bytes(info)
         return 0
 
@@ -356,10 +370,11 @@ class FakeVfio:
             os.close(old[1])
         if fd < 0:
             return
-        try:
-            dup = os.dup(fd)  # the kernel takes a reference on the eventfd file
-        except OSError as exc:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from exc
+        try:  # eventfd_ctx_fdget: EBADF for a closed fd, EINVAL for one not an eventfd
+            irqbypass.Eventfd.from_fd(fd)
+        except irqbypass.InvalidEndpointError as exc:
+            raise OSError(exc.errno, os.strerror(exc.errno)) from exc
+        dup = os.dup(fd)  # the kernel takes a reference on the eventfd file
         self._triggers[(index, vector)] = (fd, dup)
 
     def _disable(self, index: int) -> None:
