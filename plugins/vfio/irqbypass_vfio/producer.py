@@ -29,7 +29,7 @@ import irqbypass
 from . import _abi
 from ._seam import RealSeam, Seam
 
-__all__ = ["INDEX_NAMES", "DeviceInfo", "IrqInfo", "VfioProducer"]
+__all__ = ["INDEX_NAMES", "MSI_QUIESCES", "DeviceInfo", "IrqInfo", "VfioProducer"]
 
 #: vfio-pci's interrupt indexes (``VFIO_PCI_*_IRQ_INDEX``), by option name.
 INDEX_NAMES: dict[str, int] = {
@@ -40,6 +40,12 @@ INDEX_NAMES: dict[str, int] = {
     "req": _abi.VFIO_PCI_REQ_IRQ_INDEX,
 }
 _INDEX_LABELS = {v: k for k, v in INDEX_NAMES.items()}
+
+#: How stop() can quiesce an MSI/MSI-X vector, which vfio-pci cannot mask:
+#: "swap" points its trigger at a holding eventfd (vfio-pci frees and requests
+#: the host IRQ to do so: an MSI landing in between is lost, see docs/testing.md);
+#: "keep" leaves the trigger on the token, whose counter keeps what arrives.
+MSI_QUIESCES = ("swap", "keep")
 
 _BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 CONTAINER_PATH = "/dev/vfio/vfio"
@@ -121,8 +127,12 @@ class VfioProducer(irqbypass.Producer):
     bound and keeps; the producer then owns nothing and only attaches and
     detaches its vector). ``iommufd`` is the iommufd (path, or an fd the caller
     keeps) a cdev is bound to. ``seam`` performs the syscalls (tests pass a
-    model). Constructing validates but never touches the device.
+    model). ``msi_quiesce`` picks how stop() quiesces an MSI/MSI-X vector
+    (:data:`MSI_QUIESCES`). Constructing validates but never touches the device.
     """
+
+    #: how MSI and MSI-X are quiesced unless ``msi_quiesce`` says otherwise
+    DEFAULT_MSI_QUIESCE = "keep"
 
     def __init__(
         self,
@@ -136,6 +146,7 @@ class VfioProducer(irqbypass.Producer):
         irq: int | None = None,
         name: str | None = None,
         iommufd: str | int = IOMMUFD_PATH,
+        msi_quiesce: str | None = None,
         seam: Seam | None = None,
     ) -> None:
         vec = vector if vector is not None else (irq if irq is not None else 0)
@@ -166,6 +177,12 @@ class VfioProducer(irqbypass.Producer):
             raise irqbypass.InvalidEndpointError(
                 f"{what}: INTx has a single vector, 0 (got vector {vec})"
             )
+        msi_quiesce = msi_quiesce if msi_quiesce is not None else self.DEFAULT_MSI_QUIESCE
+        if msi_quiesce not in MSI_QUIESCES:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: msi_quiesce {msi_quiesce!r} is not one of {', '.join(MSI_QUIESCES)}"
+            )
+        self.msi_quiesce = msi_quiesce
         self.vector = vec
         self.device = device
         self.device_name = device_name
@@ -218,6 +235,7 @@ class VfioProducer(irqbypass.Producer):
             raise opts.error("vector", f"INTx has a single vector, 0 (got {vector})")
         device_name = opts.get_str("device_name")
         iommufd = opts.get_str("iommufd", IOMMUFD_PATH) or IOMMUFD_PATH
+        msi_quiesce = opts.get_str("msi_quiesce", cls.DEFAULT_MSI_QUIESCE, choices=MSI_QUIESCES)
         opts.finish()
         return cls(
             token=spec.token,
@@ -229,6 +247,7 @@ class VfioProducer(irqbypass.Producer):
             irq=spec.irq,
             name=spec.name,
             iommufd=iommufd,
+            msi_quiesce=msi_quiesce,
         )
 
     # -- errors ------------------------------------------------------------
@@ -350,12 +369,12 @@ class VfioProducer(irqbypass.Producer):
 
     @property
     def quiesce(self) -> str:
-        """How stop() quiesces this vector: "mask" (INTx) or "swap"."""
+        """How stop() quiesces this vector: "mask" (INTx), else ``msi_quiesce``."""
         if self.index == _abi.VFIO_PCI_INTX_IRQ_INDEX and (
             self.irq_info is None or self.irq_info.maskable
         ):
             return "mask"
-        return "swap"
+        return self.msi_quiesce
 
     def open(self) -> None:
         with self._lock:
@@ -599,7 +618,8 @@ class VfioProducer(irqbypass.Producer):
             self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK)
             self._masked = True
             return
-        self._set_trigger(self._hold.fileno())
+        if self.quiesce == "swap":
+            self._set_trigger(self._hold.fileno())
 
     def stop(self) -> None:
         with self._lock:
@@ -622,7 +642,8 @@ class VfioProducer(irqbypass.Producer):
                     self._masked = False
                 elif self._attached_to is not None:
                     assert isinstance(self.token, irqbypass.Eventfd)
-                    self._set_trigger(self.token.fileno())
+                    if self._attached_to != self.token.fileno():  # "keep" never moved it
+                        self._set_trigger(self.token.fileno())
             finally:
                 self._hold.replay(self.token)
 

@@ -21,6 +21,7 @@ from irqbypass_vfio import VfioProducer, _abi
 from irqbypass_vfio.testing import FakeVfio
 
 MSIX, INTX = _abi.VFIO_PCI_MSIX_IRQ_INDEX, _abi.VFIO_PCI_INTX_IRQ_INDEX
+MSI = _abi.VFIO_PCI_MSI_IRQ_INDEX
 TRIGGER_EVENTFD = _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
 MASK = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK
 UNMASK = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK
@@ -54,7 +55,10 @@ def fake() -> Iterator[FakeVfio]:
 
 
 def producer(token: irqbypass.Eventfd, fake: FakeVfio, **kw: object) -> VfioProducer:
+    """A producer on the model; MSI/MSI-X quiesce by swapping unless a test says
+    otherwise (the sequences below are the swap's; "keep" is tested on its own)."""
     kw.setdefault("device", CDEV)
+    kw.setdefault("msi_quiesce", "swap")
     return VfioProducer(token=token, seam=fake, name="nic", **kw)  # type: ignore[arg-type]
 
 
@@ -212,6 +216,31 @@ def test_msix_stop_start_swaps_to_a_holding_eventfd(
             set_irqs(TRIGGER_EVENTFD, MSIX, 5, token.fileno()),
         ]
         assert p.quiesce == "swap"
+
+
+def test_the_default_msi_quiesce_is_keep(token: irqbypass.Eventfd, fake: FakeVfio) -> None:
+    """The least lossy on the real driver (swap loses MSIs: docs/testing.md)."""
+    p = VfioProducer(token=token, seam=fake, device=CDEV, index="msix")
+    assert p.msi_quiesce == p.quiesce == VfioProducer.DEFAULT_MSI_QUIESCE == "keep"
+
+
+def test_msi_keep_quiesce_leaves_the_trigger_on_the_token(
+    no_fd_leak: None, token: irqbypass.Eventfd, fake: FakeVfio
+) -> None:
+    """msi_quiesce="keep": no SET_IRQS on stop or start (vfio-pci would free and
+    request the host IRQ, losing an MSI in between); the token's counter keeps
+    what arrives meanwhile."""
+    with producer(token, fake, index="msi", msi_quiesce="keep") as p:
+        del fake.calls[:]
+        p.stop()
+        assert p.attached_to == token.fileno() == fake.trigger_of(MSI, 0)
+        fake.fire(MSI, 0)
+        p.start()
+        assert set_irqs_payloads(fake) == []
+        assert token.read(0) == 1
+        assert p.quiesce == "keep" and p.stats()["quiesces"] == 1
+    with pytest.raises(irqbypass.InvalidEndpointError, match="msi_quiesce 'mask' is not one of"):
+        producer(token, fake, msi_quiesce="mask")
 
 
 def test_intx_stop_start_masks_and_unmasks(
