@@ -20,6 +20,7 @@ up), or 1 when the guest did not run the tests (the log's tail is printed).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import os
 import re
@@ -172,6 +173,14 @@ def build_vdpa(version: str) -> Path:
 
 
 def run(family: str, nodeids: list[str]) -> int:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{family}.lock", "w") as lock:
+        # one boot of a family at a time per checkout: they share .cache/guest/<family>
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run(family, nodeids)
+
+
+def _run(family: str, nodeids: list[str]) -> int:
     version = check(family)
     modules = build_vdpa(version) if family == "vdpa" else None
     out = CACHE / family

@@ -156,5 +156,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             user_properties=[("ran_in_guest", family)],
         )
         item.ihook.pytest_runtest_logreport(report=report)
+    # what pytest's own protocol does last: tear down the collectors (module,
+    # class) the next item does not share, so the next item's setup finds a clean stack
+    item.session._setupstate.teardown_exact(nextitem)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True

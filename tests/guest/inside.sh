@@ -59,7 +59,7 @@ vdpa)
 *) fail "unknown family $family" ;;
 esac
 
-export IRQBYPASS_IN_GUEST=$family PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hyp
+export IRQBYPASS_IN_GUEST=$family IRQBYPASS_GUEST_OUT=$out PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hyp
 mapfile -t ids <"$out/args"
 .venv/bin/python -m pytest -p no:cacheprovider --basetemp=/tmp/pytest -q -rfEs \
   --junitxml="$out/junit.xml" "${ids[@]}" 2>&1 | tee "$out/pytest.out"

@@ -96,5 +96,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
     return True
 
 
+def eventfd_count(fd: int) -> int:
+    """An eventfd's counter, read from fdinfo without consuming it."""
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("eventfd-count:"):
+                return int(line.split()[1], 16)
+    raise ValueError(f"fd {fd} is not an eventfd")
+
+
 def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
