@@ -27,6 +27,7 @@ def test_the_demo_delivers_its_msi_pair_into_the_x2apic_guest(kvm_usable: None) 
     assert stats["gsi"] == 24  # left out in the file: the VM's first free GSI
     # the guest counted them on its local APIC; an MSI written while the
     # previous one is still pending in the APIC's IRR coalesces with it (as on
-    # hardware), which a loaded host can provoke even at 200/s, so this checks
-    # that they arrive, and test_apic.py counts exactly, paced
-    assert 0.9 * msi["fired"] <= msi["delivered"] <= msi["fired"]
+    # hardware), and how often depends on the host's load (345 of 400 were seen
+    # on a loaded 2-core host at 200/s), so this checks that they arrive and
+    # are never more than fired; test_apic.py counts exactly, paced
+    assert 0 < msi["delivered"] <= msi["fired"]
