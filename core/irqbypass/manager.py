@@ -141,6 +141,14 @@ class Manager:
             if DEFERRED:
                 deliver_deferred_signals()
 
+    # The two bodies hold the connect and disconnect sequences written out step
+    # by step, as the kernel's __connect()/__disconnect() are: no function call
+    # per callback (nor per sequence) on the fast path. ``p`` and ``c`` are the
+    # endpoints themselves, or _Hooked stand-ins that route each callback
+    # through the lifecycle hook a plugin implements. Every callback is called
+    # through the local ``call``: those are the only lines where a signal may
+    # interrupt (see irqbypass.signals); everywhere else it waits.
+
     @signal_safe
     def _register(self, endpoint: Any, producing: bool) -> None:
         try:
@@ -153,7 +161,7 @@ class Manager:
             mine, theirs = self._producers, self._consumers
         else:
             mine, theirs = self._consumers, self._producers
-        failures: Sequence[_Failure] = ()
+        failures: _Failures = ()  # a constant: nothing allocated unless something fails
         with self._lock:
             if self._running:
                 raise _reentered()
@@ -171,15 +179,60 @@ class Manager:
                 except Exception as exc:
                     _forget(mine, endpoint)
                     raise _invalid_token(endpoint, exc) from exc
-                if partner is not None:
+                if partner is None:
+                    return
+                # connect: the kernel's __connect()
+                if producing:
+                    producer, consumer = endpoint, partner
+                else:
+                    producer, consumer = partner, endpoint
+                p: Any = producer
+                c: Any = consumer
+                if hooks := self.plugins.wrapped:
+                    p = _Hooked(producer, "producer", hooks)
+                    c = _Hooked(consumer, "consumer", hooks)
+                failure: _Failure | None = None
+                if (call := p.stop) is not None:
                     try:
-                        if producing:
-                            failures = self._connect(endpoint, partner, endpoint)
-                        else:
-                            failures = self._connect(partner, endpoint, endpoint)
-                    except BaseException:
-                        del mine[token]  # the kernel's xa_erase after a failed connect
-                        raise
+                        call()
+                    except BaseException as exc:
+                        failures += ((producer, "stop", exc),)
+                if (call := c.stop) is not None:
+                    try:
+                        call()
+                    except BaseException as exc:
+                        failures += ((consumer, "stop", exc),)
+                try:
+                    if (call := p.add_consumer) is not None:
+                        call(consumer)
+                except BaseException as exc:
+                    failure = (producer, "add_consumer", exc)
+                else:
+                    try:
+                        call = c.add_producer
+                        call(producer)
+                    except BaseException as exc:
+                        failure = (consumer, "add_producer", exc)
+                        if (call := p.del_consumer) is not None:
+                            try:
+                                call(consumer)
+                            except BaseException as exc:
+                                failures += ((producer, "del_consumer", exc),)
+                if (call := c.start) is not None:
+                    try:
+                        call()
+                    except BaseException as exc:
+                        failures += ((consumer, "start", exc),)
+                if (call := p.start) is not None:
+                    try:
+                        call()
+                    except BaseException as exc:
+                        failures += ((producer, "start", exc),)
+                if failure is not None:
+                    del mine[token]  # the kernel's xa_erase after a failed connect
+                    raise _connect_error(producer, consumer, endpoint, failure, failures, hooks)
+                producer._consumer = consumer
+                consumer._producer = producer
             finally:
                 self._running = False
         if failures:
@@ -199,7 +252,7 @@ class Manager:
             mine, theirs = self._producers, self._consumers
         else:
             mine, theirs = self._consumers, self._producers
-        failures: Sequence[_Failure] = ()
+        failures: _Failures = ()
         with self._lock:
             if self._running:
                 raise _reentered()
@@ -213,10 +266,48 @@ class Manager:
                     return False
                 partner = theirs.get(token)
                 if partner is not None:
+                    # disconnect: the kernel's __disconnect()
                     if producing:
-                        failures = self._disconnect(endpoint, partner)
+                        producer, consumer = endpoint, partner
                     else:
-                        failures = self._disconnect(partner, endpoint)
+                        producer, consumer = partner, endpoint
+                    p: Any = producer
+                    c: Any = consumer
+                    if hooks := self.plugins.wrapped:
+                        p = _Hooked(producer, "producer", hooks)
+                        c = _Hooked(consumer, "consumer", hooks)
+                    if (call := p.stop) is not None:
+                        try:
+                            call()
+                        except BaseException as exc:
+                            failures += ((producer, "stop", exc),)
+                    if (call := c.stop) is not None:
+                        try:
+                            call()
+                        except BaseException as exc:
+                            failures += ((consumer, "stop", exc),)
+                    try:
+                        call = c.del_producer
+                        call(producer)
+                    except BaseException as exc:
+                        failures += ((consumer, "del_producer", exc),)
+                    if (call := p.del_consumer) is not None:
+                        try:
+                            call(consumer)
+                        except BaseException as exc:
+                            failures += ((producer, "del_consumer", exc),)
+                    if (call := c.start) is not None:
+                        try:
+                            call()
+                        except BaseException as exc:
+                            failures += ((consumer, "start", exc),)
+                    if (call := p.start) is not None:
+                        try:
+                            call()
+                        except BaseException as exc:
+                            failures += ((producer, "start", exc),)
+                    producer._consumer = None
+                    consumer._producer = None
                 del mine[token]
             finally:
                 self._running = False
@@ -267,108 +358,6 @@ class Manager:
 
     def __len__(self) -> int:
         return len(self._producers) + len(self._consumers)
-
-    # -- connect and disconnect ------------------------------------------
-    #
-    # The sequences are written out step by step, as in the kernel: one
-    # readable place each, and no per-callback function call on the fast path.
-    # ``p`` and ``c`` are the endpoints themselves, or _Hooked stand-ins that
-    # route each callback through the lifecycle hook a plugin implements.
-    # Every callback is called through the local ``call``: those are the lines
-    # where a signal may interrupt (see irqbypass.signals).
-
-    @signal_safe
-    def _connect(self, producer: Producer, consumer: Consumer, registering: Any) -> _Failures:
-        """Connect the pair; return what the void callbacks raised."""
-        failures: _Failures = ()  # a constant: nothing allocated unless something fails
-        p: Any = producer
-        c: Any = consumer
-        if hooks := self.plugins.wrapped:
-            p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
-        failure: _Failure | None = None
-        if (call := p.stop) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((producer, "stop", exc),)
-        if (call := c.stop) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((consumer, "stop", exc),)
-        try:
-            if (call := p.add_consumer) is not None:
-                call(consumer)
-        except BaseException as exc:
-            failure = (producer, "add_consumer", exc)
-        else:
-            try:
-                call = c.add_producer
-                call(producer)
-            except BaseException as exc:
-                failure = (consumer, "add_producer", exc)
-                if (call := p.del_consumer) is not None:
-                    try:
-                        call(consumer)
-                    except BaseException as exc:
-                        failures += ((producer, "del_consumer", exc),)
-        if (call := c.start) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((consumer, "start", exc),)
-        if (call := p.start) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((producer, "start", exc),)
-        if failure is None:
-            producer._consumer = consumer
-            consumer._producer = producer
-            return failures
-        raise _connect_error(producer, consumer, registering, failure, failures, hooks)
-
-    @signal_safe
-    def _disconnect(self, producer: Producer, consumer: Consumer) -> _Failures:
-        """Disconnect the pair; return what the callbacks raised."""
-        failures: _Failures = ()  # a constant: nothing allocated unless something fails
-        p: Any = producer
-        c: Any = consumer
-        if hooks := self.plugins.wrapped:
-            p, c = _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
-        if (call := p.stop) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((producer, "stop", exc),)
-        if (call := c.stop) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((consumer, "stop", exc),)
-        try:
-            call = c.del_producer
-            call(producer)
-        except BaseException as exc:
-            failures += ((consumer, "del_producer", exc),)
-        if (call := p.del_consumer) is not None:
-            try:
-                call(consumer)
-            except BaseException as exc:
-                failures += ((producer, "del_consumer", exc),)
-        if (call := c.start) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((consumer, "start", exc),)
-        if (call := p.start) is not None:
-            try:
-                call()
-            except BaseException as exc:
-                failures += ((producer, "start", exc),)
-        producer._consumer = None
-        consumer._producer = None
-        return failures
 
 
 class _Hooked:
