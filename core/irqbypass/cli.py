@@ -8,21 +8,27 @@ teardown).
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass, field
+from importlib import metadata, resources
 from typing import Any, TextIO
 
 from .config import MAX_DURATION, Config, load_config, parse_config
+from .endpoints import Consumer
 from .errors import IrqBypassError
+from .hookspecs import hookimpl
 from .plugins import PluginHost, PluginInfo, load_plugins
 from .topology import PairStatus, Topology
 
@@ -30,15 +36,21 @@ DEFAULT_DURATION = 10.0
 #: after every producer finished, how long stragglers may still be delivered
 SETTLE_SECONDS = 1.0
 TICK_SECONDS = 0.1
+STDIN = "-"
+
+_log = logging.getLogger("irqbypass.cli")
+
+
+def version() -> str:
+    try:
+        return metadata.version("irqbypass")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args = _parse(argv)
+    _set_up_logging(args.verbose)
     try:
         result: int = args.func(args)
         return result
@@ -55,39 +67,108 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 0
+    except OSError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        _error(_os_error(exc))
+        return 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="irqbypass", description="The IRQ bypass manager for userspace VMMs."
-    )
+def _os_error(exc: OSError) -> str:
+    """An OSError that escaped every layer, as a message that says what to do."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors ({errno.errorcode[exc.errno]}: {exc.strerror}; "
+            f"`ulimit -n` is {soft}): each token needs an eventfd and each endpoint what its "
+            "device needs; raise the limit (`ulimit -n 4096`) or split the topology"
+        )
+    what = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{what}; run with -v for the traceback"
+
+
+# -- the command line ------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    # global options may come before or after the command (`irqbypass check F -v`)
+    args.block = [*args.block, *args.block_after]
+    args.plugin_modules = [*args.plugin_modules, *args.plugin_modules_after]
+    args.strict = args.strict or args.strict_after
+    args.verbose = args.verbose + args.verbose_after
+    return args
+
+
+def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -> None:
+    def help_(text: str) -> str:
+        return text if shown else argparse.SUPPRESS
+
     parser.add_argument(
         "--block",
         action="append",
         default=[],
+        dest=f"block{suffix}",
         metavar="NAME",
-        help="do not load this plugin or distribution (repeatable)",
+        help=help_("do not load this plugin or distribution (repeatable)"),
     )
     parser.add_argument(
-        "--strict", action="store_true", help="a plugin that fails to load is fatal"
+        "-p",
+        action="append",
+        default=[],
+        dest=f"plugin_modules{suffix}",
+        metavar="MODULE",
+        help=help_("also load this module as a plugin, without packaging it (repeatable)"),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        dest=f"strict{suffix}",
+        help=help_("a plugin that fails to load, or a warning of `check`, is an error"),
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest=f"verbose{suffix}",
+        help=help_(
+            "log every step (plugins, apply, teardown) and what logging consumers log; "
+            "-vv: also every callback and DEBUG messages"
+        ),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irqbypass",
+        description="The IRQ bypass manager for userspace VMMs.",
+        epilog="Global options may also follow the command. Docs: docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"irqbypass {version()}")
+    _global_options(parser, "", shown=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    plugins = commands.add_parser("plugins", help="list the plugins, their kinds and hooks")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _global_options(sub, "_after", shown=False)
+        return sub
+
+    plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=_cmd_plugins)
 
-    check_cmd = commands.add_parser("check", help="validate a topology file, opening nothing")
-    check_cmd.add_argument("file", type=Path)
+    check_cmd = command("check", "validate a topology file and its pairs, opening no device")
+    check_cmd.add_argument("file", help="the TOML file, or - for standard input")
+    check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     check_cmd.set_defaults(func=_cmd_check)
 
-    run = commands.add_parser("run", help="apply a topology, run it, tear it down")
-    run.add_argument("file", type=Path)
+    run = command("run", "apply a topology, run it, tear it down")
+    run.add_argument("file", help="the TOML file, or - for standard input")
     _run_options(run)
     run.set_defaults(func=_cmd_run)
 
-    demo = commands.add_parser("demo", help="run the bundled demo topology")
+    demo = command("demo", "run the bundled demo topology")
     _run_options(demo)
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -112,7 +193,52 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _set_up_logging(verbose: int) -> None:
+    """-v: INFO, plus everything the user's logging consumers log (their level is
+    the user's choice); -vv: DEBUG everywhere, every callback traced."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if verbose:
+        logging.getLogger("irqbypass.logging").setLevel(logging.DEBUG)
+
+
+def _load(file: str) -> Config:
+    if file == STDIN:
+        return parse_config(sys.stdin.buffer.read(), file="<stdin>")
+    return load_config(file)
+
+
 # -- plugins ---------------------------------------------------------------
+
+
+class _Trace:
+    """-vv: logs every callback the manager makes, through the lifecycle hooks."""
+
+    log = logging.getLogger("irqbypass.trace")
+
+    @hookimpl(wrapper=True)
+    def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: add %r", side, endpoint.name, partner.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: del %r", side, endpoint.name, partner.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: stop", side, endpoint.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: start", side, endpoint.name)
+        return (yield)
 
 
 def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
@@ -122,63 +248,224 @@ def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
         block=[*args.block, *(settings.block if settings else ())],
         allow=settings.load if settings else None,
         strict=strict,
+        modules=args.plugin_modules,
     )
     for failure in host.failures:
         _warn(_describe_failure(failure) + "; the other plugins are loaded")
-    for problem in host.check_kinds():
+        if args.verbose and failure.traceback:
+            sys.stderr.write(failure.traceback)
+    for problem in [*host.check_kinds(), *host.unmatched]:
         _warn(problem)
+    if args.verbose >= 2:
+        host.register(_Trace(), name="irqbypass.trace")
     return host
 
 
 def _describe_failure(info: PluginInfo) -> str:
-    dist = " ".join(filter(None, [info.distribution, info.version])) or "unknown distribution"
+    dist = " ".join(filter(None, [info.distribution, info.version])) or "no distribution"
     return f"plugin {info.name!r} ({dist}) failed to load: {info.error}"
 
 
+def _kind_table(host: PluginHost) -> list[dict[str, Any]]:
+    """Every kind with its plugin and whether it can work on this machine."""
+    rows = []
+    for side in ("producer", "consumer"):
+        for name in host.kinds.names(side):
+            try:
+                kind = host.kinds.get(side, name)
+            except IrqBypassError as exc:  # claimed twice
+                rows.append({"side": side, "name": name, "plugin": None, "unavailable": str(exc)})
+                continue
+            rows.append(
+                {
+                    "side": side,
+                    "name": name,
+                    "plugin": kind.plugin,
+                    "unavailable": kind.unavailable_reason(),
+                }
+            )
+    return rows
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    infos = _host(args).info()
+    host = _host(args)
+    infos = [i for i in host.info() if i.name != "irqbypass.trace"]
+    kinds = _kind_table(host)
     if args.json:
-        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        doc = {
+            "irqbypass": version(),
+            "python": sys.version.split()[0],
+            "plugins": [i.as_dict() for i in infos],
+            "kinds": kinds,
+            "filtered": [f.as_dict() for f in host.filtered],
+            "unmatched": host.unmatched,
+        }
+        print(json.dumps(doc, indent=2))
         return 0
+    print(f"irqbypass {version()} (Python {sys.version.split()[0]})")
     if not infos:
-        print("no plugins installed (see `irqbypass plugins --json` and IRQBYPASS_LOAD_PLUGINS)")
+        why = "all of them were left out (below)" if host.filtered else "none is installed"
+        print(f"no plugins loaded: {why}")
     for info in infos:
-        version = f" {info.version}" if info.version else ""
-        print(f"{info.name} ({info.distribution or 'in-process'}{version})")
+        version_ = f" {info.version}" if info.version else ""
+        print(f"{info.name} ({info.distribution or 'no distribution'}{version_})")
+        if info.module:
+            print(f"  module: {info.module}")
         for side, names in info.kinds.items():
             print(f"  {side} kinds: {', '.join(names)}")
         print(f"  hooks: {', '.join(info.hooks) or '-'}")
         if info.error:
             print(f"  error: {info.error}")
+            if args.verbose and info.traceback:
+                print("  " + info.traceback.rstrip().replace("\n", "\n  "))
+    if kinds:
+        print("kinds here:")
+        table = [("SIDE", "KIND", "PLUGIN", "AVAILABLE")]
+        for k in kinds:
+            state = "yes" if k["unavailable"] is None else f"no: {k['unavailable']}"
+            table.append((k["side"], k["name"], k["plugin"] or "-", state))
+        _print_table(table, sys.stdout)
+    if host.filtered:
+        print("not loaded:")
+        for f in host.filtered:
+            dist = " ".join(filter(None, [f.distribution, f.version])) or "no distribution"
+            print(f"  {f.name} ({dist}): {f.reason}")
     return 0
+
+
+def _header(host: PluginHost, out: TextIO) -> None:
+    """One line, as pytest's ``plugins:`` line: what this run is made of."""
+    loaded = [
+        f"{i.name} {i.version}" if i.version else i.name
+        for i in host.info()
+        if i.error is None and i.name != "irqbypass.trace"
+    ]
+    print(f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}", file=out)
 
 
 # -- check -----------------------------------------------------------------
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    config = _load(args.file)
     host = _host(args, config)
     topology = Topology(config, host)
-    topology.build()
-    placed = list(topology.placed)
-    topology.teardown()
-    print(
-        f"{config.file}: OK: {len(config.producers)} producers, {len(config.consumers)} consumers"
-    )
-    for entry in (p.config for p in placed):
-        bypass = "" if entry.bypass else " (bypass off)"
-        print(f"  {entry.side} {entry.name} kind={entry.kind} token={entry.token}{bypass}")
-    for token, reason in topology.skipped:
-        print(f"  token {token}: would be skipped: {reason}")
+    topology.build(check_only=True)
+    try:
+        rows = topology.status()
+        pairs = [_pair_dict(row) for row in rows]
+    finally:
+        topology.teardown()
+    pairs += [_skipped_dict(token, reason) for token, reason in topology.skipped]
+    order = {name: i for i, name in enumerate(config.token_names())}
+    pairs.sort(key=lambda p: order[p["token"]])
+    warnings = _pairing_problems(config, host)
+    if args.json:
+        doc = {
+            "file": config.file,
+            "ok": not (warnings and args.strict),
+            "producers": len(config.producers),
+            "consumers": len(config.consumers),
+            "pairs": pairs,
+            "warnings": warnings,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        counts = ", ".join(
+            [
+                _count(len(config.producers), "producer"),
+                _count(len(config.consumers), "consumer"),
+                _count(len(pairs), "token"),
+            ]
+        )
+        print(f"{config.file}: OK: {counts}")
+        table = [("TOKEN", "PRODUCER", "CONSUMER", "STATE")]
+        for p in pairs:
+            table.append((p["token"], _end(p, "producer"), _end(p, "consumer"), p["state"]))
+        _print_table(table, sys.stdout)
+        for warning in warnings:
+            _warn(warning)
+    if warnings and args.strict:
+        _error(f"{config.file}: {_count(len(warnings), 'warning')} (--strict)")
+        return 1
     return 0
+
+
+def _end(pair: dict[str, Any], side: str) -> str:
+    name = pair[side]
+    return "-" if name is None else f"{name} ({pair[f'{side}_kind']})"
+
+
+def _pair_dict(row: PairStatus) -> dict[str, Any]:
+    producer = row.producer.config if row.producer else None
+    consumer = row.consumer.config if row.consumer else None
+    if producer is None or consumer is None:
+        state = f"{'producer' if consumer is None else 'consumer'} only: nothing pairs with it"
+    elif producer.bypass and consumer.bypass:
+        state = "pairs (bypass)"
+    else:
+        off = " and ".join(e.name for e in (producer, consumer) if not e.bypass)
+        state = f"eventfd only (bypass = false on {off})"
+    return {
+        "token": row.token,
+        "producer": producer.name if producer else None,
+        "producer_kind": producer.kind if producer else None,
+        "consumer": consumer.name if consumer else None,
+        "consumer_kind": consumer.kind if consumer else None,
+        "state": state,
+    }
+
+
+def _skipped_dict(token: str, reason: str) -> dict[str, Any]:
+    return {
+        "token": token,
+        "producer": None,
+        "producer_kind": None,
+        "consumer": None,
+        "consumer_kind": None,
+        "state": f"would be skipped: {reason}",
+    }
+
+
+def _pairing_problems(config: Config, host: PluginHost) -> list[str]:
+    """Likely mistakes a valid file can still hold: a token with one end (with the
+    near-identical token it probably meant), and a kind typo that ``optional``
+    would silently skip."""
+    problems = []
+    ends: dict[str, dict[str, Any]] = {}
+    for entry in config.endpoints:
+        ends.setdefault(entry.token, {})[entry.side] = entry
+    lonely = {token: sides for token, sides in ends.items() if len(sides) == 1}
+    for token, sides in lonely.items():
+        ((side, entry),) = sides.items()
+        other = "consumer" if side == "producer" else "producer"
+        candidates = [t for t, s in lonely.items() if other in s]
+        close = difflib.get_close_matches(token, candidates, n=1, cutoff=0.6)
+        hint = f"; did you mean token {close[0]!r} of {other} {lonely[close[0]][other].name!r}?"
+        problems.append(
+            f"{entry.key_path}: token {token!r} has only a {side} ({entry.name!r}): "
+            f"no {other} pairs with it" + (hint if close else "")
+        )
+    for entry in config.endpoints:
+        if not entry.optional:
+            continue
+        known = host.kinds.names(entry.side)
+        if entry.kind in known:
+            continue
+        close = difflib.get_close_matches(entry.kind, known, n=1)
+        if close:
+            problems.append(
+                f"{entry.key_path}.kind: {entry.kind!r} is no loaded kind; did you mean "
+                f"{close[0]!r}? (optional = true would skip its pair)"
+            )
+    return problems
 
 
 # -- run and demo ----------------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _run(args, load_config(args.file))
+    return _run(args, _load(args.file))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -192,20 +479,24 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     out = sys.stdout
     topology = Topology(config, host)
     stopped_by: int | None = None
+    if not args.json:
+        _header(host, out)
     with _terminate_as_interrupt():
         try:
             topology.apply()
+            _log_applied(topology)
             try:
                 if not args.json:
                     _print_pairs(topology, out)
                 _wait(topology, duration, sys.stderr)
             except KeyboardInterrupt as exc:
                 stopped_by = getattr(exc, "signum", signal.SIGINT)
-            summary = [_row_dict(row) for row in topology.status()]
+            summary = [row.as_dict() for row in _snapshot(topology)]
         except BaseException:
             _report_teardown(topology)
             raise
         # a teardown error is reported after the summary, never instead of it
+        _log.info("tearing down %s", config.file)
         teardown_error = _teardown(topology)
     if args.json:
         doc = {
@@ -241,6 +532,12 @@ def _report_teardown(topology: Topology) -> None:
         _error(str(error))
 
 
+def _log_applied(topology: Topology) -> None:
+    for placed in topology.placed:
+        state = "opened, registered" if placed.registered else "opened, not registered"
+        _log.info("%s: %s", placed.label, state)
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: a clean teardown, then exit 128 + 15."""
 
@@ -265,35 +562,172 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# -- the wait and its progress line ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One token's figures, all from one read of each end's ``stats()`` (the
+    consumer's first: a counter read later is never smaller, so ``delivered``
+    never exceeds ``fired``), so a row never contradicts itself."""
+
+    status: PairStatus
+    producer_stats: dict[str, int] = field(default_factory=dict)
+    consumer_stats: dict[str, int] = field(default_factory=dict)
+    #: what the token's eventfd still holds: signalled, not yet taken by anyone
+    queued: int | None = None
+    #: the consumer merges signals (an interrupt controller's edge or pending bit)
+    coalesces: bool = False
+    #: every producer finished and the row stopped changing
+    settled: bool = False
+
+    @property
+    def fired(self) -> int | None:
+        return _int(self.producer_stats.get("fired"))
+
+    @property
+    def delivered(self) -> int | None:
+        return _int(self.consumer_stats.get("delivered"))
+
+    @property
+    def shortfall(self) -> int | None:
+        if self.fired is None or self.delivered is None:
+            return None
+        return max(0, self.fired - self.delivered)
+
+    @property
+    def coalesced(self) -> int | None:
+        """Signals the consumer took but merged: its own ``coalesced`` count, or,
+        for a consumer that merges, the settled shortfall the eventfd no longer
+        holds (the kernel took each signal; the guest saw fewer edges)."""
+        reported = _int(self.consumer_stats.get("coalesced"))
+        if reported is not None:
+            return reported
+        if self.shortfall is None or not self.coalesces:
+            return None
+        return self.shortfall - (self.queued or 0) if self.settled else 0
+
+    @property
+    def lost(self) -> int | None:
+        """What no one can account for: neither delivered, merged, nor queued."""
+        if self.shortfall is None:
+            return None
+        return max(0, self.shortfall - (self.coalesced or 0) - (self.queued or 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        row = self.status
+        return {
+            "token": row.token,
+            "producer": None if row.producer is None else row.producer.config.name,
+            "producer_kind": None if row.producer is None else row.producer.config.kind,
+            "consumer": None if row.consumer is None else row.consumer.config.name,
+            "consumer_kind": None if row.consumer is None else row.consumer.config.kind,
+            "paired": row.paired,
+            "fired": self.fired,
+            "delivered": self.delivered,
+            "coalesced": self.coalesced,
+            "queued": self.queued,
+            "lost": self.lost,
+            "producer_stats": self.producer_stats,
+            "consumer_stats": self.consumer_stats,
+        }
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
+    rows = []
+    for status in topology.status():
+        consumer = status.consumer.endpoint if status.consumer else None
+        producer = status.producer.endpoint if status.producer else None
+        consumer_stats = dict(consumer.stats()) if consumer is not None else {}
+        producer_stats = dict(producer.stats()) if producer is not None else {}
+        token = topology.tokens.get(status.token)
+        rows.append(
+            _Row(
+                status,
+                producer_stats,
+                consumer_stats,
+                queued=_eventfd_count(token),
+                coalesces=isinstance(consumer, Consumer) and getattr(consumer, "coalesces", False),
+                settled=settled and topology.finished,
+            )
+        )
+    return rows
+
+
+def _eventfd_count(token: object) -> int | None:
+    """The counter of the token's eventfd (fdinfo ``eventfd-count``, hex), read
+    without taking it; None where the kernel does not show it."""
+    try:
+        fd = token.fileno()  # type: ignore[attr-defined]
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key == "eventfd-count":
+                    return int(value.strip(), 16)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return None
+
+
 def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
-    """Run until ``duration`` passes, or every producer finished and its
-    interrupts arrived (or had SETTLE_SECONDS to)."""
+    """Run until ``duration`` passes, or every producer finished and every
+    interrupt is accounted for (or had SETTLE_SECONDS to be). A topology with no
+    producer has nothing to wait for."""
+    if not any(p.config.side == "producer" for p in topology.placed):
+        _log.info("no producer: nothing to wait for")
+        return
     live = progress.isatty()
     start = time.monotonic()
     finished_at: float | None = None
+    previous: list[tuple[int | None, int | None, int | None]] | None = None
     try:
         while True:
             now = time.monotonic()
-            rows = topology.status()
+            rows = _snapshot(topology, settled=False)
             if live:
-                progress.write(f"\r{_progress_line(rows, now - start)}\x1b[K")
+                line = _fit(_progress_line(rows, now - start), _width(progress))
+                progress.write(f"\r{line}\x1b[K")
                 progress.flush()
             if now - start >= duration:
                 break
             if topology.finished:
                 finished_at = finished_at if finished_at is not None else now
-                caught_up = all(r.lost in (None, 0) for r in rows)
-                if caught_up or now - finished_at >= SETTLE_SECONDS:
+                figures = [(r.fired, r.delivered, r.queued) for r in rows]
+                still = figures == previous  # nothing moved for one tick: settled
+                previous = figures
+                accounted = all(
+                    r.shortfall in (None, 0) or (r.coalesces and still and not r.queued)
+                    for r in rows
+                )
+                if accounted or now - finished_at >= SETTLE_SECONDS:
                     break
             time.sleep(TICK_SECONDS)
     finally:
         if live:
             progress.write("\n")
+            progress.flush()
 
 
-def _progress_line(rows: list[PairStatus], elapsed: float) -> str:
-    parts = [f"{r.token}: {_num(r.fired)} fired {_num(r.delivered)} delivered" for r in rows]
-    return f"[{elapsed:5.1f}s] " + " | ".join(parts)
+def _width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
+def _fit(line: str, width: int) -> str:
+    """Cut to one line of the terminal: a full last column would wrap it."""
+    room = max(10, width - 1)
+    return line if len(line) <= room else line[: room - 3] + "..."
+
+
+def _progress_line(rows: list[_Row], elapsed: float) -> str:
+    parts = [f"{r.status.token} {_num(r.delivered)}/{_num(r.fired)}" for r in rows]
+    return f"[{elapsed:5.1f}s] delivered/fired: " + " | ".join(parts)
 
 
 def _count(n: int, noun: str) -> str:
@@ -319,30 +753,23 @@ def _ends(placed: Any) -> str:
     return "-" if placed is None else f"{placed.config.name} ({placed.config.kind})"
 
 
-def _row_dict(row: PairStatus) -> dict[str, Any]:
-    return {
-        "token": row.token,
-        "producer": None if row.producer is None else row.producer.config.name,
-        "producer_kind": None if row.producer is None else row.producer.config.kind,
-        "consumer": None if row.consumer is None else row.consumer.config.name,
-        "consumer_kind": None if row.consumer is None else row.consumer.config.kind,
-        "paired": row.paired,
-        "fired": row.fired,
-        "delivered": row.delivered,
-        "lost": row.lost,
-        "producer_stats": {} if row.producer is None else dict(row.producer.endpoint.stats()),
-        "consumer_stats": {} if row.consumer is None else dict(row.consumer.endpoint.stats()),
-    }
+_SUMMARY_COLUMNS = (
+    *("TOKEN", "PRODUCER", "CONSUMER", "FIRED", "DELIVERED"),
+    *("COALESCED", "QUEUED", "LOST", "DETAILS"),
+)
 
 
 def _print_summary(summary: list[dict[str, Any]], out: TextIO) -> None:
+    if not summary:
+        print("summary: nothing ran (no pair was applied)", file=out)
+        return
     print("summary:", file=out)
-    table = [("TOKEN", "PRODUCER", "CONSUMER", "FIRED", "DELIVERED", "LOST", "DETAILS")]
+    table = [_SUMMARY_COLUMNS]
     for row in summary:
         details = {
             k: v
             for k, v in {**row["producer_stats"], **row["consumer_stats"]}.items()
-            if k not in ("fired", "delivered")
+            if k not in ("fired", "delivered", "coalesced")
         }
         table.append(
             (
@@ -351,6 +778,8 @@ def _print_summary(summary: list[dict[str, Any]], out: TextIO) -> None:
                 row["consumer"] or "-",
                 _num(row["fired"]),
                 _num(row["delivered"]),
+                _num(row["coalesced"]),
+                _num(row["queued"]),
                 _num(row["lost"]),
                 " ".join(f"{k}={v}" for k, v in details.items()),
             )

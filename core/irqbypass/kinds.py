@@ -10,7 +10,8 @@ of both plugins keeps working.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Hashable, Mapping
+import inspect
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,8 +50,10 @@ class EndpointSpec:
 
 
 Factory = Callable[[EndpointSpec], Endpoint]
-#: Returns None when the kind can work on this machine, else why not.
-Availability = Callable[[], "str | None"]
+#: Returns None when the kind can work on this machine, else why not. It may take
+#: a keyword argument ``options`` (the entry's ``options`` table, or an empty
+#: one), to check what the entry names, such as its device path.
+Availability = Callable[..., "str | None"]
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,24 @@ class Kind:
     plugin: str
     availability: Availability | None = None
 
-    def unavailable_reason(self) -> str | None:
-        """Why this kind cannot work here (no device, no permission), or None."""
+    def unavailable_reason(self, options: Mapping[str, Any] | None = None) -> str | None:
+        """Why this kind cannot work here (no device, no permission), or None;
+        ``options`` is the entry's options table, for checks that take it."""
         if self.availability is None:
             return None
         try:
+            if _takes_options(self.availability):
+                return self.availability(options=dict(options or {}))
             return self.availability()
         except Exception as exc:
             return f"its availability check raised {type(exc).__name__}: {exc}"
+
+
+def _takes_options(check: Callable[..., object]) -> bool:
+    try:
+        return "options" in inspect.signature(check).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 class KindRegistrar:
@@ -99,6 +112,9 @@ class KindRegistry:
 
     def __init__(self) -> None:
         self._kinds: dict[Side, dict[str, list[Kind]]] = {s: {} for s in SIDES}
+        #: what the plugin host left out (filtered plugins, unmatched load-list
+        #: entries), told with an unknown kind instead of "is it installed?"
+        self.left_out: list[str] = []
 
     def add(self, kind: Kind) -> None:
         if not kind.name or not isinstance(kind.name, str):
@@ -135,7 +151,9 @@ class KindRegistry:
     def get(self, side: Side, name: str) -> Kind:
         kinds = self._kinds[side].get(name)
         if not kinds:
-            raise UnknownKindError(_unknown_kind_message(side, name, self.names(side)))
+            raise UnknownKindError(
+                _unknown_kind_message(side, name, self.names(side), self.left_out)
+            )
         if len(kinds) > 1:
             raise KindConflictError(
                 f"{side} kind {name!r} is registered by plugins "
@@ -145,15 +163,22 @@ class KindRegistry:
         return kinds[0]
 
 
-def _unknown_kind_message(side: Side, name: str, known: list[str]) -> str:
+def _unknown_kind_message(
+    side: Side, name: str, known: list[str], left_out: Sequence[str] = ()
+) -> str:
     message = f"no plugin provides {side} kind {name!r}"
     close = difflib.get_close_matches(name, known, n=1)
     if close:
         message += f"; did you mean {close[0]!r}?"
     if known:
         message += f" (known {side} kinds: {', '.join(known)})"
-    else:
+    elif not left_out:
         message += (
             f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
+        )
+    if left_out:
+        message += (
+            f"; not loaded here, so one of them may provide it: {'; '.join(left_out)} "
+            "(see `irqbypass plugins`)"
         )
     return message

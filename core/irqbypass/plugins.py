@@ -9,12 +9,23 @@ names plugins or distributions to skip. A plugin that fails to load is recorded
 with its name, distribution and error, and the others keep working; ``strict``
 makes the first failure fatal. One distribution seen twice (an editable install
 beside a regular one, a ``lib64`` symlink) loads once.
+
+Every plugin left out is recorded with why (:attr:`PluginHost.filtered`), and so
+is every load-list entry that matches nothing (:attr:`PluginHost.unmatched`), so
+that ``irqbypass plugins`` and an unknown kind's error can say so. A plugin that
+implements a hook no spec declares (``irqbypass_stopp``) is refused, as pytest
+refuses one, with the closest hook name. ``load_module`` registers a module by
+import name without packaging it (``irqbypass -p MODULE``, like pytest's ``-p``).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +45,7 @@ ENV_DISABLE = "IRQBYPASS_DISABLE_PLUGIN_AUTOLOAD"
 CORE_PLUGIN = "irqbypass.core"
 
 _STEPS = ("add", "del", "stop", "start")
+_log = logging.getLogger("irqbypass.plugins")
 
 
 class _CoreCallbacks:
@@ -72,15 +84,38 @@ class PluginInfo:
     kinds: dict[str, list[str]] = field(default_factory=dict)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    #: where the plugin's code is: its module (``irqbypass_mock``) or class
+    module: str | None = None
+    #: the formatted traceback of a failure to load (shown with ``-v``)
+    traceback: str | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "distribution": self.distribution,
             "version": self.version,
+            "module": self.module,
             "kinds": self.kinds,
             "hooks": self.hooks,
             "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class FilteredPlugin:
+    """An installed plugin that was not loaded, and why."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "reason": self.reason,
         }
 
 
@@ -103,6 +138,10 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.pm.register(_CoreCallbacks(), name=CORE_PLUGIN)
         self.failures: list[PluginInfo] = []
+        #: installed plugins left out by the environment, a load list or a block list
+        self.filtered: list[FilteredPlugin] = []
+        #: load-list entries that named no installed plugin or distribution
+        self.unmatched: list[str] = []
         self._sources: dict[str, _Source] = {}
         self._kinds: KindRegistry | None = None
         self._kind_failures: dict[str, str] = {}
@@ -121,8 +160,33 @@ class PluginHost:
             registered = self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+        problem = self._unknown_hooks(plugin)
+        if problem is not None:
+            self.pm.unregister(plugin)
+            raise PluginError(f"plugin {registered or name!r} cannot be registered: {problem}")
         self._refresh()
         return registered if registered is not None else str(name)
+
+    def _unknown_hooks(self, plugin: object) -> str | None:
+        """Why ``plugin`` is refused: it implements a hook no spec declares (a
+        typo that would otherwise never be called), or None."""
+        unknown = sorted(
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or []
+            if caller.spec is None
+            and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
+        )
+        if not unknown:
+            return None
+        known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+        parts = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return (
+            f"it implements unknown hook {', '.join(parts)}; the hooks are {', '.join(known)}"
+            " (mark a hook of another project's with @irqbypass.hookimpl(optionalhook=True))"
+        )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
         self.pm.unregister(plugin, name=name)
@@ -165,15 +229,17 @@ class PluginHost:
         seam for tests.
         """
         env = os.environ if environ is None else environ
-        if env.get(ENV_DISABLE):
-            return []
+        found = entry_points() if entry_points is not None else _group_entry_points()
+        disabled = bool(env.get(ENV_DISABLE))
+        source = "the config's [plugins] load"
         if ENV_LOAD in env:
             allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
+            source = ENV_LOAD
         allowed = None if allow is None else {_normalize(n) for n in allow}
         blocked = {_normalize(n) for n in block}
-        found = entry_points() if entry_points is not None else _group_entry_points()
         failures = []
         seen: set[tuple[str, str]] = set()
+        matched: set[str] = set()
         for ep in sorted(found, key=lambda e: (_dist_name(e) or "", e.name)):
             dist = _dist_name(ep)
             key = (_normalize(dist or ""), ep.name)
@@ -181,32 +247,76 @@ class PluginHost:
                 continue  # the same distribution seen twice
             seen.add(key)
             names = {_normalize(ep.name), _normalize(dist or "")}
-            if allowed is not None and not names & allowed:
-                continue
-            if names & blocked or self.pm.has_plugin(ep.name):
+            matched |= names
+            reason = None
+            if disabled:
+                reason = f"{ENV_DISABLE} is set"
+            elif allowed is not None and not names & allowed:
+                reason = f"not in {source} ({', '.join(allow or ()) or 'empty'})"
+            elif names & blocked:
+                reason = "blocked (config [plugins] block or --block)"
+            elif self.pm.has_plugin(ep.name):
+                reason = f"a plugin named {ep.name!r} is already registered"
+            if reason is not None:
+                version = ep.dist.version if ep.dist is not None else None
+                self.filtered.append(FilteredPlugin(ep.name, dist, version, reason))
+                _log.info("plugin %s (%s) not loaded: %s", ep.name, dist, reason)
                 continue
             info = self._load_one(ep, dist)
             if info is not None:
                 failures.append(info)
                 if strict:
                     raise PluginError(_failure_message(info))
+        if allow is not None and not disabled:
+            self.unmatched += [
+                f"{source} names {name!r}, which is no installed plugin or distribution"
+                for name in allow
+                if _normalize(name) not in matched
+            ]
         self.failures.extend(failures)
+        self._kinds = None  # the left-out list changed
         return failures
+
+    def load_module(self, module: str) -> None:
+        """Import ``module`` and register it as a plugin named after it, as
+        pytest's ``-p`` does; a failure is recorded like a broken entry point."""
+        if self.pm.has_plugin(module):
+            return
+        try:
+            plugin = importlib.import_module(module)
+            self.register(plugin, name=module)
+        except (Exception, SystemExit) as exc:
+            info = PluginInfo(
+                name=module, error=f"{type(exc).__name__}: {exc}", traceback=_traceback(exc)
+            )
+            self.failures.append(info)
+            _log.info("plugin module %s failed to load: %s", module, info.error)
+            return
+        self._sources[module] = _Source(None, None)
+        _log.info("loaded plugin module %s", module)
 
     def _load_one(self, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
         version = ep.dist.version if ep.dist is not None else None
         try:
             plugin = ep.load()
-            self.pm.register(plugin, name=ep.name)
+            self.register(plugin, name=ep.name)
         except (Exception, SystemExit) as exc:  # sys.exit() at import is a failed plugin too
+            # a refused registration reports pluggy's own error, or the core's reason
+            error = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ else exc
+            message = f"{type(error).__name__}: {error}"
+            if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
+                message = str(exc).split(": ", 1)[-1]
+            _log.info("plugin %s (%s %s) failed to load: %s", ep.name, dist, version, message)
             return PluginInfo(
                 name=ep.name,
                 distribution=dist,
                 version=version,
-                error=f"{type(exc).__name__}: {exc}",
+                module=getattr(ep, "value", None),
+                error=message,
+                traceback=_traceback(error),
             )
         self._sources[ep.name] = _Source(dist, version)
-        self._refresh()
+        _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
         return None
 
     # -- kinds -------------------------------------------------------------
@@ -220,6 +330,9 @@ class PluginHost:
 
     def _collect_kinds(self) -> tuple[KindRegistry, dict[str, str]]:
         registry = KindRegistry()
+        registry.left_out = [
+            f"{f.name} ({f.distribution or 'no distribution'}): {f.reason}" for f in self.filtered
+        ] + self.unmatched
         failures = {}
         caller = self.pm.hook.irqbypass_register_kinds
         for impl in caller.get_hookimpls():
@@ -264,6 +377,9 @@ class PluginHost:
                 continue
             source = self._sources.get(name, _Source(None, None))
             hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+            module = getattr(plugin, "__name__", None)
+            if not isinstance(module, str) or not isinstance(plugin, type(sys)):
+                module = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
             result.append(
                 PluginInfo(
                     name=name,
@@ -272,6 +388,7 @@ class PluginHost:
                     kinds={k: v for k, v in registry.of_plugin(name).items() if v},
                     hooks=hooks,
                     error=self._kind_failures.get(name) or conflicts.get(name),
+                    module=module,
                 )
             )
         return sorted(result + self.failures, key=lambda i: i.name)
@@ -282,12 +399,17 @@ def load_plugins(
     block: Iterable[str] = (),
     allow: Sequence[str] | None = None,
     strict: bool = False,
+    modules: Sequence[str] = (),
 ) -> PluginHost:
     """A :class:`PluginHost` with the installed plugins loaded (see the module
-    docstring for the environment variables). Failures are in ``host.failures``
-    unless ``strict``."""
+    docstring for the environment variables), then ``modules`` by import name.
+    Failures are in ``host.failures`` unless ``strict``."""
     host = PluginHost()
     host.load_entry_points(block=block, allow=allow, strict=strict)
+    for module in modules:
+        host.load_module(module)
+        if strict and host.failures:
+            raise PluginError(_failure_message(host.failures[-1]))
     host.check_kinds(strict=strict)
     return host
 
@@ -303,6 +425,12 @@ def _dist_name(ep: metadata.EntryPoint) -> str | None:
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _traceback(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _failure_message(info: PluginInfo) -> str:

@@ -110,14 +110,23 @@ class Topology:
 
     # -- building ----------------------------------------------------------
 
-    def build(self) -> None:
-        """Create the token eventfds and the endpoints; open nothing."""
+    def build(self, *, check_only: bool = False) -> None:
+        """Create the token eventfds and the endpoints; open nothing.
+
+        ``check_only`` (``irqbypass check``): every token gets one shared
+        eventfd, never signalled, so a check costs one fd however large the file;
+        such a topology is for looking at, not for :meth:`apply`."""
         if self.placed:
             return
         skipped = self._optional_unavailable()
         self.skipped = sorted(skipped.items())
         try:
-            self.tokens = {name: Eventfd() for name in self.config.token_names()}
+            names = self.config.token_names()
+            if check_only and names:
+                shared = Eventfd()
+                self.tokens = dict.fromkeys(names, shared)
+            else:
+                self.tokens = {name: Eventfd() for name in names}
             # consumers first: the sink is ready before the source can fire
             for entry in self.config.consumers + self.config.producers:
                 if entry.token not in skipped:
@@ -126,7 +135,9 @@ class Topology:
                     # a left-out pair is still validated: building opens nothing
                     self._build_one(entry)
             for name in skipped:
-                self.tokens.pop(name).close()
+                token = self.tokens.pop(name)
+                if all(t is not token for t in self.tokens.values()):
+                    token.close()
         except BaseException:
             self._release()
             raise
@@ -146,7 +157,8 @@ class Topology:
             if not entry.optional or entry.token in skipped:
                 continue
             try:
-                reason = self.plugins.kinds.get(entry.side, entry.kind).unavailable_reason()
+                kind = self.plugins.kinds.get(entry.side, entry.kind)
+                reason = kind.unavailable_reason(entry.options)
             except PluginError as exc:
                 reason = str(exc)
             if reason is not None:

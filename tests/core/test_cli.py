@@ -46,7 +46,7 @@ def test_run_prints_table_and_summary_quietly_when_piped(tmp_path: Path) -> None
     lines = result.stdout.splitlines()
     assert any("m (mock)" in ln and "l (logging)" in ln and "paired" in ln for ln in lines)
     (summary,) = [ln.split() for ln in lines if ln.split()[:1] == ["t"] and "300" in ln]
-    assert summary[:6] == ["t", "m", "l", "300", "300", "0"]
+    assert summary[:8] == ["t", "m", "l", "300", "300", "-", "0", "0"]
     assert "\r" not in result.stderr, "no progress line when not on a terminal"
 
 
@@ -101,20 +101,35 @@ def test_bad_usage_exits_2() -> None:
 def test_plugins_json_lists_real_distributions() -> None:
     result = run("plugins", "--json")
     assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"irqbypass", "python", "plugins", "kinds", "filtered", "unmatched"}
+    plugins = {p["name"]: p for p in doc["plugins"]}
     assert plugins["mock"]["distribution"] == "irqbypass-mock"
+    assert plugins["mock"]["module"] == "irqbypass_mock"
     assert plugins["mock"]["kinds"] == {"producer": ["mock"]}
     assert plugins["logging"]["hooks"] == ["irqbypass_register_kinds"]
-    assert set(plugins["mock"]) == {"name", "distribution", "version", "kinds", "hooks", "error"}
+    assert set(plugins["mock"]) == {
+        *("name", "distribution", "version", "module", "kinds", "hooks", "error")
+    }
+    kinds = {(k["side"], k["name"]): k for k in doc["kinds"]}
+    assert kinds["producer", "mock"] == {
+        "side": "producer",
+        "name": "mock",
+        "plugin": "mock",
+        "unavailable": None,
+    }
 
 
 def test_block_on_command_line_and_env_allow_list() -> None:
     blocked = json.loads(run("--block", "mock", "plugins", "--json").stdout)
-    assert "mock" not in {p["name"] for p in blocked}
+    assert "mock" not in {p["name"] for p in blocked["plugins"]}
+    assert {"name": "mock", "reason": "blocked (config [plugins] block or --block)"}.items() <= (
+        next(f for f in blocked["filtered"] if f["name"] == "mock").items()
+    )
     only = json.loads(
         run("plugins", "--json", env={"IRQBYPASS_LOAD_PLUGINS": "irqbypass-logging"}).stdout
     )
-    assert [p["name"] for p in only] == ["logging"]
+    assert [p["name"] for p in only["plugins"]] == ["logging"]
 
 
 def test_blocked_kind_in_topology_is_a_clear_error() -> None:
@@ -140,8 +155,9 @@ def test_interrupt_tears_down_cleanly(tmp_path: Path, signum: int, status: int) 
         env=env,
     )
     assert proc.stdout is not None
-    first = proc.stdout.readline()  # the table is printed once applied
-    assert "applied" in first
+    header = proc.stdout.readline()  # the plugins header, then the table once applied
+    assert header.startswith("irqbypass ") and "plugins: " in header
+    assert "applied" in proc.stdout.readline()
     proc.send_signal(signum)  # Ctrl-C, or a service manager stopping us
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
@@ -179,7 +195,7 @@ def test_closed_pipe_is_not_a_traceback() -> None:
         timeout=120,
         check=False,
     )
-    assert result.stdout == "["
+    assert result.stdout == "{"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 

@@ -10,6 +10,8 @@ delivery is proved, not assumed.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import irqbypass
 
@@ -64,6 +66,14 @@ def unavailable_reason(device: str = DEFAULT_DEVICE) -> str | None:
     return None
 
 
+def _entry_unavailable(options: Mapping[str, Any]) -> str | None:
+    """The availability check of one topology entry: its own ``device``."""
+    device = options.get("device", DEFAULT_DEVICE)
+    if not isinstance(device, str):
+        return None  # the factory refuses it, naming the key
+    return unavailable_reason(device)
+
+
 @irqbypass.hookimpl
 def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
-    register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec, availability=unavailable_reason)
+    register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec, availability=_entry_unavailable)

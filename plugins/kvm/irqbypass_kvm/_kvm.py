@@ -78,6 +78,12 @@ def open_device(device: str = DEFAULT_DEVICE) -> int:
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError as exc:
+        if device != DEFAULT_DEVICE:  # a wrong path, not a host without KVM
+            raise irqbypass.DeviceError(
+                f"{device} does not exist; check the consumer's device option "
+                f"(the KVM device is {DEFAULT_DEVICE})",
+                errno=exc.errno,
+            ) from exc
         raise irqbypass.DeviceError(
             f"{device} does not exist: KVM is not available on this host; load the kvm "
             "module (modprobe kvm_intel or kvm_amd), enable virtualization in the "
