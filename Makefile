@@ -12,10 +12,12 @@ BENCHMARKS := $(filter-out benchmarks/report.py benchmarks/plot.py,$(sort $(wild
 
 setup: $(STAMP)
 
+# PYTHONWARNINGS: setuptools warns about every editable install (a dozen lines each)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
+	PYTHONWARNINGS="ignore:Editable installation" \
+	  $(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)
