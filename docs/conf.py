@@ -17,6 +17,9 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    # diagrams as text, drawn by mermaid.js in the reader's browser: nothing to
+    # render (or fetch) at build time, so the build works offline
+    "sphinxcontrib.mermaid",
 ]
 
 source_suffix = {".md": "markdown"}
@@ -31,9 +34,9 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"show-inheritance": True}
 
-html_theme = "alabaster"
+# furo: a wide content column, so the tables, the demo output and the kvm
+# tables fit without clipping (wider still through docs/_static/wide.css)
+html_theme = "furo"
 html_title = "irqbypass"
-html_theme_options = {
-    "description": "The Linux IRQ bypass manager for userspace VMMs",
-    "fixed_sidebar": True,
-}
+html_static_path = ["_static"]
+html_css_files = ["wide.css"]

@@ -356,7 +356,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         pairs = [_pair_dict(row) for row in rows]
     finally:
         topology.teardown()
-    pairs += [_skipped_dict(token, reason) for token, reason in topology.skipped]
+    pairs += [_skipped_dict(config, token, reason) for token, reason in topology.skipped]
     order = {name: i for i, name in enumerate(config.token_names())}
     pairs.sort(key=lambda p: order[p["token"]])
     warnings = _pairing_problems(config, host)
@@ -416,13 +416,15 @@ def _pair_dict(row: PairStatus) -> dict[str, Any]:
     }
 
 
-def _skipped_dict(token: str, reason: str) -> dict[str, Any]:
+def _skipped_dict(config: Config, token: str, reason: str) -> dict[str, Any]:
+    ends = {e.side: e for e in config.endpoints if e.token == token}
+    producer, consumer = ends.get("producer"), ends.get("consumer")
     return {
         "token": token,
-        "producer": None,
-        "producer_kind": None,
-        "consumer": None,
-        "consumer_kind": None,
+        "producer": producer.name if producer else None,
+        "producer_kind": producer.kind if producer else None,
+        "consumer": consumer.name if consumer else None,
+        "consumer_kind": consumer.kind if consumer else None,
         "state": f"would be skipped: {reason}",
     }
 

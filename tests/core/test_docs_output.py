@@ -1,0 +1,122 @@
+"""The command output shown in the docs is the real output, so it cannot drift.
+
+A block of output in a page is preceded by a marker naming the command::
+
+    <!-- output: irqbypass check examples/demo.toml -->
+    ```text
+    ...
+    ```
+
+This test runs every such command from the repository's root (``irqbypass`` is
+``python -m irqbypass``; ``NAME=value`` before it sets the environment; ``2>&1``
+at the end shows standard error too) and compares. Output that depends on
+timing (``run``, ``demo``: how many reads, syncs, notifications) is compared with
+every number masked (and, with ``2>&1``, as a set of lines: log lines of
+threads interleave as they happen). To rewrite the blocks from a fresh run::
+
+    IRQBYPASS_UPDATE_DOCS=1 .venv/bin/pytest tests/core/test_docs_output.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"<!-- output: (?P<command>.+?) -->\n```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
+PAGES = ["cli.md", "quickstart.md"]
+TIMED = ("run", "demo")
+HOW = "rewrite with IRQBYPASS_UPDATE_DOCS=1 .venv/bin/pytest tests/core/test_docs_output.py:"
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    command: str
+    body: str
+
+
+def blocks() -> list[Block]:
+    return [
+        Block(page, m["command"], m["body"])
+        for page in PAGES
+        for m in MARKER.finditer((ROOT / "docs" / page).read_text())
+    ]
+
+
+def execute(command: str) -> str:
+    words = shlex.split(command)
+    merge = words[-1:] == ["2>&1"]
+    words = words[:-1] if merge else words
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words[0] == "irqbypass", f"a docs command runs irqbypass: {command}"
+    result = subprocess.run(
+        [sys.executable, "-m", "irqbypass", *words[1:]],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+        text=True,
+        timeout=300,  # a hang guard
+        check=False,
+    )
+    return result.stdout
+
+
+def masked(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\d+", "N", text)).strip()
+
+
+def needs_kvm(command: str) -> bool:
+    return "demo" in command.split() or "plugins" in command.split()
+
+
+@pytest.mark.parametrize("block", blocks(), ids=lambda b: f"{b.page}:{b.command}")
+def test_the_docs_show_the_real_output(block: Block) -> None:
+    if needs_kvm(block.command):
+        import irqbypass_kvm
+
+        reason = irqbypass_kvm.unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"the docs show a host where KVM works: {reason}")
+    real = execute(block.command)
+    if os.environ.get("IRQBYPASS_UPDATE_DOCS"):
+        page = ROOT / "docs" / block.page
+        marker = f"<!-- output: {block.command} -->\n```"
+        text = page.read_text()
+        start = text.index(marker)
+        body_start = text.index("\n", start + len(marker)) + 1
+        end = text.index("```", body_start)
+        page.write_text(text[:body_start] + real + text[end:])
+        return
+    timed = any(word in TIMED for word in shlex.split(block.command))
+    if timed and block.command.endswith("2>&1"):
+        # log lines of threads interleave as they happen: compare which lines, not their order
+        assert {masked(ln) for ln in block.body.splitlines()} == {
+            masked(ln) for ln in real.splitlines()
+        }, f"{HOW} docs/{block.page}; real:\n{real}"
+    elif timed:
+        assert masked(block.body) == masked(real), f"{HOW} docs/{block.page}; real:\n{real}"
+    else:
+        assert block.body == real, f"{HOW} docs/{block.page}; real:\n{real}"
+
+
+def subcommand(command: str) -> str:
+    words = shlex.split(command)
+    rest = [w for w in words[words.index("irqbypass") + 1 :] if not w.startswith("-")]
+    return rest[0] if rest else ""
+
+
+def test_every_command_has_its_real_output_in_the_cli_page() -> None:
+    shown = {subcommand(b.command) for b in blocks() if b.page == "cli.md"}
+    assert {"plugins", "check", "run", "demo"} <= shown
