@@ -130,7 +130,7 @@ def test_cli_run_with_a_failing_json_file_prints_the_summary_then_the_error(
     assert "summary:" in out
     summary = out[out.index("summary:") :]
     row = next(line for line in summary.splitlines() if line.strip().startswith("t "))
-    assert row.split()[3:6] == ["200", "200", "0"], row
+    assert row.split()[3:8] == ["200", "200", "-", "0", "0"], row  # fired .. lost
     assert "json_lost=" in row
     assert "records were not written to json_file '/dev/full'" in err
     assert "Traceback" not in err

@@ -216,7 +216,7 @@ def test_cli_plugins_json_reports_each_by_name(site: Path) -> None:
     proc = run_cli(site, "plugins", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    listed = {entry["name"]: entry for entry in json.loads(proc.stdout)}
+    listed = {entry["name"]: entry for entry in json.loads(proc.stdout)["plugins"]}
     assert listed["rel_broken_import"]["error"] == (
         "ImportError: rel_broken_import needs libfoo.so.1"
     )
@@ -269,7 +269,7 @@ def test_cli_config_allow_list_imports_nothing_else(site: Path) -> None:
 
 def test_cli_disable_autoload(site: Path) -> None:
     proc = run_cli(site, "plugins", "--json", env={ENV_DISABLE: "1"})
-    assert proc.returncode == 0 and json.loads(proc.stdout) == [] and proc.stderr == ""
+    assert proc.returncode == 0 and json.loads(proc.stdout)["plugins"] == [] and proc.stderr == ""
     assert imported(site) == []
 
 
@@ -279,6 +279,6 @@ def test_cli_survives_a_plugin_exiting_on_import(site: Path) -> None:
     install(site, "irqbypass-rel-exit", "rel_exit_on_import")
     proc = run_cli(site, "plugins", "--json", env={ENV_LOAD: "irqbypass-rel-exit,irqbypass-mock"})
     assert proc.returncode == 0, proc.stderr
-    listed = {entry["name"]: entry["error"] for entry in json.loads(proc.stdout)}
+    listed = {entry["name"]: entry["error"] for entry in json.loads(proc.stdout)["plugins"]}
     assert listed == {"mock": None, "rel_exit_on_import": "SystemExit: 3"}
     assert "irqbypass: warning: plugin 'rel_exit_on_import'" in proc.stderr
