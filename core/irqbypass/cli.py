@@ -36,6 +36,8 @@ DEFAULT_DURATION = 10.0
 #: after every producer finished, how long stragglers may still be delivered
 SETTLE_SECONDS = 1.0
 TICK_SECONDS = 0.1
+#: how long a coalescing consumer's counts must stand still to count as settled
+STILL_SECONDS = 0.3
 STDIN = "-"
 
 _log = logging.getLogger("irqbypass.cli")
@@ -686,6 +688,7 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
     start = time.monotonic()
     finished_at: float | None = None
     previous: list[tuple[int | None, int | None, int | None]] | None = None
+    still_since = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -699,8 +702,11 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
             if topology.finished:
                 finished_at = finished_at if finished_at is not None else now
                 figures = [(r.fired, r.delivered, r.queued) for r in rows]
-                still = figures == previous  # nothing moved for one tick: settled
-                previous = figures
+                if figures != previous:
+                    previous, still_since = figures, now
+                # a guest's vCPU may lag behind the kernel's injections: settled is
+                # nothing moving for STILL_SECONDS, well under SETTLE_SECONDS
+                still = now - still_since >= STILL_SECONDS
                 accounted = all(
                     r.shortfall in (None, 0) or (r.coalesces and still and not r.queued)
                     for r in rows
