@@ -200,8 +200,10 @@ def test_a_wrapper_veto_names_the_plugin_not_the_endpoint() -> None:
         manager.register_consumer(Sink(token="t", name="sink"))
     message = str(info.value)
     assert producer.calls == [], "add_consumer was never called"
-    assert "plugin 'policy' (its irqbypass_add hook, around producer 'dev0'" in message
-    assert "PermissionError: policy forbids this pair" in message
+    assert (
+        "plugin 'policy' raised PermissionError: policy forbids this pair in its irqbypass_add"
+        " hook around producer 'dev0'.add_consumer()"
+    ) in message
 
 
 def test_an_endpoint_that_raises_under_a_wrapper_is_still_blamed() -> None:
