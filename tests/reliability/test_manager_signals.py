@@ -31,15 +31,26 @@ STORM_SIGNALS = int(os.environ.get("IRQBYPASS_STORM_SIGNALS", "2000"))
 
 @pytest.fixture(autouse=True)
 def _default_sigint() -> Iterator[None]:
-    """Each test starts with Python's own SIGINT handler and leaves it so."""
+    """Each test starts with Python's own SIGINT handler, SIGINT unblocked, and
+    leaves them as they were. (A shell that starts a job in the background hands
+    it SIGINT ignored; some runners hand it SIGINT blocked.)"""
     before = signal.getsignal(signal.SIGINT)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signals.DEFERRED.clear()
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signals.DEFERRED.clear()
+
+
+def interrupt_main_thread() -> None:
+    """SIGINT to the main thread itself: a signal sent to the process may be
+    taken by another thread, and then a main thread blocked in a wait is not
+    woken (its wait would never see EINTR)."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 class Balanced(irqbypass.Producer):
@@ -137,7 +148,7 @@ def test_a_signal_storm_never_leaves_the_manager_inconsistent() -> None:
             spin = rng.randrange(3000)
             while spin:
                 spin -= 1
-            os.kill(os.getpid(), signal.SIGINT)
+            interrupt_main_thread()
             deadline = time.monotonic() + 30  # a hang guard: the signal never arrived
             while acknowledged[0] < sent and time.monotonic() < deadline:
                 time.sleep(0.0001)
@@ -256,7 +267,10 @@ class HangingStop(Balanced):
     def stop(self) -> None:
         self.stopped += 1
         self.entered.set()
-        threading.Event().wait()  # forever, until a signal interrupts it
+        # until a signal interrupts it; the timeout only turns a lost signal
+        # into a failing test instead of a hang
+        threading.Event().wait(120)
+        raise AssertionError("stop() was never interrupted")
 
 
 def test_one_ctrl_c_escapes_a_hanging_callback_and_names_it() -> None:
@@ -266,7 +280,7 @@ def test_one_ctrl_c_escapes_a_hanging_callback_and_names_it() -> None:
 
     def interrupt_when_hung() -> None:
         p.entered.wait()
-        os.kill(os.getpid(), signal.SIGINT)
+        interrupt_main_thread()
 
     threading.Thread(target=interrupt_when_hung, daemon=True).start()
     with pytest.raises(KeyboardInterrupt) as caught:
@@ -366,7 +380,7 @@ def test_a_ctrl_c_while_waiting_for_the_lock_gets_through() -> None:
     held.wait()
 
     def interrupt() -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        interrupt_main_thread()
 
     timer = threading.Timer(0.05, interrupt)
     timer.start()
