@@ -251,6 +251,12 @@ class VhostUserProducer(irqbypass.Producer):
         return self._hold.fileno() if self._bound == "hold" else None
 
     def open(self) -> None:
+        try:
+            self._open()
+        finally:
+            irqbypass.deliver_deferred_signals()
+
+    def _open(self) -> None:
         with self._lock:
             if self._conn is not None:
                 return
@@ -263,15 +269,19 @@ class VhostUserProducer(irqbypass.Producer):
                 if self.owns_connection:
                     self._negotiate()
                     self._set_up_ring()
-                self._bind("hold" if self._stopped else "token")
-                if self._bound == "token" and self._kicks:
-                    self._counts["phantom"] += 1  # nothing is behind the first one
+                self._first_bind()
                 self._counts["opens"] += 1
                 if self.requests:
                     self._start_feeder()
             except BaseException:
                 self._teardown(graceful=False)  # what failed there is secondary
                 raise
+
+    @irqbypass.signal_safe
+    def _first_bind(self) -> None:
+        self._bind("hold" if self._stopped else "token")
+        if self._bound == "token" and self._kicks:
+            self._counts["phantom"] += 1  # nothing is behind the first one
 
     def _connect(self) -> None:
         if isinstance(self._given, Connection):
@@ -386,6 +396,7 @@ class VhostUserProducer(irqbypass.Producer):
         if self.features >> wire.VHOST_USER_F_PROTOCOL_FEATURES & 1:
             conn.request(wire.Request.SET_VRING_ENABLE, wire.pack_vring_state(q, 1), sync=True)
 
+    @irqbypass.signal_safe
     def _bind(self, target: str, *, probe: bool = False) -> None:
         """SET_VRING_CALL to the token or the holding eventfd, synchronously,
         and account for the back-end's kick on the new fd."""
@@ -419,16 +430,19 @@ class VhostUserProducer(irqbypass.Producer):
         while this producer was open (the producer is closed either way and
         can be opened again)."""
         self._stop_feeder()  # before the lock: the feeder takes it
-        with self._lock:
-            if self._conn is None:
-                return
-            errors = self._teardown(graceful=True)
-            # Ctrl-C before anything else; then the first failure
-            errors.sort(key=lambda exc: isinstance(exc, Exception))
-            if errors:
-                raise errors[0]
-            if self.problem_error is not None:
-                raise self.problem_error
+        try:
+            with self._lock:
+                if self._conn is None:
+                    return
+                errors = self._teardown(graceful=True)
+        finally:
+            irqbypass.deliver_deferred_signals()
+        # Ctrl-C before anything else; then the first failure
+        errors.sort(key=lambda exc: isinstance(exc, Exception))
+        if errors:
+            raise errors[0]
+        if self.problem_error is not None:
+            raise self.problem_error
 
     def _stop_feeder(self) -> None:
         feeder = self._feeder
@@ -436,6 +450,7 @@ class VhostUserProducer(irqbypass.Producer):
             self._closing.set()
             feeder.join()
 
+    @irqbypass.signal_safe
     def _teardown(self, *, graceful: bool) -> list[BaseException]:
         """Release everything, every step attempted whatever the one before
         did (Ctrl-C included); returns what failed. ``graceful``: first drain
@@ -546,45 +561,59 @@ class VhostUserProducer(irqbypass.Producer):
         so no back-end kick). Otherwise the call is swapped to the holding
         eventfd, synchronously. A back-end that is gone cannot signal: then
         this only records the state."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            if self._conn is None or self.problem is not None:
-                return
-            self._counts["quiesces"] += 1
-            if self.ring is not None and self.ring.in_flight == 0:
-                self._quiet = True
-                return
-            self._counts["swaps"] += 1
-            try:
-                self._bind("hold")
-            except BackendGoneError as exc:
-                self._lost(exc)
+        try:
+            with self._lock:
+                self._stop()
+        finally:
+            irqbypass.deliver_deferred_signals()
+
+    @irqbypass.signal_safe
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._conn is None or self.problem is not None:
+            return
+        self._counts["quiesces"] += 1
+        if self.ring is not None and self.ring.in_flight == 0:
+            self._quiet = True
+            return
+        self._counts["swaps"] += 1
+        try:
+            self._bind("hold")
+        except BackendGoneError as exc:
+            self._lost(exc)
 
     def start(self) -> None:
         """Publish what was deferred, or swap the call back to the token and
         replay what was held (the back-end's kick on the token stands in for
         the first held one)."""
-        with self._lock:
-            if not self._stopped:
-                return
-            self._stopped = False
-            if self._conn is None:
-                return
-            if self._quiet:
-                self._quiet = False
-                self._publish()
-                return
-            kicked = False
-            try:
-                if self.problem is None:
-                    self._bind("token")
-                    kicked = self._kicks
-            except BackendGoneError as exc:
-                self._lost(exc)
-            finally:
-                self._replay(kicked)
+        try:
+            with self._lock:
+                self._start()
+        finally:
+            irqbypass.deliver_deferred_signals()
+
+    @irqbypass.signal_safe
+    def _start(self) -> None:
+        if not self._stopped:
+            return
+        self._stopped = False
+        if self._conn is None:
+            return
+        if self._quiet:
+            self._quiet = False
+            self._publish()
+            return
+        kicked = False
+        try:
+            if self.problem is None:
+                self._bind("token")
+                kicked = self._kicks
+        except BackendGoneError as exc:
+            self._lost(exc)
+        finally:
+            self._replay(kicked)
 
     def _publish(self) -> None:
         ring, kick = self.ring, self._kick_fd

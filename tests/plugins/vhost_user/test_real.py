@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import threading
 
 import irqbypass
@@ -431,3 +432,37 @@ def test_spawn_runs_a_private_daemon_and_removes_it(
     assert directory is not None and not os.path.exists(directory)
     assert pid is not None and not os.path.exists(f"/proc/{pid}")
     assert producer.stats()["completed"] == 3
+
+
+def test_ctrl_c_during_a_swap_waits_until_the_kick_is_accounted(
+    daemon: StorageDaemon, token: irqbypass.Eventfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT right after SET_VRING_CALL's ack, before the back-end's kick was
+    taken off the holding eventfd, would leave that kick to be replayed as a
+    completion; with the guard it is delivered once the swap is accounted."""
+    previous = signal.getsignal(signal.SIGINT)
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGINT, previous)
+        irqbypass.guard_signals((signal.SIGINT,))
+        vmm_call = stack.enter_context(irqbypass.Eventfd())
+        conn, _driver, _kick = vmm_set_up(daemon, vmm_call, stack)
+        producer = VhostUserProducer(token=token, connection=conn.fileno(), reply_ack=True)
+        producer.open()
+        stack.callback(producer.close)
+        assert producer.connection is not None
+        request = producer.connection.request
+
+        def interrupted(*args: object, **kwargs: object) -> bytes:
+            reply = request(*args, **kwargs)  # type: ignore[arg-type]
+            os.kill(os.getpid(), signal.SIGINT)  # lands right after the ack
+            return reply
+
+        monkeypatch.setattr(producer.connection, "request", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            producer.stop()
+        monkeypatch.undo()
+        assert producer.bound_to is not None and producer.bound_to != token.fileno()
+        producer.start()
+        stats = producer.stats()
+        # nothing completed while stopped: no held completion, the start's kick a phantom
+        assert (stats["held"], stats["absorbed"], stats["phantom"]) == (0, 0, 2)
