@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,23 @@ def boot(family: str, nodeids: list[str]) -> GuestRun:
 def result(item: pytest.Item, family: str) -> Outcome:
     if family not in _runs:
         nodeids = [i.nodeid for i in item.session.items if family_of(i) == family]
+        terminal = item.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:  # a boot takes minutes: say so, then what it did
+            terminal.write_line(f"guest: booting the {family} test guest for {len(nodeids)} tests")
+        started = time.monotonic()
         _runs[family] = boot(family, nodeids)
+        if terminal is not None:
+            run = _runs[family]
+            if run.skip:
+                what = f"not booted ({run.skip})"
+            elif run.error:
+                what = "the guest ran no tests"
+            else:
+                what = f"{len(run.results)} tests ran"
+            terminal.write_line(
+                f"guest: {family}: {what} in {time.monotonic() - started:.0f} s "
+                f"(console: .cache/guest/{family}/boot.log)"
+            )
     run = _runs[family]
     if run.skip:
         return Outcome("skipped", run.skip)

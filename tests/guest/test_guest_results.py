@@ -1,0 +1,58 @@
+"""How host tests report what ran in the guest: junit parsing, node ids, and
+the skip (with the command that sets it up) when the guest cannot boot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from guest_results import ROOT, junit_key, parse_junit
+
+
+def test_junit_key_is_what_pytest_writes() -> None:
+    assert junit_key("tests/plugins/vfio/test_real.py::test_x[keep]") == (
+        "tests.plugins.vfio.test_real::test_x[keep]"
+    )
+    assert junit_key("tests/a/test_b.py::Cls::test_c") == "tests.a.test_b.Cls::test_c"
+
+
+def test_parse_junit_reads_pass_fail_and_skip(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="t.m" name="ok" time="0.5"/>'
+        '<testcase classname="t.m" name="bad" time="1"><failure message="assert 1 == 2">'
+        "trace</failure></testcase>"
+        '<testcase classname="t.m" name="skip"><skipped message="no edu"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    got = parse_junit(junit)
+    assert got["t.m::ok"].outcome == "passed" and got["t.m::ok"].duration == 0.5
+    assert got["t.m::bad"].outcome == "failed" and "assert 1 == 2\ntrace" in got["t.m::bad"].text
+    assert got["t.m::skip"].outcome == "skipped" and got["t.m::skip"].text == "no edu"
+
+
+def test_a_guest_that_cannot_boot_skips_its_tests_with_the_reason() -> None:
+    env = dict(os.environ, IRQBYPASS_GUEST="off")
+    env.pop("IRQBYPASS_TEST_VFIO_DEVICE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-q",
+         "tests/plugins/vfio/test_real.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed, 4 skipped" in proc.stdout  # the host's own, then the guest's
+    assert "in the vfio guest: IRQBYPASS_GUEST=off: the test guest is not booted" in proc.stdout
+
+
+def test_the_boot_script_names_the_command_that_sets_it_up() -> None:
+    env = dict(os.environ, PATH="/nonexistent")  # no qemu-system-x86_64 on this PATH
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests/guest/boot.py"), "vfio", "--check"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 77
+    assert "qemu-system-x86_64 is missing: apt-get install qemu-system-x86" in proc.stdout
+    assert "set up with: make guest-test" in proc.stdout
