@@ -20,15 +20,18 @@ up), or 1 when the guest did not run the tests (the log's tail is printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "guest"
@@ -172,6 +175,34 @@ def build_vdpa(version: str) -> Path:
     return out
 
 
+def boot(
+    argv: list[str], env: dict[str, str], log: IO[bytes], timeout: float = BOOT_TIMEOUT_S
+) -> int | str:
+    """Run vng to the end; on a timeout, an error or Ctrl-C, kill what it
+    started (vng, virtme-run, qemu: one process group) before going on."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timeout after {timeout:g} s"
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run(family: str, nodeids: list[str]) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{family}.lock", "w") as lock:
@@ -209,14 +240,7 @@ def _run(family: str, nodeids: list[str]) -> int:
     print(f"guest: booting {family} ({version}, TCG); log: {log}", flush=True)
     started = time.monotonic()
     with open(log, "wb") as logf:
-        try:
-            proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                env=env, timeout=BOOT_TIMEOUT_S,
-            )  # fmt: skip
-            vng_rc: int | str = proc.returncode
-        except subprocess.TimeoutExpired:
-            vng_rc = f"timeout after {BOOT_TIMEOUT_S} s"
+        vng_rc = boot(argv, env, logf)
     elapsed = time.monotonic() - started
     rc_file = out / "rc"
     if not rc_file.exists():
@@ -245,6 +269,9 @@ def main() -> int:
     except Missing as exc:
         print(f"guest: cannot boot the {args.family} guest: {exc} (set up with: {SETUP})")
         return SKIP
+    except KeyboardInterrupt:
+        print(f"guest: interrupted; the {args.family} guest was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

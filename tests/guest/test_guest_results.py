@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boot
 from guest_results import ROOT, junit_key, parse_junit
 
 
@@ -56,3 +57,20 @@ def test_the_boot_script_names_the_command_that_sets_it_up() -> None:
     assert proc.returncode == 77
     assert "qemu-system-x86_64 is missing: apt-get install qemu-system-x86" in proc.stdout
     assert "set up with: make guest-test" in proc.stdout
+
+
+def test_a_boot_that_times_out_leaves_no_process_behind(tmp_path: Path) -> None:
+    """vng starts virtme-run and qemu: a timeout (or Ctrl-C) kills them all."""
+    pidfile = tmp_path / "child"
+    argv = ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"]
+    with open(tmp_path / "log", "wb") as log:
+        got = boot.boot(argv, dict(os.environ), log, timeout=5)
+    assert got == "timeout after 5 s"
+    child = int(pidfile.read_text())
+    try:
+        os.kill(child, 0)
+    except ProcessLookupError:
+        return  # gone
+    # a zombie not yet reaped by init counts as gone
+    with open(f"/proc/{child}/stat") as stat:
+        assert stat.read().split()[2] == "Z", f"pid {child} (sleep) is still running"
