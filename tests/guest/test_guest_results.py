@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boot
 from guest_results import ROOT, junit_key, parse_junit
+from realdevice import wait_until
 
 
 def test_junit_key_is_what_pytest_writes() -> None:
@@ -67,10 +68,12 @@ def test_a_boot_that_times_out_leaves_no_process_behind(tmp_path: Path) -> None:
         got = boot.boot(argv, dict(os.environ), log, timeout=5)
     assert got == "timeout after 5 s"
     child = int(pidfile.read_text())
-    try:
-        os.kill(child, 0)
-    except ProcessLookupError:
-        return  # gone
-    # a zombie not yet reaped by init counts as gone
-    with open(f"/proc/{child}/stat") as stat:
-        assert stat.read().split()[2] == "Z", f"pid {child} (sleep) is still running"
+
+    def gone() -> bool:  # SIGKILL takes effect when the process next runs: wait for it
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is gone
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(gone, timeout=30), f"pid {child} (sleep) is still running"

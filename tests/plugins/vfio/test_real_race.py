@@ -28,7 +28,7 @@ from realdevice import CountingConsumer, eventfd_count, wait_until
 pytestmark = pytest.mark.guest("vfio")
 
 EDU = os.environ.get("IRQBYPASS_TEST_VFIO_EDU", "")
-RAISES = int(os.environ.get("IRQBYPASS_RACE_RAISES", "1000"))
+RAISES = int(os.environ.get("IRQBYPASS_RACE_RAISES", "500"))
 LOST_AFTER_S = 0.5  # an MSI not seen by then was lost (the control run shows none is slower)
 
 
