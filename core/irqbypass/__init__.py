@@ -32,7 +32,7 @@ from .eventfd import Eventfd, HoldingEventfd
 from .hookspecs import hookimpl, hookspec
 from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
-from .options import Options
+from .options import Options, show_value
 from .plugins import PluginHost, PluginInfo, load_plugins
 from .signals import deliver_deferred_signals, guard_signals, signal_safe
 from .topology import PairStatus, Placed, Topology
@@ -80,5 +80,6 @@ __all__ = [
     "load_config",
     "load_plugins",
     "parse_config",
+    "show_value",
     "signal_safe",
 ]

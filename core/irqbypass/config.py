@@ -45,7 +45,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 MAX_IRQ = 2**31 - 1
 MAX_DURATION = 7 * 24 * 3600.0
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: "$" would let "\n" end it
+#: a configuration is a few kB; a bigger "file" (/dev/zero, a log) is refused, not read
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 _TOP_KEYS = ("plugins", "run", "producers", "consumers")
 _PLUGIN_KEYS = ("load", "block", "strict")
@@ -102,17 +104,38 @@ class Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file."""
+    """Read and validate a TOML file (at most :data:`MAX_CONFIG_BYTES`; a pipe
+    or ``/dev/stdin`` works too)."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"the configuration path {show_value(path)} is not a str or a Path")
     file = str(path)
+    if "\0" in file:
+        raise ConfigError("the path holds a NUL byte; name the file itself", file=show_value(file))
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", file=file) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"more than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a configuration file; "
+            "check the path",
+            file=file,
+        )
     return parse_config(data, file=file)
 
 
 def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
     """Parse and validate TOML text (bytes must be UTF-8)."""
+    if not isinstance(file, str):
+        raise ConfigError(f"file={show_value(file)} is not a str; pass the name to report")
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, (bytes, str)):
+        raise ConfigError(
+            f"the configuration is {type(data).__name__}, not TOML text; pass str or bytes",
+            file=file,
+        )
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -290,7 +313,7 @@ class _Validator:
     def identifier(self, value: Any, key: str) -> str:
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {_describe(value)}")
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise self.error(
                 key,
                 f"{show_value(value)} is not a valid name: "

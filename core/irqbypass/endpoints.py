@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import ClassVar, TypeVar
 
 from .errors import InvalidEndpointError
+from .options import show_exception, show_value
 
 #: The callbacks a consumer must define (the kernel refuses one without them).
 REQUIRED_CONSUMER_CALLBACKS = ("add_producer", "del_producer")
@@ -45,13 +46,15 @@ def check_token(token: object, what: str) -> None:
         )
     if not isinstance(token, Hashable):
         raise InvalidEndpointError(
-            f"{what}: token {token!r} is not hashable; use an Eventfd, "
+            f"{what}: token {show_value(token)} is not hashable; use an Eventfd, "
             "a string, an int or another hashable value"
         )
     try:
         hash(token)
-    except TypeError as exc:
-        raise InvalidEndpointError(f"{what}: token {token!r} is not hashable ({exc})") from exc
+    except Exception as exc:  # a hostile __hash__ can raise anything
+        raise InvalidEndpointError(
+            f"{what}: token {show_value(token)} is not hashable ({show_exception(exc)})"
+        ) from exc
 
 
 def missing_consumer_callbacks(consumer: object) -> list[str]:
@@ -74,6 +77,10 @@ class Endpoint:
     close_group: ClassVar[Callable[..., None] | None] = None
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise InvalidEndpointError(
+                f"{type(self).__name__}: name must be a str or None, not {type(name).__name__}"
+            )
         check_token(token, f"{type(self).__name__}({name or ''})")
         self._token = token
         self.name: str = name if name is not None else type(self).__name__

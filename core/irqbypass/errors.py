@@ -130,9 +130,12 @@ class ConfigError(IrqBypassError):
         self.line = line
         where = []
         if file is not None:
-            where.append(file if line is None else f"{file}:{line}")
+            shown = printable(str(file))
+            if len(shown) > 300:  # a hostile path; the start and the end tell it
+                shown = f"{shown[:200]}...{shown[-60:]}"
+            where.append(shown if line is None else f"{shown}:{line}")
         if key is not None:
-            where.append(key)
+            where.append(printable(str(key)))
         prefix = ": ".join(where)
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
 
@@ -154,6 +157,14 @@ class DeviceError(IrqBypassError):
 
     Raised by plugins around their ioctls; ``errno`` is the kernel's.
     """
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped, so that a name or a
+    message cannot clear a terminal or forge a line of output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _errno_of(exc: BaseException) -> int | None:

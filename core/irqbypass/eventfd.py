@@ -12,6 +12,7 @@ pairs only with wrappers of the same fd, not with its duplicates.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import struct
@@ -26,6 +27,13 @@ from .options import show_value as show
 _COUNTER = struct.Struct("=Q")
 #: how soon a waiting :meth:`Eventfd.read` notices that the Eventfd was closed
 CLOSE_NOTICE_SECONDS = 0.1
+_MAX_INITVAL = 2**32 - 1  # eventfd(2) takes an unsigned int
+_MAX_COUNT = 2**64 - 2  # the counter's maximum; a write of 2**64 - 1 is EINVAL
+_FOREVER = 10**9  # seconds: a longer read timeout waits forever
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_fdinfo(fd: int) -> dict[str, str]:
@@ -59,6 +67,12 @@ class Eventfd:
     _identity: tuple[str, int]
 
     def __init__(self, initval: int = 0, *, semaphore: bool = False) -> None:
+        if not _is_int(initval) or not 0 <= initval <= _MAX_INITVAL:
+            raise InvalidEndpointError(
+                f"Eventfd initval {show(initval)} is not an int from 0 to {_MAX_INITVAL}"
+            )
+        if not isinstance(semaphore, bool):
+            raise InvalidEndpointError(f"Eventfd semaphore={show(semaphore)}: use True or False")
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         if semaphore:
             flags |= os.EFD_SEMAPHORE
@@ -83,10 +97,12 @@ class Eventfd:
         caller keeps owning it. The fd must be an eventfd; anything else is
         refused with EINVAL (EBADF for a closed fd).
         """
-        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+        if not _is_int(fd) or fd < 0:
             raise InvalidEndpointError(
                 f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
             )
+        if not isinstance(owned, bool):
+            raise InvalidEndpointError(f"Eventfd.from_fd owned={show(owned)}: use True or False")
         try:
             os.fstat(fd)
         except OSError as exc:
@@ -103,7 +119,7 @@ class Eventfd:
                 f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
             )
         self = cls.__new__(cls)
-        self._init_state(fd, owned=bool(owned))
+        self._init_state(fd, owned=owned)
         self._identity = cls._kernel_identity(fd)
         return self
 
@@ -149,6 +165,10 @@ class Eventfd:
 
     def write(self, value: int = 1) -> None:
         """Add ``value`` to the counter: signal the interrupt ``value`` times."""
+        if not _is_int(value) or not 0 <= value <= _MAX_COUNT:
+            raise InvalidEndpointError(
+                f"Eventfd.write({show(value)}): the value must be an int from 0 to {_MAX_COUNT}"
+            )
         guard, inside = self._guard, False
         try:
             with guard:
@@ -173,6 +193,17 @@ class Eventfd:
         Returns 0 when nothing arrived in time; raises
         :class:`EventfdClosedError` if the Eventfd is (or gets) closed.
         """
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise InvalidEndpointError(
+                    f"Eventfd.read timeout={show(timeout)}: use seconds (a number) or None"
+                )
+            if math.isnan(timeout):
+                raise InvalidEndpointError("Eventfd.read timeout=nan: use seconds or None")
+            if timeout > _FOREVER:  # inf, or beyond what a clock can add
+                timeout = None
+            elif timeout < 0:
+                timeout = 0.0
         guard, inside = self._guard, False
         try:
             with guard:

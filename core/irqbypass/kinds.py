@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from .endpoints import Endpoint
 from .errors import KindConflictError, UnknownKindError
-from .options import Options
+from .options import Options, show_exception
 
 Side = Literal["producer", "consumer"]
 SIDES: tuple[Side, Side] = ("producer", "consumer")
@@ -76,7 +76,7 @@ class Kind:
                 return self.availability(options=dict(options or {}))
             return self.availability()
         except Exception as exc:
-            return f"its availability check raised {type(exc).__name__}: {exc}"
+            return f"its availability check raised {show_exception(exc)}"
 
 
 def _takes_options(check: Callable[..., object]) -> bool:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, printable
 
 
 class Options:
@@ -121,7 +121,28 @@ def show_value(value: object, limit: int = 80) -> str:
         text = repr(value)
     except Exception:  # a hostile object: its repr must not hide the real error
         text = f"<{type(value).__name__} object whose repr() fails>"
+    if not isinstance(text, str):  # a __repr__ returning something else raised already
+        text = f"<{type(value).__name__}>"
+    if not text.isprintable():  # repr() of a str escapes; another object's may not
+        text = printable(text)
     return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]}"
+
+
+def show_error(exc: BaseException, limit: int = 2000) -> str:
+    """``str(exc)`` fit for an error message: an exception whose ``str()``
+    raises is described by its type, and a huge message is shortened, so a
+    plugin's exception can never make the report about it fail."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception that cannot be printed is still reported
+        text = f"<{type(exc).__name__} whose str() fails>"
+    text = printable(text)
+    return text if len(text) <= limit else f"{text[: limit - 40]}... ({len(text)} characters)"
+
+
+def show_exception(exc: BaseException) -> str:
+    """``Type: message``, as :func:`show_error` makes the message."""
+    return f"{type(exc).__name__}: {show_error(exc)}"
 
 
 def _describe(value: object) -> str:

@@ -38,6 +38,7 @@ from . import hookspecs
 from .errors import PluginError
 from .hookspecs import hookimpl
 from .kinds import KindRegistrar, KindRegistry
+from .options import show_error, show_exception, show_value
 
 GROUP = "irqbypass"
 ENV_LOAD = "IRQBYPASS_LOAD_PLUGINS"
@@ -156,10 +157,15 @@ class PluginHost:
 
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object or module in-process (tests, embedders)."""
+        if name is not None and not isinstance(name, str):
+            raise PluginError(f"plugin name {show_value(name)} is not a string; pass a str or None")
+        what = repr(name) if name is not None else show_value(plugin)
         try:
             registered = self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
-            raise PluginError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+            raise PluginError(f"plugin {what} cannot be registered: {show_error(exc)}") from exc
+        except Exception as exc:  # a hostile object's attributes can raise anything
+            raise PluginError(f"plugin {what} cannot be registered: {show_exception(exc)}") from exc
         problem = self._unknown_hooks(plugin)
         if problem is not None:
             self.pm.unregister(plugin)
@@ -189,8 +195,20 @@ class PluginHost:
         )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
-        self.pm.unregister(plugin, name=name)
-        self._refresh()
+        if name is not None and not isinstance(name, str):
+            raise PluginError(f"plugin name {show_value(name)} is not a string; pass a str or None")
+        try:
+            if (name is not None and self.pm.get_plugin(name) is None) or (
+                name is None and not self.pm.is_registered(plugin)
+            ):
+                return  # not registered: nothing to do, as for the manager's endpoints
+            self.pm.unregister(plugin, name=name)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {show_value(name or plugin)} cannot be unregistered: {show_exception(exc)}"
+            ) from exc
+        finally:
+            self._refresh()
 
     @contextmanager
     def registered(self, plugin: object, name: str | None = None) -> Iterator[str]:
@@ -303,7 +321,7 @@ class PluginHost:
         except (Exception, SystemExit) as exc:  # sys.exit() at import is a failed plugin too
             # a refused registration reports pluggy's own error, or the core's reason
             error = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ else exc
-            message = f"{type(error).__name__}: {error}"
+            message = show_exception(error)
             if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
                 message = str(exc).split(": ", 1)[-1]
             _log.info("plugin %s (%s %s) failed to load: %s", ep.name, dist, version, message)
@@ -342,7 +360,7 @@ class PluginHost:
             except Exception as exc:
                 registry.remove_plugin(impl.plugin_name)
                 failures[impl.plugin_name] = (
-                    f"irqbypass_register_kinds raised {type(exc).__name__}: {exc}"
+                    f"irqbypass_register_kinds raised {show_exception(exc)}"
                 )
         return registry, failures
 
@@ -404,6 +422,11 @@ def load_plugins(
     """A :class:`PluginHost` with the installed plugins loaded (see the module
     docstring for the environment variables), then ``modules`` by import name.
     Failures are in ``host.failures`` unless ``strict``."""
+    block = _names(block, "block")
+    allow = None if allow is None else _names(allow, "allow")
+    modules = _names(modules, "modules")
+    if not isinstance(strict, bool):
+        raise PluginError(f"strict={show_value(strict)} is not True or False")
     host = PluginHost()
     host.load_entry_points(block=block, allow=allow, strict=strict)
     for module in modules:
@@ -412,6 +435,25 @@ def load_plugins(
             raise PluginError(_failure_message(host.failures[-1]))
     host.check_kinds(strict=strict)
     return host
+
+
+def _names(value: object, what: str) -> list[str]:
+    """A list of plugin or distribution names, or a PluginError saying why not."""
+    if isinstance(value, str):
+        raise PluginError(
+            f"{what}={show_value(value)} is one string; pass a list of names, such as "
+            f"[{show_value(value)}]"
+        )
+    try:
+        names: list[object] = list(value)  # type: ignore[call-overload]
+    except Exception as exc:
+        raise PluginError(
+            f"{what}={show_value(value)} is not a list of names ({show_exception(exc)})"
+        ) from exc
+    for name in names:
+        if not isinstance(name, str):
+            raise PluginError(f"{what} holds {show_value(name)}, which is not a name (a str)")
+    return [str(name) for name in names]
 
 
 def _group_entry_points() -> Iterable[metadata.EntryPoint]:

@@ -21,6 +21,7 @@ from .errors import ConfigError, IrqBypassError, PluginError, TopologyError
 from .eventfd import Eventfd
 from .kinds import EndpointSpec
 from .manager import Manager
+from .options import show_error, show_exception, show_value
 from .plugins import PluginHost
 
 
@@ -100,6 +101,20 @@ class Topology:
     """The endpoints of one configuration, applied to one manager."""
 
     def __init__(self, config: Config, plugins: PluginHost, manager: Manager | None = None) -> None:
+        for value, cls, what in (
+            (config, Config, "config (from irqbypass.load_config or parse_config)"),
+            (plugins, PluginHost, "plugins (from irqbypass.load_plugins)"),
+        ):
+            if not isinstance(value, cls):
+                raise TopologyError(
+                    f"Topology: {what} must be an irqbypass.{cls.__name__}, "
+                    f"not {type(value).__name__} {show_value(value)}"
+                )
+        if manager is not None and not isinstance(manager, Manager):
+            raise TopologyError(
+                f"Topology: manager must be an irqbypass.Manager or None, "
+                f"not {type(manager).__name__} {show_value(manager)}"
+            )
         self.config = config
         self.plugins = plugins
         self.manager = manager if manager is not None else Manager(plugins)
@@ -191,7 +206,7 @@ class Topology:
         except Exception as exc:
             raise TopologyError(
                 f"{entry.key_path} {entry.name!r}: the factory of kind {entry.kind!r} "
-                f"(plugin {kind.plugin}) raised {type(exc).__name__}: {exc}; "
+                f"(plugin {kind.plugin}) raised {show_exception(exc)}; "
                 "this is a bug in that plugin"
             ) from exc
         expected = Producer if entry.side == "producer" else Consumer
@@ -227,7 +242,7 @@ class Topology:
                 if not isinstance(exc, Exception):
                     raise
                 what = placed.label if step == "register" or len(unit) == 1 else _group_label(unit)
-                message = f"applying {self.config.file}: {step} of {what} failed: {exc}"
+                message = f"applying {self.config.file}: {step} of {what} failed: {show_error(exc)}"
                 if undo_errors:
                     message += "; while undoing: " + "; ".join(undo_errors)
                 raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
@@ -279,7 +294,7 @@ class Topology:
                         elif isinstance(placed.endpoint, Consumer):
                             self.manager.unregister_consumer(placed.endpoint)
                     except Exception as exc:
-                        errors.append(f"unregister of {placed.label}: {exc}")
+                        errors.append(f"unregister of {placed.label}: {show_error(exc)}")
                     placed.registered = False
             opened = [placed for placed in reversed(unit) if placed.opened]
             if opened:
@@ -289,7 +304,7 @@ class Topology:
                     _close(opened)
                 except Exception as exc:
                     what = opened[0].label if len(opened) == 1 else _group_label(opened)
-                    errors.append(f"close of {what}: {exc}")
+                    errors.append(f"close of {what}: {show_error(exc)}")
         return errors
 
     def _release(self) -> None:

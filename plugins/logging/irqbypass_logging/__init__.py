@@ -35,6 +35,18 @@ _POLL_SECONDS = 0.05
 EVENTS_KEPT = 1000
 
 
+def _printable(value: object) -> str:
+    """Text for a log line: control characters escaped (a name cannot clear the
+    terminal or forge a line), and an object whose str() fails named by type."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class LoggingConsumer(irqbypass.Consumer):
     """Reads its token eventfd in a thread while open; logs and counts.
 
@@ -51,15 +63,27 @@ class LoggingConsumer(irqbypass.Consumer):
         level: str = "INFO",
     ) -> None:
         super().__init__(token=token, name=name)
+        if not isinstance(level, str):
+            raise irqbypass.InvalidEndpointError(
+                f"logging consumer {self.name!r}: level must be a str such as 'INFO', "
+                f"not {type(level).__name__}"
+            )
+        if json_file is not None and (
+            not isinstance(json_file, str) or not json_file or "\0" in json_file
+        ):
+            raise irqbypass.InvalidEndpointError(
+                f"logging consumer {self.name!r}: json_file must be a path (a non-empty str "
+                f"without NUL) or None, not {irqbypass.show_value(json_file)}"
+            )
         numeric = logging.getLevelName(level.upper())
         if not isinstance(numeric, int):
             raise irqbypass.InvalidEndpointError(
-                f"logging consumer {self.name!r}: unknown level {level!r}; "
+                f"logging consumer {self.name!r}: unknown level {irqbypass.show_value(level)}; "
                 "use DEBUG, INFO, WARNING or ERROR"
             )
         self.level = numeric
         self.json_file = json_file
-        self.log = logging.getLogger(f"irqbypass.logging.{self.name}")
+        self.log = logging.getLogger(f"irqbypass.logging.{_printable(self.name)}")
         self._lock = threading.Lock()
         self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
@@ -94,15 +118,15 @@ class LoggingConsumer(irqbypass.Consumer):
 
     def _event(self, event: str, **fields: Any) -> None:
         self._events.append(event)
-        detail = "".join(f" {k}={v}" for k, v in fields.items())
-        self.log.log(self.level, "%s %s%s", self.name, event, detail)
+        detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
+        self.log.log(self.level, "%s %s%s", _printable(self.name), event, detail)
         with self._json_lock:  # the reader thread and the manager's callbacks both write
             if self._json_error is not None:
                 self._json_lost += 1
             elif self._json is not None:
                 record = {"time": time.time(), "consumer": self.name, "event": event, **fields}
                 try:
-                    self._json.write(json.dumps(record, default=str) + "\n")
+                    self._json.write(json.dumps(record, default=_printable) + "\n")
                     self._json.flush()
                 except OSError as exc:
                     self._json_failed(exc)
@@ -158,8 +182,8 @@ class LoggingConsumer(irqbypass.Consumer):
                 " (it is a symbolic link; name the file itself)" if exc.errno == errno.ELOOP else ""
             )
             raise irqbypass.DeviceError(
-                f"logging consumer {self.name!r}: cannot open json_file {path!r}: "
-                f"{exc.strerror}{hint}",
+                f"logging consumer {self.name!r}: cannot open json_file "
+                f"{irqbypass.show_value(path)}: {exc.strerror}{hint}",
                 errno=exc.errno,
             ) from exc
         return os.fdopen(fd, "a", encoding="utf-8")

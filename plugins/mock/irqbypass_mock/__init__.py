@@ -8,6 +8,7 @@ through that instead, as hardware posting bypasses the host.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -17,6 +18,11 @@ import irqbypass
 __all__ = ["MockProducer", "irqbypass_register_kinds"]
 
 log = logging.getLogger("irqbypass.mock")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 UNLIMITED = -1
 
@@ -43,9 +49,22 @@ class MockProducer(irqbypass.Producer):
         delay: float = 0.0,
     ) -> None:
         super().__init__(token=token, irq=irq, name=name)
+        what = f"mock producer {self.name!r}"
+        for key, value in (("rate", rate), ("delay", delay)):
+            if not _is_number(value) or not math.isfinite(value):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be a finite number of "
+                    f"{'interrupts per second' if key == 'rate' else 'seconds'}, "
+                    f"not {irqbypass.show_value(value)}"
+                )
+        for key, value in (("count", count), ("burst", burst)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be an int, not {irqbypass.show_value(value)}"
+                )
         if rate < 0 or count < UNLIMITED or burst < 1 or delay < 0:
             raise irqbypass.InvalidEndpointError(
-                f"mock producer {self.name!r}: rate and delay must be >= 0, "
+                f"{what}: rate and delay must be >= 0, "
                 f"count >= -1 and burst >= 1 (got rate={rate}, count={count}, "
                 f"burst={burst}, delay={delay})"
             )

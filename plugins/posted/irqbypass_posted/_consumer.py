@@ -25,6 +25,10 @@ _POLL_SECONDS = 0.05
 log = logging.getLogger("irqbypass.posted")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class PostedInterruptConsumer(irqbypass.Consumer):
     """Posts its producer's interrupts into a :class:`PostedDescriptor`.
 
@@ -54,17 +58,29 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         super().__init__(token=token, name=name)
         what = f"posted-interrupt consumer {self.name!r}"
         try:
+            for key, flag in (("urgent", urgent), ("sn", sn), ("drain", drain)):
+                if not isinstance(flag, bool):
+                    raise irqbypass.InvalidEndpointError(
+                        f"{key} must be True or False, not {type(flag).__name__}"
+                    )
+            if file is not None and (not isinstance(file, str) or not file):
+                raise irqbypass.InvalidEndpointError(
+                    f"file must be a path (a non-empty str) or None, not "
+                    f"{irqbypass.show_value(file)}"
+                )
             if vector is not None:
                 check_vector(vector)
-            if not isinstance(nv, int) or not 0 <= nv <= 255:
-                raise irqbypass.InvalidEndpointError(f"nv={nv!r} does not fit a byte; use 0 to 255")
-            if not isinstance(ndst, int) or not 0 <= ndst <= 0xFFFFFFFF:
+            if not _is_int(nv) or not 0 <= nv <= 255:
                 raise irqbypass.InvalidEndpointError(
-                    f"ndst={ndst!r} does not fit a u32; use 0 to 0xffffffff"
+                    f"nv={irqbypass.show_value(nv)} does not fit a byte; use 0 to 255"
                 )
-            if lock not in (None, "process", "file"):
+            if not _is_int(ndst) or not 0 <= ndst <= 0xFFFFFFFF:
                 raise irqbypass.InvalidEndpointError(
-                    f"lock {lock!r} is unknown; use 'process' or 'file'"
+                    f"ndst={irqbypass.show_value(ndst)} does not fit a u32; use 0 to 0xffffffff"
+                )
+            if lock is not None and (not isinstance(lock, str) or lock not in ("process", "file")):
+                raise irqbypass.InvalidEndpointError(
+                    f"lock {irqbypass.show_value(lock)} is unknown; use 'process' or 'file'"
                 )
             if lock == "file" and not file:
                 raise irqbypass.InvalidEndpointError(

@@ -74,6 +74,7 @@ _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
 
 LockMode = Literal["process", "file"]
 _T = TypeVar("_T")
+_show = irqbypass.show_value
 
 #: every descriptor not yet closed, so a fork()ed child can mark the ones it
 #: inherited: their flock belongs to the open file description, which fork
@@ -148,6 +149,10 @@ class Port:
 
     def __init__(self, vector: int, urgent: bool = False) -> None:
         check_vector(vector)
+        if not isinstance(urgent, bool):
+            raise irqbypass.InvalidEndpointError(
+                f"urgent must be True or False, not {_show(urgent)}"
+            )
         self.vector = vector
         self.urgent = urgent
         self.held = False
@@ -157,9 +162,16 @@ class Port:
 def check_vector(vector: object) -> int:
     if not isinstance(vector, int) or isinstance(vector, bool) or not 0 <= vector <= 255:
         raise irqbypass.InvalidEndpointError(
-            f"vector {vector!r} is outside the PIR: use an int from 0 to 255"
+            f"vector {_show(vector)} is outside the PIR: use an int from 0 to 255"
         )
     return vector
+
+
+def _check_notification(notification: object) -> None:
+    if notification is not None and not isinstance(notification, irqbypass.Eventfd):
+        raise irqbypass.InvalidEndpointError(
+            f"notification must be an irqbypass.Eventfd or None, not {_show(notification)}"
+        )
 
 
 class PostedDescriptor:
@@ -186,10 +198,17 @@ class PostedDescriptor:
         notification: irqbypass.Eventfd | None = None,
     ) -> None:
         _check_control(nv, ndst)
-        mode: LockMode = lock if lock is not None else ("file" if file else "process")
-        if mode not in ("process", "file"):
+        if not isinstance(sn, bool):
+            raise irqbypass.InvalidEndpointError(f"sn must be True or False, not {_show(sn)}")
+        if file is not None and (not isinstance(file, str) or not file):
             raise irqbypass.InvalidEndpointError(
-                f"lock mode {mode!r} is unknown; use 'process' or 'file'"
+                f"file must be a path (a non-empty str) or None, not {_show(file)}"
+            )
+        _check_notification(notification)
+        mode: LockMode = lock if lock is not None else ("file" if file else "process")
+        if not isinstance(mode, str) or mode not in ("process", "file"):
+            raise irqbypass.InvalidEndpointError(
+                f"lock mode {_show(mode)} is unknown; use 'process' or 'file'"
             )
         if mode == "file" and not file:
             raise irqbypass.InvalidEndpointError(
@@ -223,10 +242,15 @@ class PostedDescriptor:
         side of a VMM, say). It is never removed by this object's ``close``.
         ``notification``: that process's notification eventfd, if passed over
         (fork, ``pass_fds`` or SCM_RIGHTS); this object does not own it."""
-        if lock not in ("process", "file"):
+        if not isinstance(path, str) or not path:
             raise irqbypass.InvalidEndpointError(
-                f"lock mode {lock!r} is unknown; use 'process' or 'file'"
+                f"attach: path must be a non-empty str, not {_show(path)}"
             )
+        if not isinstance(lock, str) or lock not in ("process", "file"):
+            raise irqbypass.InvalidEndpointError(
+                f"lock mode {_show(lock)} is unknown; use 'process' or 'file'"
+            )
+        _check_notification(notification)
         self = cls.__new__(cls)
         self._blank(lock)
         self._path = path
@@ -235,13 +259,13 @@ class PostedDescriptor:
             info = os.fstat(self._fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != MAPPING_SIZE:
                 raise irqbypass.InvalidEndpointError(
-                    f"{path!r} is not a posted-interrupt descriptor file (a regular file "
+                    f"{_show(path)} is not a posted-interrupt descriptor file (a regular file "
                     f"of {MAPPING_SIZE} bytes); check the path"
                 )
             self._setup(notification, owned_notification=False)
             if self._q[_MAGIC] != MAGIC:
                 raise irqbypass.InvalidEndpointError(
-                    f"{path!r} has no posted-interrupt descriptor magic; check the path"
+                    f"{_show(path)} has no posted-interrupt descriptor magic; check the path"
                 )
         except BaseException:
             self.close()
@@ -651,14 +675,14 @@ class PostedDescriptor:
 
 
 def _check_control(nv: int, ndst: int) -> None:
-    if not isinstance(nv, int) or not 0 <= nv <= 255:
+    if not isinstance(nv, int) or isinstance(nv, bool) or not 0 <= nv <= 255:
         raise irqbypass.InvalidEndpointError(
-            f"notification vector nv={nv!r} does not fit its byte; use 0 to 255"
+            f"notification vector nv={_show(nv)} does not fit its byte; use 0 to 255"
         )
-    if not isinstance(ndst, int) or not 0 <= ndst <= 0xFFFFFFFF:
+    if not isinstance(ndst, int) or isinstance(ndst, bool) or not 0 <= ndst <= 0xFFFFFFFF:
         raise irqbypass.InvalidEndpointError(
-            f"notification destination ndst={ndst!r} does not fit its u32; use 0 to 0xffffffff "
-            "(the x2APIC ID, or the xAPIC ID shifted left by 8)"
+            f"notification destination ndst={_show(ndst)} does not fit its u32; "
+            "use 0 to 0xffffffff (the x2APIC ID, or the xAPIC ID shifted left by 8)"
         )
 
 
@@ -673,13 +697,22 @@ def _forked_error(path: str | None, pid: int) -> irqbypass.DeviceError:
     )
 
 
+def _check_path(path: str) -> None:
+    if "\0" in path:
+        raise irqbypass.InvalidEndpointError(
+            f"posted-interrupt descriptor path {_show(path)} holds a NUL byte; name the file itself"
+        )
+
+
 def _open_file(path: str) -> int:
     """Open an existing descriptor file (for :meth:`PostedDescriptor.attach`)."""
+    _check_path(path)
     try:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise irqbypass.DeviceError(
-            f"cannot open posted-interrupt descriptor {path!r}: {exc.strerror}; "
+            f"cannot open posted-interrupt descriptor {_show(path)}: "
+            f"{exc.strerror}; "
             "is the consumer that creates it open, and may this user read it?",
             errno=exc.errno,
         ) from exc
@@ -688,17 +721,20 @@ def _open_file(path: str) -> int:
 def _create_file(path: str) -> int:
     """Create the backing file: O_EXCL, mode 0600, sized to the mapping."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    _check_path(path)
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError as exc:
         raise irqbypass.DeviceError(
-            f"posted-interrupt descriptor file {path!r} already exists: another consumer "
+            f"posted-interrupt descriptor file {_show(path)} already exists: "
+            "another consumer "
             "uses it, or a crashed run left it behind; pick another path or remove it",
             errno=errno.EEXIST,
         ) from exc
     except OSError as exc:
         raise irqbypass.DeviceError(
-            f"cannot create posted-interrupt descriptor file {path!r}: {exc.strerror}; "
+            f"cannot create posted-interrupt descriptor file {_show(path)}: "
+            f"{exc.strerror}; "
             "check that the directory exists and is writable (/dev/shm is a good place)",
             errno=exc.errno,
         ) from exc
@@ -710,7 +746,7 @@ def _create_file(path: str) -> int:
         os.unlink(path)
         if isinstance(exc, OSError):
             raise irqbypass.DeviceError(
-                f"cannot size posted-interrupt descriptor file {path!r}: {exc.strerror}",
+                f"cannot size posted-interrupt descriptor file {_show(path)}: {exc.strerror}",
                 errno=exc.errno,
             ) from exc
         raise
