@@ -504,7 +504,6 @@ def test_cli_main_in_process(
 
 APPLY_FAILS = {
     "json-file-missing-dir": "/nonexistent-dir/irqbypass.jsonl",
-    "json-file-nul": "a\\u0000b",
     "json-file-too-long": "x" * 5000,
     "json-file-is-dir": "/",
 }
@@ -542,6 +541,26 @@ options = {{ json_file = "{json_file}" }}
     assert info.value.__cause__ is not None
     assert len(manager) == 0 and topology.placed == [] and topology.tokens == {}
     COUNTERS["hostile config: failed applies"] += 1
+
+
+def test_json_file_with_a_nul_is_refused_before_anything_opens(
+    host: irqbypass.PluginHost, no_fd_leak: None
+) -> None:
+    """A NUL in json_file used to fail only at open (ValueError turned into a
+    TopologyError); the consumer's constructor refuses it now, so `check` says so."""
+    text = """
+[[consumers]]
+name = "bad"
+kind = "logging"
+token = "t1"
+options = { json_file = "a\\u0000b" }
+"""
+    config = irqbypass.parse_config(text, file="nul.toml")
+    topology = irqbypass.Topology(config, host)
+    with pytest.raises(irqbypass.ConfigError, match=r"consumers\[0\].*NUL") as info:
+        topology.build()
+    assert "\x00" not in str(info.value)
+    assert topology.tokens == {}
 
 
 def test_cli_run_with_failing_apply(tmp_path: Path, cli_env: dict[str, str]) -> None:
