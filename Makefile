@@ -12,12 +12,14 @@ BENCHMARKS := $(filter-out benchmarks/report.py benchmarks/plot.py,$(sort $(wild
 
 setup: $(STAMP)
 
+# pip -qq: errors only (a machine whose pip configuration names missing find-links
+# directories would otherwise print a warning per package)
 # PYTHONWARNINGS: setuptools warns about every editable install (a dozen lines each)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
 	PYTHONWARNINGS="ignore:Editable installation" \
-	  $(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
+	  $(BIN)/python -m pip install --quiet --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)
