@@ -30,6 +30,7 @@ from .endpoints import Consumer
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
 from .plugins import PluginHost, PluginInfo, load_plugins
+from .signals import guard_signals
 from .topology import PairStatus, Topology
 
 DEFAULT_DURATION = 10.0
@@ -501,7 +502,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             raise
         # a teardown error is reported after the summary, never instead of it
         _log.info("tearing down %s", config.file)
-        teardown_error = _teardown(topology)
+        teardown_error, teardown_signal = _teardown(topology)
+        if stopped_by is None:
+            stopped_by = teardown_signal
     if args.json:
         doc = {
             "file": config.file,
@@ -520,18 +523,24 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     return 0 if teardown_error is None else 1
 
 
-def _teardown(topology: Topology) -> IrqBypassError | None:
-    """Tear down; the error, if a step failed (every step is still attempted)."""
+def _teardown(topology: Topology) -> tuple[IrqBypassError | None, int | None]:
+    """Tear down; (the error if a step failed, the signal if one interrupted a
+    step). The topology finishes its teardown either way, so a second Ctrl-C
+    loses neither the summary nor the "torn down" message."""
     try:
         topology.teardown()
     except IrqBypassError as exc:
-        return exc
-    return None
+        return exc, None
+    except KeyboardInterrupt as exc:
+        for note in getattr(exc, "__notes__", ()):
+            _error(note)
+        return None, getattr(exc, "signum", signal.SIGINT)
+    return None, None
 
 
 def _report_teardown(topology: Topology) -> None:
     """Tear down while another error is on its way out: say what failed."""
-    error = _teardown(topology)
+    error, _ = _teardown(topology)
     if error is not None:
         _error(str(error))
 
@@ -560,6 +569,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    guard_signals()  # both wait while the manager's and the topology's bookkeeping runs
     try:
         yield
     finally:

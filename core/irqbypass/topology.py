@@ -12,6 +12,7 @@ Teardown runs in reverse the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -23,6 +24,7 @@ from .kinds import EndpointSpec
 from .manager import Manager
 from .options import show_error, show_exception, show_value
 from .plugins import PluginHost
+from .signals import deliver_deferred_signals, signal_safe
 
 
 @dataclass
@@ -84,6 +86,35 @@ def _close(unit: list[Placed]) -> None:
         close_group(endpoints)
 
 
+def _interrupt(exc: BaseException) -> BaseException | None:
+    """``exc`` if it is an interrupt (KeyboardInterrupt, SIGTERM's, SystemExit)."""
+    return None if isinstance(exc, Exception) else exc
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, Exception):
+        return show_error(exc)
+    return f"interrupted by {type(exc).__name__} (the rest was still torn down)"
+
+
+def _deliver(interrupt: BaseException | None) -> BaseException | None:
+    """Run the handlers of signals deferred by a safe section; the first
+    interrupt, the one already caught or the one a handler raises now."""
+    try:
+        deliver_deferred_signals()
+    except BaseException as exc:
+        return interrupt or exc
+    return interrupt
+
+
+def _with_note(exc: BaseException, notes: list[str]) -> BaseException:
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:  # Python 3.11+
+        for note in notes:
+            add_note(note)
+    return exc
+
+
 def _group_label(unit: list[Placed]) -> str:
     first = unit[0].config
     names = ", ".join(repr(placed.config.name) for placed in unit)
@@ -136,12 +167,8 @@ class Topology:
         skipped = self._optional_unavailable()
         self.skipped = sorted(skipped.items())
         try:
-            names = self.config.token_names()
-            if check_only and names:
-                shared = Eventfd()
-                self.tokens = dict.fromkeys(names, shared)
-            else:
-                self.tokens = {name: Eventfd() for name in names}
+            self._make_tokens(self.config.token_names(), shared=check_only)
+            deliver_deferred_signals()  # a Ctrl-C that waited for the tokens to be held
             # consumers first: the sink is ready before the source can fire
             for entry in self.config.consumers + self.config.producers:
                 if entry.token not in skipped:
@@ -156,6 +183,19 @@ class Topology:
         except BaseException:
             self._release()
             raise
+
+    @signal_safe
+    def _make_tokens(self, names: list[str], *, shared: bool) -> None:
+        """One eventfd per token name (or one for all, ``shared``), held by
+        ``self.tokens`` the moment it exists: signal-safe, so a Ctrl-C cannot
+        land between an eventfd's creation and its owner (it would leak)."""
+        if shared and names:
+            one = Eventfd()
+            self.tokens = dict.fromkeys(names, one)
+            return
+        self.tokens = {}
+        for name in names:
+            self.tokens[name] = Eventfd()
 
     def _kind_installed(self, entry: EndpointConfig) -> bool:
         try:
@@ -220,32 +260,59 @@ class Topology:
     # -- applying ----------------------------------------------------------
 
     def apply(self) -> None:
-        """Open and register every endpoint, or undo it all and raise."""
+        """Open and register every endpoint, or undo it all and raise.
+
+        All or nothing under Ctrl-C too: each endpoint's state is recorded
+        before a signal can land (the bookkeeping is signal-safe; the plugin's
+        own ``open`` and the registration stay interruptible), and the undo,
+        once begun, finishes (see :meth:`teardown`)."""
         if any(placed.opened for placed in self.placed):
             raise TopologyError(
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )
-        self.build()
-        for unit in self._units():
-            step, placed = "open", unit[0]
-            try:
-                _open(unit)
-                for placed in unit:
-                    placed.opened = True
-                for placed in unit:
-                    if placed.config.bypass:
-                        step = "register"
-                        self._register(placed)
-            except BaseException as exc:
-                undo_errors = self._undo()
-                self._release()
-                if not isinstance(exc, Exception):
-                    raise
-                what = placed.label if step == "register" or len(unit) == 1 else _group_label(unit)
-                message = f"applying {self.config.file}: {step} of {what} failed: {show_error(exc)}"
-                if undo_errors:
-                    message += "; while undoing: " + "; ".join(undo_errors)
-                raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
+        doing = ["build", repr(self.config.file)]  # the step under way, and on what
+        try:
+            self.build()
+            for unit in self._units():
+                self._apply_unit(unit, doing)
+                deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+        except BaseException as exc:
+            undo_errors, interrupt = self._finish()
+            interrupt = _deliver(interrupt)
+            step, what = doing
+            message = f"applying {self.config.file}: {step} of {what} failed: {show_error(exc)}"
+            if undo_errors:
+                message += "; while undoing: " + "; ".join(undo_errors)
+            if not isinstance(exc, Exception):
+                _with_note(exc, undo_errors)
+                raise
+            if step == "build":  # nothing was opened: the error as build() raised it
+                raise
+            if interrupt is not None:  # Ctrl-C while undoing: it wins, the failure is told
+                raise _with_note(interrupt, [message]) from exc
+            raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
+
+    @signal_safe
+    def _apply_unit(self, unit: list[Placed], doing: list[str]) -> None:
+        """Open one unit and register its endpoints, recording each step the
+        moment it is done. The calls into plugins and the manager are on
+        call-out lines (``call(...)``): a signal there interrupts them, as it
+        should; anywhere else it waits for :func:`deliver_deferred_signals`."""
+        doing[:] = ["open", unit[0].label if len(unit) == 1 else _group_label(unit)]
+        call: Callable[..., object] = _open
+        call(unit)
+        for placed in unit:
+            placed.opened = True
+        for placed in unit:
+            if placed.config.bypass:
+                doing[:] = ["register", placed.label]
+                endpoint = placed.endpoint
+                call = getattr(self.manager, f"register_{placed.config.side}")
+                try:
+                    call(endpoint)
+                finally:
+                    # a CallbackError means "registered, but a start raised": undo must see it
+                    placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]
 
     def _units(self) -> list[list[Placed]]:
         """What is opened together: one endpoint, or every endpoint of one side
@@ -264,48 +331,62 @@ class Topology:
             groups[key].append(placed)
         return units
 
-    def _register(self, placed: Placed) -> None:
-        endpoint = placed.endpoint
-        try:
-            if isinstance(endpoint, Producer):
-                self.manager.register_producer(endpoint)
-            elif isinstance(endpoint, Consumer):
-                self.manager.register_consumer(endpoint)
-        finally:
-            # a CallbackError means "registered, but a start raised": undo must see it
-            placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]
-
     def teardown(self) -> None:
-        """Unregister and close everything, in reverse; raise once at the end
-        if any step failed (every step is still attempted)."""
-        errors = self._undo()
-        self._release()
+        """Unregister and close everything, in reverse. Every step is attempted
+        and, once begun, teardown finishes: a Ctrl-C or SIGTERM during it waits
+        (in the bookkeeping) or interrupts only the plugin call it lands in
+        (which is reported by name, and the rest goes on). Then the first
+        interrupt is raised, with any failure noted on it; otherwise a
+        TopologyError says what failed."""
+        errors, interrupt = self._finish()
+        interrupt = _deliver(interrupt)
+        if interrupt is not None:
+            raise _with_note(interrupt, errors and [self._teardown_message(errors)])
         if errors:
-            raise TopologyError(f"tearing down {self.config.file}: " + "; ".join(errors))
+            raise TopologyError(self._teardown_message(errors))
 
-    def _undo(self) -> list[str]:
-        errors = []
+    def _teardown_message(self, errors: list[str]) -> str:
+        return f"tearing down {self.config.file}: " + "; ".join(errors)
+
+    @signal_safe
+    def _finish(self) -> tuple[list[str], BaseException | None]:
+        """Undo every step and release the tokens; (what failed, the first
+        interrupt). Signal-safe: nothing here is left half done."""
+        errors: list[str] = []
+        interrupt: BaseException | None = None
+        call: Callable[..., object]
         for unit in reversed(self._units()):
             for placed in reversed(unit):
                 if placed.registered:
-                    try:
-                        if isinstance(placed.endpoint, Producer):
-                            self.manager.unregister_producer(placed.endpoint)
-                        elif isinstance(placed.endpoint, Consumer):
-                            self.manager.unregister_consumer(placed.endpoint)
-                    except Exception as exc:
-                        errors.append(f"unregister of {placed.label}: {show_error(exc)}")
+                    endpoint = placed.endpoint
+                    call = getattr(self.manager, f"unregister_{placed.config.side}")
+                    # an unregister that a Ctrl-C cut before the manager took it
+                    # is tried again (twice at most): teardown, once begun, finishes
+                    for _attempt in range(3):
+                        try:
+                            call(endpoint)
+                        except BaseException as exc:  # Ctrl-C included: recorded, and on
+                            interrupt = interrupt or _interrupt(exc)
+                            if isinstance(exc, Exception):
+                                errors.append(f"unregister of {placed.label}: {_failure(exc)}")
+                        if not self.manager.is_registered(endpoint):  # type: ignore[arg-type]
+                            break
+                    else:
+                        errors.append(f"unregister of {placed.label}: interrupted three times")
                     placed.registered = False
             opened = [placed for placed in reversed(unit) if placed.opened]
             if opened:
                 for placed in opened:
                     placed.opened = False
+                call = _close
                 try:
-                    _close(opened)
-                except Exception as exc:
+                    call(opened)
+                except BaseException as exc:
+                    interrupt = interrupt or _interrupt(exc)
                     what = opened[0].label if len(opened) == 1 else _group_label(opened)
-                    errors.append(f"close of {what}: {show_error(exc)}")
-        return errors
+                    errors.append(f"close of {what}: {_failure(exc)}")
+        self._release()
+        return errors, interrupt
 
     def _release(self) -> None:
         self.placed = []
