@@ -217,9 +217,8 @@ class PostedDescriptor:
         self._blank(mode)
         try:
             if file:
-                self._path: str | None = file
-                self._fd = _create_file(file)
-                self._unlink = True
+                self._create(file)
+                irqbypass.deliver_deferred_signals()  # a Ctrl-C that waited: close() removes it
             self._setup(notification)
             self._q[_MAGIC] = MAGIC
             self._q[_SIZE] = MAPPING_SIZE
@@ -229,6 +228,15 @@ class PostedDescriptor:
         except BaseException:
             self.close()
             raise
+
+    @irqbypass.signal_safe
+    def _create(self, file: str) -> None:
+        """Create the backing file and own it at once: signal-safe, so a Ctrl-C
+        landing after the file exists and before this object knows its fd
+        waits, instead of leaving the file behind."""
+        self._path: str | None = file
+        self._fd = _create_file(file)
+        self._unlink = True
 
     @classmethod
     def attach(
