@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class IrqBypassError(Exception):
@@ -170,3 +173,14 @@ def printable(text: str) -> str:
 def _errno_of(exc: BaseException) -> int | None:
     value = getattr(exc, "errno", None)
     return value if isinstance(value, int) else None
+
+
+def with_notes(exc: _E, notes: Sequence[str]) -> _E:
+    """``exc`` with ``notes`` added (``add_note``, Python 3.11+; on 3.10 the
+    exception is returned as it is): how an interrupt that was let through
+    says what it interrupted and what state it left."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        for note in notes:
+            add_note(note)
+    return exc

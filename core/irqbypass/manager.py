@@ -40,7 +40,9 @@ from .errors import (
     InvalidEndpointError,
     ReentrantCallError,
     TokenInUseError,
+    with_notes,
 )
+from .options import show_value
 from .plugins import CORE_PLUGIN, PluginHost
 from .signals import DEFERRED, deliver_deferred_signals, guard_default_interrupt, signal_safe
 
@@ -398,8 +400,8 @@ def _invalid_token(endpoint: object, cause: BaseException | None = None) -> Inva
     what = f"{_side(endpoint)} {_name(endpoint)}"
     if cause is not None:
         return InvalidEndpointError(
-            f"{what}: its token {_repr(getattr(endpoint, '_token', None))} cannot be used as a "
-            f"key ({_brief(cause)}); use an Eventfd, a string, an int or another value "
+            f"{what}: its token {show_value(getattr(endpoint, '_token', None))} cannot be used "
+            f"as a key ({_brief(cause)}); use an Eventfd, a string, an int or another value "
             "whose hash and equality work"
         )
     try:
@@ -427,7 +429,7 @@ def _uninitialised(endpoint: object) -> InvalidEndpointError:
 def _not_an_endpoint(endpoint: object, side: str) -> InvalidEndpointError:
     cls = "Producer" if side == "producer" else "Consumer"
     return InvalidEndpointError(
-        f"{_repr(endpoint)} is not an irqbypass.{cls}; subclass irqbypass.{cls} to register "
+        f"{show_value(endpoint)} is not an irqbypass.{cls}; subclass irqbypass.{cls} to register "
         f"it as a {side}"
     )
 
@@ -449,16 +451,7 @@ def _name(endpoint: object) -> str:
         name = getattr(endpoint, "name", None)
     except Exception:
         name = None
-    return _repr(name if isinstance(name, str) else type(endpoint).__name__)
-
-
-def _repr(value: object, limit: int = 80) -> str:
-    """repr(), bounded, and never raising."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return show_value(name if isinstance(name, str) else type(endpoint).__name__)
 
 
 def _busy(endpoint: Any, held: Any) -> AlreadyRegisteredError | TokenInUseError:
@@ -468,7 +461,7 @@ def _busy(endpoint: Any, held: Any) -> AlreadyRegisteredError | TokenInUseError:
             f"{side} {_name(endpoint)} is already registered; unregister it first"
         )
     return TokenInUseError(
-        f"token {_repr(endpoint._token)} is already held by {side} {_name(held)}; one "
+        f"token {show_value(endpoint._token)} is already held by {side} {_name(held)}; one "
         f"{side} per token: unregister that one first, or use another token"
     )
 
@@ -550,11 +543,9 @@ def _reraise_interrupts(
     for failure in failures:
         exc = failure[2]
         if not isinstance(exc, Exception):
-            note = f"irqbypass: interrupted in {_describe(failure, hooks)}; {state}"
-            add_note = getattr(exc, "add_note", None)
-            if add_note is not None:  # Python 3.11+
-                add_note(note)
-            raise exc
+            raise with_notes(
+                exc, [f"irqbypass: interrupted in {_describe(failure, hooks)}; {state}"]
+            )
 
 
 def _callback_error(

@@ -18,7 +18,7 @@ from types import TracebackType
 
 from .config import Config, EndpointConfig
 from .endpoints import Consumer, Endpoint, Producer
-from .errors import ConfigError, IrqBypassError, PluginError, TopologyError
+from .errors import ConfigError, IrqBypassError, PluginError, TopologyError, with_notes
 from .eventfd import Eventfd
 from .kinds import EndpointSpec
 from .manager import Manager
@@ -105,14 +105,6 @@ def _deliver(interrupt: BaseException | None) -> BaseException | None:
     except BaseException as exc:
         return interrupt or exc
     return interrupt
-
-
-def _with_note(exc: BaseException, notes: list[str]) -> BaseException:
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:  # Python 3.11+
-        for note in notes:
-            add_note(note)
-    return exc
 
 
 def _group_label(unit: list[Placed]) -> str:
@@ -284,12 +276,12 @@ class Topology:
             if undo_errors:
                 message += "; while undoing: " + "; ".join(undo_errors)
             if not isinstance(exc, Exception):
-                _with_note(exc, undo_errors)
+                with_notes(exc, undo_errors)
                 raise
             if step == "build":  # nothing was opened: the error as build() raised it
                 raise
             if interrupt is not None:  # Ctrl-C while undoing: it wins, the failure is told
-                raise _with_note(interrupt, [message]) from exc
+                raise with_notes(interrupt, [message]) from exc
             raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
 
     @signal_safe
@@ -341,7 +333,7 @@ class Topology:
         errors, interrupt = self._finish()
         interrupt = _deliver(interrupt)
         if interrupt is not None:
-            raise _with_note(interrupt, errors and [self._teardown_message(errors)])
+            raise with_notes(interrupt, errors and [self._teardown_message(errors)])
         if errors:
             raise TopologyError(self._teardown_message(errors))
 
