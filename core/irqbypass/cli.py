@@ -29,7 +29,7 @@ from .config import MAX_DURATION, Config, load_config, parse_config
 from .endpoints import Consumer
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
-from .plugins import PluginHost, PluginInfo, load_plugins
+from .plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
 from .signals import guard_signals
 from .topology import PairStatus, Topology
 
@@ -247,9 +247,12 @@ class _Trace:
 def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
     settings = config.plugins if config is not None else None
     strict = args.strict or (settings.strict if settings else False)
+    # the user's environment wins over the file's [plugins] load (docs/configuration.md):
+    # an allow list passed to load_plugins would win over the environment
+    from_env = ENV_LOAD in os.environ or bool(os.environ.get(ENV_DISABLE))
     host = load_plugins(
         block=[*args.block, *(settings.block if settings else ())],
-        allow=settings.load if settings else None,
+        allow=settings.load if settings and not from_env else None,
         strict=strict,
         modules=args.plugin_modules,
     )

@@ -1,10 +1,13 @@
 """Plugins: the pluggy host, entry-point discovery, and the broken-plugin report.
 
 Discovery follows pytest and llm. Plugins are found through the entry-point group
-``irqbypass``; they load after the core's own implementation. The environment
-narrows it: ``IRQBYPASS_DISABLE_PLUGIN_AUTOLOAD`` (any non-empty value) loads
-none, ``IRQBYPASS_LOAD_PLUGINS`` (comma-separated distribution names; empty means
-none) loads only those. A block list (config ``[plugins] block`` or ``--block``)
+``irqbypass``; they load after the core's own implementation. The user's
+environment narrows it where the program made no choice (``allow=None``):
+``IRQBYPASS_DISABLE_PLUGIN_AUTOLOAD`` (any non-empty value) loads none,
+``IRQBYPASS_LOAD_PLUGINS`` (comma-separated distribution names; empty means
+none) loads only those. An ``allow`` list the program passes wins over both, as
+pytest's ``-p`` wins over its autoload switch: a VMM that needs its plugins gets
+them whatever the shell exports. A block list (config ``[plugins] block`` or ``--block``)
 names plugins or distributions to skip. A plugin that fails to load is recorded
 with its name, distribution and error, and the others keep working; ``strict``
 makes the first failure fatal. One distribution seen twice (an editable install
@@ -242,17 +245,20 @@ class PluginHost:
     ) -> list[PluginInfo]:
         """Load the installed plugins; return the ones that failed.
 
-        ``allow`` (distribution or plugin names) restricts loading like
-        ``IRQBYPASS_LOAD_PLUGINS``, which wins when set. ``entry_points`` is a
-        seam for tests.
+        ``allow`` (distribution or plugin names) loads only those, whatever the
+        environment says; with ``allow=None`` the environment (``environ``,
+        by default ``os.environ``) decides (see the module doc). ``entry_points``
+        is a seam for tests.
         """
         env = os.environ if environ is None else environ
         found = entry_points() if entry_points is not None else _group_entry_points()
-        disabled = bool(env.get(ENV_DISABLE))
-        source = "the config's [plugins] load"
-        if ENV_LOAD in env:
-            allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
-            source = ENV_LOAD
+        disabled = False
+        source = "the allow list"
+        if allow is None:
+            disabled = bool(env.get(ENV_DISABLE))
+            if ENV_LOAD in env:
+                allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
+                source = ENV_LOAD
         allowed = None if allow is None else {_normalize(n) for n in allow}
         blocked = {_normalize(n) for n in block}
         failures = []
@@ -418,17 +424,28 @@ def load_plugins(
     allow: Sequence[str] | None = None,
     strict: bool = False,
     modules: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> PluginHost:
-    """A :class:`PluginHost` with the installed plugins loaded (see the module
-    docstring for the environment variables), then ``modules`` by import name.
-    Failures are in ``host.failures`` unless ``strict``."""
+    """A :class:`PluginHost` with the installed plugins loaded, then ``modules``
+    by import name. Failures are in ``host.failures`` unless ``strict``.
+
+    Which plugins: ``allow`` (distribution or plugin names) when the program
+    passes it, whatever the environment says; otherwise the user's environment
+    decides (``IRQBYPASS_LOAD_PLUGINS``, ``IRQBYPASS_DISABLE_PLUGIN_AUTOLOAD``),
+    read from ``environ`` (by default ``os.environ``; ``{}`` ignores it), and
+    without either, every installed plugin. ``block`` applies in every case."""
     block = _names(block, "block")
     allow = None if allow is None else _names(allow, "allow")
     modules = _names(modules, "modules")
     if not isinstance(strict, bool):
         raise PluginError(f"strict={show_value(strict)} is not True or False")
+    if environ is not None and not isinstance(environ, Mapping):
+        raise PluginError(
+            f"environ={show_value(environ)} is not a mapping; pass a dict such as os.environ, "
+            "or None"
+        )
     host = PluginHost()
-    host.load_entry_points(block=block, allow=allow, strict=strict)
+    host.load_entry_points(block=block, allow=allow, strict=strict, environ=environ)
     for module in modules:
         host.load_module(module)
         if strict and host.failures:

@@ -182,14 +182,49 @@ def test_disable_autoload(site: Path) -> None:
     assert failures == [] and host.info() == [] and imported(site) == []
 
 
-def test_env_allow_list_wins_over_config(site: Path) -> None:
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {ENV_LOAD: "irqbypass-logging"},
+        {ENV_LOAD: ""},
+        {ENV_DISABLE: "1"},
+        {ENV_DISABLE: "1", ENV_LOAD: "irqbypass-logging"},
+    ],
+    ids=["load-other", "load-none", "disable", "both"],
+)
+def test_program_allow_list_wins_over_env(site: Path, environ: dict[str, str]) -> None:
+    """Regression: IRQBYPASS_LOAD_PLUGINS in the user's shell replaced the
+    allow list the program chose; now the program's explicit choice wins (as
+    pytest's -p wins over PYTEST_DISABLE_PLUGIN_AUTOLOAD)."""
     host = irqbypass.PluginHost()
     host.load_entry_points(
         entry_points=lambda: site_entry_points(site),
-        allow=["irqbypass-mock", "irqbypass-rel-broken"],
-        environ={ENV_LOAD: "irqbypass-logging"},
+        allow=["irqbypass-mock", "irqbypass-rel-good"],
+        environ=environ,
     )
-    assert {i.name for i in host.info()} == {"logging"} and imported(site) == []
+    assert {i.name for i in host.info()} == {"mock", "rel_good"}
+    assert imported(site) == ["rel_good"]
+    reasons = {f.name: f.reason for f in host.filtered}
+    assert reasons["logging"].startswith("not in the allow list (irqbypass-mock, ")
+
+
+def test_load_plugins_reads_the_given_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_plugins(environ=...) reads that mapping, not os.environ; {} ignores the
+    user's environment; an explicit allow wins over both."""
+    monkeypatch.setenv(ENV_LOAD, "irqbypass-mock")
+    assert names(irqbypass.load_plugins()) == {"mock"}
+    assert names(irqbypass.load_plugins(environ={ENV_LOAD: "irqbypass-logging"})) == {"logging"}
+    assert "logging" in names(irqbypass.load_plugins(environ={}))
+    assert names(irqbypass.load_plugins(environ={ENV_DISABLE: "1"})) == set()
+    host = irqbypass.load_plugins(allow=["irqbypass-logging"])
+    assert names(host) == {"logging"}
+    assert host.unmatched == []
+    with pytest.raises(irqbypass.PluginError, match="environ='x' is not a mapping"):
+        irqbypass.load_plugins(environ="x")  # type: ignore[arg-type]
+
+
+def names(host: irqbypass.PluginHost) -> set[str]:
+    return {i.name for i in host.info() if i.error is None}
 
 
 # -- the CLI, in a subprocess -------------------------------------------------
