@@ -28,6 +28,7 @@ that hook; otherwise the endpoint's method is called directly (the fast path).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from threading import RLock
 from typing import Any
@@ -38,13 +39,20 @@ from .errors import (
     CallbackError,
     ConnectError,
     InvalidEndpointError,
+    IrqBypassError,
     ReentrantCallError,
     TokenInUseError,
     with_notes,
 )
 from .options import show_value
 from .plugins import CORE_PLUGIN, PluginHost
-from .signals import DEFERRED, deliver_deferred_signals, guard_default_interrupt, signal_safe
+from .signals import (
+    DEFERRED,
+    deliver_deferred_signals,
+    hold_interrupt_guard,
+    release_interrupt_guard,
+    signal_safe,
+)
 
 #: callback method -> the lifecycle hook step it goes through
 STEPS: dict[str, str] = {
@@ -69,10 +77,17 @@ class Manager:
     :func:`~irqbypass.load_plugins` for the installed ones).
 
     Created in the main thread while SIGINT has Python's default handler, it
-    puts :func:`~irqbypass.guard_signals`' guard in front of that handler.
+    puts :func:`~irqbypass.guard_signals`' guard in front of that handler, so
+    that a Ctrl-C waits for the manager's bookkeeping; once every manager that
+    did so is gone (garbage), Python's handler is back. ``guard_sigint=False``:
+    the manager never touches a signal handler (the program guards its own
+    handlers with :func:`~irqbypass.guard_signals`, or accepts that a Ctrl-C
+    landing in the bookkeeping can leave the manager inconsistent).
     """
 
-    def __init__(self, plugins: PluginHost | None = None) -> None:
+    def __init__(self, plugins: PluginHost | None = None, *, guard_sigint: bool = True) -> None:
+        if not isinstance(guard_sigint, bool):
+            raise IrqBypassError(f"guard_sigint={show_value(guard_sigint)} is not True or False")
         self.plugins = plugins if plugins is not None else PluginHost()
         # token -> Producer and token -> Consumer; typed Any so that one body
         # per direction can work on either side's pair of indexes
@@ -82,7 +97,9 @@ class Manager:
         # thread inside finds _running set and raises ReentrantCallError.
         self._lock = RLock()
         self._running = False
-        guard_default_interrupt()
+        if guard_sigint:
+            # given back when this manager is garbage: no handler outlives the managers
+            weakref.finalize(self, release_interrupt_guard, hold_interrupt_guard())
 
     # -- registering -------------------------------------------------------
     #

@@ -20,9 +20,14 @@ consistent again, in a ``finally``.
 
 :func:`guard_signals` puts the guard in front of the current Python-level
 handlers of SIGINT and SIGTERM. The :class:`~irqbypass.Manager` installs it
-when SIGINT still has Python's default handler; a VMM that installs handlers of
-its own calls it afterwards to have them guarded too. The guard costs nothing on
-the fast path: it walks the interrupted stack only when a signal arrives.
+when SIGINT still has Python's default handler, and only while some manager
+that installed it lives (:func:`hold_interrupt_guard`): the last one to go puts
+Python's handler back, so that ``asyncio.run`` (which installs its own graceful
+handler only over Python's default one) and the rest of the process find what
+they expect. ``Manager(guard_sigint=False)`` touches no handler at all. A VMM
+that installs handlers of its own calls :func:`guard_signals` afterwards to have
+them guarded too (that guard stays: it is the VMM's). The guard costs nothing
+on the fast path: it walks the interrupted stack only when a signal arrives.
 """
 
 from __future__ import annotations
@@ -117,13 +122,52 @@ def guard_signals(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> l
     return guarded
 
 
-def guard_default_interrupt() -> None:
-    """Guard SIGINT if it still has Python's own handler (what a Manager does)."""
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
-        guard_signals((signal.SIGINT,))
+#: the leases of the managers that want SIGINT guarded (see hold_interrupt_guard)
+_LEASES: set[object] = set()
+#: the guard those leases installed in front of Python's default SIGINT handler
+_INSTALLED: list[_Guard] = []
+_LEASES_LOCK = threading.Lock()
+
+
+def hold_interrupt_guard() -> object:
+    """A lease on the SIGINT guard (what a Manager takes when created): the guard
+    is put in front of SIGINT's handler if that is still Python's own
+    (``default_int_handler``), in the main thread. A handler of the program's
+    own is left alone (the program calls :func:`guard_signals` for it). Give the
+    lease back with :func:`release_interrupt_guard`."""
+    lease = object()
+    with _LEASES_LOCK:
+        _LEASES.add(lease)
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            guard = _Guard(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, guard)
+            _INSTALLED[:] = [guard]
+    return lease
+
+
+def release_interrupt_guard(lease: object) -> None:
+    """Give a lease back; the last one restores Python's default SIGINT handler
+    if the guard the leases installed is still the handler (one the program set
+    since is left alone). Called from a finalizer too, so it never blocks: in
+    another thread, or while a lease is being taken, the guard stays (it only
+    passes signals on) until the next lease is given back in the main thread."""
+    _LEASES.discard(lease)
+    if _LEASES or not _LEASES_LOCK.acquire(blocking=False):
+        return
+    try:
+        if (
+            not _LEASES
+            and _INSTALLED
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is _INSTALLED[0]
+        ):
+            signal.signal(signal.SIGINT, _INSTALLED[0].previous)
+            _INSTALLED.clear()
+    finally:
+        _LEASES_LOCK.release()
 
 
 def in_safe_section(frame: FrameType | None) -> bool:
