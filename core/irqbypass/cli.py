@@ -448,12 +448,13 @@ def _pairing_problems(config: Config, host: PluginHost) -> list[str]:
         ((side, entry),) = sides.items()
         other = "consumer" if side == "producer" else "producer"
         candidates = [t for t, s in lonely.items() if other in s]
-        close = difflib.get_close_matches(token, candidates, n=1, cutoff=0.6)
-        hint = f"; did you mean token {close[0]!r} of {other} {lonely[close[0]][other].name!r}?"
-        problems.append(
+        problem = (
             f"{entry.key_path}: token {token!r} has only a {side} ({entry.name!r}): "
-            f"no {other} pairs with it" + (hint if close else "")
+            f"no {other} pairs with it"
         )
+        for near in difflib.get_close_matches(token, candidates, n=1, cutoff=0.6):
+            problem += f"; did you mean token {near!r} of {other} {lonely[near][other].name!r}?"
+        problems.append(problem)
     for entry in config.endpoints:
         if not entry.optional:
             continue
@@ -597,6 +598,8 @@ class _Row:
     coalesces: bool = False
     #: every producer finished and the row stopped changing
     settled: bool = False
+    #: this row's producer still fires: its shortfall is in flight, not lost
+    live: bool = False
 
     @property
     def fired(self) -> int | None:
@@ -626,8 +629,10 @@ class _Row:
 
     @property
     def lost(self) -> int | None:
-        """What no one can account for: neither delivered, merged, nor queued."""
-        if self.shortfall is None:
+        """What no one can account for: neither delivered, merged, nor queued.
+        Unknown (None) while the producer still fires: the consumer's count is
+        read before the producer's, so what fired in between is in flight."""
+        if self.shortfall is None or self.live:
             return None
         return max(0, self.shortfall - (self.coalesced or 0) - (self.queued or 0))
 
@@ -670,6 +675,7 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
                 queued=_eventfd_count(token),
                 coalesces=isinstance(consumer, Consumer) and getattr(consumer, "coalesces", False),
                 settled=settled and topology.finished,
+                live=producer is not None and not producer.finished,
             )
         )
     return rows

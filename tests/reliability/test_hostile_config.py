@@ -23,7 +23,7 @@ from typing import Any
 import hypothesis.strategies as st
 import irqbypass
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from irqbypass import cli
 from rel_support import COUNTERS
 
@@ -478,6 +478,8 @@ def test_installed_script_reports_bad_config(tmp_path: Path, cli_env: dict[str, 
     max_examples=max(10, EXAMPLES // 5), deadline=None, suppress_health_check=list(HealthCheck)
 )
 @given(data=documents() | st.binary(max_size=200))
+# found by this test (issue 16): a token with one end and no near match crashed check
+@example(data=b'[[producers]]\nname = "a"\nkind = "mock"\ntoken = "t0"\n')
 def test_cli_main_in_process(
     data: bytes, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -631,4 +633,6 @@ def test_cli_run_with_tiny_rate_has_no_traceback(tmp_path: Path, cli_env: dict[s
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert json.loads(proc.stdout)["pairs"][0]["fired"] == 1
+    # one fire at once, the next in 10**12 s; the run ends at its duration, when
+    # a loaded host may not yet have run the first (a count at a fixed moment)
+    assert json.loads(proc.stdout)["pairs"][0]["fired"] in (0, 1)
