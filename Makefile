@@ -1,5 +1,6 @@
 # make demo: set up .venv from nothing but python3, then run the demo.
 # make test: the same set-up, then ruff, mypy --strict (core and plugins), pytest and the docs build.
+# make fuzz: randomized property-based exploration (not part of make test).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ PLUGINS := $(sort $(wildcard plugins/*))
 # every benchmark script takes --json FILE (docs/benchmarks.md, "Adding a benchmark")
 BENCHMARKS := $(filter-out benchmarks/report.py benchmarks/plot.py,$(sort $(wildcard benchmarks/*.py)))
 
-.PHONY: demo test lint typecheck pytest docs bench plots setup provision clean
+.PHONY: demo test lint typecheck pytest fuzz docs bench plots setup provision clean
 
 setup: $(STAMP)
 
@@ -37,8 +38,21 @@ typecheck: $(STAMP)
 provision:
 	@bash scripts/provision
 
+# Hypothesis derandomized, no example database: the same commit, the same result
 pytest: $(STAMP) provision
-	$(BIN)/pytest
+	$(BIN)/pytest --hypothesis-profile=ci
+
+# randomized exploration (never part of make test): the property-based tests with a
+# random seed and many more examples; SEED=N repeats a run, EXAMPLES=N scales it.
+# A failure prints its seed and its shrunk example: make it an @example or a test.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "fuzz: seed $$seed, $(FUZZ_EXAMPLES) examples a test (make fuzz SEED=$$seed repeats it)"; \
+	IRQBYPASS_CONFIG_EXAMPLES=$(FUZZ_EXAMPLES) IRQBYPASS_MACHINE_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(BIN)/pytest -m hypothesis -p no:cacheprovider --hypothesis-profile=fuzz \
+	  --hypothesis-seed=$$seed --hypothesis-show-statistics -q \
+	  || { echo "fuzz: failed with seed $$seed (make fuzz SEED=$$seed)"; exit 1; }
 
 # the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
 .PHONY: guest-test

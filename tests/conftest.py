@@ -8,6 +8,15 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis: `make test` (and CI) is deterministic: the same commit tries the same
+# examples on every run and machine, and no example database carries one run's
+# finds into the next. `make fuzz` explores instead: random seeds, many examples
+# (docs/testing.md). A bare `pytest` takes the deterministic profile too.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def open_fds() -> dict[int, str]:
