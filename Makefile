@@ -51,7 +51,7 @@ fuzz: $(STAMP)
 	echo "fuzz: seed $$seed, $(FUZZ_EXAMPLES) examples a test (make fuzz SEED=$$seed repeats it)"; \
 	IRQBYPASS_CONFIG_EXAMPLES=$(FUZZ_EXAMPLES) IRQBYPASS_MACHINE_EXAMPLES=$(FUZZ_EXAMPLES) \
 	  $(BIN)/pytest -m hypothesis -p no:cacheprovider --hypothesis-profile=fuzz \
-	  --hypothesis-seed=$$seed --hypothesis-show-statistics -q \
+	  --hypothesis-seed=$$seed -q \
 	  || { echo "fuzz: failed with seed $$seed (make fuzz SEED=$$seed)"; exit 1; }
 
 # the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
