@@ -33,8 +33,9 @@ from .hookspecs import hookimpl, hookspec
 from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
 from .manager import Manager
 from .options import Options, show_value
+from .paths import UnsafePathError, check_owner, open_directory, open_file, split_path, trusted_uids
 from .plugins import PluginHost, PluginInfo, load_plugins
-from .signals import deliver_deferred_signals, guard_signals, signal_safe
+from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
 from .topology import PairStatus, Placed, Topology
 
 __all__ = [
@@ -73,13 +74,20 @@ __all__ = [
     "Topology",
     "TopologyError",
     "UnknownKindError",
+    "UnsafePathError",
+    "check_owner",
     "deliver_deferred_signals",
     "guard_signals",
     "hookimpl",
     "hookspec",
+    "interruptible",
     "load_config",
     "load_plugins",
+    "open_directory",
+    "open_file",
     "parse_config",
     "show_value",
     "signal_safe",
+    "split_path",
+    "trusted_uids",
 ]

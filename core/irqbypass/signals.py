@@ -18,6 +18,14 @@ is a section in which signals wait:
 The section's caller runs :func:`deliver_deferred_signals` once the state is
 consistent again, in a ``finally``.
 
+A section never waits for another process: a back-end that never answers
+would defer Ctrl-C for as long as it likes. A wait that a section cannot move
+out (a request whose reply it then commits) goes through :func:`interruptible`:
+there every signal passes, a signal deferred earlier in the section is
+delivered as the wait begins, and the section's code leaves its state
+consistent when the wait raises (the request did not happen, as far as it
+knows).
+
 :func:`guard_signals` puts the guard in front of the current Python-level
 handlers of SIGINT and SIGTERM. The :class:`~irqbypass.Manager` installs it
 when SIGINT still has Python's default handler, and only while some manager
@@ -40,13 +48,15 @@ from types import CodeType, FrameType
 from typing import Any, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 _Handler = Callable[[int, "FrameType | None"], Any]
 
 #: The local variable through which safe code calls plugin code.
 CALLOUT = "call"
 
-#: safe code object -> its call-out lines (where signals pass)
-_SAFE: dict[CodeType, frozenset[int]] = {}
+#: safe code object -> its call-out lines (where signals pass), or None: every
+#: line passes (a wait point, see :func:`interruptible`)
+_SAFE: dict[CodeType, frozenset[int] | None] = {}
 
 #: Signals that arrived in a safe section, by number, in arrival order. Standard
 #: signals do not queue (a second SIGINT while one is pending is that same
@@ -81,6 +91,23 @@ def deliver_deferred_signals() -> None:
             handler = handler.previous
         if callable(handler):
             handler(signum, frame)
+
+
+def interruptible(call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)``, with signals passing even inside a signal-safe section.
+
+    Every wait on another process (a reply, a drain, a child's exit) goes
+    through this, so Ctrl-C acts at once whatever the peer does. A signal
+    deferred earlier in the enclosing section is delivered first: waiting
+    with a Ctrl-C pending would defer it behind the peer. The caller must
+    leave its state consistent if this raises.
+    """
+    if DEFERRED:
+        deliver_deferred_signals()
+    return call(*args)
+
+
+_SAFE[interruptible.__code__] = None  # every line of it is a wait: signals pass
 
 
 class _Guard:
@@ -178,9 +205,10 @@ def in_safe_section(frame: FrameType | None) -> bool:
     plugin code, which stays interruptible).
     """
     while frame is not None:
-        callouts = _SAFE.get(frame.f_code)
-        if callouts is not None:
-            return frame.f_lineno not in callouts
+        code = frame.f_code
+        if code in _SAFE:
+            callouts = _SAFE[code]
+            return callouts is not None and frame.f_lineno not in callouts
         frame = frame.f_back
     return False
 

@@ -17,6 +17,7 @@ import struct
 
 import irqbypass
 
+from .errors import ProtocolError
 from .ring import GuestMemory, SplitRing
 
 __all__ = ["VIRTIO_BLK_T_GET_ID", "VIRTIO_BLK_T_IN", "BlkDriver"]
@@ -51,6 +52,7 @@ class BlkDriver:
                 f"memory, it has {memory.size}: give more memory or a smaller queue"
             )
         self._free = list(range(self.slots - 1, -1, -1))
+        self._busy: set[int] = set()  # the slots the device holds
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -68,6 +70,7 @@ class BlkDriver:
         count = 0
         while count < n and self._free:
             slot = self._free.pop()
+            self._busy.add(slot)
             base = self.data_gpa + slot * _SLOT
             off = base - self.memory.guest_addr
             length = ID_BYTES if kind == VIRTIO_BLK_T_GET_ID else SECTOR
@@ -86,18 +89,19 @@ class BlkDriver:
         view = self.memory.view
         done = 0
         for head, _length in self.ring.pop_used():
-            if head % 2 or not 0 <= head // 2 < self.slots:
-                raise irqbypass.DeviceError(
+            slot = head // 2
+            if head % 2 or slot not in self._busy:
+                raise ProtocolError(
                     f"the back-end returned descriptor {head}, which heads no request of "
-                    "this driver: it corrupted the used ring",
+                    "this driver in flight: it corrupted the used ring (see its log)",
                     errno=errno.EIO,
                 )
-            slot = head // 2
             off = self.data_gpa + slot * _SLOT - self.memory.guest_addr
             kind = _REQ_HDR.unpack_from(view, off)[0]
             length = ID_BYTES if kind == VIRTIO_BLK_T_GET_ID else SECTOR
             if view[off + 16 + length] != VIRTIO_BLK_S_OK:
                 self.failed += 1
+            self._busy.discard(slot)
             self._free.append(slot)
             done += 1
         self.completed += done

@@ -142,7 +142,9 @@ class StorageDaemon:
         try:
             if process.poll() is None:
                 process.send_signal(sig)
-                process.wait(5.0)
+                # waiting for another process, maybe in a teardown's signal-safe
+                # section: Ctrl-C must end it (and the kill below makes sure)
+                irqbypass.interruptible(process.wait, 5.0)
         except BaseException:  # no answer to SIGTERM in 5 s, or interrupted: make sure
             process.kill()
             process.wait()

@@ -34,7 +34,7 @@ import irqbypass
 
 from . import _wire as wire
 from .blk import BlkDriver
-from .connection import DEFAULT_TIMEOUT, Connection
+from .connection import DEFAULT_TIMEOUT, MAX_TIMEOUT, Connection, check_socket_path
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
 from .ring import GuestMemory, SplitRing
@@ -87,6 +87,7 @@ class VhostUserProducer(irqbypass.Producer):
         rate: float = 100.0,
         delay: float = 0.0,
         drain_timeout: float = 5.0,
+        backend_uid: int | None = None,
     ) -> None:
         q = queue if queue is not None else (irq if irq is not None else 0)
         super().__init__(token=token, irq=irq if irq is not None else q, name=name)
@@ -114,10 +115,46 @@ class VhostUserProducer(irqbypass.Producer):
                 f"{what}: requests and memory need a connection this producer owns (socket or "
                 "spawn); on a handed connection the VMM owns the rings"
             )
-        if not timeout > 0 or not drain_timeout >= 0 or requests < 0 or not rate > 0 or delay < 0:
+        for key, value in (("timeout", timeout), ("drain_timeout", drain_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be a number of seconds, got {irqbypass.show_value(value)}"
+                )
+            if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be 0..{MAX_TIMEOUT:g} seconds, got "
+                    f"{irqbypass.show_value(value)}"
+                )
+        for key, count in (("requests", requests), ("backend_uid", backend_uid)):
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be an integer, got {irqbypass.show_value(count)}"
+                )
+        for key, number in (("rate", rate), ("delay", delay)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {key} must be a number, got {irqbypass.show_value(number)}"
+                )
+        if not timeout > 0 or requests < 0 or not 0 < rate < 1e9 or not 0 <= delay <= MAX_TIMEOUT:
             raise irqbypass.InvalidEndpointError(
-                f"{what}: timeout and rate must be > 0, drain_timeout, requests and delay >= 0"
+                f"{what}: timeout and rate must be > 0, requests and delay >= 0 (delay at most "
+                f"{MAX_TIMEOUT:g} s)"
             )
+        if backend_uid is not None and not 0 <= backend_uid < 2**32 - 1:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: backend_uid {backend_uid} is not a uid (0..{2**32 - 2})"
+            )
+        if socket is not None:
+            if not isinstance(socket, str):
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: socket must be a path (str), got {irqbypass.show_value(socket)}"
+                )
+            try:
+                check_socket_path(socket)
+            except VhostUserError as exc:
+                raise irqbypass.InvalidEndpointError(
+                    f"{what}: {exc.message}", errno=exc.errno
+                ) from exc
         self.queue = q
         self.socket_path = socket
         self.spawn = spawn
@@ -128,6 +165,7 @@ class VhostUserProducer(irqbypass.Producer):
         self.rate = rate
         self.delay = delay
         self.drain_timeout = drain_timeout
+        self.backend_uid = backend_uid
         self._given = connection
         self._given_memory = memory
         self._kicks_setting = kicks_on_set_call
@@ -182,7 +220,23 @@ class VhostUserProducer(irqbypass.Producer):
                 "private qemu-storage-daemon) and fd (a connection this process inherited)",
             )
         queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=255)
-        timeout = opts.get_float("timeout", DEFAULT_TIMEOUT, min=0.001)
+        if socket_path is not None:
+            try:
+                check_socket_path(socket_path)
+            except VhostUserError as exc:
+                raise opts.error("socket", exc.message) from exc
+        timeout = opts.get_float("timeout", DEFAULT_TIMEOUT, min=0.001, max=MAX_TIMEOUT)
+        backend_uid = opts.get_raw("backend_uid")
+        if backend_uid is not None and (
+            isinstance(backend_uid, bool)
+            or not isinstance(backend_uid, int)
+            or not 0 <= backend_uid < 2**32 - 1
+        ):
+            raise opts.error(
+                "backend_uid",
+                f"expected the uid the back-end runs as (an integer 0..{2**32 - 2}), got "
+                f"{irqbypass.show_value(backend_uid)}",
+            )
         queue_size = opts.get_int("queue_size", DEFAULT_QUEUE_SIZE, min=2, max=32768)
         if queue_size & (queue_size - 1):
             raise opts.error("queue_size", f"must be a power of 2, got {queue_size}")
@@ -191,8 +245,8 @@ class VhostUserProducer(irqbypass.Producer):
         if kicks is not None and not isinstance(kicks, bool):
             raise opts.error("kicks_on_set_call", f"expected true or false, got {kicks!r}")
         requests = opts.get_int("requests", 0, min=0)
-        rate = opts.get_float("rate", 100.0, min=0.001)
-        delay = opts.get_float("delay", 0.0, min=0.0)
+        rate = opts.get_float("rate", 100.0, min=0.001, max=1e6)
+        delay = opts.get_float("delay", 0.0, min=0.0, max=MAX_TIMEOUT)
         if fd is not None and requests:
             raise opts.error("requests", "needs a connection this producer owns (socket or spawn)")
         opts.finish()
@@ -211,6 +265,7 @@ class VhostUserProducer(irqbypass.Producer):
             requests=requests,
             rate=rate,
             delay=delay,
+            backend_uid=backend_uid,
         )
 
     # -- naming and errors -------------------------------------------------
@@ -308,7 +363,9 @@ class VhostUserProducer(irqbypass.Producer):
             assert self.socket_path is not None
             path = self.socket_path
         self._take_claim(("socket", os.path.realpath(path)))
-        self._conn = Connection.connect(path, what=self._what(), timeout=self.timeout)
+        self._conn = Connection.connect(
+            path, what=self._what(), timeout=self.timeout, backend_uid=self.backend_uid
+        )
         self._take_claim(("connection", *self._conn.identity()))
 
     def _take_claim(self, key: object) -> None:
@@ -403,12 +460,19 @@ class VhostUserProducer(irqbypass.Producer):
         conn = self._conn
         assert conn is not None and isinstance(self.token, irqbypass.Eventfd)
         fd = self.token.fileno() if target == "token" else self._hold.fileno()
-        conn.request(
-            wire.Request.SET_VRING_CALL,
-            wire.pack_vring_file(self.queue, has_fd=True),
-            [fd],
-            sync=True,
-        )
+        try:
+            # waits for the ack interruptibly (Connection): a Ctrl-C there leaves
+            # the bind as it was and the connection unusable, which is recorded
+            conn.request(
+                wire.Request.SET_VRING_CALL,
+                wire.pack_vring_file(self.queue, has_fd=True),
+                [fd],
+                sync=True,
+            )
+        except BaseException:
+            if conn.broken is not None and self.problem_error is None:
+                self.problem_error = conn.broken  # what the back-end was told is unknown
+            raise
         self._bound = target
         if target == "hold":
             caught = _take(self._hold.fileno())
@@ -524,7 +588,9 @@ class VhostUserProducer(irqbypass.Producer):
         for _ in range(max(1, int(self.drain_timeout * 1000))):
             if ring.in_flight == 0:
                 return True
-            waited.wait(0.001)  # the used ring has no notification of its own here
+            # the used ring has no notification of its own here; a wait on the
+            # back-end, so one a Ctrl-C ends at once (in the teardown's section)
+            irqbypass.interruptible(waited.wait, 0.001)
         return ring.in_flight == 0
 
     def _stop_ring(self) -> None:
@@ -650,9 +716,16 @@ class VhostUserProducer(irqbypass.Producer):
             return queued
 
     def reap(self) -> int:
-        """Take finished requests off the used ring (not the call eventfd)."""
+        """Take finished requests off the used ring (not the call eventfd). A
+        corrupt used ring is the back-end's fault: recorded in :attr:`problem`."""
         with self._lock:
-            return 0 if self.driver is None else self.driver.reap()
+            if self.driver is None:
+                return 0
+            try:
+                return self.driver.reap()
+            except VhostUserError as exc:
+                self._lost(exc)
+                raise
 
     def _start_feeder(self) -> None:
         self._feeder = threading.Thread(target=self._feed, name=f"vhost-user {self.name}")
@@ -660,6 +733,23 @@ class VhostUserProducer(irqbypass.Producer):
         self._feeder.start()
 
     def _feed(self) -> None:
+        """The feeder thread: what goes wrong in it is recorded in
+        :attr:`problem` (which ``stats()``, ``finished`` and ``run`` show),
+        never a traceback that leaves the run waiting out its duration."""
+        try:
+            self._feed_requests()
+        except VhostUserError as exc:
+            self._lost(exc)
+        except Exception as exc:  # a bug here must still end the run with a report
+            self._lost(
+                VhostUserError(
+                    f"{self._what()}: the request feeder failed: "
+                    f"{irqbypass.show_value(exc)}; this is a bug, please report it",
+                    errno=errno.EIO,
+                )
+            )
+
+    def _feed_requests(self) -> None:
         interval = 1.0 / self.rate
         if self._closing.wait(self.delay):
             return
@@ -669,15 +759,11 @@ class VhostUserProducer(irqbypass.Producer):
                 self._check_alive()
                 if driver is None or self.problem is not None:
                     return
-                driver.reap()
+                self.reap()
                 if driver.completed >= self.requests:
                     return
                 if driver.submitted < self.requests and driver.in_flight == 0:
-                    try:
-                        self.submit(1)
-                    except VhostUserError as exc:
-                        self._lost(exc)
-                        return
+                    self.submit(1)
             self._closing.wait(interval)
 
     def _check_alive(self) -> None:

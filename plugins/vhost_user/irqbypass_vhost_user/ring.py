@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import struct
 
 import irqbypass
+
+from .errors import ProtocolError
 
 __all__ = ["DESC_F_NEXT", "DESC_F_WRITE", "GuestMemory", "SplitRing"]
 
@@ -27,6 +30,9 @@ PAGE = 4096
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
 
+#: what a back-end must not do to the memory it maps: shrink it (our next access
+#: to a page beyond the end is SIGBUS) or grow it; and no seal may be removed
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")  # id, len
@@ -38,6 +44,11 @@ class GuestMemory:
     :meth:`create` makes and owns one; :meth:`from_fd` maps a VMM's memfd (the
     fd stays the VMM's). ``guest_addr`` is where it sits in guest physical
     address space; :meth:`close` unmaps (and closes an owned fd).
+
+    The back-end gets the fd itself, so it could ``ftruncate`` it and kill
+    this process with SIGBUS at its next ring access: the memfd is sealed
+    against shrinking and growing before it is shared (as QEMU does), and a
+    VMM's memfd must come sealed so.
     """
 
     def __init__(self, fd: int, size: int, *, guest_addr: int = 0, owned: bool) -> None:
@@ -56,9 +67,10 @@ class GuestMemory:
 
     @classmethod
     def create(cls, size: int, name: str = "irqbypass-vhost-user") -> GuestMemory:
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS | fcntl.F_SEAL_SEAL)
             return cls(fd, size, owned=True)
         except BaseException:
             os.close(fd)
@@ -67,6 +79,20 @@ class GuestMemory:
     @classmethod
     def from_fd(cls, fd: int, size: int, *, guest_addr: int = 0) -> GuestMemory:
         try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = 0  # not a memfd (nor a file that takes seals)
+        if seals & fcntl.F_SEAL_SHRINK == 0:
+            raise irqbypass.InvalidEndpointError(
+                f"fd {fd} is not sealed against shrinking: the back-end it is shared with "
+                "could ftruncate it and kill this process with SIGBUS; create it with "
+                "memfd_create(..., MFD_ALLOW_SEALING) and fcntl(fd, F_ADD_SEALS, "
+                "F_SEAL_SHRINK | F_SEAL_GROW) before sharing it",
+                errno=errno.EPERM,
+            )
+        try:
+            if os.fstat(fd).st_size < size:
+                raise OSError(errno.EINVAL, f"the file has fewer than {size} bytes")
             return cls(fd, size, guest_addr=guest_addr, owned=False)
         except OSError as exc:
             raise irqbypass.InvalidEndpointError(
@@ -166,6 +192,14 @@ class SplitRing:
         the last call."""
         view = self.memory.view
         end = self.device_used_idx()
+        returned = (end - self.used_idx) & 0xFFFF
+        if returned > self.outstanding:
+            raise ProtocolError(
+                f"the back-end moved the used index to {end} (from {self.used_idx}): "
+                f"{returned} chains returned, more than the {self.outstanding} it "
+                "was given; it corrupted the used ring (see its log)",
+                errno=errno.EIO,
+            )
         done = []
         while self.used_idx != end:
             slot = self._off(self.used_gpa) + 4 + 8 * (self.used_idx % self.size)
@@ -182,6 +216,12 @@ class SplitRing:
     def _published(self) -> int:
         idx: int = _U16.unpack_from(self.memory.view, self._off(self.avail_gpa) + 2)[0]
         return idx
+
+    @property
+    def outstanding(self) -> int:
+        """Chains published and not yet taken by :meth:`pop_used`: the most the
+        device can return (counted from the driver's own indices only)."""
+        return (self._published() - self.used_idx) & 0xFFFF
 
     @property
     def in_flight(self) -> int:

@@ -54,6 +54,15 @@ def test_options() -> None:
         ({"socket": "/s", "queue_size": 100}, "power of 2"),
         ({"fd": 3, "requests": 5}, "needs a connection this producer owns"),
         ({"socket": "/s", "sokcet": 1}, "did you mean 'socket'"),
+        # issue 20: values that reached a raw error at run
+        ({"socket": "/s", "timeout": 1e300}, "above the maximum 3600"),
+        ({"socket": "/run/a\0b"}, "contains a NUL byte"),
+        ({"socket": "/run/" + "x" * 100}, "more than the 82 that fit"),
+        ({"socket": ""}, "empty"),
+        ({"socket": "/s", "backend_uid": -1}, "backend_uid"),
+        ({"socket": "/s", "backend_uid": True}, "backend_uid"),
+        ({"socket": "/s", "rate": 1e300}, "above the maximum"),
+        ({"socket": "/s", "delay": 1e300}, "above the maximum"),
     ],
 )
 def test_bad_options_are_refused_with_the_key(options: dict[str, object], message: str) -> None:
@@ -68,6 +77,25 @@ def test_constructing_touches_nothing() -> None:
         assert p.connection is None and p.stats()["bound"] == 0
     with pytest.raises(irqbypass.InvalidEndpointError, match=r"not an irqbypass\.Eventfd"):
         VhostUserProducer(token="t", socket="/s")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 1e300}, r"timeout must be 0\.\.3600"),
+        ({"timeout": float("nan")}, r"timeout must be 0\.\.3600"),
+        ({"timeout": "5"}, "timeout must be a number"),
+        ({"drain_timeout": True}, "drain_timeout must be a number"),
+        ({"requests": 1.5}, "requests must be an integer"),
+        ({"backend_uid": "root"}, "backend_uid must be an integer"),
+        ({"socket": "/run/a\0b"}, "NUL"),
+        ({"socket": 7}, "socket must be a path"),
+    ],
+)
+def test_bad_values_at_the_python_api_are_refused(options: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"socket": "/run/vu.sock", **options}
+    with irqbypass.Eventfd() as token, pytest.raises(irqbypass.InvalidEndpointError, match=message):
+        VhostUserProducer(token=token, **arguments)  # type: ignore[arg-type]
 
 
 def test_a_backend_killed_during_irqbypass_run_is_named(

@@ -1,7 +1,8 @@
 """A back-end that answers nonsense, vanishes or stalls: clear errors, no hang.
 
-The "back-end" is the other end of a socketpair, its replies written before
-the request is made (the connection sends first, then reads).
+The "back-end" is the other end of a socketpair; :func:`answer` makes it reply
+once it has read the request (bytes waiting before a request are a protocol
+error of their own).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 
 import irqbypass
 import pytest
@@ -44,11 +46,48 @@ def reply(request: int, payload: bytes, flags: int = wire.VERSION | wire.FLAG_RE
     return struct.pack("=III", request, flags, len(payload)) + payload
 
 
+class answer:
+    """In a thread: read ``after`` bytes of request from ``backend``, then send
+    ``data`` (with ``fds``; then shut the writing side with ``eof``).
+    ``heard`` is what was read; :meth:`join` waits for the thread."""
+
+    def __init__(
+        self,
+        backend: socket.socket,
+        data: bytes,
+        *,
+        after: int = 12,
+        fds: Sequence[int] = (),
+        eof: bool = False,
+    ) -> None:
+        self.heard = b""
+        self._thread = threading.Thread(target=self._run, args=(backend, data, after, fds, eof))
+        self._thread.start()
+
+    def _run(
+        self, backend: socket.socket, data: bytes, after: int, fds: Sequence[int], eof: bool
+    ) -> None:
+        while len(self.heard) < after:
+            chunk = backend.recv(after - len(self.heard))
+            if not chunk:
+                return
+            self.heard += chunk
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        backend.sendmsg([data], ancillary if fds else [])
+        if eof:
+            backend.shutdown(socket.SHUT_WR)
+
+    def join(self) -> None:
+        self._thread.join(30.0)
+        assert not self._thread.is_alive(), "the fake back-end never got its request"
+
+
 def test_a_good_reply(pair: tuple[Connection, socket.socket]) -> None:
     conn, backend = pair
-    backend.send(reply(1, struct.pack("=Q", 0x1_4000_0000)))
+    answered = answer(backend, reply(1, struct.pack("=Q", 0x1_4000_0000)))
     assert wire.unpack_u64(conn.request(wire.Request.GET_FEATURES)) == 0x1_4000_0000
-    assert backend.recv(64) == struct.pack("=III", 1, 1, 0)  # what it was asked
+    answered.join()
+    assert answered.heard == struct.pack("=III", 1, 1, 0)  # what it was asked
 
 
 @pytest.mark.parametrize(
@@ -65,9 +104,10 @@ def test_malformed_replies_are_protocol_errors(
     pair: tuple[Connection, socket.socket], data: bytes, complaint: str
 ) -> None:
     conn, backend = pair
-    backend.send(data)
+    answered = answer(backend, data)
     with pytest.raises(ProtocolError, match=complaint) as caught:
         conn.request(wire.Request.GET_FEATURES)
+    answered.join()
     assert caught.value.errno == errno.EPROTO
     assert isinstance(caught.value, irqbypass.IrqBypassError)
     assert "vq0" in caught.value.message
@@ -82,21 +122,21 @@ def test_a_reply_carrying_fds_is_refused_and_the_fds_closed(
     conn, backend = pair
     extra = os.eventfd(0, os.EFD_CLOEXEC)
     try:
-        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [extra]).tobytes())]
-        backend.sendmsg([reply(1, struct.pack("=Q", 0))], fds)
+        answered = answer(backend, reply(1, struct.pack("=Q", 0)), fds=[extra])
+        with pytest.raises(ProtocolError, match="carried 1 file descriptor"):
+            conn.request(wire.Request.GET_FEATURES)
+        answered.join()
     finally:
         os.close(extra)
-    with pytest.raises(ProtocolError, match="carried 1 file descriptor"):
-        conn.request(wire.Request.GET_FEATURES)
     # no_fd_leak: the received copy was closed
 
 
 def test_eof_is_backend_gone(pair: tuple[Connection, socket.socket]) -> None:
     conn, backend = pair
-    backend.send(reply(1, b"")[:6])  # half a header, then it stops answering
-    backend.shutdown(socket.SHUT_WR)
+    answered = answer(backend, reply(1, b"")[:6], eof=True)  # half a header, then EOF
     with pytest.raises(BackendGoneError, match=r"closed the connection \(EOF\)") as caught:
         conn.request(wire.Request.GET_FEATURES)
+    answered.join()
     assert caught.value.errno == errno.EPIPE
     assert "restart the back-end" in caught.value.message
     assert not conn.alive()
@@ -122,9 +162,10 @@ def test_sync_without_reply_ack_is_a_get_features_round_trip(
     pair: tuple[Connection, socket.socket],
 ) -> None:
     conn, backend = pair
-    backend.send(reply(1, struct.pack("=Q", 0)))
+    answered = answer(backend, reply(1, struct.pack("=Q", 0)), after=20 + 12)
     conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
-    sent = backend.recv(64)
+    answered.join()
+    sent = answered.heard
     assert sent == struct.pack("=IIIII", 8, 1, 8, 0, 8) + struct.pack("=III", 1, 1, 0)
 
 
@@ -133,12 +174,14 @@ def test_sync_with_reply_ack_sets_need_reply_and_reads_the_status(
 ) -> None:
     conn, backend = pair
     conn.reply_ack = True
-    backend.send(reply(8, struct.pack("=Q", 0)))
+    answered = answer(backend, reply(8, struct.pack("=Q", 0)), after=20)
     conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
-    assert backend.recv(64)[:12] == struct.pack("=III", 8, 1 | 8, 8)
-    backend.send(reply(8, struct.pack("=Q", 1)))
+    answered.join()
+    assert answered.heard[:12] == struct.pack("=III", 8, 1 | 8, 8)
+    answered = answer(backend, reply(8, struct.pack("=Q", 1)), after=20)
     with pytest.raises(VhostUserError, match="refused VHOST_USER_SET_VRING_NUM"):
         conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(0, 8), sync=True)
+    answered.join()
 
 
 def test_fds_go_as_scm_rights(pair: tuple[Connection, socket.socket]) -> None:
@@ -198,7 +241,7 @@ def test_ctrl_c_in_the_middle_of_a_message_breaks_the_connection(
 ) -> None:
     conn, _backend = pair
 
-    def interrupted(n: int, name: str) -> bytes:
+    def interrupted(n: int, name: str, deadline: float) -> bytes:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(conn, "_read_exact", interrupted)
