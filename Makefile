@@ -1,5 +1,5 @@
 # make demo: set up .venv from nothing but python3, then run the demo.
-# make test: the same set-up, then ruff, mypy --strict (core and plugins), pytest and the docs build.
+# make test: the same set-up, then ruff, mypy --strict (core and plugins), the docs build and pytest.
 # make fuzz: randomized property-based exploration (not part of make test).
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 demo: $(STAMP)
 	$(BIN)/irqbypass demo
 
-test: lint typecheck pytest docs
+# docs before pytest: tests/docs opens the built pages in a browser
+test: lint typecheck docs pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests benchmarks docs/examples

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vendor_mermaid
 
 # Document the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
@@ -17,8 +21,8 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
-    # diagrams as text, drawn by mermaid.js in the reader's browser: nothing to
-    # render (or fetch) at build time, so the build works offline
+    # diagrams as text, drawn by mermaid.js in the reader's browser; the script is
+    # shipped with the docs (see setup() below), so the pages work offline
     "sphinxcontrib.mermaid",
 ]
 
@@ -38,5 +42,32 @@ autodoc_default_options = {"show-inheritance": True}
 # tables fit without clipping (wider still through docs/_static/wide.css)
 html_theme = "furo"
 html_title = "irqbypass"
-html_static_path = ["_static"]
+# docs/_vendor holds mermaid/mermaid.min.js, fetched by vendor_mermaid.py
+html_static_path = ["_static", "_vendor"]
 html_css_files = ["wide.css"]
+
+MERMAID_SCRIPTS = ["mermaid/mermaid.min.js", "mermaid-init.js"]
+
+
+def _mermaid_scripts(
+    app: Any, pagename: str, templatename: str, context: Any, doctree: Any
+) -> None:
+    """Load the shipped mermaid.js on the pages that have a diagram."""
+    from sphinxcontrib.mermaid import mermaid
+
+    if doctree is not None and doctree.next_node(mermaid) is not None:
+        for script in MERMAID_SCRIPTS:
+            app.add_js_file(script)
+
+
+def setup(app: Any) -> None:
+    # sphinxcontrib-mermaid imports mermaid's ES module from a CDN: nothing renders
+    # offline, and a browser refuses ES modules from file:// anyway. Its directive
+    # stays; its script is replaced by mermaid's classic bundle, shipped in _static.
+    from sphinxcontrib import mermaid as extension
+
+    for listener in list(app.events.listeners.get("html-page-context", [])):
+        if listener.handler is extension.install_js:
+            app.disconnect(listener.id)
+    vendor_mermaid.ensure()
+    app.connect("html-page-context", _mermaid_scripts)
