@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+import irqbypass
 import pytest
 from hypothesis import settings
 
@@ -32,7 +33,10 @@ def open_fds() -> dict[int, str]:
 
 @pytest.fixture
 def no_fd_leak() -> Iterator[None]:
-    """Fail the test if it leaves an fd open (or a non-daemon thread running)."""
+    """Fail the test if it leaves an fd open (or a thread running). The
+    process's event loop (its epoll fd, wakeup eventfd and two threads) lives as
+    long as the process: it is started before the count."""
+    irqbypass.event_loop().start()
     gc.collect()
     before = open_fds()
     threads_before = set(threading.enumerate())

@@ -22,6 +22,7 @@ from .errors import (
     InvalidEndpointError,
     IrqBypassError,
     KindConflictError,
+    LoopClosedError,
     PluginError,
     ReentrantCallError,
     TokenInUseError,
@@ -31,6 +32,7 @@ from .errors import (
 from .eventfd import Eventfd, HoldingEventfd
 from .hookspecs import hookimpl, hookspec
 from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
+from .loop import EventLoop, LoopFault, LoopHandle, event_loop
 from .manager import Manager
 from .options import Options, show_value
 from .paths import UnsafePathError, check_owner, open_directory, open_file, split_path, trusted_uids
@@ -52,6 +54,7 @@ __all__ = [
     "Endpoint",
     "EndpointConfig",
     "EndpointSpec",
+    "EventLoop",
     "Eventfd",
     "EventfdClosedError",
     "Factory",
@@ -61,6 +64,9 @@ __all__ = [
     "Kind",
     "KindConflictError",
     "KindRegistrar",
+    "LoopClosedError",
+    "LoopFault",
+    "LoopHandle",
     "Manager",
     "Options",
     "PairStatus",
@@ -77,6 +83,7 @@ __all__ = [
     "UnsafePathError",
     "check_owner",
     "deliver_deferred_signals",
+    "event_loop",
     "guard_signals",
     "hookimpl",
     "hookspec",

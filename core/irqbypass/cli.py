@@ -600,6 +600,8 @@ class _Row:
     settled: bool = False
     #: this row's producer still fires: its shortfall is in flight, not lost
     live: bool = False
+    #: what each end gave up on (``Endpoint.problem``: a loop callback raised, ...)
+    problems: tuple[str, ...] = ()
 
     @property
     def fired(self) -> int | None:
@@ -652,6 +654,7 @@ class _Row:
             "lost": self.lost,
             "producer_stats": self.producer_stats,
             "consumer_stats": self.consumer_stats,
+            "problems": list(self.problems),
         }
 
 
@@ -676,9 +679,25 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
                 coalesces=isinstance(consumer, Consumer) and getattr(consumer, "coalesces", False),
                 settled=settled and topology.finished,
                 live=producer is not None and not producer.finished,
+                problems=_problems(status),
             )
         )
     return rows
+
+
+def _problems(status: PairStatus) -> tuple[str, ...]:
+    """Each end's ``problem``, by name; a broken property is a problem itself."""
+    found = []
+    for placed in (status.producer, status.consumer):
+        if placed is None:
+            continue
+        try:
+            problem = placed.endpoint.problem
+        except Exception as exc:
+            problem = f"its problem property raised {type(exc).__name__}"
+        if isinstance(problem, str) and problem:
+            found.append(f"{placed.config.side} {placed.config.name}: {problem}")
+    return tuple(found)
 
 
 def _eventfd_count(token: object) -> int | None:
@@ -812,6 +831,11 @@ def _print_summary(summary: list[dict[str, Any]], out: TextIO) -> None:
             )
         )
     _print_table(table, out)
+    problems = [p for row in summary for p in row["problems"]]
+    if problems:
+        print("problems:", file=out)
+        for problem in problems:
+            print(f"  {problem}", file=out)
 
 
 def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:

@@ -102,6 +102,13 @@ class Endpoint:
         return {}
 
     @property
+    def problem(self) -> str | None:
+        """What went wrong while open that the endpoint gave up on (its loop
+        callback raised, its back-end went away), as a message saying what to
+        do; None when all is well. ``irqbypass run``'s summary shows it."""
+        return None
+
+    @property
     def finished(self) -> bool:
         """True once the endpoint has nothing more to do (a producer that fired
         its whole count). A run ends early when every producer is finished."""

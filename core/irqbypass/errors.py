@@ -150,6 +150,12 @@ class EventfdClosedError(IrqBypassError, ValueError):
     errno = _errno.EBADF
 
 
+class LoopClosedError(IrqBypassError):
+    """The :class:`~irqbypass.EventLoop` was closed (or cannot be moved to asyncio now)."""
+
+    errno = _errno.ESHUTDOWN
+
+
 class TopologyError(IrqBypassError):
     """Applying or tearing down a topology failed; the message names the
     endpoint and the step, ``__cause__`` is the underlying error."""

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from types import TracebackType
 
 from .errors import EventfdClosedError, InvalidEndpointError
@@ -62,7 +63,16 @@ class Eventfd:
     within :data:`CLOSE_NOTICE_SECONDS` and raises :class:`EventfdClosedError`.
     """
 
-    __slots__ = ("__weakref__", "_close_later", "_fd", "_guard", "_identity", "_owned", "_users")
+    __slots__ = (
+        "__weakref__",
+        "_borrowers",
+        "_close_later",
+        "_fd",
+        "_guard",
+        "_identity",
+        "_owned",
+        "_users",
+    )
     _fd: int
     _identity: tuple[str, int]
 
@@ -88,6 +98,9 @@ class Eventfd:
         #: calls using the fd right now; close() leaves it open until they are done
         self._users = 0
         self._close_later = -1
+        #: who borrowed the fd for longer than a call (the event loop's readers):
+        #: each is called on close() and gives its borrow back
+        self._borrowers: list[Callable[[], object]] = []
 
     @classmethod
     def from_fd(cls, fd: int, *, owned: bool = False) -> Eventfd:
@@ -262,6 +275,31 @@ class Eventfd:
                         self._close_later = -1
                         os.close(later)
 
+    def _borrow(self, on_close: Callable[[], object]) -> int:
+        """Take the fd number until :meth:`_give_back` (the event loop watching
+        it): close() then leaves the number taken and calls ``on_close()``, which
+        is expected to stop watching and give the borrow back."""
+        with self._guard:
+            fd = self._fd
+            if fd < 0:
+                raise self._closed_error()
+            self._users += 1
+            self._borrowers.append(on_close)
+            return fd
+
+    def _give_back(self, on_close: Callable[[], object]) -> None:
+        """End the borrow of ``on_close`` (idempotent); the last one out closes
+        an fd that close() left open for it."""
+        with self._guard:
+            if on_close not in self._borrowers:
+                return
+            self._borrowers.remove(on_close)
+            self._users -= 1
+            later = self._close_later if self._users == 0 else -1
+            if later >= 0:
+                self._close_later = -1
+                os.close(later)
+
     @classmethod
     def _adopt(cls, fd: int) -> Eventfd:
         self = cls.__new__(cls)
@@ -279,6 +317,9 @@ class Eventfd:
                     self._close_later = fd
                 else:
                     os.close(fd)
+            borrowers = list(self._borrowers) if fd >= 0 else []
+        for on_close in borrowers:  # outside the guard: each gives its borrow back
+            on_close()
 
     def __enter__(self) -> Eventfd:
         return self

@@ -593,12 +593,13 @@ def test_cli_run_with_failing_apply(tmp_path: Path, cli_env: dict[str, str]) -> 
         pytest.param({"delay": 1e12, "count": 1}, id="huge-delay"),
     ],
 )
-def test_mock_extreme_timing_does_not_crash_its_thread(
+def test_mock_extreme_timing_does_not_crash_its_timer(
     kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
 ) -> None:
     """Regression: a period or delay beyond threading.TIMEOUT_MAX made the
     mock's thread die with OverflowError (a traceback on stderr under
-    ``irqbypass run``); it must wait (until closed) instead."""
+    ``irqbypass run``); it must wait (until closed) instead. Its schedule is a
+    timer on the event loop now: the timer stays, and the loop records no fault."""
     import threading
     import time
 
@@ -613,8 +614,10 @@ def test_mock_extreme_timing_does_not_crash_its_thread(
         deadline = time.monotonic() + 30
         while producer.stats()["fired"] < expected and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)  # the thread would have crashed by now if it were going to
-        assert producer._thread is not None and producer._thread.is_alive(), crashed
+        time.sleep(0.1)  # the timer would have failed by now if it were going to
+        assert producer._timer is not None and producer._timer.active, crashed
+        assert producer.problem is None
+        assert not [f for f in irqbypass.event_loop().faults if "mock producer" in f.owner]
         assert producer.stats()["fired"] == expected
     finally:
         producer.close()

@@ -82,7 +82,8 @@ def test_json_file_write_error_is_reported_and_counting_goes_on(
         failures = [r for r in caplog.records if "writing json_file" in r.getMessage()]
         assert len(failures) == 1, "reported once, not once per record"
         assert "'sink'" in failures[0].getMessage()
-        assert consumer._thread is None
+        assert consumer._reader is None
+        assert irqbypass.event_loop().handles(owner="logging consumer 'sink'") == []
     COUNTERS["long runs: json write-error runs"] += 1
 
 

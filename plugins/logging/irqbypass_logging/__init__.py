@@ -11,6 +11,9 @@ memory. A ``json_file`` write error (a full disk, say) is logged once by name;
 counting goes on, the file is given up, and ``close()`` reports how many records
 were lost once everything else is closed. A token closed under an open consumer
 is reported and stops the reader (it never reads an fd number reused since).
+
+It reads on the process's event loop (:func:`irqbypass.event_loop`): no thread of
+its own, so thousands of consumers cost one loop thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import irqbypass
 
 __all__ = ["LoggingConsumer", "irqbypass_register_kinds"]
 
-_POLL_SECONDS = 0.05
 #: how many of the latest event names ``LoggingConsumer.events`` keeps
 EVENTS_KEPT = 1000
 
@@ -48,7 +50,7 @@ def _printable(value: object) -> str:
 
 
 class LoggingConsumer(irqbypass.Consumer):
-    """Reads its token eventfd in a thread while open; logs and counts.
+    """Reads its token eventfd on the event loop while open; logs and counts.
 
     ``json_file``: a path to append JSON lines to (one object per event).
     ``level``: the stdlib logging level name for the records.
@@ -88,8 +90,9 @@ class LoggingConsumer(irqbypass.Consumer):
         self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
         self._eventfd: irqbypass.Eventfd | None = None
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._reader: irqbypass.LoopHandle | None = None
+        #: what made the loop remove the reader (its callback raised), kept after close
+        self._problem: str | None = None
         self._delivered = 0
         self._reads = 0
         self._events: collections.deque[str] = collections.deque(maxlen=EVENTS_KEPT)
@@ -150,7 +153,7 @@ class LoggingConsumer(irqbypass.Consumer):
     # -- the device side ---------------------------------------------------
 
     def open(self) -> None:
-        if self._thread is not None:
+        if self._reader is not None:
             return
         if not isinstance(self.token, irqbypass.Eventfd):
             raise irqbypass.InvalidEndpointError(
@@ -164,13 +167,20 @@ class LoggingConsumer(irqbypass.Consumer):
         if self.json_file is not None:
             self._json = self._open_json(self.json_file)
         self._json_error, self._json_lost, self._token_closed = None, 0, False
+        self._problem = None
         self._eventfd = self.token
-        self._closing.clear()
         self._event("open")
-        self._thread = threading.Thread(
-            target=self._run, name=f"irqbypass-logging-{self.name}", daemon=True
-        )
-        self._thread.start()
+        try:
+            self._reader = irqbypass.event_loop().add_reader(
+                self.token, self._on_readable, owner=f"logging consumer {_printable(self.name)!r}"
+            )
+        except BaseException:
+            self._eventfd = None
+            if self._json is not None:
+                json_file, self._json = self._json, None
+                with contextlib.suppress(OSError):
+                    json_file.close()
+            raise
 
     def _open_json(self, path: str) -> IO[str]:
         """Append to ``path``, created 0600; a symlink is refused, not followed."""
@@ -191,11 +201,12 @@ class LoggingConsumer(irqbypass.Consumer):
     def close(self) -> None:
         """Stop the reader, take what is left, close the file; then raise a
         DeviceError if json_file records were lost."""
-        if self._thread is None:
+        reader = self._reader
+        if reader is None:
             return
-        self._closing.set()
-        self._thread.join()
-        self._thread = None
+        reader.cancel()  # returns once the callback is not running
+        self._reader = None
+        self._problem = reader.problem
         try:
             self._drain(0)
         except irqbypass.EventfdClosedError:
@@ -217,12 +228,15 @@ class LoggingConsumer(irqbypass.Consumer):
                 errno=error.errno,
             ) from error
 
-    def _run(self) -> None:
+    def _on_readable(self) -> None:
+        """The loop's callback: take what the eventfd holds (never waits)."""
         try:
-            while not self._closing.is_set():
-                self._drain(_POLL_SECONDS)
+            self._drain(0)
         except irqbypass.EventfdClosedError:
             self._report_token_closed()
+            reader = self._reader
+            if reader is not None:
+                reader.cancel()
 
     def _report_token_closed(self) -> None:
         if self._token_closed:
@@ -252,7 +266,15 @@ class LoggingConsumer(irqbypass.Consumer):
             stats["json_lost"] = self._json_lost
         if self._token_closed:
             stats["token_closed"] = 1
+        if self.problem is not None:
+            stats["loop_errors"] = 1
         return stats
+
+    @property
+    def problem(self) -> str | None:
+        """Why the loop stopped this consumer's reader (its callback raised), or None."""
+        reader = self._reader
+        return reader.problem if reader is not None else self._problem
 
     # -- the bypass callbacks ----------------------------------------------
 

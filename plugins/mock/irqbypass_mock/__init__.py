@@ -2,7 +2,8 @@
 
 It signals its eventfd like a device vector does. When its paired consumer
 offers a direct delivery path (``Producer.offer_direct_path``), it delivers
-through that instead, as hardware posting bypasses the host.
+through that instead, as hardware posting bypasses the host. Its schedule is a
+timer on the process's event loop (:func:`irqbypass.event_loop`), not a thread.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Hashable, Mapping
 
 import irqbypass
@@ -82,8 +82,8 @@ class MockProducer(irqbypass.Producer):
         self._via_direct = 0
         self._via_eventfd = 0
         self._scheduled = 0
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._timer: irqbypass.LoopHandle | None = None
+        self._problem: str | None = None
         #: interrupts that could not be signalled because the token was closed
         self._token_lost = 0
         self._gave_up = False
@@ -120,20 +120,25 @@ class MockProducer(irqbypass.Producer):
             self._eventfd, self._own_eventfd = self.token, False
         else:
             self._eventfd, self._own_eventfd = irqbypass.Eventfd(), True
-        self._closing.clear()
         self._token_lost = 0
         self._gave_up = False
+        self._problem = None
         if self.count != 0:
-            self._thread = threading.Thread(
-                target=self._run, name=f"irqbypass-mock-{self.name}", daemon=True
-            )
-            self._thread.start()
+            # burst interrupts every period; a denormal rate makes it inf: one burst
+            period = self.burst / self.rate if self.rate > 0 else 0.0
+            try:
+                self._timer = irqbypass.event_loop().call_every(
+                    period, self._tick, owner=f"mock producer {self.name!r}", delay=self.delay
+                )
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # returns once a tick is not running
+            self._problem = timer.problem
         with self._lock:
             eventfd, self._eventfd = self._eventfd, None
         if eventfd is not None and self._own_eventfd:
@@ -169,43 +174,48 @@ class MockProducer(irqbypass.Producer):
                 ) from exc
             self._via_eventfd += n
 
-    def _run(self) -> None:
-        # a wait beyond threading.TIMEOUT_MAX raises OverflowError: cap it
-        # (a tiny rate or a huge delay then waits until closed)
-        if self._closing.wait(min(self.delay, threading.TIMEOUT_MAX)):
+    def _tick(self) -> None:
+        """The loop's timer: fire one burst (the last may be smaller)."""
+        remaining = (
+            self.burst if self.count == UNLIMITED else min(self.burst, self.count - self._scheduled)
+        )
+        if remaining <= 0:
+            self._stop_timer()
             return
-        period = self.burst / self.rate if self.rate > 0 else 0.0
-        next_tick = time.monotonic()
-        while not self._closing.is_set():
-            remaining = (
-                self.burst
-                if self.count == UNLIMITED
-                else min(self.burst, self.count - self._scheduled)
+        try:
+            self.fire(remaining)
+        except irqbypass.EventfdClosedError:
+            log.error(
+                "mock producer %r: its token eventfd was closed while the producer was "
+                "open; it stops firing (close endpoints before their token)",
+                self.name,
             )
-            if remaining <= 0:
-                return
-            try:
-                self.fire(remaining)
-            except irqbypass.EventfdClosedError:
-                log.error(
-                    "mock producer %r: its token eventfd was closed while the producer was "
-                    "open; it stops firing (close endpoints before their token)",
-                    self.name,
-                )
-                self._gave_up = True
-                return
-            # counted after the fire, so `finished` never runs ahead of `fired`
-            self._scheduled += remaining
-            if period:
-                next_tick += period
-                wait = next_tick - time.monotonic()
-                if wait > 0 and self._closing.wait(min(wait, threading.TIMEOUT_MAX)):
-                    return
+            self._gave_up = True
+            self._stop_timer()
+            return
+        # counted after the fire, so `finished` never runs ahead of `fired`
+        self._scheduled += remaining
+        if self.count != UNLIMITED and self._scheduled >= self.count:
+            self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the loop stopped this producer's timer (its tick raised), or None."""
+        timer = self._timer
+        return timer.problem if timer is not None else self._problem
 
     @property
     def finished(self) -> bool:
-        """Fired the whole count, or gave up (its token was closed)."""
-        return self._gave_up or (self.count != UNLIMITED and self._scheduled >= self.count)
+        """Fired the whole count, or gave up (its token was closed, or the loop
+        removed its timer: :attr:`problem`)."""
+        if self._gave_up or self.problem is not None:
+            return True
+        return self.count != UNLIMITED and self._scheduled >= self.count
 
     def stats(self) -> Mapping[str, int]:
         with self._lock:
@@ -217,7 +227,9 @@ class MockProducer(irqbypass.Producer):
             }
             if self._token_lost:
                 stats["token_lost"] = self._token_lost
-            return stats
+        if self.problem is not None:
+            stats["loop_errors"] = 1
+        return stats
 
     # -- the bypass callbacks ----------------------------------------------
 

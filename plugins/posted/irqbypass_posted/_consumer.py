@@ -2,12 +2,14 @@
 
 While the consumer is open and paired, its producer gets a direct posting path
 (``offer_direct_path``); a producer that declines keeps signalling its eventfd,
-and a relay thread reads the eventfd and posts what it read. An optional drain
-thread plays the vCPU: it waits for notifications and syncs PIR into its IRR.
+and a relay reads the eventfd and posts what it read. An optional drainer plays
+the vCPU: on each notification it syncs PIR into its IRR. Relay and drainer are
+readers on the process's event loop (:func:`irqbypass.event_loop`), not threads.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Hashable, Mapping
@@ -20,7 +22,6 @@ __all__ = ["DEFAULT_NV", "PostedInterruptConsumer"]
 
 #: Linux's POSTED_INTR_VECTOR: the notification vector KVM programs into NV.
 DEFAULT_NV = 0xF2
-_POLL_SECONDS = 0.05
 
 log = logging.getLogger("irqbypass.posted")
 
@@ -37,8 +38,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     attribute ``urgent``). ``nv``, ``ndst``, ``sn``: the descriptor's control
     fields. ``file``: back the descriptor by this file (mode 0600, removed on
     close) so another process can map it; ``lock``: ``"file"`` (default with a
-    file) or ``"process"``. ``drain``: run a vCPU-side thread that syncs on
-    every notification. The descriptor exists while the consumer is open.
+    file) or ``"process"``. ``drain``: play the vCPU, syncing on every
+    notification (a reader on the event loop). The descriptor exists while the consumer is open.
     """
 
     def __init__(
@@ -102,10 +103,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         self._port: Port | None = None
         self._direct = False
         self._stopped = False
-        self._relay: threading.Thread | None = None
-        self._relay_stop = threading.Event()
-        self._drainer: threading.Thread | None = None
-        self._drain_stop = threading.Event()
+        self._relay: irqbypass.LoopHandle | None = None
+        self._drainer: irqbypass.LoopHandle | None = None
+        #: why the loop removed the relay or drainer (its callback raised), kept after close
+        self._problem: str | None = None
         self._relayed = 0
         self._early = 0
         self._token_closed = False
@@ -141,8 +142,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     # -- the device side ---------------------------------------------------
 
     def open(self) -> None:
-        """Create the descriptor (and the drain thread); attach the posting
-        path if already paired."""
+        """Create the descriptor (and the drainer); attach the posting path
+        if already paired."""
         if self.descriptor is not None:
             return
         descriptor = PostedDescriptor(
@@ -152,17 +153,16 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             self.descriptor = descriptor
             self._relayed = self._early = 0
             self._token_closed = False
+            self._problem = None
             partner = self._partner
         try:
             if self.drain:
-                self._drain_stop.clear()
-                self._drainer = threading.Thread(
-                    target=self._drain_loop,
-                    args=(descriptor,),
-                    name=f"irqbypass-posted-drain-{self.name}",
-                    daemon=True,
+                assert descriptor.notification is not None  # our own descriptor has one
+                self._drainer = irqbypass.event_loop().add_reader(
+                    descriptor.notification,
+                    functools.partial(self._on_notified, descriptor),
+                    owner=self._owner("drainer"),
                 )
-                self._drainer.start()
             if partner is not None:
                 self._attach(partner)
         except BaseException:
@@ -170,8 +170,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             raise
 
     def close(self) -> None:
-        """Withdraw the posting path, stop the threads (a last sync if
-        draining), keep the final counters, and unmap the descriptor."""
+        """Withdraw the posting path, stop the relay and the drainer (a last
+        sync if draining), keep the final counters, and unmap the descriptor."""
         with self._lock:
             descriptor = self.descriptor
             partner = self._partner
@@ -181,21 +181,27 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             if partner is not None:
                 self._detach(partner)
         finally:
-            if self._drainer is not None:
-                self._drain_stop.set()
-                self._drainer.join()
-                self._drainer = None
+            drainer, self._drainer = self._drainer, None
+            if drainer is not None:
+                drainer.cancel()  # returns once the callback is not running
+                self._note_problem(drainer)
                 self._vcpu_sync(descriptor)
             with self._lock:
                 self._last = self._counters(descriptor)
                 self.descriptor = None
             descriptor.close()
 
-    def _drain_loop(self, descriptor: PostedDescriptor) -> None:
-        """The vCPU: wake on a notification, sync PIR to IRR, take the vectors."""
-        while not self._drain_stop.is_set():
-            if descriptor.wait(_POLL_SECONDS):
-                self._vcpu_sync(descriptor)
+    def _owner(self, role: str) -> str:
+        return f"posted-interrupt consumer {self.name!r} ({role})"
+
+    def _note_problem(self, handle: irqbypass.LoopHandle) -> None:
+        if handle.problem is not None and self._problem is None:
+            self._problem = handle.problem
+
+    def _on_notified(self, descriptor: PostedDescriptor) -> None:
+        """The vCPU, on the loop: a notification came; sync PIR to IRR, take the vectors."""
+        if descriptor.wait(0):
+            self._vcpu_sync(descriptor)
 
     @staticmethod
     def _vcpu_sync(descriptor: PostedDescriptor) -> None:
@@ -281,14 +287,11 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                 "there is nothing to relay from; pair with a producer that posts directly, "
                 "or use an eventfd token"
             )
-        self._relay_stop.clear()
-        self._relay = threading.Thread(
-            target=self._relay_loop,
-            args=(descriptor, port),
-            name=f"irqbypass-posted-relay-{self.name}",
-            daemon=True,
+        self._relay = irqbypass.event_loop().add_reader(
+            self.token,
+            functools.partial(self._on_signalled, descriptor, port),
+            owner=self._owner("relay"),
         )
-        self._relay.start()
 
     def _detach(self, producer: irqbypass.Producer) -> None:
         descriptor, port = self.descriptor, self._port
@@ -297,9 +300,11 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                 producer.offer_direct_path(None)
                 self._direct = False
             elif self._relay is not None:
-                self._relay_stop.set()
-                self._relay.join()
-                self._relay = None
+                relay, self._relay = self._relay, None
+                relay.cancel()  # returns once the callback is not running
+                self._note_problem(relay)
+                if relay.state != "failed":
+                    self._relay_once(descriptor, port)  # what came before the detach
         finally:
             # whatever was held while stopped was posted to us: deliver it
             if descriptor is not None and port is not None:
@@ -312,25 +317,30 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             return token.read(timeout)
         return 0
 
-    def _relay_loop(self, descriptor: PostedDescriptor, port: Port) -> None:
-        """The host thread of the eventfd path: read, post."""
+    def _on_signalled(self, descriptor: PostedDescriptor, port: Port) -> None:
+        """The relay, on the loop: the producer signalled the eventfd; post it."""
+        if not self._relay_once(descriptor, port):
+            relay = self._relay
+            if relay is not None:
+                relay.cancel()
+
+    def _relay_once(self, descriptor: PostedDescriptor | None, port: Port | None) -> bool:
+        """Post what the eventfd holds; False once the token is found closed."""
         try:
-            while not self._relay_stop.is_set():
-                count = self._read_token(_POLL_SECONDS)
-                if count:
-                    self._relayed += count
-                    descriptor.post_port(port, count)
-            count = self._read_token(0)  # what came before the producer was detached
-            if count:
-                self._relayed += count
-                descriptor.post_port(port, count)
+            count = self._read_token(0)
         except irqbypass.EventfdClosedError:
-            self._token_closed = True
-            log.error(
-                "posted-interrupt consumer %r: its token eventfd was closed while the pair "
-                "was open; the relay stops (close endpoints before their token)",
-                self.name,
-            )
+            if not self._token_closed:
+                self._token_closed = True
+                log.error(
+                    "posted-interrupt consumer %r: its token eventfd was closed while the "
+                    "pair was open; the relay stops (close endpoints before their token)",
+                    self.name,
+                )
+            return False
+        if count and descriptor is not None and port is not None:
+            self._relayed += count
+            descriptor.post_port(port, count)
+        return True
 
     # -- looking -----------------------------------------------------------
 
@@ -348,7 +358,16 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             "relayed": self._relayed,
             "early": self._early,
             **({"token_closed": 1} if self._token_closed else {}),
+            **({"loop_errors": 1} if self.problem is not None else {}),
         }
+
+    @property
+    def problem(self) -> str | None:
+        """Why the loop removed the relay or the drainer (its callback raised), or None."""
+        for handle in (self._relay, self._drainer):
+            if handle is not None and handle.problem is not None:
+                return handle.problem
+        return self._problem
 
     def stats(self) -> Mapping[str, int]:
         """``delivered``: posts drained by a sync (each sync takes a vector's

@@ -1,7 +1,8 @@
 """irqbypass-counter: a consumer that counts the interrupts it receives.
 
-While open, it reads its token eventfd in a thread (the slow path). Once
-paired, it offers its producer a direct path, so interrupts skip the eventfd.
+While open, it reads its token eventfd on the process's event loop (the slow
+path; a reader, not a thread). Once paired, it offers its producer a direct
+path, so interrupts skip the eventfd.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ class CounterConsumer(irqbypass.Consumer):
         self._via_eventfd = 0
         self._via_direct = 0
         self._accepted = False
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._reader: irqbypass.LoopHandle | None = None
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> CounterConsumer:
@@ -41,24 +41,21 @@ class CounterConsumer(irqbypass.Consumer):
             raise irqbypass.InvalidEndpointError(
                 f"counter {self.name!r}: its token must be an open irqbypass.Eventfd"
             )
-        self._closing.clear()
-        self._thread = threading.Thread(target=self._run, name=f"counter-{self.name}")
-        self._thread.start()
+        # _read runs on the loop's thread whenever the eventfd is readable
+        self._reader = irqbypass.event_loop().add_reader(
+            self.token, self._read, owner=f"counter {self.name!r}"
+        )
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            self._read(0)  # whatever arrived after the last poll
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()  # returns once _read is not running
+            self._read()  # whatever arrived since
 
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            self._read(0.05)
-
-    def _read(self, timeout: float) -> None:
+    def _read(self) -> None:
+        """On the loop: take the counter without waiting (never block here)."""
         assert isinstance(self.token, irqbypass.Eventfd)
-        count = self.token.read(timeout)
+        count = self.token.read(0)
         if count:
             with self._lock:
                 self._via_eventfd += count

@@ -1,7 +1,8 @@
 """irqbypass-ticker: a producer that raises its interrupt every ``period`` seconds.
 
 Like a device vector, it signals its token eventfd; when its paired consumer
-offers a direct path, it calls that instead.
+offers a direct path, it calls that instead. Its clock is a periodic timer on
+the process's event loop (``irqbypass.event_loop()``): no thread of its own.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ class TickerProducer(irqbypass.Producer):
         self._stopped = False
         self._held = 0
         self._fired = 0
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._timer: irqbypass.LoopHandle | None = None
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> TickerProducer:
@@ -64,26 +64,29 @@ class TickerProducer(irqbypass.Producer):
             raise irqbypass.InvalidEndpointError(
                 f"ticker {self.name!r}: its token must be an open irqbypass.Eventfd"
             )
-        self._closing.clear()
-        self._thread = threading.Thread(target=self._run, name=f"ticker-{self.name}")
-        self._thread.start()
+        if self.count:
+            # runs _tick on the loop's thread every period; the owner label
+            # names this endpoint in the loop's fault and watchdog reports
+            self._timer = irqbypass.event_loop().call_every(
+                self.period, self._tick, owner=f"ticker {self.name!r}", delay=self.period
+            )
 
     def close(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # returns once _tick is not running: nothing fires after close
 
-    def _run(self) -> None:
-        for _ in range(self.count):
-            if self._closing.wait(self.period):
-                return
-            with self._lock:
-                self._fired += 1
-                if self._stopped:
-                    self._held += 1  # quiesced by the manager: hold it
-                else:
-                    self._signal(1)
+    def _tick(self) -> None:
+        """On the loop: must not block (every other endpoint waits meanwhile)."""
+        with self._lock:
+            self._fired += 1
+            if self._stopped:
+                self._held += 1  # quiesced by the manager: hold it
+            else:
+                self._signal(1)
+            done = self._fired >= self.count
+        if done and self._timer is not None:
+            self._timer.cancel()
 
     def _signal(self, n: int) -> None:
         """Deliver ``n`` interrupts; the caller holds ``_lock``."""

@@ -1,0 +1,663 @@
+"""One event loop for every endpoint's file descriptors and timers.
+
+A VM has thousands of vectors; a thread per endpoint (a reader per eventfd, a
+firing thread per mock) makes the scheduler the bottleneck long before the
+work is. So every plugin waits through one :class:`EventLoop`: an epoll set and
+a heap of timers, run by one daemon thread per process (started on first use;
+:func:`event_loop` returns it), or by the embedding VMM's asyncio loop
+(:meth:`EventLoop.attach`), then with no thread of its own.
+
+The contract a plugin relies on:
+
+- callbacks run on the loop's thread, one at a time, and must not block (every
+  other endpoint waits meanwhile); a reader's callback may find nothing to read;
+- :meth:`~EventLoop.add_reader`, :meth:`~EventLoop.call_later` and
+  :meth:`~EventLoop.call_every` may be called from any thread, callbacks
+  included; each returns a :class:`LoopHandle`;
+- :meth:`LoopHandle.cancel` is idempotent; called outside the loop's thread it
+  returns once the callback is not running and never will again (so ``close()``
+  can release what the callback uses); called from a callback, at once;
+- a callback that raises is removed and its error kept on the handle
+  (:attr:`LoopHandle.problem`, for the endpoint's ``stats()``/``problem``) and in
+  :attr:`EventLoop.faults`; the other callbacks go on;
+- a callback running longer than ``watchdog_seconds`` is named on the
+  ``irqbypass.loop`` logger (stderr when logging is not configured);
+- the loop's threads block every asynchronous signal, so Ctrl-C always reaches
+  the main thread at once;
+- a reader given an :class:`~irqbypass.Eventfd` borrows it: closing the token
+  under a registered reader removes the reader and calls its callback once more
+  (whose read raises :class:`~irqbypass.EventfdClosedError`), and the fd number
+  is not reused while the loop still watches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import math
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import InvalidEndpointError, LoopClosedError
+from .eventfd import Eventfd
+from .options import show_exception, show_value
+
+__all__ = ["WATCHDOG_SECONDS", "EventLoop", "LoopFault", "LoopHandle", "event_loop"]
+
+log = logging.getLogger("irqbypass.loop")
+
+#: how long a callback may run before the watchdog names it
+WATCHDOG_SECONDS = 1.0
+#: the longest single wait (a far timer or none: the wait is cut, not the timer)
+_MAX_WAIT = 60.0
+#: how many faults :attr:`EventLoop.faults` keeps (the latest)
+FAULTS_KEPT = 100
+_WAKE = (1).to_bytes(8, "little")
+#: signals the kernel sends to the thread that caused them: never blocked
+_SYNCHRONOUS = {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGABRT,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
+
+Callback = Callable[[], object]
+
+
+class _FileLike(Protocol):
+    def fileno(self) -> int: ...
+
+
+class LoopHandle:
+    """One reader or timer on an :class:`EventLoop`; :meth:`cancel` removes it."""
+
+    __slots__ = (
+        "_loop",
+        "borrowed",
+        "callback",
+        "error",
+        "fd",
+        "owner",
+        "period",
+        "state",
+        "when",
+    )
+
+    def __init__(
+        self, loop: EventLoop, callback: Callback, owner: str, fd: int, period: float | None
+    ) -> None:
+        self._loop = loop
+        self.callback = callback
+        #: who registered it: the label faults and watchdog lines name
+        self.owner = owner
+        self.fd = fd  # -1 for a timer
+        self.period = period  # None for a reader or a one-shot timer
+        self.when = 0.0
+        #: "active", "cancelled", "failed" (the callback raised), "done" (a one-shot ran)
+        self.state = "active"
+        #: what the callback raised (it was removed then), or None
+        self.error: BaseException | None = None
+        self.borrowed: Eventfd | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    @property
+    def problem(self) -> str | None:
+        """Why this handle was removed by the loop (its callback raised), or None."""
+        if self.error is None:
+            return None
+        return (
+            f"{self.owner}: its loop callback {_name(self.callback)} raised "
+            f"{show_exception(self.error)} and was removed"
+        )
+
+    def cancel(self) -> None:
+        """Remove it (idempotent). From another thread, returns once the
+        callback is not running and never will again."""
+        self._loop._cancel(self)
+
+    def _source_closed(self) -> None:
+        """What a borrowed Eventfd calls when it is closed."""
+        self._loop._source_closed(self)
+
+    def __repr__(self) -> str:
+        what = f"reader fd {self.fd}" if self.fd >= 0 else "timer"
+        return f"<LoopHandle {what} of {self.owner} {self.state}>"
+
+
+@dataclass(frozen=True)
+class LoopFault:
+    """A callback the loop removed because it raised, or one that ran too long."""
+
+    owner: str
+    callback: str
+    #: "raised" or "blocked"
+    kind: str
+    message: str
+    time: float
+
+
+class EventLoop:
+    """An epoll set and a timer heap, run by one thread or by asyncio.
+
+    Most code uses :func:`event_loop` (the process's loop). A loop of your
+    own runs its thread from the first registration, or inside asyncio after
+    :meth:`attach`; :meth:`close` releases it.
+    """
+
+    def __init__(
+        self, *, name: str = "irqbypass-loop", watchdog_seconds: float = WATCHDOG_SECONDS
+    ) -> None:
+        if not (isinstance(watchdog_seconds, (int, float)) and watchdog_seconds > 0):
+            raise InvalidEndpointError(
+                f"EventLoop watchdog_seconds={show_value(watchdog_seconds)}: use seconds > 0"
+            )
+        self.name = name
+        self.watchdog_seconds = float(watchdog_seconds)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._epoll = select.epoll()
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
+        self._readers: dict[int, LoopHandle] = {}
+        self._timers: list[tuple[float, int, LoopHandle]] = []
+        self._cancelled_timers = 0
+        self._seq = itertools.count()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._asyncio: asyncio.AbstractEventLoop | None = None
+        self._asyncio_timer: asyncio.TimerHandle | None = None
+        #: the thread running callbacks now, the handle running, and since when
+        self._loop_thread: int | None = None
+        self._current: LoopHandle | None = None
+        self._current_since = 0.0
+        self._current_reported = False
+        self._cancel_waiters = 0
+        #: the latest faults, oldest first (at most FAULTS_KEPT)
+        self.faults: collections.deque[LoopFault] = collections.deque(maxlen=FAULTS_KEPT)
+        #: how many faults in all
+        self.fault_count = 0
+        #: callbacks run, in all (readers and timers)
+        self.callbacks_run = 0
+
+    # -- registering ---------------------------------------------------------
+
+    def add_reader(self, source: int | _FileLike, callback: Callback, *, owner: str) -> LoopHandle:
+        """Call ``callback()`` on the loop whenever ``source`` (an fd, or an
+        object with ``fileno()``) is readable, until cancelled. One reader per
+        fd. An :class:`~irqbypass.Eventfd` is borrowed while watched."""
+        self._check_owner(owner, callback)
+        handle = LoopHandle(self, callback, owner, -1, None)
+        try:
+            if isinstance(source, Eventfd):
+                handle.borrowed = source  # before the borrow: the undo below finds it
+                handle.fd = source._borrow(handle._source_closed)
+            else:
+                handle.fd = _fileno(source, owner)
+            with self._lock:
+                self._check_open()
+                if handle.fd in self._readers:
+                    raise InvalidEndpointError(
+                        f"{owner}: fd {handle.fd} already has a reader on the loop "
+                        f"({self._readers[handle.fd].owner}); one reader per fd"
+                    )
+                self._epoll.register(handle.fd, select.EPOLLIN)
+                self._readers[handle.fd] = handle
+        except BaseException:
+            handle.state = "cancelled"
+            if handle.borrowed is not None:
+                handle.borrowed._give_back(handle._source_closed)
+                handle.borrowed = None
+            raise
+        self._ensure_running()
+        return handle
+
+    def call_later(self, delay: float, callback: Callback, *, owner: str) -> LoopHandle:
+        """Call ``callback()`` once, ``delay`` seconds from now, on the loop."""
+        self._check_owner(owner, callback)
+        return self._add_timer(_seconds(delay, "delay", owner), callback, owner, None)
+
+    def call_every(
+        self, period: float, callback: Callback, *, owner: str, delay: float = 0.0
+    ) -> LoopHandle:
+        """Call ``callback()`` every ``period`` seconds (0: on every turn of the
+        loop), the first time ``delay`` seconds from now, until cancelled. Late
+        turns are made up (ticks keep the schedule, not the gaps)."""
+        self._check_owner(owner, callback)
+        period = _seconds(period, "period", owner)
+        return self._add_timer(_seconds(delay, "delay", owner), callback, owner, period)
+
+    def _add_timer(
+        self, delay: float, callback: Callback, owner: str, period: float | None
+    ) -> LoopHandle:
+        handle = LoopHandle(self, callback, owner, -1, period)
+        handle.when = time.monotonic() + delay
+        with self._lock:
+            self._check_open()
+            earliest = not self._timers or handle.when < self._timers[0][0]
+            heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+        # a thread waiting in epoll must learn of the earlier deadline; under
+        # asyncio, so must asyncio's timer (the wakeup makes our epoll fd readable)
+        if earliest and (threading.get_ident() != self._loop_thread or self._asyncio is not None):
+            self._wake()
+        self._ensure_running()
+        return handle
+
+    def _check_owner(self, owner: object, callback: object) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise InvalidEndpointError(
+                f"the loop needs an owner label (a non-empty str naming the endpoint), "
+                f"not {show_value(owner)}"
+            )
+        if not callable(callback):
+            raise InvalidEndpointError(
+                f"{owner}: loop callback {show_value(callback)} is not callable"
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LoopClosedError(
+                f"event loop {self.name!r} is closed; use irqbypass.event_loop() for the "
+                "process's loop"
+            )
+
+    # -- removing ------------------------------------------------------------
+
+    def _cancel(self, handle: LoopHandle, state: str = "cancelled") -> None:
+        borrowed = None
+        with self._lock:
+            if handle.state == "active":
+                handle.state = state
+                if handle.fd >= 0:
+                    borrowed = self._unregister(handle)
+                else:
+                    self._cancelled_timers += 1
+                    cancelled = self._cancelled_timers
+                    if cancelled > 64 and cancelled * 2 > len(self._timers):
+                        self._compact_timers()
+            if threading.get_ident() != self._loop_thread:
+                # the callback may be running right now: wait until it returned
+                self._cancel_waiters += 1
+                try:
+                    while self._current is handle:
+                        self._idle.wait()
+                finally:
+                    self._cancel_waiters -= 1
+        if borrowed is not None:
+            borrowed._give_back(handle._source_closed)
+
+    def _unregister(self, handle: LoopHandle) -> Eventfd | None:
+        """Take a reader out of the epoll set (the caller holds the lock);
+        returns the Eventfd it borrowed, to give back outside the lock."""
+        if self._readers.get(handle.fd) is handle:
+            del self._readers[handle.fd]
+            if not self._closed:
+                with contextlib.suppress(OSError):  # the owner closed a raw fd first
+                    self._epoll.unregister(handle.fd)
+        borrowed, handle.borrowed = handle.borrowed, None
+        return borrowed
+
+    def _compact_timers(self) -> None:
+        """Drop cancelled timers from the heap (the caller holds the lock): a
+        plugin that sets and cancels far timers must not grow it forever."""
+        self._timers = [entry for entry in self._timers if entry[2].state == "active"]
+        heapq.heapify(self._timers)
+        self._cancelled_timers = 0
+
+    def _source_closed(self, handle: LoopHandle) -> None:
+        """A watched Eventfd was closed: drop the reader and let its callback
+        find out (its read raises EventfdClosedError)."""
+        if handle.state != "active":
+            return
+        callback, owner = handle.callback, handle.owner
+        with self._lock:
+            if handle.state != "active":
+                return
+            handle.state = "cancelled"
+            borrowed = self._unregister(handle)
+        if borrowed is not None:
+            borrowed._give_back(handle._source_closed)  # now the fd is closed
+        if not self._closed:
+            self.call_later(0.0, callback, owner=owner)
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop's thread now (the first registration does it anyway),
+        unless it runs already or under asyncio."""
+        self._check_open()
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None or self._asyncio is not None or self._closed:
+            return
+        with self._lock:
+            if self._thread is not None or self._asyncio is not None or self._closed:
+                return
+            self._thread = _start_thread(self._run_thread, f"{self.name}")
+            self._watchdog = _start_thread(self._watch, f"{self.name}-watchdog")
+
+    def _run_thread(self) -> None:
+        self._loop_thread = threading.get_ident()
+        while not self._closed:
+            self.run_once(self._next_wait())
+
+    def _next_wait(self) -> float:
+        with self._lock:
+            if not self._timers:
+                return _MAX_WAIT
+            return min(_MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
+
+    def run_once(self, timeout: float = 0.0) -> None:
+        """Wait up to ``timeout`` seconds for readers, then run what is ready
+        and every timer that is due. The loop's thread calls this; so does
+        asyncio once attached. Not for use alongside the loop's own thread."""
+        self._loop_thread = threading.get_ident()
+        try:
+            events = self._epoll.poll(timeout)
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EINVAL) and self._closed:
+                return
+            raise
+        for fd, _mask in events:
+            if fd == self._wakeup:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup, 8)
+                continue
+            handle = self._readers.get(fd)
+            if handle is not None:
+                self._call(handle)
+        self._run_timers()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due: list[LoopHandle] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, _, handle = heapq.heappop(self._timers)
+                if handle.state == "active":
+                    due.append(handle)
+                else:
+                    self._cancelled_timers = max(0, self._cancelled_timers - 1)
+        for handle in due:
+            if handle.state != "active":
+                continue
+            self._call(handle)
+            with self._lock:
+                if handle.state != "active" or self._closed:
+                    continue
+                if handle.period is None:
+                    handle.state = "done"
+                else:
+                    handle.when += handle.period
+                    heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+
+    def _call(self, handle: LoopHandle) -> None:
+        with self._lock:
+            if handle.state != "active":
+                return
+            self._current, self._current_since = handle, time.monotonic()
+            self._current_reported = False
+        try:
+            handle.callback()
+        except BaseException as exc:  # a loop thread has no Ctrl-C: anything raised is a fault
+            self._failed(handle, exc)
+        finally:
+            elapsed = time.monotonic() - self._current_since
+            with self._lock:
+                self._current = None
+                reported = self._current_reported
+                if self._cancel_waiters:
+                    self._idle.notify_all()
+            self.callbacks_run += 1
+            if elapsed >= self.watchdog_seconds:
+                self._blocked(handle, elapsed, returned=True, reported=reported)
+
+    def _failed(self, handle: LoopHandle, exc: BaseException) -> None:
+        handle.error = exc
+        message = f"{handle.problem}; the other callbacks go on"
+        self._fault(handle, "raised", message)
+        log.error("irqbypass loop: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+        self._cancel(handle, "failed")
+
+    def _blocked(
+        self, handle: LoopHandle, elapsed: float, *, returned: bool, reported: bool
+    ) -> None:
+        what = f"{handle.owner}: loop callback {_name(handle.callback)}"
+        if returned:
+            if not reported:  # the watchdog did not see it (asyncio, or it was short of a check)
+                message = (
+                    f"{what} ran {elapsed:.1f} s; callbacks must not block (every other "
+                    "endpoint waited for it)"
+                )
+                self._fault(handle, "blocked", message)
+                log.warning("irqbypass loop: %s", message)
+            else:
+                log.warning("irqbypass loop: %s returned after %.1f s", what, elapsed)
+            return
+        message = (
+            f"{what} has been running for {elapsed:.1f} s; callbacks must not block "
+            "(every other endpoint waits for it)"
+        )
+        self._fault(handle, "blocked", message)
+        log.warning("irqbypass loop: %s", message)
+
+    def _fault(self, handle: LoopHandle, kind: str, message: str) -> None:
+        self.fault_count += 1
+        self.faults.append(
+            LoopFault(handle.owner, _name(handle.callback), kind, message, time.time())
+        )
+
+    def _watch(self) -> None:
+        """The watchdog: checks a few times per threshold whether one
+        callback has been running too long, and names it once."""
+        tick = self.watchdog_seconds / 4
+        while not self._closed:
+            time.sleep(tick)
+            with self._lock:
+                handle, since = self._current, self._current_since
+                report = (
+                    handle is not None
+                    and not self._current_reported
+                    and time.monotonic() - since >= self.watchdog_seconds
+                )
+                if report:
+                    self._current_reported = True
+            if report and handle is not None:
+                self._blocked(handle, time.monotonic() - since, returned=False, reported=False)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # closed, or full (it is awake then)
+            os.write(self._wakeup, _WAKE)
+
+    # -- asyncio ---------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run this loop inside asyncio's ``loop`` instead of a thread of its
+        own: its epoll fd becomes one asyncio reader, its next timer one
+        asyncio timer. Call from ``loop``'s thread before anything registers
+        (a loop whose thread already runs cannot move); :meth:`detach` undoes it."""
+        with self._lock:
+            self._check_open()
+            if self._thread is not None:
+                raise LoopClosedError(
+                    f"event loop {self.name!r} already runs its own thread; attach it to "
+                    "asyncio before any endpoint is opened"
+                )
+            if self._asyncio is not None:
+                raise LoopClosedError(f"event loop {self.name!r} is already attached to asyncio")
+            self._asyncio = loop
+        self._loop_thread = threading.get_ident()
+        loop.add_reader(self._epoll.fileno(), self._asyncio_turn)
+        self._asyncio_turn()
+
+    def detach(self) -> None:
+        """Stop running inside asyncio (from its thread); a later registration
+        starts the loop's own thread."""
+        loop, self._asyncio = self._asyncio, None
+        if loop is None:
+            return
+        if self._asyncio_timer is not None:
+            self._asyncio_timer.cancel()
+            self._asyncio_timer = None
+        if not self._closed:
+            loop.remove_reader(self._epoll.fileno())
+        self._loop_thread = None
+        if self.handles():  # what is still registered goes on, on the loop's own thread
+            self._ensure_running()
+
+    def _asyncio_turn(self) -> None:
+        """One turn under asyncio: run what is ready, then set asyncio's timer
+        for the next due timer of ours."""
+        loop = self._asyncio
+        if loop is None or self._closed:
+            return
+        self.run_once(0.0)
+        if self._asyncio_timer is not None:
+            self._asyncio_timer.cancel()
+            self._asyncio_timer = None
+        with self._lock:
+            when = self._timers[0][0] if self._timers else None
+        if when is not None:
+            delay = min(_MAX_WAIT, max(0.0, when - time.monotonic()))
+            self._asyncio_timer = loop.call_later(delay, self._asyncio_turn)
+
+    # -- looking and closing -----------------------------------------------------
+
+    @property
+    def running_thread(self) -> threading.Thread | None:
+        """The loop's own thread, or None (not started yet, or under asyncio)."""
+        return self._thread
+
+    def handles(self, owner: str | None = None) -> list[LoopHandle]:
+        """The active readers and timers (of ``owner``, if given)."""
+        with self._lock:
+            every = [*self._readers.values(), *(entry[2] for entry in self._timers)]
+        return [h for h in every if h.state == "active" and owner in (None, h.owner)]
+
+    def close(self) -> None:
+        """Stop the loop and release its fds (idempotent). Timers and readers
+        still registered are cancelled, never run; a callback running now
+        finishes first (unless this is called from one)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = [*self._readers.values(), *(entry[2] for entry in self._timers)]
+        self._wake()
+        thread, watchdog = self._thread, self._watchdog
+        if thread is not None and thread.ident != threading.get_ident():
+            thread.join()
+        if watchdog is not None and watchdog.ident != threading.get_ident():
+            watchdog.join()
+        if self._asyncio is not None:
+            self.detach()
+        for handle in pending:
+            self._cancel(handle)
+        with self._lock:
+            self._readers.clear()
+            self._timers.clear()
+        self._epoll.close()
+        os.close(self._wakeup)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._readers)} readers"
+        return f"<EventLoop {self.name!r} {state}>"
+
+
+def _name(callback: Callback) -> str:
+    """How a fault or watchdog line names a callback (a partial by its function)."""
+    callback = getattr(callback, "func", callback)
+    name = getattr(callback, "__qualname__", None) or getattr(callback, "__name__", None)
+    return name if isinstance(name, str) else type(callback).__name__
+
+
+def _seconds(value: object, what: str, owner: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise InvalidEndpointError(
+            f"{owner}: loop timer {what} {show_value(value)} must be a number of seconds >= 0"
+        )
+    return float(value)
+
+
+def _fileno(source: object, owner: str) -> int:
+    fd = source.fileno() if hasattr(source, "fileno") else source
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise InvalidEndpointError(
+            f"{owner}: a loop reader needs an fd or an object with fileno(), not "
+            f"{show_value(source)}"
+        )
+    return fd
+
+
+def _start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with every asynchronous signal blocked, from its first
+    instruction (set in the creator around start): signals go to the main thread."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    blocked = set(signal.valid_signals()) - _SYNCHRONOUS
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
+_default: EventLoop | None = None
+_default_lock = threading.Lock()
+
+
+def event_loop() -> EventLoop:
+    """The process's event loop, created on first use (its thread starts with
+    the first registration, unless it was attached to asyncio first)."""
+    global _default
+    loop = _default
+    if loop is None or loop.closed:
+        with _default_lock:
+            if _default is None or _default.closed:
+                _default = EventLoop()
+            loop = _default
+    return loop
+
+
+def _forked() -> None:
+    """A fork()ed child has no loop thread, and its epoll set is the parent's
+    (shared across fork): drop ours unused and let the child make its own."""
+    global _default, _default_lock
+    loop, _default = _default, None
+    _default_lock = threading.Lock()
+    if loop is not None:
+        for fd in (loop._epoll.fileno(), loop._wakeup):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+os.register_at_fork(after_in_child=_forked)

@@ -1,0 +1,401 @@
+"""The event loop's contract (irqbypass.EventLoop): readers, timers, removal,
+faults, the watchdog, close, use from other threads, asyncio, signals.
+
+Every wait is for a condition, with a generous hang guard; nothing here
+asserts how long something took."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import irqbypass
+import pytest
+
+GUARD = 60.0  # seconds: a hang guard, never a speed limit
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+def until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def loop() -> Iterator[irqbypass.EventLoop]:
+    own = irqbypass.EventLoop(name="test-loop", watchdog_seconds=0.2)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def test_a_reader_is_called_when_its_eventfd_is_signalled(loop: irqbypass.EventLoop) -> None:
+    got: list[int] = []
+    with irqbypass.Eventfd() as token:
+        handle = loop.add_reader(token, lambda: got.append(token.read(0)), owner="reader")
+        token.write(3)
+        until(lambda: sum(got) == 3, "the reader takes the count")
+        token.write(2)
+        until(lambda: sum(got) == 5, "and the next one")
+        handle.cancel()
+        assert not handle.active and handle.state == "cancelled"
+        token.write(1)
+        assert token.read(1.0) == 1, "a cancelled reader reads no more"
+    assert threading.current_thread() is threading.main_thread()
+
+
+def test_callbacks_run_on_the_loop_thread(loop: irqbypass.EventLoop) -> None:
+    seen: list[threading.Thread] = []
+    loop.call_later(0.0, lambda: seen.append(threading.current_thread()), owner="t")
+    until(lambda: seen, "the timer runs")
+    assert seen == [loop.running_thread]
+    assert seen[0] is not threading.main_thread()
+
+
+def test_one_shot_and_periodic_timers(loop: irqbypass.EventLoop) -> None:
+    ticks: list[str] = []
+    once = loop.call_later(0.01, lambda: ticks.append("once"), owner="once")
+    every = loop.call_every(0.005, lambda: ticks.append("tick"), owner="every")
+    until(lambda: ticks.count("tick") >= 5 and "once" in ticks, "both run")
+    assert ticks.count("once") == 1 and once.state == "done"
+    every.cancel()
+    every.cancel()  # idempotent
+    stopped = ticks.count("tick")
+    time.sleep(0.05)
+    assert ticks.count("tick") == stopped, "a cancelled periodic timer does not run again"
+
+
+def test_timers_run_in_deadline_order(loop: irqbypass.EventLoop) -> None:
+    order: list[int] = []
+    gate = threading.Event()
+    loop.call_later(0.0, lambda: gate.wait(GUARD), owner="gate")  # holds the loop while we add
+    for delay, label in ((0.03, 3), (0.01, 1), (0.02, 2)):
+        loop.call_later(delay, lambda label=label: order.append(label), owner="ordered")
+    gate.set()
+    until(lambda: len(order) == 3, "all three run")
+    assert order == [1, 2, 3]
+
+
+def test_a_callback_may_remove_itself_and_others(loop: irqbypass.EventLoop) -> None:
+    """Removal during a callback: a handle cancelled by an earlier callback of the
+    same turn is not called, and a callback may cancel its own handle."""
+    calls: list[str] = []
+    with irqbypass.Eventfd() as a, irqbypass.Eventfd() as b:
+        handles: dict[str, irqbypass.LoopHandle] = {}
+
+        def on_a() -> None:
+            calls.append("a")
+            a.read(0)
+            handles["b"].cancel()
+            handles["a"].cancel()
+
+        def on_b() -> None:
+            calls.append("b")
+            b.read(0)
+            handles["a"].cancel()
+            handles["b"].cancel()
+
+        gate = threading.Event()
+        loop.call_later(0.0, lambda: gate.wait(GUARD), owner="gate")
+        handles["a"] = loop.add_reader(a, on_a, owner="a")
+        handles["b"] = loop.add_reader(b, on_b, owner="b")
+        a.write(1), b.write(1)  # both ready in the same turn
+        gate.set()
+        until(lambda: calls, "one of them runs")
+        time.sleep(0.05)
+        assert len(calls) == 1, f"the other was cancelled by the first: {calls}"
+        assert not handles["a"].active and not handles["b"].active
+
+    periodic: list[int] = []
+
+    def count_to_three() -> None:
+        periodic.append(1)
+        if len(periodic) == 3:
+            handle.cancel()
+
+    handle = loop.call_every(0.0, count_to_three, owner="three")
+    until(lambda: not handle.active, "it cancels itself")
+    time.sleep(0.02)
+    assert len(periodic) == 3
+
+
+def test_a_raising_callback_is_removed_and_reported_and_others_go_on(
+    loop: irqbypass.EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    ticks: list[int] = []
+    with caplog.at_level(logging.ERROR, logger="irqbypass.loop"):
+        good = loop.call_every(0.005, lambda: ticks.append(1), owner="good endpoint")
+
+        def broken() -> None:
+            raise ValueError("the device fell over")
+
+        bad = loop.call_every(0.005, broken, owner="bad endpoint")
+        until(lambda: bad.state == "failed", "the raising timer is removed")
+        seen = len(ticks)
+        until(lambda: len(ticks) > seen + 3, "the others go on")
+    assert good.active
+    assert isinstance(bad.error, ValueError)
+    assert bad.problem is not None
+    assert "bad endpoint" in bad.problem and "ValueError: the device fell over" in bad.problem
+    (fault,) = [f for f in loop.faults if f.owner == "bad endpoint"]
+    assert fault.kind == "raised" and fault.callback.endswith("broken")
+    assert loop.fault_count == 1
+    assert any("bad endpoint" in r.getMessage() for r in caplog.records)
+    good.cancel()
+
+
+def test_a_raising_reader_is_removed(loop: irqbypass.EventLoop) -> None:
+    with irqbypass.Eventfd() as token:
+
+        def broken() -> None:
+            raise RuntimeError("bug")
+
+        handle = loop.add_reader(token, broken, owner="reader")
+        token.write(1)
+        until(lambda: handle.state == "failed", "removed")
+        assert loop.handles(owner="reader") == []
+        token.write(1)
+        assert token.read(0) == 2, "nobody reads it any more"
+
+
+def test_a_blocking_callback_is_named_by_the_watchdog(
+    loop: irqbypass.EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watchdog names a callback that runs too long while it still runs,
+    and the other callbacks run again once it returns."""
+    release = threading.Event()
+    ticks: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="irqbypass.loop"):
+        loop.call_later(0.0, lambda: release.wait(GUARD), owner="slow endpoint")
+        until(lambda: any(f.kind == "blocked" for f in loop.faults), "the watchdog notices")
+        (fault,) = [f for f in loop.faults if f.kind == "blocked"]
+        assert fault.owner == "slow endpoint"
+        assert "must not block" in fault.message
+        assert any("slow endpoint" in r.getMessage() for r in caplog.records)
+        assert not release.is_set(), "named while it still blocked"
+        tick = loop.call_every(0.005, lambda: ticks.append(1), owner="other")
+        release.set()
+        until(lambda: len(ticks) > 2, "the loop goes on")
+        tick.cancel()
+
+
+def test_cancel_from_another_thread_waits_for_a_running_callback(
+    loop: irqbypass.EventLoop,
+) -> None:
+    """What close() relies on: after cancel() returns, the callback neither
+    runs nor will run (so the caller may release what it uses)."""
+    entered, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def slow() -> None:
+        entered.set()
+        release.wait(GUARD)
+        finished.append(True)
+
+    handle = loop.call_every(0.0, slow, owner="slow")
+    assert entered.wait(GUARD)
+    cancelled = threading.Event()
+    canceller = threading.Thread(target=lambda: (handle.cancel(), cancelled.set()))
+    canceller.start()
+    time.sleep(0.05)
+    assert not cancelled.is_set(), "cancel returned while the callback still ran"
+    release.set()
+    canceller.join(GUARD)
+    assert cancelled.is_set() and finished == [True]
+    time.sleep(0.02)
+    assert finished == [True], "never again"
+
+
+def test_registration_from_many_threads(loop: irqbypass.EventLoop) -> None:
+    counts: list[int] = []
+    lock = threading.Lock()
+    tokens = [irqbypass.Eventfd() for _ in range(40)]
+    try:
+
+        def register(token: irqbypass.Eventfd) -> None:
+            def take() -> None:
+                value = token.read(0)
+                with lock:
+                    counts.append(value)
+
+            loop.add_reader(token, take, owner=f"reader {token.fileno()}")
+            loop.call_later(0.001, lambda: token.write(1), owner="writer")
+
+        threads = [threading.Thread(target=register, args=(t,)) for t in tokens]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(GUARD)
+        until(lambda: sum(counts) == len(tokens), "every reader got its interrupt")
+        for handle in loop.handles():
+            handle.cancel()
+    finally:
+        for token in tokens:
+            token.close()
+
+
+def test_close_with_callbacks_pending(loop: irqbypass.EventLoop) -> None:
+    ran: list[str] = []
+    with irqbypass.Eventfd() as token:
+        reader = loop.add_reader(token, lambda: ran.append("reader"), owner="r")
+        later = loop.call_later(30.0, lambda: ran.append("later"), owner="t")
+        loop.close()
+        loop.close()  # idempotent
+        token.write(1)
+        assert not reader.active and not later.active
+        reader.cancel()  # still fine after close
+        with pytest.raises(irqbypass.LoopClosedError, match="closed"):
+            loop.call_later(0.0, lambda: None, owner="late")
+        assert token.read(0) == 1
+    assert ran == []
+    assert loop.running_thread is not None and not loop.running_thread.is_alive()
+
+
+def test_a_token_closed_under_its_reader_is_noticed_and_its_number_kept(
+    loop: irqbypass.EventLoop,
+) -> None:
+    """The loop borrows an Eventfd it watches: closing it drops the reader,
+    calls the callback once more (its read raises), and no new eventfd takes
+    the number while the loop could still confuse the two."""
+    errors: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            token.read(0)
+        except irqbypass.EventfdClosedError as exc:
+            errors.append(exc)
+
+    token = irqbypass.Eventfd()
+    handle = loop.add_reader(token, take, owner="r")
+    token.close()
+    until(lambda: errors, "the callback learns of the close")
+    assert not handle.active
+    assert loop.handles() == []
+
+
+def test_bad_arguments_are_refused() -> None:
+    own = irqbypass.EventLoop()
+    try:
+        with pytest.raises(irqbypass.InvalidEndpointError, match="owner"):
+            own.call_later(0.0, lambda: None, owner="")
+        with pytest.raises(irqbypass.InvalidEndpointError, match="not callable"):
+            own.call_later(0.0, 3, owner="x")  # type: ignore[arg-type]
+        with pytest.raises(irqbypass.InvalidEndpointError, match="seconds"):
+            own.call_every(float("nan"), lambda: None, owner="x")
+        with pytest.raises(irqbypass.InvalidEndpointError, match="seconds"):
+            own.call_later(-1.0, lambda: None, owner="x")
+        with pytest.raises(irqbypass.InvalidEndpointError, match="fd"):
+            own.add_reader("nope", lambda: None, owner="x")  # type: ignore[arg-type]
+        with irqbypass.Eventfd() as token:
+            first = own.add_reader(token, lambda: None, owner="one")
+            with pytest.raises(irqbypass.InvalidEndpointError, match="already has a reader"):
+                own.add_reader(token.fileno(), lambda: None, owner="two")
+            first.cancel()
+        assert own.running_thread is not None, "a registration started the thread"
+    finally:
+        own.close()
+
+
+def test_the_loop_threads_block_signals(loop: irqbypass.EventLoop) -> None:
+    """Ctrl-C always reaches the main thread: the loop's threads block every
+    asynchronous signal, so the kernel never picks them for SIGINT."""
+    masks: list[set[signal.Signals]] = []
+    loop.call_later(
+        0.0, lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])), owner="m"
+    )
+    until(lambda: masks, "the timer runs")
+    assert {signal.SIGINT, signal.SIGTERM} <= masks[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_the_process_loop_is_one_loop() -> None:
+    assert irqbypass.event_loop() is irqbypass.event_loop()
+    before = threading.active_count()
+    seen: list[int] = []
+    handles = [
+        irqbypass.event_loop().call_later(0.0, lambda: seen.append(1), owner=f"t{i}")
+        for i in range(200)
+    ]
+    until(lambda: len(seen) == 200, "all ran")
+    assert threading.active_count() == before, "no thread per timer"
+    for handle in handles:
+        handle.cancel()
+
+
+def test_the_loop_runs_inside_asyncio_with_no_thread() -> None:
+    """Embedding: attached to an asyncio loop, the same readers and timers run
+    on asyncio's thread, and the loop starts no thread of its own."""
+    own = irqbypass.EventLoop(name="asyncio-loop")
+    seen: list[tuple[str, threading.Thread]] = []
+
+    async def main() -> None:
+        own.attach(asyncio.get_running_loop())
+        with irqbypass.Eventfd() as token:
+            own.add_reader(
+                token, lambda: seen.append(("read", threading.current_thread())), owner="r"
+            )
+            own.call_later(0.01, lambda: token.write(1), owner="w")
+            ticks = own.call_every(
+                0.005, lambda: seen.append(("tick", threading.current_thread())), owner="t"
+            )
+            while not any(kind == "read" for kind, _ in seen):
+                await asyncio.sleep(0.005)
+            # registration from another thread wakes asyncio through the loop's epoll fd
+            done = threading.Event()
+            threading.Thread(
+                target=lambda: own.call_later(0.0, done.set, owner="other thread")
+            ).start()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+            ticks.cancel()
+            for handle in own.handles():
+                handle.cancel()
+        own.detach()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+    finally:
+        own.close()
+    assert own.running_thread is None, "no thread of its own"
+    assert {thread for _, thread in seen} == {threading.main_thread()}
+
+
+def test_attach_after_the_thread_started_is_refused() -> None:
+    own = irqbypass.EventLoop()
+    try:
+        own.start()
+
+        async def main() -> None:
+            with pytest.raises(irqbypass.LoopClosedError, match="before any endpoint"):
+                own.attach(asyncio.get_running_loop())
+
+        asyncio.run(main())
+    finally:
+        own.close()
+
+
+def test_a_forked_child_gets_a_loop_of_its_own() -> None:
+    irqbypass.event_loop().start()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            got: list[int] = []
+            irqbypass.event_loop().call_later(0.0, lambda: got.append(1), owner="child")
+            deadline = time.monotonic() + GUARD
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.005)
+            status = 0 if got else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
