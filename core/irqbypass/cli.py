@@ -841,8 +841,10 @@ def _print_summary(summary: list[dict[str, Any]], out: TextIO) -> None:
 def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print(
-            "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out
+        # one write per line: print() writes the text and its newline apart, and
+        # unbuffered (PYTHONUNBUFFERED) another thread's log line could land between
+        out.write(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n"
         )
 
 
