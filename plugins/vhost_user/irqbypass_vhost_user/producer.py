@@ -182,8 +182,8 @@ class VhostUserProducer(irqbypass.Producer):
         self._bound: str | None = None  # "token", "hold" or None
         self._stopped = False
         self._quiet = False  # stopped with an idle owned ring: publishing deferred
-        self._feeder: threading.Thread | None = None
-        self._closing = threading.Event()
+        #: the feeder: a periodic timer on the event loop (with requests)
+        self._feeder: irqbypass.LoopHandle | None = None
         #: the first error that made the back-end unusable while open
         self.problem_error: VhostUserError | None = None
         self.features = 0
@@ -493,7 +493,7 @@ class VhostUserProducer(irqbypass.Producer):
         what failed, or :class:`BackendGoneError` if the back-end went away
         while this producer was open (the producer is closed either way and
         can be opened again)."""
-        self._stop_feeder()  # before the lock: the feeder takes it
+        self._stop_feeder()  # before the lock: a tick running now finishes first
         try:
             with self._lock:
                 if self._conn is None:
@@ -509,10 +509,9 @@ class VhostUserProducer(irqbypass.Producer):
             raise self.problem_error
 
     def _stop_feeder(self) -> None:
-        feeder = self._feeder
-        if feeder is not None and feeder is not threading.current_thread():
-            self._closing.set()
-            feeder.join()
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None:
+            feeder.cancel()  # returns once a tick is not running (at once from one)
 
     @irqbypass.signal_safe
     def _teardown(self, *, graceful: bool) -> list[BaseException]:
@@ -529,8 +528,7 @@ class VhostUserProducer(irqbypass.Producer):
             except BaseException as exc:  # kept, re-raised once everything is released
                 errors.append(exc)
 
-        self._feeder = None
-        self._closing.clear()
+        self._stop_feeder()  # a tick never waits for our lock: no deadlock under it
         conn = self._conn
         if graceful and conn is not None and self._bound is not None and self.problem is None:
             step(self._unbind)
@@ -728,16 +726,18 @@ class VhostUserProducer(irqbypass.Producer):
                 raise
 
     def _start_feeder(self) -> None:
-        self._feeder = threading.Thread(target=self._feed, name=f"vhost-user {self.name}")
-        self._feeder.daemon = True
-        self._feeder.start()
+        self._feeder = irqbypass.event_loop().call_every(
+            1.0 / self.rate, self._feed, owner=f"{self._what()} (feeder)", delay=self.delay
+        )
 
     def _feed(self) -> None:
-        """The feeder thread: what goes wrong in it is recorded in
-        :attr:`problem` (which ``stats()``, ``finished`` and ``run`` show),
-        never a traceback that leaves the run waiting out its duration."""
+        """The feeder, a timer on the event loop: what goes wrong in it is
+        recorded in :attr:`problem` (which ``stats()``, ``finished`` and ``run``
+        show) and ends the feeding, never a traceback that leaves the run
+        waiting out its duration."""
         try:
-            self._feed_requests()
+            if self._feed_once():
+                return
         except VhostUserError as exc:
             self._lost(exc)
         except Exception as exc:  # a bug here must still end the run with a report
@@ -748,23 +748,28 @@ class VhostUserProducer(irqbypass.Producer):
                     errno=errno.EIO,
                 )
             )
+        self._stop_feeder()
 
-    def _feed_requests(self) -> None:
-        interval = 1.0 / self.rate
-        if self._closing.wait(self.delay):
-            return
-        while not self._closing.is_set():
-            with self._lock:
-                driver = self.driver
-                self._check_alive()
-                if driver is None or self.problem is not None:
-                    return
-                self.reap()
-                if driver.completed >= self.requests:
-                    return
-                if driver.submitted < self.requests and driver.in_flight == 0:
-                    self.submit(1)
-            self._closing.wait(interval)
+    def _feed_once(self) -> bool:
+        """One tick: reap, and queue the next request once the last came back;
+        False when there is nothing more to feed. Never waits for the lock (a
+        stop or start holds it across a round trip to the back-end): a busy
+        tick is tried again at the next."""
+        if not self._lock.acquire(blocking=False):
+            return True
+        try:
+            driver = self.driver
+            self._check_alive()
+            if driver is None or self.problem is not None:
+                return False
+            self.reap()
+            if driver.completed >= self.requests:
+                return False
+            if driver.submitted < self.requests and driver.in_flight == 0:
+                self.submit(1)
+            return True
+        finally:
+            self._lock.release()
 
     def _check_alive(self) -> None:
         """Notice a back-end that hung up, without a message or a wait."""
