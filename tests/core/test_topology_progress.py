@@ -1,0 +1,98 @@
+"""Apply and teardown report their progress (Topology's callbacks, and
+`irqbypass run`'s `applying N/M` and `tearing down: N left` on a terminal)."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import irqbypass
+import pytest
+from irqbypass import cli
+
+
+def config(n: int) -> irqbypass.Config:
+    text = "".join(
+        f'[[producers]]\nname = "m{i}"\nkind = "mock"\ntoken = "t{i}"\n'
+        "options = { count = 0 }\n"
+        f'[[consumers]]\nname = "l{i}"\nkind = "logging"\ntoken = "t{i}"\n'
+        for i in range(n)
+    )
+    return irqbypass.parse_config(text, file="progress.toml")
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_apply_and_teardown_report_each_endpoint() -> None:
+    topology = irqbypass.Topology(config(5), irqbypass.load_plugins())
+    applied: list[tuple[int, int]] = []
+    left: list[int] = []
+    topology.apply(progress=lambda done, total: applied.append((done, total)))
+    try:
+        assert applied == [(i, 10) for i in range(1, 11)]
+        rows = topology.status()
+        assert [r.token for r in rows] == [f"t{i}" for i in range(5)]
+        assert all(r.paired for r in rows)
+    finally:
+        topology.teardown(progress=left.append)
+    assert left == list(range(9, -1, -1))
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_failing_teardown_progress_does_not_stop_the_teardown() -> None:
+    topology = irqbypass.Topology(config(3), irqbypass.load_plugins())
+    topology.apply()
+    consumers = [p.endpoint for p in topology.placed if p.config.side == "consumer"]
+
+    def broken(left: int) -> None:
+        raise RuntimeError("the terminal went away")
+
+    topology.teardown(progress=broken)
+    assert topology.placed == [] and topology.tokens == {}
+    assert all(c._reader is None for c in consumers), "every consumer was closed"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears() -> None:
+    stream = Terminal()
+    with cli._StepProgress(stream, "applying") as shown:
+        shown.applying(1, 100)  # within the first tick: nothing yet
+        assert stream.getvalue() == ""
+        shown.last -= 1.0  # as if a tick passed
+        shown.applying(50, 100)
+        assert "applying 50/100" in stream.getvalue()
+        shown.applying(100, 100)  # the last one is drawn at once
+    assert stream.getvalue().endswith("applying 100/100\x1b[K\r\x1b[K")
+
+    quiet = Terminal()
+    with cli._StepProgress(quiet, "tearing down") as shown:
+        shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
+    assert quiet.getvalue() == ""
+
+    piped = io.StringIO()
+    with cli._StepProgress(piped, "tearing down") as shown:
+        shown.last -= 1.0
+        shown.tearing_down(3100)
+    assert piped.getvalue() == "", "nothing when not a terminal"
+
+    teardown = Terminal()
+    with cli._StepProgress(teardown, "tearing down") as shown:
+        shown.last = time.monotonic() - 1.0
+        shown.tearing_down(3100)
+    assert "tearing down: 3100 left" in teardown.getvalue()
+
+
+def test_the_run_progress_line_totals_every_pair() -> None:
+    topology = irqbypass.Topology(config(12), irqbypass.load_plugins())
+    topology.apply()
+    try:
+        rows = cli._snapshot(topology, settled=False)
+        line = cli._progress_line(rows, 1.0, 3, 12)
+    finally:
+        topology.teardown()
+    assert line.startswith("[  1.0s] fired 0 delivered 0 lost 0, 3/12 pairs finished; ")
+    assert "delivered/fired: t0 0/0" in line
+    assert "t8" not in line, "only the first pairs' own figures"
