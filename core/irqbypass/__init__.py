@@ -9,6 +9,7 @@ only what ``__all__`` lists.
 from __future__ import annotations
 
 from .config import Config, EndpointConfig, load_config, parse_config
+from .device import QUIESCE_MODES, DeviceProducer
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
     AlreadyRegisteredError,
@@ -37,10 +38,16 @@ from .manager import Manager
 from .options import Options, show_value
 from .paths import UnsafePathError, check_owner, open_directory, open_file, split_path, trusted_uids
 from .plugins import PluginHost, PluginInfo, load_plugins
+from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
 from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
+from .testing import DeviceCall, FakeDevice
 from .topology import PairStatus, Placed, Topology
 
 __all__ = [
+    "IOC_NONE",
+    "IOC_READ",
+    "IOC_WRITE",
+    "QUIESCE_MODES",
     "AlreadyRegisteredError",
     "Availability",
     "BusyError",
@@ -50,7 +57,9 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "Consumer",
+    "DeviceCall",
     "DeviceError",
+    "DeviceProducer",
     "Endpoint",
     "EndpointConfig",
     "EndpointSpec",
@@ -58,6 +67,7 @@ __all__ = [
     "Eventfd",
     "EventfdClosedError",
     "Factory",
+    "FakeDevice",
     "HoldingEventfd",
     "InvalidEndpointError",
     "IrqBypassError",
@@ -75,7 +85,9 @@ __all__ = [
     "PluginHost",
     "PluginInfo",
     "Producer",
+    "RealSeam",
     "ReentrantCallError",
+    "Seam",
     "TokenInUseError",
     "Topology",
     "TopologyError",
@@ -88,6 +100,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "interruptible",
+    "ioctl_number",
     "load_config",
     "load_plugins",
     "open_directory",

@@ -398,6 +398,17 @@ class HoldingEventfd:
                 self.replayed += count
         return count
 
+    def absorb(self, n: int = 1) -> int:
+        """Take up to ``n`` signals off the holding eventfd without counting
+        them as held (a device's own signal on a new fd); returns how many."""
+        if self._eventfd is None:
+            return 0
+        count = self._eventfd.read(0)
+        taken = min(count, n)
+        if count > taken:
+            self._eventfd.write(count - taken)
+        return taken
+
     def close(self) -> None:
         if self._eventfd is not None:
             self._eventfd.close()

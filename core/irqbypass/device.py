@@ -1,0 +1,379 @@
+"""The template of a device producer: a device interrupt that signals an eventfd we choose.
+
+vfio's vector trigger (``VFIO_DEVICE_SET_IRQS``), a vhost or vhost-vdpa
+virtqueue's call (``VHOST_SET_VRING_CALL``), a vhost-user back-end's call
+(``VHOST_USER_SET_VRING_CALL``): each is a device interrupt that the producer
+points at an eventfd of its choosing. :class:`DeviceProducer` owns everything
+about that life which does not depend on the device, once:
+
+- ``open()`` all or nothing (a refusal releases what was obtained), the
+  token-closed check; ``close()`` from any state, every step attempted;
+- ``stop()``/``start()`` by one of :data:`QUIESCE_MODES`: keep the interrupt
+  on the token (its counter holds what arrives), swap it to a holding eventfd
+  and replay what that caught at start, or mask it at the device;
+- the ``held``/``replayed``/``quiesces`` counts (and, for a device that signals
+  every new fd once, ``kicks``/``phantom``/``absorbed``);
+- the signal-safe sections: a Ctrl-C never leaves the interrupt pointing
+  somewhere the producer does not know, nor a teardown half done;
+- the error wording: every message starts with :meth:`DeviceProducer.describe`
+  and says what failed, the kernel's errno and what to do.
+
+A subclass supplies the device's primitives (``device_open``, ``device_close``,
+``device_point``, and where it can ``device_detach``, ``device_mask``,
+``device_unmask``) and its facts (:attr:`~DeviceProducer.can_mask`,
+:attr:`~DeviceProducer.swap_may_drop`, :attr:`~DeviceProducer.signals_on_new_fd`).
+docs/plugin-guide.md, "Writing a device producer", walks through one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Hashable, Mapping
+from typing import ClassVar
+
+from .endpoints import Producer
+from .errors import DeviceError, InvalidEndpointError
+from .eventfd import Eventfd, HoldingEventfd
+from .options import Options
+from .seam import RealSeam, Seam
+from .signals import deliver_deferred_signals, signal_safe
+
+__all__ = ["QUIESCE_MODES", "DeviceProducer"]
+
+#: How stop() quiesces: "keep" leaves the interrupt on the token (nothing moves,
+#: the token's counter keeps what arrives: for a device whose swap can drop a
+#: signal); "swap" points it at a holding eventfd and replays at start; "mask"
+#: masks it at the device (which keeps a level asserted meanwhile).
+QUIESCE_MODES = ("keep", "swap", "mask")
+
+
+class DeviceProducer(Producer):
+    """A producer whose device interrupt signals the token eventfd while open.
+
+    Subclasses set :attr:`kind` and define the ``device_*`` primitives and
+    :meth:`where`; they call ``super().__init__`` with ``seam`` (the OS calls;
+    tests hand in a model). Constructing never touches the device.
+    """
+
+    #: the producer kind, as in messages ("vdpa producer 'net' (...)")
+    kind: ClassVar[str] = "device"
+    #: the name under which stats() reports whether the interrupt is pointed
+    POINTED_STAT: ClassVar[str] = "bound"
+
+    # -- facts: what the subclass knows about its device ------------------------
+
+    #: the device can mask this interrupt (and keeps it pending meanwhile)
+    can_mask: bool = False
+    #: pointing the interrupt at another eventfd can drop a signal landing meanwhile
+    swap_may_drop: bool = False
+    #: the device signals every new fd once, with no interrupt behind it
+    #: (libvhost-user's reconnect kick): taken off the holding eventfd, and on the
+    #: token it stands in for the first held interrupt or counts as ``phantom``
+    signals_on_new_fd: bool = False
+
+    def __init__(
+        self, *, token: Hashable, irq: int = 0, name: str | None = None, seam: Seam | None = None
+    ) -> None:
+        super().__init__(token=token, irq=irq, name=name)
+        if not isinstance(token, Eventfd):
+            raise InvalidEndpointError(
+                f"{self.kind} producer {self.name!r}: token {token!r} is not an "
+                "irqbypass.Eventfd; the device signals an eventfd, so pass the one the "
+                "consumer listens to"
+            )
+        self.seam: Seam = seam if seam is not None else RealSeam()
+        self._lock = threading.Lock()
+        self._opened = False  # device_open began: close() has something to release
+        self._pointed_at: int | None = None  # the fd the interrupt signals
+        self._masked = False
+        self._stopped = False
+        self._hold = HoldingEventfd()
+        self._quiesces = 0
+        self._kicks = self._phantom = self._absorbed = 0
+
+    # -- the primitives a subclass defines ----------------------------------------
+
+    def where(self) -> str:
+        """The device and interrupt, for messages ("/dev/vhost-net, virtqueue 0")."""
+        return "the device"
+
+    def device_open(self) -> None:
+        """Obtain and check the device (raise :meth:`refuse`/:meth:`failure`);
+        whatever it obtained before failing, :meth:`device_close` releases."""
+
+    def device_close(self) -> None:
+        """Release what :meth:`device_open` obtained, from wherever it stopped;
+        every step attempted, then raise the first failure."""
+
+    def device_point(self, fd: int) -> None:
+        """Point the interrupt at eventfd ``fd`` (it signals only that fd after)."""
+        raise NotImplementedError(f"{type(self).__name__} must define device_point")
+
+    def device_detach(self) -> None:
+        """Point the interrupt at nothing (default: ``device_point(-1)``)."""
+        self.device_point(-1)
+
+    def device_mask(self) -> None:
+        """Mask the interrupt at the device (only with :attr:`can_mask`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot mask")
+
+    def device_unmask(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot mask")
+
+    def hint(self, code: int, op: str, fd: int) -> str:
+        """What to do about errno ``code`` from ``op`` on ``fd`` (-1: an open)
+        when the call named no hint of its own."""
+        return "see the kernel log (dmesg)"
+
+    def device_stats(self) -> Mapping[str, int]:
+        """The device's own counters, added to :meth:`stats`."""
+        return {}
+
+    # -- what the template offers a subclass ------------------------------------
+
+    def describe(self) -> str:
+        return f"{self.kind} producer {self.name!r} ({self.where()})"
+
+    def refuse(self, problem: str, code: int = errno.EINVAL) -> DeviceError:
+        """A refusal of ours (not the kernel's), saying what is wrong."""
+        return DeviceError(f"{self.describe()}: {problem}", errno=code)
+
+    def failure(self, op: str, exc: OSError, hint: str) -> DeviceError:
+        """``op`` failed in the kernel: its errno, and ``hint`` (what to do)."""
+        code = exc.errno if exc.errno is not None else errno.EIO
+        return DeviceError(
+            f"{self.describe()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
+            errno=code,
+        )
+
+    def ioctl(
+        self,
+        fd: int,
+        name: str,
+        request: int,
+        arg: bytearray | int,
+        hints: Mapping[int, str] | None = None,
+    ) -> int:
+        """The ioctl through the seam; a failure becomes a DeviceError with
+        the hint for its errno (``hints``, else :meth:`hint`)."""
+        try:
+            return self.seam.ioctl(fd, request, arg)
+        except OSError as exc:
+            code = exc.errno or 0
+            raise self.failure(
+                name, exc, (hints or {}).get(code) or self.hint(code, name, fd)
+            ) from exc
+
+    def open_node(self, path: str, hints: Mapping[int, str]) -> int:
+        """``open(path, O_RDWR)`` through the seam, errors worded as :meth:`ioctl`'s."""
+        op = f"open({path})"
+        try:
+            return self.seam.open(path, os.O_RDWR)
+        except OSError as exc:
+            code = exc.errno or 0
+            raise self.failure(op, exc, hints.get(code) or self.hint(code, op, -1)) from exc
+
+    @classmethod
+    def device_or_fd(cls, opts: Options, device_help: str) -> tuple[str | None, int | None]:
+        """A spec's ``device`` (a path) or ``fd`` (inherited): exactly one."""
+        device = opts.get_str("device")
+        fd = opts.get_raw("fd")
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
+            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
+        if (device is None) == (fd is None):
+            raise opts.error(
+                "device", f"give exactly one of device ({device_help}) and fd (an fd "
+                "this process inherited)",
+            )  # fmt: skip
+        return device, fd
+
+    def check_device_or_fd(self, device: str | None, device_fd: int | None, help: str) -> None:
+        """The constructor's ``device`` (a path) and ``device_fd``: exactly one."""
+        what = f"{self.kind} producer {self.name!r}"
+        if (device is None) == (device_fd is None):
+            raise InvalidEndpointError(
+                f"{what}: give exactly one of device ({help}) and device_fd "
+                f"(got device={device!r}, device_fd={device_fd!r})"
+            )
+        if device_fd is not None and (
+            isinstance(device_fd, bool) or not isinstance(device_fd, int) or device_fd < 0
+        ):
+            raise InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def pointed_at(self) -> int | None:
+        """The eventfd the interrupt signals: the token, or the holding
+        eventfd while stopped by a swap; None while detached."""
+        return self._pointed_at
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def quiesce(self) -> str:
+        """How stop() quiesces, from the facts: "mask" where the device can,
+        else "keep" where a swap can drop a signal, else "swap"."""
+        if self.can_mask:
+            return "mask"
+        return "keep" if self.swap_may_drop else "swap"
+
+    def _token_fd(self) -> int:
+        assert isinstance(self.token, Eventfd)
+        return self.token.fileno()
+
+    # -- open / close ------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            with self._lock:
+                self._open()
+        finally:
+            deliver_deferred_signals()
+
+    @signal_safe
+    def _open(self) -> None:
+        if self._opened:
+            return
+        assert isinstance(self.token, Eventfd)
+        if self.token.closed:
+            raise InvalidEndpointError(f"{self.describe()}: its token eventfd is closed")
+        self._opened = True
+        try:
+            call = self.device_open
+            call()  # a call-out: opening a node may block, Ctrl-C stays prompt
+            self._point(self._token_fd())
+            if self.signals_on_new_fd:
+                self._phantom += 1  # nothing is behind the first one
+            if self._stopped:
+                self._quiesce()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def close(self) -> None:
+        """Detach, unmask, replay what was held, release the device; every step
+        attempted, then the first failure raised. Closed either way."""
+        try:
+            with self._lock:
+                if self._opened:
+                    self._teardown()
+        finally:
+            deliver_deferred_signals()
+
+    @signal_safe
+    def _teardown(self) -> None:
+        errors: list[BaseException] = []
+        if self._pointed_at is not None:
+            try:
+                self.device_detach()
+            except BaseException as exc:  # kept, raised once everything is released
+                errors.append(exc)
+            self._pointed_at = None
+        if self._masked:
+            try:
+                self.device_unmask()
+            except BaseException as exc:
+                errors.append(exc)
+            self._masked = False
+        self._hold.replay(self.token)
+        self._hold.close()
+        try:
+            self.device_close()
+        except BaseException as exc:
+            errors.append(exc)
+        self._opened = False
+        if errors:  # a Ctrl-C before any failure
+            raise min(errors, key=lambda exc: isinstance(exc, Exception))
+
+    def _point(self, fd: int) -> None:
+        """Point the interrupt at ``fd`` and account for the device's own
+        signal on a new fd (only called inside a safe section)."""
+        self.device_point(fd)
+        self._pointed_at = fd
+        if self.signals_on_new_fd and (fd == self._token_fd() or self._hold.absorb(1)):
+            self._kicks += 1
+
+    # -- quiesce -----------------------------------------------------------------
+
+    def _quiesce(self) -> None:
+        self._quiesces += 1
+        mode = self.quiesce
+        if mode == "mask":
+            self.device_mask()
+            self._masked = True
+        elif mode == "swap":
+            self._point(self._hold.fileno())
+
+    def stop(self) -> None:
+        try:
+            with self._lock:
+                self._stop()
+        finally:
+            deliver_deferred_signals()
+
+    @signal_safe
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._opened:
+            self._quiesce()
+
+    def start(self) -> None:
+        """Unmask, or point the interrupt back at the token; then replay what
+        the holding eventfd caught (even if that failed)."""
+        try:
+            with self._lock:
+                self._start()
+        finally:
+            deliver_deferred_signals()
+
+    @signal_safe
+    def _start(self) -> None:
+        if not self._stopped:
+            return
+        self._stopped = False
+        if not self._opened:
+            return
+        kicked = False
+        try:
+            if self._masked:
+                self.device_unmask()
+                self._masked = False
+            elif self._pointed_at is not None and self._pointed_at != self._token_fd():
+                self._point(self._token_fd())
+                kicked = self.signals_on_new_fd
+        finally:
+            if kicked:  # the kick on the token stands in for the first held one
+                if self._hold.absorb(1):
+                    self._absorbed += 1
+                else:
+                    self._phantom += 1
+            self._hold.replay(self.token)
+
+    # -- status --------------------------------------------------------------------
+
+    def stats(self) -> Mapping[str, int]:
+        """``held``/``replayed``: interrupts caught while stopped and written to
+        the token on start; ``quiesces``: stops; :attr:`POINTED_STAT`: 1 while the
+        interrupt is pointed. With :attr:`signals_on_new_fd`: ``kicks`` (the
+        device's signals on a new fd), ``phantom`` (those that reached the token
+        with nothing behind them), ``absorbed`` (held ones a kick stood in for,
+        counted in held and replayed). No ``fired``: userspace cannot count a
+        device's interrupts."""
+        with self._lock:
+            stats = {
+                "held": self._hold.held + self._absorbed,
+                "replayed": self._hold.replayed + self._absorbed,
+                "quiesces": self._quiesces,
+                self.POINTED_STAT: int(self._pointed_at is not None),
+            }
+            if self.signals_on_new_fd:
+                stats.update(kicks=self._kicks, phantom=self._phantom, absorbed=self._absorbed)
+            stats.update(self.device_stats())
+            return stats

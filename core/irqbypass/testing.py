@@ -1,0 +1,128 @@
+"""What models of devices behind a :class:`~irqbypass.Seam` share, for tests without the device.
+
+A plugin's model (``irqbypass_vfio.testing.FakeVfio``, ``irqbypass_vdpa.testing.FakeVdpa``,
+``irqbypass_vhost.testing.FakeVhost``) subclasses :class:`FakeDevice` and
+answers each ioctl as its driver documents; the base records every call with
+its payload bytes, makes any request fail on demand, hands out real fds
+(``/dev/null``) so leak checks see them, and holds a reference on each eventfd
+the device was pointed at, as the kernel does (:meth:`FakeDevice.take_eventfd`).
+A model proves the plugin speaks the documented ABI in the documented order,
+nothing about a particular device.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .errors import InvalidEndpointError
+from .eventfd import Eventfd
+
+__all__ = ["DeviceCall", "FakeDevice"]
+
+_F = TypeVar("_F")
+_U64 = struct.Struct("=Q")
+
+
+@dataclass(frozen=True)
+class DeviceCall:
+    """One ioctl as the kernel would see it: the payload as it was passed."""
+
+    fd: int
+    request: int
+    payload: bytes | int
+    name: str
+
+
+class FakeDevice(Generic[_F]):
+    """The recording half of a device model; ``files`` maps each fd it handed
+    out to what the subclass knows of it. ``denied`` paths open with EACCES."""
+
+    def __init__(
+        self,
+        request_names: Mapping[int, str],
+        *,
+        denied: tuple[str, ...] = (),
+        sysfs_root: str = "/nonexistent-sysfs",
+    ) -> None:
+        self.request_names = request_names
+        self.denied = denied
+        self.sysfs_root = sysfs_root
+        self.calls: list[DeviceCall] = []
+        self.opened: list[str] = []
+        self.closed: list[int] = []
+        self.files: dict[int, _F] = {}
+        self._failures: dict[int, list[int]] = {}
+
+    @staticmethod
+    def error(code: int) -> OSError:
+        """What a syscall failing with errno ``code`` raises."""
+        return OSError(code, os.strerror(code))
+
+    @staticmethod
+    def put(arg: bytearray | int, data: bytes) -> int:
+        """Write ``data`` into an ioctl's buffer, as the kernel's copy_to_user."""
+        assert isinstance(arg, bytearray)
+        arg[: len(data)] = data
+        return 0
+
+    def fail(self, request: int, code: int, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``request`` raise OSError(code)."""
+        self._failures.setdefault(request, []).extend([code] * times)
+
+    def names(self) -> list[str]:
+        return [call.name for call in self.calls]
+
+    @property
+    def open_fds(self) -> list[int]:
+        return sorted(self.files)
+
+    def record(self, fd: int, request: int, arg: bytearray | int) -> None:
+        """Record an ioctl; raise the failure :meth:`fail` queued for it."""
+        name = self.request_names.get(request, f"{request:#x}")
+        self.calls.append(
+            DeviceCall(fd, request, arg if isinstance(arg, int) else bytes(arg), name)
+        )
+        pending = self._failures.get(request)
+        if pending:
+            raise self.error(pending.pop(0))
+
+    def check_access(self, path: str) -> None:
+        if path in self.denied:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    def new_fd(self, path: str, file: _F) -> int:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.files[fd] = file
+        self.opened.append(path)
+        return fd
+
+    def drop_fd(self, fd: int) -> _F:
+        """Close one of the model's fds (EBADF for one it never gave out)."""
+        if fd not in self.files:
+            raise self.error(errno.EBADF)
+        file = self.files.pop(fd)
+        self.closed.append(fd)
+        os.close(fd)
+        return file
+
+    @staticmethod
+    def take_eventfd(fd: int) -> int:
+        """``eventfd_ctx_fdget``: a reference (a dup) on eventfd ``fd``; EBADF
+        for a closed fd, EINVAL for one that is no eventfd."""
+        try:
+            Eventfd.from_fd(fd)
+        except InvalidEndpointError as exc:
+            raise FakeDevice.error(exc.errno or errno.EINVAL) from exc
+        return os.dup(fd)
+
+    @staticmethod
+    def signal(ref: int, n: int = 1) -> int:
+        """The device signals the eventfd it holds ``ref`` on, ``n`` times."""
+        for _ in range(n):
+            os.write(ref, _U64.pack(1))
+        return n

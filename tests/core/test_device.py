@@ -1,0 +1,399 @@
+"""The device-producer template (irqbypass.DeviceProducer) on a minimal device.
+
+``Line`` is a device with one interrupt line whose primitives only record what
+they were asked and signal the eventfd the line points at: what is tested here
+is the template's own life (all-or-nothing open, close from any state, the
+three quiesce modes, the counts, a device's kick on a new fd, signal safety),
+which the vfio, vdpa and vhost producers then inherit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterator
+
+import irqbypass
+import pytest
+
+
+class Line(irqbypass.DeviceProducer):
+    """One interrupt line; ``fail`` names the primitive that refuses next."""
+
+    kind = "line"
+
+    def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
+        super().__init__(token=token, name="l")
+        for fact, value in facts.items():
+            setattr(self, fact, value)
+        self.log: list[str] = []
+        self.fail: dict[str, BaseException] = {}
+        self.target: int | None = None  # the fd the line signals
+        self.masked = False
+        self.pending = 0  # fired while masked
+        self.device_open_fd: int | None = None
+
+    def where(self) -> str:
+        return "the line"
+
+    def _step(self, what: str) -> None:
+        self.log.append(what)
+        exc = self.fail.pop(what.split("(")[0], None)
+        if exc is not None:
+            raise exc
+
+    def device_open(self) -> None:
+        self.device_open_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self._step("open")
+
+    def device_close(self) -> None:
+        if self.device_open_fd is not None:
+            os.close(self.device_open_fd)
+            self.device_open_fd = None
+        self._step("close")
+
+    def device_point(self, fd: int) -> None:
+        self._step(f"point({'token' if fd == self._token_fd() else 'hold' if fd >= 0 else -1})")
+        self.target = fd if fd >= 0 else None
+        if self.signals_on_new_fd and fd >= 0:
+            os.write(fd, (1).to_bytes(8, "little"))  # libvhost-user's kick
+
+    def device_mask(self) -> None:
+        self._step("mask")
+        self.masked = True
+
+    def device_unmask(self) -> None:
+        self._step("unmask")
+        self.masked = False
+        if self.pending:
+            self.pending = 0
+            self.fire()
+
+    def fire(self, n: int = 1) -> None:
+        for _ in range(n):
+            if self.masked:
+                self.pending += 1
+            elif self.target is not None:
+                os.write(self.target, (1).to_bytes(8, "little"))
+
+
+@pytest.fixture
+def token() -> Iterator[irqbypass.Eventfd]:
+    with irqbypass.Eventfd() as eventfd:
+        yield eventfd
+
+
+# -- open and close ------------------------------------------------------------------
+
+
+def test_open_points_the_line_at_the_token_and_close_detaches(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Line(token)
+    with line:
+        assert line.target == line.pointed_at == token.fileno()
+        line.fire(3)
+        assert token.read(0) == 3
+        line.open()  # a second open does nothing
+    assert line.log == ["open", "point(token)", "point(-1)", "close"]
+    assert line.pointed_at is None and line.target is None
+    line.close()  # a second close does nothing
+    assert line.log[-1] == "close" and len(line.log) == 4
+
+
+@pytest.mark.parametrize("step", ["open", "point"])
+def test_a_refused_open_releases_what_it_obtained(
+    no_fd_leak: None, token: irqbypass.Eventfd, step: str
+) -> None:
+    line = Line(token)
+    line.fail[step] = irqbypass.DeviceError("refused", errno=errno.EBUSY)
+    with pytest.raises(irqbypass.DeviceError, match="refused"):
+        line.open()
+    assert line.log[-1] == "close" and "point(-1)" not in line.log
+    assert line.pointed_at is None and line.device_open_fd is None
+    line.open()  # and it can be opened again
+    assert line.pointed_at == token.fileno()
+    line.close()
+
+
+def test_a_closed_token_is_refused_before_the_device_is_touched(
+    no_fd_leak: None,
+) -> None:
+    token = irqbypass.Eventfd()
+    line = Line(token)
+    token.close()
+    with pytest.raises(irqbypass.InvalidEndpointError, match=r"line producer 'l' \(the line\)"):
+        line.open()
+    assert line.log == []
+
+
+def test_the_token_must_be_an_eventfd() -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match=r"not an irqbypass\.Eventfd"):
+        Line("t")  # type: ignore[arg-type]
+
+
+def test_close_attempts_every_step_and_raises_the_first_failure(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Line(token, can_mask=True)
+    line.open()
+    line.stop()
+    line.fail["point"] = irqbypass.DeviceError("detach refused")
+    line.fail["unmask"] = irqbypass.DeviceError("unmask refused")
+    with pytest.raises(irqbypass.DeviceError, match="detach refused"):
+        line.close()
+    assert line.log[-3:] == ["point(-1)", "unmask", "close"]
+    assert line.device_open_fd is None and line.pointed_at is None
+    line.close()  # closed: nothing left to do
+    assert line.log[-1] == "close" and line.log.count("close") == 1
+
+
+def test_a_ctrl_c_in_a_close_step_is_raised_before_a_failure(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Line(token)
+    line.open()
+    line.fail["point"] = irqbypass.DeviceError("detach refused")
+    line.fail["close"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        line.close()
+    assert line.device_open_fd is None
+
+
+def test_the_wording_names_the_producer_the_device_and_the_errno(
+    token: irqbypass.Eventfd,
+) -> None:
+    line = Line(token)
+    failure = line.failure("LINE_SET", OSError(errno.EBUSY, "busy"), "close the other user")
+    assert str(failure) == (
+        "line producer 'l' (the line): LINE_SET failed: Device or resource busy (errno 16); "
+        "close the other user"
+    )
+    assert failure.errno == errno.EBUSY
+    assert line.refuse("no such line", errno.ENODEV).errno == errno.ENODEV
+
+
+# -- the quiesce modes -----------------------------------------------------------
+
+
+def test_the_quiesce_follows_the_facts(token: irqbypass.Eventfd) -> None:
+    assert Line(token).quiesce == "swap"
+    assert Line(token, swap_may_drop=True).quiesce == "keep"
+    assert Line(token, can_mask=True, swap_may_drop=True).quiesce == "mask"
+    assert irqbypass.QUIESCE_MODES == ("keep", "swap", "mask")
+
+
+@pytest.mark.parametrize(
+    ("facts", "moves"),
+    [
+        ({}, ["point(hold)", "point(token)"]),
+        ({"swap_may_drop": True}, []),
+        ({"can_mask": True}, ["mask", "unmask"]),
+    ],
+)
+def test_each_quiesce_mode_loses_nothing_and_delivers_once(
+    no_fd_leak: None, token: irqbypass.Eventfd, facts: dict[str, bool], moves: list[str]
+) -> None:
+    with Line(token, **facts) as line:
+        del line.log[:]
+        delivered = 0
+        for burst in (1, 5, 0, 40):
+            line.stop()
+            line.fire(burst)
+            if facts.get("can_mask") or facts.get("swap_may_drop"):
+                pass  # kept by the device (mask) or by the token's counter (keep)
+            else:
+                assert token.read(0) == 0  # on the holding eventfd
+            line.start()
+            got = token.read(0)
+            # a level masked: one signal on unmask however often it fired
+            assert got == (min(burst, 1) if facts.get("can_mask") else burst)
+            delivered += got
+        assert line.log == moves * 4
+        stats = line.stats()
+        held = 46 if not facts else 0
+        assert stats == {"held": held, "replayed": held, "quiesces": 4, "bound": 1}
+        assert delivered == (3 if facts.get("can_mask") else 46)
+
+
+def test_close_while_stopped_replays_and_unmasks(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Line(token)
+    line.open()
+    line.stop()
+    line.fire(4)
+    line.close()
+    assert token.read(0) == 4
+    masked = Line(token, can_mask=True)
+    masked.open()
+    masked.stop()
+    masked.close()
+    assert masked.log[-3:] == ["point(-1)", "unmask", "close"]
+
+
+def test_open_while_stopped_quiesces_at_once(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
+    line = Line(token)
+    line.stop()
+    with line:
+        assert line.pointed_at not in (None, token.fileno())
+        line.fire(2)
+        assert token.read(0) == 0
+        line.start()
+        assert token.read(0) == 2
+    assert line.stats()["quiesces"] == 1
+
+
+def test_a_refused_start_still_replays(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
+    with Line(token) as line:
+        line.stop()
+        line.fire(3)
+        line.fail["point"] = irqbypass.DeviceError("refused")
+        with pytest.raises(irqbypass.DeviceError):
+            line.start()
+        assert token.read(0) == 3 and not line.stopped
+
+
+# -- a device that signals every new fd once (libvhost-user) -------------------------------
+
+
+def test_the_kick_on_a_new_fd_is_accounted_for(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
+    with Line(token, signals_on_new_fd=True) as line:
+        assert token.read(0) == 1  # the first kick reaches the token: a phantom
+        line.stop()  # the kick on the holding eventfd is taken off
+        line.fire(3)
+        line.start()  # the kick on the token stands in for the first held one
+        assert token.read(0) == 3
+        line.stop()
+        line.start()  # nothing held: the kick is a phantom
+        assert token.read(0) == 1
+        stats = line.stats()
+    assert stats == {
+        "held": 3, "replayed": 3, "quiesces": 2, "bound": 1, "kicks": 5, "phantom": 2,
+        "absorbed": 1,
+    }  # fmt: skip
+
+
+# -- signal safety -------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_sigint() -> Iterator[None]:
+    before = signal.getsignal(signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    irqbypass.guard_signals((signal.SIGINT,))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+class InterruptedLine(Line):
+    """A Ctrl-C lands as the device acknowledges ``step``: after it did it."""
+
+    def __init__(self, token: irqbypass.Eventfd, step: str) -> None:
+        super().__init__(token)
+        self.interrupt_in = step
+
+    def device_open(self) -> None:
+        super().device_open()
+        self._ack("open")
+
+    def device_point(self, fd: int) -> None:
+        super().device_point(fd)
+        self._ack(self.log[-1])
+
+    def _ack(self, what: str) -> None:
+        if what == self.interrupt_in:
+            signal.raise_signal(signal.SIGINT)  # handled as this call returns
+
+
+@pytest.mark.parametrize("step", ["point(hold)", "point(token)"])
+def test_a_ctrl_c_as_the_device_acks_waits_until_the_state_is_consistent(
+    no_fd_leak: None, guarded_sigint: None, token: irqbypass.Eventfd, step: str
+) -> None:
+    line = InterruptedLine(token, step)
+    if step != "point(token)":
+        line.open()
+    action = line.stop if step == "point(hold)" else line.open
+    with pytest.raises(KeyboardInterrupt):
+        action()
+    # the interrupt was delivered once the producer knew where the line points
+    assert line.pointed_at == line.target
+    assert (line.target == token.fileno()) == (step == "point(token)")
+    line.interrupt_in = ""
+    line.start()
+    line.close()
+    assert line.target is None and line.device_open_fd is None
+
+
+def test_a_ctrl_c_while_the_device_opens_is_prompt_and_rolls_back(
+    no_fd_leak: None, guarded_sigint: None, token: irqbypass.Eventfd
+) -> None:
+    """device_open is a call-out: a node's open may block, so Ctrl-C acts
+    there at once, and the teardown releases what was obtained."""
+    line = InterruptedLine(token, "open")
+    with pytest.raises(KeyboardInterrupt):
+        line.open()
+    assert line.log == ["open", "close"] and line.device_open_fd is None
+
+
+def test_a_ctrl_c_during_teardown_waits_for_its_end(
+    no_fd_leak: None, guarded_sigint: None, token: irqbypass.Eventfd
+) -> None:
+    line = InterruptedLine(token, "point(-1)")
+    line.open()
+    with pytest.raises(KeyboardInterrupt):
+        line.close()
+    assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
+
+
+# -- the core's seam and the model base ---------------------------------------------------
+
+
+def test_ioctl_numbers_are_encoded_as_the_kernel_does() -> None:
+    # linux/vhost.h: VHOST_SET_VRING_CALL = _IOW(0xAF, 0x21, struct vhost_vring_file)
+    assert irqbypass.ioctl_number(irqbypass.IOC_WRITE, 0xAF, 0x21, 8) == 0x4008AF21
+    assert irqbypass.ioctl_number(irqbypass.IOC_NONE, 0xAF, 0x01, 0) == 0xAF01
+    assert irqbypass.ioctl_number(irqbypass.IOC_READ, 0xAF, 0x00, 8) == 0x8008AF00
+
+
+def test_the_real_seam_reports_the_kernels_errno(no_fd_leak: None) -> None:
+    seam = irqbypass.RealSeam()
+    fd = seam.open("/dev/null", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as err:
+            seam.ioctl(fd, 0x4008AF21, bytearray(8))
+        assert err.value.errno == errno.ENOTTY
+    finally:
+        seam.close(fd)
+    with pytest.raises(FileNotFoundError):
+        seam.open("/nonexistent-node", os.O_RDWR)
+
+
+def test_the_model_base_records_fails_on_demand_and_holds_eventfds(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    fake: irqbypass.FakeDevice[str] = irqbypass.FakeDevice({7: "SEVEN"}, denied=("/dev/x",))
+    fd = fake.new_fd("/dev/y", "y")
+    fake.fail(7, errno.EBUSY)
+    with pytest.raises(OSError) as err:
+        fake.record(fd, 7, bytearray(b"ab"))
+    assert err.value.errno == errno.EBUSY
+    fake.record(fd, 8, 3)
+    assert fake.calls == [
+        irqbypass.DeviceCall(fd, 7, b"ab", "SEVEN"),
+        irqbypass.DeviceCall(fd, 8, 3, "0x8"),
+    ]
+    with pytest.raises(PermissionError):
+        fake.check_access("/dev/x")
+    ref = fake.take_eventfd(token.fileno())
+    fake.signal(ref, 2)
+    assert token.read(0) == 2
+    os.close(ref)
+    with pytest.raises(OSError) as err:
+        fake.take_eventfd(fd)  # /dev/null is no eventfd
+    assert err.value.errno == errno.EINVAL
+    assert fake.drop_fd(fd) == "y" and fake.open_fds == [] and fake.closed == [fd]
