@@ -10,8 +10,11 @@ import glob
 
 import irqbypass
 
-from ._seam import RealSeam, Seam
 from .producer import VdpaProducer
+
+#: the OS calls the producer makes (the core's one seam), kept here by their old names
+RealSeam = irqbypass.RealSeam
+Seam = irqbypass.Seam
 
 __all__ = ["RealSeam", "Seam", "VdpaProducer", "irqbypass_register_kinds", "unavailable_reason"]
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-# asm-generic/ioctl.h
-_IOC_NRSHIFT, _IOC_TYPESHIFT, _IOC_SIZESHIFT, _IOC_DIRSHIFT = 0, 8, 16, 30
-_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+import irqbypass
 
 VHOST_VIRTIO = 0xAF
 
@@ -28,20 +26,17 @@ class vhost_vring_file(ctypes.Structure):
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
-    return (
-        (direction << _IOC_DIRSHIFT)
-        | (VHOST_VIRTIO << _IOC_TYPESHIFT)
-        | (nr << _IOC_NRSHIFT)
-        | (size << _IOC_SIZESHIFT)
-    )
+    return irqbypass.ioctl_number(direction, VHOST_VIRTIO, nr, size)
 
 
+_IOC_NONE, _IOC_WRITE, _IOC_READ = irqbypass.IOC_NONE, irqbypass.IOC_WRITE, irqbypass.IOC_READ
+_R, _W = _IOC_READ, _IOC_WRITE
 VHOST_SET_OWNER = _ioc(_IOC_NONE, 0x01, 0)
-VHOST_SET_VRING_CALL = _ioc(_IOC_WRITE, 0x21, ctypes.sizeof(vhost_vring_file))
-VHOST_VDPA_GET_DEVICE_ID = _ioc(_IOC_READ, 0x70, ctypes.sizeof(ctypes.c_uint32))
-VHOST_VDPA_GET_STATUS = _ioc(_IOC_READ, 0x71, ctypes.sizeof(ctypes.c_uint8))
-VHOST_VDPA_GET_VQS_COUNT = _ioc(_IOC_READ, 0x80, ctypes.sizeof(ctypes.c_uint32))
-VHOST_VDPA_GET_VRING_GROUP = _ioc(_IOC_READ | _IOC_WRITE, 0x7B, ctypes.sizeof(vhost_vring_state))
+VHOST_SET_VRING_CALL = _ioc(_W, 0x21, ctypes.sizeof(vhost_vring_file))
+VHOST_VDPA_GET_DEVICE_ID = _ioc(_R, 0x70, ctypes.sizeof(ctypes.c_uint32))
+VHOST_VDPA_GET_STATUS = _ioc(_R, 0x71, ctypes.sizeof(ctypes.c_uint8))
+VHOST_VDPA_GET_VQS_COUNT = _ioc(_R, 0x80, ctypes.sizeof(ctypes.c_uint32))
+VHOST_VDPA_GET_VRING_GROUP = _ioc(_R | _W, 0x7B, ctypes.sizeof(vhost_vring_state))
 
 # linux/virtio_config.h: the device status byte
 VIRTIO_CONFIG_S_ACKNOWLEDGE = 1

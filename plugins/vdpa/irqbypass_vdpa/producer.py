@@ -9,21 +9,20 @@ why this producer checks the status.
 
 ``stop()``/``start()`` quiesce without losing an interrupt: the call eventfd
 is swapped to a holding eventfd while stopped, and what arrived there is written
-to the token on start.
+to the token on start. That life (open/close from any state, the quiesce, the
+counts, signal safety) is :class:`irqbypass.DeviceProducer`'s; this module holds
+only what is vhost-vdpa's own.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import os
-import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 
 import irqbypass
 
 from . import _abi
-from ._seam import RealSeam, Seam
 
 __all__ = ["VdpaProducer"]
 
@@ -52,7 +51,7 @@ def status_names(status: int) -> str:
     return f"{status:#04x} ({'|'.join(names) or 'reset'})"
 
 
-class VdpaProducer(irqbypass.Producer):
+class VdpaProducer(irqbypass.DeviceProducer):
     """The call interrupt of virtqueue ``queue`` of a vhost-vdpa device.
 
     Give exactly one of ``device`` (``/dev/vhost-vdpa-N``; the producer opens
@@ -63,6 +62,10 @@ class VdpaProducer(irqbypass.Producer):
     bypass only then); ``group`` is the virtqueue group the queue must be in,
     if given. Constructing validates but never touches the device.
     """
+
+    kind = "vdpa"
+    # vhost-vdpa swaps the call eventfd under the virtqueue's mutex: lossless
+    # (measured: docs/testing.md), so stop() swaps to the holding eventfd
 
     def __init__(
         self,
@@ -75,23 +78,12 @@ class VdpaProducer(irqbypass.Producer):
         name: str | None = None,
         require_driver_ok: bool = True,
         group: int | None = None,
-        seam: Seam | None = None,
+        seam: irqbypass.Seam | None = None,
     ) -> None:
         q = queue if queue is not None else (irq if irq is not None else 0)
-        super().__init__(token=token, irq=irq if irq is not None else q, name=name)
+        super().__init__(token=token, irq=irq if irq is not None else q, name=name, seam=seam)
+        self.check_device_or_fd(device, device_fd, "/dev/vhost-vdpa-N")
         what = f"vdpa producer {self.name!r}"
-        if not isinstance(token, irqbypass.Eventfd):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: token {token!r} is not an irqbypass.Eventfd; the device "
-                "signals an eventfd, so pass the one the consumer listens to"
-            )
-        if (device is None) == (device_fd is None):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: give exactly one of device (/dev/vhost-vdpa-N) and device_fd "
-                f"(got device={device!r}, device_fd={device_fd!r})"
-            )
-        if device_fd is not None and (isinstance(device_fd, bool) or device_fd < 0):
-            raise irqbypass.InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
         if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q < 2**32:
             raise irqbypass.InvalidEndpointError(f"{what}: queue {q!r} must be 0..2**32-1")
         if group is not None and (isinstance(group, bool) or group < 0):
@@ -101,32 +93,17 @@ class VdpaProducer(irqbypass.Producer):
         self.require_driver_ok = require_driver_ok
         self.expected_group = group
         self._given_fd = device_fd
-        self.seam: Seam = seam if seam is not None else RealSeam()
-        self._lock = threading.Lock()
         self._fd: int | None = None
         self._owned = False
-        self._bound_to: int | None = None
-        self._stopped = False
-        self._hold = irqbypass.HoldingEventfd()
         self.device_id: int | None = None
         self.status: int | None = None
         self.vq_count: int | None = None
         self.vq_group: int | None = None
-        self._quiesces = 0
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VdpaProducer:
         opts = spec.options_reader()
-        device = opts.get_str("device")
-        fd = opts.get_raw("fd")
-        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
-            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
-        if (device is None) == (fd is None):
-            raise opts.error(
-                "device",
-                "give exactly one of device (/dev/vhost-vdpa-N) and fd (a vhost-vdpa fd "
-                "this process inherited)",
-            )
+        device, fd = cls.device_or_fd(opts, "/dev/vhost-vdpa-N")
         queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=2**32 - 1)
         require = opts.get_bool("require_driver_ok", True)
         group = opts.get_raw("group")
@@ -146,47 +123,52 @@ class VdpaProducer(irqbypass.Producer):
             group=group,
         )
 
-    # -- errors ------------------------------------------------------------
+    # -- the device's primitives -------------------------------------------------
 
-    def _what(self) -> str:
+    def where(self) -> str:
         where = self.device if self.device is not None else f"fd {self._given_fd}"
-        return f"vdpa producer {self.name!r} ({where}, virtqueue {self.queue})"
+        return f"{where}, virtqueue {self.queue}"
 
-    def _error(self, op: str, exc: OSError, hint: str) -> irqbypass.DeviceError:
-        code = exc.errno if exc.errno is not None else errno.EIO
-        return irqbypass.DeviceError(
-            f"{self._what()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
-            errno=code,
-        )
+    def hint(self, code: int, op: str, fd: int) -> str:
+        return _HINTS.get(code) or "see the kernel log (dmesg)"
 
-    def _refuse(self, problem: str, code: int = errno.EINVAL) -> irqbypass.DeviceError:
-        return irqbypass.DeviceError(f"{self._what()}: {problem}", errno=code)
+    @property
+    def fd(self) -> int | None:
+        return self._fd
 
-    def _ioctl(
-        self,
-        name: str,
-        request: int,
-        arg: bytearray | int,
-        hints: Mapping[int, str] | None = None,
-    ) -> int:
+    @property
+    def bound_to(self) -> int | None:
+        """The eventfd the virtqueue's call interrupt signals (the token, or the
+        holding eventfd while stopped), None when unbound."""
+        return self.pointed_at
+
+    def device_open(self) -> None:
+        if self._given_fd is not None:
+            self._fd = self._given_fd
+        else:
+            assert self.device is not None
+            path = self.device
+            self._fd = self.open_node(
+                path,
+                {
+                    errno.ENOENT: f"{path} does not exist: {CREATE_HOWTO}",
+                    errno.EACCES: _no_permission(path),
+                    errno.EPERM: _no_permission(path),
+                    errno.EBUSY: (
+                        f"{path} is already open (vhost-vdpa has one user at a time): stop the "
+                        "other VMM, or let it hand its fd to this producer (device_fd=...)"
+                    ),
+                },
+            )
+            self._owned = True
+        self._inspect()
+
+    def device_point(self, fd: int) -> None:
+        """VHOST_SET_VRING_CALL: the virtqueue's call interrupt signals ``fd`` (-1: none)."""
         assert self._fd is not None
-        try:
-            return self.seam.ioctl(self._fd, request, arg)
-        except OSError as exc:
-            code = exc.errno or 0
-            hint = (hints or {}).get(code) or _HINTS.get(code) or "see the kernel log (dmesg)"
-            raise self._error(name, exc, hint) from exc
-
-    def _read(self, name: str, request: int, ctype: type[ctypes._SimpleCData[int]]) -> int:
-        buf = bytearray(ctypes.sizeof(ctype))
-        self._ioctl(name, request, buf)
-        value: int = ctype.from_buffer_copy(buf).value
-        return value
-
-    def _set_call(self, fd: int) -> None:
-        """Point the virtqueue's call interrupt at ``fd`` (-1: unbind)."""
         arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
-        self._ioctl(
+        self.ioctl(
+            self._fd,
             "VHOST_SET_VRING_CALL",
             _abi.VHOST_SET_VRING_CALL,
             arg,
@@ -198,62 +180,24 @@ class VdpaProducer(irqbypass.Producer):
                 errno.EPERM: _NOT_OWNER,
             },
         )
-        self._bound_to = fd if fd >= 0 else None
 
-    # -- open / close ----------------------------------------------------------
-
-    @property
-    def fd(self) -> int | None:
-        return self._fd
-
-    @property
-    def bound_to(self) -> int | None:
-        """The eventfd the virtqueue's call interrupt signals (the token, or the
-        holding eventfd while stopped), None when unbound."""
-        return self._bound_to
-
-    def open(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                return
-            assert isinstance(self.token, irqbypass.Eventfd)
-            if self.token.closed:
-                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
+    def device_close(self) -> None:
+        fd, owned = self._fd, self._owned
+        self._fd, self._owned = None, False
+        if owned and fd is not None:
             try:
-                self._open_device()
-                self._inspect()
-                self._set_call(self.token.fileno())
-                if self._stopped:
-                    self._quiesce()
-            except BaseException:
-                self._teardown()
-                raise
+                self.seam.close(fd)
+            except OSError as exc:
+                raise self.failure("close", exc, "the fd was already closed") from exc
 
-    def _open_device(self) -> None:
-        if self._given_fd is not None:
-            self._fd = self._given_fd
-            return
-        assert self.device is not None
-        path = self.device
-        try:
-            self._fd = self.seam.open(path, os.O_RDWR)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                hint = f"{path} does not exist: {CREATE_HOWTO}"
-            elif exc.errno in (errno.EACCES, errno.EPERM):
-                hint = (
-                    f"no permission to open {path}: run as root or give this user the node "
-                    f"(`chown $USER {path}`, or a udev rule)"
-                )
-            elif exc.errno == errno.EBUSY:
-                hint = (
-                    f"{path} is already open (vhost-vdpa has one user at a time): stop the "
-                    "other VMM, or let it hand its fd to this producer (device_fd=...)"
-                )
-            else:
-                hint = "see the kernel log (dmesg)"
-            raise self._error(f"open({path})", exc, hint) from exc
-        self._owned = True
+    # -- what vhost-vdpa has of its own ------------------------------------------
+
+    def _read(self, name: str, request: int, ctype: type[ctypes._SimpleCData[int]]) -> int:
+        assert self._fd is not None
+        buf = bytearray(ctypes.sizeof(ctype))
+        self.ioctl(self._fd, name, request, buf)
+        value: int = ctype.from_buffer_copy(buf).value
+        return value
 
     def _inspect(self) -> None:
         """Device id, status, virtqueue count and group; refuse what cannot be
@@ -267,13 +211,13 @@ class VdpaProducer(irqbypass.Producer):
         )
         bad = self.status & (_abi.VIRTIO_CONFIG_S_FAILED | _abi.VIRTIO_CONFIG_S_NEEDS_RESET)
         if bad:
-            raise self._refuse(
+            raise self.refuse(
                 f"the device status is {status_names(self.status)}: it failed or needs a reset; "
                 "the VMM must reset it (VHOST_VDPA_SET_STATUS 0) and set it up again",
                 errno.EIO,
             )
         if self.require_driver_ok and not self.status & _abi.VIRTIO_CONFIG_S_DRIVER_OK:
-            raise self._refuse(
+            raise self.refuse(
                 f"the device is not ready: its status is {status_names(self.status)}, without "
                 "DRIVER_OK (4); the kernel bypasses a virtqueue's interrupt only once the "
                 "driver set DRIVER_OK. Hand over the fd of a VMM that negotiated features, set "
@@ -288,13 +232,14 @@ class VdpaProducer(irqbypass.Producer):
         except OSError:
             self.vq_count = None  # before Linux 5.18: SET_VRING_CALL's ENOBUFS will tell
         if self.vq_count is not None and self.queue >= self.vq_count:
-            raise self._refuse(
+            raise self.refuse(
                 f"virtqueue {self.queue} is out of range: the {self._kind()} device has "
                 f"{self.vq_count} virtqueues (VHOST_VDPA_GET_VQS_COUNT), 0..{self.vq_count - 1}",
                 errno.ENOBUFS,
             )
         if self._owned:
-            self._ioctl(
+            self.ioctl(
+                self._fd,
                 "VHOST_SET_OWNER",
                 _abi.VHOST_SET_OWNER,
                 0,
@@ -313,12 +258,12 @@ class VdpaProducer(irqbypass.Producer):
                     errno.ENOBUFS: f"virtqueue {self.queue} does not exist on this device",
                 }
                 hint = hints.get(exc.errno or 0) or _HINTS.get(exc.errno or 0, "see dmesg")
-                raise self._error("VHOST_VDPA_GET_VRING_GROUP", exc, hint) from exc
+                raise self.failure("VHOST_VDPA_GET_VRING_GROUP", exc, hint) from exc
             # EOPNOTSUPP: the parent has no virtqueue groups; ENOTTY: before Linux 5.19
             self.vq_group = None
         if self.expected_group is not None and self.vq_group != self.expected_group:
             got = "no group (the parent has none)" if self.vq_group is None else self.vq_group
-            raise self._refuse(
+            raise self.refuse(
                 f"virtqueue {self.queue} is in group {got}, not in group "
                 f"{self.expected_group} as configured: on devices that isolate the control "
                 "virtqueue in its own group (and address space) pick a data virtqueue, or fix "
@@ -330,71 +275,12 @@ class VdpaProducer(irqbypass.Producer):
             return "vDPA"
         return f"virtio-{_abi.VIRTIO_IDS.get(self.device_id, str(self.device_id))}"
 
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is None:
-                return
-            self._teardown()
 
-    def _teardown(self) -> None:
-        first: BaseException | None = None
-        if self._fd is not None and self._bound_to is not None:
-            try:
-                self._set_call(-1)
-            except irqbypass.DeviceError as exc:
-                first = exc
-        self._hold.replay(self.token)
-        self._hold.close()
-        if self._owned and self._fd is not None:
-            try:
-                self.seam.close(self._fd)
-            except OSError as exc:
-                first = first or self._error("close", exc, "the fd was already closed")
-        self._owned = False
-        self._fd = None
-        self._bound_to = None
-        if first is not None:
-            raise first
-
-    # -- quiesce ---------------------------------------------------------------
-
-    def _quiesce(self) -> None:
-        self._quiesces += 1
-        self._set_call(self._hold.fileno())
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            if self._fd is not None:
-                self._quiesce()
-
-    def start(self) -> None:
-        with self._lock:
-            if not self._stopped:
-                return
-            self._stopped = False
-            if self._fd is None:
-                return
-            try:
-                if self._bound_to is not None:
-                    assert isinstance(self.token, irqbypass.Eventfd)
-                    self._set_call(self.token.fileno())
-            finally:
-                self._hold.replay(self.token)
-
-    def stats(self) -> Mapping[str, int]:
-        """``held``/``replayed``: call interrupts caught while stopped and
-        written to the token on start. No ``fired``: userspace cannot count
-        the device's interrupts."""
-        with self._lock:
-            return {
-                "held": self._hold.held,
-                "replayed": self._hold.replayed,
-                "quiesces": self._quiesces,
-                "bound": int(self._bound_to is not None),
-            }
+def _no_permission(path: str) -> str:
+    return (
+        f"no permission to open {path}: run as root or give this user the node "
+        f"(`chown $USER {path}`, or a udev rule)"
+    )
 
 
 _NOT_OWNER = (

@@ -192,7 +192,7 @@ class NoVqsCount:
     sysfs_root = "/sys"
 
     def __init__(self) -> None:
-        from irqbypass_vdpa._seam import RealSeam
+        from irqbypass_vdpa import RealSeam
 
         self.real = RealSeam()
 
