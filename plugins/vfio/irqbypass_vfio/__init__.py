@@ -10,8 +10,11 @@ import os
 
 import irqbypass
 
-from ._seam import RealSeam, Seam
 from .producer import INDEX_NAMES, DeviceInfo, IrqInfo, VfioProducer
+
+#: the OS calls the producer makes (the core's one seam), kept here by their old names
+RealSeam = irqbypass.RealSeam
+Seam = irqbypass.Seam
 
 __all__ = [
     "INDEX_NAMES",

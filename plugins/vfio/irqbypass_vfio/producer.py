@@ -11,7 +11,9 @@ where vfio-pci registers an ``irq_bypass_producer`` for every trigger eventfd.
 masked and unmasked (the device keeps the line asserted meanwhile); MSI and
 MSI-X, which vfio-pci cannot mask, have their trigger swapped to a holding
 eventfd while stopped, and what arrived there is written to the token on start
-(QEMU does the same for vectors the guest masks).
+(QEMU does the same for vectors the guest masks). That life (open/close from
+any state, the quiesce, the counts, signal safety) is
+:class:`irqbypass.DeviceProducer`'s; this module holds only what is VFIO's own.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ import ctypes
 import errno
 import os
 import re
-import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import irqbypass
 
 from . import _abi
-from ._seam import RealSeam, Seam
 
 __all__ = ["INDEX_NAMES", "MSI_QUIESCES", "DeviceInfo", "IrqInfo", "VfioProducer"]
 
@@ -118,7 +118,7 @@ def _parse_index(index: int | str) -> int:
     return index
 
 
-class VfioProducer(irqbypass.Producer):
+class VfioProducer(irqbypass.DeviceProducer):
     """Vector ``vector`` of interrupt index ``index`` of a VFIO device.
 
     Give exactly one of ``device`` (a PCI address ``0000:01:00.0``, a cdev
@@ -131,6 +131,11 @@ class VfioProducer(irqbypass.Producer):
     (:data:`MSI_QUIESCES`). Constructing validates but never touches the device.
     """
 
+    kind = "vfio"
+    POINTED_STAT = "attached"
+    #: vfio-pci frees and requests the host IRQ to move an MSI trigger: an MSI
+    #: landing in between is lost (measured, docs/testing.md)
+    swap_may_drop = True
     #: how MSI and MSI-X are quiesced unless ``msi_quiesce`` says otherwise
     DEFAULT_MSI_QUIESCE = "keep"
 
@@ -147,24 +152,14 @@ class VfioProducer(irqbypass.Producer):
         name: str | None = None,
         iommufd: str | int = IOMMUFD_PATH,
         msi_quiesce: str | None = None,
-        seam: Seam | None = None,
+        seam: irqbypass.Seam | None = None,
     ) -> None:
         vec = vector if vector is not None else (irq if irq is not None else 0)
-        super().__init__(token=token, irq=irq if irq is not None else vec, name=name)
+        super().__init__(token=token, irq=irq if irq is not None else vec, name=name, seam=seam)
         what = f"vfio producer {self.name!r}"
-        if not isinstance(token, irqbypass.Eventfd):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: token {token!r} is not an irqbypass.Eventfd; the device "
-                "signals an eventfd, so pass the one the consumer listens to"
-            )
-        if (device is None) == (device_fd is None):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: give exactly one of device (a PCI address, "
-                "/dev/vfio/devices/vfioN or /dev/vfio/<group>) and device_fd "
-                f"(got device={device!r}, device_fd={device_fd!r})"
-            )
-        if device_fd is not None and (isinstance(device_fd, bool) or device_fd < 0):
-            raise irqbypass.InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
+        self.check_device_or_fd(
+            device, device_fd, "a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>"
+        )
         if isinstance(vec, bool) or not isinstance(vec, int) or not 0 <= vec < 2**32:
             raise irqbypass.InvalidEndpointError(
                 f"{what}: vector {vec!r} must be an integer 0..2**32-1"
@@ -190,36 +185,23 @@ class VfioProducer(irqbypass.Producer):
             self.device_name = device_name or device.lower()
         self.iommufd = iommufd
         self._given_fd = device_fd
-        self.seam: Seam = seam if seam is not None else RealSeam()
-        self._lock = threading.Lock()
         # what open() obtained, closed in reverse by close()
         self._fd: int | None = None
         self._owned: list[int] = []  # fds we opened, in opening order
-        self._attached_to: int | None = None  # the fd the vector's trigger points at
-        self._masked = False
-        self._stopped = False
-        self._hold = irqbypass.HoldingEventfd()
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
         self.device_info: DeviceInfo | None = None
         self.irq_info: IrqInfo | None = None
         self._triggered = 0
-        self._quiesces = 0
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VfioProducer:
         opts = spec.options_reader()
-        device = opts.get_str("device")
-        fd = opts.get_raw("fd")
-        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
-            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
-        if (device is None) == (fd is None):
-            raise opts.error(
-                "device",
-                'give exactly one of device (a PCI address like "0000:01:00.0", '
-                "/dev/vfio/devices/vfioN, or /dev/vfio/<group> with device_name) "
-                "and fd (a device fd this process inherited)",
-            )
+        device, fd = cls.device_or_fd(
+            opts,
+            'a PCI address like "0000:01:00.0", /dev/vfio/devices/vfioN, or '
+            "/dev/vfio/<group> with device_name",
+        )
         raw_index = opts.get_raw("index")
         if raw_index is None:
             raw_index = "msix"
@@ -252,90 +234,61 @@ class VfioProducer(irqbypass.Producer):
 
     # -- errors ------------------------------------------------------------
 
-    def _what(self) -> str:
+    def where(self) -> str:
         where = self.device if self.device is not None else f"fd {self._given_fd}"
-        return (
-            f"vfio producer {self.name!r} ({where}, {index_label(self.index)} vector {self.vector})"
-        )
+        return f"{where}, {index_label(self.index)} vector {self.vector}"
 
-    def _error(self, op: str, exc: OSError, hint: str = "") -> irqbypass.DeviceError:
-        code = exc.errno if exc.errno is not None else errno.EIO
-        if not hint:
-            hint = _generic_hint(code, op)
-        return irqbypass.DeviceError(
-            f"{self._what()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
-            errno=code,
-        )
-
-    def _refuse(self, problem: str, code: int = errno.EINVAL) -> irqbypass.DeviceError:
-        return irqbypass.DeviceError(f"{self._what()}: {problem}", errno=code)
+    def hint(self, code: int, op: str, fd: int) -> str:
+        if code == errno.ENOTTY and fd >= 0:
+            return (
+                f"fd {fd} is not a VFIO {_fd_kind(op)} fd: pass a device from "
+                "/dev/vfio/devices/vfioN, a /dev/vfio/<group> with device_name, or an fd "
+                "returned by VFIO_GROUP_GET_DEVICE_FD / bound with VFIO_DEVICE_BIND_IOMMUFD"
+            )
+        return _generic_hint(code, op)
 
     # -- syscalls ----------------------------------------------------------
 
     def _open_node(self, path: str, hint_enoent: str) -> int:
-        try:
-            fd = self.seam.open(path, os.O_RDWR)
-        except OSError as exc:
-            code = exc.errno
-            if code == errno.ENOENT:
-                hint = f"{path} does not exist: {hint_enoent}"
-            elif code in (errno.EACCES, errno.EPERM):
-                hint = (
-                    f"no permission to open {path}: run as root, or give this user the "
-                    f"node (`chown $USER {path}`, or a udev rule), and raise RLIMIT_MEMLOCK "
-                    "if the VMM maps guest memory"
-                )
-            elif code == errno.EBUSY:
-                hint = (
+        no_permission = (
+            f"no permission to open {path}: run as root, or give this user the "
+            f"node (`chown $USER {path}`, or a udev rule), and raise RLIMIT_MEMLOCK "
+            "if the VMM maps guest memory"
+        )
+        fd = self.open_node(
+            path,
+            {
+                errno.ENOENT: f"{path} does not exist: {hint_enoent}",
+                errno.EACCES: no_permission,
+                errno.EPERM: no_permission,
+                errno.EBUSY: (
                     f"{path} is already open elsewhere (a VFIO group or device has one "
                     "user at a time): stop the other VMM, or let it hand its device fd to "
                     "this producer (device_fd=...)"
-                )
-            else:
-                hint = ""
-            raise self._error(f"open({path})", exc, hint) from exc
+                ),
+            },
+        )
         self._owned.append(fd)
         return fd
-
-    def _ioctl(
-        self,
-        fd: int,
-        name: str,
-        request: int,
-        arg: bytearray | int,
-        hints: Mapping[int, str] | None = None,
-    ) -> int:
-        """The ioctl; a failure becomes a DeviceError with the hint for its errno."""
-        try:
-            return self.seam.ioctl(fd, request, arg)
-        except OSError as exc:
-            hint = (hints or {}).get(exc.errno or 0, "")
-            if exc.errno == errno.ENOTTY and not hint:
-                hint = (
-                    f"fd {fd} is not a VFIO {_fd_kind(name)} fd: pass a device from "
-                    "/dev/vfio/devices/vfioN, a /dev/vfio/<group> with device_name, or an fd "
-                    "returned by VFIO_GROUP_GET_DEVICE_FD / bound with VFIO_DEVICE_BIND_IOMMUFD"
-                )
-            raise self._error(name, exc, hint) from exc
 
     def _set_irqs(
         self, flags: int, data: bytes = b"", *, hints: Mapping[int, str] | None = None
     ) -> None:
         assert self._fd is not None
         buf = _abi.irq_set(flags, self.index, self.vector, 1, data)
-        got = self._ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
+        got = self.ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
         if got > 0:
             # vfio_msi_enable: enabling vectors 0..vector, the host could allocate
             # only `got`; vfio-pci returns that count (not an error) and attaches nothing
             label = index_label(self.index)
-            raise self._refuse(
+            raise self.refuse(
                 f"VFIO_DEVICE_SET_IRQS enabled nothing: vfio-pci enables {label} vectors "
                 f"0..{self.vector} at once, and the host could allocate only {got} {label} "
                 f"vectors: pick a vector below {got}, or free interrupt vectors on the host",
                 errno.ENOSPC,
             )
 
-    def _set_trigger(self, fd: int) -> None:
+    def device_point(self, fd: int) -> None:
         """Point the vector's trigger at ``fd`` (-1: detach)."""
         hints = {}
         if fd >= 0:
@@ -352,7 +305,12 @@ class VfioProducer(irqbypass.Producer):
             _abi.eventfd_data(fd),
             hints=hints,
         )
-        self._attached_to = fd if fd >= 0 else None
+
+    def device_mask(self) -> None:
+        self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK)
+
+    def device_unmask(self) -> None:
+        self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
 
     # -- open / close --------------------------------------------------------
 
@@ -365,33 +323,23 @@ class VfioProducer(irqbypass.Producer):
     def attached_to(self) -> int | None:
         """The eventfd the vector's trigger points at (token, or the holding
         eventfd while stopped), None when detached."""
-        return self._attached_to
+        return self.pointed_at
+
+    @property
+    def can_mask(self) -> bool:  # type: ignore[override]
+        """INTx, unless GET_IRQ_INFO said it is not maskable."""
+        return self.index == _abi.VFIO_PCI_INTX_IRQ_INDEX and (
+            self.irq_info is None or self.irq_info.maskable
+        )
 
     @property
     def quiesce(self) -> str:
         """How stop() quiesces this vector: "mask" (INTx), else ``msi_quiesce``."""
-        if self.index == _abi.VFIO_PCI_INTX_IRQ_INDEX and (
-            self.irq_info is None or self.irq_info.maskable
-        ):
-            return "mask"
-        return self.msi_quiesce
+        return "mask" if self.can_mask else self.msi_quiesce
 
-    def open(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                return
-            assert isinstance(self.token, irqbypass.Eventfd)
-            if self.token.closed:
-                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
-            try:
-                self._open_device()
-                self._check_vector()
-                self._set_trigger(self.token.fileno())
-                if self._stopped:
-                    self._quiesce()
-            except BaseException:
-                self._teardown()
-                raise
+    def device_open(self) -> None:
+        self._open_device()
+        self._check_vector()
 
     def _open_device(self) -> None:
         if self._given_fd is not None:
@@ -414,14 +362,14 @@ class VfioProducer(irqbypass.Producer):
         """The cdev of a PCI device when the kernel has one, else its group."""
         base = os.path.join(self.seam.sysfs_root, "bus/pci/devices", bdf)
         if not os.path.isdir(base):
-            raise self._refuse(
+            raise self.refuse(
                 f"there is no PCI device {bdf} (no {base}): check the address with `lspci -D`",
                 errno.ENOENT,
             )
         driver = os.path.join(base, "driver")
         bound = os.path.basename(os.readlink(driver)) if os.path.islink(driver) else None
         if bound is None or "vfio" not in bound:
-            raise self._refuse(
+            raise self.refuse(
                 f"PCI device {bdf} is bound to {bound or 'no driver'}, not vfio-pci: "
                 + BIND_HOWTO.replace("<bdf>", bdf),
                 errno.ENODEV,
@@ -439,7 +387,7 @@ class VfioProducer(irqbypass.Producer):
                 return f"/dev/vfio/devices/{names[0]}", None
         link = os.path.join(base, "iommu_group")
         if not os.path.islink(link):
-            raise self._refuse(
+            raise self.refuse(
                 f"PCI device {bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on / "
                 "amd_iommu=on) or load vfio with enable_unsafe_noiommu_mode=1",
                 errno.ENODEV,
@@ -463,7 +411,7 @@ class VfioProducer(irqbypass.Producer):
             argsz=ctypes.sizeof(_abi.vfio_device_bind_iommufd), flags=0, iommufd=iommufd
         )
         buf = bytearray(bytes(bind))
-        self._ioctl(
+        self.ioctl(
             self._fd,
             "VFIO_DEVICE_BIND_IOMMUFD",
             _abi.VFIO_DEVICE_BIND_IOMMUFD,
@@ -478,7 +426,7 @@ class VfioProducer(irqbypass.Producer):
         before VFIO_GROUP_GET_DEVICE_FD hands out a device fd."""
         self.mode = "group"
         if not self.device_name:
-            raise self._refuse(
+            raise self.refuse(
                 f"{path} is a VFIO group: say which of its devices to open with "
                 "device_name (its PCI address, as listed in "
                 "/sys/kernel/iommu_groups/<group>/devices)"
@@ -486,11 +434,11 @@ class VfioProducer(irqbypass.Producer):
         group = self._open_node(path, BIND_HOWTO)
         status = _abi.vfio_group_status(argsz=ctypes.sizeof(_abi.vfio_group_status))
         buf = bytearray(bytes(status))
-        self._ioctl(group, "VFIO_GROUP_GET_STATUS", _abi.VFIO_GROUP_GET_STATUS, buf)
+        self.ioctl(group, "VFIO_GROUP_GET_STATUS", _abi.VFIO_GROUP_GET_STATUS, buf)
         flags = _abi.vfio_group_status.from_buffer_copy(buf).flags
         if not flags & _abi.VFIO_GROUP_FLAGS_VIABLE:
             number = os.path.basename(path).removeprefix("noiommu-")
-            raise self._refuse(
+            raise self.refuse(
                 f"VFIO group {path} is not viable: every device in "
                 f"/sys/kernel/iommu_groups/{number}/devices must be bound to vfio-pci "
                 "(or to no driver) before any of them can be used; "
@@ -500,7 +448,7 @@ class VfioProducer(irqbypass.Producer):
         if not flags & _abi.VFIO_GROUP_FLAGS_CONTAINER_SET:
             self._attach_container(group)
         name = bytearray(self.device_name.encode() + b"\0")
-        self._fd = self._ioctl(
+        self._fd = self.ioctl(
             group,
             "VFIO_GROUP_GET_DEVICE_FD",
             _abi.VFIO_GROUP_GET_DEVICE_FD,
@@ -516,24 +464,24 @@ class VfioProducer(irqbypass.Producer):
 
     def _attach_container(self, group: int) -> None:
         container = self._open_node(CONTAINER_PATH, "load vfio (`modprobe vfio-pci`)")
-        version = self._ioctl(container, "VFIO_GET_API_VERSION", _abi.VFIO_GET_API_VERSION, 0)
+        version = self.ioctl(container, "VFIO_GET_API_VERSION", _abi.VFIO_GET_API_VERSION, 0)
         if version != _abi.VFIO_API_VERSION:
-            raise self._refuse(
+            raise self.refuse(
                 f"{CONTAINER_PATH} speaks VFIO API {version}, this plugin "
                 f"{_abi.VFIO_API_VERSION}; hand over a device fd instead (device_fd=...)",
                 errno.EPROTO,
             )
-        self._ioctl(
+        self.ioctl(
             group,
             "VFIO_GROUP_SET_CONTAINER",
             _abi.VFIO_GROUP_SET_CONTAINER,
             bytearray(bytes(ctypes.c_int32(container))),
         )
         for model in (_abi.VFIO_TYPE1v2_IOMMU, _abi.VFIO_TYPE1_IOMMU, _abi.VFIO_NOIOMMU_IOMMU):
-            if self._ioctl(container, "VFIO_CHECK_EXTENSION", _abi.VFIO_CHECK_EXTENSION, model):
-                self._ioctl(container, "VFIO_SET_IOMMU", _abi.VFIO_SET_IOMMU, model)
+            if self.ioctl(container, "VFIO_CHECK_EXTENSION", _abi.VFIO_CHECK_EXTENSION, model):
+                self.ioctl(container, "VFIO_SET_IOMMU", _abi.VFIO_SET_IOMMU, model)
                 return
-        raise self._refuse(
+        raise self.refuse(
             "the VFIO container supports no IOMMU model this plugin knows (type1v2, type1, "
             "noiommu); hand over a device fd from a VMM that set one up (device_fd=...)",
             errno.ENODEV,
@@ -543,109 +491,51 @@ class VfioProducer(irqbypass.Producer):
         assert self._fd is not None
         info = _abi.vfio_device_info(argsz=ctypes.sizeof(_abi.vfio_device_info))
         buf = bytearray(bytes(info))
-        self._ioctl(self._fd, "VFIO_DEVICE_GET_INFO", _abi.VFIO_DEVICE_GET_INFO, buf)
+        self.ioctl(self._fd, "VFIO_DEVICE_GET_INFO", _abi.VFIO_DEVICE_GET_INFO, buf)
         got = _abi.vfio_device_info.from_buffer_copy(buf)
         self.device_info = DeviceInfo(got.flags, got.num_regions, got.num_irqs)
         if self.index >= got.num_irqs:
-            raise self._refuse(
+            raise self.refuse(
                 f"the device has {got.num_irqs} interrupt indexes (0..{got.num_irqs - 1}); "
                 f"{index_label(self.index)} ({self.index}) is out of range: pick another index"
             )
         irq = _abi.vfio_irq_info(argsz=ctypes.sizeof(_abi.vfio_irq_info), index=self.index)
         buf = bytearray(bytes(irq))
-        self._ioctl(self._fd, "VFIO_DEVICE_GET_IRQ_INFO", _abi.VFIO_DEVICE_GET_IRQ_INFO, buf)
+        self.ioctl(self._fd, "VFIO_DEVICE_GET_IRQ_INFO", _abi.VFIO_DEVICE_GET_IRQ_INFO, buf)
         got_irq = _abi.vfio_irq_info.from_buffer_copy(buf)
         self.irq_info = IrqInfo(got_irq.index, got_irq.flags, got_irq.count)
         label = index_label(self.index)
         if got_irq.count == 0:
-            raise self._refuse(
+            raise self.refuse(
                 f"the device has no {label} interrupts (VFIO_DEVICE_GET_IRQ_INFO count 0): "
                 "pick an index it implements (msix, msi or intx)"
             )
         if self.vector >= got_irq.count:
-            raise self._refuse(
+            raise self.refuse(
                 f"vector {self.vector} is out of range: {label} has {got_irq.count} "
                 f"vector(s), 0..{got_irq.count - 1}"
             )
         if not self.irq_info.eventfd:
-            raise self._refuse(
+            raise self.refuse(
                 f"{label} does not support eventfd signalling (VFIO_IRQ_INFO_EVENTFD is not "
                 "set), so it cannot be bypassed: pick another index"
             )
 
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is None and not self._owned:
-                return
-            self._teardown()
-
-    def _teardown(self) -> None:
-        """Detach, restore what stop() changed, replay what was held, and
-        close what open() opened; raise the first failure at the end."""
-        first: BaseException | None = None
-        if self._fd is not None and self._attached_to is not None:
-            try:
-                self._set_trigger(-1)
-            except irqbypass.DeviceError as exc:
-                first = exc
-        if self._fd is not None and self._masked:
-            try:
-                self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
-                self._masked = False
-            except irqbypass.DeviceError as exc:
-                first = first or exc
-        self._hold.replay(self.token)
-        self._hold.close()
-        # the device first, then what it hangs off (group before container)
+    def device_close(self) -> None:
+        """Close what open() opened: the device first, then what it hangs off
+        (group before container)."""
+        first: irqbypass.DeviceError | None = None
         order = sorted(self._owned, key=lambda fd: fd != self._fd)
+        self._owned.clear()
+        self._fd = None
         for fd in order:
             try:
                 self.seam.close(fd)
             except OSError as exc:
-                first = first or self._error(f"close(fd {fd})", exc)
-        self._owned.clear()
-        self._fd = None
-        self._attached_to = None
-        self._masked = False
+                op = f"close(fd {fd})"
+                first = first or self.failure(op, exc, _generic_hint(exc.errno or 0, op))
         if first is not None:
             raise first
-
-    # -- quiesce -----------------------------------------------------------
-
-    def _quiesce(self) -> None:
-        self._quiesces += 1
-        if self.quiesce == "mask":
-            self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK)
-            self._masked = True
-            return
-        if self.quiesce == "swap":
-            self._set_trigger(self._hold.fileno())
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            if self._fd is not None:
-                self._quiesce()
-
-    def start(self) -> None:
-        with self._lock:
-            if not self._stopped:
-                return
-            self._stopped = False
-            if self._fd is None:
-                return
-            try:
-                if self._masked:
-                    self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
-                    self._masked = False
-                elif self._attached_to is not None:
-                    assert isinstance(self.token, irqbypass.Eventfd)
-                    if self._attached_to != self.token.fileno():  # "keep" never moved it
-                        self._set_trigger(self.token.fileno())
-            finally:
-                self._hold.replay(self.token)
 
     def trigger(self, n: int = 1) -> None:
         """Loopback: ``SET_IRQS(DATA_NONE | ACTION_TRIGGER)`` makes the kernel
@@ -653,23 +543,15 @@ class VfioProducer(irqbypass.Producer):
         (vfio.h documents it for testing). Counted as ``triggered``."""
         with self._lock:
             if self._fd is None:
-                raise irqbypass.IrqBypassError(f"{self._what()} is not open; call open() first")
+                raise irqbypass.IrqBypassError(f"{self.describe()} is not open; call open() first")
             for _ in range(n):
                 self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER)
                 self._triggered += 1
 
-    def stats(self) -> Mapping[str, int]:
-        """``held``/``replayed``: interrupts caught while stopped and written to
-        the token on start; ``triggered``: loopback triggers. There is no
-        ``fired``: userspace cannot count the device's interrupts."""
-        with self._lock:
-            return {
-                "held": self._hold.held,
-                "replayed": self._hold.replayed,
-                "triggered": self._triggered,
-                "quiesces": self._quiesces,
-                "attached": int(self._attached_to is not None),
-            }
+    def device_stats(self) -> Mapping[str, int]:
+        """``triggered``: loopback triggers (besides the template's ``held``,
+        ``replayed``, ``quiesces`` and ``attached``)."""
+        return {"triggered": self._triggered}
 
 
 def _fd_kind(ioctl_name: str) -> str:

@@ -11,7 +11,8 @@ vectors ``0..start+count-1`` on the first attach (returning the number the host
 could allocate, > 0, and attaching nothing when that is fewer), and refuses a
 vector beyond an enabled MSI or ``NORESIZE`` MSI-X block.
 Every call is recorded with its exact payload bytes; any request can be made to
-fail with an errno. Its fds are real (``/dev/null``) so leak checks see them.
+fail with an errno. Its fds are real (``/dev/null``) so leak checks see them
+(the recording half is the core's :class:`irqbypass.FakeDevice`).
 
 It is a model, not a device: it proves the plugin speaks the documented ABI in
 the documented order, nothing about a particular device's behaviour.
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 import irqbypass
 
 from . import _abi
+
+Call = irqbypass.DeviceCall
 
 __all__ = ["PCI_IRQS", "PCI_IRQS_NORESIZE_MSIX", "REQUEST_NAMES", "Call", "FakeVfio"]
 
@@ -69,20 +72,7 @@ PCI_IRQS_NORESIZE_MSIX: dict[int, tuple[int, int]] = {
 }
 
 _S32 = struct.Struct("=i")
-_U64 = struct.Struct("=Q")
-
-
-@dataclass(frozen=True)
-class Call:
-    """One ioctl as the kernel would see it: the payload as it was passed."""
-
-    fd: int
-    request: int
-    payload: bytes | int
-
-    @property
-    def name(self) -> str:
-        return REQUEST_NAMES.get(self.request, f"{self.request:#x}")
+_err = irqbypass.FakeDevice.error
 
 
 @dataclass
@@ -95,7 +85,7 @@ class _File:
     groups: list[int] = field(default_factory=list)  # container: its groups
 
 
-class FakeVfio:
+class FakeVfio(irqbypass.FakeDevice["_File"]):
     """One vfio-pci device reachable as ``cdev_path``, and as ``device_name`` in
     group ``group_path``; ``/dev/vfio/vfio`` and ``/dev/iommu`` exist; ``others``
     are paths that open but are no VFIO node (ioctl: ENOTTY)."""
@@ -115,6 +105,7 @@ class FakeVfio:
         sysfs_root: str = "/nonexistent-sysfs",
         host_vectors: Mapping[int, int] | None = None,
     ) -> None:
+        super().__init__(REQUEST_NAMES, denied=denied, sysfs_root=sysfs_root)
         self.irqs: dict[int, tuple[int, int]] = dict(PCI_IRQS if irqs is None else irqs)
         self.num_irqs = num_irqs if num_irqs is not None else max(self.irqs, default=-1) + 1
         self.cdev_path = cdev_path
@@ -123,15 +114,8 @@ class FakeVfio:
         self.viable = viable
         self.models = models
         self.others = others
-        self.denied = denied
-        self.sysfs_root = sysfs_root
         #: how many MSI/MSI-X vectors the host can allocate (default: all)
         self.host_vectors = dict(host_vectors or {})
-        self.calls: list[Call] = []
-        self.opened: list[str] = []
-        self.closed: list[int] = []
-        self._files: dict[int, _File] = {}
-        self._failures: dict[int, list[int]] = {}
         # the device's interrupt state: (index, vector) -> (caller's fd number, our dup)
         self._triggers: dict[tuple[int, int], tuple[int, int]] = {}
         self.intx_masked = False
@@ -141,10 +125,6 @@ class FakeVfio:
         self.enabled_vectors = 0
 
     # -- steering the model ------------------------------------------------
-
-    def fail(self, request: int, code: int, times: int = 1) -> None:
-        """Make the next ``times`` calls of ``request`` raise OSError(code)."""
-        self._failures.setdefault(request, []).extend([code] * times)
 
     def trigger_of(self, index: int, vector: int) -> int | None:
         """The fd number the last SET_IRQS attached to this vector, or None."""
@@ -165,25 +145,14 @@ class FakeVfio:
             signalled += self._signal(index, vector)
         return signalled
 
-    def names(self) -> list[str]:
-        return [call.name for call in self.calls]
-
-    @property
-    def open_fds(self) -> list[int]:
-        return sorted(self._files)
-
     def _signal(self, index: int, vector: int) -> int:
         entry = self._triggers.get((index, vector))
-        if entry is None:
-            return 0
-        os.write(entry[1], _U64.pack(1))
-        return 1
+        return 0 if entry is None else self.signal(entry[1])
 
     # -- the seam ------------------------------------------------------------
 
     def open(self, path: str, flags: int) -> int:
-        if path in self.denied:
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+        self.check_access(path)
         kinds = {
             self.cdev_path: "cdev",
             self.group_path: "group",
@@ -194,43 +163,29 @@ class FakeVfio:
         kind = kinds.get(path)
         if kind is None:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        if kind == "group" and any(f.kind == "group" for f in self._files.values()):
+        if kind == "group" and any(f.kind == "group" for f in self.files.values()):
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
-        return self._new(kind, path)
-
-    def _new(self, kind: str, path: str) -> int:
-        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        self._files[fd] = _File(kind, path)
-        self.opened.append(path)
-        return fd
+        return self.new_fd(path, _File(kind, path))
 
     def close(self, fd: int) -> None:
-        file = self._files.pop(fd, None)
-        if file is None:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        self.closed.append(fd)
-        os.close(fd)
+        file = self.drop_fd(fd)
         if file.kind in ("cdev", "device") and not any(
-            f.kind in ("cdev", "device") for f in self._files.values()
+            f.kind in ("cdev", "device") for f in self.files.values()
         ):
             # the last device fd closed: vfio-pci disables every interrupt
             for index in {i for i, _ in self._triggers}:
                 self._disable(index)
             self.intx_masked = self.intx_pending = False
             self.irq_type, self.enabled_vectors = None, 0
-        if file.kind == "group" and file.container in self._files:
-            self._files[file.container].groups.remove(fd)
+        if file.kind == "group" and file.container in self.files:
+            self.files[file.container].groups.remove(fd)
 
     def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
-        self.calls.append(Call(fd, request, arg if isinstance(arg, int) else bytes(arg)))
-        pending = self._failures.get(request)
-        if pending:
-            code = pending.pop(0)
-            raise OSError(code, os.strerror(code))
-        file = self._files.get(fd)
+        self.record(fd, request, arg)
+        file = self.files.get(fd)
         handler = _HANDLERS.get((file.kind if file else "none", request))
         if file is None or handler is None:
-            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+            raise _err(errno.ENOTTY)
         return handler(self, file, arg)
 
     # -- the kernel's side of each ioctl -----------------------------------
@@ -238,18 +193,18 @@ class FakeVfio:
     def _device_ready(self, file: _File) -> None:
         if file.kind == "cdev" and not file.bound:
             # vfio_device_fops_unl_ioctl: access_granted is set by the bind
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
 
     def _bind(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)
         bind = _abi.vfio_device_bind_iommufd.from_buffer_copy(arg)
         if bind.argsz < ctypes.sizeof(_abi.vfio_device_bind_iommufd) or bind.flags:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         if file.bound:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        ictx = self._files.get(bind.iommufd)
+            raise _err(errno.EINVAL)
+        ictx = self.files.get(bind.iommufd)
         if ictx is None or ictx.kind != "iommufd":
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            raise _err(errno.EBADF)
         file.bound = True
         bind.out_devid = 1
         arg[:] = bytes(bind)
@@ -260,7 +215,7 @@ class FakeVfio:
         self._device_ready(file)
         info = _abi.vfio_device_info.from_buffer_copy(arg)
         if info.argsz < 16:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         info.flags = _abi.VFIO_DEVICE_FLAGS_PCI | _abi.VFIO_DEVICE_FLAGS_RESET
         info.num_regions = 9
         info.num_irqs = self.num_irqs
@@ -274,9 +229,9 @@ class FakeVfio:
         # vfio-pci refuses an index it does not report (ERR on a device that is not
         # PCIe) with EINVAL, as it does one out of range (found on the driver)
         if info.argsz < ctypes.sizeof(_abi.vfio_irq_info) or info.index >= self.num_irqs:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         if info.index not in self.irqs:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         info.flags, info.count = self.irqs[info.index]
         arg[:] = bytes(info)
         return 0
@@ -296,7 +251,7 @@ class FakeVfio:
             | _abi.VFIO_IRQ_SET_ACTION_UNMASK
             | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
         )
-        einval = OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        einval = _err(errno.EINVAL)
         # vfio_set_irqs_validate_and_prepare
         if bin(data_type).count("1") != 1 or bin(action).count("1") != 1:
             raise einval
@@ -315,7 +270,7 @@ class FakeVfio:
         if busy and (action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER or intx):
             raise einval
         if msi and action != _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
-            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # "XXX Need masking"
+            raise _err(errno.ENOTTY)  # "XXX Need masking"
         if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
             if data_type == _abi.VFIO_IRQ_SET_DATA_NONE and hdr.count == 0:
                 if exclusive and self.irq_type != hdr.index:
@@ -370,12 +325,7 @@ class FakeVfio:
             os.close(old[1])
         if fd < 0:
             return
-        try:  # eventfd_ctx_fdget: EBADF for a closed fd, EINVAL for one not an eventfd
-            irqbypass.Eventfd.from_fd(fd)
-        except irqbypass.InvalidEndpointError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno)) from exc
-        dup = os.dup(fd)  # the kernel takes a reference on the eventfd file
-        self._triggers[(index, vector)] = (fd, dup)
+        self._triggers[(index, vector)] = (fd, self.take_eventfd(fd))
 
     def _disable(self, index: int) -> None:
         for key in [k for k in self._triggers if k[0] == index]:
@@ -396,15 +346,15 @@ class FakeVfio:
     def _set_container(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)
         cfd = _S32.unpack_from(arg)[0]
-        container = self._files.get(cfd)
+        container = self.files.get(cfd)
         if container is None or container.kind != "container":
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            raise _err(errno.EBADF)
         if not self.viable:
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+            raise _err(errno.EPERM)
         if file.container is not None:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         file.container = cfd
-        container.groups.append(next(k for k, v in self._files.items() if v is file))
+        container.groups.append(next(k for k, v in self.files.items() if v is file))
         return 0
 
     def _api_version(self, file: _File, arg: bytearray | int) -> int:
@@ -415,20 +365,21 @@ class FakeVfio:
 
     def _set_iommu(self, file: _File, arg: bytearray | int) -> int:
         if not file.groups or arg not in self.models or file.iommu is not None:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         assert isinstance(arg, int)
         file.iommu = arg
         return 0
 
     def _get_device_fd(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)
-        container = self._files.get(file.container) if file.container is not None else None
+        container = self.files.get(file.container) if file.container is not None else None
         if container is None or container.iommu is None:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise _err(errno.EINVAL)
         name = bytes(arg).split(b"\0", 1)[0].decode()
         if name != self.device_name:
-            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-        return self._new("device", f"{file.path}:{name}")
+            raise _err(errno.ENODEV)
+        path = f"{file.path}:{name}"
+        return self.new_fd(path, _File("device", path))
 
 
 _HANDLERS = {
