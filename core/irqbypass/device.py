@@ -31,11 +31,12 @@ import errno
 import os
 import threading
 from collections.abc import Hashable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .endpoints import Producer
 from .errors import DeviceError, InvalidEndpointError
 from .eventfd import Eventfd, HoldingEventfd
+from .kinds import EndpointSpec
 from .options import Options
 from .seam import RealSeam, Seam
 from .signals import deliver_deferred_signals, signal_safe
@@ -74,8 +75,19 @@ class DeviceProducer(Producer):
     signals_on_new_fd: bool = False
 
     def __init__(
-        self, *, token: Hashable, irq: int = 0, name: str | None = None, seam: Seam | None = None
+        self,
+        *,
+        token: Hashable,
+        irq: int = 0,
+        name: str | None = None,
+        seam: Seam | None = None,
+        device: str | None = None,
+        device_fd: int | None = None,
+        device_help: str | None = None,
     ) -> None:
+        """``device_help`` (what ``device`` names, for messages) says the device
+        is one node: exactly one of ``device`` (a path, opened by
+        :meth:`take_device`) and ``device_fd`` (the VMM's fd) is given."""
         super().__init__(token=token, irq=irq, name=name)
         if not isinstance(token, Eventfd):
             raise InvalidEndpointError(
@@ -83,7 +95,13 @@ class DeviceProducer(Producer):
                 "irqbypass.Eventfd; the device signals an eventfd, so pass the one the "
                 "consumer listens to"
             )
+        if device_help is not None:
+            self.check_device_or_fd(device, device_fd, device_help)
         self.seam: Seam = seam if seam is not None else RealSeam()
+        self.device = device
+        self._given_fd = device_fd
+        self._fd: int | None = None  # the device fd while open
+        self._owns_fd = False  # take_device opened it: release_device closes it
         self._lock = threading.Lock()
         self._opened = False  # device_open began: close() has something to release
         self._pointed_at: int | None = None  # the fd the interrupt signals
@@ -95,9 +113,14 @@ class DeviceProducer(Producer):
 
     # -- the primitives a subclass defines ----------------------------------------
 
+    def interrupt_name(self) -> str:
+        """Which of the device's interrupts, for messages ("virtqueue 0")."""
+        return "its interrupt"
+
     def where(self) -> str:
         """The device and interrupt, for messages ("/dev/vhost-net, virtqueue 0")."""
-        return "the device"
+        where = self.device if self.device is not None else f"fd {self._given_fd}"
+        return f"{where}, {self.interrupt_name()}"
 
     def device_open(self) -> None:
         """Obtain and check the device (raise :meth:`refuse`/:meth:`failure`);
@@ -105,7 +128,9 @@ class DeviceProducer(Producer):
 
     def device_close(self) -> None:
         """Release what :meth:`device_open` obtained, from wherever it stopped;
-        every step attempted, then raise the first failure."""
+        every step attempted, then raise the first failure (default:
+        :meth:`release_device`)."""
+        self.release_device()
 
     def device_point(self, fd: int) -> None:
         """Point the interrupt at eventfd ``fd`` (it signals only that fd after)."""
@@ -174,6 +199,49 @@ class DeviceProducer(Producer):
         except OSError as exc:
             code = exc.errno or 0
             raise self.failure(op, exc, hints.get(code) or self.hint(code, op, -1)) from exc
+
+    @property
+    def fd(self) -> int | None:
+        """The device fd while open."""
+        return self._fd
+
+    def take_device(self, hints: Mapping[int, str]) -> int:
+        """The VMM's fd, or ``device`` opened (and owned: :meth:`release_device`
+        closes it), with ``hints`` for the open's errnos."""
+        if self._given_fd is not None:
+            self._fd = self._given_fd
+        else:
+            assert self.device is not None
+            self._fd = self.open_node(self.device, hints)
+            self._owns_fd = True
+        return self._fd
+
+    def release_device(self) -> None:
+        """Close the device fd if :meth:`take_device` opened it."""
+        fd, owned = self._fd, self._owns_fd
+        self._fd, self._owns_fd = None, False
+        if owned and fd is not None:
+            try:
+                self.seam.close(fd)
+            except OSError as exc:
+                raise self.failure("close", exc, "the fd was already closed") from exc
+
+    @classmethod
+    def spec_common(cls, spec: EndpointSpec) -> dict[str, Any]:
+        """The constructor arguments every spec gives: token, irq, name."""
+        return {"token": spec.token, "irq": spec.irq, "name": spec.name}
+
+    @staticmethod
+    def number(value: int | None, irq: int | None) -> int:
+        """An interrupt's number (queue, vector): given, else the spec's irq, else 0."""
+        return value if value is not None else (irq if irq is not None else 0)
+
+    def check_number(self, label: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise InvalidEndpointError(
+                f"{self.kind} producer {self.name!r}: {label} {value!r} must be an integer "
+                "0..2**32-1"
+            )
 
     @classmethod
     def device_or_fd(cls, opts: Options, device_help: str) -> tuple[str | None, int | None]:

@@ -80,21 +80,19 @@ class VdpaProducer(irqbypass.DeviceProducer):
         group: int | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
-        q = queue if queue is not None else (irq if irq is not None else 0)
-        super().__init__(token=token, irq=irq if irq is not None else q, name=name, seam=seam)
-        self.check_device_or_fd(device, device_fd, "/dev/vhost-vdpa-N")
-        what = f"vdpa producer {self.name!r}"
-        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q < 2**32:
-            raise irqbypass.InvalidEndpointError(f"{what}: queue {q!r} must be 0..2**32-1")
+        q = self.number(queue, irq)
+        super().__init__(
+            token=token, irq=self.number(irq, q), name=name, seam=seam,
+            device=device, device_fd=device_fd, device_help="/dev/vhost-vdpa-N",
+        )  # fmt: skip
+        self.check_number("queue", q)
         if group is not None and (isinstance(group, bool) or group < 0):
-            raise irqbypass.InvalidEndpointError(f"{what}: group {group!r} must be >= 0")
+            raise irqbypass.InvalidEndpointError(
+                f"vdpa producer {self.name!r}: group {group!r} must be >= 0"
+            )
         self.queue = q
-        self.device = device
         self.require_driver_ok = require_driver_ok
         self.expected_group = group
-        self._given_fd = device_fd
-        self._fd: int | None = None
-        self._owned = False
         self.device_id: int | None = None
         self.status: int | None = None
         self.vq_count: int | None = None
@@ -104,7 +102,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VdpaProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(opts, "/dev/vhost-vdpa-N")
-        queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=2**32 - 1)
+        queue = opts.get_int("queue", cls.number(None, spec.irq), min=0, max=2**32 - 1)
         require = opts.get_bool("require_driver_ok", True)
         group = opts.get_raw("group")
         if group is not None and (
@@ -113,28 +111,17 @@ class VdpaProducer(irqbypass.DeviceProducer):
             raise opts.error("group", f"expected a virtqueue group number >= 0, got {group!r}")
         opts.finish()
         return cls(
-            token=spec.token,
-            device=device,
-            device_fd=fd,
-            queue=queue,
-            irq=spec.irq,
-            name=spec.name,
-            require_driver_ok=require,
-            group=group,
-        )
+            **cls.spec_common(spec), device=device, device_fd=fd, queue=queue,
+            require_driver_ok=require, group=group,
+        )  # fmt: skip
 
     # -- the device's primitives -------------------------------------------------
 
-    def where(self) -> str:
-        where = self.device if self.device is not None else f"fd {self._given_fd}"
-        return f"{where}, virtqueue {self.queue}"
+    def interrupt_name(self) -> str:
+        return f"virtqueue {self.queue}"
 
     def hint(self, code: int, op: str, fd: int) -> str:
         return _HINTS.get(code) or "see the kernel log (dmesg)"
-
-    @property
-    def fd(self) -> int | None:
-        return self._fd
 
     @property
     def bound_to(self) -> int | None:
@@ -143,24 +130,18 @@ class VdpaProducer(irqbypass.DeviceProducer):
         return self.pointed_at
 
     def device_open(self) -> None:
-        if self._given_fd is not None:
-            self._fd = self._given_fd
-        else:
-            assert self.device is not None
-            path = self.device
-            self._fd = self.open_node(
-                path,
-                {
-                    errno.ENOENT: f"{path} does not exist: {CREATE_HOWTO}",
-                    errno.EACCES: _no_permission(path),
-                    errno.EPERM: _no_permission(path),
-                    errno.EBUSY: (
-                        f"{path} is already open (vhost-vdpa has one user at a time): stop the "
-                        "other VMM, or let it hand its fd to this producer (device_fd=...)"
-                    ),
-                },
-            )
-            self._owned = True
+        path = self.device
+        self.take_device(
+            {
+                errno.ENOENT: f"{path} does not exist: {CREATE_HOWTO}",
+                errno.EACCES: _no_permission(path),
+                errno.EPERM: _no_permission(path),
+                errno.EBUSY: (
+                    f"{path} is already open (vhost-vdpa has one user at a time): stop the "
+                    "other VMM, or let it hand its fd to this producer (device_fd=...)"
+                ),
+            }
+        )
         self._inspect()
 
     def device_point(self, fd: int) -> None:
@@ -180,15 +161,6 @@ class VdpaProducer(irqbypass.DeviceProducer):
                 errno.EPERM: _NOT_OWNER,
             },
         )
-
-    def device_close(self) -> None:
-        fd, owned = self._fd, self._owned
-        self._fd, self._owned = None, False
-        if owned and fd is not None:
-            try:
-                self.seam.close(fd)
-            except OSError as exc:
-                raise self.failure("close", exc, "the fd was already closed") from exc
 
     # -- what vhost-vdpa has of its own ------------------------------------------
 
@@ -237,7 +209,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
                 f"{self.vq_count} virtqueues (VHOST_VDPA_GET_VQS_COUNT), 0..{self.vq_count - 1}",
                 errno.ENOBUFS,
             )
-        if self._owned:
+        if self._owns_fd:
             self.ioctl(
                 self._fd,
                 "VHOST_SET_OWNER",
@@ -276,7 +248,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
         return f"virtio-{_abi.VIRTIO_IDS.get(self.device_id, str(self.device_id))}"
 
 
-def _no_permission(path: str) -> str:
+def _no_permission(path: str | None) -> str:
     return (
         f"no permission to open {path}: run as root or give this user the node "
         f"(`chown $USER {path}`, or a udev rule)"

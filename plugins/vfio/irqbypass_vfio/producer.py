@@ -154,16 +154,14 @@ class VfioProducer(irqbypass.DeviceProducer):
         msi_quiesce: str | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
-        vec = vector if vector is not None else (irq if irq is not None else 0)
-        super().__init__(token=token, irq=irq if irq is not None else vec, name=name, seam=seam)
+        vec = self.number(vector, irq)
+        super().__init__(
+            token=token, irq=self.number(irq, vec), name=name, seam=seam,
+            device=device, device_fd=device_fd,
+            device_help="a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>",
+        )  # fmt: skip
         what = f"vfio producer {self.name!r}"
-        self.check_device_or_fd(
-            device, device_fd, "a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>"
-        )
-        if isinstance(vec, bool) or not isinstance(vec, int) or not 0 <= vec < 2**32:
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: vector {vec!r} must be an integer 0..2**32-1"
-            )
+        self.check_number("vector", vec)
         try:
             self.index = _parse_index(index)
         except irqbypass.InvalidEndpointError as exc:
@@ -179,14 +177,11 @@ class VfioProducer(irqbypass.DeviceProducer):
             )
         self.msi_quiesce = msi_quiesce
         self.vector = vec
-        self.device = device
         self.device_name = device_name
         if device is not None and _BDF.match(device):
             self.device_name = device_name or device.lower()
         self.iommufd = iommufd
-        self._given_fd = device_fd
         # what open() obtained, closed in reverse by close()
-        self._fd: int | None = None
         self._owned: list[int] = []  # fds we opened, in opening order
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
@@ -211,8 +206,7 @@ class VfioProducer(irqbypass.DeviceProducer):
             index = _parse_index(raw_index)
         except irqbypass.InvalidEndpointError as exc:
             raise opts.error("index", str(exc)) from None
-        default_vector = spec.irq if spec.irq is not None else 0
-        vector = opts.get_int("vector", default_vector, min=0, max=2**32 - 1)
+        vector = opts.get_int("vector", cls.number(None, spec.irq), min=0, max=2**32 - 1)
         if index == _abi.VFIO_PCI_INTX_IRQ_INDEX and vector != 0:
             raise opts.error("vector", f"INTx has a single vector, 0 (got {vector})")
         device_name = opts.get_str("device_name")
@@ -220,23 +214,14 @@ class VfioProducer(irqbypass.DeviceProducer):
         msi_quiesce = opts.get_str("msi_quiesce", cls.DEFAULT_MSI_QUIESCE, choices=MSI_QUIESCES)
         opts.finish()
         return cls(
-            token=spec.token,
-            device=device,
-            device_fd=fd,
-            device_name=device_name,
-            index=index,
-            vector=vector,
-            irq=spec.irq,
-            name=spec.name,
-            iommufd=iommufd,
-            msi_quiesce=msi_quiesce,
-        )
+            **cls.spec_common(spec), device=device, device_fd=fd, device_name=device_name,
+            index=index, vector=vector, iommufd=iommufd, msi_quiesce=msi_quiesce,
+        )  # fmt: skip
 
     # -- errors ------------------------------------------------------------
 
-    def where(self) -> str:
-        where = self.device if self.device is not None else f"fd {self._given_fd}"
-        return f"{where}, {index_label(self.index)} vector {self.vector}"
+    def interrupt_name(self) -> str:
+        return f"{index_label(self.index)} vector {self.vector}"
 
     def hint(self, code: int, op: str, fd: int) -> str:
         if code == errno.ENOTTY and fd >= 0:
@@ -313,11 +298,6 @@ class VfioProducer(irqbypass.DeviceProducer):
         self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
 
     # -- open / close --------------------------------------------------------
-
-    @property
-    def fd(self) -> int | None:
-        """The device fd while open."""
-        return self._fd
 
     @property
     def attached_to(self) -> int | None:
