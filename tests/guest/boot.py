@@ -9,7 +9,8 @@ read-only: the guest sees this checkout and its .venv, and runs pytest on the
 real-device tests (all of the family's, or the NODEIDs given) against a real
 vfio-pci device (QEMU's edu behind an emulated intel-iommu) or real vhost-vdpa
 devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
-linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA).
+linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA) and
+the kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest.
 
 Everything the guest prints goes to .cache/guest/<family>/boot.log; pytest's
 junit XML to .cache/guest/<family>/junit.xml. Exit status: pytest's, or 77 when
@@ -42,7 +43,8 @@ SETUP = "make guest-test (as root, apt and PyPI reachable: it provisions, then b
 #: what each family's guest runs without node ids: its tests marked guest
 FAMILIES: dict[str, list[str]] = {
     "vfio": ["-m", "guest", "tests/plugins/vfio"],
-    "vdpa": ["-m", "guest", "tests/plugins/vdpa"],
+    # the vdpa guest also loads vhost_net: the vhost tests ride on its boot
+    "vdpa": ["-m", "guest", "tests/plugins/vdpa", "tests/plugins/vhost"],
 }
 
 #: QEMU options each family's guest gets

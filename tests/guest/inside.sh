@@ -55,6 +55,12 @@ vdpa)
   say "vdpa-blk $blk, vdpa-net $net"
   export IRQBYPASS_TEST_VDPA_BLK=$blk IRQBYPASS_TEST_VDPA_NET=$net
   export IRQBYPASS_TEST_VDPA_DEVICE=$blk
+  # the kernel's vhost-net and a tap for the vhost tests (Debian ships both modules)
+  modprobe -a tun vhost_net || fail "modprobe tun vhost_net failed"
+  for _ in $(seq 100); do [[ -c /dev/vhost-net ]] && break; sleep 0.1; done
+  [[ -c /dev/vhost-net ]] || fail "/dev/vhost-net did not appear after modprobe vhost_net"
+  say "vhost-net /dev/vhost-net"
+  export IRQBYPASS_TEST_VHOST_NET=/dev/vhost-net
   ;;
 *) fail "unknown family $family" ;;
 esac

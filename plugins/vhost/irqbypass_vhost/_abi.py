@@ -1,0 +1,28 @@
+"""The vhost ABI this plugin speaks: three ioctl numbers and one struct.
+
+Every value here is checked against what gcc computes from
+``/usr/include/linux/vhost.h`` by ``tests/plugins/vhost/test_abi.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import irqbypass
+
+VHOST_VIRTIO = 0xAF
+
+
+class vhost_vring_file(ctypes.Structure):
+    """``fd`` -1 unbinds."""
+
+    _fields_ = [("index", ctypes.c_uint), ("fd", ctypes.c_int)]
+
+
+VHOST_GET_FEATURES = irqbypass.ioctl_number(
+    irqbypass.IOC_READ, VHOST_VIRTIO, 0x00, ctypes.sizeof(ctypes.c_uint64)
+)
+VHOST_SET_OWNER = irqbypass.ioctl_number(irqbypass.IOC_NONE, VHOST_VIRTIO, 0x01, 0)
+VHOST_SET_VRING_CALL = irqbypass.ioctl_number(
+    irqbypass.IOC_WRITE, VHOST_VIRTIO, 0x21, ctypes.sizeof(vhost_vring_file)
+)
