@@ -39,17 +39,18 @@ class DeviceCall:
 
 
 class FakeDevice(Generic[_F]):
-    """The recording half of a device model; ``files`` maps each fd it handed
-    out to what the subclass knows of it. ``denied`` paths open with EACCES."""
+    """The recording half of a device model; ``names`` names the requests
+    (:meth:`request_names`), ``files`` maps each fd it handed out to what the
+    subclass knows of it. ``denied`` paths open with EACCES."""
 
     def __init__(
         self,
-        request_names: Mapping[int, str],
+        names: Mapping[int, str],
         *,
         denied: tuple[str, ...] = (),
         sysfs_root: str = "/nonexistent-sysfs",
     ) -> None:
-        self.request_names = request_names
+        self.names_of = names
         self.denied = denied
         self.sysfs_root = sysfs_root
         self.calls: list[DeviceCall] = []
@@ -57,6 +58,11 @@ class FakeDevice(Generic[_F]):
         self.closed: list[int] = []
         self.files: dict[int, _F] = {}
         self._failures: dict[int, list[int]] = {}
+
+    @staticmethod
+    def request_names(abi: object, *names: str) -> dict[int, str]:
+        """``{abi.NAME: "NAME"}`` for each name: how the model names recorded calls."""
+        return {getattr(abi, name): name for name in names}
 
     @staticmethod
     def error(code: int) -> OSError:
@@ -83,7 +89,7 @@ class FakeDevice(Generic[_F]):
 
     def record(self, fd: int, request: int, arg: bytearray | int) -> None:
         """Record an ioctl; raise the failure :meth:`fail` queued for it."""
-        name = self.request_names.get(request, f"{request:#x}")
+        name = self.names_of.get(request, f"{request:#x}")
         self.calls.append(
             DeviceCall(fd, request, arg if isinstance(arg, int) else bytes(arg), name)
         )

@@ -27,17 +27,15 @@ Call = irqbypass.DeviceCall
 
 __all__ = ["REQUEST_NAMES", "Call", "FakeVdpa"]
 
-REQUEST_NAMES: dict[int, str] = {
-    getattr(_abi, name): name
-    for name in (
-        "VHOST_SET_OWNER",
-        "VHOST_SET_VRING_CALL",
-        "VHOST_VDPA_GET_DEVICE_ID",
-        "VHOST_VDPA_GET_STATUS",
-        "VHOST_VDPA_GET_VQS_COUNT",
-        "VHOST_VDPA_GET_VRING_GROUP",
-    )
-}
+REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+    _abi,
+    "VHOST_SET_OWNER",
+    "VHOST_SET_VRING_CALL",
+    "VHOST_VDPA_GET_DEVICE_ID",
+    "VHOST_VDPA_GET_STATUS",
+    "VHOST_VDPA_GET_VQS_COUNT",
+    "VHOST_VDPA_GET_VRING_GROUP",
+)
 
 READY = (
     _abi.VIRTIO_CONFIG_S_ACKNOWLEDGE

@@ -35,21 +35,19 @@ Call = irqbypass.DeviceCall
 
 __all__ = ["PCI_IRQS", "PCI_IRQS_NORESIZE_MSIX", "REQUEST_NAMES", "Call", "FakeVfio"]
 
-REQUEST_NAMES: dict[int, str] = {
-    getattr(_abi, name): name
-    for name in (
-        "VFIO_GET_API_VERSION",
-        "VFIO_CHECK_EXTENSION",
-        "VFIO_SET_IOMMU",
-        "VFIO_GROUP_GET_STATUS",
-        "VFIO_GROUP_SET_CONTAINER",
-        "VFIO_GROUP_GET_DEVICE_FD",
-        "VFIO_DEVICE_GET_INFO",
-        "VFIO_DEVICE_GET_IRQ_INFO",
-        "VFIO_DEVICE_SET_IRQS",
-        "VFIO_DEVICE_BIND_IOMMUFD",
-    )
-}
+REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+    _abi,
+    "VFIO_GET_API_VERSION",
+    "VFIO_CHECK_EXTENSION",
+    "VFIO_SET_IOMMU",
+    "VFIO_GROUP_GET_STATUS",
+    "VFIO_GROUP_SET_CONTAINER",
+    "VFIO_GROUP_GET_DEVICE_FD",
+    "VFIO_DEVICE_GET_INFO",
+    "VFIO_DEVICE_GET_IRQ_INFO",
+    "VFIO_DEVICE_SET_IRQS",
+    "VFIO_DEVICE_BIND_IOMMUFD",
+)
 
 #: vfio-pci's answer for a device with INTx, 8 MSI and 16 MSI-X vectors, ERR, REQ
 #: (ERR and REQ NORESIZE, as vfio-pci reports them; found on the driver, in the guest).

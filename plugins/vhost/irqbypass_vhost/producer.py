@@ -54,11 +54,11 @@ class VhostProducer(irqbypass.DeviceProducer):
         self,
         *,
         token: Hashable,
+        queue: int | None = None,
         device: str | None = None,
         device_fd: int | None = None,
-        queue: int | None = None,
-        irq: int | None = None,
         name: str | None = None,
+        irq: int | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
         q = self.number(queue, irq)

@@ -23,10 +23,9 @@ from . import _abi
 
 __all__ = ["FEATURES", "REQUEST_NAMES", "FakeVhost"]
 
-REQUEST_NAMES = {
-    getattr(_abi, name): name
-    for name in ("VHOST_GET_FEATURES", "VHOST_SET_OWNER", "VHOST_SET_VRING_CALL")
-}
+REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+    _abi, "VHOST_GET_FEATURES", "VHOST_SET_OWNER", "VHOST_SET_VRING_CALL"
+)
 #: what the model offers: net.c's VHOST_NET_FEATURES bits (MRG_RXBUF 15, NOTIFY_ON_EMPTY 24,
 #: LOG_ALL 26, ANY_LAYOUT 27, INDIRECT_DESC 28, EVENT_IDX 29, VERSION_1 32, ACCESS_PLATFORM 33);
 #: the producer only records them
