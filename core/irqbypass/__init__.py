@@ -31,8 +31,8 @@ from .errors import (
     UnknownKindError,
 )
 from .eventfd import Eventfd, HoldingEventfd
-from .hookspecs import hookimpl, hookspec
-from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar
+from .hookspecs import HookRelay, hookimpl, hookspec
+from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
 from .loop import EventLoop, LoopFault, LoopHandle, event_loop
 from .manager import Manager
 from .options import Options, show_value
@@ -69,11 +69,13 @@ __all__ = [
     "Factory",
     "FakeDevice",
     "HoldingEventfd",
+    "HookRelay",
     "InvalidEndpointError",
     "IrqBypassError",
     "Kind",
     "KindConflictError",
     "KindRegistrar",
+    "KindRegistry",
     "LoopClosedError",
     "LoopFault",
     "LoopHandle",
@@ -88,6 +90,7 @@ __all__ = [
     "RealSeam",
     "ReentrantCallError",
     "Seam",
+    "Side",
     "TokenInUseError",
     "Topology",
     "TopologyError",

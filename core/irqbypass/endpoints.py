@@ -24,6 +24,7 @@ class on one side together. ``None`` (the default) means absent.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
 from typing import ClassVar, TypeVar
@@ -64,6 +65,10 @@ def missing_consumer_callbacks(consumer: object) -> list[str]:
     ]
 
 
+#: numbers the default names of unnamed endpoints (next() on a count is atomic)
+_UNNAMED = itertools.count(1)
+
+
 class Endpoint:
     """What producers and consumers share: a token, a name, open and close."""
 
@@ -83,7 +88,9 @@ class Endpoint:
             )
         check_token(token, f"{type(self).__name__}({name or ''})")
         self._token = token
-        self.name: str = name if name is not None else type(self).__name__
+        #: the name in every message; unnamed endpoints get distinct ones
+        #: ("MockProducer-1", "MockProducer-2"), or two messages would read alike
+        self.name: str = name if name is not None else f"{type(self).__name__}-{next(_UNNAMED)}"
 
     @property
     def token(self) -> Hashable:

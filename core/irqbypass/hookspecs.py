@@ -10,16 +10,21 @@ kernel only calls non-NULL callbacks.
 
 Kind registration: ``irqbypass_register_kinds`` hands a plugin a registrar for
 its producer and consumer kinds.
+
+The specs are typed as an implementation should be (``endpoint:
+irqbypass.Endpoint``, ``side: irqbypass.Side``); :class:`HookRelay` types
+``PluginHost.hook``, the hooks as a caller sees them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from .kinds import KindRegistrar
+    from .endpoints import Endpoint
+    from .kinds import KindRegistrar, Side
 
 PROJECT = "irqbypass"
 
@@ -28,25 +33,25 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def irqbypass_add(endpoint: Any, partner: Any, side: str) -> None:
+def irqbypass_add(endpoint: Endpoint, partner: Endpoint, side: Side) -> None:
     """Connect ``endpoint`` to ``partner``: ``producer.add_consumer(consumer)``
     (``side == "producer"``) or ``consumer.add_producer(producer)``
     (``side == "consumer"``). Raising fails the connect."""
 
 
 @hookspec
-def irqbypass_del(endpoint: Any, partner: Any, side: str) -> None:
+def irqbypass_del(endpoint: Endpoint, partner: Endpoint, side: Side) -> None:
     """Disconnect ``endpoint`` from ``partner``: ``producer.del_consumer`` or
     ``consumer.del_producer``."""
 
 
 @hookspec
-def irqbypass_stop(endpoint: Any, side: str) -> None:
+def irqbypass_stop(endpoint: Endpoint, side: Side) -> None:
     """Quiesce ``endpoint`` before an add or del."""
 
 
 @hookspec
-def irqbypass_start(endpoint: Any, side: str) -> None:
+def irqbypass_start(endpoint: Endpoint, side: Side) -> None:
     """Restart ``endpoint`` after an add or del (always, also after a failure)."""
 
 
@@ -58,3 +63,29 @@ def irqbypass_register_kinds(register: KindRegistrar) -> None:
 
 
 LIFECYCLE_HOOKS = ("irqbypass_add", "irqbypass_del", "irqbypass_stop", "irqbypass_start")
+
+
+class HookRelay(Protocol):
+    """The type of :attr:`PluginHost.hook <irqbypass.PluginHost.hook>`: each hook
+    called as pluggy calls it (keyword arguments only), returning the list of
+    the implementations' results (None each)."""
+
+    def irqbypass_add(self, *, endpoint: Endpoint, partner: Endpoint, side: Side) -> list[None]:
+        """Run the ``irqbypass_add`` implementations, wrappers outermost."""
+        ...
+
+    def irqbypass_del(self, *, endpoint: Endpoint, partner: Endpoint, side: Side) -> list[None]:
+        """Run the ``irqbypass_del`` implementations."""
+        ...
+
+    def irqbypass_stop(self, *, endpoint: Endpoint, side: Side) -> list[None]:
+        """Run the ``irqbypass_stop`` implementations."""
+        ...
+
+    def irqbypass_start(self, *, endpoint: Endpoint, side: Side) -> list[None]:
+        """Run the ``irqbypass_start`` implementations."""
+        ...
+
+    def irqbypass_register_kinds(self, *, register: KindRegistrar) -> list[None]:
+        """Run every plugin's kind registration (the host does this itself)."""
+        ...

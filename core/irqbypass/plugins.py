@@ -33,13 +33,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .hookspecs import hookimpl
+from .hookspecs import HookRelay, hookimpl
 from .kinds import KindRegistrar, KindRegistry
 from .options import show_error, show_exception, show_value
 
@@ -153,8 +153,9 @@ class PluginHost:
         self._refresh()
 
     @property
-    def hook(self) -> Any:
-        return self.pm.hook
+    def hook(self) -> HookRelay:
+        """The hooks, to call them: ``host.hook.irqbypass_stop(endpoint=e, side="producer")``."""
+        return cast("HookRelay", self.pm.hook)
 
     # -- registration ------------------------------------------------------
 

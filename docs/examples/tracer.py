@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Generator
-from typing import Any
 
 import irqbypass
 
@@ -20,7 +19,9 @@ class Tracer:
         self.calls: list[tuple[str, str, str, float]] = []
         self.refuse = refuse  # endpoint names that must never be paired
 
-    def _timed(self, step: str, endpoint: Any, side: str) -> Generator[None, None, None]:
+    def _timed(
+        self, step: str, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
         began = time.perf_counter()
         try:
             yield  # the inner implementations: in the end, the endpoint's method
@@ -28,7 +29,9 @@ class Tracer:
             self.calls.append((step, side, endpoint.name, time.perf_counter() - began))
 
     @irqbypass.hookimpl(wrapper=True)
-    def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+    def irqbypass_add(
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
         if endpoint.name in self.refuse:
             # Raising before the yield vetoes: the method is not called, and
             # the registration fails with ConnectError (its __cause__ is this).
@@ -36,13 +39,19 @@ class Tracer:
         return (yield from self._timed("add", endpoint, side))
 
     @irqbypass.hookimpl(wrapper=True)
-    def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+    def irqbypass_del(
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
         return (yield from self._timed("del", endpoint, side))
 
     @irqbypass.hookimpl(wrapper=True)
-    def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+    def irqbypass_stop(
+        self, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
         return (yield from self._timed("stop", endpoint, side))
 
     @irqbypass.hookimpl(wrapper=True)
-    def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+    def irqbypass_start(
+        self, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
         return (yield from self._timed("start", endpoint, side))
