@@ -289,7 +289,7 @@ class EventLoop:
                 handle.state = state
                 if handle.fd >= 0:
                     borrowed = self._unregister(handle)
-                else:
+                elif self._current is not handle:  # a running timer is out of the heap
                     self._cancelled_timers += 1
                     cancelled = self._cancelled_timers
                     if cancelled > 64 and cancelled * 2 > len(self._timers):

@@ -121,9 +121,12 @@ class LoggingConsumer(irqbypass.Consumer):
 
     def _event(self, event: str, **fields: Any) -> None:
         self._events.append(event)
-        detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
-        self.log.log(self.level, "%s %s%s", _printable(self.name), event, detail)
-        with self._json_lock:  # the reader thread and the manager's callbacks both write
+        if self.log.isEnabledFor(self.level):  # the line is built only to be logged
+            detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
+            self.log.log(self.level, "%s %s%s", _printable(self.name), event, detail)
+        if self._json is None and self._json_error is None:
+            return  # no json_file: nothing to write or count
+        with self._json_lock:  # the loop's reader and the manager's callbacks both write
             if self._json_error is not None:
                 self._json_lost += 1
             elif self._json is not None:
