@@ -713,6 +713,8 @@ def _int(value: object) -> int | None:
 
 def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
     rows = []
+    # once, not per row: it asks every producer (per row it was O(N^2))
+    settled = settled and topology.finished
     for status in topology.status():
         consumer = status.consumer.endpoint if status.consumer else None
         producer = status.producer.endpoint if status.producer else None
@@ -726,7 +728,7 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
                 consumer_stats,
                 queued=_eventfd_count(token),
                 coalesces=isinstance(consumer, Consumer) and getattr(consumer, "coalesces", False),
-                settled=settled and topology.finished,
+                settled=settled,
                 live=producer is not None and not producer.finished,
                 problems=_problems(status),
             )
