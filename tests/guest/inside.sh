@@ -61,6 +61,12 @@ vdpa)
   [[ -c /dev/vhost-net ]] || fail "/dev/vhost-net did not appear after modprobe vhost_net"
   say "vhost-net /dev/vhost-net"
   export IRQBYPASS_TEST_VHOST_NET=/dev/vhost-net
+  # vhost-vsock speaks the same call ioctls (the vhost tests bind it, nothing more)
+  if modprobe vhost_vsock && [[ -c /dev/vhost-vsock ]]; then
+    export IRQBYPASS_TEST_VHOST_VSOCK=/dev/vhost-vsock
+  else
+    say "no /dev/vhost-vsock after modprobe vhost_vsock: its test skips"
+  fi
   ;;
 *) fail "unknown family $family" ;;
 esac

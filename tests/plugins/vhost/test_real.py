@@ -131,6 +131,24 @@ def test_open_by_path_binds_and_closes(no_fd_leak: None, token: irqbypass.Eventf
     assert p.fd is None and open_fd_count() == before
 
 
+def test_vhost_vsock_binds_both_virtqueues(no_fd_leak: None) -> None:
+    """/dev/vhost-vsock answers the same ioctls: its two virtqueues bind and
+    unbind, a third is the kernel's ENOBUFS (nothing here makes it signal)."""
+    vsock = os.environ.get("IRQBYPASS_TEST_VHOST_VSOCK", "")
+    if not vsock:
+        pytest.skip("no /dev/vhost-vsock: this runs in the vdpa test guest (make guest-test)")
+    with irqbypass.Eventfd() as rx_token, irqbypass.Eventfd() as tx_token:
+        rx = VhostProducer(token=rx_token, device=vsock, queue=0, name="rx")
+        tx = VhostProducer(token=tx_token, device=vsock, queue=1, name="tx")
+        with rx, tx:  # two openers: vhost-vsock gives each its own device
+            assert rx.pointed_at == rx_token.fileno() and tx.pointed_at == tx_token.fileno()
+            assert rx.features is not None and rx.fd != tx.fd
+        with pytest.raises(irqbypass.DeviceError) as err:
+            VhostProducer(token=rx_token, device=vsock, queue=2).open()
+        assert err.value.errno == errno.ENOBUFS
+        assert "the device has 2 virtqueues" in str(err.value)
+
+
 def test_the_drivers_errors_are_mapped(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
     with pytest.raises(irqbypass.DeviceError) as err:
         VhostProducer(token=token, device=need(), queue=2).open()
