@@ -41,7 +41,8 @@ from .plugins import PluginHost, PluginInfo, load_plugins
 from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
 from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
 from .testing import DeviceCall, FakeDevice
-from .topology import PairStatus, Placed, Topology
+from .tokens import TokenTable
+from .topology import Changes, PairStatus, Placed, Topology, Totals
 
 __all__ = [
     "IOC_NONE",
@@ -53,6 +54,7 @@ __all__ = [
     "BusyError",
     "CallbackError",
     "CallbackFailure",
+    "Changes",
     "Config",
     "ConfigError",
     "ConnectError",
@@ -92,8 +94,10 @@ __all__ = [
     "Seam",
     "Side",
     "TokenInUseError",
+    "TokenTable",
     "Topology",
     "TopologyError",
+    "Totals",
     "UnknownKindError",
     "UnsafePathError",
     "check_owner",

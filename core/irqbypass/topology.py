@@ -1,21 +1,28 @@
-"""A topology: endpoints built from a configuration, applied all-or-nothing.
+"""A topology: endpoints built from a configuration, applied all-or-nothing,
+changed while it runs.
 
 Building asks each kind's factory for its endpoint (validation only, no device
-touched); the topology owns one :class:`~irqbypass.Eventfd` per token name and
-hands the same one to both ends of a pair. Applying opens each endpoint, then
-registers it with the manager (unless ``bypass = false``), consumers first, as
-KVM assigns its irqfd before the device's vector is routed. If any step fails,
-everything this apply did is undone in reverse (unregister, then close) and a
-:class:`~irqbypass.TopologyError` names the endpoint, the step and the cause.
-Teardown runs in reverse the same way. Every per-endpoint step is O(1) (10,000
-pairs apply and tear down in seconds); both report progress to a callback.
+touched); the topology takes the :class:`~irqbypass.Eventfd` of each token name
+from its :class:`~irqbypass.TokenTable` (its own, or one shared with other
+topologies on the same manager) and hands the same one to both ends of a pair.
+Applying opens each endpoint, then registers it with the manager (unless
+``bypass = false``), consumers first, as KVM assigns its irqfd before the
+device's vector is routed. If any step fails, everything this apply did is
+undone in reverse (unregister, then close) and a :class:`~irqbypass.TopologyError`
+names the endpoint, the step and the cause. Teardown runs in reverse the same way.
+
+A running topology changes in place: :meth:`Topology.attach` and
+:meth:`Topology.detach` plug and unplug entries, :meth:`Topology.reconcile`
+turns it into a new configuration. Each is all or nothing and leaves every other
+pair alone (no callback runs on it). The counters of an entry add up across
+every re-open (:attr:`Placed.totals`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from .config import Config, EndpointConfig
@@ -27,6 +34,28 @@ from .manager import Manager
 from .options import show_error, show_exception, show_value
 from .plugins import PluginHost
 from .signals import deliver_deferred_signals, signal_safe
+from .tokens import CheckTokens, TokenTable
+
+#: The counters the core adds up across re-opens; every other stat is a
+#: per-open figure (or a gauge, such as ``pending``) and is shown as it is.
+COUNTERS = ("fired", "delivered", "coalesced", "reads", "direct", "eventfd")
+#: How many removed entries' totals are kept, for a device plugged in again
+#: under the same name (the oldest are forgotten first): bounded.
+RETIRED_KEPT = 4096
+
+
+@dataclass
+class Totals:
+    """What an entry's endpoints counted over every open, this one excepted."""
+
+    opens: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def retire(self, stats: Mapping[str, object]) -> None:
+        for key in COUNTERS:
+            value = stats.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.counters[key] = self.counters.get(key, 0) + value
 
 
 @dataclass
@@ -37,10 +66,30 @@ class Placed:
     endpoint: Endpoint
     opened: bool = False
     registered: bool = False
+    #: the counts of this entry's earlier endpoints (re-opened, re-plugged)
+    history: Totals = field(default_factory=Totals)
+    #: the eventfd of its token, held from the token table until released
+    token: Eventfd | None = None
+    released: bool = False
+    #: the order it was placed in: undone in the reverse order
+    serial: int = 0
 
     @property
     def label(self) -> str:
         return f"{self.config.side} {self.config.name!r} (kind {self.config.kind})"
+
+    def stats(self) -> dict[str, int]:
+        """The endpoint's stats, its counters (:data:`COUNTERS`) added up over
+        every open of this entry; ``endpoint.stats()`` has this open's alone."""
+        current = {k: v for k, v in self.endpoint.stats().items() if isinstance(v, int)}
+        for key, earlier in self.history.counters.items():
+            current[key] = current.get(key, 0) + earlier
+        return current
+
+    @property
+    def opens(self) -> int:
+        """How many times this entry was opened (re-plugs and changes count)."""
+        return self.history.opens + (1 if self.opened else 0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +116,72 @@ class PairStatus:
         return max(0, self.fired - self.delivered)
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What :meth:`Topology.reconcile` changed, by entry name; ``why`` says which
+    keys of each changed entry differ."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    why: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def describe(self) -> str:
+        """One line: ``added 'a'; removed 'b'; changed 'c' (options)``."""
+        parts = []
+        if self.added:
+            parts.append("added " + ", ".join(map(repr, self.added)))
+        if self.removed:
+            parts.append("removed " + ", ".join(map(repr, self.removed)))
+        if self.changed:
+            parts.append(
+                "changed "
+                + ", ".join(f"{n!r} ({', '.join(self.why.get(n, ()))})" for n in self.changed)
+            )
+        return "; ".join(parts) or "nothing changed"
+
+
+#: the keys that make an entry changed when they differ (its place in the file does not)
+_COMPARED = ("side", "kind", "token", "irq", "bypass", "optional", "options")
+
+
+def differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
+    """The keys in which two entries of one name differ (empty: unchanged).
+    Options compare with their types: ``true`` is not ``1``."""
+    if (
+        old.side == new.side
+        and old.kind == new.kind
+        and old.token == new.token
+        and old.irq == new.irq
+        and old.bypass is new.bypass
+        and old.optional is new.optional
+        and _same_options(old.options, new.options)
+    ):
+        return ()
+    return tuple(key for key in _COMPARED if _typed(getattr(old, key)) != _typed(getattr(new, key)))
+
+
+def _same_options(old: Mapping[str, object], new: Mapping[str, object]) -> bool:
+    """Equal, and equal in type too; the cheap checks first (a reload compares
+    every entry)."""
+    if old != new:
+        return False
+    return repr(old) == repr(new) or _typed(old) == _typed(new)
+
+
+def _typed(value: object) -> object:
+    """A value with its type in every node, so ``True`` and ``1`` (equal in
+    Python) compare different, as they are different TOML values."""
+    if isinstance(value, Mapping):
+        return ("table", tuple(sorted((k, _typed(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_typed(v) for v in value))
+    return (type(value).__name__, value)
+
+
 def _open(unit: list[Placed]) -> None:
     """Open one endpoint, or a group through its class's ``open_group``."""
     endpoints = [placed.endpoint for placed in unit]
@@ -86,6 +201,14 @@ def _close(unit: list[Placed]) -> None:
             endpoint.close()
     else:
         close_group(endpoints)
+
+
+def _final_stats(placed: Placed) -> Mapping[str, object]:
+    """What a just-closed endpoint counted; a stats() that raises counts nothing."""
+    try:
+        return placed.endpoint.stats()
+    except Exception:
+        return {}
 
 
 def _interrupt(exc: BaseException) -> BaseException | None:
@@ -124,14 +247,53 @@ def _group_label(unit: list[Placed]) -> str:
 def _stat(placed: Placed | None, key: str) -> int | None:
     if placed is None:
         return None
-    value = placed.endpoint.stats().get(key)
+    value = placed.stats().get(key)
     return value if isinstance(value, int) else None
 
 
-class Topology:
-    """The endpoints of one configuration, applied to one manager."""
+def _units(placed: Iterable[Placed]) -> list[list[Placed]]:
+    """What is opened together: one endpoint, or every endpoint of one side
+    whose class defines ``open_group``, at the place of the first of them."""
+    units: list[list[Placed]] = []
+    groups: dict[tuple[str, type], list[Placed]] = {}
+    for one in placed:
+        cls = type(one.endpoint)
+        if cls.open_group is None:
+            units.append([one])
+            continue
+        key = (one.config.side, cls)
+        if key not in groups:
+            groups[key] = []
+            units.append(groups[key])
+        groups[key].append(one)
+    return units
 
-    def __init__(self, config: Config, plugins: PluginHost, manager: Manager | None = None) -> None:
+
+def _consumers_first(entries: Iterable[EndpointConfig]) -> list[EndpointConfig]:
+    """The sink is ready before the source can fire."""
+    entries = list(entries)
+    return [e for e in entries if e.side == "consumer"] + [
+        e for e in entries if e.side == "producer"
+    ]
+
+
+class Topology:
+    """The endpoints of one configuration, applied to one manager.
+
+    ``tokens``: a :class:`~irqbypass.TokenTable` shared with other topologies on
+    the same ``manager`` (they then pair across files), or a mapping of token
+    names to eventfds the VMM owns (an :class:`~irqbypass.Eventfd` or an fd),
+    which entries naming them use; by default a table of its own.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        plugins: PluginHost,
+        manager: Manager | None = None,
+        *,
+        tokens: TokenTable | Mapping[str, Eventfd | int] | None = None,
+    ) -> None:
         for value, cls, what in (
             (config, Config, "config (from irqbypass.load_config or parse_config)"),
             (plugins, PluginHost, "plugins (from irqbypass.load_plugins)"),
@@ -146,56 +308,106 @@ class Topology:
                 f"Topology: manager must be an irqbypass.Manager or None, "
                 f"not {type(manager).__name__} {show_value(manager)}"
             )
+        if tokens is not None and not isinstance(tokens, TokenTable | Mapping):
+            raise TopologyError(
+                f"Topology: tokens must be an irqbypass.TokenTable, a mapping of token names "
+                f"to eventfds, or None, not {type(tokens).__name__} {show_value(tokens)}"
+            )
         self.config = config
         self.plugins = plugins
         self.manager = manager if manager is not None else Manager(plugins)
+        self.token_table = (
+            tokens if isinstance(tokens, TokenTable) else TokenTable(dict(tokens or {}))
+        )
+        #: token name -> eventfd, for the tokens this topology's endpoints use
         self.tokens: dict[str, Eventfd] = {}
-        self.placed: list[Placed] = []
         #: (token, reason) of every optional pair left out
         self.skipped: list[tuple[str, str]] = []
+        #: entry name -> its endpoint, in the order they were placed
+        self._placed: dict[str, Placed] = {}
+        #: token name -> side -> the endpoint there (in the order of first use)
+        self._by_token: dict[str, dict[str, Placed]] = {}
+        #: every entry of the running configuration, skipped ones included
+        self._entries: dict[str, EndpointConfig] = {}
+        #: (side, name) -> what its earlier endpoints counted
+        self._history: dict[tuple[str, str], Totals] = {}
+        self._checking = False
+        self._serial = 0
+        #: the entries are exactly ``self.config``'s (no attach or detach since)
+        self._as_file = True
+
+    @property
+    def placed(self) -> list[Placed]:
+        """Every endpoint of the topology, in the order it was placed."""
+        return list(self._placed.values())
+
+    @property
+    def applied(self) -> bool:
+        return any(placed.opened for placed in self._placed.values())
 
     # -- building ----------------------------------------------------------
 
     def build(self, *, check_only: bool = False) -> None:
-        """Create the token eventfds and the endpoints; open nothing.
+        """Take the token eventfds and create the endpoints; open nothing.
 
         ``check_only`` (``irqbypass check``): every token gets one shared
         eventfd, never signalled, so a check costs one fd however large the file;
         such a topology is for looking at, not for :meth:`apply`."""
-        if self.placed:
+        if self._placed:
             return
-        skipped = self._optional_unavailable()
+        if check_only:
+            self.token_table, self._checking = CheckTokens(), True
+        skipped = self._optional_unavailable(self.config.endpoints)
         self.skipped = sorted(skipped.items())
+        # tokens listed in the file's order of first use, for status()
+        for token in self.config.token_names():
+            if token not in skipped:
+                self._by_token[token] = {}
+        built: list[Placed] = []
         try:
-            self._make_tokens(self.config.token_names(), shared=check_only)
-            deliver_deferred_signals()  # a Ctrl-C that waited for the tokens to be held
-            # consumers first: the sink is ready before the source can fire
-            for entry in self.config.consumers + self.config.producers:
-                if entry.token not in skipped:
-                    self.placed.append(Placed(entry, self._build_one(entry)))
-                elif not entry.optional or self._kind_installed(entry):
-                    # a left-out pair is still validated: building opens nothing
-                    self._build_one(entry)
-            for name in skipped:
-                token = self.tokens.pop(name)
-                if all(t is not token for t in self.tokens.values()):
-                    token.close()
+            self._build(self.config.endpoints, self.config, skipped, built)
+            for placed in built:
+                self._insert(placed)
         except BaseException:
-            self._release()
+            self._release(built)
+            self._by_token.clear()
             raise
+        self._entries = {e.name: e for e in self.config.endpoints}
+
+    def _build(
+        self,
+        entries: Iterable[EndpointConfig],
+        source: Config,
+        skipped: Mapping[str, str],
+        built: list[Placed],
+    ) -> None:
+        """Build ``entries`` (consumers first) into ``built``, each holding its
+        token; entries of a ``skipped`` token are validated only. On failure
+        what ``built`` holds is the caller's to release."""
+        for entry in _consumers_first(entries):
+            if entry.token not in skipped:
+                self._build_into(entry, source, built)
+                deliver_deferred_signals()  # a Ctrl-C that waited for the token to be held
+            elif not entry.optional or self._kind_installed(entry):
+                # a left-out pair is still validated: building opens nothing
+                probe: list[Placed] = []
+                try:
+                    self._build_into(entry, source, probe)
+                finally:
+                    self._release(probe)
 
     @signal_safe
-    def _make_tokens(self, names: list[str], *, shared: bool) -> None:
-        """One eventfd per token name (or one for all, ``shared``), held by
-        ``self.tokens`` the moment it exists: signal-safe, so a Ctrl-C cannot
-        land between an eventfd's creation and its owner (it would leak)."""
-        if shared and names:
-            one = Eventfd()
-            self.tokens = dict.fromkeys(names, one)
-            return
-        self.tokens = {}
-        for name in names:
-            self.tokens[name] = Eventfd()
+    def _build_into(self, entry: EndpointConfig, source: Config, built: list[Placed]) -> None:
+        """Build one endpoint on its token's eventfd, recorded in ``built`` the
+        moment it holds the token (signal-safe: the token cannot leak)."""
+        token = self.token_table.acquire(entry.token)
+        try:
+            call: Callable[..., Endpoint] = self._make
+            endpoint = call(entry, source, token)
+        except BaseException:
+            self.token_table.release(entry.token)
+            raise
+        built.append(Placed(entry, endpoint, token=token))
 
     def _kind_installed(self, entry: EndpointConfig) -> bool:
         try:
@@ -204,11 +416,11 @@ class Topology:
             return False
         return True
 
-    def _optional_unavailable(self) -> dict[str, str]:
+    def _optional_unavailable(self, entries: Iterable[EndpointConfig]) -> dict[str, str]:
         """Token -> reason, for every token with an optional endpoint whose kind
         is missing or cannot work here; its whole pair is left out."""
         skipped: dict[str, str] = {}
-        for entry in self.config.endpoints:
+        for entry in entries:
             if not entry.optional or entry.token in skipped:
                 continue
             try:
@@ -220,42 +432,87 @@ class Topology:
                 skipped[entry.token] = f"{entry.side} {entry.name!r} (kind {entry.kind}): {reason}"
         return skipped
 
-    def _build_one(self, entry: EndpointConfig) -> Endpoint:
+    def _make(self, entry: EndpointConfig, source: Config, token: Eventfd) -> Endpoint:
         try:
             kind = self.plugins.kinds.get(entry.side, entry.kind)
         except PluginError as exc:
-            raise self.config.error(f"{entry.key_path}.kind", str(exc)) from exc
+            raise source.error(f"{entry.key_path}.kind", str(exc)) from exc
         spec = EndpointSpec(
             name=entry.name,
             kind=entry.kind,
             side=entry.side,
-            token=self.tokens[entry.token],
+            token=token,
             token_name=entry.token,
             irq=entry.irq,
             bypass=entry.bypass,
             options=entry.options,
             key_path=entry.key_path,
-            file=self.config.file,
+            file=source.file,
         )
         try:
             endpoint = kind.factory(spec)
         except ConfigError:
             raise
         except IrqBypassError as exc:
-            raise self.config.error(entry.key_path, str(exc)) from exc
+            raise source.error(entry.key_path, str(exc)) from exc
         except Exception as exc:
             raise TopologyError(
-                f"{entry.key_path} {entry.name!r}: the factory of kind {entry.kind!r} "
-                f"(plugin {kind.plugin}) raised {show_exception(exc)}; "
+                f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
+                f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "
                 "this is a bug in that plugin"
             ) from exc
         expected = Producer if entry.side == "producer" else Consumer
         if not isinstance(endpoint, expected):
             raise TopologyError(
-                f"{entry.key_path} {entry.name!r}: kind {entry.kind!r} (plugin {kind.plugin}) "
-                f"built {type(endpoint).__name__}, which is not an irqbypass.{expected.__name__}"
+                f"{source.file}: {entry.key_path} {entry.name!r}: kind {entry.kind!r} "
+                f"(plugin {kind.plugin}) built {type(endpoint).__name__}, which is not an "
+                f"irqbypass.{expected.__name__}"
             )
         return endpoint
+
+    @signal_safe
+    def _insert(self, placed: Placed) -> None:
+        """Make a built endpoint part of the topology (its indexes)."""
+        entry = placed.config
+        earlier = self._history.pop((entry.side, entry.name), None)
+        if earlier is not None:  # the same name plugged again: its counts carry on
+            placed.history.opens += earlier.opens
+            for key, value in earlier.counters.items():
+                placed.history.counters[key] = placed.history.counters.get(key, 0) + value
+        self._serial += 1
+        placed.serial = self._serial
+        self._placed[entry.name] = placed
+        self._by_token.setdefault(entry.token, {})[entry.side] = placed
+        if placed.token is not None:
+            self.tokens[entry.token] = placed.token
+
+    @signal_safe
+    def _release(self, built: Iterable[Placed]) -> None:
+        """Forget endpoints that are closed (or never opened): out of the
+        indexes, their tokens released, their counts kept for a re-plug."""
+        for placed in built:
+            entry = placed.config
+            if self._placed.get(entry.name) is placed:
+                del self._placed[entry.name]
+                ends = self._by_token.get(entry.token, {})
+                if ends.get(entry.side) is placed:
+                    del ends[entry.side]
+                if not ends:
+                    self._by_token.pop(entry.token, None)
+                    self.tokens.pop(entry.token, None)
+            if not placed.released:
+                placed.released = True  # never twice
+                self.token_table.release(entry.token)
+                self._retire(entry, placed.history)
+
+    def _retire(self, entry: EndpointConfig, history: Totals) -> None:
+        if not history.opens and not history.counters:
+            return
+        key = (entry.side, entry.name)
+        self._history.pop(key, None)
+        self._history[key] = history
+        while len(self._history) > RETIRED_KEPT:
+            del self._history[next(iter(self._history))]
 
     # -- applying ----------------------------------------------------------
 
@@ -267,35 +524,63 @@ class Topology:
         own ``open`` and the registration stay interruptible), and the undo,
         once begun, finishes (see :meth:`teardown`). ``progress(done, total)``
         is called after each endpoint (or group) is applied, in endpoints."""
-        if any(placed.opened for placed in self.placed):
+        if self._checking:
+            raise TopologyError(
+                f"{self.config.file} was built with check_only; build a new Topology to apply"
+            )
+        if self.applied:
             raise TopologyError(
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )
         doing = ["build", repr(self.config.file)]  # the step under way, and on what
         try:
             self.build()
-            done, total = 0, len(self.placed)
-            for unit in self._units():
-                self._apply_unit(unit, doing)
-                deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
-                done += len(unit)
-                if progress is not None:
-                    progress(done, total)
+            self._open_all(self.placed, doing, progress)
         except BaseException as exc:
             undo_errors, interrupt = self._finish()
-            interrupt = _deliver(interrupt)
-            step, what = doing
-            message = f"applying {self.config.file}: {step} of {what} failed: {show_error(exc)}"
-            if undo_errors:
-                message += "; while undoing: " + "; ".join(undo_errors)
-            if not isinstance(exc, Exception):
-                with_notes(exc, undo_errors)
-                raise
-            if step == "build":  # nothing was opened: the error as build() raised it
-                raise
-            if interrupt is not None:  # Ctrl-C while undoing: it wins, the failure is told
-                raise with_notes(interrupt, [message]) from exc
-            raise TopologyError(message, errno=getattr(exc, "errno", None)) from exc
+            action = f"applying {self.config.file}"
+            raise self._failed(action, doing, exc, undo_errors, interrupt)  # noqa: B904 (its cause is set)
+
+    def _open_all(
+        self,
+        placed: Sequence[Placed],
+        doing: list[str],
+        progress: Callable[[int, int], object] | None = None,
+    ) -> None:
+        done, total = 0, len(placed)
+        for unit in _units(placed):
+            self._apply_unit(unit, doing)
+            deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+            done += len(unit)
+            if progress is not None:
+                progress(done, total)
+
+    @staticmethod
+    def _failed(
+        action: str,
+        doing: list[str],
+        exc: BaseException,
+        undo_errors: list[str],
+        interrupt: BaseException | None,
+    ) -> BaseException:
+        """The exception to raise for a failed apply, attach or change, once
+        its undo is done: the error as a build raised it, an interrupt (noted
+        with the failure), or a TopologyError naming the step."""
+        interrupt = _deliver(interrupt)
+        step, what = doing
+        message = f"{action}: {step} of {what} failed: {show_error(exc)}"
+        if undo_errors:
+            message += "; while undoing: " + "; ".join(undo_errors)
+        if not isinstance(exc, Exception):
+            return with_notes(exc, undo_errors)
+        if step == "build":  # nothing was opened: the error as the build raised it
+            return exc
+        if interrupt is not None:  # Ctrl-C while undoing: it wins, the failure is told
+            error = with_notes(interrupt, [message])
+        else:
+            error = TopologyError(message, errno=getattr(exc, "errno", None))
+        error.__cause__ = exc
+        return error
 
     @signal_safe
     def _apply_unit(self, unit: list[Placed], doing: list[str]) -> None:
@@ -319,23 +604,6 @@ class Topology:
                     # a CallbackError means "registered, but a start raised": undo must see it
                     placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]
 
-    def _units(self) -> list[list[Placed]]:
-        """What is opened together: one endpoint, or every endpoint of one side
-        whose class defines ``open_group``, at the place of the first of them."""
-        units: list[list[Placed]] = []
-        groups: dict[tuple[str, type], list[Placed]] = {}
-        for placed in self.placed:
-            cls = type(placed.endpoint)
-            if cls.open_group is None:
-                units.append([placed])
-                continue
-            key = (placed.config.side, cls)
-            if key not in groups:
-                groups[key] = []
-                units.append(groups[key])
-            groups[key].append(placed)
-        return units
-
     def teardown(self, progress: Callable[[int], object] | None = None) -> None:
         """Unregister and close everything, in reverse. Every step is attempted
         and, once begun, teardown finishes: a Ctrl-C or SIGTERM during it waits
@@ -355,39 +623,52 @@ class Topology:
     def _teardown_message(self, errors: list[str]) -> str:
         return f"tearing down {self.config.file}: " + "; ".join(errors)
 
-    @signal_safe
     def _finish(
         self, progress: Callable[[int], object] | None = None
     ) -> tuple[list[str], BaseException | None]:
         """Undo every step and release the tokens; (what failed, the first
-        interrupt). Signal-safe: nothing here is left half done."""
+        interrupt)."""
+        result = self._undo(self.placed, progress)
+        self._by_token.clear()
+        self._entries.clear()
+        return result
+
+    @signal_safe
+    def _undo(
+        self, placed: Sequence[Placed], progress: Callable[[int], object] | None = None
+    ) -> tuple[list[str], BaseException | None]:
+        """Unregister and close ``placed`` (last first), then release them; (what
+        failed, the first interrupt). Signal-safe: nothing here is left half
+        done, and every step is attempted."""
         errors: list[str] = []
         interrupt: BaseException | None = None
         call: Callable[..., object]
-        left = len(self.placed)
-        for unit in reversed(self._units()):
-            for placed in reversed(unit):
-                if placed.registered:
-                    endpoint = placed.endpoint
-                    call = getattr(self.manager, f"unregister_{placed.config.side}")
+        placed = sorted(placed, key=lambda one: one.serial)
+        left = len(placed)
+        for unit in reversed(_units(placed)):
+            for one in reversed(unit):
+                if one.registered:
+                    endpoint = one.endpoint
+                    call = getattr(self.manager, f"unregister_{one.config.side}")
                     # an unregister that a Ctrl-C cut before the manager took it
-                    # is tried again (twice at most): teardown, once begun, finishes
+                    # is tried again (twice at most): an undo, once begun, finishes
                     for _attempt in range(3):
                         try:
                             call(endpoint)
                         except BaseException as exc:  # Ctrl-C included: recorded, and on
                             interrupt = interrupt or _interrupt(exc)
                             if isinstance(exc, Exception):
-                                errors.append(f"unregister of {placed.label}: {_failure(exc)}")
+                                errors.append(f"unregister of {one.label}: {_failure(exc)}")
                         if not self.manager.is_registered(endpoint):  # type: ignore[arg-type]
                             break
                     else:
-                        errors.append(f"unregister of {placed.label}: interrupted three times")
-                    placed.registered = False
-            opened = [placed for placed in reversed(unit) if placed.opened]
+                        errors.append(f"unregister of {one.label}: interrupted three times")
+                    one.registered = False
+            opened = [one for one in reversed(unit) if one.opened]
             if opened:
-                for placed in opened:
-                    placed.opened = False
+                for one in opened:
+                    one.opened = False
+                    one.history.opens += 1
                 call = _close
                 try:
                     call(opened)
@@ -395,32 +676,321 @@ class Topology:
                     interrupt = interrupt or _interrupt(exc)
                     what = opened[0].label if len(opened) == 1 else _group_label(opened)
                     errors.append(f"close of {what}: {_failure(exc)}")
+                for one in opened:
+                    one.history.retire(_final_stats(one))
             left -= len(unit)
             if progress is not None:
                 _tell(progress, left)
-        self._release()
+        self._release(placed)
         return errors, interrupt
 
-    def _release(self) -> None:
-        self.placed = []
-        for eventfd in self.tokens.values():
-            eventfd.close()
-        self.tokens = {}
+    # -- changing a running topology -----------------------------------------
+
+    def attach(self, entries: Config | Sequence[EndpointConfig]) -> None:
+        """Open, register and pair new entries (a hot-plugged device), all or
+        nothing: on failure every step of this attach is undone and a
+        TopologyError (or the ConfigError of the build) names the entry, the
+        step and why. Every other pair is left alone; an entry whose token an
+        endpoint of the topology (or of one sharing its token table) holds
+        pairs with it.
+
+        ``entries``: a :class:`~irqbypass.Config` (a TOML fragment, parsed with
+        ``parse_config``: its errors name the fragment), or EndpointConfig
+        objects."""
+        source = self._fragment(entries, "attach")
+        new = list(source.endpoints)
+        self._check_new(new, source, ignore=())
+
+        def commit() -> None:
+            for entry in new:
+                self._entries[entry.name] = entry
+            self._as_file = False
+
+        self._change(source, new, [], f"attaching to {self.config.file}", commit=commit)
+        deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+
+    def detach(self, names: Iterable[str]) -> None:
+        """Unregister and close the named entries (a hot-unplug), last placed
+        first; every other pair is left alone (the partner of a detached end
+        is unpaired and keeps running). Every step is attempted, as in
+        :meth:`teardown`, and then what failed is raised. An unknown name is
+        refused before anything is done."""
+        if isinstance(names, str):
+            names = [names]
+        wanted = list(dict.fromkeys(names))
+        unknown = [n for n in wanted if n not in self._entries]
+        if unknown:
+            raise TopologyError(
+                f"detaching from {self.config.file}: no entry named "
+                f"{', '.join(map(repr, unknown))}; the entries are "
+                f"{', '.join(map(repr, list(self._entries)[:20]))}"
+                + (" ..." if len(self._entries) > 20 else "")
+            )
+        errors, interrupt = self._detach(wanted)
+        interrupt = _deliver(interrupt)
+        message = f"detaching from {self.config.file}: " + "; ".join(errors)
+        if interrupt is not None:
+            raise with_notes(interrupt, [message] if errors else [])
+        if errors:
+            raise TopologyError(message)
+
+    @signal_safe
+    def _detach(self, wanted: list[str]) -> tuple[list[str], BaseException | None]:
+        """Undo the named entries and forget them (signal-safe: both or neither)."""
+        errors, interrupt = self._undo([self._placed[n] for n in wanted if n in self._placed])
+        self._as_file = False
+        for name in wanted:
+            entry = self._entries.pop(name)
+            if any(t == entry.token for t, _ in self.skipped) and not any(
+                e.token == entry.token for e in self._entries.values()
+            ):
+                self.skipped = [(t, r) for t, r in self.skipped if t != entry.token]
+        return errors, interrupt
+
+    def reconcile(self, new_config: Config) -> Changes:
+        """Turn the running topology into ``new_config``: entries added, removed
+        or changed (kind, options, token, irq, bypass or optional differ) are
+        detached and attached; every other pair is left alone (not stopped, no
+        interrupt lost). All or nothing: if a step fails, what this call did
+        is undone, the entries it removed are built and opened again, and the
+        error names the entry, the step and why. The work is O(changes); the
+        comparison is one dict lookup per entry."""
+        if not isinstance(new_config, Config):
+            raise TopologyError(
+                f"reconcile: new_config must be an irqbypass.Config (from load_config or "
+                f"parse_config), not {type(new_config).__name__} {show_value(new_config)}"
+            )
+        if not self.applied and self._placed:
+            raise TopologyError(f"{self.config.file} is built but not applied; apply() it first")
+        if self._as_file and new_config.text and new_config.text == self.config.text:
+            # the very same text: the same entries (one memcmp, not a lookup per entry)
+            self._adopt(new_config, self._entries, [], None)
+            deliver_deferred_signals()
+            return Changes()
+        old = self._entries
+        new = {e.name: e for e in new_config.endpoints}
+        added, changed, removed = [], [], []
+        why: dict[str, tuple[str, ...]] = {}
+        touched: set[str] = set()
+        moved: list[EndpointConfig] = []
+        for name, entry in new.items():
+            before = old.get(name)
+            if before is None:
+                added.append(name)
+                touched.add(entry.token)
+            elif before is not entry:
+                diff = differences(before, entry)
+                if diff:
+                    changed.append(name)
+                    why[name] = diff
+                    touched.update((before.token, entry.token))
+                elif before.index != entry.index:
+                    moved.append(entry)
+        if len(new) - len(added) < len(old):  # some old name is gone: find which
+            for name, entry in old.items():
+                if name not in new:
+                    removed.append(name)
+                    touched.add(entry.token)
+        changes = Changes(tuple(added), tuple(removed), tuple(changed), why)
+        if not touched:
+            self._adopt(new_config, new, moved, None)
+            deliver_deferred_signals()
+            return changes
+        if touched:
+            wanted = self._entries_on(touched, new, [*added, *changed])
+            skipped = self._optional_unavailable(wanted)
+            keep = {
+                name
+                for token in touched
+                for name in (p.config.name for p in self._by_token.get(token, {}).values())
+                if name in new and name not in why and new[name].token not in skipped
+            }
+            leaving = [
+                p
+                for token in touched
+                for p in self._by_token.get(token, {}).values()
+                if p.config.name not in keep
+            ]
+            coming = [e for e in wanted if e.name not in keep]
+            kept = [(t, r) for t, r in self.skipped if t not in touched]
+            if kept:
+                names = set(new_config.token_names())
+                kept = [(t, r) for t, r in kept if t in names]
+            now_skipped = sorted(kept + list(skipped.items()))
+            self._change(
+                new_config,
+                coming,
+                leaving,
+                f"reloading {self.config.file} as {new_config.file}",
+                skipped=skipped,
+                commit=lambda: self._adopt(new_config, new, moved, now_skipped),
+            )
+            deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+        return changes
+
+    def _entries_on(
+        self, tokens: set[str], new: dict[str, EndpointConfig], arriving: list[str]
+    ) -> list[EndpointConfig]:
+        """The entries of the new configuration on ``tokens``, in its order:
+        those there now (placed, or skipped) and the ones arriving, found in
+        O(changes) (a skipped token's entries by one scan of the old ones)."""
+        names = {n for n in arriving if new[n].token in tokens}
+        skipped = {t for t, _ in self.skipped} & tokens
+        for token in tokens:
+            names.update(p.config.name for p in self._by_token.get(token, {}).values())
+        if skipped:
+            names.update(n for n, e in self._entries.items() if e.token in skipped)
+        wanted = [new[n] for n in names if n in new and new[n].token in tokens]
+        return sorted(wanted, key=lambda e: (e.side, e.index))
+
+    @signal_safe
+    def _adopt(
+        self,
+        config: Config,
+        entries: dict[str, EndpointConfig],
+        moved: list[EndpointConfig],
+        skipped: list[tuple[str, str]] | None,
+    ) -> None:
+        """Make ``config`` the running configuration (signal-safe: all of it)."""
+        for entry in moved:  # the same entry at another place in the file: messages follow it
+            placed = self._placed.get(entry.name)
+            if placed is not None:
+                placed.config = entry
+        self._entries = entries
+        self.config = config
+        self._as_file = True
+        if skipped is not None:
+            self.skipped = skipped
+
+    def _fragment(self, entries: Config | Sequence[EndpointConfig], what: str) -> Config:
+        if isinstance(entries, Config):
+            return entries
+        if isinstance(entries, EndpointConfig):
+            entries = [entries]
+        items = list(entries) if isinstance(entries, Sequence) else None
+        if items is None or not all(isinstance(e, EndpointConfig) for e in items):
+            raise TopologyError(
+                f"{what}: pass an irqbypass.Config (parse_config of a TOML fragment) or a "
+                f"list of irqbypass.EndpointConfig, not {show_value(entries)}"
+            )
+        return Config(
+            file=f"<{what}>",
+            producers=tuple(e for e in items if e.side == "producer"),
+            consumers=tuple(e for e in items if e.side == "consumer"),
+        )
+
+    def _check_new(
+        self, entries: list[EndpointConfig], source: Config, ignore: Iterable[str]
+    ) -> None:
+        """Refuse new entries whose name the topology has, or whose token and
+        side an endpoint of it already holds (before anything is done)."""
+        names: set[str] = set()
+        ignored = set(ignore)
+        for entry in entries:
+            where = f"{source.file}: {entry.key_path}"
+            if entry.name in names or (entry.name in self._entries and entry.name not in ignored):
+                raise TopologyError(
+                    f"{where}: an entry named {entry.name!r} is already in the topology; "
+                    "names must be unique (detach it first, or pick another name)"
+                )
+            names.add(entry.name)
+            held = self._by_token.get(entry.token, {}).get(entry.side)
+            if held is not None and held.config.name not in ignored:
+                raise TopologyError(
+                    f"{where}: token {entry.token!r} is already used by {held.label}; "
+                    f"one {entry.side} per token"
+                )
+
+    @signal_safe
+    def _change(
+        self,
+        source: Config,
+        added: list[EndpointConfig],
+        removed: list[Placed],
+        action: str,
+        *,
+        commit: Callable[[], None],
+        skipped: Mapping[str, str] | None = None,
+    ) -> None:
+        """Remove ``removed`` and add ``added``, all or nothing, then ``commit()``
+        the bookkeeping. Signal-safe: a signal waits for the delivery points
+        between steps (after each build, after each unit opened), where it
+        is raised and rolls the change back; the plugins' code stays
+        interruptible, as in :meth:`apply`.
+
+        Added entries that free nothing (a new name on a token nothing leaves)
+        are opened first, so their failure touches nothing else; then the
+        removed ones are closed and the rest opened. On a failure the new ones
+        are closed and the removed ones built again from their entries (their
+        counts carry on)."""
+        if skipped is None:
+            skipped = self._optional_unavailable(added)
+        built: list[Placed] = []
+        doing = ["build", repr(source.file)]
+        leaving_names = {p.config.name for p in removed}
+        leaving_tokens = {p.config.token for p in removed}
+        try:
+            self._build(added, source, skipped, built)
+            first = [
+                p
+                for p in built
+                if p.config.name not in leaving_names and p.config.token not in leaving_tokens
+            ]
+            for placed in first:
+                self._insert(placed)
+            self._open_all(first, doing)
+        except BaseException as exc:
+            errors, interrupt = self._undo(built)
+            raise self._failed(action, doing, exc, errors, interrupt)  # noqa: B904
+        if not removed and len(first) == len(built):
+            commit()
+            return
+        old = [p.config for p in removed]
+        errors, interrupt = self._undo(removed)
+        try:
+            if interrupt is not None:
+                raise interrupt
+            second = [p for p in built if p not in first]
+            for placed in second:
+                self._insert(placed)
+            self._open_all(second, doing)
+        except BaseException as exc:
+            errors += self._restore(old, built)
+            raise self._failed(action, doing, exc, errors, None)  # noqa: B904
+        commit()
+        if errors:
+            raise TopologyError(
+                f"{action}: the change is done, but removing the old endpoints reported: "
+                + "; ".join(errors)
+            )
+
+    def _restore(self, old: list[EndpointConfig], built: list[Placed]) -> list[str]:
+        """After a failed change: close what it opened, open what it closed.
+        What could not be restored is returned (and is then missing)."""
+        errors, _ = self._undo(built)
+        again: list[Placed] = []
+        doing = ["build", "the removed entries"]
+        try:
+            self._build(old, self.config, {}, again)
+            for placed in again:
+                self._insert(placed)
+            self._open_all(again, doing)
+        except BaseException as exc:
+            more, _ = self._undo(again)
+            lost = ", ".join(repr(e.name) for e in old)
+            errors += [f"restoring {lost} failed at {doing[0]} of {doing[1]}: {show_error(exc)}"]
+            errors += more
+            for entry in old:
+                self._entries.pop(entry.name, None)
+        return errors
 
     # -- looking -----------------------------------------------------------
 
     def status(self) -> list[PairStatus]:
-        """One row per token: its producer, its consumer, whether they pair
-        (one pass over the endpoints: O(N), not a scan per token)."""
-        ends: dict[str, dict[str, Placed]] = {}
-        for placed in self.placed:
-            ends.setdefault(placed.config.token, {})[placed.config.side] = placed
+        """One row per token: its producer, its consumer, whether they pair."""
         rows = []
-        for token in self.config.token_names():
-            if token not in self.tokens:
-                continue
-            pair = ends.get(token, {})
-            producer, consumer = pair.get("producer"), pair.get("consumer")
+        for token, ends in self._by_token.items():
+            producer, consumer = ends.get("producer"), ends.get("consumer")
             paired = (
                 producer is not None
                 and consumer is not None
@@ -430,10 +1000,14 @@ class Topology:
             rows.append(PairStatus(token, producer, consumer, paired))
         return rows
 
+    def entry(self, name: str) -> Placed | None:
+        """The endpoint of the entry ``name``, or None."""
+        return self._placed.get(name)
+
     @property
     def finished(self) -> bool:
         """Every producer is done firing."""
-        producers = [p.endpoint for p in self.placed if p.config.side == "producer"]
+        producers = [p.endpoint for p in self._placed.values() if p.config.side == "producer"]
         return bool(producers) and all(p.finished for p in producers)
 
     def __enter__(self) -> Topology:

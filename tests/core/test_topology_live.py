@@ -1,0 +1,453 @@
+"""A running topology changes in place (issue 18): attach, detach, reconcile,
+shared and VMM-owned tokens, counts kept across re-opens.
+
+Every test records each endpoint's callbacks and asserts that the pairs a
+change does not name saw none: no stop, no start, no add, no del, no close.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import irqbypass
+import pytest
+from irqbypass.config import parse_config
+from irqbypass.topology import Topology
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
+
+class Recorder:
+    """Kinds ``rec-src`` and ``rec-sink`` whose endpoints journal every call
+    (``open p0``, ``stop c1``...) and fail on demand; ``rec-src`` counts the
+    ``fire`` calls as ``fired``, ``rec-sink`` counts ``deliver`` as ``delivered``."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.fail: set[str] = set()
+        #: each failure happens once (a new device that fails, the old one reopens)
+        self.once = False
+
+    def act(self, what: str) -> None:
+        self.log.append(what)
+        if what in self.fail:
+            if self.once:
+                self.fail.discard(what)
+            raise irqbypass.DeviceError(f"{what} failed", errno=5)
+
+    def of(self, name: str) -> list[str]:
+        return [e for e in self.log if e.split()[1] == name]
+
+    def make(self, spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+        rec = self
+        opts = spec.options_reader()
+        level = opts.get_int("level", 0)
+        opts.finish()
+
+        class Source(irqbypass.Producer):
+            fired = 0
+
+            def open(self) -> None:
+                rec.act(f"open {self.name}")
+
+            def close(self) -> None:
+                rec.act(f"close {self.name}")
+
+            def add_consumer(self, consumer: Any) -> None:
+                rec.act(f"add {self.name}")
+
+            def del_consumer(self, consumer: Any) -> None:
+                rec.act(f"del {self.name}")
+
+            def stop(self) -> None:
+                rec.act(f"stop {self.name}")
+
+            def start(self) -> None:
+                rec.act(f"start {self.name}")
+
+            def stats(self) -> dict[str, int]:
+                return {"fired": self.fired, "level": level}
+
+        class Sink(irqbypass.Consumer):
+            delivered = 0
+
+            def open(self) -> None:
+                rec.act(f"open {self.name}")
+
+            def close(self) -> None:
+                rec.act(f"close {self.name}")
+
+            def add_producer(self, producer: Any) -> None:
+                rec.act(f"add {self.name}")
+
+            def del_producer(self, producer: Any) -> None:
+                rec.act(f"del {self.name}")
+
+            def stop(self) -> None:
+                rec.act(f"stop {self.name}")
+
+            def start(self) -> None:
+                rec.act(f"start {self.name}")
+
+            def stats(self) -> dict[str, int]:
+                return {"delivered": self.delivered}
+
+        cls = Source if spec.side == "producer" else Sink
+        return cls(token=spec.token, name=spec.name)
+
+    @irqbypass.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        register.producer("rec-src", self.make)
+        register.consumer("rec-sink", self.make)
+        register.consumer("rec-absent", self.make, availability=lambda: "no such device here")
+
+
+def pair(n: int, *, token: str | None = None, level: int = 0, sink: str = "rec-sink") -> str:
+    token = token or f"t{n}"
+    options = f"options = {{ level = {level} }}\n" if level else ""
+    return (
+        f'[[producers]]\nname = "p{n}"\nkind = "rec-src"\ntoken = "{token}"\n{options}'
+        f'[[consumers]]\nname = "c{n}"\nkind = "{sink}"\ntoken = "{token}"\n'
+    )
+
+
+def pairs(*ns: int) -> str:
+    return "".join(pair(n) for n in ns)
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def host(rec: Recorder) -> Iterator[irqbypass.PluginHost]:
+    plugins = irqbypass.PluginHost()
+    with plugins.registered(rec, name="rec"):
+        yield plugins
+
+
+@pytest.fixture
+def topo(host: irqbypass.PluginHost, rec: Recorder) -> Iterator[Topology]:
+    topology = Topology(parse_config(pairs(0, 1, 2), file="live.toml"), host)
+    topology.apply()
+    rec.log.clear()
+    yield topology
+    topology.teardown()
+
+
+def untouched(rec: Recorder, *names: str) -> None:
+    for name in names:
+        assert rec.of(name) == [], f"{name} was touched: {rec.of(name)}"
+
+
+def paired(topology: Topology) -> dict[str, bool]:
+    return {row.token: row.paired for row in topology.status()}
+
+
+# -- attach and detach ---------------------------------------------------------
+
+
+def test_attach_pairs_new_entries_and_touches_no_other_pair(topo: Topology, rec: Recorder) -> None:
+    topo.attach(parse_config(pair(7), file="plug.toml"))
+    assert paired(topo) == {"t0": True, "t1": True, "t2": True, "t7": True}
+    assert rec.log == ["open c7", "open p7", "stop p7", "stop c7", "add p7", "add c7",
+                       "start c7", "start p7"]  # fmt: skip
+    untouched(rec, "p0", "c0", "p1", "c1", "p2", "c2")
+    assert len(topo.manager.pairs()) == 4
+
+
+def test_attach_of_a_consumer_pairs_with_a_running_lonely_producer(
+    host: irqbypass.PluginHost, rec: Recorder
+) -> None:
+    text = pairs(0) + '[[producers]]\nname = "p9"\nkind = "rec-src"\ntoken = "t9"\n'
+    with Topology(parse_config(text, file="live.toml"), host) as topology:
+        rec.log.clear()
+        topology.attach(parse_config(pair(9).split("[[consumers]]")[0].replace(
+            "producers", "consumers").replace('"p9"', '"c9"').replace("rec-src", "rec-sink"),
+            file="plug.toml"))  # fmt: skip
+        assert paired(topology)["t9"]
+        untouched(rec, "p0", "c0")
+        topology.detach(["c9"])
+        assert not paired(topology)["t9"] and "close c9" in rec.log
+        assert topology.entry("p9") is not None and topology.entry("p9").opened  # type: ignore[union-attr]
+
+
+def test_attach_failing_halfway_undoes_itself_and_nothing_else(
+    topo: Topology, rec: Recorder
+) -> None:
+    rec.fail = {"open p8"}
+    tokens_before = dict(topo.tokens)
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.attach(parse_config(pair(7) + pair(8), file="plug.toml"))
+    message = str(info.value)
+    assert "attaching to live.toml: open of producer 'p8' (kind rec-src) failed" in message
+    assert "open p8 failed" in message and info.value.errno == 5
+    assert {p.config.name for p in topo.placed} == {"p0", "c0", "p1", "c1", "p2", "c2"}
+    assert topo.tokens == tokens_before and len(topo.manager) == 6
+    opened = [e.split()[1] for e in rec.log if e.startswith("open") and e != "open p8"]
+    closed = [e.split()[1] for e in rec.log if e.startswith("close")]
+    assert sorted(opened) == sorted(closed) == ["c7", "c8", "p7"]
+    untouched(rec, "p0", "c0", "p1", "c1", "p2", "c2")
+
+
+def test_attach_refuses_a_name_or_a_token_side_already_there(topo: Topology, rec: Recorder) -> None:
+    with pytest.raises(irqbypass.TopologyError, match="an entry named 'p1' is already"):
+        topo.attach(parse_config(pair(1, token="new"), file="plug.toml"))
+    with pytest.raises(irqbypass.TopologyError, match="token 't2' is already used by producer"):
+        topo.attach(parse_config(pair(5, token="t2"), file="plug.toml"))
+    assert rec.log == []
+
+
+def test_attach_with_an_unknown_kind_names_the_fragment_and_its_line(
+    topo: Topology, rec: Recorder
+) -> None:
+    with pytest.raises(irqbypass.ConfigError) as info:
+        topo.attach(parse_config(pair(5, sink="rec-snik"), file="plug.toml"))
+    assert info.value.file == "plug.toml" and info.value.key == "consumers[0].kind"
+    assert info.value.line == 7 and "did you mean 'rec-sink'" in str(info.value)
+    assert rec.log == [] and len(topo.placed) == 6
+
+
+def test_detach_unpairs_and_closes_only_the_named_entries(topo: Topology, rec: Recorder) -> None:
+    topo.detach(["p1", "c1"])
+    assert paired(topo) == {"t0": True, "t2": True}
+    assert rec.log == ["stop p1", "stop c1", "del c1", "del p1", "start c1", "start p1",
+                       "close p1", "close c1"]  # fmt: skip
+    untouched(rec, "p0", "c0", "p2", "c2")
+    assert "t1" not in topo.tokens and len(topo.manager) == 4
+
+
+def test_detach_of_an_unknown_name_changes_nothing(topo: Topology, rec: Recorder) -> None:
+    with pytest.raises(irqbypass.TopologyError, match="no entry named 'p9'"):
+        topo.detach(["p0", "p9"])
+    assert rec.log == [] and len(topo.manager) == 6
+
+
+def test_detach_attempts_every_step_and_reports(topo: Topology, rec: Recorder) -> None:
+    rec.fail = {"close p1"}
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.detach(["p1", "c1"])
+    assert "detaching from live.toml: close of producer 'p1'" in str(info.value)
+    assert "close c1" in rec.log and "t1" not in topo.tokens
+
+
+def test_a_ctrl_c_in_a_detached_close_still_detaches_the_rest(
+    topo: Topology, rec: Recorder
+) -> None:
+    class Interrupting(Recorder):
+        pass
+
+    rec.fail = set()
+    original = rec.act
+
+    def act(what: str) -> None:
+        original(what)
+        if what == "close p1":
+            raise KeyboardInterrupt
+
+    rec.act = act  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt) as caught:
+        topo.detach(["p1", "c1"])
+    assert "close c1" in rec.log and "t1" not in topo.tokens
+    assert "close of producer 'p1'" in "\n".join(getattr(caught.value, "__notes__", []))
+    untouched(rec, "p0", "c0", "p2", "c2")
+
+
+# -- tokens ----------------------------------------------------------------------
+
+
+def test_two_topologies_on_one_manager_and_one_token_table_pair_across_files(
+    host: irqbypass.PluginHost, rec: Recorder
+) -> None:
+    manager = irqbypass.Manager(host)
+    table = irqbypass.TokenTable()
+    producers = '[[producers]]\nname = "vec0"\nkind = "rec-src"\ntoken = "shared"\n'
+    consumers = '[[consumers]]\nname = "irqfd0"\nkind = "rec-sink"\ntoken = "shared"\n'
+    device = Topology(parse_config(producers, file="device.toml"), host, manager, tokens=table)
+    vm = Topology(parse_config(consumers, file="vm.toml"), host, manager, tokens=table)
+    with device, vm:
+        assert device.tokens["shared"] is vm.tokens["shared"]
+        assert manager.pairs() == [(device.entry("vec0").endpoint, vm.entry("irqfd0").endpoint)]  # type: ignore[union-attr]
+        assert table.users("shared") == 2
+        # the first topology's teardown leaves the other's end running, unpaired
+    assert "shared" not in table and len(manager) == 0
+
+
+def test_a_second_producer_on_a_shared_token_is_refused_and_undone(
+    host: irqbypass.PluginHost, rec: Recorder
+) -> None:
+    manager = irqbypass.Manager(host)
+    table = irqbypass.TokenTable()
+    text = '[[producers]]\nname = "vec0"\nkind = "rec-src"\ntoken = "shared"\n'
+    with Topology(parse_config(text, file="a.toml"), host, manager, tokens=table):
+        other = Topology(
+            parse_config(text.replace("vec0", "vec1"), file="b.toml"), host, manager, tokens=table
+        )
+        with pytest.raises(irqbypass.TopologyError, match="already held by producer 'vec0'"):
+            other.apply()
+        assert table.users("shared") == 1 and "close vec1" in rec.log
+
+
+def test_a_vmm_owned_eventfd_is_used_by_name_and_never_closed(
+    host: irqbypass.PluginHost, rec: Recorder
+) -> None:
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        own = irqbypass.Eventfd()
+        topology = Topology(
+            parse_config(pair(0, token="vm-msi0") + pair(1, token="vm-msi1"), file="t.toml"),
+            host,
+            tokens={"vm-msi0": fd, "vm-msi1": own},
+        )
+        with topology:
+            assert topology.tokens["vm-msi0"] == irqbypass.Eventfd.from_fd(fd)
+            assert topology.tokens["vm-msi1"] is own
+        assert not own.closed
+        os.fstat(fd)  # still open: the VMM owns it
+        own.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_provided_token_is_refused_twice_and_withdrawn_only_when_unused(
+    host: irqbypass.PluginHost,
+) -> None:
+    table = irqbypass.TokenTable()
+    with irqbypass.Eventfd() as mine:
+        table.provide("x", mine)
+        with pytest.raises(irqbypass.TopologyError, match="already in the table"):
+            table.provide("x", mine)
+        topology = Topology(parse_config(pair(0, token="x"), file="t.toml"), host, tokens=table)
+        with topology, pytest.raises(irqbypass.TopologyError, match="still used by 2 endpoint"):
+            table.withdraw("x")
+        assert table.withdraw("x") is mine and "x" not in table
+    with pytest.raises(irqbypass.InvalidEndpointError, match=r"is not an irqbypass\.Eventfd"):
+        table.provide("y", "fd 3")  # type: ignore[arg-type]
+
+
+# -- reconcile ---------------------------------------------------------------------
+
+
+def test_reconcile_adds_removes_and_changes_only_what_differs(
+    topo: Topology, rec: Recorder
+) -> None:
+    new = pair(0) + pair(2, level=3) + pair(4)  # 1 removed, 2 changed, 4 added
+    changes = topo.reconcile(parse_config(new, file="live.toml"))
+    assert changes.added == ("p4", "c4") and changes.removed == ("p1", "c1")
+    assert changes.changed == ("p2",) and changes.why == {"p2": ("options",)}
+    assert changes.describe() == ("added 'p4', 'c4'; removed 'p1', 'c1'; changed 'p2' (options)")
+    untouched(rec, "p0", "c0")
+    assert rec.of("c2") == ["stop c2", "del c2", "start c2", "stop c2", "add c2", "start c2"]
+    assert rec.of("p2")[:1] == ["stop p2"] and "close p2" in rec.of("p2")
+    assert paired(topo) == {"t0": True, "t2": True, "t4": True}
+    assert topo.entry("p2").endpoint.stats()["level"] == 3  # type: ignore[union-attr]
+    assert topo.config.file == "live.toml" and len(topo.manager) == 6
+
+
+def test_reconcile_with_nothing_changed_calls_nothing(topo: Topology, rec: Recorder) -> None:
+    # the same entries in another order are the same entries
+    changes = topo.reconcile(parse_config(pairs(2, 0, 1), file="live.toml"))
+    assert not changes and changes.describe() == "nothing changed"
+    assert rec.log == []
+    assert topo.entry("p2").config.index == 0  # type: ignore[union-attr]
+
+
+def test_reconcile_treats_true_and_1_as_different_options(topo: Topology) -> None:
+    text = pairs(0, 1, 2).replace('name = "p0"\n', 'name = "p0"\noptions = { level = 1 }\n')
+    topo.reconcile(parse_config(text, file="live.toml"))
+    flipped = text.replace("level = 1", "level = true")
+    with pytest.raises(irqbypass.ConfigError, match="level"):
+        topo.reconcile(parse_config(flipped, file="live.toml"))  # seen, so refused
+    assert topo.entry("p0").endpoint.stats()["level"] == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("failing", ["open p4", "open c2", "add c2", "open p2"])
+def test_a_failing_reconcile_leaves_the_running_topology_as_it_was(
+    topo: Topology, rec: Recorder, failing: str
+) -> None:
+    before = {p.config.name: p.config for p in topo.placed}
+    tokens = dict(topo.tokens)
+    rec.fail, rec.once = {failing}, True
+    new = pair(0) + pair(2, level=3).replace("rec-sink", "rec-sink") + pair(4)
+    new = new.replace('name = "c2"\nkind = "rec-sink"', 'name = "c2"\nkind = "rec-sink"\nirq = 5')
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.reconcile(parse_config(new, file="live2.toml"))
+    name = failing.split()[1]
+    assert f"'{name}'" in str(info.value) and f"{failing} failed" in str(info.value)
+    assert str(info.value).startswith("reloading live.toml as live2.toml: ")
+    untouched(rec, "p0", "c0")
+    after = {p.config.name: p.config for p in topo.placed}
+    assert after == before and topo.config.file == "live.toml"
+    assert paired(topo) == {"t0": True, "t1": True, "t2": True}
+    assert set(topo.tokens) == set(tokens) and len(topo.manager) == 6
+    if failing == "open p4":  # a pure addition fails first: nothing else was touched
+        untouched(rec, "p1", "c1", "p2", "c2")
+    # the next reload, with the fault gone, does the change
+    topo.reconcile(parse_config(new, file="live2.toml"))
+    assert paired(topo) == {"t0": True, "t2": True, "t4": True}
+
+
+def test_a_reconcile_that_names_an_unknown_kind_changes_nothing(
+    topo: Topology, rec: Recorder
+) -> None:
+    bad = pairs(0, 1) + pair(2, sink="rec-snik")
+    with pytest.raises(irqbypass.ConfigError) as info:
+        topo.reconcile(parse_config(bad, file="live.toml"))
+    assert info.value.key == "consumers[2].kind" and "did you mean 'rec-sink'" in str(info.value)
+    assert rec.log == [] and len(topo.manager) == 6
+
+
+def test_reconcile_moves_a_token_and_skips_an_unavailable_optional_pair(
+    topo: Topology, rec: Recorder
+) -> None:
+    text = (
+        pair(0)
+        + pair(1, token="moved")
+        + pair(2, sink="rec-absent").replace(
+            'kind = "rec-absent"', 'kind = "rec-absent"\noptional = true'
+        )
+    )
+    changes = topo.reconcile(parse_config(text, file="live.toml"))
+    assert set(changes.changed) == {"p1", "c1", "c2"}
+    assert changes.why["p1"] == ("token",)
+    assert paired(topo) == {"t0": True, "moved": True}
+    assert topo.skipped == [("t2", "consumer 'c2' (kind rec-absent): no such device here")]
+    untouched(rec, "p0", "c0")
+    assert "close p2" in rec.log  # its whole pair is left out
+
+
+def test_counts_add_up_across_reopens_with_this_opens_figures_apart(
+    topo: Topology, rec: Recorder
+) -> None:
+    p0 = topo.entry("p0")
+    assert p0 is not None
+    p0.endpoint.fired = 5  # type: ignore[attr-defined]
+    topo.reconcile(parse_config(pair(0, level=2) + pairs(1, 2), file="live.toml"))
+    p0 = topo.entry("p0")
+    assert p0 is not None and p0.endpoint.stats()["fired"] == 0
+    p0.endpoint.fired = 3  # type: ignore[attr-defined]
+    assert p0.stats()["fired"] == 8 and p0.opens == 2
+    (row,) = [r for r in topo.status() if r.token == "t0"]
+    assert row.fired == 8
+    topo.detach(["p0"])
+    topo.attach(parse_config(pair(0).split("[[consumers]]")[0], file="plug.toml"))
+    p0 = topo.entry("p0")
+    assert p0 is not None and p0.stats()["fired"] == 8 and p0.opens == 3
+
+
+def test_a_removed_entry_that_cannot_be_restored_is_named(topo: Topology, rec: Recorder) -> None:
+    rec.fail = {"open c2"}  # the new c2 fails, and so does the old one's reopening
+    new = pairs(0, 1) + pair(2).replace(
+        'name = "c2"\nkind = "rec-sink"', 'name = "c2"\nkind = "rec-sink"\nirq = 5'
+    )
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.reconcile(parse_config(new, file="live.toml"))
+    assert "while undoing: restoring 'c2' failed at open of consumer 'c2'" in str(info.value)
+    assert paired(topo) == {"t0": True, "t1": True, "t2": False}
+    untouched(rec, "p0", "c0", "p1", "c1")
+    rec.fail = set()  # the next reload puts the missing entry back
+    changes = topo.reconcile(parse_config(new, file="live.toml"))
+    assert changes.added == ("c2",) and paired(topo)["t2"]
