@@ -1,8 +1,9 @@
-"""The ``irqbypass`` command: plugins, check, run, demo.
+"""The ``irqbypass`` command: plugins, check, run, demo, status, reload.
 
 Exit status: 0 done, 1 an irqbypass error (the message says what to do),
 2 bad usage, 130 interrupted by Ctrl-C and 143 by SIGTERM (both after a clean
-teardown).
+teardown). A running ``run`` reloads its file on SIGHUP and prints its status
+on SIGUSR1 (both acted on in its main loop, never in the handler).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import sys
 import threading
@@ -25,14 +27,18 @@ from dataclasses import dataclass, field
 from importlib import metadata, resources
 from typing import Any, TextIO
 
+from . import control
 from .config import MAX_DURATION, Config, load_config, parse_config
 from .endpoints import Consumer
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
+from .metrics import REFRESH_SECONDS, Metrics, PairingEvents
+from .notify import notify, reloading
 from .plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
 from .signals import guard_signals
 from .topology import PairStatus, Topology
 
+#: the bundled demo's bound when its file had none (a file's run has none: until a signal)
 DEFAULT_DURATION = 10.0
 #: after every producer finished, how long stragglers may still be delivered
 SETTLE_SECONDS = 1.0
@@ -169,7 +175,41 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", "apply a topology, run it, tear it down")
     run.add_argument("file", help="the TOML file, or - for standard input")
     _run_options(run)
+    run.add_argument(
+        "--control",
+        metavar="PATH",
+        help="answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
+        "(created 0600, for your user only)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default: 127.0.0.1)",
+    )
+    run.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write Prometheus metrics to PATH every second, for node_exporter's textfile "
+        "collector (needs irqbypass[metrics])",
+    )
     run.set_defaults(func=_cmd_run)
+
+    status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
+    status.add_argument("path", help="the run's control socket")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
+
+    reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
+    reload.add_argument("path", help="the run's control socket")
+    reload.add_argument("--json", action="store_true", help="print JSON")
+    reload.set_defaults(func=_cmd_reload)
 
     demo = command("demo", "run the bundled demo topology")
     _run_options(demo)
@@ -179,7 +219,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--duration", type=_seconds, metavar="S", help="stop after S seconds at most"
+        "--duration",
+        type=_seconds,
+        metavar="S",
+        help="stop after S seconds at most (default: the file's [run] duration, or until "
+        "SIGINT/SIGTERM)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -216,6 +260,10 @@ def _load(file: str) -> Config:
 
 
 # -- plugins ---------------------------------------------------------------
+
+
+#: plugins the CLI itself registers (tracing, metrics): not listed as the user's
+_CORE_PLUGINS = ("irqbypass.trace", "irqbypass.metrics")
 
 
 class _Trace:
@@ -295,7 +343,7 @@ def _kind_table(host: PluginHost) -> list[dict[str, Any]]:
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     host = _host(args)
-    infos = [i for i in host.info() if i.name != "irqbypass.trace"]
+    infos = [i for i in host.info() if i.name not in _CORE_PLUGINS]
     kinds = _kind_table(host)
     if args.json:
         doc = {
@@ -344,7 +392,7 @@ def _header(host: PluginHost, out: TextIO) -> None:
     loaded = [
         f"{i.name} {i.version}" if i.version else i.name
         for i in host.info()
-        if i.error is None and i.name != "irqbypass.trace"
+        if i.error is None and i.name not in _CORE_PLUGINS
     ]
     print(f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}", file=out)
 
@@ -479,40 +527,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     text = resources.files("irqbypass").joinpath("demo.toml").read_bytes()
-    return _run(args, parse_config(text, file="examples/demo.toml"))
+    args.control = args.metrics_port = args.metrics_textfile = None
+    return _run(args, parse_config(text, file="examples/demo.toml"), DEFAULT_DURATION)
 
 
-def _run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
     host = _host(args, config)
-    duration = args.duration or config.duration or DEFAULT_DURATION
+    duration = args.duration or config.duration or default
     out = sys.stdout
-    topology = Topology(config, host)
+    metrics = _metrics(args, host)
+    try:
+        topology = Topology(config, host)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    file = getattr(args, "file", None)
+    live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
     stopped_by: int | None = None
     if not args.json:
         _header(host, out)
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(), live.signals():
         try:
+            if args.control:
+                live.listen(args.control)
             with _StepProgress(sys.stderr, "applying") as shown:
                 topology.apply(progress=shown.applying)
             _log_applied(topology)
             try:
                 if not args.json:
                     _print_pairs(topology, out)
-                _wait(topology, duration, sys.stderr)
+                live.ready()
+                _wait(topology, duration, sys.stderr, live)
             except KeyboardInterrupt as exc:
                 stopped_by = getattr(exc, "signum", signal.SIGINT)
             summary = [row.as_dict() for row in _snapshot(topology)]
         except BaseException:
+            live.close()
             _report_teardown(topology)
             raise
         # a teardown error is reported after the summary, never instead of it
-        _log.info("tearing down %s", config.file)
+        notify("STOPPING=1")
+        live.close()
+        _log.info("tearing down %s", topology.config.file)
         teardown_error, teardown_signal = _teardown(topology)
         if stopped_by is None:
             stopped_by = teardown_signal
     if args.json:
         doc = {
-            "file": config.file,
+            "file": topology.config.file,
             "interrupted": stopped_by is not None,
             "pairs": summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
@@ -583,6 +646,216 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# -- a long run: SIGHUP, SIGUSR1 and the control socket -------------------
+
+
+class _Live:
+    """What a running ``run`` answers: SIGHUP (reload the file), SIGUSR1 (a
+    status snapshot on stderr) and the ``--control`` socket. The handlers only
+    note the signal; the main loop acts on it at its next tick (:meth:`idle`)."""
+
+    def __init__(
+        self, topology: Topology, file: str | None, metrics: Metrics | None = None
+    ) -> None:
+        self.topology = topology
+        self.metrics = metrics
+        self._metrics_at = 0.0
+        #: the file a reload reads again (None: standard input or the demo)
+        self.file = file
+        self.server: control.ControlServer | None = None
+        self.started = time.monotonic()
+        self.reloads = 0
+        self.failed_reloads = 0
+        #: signals noted by the handlers, not yet acted on (at most one each)
+        self.pending: set[int] = set()
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum: int, frame: object) -> None:
+            self.pending.add(signum)  # nothing else: the main loop acts on it
+
+        previous = {signum: signal.signal(signum, note) for signum in _LIVE_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def listen(self, path: str) -> None:
+        self.server = control.ControlServer(path, self.answer)
+        _log.info("control socket: %s", path)
+
+    def ready(self) -> None:
+        self._refresh_metrics(force=True)
+        notify("READY=1", f"STATUS={self._status_line()}")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.metrics is not None:
+            self._refresh_metrics(force=True)  # the last figures, before the teardown
+            self.metrics.close()
+            self.metrics = None
+
+    def _refresh_metrics(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.metrics is None or (not force and now - self._metrics_at < REFRESH_SECONDS):
+            return
+        self._metrics_at = now
+        pairs = [row.as_dict() for row in _snapshot(self.topology, settled=False)]
+        self.metrics.update(pairs, self.reloads, self.failed_reloads)
+
+    def idle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a client, then act on what arrived."""
+        self._act()
+        if self.server is None:
+            time.sleep(seconds)
+        else:
+            ready, _, _ = select.select([self.server], [], [], seconds)
+            if ready:
+                self.server.serve()
+        self._act()
+        self._refresh_metrics()
+
+    def _act(self) -> None:
+        while self.pending:
+            signum = min(self.pending)
+            self.pending.discard(signum)
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGUSR1:
+                self.print_status(sys.stderr)
+
+    def answer(self, request: str) -> dict[str, Any]:
+        if request == "reload":
+            return self.reload()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        topology = self.topology
+        return {
+            "ok": True,
+            "file": topology.config.file,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "reloads": self.reloads,
+            "failed_reloads": self.failed_reloads,
+            "pairs": [row.as_dict() for row in _snapshot(topology, settled=False)],
+            "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
+        }
+
+    def print_status(self, out: TextIO) -> None:
+        _print_status(self.status(), out)
+        out.flush()
+
+    def _status_line(self) -> str:
+        rows = self.topology.status()
+        paired = sum(1 for row in rows if row.paired)
+        return f"{_count(len(rows), 'token')}, {paired} paired; {_count(self.reloads, 'reload')}"
+
+    def reload(self) -> dict[str, Any]:
+        """Read the file again and reconcile; a broken file changes nothing."""
+        if self.file is None:
+            message = "cannot reload: the topology was not read from a file (standard input, demo)"
+            _error(message)
+            return {"ok": False, "error": message, "unchanged": True}
+        reloading()
+        before = {p.config.name: p.config for p in self.topology.placed}
+        try:
+            old = self.topology.config
+            new = _load(self.file)
+            changes = self.topology.reconcile(new)
+            self.reloads += 1
+        except IrqBypassError as exc:
+            self.failed_reloads += 1
+            unchanged = before == {p.config.name: p.config for p in self.topology.placed}
+            state = "the running topology is unchanged" if unchanged else "see above"
+            message = f"reload of {self.file} failed; {state}: {exc}"
+            _error(message)
+            return {"ok": False, "error": message, "unchanged": unchanged}
+        finally:
+            notify("READY=1", f"STATUS={self._status_line()}")
+        if new.plugins != old.plugins:
+            _warn(f"{self.file}: [plugins] changed; the plugins are loaded at start: restart")
+        print(f"irqbypass: reloaded {self.file}: {changes.describe()}", file=sys.stderr)
+        self._refresh_metrics(force=True)
+        return {
+            "ok": True,
+            "added": list(changes.added),
+            "removed": list(changes.removed),
+            "changed": {name: list(changes.why.get(name, ())) for name in changes.changed},
+        }
+
+
+_LIVE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+
+
+def _metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
+    """The Prometheus exporter the options ask for, counting pairings through
+    a plugin on ``host`` (so only a run with metrics takes the hooked path)."""
+    port, textfile = getattr(args, "metrics_port", None), getattr(args, "metrics_textfile", None)
+    if port is None and textfile is None:
+        return None
+    events = PairingEvents()
+    metrics = Metrics(events)
+    host.register(events, name="irqbypass.metrics")
+    try:
+        if port is not None:
+            metrics.serve(port, args.metrics_address)
+        if textfile is not None:
+            metrics.write_to(textfile)
+    except BaseException:
+        metrics.close()
+        raise
+    return metrics
+
+
+def _print_status(doc: dict[str, Any], out: TextIO) -> None:
+    """A status document (the control socket's, or SIGUSR1's) as text."""
+    pairs = doc.get("pairs", [])
+    paired = sum(1 for p in pairs if p.get("paired"))
+    print(
+        f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "
+        f"{_count(len(pairs), 'token')}, {paired} paired, "
+        f"{_count(doc.get('reloads', 0), 'reload')} ({doc.get('failed_reloads', 0)} failed)",
+        file=out,
+    )
+    if pairs:
+        _print_summary(pairs, out, title="")
+    for skipped in doc.get("skipped", []):
+        print(f"  {skipped['token']}: skipped: {skipped['reason']}", file=out)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    doc = control.request(args.path, "status")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_status(doc, sys.stdout)
+    return 0 if doc.get("ok") else 1
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    doc = control.request(args.path, "reload")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif doc.get("ok"):
+        what = [
+            *(f"added {n!r}" for n in doc.get("added", [])),
+            *(f"removed {n!r}" for n in doc.get("removed", [])),
+            *(f"changed {n!r} ({', '.join(why)})" for n, why in doc.get("changed", {}).items()),
+        ]
+        print(f"reloaded: {'; '.join(what) or 'nothing changed'}")
+    else:
+        _error(str(doc.get("error")))
+    return 0 if doc.get("ok") else 1
 
 
 # -- the wait and its progress line ---------------------------------------
@@ -718,8 +991,9 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
     for status in topology.status():
         consumer = status.consumer.endpoint if status.consumer else None
         producer = status.producer.endpoint if status.producer else None
-        consumer_stats = dict(consumer.stats()) if consumer is not None else {}
-        producer_stats = dict(producer.stats()) if producer is not None else {}
+        # counted over every open of the entry (a reload that changed it re-opens it)
+        consumer_stats = status.consumer.stats() if status.consumer is not None else {}
+        producer_stats = status.producer.stats() if status.producer is not None else {}
         token = topology.tokens.get(status.token)
         rows.append(
             _Row(
@@ -766,11 +1040,17 @@ def _eventfd_count(token: object) -> int | None:
     return None
 
 
-def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
-    """Run until ``duration`` passes, or every producer finished and every
-    interrupt is accounted for (or had SETTLE_SECONDS to be). A topology with no
-    producer has nothing to wait for."""
-    if not any(p.config.side == "producer" for p in topology.placed):
+def _wait(
+    topology: Topology, duration: float | None, progress: TextIO, service: _Live | None = None
+) -> None:
+    """Run until ``duration`` passes (None: until a signal), or every producer
+    finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
+    A topology with no producer has nothing to wait for, unless it has a
+    control socket (a reload may bring producers). Each tick, ``service`` acts on
+    the signals and the control requests that arrived."""
+    if not any(p.config.side == "producer" for p in topology.placed) and (
+        service is None or service.server is None
+    ):
         _log.info("no producer: nothing to wait for")
         return
     live = _isatty(progress)
@@ -779,9 +1059,13 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
     finished_at: float | None = None
     previous: list[tuple[int | None, int | None, int | None]] | None = None
     still_since = 0.0
+    reloads = 0
     try:
         while True:
             now = time.monotonic()
+            if service is not None and service.reloads != reloads:  # other producers now
+                reloads = service.reloads
+                producers = [p.endpoint for p in topology.placed if p.config.side == "producer"]
             finished = topology.finished
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = _snapshot(topology, settled=False) if live or finished else []
@@ -790,7 +1074,7 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
                 line = _progress_line(rows, now - start, done, len(producers))
                 progress.write(f"\r{_fit(line, _width(progress))}\x1b[K")
                 progress.flush()
-            if now - start >= duration:
+            if duration is not None and now - start >= duration:
                 break
             if finished:
                 finished_at = finished_at if finished_at is not None else now
@@ -806,8 +1090,14 @@ def _wait(topology: Topology, duration: float, progress: TextIO) -> None:
                 )
                 if accounted or now - finished_at >= SETTLE_SECONDS:
                     break
+            else:
+                finished_at = None  # a reload brought work again
             # a tick's reading may take at most a fifth of the time (10,000 pairs)
-            time.sleep(max(TICK_SECONDS, 4 * (time.monotonic() - now)))
+            pause = max(TICK_SECONDS, 4 * (time.monotonic() - now))
+            if service is not None:
+                service.idle(pause)
+            else:
+                time.sleep(pause)
     finally:
         if live:
             progress.write("\n")
@@ -868,11 +1158,12 @@ _SUMMARY_COLUMNS = (
 )
 
 
-def _print_summary(summary: list[dict[str, Any]], out: TextIO) -> None:
+def _print_summary(summary: list[dict[str, Any]], out: TextIO, title: str = "summary:") -> None:
     if not summary:
         print("summary: nothing ran (no pair was applied)", file=out)
         return
-    print("summary:", file=out)
+    if title:
+        print(title, file=out)
     table = [_SUMMARY_COLUMNS]
     for row in summary:
         details = {

@@ -1,0 +1,37 @@
+"""systemd's service notification (``Type=notify``), without libsystemd.
+
+Under systemd, ``$NOTIFY_SOCKET`` names a datagram socket (a path, or ``@name``
+for an abstract one) that takes newline-separated ``KEY=value`` lines:
+``READY=1`` once applied, ``RELOADING=1`` with ``MONOTONIC_USEC`` while a
+reload runs (then ``READY=1`` again), ``STOPPING=1`` at teardown, ``STATUS=``
+for ``systemctl status``. Elsewhere (no variable) nothing is sent. A failed
+send is never an error: the run does not depend on its supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def notify(*lines: str) -> bool:
+    """Send ``lines`` to ``$NOTIFY_SOCKET``; whether it was sent."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(1.0)  # a datagram send does not wait for the reader; a bound
+            sock.sendto("\n".join(lines).encode(), target)
+    except OSError:
+        return False
+    return True
+
+
+def reloading() -> bool:
+    """``RELOADING=1`` with the monotonic time systemd needs to match it."""
+    return notify(
+        "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+    )

@@ -1,0 +1,345 @@
+"""A long ``irqbypass run`` (issue 18): until a signal, SIGHUP reloads, SIGUSR1
+prints its status, ``--control`` answers ``status`` and ``reload``.
+
+Each test runs the CLI as a user does (a subprocess) and waits for conditions
+(a line in its output, a socket), never for a time. The session of
+``test_the_cli_page_shows_a_real_session`` is the one docs/cli.md shows; its
+blocks (``<!-- live: NAME -->``) are compared with every number masked. To
+rewrite them from a fresh run::
+
+    IRQBYPASS_UPDATE_DOCS=1 .venv/bin/pytest tests/core/test_cli_live.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from irqbypass import control
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / "docs" / "cli.md"
+HANG_GUARD = 120.0
+BLOCK = re.compile(r"<!-- live: (?P<name>[\w-]+) -->\n```text\n(?P<body>.*?)```", re.S)
+
+PAIR = """\
+[[producers]]
+name = "{p}"
+kind = "mock"
+token = "{t}"
+options = {{ rate = {rate}, count = -1 }}
+[[consumers]]
+name = "{c}"
+kind = "logging"
+token = "{t}"
+"""
+
+
+def pair(n: int, rate: float = 100.0) -> str:
+    return PAIR.format(p=f"dev{n}", c=f"sink{n}", t=f"vec{n}", rate=rate)
+
+
+def wait_for(what: str, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"hang guard: {what} never happened"
+        time.sleep(0.02)
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("IRQBYPASS_", "NOTIFY_"))}
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "irqbypass", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+
+
+class Run:
+    """``irqbypass run live.toml --control live.sock`` in ``tmp``, its output in files."""
+
+    def __init__(self, tmp: Path, *extra: str, environ: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.out, self.err = tmp / "run.out", tmp / "run.err"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "irqbypass", "run", "live.toml", *extra],
+                cwd=tmp,
+                env={**env(), **(environ or {})},
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_stderr(self, text: str, count: int = 1) -> None:
+        wait_for(f"{text!r} on the run's stderr", lambda: self.stderr().count(text) >= count)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=HANG_GUARD)
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    (tmp_path / "live.toml").write_text(pair(0))
+    return tmp_path
+
+
+@pytest.fixture
+def run(tmp: Path) -> Iterator[Run]:
+    started = Run(tmp, "--control", "live.sock", "--metrics-textfile", "live.prom")
+    wait_for("the control socket", lambda: (tmp / "live.sock").exists())
+    yield started
+    started.stop()
+
+
+def mask(text: str) -> str:
+    return re.sub(r"[ \t]+", " ", re.sub(r"\d+(\.\d+)?", "N", text)).strip()
+
+
+def test_the_cli_page_shows_a_real_session(tmp: Path, run: Run) -> None:
+    shown: dict[str, str] = {}
+    status = cli("status", "live.sock", cwd=tmp)
+    assert status.returncode == 0, status.stderr
+    shown["status"] = "$ irqbypass status live.sock\n" + status.stdout
+    # edit the file: a second pair, and the first one's rate changed; then SIGHUP
+    (tmp / "live.toml").write_text(pair(0, rate=200.0) + pair(1))
+    run.signal(signal.SIGHUP)
+    run.wait_stderr("reloaded live.toml")
+    run.signal(signal.SIGUSR1)
+    run.wait_stderr("2 tokens, 2 paired")
+    prom = tmp / "live.prom"
+    wait_for("the metrics of both pairs", lambda: 'token="vec1"' in prom.read_text())
+    shown["metrics"] = "$ cat live.prom\n" + prom.read_text()
+    # a broken edit changes nothing, and the run goes on
+    (tmp / "live.toml").write_text(pair(0, rate=200.0) + pair(1).replace('"logging"', '"loging"'))
+    reload = cli("reload", "live.sock", cwd=tmp)
+    assert reload.returncode == 1
+    shown["reload"] = "$ irqbypass reload live.sock\n" + reload.stdout + reload.stderr
+    run.wait_stderr("reload of live.toml failed; the running topology is unchanged")
+    after = json.loads(cli("status", "live.sock", "--json", cwd=tmp).stdout)
+    assert [p["token"] for p in after["pairs"]] == ["vec0", "vec1"]
+    assert after["reloads"] == 1 and after["failed_reloads"] == 1
+    assert run.stop() == 128 + signal.SIGTERM
+    shown["run"] = (
+        "$ irqbypass run live.toml --control live.sock --metrics-textfile live.prom\n"
+        + run.out.read_text()
+        + run.stderr()
+    )
+    page = CLI.read_text()
+    blocks = {m["name"]: m for m in BLOCK.finditer(page)}
+    assert set(blocks) >= set(shown), "docs/cli.md lost a live: block"
+    if os.environ.get("IRQBYPASS_UPDATE_DOCS"):
+        for name in sorted(shown, key=lambda n: -blocks[n].start()):
+            block = blocks[name]
+            start, end = block.start("body"), block.end("body")
+            page = page[:start] + shown[name] + page[end:]
+        CLI.write_text(page)
+        return
+    for name, real in shown.items():
+        assert mask(blocks[name]["body"]) == mask(real), (
+            f"docs/cli.md block {name}: rewrite with IRQBYPASS_UPDATE_DOCS=1; real:\n{real}"
+        )
+
+
+def test_sighup_reloads_and_the_changed_pair_counts_on(tmp: Path, run: Run) -> None:
+    (tmp / "live.toml").write_text(pair(0, rate=300.0))
+    run.signal(signal.SIGHUP)
+    run.wait_stderr("reloaded live.toml: changed 'dev0' (options)")
+    doc = control.request(str(tmp / "live.sock"), "status")
+    (row,) = doc["pairs"]
+    assert row["paired"] and doc["reloads"] == 1
+    wait_for("interrupts on the new dev0", lambda: _fired(tmp) > row["fired"])
+
+
+def _fired(tmp: Path) -> int:
+    doc = control.request(str(tmp / "live.sock"), "status")
+    return int(doc["pairs"][0]["fired"])
+
+
+@pytest.mark.parametrize(
+    "broken, said",
+    [
+        ("[[producers]\n", "live.toml:10: invalid TOML"),
+        (pair(1).replace('"logging"', '"loging"'), "consumers[1].kind: no plugin provides"),
+        (pair(1).replace('token = "vec1"', 'token = "vec0"'), "token 'vec0' is already used by"),
+        (
+            pair(1).replace(
+                'kind = "logging"\n',
+                'kind = "logging"\noptions = { json_file = "/no/such/dir/x" }\n',
+            ),
+            "open of consumer 'sink1' (kind logging) failed",
+        ),
+    ],
+    ids=["does-not-parse", "unknown-kind", "reuses-a-token", "fails-to-open"],
+)
+def test_a_broken_reload_changes_nothing_and_the_run_goes_on(
+    tmp: Path, run: Run, broken: str, said: str
+) -> None:
+    before = control.request(str(tmp / "live.sock"), "status")
+    (tmp / "live.toml").write_text(pair(0) + broken)
+    doc = control.request(str(tmp / "live.sock"), "reload")
+    assert doc["ok"] is False and doc["unchanged"] is True
+    assert said in doc["error"], doc["error"]
+    assert "reload of live.toml failed; the running topology is unchanged" in doc["error"]
+    run.wait_stderr(said)
+    after = control.request(str(tmp / "live.sock"), "status")
+    assert [p["token"] for p in after["pairs"]] == [p["token"] for p in before["pairs"]]
+    assert after["failed_reloads"] == 1 and run.proc.poll() is None
+    (tmp / "live.toml").write_text(pair(0) + pair(1))  # fixed: the next reload works
+    assert control.request(str(tmp / "live.sock"), "reload")["added"] == ["dev1", "sink1"]
+
+
+def test_sigusr1_prints_a_status_and_the_run_goes_on(tmp: Path) -> None:
+    started = Run(tmp)  # no --duration, no [run]: until a signal
+    wait_for("the run to start", lambda: "applied" in started.out.read_text())
+    started.signal(signal.SIGUSR1)
+    started.wait_stderr("live.toml: running")
+    started.signal(signal.SIGUSR1)
+    started.wait_stderr("live.toml: running", count=2)
+    assert started.proc.poll() is None
+    assert started.stop() == 128 + signal.SIGTERM
+    assert "summary:" in started.out.read_text()
+
+
+def test_the_control_socket_is_the_users_alone(tmp: Path, run: Run) -> None:
+    info = os.lstat(tmp / "live.sock")
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.getuid()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp / "live.sock"))
+        sock.sendall(b"shutdown\n")
+        answer = json.loads(sock.makefile().readline())
+    assert answer == {
+        "ok": False,
+        "error": "unknown request 'shutdown'; send one of: status, reload",
+    }
+    assert run.stop() == 128 + signal.SIGTERM
+    assert not (tmp / "live.sock").exists(), "the run removes its socket"
+
+
+def test_a_peer_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answered: list[str] = []
+
+    def answer(request: str) -> dict[str, Any]:
+        answered.append(request)
+        return {"ok": True}
+
+    server = control.ControlServer(str(tmp_path / "c.sock"), answer)
+    try:
+        monkeypatch.setattr(control, "peer_uid", lambda sock: os.getuid() + 1)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(tmp_path / "c.sock"))
+            sock.sendall(b"status\n")
+            assert server.serve() == 0
+            refused = json.loads(sock.makefile().readline())
+        assert refused == {"ok": False, "error": "refused: not the run's user"}
+        assert answered == [] and server.refused == 1
+    finally:
+        server.close()
+
+
+def test_a_path_that_is_not_a_stale_socket_of_ours_is_refused_and_kept(tmp: Path) -> None:
+    (tmp / "live.sock").write_text("not a socket")
+    result = cli("run", "live.toml", "--control", "live.sock", cwd=tmp)
+    assert result.returncode == 1
+    assert "the path exists and is not a socket of yours" in result.stderr
+    assert (tmp / "live.sock").read_text() == "not a socket"
+
+
+def test_a_stale_socket_of_a_killed_run_is_replaced(tmp: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp / "live.sock"))
+    stale.close()  # bound, never listening: what a SIGKILLed run leaves
+    started = Run(tmp, "--control", "live.sock")
+    try:
+        wait_for("a status", lambda: _answers(tmp))
+    finally:
+        assert started.stop() == 128 + signal.SIGTERM
+
+
+def _answers(tmp: Path) -> bool:
+    try:
+        return bool(control.request(str(tmp / "live.sock"), "status")["ok"])
+    except Exception:
+        return False
+
+
+def test_status_of_no_run_says_what_to_do(tmp_path: Path) -> None:
+    result = cli("status", str(tmp_path / "none.sock"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "cannot connect: No such file or directory; is `irqbypass run --control PATH` running?"
+        in result.stderr
+    )
+
+
+def test_systemd_hears_ready_reloading_and_stopping(tmp: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp / "notify.sock"))
+        notify.settimeout(HANG_GUARD)
+        started = Run(tmp, environ={"NOTIFY_SOCKET": str(tmp / "notify.sock")})
+        try:
+            heard = [notify.recv(4096).decode()]
+            assert heard[0].startswith("READY=1\nSTATUS=1 token, 1 paired; 0 reloads")
+            started.signal(signal.SIGHUP)
+            heard += [notify.recv(4096).decode(), notify.recv(4096).decode()]
+            assert heard[1].startswith("RELOADING=1\nMONOTONIC_USEC=")
+            assert heard[2].startswith("READY=1\nSTATUS=1 token, 1 paired; 1 reload")
+        finally:
+            started.stop()
+        assert notify.recv(4096).decode() == "STOPPING=1"
+
+
+def test_metrics_over_http_count_pairings_and_reloads(tmp: Path) -> None:
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = Run(tmp, "--metrics-port", str(port))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            return ""
+
+    try:
+        wait_for("a scrape with the pair", lambda: 'irqbypass_paired{consumer="sink0"' in scrape())
+        (tmp / "live.toml").write_text(pair(0, rate=300.0))
+        started.signal(signal.SIGHUP)
+        wait_for("the reload counted", lambda: "irqbypass_reloads_total 1.0" in scrape())
+        text = scrape()
+        assert "irqbypass_pairings_total 2.0" in text and "irqbypass_unpairings_total 1.0" in text
+        assert 'irqbypass_fired_total{consumer="sink0",producer="dev0",token="vec0"}' in text
+    finally:
+        assert started.stop() == 128 + signal.SIGTERM
+    assert "irqbypass.metrics" not in started.out.read_text()  # not listed as a plugin
