@@ -34,8 +34,8 @@ def test_a_ctrl_c_just_after_the_file_is_created_leaves_no_file(
     real_open = os.open
     path = tmp_path / "pi0"
 
-    def open_then_interrupt(target: Any, flags: int, *args: Any) -> int:
-        fd = real_open(target, flags, *args)
+    def open_then_interrupt(target: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(target, flags, *args, **kwargs)
         if flags & os.O_CREAT:
             signal.raise_signal(signal.SIGINT)  # handled as this call returns
         return fd

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -186,17 +185,21 @@ class LoggingConsumer(irqbypass.Consumer):
             raise
 
     def _open_json(self, path: str) -> IO[str]:
-        """Append to ``path``, created 0600; a symlink is refused, not followed."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        """Append to ``path``, created 0600, through :func:`irqbypass.open_file`:
+        a symlink is refused, not followed; a FIFO cannot hang the open; a file
+        another user owns or can write (who would read or forge our records),
+        or one in a directory others can change, is refused."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = irqbypass.open_file(path, flags, 0o600, what="json_file")
+        except irqbypass.UnsafePathError as exc:
+            raise irqbypass.UnsafePathError(
+                f"logging consumer {self.name!r}: {exc.message}", errno=exc.errno
+            ) from exc
         except OSError as exc:
-            hint = (
-                " (it is a symbolic link; name the file itself)" if exc.errno == errno.ELOOP else ""
-            )
             raise irqbypass.DeviceError(
                 f"logging consumer {self.name!r}: cannot open json_file "
-                f"{irqbypass.show_value(path)}: {exc.strerror}{hint}",
+                f"{irqbypass.show_value(path)}: {exc.strerror}",
                 errno=exc.errno,
             ) from exc
         return os.fdopen(fd, "a", encoding="utf-8")

@@ -146,15 +146,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         if already paired."""
         if self.descriptor is not None:
             return
-        descriptor = PostedDescriptor(
-            nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
-        )
-        with self._lock:
-            self.descriptor = descriptor
-            self._relayed = self._early = 0
-            self._token_closed = False
-            self._problem = None
-            partner = self._partner
+        try:
+            descriptor, partner = self._make_descriptor()
+        finally:
+            irqbypass.deliver_deferred_signals()  # once close() can find the descriptor
         try:
             if self.drain:
                 assert descriptor.notification is not None  # our own descriptor has one
@@ -169,9 +164,27 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             self.close()
             raise
 
+    @irqbypass.signal_safe
+    def _make_descriptor(self) -> tuple[PostedDescriptor, irqbypass.Producer | None]:
+        """Create the descriptor and record it, with no point between where a
+        Ctrl-C could leave its file behind unknown to :meth:`close`."""
+        descriptor = PostedDescriptor(
+            nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
+        )
+        return descriptor, self._record(descriptor)
+
+    def _record(self, descriptor: PostedDescriptor) -> irqbypass.Producer | None:
+        with self._lock:
+            self.descriptor = descriptor
+            self._relayed = self._early = 0
+            self._token_closed = False
+            self._problem = None
+            return self._partner
+
     def close(self) -> None:
         """Withdraw the posting path, stop the relay and the drainer (a last
-        sync if draining), keep the final counters, and unmap the descriptor."""
+        sync if draining), keep the final counters, and unmap the descriptor
+        (its file removed whatever interrupts this: a second Ctrl-C included)."""
         with self._lock:
             descriptor = self.descriptor
             partner = self._partner
@@ -181,15 +194,29 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             if partner is not None:
                 self._detach(partner)
         finally:
+            try:
+                self._release(descriptor)
+            finally:
+                irqbypass.deliver_deferred_signals()
+
+    @irqbypass.signal_safe
+    def _release(self, descriptor: PostedDescriptor) -> None:
+        """Stop the drainer (a callback of this process's loop: not a wait on
+        another process) and close the descriptor, on every path."""
+        try:
             drainer, self._drainer = self._drainer, None
             if drainer is not None:
                 drainer.cancel()  # returns once the callback is not running
                 self._note_problem(drainer)
                 self._vcpu_sync(descriptor)
-            with self._lock:
-                self._last = self._counters(descriptor)
-                self.descriptor = None
+            self._keep_last(descriptor)
+        finally:
             descriptor.close()
+
+    def _keep_last(self, descriptor: PostedDescriptor) -> None:
+        with self._lock:
+            self._last = self._counters(descriptor)
+            self.descriptor = None
 
     def _owner(self, role: str) -> str:
         return f"posted-interrupt consumer {self.name!r} ({role})"

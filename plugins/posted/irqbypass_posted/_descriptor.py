@@ -24,9 +24,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import stat
+import struct
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -71,6 +73,16 @@ _DRAINED = 320  # bytes 2560..4607: posts drained per vector, cumulative
 
 _ZERO_PIR = bytes(PIR_BYTES)
 _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
+
+#: While a descriptor file is in use its creator holds an OFD write lock on
+#: byte CREATOR_BYTE and each attacher a read lock on byte USERS_BYTE (both
+#: beyond the end of the file; OFD locks are independent of the flock that
+#: guards posts). The kernel drops them when the holder dies, even by SIGKILL:
+#: a file whose two bytes can both be locked belongs to nobody and is reclaimed.
+CREATOR_BYTE = MAPPING_SIZE
+USERS_BYTE = MAPPING_SIZE + 1
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
+_log = logging.getLogger("irqbypass.posted")
 
 LockMode = Literal["process", "file"]
 _T = TypeVar("_T")
@@ -264,6 +276,12 @@ class PostedDescriptor:
         self._path = path
         try:
             self._fd = _open_file(path)
+            if not _try_lock(self._fd, fcntl.F_RDLCK, USERS_BYTE):
+                raise irqbypass.BusyError(
+                    f"posted-interrupt descriptor {_show(path)} is being reclaimed as stale by "
+                    "a new creator; attach again once it is open",
+                    errno=errno.EBUSY,
+                )
             info = os.fstat(self._fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != MAPPING_SIZE:
                 raise irqbypass.InvalidEndpointError(
@@ -325,6 +343,9 @@ class PostedDescriptor:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+        self._remove_file()
+
+    def _remove_file(self) -> None:
         if self._unlink and self._path is not None:
             self._unlink = False
             with contextlib.suppress(FileNotFoundError):
@@ -336,24 +357,35 @@ class PostedDescriptor:
         must no longer be called. Idempotent, and undoes a half-made descriptor.
 
         In a fork()ed child it only drops the child's copies: the file and the
-        notification eventfd stay the parent's."""
-        self.closed = True
-        _LIVE.discard(self)
-        if self._in_child:
-            self._unlink = self._own_notification = False  # the parent's, not ours
-            # the child has no other thread: no lock (its copy may be stale)
-            self._usable[0] = False
-            self._unmap()
-            self._close_file()
-        else:
-            # under the lock, so no post is between its check and its flock
-            with self._lock:
+        notification eventfd stay the parent's. Signal-safe: a Ctrl-C (or a
+        second one) that lands in it waits until the file is gone."""
+        try:
+            self._close()
+        finally:
+            irqbypass.deliver_deferred_signals()
+
+    @irqbypass.signal_safe
+    def _close(self) -> None:
+        try:
+            self.closed = True
+            _LIVE.discard(self)
+            if self._in_child:
+                self._unlink = self._own_notification = False  # the parent's, not ours
+                # the child has no other thread: no lock (its copy may be stale)
                 self._usable[0] = False
                 self._unmap()
                 self._close_file()
-                self._close_notification()
-            return
-        self._close_notification()
+            else:
+                # under the lock, so no post is between its check and its flock
+                with self._lock:
+                    self._usable[0] = False
+                    self._unmap()
+                    self._close_file()
+                    self._close_notification()
+                return
+            self._close_notification()
+        finally:
+            self._remove_file()  # whatever cut the above short: the file goes
 
     def _close_notification(self) -> None:
         notification, self.notification = self.notification, None
@@ -713,10 +745,15 @@ def _check_path(path: str) -> None:
 
 
 def _open_file(path: str) -> int:
-    """Open an existing descriptor file (for :meth:`PostedDescriptor.attach`)."""
+    """Open an existing descriptor file (for :meth:`PostedDescriptor.attach`)
+    with :func:`irqbypass.open_file`: a regular file, not a link, owned by us
+    or root and writable by no one else (another user's 0666 file with the
+    magic would inject posts), in a directory no one else can change."""
     _check_path(path)
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return irqbypass.open_file(path, os.O_RDWR, what="posted-interrupt descriptor file")
+    except irqbypass.UnsafePathError:
+        raise
     except OSError as exc:
         raise irqbypass.DeviceError(
             f"cannot open posted-interrupt descriptor {_show(path)}: "
@@ -726,29 +763,44 @@ def _open_file(path: str) -> int:
         ) from exc
 
 
-def _create_file(path: str) -> int:
-    """Create the backing file: O_EXCL, mode 0600, sized to the mapping."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    _check_path(path)
+def _try_lock(fd: int, kind: int, byte: int) -> bool:
+    """Take an OFD lock of ``kind`` on ``byte`` without waiting; False if held."""
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError as exc:
-        raise irqbypass.DeviceError(
-            f"posted-interrupt descriptor file {_show(path)} already exists: "
-            "another consumer "
-            "uses it, or a crashed run left it behind; pick another path or remove it",
-            errno=errno.EEXIST,
-        ) from exc
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
     except OSError as exc:
-        raise irqbypass.DeviceError(
-            f"cannot create posted-interrupt descriptor file {_show(path)}: "
-            f"{exc.strerror}; "
-            "check that the directory exists and is writable (/dev/shm is a good place)",
-            errno=exc.errno,
-        ) from exc
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _create_file(path: str) -> int:
+    """Create the backing file: O_EXCL, mode 0600, sized to the mapping, in a
+    directory no one else can change; take the creator's lock. A file already
+    there whose locks nobody holds (its creator was SIGKILLed) is reclaimed."""
+    _check_path(path)
+    directory, name = irqbypass.split_path(path)
+    dirfd = irqbypass.open_directory(directory)
+    try:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=dirfd)
+        except FileExistsError as exc:
+            return _reclaim(path, exc)  # with the creator's lock taken
+        except OSError as exc:
+            raise irqbypass.DeviceError(
+                f"cannot create posted-interrupt descriptor file {_show(path)}: "
+                f"{exc.strerror}; "
+                "check that the directory exists and is writable (/dev/shm is a good place)",
+                errno=exc.errno,
+            ) from exc
+    finally:
+        os.close(dirfd)
     try:
         os.fchmod(fd, 0o600)
         os.ftruncate(fd, MAPPING_SIZE)
+        if not _try_lock(fd, fcntl.F_WRLCK, CREATOR_BYTE):  # just made: nobody else has it
+            raise OSError(errno.EAGAIN, "the new file's creator lock is taken")
     except BaseException as exc:
         os.close(fd)
         os.unlink(path)
@@ -758,4 +810,40 @@ def _create_file(path: str) -> int:
                 errno=exc.errno,
             ) from exc
         raise
+    return fd
+
+
+def _exists(path: str) -> irqbypass.DeviceError:
+    return irqbypass.DeviceError(
+        f"posted-interrupt descriptor file {_show(path)} already exists and is in use (a "
+        "process holds its lock): another consumer uses it; pick another path",
+        errno=errno.EEXIST,
+    )
+
+
+def _reclaim(path: str, exists: FileExistsError) -> int:
+    """The fd of the file already at ``path`` if nobody uses it (then zeroed
+    and announced), else raise EEXIST. Only a file that passes
+    :func:`irqbypass.open_file` (ours or root's, writable by no one else) is
+    reclaimed; another user's file is refused."""
+    fd = irqbypass.open_file(path, os.O_RDWR, what="posted-interrupt descriptor file")
+    try:
+        if not (
+            _try_lock(fd, fcntl.F_WRLCK, CREATOR_BYTE) and _try_lock(fd, fcntl.F_WRLCK, USERS_BYTE)
+        ):
+            raise _exists(path) from exists
+        os.ftruncate(fd, 0)  # nothing of the dead run's state survives
+        os.ftruncate(fd, MAPPING_SIZE)
+        os.fchmod(fd, 0o600)
+        fcntl.fcntl(
+            fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, USERS_BYTE, 1, 0)
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    _log.warning(
+        "posted-interrupt descriptor file %s was left behind by a process that is gone (no "
+        "process held its lock): reclaimed",
+        path,
+    )
     return fd

@@ -74,8 +74,43 @@ def test_json_file_symlink_is_refused(tmp_path: Path) -> None:
     link.symlink_to(target)
     with irqbypass.Eventfd() as efd:
         consumer = LoggingConsumer(token=efd, json_file=str(link))
-        with pytest.raises(irqbypass.DeviceError, match="symbolic link") as info:
+        with pytest.raises(irqbypass.UnsafePathError, match="symbolic link") as info:
             consumer.open()
         assert info.value.errno == errno.ELOOP
         consumer.close()  # nothing was started: a no-op
     assert target.read_text() == ""
+
+
+def test_a_fifo_at_json_file_does_not_hang_the_open(tmp_path: Path) -> None:
+    """Issue 20: open(2) of a FIFO for writing blocks until a reader comes; the
+    open is O_NONBLOCK (ENXIO, or refused as no regular file), never a hang."""
+    path = tmp_path / "events.jsonl"
+    os.mkfifo(path)
+    with irqbypass.Eventfd() as efd:
+        consumer = LoggingConsumer(token=efd, json_file=str(path))
+        with pytest.raises(irqbypass.IrqBypassError) as info:
+            consumer.open()
+        assert info.value.errno in (errno.ENXIO, errno.EINVAL)
+        consumer.close()
+
+
+def test_another_users_world_writable_file_is_refused(tmp_path: Path) -> None:
+    """Issue 20: another user's 0666 file would receive root's records."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a file another user owns (chown): run as root")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    path = tmp_path / "events.jsonl"
+    path.write_text("")
+    os.chown(path, nobody, nobody)
+    os.chmod(path, 0o666)
+    with irqbypass.Eventfd() as efd:
+        consumer = LoggingConsumer(token=efd, json_file=str(path))
+        with pytest.raises(irqbypass.UnsafePathError, match=f"owned by uid {nobody}"):
+            consumer.open()
+        os.chown(path, 0, 0)  # ours now, but still writable by others
+        with pytest.raises(irqbypass.UnsafePathError, match="writable by group or others"):
+            consumer.open()
+        consumer.close()
+    assert path.read_text() == ""
