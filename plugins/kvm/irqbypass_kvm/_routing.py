@@ -54,6 +54,14 @@ class MsiRoute:
     devid: int | None = None
 
     def __post_init__(self) -> None:
+        for key in ("address", "data", "devid"):
+            value = getattr(self, key)
+            if (value is not None or key != "devid") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise irqbypass.InvalidEndpointError(
+                    f"MSI {key} must be an int, not {irqbypass.show_value(value)}"
+                )
         if not 0 <= self.address < 2**64 or not 0 <= self.data < 2**32:
             raise irqbypass.InvalidEndpointError(
                 f"MSI address must fit 64 bits and data 32 bits (got address="

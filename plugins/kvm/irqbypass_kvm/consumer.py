@@ -17,6 +17,7 @@ from typing import Any
 import irqbypass
 
 from . import _abi
+from ._apic import MSI_VECTORS
 from ._kvm import DEFAULT_DEVICE, MAX_HALT_POLL_NS, Vm, check_halt_poll_ns
 from ._routing import MAX_GSI_ROUTES, MsiRoute, describe
 from .guest import APIC_MODES, ELCR_LINES, GUEST_LINES, Guest
@@ -85,6 +86,19 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 f"{what}: the token must be an irqbypass.Eventfd (KVM listens to an "
                 f"eventfd), not {type(token).__name__}"
             )
+        _check_types(
+            what,
+            gsi=gsi,
+            resample=resample,
+            resample_eventfd=resample_eventfd,
+            msi=msi,
+            masked=masked,
+            apic=apic,
+            guest_ack=guest_ack,
+            device=device,
+            on_stop=on_stop,
+            on_start=on_start,
+        )
         if isinstance(vm, str) and vm != "guest":
             raise irqbypass.InvalidEndpointError(
                 f'{what}: vm must be "guest", a VM fd, a Guest or a Vm, not {vm!r}'
@@ -140,6 +154,8 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                     'local APIC use apic = "x2apic" (or a Guest(apic="x2apic")), or a '
                     "VMM's VM fd"
                 )
+            if vm == "guest" or isinstance(vm, Guest):
+                _check_guest_msi(what, msi)
         elif (vm == "guest" or isinstance(vm, Guest)) and guest_apic is not None:
             raise irqbypass.InvalidEndpointError(
                 f"{what}: the guest is in {guest_apic} mode and takes MSIs only (its PIC is "
@@ -726,6 +742,56 @@ def _close_batch(batch: list[KvmIrqfdConsumer], errors: list[BaseException]) -> 
         borrowed += isinstance(consumer.vm_arg, int)
     if borrowed:
         vm.close(refs=borrowed)  # drops our references; a borrowed fd is never closed
+
+
+def _check_types(what: str, **values: object) -> None:
+    """Refuse, by name, a value of the wrong type at the Python API (a bool
+    where an int is meant, a string where a bool is), before it can reach an
+    ioctl or be reported back as given."""
+    for key, value in values.items():
+        if value is None and key not in ("resample", "masked", "guest_ack", "device"):
+            continue
+        if key == "gsi":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an int"
+        elif key in ("resample", "masked"):
+            ok, want = isinstance(value, bool), "True or False"
+        elif key == "resample_eventfd":
+            ok, want = isinstance(value, irqbypass.Eventfd), "an irqbypass.Eventfd or None"
+        elif key == "msi":
+            ok, want = isinstance(value, MsiRoute), "an MsiRoute or None"
+        elif key in ("apic", "guest_ack", "device"):
+            ok, want = isinstance(value, str), "a str"
+        else:
+            ok, want = callable(value), "a callable or None"
+        if not ok:
+            raise irqbypass.InvalidEndpointError(
+                f"{what}: {key} must be {want}, not {irqbypass.show_value(value)}"
+            )
+
+
+def _check_guest_msi(what: str, msi: MsiRoute) -> None:
+    """The plugin's own x2APIC guest counts fixed MSIs to APIC ID 0 on vectors
+    0x20-0xFE (0x00-0x1F are exceptions, 0xFF its spurious vector): an MSI it
+    cannot count would be reported as all coalesced, none delivered."""
+    vector = msi.data & 0xFF
+    if vector not in MSI_VECTORS:
+        raise irqbypass.InvalidEndpointError(
+            f"{what}: MSI data {msi.data:#x} carries vector {vector:#x}, which the guest "
+            f"cannot count (it counts {MSI_VECTORS[0]:#x}-{MSI_VECTORS[-1]:#x}: below are "
+            "exceptions, 0xff is its spurious vector); use a vector in that range"
+        )
+    if (msi.data >> 8) & 0x7 not in (0, 1):
+        raise irqbypass.InvalidEndpointError(
+            f"{what}: MSI data {msi.data:#x} asks for delivery mode "
+            f"{(msi.data >> 8) & 0x7} (NMI, SMI, INIT...); the guest counts fixed (0) and "
+            "lowest-priority (1) interrupts only"
+        )
+    if msi.address >> 20 != 0xFEE or (msi.address >> 12) & 0xFF != 0:
+        raise irqbypass.InvalidEndpointError(
+            f"{what}: MSI address {msi.address:#x} does not reach the guest's local APIC "
+            "(0xfee00000, APIC ID 0)"
+        )
 
 
 def _read_msi(opts: irqbypass.Options) -> MsiRoute | None:

@@ -105,6 +105,32 @@ def test_a_device_that_is_not_kvm(token: irqbypass.Eventfd) -> None:
         ({"vm": 3}, "give the gsi"),
         ({"vm": "qemu"}, 'vm must be "guest"'),
         ({"vm": True}, 'vm must be "guest"'),
+        # issue 20: the wrong type where an int or a bool is meant
+        ({"gsi": True}, "gsi must be an int, not True"),
+        ({"gsi": 5.0}, "gsi must be an int, not 5.0"),
+        ({"gsi": "5"}, "gsi must be an int, not '5'"),
+        ({"gsi": 5, "resample": "no"}, "resample must be True or False, not 'no'"),
+        ({"gsi": 5, "masked": 1}, "masked must be True or False"),
+        ({"gsi": 40, "vm": 3, "msi": (0xFEE00000, 0x41)}, "msi must be an MsiRoute"),
+        ({"gsi": 5, "guest_ack": 1}, "guest_ack must be a str"),
+        ({"gsi": 5, "on_stop": "print"}, "on_stop must be a callable"),
+        # issue 20: MSIs the plugin's own x2APIC guest cannot count
+        (
+            {"apic": "x2apic", "msi": irqbypass_kvm.MsiRoute(0xFEE00000, 0x10)},
+            "vector 0x10, which the guest cannot count",
+        ),
+        (
+            {"apic": "x2apic", "msi": irqbypass_kvm.MsiRoute(0xFEE00000, 0xFF)},
+            "vector 0xff, which the guest cannot count",
+        ),
+        (
+            {"apic": "x2apic", "msi": irqbypass_kvm.MsiRoute(0xFEE00000, 0x441)},
+            "delivery mode 4",
+        ),
+        (
+            {"apic": "x2apic", "msi": irqbypass_kvm.MsiRoute(0xFED00000, 0x41)},
+            "does not reach the guest's local APIC",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_at_construction(
@@ -112,6 +138,33 @@ def test_bad_arguments_are_refused_at_construction(
 ) -> None:
     with pytest.raises(irqbypass.InvalidEndpointError, match=message):
         KvmIrqfdConsumer(token=token, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((True, 0x41), "address must be an int, not True"),
+        ((0xFEE00000, 65.0), "data must be an int, not 65.0"),
+        ((0xFEE00000, 0x41, False), "devid must be an int, not False"),
+        ((0xFEE00000, "0x41"), "data must be an int"),
+    ],
+)
+def test_msi_route_refuses_what_is_not_an_int(args: tuple[object, ...], message: str) -> None:
+    with pytest.raises(irqbypass.InvalidEndpointError, match=message):
+        irqbypass_kvm.MsiRoute(*args)  # type: ignore[arg-type]
+
+
+def test_msi_vectors_the_guest_cannot_count_fail_check() -> None:
+    """In TOML too: ``check`` refuses them (``run`` reported 0 delivered, all
+    coalesced, before)."""
+    for data in (0x1F, 0xFF):
+        with (
+            irqbypass.Eventfd() as token,
+            pytest.raises(irqbypass.ConfigError, match="cannot count"),
+        ):
+            KvmIrqfdConsumer.from_spec(
+                spec(token, apic="x2apic", msi={"address": 0xFEE00000, "data": data})
+            )
 
 
 def test_token_must_be_an_eventfd() -> None:
