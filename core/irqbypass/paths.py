@@ -106,12 +106,12 @@ def open_directory(path: str, *, trusted: Iterable[int] = ()) -> int:
     except OSError as exc:
         code = exc.errno or errno.EIO
         hint = {
-            errno.ENOTDIR: "it is a symbolic link or not a directory: name the real directory",
-            errno.ELOOP: "it is a symbolic link: name the directory it points to",
-            errno.ENOENT: "no such directory",
-        }.get(code, os.strerror(code))
+            errno.ENOTDIR: "; it is a symbolic link or not a directory: name the real directory",
+            errno.ELOOP: "; it is a symbolic link: name the directory it points to",
+        }.get(code, "")
         raise UnsafePathError(
-            f"cannot open directory {_shown(path)}: {hint} (errno {code})", errno=code
+            f"cannot open directory {_shown(path)}: {os.strerror(code)} (errno {code}){hint}",
+            errno=code,
         ) from exc
     try:
         current = os.open(".", _DIR_FLAGS, dir_fd=fd)
@@ -147,11 +147,15 @@ def open_file(
     *,
     what: str = "file",
     trusted: Iterable[int] = (),
+    devices: bool = False,
 ) -> int:
     """``os.open(path, flags, mode)`` for a path others may share: never
     following a symbolic link, never hanging on a FIFO, and refusing (closing
     it again) anything but a regular file owned by a trusted uid and writable
-    by no one else. ``what`` names the file in messages. Returns a blocking fd."""
+    by no one else. ``what`` names the file in messages. ``devices``: also
+    take a character device root owns (``/dev/null``, ``/dev/full``), whose
+    mode says who may use the device, not who may change a content. Returns a
+    blocking fd."""
     directory, name = split_path(path)
     uids = trusted_uids(*trusted)
     dirfd = open_directory(directory, trusted=uids)
@@ -172,6 +176,9 @@ def open_file(
         os.close(dirfd)
     try:
         st = os.fstat(fd)
+        if devices and stat.S_ISCHR(st.st_mode) and st.st_uid == 0:
+            os.set_blocking(fd, True)
+            return fd
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(
                 f"{what} {_shown(path)} is not a regular file (a "

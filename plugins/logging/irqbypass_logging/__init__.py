@@ -188,10 +188,11 @@ class LoggingConsumer(irqbypass.Consumer):
         """Append to ``path``, created 0600, through :func:`irqbypass.open_file`:
         a symlink is refused, not followed; a FIFO cannot hang the open; a file
         another user owns or can write (who would read or forge our records),
-        or one in a directory others can change, is refused."""
+        or one in a directory others can change, is refused; a character
+        device root owns (/dev/null) is taken."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            fd = irqbypass.open_file(path, flags, 0o600, what="json_file")
+            fd = irqbypass.open_file(path, flags, 0o600, what="json_file", devices=True)
         except irqbypass.UnsafePathError as exc:
             raise irqbypass.UnsafePathError(
                 f"logging consumer {self.name!r}: {exc.message}", errno=exc.errno

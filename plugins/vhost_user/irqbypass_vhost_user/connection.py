@@ -112,6 +112,12 @@ class Connection:
         try:
             dirfd = irqbypass.open_directory(directory, trusted=trusted)
         except irqbypass.UnsafePathError as exc:
+            if exc.errno == errno.ENOENT:
+                raise BackendGoneError(
+                    f"{what}: cannot connect to {path}: {exc.message}; start the back-end "
+                    "first (its socket's directory does not exist)",
+                    errno=errno.ENOENT,
+                ) from exc
             raise VhostUserError(
                 f"{what}: refused socket {path}: {exc.message}", errno=exc.errno
             ) from exc
@@ -388,6 +394,11 @@ def check_socket_path(path: str) -> None:
             errno=errno.EINVAL,
         )
     name = os.path.basename(path)
+    if name in ("", ".", ".."):
+        raise VhostUserError(
+            f"socket path {path!r} names a directory, not the back-end's socket file",
+            errno=errno.EINVAL,
+        )
     if len(os.fsencode(name)) > MAX_SOCKET_NAME:
         raise VhostUserError(
             f"socket path {path!r}: its file name has {len(os.fsencode(name))} bytes, more "

@@ -8,6 +8,7 @@ error of their own).
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import os
 import socket
@@ -251,3 +252,45 @@ def test_ctrl_c_in_the_middle_of_a_message_breaks_the_connection(
     # the reply may still arrive: the stream is no longer trusted
     with pytest.raises(ProtocolError, match="interrupted in the middle of VHOST_USER_GET_FEATURES"):
         conn.request(wire.Request.GET_FEATURES)
+
+
+def test_bytes_waiting_before_a_request_are_a_protocol_error(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    """Issue 20: a back-end that answers before it is asked was believed, and
+    every later synchronous swap was one reply behind."""
+    conn, backend = pair
+    backend.send(reply(1, struct.pack("=Q", 0)))  # an answer nobody asked for
+    with pytest.raises(ProtocolError, match="were waiting before VHOST_USER_GET_FEATURES"):
+        conn.request(wire.Request.GET_FEATURES)
+    with pytest.raises(ProtocolError, match="unusable since"):
+        conn.request(wire.Request.GET_FEATURES)
+
+
+def test_one_deadline_for_the_whole_reply(pair: tuple[Connection, socket.socket]) -> None:
+    """Issue 20: the header and the payload each had a deadline of their own,
+    so a back-end answering each just in time stretched a request to a
+    multiple of ``timeout``. Here the header comes at 0.7 x timeout and the
+    payload at 1.4 x timeout after the request: past the one deadline."""
+    conn, backend = pair
+    conn.timeout = 0.5
+    done = threading.Event()
+
+    def just_in_time() -> None:
+        backend.recv(12)  # the request
+        if done.wait(0.35):
+            return
+        backend.send(reply(1, struct.pack("=Q", 0))[:12])
+        if done.wait(0.35):
+            return
+        with contextlib.suppress(OSError):
+            backend.send(struct.pack("=Q", 0))
+
+    thread = threading.Thread(target=just_in_time)
+    thread.start()
+    try:
+        with pytest.raises(BackendTimeoutError, match="did not answer VHOST_USER_GET_FEATURES"):
+            conn.request(wire.Request.GET_FEATURES)
+    finally:
+        done.set()
+        thread.join(30.0)
