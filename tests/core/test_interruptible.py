@@ -1,0 +1,95 @@
+"""irqbypass.interruptible: a wait inside a signal-safe section that Ctrl-C
+ends at once (issue 20: a section waited for a back-end's reply, so Ctrl-C
+took effect only after the timeout)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+
+import irqbypass
+import pytest
+
+GUARD = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _guarded_sigint() -> Iterator[None]:
+    before = signal.getsignal(signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    irqbypass.guard_signals((signal.SIGINT,))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def interrupt_main_when(waiting: threading.Event) -> threading.Thread:
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def run() -> None:
+        if waiting.wait(GUARD):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_signal_passes_a_wait_inside_a_section() -> None:
+    waiting = threading.Event()
+    never = threading.Event()
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        steps.append("before")
+        waiting.set()
+        irqbypass.interruptible(never.wait, GUARD)  # a peer that never answers
+        steps.append("after")  # not reached: the wait raised
+
+    thread = interrupt_main_when(waiting)
+    with pytest.raises(KeyboardInterrupt):
+        section()
+    thread.join(GUARD)
+    assert steps == ["before"] and not never.is_set()
+
+
+def test_a_signal_deferred_earlier_is_delivered_as_the_wait_starts() -> None:
+    never = threading.Event()
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)  # lands in the section: deferred
+        steps.append("deferred")
+        irqbypass.interruptible(never.wait, GUARD)
+        steps.append("after")
+
+    with pytest.raises(KeyboardInterrupt):
+        section()
+    assert steps == ["deferred"]
+
+
+def test_outside_a_wait_the_section_still_defers() -> None:
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)
+        steps.append("finished")
+
+    try:
+        section()
+        steps.append("returned")
+    finally:
+        with pytest.raises(KeyboardInterrupt):
+            irqbypass.deliver_deferred_signals()
+    assert steps == ["finished", "returned"]
+
+
+def test_interruptible_returns_what_the_call_returns() -> None:
+    assert irqbypass.interruptible(max, 3, 7) == 7
