@@ -17,7 +17,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import KindConflictError, UnknownKindError
-from .options import Options, show_exception
+from .options import Options, show_exception, show_value
 
 #: which end of a pair: a topology entry's side, a kind's, a lifecycle hook's ``side``
 Side = Literal["producer", "consumer"]
@@ -53,10 +53,11 @@ class EndpointSpec:
 Factory = Callable[[EndpointSpec], Endpoint]
 #: the endpoint class a kind's factory builds: Producer or Consumer
 _E = TypeVar("_E", bound=Endpoint)
-#: Returns None when the kind can work on this machine, else why not. It may take
-#: a keyword argument ``options`` (the entry's ``options`` table, or an empty
-#: one), to check what the entry names, such as its device path.
-Availability = Callable[..., "str | None"]
+#: Returns None when the kind can work on this machine, else why not (a short
+#: reason). Either no argument (the machine: ``/dev/kvm`` exists), or one: the
+#: entry's ``options`` table (an empty one when there is no entry), to check what
+#: that entry names, such as its own device path; the kvm plugin's does.
+Availability = Callable[[], "str | None"] | Callable[[Mapping[str, Any]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -76,21 +77,46 @@ class Kind(Generic[_E]):
     def unavailable_reason(self, options: Mapping[str, Any] | None = None) -> str | None:
         """Why this kind cannot work here (no device, no permission), or None;
         ``options`` is the entry's options table, for checks that take it."""
-        if self.availability is None:
+        check: Callable[..., object] | None = self.availability
+        if check is None:
             return None
+        table = dict(options or {})
         try:
-            if _takes_options(self.availability):
-                return self.availability(options=dict(options or {}))
-            return self.availability()
+            taking = _takes_options(check)
+            if taking == "keyword":
+                reason = check(options=table)
+            else:
+                reason = check(table) if taking == "positional" else check()
         except Exception as exc:
-            return f"its availability check raised {show_exception(exc)}"
+            return (
+                f"its availability check raised {show_exception(exc)}; "
+                f"this is a bug in plugin {self.plugin}"
+            )
+        if reason is not None and not isinstance(reason, str):
+            return (
+                f"its availability check returned {show_value(reason)}, not None or a reason "
+                f"(a str); this is a bug in plugin {self.plugin}"
+            )
+        return reason
 
 
-def _takes_options(check: Callable[..., object]) -> bool:
+def _takes_options(check: Callable[..., object]) -> str | None:
+    """How ``check`` takes the entry's options: "keyword" (a keyword-only
+    ``options``), "positional" (one parameter), or None (none)."""
     try:
-        return "options" in inspect.signature(check).parameters
+        parameters = inspect.signature(check).parameters
     except (TypeError, ValueError):  # a builtin without a signature
-        return False
+        return None
+    named = parameters.get("options")
+    if named is not None and named.kind is inspect.Parameter.KEYWORD_ONLY:
+        return "keyword"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(
+        p.kind in positional and (p.default is inspect.Parameter.empty or p.name == "options")
+        for p in parameters.values()
+    ):
+        return "positional"
+    return None
 
 
 class KindRegistrar:
@@ -130,6 +156,9 @@ class KindRegistry:
         #: what the plugin host left out (filtered plugins, unmatched load-list
         #: entries), told with an unknown kind instead of "is it installed?"
         self.left_out: list[str] = []
+        #: plugins that failed (to load, or in ``irqbypass_register_kinds``), as
+        #: "plugin 'x' (why)": an unknown kind may be one of theirs
+        self.failed: list[str] = []
 
     def add(self, kind: Kind[Any]) -> None:
         if not kind.name or not isinstance(kind.name, str):
@@ -176,7 +205,7 @@ class KindRegistry:
         kinds = self._kinds[side].get(name)
         if not kinds:
             raise UnknownKindError(
-                _unknown_kind_message(side, name, self.names(side), self.left_out)
+                _unknown_kind_message(side, name, self.names(side), self.left_out, self.failed)
             )
         if len(kinds) > 1:
             raise KindConflictError(
@@ -188,7 +217,11 @@ class KindRegistry:
 
 
 def _unknown_kind_message(
-    side: Side, name: str, known: list[str], left_out: Sequence[str] = ()
+    side: Side,
+    name: str,
+    known: list[str],
+    left_out: Sequence[str] = (),
+    failed: Sequence[str] = (),
 ) -> str:
     message = f"no plugin provides {side} kind {name!r}"
     close = difflib.get_close_matches(name, known, n=1)
@@ -196,7 +229,7 @@ def _unknown_kind_message(
         message += f"; did you mean {close[0]!r}?"
     if known:
         message += f" (known {side} kinds: {', '.join(known)})"
-    elif not left_out:
+    elif not left_out and not failed:
         message += (
             f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
         )
@@ -204,5 +237,11 @@ def _unknown_kind_message(
         message += (
             f"; not loaded here, so one of them may provide it: {'; '.join(left_out)} "
             "(see `irqbypass plugins`)"
+        )
+    if failed:
+        message += (
+            f"; {'this plugin' if len(failed) == 1 else 'these plugins'} failed, so "
+            f"{'it' if len(failed) == 1 else 'one of them'} may provide it: {'; '.join(failed)} "
+            "(fix or block it; see `irqbypass plugins -v`)"
         )
     return message

@@ -2,7 +2,9 @@
 
 Every accessor checks type and range and raises :class:`~irqbypass.ConfigError`
 naming the file and key; :meth:`Options.finish` refuses keys nobody read, with
-the closest valid name, so a typo never passes silently.
+the closest valid name, so a typo never passes silently. ``required=True``
+makes a missing key an error (``irqbypass check`` reports it), instead of a
+default the factory would have to test for ``None``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from .errors import ConfigError, printable
 
@@ -33,10 +35,40 @@ class Options:
         self._read.add(key)
         return self._values.get(key)
 
+    def missing(self, key: str) -> ConfigError:
+        """The error for a required key that is not there."""
+        return self.error(key, f"missing required option {key!r}; set it in this entry's options")
+
+    def _take_or_default(self, key: str, default: Any, required: bool) -> Any:
+        value = self._take(key)
+        if value is None and required:
+            raise self.missing(key)
+        return value
+
+    @overload
     def get_int(
         self, key: str, default: int, *, min: int | None = None, max: int | None = None
+    ) -> int: ...
+    @overload
+    def get_int(
+        self,
+        key: str,
+        *,
+        required: Literal[True],
+        min: int | None = None,
+        max: int | None = None,
+    ) -> int: ...
+    def get_int(
+        self,
+        key: str,
+        default: int = 0,
+        *,
+        required: bool = False,
+        min: int | None = None,
+        max: int | None = None,
     ) -> int:
-        value = self._take(key)
+        """An integer; ``required=True``: there is no default, a missing key is an error."""
+        value = self._take_or_default(key, default, required)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
@@ -44,10 +76,30 @@ class Options:
         self._check_range(key, value, min, max)
         return value
 
+    @overload
     def get_float(
         self, key: str, default: float, *, min: float | None = None, max: float | None = None
+    ) -> float: ...
+    @overload
+    def get_float(
+        self,
+        key: str,
+        *,
+        required: Literal[True],
+        min: float | None = None,
+        max: float | None = None,
+    ) -> float: ...
+    def get_float(
+        self,
+        key: str,
+        default: float = 0.0,
+        *,
+        required: bool = False,
+        min: float | None = None,
+        max: float | None = None,
     ) -> float:
-        value = self._take(key)
+        """A number (an int is taken too); ``required`` as for :meth:`get_int`."""
+        value = self._take_or_default(key, default, required)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -61,18 +113,40 @@ class Options:
         self._check_range(key, value, min, max)
         return float(value)
 
-    def get_bool(self, key: str, default: bool) -> bool:
-        value = self._take(key)
+    @overload
+    def get_bool(self, key: str, default: bool) -> bool: ...
+    @overload
+    def get_bool(self, key: str, *, required: Literal[True]) -> bool: ...
+    def get_bool(self, key: str, default: bool = False, *, required: bool = False) -> bool:
+        """true or false; ``required`` as for :meth:`get_int`."""
+        value = self._take_or_default(key, default, required)
         if value is None:
             return default
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {_describe(value)}")
         return value
 
+    @overload
     def get_str(
-        self, key: str, default: str | None = None, *, choices: Sequence[str] | None = None
+        self, key: str, *, required: Literal[True], choices: Sequence[str] | None = None
+    ) -> str: ...
+    @overload
+    def get_str(self, key: str, default: str, *, choices: Sequence[str] | None = None) -> str: ...
+    @overload
+    def get_str(
+        self, key: str, default: None = None, *, choices: Sequence[str] | None = None
+    ) -> str | None: ...
+    def get_str(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        choices: Sequence[str] | None = None,
     ) -> str | None:
-        value = self._take(key)
+        """A string (one of ``choices`` if given); None when missing and no
+        default; ``required=True``: a missing key is an error, the type ``str``."""
+        value = self._take_or_default(key, default, required)
         if value is None:
             return default
         if not isinstance(value, str):

@@ -304,21 +304,42 @@ class PluginHost:
 
     def load_module(self, module: str) -> None:
         """Import ``module`` and register it as a plugin named after it, as
-        pytest's ``-p`` does; a failure is recorded like a broken entry point."""
+        pytest's ``-p`` does; a failure is recorded like a broken entry point,
+        but no such module at all is a PluginError (a typo on the command line).
+        A module its entry point already loaded is loaded once."""
         if self.pm.has_plugin(module):
             return
         try:
             plugin = importlib.import_module(module)
+            if self.pm.is_registered(plugin):  # installed too: its entry point loaded it
+                _log.info(
+                    "plugin module %s is already loaded as plugin %r",
+                    module,
+                    self.pm.get_name(plugin),
+                )
+                return
             self.register(plugin, name=module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(f"{exc.name}.")):
+                self._module_failed(module, exc)  # the module is there; its own import failed
+                return
+            raise PluginError(
+                f"-p {module}: no module named {exc.name!r}; check the name, or add the "
+                "directory that holds it to PYTHONPATH"
+            ) from None
         except (Exception, SystemExit) as exc:
-            info = PluginInfo(
-                name=module, error=f"{type(exc).__name__}: {exc}", traceback=_traceback(exc)
-            )
-            self.failures.append(info)
-            _log.info("plugin module %s failed to load: %s", module, info.error)
+            self._module_failed(module, exc)
             return
         self._sources[module] = _Source(None, None)
         _log.info("loaded plugin module %s", module)
+
+    def _module_failed(self, module: str, exc: BaseException) -> None:
+        info = PluginInfo(
+            name=module, error=f"{type(exc).__name__}: {exc}", traceback=_traceback(exc)
+        )
+        self.failures.append(info)
+        self._kinds = None  # an unknown kind's message names the failure
+        _log.info("plugin module %s failed to load: %s", module, info.error)
 
     def _load_one(self, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
         version = ep.dist.version if ep.dist is not None else None
@@ -369,6 +390,9 @@ class PluginHost:
                 failures[impl.plugin_name] = (
                     f"irqbypass_register_kinds raised {show_exception(exc)}"
                 )
+        registry.failed = [f"plugin {i.name!r} ({i.error})" for i in self.failures] + [
+            f"plugin {name!r} ({error})" for name, error in sorted(failures.items())
+        ]
         return registry, failures
 
     def check_kinds(self, *, strict: bool = False) -> list[str]:

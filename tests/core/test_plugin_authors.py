@@ -1,0 +1,225 @@
+"""Regression tests of issue 22 (items 2, 5, 6, 7 and the availability part of 1):
+what a plugin author ran into. Plugins under test are modules of tests/core loaded with
+``-p`` (``faulty_plugin``) or registered in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import irqbypass
+import pytest
+from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+EXE = [sys.executable, "-m", "irqbypass"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def run(
+    *args: str, env: Mapping[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard, not a speed goal
+        env=clean_env(**(env or {})),
+        input=input,
+        check=False,
+    )
+
+
+def topology(tmp_path: Path, text: str, name: str = "t.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def pair(producer: str, consumer: str, token: str = "t", n: int = 0) -> str:
+    return (
+        f'[[producers]]\nname="p{n}"\nkind="{producer}"\ntoken="{token}"\n'
+        f'[[consumers]]\nname="c{n}"\nkind="{consumer}"\ntoken="{token}"\n'
+    )
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(ENV_LOAD, raising=False)
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    yield
+
+
+def faulty_host() -> irqbypass.PluginHost:
+    import faulty_plugin
+
+    host = irqbypass.PluginHost()
+    host.register(faulty_plugin, name="faulty")
+    return host
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_an_availability_check_that_raises_names_the_plugin() -> None:
+    kind = faulty_host().kinds.get("consumer", "unsure")
+    reason = kind.unavailable_reason()
+    assert reason is not None
+    assert "OSError: cannot tell" in reason and "bug in plugin faulty" in reason
+
+
+def test_a_missing_required_option_fails_check(tmp_path: Path) -> None:
+    text = pair("mock", "needs-path").replace('kind="needs-path"', 'kind="needs-path"\noptions={}')
+    result = run("-p", "faulty_plugin", "check", topology(tmp_path, text))
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.endswith(
+        "consumers[0].options.path: missing required option 'path'; "
+        "set it in this entry's options\n"
+    ), result.stderr
+    given = text.replace("options={}", 'options={path="/x"}')
+    assert run("-p", "faulty_plugin", "check", topology(tmp_path, given)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("read", "given", "expected"),
+    [
+        (lambda o: o.get_str("k", required=True), "v", "v"),
+        (lambda o: o.get_int("k", required=True, min=0), 3, 3),
+        (lambda o: o.get_float("k", required=True), 2, 2.0),
+        (lambda o: o.get_bool("k", required=True), False, False),
+    ],
+)
+def test_every_getter_takes_required(read: object, given: object, expected: object) -> None:
+    assert read(irqbypass.Options({"k": given})) == expected  # type: ignore[operator]
+    with pytest.raises(irqbypass.ConfigError, match="missing required option 'k'") as info:
+        read(irqbypass.Options({}, where="producers[0].options", file="f"))  # type: ignore[operator]
+    assert info.value.key == "producers[0].options.k"
+    assert irqbypass.Options({}).get_int("k", 5) == 5, "a default still works"
+
+
+class _BrokenKinds:
+    @irqbypass.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        register.producer("half", _never)
+        raise RuntimeError("registration is broken")
+
+
+def _never(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+    raise AssertionError("never built")
+
+
+def test_an_unknown_kind_names_the_plugin_whose_registration_raised() -> None:
+    host = irqbypass.PluginHost()
+    host.register(_BrokenKinds(), name="broken")
+    with pytest.raises(irqbypass.UnknownKindError) as info:
+        host.kinds.get("producer", "half")
+    message = str(info.value)
+    assert "no plugin provides producer kind 'half'" in message
+    assert "plugin 'broken' (irqbypass_register_kinds raised RuntimeError" in message
+
+
+class _CrashingEntryPoint:
+    name = "crashing"
+    value = "crashing_plugin"
+    dist = None
+
+    def load(self) -> object:
+        raise ImportError("no such device library")
+
+
+def test_an_unknown_kind_names_a_plugin_that_failed_to_load() -> None:
+    host = irqbypass.PluginHost()
+    host.load_entry_points(entry_points=lambda: [_CrashingEntryPoint()], environ={})  # type: ignore[list-item]
+    with pytest.raises(irqbypass.UnknownKindError) as info:
+        host.kinds.get("producer", "fancy")
+    message = str(info.value)
+    assert "no plugin provides producer kind 'fancy'" in message
+    assert "plugin 'crashing' (ImportError: no such device library)" in message
+
+
+def test_p_of_a_module_its_entry_point_loaded_loads_it_once() -> None:
+    result = run("-p", "irqbypass_mock", "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "ValueError" not in result.stderr and "already registered" not in result.stderr
+    plugins = [p for p in json.loads(result.stdout)["plugins"] if p["module"] == "irqbypass_mock"]
+    assert [p["name"] for p in plugins] == ["mock"] and plugins[0]["error"] is None
+
+
+def test_p_of_no_such_module_is_an_error() -> None:
+    result = run("-p", "nosuchmod", "plugins")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "irqbypass: error: -p nosuchmod: no module named 'nosuchmod'; check the name, or add "
+        "the directory that holds it to PYTHONPATH\n"
+    )
+    with pytest.raises(irqbypass.PluginError, match="no module named 'nosuchmod'"):
+        irqbypass.load_plugins(modules=["nosuchmod"], allow=[])
+
+
+def test_p_of_a_module_whose_own_import_fails_stays_a_broken_plugin(tmp_path: Path) -> None:
+    (tmp_path / "half_plugin.py").write_text("import no_such_dependency\n")
+    result = run("-p", "half_plugin", "plugins", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0
+    assert "plugin 'half_plugin' (no distribution) failed to load: ModuleNotFoundError" in (
+        result.stderr
+    )
+
+
+def test_an_availability_check_gets_the_entry_s_options_positionally() -> None:
+    seen: list[object] = []
+
+    def entry_check(options: Mapping[str, object]) -> str | None:
+        seen.append(options)
+        return "no" if options.get("device") == "/nonexistent" else None
+
+    from irqbypass.kinds import KindRegistry
+
+    registry = KindRegistry()
+    irqbypass.KindRegistrar("p", registry).consumer("c", _never, availability=entry_check)
+    irqbypass.KindRegistrar("p", registry).producer("m", _never, availability=lambda: None)
+    irqbypass.KindRegistrar("p", registry).producer("bad", _never, availability=lambda: 0)  # type: ignore[arg-type,return-value]
+    kind = registry.get("consumer", "c")
+    assert kind.unavailable_reason({"device": "/nonexistent"}) == "no"
+    assert kind.unavailable_reason() is None and seen[-1] == {}
+    assert registry.get("producer", "m").unavailable_reason({"x": 1}) is None
+    reason = registry.get("producer", "bad").unavailable_reason()
+    assert reason is not None and "returned 0, not None or a reason" in reason
+
+
+def test_availability_is_typed_with_both_forms(tmp_path: Path) -> None:
+    source = tmp_path / "typed_kinds.py"
+    source.write_text(
+        "from collections.abc import Mapping\n"
+        "from typing import Any\n"
+        "import irqbypass\n\n"
+        "def machine() -> str | None:\n    return None\n\n"
+        "def entry(options: Mapping[str, Any]) -> str | None:\n    return None\n\n"
+        "def wrong(a: int, b: int) -> str | None:\n    return None\n\n"
+        "def factory(spec: irqbypass.EndpointSpec) -> irqbypass.Producer:\n"
+        "    raise NotImplementedError\n\n"
+        "def register(r: irqbypass.KindRegistrar) -> None:\n"
+        "    r.producer('a', factory, availability=machine)\n"
+        "    r.producer('b', factory, availability=entry)\n"
+        "    r.producer('c', factory, availability=wrong)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    errors = [ln for ln in result.stdout.splitlines() if ": error:" in ln]
+    assert len(errors) == 1 and "typed_kinds.py:20:" in errors[0], result.stdout
