@@ -65,10 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except IrqBypassError as exc:
         _error(str(exc))
+        _json_error(args, str(exc), 1)
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         _error(f"stopped by {signal.Signals(signum).name}")
+        _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
         return 128 + signum
     except BrokenPipeError:
         # the reader went away (`irqbypass plugins --json | head`): not an error
@@ -80,7 +82,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         _error(_os_error(exc))
+        _json_error(args, _os_error(exc), 1)
         return 1
+
+
+def _json_error(args: argparse.Namespace, error: str, status: int) -> None:
+    """Under ``--json``, an error is a JSON object on standard output too, so a
+    pipe into a JSON reader gets one (the line on stderr and the exit status
+    stay as they are)."""
+    if not getattr(args, "json", False):
+        return
+    doc = {
+        "ok": False,
+        "command": getattr(args, "command", None),
+        "file": getattr(args, "file", None),
+        "exit_status": status,
+        "error": error,
+    }
+    try:
+        print(json.dumps(doc, indent=2))
+        sys.stdout.flush()
+    except OSError:  # the reader went away: the stderr line is what is left
+        pass
 
 
 def _os_error(exc: OSError) -> str:
@@ -223,7 +246,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         metavar="S",
         help="stop after S seconds at most (default: the file's [run] duration, or until "
-        "SIGINT/SIGTERM)",
+        f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -515,6 +538,19 @@ def _pairing_problems(config: Config, host: PluginHost) -> list[str]:
                 f"{entry.key_path}.kind: {entry.kind!r} is no loaded kind; did you mean "
                 f"{close[0]!r}? (optional = true would skip its pair)"
             )
+    for entry in config.endpoints:
+        if entry.optional:
+            continue  # its pair is skipped where it cannot work, and the table says so
+        try:
+            reason = host.kinds.get(entry.side, entry.kind).unavailable_reason(entry.options)
+        except IrqBypassError:
+            continue  # an unknown kind is an error of its own
+        if reason is not None:
+            problems.append(
+                f"{entry.key_path}: {entry.side} {entry.name!r} (kind {entry.kind}) cannot "
+                f"work here, so `run` will fail to open it: {reason} (optional = true skips "
+                "its pair where it cannot work)"
+            )
     return problems
 
 
@@ -604,8 +640,8 @@ def _teardown(
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
-        for note in getattr(exc, "__notes__", ()):
-            _error(note)
+        for note in getattr(exc, "__notes__", ()):  # "irqbypass: " is the line's prefix already
+            _error(str(note).removeprefix("irqbypass: "))
         return None, getattr(exc, "signum", signal.SIGINT)
     return None, None
 

@@ -280,7 +280,12 @@ def test_cli_strict_is_fatal(site: Path, command: list[str]) -> None:
         "irqbypass: error: plugin 'rel_bad_signature' (distribution irqbypass-rel-badsig 1.0) "
         "failed to load: PluginValidationError"
     ), proc.stderr
-    assert proc.stdout == ""
+    if "--json" in command:  # the error as a JSON object too (issue 22 item 9)
+        doc = json.loads(proc.stdout)
+        assert doc["ok"] is False and doc["exit_status"] == 1
+        assert doc["error"].startswith("plugin 'rel_bad_signature'")
+    else:
+        assert proc.stdout == ""
     COUNTERS["plugin CLI cases"] += 1
 
 
