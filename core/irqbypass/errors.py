@@ -79,6 +79,9 @@ class CallbackFailure(IrqBypassError):
             errno = _errno_of(errors[0]) if errors else None
         super().__init__(message, errno=errno)
         self.errors: tuple[BaseException, ...] = tuple(errors)
+        #: what raised, without the state it left ("producer 'p'.stop() raised
+        #: RuntimeError: ..."): for a caller that tells the state itself
+        self.details: str = message
 
 
 class ConnectError(CallbackFailure):

@@ -576,5 +576,6 @@ def _callback_error(
         "it; check (or unregister) the endpoint whose callback raised",
         errors=errors,
     )
+    error.details = details
     error.__cause__ = errors[0]
     return error

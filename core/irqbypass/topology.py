@@ -27,7 +27,14 @@ from types import TracebackType
 
 from .config import Config, EndpointConfig
 from .endpoints import Consumer, Endpoint, Producer
-from .errors import ConfigError, IrqBypassError, PluginError, TopologyError, with_notes
+from .errors import (
+    CallbackError,
+    ConfigError,
+    IrqBypassError,
+    PluginError,
+    TopologyError,
+    with_notes,
+)
 from .eventfd import Eventfd
 from .kinds import EndpointSpec
 from .manager import Manager
@@ -217,6 +224,8 @@ def _interrupt(exc: BaseException) -> BaseException | None:
 
 
 def _failure(exc: BaseException) -> str:
+    if isinstance(exc, CallbackError):  # the topology tells the state itself
+        return exc.details
     if isinstance(exc, Exception):
         return show_error(exc)
     return f"interrupted by {type(exc).__name__} (the rest was still torn down)"
@@ -568,9 +577,13 @@ class Topology:
         with the failure), or a TopologyError naming the step."""
         interrupt = _deliver(interrupt)
         step, what = doing
-        message = f"{action}: {step} of {what} failed: {show_error(exc)}"
+        reason = _failure(exc) if isinstance(exc, Exception) else show_error(exc)
+        message = f"{action}: {step} of {what} failed: {reason}"
         if undo_errors:
-            message += "; while undoing: " + "; ".join(undo_errors)
+            # an undo that failed the same way (a stop() that raises at every
+            # disconnect too) is told as such, not in the same words again
+            undo = [e.replace(f": {reason}", ": the same error again") for e in undo_errors]
+            message += "; while undoing: " + "; ".join(undo)
         if not isinstance(exc, Exception):
             return with_notes(exc, undo_errors)
         if step == "build":  # nothing was opened: the error as the build raised it

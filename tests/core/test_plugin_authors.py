@@ -223,3 +223,18 @@ def test_availability_is_typed_with_both_forms(tmp_path: Path) -> None:
     )
     errors = [ln for ln in result.stdout.splitlines() if ": error:" in ln]
     assert len(errors) == 1 and "typed_kinds.py:20:" in errors[0], result.stdout
+
+
+def test_a_stop_failure_at_registration_is_said_once_and_short(tmp_path: Path) -> None:
+    path = topology(tmp_path, pair("stop-raises", "sink"))
+    result = run("-p", "faulty_plugin", "run", path, "--duration", "0.2")
+    assert result.returncode == 1
+    error = result.stderr.splitlines()[-1]
+    assert error.count("RuntimeError: stop is broken") == 1, error
+    assert "kernel would leave" not in error, "the manager's state is the topology's to tell"
+    assert error.endswith(
+        "register of producer 'p0' (kind stop-raises) failed: producer 'p0'.stop() raised "
+        "RuntimeError: stop is broken; while undoing: unregister of producer 'p0' "
+        "(kind stop-raises): the same error again"
+    ), error
+    assert len(error) - len(path) < 240, len(error)  # was 630
