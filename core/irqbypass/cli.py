@@ -417,7 +417,7 @@ def _header(host: PluginHost, out: TextIO) -> None:
         for i in host.info()
         if i.error is None and i.name not in _CORE_PLUGINS
     ]
-    print(f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}", file=out)
+    _say(f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}", out)
 
 
 # -- check -----------------------------------------------------------------
@@ -820,7 +820,7 @@ class _Live:
             notify("READY=1", f"STATUS={self._status_line()}")
         if new.plugins != old.plugins:
             _warn(f"{self.file}: [plugins] changed; the plugins are loaded at start: restart")
-        print(f"irqbypass: reloaded {self.file}: {changes.describe()}", file=sys.stderr)
+        _say(f"irqbypass: reloaded {self.file}: {changes.describe()}", sys.stderr)
         self._refresh_metrics(force=True)
         return {
             "ok": True,
@@ -857,16 +857,16 @@ def _print_status(doc: dict[str, Any], out: TextIO) -> None:
     """A status document (the control socket's, or SIGUSR1's) as text."""
     pairs = doc.get("pairs", [])
     paired = sum(1 for p in pairs if p.get("paired"))
-    print(
+    _say(
         f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "
         f"{_count(len(pairs), 'token')}, {paired} paired, "
         f"{_count(doc.get('reloads', 0), 'reload')} ({doc.get('failed_reloads', 0)} failed)",
-        file=out,
+        out,
     )
     if pairs:
         _print_summary(pairs, out, title="")
     for skipped in doc.get("skipped", []):
-        print(f"  {skipped['token']}: skipped: {skipped['reason']}", file=out)
+        _say(f"  {skipped['token']}: skipped: {skipped['reason']}", out)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -1174,7 +1174,7 @@ def _num(value: int | None) -> str:
 
 
 def _print_pairs(topology: Topology, out: TextIO) -> None:
-    print(f"{topology.config.file}: applied", file=out)
+    _say(f"{topology.config.file}: applied", out)
     table = [("TOKEN", "PRODUCER", "CONSUMER", "STATE")]
     for row in topology.status():
         state = "paired (bypass)" if row.paired else "unpaired (eventfd only)"
@@ -1196,10 +1196,10 @@ _SUMMARY_COLUMNS = (
 
 def _print_summary(summary: list[dict[str, Any]], out: TextIO, title: str = "summary:") -> None:
     if not summary:
-        print("summary: nothing ran (no pair was applied)", file=out)
+        _say("summary: nothing ran (no pair was applied)", out)
         return
     if title:
-        print(title, file=out)
+        _say(title, out)
     table = [_SUMMARY_COLUMNS]
     for row in summary:
         details = {
@@ -1223,27 +1223,30 @@ def _print_summary(summary: list[dict[str, Any]], out: TextIO, title: str = "sum
     _print_table(table, out)
     problems = [p for row in summary for p in row["problems"]]
     if problems:
-        print("problems:", file=out)
+        _say("problems:", out)
         for problem in problems:
-            print(f"  {problem}", file=out)
+            _say(f"  {problem}", out)
 
 
 def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        # one write per line: print() writes the text and its newline apart, and
-        # unbuffered (PYTHONUNBUFFERED) another thread's log line could land between
-        out.write(
-            "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n"
-        )
+        _say("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), out)
+
+
+def _say(text: str, out: TextIO) -> None:
+    """Print one line in one write: print() writes the text and its newline apart,
+    and unbuffered (PYTHONUNBUFFERED) a log line of the loop thread could land
+    between them, on the same stream or, with 2>&1, the other."""
+    out.write(text + "\n")
 
 
 def _warn(message: str) -> None:
-    print(f"irqbypass: warning: {message}", file=sys.stderr)
+    _say(f"irqbypass: warning: {message}", sys.stderr)
 
 
 def _error(message: str) -> None:
-    print(f"irqbypass: error: {message}", file=sys.stderr)
+    _say(f"irqbypass: error: {message}", sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
