@@ -5,49 +5,9 @@ are modules of tests/core loaded with ``-p`` (``faulty_plugin``)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-EXE = [sys.executable, "-m", "irqbypass"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def run(
-    *args: str, env: Mapping[str, str] | None = None, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EXE, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang guard, not a speed goal
-        env=clean_env(**(env or {})),
-        input=input,
-        check=False,
-    )
-
-
-def topology(tmp_path: Path, text: str, name: str = "t.toml") -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def pair(producer: str, consumer: str, token: str = "t", n: int = 0) -> str:
-    return (
-        f'[[producers]]\nname="p{n}"\nkind="{producer}"\ntoken="{token}"\n'
-        f'[[consumers]]\nname="c{n}"\nkind="{consumer}"\ntoken="{token}"\n'
-    )
+from cli_support import pair, run, topology
 
 
 def test_json_errors_are_a_json_object_on_stdout(tmp_path: Path) -> None:
