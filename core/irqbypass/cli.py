@@ -34,6 +34,7 @@ from .errors import IrqBypassError
 from .hookspecs import hookimpl
 from .metrics import REFRESH_SECONDS, Metrics, PairingEvents
 from .notify import notify, reloading
+from .options import show_exception
 from .plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
 from .signals import guard_signals
 from .topology import PairStatus, Topology
@@ -598,6 +599,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             except KeyboardInterrupt as exc:
                 stopped_by = getattr(exc, "signum", signal.SIGINT)
             summary = [row.as_dict() for row in _snapshot(topology)]
+            placed = topology.placed  # teardown forgets them, and their faults
         except BaseException:
             live.close()
             _report_teardown(topology)
@@ -619,6 +621,8 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         print(json.dumps(doc, indent=2))
     else:
         _print_summary(summary, out)
+    for fault in (fault for one in placed for fault in one.faults.values()):
+        _warn(f"{fault}; its figures are shown as -")
     if teardown_error is not None:
         _error(str(teardown_error))
     if stopped_by is not None:
@@ -1026,7 +1030,6 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
     settled = settled and topology.finished
     for status in topology.status():
         consumer = status.consumer.endpoint if status.consumer else None
-        producer = status.producer.endpoint if status.producer else None
         # counted over every open of the entry (a reload that changed it re-opens it)
         consumer_stats = status.consumer.stats() if status.consumer is not None else {}
         producer_stats = status.producer.stats() if status.producer is not None else {}
@@ -1037,13 +1040,21 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[_Row]:
                 producer_stats,
                 consumer_stats,
                 queued=_eventfd_count(token),
-                coalesces=isinstance(consumer, Consumer) and getattr(consumer, "coalesces", False),
+                coalesces=isinstance(consumer, Consumer) and _coalesces(consumer),
                 settled=settled,
-                live=producer is not None and not producer.finished,
+                live=status.producer is not None and not status.producer.finished,
                 problems=_problems(status),
             )
         )
     return rows
+
+
+def _coalesces(consumer: Consumer) -> bool:
+    """The consumer's ``coalesces``; a broken one counts as not merging."""
+    try:
+        return bool(getattr(consumer, "coalesces", False))
+    except Exception:
+        return False
 
 
 def _problems(status: PairStatus) -> tuple[str, ...]:
@@ -1055,7 +1066,10 @@ def _problems(status: PairStatus) -> tuple[str, ...]:
         try:
             problem = placed.endpoint.problem
         except Exception as exc:
-            problem = f"its problem property raised {type(exc).__name__}"
+            problem = (
+                f"its problem property raised {show_exception(exc)}; "
+                f"this is a bug in plugin {placed.plugin or '?'}"
+            )
         if isinstance(problem, str) and problem:
             found.append(f"{placed.config.side} {placed.config.name}: {problem}")
     return tuple(found)
@@ -1090,7 +1104,7 @@ def _wait(
         _log.info("no producer: nothing to wait for")
         return
     live = _isatty(progress)
-    producers = [p.endpoint for p in topology.placed if p.config.side == "producer"]
+    producers = [p for p in topology.placed if p.config.side == "producer"]
     start = time.monotonic()
     finished_at: float | None = None
     previous: list[tuple[int | None, int | None, int | None]] | None = None
@@ -1101,7 +1115,7 @@ def _wait(
             now = time.monotonic()
             if service is not None and service.reloads != reloads:  # other producers now
                 reloads = service.reloads
-                producers = [p.endpoint for p in topology.placed if p.config.side == "producer"]
+                producers = [p for p in topology.placed if p.config.side == "producer"]
             finished = topology.finished
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = _snapshot(topology, settled=False) if live or finished else []

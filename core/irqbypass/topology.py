@@ -80,6 +80,11 @@ class Placed:
     released: bool = False
     #: the order it was placed in: undone in the reverse order
     serial: int = 0
+    #: the plugin whose kind built the endpoint
+    plugin: str = ""
+    #: what the plugin's ``stats()`` or ``finished`` raised, by call (the first
+    #: time only): the run goes on and reports it once, instead of crashing
+    faults: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -87,11 +92,34 @@ class Placed:
 
     def stats(self) -> dict[str, int]:
         """The endpoint's stats, its counters (:data:`COUNTERS`) added up over
-        every open of this entry; ``endpoint.stats()`` has this open's alone."""
-        current = {k: v for k, v in self.endpoint.stats().items() if isinstance(v, int)}
+        every open of this entry; ``endpoint.stats()`` has this open's alone.
+        A ``stats()`` that raises or returns no mapping counts ``{}`` (the
+        fault is recorded in :attr:`faults`)."""
+        try:
+            current = {k: v for k, v in self.endpoint.stats().items() if isinstance(v, int)}
+        except Exception as exc:
+            self._fault("stats()", exc)
+            return {}
         for key, earlier in self.history.counters.items():
             current[key] = current.get(key, 0) + earlier
         return current
+
+    @property
+    def finished(self) -> bool:
+        """The endpoint's ``finished``; False when it raises (recorded in
+        :attr:`faults`): a run then lasts its duration."""
+        try:
+            return bool(self.endpoint.finished)
+        except Exception as exc:
+            self._fault("finished", exc)
+            return False
+
+    def _fault(self, call: str, exc: Exception) -> None:
+        if call not in self.faults:
+            self.faults[call] = (
+                f"{self.label}: its {call} raised {show_exception(exc)}; "
+                f"this is a bug in plugin {self.plugin or '?'}"
+            )
 
     @property
     def opens(self) -> int:
@@ -223,12 +251,23 @@ def _interrupt(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, Exception) else exc
 
 
-def _failure(exc: BaseException) -> str:
+def _failure(exc: BaseException, plugin: str = "") -> str:
     if isinstance(exc, CallbackError):  # the topology tells the state itself
         return exc.details
     if isinstance(exc, Exception):
-        return show_error(exc)
+        return _plugin_error(exc, plugin)
     return f"interrupted by {type(exc).__name__} (the rest was still torn down)"
+
+
+def _plugin_error(exc: BaseException, plugin: str) -> str:
+    """What a plugin's ``open``/``close`` raised: an irqbypass error or an
+    OSError as it says, anything else as the bug in that plugin it is."""
+    if not plugin or isinstance(exc, (IrqBypassError, OSError)) or not isinstance(exc, Exception):
+        return show_error(exc)
+    return (
+        f"{show_exception(exc)}; this is a bug in plugin {plugin} "
+        "(it should raise an irqbypass.IrqBypassError)"
+    )
 
 
 def _deliver(interrupt: BaseException | None) -> BaseException | None:
@@ -258,6 +297,45 @@ def _stat(placed: Placed | None, key: str) -> int | None:
         return None
     value = placed.stats().get(key)
     return value if isinstance(value, int) else None
+
+
+def _wrong_endpoint(endpoint: object, spec: EndpointSpec) -> str | None:
+    """What is wrong with what a factory returned (None: nothing): not an
+    endpoint of the spec's side, another token (it would never pair, and run
+    unpaired where ``check`` says it pairs), or another name."""
+    expected = Producer if spec.side == "producer" else Consumer
+    if not isinstance(endpoint, expected):
+        return (
+            f"returned {type(endpoint).__name__} {show_value(endpoint)}, "
+            f"which is not an irqbypass.{expected.__name__}"
+        )
+    try:
+        token, name = endpoint._token, endpoint.name
+    except Exception as exc:
+        return f"returned a {spec.side} whose token or name cannot be read ({show_exception(exc)})"
+    if token is not spec.token:
+        return (
+            f"returned a {spec.side} whose token is {show_value(token)}, not spec.token (the "
+            f"eventfd of token {spec.token_name!r}): it would never pair; pass token=spec.token"
+        )
+    if name != spec.name:
+        return (
+            f"returned a {spec.side} named {show_value(name)}, not spec.name {spec.name!r}; "
+            "pass name=spec.name"
+        )
+    return None
+
+
+def _discard(endpoint: object, table: TokenTable) -> None:
+    """A refused endpoint is never opened; an eventfd of its own (made instead
+    of taking ``spec.token``) is closed, not leaked; one of the token table's
+    (another token's) is left alone."""
+    try:
+        own = getattr(endpoint, "_token", None)
+        if isinstance(own, Eventfd) and all(own is not table.get(name) for name in table):
+            own.close()
+    except Exception:  # a hostile object: refusing it is what matters
+        pass
 
 
 def _units(placed: Iterable[Placed]) -> list[list[Placed]]:
@@ -411,12 +489,12 @@ class Topology:
         moment it holds the token (signal-safe: the token cannot leak)."""
         token = self.token_table.acquire(entry.token)
         try:
-            call: Callable[..., Endpoint] = self._make
-            endpoint = call(entry, source, token)
+            call: Callable[..., tuple[Endpoint, str]] = self._make
+            endpoint, plugin = call(entry, source, token)
         except BaseException:
             self.token_table.release(entry.token)
             raise
-        built.append(Placed(entry, endpoint, token=token))
+        built.append(Placed(entry, endpoint, token=token, plugin=plugin))
 
     def _kind_installed(self, entry: EndpointConfig) -> bool:
         try:
@@ -441,7 +519,8 @@ class Topology:
                 skipped[entry.token] = f"{entry.side} {entry.name!r} (kind {entry.kind}): {reason}"
         return skipped
 
-    def _make(self, entry: EndpointConfig, source: Config, token: Eventfd) -> Endpoint:
+    def _make(self, entry: EndpointConfig, source: Config, token: Eventfd) -> tuple[Endpoint, str]:
+        """The entry's endpoint, checked, and the plugin whose kind built it."""
         try:
             kind = self.plugins.kinds.get(entry.side, entry.kind)
         except PluginError as exc:
@@ -470,14 +549,14 @@ class Topology:
                 f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "
                 "this is a bug in that plugin"
             ) from exc
-        expected = Producer if entry.side == "producer" else Consumer
-        if not isinstance(endpoint, expected):
+        problem = _wrong_endpoint(endpoint, spec)
+        if problem is not None:
+            _discard(endpoint, self.token_table)
             raise TopologyError(
-                f"{source.file}: {entry.key_path} {entry.name!r}: kind {entry.kind!r} "
-                f"(plugin {kind.plugin}) built {type(endpoint).__name__}, which is not an "
-                f"irqbypass.{expected.__name__}"
+                f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
+                f"{entry.kind!r} (plugin {kind.plugin}) {problem}; this is a bug in that plugin"
             )
-        return endpoint
+        return endpoint, kind.plugin
 
     @signal_safe
     def _insert(self, placed: Placed) -> None:
@@ -541,7 +620,8 @@ class Topology:
             raise TopologyError(
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )
-        doing = ["build", repr(self.config.file)]  # the step under way, and on what
+        # the step under way, on what, and the plugin whose code runs it ("": the core's)
+        doing = ["build", repr(self.config.file), ""]
         try:
             self.build()
             self._open_all(self.placed, doing, progress)
@@ -576,8 +656,8 @@ class Topology:
         its undo is done: the error as a build raised it, an interrupt (noted
         with the failure), or a TopologyError naming the step."""
         interrupt = _deliver(interrupt)
-        step, what = doing
-        reason = _failure(exc) if isinstance(exc, Exception) else show_error(exc)
+        step, what, plugin = doing
+        reason = _failure(exc, plugin) if isinstance(exc, Exception) else show_error(exc)
         message = f"{action}: {step} of {what} failed: {reason}"
         if undo_errors:
             # an undo that failed the same way (a stop() that raises at every
@@ -601,14 +681,14 @@ class Topology:
         moment it is done. The calls into plugins and the manager are on
         call-out lines (``call(...)``): a signal there interrupts them, as it
         should; anywhere else it waits for :func:`deliver_deferred_signals`."""
-        doing[:] = ["open", unit[0].label if len(unit) == 1 else _group_label(unit)]
+        doing[:] = ["open", unit[0].label if len(unit) == 1 else _group_label(unit), unit[0].plugin]
         call: Callable[..., object] = _open
         call(unit)
         for placed in unit:
             placed.opened = True
         for placed in unit:
             if placed.config.bypass:
-                doing[:] = ["register", placed.label]
+                doing[:] = ["register", placed.label, ""]
                 endpoint = placed.endpoint
                 call = getattr(self.manager, f"register_{placed.config.side}")
                 try:
@@ -688,7 +768,7 @@ class Topology:
                 except BaseException as exc:
                     interrupt = interrupt or _interrupt(exc)
                     what = opened[0].label if len(opened) == 1 else _group_label(opened)
-                    errors.append(f"close of {what}: {_failure(exc)}")
+                    errors.append(f"close of {what}: {_failure(exc, opened[0].plugin)}")
                 for one in opened:
                     one.history.retire(_final_stats(one))
             left -= len(unit)
@@ -939,7 +1019,7 @@ class Topology:
         if skipped is None:
             skipped = self._optional_unavailable(added)
         built: list[Placed] = []
-        doing = ["build", repr(source.file)]
+        doing = ["build", repr(source.file), ""]
         leaving_names = {p.config.name for p in removed}
         leaving_tokens = {p.config.token for p in removed}
         try:
@@ -982,7 +1062,7 @@ class Topology:
         What could not be restored is returned (and is then missing)."""
         errors, _ = self._undo(built)
         again: list[Placed] = []
-        doing = ["build", "the removed entries"]
+        doing = ["build", "the removed entries", ""]
         try:
             self._build(old, self.config, {}, again)
             for placed in again:
@@ -1020,7 +1100,7 @@ class Topology:
     @property
     def finished(self) -> bool:
         """Every producer is done firing."""
-        producers = [p.endpoint for p in self._placed.values() if p.config.side == "producer"]
+        producers = [p for p in self._placed.values() if p.config.side == "producer"]
         return bool(producers) and all(p.finished for p in producers)
 
     def __enter__(self) -> Topology:

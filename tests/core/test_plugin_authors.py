@@ -201,3 +201,85 @@ def test_a_stop_failure_at_registration_is_said_once_and_short(tmp_path: Path) -
         "(kind stop-raises): the same error again"
     ), error
     assert len(error) - len(path) < 240, len(error)  # was 630
+
+
+# -- item 1: every call into plugin code is reported as that plugin's bug ----
+
+
+def test_a_raising_stats_keeps_the_summary_and_is_reported_once(tmp_path: Path) -> None:
+    path = topology(tmp_path, pair("stats-raise", "sink"))
+    result = run("-p", "faulty_plugin", "run", path, "--duration", "30")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "summary:" in result.stdout
+    (warning,) = [ln for ln in result.stderr.splitlines() if "stats()" in ln]
+    assert "producer 'p0' (kind stats-raise)" in warning
+    assert "RuntimeError: stats are broken" in warning
+    assert "bug in plugin faulty_plugin" in warning
+    as_json = run("-p", "faulty_plugin", "run", path, "--duration", "30", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    (row,) = json.loads(as_json.stdout)["pairs"]
+    assert row["fired"] is None and row["producer_stats"] == {}
+
+
+def test_a_raising_finished_runs_the_duration_and_is_reported(tmp_path: Path) -> None:
+    path = topology(tmp_path, pair("finished-raises", "sink"))
+    result = run("-p", "faulty_plugin", "run", path, "--duration", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "summary:" in result.stdout
+    assert "its finished raised ValueError: finished is broken" in result.stderr
+    assert "bug in plugin faulty_plugin" in result.stderr
+
+
+def test_open_and_close_that_raise_name_the_plugin(no_env: None) -> None:
+    for kind, step in (("open-raises", "open"), ("close-raises", "close")):
+        config = irqbypass.parse_config(pair("mock", kind))
+        host = faulty_host()
+        host.load_entry_points(allow=["irqbypass-mock"])
+        top = irqbypass.Topology(config, host)
+        with pytest.raises(irqbypass.TopologyError) as info:
+            top.apply()
+            top.teardown()
+        message = str(info.value)
+        assert f"{step} of consumer 'c0' (kind {kind})" in message, message
+        assert f"RuntimeError: {step} is broken; this is a bug in plugin faulty" in message
+        assert top.tokens == {} and top.placed == []
+
+
+# -- item 3: what a factory returns is checked --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("own-token", "whose token is <Eventfd"),
+        ("own-name", "not spec.name 'p0'; pass name=spec.name"),
+        ("not-an-endpoint", "returned str 'an endpoint', which is not an irqbypass.Producer"),
+    ],
+)
+def test_a_factory_that_ignores_its_spec_is_refused_and_leaks_nothing(
+    kind: str, problem: str
+) -> None:
+    config = irqbypass.parse_config(pair(kind, "sink"), file="f.toml")
+    host = faulty_host()
+    host.kinds  # noqa: B018 - collected before the fds are counted
+    before = open_fds()
+    for check_only in (True, False):
+        top = irqbypass.Topology(config, host)
+        with pytest.raises(irqbypass.TopologyError) as info:
+            top.build(check_only=check_only)
+        message = str(info.value)
+        assert message.startswith(f"f.toml: producers[0] 'p0': the factory of kind {kind!r}"), (
+            message
+        )
+        assert "(plugin faulty)" in message and "this is a bug in that plugin" in message
+        assert problem in message
+        assert open_fds() == before, "the refused endpoint's eventfd was closed"
+
+
+def test_check_refuses_a_factory_that_ignores_the_token(tmp_path: Path) -> None:
+    result = run("-p", "faulty_plugin", "check", topology(tmp_path, pair("own-token", "sink")))
+    assert result.returncode == 1
+    assert "pairs (bypass)" not in result.stdout
+    assert "not spec.token" in result.stderr and "Traceback" not in result.stderr
