@@ -18,6 +18,7 @@ import resource
 import select
 import signal
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
+        _fresh_line(signum)
+        _notes(exc)
         _error(f"stopped by {signal.Signals(signum).name}")
         _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
         return 128 + signum
@@ -418,7 +421,10 @@ def _header(host: PluginHost, out: TextIO) -> None:
         for i in host.info()
         if i.error is None and i.name not in _CORE_PLUGINS
     ]
-    _say(f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}", out)
+    line = f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}"
+    if _isatty(out):  # wrapped at a plugin name, not in the middle of one
+        line = textwrap.fill(line, max(40, _width(out) - 1), subsequent_indent="  ")
+    _say(line, out)
 
 
 # -- check -----------------------------------------------------------------
@@ -570,6 +576,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
     host = _host(args, config)
+    warnings = _pairing_problems(config, host)  # what `check` warns of, before opening anything
+    for warning in warnings:
+        _warn(warning)
+    if warnings and args.strict:
+        raise IrqBypassError(
+            f"{config.file}: {_count(len(warnings), 'warning')} (--strict); nothing was opened"
+        )
     duration = args.duration or config.duration or default
     out = sys.stdout
     metrics = _metrics(args, host)
@@ -588,16 +601,27 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         try:
             if args.control:
                 live.listen(args.control)
-            with _StepProgress(sys.stderr, "applying") as shown:
-                topology.apply(progress=shown.applying)
-            _log_applied(topology)
+            applying = _StepProgress(sys.stderr, "applying")
             try:
-                if not args.json:
-                    _print_pairs(topology, out)
-                live.ready()
-                _wait(topology, duration, sys.stderr, live)
-            except KeyboardInterrupt as exc:
+                with applying:
+                    topology.apply(progress=applying.applying)
+            except KeyboardInterrupt as exc:  # apply undid what it had done: nothing ran
                 stopped_by = getattr(exc, "signum", signal.SIGINT)
+                if not applying.shown:  # a progress line is cleared, ^C echo and all
+                    _fresh_line(stopped_by)
+                _notes(exc)
+            if stopped_by is None:
+                _log_applied(topology)
+                try:
+                    if not args.json:
+                        _print_pairs(topology, out)
+                    live.ready()
+                    _wait(topology, duration, sys.stderr, live)
+                except KeyboardInterrupt as exc:
+                    stopped_by = getattr(exc, "signum", signal.SIGINT)
+                    # the wait's progress line ends its line itself, after the ^C echo
+                    if not (_isatty(sys.stderr) and _waits(topology, live)):
+                        _fresh_line(stopped_by)
             summary = [row.as_dict() for row in _snapshot(topology)]
             placed = topology.placed  # teardown forgets them, and their faults
         except BaseException:
@@ -611,18 +635,24 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         teardown_error, teardown_signal = _teardown(topology)
         if stopped_by is None:
             stopped_by = teardown_signal
+    faults = [
+        fault + ("; its figures are shown as -" if call == "stats()" else "")
+        for one in placed
+        for call, fault in one.faults.items()
+    ]
     if args.json:
         doc = {
             "file": topology.config.file,
             "interrupted": stopped_by is not None,
             "pairs": summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
+            "warnings": [*warnings, *faults],
         }
         print(json.dumps(doc, indent=2))
     else:
         _print_summary(summary, out)
-    for fault in (fault for one in placed for fault in one.faults.values()):
-        _warn(f"{fault}; its figures are shown as -")
+    for fault in faults:
+        _warn(fault)
     if teardown_error is not None:
         _error(str(teardown_error))
     if stopped_by is not None:
@@ -644,10 +674,26 @@ def _teardown(
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
-        for note in getattr(exc, "__notes__", ()):  # "irqbypass: " is the line's prefix already
-            _error(str(note).removeprefix("irqbypass: "))
-        return None, getattr(exc, "signum", signal.SIGINT)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fresh_line(signum)
+        _notes(exc)
+        return None, signum
     return None, None
+
+
+def _notes(exc: BaseException) -> None:
+    """What an interrupt let through says it interrupted, as error lines (a note
+    starts with "irqbypass: " for a traceback; the line has that prefix already)."""
+    for note in getattr(exc, "__notes__", ()):
+        _error(str(note).removeprefix("irqbypass: "))
+
+
+def _fresh_line(signum: int) -> None:
+    """After Ctrl-C on a terminal, which echoed ``^C`` where the cursor was:
+    start the message on a line of its own."""
+    if signum == signal.SIGINT and _isatty(sys.stderr):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _report_teardown(topology: Topology) -> None:
@@ -1098,9 +1144,7 @@ def _wait(
     A topology with no producer has nothing to wait for, unless it has a
     control socket (a reload may bring producers). Each tick, ``service`` acts on
     the signals and the control requests that arrived."""
-    if not any(p.config.side == "producer" for p in topology.placed) and (
-        service is None or service.server is None
-    ):
+    if not _waits(topology, service):
         _log.info("no producer: nothing to wait for")
         return
     live = _isatty(progress)
@@ -1152,6 +1196,14 @@ def _wait(
         if live:
             progress.write("\n")
             progress.flush()
+
+
+def _waits(topology: Topology, service: _Live | None) -> bool:
+    """Whether :func:`_wait` waits (and, on a terminal, draws its progress line):
+    some producer fires, or a control socket may bring some."""
+    return any(p.config.side == "producer" for p in topology.placed) or (
+        service is not None and service.server is not None
+    )
 
 
 def _width(stream: TextIO) -> int:
@@ -1242,10 +1294,27 @@ def _print_summary(summary: list[dict[str, Any]], out: TextIO, title: str = "sum
             _say(f"  {problem}", out)
 
 
-def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+def _print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None = None) -> None:
+    """Columns padded to their widest cell. On a terminal (or given ``width``),
+    a last column too long for it (a skip reason of 250 characters) wraps at
+    word boundaries under itself, instead of the terminal breaking it anywhere;
+    piped output keeps one line per row, for scripts and diffs."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if width is None and _isatty(out):
+        width = _width(out)
+    indent = 2 + sum(w + 2 for w in widths[:-1])
+    room = (width - 1 - indent) if width is not None else 0
     for r in rows:
-        _say("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), out)
+        head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
+        last = r[-1]
+        if width is None or len(last) <= room:
+            _say((head + last).rstrip(), out)
+        elif room >= 20:  # wrapped under its column
+            lines = textwrap.wrap(last, room, break_on_hyphens=False) or [last]
+            _say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
+        else:  # no room left at the right: on lines of its own, indented
+            lines = textwrap.wrap(last, max(20, width - 7), break_on_hyphens=False) or [last]
+            _say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
 
 
 def _say(text: str, out: TextIO) -> None:

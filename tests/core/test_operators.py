@@ -1,13 +1,21 @@
-"""Regression tests of issue 22 (item 9, item 10's check warning, item 12's
-doubled prefix, item 13's maximum): what an operator ran into. Plugins under test
-are modules of tests/core loaded with ``-p`` (``faulty_plugin``)."""
+"""Regression tests of issue 22 (items 9 to 13): what an operator ran into.
+Plugins under test are modules of tests/core loaded with ``-p``
+(``faulty_plugin``)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import signal
+import struct
+import subprocess
+import termios
+import time
 from pathlib import Path
 
-from cli_support import pair, run, topology
+from cli_support import EXE, ROOT, clean_env, pair, run, topology
 
 
 def test_json_errors_are_a_json_object_on_stdout(tmp_path: Path) -> None:
@@ -59,3 +67,131 @@ def test_a_note_of_an_interrupted_callback_has_one_prefix(tmp_path: Path) -> Non
 def test_run_help_says_the_duration_s_maximum() -> None:
     result = run("run", "--help", env={"COLUMNS": "80"})
     assert "at most 604800 s, 7 days" in " ".join(result.stdout.split())
+
+
+def test_run_prints_check_s_warnings_and_strict_exits_as_check_does(tmp_path: Path) -> None:
+    text = (
+        '[[producers]]\nname="p0"\nkind="mock"\ntoken="t"\noptions={count=3, rate=0.0}\n'
+        '[[consumers]]\nname="c0"\nkind="logging"\ntoken="u"\n'
+    )
+    path = topology(tmp_path, text)
+    checked = run("check", path)
+    warnings = [ln for ln in checked.stderr.splitlines() if ln.startswith("irqbypass: warning:")]
+    assert warnings, checked.stderr
+    ran = run("run", path, "--duration", "5")
+    assert ran.returncode == 0, ran.stderr
+    assert all(w in ran.stderr for w in warnings), ran.stderr
+    strict_check, strict_run = run("check", "--strict", path), run("run", "--strict", path)
+    assert strict_check.returncode == strict_run.returncode == 1
+    assert "applied" not in strict_run.stdout, "nothing was opened"
+    assert "(--strict); nothing was opened" in strict_run.stderr
+    as_json = run("run", path, "--json", "--duration", "5")
+    assert json.loads(as_json.stdout)["warnings"] == [
+        w.removeprefix("irqbypass: warning: ") for w in warnings
+    ]
+
+
+# -- 12: Ctrl-C during apply -------------------------------------------------
+
+
+def interrupt_during_apply(
+    tmp_path: Path, stderr: int | None = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    marker = tmp_path / "opening"
+    text = pair("mock", "slow-open").replace(
+        'kind="slow-open"', f'kind="slow-open"\noptions={{marker="{marker}"}}'
+    )
+    proc = subprocess.Popen(
+        [*EXE, "-p", "faulty_plugin", "run", topology(tmp_path, text), "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=clean_env(),
+    )
+    deadline = time.monotonic() + 120  # a hang guard
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "open() never began"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+def test_ctrl_c_during_apply_says_torn_down_and_prints_the_summary(tmp_path: Path) -> None:
+    proc = interrupt_during_apply(tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "summary: nothing ran (no pair was applied)" in out
+    assert err.splitlines()[-1] == "irqbypass: error: stopped by SIGINT; everything was torn down"
+    assert "Traceback" not in err
+
+
+def read_all(master: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_ctrl_c_on_a_terminal_starts_its_message_on_a_new_line(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    try:
+        proc = interrupt_during_apply(tmp_path, stderr=slave)
+        os.close(slave)
+        slave = -1
+        proc.communicate(timeout=120)
+        err = read_all(master)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert err.startswith("\r\nirqbypass: error: stopped by SIGINT"), repr(err)
+
+
+# -- 13: a long reason at 80 columns -------------------------------------------
+
+
+def on_a_terminal(*args: str, columns: int = 80) -> str:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [*EXE, *args], stdout=slave, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT
+        )
+        os.close(slave)
+        slave = -1
+        shown = read_all(master)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return shown.replace("\r\n", "\n")
+
+
+def test_a_long_skip_reason_wraps_under_its_column_on_an_80_column_terminal() -> None:
+    path = "docs/examples/topologies/optional.toml"
+    piped = subprocess.run(
+        [*EXE, "check", path],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_env(),
+        timeout=300,
+        check=False,
+    ).stdout
+    (long_row,) = [ln for ln in piped.splitlines() if "would be skipped" in ln]
+    assert len(long_row) > 80, "piped, a row stays one line"
+    lines = on_a_terminal("check", path).splitlines()
+    assert all(len(ln) <= 79 for ln in lines), [len(ln) for ln in lines]
+    start = next(i for i, ln in enumerate(lines) if "would be skipped" in ln)
+    column = lines[start].index("would be skipped")
+    rest = lines[start + 1 :]
+    assert rest and all(ln[:column].strip() == "" for ln in rest), "wrapped under STATE"
+    reason = long_row[long_row.index("would be skipped") :]
+    assert " ".join(ln.strip() for ln in [lines[start][column:], *rest]) == reason
