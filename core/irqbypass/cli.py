@@ -66,8 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except IrqBypassError as exc:
-        _error(str(exc))
-        _json_error(args, str(exc), 1)
+        errors = [str(error) for error in getattr(exc, "errors", (exc,))]
+        for error in errors:  # every problem of a file, in file order
+            _error(error)
+        _json_error(args, errors[0], 1, errors)
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -90,10 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _json_error(args: argparse.Namespace, error: str, status: int) -> None:
+def _json_error(
+    args: argparse.Namespace, error: str, status: int, errors: Sequence[str] = ()
+) -> None:
     """Under ``--json``, an error is a JSON object on standard output too, so a
-    pipe into a JSON reader gets one (the line on stderr and the exit status
-    stay as they are)."""
+    pipe into a JSON reader gets one (the lines on stderr and the exit status
+    stay as they are); ``errors`` lists every problem of a file, the first is
+    ``error``."""
     if not getattr(args, "json", False):
         return
     doc = {
@@ -102,6 +107,7 @@ def _json_error(args: argparse.Namespace, error: str, status: int) -> None:
         "file": getattr(args, "file", None),
         "exit_status": status,
         "error": error,
+        "errors": list(errors) or [error],
     }
     try:
         print(json.dumps(doc, indent=2))

@@ -29,12 +29,12 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, IrqBypassError
 from .kinds import SIDES, Side
 from .options import show_value
 
@@ -42,6 +42,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+_T = TypeVar("_T")
 
 MAX_IRQ = 2**31 - 1
 MAX_DURATION = 7 * 24 * 3600.0
@@ -178,10 +180,10 @@ class _Validator:
 
     def find_line(self, key: str) -> int | None:
         """Best effort: the line of ``key`` (``producers[1].irq``) in the text."""
-        match = re.match(r"^(\w+)(?:\[(\d+)\])?(?:\.(\w+))?", key)
+        match = re.match(r"^(\w+)(?:\[(\d+)\])?(?:\.(\w+))?(?:\.([\w-]+))?", key)
         if not match:
             return None
-        table, index, leaf = match.group(1), match.group(2), match.group(3)
+        table, index, leaf, option = match.groups()
         start, end = 0, len(self.lines)
         if index is not None:
             headers = [
@@ -196,6 +198,12 @@ class _Validator:
             end = following[0] if following else len(self.lines)
             if leaf is None:
                 return start + 1
+            if option is not None:  # options.rate: inline or in a [producers.options] table
+                entry_end = next((i for i in headers if i > start), len(self.lines))
+                pattern = rf"(^|[{{,\s]){re.escape(option)}\s*="
+                for i in range(start, entry_end):
+                    if re.search(pattern, self.lines[i]):
+                        return i + 1
         else:
             headers = [
                 i for i, ln in enumerate(self.lines) if re.match(rf"^\s*\[\s*{table}\s*\]", ln)
@@ -209,24 +217,43 @@ class _Validator:
         return start + 1 if index is not None else None
 
     def refuse_unknown(self, table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+        problems = []
         for key in table:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 path = f"{where}.{key}" if where else key
-                raise self.error(
-                    path, f"unknown key {key!r}{hint} (valid keys: {', '.join(known)})"
+                problems.append(
+                    self.error(path, f"unknown key {key!r}{hint} (valid keys: {', '.join(known)})")
                 )
+        if problems:
+            raise in_file_order(problems)
 
     def config(self, raw: dict[str, Any]) -> Config:
-        self.refuse_unknown(raw, _TOP_KEYS, "")
-        plugins = self.plugins(raw.get("plugins", {}))
-        duration = self.run(raw.get("run", {}))
-        sides = {side: self.endpoints(raw.get(f"{side}s", []), side) for side in SIDES}
-        self.cross_check(sides["producer"] + sides["consumer"])
+        """The validated Config; every problem of the file is reported at once."""
+        found: list[IrqBypassError] = []
+
+        def attempt(check: Callable[..., _T], *args: Any) -> _T | None:
+            try:
+                return check(*args)
+            except ConfigError as exc:
+                found.extend(exc.errors)
+                return None
+
+        attempt(self.refuse_unknown, raw, _TOP_KEYS, "")
+        plugins = attempt(self.plugins, raw.get("plugins", {}))
+        duration = attempt(self.run, raw.get("run", {}))
+        sides: dict[Side, list[EndpointConfig]] = {}
+        for side in SIDES:
+            entries = attempt(self.table_array, raw.get(f"{side}s", []), side) or []
+            parsed = [attempt(self.endpoint, e, side, i) for i, e in enumerate(entries)]
+            sides[side] = [e for e in parsed if e is not None]
+        attempt(self.cross_check, sides["producer"] + sides["consumer"])
+        if found:
+            raise in_file_order(found)
         return Config(
             file=self.file,
-            plugins=plugins,
+            plugins=plugins or PluginSettings(),
             duration=duration,
             producers=tuple(sides["producer"]),
             consumers=tuple(sides["consumer"]),
@@ -273,13 +300,13 @@ class _Validator:
             )
         return float(duration)
 
-    def endpoints(self, value: Any, side: Side) -> list[EndpointConfig]:
+    def table_array(self, value: Any, side: Side) -> list[Any]:
         key = f"{side}s"
         if not isinstance(value, list):
             raise self.error(
                 key, f"expected an array of tables ([[{key}]]), got {_describe(value)}"
             )
-        return [self.endpoint(entry, side, i) for i, entry in enumerate(value)]
+        return value
 
     def endpoint(self, value: Any, side: Side, index: int) -> EndpointConfig:
         where = f"{side}s[{index}]"
@@ -324,23 +351,41 @@ class _Validator:
     def cross_check(self, endpoints: list[EndpointConfig]) -> None:
         names: dict[str, EndpointConfig] = {}
         tokens: dict[tuple[str, str], EndpointConfig] = {}
+        problems: list[IrqBypassError] = []
         for e in endpoints:
             if e.name in names:
                 first = names[e.name]
-                raise self.error(
-                    f"{e.key_path}.name",
-                    f"duplicate name {e.name!r}: {first.key_path} already uses it; "
-                    "names must be unique",
+                problems.append(
+                    self.error(
+                        f"{e.key_path}.name",
+                        f"duplicate name {e.name!r}: {first.key_path} already uses it; "
+                        "names must be unique",
+                    )
                 )
-            names[e.name] = e
+            names.setdefault(e.name, e)
             held = tokens.get((e.side, e.token))
             if held is not None:
-                raise self.error(
-                    f"{e.key_path}.token",
-                    f"token {e.token!r} is already used by {e.side} {held.name!r} "
-                    f"({held.key_path}); one {e.side} per token",
+                problems.append(
+                    self.error(
+                        f"{e.key_path}.token",
+                        f"token {e.token!r} is already used by {e.side} {held.name!r} "
+                        f"({held.key_path}); one {e.side} per token",
+                    )
                 )
-            tokens[(e.side, e.token)] = e
+            tokens.setdefault((e.side, e.token), e)
+        if problems:
+            raise in_file_order(problems)
+
+
+def in_file_order(errors: Sequence[IrqBypassError]) -> IrqBypassError:
+    """One error for ``errors``, sorted by line (those without one last, in
+    the order found): see :meth:`ConfigError.combine`."""
+    flat = [e for error in errors for e in getattr(error, "errors", (error,))]
+    ordered = sorted(
+        enumerate(flat),
+        key=lambda pair: (getattr(pair[1], "line", None) or sys.maxsize, pair[0]),
+    )
+    return ConfigError.combine([e for _, e in ordered])
 
 
 def _describe(value: object) -> str:

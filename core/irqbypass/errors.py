@@ -144,6 +144,28 @@ class ConfigError(IrqBypassError):
             where.append(printable(str(key)))
         prefix = ": ".join(where)
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
+        #: every problem found, in file order: this one alone, or those of
+        #: :meth:`combine` (``irqbypass check`` reports each on its own line)
+        self.errors: tuple[IrqBypassError, ...] = (self,)
+
+    @classmethod
+    def combine(cls, errors: Sequence[IrqBypassError]) -> IrqBypassError:
+        """One error for several problems of one file (given in file order):
+        the problem itself when there is one, else a ConfigError whose message
+        is theirs, one a line, and whose :attr:`errors` lists them."""
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        combined = cls(
+            "\n".join(str(e) for e in errors),
+            file=None,
+            key=None,
+            line=None,
+        )
+        if isinstance(first, ConfigError):
+            combined.file, combined.key, combined.line = first.file, first.key, first.line
+        combined.errors = tuple(errors)
+        return combined
 
 
 class EventfdClosedError(IrqBypassError, ValueError):

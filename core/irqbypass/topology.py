@@ -338,6 +338,19 @@ def _discard(endpoint: object, table: TokenTable) -> None:
         pass
 
 
+def _located(
+    exc: IrqBypassError, entry: EndpointConfig, source: Config
+) -> tuple[int, IrqBypassError]:
+    """(its line, the error) for a build error of ``entry``: an option error
+    gets the line of its key where the file shows it."""
+    if isinstance(exc, ConfigError) and exc.line is None and exc.key and exc.file == source.file:
+        located = source.error(exc.key, exc.problem)
+        located.__cause__ = exc
+        exc = located
+    line = getattr(exc, "line", None) or source.error(entry.key_path, "").line
+    return line or 0, exc
+
+
 def _units(placed: Iterable[Placed]) -> list[list[Placed]]:
     """What is opened together: one endpoint, or every endpoint of one side
     whose class defines ``open_group``, at the place of the first of them."""
@@ -469,19 +482,28 @@ class Topology:
         built: list[Placed],
     ) -> None:
         """Build ``entries`` (consumers first) into ``built``, each holding its
-        token; entries of a ``skipped`` token are validated only. On failure
-        what ``built`` holds is the caller's to release."""
+        token; entries of a ``skipped`` token are validated only. Every entry
+        is tried, so that every error is told at once, in file order (a
+        ConfigError whose ``errors`` lists them). On failure what ``built``
+        holds is the caller's to release."""
+        errors: list[tuple[int, IrqBypassError]] = []
         for entry in _consumers_first(entries):
-            if entry.token not in skipped:
-                self._build_into(entry, source, built)
-                deliver_deferred_signals()  # a Ctrl-C that waited for the token to be held
-            elif not entry.optional or self._kind_installed(entry):
-                # a left-out pair is still validated: building opens nothing
-                probe: list[Placed] = []
-                try:
-                    self._build_into(entry, source, probe)
-                finally:
-                    self._release(probe)
+            try:
+                if entry.token not in skipped:
+                    self._build_into(entry, source, built)
+                    deliver_deferred_signals()  # a Ctrl-C that waited for the token to be held
+                elif not entry.optional or self._kind_installed(entry):
+                    # a left-out pair is still validated: building opens nothing
+                    probe: list[Placed] = []
+                    try:
+                        self._build_into(entry, source, probe)
+                    finally:
+                        self._release(probe)
+            except IrqBypassError as exc:
+                errors.append(_located(exc, entry, source))
+        if errors:
+            errors.sort(key=lambda pair: pair[0])  # stable: file order
+            raise ConfigError.combine([error for _, error in errors])
 
     @signal_safe
     def _build_into(self, entry: EndpointConfig, source: Config, built: list[Placed]) -> None:

@@ -15,6 +15,8 @@ import termios
 import time
 from pathlib import Path
 
+import irqbypass
+import pytest
 from cli_support import EXE, ROOT, clean_env, pair, run, topology
 
 
@@ -195,3 +197,53 @@ def test_a_long_skip_reason_wraps_under_its_column_on_an_80_column_terminal() ->
     assert rest and all(ln[:column].strip() == "" for ln in rest), "wrapped under STATE"
     reason = long_row[long_row.index("would be skipped") :]
     assert " ".join(ln.strip() for ln in [lines[start][column:], *rest]) == reason
+
+
+# -- 11: every error of a file, in file order, with its line --------------------
+
+ERRORS = """\
+[[producers]]
+name = "m"
+kind = "mock"
+token = "t"
+options = { rate = 0.0, coutn = 3 }
+
+[[consumers]]
+name = "l"
+kind = "logging"
+token = "t"
+options = { levle = "INFO" }
+"""
+
+
+def test_check_reports_every_option_error_in_file_order(tmp_path: Path) -> None:
+    result = run("check", topology(tmp_path, ERRORS))
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2, errors
+    assert errors[0].endswith(
+        "t.toml:5: producers[0].options.coutn: unknown option 'coutn'; did you mean 'count'?"
+    )
+    assert errors[1].endswith(
+        "t.toml:11: consumers[0].options.levle: unknown option 'levle'; did you mean 'level'?"
+    )
+    as_json = json.loads(run("check", topology(tmp_path, ERRORS), "--json").stdout)
+    assert as_json["errors"] == [e.removeprefix("irqbypass: error: ") for e in errors]
+    assert as_json["error"] == as_json["errors"][0]
+
+
+def test_every_error_of_the_file_itself_is_reported_in_order() -> None:
+    text = ERRORS.replace(
+        'token = "t"\noptions = { levle', 'tokn = "t"\nbypass = 1\noptions = { levle'
+    )
+    text += '[[producers]]\nname = "m"\nkind = "mock"\ntoken = "u"\n'
+    with pytest.raises(irqbypass.ConfigError) as info:
+        irqbypass.parse_config(text, file="f.toml")
+    shown = [str(e) for e in info.value.errors]
+    assert shown == [
+        "f.toml:10: consumers[0].tokn: unknown key 'tokn'; did you mean 'token'? "
+        "(valid keys: name, kind, token, irq, bypass, optional, options)",
+        "f.toml:14: producers[1].name: duplicate name 'm': producers[0] already uses it; "
+        "names must be unique",
+    ], shown
+    assert str(info.value) == "\n".join(shown)

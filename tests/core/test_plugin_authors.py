@@ -48,7 +48,7 @@ def test_a_missing_required_option_fails_check(tmp_path: Path) -> None:
     result = run("-p", "faulty_plugin", "check", topology(tmp_path, text))
     assert result.returncode == 1, result.stdout
     assert result.stderr.endswith(
-        "consumers[0].options.path: missing required option 'path'; "
+        "t.toml:8: consumers[0].options.path: missing required option 'path'; "
         "set it in this entry's options\n"
     ), result.stderr
     given = text.replace("options={}", 'options={path="/x"}')
