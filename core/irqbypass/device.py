@@ -11,8 +11,15 @@ about that life which does not depend on the device, once:
 - ``stop()``/``start()`` by one of :data:`QUIESCE_MODES`: keep the interrupt
   on the token (its counter holds what arrives), swap it to a holding eventfd
   and replay what that caught at start, or mask it at the device;
+- a device that is idle and whose work the producer feeds itself may defer
+  instead (:meth:`~DeviceProducer.device_defer`: nothing moves, the work waits);
 - the ``held``/``replayed``/``quiesces`` counts (and, for a device that signals
-  every new fd once, ``kicks``/``phantom``/``absorbed``);
+  every new fd once, ``kicks``/``phantom``/``absorbed``; that fact may be
+  learnt rather than known: :meth:`~DeviceProducer.learn_signals_on_new_fd`);
+- a device that goes away while open (a peer process that exits): the errors
+  in :attr:`~DeviceProducer.gone_errors` and :meth:`~DeviceProducer.lose` make
+  stop/start record state only, and ``close()`` release everything and then
+  raise what was lost;
 - the signal-safe sections: a Ctrl-C never leaves the interrupt pointing
   somewhere the producer does not know, nor a teardown half done;
 - the error wording: every message starts with :meth:`DeviceProducer.describe`
@@ -20,21 +27,28 @@ about that life which does not depend on the device, once:
 
 A subclass supplies the device's primitives (``device_open``, ``device_close``,
 ``device_point``, and where it can ``device_detach``, ``device_mask``,
-``device_unmask``) and its facts (:attr:`~DeviceProducer.can_mask`,
-:attr:`~DeviceProducer.swap_may_drop`, :attr:`~DeviceProducer.signals_on_new_fd`).
+``device_unmask``, ``device_defer``/``device_resume``, ``device_ready``) and
+its facts (:attr:`~DeviceProducer.can_mask`, :attr:`~DeviceProducer.swap_may_drop`,
+:attr:`~DeviceProducer.signals_on_new_fd`, :attr:`~DeviceProducer.gone_errors`).
+A primitive that waits on another process does so through
+:func:`irqbypass.interruptible` (Ctrl-C acts at once, even in the template's
+signal-safe sections); one that raises has changed nothing the template
+records, and one that cannot tell whether the device applied its request
+calls :meth:`~DeviceProducer.lose`.
 docs/plugin-guide.md, "Writing a device producer", walks through one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar
 
 from .endpoints import Producer
-from .errors import DeviceError, InvalidEndpointError
+from .errors import DeviceError, InvalidEndpointError, IrqBypassError
 from .eventfd import Eventfd, HoldingEventfd
 from .kinds import EndpointSpec
 from .options import Options
@@ -71,8 +85,14 @@ class DeviceProducer(Producer):
     swap_may_drop: bool = False
     #: the device signals every new fd once, with no interrupt behind it
     #: (libvhost-user's reconnect kick): taken off the holding eventfd, and on the
-    #: token it stands in for the first held interrupt or counts as ``phantom``
-    signals_on_new_fd: bool = False
+    #: token it stands in for the first held interrupt or counts as ``phantom``.
+    #: None: not known yet, :meth:`learn_signals_on_new_fd` finds out. A device
+    #: said to that left nothing on the holding eventfd is learnt not to
+    #: (``device_point`` returns once the device applied the fd, after its signal)
+    signals_on_new_fd: bool | None = False
+    #: the exceptions of a primitive that mean the device went away (its process
+    #: exited): in stop, start and close they are recorded by :meth:`lose`
+    gone_errors: ClassVar[tuple[type[IrqBypassError], ...]] = ()
 
     def __init__(
         self,
@@ -102,14 +122,20 @@ class DeviceProducer(Producer):
         self._given_fd = device_fd
         self._fd: int | None = None  # the device fd while open
         self._owns_fd = False  # take_device opened it: release_device closes it
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a subclass's own methods may nest under it
         self._opened = False  # device_open began: close() has something to release
         self._pointed_at: int | None = None  # the fd the interrupt signals
         self._masked = False
         self._stopped = False
+        self._deferring = False  # stopped by device_defer: nothing moved
         self._hold = HoldingEventfd()
-        self._quiesces = 0
+        self._quiesces = self._swaps = self._losses = 0
         self._kicks = self._phantom = self._absorbed = 0
+        #: the kick counts are reported: the class says its devices may kick (or
+        #: that it finds out), or an open found this one does
+        self._counts_kicks = type(self).signals_on_new_fd is not False
+        #: what made the device unusable while open (see :meth:`lose`), or None
+        self.problem_error: IrqBypassError | None = None
 
     # -- the primitives a subclass defines ----------------------------------------
 
@@ -156,10 +182,69 @@ class DeviceProducer(Producer):
         """The device's own counters, added to :meth:`stats`."""
         return {}
 
+    def device_defer(self) -> bool:
+        """Quiesce without moving the interrupt, if the device can now: True
+        when nothing is in flight that could signal and the producer holds back
+        the device's new work (it feeds the device itself; see :attr:`deferring`)
+        until :meth:`device_resume`. Asked at every stop of an open producer,
+        under its lock (default: False, never)."""
+        return False
+
+    def device_resume(self) -> None:
+        """Give the device the work held back since :meth:`device_defer`."""
+
+    def device_ready(self) -> None:
+        """The interrupt is pointed and the open is complete: start what the
+        producer itself does with the device (a failure rolls the open back)."""
+
     # -- what the template offers a subclass ------------------------------------
 
     def describe(self) -> str:
         return f"{self.kind} producer {self.name!r} ({self.where()})"
+
+    def lose(self, error: IrqBypassError) -> None:
+        """The device went away or became unusable while open (its process
+        exited, a reply was cut): stop and start only record state from now on,
+        close releases what is left without asking the device and then raises
+        ``error``. The first loss of an open is kept (:attr:`problem`)."""
+        if self.problem_error is None:
+            self.problem_error = error
+            self._losses += 1
+
+    @property
+    def problem(self) -> str | None:
+        """What made the device unusable while open, saying what to do, or None."""
+        return None if self.problem_error is None else self.problem_error.message
+
+    @property
+    def losses(self) -> int:
+        """How many opens lost their device (:meth:`lose`)."""
+        return self._losses
+
+    @property
+    def swaps(self) -> int:
+        """Stops that moved the interrupt to the holding eventfd."""
+        return self._swaps
+
+    @property
+    def deferring(self) -> bool:
+        """Stopped by :meth:`device_defer`: the producer holds the device's work back."""
+        return self._deferring
+
+    @signal_safe
+    def learn_signals_on_new_fd(self) -> None:
+        """Point the interrupt at the holding eventfd while the device is idle
+        (from :meth:`device_open`, before it can signal for work) and learn
+        :attr:`signals_on_new_fd` from whether it signalled there."""
+        self._point(self._hold.fileno(), learn=True)
+
+    @signal_safe
+    def point_at_holding(self) -> None:
+        """Point the interrupt at the holding eventfd, the device's signal on
+        the new fd accounted: for a ``device_detach`` whose device cannot point
+        at nothing (libvhost-user panics on the no-fd flag at its next signal);
+        close replays what it then catches."""
+        self._point(self._hold.fileno())
 
     def refuse(self, problem: str, code: int = errno.EINVAL) -> DeviceError:
         """A refusal of ours (not the kernel's), saying what is wrong."""
@@ -311,71 +396,99 @@ class DeviceProducer(Producer):
         if self.token.closed:
             raise InvalidEndpointError(f"{self.describe()}: its token eventfd is closed")
         self._opened = True
+        self.problem_error = None
+        self._counts_kicks = self._counts_kicks or self.signals_on_new_fd is not False
         try:
             call = self.device_open
-            call()  # a call-out: opening a node may block, Ctrl-C stays prompt
-            self._point(self._token_fd())
-            if self.signals_on_new_fd:
-                self._phantom += 1  # nothing is behind the first one
+            call()  # a call-out: opening a node or a peer may block, Ctrl-C stays prompt
             if self._stopped:
-                self._quiesce()
+                self._quiesce(opening=True)
+            else:
+                self._point(self._token_fd())
+                if self.signals_on_new_fd:
+                    self._phantom += 1  # nothing is behind the first one
+            self.device_ready()
         except BaseException:
-            self._teardown()
+            with contextlib.suppress(Exception):  # the open's own failure is the news
+                self._teardown()
             raise
 
     def close(self) -> None:
         """Detach, unmask, replay what was held, release the device; every step
-        attempted, then the first failure raised. Closed either way."""
+        attempted, then the first failure raised, else what :meth:`lose`
+        recorded (a lost device is not asked to detach). Closed either way."""
+        was_open = False
         try:
             with self._lock:
                 if self._opened:
+                    was_open = True
                     self._teardown()
         finally:
             deliver_deferred_signals()
+        if was_open and self.problem_error is not None:
+            raise self.problem_error
 
     @signal_safe
     def _teardown(self) -> None:
         errors: list[BaseException] = []
-        if self._pointed_at is not None:
+
+        def attempt(step: Callable[[], object]) -> None:
             try:
-                self.device_detach()
+                step()
+            except self.gone_errors as exc:
+                self.lose(exc)
             except BaseException as exc:  # kept, raised once everything is released
                 errors.append(exc)
+
+        if self._pointed_at is not None:
+            if self.problem_error is None:
+                attempt(self.device_detach)
             self._pointed_at = None
         if self._masked:
-            try:
-                self.device_unmask()
-            except BaseException as exc:
-                errors.append(exc)
+            if self.problem_error is None:
+                attempt(self.device_unmask)
             self._masked = False
+        self._deferring = False
         self._hold.replay(self.token)
         self._hold.close()
-        try:
-            self.device_close()
-        except BaseException as exc:
-            errors.append(exc)
+        attempt(self.device_close)
         self._opened = False
         if errors:  # a Ctrl-C before any failure
             raise min(errors, key=lambda exc: isinstance(exc, Exception))
 
-    def _point(self, fd: int) -> None:
+    def _point(self, fd: int, *, learn: bool = False) -> None:
         """Point the interrupt at ``fd`` and account for the device's own
         signal on a new fd (only called inside a safe section)."""
         self.device_point(fd)
         self._pointed_at = fd
-        if self.signals_on_new_fd and (fd == self._token_fd() or self._hold.absorb(1)):
-            self._kicks += 1
+        if fd == self._token_fd():
+            if self.signals_on_new_fd:
+                self._kicks += 1
+        elif learn or self.signals_on_new_fd:
+            kicked = self._hold.absorb(1) > 0
+            self.signals_on_new_fd = kicked  # none left there: it does not kick
+            self._counts_kicks = self._counts_kicks or kicked
+            self._kicks += kicked
 
     # -- quiesce -----------------------------------------------------------------
 
-    def _quiesce(self) -> None:
+    def _quiesce(self, *, opening: bool = False) -> None:
+        """Quiesce by :meth:`device_defer`, else by :attr:`quiesce`; ``opening``:
+        the interrupt points nowhere yet (no defer: the device is not ready)."""
         self._quiesces += 1
+        if not opening and self.device_defer():
+            self._deferring = True
+            return
         mode = self.quiesce
+        if mode == "swap":
+            self._swaps += 1
+            self._point(self._hold.fileno())
+            return
+        if opening:
+            self._point(self._token_fd())
         if mode == "mask":
             self.device_mask()
             self._masked = True
-        elif mode == "swap":
-            self._point(self._hold.fileno())
 
     def stop(self) -> None:
         try:
@@ -389,8 +502,11 @@ class DeviceProducer(Producer):
         if self._stopped:
             return
         self._stopped = True
-        if self._opened:
-            self._quiesce()
+        if self._opened and self.problem_error is None:  # a lost device cannot signal
+            try:
+                self._quiesce()
+            except self.gone_errors as exc:
+                self.lose(exc)
 
     def start(self) -> None:
         """Unmask, or point the interrupt back at the token; then replay what
@@ -408,14 +524,22 @@ class DeviceProducer(Producer):
         self._stopped = False
         if not self._opened:
             return
+        if self._deferring:
+            self._deferring = False
+            self.device_resume()
+            return
         kicked = False
         try:
-            if self._masked:
+            if self.problem_error is not None:
+                pass  # a lost device: nothing to move back
+            elif self._masked:
                 self.device_unmask()
                 self._masked = False
             elif self._pointed_at is not None and self._pointed_at != self._token_fd():
                 self._point(self._token_fd())
-                kicked = self.signals_on_new_fd
+                kicked = bool(self.signals_on_new_fd)
+        except self.gone_errors as exc:
+            self.lose(exc)
         finally:
             if kicked:  # the kick on the token stands in for the first held one
                 if self._hold.absorb(1):
@@ -441,7 +565,7 @@ class DeviceProducer(Producer):
                 "quiesces": self._quiesces,
                 self.POINTED_STAT: int(self._pointed_at is not None),
             }
-            if self.signals_on_new_fd:
+            if self._counts_kicks:
                 stats.update(kicks=self._kicks, phantom=self._phantom, absorbed=self._absorbed)
             stats.update(self.device_stats())
             return stats

@@ -33,6 +33,8 @@ class Line(irqbypass.DeviceProducer):
         self.masked = False
         self.pending = 0  # fired while masked
         self.device_open_fd: int | None = None
+        #: whether the device signals a new fd (None: as signals_on_new_fd says)
+        self.kicks: bool | None = None
 
     def where(self) -> str:
         return "the line"
@@ -56,7 +58,8 @@ class Line(irqbypass.DeviceProducer):
     def device_point(self, fd: int) -> None:
         self._step(f"point({'token' if fd == self._token_fd() else 'hold' if fd >= 0 else -1})")
         self.target = fd if fd >= 0 else None
-        if self.signals_on_new_fd and fd >= 0:
+        kicks = self.signals_on_new_fd if self.kicks is None else self.kicks
+        if kicks and fd >= 0:
             os.write(fd, (1).to_bytes(8, "little"))  # libvhost-user's kick
 
     def device_mask(self) -> None:
@@ -273,6 +276,141 @@ def test_the_kick_on_a_new_fd_is_accounted_for(no_fd_leak: None, token: irqbypas
         "held": 3, "replayed": 3, "quiesces": 2, "bound": 1, "kicks": 5, "phantom": 2,
         "absorbed": 1,
     }  # fmt: skip
+
+
+def test_a_device_that_may_kick_is_learnt_at_its_first_point_on_the_holding_eventfd(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    class Probed(Line):
+        def device_open(self) -> None:
+            super().device_open()
+            self.learn_signals_on_new_fd()
+
+    for kicks in (True, False):
+        line = Probed(token, signals_on_new_fd=None)  # type: ignore[arg-type]
+        line.kicks = kicks
+        with line:
+            assert line.signals_on_new_fd is kicks
+            assert token.read(0) == (1 if kicks else 0)  # the token's bind: a phantom
+            stats = line.stats()
+        assert line.log[:3] == ["open", "point(hold)", "point(token)"]
+        assert (stats["kicks"], stats["phantom"]) == ((2, 1) if kicks else (0, 0))
+
+
+def test_a_device_said_to_kick_that_left_nothing_is_learnt_not_to(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Line(token, signals_on_new_fd=True)
+    line.kicks = False
+    with line:
+        token.read(0)
+        line.stop()
+        assert line.signals_on_new_fd is False
+        line.fire(2)
+        line.start()
+        assert token.read(0) == 2  # nothing taken for a kick that never came
+
+
+class Fed(Line):
+    """A device the producer feeds itself: idle, a stop only holds its work back."""
+
+    def __init__(self, token: irqbypass.Eventfd) -> None:
+        super().__init__(token)
+        self.in_flight = 0
+        self.waiting = 0
+
+    def device_defer(self) -> bool:
+        return self.in_flight == 0
+
+    def device_resume(self) -> None:
+        self._step("resume")
+        self.in_flight, self.waiting = self.waiting, 0
+
+    def submit(self) -> None:
+        if self.deferring:
+            self.waiting += 1
+        else:
+            self.in_flight += 1
+
+    def complete(self) -> None:
+        self.in_flight -= 1
+        self.fire()
+
+
+def test_an_idle_fed_device_defers_and_a_busy_one_swaps(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    with Fed(token) as line:
+        del line.log[:]
+        line.stop()  # idle: nothing moves
+        assert line.deferring and line.pointed_at == token.fileno() and line.log == []
+        line.submit()
+        assert line.in_flight == 0  # held back
+        line.start()
+        assert line.log == ["resume"] and not line.deferring and line.in_flight == 1
+        line.stop()  # busy: swapped, as the facts say
+        assert not line.deferring and line.pointed_at != token.fileno()
+        line.complete()
+        assert token.read(0) == 0
+        line.start()
+        assert token.read(0) == 1
+        assert (line.stats()["quiesces"], line.swaps) == (2, 1)
+
+
+class Gone(irqbypass.DeviceError):
+    """The peer process went away."""
+
+
+class Peer(Line):
+    gone_errors = (Gone,)
+
+
+def test_a_lost_device_is_recorded_not_raised_and_close_reports_it(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Peer(token)
+    line.open()
+    line.fail["point"] = Gone("the peer exited; restart it", errno=errno.EPIPE)
+    line.stop()  # the swap finds it gone: recorded
+    assert line.problem == "the peer exited; restart it" and line.losses == 1
+    line.start()  # state only: the device is not asked
+    line.stop()
+    line.start()
+    assert line.log == ["open", "point(token)", "point(hold)"]
+    with pytest.raises(Gone, match="the peer exited"):
+        line.close()  # released without asking the device to detach
+    assert line.log[-1] == "close" and line.device_open_fd is None
+    line.close()  # closed: nothing more to say
+    line.open()  # a new open starts with no problem; the loss stays counted
+    assert line.problem is None and line.losses == 1
+    line.close()
+
+
+def test_a_loss_during_close_is_reported_once_everything_is_released(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    line = Peer(token)
+    line.open()
+    line.fail["point"] = Gone("gone", errno=errno.EPIPE)
+    with pytest.raises(Gone):
+        line.close()
+    assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
+
+
+def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    class Ready(Line):
+        def device_ready(self) -> None:
+            self._step(f"ready at {self.pointed_at == self._token_fd()}")
+
+    line = Ready(token)
+    line.fail["ready at True"] = irqbypass.DeviceError("cannot start", errno=errno.EIO)
+    line.fail["close"] = irqbypass.DeviceError("secondary", errno=errno.EIO)
+    with pytest.raises(irqbypass.DeviceError, match="cannot start"):  # not the rollback's
+        line.open()
+    assert line.log == ["open", "point(token)", "ready at True", "point(-1)", "close"]
+    assert line.pointed_at is None and line.device_open_fd is None
 
 
 # -- signal safety -------------------------------------------------------------------
