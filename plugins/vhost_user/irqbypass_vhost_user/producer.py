@@ -6,16 +6,18 @@ The VMM hands the virtqueue's call eventfd to the back-end with
 the back-end's completion interrupts reach the guest without passing through
 the VMM. ``open()`` binds the token that way; ``close()`` unbinds to a holding
 eventfd (never the no-fd flag: libvhost-user panics on it at the next
-completion). ``stop()``/``start()`` swap to the holding eventfd and replay
-what it caught, as QEMU's masked notifier does; with REPLY_ACK the swap is
-synchronous, without it a GET_FEATURES round trip makes it so.
+completion). ``stop()`` on a ring this producer owns with nothing in flight
+only defers what it publishes; otherwise it swaps to the holding eventfd and
+``start()`` replays what it caught, as QEMU's masked notifier does; with
+REPLY_ACK the swap is synchronous, without it a GET_FEATURES round trip makes
+it so. The back-end signals every new call fd once (libvhost-user's reconnect
+kick, so qemu-storage-daemon, virtiofsd and others): the first bind of an
+owned connection goes to the holding eventfd and learns whether it does.
 
-The back-end signals every new call fd once (libvhost-user's reconnect kick,
-so qemu-storage-daemon, virtiofsd and others). That kick is accounted for:
-on the holding eventfd it is taken off; on the token it stands in for the
-first interrupt held while stopped, and only when nothing was held is it a
-phantom interrupt, counted in ``phantom`` (it cannot be taken back from an
-irqfd, and a virtio driver finds nothing new in the used ring and ignores it).
+That life (open/close from any state, the quiesce and its deferral, the kick
+and loss accounting, signal safety) is :class:`irqbypass.DeviceProducer`'s;
+this module holds only what is vhost-user's own: the connection, the
+negotiation, the ring this producer may feed, the drain before GET_VRING_BASE.
 
 Two ways, as the other producers: own the connection (``socket``: connect,
 negotiate, give it the memory and a ring this producer makes, or ``spawn`` a
@@ -50,7 +52,7 @@ _claims: dict[tuple[object, int], str] = {}
 _claims_lock = threading.Lock()
 
 
-class VhostUserProducer(irqbypass.Producer):
+class VhostUserProducer(irqbypass.DeviceProducer):
     """The call interrupt of virtqueue ``queue`` of a vhost-user back-end.
 
     Give exactly one of ``socket`` (the back-end's UNIX socket path: this
@@ -67,6 +69,12 @@ class VhostUserProducer(irqbypass.Producer):
     (the demo's load: the delay lets a topology pair it first). Every wait on the
     back-end is bounded by ``timeout`` seconds. Constructing only validates.
     """
+
+    gone_errors = (BackendGoneError,)
+    #: None: an owned connection finds out at its first bind (a handed one
+    #: assumes so, as libvhost-user does); kicks_on_set_call says it
+    signals_on_new_fd = None
+    kind = "vhost-user"
 
     def __init__(
         self,
@@ -89,14 +97,9 @@ class VhostUserProducer(irqbypass.Producer):
         drain_timeout: float = 5.0,
         backend_uid: int | None = None,
     ) -> None:
-        q = queue if queue is not None else (irq if irq is not None else 0)
-        super().__init__(token=token, irq=irq if irq is not None else q, name=name)
+        q = self.number(queue, irq)
+        super().__init__(token=token, irq=self.number(irq, q), name=name)
         what = f"vhost-user producer {self.name!r}"
-        if not isinstance(token, irqbypass.Eventfd):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: token {token!r} is not an irqbypass.Eventfd; the back-end signals "
-                "an eventfd, so pass the one the consumer listens to"
-            )
         if sum((socket is not None, spawn, connection is not None)) != 1:
             raise irqbypass.InvalidEndpointError(
                 f"{what}: give exactly one of socket (the back-end's socket path), spawn (a "
@@ -169,41 +172,22 @@ class VhostUserProducer(irqbypass.Producer):
         self._given = connection
         self._given_memory = memory
         self._kicks_setting = kicks_on_set_call
-        self._kicks = kicks_on_set_call if kicks_on_set_call is not None else True
-        self._lock = threading.RLock()
         self._conn: Connection | None = None
         self._claims: list[tuple[object, int]] = []
+        self._ready = False  # the open completed: detaching talks to the back-end
         self.daemon: StorageDaemon | None = None
         self.memory: GuestMemory | None = None
         self.ring: SplitRing | None = None
         self.driver: BlkDriver | None = None
         self._kick_fd: irqbypass.Eventfd | None = None
-        self._hold = irqbypass.HoldingEventfd()
-        self._bound: str | None = None  # "token", "hold" or None
-        self._stopped = False
-        self._quiet = False  # stopped with an idle owned ring: publishing deferred
         #: the feeder: a periodic timer on the event loop (with requests)
         self._feeder: irqbypass.LoopHandle | None = None
-        #: the first error that made the back-end unusable while open
-        self.problem_error: VhostUserError | None = None
         self.features = 0
         self.protocol_features = 0
         self.queue_count: int | None = None
         #: what the drivers of earlier opens completed
         self._past = {"completed": 0, "failed": 0}
-        self._counts = dict.fromkeys(
-            (
-                "kicks",
-                "phantom",
-                "absorbed",
-                "quiesces",
-                "swaps",
-                "deferred",
-                "backend_lost",
-                "opens",
-            ),
-            0,
-        )
+        self._deferred = self._opens = 0
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
@@ -274,7 +258,7 @@ class VhostUserProducer(irqbypass.Producer):
     def owns_connection(self) -> bool:
         return self._given is None
 
-    def _where(self) -> str:
+    def _backend(self) -> str:
         if self.spawn:
             pid = self.daemon.pid if self.daemon is not None else None
             return f"its qemu-storage-daemon{'' if pid is None else f' pid {pid}'}"
@@ -284,13 +268,16 @@ class VhostUserProducer(irqbypass.Producer):
             return f"the VMM's connection, fd {self._given.fileno()}"
         return f"the VMM's connection, fd {self._given}"
 
-    def _what(self) -> str:
-        return f"vhost-user producer {self.name!r} ({self._where()}, virtqueue {self.queue})"
+    def interrupt_name(self) -> str:
+        return f"virtqueue {self.queue}"
+
+    def where(self) -> str:
+        return f"{self._backend()}, {self.interrupt_name()}"
 
     def _refuse(self, problem: str, code: int = errno.EINVAL) -> VhostUserError:
-        return VhostUserError(f"{self._what()}: {problem}", errno=code)
+        return VhostUserError(f"{self.describe()}: {problem}", errno=code)
 
-    # -- open / close ------------------------------------------------------
+    # -- the device's primitives ---------------------------------------------
 
     @property
     def connection(self) -> Connection | None:
@@ -300,43 +287,117 @@ class VhostUserProducer(irqbypass.Producer):
     def bound_to(self) -> int | None:
         """The eventfd the virtqueue's call signals: the token, or the holding
         eventfd while stopped; None when unbound."""
-        if self._bound == "token":
-            assert isinstance(self.token, irqbypass.Eventfd)
-            return self.token.fileno()
-        return self._hold.fileno() if self._bound == "hold" else None
+        return self.pointed_at
 
-    def open(self) -> None:
+    def device_open(self) -> None:
+        """Connect (or take the VMM's connection); on an owned one negotiate
+        and set up the ring, its call first on the holding eventfd."""
+        self.signals_on_new_fd = self._kicks_setting
+        if not self.owns_connection and self._kicks_setting is None:
+            self.signals_on_new_fd = True  # as libvhost-user does: cannot probe a VMM's ring
+        self._connect()
+        if self.owns_connection:
+            self._negotiate()
+            self._set_up_ring()
+
+    def device_ready(self) -> None:
+        self._ready = True
+        self._opens += 1
+        if self.requests:
+            self._start_feeder()
+
+    def device_point(self, fd: int) -> None:
+        """SET_VRING_CALL to ``fd``, synchronously (REPLY_ACK or a round trip)."""
+        conn = self._conn
+        assert conn is not None
         try:
-            self._open()
-        finally:
-            irqbypass.deliver_deferred_signals()
+            # waits for the ack interruptibly (Connection): a Ctrl-C there leaves
+            # the connection unusable and what the back-end was told unknown
+            conn.request(
+                wire.Request.SET_VRING_CALL,
+                wire.pack_vring_file(self.queue, has_fd=True),
+                [fd],
+                sync=True,
+            )
+        except BaseException:
+            if conn.broken is not None:
+                self.lose(conn.broken)
+            raise
 
-    def _open(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                return
-            assert isinstance(self.token, irqbypass.Eventfd)
-            if self.token.closed:
-                raise irqbypass.InvalidEndpointError(f"{self._what()}: its token eventfd is closed")
+    def device_detach(self) -> None:
+        """Drain, move the call to the holding eventfd (never the no-fd flag),
+        stop the ring. A rolled-back open of an owned connection only closes
+        it: the back-end forgets the ring with the connection."""
+        self._stop_feeder()  # a tick never waits for our lock: no deadlock under it
+        if not self._ready and self.owns_connection:
+            return
+        drained = self._drain()
+        self.point_at_holding()
+        if not self.owns_connection:
+            return
+        if not drained:
+            assert self.ring is not None
+            raise self._refuse(
+                f"{self.ring.in_flight} requests were still in flight after "
+                f"{self.drain_timeout:g} s; closed without GET_VRING_BASE (which closes the "
+                "call eventfd, so qemu-storage-daemon panics on what completes after its "
+                "reply and those completions are lost): the back-end is stuck, see its log",
+                errno.ETIMEDOUT,
+            )
+        self._stop_ring()
+
+    def device_close(self) -> None:
+        """Release everything, every step attempted whatever the one before
+        did (Ctrl-C included); then raise the first failure (a Ctrl-C first)."""
+        errors: list[BaseException] = []
+
+        def step(release: Callable[[], object]) -> None:
             try:
-                self.problem_error = None
-                self._connect()
-                if self.owns_connection:
-                    self._negotiate()
-                    self._set_up_ring()
-                self._first_bind()
-                self._counts["opens"] += 1
-                if self.requests:
-                    self._start_feeder()
-            except BaseException:
-                self._teardown(graceful=False)  # what failed there is secondary
-                raise
+                release()
+            except BackendGoneError as exc:
+                self.lose(exc)
+            except BaseException as exc:  # kept, re-raised once everything is released
+                errors.append(exc)
 
-    @irqbypass.signal_safe
-    def _first_bind(self) -> None:
-        self._bind("hold" if self._stopped else "token")
-        if self._bound == "token" and self._kicks:
-            self._counts["phantom"] += 1  # nothing is behind the first one
+        self._stop_feeder()
+        self._ready = False
+        conn = self._conn
+        if conn is not None and conn is not self._given:
+            step(conn.close)
+        self._conn = None
+        if self._kick_fd is not None:
+            step(self._kick_fd.close)
+            self._kick_fd = None
+        if self.memory is not None and self.memory is not self._given_memory:
+            step(self.memory.close)
+        if self.driver is not None:
+            self._past["completed"] += self.driver.completed
+            self._past["failed"] += self.driver.failed
+        self.memory = self.ring = self.driver = None
+        if self.daemon is not None:
+            step(self.daemon.close)
+            self.daemon = None
+        with _claims_lock:
+            for claim in self._claims:
+                _claims.pop(claim, None)
+        self._claims.clear()
+        if errors:
+            raise min(errors, key=lambda exc: isinstance(exc, Exception))
+
+    def device_defer(self) -> bool:
+        """A ring this producer owns with nothing in flight cannot complete:
+        stop only defers what :meth:`submit` publishes (no message, no kick)."""
+        return self.ring is not None and self.ring.in_flight == 0
+
+    def device_resume(self) -> None:
+        """Publish what was deferred and kick the back-end."""
+        ring, kick = self.ring, self._kick_fd
+        if ring is not None and kick is not None and ring.unpublished:
+            self._deferred += ring.unpublished
+            ring.publish()
+            kick.write()
+
+    # -- the connection ------------------------------------------------------
 
     def _connect(self) -> None:
         if isinstance(self._given, Connection):
@@ -346,7 +407,7 @@ class VhostUserProducer(irqbypass.Producer):
             return
         if self._given is not None:
             conn = Connection.from_fd(
-                self._given, what=self._what(), timeout=self.timeout, reply_ack=self.reply_ack
+                self._given, what=self.describe(), timeout=self.timeout, reply_ack=self.reply_ack
             )
             try:
                 self._take_claim(("connection", *conn.identity()))
@@ -364,7 +425,7 @@ class VhostUserProducer(irqbypass.Producer):
             path = self.socket_path
         self._take_claim(("socket", os.path.realpath(path)))
         self._conn = Connection.connect(
-            path, what=self._what(), timeout=self.timeout, backend_uid=self.backend_uid
+            path, what=self.describe(), timeout=self.timeout, backend_uid=self.backend_uid
         )
         self._take_claim(("connection", *self._conn.identity()))
 
@@ -373,7 +434,7 @@ class VhostUserProducer(irqbypass.Producer):
             holder = _claims.get((key, self.queue))
             if holder is not None:
                 raise irqbypass.BusyError(
-                    f"{self._what()}: virtqueue {self.queue} of this back-end is already bound "
+                    f"{self.describe()}: virtqueue {self.queue} of this back-end is already bound "
                     f"by producer {holder!r} in this process; a virtqueue has one call eventfd: "
                     "close that producer first, or use another virtqueue",
                     errno=errno.EBUSY,
@@ -449,130 +510,12 @@ class VhostUserProducer(irqbypass.Producer):
         )
         # the call goes to the holding eventfd first: with nothing queued, what
         # it receives is the back-end's own kick, which tells whether it kicks
-        self._bind("hold", probe=self._kicks_setting is None)
+        if self.signals_on_new_fd is None:
+            self.learn_signals_on_new_fd()
+        else:
+            self.point_at_holding()
         if self.features >> wire.VHOST_USER_F_PROTOCOL_FEATURES & 1:
             conn.request(wire.Request.SET_VRING_ENABLE, wire.pack_vring_state(q, 1), sync=True)
-
-    @irqbypass.signal_safe
-    def _bind(self, target: str, *, probe: bool = False) -> None:
-        """SET_VRING_CALL to the token or the holding eventfd, synchronously,
-        and account for the back-end's kick on the new fd."""
-        conn = self._conn
-        assert conn is not None and isinstance(self.token, irqbypass.Eventfd)
-        fd = self.token.fileno() if target == "token" else self._hold.fileno()
-        try:
-            # waits for the ack interruptibly (Connection): a Ctrl-C there leaves
-            # the bind as it was and the connection unusable, which is recorded
-            conn.request(
-                wire.Request.SET_VRING_CALL,
-                wire.pack_vring_file(self.queue, has_fd=True),
-                [fd],
-                sync=True,
-            )
-        except BaseException:
-            if conn.broken is not None and self.problem_error is None:
-                self.problem_error = conn.broken  # what the back-end was told is unknown
-            raise
-        self._bound = target
-        if target == "hold":
-            caught = _take(self._hold.fileno())
-            if probe:
-                self._kicks = caught > 0
-            elif self._kicks and caught == 0:
-                self._kicks = False  # it wrote before acking: none means it does not kick
-            if self._kicks and caught:
-                self._counts["kicks"] += 1
-                caught -= 1
-            if caught:
-                _give(self._hold.fileno(), caught)
-        elif self._kicks:
-            self._counts["kicks"] += 1
-
-    def close(self) -> None:
-        """Unbind and release everything. Raises, once everything is released,
-        what failed, or :class:`BackendGoneError` if the back-end went away
-        while this producer was open (the producer is closed either way and
-        can be opened again)."""
-        self._stop_feeder()  # before the lock: a tick running now finishes first
-        try:
-            with self._lock:
-                if self._conn is None:
-                    return
-                errors = self._teardown(graceful=True)
-        finally:
-            irqbypass.deliver_deferred_signals()
-        # Ctrl-C before anything else; then the first failure
-        errors.sort(key=lambda exc: isinstance(exc, Exception))
-        if errors:
-            raise errors[0]
-        if self.problem_error is not None:
-            raise self.problem_error
-
-    def _stop_feeder(self) -> None:
-        feeder, self._feeder = self._feeder, None
-        if feeder is not None:
-            feeder.cancel()  # returns once a tick is not running (at once from one)
-
-    @irqbypass.signal_safe
-    def _teardown(self, *, graceful: bool) -> list[BaseException]:
-        """Release everything, every step attempted whatever the one before
-        did (Ctrl-C included); returns what failed. ``graceful``: first drain
-        the ring, unbind to the holding eventfd and stop the ring."""
-        errors: list[BaseException] = []
-
-        def step(release: Callable[[], object]) -> None:
-            try:
-                release()
-            except BackendGoneError as exc:
-                self._lost(exc)
-            except BaseException as exc:  # kept, re-raised once everything is released
-                errors.append(exc)
-
-        self._stop_feeder()  # a tick never waits for our lock: no deadlock under it
-        conn = self._conn
-        if graceful and conn is not None and self._bound is not None and self.problem is None:
-            step(self._unbind)
-        step(lambda: self._hold.replay(self.token))
-        step(self._hold.close)
-        self._bound = None
-        self._quiet = False
-        if conn is not None and conn is not self._given:
-            step(conn.close)
-        self._conn = None
-        if self._kick_fd is not None:
-            step(self._kick_fd.close)
-            self._kick_fd = None
-        if self.memory is not None and self.memory is not self._given_memory:
-            step(self.memory.close)
-        if self.driver is not None:
-            self._past["completed"] += self.driver.completed
-            self._past["failed"] += self.driver.failed
-        self.memory = self.ring = self.driver = None
-        if self.daemon is not None:
-            step(self.daemon.close)
-            self.daemon = None
-        with _claims_lock:
-            for claim in self._claims:
-                _claims.pop(claim, None)
-        self._claims.clear()
-        return errors
-
-    def _unbind(self) -> None:
-        """Drain, move the call to the holding eventfd, stop the ring."""
-        drained = self._drain()
-        self._bind("hold")
-        if not self.owns_connection:
-            return
-        if not drained:
-            assert self.ring is not None
-            raise self._refuse(
-                f"{self.ring.in_flight} requests were still in flight after "
-                f"{self.drain_timeout:g} s; closed without GET_VRING_BASE (which closes the "
-                "call eventfd, so qemu-storage-daemon panics on what completes after its "
-                "reply and those completions are lost): the back-end is stuck, see its log",
-                errno.ETIMEDOUT,
-            )
-        self._stop_ring()
 
     def _drain(self) -> bool:
         """Wait (up to drain_timeout) until the back-end returned every request
@@ -604,99 +547,6 @@ class VhostUserProducer(irqbypass.Producer):
                 errno.EPROTO,
             )
 
-    @property
-    def problem(self) -> str | None:
-        """What made the back-end unusable while open (a message saying what
-        to do), or None."""
-        return None if self.problem_error is None else self.problem_error.message
-
-    def _lost(self, exc: VhostUserError) -> None:
-        if self.problem_error is None:
-            self.problem_error = exc
-            self._counts["backend_lost"] += 1
-
-    # -- quiesce -----------------------------------------------------------
-
-    def stop(self) -> None:
-        """Quiesce: no signal reaches the token until :meth:`start`.
-
-        On a ring this producer owns that has nothing in flight, nothing can
-        complete: it only defers what :meth:`submit` publishes (no message,
-        so no back-end kick). Otherwise the call is swapped to the holding
-        eventfd, synchronously. A back-end that is gone cannot signal: then
-        this only records the state."""
-        try:
-            with self._lock:
-                self._stop()
-        finally:
-            irqbypass.deliver_deferred_signals()
-
-    @irqbypass.signal_safe
-    def _stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._conn is None or self.problem is not None:
-            return
-        self._counts["quiesces"] += 1
-        if self.ring is not None and self.ring.in_flight == 0:
-            self._quiet = True
-            return
-        self._counts["swaps"] += 1
-        try:
-            self._bind("hold")
-        except BackendGoneError as exc:
-            self._lost(exc)
-
-    def start(self) -> None:
-        """Publish what was deferred, or swap the call back to the token and
-        replay what was held (the back-end's kick on the token stands in for
-        the first held one)."""
-        try:
-            with self._lock:
-                self._start()
-        finally:
-            irqbypass.deliver_deferred_signals()
-
-    @irqbypass.signal_safe
-    def _start(self) -> None:
-        if not self._stopped:
-            return
-        self._stopped = False
-        if self._conn is None:
-            return
-        if self._quiet:
-            self._quiet = False
-            self._publish()
-            return
-        kicked = False
-        try:
-            if self.problem is None:
-                self._bind("token")
-                kicked = self._kicks
-        except BackendGoneError as exc:
-            self._lost(exc)
-        finally:
-            self._replay(kicked)
-
-    def _publish(self) -> None:
-        ring, kick = self.ring, self._kick_fd
-        if ring is not None and kick is not None and ring.unpublished:
-            self._counts["deferred"] += ring.unpublished
-            ring.publish()
-            kick.write()
-
-    def _replay(self, kicked: bool) -> None:
-        if kicked:
-            held = _take(self._hold.fileno())
-            if held:
-                self._counts["absorbed"] += 1
-                if held > 1:
-                    _give(self._hold.fileno(), held - 1)
-            else:
-                self._counts["phantom"] += 1
-        self._hold.replay(self.token)
-
     # -- the producer's own load ----------------------------------------------
 
     def submit(self, n: int = 1) -> int:
@@ -708,8 +558,8 @@ class VhostUserProducer(irqbypass.Producer):
                     "submit needs an open producer that owns its connection (socket or spawn)",
                     errno.ENOTCONN,
                 )
-            queued = self.driver.queue(n, publish=not self._quiet)
-            if queued and not self._quiet:
+            queued = self.driver.queue(n, publish=not self.deferring)
+            if queued and not self.deferring:
                 self._kick_fd.write()
             return queued
 
@@ -722,12 +572,17 @@ class VhostUserProducer(irqbypass.Producer):
             try:
                 return self.driver.reap()
             except VhostUserError as exc:
-                self._lost(exc)
+                self.lose(exc)
                 raise
+
+    def _stop_feeder(self) -> None:
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None:
+            feeder.cancel()  # returns once a tick is not running (at once from one)
 
     def _start_feeder(self) -> None:
         self._feeder = irqbypass.event_loop().call_every(
-            1.0 / self.rate, self._feed, owner=f"{self._what()} (feeder)", delay=self.delay
+            1.0 / self.rate, self._feed, owner=f"{self.describe()} (feeder)", delay=self.delay
         )
 
     def _feed(self) -> None:
@@ -739,11 +594,11 @@ class VhostUserProducer(irqbypass.Producer):
             if self._feed_once():
                 return
         except VhostUserError as exc:
-            self._lost(exc)
+            self.lose(exc)
         except Exception as exc:  # a bug here must still end the run with a report
-            self._lost(
+            self.lose(
                 VhostUserError(
-                    f"{self._what()}: the request feeder failed: "
+                    f"{self.describe()}: the request feeder failed: "
                     f"{irqbypass.show_value(exc)}; this is a bug, please report it",
                     errno=errno.EIO,
                 )
@@ -774,9 +629,9 @@ class VhostUserProducer(irqbypass.Producer):
     def _check_alive(self) -> None:
         """Notice a back-end that hung up, without a message or a wait."""
         if self._conn is not None and self.problem_error is None and not self._conn.alive():
-            self._lost(
+            self.lose(
                 BackendGoneError(
-                    f"{self._what()}: the back-end closed the connection: it exited or was "
+                    f"{self.describe()}: the back-end closed the connection: it exited or was "
                     "killed; close this producer, restart the back-end and open it again"
                 )
             )
@@ -795,6 +650,21 @@ class VhostUserProducer(irqbypass.Producer):
 
     # -- status --------------------------------------------------------------
 
+    def device_stats(self) -> Mapping[str, int]:
+        self._check_alive()
+        stats = {
+            "swaps": self.swaps,
+            "deferred": self._deferred,
+            "backend_lost": self.losses,
+            "opens": self._opens,
+        }
+        if self.owns_connection:
+            driver = self.driver
+            stats["completed"] = self._past["completed"] + (driver.completed if driver else 0)
+            stats["failed"] = self._past["failed"] + (driver.failed if driver else 0)
+            stats["in_flight"] = driver.in_flight if driver else 0
+        return stats
+
     def stats(self) -> Mapping[str, int]:
         """``quiesces``: stops, ``swaps`` those that moved the call to the
         holding eventfd, ``deferred`` requests published only at start (an idle
@@ -802,35 +672,10 @@ class VhostUserProducer(irqbypass.Producer):
         on at start (a held one the back-end's kick stood in for counts as
         ``absorbed``, in both); ``kicks``: the back-end's signals on each new
         call fd; ``phantom``: those that reached the token with no completion
-        behind them; ``backend_lost``: 1 once the back-end went away
+        behind them; ``backend_lost``: opens whose back-end went away
         (:attr:`problem` says how). With ``requests``, ``fired`` is what the
         token was signalled (completions + phantom)."""
-        with self._lock:
-            self._check_alive()
-            absorbed = self._counts["absorbed"]
-            stats = {
-                "bound": int(self._bound is not None),
-                "held": self._hold.held + absorbed,
-                "replayed": self._hold.replayed + absorbed,
-                **self._counts,
-            }
-            if self.owns_connection:
-                driver = self.driver
-                stats["completed"] = self._past["completed"] + (driver.completed if driver else 0)
-                stats["failed"] = self._past["failed"] + (driver.failed if driver else 0)
-                stats["in_flight"] = driver.in_flight if driver else 0
-                if self.requests:
-                    stats["fired"] = stats["completed"] + self._counts["phantom"]
-            return stats
-
-
-def _take(fd: int) -> int:
-    """Read an eventfd's whole counter without waiting (0 when empty)."""
-    try:
-        return int.from_bytes(os.read(fd, 8), "little")
-    except BlockingIOError:
-        return 0
-
-
-def _give(fd: int, count: int) -> None:
-    os.write(fd, count.to_bytes(8, "little"))
+        stats = dict(super().stats())
+        if self.requests:
+            stats["fired"] = stats["completed"] + stats["phantom"]
+        return stats
