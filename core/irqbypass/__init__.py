@@ -29,6 +29,7 @@ from .errors import (
     TokenInUseError,
     TopologyError,
     UnknownKindError,
+    Veto,
 )
 from .eventfd import Eventfd, HoldingEventfd
 from .hookspecs import HookRelay, hookimpl, hookspec
@@ -100,6 +101,7 @@ __all__ = [
     "Totals",
     "UnknownKindError",
     "UnsafePathError",
+    "Veto",
     "check_owner",
     "deliver_deferred_signals",
     "event_loop",

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from . import control
 from .config import MAX_DURATION, Config, load_config, parse_config
 from .endpoints import Consumer
-from .errors import IrqBypassError
+from .errors import ConfigError, IrqBypassError
 from .hookspecs import hookimpl
 from .metrics import REFRESH_SECONDS, Metrics, PairingEvents
 from .notify import notify, reloading
@@ -343,6 +343,14 @@ def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
             sys.stderr.write(failure.traceback)
     for problem in [*host.check_kinds(), *host.unmatched]:
         _warn(problem)
+    if config is not None:  # each plugin's own [plugins.NAME] table
+        try:
+            for problem in host.configure(config.plugins.tables, file=config.file):
+                _warn(problem)
+        except ConfigError as exc:
+            if exc.line is not None or not exc.key or exc.file != config.file:
+                raise
+            raise config.error(exc.key, exc.problem) from exc  # with the line of its key
     if args.verbose >= 2:
         host.register(_Trace(), name="irqbypass.trace")
     return host
@@ -630,6 +638,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
                         _fresh_line(stopped_by)
             summary = [row.as_dict() for row in _snapshot(topology)]
             placed = topology.placed  # teardown forgets them, and their faults
+            vetoed = topology.vetoed
         except BaseException:
             live.close()
             _report_teardown(topology)
@@ -652,6 +661,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             "interrupted": stopped_by is not None,
             "pairs": summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
+            "vetoed": [{"token": t, "reason": r} for t, r in vetoed],
             "warnings": [*warnings, *faults],
         }
         print(json.dumps(doc, indent=2))
@@ -1248,8 +1258,11 @@ def _num(value: int | None) -> str:
 def _print_pairs(topology: Topology, out: TextIO) -> None:
     _say(f"{topology.config.file}: applied", out)
     table = [("TOKEN", "PRODUCER", "CONSUMER", "STATE")]
+    vetoed = dict(topology.vetoed)
     for row in topology.status():
         state = "paired (bypass)" if row.paired else "unpaired (eventfd only)"
+        if row.token in vetoed:
+            state = f"unpaired (eventfd only): vetoed: {vetoed[row.token]}"
         table.append((row.token, _ends(row.producer), _ends(row.consumer), state))
     for token, reason in topology.skipped:
         table.append((token, "-", "-", f"skipped: {reason}"))

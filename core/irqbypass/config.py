@@ -6,6 +6,8 @@ Schema (see ``docs/configuration.md``)::
     load = ["irqbypass-mock"]     # allow list of distributions or plugin names
     block = ["some-plugin"]       # block list
     strict = false                # a plugin that fails to load is fatal
+    [plugins.audit]               # a plugin's own table, by plugin name: handed to
+    deny = ["dev1"]               # its irqbypass_configure hook
 
     [run]
     duration = 5.0                # seconds `irqbypass run` lasts at most
@@ -62,6 +64,9 @@ class PluginSettings:
     load: tuple[str, ...] | None = None
     block: tuple[str, ...] = ()
     strict: bool = False
+    #: ``[plugins.NAME]`` tables: each plugin's own settings, by plugin name,
+    #: handed to that plugin's ``irqbypass_configure`` hook
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,16 @@ class _Validator:
                     if re.search(pattern, self.lines[i]):
                         return i + 1
         else:
+            if leaf is not None and option is not None:  # plugins.audit.deny
+                header = rf"^\s*\[\s*{table}\.{re.escape(leaf)}\s*\]"
+                sub = [i for i, ln in enumerate(self.lines) if re.match(header, ln)]
+                if sub:
+                    for i in range(sub[0] + 1, len(self.lines)):
+                        if re.match(r"^\s*\[", self.lines[i]):
+                            break
+                        if re.match(rf"^\s*{re.escape(option)}\s*=", self.lines[i]):
+                            return i + 1
+                    return sub[0] + 1
             headers = [
                 i for i, ln in enumerate(self.lines) if re.match(rf"^\s*\[\s*{table}\s*\]", ln)
             ]
@@ -267,12 +282,17 @@ class _Validator:
 
     def plugins(self, value: Any) -> PluginSettings:
         table = self.table(value, "plugins")
-        self.refuse_unknown(table, _PLUGIN_KEYS, "plugins")
+        # a table is a plugin's own settings ([plugins.audit]); any other key is ours
+        tables = {k: v for k, v in table.items() if isinstance(v, dict) and k not in _PLUGIN_KEYS}
+        self.refuse_unknown(
+            {k: v for k, v in table.items() if k not in tables}, _PLUGIN_KEYS, "plugins"
+        )
         load = table.get("load")
         return PluginSettings(
             load=None if load is None else tuple(self.names(load, "plugins.load")),
             block=tuple(self.names(table.get("block", []), "plugins.block")),
             strict=self.boolean(table.get("strict", False), "plugins.strict"),
+            tables=tables,
         )
 
     def names(self, value: Any, key: str) -> list[str]:

@@ -99,6 +99,20 @@ class CallbackError(CallbackFailure):
     """
 
 
+class Veto(IrqBypassError):
+    """Raised by a hook wrapper of ``irqbypass_add`` (before its ``yield``) to
+    refuse a pairing. The registration fails with a ConnectError whose cause is
+    this veto; a :class:`~irqbypass.Topology` then fails as a whole, unless
+    ``unpaired=True``: the pair is left unpaired (both ends open, the interrupts
+    on the eventfd path) and the rest of the topology applies."""
+
+    errno = _errno.EPERM
+
+    def __init__(self, message: str, *, unpaired: bool = False) -> None:
+        super().__init__(message)
+        self.unpaired = unpaired
+
+
 class PluginError(IrqBypassError):
     """A plugin could not be loaded or used."""
 

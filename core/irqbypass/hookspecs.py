@@ -9,7 +9,8 @@ failed connect). Hooks are only called for callbacks the endpoint defines, as th
 kernel only calls non-NULL callbacks.
 
 Kind registration: ``irqbypass_register_kinds`` hands a plugin a registrar for
-its producer and consumer kinds.
+its producer and consumer kinds. Settings: ``irqbypass_configure`` hands each
+plugin its own ``[plugins.NAME]`` table.
 
 The specs are typed as an implementation should be (``endpoint:
 irqbypass.Endpoint``, ``side: irqbypass.Side``); :class:`HookRelay` types
@@ -25,6 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     from .endpoints import Endpoint
     from .kinds import KindRegistrar, Side
+    from .options import Options
 
 PROJECT = "irqbypass"
 
@@ -62,6 +64,15 @@ def irqbypass_register_kinds(register: KindRegistrar) -> None:
     :class:`~irqbypass.EndpointSpec` and returns the endpoint, unopened."""
 
 
+@hookspec
+def irqbypass_configure(options: Options) -> None:
+    """Take this plugin's own settings: the ``[plugins.NAME]`` table of the
+    topology file (NAME: the plugin's name), empty when there is none, as an
+    :class:`~irqbypass.Options` reader (``options.finish()`` refuses unknown
+    keys). Called before any endpoint is built; raise ``options.error(...)``
+    (a ConfigError) for a bad value."""
+
+
 LIFECYCLE_HOOKS = ("irqbypass_add", "irqbypass_del", "irqbypass_stop", "irqbypass_start")
 
 
@@ -88,4 +99,9 @@ class HookRelay(Protocol):
 
     def irqbypass_register_kinds(self, *, register: KindRegistrar) -> list[None]:
         """Run every plugin's kind registration (the host does this itself)."""
+        ...
+
+    def irqbypass_configure(self, *, options: Options) -> list[None]:
+        """Run every plugin's settings hook with one table (the host hands each
+        plugin its own: :meth:`PluginHost.configure <irqbypass.PluginHost.configure>`)."""
         ...

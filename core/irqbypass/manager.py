@@ -508,9 +508,15 @@ def _describe(failure: _Failure, hooks: dict[str, Callable[..., Any]]) -> str:
     label = f"{_side(endpoint)} {_name(endpoint)}.{callback}()"
     plugin = _blame(exc, hooks.get(STEPS[callback]))
     if plugin is not None:
+        bug = (
+            ""
+            if isinstance(exc, (IrqBypassError, OSError)) or not isinstance(exc, Exception)
+            else f" (this is a bug in plugin {plugin!r}: raise an irqbypass.IrqBypassError, "
+            "such as irqbypass.Veto)"
+        )
         return (
             f"plugin {plugin!r} raised {_brief(exc)} in its irqbypass_{STEPS[callback]} hook "
-            f"around {label}"
+            f"around {label}{bug}"
         )
     return f"{label} raised {_brief(exc)}"
 

@@ -38,10 +38,10 @@ from typing import Any, cast
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import IrqBypassError, PluginError
 from .hookspecs import HookRelay, hookimpl
 from .kinds import KindRegistrar, KindRegistry
-from .options import show_error, show_exception, show_value
+from .options import Options, show_error, show_exception, show_value
 
 GROUP = "irqbypass"
 ENV_LOAD = "IRQBYPASS_LOAD_PLUGINS"
@@ -408,6 +408,37 @@ class PluginHost:
         if strict and problems:
             raise PluginError(problems[0])
         return problems
+
+    # -- settings ----------------------------------------------------------
+
+    def configure(
+        self, tables: Mapping[str, Mapping[str, Any]], *, file: str | None = None
+    ) -> list[str]:
+        """Hand each plugin its own ``[plugins.NAME]`` table (empty when the
+        file has none) through its ``irqbypass_configure`` hook; return a
+        warning for each table that names no registered plugin. A plugin's
+        ConfigError is raised as it is; anything else it raises is a
+        PluginError naming it."""
+        for impl in self.pm.hook.irqbypass_configure.get_hookimpls():
+            name = impl.plugin_name
+            options = Options(tables.get(name, {}), where=f"plugins.{name}", file=file)
+            try:
+                impl.function(options=options)
+            except IrqBypassError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {name!r}: irqbypass_configure raised {show_exception(exc)}; "
+                    "this is a bug in that plugin"
+                ) from exc
+        registered = {name for name, _ in self.pm.list_name_plugin()}
+        return [
+            f"plugins.{name}: no plugin named {name!r} is loaded, so nothing reads this table"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            for name in tables
+            if name not in registered
+            for close in [difflib.get_close_matches(name, sorted(registered), n=1)]
+        ]
 
     # -- reporting ---------------------------------------------------------
 

@@ -30,9 +30,11 @@ from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
     CallbackError,
     ConfigError,
+    ConnectError,
     IrqBypassError,
     PluginError,
     TopologyError,
+    Veto,
     with_notes,
 )
 from .eventfd import Eventfd
@@ -423,6 +425,8 @@ class Topology:
         self.tokens: dict[str, Eventfd] = {}
         #: (token, reason) of every optional pair left out
         self.skipped: list[tuple[str, str]] = []
+        #: token -> reason, for each pair a plugin's Veto(unpaired=True) left unpaired
+        self._vetoed: dict[str, str] = {}
         #: entry name -> its endpoint, in the order they were placed
         self._placed: dict[str, Placed] = {}
         #: token name -> side -> the endpoint there (in the order of first use)
@@ -440,6 +444,12 @@ class Topology:
     def placed(self) -> list[Placed]:
         """Every endpoint of the topology, in the order it was placed."""
         return list(self._placed.values())
+
+    @property
+    def vetoed(self) -> list[tuple[str, str]]:
+        """(token, reason) of every pair a hook's ``Veto(reason, unpaired=True)``
+        left unpaired: both ends open, the interrupts on the eventfd path."""
+        return list(self._vetoed.items())
 
     @property
     def applied(self) -> bool:
@@ -604,6 +614,7 @@ class Topology:
             entry = placed.config
             if self._placed.get(entry.name) is placed:
                 del self._placed[entry.name]
+                self._vetoed.pop(entry.token, None)  # a pair again, or no pair at all
                 ends = self._by_token.get(entry.token, {})
                 if ends.get(entry.side) is placed:
                     del ends[entry.side]
@@ -715,6 +726,12 @@ class Topology:
                 call = getattr(self.manager, f"register_{placed.config.side}")
                 try:
                     call(endpoint)
+                except ConnectError as exc:
+                    veto = exc.__cause__
+                    if not (isinstance(veto, Veto) and veto.unpaired):
+                        raise
+                    # the plugin leaves this pair unpaired: open, on the eventfd path
+                    self._vetoed[placed.config.token] = show_error(veto)
                 finally:
                     # a CallbackError means "registered, but a start raised": undo must see it
                     placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]

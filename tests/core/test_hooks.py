@@ -210,6 +210,7 @@ def _hook_names() -> list[str]:
 def test_hookspecs_are_the_documented_set() -> None:
     assert _hook_names() == [
         "irqbypass_add",
+        "irqbypass_configure",
         "irqbypass_del",
         "irqbypass_register_kinds",
         "irqbypass_start",

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 
 import irqbypass
@@ -283,3 +283,118 @@ def test_check_refuses_a_factory_that_ignores_the_token(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "pairs (bypass)" not in result.stdout
     assert "not spec.token" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- item 4: a plugin's own table, and a veto that leaves a pair unpaired ------
+
+
+def audited(settings: str) -> str:
+    pairs = "".join(
+        pair("mock", "logging", token=f"t{n}", n=n).replace(
+            'kind="mock"', 'kind="mock"\noptions={count=50, rate=0.0}'
+        )
+        for n in range(2)
+    )
+    return f"[plugins.audit_plugin]\n{settings}\n\n{pairs}"
+
+
+def test_a_veto_with_unpaired_leaves_that_pair_unpaired_and_runs_the_rest(tmp_path: Path) -> None:
+    path = topology(tmp_path, audited('deny = ["p1"]\nunpaired = true'))
+    result = run("-p", "audit_plugin", "run", path, "--duration", "30")
+    assert result.returncode == 0, result.stderr
+    applied = result.stdout.split("summary:")[0].splitlines()
+    rows = {ln.split()[0]: ln for ln in applied if ln.startswith("  t")}
+    assert "paired (bypass)" in rows["t0"]
+    assert "unpaired (eventfd only): vetoed: p1 is on the deny list" in rows["t1"]
+    doc = json.loads(run("-p", "audit_plugin", "run", path, "--json", "--duration", "30").stdout)
+    assert doc["vetoed"] == [{"token": "t1", "reason": "p1 is on the deny list"}]
+    by_token = {row["token"]: row for row in doc["pairs"]}
+    assert by_token["t0"]["paired"] is True and by_token["t1"]["paired"] is False
+    assert by_token["t1"]["delivered"] == by_token["t1"]["fired"] == 50, "on the eventfd path"
+
+
+def test_a_veto_without_unpaired_fails_the_topology_naming_the_plugin(tmp_path: Path) -> None:
+    path = topology(tmp_path, audited('deny = ["p1"]'))
+    result = run("-p", "audit_plugin", "run", path, "--json", "--duration", "30")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert "plugin 'audit_plugin' raised Veto: p1 is on the deny list" in doc["error"]
+
+
+def test_a_plugin_s_table_is_checked_by_the_plugin_with_its_line(tmp_path: Path) -> None:
+    path = topology(tmp_path, audited('dney = ["p1"]'))
+    result = run("-p", "audit_plugin", "check", path)
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        "t.toml:2: plugins.audit_plugin.dney: unknown option 'dney'; did you mean 'deny'?\n"
+    ), result.stderr
+    nobody = topology(tmp_path, audited("").replace("audit_plugin", "audit_plugn"), name="n.toml")
+    warned = run("-p", "audit_plugin", "check", nobody)
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "plugins.audit_plugn: no plugin named 'audit_plugn' is loaded, so nothing reads this "
+        "table; did you mean 'audit_plugin'?" in warned.stderr
+    )
+
+
+def test_configure_hands_each_plugin_its_own_table_from_python() -> None:
+    seen: dict[str, dict[str, object]] = {}
+
+    class Reader:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @irqbypass.hookimpl
+        def irqbypass_configure(self, options: irqbypass.Options) -> None:
+            seen[self.name] = {"level": options.get_int("level", 0)}
+            options.finish()
+
+    host = irqbypass.PluginHost()
+    host.register(Reader("a"), name="a")
+    host.register(Reader("b"), name="b")
+    config = irqbypass.parse_config("[plugins.a]\nlevel = 3\n")
+    assert host.configure(config.plugins.tables, file=config.file) == []
+    assert seen == {"a": {"level": 3}, "b": {"level": 0}}
+
+
+def test_a_veto_leaves_no_trace_once_its_pair_is_detached(no_env: None) -> None:
+    import audit_plugin
+
+    host = irqbypass.load_plugins(allow=["irqbypass-mock", "irqbypass-logging"])
+    host.register(audit_plugin, name="audit_plugin")
+    config = irqbypass.parse_config(audited('deny = ["p1"]\nunpaired = true'), file="a.toml")
+    assert host.configure(config.plugins.tables, file=config.file) == []
+    with irqbypass.Topology(config, host) as top:
+        assert top.vetoed == [("t1", "p1 is on the deny list")]
+        assert [row.paired for row in top.status()] == [True, False]
+        top.detach(["p1"])
+        assert top.vetoed == []
+    assert top.vetoed == []
+
+
+class _BrokenHook:
+    @irqbypass.hookimpl(wrapper=True)
+    def irqbypass_add(
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+    ) -> Generator[None, None, None]:
+        raise RuntimeError("the hook is broken")
+        yield  # a wrapper: the generator that never gets here
+
+
+def test_a_hook_that_raises_something_else_than_an_irqbypass_error_is_named_a_bug() -> None:
+    host = irqbypass.PluginHost()
+    host.register(_BrokenHook(), name="broken-hook")
+    manager = irqbypass.Manager(host, guard_sigint=False)
+    with irqbypass.Eventfd() as token:
+        manager.register_consumer(faulty_plugin_sink(token))
+        with pytest.raises(irqbypass.ConnectError) as info:
+            manager.register_producer(irqbypass.Producer(token=token, name="p"))
+    message = str(info.value)
+    assert "plugin 'broken-hook' raised RuntimeError: the hook is broken" in message
+    assert "this is a bug in plugin 'broken-hook'" in message
+
+
+def faulty_plugin_sink(token: irqbypass.Eventfd) -> irqbypass.Consumer:
+    import faulty_plugin
+
+    return faulty_plugin.Sink(token=token, name="c")
