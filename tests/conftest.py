@@ -1,4 +1,5 @@
-"""Shared fixtures: fd-leak checking and a usable-/dev/kvm probe."""
+"""Shared fixtures: fd-leak checking and a usable-/dev/kvm probe; and the hooks
+that run the tests marked ``guest`` in the test guest (tests/guest/guest_results.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,20 @@ from collections.abc import Iterator
 
 import irqbypass
 import pytest
+from guest_results import (
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+)
 from hypothesis import settings
+
+__all__ = [
+    "pytest_collection_finish",
+    "pytest_collection_modifyitems",
+    "pytest_runtest_protocol",
+    "pytest_sessionfinish",
+]
 
 # Hypothesis: `make test` (and CI) is deterministic: the same commit tries the same
 # examples on every run and machine, and no example database carries one run's

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Boot the test guest for one device family and run its real-device tests inside.
+"""Boot the test guest for device families and run their real-device tests inside.
 
-    scripts/guest vfio|vdpa [--check] [NODEID ...]   (runs this file)
+    scripts/guest vfio|vdpa|vfio,vdpa [--check] [NODEID ...]   (runs this file)
+
+One boot serves every family named: its QEMU devices and kernel arguments are
+the union of theirs, and the guest sets up each family's devices before one
+pytest runs all the tests (a TCG boot costs about two minutes: one, not one a
+family).
 
 The guest is Debian's kernel (linux-image-amd64) under qemu-system-x86 with TCG,
 booted by virtme-ng (.venv/bin/vng) on this machine's root filesystem, shared
@@ -12,8 +17,9 @@ devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
 linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA) and
 the kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest.
 
-Everything the guest prints goes to .cache/guest/<family>/boot.log; pytest's
-junit XML to .cache/guest/<family>/junit.xml. Exit status: pytest's, or 77 when
+Everything the guest prints goes to .cache/guest/<families>/boot.log (the
+families joined by "+", as "vdpa+vfio"); pytest's junit XML to
+.cache/guest/<families>/junit.xml. Exit status: pytest's, or 77 when
 a part is missing (the reason on the last line, with the command that sets it
 up), or 1 when the guest did not run the tests (the log's tail is printed).
 """
@@ -40,14 +46,15 @@ VENV_BIN = ROOT / ".venv" / "bin"
 SKIP = 77
 SETUP = "make guest-test (as root, apt and PyPI reachable: it provisions, then boots)"
 
-#: what each family's guest runs without node ids: its tests marked guest
+#: where each family's tests are: without node ids, a boot runs the tests marked
+#: guest there (a boot of several families runs them all in one pytest)
 FAMILIES: dict[str, list[str]] = {
-    "vfio": ["-m", "guest", "tests/plugins/vfio"],
-    # the vdpa guest also loads vhost_net: the vhost tests ride on its boot
-    "vdpa": ["-m", "guest", "tests/plugins/vdpa", "tests/plugins/vhost"],
+    "vfio": ["tests/plugins/vfio"],
+    # the vdpa family also loads vhost_net: the vhost tests ride on its set-up
+    "vdpa": ["tests/plugins/vdpa", "tests/plugins/vhost"],
 }
 
-#: QEMU options each family's guest gets
+#: QEMU options each family's devices need (a boot of several families gets them all)
 QEMU_OPTS = {
     "vfio": "-machine q35 -device intel-iommu -device edu "
     # a group that is not viable: an edu and a virtio device behind one PCI bridge
@@ -205,24 +212,46 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def run(family: str, nodeids: list[str]) -> int:
+def parse_families(arg: str) -> list[str]:
+    """``vfio``, ``vdpa,vfio`` or ``all``: the families of one boot, sorted."""
+    names = sorted(FAMILIES) if arg == "all" else sorted(set(arg.split(",")))
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown family {','.join(unknown) or repr(arg)}: "
+            f"give {', '.join(sorted(FAMILIES))}, a comma-separated list of them, or all"
+        )
+    return names
+
+
+def boot_name(families: list[str]) -> str:
+    """The folder of one boot under .cache/guest: the families joined by '+'."""
+    return "+".join(sorted(families))
+
+
+def run(families: list[str], nodeids: list[str]) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{family}.lock", "w") as lock:
-        # one boot of a family at a time per checkout: they share .cache/guest/<family>
+    with open(CACHE / "boot.lock", "w") as lock:
+        # one boot at a time per checkout: boots of overlapping families share the
+        # vdpa modules' build and the host's two cores
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _run(family, nodeids)
+        return _run(families, nodeids)
 
 
-def _run(family: str, nodeids: list[str]) -> int:
-    version = check(family)
-    modules = build_vdpa(version) if family == "vdpa" else None
-    out = CACHE / family
+def _run(families: list[str], nodeids: list[str]) -> int:
+    version = ""
+    for family in families:
+        version = check(family)
+    modules = build_vdpa(version) if "vdpa" in families else None
+    name = boot_name(families)
+    out = CACHE / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "args").write_text("\n".join(nodeids or FAMILIES[family]) + "\n")
+    default = ["-m", "guest", *(path for family in families for path in FAMILIES[family])]
+    (out / "args").write_text("\n".join(nodeids or default) + "\n")
     log = out / "boot.log"
     inside = Path(__file__).resolve().parent / "inside.sh"
-    command = f"bash {inside} {family} {out} {modules or '-'}"
+    command = f"bash {inside} {','.join(families)} {out} {modules or '-'}"
     argv = [
         str(VENV_BIN / "vng"),
         "--run", f"/boot/vmlinuz-{version}",
@@ -234,12 +263,14 @@ def _run(family: str, nodeids: list[str]) -> int:
         "--cwd", str(ROOT),
         "--exec", command,
     ]  # fmt: skip
-    if QEMU_OPTS[family]:
-        argv.append(f"--qemu-opts={QEMU_OPTS[family]}")
-    if APPEND[family]:
-        argv += ["--append", APPEND[family]]
+    qemu_opts = " ".join(QEMU_OPTS[f] for f in families if QEMU_OPTS[f])
+    if qemu_opts:
+        argv.append(f"--qemu-opts={qemu_opts}")
+    append = " ".join(APPEND[f] for f in families if APPEND[f])
+    if append:
+        argv += ["--append", append]
     env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    print(f"guest: booting {family} ({version}, TCG); log: {log}", flush=True)
+    print(f"guest: booting {name} ({version}, TCG); log: {log}", flush=True)
     started = time.monotonic()
     with open(log, "wb") as logf:
         vng_rc = boot(argv, env, logf)
@@ -247,32 +278,41 @@ def _run(family: str, nodeids: list[str]) -> int:
     rc_file = out / "rc"
     if not rc_file.exists():
         tail = log.read_bytes()[-4000:].decode(errors="replace")
-        print(f"{tail}\nguest: the {family} guest ran no tests (vng: {vng_rc}, {elapsed:.0f} s); "
+        print(f"{tail}\nguest: the {name} guest ran no tests (vng: {vng_rc}, {elapsed:.0f} s); "
               f"its log: {log}", file=sys.stderr)  # fmt: skip
         return 1
     rc = int(rc_file.read_text().strip() or 1)
     summary = (out / "summary").read_text().strip() if (out / "summary").exists() else ""
-    print(f"guest: {family}: pytest exit {rc} in {elapsed:.0f} s (boot included): {summary}")
+    print(f"guest: {name}: pytest exit {rc} in {elapsed:.0f} s (boot included): {summary}")
     return rc
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument(
+        "families", metavar="FAMILY[,FAMILY...]",
+        help=f"{', '.join(sorted(FAMILIES))}, several joined by commas (one boot), or all",
+    )  # fmt: skip
     parser.add_argument("--check", action="store_true", help="only say whether it can run")
     parser.add_argument("nodeids", nargs="*", help="in-guest pytest node ids (default: all)")
     args = parser.parse_args()
     try:
-        check(args.family)
+        families = parse_families(args.families)
+    except ValueError as exc:
+        parser.error(str(exc))
+    name = boot_name(families)
+    try:
+        for family in families:
+            check(family)
         if args.check:
-            print(f"guest: {args.family}: ready")
+            print(f"guest: {name}: ready")
             return 0
-        return run(args.family, args.nodeids)
+        return run(families, args.nodeids)
     except Missing as exc:
-        print(f"guest: cannot boot the {args.family} guest: {exc} (set up with: {SETUP})")
+        print(f"guest: cannot boot the {name} guest: {exc} (set up with: {SETUP})")
         return SKIP
     except KeyboardInterrupt:
-        print(f"guest: interrupted; the {args.family} guest was stopped", file=sys.stderr)
+        print(f"guest: interrupted; the {name} guest was stopped", file=sys.stderr)
         return 130
 
 

@@ -1,10 +1,11 @@
 """Real-device tests on the host report what they did in the test guest.
 
 A test marked ``@pytest.mark.guest("vfio")`` (or ``"vdpa"``) needs a real device
-this host does not have. Run on the host, it does not run here: the first such
-test of a family boots that family's guest once (``scripts/guest``), which runs
-every selected test of the family inside against the real driver; each host
-test then reports its own in-guest outcome (passed, failed with the guest's
+this host does not have. Run on the host, it does not run here: when collection
+ends, one guest boot starts in the background (``scripts/guest``) for every
+family a selected test needs, and runs all those tests inside against the real
+drivers while the host's own tests run; the guest's tests are moved last, and
+each then reports its own in-guest outcome (passed, failed with the guest's
 traceback, or skipped with the guest's reason) and duration. Where the guest
 cannot boot, the tests skip with the reason and the command that sets it up.
 
@@ -12,14 +13,13 @@ It stays out of the way inside the guest (``IRQBYPASS_IN_GUEST``), where a
 device was named on the host (``IRQBYPASS_TEST_VFIO_DEVICE`` /
 ``IRQBYPASS_TEST_VDPA_DEVICE``), and with ``IRQBYPASS_GUEST=off``.
 
-The conftest.py of each family's test directory imports
-:func:`pytest_runtest_protocol` from here, so the hook sees only that family's
-tests.
+tests/conftest.py imports the hooks from here.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +33,10 @@ from _pytest.reports import TestReport
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "guest" / "boot.py"
 HOST_DEVICE_ENV = {"vfio": "IRQBYPASS_TEST_VFIO_DEVICE", "vdpa": "IRQBYPASS_TEST_VDPA_DEVICE"}
+OUT = ROOT / ".cache" / "guest"
 SKIP = 77
+#: boot.py stops a guest after its own 900 s guard; this bounds boot.py itself
+WAIT_TIMEOUT_S = 1200
 
 
 @dataclass(frozen=True)
@@ -93,35 +96,117 @@ def parse_junit(path: Path) -> dict[str, Outcome]:
     return results
 
 
-def boot(family: str, nodeids: list[str]) -> GuestRun:
-    if os.environ.get("IRQBYPASS_GUEST", "").lower() in ("0", "off", "no"):
-        return GuestRun({}, skip="IRQBYPASS_GUEST=off: the test guest is not booted")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), family, *nodeids],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    output = (proc.stdout + proc.stderr).strip()
-    if proc.returncode == SKIP:
-        return GuestRun({}, skip=output.splitlines()[-1])
-    junit = ROOT / ".cache" / "guest" / family / "junit.xml"
-    if not junit.exists():
-        return GuestRun({}, error=f"scripts/guest {family} exited {proc.returncode}:\n{output}")
-    return GuestRun(parse_junit(junit))
+class Boot:
+    """The one guest boot of a pytest session, started in the background when
+    collection ends (so the host's own tests run while the guest boots), for
+    every family a selected test needs; ``wait`` is its result."""
+
+    def __init__(self, families: list[str], nodeids: list[str]) -> None:
+        self.families = families
+        self.name = "+".join(families)
+        self.count = len(nodeids)
+        self.started = time.monotonic()
+        self.run: GuestRun | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        if os.environ.get("IRQBYPASS_GUEST", "").lower() in ("0", "off", "no"):
+            self.run = GuestRun({}, skip="IRQBYPASS_GUEST=off: the test guest is not booted")
+            return
+        OUT.mkdir(parents=True, exist_ok=True)
+        # a file, not a pipe: nobody reads a pipe while the host's tests run
+        self.output = open(OUT / f"{self.name}.out", "w+b")  # noqa: SIM115 (closed in wait/stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), ",".join(families), *nodeids],
+            stdin=subprocess.DEVNULL,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def wait(self) -> GuestRun:
+        if self.run is not None:
+            return self.run
+        assert self.proc is not None
+        try:
+            # boot.py has its own hang guard (BOOT_TIMEOUT_S); this one is for boot.py itself
+            returncode = self.proc.wait(timeout=WAIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._terminate()
+            returncode = -1
+        self.output.seek(0)
+        output = self.output.read().decode(errors="replace").strip()
+        self.output.close()
+        junit = OUT / self.name / "junit.xml"
+        if returncode == SKIP:
+            self.run = GuestRun({}, skip=output.splitlines()[-1])
+        elif returncode == -1 or not junit.exists():
+            what = "did not end in time" if returncode == -1 else f"exited {returncode}"
+            command = f"scripts/guest {','.join(self.families)}"
+            self.run = GuestRun({}, error=f"{command} {what}:\n{output}")
+        else:
+            self.run = GuestRun(parse_junit(junit))
+        return self.run
+
+    def stop(self) -> None:
+        """Stop a boot still running (the session ended first: Ctrl-C, -x)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._terminate()
+        if self.run is None and self.proc is not None:
+            self.output.close()
+            self.run = GuestRun({}, error="the session ended before the guest did")
+
+    def _terminate(self) -> None:
+        """SIGINT first: boot.py then kills the guest it started (vng, qemu)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_boot: Boot | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that run in the guest go last, so the host's own run while it boots."""
+    items.sort(key=lambda item: family_of(item) is not None)  # stable: order kept within each
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the session's one guest boot, in the background, for every family a
+    selected test needs (nothing to boot when none is selected)."""
+    global _boot
+    guest_items = [(family_of(i), i.nodeid) for i in session.items]
+    families = sorted({family for family, _ in guest_items if family is not None})
+    if not families or session.config.option.collectonly:
+        return
+    nodeids = [nodeid for family, nodeid in guest_items if family is not None]
+    _boot = Boot(families, nodeids)
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and _boot.proc is not None:
+        terminal.write_line(
+            f"guest: booting the {_boot.name} test guest in the background for "
+            f"{len(nodeids)} tests (they run last; console: .cache/guest/{_boot.name}/boot.log)"
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _boot is not None:
+        _boot.stop()
 
 
 def result(item: pytest.Item, family: str) -> Outcome:
-    if family not in _runs:
-        nodeids = [i.nodeid for i in item.session.items if family_of(i) == family]
+    assert _boot is not None and family in _boot.families, "the boot starts at collection"
+    if _boot.run is None:
         terminal = item.config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is not None:  # a boot takes minutes: say so, then what it did
-            terminal.write_line(f"guest: booting the {family} test guest for {len(nodeids)} tests")
-        started = time.monotonic()
-        _runs[family] = boot(family, nodeids)
+        if terminal is not None:  # the boot takes minutes: say so, then what it did
+            terminal.write_line(
+                f"guest: waiting for the {_boot.name} test guest "
+                f"(started {time.monotonic() - _boot.started:.0f} s ago)"
+            )
+        run = _boot.wait()
         if terminal is not None:
-            run = _runs[family]
             if run.skip:
                 what = f"not booted ({run.skip})"
             elif run.error:
@@ -129,17 +214,17 @@ def result(item: pytest.Item, family: str) -> Outcome:
             else:
                 what = f"{len(run.results)} tests ran"
             terminal.write_line(
-                f"guest: {family}: {what} in {time.monotonic() - started:.0f} s "
-                f"(console: .cache/guest/{family}/boot.log)"
+                f"guest: {_boot.name}: {what} in {time.monotonic() - _boot.started:.0f} s "
+                f"(console: .cache/guest/{_boot.name}/boot.log)"
             )
-    run = _runs[family]
+    run = _boot.wait()
     if run.skip:
         return Outcome("skipped", run.skip)
     if run.error:
         return Outcome("failed", run.error)
     got = run.results.get(junit_key(item.nodeid))
     if got is None:
-        return Outcome("failed", f"the {family} guest ran no test {item.nodeid} (see its log)")
+        return Outcome("failed", f"the {_boot.name} guest ran no test {item.nodeid} (see its log)")
     return got
 
 
@@ -149,7 +234,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     got = result(item, family)
-    log = f".cache/guest/{family}/boot.log"
+    log = f".cache/guest/{_boot.name if _boot else family}/boot.log"
     longrepr: object = None
     if got.outcome == "failed":
         longrepr = f"{got.text}\n(ran in the {family} test guest; its console: {log})"

@@ -2,14 +2,14 @@
 # Runs inside the test guest (scripts/guest boots it): set up the family's real
 # devices, then pytest on the node ids in OUT/args. The root filesystem is the
 # host's, read-only; OUT is shared writable; /tmp is the guest's own.
-#   inside.sh vfio|vdpa OUT MODULES_DIR
+#   inside.sh FAMILY[,FAMILY...] OUT MODULES_DIR   (one boot sets up every family named)
 set -u
-family=$1 out=$2 modules=$3
+families=$1 out=$2 modules=$3
 say() { echo "inside: $*"; }
 fail() { say "$*"; echo "$*" >"$out/summary"; echo 3 >"$out/rc"; exit 0; }
+say "the kernel has been up $(cut -d' ' -f1 /proc/uptime) s"
 
-case $family in
-vfio)
+setup_vfio() {
   modprobe -a vfio-pci vfio_iommu_type1 || fail "modprobe vfio-pci vfio_iommu_type1 failed"
   edus=()
   for dev in /sys/bus/pci/devices/*; do
@@ -33,8 +33,9 @@ vfio)
   export IRQBYPASS_TEST_VFIO_NONVIABLE_NAME=$shared
   export IRQBYPASS_TEST_VFIO_EDU=$edu
   export IRQBYPASS_TEST_VFIO_DEVICE=$edu IRQBYPASS_TEST_VFIO_INDEX=msi
-  ;;
-vdpa)
+}
+
+setup_vdpa() {
   modprobe -a vhost_iotlb vhost irqbypass || fail "modprobe vhost_iotlb vhost irqbypass failed"
   for m in vringh vdpa vdpa_sim vdpa_sim_blk vdpa_sim_net vhost_vdpa; do
     insmod "$modules/$m.ko" || fail "insmod $modules/$m.ko failed"
@@ -67,11 +68,19 @@ vdpa)
   else
     say "no /dev/vhost-vsock after modprobe vhost_vsock: its test skips"
   fi
-  ;;
-*) fail "unknown family $family" ;;
-esac
+}
 
-export IRQBYPASS_IN_GUEST=$family IRQBYPASS_GUEST_OUT=$out PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hyp
+IFS=, read -ra names <<<"$families"
+for family in "${names[@]}"; do
+  case $family in
+  vfio) setup_vfio ;;
+  vdpa) setup_vdpa ;;
+  *) fail "unknown family $family" ;;
+  esac
+  say "$family set up, $SECONDS s after this script started"
+done
+
+export IRQBYPASS_IN_GUEST=$families IRQBYPASS_GUEST_OUT=$out PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hyp
 mapfile -t ids <"$out/args"
 .venv/bin/python -m pytest -p no:cacheprovider --basetemp=/tmp/pytest -q -rfEs \
   --junitxml="$out/junit.xml" "${ids[@]}" 2>&1 | tee "$out/pytest.out"

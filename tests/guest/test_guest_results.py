@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import boot
+import guest_results
+import pytest
 from guest_results import ROOT, junit_key, parse_junit
 from realdevice import wait_until
 
@@ -77,3 +79,49 @@ def test_a_boot_that_times_out_leaves_no_process_behind(tmp_path: Path) -> None:
             return True
 
     assert wait_until(gone, timeout=30), f"pid {child} (sleep) is still running"
+
+
+def test_one_boot_serves_several_families() -> None:
+    assert boot.parse_families("vfio") == ["vfio"]
+    assert boot.parse_families("vfio,vdpa,vfio") == ["vdpa", "vfio"]
+    assert boot.parse_families("all") == sorted(boot.FAMILIES)
+    assert boot.boot_name(["vfio", "vdpa"]) == "vdpa+vfio"
+    with pytest.raises(ValueError, match="unknown family nvme: give vdpa, vfio"):
+        boot.parse_families("vfio,nvme")
+
+
+def test_the_guest_tests_run_after_the_host_tests() -> None:
+    """They run last, so the host's own tests run while the guest boots."""
+    env = dict(os.environ, IRQBYPASS_GUEST="off")
+    env.pop("IRQBYPASS_TEST_VFIO_DEVICE", None)
+
+    def collected(*marks: str) -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+             *marks, "tests/plugins/vfio/test_real.py", "tests/plugins/vfio/test_producer.py"],
+            cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [line for line in proc.stdout.splitlines() if "::" in line]
+
+    every, guest = collected(), collected("-m", "guest")
+    assert guest and len(every) > len(guest)
+    assert every[-len(guest) :] == guest, every
+
+
+def test_a_boot_the_session_outlives_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or -x ends the session while the guest still boots: the boot
+    script is interrupted (it then kills the guest it started), and the test
+    still waiting for it fails with the reason instead of hanging."""
+    script = tmp_path / "boot.py"
+    script.write_text("import time\ntime.sleep(300)\n")
+    monkeypatch.setattr(guest_results, "SCRIPT", script)
+    monkeypatch.setattr(guest_results, "OUT", tmp_path)
+    monkeypatch.delenv("IRQBYPASS_GUEST", raising=False)
+    running = guest_results.Boot(["vfio"], ["tests/plugins/vfio/test_real.py::test_x"])
+    assert running.proc is not None and running.proc.poll() is None
+    running.stop()
+    assert running.proc.returncode is not None
+    assert running.wait().error == "the session ended before the guest did"

@@ -1,5 +1,0 @@
-"""The vdpa real-device tests marked ``guest`` run in the vdpa test guest (tests/guest)."""
-
-from guest_results import pytest_runtest_protocol
-
-__all__ = ["pytest_runtest_protocol"]
