@@ -60,8 +60,16 @@ fuzz: $(STAMP)
 guest-test: $(STAMP) provision
 	$(BIN)/pytest -m guest
 
+# every page written into a fresh folder (the parsed sources are cached in
+# docs/_build/doctrees): an incremental build leaves the page of a removed module
+# in place (viewcode), and tests/docs opens every page there; .complete tells it
+# the build ended
 docs: $(STAMP)
-	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+	rm -rf docs/_build/html.new
+	$(BIN)/sphinx-build -q -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html.new
+	rm -rf docs/_build/html
+	mv docs/_build/html.new docs/_build/html
+	touch docs/_build/html/.complete
 
 # run every benchmark (minutes; never part of make test), keep its JSON, redraw the plots
 bench: $(STAMP)

@@ -90,23 +90,23 @@ def test_one_boot_serves_several_families() -> None:
         boot.parse_families("vfio,nvme")
 
 
-def test_the_guest_tests_run_after_the_host_tests() -> None:
-    """They run last, so the host's own tests run while the guest boots."""
-    env = dict(os.environ, IRQBYPASS_GUEST="off")
-    env.pop("IRQBYPASS_TEST_VFIO_DEVICE", None)
+def test_the_guest_tests_run_after_the_host_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They run last, so the host's own tests run while the guest boots; the
+    order within each part stays as collected."""
 
-    def collected(*marks: str) -> list[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
-             *marks, "tests/plugins/vfio/test_real.py", "tests/plugins/vfio/test_producer.py"],
-            cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return [line for line in proc.stdout.splitlines() if "::" in line]
+    class Item:
+        def __init__(self, name: str, family: str | None) -> None:
+            self.name, self.family = name, family
 
-    every, guest = collected(), collected("-m", "guest")
-    assert guest and len(every) > len(guest)
-    assert every[-len(guest) :] == guest, every
+        def get_closest_marker(self, name: str) -> pytest.Mark | None:
+            return pytest.mark.guest(self.family).mark if self.family else None
+
+    monkeypatch.delenv("IRQBYPASS_IN_GUEST", raising=False)
+    for family in guest_results.HOST_DEVICE_ENV.values():
+        monkeypatch.delenv(family, raising=False)
+    items = [Item("a", "vfio"), Item("b", None), Item("c", "vdpa"), Item("d", None)]
+    guest_results.pytest_collection_modifyitems(items)  # type: ignore[arg-type]
+    assert [item.name for item in items] == ["b", "d", "a", "c"]
 
 
 def test_a_boot_the_session_outlives_is_stopped(
