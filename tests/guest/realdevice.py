@@ -1,14 +1,17 @@
-"""What the real-device tests share: a counting consumer a Manager pairs, and
-event-driven waits (a TCG guest on a loaded host is slow, never a fixed sleep).
+"""What the real-device tests share: a counting consumer a Manager pairs
+(:func:`paired`), event-driven waits (a TCG guest on a loaded host is slow,
+never a fixed sleep), and the quiesce race's stop/start thread and report.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 
 import irqbypass
 
@@ -107,3 +110,59 @@ def eventfd_count(fd: int) -> int:
 
 def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# -- what the guest tests of every device producer share -----------------------------
+
+
+@contextmanager
+def paired(producer: irqbypass.Producer, token: irqbypass.Eventfd) -> Iterator[CountingConsumer]:
+    """The producer opened and paired with a counting consumer by a Manager."""
+    consumer = CountingConsumer(token=token)
+    mgr = irqbypass.Manager()
+    with producer, consumer:
+        mgr.register_consumer(consumer)
+        mgr.register_producer(producer)
+        try:
+            yield consumer
+        finally:
+            mgr.unregister_producer(producer)
+            mgr.unregister_consumer(consumer)
+
+
+class StopStartCycles:
+    """The race's other side: a thread that stops and starts ``producer`` in a
+    loop from entering the block until leaving it; :attr:`cycles` counts them."""
+
+    def __init__(self, producer: irqbypass.Producer) -> None:
+        self.producer = producer
+        self.cycles = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stop-start")
+
+    def _run(self) -> None:
+        stop, start = self.producer.stop, self.producer.start
+        assert stop is not None and start is not None
+        while not self._done.is_set():
+            stop()
+            start()
+            self.cycles += 1
+
+    def __enter__(self) -> StopStartCycles:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def report_race(device: str, figures: dict[str, object]) -> None:
+    """The race's figures on stdout and in ``$IRQBYPASS_GUEST_OUT/race-DEVICE.json``
+    (what the host's docs quote)."""
+    line = json.dumps(figures)
+    print(f"race: {line}")
+    out = os.environ.get("IRQBYPASS_GUEST_OUT")
+    if out:
+        with open(os.path.join(out, f"race-{device}.json"), "w") as f:
+            f.write(line + "\n")

@@ -14,16 +14,14 @@ Runs in the vdpa test guest; the figures go to stdout and to
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 
 import irqbypass
 import pytest
 from irqbypass_vdpa import VdpaProducer
-from realdevice import CountingConsumer, wait_until
+from realdevice import CountingConsumer, StopStartCycles, report_race, wait_until
 from virtio_driver import VirtioDriver, set_owner
 
 pytestmark = pytest.mark.guest("vdpa")
@@ -52,30 +50,15 @@ def test_race_completions_vs_delivered_under_stop_start_cycles(
             p = VdpaProducer(token=token, device_fd=fd)
             consumer = CountingConsumer(token=token)
             mgr = irqbypass.Manager()
-            done = threading.Event()
-            cycles = 0
-
-            def cycle() -> None:
-                nonlocal cycles
-                while not done.is_set():
-                    p.stop()
-                    p.start()
-                    cycles += 1
-
             p.open()
             consumer.open()
             mgr.register_consumer(consumer)
             mgr.register_producer(p)
-            cycler = threading.Thread(target=cycle, name="stop-start")
-            cycler.start()
-            started = time.monotonic()
-            try:
+            with StopStartCycles(p) as cycling:
+                started = time.monotonic()
                 for i in range(1, COMPLETIONS + 1):
                     driver.get_id()
                     assert wait_until(lambda i=i: queue.used_idx() == i & 0xFFFF)
-            finally:
-                done.set()
-                cycler.join()
             elapsed = time.monotonic() - started
             mgr.unregister_producer(p)
             mgr.unregister_consumer(consumer)
@@ -90,15 +73,10 @@ def test_race_completions_vs_delivered_under_stop_start_cycles(
         "completed": COMPLETIONS,
         "delivered": delivered,
         "lost": COMPLETIONS - delivered,
-        "cycles": cycles,
+        "cycles": cycling.cycles,
         "held": stats["held"],
         "seconds": round(elapsed, 2),
     }
-    line = json.dumps(figures)
-    print(f"race: {line}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        with open(os.path.join(out, "race-vdpa.json"), "w") as f:
-            f.write(line + "\n")
-    assert cycles > 100
+    report_race("vdpa", figures)
+    assert cycling.cycles > 100
     assert delivered == COMPLETIONS  # none lost, none twice

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import irqbypass
 import pytest
 from irqbypass_vdpa import VdpaProducer
-from realdevice import CountingConsumer, eventfd_count, open_fd_count, readable, wait_until
+from realdevice import CountingConsumer, eventfd_count, open_fd_count, paired, readable, wait_until
 from virtio_driver import VirtioDriver, set_owner, status
 
 pytestmark = pytest.mark.guest("vdpa")
@@ -39,20 +39,6 @@ def need(path: str) -> str:
 def token() -> Iterator[irqbypass.Eventfd]:
     with irqbypass.Eventfd() as eventfd:
         yield eventfd
-
-
-@contextmanager
-def paired(producer: VdpaProducer, token: irqbypass.Eventfd) -> Iterator[CountingConsumer]:
-    consumer = CountingConsumer(token=token)
-    mgr = irqbypass.Manager()
-    with producer, consumer:
-        mgr.register_consumer(consumer)
-        mgr.register_producer(producer)
-        try:
-            yield consumer
-        finally:
-            mgr.unregister_producer(producer)
-            mgr.unregister_consumer(consumer)
 
 
 @contextmanager

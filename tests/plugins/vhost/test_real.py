@@ -14,9 +14,7 @@ to ``$IRQBYPASS_GUEST_OUT/race-vhost.json``.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,16 @@ from contextlib import contextmanager
 import irqbypass
 import pytest
 from irqbypass_vhost import VhostProducer
-from realdevice import CountingConsumer, eventfd_count, open_fd_count, readable, wait_until
+from realdevice import (
+    CountingConsumer,
+    StopStartCycles,
+    eventfd_count,
+    open_fd_count,
+    paired,
+    readable,
+    report_race,
+    wait_until,
+)
 from vhost_net import VhostNetDriver, set_owner
 
 pytestmark = pytest.mark.guest("vdpa")
@@ -57,20 +64,6 @@ def receiving() -> Iterator[tuple[int, VhostNetDriver]]:
             yield fd, driver
     finally:
         os.close(fd)
-
-
-@contextmanager
-def paired(producer: VhostProducer, token: irqbypass.Eventfd) -> Iterator[CountingConsumer]:
-    consumer = CountingConsumer(token=token)
-    mgr = irqbypass.Manager()
-    with producer, consumer:
-        mgr.register_consumer(consumer)
-        mgr.register_producer(producer)
-        try:
-            yield consumer
-        finally:
-            mgr.unregister_producer(producer)
-            mgr.unregister_consumer(consumer)
 
 
 def receive_one(driver: VhostNetDriver, n: int) -> None:
@@ -189,35 +182,21 @@ def test_race_frames_vs_delivered_under_stop_start_cycles(
         p = VhostProducer(token=token, device_fd=fd)
         consumer = CountingConsumer(token=token)
         mgr = irqbypass.Manager()
-        done = threading.Event()
-        cycles = 0
-
-        def cycle() -> None:
-            nonlocal cycles
-            while not done.is_set():
-                p.stop()
-                p.start()
-                cycles += 1
-
         with p, consumer:
             mgr.register_consumer(consumer)
             mgr.register_producer(p)
-            cycler = threading.Thread(target=cycle, name="stop-start")
-            cycler.start()
-            started = time.monotonic()
-            try:
+            with StopStartCycles(p) as cycling:
+                started = time.monotonic()
                 for i in range(1, FRAMES + 1):
                     receive_one(driver, i)
                     assert wait_until(lambda i=i: queue.used_idx() == i & 0xFFFF)
-            finally:
-                done.set()
-                cycler.join()
             elapsed = time.monotonic() - started
             mgr.unregister_producer(p)
             mgr.unregister_consumer(consumer)
             p.close()  # replays what the holding eventfd still has
             delivered = consumer.wait_for(FRAMES)
         stats = p.stats()
+        cycles = cycling.cycles
     figures = {
         "quiesce": "swap (VHOST_SET_VRING_CALL)",
         "received": FRAMES,
@@ -227,11 +206,6 @@ def test_race_frames_vs_delivered_under_stop_start_cycles(
         "held": stats["held"],
         "seconds": round(elapsed, 2),
     }
-    line = json.dumps(figures)
-    print(f"race: {line}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        with open(os.path.join(out, "race-vhost.json"), "w") as f:
-            f.write(line + "\n")
+    report_race("vhost", figures)
     assert cycles > 100
     assert delivered == FRAMES  # none lost, none twice
