@@ -44,7 +44,7 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .endpoints import Producer
@@ -172,6 +172,18 @@ class DeviceProducer(Producer):
 
     def device_unmask(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot mask")
+
+    @classmethod
+    def device_point_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        """Point every producer's interrupt at its token, all or nothing: on
+        failure none is pointed and the error names the one that failed (only
+        for :meth:`open_batch`, by a device that points many in one call)."""
+        raise NotImplementedError(f"{cls.__name__} cannot point a batch")
+
+    @classmethod
+    def device_detach_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        """Detach every producer's interrupt (only for :meth:`close_batch`)."""
+        raise NotImplementedError(f"{cls.__name__} cannot detach a batch")
 
     def hint(self, code: int, op: str, fd: int) -> str:
         """What to do about errno ``code`` from ``op`` on ``fd`` (-1: an open)
@@ -460,6 +472,9 @@ class DeviceProducer(Producer):
         """Point the interrupt at ``fd`` and account for the device's own
         signal on a new fd (only called inside a safe section)."""
         self.device_point(fd)
+        self._note_pointed(fd, learn=learn)
+
+    def _note_pointed(self, fd: int, *, learn: bool = False) -> None:
         self._pointed_at = fd
         if fd == self._token_fd():
             if self.signals_on_new_fd:
@@ -469,6 +484,86 @@ class DeviceProducer(Producer):
             self.signals_on_new_fd = kicked  # none left there: it does not kick
             self._counts_kicks = self._counts_kicks or kicked
             self._kicks += kicked
+
+    # -- many at once --------------------------------------------------------------
+
+    @classmethod
+    def open_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        """Open ``batch`` all or nothing, as :meth:`open` opens one, but with
+        every interrupt pointed by one :meth:`device_point_batch` (the base of
+        an ``open_group`` for a device that points many at once); a stopped one
+        is quiesced after. On failure none stays open."""
+        with _Locks(batch):
+            try:
+                cls._open_batch(batch)
+            finally:
+                deliver_deferred_signals()
+
+    @classmethod
+    @signal_safe
+    def _open_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        fresh = [p for p in batch if not p._opened]
+        for p in fresh:
+            assert isinstance(p.token, Eventfd)
+            if p.token.closed:
+                raise InvalidEndpointError(f"{p.describe()}: its token eventfd is closed")
+        try:
+            for p in fresh:
+                p._opened = True
+                p.problem_error = None
+                p._counts_kicks = p._counts_kicks or p.signals_on_new_fd is not False
+                call = p.device_open
+                call()  # a call-out, as in open()
+            running = [p for p in fresh if not p._stopped]
+            if running:
+                cls.device_point_batch(running)
+            for p in running:
+                p._note_pointed(p._token_fd())
+                if p.signals_on_new_fd:
+                    p._phantom += 1  # nothing is behind the first one
+            for p in fresh:
+                if p._stopped:  # quiesced as open() does (a swap points at the hold)
+                    p._quiesce(opening=True)
+            for p in fresh:
+                p.device_ready()
+        except BaseException:
+            for p in fresh:
+                if p._opened:
+                    with contextlib.suppress(Exception):  # the first failure is raised
+                        p._teardown()
+            raise
+
+    @classmethod
+    def close_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        """Close ``batch`` as :meth:`close` closes one, the pointed interrupts
+        detached by one :meth:`device_detach_batch` (each alone if that fails);
+        every step attempted, then the first failure raised."""
+        with _Locks(batch):
+            try:
+                cls._close_batch(batch)
+            finally:
+                deliver_deferred_signals()
+
+    @classmethod
+    @signal_safe
+    def _close_batch(cls, batch: Sequence[DeviceProducer]) -> None:
+        errors: list[BaseException] = []
+        pointed = [p for p in batch if p._opened and p._pointed_at is not None]
+        if pointed:
+            try:
+                cls.device_detach_batch(pointed)
+                for p in pointed:
+                    p._pointed_at = None
+            except BaseException as exc:  # each teardown below detaches alone
+                errors.append(exc)
+        for p in batch:
+            if p._opened:
+                try:
+                    p._teardown()
+                except BaseException as exc:
+                    errors.append(exc)
+        if errors:
+            raise min(errors, key=lambda exc: isinstance(exc, Exception))
 
     # -- quiesce -----------------------------------------------------------------
 
@@ -569,3 +664,20 @@ class DeviceProducer(Producer):
                 stats.update(kicks=self._kicks, phantom=self._phantom, absorbed=self._absorbed)
             stats.update(self.device_stats())
             return stats
+
+
+class _Locks:
+    """Every producer's lock of a batch, taken in order and all released."""
+
+    def __init__(self, batch: Sequence[DeviceProducer]) -> None:
+        self.batch = batch
+        self.held: list[DeviceProducer] = []
+
+    def __enter__(self) -> None:
+        for p in self.batch:
+            p._lock.acquire()
+            self.held.append(p)
+
+    def __exit__(self, *exc: object) -> None:
+        while self.held:
+            self.held.pop()._lock.release()

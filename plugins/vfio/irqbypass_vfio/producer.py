@@ -18,16 +18,18 @@ any state, the quiesce, the counts, signal safety) is
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import irqbypass
 
-from . import _abi
+from . import _abi, _device
+from ._device import SharedDevice
 
 __all__ = ["INDEX_NAMES", "MSI_QUIESCES", "DeviceInfo", "IrqInfo", "VfioProducer"]
 
@@ -181,8 +183,11 @@ class VfioProducer(irqbypass.DeviceProducer):
         if device is not None and _BDF.match(device):
             self.device_name = device_name or device.lower()
         self.iommufd = iommufd
-        # what open() obtained, closed in reverse by close()
-        self._owned: list[int] = []  # fds we opened, in opening order
+        # what open() obtained: the device, shared with the producers of its
+        # other vectors (the last to close closes it), and our claim on the vector
+        self._device: SharedDevice | None = None
+        self._claimed = False
+        self._owned: list[int] = []  # while opening the device: fds opened, in order
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
         self.device_info: DeviceInfo | None = None
@@ -257,38 +262,89 @@ class VfioProducer(irqbypass.DeviceProducer):
         return fd
 
     def _set_irqs(
-        self, flags: int, data: bytes = b"", *, hints: Mapping[int, str] | None = None
-    ) -> None:
+        self,
+        flags: int,
+        data: bytes = b"",
+        *,
+        start: int | None = None,
+        count: int = 1,
+        hints: Mapping[int, str] | None = None,
+    ) -> int:
+        """One ``VFIO_DEVICE_SET_IRQS`` on this producer's index: vectors
+        ``start..start+count-1`` (default: this vector alone). Returns what
+        the kernel returned: > 0 when enabling MSI/MSI-X the host could
+        allocate only that many vectors (then nothing was attached)."""
         assert self._fd is not None
-        buf = _abi.irq_set(flags, self.index, self.vector, 1, data)
-        got = self.ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
-        if got > 0:
-            # vfio_msi_enable: enabling vectors 0..vector, the host could allocate
-            # only `got`; vfio-pci returns that count (not an error) and attaches nothing
-            label = index_label(self.index)
-            raise self.refuse(
-                f"VFIO_DEVICE_SET_IRQS enabled nothing: vfio-pci enables {label} vectors "
-                f"0..{self.vector} at once, and the host could allocate only {got} {label} "
-                f"vectors: pick a vector below {got}, or free interrupt vectors on the host",
-                errno.ENOSPC,
-            )
+        first = self.vector if start is None else start
+        buf = _abi.irq_set(flags, self.index, first, count, data)
+        return self.ioctl(self._fd, "VFIO_DEVICE_SET_IRQS", _abi.VFIO_DEVICE_SET_IRQS, buf, hints)
+
+    def _too_few(self, got: int, asked: int) -> irqbypass.DeviceError:
+        # vfio_msi_enable: enabling vectors 0..asked-1 the host could allocate only
+        # `got`; vfio-pci returns that count (not an error) and attaches nothing
+        label = index_label(self.index)
+        return self.refuse(
+            f"VFIO_DEVICE_SET_IRQS enabled nothing: vfio-pci enables {label} vectors "
+            f"0..{asked - 1} at once, and the host could allocate only {got} {label} "
+            f"vectors: pick a vector below {got}, or free interrupt vectors on the host",
+            errno.ENOSPC,
+        )
+
+    def _block_to_enable(self, device: SharedDevice) -> int:
+        """How many vectors the first attach must enable (0: attach alone).
+
+        On a NORESIZE MSI/MSI-X index (every MSI index; MSI-X before Linux 6.5
+        or without dynamic allocation) vfio-pci cannot add a vector to an
+        enabled block: growing it means disabling and re-enabling the whole
+        index, which loses what the other vectors raise meanwhile. So on a
+        device opened here the first attach enables the whole block, as
+        cloud-hypervisor does; a VMM's fd is the VMM's to enable."""
+        info = self.irq_info
+        msi = self.index in (_abi.VFIO_PCI_MSI_IRQ_INDEX, _abi.VFIO_PCI_MSIX_IRQ_INDEX)
+        if not (msi and device.ours and info is not None and info.noresize):
+            return 0
+        return 0 if self.index in device.blocks else info.count
+
+    def _enable_block(self, device: SharedDevice, fds: Mapping[int, int], count: int) -> None:
+        """Enable vectors 0..count-1 with one SET_IRQS, ``fds`` attached (the
+        rest -1); when the host allocates fewer, enable what it could if every
+        vector of ``fds`` fits (QEMU retries MSI so)."""
+        while True:
+            data = _abi.eventfd_data(*(fds.get(v, -1) for v in range(count)))
+            got = self._set_irqs(_EVENTFD_TRIGGER, data, start=0, count=count, hints=_ATTACH)
+            if got <= 0:
+                device.blocks[self.index] = count
+                return
+            if max(fds) >= got:
+                raise self._too_few(got, count)
+            count = got
 
     def device_point(self, fd: int) -> None:
-        """Point the vector's trigger at ``fd`` (-1: detach)."""
-        hints = {}
-        if fd >= 0:
-            hints[errno.EINVAL] = (
-                "the device refused the eventfd for this vector: vfio-pci enables only one "
-                "of INTx, MSI and MSI-X at a time, so if the VMM (or another producer on "
-                "this fd) enabled another of them, it must disable that first; for MSI/MSI-X "
-                "already enabled with fewer vectors on a NORESIZE index, the VMM must "
-                "re-enable it with more (or open the highest vector first); on a cdev, bind "
-                "it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
+        """Point the vector's trigger at ``fd`` (-1: detach), this vector alone
+        (the first attach on a NORESIZE index enables its whole block)."""
+        device = self._device
+        assert device is not None
+        with device.lock:
+            block = self._block_to_enable(device) if fd >= 0 else 0
+            if block:
+                self._enable_block(device, {self.vector: fd}, block)
+                return
+            enabled = device.blocks.get(self.index)
+            if fd >= 0 and enabled is not None and self.vector >= enabled:
+                raise self.too_few_enabled(enabled)
+            got = self._set_irqs(
+                _EVENTFD_TRIGGER, _abi.eventfd_data(fd), hints=_ATTACH if fd >= 0 else None
             )
-        self._set_irqs(
-            _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER,
-            _abi.eventfd_data(fd),
-            hints=hints,
+            if got > 0:
+                raise self._too_few(got, self.vector + 1)
+
+    def too_few_enabled(self, enabled: int) -> irqbypass.DeviceError:
+        label = index_label(self.index)
+        return self.refuse(
+            f"the host gave this device only {enabled} {label} vectors (0..{enabled - 1}) "
+            "when the first of them was attached, and the index cannot grow (NORESIZE): "
+            f"pick a vector below {enabled}, or free interrupt vectors on the host",
+            errno.ENOSPC,
         )
 
     def device_mask(self) -> None:
@@ -318,14 +374,16 @@ class VfioProducer(irqbypass.DeviceProducer):
         return "mask" if self.can_mask else self.msi_quiesce
 
     def device_open(self) -> None:
-        self._open_device()
+        key, opener = self._where()
+        self._take(key, opener)
         self._check_vector()
+        self._claim()
 
-    def _open_device(self) -> None:
+    def _where(self) -> tuple[Hashable, Callable[[], None]]:
+        """The key of the device in this process, and how to open it."""
+        seam = _device.seam_key(self.seam)
         if self._given_fd is not None:
-            self.mode = "fd"
-            self._fd = self._given_fd
-            return
+            return (seam, "fd", self._given_fd), self._use_given_fd
         assert self.device is not None
         path = self.device
         if _BDF.match(path):
@@ -334,9 +392,52 @@ class VfioProducer(irqbypass.DeviceProducer):
         else:
             is_group = self.device_name is not None
         if is_group:
-            self._open_group(path)
-        else:
-            self._open_cdev(path)
+            return (seam, "group", path, self.device_name), lambda: self._open_group(path)
+        iommufd = self.iommufd
+        return (seam, "cdev", path, iommufd), lambda: self._open_cdev(path)
+
+    def _use_given_fd(self) -> None:
+        self.mode = "fd"
+        self._fd = self._given_fd
+
+    @irqbypass.signal_safe
+    def _take(self, key: Hashable, opener: Callable[[], None]) -> None:
+        """Share the device the other producers of this process opened, or
+        open it (``opener``); a Ctrl-C waits until the reference is ours."""
+        self._device = _device.acquire(key, lambda: self._open_fresh(key, opener))
+        self._fd = self._device.fd
+        self.mode, self.devid = self._device.mode, self._device.devid
+
+    def _open_fresh(self, key: Hashable, opener: Callable[[], None]) -> SharedDevice:
+        self._owned = []
+        try:
+            opener()
+        except BaseException:
+            fds, dev, self._owned, self._fd = self._owned, self._fd, [], None
+            for fd in sorted(fds, key=lambda f: f != dev):
+                with contextlib.suppress(OSError):  # the open's failure is raised
+                    self.seam.close(fd)
+            raise
+        assert self._fd is not None and self.mode is not None
+        owned, self._owned = self._owned, []
+        return SharedDevice(key, self._fd, owned, self.mode, self.devid)
+
+    @irqbypass.signal_safe
+    def _claim(self) -> None:
+        """One producer per vector: a second would take the first's trigger."""
+        device = self._device
+        assert device is not None
+        with device.lock:
+            holder = device.holders.get((self.index, self.vector))
+            if holder is not None:
+                raise self.refuse(
+                    f"{index_label(self.index)} vector {self.vector} of this device is "
+                    f"already attached by producer {holder!r} in this process: give each "
+                    "vector one producer",
+                    errno.EBUSY,
+                )
+            device.holders[(self.index, self.vector)] = self.name
+            self._claimed = True
 
     def _resolve_bdf(self, bdf: str) -> tuple[str, str | None]:
         """The cdev of a PCI device when the kernel has one, else its group."""
@@ -468,22 +569,32 @@ class VfioProducer(irqbypass.DeviceProducer):
         )
 
     def _check_vector(self) -> None:
-        assert self._fd is not None
-        info = _abi.vfio_device_info(argsz=ctypes.sizeof(_abi.vfio_device_info))
-        buf = bytearray(bytes(info))
-        self.ioctl(self._fd, "VFIO_DEVICE_GET_INFO", _abi.VFIO_DEVICE_GET_INFO, buf)
-        got = _abi.vfio_device_info.from_buffer_copy(buf)
-        self.device_info = DeviceInfo(got.flags, got.num_regions, got.num_irqs)
-        if self.index >= got.num_irqs:
+        """GET_INFO and GET_IRQ_INFO (asked once per shared device), then the
+        vector checked against them."""
+        assert self._fd is not None and self._device is not None
+        cache = self._device.info
+        device_info = cache.get(-1)
+        if not isinstance(device_info, DeviceInfo):
+            info = _abi.vfio_device_info(argsz=ctypes.sizeof(_abi.vfio_device_info))
+            buf = bytearray(bytes(info))
+            self.ioctl(self._fd, "VFIO_DEVICE_GET_INFO", _abi.VFIO_DEVICE_GET_INFO, buf)
+            got = _abi.vfio_device_info.from_buffer_copy(buf)
+            device_info = cache[-1] = DeviceInfo(got.flags, got.num_regions, got.num_irqs)
+        self.device_info = device_info
+        if self.index >= device_info.num_irqs:
             raise self.refuse(
-                f"the device has {got.num_irqs} interrupt indexes (0..{got.num_irqs - 1}); "
+                f"the device has {device_info.num_irqs} interrupt indexes "
+                f"(0..{device_info.num_irqs - 1}); "
                 f"{index_label(self.index)} ({self.index}) is out of range: pick another index"
             )
-        irq = _abi.vfio_irq_info(argsz=ctypes.sizeof(_abi.vfio_irq_info), index=self.index)
-        buf = bytearray(bytes(irq))
-        self.ioctl(self._fd, "VFIO_DEVICE_GET_IRQ_INFO", _abi.VFIO_DEVICE_GET_IRQ_INFO, buf)
-        got_irq = _abi.vfio_irq_info.from_buffer_copy(buf)
-        self.irq_info = IrqInfo(got_irq.index, got_irq.flags, got_irq.count)
+        irq_info = cache.get(self.index)
+        if not isinstance(irq_info, IrqInfo):
+            irq = _abi.vfio_irq_info(argsz=ctypes.sizeof(_abi.vfio_irq_info), index=self.index)
+            buf = bytearray(bytes(irq))
+            self.ioctl(self._fd, "VFIO_DEVICE_GET_IRQ_INFO", _abi.VFIO_DEVICE_GET_IRQ_INFO, buf)
+            raw = _abi.vfio_irq_info.from_buffer_copy(buf)
+            irq_info = cache[self.index] = IrqInfo(raw.index, raw.flags, raw.count)
+        self.irq_info = got_irq = irq_info
         label = index_label(self.index)
         if got_irq.count == 0:
             raise self.refuse(
@@ -502,13 +613,19 @@ class VfioProducer(irqbypass.DeviceProducer):
             )
 
     def device_close(self) -> None:
-        """Close what open() opened: the device first, then what it hangs off
-        (group before container)."""
+        """Give up the vector and our share of the device; the last producer of
+        the device closes what was opened: the device first, then what it hangs
+        off (group before container)."""
         first: irqbypass.DeviceError | None = None
-        order = sorted(self._owned, key=lambda fd: fd != self._fd)
-        self._owned.clear()
+        device, self._device = self._device, None
         self._fd = None
-        for fd in order:
+        if device is None:
+            return
+        if self._claimed:
+            with device.lock:
+                device.holders.pop((self.index, self.vector), None)
+            self._claimed = False
+        for fd in _device.release(device):
             try:
                 self.seam.close(fd)
             except OSError as exc:
@@ -528,10 +645,172 @@ class VfioProducer(irqbypass.DeviceProducer):
                 self._set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER)
                 self._triggered += 1
 
+    # -- many vectors at once (Topology.apply/teardown, or the embedding VMM) --------
+
+    @classmethod
+    def open_group(cls, endpoints: Sequence[irqbypass.Endpoint]) -> None:
+        """Open many vfio producers all or nothing: each run of consecutive
+        vectors of one device and index is attached with one
+        ``VFIO_DEVICE_SET_IRQS`` (a NORESIZE block enabled whole with one), as
+        QEMU and cloud-hypervisor enable a device's vectors. A failure names
+        the vector and leaves none of them attached."""
+        cls.open_batch(_producers(endpoints, "open_group"))
+
+    @classmethod
+    def close_group(cls, endpoints: Sequence[irqbypass.Endpoint]) -> None:
+        """Close many: each run detached with one ``SET_IRQS`` (fd -1 for
+        each), then every producer closed; every step attempted."""
+        cls.close_batch(_producers(endpoints, "close_group"))
+
+    @classmethod
+    def device_point_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
+        done: list[list[VfioProducer]] = []
+        try:
+            for run in _runs(_producers(batch, "open_group")):
+                _attach_run(run)
+                done.append(run)
+        except BaseException:
+            for run in reversed(done):
+                with contextlib.suppress(irqbypass.IrqBypassError):  # the failure is raised
+                    _detach_run(run)
+            raise
+
+    @classmethod
+    def device_detach_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
+        for run in _runs(_producers(batch, "close_group")):
+            _detach_run(run)
+
     def device_stats(self) -> Mapping[str, int]:
         """``triggered``: loopback triggers (besides the template's ``held``,
         ``replayed``, ``quiesces`` and ``attached``)."""
         return {"triggered": self._triggered}
+
+
+_EVENTFD_TRIGGER = _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
+#: with start 0 and count 0: disable the index (vfio_pci_set_msi_trigger)
+_DISABLE = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
+_ATTACH = {
+    errno.EINVAL: (
+        "the device refused the eventfd for this vector: vfio-pci enables only one "
+        "of INTx, MSI and MSI-X at a time, so if the VMM (or another producer on "
+        "this fd) enabled another of them, it must disable that first; for MSI/MSI-X "
+        "already enabled with fewer vectors on a NORESIZE index, the VMM must "
+        "re-enable it with more (or open the vectors as one group); on a cdev, bind "
+        "it to an iommufd first (VFIO_DEVICE_BIND_IOMMUFD)"
+    )
+}
+
+
+def _producers(endpoints: Sequence[object], verb: str) -> list[VfioProducer]:
+    out = []
+    for endpoint in endpoints:
+        if not isinstance(endpoint, VfioProducer):
+            raise irqbypass.InvalidEndpointError(
+                f"{endpoint!r} is not a vfio producer; VfioProducer.{verb} takes vfio "
+                "producers only"
+            )
+        out.append(endpoint)
+    return out
+
+
+def _runs(batch: Sequence[VfioProducer]) -> list[list[VfioProducer]]:
+    """The batch cut into runs of consecutive vectors of one device and index
+    (one SET_IRQS each: a vector between two of ours is not ours to touch),
+    or all of an index whose whole block the first attach enables."""
+    by_index: dict[tuple[int, int], list[VfioProducer]] = {}
+    for p in batch:
+        assert p._device is not None
+        by_index.setdefault((id(p._device), p.index), []).append(p)
+    runs: list[list[VfioProducer]] = []
+    for group in by_index.values():
+        group.sort(key=lambda p: p.vector)
+        assert group[0]._device is not None
+        if group[0]._block_to_enable(group[0]._device):
+            runs.append(group)  # the first attach of a NORESIZE index: its whole block
+            continue
+        run = [group[0]]
+        for p in group[1:]:
+            if run[-1].vector + 1 == p.vector:
+                run.append(p)
+            else:
+                runs.append(run)
+                run = [p]
+        runs.append(run)
+    return runs
+
+
+def _attach_run(run: list[VfioProducer]) -> None:
+    """Attach a run's tokens with one SET_IRQS, or the index's whole block
+    when it is the first attach on a NORESIZE index; on failure find the
+    vector the kernel refused (it does not say which), and leave none attached."""
+    first = run[0]
+    device = first._device
+    assert device is not None
+    fds = {p.vector: p.token.fileno() for p in run if isinstance(p.token, irqbypass.Eventfd)}
+    block = 0
+    try:
+        with device.lock:
+            block = first._block_to_enable(device)
+            if block:
+                first._enable_block(device, fds, block)
+                return
+            enabled = device.blocks.get(first.index)
+            if enabled is not None and run[-1].vector >= enabled:
+                raise next(p for p in run if p.vector >= enabled).too_few_enabled(enabled)
+            data = _abi.eventfd_data(*fds.values())
+            got = first._set_irqs(_EVENTFD_TRIGGER, data, count=len(run), hints=_ATTACH)
+            if got > 0:
+                raise next(p for p in run if p.vector >= got)._too_few(got, run[-1].vector + 1)
+    except irqbypass.DeviceError as exc:
+        raise _name_the_vector(run, exc, block) from exc
+
+
+def _name_the_vector(
+    run: list[VfioProducer], exc: irqbypass.DeviceError, block: int
+) -> irqbypass.DeviceError:
+    """The run's failure, naming its vector: the kernel unwound the run and
+    does not say which vector it refused, so each is tried alone (attached,
+    then detached at once; in a NORESIZE block not yet enabled: the block
+    enabled with it alone, then disabled again) up to the first refused."""
+    culprit, error = run[0], exc
+    if exc.errno != errno.ENOSPC and len(run) > 1:
+        device = run[0]._device
+        assert device is not None
+        with device.lock:
+            for p in run:
+                assert isinstance(p.token, irqbypass.Eventfd)
+                fd = p.token.fileno()
+                try:
+                    if block:
+                        data = _abi.eventfd_data(
+                            *(fd if v == p.vector else -1 for v in range(block))
+                        )
+                        p._set_irqs(_EVENTFD_TRIGGER, data, start=0, count=block)
+                    else:
+                        p._set_irqs(_EVENTFD_TRIGGER, _abi.eventfd_data(fd))
+                except irqbypass.DeviceError as probe:
+                    culprit, error = p, probe
+                    break
+                if block:
+                    p._set_irqs(_DISABLE, start=0, count=0)
+                else:
+                    p._set_irqs(_EVENTFD_TRIGGER, _abi.eventfd_data(-1))
+    vectors = f"{run[0].vector}..{run[-1].vector}" if len(run) > 1 else str(run[0].vector)
+    where = culprit.describe()
+    message = error.message.removeprefix(where + ": ") if where else error.message
+    return irqbypass.DeviceError(
+        f"{where}: attaching {index_label(culprit.index)} vectors {vectors} with one "
+        f"VFIO_DEVICE_SET_IRQS: vector {culprit.vector}: {message}; none of this group's "
+        "vectors was left attached",
+        errno=error.errno,
+    )
+
+
+def _detach_run(run: list[VfioProducer]) -> None:
+    device = run[0]._device
+    assert device is not None
+    with device.lock:
+        run[0]._set_irqs(_EVENTFD_TRIGGER, _abi.eventfd_data(*[-1] * len(run)), count=len(run))
 
 
 def _fd_kind(ioctl_name: str) -> str:

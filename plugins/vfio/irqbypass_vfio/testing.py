@@ -9,7 +9,10 @@ eventfd, masks INTx (automasking it when it fires) and loops triggers back.
 Like vfio-pci it enables one of INTx/MSI/MSI-X at a time, enables MSI/MSI-X
 vectors ``0..start+count-1`` on the first attach (returning the number the host
 could allocate, > 0, and attaching nothing when that is fewer), and refuses a
-vector beyond an enabled MSI or ``NORESIZE`` MSI-X block.
+vector beyond an enabled MSI or ``NORESIZE`` MSI-X block. A block of vectors
+set in one call is all or nothing, as ``vfio_msi_set_block`` unwinds it (and
+a first enable whose block fails is disabled again); ``refuse_vectors`` makes
+the host refuse chosen vectors (``request_irq`` failing).
 Every call is recorded with its exact payload bytes; any request can be made to
 fail with an errno. Its fds are real (``/dev/null``) so leak checks see them
 (the recording half is the core's :class:`irqbypass.FakeDevice`).
@@ -114,6 +117,8 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         self.others = others
         #: how many MSI/MSI-X vectors the host can allocate (default: all)
         self.host_vectors = dict(host_vectors or {})
+        #: (index, vector) -> errno: attaching an eventfd there fails (request_irq)
+        self.refuse_vectors: dict[tuple[int, int], int] = {}
         # the device's interrupt state: (index, vector) -> (caller's fd number, our dup)
         self._triggers: dict[tuple[int, int], tuple[int, int]] = {}
         self.intx_masked = False
@@ -281,7 +286,8 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
                 if not flags & _abi.VFIO_IRQ_INFO_EVENTFD:
                     raise einval
                 end: int = hdr.start + hdr.count
-                if exclusive and self.irq_type is None:
+                enabling = exclusive and self.irq_type is None
+                if enabling:
                     if msi:  # vfio_msi_enable(vdev, start + count, msix)
                         got = min(end, self.host_vectors.get(hdr.index, end))
                         if got < end:
@@ -293,7 +299,19 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
                     self.enabled_vectors = end  # dynamic MSI-X allocates more
                 fds = [_S32.unpack_from(data, 4 * i)[0] for i in range(hdr.count)]
                 for i, new in enumerate(fds):
-                    self._set_trigger(hdr.index, hdr.start + i, new)
+                    try:
+                        refused = self.refuse_vectors.get((hdr.index, hdr.start + i))
+                        if refused is not None and new >= 0:
+                            raise _err(refused)
+                        self._set_trigger(hdr.index, hdr.start + i, new)
+                    except OSError:
+                        # vfio_msi_set_block: the vectors before it set to -1 again,
+                        # then vfio_pci_set_msi_trigger disables what it enabled
+                        for j in range(i):
+                            self._set_trigger(hdr.index, hdr.start + j, -1)
+                        if enabling:
+                            self._disable(hdr.index)
+                        raise
                 return 0
             # DATA_NONE / DATA_BOOL: loopback, as though the device fired
             if exclusive and self.irq_type != hdr.index:

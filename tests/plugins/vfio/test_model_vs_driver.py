@@ -5,6 +5,7 @@ On the host the model runs every scenario; in the vfio test guest the same
 scenarios run on the real driver (QEMU's edu, through RealSeam) and on the
 model configured as that device, and all three must agree. A difference is a
 model bug. Results are plain tuples: ("ok", ...) or ("errno", name).
+MSIX_SCENARIOS do the same with QEMU's e1000e (5 MSI-X vectors).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import irqbypass
@@ -24,6 +25,7 @@ from irqbypass_vfio.testing import PCI_IRQS_NORESIZE_MSIX as PCI_IRQS
 from irqbypass_vfio.testing import FakeVfio
 
 EDU = os.environ.get("IRQBYPASS_TEST_VFIO_EDU", "")
+E1000E = os.environ.get("IRQBYPASS_TEST_VFIO_E1000E", "")
 INTX, MSI, MSIX = (
     abi.VFIO_PCI_INTX_IRQ_INDEX,
     abi.VFIO_PCI_MSI_IRQ_INDEX,
@@ -36,6 +38,17 @@ EDU_IRQS = {
     INTX: (PCI_IRQS[INTX][0], 1),
     MSI: (PCI_IRQS[MSI][0], 1),
     MSIX: (PCI_IRQS[MSIX][0], 0),
+    REQ: (PCI_IRQS[REQ][0], 1),
+}
+
+
+#: e1000e (82574L, PCIe) as vfio-pci 6.1 reports it: INTx, one MSI vector, 5 MSI-X
+#: vectors (NORESIZE: no dynamic MSI-X before 6.5), ERR (PCIe) and REQ
+E1000E_IRQS = {
+    INTX: (PCI_IRQS[INTX][0], 1),
+    MSI: (PCI_IRQS[MSI][0], 1),
+    MSIX: (PCI_IRQS[MSIX][0], 5),
+    ERR: (PCI_IRQS[ERR][0], 1),
     REQ: (PCI_IRQS[REQ][0], 1),
 }
 
@@ -188,7 +201,127 @@ def not_an_eventfd(t: Target, token: irqbypass.Eventfd) -> list[object]:
         os.close(null)
 
 
+def msix_every_vector_alone(t: Target, token: irqbypass.Eventfd) -> list[object]:
+    """One producer per vector on one device: vector v looped back v+1 times."""
+    out: list[object] = []
+    with ExitStack() as stack:
+        tokens = [stack.enter_context(irqbypass.Eventfd()) for _ in range(5)]
+        ps = [t.producer(tokens[v], index="msix", vector=v, name=f"v{v}") for v in range(5)]
+        for p in ps:
+            out.append(attempt(p.open))
+        out.append(len({p.fd for p in ps}))
+        for v, p in enumerate(ps):
+            p.trigger(v + 1)
+        out.append([tok.read(0) for tok in tokens])
+        ps[2].close()  # detached: a loopback on vector 2 signals nothing
+        for p in ps:
+            if p is not ps[2]:
+                p.trigger(1)
+        assert ps[0].fd is not None
+        buf = abi.irq_set(NONE_TRIGGER, MSIX, 0, 5)
+        out.append(attempt(lambda: t.seam.ioctl(ps[0].fd or -1, abi.VFIO_DEVICE_SET_IRQS, buf)))
+        out.append([tok.read(0) for tok in tokens])
+        for p in ps:
+            p.close()
+    return out
+
+
+def msix_noresize_block(t: Target, token: irqbypass.Eventfd) -> list[object]:
+    """On a handed fd: vector 0 attached alone enables 0..0 and vector 3 is then
+    beyond the block (EINVAL); disabled and enabled again as a block of 5, 3 attaches."""
+    out: list[object] = []
+    fd_data = abi.eventfd_data(token.fileno())
+    with t.device_fd() as fd:
+
+        def set_irqs(flags: int, start: int, count: int, data: bytes = b"") -> tuple[object, ...]:
+            try:
+                got = t.seam.ioctl(
+                    fd, abi.VFIO_DEVICE_SET_IRQS, abi.irq_set(flags, MSIX, start, count, data)
+                )
+            except OSError as exc:
+                return ("errno", errno.errorcode[exc.errno or 0])
+            return ("ok", got)
+
+        out.append(set_irqs(EVENTFD_TRIGGER, 0, 1, fd_data))
+        out.append(set_irqs(EVENTFD_TRIGGER, 3, 1, fd_data))
+        out.append(set_irqs(NONE_TRIGGER, 0, 0))  # disable the index
+        out.append(set_irqs(EVENTFD_TRIGGER, 0, 5, abi.eventfd_data(-1, -1, -1, -1, -1)))
+        out.append(set_irqs(EVENTFD_TRIGGER, 3, 1, fd_data))
+        out.append(set_irqs(NONE_TRIGGER, 3, 1))  # loopback on vector 3
+        out.append(token.read(0))
+        out.append(set_irqs(NONE_TRIGGER, 0, 0))
+    return out
+
+
+def msix_group_open_close(t: Target, token: irqbypass.Eventfd) -> list[object]:
+    """open_group of the 5 vectors on a handed fd (one SET_IRQS enables them), a
+    loopback on each, close_group (one SET_IRQS detaches them): nothing after."""
+    out: list[object] = []
+    with t.device_fd() as fd, ExitStack() as stack:
+        tokens = [stack.enter_context(irqbypass.Eventfd()) for _ in range(5)]
+        ps = [t.producer(tokens[v], device_fd=fd, vector=v, name=f"v{v}") for v in range(5)]
+        out.append(attempt(lambda: VfioProducer.open_group(ps)))
+        for p in ps:
+            p.trigger(2)
+        out.append([tok.read(0) for tok in tokens])
+        out.append(attempt(lambda: VfioProducer.close_group(ps)))
+        out.append(t.set_irqs(fd, NONE_TRIGGER, MSIX))  # loopback on detached vector 0
+        out.append([tok.read(0) for tok in tokens])
+    return out
+
+
+def msix_quiesce_one_vector(t: Target, token: irqbypass.Eventfd) -> list[object]:
+    """Vector 1 stopped (swap, then keep) while 0 and 2 loop back."""
+    out: list[object] = []
+    for quiesce in ("swap", "keep"):
+        with ExitStack() as stack:
+            tokens = [stack.enter_context(irqbypass.Eventfd()) for _ in range(3)]
+            ps = [
+                stack.enter_context(
+                    t.producer(tokens[v], vector=v, name=f"v{v}", msi_quiesce=quiesce)
+                )
+                for v in range(3)
+            ]
+            ps[1].stop()
+            for p in ps:
+                p.trigger(1)
+            out.append([tok.read(0) for tok in tokens])
+            ps[1].start()
+            out.append([tok.read(0) for tok in tokens])
+    return out
+
+
 OK = ("ok",)
+MSIX_SCENARIOS: dict[
+    str, tuple[Callable[[Target, irqbypass.Eventfd], list[object]], list[object]]
+] = {
+    "e1000e_irq_info": (
+        irq_info,
+        [
+            ("intx", OK, (7, 1)),
+            ("msi", OK, (9, 1)),
+            ("msix", OK, (9, 5)),
+            ("err", OK, (9, 1)),  # PCIe
+            ("req", OK, (9, 1)),
+        ],
+    ),
+    "msix_every_vector_alone": (
+        msix_every_vector_alone,
+        [OK, OK, OK, OK, OK, 1, [1, 2, 3, 4, 5], ("ok", 0), [2, 2, 0, 2, 2]],
+    ),
+    "msix_noresize_block": (
+        msix_noresize_block,
+        [("ok", 0), ("errno", "EINVAL"), ("ok", 0), ("ok", 0), ("ok", 0), ("ok", 0), 1, ("ok", 0)],
+    ),
+    "msix_group_open_close": (
+        msix_group_open_close,
+        [OK, [2, 2, 2, 2, 2], OK, OK, [0, 0, 0, 0, 0]],
+    ),
+    "msix_quiesce_one_vector": (
+        msix_quiesce_one_vector,
+        [[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]],
+    ),
+}
 SCENARIOS: dict[str, tuple[Callable[[Target, irqbypass.Eventfd], list[object]], list[object]]] = {
     "irq_info": (  # flags as vfio-pci 6.1 reported them: 7 = EVENTFD|MASKABLE|AUTOMASKED,
         irq_info,  # 9 = EVENTFD|NORESIZE
@@ -213,7 +346,7 @@ SCENARIOS: dict[str, tuple[Callable[[Target, irqbypass.Eventfd], list[object]], 
 
 
 def run(name: str, target: Target) -> list[object]:
-    scenario, _ = SCENARIOS[name]
+    scenario, _ = {**SCENARIOS, **MSIX_SCENARIOS}[name]
     with irqbypass.Eventfd() as token:
         return scenario(target, token)
 
@@ -238,3 +371,26 @@ def test_the_driver_gives_the_same_results(no_fd_leak: None, name: str) -> None:
     on_driver = run(name, Target(RealSeam(), group, EDU))
     on_model = run(name, model(group, EDU))
     assert on_driver == on_model == SCENARIOS[name][1]
+
+
+def e1000e_model(group: str = "/dev/vfio/7", name: str = "0000:01:00.0") -> Target:
+    return Target(FakeVfio(irqs=E1000E_IRQS, group_path=group, device_name=name), group, name)
+
+
+@pytest.mark.parametrize("name", sorted(MSIX_SCENARIOS))
+def test_the_e1000e_model_gives_the_recorded_results(no_fd_leak: None, name: str) -> None:
+    target = e1000e_model()
+    assert run(name, target) == MSIX_SCENARIOS[name][1]
+    assert target.seam.open_fds == []  # type: ignore[union-attr]
+
+
+@pytest.mark.guest("vfio")
+@pytest.mark.parametrize("name", sorted(MSIX_SCENARIOS))
+def test_the_e1000e_driver_gives_the_same_results(no_fd_leak: None, name: str) -> None:
+    if not E1000E:
+        pytest.skip("no e1000e device: this runs in the vfio test guest (make guest-test)")
+    link = f"/sys/bus/pci/devices/{E1000E}/iommu_group"
+    group = "/dev/vfio/" + os.path.basename(os.readlink(link))
+    on_driver = run(name, Target(RealSeam(), group, E1000E))
+    on_model = run(name, e1000e_model(group, E1000E))
+    assert on_driver == on_model == MSIX_SCENARIOS[name][1]

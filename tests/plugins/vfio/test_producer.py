@@ -34,6 +34,12 @@ def set_irqs(flags: int, index: int, start: int, *fds: int) -> bytes:
     return struct.pack("=5I", 20 + len(data), flags, index, start, 1) + data
 
 
+def set_block(flags: int, index: int, start: int, *fds: int) -> bytes:
+    """The exact bytes of a VFIO_DEVICE_SET_IRQS for vectors start..start+len(fds)-1."""
+    data = b"".join(struct.pack("=i", fd) for fd in fds)
+    return struct.pack("=5I", 20 + len(data), flags, index, start, len(fds)) + data
+
+
 def irq_info(index: int) -> bytes:
     return struct.pack("=4I", 16, 0, index, 0)
 
@@ -114,7 +120,8 @@ def test_group_attach_sets_up_the_container(
         (
             p.fd,
             "VFIO_DEVICE_SET_IRQS",
-            set_irqs(TRIGGER_EVENTFD, _abi.VFIO_PCI_MSI_IRQ_INDEX, 1, token.fileno()),
+            # MSI is NORESIZE: the first attach enables its whole block of 8
+            set_block(TRIGGER_EVENTFD, MSI, 0, -1, token.fileno(), *[-1] * 6),
         ),
     ]
     dev = p.fd
