@@ -27,9 +27,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from .errors import InvalidEndpointError
+
+if TYPE_CHECKING:
+    from .eventfd import Eventfd
 from .options import show_exception, show_value
 
 #: The callbacks a consumer must define (the kernel refuses one without them).
@@ -193,3 +196,12 @@ class Consumer(Endpoint):
     def producer(self) -> Producer | None:
         """The paired producer, or None while unpaired. Set by the manager."""
         return self._producer
+
+    @property
+    def eoi_eventfd(self) -> Eventfd | None:
+        """The eventfd this consumer signals when the guest ends a
+        level-triggered interrupt (its EOI: KVM's resample eventfd), for a
+        producer whose device holds the line masked until then to unmask on
+        (a vfio INTx producer hands it to vfio-pci in ``add_consumer``, as
+        QEMU does); None (the default): it signals none."""
+        return None

@@ -589,6 +589,14 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
     # -- observing ---------------------------------------------------------------
 
     @property
+    def eoi_eventfd(self) -> irqbypass.Eventfd | None:
+        """In resample mode, the resample eventfd KVM signals at the guest's EOI
+        (the given one, or the one open() made), for the producer to unmask on."""
+        if not self.resample:
+            return None
+        return self.resample_eventfd if self.resample_eventfd is not None else self._given_resample
+
+    @property
     def paired_with(self) -> str | None:
         return self._paired_name
 

@@ -187,6 +187,8 @@ class VfioProducer(irqbypass.DeviceProducer):
         # other vectors (the last to close closes it), and our claim on the vector
         self._device: SharedDevice | None = None
         self._claimed = False
+        #: the paired consumer's EOI eventfd, handed to vfio-pci as INTx's unmask
+        self._unmask_eventfd: irqbypass.Eventfd | None = None
         self._owned: list[int] = []  # while opening the device: fds opened, in order
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
@@ -337,6 +339,51 @@ class VfioProducer(irqbypass.DeviceProducer):
             )
             if got > 0:
                 raise self._too_few(got, self.vector + 1)
+        if fd >= 0 and self._unmask_eventfd is None:
+            self._wire_unmask(self.consumer)  # opened while paired
+
+    # -- INTx: unmasked by the consumer's EOI eventfd -----------------------------
+
+    def _wire_unmask(self, consumer: irqbypass.Consumer | None) -> None:
+        """Hand ``consumer``'s EOI eventfd to vfio-pci as INTx's unmask eventfd
+        (``DATA_EVENTFD | ACTION_UNMASK``), as QEMU does with KVM's resamplefd:
+        the line is unmasked at the guest's EOI without a userspace step."""
+        eoi = consumer.eoi_eventfd if consumer is not None else None
+        if self.index != _abi.VFIO_PCI_INTX_IRQ_INDEX or eoi is None or self._fd is None:
+            return
+        self._set_irqs(
+            _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_UNMASK,
+            _abi.eventfd_data(eoi.fileno()),
+            hints={errno.EBUSY: "INTx already has an unmask eventfd: the VMM set one"},
+        )
+        self._unmask_eventfd = eoi
+
+    def _unwire_unmask(self) -> None:
+        """Take the unmask eventfd back (fd -1)."""
+        if self._unmask_eventfd is None or self._fd is None:
+            self._unmask_eventfd = None
+            return
+        self._unmask_eventfd = None
+        self._set_irqs(
+            _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_UNMASK,
+            _abi.eventfd_data(-1),
+        )
+
+    def add_consumer(self, consumer: irqbypass.Consumer) -> None:
+        """Pairing: an INTx producer wires the consumer's EOI eventfd, if any."""
+        with self._lock:
+            if self._unmask_eventfd is None:
+                self._wire_unmask(consumer)
+
+    def del_consumer(self, consumer: irqbypass.Consumer) -> None:
+        """Unpairing: the unmask eventfd taken back; a line not stopped is
+        unmasked, so nothing waits for an EOI that no one forwards now."""
+        with self._lock:
+            if self._unmask_eventfd is None:
+                return
+            self._unwire_unmask()
+            if not self.stopped and self._pointed_at is not None:
+                self.device_unmask()
 
     def too_few_enabled(self, enabled: int) -> irqbypass.DeviceError:
         label = index_label(self.index)
@@ -617,6 +664,11 @@ class VfioProducer(irqbypass.DeviceProducer):
         the device closes what was opened: the device first, then what it hangs
         off (group before container)."""
         first: irqbypass.DeviceError | None = None
+        if self._unmask_eventfd is not None:
+            try:
+                self._unwire_unmask()
+            except irqbypass.DeviceError as exc:
+                first = exc
         device, self._device = self._device, None
         self._fd = None
         if device is None:

@@ -123,6 +123,8 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         self._triggers: dict[tuple[int, int], tuple[int, int]] = {}
         self.intx_masked = False
         self.intx_pending = False
+        #: INTx's unmask eventfd (DATA_EVENTFD | ACTION_UNMASK): (caller's fd, our dup)
+        self.unmask: tuple[int, int] | None = None
         #: vfio-pci's irq_type (INTx, MSI or MSI-X enabled, or None) and block size
         self.irq_type: int | None = None
         self.enabled_vectors = 0
@@ -147,6 +149,25 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
                     self.intx_masked = True
             signalled += self._signal(index, vector)
         return signalled
+
+    def unmask_eventfd(self) -> int | None:
+        """The fd number INTx's unmask eventfd was set from, or None."""
+        return self.unmask[0] if self.unmask else None
+
+    def service_unmask(self) -> bool:
+        """vfio's virqfd: when the unmask eventfd was signalled (the guest's EOI),
+        read it and unmask INTx, as vfio_pci_intx_unmask_handler does. True if it was."""
+        if self.unmask is None:
+            return False
+        try:
+            os.read(self.unmask[1], 8)
+        except BlockingIOError:
+            return False
+        self.intx_masked = False
+        if self.intx_pending:
+            self.intx_pending = False
+            self.fire(_abi.VFIO_PCI_INTX_IRQ_INDEX, 0)
+        return True
 
     def _signal(self, index: int, vector: int) -> int:
         entry = self._triggers.get((index, vector))
@@ -324,8 +345,24 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         # mask / unmask: vfio-pci implements them for INTx only, once enabled
         if not intx or not flags & _abi.VFIO_IRQ_INFO_MASKABLE or self.irq_type != hdr.index:
             raise einval
+        if (
+            action == _abi.VFIO_IRQ_SET_ACTION_UNMASK
+            and data_type == _abi.VFIO_IRQ_SET_DATA_EVENTFD
+        ):
+            if hdr.start != 0 or hdr.count != 1:
+                raise einval
+            fd = _S32.unpack_from(data)[0]
+            if fd < 0:  # vfio_virqfd_disable
+                if self.unmask is not None:
+                    os.close(self.unmask[1])
+                self.unmask = None
+                return 0
+            if self.unmask is not None:
+                raise _err(errno.EBUSY)  # vfio_virqfd_enable: one at a time
+            self.unmask = (fd, self.take_eventfd(fd))
+            return 0
         if data_type != _abi.VFIO_IRQ_SET_DATA_NONE:
-            raise einval  # (eventfd-driven unmask, the resample path, is not modelled)
+            raise einval  # (masking on an eventfd is not implemented by vfio-pci either)
         if action == _abi.VFIO_IRQ_SET_ACTION_MASK:
             self.intx_masked = True
         else:
@@ -349,6 +386,9 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         if self.irq_type == index:
             self.irq_type, self.enabled_vectors = None, 0
             self.intx_masked = self.intx_pending = False
+            if index == _abi.VFIO_PCI_INTX_IRQ_INDEX and self.unmask is not None:
+                os.close(self.unmask[1])  # vfio_intx_disable drops the unmask virqfd
+                self.unmask = None
 
     def _group_status(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)

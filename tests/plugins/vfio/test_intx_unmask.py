@@ -1,0 +1,206 @@
+"""INTx unmasked at the guest's EOI (issue 19 item 4): a vfio INTx producer paired
+with a consumer that offers an EOI eventfd (``Consumer.eoi_eventfd``: KVM's
+resample eventfd in resample mode) hands it to vfio-pci as INTx's unmask eventfd
+(``DATA_EVENTFD | ACTION_UNMASK``), as QEMU does; unpairing takes it back. On the
+model, whose ``service_unmask()`` is vfio's virqfd reading that eventfd."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Iterator
+
+import irqbypass
+import pytest
+from irqbypass_vfio import VfioProducer, _abi
+from irqbypass_vfio.testing import FakeVfio
+
+INTX = _abi.VFIO_PCI_INTX_IRQ_INDEX
+UNMASK_EVENTFD = _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_UNMASK
+UNMASK = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK
+MASK = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_MASK
+GROUP, BDF = "/dev/vfio/7", "0000:01:00.0"
+
+
+def set_irqs(flags: int, *fds: int) -> bytes:
+    data = b"".join(struct.pack("=i", fd) for fd in fds)
+    count = len(fds) or 1
+    return struct.pack("=5I", 20 + len(data), flags, INTX, 0, count) + data
+
+
+class EoiConsumer(irqbypass.Consumer):
+    """A consumer that offers an EOI eventfd (a stand-in for KVM's resamplefd)."""
+
+    def __init__(self, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd | None) -> None:
+        super().__init__(token=token, name="eoi")
+        self.eoi = eoi
+
+    @property
+    def eoi_eventfd(self) -> irqbypass.Eventfd | None:
+        return self.eoi
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        pass
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        pass
+
+
+@pytest.fixture
+def token() -> Iterator[irqbypass.Eventfd]:
+    with irqbypass.Eventfd() as eventfd:
+        yield eventfd
+
+
+@pytest.fixture
+def eoi() -> Iterator[irqbypass.Eventfd]:
+    with irqbypass.Eventfd() as eventfd:
+        yield eventfd
+
+
+def intx(token: irqbypass.Eventfd, fake: FakeVfio) -> VfioProducer:
+    return VfioProducer(
+        token=token, seam=fake, device=GROUP, device_name=BDF, index="intx", name="line"
+    )
+
+
+def unmask_calls(fake: FakeVfio) -> list[bytes | int]:
+    return [
+        c.payload
+        for c in fake.calls
+        if c.request == _abi.VFIO_DEVICE_SET_IRQS
+        and struct.unpack_from("=I", c.payload, 4)[0] & _abi.VFIO_IRQ_SET_ACTION_UNMASK  # type: ignore[arg-type]
+    ]
+
+
+def test_pairing_wires_the_eoi_eventfd_and_unpairing_takes_it_back(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
+) -> None:
+    """Each INTx is delivered, the guest's EOI (a write to the eventfd) unmasks
+    the line in the kernel, and the next arrives: 5 of 5, with no unmask ioctl
+    after the pairing's own start. Without an EOI the next one waits."""
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    p, consumer = intx(token, fake), EoiConsumer(token, eoi)
+    with p:
+        mgr.register_consumer(consumer)
+        mgr.register_producer(p)  # stop (mask), add (wire), start (unmask)
+        assert fake.unmask_eventfd() == eoi.fileno()
+        assert unmask_calls(fake) == [set_irqs(UNMASK_EVENTFD, eoi.fileno()), set_irqs(UNMASK)]
+        del fake.calls[:]
+        assert fake.fire(INTX) == 1  # automasked after it
+        assert fake.fire(INTX) == 0  # masked until the EOI: pending
+        delivered = token.read(0)
+        for _ in range(5):
+            eoi.write(1)  # what KVM does at the guest's EOI
+            assert fake.service_unmask()  # vfio's virqfd: read it, unmask
+            assert fake.intx_masked  # the pending one (then each new one) automasked again
+            delivered += token.read(0)
+            assert fake.fire(INTX) == 0  # and the next waits for the next EOI
+        assert delivered == 6
+        assert not fake.service_unmask()  # no EOI, no unmask
+        assert unmask_calls(fake) == []  # no userspace unmask
+        mgr.unregister_producer(p)  # stop, del (take back), start
+        assert fake.unmask_eventfd() is None
+        assert unmask_calls(fake) == [set_irqs(UNMASK_EVENTFD, -1), set_irqs(UNMASK)]
+        assert token.read(0) == 1  # the pending one, delivered by the start's unmask
+        mgr.unregister_consumer(consumer)
+    assert fake.open_fds == []
+
+
+def test_a_producer_opened_while_paired_wires_at_open_and_close_takes_it_back(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
+) -> None:
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    p, consumer = intx(token, fake), EoiConsumer(token, eoi)
+    mgr.register_consumer(consumer)
+    mgr.register_producer(p)  # not open: nothing to wire yet
+    assert fake.calls == []
+    p.open()
+    assert fake.unmask_eventfd() == eoi.fileno()
+    fd = p.fd
+    del fake.calls[:]
+    p.close()  # still paired: the unmask eventfd is taken back before the device closes
+    assert [c.payload for c in fake.calls if c.fd == fd][:2] == [
+        set_irqs(_abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER, -1),
+        set_irqs(UNMASK_EVENTFD, -1),
+    ]
+    assert fake.open_fds == []
+    mgr.unregister_producer(p)
+    mgr.unregister_consumer(consumer)
+
+
+@pytest.mark.parametrize("index", ["msi", "msix"])
+def test_only_intx_wires_an_unmask(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd, index: str
+) -> None:
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    p = VfioProducer(token=token, seam=fake, device=GROUP, device_name=BDF, index=index)
+    consumer = EoiConsumer(token, eoi)
+    with p:
+        mgr.register_consumer(consumer)
+        mgr.register_producer(p)
+        assert unmask_calls(fake) == [] and fake.unmask_eventfd() is None
+        mgr.unregister_producer(p)
+        mgr.unregister_consumer(consumer)
+
+
+def test_a_consumer_without_an_eoi_eventfd_changes_nothing(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    p, consumer = intx(token, fake), EoiConsumer(token, None)
+    with p:
+        mgr.register_consumer(consumer)
+        mgr.register_producer(p)
+        assert unmask_calls(fake) == [set_irqs(UNMASK)]  # the pairing's start only
+        mgr.unregister_producer(p)
+        mgr.unregister_consumer(consumer)
+
+
+def test_an_unmask_eventfd_the_vmm_set_is_refused_by_the_kernel(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
+) -> None:
+    """vfio_virqfd_enable takes one unmask eventfd at a time: EBUSY, named,
+    and the pairing is refused (the manager undoes it)."""
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    with irqbypass.Eventfd() as vmm, intx(token, fake) as p:
+        assert p.fd is not None
+        fake.ioctl(
+            p.fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(UNMASK_EVENTFD, vmm.fileno()))
+        )
+        consumer = EoiConsumer(token, eoi)
+        mgr.register_consumer(consumer)
+        with pytest.raises(irqbypass.IrqBypassError) as err:
+            mgr.register_producer(p)
+        assert "INTx already has an unmask eventfd" in str(err.value)
+        assert getattr(err.value, "errno", None) in (errno.EBUSY, None)
+        assert fake.unmask_eventfd() == vmm.fileno()
+        mgr.unregister_consumer(consumer)
+        fake.ioctl(p.fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(UNMASK_EVENTFD, -1)))
+
+
+def test_the_kvm_consumer_offers_its_resample_eventfd(
+    token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
+) -> None:
+    """The real pairing's other half, without /dev/kvm: a kvm-irqfd consumer in
+    resample mode offers its resample eventfd; otherwise none."""
+    kvm = pytest.importorskip("irqbypass_kvm")
+    resample = kvm.KvmIrqfdConsumer(token=token, gsi=5, resample=True, resample_eventfd=eoi)
+    assert resample.eoi_eventfd is eoi
+    assert kvm.KvmIrqfdConsumer(token=token, gsi=5).eoi_eventfd is None
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    with intx(token, fake) as p:
+        mgr.register_consumer(resample)  # not opened: pairing needs no KVM
+        mgr.register_producer(p)
+        assert fake.unmask_eventfd() == eoi.fileno()
+        mgr.unregister_producer(p)
+        assert fake.unmask_eventfd() is None
+        mgr.unregister_consumer(resample)
+    assert os.get_blocking(eoi.fileno()) is False
