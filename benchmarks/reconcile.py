@@ -1,18 +1,24 @@
-"""Cost of reloading a running topology: one pair changed, or nothing, with N pairs running.
+"""Cost of changing a running topology: one pair changed, or nothing, with N pairs running.
 
 Side by side, in one run, for N = 100, 1,000 and 10,000 pairs applied:
-- change 1: ``Topology.reconcile`` with one producer's options changed (it is
-  closed, built, opened and paired again; its partner is re-paired);
-- no change: ``reconcile`` with the same entries, in a file that differs by a
-  comment (every entry compared: one dict lookup each);
-- same file: ``reconcile`` with the very same text parsed again (one comparison of
-  the texts);
-- parse: ``parse_config`` of that file, what a SIGHUP reload adds before it.
+- (a) reconcile, change 1: ``Topology.reconcile`` of an already-parsed Config
+  with one producer's options changed (it is closed, built, opened and paired
+  again; its partner is re-paired); compared group by group (about sqrt(N)
+  digests, then the entries of the one group that differs);
+- (a) no change: ``reconcile`` with the same entries, in a file that differs by a
+  comment (every group's digest compared); same file: the very same text;
+- (a) entry by entry: ``reconcile`` right after a ``change()`` (the running
+  entries are then no file's: every entry compared, one string comparison
+  each), changing 1 pair back;
+- (b) reload from a file: ``load_config`` of a file with one pair changed, then
+  ``reconcile``: what a SIGHUP costs (the parse is O(N) by nature);
+- (c) change API: ``Topology.change(replace=[entry])`` with one producer's
+  options changed: nothing else is looked at.
 
 The endpoints are thread-free and open nothing (the kinds of this script), so
 the figures are the core's: the diff, the manager and the topology's
-bookkeeping. Cost is CPU time (``time.process_time``), not wall time: on a
-shared, loaded host the wall time is mostly the scheduler's share. Goal
+bookkeeping. Cost is CPU time (``time.process_time``), wall time beside it: on
+a shared, loaded host the wall time is mostly the scheduler's share. Goal
 (docs/benchmarks.md): changing 1 pair flat, within 1.5x from 100 to 10,000
 pairs. Usage:
     python benchmarks/reconcile.py [--quick] [--json FILE]
@@ -22,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import irqbypass
@@ -88,42 +97,74 @@ def topology_text(pairs: int, level: int = 0) -> str:
     return "".join(parts)
 
 
-def measure(pairs: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each operation, ``rounds`` times."""
-    host = irqbypass.PluginHost()
-    host.register(Kinds(), name="bench")
-    text_a, text_b = topology_text(pairs, 0), topology_text(pairs, 1)
-    start = time.process_time()
-    config_a = irqbypass.parse_config(text_a, file="a.toml")
-    parse = time.process_time() - start
-    config_b = irqbypass.parse_config(text_b, file="a.toml")
-    # the same entries parsed again, in a file with one comment more: compared one by one
-    again = {"a": irqbypass.parse_config(text_a + "# edited\n", file="a.toml")}
-    again["b"] = irqbypass.parse_config(text_b + "# edited\n", file="a.toml")
-    # the very same text: compared as one string
-    same = {"a": irqbypass.parse_config(text_a, file="a.toml")}
-    same["b"] = irqbypass.parse_config(text_b, file="a.toml")
-    topology = irqbypass.Topology(config_a, host)
-    topology.apply()
-    times: dict[str, list[float]] = {"change": [], "none": [], "same": [], "parse": [parse]}
-    try:
-        for i in range(rounds):
-            target = config_b if i % 2 == 0 else config_a
-            start = time.process_time()
-            changes = topology.reconcile(target)
-            times["change"].append(time.process_time() - start)
+#: what is measured, in the order of the table: key -> label
+OPERATIONS = {
+    "change": "(a) reconcile, change 1",
+    "none": "(a) no change",
+    "same": "(a) same file",
+    "scan": "(a) entry by entry, change 1",
+    "reload": "(b) reload from file, change 1",
+    "api": "(c) change(), change 1",
+}
+
+
+def timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, float, Any]:
+    """(CPU seconds, wall seconds, result) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = call(*args, **kwargs)
+    return time.process_time() - cpu, time.perf_counter() - wall, result
+
+
+class Bench:
+    """A topology of ``pairs`` pairs running file a, and what turns it into b."""
+
+    def __init__(self, pairs: int, tmp: Path) -> None:
+        self.host = irqbypass.PluginHost()
+        self.host.register(Kinds(), name="bench")
+        text = {"a": topology_text(pairs, 0), "b": topology_text(pairs, 1)}
+        self.files = {k: tmp / f"{k}{pairs}.toml" for k in text}
+        for k, path in self.files.items():
+            path.write_text(text[k])
+        self.configs = {k: irqbypass.parse_config(t, file="a.toml") for k, t in text.items()}
+        # the same entries parsed again, in a file with one comment more
+        self.again = {k: irqbypass.parse_config(t + "# edited\n", file="a.toml")
+                      for k, t in text.items()}  # fmt: skip
+        # the very same text
+        self.same = {k: irqbypass.parse_config(t, file="a.toml") for k, t in text.items()}
+        self.p0 = {k: c.by_name["p0"] for k, c in self.configs.items()}
+        self.times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*OPERATIONS, "parse"]}
+        self.topology = irqbypass.Topology(self.configs["a"], self.host)
+        self.topology.apply()
+
+    def record(self, key: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        cpu, wall, result = timed(call, *args, **kwargs)
+        self.times[key].append((cpu, wall))
+        return result
+
+    def round(self) -> None:
+        """Each operation twice: a -> b, then back to a."""
+        topology = self.topology
+        for now, other in (("a", "b"), ("b", "a")):
+            changes = self.record("change", topology.reconcile, self.configs[other])
             assert changes.changed == ("p0",), changes
-            start = time.process_time()
-            changes = topology.reconcile(same["b" if i % 2 == 0 else "a"])
-            times["same"].append(time.process_time() - start)
-            assert not changes
-            start = time.process_time()
-            changes = topology.reconcile(again["b" if i % 2 == 0 else "a"])
-            times["none"].append(time.process_time() - start)
-            assert not changes
-    finally:
-        topology.teardown()
-    return times
+            assert not self.record("same", topology.reconcile, self.same[other])
+            assert not self.record("none", topology.reconcile, self.again[other])
+            changes = self.record("api", topology.change, replace=[self.p0[now]])
+            assert changes.changed == ("p0",), changes
+            changes = self.record("scan", topology.reconcile, self.again[other])
+            assert changes.changed == ("p0",), changes
+
+    def reload(self) -> None:
+        """A SIGHUP's work, twice: read and parse the file, reconcile."""
+        for other in ("b", "a"):
+            cpu, wall, config = timed(irqbypass.load_config, self.files[other])
+            self.times["parse"].append((cpu, wall))
+            more_cpu, more_wall, changes = timed(self.topology.reconcile, config)
+            self.times["reload"].append((cpu + more_cpu, wall + more_wall))
+            assert changes.changed == ("p0",), changes
+
+    def close(self) -> None:
+        self.topology.teardown()
 
 
 def main() -> None:
@@ -133,55 +174,67 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [100, 1_000, 10_000]
     rounds = 10 if args.quick else 40
-    us: dict[str, dict[int, float]] = {"change": {}, "none": {}, "same": {}, "parse": {}}
+    reloads = 2 if args.quick else 5
+    keys = [*OPERATIONS, "parse"]
+    cpu: dict[str, dict[int, float]] = {key: {} for key in keys}
+    wall: dict[str, dict[int, float]] = {key: {} for key in keys}
     low: dict[int, float] = {}
     high: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        benches = {size: Bench(size, Path(tmp)) for size in sizes}
+        try:
+            # the sizes in turn, round by round: a load that comes and goes on a
+            # shared host falls on all of them alike
+            for i in range(rounds):
+                for bench in benches.values():
+                    bench.round()
+                    if i < reloads:
+                        bench.reload()
+        finally:
+            for bench in benches.values():
+                bench.close()
+        for size, bench in benches.items():
+            times = bench.times
+            for key, values in times.items():
+                cpu[key][size] = statistics.median(c for c, _ in values) * 1e6
+                wall[key][size] = statistics.median(w for _, w in values) * 1e6
+            changes = [c * 1e6 for c, _ in times["change"]]
+            low[size] = min(changes)
+            high[size] = statistics.quantiles(changes, n=10)[-1]
+    labels = {**OPERATIONS, "parse": "(b) of which load_config"}
     print(
-        f"{'pairs':>7}  {'change 1 (us)':>14}  {'no change (us)':>15}  {'same file (us)':>15}  "
-        f"{'parse (ms)':>11}"
+        f"per call, CPU us (wall us): the median of {rounds * 2} calls ({reloads * 2} for a reload)"
     )
-    for size in sizes:
-        times = measure(size, rounds)
-        for key, values in times.items():
-            us[key][size] = statistics.median(values) * 1e6
-        low[size] = min(times["change"]) * 1e6
-        high[size] = statistics.quantiles(times["change"], n=10)[-1] * 1e6
-        print(
-            f"{size:>7}  {us['change'][size]:>14.1f}  {us['none'][size]:>15.1f}  "
-            f"{us['same'][size]:>15.1f}  {us['parse'][size] / 1000:>11.1f}"
+    print(f"{'':32}" + "".join(f"{f'{n:,} pairs':>24}" for n in sizes)
+          + f"{'10,000 / 100':>24}")  # fmt: skip
+    for key in keys:
+        cells = "".join(f"{f'{cpu[key][n]:,.0f} ({wall[key][n]:,.0f})':>24}" for n in sizes)
+        ratio = (
+            f"{cpu[key][10_000] / cpu[key][100]:.2f}x ({wall[key][10_000] / wall[key][100]:.2f}x)"
         )
-    ratio = us["change"][10_000] / us["change"][100]
-    work = {s: us["change"][s] - us["none"][s] for s in sizes}
-    work_ratio = work[10_000] / work[100]
-    print(f"change 1 at 10,000 / at 100: {ratio:.2f}x")
-    print(f"goal change 1 within {GOAL}x from 100 to 10,000: {ratio:.2f}x "
-          f"({'met' if ratio <= GOAL else 'NOT met'})")  # fmt: skip
-    print(
-        f"the change alone (change 1 - no change): {work[100]:.1f} us at 100, "
-        f"{work[10_000]:.1f} us at 10,000 ({work_ratio:.2f}x)"
-    )
-    per_entry = us["none"][10_000] / 20_000 * 1000
-    print(f"the comparison: {per_entry:.0f} ns per entry (no change at 10,000 pairs)")
+        print(f"{labels[key]:32}{cells}{ratio:>24}")
+    for key in ("change", "api"):
+        ratio = cpu[key][10_000] / cpu[key][100]
+        print(f"goal {labels[key]} within {GOAL}x from 100 to 10,000 (CPU): {ratio:.2f}x "
+              f"({'met' if ratio <= GOAL else 'NOT met'})")  # fmt: skip
+    per_entry = (cpu["scan"][10_000] - cpu["scan"][100]) / (2 * (10_000 - 100)) * 1000
+    print(f"entry by entry: {per_entry:.0f} ns of CPU per entry compared")
 
-    report = Report("reconcile", "reloading a running topology")
+    report = Report("reconcile", "changing a running topology")
     fig = report.figure(
-        "cost", "us per reconcile", x_label="pairs running", y_label="us", log_x=True, log_y=True
+        "cost", "CPU us per call", x_label="pairs running", y_label="us", log_x=True, log_y=True
     )
-    fig.series(
-        "change 1 pair",
-        sizes,
-        [us["change"][s] for s in sizes],
-        low=[low[s] for s in sizes],
-        high=[high[s] for s in sizes],
-    )
-    fig.series("no change", sizes, [us["none"][s] for s in sizes])
-    fig.series("same file", sizes, [us["same"][s] for s in sizes])
+    for key in keys:
+        extra: dict[str, Any] = {}
+        if key == "change":
+            extra = {"low": [low[s] for s in sizes], "high": [high[s] for s in sizes]}
+        fig.series(labels[key], sizes, [cpu[key][s] for s in sizes], **extra)
     ratios = report.figure(
-        "ratio", "change 1 pair: cost against 100 pairs", x_label="pairs running", y_label="x",
-        log_x=True,
+        "ratio", "change 1 pair: CPU cost against 100 pairs", x_label="pairs running",
+        y_label="x", log_x=True,
     )  # fmt: skip
-    ratios.series("change 1 pair", sizes, [us["change"][s] / us["change"][100] for s in sizes])
-    ratios.series("no change", sizes, [us["none"][s] / us["none"][100] for s in sizes])
+    for key in ("change", "api", "scan", "none"):
+        ratios.series(labels[key], sizes, [cpu[key][s] / cpu[key][100] for s in sizes])
     ratios.goal(GOAL, f"goal: <= {GOAL}x")
     report.write(args.json)
 

@@ -29,6 +29,7 @@ Unknown keys are refused with the closest valid one.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -80,10 +81,44 @@ class EndpointConfig:
     bypass: bool = True
     optional: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: every key that makes an entry changed (all but name and index), options
+    #: with their TOML types, as one string: two entries are the same when
+    #: their fingerprints are equal (one string comparison, taken once, here:
+    #: an entry is a value, its options are read and never changed)
+    fingerprint: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        typed = [_typed(getattr(self, key)) for key in COMPARED_KEYS]
+        object.__setattr__(self, "fingerprint", repr(typed))
 
     @property
     def key_path(self) -> str:
         return f"{self.side}s[{self.index}]"
+
+
+#: the keys that make an entry changed when they differ (its place in the file does not)
+COMPARED_KEYS = ("side", "kind", "token", "irq", "bypass", "optional", "options")
+
+
+def _typed(value: object) -> object:
+    """A value with its type in every node, so ``True`` and ``1`` (equal in
+    Python) compare different, as they are different TOML values."""
+    if isinstance(value, Mapping):
+        return ("table", tuple(sorted((k, _typed(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_typed(v) for v in value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", hex(value))  # the fingerprint is a repr: a huge int's repr raises
+    return (type(value).__name__, value)
+
+
+def typed_differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
+    """The keys in which two entries differ (empty: the same), in TOML types."""
+    if old.fingerprint == new.fingerprint:
+        return ()
+    return tuple(
+        key for key in COMPARED_KEYS if _typed(getattr(old, key)) != _typed(getattr(new, key))
+    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +131,15 @@ class Config:
     producers: tuple[EndpointConfig, ...] = ()
     consumers: tuple[EndpointConfig, ...] = ()
     text: str = field(default="", repr=False, compare=False)
+    #: entry name -> entry, built once with the configuration
+    by_name: Mapping[str, EndpointConfig] = field(init=False, repr=False, compare=False)
+    #: the entries' digest, group by group (see :class:`EntryGroups`)
+    groups: EntryGroups = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        entries = self.producers + self.consumers
+        object.__setattr__(self, "by_name", {e.name: e for e in entries})
+        object.__setattr__(self, "groups", EntryGroups(entries))
 
     @property
     def endpoints(self) -> tuple[EndpointConfig, ...]:
@@ -108,6 +152,75 @@ class Config:
     def token_names(self) -> list[str]:
         """Every token name, in order of first use."""
         return list(dict.fromkeys(e.token for e in self.endpoints))
+
+
+#: about 8 * sqrt(N) groups of about sqrt(N) / 8 entries (10 at 20,000 entries)
+GROUPS_SHIFT = 3
+#: bytes of a group's digest (BLAKE2b-128)
+DIGEST = 16
+
+
+class EntryGroups:
+    """The entries of a configuration in groups (by a hash of their name),
+    each with a digest of what its entries are.
+
+    Why: a reload compares the running configuration with a new one. Entry by
+    entry that is O(N) whatever changed. Here the digests, end to end in one
+    bytes object, are compared by halves (one memcmp each) down to the groups
+    that differ, and in those the entries' keys (name, place in the file,
+    fingerprint) by a set difference: a reload that changes one entry of
+    20,000 costs about 20 comparisons of bytes and one of two sets of 10
+    keys, all in C. The digest is BLAKE2b (128 bits): two groups that differ
+    and digest the same is a collision of a cryptographic hash, not a thing
+    that happens. The groups are made once, with the configuration (its parse
+    is O(N) anyway). Two configurations compare this way when they have as
+    many groups (``count``): one whose size crosses a power of 4 is compared
+    entry by entry, once.
+    """
+
+    __slots__ = ("count", "digests", "members")
+
+    def __init__(self, entries: Sequence[EndpointConfig]) -> None:
+        #: a power of two near 8 * sqrt(len(entries))
+        self.count = 1 << ((len(entries).bit_length() + 1) // 2 + GROUPS_SHIFT)
+        mask = self.count - 1
+        members: list[dict[str, str]] = [{} for _ in range(self.count)]
+        for entry in entries:
+            key = f"{(entry.name, entry.side, entry.index)!r}{entry.fingerprint}"
+            members[hash(entry.name) & mask][key] = entry.name
+        #: each group's entries: key -> name (the key says all that is compared)
+        self.members = tuple(members)
+        #: one digest per group, end to end (the reprs are printable: UTF-8
+        #: with surrogates let through, so a hostile name cannot make it raise)
+        self.digests = b"".join(
+            hashlib.blake2b(
+                "\n".join(group).encode("utf-8", "surrogatepass"), digest_size=DIGEST
+            ).digest()
+            for group in members
+        )
+
+    def differing(self, other: EntryGroups) -> list[str] | None:
+        """The names of the entries that differ from ``other``'s (added,
+        removed, changed or moved), or None when the two are not grouped alike
+        (compare entry by entry then). The digests are compared as bytes, by
+        halves: a change costs about 2 * log2(count) comparisons (in C)."""
+        if other.count != self.count:
+            return None
+        mine, theirs = self.digests, other.digests
+        names: dict[str, None] = {}
+        spans = [(0, self.count)]  # groups [lo, hi) whose digests may differ
+        while spans:
+            lo, hi = spans.pop()
+            if mine[lo * DIGEST : hi * DIGEST] == theirs[lo * DIGEST : hi * DIGEST]:
+                continue
+            if hi - lo > 1:
+                middle = (lo + hi) // 2
+                spans += [(middle, hi), (lo, middle)]
+                continue
+            old, new = self.members[lo], other.members[lo]
+            for key in old.keys() ^ new.keys():
+                names[old.get(key) or new[key]] = None
+        return list(names)
 
 
 def load_config(path: str | Path) -> Config:

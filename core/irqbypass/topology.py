@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .config import Config, EndpointConfig
+from .config import Config, EndpointConfig, typed_differences
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
     CallbackError,
@@ -181,42 +181,15 @@ class Changes:
         return "; ".join(parts) or "nothing changed"
 
 
-#: the keys that make an entry changed when they differ (its place in the file does not)
-_COMPARED = ("side", "kind", "token", "irq", "bypass", "optional", "options")
-
-
 def differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
     """The keys in which two entries of one name differ (empty: unchanged).
-    Options compare with their types: ``true`` is not ``1``."""
-    if (
-        old.side == new.side
-        and old.kind == new.kind
-        and old.token == new.token
-        and old.irq == new.irq
-        and old.bypass is new.bypass
-        and old.optional is new.optional
-        and _same_options(old.options, new.options)
-    ):
-        return ()
-    return tuple(key for key in _COMPARED if _typed(getattr(old, key)) != _typed(getattr(new, key)))
+    Options compare with their types: ``true`` is not ``1``. Unchanged entries
+    cost one comparison of their fingerprints."""
+    return typed_differences(old, new)
 
 
-def _same_options(old: Mapping[str, object], new: Mapping[str, object]) -> bool:
-    """Equal, and equal in type too; the cheap checks first (a reload compares
-    every entry)."""
-    if old != new:
-        return False
-    return repr(old) == repr(new) or _typed(old) == _typed(new)
-
-
-def _typed(value: object) -> object:
-    """A value with its type in every node, so ``True`` and ``1`` (equal in
-    Python) compare different, as they are different TOML values."""
-    if isinstance(value, Mapping):
-        return ("table", tuple(sorted((k, _typed(v)) for k, v in value.items())))
-    if isinstance(value, list | tuple):
-        return ("array", tuple(_typed(v) for v in value))
-    return (type(value).__name__, value)
+def _file_order(entry: EndpointConfig) -> tuple[int, int]:
+    return (0 if entry.side == "producer" else 1, entry.index)
 
 
 def _open(unit: list[Placed]) -> None:
@@ -437,8 +410,9 @@ class Topology:
         self._history: dict[tuple[str, str], Totals] = {}
         self._checking = False
         self._serial = 0
-        #: the entries are exactly ``self.config``'s (no attach or detach since)
-        self._as_file = True
+        #: the entries are exactly ``self.config``'s (built, and no attach,
+        #: detach or change since): a reload may compare them group by group
+        self._as_file = False
 
     @property
     def placed(self) -> list[Placed]:
@@ -482,7 +456,8 @@ class Topology:
             self._release(built)
             self._by_token.clear()
             raise
-        self._entries = {e.name: e for e in self.config.endpoints}
+        self._entries = dict(self.config.by_name)
+        self._as_file = True
 
     def _build(
         self,
@@ -763,6 +738,7 @@ class Topology:
         result = self._undo(self.placed, progress)
         self._by_token.clear()
         self._entries.clear()
+        self._as_file = False
         return result
 
     @signal_safe
@@ -885,8 +861,15 @@ class Topology:
         detached and attached; every other pair is left alone (not stopped, no
         interrupt lost). All or nothing: if a step fails, what this call did
         is undone, the entries it removed are built and opened again, and the
-        error names the entry, the step and why. The work is O(changes); the
-        comparison is one dict lookup per entry."""
+        error names the entry, the step and why.
+
+        The work is O(changes), and so is the comparison, nearly: the new
+        configuration's group digests are compared with the running one's
+        (:class:`~irqbypass.config.EntryGroups`: O(log N) comparisons of bytes
+        per change), then the entries of the groups that differ. After an
+        :meth:`attach`, :meth:`detach` or :meth:`change` the running entries
+        are no file's, and every entry is compared (O(N), one comparison of
+        fingerprints each), once."""
         if not isinstance(new_config, Config):
             raise TopologyError(
                 f"reconcile: new_config must be an irqbypass.Config (from load_config or "
@@ -894,103 +877,249 @@ class Topology:
             )
         if not self.applied and self._placed:
             raise TopologyError(f"{self.config.file} is built but not applied; apply() it first")
-        if self._as_file and new_config.text and new_config.text == self.config.text:
-            # the very same text: the same entries (one memcmp, not a lookup per entry)
-            self._adopt(new_config, self._entries, [], None)
-            deliver_deferred_signals()
-            return Changes()
-        old = self._entries
-        new = {e.name: e for e in new_config.endpoints}
-        added, changed, removed = [], [], []
-        why: dict[str, tuple[str, ...]] = {}
-        touched: set[str] = set()
-        moved: list[EndpointConfig] = []
-        for name, entry in new.items():
-            before = old.get(name)
-            if before is None:
-                added.append(name)
-                touched.add(entry.token)
-            elif before is not entry:
-                diff = differences(before, entry)
-                if diff:
-                    changed.append(name)
-                    why[name] = diff
-                    touched.update((before.token, entry.token))
-                elif before.index != entry.index:
-                    moved.append(entry)
-        if len(new) - len(added) < len(old):  # some old name is gone: find which
-            for name, entry in old.items():
-                if name not in new:
-                    removed.append(name)
-                    touched.add(entry.token)
-        changes = Changes(tuple(added), tuple(removed), tuple(changed), why)
-        if not touched:
-            self._adopt(new_config, new, moved, None)
-            deliver_deferred_signals()
-            return changes
-        if touched:
-            wanted = self._entries_on(touched, new, [*added, *changed])
-            skipped = self._optional_unavailable(wanted)
-            keep = {
-                name
-                for token in touched
-                for name in (p.config.name for p in self._by_token.get(token, {}).values())
-                if name in new and name not in why and new[name].token not in skipped
-            }
-            leaving = [
-                p
-                for token in touched
-                for p in self._by_token.get(token, {}).values()
-                if p.config.name not in keep
-            ]
-            coming = [e for e in wanted if e.name not in keep]
-            kept = [(t, r) for t, r in self.skipped if t not in touched]
-            if kept:
-                names = set(new_config.token_names())
-                kept = [(t, r) for t, r in kept if t in names]
-            now_skipped = sorted(kept + list(skipped.items()))
-            self._change(
-                new_config,
-                coming,
-                leaving,
-                f"reloading {self.config.file} as {new_config.file}",
-                skipped=skipped,
-                commit=lambda: self._adopt(new_config, new, moved, now_skipped),
-            )
-            deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+        updates, changes = self._diff(new_config)
+        self._apply_changes(
+            new_config,
+            updates,
+            changes,
+            f"reloading {self.config.file} as {new_config.file}",
+            config=new_config,
+        )
         return changes
 
+    def change(
+        self,
+        *,
+        add: Config | Sequence[EndpointConfig] = (),
+        remove: Iterable[str] = (),
+        replace: Config | Sequence[EndpointConfig] = (),
+    ) -> Changes:
+        """Add, remove and replace entries in one step, all or nothing, as
+        :meth:`reconcile` applies a new file, at a cost of O(changes) whatever
+        the topology's size (nothing else is looked at): the API for a VMM that
+        knows what it changes.
+
+        ``add``: new entries (a :class:`~irqbypass.Config` of a TOML fragment,
+        or EndpointConfig objects); ``remove``: names of running entries;
+        ``replace``: new definitions of running entries, by name (one that
+        differs in nothing is no change). Every other pair is left alone; a
+        failure leaves the topology as it was. Everything is checked before
+        anything is done: an unknown name, a name given twice, an added name
+        the topology has, a token and side another entry holds."""
+        if isinstance(remove, str):
+            remove = [remove]
+        if not isinstance(remove, Iterable) or not all(isinstance(n, str) for n in remove):
+            raise TopologyError(f"change: remove must be entry names, not {show_value(remove)}")
+        removing = list(remove)
+        adding = self._fragment(add, "change: add")
+        replacing = self._fragment(replace, "change: replace")
+        source = self._source(adding, replacing)
+        action = f"changing {self.config.file}"
+        self._check_change(adding, removing, replacing, action)
+        updates: dict[str, EndpointConfig | None] = {}
+        why: dict[str, tuple[str, ...]] = {}
+        for entry in replacing.endpoints:
+            diff = differences(self._entries[entry.name], entry)
+            if diff:
+                why[entry.name] = diff
+                updates[entry.name] = entry
+        for entry in adding.endpoints:
+            updates[entry.name] = entry
+        for name in removing:
+            updates[name] = None
+        changes = Changes(
+            tuple(e.name for e in adding.endpoints),
+            tuple(removing),
+            tuple(n for n in (e.name for e in replacing.endpoints) if n in why),
+            why,
+        )
+        self._apply_changes(source, updates, changes, action, config=None)
+        return changes
+
+    @staticmethod
+    def _source(*fragments: Config) -> Config:
+        """The one fragment with entries (its errors name its lines), or both in one."""
+        full = [f for f in fragments if f.endpoints]
+        if len(full) == 1:
+            return full[0]
+        entries = [e for f in full for e in f.endpoints]
+        return Config(
+            file="<change>",
+            producers=tuple(e for e in entries if e.side == "producer"),
+            consumers=tuple(e for e in entries if e.side == "consumer"),
+        )
+
+    def _check_change(
+        self, adding: Config, removing: list[str], replacing: Config, action: str
+    ) -> None:
+        """Refuse a change that names what is not there, or would leave two
+        entries of one name, or two of one side on one token."""
+        problems: list[str] = []
+        seen: set[str] = set()
+        for name, what in [(e.name, "add") for e in adding.endpoints] + [
+            *((n, "remove") for n in removing),
+            *((e.name, "replace") for e in replacing.endpoints),
+        ]:
+            if name in seen:
+                problems.append(f"{name!r} is named twice (once per change)")
+            seen.add(name)
+            if what == "add" and name in self._entries:
+                problems.append(f"{name!r} to add is already an entry (replace it instead)")
+            elif what != "add" and name not in self._entries:
+                problems.append(f"{name!r} to {what} is not an entry")
+        leaving = set(removing) | {e.name for e in replacing.endpoints}
+        ends: set[tuple[str, str]] = set()
+        for entry in adding.endpoints + replacing.endpoints:
+            end = (entry.token, entry.side)
+            held = self._by_token.get(entry.token, {}).get(entry.side)
+            if end in ends or (held is not None and held.config.name not in leaving):
+                holder = held.label if held is not None else "another new entry"
+                problems.append(
+                    f"{entry.name!r}: token {entry.token!r} is already used by {holder}; "
+                    f"one {entry.side} per token"
+                )
+            ends.add(end)
+        if problems:
+            entries = ", ".join(map(repr, list(self._entries)[:20]))
+            more = " ..." if len(self._entries) > 20 else ""
+            raise TopologyError(
+                f"{action}: nothing was changed: {'; '.join(problems)} "
+                f"(the entries are {entries}{more})"
+            )
+
+    def _diff(self, new_config: Config) -> tuple[dict[str, EndpointConfig | None], Changes]:
+        """What differs between the running entries and ``new_config``'s: name
+        -> its new entry (None: removed) for each entry added, removed, changed
+        or moved in the file, and the Changes (moved is no change)."""
+        old, new = self._entries, new_config.by_name
+        names: Iterable[str] | None = None
+        if self._as_file:
+            names = self.config.groups.differing(new_config.groups)
+        if names is None:  # entry by entry; an old name is looked for only if one is gone
+            gone = len(old) > len(new) - sum(1 for n in new if n not in old)
+            names = [*new, *(n for n in old if n not in new)] if gone else new
+        updates: dict[str, EndpointConfig | None] = {}
+        added: list[EndpointConfig] = []
+        removed: list[EndpointConfig] = []
+        changed: list[EndpointConfig] = []
+        why: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            before, after = old.get(name), new.get(name)
+            if before is after:
+                continue
+            if before is None:
+                added.append(after)  # type: ignore[arg-type]
+            elif after is None:
+                removed.append(before)
+            elif before.fingerprint != after.fingerprint:
+                changed.append(after)
+                why[name] = differences(before, after)
+            elif before.index == after.index and before.side == after.side:
+                continue  # the same entry, parsed again
+            updates[name] = after
+        changes = Changes(
+            tuple(e.name for e in sorted(added, key=_file_order)),
+            tuple(e.name for e in sorted(removed, key=_file_order)),
+            tuple(e.name for e in sorted(changed, key=_file_order)),
+            why,
+        )
+        return updates, changes
+
+    def _apply_changes(
+        self,
+        source: Config,
+        updates: dict[str, EndpointConfig | None],
+        changes: Changes,
+        action: str,
+        *,
+        config: Config | None,
+    ) -> None:
+        """Apply ``updates`` (name -> new entry, or None: removed), all or
+        nothing, in O(changes): only the pairs on the tokens they touch are
+        closed and opened. ``config``: the file the result is (reconcile), or
+        None (the entries are then no file's)."""
+        old = self._entries
+        touched: set[str] = set()
+        for name in (*changes.added, *changes.changed):
+            touched.add(updates[name].token)  # type: ignore[union-attr]
+        for name in (*changes.removed, *changes.changed):
+            touched.add(old[name].token)
+
+        def after(name: str) -> EndpointConfig | None:
+            return updates[name] if name in updates else old.get(name)
+
+        if not touched:
+            self._adopt(updates, None, config)
+            deliver_deferred_signals()
+            return
+        wanted = self._entries_on(touched, after, [*changes.added, *changes.changed])
+        skipped = self._optional_unavailable(wanted)
+        keep = set()
+        leaving = []
+        for token in touched:
+            for placed in self._by_token.get(token, {}).values():
+                name = placed.config.name
+                entry = after(name)
+                if entry is not None and name not in changes.why and entry.token not in skipped:
+                    keep.add(name)
+                else:
+                    leaving.append(placed)
+        coming = [e for e in wanted if e.name not in keep]
+        # a skipped token that nothing touched keeps all its entries, so stays skipped
+        now_skipped = sorted(
+            [(t, r) for t, r in self.skipped if t not in touched] + [*skipped.items()]
+        )
+        self._change(
+            source,
+            coming,
+            leaving,
+            action,
+            skipped=skipped,
+            commit=lambda: self._adopt(updates, now_skipped, config),
+        )
+        deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+
     def _entries_on(
-        self, tokens: set[str], new: dict[str, EndpointConfig], arriving: list[str]
+        self,
+        tokens: set[str],
+        after: Callable[[str], EndpointConfig | None],
+        arriving: list[str],
     ) -> list[EndpointConfig]:
-        """The entries of the new configuration on ``tokens``, in its order:
-        those there now (placed, or skipped) and the ones arriving, found in
-        O(changes) (a skipped token's entries by one scan of the old ones)."""
-        names = {n for n in arriving if new[n].token in tokens}
+        """The entries on ``tokens`` once changed (``after(name)``), in file
+        order: those there now (placed, or skipped) and the ones arriving,
+        found in O(changes) (a skipped token's entries by one scan of the old
+        ones)."""
+        names = set(arriving)
         skipped = {t for t, _ in self.skipped} & tokens
         for token in tokens:
             names.update(p.config.name for p in self._by_token.get(token, {}).values())
         if skipped:
             names.update(n for n, e in self._entries.items() if e.token in skipped)
-        wanted = [new[n] for n in names if n in new and new[n].token in tokens]
+        wanted = [e for e in map(after, names) if e is not None and e.token in tokens]
         return sorted(wanted, key=lambda e: (e.side, e.index))
 
     @signal_safe
     def _adopt(
         self,
-        config: Config,
-        entries: dict[str, EndpointConfig],
-        moved: list[EndpointConfig],
+        updates: dict[str, EndpointConfig | None],
         skipped: list[tuple[str, str]] | None,
+        config: Config | None,
     ) -> None:
-        """Make ``config`` the running configuration (signal-safe: all of it)."""
-        for entry in moved:  # the same entry at another place in the file: messages follow it
-            placed = self._placed.get(entry.name)
-            if placed is not None:
+        """Make the changed entries the running ones, in place, and ``config``
+        (if any) the running file (signal-safe: all of it)."""
+        for name, entry in updates.items():
+            if entry is None:
+                self._entries.pop(name, None)
+                continue
+            self._entries[name] = entry
+            placed = self._placed.get(name)
+            if placed is not None:  # moved in the file: its messages follow it
                 placed.config = entry
-        self._entries = entries
-        self.config = config
-        self._as_file = True
+        if config is not None:
+            self.config = config
+            self._as_file = True
+        elif updates:
+            self._as_file = False
         if skipped is not None:
             self.skipped = skipped
 
@@ -1114,6 +1243,7 @@ class Topology:
             errors += more
             for entry in old:
                 self._entries.pop(entry.name, None)
+            self._as_file = False  # they are gone: the file no longer says what runs
         return errors
 
     # -- looking -----------------------------------------------------------

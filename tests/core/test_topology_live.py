@@ -419,6 +419,154 @@ def test_reconcile_moves_a_token_and_skips_an_unavailable_optional_pair(
     assert "close p2" in rec.log  # its whole pair is left out
 
 
+def test_a_reload_of_a_large_file_compares_group_by_group(
+    host: irqbypass.PluginHost, rec: Recorder
+) -> None:
+    text = pairs(*range(300))
+    with Topology(parse_config(text, file="big.toml"), host) as topology:
+        rec.log.clear()
+        new = text.replace('name = "p7"\n', 'name = "p7"\noptions = { level = 2 }\n')
+        new = new.replace('token = "t150"', 'token = "x150"') + pair(300)
+        new_config = parse_config(new, file="big.toml")
+        assert topology.config.groups.differing(new_config.groups) is not None  # grouped alike
+        changes = topology.reconcile(new_config)
+        assert changes.changed == ("p7", "p150", "c150") and changes.added == ("p300", "c300")
+        assert changes.why == {"p7": ("options",), "p150": ("token",), "c150": ("token",)}
+        touched = {e.split()[1] for e in rec.log}
+        assert touched == {"p7", "c7", "p150", "c150", "p300", "c300"}
+        assert topology.entry("p7").endpoint.stats()["level"] == 2  # type: ignore[union-attr]
+        assert paired(topology)["x150"] and "t150" not in paired(topology)
+        rec.log.clear()
+        assert not topology.reconcile(parse_config(new + "# a comment\n", file="big.toml"))
+        assert rec.log == []
+
+
+def test_entry_groups_name_exactly_the_entries_that_differ() -> None:
+    old = parse_config(pairs(*range(50)), file="a.toml")
+    same = parse_config(pairs(*range(50)) + "# edited\n", file="a.toml")
+    assert old.groups.differing(same.groups) == []
+    new = parse_config(pairs(*range(49)) + pair(49, level=1), file="a.toml")
+    assert old.groups.differing(new.groups) == ["p49"]
+    flipped = parse_config(pairs(*range(49)) + pair(49, level=1).replace("= 1", "= true"),
+                           file="a.toml")  # fmt: skip
+    assert new.groups.differing(flipped.groups) == ["p49"]  # true is not 1
+    assert old.groups.differing(parse_config(pairs(*range(5)), file="a.toml").groups) is None
+    # an int beyond repr's 4300 digits is an option like any other
+    texts = [pair(0).replace('"rec-src"', f'"rec-src"\noptions = {{ n = 0x{"f" * 4000}{d} }}')
+             for d in "01"]  # fmt: skip
+    huge = [parse_config(text, file="h.toml") for text in texts]
+    assert huge[0].groups.differing(huge[1].groups) == ["p0"]
+
+
+# -- change: the O(changes) API --------------------------------------------------
+
+
+def test_change_adds_removes_and_replaces_in_one_step_touching_nothing_else(
+    topo: Topology, rec: Recorder
+) -> None:
+    p2 = parse_config(pair(2, level=3), file="p2.toml").by_name["p2"]
+    changes = topo.change(
+        add=parse_config(pair(4), file="plug.toml"), remove=["p1", "c1"], replace=[p2]
+    )
+    assert changes.added == ("p4", "c4") and changes.removed == ("p1", "c1")
+    assert changes.changed == ("p2",) and changes.why == {"p2": ("options",)}
+    untouched(rec, "p0", "c0")
+    assert rec.of("c2") == ["stop c2", "del c2", "start c2", "stop c2", "add c2", "start c2"]
+    assert paired(topo) == {"t0": True, "t2": True, "t4": True}
+    assert topo.entry("p2").endpoint.stats()["level"] == 3  # type: ignore[union-attr]
+    assert len(topo.manager) == 6
+    # a replacement that differs in nothing is no change
+    rec.log.clear()
+    assert not topo.change(replace=[p2]) and rec.log == []
+    # the running entries are no file's now: a reload compares every entry, and finds them
+    changes = topo.reconcile(parse_config(pairs(0, 1, 2), file="live.toml"))
+    assert changes.added == ("p1", "c1") and changes.removed == ("p4", "c4")
+    assert changes.changed == ("p2",)
+    assert paired(topo) == {"t0": True, "t1": True, "t2": True}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"remove": ["p9"]}, "'p9' to remove is not an entry"),
+        ({"replace": "p9"}, "'p9' to replace is not an entry"),
+        ({"add": "p1"}, "'p1' to add is already an entry (replace it instead)"),
+        ({"add": "p7", "remove": ["p7"]}, "'p7' is named twice"),
+        ({"remove": ["p1"], "replace": "p1"}, "'p1' is named twice"),
+        ({"add": "p5@t2"}, "'p5': token 't2' is already used by producer 'p2'"),
+        ({"add": "p5@t7", "replace": "p1@t7"}, "'p1': token 't7' is already used by another"),
+    ],
+)
+def test_change_refuses_what_it_cannot_do_before_doing_anything(
+    topo: Topology, rec: Recorder, kwargs: dict[str, Any], problem: str
+) -> None:
+    def producer(spec: str) -> irqbypass.EndpointConfig:
+        n, _, token = spec.removeprefix("p").partition("@")
+        text = pair(int(n), token=token or None).split("[[consumers]]")[0]
+        return parse_config(text, file="p.toml").by_name[f"p{n}"]
+
+    args = {k: v if k == "remove" else [producer(v)] for k, v in kwargs.items()}
+    with pytest.raises(irqbypass.TopologyError) as info:
+        topo.change(**args)
+    assert str(info.value).startswith("changing live.toml: nothing was changed: ")
+    assert problem in str(info.value)
+    assert rec.log == [] and len(topo.manager) == 6
+    assert paired(topo) == {"t0": True, "t1": True, "t2": True}
+
+
+@pytest.mark.parametrize("failing", ["open p4", "open c2", "add c2", "open p2", "interrupt"])
+def test_a_failing_change_leaves_the_topology_as_it_was(
+    topo: Topology, rec: Recorder, failing: str
+) -> None:
+    """A device that fails, or a Ctrl-C in the middle (inside a plugin's open,
+    after the old c2 was closed): everything as before."""
+    before = {p.config.name: p.config for p in topo.placed}
+    tokens = dict(topo.tokens)
+    if failing == "interrupt":
+        original = rec.act
+
+        def act(what: str) -> None:
+            original(what)
+            if what == "open c2" and "close c2" in rec.log:  # the new c2, not the old again
+                rec.act = original  # type: ignore[method-assign]
+                raise KeyboardInterrupt
+
+        rec.act = act  # type: ignore[method-assign]
+    else:
+        rec.fail, rec.once = {failing}, True
+    fragment = parse_config(pair(2, level=3) + pair(4), file="frag.toml")
+    c2 = fragment.by_name["c2"]
+    fragment_c2 = irqbypass.EndpointConfig(
+        side=c2.side, index=c2.index, name="c2", kind=c2.kind, token=c2.token, irq=5
+    )
+    expected: type[BaseException] = (
+        KeyboardInterrupt if failing == "interrupt" else irqbypass.TopologyError
+    )
+    change: dict[str, Any] = {
+        "add": [fragment.by_name["p4"], fragment.by_name["c4"]],
+        "remove": ["p1", "c1"],
+        "replace": [fragment.by_name["p2"], fragment_c2],
+    }
+    with pytest.raises(expected) as info:
+        topo.change(**change)
+    if failing != "interrupt":
+        assert str(info.value).startswith("changing live.toml: ")
+        assert f"'{failing.split()[1]}'" in str(info.value)
+    untouched(rec, "p0", "c0")
+    after = {p.config.name: p.config for p in topo.placed}
+    assert after == before and topo.config.file == "live.toml"
+    assert paired(topo) == {"t0": True, "t1": True, "t2": True}
+    assert set(topo.tokens) == set(tokens) and len(topo.manager) == 6
+    assert all(p.opened and not p.released for p in topo.placed)
+    assert topo.entry("p2").endpoint.stats()["level"] == 0  # type: ignore[union-attr]
+    # the same change, with the fault gone, is done
+    rec.log.clear()
+    changes = topo.change(**change)
+    assert changes.changed == ("p2", "c2")
+    assert paired(topo) == {"t0": True, "t2": True, "t4": True}
+    untouched(rec, "p0", "c0")
+
+
 def test_counts_add_up_across_reopens_with_this_opens_figures_apart(
     topo: Topology, rec: Recorder
 ) -> None:

@@ -1,4 +1,4 @@
-"""A Ctrl-C at every moment of attach, detach and reconcile (issue 18).
+"""A Ctrl-C at every moment of attach, detach, reconcile and change (issue 18).
 
 The signal is swept over every bytecode the operation runs in the topology, the
 token table and the manager (``interrupts.sweep``). After each run the topology
@@ -42,6 +42,13 @@ OPERATIONS: dict[str, tuple[Callable[[Topology], object], set[str]]] = {
     "reconcile": (
         lambda t: t.reconcile(parse_config(pair(0) + pair(1, level=4), file="t.toml")),
         BEFORE,
+    ),
+    "change": (
+        lambda t: t.change(
+            remove=["c1"],
+            replace=parse_config(pair(1, level=4).split("[[consumers]]")[0], file="p1.toml"),
+        ),
+        {"p0", "c0", "p1"},
     ),
 }
 
