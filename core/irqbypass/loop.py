@@ -184,6 +184,8 @@ class EventLoop:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
+        #: set by close(): the watchdog's wait ends at once
+        self._watch_stop = threading.Event()
         self._asyncio: asyncio.AbstractEventLoop | None = None
         self._asyncio_timer: asyncio.TimerHandle | None = None
         #: the thread running callbacks now, the handle running, and since when
@@ -469,21 +471,44 @@ class EventLoop:
 
     def _watch(self) -> None:
         """The watchdog: checks a few times per threshold whether one
-        callback has been running too long, and names it once."""
+        callback has been running too long, and names it once.
+
+        It waits on an Event (close() wakes it at once), not time.sleep (which
+        a test may patch). A check that raises is logged once and the
+        watchdog goes on: a thread that died would leave the loop unwatched,
+        and its traceback would land in whatever runs; a wait that raises
+        stops it cleanly, logged, rather than spin."""
         tick = self.watchdog_seconds / 4
+        failed = False
         while not self._closed:
-            time.sleep(tick)
-            with self._lock:
-                handle, since = self._current, self._current_since
-                report = (
-                    handle is not None
-                    and not self._current_reported
-                    and time.monotonic() - since >= self.watchdog_seconds
-                )
-                if report:
-                    self._current_reported = True
-            if report and handle is not None:
-                self._blocked(handle, time.monotonic() - since, returned=False, reported=False)
+            try:
+                if self._watch_stop.wait(tick):
+                    return
+            except Exception as exc:
+                log.error("irqbypass loop: the watchdog cannot wait (%s); it stops",
+                          show_exception(exc))  # fmt: skip
+                return
+            try:
+                self._watch_once()
+            except Exception as exc:
+                if not failed:
+                    failed = True
+                    log.error("irqbypass loop: a watchdog check raised %s; it goes on "
+                              "(told once)", show_exception(exc))  # fmt: skip
+
+    def _watch_once(self) -> None:
+        """Name the running callback if it has run too long (once)."""
+        with self._lock:
+            handle, since = self._current, self._current_since
+            report = (
+                handle is not None
+                and not self._current_reported
+                and time.monotonic() - since >= self.watchdog_seconds
+            )
+            if report:
+                self._current_reported = True
+        if report and handle is not None:
+            self._blocked(handle, time.monotonic() - since, returned=False, reported=False)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # closed, or full (it is awake then)
@@ -564,6 +589,7 @@ class EventLoop:
             self._closed = True
             pending = [*self._readers.values(), *(entry[2] for entry in self._timers)]
         self._wake()
+        self._watch_stop.set()
         thread, watchdog = self._thread, self._watchdog
         if thread is not None and thread.ident != threading.get_ident():
             thread.join()

@@ -188,6 +188,68 @@ def test_a_blocking_callback_is_named_by_the_watchdog(
         tick.cancel()
 
 
+@pytest.fixture
+def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookArgs]:
+    """What reached threading.excepthook: a thread that died of an exception."""
+    seen: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    return seen
+
+
+def test_the_watchdog_survives_a_check_that_raises(
+    loop: irqbypass.EventLoop,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    thread_errors: list[threading.ExceptHookArgs],
+) -> None:
+    """A watchdog check that raises is logged once and the watchdog goes on:
+    it still names a callback that blocks afterwards."""
+    checks: list[int] = []
+    watch_once = loop._watch_once
+
+    def failing() -> None:
+        checks.append(1)
+        if len(checks) <= 3:
+            raise RuntimeError("broken check")
+        watch_once()
+
+    monkeypatch.setattr(loop, "_watch_once", failing)
+    release = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="irqbypass.loop"):
+        loop.start()
+        until(lambda: len(checks) > 3, "the watchdog checks again after raising")
+        loop.call_later(0.0, lambda: release.wait(GUARD), owner="slow endpoint")
+        until(lambda: any(f.kind == "blocked" for f in loop.faults), "the watchdog notices")
+        release.set()
+    told = [r for r in caplog.records if "a watchdog check raised" in r.getMessage()]
+    assert len(told) == 1 and "RuntimeError" in told[0].getMessage()
+    assert thread_errors == []
+
+
+def test_a_patched_time_sleep_does_not_reach_the_watchdog(
+    loop: irqbypass.EventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    thread_errors: list[threading.ExceptHookArgs],
+) -> None:
+    """A test that makes time.sleep raise (tests/core/test_cli_issue12.py)
+    killed the watchdog thread: it waits on an Event, never on time.sleep."""
+    pause = threading.Event()
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError("time.sleep called")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    release = threading.Event()
+    loop.call_later(0.0, lambda: release.wait(GUARD), owner="slow endpoint")
+    deadline = time.monotonic() + GUARD
+    while not any(f.kind == "blocked" for f in loop.faults):
+        assert time.monotonic() < deadline, "gave up waiting: the watchdog notices"
+        pause.wait(0.005)
+    release.set()
+    loop.close()
+    assert thread_errors == []
+
+
 def test_cancel_from_another_thread_waits_for_a_running_callback(
     loop: irqbypass.EventLoop,
 ) -> None:
