@@ -46,14 +46,25 @@ class Recorder:
         level = opts.get_int("level", 0)
         opts.finish()
 
-        class Source(irqbypass.Producer):
-            fired = 0
+        class Journal:
+            """What both ends journal alike."""
+
+            name: str
 
             def open(self) -> None:
                 rec.act(f"open {self.name}")
 
             def close(self) -> None:
                 rec.act(f"close {self.name}")
+
+            def stop(self) -> None:
+                rec.act(f"stop {self.name}")
+
+            def start(self) -> None:
+                rec.act(f"start {self.name}")
+
+        class Source(Journal, irqbypass.Producer):
+            fired = 0
 
             def add_consumer(self, consumer: Any) -> None:
                 rec.act(f"add {self.name}")
@@ -61,35 +72,17 @@ class Recorder:
             def del_consumer(self, consumer: Any) -> None:
                 rec.act(f"del {self.name}")
 
-            def stop(self) -> None:
-                rec.act(f"stop {self.name}")
-
-            def start(self) -> None:
-                rec.act(f"start {self.name}")
-
             def stats(self) -> dict[str, int]:
                 return {"fired": self.fired, "level": level}
 
-        class Sink(irqbypass.Consumer):
+        class Sink(Journal, irqbypass.Consumer):
             delivered = 0
-
-            def open(self) -> None:
-                rec.act(f"open {self.name}")
-
-            def close(self) -> None:
-                rec.act(f"close {self.name}")
 
             def add_producer(self, producer: Any) -> None:
                 rec.act(f"add {self.name}")
 
             def del_producer(self, producer: Any) -> None:
                 rec.act(f"del {self.name}")
-
-            def stop(self) -> None:
-                rec.act(f"stop {self.name}")
-
-            def start(self) -> None:
-                rec.act(f"start {self.name}")
 
             def stats(self) -> dict[str, int]:
                 return {"delivered": self.delivered}
