@@ -908,9 +908,9 @@ class Topology:
         the topology has, a token and side another entry holds."""
         if isinstance(remove, str):
             remove = [remove]
-        if not isinstance(remove, Iterable) or not all(isinstance(n, str) for n in remove):
+        removing = list(remove) if isinstance(remove, Iterable) else None
+        if removing is None or not all(isinstance(n, str) for n in removing):
             raise TopologyError(f"change: remove must be entry names, not {show_value(remove)}")
-        removing = list(remove)
         adding = self._fragment(add, "change: add")
         replacing = self._fragment(replace, "change: replace")
         source = self._source(adding, replacing)

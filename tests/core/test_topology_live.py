@@ -468,9 +468,13 @@ def test_change_adds_removes_and_replaces_in_one_step_touching_nothing_else(
     assert paired(topo) == {"t0": True, "t2": True, "t4": True}
     assert topo.entry("p2").endpoint.stats()["level"] == 3  # type: ignore[union-attr]
     assert len(topo.manager) == 6
+    with pytest.raises(irqbypass.TopologyError, match="remove must be entry names"):
+        topo.change(remove=[1])  # type: ignore[list-item]
     # a replacement that differs in nothing is no change
     rec.log.clear()
     assert not topo.change(replace=[p2]) and rec.log == []
+    topo.change(remove=(n for n in ["p4", "c4"]))  # any iterable of names
+    topo.change(add=parse_config(pair(4), file="plug.toml"))
     # the running entries are no file's now: a reload compares every entry, and finds them
     changes = topo.reconcile(parse_config(pairs(0, 1, 2), file="live.toml"))
     assert changes.added == ("p1", "c1") and changes.removed == ("p4", "c4")
