@@ -3,15 +3,18 @@
 ``Line`` is a device with one interrupt line whose primitives only record what
 they were asked and signal the eventfd the line points at: what is tested here
 is the template's own life (all-or-nothing open, close from any state, the
-three quiesce modes, the counts, a device's kick on a new fd, signal safety),
-which the vfio, vdpa and vhost producers then inherit.
+three quiesce modes and the deferral, the counts, a device's kick on a new fd,
+known or learnt, a device that goes away, signal safety, a wait on a peer),
+which the vfio, vdpa, vhost and vhost-user producers then inherit.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
+import threading
 from collections.abc import Iterator
 
 import irqbypass
@@ -486,6 +489,71 @@ def test_a_ctrl_c_during_teardown_waits_for_its_end(
     with pytest.raises(KeyboardInterrupt):
         line.close()
     assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
+
+
+class StalledPeer(Peer):
+    """A device in another process whose swap is never acknowledged: the
+    primitive waits through irqbypass.interruptible, as a peer's reply must."""
+
+    def __init__(self, token: irqbypass.Eventfd) -> None:
+        super().__init__(token)
+        self.waiting = irqbypass.Eventfd()  # written as the wait begins
+        self.never = irqbypass.Eventfd()  # the reply that never comes
+
+    def device_point(self, fd: int) -> None:
+        if fd == self._hold.fileno():
+            self.waiting.write(1)
+            poller = select.poll()
+            poller.register(self.never.fileno(), select.POLLIN)
+            try:
+                irqbypass.interruptible(poller.poll, 600_000)  # the hang guard
+            except BaseException:
+                # what the peer applied is unknown: the device is lost, not pointed
+                self.lose(Gone("interrupted in the middle of the swap", errno=errno.EINTR))
+                raise
+        super().device_point(fd)
+
+    def release(self) -> None:
+        self.waiting.close()
+        self.never.close()
+
+
+def test_a_ctrl_c_passes_a_wait_on_a_peer_inside_stop(
+    no_fd_leak: None, guarded_sigint: None, token: irqbypass.Eventfd
+) -> None:
+    """stop() is a signal-safe section, yet a wait on another process inside
+    it is no place to defer a Ctrl-C: it acts in the wait, and what the
+    interrupted primitive could not tell is recorded as a loss."""
+    line = StalledPeer(token)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:
+        if readable(line.waiting.fileno()):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt)
+    try:
+        line.open()
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            line.stop()
+        assert line.pointed_at == token.fileno()  # the template recorded no move
+        assert line.problem == "interrupted in the middle of the swap"
+        line.start()  # a lost device: state only
+        with pytest.raises(Gone):
+            line.close()
+        assert line.log[-1] == "close" and "point(-1)" not in line.log
+    finally:
+        if interrupter.ident is not None:
+            interrupter.join()
+        line.release()
+
+
+def readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(60_000))  # the hang guard
 
 
 # -- the core's seam and the model base ---------------------------------------------------
