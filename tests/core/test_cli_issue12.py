@@ -23,6 +23,8 @@ import irqbypass
 import pytest
 import tomllib
 from irqbypass import cli
+from irqbypass.cli import output, summary
+from irqbypass.cli import run as run_command
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,8 +123,8 @@ def test_progress_line_stays_on_one_line_of_an_80_column_terminal(tmp_path: Path
 
 
 def test_fit_cuts_to_the_width_and_keeps_short_lines() -> None:
-    assert cli._fit("x" * 200, 80) == "x" * 76 + "..."
-    assert cli._fit("short", 80) == "short"
+    assert output._fit("x" * 200, 80) == "x" * 76 + "..."
+    assert output._fit("short", 80) == "short"
 
 
 # -- 2: nothing to run ends at once ----------------------------------------
@@ -148,7 +150,7 @@ def test_a_topology_with_nothing_to_run_does_not_wait(
     def no_sleep(seconds: float) -> None:
         raise AssertionError("waited although nothing can fire")
 
-    monkeypatch.setattr(cli.time, "sleep", no_sleep)
+    monkeypatch.setattr(run_command.time, "sleep", no_sleep)
     assert cli.main(["run", topology(tmp_path, text), "--duration", "600"]) == 0
     assert "summary: nothing ran" in capsys.readouterr().out
 
@@ -356,9 +358,9 @@ def test_verbose_logs_the_steps_and_a_debug_logging_consumer(tmp_path: Path) -> 
 # -- 9: coalescing is not loss ---------------------------------------------
 
 
-def _row(coalesces: bool, settled: bool, queued: int = 0, **stats: int) -> cli._Row:
+def _row(coalesces: bool, settled: bool, queued: int = 0, **stats: int) -> summary._Row:
     status = irqbypass.PairStatus("t", None, None, True)
-    return cli._Row(
+    return summary._Row(
         status,
         {"fired": stats["fired"]},
         {"delivered": stats["delivered"], **({"coalesced": stats["c"]} if "c" in stats else {})},
@@ -394,7 +396,7 @@ def test_kvm_edges_merged_on_the_pic_line_are_coalesced_and_end_the_run_at_once(
         'options={vm="guest", gsi=5}\n',
     )
     # an hour of settling: the run must end because every interrupt is accounted for
-    monkeypatch.setattr(cli, "SETTLE_SECONDS", 3600.0)
+    monkeypatch.setattr(run_command, "SETTLE_SECONDS", 3600.0)
     assert cli.main(["run", path, "--json", "--duration", "120"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["pairs"]
     assert row["fired"] == 3000 and row["lost"] == 0
@@ -576,7 +578,7 @@ def test_each_summary_row_comes_from_one_read_of_each_end(done: bool) -> None:
                 )
             ]
 
-    (row,) = cli._snapshot(FakeTopology())  # type: ignore[arg-type]
+    (row,) = summary._snapshot(FakeTopology())  # type: ignore[arg-type]
     doc = row.as_dict()
     assert (producer.reads, consumer.reads) == (1, 1)
     assert doc["fired"] == doc["producer_stats"]["fired"]

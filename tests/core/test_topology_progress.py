@@ -8,7 +8,8 @@ import time
 
 import irqbypass
 import pytest
-from irqbypass import cli
+from irqbypass.cli import run as run_command
+from irqbypass.cli import summary
 
 
 def config(n: int) -> irqbypass.Config:
@@ -58,7 +59,7 @@ class Terminal(io.StringIO):
 
 def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears() -> None:
     stream = Terminal()
-    with cli._StepProgress(stream, "applying") as shown:
+    with run_command._StepProgress(stream, "applying") as shown:
         shown.applying(1, 100)  # within the first tick: nothing yet
         assert stream.getvalue() == ""
         shown.last -= 1.0  # as if a tick passed
@@ -68,18 +69,18 @@ def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears() -> Non
     assert stream.getvalue().endswith("applying 100/100\x1b[K\r\x1b[K")
 
     quiet = Terminal()
-    with cli._StepProgress(quiet, "tearing down") as shown:
+    with run_command._StepProgress(quiet, "tearing down") as shown:
         shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
     assert quiet.getvalue() == ""
 
     piped = io.StringIO()
-    with cli._StepProgress(piped, "tearing down") as shown:
+    with run_command._StepProgress(piped, "tearing down") as shown:
         shown.last -= 1.0
         shown.tearing_down(3100)
     assert piped.getvalue() == "", "nothing when not a terminal"
 
     teardown = Terminal()
-    with cli._StepProgress(teardown, "tearing down") as shown:
+    with run_command._StepProgress(teardown, "tearing down") as shown:
         shown.last = time.monotonic() - 1.0
         shown.tearing_down(3100)
     assert "tearing down: 3100 left" in teardown.getvalue()
@@ -89,8 +90,8 @@ def test_the_run_progress_line_totals_every_pair() -> None:
     topology = irqbypass.Topology(config(12), irqbypass.load_plugins())
     topology.apply()
     try:
-        rows = cli._snapshot(topology, settled=False)
-        line = cli._progress_line(rows, 1.0, 3, 12)
+        rows = summary._snapshot(topology, settled=False)
+        line = summary._progress_line(rows, 1.0, 3, 12)
     finally:
         topology.teardown()
     assert line.startswith("[  1.0s] fired 0 delivered 0 lost 0, 3/12 pairs finished; ")
@@ -114,7 +115,7 @@ def test_a_snapshot_asks_whether_the_topology_finished_once(
     topology.apply()
     try:
         monkeypatch.setattr(irqbypass.Topology, "finished", property(counting))
-        rows = cli._snapshot(topology)
+        rows = summary._snapshot(topology)
     finally:
         topology.teardown()
     assert len(rows) == 20 and len(asked) == 1

@@ -1,0 +1,262 @@
+"""The ``irqbypass`` command: plugins, check, run, demo, status, reload.
+
+Exit status: 0 done, 1 an irqbypass error (the message says what to do),
+2 bad usage, 130 interrupted by Ctrl-C and 143 by SIGTERM (both after a clean
+teardown). A running ``run`` reloads its file on SIGHUP and prints its status
+on SIGUSR1 (both acted on in its main loop, never in the handler).
+
+The commands live in the modules of this package, one concept each
+(``check``, ``run``, ``live``, ``summary``, ``hosting``, ``output``, ``files``);
+:func:`main` is the entry point (``irqbypass.cli:main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..config import MAX_DURATION
+from ..errors import IrqBypassError
+from .check import _cmd_check
+from .hosting import _cmd_plugins, version
+from .live import _cmd_reload, _cmd_status
+from .output import _error, _fresh_line, _notes
+from .run import _cmd_demo, _cmd_run
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    _set_up_logging(args.verbose)
+    try:
+        result: int = args.func(args)
+        return result
+    except IrqBypassError as exc:
+        errors = [str(error) for error in getattr(exc, "errors", (exc,))]
+        for error in errors:  # every problem of a file, in file order
+            _error(error)
+        _json_error(args, errors[0], 1, errors)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fresh_line(signum)
+        _notes(exc)
+        _error(f"stopped by {signal.Signals(signum).name}")
+        _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
+        return 128 + signum
+    except BrokenPipeError:
+        # the reader went away (`irqbypass plugins --json | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    except OSError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        _error(_os_error(exc))
+        _json_error(args, _os_error(exc), 1)
+        return 1
+
+
+def _json_error(
+    args: argparse.Namespace, error: str, status: int, errors: Sequence[str] = ()
+) -> None:
+    """Under ``--json``, an error is a JSON object on standard output too, so a
+    pipe into a JSON reader gets one (the lines on stderr and the exit status
+    stay as they are); ``errors`` lists every problem of a file, the first is
+    ``error``."""
+    if not getattr(args, "json", False):
+        return
+    doc = {
+        "ok": False,
+        "command": getattr(args, "command", None),
+        "file": getattr(args, "file", None),
+        "exit_status": status,
+        "error": error,
+        "errors": list(errors) or [error],
+    }
+    try:
+        print(json.dumps(doc, indent=2))
+        sys.stdout.flush()
+    except OSError:  # the reader went away: the stderr line is what is left
+        pass
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError that escaped every layer, as a message that says what to do."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors ({errno.errorcode[exc.errno]}: {exc.strerror}; "
+            f"`ulimit -n` is {soft}): each token needs an eventfd and each endpoint what its "
+            "device needs; raise the limit (`ulimit -n 4096`) or split the topology"
+        )
+    what = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{what}; run with -v for the traceback"
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    # global options may come before or after the command (`irqbypass check F -v`)
+    args.block = [*args.block, *args.block_after]
+    args.plugin_modules = [*args.plugin_modules, *args.plugin_modules_after]
+    args.strict = args.strict or args.strict_after
+    args.verbose = args.verbose + args.verbose_after
+    return args
+
+
+def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -> None:
+    def help_(text: str) -> str:
+        return text if shown else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--block",
+        action="append",
+        default=[],
+        dest=f"block{suffix}",
+        metavar="NAME",
+        help=help_("do not load this plugin or distribution (repeatable)"),
+    )
+    parser.add_argument(
+        "-p",
+        action="append",
+        default=[],
+        dest=f"plugin_modules{suffix}",
+        metavar="MODULE",
+        help=help_("also load this module as a plugin, without packaging it (repeatable)"),
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        dest=f"strict{suffix}",
+        help=help_("a plugin that fails to load, or a warning of `check`, is an error"),
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest=f"verbose{suffix}",
+        help=help_(
+            "log every step (plugins, apply, teardown) and what logging consumers log; "
+            "-vv: also every callback and DEBUG messages"
+        ),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irqbypass",
+        description="The IRQ bypass manager for userspace VMMs.",
+        epilog="Global options may also follow the command. Docs: docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"irqbypass {version()}")
+    _global_options(parser, "", shown=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _global_options(sub, "_after", shown=False)
+        return sub
+
+    plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=_cmd_plugins)
+
+    check_cmd = command("check", "validate a topology file and its pairs, opening no device")
+    check_cmd.add_argument("file", help="the TOML file, or - for standard input")
+    check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    check_cmd.set_defaults(func=_cmd_check)
+
+    run = command("run", "apply a topology, run it, tear it down")
+    run.add_argument("file", help="the TOML file, or - for standard input")
+    _run_options(run)
+    run.add_argument(
+        "--control",
+        metavar="PATH",
+        help="answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
+        "(created 0600, for your user only)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default: 127.0.0.1)",
+    )
+    run.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write Prometheus metrics to PATH every second, for node_exporter's textfile "
+        "collector (needs irqbypass[metrics])",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
+    status.add_argument("path", help="the run's control socket")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
+
+    reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
+    reload.add_argument("path", help="the run's control socket")
+    reload.add_argument("--json", action="store_true", help="print JSON")
+    reload.set_defaults(func=_cmd_reload)
+
+    demo = command("demo", "run the bundled demo topology")
+    _run_options(demo)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration",
+        type=_seconds,
+        metavar="S",
+        help="stop after S seconds at most (default: the file's [run] duration, or until "
+        f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"the duration must be more than 0 and at most {MAX_DURATION:.0f} seconds"
+        )
+    return value
+
+
+def _set_up_logging(verbose: int) -> None:
+    """-v: INFO, plus everything the user's logging consumers log (their level is
+    the user's choice); -vv: DEBUG everywhere, every callback traced."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if verbose:
+        logging.getLogger("irqbypass.logging").setLevel(logging.DEBUG)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Where a command reads its topology: a file, or standard input."""
+
+from __future__ import annotations
+
+import sys
+
+from ..config import Config, load_config, parse_config
+
+STDIN = "-"
+
+
+def _load(file: str) -> Config:
+    if file == STDIN:
+        return parse_config(sys.stdin.buffer.read(), file="<stdin>")
+    return load_config(file)

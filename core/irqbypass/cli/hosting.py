@@ -1,0 +1,173 @@
+"""The plugins a command runs with: loading them (with the file's [plugins]
+and each plugin's own table), ``irqbypass plugins``, and run's header line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Generator
+from importlib import metadata
+from typing import Any, TextIO
+
+from ..config import Config
+from ..errors import ConfigError, IrqBypassError
+from ..hookspecs import hookimpl
+from ..plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
+from .output import _isatty, _print_table, _say, _warn, _width
+
+
+def version() -> str:
+    try:
+        return metadata.version("irqbypass")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+        return "unknown"
+
+
+#: plugins the CLI itself registers (tracing, metrics): not listed as the user's
+_CORE_PLUGINS = ("irqbypass.trace", "irqbypass.metrics")
+
+
+class _Trace:
+    """-vv: logs every callback the manager makes, through the lifecycle hooks."""
+
+    log = logging.getLogger("irqbypass.trace")
+
+    @hookimpl(wrapper=True)
+    def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: add %r", side, endpoint.name, partner.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: del %r", side, endpoint.name, partner.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: stop", side, endpoint.name)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
+        self.log.debug("%s %r: start", side, endpoint.name)
+        return (yield)
+
+
+def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
+    settings = config.plugins if config is not None else None
+    strict = args.strict or (settings.strict if settings else False)
+    # the user's environment wins over the file's [plugins] load (docs/configuration.md):
+    # an allow list passed to load_plugins would win over the environment
+    from_env = ENV_LOAD in os.environ or bool(os.environ.get(ENV_DISABLE))
+    host = load_plugins(
+        block=[*args.block, *(settings.block if settings else ())],
+        allow=settings.load if settings and not from_env else None,
+        strict=strict,
+        modules=args.plugin_modules,
+    )
+    for failure in host.failures:
+        _warn(_describe_failure(failure) + "; the other plugins are loaded")
+        if args.verbose and failure.traceback:
+            sys.stderr.write(failure.traceback)
+    for problem in [*host.check_kinds(), *host.unmatched]:
+        _warn(problem)
+    if config is not None:  # each plugin's own [plugins.NAME] table
+        try:
+            for problem in host.configure(config.plugins.tables, file=config.file):
+                _warn(problem)
+        except ConfigError as exc:
+            if exc.line is not None or not exc.key or exc.file != config.file:
+                raise
+            raise config.error(exc.key, exc.problem) from exc  # with the line of its key
+    if args.verbose >= 2:
+        host.register(_Trace(), name="irqbypass.trace")
+    return host
+
+
+def _describe_failure(info: PluginInfo) -> str:
+    dist = " ".join(filter(None, [info.distribution, info.version])) or "no distribution"
+    return f"plugin {info.name!r} ({dist}) failed to load: {info.error}"
+
+
+def _kind_table(host: PluginHost) -> list[dict[str, Any]]:
+    """Every kind with its plugin and whether it can work on this machine."""
+    rows = []
+    for side in ("producer", "consumer"):
+        for name in host.kinds.names(side):
+            try:
+                kind = host.kinds.get(side, name)
+            except IrqBypassError as exc:  # claimed twice
+                rows.append({"side": side, "name": name, "plugin": None, "unavailable": str(exc)})
+                continue
+            rows.append(
+                {
+                    "side": side,
+                    "name": name,
+                    "plugin": kind.plugin,
+                    "unavailable": kind.unavailable_reason(),
+                }
+            )
+    return rows
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    host = _host(args)
+    infos = [i for i in host.info() if i.name not in _CORE_PLUGINS]
+    kinds = _kind_table(host)
+    if args.json:
+        doc = {
+            "irqbypass": version(),
+            "python": sys.version.split()[0],
+            "plugins": [i.as_dict() for i in infos],
+            "kinds": kinds,
+            "filtered": [f.as_dict() for f in host.filtered],
+            "unmatched": host.unmatched,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"irqbypass {version()} (Python {sys.version.split()[0]})")
+    if not infos:
+        why = "all of them were left out (below)" if host.filtered else "none is installed"
+        print(f"no plugins loaded: {why}")
+    for info in infos:
+        version_ = f" {info.version}" if info.version else ""
+        print(f"{info.name} ({info.distribution or 'no distribution'}{version_})")
+        if info.module:
+            print(f"  module: {info.module}")
+        for side, names in info.kinds.items():
+            print(f"  {side} kinds: {', '.join(names)}")
+        print(f"  hooks: {', '.join(info.hooks) or '-'}")
+        if info.error:
+            print(f"  error: {info.error}")
+            if args.verbose and info.traceback:
+                print("  " + info.traceback.rstrip().replace("\n", "\n  "))
+    if kinds:
+        print("kinds here:")
+        table = [("SIDE", "KIND", "PLUGIN", "AVAILABLE")]
+        for k in kinds:
+            state = "yes" if k["unavailable"] is None else f"no: {k['unavailable']}"
+            table.append((k["side"], k["name"], k["plugin"] or "-", state))
+        _print_table(table, sys.stdout)
+    if host.filtered:
+        print("not loaded:")
+        for f in host.filtered:
+            dist = " ".join(filter(None, [f.distribution, f.version])) or "no distribution"
+            print(f"  {f.name} ({dist}): {f.reason}")
+    return 0
+
+
+def _header(host: PluginHost, out: TextIO) -> None:
+    """One line, as pytest's ``plugins:`` line: what this run is made of."""
+    loaded = [
+        f"{i.name} {i.version}" if i.version else i.name
+        for i in host.info()
+        if i.error is None and i.name not in _CORE_PLUGINS
+    ]
+    line = f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}"
+    if _isatty(out):  # wrapped at a plugin name, not in the middle of one
+        line = textwrap.fill(line, max(40, _width(out) - 1), subsequent_indent="  ")
+    _say(line, out)

@@ -1,0 +1,92 @@
+"""What the commands write: one line per write, tables that fit a terminal,
+warnings and errors on standard error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import TextIO
+
+
+def _notes(exc: BaseException) -> None:
+    """What an interrupt let through says it interrupted, as error lines (a note
+    starts with "irqbypass: " for a traceback; the line has that prefix already)."""
+    for note in getattr(exc, "__notes__", ()):
+        _error(str(note).removeprefix("irqbypass: "))
+
+
+def _fresh_line(signum: int) -> None:
+    """After Ctrl-C on a terminal, which echoed ``^C`` where the cursor was:
+    start the message on a line of its own."""
+    if signum == signal.SIGINT and _isatty(sys.stderr):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
+def _fit(line: str, width: int) -> str:
+    """Cut to one line of the terminal: a full last column would wrap it."""
+    room = max(10, width - 1)
+    return line if len(line) <= room else line[: room - 3] + "..."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None = None) -> None:
+    """Columns padded to their widest cell. On a terminal (or given ``width``),
+    a last column too long for it (a skip reason of 250 characters) wraps at
+    word boundaries under itself, instead of the terminal breaking it anywhere;
+    piped output keeps one line per row, for scripts and diffs."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if width is None and _isatty(out):
+        width = _width(out)
+    indent = 2 + sum(w + 2 for w in widths[:-1])
+    room = (width - 1 - indent) if width is not None else 0
+    for r in rows:
+        head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
+        last = r[-1]
+        if width is None or len(last) <= room:
+            _say((head + last).rstrip(), out)
+        elif room >= 20:  # wrapped under its column
+            lines = textwrap.wrap(last, room, break_on_hyphens=False) or [last]
+            _say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
+        else:  # no room left at the right: on lines of its own, indented
+            lines = textwrap.wrap(last, max(20, width - 7), break_on_hyphens=False) or [last]
+            _say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
+
+
+def _say(text: str, out: TextIO) -> None:
+    """Print one line in one write: print() writes the text and its newline apart,
+    and unbuffered (PYTHONUNBUFFERED) a log line of the loop thread could land
+    between them, on the same stream or, with 2>&1, the other."""
+    out.write(text + "\n")
+
+
+def _warn(message: str) -> None:
+    _say(f"irqbypass: warning: {message}", sys.stderr)
+
+
+def _error(message: str) -> None:
+    _say(f"irqbypass: error: {message}", sys.stderr)

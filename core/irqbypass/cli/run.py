@@ -1,0 +1,302 @@
+"""``irqbypass run`` and ``irqbypass demo``: apply, wait, tear down, summarize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import TextIO
+
+from ..config import Config, parse_config
+from ..errors import IrqBypassError
+from ..notify import notify
+from ..signals import guard_signals
+from ..topology import Topology
+from .check import _pairing_problems
+from .files import STDIN, _load
+from .hosting import _header, _host
+from .live import _Live, _metrics
+from .output import _count, _error, _fit, _fresh_line, _isatty, _notes, _warn, _width
+from .summary import _print_pairs, _print_summary, _progress_line, _snapshot
+
+_log = logging.getLogger("irqbypass.cli")
+
+
+#: the bundled demo's bound when its file had none (a file's run has none: until a signal)
+DEFAULT_DURATION = 10.0
+#: after every producer finished, how long stragglers may still be delivered
+SETTLE_SECONDS = 1.0
+TICK_SECONDS = 0.1
+#: how long a coalescing consumer's counts must stand still to count as settled
+STILL_SECONDS = 0.3
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run(args, _load(args.file))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    text = resources.files("irqbypass").joinpath("demo.toml").read_bytes()
+    args.control = args.metrics_port = args.metrics_textfile = None
+    return _run(args, parse_config(text, file="examples/demo.toml"), DEFAULT_DURATION)
+
+
+def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
+    host = _host(args, config)
+    warnings = _pairing_problems(config, host)  # what `check` warns of, before opening anything
+    for warning in warnings:
+        _warn(warning)
+    if warnings and args.strict:
+        raise IrqBypassError(
+            f"{config.file}: {_count(len(warnings), 'warning')} (--strict); nothing was opened"
+        )
+    duration = args.duration or config.duration or default
+    out = sys.stdout
+    metrics = _metrics(args, host)
+    try:
+        topology = Topology(config, host)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    file = getattr(args, "file", None)
+    live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
+    stopped_by: int | None = None
+    if not args.json:
+        _header(host, out)
+    with _terminate_as_interrupt(), live.signals():
+        try:
+            if args.control:
+                live.listen(args.control)
+            applying = _StepProgress(sys.stderr, "applying")
+            try:
+                with applying:
+                    topology.apply(progress=applying.applying)
+            except KeyboardInterrupt as exc:  # apply undid what it had done: nothing ran
+                stopped_by = getattr(exc, "signum", signal.SIGINT)
+                if not applying.shown:  # a progress line is cleared, ^C echo and all
+                    _fresh_line(stopped_by)
+                _notes(exc)
+            if stopped_by is None:
+                _log_applied(topology)
+                try:
+                    if not args.json:
+                        _print_pairs(topology, out)
+                    live.ready()
+                    _wait(topology, duration, sys.stderr, live)
+                except KeyboardInterrupt as exc:
+                    stopped_by = getattr(exc, "signum", signal.SIGINT)
+                    # the wait's progress line ends its line itself, after the ^C echo
+                    if not (_isatty(sys.stderr) and _waits(topology, live)):
+                        _fresh_line(stopped_by)
+            summary = [row.as_dict() for row in _snapshot(topology)]
+            placed = topology.placed  # teardown forgets them, and their faults
+            vetoed = topology.vetoed
+        except BaseException:
+            live.close()
+            _report_teardown(topology)
+            raise
+        # a teardown error is reported after the summary, never instead of it
+        notify("STOPPING=1")
+        live.close()
+        _log.info("tearing down %s", topology.config.file)
+        teardown_error, teardown_signal = _teardown(topology)
+        if stopped_by is None:
+            stopped_by = teardown_signal
+    faults = [
+        fault + ("; its figures are shown as -" if call == "stats()" else "")
+        for one in placed
+        for call, fault in one.faults.items()
+    ]
+    if args.json:
+        doc = {
+            "file": topology.config.file,
+            "interrupted": stopped_by is not None,
+            "pairs": summary,
+            "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
+            "vetoed": [{"token": t, "reason": r} for t, r in vetoed],
+            "warnings": [*warnings, *faults],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_summary(summary, out)
+    for fault in faults:
+        _warn(fault)
+    if teardown_error is not None:
+        _error(str(teardown_error))
+    if stopped_by is not None:
+        _error(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
+        return 128 + stopped_by
+    return 0 if teardown_error is None else 1
+
+
+def _teardown(
+    topology: Topology, *, progress: bool = True
+) -> tuple[IrqBypassError | None, int | None]:
+    """Tear down; (the error if a step failed, the signal if one interrupted a
+    step). The topology finishes its teardown either way, so a second Ctrl-C
+    loses neither the summary nor the "torn down" message. ``progress``: show
+    ``tearing down: N left`` on a terminal."""
+    try:
+        with _StepProgress(sys.stderr if progress else None, "tearing down") as shown:
+            topology.teardown(progress=shown.tearing_down)
+    except IrqBypassError as exc:
+        return exc, None
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fresh_line(signum)
+        _notes(exc)
+        return None, signum
+    return None, None
+
+
+def _report_teardown(topology: Topology) -> None:
+    """Tear down while another error is on its way out: say what failed."""
+    error, _ = _teardown(topology)
+    if error is not None:
+        _error(str(error))
+
+
+def _log_applied(topology: Topology) -> None:
+    for placed in topology.placed:
+        state = "opened, registered" if placed.registered else "opened, not registered"
+        _log.info("%s: %s", placed.label, state)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: a clean teardown, then exit 128 + 15."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM tears down like Ctrl-C instead of killing us
+    with devices still attached (only the main thread can install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    guard_signals()  # both wait while the manager's and the topology's bookkeeping runs
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _StepProgress:
+    """``applying 4120/10000`` / ``tearing down: 3100 left`` on a terminal,
+    redrawn at most every TICK_SECONDS and cleared at the end (nothing at all
+    when the stream is not a terminal)."""
+
+    def __init__(self, stream: TextIO | None, what: str) -> None:
+        self.stream = stream if stream is not None and _isatty(stream) else None
+        self.what = what
+        self.shown = False
+        #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
+        self.last = time.monotonic()
+
+    def __enter__(self) -> _StepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown and self.stream is not None:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def applying(self, done: int, total: int) -> None:
+        self._show(f"{self.what} {done}/{total}", done == total)
+
+    def tearing_down(self, left: int) -> None:
+        self._show(f"{self.what}: {left} left", left == 0)
+
+    def _show(self, line: str, last: bool) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if now - self.last < TICK_SECONDS and not (last and self.shown):
+            return
+        self.last, self.shown = now, True
+        self.stream.write(f"\r{_fit(line, _width(self.stream))}\x1b[K")
+        self.stream.flush()
+
+
+def _wait(
+    topology: Topology, duration: float | None, progress: TextIO, service: _Live | None = None
+) -> None:
+    """Run until ``duration`` passes (None: until a signal), or every producer
+    finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
+    A topology with no producer has nothing to wait for, unless it has a
+    control socket (a reload may bring producers). Each tick, ``service`` acts on
+    the signals and the control requests that arrived."""
+    if not _waits(topology, service):
+        _log.info("no producer: nothing to wait for")
+        return
+    live = _isatty(progress)
+    producers = [p for p in topology.placed if p.config.side == "producer"]
+    start = time.monotonic()
+    finished_at: float | None = None
+    previous: list[tuple[int | None, int | None, int | None]] | None = None
+    still_since = 0.0
+    reloads = 0
+    try:
+        while True:
+            now = time.monotonic()
+            if service is not None and service.reloads != reloads:  # other producers now
+                reloads = service.reloads
+                producers = [p for p in topology.placed if p.config.side == "producer"]
+            finished = topology.finished
+            # the rows cost O(pairs): read only for the progress line or once finished
+            rows = _snapshot(topology, settled=False) if live or finished else []
+            if live:
+                done = sum(1 for p in producers if p.finished)
+                line = _progress_line(rows, now - start, done, len(producers))
+                progress.write(f"\r{_fit(line, _width(progress))}\x1b[K")
+                progress.flush()
+            if duration is not None and now - start >= duration:
+                break
+            if finished:
+                finished_at = finished_at if finished_at is not None else now
+                figures = [(r.fired, r.delivered, r.queued) for r in rows]
+                if figures != previous:
+                    previous, still_since = figures, now
+                # a guest's vCPU may lag behind the kernel's injections: settled is
+                # nothing moving for STILL_SECONDS, well under SETTLE_SECONDS
+                still = now - still_since >= STILL_SECONDS
+                accounted = all(
+                    r.shortfall in (None, 0) or (r.coalesces and still and not r.queued)
+                    for r in rows
+                )
+                if accounted or now - finished_at >= SETTLE_SECONDS:
+                    break
+            else:
+                finished_at = None  # a reload brought work again
+            # a tick's reading may take at most a fifth of the time (10,000 pairs)
+            pause = max(TICK_SECONDS, 4 * (time.monotonic() - now))
+            if service is not None:
+                service.idle(pause)
+            else:
+                time.sleep(pause)
+    finally:
+        if live:
+            progress.write("\n")
+            progress.flush()
+
+
+def _waits(topology: Topology, service: _Live | None) -> bool:
+    """Whether :func:`_wait` waits (and, on a terminal, draws its progress line):
+    some producer fires, or a control socket may bring some."""
+    return any(p.config.side == "producer" for p in topology.placed) or (
+        service is not None and service.server is not None
+    )
