@@ -20,7 +20,9 @@ def main(path: Path = TOPOLOGY) -> int:
         config = irqbypass.load_config(path)  # ConfigError: line and key of the mistake
         # the plugins the file's [plugins] table asks for (None: every installed one)
         host = irqbypass.load_plugins(allow=config.plugins.load, block=config.plugins.block)
-        for problem in host.check_kinds():
+        # each plugin's own [plugins.NAME] table, handed to its irqbypass_configure hook
+        settings = host.configure(config.plugins.tables, file=config.file)
+        for problem in [*host.check_kinds(), *settings]:
             print("warning:", problem, file=sys.stderr)
         with irqbypass.Topology(config, host) as topology:  # build + apply; teardown on exit
             deadline = time.monotonic() + (config.duration or 10.0)
