@@ -127,6 +127,7 @@ class _Live:
             "failed_reloads": self.failed_reloads,
             "pairs": [row.as_dict() for row in _snapshot(topology, settled=False)],
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
+            "vetoed": [{"token": t, "reason": r} for t, r in topology.vetoed],
         }
 
     def print_status(self, out: TextIO) -> None:
@@ -209,6 +210,8 @@ def _print_status(doc: dict[str, Any], out: TextIO) -> None:
         _print_summary(pairs, out, title="")
     for skipped in doc.get("skipped", []):
         _say(f"  {skipped['token']}: skipped: {skipped['reason']}", out)
+    for vetoed in doc.get("vetoed", []):
+        _say(f"  {vetoed['token']}: unpaired (eventfd only): vetoed: {vetoed['reason']}", out)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
