@@ -88,8 +88,8 @@ class EndpointConfig:
     fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        typed = [_typed(getattr(self, key)) for key in COMPARED_KEYS]
-        object.__setattr__(self, "fingerprint", repr(typed))
+        text = "\0".join(canonical(getattr(self, key)) for key in COMPARED_KEYS)
+        object.__setattr__(self, "fingerprint", text)
 
     @property
     def key_path(self) -> str:
@@ -100,16 +100,22 @@ class EndpointConfig:
 COMPARED_KEYS = ("side", "kind", "token", "irq", "bypass", "optional", "options")
 
 
-def _typed(value: object) -> object:
-    """A value with its type in every node, so ``True`` and ``1`` (equal in
-    Python) compare different, as they are different TOML values."""
+def canonical(value: object) -> str:
+    """A value as text that tells its TOML type: repr does, for every TOML
+    scalar (``True`` is not ``1``, though Python says they are equal; ``1``
+    is not ``1.0``; a string is quoted), with tables' keys sorted (their
+    order is no difference) and an int too big for repr in hex."""
+    kind = type(value)
+    if kind is str or kind is bool or kind is float or value is None:  # most, first
+        return repr(value)
     if isinstance(value, Mapping):
-        return ("table", tuple(sorted((k, _typed(v)) for k, v in value.items())))
+        items = sorted(value.items())
+        return "{" + ", ".join(f"{k!r}: {canonical(v)}" for k, v in items) + "}"
     if isinstance(value, list | tuple):
-        return ("array", tuple(_typed(v) for v in value))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ("int", hex(value))  # the fingerprint is a repr: a huge int's repr raises
-    return (type(value).__name__, value)
+        return "[" + ", ".join(map(canonical, value)) + "]"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4000:
+        return hex(value)  # repr raises beyond 4300 digits
+    return repr(value)
 
 
 def typed_differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
@@ -117,7 +123,7 @@ def typed_differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ..
     if old.fingerprint == new.fingerprint:
         return ()
     return tuple(
-        key for key in COMPARED_KEYS if _typed(getattr(old, key)) != _typed(getattr(new, key))
+        key for key in COMPARED_KEYS if canonical(getattr(old, key)) != canonical(getattr(new, key))
     )
 
 

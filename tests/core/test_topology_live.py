@@ -14,7 +14,7 @@ from typing import Any
 import irqbypass
 import pytest
 from irqbypass.config import parse_config
-from irqbypass.topology import Topology
+from irqbypass.topology import Topology, differences
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -449,6 +449,14 @@ def test_entry_groups_name_exactly_the_entries_that_differ() -> None:
              for d in "01"]  # fmt: skip
     huge = [parse_config(text, file="h.toml") for text in texts]
     assert huge[0].groups.differing(huge[1].groups) == ["p0"]
+    # nan is nan (Python says nan != nan: every reload would reopen it), key order is no change
+    texts = [pair(0).replace('"rec-src"', f'"rec-src"\noptions = {{ {o} }}')
+             for o in ("x = nan, y = 1", "y = 1, x = nan", "y = 1.0, x = nan")]  # fmt: skip
+    nan, reordered, other = (parse_config(text, file="n.toml") for text in texts)
+    assert nan.groups.differing(reordered.groups) == []
+    assert differences(nan.by_name["p0"], reordered.by_name["p0"]) == ()
+    assert nan.groups.differing(other.groups) == ["p0"]  # 1.0 is not 1
+    assert differences(nan.by_name["p0"], other.by_name["p0"]) == ("options",)
 
 
 # -- change: the O(changes) API --------------------------------------------------
