@@ -536,19 +536,27 @@ class DeviceProducer(Producer):
     @classmethod
     def close_batch(cls, batch: Sequence[DeviceProducer]) -> None:
         """Close ``batch`` as :meth:`close` closes one, the pointed interrupts
-        detached by one :meth:`device_detach_batch` (each alone if that fails);
-        every step attempted, then the first failure raised."""
+        detached by one :meth:`device_detach_batch` (each alone if that fails;
+        a lost device is not asked); every step attempted, then the first
+        failure raised, else the first loss :meth:`lose` recorded in an open
+        producer of the batch. All closed either way."""
         with _Locks(batch):
+            was_open = [p for p in batch if p._opened]
             try:
                 cls._close_batch(batch)
             finally:
                 deliver_deferred_signals()
+        for p in was_open:
+            if p.problem_error is not None:
+                raise p.problem_error
 
     @classmethod
     @signal_safe
     def _close_batch(cls, batch: Sequence[DeviceProducer]) -> None:
         errors: list[BaseException] = []
-        pointed = [p for p in batch if p._opened and p._pointed_at is not None]
+        pointed = [
+            p for p in batch if p._opened and p._pointed_at is not None and p.problem_error is None
+        ]
         if pointed:
             try:
                 cls.device_detach_batch(pointed)

@@ -15,7 +15,8 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import irqbypass
 import pytest
@@ -398,6 +399,43 @@ def test_a_loss_during_close_is_reported_once_everything_is_released(
     with pytest.raises(Gone):
         line.close()
     assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
+
+
+class BatchPeer(Peer):
+    """A peer whose lines are pointed and detached many at once, as vfio's group."""
+
+    detached: ClassVar[list[list[str]]] = []
+
+    @classmethod
+    def device_point_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
+        for p in batch:
+            assert isinstance(p, BatchPeer)
+            p.device_point(p._token_fd())
+
+    @classmethod
+    def device_detach_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
+        cls.detached.append([p.name for p in batch])
+        for p in batch:
+            assert isinstance(p, BatchPeer)
+            p.device_point(-1)
+
+
+def test_a_batch_close_reports_a_lost_device_as_close_does(
+    no_fd_leak: None, token: irqbypass.Eventfd
+) -> None:
+    BatchPeer.detached = []
+    lost, kept = BatchPeer(token), BatchPeer(token)
+    lost.name, kept.name = "lost", "kept"
+    BatchPeer.open_batch([lost, kept])
+    lost.fail["point"] = Gone("the peer exited; restart it", errno=errno.EPIPE)
+    lost.stop()  # the swap finds it gone: recorded
+    assert lost.problem == "the peer exited; restart it"
+    with pytest.raises(Gone, match="the peer exited"):
+        BatchPeer.close_batch([lost, kept])
+    assert BatchPeer.detached == [["kept"]]  # the lost one is not asked to detach
+    assert lost.device_open_fd is None and kept.device_open_fd is None
+    assert kept.pointed_at is None and kept.log[-2:] == ["point(-1)", "close"]
+    BatchPeer.close_batch([lost, kept])  # closed: nothing more to say
 
 
 def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
