@@ -1,4 +1,4 @@
-"""Shared fixtures: fd-leak checking and a usable-/dev/kvm probe; and the hooks
+"""Shared fixtures: fd-leak checking, a token eventfd and a usable-/dev/kvm probe; and the hooks
 that run the tests marked ``guest`` in the test guest (tests/guest/guest_results.py)."""
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ def open_fds() -> dict[int, str]:
         except OSError:
             continue  # the fd listdir itself used, now closed
     return fds
+
+
+@pytest.fixture
+def token() -> Iterator[irqbypass.Eventfd]:
+    """A fresh eventfd to pair by, closed after the test."""
+    with irqbypass.Eventfd() as eventfd:
+        yield eventfd
 
 
 @pytest.fixture

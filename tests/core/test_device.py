@@ -85,12 +85,6 @@ class Line(irqbypass.DeviceProducer):
                 os.write(self.target, (1).to_bytes(8, "little"))
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 # -- open and close ------------------------------------------------------------------
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import irqbypass
 import irqbypass_kvm
 import pytest
 
@@ -14,12 +13,6 @@ def kvm_usable() -> None:
     reason = irqbypass_kvm.unavailable_reason()
     if reason is not None:
         pytest.skip(f"/dev/kvm is unusable here: {reason}")
-
-
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
 
 
 @pytest.fixture

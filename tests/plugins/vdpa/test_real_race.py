@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import irqbypass
 import pytest
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.guest("vdpa")
 
 BLK = os.environ.get("IRQBYPASS_TEST_VDPA_BLK", "")
 COMPLETIONS = int(os.environ.get("IRQBYPASS_RACE_COMPLETIONS", "1000"))
-
-
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
 
 
 def test_race_completions_vs_delivered_under_stop_start_cycles(

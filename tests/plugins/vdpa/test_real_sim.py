@@ -35,12 +35,6 @@ def need(path: str) -> str:
     return path
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 @contextmanager
 def owned_fd(path: str) -> Iterator[int]:
     """The vhost-vdpa fd the way a VMM holds it: opened, and owned by this process."""

@@ -48,12 +48,6 @@ class EoiConsumer(irqbypass.Consumer):
 
 
 @pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
-@pytest.fixture
 def eoi() -> Iterator[irqbypass.Eventfd]:
     with irqbypass.Eventfd() as eventfd:
         yield eventfd

@@ -48,12 +48,6 @@ DEVICE_INFO = struct.pack("=5I", 20, 0, 0, 0, 0)
 
 
 @pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
-@pytest.fixture
 def fake() -> Iterator[FakeVfio]:
     device = FakeVfio()
     yield device

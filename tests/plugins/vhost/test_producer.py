@@ -26,25 +26,10 @@ def vring_file(index: int, fd: int) -> bytes:
 
 
 @pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
-@pytest.fixture
 def fake() -> Iterator[FakeVhost]:
     device = FakeVhost()
     yield device
     assert device.open_fds == [], "the model still has fds open"
-
-
-@pytest.fixture
-def vmm_fd(fake: FakeVhost) -> Iterator[int]:
-    """A VMM's fd: opened and owned by this process."""
-    fd = fake.hand_over()
-    del fake.calls[:], fake.opened[:]
-    yield fd
-    fake.close(fd)
 
 
 def producer(token: irqbypass.Eventfd, fake: FakeVhost, **kw: object) -> VhostProducer:

@@ -46,12 +46,6 @@ def need() -> str:
     return NET
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 @contextmanager
 def receiving() -> Iterator[tuple[int, VhostNetDriver]]:
     """A vhost-net fd the way a VMM holds it: owned by this process, with

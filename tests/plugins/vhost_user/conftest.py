@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import irqbypass
 import irqbypass_vhost_user
 import pytest
 from irqbypass_vhost_user import StorageDaemon, VhostUserProducer
@@ -30,12 +29,6 @@ def daemon(daemon_usable: None) -> Iterator[StorageDaemon]:
         yield backend
     finally:
         backend.close()
-
-
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
 
 
 def wait_for(condition: Callable[[], bool], what: str, guard: float = GUARD) -> None:

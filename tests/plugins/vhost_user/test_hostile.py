@@ -106,12 +106,6 @@ def fake(tmp_path: Path) -> Iterator[type[Fake]]:
             backend.close()
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 # -- shared memory -------------------------------------------------------------
 
 
