@@ -33,6 +33,19 @@ setup_vfio() {
   export IRQBYPASS_TEST_VFIO_NONVIABLE_NAME=$shared
   export IRQBYPASS_TEST_VFIO_EDU=$edu
   export IRQBYPASS_TEST_VFIO_DEVICE=$edu IRQBYPASS_TEST_VFIO_INDEX=msi
+  # e1000e (82574L, 5 MSI-X vectors), its driver blacklisted on the command line
+  nic=
+  for dev in /sys/bus/pci/devices/*; do
+    [[ $(<"$dev/vendor") == 0x8086 && $(<"$dev/device") == 0x10d3 ]] && nic=${dev##*/}
+  done
+  [[ -n $nic ]] || fail "want an e1000e (8086:10d3) in the guest, found none"
+  echo 8086 10d3 >/sys/bus/pci/drivers/vfio-pci/new_id || fail "vfio-pci new_id 8086 10d3 failed"
+  for _ in $(seq 100); do [[ -e /sys/bus/pci/devices/$nic/iommu_group ]] && break; sleep 0.1; done
+  group=$(basename "$(readlink "/sys/bus/pci/devices/$nic/iommu_group")")
+  for _ in $(seq 100); do [[ -e /dev/vfio/$group ]] && break; sleep 0.1; done
+  [[ -e /dev/vfio/$group ]] || fail "/dev/vfio/$group did not appear after binding e1000e $nic"
+  say "e1000e $nic (group $group)"
+  export IRQBYPASS_TEST_VFIO_E1000E=$nic
 }
 
 setup_vdpa() {
