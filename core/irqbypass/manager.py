@@ -518,7 +518,13 @@ def _describe(failure: _Failure, hooks: dict[str, Callable[..., Any]]) -> str:
             f"plugin {plugin!r} raised {_brief(exc)} in its irqbypass_{STEPS[callback]} hook "
             f"around {label}{bug}"
         )
-    return f"{label} raised {_brief(exc)}"
+    if isinstance(exc, (IrqBypassError, OSError)) or not isinstance(exc, Exception):
+        return f"{label} raised {_brief(exc)}"
+    cls = type(endpoint)  # the endpoint's own code: its class names the plugin's module
+    return (
+        f"{label} raised {_brief(exc)} (a bug in {cls.__module__}.{cls.__qualname__}, "
+        "which should raise an irqbypass error)"
+    )
 
 
 def _connect_error(
