@@ -76,6 +76,9 @@ class DeviceProducer(Producer):
     kind: ClassVar[str] = "device"
     #: the name under which stats() reports whether the interrupt is pointed
     POINTED_STAT: ClassVar[str] = "bound"
+    #: what the interrupt's number is called ("vector", "queue"): the constructor's
+    #: ``number`` is then checked, 0..2**32-1, under that name; None: not checked
+    NUMBER_LABEL: ClassVar[str | None] = None
 
     # -- facts: what the subclass knows about its device ------------------------
 
@@ -98,17 +101,21 @@ class DeviceProducer(Producer):
         self,
         *,
         token: Hashable,
-        irq: int = 0,
+        irq: int | None = None,
+        number: int | None = None,
         name: str | None = None,
         seam: Seam | None = None,
         device: str | None = None,
         device_fd: int | None = None,
         device_help: str | None = None,
     ) -> None:
-        """``device_help`` (what ``device`` names, for messages) says the device
-        is one node: exactly one of ``device`` (a path, opened by
+        """``number`` is the interrupt's number (vfio's vector, a virtqueue), kept
+        as :attr:`interrupt_number`: given, else ``irq``, else 0; ``irq`` is, else
+        that number. ``device_help`` (what ``device`` names, for messages) says
+        the device is one node: exactly one of ``device`` (a path, opened by
         :meth:`take_device`) and ``device_fd`` (the VMM's fd) is given."""
-        super().__init__(token=token, irq=irq, name=name)
+        own = self.number(number, irq)
+        super().__init__(token=token, irq=self.number(irq, own), name=name)
         if not isinstance(token, Eventfd):
             raise InvalidEndpointError(
                 f"{self.kind} producer {self.name!r}: token {token!r} is not an "
@@ -117,6 +124,10 @@ class DeviceProducer(Producer):
             )
         if device_help is not None:
             self.check_device_or_fd(device, device_fd, device_help)
+        if self.NUMBER_LABEL is not None:
+            self.check_number(self.NUMBER_LABEL, own)
+        #: the interrupt's number (see ``number``)
+        self.interrupt_number = own
         self.seam: Seam = seam if seam is not None else RealSeam()
         self.device = device
         self._given_fd = device_fd

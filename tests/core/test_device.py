@@ -134,6 +134,34 @@ def test_the_token_must_be_an_eventfd() -> None:
         Line("t")  # type: ignore[arg-type]
 
 
+class Queue(irqbypass.DeviceProducer):
+    """A device whose interrupt has a number, a virtqueue."""
+
+    kind = "queue"
+    NUMBER_LABEL = "queue"
+
+    def where(self) -> str:
+        return "the queue"
+
+    def device_point(self, fd: int) -> None:
+        raise AssertionError("constructing never touches the device")
+
+
+def test_the_interrupts_number_falls_back_to_irq_and_is_checked(
+    token: irqbypass.Eventfd,
+) -> None:
+    numbers = [(2, None), (None, 5), (2, 5), (None, None)]
+    got = [
+        (p.interrupt_number, p.irq)
+        for p in (Queue(token=token, number=n, irq=i) for n, i in numbers)
+    ]
+    assert got == [(2, 2), (5, 5), (2, 5), (0, 0)]
+    for bad in (-1, 2**32, True):
+        with pytest.raises(irqbypass.InvalidEndpointError, match=rf"'q'.*: queue {bad!r} must be"):
+            Queue(token=token, number=bad, name="q")
+    assert Line(token).interrupt_number == 0  # no NUMBER_LABEL: no number of its own
+
+
 def test_close_attempts_every_step_and_raises_the_first_failure(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:

@@ -64,6 +64,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
     """
 
     kind = "vdpa"
+    NUMBER_LABEL = "queue"
     # vhost-vdpa swaps the call eventfd under the virtqueue's mutex: lossless
     # (measured: docs/testing.md), so stop() swaps to the holding eventfd
 
@@ -80,12 +81,11 @@ class VdpaProducer(irqbypass.DeviceProducer):
         group: int | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
-        q = self.number(queue, irq)
         super().__init__(
-            token=token, irq=self.number(irq, q), name=name, seam=seam,
+            token=token, irq=irq, number=queue, name=name, seam=seam,
             device=device, device_fd=device_fd, device_help="/dev/vhost-vdpa-N",
         )  # fmt: skip
-        self.check_number("queue", q)
+        q = self.interrupt_number
         if group is not None and (isinstance(group, bool) or group < 0):
             raise irqbypass.InvalidEndpointError(
                 f"vdpa producer {self.name!r}: group {group!r} must be >= 0"

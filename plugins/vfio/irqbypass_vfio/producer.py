@@ -134,6 +134,7 @@ class VfioProducer(irqbypass.DeviceProducer):
     """
 
     kind = "vfio"
+    NUMBER_LABEL = "vector"
     POINTED_STAT = "attached"
     #: vfio-pci frees and requests the host IRQ to move an MSI trigger: an MSI
     #: landing in between is lost (measured, docs/testing.md)
@@ -156,14 +157,13 @@ class VfioProducer(irqbypass.DeviceProducer):
         msi_quiesce: str | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
-        vec = self.number(vector, irq)
         super().__init__(
-            token=token, irq=self.number(irq, vec), name=name, seam=seam,
+            token=token, irq=irq, number=vector, name=name, seam=seam,
             device=device, device_fd=device_fd,
             device_help="a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>",
         )  # fmt: skip
         what = f"vfio producer {self.name!r}"
-        self.check_number("vector", vec)
+        vec = self.interrupt_number
         try:
             self.index = _parse_index(index)
         except irqbypass.InvalidEndpointError as exc:

@@ -46,6 +46,7 @@ class VhostProducer(irqbypass.DeviceProducer):
     """
 
     kind = "vhost"
+    NUMBER_LABEL = "queue"
     # vhost swaps the call eventfd under the virtqueue's mutex, which the worker
     # holds while it signals: a completion signals the old fd or the new one, so
     # stop() swaps to the holding eventfd (measured lossless: docs/plugins/vhost.md)
@@ -61,13 +62,11 @@ class VhostProducer(irqbypass.DeviceProducer):
         irq: int | None = None,
         seam: irqbypass.Seam | None = None,
     ) -> None:
-        q = self.number(queue, irq)
         super().__init__(
-            token=token, irq=self.number(irq, q), name=name, seam=seam,
+            token=token, irq=irq, number=queue, name=name, seam=seam,
             device=device, device_fd=device_fd, device_help=DEVICE_HELP,
         )  # fmt: skip
-        self.check_number("queue", q)
-        self.queue = q
+        self.queue = self.interrupt_number
         #: what VHOST_GET_FEATURES offered, once open
         self.features: int | None = None
 
