@@ -20,12 +20,6 @@ import pytest
 from irqbypass_vfio import VfioProducer
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 def test_an_eventfd_is_not_a_vfio_device(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
     with irqbypass.Eventfd() as other:
         p = VfioProducer(token=token, device_fd=other.fileno())

@@ -21,37 +21,16 @@ import irqbypass
 import pytest
 from edu import Edu, device_fd, group_of
 from irqbypass_vfio import VfioProducer
-from realdevice import CountingConsumer, open_fd_count, readable, wait_until
+from realdevice import CountingConsumer, open_fd_count, paired, readable, wait_until
 
 pytestmark = pytest.mark.guest("vfio")
 
 EDU = os.environ.get("IRQBYPASS_TEST_VFIO_EDU", "")
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 def need_edu() -> None:
     if not EDU:
         pytest.skip("no edu device: these run in the vfio test guest (make guest-test)")
-
-
-@contextmanager
-def paired(producer: VfioProducer, token: irqbypass.Eventfd) -> Iterator[CountingConsumer]:
-    """The producer opened and paired with a counting consumer by a Manager."""
-    consumer = CountingConsumer(token=token)
-    mgr = irqbypass.Manager()
-    with producer, consumer:
-        mgr.register_consumer(consumer)
-        mgr.register_producer(producer)
-        try:
-            yield consumer
-        finally:
-            mgr.unregister_producer(producer)
-            mgr.unregister_consumer(consumer)
 
 
 def fire(edu: Edu, consumer: CountingConsumer, intx: bool = False) -> int:

@@ -13,17 +13,22 @@ Runs in the vfio test guest.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import threading
 import time
-from collections.abc import Iterator
 
 import irqbypass
 import pytest
 from edu import Edu
 from irqbypass_vfio import VfioProducer
-from realdevice import CountingConsumer, eventfd_count, wait_until
+from realdevice import (
+    CountingConsumer,
+    StopStartCycles,
+    eventfd_count,
+    paired,
+    report_race,
+    wait_until,
+)
 
 pytestmark = pytest.mark.guest("vfio")
 
@@ -40,36 +45,14 @@ def seen(p: VfioProducer, consumer: CountingConsumer, token: irqbypass.Eventfd) 
     return held + consumer.count
 
 
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 def measure(token: irqbypass.Eventfd, quiesce: str, cycling: bool) -> dict[str, float]:
     p = VfioProducer(token=token, device=EDU, index="msi", msi_quiesce=quiesce)
-    consumer = CountingConsumer(token=token)
-    mgr = irqbypass.Manager()
-    done = threading.Event()
-    cycles = 0
-
-    def cycle() -> None:
-        nonlocal cycles
-        while not done.is_set():
-            p.stop()
-            p.start()
-            cycles += 1
-
-    with p, consumer:
-        mgr.register_consumer(consumer)
-        mgr.register_producer(p)
+    with paired(p, token) as consumer:
         edu = Edu(p.fd or -1)
-        cycler = threading.Thread(target=cycle, name="stop-start")
-        if cycling:
-            cycler.start()
+        cycles = StopStartCycles(p) if cycling else None
         started = time.monotonic()
         lost_waits = 0
-        try:
+        with cycles or contextlib.nullcontext():
             for _ in range(RAISES):
                 before = seen(p, consumer, token)
                 edu.raise_irq()
@@ -78,21 +61,15 @@ def measure(token: irqbypass.Eventfd, quiesce: str, cycling: bool) -> dict[str, 
                 if not wait_until(lambda b=before: seen(p, consumer, token) > b, LOST_AFTER_S):
                     lost_waits += 1
                 edu.ack()
-        finally:
-            done.set()
-            if cycling:
-                cycler.join()
         elapsed = time.monotonic() - started
         # everything raised has been handled by now; take what is left in flight
         consumer.wait_for(RAISES, timeout=2.0)
-        mgr.unregister_producer(p)
-        mgr.unregister_consumer(consumer)
         stats = p.stats()
     return {
         "raised": RAISES,
         "delivered": consumer.count,
         "lost": RAISES - consumer.count,
-        "cycles": cycles,
+        "cycles": cycles.cycles if cycles else 0,
         "held": stats["held"],
         "timed_out": lost_waits,
         "seconds": round(elapsed, 2),
@@ -100,12 +77,7 @@ def measure(token: irqbypass.Eventfd, quiesce: str, cycling: bool) -> dict[str, 
 
 
 def report(name: str, figures: dict[str, float]) -> None:
-    line = json.dumps({"quiesce": name, **figures})
-    print(f"race: {line}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        with open(os.path.join(out, f"race-{name}.json"), "w") as f:
-            f.write(line + "\n")
+    report_race(name, {"quiesce": name, **figures})
 
 
 def test_race_raised_vs_delivered_under_stop_start_cycles(token: irqbypass.Eventfd) -> None:
