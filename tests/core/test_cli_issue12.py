@@ -13,7 +13,6 @@ import re
 import resource
 import struct
 import subprocess
-import sys
 import termios
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
@@ -22,43 +21,16 @@ from typing import Any, ClassVar
 import irqbypass
 import pytest
 import tomllib
+from cli_support import EXE, ROOT, clean_env, run, topology
 from irqbypass import cli
 from irqbypass.cli import output, summary
 from irqbypass.cli import run as run_command
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
-ROOT = Path(__file__).resolve().parents[2]
-EXE = [sys.executable, "-m", "irqbypass"]
 PAIR = (
     '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={{rate=0.0, count={count}}}\n'
     '[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\n'
 )
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")}
-    env.update(extra)
-    return env
-
-
-def run(
-    *args: str, env: Mapping[str, str] | None = None, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EXE, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang guard, not a speed goal
-        env=clean_env(**(env or {})),
-        input=input,
-        check=False,
-    )
-
-
-def topology(tmp_path: Path, text: str, name: str = "t.toml") -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 @pytest.fixture
