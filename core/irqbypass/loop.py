@@ -437,8 +437,7 @@ class EventLoop:
     def _failed(self, handle: LoopHandle, exc: BaseException) -> None:
         handle.error = exc
         message = f"{handle.problem}; the other callbacks go on"
-        self._fault(handle, "raised", message)
-        log.error("irqbypass loop: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+        self._fault(handle, "raised", message, logging.ERROR, log.isEnabledFor(logging.DEBUG))
         self._cancel(handle, "failed")
 
     def _blocked(
@@ -451,8 +450,7 @@ class EventLoop:
                     f"{what} ran {elapsed:.1f} s; callbacks must not block (every other "
                     "endpoint waited for it)"
                 )
-                self._fault(handle, "blocked", message)
-                log.warning("irqbypass loop: %s", message)
+                self._fault(handle, "blocked", message, logging.WARNING)
             else:
                 log.warning("irqbypass loop: %s returned after %.1f s", what, elapsed)
             return
@@ -460,10 +458,14 @@ class EventLoop:
             f"{what} has been running for {elapsed:.1f} s; callbacks must not block "
             "(every other endpoint waits for it)"
         )
-        self._fault(handle, "blocked", message)
-        log.warning("irqbypass loop: %s", message)
+        self._fault(handle, "blocked", message, logging.WARNING)
 
-    def _fault(self, handle: LoopHandle, kind: str, message: str) -> None:
+    def _fault(
+        self, handle: LoopHandle, kind: str, message: str, level: int, exc_info: bool = False
+    ) -> None:
+        """Log the fault, then record it: whoever finds it in :attr:`faults`
+        (another thread: the watchdog tells from its own) finds it logged too."""
+        log.log(level, "irqbypass loop: %s", message, exc_info=exc_info)
         self.fault_count += 1
         self.faults.append(
             LoopFault(handle.owner, _name(handle.callback), kind, message, time.time())

@@ -188,6 +188,33 @@ def test_a_blocking_callback_is_named_by_the_watchdog(
         tick.cancel()
 
 
+def test_a_fault_is_logged_before_it_is_recorded(loop: irqbypass.EventLoop) -> None:
+    """Whoever finds a fault in ``faults`` finds it logged too: the watchdog
+    tells from its own thread, and a reader of ``faults`` that then looked for
+    the log line missed it now and then (seen once in test_a_blocking_callback_
+    is_named_by_the_watchdog, on a loaded host)."""
+    recorded_when_logged: list[int] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "slow endpoint" in record.getMessage():
+                recorded_when_logged.append(len(loop.faults))
+
+    handler = Seen(logging.WARNING)
+    logger = logging.getLogger("irqbypass.loop")
+    logger.addHandler(handler)
+    release = threading.Event()
+    try:
+        loop.call_later(0.0, lambda: release.wait(GUARD), owner="slow endpoint")
+        until(lambda: loop.faults, "the watchdog notices")
+        release.set()
+        until(lambda: len(recorded_when_logged) >= 2, "the return is logged too")
+    finally:
+        release.set()
+        logger.removeHandler(handler)
+    assert recorded_when_logged[0] == 0, "the fault was recorded before it was logged"
+
+
 @pytest.fixture
 def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookArgs]:
     """What reached threading.excepthook: a thread that died of an exception."""
