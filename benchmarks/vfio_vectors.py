@@ -11,11 +11,15 @@ On the host the device is the model (``irqbypass_vfio.testing.FakeVfio``, a
 2048-vector MSI-X index that can resize), so the figures are the producer's
 own CPU plus the model's, not the kernel's; N = 16, 256, 2048. With ``--device
 BDF`` (in the vfio test guest: QEMU's e1000e, 5 vectors, NORESIZE on 6.1) the
-same runs on vfio-pci through the real seam, N = every vector of the device.
+same runs on vfio-pci through the real seam, N = every vector of the device;
+the results are then named after the kernel (``vfio_vectors_linux6.12``).
 Each figure is the best of its rounds, the two ways interleaved.
 
     .venv/bin/python benchmarks/vfio_vectors.py [--sizes 16,256,2048] [--rounds R]
         [--device BDF] [--json FILE]
+    scripts/guest --kernel 6.12 vfio --exec 'python benchmarks/vfio_vectors.py \
+        --device $IRQBYPASS_TEST_VFIO_E1000E --json $IRQBYPASS_GUEST_OUT/vfio_vectors.json'
+
 """
 
 from __future__ import annotations
@@ -134,7 +138,9 @@ def main() -> None:
             f"         close one by one {one[1] * 1e6 / n:8.1f} us/vector, "
             f"batched {bat[1] * 1e6 / n:8.1f} us/vector: {one[1] / bat[1]:.1f}x"
         )
-    name = "vfio_vectors_guest" if args.device else "vfio_vectors"
+    # on a device, the kernel's series names the results: one file per guest kernel
+    series = ".".join(os.uname().release.split(".")[:2])
+    name = f"vfio_vectors_linux{series}" if args.device else "vfio_vectors"
     report = Report(name, f"open and close N vfio producers of one device on {where}")
     for phase, i in (("open", 0), ("close", 1)):
         fig = report.figure(

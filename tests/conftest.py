@@ -1,26 +1,31 @@
-"""Shared fixtures: fd-leak checking, a token eventfd and a usable-/dev/kvm probe; and the hooks
-that run the tests marked ``guest`` in the test guest (tests/guest/guest_results.py)."""
+"""Shared fixtures: fd-leak checking, a token eventfd, a guarded SIGINT and a
+usable-/dev/kvm probe; and the hooks that run the tests marked ``guest`` in the
+test guests (tests/guest/guest_results.py)."""
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
 import threading
 from collections.abc import Iterator
 
 import irqbypass
 import pytest
 from guest_results import (
+    guest_kernel,
     pytest_collection_finish,
     pytest_collection_modifyitems,
+    pytest_generate_tests,
     pytest_runtest_protocol,
     pytest_sessionfinish,
 )
-from hypothesis import settings
 
 __all__ = [
+    "guest_kernel",
     "pytest_collection_finish",
     "pytest_collection_modifyitems",
+    "pytest_generate_tests",
     "pytest_runtest_protocol",
     "pytest_sessionfinish",
 ]
@@ -29,9 +34,14 @@ __all__ = [
 # examples on every run and machine, and no example database carries one run's
 # finds into the next. `make fuzz` explores instead: random seeds, many examples
 # (docs/testing.md). A bare `pytest` takes the deterministic profile too.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# The test guests run no property-based test and leave Hypothesis out (inside.sh
+# also disables its pytest plugin): importing it costs a minute under TCG.
+if not os.environ.get("IRQBYPASS_IN_GUEST"):
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def open_fds() -> dict[int, str]:
@@ -50,6 +60,21 @@ def token() -> Iterator[irqbypass.Eventfd]:
     """A fresh eventfd to pair by, closed after the test."""
     with irqbypass.Eventfd() as eventfd:
         yield eventfd
+
+
+@pytest.fixture
+def guarded_sigint() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, with irqbypass's guard in front (as a
+    Manager installs it): a signal inside a signal-safe section waits for its
+    end. Python's handler and the signal mask are restored after."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    irqbypass.guard_signals((signal.SIGINT,))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture

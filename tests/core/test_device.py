@@ -15,7 +15,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import irqbypass
@@ -477,18 +477,6 @@ def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
 
 
 # -- signal safety -------------------------------------------------------------------
-
-
-@pytest.fixture
-def guarded_sigint() -> Iterator[None]:
-    before = signal.getsignal(signal.SIGINT)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
 
 
 class InterruptedLine(Line):

@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
 """Boot the test guest for device families and run their real-device tests inside.
 
-    scripts/guest vfio|vdpa|vfio,vdpa [--check] [NODEID ...]   (runs this file)
+    scripts/guest [--kernel 6.1|6.12] vfio|vdpa|vfio,vdpa|all [--check] [NODEID ...]
+    scripts/guest [--kernel 6.1|6.12] vfio --exec 'COMMAND'   (a command instead of pytest)
 
 One boot serves every family named: its QEMU devices and kernel arguments are
 the union of theirs, and the guest sets up each family's devices before one
-pytest runs all the tests (a TCG boot costs about two minutes: one, not one a
-family).
+pytest runs all the tests (a TCG boot costs about a minute: one, not one a
+family). A family runs on every guest kernel of :data:`KERNELS` that has it:
+vfio on Debian's 6.1 and 6.12 (whose vfio-pci differ: dynamic MSI-X since 6.5),
+vdpa on 6.1 only (its modules are built from linux-source-6.1).
 
-The guest is Debian's kernel (linux-image-amd64) under qemu-system-x86 with TCG,
-booted by virtme-ng (.venv/bin/vng) on this machine's root filesystem, shared
-read-only: the guest sees this checkout and its .venv, and runs pytest on the
-real-device tests (all of the family's, or the NODEIDs given) against a real
-vfio-pci device (QEMU's edu behind an emulated intel-iommu) or real vhost-vdpa
-devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
-linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA) and
-the kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest.
+The guest is Debian's kernel (linux-image-amd64, linux-image-6.12-amd64) under
+qemu-system-x86 with TCG, booted by virtme-ng (.venv/bin/vng) on this machine's root
+filesystem, shared read-only: the guest sees this checkout and its .venv, and runs
+pytest on the real-device tests (all of the family's, or the NODEIDs given) against
+a real vfio-pci device (QEMU's edu behind an emulated intel-iommu) or real
+vhost-vdpa devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
+linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA) and the
+kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest.
 
-Everything the guest prints goes to .cache/guest/<families>/boot.log (the
-families joined by "+", as "vdpa+vfio"); pytest's junit XML to
-.cache/guest/<families>/junit.xml. Exit status: pytest's, or 77 when
+Everything the guest prints goes to .cache/guest/<boot>/boot.log, where <boot>
+is the families joined by "+" and the kernel series, as "vdpa+vfio-6.1";
+pytest's junit XML to .cache/guest/<boot>/junit.xml. Exit status: pytest's, or 77 when
 a part is missing (the reason on the last line, with the command that sets it
 up), or 1 when the guest did not run the tests (the log's tail is printed).
 """
@@ -66,6 +69,12 @@ QEMU_OPTS = {
 }
 APPEND = {"vfio": "intel_iommu=on modprobe.blacklist=e1000e", "vdpa": ""}
 
+#: the guest kernels (Debian's series) and the families each boots, the default first
+KERNELS: dict[str, tuple[str, ...]] = {"6.1": ("vdpa", "vfio"), "6.12": ("vfio",)}
+#: the Debian package of each series' kernel image
+KERNEL_PACKAGES = {"6.1": "linux-image-amd64", "6.12": "linux-image-6.12-amd64"}
+DEFAULT_KERNEL = "6.1"
+
 #: the vDPA sources built out of tree (module name -> path in linux-source-6.1)
 VDPA_SOURCES = {
     "vdpa.c": "drivers/vdpa/vdpa.c",
@@ -91,23 +100,29 @@ class Missing(Exception):
     """A part the guest needs is not here; the message says which and how to get it."""
 
 
-def kernel() -> tuple[str, Path]:
-    """The newest Debian 6.1 kernel image with its modules (and headers, for vdpa)."""
+def kernel(series: str = DEFAULT_KERNEL) -> tuple[str, Path]:
+    """The newest Debian kernel image of ``series`` (6.1, 6.12) with its modules."""
     found = []
-    for image in glob.glob("/boot/vmlinuz-6.1.*-amd64"):
+    for image in glob.glob(f"/boot/vmlinuz-{series}.*-amd64"):
         version = image.removeprefix("/boot/vmlinuz-")
         if Path("/lib/modules", version, "modules.dep").exists():
             found.append((tuple(int(n) for n in re.findall(r"\d+", version)), version))
     if not found:
         raise Missing(
-            "no Debian 6.1 kernel with modules (/boot/vmlinuz-6.1.*-amd64 and "
-            "/lib/modules/<version>): apt-get install linux-image-amd64"
+            f"no Debian {series} kernel with modules (/boot/vmlinuz-{series}.*-amd64 and "
+            f"/lib/modules/<version>): apt-get install {KERNEL_PACKAGES[series]}"
         )
     version = max(found)[1]
     return version, Path("/boot", f"vmlinuz-{version}")
 
 
-def check(family: str) -> str:
+def series_of(release: str) -> str:
+    """The series of a kernel release: '6.12' for '6.12.117+deb12-amd64'."""
+    match = re.match(r"(\d+\.\d+)", release)
+    return match.group(1) if match else release
+
+
+def check(family: str, series: str = DEFAULT_KERNEL) -> str:
     """The kernel version to boot; raises Missing when a part is absent."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
         raise Missing("the test guest needs an x86_64 Linux host")
@@ -117,7 +132,7 @@ def check(family: str) -> str:
         raise Missing(f"virtme-ng is missing from {VENV_BIN}: make setup")
     if not Path("/bin/busybox").exists() or "static" not in _file_kind("/bin/busybox"):
         raise Missing("virtme-ng needs a static busybox: apt-get install busybox-static")
-    version, image = kernel()
+    version, image = kernel(series)
     if not os.access(image, os.R_OK):
         raise Missing(f"{image} is not readable by this user: run as root")
     if family == "vdpa":
@@ -157,7 +172,10 @@ def build_vdpa(version: str) -> Path:
     work.mkdir(parents=True)
     log = CACHE / "vdpa-build.log"
     prefix = "linux-source-6.1/"
-    with open(log, "w") as logf:
+    with open(log, "w") as logf, open(CACHE / "vdpa-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a boot beside this one may build them too
+        if all((out / f"{m}.ko").exists() for m in VDPA_MODULES):
+            return out
         step = subprocess.run(
             ["tar", "-xJf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(work)]
             + [prefix + p for p in VDPA_SOURCES.values()],
@@ -214,46 +232,64 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def parse_families(arg: str) -> list[str]:
-    """``vfio``, ``vdpa,vfio`` or ``all``: the families of one boot, sorted."""
-    names = sorted(FAMILIES) if arg == "all" else sorted(set(arg.split(",")))
+def parse_families(arg: str, series: str = DEFAULT_KERNEL) -> list[str]:
+    """``vfio``, ``vdpa,vfio`` or ``all`` (the kernel's families): one boot's, sorted."""
+    names = sorted(KERNELS[series]) if arg == "all" else sorted(set(arg.split(",")))
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or not names:
         raise ValueError(
             f"unknown family {','.join(unknown) or repr(arg)}: "
             f"give {', '.join(sorted(FAMILIES))}, a comma-separated list of them, or all"
         )
+    elsewhere = [n for n in names if n not in KERNELS[series]]
+    if elsewhere:
+        raise ValueError(
+            f"the {series} guest does not run {', '.join(elsewhere)} "
+            f"(it runs {', '.join(KERNELS[series])}; see KERNELS in tests/guest/boot.py)"
+        )
     return names
 
 
-def boot_name(families: list[str]) -> str:
-    """The folder of one boot under .cache/guest: the families joined by '+'."""
-    return "+".join(sorted(families))
+def boot_name(families: list[str], series: str = DEFAULT_KERNEL) -> str:
+    """The folder of one boot under .cache/guest: the families joined by '+',
+    then the kernel series ('vdpa+vfio-6.1')."""
+    return "+".join(sorted(families)) + f"-{series}"
 
 
-def run(families: list[str], nodeids: list[str]) -> int:
+def parse_kernel(arg: str) -> str:
+    if arg not in KERNELS:
+        raise ValueError(f"unknown guest kernel {arg!r}: give {', '.join(KERNELS)}")
+    return arg
+
+
+def run(
+    families: list[str], nodeids: list[str], series: str = DEFAULT_KERNEL, command: str = ""
+) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "boot.lock", "w") as lock:
-        # one boot at a time per checkout: boots of overlapping families share the
-        # vdpa modules' build and the host's two cores
+    name = boot_name(families, series)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        # one boot of a name at a time per checkout (its output folder is
+        # replaced); boots of other kernels run beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _run(families, nodeids)
+        return _run(families, nodeids, series, command)
 
 
-def _run(families: list[str], nodeids: list[str]) -> int:
+def _run(families: list[str], nodeids: list[str], series: str, command: str = "") -> int:
     version = ""
     for family in families:
-        version = check(family)
+        version = check(family, series)
     modules = build_vdpa(version) if "vdpa" in families else None
-    name = boot_name(families)
+    name = boot_name(families, series)
     out = CACHE / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     default = ["-m", "guest", *(path for family in families for path in FAMILIES[family])]
     (out / "args").write_text("\n".join(nodeids or default) + "\n")
+    if command:  # run instead of pytest, in the checkout, the devices set up
+        (out / "exec").write_text(command + "\n")
     log = out / "boot.log"
     inside = Path(__file__).resolve().parent / "inside.sh"
-    command = f"bash {inside} {','.join(families)} {out} {modules or '-'}"
+    script = f"bash {inside} {','.join(families)} {out} {modules or '-'}"
     argv = [
         str(VENV_BIN / "vng"),
         "--run", f"/boot/vmlinuz-{version}",
@@ -263,7 +299,7 @@ def _run(families: list[str], nodeids: list[str]) -> int:
         "--cpus", "2",
         "--rwdir", str(out),
         "--cwd", str(ROOT),
-        "--exec", command,
+        "--exec", script,
     ]  # fmt: skip
     qemu_opts = " ".join(QEMU_OPTS[f] for f in families if QEMU_OPTS[f])
     if qemu_opts:
@@ -285,7 +321,8 @@ def _run(families: list[str], nodeids: list[str]) -> int:
         return 1
     rc = int(rc_file.read_text().strip() or 1)
     summary = (out / "summary").read_text().strip() if (out / "summary").exists() else ""
-    print(f"guest: {name}: pytest exit {rc} in {elapsed:.0f} s (boot included): {summary}")
+    what = "the command" if command else "pytest"
+    print(f"guest: {name}: {what} exit {rc} in {elapsed:.0f} s (boot included): {summary}")
     return rc
 
 
@@ -295,21 +332,33 @@ def main() -> int:
         "families", metavar="FAMILY[,FAMILY...]",
         help=f"{', '.join(sorted(FAMILIES))}, several joined by commas (one boot), or all",
     )  # fmt: skip
+    parser.add_argument(
+        "--kernel", default=DEFAULT_KERNEL, metavar="SERIES",
+        help=f"the guest kernel: {', '.join(KERNELS)} (default {DEFAULT_KERNEL})",
+    )  # fmt: skip
     parser.add_argument("--check", action="store_true", help="only say whether it can run")
+    parser.add_argument(
+        "--exec", default="", metavar="COMMAND", dest="command",
+        help="run COMMAND (bash, in the checkout, the devices set up and named by the "
+        "IRQBYPASS_TEST_* variables; $IRQBYPASS_GUEST_OUT is the boot's folder) instead of pytest",
+    )  # fmt: skip
     parser.add_argument("nodeids", nargs="*", help="in-guest pytest node ids (default: all)")
     args = parser.parse_args()
     try:
-        families = parse_families(args.families)
+        series = parse_kernel(args.kernel)
+        families = parse_families(args.families, series)
     except ValueError as exc:
         parser.error(str(exc))
-    name = boot_name(families)
+    name = boot_name(families, series)
     try:
         for family in families:
-            check(family)
+            check(family, series)
         if args.check:
             print(f"guest: {name}: ready")
             return 0
-        return run(families, args.nodeids)
+        if args.command and args.nodeids:
+            parser.error("give node ids or --exec, not both")
+        return run(families, args.nodeids, series, args.command)
     except Missing as exc:
         print(f"guest: cannot boot the {name} guest: {exc} (set up with: {SETUP})")
         return SKIP

@@ -1,13 +1,20 @@
 """Real-device tests on the host report what they did in the test guest.
 
 A test marked ``@pytest.mark.guest("vfio")`` (or ``"vdpa"``) needs a real device
-this host does not have. Run on the host, it does not run here: when collection
-ends, one guest boot starts in the background (``scripts/guest``) for every
-family a selected test needs, and runs all those tests inside against the real
-drivers while the host's own tests run; the guest's tests are moved last, and
-each then reports its own in-guest outcome (passed, failed with the guest's
-traceback, or skipped with the guest's reason) and duration. Where the guest
-cannot boot, the tests skip with the reason and the command that sets it up.
+this host does not have. Run on the host, it does not run here: it is collected
+once per guest kernel that runs its family (``boot.KERNELS``: vfio on 6.1 and
+6.12, vdpa on 6.1; ``guest("vfio", kernels=("6.1",))`` narrows it), its id
+naming the kernel (``test_x[linux-6.12]``). When
+collection ends, one guest boot per kernel starts in the background
+(``scripts/guest``) for every family a selected test needs there, and runs all
+those tests inside against the real drivers while the host's own tests run; the
+guest's tests are moved last, and each then reports its own in-guest outcome
+(passed, failed with the guest's traceback, or skipped with the guest's reason)
+and duration. Where a guest cannot boot, its tests skip with the reason and the
+command that sets it up.
+
+Inside a guest (and on a host that names its own device) a test is collected
+once, and its ``guest_kernel`` fixture is the series of the kernel it runs on.
 
 It stays out of the way inside the guest (``IRQBYPASS_IN_GUEST``), where a
 device was named on the host (``IRQBYPASS_TEST_VFIO_DEVICE`` /
@@ -19,6 +26,7 @@ tests/conftest.py imports the hooks from here.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +35,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import boot as boot_script
 import pytest
 from _pytest.reports import TestReport
 
@@ -71,6 +80,66 @@ def family_of(item: pytest.Item) -> str | None:
     return family
 
 
+def kernel_id(series: str) -> str:
+    """The parameter id a guest test gets on the host for a kernel: linux-6.12."""
+    return f"linux-{series}"
+
+
+def guest_nodeid(nodeid: str, series: str) -> str:
+    """What the guest, which collects a test once, calls the host's item of
+    ``series``: ``t.py::test_x[keep-linux-6.12]`` -> ``t.py::test_x[keep]``."""
+    mark = re.escape(kernel_id(series))
+    head, bracket, params = nodeid.partition("[")
+    if not bracket:
+        return nodeid
+    rest = re.sub(rf"(^{mark}-|-{mark}(?=[-\]])|^{mark}(?=\]))", "", params, count=1)
+    return head if rest == "]" else f"{head}[{rest}"
+
+
+def kernel_of(item: pytest.Item) -> str:
+    """The guest kernel a host item runs on (its guest_kernel parameter)."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return str(params.get("guest_kernel", boot_script.DEFAULT_KERNEL))
+
+
+def kernels_of(marker: pytest.Mark) -> list[str]:
+    """The guest kernels a test marked ``guest(family)`` runs on: every kernel
+    that runs the family, or those of them its ``kernels=`` names."""
+    family = str(marker.args[0])
+    kernels = [k for k, families in boot_script.KERNELS.items() if family in families]
+    wanted = marker.kwargs.get("kernels")
+    if wanted is None:
+        return kernels
+    unknown = [k for k in wanted if k not in kernels]
+    if unknown:
+        raise ValueError(
+            f"guest({family!r}, kernels={tuple(wanted)!r}): {', '.join(unknown)} does not "
+            f"run {family} (its kernels: {', '.join(kernels)})"
+        )
+    return [k for k in kernels if k in wanted]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A guest test on the host: one item per kernel that runs its family."""
+    marker = metafunc.definition.get_closest_marker("guest")
+    if marker is None or "guest_kernel" not in metafunc.fixturenames:
+        return
+    family = str(marker.args[0])
+    if os.environ.get("IRQBYPASS_IN_GUEST") or os.environ.get(HOST_DEVICE_ENV[family]):
+        return
+    kernels = kernels_of(marker)
+    metafunc.parametrize("guest_kernel", kernels, ids=[kernel_id(k) for k in kernels])
+
+
+@pytest.fixture(autouse=True)
+def guest_kernel(request: pytest.FixtureRequest) -> str:
+    """The series of the kernel a guest test runs on (6.1, 6.12): its parameter
+    on the host, the running kernel's in the guest."""
+    param = getattr(request, "param", None)
+    return str(param) if param is not None else boot_script.series_of(os.uname().release)
+
+
 def junit_key(nodeid: str) -> str:
     """What pytest's junit XML calls ``nodeid``: classname.name."""
     path, _, rest = nodeid.partition("::")
@@ -97,13 +166,17 @@ def parse_junit(path: Path) -> dict[str, Outcome]:
 
 
 class Boot:
-    """The one guest boot of a pytest session, started in the background when
-    collection ends (so the host's own tests run while the guest boots), for
-    every family a selected test needs; ``wait`` is its result."""
+    """One guest boot of a pytest session, for one kernel, started in the
+    background when collection ends (so the host's own tests run while the
+    guest boots), for every family a selected test needs on that kernel;
+    ``wait`` is its result. ``nodeids`` are the guest's own."""
 
-    def __init__(self, families: list[str], nodeids: list[str]) -> None:
+    def __init__(
+        self, families: list[str], nodeids: list[str], series: str = boot_script.DEFAULT_KERNEL
+    ) -> None:
         self.families = families
-        self.name = "+".join(families)
+        self.series = series
+        self.name = boot_script.boot_name(families, series)
         self.count = len(nodeids)
         self.started = time.monotonic()
         self.run: GuestRun | None = None
@@ -115,12 +188,16 @@ class Boot:
         # a file, not a pipe: nobody reads a pipe while the host's tests run
         self.output = open(OUT / f"{self.name}.out", "w+b")  # noqa: SIM115 (closed in wait/stop)
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), ",".join(families), *nodeids],
+            [sys.executable, str(SCRIPT), "--kernel", series, ",".join(families), *nodeids],
             stdin=subprocess.DEVNULL,
             stdout=self.output,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+
+    @property
+    def command(self) -> str:
+        return f"scripts/guest --kernel {self.series} {','.join(self.families)}"
 
     def wait(self) -> GuestRun:
         if self.run is not None:
@@ -140,8 +217,7 @@ class Boot:
             self.run = GuestRun({}, skip=output.splitlines()[-1])
         elif returncode == -1 or not junit.exists():
             what = "did not end in time" if returncode == -1 else f"exited {returncode}"
-            command = f"scripts/guest {','.join(self.families)}"
-            self.run = GuestRun({}, error=f"{command} {what}:\n{output}")
+            self.run = GuestRun({}, error=f"{self.command} {what}:\n{output}")
         else:
             self.run = GuestRun(parse_junit(junit))
         return self.run
@@ -165,7 +241,8 @@ class Boot:
             self.proc.wait()
 
 
-_boot: Boot | None = None
+#: the session's boots, by kernel series
+_boots: dict[str, Boot] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -174,38 +251,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the session's one guest boot, in the background, for every family a
-    selected test needs (nothing to boot when none is selected)."""
-    global _boot
-    guest_items = [(family_of(i), i.nodeid) for i in session.items]
-    families = sorted({family for family, _ in guest_items if family is not None})
-    if not families or session.config.option.collectonly:
+    """Start the session's guest boots, in the background: one per kernel, for
+    every family a selected test needs there (nothing to boot when none is
+    selected). The boots of different kernels run side by side."""
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for item in session.items:
+        family = family_of(item)
+        if family is not None:
+            series = kernel_of(item)
+            wanted.setdefault(series, []).append((family, guest_nodeid(item.nodeid, series)))
+    if not wanted or session.config.option.collectonly:
         return
-    nodeids = [nodeid for family, nodeid in guest_items if family is not None]
-    _boot = Boot(families, nodeids)
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None and _boot.proc is not None:
-        terminal.write_line(
-            f"guest: booting the {_boot.name} test guest in the background for "
-            f"{len(nodeids)} tests (they run last; console: .cache/guest/{_boot.name}/boot.log)"
-        )
+    for series, tests in sorted(wanted.items()):
+        families = sorted({family for family, _ in tests})
+        running = _boots[series] = Boot(families, [nodeid for _, nodeid in tests], series)
+        if terminal is not None and running.proc is not None:
+            terminal.write_line(
+                f"guest: booting the {running.name} test guest in the background for "
+                f"{len(tests)} tests (they run last; console: .cache/guest/{running.name}/boot.log)"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _boot is not None:
-        _boot.stop()
+    for running in _boots.values():
+        running.stop()
+    _boots.clear()
 
 
-def result(item: pytest.Item, family: str) -> Outcome:
-    assert _boot is not None and family in _boot.families, "the boot starts at collection"
-    if _boot.run is None:
+def result(item: pytest.Item, family: str) -> tuple[Boot, Outcome]:
+    series = kernel_of(item)
+    running = _boots.get(series)
+    assert running is not None and family in running.families, "the boots start at collection"
+    if running.run is None:
         terminal = item.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:  # the boot takes minutes: say so, then what it did
             terminal.write_line(
-                f"guest: waiting for the {_boot.name} test guest "
-                f"(started {time.monotonic() - _boot.started:.0f} s ago)"
+                f"guest: waiting for the {running.name} test guest "
+                f"(started {time.monotonic() - running.started:.0f} s ago)"
             )
-        run = _boot.wait()
+        run = running.wait()
         if terminal is not None:
             if run.skip:
                 what = f"not booted ({run.skip})"
@@ -214,18 +299,20 @@ def result(item: pytest.Item, family: str) -> Outcome:
             else:
                 what = f"{len(run.results)} tests ran"
             terminal.write_line(
-                f"guest: {_boot.name}: {what} in {time.monotonic() - _boot.started:.0f} s "
-                f"(console: .cache/guest/{_boot.name}/boot.log)"
+                f"guest: {running.name}: {what} in {time.monotonic() - running.started:.0f} s "
+                f"(console: .cache/guest/{running.name}/boot.log)"
             )
-    run = _boot.wait()
+    run = running.wait()
     if run.skip:
-        return Outcome("skipped", run.skip)
+        return running, Outcome("skipped", run.skip)
     if run.error:
-        return Outcome("failed", run.error)
-    got = run.results.get(junit_key(item.nodeid))
+        return running, Outcome("failed", run.error)
+    got = run.results.get(junit_key(guest_nodeid(item.nodeid, series)))
     if got is None:
-        return Outcome("failed", f"the {_boot.name} guest ran no test {item.nodeid} (see its log)")
-    return got
+        return running, Outcome(
+            "failed", f"the {running.name} guest ran no test {item.nodeid} (see its log)"
+        )
+    return running, got
 
 
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -233,14 +320,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if family is None:
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    got = result(item, family)
-    log = f".cache/guest/{_boot.name if _boot else family}/boot.log"
+    running, got = result(item, family)
+    log = f".cache/guest/{running.name}/boot.log"
     longrepr: object = None
     if got.outcome == "failed":
-        longrepr = f"{got.text}\n(ran in the {family} test guest; its console: {log})"
+        longrepr = f"{got.text}\n(ran in the {running.name} test guest; its console: {log})"
     elif got.outcome == "skipped":
         path, lineno, _ = item.location
-        longrepr = (str(ROOT / path), (lineno or 0) + 1, f"in the {family} guest: {got.text}")
+        where = f"in the {running.name} guest"
+        longrepr = (str(ROOT / path), (lineno or 0) + 1, f"{where}: {got.text}")
     if got.outcome == "skipped":
         phases = [("setup", "skipped", longrepr)]  # a skip is reported at setup, as pytest does
     else:
@@ -255,7 +343,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             repr_,  # type: ignore[arg-type]
             when,  # type: ignore[arg-type]
             duration=got.duration if when == "call" else 0.0,
-            user_properties=[("ran_in_guest", family)],
+            user_properties=[("ran_in_guest", running.name)],
         )
         item.ihook.pytest_runtest_logreport(report=report)
     # what pytest's own protocol does last: tear down the collectors (module,

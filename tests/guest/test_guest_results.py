@@ -4,6 +4,7 @@ the skip (with the command that sets it up) when the guest cannot boot."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import boot
 import guest_results
 import pytest
-from guest_results import ROOT, junit_key, parse_junit
+from guest_results import ROOT, guest_nodeid, junit_key, parse_junit
 from realdevice import wait_until
 
 
@@ -47,8 +48,40 @@ def test_a_guest_that_cannot_boot_skips_its_tests_with_the_reason() -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 passed, 4 skipped" in proc.stdout  # the host's own, then the guest's
-    assert "in the vfio guest: IRQBYPASS_GUEST=off: the test guest is not booted" in proc.stdout
+    assert "3 passed, 8 skipped" in proc.stdout  # the host's own, then the guests' (2 kernels)
+    for name in ("vfio-6.1", "vfio-6.12"):
+        assert f"in the {name} guest: IRQBYPASS_GUEST=off: the test guest is not booted" in (
+            proc.stdout
+        )
+
+
+def test_a_guest_test_is_collected_once_per_kernel_that_runs_its_family() -> None:
+    """vfio runs on 6.1 and 6.12, vdpa on 6.1: the host's ids name the kernel."""
+    env = dict(os.environ, IRQBYPASS_GUEST="off")
+    env.pop("IRQBYPASS_TEST_VFIO_DEVICE", None)
+    env.pop("IRQBYPASS_TEST_VDPA_DEVICE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+         "tests/plugins/vfio/test_real.py", "tests/plugins/vdpa/test_real.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    ids = proc.stdout.split()
+    vfio = [i for i in ids if i.startswith("tests/plugins/vfio/test_real.py::test_real_")]
+    on_612 = [i for i in vfio if "[linux-6.12" in i]
+    on_61 = [i for i in vfio if "[linux-6.1-" in i or "[linux-6.1]" in i]
+    assert on_612 and len(on_612) == len(on_61) and len(vfio) == 2 * len(on_61), vfio
+    vdpa = [i for i in ids if i.startswith("tests/plugins/vdpa/test_real.py::") and "linux" in i]
+    assert vdpa and all("[linux-6.1" in i and "6.12" not in i for i in vdpa), vdpa
+
+
+def test_the_guest_calls_a_host_item_by_its_own_id() -> None:
+    """The guest collects a test once, without the kernel parameter."""
+    path = "tests/plugins/vfio/test_real.py"
+    assert guest_nodeid(f"{path}::test_x[linux-6.12]", "6.12") == f"{path}::test_x"
+    assert guest_nodeid(f"{path}::test_x[linux-6.1-keep]", "6.1") == f"{path}::test_x[keep]"
+    assert guest_nodeid(f"{path}::test_x[keep-linux-6.1]", "6.1") == f"{path}::test_x[keep]"
+    assert guest_nodeid(f"{path}::test_x[linux-6.1-6.12]", "6.1") == f"{path}::test_x[6.12]"
+    assert guest_nodeid(f"{path}::test_x", "6.1") == f"{path}::test_x"
 
 
 def test_the_boot_script_names_the_command_that_sets_it_up() -> None:
@@ -85,9 +118,20 @@ def test_one_boot_serves_several_families() -> None:
     assert boot.parse_families("vfio") == ["vfio"]
     assert boot.parse_families("vfio,vdpa,vfio") == ["vdpa", "vfio"]
     assert boot.parse_families("all") == sorted(boot.FAMILIES)
-    assert boot.boot_name(["vfio", "vdpa"]) == "vdpa+vfio"
+    assert boot.boot_name(["vfio", "vdpa"]) == "vdpa+vfio-6.1"
     with pytest.raises(ValueError, match="unknown family nvme: give vdpa, vfio"):
         boot.parse_families("vfio,nvme")
+
+
+def test_each_kernel_boots_the_families_it_has() -> None:
+    assert boot.parse_families("all", "6.12") == ["vfio"]
+    assert boot.boot_name(["vfio"], "6.12") == "vfio-6.12"
+    with pytest.raises(ValueError, match=re.escape("the 6.12 guest does not run vdpa")):
+        boot.parse_families("vdpa,vfio", "6.12")
+    with pytest.raises(ValueError, match=re.escape("unknown guest kernel '5.10': give 6.1, 6.12")):
+        boot.parse_kernel("5.10")
+    assert boot.series_of("6.12.117+deb12-amd64") == "6.12"
+    assert boot.series_of("6.1.0-57-amd64") == "6.1"
 
 
 def test_the_guest_tests_run_after_the_host_tests(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,3 +169,12 @@ def test_a_boot_the_session_outlives_is_stopped(
     running.stop()
     assert running.proc.returncode is not None
     assert running.wait().error == "the session ended before the guest did"
+
+
+def test_a_test_can_narrow_the_kernels_it_runs_on() -> None:
+    kernels_of = guest_results.kernels_of
+    assert kernels_of(pytest.mark.guest("vfio").mark) == ["6.1", "6.12"]
+    assert kernels_of(pytest.mark.guest("vfio", kernels=("6.12",)).mark) == ["6.12"]
+    assert kernels_of(pytest.mark.guest("vdpa").mark) == ["6.1"]
+    with pytest.raises(ValueError, match=re.escape("6.12 does not run vdpa (its kernels: 6.1)")):
+        kernels_of(pytest.mark.guest("vdpa", kernels=("6.12",)).mark)

@@ -10,7 +10,6 @@ import pwd
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import irqbypass
@@ -122,17 +121,6 @@ def test_a_file_in_use_is_not_reclaimed(tmp_path: Path) -> None:
     with PostedDescriptor(file=str(path)):  # now nobody holds it: reclaimed
         pass
     assert not path.exists()
-
-
-@pytest.fixture
-def guarded_sigint() -> Iterator[None]:
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.usefixtures("guarded_sigint")

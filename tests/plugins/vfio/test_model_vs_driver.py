@@ -6,6 +6,11 @@ scenarios run on the real driver (QEMU's edu, through RealSeam) and on the
 model configured as that device, and all three must agree. A difference is a
 model bug. Results are plain tuples: ("ok", ...) or ("errno", name).
 MSIX_SCENARIOS do the same with QEMU's e1000e (5 MSI-X vectors).
+
+The guest runs them on both of its kernels, whose vfio-pci differ in one way:
+Linux 6.1 sets NORESIZE on MSI-X, 6.12 (dynamic MSI-X, since 6.5) does not and
+adds a vector alone. The model is configured as the kernel's driver, and
+DYNAMIC_MSIX_RESULTS record where a dynamic-MSI-X kernel's results differ.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from irqbypass_vfio import RealSeam, VfioProducer
 from irqbypass_vfio import _abi as abi
 from irqbypass_vfio.testing import PCI_IRQS_NORESIZE_MSIX as PCI_IRQS
 from irqbypass_vfio.testing import FakeVfio
+
+#: the vfio-pci behaviours the scenarios know: Linux 6.1's, and a kernel with
+#: dynamic MSI-X (6.5+; the guest's 6.12)
+KERNELS = ("6.1", "6.12")
 
 EDU = os.environ.get("IRQBYPASS_TEST_VFIO_EDU", "")
 E1000E = os.environ.get("IRQBYPASS_TEST_VFIO_E1000E", "")
@@ -51,6 +60,14 @@ E1000E_IRQS = {
     ERR: (PCI_IRQS[ERR][0], 1),
     REQ: (PCI_IRQS[REQ][0], 1),
 }
+#: and as 6.12 reports it: MSI-X without NORESIZE (checked on the driver, in the guest)
+E1000E_IRQS_DYNAMIC = {**E1000E_IRQS, MSIX: (abi.VFIO_IRQ_INFO_EVENTFD, 5)}
+
+
+def dynamic_msix(kernel: str) -> bool:
+    """Whether vfio-pci of this kernel series can add an MSI-X vector alone (6.5+)."""
+    major, minor = (int(n) for n in kernel.split(".")[:2])
+    return (major, minor) >= (6, 5)
 
 
 @dataclass
@@ -226,9 +243,10 @@ def msix_every_vector_alone(t: Target, token: irqbypass.Eventfd) -> list[object]
     return out
 
 
-def msix_noresize_block(t: Target, token: irqbypass.Eventfd) -> list[object]:
-    """On a handed fd: vector 0 attached alone enables 0..0 and vector 3 is then
-    beyond the block (EINVAL); disabled and enabled again as a block of 5, 3 attaches."""
+def msix_vector_beyond_the_block(t: Target, token: irqbypass.Eventfd) -> list[object]:
+    """On a handed fd: vector 0 attached alone enables 0..0, and vector 3 is then
+    beyond the block: EINVAL on a NORESIZE kernel, added alone on a dynamic one.
+    Disabled and enabled again as a block of 5, 3 attaches on both."""
     out: list[object] = []
     fd_data = abi.eventfd_data(token.fileno())
     with t.device_fd() as fd:
@@ -309,8 +327,8 @@ MSIX_SCENARIOS: dict[
         msix_every_vector_alone,
         [OK, OK, OK, OK, OK, 1, [1, 2, 3, 4, 5], ("ok", 0), [2, 2, 0, 2, 2]],
     ),
-    "msix_noresize_block": (
-        msix_noresize_block,
+    "msix_vector_beyond_the_block": (
+        msix_vector_beyond_the_block,
         [("ok", 0), ("errno", "EINVAL"), ("ok", 0), ("ok", 0), ("ok", 0), ("ok", 0), 1, ("ok", 0)],
     ),
     "msix_group_open_close": (
@@ -321,6 +339,17 @@ MSIX_SCENARIOS: dict[
         msix_quiesce_one_vector,
         [[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]],
     ),
+}
+#: where a dynamic-MSI-X kernel (6.12) gives other results than 6.1
+DYNAMIC_MSIX_RESULTS: dict[str, list[object]] = {
+    "e1000e_irq_info": [
+        ("intx", OK, (7, 1)),
+        ("msi", OK, (9, 1)),
+        ("msix", OK, (1, 5)),  # EVENTFD alone: no NORESIZE
+        ("err", OK, (9, 1)),
+        ("req", OK, (9, 1)),
+    ],
+    "msix_vector_beyond_the_block": [("ok", 0)] * 6 + [1, ("ok", 0)],
 }
 SCENARIOS: dict[str, tuple[Callable[[Target, irqbypass.Eventfd], list[object]], list[object]]] = {
     "irq_info": (  # flags as vfio-pci 6.1 reported them: 7 = EVENTFD|MASKABLE|AUTOMASKED,
@@ -373,24 +402,37 @@ def test_the_driver_gives_the_same_results(no_fd_leak: None, name: str) -> None:
     assert on_driver == on_model == SCENARIOS[name][1]
 
 
-def e1000e_model(group: str = "/dev/vfio/7", name: str = "0000:01:00.0") -> Target:
-    return Target(FakeVfio(irqs=E1000E_IRQS, group_path=group, device_name=name), group, name)
+def e1000e_model(kernel: str, group: str = "/dev/vfio/7", name: str = "0000:01:00.0") -> Target:
+    """The model configured as the e1000e on ``kernel``'s vfio-pci."""
+    irqs = E1000E_IRQS_DYNAMIC if dynamic_msix(kernel) else E1000E_IRQS
+    return Target(FakeVfio(irqs=irqs, group_path=group, device_name=name), group, name)
 
 
+def msix_expected(name: str, kernel: str) -> list[object]:
+    if dynamic_msix(kernel) and name in DYNAMIC_MSIX_RESULTS:
+        return DYNAMIC_MSIX_RESULTS[name]
+    return MSIX_SCENARIOS[name][1]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("name", sorted(MSIX_SCENARIOS))
-def test_the_e1000e_model_gives_the_recorded_results(no_fd_leak: None, name: str) -> None:
-    target = e1000e_model()
-    assert run(name, target) == MSIX_SCENARIOS[name][1]
+def test_the_e1000e_model_gives_the_recorded_results(
+    no_fd_leak: None, name: str, kernel: str
+) -> None:
+    target = e1000e_model(kernel)
+    assert run(name, target) == msix_expected(name, kernel)
     assert target.seam.open_fds == []  # type: ignore[union-attr]
 
 
 @pytest.mark.guest("vfio")
 @pytest.mark.parametrize("name", sorted(MSIX_SCENARIOS))
-def test_the_e1000e_driver_gives_the_same_results(no_fd_leak: None, name: str) -> None:
+def test_the_e1000e_driver_gives_the_same_results(
+    no_fd_leak: None, name: str, guest_kernel: str
+) -> None:
     if not E1000E:
         pytest.skip("no e1000e device: this runs in the vfio test guest (make guest-test)")
     link = f"/sys/bus/pci/devices/{E1000E}/iommu_group"
     group = "/dev/vfio/" + os.path.basename(os.readlink(link))
     on_driver = run(name, Target(RealSeam(), group, E1000E))
-    on_model = run(name, e1000e_model(group, E1000E))
-    assert on_driver == on_model == MSIX_SCENARIOS[name][1]
+    on_model = run(name, e1000e_model(guest_kernel, group, E1000E))
+    assert on_driver == on_model == msix_expected(name, guest_kernel)

@@ -243,6 +243,9 @@ def test_a_group_not_viable_is_refused(no_fd_leak: None, token: irqbypass.Eventf
 # -- no fd left ------------------------------------------------------------------
 
 
+# our own fds over 1000 cycles, whatever the kernel: on 6.1 only (70 s under TCG),
+# the budget of make test is the 2 cores the two guests share with the host's tests
+@pytest.mark.guest("vfio", kernels=("6.1",))
 def test_no_fd_left_after_1000_open_close_cycles(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:

@@ -351,18 +351,6 @@ def main_thread_interrupted_once(blocked_in: str | None, when: Fake | None) -> t
     return thread
 
 
-@pytest.fixture
-def guarded_sigint() -> Iterator[None]:
-    previous = signal.getsignal(signal.SIGINT)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @pytest.mark.usefixtures("guarded_sigint")
 def test_ctrl_c_is_not_deferred_behind_a_stalled_set_vring_call(
     tmp_path: Path, fake: type[Fake], token: irqbypass.Eventfd
