@@ -44,6 +44,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -504,11 +505,11 @@ class DeviceProducer(Producer):
         every interrupt pointed by one :meth:`device_point_batch` (the base of
         an ``open_group`` for a device that points many at once); a stopped one
         is quiesced after. On failure none stays open."""
-        with _Locks(batch):
-            try:
+        try:
+            with _Locks(batch):
                 cls._open_batch(batch)
-            finally:
-                deliver_deferred_signals()
+        finally:  # after the locks are released: a signal deferred there too
+            deliver_deferred_signals()
 
     @classmethod
     @signal_safe
@@ -551,12 +552,13 @@ class DeviceProducer(Producer):
         a lost device is not asked); every step attempted, then the first
         failure raised, else the first loss :meth:`lose` recorded in an open
         producer of the batch. All closed either way."""
-        with _Locks(batch):
-            was_open = [p for p in batch if p._opened]
-            try:
+        was_open: list[DeviceProducer] = []
+        try:
+            with _Locks(batch):
+                was_open = [p for p in batch if p._opened]
                 cls._close_batch(batch)
-            finally:
-                deliver_deferred_signals()
+        finally:  # after the locks are released: a signal deferred there too
+            deliver_deferred_signals()
         for p in was_open:
             if p.problem_error is not None:
                 raise p.problem_error
@@ -686,17 +688,43 @@ class DeviceProducer(Producer):
 
 
 class _Locks:
-    """Every producer's lock of a batch, taken in order and all released."""
+    """Every producer's lock of a batch, all held or none.
+
+    Taken in one global order (by ``id``), whatever the batch's order, so two
+    batches sharing producers cannot each hold what the other waits for. Each
+    lock is taken and recorded in one signal-safe step, so a Ctrl-C landing
+    between the two cannot leave a lock held that nobody releases; a lock
+    another thread holds is waited for outside that step, where Ctrl-C acts
+    (and what was taken is released again)."""
+
+    #: how long to wait between two tries of a lock another thread holds
+    RETRY_S = 0.001
 
     def __init__(self, batch: Sequence[DeviceProducer]) -> None:
-        self.batch = batch
+        self.order = sorted({id(p): p for p in batch}.values(), key=id)
         self.held: list[DeviceProducer] = []
 
     def __enter__(self) -> None:
-        for p in self.batch:
-            p._lock.acquire()
-            self.held.append(p)
+        try:
+            for p in self.order:
+                while not self._take(p):
+                    time.sleep(self.RETRY_S)
+        except BaseException:
+            self._release()
+            raise
 
+    @signal_safe  # a signal as it starts would otherwise skip the release
     def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    @signal_safe
+    def _take(self, p: DeviceProducer) -> bool:
+        if not p._lock.acquire(blocking=False):
+            return False
+        self.held.append(p)
+        return True
+
+    @signal_safe
+    def _release(self) -> None:
         while self.held:
             self.held.pop()._lock.release()

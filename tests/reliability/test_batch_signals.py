@@ -6,11 +6,13 @@ with a signal swept over every bytecode of the core's device template and the
 vfio producer (``interrupts.sweep``), SIGINT guarded as a Manager guards it.
 After each run: either the whole batch is open with every vector attached, or
 none is open and the model holds no fd and no trigger of the batch's; a close
-ends with every producer closed, or (the signal before it began) none.
+ends with every producer closed, or (the signal before it began) none; and no
+producer's lock is left held.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -45,6 +47,24 @@ def batch(stack: ExitStack, kernel: str) -> tuple[FakeVfio, list[VfioProducer]]:
     return fake, producers
 
 
+def unlocked(producers: list[VfioProducer]) -> bool:
+    """Every producer's lock free: another thread can take it (a lock the
+    interrupted thread kept would block it; the wait is a hang guard)."""
+    free: list[bool] = []
+
+    def take() -> None:
+        for p in producers:
+            got = p._lock.acquire(timeout=10)
+            free.append(got)
+            if got:
+                p._lock.release()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    return free == [True] * len(producers)
+
+
 def attached(fake: FakeVfio, producers: list[VfioProducer]) -> list[bool]:
     return [fake.trigger_of(MSIX, v) is not None for v in range(len(producers))]
 
@@ -57,6 +77,7 @@ def test_a_signal_anywhere_in_open_group_leaves_all_or_nothing(kernel: str) -> N
 
         def check(exc: BaseException | None) -> None:
             with stack:
+                assert unlocked(producers), "a producer's lock was left held"
                 opened = [p.attached_to is not None for p in producers]
                 if opened == [True] * VECTORS:
                     assert attached(fake, producers) == [True] * VECTORS
@@ -84,6 +105,7 @@ def test_a_signal_anywhere_in_close_group_still_closes_every_producer(kernel: st
 
         def check(exc: BaseException | None) -> None:
             with stack:
+                assert unlocked(producers), "a producer's lock was left held"
                 if exc is not None and all(p.attached_to is not None for p in producers):
                     # the signal acted before the close began: all still open, intact
                     assert attached(fake, producers) == [True] * VECTORS

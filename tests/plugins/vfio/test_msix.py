@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -321,4 +323,40 @@ def test_2048_vectors_in_one_call(no_fd_leak: None) -> None:
         assert fake.fire(MSIX, 2047) == 1 and tokens[2047].read(0) == 1
         VfioProducer.close_group(ps)
         assert len(set_irqs_calls(fake)) == 2
+    assert fake.open_fds == []
+
+
+def test_a_batch_takes_its_locks_in_one_global_order(
+    no_fd_leak: None, tokens: list[irqbypass.Eventfd]
+) -> None:
+    """Two batches sharing producers in opposite orders must not each hold a
+    lock the other waits for: a batch takes its producers' locks in one global
+    order, whatever its own. Here the second producer of that order is held
+    elsewhere, and open_group is given the two reversed: it still takes the
+    first one first, and waits for the second holding it (taken in batch
+    order, it would wait holding nothing, and another batch holding the
+    first would deadlock with it). The waits are hang guards."""
+    fake = FakeVfio(irqs=PCI_IRQS)
+    first, second = sorted(producers(fake, tokens, [0, 1]), key=id)
+
+    def held_elsewhere(p: VfioProducer) -> bool:
+        if p._lock.acquire(blocking=False):
+            p._lock.release()
+            return False
+        return True
+
+    second._lock.acquire()
+    opener = threading.Thread(target=VfioProducer.open_group, args=([second, first],))
+    try:
+        opener.start()
+        deadline = time.monotonic() + 30
+        while not held_elsewhere(first) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert held_elsewhere(first), "open_group did not take the first lock of the order first"
+    finally:
+        second._lock.release()
+        opener.join(timeout=30)
+    assert not opener.is_alive()
+    assert first.attached_to is not None and second.attached_to is not None
+    VfioProducer.close_group([first, second])
     assert fake.open_fds == []
