@@ -116,7 +116,9 @@ def main() -> None:
         sizes = [int(args.sizes)] if args.sizes.isdigit() else [5]
     else:
         sizes = [int(s) for s in args.sizes.split(",")]
-    where = f"vfio-pci, {args.device}" if args.device else "the model (FakeVfio)"
+    # on a device, the kernel's series names the results: one file per guest kernel
+    series = ".".join(os.uname().release.split(".")[:2])
+    where = f"vfio-pci {series}, {args.device}" if args.device else "the model (FakeVfio)"
     print(f"vfio vectors on {where}: best of {args.rounds} rounds, pid {os.getpid()}")
     best: dict[str, dict[int, Timing]] = {"one by one": {}, "batched": {}}
     for n in sizes:
@@ -138,8 +140,6 @@ def main() -> None:
             f"         close one by one {one[1] * 1e6 / n:8.1f} us/vector, "
             f"batched {bat[1] * 1e6 / n:8.1f} us/vector: {one[1] / bat[1]:.1f}x"
         )
-    # on a device, the kernel's series names the results: one file per guest kernel
-    series = ".".join(os.uname().release.split(".")[:2])
     name = f"vfio_vectors_linux{series}" if args.device else "vfio_vectors"
     report = Report(name, f"open and close N vfio producers of one device on {where}")
     for phase, i in (("open", 0), ("close", 1)):
