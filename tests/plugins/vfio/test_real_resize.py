@@ -206,6 +206,7 @@ def test_up_front_adds_a_vector_with_nothing_lost(no_fd_leak: None, guest_kernel
         assert info is not None and info.count == VECTORS
         nic = bench.device(producers[0].fd or -1)
         added = producers[ADDED]
+        stack.callback(added.close)  # closed already, unless a cycle failed
         t0 = time.monotonic()
         with Raiser(nic, bench.consumers) as raiser:
             for _ in range(CYCLES):
