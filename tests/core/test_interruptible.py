@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
 
 import irqbypass
 import pytest
@@ -14,16 +13,8 @@ import pytest
 GUARD = 60.0
 
 
-@pytest.fixture(autouse=True)
-def _guarded_sigint() -> Iterator[None]:
-    before = signal.getsignal(signal.SIGINT)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
+# SIGINT raises KeyboardInterrupt, guarded as a Manager guards it (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("guarded_sigint")
 
 
 def interrupt_main_when(waiting: threading.Event) -> threading.Thread:

@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import irqbypass
 import irqbypass_posted._descriptor as descriptor_module
 import pytest
 from irqbypass_posted import PostedDescriptor
 
-
-@pytest.fixture(autouse=True)
-def _guarded_sigint() -> Iterator[None]:
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
+# SIGINT raises KeyboardInterrupt, guarded as a Manager guards it (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("guarded_sigint")
 
 
 def test_a_ctrl_c_just_after_the_file_is_created_leaves_no_file(
