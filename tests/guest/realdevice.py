@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import irqbypass
 
@@ -130,39 +131,73 @@ def paired(producer: irqbypass.Producer, token: irqbypass.Eventfd) -> Iterator[C
             mgr.unregister_consumer(consumer)
 
 
-class StopStartCycles:
-    """The race's other side: a thread that stops and starts ``producer`` in a
-    loop from entering the block until leaving it; :attr:`cycles` counts them."""
+_L = TypeVar("_L", bound="Loop")
 
-    def __init__(self, producer: irqbypass.Producer) -> None:
-        self.producer = producer
-        self.cycles = 0
+
+class Loop:
+    """A thread that runs :meth:`step` over and over from entering the block
+    until leaving it (a race's other side). What it raised is kept in
+    :attr:`errors` and raised again as the block ends."""
+
+    name = "loop"
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stop-start")
+        self._thread = threading.Thread(target=self._run, name=self.name)
+
+    def step(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
-        stop, start = self.producer.stop, self.producer.start
-        assert stop is not None and start is not None
-        while not self._done.is_set():
-            stop()
-            start()
-            self.cycles += 1
+        try:
+            while not self._done.is_set():
+                self.step()
+        except BaseException as exc:
+            self.errors.append(exc)
 
-    def __enter__(self) -> StopStartCycles:
+    def __enter__(self: _L) -> _L:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+        if self.errors and exc[0] is None:
+            raise self.errors[0]
+
+
+class StopStartCycles(Loop):
+    """A thread that stops and starts ``producer`` in a loop from entering the
+    block until leaving it; :attr:`cycles` counts them."""
+
+    name = "stop-start"
+
+    def __init__(self, producer: irqbypass.Producer) -> None:
+        super().__init__()
+        stop, start = producer.stop, producer.start
+        assert stop is not None and start is not None
+        self.producer = producer
+        self._stop, self._start = stop, start
+        self.cycles = 0
+
+    def step(self) -> None:
+        self._stop()
+        self._start()
+        self.cycles += 1
+
+
+def write_figures(name: str, figures: dict[str, object]) -> None:
+    """A test's figures on stdout (``name: {...}``) and in
+    ``$IRQBYPASS_GUEST_OUT/NAME.json``, the boot's folder (what the docs quote)."""
+    line = json.dumps(figures)
+    print(f"{name}: {line}")
+    out = os.environ.get("IRQBYPASS_GUEST_OUT")
+    if out:
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            f.write(line + "\n")
 
 
 def report_race(device: str, figures: dict[str, object]) -> None:
-    """The race's figures on stdout and in ``$IRQBYPASS_GUEST_OUT/race-DEVICE.json``
-    (what the host's docs quote)."""
-    line = json.dumps(figures)
-    print(f"race: {line}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        with open(os.path.join(out, f"race-{device}.json"), "w") as f:
-            f.write(line + "\n")
+    """The race's figures, as ``race-DEVICE``."""
+    write_figures(f"race-{device}", figures)

@@ -11,7 +11,6 @@ the device's PCI address.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 from e1000e import NAMES, VECTORS, E1000e
 from edu import device_fd
 from irqbypass_vfio import VfioProducer
-from realdevice import CountingConsumer, readable
+from realdevice import CountingConsumer, readable, write_figures
 
 pytestmark = pytest.mark.guest("vfio")
 
@@ -94,14 +93,6 @@ def settle(pairs: Paired, expected: list[int]) -> list[int]:
     return pairs.counts()
 
 
-def figures(name: str, data: dict[str, object]) -> None:
-    print(f"{name}: {json.dumps(data)}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump(data, f)
-
-
 def test_every_vector_counted_exactly(no_fd_leak: None) -> None:
     """40 raises per vector, round robin: each arrives once on its own vector,
     none on another, and nothing more arrives after the last."""
@@ -114,7 +105,7 @@ def test_every_vector_counted_exactly(no_fd_leak: None) -> None:
                 assert pairs.fire(v) == 1
         elapsed = time.monotonic() - t0
         assert settle(pairs, [rounds] * VECTORS) == [rounds] * VECTORS
-        figures(
+        write_figures(
             "e1000e-counts",
             {"vectors": VECTORS, "raised_per_vector": rounds, "counts": pairs.counts(),
              "seconds": round(elapsed, 3)},
@@ -162,7 +153,7 @@ def test_stop_start_one_vector_while_the_others_fire(no_fd_leak: None) -> None:
         expected = [fired[0], fired[1], cycles, fired[3], fired[4]]
         assert settle(pairs, expected) == expected
         assert [p.stats()["quiesces"] for p in pairs.producers] == [1, 1, cycles + 1, 1, 1]
-        figures(
+        write_figures(
             f"e1000e-quiesce-{quiesce}",
             {"cycles": cycles, "counts": pairs.counts(), "held": p2.stats()["held"]},
         )
@@ -246,4 +237,6 @@ def test_batch_against_one_by_one_on_the_driver(no_fd_leak: None) -> None:
                 t3 = time.perf_counter()
                 best[way] = [min(best[way][0], t1 - t0), min(best[way][1], t3 - t2)]
     us = {way: [round(s * 1e6 / VECTORS, 1) for s in times] for way, times in best.items()}
-    figures("e1000e-batch", {"vectors": VECTORS, "rounds": rounds, "us_per_vector_open_close": us})
+    write_figures(
+        "e1000e-batch", {"vectors": VECTORS, "rounds": rounds, "us_per_vector_open_close": us}
+    )

@@ -23,8 +23,8 @@ allows (issue 19, item 3):
   at its next interrupt; QEMU 7.2 aborts the enable otherwise: see
   tests/guest/e1000e.py).
 
-The figures go to ``resize-<kernel>.json`` in the boot's folder;
-docs/plugins/vfio.md quotes them.
+The figures go to ``resize-<way>.json`` in the boot's folder (which names the
+kernel); docs/plugins/vfio.md quotes them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import threading
 import time
@@ -45,7 +44,7 @@ from e1000e import PACE_S, VECTORS, E1000e
 from edu import device_fd
 from irqbypass_vfio import VfioProducer
 from irqbypass_vfio import _abi as abi
-from realdevice import CountingConsumer
+from realdevice import CountingConsumer, Loop, write_figures
 
 pytestmark = pytest.mark.guest("vfio")
 
@@ -84,27 +83,23 @@ def noresize(fd: int) -> bool:
     return bool(got.flags & abi.VFIO_IRQ_INFO_NORESIZE)
 
 
-class Raiser:
+class Raiser(Loop):
     """A thread raising vectors 0-3 round robin, each raise waiting for its
     message (e1000e's pacing); :meth:`paused` holds it between two raises."""
 
+    name = "raiser"
+
     def __init__(self, nic: E1000e, consumers: list[CountingConsumer]) -> None:
+        super().__init__()
         self.nic, self.consumers = nic, consumers
         self.raised = [0] * VECTORS
         self.late = 0  # raises that had not arrived after ARRIVAL_S
-        self.errors: list[BaseException] = []
         self._lock = threading.Lock()  # held around each raise and its wait
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="raiser")
 
-    def _run(self) -> None:
-        try:
-            while not self._done.is_set():
-                for v in FIRING:
-                    with self._lock:
-                        self.raise_one(v, ARRIVAL_S)
-        except BaseException as exc:
-            self.errors.append(exc)
+    def step(self) -> None:
+        for v in FIRING:
+            with self._lock:
+                self.raise_one(v, ARRIVAL_S)
 
     def raise_one(self, v: int, wait: float) -> bool:
         """Raise vector v once; whether its consumer's count grew within ``wait``."""
@@ -125,14 +120,6 @@ class Raiser:
             time.sleep(QUIET_S)
             yield
             time.sleep(QUIET_S)
-
-    def __enter__(self) -> Raiser:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 class Bench:
@@ -171,21 +158,7 @@ def median_ms(seconds: list[float]) -> float:
     return round(sorted(seconds)[len(seconds) // 2] * 1e3, 1)
 
 
-def figures(kernel: str, way: str, data: dict[str, object]) -> None:
-    print(f"resize {kernel} {way}: {json.dumps(data)}")
-    out = os.environ.get("IRQBYPASS_GUEST_OUT")
-    if out:
-        path = os.path.join(out, f"resize-{kernel}.json")
-        got: dict[str, object] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                got = json.load(f)
-        got[way] = data
-        with open(path, "w") as f:
-            json.dump(got, f, indent=1, sort_keys=True)
-
-
-def test_up_front_adds_a_vector_with_nothing_lost(no_fd_leak: None, guest_kernel: str) -> None:
+def test_up_front_adds_a_vector_with_nothing_lost(no_fd_leak: None) -> None:
     """The producer's way: vector 4's producer opened and closed 10 times while
     vectors 0-3 (producers opened as a group) are raised; every raise arrives
     exactly once, and vector 4 counts each of its own raises."""
@@ -221,15 +194,15 @@ def test_up_front_adds_a_vector_with_nothing_lost(no_fd_leak: None, guest_kernel
         expected = [*raiser.raised[:ADDED], CYCLES]
         assert bench.settle(raiser.raised) == expected
         assert raiser.late == 0
-        figures(
-            guest_kernel, "up front",
+        write_figures(
+            "resize-up-front",
             {"noresize": info.noresize, "cycles": CYCLES, "raised": raiser.raised[:ADDED],
              "arrived": bench.counts()[:ADDED], "late": raiser.late, "seconds": round(elapsed, 2)},
         )  # fmt: skip
 
 
 def test_alone_adds_a_vector_where_the_kernel_can_resize(
-    no_fd_leak: None, guest_kernel: str
+    no_fd_leak: None,
 ) -> None:
     """On a VMM's fd with vectors 0-3 enabled as a block: vector 4's SET_IRQS
     alone. A NORESIZE kernel refuses it (EINVAL); one that resizes adds and
@@ -247,7 +220,7 @@ def test_alone_adds_a_vector_where_the_kernel_can_resize(
             with pytest.raises(OSError) as refused:
                 set_irqs(fd, EVENTFD_TRIGGER, ADDED, 1, (added_fd,))
             assert refused.value.errno == errno.EINVAL
-            figures(guest_kernel, "alone", {"noresize": True, "refused": "EINVAL"})
+            write_figures("resize-alone", {"noresize": True, "refused": "EINVAL"})
             return
         t0 = time.monotonic()
         with Raiser(nic, bench.consumers) as raiser:
@@ -260,15 +233,15 @@ def test_alone_adds_a_vector_where_the_kernel_can_resize(
         assert not raiser.errors, raiser.errors
         assert bench.settle(raiser.raised) == [*raiser.raised[:ADDED], CYCLES]
         assert raiser.late == 0
-        figures(
-            guest_kernel, "alone",
+        write_figures(
+            "resize-alone",
             {"noresize": False, "cycles": CYCLES, "raised": raiser.raised[:ADDED],
              "arrived": bench.counts()[:ADDED], "late": raiser.late, "seconds": round(elapsed, 2)},
         )  # fmt: skip
 
 
 def test_regrow_loses_what_is_raised_while_the_index_is_disabled(
-    no_fd_leak: None, guest_kernel: str
+    no_fd_leak: None,
 ) -> None:
     """On a VMM's fd: the index disabled and enabled again with 5 vectors, then
     with 4, 10 times each way, while 0-3 are raised; in every window one raise
@@ -312,8 +285,8 @@ def test_regrow_loses_what_is_raised_while_the_index_is_disabled(
         assert final[: len(FIRING)] == raiser.raised[: len(FIRING)]  # outside the windows
         assert window["delivered"] == 0
         assert window["latched"] == window["raised"]
-        figures(
-            guest_kernel, "regrow",
+        write_figures(
+            "resize-regrow",
             {"noresize": noresize(fd), "resizes": 2 * CYCLES, "raised": raiser.raised[:ADDED],
              "arrived": final[:ADDED], "window_raises": window["raised"],
              "window_delivered": window["delivered"], "window_latched": window["latched"],
