@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import irqbypass
 
+from ._backing import RECORD_SIZE
 from ._consumer import DEFAULT_NV, PostedInterruptConsumer
 from ._descriptor import (
     DESCRIPTOR_SIZE,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_NV",
     "DESCRIPTOR_SIZE",
     "MAPPING_SIZE",
+    "RECORD_SIZE",
     "LockMode",
     "Port",
     "PostedDescriptor",

@@ -16,6 +16,7 @@ from collections.abc import Hashable, Mapping
 
 import irqbypass
 
+from ._backing import problem_with_path
 from ._descriptor import LockMode, Port, PostedDescriptor, check_vector
 
 __all__ = ["DEFAULT_NV", "PostedInterruptConsumer"]
@@ -36,10 +37,11 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     ``vector``: the vector to post (default: the producer's ``irq``).
     ``urgent``: posts notify even while SN is set (also taken from a producer
     attribute ``urgent``). ``nv``, ``ndst``, ``sn``: the descriptor's control
-    fields. ``file``: back the descriptor by this file (mode 0600, removed on
-    close) so another process can map it; ``lock``: ``"file"`` (default with a
-    file) or ``"process"``. ``drain``: play the vCPU, syncing on every
-    notification (a reader on the event loop). The descriptor exists while the consumer is open.
+    fields. ``file``: a record at this path (mode 0600, removed on close) names
+    the descriptor's sealed memory, so another process can map it; ``lock``:
+    ``"file"`` (default with a file) or ``"process"``. ``drain``: play the
+    vCPU, syncing on every notification (a reader on the event loop). The
+    descriptor exists while the consumer is open.
     """
 
     def __init__(
@@ -121,6 +123,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         if vector is not None and not 0 <= vector <= 255:
             raise opts.error("vector", f"irq {vector} is outside the PIR; set vector (0 to 255)")
         file = opts.get_str("file")
+        if file:
+            problem = problem_with_path(file)  # what open would refuse: said by check already
+            if problem is not None:
+                raise opts.error("file", problem)
         lock = opts.get_str("lock", None, choices=["process", "file"])
         if lock == "file" and not file:
             raise opts.error("lock", "'file' locking needs a file-backed descriptor; set file")

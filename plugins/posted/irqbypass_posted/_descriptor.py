@@ -20,15 +20,12 @@ Linux's ``sync_pir_to_irr``: clear ON, then take PIR into the IRR.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import logging
 import mmap
 import os
-import stat
-import struct
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -36,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import irqbypass
+
+from ._backing import NONCE_SIZE, create_record, make_memory, open_memory, remove_record
 
 __all__ = [
     "DESCRIPTOR_SIZE",
@@ -68,20 +67,13 @@ _NOTIFIED = 10  # notifications sent (ON 0 -> 1 with a notification)
 _SYNCS = 11  # sync() calls
 _VECTORS_DRAINED = 12  # PIR bits taken by sync()
 _POSTS_DRAINED = 13  # posts taken by sync() (the sum of the counts behind those bits)
+_NONCE = 14  # bytes 112-127: the file-backed descriptor's nonce, repeated in its record
 _PENDING = 64  # bytes 512..2559: posts per vector since its bit was last drained
 _DRAINED = 320  # bytes 2560..4607: posts drained per vector, cumulative
 
 _ZERO_PIR = bytes(PIR_BYTES)
 _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
 
-#: While a descriptor file is in use its creator holds an OFD write lock on
-#: byte CREATOR_BYTE and each attacher a read lock on byte USERS_BYTE (both
-#: beyond the end of the file; OFD locks are independent of the flock that
-#: guards posts). The kernel drops them when the holder dies, even by SIGKILL:
-#: a file whose two bytes can both be locked belongs to nobody and is reclaimed.
-CREATOR_BYTE = MAPPING_SIZE
-USERS_BYTE = MAPPING_SIZE + 1
-_FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 _log = logging.getLogger("irqbypass.posted")
 
 LockMode = Literal["process", "file"]
@@ -190,14 +182,18 @@ class PostedDescriptor:
     """A posted-interrupt descriptor and its notification eventfd.
 
     Anonymous (``file=None``): an in-process shared mapping; the lock mode is
-    ``"process"`` (a ``threading.Lock``). File-backed: the file is created with
-    ``O_EXCL`` and mode 0600 (refused if it exists), sized to
-    :data:`MAPPING_SIZE`, and removed on :meth:`close`; other processes map it
-    with :meth:`attach`. With lock mode ``"file"`` (the default for a file),
-    every post, sync and SN change also holds ``flock(LOCK_EX)`` on the file, so
-    processes that all use this class never lose a vector. Without it, another
-    process that writes the mapping can race a read-modify-write here.
+    ``"process"`` (a ``threading.Lock``). File-backed: the memory is a sealed
+    memfd nobody can truncate (so no mapping of it can fault), and ``file`` a
+    record naming it (see ``_backing``), created with ``O_EXCL`` and mode 0600
+    and removed on :meth:`close`; other processes map the memory with
+    :meth:`attach`. With lock mode ``"file"`` (the default for a file), every
+    post, sync and SN change also holds ``flock(LOCK_EX)`` on the memfd (each
+    process its own open file description), so processes that all use this
+    class never lose a vector. Without it, another process that writes the
+    mapping can race a read-modify-write here.
     """
+
+    _path: str | None
 
     def __init__(
         self,
@@ -228,27 +224,28 @@ class PostedDescriptor:
             )
         self._blank(mode)
         try:
-            if file:
-                self._create(file)
-                irqbypass.deliver_deferred_signals()  # a Ctrl-C that waited: close() removes it
-            self._setup(notification)
+            self._setup(notification, memory=bool(file))
             self._q[_MAGIC] = MAGIC
             self._q[_SIZE] = MAPPING_SIZE
             self._b[NV_OFFSET] = nv
             self._b[NDST_OFFSET : NDST_OFFSET + 4] = ndst.to_bytes(4, "little")
             self._b[CONTROL_OFFSET] = SN_BIT if sn else 0
+            if file:
+                nonce = os.urandom(NONCE_SIZE)
+                self._b[_NONCE * 8 : _NONCE * 8 + NONCE_SIZE] = nonce
+                self._publish(file, nonce)  # once the memory is whole: attachers may come
+                irqbypass.deliver_deferred_signals()  # a Ctrl-C that waited: close() removes it
         except BaseException:
             self.close()
             raise
 
     @irqbypass.signal_safe
-    def _create(self, file: str) -> None:
-        """Create the backing file and own it at once: signal-safe, so a Ctrl-C
-        landing after the file exists and before this object knows its fd
-        waits, instead of leaving the file behind."""
-        self._path: str | None = file
-        self._fd = _create_file(file)
-        self._unlink = True
+    def _publish(self, file: str, nonce: bytes) -> None:
+        """Write the record naming this memory at ``file`` and own it at once:
+        signal-safe, so a Ctrl-C landing after the file exists and before this
+        object knows its fd waits, instead of leaving the file behind."""
+        self._path = file
+        self._record_fd = create_record(file, MAPPING_SIZE, self._fd, nonce)
 
     @classmethod
     def attach(
@@ -275,23 +272,19 @@ class PostedDescriptor:
         self._blank(lock)
         self._path = path
         try:
-            self._fd = _open_file(path)
-            if not _try_lock(self._fd, fcntl.F_RDLCK, USERS_BYTE):
-                raise irqbypass.BusyError(
-                    f"posted-interrupt descriptor {_show(path)} is being reclaimed as stale by "
-                    "a new creator; attach again once it is open",
-                    errno=errno.EBUSY,
-                )
-            info = os.fstat(self._fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != MAPPING_SIZE:
-                raise irqbypass.InvalidEndpointError(
-                    f"{_show(path)} is not a posted-interrupt descriptor file (a regular file "
-                    f"of {MAPPING_SIZE} bytes); check the path"
-                )
+            self._fd, nonce = open_memory(path, MAPPING_SIZE)
             self._setup(notification, owned_notification=False)
-            if self._q[_MAGIC] != MAGIC:
+            if self._q[_MAGIC] != MAGIC or self._q[_SIZE] != MAPPING_SIZE:
                 raise irqbypass.InvalidEndpointError(
-                    f"{_show(path)} has no posted-interrupt descriptor magic; check the path"
+                    f"{_show(path)} names memory without a posted-interrupt descriptor's "
+                    "magic; check the path"
+                )
+            if bytes(self._b[_NONCE * 8 : _NONCE * 8 + NONCE_SIZE]) != nonce:
+                raise irqbypass.DeviceError(
+                    f"posted-interrupt descriptor {_show(path)}: the memory its record names "
+                    "belongs to another descriptor (the record is being rewritten by a new "
+                    "creator, or is stale); attach again once its consumer is open",
+                    errno=errno.ESTALE,
                 )
         except BaseException:
             self.close()
@@ -307,9 +300,10 @@ class PostedDescriptor:
         self._usable = [False]
         self._in_child = False
         self._pid = os.getpid()
+        #: the memory's fd (a sealed memfd; -1 for an anonymous mapping) and its record's
         self._fd = -1
+        self._record_fd = -1
         self._path = None
-        self._unlink = False
         self._mm: mmap.mmap | None = None
         self._b: memoryview = memoryview(b"")
         self._q: memoryview = self._b
@@ -319,10 +313,17 @@ class PostedDescriptor:
         self.irr = 0  # this side's IRR: vectors synced and not yet acknowledged
 
     def _setup(
-        self, notification: irqbypass.Eventfd | None, *, owned_notification: bool = True
+        self,
+        notification: irqbypass.Eventfd | None,
+        *,
+        owned_notification: bool = True,
+        memory: bool = False,
     ) -> None:
-        """Map, make the views and the notification eventfd; :meth:`close`
-        undoes whatever of it was done."""
+        """Map (``memory``: a new sealed memfd, else ``self._fd`` or an
+        anonymous mapping), make the views and the notification eventfd;
+        :meth:`close` undoes whatever of it was done."""
+        if memory:
+            self._fd = make_memory(MAPPING_SIZE)
         self._mm = (
             mmap.mmap(self._fd, MAPPING_SIZE) if self._fd >= 0 else mmap.mmap(-1, MAPPING_SIZE)
         )
@@ -346,10 +347,9 @@ class PostedDescriptor:
         self._remove_file()
 
     def _remove_file(self) -> None:
-        if self._unlink and self._path is not None:
-            self._unlink = False
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
+        record, self._record_fd = self._record_fd, -1
+        if record >= 0 and self._path is not None:
+            remove_record(self._path, record)
 
     def close(self) -> None:
         """Unmap; remove the file if this object created it; close the
@@ -370,7 +370,8 @@ class PostedDescriptor:
             self.closed = True
             _LIVE.discard(self)
             if self._in_child:
-                self._unlink = self._own_notification = False  # the parent's, not ours
+                self._own_notification = False  # the parent's, not ours
+                self._drop_record()  # the parent's file: closed here, never removed
                 # the child has no other thread: no lock (its copy may be stale)
                 self._usable[0] = False
                 self._unmap()
@@ -386,6 +387,11 @@ class PostedDescriptor:
             self._close_notification()
         finally:
             self._remove_file()  # whatever cut the above short: the file goes
+
+    def _drop_record(self) -> None:
+        record, self._record_fd = self._record_fd, -1
+        if record >= 0:
+            os.close(record)
 
     def _close_notification(self) -> None:
         notification, self.notification = self.notification, None
@@ -735,115 +741,3 @@ def _forked_error(path: str | None, pid: int) -> irqbypass.DeviceError:
         "in the child, close this copy and map the file again with "
         "PostedDescriptor.attach(path) (an anonymous descriptor cannot be shared)"
     )
-
-
-def _check_path(path: str) -> None:
-    if "\0" in path:
-        raise irqbypass.InvalidEndpointError(
-            f"posted-interrupt descriptor path {_show(path)} holds a NUL byte; name the file itself"
-        )
-
-
-def _open_file(path: str) -> int:
-    """Open an existing descriptor file (for :meth:`PostedDescriptor.attach`)
-    with :func:`irqbypass.open_file`: a regular file, not a link, owned by us
-    or root and writable by no one else (another user's 0666 file with the
-    magic would inject posts), in a directory no one else can change."""
-    _check_path(path)
-    try:
-        return irqbypass.open_file(path, os.O_RDWR, what="posted-interrupt descriptor file")
-    except irqbypass.UnsafePathError:
-        raise
-    except OSError as exc:
-        raise irqbypass.DeviceError(
-            f"cannot open posted-interrupt descriptor {_show(path)}: "
-            f"{exc.strerror}; "
-            "is the consumer that creates it open, and may this user read it?",
-            errno=exc.errno,
-        ) from exc
-
-
-def _try_lock(fd: int, kind: int, byte: int) -> bool:
-    """Take an OFD lock of ``kind`` on ``byte`` without waiting; False if held."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
-def _create_file(path: str) -> int:
-    """Create the backing file: O_EXCL, mode 0600, sized to the mapping, in a
-    directory no one else can change; take the creator's lock. A file already
-    there whose locks nobody holds (its creator was SIGKILLed) is reclaimed."""
-    _check_path(path)
-    directory, name = irqbypass.split_path(path)
-    dirfd = irqbypass.open_directory(directory)
-    try:
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(name, flags, 0o600, dir_fd=dirfd)
-        except FileExistsError as exc:
-            return _reclaim(path, exc)  # with the creator's lock taken
-        except OSError as exc:
-            raise irqbypass.DeviceError(
-                f"cannot create posted-interrupt descriptor file {_show(path)}: "
-                f"{exc.strerror}; "
-                "check that the directory exists and is writable (/dev/shm is a good place)",
-                errno=exc.errno,
-            ) from exc
-    finally:
-        os.close(dirfd)
-    try:
-        os.fchmod(fd, 0o600)
-        os.ftruncate(fd, MAPPING_SIZE)
-        if not _try_lock(fd, fcntl.F_WRLCK, CREATOR_BYTE):  # just made: nobody else has it
-            raise OSError(errno.EAGAIN, "the new file's creator lock is taken")
-    except BaseException as exc:
-        os.close(fd)
-        os.unlink(path)
-        if isinstance(exc, OSError):
-            raise irqbypass.DeviceError(
-                f"cannot size posted-interrupt descriptor file {_show(path)}: {exc.strerror}",
-                errno=exc.errno,
-            ) from exc
-        raise
-    return fd
-
-
-def _exists(path: str) -> irqbypass.DeviceError:
-    return irqbypass.DeviceError(
-        f"posted-interrupt descriptor file {_show(path)} already exists and is in use (a "
-        "process holds its lock): another consumer uses it; pick another path",
-        errno=errno.EEXIST,
-    )
-
-
-def _reclaim(path: str, exists: FileExistsError) -> int:
-    """The fd of the file already at ``path`` if nobody uses it (then zeroed
-    and announced), else raise EEXIST. Only a file that passes
-    :func:`irqbypass.open_file` (ours or root's, writable by no one else) is
-    reclaimed; another user's file is refused."""
-    fd = irqbypass.open_file(path, os.O_RDWR, what="posted-interrupt descriptor file")
-    try:
-        if not (
-            _try_lock(fd, fcntl.F_WRLCK, CREATOR_BYTE) and _try_lock(fd, fcntl.F_WRLCK, USERS_BYTE)
-        ):
-            raise _exists(path) from exists
-        os.ftruncate(fd, 0)  # nothing of the dead run's state survives
-        os.ftruncate(fd, MAPPING_SIZE)
-        os.fchmod(fd, 0o600)
-        fcntl.fcntl(
-            fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, USERS_BYTE, 1, 0)
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    _log.warning(
-        "posted-interrupt descriptor file %s was left behind by a process that is gone (no "
-        "process held its lock): reclaimed",
-        path,
-    )
-    return fd

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-from irqbypass_posted import DESCRIPTOR_SIZE, MAPPING_SIZE, Port, PostedDescriptor
+from irqbypass_posted import (
+    DESCRIPTOR_SIZE,
+    RECORD_SIZE,
+    Port,
+    PostedDescriptor,
+)
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -320,10 +325,10 @@ def test_file_backed_descriptor_is_0600_exclusive_and_removed(tmp_path: Path) ->
     path = tmp_path / "vcpu0.pid"
     with PostedDescriptor(file=str(path), nv=0xF2) as d:
         info = path.stat()
-        assert info.st_mode & 0o777 == 0o600 and info.st_size == MAPPING_SIZE
+        assert info.st_mode & 0o777 == 0o600 and info.st_size == RECORD_SIZE
+        assert path.read_bytes().startswith(b"IRQBPIR1")  # a record naming the memory
         assert d.lock_mode == "file"
         d.post(33)
-        assert path.read_bytes()[:64] == d.raw()
         with pytest.raises(irqbypass.DeviceError, match="already exists") as exc:
             PostedDescriptor(file=str(path))
         assert exc.value.errno == 17
@@ -339,11 +344,11 @@ def test_attach_refuses_what_is_not_a_descriptor(tmp_path: Path) -> None:
         PostedDescriptor.attach(str(tmp_path / "missing"))
     assert exc.value.errno == 2
     short = tmp_path / "short"
-    short.write_bytes(b"x" * 64)
+    short.write_bytes(b"IRQBPIR1" * 4)
     with pytest.raises(irqbypass.InvalidEndpointError, match="not a posted-interrupt"):
         PostedDescriptor.attach(str(short))
     blank = tmp_path / "blank"
-    blank.write_bytes(bytes(MAPPING_SIZE))
+    blank.write_bytes(bytes(RECORD_SIZE))
     with pytest.raises(irqbypass.InvalidEndpointError, match="magic"):
         PostedDescriptor.attach(str(blank))
 

@@ -1,5 +1,7 @@
 """Posted-interrupt descriptor files another user planted, a FIFO, a link, a
-stale file of a killed run, and Ctrl-C in the teardown (issue 20)."""
+stale file of a killed run, and Ctrl-C in the teardown (issue 20); a file that
+is not ours at the path (issue 32 item 1); a truncation by whoever may write
+it (issue 32 item 13)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-from irqbypass_posted import MAPPING_SIZE, PostedDescriptor, PostedInterruptConsumer
+from irqbypass_posted import RECORD_SIZE, PostedDescriptor, PostedInterruptConsumer
 
 
 def nobody() -> int:
@@ -95,7 +97,7 @@ def test_a_file_left_by_a_killed_run_is_reclaimed_with_a_line(
         PostedDescriptor(file=str(path)) as descriptor,
     ):
         assert descriptor.sync().posts == {}  # nothing of the dead run survives
-        assert path.stat().st_size == MAPPING_SIZE
+        assert path.stat().st_size == RECORD_SIZE
     assert not path.exists()
     assert any(
         "reclaimed" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records
@@ -108,19 +110,159 @@ def test_a_file_in_use_is_not_reclaimed(tmp_path: Path) -> None:
         with pytest.raises(irqbypass.DeviceError, match="in use") as caught:
             PostedDescriptor(file=str(path))
         assert caught.value.errno == errno.EEXIST
-    # a creator gone but an attacher still there: still in use
+    # a creator gone (its record left, unlocked) while an attacher still maps its
+    # memory: the record is reclaimed, and the attacher keeps the memory it had
     holder = PostedDescriptor(file=str(path))
     attached = PostedDescriptor.attach(str(path))
-    holder._unlink = False  # the creator "dies" without removing it
+    holder._drop_record()  # the creator "dies" without removing its record
     holder.close()
     try:
-        with pytest.raises(irqbypass.DeviceError, match="in use"):
-            PostedDescriptor(file=str(path))
+        with PostedDescriptor(file=str(path)) as successor:
+            attached.post(40)
+            assert attached.sync().posts == {40: 1}
+            assert successor.counters()["posted"] == 0  # a new memory, not the old one
     finally:
         attached.close()
-    with PostedDescriptor(file=str(path)):  # now nobody holds it: reclaimed
-        pass
     assert not path.exists()
+
+
+# What a typo or a hostile topology can name as `file` (issue 32 item 1): before
+# the fix each was truncated to 8192 bytes, rewritten, and deleted at close.
+NOT_OURS = {
+    "a text file": b"root:x:0:0:root:/root:/bin/bash\n",
+    "empty": b"",
+    "record-sized without the magic": bytes(RECORD_SIZE),
+    "the magic but the wrong size": b"IRQBPIR1" + bytes(RECORD_SIZE),
+    "a descriptor of the old layout": bytes(64) + b"IRQBPID1" + bytes(8192 - 72),
+}
+
+
+@pytest.mark.parametrize("content", NOT_OURS.values(), ids=list(NOT_OURS))
+def test_a_file_that_is_not_a_record_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "passwd"
+    path.write_bytes(content)
+    os.chmod(path, 0o644)
+    before = path.stat()
+    with pytest.raises(irqbypass.DeviceError, match="not a posted-interrupt descriptor") as caught:
+        PostedDescriptor(file=str(path))
+    assert caught.value.errno == errno.EEXIST
+    with irqbypass.Eventfd() as token:  # nor through the consumer, and its close removes nothing
+        consumer = PostedInterruptConsumer(token=token, file=str(path))
+        with pytest.raises(irqbypass.DeviceError, match="not a posted-interrupt descriptor"):
+            consumer.open()
+        consumer.close()
+    after = path.stat()
+    assert path.read_bytes() == content
+    assert (after.st_mode, after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_mode,
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+
+
+@pytest.mark.parametrize("content", NOT_OURS.values(), ids=list(NOT_OURS))
+def test_check_notices_a_file_that_is_not_a_record(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "passwd"
+    path.write_bytes(content)
+    spec = irqbypass.EndpointSpec(
+        name="c", kind="posted-interrupt", side="consumer", token="t", options={"file": str(path)}
+    )
+    with pytest.raises(irqbypass.ConfigError, match="not a posted-interrupt descriptor record"):
+        PostedInterruptConsumer.from_spec(spec)
+    assert path.read_bytes() == content
+
+
+def test_check_accepts_a_free_path_and_a_record(tmp_path: Path) -> None:
+    path = tmp_path / "pi0"
+    spec = irqbypass.EndpointSpec(
+        name="c", kind="posted-interrupt", side="consumer", token="t", options={"file": str(path)}
+    )
+    PostedInterruptConsumer.from_spec(spec)  # nothing there yet: open creates it
+    with PostedDescriptor(file=str(path)):
+        PostedInterruptConsumer.from_spec(spec)  # a record (open says whether it is in use)
+    assert not path.exists()  # check created nothing
+
+
+def test_check_notices_a_directory_others_can_change(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    spec = irqbypass.EndpointSpec(
+        name="c",
+        kind="posted-interrupt",
+        side="consumer",
+        token="t",
+        options={"file": str(shared / "pi0")},
+    )
+    with pytest.raises(irqbypass.ConfigError, match="writable by others"):
+        PostedInterruptConsumer.from_spec(spec)
+
+
+def test_a_record_replaced_while_in_use_is_not_removed(tmp_path: Path) -> None:
+    path = tmp_path / "pi0"
+    with PostedDescriptor(file=str(path)):
+        path.unlink()
+        path.write_bytes(b"someone else's\n")
+    assert path.read_bytes() == b"someone else's\n"
+
+
+# Issue 32 item 13: whoever may write the file truncates it. Before the fix the
+# file was the mapping, and the next post died of SIGBUS (run in a child so that
+# the old code's death fails this test instead of killing pytest).
+TRUNCATE = """
+import os, sys
+from irqbypass_posted import PostedDescriptor
+path = sys.argv[1]
+with PostedDescriptor(file=path) as d, PostedDescriptor.attach(path) as a:
+    d.post(40)
+    os.truncate(path, 0)                      # the owner, or root, truncates the file
+    refused = []
+    for fd in (a._fd, d._fd):                 # an attacher (or the creator) its memory
+        try:
+            os.ftruncate(fd, 0)
+        except OSError as exc:
+            refused.append(exc.errno)
+    again = os.open(f"/proc/{os.getpid()}/fd/{a._fd}", os.O_RDWR)  # a fresh open of it
+    try:
+        os.ftruncate(again, 0)
+    except OSError as exc:
+        refused.append(exc.errno)
+    finally:
+        os.close(again)
+    d.post(41)
+    a.post(42)
+    print(refused, sorted(a.sync().posts.items()), d.counters()["posts_drained"])
+"""
+
+
+def test_truncating_the_descriptor_does_not_kill_the_vmm(tmp_path: Path) -> None:
+    path = tmp_path / "pi0"
+    child = subprocess.run(
+        [sys.executable, "-c", TRUNCATE, str(path)], capture_output=True, text=True, check=False
+    )
+    assert child.returncode == 0, f"died: {child.returncode} {child.stderr[-2000:]}"
+    assert child.stdout.split("\n")[0] == f"{[errno.EPERM] * 3} [(40, 1), (41, 1), (42, 1)] 3"
+    assert not path.exists()
+
+
+def test_attach_refuses_memory_that_is_not_sealed(tmp_path: Path) -> None:
+    """A record naming an unsealed memfd (which a truncation could pull from
+    under the mapping) is refused before anything is mapped."""
+    import struct
+
+    memfd = os.memfd_create("irqbypass-posted", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(memfd, 8192)
+        path = tmp_path / "pi0"
+        record = struct.pack("<8sQQQ16s16x", b"IRQBPIR1", 8192, os.getpid(), memfd, bytes(16))
+        path.write_bytes(record)
+        os.chmod(path, 0o600)
+        with pytest.raises(irqbypass.UnsafePathError, match="not sealed") as caught:
+            PostedDescriptor.attach(str(path))
+        assert caught.value.errno == errno.EPERM
+    finally:
+        os.close(memfd)
 
 
 @pytest.mark.usefixtures("guarded_sigint")
