@@ -41,9 +41,10 @@ from .paths import UnsafePathError, check_owner, open_directory, open_file, spli
 from .plugins import PluginHost, PluginInfo, load_plugins
 from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
 from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
+from .status import PairStatus
 from .testing import DeviceCall, FakeDevice
 from .tokens import TokenTable
-from .topology import Changes, PairStatus, Placed, Topology, Totals
+from .topology import Changes, Placed, Topology, Totals
 
 __all__ = [
     "IOC_NONE",

@@ -43,6 +43,7 @@ from .manager import Manager
 from .options import show_error, show_exception, show_value
 from .plugins import PluginHost
 from .signals import deliver_deferred_signals, signal_safe
+from .status import PairStatus
 from .tokens import CheckTokens, TokenTable
 
 #: The counters the core adds up across re-opens; every other stat is a
@@ -127,30 +128,6 @@ class Placed:
     def opens(self) -> int:
         """How many times this entry was opened (re-plugs and changes count)."""
         return self.history.opens + (1 if self.opened else 0)
-
-
-@dataclass(frozen=True)
-class PairStatus:
-    """What a status table shows for one token."""
-
-    token: str
-    producer: Placed | None
-    consumer: Placed | None
-    paired: bool
-
-    @property
-    def fired(self) -> int | None:
-        return _stat(self.producer, "fired")
-
-    @property
-    def delivered(self) -> int | None:
-        return _stat(self.consumer, "delivered")
-
-    @property
-    def lost(self) -> int | None:
-        if self.fired is None or self.delivered is None:
-            return None
-        return max(0, self.fired - self.delivered)
 
 
 @dataclass(frozen=True)
@@ -265,13 +242,6 @@ def _group_label(unit: list[Placed]) -> str:
     first = unit[0].config
     names = ", ".join(repr(placed.config.name) for placed in unit)
     return f"the group of {len(unit)} {first.side}s of kind {first.kind} ({names})"
-
-
-def _stat(placed: Placed | None, key: str) -> int | None:
-    if placed is None:
-        return None
-    value = placed.stats().get(key)
-    return value if isinstance(value, int) else None
 
 
 def _wrong_endpoint(endpoint: object, spec: EndpointSpec) -> str | None:
@@ -1248,8 +1218,14 @@ class Topology:
 
     # -- looking -----------------------------------------------------------
 
-    def status(self) -> list[PairStatus]:
-        """One row per token: its producer, its consumer, whether they pair."""
+    def status(self, *, settled: bool | None = None) -> list[PairStatus]:
+        """One row per token: its producer, its consumer, whether they pair, and
+        its counts (read once, when first asked). ``settled`` says every
+        producer is done, so a merging consumer's shortfall is coalesced, not in
+        flight; None asks :attr:`finished` (once for all rows); a reading taken
+        while the topology runs passes False."""
+        if settled is None:
+            settled = self.finished
         rows = []
         for token, ends in self._by_token.items():
             producer, consumer = ends.get("producer"), ends.get("consumer")
@@ -1259,7 +1235,9 @@ class Topology:
                 and isinstance(producer.endpoint, Producer)
                 and producer.endpoint.consumer is consumer.endpoint
             )
-            rows.append(PairStatus(token, producer, consumer, paired))
+            rows.append(
+                PairStatus(token, producer, consumer, paired, settled, self.tokens.get(token))
+            )
         return rows
 
     def entry(self, name: str) -> Placed | None:

@@ -330,27 +330,71 @@ def test_verbose_logs_the_steps_and_a_debug_logging_consumer(tmp_path: Path) -> 
 # -- 9: coalescing is not loss ---------------------------------------------
 
 
-def _row(coalesces: bool, settled: bool, queued: int = 0, **stats: int) -> summary._Row:
-    status = irqbypass.PairStatus("t", None, None, True)
-    return summary._Row(
-        status,
-        {"fired": stats["fired"]},
-        {"delivered": stats["delivered"], **({"coalesced": stats["c"]} if "c" in stats else {})},
-        queued=queued,
-        coalesces=coalesces,
-        settled=settled,
+class _Counted(irqbypass.Consumer):
+    """A consumer whose stats are given, merging or not."""
+
+    def __init__(self, stats: dict[str, int], coalesces: bool) -> None:
+        super().__init__(token="t", name="c")
+        self._stats = stats
+        self.coalesces = coalesces
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        pass
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return self._stats
+
+
+class _Fired(irqbypass.Producer):
+    def __init__(self, fired: int) -> None:
+        super().__init__(token="t", name="p")
+        self.fired = fired
+
+    def stats(self) -> dict[str, int]:
+        return {"fired": self.fired}
+
+    @property
+    def finished(self) -> bool:
+        return True
+
+
+def _row(
+    coalesces: bool, settled: bool, queued: int = 0, **stats: int
+) -> Iterator[irqbypass.PairStatus]:
+    from irqbypass.topology import Placed
+
+    config = irqbypass.parse_config(
+        '[[producers]]\nname="p"\nkind="x"\ntoken="t"\n'
+        '[[consumers]]\nname="c"\nkind="y"\ntoken="t"\n'
     )
+    counted = {"delivered": stats["delivered"]}
+    if "c" in stats:
+        counted["coalesced"] = stats["c"]
+    with irqbypass.Eventfd() as eventfd:
+        if queued:
+            eventfd.write(queued)
+        yield irqbypass.PairStatus(
+            "t",
+            Placed(config.producers[0], _Fired(stats["fired"])),
+            Placed(config.consumers[0], _Counted(counted, coalesces)),
+            True,
+            settled,
+            eventfd,
+        )
 
 
 def test_a_coalescing_consumer_s_settled_shortfall_is_coalesced_not_lost() -> None:
-    row = _row(True, True, fired=400, delivered=390)
-    assert (row.coalesced, row.queued, row.lost) == (10, 0, 0)
-    queued = _row(True, True, queued=4, fired=400, delivered=390)
-    assert (queued.coalesced, queued.lost) == (6, 0)
-    plain = _row(False, True, fired=400, delivered=390)
-    assert (plain.coalesced, plain.lost) == (None, 10), "a reader that merges nothing lost them"
-    reported = _row(False, True, fired=400, delivered=390, c=7)
-    assert (reported.coalesced, reported.lost) == (7, 3), "the consumer's own count wins"
+    for row in _row(True, True, fired=400, delivered=390):
+        assert (row.coalesced, row.queued, row.lost) == (10, 0, 0)
+    for queued in _row(True, True, queued=4, fired=400, delivered=390):
+        assert (queued.coalesced, queued.lost) == (6, 0)
+    for plain in _row(False, True, fired=400, delivered=390):
+        assert (plain.coalesced, plain.lost) == (None, 10), "a reader that merges nothing lost them"
+    for reported in _row(False, True, fired=400, delivered=390, c=7):
+        assert (reported.coalesced, reported.lost) == (7, 3), "the consumer's own count wins"
 
 
 @pytest.mark.kvm
@@ -540,7 +584,7 @@ def test_each_summary_row_comes_from_one_read_of_each_end(done: bool) -> None:
         tokens: ClassVar[dict[str, object]] = {}
         finished = True
 
-        def status(self) -> list[irqbypass.PairStatus]:
+        def status(self, settled: bool | None = None) -> list[irqbypass.PairStatus]:
             return [
                 irqbypass.PairStatus(
                     "t",

@@ -12,7 +12,8 @@ from typing import Any
 from ..config import Config
 from ..errors import IrqBypassError
 from ..plugins import PluginHost
-from ..topology import PairStatus, Topology
+from ..status import PairStatus
+from ..topology import Topology
 from .files import _load
 from .hosting import _host
 from .output import _count, _error, _print_table, _warn
