@@ -4,47 +4,134 @@ Producers (interrupt sources) and consumers (interrupt sinks) register with a
 :class:`Manager`, which pairs them by token and runs their callbacks in the
 kernel's order. This module is the whole public API: embedders and plugins use
 only what ``__all__`` lists.
+
+Every name is imported on first use (PEP 562): ``import irqbypass`` costs
+almost nothing, so a command such as ``irqbypass --version`` imports only
+what it needs; type checkers see the imports below as they are.
 """
 
 from __future__ import annotations
 
-from .config import Config, EndpointConfig, load_config, parse_config
-from .device import QUIESCE_MODES, DeviceProducer
-from .endpoints import Consumer, Endpoint, Producer
-from .errors import (
-    AlreadyRegisteredError,
-    BusyError,
-    CallbackError,
-    CallbackFailure,
-    ConfigError,
-    ConnectError,
-    DeviceError,
-    EventfdClosedError,
-    InvalidEndpointError,
-    IrqBypassError,
-    KindConflictError,
-    LoopClosedError,
-    PluginError,
-    ReentrantCallError,
-    TokenInUseError,
-    TopologyError,
-    UnknownKindError,
-    Veto,
-)
-from .eventfd import Eventfd, HoldingEventfd
-from .hookspecs import HookRelay, hookimpl, hookspec
-from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
-from .loop import EventLoop, LoopFault, LoopHandle, event_loop
-from .manager import Manager
-from .options import Options, show_value
-from .paths import UnsafePathError, check_owner, open_directory, open_file, split_path, trusted_uids
-from .plugins import PluginHost, PluginInfo, load_plugins
-from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
-from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
-from .status import PairStatus
-from .testing import DeviceCall, FakeDevice
-from .tokens import TokenTable
-from .topology import Changes, Placed, Topology, Totals
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config, EndpointConfig, load_config, parse_config
+    from .device import QUIESCE_MODES, DeviceProducer
+    from .endpoints import Consumer, Endpoint, Producer
+    from .errors import (
+        AlreadyRegisteredError,
+        BusyError,
+        CallbackError,
+        CallbackFailure,
+        ConfigError,
+        ConnectError,
+        DeviceError,
+        EventfdClosedError,
+        InvalidEndpointError,
+        IrqBypassError,
+        KindConflictError,
+        LoopClosedError,
+        PluginError,
+        ReentrantCallError,
+        TokenInUseError,
+        TopologyError,
+        UnknownKindError,
+        Veto,
+    )
+    from .eventfd import Eventfd, HoldingEventfd
+    from .hookspecs import HookRelay, hookimpl, hookspec
+    from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
+    from .loop import EventLoop, LoopFault, LoopHandle, event_loop
+    from .manager import Manager
+    from .options import Options, show_value
+    from .paths import (
+        UnsafePathError,
+        check_owner,
+        open_directory,
+        open_file,
+        split_path,
+        trusted_uids,
+    )
+    from .plugins import PluginHost, PluginInfo, load_plugins
+    from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
+    from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
+    from .status import PairStatus
+    from .testing import DeviceCall, FakeDevice
+    from .tokens import TokenTable
+    from .topology import Changes, Placed, Topology, Totals
+
+#: each submodule and the public names it defines: what ``__getattr__`` imports
+_MODULES: dict[str, tuple[str, ...]] = {
+    "config": ("Config", "EndpointConfig", "load_config", "parse_config"),
+    "device": ("QUIESCE_MODES", "DeviceProducer"),
+    "endpoints": ("Consumer", "Endpoint", "Producer"),
+    "errors": (
+        "AlreadyRegisteredError",
+        "BusyError",
+        "CallbackError",
+        "CallbackFailure",
+        "ConfigError",
+        "ConnectError",
+        "DeviceError",
+        "EventfdClosedError",
+        "InvalidEndpointError",
+        "IrqBypassError",
+        "KindConflictError",
+        "LoopClosedError",
+        "PluginError",
+        "ReentrantCallError",
+        "TokenInUseError",
+        "TopologyError",
+        "UnknownKindError",
+        "Veto",
+    ),
+    "eventfd": ("Eventfd", "HoldingEventfd"),
+    "hookspecs": ("HookRelay", "hookimpl", "hookspec"),
+    "kinds": (
+        "Availability",
+        "EndpointSpec",
+        "Factory",
+        "Kind",
+        "KindRegistrar",
+        "KindRegistry",
+        "Side",
+    ),
+    "loop": ("EventLoop", "LoopFault", "LoopHandle", "event_loop"),
+    "manager": ("Manager",),
+    "options": ("Options", "show_value"),
+    "paths": (
+        "UnsafePathError",
+        "check_owner",
+        "open_directory",
+        "open_file",
+        "split_path",
+        "trusted_uids",
+    ),
+    "plugins": ("PluginHost", "PluginInfo", "load_plugins"),
+    "seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
+    "signals": ("deliver_deferred_signals", "guard_signals", "interruptible", "signal_safe"),
+    "status": ("PairStatus",),
+    "testing": ("DeviceCall", "FakeDevice"),
+    "tokens": ("TokenTable",),
+    "topology": ("Changes", "Placed", "Topology", "Totals"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "IOC_NONE",

@@ -7,13 +7,16 @@ on SIGUSR1 (both acted on in its main loop, never in the handler).
 
 The commands live in the modules of this package, one concept each
 (``check``, ``run``, ``live``, ``summary``, ``hosting``, ``output``, ``files``);
-:func:`main` is the entry point (``irqbypass.cli:main``).
+:func:`main` is the entry point (``irqbypass.cli:main``). A command's module is
+imported once the arguments name it (:class:`_Command`), so ``--version`` and
+``--help`` import no plugin, no asyncio and no TOML reader.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import os
@@ -22,14 +25,13 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
-from ..config import MAX_DURATION
 from ..errors import IrqBypassError
-from .check import _cmd_check
-from .hosting import _cmd_plugins, version
-from .live import _cmd_reload, _cmd_status
 from .output import _error, _fresh_line, _notes
-from .run import _cmd_demo, _cmd_run
+
+#: the longest ``--duration`` (7 days; config.MAX_DURATION, which a test holds equal)
+MAX_DURATION = 7 * 24 * 3600.0
 
 __all__ = ["main"]
 
@@ -159,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         description="The IRQ bypass manager for userspace VMMs.",
         epilog="Global options may also follow the command. Docs: docs/cli.md.",
     )
-    parser.add_argument("--version", action="version", version=f"irqbypass {version()}")
+    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
     _global_options(parser, "", shown=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -170,12 +172,12 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
     plugins.add_argument("--json", action="store_true", help="print JSON")
-    plugins.set_defaults(func=_cmd_plugins)
+    plugins.set_defaults(func=_Command("hosting", "_cmd_plugins"))
 
     check_cmd = command("check", "validate a topology file and its pairs, opening no device")
     check_cmd.add_argument("file", help="the TOML file, or - for standard input")
     check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    check_cmd.set_defaults(func=_cmd_check)
+    check_cmd.set_defaults(func=_Command("check", "_cmd_check"))
 
     run = command("run", "apply a topology, run it, tear it down")
     run.add_argument("file", help="the TOML file, or - for standard input")
@@ -204,22 +206,73 @@ def _parser() -> argparse.ArgumentParser:
         help="write Prometheus metrics to PATH every second, for node_exporter's textfile "
         "collector (needs irqbypass[metrics])",
     )
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_Command("run", "_cmd_run"))
 
     status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
     status.add_argument("path", help="the run's control socket")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=_Command("live", "_cmd_status"))
 
     reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
     reload.add_argument("path", help="the run's control socket")
     reload.add_argument("--json", action="store_true", help="print JSON")
-    reload.set_defaults(func=_cmd_reload)
+    reload.set_defaults(func=_Command("live", "_cmd_reload"))
 
     demo = command("demo", "run the bundled demo topology")
     _run_options(demo)
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_Command("run", "_cmd_demo"))
     return parser
+
+
+class _Command:
+    """A command's function, its module imported when the command runs."""
+
+    def __init__(self, module: str, function: str) -> None:
+        self.module, self.function = module, function
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module = importlib.import_module(f".{self.module}", __name__)
+        result: int = getattr(module, self.function)(args)
+        return result
+
+
+def version() -> str:
+    """The installed distribution's version, from the name of its
+    ``irqbypass-VERSION.dist-info`` directory (the packaging spec's
+    "Recording installed projects"), the first on ``sys.path`` as
+    importlib.metadata finds it; importlib.metadata itself (one of the
+    costliest imports: email, zipfile, csv) only where no such directory is."""
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip file, a directory gone
+            continue
+        for name in names:
+            if name.startswith(_DIST_INFO[0]) and name.endswith(_DIST_INFO[1]):
+                found = name[len(_DIST_INFO[0]) : -len(_DIST_INFO[1])]
+                if found and "-" not in found:  # not irqbypass-other-1.0 (unnormalized)
+                    return found
+    from importlib import metadata
+
+    try:
+        return metadata.version("irqbypass")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+        return "unknown"
+
+
+_DIST_INFO = ("irqbypass-", ".dist-info")
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up (and
+    importlib.metadata imported) only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sys.stdout.write(f"irqbypass {version()}\n")
+        parser.exit()
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:

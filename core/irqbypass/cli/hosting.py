@@ -10,22 +10,14 @@ import os
 import sys
 import textwrap
 from collections.abc import Generator
-from importlib import metadata
 from typing import Any, TextIO
 
 from ..config import Config
 from ..errors import ConfigError, IrqBypassError
 from ..hookspecs import hookimpl
 from ..plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
+from . import version
 from .output import _isatty, _print_table, _say, _warn, _width
-
-
-def version() -> str:
-    try:
-        return metadata.version("irqbypass")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
-        return "unknown"
-
 
 #: plugins the CLI itself registers (tracing, metrics): not listed as the user's
 _CORE_PLUGINS = ("irqbypass.trace", "irqbypass.metrics")

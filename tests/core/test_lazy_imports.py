@@ -1,0 +1,96 @@
+"""What ``import irqbypass`` and the command line import (issue 31, item 2).
+
+``irqbypass/__init__.py`` imports each public name's module on first use
+(PEP 562), and the CLI imports a command's module only when it runs, so
+``irqbypass --version`` and ``--help`` start without the plugins, asyncio,
+importlib.metadata or the TOML reader. Each check runs a fresh interpreter
+(a module imported once stays imported) and reads its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import irqbypass
+import pytest
+from irqbypass import cli
+
+#: what a command that runs no topology has no use for
+HEAVY = ("asyncio", "importlib.metadata", "pluggy", "tomllib", "difflib", "hashlib")
+
+
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    script = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def cli_modules(*argv: str) -> set[str]:
+    code = (
+        "import contextlib, io\n"
+        "from irqbypass.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    main({list(argv)!r})"
+    )
+    return modules_after(code)
+
+
+def test_importing_the_package_imports_none_of_its_modules() -> None:
+    loaded = modules_after("import irqbypass")
+    assert not {m for m in loaded if m.startswith("irqbypass.")}, loaded
+    assert not set(HEAVY) & loaded
+
+
+def test_a_name_imports_its_module_and_only_what_that_needs() -> None:
+    loaded = modules_after("import irqbypass\nirqbypass.Eventfd")
+    assert "irqbypass.eventfd" in loaded
+    assert "irqbypass.topology" not in loaded and "pluggy" not in loaded
+
+
+@pytest.mark.parametrize("name", irqbypass.__all__)
+def test_every_public_name_is_its_modules_object(name: str) -> None:
+    value = getattr(irqbypass, name)
+    module = importlib.import_module(f"irqbypass.{irqbypass._WHERE[name]}")
+    assert value is getattr(module, name)
+
+
+def test_every_public_name_has_a_module_and_nothing_else_does() -> None:
+    assert set(irqbypass._WHERE) == set(irqbypass.__all__)
+    assert set(irqbypass.__all__) <= set(dir(irqbypass))
+    with pytest.raises(AttributeError, match="no attribute 'Eventfdd'"):
+        irqbypass.Eventfdd  # noqa: B018
+    from irqbypass import Topology  # from-imports go through __getattr__ too
+
+    assert Topology is irqbypass.topology.Topology
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["check", "--help"]])
+def test_version_and_help_import_no_plugin_and_no_command(argv: list[str]) -> None:
+    loaded = cli_modules(*argv)
+    assert not set(HEAVY) & loaded, sorted(set(HEAVY) & loaded)
+    assert not {m for m in loaded if m.startswith("irqbypass_")}, "a plugin was imported"
+    commands = {"irqbypass.cli.check", "irqbypass.cli.run", "irqbypass.cli.live"}
+    assert not commands & loaded
+
+
+def test_a_command_imports_its_module_when_it_runs(tmp_path: object) -> None:
+    loaded = cli_modules("status", "/nonexistent/socket")
+    assert "irqbypass.cli.live" in loaded
+    assert "irqbypass.cli.run" not in loaded and "irqbypass.cli.check" not in loaded
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    assert cli.version() == metadata.version("irqbypass")
+
+
+def test_the_duration_limit_is_the_configurations() -> None:
+    from irqbypass import config
+
+    assert cli.MAX_DURATION == config.MAX_DURATION
