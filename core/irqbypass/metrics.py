@@ -5,23 +5,36 @@ Per pair (labels ``token``, ``producer``, ``consumer``): the counters fired,
 delivered and coalesced (over every open of the entry: a reload that re-opens
 an endpoint does not reset them), the gauges queued, lost and paired; for the
 run: the pairings and unpairings the manager made, the reloads and the failed
-ones. Served over HTTP (``--metrics-port``, a ``prometheus_client`` server
-thread: it reads the last snapshot, never the topology) or written to a file
-for node_exporter's textfile collector (``--metrics-textfile``: written
-beside it and renamed, through the checked directory's fd, never following a
-link). The run's main loop takes the snapshot once a second.
+ones. Served over HTTP (``--metrics-port``: one thread of ours, see
+:mod:`irqbypass.exporter`, reads the last snapshot, never the topology) or
+written to a file for node_exporter's textfile collector
+(``--metrics-textfile``). The run's main loop takes the snapshot once a second.
+
+The textfile's directory may be shared (``/var/lib/node_exporter/textfile``,
+``/tmp``): the temporary written beside it is created exclusively (``O_EXCL``,
+an unguessable name) through the checked directory's fd, never following a
+link and never opening a FIFO, then renamed over the textfile. A write that
+fails (a full disk) is a warning, never an exception: the run and its teardown
+go on. At exit the textfile is removed (if it is still the one we wrote), so
+node_exporter does not go on exporting pairs that no longer exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import secrets
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
-from .paths import open_directory, split_path
+from .options import show_error
+from .paths import open_at, open_directory, split_path
+
+_log = logging.getLogger("irqbypass.metrics")
 
 #: how often the main loop refreshes the figures
 REFRESH_SECONDS = 1.0
@@ -84,6 +97,10 @@ class Metrics:
         self._latest: tuple[Sequence[dict[str, Any]], int, int] = ((), 0, 0)
         self._server: Any = None
         self._textfile: tuple[int, str] | None = None
+        #: the identity of the textfile we wrote last: removed at exit if still there
+        self._written: tuple[int, ...] | None = None
+        #: why the last textfile write failed (None: it worked), warned of once
+        self.problem: str | None = None
 
     def update(self, pairs: Sequence[dict[str, Any]], reloads: int, failed: int) -> None:
         self._latest = (list(pairs), reloads, failed)
@@ -120,15 +137,18 @@ class Metrics:
             yield core.CounterMetricFamily(f"irqbypass_{name}", what, value=value)
 
     def serve(self, port: int, address: str) -> None:
-        try:
-            self._server, _thread = self._client.start_http_server(
-                port, addr=address, registry=self.registry
-            )
-        except OSError as exc:
-            raise IrqBypassError(
-                f"--metrics-port {port}: cannot listen on {address}: {exc.strerror}",
-                errno=exc.errno,
-            ) from exc
+        from .exporter import Exporter
+
+        self._server = Exporter(port, address, self.scrape)
+
+    @property
+    def port(self) -> int | None:
+        """The port the HTTP exporter listens on (None: none)."""
+        return None if self._server is None else int(self._server.port)
+
+    def scrape(self) -> bytes:
+        """The exposition text of the last figures."""
+        return bytes(self._client.generate_latest(self.registry))
 
     def write_to(self, path: str) -> None:
         directory, name = split_path(path)
@@ -136,28 +156,80 @@ class Metrics:
         self._write()
 
     def _write(self) -> None:
-        """Write the file beside it, then rename: a reader sees a whole one."""
+        """Write the file beside it, then rename: a reader sees a whole one.
+        A failure is warned of (once until a write works again), never raised."""
         assert self._textfile is not None
         dirfd, name = self._textfile
-        text = self._client.generate_latest(self.registry)
-        temporary = f".{name}.{os.getpid()}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temporary, flags, 0o644, dir_fd=dirfd)
         try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
-        os.replace(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            self._written = _replace(dirfd, name, self.scrape())
+        except (OSError, IrqBypassError) as exc:
+            problem = f"cannot write the metrics textfile {name}: {_why(exc)}"
+            if problem != self.problem:
+                _log.warning("irqbypass: %s; the run goes on, the file is stale", problem)
+            self.problem = problem
+            return
+        if self.problem is not None:
+            _log.warning("irqbypass: the metrics textfile %s is written again", name)
+        self.problem = None
 
     def close(self) -> None:
+        """Stop serving, and remove the textfile if it is still the one we wrote."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
         if self._textfile is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._textfile[0])
+            dirfd, name = self._textfile
             self._textfile = None
+            with contextlib.suppress(OSError):
+                info = os.lstat(name, dir_fd=dirfd)
+                if _identity(info) == self._written:
+                    os.unlink(name, dir_fd=dirfd)
+            os.close(dirfd)
+
+
+#: how many names a temporary may try before giving up (each one is random)
+_ATTEMPTS = 8
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What tells our file from another put at its name (an inode number is reused)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _replace(dirfd: int, name: str, text: bytes) -> tuple[int, ...]:
+    """Write ``text`` to a new temporary beside ``name`` and rename it over
+    ``name``; the :func:`_identity` of what was written. The temporary is created with
+    ``O_EXCL`` under a random name, so nothing planted there is ever used."""
+    for _ in range(_ATTEMPTS):
+        temporary = f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = open_at(
+                dirfd, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644,
+                what="metrics temporary file",
+            )  # fmt: skip
+        except FileExistsError:
+            continue
+        try:
+            try:
+                view = memoryview(text)
+                while view:
+                    view = view[os.write(fd, view) :]
+                written = _identity(os.fstat(fd))
+            finally:
+                os.close(fd)
+            os.replace(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=dirfd)
+            raise
+        return written
+    raise OSError(errno.EEXIST, f"{_ATTEMPTS} random temporary names were all taken")
+
+
+def _why(exc: OSError | IrqBypassError) -> str:
+    if isinstance(exc, IrqBypassError):
+        return show_error(exc)
+    return f"{exc.strerror or show_error(exc)} (errno {exc.errno})"
 
 
 def _labels(row: dict[str, Any]) -> list[str]:

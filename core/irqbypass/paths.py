@@ -8,7 +8,9 @@ something of their choosing), a FIFO (so that ``open(2)`` hangs), or a file of
 their own (so that they read what we write, or we believe what they wrote).
 Hence, as OpenSSH's ``safe_path`` and systemd's ``chase`` do:
 
-- the directory is opened with ``O_NOFOLLOW | O_DIRECTORY``, and it and every
+- the directory is opened one component at a time from ``/`` (or the
+  working directory), each with ``O_NOFOLLOW | O_DIRECTORY`` relative to the
+  one before (a link in the middle of the path is refused as at its end), and it and every
   directory above it (walked up through ``..`` from the open fd, so what is
   checked is what is used) must be owned by a trusted uid and writable by no
   one else, unless sticky (``/tmp``: others can add names there but cannot
@@ -94,25 +96,15 @@ def _check_directory(fd: int, trusted: frozenset[int], shown: str) -> None:
 
 
 def open_directory(path: str, *, trusted: Iterable[int] = ()) -> int:
-    """An ``O_PATH`` fd of directory ``path``, opened without following a
-    link at its last component, after checking it and each directory above it
-    (see the module doc). ``trusted`` adds uids to ours and root's. The
-    caller closes the fd."""
+    """An ``O_PATH`` fd of directory ``path``, opened one component at a
+    time from ``/`` (or the working directory) without following a link at
+    any of them, after checking it and each directory above it (see the
+    module doc). ``trusted`` adds uids to ours and root's. The caller closes
+    the fd."""
     uids = trusted_uids(*trusted)
     if "\0" in path:
         raise UnsafePathError(f"path {path!r} contains a NUL byte", errno=errno.EINVAL)
-    try:
-        fd = os.open(path or ".", _DIR_FLAGS | os.O_NOFOLLOW)
-    except OSError as exc:
-        code = exc.errno or errno.EIO
-        hint = {
-            errno.ENOTDIR: "; it is a symbolic link or not a directory: name the real directory",
-            errno.ELOOP: "; it is a symbolic link: name the directory it points to",
-        }.get(code, "")
-        raise UnsafePathError(
-            f"cannot open directory {_shown(path)}: {os.strerror(code)} (errno {code}){hint}",
-            errno=code,
-        ) from exc
+    fd = _walk(path)
     try:
         current = os.open(".", _DIR_FLAGS, dir_fd=fd)
         try:
@@ -130,6 +122,42 @@ def open_directory(path: str, *, trusted: Iterable[int] = ()) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _walk(path: str) -> int:
+    """Open ``path`` component by component, each with ``O_NOFOLLOW |
+    O_DIRECTORY`` relative to the one before: a link anywhere in it (not only
+    at its end) is refused, never followed."""
+    fd = os.open("/" if path.startswith("/") else ".", _DIR_FLAGS)
+    walked = "/" if path.startswith("/") else ""
+    try:
+        for component in path.split("/"):
+            if component in ("", "."):
+                continue
+            walked = os.path.join(walked, component)
+            try:
+                child = os.open(component, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise _unopenable(path, walked, exc) from exc
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unopenable(path: str, walked: str, exc: OSError) -> UnsafePathError:
+    code = exc.errno or errno.EIO
+    where = "" if walked.rstrip("/") == path.rstrip("/") else f" (at {_shown(walked)})"
+    hint = {
+        errno.ENOTDIR: "; it is a symbolic link or not a directory: name the real directory",
+        errno.ELOOP: "; it is a symbolic link: name the directory it points to",
+    }.get(code, "")
+    return UnsafePathError(
+        f"cannot open directory {_shown(path)}{where}: {os.strerror(code)} (errno {code}){hint}",
+        errno=code,
+    )
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -160,20 +188,38 @@ def open_file(
     uids = trusted_uids(*trusted)
     dirfd = open_directory(directory, trusted=uids)
     try:
-        try:
-            fd = os.open(
-                name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dirfd
-            )
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePathError(
-                    f"{what} {_shown(path)} is a symbolic link: refused (it could point "
-                    "anywhere another user chose); name the file itself",
-                    errno=errno.ELOOP,
-                ) from exc
-            raise
+        return open_at(dirfd, name, flags, mode, what=what, shown=path, trusted=uids,
+                       devices=devices)  # fmt: skip
     finally:
         os.close(dirfd)
+
+
+def open_at(
+    dirfd: int,
+    name: str,
+    flags: int,
+    mode: int = 0o600,
+    *,
+    what: str = "file",
+    shown: str | None = None,
+    trusted: Iterable[int] = (),
+    devices: bool = False,
+) -> int:
+    """:func:`open_file` of ``name`` in the directory ``dirfd`` (one
+    :func:`open_directory` gave, a single component): the same checks.
+    ``shown`` is the path messages name (``name`` by default)."""
+    path = name if shown is None else shown
+    uids = trusted_uids(*trusted)
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dirfd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{what} {_shown(path)} is a symbolic link: refused (it could point "
+                "anywhere another user chose); name the file itself",
+                errno=errno.ELOOP,
+            ) from exc
+        raise
     try:
         st = os.fstat(fd)
         if devices and stat.S_ISCHR(st.st_mode) and st.st_uid == 0:
@@ -182,7 +228,7 @@ def open_file(
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(
                 f"{what} {_shown(path)} is not a regular file (a "
-                f"{_kind(st.st_mode)}): refused; remove it or name another path",
+                f"{file_kind(st.st_mode)}): refused; remove it or name another path",
                 errno=errno.EINVAL,
             )
         check_owner(st, uids, f"{what} {_shown(path)}")
@@ -200,7 +246,7 @@ def open_file(
     return fd
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "directory"),
         (stat.S_ISFIFO, "FIFO"),

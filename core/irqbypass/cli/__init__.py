@@ -184,13 +184,14 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(run)
     run.add_argument(
         "--control",
+        type=_control_path,
         metavar="PATH",
         help="answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
         "(created 0600, for your user only)",
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port_number,
         metavar="PORT",
         help="serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
     )
@@ -296,6 +297,26 @@ def _seconds(text: str) -> float:
             f"the duration must be more than 0 and at most {MAX_DURATION:.0f} seconds"
         )
     return value
+
+
+def _control_path(value: str) -> str:
+    """``--control PATH``: a name for the socket."""
+    if not value:
+        raise argparse.ArgumentTypeError("the path is empty; name the socket to create")
+    if "\0" in value:
+        raise argparse.ArgumentTypeError("the path holds a NUL byte")
+    return value
+
+
+def _port_number(value: str) -> int:
+    """``--metrics-port PORT``: 0 to 65535 (0: any free port)."""
+    try:
+        port = int(value, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
+    return port
 
 
 def _set_up_logging(verbose: int) -> None:

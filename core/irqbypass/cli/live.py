@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -17,12 +18,14 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from .. import control
-from ..errors import IrqBypassError
+from ..config import MAX_CONFIG_BYTES, Config, parse_config
+from ..errors import ConfigError, IrqBypassError
 from ..metrics import REFRESH_SECONDS, Metrics, PairingEvents
 from ..notify import notify, reloading
+from ..options import show_exception
+from ..paths import file_kind
 from ..plugins import PluginHost
 from ..topology import Topology
-from .files import _load
 from .output import _count, _error, _say, _warn
 from .summary import _print_summary, _snapshot
 
@@ -74,13 +77,17 @@ class _Live:
         notify("READY=1", f"STATUS={self._status_line()}")
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        if self.metrics is not None:
-            self._refresh_metrics(force=True)  # the last figures, before the teardown
-            self.metrics.close()
-            self.metrics = None
+        """Stop serving (the socket, the exporter) and remove the textfile.
+        Never raises: the teardown that follows runs whatever happens here."""
+        server, self.server = self.server, None
+        metrics, self.metrics = self.metrics, None
+        for what, closing in (("control socket", server), ("metrics", metrics)):
+            if closing is None:
+                continue
+            try:
+                closing.close()
+            except Exception as exc:
+                _warn(f"closing the {what} failed: {show_exception(exc)}; tearing down anyway")
 
     def _refresh_metrics(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -91,14 +98,23 @@ class _Live:
         self.metrics.update(pairs, self.reloads, self.failed_reloads)
 
     def idle(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for a client, then act on what arrived."""
+        """Serve the control socket's clients for ``seconds``, acting on the
+        signals as they arrive. Nothing here blocks on a client: each is
+        served a step at a time as it is ready (see :mod:`irqbypass.control`)."""
         self._act()
-        if self.server is None:
-            time.sleep(seconds)
-        else:
-            ready, _, _ = select.select([self.server], [], [], seconds)
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if self.server is None:
+                time.sleep(max(0.0, left))
+                break
+            if left <= 0:
+                self.server.serve()  # at least once a tick: deadlines are cut here
+                break
+            ready, _, _ = select.select([self.server], [], [], min(left, _DEADLINE_TICK))
+            self.server.serve()
             if ready:
-                self.server.serve()
+                self._act()
         self._act()
         self._refresh_metrics()
 
@@ -149,7 +165,7 @@ class _Live:
         before = {p.config.name: p.config for p in self.topology.placed}
         try:
             old = self.topology.config
-            new = _load(self.file)
+            new = _read_again(self.file)
             changes = self.topology.reconcile(new)
             self.reloads += 1
         except IrqBypassError as exc:
@@ -174,6 +190,45 @@ class _Live:
 
 
 _LIVE_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+#: how often the control socket's deadlines are checked while idle
+_DEADLINE_TICK = 0.25
+
+
+def _read_again(file: str) -> Config:
+    """The topology file read again for a reload, on the main loop: opened
+    non-blocking (a FIFO put in its place cannot hang the open), refused
+    unless a regular file (a FIFO or a device could stall the read), and read
+    up to :data:`~irqbypass.config.MAX_CONFIG_BYTES`."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=file) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"not a regular file (a {file_kind(mode)}): a reload reads only a file, which "
+                "cannot stall the run; put the topology back in a file",
+                file=file,
+            )
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=file) from exc
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"more than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a configuration file; "
+            "check the path",
+            file=file,
+        )
+    return parse_config(b"".join(chunks), file=file)
 
 
 def _metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
@@ -214,17 +269,101 @@ def _print_status(doc: dict[str, Any], out: TextIO) -> None:
         _say(f"  {vetoed['token']}: unpaired (eventfd only): vetoed: {vetoed['reason']}", out)
 
 
+_OPTIONAL = (type(None),)
+_COUNT = (int,)
+#: what a status answer holds, by field: the types each may have
+_STATUS_FIELDS: dict[str, tuple[type, ...]] = {
+    "ok": (bool,),
+    "file": (str, *_OPTIONAL),
+    "pid": _COUNT,
+    "uptime": (int, float),
+    "reloads": _COUNT,
+    "failed_reloads": _COUNT,
+    "pairs": (list,),
+    "skipped": (list,),
+    "vetoed": (list,),
+}
+_PAIR_FIELDS: dict[str, tuple[type, ...]] = {
+    "token": (str,),
+    "producer": (str, *_OPTIONAL),
+    "producer_kind": (str, *_OPTIONAL),
+    "consumer": (str, *_OPTIONAL),
+    "consumer_kind": (str, *_OPTIONAL),
+    "paired": (bool,),
+    **{name: (int, *_OPTIONAL) for name in ("fired", "delivered", "coalesced", "queued", "lost")},
+    "producer_stats": (dict,),
+    "consumer_stats": (dict,),
+    "problems": (list,),
+}
+_REASON_FIELDS: dict[str, tuple[type, ...]] = {"token": (str,), "reason": (str,)}
+
+
+def _shape(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    """``doc`` if it is a status answer of the shape :func:`_print_status`
+    reads (a successful one: every field, of its type); a clear error if not.
+    The server is a process of ours, but maybe not a working irqbypass."""
+
+    def check(row: object, fields: dict[str, tuple[type, ...]], where: str) -> None:
+        if not isinstance(row, dict):
+            raise IrqBypassError(f"{path}: {where} is not an object; is this an irqbypass run?")
+        for name, types in fields.items():
+            value = row.get(name)
+            wrong = isinstance(value, bool) and bool not in types  # True is no count
+            if name not in row or wrong or not isinstance(value, types):
+                raise IrqBypassError(
+                    f"{path}: the answer's {where}.{name} is {_shown_type(row, name)}, not "
+                    f"{' or '.join(t.__name__ for t in types)}; is this an irqbypass run?"
+                )
+
+    if not doc.get("ok"):
+        if not isinstance(doc.get("error"), str):
+            raise IrqBypassError(f"{path}: the answer is neither a status nor an error")
+        return doc
+    check(doc, _STATUS_FIELDS, "status")
+    for i, pair in enumerate(doc["pairs"]):
+        check(pair, _PAIR_FIELDS, f"pairs[{i}]")
+        if not all(isinstance(p, str) for p in pair["problems"]):
+            raise IrqBypassError(f"{path}: the answer's pairs[{i}].problems are not strings")
+    for key in ("skipped", "vetoed"):
+        for i, row in enumerate(doc[key]):
+            check(row, _REASON_FIELDS, f"{key}[{i}]")
+    return doc
+
+
+def _shown_type(row: dict[str, Any], name: str) -> str:
+    return "missing" if name not in row else f"a {type(row[name]).__name__}"
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    doc = control.request(args.path, "status")
+    doc = _shape(control.request(args.path, "status"), args.path)
     if args.json:
         print(json.dumps(doc, indent=2))
-    else:
+    elif doc.get("ok"):
         _print_status(doc, sys.stdout)
+    else:
+        _error(str(doc["error"]))
     return 0 if doc.get("ok") else 1
 
 
+def _reload_shape(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    """``doc`` if it is a reload answer :func:`_cmd_reload` can show; a clear error if not."""
+    if not doc.get("ok"):
+        if not isinstance(doc.get("error"), str):
+            raise IrqBypassError(f"{path}: the answer is neither a reload's result nor an error")
+        return doc
+    changed = doc.get("changed")
+    lists = [doc.get("added"), doc.get("removed")]
+    lists += list(changed.values()) if isinstance(changed, dict) else [None]
+    if not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in lists):
+        raise IrqBypassError(
+            f"{path}: the answer's added, removed and changed are not lists of names; "
+            "is this an irqbypass run?"
+        )
+    return doc
+
+
 def _cmd_reload(args: argparse.Namespace) -> int:
-    doc = control.request(args.path, "reload")
+    doc = _reload_shape(control.request(args.path, "reload"), args.path)
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc.get("ok"):
@@ -237,3 +376,4 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     else:
         _error(str(doc.get("error")))
     return 0 if doc.get("ok") else 1
+
