@@ -268,7 +268,7 @@ class ControlServer:
         try:
             if client.answer is None:
                 if events & selectors.EVENT_READ:
-                    self._read(client)
+                    return self._read(client)
             elif events & selectors.EVENT_WRITE:
                 return self._send(client)
         except (BlockingIOError, InterruptedError):
@@ -277,17 +277,19 @@ class ControlServer:
             self._forget(client)
         return 0
 
-    def _read(self, client: _Client) -> None:
+    def _read(self, client: _Client) -> int:
+        """Take what the client sent; once its line is whole, answer it (1
+        if the answer went out whole at once)."""
         chunk = client.sock.recv(MAX_REQUEST + 1)
         if chunk:
             client.request += chunk
             if b"\n" not in client.request:
                 if len(client.request) > MAX_REQUEST:
                     self._drop(client)
-                return
+                return 0
         elif not client.request:
             self._forget(client)  # gone without a word
-            return
+            return 0
         try:
             request = client.request.split(b"\n", 1)[0].decode("ascii").strip()
         except UnicodeDecodeError:
@@ -299,15 +301,15 @@ class ControlServer:
             }
         else:
             reply = self.answer(request)
-        self._reply(client, reply, True)
+        return self._reply(client, reply, True)
 
-    def _reply(self, client: _Client, reply: dict[str, Any], answered: bool) -> None:
+    def _reply(self, client: _Client, reply: dict[str, Any], answered: bool) -> int:
         """Queue ``reply``; its deadline starts now (a reload may have taken long)."""
         client.answer = memoryview(_line(reply))
         client.answered = answered
         client.deadline = time.monotonic() + SERVE_SECONDS
         self._selector.modify(client.sock, selectors.EVENT_WRITE)
-        self._send(client)
+        return self._send(client)
 
     def _send(self, client: _Client) -> int:
         assert client.answer is not None

@@ -242,3 +242,353 @@ def test_a_slow_request_is_cut_at_its_deadline(exporter: metrics.Metrics) -> Non
         slow.settimeout(HANG_GUARD)
         assert slow.recv(1) == b""
     assert "irqbypass_pairings_total" in _scrape(port)
+
+
+# -- the control socket (items 5, 6, 9) ----------------------------------------
+
+
+class Server:
+    """A ControlServer served the way ``irqbypass run``'s main loop does (its
+    ``idle``), on a thread of the test's: what it answers is recorded."""
+
+    def __init__(self, path: Path, answer: Callable[[str], dict[str, Any]] | None = None) -> None:
+        from irqbypass import control
+
+        self.served: list[str] = []
+        self.answer = answer or (lambda request: {"ok": True, "request": request})
+
+        def answer_and_note(request: str) -> dict[str, Any]:
+            self.served.append(request)
+            return self.answer(request)
+
+        self.server = control.ControlServer(str(path), answer_and_note)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        import select
+
+        while not self.stop.is_set():
+            select.select([self.server], [], [], 0.05)
+            self.server.serve()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(HANG_GUARD)
+        self.server.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    made = Server(tmp_path / "c.sock")
+    yield made
+    made.close()
+
+
+def test_idle_clients_do_not_delay_the_others(tmp_path: Path, server: Server) -> None:
+    """Ten idle clients of our own user, connected first: a status is answered
+    while they still hold their connections (before: each idle one took its
+    2 s deadline in turn, the whole main loop waiting)."""
+    from irqbypass import control
+
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(10)]
+    try:
+        for sock in idle:
+            sock.connect(str(tmp_path / "c.sock"))
+        wait_for("the idle clients accepted", lambda: server.server.clients == 10)
+        doc = control.request(str(tmp_path / "c.sock"), "status")
+        assert doc == {"ok": True, "request": "status"}
+        assert server.server.clients >= 9, "answered only once the idle ones were cut"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_silent_client_is_cut_at_its_deadline(tmp_path: Path, server: Server) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.connect(str(tmp_path / "c.sock"))
+        silent.settimeout(HANG_GUARD)
+        assert silent.recv(1) == b""
+    wait_for("the client forgotten", lambda: server.server.clients == 0)
+    assert server.served == []
+
+
+CLIENTS = 500
+
+
+def test_five_hundred_clients_at_once_are_all_answered(tmp_path: Path, server: Server) -> None:
+    """Each client waits out its own deadline: a full backlog is no refusal."""
+    from irqbypass import control
+
+    answers: list[object] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        try:
+            got: object = control.request(str(tmp_path / "c.sock"), "status", timeout=HANG_GUARD)
+        except Exception as exc:
+            got = exc
+        with lock:
+            answers.append(got)
+
+    threads = [threading.Thread(target=ask) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_GUARD)
+    failed = [a for a in answers if not isinstance(a, dict)]
+    assert not failed and len(answers) == CLIENTS, f"{len(failed)} failed: {failed[:3]}"
+    COUNTERS["live surfaces: concurrent status clients"] += CLIENTS
+
+
+def test_a_slow_answer_reaches_its_client(tmp_path: Path) -> None:
+    """A reload that takes longer than the client's serving deadline: its
+    answer is still whole JSON (before: the deadline began before the reload)."""
+    from irqbypass import control
+
+    def slow(request: str) -> dict[str, Any]:
+        time.sleep(control.SERVE_SECONDS + 0.5)  # the reload's own work, not a limit
+        return {"ok": True, "added": ["x" * 100_000]}
+
+    made = Server(tmp_path / "c.sock", slow)
+    try:
+        doc = control.request(str(tmp_path / "c.sock"), "reload")
+    finally:
+        made.close()
+    assert doc["added"] == ["x" * 100_000]
+
+
+def test_an_accept_short_of_fds_rests_the_listener(tmp_path: Path) -> None:
+    """At the fd limit the accept fails with EMFILE while the listener stays
+    readable: the server must stop watching it a while, not spin."""
+    import resource
+
+    from irqbypass import control
+
+    made = control.ControlServer(str(tmp_path / "c.sock"), lambda request: {"ok": True})
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        client.connect(str(tmp_path / "c.sock"))
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        filler = []
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            made.serve()
+            accepting = made.accepting()
+        finally:
+            for fd in filler:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert not accepting, "the listener is still watched: the main loop would spin"
+        wait_for("the listener watched again", lambda: (made.serve(), made.accepting())[1])
+        client.sendall(b"status\n")
+        client.settimeout(HANG_GUARD)
+        wait_for("the answer", lambda: made.serve() == 1)
+    finally:
+        client.close()
+        made.close()
+
+
+# -- the command line's client (items 10, 12) ----------------------------------
+
+
+def _fake_server(path: Path, answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+GOOD_ROW = (
+    '{"token": "t", "producer": "p", "producer_kind": "mock", "consumer": "c", '
+    '"consumer_kind": "logging", "paired": true, "fired": 1, "delivered": 1, '
+    '"coalesced": null, "queued": 0, "lost": 0, "producer_stats": {}, '
+    '"consumer_stats": {}, "problems": []}'
+)
+GOOD = (
+    '{"ok": true, "file": "f.toml", "pid": 1, "uptime": 1.5, "reloads": 0, '
+    '"failed_reloads": 0, "pairs": [ROW], "skipped": [], "vetoed": []}'
+)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, id="nested-deeply"),
+        pytest.param(
+            GOOD.replace("ROW", GOOD_ROW).replace('"uptime": 1.5', '"uptime": "x"'),
+            id="uptime-a-string",
+        ),
+        pytest.param(
+            GOOD.replace("ROW", GOOD_ROW).replace('"pairs": [', '"pairs": {"a": ['),
+            id="pairs-not-a-list",
+        ),
+        pytest.param(GOOD.replace("ROW", "7"), id="row-a-number"),
+        pytest.param(
+            GOOD.replace("ROW", GOOD_ROW.replace('"fired": 1', '"fired": "1"')), id="fired-a-string"
+        ),
+        pytest.param(
+            GOOD.replace("ROW", GOOD_ROW.replace('"problems": []', '"problems": 3')),
+            id="problems-a-number",
+        ),
+        pytest.param(
+            GOOD.replace("ROW", GOOD_ROW).replace('"skipped": []', '"skipped": [1]'),
+            id="skipped-not-objects",
+        ),
+        pytest.param('{"ok": false, "error": {"a": 1}}', id="error-not-text"),
+        pytest.param('{"ok": true}', id="fields-missing"),
+    ],
+)
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_status_trusts_no_servers_shape(
+    tmp_path: Path, answer: str, json_output: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from irqbypass.cli import main
+
+    listener, thread = _fake_server(tmp_path / "s.sock", answer.encode() + b"\n")
+    try:
+        code = main(["status", str(tmp_path / "s.sock"), *(["--json"] if json_output else [])])
+    finally:
+        thread.join(HANG_GUARD)
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "bug" not in err, err
+    assert f"{tmp_path / 's.sock'}: " in err
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"ok": true, "added": "abc", "removed": [], "changed": {}}',
+        '{"ok": true, "added": [], "removed": [], "changed": {"a": [1, 2]}}',
+        '{"ok": true, "added": [], "removed": [], "changed": [["a", "b"]]}',
+    ],
+)
+def test_reload_trusts_no_servers_shape(
+    tmp_path: Path, answer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from irqbypass.cli import main
+
+    listener, thread = _fake_server(tmp_path / "s.sock", answer.encode() + b"\n")
+    try:
+        code = main(["reload", str(tmp_path / "s.sock")])
+    finally:
+        thread.join(HANG_GUARD)
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "not lists of names" in err, err
+
+
+def test_a_good_status_still_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from irqbypass.cli import main
+
+    listener, thread = _fake_server(tmp_path / "s.sock", GOOD.replace("ROW", GOOD_ROW).encode())
+    try:
+        code = main(["status", str(tmp_path / "s.sock")])
+    finally:
+        thread.join(HANG_GUARD)
+        listener.close()
+    assert code == 0 and "f.toml: running 1.5 s (pid 1)" in capsys.readouterr().out
+
+
+def _cli(*args: str, cwd: Path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "irqbypass", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+TOPOLOGY = '[[producers]]\nname = "p"\nkind = "mock"\ntoken = "t"\noptions = { count = 1 }\n'
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--metrics-port", "70000"], "70000 is not a port number (0 to 65535)"),
+        (["--metrics-port", "-1"], "-1 is not a port number (0 to 65535)"),
+        (["--control", ""], "the path is empty"),
+    ],
+    ids=["port-too-big", "port-negative", "control-empty"],
+)
+def test_bad_live_options_are_usage_errors(tmp_path: Path, args: list[str], said: str) -> None:
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    code, err = _cli("run", "t.toml", *args, cwd=tmp_path)
+    assert code == 2 and said in err and "Traceback" not in err, err
+
+
+def test_a_socket_name_too_long_says_so(tmp_path: Path) -> None:
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    name = "s" * 120 + ".sock"
+    code, err = _cli("run", "t.toml", "--control", name, cwd=tmp_path)
+    assert code == 1 and "the socket's name is 125 bytes" in err and "None" not in err, err
+    code, err = _cli("status", name, cwd=tmp_path)
+    assert code == 1 and "the socket's name is 125 bytes" in err and "None" not in err, err
+
+
+def test_a_long_directory_is_no_obstacle(tmp_path: Path) -> None:
+    """A path over 107 bytes with a short name: served and asked through the
+    directory's fd (before: "cannot connect: None")."""
+    from irqbypass import control
+
+    deep = tmp_path / ("d" * 100) / ("e" * 100)
+    deep.mkdir(parents=True)
+    made = Server(deep / "c.sock")
+    try:
+        assert control.request(str(deep / "c.sock"), "status")["ok"] is True
+    finally:
+        made.close()
+
+
+# -- a reload of a FIFO (item 7) ------------------------------------------------
+
+
+def test_a_reload_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    from irqbypass.cli import live
+
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    config = live._read_again(str(tmp_path / "t.toml"))
+    assert [e.name for e in config.endpoints] == ["p"]
+    (tmp_path / "t.toml").unlink()
+    os.mkfifo(tmp_path / "t.toml")
+    result: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            live._read_again(str(tmp_path / "t.toml"))
+            result.append(None)
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10.0)  # not a speed limit: opening a FIFO with no writer never returns
+    if thread.is_alive():
+        os.close(os.open(tmp_path / "t.toml", os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+        pytest.fail("the reload's open hung on a FIFO")
+    (error,) = result
+    assert isinstance(error, irqbypass.ConfigError) and "not a regular file (a FIFO)" in str(error)
