@@ -376,4 +376,3 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     else:
         _error(str(doc.get("error")))
     return 0 if doc.get("ok") else 1
-
