@@ -13,6 +13,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from .endpoints import Consumer, Endpoint, Producer
@@ -22,6 +23,21 @@ from .options import Options, show_exception, show_value
 #: which end of a pair: a topology entry's side, a kind's, a lifecycle hook's ``side``
 Side = Literal["producer", "consumer"]
 SIDES: tuple[Side, Side] = ("producer", "consumer")
+
+#: The kinds of this project's own plugin family, by side, and the distribution
+#: that provides each: an unknown kind among them says what to install. Names
+#: only, nothing is imported (the core knows no plugin's code); a test checks
+#: the table against the plugins themselves.
+FAMILY: Mapping[tuple[Side, str], str] = {
+    ("producer", "mock"): "irqbypass-mock",
+    ("producer", "vfio"): "irqbypass-vfio",
+    ("producer", "vhost"): "irqbypass-vhost",
+    ("producer", "vhost-user"): "irqbypass-vhost-user",
+    ("producer", "vdpa"): "irqbypass-vdpa",
+    ("consumer", "logging"): "irqbypass-logging",
+    ("consumer", "kvm-irqfd"): "irqbypass-kvm",
+    ("consumer", "posted-interrupt"): "irqbypass-posted",
+}
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,9 @@ class KindRegistry:
         #: entries), told with an unknown kind instead of "is it installed?"
         self.left_out: list[str] = []
         #: plugins that failed (to load, or in ``irqbypass_register_kinds``), as
-        #: "plugin 'x' (why)": an unknown kind may be one of theirs
+        #: "plugin 'x' (distribution)": an unknown kind may be one of theirs. Why
+        #: each failed is told once, where it failed (a warning, ``irqbypass
+        #: plugins -v``), not again in every unknown kind's error
         self.failed: list[str] = []
 
     def add(self, kind: Kind[Any]) -> None:
@@ -224,12 +242,22 @@ def _unknown_kind_message(
     failed: Sequence[str] = (),
 ) -> str:
     message = f"no plugin provides {side} kind {name!r}"
+    install = _to_install(side, name)
+    family = FAMILY.get((side, name))
+    if family is not None:  # the family's own: only what concerns its distribution
+        left_out = [entry for entry in left_out if f"({family}" in entry] or left_out
+        failed = [entry for entry in failed if f"({family}" in entry] or failed
     close = difflib.get_close_matches(name, known, n=1)
-    if close:
+    if install is not None:
+        message += (
+            f": it comes with distribution {install}, which is not installed; "
+            f"install it (pip install {install})"
+        )
+    elif close:
         message += f"; did you mean {close[0]!r}?"
     if known:
         message += f" (known {side} kinds: {', '.join(known)})"
-    elif not left_out and not failed:
+    elif not left_out and not failed and install is None:
         message += (
             f" (no {side} kinds are loaded: is the plugin installed? see `irqbypass plugins`)"
         )
@@ -239,9 +267,22 @@ def _unknown_kind_message(
             "(see `irqbypass plugins`)"
         )
     if failed:
+        one = len(failed) == 1
         message += (
-            f"; {'this plugin' if len(failed) == 1 else 'these plugins'} failed, so "
-            f"{'it' if len(failed) == 1 else 'one of them'} may provide it: {'; '.join(failed)} "
-            "(fix or block it; see `irqbypass plugins -v`)"
+            f"; {', '.join(failed)} failed, so {'it' if one else 'one of them'} may provide it "
+            f"(why: the warning {'it' if one else 'each'} gave, or `irqbypass plugins -v`; "
+            "fix or block it)"
         )
     return message
+
+
+def _to_install(side: Side, name: str) -> str | None:
+    """The family's distribution that provides ``name``, when it is not installed."""
+    distribution = FAMILY.get((side, name))
+    if distribution is None:
+        return None
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return distribution
+    return None  # installed: what left it out (filtered, failed) is told instead

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -146,6 +147,9 @@ class PluginHost:
         self.filtered: list[FilteredPlugin] = []
         #: load-list entries that named no installed plugin or distribution
         self.unmatched: list[str] = []
+        #: what looks wrong in a plugin but stops nothing: a function named like a
+        #: hook but not marked, an entry point in the wrong group
+        self.warnings: list[str] = []
         self._sources: dict[str, _Source] = {}
         self._kinds: KindRegistry | None = None
         self._kind_failures: dict[str, str] = {}
@@ -175,7 +179,53 @@ class PluginHost:
             self.pm.unregister(plugin)
             raise PluginError(f"plugin {registered or name!r} cannot be registered: {problem}")
         self._refresh()
-        return registered if registered is not None else str(name)
+        plugin_name = registered if registered is not None else str(name)
+        for warning in self._unmarked_hooks(plugin, plugin_name):
+            _log.info("%s", warning)  # the CLI warns of host.warnings
+            self.warnings.append(warning)
+        return plugin_name
+
+    def _unmarked_hooks(self, plugin: object, name: str) -> list[str]:
+        """A function named like a hook (``irqbypass_*``) that is no hook
+        implementation: pluggy ignores it, so it would never be called."""
+        marked = {
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or []
+            if any(impl.plugin is plugin for impl in caller.get_hookimpls())
+        }
+        known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+        found = []
+        try:
+            attributes = [a for a in dir(plugin) if a.startswith(f"{hookspecs.PROJECT}_")]
+            for attribute in attributes:
+                if attribute in marked:
+                    continue
+                function = inspect.getattr_static(plugin, attribute)
+                if isinstance(function, staticmethod | classmethod):
+                    function = function.__func__
+                if inspect.isfunction(function):
+                    found.append((attribute, function))
+        except Exception:  # a hostile object's attributes: pluggy took it, so do we
+            return []
+        warnings = []
+        for attribute, function in found:
+            code = function.__code__
+            where = f"{code.co_filename}:{code.co_firstlineno}"
+            if attribute in known:
+                what = "so pluggy never calls it; decorate it with @irqbypass.hookimpl"
+            else:
+                close = difflib.get_close_matches(attribute, known, n=1)
+                what = (
+                    f"but no hook has that name (did you mean {close[0]!r}?)"
+                    if close
+                    else f"but no hook has that name (the hooks are {', '.join(known)})"
+                )
+                what += "; rename it, or mark a hook with @irqbypass.hookimpl"
+            warnings.append(
+                f"plugin {name!r}: function {attribute} ({where}) is named like a hook but "
+                f"not marked with @irqbypass.hookimpl, {what}"
+            )
+        return warnings
 
     def _unknown_hooks(self, plugin: object) -> str | None:
         """Why ``plugin`` is refused: it implements a hook no spec declares (a
@@ -252,7 +302,14 @@ class PluginHost:
         is a seam for tests.
         """
         env = os.environ if environ is None else environ
-        found = entry_points() if entry_points is not None else _group_entry_points()
+        every = list(entry_points() if entry_points is not None else _all_entry_points())
+        found = [ep for ep in every if getattr(ep, "group", GROUP) == GROUP]
+        for misplaced in _misplaced(every):
+            self.filtered.append(misplaced)
+            label = _dist_label(misplaced.distribution, misplaced.version)
+            warning = f"plugin {misplaced.name} ({label}) is not loaded: {misplaced.reason}"
+            _log.info("%s", warning)  # the CLI warns of host.warnings
+            self.warnings.append(warning)
         disabled = False
         source = "the allow list"
         if allow is None:
@@ -390,9 +447,9 @@ class PluginHost:
                 failures[impl.plugin_name] = (
                     f"irqbypass_register_kinds raised {show_exception(exc)}"
                 )
-        registry.failed = [f"plugin {i.name!r} ({i.error})" for i in self.failures] + [
-            f"plugin {name!r} ({error})" for name, error in sorted(failures.items())
-        ]
+        registry.failed = [
+            f"plugin {i.name!r} ({_dist_label(i.distribution, i.version)})" for i in self.failures
+        ] + [f"plugin {name!r} (in irqbypass_register_kinds)" for name in sorted(failures)]
         return registry, failures
 
     def check_kinds(self, *, strict: bool = False) -> list[str]:
@@ -529,8 +586,41 @@ def _names(value: object, what: str) -> list[str]:
     return [str(name) for name in names]
 
 
-def _group_entry_points() -> Iterable[metadata.EntryPoint]:
-    return metadata.entry_points(group=GROUP)
+def _all_entry_points() -> Iterator[metadata.EntryPoint]:
+    """Every entry point of every distribution (what ``entry_points(group=)``
+    reads anyway), so that a plugin in the wrong group is seen too."""
+    for dist in metadata.distributions():
+        yield from dist.entry_points
+
+
+def _misplaced(every: Iterable[metadata.EntryPoint]) -> list[FilteredPlugin]:
+    """Entry points of a distribution that declares none in group ``irqbypass``
+    but some in a group named like it (``irqbypass.plugins``, ``irqbypas``),
+    or, for a distribution named ``irqbypass-*``, close to it: a plugin that is
+    never loaded. Read from the metadata; nothing is imported."""
+    by_dist: dict[str, list[metadata.EntryPoint]] = {}
+    for ep in every:
+        by_dist.setdefault(_normalize(_dist_name(ep) or ""), []).append(ep)
+    found = []
+    for dist, eps in sorted(by_dist.items()):
+        if any(getattr(ep, "group", GROUP) == GROUP for ep in eps):
+            continue
+        for ep in eps:
+            group = getattr(ep, "group", GROUP)
+            head = re.split(r"[-_.]", group, maxsplit=1)[0].lower()
+            family = dist.startswith(f"{GROUP}-")
+            if head == GROUP or (family and difflib.get_close_matches(head, [GROUP], cutoff=0.75)):
+                found.append(
+                    FilteredPlugin(
+                        ep.name,
+                        _dist_name(ep),
+                        ep.dist.version if ep.dist is not None else None,
+                        f"its entry point {ep.name} = {getattr(ep, 'value', '?')!r} is in group "
+                        f"{group!r}, which irqbypass does not read; plugins are found in group "
+                        f"{GROUP!r} ([project.entry-points.{GROUP}] in its pyproject.toml)",
+                    )
+                )
+    return found
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str | None:
@@ -546,6 +636,10 @@ def _traceback(exc: BaseException) -> str:
     import traceback
 
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _dist_label(distribution: str | None, version: str | None) -> str:
+    return " ".join(filter(None, [distribution, version])) or "no distribution"
 
 
 def _failure_message(info: PluginInfo) -> str:

@@ -21,8 +21,12 @@ every re-open (:attr:`Placed.totals`).
 from __future__ import annotations
 
 import contextlib
+import logging
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from .config import Config, EndpointConfig, typed_differences
@@ -45,6 +49,8 @@ from .plugins import PluginHost
 from .signals import deliver_deferred_signals, signal_safe
 from .status import PairStatus
 from .tokens import CheckTokens, TokenTable
+
+_log = logging.getLogger("irqbypass.topology")
 
 #: The counters the core adds up across re-opens; every other stat is a
 #: per-open figure (or a gauge, such as ``pending``) and is shown as it is.
@@ -214,12 +220,32 @@ def _failure(exc: BaseException, plugin: str = "") -> str:
 def _plugin_error(exc: BaseException, plugin: str) -> str:
     """What a plugin's ``open``/``close`` raised: an irqbypass error or an
     OSError as it says, anything else as the bug in that plugin it is."""
+    if plugin and isinstance(exc, Exception):
+        _log_traceback(exc, f"plugin {plugin}")
     if not plugin or isinstance(exc, (IrqBypassError, OSError)) or not isinstance(exc, Exception):
         return show_error(exc)
     return (
         f"{show_exception(exc)}; this is a bug in plugin {plugin} "
         "(it should raise an irqbypass.IrqBypassError)"
     )
+
+
+def _log_traceback(exc: BaseException, whose: str) -> None:
+    """Where in a plugin's code ``exc`` was raised, with its traceback, logged
+    at INFO (``irqbypass -v``): the error line says what; this says where."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("%s raised %s at %s:", whose, type(exc).__name__, _where(exc), exc_info=exc)
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line in function`` of the innermost frame outside the core and
+    the standard library (the plugin's own line), else of the innermost."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    skip = (str(Path(__file__).parent), sysconfig.get_paths()["stdlib"])
+    own = [f for f in frames if not f.filename.startswith(skip)] or frames
+    return f"{own[-1].filename}:{own[-1].lineno} in {own[-1].name}"
 
 
 def _deliver(interrupt: BaseException | None) -> BaseException | None:
@@ -521,6 +547,7 @@ class Topology:
         except IrqBypassError as exc:
             raise source.error(entry.key_path, str(exc)) from exc
         except Exception as exc:
+            _log_traceback(exc, f"the factory of kind {entry.kind!r} (plugin {kind.plugin})")
             raise TopologyError(
                 f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
                 f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "

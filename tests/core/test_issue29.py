@@ -4,13 +4,14 @@ plugin author and an embedder met."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import irqbypass
 import pytest
-from cli_support import run, topology
+from cli_support import HERE, run, topology
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 DEAF = (
@@ -86,3 +87,153 @@ def test_a_snapshot_reads_each_end_once_however_many_counts_are_asked(no_env: No
         assert len(reads) == 1, "every count of a snapshot comes from its one reading"
         assert row.as_dict() is not None and len(reads) == 2, "as_dict reads once too"
         assert row.delivered == 0 and len(reads) == 3, "a row's own counts read when asked"
+
+
+# -- 1: where in the plugin a factory or open() failed ----------------------
+
+FACTORY_BUG = (
+    '[[producers]]\nname="m"\nkind="factory-bug"\ntoken="t"\n'
+    '[[consumers]]\nname="d"\nkind="deaf"\ntoken="t"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "command", "where"),
+    [("factory-bug", "check", "_factory_bug"), ("open-bug", "run", "open")],
+)
+def test_v_shows_where_in_the_plugin_a_factory_or_open_raised(
+    tmp_path: Path, kind: str, command: str, where: str
+) -> None:
+    path = topology(tmp_path, FACTORY_BUG.replace("factory-bug", kind))
+    quiet = run("-p", "round4_plugin", command, path)
+    assert quiet.returncode == 1
+    assert "KeyError: 'missing'" in quiet.stderr and "Traceback" not in quiet.stderr
+    verbose = run("-p", "round4_plugin", command, path, "-v")
+    assert verbose.returncode == 1
+    assert re.search(rf"raised KeyError at \S*round4_plugin\.py:\d+ in {where}:", verbose.stderr)
+    assert 'settings["missing"]' in verbose.stderr, "the traceback shows the plugin's line"
+    assert verbose.stderr.rstrip().splitlines()[-1] == quiet.stderr.rstrip().splitlines()[-1]
+
+
+# -- 2: a hook function without @hookimpl ----------------------------------
+
+
+def test_a_function_named_like_a_hook_but_not_marked_is_warned_about() -> None:
+    import unmarked_plugin
+
+    host = irqbypass.PluginHost()
+    host.register(unmarked_plugin, name="unmarked")
+    warnings = "\n".join(host.warnings)
+    assert re.search(
+        r"plugin 'unmarked': function irqbypass_register_kinds \(\S*unmarked_plugin\.py:\d+\) "
+        r"is named like a hook but not marked with @irqbypass.hookimpl, so pluggy never calls "
+        r"it; decorate it with @irqbypass.hookimpl",
+        warnings,
+    ), warnings
+    assert "irqbypass_confgure" in warnings and "did you mean 'irqbypass_configure'?" in warnings
+    assert len(host.warnings) == 3
+    marked = irqbypass.PluginHost()
+    import round4_plugin
+
+    marked.register(round4_plugin, name="round4")
+    assert marked.warnings == []
+
+
+def test_the_cli_warns_of_an_unmarked_hook(tmp_path: Path) -> None:
+    result = run("-p", "unmarked_plugin", "plugins")
+    assert result.returncode == 0
+    assert (
+        "irqbypass: warning: plugin 'unmarked_plugin': function irqbypass_register_kinds ("
+        in result.stderr
+    )
+
+
+# -- 3: an entry point in the wrong group ----------------------------------
+
+
+def _distribution(where: Path, name: str, entry_points: str) -> None:
+    info = where / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_a_plugin_in_the_wrong_entry_point_group_is_named_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    _distribution(tmp_path, "irqbypass-wrong", "[irqbypass.plugins]\nwrong = no_such_module\n")
+    _distribution(tmp_path, "irqbypass-typo", "[irqbypas]\ntypo = no_such_module_either\n")
+    _distribution(tmp_path, "irqbypass-tools", "[console_scripts]\nirqtool = tools:main\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run("plugins", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "irqbypass: warning: plugin wrong (irqbypass-wrong 1.0) is not loaded: its entry point "
+        "wrong = 'no_such_module' is in group 'irqbypass.plugins', which irqbypass does not "
+        "read; plugins are found in group 'irqbypass'" in result.stderr
+    )
+    assert "plugin typo (irqbypass-typo 1.0) is not loaded" in result.stderr
+    assert "irqtool" not in result.stderr, "a console script is no plugin"
+    assert "no_such_module" not in result.stdout.split("not loaded:")[0]
+    assert "  wrong (irqbypass-wrong 1.0): its entry point" in result.stdout
+    assert "ModuleNotFoundError" not in result.stderr + result.stdout, "nothing is imported"
+
+
+# -- 5 and 6: what to install; a failure said once ------------------------
+
+
+def test_the_family_table_names_each_plugin_s_own_kinds(no_env: None) -> None:
+    from irqbypass.kinds import FAMILY
+
+    host = irqbypass.load_plugins(environ={})
+    claimed = {}
+    for info in host.info():
+        if info.distribution is not None and info.distribution.startswith("irqbypass-"):
+            for side, names in info.kinds.items():
+                for name in names:
+                    claimed[(side, name)] = info.distribution
+    assert claimed == dict(FAMILY)
+
+
+def test_an_unknown_kind_of_the_family_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh venv with the core and mock only: vhost-user is not installed."""
+    from importlib import metadata
+
+    import irqbypass_mock
+
+    real = metadata.distribution
+
+    def fresh(name: str) -> metadata.Distribution:
+        if name == "irqbypass-vhost-user":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "distribution", fresh)
+    host = irqbypass.PluginHost()
+    host.register(irqbypass_mock, name="mock")
+    with pytest.raises(irqbypass.UnknownKindError) as info:
+        host.kinds.get("producer", "vhost-user")
+    assert str(info.value) == (
+        "no plugin provides producer kind 'vhost-user': it comes with distribution "
+        "irqbypass-vhost-user, which is not installed; install it "
+        "(pip install irqbypass-vhost-user) (known producer kinds: mock)"
+    )
+    with pytest.raises(irqbypass.UnknownKindError, match="did you mean 'mock'"):
+        host.kinds.get("producer", "mok")
+
+
+def test_a_failed_plugin_s_error_is_said_once(tmp_path: Path) -> None:
+    (tmp_path / "crashing_at_import.py").write_text(
+        "raise RuntimeError('the device library is missing ' + 'x' * 200)\n"
+    )
+    path = topology(tmp_path, FACTORY_BUG.replace("factory-bug", "fancy"))
+    result = run("-p", "crashing_at_import", "-p", "round4_plugin", "check", path,
+                 env={"PYTHONPATH": f"{tmp_path}:{HERE}"})  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("the device library is missing") == 1, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert "plugin 'crashing_at_import' (no distribution) failed, so it may provide it" in error
+    assert "(why: the warning it gave, or `irqbypass plugins -v`; fix or block it)" in error
+    assert len(error) < 400

@@ -91,7 +91,8 @@ def test_an_unknown_kind_names_the_plugin_whose_registration_raised() -> None:
         host.kinds.get("producer", "half")
     message = str(info.value)
     assert "no plugin provides producer kind 'half'" in message
-    assert "plugin 'broken' (irqbypass_register_kinds raised RuntimeError" in message
+    assert "plugin 'broken' (in irqbypass_register_kinds) failed, so it may provide it" in message
+    assert "RuntimeError" not in message, "why is told once, by check_kinds(), not again here"
 
 
 class _CrashingEntryPoint:
@@ -110,7 +111,8 @@ def test_an_unknown_kind_names_a_plugin_that_failed_to_load() -> None:
         host.kinds.get("producer", "fancy")
     message = str(info.value)
     assert "no plugin provides producer kind 'fancy'" in message
-    assert "plugin 'crashing' (ImportError: no such device library)" in message
+    assert "plugin 'crashing' (no distribution) failed, so it may provide it" in message
+    assert "no such device library" not in message, "why is told once, where it failed"
 
 
 def test_p_of_a_module_its_entry_point_loaded_loads_it_once() -> None:

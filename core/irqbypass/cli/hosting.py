@@ -65,7 +65,7 @@ def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
         _warn(_describe_failure(failure) + "; the other plugins are loaded")
         if args.verbose and failure.traceback:
             sys.stderr.write(failure.traceback)
-    for problem in [*host.check_kinds(), *host.unmatched]:
+    for problem in [*host.warnings, *host.check_kinds(), *host.unmatched]:
         _warn(problem)
     if config is not None:  # each plugin's own [plugins.NAME] table
         try:

@@ -1,0 +1,18 @@
+"""A plugin module for ``irqbypass -p unmarked_plugin`` (tests/core on
+PYTHONPATH): its hook functions lack ``@irqbypass.hookimpl`` (issue 29 item 2)."""
+
+from __future__ import annotations
+
+import irqbypass
+
+
+def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+    register.producer("unmarked", lambda spec: irqbypass.Producer(token=spec.token, name=spec.name))
+
+
+def irqbypass_confgure(options: irqbypass.Options) -> None:
+    """A typo as well as unmarked."""
+
+
+def irqbypass_helper_version() -> str:
+    return "not a hook, but named like one"
