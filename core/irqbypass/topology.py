@@ -1208,7 +1208,8 @@ class Topology:
         try:
             if interrupt is not None:
                 raise interrupt
-            second = [p for p in built if p not in first]
+            opened = {id(p) for p in first}  # by identity: `in first` was O(N^2) in __eq__
+            second = [p for p in built if id(p) not in opened]
             for placed in second:
                 self._insert(placed)
             self._open_all(second, doing)

@@ -592,3 +592,114 @@ def test_a_reload_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
         pytest.fail("the reload's open hung on a FIFO")
     (error,) = result
     assert isinstance(error, irqbypass.ConfigError) and "not a regular file (a FIFO)" in str(error)
+
+
+# -- finding each error's line (item 8) -----------------------------------------
+
+
+def _lines_run(module: Any, action: Callable[[], object]) -> int:
+    """How many lines of ``module`` ``action`` runs: a count, not a time."""
+    import sys
+
+    count = 0
+
+    def local(frame: Any, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def calls(frame: Any, event: str, arg: object) -> Any:
+        return local if frame.f_code.co_filename == module.__file__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        action()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def _unknown_tables(n: int) -> str:
+    return "".join(f"[unknown{i}]\nx = 1\n" for i in range(n))
+
+
+def _bad_entries(n: int) -> str:
+    return "".join(
+        f'[[producers]]\nname = "p{i}"\nkind = "mock"\ntoken = "t{i}"\nirq = -1\nwhat = 2\n'
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("text", [_unknown_tables, _bad_entries], ids=["tables", "entries"])
+def test_finding_the_lines_of_many_errors_is_linear(text: Callable[[int], str]) -> None:
+    """Twice the errors cost about twice the work (it was four times: each
+    error's line was found by scanning the whole file)."""
+    from irqbypass import config
+
+    def check(n: int) -> Callable[[], object]:
+        def parse() -> None:
+            with pytest.raises(irqbypass.ConfigError) as caught:
+                config.parse_config(text(n), file="many.toml")
+            assert len(caught.value.errors) >= n
+            assert all(e.line for e in caught.value.errors[:n]), "an error without its line"
+
+        return parse
+
+    small, large = _lines_run(config, check(150)), _lines_run(config, check(300))
+    assert large < 2.5 * small, f"150 errors: {small} lines run, 300: {large}"
+
+
+# -- a large reload with signals deferred (item 9) -------------------------------
+
+
+def _all_lines_run(action: Callable[[], object]) -> int:
+    """How many Python lines ``action`` runs on this thread, every module's."""
+    import sys
+
+    count = 0
+
+    def local(frame: Any, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local)
+    try:
+        action()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def _pair(i: int, count: int = -1) -> str:
+    return (
+        f'[[producers]]\nname = "p{i}"\nkind = "mock"\ntoken = "t{i}"\n'
+        f"options = {{ rate = 0.0, count = {count} }}\n"
+        f'[[consumers]]\nname = "c{i}"\nkind = "logging"\ntoken = "t{i}"\n'
+    )
+
+
+def test_a_reload_adding_many_pairs_and_changing_one_is_linear() -> None:
+    """The reload's change runs signal-safe (a SIGTERM waits for its next
+    delivery point): a quadratic step in it made SIGTERM wait 11-67 s at
+    2,500 pairs. Twice the pairs must cost about twice the work."""
+    from irqbypass.config import parse_config
+    from irqbypass.topology import Topology
+
+    host = irqbypass.load_plugins(allow=["irqbypass-mock", "irqbypass-logging"])
+
+    def work(n: int) -> int:
+        topology = Topology(parse_config(_pair(0), file="t.toml"), host)
+        topology.apply()
+        try:
+            new = parse_config(_pair(0, 5) + "".join(map(_pair, range(1, n))), file="t.toml")
+            return _all_lines_run(lambda: topology.reconcile(new))
+        finally:
+            topology.teardown()
+
+    small, large = work(150), work(300)
+    assert large < 2.5 * small, f"150 pairs: {small} lines run, 300: {large}"
