@@ -37,6 +37,19 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point. A Ctrl-C at any moment, even while a command's modules
+    are still being imported (the first half second), ends in one line and exit
+    130, never a traceback: every error of ours is a message."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # before the command's own handling began, or after it
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fresh_line(signum)
+        _error(f"stopped by {signal.Signals(signum).name}")
+        return 128 + signum
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
     _set_up_logging(args.verbose)
     try:
