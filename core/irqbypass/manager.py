@@ -542,14 +542,15 @@ def _connect_error(
     )
     everything = (failure, *failures)
     _reraise_interrupts(everything, state, hooks)
-    message = (
+    details = (
         f"connecting {_side(mine)} {_name(mine)} to {_side(theirs)} {_name(theirs)} "
-        f"failed: {_describe(failure, hooks)}; {state}"
+        f"failed: {_describe(failure, hooks)}"
     )
     if failures:
-        message += "; also " + "; ".join(_describe(f, hooks) for f in failures)
+        details += "; also " + "; ".join(_describe(f, hooks) for f in failures)
     cause = failure[2]
-    error = ConnectError(message, errors=[exc for _, _, exc in everything])
+    error = ConnectError(f"{details}; {state}", errors=[exc for _, _, exc in everything])
+    error.details = details  # a Topology undoes the partner too, and says so itself
     error.__cause__ = cause
     return error
 

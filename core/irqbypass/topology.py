@@ -210,7 +210,7 @@ def _interrupt(exc: BaseException) -> BaseException | None:
 
 
 def _failure(exc: BaseException, plugin: str = "") -> str:
-    if isinstance(exc, CallbackError):  # the topology tells the state itself
+    if isinstance(exc, (CallbackError, ConnectError)):  # the topology tells the state itself
         return exc.details
     if isinstance(exc, Exception):
         return _plugin_error(exc, plugin)
@@ -633,7 +633,8 @@ class Topology:
         except BaseException as exc:
             undo_errors, interrupt = self._finish()
             action = f"applying {self.config.file}"
-            raise self._failed(action, doing, exc, undo_errors, interrupt)  # noqa: B904 (its cause is set)
+            undone = "nothing was applied: every endpoint opened was closed again"
+            raise self._failed(action, doing, exc, undo_errors, interrupt, undone)  # noqa: B904 (its cause is set)
 
     def _open_all(
         self,
@@ -656,14 +657,18 @@ class Topology:
         exc: BaseException,
         undo_errors: list[str],
         interrupt: BaseException | None,
+        undone: str = "",
     ) -> BaseException:
         """The exception to raise for a failed apply, attach or change, once
         its undo is done: the error as a build raised it, an interrupt (noted
-        with the failure), or a TopologyError naming the step."""
+        with the failure), or a TopologyError naming the step. ``undone``: the
+        state a complete undo left, said when nothing failed in it."""
         interrupt = _deliver(interrupt)
         step, what, plugin = doing
         reason = _failure(exc, plugin) if isinstance(exc, Exception) else show_error(exc)
         message = f"{action}: {step} of {what} failed: {reason}"
+        if undone and not undo_errors:
+            message += f"; {undone}"
         if undo_errors:
             # an undo that failed the same way (a stop() that raises at every
             # disconnect too) is told as such, not in the same words again
