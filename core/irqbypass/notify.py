@@ -30,6 +30,20 @@ def notify(*lines: str) -> bool:
     return True
 
 
+#: the longest STATUS= text sent: ``systemctl status`` shows one line of it
+STATUS_CHARS = 400
+
+
+def status(text: str) -> str:
+    """The ``STATUS=`` line for ``text``: on one line (a newline in it would
+    start another ``KEY=value`` assignment, a file's several errors for one)
+    and at most STATUS_CHARS characters."""
+    line = " ".join(text.split())
+    if len(line) > STATUS_CHARS:
+        line = line[: STATUS_CHARS - 3] + "..."
+    return f"STATUS={line}"
+
+
 def reloading() -> bool:
     """``RELOADING=1`` with the monotonic time systemd needs to match it."""
     return notify(

@@ -21,7 +21,7 @@ from .. import control
 from ..config import MAX_CONFIG_BYTES, Config, parse_config
 from ..errors import ConfigError, IrqBypassError
 from ..metrics import REFRESH_SECONDS, Metrics, PairingEvents
-from ..notify import notify, reloading
+from ..notify import notify, reloading, status
 from ..options import show_exception
 from ..paths import file_kind
 from ..plugins import PluginHost
@@ -49,6 +49,8 @@ class _Live:
         self.started = time.monotonic()
         self.reloads = 0
         self.failed_reloads = 0
+        #: why the last reload failed, until one succeeds (systemd's STATUS= says it)
+        self.reload_error: str | None = None
         #: signals noted by the handlers, not yet acted on (at most one each)
         self.pending: set[int] = set()
 
@@ -74,7 +76,7 @@ class _Live:
 
     def ready(self) -> None:
         self._refresh_metrics(force=True)
-        notify("READY=1", f"STATUS={self._status_line()}")
+        notify("READY=1", status(self._status_line()))
 
     def close(self) -> None:
         """Stop serving (the socket, the exporter) and remove the textfile.
@@ -153,7 +155,12 @@ class _Live:
     def _status_line(self) -> str:
         rows = self.topology.status()
         paired = sum(1 for row in rows if row.paired)
-        return f"{_count(len(rows), 'token')}, {paired} paired; {_count(self.reloads, 'reload')}"
+        line = f"{_count(len(rows), 'token')}, {paired} paired; {_count(self.reloads, 'reload')}"
+        if self.failed_reloads:
+            line += f", {self.failed_reloads} failed"
+        if self.reload_error is not None:
+            line += f"; {self.reload_error}"
+        return line
 
     def reload(self) -> dict[str, Any]:
         """Read the file again and reconcile; a broken file changes nothing."""
@@ -168,15 +175,17 @@ class _Live:
             new = _read_again(self.file)
             changes = self.topology.reconcile(new)
             self.reloads += 1
+            self.reload_error = None
         except IrqBypassError as exc:
             self.failed_reloads += 1
             unchanged = before == {p.config.name: p.config for p in self.topology.placed}
             state = "the running topology is unchanged" if unchanged else "see above"
             message = f"reload of {self.file} failed; {state}: {exc}"
+            self.reload_error = message
             _error(message)
             return {"ok": False, "error": message, "unchanged": unchanged}
         finally:
-            notify("READY=1", f"STATUS={self._status_line()}")
+            notify("READY=1", status(self._status_line()))
         if new.plugins != old.plugins:
             _warn(f"{self.file}: [plugins] changed; the plugins are loaded at start: restart")
         _say(f"irqbypass: reloaded {self.file}: {changes.describe()}", sys.stderr)
