@@ -115,26 +115,31 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         for one in placed
         for call, fault in one.faults.items()
     ]
+    errors = [] if teardown_error is None else [str(teardown_error)]
+    if stopped_by is not None:
+        errors.append(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
+    status = 128 + stopped_by if stopped_by is not None else 1 if errors else 0
     if args.json:
         doc = {
+            "ok": status == 0,  # as check, status, reload and the error objects have it
+            "exit_status": status,
             "file": topology.config.file,
             "interrupted": stopped_by is not None,
             "pairs": summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
             "vetoed": [{"token": t, "reason": r} for t, r in vetoed],
             "warnings": [*warnings, *faults],
+            "error": errors[0] if errors else None,
+            "errors": errors,
         }
         print(json.dumps(doc, indent=2))
     else:
         _print_summary(summary, out)
     for fault in faults:
         _warn(fault)
-    if teardown_error is not None:
-        _error(str(teardown_error))
-    if stopped_by is not None:
-        _error(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
-        return 128 + stopped_by
-    return 0 if teardown_error is None else 1
+    for error in errors:
+        _error(error)
+    return status
 
 
 def _teardown(
@@ -237,12 +242,14 @@ def _wait(
 ) -> None:
     """Run until ``duration`` passes (None: until a signal), or every producer
     finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
-    A topology with no producer has nothing to wait for, unless it has a
-    control socket (a reload may bring producers). Each tick, ``service`` acts on
-    the signals and the control requests that arrived."""
+    A topology with no producer has nothing to wait for. With a control socket
+    a reload may bring producers, so only the duration or a signal ends the
+    run, whether it has no producer or its producers have finished. Each tick,
+    ``service`` acts on the signals and the control requests that arrived."""
     if not _waits(topology, service):
         _log.info("no producer: nothing to wait for")
         return
+    serving = service is not None and service.server is not None
     live = _isatty(progress)
     producers = [p for p in topology.placed if p.config.side == "producer"]
     start = time.monotonic()
@@ -256,7 +263,7 @@ def _wait(
             if service is not None and service.reloads != reloads:  # other producers now
                 reloads = service.reloads
                 producers = [p for p in topology.placed if p.config.side == "producer"]
-            finished = topology.finished
+            finished = topology.finished and not serving
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = _snapshot(topology, settled=False) if live or finished else []
             if live:

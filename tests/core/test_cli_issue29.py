@@ -1,0 +1,188 @@
+"""Regression tests of issue 29's operator items (8-11, 13, 14, 16, 17): what an
+operator ran into with their own topologies, in a terminal and under systemd.
+The CLI runs as a user runs it (a subprocess) unless a test needs to count the
+run's own ticks."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_support import EXE, ROOT, clean_env, pair, run, topology
+from irqbypass import cli
+from irqbypass.cli import live as live_command
+from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+
+HANG_GUARD = 120.0
+
+FINITE = pair("mock", "logging").replace('kind="mock"', 'kind="mock"\noptions={count=3, rate=0.0}')
+ENDLESS = pair("mock", "logging").replace(
+    'kind="mock"', 'kind="mock"\noptions={count=-1, rate=50.0}'
+)
+
+
+def wait_for(what: str, condition: Any) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"hang guard: {what} never happened"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_LOAD, raising=False)
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+
+
+# -- 9: the example unit reloads synchronously and names docs that exist ------
+
+
+def test_the_example_unit_reloads_with_the_synchronous_command() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "examples" / "irqbypass.service")
+    service = unit["Service"]
+    start, reload = shlex.split(service["ExecStart"]), shlex.split(service["ExecReload"])
+    assert "kill" not in service["ExecReload"], "kill -HUP reports success on a broken file"
+    assert Path(reload[0]).name == "irqbypass" and reload[1] == "reload"
+    assert reload[2] == start[start.index("--control") + 1], "the run's own socket"
+    assert service["Type"] in ("notify", "notify-reload")
+    for doc in unit["Unit"]["Documentation"].split():
+        assert doc.startswith(("https://", "man:")), f"{doc}: nothing installs a file:// page"
+
+
+# -- 10: a failed reload shows in systemd's STATUS= --------------------------
+
+
+def test_a_failed_reload_shows_in_systemd_s_status(tmp_path: Path) -> None:
+    path = topology(tmp_path, ENDLESS)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(HANG_GUARD)
+        proc = subprocess.Popen(
+            [*EXE, "run", path],
+            env=clean_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert notify.recv(4096).decode().startswith("READY=1\nSTATUS=1 token, 1 paired")
+            Path(path).write_text(ENDLESS + "x = [\n")
+            proc.send_signal(signal.SIGHUP)
+            assert notify.recv(4096).decode().startswith("RELOADING=1")
+            failed = notify.recv(4096).decode()
+            ready, status = failed.split("\n")
+            assert ready == "READY=1"
+            assert status.startswith("STATUS=1 token, 1 paired; 0 reloads, 1 failed; ")
+            assert "reload of " in status and "failed; the running topology is unchanged" in status
+            assert "invalid TOML" in status, status
+            Path(path).write_text(ENDLESS)  # fixed: the next reload clears it
+            proc.send_signal(signal.SIGHUP)
+            assert notify.recv(4096).decode().startswith("RELOADING=1")
+            fixed = notify.recv(4096).decode()
+            assert fixed == "READY=1\nSTATUS=1 token, 1 paired; 1 reload, 1 failed", fixed
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_a_status_line_is_one_line_whatever_the_error_says() -> None:
+    from irqbypass.notify import STATUS_CHARS, status
+
+    line = status("2 errors:\na.toml:1: one\na.toml:2: READY=1 " + "x" * 1000)
+    assert "\n" not in line and line.startswith("STATUS=2 errors: a.toml:1: one a.toml:2: ")
+    assert len(line) == len("STATUS=") + STATUS_CHARS and line.endswith("...")
+
+
+# -- 11: service mode stays up once its producers have finished -------------
+
+
+def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_env: None,
+) -> None:
+    """A finite topology under --control and no duration: its producers finish at
+    once, and the run serves on (a reload may bring producers) until stopped.
+    The run's own ticks are counted once everything is delivered: many more than
+    the settle time later, it still waits, and a Ctrl-C ends it."""
+    idle = live_command._Live.idle
+    ticks_after = []
+
+    def counting_idle(self: live_command._Live, seconds: float) -> None:
+        idle(self, seconds)
+        rows = self.topology.status()
+        if self.topology.finished and all(r.delivered == r.fired == 3 for r in rows):
+            ticks_after.append(seconds)
+            if sum(ticks_after) > 10 * cli.run.SETTLE_SECONDS:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(live_command._Live, "idle", counting_idle)
+    path = topology(tmp_path, FINITE)
+    status = cli.main(["run", path, "--control", str(tmp_path / "c.sock")])
+    assert status == 130, "ended by the Ctrl-C, not by its producers finishing"
+    assert sum(ticks_after) > 10 * cli.run.SETTLE_SECONDS
+    assert "stopped by SIGINT; everything was torn down" in capsys.readouterr().err
+
+
+# -- 14: run --json and demo --json say ok ---------------------------------
+
+
+def test_run_and_demo_json_have_ok_and_the_exit_status(tmp_path: Path) -> None:
+    done = run("run", topology(tmp_path, FINITE), "--json", "--duration", "30")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is True and doc["exit_status"] == 0
+    assert doc["error"] is None and doc["errors"] == []
+    demo = run("demo", "--json", "--duration", "0.5")
+    assert json.loads(demo.stdout)["ok"] is (demo.returncode == 0), demo.stderr
+    failing = topology(tmp_path, pair("mock", "close-raises"), name="f.toml")
+    torn = run("-p", "faulty_plugin", "run", failing, "--json", "--duration", "30")
+    assert torn.returncode == 1, torn.stderr
+    doc = json.loads(torn.stdout)  # the summary, with the teardown's error
+    assert doc["ok"] is False and doc["exit_status"] == 1 and doc["pairs"]
+    assert doc["errors"] == [doc["error"]] and "close" in doc["error"]
+    assert torn.stderr.splitlines()[-1] == f"irqbypass: error: {doc['error']}"
+
+
+def test_an_interrupted_run_s_json_is_not_ok(tmp_path: Path) -> None:
+    sock = tmp_path / "c.sock"
+    proc = subprocess.Popen(
+        [*EXE, "run", topology(tmp_path, ENDLESS), "--json", "--control", str(sock)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    wait_for("the control socket (the handlers are in place)", sock.exists)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 143, err
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_status"] == 143 and doc["interrupted"] is True
+    assert doc["error"] == "stopped by SIGTERM; everything was torn down"
+
+
+# -- 17: a veto that fails the topology says what really happens ------------
+
+
+def test_a_veto_without_unpaired_says_the_topology_was_undone(tmp_path: Path) -> None:
+    text = '[plugins.audit_plugin]\ndeny = ["c0"]\n\n' + FINITE
+    result = run("-p", "audit_plugin", "run", topology(tmp_path, text), "--duration", "30")
+    assert result.returncode == 1
+    error = result.stderr.splitlines()[-1]
+    assert "plugin 'audit_plugin' raised Veto: c0 is on the deny list" in error
+    assert "stays registered" not in error, "the CLI tore everything down"
+    assert error.endswith("; nothing was applied: every endpoint opened was closed again")
