@@ -137,6 +137,22 @@ def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
     assert "stopped by SIGINT; everything was torn down" in capsys.readouterr().err
 
 
+# -- 13: Ctrl-C while the CLI's modules are imported -----------------------
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """A Ctrl-C in the first half second lands in an import: a module the
+    command imports (here the TOML reader, shadowed) gets SIGINT as it loads."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "tomllib.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    path = topology(tmp_path, FINITE)
+    result = run("check", path, env={"PYTHONPATH": str(shadow)})
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 130
+    assert result.stderr == "irqbypass: error: stopped by SIGINT\n"
+
+
 # -- 14: run --json and demo --json say ok ---------------------------------
 
 
