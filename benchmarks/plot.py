@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.transforms import Bbox
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,17 +45,22 @@ def load(path: Path) -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
+#: each series its own marker and dash, so that two series drawn on the same
+#: points (a total and the part of it that dominates) both stay visible
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+DASHES = ("-", "--", "-.", ":")
+#: a bar chart whose heights span more than this ratio gets a log axis: on a
+#: linear one the smallest bars (0.02 beside 35) are not drawn at all
+BAR_SPAN = 100.0
+
+
 def render(doc: dict[str, Any], out: Path, fmt: str = "svg") -> list[Path]:
     """Every figure of one report, as files in ``out``; returns their paths."""
-    plt.rcParams.update({"svg.hashsalt": "irqbypass", "font.size": 9})
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for fig_doc in doc["figures"]:
-        fig, ax = plt.subplots(figsize=(7.0, 3.6), layout="constrained")
+        fig = figure(doc, fig_doc)
         try:
-            _draw(ax, fig_doc)
-            subtitle = f"{doc.get('command', '')}, {doc.get('date', '')}".strip(", ")
-            ax.set_title(f"{fig_doc['title']}\n{subtitle}", fontsize=9)
             path = out / f"{doc['benchmark']}-{fig_doc['name']}.{fmt}"
             metadata = {"Date": None} if fmt == "svg" else {}
             fig.savefig(path, format=fmt, metadata=metadata, dpi=110)
@@ -61,6 +68,27 @@ def render(doc: dict[str, Any], out: Path, fmt: str = "svg") -> list[Path]:
             plt.close(fig)
         written.append(path)
     return written
+
+
+def figure(doc: dict[str, Any], fig_doc: dict[str, Any]) -> Any:
+    """One figure of a report, drawn: the plot, then around it (never over
+    it) the legend below, goal labels at the right and the note under the
+    x label. The caller closes it (``plt.close``)."""
+    plt.rcParams.update({"svg.hashsalt": "irqbypass", "font.size": 9})
+    series = fig_doc["series"]
+    columns = min(3, max(1, len(series)))
+    rows = -(-len(series) // columns)
+    fig, ax = plt.subplots(figsize=(7.0, 3.4 + 0.2 * rows), layout="constrained")
+    try:
+        _draw(ax, fig_doc)
+        subtitle = f"{doc.get('command', '')}, {doc.get('date', '')}".strip(", ")
+        ax.set_title(f"{fig_doc['title']}\n{subtitle}", fontsize=9)
+        if series:
+            fig.legend(loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
 
 
 def _draw(ax: Any, fig: dict[str, Any]) -> None:
@@ -72,14 +100,23 @@ def _draw(ax: Any, fig: dict[str, Any]) -> None:
             xs = [categories.index(x) + (i - (len(series) - 1) / 2) * width for x in s["x"]]
             ax.bar(xs, s["y"], width, label=s["label"], yerr=_errors(s))
         ax.set_xticks(range(len(categories)), categories)
+        heights = [y for s in series for y in s["y"] if y > 0]
+        if heights and max(heights) > BAR_SPAN * min(heights) and not fig.get("log_y"):
+            ax.set_yscale("log")
+            fig = {**fig, "y_label": f"{fig['y_label']} (log scale)"}
     else:
-        for s in series:
-            ax.errorbar(s["x"], s["y"], yerr=_errors(s), marker="o", label=s["label"], capsize=3)
+        for i, s in enumerate(series):
+            ax.errorbar(
+                s["x"], s["y"], yerr=_errors(s), label=s["label"], capsize=3,
+                marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
+                markerfacecolor="none" if i % 2 else None,
+            )  # fmt: skip
     for goal in fig.get("goals", []):
-        ax.axhline(goal["y"], linestyle="--", color="grey", linewidth=1)
+        ax.axhline(goal["y"], linestyle="--", color="grey", linewidth=1, gid="goal")
         ax.annotate(
-            goal["label"], (0, goal["y"]), xycoords=("axes fraction", "data"),
-            xytext=(2, 2), textcoords="offset points", color="grey",
+            textwrap.fill(goal["label"], 18), (1, goal["y"]),
+            xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+            color="dimgrey", fontsize=7, va="center", ha="left", annotation_clip=False,
         )  # fmt: skip
     if fig.get("log_x"):
         ax.set_xscale("log")
@@ -88,12 +125,110 @@ def _draw(ax: Any, fig: dict[str, Any]) -> None:
     ax.set_xlabel(fig["x_label"])
     ax.set_ylabel(fig["y_label"])
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
     if fig.get("note"):
-        ax.text(
-            0.99, 0.02, fig["note"], transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=7, color="dimgrey",
+        ax.annotate(
+            fig["note"], (0.5, 0), xycoords=ax.xaxis.label, xytext=(0, -2),
+            textcoords="offset points", ha="center", va="top", fontsize=7, color="dimgrey",
         )  # fmt: skip
+
+
+def overlaps(fig: Any) -> list[str]:
+    """What a reader cannot see in a drawn figure: a legend or a text over a
+    data mark (a line, a marker, a bar, an error bar) or over another label, a
+    bar too small to be drawn, two series drawn alike on the same points.
+    Empty when the figure is clean; ``tests/benchmarks`` checks every plot."""
+    fig.canvas.draw()  # the constrained layout places everything at draw time
+    renderer = fig.canvas.get_renderer()
+    labels = [(f"legend of {fig.legends.index(lg)}", lg.get_window_extent(renderer))
+              for lg in fig.legends]  # fmt: skip
+    problems = []
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            labels.append(("legend", ax.get_legend().get_window_extent(renderer)))
+        labels += [(f"text {t.get_text()!r}", t.get_window_extent(renderer))
+                   for t in [*ax.texts, ax.title] if t.get_text()]  # fmt: skip
+        marks = _marks(ax, renderer)
+        area = ax.get_window_extent(renderer)  # marks are clipped to it
+        for name, box in labels:
+            inside = Bbox.intersection(box, area)
+            if inside is not None:
+                problems += [f"{name} lies over {mark}" for mark, hit in marks if hit(inside)]
+        for patch in ax.patches:
+            extent = Bbox.intersection(patch.get_window_extent(renderer), area)
+            if extent is None or extent.height < 1.5 or extent.width < 1.5:
+                tall = 0.0 if extent is None else extent.height
+                problems.append(f"bar {_bar_label(ax, patch)!r} is {tall:.1f} px tall")
+        problems += _alike(ax)
+    for i, (name, box) in enumerate(labels):
+        problems += [f"{name} lies over {other}" for other, box2 in labels[i + 1 :]
+                     if box.overlaps(box2)]  # fmt: skip
+    return problems
+
+
+def _marks(ax: Any, renderer: Any) -> list[tuple[str, Any]]:
+    """(what, does it meet this box?) for every data mark of ``ax``, in pixels."""
+    from matplotlib.path import Path as Shape
+
+    marks: list[tuple[str, Any]] = []
+    scale = ax.figure.dpi / 72.0
+    for line in ax.lines:
+        if line.get_gid() == "goal" or not line.get_visible():
+            continue
+        points = line.get_transform().transform(line.get_xydata())
+        radius = (
+            line.get_markersize() * scale / 2 if line.get_marker() not in (None, "None", "") else 0
+        )
+        name = f"line {line.get_label()!r}"
+        if line.get_linestyle() not in ("None", "", " ") and len(points) > 1:
+            shape = Shape(points)
+            marks.append((name, lambda box, shape=shape: shape.intersects_bbox(box, filled=False)))
+        if radius:
+            marks.append(
+                (
+                    f"a marker of {name}",
+                    lambda box, pts=points, r=radius: any(
+                        box.x0 - r < x < box.x1 + r and box.y0 - r < y < box.y1 + r for x, y in pts
+                    ),
+                )
+            )
+    for patch in ax.patches:
+        extent = patch.get_window_extent(renderer)
+        marks.append((f"bar {_bar_label(ax, patch)!r}", lambda box, e=extent: box.overlaps(e)))
+    for collection in ax.collections:
+        transform = collection.get_transform()
+        for segment in getattr(collection, "get_segments", list)():
+            shape = Shape(transform.transform(segment))
+            marks.append(
+                ("an error bar", lambda box, shape=shape: shape.intersects_bbox(box, filled=False))
+            )
+    return marks
+
+
+def _bar_label(ax: Any, patch: Any) -> str:
+    """The series a bar belongs to (its container's label)."""
+    for container in ax.containers:
+        if patch in getattr(container, "patches", ()):
+            return str(container.get_label())
+    return str(patch.get_label())
+
+
+def _alike(ax: Any) -> list[str]:
+    """Two series drawn with the same marker and dash on the same points
+    (within 2 px): the one below cannot be seen."""
+    import numpy as np
+
+    lines = [ln for ln in ax.lines if ln.get_gid() != "goal" and len(ln.get_xydata()) > 1
+             and not ln.get_label().startswith("_")]  # fmt: skip
+    found = []
+    for i, one in enumerate(lines):
+        for other in lines[i + 1 :]:
+            a = one.get_transform().transform(one.get_xydata())
+            b = other.get_transform().transform(other.get_xydata())
+            same_style = (one.get_marker(), one.get_linestyle()) == (
+                other.get_marker(), other.get_linestyle())  # fmt: skip
+            if same_style and a.shape == b.shape and np.all(np.abs(a - b) < 2.0):
+                found.append(f"line {other.get_label()!r} hides line {one.get_label()!r}")
+    return found
 
 
 def _errors(s: dict[str, Any]) -> list[list[float]] | None:

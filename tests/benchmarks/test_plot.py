@@ -95,3 +95,42 @@ def test_every_committed_result_is_plotted_and_shown_in_the_docs() -> None:
             assert re.search(rf"_static/benchmarks/{re.escape(svg.name)}", docs), (
                 f"no page shows {svg.name}"
             )
+
+
+def _figures() -> list[tuple[str, dict[str, object], dict[str, object]]]:
+    found = []
+    for path in sorted((BENCH / "results").glob("*.json")):
+        doc = plot.load(path)
+        found += [(f"{doc['benchmark']}-{fig['name']}", doc, fig) for fig in doc["figures"]]
+    return found
+
+
+@pytest.mark.parametrize(("name", "doc", "fig_doc"), _figures(), ids=[f[0] for f in _figures()])
+def test_no_label_of_a_committed_plot_lies_over_its_data(
+    name: str, doc: dict[str, object], fig_doc: dict[str, object]
+) -> None:
+    """Issue 29 item 20: a legend over the lines, a note crossed by one, a bar
+    too small to draw, two series drawn alike on the same points."""
+    fig = plot.figure(doc, fig_doc)
+    try:
+        assert plot.overlaps(fig) == [], f"{name}.svg"
+    finally:
+        plot.plt.close(fig)
+
+
+def test_the_overlap_check_sees_what_a_reader_cannot() -> None:
+    fig, (ax, bars) = plot.plt.subplots(1, 2, figsize=(6, 3))
+    try:
+        ax.plot([0, 1], [0, 1], marker="o", label="rising")
+        ax.plot([0, 1], [0, 1], marker="o", label="same")
+        bars.bar([2, 3], [1000.0, 0.01], label="bars")
+        ax.legend(loc="center")
+        ax.text(0.5, 0.5, "a note", transform=ax.transAxes)
+        problems = plot.overlaps(fig)
+    finally:
+        plot.plt.close(fig)
+    assert "legend lies over line 'rising'" in problems
+    assert "line 'same' hides line 'rising'" in problems
+    assert "bar 'bars' is 0.0 px tall" in problems
+    assert "text 'a note' lies over line 'rising'" in problems
+    assert "legend lies over text 'a note'" in problems

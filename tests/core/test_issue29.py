@@ -237,3 +237,18 @@ def test_a_failed_plugin_s_error_is_said_once(tmp_path: Path) -> None:
     assert "plugin 'crashing_at_import' (no distribution) failed, so it may provide it" in error
     assert "(why: the warning it gave, or `irqbypass plugins -v`; fix or block it)" in error
     assert len(error) < 400
+
+
+# -- 7: the API page types Availability with both forms --------------------
+
+
+def test_the_api_page_types_availability_with_both_forms() -> None:
+    import typing
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    block = page.split(".. autodata:: irqbypass.Availability", 1)[1].split("```", 1)[0]
+    forms = typing.get_args(irqbypass.Availability)
+    arities = sorted(len(typing.get_args(form)[0]) for form in forms)
+    assert arities == [0, 1]
+    assert "Callable[[], str | None]" in block
+    assert "Callable[[Mapping[str, Any]], str | None]" in block
