@@ -52,7 +52,7 @@ from .endpoints import Producer
 from .errors import DeviceError, InvalidEndpointError, IrqBypassError
 from .eventfd import Eventfd, HoldingEventfd
 from .kinds import EndpointSpec
-from .options import Options
+from .options import Options, show_value
 from .seam import RealSeam, Seam
 from .signals import deliver_deferred_signals, signal_safe
 
@@ -63,6 +63,8 @@ __all__ = ["QUIESCE_MODES", "DeviceProducer"]
 #: signal); "swap" points it at a holding eventfd and replays at start; "mask"
 #: masks it at the device (which keeps a level asserted meanwhile).
 QUIESCE_MODES = ("keep", "swap", "mask")
+#: the highest fd number (an int in C: os.dup and the ioctls refuse more)
+MAX_FD = 2**31 - 1
 
 
 class DeviceProducer(Producer):
@@ -356,9 +358,15 @@ class DeviceProducer(Producer):
     def device_or_fd(cls, opts: Options, device_help: str) -> tuple[str | None, int | None]:
         """A spec's ``device`` (a path) or ``fd`` (inherited): exactly one."""
         device = opts.get_str("device")
+        if device == "":
+            raise opts.error("device", f"the device is empty; name one ({device_help})")
         fd = opts.get_raw("fd")
-        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
-            raise opts.error("fd", f"expected an inherited fd number >= 0, got {fd!r}")
+        if fd is not None and (
+            isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd <= MAX_FD
+        ):
+            raise opts.error(
+                "fd", f"expected an inherited fd number from 0 to {MAX_FD}, got {show_value(fd)}"
+            )
         if (device is None) == (fd is None):
             raise opts.error(
                 "device", f"give exactly one of device ({device_help}) and fd (an fd "
@@ -375,9 +383,18 @@ class DeviceProducer(Producer):
                 f"(got device={device!r}, device_fd={device_fd!r})"
             )
         if device_fd is not None and (
-            isinstance(device_fd, bool) or not isinstance(device_fd, int) or device_fd < 0
+            isinstance(device_fd, bool)
+            or not isinstance(device_fd, int)
+            or not 0 <= device_fd <= MAX_FD
         ):
-            raise InvalidEndpointError(f"{what}: device_fd {device_fd!r} is not an fd")
+            raise InvalidEndpointError(
+                f"{what}: device_fd {show_value(device_fd)} is not an fd (0 to {MAX_FD})"
+            )
+        if device is not None and (not isinstance(device, str) or not device or "\0" in device):
+            raise InvalidEndpointError(
+                f"{what}: device {show_value(device)} is not a path (a non-empty str without "
+                "a NUL byte)"
+            )
 
     # -- state -----------------------------------------------------------------
 

@@ -145,12 +145,16 @@ class Options:
         choices: Sequence[str] | None = None,
     ) -> str | None:
         """A string (one of ``choices`` if given); None when missing and no
-        default; ``required=True``: a missing key is an error, the type ``str``."""
+        default; ``required=True``: a missing key is an error, the type ``str``.
+        A NUL byte is refused: what a string option names (a path, a device, a
+        name the kernel takes) cannot hold one, and ``run`` could not use it."""
         value = self._take_or_default(key, default, required)
         if value is None:
             return default
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {_describe(value)}")
+        if "\0" in value:  # a path, a name or a word for the kernel: none holds a NUL
+            raise self.error(key, f"{show_value(value)} holds a NUL byte; remove it")
         if choices is not None and value not in choices:
             allowed = ", ".join(map(repr, choices))
             raise self.error(key, f"{show_value(value)} is not one of {allowed}")

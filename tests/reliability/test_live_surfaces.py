@@ -703,3 +703,108 @@ def test_a_reload_adding_many_pairs_and_changing_one_is_linear() -> None:
 
     small, large = work(150), work(300)
     assert large < 2.5 * small, f"150 pairs: {small} lines run, 300: {large}"
+
+
+# -- what check accepts, run can use (item 11) -----------------------------------
+
+HOSTILE_OPTIONS = {
+    "vhost": [
+        "fd = 2147483648",
+        "fd = 9223372036854775807",
+        'device = "/dev/vhost-net\\u0000x"',
+        'device = ""',
+        'device = "/dev/vhost-net", queue = 4294967295',
+        'device = "' + "a" * 5000 + '"',
+    ],
+    "vdpa": [
+        "fd = 2147483648",
+        'device = "/dev/vhost-vdpa-0\\u0000"',
+        'device = "/dev/vhost-vdpa-0", group = 4294967296',
+        'device = "/dev/vhost-vdpa-0", group = 9223372036854775808',
+        'device = ""',
+    ],
+    "vfio": [
+        "fd = 2147483648",
+        'device = "0000:01:00.0\\u0000"',
+        'device = "/dev/vfio/1", device_name = "x\\u0000y"',
+        'device = "/dev/vfio/devices/vfio0", iommufd = "/dev/iommu\\u0000"',
+        'device = "/dev/vfio/devices/vfio0", index = 4294967296',
+        'device = ""',
+        'device = "0000:01:00.0", vector = 4294967295',
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [(kind, options) for kind, values in HOSTILE_OPTIONS.items() for options in values],
+    ids=[f"{k}-{i}" for k, values in HOSTILE_OPTIONS.items() for i in range(len(values))],
+)
+def test_what_check_accepts_run_can_use(
+    tmp_path: Path, kind: str, options: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Either ``check`` refuses the value, naming the option, or ``run``
+    fails with the plugin's own error: never "a bug in plugin"."""
+    from irqbypass.cli import main
+
+    (tmp_path / "t.toml").write_text(
+        f'[[producers]]\nname = "p"\nkind = "{kind}"\ntoken = "t"\noptions = {{ {options} }}\n'
+        '[[consumers]]\nname = "c"\nkind = "logging"\ntoken = "t"\n'
+    )
+    checked = main(["check", str(tmp_path / "t.toml")])
+    said = capsys.readouterr().err
+    if checked != 0:
+        assert "producers[0].options." in said and "Traceback" not in said, said
+        COUNTERS["live surfaces: hostile options refused by check"] += 1
+        return
+    code = main(["run", str(tmp_path / "t.toml"), "--duration", "0.2"])
+    said = capsys.readouterr().err
+    assert "bug in plugin" not in said and "Traceback" not in said, said
+    assert code == 1 and f"(kind {kind}) failed" in said, said
+    COUNTERS["live surfaces: hostile options that fail run cleanly"] += 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"device_fd": 2**31}, {"device": "/dev/vhost-net\0"}, {"device": ""}],
+    ids=["fd-beyond-int", "device-with-nul", "device-empty"],
+)
+def test_the_python_api_refuses_them_too(arguments: dict[str, Any]) -> None:
+    from irqbypass_vhost.producer import VhostProducer
+
+    with irqbypass.Eventfd() as token, pytest.raises(irqbypass.InvalidEndpointError):
+        VhostProducer(token=token, **arguments)
+
+
+def test_a_textfile_that_cannot_be_written_never_skips_the_teardown(tmp_path: Path) -> None:
+    """The textfile's directory removed under the run (every write fails, as on
+    a full disk): the run warns and goes on, and SIGTERM still tears it all down
+    (before: the write's OSError ended the run, and the final write raised again
+    before the teardown)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "t.toml").write_text(_pair(0))
+    (tmp_path / "prom").mkdir()
+    err = tmp_path / "err.txt"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "irqbypass", "run", "t.toml"]
+            + ["--metrics-textfile", "prom/node.prom", "--control", "c.sock"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_for("the first textfile", lambda: (tmp_path / "prom" / "node.prom").exists())
+        shutil.rmtree(tmp_path / "prom")
+        wait_for("the warning", lambda: "cannot write the metrics textfile" in err.read_text())
+        assert proc.poll() is None, err.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(HANG_GUARD)
+    said = err.read_text()
+    assert code == 128 + signal.SIGTERM, said
+    assert "everything was torn down" in said and "Traceback" not in said, said

@@ -106,9 +106,11 @@ class VdpaProducer(irqbypass.DeviceProducer):
         require = opts.get_bool("require_driver_ok", True)
         group = opts.get_raw("group")
         if group is not None and (
-            isinstance(group, bool) or not isinstance(group, int) or group < 0
+            isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < 2**32
         ):
-            raise opts.error("group", f"expected a virtqueue group number >= 0, got {group!r}")
+            raise opts.error(
+                "group", f"expected a virtqueue group number 0..2**32-1, got {group!r}"
+            )
         opts.finish()
         return cls(
             **cls.spec_common(spec), device=device, device_fd=fd, queue=queue,
