@@ -791,8 +791,10 @@ def test_a_textfile_that_cannot_be_written_never_skips_the_teardown(tmp_path: Pa
     err = tmp_path / "err.txt"
     with err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "irqbypass", "run", "t.toml"]
-            + ["--metrics-textfile", "prom/node.prom", "--control", "c.sock"],
+            [
+                *(sys.executable, "-m", "irqbypass", "run", "t.toml"),
+                *("--metrics-textfile", "prom/node.prom", "--control", "c.sock"),
+            ],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
