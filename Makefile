@@ -16,11 +16,13 @@ setup: $(STAMP)
 # pip -qq: errors only (a machine whose pip configuration names missing find-links
 # directories would otherwise print a warning per package)
 # PYTHONWARNINGS: setuptools warns about every editable install (a dozen lines each)
+# --group dev: the development tools (pyproject.toml [dependency-groups], PEP 735),
+# kept out of the published metadata
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
 	PYTHONWARNINGS="ignore:Editable installation" \
-	  $(BIN)/python -m pip install --quiet --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
+	  $(BIN)/python -m pip install --quiet --quiet --group dev -e . $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,10 +12,12 @@ import vendor_mermaid
 # Document the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
+import irqbypass  # noqa: E402  (from this checkout: the path above)
+
 project = "irqbypass"
 author = "the irqbypass authors"
-copyright = "2025, the irqbypass authors"
-release = "0.1.0"
+copyright = "2025-2026, the irqbypass authors"
+release = irqbypass.__version__
 
 extensions = [
     "myst_parser",
@@ -60,7 +62,37 @@ def _mermaid_scripts(
             app.add_js_file(script)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CHANGELOG_MARK = "<!-- towncrier release notes start -->"
+
+
+def _unreleased(app: Any, docname: str, source: list[str]) -> None:
+    """docs/changelog.md shows the fragments of changelog.d/ not yet released,
+    as ``towncrier build --draft`` renders them (offline; nothing is written)."""
+    if docname != "changelog":
+        return
+    import subprocess
+
+    draft = subprocess.run(
+        [sys.executable, "-m", "towncrier", "build", "--draft", "--version", release]
+        + ["--date", "unreleased", "--dir", str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    entries = draft.split("What is seen below is what would be written.\n")[-1]  # older towncrier
+    source[0] = source[0].replace(CHANGELOG_MARK, f"{CHANGELOG_MARK}\n{entries.strip()}\n", 1)
+
+
+def _changelog_outdated(app: Any, env: Any, added: Any, changed: Any, removed: Any) -> list[str]:
+    """Read the changelog at every build: its fragments are not its source file."""
+    return ["changelog"]
+
+
 def setup(app: Any) -> None:
+    app.connect("source-read", _unreleased)
+    app.connect("env-get-outdated", _changelog_outdated)
     # sphinxcontrib-mermaid imports mermaid's ES module from a CDN: nothing renders
     # offline, and a browser refuses ES modules from file:// anyway. Its directive
     # stays; its script is replaced by mermaid's classic bundle, shipped in _static.

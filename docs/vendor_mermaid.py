@@ -1,13 +1,16 @@
 """Ship mermaid.js with the docs, so that the diagrams render offline (file:// too).
 
 The built pages load ``_static/mermaid/mermaid.min.js`` (the self-contained
-bundle of the npm package ``mermaid``) instead of a CDN. It is not committed:
-``ensure()`` takes the pinned release from the npm registry (``npm pack``, no
-dependencies, no install scripts), checks it against the pinned integrity, and
-keeps the bundle and its licence in ``docs/_vendor/mermaid/`` (git-ignored).
-conf.py calls it, so ``make docs`` and a plain ``sphinx-build`` both do this.
+bundle of the npm package ``mermaid``, MIT-licensed) instead of a CDN. The bundle
+and its licence are committed in ``docs/_vendor/mermaid/``, so the docs build
+needs no network: conf.py calls ``ensure()``, which checks the committed file
+against the pinned sha256 and fetches nothing.
 
-Run alone: ``python docs/vendor_mermaid.py``.
+To move to another release (a maintainer's step, with the npm registry
+reachable): set VERSION and INTEGRITY (``npm view mermaid@VERSION
+dist.integrity``), run ``python docs/vendor_mermaid.py --update`` (``npm pack``:
+the tarball alone, no dependencies, no install scripts, checked against
+INTEGRITY), set SHA256 to what it prints, and commit the folder.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ INTEGRITY = (
     "sha512-UlIZrRariB11TY1RtTgUWp65tphtBv4CSq7vyS2ZZ2TgoMjs2nloq+wFqxiwcxlhHUvs7DPGg"
     "Mjs2aeQxz5h9g=="
 )
+#: sha256 of the committed package/dist/mermaid.min.js of VERSION
+SHA256 = "198b19442f86f0b46a17e56d3abf744c3a28a3427e66fa8dada3b589a77babcc"
 VENDOR = Path(__file__).resolve().parent / "_vendor" / "mermaid"
 FILES = {"package/dist/mermaid.min.js": "mermaid.min.js", "package/LICENSE": "LICENSE"}
 
@@ -36,14 +41,24 @@ class VendorError(RuntimeError):
 
 
 def ensure(vendor: Path = VENDOR) -> Path:
-    """The directory holding mermaid.min.js of VERSION, fetched once."""
-    stamp = vendor / "VERSION"
-    if (
-        stamp.is_file()
-        and stamp.read_text().strip() == VERSION
-        and (vendor / "mermaid.min.js").is_file()
-    ):
-        return vendor
+    """The directory holding the committed mermaid.min.js of VERSION, checked."""
+    bundle = vendor / "mermaid.min.js"
+    if not bundle.is_file() or not (vendor / "LICENSE").is_file():
+        raise VendorError(
+            f"{bundle} or its LICENSE is missing: it is committed with the docs; "
+            "restore it (git checkout docs/_vendor) or run docs/vendor_mermaid.py --update"
+        )
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    if digest != SHA256:
+        raise VendorError(
+            f"{bundle} has sha256 {digest}, expected {SHA256} (mermaid {VERSION}): "
+            "restore it (git checkout docs/_vendor) or update VERSION, INTEGRITY and SHA256"
+        )
+    return vendor
+
+
+def update(vendor: Path = VENDOR) -> str:
+    """Fetch mermaid VERSION with npm into ``vendor``; return its bundle's sha256."""
     npm = shutil.which("npm")
     if npm is None:
         raise VendorError(
@@ -88,11 +103,11 @@ def ensure(vendor: Path = VENDOR) -> Path:
         (staging / "VERSION").write_text(VERSION + "\n")
         shutil.rmtree(vendor, ignore_errors=True)
         staging.rename(vendor)
-    return vendor
+    return hashlib.sha256((vendor / "mermaid.min.js").read_bytes()).hexdigest()
 
 
 if __name__ == "__main__":
     try:
-        print(ensure())
+        print(update() if sys.argv[1:] == ["--update"] else ensure())
     except VendorError as error:
         sys.exit(f"vendor_mermaid: {error}")

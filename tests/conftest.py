@@ -1,13 +1,13 @@
-"""Shared fixtures: fd-leak checking, a token eventfd, a guarded SIGINT and a
-usable-/dev/kvm probe; and the hooks that run the tests marked ``guest`` in the
-test guests (tests/guest/guest_results.py)."""
+"""Shared fixtures: a guarded SIGINT; and the hooks that run the tests marked
+``guest`` in the test guests (tests/guest/guest_results.py). The fixtures every
+plugin test needs (``token``, ``no_fd_leak``, ``vmm_fd``, ``irqbypass_host``)
+come from the core's pytest plugin, irqbypass.pytest_plugin, as they do for a
+third party's plugin."""
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
-import threading
 from collections.abc import Iterator
 
 import irqbypass
@@ -44,24 +44,6 @@ if not os.environ.get("IRQBYPASS_IN_GUEST"):
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def open_fds() -> dict[int, str]:
-    """This process's open fds and what they point to."""
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the fd listdir itself used, now closed
-    return fds
-
-
-@pytest.fixture
-def token() -> Iterator[irqbypass.Eventfd]:
-    """A fresh eventfd to pair by, closed after the test."""
-    with irqbypass.Eventfd() as eventfd:
-        yield eventfd
-
-
 @pytest.fixture
 def guarded_sigint() -> Iterator[None]:
     """SIGINT raises KeyboardInterrupt, with irqbypass's guard in front (as a
@@ -75,21 +57,3 @@ def guarded_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
-
-
-@pytest.fixture
-def no_fd_leak() -> Iterator[None]:
-    """Fail the test if it leaves an fd open (or a thread running). The
-    process's event loop (its epoll fd, wakeup eventfd and two threads) lives as
-    long as the process: it is started before the count."""
-    irqbypass.event_loop().start()
-    gc.collect()
-    before = open_fds()
-    threads_before = set(threading.enumerate())
-    yield
-    gc.collect()
-    after = open_fds()
-    leaked = {fd: target for fd, target in after.items() if before.get(fd) != target}
-    assert not leaked, f"fds left open: {leaked}"
-    alive = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    assert not alive, f"threads left running: {alive}"

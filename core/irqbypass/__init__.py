@@ -12,6 +12,10 @@ what it needs; type checkers see the imports below as they are.
 
 from __future__ import annotations
 
+#: the one place the core's version is written (pyproject.toml reads it; the
+#: plugin API is versioned with it: docs/plugin-guide.md, "Versions and compatibility")
+__version__ = "0.1.0"
+
 import importlib
 from typing import TYPE_CHECKING, Any
 

@@ -16,8 +16,10 @@ beside a regular one, a ``lib64`` symlink) loads once.
 Every plugin left out is recorded with why (:attr:`PluginHost.filtered`), and so
 is every load-list entry that matches nothing (:attr:`PluginHost.unmatched`), so
 that ``irqbypass plugins`` and an unknown kind's error can say so. A plugin that
-implements a hook no spec declares (``irqbypass_stopp``) is refused, as pytest
-refuses one, with the closest hook name. ``load_module`` registers a module by
+implements a hook no spec declares (``irqbypass_stopp``, or a hook of another
+release) is refused, as pytest refuses one. A plugin whose distribution requires
+another core release (``Requires-Dist: irqbypass>=0.2``) is refused before it is
+imported (:mod:`irqbypass.requires`). ``load_module`` registers a module by
 import name without packaging it (``irqbypass -p MODULE``, like pytest's ``-p``).
 """
 
@@ -38,11 +40,12 @@ from typing import Any, cast
 
 import pluggy
 
-from . import hookspecs
-from .errors import IrqBypassError, PluginError
+from . import __version__, hookspecs
+from .errors import IrqBypassError, PluginError, printable
 from .hookspecs import HookRelay, hookimpl
 from .kinds import KindRegistrar, KindRegistry
 from .options import Options, show_error, show_exception, show_value
+from .requires import core_requirement
 
 GROUP = "irqbypass"
 ENV_LOAD = "IRQBYPASS_LOAD_PLUGINS"
@@ -170,7 +173,9 @@ class PluginHost:
         what = repr(name) if name is not None else show_value(plugin)
         try:
             registered = self.pm.register(plugin, name=name)
-        except (ValueError, pluggy.PluginValidationError) as exc:
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {what} cannot be registered: {self._invalid(exc)}") from exc
+        except ValueError as exc:
             raise PluginError(f"plugin {what} cannot be registered: {show_error(exc)}") from exc
         except Exception as exc:  # a hostile object's attributes can raise anything
             raise PluginError(f"plugin {what} cannot be registered: {show_exception(exc)}") from exc
@@ -229,7 +234,8 @@ class PluginHost:
 
     def _unknown_hooks(self, plugin: object) -> str | None:
         """Why ``plugin`` is refused: it implements a hook no spec declares (a
-        typo that would otherwise never be called), or None."""
+        hook of another irqbypass release, or a misspelt name, that would
+        otherwise never be called), or None."""
         unknown = sorted(
             caller.name
             for caller in self.pm.get_hookcallers(plugin) or []
@@ -238,14 +244,27 @@ class PluginHost:
         )
         if not unknown:
             return None
-        known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
-        parts = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=1)
-            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         return (
-            f"it implements unknown hook {', '.join(parts)}; the hooks are {', '.join(known)}"
-            " (mark a hook of another project's with @irqbypass.hookimpl(optionalhook=True))"
+            f"it implements {_hooks_word(unknown)} {', '.join(map(repr, unknown))}, which "
+            f"irqbypass {__version__} does not have: it was written for another irqbypass release "
+            f"or the name is misspelt; the hooks of irqbypass {__version__} are "
+            f"{', '.join(_hook_names())} (mark a hook of another project's with "
+            "@irqbypass.hookimpl(optionalhook=True))"
+        )
+
+    def _invalid(self, exc: pluggy.PluginValidationError) -> str:
+        """pluggy's refusal on one line: a hook whose arguments this core does
+        not pass (written for another release) says what this core passes."""
+        lines = str(exc).splitlines()  # pluggy's own text: it prints
+        text = printable("; ".join(line.strip() for line in lines if line.strip()))
+        hook = re.search(r"for hook '(\w+)'", text)
+        caller = getattr(self.pm.hook, hook.group(1), None) if hook else None
+        if caller is None or caller.spec is None:
+            return text
+        return (
+            f"{text}; irqbypass {__version__} calls {caller.name}"
+            f"({', '.join(caller.spec.argnames)}): the plugin was written for another "
+            "irqbypass release (plugin guide: Versions and compatibility)"
         )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
@@ -400,6 +419,16 @@ class PluginHost:
 
     def _load_one(self, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
         version = ep.dist.version if ep.dist is not None else None
+        mismatch = _core_mismatch(ep.dist, dist)
+        if mismatch is not None:  # refused before its code is imported
+            _log.info("plugin %s (%s %s) not loaded: %s", ep.name, dist, version, mismatch)
+            return PluginInfo(
+                name=ep.name,
+                distribution=dist,
+                version=version,
+                module=getattr(ep, "value", None),
+                error=mismatch,
+            )
         try:
             plugin = ep.load()
             self.register(plugin, name=ep.name)
@@ -621,6 +650,32 @@ def _misplaced(every: Iterable[metadata.EntryPoint]) -> list[FilteredPlugin]:
                     )
                 )
     return found
+
+
+def _core_mismatch(dist: metadata.Distribution | None, name: str | None) -> str | None:
+    """Why a plugin's distribution does not fit this core release, with what to
+    install, or None (no distribution, or no requirement on the core)."""
+    try:
+        requires = dist.requires if dist is not None else None
+    except Exception:  # unreadable metadata: the import will tell what is wrong
+        return None
+    requirement = core_requirement(requires, GROUP)
+    problem = requirement.problem(__version__) if requirement is not None else None
+    if requirement is None or problem is None:
+        return None
+    return (
+        f"{problem}; install a release of {name} made for irqbypass {__version__} "
+        f"(pip install --upgrade {name}) or an irqbypass it supports "
+        f"(pip install '{requirement.text}'), or block it (--block {name})"
+    )
+
+
+def _hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+
+
+def _hooks_word(names: Sequence[str]) -> str:
+    return "hook" if len(names) == 1 else "hooks"
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str | None:

@@ -29,7 +29,7 @@ from rel_support import COUNTERS
 
 EXAMPLES = int(os.environ.get("IRQBYPASS_CONFIG_EXAMPLES", "150"))
 ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / ".venv" / "bin" / "irqbypass"
+BIN = Path(sys.executable).with_name("irqbypass")  # the environment running the tests
 PLUGINS = ["irqbypass-mock", "irqbypass-logging"]
 
 GOOD = b"""\
