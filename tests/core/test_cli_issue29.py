@@ -202,3 +202,121 @@ def test_a_veto_without_unpaired_says_the_topology_was_undone(tmp_path: Path) ->
     assert "plugin 'audit_plugin' raised Veto: c0 is on the deny list" in error
     assert "stays registered" not in error, "the CLI tore everything down"
     assert error.endswith("; nothing was applied: every endpoint opened was closed again")
+
+
+# -- 8: a message during a run starts on a line of its own ------------------
+
+
+def rendered(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: ``\\r`` goes back to the start of the
+    line, ``ESC[K`` erases to its end, ``\\n`` starts the next line."""
+    lines, line, col = [], "", 0
+    i = 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            line, i = line[:col], i + 3
+            continue
+        char = raw[i]
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            lines.append(line)
+            line, col = "", 0
+        else:
+            line = line[:col] + char + line[col + 1 :]
+            col += 1
+        i += 1
+    return [*lines, line]
+
+
+class OnATerminal:
+    """``irqbypass run`` with standard output and error on one pseudo-terminal,
+    what it wrote read as it comes."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        import fcntl
+        import os
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+        self.proc = subprocess.Popen(
+            [*EXE, *args], stdout=slave, stderr=slave, env=clean_env(), cwd=cwd
+        )
+        os.close(slave)
+        os.set_blocking(self.master, False)
+        self.raw = b""
+
+    def read(self) -> str:
+        import os
+
+        try:
+            while chunk := os.read(self.master, 65536):
+                self.raw += chunk
+        except (BlockingIOError, OSError):  # nothing more now, or EIO: the child ended
+            pass
+        return self.raw.decode(errors="replace")
+
+    def wait_for(self, text: str) -> None:
+        wait_for(f"{text!r} on the terminal", lambda: text in self.read())
+
+    def finish(self) -> list[str]:
+        import os
+
+        try:
+            self.proc.wait(timeout=HANG_GUARD)
+            self.read()
+        finally:
+            os.close(self.master)
+        return rendered(self.raw.decode(errors="replace").replace("\r\n", "\n"))
+
+
+def test_messages_during_a_run_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    text = "".join(
+        pair("mock", "logging", token=f"t{n}", n=n).replace(
+            'kind="mock"', 'kind="mock"\noptions={count=-1, rate=50.0}'
+        )
+        for n in range(3)
+    )
+    (tmp_path / "t.toml").write_text(text)
+    term = OnATerminal("run", "t.toml", cwd=tmp_path)
+    try:
+        term.wait_for("delivered/fired")  # the progress line is drawn
+        (tmp_path / "t.toml").write_text(text.replace('name="p2"', 'name="p2b"'))
+        term.proc.send_signal(signal.SIGHUP)
+        term.wait_for("irqbypass: reloaded")
+        term.wait_for("delivered/fired: t0")  # drawn again after it
+        (tmp_path / "t.toml").write_text(text + "x = [\n")
+        term.proc.send_signal(signal.SIGHUP)
+        term.wait_for("reload of t.toml failed")
+        term.proc.send_signal(signal.SIGUSR1)
+        term.wait_for("t.toml: running")
+    finally:
+        term.proc.send_signal(signal.SIGTERM)
+        lines = term.finish()
+    assert term.proc.returncode == 128 + signal.SIGTERM
+    said = {
+        "irqbypass: reloaded t.toml: added 'p2b'; removed 'p2'": "reloaded",
+        "irqbypass: error: reload of t.toml failed": "failed reload",
+        "t.toml: running": "SIGUSR1's header",
+    }
+    for start, what in said.items():
+        shown = [ln for ln in lines if start in ln]
+        assert shown, f"{what}: {lines!r}"
+        assert all(ln.startswith(start) for ln in shown), f"{what} glued to a line: {shown!r}"
+    assert not any("delivered/fired" in ln and "irqbypass:" in ln for ln in lines), lines
+
+
+def test_log_lines_of_the_event_loop_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    text = pair("mock", "logging").replace(
+        'kind="mock"', 'kind="mock"\noptions={count=40, rate=20.0}'
+    )
+    (tmp_path / "t.toml").write_text(text)
+    term = OnATerminal("-v", "run", "t.toml", "--duration", "60", cwd=tmp_path)
+    lines = term.finish()
+    assert term.proc.returncode == 0, lines
+    logged = [ln for ln in lines if "irqbypass.logging.c0: c0 interrupt" in ln]
+    assert len(logged) >= 2, lines  # some while the progress line was shown
+    assert all(ln.startswith("irqbypass.logging.c0: ") for ln in logged), logged

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IrqBypassError
-from .output import _error, _fresh_line, _notes
+from .output import _error, _fresh_line, _LogLines, _notes
 
 #: the longest ``--duration`` (7 days; config.MAX_DURATION, which a test holds equal)
 MAX_DURATION = 7 * 24 * 3600.0
@@ -335,10 +335,11 @@ def _port_number(value: str) -> int:
 def _set_up_logging(verbose: int) -> None:
     """-v: INFO, plus everything the user's logging consumers log (their level is
     the user's choice); -vv: DEBUG everywhere, every callback traced."""
+    handler = _LogLines()  # through the one place every line goes (a progress line is cleared)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING,
-        format="%(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
         force=True,
     )
     if verbose:

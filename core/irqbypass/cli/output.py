@@ -1,12 +1,17 @@
 """What the commands write: one line per write, tables that fit a terminal,
-warnings and errors on standard error."""
+warnings and errors on standard error, and the one progress line of a
+terminal. Every line goes through :func:`_say`, which clears a progress line
+being shown first, so a message during a run never starts in the middle of it
+(as pip and pytest do)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -22,8 +27,10 @@ def _fresh_line(signum: int) -> None:
     """After Ctrl-C on a terminal, which echoed ``^C`` where the cursor was:
     start the message on a line of its own."""
     if signum == signal.SIGINT and _isatty(sys.stderr):
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+        with _SCREEN.lock:
+            _SCREEN.progress = None  # the newline ends a progress line being shown
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -77,11 +84,76 @@ def _print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None =
             _say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
 
 
+class _Screen:
+    """The progress line a terminal shows now, if any, and the lock every
+    write takes (a log line comes from the event loop's thread too)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        #: the terminal stream a progress line is drawn on, until cleared or ended
+        self.progress: TextIO | None = None
+
+    def say(self, text: str, out: TextIO) -> None:
+        with self.lock:
+            self._clear_for(out)
+            out.write(text + "\n")  # a terminal's stream is line-buffered: shown now
+
+    def draw(self, line: str, stream: TextIO) -> None:
+        """Draw (or redraw) the progress line, cut to the terminal's width."""
+        with self.lock:
+            stream.write(f"\r{_fit(line, _width(stream))}\x1b[K")
+            stream.flush()
+            self.progress = stream
+
+    def end(self, stream: TextIO, keep: bool) -> None:
+        """The progress on ``stream`` is over: end its line with a newline
+        (keeping its last figures, or after a ``^C`` the terminal echoed on a
+        line a message cleared), or clear it."""
+        with self.lock:
+            self.progress = None
+            stream.write("\n" if keep else "\r\x1b[K")
+            stream.flush()
+
+    def _clear_for(self, out: TextIO) -> None:
+        """Clear the progress line before a line on its stream or on another
+        terminal (the same screen, as a rule); it is drawn again at its next tick."""
+        stream = self.progress
+        if stream is None or (out is not stream and not _isatty(out)):
+            return
+        self.progress = None
+        stream.write("\r\x1b[K")
+        stream.flush()
+
+
+#: the one screen of the process: every line of the CLI goes through it
+_SCREEN = _Screen()
+
+
 def _say(text: str, out: TextIO) -> None:
-    """Print one line in one write: print() writes the text and its newline apart,
-    and unbuffered (PYTHONUNBUFFERED) a log line of the loop thread could land
-    between them, on the same stream or, with 2>&1, the other."""
-    out.write(text + "\n")
+    """Print one line in one write, after clearing a progress line on the same
+    terminal: print() writes the text and its newline apart, and unbuffered
+    (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
+    the same stream or, with 2>&1, the other."""
+    _SCREEN.say(text, out)
+
+
+def _draw_progress(line: str, stream: TextIO) -> None:
+    _SCREEN.draw(line, stream)
+
+
+def _end_progress(stream: TextIO, keep: bool) -> None:
+    _SCREEN.end(stream, keep)
+
+
+class _LogLines(logging.Handler):
+    """Log records as lines of the CLI's standard error, through :func:`_say`
+    (a record from the event loop's thread clears the progress line too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _say(self.format(record), sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _warn(message: str) -> None:

@@ -23,7 +23,17 @@ from .check import _pairing_problems
 from .files import STDIN, _load
 from .hosting import _header, _host
 from .live import _Live, _metrics
-from .output import _count, _error, _fit, _fresh_line, _isatty, _notes, _warn, _width
+from .output import (
+    _count,
+    _draw_progress,
+    _end_progress,
+    _error,
+    _fresh_line,
+    _isatty,
+    _notes,
+    _say,
+    _warn,
+)
 from .summary import _print_pairs, _print_summary, _progress_line, _snapshot
 
 _log = logging.getLogger("irqbypass.cli")
@@ -132,7 +142,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             "error": errors[0] if errors else None,
             "errors": errors,
         }
-        print(json.dumps(doc, indent=2))
+        _say(json.dumps(doc, indent=2), out)
     else:
         _print_summary(summary, out)
     for fault in faults:
@@ -217,8 +227,7 @@ class _StepProgress:
 
     def __exit__(self, *exc: object) -> None:
         if self.shown and self.stream is not None:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            _end_progress(self.stream, keep=False)
 
     def applying(self, done: int, total: int) -> None:
         self._show(f"{self.what} {done}/{total}", done == total)
@@ -233,8 +242,7 @@ class _StepProgress:
         if now - self.last < TICK_SECONDS and not (last and self.shown):
             return
         self.last, self.shown = now, True
-        self.stream.write(f"\r{_fit(line, _width(self.stream))}\x1b[K")
-        self.stream.flush()
+        _draw_progress(line, self.stream)
 
 
 def _wait(
@@ -268,9 +276,7 @@ def _wait(
             rows = _snapshot(topology, settled=False) if live or finished else []
             if live:
                 done = sum(1 for p in producers if p.finished)
-                line = _progress_line(rows, now - start, done, len(producers))
-                progress.write(f"\r{_fit(line, _width(progress))}\x1b[K")
-                progress.flush()
+                _draw_progress(_progress_line(rows, now - start, done, len(producers)), progress)
             if duration is not None and now - start >= duration:
                 break
             if finished:
@@ -297,8 +303,7 @@ def _wait(
                 time.sleep(pause)
     finally:
         if live:
-            progress.write("\n")
-            progress.flush()
+            _end_progress(progress, keep=True)
 
 
 def _waits(topology: Topology, service: _Live | None) -> bool:
