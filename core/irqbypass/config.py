@@ -95,6 +95,7 @@ class EndpointConfig:
 
     @property
     def key_path(self) -> str:
+        """Where the entry is in its file, as errors name it: ``producers[0]``."""
         return f"{self.side}s[{self.index}]"
 
 
@@ -151,6 +152,7 @@ class Config:
 
     @property
     def endpoints(self) -> tuple[EndpointConfig, ...]:
+        """Every entry, producers first, each side in file order."""
         return self.producers + self.consumers
 
     def error(self, key: str, problem: str) -> ConfigError:

@@ -185,6 +185,7 @@ class DeviceProducer(Producer):
         raise NotImplementedError(f"{type(self).__name__} cannot mask")
 
     def device_unmask(self) -> None:
+        """Unmask the interrupt at the device (only with :attr:`can_mask`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot mask")
 
     @classmethod
@@ -226,6 +227,7 @@ class DeviceProducer(Producer):
     # -- what the template offers a subclass ------------------------------------
 
     def describe(self) -> str:
+        """``KIND producer 'NAME' (WHERE)``: how messages name this producer and its device."""
         return f"{self.kind} producer {self.name!r} ({self.where()})"
 
     def lose(self, error: IrqBypassError) -> None:
@@ -348,6 +350,8 @@ class DeviceProducer(Producer):
         return value if value is not None else (irq if irq is not None else 0)
 
     def check_number(self, label: str, value: object) -> None:
+        """Refuse ``value`` unless it is an int in 0..2**32-1 (an ioctl's u32), naming
+        ``label``; InvalidEndpointError."""
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
             raise InvalidEndpointError(
                 f"{self.kind} producer {self.name!r}: {label} {value!r} must be an integer "
@@ -406,6 +410,7 @@ class DeviceProducer(Producer):
 
     @property
     def stopped(self) -> bool:
+        """Between :meth:`stop` and :meth:`start`: the interrupt is quiesced."""
         return self._stopped
 
     @property
@@ -423,6 +428,8 @@ class DeviceProducer(Producer):
     # -- open / close ------------------------------------------------------------
 
     def open(self) -> None:
+        """Open the device and point its interrupt at the token (under the producer's lock; a
+        Ctrl-C waits for the bookkeeping)."""
         try:
             with self._lock:
                 self._open()
@@ -624,6 +631,8 @@ class DeviceProducer(Producer):
             self._masked = True
 
     def stop(self) -> None:
+        """Quiesce the interrupt before an add or del, as :attr:`quiesce` says (under the
+        producer's lock)."""
         try:
             with self._lock:
                 self._stop()

@@ -27,6 +27,8 @@ class IrqBypassError(Exception):
 
     @property
     def message(self) -> str:
+        """The message as given, without the errno (``str()`` of the error is the same
+        text)."""
         return str(self.args[0]) if self.args else ""
 
 

@@ -151,10 +151,12 @@ class Eventfd:
 
     @property
     def closed(self) -> bool:
+        """The fd is closed (:meth:`close` ran): every I/O on it is refused."""
         return self._fd < 0
 
     @property
     def owned(self) -> bool:
+        """:meth:`close` closes the fd: False for ``Eventfd.from_fd(fd)`` (the caller's fd)."""
         return self._owned
 
     def fileno(self) -> int:
@@ -381,6 +383,8 @@ class HoldingEventfd:
         self.replayed = 0
 
     def fileno(self) -> int:
+        """The holding eventfd's fd, opened on first use: what the device points at while
+        stopped."""
         if self._eventfd is None:
             self._eventfd = Eventfd()
         return self._eventfd.fileno()
@@ -410,6 +414,8 @@ class HoldingEventfd:
         return taken
 
     def close(self) -> None:
+        """Close the holding eventfd (the counts stay; a later :meth:`fileno` opens a new
+        one)."""
         if self._eventfd is not None:
             self._eventfd.close()
             self._eventfd = None

@@ -62,6 +62,8 @@ class EndpointSpec:
     file: str | None = None
 
     def options_reader(self) -> Options:
+        """The ``options`` table as an :class:`~irqbypass.Options` reader, whose
+        errors name the file and the key (``producers[0].options.path``)."""
         where = f"{self.key_path}.options" if self.key_path else f"{self.name}.options"
         return Options(self.options, where=where, file=self.file)
 
@@ -179,6 +181,7 @@ class KindRegistry:
         self.failed: list[str] = []
 
     def add(self, kind: Kind[Any]) -> None:
+        """Add ``kind``; a name claimed twice is kept, as a conflict refused at use."""
         if not kind.name or not isinstance(kind.name, str):
             raise ValueError(f"plugin {kind.plugin}: kind name must be a non-empty string")
         if not callable(kind.factory):
@@ -186,6 +189,7 @@ class KindRegistry:
         self._kinds[kind.side].setdefault(kind.name, []).append(kind)
 
     def remove_plugin(self, plugin: str) -> None:
+        """Forget every kind of ``plugin`` (its registration raised)."""
         for by_name in self._kinds.values():
             for name in list(by_name):
                 by_name[name] = [k for k in by_name[name] if k.plugin != plugin]
@@ -193,9 +197,11 @@ class KindRegistry:
                     del by_name[name]
 
     def names(self, side: Side) -> list[str]:
+        """The kind names of ``side``, sorted."""
         return sorted(self._kinds[side])
 
     def of_plugin(self, plugin: str) -> dict[Side, list[str]]:
+        """The kind names ``plugin`` registered, by side."""
         return {
             side: sorted(n for n, ks in by_name.items() if any(k.plugin == plugin for k in ks))
             for side, by_name in self._kinds.items()

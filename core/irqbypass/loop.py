@@ -117,6 +117,7 @@ class LoopHandle:
 
     @property
     def active(self) -> bool:
+        """The handle is still served: not cancelled, failed or done (a one-shot that ran)."""
         return self.state == "active"
 
     @property
@@ -609,6 +610,7 @@ class EventLoop:
 
     @property
     def closed(self) -> bool:
+        """:meth:`close` was called: the loop takes no new handle."""
         return self._closed
 
     def __repr__(self) -> str:

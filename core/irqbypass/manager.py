@@ -352,18 +352,22 @@ class Manager:
         return [(p, c) for p in list(self._producers.values()) if (c := p._consumer) is not None]
 
     def find_producer(self, token: Hashable) -> Producer | None:
+        """The producer registered for ``token``, or None (an unhashable token holds none)."""
         try:
             return self._producers.get(token)
         except Exception:
             return None  # unhashable or hostile: no producer can hold it
 
     def find_consumer(self, token: Hashable) -> Consumer | None:
+        """The consumer registered for ``token``, or None (an unhashable token holds none)."""
         try:
             return self._consumers.get(token)
         except Exception:
             return None
 
     def is_registered(self, endpoint: Producer | Consumer) -> bool:
+        """Whether this very endpoint (identity, not token) is registered: the state after a
+        CallbackError."""
         if isinstance(endpoint, Producer):
             table = self._producers
         elif isinstance(endpoint, Consumer):

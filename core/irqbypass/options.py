@@ -29,6 +29,8 @@ class Options:
         self._read: set[str] = set()
 
     def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError about ``key`` of this table, naming its file and key path; raise
+        it."""
         return ConfigError(problem, file=self._file, key=f"{self._where}.{key}")
 
     def _take(self, key: str) -> Any:

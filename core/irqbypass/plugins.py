@@ -98,6 +98,7 @@ class PluginInfo:
     traceback: str | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """The plugin as ``irqbypass plugins --json`` shows it."""
         return {
             "name": self.name,
             "distribution": self.distribution,
@@ -268,6 +269,8 @@ class PluginHost:
         )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        """Unregister a plugin, by object or by name; one that is not registered is left
+        alone."""
         if name is not None and not isinstance(name, str):
             raise PluginError(f"plugin name {show_value(name)} is not a string; pass a str or None")
         try:

@@ -29,9 +29,11 @@ class Seam(Protocol):
 
     sysfs_root: str
 
-    def open(self, path: str, flags: int) -> int: ...
+    def open(self, path: str, flags: int) -> int:
+        """Open ``path`` with ``flags``; the fd."""
 
-    def close(self, fd: int) -> None: ...
+    def close(self, fd: int) -> None:
+        """Close ``fd``."""
 
     def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
         """``ioctl(fd, request, arg)``: a bytearray is passed by pointer and
@@ -46,12 +48,16 @@ class RealSeam:
     sysfs_root = "/sys"
 
     def open(self, path: str, flags: int) -> int:
+        """``os.open`` with O_CLOEXEC added."""
         return os.open(path, flags | os.O_CLOEXEC)
 
     def close(self, fd: int) -> None:
+        """``os.close``."""
         os.close(fd)
 
     def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
+        """``fcntl.ioctl``: an int argument by value, a bytearray in place (mutated as the
+        kernel writes it)."""
         if isinstance(arg, int):
             result: int = fcntl.ioctl(fd, request, arg)
         else:

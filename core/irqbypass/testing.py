@@ -81,10 +81,12 @@ class FakeDevice(Generic[_F]):
         self._failures.setdefault(request, []).extend([code] * times)
 
     def names(self) -> list[str]:
+        """The names of the recorded calls, in order."""
         return [call.name for call in self.calls]
 
     @property
     def open_fds(self) -> list[int]:
+        """The fds the model holds open, sorted: empty once everything was closed."""
         return sorted(self.files)
 
     def record(self, fd: int, request: int, arg: bytearray | int) -> None:
@@ -98,10 +100,14 @@ class FakeDevice(Generic[_F]):
             raise self.error(pending.pop(0))
 
     def check_access(self, path: str) -> None:
+        """Refuse ``path`` with EACCES if the test put it in :attr:`denied`, as a node the user
+        cannot open."""
         if path in self.denied:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
 
     def new_fd(self, path: str, file: _F) -> int:
+        """A real fd (of /dev/null) standing for ``path``'s open file, which the model keeps in
+        :attr:`files`."""
         fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self.files[fd] = file
         self.opened.append(path)

@@ -97,6 +97,7 @@ class TokenTable:
             eventfd.close()
 
     def get(self, name: str) -> Eventfd | None:
+        """The eventfd of token ``name``, or None (no endpoint uses it, none was provided)."""
         return self._eventfds.get(name)
 
     def users(self, name: str) -> int:
@@ -104,6 +105,7 @@ class TokenTable:
         return self._users.get(name, 0)
 
     def is_provided(self, name: str) -> bool:
+        """Whether ``name``'s eventfd was provided by the VMM (the table never closes it)."""
         return name in self._provided
 
     def __contains__(self, name: object) -> bool:

@@ -68,6 +68,8 @@ class Totals:
     counters: dict[str, int] = field(default_factory=dict)
 
     def retire(self, stats: Mapping[str, object]) -> None:
+        """Add what an endpoint that closed counted (its counters: ``fired``,
+        ``delivered``, ``coalesced``, ``reads``, ``direct``, ``eventfd``)."""
         for key in COUNTERS:
             value = stats.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -78,16 +80,21 @@ class Totals:
 class Placed:
     """One endpoint of the topology and how far it got."""
 
+    #: the entry of the configuration this endpoint was built from
     config: EndpointConfig
+    #: the endpoint its kind's factory built
     endpoint: Endpoint
+    #: its ``open()`` succeeded and no ``close()`` ran since
     opened: bool = False
+    #: it is registered with the topology's manager
     registered: bool = False
     #: the counts of this entry's earlier endpoints (re-opened, re-plugged)
     history: Totals = field(default_factory=Totals)
     #: the eventfd of its token, held from the token table until released
     token: Eventfd | None = None
+    # internal: its token was given back to the token table (never twice)
     released: bool = False
-    #: the order it was placed in: undone in the reverse order
+    # internal: the order it was placed in, undone in the reverse order
     serial: int = 0
     #: the plugin whose kind built the endpoint
     plugin: str = ""
@@ -97,6 +104,7 @@ class Placed:
 
     @property
     def label(self) -> str:
+        """``side 'name' (kind K)``: how messages name this endpoint."""
         return f"{self.config.side} {self.config.name!r} (kind {self.config.kind})"
 
     def stats(self) -> dict[str, int]:
@@ -423,6 +431,7 @@ class Topology:
 
     @property
     def applied(self) -> bool:
+        """Some endpoint is open: :meth:`apply` ran and :meth:`teardown` has not finished."""
         return any(placed.opened for placed in self._placed.values())
 
     # -- building ----------------------------------------------------------
@@ -867,8 +876,8 @@ class Topology:
 
         The work is O(changes), and so is the comparison, nearly: the new
         configuration's group digests are compared with the running one's
-        (:class:`~irqbypass.config.EntryGroups`: O(log N) comparisons of bytes
-        per change), then the entries of the groups that differ. After an
+        (the entries are kept in groups, each with a digest: O(log N)
+        comparisons of bytes per change), then the entries of the groups that differ. After an
         :meth:`attach`, :meth:`detach` or :meth:`change` the running entries
         are no file's, and every entry is compared (O(N), one comparison of
         fingerprints each), once."""
