@@ -14,9 +14,10 @@ each command runs once before the rounds (so its ``.pyc`` files are written).
 Each command's modules are counted too (``sys.modules`` at exit, from
 ``python -X importtime``), with the heavy ones it should not need named.
 Goals (docs/benchmarks.md): ``--version`` and ``--help`` within 0.1 s, ``plugins``
-and ``check`` within 0.2 s (the median). Usage:
+and ``check`` within 0.2 s (the median). ``--baseline DIR`` runs the irqbypass
+commands on an older tree's code too, in the same rounds. Usage:
 
-    .venv/bin/python benchmarks/startup.py [--quick] [--json FILE]
+    .venv/bin/python benchmarks/startup.py [--quick] [--baseline DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -56,10 +57,20 @@ def commands(small: Path) -> dict[str, list[str]]:
     }
 
 
-def environment() -> dict[str, str]:
+def environment(baseline: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode cached, as on a user's machine
+    if baseline is not None:
+        env["PYTHONPATH"] = baseline_path(baseline)
     return env
+
+
+def baseline_path(tree: Path) -> str:
+    """PYTHONPATH that puts another source tree's core and plugins (an older
+    commit, ``git archive COMMIT core plugins | tar -x -C DIR``) ahead of the
+    editable installs: the same entry points, that tree's code."""
+    plugins = sorted(p for p in (tree / "plugins").iterdir() if p.is_dir())
+    return os.pathsep.join(str(p) for p in [tree / "core", *plugins])
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> float:
@@ -88,6 +99,13 @@ def imported(argv: list[str], env: dict[str, str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the irqbypass commands on the code of this source tree (an older "
+        "commit's core/ and plugins/), interleaved: before and after in one run",
+    )
     add_json_option(parser)
     args = parser.parse_args()
     rounds = 5 if args.quick else 21
@@ -96,23 +114,28 @@ def main() -> None:
         small = Path(tmp) / "small.toml"
         small.write_text(SMALL)
         cmds = commands(small)
-        for argv in cmds.values():  # writes the bytecode
-            run_once(argv, env)
+        envs = {name: env for name in cmds}
+        if args.baseline is not None:
+            for name in GOALS:
+                cmds[f"{name} (baseline)"] = cmds[name]
+                envs[f"{name} (baseline)"] = environment(args.baseline)
+        for name, argv in cmds.items():  # writes the bytecode
+            run_once(argv, envs[name])
         times: dict[str, list[float]] = {name: [] for name in cmds}
         for _ in range(rounds):
             for name, argv in cmds.items():
-                times[name].append(run_once(argv, env))
-        modules = {name: imported(argv, env) for name, argv in cmds.items()}
+                times[name].append(run_once(argv, envs[name]))
+        modules = {name: imported(argv, envs[name]) for name, argv in cmds.items()}
     load = os.getloadavg()
     print(f"wall seconds, bytecode cached, {rounds} rounds; load {load[0]:.1f}")
-    print(f"{'command':18} {'median':>7} {'min':>7} {'goal':>6} {'modules':>8}  heavy imports")
+    print(f"{'command':29} {'median':>7} {'min':>7} {'goal':>6} {'modules':>8}  heavy imports")
     median = {name: statistics.median(values) for name, values in times.items()}
     best = {name: min(values) for name, values in times.items()}
     for name in cmds:
         goal = GOALS.get(name)
         heavy = [m for m in HEAVY if m in modules[name]]
         print(
-            f"{name:18} {median[name]:>7.3f} {best[name]:>7.3f} "
+            f"{name:29} {median[name]:>7.3f} {best[name]:>7.3f} "
             f"{f'{goal:.1f}' if goal else '':>6} {len(modules[name]):>8}  "
             f"{', '.join(heavy) or '-'}"
         )
@@ -123,6 +146,11 @@ def main() -> None:
             f"goal irqbypass {name} within {goal} s: {median[name]:.3f} s ({verdict}); "
             f"{median[name] / pytest:.2f}x pytest --version, "
             f"{median[name] - floor:.3f} s above python -c pass"
+            + (
+                f"; baseline {median[f'{name} (baseline)']:.3f} s"
+                if f"{name} (baseline)" in median
+                else ""
+            )
         )
 
     report = Report("startup", "Start-up of the irqbypass command")

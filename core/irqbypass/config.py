@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import difflib
 import hashlib
+import operator
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +91,7 @@ class EndpointConfig:
     fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        text = "\0".join(canonical(getattr(self, key)) for key in COMPARED_KEYS)
+        text = "\0".join(map(canonical, _compared_values(self)))
         object.__setattr__(self, "fingerprint", text)
 
     @property
@@ -101,6 +102,8 @@ class EndpointConfig:
 
 #: the keys that make an entry changed when they differ (its place in the file does not)
 COMPARED_KEYS = ("side", "kind", "token", "irq", "bypass", "optional", "options")
+#: an entry's values of COMPARED_KEYS, as a tuple, in one call
+_compared_values = operator.attrgetter(*COMPARED_KEYS)
 
 
 def canonical(value: object) -> str:
@@ -111,7 +114,9 @@ def canonical(value: object) -> str:
     kind = type(value)
     if kind is str or kind is bool or kind is float or value is None:  # most, first
         return repr(value)
-    if isinstance(value, Mapping):
+    if type(value) is int:  # what TOML parses, before the costlier checks below
+        return repr(value) if value.bit_length() <= 4000 else hex(value)
+    if kind is dict or isinstance(value, Mapping):
         items = sorted(value.items())
         return "{" + ", ".join(f"{k!r}: {canonical(v)}" for k, v in items) + "}"
     if isinstance(value, list | tuple):

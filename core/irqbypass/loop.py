@@ -32,7 +32,6 @@ The contract a plugin relies on:
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import errno
@@ -47,11 +46,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import InvalidEndpointError, LoopClosedError
 from .eventfd import Eventfd
 from .options import show_exception, show_value
+
+if TYPE_CHECKING:  # asyncio itself only where the VMM brings its loop (attach)
+    import asyncio
 
 __all__ = ["WATCHDOG_SECONDS", "EventLoop", "LoopFault", "LoopHandle", "event_loop"]
 
@@ -402,19 +404,13 @@ class EventLoop:
                 else:
                     self._cancelled_timers = max(0, self._cancelled_timers - 1)
         for handle in due:
-            if handle.state != "active":
-                continue
-            self._call(handle)
-            with self._lock:
-                if handle.state != "active" or self._closed:
-                    continue
-                if handle.period is None:
-                    handle.state = "done"
-                else:
-                    handle.when += handle.period
-                    heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+            if handle.state == "active":
+                self._call(handle, timer=True)
 
-    def _call(self, handle: LoopHandle) -> None:
+    def _call(self, handle: LoopHandle, *, timer: bool = False) -> None:
+        """Run one callback. A timer's next turn is scheduled (or a one-shot
+        marked done) under the lock that ends the call: one acquisition, and no
+        moment at which it is neither running nor in the heap."""
         with self._lock:
             if handle.state != "active":
                 return
@@ -429,6 +425,12 @@ class EventLoop:
             with self._lock:
                 self._current = None
                 reported = self._current_reported
+                if timer and handle.state == "active" and not self._closed:
+                    if handle.period is None:
+                        handle.state = "done"
+                    else:
+                        handle.when += handle.period
+                        heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
                 if self._cancel_waiters:
                     self._idle.notify_all()
             self.callbacks_run += 1

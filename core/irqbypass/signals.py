@@ -81,8 +81,8 @@ def deliver_deferred_signals() -> None:
     end of its own section). The first handler that raises ends the call; any
     other deferred signal stays deferred for the next call.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
+    if not DEFERRED or threading.current_thread() is not threading.main_thread():
+        return  # nothing deferred (the common case, first: no thread lookup)
     while DEFERRED:
         signum = next(iter(DEFERRED))
         frame = DEFERRED.pop(signum)

@@ -70,10 +70,11 @@ class Totals:
     def retire(self, stats: Mapping[str, object]) -> None:
         """Add what an endpoint that closed counted (its counters: ``fired``,
         ``delivered``, ``coalesced``, ``reads``, ``direct``, ``eventfd``)."""
+        counters = self.counters
         for key in COUNTERS:
             value = stats.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                self.counters[key] = self.counters.get(key, 0) + value
+            if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+                counters[key] = counters.get(key, 0) + value
 
 
 @dataclass
