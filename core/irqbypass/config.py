@@ -116,7 +116,7 @@ def canonical(value: object) -> str:
         return repr(value)
     if type(value) is int:  # what TOML parses, before the costlier checks below
         return repr(value) if value.bit_length() <= 4000 else hex(value)
-    if kind is dict or isinstance(value, Mapping):
+    if isinstance(value, (dict, Mapping)):  # dict first: no ABC check for it
         items = sorted(value.items())
         return "{" + ", ".join(f"{k!r}: {canonical(v)}" for k, v in items) + "}"
     if isinstance(value, list | tuple):
