@@ -10,7 +10,7 @@ server runs in the run's main loop, with no thread and without ever blocking:
 every client's socket is non-blocking and watched by one selector, so clients
 that stall delay no one (at most :data:`MAX_CLIENTS` at once; at the cap the
 oldest one still silent makes room, and an accept short of fds rests the
-listener for :data:`PAUSE_SECONDS` instead of spinning). The backlog is large
+listener a while instead of spinning: see :mod:`irqbypass.serving`). The backlog is large
 (:data:`BACKLOG`) and a client whose connect finds it full waits out its own
 deadline, so hundreds of clients at once are all answered.
 
@@ -30,7 +30,6 @@ import errno
 import json
 import os
 import select
-import selectors
 import socket
 import stat
 import struct
@@ -40,6 +39,7 @@ from typing import Any
 
 from .errors import IrqBypassError
 from .paths import open_directory, split_path
+from .serving import Conversations
 
 #: the longest request line; a request is a word
 MAX_REQUEST = 256
@@ -50,9 +50,6 @@ SERVE_SECONDS = 2.0
 MAX_CLIENTS = 256
 #: connections the kernel queues for us (capped by net.core.somaxconn)
 BACKLOG = 4096
-#: how long the listener rests when an accept fails for want of fds
-PAUSE_SECONDS = 0.25
-_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: how long ``irqbypass status`` waits for the answer
 CLIENT_SECONDS = 10.0
 #: how long ``irqbypass reload`` waits: the answer comes once the reload is done
@@ -74,22 +71,6 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-class _Client:
-    """One connection: its request as it arrives, then its answer as it leaves."""
-
-    __slots__ = ("answer", "answered", "deadline", "request", "sock", "started")
-
-    def __init__(self, sock: socket.socket, now: float) -> None:
-        self.sock = sock
-        self.started = now
-        self.deadline = now + SERVE_SECONDS
-        self.request = b""
-        #: what is left to send (None: still reading the request)
-        self.answer: memoryview | None = None
-        #: whether the answer is to a request (not a refusal)
-        self.answered = False
-
-
 class ControlServer:
     """Listens on ``path``; :meth:`serve` makes progress with every client
     that is ready, without blocking (the run's main loop calls it when
@@ -99,10 +80,6 @@ class ControlServer:
         self.path = path
         self.answer = answer
         self.refused = 0
-        #: clients cut at their deadline, or evicted for a newcomer at the cap
-        self.dropped = 0
-        self._clients: dict[int, _Client] = {}
-        self._paused_until: float | None = None
         if not path:
             raise IrqBypassError("--control: the path is empty; name the socket to create")
         directory, self._name = split_path(path)
@@ -114,20 +91,16 @@ class ControlServer:
             os.close(self._dir)
             raise
         try:
-            self._selector = selectors.DefaultSelector()
-        except BaseException:
-            self._sock.close()
-            os.close(self._dir)
-            raise
-        try:
             self._bind()
             self._sock.listen(BACKLOG)
             self._sock.setblocking(False)
-            self._selector.register(self._sock, selectors.EVENT_READ)
             info = os.lstat(self._name, dir_fd=self._dir)
             self._inode = (info.st_dev, info.st_ino)
+            self._clients = Conversations(
+                self._sock, limit=MAX_CLIENTS, seconds=SERVE_SECONDS, max_request=MAX_REQUEST,
+                complete=_line_of, respond=self._respond, admit=self._admit,
+            )  # fmt: skip
         except BaseException:
-            self._selector.close()
             self._sock.close()
             os.close(self._dir)
             raise
@@ -183,158 +156,54 @@ class ControlServer:
 
     def fileno(self) -> int:
         """An fd readable when a client (or the listener) is ready: wait on it."""
-        return self._selector.fileno()
+        return self._clients.fileno()
 
     @property
     def clients(self) -> int:
         """Clients being served now (at most :data:`MAX_CLIENTS`)."""
         return len(self._clients)
 
+    @property
+    def dropped(self) -> int:
+        """Clients cut at their deadline, or evicted for a newcomer at the cap."""
+        return self._clients.dropped
+
     def accepting(self) -> bool:
         """Whether the listener is watched (not resting after a shortage of fds)."""
-        return self._paused_until is None
+        return self._clients.accepting()
 
     def serve(self) -> int:
         """Make progress with every client ready now, accept the waiting ones,
         cut those past their deadline; how many requests were answered."""
-        answered = 0
-        for key, events in self._selector.select(0):
-            if key.fileobj is self._sock:
-                answered += self._accept()
-            else:
-                client = self._clients.get(key.fd)
-                if client is not None:
-                    answered += self._step(client, events)
-        now = time.monotonic()
-        for client in [c for c in self._clients.values() if c.deadline <= now]:
-            self._drop(client)
-        if self._paused_until is not None and now >= self._paused_until:
-            self._paused_until = None
-            self._selector.register(self._sock, selectors.EVENT_READ)
-        return answered
+        return self._clients.serve()
 
-    def _accept(self) -> int:
-        answered = 0
-        for _ in range(MAX_CLIENTS):  # the rest at the next call: others get a turn
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _SHORTAGE:  # rest instead of spinning on a ready listener
-                    self._selector.unregister(self._sock)
-                    self._paused_until = time.monotonic() + PAUSE_SECONDS
-                break
-            conn.setblocking(False)
-            if len(self._clients) >= MAX_CLIENTS and not self._evict():
-                conn.close()
-                self.dropped += 1
-                continue
-            client = _Client(conn, time.monotonic())
-            try:
-                uid = peer_uid(conn)
-            except OSError:
-                conn.close()
-                continue
-            self._clients[conn.fileno()] = client
-            self._selector.register(conn, selectors.EVENT_READ)
-            if uid != os.getuid():
-                self.refused += 1
-                self._reply(client, {"ok": False, "error": "refused: not the run's user"}, False)
-                continue
-            answered += self._step(client, selectors.EVENT_READ)  # its request may be here
-        return answered
+    def _admit(self, conn: socket.socket) -> bytes | None:
+        if peer_uid(conn) == os.getuid():
+            return None
+        self.refused += 1
+        return _line({"ok": False, "error": "refused: not the run's user"})
 
-    def _evict(self) -> bool:
-        """Close the oldest client still sending its request; whether one was."""
-        reading = [c for c in self._clients.values() if c.answer is None]
-        if not reading:
-            return False
-        self._drop(min(reading, key=lambda c: c.started))
-        return True
-
-    def _drop(self, client: _Client) -> None:
-        self.dropped += 1
-        self._forget(client)
-
-    def _forget(self, client: _Client) -> None:
-        self._clients.pop(client.sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(client.sock)
-        client.sock.close()
-
-    def _step(self, client: _Client, events: int) -> int:
-        """Read or write what the client is ready for; 1 if its answer went out whole."""
+    def _respond(self, line: bytes) -> bytes:
         try:
-            if client.answer is None:
-                if events & selectors.EVENT_READ:
-                    return self._read(client)
-            elif events & selectors.EVENT_WRITE:
-                return self._send(client)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._forget(client)
-        return 0
-
-    def _read(self, client: _Client) -> int:
-        """Take what the client sent; once its line is whole, answer it (1
-        if the answer went out whole at once)."""
-        chunk = client.sock.recv(MAX_REQUEST + 1)
-        if chunk:
-            client.request += chunk
-            if b"\n" not in client.request:
-                if len(client.request) > MAX_REQUEST:
-                    self._drop(client)
-                return 0
-        elif not client.request:
-            self._forget(client)  # gone without a word
-            return 0
-        try:
-            request = client.request.split(b"\n", 1)[0].decode("ascii").strip()
+            request = line.decode("ascii").strip()
         except UnicodeDecodeError:
             request = ""
         if request not in REQUESTS:
-            reply: dict[str, Any] = {
-                "ok": False,
-                "error": f"unknown request {request[:40]!r}; send one of: {', '.join(REQUESTS)}",
-            }
-        else:
-            reply = self.answer(request)
-        return self._reply(client, reply, True)
-
-    def _reply(self, client: _Client, reply: dict[str, Any], answered: bool) -> int:
-        """Queue ``reply``; its deadline starts now (a reload may have taken long)."""
-        client.answer = memoryview(_line(reply))
-        client.answered = answered
-        client.deadline = time.monotonic() + SERVE_SECONDS
-        self._selector.modify(client.sock, selectors.EVENT_WRITE)
-        return self._send(client)
-
-    def _send(self, client: _Client) -> int:
-        assert client.answer is not None
-        try:
-            sent = client.sock.send(client.answer)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError:
-            self._forget(client)
-            return 0
-        client.answer = client.answer[sent:]
-        if client.answer:
-            return 0
-        self._forget(client)
-        return 1 if client.answered else 0
+            return _line(
+                {
+                    "ok": False,
+                    "error": f"unknown request {request[:40]!r}; send one of: "
+                    + ", ".join(REQUESTS),
+                }
+            )
+        return _line(self.answer(request))
 
     def close(self) -> None:
         """Stop listening, close every client, and remove the socket file if
         it is still ours (once)."""
         if self._dir < 0:
             return
-        for client in list(self._clients.values()):
-            client.sock.close()
-        self._clients.clear()
-        self._selector.close()
+        self._clients.close()
         self._sock.close()
         with contextlib.suppress(OSError):
             info = os.lstat(self._name, dir_fd=self._dir)
@@ -342,6 +211,14 @@ class ControlServer:
                 os.unlink(self._name, dir_fd=self._dir)
         os.close(self._dir)
         self._dir = -1
+
+
+def _line_of(received: bytes, eof: bool) -> bytes | None:
+    """A request: its first line, or what came before the client's EOF."""
+    end = received.find(b"\n")
+    if end >= 0:
+        return received[:end]
+    return received if eof and received else None
 
 
 def _line(doc: dict[str, Any]) -> bytes:
@@ -355,27 +232,6 @@ def _wait(sock: socket.socket, event: int, deadline: float) -> bool:
     poller = select.poll()
     poller.register(sock, event)
     return bool(poller.poll(int(left * 1000) + 1))
-
-
-def _read_line(sock: socket.socket, deadline: float) -> str | None:
-    """One request line, or None (a peer too slow, too long or gone)."""
-    data = b""
-    while b"\n" not in data:
-        if len(data) > MAX_REQUEST or not _wait(sock, select.POLLIN, deadline):
-            return None
-        try:
-            chunk = sock.recv(MAX_REQUEST + 1)
-        except BlockingIOError:
-            continue
-        except OSError:
-            return None
-        if not chunk:
-            break
-        data += chunk
-    try:
-        return data.split(b"\n", 1)[0].decode("ascii").strip()
-    except UnicodeDecodeError:
-        return ""
 
 
 def _send(sock: socket.socket, data: bytes, deadline: float) -> None:

@@ -5,29 +5,25 @@ to the port, so a scraper is a peer we do not trust. ``prometheus_client``'s
 own server takes a thread per connection, with no cap and no timeout: a few
 hundred idle connections were a few hundred threads, and then the process's
 fd limit (where the control socket's accept spun). Here one thread serves
-every connection through one selector: at most :data:`MAX_CONNECTIONS` at a
-time (at the cap, the oldest one still sending its request is closed for the
-newcomer: a real scraper sends its request at once), each with one deadline
-of :data:`CONNECTION_SECONDS` for its request and the answer, a request of at
-most :data:`MAX_REQUEST` bytes, and an accept that fails for want of fds
-pauses the listener for :data:`PAUSE_SECONDS` instead of spinning. The thread
-reads the last snapshot (``scrape``), never the topology.
+every connection through :class:`irqbypass.serving.Conversations`, as the
+control socket does: at most :data:`MAX_CONNECTIONS` at a time, each with
+:data:`CONNECTION_SECONDS` for its request and again for the answer, a
+request of at most :data:`MAX_REQUEST` bytes. The thread reads the last
+snapshot (``scrape``), never the topology.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import selectors
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from .errors import IrqBypassError
 from .options import show_exception
+from .serving import PAUSE_SECONDS, Conversations
 
 _log = logging.getLogger("irqbypass.metrics")
 
@@ -37,22 +33,7 @@ MAX_CONNECTIONS = 32
 CONNECTION_SECONDS = 5.0
 #: the longest request (its line and headers)
 MAX_REQUEST = 8192
-#: how long the listener rests when an accept fails for want of fds or memory
-PAUSE_SECONDS = 0.25
-_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class _Connection:
-    __slots__ = ("answer", "deadline", "request", "sock", "started")
-
-    def __init__(self, sock: socket.socket, now: float) -> None:
-        self.sock = sock
-        self.started = now
-        self.deadline = now + CONNECTION_SECONDS
-        self.request = bytearray()
-        #: what is left to send (None: still reading the request)
-        self.answer: memoryview | None = None
 
 
 class Exporter:
@@ -63,17 +44,18 @@ class Exporter:
         self.scrape = scrape
         self._listener = _listen(port, address)
         self.port: int = self._listener.getsockname()[1]
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._connections: dict[int, _Connection] = {}
-        self._paused_until: float | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            self._selector.register(self._listener, selectors.EVENT_READ)
-            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            self._connections = Conversations(
+                self._listener, limit=MAX_CONNECTIONS, seconds=CONNECTION_SECONDS,
+                max_request=MAX_REQUEST, complete=_headers_of, respond=self._answer,
+            )  # fmt: skip
+            self._connections.add_waker(self._wake_r)
             from .loop import _start_thread  # its signals blocked, as the loop's threads
 
-            self._thread: threading.Thread | None = _start_thread(self._run, "irqbypass-metrics")
+            self._thread = _start_thread(self._run, "irqbypass-metrics")
         except BaseException:
             self._release()
             raise
@@ -95,105 +77,19 @@ class Exporter:
         self._release()
 
     def _release(self) -> None:
-        for connection in list(self._connections.values()):
-            connection.sock.close()
-        self._connections.clear()
-        self._selector.close()
+        if hasattr(self, "_connections"):
+            self._connections.close()
         self._listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    # -- the thread --------------------------------------------------------------
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._turn()
+                self._connections.serve(self._connections.timeout())
             except Exception as exc:  # a bug here must not kill the exporter silently
                 _log.error("irqbypass: the metrics exporter failed: %s", show_exception(exc))
-                time.sleep(PAUSE_SECONDS)
-
-    def _turn(self) -> None:
-        now = time.monotonic()
-        wake = [c.deadline for c in self._connections.values()]
-        if self._paused_until is not None:
-            wake.append(self._paused_until)
-        timeout = max(0.0, min(wake) - now) if wake else None
-        for key, events in self._selector.select(timeout):
-            if key.fileobj is self._listener:
-                self._accept()
-            elif key.fileobj == self._wake_r:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_r, 64)
-            elif isinstance(key.fd, int) and key.fd in self._connections:
-                self._step(self._connections[key.fd], events)
-        now = time.monotonic()
-        for connection in [c for c in self._connections.values() if c.deadline <= now]:
-            self._drop(connection)  # too slow: its deadline passed
-        if self._paused_until is not None and now >= self._paused_until:
-            self._paused_until = None
-            self._selector.register(self._listener, selectors.EVENT_READ)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _SHORTAGE:  # rest instead of spinning on a ready listener
-                    self._selector.unregister(self._listener)
-                    self._paused_until = time.monotonic() + PAUSE_SECONDS
-                return
-            sock.setblocking(False)
-            if len(self._connections) >= MAX_CONNECTIONS and not self._evict():
-                sock.close()  # every slot is sending an answer: this one comes back later
-                continue
-            connection = _Connection(sock, time.monotonic())
-            self._connections[sock.fileno()] = connection
-            self._selector.register(sock, selectors.EVENT_READ)
-
-    def _evict(self) -> bool:
-        """Close the oldest connection still sending its request; whether one was."""
-        reading = [c for c in self._connections.values() if c.answer is None]
-        if not reading:
-            return False
-        self._drop(min(reading, key=lambda c: c.started))
-        return True
-
-    def _drop(self, connection: _Connection) -> None:
-        self._connections.pop(connection.sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(connection.sock)
-        connection.sock.close()
-
-    def _step(self, connection: _Connection, events: int) -> None:
-        try:
-            if connection.answer is None and events & selectors.EVENT_READ:
-                self._read(connection)
-            elif connection.answer is not None and events & selectors.EVENT_WRITE:
-                self._send(connection)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(connection)
-
-    def _read(self, connection: _Connection) -> None:
-        chunk = connection.sock.recv(4096)
-        if not chunk:
-            self._drop(connection)
-            return
-        connection.request += chunk
-        end = connection.request.find(b"\r\n\r\n")
-        if end < 0:
-            end = connection.request.find(b"\n\n")
-        if end < 0:
-            if len(connection.request) > MAX_REQUEST:
-                self._drop(connection)
-            return
-        connection.answer = memoryview(self._answer(bytes(connection.request[:end])))
-        self._selector.modify(connection.sock, selectors.EVENT_WRITE)
-        self._send(connection)
+                self._stop.wait(PAUSE_SECONDS)
 
     def _answer(self, request: bytes) -> bytes:
         method = request.split(b" ", 1)[0]
@@ -207,14 +103,14 @@ class Exporter:
         response = _response(200, "OK", body, _CONTENT_TYPE)
         return response[: len(response) - len(body)] if method == b"HEAD" else response
 
-    def _send(self, connection: _Connection) -> None:
-        assert connection.answer is not None
-        sent = connection.sock.send(connection.answer)
-        connection.answer = connection.answer[sent:]
-        if not connection.answer:
-            with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_WR)
-            self._drop(connection)
+
+def _headers_of(received: bytes, eof: bool) -> bytes | None:
+    """A request: its line and headers, once they end (a blank line)."""
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        end = received.find(blank)
+        if end >= 0:
+            return received[:end]
+    return None
 
 
 def _response(code: int, reason: str, body: bytes, content_type: str) -> bytes:
