@@ -95,6 +95,7 @@ class LoopHandle:
         "callback",
         "error",
         "fd",
+        "identity",
         "owner",
         "period",
         "state",
@@ -116,6 +117,8 @@ class LoopHandle:
         #: what the callback raised (it was removed then), or None
         self.error: BaseException | None = None
         self.borrowed: Eventfd | None = None
+        #: a reader's file (st_dev, st_ino): tells a number closed and reused behind our back
+        self.identity: tuple[int, int] | None = None
 
     @property
     def active(self) -> bool:
@@ -212,6 +215,7 @@ class EventLoop:
         fd. An :class:`~irqbypass.Eventfd` is borrowed while watched."""
         self._check_owner(owner, callback)
         handle = LoopHandle(self, callback, owner, -1, None)
+        stale: tuple[LoopHandle, Eventfd | None] | None = None
         try:
             if isinstance(source, Eventfd):
                 handle.borrowed = source  # before the borrow: the undo below finds it
@@ -220,12 +224,16 @@ class EventLoop:
                 handle.fd = _fileno(source, owner)
             with self._lock:
                 self._check_open()
-                if handle.fd in self._readers:
+                handle.identity = _identity(handle.fd, owner)
+                held = self._readers.get(handle.fd)
+                if held is not None and held.identity == handle.identity:
                     raise InvalidEndpointError(
                         f"{owner}: fd {handle.fd} already has a reader on the loop "
-                        f"({self._readers[handle.fd].owner}); one reader per fd"
+                        f"({held.owner}); one reader per fd"
                     )
-                self._epoll.register(handle.fd, select.EPOLLIN)
+                if held is not None:  # its fd was closed behind our back, the number reused
+                    stale = held, self._retire(held)
+                _register(self._epoll, handle.fd, owner)
                 self._readers[handle.fd] = handle
         except BaseException:
             handle.state = "cancelled"
@@ -233,6 +241,9 @@ class EventLoop:
                 handle.borrowed._give_back(handle._source_closed)
                 handle.borrowed = None
             raise
+        finally:
+            if stale is not None and stale[1] is not None:
+                stale[1]._give_back(stale[0]._source_closed)
         self._ensure_running()
         return handle
 
@@ -320,6 +331,23 @@ class EventLoop:
                     self._epoll.unregister(handle.fd)
         borrowed, handle.borrowed = handle.borrowed, None
         return borrowed
+
+    def _retire(self, handle: LoopHandle) -> Eventfd | None:
+        """Drop a reader whose fd was closed (and its number reused) behind the
+        loop's back, as a fault of its owner (the caller holds the lock)."""
+        handle.state = "failed"
+        handle.error = InvalidEndpointError(
+            f"{handle.owner}: fd {handle.fd} was closed while the loop watched it (cancel "
+            "the reader first); its number was reused, so the reader was removed"
+        )
+        self.fault_count += 1
+        self.faults.append(
+            LoopFault(
+                handle.owner, _name(handle.callback), "raised", str(handle.error), time.time()
+            )
+        )
+        log.error("irqbypass loop: %s", handle.error)
+        return self._unregister(handle)
 
     def _compact_timers(self) -> None:
         """Drop cancelled timers from the heap (the caller holds the lock): a
@@ -648,6 +676,32 @@ def _fileno(source: object, owner: str) -> int:
             f"{show_value(source)}"
         )
     return fd
+
+
+def _identity(fd: int, owner: str) -> tuple[int, int]:
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        raise InvalidEndpointError(
+            f"{owner}: fd {fd} cannot be watched: {exc.strerror} (errno {exc.errno})",
+            errno=exc.errno,
+        ) from exc
+    return info.st_dev, info.st_ino
+
+
+def _register(epoll: select.epoll, fd: int, owner: str) -> None:
+    try:
+        epoll.register(fd, select.EPOLLIN)
+    except OSError as exc:
+        hint = (
+            ": epoll takes pipes, sockets, eventfds and devices, not a regular file or a directory"
+            if exc.errno == errno.EPERM
+            else ""
+        )
+        raise InvalidEndpointError(
+            f"{owner}: fd {fd} cannot be watched: {exc.strerror} (errno {exc.errno}){hint}",
+            errno=exc.errno,
+        ) from exc
 
 
 def _start_thread(target: Callable[[], None], name: str) -> threading.Thread:

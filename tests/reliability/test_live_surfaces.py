@@ -810,3 +810,51 @@ def test_a_textfile_that_cannot_be_written_never_skips_the_teardown(tmp_path: Pa
     said = err.read_text()
     assert code == 128 + signal.SIGTERM, said
     assert "everything was torn down" in said and "Traceback" not in said, said
+
+
+# -- the loop and fds closed behind its back --------------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[Any]:
+    from irqbypass.loop import EventLoop
+
+    made = EventLoop(name="live-surfaces")
+    yield made
+    made.close()
+
+
+def test_an_fd_closed_behind_the_loops_back_does_not_block_its_number(loop: Any) -> None:
+    """A plugin closes a watched fd without cancelling its reader; the number
+    comes back for another endpoint, which must be able to use it (before:
+    "fd N already has a reader"). The stale reader is a fault of its owner."""
+    r, w = os.pipe()
+    stale = loop.add_reader(r, lambda: None, owner="careless")
+    os.close(r)
+    os.close(w)
+    r2, w2 = os.pipe()
+    got: list[bytes] = []
+    try:
+        assert r2 == r, "the kernel gives the lowest free number"
+        loop.add_reader(r2, lambda: got.append(os.read(r2, 16)), owner="next")
+        os.write(w2, b"x")
+        wait_for("the new reader called", lambda: got == [b"x"])
+    finally:
+        os.close(r2)
+        os.close(w2)
+    assert stale.state == "failed" and "was closed while the loop watched it" in str(stale.problem)
+    assert [f.owner for f in loop.faults] == ["careless"]
+
+
+def test_an_fd_the_loop_cannot_watch_is_an_irqbypass_error(loop: Any, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(irqbypass.InvalidEndpointError, match="not a regular file") as caught:
+            loop.add_reader(fd, lambda: None, owner="file")
+        assert caught.value.errno == errno.EPERM
+    finally:
+        os.close(fd)
+    with pytest.raises(irqbypass.InvalidEndpointError, match="Bad file descriptor"):
+        loop.add_reader(fd, lambda: None, owner="closed")
+    assert loop.handles() == []
