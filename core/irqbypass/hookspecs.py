@@ -6,7 +6,8 @@ one of ``irqbypass_add``, ``irqbypass_del``, ``irqbypass_stop`` and
 endpoint's method; a plugin wraps it with ``@hookimpl(wrapper=True)`` to trace,
 time, audit or veto the call (raising from a wrapper of ``irqbypass_add`` is a
 failed connect). Hooks are only called for callbacks the endpoint defines, as the
-kernel only calls non-NULL callbacks.
+kernel only calls non-NULL callbacks; ``irqbypass_pair`` is called once per
+pairing whatever the endpoints define, to refuse it (a veto).
 
 Kind registration: ``irqbypass_register_kinds`` hands a plugin a registrar for
 its producer and consumer kinds. Settings: ``irqbypass_configure`` hands each
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from .endpoints import Endpoint
+    from .endpoints import Consumer, Endpoint, Producer
     from .kinds import KindRegistrar, Side
     from .options import Options
 
@@ -32,6 +33,18 @@ PROJECT = "irqbypass"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def irqbypass_pair(producer: Producer, consumer: Consumer) -> None:
+    """Decide on a pairing: called once for every connect, before any of its
+    callbacks, whichever callbacks the two endpoints define. Raising refuses
+    the pair as a failed add does: the endpoint being registered is not, its
+    partner stays registered, unpaired, no callback runs, and ``ConnectError``
+    is raised from the exception; ``irqbypass.Veto(reason, unpaired=True)``
+    leaves a topology's pair open, unpaired. This is where a veto belongs: a
+    wrapper of ``irqbypass_add`` with ``side == "producer"`` never runs for a
+    producer without ``add_consumer`` (no hook fires for an absent callback)."""
 
 
 @hookspec
@@ -80,6 +93,10 @@ class HookRelay(Protocol):
     """The type of :attr:`PluginHost.hook <irqbypass.PluginHost.hook>`: each hook
     called as pluggy calls it (keyword arguments only), returning the list of
     the implementations' results (None each)."""
+
+    def irqbypass_pair(self, *, producer: Producer, consumer: Consumer) -> list[None]:
+        """Run the ``irqbypass_pair`` implementations (a raise refuses the pair)."""
+        ...
 
     def irqbypass_add(self, *, endpoint: Endpoint, partner: Endpoint, side: Side) -> list[None]:
         """Run the ``irqbypass_add`` implementations, wrappers outermost."""

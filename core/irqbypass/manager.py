@@ -62,6 +62,7 @@ STEPS: dict[str, str] = {
     "del_producer": "del",
     "stop": "stop",
     "start": "start",
+    "pair": "pair",  # not a callback: the irqbypass_pair hook, before them
 }
 
 #: (endpoint, callback name, what it raised)
@@ -211,6 +212,16 @@ class Manager:
                     p = _Hooked(producer, "producer", hooks)
                     c = _Hooked(consumer, "consumer", hooks)
                 failure: _Failure | None = None
+                if (pairing := self.plugins.pairing) is not None:  # a veto, before callbacks
+                    try:
+                        call = pairing
+                        call(producer=producer, consumer=consumer)
+                    except BaseException as exc:
+                        del mine[token]
+                        hooks = {**hooks, "pair": pairing}
+                        raise _connect_error(
+                            producer, consumer, endpoint, (endpoint, "pair", exc), (), hooks
+                        ) from exc
                 if (call := p.stop) is not None:
                     try:
                         call()
@@ -510,6 +521,8 @@ def _blame(exc: BaseException, hook: Callable[..., Any] | None) -> str | None:
 def _describe(failure: _Failure, hooks: dict[str, Callable[..., Any]]) -> str:
     endpoint, callback, exc = failure
     label = f"{_side(endpoint)} {_name(endpoint)}.{callback}()"
+    if callback == "pair":
+        label = f"the pairing of {_side(endpoint)} {_name(endpoint)}"
     plugin = _blame(exc, hooks.get(STEPS[callback]))
     if plugin is not None:
         bug = (

@@ -158,6 +158,8 @@ class PluginHost:
         self._kinds: KindRegistry | None = None
         self._kind_failures: dict[str, str] = {}
         self.wrapped: dict[str, Callable[..., Any]] = {}
+        #: ``irqbypass_pair`` when some plugin implements it, else None
+        self.pairing: Callable[..., Any] | None = None
         self._refresh()
 
     @property
@@ -304,6 +306,8 @@ class PluginHost:
             if any(impl.plugin_name != CORE_PLUGIN for impl in impls):
                 wrapped[step] = caller
         self.wrapped = wrapped
+        pairing = self.pm.hook.irqbypass_pair
+        self.pairing = pairing if pairing.get_hookimpls() else None
 
     # -- discovery ---------------------------------------------------------
 

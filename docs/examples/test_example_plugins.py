@@ -101,6 +101,13 @@ def test_tracer_times_every_callback_and_vetoes() -> None:
         ]
         with pytest.raises(irqbypass.ConnectError) as info:
             manager.register_consumer(irqbypass_counter.CounterConsumer(token="t", name="counter1"))
-        assert isinstance(info.value.__cause__, PermissionError)
+        assert isinstance(info.value.__cause__, irqbypass.Veto)
         assert producer.consumer is None
+        # the ticker has no add_consumer: the veto sees its pairings all the same
+        tracer.refuse = {"ticker1"}
+        manager.unregister_producer(producer)
+        manager.register_consumer(consumer)
+        with pytest.raises(irqbypass.ConnectError, match="ticker1 may not be paired"):
+            manager.register_producer(irqbypass_ticker.TickerProducer(token="t", name="ticker1"))
+        assert consumer.producer is None
     assert not manager.plugins.wrapped  # back on the fast path

@@ -28,14 +28,21 @@ class Tracer:
         finally:
             self.calls.append((step, side, endpoint.name, time.perf_counter() - began))
 
+    @irqbypass.hookimpl
+    def irqbypass_pair(self, producer: irqbypass.Producer, consumer: irqbypass.Consumer) -> None:
+        # Once per pairing, before any callback, whatever callbacks the ends
+        # define (a wrapper of irqbypass_add never runs for a producer without
+        # add_consumer). Raising vetoes: the registration fails with
+        # ConnectError, its __cause__ this; Veto(why, unpaired=True) leaves a
+        # topology's pair unpaired instead.
+        for name in (producer.name, consumer.name):
+            if name in self.refuse:
+                raise irqbypass.Veto(f"{name} may not be paired")
+
     @irqbypass.hookimpl(wrapper=True)
     def irqbypass_add(
         self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
     ) -> Generator[None, None, None]:
-        if endpoint.name in self.refuse:
-            # Raising before the yield vetoes: the method is not called, and
-            # the registration fails with ConnectError (its __cause__ is this).
-            raise PermissionError(f"{endpoint.name} may not be paired")
         return (yield from self._timed("add", endpoint, side))
 
     @irqbypass.hookimpl(wrapper=True)

@@ -212,6 +212,7 @@ def test_hookspecs_are_the_documented_set() -> None:
         "irqbypass_add",
         "irqbypass_configure",
         "irqbypass_del",
+        "irqbypass_pair",
         "irqbypass_register_kinds",
         "irqbypass_start",
         "irqbypass_stop",

@@ -252,3 +252,90 @@ def test_the_api_page_types_availability_with_both_forms() -> None:
     assert arities == [0, 1]
     assert "Callable[[], str | None]" in block
     assert "Callable[[Mapping[str, Any]], str | None]" in block
+
+
+# -- 4: a veto sees every pairing, whichever callbacks the ends define -----
+
+
+class DenyList:
+    """A veto as the plugin guide writes it: on the pairing, not on a callback."""
+
+    def __init__(self, *names: str, unpaired: bool = False) -> None:
+        self.names = names
+        self.unpaired = unpaired
+        self.seen: list[tuple[str, str]] = []
+
+    @irqbypass.hookimpl
+    def irqbypass_pair(self, producer: irqbypass.Producer, consumer: irqbypass.Consumer) -> None:
+        self.seen.append((producer.name, consumer.name))
+        for name in (producer.name, consumer.name):
+            if name in self.names:
+                raise irqbypass.Veto(f"{name} is on the deny list", unpaired=self.unpaired)
+
+
+class Recorded(irqbypass.Consumer):
+    def __init__(self, token: object, name: str, log: list[str]) -> None:
+        super().__init__(token=token, name=name)
+        self.log = log
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        self.log.append("add_producer")
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        self.log.append("del_producer")
+
+    def stop(self) -> None:
+        self.log.append("stop")
+
+    def start(self) -> None:
+        self.log.append("start")
+
+
+@pytest.mark.parametrize("first", ["producer", "consumer"])
+def test_a_veto_on_a_producer_without_add_consumer_runs(first: str) -> None:
+    """The mock's producer has no add_consumer: a wrapper of irqbypass_add
+    with side == "producer" never ran for it; irqbypass_pair does."""
+    deny = DenyList("m")
+    host = irqbypass.PluginHost()
+    host.register(deny, name="deny")
+    manager = irqbypass.Manager(host, guard_sigint=False)
+    log: list[str] = []
+    with irqbypass.Eventfd() as token:
+        producer = irqbypass.Producer(token=token, name="m")  # no callback at all
+        consumer = Recorded(token, "c", log)
+        ends: list[irqbypass.Endpoint] = [producer, consumer]
+        if first == "consumer":
+            ends.reverse()
+
+        def register(endpoint: irqbypass.Endpoint) -> None:
+            if isinstance(endpoint, irqbypass.Producer):
+                manager.register_producer(endpoint)
+            else:
+                assert isinstance(endpoint, irqbypass.Consumer)
+                manager.register_consumer(endpoint)
+
+        register(ends[0])
+        with pytest.raises(irqbypass.ConnectError) as info:
+            register(ends[1])
+        assert isinstance(info.value.__cause__, irqbypass.Veto)
+        message = str(info.value)
+        assert "plugin 'deny' raised Veto: m is on the deny list in its irqbypass_pair hook" in (
+            message
+        )
+        assert deny.seen == [("m", "c")]
+        assert log == [], "refused before any callback: nothing to undo"
+        assert manager.is_registered(ends[0]) and not manager.is_registered(ends[1])
+        assert producer.consumer is None and consumer.producer is None
+        host.unregister(name="deny")
+        assert host.pairing is None
+        register(ends[1])
+        assert producer.consumer is consumer, "paired once the plugin is gone"
+
+
+def test_a_veto_with_unpaired_leaves_a_mock_pair_open_on_the_eventfd_path(no_env: None) -> None:
+    host = round4_host()
+    host.register(DenyList("m", unpaired=True), name="deny")
+    config = irqbypass.parse_config(DEAF, file="deaf.toml")
+    with irqbypass.Topology(config, host) as top:
+        assert top.vetoed == [("t", "m is on the deny list")]
+        assert [row.paired for row in top.status()] == [False]
