@@ -348,8 +348,9 @@ class PluginHost:
         failures = []
         seen: set[tuple[str, str]] = set()
         matched: set[str] = set()
-        for ep in sorted(found, key=lambda e: (_dist_name(e) or "", e.name)):
-            dist = _dist_name(ep)
+        dists = {id(ep): _dist_name(ep) for ep in found}  # each METADATA parsed once
+        for ep in sorted(found, key=lambda e: (dists[id(e)] or "", e.name)):
+            dist = dists[id(ep)]
             key = (_normalize(dist or ""), ep.name)
             if key in seen:
                 continue  # the same distribution seen twice
@@ -633,30 +634,46 @@ def _misplaced(every: Iterable[metadata.EntryPoint]) -> list[FilteredPlugin]:
     """Entry points of a distribution that declares none in group ``irqbypass``
     but some in a group named like it (``irqbypass.plugins``, ``irqbypas``),
     or, for a distribution named ``irqbypass-*``, close to it: a plugin that is
-    never loaded. Read from the metadata; nothing is imported."""
-    by_dist: dict[str, list[metadata.EntryPoint]] = {}
+    never loaded. Read from the metadata; nothing is imported. Only the
+    distributions of such groups have their name read: a name is a parse of
+    the distribution's METADATA, and every installed distribution's entry
+    points are here (hundreds in a development environment)."""
+    every = list(every)
+    near: dict[str, bool] = {}  # group head -> named like GROUP (each head compared once)
+    candidates = []
     for ep in every:
-        by_dist.setdefault(_normalize(_dist_name(ep) or ""), []).append(ep)
-    found = []
-    for dist, eps in sorted(by_dist.items()):
-        if any(getattr(ep, "group", GROUP) == GROUP for ep in eps):
+        group = getattr(ep, "group", GROUP)
+        if group == GROUP:
             continue
-        for ep in eps:
-            group = getattr(ep, "group", GROUP)
-            head = re.split(r"[-_.]", group, maxsplit=1)[0].lower()
-            family = dist.startswith(f"{GROUP}-")
-            if head == GROUP or (family and difflib.get_close_matches(head, [GROUP], cutoff=0.75)):
-                found.append(
-                    FilteredPlugin(
-                        ep.name,
-                        _dist_name(ep),
-                        ep.dist.version if ep.dist is not None else None,
-                        f"its entry point {ep.name} = {getattr(ep, 'value', '?')!r} is in group "
-                        f"{group!r}, which irqbypass does not read; plugins are found in group "
-                        f"{GROUP!r} ([project.entry-points.{GROUP}] in its pyproject.toml)",
-                    )
-                )
-    return found
+        head = re.split(r"[-_.]", group, maxsplit=1)[0].lower()
+        if head not in near:
+            near[head] = bool(difflib.get_close_matches(head, [GROUP], cutoff=0.75))
+        if near[head]:  # head == GROUP is close too
+            candidates.append((ep, group, head))
+    if not candidates:
+        return []
+    declaring = {
+        _normalize(_dist_name(ep) or "") for ep in every if getattr(ep, "group", GROUP) == GROUP
+    }
+    found = []
+    for ep, group, head in candidates:
+        dist = _normalize(_dist_name(ep) or "")
+        if dist in declaring or not (head == GROUP or dist.startswith(f"{GROUP}-")):
+            continue
+        found.append(
+            (
+                dist,
+                FilteredPlugin(
+                    ep.name,
+                    _dist_name(ep),
+                    ep.dist.version if ep.dist is not None else None,
+                    f"its entry point {ep.name} = {getattr(ep, 'value', '?')!r} is in group "
+                    f"{group!r}, which irqbypass does not read; plugins are found in group "
+                    f"{GROUP!r} ([project.entry-points.{GROUP}] in its pyproject.toml)",
+                ),
+            )
+        )
+    return [plugin for _, plugin in sorted(found, key=lambda pair: pair[0])]
 
 
 def _core_mismatch(dist: metadata.Distribution | None, name: str | None) -> str | None:
