@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..config import Config, parse_config
 from ..errors import IrqBypassError
@@ -106,7 +106,8 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
                     # the wait's progress line ends its line itself, after the ^C echo
                     if not (_isatty(sys.stderr) and _waits(topology, live)):
                         _fresh_line(stopped_by)
-            summary = [row.as_dict() for row in _snapshot(topology)]
+            summary, interrupted = _summary(topology)
+            stopped_by = stopped_by or interrupted
             placed = topology.placed  # teardown forgets them, and their faults
             vetoed = topology.vetoed
         except BaseException:
@@ -150,6 +151,20 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
     for error in errors:
         _error(error)
     return status
+
+
+def _summary(topology: Topology) -> tuple[list[dict[str, Any]], int | None]:
+    """The summary's rows, and the signal that landed while they were read (a
+    plugin's ``stats()`` runs here): a Ctrl-C then is noted and the rows are
+    read again, so the run still ends with its summary (three tries: a
+    ``stats()`` that hangs cannot keep the run from its teardown)."""
+    signum: int | None = None
+    for _attempt in range(3):
+        try:
+            return [row.as_dict() for row in _snapshot(topology)], signum
+        except KeyboardInterrupt as exc:
+            signum = signum or getattr(exc, "signum", signal.SIGINT)
+    return [], signum
 
 
 def _teardown(

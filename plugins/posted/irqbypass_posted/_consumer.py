@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import irqbypass
 
@@ -149,14 +149,25 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     def open(self) -> None:
         """Create the descriptor (and the drainer); attach the posting path
-        if already paired."""
+        if already paired. All or nothing, Ctrl-C included: an open that
+        raises leaves nothing open (a topology does not close what it takes
+        as not opened)."""
         if self.descriptor is not None:
             return
+        self._open()
+
+    @irqbypass.signal_safe
+    def _open(self) -> None:
+        """A signal anywhere in here waits until the ``call()`` lines, where
+        what it interrupts is undone before it goes on: so no point remains
+        where it could leave the descriptor's file, fds or drainer behind
+        unknown to :meth:`close` (or to the caller)."""
+        call: Callable[..., object]
         try:
-            descriptor, partner = self._make_descriptor()
-        finally:
-            irqbypass.deliver_deferred_signals()  # once close() can find the descriptor
-        try:
+            descriptor = PostedDescriptor(
+                nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
+            )
+            partner = self._record(descriptor)
             if self.drain:
                 assert descriptor.notification is not None  # our own descriptor has one
                 self._drainer = irqbypass.event_loop().add_reader(
@@ -165,19 +176,13 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                     owner=self._owner("drainer"),
                 )
             if partner is not None:
-                self._attach(partner)
+                call = self._attach  # the producer's code: stays interruptible
+                call(partner)
+            call = irqbypass.deliver_deferred_signals  # a Ctrl-C that waited acts here
+            call()
         except BaseException:
-            self.close()
+            self._close()
             raise
-
-    @irqbypass.signal_safe
-    def _make_descriptor(self) -> tuple[PostedDescriptor, irqbypass.Producer | None]:
-        """Create the descriptor and record it, with no point between where a
-        Ctrl-C could leave its file behind unknown to :meth:`close`."""
-        descriptor = PostedDescriptor(
-            nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
-        )
-        return descriptor, self._record(descriptor)
 
     def _record(self, descriptor: PostedDescriptor) -> irqbypass.Producer | None:
         with self._lock:
@@ -191,33 +196,47 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         """Withdraw the posting path, stop the relay and the drainer (a last
         sync if draining), keep the final counters, and unmap the descriptor
         (its file removed whatever interrupts this: a second Ctrl-C included)."""
-        with self._lock:
-            descriptor = self.descriptor
-            partner = self._partner
+        try:
+            self._close()
+        finally:
+            irqbypass.deliver_deferred_signals()
+
+    @irqbypass.signal_safe
+    def _close(self) -> None:
+        """Signal-safe but for the producer's code (``call``): once begun, the
+        descriptor is released whatever lands."""
+        call: Callable[..., object]
+        descriptor = self.descriptor
         if descriptor is None:
+            self._cancel_drainer()  # a drainer registered before its descriptor was recorded
             return
         try:
+            partner = self._partner
             if partner is not None:
-                self._detach(partner)
+                call = self._detach
+                call(partner)
         finally:
-            try:
-                self._release(descriptor)
-            finally:
-                irqbypass.deliver_deferred_signals()
+            self._release(descriptor)
 
     @irqbypass.signal_safe
     def _release(self, descriptor: PostedDescriptor) -> None:
         """Stop the drainer (a callback of this process's loop: not a wait on
         another process) and close the descriptor, on every path."""
         try:
-            drainer, self._drainer = self._drainer, None
-            if drainer is not None:
-                drainer.cancel()  # returns once the callback is not running
-                self._note_problem(drainer)
+            if self._cancel_drainer():
                 self._vcpu_sync(descriptor)
             self._keep_last(descriptor)
         finally:
             descriptor.close()
+
+    def _cancel_drainer(self) -> bool:
+        """Cancel the drainer if there is one; whether there was."""
+        drainer, self._drainer = self._drainer, None
+        if drainer is None:
+            return False
+        drainer.cancel()  # returns once the callback is not running
+        self._note_problem(drainer)
+        return True
 
     def _keep_last(self, descriptor: PostedDescriptor) -> None:
         with self._lock:
@@ -300,8 +319,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         Our lock is not held here: the producer takes its own lock."""
         descriptor, port = self.descriptor, self._port
         assert descriptor is not None and port is not None
+        self._direct = True  # before the offer: a Ctrl-C inside it still has close() withdraw it
         if producer.offer_direct_path(descriptor.poster(port)):
-            self._direct = True
             # what the producer signalled before it switched (KVM's irqfd also
             # injects an event pending at assignment)
             try:
