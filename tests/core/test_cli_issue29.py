@@ -320,3 +320,71 @@ def test_log_lines_of_the_event_loop_start_on_a_line_of_their_own(tmp_path: Path
     logged = [ln for ln in lines if "irqbypass.logging.c0: c0 interrupt" in ln]
     assert len(logged) >= 2, lines  # some while the progress line was shown
     assert all(ln.startswith("irqbypass.logging.c0: ") for ln in logged), logged
+
+
+# -- 16: a summary that scales, and --quiet ----------------------------------
+
+
+def many(n: int, lonely: bool = True) -> str:
+    text = "".join(
+        pair("mock", "logging", token=f"t{i}", n=i).replace(
+            'kind="mock"', 'kind="mock"\noptions={count=2, rate=0.0}'
+        )
+        for i in range(n)
+    )
+    if lonely:  # a token with only a producer: a problem, listed whatever the size
+        text += '[[producers]]\nname="lonely"\nkind="mock"\ntoken="alone"\n'
+        text += "options={count=2, rate=0.0}\n"
+    return text
+
+
+def table_rows(out: str, after: str) -> list[str]:
+    """The token column of the table that follows the line starting ``after``."""
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(after)) + 1
+    rows = []
+    for ln in lines[start:]:
+        if not ln.startswith("  ") or ln.startswith("  ("):
+            break
+        rows.append(ln.split()[0])
+    return [r for r in rows if r != "TOKEN"]
+
+
+def test_200_pairs_on_80_columns_print_their_totals_and_the_pairs_with_a_problem(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "t.toml").write_text(many(200))
+    term = OnATerminal("run", "t.toml", "--duration", "60", cwd=tmp_path)
+    lines = term.finish()
+    assert term.proc.returncode == 0, lines
+    shown = [ln for ln in lines if ln.strip() and "delivered/fired" not in ln]
+    assert len(shown) < 20, shown  # was 200 + 400 lines
+    assert "t.toml: applied 201 tokens: 200 paired, 1 unpaired, 0 skipped" in lines
+    assert "summary: 201 pairs: fired 402, delivered 400, coalesced -, queued 2, lost 0" in lines
+    assert lines.count("  (200 pairs without a problem not listed: --all lists them)") == 2
+    assert sum(ln.startswith("  alone ") for ln in lines) == 2, "the lonely token, in both tables"
+
+
+def test_all_lists_every_pair_and_quiet_only_the_problems(tmp_path: Path) -> None:
+    big = topology(tmp_path, many(25), name="big.toml")
+    out = run("run", big, "--duration", "60").stdout
+    assert table_rows(out, "summary:") == ["alone"]
+    every = run("run", big, "--duration", "60", "--all").stdout
+    assert len(table_rows(every, "summary:")) == 26
+    assert len(table_rows(every, f"{big}: applied")) == 26
+    assert len(table_rows(run("run", big, "--duration", "60", "-v").stdout, "summary:")) == 26
+    small = topology(tmp_path, many(3, lonely=False), name="small.toml")
+    assert len(table_rows(run("run", small, "--duration", "60").stdout, "summary:")) == 3
+    quiet = run("run", small, "--duration", "60", "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == [
+        f"{small}: applied 3 tokens: 3 paired, 0 unpaired, 0 skipped",
+        "  (3 pairs without a problem not listed: --all lists them)",
+        "summary: 3 pairs: fired 6, delivered 6, coalesced -, queued 0, lost 0",
+        "  (3 pairs without a problem not listed: --all lists them)",
+    ], "no header, no row without a problem"
+    checked = run("check", big, "-q").stdout
+    assert table_rows(checked, f"{big}: OK") == ["alone"]
+    assert len(table_rows(run("check", big, "--all").stdout, f"{big}: OK")) == 26
+    both = run("run", small, "-q", "--all")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

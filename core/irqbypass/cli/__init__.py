@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IrqBypassError
-from .output import _error, _fresh_line, _LogLines, _notes
+from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes
 
 #: the longest ``--duration`` (7 days; config.MAX_DURATION, which a test holds equal)
 MAX_DURATION = 7 * 24 * 3600.0
@@ -190,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd = command("check", "validate a topology file and its pairs, opening no device")
     check_cmd.add_argument("file", help="the TOML file, or - for standard input")
     check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    _listing_options(check_cmd)
     check_cmd.set_defaults(func=_Command("check", "_cmd_check"))
 
     run = command("run", "apply a topology, run it, tear it down")
@@ -298,6 +299,23 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _listing_options(parser)
+
+
+def _listing_options(parser: argparse.ArgumentParser) -> None:
+    listing = parser.add_mutually_exclusive_group()
+    listing.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no header; each table as its totals and only the pairs with a problem",
+    )
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every pair, however many (by default a table of more than {TABLE_ROWS} "
+        "pairs is its totals and the pairs with a problem; -v lists every pair too)",
+    )
 
 
 def _seconds(text: str) -> float:

@@ -16,7 +16,7 @@ from ..status import PairStatus
 from ..topology import Topology
 from .files import _load
 from .hosting import _host
-from .output import _count, _error, _print_table, _warn
+from .output import _count, _error, _lists_every, _print_rows, _say, _warn
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -51,11 +51,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 _count(len(pairs), "token"),
             ]
         )
-        print(f"{config.file}: OK: {counts}")
-        table = [("TOKEN", "PRODUCER", "CONSUMER", "STATE")]
-        for p in pairs:
-            table.append((p["token"], _end(p, "producer"), _end(p, "consumer"), p["state"]))
-        _print_table(table, sys.stdout)
+        _say(f"{config.file}: OK: {counts}", sys.stdout)
+        listed: list[tuple[tuple[str, ...], bool]] = [
+            (
+                (p["token"], _end(p, "producer"), _end(p, "consumer"), p["state"]),
+                # not as a pair would run: one end only, or skipped where it cannot work
+                p["producer"] is None or p["consumer"] is None or p["state"].startswith("would"),
+            )
+            for p in pairs
+        ]
+        header = ("TOKEN", "PRODUCER", "CONSUMER", "STATE")
+        _print_rows(header, listed, sys.stdout, _lists_every(args, len(listed)))
         for warning in warnings:
             _warn(warning)
     if warnings and args.strict:

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def _notes(exc: BaseException) -> None:
@@ -127,6 +127,35 @@ class _Screen:
 
 #: the one screen of the process: every line of the CLI goes through it
 _SCREEN = _Screen()
+
+
+#: a table of at most this many pairs is printed whole (it fits a terminal);
+#: a longer one as its totals and the pairs with a problem, unless asked
+TABLE_ROWS = 20
+
+
+def _lists_every(args: Any, pairs: int) -> bool:
+    """Whether a table lists every pair: asked (``--all``, ``-v``) or short
+    enough; never under ``--quiet`` (totals and the pairs with a problem)."""
+    if getattr(args, "quiet", False):
+        return False
+    return bool(getattr(args, "all", False) or getattr(args, "verbose", 0) or pairs <= TABLE_ROWS)
+
+
+def _print_rows(
+    header: Sequence[str],
+    rows: Sequence[tuple[Sequence[str], bool]],
+    out: TextIO,
+    every: bool,
+) -> None:
+    """A table of ``(cells, has a problem)`` rows: all of them, or (``every``
+    false) only those with a problem, then how many were left out."""
+    shown = [cells for cells, problem in rows if every or problem]
+    if shown:
+        _print_table([header, *shown], out)
+    left = len(rows) - len(shown)
+    if left:
+        _say(f"  ({_count(left, 'pair')} without a problem not listed: --all lists them)", out)
 
 
 def _say(text: str, out: TextIO) -> None:

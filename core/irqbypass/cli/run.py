@@ -30,6 +30,7 @@ from .output import (
     _error,
     _fresh_line,
     _isatty,
+    _lists_every,
     _notes,
     _say,
     _warn,
@@ -79,7 +80,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
     file = getattr(args, "file", None)
     live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
     stopped_by: int | None = None
-    if not args.json:
+    if not (args.json or args.quiet):
         _header(host, out)
     with _terminate_as_interrupt(), live.signals():
         try:
@@ -98,7 +99,8 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
                 _log_applied(topology)
                 try:
                     if not args.json:
-                        _print_pairs(topology, out)
+                        tokens = len(topology.status()) + len(topology.skipped)
+                        _print_pairs(topology, out, _lists_every(args, tokens))
                     live.ready()
                     _wait(topology, duration, sys.stderr, live)
                 except KeyboardInterrupt as exc:
@@ -145,7 +147,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         }
         _say(json.dumps(doc, indent=2), out)
     else:
-        _print_summary(summary, out)
+        _print_summary(summary, out, every=_lists_every(args, len(summary)))
     for fault in faults:
         _warn(fault)
     for error in errors:

@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from ..status import PairStatus
 from ..topology import Topology
-from .output import _num, _print_table, _say
+from .output import _count, _num, _print_rows, _say
 
 
 def _snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
@@ -30,18 +30,32 @@ def _progress_line(rows: list[PairStatus], elapsed: float, finished: int, produc
     )
 
 
-def _print_pairs(topology: Topology, out: TextIO) -> None:
-    _say(f"{topology.config.file}: applied", out)
-    table = [("TOKEN", "PRODUCER", "CONSUMER", "STATE")]
+def _print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
+    """The applied table: every pair, or (``every`` false) its totals and the
+    pairs not as the file asked (vetoed, one-ended, skipped)."""
+    rows: list[tuple[tuple[str, ...], bool]] = []
     vetoed = dict(topology.vetoed)
+    paired = 0
     for row in topology.status():
+        paired += row.paired
         state = "paired (bypass)" if row.paired else "unpaired (eventfd only)"
         if row.token in vetoed:
             state = f"unpaired (eventfd only): vetoed: {vetoed[row.token]}"
-        table.append((row.token, _ends(row.producer), _ends(row.consumer), state))
+        # unpaired with both ends and no veto: bypass = false on one, as asked
+        problem = row.token in vetoed or row.producer is None or row.consumer is None
+        rows.append(((row.token, _ends(row.producer), _ends(row.consumer), state), problem))
     for token, reason in topology.skipped:
-        table.append((token, "-", "-", f"skipped: {reason}"))
-    _print_table(table, out)
+        rows.append(((token, "-", "-", f"skipped: {reason}"), True))
+    if every:
+        _say(f"{topology.config.file}: applied", out)
+    else:
+        skipped = len(topology.skipped)
+        _say(
+            f"{topology.config.file}: applied {_count(len(rows), 'token')}: {paired} paired, "
+            f"{len(rows) - paired - skipped} unpaired, {skipped} skipped",
+            out,
+        )
+    _print_rows(("TOKEN", "PRODUCER", "CONSUMER", "STATE"), rows, out, every)
 
 
 def _ends(placed: Any) -> str:
@@ -54,35 +68,51 @@ _SUMMARY_COLUMNS = (
 )
 
 
-def _print_summary(summary: list[dict[str, Any]], out: TextIO, title: str = "summary:") -> None:
+def _print_summary(
+    summary: list[dict[str, Any]], out: TextIO, title: str = "summary:", every: bool = True
+) -> None:
+    """The summary table: every pair, or (``every`` false) the totals and the
+    pairs with a problem (lost interrupts, an end's problem, one end only)."""
     if not summary:
         _say("summary: nothing ran (no pair was applied)", out)
         return
+    if not every:
+        title = f"{title.removesuffix(':') or 'summary'}: {_totals(summary)}"
     if title:
         _say(title, out)
-    table = [_SUMMARY_COLUMNS]
+    rows = []
     for row in summary:
         details = {
             k: v
             for k, v in {**row["producer_stats"], **row["consumer_stats"]}.items()
             if k not in ("fired", "delivered", "coalesced")
         }
-        table.append(
-            (
-                row["token"],
-                row["producer"] or "-",
-                row["consumer"] or "-",
-                _num(row["fired"]),
-                _num(row["delivered"]),
-                _num(row["coalesced"]),
-                _num(row["queued"]),
-                _num(row["lost"]),
-                " ".join(f"{k}={v}" for k, v in details.items()),
-            )
+        cells = (
+            row["token"],
+            row["producer"] or "-",
+            row["consumer"] or "-",
+            _num(row["fired"]),
+            _num(row["delivered"]),
+            _num(row["coalesced"]),
+            _num(row["queued"]),
+            _num(row["lost"]),
+            " ".join(f"{k}={v}" for k, v in details.items()),
         )
-    _print_table(table, out)
+        problem = bool(row["problems"] or row["lost"] or not (row["producer"] and row["consumer"]))
+        rows.append((cells, problem))
+    _print_rows(_SUMMARY_COLUMNS, rows, out, every)
     problems = [p for row in summary for p in row["problems"]]
     if problems:
         _say("problems:", out)
         for problem in problems:
             _say(f"  {problem}", out)
+
+
+def _totals(summary: list[dict[str, Any]]) -> str:
+    """``200 pairs: fired 4000, delivered 3990, ...``: each count summed over
+    the pairs that report it (``-`` where none does)."""
+    parts = []
+    for key in ("fired", "delivered", "coalesced", "queued", "lost"):
+        known = [row[key] for row in summary if row[key] is not None]
+        parts.append(f"{key} {sum(known) if known else '-'}")
+    return f"{_count(len(summary), 'pair')}: " + ", ".join(parts)
