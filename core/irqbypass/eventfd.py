@@ -201,6 +201,13 @@ class Eventfd:
                 f"Eventfd.write({show(value)}): the value must be an int from 0 to {_MAX_COUNT}"
             )
         guard, inside = self._guard, False
+        if self._nonblocking:  # the write cannot wait: done under the guard, in one section
+            with guard:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                os.write(fd, _COUNTER.pack(value))
+            return
         try:
             with guard:
                 fd = self._fd

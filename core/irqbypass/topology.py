@@ -55,6 +55,7 @@ _log = logging.getLogger("irqbypass.topology")
 #: The counters the core adds up across re-opens; every other stat is a
 #: per-open figure (or a gauge, such as ``pending``) and is shown as it is.
 COUNTERS = ("fired", "delivered", "coalesced", "reads", "direct", "eventfd")
+_COUNTER_SET = frozenset(COUNTERS)
 #: How many removed entries' totals are kept, for a device plugged in again
 #: under the same name (the oldest are forgotten first): bounded.
 RETIRED_KEPT = 4096
@@ -71,8 +72,11 @@ class Totals:
         """Add what an endpoint that closed counted (its counters: ``fired``,
         ``delivered``, ``coalesced``, ``reads``, ``direct``, ``eventfd``)."""
         counters = self.counters
+        present = _COUNTER_SET.intersection(stats)  # most endpoints have two or three
         for key in COUNTERS:
-            value = stats.get(key)
+            if key not in present:
+                continue
+            value = stats[key]
             if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
                 counters[key] = counters.get(key, 0) + value
 
@@ -711,8 +715,10 @@ class Topology:
                 doing[:] = ["register", placed.label, ""]
                 endpoint = placed.endpoint
                 call = getattr(self.manager, f"register_{placed.config.side}")
+                registered = False
                 try:
                     call(endpoint)
+                    registered = True  # it returned: registered (no lookup needed)
                 except ConnectError as exc:
                     veto = exc.__cause__
                     if not (isinstance(veto, Veto) and veto.unpaired):
@@ -721,7 +727,7 @@ class Topology:
                     self._vetoed[placed.config.token] = show_error(veto)
                 finally:
                     # a CallbackError means "registered, but a start raised": undo must see it
-                    placed.registered = self.manager.is_registered(endpoint)  # type: ignore[arg-type]
+                    placed.registered = registered or self.manager.is_registered(endpoint)  # type: ignore[arg-type]
 
     def teardown(self, progress: Callable[[int], object] | None = None) -> None:
         """Unregister and close everything, in reverse. Every step is attempted
@@ -779,6 +785,8 @@ class Topology:
                             interrupt = interrupt or _interrupt(exc)
                             if isinstance(exc, Exception):
                                 errors.append(f"unregister of {one.label}: {_failure(exc)}")
+                        else:
+                            break  # it returned: no longer registered (no lookup needed)
                         if not self.manager.is_registered(endpoint):  # type: ignore[arg-type]
                             break
                     else:
