@@ -52,7 +52,7 @@ from .endpoints import Producer
 from .errors import DeviceError, InvalidEndpointError, IrqBypassError
 from .eventfd import Eventfd, HoldingEventfd
 from .kinds import EndpointSpec
-from .options import Options, show_value
+from .options import MAX_FD, Options, show_value
 from .seam import RealSeam, Seam
 from .signals import deliver_deferred_signals, signal_safe
 
@@ -63,8 +63,6 @@ __all__ = ["QUIESCE_MODES", "DeviceProducer"]
 #: signal); "swap" points it at a holding eventfd and replays at start; "mask"
 #: masks it at the device (which keeps a level asserted meanwhile).
 QUIESCE_MODES = ("keep", "swap", "mask")
-#: the highest fd number (an int in C: os.dup and the ioctls refuse more)
-MAX_FD = 2**31 - 1
 
 
 class DeviceProducer(Producer):
@@ -364,13 +362,7 @@ class DeviceProducer(Producer):
         device = opts.get_str("device")
         if device == "":
             raise opts.error("device", f"the device is empty; name one ({device_help})")
-        fd = opts.get_raw("fd")
-        if fd is not None and (
-            isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd <= MAX_FD
-        ):
-            raise opts.error(
-                "fd", f"expected an inherited fd number from 0 to {MAX_FD}, got {show_value(fd)}"
-            )
+        fd = opts.get_fd("fd")
         if (device is None) == (fd is None):
             raise opts.error(
                 "device", f"give exactly one of device ({device_help}) and fd (an fd "

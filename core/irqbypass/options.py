@@ -16,6 +16,9 @@ from typing import Any, Literal, overload
 
 from .errors import ConfigError, printable
 
+#: the highest fd number (an int in C: ``os.dup`` and the ioctls refuse more)
+MAX_FD = 2**31 - 1
+
 
 class Options:
     """A reader over one ``options`` table; call :meth:`finish` when done."""
@@ -160,6 +163,18 @@ class Options:
         if choices is not None and value not in choices:
             allowed = ", ".join(map(repr, choices))
             raise self.error(key, f"{show_value(value)} is not one of {allowed}")
+        return value
+
+    def get_fd(self, key: str) -> int | None:
+        """An fd number this process inherited (0 to :data:`MAX_FD`: what
+        ``os.dup`` and an ioctl take), or None when missing."""
+        value = self._take(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FD:
+            raise self.error(
+                key, f"expected an inherited fd number from 0 to {MAX_FD}, got {show_value(value)}"
+            )
         return value
 
     def get_raw(self, key: str) -> Any:

@@ -732,6 +732,10 @@ HOSTILE_OPTIONS = {
         'device = ""',
         'device = "0000:01:00.0", vector = 4294967295',
     ],
+    "vhost-user": [
+        "fd = 2147483648",
+        'socket = "/tmp/vhost\\u0000.sock"',
+    ],
 }
 
 

@@ -194,9 +194,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         opts = spec.options_reader()
         socket_path = opts.get_str("socket")
         spawn = opts.get_bool("spawn", False)
-        fd = opts.get_raw("fd")
-        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
-            raise opts.error("fd", f"expected an inherited socket fd number >= 0, got {fd!r}")
+        fd = opts.get_fd("fd")
         if sum((socket_path is not None, spawn, fd is not None)) != 1:
             raise opts.error(
                 "socket",

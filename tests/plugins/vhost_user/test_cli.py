@@ -49,14 +49,14 @@ def test_options() -> None:
     [
         ({}, "give exactly one of socket"),
         ({"socket": "/s", "spawn": True}, "give exactly one of socket"),
-        ({"fd": -1}, "inherited socket fd number"),
+        ({"fd": -1}, "inherited fd number"),
         ({"socket": "/s", "queue": 256}, "queue"),
         ({"socket": "/s", "queue_size": 100}, "power of 2"),
         ({"fd": 3, "requests": 5}, "needs a connection this producer owns"),
         ({"socket": "/s", "sokcet": 1}, "did you mean 'socket'"),
         # issue 20: values that reached a raw error at run
         ({"socket": "/s", "timeout": 1e300}, "above the maximum 3600"),
-        ({"socket": "/run/a\0b"}, "contains a NUL byte"),
+        ({"socket": "/run/a\0b"}, "holds a NUL byte"),
         ({"socket": "/run/" + "x" * 100}, "more than the 82 that fit"),
         ({"socket": ""}, "empty"),
         ({"socket": "/s", "backend_uid": -1}, "backend_uid"),
