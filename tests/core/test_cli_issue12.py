@@ -33,13 +33,6 @@ PAIR = (
 )
 
 
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(ENV_LOAD, raising=False)
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
-    yield
-
-
 def kvm_reason() -> str | None:
     import irqbypass_kvm
 

@@ -6,25 +6,17 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
 import pytest
 from cli_support import HERE, run, topology
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 DEAF = (
     '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=0.0, count=10}\n'
     '[[consumers]]\nname="d"\nkind="deaf"\ntoken="t"\n'
 )
-
-
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(ENV_LOAD, raising=False)
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
-    yield
 
 
 def wait_for(condition: Callable[[], bool]) -> None:

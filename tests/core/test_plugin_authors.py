@@ -9,20 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import irqbypass
 import pytest
 from cli_support import pair, run, topology
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
-
-
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(ENV_LOAD, raising=False)
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
-    yield
 
 
 def faulty_host() -> irqbypass.PluginHost:
