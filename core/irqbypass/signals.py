@@ -55,8 +55,12 @@ _Handler = Callable[[int, "FrameType | None"], Any]
 CALLOUT = "call"
 
 #: safe code object -> its call-out lines (where signals pass), or None: every
-#: line passes (a wait point, see :func:`interruptible`)
+#: line passes (a wait point, see :func:`interruptible`), or _UNREAD: not found
+#: yet (see :func:`callout_lines`)
 _SAFE: dict[CodeType, frozenset[int] | None] = {}
+#: the lines of a section not read yet: disassembling every section at import
+#: cost a command 17 ms of its start, and only a signal needs them
+_UNREAD: frozenset[int] = frozenset({-1})
 
 #: Signals that arrived in a safe section, by number, in arrival order. Standard
 #: signals do not queue (a second SIGINT while one is pending is that same
@@ -70,8 +74,17 @@ def signal_safe(func: _F) -> _F:
     Returns ``func`` itself: no wrapper, nothing added to a call.
     """
     code: CodeType = func.__code__
-    _SAFE[code] = _callout_lines(code)
+    _SAFE[code] = _UNREAD  # its call-out lines are found when a signal first asks
     return func
+
+
+def callout_lines(code: CodeType) -> frozenset[int] | None:
+    """The call-out lines of a safe section's code (found once, then kept),
+    None for a wait point; KeyError for code that is no section."""
+    callouts = _SAFE[code]
+    if callouts is _UNREAD:
+        callouts = _SAFE[code] = _callout_lines(code)
+    return callouts
 
 
 def deliver_deferred_signals() -> None:
@@ -207,7 +220,7 @@ def in_safe_section(frame: FrameType | None) -> bool:
     while frame is not None:
         code = frame.f_code
         if code in _SAFE:
-            callouts = _SAFE[code]
+            callouts = callout_lines(code)
             return callouts is not None and frame.f_lineno not in callouts
         frame = frame.f_back
     return False

@@ -359,7 +359,7 @@ def test_every_callback_is_called_on_a_call_out_line() -> None:
     bodies = {manager_module.Manager._register: 8, manager_module.Manager._unregister: 6}
     for function, callbacks in bodies.items():
         lines, first = inspect.getsourcelines(function)
-        callouts = signals._SAFE[function.__code__]
+        callouts = signals.callout_lines(function.__code__)
         calling = {first + i for i, text in enumerate(lines) if text.strip().startswith("call(")}
         locking = {first + i for i, t in enumerate(lines) if t.strip().startswith("with ")}
         assert len(calling) == callbacks and len(locking) == 1, function
