@@ -388,3 +388,28 @@ def test_all_lists_every_pair_and_quiet_only_the_problems(tmp_path: Path) -> Non
     assert len(table_rows(run("check", big, "--all").stdout, f"{big}: OK")) == 26
     both = run("run", small, "-q", "--all")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+# -- the rule of issue 22 on the command line: every wrong argument at once ------
+
+
+def test_every_wrong_argument_is_reported_in_one_go_in_order(tmp_path: Path) -> None:
+    path = topology(tmp_path, FINITE)
+    args = ("run", path, "--duration", "0", "--metrics-port", "99999", "--bogus", "-q", "--all")
+    result = run(*args)
+    assert result.returncode == 2
+    errors = [ln for ln in result.stderr.splitlines() if ": error: " in ln]
+    assert errors == [
+        "irqbypass run: error: argument --duration: the duration must be more than 0 and "
+        "at most 604800 seconds",
+        "irqbypass run: error: argument --metrics-port: 99999 is not a port number (0 to 65535)",
+        "irqbypass run: error: unrecognized arguments: --bogus",
+        "irqbypass run: error: argument --all: not allowed with argument -q/--quiet",
+    ], result.stderr
+    assert result.stderr.startswith("usage: irqbypass run "), "the usage, once"
+    missing = run("run", "--duration", "x")
+    assert missing.returncode == 2
+    assert [ln for ln in missing.stderr.splitlines() if ": error: " in ln] == [
+        "irqbypass run: error: argument --duration: 'x' is not a number of seconds",
+        "irqbypass run: error: the following arguments are required: file",
+    ], missing.stderr

@@ -24,8 +24,8 @@ import resource
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from ..errors import IrqBypassError
 from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes
@@ -120,7 +120,18 @@ def _os_error(exc: OSError) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    args = _parser().parse_args(argv)
+    """The arguments; every wrong value and unknown option of the command line
+    is reported in one go (as a file's errors are), then exit status 2."""
+    problems: list[str] = []
+    parser = _parser(problems)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        problems.append(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "quiet", False) and getattr(args, "all", False):
+        problems.append("argument --all: not allowed with argument -q/--quiet")
+    if problems:
+        command: _Parser = getattr(args, "parser", parser)
+        command.error(problems.pop())
     # global options may come before or after the command (`irqbypass check F -v`)
     args.block = [*args.block, *args.block_after]
     args.plugin_modules = [*args.plugin_modules, *args.plugin_modules_after]
@@ -168,8 +179,13 @@ def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(problems: list[str] | None = None) -> _Parser:
+    """The command line's parser. A value of the wrong form is added to
+    ``problems`` (and parsing goes on, to find the others), or, without a list,
+    stops the parse as argparse does."""
+    checked = _Checked(problems)
+    parser = _Parser(
+        noted=problems,
         prog="irqbypass",
         description="The IRQ bypass manager for userspace VMMs.",
         epilog="Global options may also follow the command. Docs: docs/cli.md.",
@@ -179,8 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, noted=problems)
         _global_options(sub, "_after", shown=False)
+        sub.set_defaults(parser=sub)  # whose usage a wrong argument prints
         return sub
 
     plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
@@ -195,17 +212,17 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", "apply a topology, run it, tear it down")
     run.add_argument("file", help="the TOML file, or - for standard input")
-    _run_options(run)
+    _run_options(run, checked)
     run.add_argument(
         "--control",
-        type=_control_path,
+        type=checked(_control_path, "--control"),
         metavar="PATH",
         help="answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
         "(created 0600, for your user only)",
     )
     run.add_argument(
         "--metrics-port",
-        type=_port_number,
+        type=checked(_port_number, "--metrics-port"),
         metavar="PORT",
         help="serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
     )
@@ -234,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     reload.set_defaults(func=_Command("live", "_cmd_reload"))
 
     demo = command("demo", "run the bundled demo topology")
-    _run_options(demo)
+    _run_options(demo, checked)
     demo.set_defaults(func=_Command("run", "_cmd_demo"))
     return parser
 
@@ -290,10 +307,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
+def _run_options(parser: argparse.ArgumentParser, checked: _Checked) -> None:
     parser.add_argument(
         "--duration",
-        type=_seconds,
+        type=checked(_seconds, "--duration"),
         metavar="S",
         help="stop after S seconds at most (default: the file's [run] duration, or until "
         f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
@@ -303,19 +320,58 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _listing_options(parser: argparse.ArgumentParser) -> None:
-    listing = parser.add_mutually_exclusive_group()
-    listing.add_argument(
+    """-q and --all, which exclude each other (checked in :func:`_parse`, not
+    by an argparse group, which stops at the clash before the other values)."""
+    parser.add_argument(
         "-q",
         "--quiet",
         action="store_true",
         help="no header; each table as its totals and only the pairs with a problem",
     )
-    listing.add_argument(
+    parser.add_argument(
         "--all",
         action="store_true",
         help=f"list every pair, however many (by default a table of more than {TABLE_ROWS} "
         "pairs is its totals and the pairs with a problem; -v lists every pair too)",
     )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; its error (a missing argument, say) comes after the
+    wrong values noted before it (``noted``, see :class:`_Checked`), each on
+    its own line, then exit status 2."""
+
+    def __init__(self, *args: Any, noted: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.noted = noted if noted is not None else []
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        for problem in [*self.noted, message]:
+            sys.stderr.write(f"{self.prog}: error: {problem}\n")
+        raise SystemExit(2)
+
+
+class _Checked:
+    """Option types that note a wrong value in ``problems`` and give None, so
+    the parse goes on to the next (without a list: argparse's own stop)."""
+
+    def __init__(self, problems: list[str] | None) -> None:
+        self.problems = problems
+
+    def __call__(self, check: Callable[[str], Any], option: str) -> Callable[[str], Any]:
+        problems = self.problems
+        if problems is None:
+            return check
+
+        def convert(text: str) -> Any:
+            try:
+                return check(text)
+            except argparse.ArgumentTypeError as exc:
+                problems.append(f"argument {option}: {exc}")
+                return None
+
+        return convert
 
 
 def _seconds(text: str) -> float:
