@@ -55,7 +55,6 @@ _log = logging.getLogger("irqbypass.topology")
 #: The counters the core adds up across re-opens; every other stat is a
 #: per-open figure (or a gauge, such as ``pending``) and is shown as it is.
 COUNTERS = ("fired", "delivered", "coalesced", "reads", "direct", "eventfd")
-_COUNTER_SET = frozenset(COUNTERS)
 #: How many removed entries' totals are kept, for a device plugged in again
 #: under the same name (the oldest are forgotten first): bounded.
 RETIRED_KEPT = 4096
@@ -72,11 +71,10 @@ class Totals:
         """Add what an endpoint that closed counted (its counters: ``fired``,
         ``delivered``, ``coalesced``, ``reads``, ``direct``, ``eventfd``)."""
         counters = self.counters
-        present = _COUNTER_SET.intersection(stats)  # most endpoints have two or three
         for key in COUNTERS:
-            if key not in present:
+            value = stats.get(key)
+            if value is None:  # most endpoints have two or three of them
                 continue
-            value = stats[key]
             if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
                 counters[key] = counters.get(key, 0) + value
 
