@@ -19,7 +19,6 @@ import pytest
 from cli_support import EXE, ROOT, clean_env, pair, run, topology
 from irqbypass import cli
 from irqbypass.cli import live as live_command
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 HANG_GUARD = 120.0
 
@@ -34,13 +33,6 @@ def wait_for(what: str, condition: Any) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"hang guard: {what} never happened"
         time.sleep(0.02)
-
-
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_LOAD, raising=False)
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
 
 # -- 9: the example unit reloads synchronously and names docs that exist ------
@@ -118,6 +110,7 @@ def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
     once, and the run serves on (a reload may bring producers) until stopped.
     The run's own ticks are counted once everything is delivered: many more than
     the settle time later, it still waits, and a Ctrl-C ends it."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     idle = live_command._Live.idle
     ticks_after = []
 
@@ -413,3 +406,25 @@ def test_every_wrong_argument_is_reported_in_one_go_in_order(tmp_path: Path) -> 
         "irqbypass run: error: argument --duration: 'x' is not a number of seconds",
         "irqbypass run: error: the following arguments are required: file",
     ], missing.stderr
+
+
+def test_status_of_a_large_run_scales_as_its_tables_do(tmp_path: Path) -> None:
+    text = many(25, lonely=False).replace("count=2, rate=0.0", "count=-1, rate=20.0")
+    sock = tmp_path / "c.sock"
+    proc = subprocess.Popen(
+        [*EXE, "run", topology(tmp_path, text), "--control", str(sock)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+    try:
+        wait_for("the control socket", sock.exists)
+        wait_for("a status", lambda: run("status", str(sock)).returncode == 0)
+        status = run("status", str(sock)).stdout.splitlines()
+        every = run("status", str(sock), "--all").stdout.splitlines()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=HANG_GUARD)
+    assert status[1].startswith("summary: 25 pairs: fired "), status
+    assert status[2:] == ["  (25 pairs without a problem not listed: --all lists them)"]
+    assert len([ln for ln in every if ln.startswith("  t")]) == 25, every

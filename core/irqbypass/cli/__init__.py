@@ -243,6 +243,7 @@ def _parser(problems: list[str] | None = None) -> _Parser:
     status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
     status.add_argument("path", help="the run's control socket")
     status.add_argument("--json", action="store_true", help="print JSON")
+    _listing_options(status)
     status.set_defaults(func=_Command("live", "_cmd_status"))
 
     reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")

@@ -26,7 +26,7 @@ from ..options import show_exception
 from ..paths import file_kind
 from ..plugins import PluginHost
 from ..topology import Topology
-from .output import _count, _error, _say, _warn
+from .output import TABLE_ROWS, _count, _error, _lists_every, _say, _warn
 from .summary import _print_summary, _snapshot
 
 _log = logging.getLogger("irqbypass.cli")
@@ -260,9 +260,13 @@ def _metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
     return metrics
 
 
-def _print_status(doc: dict[str, Any], out: TextIO) -> None:
-    """A status document (the control socket's, or SIGUSR1's) as text."""
+def _print_status(doc: dict[str, Any], out: TextIO, every: bool | None = None) -> None:
+    """A status document (the control socket's, or SIGUSR1's) as text; its
+    table lists ``every`` pair, or only those with a problem (None: every pair
+    of a table of at most TABLE_ROWS, as run's tables)."""
     pairs = doc.get("pairs", [])
+    if every is None:
+        every = len(pairs) <= TABLE_ROWS
     paired = sum(1 for p in pairs if p.get("paired"))
     _say(
         f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "
@@ -271,7 +275,7 @@ def _print_status(doc: dict[str, Any], out: TextIO) -> None:
         out,
     )
     if pairs:
-        _print_summary(pairs, out, title="")
+        _print_summary(pairs, out, title="", every=every)
     for skipped in doc.get("skipped", []):
         _say(f"  {skipped['token']}: skipped: {skipped['reason']}", out)
     for vetoed in doc.get("vetoed", []):
@@ -348,7 +352,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc.get("ok"):
-        _print_status(doc, sys.stdout)
+        _print_status(doc, sys.stdout, _lists_every(args, len(doc["pairs"])))
     else:
         _error(str(doc["error"]))
     return 0 if doc.get("ok") else 1
