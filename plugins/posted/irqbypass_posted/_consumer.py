@@ -257,9 +257,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     @staticmethod
     def _vcpu_sync(descriptor: PostedDescriptor) -> None:
-        descriptor.sync()
-        while descriptor.acknowledge() is not None:
-            pass
+        descriptor.drain()
 
     # -- the bypass callbacks ----------------------------------------------
 

@@ -90,6 +90,7 @@ def _forked() -> None:
     for descriptor in list(_LIVE):
         descriptor._in_child = True
         descriptor._usable[0] = False
+        descriptor._disarm()
     _LIVE.clear()
 
 
@@ -307,6 +308,14 @@ class PostedDescriptor:
         self._mm: mmap.mmap | None = None
         self._b: memoryview = memoryview(b"")
         self._q: memoryview = self._b
+        #: posts per vector since its bit was last drained: the sidecar's slots
+        #: (another process may map a file-backed one), or this process's own
+        #: list for an anonymous mapping (nobody else maps it: a list is cheaper)
+        self._pending: memoryview | list[int] = [0] * 256
+        #: one cell per poster of an anonymous descriptor: [True] while its
+        #: vector's bit and ON are both set, it may post and is not held (see
+        #: :meth:`poster`); cleared under the lock by whatever changes that
+        self._armed: list[list[bool]] = []
         self.notification: irqbypass.Eventfd | None = None
         self._own_notification = False
         self._nfd = -1
@@ -329,6 +338,8 @@ class PostedDescriptor:
         )
         self._b = memoryview(self._mm)
         self._q = self._b.cast("Q")
+        if self._fd >= 0:
+            self._pending = self._q[_PENDING : _PENDING + 256]
         if notification is None:
             if owned_notification:
                 self.notification = irqbypass.Eventfd()
@@ -400,6 +411,9 @@ class PostedDescriptor:
             notification.close()
 
     def _unmap(self) -> None:
+        self._disarm()
+        if isinstance(self._pending, memoryview):
+            self._pending.release()
         self._q.release()
         self._b.release()
         mm, self._mm = self._mm, None
@@ -471,7 +485,7 @@ class PostedDescriptor:
     def _post_locked(self, vector: int, count: int, urgent: bool) -> bool:
         b = self._b
         b[vector >> 3] |= 1 << (vector & 7)
-        self._q[_PENDING + vector] += count
+        self._pending[vector] += count
         control = b[CONTROL_OFFSET]
         if control & (ON_BIT if urgent else ON_BIT | SN_BIT):
             return False
@@ -484,13 +498,21 @@ class PostedDescriptor:
 
     def poster(self, port: Port) -> Callable[[], None]:
         """A no-argument function posting ``port.vector`` once: the direct path
-        offered to a producer. Everything it needs is bound in advance."""
+        offered to a producer. Everything it needs is bound in advance.
+
+        On an anonymous descriptor (nobody else maps it, so only this
+        process's locked code changes it) a poster whose last post left its
+        bit and ON set is *armed*: until a sync, a hold or a close disarms it
+        (under the same lock), its post can only add one to its vector's
+        count (the bit is set, ON set means no notification), so it does just
+        that. The state a post leaves is the same either way."""
         lock = self._lock
         b = self._b
         q = self._q
-        index = port.vector >> 3
-        mask = 1 << (port.vector & 7)
-        pending = _PENDING + port.vector
+        counts = self._pending
+        vector = port.vector
+        index = vector >> 3
+        mask = 1 << (vector & 7)
         test = ON_BIT if port.urgent else ON_BIT | SN_BIT
         nfd = self._nfd
         write = _write
@@ -517,7 +539,7 @@ class PostedDescriptor:
                             port.held_count += 1
                             return
                         b[index] |= mask
-                        q[pending] += 1
+                        counts[vector] += 1
                         control = b[control_at]
                         if control & test:
                             return
@@ -530,20 +552,31 @@ class PostedDescriptor:
 
             return post_file_locked
 
+        armed = [False]
+        armable = self._fd < 0  # another process may clear ON or a bit of a file's mapping
+        with lock:
+            self._armed.append(armed)
+
         def post() -> None:
             with lock:
+                if armed[0]:
+                    counts[vector] += 1
+                    return
                 if not usable[0]:
                     raise unusable()
                 if port.held:
                     port.held_count += 1
                     return
                 b[index] |= mask
-                q[pending] += 1
+                counts[vector] += 1
                 control = b[control_at]
                 if control & test:
+                    if armable and control & on_bit:
+                        armed[0] = True
                     return
                 b[control_at] = control | on_bit
                 q[notified] += 1
+                armed[0] = armable
                 if nfd >= 0 and write(nfd, one, 8) < 0:
                     raise _write_error()
 
@@ -564,7 +597,17 @@ class PostedDescriptor:
 
     def hold(self, port: Port) -> None:
         """Hold the port's posts (the pair is stopped)."""
-        self._locked(setattr, port, "held", True)
+        self._locked(self._hold_locked, port)
+
+    def _hold_locked(self, port: Port) -> None:
+        port.held = True
+        self._disarm()
+
+    def _disarm(self) -> None:
+        """Send every poster's next post the whole way (the caller holds the
+        lock, or no other thread can post: closing, a fork()ed child)."""
+        for cell in self._armed:
+            cell[0] = False
 
     def release_port(self, port: Port) -> int:
         """Stop holding; post what was held (one PIR bit). Returns the count."""
@@ -585,8 +628,26 @@ class PostedDescriptor:
 
     def _sync_locked(self) -> SyncResult:
         posts: dict[int, int] = {}
-        b, q = self._b, self._q
+        return SyncResult(self._take_locked(posts), posts)
+
+    def drain(self) -> int:
+        """:meth:`sync`, then :meth:`acknowledge` every vector in the IRR, in
+        one locked step: what a vCPU that takes every interrupt at once does
+        (the consumer's drainer). Returns the posts taken."""
+        return self._locked(self._drain_locked)
+
+    def _drain_locked(self) -> int:
+        before = self._q[_POSTS_DRAINED]
+        self._take_locked(None)
+        self.irr = 0
+        return int(self._q[_POSTS_DRAINED] - before)
+
+    def _take_locked(self, posts: dict[int, int] | None) -> int:
+        """The sync itself (the caller holds the locks): the vectors taken,
+        and into ``posts`` the count behind each."""
+        b, q, pending = self._b, self._q, self._pending
         b[CONTROL_OFFSET] &= ~ON_BIT & 0xFF
+        self._disarm()  # ON is clear: the next post of each port goes the whole way
         vectors = int.from_bytes(b[PIR_OFFSET:PIR_BYTES], "little")
         q[_SYNCS] += 1
         bits = vectors
@@ -598,15 +659,16 @@ class PostedDescriptor:
             # so a signal (handled at a call or the jump back) finds each vector
             # either drained whole or untouched: an interrupted sync loses no
             # post, and the next sync takes the rest
-            count = q[_PENDING + vector]
-            q[_PENDING + vector] = 0
+            count = pending[vector]
+            pending[vector] = 0
             q[_DRAINED + vector] += count
             b[vector >> 3] &= ~(1 << (vector & 7)) & 0xFF
             self.irr |= low
             q[_VECTORS_DRAINED] += 1
             q[_POSTS_DRAINED] += count
-            posts[vector] = count
-        return SyncResult(vectors, posts)
+            if posts is not None:
+                posts[vector] = count
+        return vectors
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for notifications (up to ``timeout`` s); returns how many came."""
@@ -700,7 +762,7 @@ class PostedDescriptor:
 
     def _per_vector_locked(self) -> tuple[list[int], list[int]]:
         q = self._q
-        return q[_DRAINED : _DRAINED + 256].tolist(), q[_PENDING : _PENDING + 256].tolist()
+        return q[_DRAINED : _DRAINED + 256].tolist(), list(self._pending)
 
     def counters(self) -> dict[str, int]:
         """posted, notified, syncs, vectors_drained, posts_drained, pending."""
@@ -708,7 +770,7 @@ class PostedDescriptor:
 
     def _counters_locked(self) -> dict[str, int]:
         q = self._q
-        pending = sum(q[_PENDING : _PENDING + 256])
+        pending = sum(self._pending)
         drained = q[_POSTS_DRAINED]
         return {
             "posted": drained + pending,

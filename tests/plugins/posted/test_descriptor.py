@@ -231,6 +231,20 @@ def test_clearing_sn_with_pending_vectors_notifies() -> None:
         assert not d.set_sn(False)  # nothing pending: no notification
 
 
+def test_drain_is_sync_then_acknowledging_everything() -> None:
+    with PostedDescriptor() as d, PostedDescriptor() as e:
+        for desc in (d, e):
+            for v in (40, 200, 41, 200):
+                desc.post(v)
+        assert d.drain() == 4
+        e.sync()
+        while e.acknowledge() is not None:
+            pass
+        assert (d.raw(), d.irr, d.counters()) == (e.raw(), e.irr, e.counters())
+        assert d.drained_per_vector() == {40: 1, 41: 1, 200: 2}
+        assert d.drain() == 0 and d.counters()["syncs"] == 2
+
+
 def test_post_many_and_ports_hold() -> None:
     with PostedDescriptor() as d:
         port = Port(90)
@@ -244,6 +258,51 @@ def test_post_many_and_ports_hold() -> None:
         assert d.wait(0) == 1
         assert d.sync().posts == {90: 7}
         assert d.post_many(91, 3) and d.sync().posts == {91: 3}
+
+
+@pytest.mark.parametrize("file", [False, True], ids=["anonymous", "file-process-lock"])
+def test_a_poster_after_its_first_post_leaves_the_same_state(file: bool, tmp_path: Path) -> None:
+    """A poster whose bit and ON are set only counts (anonymous: armed); a
+    sync, a hold, SN, an urgent port and a close each send its next post the
+    whole way, with the same descriptor state as the slow path leaves."""
+    path = str(tmp_path / "pi") if file else None
+    with PostedDescriptor(file=path, lock="process" if file else None) as d:
+        port, other = Port(60), Port(61)
+        post, post_other = d.poster(port), d.poster(other)
+        post()  # ON 0 -> 1: notifies
+        for _ in range(5):
+            post()  # coalesced: counted, no notification
+        assert d.wait(0) == 1 and d.pir == 1 << 60 and d.counters()["pending"] == 6
+        assert d.sync().posts == {60: 6} and not d.on and d.pir == 0
+        post()  # after the sync: the bit again, and a notification
+        assert d.pir == 1 << 60 and d.on and d.wait(0) == 1
+        post_other()  # another vector while ON is set: its bit, no notification
+        assert d.pir == 1 << 60 | 1 << 61 and d.wait(0) == 0
+        d.hold(port)
+        post()  # held: counted in the port, not in the descriptor
+        assert port.held_count == 1 and d.posted_per_vector() == {60: 7, 61: 1}
+        assert d.release_port(port) == 1
+        assert d.sync().posts == {60: 2, 61: 1}
+        d.set_sn(True)
+        post()  # SN: the bit, no ON, no notification
+        post()
+        assert d.pir == 1 << 60 and not d.on and d.wait(0) == 0
+        assert d.set_sn(False) and d.wait(0) == 1  # clearing SN notifies once
+        urgent = d.poster(Port(62, urgent=True))
+        d.sync()
+        d.set_sn(True)
+        urgent()  # urgent: notifies despite SN
+        assert d.on and d.wait(0) == 1
+        assert d.sync().posts == {62: 1}
+        assert d.counters()["posted"] == d.counters()["posts_drained"] == 12
+        d.set_sn(False)
+        post()
+        post()  # (anonymous: armed as the descriptor closes)
+        assert d.on and d.counters()["pending"] == 2
+    with pytest.raises(irqbypass.IrqBypassError, match="closed"):
+        post()  # armed before the close or not: refused
+    with pytest.raises(irqbypass.IrqBypassError, match="closed"):
+        post_other()
 
 
 def test_control_fields_and_refusals() -> None:
