@@ -52,6 +52,23 @@ def test_the_example_unit_reloads_with_the_synchronous_command() -> None:
         assert doc.startswith(("https://", "man:")), f"{doc}: nothing installs a file:// page"
 
 
+def test_the_example_unit_verifies_with_systemd(tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    exe = Path(sys.executable).parent / "irqbypass"
+    if analyze is None or not exe.exists():
+        pytest.skip("no systemd-analyze, or no installed irqbypass command beside python")
+    text = (ROOT / "examples" / "irqbypass.service").read_text()
+    unit = tmp_path / "irqbypass.service"
+    unit.write_text(text.replace("/usr/local/bin/irqbypass", str(exe)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=HANG_GUARD
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
 # -- 10: a failed reload shows in systemd's STATUS= --------------------------
 
 
