@@ -862,3 +862,55 @@ def test_an_fd_the_loop_cannot_watch_is_an_irqbypass_error(loop: Any, tmp_path: 
     with pytest.raises(irqbypass.InvalidEndpointError, match="Bad file descriptor"):
         loop.add_reader(fd, lambda: None, owner="closed")
     assert loop.handles() == []
+
+
+# -- a signal while the live surfaces close --------------------------------------
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["after-the-wait", "after-an-error"])
+def test_a_signal_while_the_surfaces_close_never_skips_the_teardown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: bool, capsys: Any
+) -> None:
+    """SIGTERM (here: its KeyboardInterrupt) landing in the close of the
+    control socket and the exporter, which runs just before the teardown: the
+    teardown still runs, every endpoint is closed (before: it was skipped)."""
+    from irqbypass.cli import live, main
+
+    closed: list[bool] = []
+    real_close = live._Live.close
+
+    def interrupted_close(self: Any) -> None:
+        real_close(self)
+        if not closed:
+            closed.append(True)
+            raise KeyboardInterrupt  # what SIGTERM's handler raises, at the worst moment
+
+    monkeypatch.setattr(live._Live, "close", interrupted_close)
+    if failing:  # the wait itself ends with an error: the other path to the teardown
+
+        def broken_ready(self: Any) -> None:
+            raise irqbypass.IrqBypassError("injected")
+
+        monkeypatch.setattr(live._Live, "ready", broken_ready)
+    (tmp_path / "t.toml").write_text(_pair(0).replace("count = -1", "count = 3"))
+    irqbypass.event_loop().start()  # the process's loop and its wakeup eventfd stay
+    before = set(os.listdir("/proc/self/fd"))
+    code: object
+    try:
+        code = main(
+            [
+                *("run", str(tmp_path / "t.toml"), "--duration", "0.3"),
+                *("--control", str(tmp_path / "c.sock")),
+            ]
+        )
+    except KeyboardInterrupt:
+        code = "KeyboardInterrupt"
+    said = capsys.readouterr().err
+    assert closed == [True]
+    opened = {
+        fd
+        for fd in set(os.listdir("/proc/self/fd")) - before
+        if os.path.exists(f"/proc/self/fd/{fd}") and "eventfd" in os.readlink(f"/proc/self/fd/{fd}")
+    }
+    assert not opened, f"eventfds left open (the teardown was skipped): {opened}; {said}"
+    assert code != 0, said

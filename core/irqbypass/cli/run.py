@@ -113,12 +113,18 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             placed = topology.placed  # teardown forgets them, and their faults
             vetoed = topology.vetoed
         except BaseException:
-            live.close()
-            _report_teardown(topology)
+            try:
+                live.close()
+            finally:  # a signal landing in the close still tears down
+                _report_teardown(topology)
             raise
         # a teardown error is reported after the summary, never instead of it
-        notify("STOPPING=1")
-        live.close()
+        try:
+            notify("STOPPING=1")
+            live.close()
+        except KeyboardInterrupt as exc:  # a signal landing here: the teardown runs anyway
+            stopped_by = stopped_by or getattr(exc, "signum", signal.SIGINT)
+            live.close()
         _log.info("tearing down %s", topology.config.file)
         teardown_error, teardown_signal = _teardown(topology)
         if stopped_by is None:
