@@ -597,8 +597,9 @@ def test_a_reload_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
 # -- finding each error's line (item 8) -----------------------------------------
 
 
-def _lines_run(module: Any, action: Callable[[], object]) -> int:
-    """How many lines of ``module`` ``action`` runs: a count, not a time."""
+def _lines_run(action: Callable[[], object], module: Any = None) -> int:
+    """How many Python lines ``action`` runs on this thread (of ``module``
+    only, if given): a count of work, not a time."""
     import sys
 
     count = 0
@@ -610,7 +611,7 @@ def _lines_run(module: Any, action: Callable[[], object]) -> int:
         return local
 
     def calls(frame: Any, event: str, arg: object) -> Any:
-        return local if frame.f_code.co_filename == module.__file__ else None
+        return local if module is None or frame.f_code.co_filename == module.__file__ else None
 
     previous = sys.gettrace()
     sys.settrace(calls)
@@ -647,32 +648,11 @@ def test_finding_the_lines_of_many_errors_is_linear(text: Callable[[int], str]) 
 
         return parse
 
-    small, large = _lines_run(config, check(150)), _lines_run(config, check(300))
+    small, large = _lines_run(check(150), config), _lines_run(check(300), config)
     assert large < 2.5 * small, f"150 errors: {small} lines run, 300: {large}"
 
 
 # -- a large reload with signals deferred (item 9) -------------------------------
-
-
-def _all_lines_run(action: Callable[[], object]) -> int:
-    """How many Python lines ``action`` runs on this thread, every module's."""
-    import sys
-
-    count = 0
-
-    def local(frame: Any, event: str, arg: object) -> Any:
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    previous = sys.gettrace()
-    sys.settrace(lambda frame, event, arg: local)
-    try:
-        action()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 def _pair(i: int, count: int = -1) -> str:
@@ -697,7 +677,7 @@ def test_a_reload_adding_many_pairs_and_changing_one_is_linear() -> None:
         topology.apply()
         try:
             new = parse_config(_pair(0, 5) + "".join(map(_pair, range(1, n))), file="t.toml")
-            return _all_lines_run(lambda: topology.reconcile(new))
+            return _lines_run(lambda: topology.reconcile(new))
         finally:
             topology.teardown()
 
