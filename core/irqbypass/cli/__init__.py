@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ..errors import IrqBypassError
-from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes
+from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes, _say
 
 #: the longest ``--duration`` (7 days; config.MAX_DURATION, which a test holds equal)
 MAX_DURATION = 7 * 24 * 3600.0
@@ -100,7 +100,7 @@ def _json_error(
         "errors": list(errors) or [error],
     }
     try:
-        print(json.dumps(doc, indent=2))
+        _say(json.dumps(doc, indent=2), sys.stdout)
         sys.stdout.flush()
     except OSError:  # the reader went away: the stderr line is what is left
         pass

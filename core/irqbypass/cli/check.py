@@ -42,7 +42,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             "pairs": pairs,
             "warnings": warnings,
         }
-        print(json.dumps(doc, indent=2))
+        _say(json.dumps(doc, indent=2), sys.stdout)
     else:
         counts = ", ".join(
             [

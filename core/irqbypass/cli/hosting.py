@@ -64,7 +64,7 @@ def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
     for failure in host.failures:
         _warn(_describe_failure(failure) + "; the other plugins are loaded")
         if args.verbose and failure.traceback:
-            sys.stderr.write(failure.traceback)
+            _say(failure.traceback.rstrip("\n"), sys.stderr)
     for problem in [*host.warnings, *host.check_kinds(), *host.unmatched]:
         _warn(problem)
     if config is not None:  # each plugin's own [plugins.NAME] table
@@ -119,36 +119,36 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             "filtered": [f.as_dict() for f in host.filtered],
             "unmatched": host.unmatched,
         }
-        print(json.dumps(doc, indent=2))
+        _say(json.dumps(doc, indent=2), sys.stdout)
         return 0
-    print(f"irqbypass {version()} (Python {sys.version.split()[0]})")
+    _say(f"irqbypass {version()} (Python {sys.version.split()[0]})", sys.stdout)
     if not infos:
         why = "all of them were left out (below)" if host.filtered else "none is installed"
-        print(f"no plugins loaded: {why}")
+        _say(f"no plugins loaded: {why}", sys.stdout)
     for info in infos:
         version_ = f" {info.version}" if info.version else ""
-        print(f"{info.name} ({info.distribution or 'no distribution'}{version_})")
+        _say(f"{info.name} ({info.distribution or 'no distribution'}{version_})", sys.stdout)
         if info.module:
-            print(f"  module: {info.module}")
+            _say(f"  module: {info.module}", sys.stdout)
         for side, names in info.kinds.items():
-            print(f"  {side} kinds: {', '.join(names)}")
-        print(f"  hooks: {', '.join(info.hooks) or '-'}")
+            _say(f"  {side} kinds: {', '.join(names)}", sys.stdout)
+        _say(f"  hooks: {', '.join(info.hooks) or '-'}", sys.stdout)
         if info.error:
-            print(f"  error: {info.error}")
+            _say(f"  error: {info.error}", sys.stdout)
             if args.verbose and info.traceback:
-                print("  " + info.traceback.rstrip().replace("\n", "\n  "))
+                _say("  " + info.traceback.rstrip().replace("\n", "\n  "), sys.stdout)
     if kinds:
-        print("kinds here:")
+        _say("kinds here:", sys.stdout)
         table = [("SIDE", "KIND", "PLUGIN", "AVAILABLE")]
         for k in kinds:
             state = "yes" if k["unavailable"] is None else f"no: {k['unavailable']}"
             table.append((k["side"], k["name"], k["plugin"] or "-", state))
         _print_table(table, sys.stdout)
     if host.filtered:
-        print("not loaded:")
+        _say("not loaded:", sys.stdout)
         for f in host.filtered:
             dist = " ".join(filter(None, [f.distribution, f.version])) or "no distribution"
-            print(f"  {f.name} ({dist}): {f.reason}")
+            _say(f"  {f.name} ({dist}): {f.reason}", sys.stdout)
     return 0
 
 
