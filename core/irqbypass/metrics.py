@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
-from .options import show_error
+from .options import show_error, show_value
 from .paths import open_at, open_directory, split_path
 
 _log = logging.getLogger("irqbypass.metrics")
@@ -151,8 +151,13 @@ class Metrics:
         return bytes(self._client.generate_latest(self.registry))
 
     def write_to(self, path: str) -> None:
-        directory, name = split_path(path)
-        self._textfile = (open_directory(directory), name)
+        try:
+            directory, name = split_path(path)
+            self._textfile = (open_directory(directory), name)
+        except IrqBypassError as exc:
+            raise IrqBypassError(
+                f"--metrics-textfile {show_value(path)}: {exc.message}", errno=exc.errno
+            ) from exc
         self._write()
 
     def _write(self) -> None:

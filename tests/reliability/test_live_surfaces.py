@@ -894,3 +894,10 @@ def test_a_signal_while_the_surfaces_close_never_skips_the_teardown(
     }
     assert not opened, f"eventfds left open (the teardown was skipped): {opened}; {said}"
     assert code != 0, said
+
+
+@pytest.mark.parametrize("path", ["", "missing/dir/node.prom"], ids=["empty", "no-directory"])
+def test_a_textfile_path_that_cannot_be_used_names_its_option(tmp_path: Path, path: str) -> None:
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    code, err = _cli("run", "t.toml", "--metrics-textfile", path, cwd=tmp_path)
+    assert code == 1 and f"--metrics-textfile {path!r}: " in err and "Traceback" not in err, err
