@@ -445,3 +445,27 @@ def test_status_of_a_large_run_scales_as_its_tables_do(tmp_path: Path) -> None:
     assert status[1].startswith("summary: 25 pairs: fired "), status
     assert status[2:] == ["  (25 pairs without a problem not listed: --all lists them)"]
     assert len([ln for ln in every if ln.startswith("  t")]) == 25, every
+
+
+def test_sigusr1_lists_every_pair_of_a_run_started_with_all(tmp_path: Path) -> None:
+    text = many(25, lonely=False).replace("count=2, rate=0.0", "count=-1, rate=20.0")
+    path = topology(tmp_path, text)
+    shown = {}
+    for flag, done in (("--all", "  t24 "), ("-q", "not listed")):
+        sock, err = tmp_path / f"{flag}.sock", tmp_path / f"{flag}.err"
+        with err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [*EXE, "run", path, flag, "--control", str(sock)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=clean_env(),
+            )
+        try:
+            wait_for("the control socket (the handlers are in place)", sock.exists)
+            proc.send_signal(signal.SIGUSR1)
+            wait_for("SIGUSR1's status", lambda: done in err.read_text())  # noqa: B023
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=HANG_GUARD)
+        shown[flag] = [ln for ln in err.read_text().splitlines() if ln.startswith("  t")]
+    assert len(shown["--all"]) == 25 and shown["-q"] == [], shown

@@ -49,6 +49,8 @@ class _Live:
         self.started = time.monotonic()
         self.reloads = 0
         self.failed_reloads = 0
+        #: whether SIGUSR1's table lists every pair (the run's --all, -q; None: by its size)
+        self.every: bool | None = None
         #: why the last reload failed, until one succeeds (systemd's STATUS= says it)
         self.reload_error: str | None = None
         #: signals noted by the handlers, not yet acted on (at most one each)
@@ -149,7 +151,7 @@ class _Live:
         }
 
     def print_status(self, out: TextIO) -> None:
-        _print_status(self.status(), out)
+        _print_status(self.status(), out, self.every)
         out.flush()
 
     def _status_line(self) -> str:

@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
         raise
     file = getattr(args, "file", None)
     live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
+    live.every = False if args.quiet else True if args.all or args.verbose else None
     stopped_by: int | None = None
     if not (args.json or args.quiet):
         _header(host, out)
