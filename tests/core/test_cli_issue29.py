@@ -469,3 +469,20 @@ def test_sigusr1_lists_every_pair_of_a_run_started_with_all(tmp_path: Path) -> N
             proc.wait(timeout=HANG_GUARD)
         shown[flag] = [ln for ln in err.read_text().splitlines() if ln.startswith("  t")]
     assert len(shown["--all"]) == 25 and shown["-q"] == [], shown
+
+
+def test_the_progress_line_counts_no_merged_signal_as_lost_before_it_settles() -> None:
+    """The demo's progress line ended 'lost 3' over a summary of 'coalesced 3,
+    lost 0': an unsettled reading of a merging consumer is not a loss yet."""
+    from types import SimpleNamespace
+
+    from irqbypass.cli.summary import _progress_line
+
+    def row(token: str, lost: int, coalesces: bool, settled: bool = False) -> Any:
+        fields = dict(fired=10, delivered=10 - lost, lost=lost, coalesces=coalesces)
+        return SimpleNamespace(token=token, settled=settled, **fields)
+
+    merging, plain = row("kvm", 3, coalesces=True), row("log", 2, coalesces=False)
+    assert " lost 2," in _progress_line([merging, plain], 1.0, 2, 2)
+    settled = row("kvm", 3, coalesces=True, settled=True)
+    assert " lost 5," in _progress_line([settled, plain], 1.0, 2, 2)

@@ -19,10 +19,12 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
 
 
 def _progress_line(rows: list[PairStatus], elapsed: float, finished: int, producers: int) -> str:
-    """Totals over every pair (however many), then the first pairs' own figures."""
+    """Totals over every pair (however many), then the first pairs' own figures.
+    A merging consumer's shortfall is not counted as lost before the reading is
+    settled: it is coalesced or lost only once the counts stop (the summary)."""
     fired = sum(r.fired or 0 for r in rows)
     delivered = sum(r.delivered or 0 for r in rows)
-    lost = sum(r.lost or 0 for r in rows)
+    lost = sum(r.lost or 0 for r in rows if r.settled or not r.coalesces)
     parts = [f"{r.token} {_num(r.delivered)}/{_num(r.fired)}" for r in rows[:8]]
     return (
         f"[{elapsed:5.1f}s] fired {fired} delivered {delivered} lost {lost}, "
