@@ -32,7 +32,7 @@ from typing import Any
 from .errors import IrqBypassError
 from .hookspecs import hookimpl
 from .options import show_error, show_value
-from .paths import open_at, open_directory, split_path
+from .paths import UnsafePathError, open_at, open_directory, split_path
 
 _log = logging.getLogger("irqbypass.metrics")
 
@@ -154,8 +154,8 @@ class Metrics:
         try:
             directory, name = split_path(path)
             self._textfile = (open_directory(directory), name)
-        except IrqBypassError as exc:
-            raise IrqBypassError(
+        except UnsafePathError as exc:
+            raise UnsafePathError(
                 f"--metrics-textfile {show_value(path)}: {exc.message}", errno=exc.errno
             ) from exc
         self._write()
