@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import select
 import socket
 import stat
@@ -92,7 +93,6 @@ class ControlServer:
             raise
         try:
             self._bind()
-            self._sock.listen(BACKLOG)
             self._sock.setblocking(False)
             info = os.lstat(self._name, dir_fd=self._dir)
             self._inode = (info.st_dev, info.st_ino)
@@ -111,10 +111,27 @@ class ControlServer:
         return f"/proc/self/fd/{self._dir}/{self._name}"
 
     def _bind(self) -> None:
+        """Bind and listen under a temporary name, then link it to the path:
+        the path appears only once something listens there (a client, or
+        another run probing for a stale socket, never finds it refusing), and
+        the link never replaces what another process put there meanwhile."""
         self._replace_stale()
+        temporary = f".{secrets.token_hex(6)}.sock"
         old_umask = os.umask(0o177)  # created 0600: no moment where others could connect
         try:
-            self._sock.bind(self._via_fd)
+            self._sock.bind(f"/proc/self/fd/{self._dir}/{temporary}")
+            try:
+                self._sock.listen(BACKLOG)
+                os.link(temporary, self._name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=self._dir)
+        except FileExistsError as exc:
+            raise IrqBypassError(
+                f"--control {self.path}: the path appeared while the socket was made; "
+                "another run may be starting there: name another path",
+                errno=errno.EEXIST,
+            ) from exc
         except OSError as exc:
             raise IrqBypassError(
                 f"--control {self.path}: cannot create the socket: {exc.strerror or exc}",

@@ -901,3 +901,30 @@ def test_a_textfile_path_that_cannot_be_used_names_its_option(tmp_path: Path, pa
     (tmp_path / "t.toml").write_text(TOPOLOGY)
     code, err = _cli("run", "t.toml", "--metrics-textfile", path, cwd=tmp_path)
     assert code == 1 and f"--metrics-textfile {path!r}: " in err and "Traceback" not in err, err
+
+
+def test_the_control_path_appears_only_once_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between bind and listen a socket refuses connections: a client seeing
+    the path then failed with ECONNREFUSED, and a second run starting on the
+    same path took it for a killed run's and removed it. The path must appear
+    only once the socket listens, and no temporary name is left behind."""
+    from irqbypass import control
+
+    seen: list[bool] = []
+    real_listen = socket.socket.listen
+
+    def listen(self: socket.socket, *args: Any) -> None:
+        seen.append(os.path.lexists(tmp_path / "c.sock"))
+        real_listen(self, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    server = control.ControlServer(str(tmp_path / "c.sock"), lambda request: {"ok": True})
+    try:
+        assert seen == [False], "the path existed before the socket listened"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sock"]
+        assert stat.S_IMODE(os.lstat(tmp_path / "c.sock").st_mode) == 0o600
+    finally:
+        server.close()
+    assert not (tmp_path / "c.sock").exists()
