@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import sysconfig
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -188,23 +189,26 @@ def _file_order(entry: EndpointConfig) -> tuple[int, int]:
 
 def _open(unit: list[Placed]) -> None:
     """Open one endpoint, or a group through its class's ``open_group``."""
-    endpoints = [placed.endpoint for placed in unit]
-    open_group = type(endpoints[0]).open_group
+    first = unit[0].endpoint
+    open_group = type(first).open_group
     if open_group is None:
-        endpoints[0].open()
+        first.open()
     else:
-        open_group(endpoints)
+        open_group([placed.endpoint for placed in unit])
+
+
+#: the order endpoints were placed in (undone in reverse)
+_SERIAL = operator.attrgetter("serial")
 
 
 def _close(unit: list[Placed]) -> None:
     """Close endpoints (last opened first), through ``close_group`` if defined."""
-    endpoints = [placed.endpoint for placed in unit]
-    close_group = type(endpoints[0]).close_group
+    close_group = type(unit[0].endpoint).close_group
     if close_group is None:
-        for endpoint in endpoints:
-            endpoint.close()
+        for placed in unit:
+            placed.endpoint.close()
     else:
-        close_group(endpoints)
+        close_group([placed.endpoint for placed in unit])
 
 
 def _final_stats(placed: Placed) -> Mapping[str, object]:
@@ -767,13 +771,17 @@ class Topology:
         errors: list[str] = []
         interrupt: BaseException | None = None
         call: Callable[..., object]
-        placed = sorted(placed, key=lambda one: one.serial)
+        placed = sorted(placed, key=_SERIAL)
         left = len(placed)
+        unregister = {
+            "producer": self.manager.unregister_producer,
+            "consumer": self.manager.unregister_consumer,
+        }
         for unit in reversed(_units(placed)):
             for one in reversed(unit):
                 if one.registered:
                     endpoint = one.endpoint
-                    call = getattr(self.manager, f"unregister_{one.config.side}")
+                    call = unregister[one.config.side]
                     # an unregister that a Ctrl-C cut before the manager took it
                     # is tried again (twice at most): an undo, once begun, finishes
                     for _attempt in range(3):
