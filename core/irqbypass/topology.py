@@ -773,7 +773,7 @@ class Topology:
         call: Callable[..., object]
         placed = sorted(placed, key=_SERIAL)
         left = len(placed)
-        unregister = {
+        unregister: dict[str, Callable[..., object]] = {
             "producer": self.manager.unregister_producer,
             "consumer": self.manager.unregister_consumer,
         }
