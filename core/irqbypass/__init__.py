@@ -127,10 +127,22 @@ def __getattr__(name: str) -> Any:
     """Import a public name's module on first use and keep the name here."""
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _submodule(name)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+def _submodule(name: str) -> Any:
+    """``irqbypass.plugins`` after a bare ``import irqbypass``: the submodule,
+    imported now, as it was when this package imported every module eagerly."""
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise  # a module the submodule itself imports is missing: say that
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -94,3 +94,27 @@ def test_the_duration_limit_is_the_configurations() -> None:
     from irqbypass import config
 
     assert cli.MAX_DURATION == config.MAX_DURATION
+
+
+def test_a_submodule_is_an_attribute_after_a_bare_import() -> None:
+    """``import irqbypass; irqbypass.plugins.ENV_LOAD`` worked while the package
+    imported every module eagerly (tests/reliability/test_hostile_config.py
+    relied on it, and failed alone once the imports were lazy): a submodule
+    is imported when first reached as an attribute; an unknown name is still
+    an AttributeError."""
+    code = (
+        "import irqbypass, sys\n"
+        "assert 'irqbypass.plugins' not in sys.modules\n"
+        "print(irqbypass.plugins.ENV_LOAD)\n"
+        "try:\n"
+        "    irqbypass.no_such_module\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.splitlines() == [
+        irqbypass.plugins.ENV_LOAD,
+        "module 'irqbypass' has no attribute 'no_such_module'",
+    ]
