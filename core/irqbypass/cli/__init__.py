@@ -27,8 +27,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..errors import IrqBypassError
 from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes, _say
+
+#: the project's documentation (the core's Project-URL "Documentation"; a test holds them equal)
+DOCS_URL = "https://irqbypass.readthedocs.io/"
 
 #: the longest ``--duration`` (7 days; config.MAX_DURATION, which a test holds equal)
 MAX_DURATION = 7 * 24 * 3600.0
@@ -122,6 +126,12 @@ def _os_error(exc: OSError) -> str:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The arguments; every wrong value and unknown option of the command line
     is reported in one go (as a file's errors are), then exit status 2."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given.count("--version") >= 2:  # as pytest's: the plugins too, none imported
+        from .versions import print_versions
+
+        print_versions(sys.stdout)
+        raise SystemExit(0)
     problems: list[str] = []
     parser = _parser(problems)
     args, unknown = parser.parse_known_args(argv)
@@ -188,9 +198,13 @@ def _parser(problems: list[str] | None = None) -> _Parser:
         noted=problems,
         prog="irqbypass",
         description="The IRQ bypass manager for userspace VMMs.",
-        epilog="Global options may also follow the command. Docs: docs/cli.md.",
+        epilog=f"Global options may also follow the command. Docs: {DOCS_URL}",
     )
-    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="show the version and exit; twice: also Python and the installed plugins",
+    )
     _global_options(parser, "", shown=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -254,6 +268,21 @@ def _parser(problems: list[str] | None = None) -> _Parser:
     demo = command("demo", "run the bundled demo topology")
     _run_options(demo, checked)
     demo.set_defaults(func=_Command("run", "_cmd_demo"))
+
+    examples = command("examples", "list the bundled example topologies and systemd unit")
+    examples.add_argument(
+        "--write", metavar="DIR", help="write them into DIR (made if missing; never overwrites)"
+    )
+    examples.set_defaults(func=_Command("bundled", "_cmd_examples"))
+
+    new_plugin = command(
+        "new-plugin", "write a plugin to start from: irqbypass-NAME, module irqbypass_NAME"
+    )
+    new_plugin.add_argument("name", help="the plugin's name: lower-case words joined by '-'")
+    new_plugin.add_argument(
+        "--directory", default=".", metavar="DIR", help="where to write irqbypass-NAME/"
+    )
+    new_plugin.set_defaults(func=_Command("template", "_cmd_new_plugin"))
     return parser
 
 
@@ -270,35 +299,14 @@ class _Command:
 
 
 def version() -> str:
-    """The installed distribution's version, from the name of its
-    ``irqbypass-VERSION.dist-info`` directory (the packaging spec's
-    "Recording installed projects"), the first on ``sys.path`` as
-    importlib.metadata finds it; importlib.metadata itself (one of the
-    costliest imports: email, zipfile, csv) only where no such directory is."""
-    for entry in sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:  # a zip file, a directory gone
-            continue
-        for name in names:
-            if name.startswith(_DIST_INFO[0]) and name.endswith(_DIST_INFO[1]):
-                found = name[len(_DIST_INFO[0]) : -len(_DIST_INFO[1])]
-                if found and "-" not in found:  # not irqbypass-other-1.0 (unnormalized)
-                    return found
-    from importlib import metadata
-
-    try:
-        return metadata.version("irqbypass")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
-        return "unknown"
-
-
-_DIST_INFO = ("irqbypass-", ".dist-info")
+    """The core's version: :data:`irqbypass.__version__`, its one source (the
+    package is imported already: nothing more to read)."""
+    return __version__
 
 
 class _Version(argparse.Action):
-    """``--version``: the installed distribution's version, looked up (and
-    importlib.metadata imported) only when asked for."""
+    """``--version``: the core's version, nothing imported (``--version
+    --version``, the plugins too, is handled before parsing)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)

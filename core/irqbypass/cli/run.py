@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any, TextIO
 
 from ..config import Config, parse_config
@@ -19,6 +18,7 @@ from ..errors import IrqBypassError
 from ..notify import notify
 from ..signals import guard_signals
 from ..topology import Topology
+from . import bundled
 from .check import _pairing_problems
 from .files import STDIN, _load
 from .hosting import _header, _host
@@ -54,9 +54,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    text = resources.files("irqbypass").joinpath("demo.toml").read_bytes()
+    config = parse_config(bundled.demo_text(), file=bundled.DEMO)
+    bundled.check_demo(config)  # the core alone: one line naming what to install
     args.control = args.metrics_port = args.metrics_textfile = None
-    return _run(args, parse_config(text, file="examples/demo.toml"), DEFAULT_DURATION)
+    return _run(args, config, DEFAULT_DURATION)
 
 
 def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:

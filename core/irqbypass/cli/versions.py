@@ -1,0 +1,41 @@
+"""``irqbypass --version --version``: the core, Python and every installed
+plugin with its version and the core releases it accepts, as pytest's
+``--version --version`` lists its plugins. Read from the installed metadata
+(importlib.metadata) only: no plugin is imported, so a broken one shows too."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TextIO
+
+from .. import __version__
+from ..plugins import GROUP
+from ..requires import core_requirement
+
+
+def print_versions(out: TextIO) -> None:
+    where = Path(__file__).resolve().parents[1]
+    out.write(f"irqbypass {__version__} at {where}\n")
+    out.write(f"Python {sys.version.split()[0]} at {sys.executable}\n")
+    seen: set[tuple[str, str]] = set()
+    lines = []
+    for ep in metadata.entry_points(group=GROUP):
+        dist = ep.dist
+        name = dist.metadata["Name"] if dist is not None else "no distribution"
+        if (name, ep.name) in seen:
+            continue  # one distribution seen twice (an editable install beside another)
+        seen.add((name, ep.name))
+        version = f" {dist.version}" if dist is not None else ""
+        requirement = core_requirement(dist.requires if dist is not None else None, GROUP)
+        if requirement is None:
+            needs = "states no irqbypass release"
+        else:
+            problem = requirement.problem(__version__)
+            needs = f"needs {requirement.text}" + (
+                f": not this core, so it is refused ({problem})" if problem else ""
+            )
+        lines.append(f"  {ep.name} ({name}{version}): {ep.value}; {needs}\n")
+    out.write(f"installed plugins (entry-point group {GROUP!r}, none imported):\n")
+    out.writelines(sorted(lines) or ["  none\n"])
