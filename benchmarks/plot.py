@@ -12,7 +12,9 @@ benchmark with ``--json`` first.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -99,7 +101,17 @@ def _draw(ax: Any, fig: dict[str, Any]) -> None:
         for i, s in enumerate(series):
             xs = [categories.index(x) + (i - (len(series) - 1) / 2) * width for x in s["x"]]
             ax.bar(xs, s["y"], width, label=s["label"], yerr=_errors(s))
-        ax.set_xticks(range(len(categories)), categories)
+        # a category's name wrapped at spaces to its share of the width (about 80
+        # characters of 8 pt fit under the axes), so that neighbours never touch;
+        # a word longer than that share: the names are slanted instead
+        room = max(6, 80 // max(1, len(categories)))
+        words = [w for c in categories for w in c.split()]
+        if max(map(len, words), default=0) <= room:
+            names = [textwrap.fill(c, room) for c in categories]
+            ax.set_xticks(range(len(categories)), names, fontsize=8)
+        else:
+            ax.set_xticks(range(len(categories)), categories, fontsize=8, rotation=30,
+                          ha="right", rotation_mode="anchor")  # fmt: skip
         heights = [y for s in series for y in s["y"] if y > 0]
         if heights and max(heights) > BAR_SPAN * min(heights) and not fig.get("log_y"):
             ax.set_yscale("log")
@@ -159,6 +171,7 @@ def overlaps(fig: Any) -> list[str]:
                 tall = 0.0 if extent is None else extent.height
                 problems.append(f"bar {_bar_label(ax, patch)!r} is {tall:.1f} px tall")
         problems += _alike(ax)
+        problems += _crowded_ticks(ax, renderer)
     for i, (name, box) in enumerate(labels):
         problems += [f"{name} lies over {other}" for other, box2 in labels[i + 1 :]
                      if box.overlaps(box2)]  # fmt: skip
@@ -202,6 +215,26 @@ def _marks(ax: Any, renderer: Any) -> list[tuple[str, Any]]:
                 ("an error bar", lambda box, shape=shape: shape.intersects_bbox(box, filled=False))
             )
     return marks
+
+
+def _crowded_ticks(ax: Any, renderer: Any) -> list[str]:
+    """Neighbouring x tick labels that touch. Level ones touch when their boxes
+    do; slanted ones (parallel strips) when the distance between their lines,
+    ``spacing * sin(angle)``, is less than a label's height."""
+    ticks = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    found = []
+    for one, other in itertools.pairwise(ticks):
+        a, b = one.get_window_extent(renderer), other.get_window_extent(renderer)
+        angle = math.radians(one.get_rotation())
+        if angle == 0:
+            touch = a.x1 > b.x0
+        else:
+            lines = one.get_text().count("\n") + 1
+            height = one.get_fontsize() * ax.figure.dpi / 72 * 1.2 * lines
+            touch = (b.x1 - a.x1) * math.sin(angle) < height
+        if touch:
+            found.append(f"tick label {one.get_text()!r} touches {other.get_text()!r}")
+    return found
 
 
 def _bar_label(ax: Any, patch: Any) -> str:

@@ -124,6 +124,7 @@ def test_the_overlap_check_sees_what_a_reader_cannot() -> None:
         ax.plot([0, 1], [0, 1], marker="o", label="rising")
         ax.plot([0, 1], [0, 1], marker="o", label="same")
         bars.bar([2, 3], [1000.0, 0.01], label="bars")
+        bars.set_xticks([2, 3], ["a rather long category name", "and its long neighbour"])
         ax.legend(loc="center")
         ax.text(0.5, 0.5, "a note", transform=ax.transAxes)
         problems = plot.overlaps(fig)
@@ -134,3 +135,6 @@ def test_the_overlap_check_sees_what_a_reader_cannot() -> None:
     assert "bar 'bars' is 0.0 px tall" in problems
     assert "text 'a note' lies over line 'rising'" in problems
     assert "legend lies over text 'a note'" in problems
+    assert "tick label 'a rather long category name' touches 'and its long neighbour'" in (
+        problems
+    )
