@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from .collector import without_collection
 from .config import Config, EndpointConfig, typed_differences
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
@@ -632,7 +633,14 @@ class Topology:
         before a signal can land (the bookkeeping is signal-safe; the plugin's
         own ``open`` and the registration stay interruptible), and the undo,
         once begun, finishes (see :meth:`teardown`). ``progress(done, total)``
-        is called after each endpoint (or group) is applied, in endpoints."""
+        is called after each endpoint (or group) is applied, in endpoints.
+
+        The cyclic garbage collector is paused meanwhile, and put back as the
+        caller had it on every path: the objects made are all long-lived (a
+        full collection would walk them all and free nothing)."""
+        without_collection(self._apply, progress)
+
+    def _apply(self, progress: Callable[[int, int], object] | None) -> None:
         if self._checking:
             raise TopologyError(
                 f"{self.config.file} was built with check_only; build a new Topology to apply"
@@ -739,8 +747,9 @@ class Topology:
         interrupt is raised, with any failure noted on it; otherwise a
         TopologyError says what failed. ``progress(left)`` is called after each
         endpoint (or group) with how many endpoints are left; an exception it
-        raises is ignored (teardown finishes)."""
-        errors, interrupt = self._finish(progress)
+        raises is ignored (teardown finishes). The cyclic garbage collector is
+        paused meanwhile, as in :meth:`apply`."""
+        errors, interrupt = without_collection(self._finish, progress)
         interrupt = _deliver(interrupt)
         if interrupt is not None:
             raise with_notes(interrupt, errors and [self._teardown_message(errors)])
