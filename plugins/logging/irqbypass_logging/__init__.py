@@ -32,6 +32,12 @@ import irqbypass
 
 __all__ = ["LoggingConsumer", "irqbypass_register_kinds"]
 
+#: the parent of every consumer's logger (``irqbypass.logging.<name>``)
+_PARENT = "irqbypass.logging"
+_PARENT_LOGGER = logging.getLogger(_PARENT)
+#: logging's table of loggers by name (a name absent from it has no Logger yet)
+_LOGGERS = logging.Logger.manager.loggerDict
+
 #: how many of the latest event names ``LoggingConsumer.events`` keeps
 EVENTS_KEPT = 1000
 
@@ -84,7 +90,9 @@ class LoggingConsumer(irqbypass.Consumer):
             )
         self.level = numeric
         self.json_file = json_file
-        self.log = logging.getLogger(f"irqbypass.logging.{_printable(self.name)}")
+        self._log_name = f"{_PARENT}.{_printable(self.name)}"
+        self._log: logging.Logger | None = None
+        self._log_parent_is_ours = "." not in _printable(self.name)
         self._lock = threading.Lock()
         self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
@@ -114,13 +122,38 @@ class LoggingConsumer(irqbypass.Consumer):
         return consumer
 
     @property
+    def log(self) -> logging.Logger:
+        """The consumer's logger, ``irqbypass.logging.<name>``, made on first use:
+        a Logger stays in :mod:`logging`'s table for the process's life, and
+        ten thousand consumers that log nothing need none (8-10 us each)."""
+        if self._log is None:
+            self._log = logging.getLogger(self._log_name)
+        return self._log
+
+    def _logs(self) -> bool:
+        """Whether a record at ``self.level`` passes the consumer's logger, as
+        ``self.log.isEnabledFor`` says, without making that logger: while it
+        does not exist it has no level, and (its name without a dot of its own)
+        its effective level is its parent's."""
+        if (
+            self._log is None
+            and self._log_parent_is_ours
+            and not isinstance(_LOGGERS.get(self._log_name), logging.Logger)
+        ):
+            return (
+                logging.root.manager.disable < self.level
+                and self.level >= _PARENT_LOGGER.getEffectiveLevel()
+            )
+        return self.log.isEnabledFor(self.level)
+
+    @property
     def events(self) -> list[str]:
         """The latest event names, oldest first (at most :data:`EVENTS_KEPT`)."""
         return list(self._events)
 
     def _event(self, event: str, **fields: Any) -> None:
         self._events.append(event)
-        if self.log.isEnabledFor(self.level):  # the line is built only to be logged
+        if self._logs():  # the line is built only to be logged
             detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
             self.log.log(self.level, "%s %s%s", _printable(self.name), event, detail)
         if self._json is None and self._json_error is None:

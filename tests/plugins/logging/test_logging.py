@@ -114,3 +114,39 @@ def test_another_users_world_writable_file_is_refused(tmp_path: Path) -> None:
             consumer.open()
         consumer.close()
     assert path.read_text() == ""
+
+
+def _has_logger(name: str) -> bool:
+    return isinstance(logging.Logger.manager.loggerDict.get(name), logging.Logger)
+
+
+@pytest.mark.parametrize("own_level", [None, "DEBUG"], ids=["parent-only", "own-logger"])
+def test_a_logger_is_made_only_when_a_record_passes_it(
+    caplog: pytest.LogCaptureFixture, own_level: str | None
+) -> None:
+    """Issue 31: a Logger per consumer (it stays for the process's life) cost
+    8-10 us of each pair's apply, with nothing logged. One configured by name
+    before the consumer exists still decides, as the consumer's own."""
+    name = f"lazy-{own_level}"
+    parent = logging.getLogger("irqbypass.logging")
+    was = parent.level
+    parent.setLevel(logging.WARNING)
+    if own_level is not None:
+        logging.getLogger(f"irqbypass.logging.{name}").setLevel(own_level)
+    try:
+        with irqbypass.Eventfd() as efd, caplog.at_level(logging.DEBUG, logger="irqbypass.x"):
+            with LoggingConsumer(token=efd, name=name, level="INFO") as consumer:
+                consumer._event("interrupt", count=1)
+            logged = [r.getMessage() for r in caplog.records if r.name.endswith(name)]
+        if own_level is None:
+            assert logged == [] and not _has_logger(f"irqbypass.logging.{name}")
+            parent.setLevel(logging.INFO)  # now a record passes: the logger is made for it
+            consumer._event("interrupt", count=2)
+            assert _has_logger(f"irqbypass.logging.{name}")
+            assert [r.getMessage() for r in caplog.records if r.name.endswith(name)] == [
+                f"{name} interrupt count=2"
+            ]
+        else:
+            assert f"{name} interrupt count=1" in logged
+    finally:
+        parent.setLevel(was)
