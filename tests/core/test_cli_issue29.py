@@ -486,3 +486,47 @@ def test_the_progress_line_counts_no_merged_signal_as_lost_before_it_settles() -
     assert " lost 2," in _progress_line([merging, plain], 1.0, 2, 2)
     settled = row("kvm", 3, coalesces=True, settled=True)
     assert " lost 5," in _progress_line([settled, plain], 1.0, 2, 2)
+
+
+def test_a_plugin_table_s_error_comes_with_the_file_s_other_errors(tmp_path: Path) -> None:
+    text = (
+        '[plugins.audit_plugin]\ndney = ["c0"]\n\n'
+        '[[producers]]\nname = "p0"\nkind = "mock"\ntoken = "t"\noptions = { coutn = 3 }\n\n'
+        '[[consumers]]\nname = "c0"\nkind = "logging"\ntoken = "t"\noptions = { levle = "INFO" }\n'
+    )
+    path = topology(tmp_path, text)
+    for command in ("check", "run"):
+        result = run("-p", "audit_plugin", command, path)
+        assert result.returncode == 1, result.stderr
+        errors = [
+            ln.removeprefix(f"irqbypass: error: {tmp_path}/") for ln in result.stderr.splitlines()
+        ]
+        assert errors == [
+            "t.toml:2: plugins.audit_plugin.dney: unknown option 'dney'; did you mean 'deny'?",
+            "t.toml:8: producers[0].options.coutn: unknown option 'coutn'; did you mean 'count'?",
+            "t.toml:14: consumers[0].options.levle: unknown option 'levle'; did you mean 'level'?",
+        ], result.stderr
+        assert "applied" not in result.stdout
+
+
+def test_a_signal_landing_in_a_finalizer_waits_instead_of_being_lost(
+    guarded_sigint: None,
+) -> None:
+    """A finalizer (a Manager's gives its guard lease back in one) runs where
+    the garbage collector happens to run, and what it raises is dropped: a
+    Ctrl-C landing in one was lost, and a run it interrupted exited 0."""
+    import gc
+    import os
+    import weakref
+
+    import irqbypass
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    weakref.finalize(owner, os.kill, os.getpid(), signal.SIGINT)
+    del owner
+    gc.collect()  # the finalizer has run: the signal landed in it
+    with pytest.raises(KeyboardInterrupt):
+        irqbypass.deliver_deferred_signals()

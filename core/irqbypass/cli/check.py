@@ -7,21 +7,23 @@ import argparse
 import difflib
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import Config
-from ..errors import IrqBypassError
+from ..errors import ConfigError, IrqBypassError
 from ..plugins import PluginHost
 from ..status import PairStatus
 from ..topology import Topology
 from .files import _load
-from .hosting import _host
+from .hosting import _host, _table_errors
 from .output import _count, _error, _lists_every, _print_rows, _say, _warn
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
-    host = _host(args, config)
+    host = _host(args, config, collect=True)
+    if getattr(args, "table_errors", None):
+        _every_error(config, host, _table_errors(args))
     topology = Topology(config, host)
     topology.build(check_only=True)
     try:
@@ -68,6 +70,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _error(f"{config.file}: {_count(len(warnings), 'warning')} (--strict)")
         return 1
     return 0
+
+
+def _every_error(config: Config, host: PluginHost, found: list[IrqBypassError]) -> NoReturn:
+    """Raise ``found`` (a plugin table's errors) with every error of the
+    endpoints' own options, found by a build that opens nothing, in file order:
+    a file is reported whole in one go, whatever else is wrong in it."""
+    topology = Topology(config, host)
+    try:
+        topology.build(check_only=True)
+    except IrqBypassError as exc:
+        found = [*found, *getattr(exc, "errors", (exc,))]
+    else:
+        topology.teardown()
+    found.sort(key=lambda e: (getattr(e, "line", None) is None, getattr(e, "line", None) or 0))
+    raise ConfigError.combine(found)
 
 
 def _end(pair: dict[str, Any], side: str) -> str:

@@ -49,7 +49,13 @@ class _Trace:
         return (yield)
 
 
-def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
+def _host(
+    args: argparse.Namespace, config: Config | None = None, collect: bool = False
+) -> PluginHost:
+    """The plugins, loaded and given their ``[plugins.NAME]`` tables. With
+    ``collect``, a table's error (with its line) is left in
+    ``args.table_errors`` for the caller to report with the file's other
+    errors (see :func:`_table_errors`); otherwise it is raised."""
     settings = config.plugins if config is not None else None
     strict = args.strict or (settings.strict if settings else False)
     # the user's environment wins over the file's [plugins] load (docs/configuration.md):
@@ -74,10 +80,19 @@ def _host(args: argparse.Namespace, config: Config | None = None) -> PluginHost:
         except ConfigError as exc:
             if exc.line is not None or not exc.key or exc.file != config.file:
                 raise
-            raise config.error(exc.key, exc.problem) from exc  # with the line of its key
+            error = config.error(exc.key, exc.problem)  # with the line of its key
+            if not collect:
+                raise error from exc
+            args.table_errors = [error]
     if args.verbose >= 2:
         host.register(_Trace(), name="irqbypass.trace")
     return host
+
+
+def _table_errors(args: argparse.Namespace) -> list[IrqBypassError]:
+    """What :func:`_host` collected of the plugin tables' errors (none: [])."""
+    found: list[IrqBypassError] = getattr(args, "table_errors", None) or []
+    return found
 
 
 def _describe_failure(info: PluginInfo) -> str:

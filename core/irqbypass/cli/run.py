@@ -16,12 +16,12 @@ from typing import Any, TextIO
 from ..config import Config, parse_config
 from ..errors import IrqBypassError
 from ..notify import notify
-from ..signals import guard_signals
+from ..signals import deliver_deferred_signals, guard_signals
 from ..topology import Topology
 from . import bundled
-from .check import _pairing_problems
+from .check import _every_error, _pairing_problems
 from .files import STDIN, _load
-from .hosting import _header, _host
+from .hosting import _header, _host, _table_errors
 from .live import _Live, _metrics
 from .output import (
     _count,
@@ -61,7 +61,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
-    host = _host(args, config)
+    host = _host(args, config, collect=True)
+    if getattr(args, "table_errors", None):  # nothing is opened: every error, as check says
+        _every_error(config, host, _table_errors(args))
     warnings = _pairing_problems(config, host)  # what `check` warns of, before opening anything
     for warning in warnings:
         _warn(warning)
@@ -292,6 +294,7 @@ def _wait(
     reloads = 0
     try:
         while True:
+            deliver_deferred_signals()  # one that waited (in a finalizer, say) acts now
             now = time.monotonic()
             if service is not None and service.reloads != reloads:  # other producers now
                 reloads = service.reloads
