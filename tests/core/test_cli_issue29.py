@@ -192,7 +192,8 @@ def test_an_interrupted_run_s_json_is_not_ok(tmp_path: Path) -> None:
         text=True,
         env=clean_env(),
     )
-    wait_for("the control socket (the handlers are in place)", sock.exists)
+    # the run answers once it waits (the socket file appears before it listens)
+    wait_for("a status", lambda: run("status", str(sock)).returncode == 0)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 143, err
