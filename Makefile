@@ -9,7 +9,7 @@ PLUGINS := $(sort $(wildcard plugins/*))
 # every benchmark script takes --json FILE (docs/benchmarks.md, "Adding a benchmark")
 BENCHMARKS := $(filter-out benchmarks/report.py benchmarks/plot.py,$(sort $(wildcard benchmarks/*.py)))
 
-.PHONY: demo test lint typecheck pytest fuzz docs bench plots setup provision clean
+.PHONY: demo test lint typecheck pytest fuzz docs bench plots setup provision pythons clean
 
 setup: $(STAMP)
 
@@ -41,8 +41,17 @@ typecheck: $(STAMP)
 provision:
 	@bash scripts/provision
 
+# Debian's newest CPython (3.14, from Debian unstable) beside the host's 3.11, for
+# tests/packaging (the wheels installed and run under it) and `make test-python`;
+# where it cannot be had, it says so and the tests that need it skip
+NEWEST_PYTHON ?= 3.14
+pythons: provision
+	@mkdir -p .cache && scripts/debian-python $(NEWEST_PYTHON) >/dev/null 2>.cache/debian-python.log \
+	  && echo "pythons: $(NEWEST_PYTHON) in .cache/python/$(NEWEST_PYTHON)" \
+	  || { echo "pythons: no Python $(NEWEST_PYTHON) (.cache/debian-python.log); its tests skip"; }
+
 # Hypothesis derandomized, no example database: the same commit, the same result
-pytest: $(STAMP) provision
+pytest: $(STAMP) provision pythons
 	$(BIN)/pytest --hypothesis-profile=ci
 
 # randomized exploration (never part of make test): the property-based tests with a
@@ -58,6 +67,18 @@ fuzz: $(STAMP)
 	  || { echo "fuzz: failed with seed $$seed (make fuzz SEED=$$seed)"; exit 1; }
 
 # the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
+# the host's suite (no guest, no slow soak) under Debian's newest CPython, in
+# .venv-$(NEWEST_PYTHON) (never part of make test: docs/testing.md says what it costs)
+.PHONY: test-python
+test-python: $(STAMP) pythons
+	rm -rf .venv-$(NEWEST_PYTHON)
+	.cache/python/$(NEWEST_PYTHON)/usr/bin/python$(NEWEST_PYTHON) -m venv --without-pip .venv-$(NEWEST_PYTHON)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip \
+	  --python .venv-$(NEWEST_PYTHON)/bin/python install --quiet --quiet --group test \
+	  -e . $(foreach p,$(PLUGINS),-e $(p))
+	IRQBYPASS_GUEST=off .venv-$(NEWEST_PYTHON)/bin/python -m pytest --hypothesis-profile=ci \
+	  -p no:cacheprovider -q tests/core tests/plugins docs/examples -m "not slow and not guest"
+
 .PHONY: guest-test
 guest-test: $(STAMP) provision
 	$(BIN)/pytest -m guest
@@ -84,4 +105,4 @@ plots: $(STAMP)
 	$(BIN)/python benchmarks/plot.py
 
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-* docs/_build .pytest_cache .mypy_cache .ruff_cache

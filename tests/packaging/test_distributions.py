@@ -351,3 +351,40 @@ def test_the_changelog_page_is_in_the_built_docs_with_this_releases_entries() ->
             continue
         first_words = " ".join(re.sub(r"[`*]", "", fragment.read_text()).split()[:4])
         assert first_words in re.sub(r"<[^>]+>", "", page), fragment.name
+
+
+# -- the newest CPython Debian ships (make pythons) ---------------------------------
+
+NEWEST = ROOT / ".cache" / "python" / "3.14" / "usr" / "bin" / "python3.14"
+
+
+def test_the_wheels_and_a_template_plugin_work_under_the_newest_python(
+    dist: Path, wheelhouse: Path, everything: Path, tmp_path: Path
+) -> None:
+    """The host has 3.11: Debian's 3.14 (scripts/debian-python) runs the
+    installed CLI, the demo and a third party's plugin tests from the same wheels."""
+    if not NEWEST.exists():
+        pytest.skip(f"{NEWEST} is missing: make pythons (scripts/debian-python) fetches it")
+    where = tmp_path / "venv"
+    _run([NEWEST, "-m", "venv", "--without-pip", where])
+    source = _plugin("ticker3", tmp_path, everything)
+    wanted = ["irqbypass", *PLUGINS, "pytest", *(source / "dist").glob("*.whl")]
+    _run(
+        [
+            *PIP,
+            "--python",
+            where / "bin" / "python",
+            "install",
+            *_offline(dist, wheelhouse),
+            *wanted,
+        ]
+    )
+    listed = _cli(where, "--version", "--version").stdout
+    assert "Python 3.14." in listed and f"(irqbypass-mock {VERSION})" in listed, listed
+    assert "demo.toml: applied" in _cli(where, "demo", "--duration", "1").stdout
+    tests = _run(
+        [where / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=source,
+        env=_clean_env(where),
+    )
+    assert re.search(r"\b4 passed\b", tests.stdout), tests.stdout
