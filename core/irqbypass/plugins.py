@@ -427,16 +427,21 @@ class PluginHost:
 
     def _load_one(self, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
         version = ep.dist.version if ep.dist is not None else None
-        mismatch = _core_mismatch(ep.dist, dist)
-        if mismatch is not None:  # refused before its code is imported
-            _log.info("plugin %s (%s %s) not loaded: %s", ep.name, dist, version, mismatch)
+
+        def failed(message: str, why: str, error: BaseException | None = None) -> PluginInfo:
+            _log.info("plugin %s (%s %s) %s: %s", ep.name, dist, version, why, message)
             return PluginInfo(
                 name=ep.name,
                 distribution=dist,
                 version=version,
                 module=getattr(ep, "value", None),
-                error=mismatch,
+                error=message,
+                traceback=_traceback(error) if error is not None else None,
             )
+
+        mismatch = _core_mismatch(ep.dist, dist)
+        if mismatch is not None:  # refused before its code is imported
+            return failed(mismatch, "not loaded")
         try:
             plugin = ep.load()
             self.register(plugin, name=ep.name)
@@ -446,15 +451,7 @@ class PluginHost:
             message = show_exception(error)
             if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
                 message = str(exc).split(": ", 1)[-1]
-            _log.info("plugin %s (%s %s) failed to load: %s", ep.name, dist, version, message)
-            return PluginInfo(
-                name=ep.name,
-                distribution=dist,
-                version=version,
-                module=getattr(ep, "value", None),
-                error=message,
-                traceback=_traceback(error),
-            )
+            return failed(message, "failed to load", error)
         self._sources[ep.name] = _Source(dist, version)
         _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
         return None
