@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot the test guest for device families and run their real-device tests inside.
 
-    scripts/guest [--kernel 6.1|6.12] vfio|vdpa|vfio,vdpa|all [--check] [NODEID ...]
+    scripts/guest [--kernel 6.1|6.12] kvm|vfio|vdpa|kvm,vfio|all [--check] [NODEID ...]
     scripts/guest [--kernel 6.1|6.12] vfio --exec 'COMMAND'   (a command instead of pytest)
 
 One boot serves every family named: its QEMU devices and kernel arguments are
@@ -9,7 +9,8 @@ the union of theirs, and the guest sets up each family's devices before one
 pytest runs all the tests (a TCG boot costs about a minute: one, not one a
 family). A family runs on every guest kernel of :data:`KERNELS` that has it:
 vfio on Debian's 6.1 and 6.12 (whose vfio-pci differ: dynamic MSI-X since 6.5),
-vdpa on 6.1 only (its modules are built from linux-source-6.1).
+kvm on both (kvm_amd on the SVM that TCG emulates for ``-cpu max``), vdpa on
+6.1 only (its modules are built from linux-source-6.1).
 
 The guest is Debian's kernel (linux-image-amd64, linux-image-6.12-amd64) under
 qemu-system-x86 with TCG, booted by virtme-ng (.venv/bin/vng) on this machine's root
@@ -18,7 +19,9 @@ pytest on the real-device tests (all of the family's, or the NODEIDs given) agai
 a real vfio-pci device (QEMU's edu behind an emulated intel-iommu) or real
 vhost-vdpa devices (vdpa_sim_blk, vdpa_sim_net; the modules are built once from
 linux-source-6.1 into .cache/guest/, as Debian's kernel has no CONFIG_VDPA) and the
-kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest.
+kernel's vhost-net (Debian's vhost_net.ko, with a tap), in the vdpa guest; and
+a working /dev/kvm for the kvm family (kvm_amd, nested paging on TCG's SVM), in
+which the kvm plugin's own tiny guest runs, nested.
 
 Everything the guest prints goes to .cache/guest/<boot>/boot.log, where <boot>
 is the families joined by "+" and the kernel series, as "vdpa+vfio-6.1";
@@ -55,6 +58,9 @@ FAMILIES: dict[str, list[str]] = {
     "vfio": ["tests/plugins/vfio"],
     # the vdpa family also loads vhost_net: the vhost tests ride on its set-up
     "vdpa": ["tests/plugins/vdpa", "tests/plugins/vhost"],
+    # KVM inside the guest (kvm_amd on TCG's emulated SVM): the kvm plugin's tests
+    # that need a kernel KVM, and the vhost-user chain into the kvm plugin's guest
+    "kvm": ["tests/plugins/kvm", "tests/plugins/vhost_user/test_kvm.py"],
 }
 
 #: QEMU options each family's devices need (a boot of several families gets them all)
@@ -66,11 +72,17 @@ QEMU_OPTS = {
     # 5 MSI-X vectors (QEMU warns "nic has no peer": it needs none)
     "-device e1000e",
     "vdpa": "",
+    # TCG's "max" CPU has AMD's SVM with nested paging: kvm_amd gives a /dev/kvm
+    # (vng asks for it under --disable-kvm already; said here, as the kvm family needs it)
+    "kvm": "-cpu max -accel tcg,thread=single",
 }
-APPEND = {"vfio": "intel_iommu=on modprobe.blacklist=e1000e", "vdpa": ""}
+APPEND = {"vfio": "intel_iommu=on modprobe.blacklist=e1000e", "vdpa": "", "kvm": ""}
 
 #: the guest kernels (Debian's series) and the families each boots, the default first
-KERNELS: dict[str, tuple[str, ...]] = {"6.1": ("vdpa", "vfio"), "6.12": ("vfio",)}
+KERNELS: dict[str, tuple[str, ...]] = {
+    "6.1": ("kvm", "vdpa", "vfio"),
+    "6.12": ("kvm", "vfio"),
+}
 #: the Debian package of each series' kernel image
 KERNEL_PACKAGES = {"6.1": "linux-image-amd64", "6.12": "linux-image-6.12-amd64"}
 DEFAULT_KERNEL = "6.1"
@@ -295,6 +307,7 @@ def _run(families: list[str], nodeids: list[str], series: str, command: str = ""
         "--run", f"/boot/vmlinuz-{version}",
         "--disable-kvm",  # this host's /dev/kvm (kvm_pvm) hangs a Linux guest: TCG
         "--disable-microvm",
+        "--verbose",  # the kernel's console too, into boot.log (a guest kernel's oops shows there)
         "--memory", "2G",
         "--cpus", "2",
         "--rwdir", str(out),

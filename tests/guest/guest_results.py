@@ -25,6 +25,7 @@ tests/conftest.py imports the hooks from here.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,14 +72,54 @@ class GuestRun:
 _runs: dict[str, GuestRun] = {}
 
 
-def family_of(item: pytest.Item) -> str | None:
+def _host_kvm_reason() -> str | None:
+    import irqbypass_kvm
+
+    return irqbypass_kvm.unavailable_reason()
+
+
+#: families whose tests also run on the host itself, besides the guests, where
+#: the host has the part; the probe says why not (None: it works). The kvm
+#: plugin's tests run on a host whose /dev/kvm works as well as in the guests.
+ON_THE_HOST_TOO: dict[str, Callable[[], str | None]] = {"kvm": _host_kvm_reason}
+#: the guest_kernel parameter (and id) of such a test's item on the host itself
+HOST = "host"
+
+
+def families_of_mark(marker: pytest.Mark) -> tuple[str, ...]:
+    """``guest("vfio")`` -> ("vfio",); a chain across families names them all,
+    ``guest("vfio", "kvm")``, and runs where every one of them is set up."""
+    return tuple(sorted({str(arg) for arg in marker.args}))
+
+
+def _runs_here(families: tuple[str, ...]) -> bool:
+    """In the guest, or on a host that names its own device of every family:
+    the test is collected once and runs where it is."""
+    if os.environ.get("IRQBYPASS_IN_GUEST"):
+        return True
+    return all(f in HOST_DEVICE_ENV and os.environ.get(HOST_DEVICE_ENV[f]) for f in families)
+
+
+@functools.cache
+def host_too(families: tuple[str, ...]) -> bool:
+    """Whether a test of ``families`` also runs on this host itself."""
+    probes = [ON_THE_HOST_TOO.get(family) for family in families]
+    return all(probe is not None for probe in probes) and all(
+        probe() is None for probe in probes if probe is not None
+    )
+
+
+def guest_families(item: pytest.Item) -> tuple[str, ...] | None:
+    """The families of the guest that runs ``item`` for this session, or None
+    when it runs here (no guest marker, inside the guest, a device named on
+    the host, or the host's own item of an ON_THE_HOST_TOO family)."""
     marker = item.get_closest_marker("guest")
     if marker is None:
         return None
-    family = str(marker.args[0])
-    if os.environ.get("IRQBYPASS_IN_GUEST") or os.environ.get(HOST_DEVICE_ENV[family]):
+    families = families_of_mark(marker)
+    if _runs_here(families) or kernel_of(item) == HOST:
         return None
-    return family
+    return families
 
 
 def kernel_id(series: str) -> str:
@@ -104,40 +146,47 @@ def kernel_of(item: pytest.Item) -> str:
 
 
 def kernels_of(marker: pytest.Mark) -> list[str]:
-    """The guest kernels a test marked ``guest(family)`` runs on: every kernel
-    that runs the family, or those of them its ``kernels=`` names."""
-    family = str(marker.args[0])
-    kernels = [k for k, families in boot_script.KERNELS.items() if family in families]
+    """The guest kernels a test marked ``guest(family, ...)`` runs on: every
+    kernel that runs all its families, or those of them its ``kernels=`` names."""
+    families = families_of_mark(marker)
+    kernels = [k for k, has in boot_script.KERNELS.items() if set(families) <= set(has)]
     wanted = marker.kwargs.get("kernels")
     if wanted is None:
         return kernels
     unknown = [k for k in wanted if k not in kernels]
     if unknown:
+        what = "+".join(families)
         raise ValueError(
-            f"guest({family!r}, kernels={tuple(wanted)!r}): {', '.join(unknown)} does not "
-            f"run {family} (its kernels: {', '.join(kernels)})"
+            f"guest({', '.join(map(repr, families))}, kernels={tuple(wanted)!r}): "
+            f"{', '.join(unknown)} does not run {what} (its kernels: {', '.join(kernels)})"
         )
     return [k for k in kernels if k in wanted]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A guest test on the host: one item per kernel that runs its family."""
+    """A guest test on the host: one item per kernel that runs its families,
+    and one that runs here (``[host]``) where ON_THE_HOST_TOO says the host can."""
     marker = metafunc.definition.get_closest_marker("guest")
     if marker is None or "guest_kernel" not in metafunc.fixturenames:
         return
-    family = str(marker.args[0])
-    if os.environ.get("IRQBYPASS_IN_GUEST") or os.environ.get(HOST_DEVICE_ENV[family]):
+    families = families_of_mark(marker)
+    if _runs_here(families):
         return
-    kernels = kernels_of(marker)
-    metafunc.parametrize("guest_kernel", kernels, ids=[kernel_id(k) for k in kernels])
+    kernels: list[str] = kernels_of(marker)
+    ids = [kernel_id(k) for k in kernels]
+    if host_too(families):
+        kernels, ids = [HOST, *kernels], [HOST, *ids]
+    metafunc.parametrize("guest_kernel", kernels, ids=ids)
 
 
 @pytest.fixture(autouse=True)
 def guest_kernel(request: pytest.FixtureRequest) -> str:
     """The series of the kernel a guest test runs on (6.1, 6.12): its parameter
-    on the host, the running kernel's in the guest."""
+    on the host, the running kernel's in the guest and for a ``[host]`` item."""
     param = getattr(request, "param", None)
-    return str(param) if param is not None else boot_script.series_of(os.uname().release)
+    if param is not None and param != HOST:
+        return str(param)
+    return boot_script.series_of(os.uname().release)
 
 
 def junit_key(nodeid: str) -> str:
@@ -246,25 +295,41 @@ _boots: dict[str, Boot] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that run in the guest go last, so the host's own run while it boots."""
-    items.sort(key=lambda item: family_of(item) is not None)  # stable: order kept within each
+    """The tests that run in the guest go last, so the host's own run while it
+    boots. Inside a guest, a test of a family this boot did not set up (a
+    chain across families, in a boot of one of them) skips, naming the boot."""
+    items.sort(key=lambda item: guest_families(item) is not None)  # stable: order kept within each
+    here = os.environ.get("IRQBYPASS_IN_GUEST")
+    if not here:
+        return
+    for item in items:
+        marker = item.get_closest_marker("guest")
+        missing = set(families_of_mark(marker)) - set(here.split(",")) if marker else set()
+        if missing:
+            needs = ",".join(sorted(set(here.split(",")) | missing))
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"this boot set up {here}, not {','.join(sorted(missing))}: "
+                    f"scripts/guest {needs}"
+                )
+            )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the session's guest boots, in the background: one per kernel, for
     every family a selected test needs there (nothing to boot when none is
     selected). The boots of different kernels run side by side."""
-    wanted: dict[str, list[tuple[str, str]]] = {}
+    wanted: dict[str, list[tuple[tuple[str, ...], str]]] = {}
     for item in session.items:
-        family = family_of(item)
-        if family is not None:
+        families = guest_families(item)
+        if families is not None:
             series = kernel_of(item)
-            wanted.setdefault(series, []).append((family, guest_nodeid(item.nodeid, series)))
+            wanted.setdefault(series, []).append((families, guest_nodeid(item.nodeid, series)))
     if not wanted or session.config.option.collectonly:
         return
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     for series, tests in sorted(wanted.items()):
-        families = sorted({family for family, _ in tests})
+        families = sorted({family for needs, _ in tests for family in needs})
         running = _boots[series] = Boot(families, [nodeid for _, nodeid in tests], series)
         if terminal is not None and running.proc is not None:
             terminal.write_line(
@@ -279,10 +344,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     _boots.clear()
 
 
-def result(item: pytest.Item, family: str) -> tuple[Boot, Outcome]:
+def result(item: pytest.Item, families: tuple[str, ...]) -> tuple[Boot, Outcome]:
     series = kernel_of(item)
     running = _boots.get(series)
-    assert running is not None and family in running.families, "the boots start at collection"
+    assert running is not None and set(families) <= set(running.families), (
+        "the boots start at collection"
+    )
     if running.run is None:
         terminal = item.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:  # the boot takes minutes: say so, then what it did
@@ -316,11 +383,11 @@ def result(item: pytest.Item, family: str) -> tuple[Boot, Outcome]:
 
 
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-    family = family_of(item)
-    if family is None:
+    families = guest_families(item)
+    if families is None:
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    running, got = result(item, family)
+    running, got = result(item, families)
     log = f".cache/guest/{running.name}/boot.log"
     longrepr: object = None
     if got.outcome == "failed":

@@ -83,11 +83,21 @@ setup_vdpa() {
   fi
 }
 
+setup_kvm() {
+  # TCG's "max" CPU emulates AMD's SVM (with nested paging): kvm_amd makes /dev/kvm
+  grep -qw svm /proc/cpuinfo || fail "the guest's CPU has no svm flag (boot it with -cpu max)"
+  modprobe kvm_amd || fail "modprobe kvm_amd failed"
+  for _ in $(seq 100); do [[ -c /dev/kvm ]] && break; sleep 0.1; done
+  [[ -c /dev/kvm ]] || fail "/dev/kvm did not appear after modprobe kvm_amd"
+  say "kvm /dev/kvm (kvm_amd, nested paging $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null))"
+}
+
 IFS=, read -ra names <<<"$families"
 for family in "${names[@]}"; do
   case $family in
   vfio) setup_vfio ;;
   vdpa) setup_vdpa ;;
+  kvm) setup_kvm ;;
   *) fail "unknown family $family" ;;
   esac
   say "$family set up, $SECONDS s after this script started"
@@ -104,8 +114,10 @@ if [[ -s $out/exec ]]; then  # scripts/guest --exec: a command instead of pytest
 fi
 say "pytest starts, $SECONDS s after this script started"
 mapfile -t ids <"$out/args"
-# no Hypothesis plugin: no guest test uses it, and importing it takes a minute under TCG
+# no Hypothesis plugin: no guest test uses it, and importing it takes a minute under TCG;
+# a test still running after 300 s prints every thread's stack (a hang shows where)
 .venv/bin/python -m pytest -p no:cacheprovider -p no:hypothesispytest --basetemp=/tmp/pytest -q -rfEs \
+  -o faulthandler_timeout=300 \
   --junitxml="$out/junit.xml" "${ids[@]}" 2>&1 | tee "$out/pytest.out"
 rc=${PIPESTATUS[0]}
 tail -n 1 "$out/pytest.out" >"$out/summary"

@@ -119,12 +119,12 @@ def test_one_boot_serves_several_families() -> None:
     assert boot.parse_families("vfio,vdpa,vfio") == ["vdpa", "vfio"]
     assert boot.parse_families("all") == sorted(boot.FAMILIES)
     assert boot.boot_name(["vfio", "vdpa"]) == "vdpa+vfio-6.1"
-    with pytest.raises(ValueError, match="unknown family nvme: give vdpa, vfio"):
+    with pytest.raises(ValueError, match="unknown family nvme: give kvm, vdpa, vfio"):
         boot.parse_families("vfio,nvme")
 
 
 def test_each_kernel_boots_the_families_it_has() -> None:
-    assert boot.parse_families("all", "6.12") == ["vfio"]
+    assert boot.parse_families("all", "6.12") == ["kvm", "vfio"]
     assert boot.boot_name(["vfio"], "6.12") == "vfio-6.12"
     with pytest.raises(ValueError, match=re.escape("the 6.12 guest does not run vdpa")):
         boot.parse_families("vdpa,vfio", "6.12")
@@ -178,3 +178,71 @@ def test_a_test_can_narrow_the_kernels_it_runs_on() -> None:
     assert kernels_of(pytest.mark.guest("vdpa").mark) == ["6.1"]
     with pytest.raises(ValueError, match=re.escape("6.12 does not run vdpa (its kernels: 6.1)")):
         kernels_of(pytest.mark.guest("vdpa", kernels=("6.12",)).mark)
+    # a chain across families runs on the kernels that run all of them
+    assert kernels_of(pytest.mark.guest("kvm", "vfio").mark) == ["6.1", "6.12"]
+    assert kernels_of(pytest.mark.guest("kvm", "vdpa").mark) == ["6.1"]
+    with pytest.raises(ValueError, match=re.escape("6.12 does not run kvm+vdpa")):
+        kernels_of(pytest.mark.guest("vdpa", "kvm", kernels=("6.12",)).mark)
+
+
+def collect(*paths: str, **env: str) -> list[str]:
+    """The node ids pytest collects on this host (no guest booted)."""
+    environ = dict(os.environ, IRQBYPASS_GUEST="off", **env)
+    for name in guest_results.HOST_DEVICE_ENV.values():
+        environ.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *paths],
+        cwd=ROOT, env=environ, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line for line in proc.stdout.split() if "::" in line]
+
+
+def test_a_kvm_test_runs_in_both_guests_and_on_a_host_whose_kvm_works() -> None:
+    """guest("kvm"): an item per guest kernel, and ``[host]`` where the host's
+    /dev/kvm works (ON_THE_HOST_TOO); where it does not, no host item at all
+    (nothing skipped: the guests run them)."""
+    test = "tests/plugins/kvm/test_delivery.py::test_mock_to_guest_through_the_manager_exactly"
+    ids = [i for i in collect("tests/plugins/kvm/test_delivery.py") if i.startswith(test)]
+    kernels = [f"{test}[linux-6.1]", f"{test}[linux-6.12]"]
+    if guest_results._host_kvm_reason() is None:
+        assert ids == [f"{test}[host]", *kernels]
+    else:
+        assert ids == kernels
+
+
+def test_only_families_on_the_host_too_get_a_host_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(guest_results.ON_THE_HOST_TOO, "kvm", lambda: None)
+    guest_results.host_too.cache_clear()
+    try:
+        assert guest_results.host_too(("kvm",))
+        assert not guest_results.host_too(("kvm", "vfio"))  # a chain needs the guest's devices
+        assert not guest_results.host_too(("vfio",))
+        monkeypatch.setitem(guest_results.ON_THE_HOST_TOO, "kvm", lambda: "no /dev/kvm")
+        guest_results.host_too.cache_clear()
+        assert not guest_results.host_too(("kvm",))
+    finally:
+        guest_results.host_too.cache_clear()
+
+
+def test_in_a_guest_a_chain_skips_when_its_other_family_was_not_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Item:
+        def __init__(self, *families: str) -> None:
+            self.families = families
+            self.marks: list[pytest.Mark] = []
+
+        def get_closest_marker(self, name: str) -> pytest.Mark | None:
+            return pytest.mark.guest(*self.families).mark if self.families else None
+
+        def add_marker(self, mark: pytest.MarkDecorator) -> None:
+            self.marks.append(mark.mark)
+
+    monkeypatch.setenv("IRQBYPASS_IN_GUEST", "vfio")
+    chain, alone, host = Item("kvm", "vfio"), Item("vfio"), Item()
+    guest_results.pytest_collection_modifyitems([chain, alone, host])  # type: ignore[list-item]
+    assert alone.marks == [] and host.marks == []
+    assert [m.kwargs["reason"] for m in chain.marks] == [
+        "this boot set up vfio, not kvm: scripts/guest kvm,vfio"
+    ]

@@ -1,18 +1,41 @@
-"""Fixtures for the kvm plugin's tests: skip where /dev/kvm is unusable."""
+"""Fixtures for the kvm plugin's tests: a test that needs a kernel KVM
+(``kvm_usable``) is marked ``guest("kvm")``, so it runs in the test guests
+(kvm_amd on TCG's emulated SVM) on every machine, and on the host as well where
+the host's /dev/kvm works (tests/guest/guest_results.py)."""
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 
 import irqbypass_kvm
 import pytest
 
 
-@pytest.fixture(scope="session")
-def kvm_usable() -> None:
-    reason = irqbypass_kvm.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"/dev/kvm is unusable here: {reason}")
+@functools.cache
+def _reason() -> str | None:
+    return irqbypass_kvm.unavailable_reason()
+
+
+def kvm_set_up_here() -> bool:
+    """Inside a test guest that set KVM up (inside.sh loaded kvm_amd)."""
+    return "kvm" in os.environ.get("IRQBYPASS_IN_GUEST", "").split(",")
+
+
+@pytest.fixture
+def kvm_usable(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("guest")
+    assert marker is not None and "kvm" in marker.args, (
+        f"{request.node.name} needs /dev/kvm: mark it @pytest.mark.guest('kvm') so that it "
+        "runs in the test guests, on every machine, and not only where the host has KVM"
+    )
+    reason = _reason()
+    if reason is None:
+        return
+    if kvm_set_up_here():
+        pytest.fail(f"the test guest loaded kvm_amd, yet /dev/kvm is unusable: {reason}")
+    pytest.skip(f"/dev/kvm is unusable here: {reason}")
 
 
 @pytest.fixture

@@ -35,12 +35,14 @@ def fire_one(producer: MockProducer, guest: Guest) -> None:
     assert guest.wait_count(target), f"guest stopped at {guest.vector_counts()}, {guest.error}"
 
 
+@pytest.mark.guest("kvm")
 def test_the_guest_starts_in_x2apic_mode_and_counts_nothing_yet(apic_guest: Guest) -> None:
     assert apic_guest.running and apic_guest.apic == "x2apic"
     assert apic_guest.count == 0 and apic_guest.vector_counts() == {}
     assert "apic=x2apic" in repr(apic_guest)
 
 
+@pytest.mark.guest("kvm")
 def test_one_mock_per_vector_through_a_manager_each_counted_exactly(apic_guest: Guest) -> None:
     mgr = irqbypass.Manager()
     tokens = [irqbypass.Eventfd() for _ in VECTORS]
@@ -82,6 +84,7 @@ def test_one_mock_per_vector_through_a_manager_each_counted_exactly(apic_guest: 
     assert apic_guest.vm is not None and apic_guest.vm.msi_routes == {}
 
 
+@pytest.mark.guest("kvm")
 def test_a_masked_vector_gets_nothing_and_its_writes_arrive_as_one_on_unmask(
     apic_guest: Guest,
 ) -> None:
@@ -121,6 +124,7 @@ def test_a_masked_vector_gets_nothing_and_its_writes_arrive_as_one_on_unmask(
             assert apic_guest.vector_counts() == {a_vec: 3 + N, b_vec: 1}
 
 
+@pytest.mark.guest("kvm")
 def test_set_msi_retargets_a_live_vector_and_interrupts_follow_the_route(
     apic_guest: Guest,
 ) -> None:
@@ -153,6 +157,7 @@ def test_set_msi_retargets_a_live_vector_and_interrupts_follow_the_route(
                 mgr.unregister_consumer(consumer)
 
 
+@pytest.mark.guest("kvm")
 def test_the_own_guest_in_x2apic_mode_from_a_topology_entry(kvm_usable: None) -> None:
     spec_options = {"vm": "guest", "apic": "x2apic", "msi": {"address": 0xFEE00000, "data": 0x45}}
     with irqbypass.Eventfd() as token:
@@ -173,6 +178,7 @@ def test_the_own_guest_in_x2apic_mode_from_a_topology_entry(kvm_usable: None) ->
         assert consumer.stats()["delivered"] == 20
 
 
+@pytest.mark.guest("kvm")
 def test_without_the_x2apic_cpuid_bit_the_guest_reports_its_gp(
     kvm_usable: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +208,7 @@ def test_bad_apic_arguments_are_refused() -> None:
         Guest(apic="x2apic", level=True)
 
 
+@pytest.mark.guest("kvm")
 def test_signal_msi_is_the_relay_path_into_the_same_apic(apic_guest: Guest) -> None:
     """KVM_SIGNAL_MSI (what a VMM without irqfd does; the delivery benchmark's relay)."""
     assert apic_guest.vm is not None

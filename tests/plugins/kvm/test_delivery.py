@@ -22,6 +22,7 @@ def fire_paced(producer: MockProducer, guest: Guest, n: int) -> None:
         )
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_mock_to_guest_through_the_manager_exactly(guest: Guest, token: irqbypass.Eventfd) -> None:
     producer = MockProducer(token=token, count=0, name="dev0")
@@ -60,6 +61,7 @@ def test_mock_to_guest_through_the_manager_exactly(guest: Guest, token: irqbypas
     assert consumer.producer is None and consumer.paired_with is None
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_own_guest_counts_and_reports_delivered(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     consumer = KvmIrqfdConsumer(token=token, vm="guest", gsi=9, name="own")
@@ -79,6 +81,7 @@ def test_own_guest_counts_and_reports_delivered(kvm_usable: None, token: irqbypa
     assert consumer.stats()["delivered"] == 10  # what the guest counted before it went
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_edge_line_latches_one_interrupt_while_the_guest_is_busy(
     guest: Guest, token: irqbypass.Eventfd
@@ -96,6 +99,7 @@ def test_edge_line_latches_one_interrupt_while_the_guest_is_busy(
         assert guest.wait_count(2)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_resample_redelivers_only_after_the_guests_eoi(
     level_guest: Guest, token: irqbypass.Eventfd
@@ -129,6 +133,7 @@ def test_resample_redelivers_only_after_the_guests_eoi(
         assert guest.count == 5
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_resample_with_own_guest_uses_a_level_line(
     kvm_usable: None, token: irqbypass.Eventfd
@@ -145,6 +150,7 @@ def test_resample_with_own_guest_uses_a_level_line(
     assert consumer.resample_eventfd is None
 
 
+@pytest.mark.guest("kvm")
 def test_stop_and_start_call_the_vmm_hooks(guest: Guest, token: irqbypass.Eventfd) -> None:
     calls: list[str] = []
     producer = MockProducer(token=token, count=0)
@@ -168,6 +174,7 @@ def test_stop_and_start_call_the_vmm_hooks(guest: Guest, token: irqbypass.Eventf
     mgr.unregister_consumer(consumer)
 
 
+@pytest.mark.guest("kvm")
 def test_default_stop_and_start_do_nothing(guest: Guest, token: irqbypass.Eventfd) -> None:
     consumer = KvmIrqfdConsumer(token=token, vm=guest)
     with consumer:

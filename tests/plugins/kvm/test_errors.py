@@ -224,6 +224,7 @@ def test_options_build_an_unopened_consumer(token: irqbypass.Eventfd) -> None:
     assert "GSI (not yet taken)" in auto.status()
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_a_closed_eventfd_is_refused_before_any_device_work(kvm_usable: None) -> None:
     token = irqbypass.Eventfd()
@@ -235,6 +236,7 @@ def test_a_closed_eventfd_is_refused_before_any_device_work(kvm_usable: None) ->
     assert_nothing_open(consumer)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_an_fd_that_is_not_a_vm(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     with irqbypass.Eventfd() as other:
@@ -252,6 +254,7 @@ def test_an_fd_that_is_not_a_vm(kvm_usable: None, token: irqbypass.Eventfd) -> N
     assert_nothing_open(consumer)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_same_eventfd_and_gsi_twice_is_busy_and_the_first_keeps_working(
     guest: Guest, token: irqbypass.Eventfd
@@ -272,6 +275,7 @@ def test_same_eventfd_and_gsi_twice_is_busy_and_the_first_keeps_working(
         assert guest.wait_count(2)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_guest_not_running_is_refused(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     guest = Guest(line=5)
@@ -302,6 +306,8 @@ print("alive", flush=True)
 """
 
 
+# a new Python process (imports: most of its time under TCG): one guest kernel is enough
+@pytest.mark.guest("kvm", kernels=("6.12",))
 def test_closing_before_the_vcpu_thread_blocked_its_stop_signal_spares_the_process(
     kvm_usable: None,
 ) -> None:

@@ -41,6 +41,7 @@ def vcpu_stats_or_skip(guest: Guest) -> dict[str, int]:
         raise
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_zero_means_the_vcpu_never_polls_and_still_counts_exactly(
     kvm_usable: None, token: irqbypass.Eventfd
@@ -57,6 +58,7 @@ def test_zero_means_the_vcpu_never_polls_and_still_counts_exactly(
     assert stats["halt_poll_success_ns"] == 0 and stats["halt_poll_fail_ns"] == 0
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_a_large_limit_makes_the_vcpu_poll(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     # the counterpart: the same traffic under a 50 ms limit does poll (KVM grows
@@ -69,6 +71,7 @@ def test_a_large_limit_makes_the_vcpu_poll(kvm_usable: None, token: irqbypass.Ev
     assert stats["halt_attempted_poll"] > 0
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_vcpu_stats_read_while_the_vcpu_sleeps_in_hlt(kvm_usable: None) -> None:
     # a vCPU ioctl here would block on the mutex KVM_RUN holds: the stats fd is
@@ -92,6 +95,7 @@ def test_the_largest_limit_kvm_keeps_is_accepted() -> None:
     assert guest.halt_poll_ns == 2**32 - 1
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_a_kernel_without_the_cap_is_a_clear_error_and_leaves_nothing_open(
     kvm_usable: None, monkeypatch: pytest.MonkeyPatch
@@ -112,6 +116,7 @@ def test_a_kernel_without_the_cap_is_a_clear_error_and_leaves_nothing_open(
         assert plain.running
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_the_kernel_refuses_flags_with_einval(kvm_usable: None) -> None:
     # the ioctl is real: KVM checks the struct (flags must be 0), so a wrong
@@ -133,6 +138,7 @@ def test_the_kernel_refuses_flags_with_einval(kvm_usable: None) -> None:
         os.close(kvm_fd)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_toml_option_reaches_the_own_guest(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     consumer = KvmIrqfdConsumer.from_spec(spec(token, vm="guest", gsi=5, halt_poll_ns=0))

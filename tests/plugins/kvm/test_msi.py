@@ -48,6 +48,7 @@ def kvm_listens(token: irqbypass.Eventfd) -> bool:
     return token.read(timeout=0) == 0
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_msi_vector_mask_unmask_order_on_a_borrowed_vm_fd(
     guest: Guest, token: irqbypass.Eventfd, calls: list[str]
@@ -89,6 +90,7 @@ def test_msi_vector_mask_unmask_order_on_a_borrowed_vm_fd(
         assert guest.wait_count(1)
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_msi_starting_masked_assigns_nothing_until_unmasked(
     guest: Guest, token: irqbypass.Eventfd, calls: list[str]
@@ -102,6 +104,7 @@ def test_msi_starting_masked_assigns_nothing_until_unmasked(
     assert calls[2:] == ["deassign 41", "unroute 41"]
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_two_msi_consumers_share_one_routing_table(guest: Guest, token: irqbypass.Eventfd) -> None:
     assert guest.vm is not None
@@ -115,6 +118,7 @@ def test_two_msi_consumers_share_one_routing_table(guest: Guest, token: irqbypas
         assert Vm._borrowed == {}
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_msi_devid_route_is_accepted_or_refused_clearly(
     guest: Guest, token: irqbypass.Eventfd
@@ -132,6 +136,7 @@ def test_msi_devid_route_is_accepted_or_refused_clearly(
         assert not consumer.assigned and consumer.vm is None
 
 
+@pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 def test_closing_after_the_token_was_closed_still_removes_the_msi_route(
     guest: Guest, token: irqbypass.Eventfd

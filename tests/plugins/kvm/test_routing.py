@@ -57,6 +57,7 @@ def kvm_listens(token: irqbypass.Eventfd) -> bool:
     return token.read(timeout=0) == 0
 
 
+@pytest.mark.guest("kvm")
 def test_a_batch_opens_and_closes_many_msi_consumers_with_one_routing_ioctl_each(
     vm: Vm, tokens: list[irqbypass.Eventfd], routing_ioctls: list[int]
 ) -> None:
@@ -80,6 +81,7 @@ def test_a_batch_opens_and_closes_many_msi_consumers_with_one_routing_ioctl_each
     assert Vm._borrowed == {}  # every reference of the batch was given back
 
 
+@pytest.mark.guest("kvm")
 def test_a_batch_failing_on_one_irqfd_names_it_and_leaves_nothing(
     vm: Vm, tokens: list[irqbypass.Eventfd], routing_ioctls: list[int]
 ) -> None:
@@ -105,6 +107,7 @@ def test_a_batch_failing_on_one_irqfd_names_it_and_leaves_nothing(
     KvmIrqfdConsumer.close_group(consumers[:2])
 
 
+@pytest.mark.guest("kvm")
 def test_a_route_kvm_refuses_is_named_and_nothing_changes(
     vm: Vm, tokens: list[irqbypass.Eventfd]
 ) -> None:
@@ -136,6 +139,7 @@ def test_a_route_kvm_refuses_is_named_and_nothing_changes(
         shared.close()
 
 
+@pytest.mark.guest("kvm")
 def test_one_at_a_time_never_rebuilds_the_table_in_python(
     vm: Vm,
     tokens: list[irqbypass.Eventfd],
@@ -164,6 +168,7 @@ def test_one_at_a_time_never_rebuilds_the_table_in_python(
     assert Vm._borrowed == {}
 
 
+@pytest.mark.guest("kvm")
 def test_the_buffer_always_holds_exactly_what_kvm_has(vm: Vm) -> None:
     """Swap-with-last removal keeps the table dense and every GSI once."""
     routes = {gsi: MsiRoute(0xFEE00000, gsi & 0xFF) for gsi in range(24, 124)}
@@ -182,6 +187,7 @@ def test_the_buffer_always_holds_exactly_what_kvm_has(vm: Vm) -> None:
     assert nr == 40 + len(routes) and msi == routes
 
 
+@pytest.mark.guest("kvm")
 def test_left_out_gsis_come_from_the_vm_lowest_free_first(
     vm: Vm, tokens: list[irqbypass.Eventfd]
 ) -> None:
@@ -206,6 +212,7 @@ def test_left_out_gsis_come_from_the_vm_lowest_free_first(
     assert masked.gsi is None and fixed.gsi == 25
 
 
+@pytest.mark.guest("kvm")
 def test_two_consumers_never_share_a_gsi(vm: Vm, tokens: list[irqbypass.Eventfd]) -> None:
     first = KvmIrqfdConsumer(token=tokens[0], vm=vm.fd, gsi=40, msi=MSI, name="first")
     second = KvmIrqfdConsumer(token=tokens[1], vm=vm.fd, gsi=40, msi=MSI, name="second")
@@ -219,6 +226,7 @@ def test_two_consumers_never_share_a_gsi(vm: Vm, tokens: list[irqbypass.Eventfd]
         assert second.vm is None and kvm_listens(tokens[0])
 
 
+@pytest.mark.guest("kvm")
 def test_the_4096_entry_limit_is_a_clear_error(vm: Vm) -> None:
     owner = object()
     gsis = [vm.claim_gsi(None, owner, "vmm") for _ in range(_routing.MAX_MSI_ROUTES)]
@@ -240,6 +248,8 @@ def test_the_4096_entry_limit_is_a_clear_error(vm: Vm) -> None:
     assert vm.claim_gsi(None, owner, "vmm") == 24
 
 
+# loads every plugin (imports: most of its time under TCG): one guest kernel is enough
+@pytest.mark.guest("kvm", kernels=("6.12",))
 def test_topology_apply_and_teardown_route_a_vms_msi_consumers_in_one_write_each(
     kvm_usable: None, routing_ioctls: list[int]
 ) -> None:
@@ -271,6 +281,7 @@ def test_topology_apply_and_teardown_route_a_vms_msi_consumers_in_one_write_each
         assert apic_guest.vm.msi_routes == {}
 
 
+@pytest.mark.guest("kvm")
 def test_a_keyboard_interrupt_inside_a_batch_leaves_nothing_behind(
     vm: Vm, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch
 ) -> None:
