@@ -199,16 +199,22 @@ def collect(*paths: str, **env: str) -> list[str]:
 
 
 def test_a_kvm_test_runs_in_both_guests_and_on_a_host_whose_kvm_works() -> None:
-    """guest("kvm"): an item per guest kernel, and ``[host]`` where the host's
-    /dev/kvm works (ON_THE_HOST_TOO); where it does not, no host item at all
-    (nothing skipped: the guests run them)."""
+    """guest("kvm"): an item per guest kernel when the session boots the kvm
+    family (IRQBYPASS_GUEST_KVM=1), and ``[host]`` where the host's /dev/kvm
+    works (ON_THE_HOST_TOO); without either, one item that skips saying how."""
     test = "tests/plugins/kvm/test_delivery.py::test_mock_to_guest_through_the_manager_exactly"
-    ids = [i for i in collect("tests/plugins/kvm/test_delivery.py") if i.startswith(test)]
-    kernels = [f"{test}[linux-6.1]", f"{test}[linux-6.12]"]
-    if guest_results._host_kvm_reason() is None:
-        assert ids == [f"{test}[host]", *kernels]
-    else:
-        assert ids == kernels
+    host = [f"{test}[host]"] if guest_results._host_kvm_reason() is None else []
+    on = collect("tests/plugins/kvm/test_delivery.py", IRQBYPASS_GUEST_KVM="1")
+    assert [i for i in on if i.startswith(test)] == [
+        *host,
+        f"{test}[linux-6.1]",
+        f"{test}[linux-6.12]",
+    ]
+    off = collect("tests/plugins/kvm/test_delivery.py", IRQBYPASS_GUEST_KVM="0")
+    assert [i for i in off if i.startswith(test)] == (host or [f"{test}[off]"])
+    chain = "tests/plugins/vfio/test_real_kvm.py::test_nothing_arrives_after_close"
+    assert [i for i in collect("tests/plugins/vfio/test_real_kvm.py", IRQBYPASS_GUEST_KVM="0")
+            if i.startswith(chain)] == [f"{chain}[off]"]  # fmt: skip
 
 
 def test_only_families_on_the_host_too_get_a_host_item(monkeypatch: pytest.MonkeyPatch) -> None:
