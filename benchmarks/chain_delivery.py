@@ -98,12 +98,15 @@ def drive(guest: Guest, edu: Edu, count: int) -> Run:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", required=True, help="edu's PCI address, bound to vfio-pci")
+    parser.add_argument("--device", help="edu's PCI address, bound to vfio-pci (test guest)")
     parser.add_argument("--count", type=int, default=500, help="interrupts per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path")
     add_json_option(parser)
     args = parser.parse_args()
     reason = irqbypass_kvm.unavailable_reason()
+    if not args.device:
+        print("skipped: needs edu behind vfio-pci: run it in the test guest (see the docstring)")
+        return 0
     if reason is not None:
         print(f"skipped: {reason}")
         return 0
@@ -169,8 +172,10 @@ def main() -> int:
         "cpu", "CPU per interrupt (best round)", x_label="path", y_label="us per interrupt",
         kind="bar",
     )  # fmt: skip
-    for part, cost in (("machine", "machine"), ("process", "process"), ("kworker", "kworker")):
-        cpu.series(part, list(PATHS), [rows[p].us(getattr(rows[p], cost)) for p in PATHS])
+    # kworkers: next to nothing on either path (an MSI irqfd injects within the
+    # eventfd signal); printed above, not drawn (a bar of height 0)
+    for part in ("machine", "process"):
+        cpu.series(part, list(PATHS), [rows[p].us(getattr(rows[p], part)) for p in PATHS])
     report.write(args.json)
     return 0
 
