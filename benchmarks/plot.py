@@ -72,6 +72,10 @@ def render(doc: dict[str, Any], out: Path, fmt: str = "svg") -> list[Path]:
     return written
 
 
+#: characters of the subtitle (the command and date) a line, for a 7-inch figure at 9 pt
+SUBTITLE_WIDTH = 80
+
+
 def figure(doc: dict[str, Any], fig_doc: dict[str, Any]) -> Any:
     """One figure of a report, drawn: the plot, then around it (never over
     it) the legend below, goal labels at the right and the note under the
@@ -83,14 +87,24 @@ def figure(doc: dict[str, Any], fig_doc: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.0, 3.4 + 0.2 * rows), layout="constrained")
     try:
         _draw(ax, fig_doc)
-        subtitle = f"{doc.get('command', '')}, {doc.get('date', '')}".strip(", ")
-        ax.set_title(f"{fig_doc['title']}\n{subtitle}", fontsize=9)
+        ax.set_title(f"{fig_doc['title']}\n{_subtitle(doc)}", fontsize=9)
         if series:
             fig.legend(loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
     except BaseException:
         plt.close(fig)
         raise
     return fig
+
+
+def _subtitle(doc: dict[str, Any]) -> str:
+    """The command and its date: a long command wraps at spaces (one line of it
+    would run off the figure), the date whole on the last line."""
+    words = [w for w in (doc.get("command", ""), doc.get("date", "")) if w]
+    lines = textwrap.wrap(words[0], SUBTITLE_WIDTH, break_on_hyphens=False) if words else []
+    if len(words) == 2:
+        last = f"{lines[-1]}, {words[1]}"
+        lines[-1:] = [last] if len(last) <= SUBTITLE_WIDTH else [f"{lines[-1]},", words[1]]
+    return "\n".join(lines)
 
 
 def _draw(ax: Any, fig: dict[str, Any]) -> None:
@@ -175,6 +189,9 @@ def overlaps(fig: Any) -> list[str]:
     for i, (name, box) in enumerate(labels):
         problems += [f"{name} lies over {other}" for other, box2 in labels[i + 1 :]
                      if box.overlaps(box2)]  # fmt: skip
+    edge = fig.bbox.padded(0.5)
+    problems += [f"{name} is cut off at the figure's edge" for name, box in labels
+                 if Bbox.union([box, edge]).bounds != edge.bounds]  # fmt: skip
     return problems
 
 
