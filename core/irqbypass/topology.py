@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from . import _plan
+from ._plan import Changes as Changes
+from ._plan import differences as differences
 from .collector import without_collection
-from .config import Config, EndpointConfig, typed_differences
+from .config import Config, EndpointConfig
 from .endpoints import Consumer, Endpoint, Producer
 from .errors import (
     CallbackError,
@@ -110,7 +113,7 @@ class Placed:
     @property
     def label(self) -> str:
         """``side 'name' (kind K)``: how messages name this endpoint."""
-        return f"{self.config.side} {self.config.name!r} (kind {self.config.kind})"
+        return _plan.label(self.config)
 
     def stats(self) -> dict[str, int]:
         """The endpoint's stats, its counters (:data:`COUNTERS`) added up over
@@ -147,45 +150,6 @@ class Placed:
     def opens(self) -> int:
         """How many times this entry was opened (re-plugs and changes count)."""
         return self.history.opens + (1 if self.opened else 0)
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What :meth:`Topology.reconcile` changed, by entry name; ``why`` says which
-    keys of each changed entry differ."""
-
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    why: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed)
-
-    def describe(self) -> str:
-        """One line: ``added 'a'; removed 'b'; changed 'c' (options)``."""
-        parts = []
-        if self.added:
-            parts.append("added " + ", ".join(map(repr, self.added)))
-        if self.removed:
-            parts.append("removed " + ", ".join(map(repr, self.removed)))
-        if self.changed:
-            parts.append(
-                "changed "
-                + ", ".join(f"{n!r} ({', '.join(self.why.get(n, ()))})" for n in self.changed)
-            )
-        return "; ".join(parts) or "nothing changed"
-
-
-def differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
-    """The keys in which two entries of one name differ (empty: unchanged).
-    Options compare with their types: ``true`` is not ``1``. Unchanged entries
-    cost one comparison of their fingerprints."""
-    return typed_differences(old, new)
-
-
-def _file_order(entry: EndpointConfig) -> tuple[int, int]:
-    return (0 if entry.side == "producer" else 1, entry.index)
 
 
 def _open(unit: list[Placed]) -> None:
@@ -362,6 +326,28 @@ def _consumers_first(entries: Iterable[EndpointConfig]) -> list[EndpointConfig]:
     return [e for e in entries if e.side == "consumer"] + [
         e for e in entries if e.side == "producer"
     ]
+
+
+class _Running:
+    """A topology as its plans read it (:class:`irqbypass._plan.Running`)."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._topology = topology
+
+    @property
+    def entries(self) -> Mapping[str, EndpointConfig]:
+        return self._topology._entries
+
+    @property
+    def skipped(self) -> Sequence[tuple[str, str]]:
+        return self._topology.skipped
+
+    @property
+    def file(self) -> Config | None:
+        return self._topology.config if self._topology._as_file else None
+
+    def ends(self, token: str) -> Sequence[EndpointConfig]:
+        return [placed.config for placed in self._topology._by_token.get(token, {}).values()]
 
 
 class Topology:
@@ -840,9 +826,9 @@ class Topology:
         ``entries``: a :class:`~irqbypass.Config` (a TOML fragment, parsed with
         ``parse_config``: its errors name the fragment), or EndpointConfig
         objects."""
-        source = self._fragment(entries, "attach")
+        source = _plan.fragment(entries, "attach")
         new = list(source.endpoints)
-        self._check_new(new, source, ignore=())
+        _plan.check_new(self._running(), new, source)
 
         def commit() -> None:
             for entry in new:
@@ -861,17 +847,11 @@ class Topology:
         if isinstance(names, str):
             names = [names]
         wanted = list(dict.fromkeys(names))
-        unknown = [n for n in wanted if n not in self._entries]
-        if unknown:
-            raise TopologyError(
-                f"detaching from {self.config.file}: no entry named "
-                f"{', '.join(map(repr, unknown))}; the entries are "
-                f"{', '.join(map(repr, list(self._entries)[:20]))}"
-                + (" ..." if len(self._entries) > 20 else "")
-            )
+        action = f"detaching from {self.config.file}"
+        _plan.check_detach(self._running(), wanted, action)
         errors, interrupt = self._detach(wanted)
         interrupt = _deliver(interrupt)
-        message = f"detaching from {self.config.file}: " + "; ".join(errors)
+        message = f"{action}: " + "; ".join(errors)
         if interrupt is not None:
             raise with_notes(interrupt, [message] if errors else [])
         if errors:
@@ -912,15 +892,10 @@ class Topology:
             )
         if not self.applied and self._placed:
             raise TopologyError(f"{self.config.file} is built but not applied; apply() it first")
-        updates, changes = self._diff(new_config)
-        self._apply_changes(
-            new_config,
-            updates,
-            changes,
-            f"reloading {self.config.file} as {new_config.file}",
-            config=new_config,
-        )
-        return changes
+        action = f"reloading {self.config.file} as {new_config.file}"
+        plan = _plan.plan_reload(self._running(), new_config, action)
+        self._carry_out(plan)
+        return plan.changes
 
     def change(
         self,
@@ -946,197 +921,38 @@ class Topology:
         removing = list(remove) if isinstance(remove, Iterable) else None
         if removing is None or not all(isinstance(n, str) for n in removing):
             raise TopologyError(f"change: remove must be entry names, not {show_value(remove)}")
-        adding = self._fragment(add, "change: add")
-        replacing = self._fragment(replace, "change: replace")
-        source = self._source(adding, replacing)
+        adding = _plan.fragment(add, "change: add")
+        replacing = _plan.fragment(replace, "change: replace")
         action = f"changing {self.config.file}"
-        self._check_change(adding, removing, replacing, action)
-        updates: dict[str, EndpointConfig | None] = {}
-        why: dict[str, tuple[str, ...]] = {}
-        for entry in replacing.endpoints:
-            diff = differences(self._entries[entry.name], entry)
-            if diff:
-                why[entry.name] = diff
-                updates[entry.name] = entry
-        for entry in adding.endpoints:
-            updates[entry.name] = entry
-        for name in removing:
-            updates[name] = None
-        changes = Changes(
-            tuple(e.name for e in adding.endpoints),
-            tuple(removing),
-            tuple(n for n in (e.name for e in replacing.endpoints) if n in why),
-            why,
-        )
-        self._apply_changes(source, updates, changes, action, config=None)
-        return changes
+        plan = _plan.plan_change(self._running(), adding, removing, replacing, action)
+        self._carry_out(plan)
+        return plan.changes
 
-    @staticmethod
-    def _source(*fragments: Config) -> Config:
-        """The one fragment with entries (its errors name its lines), or both in one."""
-        full = [f for f in fragments if f.endpoints]
-        if len(full) == 1:
-            return full[0]
-        entries = [e for f in full for e in f.endpoints]
-        return Config(
-            file="<change>",
-            producers=tuple(e for e in entries if e.side == "producer"),
-            consumers=tuple(e for e in entries if e.side == "consumer"),
-        )
-
-    def _check_change(
-        self, adding: Config, removing: list[str], replacing: Config, action: str
-    ) -> None:
-        """Refuse a change that names what is not there, or would leave two
-        entries of one name, or two of one side on one token."""
-        problems: list[str] = []
-        seen: set[str] = set()
-        for name, what in [(e.name, "add") for e in adding.endpoints] + [
-            *((n, "remove") for n in removing),
-            *((e.name, "replace") for e in replacing.endpoints),
-        ]:
-            if name in seen:
-                problems.append(f"{name!r} is named twice (once per change)")
-            seen.add(name)
-            if what == "add" and name in self._entries:
-                problems.append(f"{name!r} to add is already an entry (replace it instead)")
-            elif what != "add" and name not in self._entries:
-                problems.append(f"{name!r} to {what} is not an entry")
-        leaving = set(removing) | {e.name for e in replacing.endpoints}
-        ends: set[tuple[str, str]] = set()
-        for entry in adding.endpoints + replacing.endpoints:
-            end = (entry.token, entry.side)
-            held = self._by_token.get(entry.token, {}).get(entry.side)
-            if end in ends or (held is not None and held.config.name not in leaving):
-                holder = held.label if held is not None else "another new entry"
-                problems.append(
-                    f"{entry.name!r}: token {entry.token!r} is already used by {holder}; "
-                    f"one {entry.side} per token"
-                )
-            ends.add(end)
-        if problems:
-            entries = ", ".join(map(repr, list(self._entries)[:20]))
-            more = " ..." if len(self._entries) > 20 else ""
-            raise TopologyError(
-                f"{action}: nothing was changed: {'; '.join(problems)} "
-                f"(the entries are {entries}{more})"
-            )
-
-    def _diff(self, new_config: Config) -> tuple[dict[str, EndpointConfig | None], Changes]:
-        """What differs between the running entries and ``new_config``'s: name
-        -> its new entry (None: removed) for each entry added, removed, changed
-        or moved in the file, and the Changes (moved is no change)."""
-        old, new = self._entries, new_config.by_name
-        names: Iterable[str] | None = None
-        if self._as_file:
-            names = self.config.groups.differing(new_config.groups)
-        if names is None:  # entry by entry; an old name is looked for only if one is gone
-            gone = len(old) > len(new) - sum(1 for n in new if n not in old)
-            names = [*new, *(n for n in old if n not in new)] if gone else new
-        updates: dict[str, EndpointConfig | None] = {}
-        added: list[EndpointConfig] = []
-        removed: list[EndpointConfig] = []
-        changed: list[EndpointConfig] = []
-        why: dict[str, tuple[str, ...]] = {}
-        for name in names:
-            before, after = old.get(name), new.get(name)
-            if before is after:
-                continue
-            if before is None:
-                added.append(after)  # type: ignore[arg-type]
-            elif after is None:
-                removed.append(before)
-            elif before.fingerprint != after.fingerprint:
-                changed.append(after)
-                why[name] = differences(before, after)
-            elif before.index == after.index and before.side == after.side:
-                continue  # the same entry, parsed again
-            updates[name] = after
-        changes = Changes(
-            tuple(e.name for e in sorted(added, key=_file_order)),
-            tuple(e.name for e in sorted(removed, key=_file_order)),
-            tuple(e.name for e in sorted(changed, key=_file_order)),
-            why,
-        )
-        return updates, changes
-
-    def _apply_changes(
-        self,
-        source: Config,
-        updates: dict[str, EndpointConfig | None],
-        changes: Changes,
-        action: str,
-        *,
-        config: Config | None,
-    ) -> None:
-        """Apply ``updates`` (name -> new entry, or None: removed), all or
-        nothing, in O(changes): only the pairs on the tokens they touch are
-        closed and opened. ``config``: the file the result is (reconcile), or
-        None (the entries are then no file's)."""
-        old = self._entries
-        touched: set[str] = set()
-        for name in (*changes.added, *changes.changed):
-            touched.add(updates[name].token)  # type: ignore[union-attr]
-        for name in (*changes.removed, *changes.changed):
-            touched.add(old[name].token)
-
-        def after(name: str) -> EndpointConfig | None:
-            return updates[name] if name in updates else old.get(name)
-
-        if not touched:
-            self._adopt(updates, None, config)
+    def _carry_out(self, plan: _plan.Plan) -> None:
+        """Do ``plan``, all or nothing, in O(changes): only the pairs on the
+        tokens it touches are closed and opened."""
+        if not plan.touched:
+            self._adopt(plan.updates, None, plan.config)
             deliver_deferred_signals()
             return
-        wanted = self._entries_on(touched, after, [*changes.added, *changes.changed])
-        skipped = self._optional_unavailable(wanted)
-        keep = set()
-        leaving = []
-        for token in touched:
-            for placed in self._by_token.get(token, {}).values():
-                name = placed.config.name
-                entry = after(name)
-                if entry is not None and name not in changes.why and entry.token not in skipped:
-                    keep.add(name)
-                else:
-                    leaving.append(placed)
-        coming = [e for e in wanted if e.name not in keep]
-        # a skipped token that nothing touched keeps all its entries, so stays skipped
-        now_skipped = sorted(
-            [(t, r) for t, r in self.skipped if t not in touched] + [*skipped.items()]
-        )
+        moves = _plan.moves(plan, self._running(), self._optional_unavailable)
         self._change(
-            source,
-            coming,
-            leaving,
-            action,
-            skipped=skipped,
-            commit=lambda: self._adopt(updates, now_skipped, config),
+            plan.source,
+            list(moves.coming),
+            [self._placed[name] for name in moves.leaving],
+            plan.action,
+            skipped=moves.skipped,
+            commit=lambda: self._adopt(plan.updates, list(moves.now_skipped), plan.config),
         )
         deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
 
-    def _entries_on(
-        self,
-        tokens: set[str],
-        after: Callable[[str], EndpointConfig | None],
-        arriving: list[str],
-    ) -> list[EndpointConfig]:
-        """The entries on ``tokens`` once changed (``after(name)``), in file
-        order: those there now (placed, or skipped) and the ones arriving,
-        found in O(changes) (a skipped token's entries by one scan of the old
-        ones)."""
-        names = set(arriving)
-        skipped = {t for t, _ in self.skipped} & tokens
-        for token in tokens:
-            names.update(p.config.name for p in self._by_token.get(token, {}).values())
-        if skipped:
-            names.update(n for n, e in self._entries.items() if e.token in skipped)
-        wanted = [e for e in map(after, names) if e is not None and e.token in tokens]
-        return sorted(wanted, key=lambda e: (e.side, e.index))
+    def _running(self) -> _Running:
+        return _Running(self)
 
     @signal_safe
     def _adopt(
         self,
-        updates: dict[str, EndpointConfig | None],
+        updates: Mapping[str, EndpointConfig | None],
         skipped: list[tuple[str, str]] | None,
         config: Config | None,
     ) -> None:
@@ -1157,45 +973,6 @@ class Topology:
             self._as_file = False
         if skipped is not None:
             self.skipped = skipped
-
-    def _fragment(self, entries: Config | Sequence[EndpointConfig], what: str) -> Config:
-        if isinstance(entries, Config):
-            return entries
-        if isinstance(entries, EndpointConfig):
-            entries = [entries]
-        items = list(entries) if isinstance(entries, Sequence) else None
-        if items is None or not all(isinstance(e, EndpointConfig) for e in items):
-            raise TopologyError(
-                f"{what}: pass an irqbypass.Config (parse_config of a TOML fragment) or a "
-                f"list of irqbypass.EndpointConfig, not {show_value(entries)}"
-            )
-        return Config(
-            file=f"<{what}>",
-            producers=tuple(e for e in items if e.side == "producer"),
-            consumers=tuple(e for e in items if e.side == "consumer"),
-        )
-
-    def _check_new(
-        self, entries: list[EndpointConfig], source: Config, ignore: Iterable[str]
-    ) -> None:
-        """Refuse new entries whose name the topology has, or whose token and
-        side an endpoint of it already holds (before anything is done)."""
-        names: set[str] = set()
-        ignored = set(ignore)
-        for entry in entries:
-            where = f"{source.file}: {entry.key_path}"
-            if entry.name in names or (entry.name in self._entries and entry.name not in ignored):
-                raise TopologyError(
-                    f"{where}: an entry named {entry.name!r} is already in the topology; "
-                    "names must be unique (detach it first, or pick another name)"
-                )
-            names.add(entry.name)
-            held = self._by_token.get(entry.token, {}).get(entry.side)
-            if held is not None and held.config.name not in ignored:
-                raise TopologyError(
-                    f"{where}: token {entry.token!r} is already used by {held.label}; "
-                    f"one {entry.side} per token"
-                )
 
     @signal_safe
     def _change(
