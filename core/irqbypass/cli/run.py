@@ -11,13 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..config import Config, parse_config
 from ..errors import IrqBypassError
 from ..notify import notify
+from ..plugins import PluginHost
 from ..signals import deliver_deferred_signals, guard_signals
-from ..topology import Topology
+from ..topology import Placed, Topology
 from . import bundled
 from .check import _every_error, _pairing_problems
 from .files import STDIN, _load
@@ -62,15 +64,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
     host = _host(args, config, collect=True)
-    if getattr(args, "table_errors", None):  # nothing is opened: every error, as check says
-        _every_error(config, host, _table_errors(args))
-    warnings = _pairing_problems(config, host)  # what `check` warns of, before opening anything
-    for warning in warnings:
-        _warn(warning)
-    if warnings and args.strict:
-        raise IrqBypassError(
-            f"{config.file}: {_count(len(warnings), 'warning')} (--strict); nothing was opened"
-        )
+    warnings = _preflight(args, config, host)
     duration = args.duration or config.duration or default
     out = sys.stdout
     metrics = _metrics(args, host)
@@ -83,62 +77,136 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
     file = getattr(args, "file", None)
     live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
     live.every = False if args.quiet else True if args.all or args.verbose else None
-    stopped_by: int | None = None
     if not (args.json or args.quiet):
         _header(host, out)
     with _terminate_as_interrupt(), live.signals():
-        try:
-            if args.control:
-                live.listen(args.control)
-            applying = _StepProgress(sys.stderr, "applying")
-            try:
-                with applying:
-                    topology.apply(progress=applying.applying)
-            except KeyboardInterrupt as exc:  # apply undid what it had done: nothing ran
-                stopped_by = getattr(exc, "signum", signal.SIGINT)
-                if not applying.shown:  # a progress line is cleared, ^C echo and all
-                    _fresh_line(stopped_by)
-                _notes(exc)
-            if stopped_by is None:
-                _log_applied(topology)
-                try:
-                    if not args.json:
-                        tokens = len(topology.status()) + len(topology.skipped)
-                        _print_pairs(topology, out, _lists_every(args, tokens))
-                    live.ready()
-                    _wait(topology, duration, sys.stderr, live)
-                except KeyboardInterrupt as exc:
-                    stopped_by = getattr(exc, "signum", signal.SIGINT)
-                    # the wait's progress line ends its line itself, after the ^C echo
-                    if not (_isatty(sys.stderr) and _waits(topology, live)):
-                        _fresh_line(stopped_by)
-            summary, interrupted = _summary(topology)
-            stopped_by = stopped_by or interrupted
-            placed = topology.placed  # teardown forgets them, and their faults
-            vetoed = topology.vetoed
-        except BaseException:
-            try:
-                live.close()
-            finally:  # a signal landing in the close still tears down
-                _report_teardown(topology)
-            raise
-        # a teardown error is reported after the summary, never instead of it
-        try:
-            notify("STOPPING=1")
-            live.close()
-        except KeyboardInterrupt as exc:  # a signal landing here: the teardown runs anyway
-            stopped_by = stopped_by or getattr(exc, "signum", signal.SIGINT)
-            live.close()
-        _log.info("tearing down %s", topology.config.file)
-        teardown_error, teardown_signal = _teardown(topology)
+        ended = _session(args, topology, live, duration, out)
+    return _report(args, topology, warnings, ended, out)
+
+
+def _preflight(args: argparse.Namespace, config: Config, host: PluginHost) -> list[str]:
+    """What ``check`` warns of, told before anything is opened (every error of
+    the tables first, when asked); with ``--strict`` a warning stops the run."""
+    if getattr(args, "table_errors", None):  # nothing is opened: every error, as check says
+        _every_error(config, host, _table_errors(args))
+    warnings = _pairing_problems(config, host)
+    for warning in warnings:
+        _warn(warning)
+    if warnings and args.strict:
+        raise IrqBypassError(
+            f"{config.file}: {_count(len(warnings), 'warning')} (--strict); nothing was opened"
+        )
+    return warnings
+
+
+@dataclass
+class _Ended:
+    """How a run's session ended: what its summary shows, read before teardown."""
+
+    summary: list[dict[str, Any]]
+    #: the signal that stopped the run (None: it ran its course)
+    stopped_by: int | None
+    #: the endpoints, kept: teardown forgets them, and their faults
+    placed: list[Placed]
+    vetoed: list[tuple[str, str]]
+    teardown_error: IrqBypassError | None
+
+
+def _session(
+    args: argparse.Namespace,
+    topology: Topology,
+    live: _Live,
+    duration: float | None,
+    out: TextIO,
+) -> _Ended:
+    """Apply, run until done or stopped, read the summary, tear down: the
+    teardown runs on every path, and the summary is read before it."""
+    try:
+        stopped_by = _apply(args, topology, live)
         if stopped_by is None:
-            stopped_by = teardown_signal
+            stopped_by = _serve(args, topology, live, duration, out)
+        summary, interrupted = _summary(topology)
+        stopped_by = stopped_by or interrupted
+        placed = topology.placed  # teardown forgets them, and their faults
+        vetoed = topology.vetoed
+    except BaseException:
+        try:
+            live.close()
+        finally:  # a signal landing in the close still tears down
+            _report_teardown(topology)
+        raise
+    # a teardown error is reported after the summary, never instead of it
+    try:
+        notify("STOPPING=1")
+        live.close()
+    except KeyboardInterrupt as exc:  # a signal landing here: the teardown runs anyway
+        stopped_by = stopped_by or getattr(exc, "signum", signal.SIGINT)
+        live.close()
+    _log.info("tearing down %s", topology.config.file)
+    teardown_error, teardown_signal = _teardown(topology)
+    if stopped_by is None:
+        stopped_by = teardown_signal
+    return _Ended(summary, stopped_by, placed, vetoed, teardown_error)
+
+
+def _apply(args: argparse.Namespace, topology: Topology, live: _Live) -> int | None:
+    """Listen (``--control``) and apply; the signal that stopped the apply
+    (which undid what it had done: nothing ran), or None."""
+    if args.control:
+        live.listen(args.control)
+    applying = _StepProgress(sys.stderr, "applying")
+    try:
+        with applying:
+            topology.apply(progress=applying.applying)
+    except KeyboardInterrupt as exc:
+        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
+        if not applying.shown:  # a progress line is cleared, ^C echo and all
+            _fresh_line(stopped_by)
+        _notes(exc)
+        return stopped_by
+    return None
+
+
+def _serve(
+    args: argparse.Namespace,
+    topology: Topology,
+    live: _Live,
+    duration: float | None,
+    out: TextIO,
+) -> int | None:
+    """Show the pairs and run until done; the signal that stopped it, or None."""
+    _log_applied(topology)
+    try:
+        if not args.json:
+            tokens = len(topology.status()) + len(topology.skipped)
+            _print_pairs(topology, out, _lists_every(args, tokens))
+        live.ready()
+        _wait(topology, duration, sys.stderr, live)
+    except KeyboardInterrupt as exc:
+        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
+        # the wait's progress line ends its line itself, after the ^C echo
+        if not (_isatty(sys.stderr) and _waits(topology, live)):
+            _fresh_line(stopped_by)
+        return stopped_by
+    return None
+
+
+def _report(
+    args: argparse.Namespace,
+    topology: Topology,
+    warnings: list[str],
+    ended: _Ended,
+    out: TextIO,
+) -> int:
+    """Print the summary (or the JSON document), the faults and the errors;
+    the exit status."""
     faults = [
         fault + ("; its figures are shown as -" if call == "stats()" else "")
-        for one in placed
+        for one in ended.placed
         for call, fault in one.faults.items()
     ]
-    errors = [] if teardown_error is None else [str(teardown_error)]
+    stopped_by = ended.stopped_by
+    errors = [] if ended.teardown_error is None else [str(ended.teardown_error)]
     if stopped_by is not None:
         errors.append(f"stopped by {signal.Signals(stopped_by).name}; everything was torn down")
     status = 128 + stopped_by if stopped_by is not None else 1 if errors else 0
@@ -148,16 +216,16 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             "exit_status": status,
             "file": topology.config.file,
             "interrupted": stopped_by is not None,
-            "pairs": summary,
+            "pairs": ended.summary,
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
-            "vetoed": [{"token": t, "reason": r} for t, r in vetoed],
+            "vetoed": [{"token": t, "reason": r} for t, r in ended.vetoed],
             "warnings": [*warnings, *faults],
             "error": errors[0] if errors else None,
             "errors": errors,
         }
         _say(json.dumps(doc, indent=2), out)
     else:
-        _print_summary(summary, out, every=_lists_every(args, len(summary)))
+        _print_summary(ended.summary, out, every=_lists_every(args, len(ended.summary)))
     for fault in faults:
         _warn(fault)
     for error in errors:
