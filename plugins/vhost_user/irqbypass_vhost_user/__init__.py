@@ -1,7 +1,8 @@
 """irqbypass-vhost-user: the ``vhost-user`` producer kind, one virtqueue's call
 interrupt of a vhost-user back-end in another process.
 
-See :class:`VhostUserProducer` and ``docs/plugins/vhost-user.md``. The wire
+See :class:`VhostUserProducer` (its options are one
+:class:`VhostUserSettings`) and ``docs/plugins/vhost-user.md``. The wire
 format is in ``_wire``; :class:`Connection` speaks it with bounded waits;
 :class:`GuestMemory`, :class:`SplitRing` and :class:`BlkDriver` are the
 front-end's memory, ring and a minimal virtio-blk driver that makes
@@ -18,6 +19,7 @@ from .daemon import StorageDaemon, unavailable_reason
 from .errors import BackendGoneError, BackendTimeoutError, ProtocolError, VhostUserError
 from .producer import VhostUserProducer
 from .ring import GuestMemory, SplitRing
+from .settings import VhostUserSettings
 
 __all__ = [
     "BackendGoneError",
@@ -30,6 +32,7 @@ __all__ = [
     "StorageDaemon",
     "VhostUserError",
     "VhostUserProducer",
+    "VhostUserSettings",
     "irqbypass_register_kinds",
     "unavailable_reason",
 ]

@@ -17,7 +17,9 @@ owned connection goes to the holding eventfd and learns whether it does.
 That life (open/close from any state, the quiesce and its deferral, the kick
 and loss accounting, signal safety) is :class:`irqbypass.DeviceProducer`'s;
 this module holds only what is vhost-user's own: the connection, the
-negotiation, the ring this producer may feed, the drain before GET_VRING_BASE.
+negotiation, the drain before GET_VRING_BASE. The options are one checked
+value (:class:`~.settings.VhostUserSettings`), the ring this producer may feed
+is an :class:`~.vring.OwnedRing` and its own load a :class:`~.load.BlkLoad`.
 
 Two ways, as the other producers: own the connection (``socket``: connect,
 negotiate, give it the memory and a ring this producer makes, or ``spawn`` a
@@ -31,20 +33,27 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING
 
 import irqbypass
 
 from . import _wire as wire
 from .blk import BlkDriver
-from .connection import DEFAULT_TIMEOUT, MAX_TIMEOUT, Connection, check_socket_path
+from .connection import Connection
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
+from .load import BlkLoad
 from .ring import GuestMemory, SplitRing
+from .settings import VhostUserSettings
+from .vring import OwnedRing
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .settings import VhostUserOptions
 
 __all__ = ["VhostUserProducer"]
 
-DEFAULT_QUEUE_SIZE = 256
-DEFAULT_MEMORY = 1 << 20
 #: the requests a front-end that owns the connection asks for
 WANTED_PROTOCOL = (1 << wire.ProtocolFeature.REPLY_ACK) | (1 << wire.ProtocolFeature.MQ)
 
@@ -68,6 +77,10 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     requests, one at a time at ``rate`` per second, after ``delay`` seconds
     (the demo's load: the delay lets a topology pair it first). Every wait on the
     back-end is bounded by ``timeout`` seconds. Constructing only validates.
+
+    The options are the fields of :class:`~.settings.VhostUserSettings`: give
+    them as keywords, or ``settings`` made already (as :meth:`from_spec`
+    does), not both.
     """
 
     gone_errors = (BackendGoneError,)
@@ -80,108 +93,30 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         self,
         *,
         token: Hashable,
-        socket: str | None = None,
-        spawn: bool = False,
-        connection: Connection | int | None = None,
         queue: int | None = None,
         irq: int | None = None,
         name: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        memory: GuestMemory | None = None,
-        reply_ack: bool = False,
-        kicks_on_set_call: bool | None = None,
-        requests: int = 0,
-        rate: float = 100.0,
-        delay: float = 0.0,
-        drain_timeout: float = 5.0,
-        backend_uid: int | None = None,
+        settings: VhostUserSettings | None = None,
+        **options: Unpack[VhostUserOptions],
     ) -> None:
-        q = self.number(queue, irq)
+        q = self.number(queue, irq) if settings is None else settings.queue
         super().__init__(token=token, irq=self.number(irq, q), name=name)
-        what = f"vhost-user producer {self.name!r}"
-        if sum((socket is not None, spawn, connection is not None)) != 1:
+        if settings is None:
+            settings = self._settings(q, options)
+        elif options or queue is not None:
+            given = sorted([*options, *(["queue"] if queue is not None else [])])
             raise irqbypass.InvalidEndpointError(
-                f"{what}: give exactly one of socket (the back-end's socket path), spawn (a "
-                "private qemu-storage-daemon) and connection (the VMM's connection) (got "
-                f"socket={socket!r}, spawn={spawn!r}, connection={connection!r})"
+                f"{self._who()}: give settings or the options ({', '.join(given)}), not both"
             )
-        if isinstance(connection, bool) or (isinstance(connection, int) and connection < 0):
-            raise irqbypass.InvalidEndpointError(f"{what}: connection {connection!r} is not an fd")
-        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= wire.VRING_INDEX_MASK:
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: queue {q!r} must be 0..{wire.VRING_INDEX_MASK} (the index field of "
-                "SET_VRING_CALL has 8 bits)"
-            )
-        if connection is not None and (requests or memory is not None):
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: requests and memory need a connection this producer owns (socket or "
-                "spawn); on a handed connection the VMM owns the rings"
-            )
-        for key, value in (("timeout", timeout), ("drain_timeout", drain_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: {key} must be a number of seconds, got {irqbypass.show_value(value)}"
-                )
-            if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: {key} must be 0..{MAX_TIMEOUT:g} seconds, got "
-                    f"{irqbypass.show_value(value)}"
-                )
-        for key, count in (("requests", requests), ("backend_uid", backend_uid)):
-            if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: {key} must be an integer, got {irqbypass.show_value(count)}"
-                )
-        for key, number in (("rate", rate), ("delay", delay)):
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: {key} must be a number, got {irqbypass.show_value(number)}"
-                )
-        if not timeout > 0 or requests < 0 or not 0 < rate < 1e9 or not 0 <= delay <= MAX_TIMEOUT:
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: timeout and rate must be > 0, requests and delay >= 0 (delay at most "
-                f"{MAX_TIMEOUT:g} s)"
-            )
-        if backend_uid is not None and not 0 <= backend_uid < 2**32 - 1:
-            raise irqbypass.InvalidEndpointError(
-                f"{what}: backend_uid {backend_uid} is not a uid (0..{2**32 - 2})"
-            )
-        if socket is not None:
-            if not isinstance(socket, str):
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: socket must be a path (str), got {irqbypass.show_value(socket)}"
-                )
-            try:
-                check_socket_path(socket)
-            except VhostUserError as exc:
-                raise irqbypass.InvalidEndpointError(
-                    f"{what}: {exc.message}", errno=exc.errno
-                ) from exc
-        self.queue = q
-        self.socket_path = socket
-        self.spawn = spawn
-        self.timeout = timeout
-        self.queue_size = queue_size
-        self.reply_ack = reply_ack
-        self.requests = requests
-        self.rate = rate
-        self.delay = delay
-        self.drain_timeout = drain_timeout
-        self.backend_uid = backend_uid
-        self._given = connection
-        self._given_memory = memory
-        self._kicks_setting = kicks_on_set_call
+        #: the options, checked once
+        self.settings = settings
         self._conn: Connection | None = None
         self._claims: list[tuple[object, int]] = []
         self._ready = False  # the open completed: detaching talks to the back-end
         self.daemon: StorageDaemon | None = None
-        self.memory: GuestMemory | None = None
-        self.ring: SplitRing | None = None
-        self.driver: BlkDriver | None = None
-        self._kick_fd: irqbypass.Eventfd | None = None
-        #: the feeder: a periodic timer on the event loop (with requests)
-        self._feeder: irqbypass.LoopHandle | None = None
+        self._own: OwnedRing | None = None  # the ring, on a connection this producer owns
+        s = self.settings
+        self._load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
         self.features = 0
         self.protocol_features = 0
         self.queue_count: int | None = None
@@ -189,72 +124,76 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         self._past = {"completed": 0, "failed": 0}
         self._deferred = self._opens = 0
 
+    def _who(self) -> str:
+        return f"{self.kind} producer {self.name!r}"
+
+    def _settings(self, queue: int, options: VhostUserOptions) -> VhostUserSettings:
+        """The keywords' settings; a refusal names this producer."""
+        try:
+            return VhostUserSettings(queue=queue, **options)
+        except irqbypass.InvalidEndpointError as exc:
+            raise irqbypass.InvalidEndpointError(
+                f"{self._who()}: {exc.message}", errno=exc.errno
+            ) from exc
+
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
         opts = spec.options_reader()
-        socket_path = opts.get_str("socket")
-        spawn = opts.get_bool("spawn", False)
-        fd = opts.get_fd("fd")
-        if sum((socket_path is not None, spawn, fd is not None)) != 1:
-            raise opts.error(
-                "socket",
-                "give exactly one of socket (the back-end's socket path), spawn = true (a "
-                "private qemu-storage-daemon) and fd (a connection this process inherited)",
-            )
-        queue = opts.get_int("queue", spec.irq if spec.irq is not None else 0, min=0, max=255)
-        if socket_path is not None:
-            try:
-                check_socket_path(socket_path)
-            except VhostUserError as exc:
-                raise opts.error("socket", exc.message) from exc
-        timeout = opts.get_float("timeout", DEFAULT_TIMEOUT, min=0.001, max=MAX_TIMEOUT)
-        backend_uid = opts.get_raw("backend_uid")
-        if backend_uid is not None and (
-            isinstance(backend_uid, bool)
-            or not isinstance(backend_uid, int)
-            or not 0 <= backend_uid < 2**32 - 1
-        ):
-            raise opts.error(
-                "backend_uid",
-                f"expected the uid the back-end runs as (an integer 0..{2**32 - 2}), got "
-                f"{irqbypass.show_value(backend_uid)}",
-            )
-        queue_size = opts.get_int("queue_size", DEFAULT_QUEUE_SIZE, min=2, max=32768)
-        if queue_size & (queue_size - 1):
-            raise opts.error("queue_size", f"must be a power of 2, got {queue_size}")
-        reply_ack = opts.get_bool("reply_ack", False)
-        kicks = opts.get_raw("kicks_on_set_call")
-        if kicks is not None and not isinstance(kicks, bool):
-            raise opts.error("kicks_on_set_call", f"expected true or false, got {kicks!r}")
-        requests = opts.get_int("requests", 0, min=0)
-        rate = opts.get_float("rate", 100.0, min=0.001, max=1e6)
-        delay = opts.get_float("delay", 0.0, min=0.0, max=MAX_TIMEOUT)
-        if fd is not None and requests:
-            raise opts.error("requests", "needs a connection this producer owns (socket or spawn)")
+        settings = VhostUserSettings.read(opts, spec.irq)
         opts.finish()
-        return cls(
-            token=spec.token,
-            socket=socket_path,
-            spawn=spawn,
-            connection=fd,
-            queue=queue,
-            irq=spec.irq,
-            name=spec.name,
-            timeout=timeout,
-            queue_size=queue_size,
-            reply_ack=reply_ack,
-            kicks_on_set_call=kicks,
-            requests=requests,
-            rate=rate,
-            delay=delay,
-            backend_uid=backend_uid,
-        )
+        return cls(token=spec.token, irq=spec.irq, name=spec.name, settings=settings)
+
+    # -- the settings, as the producer's attributes -------------------------------
+
+    @property
+    def queue(self) -> int:
+        return self.settings.queue
+
+    @property
+    def socket_path(self) -> str | None:
+        return self.settings.socket
+
+    @property
+    def spawn(self) -> bool:
+        return self.settings.spawn
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    @property
+    def queue_size(self) -> int:
+        return self.settings.queue_size
+
+    @property
+    def reply_ack(self) -> bool:
+        return self.settings.reply_ack
+
+    @property
+    def requests(self) -> int:
+        return self.settings.requests
+
+    @property
+    def rate(self) -> float:
+        return self.settings.rate
+
+    @property
+    def delay(self) -> float:
+        return self.settings.delay
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.settings.drain_timeout
+
+    @property
+    def backend_uid(self) -> int | None:
+        return self.settings.backend_uid
 
     # -- naming and errors -------------------------------------------------
 
     @property
     def owns_connection(self) -> bool:
-        return self._given is None
+        return self.settings.owns_connection
 
     def _backend(self) -> str:
         if self.spawn:
@@ -262,9 +201,10 @@ class VhostUserProducer(irqbypass.DeviceProducer):
             return f"its qemu-storage-daemon{'' if pid is None else f' pid {pid}'}"
         if self.socket_path is not None:
             return f"socket {self.socket_path}"
-        if isinstance(self._given, Connection):
-            return f"the VMM's connection, fd {self._given.fileno()}"
-        return f"the VMM's connection, fd {self._given}"
+        given = self.settings.connection
+        if isinstance(given, Connection):
+            return f"the VMM's connection, fd {given.fileno()}"
+        return f"the VMM's connection, fd {given}"
 
     def interrupt_name(self) -> str:
         return f"virtqueue {self.queue}"
@@ -282,6 +222,21 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         return self._conn
 
     @property
+    def memory(self) -> GuestMemory | None:
+        """The memory the back-end was given (owned connections, while open)."""
+        return None if self._own is None else self._own.memory
+
+    @property
+    def ring(self) -> SplitRing | None:
+        """The virtqueue's ring (owned connections, while open)."""
+        return None if self._own is None else self._own.ring
+
+    @property
+    def driver(self) -> BlkDriver | None:
+        """The virtio-blk driver on :attr:`ring` (owned connections, while open)."""
+        return None if self._own is None else self._own.driver
+
+    @property
     def bound_to(self) -> int | None:
         """The eventfd the virtqueue's call signals: the token, or the holding
         eventfd while stopped; None when unbound."""
@@ -290,8 +245,9 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def device_open(self) -> None:
         """Connect (or take the VMM's connection); on an owned one negotiate
         and set up the ring, its call first on the holding eventfd."""
-        self.signals_on_new_fd = self._kicks_setting
-        if not self.owns_connection and self._kicks_setting is None:
+        kicks = self.settings.kicks_on_set_call
+        self.signals_on_new_fd = kicks
+        if not self.owns_connection and kicks is None:
             self.signals_on_new_fd = True  # as libvhost-user does: cannot probe a VMM's ring
         self._connect()
         if self.owns_connection:
@@ -301,8 +257,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def device_ready(self) -> None:
         self._ready = True
         self._opens += 1
-        if self.requests:
-            self._start_feeder()
+        self._load.start()
 
     def device_point(self, fd: int) -> None:
         """SET_VRING_CALL to ``fd``, synchronously (REPLY_ACK or a round trip)."""
@@ -326,7 +281,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         """Drain, move the call to the holding eventfd (never the no-fd flag),
         stop the ring. A rolled-back open of an owned connection only closes
         it: the back-end forgets the ring with the connection."""
-        self._stop_feeder()  # a tick never waits for our lock: no deadlock under it
+        self._load.stop()  # a tick never waits for our lock: no deadlock under it
         if not self._ready and self.owns_connection:
             return
         drained = self._drain()
@@ -357,21 +312,18 @@ class VhostUserProducer(irqbypass.DeviceProducer):
             except BaseException as exc:  # kept, re-raised once everything is released
                 errors.append(exc)
 
-        self._stop_feeder()
+        self._load.stop()
         self._ready = False
         conn = self._conn
-        if conn is not None and conn is not self._given:
+        if conn is not None and conn is not self.settings.connection:
             step(conn.close)
         self._conn = None
-        if self._kick_fd is not None:
-            step(self._kick_fd.close)
-            self._kick_fd = None
-        if self.memory is not None and self.memory is not self._given_memory:
-            step(self.memory.close)
-        if self.driver is not None:
-            self._past["completed"] += self.driver.completed
-            self._past["failed"] += self.driver.failed
-        self.memory = self.ring = self.driver = None
+        own, self._own = self._own, None
+        if own is not None:
+            if own.driver is not None:
+                self._past["completed"] += own.driver.completed
+                self._past["failed"] += own.driver.failed
+            own.close(step)
         if self.daemon is not None:
             step(self.daemon.close)
             self.daemon = None
@@ -389,23 +341,21 @@ class VhostUserProducer(irqbypass.DeviceProducer):
 
     def device_resume(self) -> None:
         """Publish what was deferred and kick the back-end."""
-        ring, kick = self.ring, self._kick_fd
-        if ring is not None and kick is not None and ring.unpublished:
-            self._deferred += ring.unpublished
-            ring.publish()
-            kick.write()
+        if self._own is not None:
+            self._deferred += self._own.resume()
 
     # -- the connection ------------------------------------------------------
 
     def _connect(self) -> None:
-        if isinstance(self._given, Connection):
-            key: object = ("connection", *self._given.identity())
+        given = self.settings.connection
+        if isinstance(given, Connection):
+            key: object = ("connection", *given.identity())
             self._take_claim(key)
-            self._conn = self._given
+            self._conn = given
             return
-        if self._given is not None:
+        if given is not None:
             conn = Connection.from_fd(
-                self._given, what=self.describe(), timeout=self.timeout, reply_ack=self.reply_ack
+                given, what=self.describe(), timeout=self.timeout, reply_ack=self.reply_ack
             )
             try:
                 self._take_claim(("connection", *conn.identity()))
@@ -474,38 +424,8 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def _set_up_ring(self) -> None:
         conn = self._conn
         assert conn is not None
-        if self._given_memory is not None:
-            self.memory = self._given_memory
-        else:
-            slots = self.queue_size // 2
-            ring_bytes = 16 * self.queue_size + 8 * self.queue_size + 3 * 4096
-            need = ring_bytes + slots * 1024
-            self.memory = GuestMemory.create(max(DEFAULT_MEMORY, (need + 4095) // 4096 * 4096))
-        memory = self.memory
-        self.ring = SplitRing(memory, memory.guest_addr, self.queue_size)
-        self.driver = BlkDriver(self.ring, memory, self.ring.end_gpa)
-        region = wire.MemoryRegion(memory.guest_addr, memory.size, memory.user_addr, 0)
-        conn.request(
-            wire.Request.SET_MEM_TABLE, wire.pack_memory_table([region]), [memory.fd], sync=True
-        )
-        q = self.queue
-        ring = self.ring
-        conn.request(wire.Request.SET_VRING_NUM, wire.pack_vring_state(q, ring.size), sync=True)
-        conn.request(wire.Request.SET_VRING_BASE, wire.pack_vring_state(q, 0), sync=True)
-        addr = wire.pack_vring_addr(
-            q,
-            desc=memory.user(ring.desc_gpa),
-            used=memory.user(ring.used_gpa),
-            avail=memory.user(ring.avail_gpa),
-        )
-        conn.request(wire.Request.SET_VRING_ADDR, addr, sync=True)
-        self._kick_fd = irqbypass.Eventfd()
-        conn.request(
-            wire.Request.SET_VRING_KICK,
-            wire.pack_vring_file(q, has_fd=True),
-            [self._kick_fd.fileno()],
-            sync=True,
-        )
+        own = self._own = OwnedRing(self.queue, self.queue_size, self.settings.memory)
+        own.set_up(conn)
         # the call goes to the holding eventfd first: with nothing queued, what
         # it receives is the back-end's own kick, which tells whether it kicks
         if self.signals_on_new_fd is None:
@@ -513,6 +433,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         else:
             self.point_at_holding()
         if self.features >> wire.VHOST_USER_F_PROTOCOL_FEATURES & 1:
+            q = self.queue
             conn.request(wire.Request.SET_VRING_ENABLE, wire.pack_vring_state(q, 1), sync=True)
 
     def _drain(self) -> bool:
@@ -551,80 +472,27 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         """Queue ``n`` virtio-blk GET_ID requests on the producer's ring and
         kick the back-end; returns how many fitted (owned connections only)."""
         with self._lock:
-            if self.driver is None or self._kick_fd is None:
+            if self._own is None or not self._own.ready:
                 raise self._refuse(
                     "submit needs an open producer that owns its connection (socket or spawn)",
                     errno.ENOTCONN,
                 )
-            queued = self.driver.queue(n, publish=not self.deferring)
-            if queued and not self.deferring:
-                self._kick_fd.write()
-            return queued
+            return self._own.submit(n, publish=not self.deferring)
 
     def reap(self) -> int:
         """Take finished requests off the used ring (not the call eventfd). A
         corrupt used ring is the back-end's fault: recorded in :attr:`problem`."""
         with self._lock:
-            if self.driver is None:
+            driver = self.driver
+            if driver is None:
                 return 0
             try:
-                return self.driver.reap()
+                return driver.reap()
             except VhostUserError as exc:
                 self.lose(exc)
                 raise
 
-    def _stop_feeder(self) -> None:
-        feeder, self._feeder = self._feeder, None
-        if feeder is not None:
-            feeder.cancel()  # returns once a tick is not running (at once from one)
-
-    def _start_feeder(self) -> None:
-        self._feeder = irqbypass.event_loop().call_every(
-            1.0 / self.rate, self._feed, owner=f"{self.describe()} (feeder)", delay=self.delay
-        )
-
-    def _feed(self) -> None:
-        """The feeder, a timer on the event loop: what goes wrong in it is
-        recorded in :attr:`problem` (which ``stats()``, ``finished`` and ``run``
-        show) and ends the feeding, never a traceback that leaves the run
-        waiting out its duration."""
-        try:
-            if self._feed_once():
-                return
-        except VhostUserError as exc:
-            self.lose(exc)
-        except Exception as exc:  # a bug here must still end the run with a report
-            self.lose(
-                VhostUserError(
-                    f"{self.describe()}: the request feeder failed: "
-                    f"{irqbypass.show_value(exc)}; this is a bug, please report it",
-                    errno=errno.EIO,
-                )
-            )
-        self._stop_feeder()
-
-    def _feed_once(self) -> bool:
-        """One tick: reap, and queue the next request once the last came back;
-        False when there is nothing more to feed. Never waits for the lock (a
-        stop or start holds it across a round trip to the back-end): a busy
-        tick is tried again at the next."""
-        if not self._lock.acquire(blocking=False):
-            return True
-        try:
-            driver = self.driver
-            self._check_alive()
-            if driver is None or self.problem is not None:
-                return False
-            self.reap()
-            if driver.completed >= self.requests:
-                return False
-            if driver.submitted < self.requests and driver.in_flight == 0:
-                self.submit(1)
-            return True
-        finally:
-            self._lock.release()
-
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         """Notice a back-end that hung up, without a message or a wait."""
         if self._conn is not None and self.problem_error is None and not self._conn.alive():
             self.lose(
@@ -638,18 +506,13 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def finished(self) -> bool:
         """With ``requests``: all completed, or the back-end went away."""
         with self._lock:
-            self._check_alive()
-            driver = self.driver
-            if not self.requests:
-                return False
-            return self.problem is not None or (
-                driver is not None and driver.completed >= self.requests
-            )
+            self.check_alive()
+            return self._load.finished()
 
     # -- status --------------------------------------------------------------
 
     def device_stats(self) -> Mapping[str, int]:
-        self._check_alive()
+        self.check_alive()
         stats = {
             "swaps": self.swaps,
             "deferred": self._deferred,

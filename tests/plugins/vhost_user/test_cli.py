@@ -3,6 +3,7 @@ back-end killed in the middle of `irqbypass run`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-from irqbypass_vhost_user import StorageDaemon, VhostUserProducer
+from irqbypass_vhost_user import StorageDaemon, VhostUserProducer, VhostUserSettings
 
 from .conftest import GUARD
 
@@ -42,6 +43,34 @@ def test_options() -> None:
         )  # fmt: skip
         handed = VhostUserProducer.from_spec(spec(token, fd=7, reply_ack=True))
         assert not handed.owns_connection and handed.reply_ack
+
+
+def test_toml_and_python_make_the_same_settings_value() -> None:
+    """Both ways end in one frozen VhostUserSettings, checked once: the TOML
+    entry's and the keywords' are equal, and a producer takes it as made."""
+    options = {"socket": "/run/x.sock", "queue_size": 64, "timeout": 1.5, "requests": 9}
+    with irqbypass.Eventfd() as token:
+        read = VhostUserProducer.from_spec(spec(token, irq=3, **options)).settings
+        made = VhostUserProducer(token=token, irq=3, **options).settings  # type: ignore[arg-type]
+        assert (
+            read
+            == made
+            == VhostUserSettings(
+                socket="/run/x.sock", queue=3, queue_size=64, timeout=1.5, requests=9
+            )
+        )
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            read.timeout = 60.0  # type: ignore[misc]
+        again = VhostUserProducer(token=token, name="again", settings=read)
+        assert (again.settings, again.queue, again.irq) == (read, 3, 3)
+        with pytest.raises(
+            irqbypass.InvalidEndpointError, match=r"'vq': queue 300 must be 0\.\.255"
+        ):
+            VhostUserProducer(token=token, name="vq", socket="/s", queue=300)
+        with pytest.raises(irqbypass.InvalidEndpointError, match=r"not both"):
+            VhostUserProducer(token=token, settings=read, timeout=2.0)
+        with pytest.raises(irqbypass.InvalidEndpointError, match=r"give exactly one of socket"):
+            VhostUserSettings()
 
 
 @pytest.mark.parametrize(
