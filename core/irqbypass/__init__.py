@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
     from .loop import EventLoop, LoopFault, LoopHandle, event_loop
     from .manager import Manager
-    from .options import Options, show_value
+    from .options import Options, Settings, show_value
     from .paths import (
         UnsafePathError,
         check_owner,
@@ -103,7 +103,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "loop": ("EventLoop", "LoopFault", "LoopHandle", "event_loop"),
     "manager": ("Manager",),
-    "options": ("Options", "show_value"),
+    "options": ("Options", "Settings", "show_value"),
     "paths": (
         "UnsafePathError",
         "check_owner",
@@ -197,6 +197,7 @@ __all__ = [
     "RealSeam",
     "ReentrantCallError",
     "Seam",
+    "Settings",
     "Side",
     "TokenInUseError",
     "TokenTable",

@@ -5,16 +5,21 @@ naming the file and key; :meth:`Options.finish` refuses keys nobody read, with
 the closest valid name, so a typo never passes silently. ``required=True``
 makes a missing key an error (``irqbypass check`` reports it), instead of a
 default the factory would have to test for ``None``.
+
+:class:`Settings` is the base of a kind's settings: one frozen dataclass of its
+options, checked once when made, which its Python constructor and its
+``from_spec`` (inside :meth:`Options.refusals`) both build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
-from .errors import ConfigError, printable
+from .errors import ConfigError, InvalidEndpointError, printable
 
 #: the highest fd number (an int in C: ``os.dup`` and the ioctls refuse more)
 MAX_FD = 2**31 - 1
@@ -197,11 +202,73 @@ class Options:
             problem += " (this kind takes no options)"
         raise self.error(key, problem)
 
+    @contextlib.contextmanager
+    def refusals(self) -> Iterator[None]:
+        """Inside, a kind refusing a value (an :class:`InvalidEndpointError`, from
+        its :class:`Settings` or its constructor) becomes this table's
+        ConfigError: about the option the refusal names, in the words it has for
+        a configuration file, else about the whole table."""
+        try:
+            yield
+        except _Refusal as exc:
+            if exc.option is None:
+                raise ConfigError(exc.message, file=self._file, key=self._where) from exc
+            raise self.error(exc.option, exc.in_config or exc.message) from exc
+        except InvalidEndpointError as exc:
+            raise ConfigError(exc.message, file=self._file, key=self._where) from exc
+
     def _check_range(self, key: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
             raise self.error(key, f"{show_value(value)} is below the minimum {low}")
         if high is not None and value > high:
             raise self.error(key, f"{show_value(value)} is above the maximum {high}")
+
+
+class _Refusal(InvalidEndpointError):
+    """A refused setting that knows its option, and what to tell a file about it."""
+
+    def __init__(self, message: str, *, option: str | None, in_config: str | None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.in_config = in_config
+
+
+class Settings:
+    """The base of a kind's settings: a frozen dataclass of its options,
+    checked once, when made (``__post_init__`` calls :meth:`check`).
+
+    The Python constructor makes it inside :meth:`naming` (a refusal then says
+    whose it is); ``from_spec`` reads the options table with :class:`Options`
+    and makes the endpoint inside :meth:`Options.refusals`, so one check serves
+    both and a file's error names the option."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :meth:`refuse` for a value that cannot work (the kind says which)."""
+
+    @staticmethod
+    def refuse(
+        problem: str, *, option: str | None = None, in_config: str | None = None
+    ) -> InvalidEndpointError:
+        """The error to raise: ``problem`` says what is wrong and what to do;
+        ``option`` is the key of the options table it is about, and
+        ``in_config`` what to tell a configuration file instead (its words)."""
+        return _Refusal(problem, option=option, in_config=in_config)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def naming(what: str) -> Iterator[None]:
+        """Inside, a refusal says whose it is: ``what: problem``."""
+        try:
+            yield
+        except _Refusal as exc:
+            raise _Refusal(
+                f"{what}: {exc.message}", option=exc.option, in_config=exc.in_config
+            ) from None
+        except InvalidEndpointError as exc:
+            raise _Refusal(f"{what}: {exc.message}", option=None, in_config=None) from None
 
 
 def show_value(value: object, limit: int = 80) -> str:

@@ -4,6 +4,7 @@ what a plugin author ran into. Plugins under test are modules of tests/core load
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -411,3 +412,56 @@ def faulty_plugin_sink(token: irqbypass.Eventfd) -> irqbypass.Consumer:
     import faulty_plugin
 
     return faulty_plugin.Sink(token=token, name="c")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rate(irqbypass.Settings):
+    """A kind's settings: a rate, and a burst no larger than it."""
+
+    rate: int = 1
+    burst: int = 1
+
+    def check(self) -> None:
+        if self.rate < 1:
+            raise self.refuse(f"rate {self.rate} is below 1; use 1 or more")
+        if self.burst > self.rate:
+            raise self.refuse(
+                f"burst {self.burst} exceeds rate {self.rate}; lower burst",
+                option="burst",
+                in_config="must not exceed rate; lower it",
+            )
+
+
+def test_settings_are_checked_once_made_and_say_whose_they_are() -> None:
+    """One check for both ways in: a Python caller's error names the endpoint;
+    a file's names the option it is about (in the file's words), or the whole
+    table, and the file."""
+    assert _Rate(rate=5, burst=2).burst == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _Rate().rate = 3  # type: ignore[misc]
+    with (
+        pytest.raises(irqbypass.InvalidEndpointError) as info,
+        irqbypass.Settings.naming("mock producer 'p'"),
+    ):
+        _Rate(rate=2, burst=3)
+    assert str(info.value) == "mock producer 'p': burst 3 exceeds rate 2; lower burst"
+    opts = irqbypass.Options({"burst": 3}, where="producers[0].options", file="t.toml")
+    with (
+        pytest.raises(irqbypass.ConfigError) as config,
+        opts.refusals(),
+        irqbypass.Settings.naming("mock producer 'p'"),
+    ):
+        _Rate(rate=2, burst=3)
+    assert (config.value.file, config.value.key) == ("t.toml", "producers[0].options.burst")
+    assert config.value.problem == "must not exceed rate; lower it"
+    with (
+        pytest.raises(irqbypass.ConfigError) as whole,
+        opts.refusals(),
+        irqbypass.Settings.naming("mock producer 'p'"),
+    ):
+        _Rate(rate=0)
+    assert whole.value.key == "producers[0].options"
+    assert whole.value.problem == "mock producer 'p': rate 0 is below 1; use 1 or more"
+    with pytest.raises(irqbypass.ConfigError) as plain, opts.refusals():
+        raise irqbypass.InvalidEndpointError("the token must be an eventfd")
+    assert plain.value.key == "producers[0].options"

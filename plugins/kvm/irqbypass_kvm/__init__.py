@@ -18,6 +18,7 @@ import irqbypass
 from . import _abi
 from ._kvm import DEFAULT_DEVICE, Vm, open_device
 from ._routing import MsiRoute
+from ._settings import KvmSettings
 from .consumer import KvmIrqfdConsumer
 from .guest import APIC_MODES, ELCR_LINES, GUEST_LINES, MSI_VECTORS, Guest
 
@@ -28,6 +29,7 @@ __all__ = [
     "MSI_VECTORS",
     "Guest",
     "KvmIrqfdConsumer",
+    "KvmSettings",
     "MsiRoute",
     "Vm",
     "irqbypass_register_kinds",

@@ -321,3 +321,27 @@ def test_closing_before_the_vcpu_thread_blocked_its_stop_signal_spares_the_proce
     )
     assert child.returncode == 0, f"the process died: {child.returncode} {child.stderr}"
     assert child.stdout == f"refused: {errno.ETIMEDOUT}\nalive\n"
+
+
+def test_the_file_and_python_make_the_same_settings(token: irqbypass.Eventfd) -> None:
+    """One reading of the options for both ways in (issue 28 item 4): the
+    target and the route are types, the same from a file as from Python."""
+    from irqbypass_kvm import _settings
+
+    msi = {"address": 0xFEE00000, "data": 0x41}
+    from_file = KvmIrqfdConsumer.from_spec(spec(token, vm=7, gsi=40, msi=msi, masked=True))
+    from_python = KvmIrqfdConsumer(
+        token=token,
+        name="k0",
+        vm=7,
+        gsi=40,
+        msi=irqbypass_kvm.MsiRoute(0xFEE00000, 0x41),
+        masked=True,
+    )
+    assert from_file.settings == from_python.settings
+    assert from_file.settings.target == _settings.VmFd(7)
+    assert from_file.settings.route == _settings.Msi(
+        irqbypass_kvm.MsiRoute(0xFEE00000, 0x41), 40, True
+    )
+    own = KvmIrqfdConsumer.from_spec(spec(token, resample=True)).settings
+    assert own.target == _settings.OwnGuest() and own.route == _settings.Pin(5, resample=True)

@@ -1,0 +1,185 @@
+"""Many kvm-irqfd consumers at once: the MSI consumers of one VM share one
+routing table, written once for all of them (``open_group``/``close_group``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import irqbypass
+
+from ._irqfd import Irqfd
+from ._kvm import Vm
+from ._routing import describe
+from ._settings import VmFd
+
+if TYPE_CHECKING:
+    from .consumer import KvmIrqfdConsumer
+
+__all__ = ["close_group", "open_group"]
+
+
+def open_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoint]) -> None:
+    """See :meth:`KvmIrqfdConsumer.open_group`."""
+    singles, batches = _partition(cls, endpoints, opening=True)
+    opened: list[KvmIrqfdConsumer] = []
+    try:
+        for consumer in singles:
+            consumer.open()
+            opened.append(consumer)
+        for batch in batches:
+            _open_batch([consumer._irqfd for consumer in batch])
+            opened.extend(batch)
+    except BaseException:
+        for consumer in reversed(opened):
+            with contextlib.suppress(irqbypass.IrqBypassError):
+                consumer.close()
+        raise
+
+
+def close_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoint]) -> None:
+    """See :meth:`KvmIrqfdConsumer.close_group`."""
+    singles, batches = _partition(cls, endpoints, opening=False)
+    errors: list[BaseException] = []
+    for batch in batches:
+        irqfds = [consumer._irqfd for consumer in batch]
+        locked = 0
+        try:
+            for irqfd in irqfds:
+                irqfd.lock.acquire()
+                locked += 1
+            _close_batch(irqfds, errors)
+        finally:
+            for irqfd in irqfds[:locked]:
+                irqfd.lock.release()
+    for consumer in singles:
+        try:
+            consumer.close()
+        except irqbypass.IrqBypassError as exc:
+            errors.append(exc)
+    if errors:
+        raise irqbypass.DeviceError(
+            f"closing {len(endpoints)} kvm-irqfd consumers: {len(errors)} step(s) "
+            f"failed, the first: {errors[0]}; everything else was released",
+            errno=getattr(errors[0], "errno", None),
+        ) from errors[0]
+
+
+def _partition(
+    cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoint], *, opening: bool
+) -> tuple[list[KvmIrqfdConsumer], list[list[KvmIrqfdConsumer]]]:
+    """The consumers that open (or close) alone, and the batches, one per VM."""
+    singles: list[KvmIrqfdConsumer] = []
+    batches: dict[object, list[KvmIrqfdConsumer]] = {}
+    for endpoint in endpoints:
+        if not isinstance(endpoint, cls):
+            raise irqbypass.InvalidEndpointError(
+                f"{endpoint!r} is not a kvm-irqfd consumer; KvmIrqfdConsumer.open_group and "
+                "close_group take kvm-irqfd consumers only"
+            )
+        key = endpoint._irqfd.batch_key(opening)
+        if key is None:
+            singles.append(endpoint)
+        else:
+            batches.setdefault(key, []).append(endpoint)
+    return singles, list(batches.values())
+
+
+def _open_batch(batch: list[Irqfd]) -> None:
+    """Open unmasked MSI irqfds of one VM: claim their GSIs, write all their
+    routes with one ioctl, assign each irqfd; on any failure undo it all."""
+    locked = 0
+    try:
+        for irqfd in batch:
+            irqfd.lock.acquire()
+            locked += 1
+        first = batch[0]
+        vm = first.target.attach(first.label, first.route, refs=len(batch))[0]
+        done = False
+        try:
+            for irqfd in batch:
+                irqfd.vm = vm  # from here on _close_batch undoes whatever was done
+            first.check_caps(vm)  # what the batch shares; a devid is per irqfd
+            for irqfd in batch:
+                if irqfd.msi is not None and irqfd.msi.devid is not None:
+                    irqfd.check_caps(vm)
+            _route(vm, batch)
+            _assign(vm, batch)
+            done = True
+        finally:
+            if not done:
+                attached = [irqfd for irqfd in batch if irqfd.vm is vm]
+                if attached:
+                    _close_batch(attached, [])
+                if len(batch) > len(attached):  # the references no irqfd took
+                    first.target.detach(vm, refs=len(batch) - len(attached))
+    finally:
+        for irqfd in batch[:locked]:
+            irqfd.lock.release()
+
+
+def _route(vm: Vm, batch: list[Irqfd]) -> None:
+    """Claim the batch's GSIs and write all their routes with one ioctl."""
+    gsis = vm.claim_gsis((None if i.auto_gsi else i.gsi, i, i.label) for i in batch)
+    for irqfd, gsi in zip(batch, gsis, strict=True):
+        irqfd.gsi, irqfd.claimed = gsi, True
+    vm.set_msi_routes(
+        [(i.gsi, i.msi) for i in batch if i.gsi is not None],
+        {i.gsi: i.label for i in batch if i.gsi is not None},
+    )
+    for irqfd in batch:
+        irqfd.routed = True
+
+
+def _assign(vm: Vm, batch: list[Irqfd]) -> None:
+    """One KVM_IRQFD each; a refusal names the irqfd and its route."""
+    assign = vm.irqfd_assign
+    for irqfd in batch:
+        assert irqfd.gsi is not None and irqfd.msi is not None
+        try:
+            assign(irqfd.eventfd.fileno(), irqfd.gsi)
+        except irqbypass.IrqBypassError as exc:
+            raise irqbypass.DeviceError(
+                f"{irqfd.label} (GSI {irqfd.gsi}, MSI {describe(irqfd.msi)}): "
+                f"{exc.message}; none of the {len(batch)} consumers of this batch "
+                "was opened",
+                errno=exc.errno,
+            ) from exc
+        irqfd.assigned = True
+
+
+def _close_batch(batch: list[Irqfd], errors: list[BaseException]) -> None:
+    """Deassign each irqfd, remove all the routes with one ioctl, release the rest."""
+    vm = batch[0].vm
+    assert vm is not None
+    for irqfd in batch:
+        if irqfd.eventfd.closed:
+            irqfd.assigned = False  # KVM dropped the irqfd with the eventfd
+        if irqfd.assigned:
+            irqfd.assigned = False
+            assert irqfd.gsi is not None
+            try:
+                vm.irqfd_deassign(irqfd.eventfd.fileno(), irqfd.gsi)
+            except irqbypass.IrqBypassError as exc:
+                errors.append(exc)
+    routed = [irqfd for irqfd in batch if irqfd.routed]
+    for irqfd in routed:
+        irqfd.routed = False
+    if routed:
+        try:
+            vm.set_msi_routes([(irqfd.gsi, None) for irqfd in routed if irqfd.gsi is not None])
+        except irqbypass.IrqBypassError as exc:
+            errors.append(exc)
+    # what Irqfd._release does, for the whole batch at once (batched irqfds
+    # have no resample eventfd and no own guest)
+    vm.release_gsis([(i.gsi, i) for i in batch if i.claimed and i.gsi is not None])
+    borrowed = 0
+    for irqfd in batch:
+        irqfd.claimed = False
+        if irqfd.auto_gsi:
+            irqfd.gsi = None
+        irqfd.vm = None
+        borrowed += isinstance(irqfd.target, VmFd)
+    if borrowed:
+        vm.close(refs=borrowed)  # drops our references; a borrowed fd is never closed
