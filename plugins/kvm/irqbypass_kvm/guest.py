@@ -47,6 +47,8 @@ __all__ = ["APIC_MODES", "ELCR_LINES", "GUEST_LINES", "MSI_VECTORS", "Guest", "g
 
 MEM_SIZE = 0x10000  # 64 KiB at guest physical 0
 COUNT_ADDR = 0x0500  # u32: interrupts the guest handled
+INSIDE_ADDR = 0x0504  # u8: 1 while the PIC handler runs (interrupts are off there)
+REENTERED_ADDR = 0x0508  # u32: deliveries that re-entered the handler (not counted)
 VECTOR_COUNTS_ADDR = 0x0800  # u32[256]: per vector (x2APIC mode)
 CODE_ADDR = 0x1000  # the program below
 STACK_TOP = 0x7000
@@ -133,14 +135,25 @@ def guest_program(line: int, *, level: bool = False) -> bytes:
     emit(0xEB, (loop - (len(code) + 2)) & 0xFF)  # jmp loop
     handler = CODE_ADDR + len(code)
     emit(0x50)  # handler: push ax
+    # the interrupt gate cleared IF: no interrupt from the PIC can enter the
+    # handler while it runs, only an event re-injected into it (see Guest.reentered)
+    emit(0x80, 0x3E, *le16(INSIDE_ADDR), 0x00)  # cmp byte [0x0504], 0
+    reentry_jump = len(code)
+    emit(0x75, 0x00)  # jne reentered         ; (offset filled in below)
+    emit(0xC6, 0x06, *le16(INSIDE_ADDR), 0x01)  # mov byte [0x0504], 1
     emit(0x66, 0xFF, 0x06, *le16(COUNT_ADDR))  # inc dword [0x0500] ; count it
     emit(0xE6, ACK_PORT)  # out 0xe1, al      ; acknowledge to the host
     emit(0xB0, 0x20)  # mov al, 0x20          ; OCW2: non-specific EOI
     if slave:
         emit(0xE6, 0xA0)  # out 0xa0, al      ; EOI to the slave
     emit(0xE6, 0x20)  # out 0x20, al          ; EOI to the master
+    emit(0xC6, 0x06, *le16(INSIDE_ADDR), 0x00)  # mov byte [0x0504], 0
     emit(0x58)  # pop ax
     emit(0xCF)  # iret
+    code[reentry_jump + 1] = len(code) - (reentry_jump + 2)
+    emit(0x66, 0xFF, 0x06, *le16(REENTERED_ADDR))  # reentered: inc dword [0x0508]
+    emit(0x58)  # pop ax                      ; no EOI: the outer run sends it
+    emit(0xCF)  # iret                        ; back into the outer run
     code[handler_fixup : handler_fixup + 2] = bytes(le16(handler))
     return bytes(code)
 
@@ -479,6 +492,21 @@ class Guest:
         if self._mem is None:
             return 0
         value: int = struct.unpack_from("<I", self._mem, COUNT_ADDR)[0]
+        return value
+
+    @property
+    def reentered(self) -> int:
+        """Deliveries that entered the PIC handler while it ran, not counted.
+
+        The handler runs with interrupts off, so the PIC cannot deliver into
+        it; only a hypervisor re-injecting an event it had already delivered
+        can (an EXITINTINFO replayed after the exit that the handler's
+        acknowledgement or EOI causes). Seen only with KVM nested under QEMU's
+        TCG (docs/testing.md); a test can provoke one with KVM_SET_VCPU_EVENTS.
+        """
+        if self._mem is None or self.apic is not None:
+            return 0
+        value: int = struct.unpack_from("<I", self._mem, REENTERED_ADDR)[0]
         return value
 
     def vector_count(self, vector: int) -> int:
