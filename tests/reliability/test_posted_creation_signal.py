@@ -17,6 +17,8 @@ import irqbypass
 import irqbypass_posted._backing as backing_module
 import irqbypass_posted._consumer as consumer_module
 import irqbypass_posted._descriptor as descriptor_module
+import irqbypass_posted._path as path_module
+import irqbypass_posted._settings as settings_module
 import pytest
 from irqbypass import cli
 from irqbypass.cli import run as run_module
@@ -80,6 +82,8 @@ POSTED_FILES = [
     descriptor_module.__file__,
     consumer_module.__file__,
     backing_module.__file__,
+    path_module.__file__,
+    settings_module.__file__,
 ]
 
 

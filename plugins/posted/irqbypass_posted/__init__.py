@@ -20,6 +20,7 @@ from ._descriptor import (
     PostedDescriptor,
     SyncResult,
 )
+from ._settings import PostedSettings
 
 __all__ = [
     "DEFAULT_NV",
@@ -30,6 +31,7 @@ __all__ = [
     "Port",
     "PostedDescriptor",
     "PostedInterruptConsumer",
+    "PostedSettings",
     "SyncResult",
     "irqbypass_register_kinds",
 ]

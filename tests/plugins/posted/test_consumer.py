@@ -3,6 +3,7 @@ the eventfd relay, hold on stop, the drain thread, TOML, another process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import irqbypass
 import pytest
 from irqbypass_mock import MockProducer
-from irqbypass_posted import PostedDescriptor, PostedInterruptConsumer
+from irqbypass_posted import PostedDescriptor, PostedInterruptConsumer, PostedSettings
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -306,6 +307,35 @@ def test_options_reach_the_descriptor(tmp_path: Path) -> None:
         assert (d.nv, d.ndst, d.sn, d.on, d.lock_mode) == (0xF1, 0x300, True, False, "file")
         assert path.stat().st_mode & 0o777 == 0o600
     assert not path.exists()
+
+
+def test_the_file_and_python_make_the_same_settings() -> None:
+    """One frozen value, checked once, for both ways in (issue 28 item 4); a
+    refusal from Python names the consumer, from a file the option."""
+    options = {"vector": 45, "nv": 0xF1, "ndst": 0x300, "sn": True, "drain": True}
+    spec = irqbypass.EndpointSpec(
+        name="c", kind="posted-interrupt", side="consumer", token="t", options=options
+    )
+    from_file = PostedInterruptConsumer.from_spec(spec).settings
+    from_python = PostedInterruptConsumer(token="t", name="c", **options).settings  # type: ignore[arg-type]
+    assert (
+        from_file == from_python == PostedSettings(45, False, 0xF1, 0x300, True, None, None, True)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        from_file.nv = 1  # type: ignore[misc]
+    with pytest.raises(irqbypass.InvalidEndpointError) as info:
+        PostedInterruptConsumer(token="t", name="c", lock="file")
+    assert str(info.value) == (
+        "posted-interrupt consumer 'c': lock 'file' needs a file-backed descriptor; "
+        "set file to a path"
+    )
+    spec = irqbypass.EndpointSpec(
+        name="c", kind="posted-interrupt", side="consumer", token="t", options={"lock": "file"}
+    )
+    with pytest.raises(irqbypass.ConfigError) as config:
+        PostedInterruptConsumer.from_spec(spec)
+    assert config.value.key == "c.options.lock"
+    assert config.value.problem == "'file' locking needs a file-backed descriptor; set file"
 
 
 CHILD = r"""
