@@ -58,9 +58,16 @@ def x2apic_program(
 ) -> bytes:
     """The guest's real-mode code, loaded at 0000:``code_addr``."""
     code = bytearray()
+    fixups = _setup(code, ready_port)
+    _handlers(code, fixups, code_addr, count_addr, vector_counts_addr, ack_port)
+    return bytes(code)
+
+
+def _setup(code: bytearray, ready_port: int) -> dict[int, int]:
+    """Emit the IVT entries, the x2APIC's enabling and the idle loop; return,
+    per vector, where its handler's offset goes."""
     emit = code.extend
     fixups: dict[int, int] = {}  # vector -> where its handler offset goes
-
     emit((0xFA,))  # cli                       ; no interrupts while we set up
     emit((0x31, 0xC0))  # xor ax, ax           ; ax = 0
     emit((0x8E, 0xD8))  # mov ds, ax           ; ds = 0: IVT and counter addressing
@@ -86,7 +93,19 @@ def x2apic_program(
     emit((0xFB,))  # loop: sti                 ; interrupts on (after the next instruction)
     emit((0xF4,))  # hlt                       ; sleep until an interrupt
     emit((0xEB, (loop - (len(code) + 2)) & 0xFF))  # jmp loop
+    return fixups
 
+
+def _handlers(
+    code: bytearray,
+    fixups: dict[int, int],
+    code_addr: int,
+    count_addr: int,
+    vector_counts_addr: int,
+    ack_port: int,
+) -> None:
+    """Emit the #GP, spurious and per-vector handlers, patching their offsets."""
+    emit = code.extend
     code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(_le16(code_addr + len(code)))
     emit((0xB0, GP_VECTOR))  # gp: mov al, 13
     emit((0xE6, FAULT_PORT))  # out 0xe2, al   ; tell the host: #GP (no x2APIC?)
@@ -121,7 +140,6 @@ def x2apic_program(
         code[fixups[vector] : fixups[vector] + 2] = bytes(_le16(code_addr + len(code)))
         emit((0x66, 0xFF, 0x06, *_le16(vector_counts_addr + 4 * vector)))  # inc dword [v]
         emit((0xE9, *_le16(common - (len(code) + 3))))  # jmp common
-    return bytes(code)
 
 
 def supported_cpuid(kvm_fd: int) -> list[_abi.kvm_cpuid_entry2]:

@@ -14,12 +14,8 @@ thread counts and timestamps it, and can hold the guest before its EOI) or is
 bound to an ioeventfd (``ack="eventfd"``: KVM signals :attr:`Guest.ack_eventfd`
 without leaving the kernel, as a virtio notification does).
 
-The vCPU thread is stopped the way QEMU stops its vCPUs: the stop signal is
-blocked in the thread and unblocked only inside KVM_RUN (KVM_SET_SIGNAL_MASK),
-so ``pthread_kill`` makes KVM_RUN return EINTR wherever the thread is, and the
-signal is never delivered to a handler (it cannot kill the process either: the
-kernel spares signals the thread blocks outside KVM_RUN). ``immediate_exit`` is
-set as well.
+The vCPU runs on a thread of its own (:mod:`._vcpu`), stopped the way QEMU
+stops its vCPUs.
 """
 
 from __future__ import annotations
@@ -28,18 +24,16 @@ import ctypes
 import errno
 import mmap
 import os
-import signal
 import struct
-import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 
 import irqbypass
 
 from . import _abi, _apic
-from ._apic import APIC_MODES, FAULT_PORT, MSI_VECTORS
-from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device, raw_ioctl
+from ._apic import APIC_MODES, MSI_VECTORS
+from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device
+from ._vcpu import ACK_PORT, READY_PORT, VcpuThread
 
 __all__ = ["APIC_MODES", "ELCR_LINES", "GUEST_LINES", "MSI_VECTORS", "Guest", "guest_program"]
 
@@ -52,9 +46,6 @@ REENTERED_ADDR = 0x0508  # u32: deliveries that re-entered the handler (not coun
 VECTOR_COUNTS_ADDR = 0x0800  # u32[256]: per vector (x2APIC mode)
 CODE_ADDR = 0x1000  # the program below
 STACK_TOP = 0x7000
-
-READY_PORT = 0xE0  # the guest writes it once, when set up and about to sti;hlt
-ACK_PORT = 0xE1  # the guest writes it once per interrupt, before its EOI
 
 MASTER_BASE, SLAVE_BASE = 0x20, 0x28  # the vectors the guest gives the two PICs
 TSS_ADDR = 0xFFFBD000  # what QEMU uses; Intel VMX needs one for real mode
@@ -81,84 +72,92 @@ def guest_program(line: int, *, level: bool = False) -> bytes:
             f"PIC line {line} cannot be level-triggered (the ELCR allows "
             f"{', '.join(map(str, ELCR_LINES))}); pick one of those for resample"
         )
+    code = bytearray()
+    handler_fixup = _pic_setup(code, line, level)
+    handler = CODE_ADDR + len(code)
+    _pic_handler(code, line)
+    code[handler_fixup : handler_fixup + 2] = bytes(_le16(handler))
+    return bytes(code)
+
+
+def _le16(value: int) -> tuple[int, int]:
+    return value & 0xFF, value >> 8
+
+
+def _pic_setup(code: bytearray, line: int, level: bool) -> int:
+    """Emit the set-up and the idle loop; return where the handler's offset goes."""
+    emit = code.extend
     vector = vector_of(line)
     slave = line >= 8
     # everything but the line (and the cascade, if the line is on the slave)
     master_mask = 0xFF & ~(1 << (2 if slave else line))
     slave_mask = 0xFF & ~(1 << (line % 8)) if slave else 0xFF
-
-    code = bytearray()
-
-    def emit(*data: int) -> None:
-        code.extend(data)
-
-    def le16(value: int) -> tuple[int, int]:
-        return value & 0xFF, value >> 8
-
-    # handler's offset is known once the main part is laid out: placeholder
-    emit(0xFA)  # cli                         ; no interrupts while we set up
-    emit(0x31, 0xC0)  # xor ax, ax            ; ax = 0
-    emit(0x8E, 0xD8)  # mov ds, ax            ; ds = 0: IVT and counter addressing
-    emit(0xC7, 0x06, *le16(vector * 4))  # mov word [vector*4], imm16 ...
+    emit((0xFA,))  # cli                       ; no interrupts while we set up
+    emit((0x31, 0xC0))  # xor ax, ax           ; ax = 0
+    emit((0x8E, 0xD8))  # mov ds, ax           ; ds = 0: IVT and counter addressing
+    emit((0xC7, 0x06, *_le16(vector * 4)))  # mov word [vector*4], imm16 ...
     handler_fixup = len(code)
-    emit(0x00, 0x00)  # ... = handler offset  ; IVT entry: offset
-    emit(0xC7, 0x06, *le16(vector * 4 + 2), 0x00, 0x00)  # mov word [vector*4+2], 0 ; segment 0
-    emit(0xB0, 0x11)  # mov al, 0x11          ; ICW1: init, cascade mode, ICW4 follows
-    emit(0xE6, 0x20)  # out 0x20, al          ; -> master command port
-    emit(0xB0, MASTER_BASE)  # mov al, 0x20   ; ICW2: master vectors 0x20-0x27
-    emit(0xE6, 0x21)  # out 0x21, al          ; -> master data port
-    emit(0xB0, 0x04)  # mov al, 0x04          ; ICW3: a slave sits on IR2
-    emit(0xE6, 0x21)  # out 0x21, al
-    emit(0xB0, 0x01)  # mov al, 0x01          ; ICW4: 8086 mode, normal EOI
-    emit(0xE6, 0x21)  # out 0x21, al
-    emit(0xB0, 0x11)  # mov al, 0x11          ; ICW1 for the slave
-    emit(0xE6, 0xA0)  # out 0xa0, al          ; -> slave command port
-    emit(0xB0, SLAVE_BASE)  # mov al, 0x28    ; ICW2: slave vectors 0x28-0x2f
-    emit(0xE6, 0xA1)  # out 0xa1, al          ; -> slave data port
-    emit(0xB0, 0x02)  # mov al, 0x02          ; ICW3: slave cascade identity 2
-    emit(0xE6, 0xA1)  # out 0xa1, al
-    emit(0xB0, 0x01)  # mov al, 0x01          ; ICW4: 8086 mode
-    emit(0xE6, 0xA1)  # out 0xa1, al
-    emit(0xB0, master_mask)  # mov al, mask   ; OCW1: unmask our line (or the cascade)
-    emit(0xE6, 0x21)  # out 0x21, al
-    emit(0xB0, slave_mask)  # mov al, mask    ; OCW1: unmask our line on the slave, if there
-    emit(0xE6, 0xA1)  # out 0xa1, al
+    emit((0x00, 0x00))  # ... = handler offset ; IVT entry: offset (patched later)
+    emit((0xC7, 0x06, *_le16(vector * 4 + 2), 0x00, 0x00))  # mov word [vector*4+2], 0
+    emit((0xB0, 0x11))  # mov al, 0x11         ; ICW1: init, cascade mode, ICW4 follows
+    emit((0xE6, 0x20))  # out 0x20, al         ; -> master command port
+    emit((0xB0, MASTER_BASE))  # mov al, 0x20  ; ICW2: master vectors 0x20-0x27
+    emit((0xE6, 0x21))  # out 0x21, al         ; -> master data port
+    emit((0xB0, 0x04))  # mov al, 0x04         ; ICW3: a slave sits on IR2
+    emit((0xE6, 0x21))  # out 0x21, al
+    emit((0xB0, 0x01))  # mov al, 0x01         ; ICW4: 8086 mode, normal EOI
+    emit((0xE6, 0x21))  # out 0x21, al
+    emit((0xB0, 0x11))  # mov al, 0x11         ; ICW1 for the slave
+    emit((0xE6, 0xA0))  # out 0xa0, al         ; -> slave command port
+    emit((0xB0, SLAVE_BASE))  # mov al, 0x28   ; ICW2: slave vectors 0x28-0x2f
+    emit((0xE6, 0xA1))  # out 0xa1, al         ; -> slave data port
+    emit((0xB0, 0x02))  # mov al, 0x02         ; ICW3: slave cascade identity 2
+    emit((0xE6, 0xA1))  # out 0xa1, al
+    emit((0xB0, 0x01))  # mov al, 0x01         ; ICW4: 8086 mode
+    emit((0xE6, 0xA1))  # out 0xa1, al
+    emit((0xB0, master_mask))  # mov al, mask  ; OCW1: unmask our line (or the cascade)
+    emit((0xE6, 0x21))  # out 0x21, al
+    emit((0xB0, slave_mask))  # mov al, mask   ; OCW1: unmask our line on the slave, if there
+    emit((0xE6, 0xA1))  # out 0xa1, al
     if level:
-        emit(0xBA, *le16(0x4D1 if slave else 0x4D0))  # mov dx, 0x4d0/1 ; the ELCR of our PIC
-        emit(0xB0, 1 << (line % 8))  # mov al, bit ; our line: level-triggered
-        emit(0xEE)  # out dx, al
-    emit(0xB0, 0x01)  # mov al, 1
-    emit(0xE6, READY_PORT)  # out 0xe0, al    ; tell the host: set up
+        emit((0xBA, *_le16(0x4D1 if slave else 0x4D0)))  # mov dx, 0x4d0/1 ; our PIC's ELCR
+        emit((0xB0, 1 << (line % 8)))  # mov al, bit ; our line: level-triggered
+        emit((0xEE,))  # out dx, al
+    emit((0xB0, 0x01))  # mov al, 1
+    emit((0xE6, READY_PORT))  # out 0xe0, al   ; tell the host: set up
     loop = len(code)
-    emit(0xFB)  # loop: sti                   ; interrupts on (after the next instruction)
-    emit(0xF4)  # hlt                         ; sleep until an interrupt
-    emit(0xEB, (loop - (len(code) + 2)) & 0xFF)  # jmp loop
-    handler = CODE_ADDR + len(code)
-    emit(0x50)  # handler: push ax
+    emit((0xFB,))  # loop: sti                 ; interrupts on (after the next instruction)
+    emit((0xF4,))  # hlt                       ; sleep until an interrupt
+    emit((0xEB, (loop - (len(code) + 2)) & 0xFF))  # jmp loop
+    return handler_fixup
+
+
+def _pic_handler(code: bytearray, line: int) -> None:
+    """Emit the interrupt handler: count, acknowledge, EOI."""
+    emit = code.extend
+    emit((0x50,))  # handler: push ax
     # the interrupt gate cleared IF: no interrupt from the PIC can enter the
     # handler while it runs, only an event re-injected into it (see Guest.reentered)
-    emit(0x80, 0x3E, *le16(INSIDE_ADDR), 0x00)  # cmp byte [0x0504], 0
+    emit((0x80, 0x3E, *_le16(INSIDE_ADDR), 0x00))  # cmp byte [0x0504], 0
     reentry_jump = len(code)
-    emit(0x75, 0x00)  # jne reentered         ; (offset filled in below)
-    emit(0xC6, 0x06, *le16(INSIDE_ADDR), 0x01)  # mov byte [0x0504], 1
-    emit(0x66, 0xFF, 0x06, *le16(COUNT_ADDR))  # inc dword [0x0500] ; count it
-    emit(0xE6, ACK_PORT)  # out 0xe1, al      ; acknowledge to the host
-    emit(0xB0, 0x20)  # mov al, 0x20          ; OCW2: non-specific EOI
-    if slave:
-        emit(0xE6, 0xA0)  # out 0xa0, al      ; EOI to the slave
-    emit(0xE6, 0x20)  # out 0x20, al          ; EOI to the master
-    emit(0xC6, 0x06, *le16(INSIDE_ADDR), 0x00)  # mov byte [0x0504], 0
-    emit(0x58)  # pop ax
-    emit(0xCF)  # iret
+    emit((0x75, 0x00))  # jne reentered        ; (offset filled in below)
+    emit((0xC6, 0x06, *_le16(INSIDE_ADDR), 0x01))  # mov byte [0x0504], 1
+    emit((0x66, 0xFF, 0x06, *_le16(COUNT_ADDR)))  # inc dword [0x0500] ; count it
+    emit((0xE6, ACK_PORT))  # out 0xe1, al     ; acknowledge to the host
+    emit((0xB0, 0x20))  # mov al, 0x20         ; OCW2: non-specific EOI
+    if line >= 8:
+        emit((0xE6, 0xA0))  # out 0xa0, al     ; EOI to the slave
+    emit((0xE6, 0x20))  # out 0x20, al         ; EOI to the master
+    emit((0xC6, 0x06, *_le16(INSIDE_ADDR), 0x00))  # mov byte [0x0504], 0
+    emit((0x58,))  # pop ax
+    emit((0xCF,))  # iret
     code[reentry_jump + 1] = len(code) - (reentry_jump + 2)
-    emit(0x66, 0xFF, 0x06, *le16(REENTERED_ADDR))  # reentered: inc dword [0x0508]
-    emit(0x58)  # pop ax                      ; no EOI: the outer run sends it
-    emit(0xCF)  # iret                        ; back into the outer run
-    code[handler_fixup : handler_fixup + 2] = bytes(le16(handler))
-    return bytes(code)
+    emit((0x66, 0xFF, 0x06, *_le16(REENTERED_ADDR)))  # reentered: inc dword [0x0508]
+    emit((0x58,))  # pop ax                    ; no EOI: the outer run sends it
+    emit((0xCF,))  # iret                      ; back into the outer run
 
 
-class Guest:
+class Guest(VcpuThread):
     """A running one-vCPU guest that counts interrupts on one PIC ``line``, or,
     with ``apic="x2apic"``, MSIs into its local APIC on every vector 0x20-0xFE
     (:meth:`vector_count`; ``line`` and ``level`` do not apply).
@@ -182,56 +181,21 @@ class Guest:
         halt_poll_ns: int | None = None,
         apic: str | None = None,
     ) -> None:
-        if ack not in ("exit", "eventfd"):
-            raise irqbypass.InvalidEndpointError(f'ack must be "exit" or "eventfd", not {ack!r}')
-        if apic is not None and apic not in APIC_MODES:
-            raise irqbypass.InvalidEndpointError(
-                f'apic must be None (the 8259 PIC) or "x2apic" (MSIs into the local APIC), '
-                f"not {apic!r}"
-            )
-        if apic is not None and level:
-            raise irqbypass.InvalidEndpointError(
-                "level applies to the PIC mode's line; an x2APIC guest takes edge MSIs"
-            )
+        _check_arguments(ack, apic, level, halt_poll_ns)
+        super().__init__(ack, stop_signal)
         self.apic = apic
-        if halt_poll_ns is not None:
-            check_halt_poll_ns(halt_poll_ns)
         self.halt_poll_ns = halt_poll_ns
         self.line = line
         self.level = level
-        self.ack = ack
         self.device = device
-        if apic is None:
-            self.vector = vector_of(line) if line in GUEST_LINES else -1
-            self.program = guest_program(line, level=level)  # validates line and level
-        else:
-            self.vector = -1
-            self.program = _apic.x2apic_program(
-                code_addr=CODE_ADDR,
-                count_addr=COUNT_ADDR,
-                vector_counts_addr=VECTOR_COUNTS_ADDR,
-                ready_port=READY_PORT,
-                ack_port=ACK_PORT,
-            )
-        self.stop_signal = stop_signal if stop_signal is not None else signal.SIGRTMIN + 3
+        self.vector = vector_of(line) if apic is None and line in GUEST_LINES else -1
+        self.program = _program(line, level, apic)  # validates line and level
         self._kvm_fd = -1
         self.vm: Vm | None = None
-        self._vcpu_fd = -1
         self._stats_fd = -1
         self._mem: mmap.mmap | None = None
-        self._run: mmap.mmap | None = None
         self.ack_eventfd: irqbypass.Eventfd | None = None
         self._ioeventfd_assigned = False
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._ready = threading.Event()
-        self._cond = threading.Condition()
-        self._acks = 0
-        self._gate = threading.Event()
-        self._gate.set()
-        self.error: irqbypass.IrqBypassError | None = None
-        self.ack_times: list[float] | None = None  # set to [] to record ack times
-        self.on_ack: Callable[[int], None] | None = None
 
     # -- life --------------------------------------------------------------
 
@@ -254,22 +218,7 @@ class Guest:
         self.error = None
         try:
             self._setup()
-            self._thread = threading.Thread(
-                target=self._vcpu_loop, name=f"irqbypass-kvm-vcpu-line{self.line}", daemon=True
-            )
-            # the new thread inherits this mask: the stop signal is blocked from its
-            # first instruction, so a close() that races its start cannot kill us
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
-            try:
-                self._thread.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            if not self._ready.wait(timeout) or self.error is not None:
-                raise self.error or irqbypass.DeviceError(
-                    f"the guest did not reach its ready port within {timeout}s; "
-                    "is KVM working (try a simple VMM on this host)?",
-                    errno=errno.ETIMEDOUT,
-                )
+            self._start_vcpu(f"irqbypass-kvm-vcpu-line{self.line}", timeout)
         except BaseException:
             self.close()
             raise
@@ -317,88 +266,9 @@ class Guest:
             ioctl(vm, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD (ack port)")
             self._ioeventfd_assigned = True
 
-    def _set_run_sigmask(self) -> None:
-        """Block the stop signal in this thread, unblock it inside KVM_RUN."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
-        bits = 0
-        for sig in old - {self.stop_signal}:
-            bits |= 1 << (int(sig) - 1)
-        header = _abi.kvm_signal_mask(len=8)
-        buf = bytearray(bytes(header) + struct.pack("<Q", bits))
-        ioctl(self._vcpu_fd, _abi.KVM_SET_SIGNAL_MASK, buf, "KVM_SET_SIGNAL_MASK")
-
-    def _vcpu_loop(self) -> None:
-        run = self._run
-        assert run is not None
-        io = _abi.KVM_RUN_IO_OFFSET
-        try:
-            self._set_run_sigmask()
-            while not self._stopping:
-                ret = raw_ioctl(self._vcpu_fd, _abi.KVM_RUN)
-                if ret == -errno.EINTR:
-                    continue  # the stop signal (or a stray one): the loop condition decides
-                if ret < 0:
-                    raise irqbypass.DeviceError(f"KVM_RUN failed: {os.strerror(-ret)}", errno=-ret)
-                reason = struct.unpack_from("<I", run, 8)[0]
-                if reason == _abi.KVM_EXIT_IO:
-                    direction, _size, port = struct.unpack_from("<BBH", run, io)
-                    if direction == _abi.KVM_EXIT_IO_OUT and port == ACK_PORT:
-                        self._acked()
-                    elif direction == _abi.KVM_EXIT_IO_OUT and port == READY_PORT:
-                        self._ready.set()
-                    elif direction == _abi.KVM_EXIT_IO_OUT and port == FAULT_PORT:
-                        vector = run[struct.unpack_from("<Q", run, io + 8)[0]]
-                        raise irqbypass.DeviceError(
-                            f"the guest took exception {vector} (#GP) while enabling its "
-                            "x2APIC: the vCPU's CPUID lacks the x2APIC bit (leaf 1 ECX bit "
-                            "21), so WRMSR to IA32_APIC_BASE is refused; this KVM cannot "
-                            "run the guest in x2APIC mode",
-                            errno=errno.ENOTSUP,
-                        )
-                    # any other port: ignored (reads see whatever is in the buffer)
-                elif reason in (_abi.KVM_EXIT_HLT, _abi.KVM_EXIT_INTR):
-                    continue
-                else:
-                    raise irqbypass.DeviceError(
-                        f"the guest stopped unexpectedly (KVM exit reason {reason}); "
-                        "this is a bug in the guest program or an unsupported host",
-                        errno=errno.EIO,
-                    )
-        except irqbypass.IrqBypassError as exc:
-            self.error = exc
-        finally:
-            self._ready.set()
-            with self._cond:
-                self._cond.notify_all()
-
-    def _acked(self) -> None:
-        now = time.perf_counter()
-        with self._cond:
-            self._acks += 1
-            if self.ack_times is not None:
-                self.ack_times.append(now)
-            self._cond.notify_all()
-        if self.on_ack is not None:
-            self.on_ack(self._acks)
-        while not self._gate.is_set() and not self._stopping:
-            self._gate.wait(0.05)
-
     def close(self) -> None:
         """Stop the vCPU thread and close every fd and mapping (idempotent)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping = True
-            self._gate.set()
-            if self._run is not None:
-                self._run[1] = 1  # kvm_run.immediate_exit
-            while thread.is_alive():
-                if thread.ident is not None:
-                    try:
-                        signal.pthread_kill(thread.ident, self.stop_signal)
-                    except ProcessLookupError:
-                        break
-                thread.join(0.05)
-            thread.join()
+        self._stop_vcpu()
         try:
             if self._ioeventfd_assigned and self.vm is not None and self.ack_eventfd is not None:
                 self._ioeventfd_assigned = False
@@ -457,11 +327,6 @@ class Guest:
 
     # -- observing ---------------------------------------------------------
 
-    @property
-    def vcpu_thread_id(self) -> int | None:
-        """The vCPU thread's kernel thread id (for per-thread CPU accounting)."""
-        return self._thread.native_id if self._thread is not None else None
-
     def vcpu_stats(self) -> dict[str, int]:
         """The vCPU's KVM statistics (KVM_GET_STATS_FD), by name: for instance
         ``halt_attempted_poll``, ``halt_successful_poll``, ``halt_poll_success_ns``,
@@ -481,10 +346,6 @@ class Guest:
             raise irqbypass.DeviceError(
                 f"reading the vCPU's KVM statistics failed: {exc.strerror}", errno=exc.errno
             ) from exc
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     @property
     def count(self) -> int:
@@ -523,11 +384,6 @@ class Guest:
         counts = struct.unpack_from("<256I", self._mem, VECTOR_COUNTS_ADDR)
         return {vector: n for vector, n in enumerate(counts) if n}
 
-    @property
-    def acks(self) -> int:
-        """Acknowledgements that exited to this process (``ack="exit"`` only)."""
-        return self._acks
-
     def wait_count(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until the guest counted at least ``n`` interrupts; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -542,22 +398,39 @@ class Guest:
                 self._cond.wait(min(left, 0.0005) if poll else left)
         return True
 
-    def hold_acks(self) -> None:
-        """From now on the guest waits at its acknowledgement, before its EOI,
-        until :meth:`release_acks` (``ack="exit"`` only): the window in which a
-        level-triggered line stays asserted."""
-        if self.ack != "exit":
-            raise irqbypass.InvalidEndpointError('hold_acks needs a guest with ack="exit"')
-        self._gate.clear()
-
-    def release_acks(self) -> None:
-        self._gate.set()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         if self.apic is not None:
             return f"<Guest apic={self.apic} {state} count={self.count}>"
         return f"<Guest line={self.line} vector={self.vector:#x} {state} count={self.count}>"
+
+
+def _check_arguments(ack: str, apic: str | None, level: bool, halt_poll_ns: int | None) -> None:
+    if ack not in ("exit", "eventfd"):
+        raise irqbypass.InvalidEndpointError(f'ack must be "exit" or "eventfd", not {ack!r}')
+    if apic is not None and apic not in APIC_MODES:
+        raise irqbypass.InvalidEndpointError(
+            f'apic must be None (the 8259 PIC) or "x2apic" (MSIs into the local APIC), not {apic!r}'
+        )
+    if apic is not None and level:
+        raise irqbypass.InvalidEndpointError(
+            "level applies to the PIC mode's line; an x2APIC guest takes edge MSIs"
+        )
+    if halt_poll_ns is not None:
+        check_halt_poll_ns(halt_poll_ns)
+
+
+def _program(line: int, level: bool, apic: str | None) -> bytes:
+    """The PIC guest's program for ``line``, or the x2APIC guest's."""
+    if apic is None:
+        return guest_program(line, level=level)
+    return _apic.x2apic_program(
+        code_addr=CODE_ADDR,
+        count_addr=COUNT_ADDR,
+        vector_counts_addr=VECTOR_COUNTS_ADDR,
+        ready_port=READY_PORT,
+        ack_port=ACK_PORT,
+    )
 
 
 def guest_cpuid(kvm_fd: int) -> list[_abi.kvm_cpuid_entry2]:
