@@ -227,8 +227,15 @@ class Options:
 class _Refusal(InvalidEndpointError):
     """A refused setting that knows its option, and what to tell a file about it."""
 
-    def __init__(self, message: str, *, option: str | None, in_config: str | None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        option: str | None,
+        in_config: str | None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno)
         self.option = option
         self.in_config = in_config
 
@@ -250,12 +257,17 @@ class Settings:
 
     @staticmethod
     def refuse(
-        problem: str, *, option: str | None = None, in_config: str | None = None
+        problem: str,
+        *,
+        option: str | None = None,
+        in_config: str | None = None,
+        errno: int | None = None,
     ) -> InvalidEndpointError:
         """The error to raise: ``problem`` says what is wrong and what to do;
         ``option`` is the key of the options table it is about, and
-        ``in_config`` what to tell a configuration file instead (its words)."""
-        return _Refusal(problem, option=option, in_config=in_config)
+        ``in_config`` what to tell a configuration file instead (its words);
+        ``errno`` where the kernel has one (else EINVAL)."""
+        return _Refusal(problem, option=option, in_config=in_config, errno=errno)
 
     @staticmethod
     @contextlib.contextmanager
@@ -265,10 +277,15 @@ class Settings:
             yield
         except _Refusal as exc:
             raise _Refusal(
-                f"{what}: {exc.message}", option=exc.option, in_config=exc.in_config
+                f"{what}: {exc.message}",
+                option=exc.option,
+                in_config=exc.in_config,
+                errno=exc.errno,
             ) from None
         except InvalidEndpointError as exc:
-            raise _Refusal(f"{what}: {exc.message}", option=None, in_config=None) from None
+            raise _Refusal(
+                f"{what}: {exc.message}", option=None, in_config=None, errno=exc.errno
+            ) from None
 
 
 def show_value(value: object, limit: int = 80) -> str:

@@ -465,3 +465,20 @@ def test_settings_are_checked_once_made_and_say_whose_they_are() -> None:
     with pytest.raises(irqbypass.ConfigError) as plain, opts.refusals():
         raise irqbypass.InvalidEndpointError("the token must be an eventfd")
     assert plain.value.key == "producers[0].options"
+
+
+def test_a_named_refusal_keeps_its_errno() -> None:
+    """A setting refused with the kernel's errno (a path too long: ENAMETOOLONG)
+    keeps it once named; one without has EINVAL, as any InvalidEndpointError."""
+    with (
+        pytest.raises(irqbypass.InvalidEndpointError) as info,
+        irqbypass.Settings.naming("mock producer 'p'"),
+    ):
+        raise irqbypass.Settings.refuse("the name is too long", errno=36)
+    assert (info.value.errno, info.value.message) == (36, "mock producer 'p': the name is too long")
+    with (
+        pytest.raises(irqbypass.InvalidEndpointError) as plain,
+        irqbypass.Settings.naming("mock producer 'p'"),
+    ):
+        _Rate(rate=0)
+    assert plain.value.errno == 22

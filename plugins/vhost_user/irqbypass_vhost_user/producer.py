@@ -94,12 +94,14 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     ) -> None:
         q = self.number(queue, irq) if settings is None else settings.queue
         super().__init__(token=token, irq=self.number(irq, q), name=name)
+        what = f"{self.kind} producer {self.name!r}"
         if settings is None:
-            settings = self._settings(q, options)
+            with irqbypass.Settings.naming(what):
+                settings = VhostUserSettings(queue=q, **options)
         elif options or queue is not None:
             given = sorted([*options, *(["queue"] if queue is not None else [])])
             raise irqbypass.InvalidEndpointError(
-                f"{self._who()}: give settings or the options ({', '.join(given)}), not both"
+                f"{what}: give settings or the options ({', '.join(given)}), not both"
             )
         #: the options, checked once
         self.settings = settings
@@ -108,18 +110,6 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         s = settings
         self._load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
         self._opens = 0
-
-    def _who(self) -> str:
-        return f"{self.kind} producer {self.name!r}"
-
-    def _settings(self, queue: int, options: VhostUserOptions) -> VhostUserSettings:
-        """The keywords' settings; a refusal names this producer."""
-        try:
-            return VhostUserSettings(queue=queue, **options)
-        except irqbypass.InvalidEndpointError as exc:
-            raise irqbypass.InvalidEndpointError(
-                f"{self._who()}: {exc.message}", errno=exc.errno
-            ) from exc
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:

@@ -1,10 +1,11 @@
 """What a vhost-user producer is told: one frozen value, checked once.
 
-Both ways of making a producer end in a :class:`VhostUserSettings`: the
-Python constructor's keywords, and a TOML entry's options read by
-:meth:`VhostUserSettings.read` (which first refuses what only TOML can get
-wrong, naming the key, so ``irqbypass check`` reports it). A value that
-exists is valid: the producer and its load generator never check again.
+Both ways of making a producer end in a :class:`VhostUserSettings` (an
+:class:`irqbypass.Settings`): the Python constructor's keywords, and a TOML
+entry's options read by :meth:`VhostUserSettings.read`, whose every refusal
+names the key, so ``irqbypass check`` reports it. The rules are checked in
+one place, :meth:`VhostUserSettings.check`; a value that exists is valid, and
+the producer and its load generator never check again.
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ class VhostUserOptions(TypedDict, total=False):
     backend_uid: int | None
 
 
-def _refuse(problem: str, code: int | None = None) -> irqbypass.InvalidEndpointError:
-    """A setting refused; the producer puts its own name in front."""
-    return irqbypass.InvalidEndpointError(problem, errno=code)
+#: what a file is told when it names no back-end, or more than one
+_ONE_BACKEND_IN_CONFIG = (
+    "give exactly one of socket (the back-end's socket path), spawn = true (a "
+    "private qemu-storage-daemon) and fd (a connection this process inherited)"
+)
 
 
 @dataclass(frozen=True)
-class VhostUserSettings:
+class VhostUserSettings(irqbypass.Settings):
     """A vhost-user producer's options (see the producer and
-    ``docs/plugins/vhost-user.md``, "Options"), checked when made:
-    :class:`irqbypass.InvalidEndpointError` says which is wrong.
+    ``docs/plugins/vhost-user.md``, "Options"), checked once when made:
+    :class:`irqbypass.InvalidEndpointError` says which is wrong (in a
+    configuration file's words, too: :meth:`irqbypass.Options.refusals`).
 
     Exactly one of ``socket``, ``spawn`` and ``connection`` says where the
     back-end is; ``queue`` is the virtqueue (the producer resolves a missing
@@ -78,7 +82,7 @@ class VhostUserSettings:
     drain_timeout: float = 5.0
     backend_uid: int | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         self._check_backend()
         self._check_types()
         self._check_ranges()
@@ -92,40 +96,48 @@ class VhostUserSettings:
     def _check_backend(self) -> None:
         socket, spawn, connection = self.socket, self.spawn, self.connection
         if sum((socket is not None, spawn, connection is not None)) != 1:
-            raise _refuse(
+            raise self.refuse(
                 "give exactly one of socket (the back-end's socket path), spawn (a "
                 "private qemu-storage-daemon) and connection (the VMM's connection) (got "
-                f"socket={socket!r}, spawn={spawn!r}, connection={connection!r})"
+                f"socket={socket!r}, spawn={spawn!r}, connection={connection!r})",
+                option="socket",
+                in_config=_ONE_BACKEND_IN_CONFIG,
             )
         if isinstance(connection, bool) or (isinstance(connection, int) and connection < 0):
-            raise _refuse(f"connection {connection!r} is not an fd")
+            raise self.refuse(f"connection {connection!r} is not an fd")
         q = self.queue
         if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= wire.VRING_INDEX_MASK:
-            raise _refuse(
+            raise self.refuse(
                 f"queue {q!r} must be 0..{wire.VRING_INDEX_MASK} (the index field of "
                 "SET_VRING_CALL has 8 bits)"
             )
         if connection is not None and (self.requests or self.memory is not None):
-            raise _refuse(
+            raise self.refuse(
                 "requests and memory need a connection this producer owns (socket or "
-                "spawn); on a handed connection the VMM owns the rings"
+                "spawn); on a handed connection the VMM owns the rings",
+                option="requests",
+                in_config="needs a connection this producer owns (socket or spawn)",
             )
 
     def _check_types(self) -> None:
         for key, value in (("timeout", self.timeout), ("drain_timeout", self.drain_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 shown = irqbypass.show_value(value)
-                raise _refuse(f"{key} must be a number of seconds, got {shown}")
+                raise self.refuse(f"{key} must be a number of seconds, got {shown}")
             if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
-                raise _refuse(
+                raise self.refuse(
                     f"{key} must be 0..{MAX_TIMEOUT:g} seconds, got {irqbypass.show_value(value)}"
                 )
         for key, count in (("requests", self.requests), ("backend_uid", self.backend_uid)):
             if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
-                raise _refuse(f"{key} must be an integer, got {irqbypass.show_value(count)}")
+                raise self.refuse(
+                    f"{key} must be an integer, got {irqbypass.show_value(count)}",
+                    option=key,
+                    in_config=self._uid_in_config() if key == "backend_uid" else None,
+                )
         for key, number in (("rate", self.rate), ("delay", self.delay)):
             if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise _refuse(f"{key} must be a number, got {irqbypass.show_value(number)}")
+                raise self.refuse(f"{key} must be a number, got {irqbypass.show_value(number)}")
 
     def _check_ranges(self) -> None:
         if (
@@ -134,41 +146,50 @@ class VhostUserSettings:
             or not 0 < self.rate < 1e9
             or not 0 <= self.delay <= MAX_TIMEOUT
         ):
-            raise _refuse(
+            raise self.refuse(
                 "timeout and rate must be > 0, requests and delay >= 0 (delay at most "
                 f"{MAX_TIMEOUT:g} s)"
             )
         uid = self.backend_uid
         if uid is not None and not 0 <= uid <= MAX_UID:
-            raise _refuse(f"backend_uid {uid} is not a uid (0..{MAX_UID})")
+            raise self.refuse(
+                f"backend_uid {uid} is not a uid (0..{MAX_UID})",
+                option="backend_uid",
+                in_config=self._uid_in_config(),
+            )
+
+    def _uid_in_config(self) -> str:
+        return (
+            f"expected the uid the back-end runs as (an integer 0..{MAX_UID}), got "
+            f"{irqbypass.show_value(self.backend_uid)}"
+        )
 
     def _check_socket(self) -> None:
         if self.socket is None:
             return
         if not isinstance(self.socket, str):
-            raise _refuse(f"socket must be a path (str), got {irqbypass.show_value(self.socket)}")
+            shown = irqbypass.show_value(self.socket)
+            raise self.refuse(f"socket must be a path (str), got {shown}", option="socket")
         try:
             check_socket_path(self.socket)
         except VhostUserError as exc:
-            raise _refuse(exc.message, exc.errno) from exc
+            raise self.refuse(exc.message, option="socket", errno=exc.errno) from exc
 
     # -- from a TOML entry -------------------------------------------------
 
     @classmethod
     def read(cls, opts: irqbypass.Options, irq: int | None) -> VhostUserSettings:
         """The settings a TOML entry's ``options`` give (``irq``: the entry's,
-        the default virtqueue). What TOML can get wrong is a
-        :class:`irqbypass.ConfigError` naming the key; the caller calls
-        ``opts.finish()`` after."""
-        socket_path, spawn, fd = _read_backend(opts)
+        the default virtqueue): the table's types and ranges, and the rules
+        only a file can break, read here; the rest is :meth:`check`'s, in the
+        file's words. Every refusal is a :class:`irqbypass.ConfigError` naming
+        the key; the caller calls ``opts.finish()`` after."""
+        socket_path = opts.get_str("socket")
+        spawn = opts.get_bool("spawn", False)
+        fd = opts.get_fd("fd")
         queue = opts.get_int("queue", irq if irq is not None else 0, min=0, max=255)
-        if socket_path is not None:
-            try:
-                check_socket_path(socket_path)
-            except VhostUserError as exc:
-                raise opts.error("socket", exc.message) from exc
         timeout = opts.get_float("timeout", DEFAULT_TIMEOUT, min=0.001, max=MAX_TIMEOUT)
-        backend_uid = _read_uid(opts)
+        backend_uid = opts.get_raw("backend_uid")
         queue_size = opts.get_int("queue_size", DEFAULT_QUEUE_SIZE, min=2, max=32768)
         if queue_size & (queue_size - 1):
             raise opts.error("queue_size", f"must be a power of 2, got {queue_size}")
@@ -179,46 +200,18 @@ class VhostUserSettings:
         requests = opts.get_int("requests", 0, min=0)
         rate = opts.get_float("rate", 100.0, min=0.001, max=1e6)
         delay = opts.get_float("delay", 0.0, min=0.0, max=MAX_TIMEOUT)
-        if fd is not None and requests:
-            raise opts.error("requests", "needs a connection this producer owns (socket or spawn)")
-        return cls(
-            socket=socket_path,
-            spawn=spawn,
-            connection=fd,
-            queue=queue,
-            timeout=timeout,
-            queue_size=queue_size,
-            reply_ack=reply_ack,
-            kicks_on_set_call=kicks,
-            requests=requests,
-            rate=rate,
-            delay=delay,
-            backend_uid=backend_uid,
-        )
-
-
-def _read_backend(opts: irqbypass.Options) -> tuple[str | None, bool, int | None]:
-    socket_path = opts.get_str("socket")
-    spawn = opts.get_bool("spawn", False)
-    fd = opts.get_fd("fd")
-    if sum((socket_path is not None, spawn, fd is not None)) != 1:
-        raise opts.error(
-            "socket",
-            "give exactly one of socket (the back-end's socket path), spawn = true (a "
-            "private qemu-storage-daemon) and fd (a connection this process inherited)",
-        )
-    return socket_path, spawn, fd
-
-
-def _read_uid(opts: irqbypass.Options) -> int | None:
-    uid = opts.get_raw("backend_uid")
-    if uid is not None and (
-        isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= MAX_UID
-    ):
-        raise opts.error(
-            "backend_uid",
-            f"expected the uid the back-end runs as (an integer 0..{MAX_UID}), got "
-            f"{irqbypass.show_value(uid)}",
-        )
-    result: int | None = uid
-    return result
+        with opts.refusals():
+            return cls(
+                socket=socket_path,
+                spawn=spawn,
+                connection=fd,
+                queue=queue,
+                timeout=timeout,
+                queue_size=queue_size,
+                reply_ack=reply_ack,
+                kicks_on_set_call=kicks,
+                requests=requests,
+                rate=rate,
+                delay=delay,
+                backend_uid=backend_uid,
+            )

@@ -4,6 +4,7 @@ back-end killed in the middle of `irqbypass run`."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import select
 import subprocess
@@ -125,6 +126,16 @@ def test_bad_values_at_the_python_api_are_refused(options: dict[str, object], me
     arguments: dict[str, object] = {"socket": "/run/vu.sock", **options}
     with irqbypass.Eventfd() as token, pytest.raises(irqbypass.InvalidEndpointError, match=message):
         VhostUserProducer(token=token, **arguments)  # type: ignore[arg-type]
+
+
+def test_a_refused_socket_path_keeps_its_errno() -> None:
+    with (
+        irqbypass.Eventfd() as token,
+        pytest.raises(irqbypass.InvalidEndpointError, match="more than the 82") as caught,
+    ):
+        VhostUserProducer(token=token, name="vq", socket="/run/" + "x" * 100)
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert caught.value.message.startswith("vhost-user producer 'vq': socket path ")
 
 
 def test_a_backend_killed_during_irqbypass_run_is_named(
