@@ -59,7 +59,16 @@ if TYPE_CHECKING:
     )
     from .plugins import PluginHost, PluginInfo, load_plugins
     from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
-    from .signals import deliver_deferred_signals, guard_signals, interruptible, signal_safe
+    from .signals import (
+        callout,
+        currently_signal_safe,
+        deliver_deferred_signals,
+        delivering_deferred_signals,
+        guard_signals,
+        hold,
+        interruptible,
+        signal_safe,
+    )
     from .status import PairStatus
     from .testing import DeviceCall, FakeDevice
     from .tokens import TokenTable
@@ -114,7 +123,16 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "plugins": ("PluginHost", "PluginInfo", "load_plugins"),
     "seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
-    "signals": ("deliver_deferred_signals", "guard_signals", "interruptible", "signal_safe"),
+    "signals": (
+        "callout",
+        "currently_signal_safe",
+        "deliver_deferred_signals",
+        "delivering_deferred_signals",
+        "guard_signals",
+        "hold",
+        "interruptible",
+        "signal_safe",
+    ),
     "status": ("PairStatus",),
     "testing": ("DeviceCall", "FakeDevice"),
     "tokens": ("TokenTable",),
@@ -207,10 +225,14 @@ __all__ = [
     "UnknownKindError",
     "UnsafePathError",
     "Veto",
+    "callout",
     "check_owner",
+    "currently_signal_safe",
     "deliver_deferred_signals",
+    "delivering_deferred_signals",
     "event_loop",
     "guard_signals",
+    "hold",
     "hookimpl",
     "hookspec",
     "interruptible",

@@ -46,8 +46,8 @@ from .errors import (
 )
 from .options import show_value
 from .plugins import CORE_PLUGIN, PluginHost
+from .signals import _DEFERRED as DEFERRED  # converted to the new style in a later step
 from .signals import (
-    DEFERRED,
     deliver_deferred_signals,
     hold_interrupt_guard,
     release_interrupt_guard,

@@ -4,27 +4,33 @@ CPython runs a Python-level signal handler (``KeyboardInterrupt`` for SIGINT)
 in the main thread between two bytecodes, wherever that thread is. Landing
 between "producer stopped" and "producer started", or between "paired" and
 "recorded as registered", it would leave an endpoint quiesced forever or a
-pairing the manager does not know of. So a function marked :func:`signal_safe`
-is a section in which signals wait:
+pairing the manager does not know of. So, as trio protects its own code from
+``KeyboardInterrupt`` (``trio/_core/_ki.py``), code is marked where it is
+defined, and the mark is read only when a signal arrives:
 
-- a signal that arrives while such a function runs, or while anything it calls
-  runs (hashing a token, formatting an error), is deferred;
-- except on its *call-out lines*: the lines that call plugin code through a
-  local variable named ``call`` (``call()``, ``call(partner)``), and the lines
-  holding a ``with`` statement (which may block on a lock). There the signal is
-  passed on as usual, so a callback that hangs stays escapable with one Ctrl-C
-  (the manager catches the interrupt, finishes its sequence, and re-raises it).
+- :func:`signal_safe` marks a function as a *section*: a signal that arrives
+  while it runs, or while anything it calls runs (hashing a token, formatting
+  an error), is deferred;
+- :func:`callout` ``(fn, *args)`` is the one way a section calls code that may
+  hang (a plugin's callback): inside it the signal is passed on as usual, so
+  one Ctrl-C ends the hang (the section catches the interrupt, finishes its
+  sequence, and re-raises it);
+- :func:`interruptible` ``(fn, *args)`` is the one way a section waits for
+  another process: the same as :func:`callout`, but a signal deferred earlier
+  in the section is delivered first (waiting with a Ctrl-C pending would defer
+  it behind the peer); the section leaves its state consistent if it raises;
+- ``with`` :class:`hold` ``(lock):`` takes a lock inside a section: a Ctrl-C
+  ends the wait for a contended lock, and never leaves the lock taken;
+- ``with`` :func:`delivering_deferred_signals` ``():`` around the call of a
+  section runs, as the block ends, the handlers of the signals that waited;
+- :func:`currently_signal_safe` says whether a signal would wait here (for
+  assertions).
 
-The section's caller runs :func:`deliver_deferred_signals` once the state is
-consistent again, in a ``finally``.
-
-A section never waits for another process: a back-end that never answers
-would defer Ctrl-C for as long as it likes. A wait that a section cannot move
-out (a request whose reply it then commits) goes through :func:`interruptible`:
-there every signal passes, a signal deferred earlier in the section is
-delivered as the wait begins, and the section's code leaves its state
-consistent when the wait raises (the request did not happen, as far as it
-knows).
+The innermost marked frame decides: a section called from inside a
+:func:`callout` is safe again, a :func:`callout` inside a section passes.
+Until every section is converted, a section may still call out the old way,
+through a local variable named ``call`` (and pass signals on its ``with``
+lines); :func:`callout_lines` finds those lines.
 
 :func:`guard_signals` puts the guard in front of the current Python-level
 handlers of SIGINT and SIGTERM. The :class:`~irqbypass.Manager` installs it
@@ -42,22 +48,24 @@ from __future__ import annotations
 
 import dis
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 _Handler = Callable[[int, "FrameType | None"], Any]
 
-#: The local variable through which safe code calls plugin code.
+#: The local variable through which a section of the old style calls plugin code.
 CALLOUT = "call"
 
-#: safe code object -> its call-out lines (where signals pass), or None: every
-#: line passes (a wait point, see :func:`interruptible`), or _UNREAD: not found
-#: yet (see :func:`callout_lines`)
+#: marked code object -> its call-out lines (where signals pass: the old style;
+#: frozenset() for a section of the new style), or None: every line passes
+#: (:func:`callout`, :func:`interruptible`), or _UNREAD: not found yet (see
+#: :func:`callout_lines`)
 _SAFE: dict[CodeType, frozenset[int] | None] = {}
 #: the lines of a section not read yet: disassembling every section at import
 #: cost a command 17 ms of its start, and only a signal needs them
@@ -66,7 +74,8 @@ _UNREAD: frozenset[int] = frozenset({-1})
 #: Signals that arrived in a safe section, by number, in arrival order. Standard
 #: signals do not queue (a second SIGINT while one is pending is that same
 #: SIGINT), so this holds at most one entry per signal number: bounded.
-DEFERRED: dict[int, FrameType | None] = {}
+#: Private state: what waits is delivered by :func:`delivering_deferred_signals`.
+_DEFERRED: dict[int, FrameType | None] = {}
 
 
 def signal_safe(func: _F) -> _F:
@@ -95,11 +104,11 @@ def deliver_deferred_signals() -> None:
     end of its own section). The first handler that raises ends the call; any
     other deferred signal stays deferred for the next call.
     """
-    if not DEFERRED or threading.current_thread() is not threading.main_thread():
+    if not _DEFERRED or threading.current_thread() is not threading.main_thread():
         return  # nothing deferred (the common case, first: no thread lookup)
-    while DEFERRED:
-        signum = next(iter(DEFERRED))
-        frame = DEFERRED.pop(signum)
+    while _DEFERRED:
+        signum = next(iter(_DEFERRED))
+        frame = _DEFERRED.pop(signum)
         handler = signal.getsignal(signum)
         if isinstance(handler, _Guard):
             handler = handler.previous
@@ -107,8 +116,19 @@ def deliver_deferred_signals() -> None:
             handler(signum, frame)
 
 
-def interruptible(call: Callable[..., _T], *args: Any) -> _T:
-    """``call(*args)``, with signals passing even inside a signal-safe section.
+def callout(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, with signals passing even inside a signal-safe section.
+
+    How a section calls code that is not its own (a plugin's callback): a
+    Ctrl-C that lands while ``fn`` runs is raised there, so a callback that
+    hangs is ended by one Ctrl-C. The section catches what this raises and
+    leaves its state consistent. A signal deferred earlier stays deferred.
+    """
+    return fn(*args)
+
+
+def interruptible(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, with signals passing even inside a signal-safe section.
 
     Every wait on another process (a reply, a drain, a child's exit) goes
     through this, so Ctrl-C acts at once whatever the peer does. A signal
@@ -116,17 +136,79 @@ def interruptible(call: Callable[..., _T], *args: Any) -> _T:
     with a Ctrl-C pending would defer it behind the peer. The caller must
     leave its state consistent if this raises.
     """
-    if DEFERRED:
+    if _DEFERRED:
         deliver_deferred_signals()
-    return call(*args)
+    return fn(*args)
 
 
-_SAFE[interruptible.__code__] = None  # every line of it is a wait: signals pass
+# every line of these calls out or waits: signals pass
+_SAFE[callout.__code__] = _SAFE[interruptible.__code__] = None
 # A finalizer (a Manager's, giving its guard lease back) runs wherever the
 # garbage collector happens to run, and what it raises is printed and dropped
 # ("Exception ignored in"): a signal landing in one waits for the next delivery
 # instead of being lost. No call-out line: every line of it waits.
 _SAFE[weakref.finalize.__call__.__code__] = frozenset()
+
+#: how often a section waiting for a contended lock looks for a deferred signal
+#: (well within the 0.5 s in which Ctrl-C must act)
+HOLD_WAKE_SECONDS = 0.05
+
+
+class _Lock(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class hold:  # lower case: it reads as a call, ``with hold(lock):``
+    """``with hold(lock):`` takes ``lock`` inside a signal-safe section.
+
+    A plain ``with lock:`` there would wait deaf to Ctrl-C while another
+    thread holds the lock. Here a free lock is taken at once; a contended one
+    is waited for in steps of :data:`HOLD_WAKE_SECONDS`, and a signal that
+    arrived meanwhile is delivered between two steps, before the lock is ours
+    (so it is never left taken). Once taken, the block is part of the section.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _Lock) -> None:
+        self._lock = lock
+
+    @signal_safe
+    def __enter__(self) -> None:
+        lock = self._lock
+        if lock.acquire(False):
+            return
+        while not lock.acquire(True, HOLD_WAKE_SECONDS):
+            if _DEFERRED:
+                deliver_deferred_signals()
+
+    @signal_safe
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class delivering_deferred_signals:  # lower case: it reads as a call
+    """``with delivering_deferred_signals():`` around the call of a section:
+    as the block ends, in the main thread, the handler of each signal that
+    waited runs, in arrival order (the first that raises ends the block; what
+    it raises replaces what the block raised, if anything)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if _DEFERRED:
+            deliver_deferred_signals()
+
+
+def currently_signal_safe() -> bool:
+    """Whether a signal arriving here, in the caller, would wait: inside a
+    section and not in a :func:`callout` or :func:`interruptible` within it."""
+    return in_safe_section(sys._getframe(1))
 
 
 class _Guard:
@@ -138,7 +220,7 @@ class _Guard:
 
     def __call__(self, signum: int, frame: FrameType | None) -> Any:
         if in_safe_section(frame):
-            DEFERRED[signum] = frame
+            _DEFERRED[signum] = frame
             return None
         return self.previous(signum, frame)
 

@@ -37,13 +37,13 @@ def _default_sigint() -> Iterator[None]:
     before = signal.getsignal(signal.SIGINT)
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signals.DEFERRED.clear()
+    signals._DEFERRED.clear()
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signals.DEFERRED.clear()
+        signals._DEFERRED.clear()
 
 
 def interrupt_main_thread() -> None:
@@ -319,7 +319,7 @@ def test_signals_outside_the_manager_are_passed_on_unchanged() -> None:
         signal.raise_signal(signal.SIGINT)
         for _ in range(1000):
             pass
-    assert not signals.DEFERRED
+    assert not signals._DEFERRED
 
 
 def test_the_guard_wraps_a_handler_of_the_vmm_own_and_leaves_sig_dfl_alone() -> None:

@@ -27,14 +27,14 @@ def _default_sigint() -> Iterator[None]:
     before = signal.getsignal(signal.SIGINT)
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signals.DEFERRED.clear()
+    signals._DEFERRED.clear()
     try:
         yield
     finally:
         gc.collect()
         signal.signal(signal.SIGINT, before)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signals.DEFERRED.clear()
+        signals._DEFERRED.clear()
 
 
 def handler() -> Any:

@@ -1,0 +1,229 @@
+"""Signal safety you can see (issue 28 item 2): a section is marked where it is
+defined (``@signal_safe``), a signal passes only inside ``callout(fn, ...)``,
+``interruptible(fn, ...)`` and the wait of ``with hold(lock):``, and what waited
+is delivered as ``with delivering_deferred_signals():`` ends."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import irqbypass
+import pytest
+from irqbypass import signals
+
+GUARD = 60.0
+
+# SIGINT raises KeyboardInterrupt, guarded as a Manager guards it (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("guarded_sigint")
+
+
+def test_a_signal_in_a_section_waits_for_the_delivering_block() -> None:
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)  # lands in the section: deferred
+        steps.append("finished")
+
+    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        section()
+        steps.append("block")
+    assert steps == ["finished", "block"]
+    with irqbypass.delivering_deferred_signals():
+        steps.append("nothing waits any more")  # delivered once, not twice
+
+
+def test_what_the_delivered_signal_raises_replaces_the_block_s_error() -> None:
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)
+        raise irqbypass.IrqBypassError("the section failed")
+
+    with pytest.raises(KeyboardInterrupt) as caught, irqbypass.delivering_deferred_signals():
+        section()
+    assert isinstance(caught.value.__context__, irqbypass.IrqBypassError)
+
+
+def test_a_signal_passes_inside_a_callout_and_nowhere_else_in_the_section() -> None:
+    steps: list[str] = []
+
+    def plugin_code() -> None:
+        steps.append("callback")
+        signal.raise_signal(signal.SIGINT)  # in the callout: raised here
+        steps.append("not reached")
+
+    def own_helper() -> None:  # called directly: part of the section
+        signal.raise_signal(signal.SIGINT)
+        steps.append("helper")
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        try:
+            irqbypass.callout(plugin_code)
+        except KeyboardInterrupt:
+            steps.append("caught")
+        own_helper()
+        steps.append("section done")
+
+    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        section()
+    assert steps == ["callback", "caught", "helper", "section done"]
+
+
+def test_a_callout_passes_its_arguments_and_its_result() -> None:
+    @irqbypass.signal_safe
+    def section() -> int:
+        return irqbypass.callout(max, 3, 7)
+
+    assert section() == 7
+
+
+def test_a_signal_deferred_earlier_stays_deferred_through_a_callout() -> None:
+    """Unlike interruptible() (a wait), a callout does not deliver what waited:
+    the callback would be blamed for a Ctrl-C that landed in the bookkeeping."""
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)  # deferred
+        irqbypass.callout(steps.append, "callback ran")
+        steps.append("section done")
+
+    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        section()
+    assert steps == ["callback ran", "section done"]
+
+
+def test_currently_signal_safe_names_the_innermost_mark() -> None:
+    seen: dict[str, bool] = {}
+
+    @irqbypass.signal_safe
+    def inner_section() -> None:
+        seen["section inside a callout"] = irqbypass.currently_signal_safe()
+
+    def plugin_code() -> None:
+        seen["callout"] = irqbypass.currently_signal_safe()
+        inner_section()
+
+    def helper() -> None:
+        seen["helper of a section"] = irqbypass.currently_signal_safe()
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        seen["section"] = irqbypass.currently_signal_safe()
+        helper()
+        irqbypass.callout(plugin_code)
+        irqbypass.interruptible(lambda: seen.update(wait=irqbypass.currently_signal_safe()))
+
+    seen["outside"] = irqbypass.currently_signal_safe()
+    section()
+    assert seen == {
+        "outside": False,
+        "section": True,
+        "helper of a section": True,
+        "callout": False,
+        "section inside a callout": True,
+        "wait": False,
+    }
+
+
+def test_hold_takes_a_free_lock_and_gives_it_back_on_every_path() -> None:
+    lock = threading.Lock()
+
+    @irqbypass.signal_safe
+    def section(fail: bool) -> None:
+        with irqbypass.hold(lock):
+            assert lock.locked()
+            if fail:
+                raise irqbypass.IrqBypassError("inside the block")
+
+    section(False)
+    assert not lock.locked()
+    with pytest.raises(irqbypass.IrqBypassError):
+        section(True)
+    assert not lock.locked()
+
+
+def test_a_signal_inside_a_held_block_waits_for_the_section() -> None:
+    lock = threading.RLock()
+    steps: list[str] = []
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        with irqbypass.hold(lock):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("block done")
+        steps.append("section done")
+
+    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        section()
+    assert steps == ["block done", "section done"]
+    assert lock.acquire(blocking=False)  # given back (an RLock: mine again)
+    lock.release()
+
+
+def test_ctrl_c_ends_a_section_s_wait_for_a_contended_lock() -> None:
+    """A plain ``with lock:`` in a section waits deaf to Ctrl-C while another
+    thread holds the lock; ``with hold(lock):`` is ended by it, and the lock is
+    not left taken."""
+    lock = threading.Lock()
+    taken, waiting, release = threading.Event(), threading.Event(), threading.Event()
+    steps: list[str] = []
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def holder() -> None:
+        with lock:
+            taken.set()
+            if waiting.wait(GUARD):
+                signal.pthread_kill(main, signal.SIGINT)  # while the section waits
+            release.wait(GUARD)
+
+    other = threading.Thread(target=holder, daemon=True)
+    other.start()
+    taken.wait(GUARD)
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        waiting.set()
+        with irqbypass.hold(lock):
+            steps.append("never: the other thread holds it")
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            section()
+    finally:
+        release.set()
+        other.join(GUARD)
+    assert steps == []
+    assert lock.acquire(blocking=False), "the interrupted wait left the lock taken"
+    lock.release()
+
+
+def test_hold_waits_for_a_lock_the_holder_gives_back() -> None:
+    lock = threading.Lock()
+    taken = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            taken.set()
+            threading.Event().wait(2 * signals.HOLD_WAKE_SECONDS)  # a few wake-ups
+
+    other = threading.Thread(target=holder)
+    other.start()
+    taken.wait(GUARD)
+
+    @irqbypass.signal_safe
+    def section() -> bool:
+        with irqbypass.hold(lock):
+            return lock.locked()
+
+    assert section()
+    other.join(GUARD)
+    assert not lock.locked()
+
+
+def test_the_deferred_signals_are_not_public_state() -> None:
+    assert not hasattr(signals, "DEFERRED")
+    assert "DEFERRED" not in dir(irqbypass)
