@@ -86,7 +86,129 @@ class _File:
     groups: list[int] = field(default_factory=list)  # container: its groups
 
 
-class FakeVfio(irqbypass.FakeDevice["_File"]):
+class _VfioNodes(irqbypass.FakeDevice["_File"]):
+    """The half of :class:`FakeVfio` that hands out device fds: a cdev that
+    refuses device ioctls until bound to an iommufd, a single-open group that
+    hands out device fds only when viable and in a container with an IOMMU
+    model, ``/dev/vfio/vfio`` and ``/dev/iommu``."""
+
+    def __init__(
+        self,
+        *,
+        cdev_path: str,
+        group_path: str,
+        device_name: str,
+        viable: bool,
+        models: tuple[int, ...],
+        others: tuple[str, ...],
+        denied: tuple[str, ...],
+        sysfs_root: str,
+    ) -> None:
+        super().__init__(REQUEST_NAMES, denied=denied, sysfs_root=sysfs_root)
+        self.cdev_path = cdev_path
+        self.group_path = group_path
+        self.device_name = device_name
+        self.viable = viable
+        self.models = models
+        self.others = others
+
+    def open(self, path: str, flags: int) -> int:
+        self.check_access(path)
+        kinds = {
+            self.cdev_path: "cdev",
+            self.group_path: "group",
+            "/dev/vfio/vfio": "container",
+            "/dev/iommu": "iommufd",
+        }
+        kinds.update(dict.fromkeys(self.others, "other"))
+        kind = kinds.get(path)
+        if kind is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if kind == "group" and any(f.kind == "group" for f in self.files.values()):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return self.new_fd(path, _File(kind, path))
+
+    def close(self, fd: int) -> None:
+        file = self.drop_fd(fd)
+        if file.kind in ("cdev", "device") and not any(
+            f.kind in ("cdev", "device") for f in self.files.values()
+        ):
+            self._last_device_closed()
+        if file.kind == "group" and file.container in self.files:
+            self.files[file.container].groups.remove(fd)
+
+    def _last_device_closed(self) -> None:
+        """The last device fd was closed (vfio-pci then disables every interrupt)."""
+
+    def _device_ready(self, file: _File) -> None:
+        if file.kind == "cdev" and not file.bound:
+            # vfio_device_fops_unl_ioctl: access_granted is set by the bind
+            raise _err(errno.EINVAL)
+
+    def _bind(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        bind = _abi.vfio_device_bind_iommufd.from_buffer_copy(arg)
+        if bind.argsz < ctypes.sizeof(_abi.vfio_device_bind_iommufd) or bind.flags:
+            raise _err(errno.EINVAL)
+        if file.bound:
+            raise _err(errno.EINVAL)
+        ictx = self.files.get(bind.iommufd)
+        if ictx is None or ictx.kind != "iommufd":
+            raise _err(errno.EBADF)
+        file.bound = True
+        bind.out_devid = 1
+        arg[:] = bytes(bind)
+        return 0
+
+    def _group_status(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        status = _abi.vfio_group_status.from_buffer_copy(arg)
+        status.flags = (_abi.VFIO_GROUP_FLAGS_VIABLE if self.viable else 0) | (
+            _abi.VFIO_GROUP_FLAGS_CONTAINER_SET if file.container is not None else 0
+        )
+        arg[:] = bytes(status)
+        return 0
+
+    def _set_container(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        cfd = _S32.unpack_from(arg)[0]
+        container = self.files.get(cfd)
+        if container is None or container.kind != "container":
+            raise _err(errno.EBADF)
+        if not self.viable:
+            raise _err(errno.EPERM)
+        if file.container is not None:
+            raise _err(errno.EINVAL)
+        file.container = cfd
+        container.groups.append(next(k for k, v in self.files.items() if v is file))
+        return 0
+
+    def _api_version(self, file: _File, arg: bytearray | int) -> int:
+        return _abi.VFIO_API_VERSION
+
+    def _check_extension(self, file: _File, arg: bytearray | int) -> int:
+        return int(arg in self.models)
+
+    def _set_iommu(self, file: _File, arg: bytearray | int) -> int:
+        if not file.groups or arg not in self.models or file.iommu is not None:
+            raise _err(errno.EINVAL)
+        assert isinstance(arg, int)
+        file.iommu = arg
+        return 0
+
+    def _get_device_fd(self, file: _File, arg: bytearray | int) -> int:
+        assert isinstance(arg, bytearray)
+        container = self.files.get(file.container) if file.container is not None else None
+        if container is None or container.iommu is None:
+            raise _err(errno.EINVAL)
+        name = bytes(arg).split(b"\0", 1)[0].decode()
+        if name != self.device_name:
+            raise _err(errno.ENODEV)
+        path = f"{file.path}:{name}"
+        return self.new_fd(path, _File("device", path))
+
+
+class FakeVfio(_VfioNodes):
     """One vfio-pci device reachable as ``cdev_path``, and as ``device_name`` in
     group ``group_path``; ``/dev/vfio/vfio`` and ``/dev/iommu`` exist; ``others``
     are paths that open but are no VFIO node (ioctl: ENOTTY)."""
@@ -106,15 +228,12 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         sysfs_root: str = "/nonexistent-sysfs",
         host_vectors: Mapping[int, int] | None = None,
     ) -> None:
-        super().__init__(REQUEST_NAMES, denied=denied, sysfs_root=sysfs_root)
+        super().__init__(
+            cdev_path=cdev_path, group_path=group_path, device_name=device_name,
+            viable=viable, models=models, others=others, denied=denied, sysfs_root=sysfs_root,
+        )  # fmt: skip
         self.irqs: dict[int, tuple[int, int]] = dict(PCI_IRQS if irqs is None else irqs)
         self.num_irqs = num_irqs if num_irqs is not None else max(self.irqs, default=-1) + 1
-        self.cdev_path = cdev_path
-        self.group_path = group_path
-        self.device_name = device_name
-        self.viable = viable
-        self.models = models
-        self.others = others
         #: how many MSI/MSI-X vectors the host can allocate (default: all)
         self.host_vectors = dict(host_vectors or {})
         #: (index, vector) -> errno: attaching an eventfd there fails (request_irq)
@@ -175,34 +294,11 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
 
     # -- the seam ------------------------------------------------------------
 
-    def open(self, path: str, flags: int) -> int:
-        self.check_access(path)
-        kinds = {
-            self.cdev_path: "cdev",
-            self.group_path: "group",
-            "/dev/vfio/vfio": "container",
-            "/dev/iommu": "iommufd",
-        }
-        kinds.update(dict.fromkeys(self.others, "other"))
-        kind = kinds.get(path)
-        if kind is None:
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        if kind == "group" and any(f.kind == "group" for f in self.files.values()):
-            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
-        return self.new_fd(path, _File(kind, path))
-
-    def close(self, fd: int) -> None:
-        file = self.drop_fd(fd)
-        if file.kind in ("cdev", "device") and not any(
-            f.kind in ("cdev", "device") for f in self.files.values()
-        ):
-            # the last device fd closed: vfio-pci disables every interrupt
-            for index in {i for i, _ in self._triggers}:
-                self._disable(index)
-            self.intx_masked = self.intx_pending = False
-            self.irq_type, self.enabled_vectors = None, 0
-        if file.kind == "group" and file.container in self.files:
-            self.files[file.container].groups.remove(fd)
+    def _last_device_closed(self) -> None:
+        for index in {i for i, _ in self._triggers}:
+            self._disable(index)
+        self.intx_masked = self.intx_pending = False
+        self.irq_type, self.enabled_vectors = None, 0
 
     def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
         self.record(fd, request, arg)
@@ -213,26 +309,6 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         return handler(self, file, arg)
 
     # -- the kernel's side of each ioctl -----------------------------------
-
-    def _device_ready(self, file: _File) -> None:
-        if file.kind == "cdev" and not file.bound:
-            # vfio_device_fops_unl_ioctl: access_granted is set by the bind
-            raise _err(errno.EINVAL)
-
-    def _bind(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        bind = _abi.vfio_device_bind_iommufd.from_buffer_copy(arg)
-        if bind.argsz < ctypes.sizeof(_abi.vfio_device_bind_iommufd) or bind.flags:
-            raise _err(errno.EINVAL)
-        if file.bound:
-            raise _err(errno.EINVAL)
-        ictx = self.files.get(bind.iommufd)
-        if ictx is None or ictx.kind != "iommufd":
-            raise _err(errno.EBADF)
-        file.bound = True
-        bind.out_devid = 1
-        arg[:] = bytes(bind)
-        return 0
 
     def _device_info(self, file: _File, arg: bytearray | int) -> int:
         assert isinstance(arg, bytearray)
@@ -265,6 +341,20 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         self._device_ready(file)
         hdr = _abi.vfio_irq_set.from_buffer_copy(arg)
         data = bytes(arg[ctypes.sizeof(_abi.vfio_irq_set) :])
+        data_type, action = self._validate(hdr)
+        if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
+            return self._trigger(hdr, data_type, data)
+        return self._mask_or_unmask(hdr, data_type, action, data)
+
+    def _classes(self, index: int) -> tuple[bool, bool, bool]:
+        """INTx, MSI/MSI-X, and either (vfio-pci's irq_type: one of them at a time)."""
+        intx = index == _abi.VFIO_PCI_INTX_IRQ_INDEX
+        msi = index in (_abi.VFIO_PCI_MSI_IRQ_INDEX, _abi.VFIO_PCI_MSIX_IRQ_INDEX)
+        return intx, msi, intx or msi
+
+    def _validate(self, hdr: _abi.vfio_irq_set) -> tuple[int, int]:
+        """vfio_set_irqs_validate_and_prepare, and what vfio-pci refuses before
+        acting: the data type and the action."""
         data_type = hdr.flags & (
             _abi.VFIO_IRQ_SET_DATA_NONE
             | _abi.VFIO_IRQ_SET_DATA_BOOL
@@ -276,73 +366,91 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
             | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
         )
         einval = _err(errno.EINVAL)
-        # vfio_set_irqs_validate_and_prepare
         if bin(data_type).count("1") != 1 or bin(action).count("1") != 1:
             raise einval
         if hdr.flags & ~(data_type | action) or hdr.index >= self.num_irqs:
             raise einval
-        flags, count = self.irqs.get(hdr.index, (0, 0))
+        _, count = self.irqs.get(hdr.index, (0, 0))
         if hdr.start >= count or hdr.start + hdr.count > count:
             raise einval
         size = {_abi.VFIO_IRQ_SET_DATA_BOOL: 1, _abi.VFIO_IRQ_SET_DATA_EVENTFD: 4}.get(data_type, 0)
         if hdr.argsz - ctypes.sizeof(_abi.vfio_irq_set) < size * hdr.count:
             raise einval
-        intx = hdr.index == _abi.VFIO_PCI_INTX_IRQ_INDEX
-        msi = hdr.index in (_abi.VFIO_PCI_MSI_IRQ_INDEX, _abi.VFIO_PCI_MSIX_IRQ_INDEX)
-        exclusive = intx or msi  # vfio-pci's irq_type: one of them at a time
+        intx, msi, exclusive = self._classes(hdr.index)
         busy = exclusive and self.irq_type not in (None, hdr.index)
         if busy and (action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER or intx):
             raise einval
         if msi and action != _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
             raise _err(errno.ENOTTY)  # "XXX Need masking"
-        if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
-            if data_type == _abi.VFIO_IRQ_SET_DATA_NONE and hdr.count == 0:
-                if exclusive and self.irq_type != hdr.index:
-                    raise einval
-                self._disable(hdr.index)
-                return 0
-            if intx and (hdr.start != 0 or hdr.count != 1):
-                raise einval
-            if data_type == _abi.VFIO_IRQ_SET_DATA_EVENTFD:
-                if not flags & _abi.VFIO_IRQ_INFO_EVENTFD:
-                    raise einval
-                end: int = hdr.start + hdr.count
-                enabling = exclusive and self.irq_type is None
-                if enabling:
-                    if msi:  # vfio_msi_enable(vdev, start + count, msix)
-                        got = min(end, self.host_vectors.get(hdr.index, end))
-                        if got < end:
-                            return got  # not an error: the count it could have
-                    self.irq_type, self.enabled_vectors = hdr.index, end
-                elif msi and end > self.enabled_vectors:
-                    if flags & _abi.VFIO_IRQ_INFO_NORESIZE:
-                        raise einval  # vfio_msi_set_block beyond num_ctx
-                    self.enabled_vectors = end  # dynamic MSI-X allocates more
-                fds = [_S32.unpack_from(data, 4 * i)[0] for i in range(hdr.count)]
-                for i, new in enumerate(fds):
-                    try:
-                        refused = self.refuse_vectors.get((hdr.index, hdr.start + i))
-                        if refused is not None and new >= 0:
-                            raise _err(refused)
-                        self._set_trigger(hdr.index, hdr.start + i, new)
-                    except OSError:
-                        # vfio_msi_set_block: the vectors before it set to -1 again,
-                        # then vfio_pci_set_msi_trigger disables what it enabled
-                        for j in range(i):
-                            self._set_trigger(hdr.index, hdr.start + j, -1)
-                        if enabling:
-                            self._disable(hdr.index)
-                        raise
-                return 0
-            # DATA_NONE / DATA_BOOL: loopback, as though the device fired
+        return data_type, action
+
+    def _trigger(self, hdr: _abi.vfio_irq_set, data_type: int, data: bytes) -> int:
+        """ACTION_TRIGGER: disable the index, attach eventfds, or loop back."""
+        intx, _, exclusive = self._classes(hdr.index)
+        einval = _err(errno.EINVAL)
+        if data_type == _abi.VFIO_IRQ_SET_DATA_NONE and hdr.count == 0:
             if exclusive and self.irq_type != hdr.index:
                 raise einval
-            for i in range(hdr.count):
-                if data_type == _abi.VFIO_IRQ_SET_DATA_BOOL and not data[i]:
-                    continue
-                self._signal(hdr.index, hdr.start + i)
+            self._disable(hdr.index)
             return 0
-        # mask / unmask: vfio-pci implements them for INTx only, once enabled
+        if intx and (hdr.start != 0 or hdr.count != 1):
+            raise einval
+        if data_type == _abi.VFIO_IRQ_SET_DATA_EVENTFD:
+            return self._attach(hdr, data)
+        # DATA_NONE / DATA_BOOL: loopback, as though the device fired
+        if exclusive and self.irq_type != hdr.index:
+            raise einval
+        for i in range(hdr.count):
+            if data_type == _abi.VFIO_IRQ_SET_DATA_BOOL and not data[i]:
+                continue
+            self._signal(hdr.index, hdr.start + i)
+        return 0
+
+    def _attach(self, hdr: _abi.vfio_irq_set, data: bytes) -> int:
+        """DATA_EVENTFD | ACTION_TRIGGER: the block enabled on the first attach
+        (fewer vectors than asked: their count returned, nothing attached), then
+        each vector's trigger set, the block unwound on a refusal."""
+        flags, _ = self.irqs.get(hdr.index, (0, 0))
+        _, msi, exclusive = self._classes(hdr.index)
+        if not flags & _abi.VFIO_IRQ_INFO_EVENTFD:
+            raise _err(errno.EINVAL)
+        end: int = hdr.start + hdr.count
+        enabling = exclusive and self.irq_type is None
+        if enabling:
+            if msi:  # vfio_msi_enable(vdev, start + count, msix)
+                got = min(end, self.host_vectors.get(hdr.index, end))
+                if got < end:
+                    return got  # not an error: the count it could have
+            self.irq_type, self.enabled_vectors = hdr.index, end
+        elif msi and end > self.enabled_vectors:
+            if flags & _abi.VFIO_IRQ_INFO_NORESIZE:
+                raise _err(errno.EINVAL)  # vfio_msi_set_block beyond num_ctx
+            self.enabled_vectors = end  # dynamic MSI-X allocates more
+        fds = [_S32.unpack_from(data, 4 * i)[0] for i in range(hdr.count)]
+        for i, new in enumerate(fds):
+            try:
+                refused = self.refuse_vectors.get((hdr.index, hdr.start + i))
+                if refused is not None and new >= 0:
+                    raise _err(refused)
+                self._set_trigger(hdr.index, hdr.start + i, new)
+            except OSError:
+                # vfio_msi_set_block: the vectors before it set to -1 again,
+                # then vfio_pci_set_msi_trigger disables what it enabled
+                for j in range(i):
+                    self._set_trigger(hdr.index, hdr.start + j, -1)
+                if enabling:
+                    self._disable(hdr.index)
+                raise
+        return 0
+
+    def _mask_or_unmask(
+        self, hdr: _abi.vfio_irq_set, data_type: int, action: int, data: bytes
+    ) -> int:
+        """vfio-pci implements mask and unmask for INTx only, once enabled; an
+        unmask eventfd (the guest's EOI) is a virqfd."""
+        flags, _ = self.irqs.get(hdr.index, (0, 0))
+        intx, _, _ = self._classes(hdr.index)
+        einval = _err(errno.EINVAL)
         if not intx or not flags & _abi.VFIO_IRQ_INFO_MASKABLE or self.irq_type != hdr.index:
             raise einval
         if (
@@ -351,16 +459,7 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
         ):
             if hdr.start != 0 or hdr.count != 1:
                 raise einval
-            fd = _S32.unpack_from(data)[0]
-            if fd < 0:  # vfio_virqfd_disable
-                if self.unmask is not None:
-                    os.close(self.unmask[1])
-                self.unmask = None
-                return 0
-            if self.unmask is not None:
-                raise _err(errno.EBUSY)  # vfio_virqfd_enable: one at a time
-            self.unmask = (fd, self.take_eventfd(fd))
-            return 0
+            return self._set_unmask_eventfd(_S32.unpack_from(data)[0])
         if data_type != _abi.VFIO_IRQ_SET_DATA_NONE:
             raise einval  # (masking on an eventfd is not implemented by vfio-pci either)
         if action == _abi.VFIO_IRQ_SET_ACTION_MASK:
@@ -370,6 +469,17 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
             if self.intx_pending:
                 self.intx_pending = False
                 self.fire(hdr.index, 0)
+        return 0
+
+    def _set_unmask_eventfd(self, fd: int) -> int:
+        if fd < 0:  # vfio_virqfd_disable
+            if self.unmask is not None:
+                os.close(self.unmask[1])
+            self.unmask = None
+            return 0
+        if self.unmask is not None:
+            raise _err(errno.EBUSY)  # vfio_virqfd_enable: one at a time
+        self.unmask = (fd, self.take_eventfd(fd))
         return 0
 
     def _set_trigger(self, index: int, vector: int, fd: int) -> None:
@@ -389,53 +499,6 @@ class FakeVfio(irqbypass.FakeDevice["_File"]):
             if index == _abi.VFIO_PCI_INTX_IRQ_INDEX and self.unmask is not None:
                 os.close(self.unmask[1])  # vfio_intx_disable drops the unmask virqfd
                 self.unmask = None
-
-    def _group_status(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        status = _abi.vfio_group_status.from_buffer_copy(arg)
-        status.flags = (_abi.VFIO_GROUP_FLAGS_VIABLE if self.viable else 0) | (
-            _abi.VFIO_GROUP_FLAGS_CONTAINER_SET if file.container is not None else 0
-        )
-        arg[:] = bytes(status)
-        return 0
-
-    def _set_container(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        cfd = _S32.unpack_from(arg)[0]
-        container = self.files.get(cfd)
-        if container is None or container.kind != "container":
-            raise _err(errno.EBADF)
-        if not self.viable:
-            raise _err(errno.EPERM)
-        if file.container is not None:
-            raise _err(errno.EINVAL)
-        file.container = cfd
-        container.groups.append(next(k for k, v in self.files.items() if v is file))
-        return 0
-
-    def _api_version(self, file: _File, arg: bytearray | int) -> int:
-        return _abi.VFIO_API_VERSION
-
-    def _check_extension(self, file: _File, arg: bytearray | int) -> int:
-        return int(arg in self.models)
-
-    def _set_iommu(self, file: _File, arg: bytearray | int) -> int:
-        if not file.groups or arg not in self.models or file.iommu is not None:
-            raise _err(errno.EINVAL)
-        assert isinstance(arg, int)
-        file.iommu = arg
-        return 0
-
-    def _get_device_fd(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        container = self.files.get(file.container) if file.container is not None else None
-        if container is None or container.iommu is None:
-            raise _err(errno.EINVAL)
-        name = bytes(arg).split(b"\0", 1)[0].decode()
-        if name != self.device_name:
-            raise _err(errno.ENODEV)
-        path = f"{file.path}:{name}"
-        return self.new_fd(path, _File("device", path))
 
 
 _HANDLERS = {
