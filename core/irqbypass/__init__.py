@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Config, EndpointConfig, load_config, parse_config
-    from .device import QUIESCE_MODES, DeviceProducer
+    from .device import QUIESCE_MODES, DeviceInterrupt, DeviceProducer
+    from .devicegroup import DeviceCalls, DeviceGroup
     from .endpoints import Consumer, Endpoint, Producer
     from .errors import (
         AlreadyRegisteredError,
@@ -77,7 +78,8 @@ if TYPE_CHECKING:
 #: each submodule and the public names it defines: what ``__getattr__`` imports
 _MODULES: dict[str, tuple[str, ...]] = {
     "config": ("Config", "EndpointConfig", "load_config", "parse_config"),
-    "device": ("QUIESCE_MODES", "DeviceProducer"),
+    "device": ("QUIESCE_MODES", "DeviceInterrupt", "DeviceProducer"),
+    "devicegroup": ("DeviceCalls", "DeviceGroup"),
     "endpoints": ("Consumer", "Endpoint", "Producer"),
     "errors": (
         "AlreadyRegisteredError",
@@ -183,7 +185,10 @@ __all__ = [
     "ConnectError",
     "Consumer",
     "DeviceCall",
+    "DeviceCalls",
     "DeviceError",
+    "DeviceGroup",
+    "DeviceInterrupt",
     "DeviceProducer",
     "Endpoint",
     "EndpointConfig",

@@ -16,7 +16,6 @@ import select
 import signal
 import threading
 from collections.abc import Sequence
-from typing import ClassVar
 
 import irqbypass
 import pytest
@@ -423,30 +422,43 @@ def test_a_loss_during_close_is_reported_once_everything_is_released(
     assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
 
 
+class PeerGroup(irqbypass.DeviceGroup):
+    """The device group of peers whose lines are pointed and detached many at
+    once, as vfio's vectors of one device are."""
+
+    def __init__(self) -> None:
+        super().__init__(-1)
+        self.detached: list[list[str]] = []
+
+    def point_batch(self, batch: Sequence[tuple[irqbypass.DeviceInterrupt, int]]) -> None:
+        for interrupt, fd in batch:
+            interrupt.point(fd)
+
+    def detach_batch(self, batch: Sequence[irqbypass.DeviceInterrupt]) -> None:
+        self.detached.append([line_of(interrupt).name for interrupt in batch])
+        for interrupt in batch:
+            interrupt.point(-1)
+
+
+def line_of(interrupt: irqbypass.DeviceInterrupt) -> Line:
+    line = getattr(interrupt, "hooks", None)
+    assert isinstance(line, Line)
+    return line
+
+
 class BatchPeer(Peer):
-    """A peer whose lines are pointed and detached many at once, as vfio's group."""
+    """A peer in a device group."""
 
-    detached: ClassVar[list[list[str]]] = []
-
-    @classmethod
-    def device_point_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
-        for p in batch:
-            assert isinstance(p, BatchPeer)
-            p.device_point(p._token_fd())
-
-    @classmethod
-    def device_detach_batch(cls, batch: Sequence[irqbypass.DeviceProducer]) -> None:
-        cls.detached.append([p.name for p in batch])
-        for p in batch:
-            assert isinstance(p, BatchPeer)
-            p.device_point(-1)
+    def __init__(self, token: irqbypass.Eventfd, group: PeerGroup) -> None:
+        super().__init__(token)
+        self.interrupt.group = group
 
 
 def test_a_batch_close_reports_a_lost_device_as_close_does(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:
-    BatchPeer.detached = []
-    lost, kept = BatchPeer(token), BatchPeer(token)
+    group = PeerGroup()
+    lost, kept = BatchPeer(token, group), BatchPeer(token, group)
     lost.name, kept.name = "lost", "kept"
     BatchPeer.open_batch([lost, kept])
     lost.fail["point"] = Gone("the peer exited; restart it", errno=errno.EPIPE)
@@ -454,7 +466,7 @@ def test_a_batch_close_reports_a_lost_device_as_close_does(
     assert lost.problem == "the peer exited; restart it"
     with pytest.raises(Gone, match="the peer exited"):
         BatchPeer.close_batch([lost, kept])
-    assert BatchPeer.detached == [["kept"]]  # the lost one is not asked to detach
+    assert group.detached == [["kept"]]  # the lost one is not asked to detach
     assert lost.device_open_fd is None and kept.device_open_fd is None
     assert kept.pointed_at is None and kept.log[-2:] == ["point(-1)", "close"]
     BatchPeer.close_batch([lost, kept])  # closed: nothing more to say
@@ -549,7 +561,7 @@ class StalledPeer(Peer):
         self.never = irqbypass.Eventfd()  # the reply that never comes
 
     def device_point(self, fd: int) -> None:
-        if fd == self._hold.fileno():
+        if fd not in (-1, self._token_fd()):  # the swap to the holding eventfd
             self.waiting.write(1)
             poller = select.poll()
             poller.register(self.never.fileno(), select.POLLIN)

@@ -2,8 +2,9 @@
 
 ``VfioProducer.open_group`` and ``close_group`` (the core's
 ``DeviceProducer.open_batch`` / ``close_batch`` under them) on the vfio model,
-with a signal swept over every bytecode of the core's device template and the
-vfio producer (``interrupts.sweep``), SIGINT guarded as a Manager guards it.
+with a signal swept over every bytecode of the core's device producer, its
+state and the device group and the vfio plugin's producer, vector, device and opener
+(``interrupts.sweep``), SIGINT guarded as a Manager guards it.
 After each run: either the whole batch is open with every vector attached, or
 none is open and the model holds no fd and no trigger of the batch's; a close
 ends with every producer closed, or (the signal before it began) none; and no
@@ -19,7 +20,11 @@ from contextlib import ExitStack
 import interrupts
 import irqbypass
 import irqbypass.device as device_module
+import irqbypass.devicegroup as group_module
+import irqbypass.devicestate as state_module
 import irqbypass_vfio._device as shared_module
+import irqbypass_vfio._open as open_module
+import irqbypass_vfio._vector as vector_module
 import irqbypass_vfio.producer as producer_module
 import pytest
 from irqbypass_vfio import VfioProducer
@@ -29,7 +34,15 @@ from rel_support import COUNTERS
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak", "guarded_sigint")
 
-FILES = [device_module.__file__, producer_module.__file__, shared_module.__file__]
+FILES = [
+    device_module.__file__,
+    group_module.__file__,
+    state_module.__file__,
+    producer_module.__file__,
+    shared_module.__file__,
+    vector_module.__file__,
+    open_module.__file__,
+]
 MSIX = abi.VFIO_PCI_MSIX_IRQ_INDEX
 VECTORS = 2  # a run of two: one SET_IRQS for both (a sweep costs the square of its length)
 #: the two vfio-pci behaviours: a block enabled whole (6.1) or vectors alone (6.5+)

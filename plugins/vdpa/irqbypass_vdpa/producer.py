@@ -24,7 +24,7 @@ import irqbypass
 
 from . import _abi
 
-__all__ = ["VdpaProducer"]
+__all__ = ["VdpaProducer", "VdpaQueue"]
 
 CREATE_HOWTO = (
     "create a vDPA device and give it to vhost-vdpa: `modprobe vhost_vdpa`, list the "
@@ -65,8 +65,6 @@ class VdpaProducer(irqbypass.DeviceProducer):
 
     kind = "vdpa"
     NUMBER_LABEL = "queue"
-    # vhost-vdpa swaps the call eventfd under the virtqueue's mutex: lossless
-    # (measured: docs/testing.md), so stop() swaps to the holding eventfd
 
     def __init__(
         self,
@@ -93,10 +91,9 @@ class VdpaProducer(irqbypass.DeviceProducer):
         self.queue = q
         self.require_driver_ok = require_driver_ok
         self.expected_group = group
-        self.device_id: int | None = None
-        self.status: int | None = None
-        self.vq_count: int | None = None
-        self.vq_group: int | None = None
+        self.interrupt: VdpaQueue = VdpaQueue(
+            self.calls, device, device_fd, q, require_driver_ok=require_driver_ok, group=group
+        )
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VdpaProducer:
@@ -131,9 +128,61 @@ class VdpaProducer(irqbypass.DeviceProducer):
         holding eventfd while stopped), None when unbound."""
         return self.pointed_at
 
-    def device_open(self) -> None:
+    # -- what open() found ------------------------------------------------------
+
+    @property
+    def device_id(self) -> int | None:
+        """The virtio device id (VHOST_VDPA_GET_DEVICE_ID), once open."""
+        return self.interrupt.device_id
+
+    @property
+    def status(self) -> int | None:
+        """The virtio status the device had at open (VHOST_VDPA_GET_STATUS)."""
+        return self.interrupt.status
+
+    @property
+    def vq_count(self) -> int | None:
+        """How many virtqueues the device has (None: the kernel predates the question)."""
+        return self.interrupt.vq_count
+
+    @property
+    def vq_group(self) -> int | None:
+        """The virtqueue's group (None: the parent has no groups)."""
+        return self.interrupt.vq_group
+
+
+class VdpaQueue(irqbypass.DeviceInterrupt):
+    """Virtqueue ``queue``'s call interrupt of the vhost-vdpa device ``device``
+    (opened, owned and made ours with VHOST_SET_OWNER) or ``device_fd`` (the VMM's)."""
+
+    # vhost-vdpa swaps the call eventfd under the virtqueue's mutex: lossless
+    # (measured: docs/testing.md), so stop() swaps to the holding eventfd
+
+    def __init__(
+        self,
+        calls: irqbypass.DeviceCalls,
+        device: str | None,
+        device_fd: int | None,
+        queue: int,
+        *,
+        require_driver_ok: bool,
+        group: int | None,
+    ) -> None:
+        self.calls = calls
+        self.device, self.device_fd, self.queue = device, device_fd, queue
+        self.require_driver_ok = require_driver_ok
+        self.expected_group = group
+        self.device_id: int | None = None
+        self.status: int | None = None
+        self.vq_count: int | None = None
+        self.vq_group: int | None = None
+
+    def open(self) -> None:
         path = self.device
-        self.take_device(
+        self.group = irqbypass.DeviceGroup.take(
+            self.calls,
+            self.device,
+            self.device_fd,
             {
                 errno.ENOENT: f"{path} does not exist: {CREATE_HOWTO}",
                 errno.EACCES: _no_permission(path),
@@ -142,16 +191,26 @@ class VdpaProducer(irqbypass.DeviceProducer):
                     f"{path} is already open (vhost-vdpa has one user at a time): stop the "
                     "other VMM, or let it hand its fd to this producer (device_fd=...)"
                 ),
-            }
+            },
         )
-        self._inspect()
+        self._check_status(self.group.fd)
+        self._count_queues(self.group.fd)
+        if self.group.ours:
+            self.calls.ioctl(
+                self.group.fd,
+                "VHOST_SET_OWNER",
+                _abi.VHOST_SET_OWNER,
+                0,
+                {errno.EBUSY: "the device already has an owner"},
+            )
+        self._check_group(self.group.fd)
 
-    def device_point(self, fd: int) -> None:
+    def point(self, fd: int) -> None:
         """VHOST_SET_VRING_CALL: the virtqueue's call interrupt signals ``fd`` (-1: none)."""
-        assert self._fd is not None
+        assert self.group is not None
         arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
-        self.ioctl(
-            self._fd,
+        self.calls.ioctl(
+            self.group.fd,
             "VHOST_SET_VRING_CALL",
             _abi.VHOST_SET_VRING_CALL,
             arg,
@@ -166,32 +225,30 @@ class VdpaProducer(irqbypass.DeviceProducer):
 
     # -- what vhost-vdpa has of its own ------------------------------------------
 
-    def _read(self, name: str, request: int, ctype: type[ctypes._SimpleCData[int]]) -> int:
-        assert self._fd is not None
+    def _read(self, fd: int, name: str, request: int, ctype: type[ctypes._SimpleCData[int]]) -> int:
         buf = bytearray(ctypes.sizeof(ctype))
-        self.ioctl(self._fd, name, request, buf)
+        self.calls.ioctl(fd, name, request, buf)
         value: int = ctype.from_buffer_copy(buf).value
         return value
 
-    def _inspect(self) -> None:
-        """Device id, status, virtqueue count and group; refuse what cannot be
-        bypassed, saying why."""
-        assert self._fd is not None
+    def _check_status(self, fd: int) -> None:
+        """Device id and status; refuse a device that failed, or is not ready
+        and must be (the kernel bypasses only once DRIVER_OK)."""
         self.device_id = self._read(
-            "VHOST_VDPA_GET_DEVICE_ID", _abi.VHOST_VDPA_GET_DEVICE_ID, ctypes.c_uint32
+            fd, "VHOST_VDPA_GET_DEVICE_ID", _abi.VHOST_VDPA_GET_DEVICE_ID, ctypes.c_uint32
         )
         self.status = self._read(
-            "VHOST_VDPA_GET_STATUS", _abi.VHOST_VDPA_GET_STATUS, ctypes.c_uint8
+            fd, "VHOST_VDPA_GET_STATUS", _abi.VHOST_VDPA_GET_STATUS, ctypes.c_uint8
         )
         bad = self.status & (_abi.VIRTIO_CONFIG_S_FAILED | _abi.VIRTIO_CONFIG_S_NEEDS_RESET)
         if bad:
-            raise self.refuse(
+            raise self.calls.refuse(
                 f"the device status is {status_names(self.status)}: it failed or needs a reset; "
                 "the VMM must reset it (VHOST_VDPA_SET_STATUS 0) and set it up again",
                 errno.EIO,
             )
         if self.require_driver_ok and not self.status & _abi.VIRTIO_CONFIG_S_DRIVER_OK:
-            raise self.refuse(
+            raise self.calls.refuse(
                 f"the device is not ready: its status is {status_names(self.status)}, without "
                 "DRIVER_OK (4); the kernel bypasses a virtqueue's interrupt only once the "
                 "driver set DRIVER_OK. Hand over the fd of a VMM that negotiated features, set "
@@ -199,29 +256,27 @@ class VdpaProducer(irqbypass.DeviceProducer):
                 "false to bind the call eventfd before that",
                 errno.EAGAIN,
             )
+
+    def _count_queues(self, fd: int) -> None:
+        """The virtqueue count, and the queue checked against it."""
         try:
             count = bytearray(4)
-            self.seam.ioctl(self._fd, _abi.VHOST_VDPA_GET_VQS_COUNT, count)
+            self.calls.seam.ioctl(fd, _abi.VHOST_VDPA_GET_VQS_COUNT, count)
             self.vq_count = int.from_bytes(count, "little")
         except OSError:
             self.vq_count = None  # before Linux 5.18: SET_VRING_CALL's ENOBUFS will tell
         if self.vq_count is not None and self.queue >= self.vq_count:
-            raise self.refuse(
+            raise self.calls.refuse(
                 f"virtqueue {self.queue} is out of range: the {self._kind()} device has "
                 f"{self.vq_count} virtqueues (VHOST_VDPA_GET_VQS_COUNT), 0..{self.vq_count - 1}",
                 errno.ENOBUFS,
             )
-        if self._owns_fd:
-            self.ioctl(
-                self._fd,
-                "VHOST_SET_OWNER",
-                _abi.VHOST_SET_OWNER,
-                0,
-                {errno.EBUSY: "the device already has an owner"},
-            )
+
+    def _check_group(self, fd: int) -> None:
+        """The virtqueue's group, checked against the configured one."""
         state = bytearray(bytes(_abi.vhost_vring_state(index=self.queue, num=0)))
         try:
-            self.seam.ioctl(self._fd, _abi.VHOST_VDPA_GET_VRING_GROUP, state)
+            self.calls.seam.ioctl(fd, _abi.VHOST_VDPA_GET_VRING_GROUP, state)
             self.vq_group = _abi.vhost_vring_state.from_buffer_copy(state).num
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY):
@@ -232,12 +287,12 @@ class VdpaProducer(irqbypass.DeviceProducer):
                     errno.ENOBUFS: f"virtqueue {self.queue} does not exist on this device",
                 }
                 hint = hints.get(exc.errno or 0) or _HINTS.get(exc.errno or 0, "see dmesg")
-                raise self.failure("VHOST_VDPA_GET_VRING_GROUP", exc, hint) from exc
+                raise self.calls.failure("VHOST_VDPA_GET_VRING_GROUP", exc, hint) from exc
             # EOPNOTSUPP: the parent has no virtqueue groups; ENOTTY: before Linux 5.19
             self.vq_group = None
         if self.expected_group is not None and self.vq_group != self.expected_group:
             got = "no group (the parent has none)" if self.vq_group is None else self.vq_group
-            raise self.refuse(
+            raise self.calls.refuse(
                 f"virtqueue {self.queue} is in group {got}, not in group "
                 f"{self.expected_group} as configured: on devices that isolate the control "
                 "virtqueue in its own group (and address space) pick a data virtqueue, or fix "

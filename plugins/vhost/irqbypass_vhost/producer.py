@@ -23,7 +23,7 @@ import irqbypass
 
 from . import _abi
 
-__all__ = ["VHOST_NODES", "VhostProducer"]
+__all__ = ["VHOST_NODES", "VhostProducer", "VhostQueue"]
 
 #: the vhost devices whose call interrupt this producer binds, and their virtqueues
 VHOST_NODES = {
@@ -67,8 +67,7 @@ class VhostProducer(irqbypass.DeviceProducer):
             device=device, device_fd=device_fd, device_help=DEVICE_HELP,
         )  # fmt: skip
         self.queue = self.interrupt_number
-        #: what VHOST_GET_FEATURES offered, once open
-        self.features: int | None = None
+        self.interrupt: VhostQueue = VhostQueue(self.calls, device, device_fd, self.queue)
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostProducer:
@@ -84,28 +83,49 @@ class VhostProducer(irqbypass.DeviceProducer):
     def hint(self, code: int, op: str, fd: int) -> str:
         return _HINTS.get(code, "see the kernel log (dmesg)")
 
-    def device_open(self) -> None:
+    @property
+    def features(self) -> int | None:
+        """What VHOST_GET_FEATURES offered, once open."""
+        return self.interrupt.features
+
+
+class VhostQueue(irqbypass.DeviceInterrupt):
+    """Virtqueue ``queue``'s call interrupt of the vhost device ``device`` (a
+    node, opened and owned) or ``device_fd`` (the VMM's fd)."""
+
+    def __init__(
+        self, calls: irqbypass.DeviceCalls, device: str | None, device_fd: int | None, queue: int
+    ) -> None:
+        self.calls = calls
+        self.device, self.device_fd, self.queue = device, device_fd, queue
+        self.features: int | None = None
+
+    def open(self) -> None:
         path = self.device
-        fd = self.take_device(
+        self.group = irqbypass.DeviceGroup.take(
+            self.calls,
+            self.device,
+            self.device_fd,
             {
                 errno.ENOENT: f"{path} does not exist: {LOAD_HOWTO}",
                 errno.EACCES: f"no permission to open {path}: run as root, or give this "
                 f"user the node (`chown $USER {path}`, or the kvm group's udev rule)",
-            }
+            },
         )
+        fd = self.group.fd
         features = bytearray(ctypes.sizeof(ctypes.c_uint64))
-        self.ioctl(fd, "VHOST_GET_FEATURES", _abi.VHOST_GET_FEATURES, features)
+        self.calls.ioctl(fd, "VHOST_GET_FEATURES", _abi.VHOST_GET_FEATURES, features)
         self.features = int.from_bytes(features, "little")
-        if self._owns_fd:
-            self.ioctl(fd, "VHOST_SET_OWNER", _abi.VHOST_SET_OWNER, 0)
+        if self.group.ours:
+            self.calls.ioctl(fd, "VHOST_SET_OWNER", _abi.VHOST_SET_OWNER, 0)
 
-    def device_point(self, fd: int) -> None:
+    def point(self, fd: int) -> None:
         """VHOST_SET_VRING_CALL: the virtqueue's call signals ``fd`` (-1: none)."""
-        assert self._fd is not None
+        assert self.group is not None
         arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
         known = VHOST_NODES.get(self.device or "", "fewer")
-        self.ioctl(
-            self._fd,
+        self.calls.ioctl(
+            self.group.fd,
             "VHOST_SET_VRING_CALL",
             _abi.VHOST_SET_VRING_CALL,
             arg,

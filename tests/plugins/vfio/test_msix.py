@@ -337,7 +337,7 @@ def test_a_batch_takes_its_locks_in_one_global_order(
     order, it would wait holding nothing, and another batch holding the
     first would deadlock with it). The waits are hang guards."""
     fake = FakeVfio(irqs=PCI_IRQS)
-    first, second = sorted(producers(fake, tokens, [0, 1]), key=id)
+    first, second = sorted(producers(fake, tokens, [0, 1]), key=lambda p: p._lock_order)
 
     def held_elsewhere(p: VfioProducer) -> bool:
         if p._lock.acquire(blocking=False):

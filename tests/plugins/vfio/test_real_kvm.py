@@ -292,19 +292,19 @@ def test_intx_resample_every_raise_once_unmasked_by_the_kernels_alone(no_fd_leak
     KVM's resample eventfd to vfio-pci as the unmask eventfd (and the pairing's
     start unmasks once: the held raise arrives). From then on every raise
     arrives exactly once, the line unmasked at each of the guest's EOIs by KVM
-    and vfio-pci alone: this process makes no unmask ioctl (device_unmask is
+    and vfio-pci alone: this process makes no unmask ioctl (the vector's unmask is
     never called) and never reads an eventfd."""
     need(EDU, "edu device")
     n = 20
     with intx_chain() as (guest, producer, consumer, edu, acks):
         unmasks: list[float] = []
-        original = producer.device_unmask
+        original = producer.interrupt.unmask
 
-        def device_unmask() -> None:
+        def unmask() -> None:
             unmasks.append(time.monotonic())
             original()
 
-        producer.device_unmask = device_unmask  # type: ignore[method-assign]
+        producer.interrupt.unmask = unmask  # type: ignore[method-assign]
         mgr = irqbypass.Manager()
         mgr.register_consumer(consumer)
         edu.raise_irq()
