@@ -24,6 +24,7 @@ from . import _wire as wire
 from .connection import Connection
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
+from .load import BlkLoad
 from .settings import VhostUserSettings
 from .vring import OwnedRing
 
@@ -50,11 +51,14 @@ class CallHost(Protocol):
 
 class VirtqueueCall:
     """Virtqueue ``settings.queue``'s call interrupt of the back-end ``settings``
-    name, driven by ``host``; one per producer, across its opens."""
+    name, driven by ``host``; one per producer, across its opens. ``load`` is
+    the work the producer feeds the device itself: started once the open is
+    complete, stopped before the call is detached or closed."""
 
-    def __init__(self, host: CallHost, settings: VhostUserSettings) -> None:
+    def __init__(self, host: CallHost, settings: VhostUserSettings, load: BlkLoad) -> None:
         self.host = host
         self.settings = settings
+        self.load = load
         self.queue = settings.queue
         self.conn: Connection | None = None
         self.daemon: StorageDaemon | None = None
@@ -65,8 +69,9 @@ class VirtqueueCall:
         self.queue_count: int | None = None
         self._claims: list[tuple[object, int]] = []
         self._ready = False  # the open completed: detaching talks to the back-end
-        #: requests published only at resume; and what the drivers of earlier opens completed
-        self.deferred = 0
+        #: completed opens, requests published only at resume, and what the
+        #: drivers of earlier opens completed
+        self.opens = self.deferred = 0
         self.past = {"completed": 0, "failed": 0}
 
     def backend(self) -> str:
@@ -99,7 +104,10 @@ class VirtqueueCall:
             self._set_up_ring()
 
     def ready(self) -> None:
+        """The open is complete: count it and start the load."""
         self._ready = True
+        self.opens += 1
+        self.load.start()
 
     def point(self, fd: int) -> None:
         """SET_VRING_CALL to ``fd``, synchronously (REPLY_ACK or a round trip)."""
@@ -123,6 +131,7 @@ class VirtqueueCall:
         """Drain, move the call to the holding eventfd (never the no-fd flag),
         stop the ring. A rolled-back open of an owned connection only closes
         it: the back-end forgets the ring with the connection."""
+        self.load.stop()  # a tick never waits for the producer's lock: no deadlock under it
         owned = self.settings.owns_connection
         if not self._ready and owned:
             return
@@ -155,6 +164,7 @@ class VirtqueueCall:
             except BaseException as exc:  # kept, re-raised once everything is released
                 errors.append(exc)
 
+        self.load.stop()
         self._ready = False
         conn, self.conn = self.conn, None
         if conn is not None and conn is not self.settings.connection:

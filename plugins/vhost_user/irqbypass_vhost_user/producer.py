@@ -105,11 +105,10 @@ class VhostUserProducer(irqbypass.DeviceProducer):
             )
         #: the options, checked once
         self.settings = settings
-        #: the virtqueue's call interrupt: the device's side
-        self._call = VirtqueueCall(self, settings)
         s = settings
-        self._load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
-        self._opens = 0
+        load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
+        #: the virtqueue's call interrupt: the device's side, with the load it feeds
+        self._call = VirtqueueCall(self, settings, load)
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
@@ -228,18 +227,14 @@ class VhostUserProducer(irqbypass.DeviceProducer):
 
     def device_ready(self) -> None:
         self._call.ready()
-        self._opens += 1
-        self._load.start()
 
     def device_point(self, fd: int) -> None:
         self._call.point(fd)
 
     def device_detach(self) -> None:
-        self._load.stop()  # a tick never waits for our lock: no deadlock under it
         self._call.detach()
 
     def device_close(self) -> None:
-        self._load.stop()
         self._call.close()
 
     def device_defer(self) -> bool:
@@ -291,7 +286,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         """With ``requests``: all completed, or the back-end went away."""
         with self._lock:
             self.check_alive()
-            return self._load.finished()
+            return self._call.load.finished()
 
     # -- status --------------------------------------------------------------
 
@@ -301,7 +296,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
             "swaps": self.swaps,
             "deferred": self._call.deferred,
             "backend_lost": self.losses,
-            "opens": self._opens,
+            "opens": self._call.opens,
         }
         if self.owns_connection:
             driver = self.driver
