@@ -75,6 +75,11 @@ class BlkLoad:
         if feeder is not None:
             feeder.cancel()
 
+    @property
+    def running(self) -> bool:
+        """Feeding: the timer is scheduled (from start until stop, or a tick ended it)."""
+        return self._feeder is not None
+
     def finished(self) -> bool:
         """All requests completed, or the back-end went away (False without
         requests); the caller holds the producer's lock."""
