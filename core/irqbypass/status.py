@@ -15,7 +15,7 @@ from .endpoints import Consumer
 from .options import show_exception
 
 if TYPE_CHECKING:
-    from .topology import Placed
+    from ._ledger import Placed
 
 
 @dataclass(frozen=True)

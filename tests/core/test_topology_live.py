@@ -128,7 +128,10 @@ def topo(host: irqbypass.PluginHost, rec: Recorder) -> Iterator[Topology]:
     topology.apply()
     rec.log.clear()
     yield topology
+    # whatever the test did, the ledger's indexes agree (a failed change included)
+    assert topology._ledger.violations() == []
     topology.teardown()
+    assert topology._ledger.violations() == []
 
 
 def untouched(rec: Recorder, *names: str) -> None:

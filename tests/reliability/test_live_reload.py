@@ -102,6 +102,7 @@ def test_fifty_reloads_leave_two_hundred_running_pairs_alone() -> None:
             assert changes.changed == ("chg-p",) and changes.why["chg-p"] == ("options",)
             assert changes.added == (f"add{n}-p", f"add{n}-c")
             assert changes.removed == (f"add{n - 2}-p", f"add{n - 2}-c") or n == 1
+            assert topology._ledger.violations() == []
             producer = topology.entry("chg-p")
             assert producer is not None
             finished = producer.endpoint

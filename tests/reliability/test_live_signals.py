@@ -24,6 +24,7 @@ import irqbypass.manager
 import irqbypass.tokens
 import irqbypass.topology
 import pytest
+from irqbypass import _build, _ledger, _plan, _transaction
 from irqbypass.config import parse_config
 from irqbypass.topology import Topology
 from rel_support import COUNTERS
@@ -33,7 +34,13 @@ pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 #: a sweep of every point (stride 1) passed too; make test takes every third
 STRIDE = 3
-FILES = [irqbypass.topology.__file__, irqbypass.tokens.__file__, irqbypass.manager.__file__]
+#: the topology's parts (the facade, its plan, ledger, builder and transaction)
+#: and what they call in the core
+FILES = [
+    *(m.__file__ for m in (irqbypass.topology, _plan, _ledger, _build, _transaction)),
+    irqbypass.tokens.__file__,
+    irqbypass.manager.__file__,
+]
 
 BEFORE = {"p0", "c0", "p1", "c1"}
 OPERATIONS: dict[str, tuple[Callable[[Topology], object], set[str]]] = {
@@ -87,6 +94,7 @@ def test_a_ctrl_c_anywhere_in_a_change_leaves_before_or_after(operation: str) ->
                     ends = sum(1 for p in topology.placed if p.config.token == token)
                     assert table.users(token) == ends, f"token {token}: users {table.users(token)}"
                 assert set(table) == set(topology.tokens)
+                assert topology._ledger.violations() == []
                 assert len(topology.manager.pairs()) == len(names) // 2
                 kept.extend(p.endpoint for p in topology.placed)
             finally:
