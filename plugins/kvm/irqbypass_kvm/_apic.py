@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from dataclasses import dataclass
 
 import irqbypass
 
@@ -54,13 +55,48 @@ def _le32(value: int) -> tuple[int, int, int, int]:
 
 
 def x2apic_program(
-    *, code_addr: int, count_addr: int, vector_counts_addr: int, ready_port: int, ack_port: int
+    *,
+    code_addr: int,
+    count_addr: int,
+    vector_counts_addr: int,
+    reentered_addr: int,
+    ready_port: int,
+    ack_port: int,
 ) -> bytes:
     """The guest's real-mode code, loaded at 0000:``code_addr``."""
     code = bytearray()
     fixups = _setup(code, ready_port)
-    _handlers(code, fixups, code_addr, count_addr, vector_counts_addr, ack_port)
+    addresses = _Addresses(code_addr, count_addr, vector_counts_addr, reentered_addr)
+    _handlers(code, fixups, addresses, ack_port)
     return bytes(code)
+
+
+@dataclass(frozen=True)
+class _Addresses:
+    """Where the program sits and what it counts, in guest memory."""
+
+    code: int
+    count: int
+    vector_counts: int
+    reentered: int
+
+
+def reentry_check(code: bytearray, handlers: int, pushed: int) -> None:
+    """Emit: if the interrupted IP is at or past ``handlers`` (the programs put
+    their handlers last), jump to the re-entry path; the jump's rel8 offset is
+    the last byte emitted, for the caller to patch. ``pushed``: the bytes the
+    handler pushed before this check.
+
+    A handler runs with IF clear (the interrupt gate cleared it) and never sets
+    it, so no interrupt can arrive while one runs: a delivery that interrupted
+    a handler, even before its first instruction, is an event the hypervisor
+    injected a second time (an EXITINTINFO replayed after the handler's first
+    exit). The guest counts those apart (``Guest.reentered``)."""
+    code.extend((0x55,))  # push bp
+    code.extend((0x89, 0xE5))  # mov bp, sp
+    code.extend((0x81, 0x7E, 2 + pushed, *_le16(handlers)))  # cmp word [bp+2+pushed], imm16
+    code.extend((0x5D,))  # pop bp                ; (pop leaves the flags alone)
+    code.extend((0x73, 0x00))  # jae reentered    ; (rel8 patched by the caller)
 
 
 def _setup(code: bytearray, ready_port: int) -> dict[int, int]:
@@ -96,17 +132,11 @@ def _setup(code: bytearray, ready_port: int) -> dict[int, int]:
     return fixups
 
 
-def _handlers(
-    code: bytearray,
-    fixups: dict[int, int],
-    code_addr: int,
-    count_addr: int,
-    vector_counts_addr: int,
-    ack_port: int,
-) -> None:
+def _handlers(code: bytearray, fixups: dict[int, int], at: _Addresses, ack_port: int) -> None:
     """Emit the #GP, spurious and per-vector handlers, patching their offsets."""
     emit = code.extend
-    code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(_le16(code_addr + len(code)))
+    handlers = at.code + len(code)  # everything from here on is a handler
+    code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(_le16(handlers))
     emit((0xB0, GP_VECTOR))  # gp: mov al, 13
     emit((0xE6, FAULT_PORT))  # out 0xe2, al   ; tell the host: #GP (no x2APIC?)
     stuck = len(code)
@@ -114,18 +144,19 @@ def _handlers(
     emit((0xF4,))  # hlt
     emit((0xEB, (stuck - (len(code) + 2)) & 0xFF))  # jmp back: never resume
 
-    spurious = vector_counts_addr + 4 * SPURIOUS_VECTOR
-    code[fixups[SPURIOUS_VECTOR] : fixups[SPURIOUS_VECTOR] + 2] = bytes(
-        _le16(code_addr + len(code))
-    )
+    spurious = at.vector_counts + 4 * SPURIOUS_VECTOR
+    code[fixups[SPURIOUS_VECTOR] : fixups[SPURIOUS_VECTOR] + 2] = bytes(_le16(at.code + len(code)))
     emit((0x66, 0xFF, 0x06, *_le16(spurious)))  # inc dword [counts+4*0xff] ; no EOI
     emit((0xCF,))  # iret
 
-    common = len(code)
-    emit((0x66, 0x50))  # common: push eax
+    common = len(code)  # bx = 4 * the vector (its stub pushed bx and set it)
+    reentry_check(code, handlers, pushed=2)
+    reentry_jump = len(code) - 1
+    emit((0x66, 0xFF, 0x87, *_le16(at.vector_counts)))  # inc dword [bx+counts] ; per vector
+    emit((0x66, 0x50))  # push eax
     emit((0x66, 0x51))  # push ecx
     emit((0x66, 0x52))  # push edx
-    emit((0x66, 0xFF, 0x06, *_le16(count_addr)))  # inc dword [0x0500] ; the total
+    emit((0x66, 0xFF, 0x06, *_le16(at.count)))  # inc dword [0x0500] ; the total
     emit((0xE6, ack_port))  # out 0xe1, al     ; acknowledge to the host
     emit((0x66, 0xB9, *_le32(MSR_X2APIC_EOI)))  # mov ecx, 0x80b ; EOI register
     emit((0x66, 0x31, 0xC0))  # xor eax, eax
@@ -134,11 +165,17 @@ def _handlers(
     emit((0x66, 0x5A))  # pop edx
     emit((0x66, 0x59))  # pop ecx
     emit((0x66, 0x58))  # pop eax
+    emit((0x5B,))  # pop bx
     emit((0xCF,))  # iret
+    code[reentry_jump] = len(code) - (reentry_jump + 1)
+    emit((0x66, 0xFF, 0x06, *_le16(at.reentered)))  # reentered: inc dword [reentered]
+    emit((0x5B,))  # pop bx
+    emit((0xCF,))  # iret                      ; no EOI: the outer run sends it
 
-    for vector in MSI_VECTORS:  # one 8-byte stub per vector
-        code[fixups[vector] : fixups[vector] + 2] = bytes(_le16(code_addr + len(code)))
-        emit((0x66, 0xFF, 0x06, *_le16(vector_counts_addr + 4 * vector)))  # inc dword [v]
+    for vector in MSI_VECTORS:  # one 7-byte stub per vector
+        code[fixups[vector] : fixups[vector] + 2] = bytes(_le16(at.code + len(code)))
+        emit((0x53,))  # push bx
+        emit((0xBB, *_le16(4 * vector)))  # mov bx, 4*vector
         emit((0xE9, *_le16(common - (len(code) + 3))))  # jmp common
 
 

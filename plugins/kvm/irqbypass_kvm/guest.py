@@ -31,7 +31,7 @@ from types import TracebackType
 import irqbypass
 
 from . import _abi, _apic
-from ._apic import APIC_MODES, MSI_VECTORS
+from ._apic import APIC_MODES, MSI_VECTORS, reentry_check
 from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device
 from ._vcpu import ACK_PORT, READY_PORT, VcpuThread
 
@@ -41,8 +41,7 @@ __all__ = ["APIC_MODES", "ELCR_LINES", "GUEST_LINES", "MSI_VECTORS", "Guest", "g
 
 MEM_SIZE = 0x10000  # 64 KiB at guest physical 0
 COUNT_ADDR = 0x0500  # u32: interrupts the guest handled
-INSIDE_ADDR = 0x0504  # u8: 1 while the PIC handler runs (interrupts are off there)
-REENTERED_ADDR = 0x0508  # u32: deliveries that re-entered the handler (not counted)
+REENTERED_ADDR = 0x0508  # u32: deliveries into a running handler (not counted)
 VECTOR_COUNTS_ADDR = 0x0800  # u32[256]: per vector (x2APIC mode)
 CODE_ADDR = 0x1000  # the program below
 STACK_TOP = 0x7000
@@ -133,28 +132,24 @@ def _pic_setup(code: bytearray, line: int, level: bool) -> int:
 
 
 def _pic_handler(code: bytearray, line: int) -> None:
-    """Emit the interrupt handler: count, acknowledge, EOI."""
+    """Emit the interrupt handler: count, acknowledge, EOI; a delivery into
+    the handler itself is counted apart (see :attr:`Guest.reentered`)."""
     emit = code.extend
-    emit((0x50,))  # handler: push ax
-    # the interrupt gate cleared IF: no interrupt from the PIC can enter the
-    # handler while it runs, only an event re-injected into it (see Guest.reentered)
-    emit((0x80, 0x3E, *_le16(INSIDE_ADDR), 0x00))  # cmp byte [0x0504], 0
-    reentry_jump = len(code)
-    emit((0x75, 0x00))  # jne reentered        ; (offset filled in below)
-    emit((0xC6, 0x06, *_le16(INSIDE_ADDR), 0x01))  # mov byte [0x0504], 1
+    handler = CODE_ADDR + len(code)  # the handler is the program's last part
+    reentry_check(code, handler, pushed=0)
+    reentry_jump = len(code) - 1
+    emit((0x50,))  # push ax
     emit((0x66, 0xFF, 0x06, *_le16(COUNT_ADDR)))  # inc dword [0x0500] ; count it
     emit((0xE6, ACK_PORT))  # out 0xe1, al     ; acknowledge to the host
     emit((0xB0, 0x20))  # mov al, 0x20         ; OCW2: non-specific EOI
     if line >= 8:
         emit((0xE6, 0xA0))  # out 0xa0, al     ; EOI to the slave
     emit((0xE6, 0x20))  # out 0x20, al         ; EOI to the master
-    emit((0xC6, 0x06, *_le16(INSIDE_ADDR), 0x00))  # mov byte [0x0504], 0
     emit((0x58,))  # pop ax
     emit((0xCF,))  # iret
-    code[reentry_jump + 1] = len(code) - (reentry_jump + 2)
+    code[reentry_jump] = len(code) - (reentry_jump + 1)
     emit((0x66, 0xFF, 0x06, *_le16(REENTERED_ADDR)))  # reentered: inc dword [0x0508]
-    emit((0x58,))  # pop ax                    ; no EOI: the outer run sends it
-    emit((0xCF,))  # iret                      ; back into the outer run
+    emit((0xCF,))  # iret                      ; no EOI: the outer run sends it
 
 
 class Guest(VcpuThread):
@@ -357,15 +352,16 @@ class Guest(VcpuThread):
 
     @property
     def reentered(self) -> int:
-        """Deliveries that entered the PIC handler while it ran, not counted.
+        """Deliveries into a running handler, not counted as interrupts.
 
-        The handler runs with interrupts off, so the PIC cannot deliver into
-        it; only a hypervisor re-injecting an event it had already delivered
-        can (an EXITINTINFO replayed after the exit that the handler's
-        acknowledgement or EOI causes). Seen only with KVM nested under QEMU's
-        TCG (docs/testing.md); a test can provoke one with KVM_SET_VCPU_EVENTS.
+        A handler runs with interrupts off, so neither the PIC nor the local
+        APIC can deliver into it; only a hypervisor injecting an event a second
+        time can (an EXITINTINFO replayed after the exit that the handler's
+        acknowledgement causes, or one taken before its first instruction).
+        Seen only with KVM nested under QEMU's TCG (docs/testing.md); a test
+        provokes one with KVM_SET_VCPU_EVENTS (tests/plugins/kvm/test_reentry.py).
         """
-        if self._mem is None or self.apic is not None:
+        if self._mem is None:
             return 0
         value: int = struct.unpack_from("<I", self._mem, REENTERED_ADDR)[0]
         return value
@@ -428,6 +424,7 @@ def _program(line: int, level: bool, apic: str | None) -> bytes:
         code_addr=CODE_ADDR,
         count_addr=COUNT_ADDR,
         vector_counts_addr=VECTOR_COUNTS_ADDR,
+        reentered_addr=REENTERED_ADDR,
         ready_port=READY_PORT,
         ack_port=ACK_PORT,
     )

@@ -39,7 +39,7 @@ def kvm_usable(request: pytest.FixtureRequest) -> None:
 
 
 def note_reentries(request: pytest.FixtureRequest, guest: irqbypass_kvm.Guest) -> None:
-    """Deliveries the PIC guest did not count because they re-entered its
+    """Deliveries the guest did not count because they entered a running
     handler (Guest.reentered: a nested hypervisor's replay), in the junit XML's
     properties, where docs/testing.md's figures come from."""
     if guest.reentered:
@@ -56,5 +56,12 @@ def guest(kvm_usable: None, request: pytest.FixtureRequest) -> Iterator[irqbypas
 @pytest.fixture
 def level_guest(kvm_usable: None, request: pytest.FixtureRequest) -> Iterator[irqbypass_kvm.Guest]:
     with irqbypass_kvm.Guest(line=5, level=True) as running:
+        yield running
+        note_reentries(request, running)
+
+
+@pytest.fixture
+def apic_guest(kvm_usable: None, request: pytest.FixtureRequest) -> Iterator[irqbypass_kvm.Guest]:
+    with irqbypass_kvm.Guest(apic="x2apic") as running:
         yield running
         note_reentries(request, running)

@@ -3,8 +3,6 @@ through a Manager, across mask/unmask and across a retarget (set_msi)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import irqbypass
 import irqbypass_kvm
 import pytest
@@ -20,12 +18,6 @@ VECTORS = (0x41, 0x42, 0x43)
 def msi(vector: int) -> MsiRoute:
     """An MSI to APIC ID 0 (address 0xFEE00000), fixed delivery, edge, ``vector``."""
     return MsiRoute(0xFEE00000, vector)
-
-
-@pytest.fixture
-def apic_guest(kvm_usable: None) -> Iterator[Guest]:
-    with Guest(apic="x2apic") as running:
-        yield running
 
 
 def fire_one(producer: MockProducer, guest: Guest) -> None:

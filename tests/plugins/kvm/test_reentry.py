@@ -1,14 +1,15 @@
-"""The PIC guest counts an interrupt once even if a hypervisor delivers it twice.
+"""The guest counts an interrupt once even if a hypervisor delivers it twice.
 
 With KVM nested under QEMU's TCG (the test guest's kvm family), the kvm
-plugin's PIC guest counted one interrupt more than was raised, now and then,
-on Linux 6.12 (docs/testing.md, "KVM nested under TCG"): an event delivered
-again after the exit that the handler's acknowledgement causes. The handler
-runs with interrupts off, so nothing but such a re-injection can enter it
-while it runs: it counts those apart (:attr:`Guest.reentered`). Here one is
-provoked on purpose, as the nested hypervisor would: KVM_SET_VCPU_EVENTS with
-the line's vector as an injected interrupt, from the vCPU thread while it is
-stopped at the handler's acknowledgement.
+plugin's guest counted an interrupt more than was raised, now and then, with
+the PIC and with the x2APIC, on Linux 6.12 (docs/testing.md, "KVM nested under
+TCG"): an event delivered again after the exit that the handler's
+acknowledgement causes. A handler runs with interrupts off, so nothing but
+such a re-injection can enter it: the guest counts those apart
+(:attr:`Guest.reentered`). Here one is provoked on purpose, as the nested
+hypervisor would: KVM_SET_VCPU_EVENTS with the interrupt's vector as an
+injected event, from the vCPU thread while it is stopped at the handler's
+acknowledgement.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import fcntl
 
 import irqbypass
 import pytest
-from irqbypass_kvm import Guest, KvmIrqfdConsumer
+from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute
 from irqbypass_mock import MockProducer
 
 KVMIO = 0xAE
+#: the x2APIC guest's vector for the consumer's MSI
+MSI_VECTOR = 0x41
 
 
 class kvm_vcpu_events(ctypes.Structure):
@@ -62,15 +65,23 @@ def reinject(vcpu_fd: int, vector: int) -> None:
 
 @pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
-def test_a_reinjected_interrupt_is_counted_apart(guest: Guest, token: irqbypass.Eventfd) -> None:
+@pytest.mark.parametrize("controller", ["pic", "x2apic"])
+def test_a_reinjected_interrupt_is_counted_apart(
+    controller: str, request: pytest.FixtureRequest, token: irqbypass.Eventfd
+) -> None:
+    """Three interrupts, the second delivered again into its own handler: the
+    guest counts three (on the PIC's line, or the x2APIC's vector), one re-entry."""
+    guest: Guest = request.getfixturevalue("guest" if controller == "pic" else "apic_guest")
+    vector = guest.vector if controller == "pic" else MSI_VECTOR
+    route = MsiRoute(0xFEE00000, MSI_VECTOR) if controller == "x2apic" else None
     producer = MockProducer(token=token, count=0, name="dev0")
-    consumer = KvmIrqfdConsumer(token=token, vm=guest, name="irqfd0")
+    consumer = KvmIrqfdConsumer(token=token, vm=guest, msi=route, name="irqfd0")
     mgr = irqbypass.Manager()
     reinjected: list[int] = []
 
     def once(acks: int) -> None:  # the vCPU thread, stopped at the handler's ack
         if acks == 2:
-            reinject(guest._vcpu_fd, guest.vector)  # the test reaches in: no API for this
+            reinject(guest._vcpu_fd, vector)  # the test reaches in: no API for this
             reinjected.append(acks)
 
     guest.on_ack = once
@@ -84,3 +95,5 @@ def test_a_reinjected_interrupt_is_counted_apart(guest: Guest, token: irqbypass.
         mgr.unregister_consumer(consumer)
     assert reinjected == [2]
     assert (guest.count, guest.reentered, guest.acks) == (3, 1, 3)
+    if controller == "x2apic":
+        assert guest.vector_counts() == {MSI_VECTOR: 3}
