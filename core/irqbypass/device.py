@@ -41,7 +41,7 @@ from .endpoints import Producer
 from .errors import InvalidEndpointError, IrqBypassError
 from .eventfd import Eventfd
 from .seam import RealSeam, Seam
-from .signals import deliver_deferred_signals, signal_safe
+from .signals import callout, delivering_deferred_signals, signal_safe
 
 __all__ = ["QUIESCE_MODES", "DeviceInterrupt", "DeviceProducer"]
 
@@ -376,11 +376,8 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
     def open(self) -> None:
         """Open the device and point its interrupt at the token (under the producer's lock; a
         Ctrl-C waits for the bookkeeping)."""
-        try:
-            with self._lock:
-                self._open()
-        finally:
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self._lock:
+            self._open()
 
     @signal_safe
     def _open(self) -> None:
@@ -388,8 +385,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
             return
         self._begin_open()
         try:
-            call = self.interrupt.open
-            call()  # a call-out: opening a node or a peer may block, Ctrl-C stays prompt
+            callout(self.interrupt.open)  # opening a node or a peer may block: Ctrl-C acts
             if self._stopped:
                 self._state.quiesce(self.quiesce, opening=True)
             else:
@@ -397,8 +393,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
                 self._state.pointed_first()
             self.interrupt.ready()
         except BaseException:
-            with contextlib.suppress(Exception):  # the open's own failure is the news
-                self._teardown()
+            _quietly(self._teardown)  # the open's own failure is the news
             raise
 
     def _begin_open(self) -> None:
@@ -414,13 +409,10 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
         attempted, then the first failure raised, else what :meth:`lose`
         recorded (a lost device is not asked to detach). Closed either way."""
         was_open = False
-        try:
-            with self._lock:
-                if self._opened:
-                    was_open = True
-                    self._teardown()
-        finally:
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self._lock:
+            if self._opened:
+                was_open = True
+                self._teardown()
         if was_open and self.problem_error is not None:
             raise self.problem_error
 
@@ -464,11 +456,8 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
     def stop(self) -> None:
         """Quiesce the interrupt before an add or del, as :attr:`quiesce` says (under the
         producer's lock)."""
-        try:
-            with self._lock:
-                self._stop()
-        finally:
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self._lock:
+            self._stop()
 
     @signal_safe
     def _stop(self) -> None:
@@ -484,11 +473,8 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
     def start(self) -> None:
         """Unmask, or point the interrupt back at the token; then replay what
         the holding eventfd caught (even if that failed)."""
-        try:
-            with self._lock:
-                self._start()
-        finally:
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self._lock:
+            self._start()
 
     @signal_safe
     def _start(self) -> None:
@@ -532,11 +518,8 @@ class _Batch:
         return HeldLocks([(p._lock_order, p._lock) for p in self.batch])
 
     def open(self) -> None:
-        try:
-            with self.locks():
-                self._open()
-        finally:  # after the locks are released: a signal deferred there too
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self.locks():  # delivered once they are released
+            self._open()
 
     @signal_safe
     def _open(self) -> None:
@@ -550,8 +533,7 @@ class _Batch:
             for p in fresh:
                 p._begin_open()
                 began.append(p)
-                call = p.interrupt.open
-                call()  # a call-out, as in open()
+                callout(p.interrupt.open)  # as in open()
             running = [p for p in fresh if not p._stopped]
             _point_groups(running)
             for p in running:
@@ -564,18 +546,14 @@ class _Batch:
                 p.interrupt.ready()
         except BaseException:
             for p in began:
-                with contextlib.suppress(Exception):  # the first failure is raised
-                    p._teardown()
+                _quietly(p._teardown)  # the first failure is raised
             raise
 
     def close(self) -> None:
         was_open: list[DeviceProducer] = []
-        try:
-            with self.locks():
-                was_open = [p for p in self.batch if p._opened]
-                self._close()
-        finally:  # after the locks are released: a signal deferred there too
-            deliver_deferred_signals()
+        with delivering_deferred_signals(), self.locks():  # delivered once they are released
+            was_open = [p for p in self.batch if p._opened]
+            self._close()
         for p in was_open:
             if p.problem_error is not None:
                 raise p.problem_error
@@ -605,6 +583,14 @@ class _Batch:
                     errors.append(exc)
         if errors:
             raise min(errors, key=lambda exc: isinstance(exc, Exception))
+
+
+def _quietly(step: Callable[[], object]) -> None:
+    """``step()``, an exception it raises dropped (a Ctrl-C is not): a rollback
+    whose own failure would hide the one being raised. No ``with`` line in a
+    section: in the old style a signal passes on one."""
+    with contextlib.suppress(Exception):
+        step()
 
 
 def _by_group(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from .errors import DeviceError
 from .seam import RealSeam, Seam
-from .signals import signal_safe
+from .signals import hold, signal_safe
 
 if TYPE_CHECKING:
     from .device import DeviceInterrupt
@@ -156,7 +156,7 @@ class DeviceGroup:
         """The group open under ``key``, opened by ``open_group`` when none is:
         one more user (inside a signal-safe section, paired with :meth:`unshare`)."""
         space = "kernel" if type(seam) is RealSeam else seam
-        with cls._SHARED_LOCK:
+        with hold(cls._SHARED_LOCK):
             group = cls._SHARED.get((space, key))
             if group is None:
                 group = open_group()
@@ -167,7 +167,7 @@ class DeviceGroup:
 
     def unshare(self) -> bool:
         """One user fewer: True when it was the last (its caller then closes it)."""
-        with self._SHARED_LOCK:
+        with hold(self._SHARED_LOCK):
             self.users -= 1
             if self.users > 0:
                 return False
@@ -178,7 +178,7 @@ class DeviceGroup:
     def claim(self, what: Hashable, name: str) -> str | None:
         """Record producer ``name`` as the holder of interrupt ``what``; the
         name of the one already holding it instead, if any."""
-        with self.lock:
+        with hold(self.lock):
             holder = self.holders.get(what)
             if holder is None:
                 self.holders[what] = name
@@ -186,7 +186,7 @@ class DeviceGroup:
 
     def unclaim(self, what: Hashable) -> None:
         """Interrupt ``what`` is no longer held."""
-        with self.lock:
+        with hold(self.lock):
             self.holders.pop(what, None)
 
     def close(self, failure: Callable[[int, OSError], DeviceError] | None = None) -> None:
@@ -243,41 +243,24 @@ def detach_each(batch: Sequence[DeviceInterrupt]) -> None:
 
 
 class HeldLocks:
-    """Every lock of a batch, all held or none, taken in :func:`lock_order`.
-
-    Each lock is taken and recorded in one signal-safe step, so a Ctrl-C
-    landing between the two cannot leave a lock held that nobody releases. A
-    lock another thread holds is waited for outside that step, blocked on the
-    lock itself (where Ctrl-C acts; what was taken is released again), then
-    taken in the step: no polling, and the order keeps two batches from each
-    holding what the other waits for."""
+    """Every lock of a batch, all held or none, taken in :func:`lock_order`
+    (whatever the batch's own order: two batches sharing producers cannot each
+    hold what the other waits for), each through :class:`~irqbypass.hold`, so
+    a Ctrl-C ends a wait for a contended lock and none is left taken."""
 
     def __init__(self, locks: Sequence[tuple[int, threading.RLock]]) -> None:
         self.order = [lock for _, lock in sorted(dict(locks).items())]
-        self.held: list[threading.RLock] = []
+        self._held = contextlib.ExitStack()
 
+    @signal_safe  # each lock taken and recorded as one step
     def __enter__(self) -> None:
         try:
             for lock in self.order:
-                while not self._take(lock):
-                    with lock:  # another thread holds it: wait until it lets go
-                        pass
+                self._held.enter_context(hold(lock))
         except BaseException:
-            self._release()
+            self._held.close()
             raise
 
     @signal_safe  # a signal as it starts would otherwise skip the release
     def __exit__(self, *exc: object) -> None:
-        self._release()
-
-    @signal_safe
-    def _take(self, lock: threading.RLock) -> bool:
-        if not lock.acquire(blocking=False):
-            return False
-        self.held.append(lock)
-        return True
-
-    @signal_safe
-    def _release(self) -> None:
-        while self.held:
-            self.held.pop().release()
+        self._held.close()

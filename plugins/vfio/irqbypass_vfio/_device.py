@@ -135,7 +135,7 @@ class VfioDevice(irqbypass.DeviceGroup):
         fds = {v.vector: tokens[v] for v in run}
         block = 0
         try:
-            with self.lock:
+            with irqbypass.hold(self.lock):
                 block = self.block_to_enable(first)
                 if block:
                     self.enable_block(first, fds, block)
@@ -159,7 +159,7 @@ class VfioDevice(irqbypass.DeviceGroup):
         enabled with it alone, then disabled again) up to the first refused."""
         culprit, error = run[0], exc
         if exc.errno != errno.ENOSPC and len(run) > 1:
-            with self.lock:
+            with irqbypass.hold(self.lock):
                 for v in run:
                     try:
                         v.attach_alone(fds[v.vector], block)
@@ -178,7 +178,7 @@ class VfioDevice(irqbypass.DeviceGroup):
         )
 
     def detach_run(self, run: list[VfioVector]) -> None:
-        with self.lock:
+        with irqbypass.hold(self.lock):
             data = _abi.eventfd_data(*[-1] * len(run))
             run[0].set_irqs(EVENTFD_TRIGGER, data, count=len(run))
 

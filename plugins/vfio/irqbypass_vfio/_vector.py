@@ -261,7 +261,7 @@ class VfioVector(irqbypass.DeviceInterrupt):
         (the first attach on a NORESIZE index enables its whole block)."""
         group = self.group
         assert group is not None
-        with group.lock:
+        with irqbypass.hold(group.lock):
             block = group.block_to_enable(self) if fd >= 0 else 0
             if block:
                 group.enable_block(self, {self.vector: fd}, block)
