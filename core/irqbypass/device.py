@@ -280,7 +280,9 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
         self.calls = DeviceCalls(self.seam, self.describe, self.hint)
         #: the device's operations (the subclass's own, set by its constructor)
         self.interrupt: DeviceInterrupt = _Hooked(self)
-        self._lock = threading.RLock()  # a subclass's own methods may nest under it
+        #: the producer's lock (reentrant): a subclass's own methods that touch
+        #: the device or its state take it too
+        self.lock = self._lock = threading.RLock()
         self._lock_order = lock_order()
         self._opened = False  # the device's open began: close() has something to release
         self._stopped = False

@@ -1,8 +1,9 @@
-"""The device-producer template (irqbypass.DeviceProducer) on a minimal device.
+"""The device producer (irqbypass.DeviceProducer) composing a minimal device.
 
-``Line`` is a device with one interrupt line whose primitives only record what
-they were asked and signal the eventfd the line points at: what is tested here
-is the template's own life (all-or-nothing open, close from any state, the
+``LineDevice`` is an irqbypass.DeviceInterrupt with one interrupt line whose
+operations only record what they were asked and signal the eventfd the line
+points at; ``Line`` is the producer composing it. What is tested here is the
+producer's own life (all-or-nothing open, close from any state, the
 three quiesce modes and the deferral, the counts, a device's kick on a new fd,
 known or learnt, a device that goes away, signal safety, a wait on a peer),
 which the vfio, vdpa, vhost and vhost-user producers then inherit.
@@ -16,20 +17,20 @@ import select
 import signal
 import threading
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import irqbypass
 import pytest
 
 
-class Line(irqbypass.DeviceProducer):
-    """One interrupt line; ``fail`` names the primitive that refuses next."""
-
-    kind = "line"
+class LineDevice(irqbypass.DeviceInterrupt):
+    """One interrupt line; ``fail`` names the operation that refuses next."""
 
     def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
-        super().__init__(token=token, name="l")
         for fact, value in facts.items():
             setattr(self, fact, value)
+        self.token = token
+        self.producer: Line | None = None  # the producer composing it
         self.log: list[str] = []
         self.fail: dict[str, BaseException] = {}
         self.target: int | None = None  # the fd the line signals
@@ -39,38 +40,40 @@ class Line(irqbypass.DeviceProducer):
         #: whether the device signals a new fd (None: as signals_on_new_fd says)
         self.kicks: bool | None = None
 
-    def where(self) -> str:
-        return "the line"
+    @property
+    def owner(self) -> Line:
+        assert self.producer is not None
+        return self.producer
 
-    def _step(self, what: str) -> None:
+    def step(self, what: str) -> None:
         self.log.append(what)
         exc = self.fail.pop(what.split("(")[0], None)
         if exc is not None:
             raise exc
 
-    def device_open(self) -> None:
+    def open(self) -> None:
         self.device_open_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        self._step("open")
+        self.step("open")
 
-    def device_close(self) -> None:
+    def close(self) -> None:
         if self.device_open_fd is not None:
             os.close(self.device_open_fd)
             self.device_open_fd = None
-        self._step("close")
+        self.step("close")
 
-    def device_point(self, fd: int) -> None:
-        self._step(f"point({'token' if fd == self._token_fd() else 'hold' if fd >= 0 else -1})")
+    def point(self, fd: int) -> None:
+        self.step(f"point({'token' if fd == self.token.fileno() else 'hold' if fd >= 0 else -1})")
         self.target = fd if fd >= 0 else None
         kicks = self.signals_on_new_fd if self.kicks is None else self.kicks
         if kicks and fd >= 0:
             os.write(fd, (1).to_bytes(8, "little"))  # libvhost-user's kick
 
-    def device_mask(self) -> None:
-        self._step("mask")
+    def mask(self) -> None:
+        self.step("mask")
         self.masked = True
 
-    def device_unmask(self) -> None:
-        self._step("unmask")
+    def unmask(self) -> None:
+        self.step("unmask")
         self.masked = False
         if self.pending:
             self.pending = 0
@@ -82,6 +85,46 @@ class Line(irqbypass.DeviceProducer):
                 self.pending += 1
             elif self.target is not None:
                 os.write(self.target, (1).to_bytes(8, "little"))
+
+
+class Line(irqbypass.DeviceProducer):
+    """The producer of a :class:`LineDevice` (``DEVICE``), made with ``facts``;
+    what the tests read of the device is read through it."""
+
+    kind = "line"
+    DEVICE: ClassVar[type[LineDevice]] = LineDevice
+
+    def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
+        super().__init__(token=token, name="l")
+        self.dev = self.DEVICE(token, **facts)
+        self.dev.producer = self
+        self.interrupt = self.dev
+
+    def where(self) -> str:
+        return "the line"
+
+    @property
+    def log(self) -> list[str]:
+        return self.dev.log
+
+    @property
+    def fail(self) -> dict[str, BaseException]:
+        return self.dev.fail
+
+    @property
+    def target(self) -> int | None:
+        return self.dev.target
+
+    @property
+    def device_open_fd(self) -> int | None:
+        return self.dev.device_open_fd
+
+    @property
+    def signals_on_new_fd(self) -> bool | None:  # type: ignore[override]
+        return self.dev.signals_on_new_fd
+
+    def fire(self, n: int = 1) -> None:
+        self.dev.fire(n)
 
 
 # -- open and close ------------------------------------------------------------------
@@ -133,17 +176,23 @@ def test_the_token_must_be_an_eventfd() -> None:
         Line("t")  # type: ignore[arg-type]
 
 
+class Untouched(irqbypass.DeviceInterrupt):
+    def point(self, fd: int) -> None:
+        raise AssertionError("constructing never touches the device")
+
+
 class Queue(irqbypass.DeviceProducer):
     """A device whose interrupt has a number, a virtqueue."""
 
     kind = "queue"
     NUMBER_LABEL = "queue"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.interrupt = Untouched()
+
     def where(self) -> str:
         return "the queue"
-
-    def device_point(self, fd: int) -> None:
-        raise AssertionError("constructing never touches the device")
 
 
 def test_the_interrupts_number_falls_back_to_irq_and_is_checked(
@@ -306,14 +355,17 @@ def test_the_kick_on_a_new_fd_is_accounted_for(no_fd_leak: None, token: irqbypas
 def test_a_device_that_may_kick_is_learnt_at_its_first_point_on_the_holding_eventfd(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:
+    class ProbedDevice(LineDevice):
+        def open(self) -> None:
+            super().open()
+            self.owner.learn_signals_on_new_fd()
+
     class Probed(Line):
-        def device_open(self) -> None:
-            super().device_open()
-            self.learn_signals_on_new_fd()
+        DEVICE = ProbedDevice
 
     for kicks in (True, False):
         line = Probed(token, signals_on_new_fd=None)  # type: ignore[arg-type]
-        line.kicks = kicks
+        line.dev.kicks = kicks
         with line:
             assert line.signals_on_new_fd is kicks
             assert token.read(0) == (1 if kicks else 0)  # the token's bind: a phantom
@@ -326,7 +378,7 @@ def test_a_device_said_to_kick_that_left_nothing_is_learnt_not_to(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:
     line = Line(token, signals_on_new_fd=True)
-    line.kicks = False
+    line.dev.kicks = False
     with line:
         token.read(0)
         line.stop()
@@ -336,29 +388,35 @@ def test_a_device_said_to_kick_that_left_nothing_is_learnt_not_to(
         assert token.read(0) == 2  # nothing taken for a kick that never came
 
 
-class Fed(Line):
+class FedDevice(LineDevice):
     """A device the producer feeds itself: idle, a stop only holds its work back."""
 
-    def __init__(self, token: irqbypass.Eventfd) -> None:
-        super().__init__(token)
-        self.in_flight = 0
-        self.waiting = 0
+    in_flight = waiting = 0
 
-    def device_defer(self) -> bool:
+    def defer(self) -> bool:
         return self.in_flight == 0
 
-    def device_resume(self) -> None:
-        self._step("resume")
+    def resume(self) -> None:
+        self.step("resume")
         self.in_flight, self.waiting = self.waiting, 0
+
+
+class Fed(Line):
+    DEVICE = FedDevice
+    dev: FedDevice
+
+    @property
+    def in_flight(self) -> int:
+        return self.dev.in_flight
 
     def submit(self) -> None:
         if self.deferring:
-            self.waiting += 1
+            self.dev.waiting += 1
         else:
-            self.in_flight += 1
+            self.dev.in_flight += 1
 
     def complete(self) -> None:
-        self.in_flight -= 1
+        self.dev.in_flight -= 1
         self.fire()
 
 
@@ -386,8 +444,12 @@ class Gone(irqbypass.DeviceError):
     """The peer process went away."""
 
 
-class Peer(Line):
+class PeerDevice(LineDevice):
     gone_errors = (Gone,)
+
+
+class Peer(Line):
+    DEVICE = PeerDevice
 
 
 def test_a_lost_device_is_recorded_not_raised_and_close_reports_it(
@@ -441,9 +503,8 @@ class PeerGroup(irqbypass.DeviceGroup):
 
 
 def line_of(interrupt: irqbypass.DeviceInterrupt) -> Line:
-    line = getattr(interrupt, "hooks", None)
-    assert isinstance(line, Line)
-    return line
+    assert isinstance(interrupt, LineDevice)
+    return interrupt.owner
 
 
 class BatchPeer(Peer):
@@ -475,9 +536,12 @@ def test_a_batch_close_reports_a_lost_device_as_close_does(
 def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:
+    class ReadyDevice(LineDevice):
+        def ready(self) -> None:
+            self.step(f"ready at {self.owner.pointed_at == self.token.fileno()}")
+
     class Ready(Line):
-        def device_ready(self) -> None:
-            self._step(f"ready at {self.pointed_at == self._token_fd()}")
+        DEVICE = ReadyDevice
 
     line = Ready(token)
     line.fail["ready at True"] = irqbypass.DeviceError("cannot start", errno=errno.EIO)
@@ -491,24 +555,31 @@ def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
 # -- signal safety -------------------------------------------------------------------
 
 
-class InterruptedLine(Line):
-    """A Ctrl-C lands as the device acknowledges ``step``: after it did it."""
+class InterruptedDevice(LineDevice):
+    """A Ctrl-C lands as the device acknowledges ``interrupt_in``: after it did it."""
 
-    def __init__(self, token: irqbypass.Eventfd, step: str) -> None:
-        super().__init__(token)
-        self.interrupt_in = step
+    interrupt_in = ""
 
-    def device_open(self) -> None:
-        super().device_open()
+    def open(self) -> None:
+        super().open()
         self._ack("open")
 
-    def device_point(self, fd: int) -> None:
-        super().device_point(fd)
+    def point(self, fd: int) -> None:
+        super().point(fd)
         self._ack(self.log[-1])
 
     def _ack(self, what: str) -> None:
         if what == self.interrupt_in:
             signal.raise_signal(signal.SIGINT)  # handled as this call returns
+
+
+class InterruptedLine(Line):
+    DEVICE = InterruptedDevice
+    dev: InterruptedDevice
+
+    def __init__(self, token: irqbypass.Eventfd, step: str) -> None:
+        super().__init__(token)
+        self.dev.interrupt_in = step
 
 
 @pytest.mark.parametrize("step", ["point(hold)", "point(token)"])
@@ -524,7 +595,7 @@ def test_a_ctrl_c_as_the_device_acks_waits_until_the_state_is_consistent(
     # the interrupt was delivered once the producer knew where the line points
     assert line.pointed_at == line.target
     assert (line.target == token.fileno()) == (step == "point(token)")
-    line.interrupt_in = ""
+    line.dev.interrupt_in = ""
     line.start()
     line.close()
     assert line.target is None and line.device_open_fd is None
@@ -551,17 +622,17 @@ def test_a_ctrl_c_during_teardown_waits_for_its_end(
     assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
 
 
-class StalledPeer(Peer):
+class StalledDevice(PeerDevice):
     """A device in another process whose swap is never acknowledged: the
-    primitive waits through irqbypass.interruptible, as a peer's reply must."""
+    operation waits through irqbypass.interruptible, as a peer's reply must."""
 
-    def __init__(self, token: irqbypass.Eventfd) -> None:
-        super().__init__(token)
+    def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
+        super().__init__(token, **facts)
         self.waiting = irqbypass.Eventfd()  # written as the wait begins
         self.never = irqbypass.Eventfd()  # the reply that never comes
 
-    def device_point(self, fd: int) -> None:
-        if fd not in (-1, self._token_fd()):  # the swap to the holding eventfd
+    def point(self, fd: int) -> None:
+        if fd not in (-1, self.token.fileno()):  # the swap to the holding eventfd
             self.waiting.write(1)
             poller = select.poll()
             poller.register(self.never.fileno(), select.POLLIN)
@@ -569,13 +640,18 @@ class StalledPeer(Peer):
                 irqbypass.interruptible(poller.poll, 600_000)  # the hang guard
             except BaseException:
                 # what the peer applied is unknown: the device is lost, not pointed
-                self.lose(Gone("interrupted in the middle of the swap", errno=errno.EINTR))
+                self.owner.lose(Gone("interrupted in the middle of the swap", errno=errno.EINTR))
                 raise
-        super().device_point(fd)
+        super().point(fd)
+
+
+class StalledPeer(Peer):
+    DEVICE = StalledDevice
+    dev: StalledDevice
 
     def release(self) -> None:
-        self.waiting.close()
-        self.never.close()
+        self.dev.waiting.close()
+        self.dev.never.close()
 
 
 def test_a_ctrl_c_passes_a_wait_on_a_peer_inside_stop(
@@ -589,7 +665,7 @@ def test_a_ctrl_c_passes_a_wait_on_a_peer_inside_stop(
     assert main is not None
 
     def interrupt() -> None:
-        if readable(line.waiting.fileno()):
+        if readable(line.dev.waiting.fileno()):
             signal.pthread_kill(main, signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt)

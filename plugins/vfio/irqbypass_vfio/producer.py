@@ -203,14 +203,14 @@ class VfioProducer(irqbypass.DeviceProducer):
 
     def add_consumer(self, consumer: irqbypass.Consumer) -> None:
         """Pairing: an INTx producer wires the consumer's EOI eventfd, if any."""
-        with self._lock:
+        with self.lock:
             if self.interrupt.unmask_eventfd is None:
                 self.interrupt.wire_unmask(consumer.eoi_eventfd)
 
     def del_consumer(self, consumer: irqbypass.Consumer) -> None:
         """Unpairing: the unmask eventfd taken back; a line not stopped is
         unmasked, so nothing waits for an EOI that no one forwards now."""
-        with self._lock:
+        with self.lock:
             if self.interrupt.unmask_eventfd is None:
                 return
             self.interrupt.unwire_unmask()
@@ -223,7 +223,7 @@ class VfioProducer(irqbypass.DeviceProducer):
         """Loopback: ``SET_IRQS(DATA_NONE | ACTION_TRIGGER)`` makes the kernel
         signal the vector's current eventfd, as though the device fired
         (vfio.h documents it for testing). Counted as ``triggered``."""
-        with self._lock:
+        with self.lock:
             if self.fd is None:
                 raise irqbypass.IrqBypassError(f"{self.describe()} is not open; call open() first")
             for _ in range(n):
