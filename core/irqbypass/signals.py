@@ -326,8 +326,33 @@ def _callout_lines(code: CodeType) -> frozenset[int]:
             line = instruction.starts_line
         if line is None:
             continue
-        if instruction.opname in ("BEFORE_WITH", "SETUP_WITH") or (
-            instruction.opname == "LOAD_FAST" and instruction.argval == CALLOUT
+        if instruction.opname in _ENTER_WITH or (
+            instruction.opname in _LOAD_LOCAL and CALLOUT in _loaded(instruction.argval)
         ):
             lines.add(line)
     return frozenset(lines)
+
+
+#: the opcodes that enter a ``with``: SETUP_WITH (3.10), BEFORE_WITH (3.11-3.13),
+#: LOAD_SPECIAL (3.14, which looks up ``__enter__`` and ``__exit__``). On 3.14 the
+#: ``__enter__`` is a CALL, whose end lets a signal in before the body's handler
+#: is set up: a signal landing just after a lock's ``__enter__`` leaves it held
+#: (CPython issue 148874: fixed in its main branch; 3.14.10 still has it)
+_ENTER_WITH = frozenset({"SETUP_WITH", "BEFORE_WITH", "LOAD_SPECIAL"})
+#: the opcodes that load a local to use it: 3.13 pairs two loads in one
+#: instruction, 3.14 loads a borrowed reference (LOAD_FAST_AND_CLEAR, which a
+#: comprehension uses to save a name it shadows, is no use of it)
+_LOAD_LOCAL = frozenset(
+    {
+        "LOAD_FAST",
+        "LOAD_FAST_CHECK",
+        "LOAD_FAST_LOAD_FAST",
+        "LOAD_FAST_BORROW",
+        "LOAD_FAST_BORROW_LOAD_FAST_BORROW",
+    }
+)
+
+
+def _loaded(argval: object) -> tuple[object, ...]:
+    """The names an instruction loads: one, or a pair (the 3.13+ paired loads)."""
+    return argval if isinstance(argval, tuple) else (argval,)

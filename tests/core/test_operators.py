@@ -118,9 +118,19 @@ def interrupt_during_apply(
     return proc
 
 
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Its output once it ends; one that hangs is killed, not left to a later test."""
+    try:
+        return proc.communicate(timeout=120)  # a hang guard
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def test_ctrl_c_during_apply_says_torn_down_and_prints_the_summary(tmp_path: Path) -> None:
     proc = interrupt_during_apply(tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, err = finish(proc)
     assert proc.returncode == 130, err
     assert "summary: nothing ran (no pair was applied)" in out
     assert err.splitlines()[-1] == "irqbypass: error: stopped by SIGINT; everything was torn down"
@@ -146,7 +156,7 @@ def test_ctrl_c_on_a_terminal_starts_its_message_on_a_new_line(tmp_path: Path) -
         proc = interrupt_during_apply(tmp_path, stderr=slave)
         os.close(slave)
         slave = -1
-        proc.communicate(timeout=120)
+        finish(proc)
         err = read_all(master)
     finally:
         os.close(master)
