@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sysconfig
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ._ledger import Ledger, Placed
@@ -24,7 +24,7 @@ from .eventfd import Eventfd
 from .kinds import EndpointSpec
 from .options import show_exception, show_value
 from .plugins import PluginHost
-from .signals import deliver_deferred_signals, signal_safe
+from .signals import callout, deliver_deferred_signals, signal_safe
 from .tokens import TokenTable
 
 _log = logging.getLogger("irqbypass.topology")
@@ -172,8 +172,7 @@ class Builder:
         table = self.ledger.token_table
         token = table.acquire(entry.token)
         try:
-            call: Callable[..., tuple[Endpoint, str]] = self._make
-            endpoint, plugin = call(entry, source, token)
+            endpoint, plugin = callout(self._make, entry, source, token)
         except BaseException:
             table.release(entry.token)
             raise

@@ -10,7 +10,7 @@ own state, read when a failure is told.
 
 Signal safety: the bookkeeping of each step is a signal-safe section
 (:func:`~irqbypass.signals.signal_safe`); only the calls into plugins and the
-manager (the lines that call a local named ``call``) let a signal through, so
+manager (each a :func:`~irqbypass.signals.callout`) let a signal through, so
 a Ctrl-C interrupts a hanging ``open`` and is otherwise raised between steps,
 where the undo starts from a state that is recorded whole.
 """
@@ -31,7 +31,7 @@ from .config import Config, EndpointConfig
 from .errors import CallbackError, ConnectError, IrqBypassError, TopologyError, Veto, with_notes
 from .manager import Manager
 from .options import show_error, show_exception
-from .signals import deliver_deferred_signals, signal_safe
+from .signals import callout, deliver_deferred_signals, signal_safe
 
 #: the steps of a transaction, as its failure names them
 Step = Literal["build", "open", "register"]
@@ -233,22 +233,21 @@ class Transaction:
     @signal_safe
     def _open_unit(self, unit: list[Placed]) -> None:
         """Open one unit and register its endpoints, recording each step the
-        moment it is done. The calls into plugins and the manager are on
-        call-out lines (``call(...)``): a signal there interrupts them, as it
-        should; anywhere else it waits for :func:`deliver_deferred_signals`."""
+        moment it is done. The calls into plugins and the manager are each a
+        ``callout``: a signal there interrupts them, as it should; anywhere
+        else it waits for :func:`deliver_deferred_signals`."""
         self.step, self.subject = "open", unit
-        call: Callable[..., object] = _open
-        call(unit)
+        callout(_open, unit)
         for placed in unit:
             placed.opened = True
         for placed in unit:
             if placed.config.bypass:
                 self.step, self.subject = "register", placed
                 endpoint = placed.endpoint
-                call = getattr(self.manager, f"register_{placed.config.side}")
+                register = getattr(self.manager, f"register_{placed.config.side}")
                 registered = False
                 try:
-                    call(endpoint)
+                    callout(register, endpoint)
                     registered = True  # it returned: registered (no lookup needed)
                 except ConnectError as exc:
                     veto = exc.__cause__
@@ -280,7 +279,6 @@ class Transaction:
         done, and every step is attempted."""
         errors: list[str] = []
         interrupt: BaseException | None = None
-        call: Callable[..., object]
         placed = sorted(placed, key=_SERIAL)
         left = len(placed)
         unregister: dict[str, Callable[..., object]] = {
@@ -291,12 +289,12 @@ class Transaction:
             for one in reversed(unit):
                 if one.registered:
                     endpoint = one.endpoint
-                    call = unregister[one.config.side]
+                    off = unregister[one.config.side]
                     # an unregister that a Ctrl-C cut before the manager took it
                     # is tried again (twice at most): an undo, once begun, finishes
                     for _attempt in range(3):
                         try:
-                            call(endpoint)
+                            callout(off, endpoint)
                         except BaseException as exc:  # Ctrl-C included: recorded, and on
                             interrupt = interrupt or _interrupt(exc)
                             if isinstance(exc, Exception):
@@ -313,9 +311,8 @@ class Transaction:
                 for one in opened:
                     one.opened = False
                     one.history.opens += 1
-                call = _close
                 try:
-                    call(opened)
+                    callout(_close, opened)
                 except BaseException as exc:
                     interrupt = interrupt or _interrupt(exc)
                     what = opened[0].label if len(opened) == 1 else _group_label(opened)

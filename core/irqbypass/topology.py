@@ -45,7 +45,7 @@ from .eventfd import Eventfd
 from .manager import Manager
 from .options import show_value
 from .plugins import PluginHost
-from .signals import deliver_deferred_signals, signal_safe
+from .signals import delivering_deferred_signals, signal_safe
 from .status import PairStatus
 from .tokens import CheckTokens, TokenTable
 
@@ -232,8 +232,8 @@ class Topology:
         commit = partial(self._ledger.attached, new)
         action = f"attaching to {self.config.file}"
         change = self._transaction(action, repr(source.file)).change
-        change(source, new, [], commit=commit, home=self.config)
-        deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+        with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
+            change(source, new, [], commit=commit, home=self.config)
 
     def detach(self, names: Iterable[str]) -> None:
         """Unregister and close the named entries (a hot-unplug), last placed
@@ -316,8 +316,8 @@ class Topology:
         """Do ``plan``, all or nothing, in O(changes): only the pairs on the
         tokens it touches are closed and opened."""
         carry_out = self._transaction(plan.action, repr(plan.source.file)).carry_out
-        carry_out(plan, home=self.config, adopt=self._adopt)
-        deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
+        with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
+            carry_out(plan, home=self.config, adopt=self._adopt)
 
     def _transaction(self, action: str = "", building: str = "") -> Transaction:
         """A transaction on this topology: ``action`` names it in errors,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import interrupts
 import irqbypass
 import irqbypass.manager
+import irqbypass.signals
 import irqbypass.tokens
 import irqbypass.topology
 import pytest
@@ -35,11 +36,12 @@ pytestmark = pytest.mark.usefixtures("no_fd_leak")
 #: a sweep of every point (stride 1) passed too; make test takes every third
 STRIDE = 3
 #: the topology's parts (the facade, its plan, ledger, builder and transaction)
-#: and what they call in the core
+#: and what they call in the core (the signal machinery's callout included)
 FILES = [
     *(m.__file__ for m in (irqbypass.topology, _plan, _ledger, _build, _transaction)),
     irqbypass.tokens.__file__,
     irqbypass.manager.__file__,
+    irqbypass.signals.__file__,
 ]
 
 BEFORE = {"p0", "c0", "p1", "c1"}
