@@ -85,7 +85,7 @@ test-python: $(STAMP) pythons
 	  -p no:cacheprovider -q tests/core tests/plugins docs/examples -m "not slow and not guest"
 
 .PHONY: guest-test guest-demo
-# IRQBYPASS_GUEST_KVM=1 make guest-test: KVM in the guests too, with the chains (opt-in)
+# IRQBYPASS_GUEST_KVM=0 make guest-test: without the kvm family (KVM nested in the guests)
 guest-test: $(STAMP) provision
 	$(BIN)/pytest -m guest
 
