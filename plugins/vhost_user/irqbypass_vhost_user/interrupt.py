@@ -6,8 +6,11 @@ up the ring (:class:`~.vring.OwnedRing`), its call first on the holding
 eventfd; pointing the interrupt is one acked ``SET_VRING_CALL``; detaching
 drains the ring, moves the call to the holding eventfd (never the no-fd
 flag) and takes the ring back with ``GET_VRING_BASE``. :class:`VirtqueueCall`
-does those steps on its own state; the producer (:class:`irqbypass.DeviceProducer`)
-decides when each runs and keeps the lock, the holding eventfd and the counts.
+is that :class:`irqbypass.DeviceInterrupt`, on its own state; the producer
+(:class:`irqbypass.DeviceProducer`) composes it with the lock, the holding
+eventfd and the counts. What the producers of one back-end share in this
+process (which of them binds each virtqueue) is a :class:`Backend`, a device
+group in the core's registry.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 import irqbypass
@@ -28,20 +31,17 @@ from .load import BlkLoad
 from .settings import VhostUserSettings
 from .vring import OwnedRing
 
-__all__ = ["WANTED_PROTOCOL", "CallHost", "VirtqueueCall"]
+__all__ = ["WANTED_PROTOCOL", "Backend", "CallHost", "VirtqueueCall"]
 
 #: the requests a front-end that owns the connection asks for
 WANTED_PROTOCOL = (1 << wire.ProtocolFeature.REPLY_ACK) | (1 << wire.ProtocolFeature.MQ)
 
-_claims: dict[tuple[object, int], str] = {}
-_claims_lock = threading.Lock()
-
 
 class CallHost(Protocol):
-    """What the virtqueue's call needs of the producer that drives it."""
+    """What the virtqueue's call needs of the producer that composes it."""
 
     name: str
-    signals_on_new_fd: bool | None
+    seam: irqbypass.Seam
 
     def describe(self) -> str: ...
     def lose(self, error: irqbypass.IrqBypassError) -> None: ...
@@ -49,11 +49,29 @@ class CallHost(Protocol):
     def learn_signals_on_new_fd(self) -> None: ...
 
 
-class VirtqueueCall:
+class Backend(irqbypass.DeviceGroup):
+    """A back-end as the producers of this process share it, under one key (its
+    socket's real path, or one connection's identity): which producer binds
+    each of its virtqueues (:meth:`claim`; a virtqueue has one call eventfd).
+
+    It holds no device fd (-1): the device is a process, and each producer
+    that owns its connection has one of its own (qemu-storage-daemon serves one
+    front-end at a time); a handed connection stays the VMM's."""
+
+    def __init__(self) -> None:
+        super().__init__(-1)
+
+
+class VirtqueueCall(irqbypass.DeviceInterrupt):
     """Virtqueue ``settings.queue``'s call interrupt of the back-end ``settings``
-    name, driven by ``host``; one per producer, across its opens. ``load`` is
+    name, composed by ``host``; one per producer, across its opens. ``load`` is
     the work the producer feeds the device itself: started once the open is
     complete, stopped before the call is detached or closed."""
+
+    gone_errors = (BackendGoneError,)
+    #: None: an owned connection finds out at its first bind (a handed one
+    #: assumes so, as libvhost-user does); kicks_on_set_call says it
+    signals_on_new_fd: bool | None = None
 
     def __init__(self, host: CallHost, settings: VhostUserSettings, load: BlkLoad) -> None:
         self.host = host
@@ -67,7 +85,7 @@ class VirtqueueCall:
         self.features = 0
         self.protocol_features = 0
         self.queue_count: int | None = None
-        self._claims: list[tuple[object, int]] = []
+        self._backends: list[Backend] = []  # those this virtqueue is claimed in
         self._ready = False  # the open completed: detaching talks to the back-end
         #: completed opens, requests published only at resume, and what the
         #: drivers of earlier opens completed
@@ -95,9 +113,9 @@ class VirtqueueCall:
         """Connect (or take the VMM's connection); on an owned one negotiate
         and set up the ring, its call first on the holding eventfd."""
         kicks = self.settings.kicks_on_set_call
-        self.host.signals_on_new_fd = kicks
+        self.signals_on_new_fd = kicks
         if not self.settings.owns_connection and kicks is None:
-            self.host.signals_on_new_fd = True  # as libvhost-user does: cannot probe a VMM's ring
+            self.signals_on_new_fd = True  # as libvhost-user does: cannot probe a VMM's ring
         self._connect()
         if self.settings.owns_connection:
             self._negotiate()
@@ -178,10 +196,10 @@ class VirtqueueCall:
         if self.daemon is not None:
             step(self.daemon.close)
             self.daemon = None
-        with _claims_lock:
-            for claim in self._claims:
-                _claims.pop(claim, None)
-        self._claims.clear()
+        while self._backends:
+            backend = self._backends.pop()
+            backend.unclaim(self.queue)
+            backend.unshare()
         if errors:
             raise min(errors, key=lambda exc: isinstance(exc, Exception))
 
@@ -232,18 +250,20 @@ class VirtqueueCall:
         )
         self._take_claim(("connection", *self.conn.identity()))
 
-    def _take_claim(self, key: object) -> None:
-        with _claims_lock:
-            holder = _claims.get((key, self.queue))
-            if holder is not None:
-                raise irqbypass.BusyError(
-                    f"{self.host.describe()}: virtqueue {self.queue} of this back-end is "
-                    f"already bound by producer {holder!r} in this process; a virtqueue has one "
-                    "call eventfd: close that producer first, or use another virtqueue",
-                    errno=errno.EBUSY,
-                )
-            _claims[(key, self.queue)] = self.host.name
-            self._claims.append((key, self.queue))
+    def _take_claim(self, key: Hashable) -> None:
+        """Claim this virtqueue in the back-end shared under ``key``, or refuse
+        (EBUSY) if another producer of this process binds it."""
+        backend = Backend.share(self.host.seam, ("vhost-user", key), Backend)
+        holder = backend.claim(self.queue, self.host.name)
+        if holder is not None:
+            backend.unshare()
+            raise irqbypass.BusyError(
+                f"{self.host.describe()}: virtqueue {self.queue} of this back-end is "
+                f"already bound by producer {holder!r} in this process; a virtqueue has one "
+                "call eventfd: close that producer first, or use another virtqueue",
+                errno=errno.EBUSY,
+            )
+        self._backends.append(backend)
 
     def _negotiate(self) -> None:
         """GET_FEATURES ... SET_FEATURES, as QEMU's vhost_user_backend_init and
@@ -283,7 +303,7 @@ class VirtqueueCall:
         own.set_up(conn)
         # the call goes to the holding eventfd first: with nothing queued, what
         # it receives is the back-end's own kick, which tells whether it kicks
-        if self.host.signals_on_new_fd is None:
+        if self.signals_on_new_fd is None:
             self.host.learn_signals_on_new_fd()
         else:
             self.host.point_at_holding()

@@ -18,8 +18,9 @@ That life (open/close from any state, the quiesce and its deferral, the kick
 and loss accounting, signal safety) is :class:`irqbypass.DeviceProducer`'s.
 What is vhost-user's own has a module each, which this one composes: the
 options, one checked value (:class:`~.settings.VhostUserSettings`); the
-virtqueue's call, the device's side (:class:`~.interrupt.VirtqueueCall`: the
-connection, the negotiation, the drain before GET_VRING_BASE); the ring this
+virtqueue's call, the :class:`irqbypass.DeviceInterrupt` it composes
+(:class:`~.interrupt.VirtqueueCall`: the connection, the negotiation, the
+claim, the drain before GET_VRING_BASE); the ring this
 producer may feed (:class:`~.vring.OwnedRing`); and its own block load
 (:class:`~.load.BlkLoad`).
 
@@ -76,10 +77,6 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     does), not both.
     """
 
-    gone_errors = (BackendGoneError,)
-    #: None: an owned connection finds out at its first bind (a handed one
-    #: assumes so, as libvhost-user does); kicks_on_set_call says it
-    signals_on_new_fd: bool | None = None
     kind = "vhost-user"
 
     def __init__(
@@ -109,6 +106,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
         #: the virtqueue's call interrupt: the device's side, with the load it feeds
         self._call = VirtqueueCall(self, settings, load)
+        self.interrupt = self._call
 
     @classmethod
     def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
@@ -219,29 +217,6 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         """The eventfd the virtqueue's call signals: the token, or the holding
         eventfd while stopped; None when unbound."""
         return self.pointed_at
-
-    # -- the device's primitives: the virtqueue's call, and the load around it -----
-
-    def device_open(self) -> None:
-        self._call.open()
-
-    def device_ready(self) -> None:
-        self._call.ready()
-
-    def device_point(self, fd: int) -> None:
-        self._call.point(fd)
-
-    def device_detach(self) -> None:
-        self._call.detach()
-
-    def device_close(self) -> None:
-        self._call.close()
-
-    def device_defer(self) -> bool:
-        return self._call.defer()
-
-    def device_resume(self) -> None:
-        self._call.resume()
 
     # -- the producer's own load ----------------------------------------------
 

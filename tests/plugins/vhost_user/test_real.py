@@ -289,9 +289,24 @@ def test_a_second_producer_on_the_same_queue_is_refused(
                 raw.request(wire.Request.GET_FEATURES)
         finally:
             raw.close()
+        # another virtqueue of the back-end is not refused (qemu-storage-daemon leaves a
+        # second front-end waiting, in its backlog or unanswered); each failed open gives
+        # its claim back while the back-end's group lives on (else EBUSY, 'q1' itself)
+        queue1 = VhostUserProducer(
+            token=other, socket=daemon.socket_path, queue=1, name="q1", timeout=0.5
+        )
+        for _ in range(2):
+            with pytest.raises(BackendTimeoutError):
+                queue1.open()
         assert first.stats()["backend_lost"] == 0  # the first one is unharmed
         assert first.submit(1) == 1
         complete(first, 1)
+    # the first one closed: its claims went with it, and another binds the virtqueue
+    with (
+        irqbypass.Eventfd() as again,
+        VhostUserProducer(token=again, socket=daemon.socket_path, name="after") as after,
+    ):
+        assert after.stats()["bound"] == 1 and after.stats()["backend_lost"] == 0
 
 
 def vmm_set_up(
