@@ -103,7 +103,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         #: the options, checked once
         self.settings = settings
         s = settings
-        load = BlkLoad(self, self._lock, requests=s.requests, rate=s.rate, delay=s.delay)
+        load = BlkLoad(self, self.lock, requests=s.requests, rate=s.rate, delay=s.delay)
         #: the virtqueue's call interrupt: the device's side, with the load it feeds
         self._call = VirtqueueCall(self, settings, load)
         self.interrupt = self._call
@@ -223,7 +223,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def submit(self, n: int = 1) -> int:
         """Queue ``n`` virtio-blk GET_ID requests on the producer's ring and
         kick the back-end; returns how many fitted (owned connections only)."""
-        with self._lock:
+        with self.lock:
             own = self._call.own
             if own is None or not own.ready:
                 raise VhostUserError(
@@ -236,7 +236,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     def reap(self) -> int:
         """Take finished requests off the used ring (not the call eventfd). A
         corrupt used ring is the back-end's fault: recorded in :attr:`problem`."""
-        with self._lock:
+        with self.lock:
             driver = self.driver
             if driver is None:
                 return 0
@@ -259,7 +259,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
     @property
     def finished(self) -> bool:
         """With ``requests``: all completed, or the back-end went away."""
-        with self._lock:
+        with self.lock:
             self.check_alive()
             return self._call.load.finished()
 
