@@ -17,7 +17,10 @@ import irqbypass
 import irqbypass_posted._backing as backing_module
 import irqbypass_posted._consumer as consumer_module
 import irqbypass_posted._descriptor as descriptor_module
+import irqbypass_posted._layout as layout_module
 import irqbypass_posted._path as path_module
+import irqbypass_posted._poster as poster_module
+import irqbypass_posted._posting as posting_module
 import irqbypass_posted._settings as settings_module
 import pytest
 from irqbypass import cli
@@ -84,6 +87,9 @@ POSTED_FILES = [
     backing_module.__file__,
     path_module.__file__,
     settings_module.__file__,
+    posting_module.__file__,
+    poster_module.__file__,
+    layout_module.__file__,
 ]
 
 

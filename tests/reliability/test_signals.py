@@ -15,13 +15,22 @@ from pathlib import Path
 
 import interrupts
 import irqbypass_posted._descriptor as descriptor_module
+import irqbypass_posted._layout as layout_module
+import irqbypass_posted._poster as poster_module
+import irqbypass_posted._posting as posting_module
 import pytest
 from irqbypass_posted import Port, PostedDescriptor
 from rel_support import COUNTERS
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
-DESCRIPTOR = descriptor_module.__file__
+#: the descriptor's code: its life, its posting rules, its posters, its layout
+DESCRIPTOR = [
+    descriptor_module.__file__,
+    posting_module.__file__,
+    poster_module.__file__,
+    layout_module.__file__,
+]
 
 
 def _flock_is_free(path: str) -> bool:
@@ -102,7 +111,7 @@ def test_descriptor_locks_survive_an_interrupt_anywhere(
 
         return lambda: op(d, port, poster), check
 
-    result = interrupts.sweep(make, [DESCRIPTOR])
+    result = interrupts.sweep(make, DESCRIPTOR)
     COUNTERS["signals: descriptor arrival points"] += result.points
     COUNTERS["signals: descriptor landing points"] += result.landing_points
     assert result.interrupted > 0

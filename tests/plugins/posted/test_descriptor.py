@@ -415,7 +415,7 @@ def test_attach_refuses_what_is_not_a_descriptor(tmp_path: Path) -> None:
 def test_notification_write_reports_errors() -> None:
     """The GIL-holding libc write returns -1 and leaves errno, which
     _write_error turns into the OSError os.write would raise."""
-    from irqbypass_posted._descriptor import _write, _write_error
+    from irqbypass_posted._layout import _write, _write_error
 
     assert _write(-1, bytes(8), 8) == -1
     assert _write_error().errno == 9  # EBADF
