@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 import irqbypass
 
@@ -118,11 +118,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     @irqbypass.signal_safe
     def _open(self) -> None:
-        """A signal anywhere in here waits until the ``call()`` lines, where
+        """A signal anywhere in here waits until the ``callout`` lines, where
         what it interrupts is undone before it goes on: so no point remains
         where it could leave the descriptor's file, fds or drainer behind
         unknown to :meth:`close` (or to the caller)."""
-        call: Callable[..., object]
         try:
             descriptor = PostedDescriptor(
                 nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
@@ -136,10 +135,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                     owner=f"{self._path.label} (drainer)",
                 )
             if partner is not None:
-                call = self._attach  # the producer's code: stays interruptible
-                call(partner)
-            call = irqbypass.deliver_deferred_signals  # a Ctrl-C that waited acts here
-            call()
+                irqbypass.callout(self._attach, partner)  # the producer's code: interruptible
+            irqbypass.callout(irqbypass.deliver_deferred_signals)  # a Ctrl-C that waited acts
         except BaseException:
             self._close()
             raise
@@ -162,9 +159,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     @irqbypass.signal_safe
     def _close(self) -> None:
-        """Signal-safe but for the producer's code (``call``): once begun, the
+        """Signal-safe but for the producer's code (``callout``): once begun, the
         descriptor is released whatever lands."""
-        call: Callable[..., object]
         descriptor = self.descriptor
         if descriptor is None:
             self._cancel_drainer()  # a drainer registered before its descriptor was recorded
@@ -172,8 +168,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         try:
             partner = self._partner
             if partner is not None:
-                call = self._detach
-                call(partner)
+                irqbypass.callout(self._detach, partner)
         finally:
             self._release(descriptor)
 
