@@ -8,8 +8,11 @@ as closure cells when the function is made: no attribute lookup per post.
 from __future__ import annotations
 
 import fcntl
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import irqbypass
 
 from ._layout import _NOTIFIED, _ONE, CONTROL_OFFSET, ON_BIT, SN_BIT, Port, _write, _write_error
 
@@ -19,24 +22,43 @@ if TYPE_CHECKING:
 __all__ = ["flocked", "process_locked"]
 
 
+def _views(
+    rules: PostingRules,
+) -> tuple[
+    threading.Lock,
+    memoryview,
+    memoryview,
+    memoryview | list[int],
+    list[bool],
+    Callable[[], irqbypass.IrqBypassError],
+    int,
+]:
+    """What every post touches: the lock, the byte and u64 views, the pending
+    counts, the usable cell and its error, the notification fd."""
+    return (
+        rules._lock,
+        rules._b,
+        rules._q,
+        rules._pending,
+        rules._usable,
+        rules._unusable_error,
+        rules._nfd,
+    )
+
+
+def _bits(port: Port) -> tuple[int, int, int, int]:
+    """The port's vector, its PIR byte and bit, and the control bits that
+    silence its notification (ON, and SN unless the port is urgent)."""
+    vector = port.vector
+    return vector, vector >> 3, 1 << (vector & 7), ON_BIT if port.urgent else ON_BIT | SN_BIT
+
+
 def flocked(rules: PostingRules, port: Port) -> Callable[[], None]:
     """The poster of a descriptor in lock mode ``"file"``: the whole rule on
     every post, under the flock (another process may clear ON or a bit)."""
-    lock = rules._lock
-    b = rules._b
-    q = rules._q
-    counts = rules._pending
-    vector = port.vector
-    index = vector >> 3
-    mask = 1 << (vector & 7)
-    test = ON_BIT if port.urgent else ON_BIT | SN_BIT
-    nfd = rules._nfd
-    write = _write
-    one = _ONE
-    control_at = CONTROL_OFFSET
-    on_bit = ON_BIT
-    notified = _NOTIFIED
-    usable, unusable = rules._usable, rules._unusable_error
+    lock, b, q, counts, usable, unusable, nfd = _views(rules)
+    vector, index, mask, test = _bits(port)
+    write, one, control_at, on_bit, notified = _write, _ONE, CONTROL_OFFSET, ON_BIT, _NOTIFIED
     fd = rules._fd
     flock = fcntl.flock
     ex, un = fcntl.LOCK_EX, fcntl.LOCK_UN
@@ -70,21 +92,9 @@ def process_locked(rules: PostingRules, port: Port, armed: list[bool]) -> Callab
     descriptor it arms itself (``armed[0]``, cleared under the lock by
     whatever changes the bit or ON) once its post left its bit and ON set;
     armed, a post only counts. A file-backed one never arms."""
-    lock = rules._lock
-    b = rules._b
-    q = rules._q
-    counts = rules._pending
-    vector = port.vector
-    index = vector >> 3
-    mask = 1 << (vector & 7)
-    test = ON_BIT if port.urgent else ON_BIT | SN_BIT
-    nfd = rules._nfd
-    write = _write
-    one = _ONE
-    control_at = CONTROL_OFFSET
-    on_bit = ON_BIT
-    notified = _NOTIFIED
-    usable, unusable = rules._usable, rules._unusable_error
+    lock, b, q, counts, usable, unusable, nfd = _views(rules)
+    vector, index, mask, test = _bits(port)
+    write, one, control_at, on_bit, notified = _write, _ONE, CONTROL_OFFSET, ON_BIT, _NOTIFIED
     armable = rules._fd < 0  # another process may clear ON or a bit of a file's mapping
 
     def post() -> None:
