@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 from report import Report, add_json_option
 
 GOAL = 1.5
@@ -69,15 +70,15 @@ class Sink(irqbypass.Consumer):
 
 
 class Kinds:
-    @irqbypass.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
-        def source(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
+        def source(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
             opts = spec.options_reader()
             opts.get_int("level", 0)
             opts.finish()
             return Source(token=spec.token, name=spec.name)
 
-        def sink(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+        def sink(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
             spec.options_reader().finish()
             return Sink(token=spec.token, name=spec.name)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 from report import Report, add_json_option
 
 
@@ -180,19 +181,19 @@ class ListWalkManager:
 
 
 class PassThrough:
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         return (yield)
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 import irqbypass
+import irqbypass.system
 from irqbypass_vfio import VfioProducer, _abi
 from irqbypass_vfio.testing import PCI_IRQS, FakeVfio
 from report import Report, add_json_option
@@ -41,7 +42,7 @@ MSIX = _abi.VFIO_PCI_MSIX_IRQ_INDEX
 Timing = tuple[float, float, int]  # open, close (seconds), SET_IRQS calls
 
 
-class CountingSeam(irqbypass.RealSeam):
+class CountingSeam(irqbypass.system.RealSeam):
     """The kernel, with the SET_IRQS calls counted."""
 
     def __init__(self) -> None:
@@ -60,7 +61,7 @@ def make(
         if device is None:
             fake = FakeVfio(irqs={**PCI_IRQS, MSIX: (_abi.VFIO_IRQ_INFO_EVENTFD, 2048)})
             where: dict[str, object] = {"device": "/dev/vfio/7", "device_name": "0000:01:00.0"}
-            seam: irqbypass.Seam = fake
+            seam: irqbypass.system.Seam = fake
             count = lambda: sum(c.request == _abi.VFIO_DEVICE_SET_IRQS for c in fake.calls)  # noqa: E731
         else:
             counting = CountingSeam()

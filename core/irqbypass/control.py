@@ -15,7 +15,7 @@ listener a while instead of spinning: see :mod:`irqbypass.serving`). The backlog
 deadline, so hundreds of clients at once are all answered.
 
 The socket's directory is opened without following links and checked with
-:func:`irqbypass.open_directory` (it and every directory above it owned by us or
+:func:`irqbypass.system.open_directory` (it and every directory above it owned by us or
 root, writable by no one else unless sticky), and the socket is created, checked
 and removed through that directory's fd: a link planted in the path is never
 followed. A socket file left by a run that was killed is replaced only if it is

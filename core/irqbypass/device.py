@@ -23,7 +23,7 @@ once for every plugin, with:
   pointing somewhere the producer does not know, nor a teardown half done.
 
 What the interrupts of one device fd share (the fd, the batch call, the lock
-order) is a :class:`~irqbypass.DeviceGroup`'s. docs/plugin-guide.md, "Writing a
+order) is a :class:`~irqbypass.plugin.DeviceGroup`'s. docs/plugin-guide.md, "Writing a
 device producer", walks through one.
 """
 
@@ -76,7 +76,7 @@ class DeviceInterrupt:
     #: exited): in stop, start and close they are recorded by the producer's ``lose``
     gone_errors: tuple[type[IrqBypassError], ...] = ()
     #: the group of the device fd while open (a batch points its interrupts with
-    #: one :meth:`~irqbypass.DeviceGroup.point_batch`), or None
+    #: one :meth:`~irqbypass.plugin.DeviceGroup.point_batch`), or None
     group: DeviceGroup | None = None
 
     @property
@@ -440,14 +440,14 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
     def open_batch(cls, batch: Sequence[DeviceProducer]) -> None:
         """Open ``batch`` all or nothing, as :meth:`open` opens one, every
         interrupt of a device group pointed by one
-        :meth:`~irqbypass.DeviceGroup.point_batch`; a stopped one is quiesced
+        :meth:`~irqbypass.plugin.DeviceGroup.point_batch`; a stopped one is quiesced
         after. On failure none stays open."""
         _Batch(batch).open()
 
     @classmethod
     def close_batch(cls, batch: Sequence[DeviceProducer]) -> None:
         """Close ``batch`` as :meth:`close` closes one, the pointed interrupts of
-        a group detached by one :meth:`~irqbypass.DeviceGroup.detach_batch`
+        a group detached by one :meth:`~irqbypass.plugin.DeviceGroup.detach_batch`
         (each alone if that fails; a lost device is not asked); every step
         attempted, then the first failure raised, else the first loss
         :meth:`lose` recorded in an open producer of the batch."""

@@ -14,7 +14,7 @@ it alone, unshared. It is the role of cloud-hypervisor's ``InterruptSourceGroup`
 :class:`DeviceCalls` is a producer's system calls on its device, each failure
 worded with who made it, what failed, the errno and what to do.
 
-The lock order: a batch (:meth:`~irqbypass.DeviceProducer.open_batch`) takes
+The lock order: a batch (:meth:`~irqbypass.plugin.DeviceProducer.open_batch`) takes
 the locks of all its producers, each lock's place in one order fixed when it is
 made (:func:`lock_order`), whatever the batch's own order: two batches sharing
 producers cannot each hold what the other waits for. :class:`HeldLocks` takes

@@ -16,7 +16,7 @@ __all__ = ["DeviceOptions", "DeviceWording"]
 
 
 class DeviceOptions:
-    """What :class:`~irqbypass.DeviceProducer` offers its subclasses' constructors
+    """What :class:`~irqbypass.plugin.DeviceProducer` offers its subclasses' constructors
     and factories: the device-or-fd rule and the interrupt's number."""
 
     kind: ClassVar[str]
@@ -107,9 +107,9 @@ class DeviceWording:
         return "see the kernel log (dmesg)"
 
     def refuse(self, problem: str, code: int = errno.EINVAL) -> DeviceError:
-        """:meth:`DeviceCalls.refuse <irqbypass.DeviceCalls.refuse>`."""
+        """:meth:`DeviceCalls.refuse <irqbypass.plugin.DeviceCalls.refuse>`."""
         return self.calls.refuse(problem, code)
 
     def failure(self, op: str, exc: OSError, hint: str) -> DeviceError:
-        """:meth:`DeviceCalls.failure <irqbypass.DeviceCalls.failure>`."""
+        """:meth:`DeviceCalls.failure <irqbypass.plugin.DeviceCalls.failure>`."""
         return self.calls.failure(op, exc, hint)

@@ -1,7 +1,7 @@
 """Where a device interrupt points, and what it caught meanwhile.
 
-A :class:`~irqbypass.DeviceProducer` keeps one :class:`InterruptState` for its
-:class:`~irqbypass.DeviceInterrupt`: the fd the interrupt signals (the token,
+A :class:`~irqbypass.plugin.DeviceProducer` keeps one :class:`InterruptState` for its
+:class:`~irqbypass.plugin.DeviceInterrupt`: the fd the interrupt signals (the token,
 the holding eventfd, or nothing), whether it is masked or its work deferred,
 the holding eventfd and its replay, and the counts. Every change to the device
 goes through it, so "pointed at the holding eventfd" and "stopped" cannot
@@ -56,7 +56,7 @@ class _Kicks:
 
 
 class InterruptState:
-    """The state of the :class:`~irqbypass.DeviceInterrupt` that ``interrupt()``
+    """The state of the :class:`~irqbypass.plugin.DeviceInterrupt` that ``interrupt()``
     returns (asked each time: a producer's subclass sets its own after the
     producer made this), whose token is ``token``."""
 

@@ -192,7 +192,7 @@ class EventfdClosedError(IrqBypassError, ValueError):
 
 
 class LoopClosedError(IrqBypassError):
-    """The :class:`~irqbypass.EventLoop` was closed (or cannot be moved to asyncio now)."""
+    """The :class:`~irqbypass.plugin.EventLoop` was closed (or cannot be moved to asyncio now)."""
 
     errno = _errno.ESHUTDOWN
 

@@ -14,7 +14,7 @@ its producer and consumer kinds. Settings: ``irqbypass_configure`` hands each
 plugin its own ``[plugins.NAME]`` table.
 
 The specs are typed as an implementation should be (``endpoint:
-irqbypass.Endpoint``, ``side: irqbypass.Side``); :class:`HookRelay` types
+irqbypass.Endpoint``, ``side: irqbypass.plugin.Side``); :class:`HookRelay` types
 ``PluginHost.hook``, the hooks as a caller sees them.
 """
 
@@ -74,14 +74,14 @@ def irqbypass_start(endpoint: Endpoint, side: Side) -> None:
 def irqbypass_register_kinds(register: KindRegistrar) -> None:
     """Register this plugin's kinds: ``register.producer("name", factory)`` and
     ``register.consumer("name", factory)``. A factory takes an
-    :class:`~irqbypass.EndpointSpec` and returns the endpoint, unopened."""
+    :class:`~irqbypass.plugin.EndpointSpec` and returns the endpoint, unopened."""
 
 
 @hookspec
 def irqbypass_configure(options: Options) -> None:
     """Take this plugin's own settings: the ``[plugins.NAME]`` table of the
     topology file (NAME: the plugin's name), empty when there is none, as an
-    :class:`~irqbypass.Options` reader (``options.finish()`` refuses unknown
+    :class:`~irqbypass.plugin.Options` reader (``options.finish()`` refuses unknown
     keys). Called before any endpoint is built; raise ``options.error(...)``
     (a ConfigError) for a bad value."""
 

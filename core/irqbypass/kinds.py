@@ -62,7 +62,7 @@ class EndpointSpec:
     file: str | None = None
 
     def options_reader(self) -> Options:
-        """The ``options`` table as an :class:`~irqbypass.Options` reader, whose
+        """The ``options`` table as an :class:`~irqbypass.plugin.Options` reader, whose
         errors name the file and the key (``producers[0].options.path``)."""
         where = f"{self.key_path}.options" if self.key_path else f"{self.name}.options"
         return Options(self.options, where=where, file=self.file)

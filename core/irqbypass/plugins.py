@@ -220,7 +220,7 @@ class PluginHost:
             code = function.__code__
             where = f"{code.co_filename}:{code.co_firstlineno}"
             if attribute in known:
-                what = "so pluggy never calls it; decorate it with @irqbypass.hookimpl"
+                what = "so pluggy never calls it; decorate it with @irqbypass.plugin.hookimpl"
             else:
                 close = difflib.get_close_matches(attribute, known, n=1)
                 what = (
@@ -228,10 +228,10 @@ class PluginHost:
                     if close
                     else f"but no hook has that name (the hooks are {', '.join(known)})"
                 )
-                what += "; rename it, or mark a hook with @irqbypass.hookimpl"
+                what += "; rename it, or mark a hook with @irqbypass.plugin.hookimpl"
             warnings.append(
                 f"plugin {name!r}: function {attribute} ({where}) is named like a hook but "
-                f"not marked with @irqbypass.hookimpl, {what}"
+                f"not marked with @irqbypass.plugin.hookimpl, {what}"
             )
         return warnings
 
@@ -252,7 +252,7 @@ class PluginHost:
             f"irqbypass {__version__} does not have: it was written for another irqbypass release "
             f"or the name is misspelt; the hooks of irqbypass {__version__} are "
             f"{', '.join(_hook_names())} (mark a hook of another project's with "
-            "@irqbypass.hookimpl(optionalhook=True))"
+            "@irqbypass.plugin.hookimpl(optionalhook=True))"
         )
 
     def _invalid(self, exc: pluggy.PluginValidationError) -> str:

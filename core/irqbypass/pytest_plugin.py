@@ -10,7 +10,7 @@ plugin's own test suite has them with no conftest of its own, as pytest's
     fails the test if it leaves an fd open or a thread running.
 ``vmm_fd``
     a VMM's fd from the test's device model: the test module gives its model
-    (an :class:`irqbypass.FakeDevice` with ``hand_over()``) as a ``fake`` fixture.
+    (an :class:`irqbypass.testing.FakeDevice` with ``hand_over()``) as a ``fake`` fixture.
 ``irqbypass_plugins``
     what ``irqbypass_host`` registers: override it with the plugin modules or
     objects under test (the default registers none).
@@ -26,10 +26,8 @@ A project's conftest fixture of the same name wins over these (pytest's rule).
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol
 
 import pytest
 
@@ -37,7 +35,7 @@ from .eventfd import Eventfd
 from .loop import event_loop
 from .manager import Manager
 from .plugins import PluginHost
-from .testing import DeviceCall
+from .testing import HandsOver, open_fds
 
 __all__ = [
     "HandsOver",
@@ -49,28 +47,6 @@ __all__ = [
     "token",
     "vmm_fd",
 ]
-
-
-class HandsOver(Protocol):
-    """A device model that can play the VMM setting its device up."""
-
-    calls: list[DeviceCall]
-    opened: list[str]
-
-    def hand_over(self) -> int: ...
-
-    def close(self, fd: int) -> None: ...
-
-
-def open_fds() -> dict[int, str]:
-    """This process's open fds and what they point to."""
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the fd listdir itself used, now closed
-    return fds
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The one place where a device producer touches the kernel: open, close, ioctl.
 
-A producer built on :class:`~irqbypass.DeviceProducer` makes every system call
+A producer built on :class:`~irqbypass.plugin.DeviceProducer` makes every system call
 on its device through a :class:`Seam`, so tests (and embedders without the
 device) hand in a model that records every call and answers as the kernel
 documents (``irqbypass.testing.FakeDevice`` is the base of the plugins' models).

@@ -1,11 +1,19 @@
-"""What models of devices behind a :class:`~irqbypass.Seam` share, for tests without the device.
+"""Fakes and fixtures for tests: the API tier for a plugin's (or a VMM's) test suite.
 
-A plugin's model (``irqbypass_vfio.testing.FakeVfio``, ``irqbypass_vdpa.testing.FakeVdpa``,
-``irqbypass_vhost.testing.FakeVhost``) subclasses :class:`FakeDevice` and
-answers each ioctl as its driver documents; the base records every call with
-its payload bytes, makes any request fail on demand, hands out real fds
-(``/dev/null``) so leak checks see them, and holds a reference on each eventfd
-the device was pointed at, as the kernel does (:meth:`FakeDevice.take_eventfd`).
+The fixtures (``token``, ``no_fd_leak``, ``vmm_fd``, ``irqbypass_plugins``,
+``irqbypass_host``, ``irqbypass_manager``) come with the core as a pytest
+plugin (:mod:`irqbypass.pytest_plugin`, entry point ``pytest11``): a test asks
+for them by name. This module holds what a test imports: the device models'
+base and what the fixtures are made of (:func:`open_fds`, :class:`HandsOver`).
+
+What models of devices behind a :class:`~irqbypass.system.Seam` share: a
+plugin's model (``irqbypass_vfio.testing.FakeVfio``,
+``irqbypass_vdpa.testing.FakeVdpa``, ``irqbypass_vhost.testing.FakeVhost``)
+subclasses :class:`FakeDevice` and answers each ioctl as its driver documents;
+the base records every call with its payload bytes, makes any request fail
+on demand, hands out real fds (``/dev/null``) so leak checks see them, and
+holds a reference on each eventfd the device was pointed at, as the kernel
+does (:meth:`FakeDevice.take_eventfd`).
 A model proves the plugin speaks the documented ABI in the documented order,
 nothing about a particular device.
 """
@@ -17,12 +25,12 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .errors import InvalidEndpointError
 from .eventfd import Eventfd
 
-__all__ = ["DeviceCall", "FakeDevice"]
+__all__ = ["DeviceCall", "FakeDevice", "HandsOver", "open_fds"]
 
 _F = TypeVar("_F")
 _U64 = struct.Struct("=Q")
@@ -138,3 +146,30 @@ class FakeDevice(Generic[_F]):
         for _ in range(n):
             os.write(ref, _U64.pack(1))
         return n
+
+
+class HandsOver(Protocol):
+    """A device model that can play the VMM setting its device up (what the
+    ``vmm_fd`` fixture needs of the test module's ``fake``)."""
+
+    calls: list[DeviceCall]
+    opened: list[str]
+
+    def hand_over(self) -> int:
+        """Open and set up the device as a VMM would; return the VMM's fd."""
+        ...
+
+    def close(self, fd: int) -> None:
+        """Close an fd the model handed out."""
+        ...
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open fds and what they point to."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd listdir itself used, now closed
+    return fds

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import irqbypass
+import irqbypass.plugin
 import irqbypass_counter
 import irqbypass_ticker
 import pytest
@@ -20,9 +21,9 @@ from tracer import Tracer
 
 def spec(
     side: Literal["producer", "consumer"], kind: str, token: irqbypass.Eventfd, **options: object
-) -> irqbypass.EndpointSpec:
+) -> irqbypass.plugin.EndpointSpec:
     """What the topology would hand the kind's factory for one TOML entry."""
-    return irqbypass.EndpointSpec(
+    return irqbypass.plugin.EndpointSpec(
         name=f"{kind}0", kind=kind, side=side, token=token, options=options
     )
 

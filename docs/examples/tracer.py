@@ -10,6 +10,7 @@ import time
 from collections.abc import Collection, Generator
 
 import irqbypass
+import irqbypass.plugin
 
 
 class Tracer:
@@ -20,7 +21,7 @@ class Tracer:
         self.refuse = refuse  # endpoint names that must never be paired
 
     def _timed(
-        self, step: str, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+        self, step: str, endpoint: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         began = time.perf_counter()
         try:
@@ -28,7 +29,7 @@ class Tracer:
         finally:
             self.calls.append((step, side, endpoint.name, time.perf_counter() - began))
 
-    @irqbypass.hookimpl
+    @irqbypass.plugin.hookimpl
     def irqbypass_pair(self, producer: irqbypass.Producer, consumer: irqbypass.Consumer) -> None:
         # Once per pairing, before any callback, whatever callbacks the ends
         # define (a wrapper of irqbypass_add never runs for a producer without
@@ -39,26 +40,26 @@ class Tracer:
             if name in self.refuse:
                 raise irqbypass.Veto(f"{name} may not be paired")
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(
-        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         return (yield from self._timed("add", endpoint, side))
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(
-        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         return (yield from self._timed("del", endpoint, side))
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(
-        self, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         return (yield from self._timed("stop", endpoint, side))
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(
-        self, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         return (yield from self._timed("start", endpoint, side))

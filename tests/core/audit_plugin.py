@@ -11,13 +11,14 @@ from collections.abc import Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 
 deny: list[str] = []
 unpaired = False
 
 
-@irqbypass.hookimpl
-def irqbypass_configure(options: irqbypass.Options) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_configure(options: irqbypass.plugin.Options) -> None:
     global deny, unpaired
     names = options.get_raw("deny")
     if names is None:
@@ -29,7 +30,7 @@ def irqbypass_configure(options: irqbypass.Options) -> None:
     options.finish()
 
 
-@irqbypass.hookimpl(wrapper=True)
+@irqbypass.plugin.hookimpl(wrapper=True)
 def irqbypass_add(endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
     for name in (endpoint.name, partner.name):
         if name in deny:

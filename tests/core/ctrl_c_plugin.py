@@ -5,6 +5,7 @@ in a plugin's close during teardown does."""
 from __future__ import annotations
 
 import irqbypass
+import irqbypass.plugin
 
 
 class InterruptedOnClose(irqbypass.Consumer):
@@ -18,11 +19,11 @@ class InterruptedOnClose(irqbypass.Consumer):
         raise KeyboardInterrupt
 
 
-def _make(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _make(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
     spec.options_reader().finish()
     return InterruptedOnClose(token=spec.token, name=spec.name)
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("ctrl-c-on-close", _make)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 
 
 class Sink(irqbypass.Consumer):
@@ -54,20 +55,20 @@ class CloseRaises(Sink):
         raise RuntimeError("close is broken")
 
 
-def _own_token(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _own_token(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
     return irqbypass.Producer(token=irqbypass.Eventfd(), name=spec.name)
 
 
-def _own_name(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _own_name(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
     return irqbypass.Producer(token=spec.token)
 
 
-def _not_an_endpoint(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _not_an_endpoint(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
     return "an endpoint"  # type: ignore[return-value]
 
 
-def _built(cls: type[irqbypass.Endpoint]) -> irqbypass.Factory:
-    def factory(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _built(cls: type[irqbypass.Endpoint]) -> irqbypass.plugin.Factory:
+    def factory(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
         spec.options_reader().finish()
         return cls(token=spec.token, name=spec.name)
 
@@ -78,7 +79,7 @@ class NeedsPath(Sink):
     """A consumer with a required option, read as the plugin guide shows."""
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> NeedsPath:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> NeedsPath:
         opts = spec.options_reader()
         path: str = opts.get_str("path", required=True)
         opts.finish()
@@ -95,7 +96,7 @@ class SlowOpen(Sink):
     marker = ""
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> SlowOpen:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> SlowOpen:
         opts = spec.options_reader()
         marker = opts.get_str("marker")
         opts.finish()
@@ -130,8 +131,8 @@ def _availability() -> str | None:
     raise OSError("cannot tell")
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("sink", _built(Sink))
     register.consumer("open-raises", _built(OpenRaises))
     register.consumer("close-raises", _built(CloseRaises))

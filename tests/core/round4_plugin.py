@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import irqbypass
+import irqbypass.plugin
 
 
 class Deaf(irqbypass.Consumer):
@@ -29,13 +30,13 @@ class OpenBug(irqbypass.Producer):
         self.path = settings["missing"]  # the line a traceback must point at
 
 
-def _factory_bug(spec: irqbypass.EndpointSpec) -> irqbypass.Producer:
+def _factory_bug(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Producer:
     settings: dict[str, str] = {}
     return irqbypass.Producer(token=spec.token, name=settings["missing"])
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("deaf", lambda spec: Deaf(token=spec.token, name=spec.name))
     register.producer("factory-bug", _factory_bug)
     register.producer("open-bug", lambda spec: OpenBug(token=spec.token, name=spec.name))

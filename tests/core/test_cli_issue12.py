@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 import tomllib
 from cli_support import EXE, ROOT, clean_env, run, topology
@@ -133,7 +134,7 @@ def test_check_counts_in_the_singular(tmp_path: Path) -> None:
 
 
 class Veto:
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         if side == "producer":
             raise PermissionError("policy forbids this pair")
@@ -175,7 +176,7 @@ def test_a_wrapper_veto_names_the_plugin_not_the_endpoint() -> None:
 
 def test_an_endpoint_that_raises_under_a_wrapper_is_still_blamed() -> None:
     class Passing:
-        @irqbypass.hookimpl(wrapper=True)
+        @irqbypass.plugin.hookimpl(wrapper=True)
         def irqbypass_add(
             self, endpoint: Any, partner: Any, side: str
         ) -> Generator[None, None, None]:
@@ -199,7 +200,7 @@ def test_an_endpoint_that_raises_under_a_wrapper_is_still_blamed() -> None:
 
 
 class Typo:
-    @irqbypass.hookimpl
+    @irqbypass.plugin.hookimpl
     def irqbypass_stopp(self, endpoint: Any, side: str) -> None:
         pass
 
@@ -220,7 +221,7 @@ def test_a_misspelled_hook_is_refused_with_the_hooks_there_are() -> None:
 
 def test_an_optional_hook_of_another_project_is_accepted() -> None:
     class Other:
-        @irqbypass.hookimpl(optionalhook=True)
+        @irqbypass.plugin.hookimpl(optionalhook=True)
         def irqbypass_future_hook(self) -> None:
             pass
 
@@ -229,7 +230,8 @@ def test_an_optional_hook_of_another_project_is_accepted() -> None:
 
 def test_a_misspelled_hook_from_p_fails_that_plugin_only(tmp_path: Path) -> None:
     (tmp_path / "typo_plugin.py").write_text(
-        "import irqbypass\n@irqbypass.hookimpl\ndef irqbypass_stopp(endpoint, side): pass\n"
+        "import irqbypass.plugin\n"
+        "@irqbypass.plugin.hookimpl\ndef irqbypass_stopp(endpoint, side): pass\n"
     )
     env = {"PYTHONPATH": str(tmp_path)}
     result = run("-p", "typo_plugin", "plugins", env=env)
@@ -247,7 +249,7 @@ def test_p_loads_a_module_without_packaging_it(tmp_path: Path) -> None:
         "class Sink(irqbypass.Consumer):\n"
         "    def add_producer(self, p): pass\n"
         "    def del_producer(self, p): pass\n"
-        "@irqbypass.hookimpl\n"
+        "@irqbypass.plugin.hookimpl\n"
         "def irqbypass_register_kinds(register):\n"
         "    register.consumer('extra', lambda spec: Sink(token=spec.token, name=spec.name))\n"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 import tomllib
 from irqbypass.requires import core_requirement, parse_version
@@ -98,8 +99,8 @@ def _distribution(root: Path, name: str, requires: str, module: str) -> None:
     plugin = name.removeprefix("irqbypass-")
     (info / "entry_points.txt").write_text(f"[irqbypass]\n{plugin} = {module}\n")
     (root / f"{module}.py").write_text(
-        "import irqbypass\nLOADED = True\n"
-        "@irqbypass.hookimpl\ndef irqbypass_register_kinds(register):\n    pass\n"
+        "import irqbypass.plugin\nLOADED = True\n"
+        "@irqbypass.plugin.hookimpl\ndef irqbypass_register_kinds(register):\n    pass\n"
     )
 
 
@@ -149,7 +150,7 @@ def test_strict_makes_a_refused_plugin_fatal_with_its_name_and_version(site: Pat
 
 
 class OldSignature:
-    @irqbypass.hookimpl
+    @irqbypass.plugin.hookimpl
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str, extra: Any) -> None:
         pass
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass.config import load_config, parse_config
 
@@ -155,7 +156,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_options_reader_errors_name_file_and_key() -> None:
-    opts = irqbypass.Options(
+    opts = irqbypass.plugin.Options(
         {"rate": "fast", "count": 5, "burts": 2}, where="producers[0].options", file="f.toml"
     )
     with pytest.raises(irqbypass.ConfigError) as info:
@@ -177,11 +178,11 @@ def test_options_reader_errors_name_file_and_key() -> None:
     ],
 )
 def test_options_reader_types_and_ranges(call: object, message: str) -> None:
-    opts = irqbypass.Options({"n": 15})
+    opts = irqbypass.plugin.Options({"n": 15})
     with pytest.raises(irqbypass.ConfigError, match=message):
         call(opts)  # type: ignore[operator]
 
 
 def test_options_bool_is_not_an_int() -> None:
     with pytest.raises(irqbypass.ConfigError, match="expected an integer, got bool True"):
-        irqbypass.Options({"n": True}).get_int("n", 0)
+        irqbypass.plugin.Options({"n": True}).get_int("n", 0)

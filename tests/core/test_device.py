@@ -1,6 +1,6 @@
-"""The device producer (irqbypass.DeviceProducer) composing a minimal device.
+"""The device producer (irqbypass.plugin.DeviceProducer) composing a minimal device.
 
-``LineDevice`` is an irqbypass.DeviceInterrupt with one interrupt line whose
+``LineDevice`` is an irqbypass.plugin.DeviceInterrupt with one interrupt line whose
 operations only record what they were asked and signal the eventfd the line
 points at; ``Line`` is the producer composing it. What is tested here is the
 producer's own life (all-or-nothing open, close from any state, the
@@ -20,10 +20,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
+import irqbypass.testing
 import pytest
 
 
-class LineDevice(irqbypass.DeviceInterrupt):
+class LineDevice(irqbypass.plugin.DeviceInterrupt):
     """One interrupt line; ``fail`` names the operation that refuses next."""
 
     def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
@@ -87,7 +90,7 @@ class LineDevice(irqbypass.DeviceInterrupt):
                 os.write(self.target, (1).to_bytes(8, "little"))
 
 
-class Line(irqbypass.DeviceProducer):
+class Line(irqbypass.plugin.DeviceProducer):
     """The producer of a :class:`LineDevice` (``DEVICE``), made with ``facts``;
     what the tests read of the device is read through it."""
 
@@ -176,12 +179,12 @@ def test_the_token_must_be_an_eventfd() -> None:
         Line("t")  # type: ignore[arg-type]
 
 
-class Untouched(irqbypass.DeviceInterrupt):
+class Untouched(irqbypass.plugin.DeviceInterrupt):
     def point(self, fd: int) -> None:
         raise AssertionError("constructing never touches the device")
 
 
-class Queue(irqbypass.DeviceProducer):
+class Queue(irqbypass.plugin.DeviceProducer):
     """A device whose interrupt has a number, a virtqueue."""
 
     kind = "queue"
@@ -258,7 +261,7 @@ def test_the_quiesce_follows_the_facts(token: irqbypass.Eventfd) -> None:
     assert Line(token).quiesce == "swap"
     assert Line(token, swap_may_drop=True).quiesce == "keep"
     assert Line(token, can_mask=True, swap_may_drop=True).quiesce == "mask"
-    assert irqbypass.QUIESCE_MODES == ("keep", "swap", "mask")
+    assert irqbypass.plugin.QUIESCE_MODES == ("keep", "swap", "mask")
 
 
 @pytest.mark.parametrize(
@@ -484,7 +487,7 @@ def test_a_loss_during_close_is_reported_once_everything_is_released(
     assert line.log[-2:] == ["point(-1)", "close"] and line.device_open_fd is None
 
 
-class PeerGroup(irqbypass.DeviceGroup):
+class PeerGroup(irqbypass.plugin.DeviceGroup):
     """The device group of peers whose lines are pointed and detached many at
     once, as vfio's vectors of one device are."""
 
@@ -492,17 +495,17 @@ class PeerGroup(irqbypass.DeviceGroup):
         super().__init__(-1)
         self.detached: list[list[str]] = []
 
-    def point_batch(self, batch: Sequence[tuple[irqbypass.DeviceInterrupt, int]]) -> None:
+    def point_batch(self, batch: Sequence[tuple[irqbypass.plugin.DeviceInterrupt, int]]) -> None:
         for interrupt, fd in batch:
             interrupt.point(fd)
 
-    def detach_batch(self, batch: Sequence[irqbypass.DeviceInterrupt]) -> None:
+    def detach_batch(self, batch: Sequence[irqbypass.plugin.DeviceInterrupt]) -> None:
         self.detached.append([line_of(interrupt).name for interrupt in batch])
         for interrupt in batch:
             interrupt.point(-1)
 
 
-def line_of(interrupt: irqbypass.DeviceInterrupt) -> Line:
+def line_of(interrupt: irqbypass.plugin.DeviceInterrupt) -> Line:
     assert isinstance(interrupt, LineDevice)
     return interrupt.owner
 
@@ -697,13 +700,13 @@ def readable(fd: int) -> bool:
 
 def test_ioctl_numbers_are_encoded_as_the_kernel_does() -> None:
     # linux/vhost.h: VHOST_SET_VRING_CALL = _IOW(0xAF, 0x21, struct vhost_vring_file)
-    assert irqbypass.ioctl_number(irqbypass.IOC_WRITE, 0xAF, 0x21, 8) == 0x4008AF21
-    assert irqbypass.ioctl_number(irqbypass.IOC_NONE, 0xAF, 0x01, 0) == 0xAF01
-    assert irqbypass.ioctl_number(irqbypass.IOC_READ, 0xAF, 0x00, 8) == 0x8008AF00
+    assert irqbypass.system.ioctl_number(irqbypass.system.IOC_WRITE, 0xAF, 0x21, 8) == 0x4008AF21
+    assert irqbypass.system.ioctl_number(irqbypass.system.IOC_NONE, 0xAF, 0x01, 0) == 0xAF01
+    assert irqbypass.system.ioctl_number(irqbypass.system.IOC_READ, 0xAF, 0x00, 8) == 0x8008AF00
 
 
 def test_the_real_seam_reports_the_kernels_errno(no_fd_leak: None) -> None:
-    seam = irqbypass.RealSeam()
+    seam = irqbypass.system.RealSeam()
     fd = seam.open("/dev/null", os.O_RDWR)
     try:
         with pytest.raises(OSError) as err:
@@ -718,7 +721,9 @@ def test_the_real_seam_reports_the_kernels_errno(no_fd_leak: None) -> None:
 def test_the_model_base_records_fails_on_demand_and_holds_eventfds(
     no_fd_leak: None, token: irqbypass.Eventfd
 ) -> None:
-    fake: irqbypass.FakeDevice[str] = irqbypass.FakeDevice({7: "SEVEN"}, denied=("/dev/x",))
+    fake: irqbypass.testing.FakeDevice[str] = irqbypass.testing.FakeDevice(
+        {7: "SEVEN"}, denied=("/dev/x",)
+    )
     fd = fake.new_fd("/dev/y", "y")
     fake.fail(7, errno.EBUSY)
     with pytest.raises(OSError) as err:
@@ -726,8 +731,8 @@ def test_the_model_base_records_fails_on_demand_and_holds_eventfds(
     assert err.value.errno == errno.EBUSY
     fake.record(fd, 8, 3)
     assert fake.calls == [
-        irqbypass.DeviceCall(fd, 7, b"ab", "SEVEN"),
-        irqbypass.DeviceCall(fd, 8, 3, "0x8"),
+        irqbypass.testing.DeviceCall(fd, 7, b"ab", "SEVEN"),
+        irqbypass.testing.DeviceCall(fd, 8, 3, "0x8"),
     ]
     with pytest.raises(PermissionError):
         fake.check_access("/dev/x")

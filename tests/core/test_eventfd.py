@@ -8,6 +8,7 @@ import socket
 import warnings
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
@@ -92,7 +93,7 @@ def test_unclosed_eventfd_warns() -> None:
 
 
 def test_holding_eventfd_catches_and_replays_exactly_once() -> None:
-    hold = irqbypass.HoldingEventfd()
+    hold = irqbypass.plugin.HoldingEventfd()
     with irqbypass.Eventfd() as token:
         assert hold.replay(token) == 0, "nothing opened, nothing held"
         os.write(hold.fileno(), (3).to_bytes(8, "little"))  # the device signals it

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass import hookspecs
 from recorders import CONNECT, DISCONNECT, Boom, RecordingConsumer, RecordingProducer
@@ -30,19 +31,19 @@ class Tracer:
             self.log.append(f"trace {endpoint.name}.{step} raised {exc}")
             raise
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         yield from self._trace("add", endpoint)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         yield from self._trace("del", endpoint)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         yield from self._trace("stop", endpoint)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         yield from self._trace("start", endpoint)
 
@@ -72,7 +73,7 @@ def test_wrapper_sees_every_callback_of_connect_and_disconnect() -> None:
 
 def test_wrapper_veto_is_a_failed_connect() -> None:
     class Veto:
-        @irqbypass.hookimpl(wrapper=True)
+        @irqbypass.plugin.hookimpl(wrapper=True)
         def irqbypass_add(
             self, endpoint: Any, partner: Any, side: str
         ) -> Generator[None, None, None]:
@@ -97,7 +98,7 @@ def test_plain_hookimpl_observes_and_counts_as_plugged_in() -> None:
     seen: list[str] = []
 
     class Observer:
-        @irqbypass.hookimpl
+        @irqbypass.plugin.hookimpl
         def irqbypass_stop(self, endpoint: Any, side: str) -> None:
             seen.append(side)
 

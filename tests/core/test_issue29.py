@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from cli_support import HERE, run, topology
 
@@ -118,8 +119,8 @@ def test_a_function_named_like_a_hook_but_not_marked_is_warned_about() -> None:
     warnings = "\n".join(host.warnings)
     assert re.search(
         r"plugin 'unmarked': function irqbypass_register_kinds \(\S*unmarked_plugin\.py:\d+\) "
-        r"is named like a hook but not marked with @irqbypass.hookimpl, so pluggy never calls "
-        r"it; decorate it with @irqbypass.hookimpl",
+        r"is named like a hook but not marked with @irqbypass.plugin.hookimpl, so pluggy never "
+        r"calls it; decorate it with @irqbypass.plugin.hookimpl",
         warnings,
     ), warnings
     assert "irqbypass_confgure" in warnings and "did you mean 'irqbypass_configure'?" in warnings
@@ -238,8 +239,8 @@ def test_the_api_page_types_availability_with_both_forms() -> None:
     import typing
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    block = page.split(".. autodata:: irqbypass.Availability", 1)[1].split("```", 1)[0]
-    forms = typing.get_args(irqbypass.Availability)
+    block = page.split(".. autodata:: irqbypass.plugin.Availability", 1)[1].split("```", 1)[0]
+    forms = typing.get_args(irqbypass.plugin.Availability)
     arities = sorted(len(typing.get_args(form)[0]) for form in forms)
     assert arities == [0, 1]
     assert "Callable[[], str | None]" in block
@@ -257,7 +258,7 @@ class DenyList:
         self.unpaired = unpaired
         self.seen: list[tuple[str, str]] = []
 
-    @irqbypass.hookimpl
+    @irqbypass.plugin.hookimpl
     def irqbypass_pair(self, producer: irqbypass.Producer, consumer: irqbypass.Consumer) -> None:
         self.seen.append((producer.name, consumer.name))
         for name in (producer.name, consumer.name):

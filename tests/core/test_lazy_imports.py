@@ -16,6 +16,8 @@ import sys
 from importlib import metadata
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 import pytest
 from irqbypass import cli
 
@@ -54,21 +56,49 @@ def test_a_name_imports_its_module_and_only_what_that_needs() -> None:
     assert "irqbypass.topology" not in loaded and "pluggy" not in loaded
 
 
-@pytest.mark.parametrize("name", irqbypass.__all__)
-def test_every_public_name_is_its_modules_object(name: str) -> None:
-    value = getattr(irqbypass, name)
-    module = importlib.import_module(f"irqbypass.{irqbypass._WHERE[name]}")
+#: the public modules (the API's tiers) and each one's names, as (tier, name)
+TIERS = {"irqbypass": irqbypass, "plugin": irqbypass.plugin, "system": irqbypass.system}
+PUBLIC = [(tier, name) for tier, module in TIERS.items() for name in module.__all__]
+
+
+def where(module: object) -> dict[str, str]:
+    """A tier's names, each with the implementation module it comes from."""
+    modules: dict[str, tuple[str, ...]] = module._MODULES  # type: ignore[attr-defined]
+    return {name: home for home, names in modules.items() for name in names}
+
+
+@pytest.mark.parametrize(("tier", "name"), PUBLIC)
+def test_every_public_name_is_its_modules_object(tier: str, name: str) -> None:
+    value = getattr(TIERS[tier], name)
+    module = importlib.import_module(f"irqbypass.{where(TIERS[tier])[name]}")
     assert value is getattr(module, name)
 
 
-def test_every_public_name_has_a_module_and_nothing_else_does() -> None:
-    assert set(irqbypass._WHERE) == set(irqbypass.__all__)
-    assert set(irqbypass.__all__) <= set(dir(irqbypass))
+@pytest.mark.parametrize("tier", TIERS)
+def test_every_public_name_has_a_module_and_nothing_else_does(tier: str) -> None:
+    module = TIERS[tier]
+    assert set(where(module)) == set(module.__all__)
+    assert set(module.__all__) <= set(dir(module))
     with pytest.raises(AttributeError, match="no attribute 'Eventfdd'"):
-        irqbypass.Eventfdd  # noqa: B018
+        module.Eventfdd  # noqa: B018
+
+
+def test_a_from_import_goes_through_getattr_too() -> None:
+    assert set(irqbypass._WHERE) == set(irqbypass.__all__)
     from irqbypass import Topology  # from-imports go through __getattr__ too
 
     assert Topology is irqbypass.topology.Topology
+
+
+@pytest.mark.parametrize("tier", ["plugin", "system", "testing"])
+def test_importing_a_tier_imports_none_of_the_implementation(tier: str) -> None:
+    """A plugin imports irqbypass.plugin at its top: that must cost no module of the
+    core (testing holds the device models' base: it imports the Eventfd, nothing more)."""
+    loaded = {m for m in modules_after(f"import irqbypass.{tier}") if m.startswith("irqbypass.")}
+    eventfd = {"irqbypass.eventfd", "irqbypass.errors", "irqbypass.options"}
+    assert loaded <= ({f"irqbypass.{tier}"} | (eventfd if tier == "testing" else set()))
+    if tier != "testing":  # (the Eventfd's options import difflib)
+        assert not set(HEAVY) & modules_after(f"import irqbypass.{tier}")
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["check", "--help"]])

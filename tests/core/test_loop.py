@@ -1,4 +1,4 @@
-"""The event loop's contract (irqbypass.EventLoop): readers, timers, removal,
+"""The event loop's contract (irqbypass.plugin.EventLoop): readers, timers, removal,
 faults, the watchdog, close, use from other threads, asyncio, signals.
 
 Every wait is for a condition, with a generous hang guard; nothing here
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 
 GUARD = 60.0  # seconds: a hang guard, never a speed limit
@@ -30,15 +31,15 @@ def until(condition: Callable[[], object], what: str) -> None:
 
 
 @pytest.fixture
-def loop() -> Iterator[irqbypass.EventLoop]:
-    own = irqbypass.EventLoop(name="test-loop", watchdog_seconds=0.2)
+def loop() -> Iterator[irqbypass.plugin.EventLoop]:
+    own = irqbypass.plugin.EventLoop(name="test-loop", watchdog_seconds=0.2)
     try:
         yield own
     finally:
         own.close()
 
 
-def test_a_reader_is_called_when_its_eventfd_is_signalled(loop: irqbypass.EventLoop) -> None:
+def test_a_reader_is_called_when_its_eventfd_is_signalled(loop: irqbypass.plugin.EventLoop) -> None:
     got: list[int] = []
     with irqbypass.Eventfd() as token:
         handle = loop.add_reader(token, lambda: got.append(token.read(0)), owner="reader")
@@ -53,7 +54,7 @@ def test_a_reader_is_called_when_its_eventfd_is_signalled(loop: irqbypass.EventL
     assert threading.current_thread() is threading.main_thread()
 
 
-def test_callbacks_run_on_the_loop_thread(loop: irqbypass.EventLoop) -> None:
+def test_callbacks_run_on_the_loop_thread(loop: irqbypass.plugin.EventLoop) -> None:
     seen: list[threading.Thread] = []
     loop.call_later(0.0, lambda: seen.append(threading.current_thread()), owner="t")
     until(lambda: seen, "the timer runs")
@@ -61,7 +62,7 @@ def test_callbacks_run_on_the_loop_thread(loop: irqbypass.EventLoop) -> None:
     assert seen[0] is not threading.main_thread()
 
 
-def test_one_shot_and_periodic_timers(loop: irqbypass.EventLoop) -> None:
+def test_one_shot_and_periodic_timers(loop: irqbypass.plugin.EventLoop) -> None:
     ticks: list[str] = []
     once = loop.call_later(0.01, lambda: ticks.append("once"), owner="once")
     every = loop.call_every(0.005, lambda: ticks.append("tick"), owner="every")
@@ -74,7 +75,7 @@ def test_one_shot_and_periodic_timers(loop: irqbypass.EventLoop) -> None:
     assert ticks.count("tick") == stopped, "a cancelled periodic timer does not run again"
 
 
-def test_timers_run_in_deadline_order(loop: irqbypass.EventLoop) -> None:
+def test_timers_run_in_deadline_order(loop: irqbypass.plugin.EventLoop) -> None:
     order: list[int] = []
     gate = threading.Event()
     loop.call_later(0.0, lambda: gate.wait(GUARD), owner="gate")  # holds the loop while we add
@@ -85,12 +86,12 @@ def test_timers_run_in_deadline_order(loop: irqbypass.EventLoop) -> None:
     assert order == [1, 2, 3]
 
 
-def test_a_callback_may_remove_itself_and_others(loop: irqbypass.EventLoop) -> None:
+def test_a_callback_may_remove_itself_and_others(loop: irqbypass.plugin.EventLoop) -> None:
     """Removal during a callback: a handle cancelled by an earlier callback of the
     same turn is not called, and a callback may cancel its own handle."""
     calls: list[str] = []
     with irqbypass.Eventfd() as a, irqbypass.Eventfd() as b:
-        handles: dict[str, irqbypass.LoopHandle] = {}
+        handles: dict[str, irqbypass.plugin.LoopHandle] = {}
 
         def on_a() -> None:
             calls.append("a")
@@ -129,7 +130,7 @@ def test_a_callback_may_remove_itself_and_others(loop: irqbypass.EventLoop) -> N
 
 
 def test_a_raising_callback_is_removed_and_reported_and_others_go_on(
-    loop: irqbypass.EventLoop, caplog: pytest.LogCaptureFixture
+    loop: irqbypass.plugin.EventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     ticks: list[int] = []
     with caplog.at_level(logging.ERROR, logger="irqbypass.loop"):
@@ -153,7 +154,7 @@ def test_a_raising_callback_is_removed_and_reported_and_others_go_on(
     good.cancel()
 
 
-def test_a_raising_reader_is_removed(loop: irqbypass.EventLoop) -> None:
+def test_a_raising_reader_is_removed(loop: irqbypass.plugin.EventLoop) -> None:
     with irqbypass.Eventfd() as token:
 
         def broken() -> None:
@@ -168,7 +169,7 @@ def test_a_raising_reader_is_removed(loop: irqbypass.EventLoop) -> None:
 
 
 def test_a_blocking_callback_is_named_by_the_watchdog(
-    loop: irqbypass.EventLoop, caplog: pytest.LogCaptureFixture
+    loop: irqbypass.plugin.EventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The watchdog names a callback that runs too long while it still runs,
     and the other callbacks run again once it returns."""
@@ -188,7 +189,7 @@ def test_a_blocking_callback_is_named_by_the_watchdog(
         tick.cancel()
 
 
-def test_a_fault_is_logged_before_it_is_recorded(loop: irqbypass.EventLoop) -> None:
+def test_a_fault_is_logged_before_it_is_recorded(loop: irqbypass.plugin.EventLoop) -> None:
     """Whoever finds a fault in ``faults`` finds it logged too: the watchdog
     tells from its own thread, and a reader of ``faults`` that then looked for
     the log line missed it now and then (seen once in test_a_blocking_callback_
@@ -224,7 +225,7 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookA
 
 
 def test_the_watchdog_survives_a_check_that_raises(
-    loop: irqbypass.EventLoop,
+    loop: irqbypass.plugin.EventLoop,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
     thread_errors: list[threading.ExceptHookArgs],
@@ -254,7 +255,7 @@ def test_the_watchdog_survives_a_check_that_raises(
 
 
 def test_a_patched_time_sleep_does_not_reach_the_watchdog(
-    loop: irqbypass.EventLoop,
+    loop: irqbypass.plugin.EventLoop,
     monkeypatch: pytest.MonkeyPatch,
     thread_errors: list[threading.ExceptHookArgs],
 ) -> None:
@@ -278,7 +279,7 @@ def test_a_patched_time_sleep_does_not_reach_the_watchdog(
 
 
 def test_cancel_from_another_thread_waits_for_a_running_callback(
-    loop: irqbypass.EventLoop,
+    loop: irqbypass.plugin.EventLoop,
 ) -> None:
     """What close() relies on: after cancel() returns, the callback neither
     runs nor will run (so the caller may release what it uses)."""
@@ -304,7 +305,7 @@ def test_cancel_from_another_thread_waits_for_a_running_callback(
     assert finished == [True], "never again"
 
 
-def test_registration_from_many_threads(loop: irqbypass.EventLoop) -> None:
+def test_registration_from_many_threads(loop: irqbypass.plugin.EventLoop) -> None:
     counts: list[int] = []
     lock = threading.Lock()
     tokens = [irqbypass.Eventfd() for _ in range(40)]
@@ -332,7 +333,7 @@ def test_registration_from_many_threads(loop: irqbypass.EventLoop) -> None:
             token.close()
 
 
-def test_close_with_callbacks_pending(loop: irqbypass.EventLoop) -> None:
+def test_close_with_callbacks_pending(loop: irqbypass.plugin.EventLoop) -> None:
     ran: list[str] = []
     with irqbypass.Eventfd() as token:
         reader = loop.add_reader(token, lambda: ran.append("reader"), owner="r")
@@ -350,7 +351,7 @@ def test_close_with_callbacks_pending(loop: irqbypass.EventLoop) -> None:
 
 
 def test_a_token_closed_under_its_reader_is_noticed_and_its_number_kept(
-    loop: irqbypass.EventLoop,
+    loop: irqbypass.plugin.EventLoop,
 ) -> None:
     """The loop borrows an Eventfd it watches: closing it drops the reader,
     calls the callback once more (its read raises), and no new eventfd takes
@@ -372,7 +373,7 @@ def test_a_token_closed_under_its_reader_is_noticed_and_its_number_kept(
 
 
 def test_bad_arguments_are_refused() -> None:
-    own = irqbypass.EventLoop()
+    own = irqbypass.plugin.EventLoop()
     try:
         with pytest.raises(irqbypass.InvalidEndpointError, match="owner"):
             own.call_later(0.0, lambda: None, owner="")
@@ -394,7 +395,7 @@ def test_bad_arguments_are_refused() -> None:
         own.close()
 
 
-def test_the_loop_threads_block_signals(loop: irqbypass.EventLoop) -> None:
+def test_the_loop_threads_block_signals(loop: irqbypass.plugin.EventLoop) -> None:
     """Ctrl-C always reaches the main thread: the loop's threads block every
     asynchronous signal, so the kernel never picks them for SIGINT."""
     masks: list[set[signal.Signals]] = []
@@ -423,7 +424,7 @@ def test_the_process_loop_is_one_loop() -> None:
 def test_the_loop_runs_inside_asyncio_with_no_thread() -> None:
     """Embedding: attached to an asyncio loop, the same readers and timers run
     on asyncio's thread, and the loop starts no thread of its own."""
-    own = irqbypass.EventLoop(name="asyncio-loop")
+    own = irqbypass.plugin.EventLoop(name="asyncio-loop")
     seen: list[tuple[str, threading.Thread]] = []
 
     async def main() -> None:
@@ -459,7 +460,7 @@ def test_the_loop_runs_inside_asyncio_with_no_thread() -> None:
 
 
 def test_attach_after_the_thread_started_is_refused() -> None:
-    own = irqbypass.EventLoop()
+    own = irqbypass.plugin.EventLoop()
     try:
         own.start()
 

@@ -14,6 +14,7 @@ from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from cli_support import pair, run, topology
 
@@ -59,21 +60,21 @@ def test_a_missing_required_option_fails_check(tmp_path: Path) -> None:
     ],
 )
 def test_every_getter_takes_required(read: object, given: object, expected: object) -> None:
-    assert read(irqbypass.Options({"k": given})) == expected  # type: ignore[operator]
+    assert read(irqbypass.plugin.Options({"k": given})) == expected  # type: ignore[operator]
     with pytest.raises(irqbypass.ConfigError, match="missing required option 'k'") as info:
-        read(irqbypass.Options({}, where="producers[0].options", file="f"))  # type: ignore[operator]
+        read(irqbypass.plugin.Options({}, where="producers[0].options", file="f"))  # type: ignore[operator]
     assert info.value.key == "producers[0].options.k"
-    assert irqbypass.Options({}).get_int("k", 5) == 5, "a default still works"
+    assert irqbypass.plugin.Options({}).get_int("k", 5) == 5, "a default still works"
 
 
 class _BrokenKinds:
-    @irqbypass.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
         register.producer("half", _never)
         raise RuntimeError("registration is broken")
 
 
-def _never(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+def _never(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
     raise AssertionError("never built")
 
 
@@ -146,9 +147,9 @@ def test_an_availability_check_gets_the_entry_s_options_positionally() -> None:
     from irqbypass.kinds import KindRegistry
 
     registry = KindRegistry()
-    irqbypass.KindRegistrar("p", registry).consumer("c", _never, availability=entry_check)
-    irqbypass.KindRegistrar("p", registry).producer("m", _never, availability=lambda: None)
-    irqbypass.KindRegistrar("p", registry).producer("bad", _never, availability=lambda: 0)  # type: ignore[arg-type,return-value]
+    irqbypass.plugin.KindRegistrar("p", registry).consumer("c", _never, availability=entry_check)
+    irqbypass.plugin.KindRegistrar("p", registry).producer("m", _never, availability=lambda: None)
+    irqbypass.plugin.KindRegistrar("p", registry).producer("bad", _never, availability=lambda: 0)  # type: ignore[arg-type,return-value]
     kind = registry.get("consumer", "c")
     assert kind.unavailable_reason({"device": "/nonexistent"}) == "no"
     assert kind.unavailable_reason() is None and seen[-1] == {}
@@ -162,13 +163,13 @@ def test_availability_is_typed_with_both_forms(tmp_path: Path) -> None:
     source.write_text(
         "from collections.abc import Mapping\n"
         "from typing import Any\n"
-        "import irqbypass\n\n"
+        "import irqbypass\nimport irqbypass.plugin\n\n"
         "def machine() -> str | None:\n    return None\n\n"
         "def entry(options: Mapping[str, Any]) -> str | None:\n    return None\n\n"
         "def wrong(a: int, b: int) -> str | None:\n    return None\n\n"
-        "def factory(spec: irqbypass.EndpointSpec) -> irqbypass.Producer:\n"
+        "def factory(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Producer:\n"
         "    raise NotImplementedError\n\n"
-        "def register(r: irqbypass.KindRegistrar) -> None:\n"
+        "def register(r: irqbypass.plugin.KindRegistrar) -> None:\n"
         "    r.producer('a', factory, availability=machine)\n"
         "    r.producer('b', factory, availability=entry)\n"
         "    r.producer('c', factory, availability=wrong)\n"
@@ -181,7 +182,7 @@ def test_availability_is_typed_with_both_forms(tmp_path: Path) -> None:
         check=False,
     )
     errors = [ln for ln in result.stdout.splitlines() if ": error:" in ln]
-    assert len(errors) == 1 and "typed_kinds.py:20:" in errors[0], result.stdout
+    assert len(errors) == 1 and "typed_kinds.py:21:" in errors[0], result.stdout
 
 
 def test_a_stop_failure_at_registration_is_said_once_and_short(tmp_path: Path) -> None:
@@ -341,8 +342,8 @@ def test_configure_hands_each_plugin_its_own_table_from_python() -> None:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        @irqbypass.hookimpl
-        def irqbypass_configure(self, options: irqbypass.Options) -> None:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_configure(self, options: irqbypass.plugin.Options) -> None:
             seen[self.name] = {"level": options.get_int("level", 0)}
             options.finish()
 
@@ -387,9 +388,9 @@ def test_a_running_topology_s_status_lists_its_vetoed_pairs(no_env: None) -> Non
 
 
 class _BrokenHook:
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(
-        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, partner: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         raise RuntimeError("the hook is broken")
         yield  # a wrapper: the generator that never gets here
@@ -415,7 +416,7 @@ def faulty_plugin_sink(token: irqbypass.Eventfd) -> irqbypass.Consumer:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Rate(irqbypass.Settings):
+class _Rate(irqbypass.plugin.Settings):
     """A kind's settings: a rate, and a burst no larger than it."""
 
     rate: int = 1
@@ -441,15 +442,15 @@ def test_settings_are_checked_once_made_and_say_whose_they_are() -> None:
         _Rate().rate = 3  # type: ignore[misc]
     with (
         pytest.raises(irqbypass.InvalidEndpointError) as info,
-        irqbypass.Settings.naming("mock producer 'p'"),
+        irqbypass.plugin.Settings.naming("mock producer 'p'"),
     ):
         _Rate(rate=2, burst=3)
     assert str(info.value) == "mock producer 'p': burst 3 exceeds rate 2; lower burst"
-    opts = irqbypass.Options({"burst": 3}, where="producers[0].options", file="t.toml")
+    opts = irqbypass.plugin.Options({"burst": 3}, where="producers[0].options", file="t.toml")
     with (
         pytest.raises(irqbypass.ConfigError) as config,
         opts.refusals(),
-        irqbypass.Settings.naming("mock producer 'p'"),
+        irqbypass.plugin.Settings.naming("mock producer 'p'"),
     ):
         _Rate(rate=2, burst=3)
     assert (config.value.file, config.value.key) == ("t.toml", "producers[0].options.burst")
@@ -457,7 +458,7 @@ def test_settings_are_checked_once_made_and_say_whose_they_are() -> None:
     with (
         pytest.raises(irqbypass.ConfigError) as whole,
         opts.refusals(),
-        irqbypass.Settings.naming("mock producer 'p'"),
+        irqbypass.plugin.Settings.naming("mock producer 'p'"),
     ):
         _Rate(rate=0)
     assert whole.value.key == "producers[0].options"
@@ -472,13 +473,13 @@ def test_a_named_refusal_keeps_its_errno() -> None:
     keeps it once named; one without has EINVAL, as any InvalidEndpointError."""
     with (
         pytest.raises(irqbypass.InvalidEndpointError) as info,
-        irqbypass.Settings.naming("mock producer 'p'"),
+        irqbypass.plugin.Settings.naming("mock producer 'p'"),
     ):
-        raise irqbypass.Settings.refuse("the name is too long", errno=36)
+        raise irqbypass.plugin.Settings.refuse("the name is too long", errno=36)
     assert (info.value.errno, info.value.message) == (36, "mock producer 'p': the name is too long")
     with (
         pytest.raises(irqbypass.InvalidEndpointError) as plain,
-        irqbypass.Settings.naming("mock producer 'p'"),
+        irqbypass.plugin.Settings.naming("mock producer 'p'"),
     ):
         _Rate(rate=0)
     assert plain.value.errno == 22

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
@@ -32,7 +33,7 @@ class Sink(irqbypass.Consumer):
     def add_producer(self, producer): pass
     def del_producer(self, producer): pass
 
-@irqbypass.hookimpl
+@irqbypass.plugin.hookimpl
 def irqbypass_register_kinds(register):
     register.consumer("extra-sink", lambda spec: Sink(token=spec.token, name=spec.name))
 """
@@ -140,7 +141,7 @@ def test_duplicate_kind_names_both_plugins(site: Path) -> None:
         "othermock_mod",
         """
         import irqbypass
-        @irqbypass.hookimpl
+        @irqbypass.plugin.hookimpl
         def irqbypass_register_kinds(register):
             register.producer("mock", lambda spec: None)
             register.producer("othermock", lambda spec: None)
@@ -161,13 +162,13 @@ def test_duplicate_kind_names_both_plugins(site: Path) -> None:
 
 def test_register_kinds_raising_is_reported_per_plugin() -> None:
     class Good:
-        @irqbypass.hookimpl
-        def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
             register.producer("good", lambda spec: irqbypass.Producer(token=spec.token))
 
     class Bad:
-        @irqbypass.hookimpl
-        def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
             register.producer("half", lambda spec: irqbypass.Producer(token=spec.token))
             raise RuntimeError("kind table corrupt")
 
@@ -181,7 +182,7 @@ def test_register_kinds_raising_is_reported_per_plugin() -> None:
 
 def test_wrong_hook_signature_is_refused_with_name() -> None:
     class Wrong:
-        @irqbypass.hookimpl
+        @irqbypass.plugin.hookimpl
         def irqbypass_stop(self, endpoint: object, side: str, extra: int) -> None: ...
 
     host = irqbypass.PluginHost()
@@ -199,8 +200,8 @@ def test_unknown_kind_suggests_the_closest() -> None:
 
 def test_in_process_registration_is_undone() -> None:
     class Kinds:
-        @irqbypass.hookimpl
-        def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
             register.consumer("inproc", lambda spec: None)  # type: ignore[arg-type,return-value]
 
     host = irqbypass.PluginHost()
@@ -211,8 +212,8 @@ def test_in_process_registration_is_undone() -> None:
 
 def test_availability_reason() -> None:
     class Kinds:
-        @irqbypass.hookimpl
-        def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
             register.consumer("never", lambda spec: None, availability=lambda: "no device")  # type: ignore[arg-type,return-value]
             register.consumer("crashy", lambda spec: None, availability=lambda: 1 // 0)  # type: ignore[arg-type,return-value]
 

@@ -12,6 +12,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from recorders import (
     CONNECT,
@@ -34,22 +35,22 @@ class PassThrough:
         self.seen.append((hook, side))
         yield
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self.seen.append(("add", side))
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self.seen.append(("del", side))
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.seen.append(("stop", side))
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.seen.append(("start", side))
         return (yield)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass.config import parse_config
 from irqbypass.topology import Topology
@@ -26,7 +27,7 @@ class Journal:
         if what in self.fail:
             raise OSError(5, f"{what} failed")
 
-    def make(self, spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+    def make(self, spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
         journal = self
         opts = spec.options_reader()
         opts.finish()
@@ -57,8 +58,8 @@ class Journal:
         cls = Source if spec.side == "producer" else Sink
         return cls(token=spec.token, name=spec.name)
 
-    @irqbypass.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
         register.producer("j-src", self.make)
         register.consumer("j-sink", self.make)
         register.consumer("j-absent", self.make, availability=lambda: "no such device here")
@@ -273,9 +274,9 @@ class Batch(irqbypass.Consumer):
 
 
 class BatchPlugin:
-    @irqbypass.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
-        def make(spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
+        def make(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
             spec.options_reader().finish()
             return Batch(token=spec.token, name=spec.name)
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass.config import parse_config
 from irqbypass.topology import Topology, differences
@@ -40,7 +41,7 @@ class Recorder:
     def of(self, name: str) -> list[str]:
         return [e for e in self.log if e.split()[1] == name]
 
-    def make(self, spec: irqbypass.EndpointSpec) -> irqbypass.Endpoint:
+    def make(self, spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
         rec = self
         opts = spec.options_reader()
         level = opts.get_int("level", 0)
@@ -90,8 +91,8 @@ class Recorder:
         cls = Source if spec.side == "producer" else Sink
         return cls(token=spec.token, name=spec.name)
 
-    @irqbypass.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
         register.producer("rec-src", self.make)
         register.consumer("rec-sink", self.make)
         register.consumer("rec-absent", self.make, availability=lambda: "no such device here")

@@ -24,22 +24,27 @@ THIRD_PARTY = """\
 from collections.abc import Generator
 
 import irqbypass
+import irqbypass.plugin
 import irqbypass_kvm
 from irqbypass_mock import MockProducer
 
 
-def consumer(host: irqbypass.PluginHost, spec: irqbypass.EndpointSpec) -> irqbypass.Consumer:
+def consumer(
+    host: irqbypass.PluginHost, spec: irqbypass.plugin.EndpointSpec
+) -> irqbypass.Consumer:
     return host.kinds.get("consumer", "kvm-irqfd").factory(spec)  # no isinstance
 
 
-def producer(kinds: irqbypass.KindRegistry, spec: irqbypass.EndpointSpec) -> irqbypass.Producer:
+def producer(
+    kinds: irqbypass.plugin.KindRegistry, spec: irqbypass.plugin.EndpointSpec
+) -> irqbypass.Producer:
     return kinds.get("producer", "mock").factory(spec)
 
 
 class Audit:
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(
-        self, endpoint: irqbypass.Endpoint, side: irqbypass.Side
+        self, endpoint: irqbypass.Endpoint, side: irqbypass.plugin.Side
     ) -> Generator[None, None, None]:
         return (yield)
 
@@ -49,7 +54,7 @@ def stop(host: irqbypass.PluginHost, endpoint: irqbypass.Endpoint) -> list[None]
 
 
 reveal_type(irqbypass_kvm.unavailable_reason())
-side: irqbypass.Side = "both"  # ERROR
+side: irqbypass.plugin.Side = "both"  # ERROR
 name: int = MockProducer(token=1).name  # ERROR
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 
 #: name -> count, printed at the end of the session (see conftest.py)
 COUNTERS: collections.Counter[str] = collections.Counter()
@@ -156,24 +157,24 @@ class Wrapper:
         self.log = log
         self.veto = veto
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self.log.append(f"W add {endpoint.name}")
         if self.veto and getattr(endpoint, "veto", False):
             raise Veto(f"veto {endpoint.name}")
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self.log.append(f"W del {endpoint.name}")
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.log.append(f"W stop {endpoint.name}")
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.log.append(f"W start {endpoint.name}")
         return (yield)

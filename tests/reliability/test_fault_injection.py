@@ -14,6 +14,7 @@ from collections.abc import Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from rel_support import COUNTERS, Boom, RConsumer, RProducer, Wrapper
 
@@ -43,22 +44,22 @@ class FailingHook:
         if step == self.step and endpoint.name == self.name:
             raise self.exc(f"hook {step} {endpoint.name} refused")
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self._maybe_fail("add", endpoint)
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         self._maybe_fail("del", endpoint)
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self._maybe_fail("stop", endpoint)
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self._maybe_fail("start", endpoint)
         return (yield)

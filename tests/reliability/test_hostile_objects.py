@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_logging import LoggingConsumer
 from irqbypass_mock import MockProducer
@@ -156,7 +157,7 @@ ENTRY_POINTS: dict[str, Callable[[Any], Callable[[], object]]] = {
     "Eventfd.write(value)": lambda h: _eventfd(lambda e: e.write(h)),
     "Eventfd.read(timeout)": lambda h: _eventfd(lambda e: e.read(h)),
     "Eventfd.__eq__(other)": lambda h: _eventfd(lambda e: (e.__eq__(h), e.__ne__(h))),
-    "HoldingEventfd.replay(token)": lambda h: lambda: irqbypass.HoldingEventfd().replay(h),
+    "HoldingEventfd.replay(token)": lambda h: lambda: irqbypass.plugin.HoldingEventfd().replay(h),
     "Topology(config)": lambda h: lambda: irqbypass.Topology(h, irqbypass.PluginHost()),
     "Topology(plugins)": lambda h: lambda: irqbypass.Topology(_config(), h),
     "Topology(manager)": lambda h: lambda: irqbypass.Topology(_config(), irqbypass.PluginHost(), h),
@@ -234,9 +235,9 @@ def test_a_factory_raising_an_unprintable_exception_is_reported_by_name() -> Non
     error handler), hiding which plugin failed."""
 
     class Plugin:
-        @irqbypass.hookimpl
-        def irqbypass_register_kinds(self, register: irqbypass.KindRegistrar) -> None:
-            def factory(spec: irqbypass.EndpointSpec) -> irqbypass.Producer:
+        @irqbypass.plugin.hookimpl
+        def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
+            def factory(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Producer:
                 raise UnprintableError()
 
             register.producer("evil", factory)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass.config import parse_config
 from irqbypass.topology import Topology
@@ -33,12 +34,12 @@ class Callbacks:
     def __init__(self) -> None:
         self.count: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.count[(endpoint.name, "stop")] += 1
         return (yield)
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_start(self, endpoint: Any, side: str) -> Generator[None, None, None]:
         self.count[(endpoint.name, "start")] += 1
         return (yield)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.system
 import pytest
 from irqbypass import metrics, paths
 from rel_support import COUNTERS
@@ -156,11 +157,11 @@ def test_a_link_in_the_middle_of_a_path_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     (target / "sub").mkdir(parents=True)
     (tmp_path / "link").symlink_to(target)
-    with pytest.raises(irqbypass.UnsafePathError, match="symbolic link") as caught:
+    with pytest.raises(irqbypass.system.UnsafePathError, match="symbolic link") as caught:
         paths.open_directory(str(tmp_path / "link" / "sub"))
     assert "(at " in str(caught.value) and caught.value.errno in (errno.ELOOP, errno.ENOTDIR)
-    with pytest.raises(irqbypass.UnsafePathError, match="symbolic link"):
-        irqbypass.open_file(str(tmp_path / "link" / "sub" / "f"), os.O_RDWR | os.O_CREAT)
+    with pytest.raises(irqbypass.system.UnsafePathError, match="symbolic link"):
+        irqbypass.system.open_file(str(tmp_path / "link" / "sub" / "f"), os.O_RDWR | os.O_CREAT)
     assert not (target / "sub" / "f").exists()
 
 
@@ -171,7 +172,7 @@ def test_a_link_in_the_middle_never_redirects_the_textfile(
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "node.prom").write_text("root's own\n")
     (tmp_path / "link").symlink_to(victim)
-    with pytest.raises(irqbypass.UnsafePathError, match="symbolic link"):
+    with pytest.raises(irqbypass.system.UnsafePathError, match="symbolic link"):
         exporter.write_to(str(tmp_path / "link" / "sub" / "node.prom"))
     assert (victim / "sub" / "node.prom").read_text() == "root's own\n"
 

@@ -8,6 +8,7 @@ from collections.abc import Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 import rel_support
 
@@ -175,14 +176,14 @@ def test_unhashable_lookups_answer_none_not_typeerror() -> None:
 class Vetoer:
     """A wrapper plugin that refuses every add before the method runs."""
 
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         raise PermissionError("policy forbids this pair")
         yield  # pragma: no cover
 
 
 class Passer:
-    @irqbypass.hookimpl(wrapper=True)
+    @irqbypass.plugin.hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
         return (yield)
 

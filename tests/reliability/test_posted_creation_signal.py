@@ -14,6 +14,7 @@ from typing import Any
 
 import interrupts
 import irqbypass
+import irqbypass.plugin
 import irqbypass_posted._backing as backing_module
 import irqbypass_posted._consumer as consumer_module
 import irqbypass_posted._descriptor as descriptor_module
@@ -101,7 +102,7 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
-def posted_handles() -> list[irqbypass.LoopHandle]:
+def posted_handles() -> list[irqbypass.plugin.LoopHandle]:
     return [h for h in irqbypass.event_loop().handles() if "posted-interrupt" in h.owner]
 
 

@@ -4,6 +4,7 @@ through a Manager, across mask/unmask and across a retarget (set_msi)."""
 from __future__ import annotations
 
 import irqbypass
+import irqbypass.plugin
 import irqbypass_kvm
 import pytest
 from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute, guest
@@ -153,7 +154,7 @@ def test_set_msi_retargets_a_live_vector_and_interrupts_follow_the_route(
 def test_the_own_guest_in_x2apic_mode_from_a_topology_entry(kvm_usable: None) -> None:
     spec_options = {"vm": "guest", "apic": "x2apic", "msi": {"address": 0xFEE00000, "data": 0x45}}
     with irqbypass.Eventfd() as token:
-        spec = irqbypass.EndpointSpec(
+        spec = irqbypass.plugin.EndpointSpec(
             name="own", kind="kvm-irqfd", side="consumer", token=token, options=spec_options
         )
         consumer = KvmIrqfdConsumer.from_spec(spec)

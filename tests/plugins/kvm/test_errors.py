@@ -8,13 +8,14 @@ import tempfile
 from collections.abc import Iterator
 
 import irqbypass
+import irqbypass.plugin
 import irqbypass_kvm
 import pytest
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
 
 
-def spec(token: irqbypass.Eventfd, **options: object) -> irqbypass.EndpointSpec:
-    return irqbypass.EndpointSpec(
+def spec(token: irqbypass.Eventfd, **options: object) -> irqbypass.plugin.EndpointSpec:
+    return irqbypass.plugin.EndpointSpec(
         name="k0",
         kind="kvm-irqfd",
         side="consumer",

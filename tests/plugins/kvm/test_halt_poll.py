@@ -6,14 +6,15 @@ from __future__ import annotations
 import errno
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_kvm import Guest, KvmIrqfdConsumer, Vm, _abi
 
 N = 50
 
 
-def spec(token: irqbypass.Eventfd, **options: object) -> irqbypass.EndpointSpec:
-    return irqbypass.EndpointSpec(
+def spec(token: irqbypass.Eventfd, **options: object) -> irqbypass.plugin.EndpointSpec:
+    return irqbypass.plugin.EndpointSpec(
         name="k0",
         kind="kvm-irqfd",
         side="consumer",

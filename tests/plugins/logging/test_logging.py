@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 import pytest
 from irqbypass_logging import LoggingConsumer
 
@@ -60,7 +62,7 @@ def test_requires_an_eventfd_token() -> None:
 def test_bad_level_refused() -> None:
     with pytest.raises(irqbypass.InvalidEndpointError, match="unknown level"):
         LoggingConsumer(token="x", level="LOUD")
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="l", kind="logging", side="consumer", token="x", options={"level": "LOUD"}
     )
     with pytest.raises(irqbypass.ConfigError, match="is not one of"):
@@ -74,7 +76,7 @@ def test_json_file_symlink_is_refused(tmp_path: Path) -> None:
     link.symlink_to(target)
     with irqbypass.Eventfd() as efd:
         consumer = LoggingConsumer(token=efd, json_file=str(link))
-        with pytest.raises(irqbypass.UnsafePathError, match="symbolic link") as info:
+        with pytest.raises(irqbypass.system.UnsafePathError, match="symbolic link") as info:
             consumer.open()
         assert info.value.errno == errno.ELOOP
         consumer.close()  # nothing was started: a no-op
@@ -107,10 +109,10 @@ def test_another_users_world_writable_file_is_refused(tmp_path: Path) -> None:
     os.chmod(path, 0o666)
     with irqbypass.Eventfd() as efd:
         consumer = LoggingConsumer(token=efd, json_file=str(path))
-        with pytest.raises(irqbypass.UnsafePathError, match=f"owned by uid {nobody}"):
+        with pytest.raises(irqbypass.system.UnsafePathError, match=f"owned by uid {nobody}"):
             consumer.open()
         os.chown(path, 0, 0)  # ours now, but still writable by others
-        with pytest.raises(irqbypass.UnsafePathError, match="writable by group or others"):
+        with pytest.raises(irqbypass.system.UnsafePathError, match="writable by group or others"):
             consumer.open()
         consumer.close()
     assert path.read_text() == ""

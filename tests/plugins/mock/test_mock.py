@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_mock import MockProducer
 
@@ -96,8 +97,8 @@ def test_direct_path_replaces_the_eventfd() -> None:
 
 
 def test_from_spec_validates_options() -> None:
-    def spec(**options: object) -> irqbypass.EndpointSpec:
-        return irqbypass.EndpointSpec(
+    def spec(**options: object) -> irqbypass.plugin.EndpointSpec:
+        return irqbypass.plugin.EndpointSpec(
             name="m", kind="mock", side="producer", token="t", options=options,
             key_path="producers[0]", file="f.toml",
         )  # fmt: skip

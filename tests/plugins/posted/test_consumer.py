@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_mock import MockProducer
 from irqbypass_posted import PostedDescriptor, PostedInterruptConsumer, PostedSettings
@@ -281,7 +282,7 @@ def test_topology_pair_through_plugins() -> None:
     ],
 )
 def test_bad_options_are_refused(options: dict[str, object], message: str) -> None:
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c", kind="posted-interrupt", side="consumer", token="t", options=options
     )
     with pytest.raises(irqbypass.ConfigError, match=message):
@@ -290,7 +291,7 @@ def test_bad_options_are_refused(options: dict[str, object], message: str) -> No
 
 def test_options_reach_the_descriptor(tmp_path: Path) -> None:
     path = tmp_path / "pid"
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c",
         kind="posted-interrupt",
         side="consumer",
@@ -313,7 +314,7 @@ def test_the_file_and_python_make_the_same_settings() -> None:
     """One frozen value, checked once, for both ways in (issue 28 item 4); a
     refusal from Python names the consumer, from a file the option."""
     options = {"vector": 45, "nv": 0xF1, "ndst": 0x300, "sn": True, "drain": True}
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c", kind="posted-interrupt", side="consumer", token="t", options=options
     )
     from_file = PostedInterruptConsumer.from_spec(spec).settings
@@ -329,7 +330,7 @@ def test_the_file_and_python_make_the_same_settings() -> None:
         "posted-interrupt consumer 'c': lock 'file' needs a file-backed descriptor; "
         "set file to a path"
     )
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c", kind="posted-interrupt", side="consumer", token="t", options={"lock": "file"}
     )
     with pytest.raises(irqbypass.ConfigError) as config:

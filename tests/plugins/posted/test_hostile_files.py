@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 import pytest
 from irqbypass_posted import RECORD_SIZE, PostedDescriptor, PostedInterruptConsumer
 
@@ -39,32 +41,32 @@ def test_another_users_descriptor_file_is_refused(tmp_path: Path) -> None:
     uid = nobody()
     path = tmp_path / "pi0"
     planted(path, mode=0o666, uid=uid)
-    with pytest.raises(irqbypass.UnsafePathError, match=f"owned by uid {uid}") as caught:
+    with pytest.raises(irqbypass.system.UnsafePathError, match=f"owned by uid {uid}") as caught:
         PostedDescriptor.attach(str(path))
     assert caught.value.errno == errno.EACCES
     # nor is it reclaimed as stale: the creator is refused with the reason
-    with pytest.raises(irqbypass.UnsafePathError, match=f"owned by uid {uid}"):
+    with pytest.raises(irqbypass.system.UnsafePathError, match=f"owned by uid {uid}"):
         PostedDescriptor(file=str(path))
 
 
 def test_a_world_writable_descriptor_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "pi0"
     planted(path, mode=0o666)
-    with pytest.raises(irqbypass.UnsafePathError, match="writable by group or others"):
+    with pytest.raises(irqbypass.system.UnsafePathError, match="writable by group or others"):
         PostedDescriptor.attach(str(path))
 
 
 def test_a_fifo_does_not_hang_attach(tmp_path: Path) -> None:
     path = tmp_path / "pi0"
     os.mkfifo(path, 0o600)
-    with pytest.raises(irqbypass.UnsafePathError, match="not a regular file"):
+    with pytest.raises(irqbypass.system.UnsafePathError, match="not a regular file"):
         PostedDescriptor.attach(str(path))
 
 
 def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     with PostedDescriptor(file=str(tmp_path / "real")):
         (tmp_path / "pi0").symlink_to(tmp_path / "real")
-        with pytest.raises(irqbypass.UnsafePathError, match="symbolic link"):
+        with pytest.raises(irqbypass.system.UnsafePathError, match="symbolic link"):
             PostedDescriptor.attach(str(tmp_path / "pi0"))
 
 
@@ -72,7 +74,7 @@ def test_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
-    with pytest.raises(irqbypass.UnsafePathError, match="writable by others"):
+    with pytest.raises(irqbypass.system.UnsafePathError, match="writable by others"):
         PostedDescriptor(file=str(shared / "pi0"))
     assert not (shared / "pi0").exists()
 
@@ -165,7 +167,7 @@ def test_a_file_that_is_not_a_record_is_refused_untouched(tmp_path: Path, conten
 def test_check_notices_a_file_that_is_not_a_record(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "passwd"
     path.write_bytes(content)
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c", kind="posted-interrupt", side="consumer", token="t", options={"file": str(path)}
     )
     with pytest.raises(irqbypass.ConfigError, match="not a posted-interrupt descriptor record"):
@@ -175,7 +177,7 @@ def test_check_notices_a_file_that_is_not_a_record(tmp_path: Path, content: byte
 
 def test_check_accepts_a_free_path_and_a_record(tmp_path: Path) -> None:
     path = tmp_path / "pi0"
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c", kind="posted-interrupt", side="consumer", token="t", options={"file": str(path)}
     )
     PostedInterruptConsumer.from_spec(spec)  # nothing there yet: open creates it
@@ -188,7 +190,7 @@ def test_check_notices_a_directory_others_can_change(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="c",
         kind="posted-interrupt",
         side="consumer",
@@ -258,7 +260,7 @@ def test_attach_refuses_memory_that_is_not_sealed(tmp_path: Path) -> None:
         record = struct.pack("<8sQQQ16s16x", b"IRQBPIR1", 8192, os.getpid(), memfd, bytes(16))
         path.write_bytes(record)
         os.chmod(path, 0o600)
-        with pytest.raises(irqbypass.UnsafePathError, match="not sealed") as caught:
+        with pytest.raises(irqbypass.system.UnsafePathError, match="not sealed") as caught:
             PostedDescriptor.attach(str(path))
         assert caught.value.errno == errno.EPERM
     finally:
@@ -282,7 +284,7 @@ def test_ctrl_c_in_the_consumers_close_leaves_no_file(
         handle_class = type(drainer)
         real_cancel = handle_class.cancel
 
-        def cancel_then_interrupt(handle: irqbypass.LoopHandle) -> None:
+        def cancel_then_interrupt(handle: irqbypass.plugin.LoopHandle) -> None:
             real_cancel(handle)
             signal.raise_signal(signal.SIGINT)  # handled as this call returns
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_vhost import VhostProducer
 
 
 def spec(
     token: irqbypass.Eventfd, irq: int | None = None, **options: object
-) -> irqbypass.EndpointSpec:
-    return irqbypass.EndpointSpec(
+) -> irqbypass.plugin.EndpointSpec:
+    return irqbypass.plugin.EndpointSpec(
         name="rx", kind="vhost", side="producer", token=token, irq=irq, options=options,
         key_path="producers[0]", file="t.toml",
     )  # fmt: skip

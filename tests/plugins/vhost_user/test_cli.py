@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_vhost_user import StorageDaemon, VhostUserProducer, VhostUserSettings
 
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def spec(
     token: irqbypass.Eventfd, irq: int | None = None, **options: object
-) -> irqbypass.EndpointSpec:
-    return irqbypass.EndpointSpec(
+) -> irqbypass.plugin.EndpointSpec:
+    return irqbypass.plugin.EndpointSpec(
         name="vq", kind="vhost-user", side="producer", token=token, irq=irq, options=options,
         key_path="producers[0]", file="t.toml",
     )  # fmt: skip

@@ -11,6 +11,7 @@ import signal
 import threading
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_logging import LoggingConsumer
 from irqbypass_vhost_user import (
@@ -430,7 +431,7 @@ def test_close_drains_before_get_vring_base(
 def test_spawn_runs_a_private_daemon_and_removes_it(
     daemon_usable: None, token: irqbypass.Eventfd
 ) -> None:
-    spec = irqbypass.EndpointSpec(
+    spec = irqbypass.plugin.EndpointSpec(
         name="blk", kind="vhost-user", side="producer", token=token, irq=None,
         options={"spawn": True}, key_path="producers[0]", file="t.toml",
     )  # fmt: skip

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Hashable, Mapping
 
 import irqbypass
+import irqbypass.plugin
 
 __all__ = ["CounterConsumer", "irqbypass_register_kinds"]
 
@@ -25,10 +26,10 @@ class CounterConsumer(irqbypass.Consumer):
         self._via_eventfd = 0
         self._via_direct = 0
         self._accepted = False
-        self._reader: irqbypass.LoopHandle | None = None
+        self._reader: irqbypass.plugin.LoopHandle | None = None
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> CounterConsumer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> CounterConsumer:
         opts = spec.options_reader()
         consumer = cls(token=spec.token, name=spec.name, direct=opts.get_bool("direct", True))
         opts.finish()
@@ -87,6 +88,6 @@ class CounterConsumer(irqbypass.Consumer):
             self._accepted = False
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("counter", CounterConsumer.from_spec)

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 
 import irqbypass
+import irqbypass.plugin
 
 __all__ = ["TickerProducer", "irqbypass_register_kinds"]
 
@@ -41,10 +42,10 @@ class TickerProducer(irqbypass.Producer):
         self._stopped = False
         self._held = 0
         self._fired = 0
-        self._timer: irqbypass.LoopHandle | None = None
+        self._timer: irqbypass.plugin.LoopHandle | None = None
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> TickerProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> TickerProducer:
         """The kind's factory: build from a topology entry, touch no device."""
         opts = spec.options_reader()
         ticker = cls(
@@ -125,6 +126,6 @@ class TickerProducer(irqbypass.Producer):
                 self._signal(held)
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.producer("ticker", TickerProducer.from_spec)

@@ -1,0 +1,59 @@
+"""System helpers: ioctl numbers and the seam to the OS, and paths others may share.
+
+A device producer's OS calls go through a :class:`Seam` (a test hands in a
+model instead, :class:`irqbypass.testing.FakeDevice`); its requests are
+numbered as ``asm-generic/ioctl.h`` numbers them (:func:`ioctl_number`). A
+path a topology names may sit in a directory another local user can write:
+:func:`open_file` and :func:`open_directory` open it without following a
+planted link and refuse what someone else owns or can change
+(:class:`UnsafePathError`).
+
+Every name is imported on first use, as :mod:`irqbypass`'s are.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _exports
+
+if TYPE_CHECKING:
+    from .paths import (
+        UnsafePathError,
+        check_owner,
+        open_directory,
+        open_file,
+        split_path,
+        trusted_uids,
+    )
+    from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
+
+#: each implementation module and the names this tier takes from it
+_MODULES: dict[str, tuple[str, ...]] = {
+    "paths": (
+        "UnsafePathError",
+        "check_owner",
+        "open_directory",
+        "open_file",
+        "split_path",
+        "trusted_uids",
+    ),
+    "seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
+}
+__getattr__, __dir__ = _exports(__name__, _MODULES, globals())
+
+
+__all__ = [
+    "IOC_NONE",
+    "IOC_READ",
+    "IOC_WRITE",
+    "RealSeam",
+    "Seam",
+    "UnsafePathError",
+    "check_owner",
+    "ioctl_number",
+    "open_directory",
+    "open_file",
+    "split_path",
+    "trusted_uids",
+]
