@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._kvm import DEFAULT_DEVICE, Vm, open_device
@@ -76,6 +77,6 @@ def _entry_unavailable(options: Mapping[str, Any]) -> str | None:
     return unavailable_reason(device)
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("kvm-irqfd", KvmIrqfdConsumer.from_spec, availability=_entry_unavailable)

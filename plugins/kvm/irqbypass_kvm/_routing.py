@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 
@@ -60,7 +61,7 @@ class MsiRoute:
                 isinstance(value, bool) or not isinstance(value, int)
             ):
                 raise irqbypass.InvalidEndpointError(
-                    f"MSI {key} must be an int, not {irqbypass.show_value(value)}"
+                    f"MSI {key} must be an int, not {irqbypass.plugin.show_value(value)}"
                 )
         if not 0 <= self.address < 2**64 or not 0 <= self.data < 2**32:
             raise irqbypass.InvalidEndpointError(

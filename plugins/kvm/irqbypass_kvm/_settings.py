@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._apic import MSI_VECTORS
@@ -43,7 +44,7 @@ VmArg = str | int | Guest | Vm
 
 Hook = Callable[["KvmIrqfdConsumer"], None]
 
-_refuse = irqbypass.Settings.refuse
+_refuse = irqbypass.plugin.Settings.refuse
 
 # -- routes: what the GSI is ---------------------------------------------------
 
@@ -323,7 +324,7 @@ Target = OwnGuest | GivenGuest | VmFd | GivenVm
 
 
 @dataclass(frozen=True)
-class KvmSettings(irqbypass.Settings):
+class KvmSettings(irqbypass.plugin.Settings):
     """The options of a kvm-irqfd consumer, and their reading: :attr:`target`
     and :attr:`route`.
 
@@ -472,7 +473,7 @@ def _check_types(settings: KvmSettings) -> None:
     for key, (ok, want) in _TYPES.items():
         value = getattr(settings, key)
         if (value is not None or key not in _NONE_OK) and not ok(value):
-            raise _refuse(f"{key} must be {want}, not {irqbypass.show_value(value)}")
+            raise _refuse(f"{key} must be {want}, not {irqbypass.plugin.show_value(value)}")
 
 
 def _check_guest_msi(msi: MsiRoute) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _batch
 from ._irqfd import Irqfd
@@ -62,7 +63,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
                 f"{what}: the token must be an irqbypass.Eventfd (KVM listens to an "
                 f"eventfd), not {type(token).__name__}"
             )
-        with irqbypass.Settings.naming(what):
+        with irqbypass.plugin.Settings.naming(what):
             settings = KvmSettings(
                 vm=vm,
                 gsi=gsi,
@@ -87,7 +88,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         self._paired_name: str | None = None
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> KvmIrqfdConsumer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> KvmIrqfdConsumer:
         """Build from a topology entry (see docs/plugins/kvm.md for the options)."""
         opts = spec.options_reader()
         vm = opts.get_raw("vm")  # the settings refuse a wrong one, naming the option
@@ -264,7 +265,7 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         return "; ".join(parts)
 
 
-def _read_msi(opts: irqbypass.Options) -> MsiRoute | None:
+def _read_msi(opts: irqbypass.plugin.Options) -> MsiRoute | None:
     raw: Any = opts.get_raw("msi")
     if raw is None:
         return None

@@ -29,6 +29,9 @@ from collections.abc import Hashable, Mapping
 from typing import IO, Any
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
+from irqbypass.plugin import show_value
 
 __all__ = ["LoggingConsumer", "irqbypass_register_kinds"]
 
@@ -80,12 +83,12 @@ class LoggingConsumer(irqbypass.Consumer):
         ):
             raise irqbypass.InvalidEndpointError(
                 f"logging consumer {self.name!r}: json_file must be a path (a non-empty str "
-                f"without NUL) or None, not {irqbypass.show_value(json_file)}"
+                f"without NUL) or None, not {show_value(json_file)}"
             )
         numeric = logging.getLevelName(level.upper())
         if not isinstance(numeric, int):
             raise irqbypass.InvalidEndpointError(
-                f"logging consumer {self.name!r}: unknown level {irqbypass.show_value(level)}; "
+                f"logging consumer {self.name!r}: unknown level {show_value(level)}; "
                 "use DEBUG, INFO, WARNING or ERROR"
             )
         self.level = numeric
@@ -97,7 +100,7 @@ class LoggingConsumer(irqbypass.Consumer):
         self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
         self._eventfd: irqbypass.Eventfd | None = None
-        self._reader: irqbypass.LoopHandle | None = None
+        self._reader: irqbypass.plugin.LoopHandle | None = None
         #: what made the loop remove the reader (its callback raised), kept after close
         self._problem: str | None = None
         self._delivered = 0
@@ -109,7 +112,7 @@ class LoggingConsumer(irqbypass.Consumer):
         self._token_closed = False
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> LoggingConsumer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> LoggingConsumer:
         opts = spec.options_reader()
         consumer = cls(
             token=spec.token,
@@ -218,22 +221,22 @@ class LoggingConsumer(irqbypass.Consumer):
             raise
 
     def _open_json(self, path: str) -> IO[str]:
-        """Append to ``path``, created 0600, through :func:`irqbypass.open_file`:
+        """Append to ``path``, created 0600, through :func:`irqbypass.system.open_file`:
         a symlink is refused, not followed; a FIFO cannot hang the open; a file
         another user owns or can write (who would read or forge our records),
         or one in a directory others can change, is refused; a character
         device root owns (/dev/null) is taken."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            fd = irqbypass.open_file(path, flags, 0o600, what="json_file", devices=True)
-        except irqbypass.UnsafePathError as exc:
-            raise irqbypass.UnsafePathError(
+            fd = irqbypass.system.open_file(path, flags, 0o600, what="json_file", devices=True)
+        except irqbypass.system.UnsafePathError as exc:
+            raise irqbypass.system.UnsafePathError(
                 f"logging consumer {self.name!r}: {exc.message}", errno=exc.errno
             ) from exc
         except OSError as exc:
             raise irqbypass.DeviceError(
                 f"logging consumer {self.name!r}: cannot open json_file "
-                f"{irqbypass.show_value(path)}: {exc.strerror}",
+                f"{show_value(path)}: {exc.strerror}",
                 errno=exc.errno,
             ) from exc
         return os.fdopen(fd, "a", encoding="utf-8")
@@ -331,6 +334,6 @@ class LoggingConsumer(irqbypass.Consumer):
         self._event("start")
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("logging", LoggingConsumer.from_spec)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 
 import irqbypass
+import irqbypass.plugin
 
 __all__ = ["MockProducer", "irqbypass_register_kinds"]
 
@@ -55,12 +56,12 @@ class MockProducer(irqbypass.Producer):
                 raise irqbypass.InvalidEndpointError(
                     f"{what}: {key} must be a finite number of "
                     f"{'interrupts per second' if key == 'rate' else 'seconds'}, "
-                    f"not {irqbypass.show_value(value)}"
+                    f"not {irqbypass.plugin.show_value(value)}"
                 )
         for key, value in (("count", count), ("burst", burst)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise irqbypass.InvalidEndpointError(
-                    f"{what}: {key} must be an int, not {irqbypass.show_value(value)}"
+                    f"{what}: {key} must be an int, not {irqbypass.plugin.show_value(value)}"
                 )
         if rate < 0 or count < UNLIMITED or burst < 1 or delay < 0:
             raise irqbypass.InvalidEndpointError(
@@ -82,14 +83,14 @@ class MockProducer(irqbypass.Producer):
         self._via_direct = 0
         self._via_eventfd = 0
         self._scheduled = 0
-        self._timer: irqbypass.LoopHandle | None = None
+        self._timer: irqbypass.plugin.LoopHandle | None = None
         self._problem: str | None = None
         #: interrupts that could not be signalled because the token was closed
         self._token_lost = 0
         self._gave_up = False
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> MockProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> MockProducer:
         opts = spec.options_reader()
         producer = cls(
             token=spec.token,
@@ -250,6 +251,6 @@ class MockProducer(irqbypass.Producer):
                 self._deliver(pending)
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.producer("mock", MockProducer.from_spec)

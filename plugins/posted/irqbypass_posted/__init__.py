@@ -9,6 +9,7 @@ host thread. See ``PostedDescriptor`` for the layout and the posting rules.
 from __future__ import annotations
 
 import irqbypass
+import irqbypass.plugin
 
 from ._backing import RECORD_SIZE
 from ._consumer import DEFAULT_NV, PostedInterruptConsumer
@@ -37,6 +38,6 @@ __all__ = [
 ]
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.consumer("posted-interrupt", PostedInterruptConsumer.from_spec)

@@ -41,6 +41,8 @@ import stat
 import struct
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 __all__ = [
     "NONCE_SIZE",
@@ -63,7 +65,7 @@ SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 _WHAT = "posted-interrupt descriptor record"
 _log = logging.getLogger("irqbypass.posted")
-_show = irqbypass.show_value
+_show = irqbypass.plugin.show_value
 
 
 def make_memory(size: int) -> int:
@@ -106,8 +108,8 @@ def create_record(path: str, size: int, memfd: int, nonce: bytes) -> int:
     directory no one else can change) with the creator's lock held; returns its
     fd. A stale record of ours is reclaimed; anything else there is refused."""
     _check_path(path)
-    directory, name = irqbypass.split_path(path)
-    dirfd = irqbypass.open_directory(directory)
+    directory, name = irqbypass.system.split_path(path)
+    dirfd = irqbypass.system.open_directory(directory)
     try:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
@@ -167,9 +169,9 @@ def _recognise(fd: int, path: str) -> None:
 def _reclaim(path: str, exists: FileExistsError) -> int:
     """The fd of the record already at ``path`` if it is one and nobody holds
     its lock (then rewritten by the caller and announced); otherwise refused
-    without a byte changed. Only a file that passes :func:`irqbypass.open_file`
+    without a byte changed. Only a file that passes :func:`irqbypass.system.open_file`
     (ours or root's, writable by no one else) is looked at."""
-    fd = irqbypass.open_file(path, os.O_RDWR, what=_WHAT)
+    fd = irqbypass.system.open_file(path, os.O_RDWR, what=_WHAT)
     try:
         _recognise(fd, path)
         if not _try_lock(fd, fcntl.F_WRLCK, CREATOR_BYTE):
@@ -216,8 +218,8 @@ def _read_record(path: str) -> tuple[int, int, int, bytes]:
     """(size, pid, fd, nonce) from the record at ``path``."""
     _check_path(path)
     try:
-        fd = irqbypass.open_file(path, os.O_RDONLY, what=_WHAT)
-    except irqbypass.UnsafePathError:
+        fd = irqbypass.system.open_file(path, os.O_RDONLY, what=_WHAT)
+    except irqbypass.system.UnsafePathError:
         raise
     except OSError as exc:
         raise irqbypass.DeviceError(
@@ -272,13 +274,15 @@ def open_memory(path: str, size: int) -> tuple[int, bytes]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != size:
             raise _gone(path, f"{where} is not {size} bytes of memory", errno.EINVAL)
-        irqbypass.check_owner(info, irqbypass.trusted_uids(), f"{_WHAT} memory {where}")
+        irqbypass.system.check_owner(
+            info, irqbypass.system.trusted_uids(), f"{_WHAT} memory {where}"
+        )
         try:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError as exc:
             raise _gone(path, f"{where} is not a memfd", errno.EINVAL) from exc
         if seals & SEALS != SEALS:
-            raise irqbypass.UnsafePathError(
+            raise irqbypass.system.UnsafePathError(
                 f"posted-interrupt descriptor {_show(path)}: its memory is not sealed against "
                 "shrinking (a truncation would kill this process with SIGBUS): refused",
                 errno=errno.EPERM,
@@ -295,10 +299,10 @@ def problem_with_path(path: str) -> str | None:
     refuse), or a directory that cannot hold it. None if ``open`` may go on."""
     try:
         _check_path(path)
-        directory, _ = irqbypass.split_path(path)
-        os.close(irqbypass.open_directory(directory))
+        directory, _ = irqbypass.system.split_path(path)
+        os.close(irqbypass.system.open_directory(directory))
         try:
-            fd = irqbypass.open_file(path, os.O_RDONLY, what=_WHAT)
+            fd = irqbypass.system.open_file(path, os.O_RDONLY, what=_WHAT)
         except FileNotFoundError:
             return None
         try:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Hashable, Mapping
 
 import irqbypass
+import irqbypass.plugin
 
 from ._backing import problem_with_path
 from ._descriptor import LockMode, Port, PostedDescriptor, check_vector
@@ -51,7 +52,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     ) -> None:
         super().__init__(token=token, name=name)
         what = f"posted-interrupt consumer {self.name!r}"
-        with irqbypass.Settings.naming(what):
+        with irqbypass.plugin.Settings.naming(what):
             self.settings = PostedSettings(
                 vector=vector,
                 urgent=urgent,
@@ -70,13 +71,13 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         self._port: Port | None = None
         self._stopped = False
         self._path = PostingPath(token, what, self._note_problem)
-        self._drainer: irqbypass.LoopHandle | None = None
+        self._drainer: irqbypass.plugin.LoopHandle | None = None
         #: why the loop removed the relay or drainer (its callback raised), kept after close
         self._problem: str | None = None
         self._last: dict[str, int] = {}
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> PostedInterruptConsumer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> PostedInterruptConsumer:
         opts = spec.options_reader()
         vector: int | None = spec.irq
         if opts.get_raw("vector") is not None:
@@ -197,7 +198,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             self._last = self._counters(descriptor)
             self.descriptor = None
 
-    def _note_problem(self, handle: irqbypass.LoopHandle) -> None:
+    def _note_problem(self, handle: irqbypass.plugin.LoopHandle) -> None:
         if handle.problem is not None and self._problem is None:
             self._problem = handle.problem
 

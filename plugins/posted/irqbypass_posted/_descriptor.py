@@ -16,6 +16,7 @@ import threading
 import weakref
 
 import irqbypass
+import irqbypass.plugin
 
 from ._backing import NONCE_SIZE, create_record, make_memory, open_memory, remove_record
 from ._layout import (
@@ -50,7 +51,7 @@ __all__ = [
 
 _log = logging.getLogger("irqbypass.posted")
 
-_show = irqbypass.show_value
+_show = irqbypass.plugin.show_value
 
 #: every descriptor not yet closed, so a fork()ed child can mark the ones it
 #: inherited: their flock belongs to the open file description, which fork

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import irqbypass
+import irqbypass.plugin
 
 __all__ = [
     "CONTROL_OFFSET",
@@ -70,7 +71,7 @@ _ZERO_PIR = bytes(PIR_BYTES)
 _ONE = (1).to_bytes(8, "little")  # what an eventfd write of 1 sends
 
 LockMode = Literal["process", "file"]
-_show = irqbypass.show_value
+_show = irqbypass.plugin.show_value
 
 
 def _gil_holding_write() -> Callable[[int, bytes, int], int]:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Hashable
 
 import irqbypass
+import irqbypass.plugin
 
 from ._descriptor import Port, PostedDescriptor
 
@@ -29,13 +30,13 @@ class PostingPath:
         self,
         token: Hashable,
         label: str,
-        note_problem: Callable[[irqbypass.LoopHandle], None],
+        note_problem: Callable[[irqbypass.plugin.LoopHandle], None],
     ) -> None:
         self.token = token
         self.label = label
         self._note_problem = note_problem
         self.direct = False
-        self.relay: irqbypass.LoopHandle | None = None
+        self.relay: irqbypass.plugin.LoopHandle | None = None
         self.relayed = self.early = 0
         #: the token eventfd was found closed while the pair was open
         self.token_closed = False

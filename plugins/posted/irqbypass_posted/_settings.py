@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import irqbypass
+import irqbypass.plugin
 
 from ._descriptor import LockMode, check_vector
 
@@ -13,7 +14,7 @@ __all__ = ["DEFAULT_NV", "PostedSettings"]
 #: Linux's POSTED_INTR_VECTOR: the notification vector KVM programs into NV.
 DEFAULT_NV = 0xF2
 
-_show = irqbypass.show_value
+_show = irqbypass.plugin.show_value
 
 
 def _is_int(value: object) -> bool:
@@ -21,7 +22,7 @@ def _is_int(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class PostedSettings(irqbypass.Settings):
+class PostedSettings(irqbypass.plugin.Settings):
     """The options of a posted-interrupt consumer.
 
     ``vector``: the vector to post (None: the producer's ``irq``). ``urgent``:

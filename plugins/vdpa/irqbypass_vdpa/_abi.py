@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 
 import irqbypass
+import irqbypass.system
 
 VHOST_VIRTIO = 0xAF
 
@@ -26,10 +27,14 @@ class vhost_vring_file(ctypes.Structure):
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
-    return irqbypass.ioctl_number(direction, VHOST_VIRTIO, nr, size)
+    return irqbypass.system.ioctl_number(direction, VHOST_VIRTIO, nr, size)
 
 
-_IOC_NONE, _IOC_WRITE, _IOC_READ = irqbypass.IOC_NONE, irqbypass.IOC_WRITE, irqbypass.IOC_READ
+_IOC_NONE, _IOC_WRITE, _IOC_READ = (
+    irqbypass.system.IOC_NONE,
+    irqbypass.system.IOC_WRITE,
+    irqbypass.system.IOC_READ,
+)
 _R, _W = _IOC_READ, _IOC_WRITE
 VHOST_SET_OWNER = _ioc(_IOC_NONE, 0x01, 0)
 VHOST_SET_VRING_CALL = _ioc(_W, 0x21, ctypes.sizeof(vhost_vring_file))

@@ -10,7 +10,7 @@ why this producer checks the status.
 ``stop()``/``start()`` quiesce without losing an interrupt: the call eventfd
 is swapped to a holding eventfd while stopped, and what arrived there is written
 to the token on start. That life (open/close from any state, the quiesce, the
-counts, signal safety) is :class:`irqbypass.DeviceProducer`'s; this module holds
+counts, signal safety) is :class:`irqbypass.plugin.DeviceProducer`'s; this module holds
 only what is vhost-vdpa's own.
 """
 
@@ -21,6 +21,8 @@ import errno
 from collections.abc import Hashable
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 from . import _abi
 
@@ -51,7 +53,7 @@ def status_names(status: int) -> str:
     return f"{status:#04x} ({'|'.join(names) or 'reset'})"
 
 
-class VdpaProducer(irqbypass.DeviceProducer):
+class VdpaProducer(irqbypass.plugin.DeviceProducer):
     """The call interrupt of virtqueue ``queue`` of a vhost-vdpa device.
 
     Give exactly one of ``device`` (``/dev/vhost-vdpa-N``; the producer opens
@@ -77,7 +79,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
         name: str | None = None,
         require_driver_ok: bool = True,
         group: int | None = None,
-        seam: irqbypass.Seam | None = None,
+        seam: irqbypass.system.Seam | None = None,
     ) -> None:
         super().__init__(
             token=token, irq=irq, number=queue, name=name, seam=seam,
@@ -96,7 +98,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
         )
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VdpaProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VdpaProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(opts, "/dev/vhost-vdpa-N")
         queue = opts.get_int("queue", cls.number(None, spec.irq), min=0, max=2**32 - 1)
@@ -151,7 +153,7 @@ class VdpaProducer(irqbypass.DeviceProducer):
         return self.interrupt.vq_group
 
 
-class VdpaQueue(irqbypass.DeviceInterrupt):
+class VdpaQueue(irqbypass.plugin.DeviceInterrupt):
     """Virtqueue ``queue``'s call interrupt of the vhost-vdpa device ``device``
     (opened, owned and made ours with VHOST_SET_OWNER) or ``device_fd`` (the VMM's)."""
 
@@ -160,7 +162,7 @@ class VdpaQueue(irqbypass.DeviceInterrupt):
 
     def __init__(
         self,
-        calls: irqbypass.DeviceCalls,
+        calls: irqbypass.plugin.DeviceCalls,
         device: str | None,
         device_fd: int | None,
         queue: int,
@@ -179,7 +181,7 @@ class VdpaQueue(irqbypass.DeviceInterrupt):
 
     def open(self) -> None:
         path = self.device
-        self.group = irqbypass.DeviceGroup.take(
+        self.group = irqbypass.plugin.DeviceGroup.take(
             self.calls,
             self.device,
             self.device_fd,

@@ -8,7 +8,7 @@ existing virtqueue (ENOBUFS), ``VHOST_VDPA_GET_VRING_GROUP`` EOPNOTSUPP when the
 parent has no groups, and ``VHOST_SET_VRING_CALL`` keeping (a reference to)
 the call eventfd. Every call is recorded with its payload bytes; any request
 can be made to fail. Its fds are real (``/dev/null``) so leak checks see them
-(the recording half is the core's :class:`irqbypass.FakeDevice`).
+(the recording half is the core's :class:`irqbypass.testing.FakeDevice`).
 It is a model, not a device.
 """
 
@@ -20,14 +20,15 @@ import struct
 from collections.abc import Sequence
 
 import irqbypass
+import irqbypass.testing
 
 from . import _abi
 
-Call = irqbypass.DeviceCall
+Call = irqbypass.testing.DeviceCall
 
 __all__ = ["REQUEST_NAMES", "Call", "FakeVdpa"]
 
-REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+REQUEST_NAMES = irqbypass.testing.FakeDevice.request_names(
     _abi,
     "VHOST_SET_OWNER",
     "VHOST_SET_VRING_CALL",
@@ -43,11 +44,11 @@ READY = (
     | _abi.VIRTIO_CONFIG_S_FEATURES_OK
     | _abi.VIRTIO_CONFIG_S_DRIVER_OK
 )
-_err = irqbypass.FakeDevice.error
-_put = irqbypass.FakeDevice.put
+_err = irqbypass.testing.FakeDevice.error
+_put = irqbypass.testing.FakeDevice.put
 
 
-class FakeVdpa(irqbypass.FakeDevice[str]):
+class FakeVdpa(irqbypass.testing.FakeDevice[str]):
     """A virtio device (``device_id``, default 1 = net) with ``vq_groups[i]``
     the group of virtqueue i (None for all: the parent has no groups), at
     ``path``; ``status`` is what a driver left in the status byte."""

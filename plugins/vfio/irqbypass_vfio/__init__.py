@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 from .producer import INDEX_NAMES, DeviceInfo, IrqInfo, VfioProducer
 
 #: the OS calls the producer makes (the core's one seam), kept here by their old names
-RealSeam = irqbypass.RealSeam
-Seam = irqbypass.Seam
+RealSeam = irqbypass.system.RealSeam
+Seam = irqbypass.system.Seam
 
 __all__ = [
     "INDEX_NAMES",
@@ -35,6 +37,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.producer("vfio", VfioProducer.from_spec, availability=unavailable_reason)

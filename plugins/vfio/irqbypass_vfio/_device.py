@@ -3,7 +3,7 @@
 vfio-pci keeps a device's interrupt state per device, not per fd, and a group
 node opens only once: so the producers of one device's vectors (one per MSI-X
 vector) share one device fd, opened by the first to open and closed by the last
-to close (:meth:`irqbypass.DeviceGroup.share`). The group's lock serializes
+to close (:meth:`irqbypass.plugin.DeviceGroup.share`). The group's lock serializes
 their ``VFIO_DEVICE_SET_IRQS`` calls with the bookkeeping those need: which
 producer holds each vector (two on one vector would take each other's
 trigger), and which MSI/MSI-X block this process enabled (on a ``NORESIZE``
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._hints import ATTACH
@@ -34,12 +35,12 @@ EVENTFD_TRIGGER = _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIG
 DISABLE = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
 
 
-class VfioDevice(irqbypass.DeviceGroup):
+class VfioDevice(irqbypass.plugin.DeviceGroup):
     """A device fd and what the producers sharing it must agree on."""
 
     def __init__(
         self,
-        calls: irqbypass.DeviceCalls,
+        calls: irqbypass.plugin.DeviceCalls,
         fd: int,
         owned: Sequence[int],
         mode: str,
@@ -84,7 +85,7 @@ class VfioDevice(irqbypass.DeviceGroup):
 
     # -- many vectors at once ------------------------------------------------------
 
-    def point_batch(self, batch: Sequence[tuple[irqbypass.DeviceInterrupt, int]]) -> None:
+    def point_batch(self, batch: Sequence[tuple[irqbypass.plugin.DeviceInterrupt, int]]) -> None:
         """Each run of consecutive vectors of one index attached with one
         ``SET_IRQS`` (a NORESIZE block enabled whole with one); on failure none
         is left attached and the error names the vector."""
@@ -100,7 +101,7 @@ class VfioDevice(irqbypass.DeviceGroup):
                     self.detach_run(run)
             raise
 
-    def detach_batch(self, batch: Sequence[irqbypass.DeviceInterrupt]) -> None:
+    def detach_batch(self, batch: Sequence[irqbypass.plugin.DeviceInterrupt]) -> None:
         for run in self.runs([_vector(i) for i in batch]):
             self.detach_run(run)
 
@@ -183,6 +184,6 @@ class VfioDevice(irqbypass.DeviceGroup):
             run[0].set_irqs(EVENTFD_TRIGGER, data, count=len(run))
 
 
-def _vector(interrupt: irqbypass.DeviceInterrupt) -> VfioVector:
+def _vector(interrupt: irqbypass.plugin.DeviceInterrupt) -> VfioVector:
     """A vector of this device (only vfio producers' interrupts join its group)."""
     return cast("VfioVector", interrupt)

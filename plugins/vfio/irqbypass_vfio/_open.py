@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Hashable
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._device import VfioDevice
@@ -31,7 +32,7 @@ class VfioOpener:
     """Opens the device a producer names, with its wording (``calls``)."""
 
     def __init__(
-        self, calls: irqbypass.DeviceCalls, device_name: str | None, iommufd: str | int
+        self, calls: irqbypass.plugin.DeviceCalls, device_name: str | None, iommufd: str | int
     ) -> None:
         self.calls = calls
         self.seam = calls.seam

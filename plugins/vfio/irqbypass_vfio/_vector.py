@@ -1,4 +1,4 @@
-"""One vector of a VFIO device: the :class:`irqbypass.DeviceInterrupt` the vfio producer drives.
+"""One vector of a VFIO device: the :class:`irqbypass.plugin.DeviceInterrupt` vfio drives.
 
 ``open`` shares the device with the producers of its other vectors (or opens
 it), checks the vector with ``VFIO_DEVICE_GET_IRQ_INFO`` and claims it;
@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._device import DISABLE, EVENTFD_TRIGGER, VfioDevice
@@ -90,7 +91,7 @@ class VectorConfig:
     name: str  # the producer's, for the claim on the vector
 
 
-class VfioVector(irqbypass.DeviceInterrupt):
+class VfioVector(irqbypass.plugin.DeviceInterrupt):
     """A vector of a VFIO device, attached and detached with ``SET_IRQS``;
     ``paired_eoi``: the paired consumer's EOI eventfd, if any (INTx's unmask)."""
 
@@ -101,7 +102,7 @@ class VfioVector(irqbypass.DeviceInterrupt):
 
     def __init__(
         self,
-        calls: irqbypass.DeviceCalls,
+        calls: irqbypass.plugin.DeviceCalls,
         config: VectorConfig,
         paired_eoi: Callable[[], irqbypass.Eventfd | None],
     ) -> None:

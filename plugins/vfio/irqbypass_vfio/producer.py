@@ -13,7 +13,7 @@ MSI-X, which vfio-pci cannot mask, have their trigger swapped to a holding
 eventfd while stopped, and what arrived there is written to the token on start
 (QEMU does the same for vectors the guest masks). That life (open/close from
 any state, the quiesce, the counts, signal safety) is
-:class:`irqbypass.DeviceProducer`'s; this module holds only what is VFIO's own.
+:class:`irqbypass.plugin.DeviceProducer`'s; this module holds only what is VFIO's own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import errno
 from collections.abc import Hashable, Mapping, Sequence
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 from . import _abi
 from ._hints import BIND_HOWTO, fd_kind, generic_hint
@@ -54,7 +56,7 @@ def _parse_index(index: int | str) -> int:
     return index
 
 
-class VfioProducer(irqbypass.DeviceProducer):
+class VfioProducer(irqbypass.plugin.DeviceProducer):
     """Vector ``vector`` of interrupt index ``index`` of a VFIO device.
 
     Give exactly one of ``device`` (a PCI address ``0000:01:00.0``, a cdev
@@ -86,7 +88,7 @@ class VfioProducer(irqbypass.DeviceProducer):
         name: str | None = None,
         iommufd: str | int = IOMMUFD_PATH,
         msi_quiesce: str | None = None,
-        seam: irqbypass.Seam | None = None,
+        seam: irqbypass.system.Seam | None = None,
     ) -> None:
         super().__init__(
             token=token, irq=irq, number=vector, name=name, seam=seam,
@@ -123,7 +125,7 @@ class VfioProducer(irqbypass.DeviceProducer):
         self._triggered = 0
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VfioProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VfioProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(
             opts,

@@ -15,7 +15,7 @@ a first enable whose block fails is disabled again); ``refuse_vectors`` makes
 the host refuse chosen vectors (``request_irq`` failing).
 Every call is recorded with its exact payload bytes; any request can be made to
 fail with an errno. Its fds are real (``/dev/null``) so leak checks see them
-(the recording half is the core's :class:`irqbypass.FakeDevice`).
+(the recording half is the core's :class:`irqbypass.testing.FakeDevice`).
 
 It is a model, not a device: it proves the plugin speaks the documented ABI in
 the documented order, nothing about a particular device's behaviour.
@@ -31,14 +31,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import irqbypass
+import irqbypass.testing
 
 from . import _abi
 
-Call = irqbypass.DeviceCall
+Call = irqbypass.testing.DeviceCall
 
 __all__ = ["PCI_IRQS", "PCI_IRQS_NORESIZE_MSIX", "REQUEST_NAMES", "Call", "FakeVfio"]
 
-REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+REQUEST_NAMES = irqbypass.testing.FakeDevice.request_names(
     _abi,
     "VFIO_GET_API_VERSION",
     "VFIO_CHECK_EXTENSION",
@@ -73,7 +74,7 @@ PCI_IRQS_NORESIZE_MSIX: dict[int, tuple[int, int]] = {
 }
 
 _S32 = struct.Struct("=i")
-_err = irqbypass.FakeDevice.error
+_err = irqbypass.testing.FakeDevice.error
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _File:
     groups: list[int] = field(default_factory=list)  # container: its groups
 
 
-class _VfioNodes(irqbypass.FakeDevice["_File"]):
+class _VfioNodes(irqbypass.testing.FakeDevice["_File"]):
     """The half of :class:`FakeVfio` that hands out device fds: a cdev that
     refuses device ioctls until bound to an iommufd, a single-open group that
     hands out device fds only when viable and in a container with an IOMMU

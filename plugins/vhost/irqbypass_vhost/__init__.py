@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import irqbypass
+import irqbypass.plugin
 
 from .producer import VHOST_NODES, VhostProducer
 
@@ -22,6 +23,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     register.producer("vhost", VhostProducer.from_spec, availability=unavailable_reason)

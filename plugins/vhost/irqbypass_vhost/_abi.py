@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 
 import irqbypass
+import irqbypass.system
 
 VHOST_VIRTIO = 0xAF
 
@@ -19,10 +20,10 @@ class vhost_vring_file(ctypes.Structure):
     _fields_ = [("index", ctypes.c_uint), ("fd", ctypes.c_int)]
 
 
-VHOST_GET_FEATURES = irqbypass.ioctl_number(
-    irqbypass.IOC_READ, VHOST_VIRTIO, 0x00, ctypes.sizeof(ctypes.c_uint64)
+VHOST_GET_FEATURES = irqbypass.system.ioctl_number(
+    irqbypass.system.IOC_READ, VHOST_VIRTIO, 0x00, ctypes.sizeof(ctypes.c_uint64)
 )
-VHOST_SET_OWNER = irqbypass.ioctl_number(irqbypass.IOC_NONE, VHOST_VIRTIO, 0x01, 0)
-VHOST_SET_VRING_CALL = irqbypass.ioctl_number(
-    irqbypass.IOC_WRITE, VHOST_VIRTIO, 0x21, ctypes.sizeof(vhost_vring_file)
+VHOST_SET_OWNER = irqbypass.system.ioctl_number(irqbypass.system.IOC_NONE, VHOST_VIRTIO, 0x01, 0)
+VHOST_SET_VRING_CALL = irqbypass.system.ioctl_number(
+    irqbypass.system.IOC_WRITE, VHOST_VIRTIO, 0x21, ctypes.sizeof(vhost_vring_file)
 )

@@ -9,7 +9,7 @@ device (``VHOST_GET_FEATURES``) and binds the token with
 ``VHOST_SET_VRING_CALL``; ``close()`` unbinds it (fd -1).
 
 Everything else (open/close from any state, the quiesce, the counts, signal
-safety, the error wording) is :class:`irqbypass.DeviceProducer`'s: this module
+safety, the error wording) is :class:`irqbypass.plugin.DeviceProducer`'s: this module
 holds only what is vhost's own.
 """
 
@@ -20,6 +20,8 @@ import errno
 from collections.abc import Hashable
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 from . import _abi
 
@@ -35,7 +37,7 @@ DEVICE_HELP = "/dev/vhost-net or /dev/vhost-vsock"
 LOAD_HOWTO = "load the module (`modprobe vhost_net`, or `modprobe vhost_vsock`)"
 
 
-class VhostProducer(irqbypass.DeviceProducer):
+class VhostProducer(irqbypass.plugin.DeviceProducer):
     """The call interrupt of virtqueue ``queue`` of a kernel vhost device.
 
     Give exactly one of ``device`` (a node such as ``/dev/vhost-net``: the
@@ -60,7 +62,7 @@ class VhostProducer(irqbypass.DeviceProducer):
         device_fd: int | None = None,
         name: str | None = None,
         irq: int | None = None,
-        seam: irqbypass.Seam | None = None,
+        seam: irqbypass.system.Seam | None = None,
     ) -> None:
         super().__init__(
             token=token, irq=irq, number=queue, name=name, seam=seam,
@@ -70,7 +72,7 @@ class VhostProducer(irqbypass.DeviceProducer):
         self.interrupt: VhostQueue = VhostQueue(self.calls, device, device_fd, self.queue)
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VhostProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(opts, DEVICE_HELP)
         queue = opts.get_int("queue", cls.number(None, spec.irq), min=0, max=2**32 - 1)
@@ -89,12 +91,16 @@ class VhostProducer(irqbypass.DeviceProducer):
         return self.interrupt.features
 
 
-class VhostQueue(irqbypass.DeviceInterrupt):
+class VhostQueue(irqbypass.plugin.DeviceInterrupt):
     """Virtqueue ``queue``'s call interrupt of the vhost device ``device`` (a
     node, opened and owned) or ``device_fd`` (the VMM's fd)."""
 
     def __init__(
-        self, calls: irqbypass.DeviceCalls, device: str | None, device_fd: int | None, queue: int
+        self,
+        calls: irqbypass.plugin.DeviceCalls,
+        device: str | None,
+        device_fd: int | None,
+        queue: int,
     ) -> None:
         self.calls = calls
         self.device, self.device_fd, self.queue = device, device_fd, queue
@@ -102,7 +108,7 @@ class VhostQueue(irqbypass.DeviceInterrupt):
 
     def open(self) -> None:
         path = self.device
-        self.group = irqbypass.DeviceGroup.take(
+        self.group = irqbypass.plugin.DeviceGroup.take(
             self.calls,
             self.device,
             self.device_fd,

@@ -7,7 +7,7 @@ per-virtqueue ioctls only for the owner's process (EPERM; ownership is the
 ``mm`` that called SET_OWNER, not the fd) and only below the virtqueue count
 (ENOBUFS), and ``VHOST_SET_VRING_CALL`` keeping a reference on the eventfd.
 The recording half (every call with its payload, failures on demand, real fds)
-is :class:`irqbypass.FakeDevice`. It is a model, not a device.
+is :class:`irqbypass.testing.FakeDevice`. It is a model, not a device.
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ import struct
 from dataclasses import dataclass, field
 
 import irqbypass
+import irqbypass.testing
 
 from . import _abi
 
 __all__ = ["FEATURES", "REQUEST_NAMES", "FakeVhost"]
 
-REQUEST_NAMES = irqbypass.FakeDevice.request_names(
+REQUEST_NAMES = irqbypass.testing.FakeDevice.request_names(
     _abi, "VHOST_GET_FEATURES", "VHOST_SET_OWNER", "VHOST_SET_VRING_CALL"
 )
 #: what the model offers: net.c's VHOST_NET_FEATURES bits (MRG_RXBUF 15, NOTIFY_ON_EMPTY 24,
 #: LOG_ALL 26, ANY_LAYOUT 27, INDIRECT_DESC 28, EVENT_IDX 29, VERSION_1 32, ACCESS_PLATFORM 33);
 #: the producer only records them
 FEATURES = sum(1 << bit for bit in (15, 24, 26, 27, 28, 29, 32, 33))
-_err = irqbypass.FakeDevice.error
+_err = irqbypass.testing.FakeDevice.error
 
 
 @dataclass
@@ -39,7 +40,7 @@ class _Device:
     calls: dict[int, tuple[int, int]] = field(default_factory=dict)  # vq -> (fd, our ref)
 
 
-class FakeVhost(irqbypass.FakeDevice[_Device | None]):
+class FakeVhost(irqbypass.testing.FakeDevice[_Device | None]):
     """``path`` (a vhost node with ``nvqs`` virtqueues); ``others`` open but
     are no vhost device (ioctl: ENOTTY)."""
 

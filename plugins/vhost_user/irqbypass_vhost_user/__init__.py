@@ -12,6 +12,7 @@ completions; :class:`StorageDaemon` runs a private qemu-storage-daemon.
 from __future__ import annotations
 
 import irqbypass
+import irqbypass.plugin
 
 from .blk import BlkDriver
 from .connection import Connection
@@ -38,8 +39,8 @@ __all__ = [
 ]
 
 
-@irqbypass.hookimpl
-def irqbypass_register_kinds(register: irqbypass.KindRegistrar) -> None:
+@irqbypass.plugin.hookimpl
+def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
     # availability is the reference back-end's: a kind has one check, not one
     # per entry, so an optional pair is left out where qemu-storage-daemon is
     # missing even if its own back-end runs (make such a pair not optional)

@@ -3,7 +3,7 @@
 A socket path is trusted no further than it is checked (see
 ``docs/plugins/vhost-user.md``, "Who may listen"): its directory is opened
 without following a link and must be one only a trusted user can change
-(:func:`irqbypass.open_directory`); the socket must be a socket (not a link)
+(:func:`irqbypass.system.open_directory`); the socket must be a socket (not a link)
 owned by a trusted user, and so must be the process that listens
 (``SO_PEERCRED``). Trusted: our uid, root, and ``backend_uid`` if given.
 :func:`dial` does all of it within one deadline and hands back the socket;
@@ -20,6 +20,7 @@ import struct
 import time
 
 import irqbypass
+import irqbypass.system
 
 from .errors import BackendGoneError, BackendTimeoutError, VhostUserError
 
@@ -43,11 +44,11 @@ def dial(path: str, *, what: str, timeout: float, backend_uid: int | None) -> so
     """
     deadline = time.monotonic() + timeout
     check_socket_path(path)
-    trusted = irqbypass.trusted_uids(backend_uid)
-    directory, name = irqbypass.split_path(path)
+    trusted = irqbypass.system.trusted_uids(backend_uid)
+    directory, name = irqbypass.system.split_path(path)
     try:
-        dirfd = irqbypass.open_directory(directory, trusted=trusted)
-    except irqbypass.UnsafePathError as exc:
+        dirfd = irqbypass.system.open_directory(directory, trusted=trusted)
+    except irqbypass.system.UnsafePathError as exc:
         if exc.errno == errno.ENOENT:
             raise BackendGoneError(
                 f"{what}: cannot connect to {path}: {exc.message}; start the back-end "
@@ -122,8 +123,8 @@ def _checked_socket(dirfd: int, name: str, path: str, what: str, trusted: frozen
             errno=errno.ENOTSOCK,
         )
     try:
-        irqbypass.check_owner(st, trusted, f"socket {path}")
-    except irqbypass.UnsafePathError as exc:
+        irqbypass.system.check_owner(st, trusted, f"socket {path}")
+    except irqbypass.system.UnsafePathError as exc:
         raise VhostUserError(
             f"{what}: refused {exc.message}; if the back-end runs as uid {st.st_uid}, say so "
             f"with backend_uid = {st.st_uid}",

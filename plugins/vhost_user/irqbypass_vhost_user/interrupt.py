@@ -6,8 +6,8 @@ up the ring (:class:`~.vring.OwnedRing`), its call first on the holding
 eventfd; pointing the interrupt is one acked ``SET_VRING_CALL``; detaching
 drains the ring, moves the call to the holding eventfd (never the no-fd
 flag) and takes the ring back with ``GET_VRING_BASE``. :class:`VirtqueueCall`
-is that :class:`irqbypass.DeviceInterrupt`, on its own state; the producer
-(:class:`irqbypass.DeviceProducer`) composes it with the lock, the holding
+is that :class:`irqbypass.plugin.DeviceInterrupt`, on its own state; the producer
+(:class:`irqbypass.plugin.DeviceProducer`) composes it with the lock, the holding
 eventfd and the counts. What the producers of one back-end share in this
 process (which of them binds each virtqueue) is a :class:`Backend`, a device
 group in the core's registry.
@@ -22,6 +22,8 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 import irqbypass
+import irqbypass.plugin
+import irqbypass.system
 
 from . import _wire as wire
 from .connection import Connection
@@ -41,7 +43,7 @@ class CallHost(Protocol):
     """What the virtqueue's call needs of the producer that composes it."""
 
     name: str
-    seam: irqbypass.Seam
+    seam: irqbypass.system.Seam
 
     def describe(self) -> str: ...
     def lose(self, error: irqbypass.IrqBypassError) -> None: ...
@@ -49,7 +51,7 @@ class CallHost(Protocol):
     def learn_signals_on_new_fd(self) -> None: ...
 
 
-class Backend(irqbypass.DeviceGroup):
+class Backend(irqbypass.plugin.DeviceGroup):
     """A back-end as the producers of this process share it, under one key (its
     socket's real path, or one connection's identity): which producer binds
     each of its virtqueues (:meth:`claim`; a virtqueue has one call eventfd).
@@ -62,7 +64,7 @@ class Backend(irqbypass.DeviceGroup):
         super().__init__(-1)
 
 
-class VirtqueueCall(irqbypass.DeviceInterrupt):
+class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
     """Virtqueue ``settings.queue``'s call interrupt of the back-end ``settings``
     name, composed by ``host``; one per producer, across its opens. ``load`` is
     the work the producer feeds the device itself: started once the open is

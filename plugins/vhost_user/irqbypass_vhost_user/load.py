@@ -16,6 +16,7 @@ import threading
 from typing import Protocol
 
 import irqbypass
+import irqbypass.plugin
 
 from .blk import BlkDriver
 from .errors import VhostUserError
@@ -57,7 +58,7 @@ class BlkLoad:
         self.delay = delay
         self._lock = lock
         #: the feeder: a periodic timer on the event loop while running
-        self._feeder: irqbypass.LoopHandle | None = None
+        self._feeder: irqbypass.plugin.LoopHandle | None = None
 
     def start(self) -> None:
         """Begin feeding (after ``delay``); nothing with no requests."""
@@ -104,7 +105,7 @@ class BlkLoad:
             self.target.lose(
                 VhostUserError(
                     f"{self.target.describe()}: the request feeder failed: "
-                    f"{irqbypass.show_value(exc)}; this is a bug, please report it",
+                    f"{irqbypass.plugin.show_value(exc)}; this is a bug, please report it",
                     errno=errno.EIO,
                 )
             )

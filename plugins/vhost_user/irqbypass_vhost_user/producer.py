@@ -15,10 +15,10 @@ kick, so qemu-storage-daemon, virtiofsd and others): the first bind of an
 owned connection goes to the holding eventfd and learns whether it does.
 
 That life (open/close from any state, the quiesce and its deferral, the kick
-and loss accounting, signal safety) is :class:`irqbypass.DeviceProducer`'s.
+and loss accounting, signal safety) is :class:`irqbypass.plugin.DeviceProducer`'s.
 What is vhost-user's own has a module each, which this one composes: the
 options, one checked value (:class:`~.settings.VhostUserSettings`); the
-virtqueue's call, the :class:`irqbypass.DeviceInterrupt` it composes
+virtqueue's call, the :class:`irqbypass.plugin.DeviceInterrupt` it composes
 (:class:`~.interrupt.VirtqueueCall`: the connection, the negotiation, the
 claim, the drain before GET_VRING_BASE); the ring this
 producer may feed (:class:`~.vring.OwnedRing`); and its own block load
@@ -37,6 +37,7 @@ from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 import irqbypass
+import irqbypass.plugin
 
 from .blk import BlkDriver
 from .connection import Connection
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["VhostUserProducer"]
 
 
-class VhostUserProducer(irqbypass.DeviceProducer):
+class VhostUserProducer(irqbypass.plugin.DeviceProducer):
     """The call interrupt of virtqueue ``queue`` of a vhost-user back-end.
 
     Give exactly one of ``socket`` (the back-end's UNIX socket path: this
@@ -93,7 +94,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         super().__init__(token=token, irq=self.number(irq, q), name=name)
         what = f"{self.kind} producer {self.name!r}"
         if settings is None:
-            with irqbypass.Settings.naming(what):
+            with irqbypass.plugin.Settings.naming(what):
                 settings = VhostUserSettings(queue=q, **options)
         elif options or queue is not None:
             given = sorted([*options, *(["queue"] if queue is not None else [])])
@@ -109,7 +110,7 @@ class VhostUserProducer(irqbypass.DeviceProducer):
         self.interrupt = self._call
 
     @classmethod
-    def from_spec(cls, spec: irqbypass.EndpointSpec) -> VhostUserProducer:
+    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VhostUserProducer:
         opts = spec.options_reader()
         settings = VhostUserSettings.read(opts, spec.irq)
         opts.finish()

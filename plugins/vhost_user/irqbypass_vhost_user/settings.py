@@ -1,7 +1,7 @@
 """What a vhost-user producer is told: one frozen value, checked once.
 
 Both ways of making a producer end in a :class:`VhostUserSettings` (an
-:class:`irqbypass.Settings`): the Python constructor's keywords, and a TOML
+:class:`irqbypass.plugin.Settings`): the Python constructor's keywords, and a TOML
 entry's options read by :meth:`VhostUserSettings.read`, whose every refusal
 names the key, so ``irqbypass check`` reports it. The rules are checked in
 one place, :meth:`VhostUserSettings.check`; a value that exists is valid, and
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 import irqbypass
+import irqbypass.plugin
+from irqbypass.plugin import show_value
 
 from . import _wire as wire
 from .connection import DEFAULT_TIMEOUT, MAX_TIMEOUT, Connection, check_socket_path
@@ -54,11 +56,11 @@ _ONE_BACKEND_IN_CONFIG = (
 
 
 @dataclass(frozen=True)
-class VhostUserSettings(irqbypass.Settings):
+class VhostUserSettings(irqbypass.plugin.Settings):
     """A vhost-user producer's options (see the producer and
     ``docs/plugins/vhost-user.md``, "Options"), checked once when made:
     :class:`irqbypass.InvalidEndpointError` says which is wrong (in a
-    configuration file's words, too: :meth:`irqbypass.Options.refusals`).
+    configuration file's words, too: :meth:`irqbypass.plugin.Options.refusals`).
 
     Exactly one of ``socket``, ``spawn`` and ``connection`` says where the
     back-end is; ``queue`` is the virtqueue (the producer resolves a missing
@@ -122,22 +124,22 @@ class VhostUserSettings(irqbypass.Settings):
     def _check_types(self) -> None:
         for key, value in (("timeout", self.timeout), ("drain_timeout", self.drain_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                shown = irqbypass.show_value(value)
+                shown = show_value(value)
                 raise self.refuse(f"{key} must be a number of seconds, got {shown}")
             if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
                 raise self.refuse(
-                    f"{key} must be 0..{MAX_TIMEOUT:g} seconds, got {irqbypass.show_value(value)}"
+                    f"{key} must be 0..{MAX_TIMEOUT:g} seconds, got {show_value(value)}"
                 )
         for key, count in (("requests", self.requests), ("backend_uid", self.backend_uid)):
             if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
                 raise self.refuse(
-                    f"{key} must be an integer, got {irqbypass.show_value(count)}",
+                    f"{key} must be an integer, got {show_value(count)}",
                     option=key,
                     in_config=self._uid_in_config() if key == "backend_uid" else None,
                 )
         for key, number in (("rate", self.rate), ("delay", self.delay)):
             if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise self.refuse(f"{key} must be a number, got {irqbypass.show_value(number)}")
+                raise self.refuse(f"{key} must be a number, got {show_value(number)}")
 
     def _check_ranges(self) -> None:
         if (
@@ -161,14 +163,14 @@ class VhostUserSettings(irqbypass.Settings):
     def _uid_in_config(self) -> str:
         return (
             f"expected the uid the back-end runs as (an integer 0..{MAX_UID}), got "
-            f"{irqbypass.show_value(self.backend_uid)}"
+            f"{show_value(self.backend_uid)}"
         )
 
     def _check_socket(self) -> None:
         if self.socket is None:
             return
         if not isinstance(self.socket, str):
-            shown = irqbypass.show_value(self.socket)
+            shown = show_value(self.socket)
             raise self.refuse(f"socket must be a path (str), got {shown}", option="socket")
         try:
             check_socket_path(self.socket)
@@ -178,7 +180,7 @@ class VhostUserSettings(irqbypass.Settings):
     # -- from a TOML entry -------------------------------------------------
 
     @classmethod
-    def read(cls, opts: irqbypass.Options, irq: int | None) -> VhostUserSettings:
+    def read(cls, opts: irqbypass.plugin.Options, irq: int | None) -> VhostUserSettings:
         """The settings a TOML entry's ``options`` give (``irq``: the entry's,
         the default virtqueue): the table's types and ranges, and the rules
         only a file can break, read here; the rest is :meth:`check`'s, in the
