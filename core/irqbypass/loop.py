@@ -161,12 +161,289 @@ class LoopFault:
     time: float
 
 
+class _Readers:
+    """The epoll set: one reader per fd, and the wakeup eventfd that cuts a
+    wait short. Changed with the loop's lock held."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.epoll.register(self.wakeup, select.EPOLLIN)
+        self.by_fd: dict[int, LoopHandle] = {}
+
+    def held(self, handle: LoopHandle, owner: str) -> LoopHandle | None:
+        """The reader ``handle``'s fd number has now, if that fd was closed and
+        its number reused behind our back; a reader of the same file is refused."""
+        handle.identity = _identity(handle.fd, owner)
+        held = self.by_fd.get(handle.fd)
+        if held is not None and held.identity == handle.identity:
+            raise InvalidEndpointError(
+                f"{owner}: fd {handle.fd} already has a reader on the loop "
+                f"({held.owner}); one reader per fd"
+            )
+        return held
+
+    def add(self, handle: LoopHandle, owner: str) -> None:
+        _register(self.epoll, handle.fd, owner)
+        self.by_fd[handle.fd] = handle
+
+    def remove(self, handle: LoopHandle, *, closed: bool) -> None:
+        if self.by_fd.get(handle.fd) is handle:
+            del self.by_fd[handle.fd]
+            if not closed:
+                with contextlib.suppress(OSError):  # the owner closed a raw fd first
+                    self.epoll.unregister(handle.fd)
+
+    def poll(self, timeout: float) -> list[int]:
+        """Wait up to ``timeout`` seconds; the readers' fds that are ready."""
+        ready = []
+        for fd, _mask in self.epoll.poll(timeout):
+            if fd == self.wakeup:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wakeup, 8)
+            else:
+                ready.append(fd)
+        return ready
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # closed, or full (it is awake then)
+            os.write(self.wakeup, _WAKE)
+
+    def close(self) -> None:
+        self.by_fd.clear()
+        self.epoll.close()
+        os.close(self.wakeup)
+
+
+class _Timers:
+    """The timers by deadline: a heap the loop's lock guards (every method is
+    called with it held). A cancelled timer stays in the heap until it is due
+    or the cancelled outnumber the live, then the heap is compacted."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, LoopHandle]] = []
+        self._cancelled = 0
+        self._seq = itertools.count()
+
+    def push(self, handle: LoopHandle) -> bool:
+        """Schedule ``handle`` at ``handle.when``; True if it is the earliest now."""
+        earliest = not self.heap or handle.when < self.heap[0][0]
+        heapq.heappush(self.heap, (handle.when, next(self._seq), handle))
+        return earliest
+
+    def wait(self) -> float | None:
+        """Seconds until the earliest deadline (at most a minute: the wait is
+        cut, not the timer), or None: no timer."""
+        if not self.heap:
+            return None
+        return min(_MAX_WAIT, max(0.0, self.heap[0][0] - time.monotonic()))
+
+    def pop_due(self, now: float) -> list[LoopHandle]:
+        """Take out the active timers due by ``now``, in deadline order."""
+        due: list[LoopHandle] = []
+        while self.heap and self.heap[0][0] <= now:
+            _, _, handle = heapq.heappop(self.heap)
+            if handle.state == "active":
+                due.append(handle)
+            else:
+                self._cancelled = max(0, self._cancelled - 1)
+        return due
+
+    def cancelled(self) -> None:
+        """One timer in the heap was cancelled: a plugin that sets and cancels
+        far timers must not grow the heap forever."""
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self.heap):
+            self.heap = [entry for entry in self.heap if entry[2].state == "active"]
+            heapq.heapify(self.heap)
+            self._cancelled = 0
+
+    def handles(self) -> list[LoopHandle]:
+        return [entry[2] for entry in self.heap]
+
+
+class _Faults:
+    """What went wrong on the loop: the latest faults, their count, and the log."""
+
+    def __init__(self) -> None:
+        #: the latest faults, oldest first (at most FAULTS_KEPT)
+        self.kept: collections.deque[LoopFault] = collections.deque(maxlen=FAULTS_KEPT)
+        self.count = 0
+
+    def record(
+        self, handle: LoopHandle, kind: str, message: str, level: int, exc_info: bool = False
+    ) -> None:
+        """Log the fault, then record it: whoever finds it in the record
+        (another thread: the watchdog tells from its own) finds it logged too."""
+        log.log(level, "irqbypass loop: %s", message, exc_info=exc_info)
+        self.count += 1
+        self.kept.append(
+            LoopFault(handle.owner, _name(handle.callback), kind, message, time.time())
+        )
+
+    def raised(self, handle: LoopHandle, exc: BaseException) -> None:
+        """A callback raised: it is removed (by the caller) and its error kept."""
+        handle.error = exc
+        message = f"{handle.problem}; the other callbacks go on"
+        self.record(handle, "raised", message, logging.ERROR, log.isEnabledFor(logging.DEBUG))
+
+    def reused(self, handle: LoopHandle) -> None:
+        """A reader's fd was closed (and its number reused) behind the loop's
+        back: it fails, as a fault of its owner (the caller removes it)."""
+        handle.state = "failed"
+        handle.error = InvalidEndpointError(
+            f"{handle.owner}: fd {handle.fd} was closed while the loop watched it (cancel "
+            "the reader first); its number was reused, so the reader was removed"
+        )
+        self.record(handle, "raised", str(handle.error), logging.ERROR)
+
+    def blocked(
+        self, handle: LoopHandle, elapsed: float, *, returned: bool, reported: bool
+    ) -> None:
+        """A callback ran (or has been running) longer than the watchdog allows."""
+        what = f"{handle.owner}: loop callback {_name(handle.callback)}"
+        if returned:
+            if not reported:  # the watchdog did not see it (asyncio, or it was short of a check)
+                message = (
+                    f"{what} ran {elapsed:.1f} s; callbacks must not block (every other "
+                    "endpoint waited for it)"
+                )
+                self.record(handle, "blocked", message, logging.WARNING)
+            else:
+                log.warning("irqbypass loop: %s returned after %.1f s", what, elapsed)
+            return
+        message = (
+            f"{what} has been running for {elapsed:.1f} s; callbacks must not block "
+            "(every other endpoint waits for it)"
+        )
+        self.record(handle, "blocked", message, logging.WARNING)
+
+
+class _Watchdog:
+    """Which callback runs now and since when; its own thread names one that
+    runs longer than ``seconds``, once. ``begin``/``end`` are called with
+    ``lock`` held (the loop's), which ``cancel()`` waits on for a running
+    callback to return."""
+
+    def __init__(self, lock: threading.Lock, seconds: float, faults: _Faults) -> None:
+        self._lock = lock
+        self.seconds = seconds
+        self._faults = faults
+        self.current: LoopHandle | None = None
+        self.since = 0.0
+        self._reported = False
+        #: set by stop(): the watchdog's wait ends at once
+        self._stop = threading.Event()
+
+    def begin(self, handle: LoopHandle) -> None:
+        self.current, self.since = handle, time.monotonic()
+        self._reported = False
+
+    def end(self) -> bool:
+        """The callback returned; True if the watchdog already named it."""
+        self.current = None
+        return self._reported
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """The watchdog's thread: checks a few times per threshold.
+
+        It waits on an Event (stop() wakes it at once), not time.sleep (which
+        a test may patch). A check that raises is logged once and the
+        watchdog goes on: a thread that died would leave the loop unwatched,
+        and its traceback would land in whatever runs; a wait that raises
+        stops it cleanly, logged, rather than spin."""
+        tick = self.seconds / 4
+        failed = False
+        while True:
+            try:
+                if self._stop.wait(tick):
+                    return
+            except Exception as exc:
+                log.error("irqbypass loop: the watchdog cannot wait (%s); it stops",
+                          show_exception(exc))  # fmt: skip
+                return
+            try:
+                self.check()
+            except Exception as exc:
+                if not failed:
+                    failed = True
+                    log.error("irqbypass loop: a watchdog check raised %s; it goes on "
+                              "(told once)", show_exception(exc))  # fmt: skip
+
+    def check(self) -> None:
+        """Name the running callback if it has run too long (once)."""
+        with self._lock:
+            handle, since = self.current, self.since
+            report = (
+                handle is not None
+                and not self._reported
+                and time.monotonic() - since >= self.seconds
+            )
+            if report:
+                self._reported = True
+        if report and handle is not None:
+            self._faults.blocked(handle, time.monotonic() - since, returned=False, reported=False)
+
+
+class _Asyncio:
+    """Runs an :class:`EventLoop` inside an asyncio loop: the epoll fd is one
+    asyncio reader, the next timer of ours one asyncio timer."""
+
+    def __init__(self, loop: EventLoop, host: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.host = host
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def take(cls, loop: EventLoop, host: asyncio.AbstractEventLoop) -> _Asyncio:
+        """The driver of ``loop`` in ``host``, if ``loop`` runs nowhere yet."""
+        if loop._thread is not None:
+            raise LoopClosedError(
+                f"event loop {loop.name!r} already runs its own thread; attach it to "
+                "asyncio before any endpoint is opened"
+            )
+        if loop._asyncio is not None:
+            raise LoopClosedError(f"event loop {loop.name!r} is already attached to asyncio")
+        return cls(loop, host)
+
+    def start(self) -> None:
+        self.host.add_reader(self._loop._readers.epoll.fileno(), self.turn)
+        self.turn()
+
+    def stop(self, *, closed: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not closed:
+            self.host.remove_reader(self._loop._readers.epoll.fileno())
+
+    def turn(self) -> None:
+        """One turn: run what is ready, then set asyncio's timer for the next
+        due timer of ours."""
+        loop = self._loop
+        if loop._asyncio is not self or loop.closed:
+            return
+        loop.run_once(0.0)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with loop._lock:
+            delay = loop._timers.wait()
+        if delay is not None:
+            self._timer = self.host.call_later(delay, self.turn)
+
+
 class EventLoop:
     """An epoll set and a timer heap, run by one thread or by asyncio.
 
-    Most code uses :func:`event_loop` (the process's loop). A loop of your
-    own runs its thread from the first registration, or inside asyncio after
-    :meth:`attach`; :meth:`close` releases it.
+    Most code uses :func:`irqbypass.event_loop` (the process's loop). A loop
+    of your own runs its thread from the first registration, or inside asyncio
+    after :meth:`attach`; :meth:`close` releases it. The timers, the faults,
+    the watchdog and asyncio are parts of their own; this class registers,
+    runs and removes.
     """
 
     def __init__(
@@ -180,32 +457,26 @@ class EventLoop:
         self.watchdog_seconds = float(watchdog_seconds)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._epoll = select.epoll()
-        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._epoll.register(self._wakeup, select.EPOLLIN)
-        self._readers: dict[int, LoopHandle] = {}
-        self._timers: list[tuple[float, int, LoopHandle]] = []
-        self._cancelled_timers = 0
-        self._seq = itertools.count()
+        self._readers = _Readers()
+        self._timers = _Timers()
+        self._faults = _Faults()
+        self._watchdog = _Watchdog(self._lock, self.watchdog_seconds, self._faults)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._watchdog: threading.Thread | None = None
-        #: set by close(): the watchdog's wait ends at once
-        self._watch_stop = threading.Event()
-        self._asyncio: asyncio.AbstractEventLoop | None = None
-        self._asyncio_timer: asyncio.TimerHandle | None = None
-        #: the thread running callbacks now, the handle running, and since when
+        self._watchdog_thread: threading.Thread | None = None
+        self._asyncio: _Asyncio | None = None
+        #: the thread running callbacks now
         self._loop_thread: int | None = None
-        self._current: LoopHandle | None = None
-        self._current_since = 0.0
-        self._current_reported = False
         self._cancel_waiters = 0
         #: the latest faults, oldest first (at most FAULTS_KEPT)
-        self.faults: collections.deque[LoopFault] = collections.deque(maxlen=FAULTS_KEPT)
-        #: how many faults in all
-        self.fault_count = 0
+        self.faults = self._faults.kept
         #: callbacks run, in all (readers and timers)
         self.callbacks_run = 0
+
+    @property
+    def fault_count(self) -> int:
+        """How many faults in all."""
+        return self._faults.count
 
     # -- registering ---------------------------------------------------------
 
@@ -213,7 +484,7 @@ class EventLoop:
         """Call ``callback()`` on the loop whenever ``source`` (an fd, or an
         object with ``fileno()``) is readable, until cancelled. One reader per
         fd. An :class:`~irqbypass.Eventfd` is borrowed while watched."""
-        self._check_owner(owner, callback)
+        _check_owner(owner, callback)
         handle = LoopHandle(self, callback, owner, -1, None)
         stale: tuple[LoopHandle, Eventfd | None] | None = None
         try:
@@ -224,17 +495,11 @@ class EventLoop:
                 handle.fd = _fileno(source, owner)
             with self._lock:
                 self._check_open()
-                handle.identity = _identity(handle.fd, owner)
-                held = self._readers.get(handle.fd)
-                if held is not None and held.identity == handle.identity:
-                    raise InvalidEndpointError(
-                        f"{owner}: fd {handle.fd} already has a reader on the loop "
-                        f"({held.owner}); one reader per fd"
-                    )
+                held = self._readers.held(handle, owner)
                 if held is not None:  # its fd was closed behind our back, the number reused
-                    stale = held, self._retire(held)
-                _register(self._epoll, handle.fd, owner)
-                self._readers[handle.fd] = handle
+                    self._faults.reused(held)
+                    stale = held, self._unregister(held)
+                self._readers.add(handle, owner)
         except BaseException:
             handle.state = "cancelled"
             if handle.borrowed is not None:
@@ -249,7 +514,7 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callback, *, owner: str) -> LoopHandle:
         """Call ``callback()`` once, ``delay`` seconds from now, on the loop."""
-        self._check_owner(owner, callback)
+        _check_owner(owner, callback)
         return self._add_timer(_seconds(delay, "delay", owner), callback, owner, None)
 
     def call_every(
@@ -258,7 +523,7 @@ class EventLoop:
         """Call ``callback()`` every ``period`` seconds (0: on every turn of the
         loop), the first time ``delay`` seconds from now, until cancelled. Late
         turns are made up (ticks keep the schedule, not the gaps)."""
-        self._check_owner(owner, callback)
+        _check_owner(owner, callback)
         period = _seconds(period, "period", owner)
         return self._add_timer(_seconds(delay, "delay", owner), callback, owner, period)
 
@@ -269,25 +534,13 @@ class EventLoop:
         handle.when = time.monotonic() + delay
         with self._lock:
             self._check_open()
-            earliest = not self._timers or handle.when < self._timers[0][0]
-            heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+            earliest = self._timers.push(handle)
         # a thread waiting in epoll must learn of the earlier deadline; under
         # asyncio, so must asyncio's timer (the wakeup makes our epoll fd readable)
         if earliest and (threading.get_ident() != self._loop_thread or self._asyncio is not None):
-            self._wake()
+            self._readers.wake()
         self._ensure_running()
         return handle
-
-    def _check_owner(self, owner: object, callback: object) -> None:
-        if not isinstance(owner, str) or not owner:
-            raise InvalidEndpointError(
-                f"the loop needs an owner label (a non-empty str naming the endpoint), "
-                f"not {show_value(owner)}"
-            )
-        if not callable(callback):
-            raise InvalidEndpointError(
-                f"{owner}: loop callback {show_value(callback)} is not callable"
-            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -305,16 +558,13 @@ class EventLoop:
                 handle.state = state
                 if handle.fd >= 0:
                     borrowed = self._unregister(handle)
-                elif self._current is not handle:  # a running timer is out of the heap
-                    self._cancelled_timers += 1
-                    cancelled = self._cancelled_timers
-                    if cancelled > 64 and cancelled * 2 > len(self._timers):
-                        self._compact_timers()
+                elif self._watchdog.current is not handle:  # a running timer is out of the heap
+                    self._timers.cancelled()
             if threading.get_ident() != self._loop_thread:
                 # the callback may be running right now: wait until it returned
                 self._cancel_waiters += 1
                 try:
-                    while self._current is handle:
+                    while self._watchdog.current is handle:
                         self._idle.wait()
                 finally:
                     self._cancel_waiters -= 1
@@ -324,37 +574,9 @@ class EventLoop:
     def _unregister(self, handle: LoopHandle) -> Eventfd | None:
         """Take a reader out of the epoll set (the caller holds the lock);
         returns the Eventfd it borrowed, to give back outside the lock."""
-        if self._readers.get(handle.fd) is handle:
-            del self._readers[handle.fd]
-            if not self._closed:
-                with contextlib.suppress(OSError):  # the owner closed a raw fd first
-                    self._epoll.unregister(handle.fd)
+        self._readers.remove(handle, closed=self._closed)
         borrowed, handle.borrowed = handle.borrowed, None
         return borrowed
-
-    def _retire(self, handle: LoopHandle) -> Eventfd | None:
-        """Drop a reader whose fd was closed (and its number reused) behind the
-        loop's back, as a fault of its owner (the caller holds the lock)."""
-        handle.state = "failed"
-        handle.error = InvalidEndpointError(
-            f"{handle.owner}: fd {handle.fd} was closed while the loop watched it (cancel "
-            "the reader first); its number was reused, so the reader was removed"
-        )
-        self.fault_count += 1
-        self.faults.append(
-            LoopFault(
-                handle.owner, _name(handle.callback), "raised", str(handle.error), time.time()
-            )
-        )
-        log.error("irqbypass loop: %s", handle.error)
-        return self._unregister(handle)
-
-    def _compact_timers(self) -> None:
-        """Drop cancelled timers from the heap (the caller holds the lock): a
-        plugin that sets and cancels far timers must not grow it forever."""
-        self._timers = [entry for entry in self._timers if entry[2].state == "active"]
-        heapq.heapify(self._timers)
-        self._cancelled_timers = 0
 
     def _source_closed(self, handle: LoopHandle) -> None:
         """A watched Eventfd was closed: drop the reader and let its callback
@@ -387,18 +609,14 @@ class EventLoop:
             if self._thread is not None or self._asyncio is not None or self._closed:
                 return
             self._thread = _start_thread(self._run_thread, f"{self.name}")
-            self._watchdog = _start_thread(self._watch, f"{self.name}-watchdog")
+            self._watchdog_thread = _start_thread(self._watchdog.run, f"{self.name}-watchdog")
 
     def _run_thread(self) -> None:
         self._loop_thread = threading.get_ident()
         while not self._closed:
-            self.run_once(self._next_wait())
-
-    def _next_wait(self) -> float:
-        with self._lock:
-            if not self._timers:
-                return _MAX_WAIT
-            return min(_MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
+            with self._lock:
+                wait = self._timers.wait()
+            self.run_once(_MAX_WAIT if wait is None else wait)
 
     def run_once(self, timeout: float = 0.0) -> None:
         """Wait up to ``timeout`` seconds for readers, then run what is ready
@@ -406,31 +624,18 @@ class EventLoop:
         asyncio once attached. Not for use alongside the loop's own thread."""
         self._loop_thread = threading.get_ident()
         try:
-            events = self._epoll.poll(timeout)
+            ready = self._readers.poll(timeout)
         except OSError as exc:
             if exc.errno in (errno.EBADF, errno.EINVAL) and self._closed:
                 return
             raise
-        for fd, _mask in events:
-            if fd == self._wakeup:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wakeup, 8)
-                continue
-            handle = self._readers.get(fd)
+        for fd in ready:
+            handle = self._readers.by_fd.get(fd)
             if handle is not None:
                 self._call(handle)
-        self._run_timers()
-
-    def _run_timers(self) -> None:
         now = time.monotonic()
-        due: list[LoopHandle] = []
         with self._lock:
-            while self._timers and self._timers[0][0] <= now:
-                _, _, handle = heapq.heappop(self._timers)
-                if handle.state == "active":
-                    due.append(handle)
-                else:
-                    self._cancelled_timers = max(0, self._cancelled_timers - 1)
+            due = self._timers.pop_due(now)
         for handle in due:
             if handle.state == "active":
                 self._call(handle, timer=True)
@@ -442,110 +647,27 @@ class EventLoop:
         with self._lock:
             if handle.state != "active":
                 return
-            self._current, self._current_since = handle, time.monotonic()
-            self._current_reported = False
+            self._watchdog.begin(handle)
         try:
             handle.callback()
         except BaseException as exc:  # a loop thread has no Ctrl-C: anything raised is a fault
-            self._failed(handle, exc)
+            self._faults.raised(handle, exc)
+            self._cancel(handle, "failed")
         finally:
-            elapsed = time.monotonic() - self._current_since
+            elapsed = time.monotonic() - self._watchdog.since
             with self._lock:
-                self._current = None
-                reported = self._current_reported
+                reported = self._watchdog.end()
                 if timer and handle.state == "active" and not self._closed:
                     if handle.period is None:
                         handle.state = "done"
                     else:
                         handle.when += handle.period
-                        heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+                        self._timers.push(handle)
                 if self._cancel_waiters:
                     self._idle.notify_all()
             self.callbacks_run += 1
             if elapsed >= self.watchdog_seconds:
-                self._blocked(handle, elapsed, returned=True, reported=reported)
-
-    def _failed(self, handle: LoopHandle, exc: BaseException) -> None:
-        handle.error = exc
-        message = f"{handle.problem}; the other callbacks go on"
-        self._fault(handle, "raised", message, logging.ERROR, log.isEnabledFor(logging.DEBUG))
-        self._cancel(handle, "failed")
-
-    def _blocked(
-        self, handle: LoopHandle, elapsed: float, *, returned: bool, reported: bool
-    ) -> None:
-        what = f"{handle.owner}: loop callback {_name(handle.callback)}"
-        if returned:
-            if not reported:  # the watchdog did not see it (asyncio, or it was short of a check)
-                message = (
-                    f"{what} ran {elapsed:.1f} s; callbacks must not block (every other "
-                    "endpoint waited for it)"
-                )
-                self._fault(handle, "blocked", message, logging.WARNING)
-            else:
-                log.warning("irqbypass loop: %s returned after %.1f s", what, elapsed)
-            return
-        message = (
-            f"{what} has been running for {elapsed:.1f} s; callbacks must not block "
-            "(every other endpoint waits for it)"
-        )
-        self._fault(handle, "blocked", message, logging.WARNING)
-
-    def _fault(
-        self, handle: LoopHandle, kind: str, message: str, level: int, exc_info: bool = False
-    ) -> None:
-        """Log the fault, then record it: whoever finds it in :attr:`faults`
-        (another thread: the watchdog tells from its own) finds it logged too."""
-        log.log(level, "irqbypass loop: %s", message, exc_info=exc_info)
-        self.fault_count += 1
-        self.faults.append(
-            LoopFault(handle.owner, _name(handle.callback), kind, message, time.time())
-        )
-
-    def _watch(self) -> None:
-        """The watchdog: checks a few times per threshold whether one
-        callback has been running too long, and names it once.
-
-        It waits on an Event (close() wakes it at once), not time.sleep (which
-        a test may patch). A check that raises is logged once and the
-        watchdog goes on: a thread that died would leave the loop unwatched,
-        and its traceback would land in whatever runs; a wait that raises
-        stops it cleanly, logged, rather than spin."""
-        tick = self.watchdog_seconds / 4
-        failed = False
-        while not self._closed:
-            try:
-                if self._watch_stop.wait(tick):
-                    return
-            except Exception as exc:
-                log.error("irqbypass loop: the watchdog cannot wait (%s); it stops",
-                          show_exception(exc))  # fmt: skip
-                return
-            try:
-                self._watch_once()
-            except Exception as exc:
-                if not failed:
-                    failed = True
-                    log.error("irqbypass loop: a watchdog check raised %s; it goes on "
-                              "(told once)", show_exception(exc))  # fmt: skip
-
-    def _watch_once(self) -> None:
-        """Name the running callback if it has run too long (once)."""
-        with self._lock:
-            handle, since = self._current, self._current_since
-            report = (
-                handle is not None
-                and not self._current_reported
-                and time.monotonic() - since >= self.watchdog_seconds
-            )
-            if report:
-                self._current_reported = True
-        if report and handle is not None:
-            self._blocked(handle, time.monotonic() - since, returned=False, reported=False)
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # closed, or full (it is awake then)
-            os.write(self._wakeup, _WAKE)
+                self._faults.blocked(handle, elapsed, returned=True, reported=reported)
 
     # -- asyncio ---------------------------------------------------------------
 
@@ -556,48 +678,20 @@ class EventLoop:
         (a loop whose thread already runs cannot move); :meth:`detach` undoes it."""
         with self._lock:
             self._check_open()
-            if self._thread is not None:
-                raise LoopClosedError(
-                    f"event loop {self.name!r} already runs its own thread; attach it to "
-                    "asyncio before any endpoint is opened"
-                )
-            if self._asyncio is not None:
-                raise LoopClosedError(f"event loop {self.name!r} is already attached to asyncio")
-            self._asyncio = loop
+            self._asyncio = _Asyncio.take(self, loop)
         self._loop_thread = threading.get_ident()
-        loop.add_reader(self._epoll.fileno(), self._asyncio_turn)
-        self._asyncio_turn()
+        self._asyncio.start()
 
     def detach(self) -> None:
         """Stop running inside asyncio (from its thread); a later registration
         starts the loop's own thread."""
-        loop, self._asyncio = self._asyncio, None
-        if loop is None:
+        driver, self._asyncio = self._asyncio, None
+        if driver is None:
             return
-        if self._asyncio_timer is not None:
-            self._asyncio_timer.cancel()
-            self._asyncio_timer = None
-        if not self._closed:
-            loop.remove_reader(self._epoll.fileno())
+        driver.stop(closed=self._closed)
         self._loop_thread = None
         if self.handles():  # what is still registered goes on, on the loop's own thread
             self._ensure_running()
-
-    def _asyncio_turn(self) -> None:
-        """One turn under asyncio: run what is ready, then set asyncio's timer
-        for the next due timer of ours."""
-        loop = self._asyncio
-        if loop is None or self._closed:
-            return
-        self.run_once(0.0)
-        if self._asyncio_timer is not None:
-            self._asyncio_timer.cancel()
-            self._asyncio_timer = None
-        with self._lock:
-            when = self._timers[0][0] if self._timers else None
-        if when is not None:
-            delay = min(_MAX_WAIT, max(0.0, when - time.monotonic()))
-            self._asyncio_timer = loop.call_later(delay, self._asyncio_turn)
 
     # -- looking and closing -----------------------------------------------------
 
@@ -609,7 +703,7 @@ class EventLoop:
     def handles(self, owner: str | None = None) -> list[LoopHandle]:
         """The active readers and timers (of ``owner``, if given)."""
         with self._lock:
-            every = [*self._readers.values(), *(entry[2] for entry in self._timers)]
+            every = [*self._readers.by_fd.values(), *self._timers.handles()]
         return [h for h in every if h.state == "active" and owner in (None, h.owner)]
 
     def close(self) -> None:
@@ -620,23 +714,19 @@ class EventLoop:
             if self._closed:
                 return
             self._closed = True
-            pending = [*self._readers.values(), *(entry[2] for entry in self._timers)]
-        self._wake()
-        self._watch_stop.set()
-        thread, watchdog = self._thread, self._watchdog
-        if thread is not None and thread.ident != threading.get_ident():
-            thread.join()
-        if watchdog is not None and watchdog.ident != threading.get_ident():
-            watchdog.join()
+            pending = [*self._readers.by_fd.values(), *self._timers.handles()]
+        self._readers.wake()
+        self._watchdog.stop()
+        for thread in (self._thread, self._watchdog_thread):
+            if thread is not None and thread.ident != threading.get_ident():
+                thread.join()
         if self._asyncio is not None:
             self.detach()
         for handle in pending:
             self._cancel(handle)
         with self._lock:
-            self._readers.clear()
-            self._timers.clear()
-        self._epoll.close()
-        os.close(self._wakeup)
+            self._timers.heap.clear()
+            self._readers.close()
 
     @property
     def closed(self) -> bool:
@@ -644,8 +734,18 @@ class EventLoop:
         return self._closed
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._readers)} readers"
+        state = "closed" if self._closed else f"{len(self._readers.by_fd)} readers"
         return f"<EventLoop {self.name!r} {state}>"
+
+
+def _check_owner(owner: object, callback: object) -> None:
+    if not isinstance(owner, str) or not owner:
+        raise InvalidEndpointError(
+            f"the loop needs an owner label (a non-empty str naming the endpoint), "
+            f"not {show_value(owner)}"
+        )
+    if not callable(callback):
+        raise InvalidEndpointError(f"{owner}: loop callback {show_value(callback)} is not callable")
 
 
 def _name(callback: Callback) -> str:
@@ -741,7 +841,7 @@ def _forked() -> None:
     loop, _default = _default, None
     _default_lock = threading.Lock()
     if loop is not None:
-        for fd in (loop._epoll.fileno(), loop._wakeup):
+        for fd in (loop._readers.epoll.fileno(), loop._readers.wakeup):
             with contextlib.suppress(OSError):
                 os.close(fd)
 

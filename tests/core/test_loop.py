@@ -233,7 +233,7 @@ def test_the_watchdog_survives_a_check_that_raises(
     """A watchdog check that raises is logged once and the watchdog goes on:
     it still names a callback that blocks afterwards."""
     checks: list[int] = []
-    watch_once = loop._watch_once
+    watch_once = loop._watchdog.check
 
     def failing() -> None:
         checks.append(1)
@@ -241,7 +241,7 @@ def test_the_watchdog_survives_a_check_that_raises(
             raise RuntimeError("broken check")
         watch_once()
 
-    monkeypatch.setattr(loop, "_watch_once", failing)
+    monkeypatch.setattr(loop._watchdog, "check", failing)
     release = threading.Event()
     with caplog.at_level(logging.WARNING, logger="irqbypass.loop"):
         loop.start()
