@@ -177,98 +177,23 @@ class PluginHost:
         try:
             registered = self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {what} cannot be registered: {self._invalid(exc)}") from exc
+            raise PluginError(
+                f"plugin {what} cannot be registered: {_invalid(self.pm, exc)}"
+            ) from exc
         except ValueError as exc:
             raise PluginError(f"plugin {what} cannot be registered: {show_error(exc)}") from exc
         except Exception as exc:  # a hostile object's attributes can raise anything
             raise PluginError(f"plugin {what} cannot be registered: {show_exception(exc)}") from exc
-        problem = self._unknown_hooks(plugin)
+        problem = _unknown_hooks(self.pm, plugin)
         if problem is not None:
             self.pm.unregister(plugin)
             raise PluginError(f"plugin {registered or name!r} cannot be registered: {problem}")
         self._refresh()
         plugin_name = registered if registered is not None else str(name)
-        for warning in self._unmarked_hooks(plugin, plugin_name):
+        for warning in _unmarked_hooks(self.pm, plugin, plugin_name):
             _log.info("%s", warning)  # the CLI warns of host.warnings
             self.warnings.append(warning)
         return plugin_name
-
-    def _unmarked_hooks(self, plugin: object, name: str) -> list[str]:
-        """A function named like a hook (``irqbypass_*``) that is no hook
-        implementation: pluggy ignores it, so it would never be called."""
-        marked = {
-            caller.name
-            for caller in self.pm.get_hookcallers(plugin) or []
-            if any(impl.plugin is plugin for impl in caller.get_hookimpls())
-        }
-        known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
-        found = []
-        try:
-            attributes = [a for a in dir(plugin) if a.startswith(f"{hookspecs.PROJECT}_")]
-            for attribute in attributes:
-                if attribute in marked:
-                    continue
-                function = inspect.getattr_static(plugin, attribute)
-                if isinstance(function, staticmethod | classmethod):
-                    function = function.__func__
-                if inspect.isfunction(function):
-                    found.append((attribute, function))
-        except Exception:  # a hostile object's attributes: pluggy took it, so do we
-            return []
-        warnings = []
-        for attribute, function in found:
-            code = function.__code__
-            where = f"{code.co_filename}:{code.co_firstlineno}"
-            if attribute in known:
-                what = "so pluggy never calls it; decorate it with @irqbypass.plugin.hookimpl"
-            else:
-                close = difflib.get_close_matches(attribute, known, n=1)
-                what = (
-                    f"but no hook has that name (did you mean {close[0]!r}?)"
-                    if close
-                    else f"but no hook has that name (the hooks are {', '.join(known)})"
-                )
-                what += "; rename it, or mark a hook with @irqbypass.plugin.hookimpl"
-            warnings.append(
-                f"plugin {name!r}: function {attribute} ({where}) is named like a hook but "
-                f"not marked with @irqbypass.plugin.hookimpl, {what}"
-            )
-        return warnings
-
-    def _unknown_hooks(self, plugin: object) -> str | None:
-        """Why ``plugin`` is refused: it implements a hook no spec declares (a
-        hook of another irqbypass release, or a misspelt name, that would
-        otherwise never be called), or None."""
-        unknown = sorted(
-            caller.name
-            for caller in self.pm.get_hookcallers(plugin) or []
-            if caller.spec is None
-            and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
-        )
-        if not unknown:
-            return None
-        return (
-            f"it implements {_hooks_word(unknown)} {', '.join(map(repr, unknown))}, which "
-            f"irqbypass {__version__} does not have: it was written for another irqbypass release "
-            f"or the name is misspelt; the hooks of irqbypass {__version__} are "
-            f"{', '.join(_hook_names())} (mark a hook of another project's with "
-            "@irqbypass.plugin.hookimpl(optionalhook=True))"
-        )
-
-    def _invalid(self, exc: pluggy.PluginValidationError) -> str:
-        """pluggy's refusal on one line: a hook whose arguments this core does
-        not pass (written for another release) says what this core passes."""
-        lines = str(exc).splitlines()  # pluggy's own text: it prints
-        text = printable("; ".join(line.strip() for line in lines if line.strip()))
-        hook = re.search(r"for hook '(\w+)'", text)
-        caller = getattr(self.pm.hook, hook.group(1), None) if hook else None
-        if caller is None or caller.spec is None:
-            return text
-        return (
-            f"{text}; irqbypass {__version__} calls {caller.name}"
-            f"({', '.join(caller.spec.argnames)}): the plugin was written for another "
-            "irqbypass release (plugin guide: Versions and compatibility)"
-        )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
         """Unregister a plugin, by object or by name; one that is not registered is left
@@ -336,35 +261,11 @@ class PluginHost:
             warning = f"plugin {misplaced.name} ({label}) is not loaded: {misplaced.reason}"
             _log.info("%s", warning)  # the CLI warns of host.warnings
             self.warnings.append(warning)
-        disabled = False
-        source = "the allow list"
-        if allow is None:
-            disabled = bool(env.get(ENV_DISABLE))
-            if ENV_LOAD in env:
-                allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
-                source = ENV_LOAD
-        allowed = None if allow is None else {_normalize(n) for n in allow}
-        blocked = {_normalize(n) for n in block}
+        choice = _Choice(env, allow, block)
         failures = []
-        seen: set[tuple[str, str]] = set()
-        matched: set[str] = set()
-        dists = {id(ep): _dist_name(ep) for ep in found}  # each METADATA parsed once
-        for ep in sorted(found, key=lambda e: (dists[id(e)] or "", e.name)):
-            dist = dists[id(ep)]
-            key = (_normalize(dist or ""), ep.name)
-            if key in seen:
-                continue  # the same distribution seen twice
-            seen.add(key)
-            names = {_normalize(ep.name), _normalize(dist or "")}
-            matched |= names
-            reason = None
-            if disabled:
-                reason = f"{ENV_DISABLE} is set"
-            elif allowed is not None and not names & allowed:
-                reason = f"not in {source} ({', '.join(allow or ()) or 'empty'})"
-            elif names & blocked:
-                reason = "blocked (config [plugins] block or --block)"
-            elif self.pm.has_plugin(ep.name):
+        for ep, dist in _unique(found):
+            reason = choice.reason(ep, dist)
+            if reason is None and self.pm.has_plugin(ep.name):
                 reason = f"a plugin named {ep.name!r} is already registered"
             if reason is not None:
                 version = ep.dist.version if ep.dist is not None else None
@@ -376,12 +277,7 @@ class PluginHost:
                 failures.append(info)
                 if strict:
                     raise PluginError(_failure_message(info))
-        if allow is not None and not disabled:
-            self.unmatched += [
-                f"{source} names {name!r}, which is no installed plugin or distribution"
-                for name in allow
-                if _normalize(name) not in matched
-            ]
+        self.unmatched += choice.unmatched()
         self.failures.extend(failures)
         self._kinds = None  # the left-out list changed
         return failures
@@ -462,29 +358,10 @@ class PluginHost:
     def kinds(self) -> KindRegistry:
         """Every kind the registered plugins provide (computed once per change)."""
         if self._kinds is None:
-            self._kinds, self._kind_failures = self._collect_kinds()
+            self._kinds, self._kind_failures = _collect_kinds(
+                self.pm, self.filtered, self.unmatched, self.failures
+            )
         return self._kinds
-
-    def _collect_kinds(self) -> tuple[KindRegistry, dict[str, str]]:
-        registry = KindRegistry()
-        registry.left_out = [
-            f"{f.name} ({f.distribution or 'no distribution'}): {f.reason}" for f in self.filtered
-        ] + self.unmatched
-        failures = {}
-        caller = self.pm.hook.irqbypass_register_kinds
-        for impl in caller.get_hookimpls():
-            registrar = KindRegistrar(impl.plugin_name, registry)
-            try:
-                impl.function(register=registrar)
-            except Exception as exc:
-                registry.remove_plugin(impl.plugin_name)
-                failures[impl.plugin_name] = (
-                    f"irqbypass_register_kinds raised {show_exception(exc)}"
-                )
-        registry.failed = [
-            f"plugin {i.name!r} ({_dist_label(i.distribution, i.version)})" for i in self.failures
-        ] + [f"plugin {name!r} (in irqbypass_register_kinds)" for name in sorted(failures)]
-        return registry, failures
 
     def check_kinds(self, *, strict: bool = False) -> list[str]:
         """Problems with kinds: plugins whose registration raised, and names two
@@ -542,26 +419,20 @@ class PluginHost:
             for side, name, plugins in registry.conflicts()
             for plugin in plugins
         }
-        result = []
-        for name, plugin in self.pm.list_name_plugin():
-            if name == CORE_PLUGIN or plugin is None:
-                continue
-            source = self._sources.get(name, _Source(None, None))
-            hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
-            module = getattr(plugin, "__name__", None)
-            if not isinstance(module, str) or not isinstance(plugin, type(sys)):
-                module = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
-            result.append(
-                PluginInfo(
-                    name=name,
-                    distribution=source.distribution,
-                    version=source.version,
-                    kinds={k: v for k, v in registry.of_plugin(name).items() if v},
-                    hooks=hooks,
-                    error=self._kind_failures.get(name) or conflicts.get(name),
-                    module=module,
-                )
+        result = [
+            PluginInfo(
+                name=name,
+                distribution=source.distribution,
+                version=source.version,
+                kinds={k: v for k, v in registry.of_plugin(name).items() if v},
+                hooks=sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []),
+                error=self._kind_failures.get(name) or conflicts.get(name),
+                module=_module_of(plugin),
             )
+            for name, plugin in self.pm.list_name_plugin()
+            if name != CORE_PLUGIN and plugin is not None
+            for source in [self._sources.get(name, _Source(None, None))]
+        ]
         return sorted(result + self.failures, key=lambda i: i.name)
 
 
@@ -599,6 +470,185 @@ def load_plugins(
             raise PluginError(_failure_message(host.failures[-1]))
     host.check_kinds(strict=strict)
     return host
+
+
+def _collect_kinds(
+    pm: pluggy.PluginManager,
+    filtered: Sequence[FilteredPlugin],
+    unmatched: Sequence[str],
+    failed: Sequence[PluginInfo],
+) -> tuple[KindRegistry, dict[str, str]]:
+    """Every kind the plugins of ``pm`` register, with what was left out and
+    what failed (an unknown kind's error names them); and the plugins whose
+    ``irqbypass_register_kinds`` raised, with why (their kinds are dropped)."""
+    registry = KindRegistry()
+    registry.left_out = [
+        f"{f.name} ({f.distribution or 'no distribution'}): {f.reason}" for f in filtered
+    ] + list(unmatched)
+    failures = {}
+    caller = pm.hook.irqbypass_register_kinds
+    for impl in caller.get_hookimpls():
+        registrar = KindRegistrar(impl.plugin_name, registry)
+        try:
+            impl.function(register=registrar)
+        except Exception as exc:
+            registry.remove_plugin(impl.plugin_name)
+            failures[impl.plugin_name] = f"irqbypass_register_kinds raised {show_exception(exc)}"
+    registry.failed = [
+        f"plugin {i.name!r} ({_dist_label(i.distribution, i.version)})" for i in failed
+    ] + [f"plugin {name!r} (in irqbypass_register_kinds)" for name in sorted(failures)]
+    return registry, failures
+
+
+def _module_of(plugin: object) -> str:
+    """Where a plugin's code is: its module's name, or its class's."""
+    module = getattr(plugin, "__name__", None)
+    if not isinstance(module, str) or not isinstance(plugin, type(sys)):
+        module = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+    return module
+
+
+class _Choice:
+    """Which installed plugins load: the program's ``allow`` list, else the
+    user's environment (see the module doc); then the block list. It
+    remembers every name it saw, to tell the load-list entries that named none."""
+
+    def __init__(
+        self, env: Mapping[str, str], allow: Sequence[str] | None, block: Iterable[str]
+    ) -> None:
+        self.disabled = False
+        self.source = "the allow list"
+        if allow is None:
+            self.disabled = bool(env.get(ENV_DISABLE))
+            if ENV_LOAD in env:
+                allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
+                self.source = ENV_LOAD
+        self.allow = allow
+        self.allowed = None if allow is None else {_normalize(n) for n in allow}
+        self.blocked = {_normalize(n) for n in block}
+        self.matched: set[str] = set()
+
+    def reason(self, ep: metadata.EntryPoint, dist: str | None) -> str | None:
+        """Why ``ep`` is left out, or None: it loads."""
+        names = {_normalize(ep.name), _normalize(dist or "")}
+        self.matched |= names
+        if self.disabled:
+            return f"{ENV_DISABLE} is set"
+        if self.allowed is not None and not names & self.allowed:
+            return f"not in {self.source} ({', '.join(self.allow or ()) or 'empty'})"
+        if names & self.blocked:
+            return "blocked (config [plugins] block or --block)"
+        return None
+
+    def unmatched(self) -> list[str]:
+        """The load-list entries that named no plugin or distribution seen."""
+        if self.allow is None or self.disabled:
+            return []
+        return [
+            f"{self.source} names {name!r}, which is no installed plugin or distribution"
+            for name in self.allow
+            if _normalize(name) not in self.matched
+        ]
+
+
+def _unique(
+    found: Iterable[metadata.EntryPoint],
+) -> Iterator[tuple[metadata.EntryPoint, str | None]]:
+    """Each entry point with its distribution's name, sorted, and once: one
+    distribution seen twice (an editable install beside a regular one, a
+    ``lib64`` symlink) loads once. Each METADATA is parsed once."""
+    found = list(found)
+    dists = {id(ep): _dist_name(ep) for ep in found}
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(found, key=lambda e: (dists[id(e)] or "", e.name)):
+        dist = dists[id(ep)]
+        key = (_normalize(dist or ""), ep.name)
+        if key not in seen:
+            seen.add(key)
+            yield ep, dist
+
+
+# -- a plugin's hooks, checked beyond what pluggy checks ----------------------
+
+
+def _unmarked_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> list[str]:
+    """A function named like a hook (``irqbypass_*``) that is no hook
+    implementation: pluggy ignores it, so it would never be called."""
+    marked = {
+        caller.name
+        for caller in pm.get_hookcallers(plugin) or []
+        if any(impl.plugin is plugin for impl in caller.get_hookimpls())
+    }
+    known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+    found = []
+    try:
+        attributes = [a for a in dir(plugin) if a.startswith(f"{hookspecs.PROJECT}_")]
+        for attribute in attributes:
+            if attribute in marked:
+                continue
+            function = inspect.getattr_static(plugin, attribute)
+            if isinstance(function, staticmethod | classmethod):
+                function = function.__func__
+            if inspect.isfunction(function):
+                found.append((attribute, function))
+    except Exception:  # a hostile object's attributes: pluggy took it, so do we
+        return []
+    warnings = []
+    for attribute, function in found:
+        code = function.__code__
+        where = f"{code.co_filename}:{code.co_firstlineno}"
+        if attribute in known:
+            what = "so pluggy never calls it; decorate it with @irqbypass.plugin.hookimpl"
+        else:
+            close = difflib.get_close_matches(attribute, known, n=1)
+            what = (
+                f"but no hook has that name (did you mean {close[0]!r}?)"
+                if close
+                else f"but no hook has that name (the hooks are {', '.join(known)})"
+            )
+            what += "; rename it, or mark a hook with @irqbypass.plugin.hookimpl"
+        warnings.append(
+            f"plugin {name!r}: function {attribute} ({where}) is named like a hook but "
+            f"not marked with @irqbypass.plugin.hookimpl, {what}"
+        )
+    return warnings
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> str | None:
+    """Why ``plugin`` is refused: it implements a hook no spec declares (a
+    hook of another irqbypass release, or a misspelt name, that would
+    otherwise never be called), or None."""
+    unknown = sorted(
+        caller.name
+        for caller in pm.get_hookcallers(plugin) or []
+        if caller.spec is None
+        and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
+    )
+    if not unknown:
+        return None
+    return (
+        f"it implements {_hooks_word(unknown)} {', '.join(map(repr, unknown))}, which "
+        f"irqbypass {__version__} does not have: it was written for another irqbypass release "
+        f"or the name is misspelt; the hooks of irqbypass {__version__} are "
+        f"{', '.join(_hook_names())} (mark a hook of another project's with "
+        "@irqbypass.plugin.hookimpl(optionalhook=True))"
+    )
+
+
+def _invalid(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    """pluggy's refusal on one line: a hook whose arguments this core does
+    not pass (written for another release) says what this core passes."""
+    lines = str(exc).splitlines()  # pluggy's own text: it prints
+    text = printable("; ".join(line.strip() for line in lines if line.strip()))
+    hook = re.search(r"for hook '(\w+)'", text)
+    caller = getattr(pm.hook, hook.group(1), None) if hook else None
+    if caller is None or caller.spec is None:
+        return text
+    return (
+        f"{text}; irqbypass {__version__} calls {caller.name}"
+        f"({', '.join(caller.spec.argnames)}): the plugin was written for another "
+        "irqbypass release (plugin guide: Versions and compatibility)"
+    )
 
 
 def _names(value: object, what: str) -> list[str]:
