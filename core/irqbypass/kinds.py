@@ -248,7 +248,7 @@ def _unknown_kind_message(
     failed: Sequence[str] = (),
 ) -> str:
     message = f"no plugin provides {side} kind {name!r}"
-    install = _to_install(side, name)
+    install = to_install(side, name)
     family = FAMILY.get((side, name))
     if family is not None:  # the family's own: only what concerns its distribution
         left_out = [entry for entry in left_out if f"({family}" in entry] or left_out
@@ -282,7 +282,7 @@ def _unknown_kind_message(
     return message
 
 
-def _to_install(side: Side, name: str) -> str | None:
+def to_install(side: Side, name: str) -> str | None:
     """The family's distribution that provides ``name``, when it is not installed."""
     distribution = FAMILY.get((side, name))
     if distribution is None:

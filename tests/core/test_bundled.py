@@ -42,7 +42,7 @@ def test_the_demo_names_the_plugins_it_needs_when_they_are_missing(
 ) -> None:
     config = parse_config(bundled.demo_text(), file=bundled.DEMO)
     assert bundled.demo_missing(config) == [], "installed here"
-    monkeypatch.setattr(bundled, "_to_install", lambda side, kind: f"irqbypass-{kind}")
+    monkeypatch.setattr(bundled, "to_install", lambda side, kind: f"irqbypass-{kind}")
     # only the entries that are not optional: mock producers, logging consumers
     assert bundled.demo_missing(config) == ["irqbypass-logging", "irqbypass-mock"]
     with pytest.raises(irqbypass.IrqBypassError) as info:

@@ -595,7 +595,7 @@ def test_each_summary_row_comes_from_one_read_of_each_end(done: bool) -> None:
                 )
             ]
 
-    (row,) = summary._snapshot(FakeTopology())  # type: ignore[arg-type]
+    (row,) = summary.snapshot(FakeTopology())  # type: ignore[arg-type]
     doc = row.as_dict()
     assert (producer.reads, consumer.reads) == (1, 1)
     assert doc["fired"] == doc["producer_stats"]["fired"]

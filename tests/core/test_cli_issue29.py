@@ -128,10 +128,10 @@ def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
     The run's own ticks are counted once everything is delivered: many more than
     the settle time later, it still waits, and a Ctrl-C ends it."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    idle = live_command._Live.idle
+    idle = live_command.Live.idle
     ticks_after = []
 
-    def counting_idle(self: live_command._Live, seconds: float) -> None:
+    def counting_idle(self: live_command.Live, seconds: float) -> None:
         idle(self, seconds)
         rows = self.topology.status()
         if self.topology.finished and all(r.delivered == r.fired == 3 for r in rows):
@@ -139,7 +139,7 @@ def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
             if sum(ticks_after) > 10 * cli.run.SETTLE_SECONDS:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(live_command._Live, "idle", counting_idle)
+    monkeypatch.setattr(live_command.Live, "idle", counting_idle)
     path = topology(tmp_path, FINITE)
     status = cli.main(["run", path, "--control", str(tmp_path / "c.sock")])
     assert status == 130, "ended by the Ctrl-C, not by its producers finishing"
@@ -477,16 +477,16 @@ def test_the_progress_line_counts_no_merged_signal_as_lost_before_it_settles() -
     lost 0': an unsettled reading of a merging consumer is not a loss yet."""
     from types import SimpleNamespace
 
-    from irqbypass.cli.summary import _progress_line
+    from irqbypass.cli.summary import progress_line
 
     def row(token: str, lost: int, coalesces: bool, settled: bool = False) -> Any:
         fields = dict(fired=10, delivered=10 - lost, lost=lost, coalesces=coalesces)
         return SimpleNamespace(token=token, settled=settled, **fields)
 
     merging, plain = row("kvm", 3, coalesces=True), row("log", 2, coalesces=False)
-    assert " lost 2," in _progress_line([merging, plain], 1.0, 2, 2)
+    assert " lost 2," in progress_line([merging, plain], 1.0, 2, 2)
     settled = row("kvm", 3, coalesces=True, settled=True)
-    assert " lost 5," in _progress_line([settled, plain], 1.0, 2, 2)
+    assert " lost 5," in progress_line([settled, plain], 1.0, 2, 2)
 
 
 def test_a_plugin_table_s_error_comes_with_the_file_s_other_errors(tmp_path: Path) -> None:

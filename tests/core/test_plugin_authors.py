@@ -373,14 +373,14 @@ def test_a_veto_leaves_no_trace_once_its_pair_is_detached(no_env: None) -> None:
 def test_a_running_topology_s_status_lists_its_vetoed_pairs(no_env: None) -> None:
     """What ``irqbypass status`` and SIGUSR1 show, as run's own table does."""
     import audit_plugin
-    from irqbypass.cli.live import _Live, _print_status
+    from irqbypass.cli.live import Live, _print_status
 
     host = irqbypass.load_plugins(allow=["irqbypass-mock", "irqbypass-logging"])
     host.register(audit_plugin, name="audit_plugin")
     config = irqbypass.parse_config(audited('deny = ["p1"]\nunpaired = true'), file="a.toml")
     assert host.configure(config.plugins.tables, file=config.file) == []
     with irqbypass.Topology(config, host) as top:
-        doc = _Live(top, "a.toml").status()
+        doc = Live(top, "a.toml").status()
     assert doc["vetoed"] == [{"token": "t1", "reason": "p1 is on the deny list"}]
     out = io.StringIO()
     _print_status(doc, out)

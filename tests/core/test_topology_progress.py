@@ -90,8 +90,8 @@ def test_the_run_progress_line_totals_every_pair() -> None:
     topology = irqbypass.Topology(config(12), irqbypass.load_plugins())
     topology.apply()
     try:
-        rows = summary._snapshot(topology, settled=False)
-        line = summary._progress_line(rows, 1.0, 3, 12)
+        rows = summary.snapshot(topology, settled=False)
+        line = summary.progress_line(rows, 1.0, 3, 12)
     finally:
         topology.teardown()
     assert line.startswith("[  1.0s] fired 0 delivered 0 lost 0, 3/12 pairs finished; ")
@@ -115,7 +115,7 @@ def test_a_snapshot_asks_whether_the_topology_finished_once(
     topology.apply()
     try:
         monkeypatch.setattr(irqbypass.Topology, "finished", property(counting))
-        rows = summary._snapshot(topology)
+        rows = summary.snapshot(topology)
     finally:
         topology.teardown()
     assert len(rows) == 20 and len(asked) == 1

@@ -858,7 +858,7 @@ def test_a_signal_while_the_surfaces_close_never_skips_the_teardown(
     from irqbypass.cli import live, main
 
     closed: list[bool] = []
-    real_close = live._Live.close
+    real_close = live.Live.close
 
     def interrupted_close(self: Any) -> None:
         real_close(self)
@@ -866,13 +866,13 @@ def test_a_signal_while_the_surfaces_close_never_skips_the_teardown(
             closed.append(True)
             raise KeyboardInterrupt  # what SIGTERM's handler raises, at the worst moment
 
-    monkeypatch.setattr(live._Live, "close", interrupted_close)
+    monkeypatch.setattr(live.Live, "close", interrupted_close)
     if failing:  # the wait itself ends with an error: the other path to the teardown
 
         def broken_ready(self: Any) -> None:
             raise irqbypass.IrqBypassError("injected")
 
-        monkeypatch.setattr(live._Live, "ready", broken_ready)
+        monkeypatch.setattr(live.Live, "ready", broken_ready)
     (tmp_path / "t.toml").write_text(_pair(0).replace("count = -1", "count = 3"))
     irqbypass.event_loop().start()  # the process's loop and its wakeup eventfd stay
     before = set(os.listdir("/proc/self/fd"))

@@ -112,8 +112,8 @@ def test_sigint_anywhere_in_a_posted_run_exits_with_its_summary_and_leaves_nothi
     irqbypass.event_loop().start()  # its fds and threads live as long as the process
     # the plugins are discovered once, not per run (reading every installed
     # distribution's metadata costs about a second here, and is not what is swept)
-    host = run_module._host(cli._parse(["run", "-"]))
-    monkeypatch.setattr(run_module, "_host", lambda args, config=None, collect=False: host)
+    host = run_module.plugin_host(cli._parse(["run", "-"]))
+    monkeypatch.setattr(run_module, "plugin_host", lambda args, config=None, collect=False: host)
     directory = tmp_path / "run"
     directory.mkdir()
     config = tmp_path / "posted.toml"

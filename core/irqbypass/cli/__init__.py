@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import IrqBypassError
-from .output import TABLE_ROWS, _error, _fresh_line, _LogLines, _notes, _say
+from .output import TABLE_ROWS, LogLines, fresh_line, print_error, print_notes, say
 
 #: the project's documentation (the core's Project-URL "Documentation"; a test holds them equal)
 DOCS_URL = "https://irqbypass.readthedocs.io/"
@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt as exc:  # before the command's own handling began, or after it
         signum = getattr(exc, "signum", signal.SIGINT)
-        _fresh_line(signum)
-        _error(f"stopped by {signal.Signals(signum).name}")
+        fresh_line(signum)
+        print_error(f"stopped by {signal.Signals(signum).name}")
         return 128 + signum
 
 
@@ -62,14 +62,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except IrqBypassError as exc:
         errors = [str(error) for error in getattr(exc, "errors", (exc,))]
         for error in errors:  # every problem of a file, in file order
-            _error(error)
+            print_error(error)
         _json_error(args, errors[0], 1, errors)
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        _fresh_line(signum)
-        _notes(exc)
-        _error(f"stopped by {signal.Signals(signum).name}")
+        fresh_line(signum)
+        print_notes(exc)
+        print_error(f"stopped by {signal.Signals(signum).name}")
         _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
         return 128 + signum
     except BrokenPipeError:
@@ -81,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as exc:
         if args.verbose:
             traceback.print_exc()
-        _error(_os_error(exc))
+        print_error(_os_error(exc))
         _json_error(args, _os_error(exc), 1)
         return 1
 
@@ -104,7 +104,7 @@ def _json_error(
         "errors": list(errors) or [error],
     }
     try:
-        _say(json.dumps(doc, indent=2), sys.stdout)
+        say(json.dumps(doc, indent=2), sys.stdout)
         sys.stdout.flush()
     except OSError:  # the reader went away: the stderr line is what is left
         pass
@@ -216,17 +216,40 @@ def _parser(problems: list[str] | None = None) -> _Parser:
 
     plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
     plugins.add_argument("--json", action="store_true", help="print JSON")
-    plugins.set_defaults(func=_Command("hosting", "_cmd_plugins"))
+    plugins.set_defaults(func=_Command("hosting", "cmd_plugins"))
 
     check_cmd = command("check", "validate a topology file and its pairs, opening no device")
     check_cmd.add_argument("file", help="the TOML file, or - for standard input")
     check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     _listing_options(check_cmd)
-    check_cmd.set_defaults(func=_Command("check", "_cmd_check"))
+    check_cmd.set_defaults(func=_Command("check", "cmd_check"))
 
     run = command("run", "apply a topology, run it, tear it down")
     run.add_argument("file", help="the TOML file, or - for standard input")
     _run_options(run, checked)
+    _serving_options(run, checked)
+    run.set_defaults(func=_Command("run", "cmd_run"))
+
+    status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
+    status.add_argument("path", help="the run's control socket")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _listing_options(status)
+    status.set_defaults(func=_Command("live", "cmd_status"))
+
+    reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
+    reload.add_argument("path", help="the run's control socket")
+    reload.add_argument("--json", action="store_true", help="print JSON")
+    reload.set_defaults(func=_Command("live", "cmd_reload"))
+
+    demo = command("demo", "run the bundled demo topology")
+    _run_options(demo, checked)
+    demo.set_defaults(func=_Command("run", "cmd_demo"))
+    _bundled_commands(command)
+    return parser
+
+
+def _serving_options(run: argparse.ArgumentParser, checked: _Checked) -> None:
+    """What a run serves while it runs: its control socket and its metrics."""
     run.add_argument(
         "--control",
         type=checked(_control_path, "--control"),
@@ -252,28 +275,15 @@ def _parser(problems: list[str] | None = None) -> _Parser:
         help="write Prometheus metrics to PATH every second, for node_exporter's textfile "
         "collector (needs irqbypass[metrics])",
     )
-    run.set_defaults(func=_Command("run", "_cmd_run"))
 
-    status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
-    status.add_argument("path", help="the run's control socket")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    _listing_options(status)
-    status.set_defaults(func=_Command("live", "_cmd_status"))
 
-    reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
-    reload.add_argument("path", help="the run's control socket")
-    reload.add_argument("--json", action="store_true", help="print JSON")
-    reload.set_defaults(func=_Command("live", "_cmd_reload"))
-
-    demo = command("demo", "run the bundled demo topology")
-    _run_options(demo, checked)
-    demo.set_defaults(func=_Command("run", "_cmd_demo"))
-
+def _bundled_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The commands that write what the core ships: the examples, a plugin to start from."""
     examples = command("examples", "list the bundled example topologies and systemd unit")
     examples.add_argument(
         "--write", metavar="DIR", help="write them into DIR (made if missing; never overwrites)"
     )
-    examples.set_defaults(func=_Command("bundled", "_cmd_examples"))
+    examples.set_defaults(func=_Command("bundled", "cmd_examples"))
 
     new_plugin = command(
         "new-plugin", "write a plugin to start from: irqbypass-NAME, module irqbypass_NAME"
@@ -282,8 +292,7 @@ def _parser(problems: list[str] | None = None) -> _Parser:
     new_plugin.add_argument(
         "--directory", default=".", metavar="DIR", help="where to write irqbypass-NAME/"
     )
-    new_plugin.set_defaults(func=_Command("template", "_cmd_new_plugin"))
-    return parser
+    new_plugin.set_defaults(func=_Command("template", "cmd_new_plugin"))
 
 
 class _Command:
@@ -418,7 +427,7 @@ def _port_number(value: str) -> int:
 def _set_up_logging(verbose: int) -> None:
     """-v: INFO, plus everything the user's logging consumers log (their level is
     the user's choice); -vv: DEBUG everywhere, every callback traced."""
-    handler = _LogLines()  # through the one place every line goes (a progress line is cleared)
+    handler = LogLines()  # through the one place every line goes (a progress line is cleared)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import IrqBypassError
-from ..kinds import _to_install
+from ..kinds import to_install
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -55,7 +55,7 @@ def _summary(example: Traversable) -> str:
     return text.split(". ")[0].split(": ")[0].rstrip(".")
 
 
-def _cmd_examples(args: argparse.Namespace) -> int:
+def cmd_examples(args: argparse.Namespace) -> int:
     examples = bundled()
     if args.write is None:
         for name, example in examples.items():
@@ -82,7 +82,7 @@ def demo_missing(config: Config) -> list[str]:
     """The project's plugin distributions the demo's required (not optional)
     entries need and this environment lacks, read from the metadata only."""
     entries = (*config.producers, *config.consumers)
-    needed = {_to_install(e.side, e.kind) for e in entries if not e.optional}
+    needed = {to_install(e.side, e.kind) for e in entries if not e.optional}
     return sorted(d for d in needed if d is not None)
 
 

@@ -14,16 +14,16 @@ from ..errors import ConfigError, IrqBypassError
 from ..plugins import PluginHost
 from ..status import PairStatus
 from ..topology import Topology
-from .files import _load
-from .hosting import _host, _table_errors
-from .output import _count, _error, _lists_every, _print_rows, _say, _warn
+from .files import load_file
+from .hosting import plugin_host, table_errors
+from .output import counted, lists_every, print_error, print_rows, print_warning, say
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.file)
-    host = _host(args, config, collect=True)
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_file(args.file)
+    host = plugin_host(args, config, collect=True)
     if getattr(args, "table_errors", None):
-        _every_error(config, host, _table_errors(args))
+        raise_every_error(config, host, table_errors(args))
     topology = Topology(config, host)
     topology.build(check_only=True)
     try:
@@ -34,7 +34,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     pairs += [_skipped_dict(config, token, reason) for token, reason in topology.skipped]
     order = {name: i for i, name in enumerate(config.token_names())}
     pairs.sort(key=lambda p: order[p["token"]])
-    warnings = _pairing_problems(config, host)
+    warnings = pairing_problems(config, host)
     if args.json:
         doc = {
             "file": config.file,
@@ -44,16 +44,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
             "pairs": pairs,
             "warnings": warnings,
         }
-        _say(json.dumps(doc, indent=2), sys.stdout)
+        say(json.dumps(doc, indent=2), sys.stdout)
     else:
         counts = ", ".join(
             [
-                _count(len(config.producers), "producer"),
-                _count(len(config.consumers), "consumer"),
-                _count(len(pairs), "token"),
+                counted(len(config.producers), "producer"),
+                counted(len(config.consumers), "consumer"),
+                counted(len(pairs), "token"),
             ]
         )
-        _say(f"{config.file}: OK: {counts}", sys.stdout)
+        say(f"{config.file}: OK: {counts}", sys.stdout)
         listed: list[tuple[tuple[str, ...], bool]] = [
             (
                 (p["token"], _end(p, "producer"), _end(p, "consumer"), p["state"]),
@@ -63,16 +63,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
             for p in pairs
         ]
         header = ("TOKEN", "PRODUCER", "CONSUMER", "STATE")
-        _print_rows(header, listed, sys.stdout, _lists_every(args, len(listed)))
+        print_rows(header, listed, sys.stdout, lists_every(args, len(listed)))
         for warning in warnings:
-            _warn(warning)
+            print_warning(warning)
     if warnings and args.strict:
-        _error(f"{config.file}: {_count(len(warnings), 'warning')} (--strict)")
+        print_error(f"{config.file}: {counted(len(warnings), 'warning')} (--strict)")
         return 1
     return 0
 
 
-def _every_error(config: Config, host: PluginHost, found: list[IrqBypassError]) -> NoReturn:
+def raise_every_error(config: Config, host: PluginHost, found: list[IrqBypassError]) -> NoReturn:
     """Raise ``found`` (a plugin table's errors) with every error of the
     endpoints' own options, found by a build that opens nothing, in file order:
     a file is reported whole in one go, whatever else is wrong in it."""
@@ -125,7 +125,7 @@ def _skipped_dict(config: Config, token: str, reason: str) -> dict[str, Any]:
     }
 
 
-def _pairing_problems(config: Config, host: PluginHost) -> list[str]:
+def pairing_problems(config: Config, host: PluginHost) -> list[str]:
     """Likely mistakes a valid file can still hold: a token with one end (with the
     near-identical token it probably meant), and a kind typo that ``optional``
     would silently skip."""

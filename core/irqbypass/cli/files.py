@@ -9,7 +9,7 @@ from ..config import Config, load_config, parse_config
 STDIN = "-"
 
 
-def _load(file: str) -> Config:
+def load_file(file: str) -> Config:
     if file == STDIN:
         return parse_config(sys.stdin.buffer.read(), file="<stdin>")
     return load_config(file)

@@ -17,7 +17,7 @@ from ..errors import ConfigError, IrqBypassError
 from ..hookspecs import hookimpl
 from ..plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
 from . import version
-from .output import _isatty, _print_table, _say, _warn, _width
+from .output import is_tty, print_table, print_warning, say, screen_width
 
 #: plugins the CLI itself registers (tracing, metrics): not listed as the user's
 _CORE_PLUGINS = ("irqbypass.trace", "irqbypass.metrics")
@@ -49,13 +49,13 @@ class _Trace:
         return (yield)
 
 
-def _host(
+def plugin_host(
     args: argparse.Namespace, config: Config | None = None, collect: bool = False
 ) -> PluginHost:
     """The plugins, loaded and given their ``[plugins.NAME]`` tables. With
     ``collect``, a table's error (with its line) is left in
     ``args.table_errors`` for the caller to report with the file's other
-    errors (see :func:`_table_errors`); otherwise it is raised."""
+    errors (see :func:`table_errors`); otherwise it is raised."""
     settings = config.plugins if config is not None else None
     strict = args.strict or (settings.strict if settings else False)
     # the user's environment wins over the file's [plugins] load (docs/configuration.md):
@@ -68,15 +68,15 @@ def _host(
         modules=args.plugin_modules,
     )
     for failure in host.failures:
-        _warn(_describe_failure(failure) + "; the other plugins are loaded")
+        print_warning(_describe_failure(failure) + "; the other plugins are loaded")
         if args.verbose and failure.traceback:
-            _say(failure.traceback.rstrip("\n"), sys.stderr)
+            say(failure.traceback.rstrip("\n"), sys.stderr)
     for problem in [*host.warnings, *host.check_kinds(), *host.unmatched]:
-        _warn(problem)
+        print_warning(problem)
     if config is not None:  # each plugin's own [plugins.NAME] table
         try:
             for problem in host.configure(config.plugins.tables, file=config.file):
-                _warn(problem)
+                print_warning(problem)
         except ConfigError as exc:
             if exc.line is not None or not exc.key or exc.file != config.file:
                 raise
@@ -89,8 +89,8 @@ def _host(
     return host
 
 
-def _table_errors(args: argparse.Namespace) -> list[IrqBypassError]:
-    """What :func:`_host` collected of the plugin tables' errors (none: [])."""
+def table_errors(args: argparse.Namespace) -> list[IrqBypassError]:
+    """What :func:`plugin_host` collected of the plugin tables' errors (none: [])."""
     found: list[IrqBypassError] = getattr(args, "table_errors", None) or []
     return found
 
@@ -121,8 +121,8 @@ def _kind_table(host: PluginHost) -> list[dict[str, Any]]:
     return rows
 
 
-def _cmd_plugins(args: argparse.Namespace) -> int:
-    host = _host(args)
+def cmd_plugins(args: argparse.Namespace) -> int:
+    host = plugin_host(args)
     infos = [i for i in host.info() if i.name not in _CORE_PLUGINS]
     kinds = _kind_table(host)
     if args.json:
@@ -134,40 +134,40 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             "filtered": [f.as_dict() for f in host.filtered],
             "unmatched": host.unmatched,
         }
-        _say(json.dumps(doc, indent=2), sys.stdout)
+        say(json.dumps(doc, indent=2), sys.stdout)
         return 0
-    _say(f"irqbypass {version()} (Python {sys.version.split()[0]})", sys.stdout)
+    say(f"irqbypass {version()} (Python {sys.version.split()[0]})", sys.stdout)
     if not infos:
         why = "all of them were left out (below)" if host.filtered else "none is installed"
-        _say(f"no plugins loaded: {why}", sys.stdout)
+        say(f"no plugins loaded: {why}", sys.stdout)
     for info in infos:
         version_ = f" {info.version}" if info.version else ""
-        _say(f"{info.name} ({info.distribution or 'no distribution'}{version_})", sys.stdout)
+        say(f"{info.name} ({info.distribution or 'no distribution'}{version_})", sys.stdout)
         if info.module:
-            _say(f"  module: {info.module}", sys.stdout)
+            say(f"  module: {info.module}", sys.stdout)
         for side, names in info.kinds.items():
-            _say(f"  {side} kinds: {', '.join(names)}", sys.stdout)
-        _say(f"  hooks: {', '.join(info.hooks) or '-'}", sys.stdout)
+            say(f"  {side} kinds: {', '.join(names)}", sys.stdout)
+        say(f"  hooks: {', '.join(info.hooks) or '-'}", sys.stdout)
         if info.error:
-            _say(f"  error: {info.error}", sys.stdout)
+            say(f"  error: {info.error}", sys.stdout)
             if args.verbose and info.traceback:
-                _say("  " + info.traceback.rstrip().replace("\n", "\n  "), sys.stdout)
+                say("  " + info.traceback.rstrip().replace("\n", "\n  "), sys.stdout)
     if kinds:
-        _say("kinds here:", sys.stdout)
+        say("kinds here:", sys.stdout)
         table = [("SIDE", "KIND", "PLUGIN", "AVAILABLE")]
         for k in kinds:
             state = "yes" if k["unavailable"] is None else f"no: {k['unavailable']}"
             table.append((k["side"], k["name"], k["plugin"] or "-", state))
-        _print_table(table, sys.stdout)
+        print_table(table, sys.stdout)
     if host.filtered:
-        _say("not loaded:", sys.stdout)
+        say("not loaded:", sys.stdout)
         for f in host.filtered:
             dist = " ".join(filter(None, [f.distribution, f.version])) or "no distribution"
-            _say(f"  {f.name} ({dist}): {f.reason}", sys.stdout)
+            say(f"  {f.name} ({dist}): {f.reason}", sys.stdout)
     return 0
 
 
-def _header(host: PluginHost, out: TextIO) -> None:
+def print_header(host: PluginHost, out: TextIO) -> None:
     """One line, as pytest's ``plugins:`` line: what this run is made of."""
     loaded = [
         f"{i.name} {i.version}" if i.version else i.name
@@ -175,6 +175,6 @@ def _header(host: PluginHost, out: TextIO) -> None:
         if i.error is None and i.name not in _CORE_PLUGINS
     ]
     line = f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}"
-    if _isatty(out):  # wrapped at a plugin name, not in the middle of one
-        line = textwrap.fill(line, max(40, _width(out) - 1), subsequent_indent="  ")
-    _say(line, out)
+    if is_tty(out):  # wrapped at a plugin name, not in the middle of one
+        line = textwrap.fill(line, max(40, screen_width(out) - 1), subsequent_indent="  ")
+    say(line, out)

@@ -26,13 +26,13 @@ from ..options import show_exception
 from ..paths import file_kind
 from ..plugins import PluginHost
 from ..topology import Topology
-from .output import TABLE_ROWS, _count, _error, _lists_every, _say, _warn
-from .summary import _print_summary, _snapshot
+from .output import TABLE_ROWS, counted, lists_every, print_error, print_warning, say
+from .summary import print_summary, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
 
 
-class _Live:
+class Live:
     """What a running ``run`` answers: SIGHUP (reload the file), SIGUSR1 (a
     status snapshot on stderr) and the ``--control`` socket. The handlers only
     note the signal; the main loop acts on it at its next tick (:meth:`idle`)."""
@@ -91,14 +91,16 @@ class _Live:
             try:
                 closing.close()
             except Exception as exc:
-                _warn(f"closing the {what} failed: {show_exception(exc)}; tearing down anyway")
+                print_warning(
+                    f"closing the {what} failed: {show_exception(exc)}; tearing down anyway"
+                )
 
     def _refresh_metrics(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.metrics is None or (not force and now - self._metrics_at < REFRESH_SECONDS):
             return
         self._metrics_at = now
-        pairs = [row.as_dict() for row in _snapshot(self.topology, settled=False)]
+        pairs = [row.as_dict() for row in snapshot(self.topology, settled=False)]
         self.metrics.update(pairs, self.reloads, self.failed_reloads)
 
     def idle(self, seconds: float) -> None:
@@ -145,7 +147,7 @@ class _Live:
             "uptime": round(time.monotonic() - self.started, 3),
             "reloads": self.reloads,
             "failed_reloads": self.failed_reloads,
-            "pairs": [row.as_dict() for row in _snapshot(topology, settled=False)],
+            "pairs": [row.as_dict() for row in snapshot(topology, settled=False)],
             "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
             "vetoed": [{"token": t, "reason": r} for t, r in topology.vetoed],
         }
@@ -157,7 +159,7 @@ class _Live:
     def _status_line(self) -> str:
         rows = self.topology.status()
         paired = sum(1 for row in rows if row.paired)
-        line = f"{_count(len(rows), 'token')}, {paired} paired; {_count(self.reloads, 'reload')}"
+        line = f"{counted(len(rows), 'token')}, {paired} paired; {counted(self.reloads, 'reload')}"
         if self.failed_reloads:
             line += f", {self.failed_reloads} failed"
         if self.reload_error is not None:
@@ -168,7 +170,7 @@ class _Live:
         """Read the file again and reconcile; a broken file changes nothing."""
         if self.file is None:
             message = "cannot reload: the topology was not read from a file (standard input, demo)"
-            _error(message)
+            print_error(message)
             return {"ok": False, "error": message, "unchanged": True}
         reloading()
         before = {p.config.name: p.config for p in self.topology.placed}
@@ -184,13 +186,15 @@ class _Live:
             state = "the running topology is unchanged" if unchanged else "see above"
             message = f"reload of {self.file} failed; {state}: {exc}"
             self.reload_error = message
-            _error(message)
+            print_error(message)
             return {"ok": False, "error": message, "unchanged": unchanged}
         finally:
             notify("READY=1", status(self._status_line()))
         if new.plugins != old.plugins:
-            _warn(f"{self.file}: [plugins] changed; the plugins are loaded at start: restart")
-        _say(f"irqbypass: reloaded {self.file}: {changes.describe()}", sys.stderr)
+            print_warning(
+                f"{self.file}: [plugins] changed; the plugins are loaded at start: restart"
+            )
+        say(f"irqbypass: reloaded {self.file}: {changes.describe()}", sys.stderr)
         self._refresh_metrics(force=True)
         return {
             "ok": True,
@@ -242,7 +246,7 @@ def _read_again(file: str) -> Config:
     return parse_config(b"".join(chunks), file=file)
 
 
-def _metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
+def serve_metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
     """The Prometheus exporter the options ask for, counting pairings through
     a plugin on ``host`` (so only a run with metrics takes the hooked path)."""
     port, textfile = getattr(args, "metrics_port", None), getattr(args, "metrics_textfile", None)
@@ -270,18 +274,18 @@ def _print_status(doc: dict[str, Any], out: TextIO, every: bool | None = None) -
     if every is None:
         every = len(pairs) <= TABLE_ROWS
     paired = sum(1 for p in pairs if p.get("paired"))
-    _say(
+    say(
         f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "
-        f"{_count(len(pairs), 'token')}, {paired} paired, "
-        f"{_count(doc.get('reloads', 0), 'reload')} ({doc.get('failed_reloads', 0)} failed)",
+        f"{counted(len(pairs), 'token')}, {paired} paired, "
+        f"{counted(doc.get('reloads', 0), 'reload')} ({doc.get('failed_reloads', 0)} failed)",
         out,
     )
     if pairs:
-        _print_summary(pairs, out, title="", every=every)
+        print_summary(pairs, out, title="", every=every)
     for skipped in doc.get("skipped", []):
-        _say(f"  {skipped['token']}: skipped: {skipped['reason']}", out)
+        say(f"  {skipped['token']}: skipped: {skipped['reason']}", out)
     for vetoed in doc.get("vetoed", []):
-        _say(f"  {vetoed['token']}: unpaired (eventfd only): vetoed: {vetoed['reason']}", out)
+        say(f"  {vetoed['token']}: unpaired (eventfd only): vetoed: {vetoed['reason']}", out)
 
 
 _OPTIONAL = (type(None),)
@@ -349,19 +353,19 @@ def _shown_type(row: dict[str, Any], name: str) -> str:
     return "missing" if name not in row else f"a {type(row[name]).__name__}"
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     doc = _shape(control.request(args.path, "status"), args.path)
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc.get("ok"):
-        _print_status(doc, sys.stdout, _lists_every(args, len(doc["pairs"])))
+        _print_status(doc, sys.stdout, lists_every(args, len(doc["pairs"])))
     else:
-        _error(str(doc["error"]))
+        print_error(str(doc["error"]))
     return 0 if doc.get("ok") else 1
 
 
 def _reload_shape(doc: dict[str, Any], path: str) -> dict[str, Any]:
-    """``doc`` if it is a reload answer :func:`_cmd_reload` can show; a clear error if not."""
+    """``doc`` if it is a reload answer :func:`cmd_reload` can show; a clear error if not."""
     if not doc.get("ok"):
         if not isinstance(doc.get("error"), str):
             raise IrqBypassError(f"{path}: the answer is neither a reload's result nor an error")
@@ -377,7 +381,7 @@ def _reload_shape(doc: dict[str, Any], path: str) -> dict[str, Any]:
     return doc
 
 
-def _cmd_reload(args: argparse.Namespace) -> int:
+def cmd_reload(args: argparse.Namespace) -> int:
     doc = _reload_shape(control.request(args.path, "reload"), args.path)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -389,5 +393,5 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         ]
         print(f"reloaded: {'; '.join(what) or 'nothing changed'}")
     else:
-        _error(str(doc.get("error")))
+        print_error(str(doc.get("error")))
     return 0 if doc.get("ok") else 1

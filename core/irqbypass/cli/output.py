@@ -1,6 +1,6 @@
 """What the commands write: one line per write, tables that fit a terminal,
 warnings and errors on standard error, and the one progress line of a
-terminal. Every line goes through :func:`_say`, which clears a progress line
+terminal. Every line goes through :func:`say`, which clears a progress line
 being shown first, so a message during a run never starts in the middle of it
 (as pip and pytest do)."""
 
@@ -16,31 +16,31 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 
-def _notes(exc: BaseException) -> None:
+def print_notes(exc: BaseException) -> None:
     """What an interrupt let through says it interrupted, as error lines (a note
     starts with "irqbypass: " for a traceback; the line has that prefix already)."""
     for note in getattr(exc, "__notes__", ()):
-        _error(str(note).removeprefix("irqbypass: "))
+        print_error(str(note).removeprefix("irqbypass: "))
 
 
-def _fresh_line(signum: int) -> None:
+def fresh_line(signum: int) -> None:
     """After Ctrl-C on a terminal, which echoed ``^C`` where the cursor was:
     start the message on a line of its own."""
-    if signum == signal.SIGINT and _isatty(sys.stderr):
+    if signum == signal.SIGINT and is_tty(sys.stderr):
         with _SCREEN.lock:
             _SCREEN.progress = None  # the newline ends a progress line being shown
             sys.stderr.write("\n")
             sys.stderr.flush()
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_tty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
 
 
-def _width(stream: TextIO) -> int:
+def screen_width(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns or 80
     except (OSError, ValueError, AttributeError):
@@ -53,35 +53,35 @@ def _fit(line: str, width: int) -> str:
     return line if len(line) <= room else line[: room - 3] + "..."
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _num(value: int | None) -> str:
+def number(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None = None) -> None:
+def print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None = None) -> None:
     """Columns padded to their widest cell. On a terminal (or given ``width``),
     a last column too long for it (a skip reason of 250 characters) wraps at
     word boundaries under itself, instead of the terminal breaking it anywhere;
     piped output keeps one line per row, for scripts and diffs."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    if width is None and _isatty(out):
-        width = _width(out)
+    if width is None and is_tty(out):
+        width = screen_width(out)
     indent = 2 + sum(w + 2 for w in widths[:-1])
     room = (width - 1 - indent) if width is not None else 0
     for r in rows:
         head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
         last = r[-1]
         if width is None or len(last) <= room:
-            _say((head + last).rstrip(), out)
+            say((head + last).rstrip(), out)
         elif room >= 20:  # wrapped under its column
             lines = textwrap.wrap(last, room, break_on_hyphens=False) or [last]
-            _say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
+            say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
         else:  # no room left at the right: on lines of its own, indented
             lines = textwrap.wrap(last, max(20, width - 7), break_on_hyphens=False) or [last]
-            _say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
+            say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
 
 
 class _Screen:
@@ -101,7 +101,7 @@ class _Screen:
     def draw(self, line: str, stream: TextIO) -> None:
         """Draw (or redraw) the progress line, cut to the terminal's width."""
         with self.lock:
-            stream.write(f"\r{_fit(line, _width(stream))}\x1b[K")
+            stream.write(f"\r{_fit(line, screen_width(stream))}\x1b[K")
             stream.flush()
             self.progress = stream
 
@@ -118,7 +118,7 @@ class _Screen:
         """Clear the progress line before a line on its stream or on another
         terminal (the same screen, as a rule); it is drawn again at its next tick."""
         stream = self.progress
-        if stream is None or (out is not stream and not _isatty(out)):
+        if stream is None or (out is not stream and not is_tty(out)):
             return
         self.progress = None
         stream.write("\r\x1b[K")
@@ -134,7 +134,7 @@ _SCREEN = _Screen()
 TABLE_ROWS = 20
 
 
-def _lists_every(args: Any, pairs: int) -> bool:
+def lists_every(args: Any, pairs: int) -> bool:
     """Whether a table lists every pair: asked (``--all``, ``-v``) or short
     enough; never under ``--quiet`` (totals and the pairs with a problem)."""
     if getattr(args, "quiet", False):
@@ -142,7 +142,7 @@ def _lists_every(args: Any, pairs: int) -> bool:
     return bool(getattr(args, "all", False) or getattr(args, "verbose", 0) or pairs <= TABLE_ROWS)
 
 
-def _print_rows(
+def print_rows(
     header: Sequence[str],
     rows: Sequence[tuple[Sequence[str], bool]],
     out: TextIO,
@@ -152,13 +152,13 @@ def _print_rows(
     false) only those with a problem, then how many were left out."""
     shown = [cells for cells, problem in rows if every or problem]
     if shown:
-        _print_table([header, *shown], out)
+        print_table([header, *shown], out)
     left = len(rows) - len(shown)
     if left:
-        _say(f"  ({_count(left, 'pair')} without a problem not listed: --all lists them)", out)
+        say(f"  ({counted(left, 'pair')} without a problem not listed: --all lists them)", out)
 
 
-def _say(text: str, out: TextIO) -> None:
+def say(text: str, out: TextIO) -> None:
     """Print one line in one write, after clearing a progress line on the same
     terminal: print() writes the text and its newline apart, and unbuffered
     (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
@@ -166,28 +166,28 @@ def _say(text: str, out: TextIO) -> None:
     _SCREEN.say(text, out)
 
 
-def _draw_progress(line: str, stream: TextIO) -> None:
+def draw_progress(line: str, stream: TextIO) -> None:
     _SCREEN.draw(line, stream)
 
 
-def _end_progress(stream: TextIO, keep: bool) -> None:
+def end_progress(stream: TextIO, keep: bool) -> None:
     _SCREEN.end(stream, keep)
 
 
-class _LogLines(logging.Handler):
-    """Log records as lines of the CLI's standard error, through :func:`_say`
+class LogLines(logging.Handler):
+    """Log records as lines of the CLI's standard error, through :func:`say`
     (a record from the event loop's thread clears the progress line too)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _say(self.format(record), sys.stderr)
+            say(self.format(record), sys.stderr)
         except Exception:
             self.handleError(record)
 
 
-def _warn(message: str) -> None:
-    _say(f"irqbypass: warning: {message}", sys.stderr)
+def print_warning(message: str) -> None:
+    say(f"irqbypass: warning: {message}", sys.stderr)
 
 
-def _error(message: str) -> None:
-    _say(f"irqbypass: error: {message}", sys.stderr)
+def print_error(message: str) -> None:
+    say(f"irqbypass: error: {message}", sys.stderr)

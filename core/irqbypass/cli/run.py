@@ -21,23 +21,23 @@ from ..plugins import PluginHost
 from ..signals import deliver_deferred_signals, guard_signals
 from ..topology import Placed, Topology
 from . import bundled
-from .check import _every_error, _pairing_problems
-from .files import STDIN, _load
-from .hosting import _header, _host, _table_errors
-from .live import _Live, _metrics
+from .check import pairing_problems, raise_every_error
+from .files import STDIN, load_file
+from .hosting import plugin_host, print_header, table_errors
+from .live import Live, serve_metrics
 from .output import (
-    _count,
-    _draw_progress,
-    _end_progress,
-    _error,
-    _fresh_line,
-    _isatty,
-    _lists_every,
-    _notes,
-    _say,
-    _warn,
+    counted,
+    draw_progress,
+    end_progress,
+    fresh_line,
+    is_tty,
+    lists_every,
+    print_error,
+    print_notes,
+    print_warning,
+    say,
 )
-from .summary import _print_pairs, _print_summary, _progress_line, _snapshot
+from .summary import print_pairs, print_summary, progress_line, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
 
@@ -51,11 +51,11 @@ TICK_SECONDS = 0.1
 STILL_SECONDS = 0.3
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    return _run(args, _load(args.file))
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args, load_file(args.file))
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     config = parse_config(bundled.demo_text(), file=bundled.DEMO)
     bundled.check_demo(config)  # the core alone: one line naming what to install
     args.control = args.metrics_port = args.metrics_textfile = None
@@ -63,11 +63,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
-    host = _host(args, config, collect=True)
+    host = plugin_host(args, config, collect=True)
     warnings = _preflight(args, config, host)
     duration = args.duration or config.duration or default
     out = sys.stdout
-    metrics = _metrics(args, host)
+    metrics = serve_metrics(args, host)
     try:
         topology = Topology(config, host)
     except BaseException:
@@ -75,10 +75,10 @@ def _run(args: argparse.Namespace, config: Config, default: float | None = None)
             metrics.close()
         raise
     file = getattr(args, "file", None)
-    live = _Live(topology, file if file not in (None, STDIN) else None, metrics)
+    live = Live(topology, file if file not in (None, STDIN) else None, metrics)
     live.every = False if args.quiet else True if args.all or args.verbose else None
     if not (args.json or args.quiet):
-        _header(host, out)
+        print_header(host, out)
     with _terminate_as_interrupt(), live.signals():
         ended = _session(args, topology, live, duration, out)
     return _report(args, topology, warnings, ended, out)
@@ -88,13 +88,13 @@ def _preflight(args: argparse.Namespace, config: Config, host: PluginHost) -> li
     """What ``check`` warns of, told before anything is opened (every error of
     the tables first, when asked); with ``--strict`` a warning stops the run."""
     if getattr(args, "table_errors", None):  # nothing is opened: every error, as check says
-        _every_error(config, host, _table_errors(args))
-    warnings = _pairing_problems(config, host)
+        raise_every_error(config, host, table_errors(args))
+    warnings = pairing_problems(config, host)
     for warning in warnings:
-        _warn(warning)
+        print_warning(warning)
     if warnings and args.strict:
         raise IrqBypassError(
-            f"{config.file}: {_count(len(warnings), 'warning')} (--strict); nothing was opened"
+            f"{config.file}: {counted(len(warnings), 'warning')} (--strict); nothing was opened"
         )
     return warnings
 
@@ -115,7 +115,7 @@ class _Ended:
 def _session(
     args: argparse.Namespace,
     topology: Topology,
-    live: _Live,
+    live: Live,
     duration: float | None,
     out: TextIO,
 ) -> _Ended:
@@ -149,7 +149,7 @@ def _session(
     return _Ended(summary, stopped_by, placed, vetoed, teardown_error)
 
 
-def _apply(args: argparse.Namespace, topology: Topology, live: _Live) -> int | None:
+def _apply(args: argparse.Namespace, topology: Topology, live: Live) -> int | None:
     """Listen (``--control``) and apply; the signal that stopped the apply
     (which undid what it had done: nothing ran), or None."""
     if args.control:
@@ -161,8 +161,8 @@ def _apply(args: argparse.Namespace, topology: Topology, live: _Live) -> int | N
     except KeyboardInterrupt as exc:
         stopped_by: int = getattr(exc, "signum", signal.SIGINT)
         if not applying.shown:  # a progress line is cleared, ^C echo and all
-            _fresh_line(stopped_by)
-        _notes(exc)
+            fresh_line(stopped_by)
+        print_notes(exc)
         return stopped_by
     return None
 
@@ -170,7 +170,7 @@ def _apply(args: argparse.Namespace, topology: Topology, live: _Live) -> int | N
 def _serve(
     args: argparse.Namespace,
     topology: Topology,
-    live: _Live,
+    live: Live,
     duration: float | None,
     out: TextIO,
 ) -> int | None:
@@ -179,14 +179,14 @@ def _serve(
     try:
         if not args.json:
             tokens = len(topology.status()) + len(topology.skipped)
-            _print_pairs(topology, out, _lists_every(args, tokens))
+            print_pairs(topology, out, lists_every(args, tokens))
         live.ready()
         _wait(topology, duration, sys.stderr, live)
     except KeyboardInterrupt as exc:
         stopped_by: int = getattr(exc, "signum", signal.SIGINT)
         # the wait's progress line ends its line itself, after the ^C echo
-        if not (_isatty(sys.stderr) and _waits(topology, live)):
-            _fresh_line(stopped_by)
+        if not (is_tty(sys.stderr) and _waits(topology, live)):
+            fresh_line(stopped_by)
         return stopped_by
     return None
 
@@ -223,13 +223,13 @@ def _report(
             "error": errors[0] if errors else None,
             "errors": errors,
         }
-        _say(json.dumps(doc, indent=2), out)
+        say(json.dumps(doc, indent=2), out)
     else:
-        _print_summary(ended.summary, out, every=_lists_every(args, len(ended.summary)))
+        print_summary(ended.summary, out, every=lists_every(args, len(ended.summary)))
     for fault in faults:
-        _warn(fault)
+        print_warning(fault)
     for error in errors:
-        _error(error)
+        print_error(error)
     return status
 
 
@@ -241,7 +241,7 @@ def _summary(topology: Topology) -> tuple[list[dict[str, Any]], int | None]:
     signum: int | None = None
     for _attempt in range(3):
         try:
-            return [row.as_dict() for row in _snapshot(topology)], signum
+            return [row.as_dict() for row in snapshot(topology)], signum
         except KeyboardInterrupt as exc:
             signum = signum or getattr(exc, "signum", signal.SIGINT)
     return [], signum
@@ -261,8 +261,8 @@ def _teardown(
         return exc, None
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        _fresh_line(signum)
-        _notes(exc)
+        fresh_line(signum)
+        print_notes(exc)
         return None, signum
     return None, None
 
@@ -271,7 +271,7 @@ def _report_teardown(topology: Topology) -> None:
     """Tear down while another error is on its way out: say what failed."""
     error, _ = _teardown(topology)
     if error is not None:
-        _error(str(error))
+        print_error(str(error))
 
 
 def _log_applied(topology: Topology) -> None:
@@ -311,7 +311,7 @@ class _StepProgress:
     when the stream is not a terminal)."""
 
     def __init__(self, stream: TextIO | None, what: str) -> None:
-        self.stream = stream if stream is not None and _isatty(stream) else None
+        self.stream = stream if stream is not None and is_tty(stream) else None
         self.what = what
         self.shown = False
         #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
@@ -322,7 +322,7 @@ class _StepProgress:
 
     def __exit__(self, *exc: object) -> None:
         if self.shown and self.stream is not None:
-            _end_progress(self.stream, keep=False)
+            end_progress(self.stream, keep=False)
 
     def applying(self, done: int, total: int) -> None:
         self._show(f"{self.what} {done}/{total}", done == total)
@@ -337,11 +337,11 @@ class _StepProgress:
         if now - self.last < TICK_SECONDS and not (last and self.shown):
             return
         self.last, self.shown = now, True
-        _draw_progress(line, self.stream)
+        draw_progress(line, self.stream)
 
 
 def _wait(
-    topology: Topology, duration: float | None, progress: TextIO, service: _Live | None = None
+    topology: Topology, duration: float | None, progress: TextIO, service: Live | None = None
 ) -> None:
     """Run until ``duration`` passes (None: until a signal), or every producer
     finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
@@ -353,7 +353,7 @@ def _wait(
         _log.info("no producer: nothing to wait for")
         return
     serving = service is not None and service.server is not None
-    live = _isatty(progress)
+    live = is_tty(progress)
     producers = [p for p in topology.placed if p.config.side == "producer"]
     start = time.monotonic()
     finished_at: float | None = None
@@ -369,10 +369,10 @@ def _wait(
                 producers = [p for p in topology.placed if p.config.side == "producer"]
             finished = topology.finished and not serving
             # the rows cost O(pairs): read only for the progress line or once finished
-            rows = _snapshot(topology, settled=False) if live or finished else []
+            rows = snapshot(topology, settled=False) if live or finished else []
             if live:
                 done = sum(1 for p in producers if p.finished)
-                _draw_progress(_progress_line(rows, now - start, done, len(producers)), progress)
+                draw_progress(progress_line(rows, now - start, done, len(producers)), progress)
             if duration is not None and now - start >= duration:
                 break
             if finished:
@@ -399,10 +399,10 @@ def _wait(
                 time.sleep(pause)
     finally:
         if live:
-            _end_progress(progress, keep=True)
+            end_progress(progress, keep=True)
 
 
-def _waits(topology: Topology, service: _Live | None) -> bool:
+def _waits(topology: Topology, service: Live | None) -> bool:
     """Whether :func:`_wait` waits (and, on a terminal, draws its progress line):
     some producer fires, or a control socket may bring some."""
     return any(p.config.side == "producer" for p in topology.placed) or (

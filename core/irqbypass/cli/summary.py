@@ -7,10 +7,10 @@ from typing import Any, TextIO
 
 from ..status import PairStatus
 from ..topology import Topology
-from .output import _count, _num, _print_rows, _say
+from .output import counted, number, print_rows, say
 
 
-def _snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
+def snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
     """Every token's row, each read once (:meth:`~irqbypass.PairStatus.snapshot`:
     the counts are defined there, for the API and the CLI alike). ``settled``: a
     final reading, once every producer is done; False while the run goes on."""
@@ -18,21 +18,21 @@ def _snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
     return [row.snapshot() for row in topology.status(settled=None if settled else False)]
 
 
-def _progress_line(rows: list[PairStatus], elapsed: float, finished: int, producers: int) -> str:
+def progress_line(rows: list[PairStatus], elapsed: float, finished: int, producers: int) -> str:
     """Totals over every pair (however many), then the first pairs' own figures.
     A merging consumer's shortfall is not counted as lost before the reading is
     settled: it is coalesced or lost only once the counts stop (the summary)."""
     fired = sum(r.fired or 0 for r in rows)
     delivered = sum(r.delivered or 0 for r in rows)
     lost = sum(r.lost or 0 for r in rows if r.settled or not r.coalesces)
-    parts = [f"{r.token} {_num(r.delivered)}/{_num(r.fired)}" for r in rows[:8]]
+    parts = [f"{r.token} {number(r.delivered)}/{number(r.fired)}" for r in rows[:8]]
     return (
         f"[{elapsed:5.1f}s] fired {fired} delivered {delivered} lost {lost}, "
         f"{finished}/{producers} pairs finished; delivered/fired: " + " | ".join(parts)
     )
 
 
-def _print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
+def print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
     """The applied table: every pair, or (``every`` false) its totals and the
     pairs not as the file asked (vetoed, one-ended, skipped)."""
     rows: list[tuple[tuple[str, ...], bool]] = []
@@ -49,15 +49,15 @@ def _print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
     for token, reason in topology.skipped:
         rows.append(((token, "-", "-", f"skipped: {reason}"), True))
     if every:
-        _say(f"{topology.config.file}: applied", out)
+        say(f"{topology.config.file}: applied", out)
     else:
         skipped = len(topology.skipped)
-        _say(
-            f"{topology.config.file}: applied {_count(len(rows), 'token')}: {paired} paired, "
+        say(
+            f"{topology.config.file}: applied {counted(len(rows), 'token')}: {paired} paired, "
             f"{len(rows) - paired - skipped} unpaired, {skipped} skipped",
             out,
         )
-    _print_rows(("TOKEN", "PRODUCER", "CONSUMER", "STATE"), rows, out, every)
+    print_rows(("TOKEN", "PRODUCER", "CONSUMER", "STATE"), rows, out, every)
 
 
 def _ends(placed: Any) -> str:
@@ -70,18 +70,18 @@ _SUMMARY_COLUMNS = (
 )
 
 
-def _print_summary(
+def print_summary(
     summary: list[dict[str, Any]], out: TextIO, title: str = "summary:", every: bool = True
 ) -> None:
     """The summary table: every pair, or (``every`` false) the totals and the
     pairs with a problem (lost interrupts, an end's problem, one end only)."""
     if not summary:
-        _say("summary: nothing ran (no pair was applied)", out)
+        say("summary: nothing ran (no pair was applied)", out)
         return
     if not every:
         title = f"{title.removesuffix(':') or 'summary'}: {_totals(summary)}"
     if title:
-        _say(title, out)
+        say(title, out)
     rows = []
     for row in summary:
         details = {
@@ -93,21 +93,21 @@ def _print_summary(
             row["token"],
             row["producer"] or "-",
             row["consumer"] or "-",
-            _num(row["fired"]),
-            _num(row["delivered"]),
-            _num(row["coalesced"]),
-            _num(row["queued"]),
-            _num(row["lost"]),
+            number(row["fired"]),
+            number(row["delivered"]),
+            number(row["coalesced"]),
+            number(row["queued"]),
+            number(row["lost"]),
             " ".join(f"{k}={v}" for k, v in details.items()),
         )
         problem = bool(row["problems"] or row["lost"] or not (row["producer"] and row["consumer"]))
         rows.append((cells, problem))
-    _print_rows(_SUMMARY_COLUMNS, rows, out, every)
+    print_rows(_SUMMARY_COLUMNS, rows, out, every)
     problems = [p for row in summary for p in row["problems"]]
     if problems:
-        _say("problems:", out)
+        say("problems:", out)
         for problem in problems:
-            _say(f"  {problem}", out)
+            say(f"  {problem}", out)
 
 
 def _totals(summary: list[dict[str, Any]]) -> str:
@@ -117,4 +117,4 @@ def _totals(summary: list[dict[str, Any]]) -> str:
     for key in ("fired", "delivered", "coalesced", "queued", "lost"):
         known = [row[key] for row in summary if row[key] is not None]
         parts.append(f"{key} {sum(known) if known else '-'}")
-    return f"{_count(len(summary), 'pair')}: " + ", ".join(parts)
+    return f"{counted(len(summary), 'pair')}: " + ", ".join(parts)

@@ -107,7 +107,7 @@ def write(name: str, directory: str) -> tuple[str, list[str]]:
     return root, written
 
 
-def _cmd_new_plugin(args: argparse.Namespace) -> int:
+def cmd_new_plugin(args: argparse.Namespace) -> int:
     root, written = write(args.name, args.directory)
     print(f"wrote {root}: the producer kind {args.name!r} to start from")
     for path in written:
