@@ -28,9 +28,9 @@ that hook; otherwise the endpoint's method is called directly (the fast path).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Hashable, Sequence
-from threading import RLock
 from typing import Any
 
 from .endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
@@ -46,9 +46,10 @@ from .errors import (
 )
 from .options import show_value
 from .plugins import CORE_PLUGIN, PluginHost
-from .signals import _DEFERRED as DEFERRED  # converted to the new style in a later step
 from .signals import (
-    deliver_deferred_signals,
+    DeliveringLock,
+    calling_out,
+    callout,
     hold_interrupt_guard,
     release_interrupt_guard,
     signal_safe,
@@ -94,9 +95,14 @@ class Manager:
         # per direction can work on either side's pair of indexes
         self._producers: dict[Hashable, Any] = {}
         self._consumers: dict[Hashable, Any] = {}
+        #: registering a producer (True) or a consumer: its side's index, then the other's
+        self._sides = {
+            True: (self._producers, self._consumers),
+            False: (self._consumers, self._producers),
+        }
         # Reentrant only so that a callback calling back in is told so: the
         # thread inside finds _running set and raises ReentrantCallError.
-        self._lock = RLock()
+        self._lock = DeliveringLock()
         self._running = False
         if guard_sigint:
             # given back when this manager is garbage: no handler outlives the managers
@@ -104,8 +110,10 @@ class Manager:
 
     # -- registering -------------------------------------------------------
     #
-    # The public methods check what they are given and deliver any signal that
-    # waited; one signal-safe body per direction does the work for both sides.
+    # The public methods check what they are given and take the lock outside
+    # the signal-safe sections (a Ctrl-C ends a wait for it; its release
+    # delivers any signal that waited); one section per direction does the
+    # work for both sides.
 
     def register_producer(self, producer: Producer) -> None:
         """Register ``producer``; if a consumer holds its token, connect them.
@@ -116,11 +124,8 @@ class Manager:
         """
         if not isinstance(producer, Producer):
             raise _not_an_endpoint(producer, "producer")
-        try:
+        with self._lock:
             self._register(producer, True)
-        finally:
-            if DEFERRED:
-                deliver_deferred_signals()
 
     def register_consumer(self, consumer: Consumer) -> None:
         """Register ``consumer``; if a producer holds its token, connect them.
@@ -135,11 +140,8 @@ class Manager:
                 f"consumer {_name(consumer)} lacks the required callback(s) "
                 f"{', '.join(missing_consumer_callbacks(consumer))}"
             )
-        try:
+        with self._lock:
             self._register(consumer, False)
-        finally:
-            if DEFERRED:
-                deliver_deferred_signals()
 
     def unregister_producer(self, producer: Producer) -> bool:
         """Unregister ``producer`` (this very object), disconnecting it first.
@@ -147,27 +149,13 @@ class Manager:
         Returns False, changing nothing, when it is not registered. Raises
         CallbackError, after unregistering, when a disconnect callback raised.
         """
-        try:
+        with self._lock:
             return self._unregister(producer, True)
-        finally:
-            if DEFERRED:
-                deliver_deferred_signals()
 
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
-        try:
+        with self._lock:
             return self._unregister(consumer, False)
-        finally:
-            if DEFERRED:
-                deliver_deferred_signals()
-
-    # The two bodies hold the connect and disconnect sequences written out step
-    # by step, as the kernel's __connect()/__disconnect() are: no function call
-    # per callback (nor per sequence) on the fast path. ``p`` and ``c`` are the
-    # endpoints themselves, or _Hooked stand-ins that route each callback
-    # through the lifecycle hook a plugin implements. Every callback is called
-    # through the local ``call``: those are the only lines where a signal may
-    # interrupt (see irqbypass.signals); everywhere else it waits.
 
     @signal_safe
     def _register(self, endpoint: Any, producing: bool) -> None:
@@ -177,94 +165,45 @@ class Manager:
             raise _uninitialised(endpoint) from None
         if token is None:
             raise _invalid_token(endpoint)
-        if producing:
-            mine, theirs = self._producers, self._consumers
-        else:
-            mine, theirs = self._consumers, self._producers
-        failures: _Failures = ()  # a constant: nothing allocated unless something fails
-        with self._lock:
-            if self._running:
-                raise _reentered()
-            self._running = True
+        if self._running:
+            raise _reentered()
+        mine, theirs = self._sides[producing]
+        self._running = True
+        try:
             try:
-                try:
-                    held = mine.get(token)
-                except Exception as exc:  # a token whose __hash__ or __eq__ raises
-                    raise _invalid_token(endpoint, exc) from exc
-                if held is not None:
-                    raise _busy(endpoint, held)
-                try:
-                    mine[token] = endpoint  # the kernel's xa_insert, before connecting
-                    partner = theirs.get(token)
-                except Exception as exc:
-                    _forget(mine, endpoint)
-                    raise _invalid_token(endpoint, exc) from exc
-                if partner is None:
-                    return
-                # connect: the kernel's __connect()
-                if producing:
-                    producer, consumer = endpoint, partner
-                else:
-                    producer, consumer = partner, endpoint
-                p: Any = producer
-                c: Any = consumer
-                if hooks := self.plugins.wrapped:
-                    p = _Hooked(producer, "producer", hooks)
-                    c = _Hooked(consumer, "consumer", hooks)
-                failure: _Failure | None = None
-                if (pairing := self.plugins.pairing) is not None:  # a veto, before callbacks
-                    try:
-                        call = pairing
-                        call(producer=producer, consumer=consumer)
-                    except BaseException as exc:
-                        del mine[token]
-                        hooks = {**hooks, "pair": pairing}
-                        raise _connect_error(
-                            producer, consumer, endpoint, (endpoint, "pair", exc), (), hooks
-                        ) from exc
-                if (call := p.stop) is not None:
-                    try:
-                        call()
-                    except BaseException as exc:
-                        failures += ((producer, "stop", exc),)
-                if (call := c.stop) is not None:
-                    try:
-                        call()
-                    except BaseException as exc:
-                        failures += ((consumer, "stop", exc),)
-                try:
-                    if (call := p.add_consumer) is not None:
-                        call(consumer)
-                except BaseException as exc:
-                    failure = (producer, "add_consumer", exc)
-                else:
-                    try:
-                        call = c.add_producer
-                        call(producer)
-                    except BaseException as exc:
-                        failure = (consumer, "add_producer", exc)
-                        if (call := p.del_consumer) is not None:
-                            try:
-                                call(consumer)
-                            except BaseException as exc:
-                                failures += ((producer, "del_consumer", exc),)
-                if (call := c.start) is not None:
-                    try:
-                        call()
-                    except BaseException as exc:
-                        failures += ((consumer, "start", exc),)
-                if (call := p.start) is not None:
-                    try:
-                        call()
-                    except BaseException as exc:
-                        failures += ((producer, "start", exc),)
-                if failure is not None:
-                    del mine[token]  # the kernel's xa_erase after a failed connect
-                    raise _connect_error(producer, consumer, endpoint, failure, failures, hooks)
-                producer._consumer = consumer
-                consumer._producer = producer
-            finally:
-                self._running = False
+                held = mine.get(token)
+            except Exception as exc:  # a token whose __hash__ or __eq__ raises
+                raise _invalid_token(endpoint, exc) from exc
+            if held is not None:
+                raise _busy(endpoint, held)
+            try:
+                mine[token] = endpoint  # the kernel's xa_insert, before connecting
+                partner = theirs.get(token)
+            except Exception as exc:
+                _forget(mine, endpoint)
+                raise _invalid_token(endpoint, exc) from exc
+            if partner is None:
+                return
+            producer, consumer = (endpoint, partner) if producing else (partner, endpoint)
+            plugins = self.plugins
+            failure = None
+            if plugins.pairing is not None:  # a veto, before any callback
+                failure = self._veto(producer, consumer, endpoint)
+            failures: _Failures = ()
+            if failure is None:
+                p, c = producer, consumer
+                if plugins.wrapped:
+                    p, c = self._hooked(producer, consumer)
+                failure, failures = _sequence(producer, consumer, p, c, True)
+            if failure is not None:
+                del mine[token]  # the kernel's xa_erase after a failed connect
+                raise _connect_error(
+                    producer, consumer, endpoint, failure, failures, self._blamable()
+                )
+            producer._consumer = consumer
+            consumer._producer = producer
+        finally:
+            self._running = False
         if failures:
             state = (
                 f"{_side(endpoint)} {_name(endpoint)} was registered and paired with "
@@ -278,75 +217,59 @@ class Manager:
             token = endpoint._token
         except AttributeError:
             return False  # not an endpoint (or never initialised): never registered
-        if producing:
-            mine, theirs = self._producers, self._consumers
-        else:
-            mine, theirs = self._consumers, self._producers
-        failures: _Failures = ()
-        with self._lock:
-            if self._running:
-                raise _reentered()
-            self._running = True
+        if self._running:
+            raise _reentered()
+        mine, theirs = self._sides[producing]
+        self._running = True
+        try:
             try:
-                try:
-                    registered = mine.get(token) is endpoint
-                except Exception:
-                    registered = False  # unhashable or hostile: never registered
-                if not registered:
-                    return False
-                partner = theirs.get(token)
-                if partner is not None:
-                    # disconnect: the kernel's __disconnect()
-                    if producing:
-                        producer, consumer = endpoint, partner
-                    else:
-                        producer, consumer = partner, endpoint
-                    p: Any = producer
-                    c: Any = consumer
-                    if hooks := self.plugins.wrapped:
-                        p = _Hooked(producer, "producer", hooks)
-                        c = _Hooked(consumer, "consumer", hooks)
-                    if (call := p.stop) is not None:
-                        try:
-                            call()
-                        except BaseException as exc:
-                            failures += ((producer, "stop", exc),)
-                    if (call := c.stop) is not None:
-                        try:
-                            call()
-                        except BaseException as exc:
-                            failures += ((consumer, "stop", exc),)
-                    try:
-                        call = c.del_producer
-                        call(producer)
-                    except BaseException as exc:
-                        failures += ((consumer, "del_producer", exc),)
-                    if (call := p.del_consumer) is not None:
-                        try:
-                            call(consumer)
-                        except BaseException as exc:
-                            failures += ((producer, "del_consumer", exc),)
-                    if (call := c.start) is not None:
-                        try:
-                            call()
-                        except BaseException as exc:
-                            failures += ((consumer, "start", exc),)
-                    if (call := p.start) is not None:
-                        try:
-                            call()
-                        except BaseException as exc:
-                            failures += ((producer, "start", exc),)
-                    producer._consumer = None
-                    consumer._producer = None
-                del mine[token]
-            finally:
-                self._running = False
+                registered = mine.get(token) is endpoint
+            except Exception:
+                registered = False  # unhashable or hostile: never registered
+            if not registered:
+                return False
+            partner = theirs.get(token)
+            failures: _Failures = ()
+            if partner is not None:
+                producer, consumer = (endpoint, partner) if producing else (partner, endpoint)
+                p, c = producer, consumer
+                if self.plugins.wrapped:
+                    p, c = self._hooked(producer, consumer)
+                _, failures = _sequence(producer, consumer, p, c, False)
+                producer._consumer = None
+                consumer._producer = None
+            del mine[token]
+        finally:
+            self._running = False
         if failures:
             state = f"{_side(endpoint)} {_name(endpoint)} was unregistered"
             if partner is not None:
                 state += f" and disconnected from {_name(partner)}"
             raise _callback_error(state, failures, self.plugins.wrapped)
         return True
+
+    def _hooked(self, producer: Any, consumer: Any) -> tuple[_Hooked, _Hooked]:
+        """Stand-ins that route each callback through the lifecycle hook a plugin
+        implements, for the sequences to call instead of the endpoints."""
+        hooks = self.plugins.wrapped
+        return _Hooked(producer, "producer", hooks), _Hooked(consumer, "consumer", hooks)
+
+    @signal_safe
+    def _veto(self, producer: Any, consumer: Any, registering: Any) -> _Failure | None:
+        """The irqbypass_pair hook: what it raised, if anything."""
+        hook = self.plugins.pairing
+        assert hook is not None
+        try:
+            callout(functools.partial(hook, producer=producer, consumer=consumer))
+        except BaseException as exc:
+            return (registering, "pair", exc)
+        return None
+
+    def _blamable(self) -> dict[str, Callable[..., Any]]:
+        """The hooks some plugin implements, by step (an error names their plugin)."""
+        if (pairing := self.plugins.pairing) is not None:
+            return {**self.plugins.wrapped, "pair": pairing}
+        return self.plugins.wrapped
 
     # -- looking -----------------------------------------------------------
 
@@ -394,30 +317,95 @@ class Manager:
         return len(self._producers) + len(self._consumers)
 
 
+# The kernel's __connect() and __disconnect() in one function, callback by
+# callback as the kernel writes them (they differ only in the middle). ``p``
+# and ``c`` are the endpoints, or the stand-ins of Manager._hooked. It calls
+# nothing but callbacks, so a signal passes inside a callback and waits on its
+# own lines (irqbypass.signals.calling_out): a callout() frame per callback
+# would cost more than the manager's own work.
+
+
+@calling_out
+def _sequence(
+    producer: Any, consumer: Any, p: Any, c: Any, connect: bool
+) -> tuple[_Failure | None, _Failures]:
+    """Connect: stop, stop, add, add (the producer's add rolled back if the
+    consumer's fails), start, start. Disconnect: stop, stop, del, del, start,
+    start. Returns the add that failed (if one did) and what else raised."""
+    failure: _Failure | None = None
+    failures: _Failures = ()
+    undo = not connect  # the producer's del: the disconnect's, or a failed connect's rollback
+    if (fn := p.stop) is not None:
+        try:
+            fn()
+        except BaseException as exc:
+            failures += ((producer, "stop", exc),)
+    if (fn := c.stop) is not None:
+        try:
+            fn()
+        except BaseException as exc:
+            failures += ((consumer, "stop", exc),)
+    if connect:
+        try:
+            if (fn := p.add_consumer) is not None:
+                fn(consumer)
+        except BaseException as exc:
+            failure = (producer, "add_consumer", exc)
+        else:
+            try:
+                c.add_producer(producer)
+            except BaseException as exc:
+                failure = (consumer, "add_producer", exc)
+                undo = True
+    else:
+        try:
+            c.del_producer(producer)
+        except BaseException as exc:
+            failures += ((consumer, "del_producer", exc),)
+    if undo and (fn := p.del_consumer) is not None:
+        try:
+            fn(consumer)
+        except BaseException as exc:
+            failures += ((producer, "del_consumer", exc),)
+    if (fn := c.start) is not None:
+        try:
+            fn()
+        except BaseException as exc:
+            failures += ((consumer, "start", exc),)
+    if (fn := p.start) is not None:
+        try:
+            fn()
+        except BaseException as exc:
+            failures += ((producer, "start", exc),)
+    return failure, failures
+
+
 class _Hooked:
     """Stands in for an endpoint while some plugin implements a lifecycle hook.
 
     ``stand_in.stop`` is None when the endpoint has no ``stop`` (no hook fires
     for an absent callback, as the kernel calls no NULL pointer); otherwise it
     is a callable that goes through ``irqbypass_stop`` when a plugin implements
-    it, or the method itself when none does.
+    it, or the method itself when none does. All are found when the stand-in
+    is made (in a section): the sequences only call them.
     """
 
     def __init__(self, endpoint: Any, side: str, hooks: dict[str, Callable[..., Any]]) -> None:
-        self._endpoint = endpoint
-        self._side = side
-        self._hooks = hooks
+        partner = "consumer" if side == "producer" else "producer"
+        for name in (f"add_{partner}", f"del_{partner}", "stop", "start"):
+            setattr(self, name, _route(endpoint, side, name, STEPS[name], hooks))
 
-    def __getattr__(self, name: str) -> Callable[..., Any] | None:
-        method: Callable[..., Any] | None = getattr(self._endpoint, name)
-        step = STEPS.get(name)
-        hook = self._hooks.get(step) if step is not None else None
-        if method is None or hook is None:
-            return method
-        endpoint, side = self._endpoint, self._side
-        if step in ("add", "del"):
-            return lambda partner: hook(endpoint=endpoint, partner=partner, side=side)
-        return lambda: hook(endpoint=endpoint, side=side)
+
+def _route(
+    endpoint: Any, side: str, name: str, step: str, hooks: dict[str, Callable[..., Any]]
+) -> Callable[..., Any] | None:
+    method: Callable[..., Any] | None = getattr(endpoint, name)
+    hook = hooks.get(step)
+    if method is None or hook is None:
+        return method
+    if step in ("add", "del"):
+        return lambda partner: hook(endpoint=endpoint, partner=partner, side=side)
+    return lambda: hook(endpoint=endpoint, side=side)
 
 
 # -- messages ---------------------------------------------------------------

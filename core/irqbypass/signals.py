@@ -26,6 +26,12 @@ defined, and the mark is read only when a signal arrives:
 - :func:`currently_signal_safe` says whether a signal would wait here (for
   assertions).
 
+Two forms for the manager's fast path, where a frame per callback or per
+call would cost more than the work: :func:`calling_out` marks a section whose
+every call is a call-out (it calls callbacks and nothing else), and a
+:class:`DeliveringLock` is an ``RLock`` taken outside the sections it
+serializes whose release delivers what waited.
+
 The innermost marked frame decides: a section called from inside a
 :func:`callout` is safe again, a :func:`callout` inside a section passes.
 Until every section is converted, a section may still call out the old way,
@@ -46,6 +52,7 @@ on the fast path: it walks the interrupted stack only when a signal arrives.
 
 from __future__ import annotations
 
+import _thread
 import dis
 import signal
 import sys
@@ -70,6 +77,8 @@ _SAFE: dict[CodeType, frozenset[int] | None] = {}
 #: the lines of a section not read yet: disassembling every section at import
 #: cost a command 17 ms of its start, and only a signal needs them
 _UNREAD: frozenset[int] = frozenset({-1})
+#: a section whose every call is a call-out (see :func:`calling_out`)
+_CALLING_OUT: frozenset[int] = frozenset({-2})
 
 #: Signals that arrived in a safe section, by number, in arrival order. Standard
 #: signals do not queue (a second SIGINT while one is pending is that same
@@ -85,6 +94,21 @@ def signal_safe(func: _F) -> _F:
     """
     code: CodeType = func.__code__
     _SAFE[code] = _UNREAD  # its call-out lines are found when a signal first asks
+    return func
+
+
+def calling_out(func: _F) -> _F:
+    """Mark ``func`` as a section whose every call is a call-out: a signal
+    passes inside whatever it calls, and waits on its own lines.
+
+    For a sequence of plugin callbacks on a fast path, where a :func:`callout`
+    frame per callback would cost more than the work (the manager's connect
+    and disconnect: 12 frames per pair's life, 2.5x the floor of
+    ``benchmarks/registration.py`` against 1.9x). Such a function calls
+    nothing but callbacks: anything else it needs is computed before, in its
+    caller (``tests/reliability/test_manager_signals.py`` counts its calls).
+    """
+    _SAFE[func.__code__] = _CALLING_OUT
     return func
 
 
@@ -201,7 +225,28 @@ class delivering_deferred_signals:  # lower case: it reads as a call
         return None
 
     def __exit__(self, *exc: object) -> None:
-        if _DEFERRED:
+        if _DEFERRED and not in_safe_section(sys._getframe(1)):
+            deliver_deferred_signals()  # (inside a section, the section's caller delivers)
+
+
+class DeliveringLock(_thread.RLock):  # type: ignore[misc]
+    """An ``RLock`` whose release, at the end of its ``with`` block, delivers
+    the signals that waited (as :func:`delivering_deferred_signals` does):
+    for a lock taken outside the sections it serializes (the manager's), so
+    that a Ctrl-C ends a wait for it. A reentrant release leaves them to the
+    outermost one."""
+
+    __slots__ = ()
+
+    def _owned(self) -> bool:
+        """Whether this thread still holds it (``_is_owned`` is not in typeshed)."""
+        owned: bool = self._is_owned()  # type: ignore[attr-defined]
+        return owned
+
+    @signal_safe  # a signal as it starts would skip the release
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.release()
+        if _DEFERRED and not self._owned() and not in_safe_section(sys._getframe(1)):
             deliver_deferred_signals()
 
 
@@ -305,10 +350,13 @@ def in_safe_section(frame: FrameType | None) -> bool:
     frame stands on one of its call-out lines (then whatever runs below it is
     plugin code, which stays interruptible).
     """
+    interrupted = frame
     while frame is not None:
         code = frame.f_code
         if code in _SAFE:
             callouts = callout_lines(code)
+            if callouts is _CALLING_OUT:
+                return frame is interrupted  # in its own lines, not in a callback
             return callouts is not None and frame.f_lineno not in callouts
         frame = frame.f_back
     return False

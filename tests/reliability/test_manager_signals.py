@@ -10,11 +10,13 @@ the pairing links agree.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import random
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -349,21 +351,33 @@ def test_a_manager_made_in_another_thread_installs_nothing() -> None:
 
 
 def test_every_callback_is_called_on_a_call_out_line() -> None:
-    """The guard passes signals only on lines that call through ``call`` and on
-    ``with`` lines: a callback called any other way would be un-interruptible
-    (a hang no Ctrl-C escapes), a ``with`` line that were not would leave a
-    thread blocked on the lock deaf to Ctrl-C, and any other line that were
-    interruptible would let a signal cut the bookkeeping."""
-    # connect: the irqbypass_pair hook, stop, stop, add, add, the rollback's del, start,
-    # start; disconnect: six
-    bodies = {manager_module.Manager._register: 8, manager_module.Manager._unregister: 6}
-    for function, callbacks in bodies.items():
-        lines, first = inspect.getsourcelines(function)
-        callouts = signals.callout_lines(function.__code__)
-        calling = {first + i for i, text in enumerate(lines) if text.strip().startswith("call(")}
-        locking = {first + i for i, t in enumerate(lines) if t.strip().startswith("with ")}
-        assert len(calling) == callbacks and len(locking) == 1, function
-        assert callouts == calling | locking, sorted(callouts ^ (calling | locking))
+    """The guard passes signals only inside the callbacks: a callback called
+    where signals wait would be un-interruptible (a hang no Ctrl-C escapes), a
+    wait for the lock inside a section would leave a thread blocked on it deaf
+    to Ctrl-C, and any other call-out would let a signal cut the bookkeeping.
+    The connect and disconnect sequences are sections whose every call is a
+    call-out (``calling_out``): each calls the callbacks and nothing else; the
+    irqbypass_pair hook goes through ``callout``; the bodies around them have
+    no call-out at all, and the lock is taken outside them."""
+    manager = manager_module.Manager
+    # connect: stop, stop, add, add, the rollback's del, start, start; disconnect: stop,
+    # stop, del, del (the rollback's), start, start: eight calls in all
+    sequence = manager_module._sequence
+    assert signals.callout_lines(sequence.__code__) is signals._CALLING_OUT
+    tree = ast.parse(textwrap.dedent(inspect.getsource(sequence)))
+    called = [ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    assert sorted(called) == sorted(["fn"] * 6 + ["c.add_producer", "c.del_producer"]), called
+    assert "callout(functools.partial(hook, " in inspect.getsource(manager._veto)
+    for body in (manager._register, manager._unregister, manager._veto):
+        assert signals.callout_lines(body.__code__) == frozenset(), body
+    for public in (
+        manager.register_producer,
+        manager.register_consumer,
+        manager.unregister_producer,
+        manager.unregister_consumer,
+    ):
+        assert public.__code__ not in signals._SAFE, public
+        assert "with self._lock:" in inspect.getsource(public), public
 
 
 def test_a_ctrl_c_while_waiting_for_the_lock_gets_through() -> None:
