@@ -26,12 +26,17 @@ def _is_number(value: object) -> bool:
 
 
 UNLIMITED = -1
+#: bursts one turn of the loop's timer fires at ``rate = 0`` ("as fast as it can"):
+#: back to back, each burst its own write as at any rate; bounded, so that an
+#: unlimited mock leaves the loop's other fds and timers their turn
+BURSTS_PER_TURN = 64
 
 
 class MockProducer(irqbypass.Producer):
     """Fires ``count`` interrupts (-1: until closed; 0: only :meth:`fire`) at
-    ``rate`` per second (0: as fast as it can), ``burst`` at a time, starting
-    ``delay`` seconds after :meth:`open`.
+    ``rate`` per second (0: as fast as it can, :data:`BURSTS_PER_TURN` bursts
+    per turn of the event loop), ``burst`` at a time (one eventfd write each),
+    starting ``delay`` seconds after :meth:`open`.
 
     While the manager has it stopped, interrupts are held and fired on start,
     so a quiesce loses none. ``token`` is the eventfd it signals; when the token
@@ -176,13 +181,20 @@ class MockProducer(irqbypass.Producer):
             self._via_eventfd += n
 
     def _tick(self) -> None:
-        """The loop's timer: fire one burst (the last may be smaller)."""
+        """The loop's timer: fire one burst, or at ``rate = 0`` up to
+        :data:`BURSTS_PER_TURN` of them back to back (the last may be smaller)."""
+        for _ in range(BURSTS_PER_TURN if self.rate == 0 else 1):
+            if not self._fire_burst():
+                return
+
+    def _fire_burst(self) -> bool:
+        """One burst; False once the mock fired its count or gave up (its timer stopped)."""
         remaining = (
             self.burst if self.count == UNLIMITED else min(self.burst, self.count - self._scheduled)
         )
         if remaining <= 0:
             self._stop_timer()
-            return
+            return False
         try:
             self.fire(remaining)
         except irqbypass.EventfdClosedError:
@@ -193,11 +205,13 @@ class MockProducer(irqbypass.Producer):
             )
             self._gave_up = True
             self._stop_timer()
-            return
+            return False
         # counted after the fire, so `finished` never runs ahead of `fired`
         self._scheduled += remaining
         if self.count != UNLIMITED and self._scheduled >= self.count:
             self._stop_timer()
+            return False
+        return True
 
     def _stop_timer(self) -> None:
         timer = self._timer

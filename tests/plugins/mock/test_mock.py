@@ -35,6 +35,40 @@ def test_fires_its_count_in_bursts_into_the_eventfd() -> None:
         assert drain(efd) == 1003
 
 
+def test_rate_zero_fires_bursts_back_to_back_each_its_own_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As fast as it can: BURSTS_PER_TURN bursts per turn of the loop's timer,
+    each burst one write of ``burst`` interrupts, as at any rate."""
+    import irqbypass_mock
+
+    writes: list[int] = []
+    original = irqbypass.Eventfd.write
+
+    def write(self: irqbypass.Eventfd, n: int = 1, **kwargs: object) -> None:
+        writes.append(n)
+        original(self, n, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(irqbypass.Eventfd, "write", write)
+    turns = 0
+    tick = MockProducer._tick
+
+    def counted(self: MockProducer) -> None:
+        nonlocal turns
+        turns += 1
+        tick(self)
+
+    monkeypatch.setattr(MockProducer, "_tick", counted)
+    count, burst = 3 * irqbypass_mock.BURSTS_PER_TURN * 2 + 3, 2
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, rate=0.0, count=count, burst=burst)
+        with mock:
+            wait_until(lambda: mock.finished)
+        assert drain(efd) == count
+    assert writes == [burst] * (count // burst) + [count % burst]
+    assert turns == 4  # 64 bursts, 64, 64, then the last 2 (one of them odd)
+
+
 def test_rate_paces_the_firing() -> None:
     with irqbypass.Eventfd() as efd:
         mock = MockProducer(token=efd, rate=100.0, count=20)
