@@ -126,27 +126,11 @@ class Eventfd:
         caller keeps owning it. The fd must be an eventfd; anything else is
         refused with EINVAL (EBADF for a closed fd).
         """
-        if not _is_int(fd) or fd < 0:
-            raise InvalidEndpointError(
-                f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
-            )
-        if not isinstance(owned, bool):
-            raise InvalidEndpointError(f"Eventfd.from_fd owned={show(owned)}: use True or False")
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            raise InvalidEndpointError(
-                f"fd {fd} is not open ({exc.strerror}); pass an open eventfd",
-                errno=errno.EBADF,
-            ) from exc
-        except OverflowError as exc:
-            raise InvalidEndpointError(
-                f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
-            ) from exc
-        if "eventfd-count" not in _read_fdinfo(fd):
-            raise InvalidEndpointError(
-                f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
-            )
+        return cls._wrap(_check_eventfd(fd, owned), owned=owned)
+
+    @classmethod
+    def _wrap(cls, fd: int, *, owned: bool) -> Eventfd:
+        """An Eventfd around ``fd``, an eventfd already checked."""
         self = cls.__new__(cls)
         self._init_state(fd, owned=owned)
         self._identity = cls._kernel_identity(fd)
@@ -231,17 +215,7 @@ class Eventfd:
         Returns 0 when nothing arrived in time; raises
         :class:`EventfdClosedError` if the Eventfd is (or gets) closed.
         """
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise InvalidEndpointError(
-                    f"Eventfd.read timeout={show(timeout)}: use seconds (a number) or None"
-                )
-            if math.isnan(timeout):
-                raise InvalidEndpointError("Eventfd.read timeout=nan: use seconds or None")
-            if timeout > _FOREVER:  # inf, or beyond what a clock can add
-                timeout = None
-            elif timeout < 0:
-                timeout = 0.0
+        timeout = _read_timeout(timeout)
         guard, inside = self._guard, False
         try:
             with guard:
@@ -250,7 +224,7 @@ class Eventfd:
                     raise self._closed_error()
                 self._users += 1
                 inside = True
-            return self._read(fd, timeout)
+            return _take_counter(self, fd, timeout)
         finally:
             if inside:
                 with guard:
@@ -259,34 +233,6 @@ class Eventfd:
                     if later >= 0:
                         self._close_later = -1
                         os.close(later)
-
-    def _read(self, fd: int, timeout: float | None) -> int:
-        if timeout == 0 and self._nonblocking:  # the loop's readers: one read, no poll
-            if self._fd < 0:
-                raise self._closed_error(" while a read waited on it")
-            try:
-                value: int = _COUNTER.unpack(os.read(fd, 8))[0]
-                return value
-            except BlockingIOError:
-                return 0
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while True:
-            wait = CLOSE_NOTICE_SECONDS
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            ready = poller.poll(int(wait * 1000))
-            if self._fd < 0:
-                raise self._closed_error(" while a read waited on it")
-            if ready:
-                try:
-                    value = _COUNTER.unpack(os.read(fd, 8))[0]
-                    return value
-                except BlockingIOError:
-                    pass  # another reader took it
-            if deadline is not None and time.monotonic() >= deadline:
-                return 0
 
     def dup(self) -> Eventfd:
         """A new owned fd for the same eventfd (the same token)."""
@@ -298,7 +244,7 @@ class Eventfd:
                     raise self._closed_error()
                 self._users += 1
                 inside = True
-            return Eventfd._adopt(os.dup(fd))
+            return Eventfd._wrap(os.dup(fd), owned=True)
         finally:
             if inside:
                 with guard:
@@ -332,13 +278,6 @@ class Eventfd:
             if later >= 0:
                 self._close_later = -1
                 os.close(later)
-
-    @classmethod
-    def _adopt(cls, fd: int) -> Eventfd:
-        self = cls.__new__(cls)
-        self._init_state(fd, owned=True)
-        self._identity = cls._kernel_identity(fd)
-        return self
 
     def close(self) -> None:
         """Close (idempotent). A call still using the fd keeps the number
@@ -395,6 +334,80 @@ class Eventfd:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         kind, value = self._identity
         return f"<Eventfd {state} {kind}={value}>"
+
+
+def _check_eventfd(fd: int, owned: bool) -> int:
+    """``fd`` itself if it is an open eventfd (and ``owned`` a bool); else the
+    EINVAL (EBADF) saying what is wrong, in that order."""
+    if not _is_int(fd) or fd < 0:
+        raise InvalidEndpointError(
+            f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
+        )
+    if not isinstance(owned, bool):
+        raise InvalidEndpointError(f"Eventfd.from_fd owned={show(owned)}: use True or False")
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        raise InvalidEndpointError(
+            f"fd {fd} is not open ({exc.strerror}); pass an open eventfd", errno=errno.EBADF
+        ) from exc
+    except OverflowError as exc:
+        raise InvalidEndpointError(
+            f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
+        ) from exc
+    if "eventfd-count" not in _read_fdinfo(fd):
+        raise InvalidEndpointError(
+            f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
+        )
+    return fd
+
+
+def _read_timeout(timeout: float | None) -> float | None:
+    """A read's ``timeout`` checked: seconds, 0 for a negative one, None
+    (forever) for one beyond what a clock can add."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidEndpointError(
+            f"Eventfd.read timeout={show(timeout)}: use seconds (a number) or None"
+        )
+    if math.isnan(timeout):
+        raise InvalidEndpointError("Eventfd.read timeout=nan: use seconds or None")
+    if timeout > _FOREVER:  # inf
+        return None
+    return max(timeout, 0.0)
+
+
+def _take_counter(eventfd: Eventfd, fd: int, timeout: float | None) -> int:
+    """:meth:`Eventfd.read` once ``fd`` is borrowed: one read for the loop's
+    readers, else a poll in steps of :data:`CLOSE_NOTICE_SECONDS` (a close
+    meanwhile is noticed) up to ``timeout``."""
+    if timeout == 0 and eventfd._nonblocking:  # the loop's readers: one read, no poll
+        if eventfd._fd < 0:
+            raise eventfd._closed_error(" while a read waited on it")
+        try:
+            value: int = _COUNTER.unpack(os.read(fd, 8))[0]
+            return value
+        except BlockingIOError:
+            return 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        wait = CLOSE_NOTICE_SECONDS
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        ready = poller.poll(int(wait * 1000))
+        if eventfd._fd < 0:
+            raise eventfd._closed_error(" while a read waited on it")
+        if ready:
+            try:
+                value = _COUNTER.unpack(os.read(fd, 8))[0]
+                return value
+            except BlockingIOError:
+                pass  # another reader took it
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0
 
 
 class HoldingEventfd:
