@@ -68,18 +68,18 @@ class InterruptState:
         self.masked = False
         self.deferring = False  # stopped by the device's defer: nothing moved
         self.quiesces = self.swaps = 0
-        self._kicks: _Kicks | None = None
+        #: the kick counts, made at the first open (the producer's subclass sets
+        #: its interrupt after making this) and kept across re-opens
+        self.kicks: _Kicks | None = None
 
     @property
     def interrupt(self) -> DeviceInterrupt:
         return self._interrupt()
 
-    @property
-    def kicks(self) -> _Kicks:
-        """The kick counts (made once the producer set its interrupt; they survive re-opens)."""
-        if self._kicks is None:
-            self._kicks = _Kicks(self)
-        return self._kicks
+    def _counts(self) -> _Kicks:
+        if self.kicks is None:
+            self.kicks = _Kicks(self)
+        return self.kicks
 
     def token_fd(self) -> int:
         assert isinstance(self.token, Eventfd)
@@ -87,7 +87,7 @@ class InterruptState:
 
     def opening(self) -> None:
         """An open begins: a device that may kick is counted from now on."""
-        kicks = self.kicks
+        kicks = self._counts()
         kicks.counted = kicks.counted or self.interrupt.signals_on_new_fd is not False
 
     def point(self, fd: int, *, learn: bool = False) -> None:
@@ -98,11 +98,12 @@ class InterruptState:
     def pointed(self, fd: int, *, learn: bool = False) -> None:
         """The interrupt now signals ``fd``."""
         self.pointed_at = fd
-        self.kicks.pointed(fd == self.token_fd(), learn)
+        self._counts().pointed(fd == self.token_fd(), learn)
 
     def pointed_first(self) -> None:
         """Pointed at the token by an open: nothing is behind a kick there."""
-        self.kicks.phantom += self.kicks.expected
+        kicks = self._counts()
+        kicks.phantom += kicks.expected
 
     def quiesce(self, mode: str, *, opening: bool = False) -> None:
         """Quiesce by the device's defer, else by ``mode``; ``opening``: the
@@ -145,7 +146,7 @@ class InterruptState:
                 kicked = bool(self.interrupt.signals_on_new_fd)
         finally:
             if kicked:
-                self.kicks.back_on_token()
+                self._counts().back_on_token()
             self.hold.replay(self.token)
 
     def release(
@@ -166,7 +167,7 @@ class InterruptState:
         self.hold.close()
 
     def stats(self, pointed_stat: str) -> dict[str, int]:
-        kicks = self.kicks
+        kicks = self._counts()
         stats = {
             "held": self.hold.held + kicks.absorbed,
             "replayed": self.hold.replayed + kicks.absorbed,
