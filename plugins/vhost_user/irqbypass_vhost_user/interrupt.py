@@ -94,7 +94,7 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
         self.opens = self.deferred = 0
         self.past = {"completed": 0, "failed": 0}
 
-    def backend(self) -> str:
+    def backend_label(self) -> str:
         """The back-end, for messages ("socket PATH", "its qemu-storage-daemon pid N")."""
         s = self.settings
         if s.spawn:

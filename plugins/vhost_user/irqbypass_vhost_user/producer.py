@@ -172,7 +172,7 @@ class VhostUserProducer(irqbypass.plugin.DeviceProducer):
         return f"virtqueue {self.queue}"
 
     def where(self) -> str:
-        return f"{self._call.backend()}, {self.interrupt_name()}"
+        return f"{self._call.backend_label()}, {self.interrupt_name()}"
 
     @property
     def connection(self) -> Connection | None:
