@@ -123,9 +123,15 @@ class PostingRules:
         control = b[CONTROL_OFFSET]
         if control & (ON_BIT if urgent else ON_BIT | SN_BIT):
             return False
-        b[CONTROL_OFFSET] = control | ON_BIT
+        return self._notify_locked(control)
+
+    def _notify_locked(self, control: int) -> bool:
+        """Write ``control`` with ON set, and notify (the caller holds the
+        locks). ON and its notification come together: a signal can land as
+        this starts (before ON is set) or once the write returned, never
+        between the two."""
+        self._b[CONTROL_OFFSET] = control | ON_BIT
         self._q[_NOTIFIED] += 1
-        # written out, not a helper: a signal could land as a helper starts
         if self._nfd >= 0 and _write(self._nfd, _ONE, 8) < 0:
             raise _write_error()
         return True
@@ -274,11 +280,7 @@ class PostingRules:
         if not notify:
             b[CONTROL_OFFSET] = control
             return False
-        b[CONTROL_OFFSET] = control | ON_BIT
-        self._q[_NOTIFIED] += 1
-        if self._nfd >= 0 and _write(self._nfd, _ONE, 8) < 0:
-            raise _write_error()
-        return True
+        return self._notify_locked(control)
 
     def set_nv(self, nv: int) -> None:
         _check_control(nv, 0)
