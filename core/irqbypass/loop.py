@@ -187,12 +187,16 @@ class _Readers:
         _register(self.epoll, handle.fd, owner)
         self.by_fd[handle.fd] = handle
 
-    def remove(self, handle: LoopHandle, *, closed: bool) -> None:
+    def remove(self, handle: LoopHandle, *, closed: bool) -> Eventfd | None:
+        """Take a reader out of the epoll set; returns the Eventfd it borrowed,
+        to give back outside the loop's lock."""
         if self.by_fd.get(handle.fd) is handle:
             del self.by_fd[handle.fd]
             if not closed:
                 with contextlib.suppress(OSError):  # the owner closed a raw fd first
                     self.epoll.unregister(handle.fd)
+        borrowed, handle.borrowed = handle.borrowed, None
+        return borrowed
 
     def poll(self, timeout: float) -> list[int]:
         """Wait up to ``timeout`` seconds; the readers' fds that are ready."""
@@ -498,7 +502,7 @@ class EventLoop:
                 held = self._readers.held(handle, owner)
                 if held is not None:  # its fd was closed behind our back, the number reused
                     self._faults.reused(held)
-                    stale = held, self._unregister(held)
+                    stale = held, self._readers.remove(held, closed=self._closed)
                 self._readers.add(handle, owner)
         except BaseException:
             handle.state = "cancelled"
@@ -557,7 +561,7 @@ class EventLoop:
             if handle.state == "active":
                 handle.state = state
                 if handle.fd >= 0:
-                    borrowed = self._unregister(handle)
+                    borrowed = self._readers.remove(handle, closed=self._closed)
                 elif self._watchdog.current is not handle:  # a running timer is out of the heap
                     self._timers.cancelled()
             if threading.get_ident() != self._loop_thread:
@@ -571,13 +575,6 @@ class EventLoop:
         if borrowed is not None:
             borrowed._give_back(handle._source_closed)
 
-    def _unregister(self, handle: LoopHandle) -> Eventfd | None:
-        """Take a reader out of the epoll set (the caller holds the lock);
-        returns the Eventfd it borrowed, to give back outside the lock."""
-        self._readers.remove(handle, closed=self._closed)
-        borrowed, handle.borrowed = handle.borrowed, None
-        return borrowed
-
     def _source_closed(self, handle: LoopHandle) -> None:
         """A watched Eventfd was closed: drop the reader and let its callback
         find out (its read raises EventfdClosedError)."""
@@ -588,7 +585,7 @@ class EventLoop:
             if handle.state != "active":
                 return
             handle.state = "cancelled"
-            borrowed = self._unregister(handle)
+            borrowed = self._readers.remove(handle, closed=self._closed)
         if borrowed is not None:
             borrowed._give_back(handle._source_closed)  # now the fd is closed
         if not self._closed:
