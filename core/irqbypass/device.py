@@ -127,105 +127,7 @@ class DeviceInterrupt:
         """Give the device the work held back since :meth:`defer`."""
 
 
-class DeviceHooks:
-    """The older way to supply the operations: as ``device_*`` methods and
-    facts on the producer subclass itself (the vhost-user producer still
-    does). A producer whose constructor sets no :attr:`DeviceProducer.interrupt`
-    of its own is driven through these; prefer a :class:`DeviceInterrupt`."""
-
-    can_mask: bool = False
-    swap_may_drop: bool = False
-    signals_on_new_fd: bool | None = False
-    gone_errors: ClassVar[tuple[type[IrqBypassError], ...]] = ()
-
-    def device_open(self) -> None:
-        """:meth:`DeviceInterrupt.open`."""
-
-    def device_close(self) -> None:
-        """:meth:`DeviceInterrupt.close`."""
-
-    def device_point(self, fd: int) -> None:
-        """:meth:`DeviceInterrupt.point`."""
-        raise NotImplementedError(f"{type(self).__name__} must define device_point")
-
-    def device_detach(self) -> None:
-        """:meth:`DeviceInterrupt.detach` (default: ``device_point(-1)``)."""
-        self.device_point(-1)
-
-    def device_mask(self) -> None:
-        """:meth:`DeviceInterrupt.mask`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot mask")
-
-    def device_unmask(self) -> None:
-        """:meth:`DeviceInterrupt.unmask`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot mask")
-
-    def device_ready(self) -> None:
-        """:meth:`DeviceInterrupt.ready`."""
-
-    def device_defer(self) -> bool:
-        """:meth:`DeviceInterrupt.defer`."""
-        return False
-
-    def device_resume(self) -> None:
-        """:meth:`DeviceInterrupt.resume`."""
-
-
-class _Hooked(DeviceInterrupt):
-    """A :class:`DeviceInterrupt` that forwards to a producer's own :class:`DeviceHooks`."""
-
-    def __init__(self, hooks: DeviceHooks) -> None:
-        self.hooks = hooks
-
-    def open(self) -> None:
-        self.hooks.device_open()
-
-    def close(self) -> None:
-        self.hooks.device_close()
-
-    def point(self, fd: int) -> None:
-        self.hooks.device_point(fd)
-
-    def detach(self) -> None:
-        self.hooks.device_detach()
-
-    def mask(self) -> None:
-        self.hooks.device_mask()
-
-    def unmask(self) -> None:
-        self.hooks.device_unmask()
-
-    def ready(self) -> None:
-        self.hooks.device_ready()
-
-    def defer(self) -> bool:
-        return self.hooks.device_defer()
-
-    def resume(self) -> None:
-        self.hooks.device_resume()
-
-    @property
-    def can_mask(self) -> bool:  # type: ignore[override]
-        return self.hooks.can_mask
-
-    @property
-    def swap_may_drop(self) -> bool:  # type: ignore[override]
-        return self.hooks.swap_may_drop
-
-    @property
-    def gone_errors(self) -> tuple[type[IrqBypassError], ...]:  # type: ignore[override]
-        return self.hooks.gone_errors
-
-    @property
-    def signals_on_new_fd(self) -> bool | None:
-        return self.hooks.signals_on_new_fd
-
-    @signals_on_new_fd.setter
-    def signals_on_new_fd(self, value: bool | None) -> None:
-        self.hooks.signals_on_new_fd = value
-
-
-class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
+class DeviceProducer(DeviceWording, DeviceOptions, Producer):
     """A producer whose device interrupt signals the token eventfd while open.
 
     A subclass sets :attr:`kind` and :meth:`where`, and in its constructor its
@@ -278,8 +180,8 @@ class DeviceProducer(DeviceWording, DeviceOptions, DeviceHooks, Producer):
         self.device_fd = device_fd
         #: the producer's system calls on its device, worded with :meth:`describe`
         self.calls = DeviceCalls(self.seam, self.describe, self.hint)
-        #: the device's operations (the subclass's own, set by its constructor)
-        self.interrupt: DeviceInterrupt = _Hooked(self)
+        #: the device's operations: the subclass's own, set by its constructor
+        self.interrupt = DeviceInterrupt()
         #: the producer's lock (reentrant): a subclass's own methods that touch
         #: the device or its state take it too
         self.lock = self._lock = threading.RLock()

@@ -123,7 +123,7 @@ class Line(irqbypass.plugin.DeviceProducer):
         return self.dev.device_open_fd
 
     @property
-    def signals_on_new_fd(self) -> bool | None:  # type: ignore[override]
+    def signals_on_new_fd(self) -> bool | None:
         return self.dev.signals_on_new_fd
 
     def fire(self, n: int = 1) -> None:
