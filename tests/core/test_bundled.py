@@ -25,6 +25,22 @@ def test_the_bundled_examples_are_the_checkouts() -> None:
         assert example.read_bytes() == (ROOT / "examples" / name).read_bytes()
 
 
+#: a relative path into a checkout (docs/plugins/x.md), not part of a URL
+CHECKOUT_PATH = r"(?<![\w/.:-])(?:docs|examples|tests|plugins|core|scripts)/\S*"
+
+
+def test_no_shipped_example_names_a_path_of_the_checkout() -> None:
+    """An installed copy (irqbypass examples --write) has no docs/ or examples/
+    beside it: an example points at the documentation's URL instead."""
+    for name, example in bundled.bundled().items():
+        text = example.read_text()
+        checkout = re.findall(CHECKOUT_PATH, text)
+        assert not checkout, f"{name} names {checkout}"
+        for url in re.findall(rf"{re.escape(DOCS_URL)}\S*?(?=[)\s])", text):
+            page = url.removeprefix(DOCS_URL).removeprefix("en/latest/")
+            assert (ROOT / "docs" / page).with_suffix(".md").is_file(), f"{name}: {url}"
+
+
 def test_examples_write_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
