@@ -14,13 +14,13 @@ from __future__ import annotations
 import irqbypass
 import irqbypass.plugin
 
+from ._settings import VhostUserSettings
 from .blk import BlkDriver
 from .connection import Connection
 from .daemon import StorageDaemon, unavailable_reason
 from .errors import BackendGoneError, BackendTimeoutError, ProtocolError, VhostUserError
 from .producer import VhostUserProducer
 from .ring import GuestMemory, SplitRing
-from .settings import VhostUserSettings
 
 __all__ = [
     "BackendGoneError",

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import irqbypass
 
 from . import _wire as wire
-from .dial import MAX_SOCKET_NAME, check_socket_path, dial
+from ._dial import MAX_SOCKET_NAME, check_socket_path, dial
 from .errors import BackendGoneError, BackendTimeoutError, ProtocolError, VhostUserError
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_SOCKET_NAME", "MAX_TIMEOUT", "Connection", "check_socket_path"]
@@ -85,7 +85,7 @@ class Connection:
         backend_uid: int | None = None,
     ) -> Connection:
         """Connect to the back-end listening at ``path``, within ``timeout``
-        seconds, trusting it no further than :func:`~.dial.dial` checks (our
+        seconds, trusting it no further than :func:`~._dial.dial` checks (our
         uid, root and ``backend_uid``: "Who may listen" in the docs)."""
         sock = dial(path, what=what, timeout=timeout, backend_uid=backend_uid)
         return cls(sock, what=what, timeout=timeout, owned=True)

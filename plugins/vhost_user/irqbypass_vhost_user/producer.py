@@ -17,12 +17,12 @@ owned connection goes to the holding eventfd and learns whether it does.
 That life (open/close from any state, the quiesce and its deferral, the kick
 and loss accounting, signal safety) is :class:`irqbypass.plugin.DeviceProducer`'s.
 What is vhost-user's own has a module each, which this one composes: the
-options, one checked value (:class:`~.settings.VhostUserSettings`); the
+options, one checked value (:class:`~._settings.VhostUserSettings`); the
 virtqueue's call, the :class:`irqbypass.plugin.DeviceInterrupt` it composes
-(:class:`~.interrupt.VirtqueueCall`: the connection, the negotiation, the
+(:class:`~._interrupt.VirtqueueCall`: the connection, the negotiation, the
 claim, the drain before GET_VRING_BASE); the ring this
-producer may feed (:class:`~.vring.OwnedRing`); and its own block load
-(:class:`~.load.BlkLoad`).
+producer may feed (:class:`~._vring.OwnedRing`); and its own block load
+(:class:`~._load.BlkLoad`).
 
 Two ways, as the other producers: own the connection (``socket``: connect,
 negotiate, give it the memory and a ring this producer makes, or ``spawn`` a
@@ -39,19 +39,19 @@ from typing import TYPE_CHECKING
 import irqbypass
 import irqbypass.plugin
 
+from ._interrupt import VirtqueueCall
+from ._load import BlkLoad
+from ._settings import VhostUserSettings
 from .blk import BlkDriver
 from .connection import Connection
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
-from .interrupt import VirtqueueCall
-from .load import BlkLoad
 from .ring import GuestMemory, SplitRing
-from .settings import VhostUserSettings
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .settings import VhostUserOptions
+    from ._settings import VhostUserOptions
 
 __all__ = ["VhostUserProducer"]
 
@@ -73,7 +73,7 @@ class VhostUserProducer(irqbypass.plugin.DeviceProducer):
     (the demo's load: the delay lets a topology pair it first). Every wait on the
     back-end is bounded by ``timeout`` seconds. Constructing only validates.
 
-    The options are the fields of :class:`~.settings.VhostUserSettings`: give
+    The options are the fields of :class:`~._settings.VhostUserSettings`: give
     them as keywords, or ``settings`` made already (as :meth:`from_spec`
     does), not both.
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import irqbypass
 import pytest
 from irqbypass_vhost_user import BackendGoneError, VhostUserError, VhostUserProducer
-from irqbypass_vhost_user.load import BlkLoad
+from irqbypass_vhost_user._load import BlkLoad
 
 from .conftest import wait_for
 

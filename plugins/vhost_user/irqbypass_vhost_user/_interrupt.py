@@ -2,7 +2,7 @@
 
 The device is a process. Opening it is connecting (or taking the VMM's
 connection) and, on a connection the producer owns, negotiating and setting
-up the ring (:class:`~.vring.OwnedRing`), its call first on the holding
+up the ring (:class:`~._vring.OwnedRing`), its call first on the holding
 eventfd; pointing the interrupt is one acked ``SET_VRING_CALL``; detaching
 drains the ring, moves the call to the holding eventfd (never the no-fd
 flag) and takes the ring back with ``GET_VRING_BASE``. :class:`VirtqueueCall`
@@ -26,12 +26,12 @@ import irqbypass.plugin
 import irqbypass.system
 
 from . import _wire as wire
+from ._load import BlkLoad
+from ._settings import VhostUserSettings
+from ._vring import OwnedRing
 from .connection import Connection
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
-from .load import BlkLoad
-from .settings import VhostUserSettings
-from .vring import OwnedRing
 
 __all__ = ["WANTED_PROTOCOL", "Backend", "CallHost", "VirtqueueCall"]
 
