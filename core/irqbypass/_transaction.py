@@ -237,7 +237,17 @@ class Transaction:
         ``callout``: a signal there interrupts them, as it should; anywhere
         else it waits for :func:`deliver_deferred_signals`."""
         self.step, self.subject = "open", unit
-        callout(_open, unit)
+        try:
+            callout(_open, unit)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # a signal (KeyboardInterrupt, SystemExit from a handler) passes
+                # anywhere in a call-out, also once open() has returned and the
+                # endpoint is open: the undo closes the unit then (close() undoes
+                # whatever an open left)
+                for placed in unit:
+                    placed.opened = True
+            raise
         for placed in unit:
             placed.opened = True
         for placed in unit:
