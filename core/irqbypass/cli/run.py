@@ -18,7 +18,7 @@ from ..config import Config, parse_config
 from ..errors import IrqBypassError
 from ..notify import notify
 from ..plugins import PluginHost
-from ..signals import deliver_deferred_signals, guard_signals
+from ..signals import guard_signals, interruptible
 from ..topology import Placed, Topology
 from . import bundled
 from .check import pairing_problems, raise_every_error
@@ -362,7 +362,6 @@ def _wait(
     reloads = 0
     try:
         while True:
-            deliver_deferred_signals()  # one that waited (in a finalizer, say) acts now
             now = time.monotonic()
             if service is not None and service.reloads != reloads:  # other producers now
                 reloads = service.reloads
@@ -393,10 +392,11 @@ def _wait(
                 finished_at = None  # a reload brought work again
             # a tick's reading may take at most a fifth of the time (10,000 pairs)
             pause = max(TICK_SECONDS, 4 * (time.monotonic() - now))
+            # a signal that waited (in a finalizer, say) acts as the wait begins
             if service is not None:
-                service.idle(pause)
+                interruptible(service.idle, pause)
             else:
-                time.sleep(pause)
+                interruptible(time.sleep, pause)
     finally:
         if live:
             end_progress(progress, keep=True)
