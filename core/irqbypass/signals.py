@@ -101,9 +101,10 @@ def calling_out(func: _F) -> _F:
     """Mark ``func`` as a section whose every call is a call-out: a signal
     passes inside whatever it calls, and waits on its own lines.
 
-    For a sequence of plugin callbacks on a fast path, where a :func:`callout`
-    frame per callback would cost more than the work (the manager's connect
-    and disconnect: 12 frames per pair's life, 2.5x the floor of
+    :func:`callout` is one (its one call: ``fn``). So is a sequence of
+    plugin callbacks on a fast path, where a :func:`callout` frame per
+    callback would cost more than the work (the manager's connect and
+    disconnect: 12 frames per pair's life, 2.5x the floor of
     ``benchmarks/registration.py`` against 1.9x). Such a function calls
     nothing but callbacks: anything else it needs is computed before, in its
     caller (``tests/reliability/test_manager_signals.py`` counts its calls).
@@ -140,13 +141,18 @@ def deliver_deferred_signals() -> None:
             handler(signum, frame)
 
 
+@calling_out
 def callout(fn: Callable[..., _T], *args: Any) -> _T:
     """``fn(*args)``, with signals passing even inside a signal-safe section.
 
     How a section calls code that is not its own (a plugin's callback): a
     Ctrl-C that lands while ``fn`` runs is raised there, so a callback that
     hangs is ended by one Ctrl-C. The section catches what this raises and
-    leaves its state consistent. A signal deferred earlier stays deferred.
+    leaves its state consistent. A signal deferred earlier stays deferred,
+    and so does one landing here rather than in ``fn``: just after ``fn``
+    returned, it would take a finished call for an interrupted one (an open
+    done, taken as not done, leaks). A C function that blocks has no frame
+    of its own to interrupt: wait through :func:`interruptible`.
     """
     return fn(*args)
 
@@ -165,8 +171,9 @@ def interruptible(fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args)
 
 
-# every line of these calls out or waits: signals pass
-_SAFE[callout.__code__] = _SAFE[interruptible.__code__] = None
+# every line of it waits: signals pass (a wait interrupted just as it ended
+# loses only a reply its caller then treats as never come)
+_SAFE[interruptible.__code__] = None
 # A finalizer (a Manager's, giving its guard lease back) runs wherever the
 # garbage collector happens to run, and what it raises is printed and dropped
 # ("Exception ignored in"): a signal landing in one waits for the next delivery

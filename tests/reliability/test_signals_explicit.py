@@ -32,10 +32,15 @@ class Pair:
         self.lock = threading.Lock()
         self.stopped = self.started = 0
         self.callback_ran = 0
+        self.callback_finished = False
+        #: what the section learnt of the callback: True (it returned), False (interrupted)
+        self.recorded: bool | None = None
         self.interrupted_callback = 0
 
-    def callback(self) -> None:
+    def callback(self) -> bool:
         self.callback_ran += 1
+        self.callback_finished = True
+        return True
 
     def bookkeeping(self) -> None:
         """The section's own code: a call, so a point where a handler can run."""
@@ -46,8 +51,9 @@ class Pair:
             self.stopped += 1
             self.bookkeeping()
             try:
-                irqbypass.callout(self.callback)
+                self.recorded = irqbypass.callout(self.callback)
             except KeyboardInterrupt:
+                self.recorded = False
                 self.interrupted_callback += 1
             self.bookkeeping()
             self.started += 1
@@ -76,6 +82,10 @@ def test_a_signal_anywhere_leaves_the_section_whole() -> None:
                 nonlocal in_callback
                 in_callback += 1
             assert not signals_module._DEFERRED, "a signal was left waiting"
+            if pair.recorded is not None:
+                # a callback that returned is never taken for interrupted: the
+                # section would undo (or lose track of) what it did
+                assert pair.recorded == pair.callback_finished, "a finished callout was lost"
 
         return pair.operation, check
 
