@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .devicegroup import DeviceCalls, DeviceGroup, HeldLocks, detach_each, lock_order, point_each
 from .deviceoptions import DeviceOptions, DeviceWording
@@ -42,6 +42,8 @@ from .errors import InvalidEndpointError, IrqBypassError
 from .eventfd import Eventfd
 from .seam import RealSeam, Seam
 from .signals import callout, delivering_deferred_signals, signal_safe
+
+_G = TypeVar("_G", bound=DeviceGroup)
 
 __all__ = ["QUIESCE_MODES", "DeviceInterrupt", "DeviceProducer"]
 
@@ -78,6 +80,8 @@ class DeviceInterrupt:
     #: the group of the device fd while open (a batch points its interrupts with
     #: one :meth:`~irqbypass.plugin.DeviceGroup.point_batch`), or None
     group: DeviceGroup | None = None
+    #: this interrupt is recorded as held in its group (:meth:`claim`)
+    claimed: bool = False
 
     @property
     def fd(self) -> int | None:
@@ -95,6 +99,26 @@ class DeviceInterrupt:
         group, self.group = self.group, None
         if group is not None:
             group.close()
+
+    @signal_safe  # the share and its record in one step, whatever lands
+    def join(self, kind: type[_G], seam: Seam, key: Hashable, open_group: Callable[[], _G]) -> _G:
+        """Share the group of the device ``key`` names with this process's other
+        interrupts of it, or open it (``open_group``), and record it as
+        :attr:`group` (whose :meth:`close` gives the share back)."""
+        group = kind.share(seam, key, open_group)
+        self.group = group
+        return group
+
+    @signal_safe  # the claim and its record in one step, whatever lands
+    def claim(self, what: Hashable, name: str) -> str | None:
+        """Record producer ``name`` as the holder of interrupt ``what`` of the
+        group, and :attr:`claimed`; the name of the one already holding it
+        instead, if any."""
+        assert self.group is not None, "claim after join"
+        holder = self.group.claim(what, name)
+        if holder is None:
+            self.claimed = True
+        return holder
 
     def point(self, fd: int) -> None:
         """Point the interrupt at eventfd ``fd`` (it signals only that fd after)."""

@@ -175,6 +175,11 @@ class DeviceGroup:
                 del self._SHARED[self.key]
             return True
 
+    def locked(self) -> hold:
+        """``with group.locked():`` takes the group's lock as a signal-safe
+        section must: a Ctrl-C ends a wait for it and never leaves it taken."""
+        return hold(self.lock)
+
     def claim(self, what: Hashable, name: str) -> str | None:
         """Record producer ``name`` as the holder of interrupt ``what``; the
         name of the one already holding it instead, if any."""

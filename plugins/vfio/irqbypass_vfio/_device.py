@@ -136,7 +136,7 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
         fds = {v.vector: tokens[v] for v in run}
         block = 0
         try:
-            with irqbypass.hold(self.lock):
+            with self.locked():
                 block = self.block_to_enable(first)
                 if block:
                     self.enable_block(first, fds, block)
@@ -160,7 +160,7 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
         enabled with it alone, then disabled again) up to the first refused."""
         culprit, error = run[0], exc
         if exc.errno != errno.ENOSPC and len(run) > 1:
-            with irqbypass.hold(self.lock):
+            with self.locked():
                 for v in run:
                     try:
                         v.attach_alone(fds[v.vector], block)
@@ -179,7 +179,7 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
         )
 
     def detach_run(self, run: list[VfioVector]) -> None:
-        with irqbypass.hold(self.lock):
+        with self.locked():
             data = _abi.eventfd_data(*[-1] * len(run))
             run[0].set_irqs(EVENTFD_TRIGGER, data, count=len(run))
 

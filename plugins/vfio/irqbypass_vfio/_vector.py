@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import irqbypass
@@ -110,7 +110,6 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
         self.config = config
         self.index, self.vector = config.index, config.vector
         self.paired_eoi = paired_eoi
-        self.claimed = False
         #: the paired consumer's EOI eventfd, handed to vfio-pci as INTx's unmask
         self.unmask_eventfd: irqbypass.Eventfd | None = None
         self.mode: str | None = None  # "cdev", "group" or "fd"
@@ -136,16 +135,10 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
         key, open_device = VfioOpener(self.calls, c.device_name, c.iommufd).where(
             c.device, c.device_fd
         )
-        self._take(key, open_device)
+        group = self.join(VfioDevice, self.calls.seam, key, open_device)
+        self.mode, self.devid = group.mode, group.devid
         self._check_vector()
         self._claim()
-
-    @irqbypass.signal_safe
-    def _take(self, key: Hashable, open_device: Callable[[], VfioDevice]) -> None:
-        """Share the device the other producers of this process opened, or
-        open it; a Ctrl-C waits until the reference is ours."""
-        self.group = VfioDevice.share(self.calls.seam, key, open_device)
-        self.mode, self.devid = self.group.mode, self.group.devid
 
     def _check_vector(self) -> None:
         """GET_INFO and GET_IRQ_INFO (asked once per shared device), then the
@@ -194,18 +187,15 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
                 "not set), so it cannot be bypassed: pick another index"
             )
 
-    @irqbypass.signal_safe
     def _claim(self) -> None:
         """One producer per vector: a second would take the first's trigger."""
-        assert self.group is not None
-        holder = self.group.claim((self.index, self.vector), self.config.name)
+        holder = self.claim((self.index, self.vector), self.config.name)
         if holder is not None:
             raise self.calls.refuse(
                 f"{self.label} vector {self.vector} of this device is already attached by "
                 f"producer {holder!r} in this process: give each vector one producer",
                 errno.EBUSY,
             )
-        self.claimed = True
 
     def close(self) -> None:
         """Give up the vector and our share of the device; the last producer of
@@ -262,7 +252,7 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
         (the first attach on a NORESIZE index enables its whole block)."""
         group = self.group
         assert group is not None
-        with irqbypass.hold(group.lock):
+        with group.locked():
             block = group.block_to_enable(self) if fd >= 0 else 0
             if block:
                 group.enable_block(self, {self.vector: fd}, block)
