@@ -153,15 +153,17 @@ class DeviceGroup:
 
     @classmethod
     def share(cls, seam: Seam, key: Hashable, open_group: Callable[[], _G]) -> _G:
-        """The group open under ``key``, opened by ``open_group`` when none is:
-        one more user (inside a signal-safe section, paired with :meth:`unshare`)."""
+        """The group of this class open under ``key``, opened by ``open_group``
+        when none is: one more user (inside a signal-safe section, paired with
+        :meth:`unshare`). Keys are per class: two plugins' keys never meet."""
         space = "kernel" if type(seam) is RealSeam else seam
+        full = (space, cls, key)
         with hold(cls._SHARED_LOCK):
-            group = cls._SHARED.get((space, key))
+            group = cls._SHARED.get(full)
             if group is None:
                 group = open_group()
-                group.key = (space, key)
-                cls._SHARED[group.key] = group
+                group.key = full
+                cls._SHARED[full] = group
             group.users += 1
             return cast(_G, group)
 

@@ -555,6 +555,25 @@ def test_device_ready_runs_once_pointed_and_its_failure_rolls_back(
     assert line.pointed_at is None and line.device_open_fd is None
 
 
+def test_a_shared_group_is_found_by_its_class_and_key_and_closed_by_its_last_user() -> None:
+    class Mine(irqbypass.plugin.DeviceGroup):
+        pass
+
+    class Theirs(irqbypass.plugin.DeviceGroup):
+        pass
+
+    seam = irqbypass.system.RealSeam()
+    first = Mine.share(seam, ("fd", 5), lambda: Mine(5))
+    again = Mine.share(seam, ("fd", 5), lambda: Mine(6))
+    other = Theirs.share(seam, ("fd", 5), lambda: Theirs(5))  # the same key, another plugin's
+    assert again is first and type(other) is Theirs and other is not first
+    assert (first.users, other.users) == (2, 1)
+    assert not first.unshare() and first.unshare()  # the last user closes it
+    assert other.unshare()
+    fresh = Mine.share(seam, ("fd", 5), lambda: Mine(7))  # a new one after the last
+    assert fresh.fd == 7 and fresh.unshare()
+
+
 # -- signal safety -------------------------------------------------------------------
 
 
