@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import irqbypass
 
 from . import _abi
+from ._asm import idle_loop, ivt_entry, le16, le32, prologue, reentry_check
 from ._kvm import raw_ioctl
 
 __all__ = ["APIC_MODES", "MSI_VECTORS", "x2apic_cpuid", "x2apic_program"]
@@ -44,14 +45,6 @@ APIC_BASE_EXTD = 1 << 10  # x2APIC mode
 APIC_BASE_EN = 1 << 11  # APIC globally enabled
 SVR_APIC_ENABLED = 1 << 8
 CPUID_1_ECX_X2APIC = 1 << 21
-
-
-def _le16(value: int) -> tuple[int, int]:
-    return value & 0xFF, (value >> 8) & 0xFF
-
-
-def _le32(value: int) -> tuple[int, int, int, int]:
-    return value & 0xFF, (value >> 8) & 0xFF, (value >> 16) & 0xFF, value >> 24
 
 
 def x2apic_program(
@@ -81,54 +74,26 @@ class _Addresses:
     reentered: int
 
 
-def reentry_check(code: bytearray, handlers: int, pushed: int) -> None:
-    """Emit: if the interrupted IP is at or past ``handlers`` (the programs put
-    their handlers last), jump to the re-entry path; the jump's rel8 offset is
-    the last byte emitted, for the caller to patch. ``pushed``: the bytes the
-    handler pushed before this check.
-
-    A handler runs with IF clear (the interrupt gate cleared it) and never sets
-    it, so no interrupt can arrive while one runs: a delivery that interrupted
-    a handler, even before its first instruction, is an event the hypervisor
-    injected a second time (an EXITINTINFO replayed after the handler's first
-    exit). The guest counts those apart (``Guest.reentered``)."""
-    code.extend((0x55,))  # push bp
-    code.extend((0x89, 0xE5))  # mov bp, sp
-    code.extend((0x81, 0x7E, 2 + pushed, *_le16(handlers)))  # cmp word [bp+2+pushed], imm16
-    code.extend((0x5D,))  # pop bp                ; (pop leaves the flags alone)
-    code.extend((0x73, 0x00))  # jae reentered    ; (rel8 patched by the caller)
-
-
 def _setup(code: bytearray, ready_port: int) -> dict[int, int]:
     """Emit the IVT entries, the x2APIC's enabling and the idle loop; return,
     per vector, where its handler's offset goes."""
     emit = code.extend
     fixups: dict[int, int] = {}  # vector -> where its handler offset goes
-    emit((0xFA,))  # cli                       ; no interrupts while we set up
-    emit((0x31, 0xC0))  # xor ax, ax           ; ax = 0
-    emit((0x8E, 0xD8))  # mov ds, ax           ; ds = 0: IVT and counter addressing
+    prologue(code)
     for vector in (GP_VECTOR, *MSI_VECTORS, SPURIOUS_VECTOR):
-        emit((0xC7, 0x06, *_le16(vector * 4)))  # mov word [vector*4], imm16 ...
-        fixups[vector] = len(code)
-        emit((0x00, 0x00))  # ... = the handler's offset (patched below)
-        emit((0xC7, 0x06, *_le16(vector * 4 + 2), 0x00, 0x00))  # mov word [vector*4+2], 0
-    emit((0x66, 0xB9, *_le32(MSR_APIC_BASE)))  # mov ecx, 0x1b   ; IA32_APIC_BASE
+        fixups[vector] = ivt_entry(code, vector)
+    emit((0x66, 0xB9, *le32(MSR_APIC_BASE)))  # mov ecx, 0x1b   ; IA32_APIC_BASE
     emit((0x0F, 0x32))  # rdmsr                ; edx:eax = the base (EN set at reset)
-    emit((0x0D, *_le16(APIC_BASE_EN | APIC_BASE_EXTD)))  # or ax, 0x0c00 ; EN | EXTD
+    emit((0x0D, *le16(APIC_BASE_EN | APIC_BASE_EXTD)))  # or ax, 0x0c00 ; EN | EXTD
     emit((0x0F, 0x30))  # wrmsr                ; x2APIC mode (#GP without the CPUID bit)
-    emit((0x66, 0xB9, *_le32(MSR_X2APIC_SVR)))  # mov ecx, 0x80f ; spurious-vector register
-    emit((0x66, 0xB8, *_le32(SVR_APIC_ENABLED | SPURIOUS_VECTOR)))  # mov eax, 0x1ff
+    emit((0x66, 0xB9, *le32(MSR_X2APIC_SVR)))  # mov ecx, 0x80f ; spurious-vector register
+    emit((0x66, 0xB8, *le32(SVR_APIC_ENABLED | SPURIOUS_VECTOR)))  # mov eax, 0x1ff
     emit((0x66, 0x31, 0xD2))  # xor edx, edx
     emit((0x0F, 0x30))  # wrmsr                ; software-enable the APIC
-    emit((0x66, 0xB9, *_le32(MSR_X2APIC_TPR)))  # mov ecx, 0x808 ; task priority
+    emit((0x66, 0xB9, *le32(MSR_X2APIC_TPR)))  # mov ecx, 0x808 ; task priority
     emit((0x66, 0x31, 0xC0))  # xor eax, eax
     emit((0x0F, 0x30))  # wrmsr                ; TPR = 0: every vector gets through
-    emit((0xB0, 0x01))  # mov al, 1
-    emit((0xE6, ready_port))  # out 0xe0, al   ; tell the host: set up
-    loop = len(code)
-    emit((0xFB,))  # loop: sti                 ; interrupts on (after the next instruction)
-    emit((0xF4,))  # hlt                       ; sleep until an interrupt
-    emit((0xEB, (loop - (len(code) + 2)) & 0xFF))  # jmp loop
+    idle_loop(code, ready_port)
     return fixups
 
 
@@ -136,7 +101,7 @@ def _handlers(code: bytearray, fixups: dict[int, int], at: _Addresses, ack_port:
     """Emit the #GP, spurious and per-vector handlers, patching their offsets."""
     emit = code.extend
     handlers = at.code + len(code)  # everything from here on is a handler
-    code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(_le16(handlers))
+    code[fixups[GP_VECTOR] : fixups[GP_VECTOR] + 2] = bytes(le16(handlers))
     emit((0xB0, GP_VECTOR))  # gp: mov al, 13
     emit((0xE6, FAULT_PORT))  # out 0xe2, al   ; tell the host: #GP (no x2APIC?)
     stuck = len(code)
@@ -145,20 +110,20 @@ def _handlers(code: bytearray, fixups: dict[int, int], at: _Addresses, ack_port:
     emit((0xEB, (stuck - (len(code) + 2)) & 0xFF))  # jmp back: never resume
 
     spurious = at.vector_counts + 4 * SPURIOUS_VECTOR
-    code[fixups[SPURIOUS_VECTOR] : fixups[SPURIOUS_VECTOR] + 2] = bytes(_le16(at.code + len(code)))
-    emit((0x66, 0xFF, 0x06, *_le16(spurious)))  # inc dword [counts+4*0xff] ; no EOI
+    code[fixups[SPURIOUS_VECTOR] : fixups[SPURIOUS_VECTOR] + 2] = bytes(le16(at.code + len(code)))
+    emit((0x66, 0xFF, 0x06, *le16(spurious)))  # inc dword [counts+4*0xff] ; no EOI
     emit((0xCF,))  # iret
 
     common = len(code)  # bx = 4 * the vector (its stub pushed bx and set it)
     reentry_check(code, handlers, pushed=2)
     reentry_jump = len(code) - 1
-    emit((0x66, 0xFF, 0x87, *_le16(at.vector_counts)))  # inc dword [bx+counts] ; per vector
+    emit((0x66, 0xFF, 0x87, *le16(at.vector_counts)))  # inc dword [bx+counts] ; per vector
     emit((0x66, 0x50))  # push eax
     emit((0x66, 0x51))  # push ecx
     emit((0x66, 0x52))  # push edx
-    emit((0x66, 0xFF, 0x06, *_le16(at.count)))  # inc dword [0x0500] ; the total
+    emit((0x66, 0xFF, 0x06, *le16(at.count)))  # inc dword [0x0500] ; the total
     emit((0xE6, ack_port))  # out 0xe1, al     ; acknowledge to the host
-    emit((0x66, 0xB9, *_le32(MSR_X2APIC_EOI)))  # mov ecx, 0x80b ; EOI register
+    emit((0x66, 0xB9, *le32(MSR_X2APIC_EOI)))  # mov ecx, 0x80b ; EOI register
     emit((0x66, 0x31, 0xC0))  # xor eax, eax
     emit((0x66, 0x31, 0xD2))  # xor edx, edx
     emit((0x0F, 0x30))  # wrmsr                ; EOI
@@ -168,15 +133,15 @@ def _handlers(code: bytearray, fixups: dict[int, int], at: _Addresses, ack_port:
     emit((0x5B,))  # pop bx
     emit((0xCF,))  # iret
     code[reentry_jump] = len(code) - (reentry_jump + 1)
-    emit((0x66, 0xFF, 0x06, *_le16(at.reentered)))  # reentered: inc dword [reentered]
+    emit((0x66, 0xFF, 0x06, *le16(at.reentered)))  # reentered: inc dword [reentered]
     emit((0x5B,))  # pop bx
     emit((0xCF,))  # iret                      ; no EOI: the outer run sends it
 
     for vector in MSI_VECTORS:  # one 7-byte stub per vector
-        code[fixups[vector] : fixups[vector] + 2] = bytes(_le16(at.code + len(code)))
+        code[fixups[vector] : fixups[vector] + 2] = bytes(le16(at.code + len(code)))
         emit((0x53,))  # push bx
-        emit((0xBB, *_le16(4 * vector)))  # mov bx, 4*vector
-        emit((0xE9, *_le16(common - (len(code) + 3))))  # jmp common
+        emit((0xBB, *le16(4 * vector)))  # mov bx, 4*vector
+        emit((0xE9, *le16(common - (len(code) + 3))))  # jmp common
 
 
 def supported_cpuid(kvm_fd: int) -> list[_abi.kvm_cpuid_entry2]:

@@ -31,7 +31,8 @@ from types import TracebackType
 import irqbypass
 
 from . import _abi, _apic
-from ._apic import APIC_MODES, MSI_VECTORS, reentry_check
+from ._apic import APIC_MODES, MSI_VECTORS
+from ._asm import idle_loop, ivt_entry, le16, prologue, reentry_check
 from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device
 from ._vcpu import ACK_PORT, READY_PORT, VcpuThread
 
@@ -75,12 +76,8 @@ def guest_program(line: int, *, level: bool = False) -> bytes:
     handler_fixup = _pic_setup(code, line, level)
     handler = CODE_ADDR + len(code)
     _pic_handler(code, line)
-    code[handler_fixup : handler_fixup + 2] = bytes(_le16(handler))
+    code[handler_fixup : handler_fixup + 2] = bytes(le16(handler))
     return bytes(code)
-
-
-def _le16(value: int) -> tuple[int, int]:
-    return value & 0xFF, value >> 8
 
 
 def _pic_setup(code: bytearray, line: int, level: bool) -> int:
@@ -91,13 +88,8 @@ def _pic_setup(code: bytearray, line: int, level: bool) -> int:
     # everything but the line (and the cascade, if the line is on the slave)
     master_mask = 0xFF & ~(1 << (2 if slave else line))
     slave_mask = 0xFF & ~(1 << (line % 8)) if slave else 0xFF
-    emit((0xFA,))  # cli                       ; no interrupts while we set up
-    emit((0x31, 0xC0))  # xor ax, ax           ; ax = 0
-    emit((0x8E, 0xD8))  # mov ds, ax           ; ds = 0: IVT and counter addressing
-    emit((0xC7, 0x06, *_le16(vector * 4)))  # mov word [vector*4], imm16 ...
-    handler_fixup = len(code)
-    emit((0x00, 0x00))  # ... = handler offset ; IVT entry: offset (patched later)
-    emit((0xC7, 0x06, *_le16(vector * 4 + 2), 0x00, 0x00))  # mov word [vector*4+2], 0
+    prologue(code)
+    handler_fixup = ivt_entry(code, vector)
     emit((0xB0, 0x11))  # mov al, 0x11         ; ICW1: init, cascade mode, ICW4 follows
     emit((0xE6, 0x20))  # out 0x20, al         ; -> master command port
     emit((0xB0, MASTER_BASE))  # mov al, 0x20  ; ICW2: master vectors 0x20-0x27
@@ -119,15 +111,10 @@ def _pic_setup(code: bytearray, line: int, level: bool) -> int:
     emit((0xB0, slave_mask))  # mov al, mask   ; OCW1: unmask our line on the slave, if there
     emit((0xE6, 0xA1))  # out 0xa1, al
     if level:
-        emit((0xBA, *_le16(0x4D1 if slave else 0x4D0)))  # mov dx, 0x4d0/1 ; our PIC's ELCR
+        emit((0xBA, *le16(0x4D1 if slave else 0x4D0)))  # mov dx, 0x4d0/1 ; our PIC's ELCR
         emit((0xB0, 1 << (line % 8)))  # mov al, bit ; our line: level-triggered
         emit((0xEE,))  # out dx, al
-    emit((0xB0, 0x01))  # mov al, 1
-    emit((0xE6, READY_PORT))  # out 0xe0, al   ; tell the host: set up
-    loop = len(code)
-    emit((0xFB,))  # loop: sti                 ; interrupts on (after the next instruction)
-    emit((0xF4,))  # hlt                       ; sleep until an interrupt
-    emit((0xEB, (loop - (len(code) + 2)) & 0xFF))  # jmp loop
+    idle_loop(code, READY_PORT)
     return handler_fixup
 
 
@@ -139,7 +126,7 @@ def _pic_handler(code: bytearray, line: int) -> None:
     reentry_check(code, handler, pushed=0)
     reentry_jump = len(code) - 1
     emit((0x50,))  # push ax
-    emit((0x66, 0xFF, 0x06, *_le16(COUNT_ADDR)))  # inc dword [0x0500] ; count it
+    emit((0x66, 0xFF, 0x06, *le16(COUNT_ADDR)))  # inc dword [0x0500] ; count it
     emit((0xE6, ACK_PORT))  # out 0xe1, al     ; acknowledge to the host
     emit((0xB0, 0x20))  # mov al, 0x20         ; OCW2: non-specific EOI
     if line >= 8:
@@ -148,7 +135,7 @@ def _pic_handler(code: bytearray, line: int) -> None:
     emit((0x58,))  # pop ax
     emit((0xCF,))  # iret
     code[reentry_jump] = len(code) - (reentry_jump + 1)
-    emit((0x66, 0xFF, 0x06, *_le16(REENTERED_ADDR)))  # reentered: inc dword [0x0508]
+    emit((0x66, 0xFF, 0x06, *le16(REENTERED_ADDR)))  # reentered: inc dword [0x0508]
     emit((0xCF,))  # iret                      ; no EOI: the outer run sends it
 
 
