@@ -241,24 +241,24 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                 self._partner = self._port = None
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            descriptor, port = self.descriptor, self._port
-        if port is not None:
-            if descriptor is not None:
-                descriptor.hold(port)
-            else:
-                port.held = True
+        self._hold(True)
 
     def start(self) -> None:
+        self._hold(False)
+
+    def _hold(self, held: bool) -> None:
+        """Stop (``held``) or start: the port holds its posts, or lets them through."""
         with self._lock:
-            self._stopped = False
+            self._stopped = held
             descriptor, port = self.descriptor, self._port
-        if port is not None:
-            if descriptor is not None:
-                descriptor.release_port(port)
-            else:
-                port.held = False
+        if port is None:
+            return
+        if descriptor is None:
+            port.held = held
+        elif held:
+            descriptor.hold(port)
+        else:
+            descriptor.release_port(port)
 
     def _attach(self, producer: irqbypass.Producer) -> None:
         """Open the posting path (our lock is not held: the producer takes its own)."""
