@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from .errors import InvalidEndpointError
@@ -128,12 +127,7 @@ class Endpoint:
         self.open()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

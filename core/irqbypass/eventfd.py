@@ -20,7 +20,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from types import TracebackType
 
 from .errors import EventfdClosedError, InvalidEndpointError
 from .options import show_value as show
@@ -296,12 +295,7 @@ class Eventfd:
     def __enter__(self) -> Eventfd:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

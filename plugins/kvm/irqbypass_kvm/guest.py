@@ -26,7 +26,6 @@ import mmap
 import os
 import struct
 import time
-from types import TracebackType
 
 import irqbypass
 
@@ -292,12 +291,7 @@ class Guest(VcpuThread):
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

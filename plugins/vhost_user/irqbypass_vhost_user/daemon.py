@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import TracebackType
 
 import irqbypass
 
@@ -63,12 +62,7 @@ class StorageDaemon:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start(self) -> None:
