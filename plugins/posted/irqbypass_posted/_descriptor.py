@@ -287,7 +287,7 @@ class PostedDescriptor(PostingRules):
                 self._close_file()
             else:
                 # under the lock, so no post is between its check and its flock
-                with irqbypass.hold(self._lock):  # a section: Ctrl-C still ends the wait
+                with self._lock:
                     self._usable[0] = False
                     self._unmap()
                     self._close_file()
