@@ -26,7 +26,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import irqbypass
 
@@ -44,6 +45,7 @@ MAX_TIMEOUT = 3600.0
 #: noticed by the main thread at the latest this long after
 _POLL_SLICE = 0.05
 
+_T = TypeVar("_T")
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED)
 _FD_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * array.array("i").itemsize)
 
@@ -221,14 +223,11 @@ class Connection:
         answers before it is asked would have every later reply taken for the
         one before."""
         assert self._sock is not None
-        try:
-            waiting = self._sock.recv(wire.MAX_PAYLOAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        doing = f"before {wire.request_name(request)}"
+        flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        waiting = self._unblocked(doing, self._sock.recv, wire.MAX_PAYLOAD, flags)
+        if waiting is None:
             return
-        except OSError as exc:
-            if exc.errno in _GONE:
-                raise self._gone(f"before {wire.request_name(request)}", exc) from exc
-            raise
         if not waiting:
             raise self._gone(f"before {wire.request_name(request)}")
         raise ProtocolError(
@@ -258,6 +257,18 @@ class Connection:
             if irqbypass.interruptible(poller.poll, wait):
                 return
 
+    def _unblocked(self, doing: str, call: Callable[..., _T], *args: Any) -> _T | None:
+        """``call(*args)``, a non-blocking call on the socket: None when it
+        would block; a :class:`BackendGoneError` when the back-end went away."""
+        try:
+            return call(*args)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise self._gone(doing, exc) from exc
+            raise
+
     def _gone(self, doing: str, exc: OSError | None = None) -> BackendGoneError:
         if exc is None:
             cause, code = "it closed the connection (EOF)", errno.EPIPE
@@ -279,18 +290,12 @@ class Connection:
         ancillary = (
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
         )
+        flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
         while view:
             self._deadline_wait(select.POLLOUT, deadline, f"accept {wire.request_name(request)}")
-            try:
-                sent = self._sock.sendmsg(
-                    [view], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-                )
-            except BlockingIOError:
+            sent = self._unblocked(doing, self._sock.sendmsg, [view], ancillary, flags)
+            if sent is None:
                 continue
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    raise self._gone(doing, exc) from exc
-                raise
             ancillary = []  # the fds went with the first byte
             view = view[sent:]
 
@@ -315,18 +320,13 @@ class Connection:
         assert self._sock is not None
         chunks: list[bytes] = []
         got = 0
+        flags, doing = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC, f"while answering {name}"
         while got < n:
             self._deadline_wait(select.POLLIN, deadline, f"answer {name}")
-            try:
-                data, ancdata, _flags, _addr = self._sock.recvmsg(
-                    n - got, _FD_SPACE, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
-                )
-            except BlockingIOError:
+            received = self._unblocked(doing, self._sock.recvmsg, n - got, _FD_SPACE, flags)
+            if received is None:
                 continue
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    raise self._gone(f"while answering {name}", exc) from exc
-                raise
+            data, ancdata, _flags, _addr = received
             stray = _close_fds(ancdata)
             if stray:
                 raise ProtocolError(
