@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .config import Config, EndpointConfig, typed_differences
 from .errors import TopologyError
@@ -81,10 +81,11 @@ class Running(Protocol):
         """The entries placed on ``token`` (none, one or both sides)."""
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """A checked change: the entries it makes the running ones, what it says it
-    changed, and the tokens whose pairs it closes and opens again."""
+    changed, and the tokens whose pairs it closes and opens again. (A named
+    tuple: immutable, and made at every reload with a fifth of the bytecodes
+    of a frozen dataclass's ``__init__``.)"""
 
     #: how errors name the change (``reloading a.toml as b.toml``)
     action: str
@@ -99,14 +100,8 @@ class Plan:
     #: the file the result is (a reload), or None (the entries are no file's)
     config: Config | None = None
 
-    def after(self, name: str, running: Running) -> EndpointConfig | None:
-        """The entry ``name`` once the plan is done (None: none)."""
-        updates = self.updates
-        return updates[name] if name in updates else running.entries.get(name)
 
-
-@dataclass(frozen=True)
-class Moves:
+class Moves(NamedTuple):
     """What a plan closes and opens, given which optional kinds are unavailable."""
 
     #: the entries built and opened, on the touched tokens, in file order
@@ -216,20 +211,25 @@ def moves(
     entry changed, went, or is now left out; ``unavailable`` names the
     optional entries' tokens left out (the plugins' say)."""
     touched = plan.touched
-    arriving = [*plan.changes.added, *plan.changes.changed]
-    wanted = _entries_on(plan, running, arriving)
+    updates, entries, why = plan.updates, running.entries, plan.changes.why
+
+    def after(name: str) -> EndpointConfig | None:
+        return updates[name] if name in updates else entries.get(name)
+
+    placed = [entry.name for token in touched for entry in running.ends(token)]
+    wanted = _entries_on(
+        touched, running, after, [*plan.changes.added, *plan.changes.changed, *placed]
+    )
     skipped = unavailable(wanted)
     keep = set()
     leaving = []
-    for token in touched:
-        for entry in running.ends(token):
-            name = entry.name
-            now = plan.after(name, running)
-            if now is not None and name not in plan.changes.why and now.token not in skipped:
-                keep.add(name)
-            else:
-                leaving.append(name)
-    coming = tuple(e for e in wanted if e.name not in keep)
+    for name in placed:
+        now = after(name)
+        if now is not None and name not in why and now.token not in skipped:
+            keep.add(name)
+        else:
+            leaving.append(name)
+    coming = tuple([e for e in wanted if e.name not in keep])
     # a skipped token that nothing touched keeps all its entries, so stays skipped
     now_skipped = sorted(
         [(t, r) for t, r in running.skipped if t not in touched] + [*skipped.items()]
@@ -237,19 +237,20 @@ def moves(
     return Moves(coming, tuple(leaving), skipped, tuple(now_skipped))
 
 
-def _entries_on(plan: Plan, running: Running, arriving: list[str]) -> list[EndpointConfig]:
-    """The entries on the touched tokens once changed, in file order: those
-    there now (placed, or skipped) and the ones arriving, found in O(changes)
-    (a skipped token's entries by one scan of the old ones)."""
-    tokens = plan.touched
-    names = set(arriving)
+def _entries_on(
+    tokens: frozenset[str],
+    running: Running,
+    after: Callable[[str], EndpointConfig | None],
+    names: list[str],
+) -> list[EndpointConfig]:
+    """The entries on ``tokens`` once changed (``after(name)``), in file
+    order, of ``names`` (those placed there now, and the ones arriving) and
+    of the tokens' skipped entries (found by one scan of the old ones)."""
+    found = set(names)
     skipped = {t for t, _ in running.skipped} & tokens
-    for token in tokens:
-        names.update(e.name for e in running.ends(token))
     if skipped:
-        names.update(n for n, e in running.entries.items() if e.token in skipped)
-    after = [plan.after(name, running) for name in names]
-    wanted = [e for e in after if e is not None and e.token in tokens]
+        found.update(n for n, e in running.entries.items() if e.token in skipped)
+    wanted = [e for e in map(after, found) if e is not None and e.token in tokens]
     return sorted(wanted, key=lambda e: (e.side, e.index))
 
 

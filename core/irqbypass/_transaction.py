@@ -353,9 +353,6 @@ class Transaction:
         """Do ``plan``, all or nothing, in O(changes): only the pairs on the
         tokens it touches are closed and opened; then ``adopt(updates,
         skipped, file)`` makes its entries the running ones."""
-        if not plan.touched:
-            adopt(plan.updates, None, plan.config)
-            return
         moves = _plan.moves(plan, self.ledger, self.builder.unavailable)
         self.change(
             plan.source,

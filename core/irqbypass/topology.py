@@ -273,7 +273,7 @@ class Topology:
                 f"reconcile: new_config must be an irqbypass.Config (from load_config or "
                 f"parse_config), not {type(new_config).__name__} {show_value(new_config)}"
             )
-        if not self.applied and self._ledger:
+        if self._ledger and not self._ledger.applied:
             raise TopologyError(f"{self.config.file} is built but not applied; apply() it first")
         action = f"reloading {self.config.file} as {new_config.file}"
         plan = _plan.plan_reload(self._ledger, new_config, action)
@@ -314,8 +314,11 @@ class Topology:
     def _carry_out(self, plan: _plan.Plan) -> None:
         """Do ``plan``, all or nothing, in O(changes): only the pairs on the
         tokens it touches are closed and opened."""
-        carry_out = self._transaction(plan.action, repr(plan.source.file)).carry_out
         with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
+            if not plan.touched:  # nothing to close or open: the entries only
+                self._adopt(plan.updates, None, plan.config)
+                return
+            carry_out = self._transaction(plan.action, repr(plan.source.file)).carry_out
             carry_out(plan, home=self.config, adopt=self._adopt)
 
     def _transaction(self, action: str = "", building: str = "") -> Transaction:
