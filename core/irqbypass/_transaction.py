@@ -46,16 +46,6 @@ Adopt = Callable[
 _SERIAL = operator.attrgetter("serial")
 
 
-def _open(unit: list[Placed]) -> None:
-    """Open one endpoint, or a group through its class's ``open_group``."""
-    first = unit[0].endpoint
-    open_group = type(first).open_group
-    if open_group is None:
-        first.open()
-    else:
-        open_group([placed.endpoint for placed in unit])
-
-
 def _close(unit: list[Placed]) -> None:
     """Close endpoints (last opened first), through ``close_group`` if defined."""
     close_group = type(unit[0].endpoint).close_group
@@ -237,17 +227,15 @@ class Transaction:
         ``callout``: a signal there interrupts them, as it should; anywhere
         else it waits for :func:`deliver_deferred_signals`."""
         self.step, self.subject = "open", unit
-        try:
-            callout(_open, unit)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                # a signal (KeyboardInterrupt, SystemExit from a handler) passes
-                # anywhere in a call-out, also once open() has returned and the
-                # endpoint is open: the undo closes the unit then (close() undoes
-                # whatever an open left)
-                for placed in unit:
-                    placed.opened = True
-            raise
+        # the plugin's own method is the callout's: a signal raised out of it
+        # interrupted the open, so the unit is not open and the undo does not
+        # close it (one landing once open() returned waits, in callout's frame)
+        first = unit[0].endpoint
+        open_group = type(first).open_group
+        if open_group is None:
+            callout(first.open)
+        else:
+            callout(open_group, [placed.endpoint for placed in unit])
         for placed in unit:
             placed.opened = True
         for placed in unit:
