@@ -46,14 +46,20 @@ typecheck: $(STAMP)
 provision:
 	@bash scripts/provision
 
-# Debian's newest CPython (3.14, from Debian unstable) beside the host's 3.11, for
-# tests/packaging (the wheels installed and run under it) and `make test-python`;
-# where it cannot be had, it says so and the tests that need it skip
+# The oldest CPython requires-python claims (3.10: pyenv's, which this project's
+# machines come with) and the newest Debian ships (3.14, from Debian unstable),
+# beside the host's 3.11, for tests/packaging (the wheels installed and run under
+# each) and `make test-python`/`test-pythons`; scripts/python-for finds one, and
+# scripts/debian-python fetches one Debian has; where neither can, it says so and
+# the tests that need it skip
+OLDEST_PYTHON ?= 3.10
 NEWEST_PYTHON ?= 3.14
 pythons: provision
-	@mkdir -p .cache && scripts/debian-python $(NEWEST_PYTHON) >/dev/null 2>.cache/debian-python.log \
-	  && echo "pythons: $(NEWEST_PYTHON) in .cache/python/$(NEWEST_PYTHON)" \
-	  || { echo "pythons: no Python $(NEWEST_PYTHON) (.cache/debian-python.log); its tests skip"; }
+	@mkdir -p .cache && for v in $(OLDEST_PYTHON) $(NEWEST_PYTHON); do \
+	  where=$$(scripts/python-for $$v 2>/dev/null || scripts/debian-python $$v 2>.cache/debian-python.log) \
+	  && echo "pythons: $$v at $$where" \
+	  || echo "pythons: no Python $$v (scripts/python-for $$v, .cache/debian-python.log); its tests skip"; \
+	done
 
 # Hypothesis derandomized, no example database: the same commit, the same result
 pytest: $(STAMP) provision pythons
@@ -71,19 +77,33 @@ fuzz: $(STAMP)
 	  --hypothesis-seed=$$seed -q \
 	  || { echo "fuzz: failed with seed $$seed (make fuzz SEED=$$seed)"; exit 1; }
 
-# the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
-# the host's suite (no guest, no slow soak) under Debian's newest CPython, in
-# .venv-$(NEWEST_PYTHON) (never part of make test: docs/testing.md says what it costs)
-.PHONY: test-python
-test-python: $(STAMP) pythons
-	rm -rf .venv-$(NEWEST_PYTHON)
-	.cache/python/$(NEWEST_PYTHON)/usr/bin/python$(NEWEST_PYTHON) -m venv --without-pip .venv-$(NEWEST_PYTHON)
+# the host's suite (no guest, no slow soak) under another CPython, in .venv-VERSION
+# (never part of make test: docs/testing.md says what it costs): test-python under
+# the newest, test-python-3.10 (or any VERSION scripts/python-for finds) under that
+# one, test-pythons under the oldest and the newest
+.PHONY: test-python test-pythons
+test-python: test-python-$(NEWEST_PYTHON)
+test-pythons: test-python-$(OLDEST_PYTHON) test-python-$(NEWEST_PYTHON)
+test-python-%: $(STAMP) pythons
+	rm -rf .venv-$*
+	$$(scripts/python-for $*) -m venv --without-pip .venv-$*
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip \
-	  --python .venv-$(NEWEST_PYTHON)/bin/python install --quiet --quiet --group test \
+	  --python .venv-$*/bin/python install --quiet --quiet --group test \
 	  -e . $(foreach p,$(PLUGINS),-e $(p))
-	IRQBYPASS_GUEST=off .venv-$(NEWEST_PYTHON)/bin/python -m pytest --hypothesis-profile=ci \
+	IRQBYPASS_GUEST=off .venv-$*/bin/python -m pytest --hypothesis-profile=ci \
 	  -p no:cacheprovider -q tests/core tests/plugins docs/examples -m "not slow and not guest"
 
+# the sdists as a distribution builds and tests them (as Debian's pybuild): each
+# wheel built from its sdist offline, installed into a fresh venv with no index,
+# and the host's suite run from the unpacked core sdist against the installed
+# distributions (scripts/test-sdist; minutes: never part of make test);
+# make test-sdist SDIST_PYTHON=3.10 does it under another CPython
+SDIST_PYTHON ?=
+.PHONY: test-sdist
+test-sdist: $(STAMP) pythons
+	scripts/test-sdist $(SDIST_PYTHON)
+
+# the real-device tests alone, in their test guests (tests/guest; make pytest runs them too)
 .PHONY: guest-test guest-demo
 # IRQBYPASS_GUEST_KVM=0 make guest-test: without the kvm family (KVM nested in the guests)
 guest-test: $(STAMP) provision

@@ -9,6 +9,7 @@ message that says what was wrong and what to do about it.
 from __future__ import annotations
 
 import errno as _errno
+import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -223,11 +224,13 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 def with_notes(exc: _E, notes: Sequence[str]) -> _E:
-    """``exc`` with ``notes`` added (``add_note``, Python 3.11+; on 3.10 the
-    exception is returned as it is): how an interrupt that was let through
-    says what it interrupted and what state it left."""
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
+    """``exc`` with ``notes`` added: how an interrupt that was let through says
+    what it interrupted and what state it left (``add_note``; on Python 3.10 the
+    same ``__notes__`` list of PEP 678, which the CLI prints and 3.10's
+    tracebacks do not)."""
+    if sys.version_info >= (3, 11):
         for note in notes:
-            add_note(note)
+            exc.add_note(note)
+    else:
+        exc.__dict__.setdefault("__notes__", []).extend(notes)
     return exc

@@ -64,13 +64,16 @@ def _public_members() -> list[tuple[str, object]]:
 
 def _members_of(tier: object) -> list[tuple[str, object]]:
     import inspect
+    import types
 
     found: list[tuple[str, object]] = []
     for name in tier.__all__:  # type: ignore[attr-defined]
         obj = getattr(tier, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
+        # Python 3.10 takes an alias such as Callable[[EndpointSpec], Endpoint] for a class
+        is_class = inspect.isclass(obj) and not isinstance(obj, types.GenericAlias)
+        if is_class or inspect.isfunction(obj):
             found.append((name, obj))
-        if not inspect.isclass(obj):
+        if not is_class:
             continue
         for klass in obj.__mro__:
             if not klass.__module__.startswith("irqbypass"):

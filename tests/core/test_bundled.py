@@ -11,9 +11,13 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-import tomllib
 from irqbypass.cli import DOCS_URL, bundled, main, template
 from irqbypass.config import parse_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 

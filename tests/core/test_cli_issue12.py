@@ -13,6 +13,7 @@ import re
 import resource
 import struct
 import subprocess
+import sys
 import termios
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
@@ -21,12 +22,16 @@ from typing import Any, ClassVar
 import irqbypass
 import irqbypass.plugin
 import pytest
-import tomllib
 from cli_support import EXE, ROOT, clean_env, run, topology
 from irqbypass import cli
 from irqbypass.cli import output, summary
 from irqbypass.cli import run as run_command
 from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 PAIR = (
     '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={{rate=0.0, count={count}}}\n'

@@ -11,6 +11,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,12 @@ def test_a_run_with_a_control_socket_stays_up_after_its_producers_finish(
 
 def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130(tmp_path: Path) -> None:
     """A Ctrl-C in the first half second lands in an import: a module the
-    command imports (here the TOML reader, shadowed) gets SIGINT as it loads."""
+    command imports (here the TOML reader, shadowed: tomli under Python 3.10)
+    gets SIGINT as it loads."""
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "tomllib.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    reader = "tomllib" if sys.version_info >= (3, 11) else "tomli"
+    (shadow / f"{reader}.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
     path = topology(tmp_path, FINITE)
     result = run("check", path, env={"PYTHONPATH": str(shadow)})
     assert "Traceback" not in result.stderr, result.stderr

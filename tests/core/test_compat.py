@@ -13,8 +13,12 @@ from typing import Any
 import irqbypass
 import irqbypass.plugin
 import pytest
-import tomllib
 from irqbypass.requires import core_requirement, parse_version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 

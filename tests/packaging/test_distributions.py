@@ -36,7 +36,11 @@ PROJECTS = [ROOT, *sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"
 PLUGINS = sorted(f"irqbypass-{p.name.replace('_', '-')}" for p in PROJECTS[1:])
 WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
 #: what the fresh venvs need besides our wheels, as the .venv has them
-NEEDS = [f"pluggy=={metadata.version('pluggy')}", f"pytest=={metadata.version('pytest')}"]
+NEEDS = [f"{n}=={metadata.version(n)}" for n in ("pluggy", "pytest")]
+#: what the core needs under 3.10 (its pyproject.toml)
+TOMLI = "tomli>=1.1; python_version < '3.11'"
+#: and for the core sdist's own tests (tests/conftest.py), under the host's Python only
+SDIST_TESTS_NEED = f"hypothesis=={metadata.version('hypothesis')}"
 VERSION = irqbypass.__version__
 PIP: list[str | Path] = [sys.executable, "-m", "pip"]
 
@@ -76,17 +80,35 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+#: the CPythons besides the host's that the wheels are installed and run under
+#: (make pythons finds or fetches them: scripts/python-for, scripts/debian-python)
+OTHER_PYTHONS = ["3.10", "3.14"]
+
+
+def _python_for(version: str) -> Path | None:
+    found = _run([ROOT / "scripts" / "python-for", version], ok=False)
+    return Path(found.stdout.strip()) if found.returncode == 0 else None
+
+
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
-    """pluggy and pytest (and what they need) as wheels, fetched once."""
-    done = WHEELHOUSE / f".{'_'.join(NEEDS)}-py{sys.version_info[0]}{sys.version_info[1]}"
-    if not done.exists():
-        got = _run(
-            [*PIP, "download", "-q", "--only-binary=:all:", "--dest", WHEELHOUSE, *NEEDS],
-            ok=False,
-        )
+    """pluggy and pytest (and what they need, which differs by Python version:
+    tomli and exceptiongroup under 3.10) as wheels, fetched once per version;
+    hypothesis for the host's."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    wanted = {here: (Path(sys.executable), [*NEEDS, SDIST_TESTS_NEED])}
+    for version in OTHER_PYTHONS:
+        if (python := _python_for(version)) is not None:
+            wanted[version] = (python, NEEDS)
+    for version, (python, needs) in wanted.items():
+        done = WHEELHOUSE / f".{'_'.join(needs)}-py{version}"
+        if done.exists():
+            continue
+        # pip run by that Python: the markers of what they need are its own
+        download = ["--python", python, "download", "-q", "--only-binary=:all:"]
+        got = _run([*PIP, *download, "--dest", WHEELHOUSE, *needs, TOMLI], ok=False)
         if got.returncode != 0:
-            pytest.skip(f"pluggy and pytest wheels could not be fetched once: {got.stderr[-300:]}")
+            pytest.skip(f"{needs} could not be fetched once: {got.stderr[-300:]}")
         done.touch()
     return WHEELHOUSE
 
@@ -124,9 +146,9 @@ def _venv(where: Path, dist: Path, wheelhouse: Path, *requirements: str) -> Path
 
 @pytest.fixture(scope="module")
 def everything(tmp_path_factory: pytest.TempPathFactory, dist: Path, wheelhouse: Path) -> Path:
-    """A venv with the core, its 8 plugins and pytest, all from the wheels."""
+    """A venv with the core, its 8 plugins, pytest and hypothesis, all from the wheels."""
     where = tmp_path_factory.mktemp("all") / "venv"
-    return _venv(where, dist, wheelhouse, "irqbypass", *PLUGINS, "pytest")
+    return _venv(where, dist, wheelhouse, "irqbypass", *PLUGINS, "pytest", "hypothesis")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +276,29 @@ def test_the_demo_runs_from_the_install(everything: Path) -> None:
     assert "examples/" not in result.stdout + result.stderr, "no checkout path"
 
 
+def test_the_core_sdist_s_tests_pass_against_the_installed_wheels(
+    dist: Path, everything: Path, tmp_path: Path
+) -> None:
+    """As a distribution tests what it built (Debian's pybuild): the core sdist's
+    own tests, run from the unpacked sdist against the installed wheels, with no
+    source tree on the path. Two fast files here; make test-sdist runs the sdist's
+    whole host suite so (minutes)."""
+    with tarfile.open(dist / f"irqbypass-{VERSION}.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    source = tmp_path / f"irqbypass-{VERSION}"
+    python = everything / "bin" / "python"
+    where = _run([python, "-c", "import irqbypass; print(irqbypass.__file__)"], cwd=source)
+    assert where.stdout.startswith(str(everything)), "the installed copy, not the sdist's"
+    files = ["tests/core/test_bundled.py", "tests/core/test_compat.py"]
+    tests = _run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=source,
+        env=_clean_env(everything),
+    )
+    assert re.search(r"\b\d+ passed\b", tests.stdout), tests.stdout
+    assert " failed" not in tests.stdout and " error" not in tests.stdout, tests.stdout
+
+
 # -- installed: the core alone ----------------------------------------------------
 
 
@@ -353,21 +398,27 @@ def test_the_changelog_page_is_in_the_built_docs_with_this_releases_entries() ->
         assert first_words in re.sub(r"<[^>]+>", "", page), fragment.name
 
 
-# -- the newest CPython Debian ships (make pythons) ---------------------------------
-
-NEWEST = ROOT / ".cache" / "python" / "3.14" / "usr" / "bin" / "python3.14"
+# -- the oldest CPython requires-python claims, and the newest Debian ships (make pythons)
 
 
-def test_the_wheels_and_a_template_plugin_work_under_the_newest_python(
-    dist: Path, wheelhouse: Path, everything: Path, tmp_path: Path
+@pytest.fixture(scope="module")
+def template_plugin(tmp_path_factory: pytest.TempPathFactory, everything: Path) -> Path:
+    """A plugin from the template, built once for the other Pythons; its source."""
+    return _plugin("ticker3", tmp_path_factory.mktemp("ticker3"), everything)
+
+
+@pytest.mark.parametrize("version", OTHER_PYTHONS)
+def test_the_wheels_and_a_template_plugin_work_under_other_pythons(
+    dist: Path, wheelhouse: Path, template_plugin: Path, tmp_path: Path, version: str
 ) -> None:
-    """The host has 3.11: Debian's 3.14 (scripts/debian-python) runs the
-    installed CLI, the demo and a third party's plugin tests from the same wheels."""
-    if not NEWEST.exists():
-        pytest.skip(f"{NEWEST} is missing: make pythons (scripts/debian-python) fetches it")
+    """The host has 3.11: pyenv's 3.10 and Debian's 3.14 run the installed CLI,
+    the demo and a third party's plugin tests from the same wheels."""
+    python = _python_for(version)
+    if python is None:
+        pytest.skip(f"no CPython {version} here: make pythons finds or fetches it")
     where = tmp_path / "venv"
-    _run([NEWEST, "-m", "venv", "--without-pip", where])
-    source = _plugin("ticker3", tmp_path, everything)
+    _run([python, "-m", "venv", "--without-pip", where])
+    source = template_plugin
     wanted = ["irqbypass", *PLUGINS, "pytest", *(source / "dist").glob("*.whl")]
     _run(
         [
@@ -380,7 +431,7 @@ def test_the_wheels_and_a_template_plugin_work_under_the_newest_python(
         ]
     )
     listed = _cli(where, "--version", "--version").stdout
-    assert "Python 3.14." in listed and f"(irqbypass-mock {VERSION})" in listed, listed
+    assert f"Python {version}." in listed and f"(irqbypass-mock {VERSION})" in listed, listed
     assert "demo.toml: applied" in _cli(where, "demo", "--duration", "1").stdout
     tests = _run(
         [where / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
