@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .loop import EventLoop, LoopFault, LoopHandle
     from .options import Options, Settings, show_value
     from .plugins import PluginInfo
+    from .signals import uninterrupted
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -45,6 +46,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "loop": ("EventLoop", "LoopFault", "LoopHandle"),
     "options": ("Options", "Settings", "show_value"),
     "plugins": ("PluginInfo",),
+    "signals": ("uninterrupted",),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
 
@@ -73,4 +75,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "show_value",
+    "uninterrupted",
 ]

@@ -34,9 +34,7 @@ serializes whose release delivers what waited.
 
 The innermost marked frame decides: a section called from inside a
 :func:`callout` is safe again, a :func:`callout` inside a section passes.
-Until every section is converted, a section may still call out the old way,
-through a local variable named ``call`` (and pass signals on its ``with``
-lines); :func:`callout_lines` finds those lines.
+Nothing else passes a signal in a section: not a ``with`` line, not a call.
 
 :func:`guard_signals` puts the guard in front of the current Python-level
 handlers of SIGINT and SIGTERM. The :class:`~irqbypass.Manager` installs it
@@ -53,38 +51,33 @@ on the fast path: it walks the interrupted stack only when a signal arrives.
 from __future__ import annotations
 
 import _thread
-import dis
+import functools
 import signal
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 _Handler = Callable[[int, "FrameType | None"], Any]
 
-#: The local variable through which a section of the old style calls plugin code.
-CALLOUT = "call"
-
-#: marked code object -> its call-out lines (where signals pass: the old style;
-#: frozenset() for a section of the new style), or None: every line passes
-#: (:func:`callout`, :func:`interruptible`), or _UNREAD: not found yet (see
-#: :func:`callout_lines`)
-_SAFE: dict[CodeType, frozenset[int] | None] = {}
-#: the lines of a section not read yet: disassembling every section at import
-#: cost a command 17 ms of its start, and only a signal needs them
-_UNREAD: frozenset[int] = frozenset({-1})
-#: a section whose every call is a call-out (see :func:`calling_out`)
-_CALLING_OUT: frozenset[int] = frozenset({-2})
+#: the marks: a signal landing in a frame of the code waits (a section), waits
+#: in its own lines but passes in what it calls (:func:`calling_out`), or passes
+#: (:func:`interruptible`)
+_SECTION, _CALLING_OUT, _PASSES = "section", "calling out", "passes"
+#: marked code object -> its mark; read only when a signal arrives
+_SAFE: dict[CodeType, str] = {}
 
 #: Signals that arrived in a safe section, by number, in arrival order. Standard
 #: signals do not queue (a second SIGINT while one is pending is that same
 #: SIGINT), so this holds at most one entry per signal number: bounded.
 #: Private state: what waits is delivered by :func:`delivering_deferred_signals`.
 _DEFERRED: dict[int, FrameType | None] = {}
+#: how many signals were deferred so far (a wait tells those that arrived during it)
+_ARRIVALS = [0]
 
 
 def signal_safe(func: _F) -> _F:
@@ -92,9 +85,33 @@ def signal_safe(func: _F) -> _F:
 
     Returns ``func`` itself: no wrapper, nothing added to a call.
     """
-    code: CodeType = func.__code__
-    _SAFE[code] = _UNREAD  # its call-out lines are found when a signal first asks
+    _SAFE[func.__code__] = _SECTION
     return func
+
+
+def uninterrupted(method: _F) -> _F:
+    """Once begun, ``method`` runs to its end: a close that must finish, a file
+    that must be recorded with what names it. The template a plugin uses for
+    them instead of managing sections itself.
+
+    A Ctrl-C that lands in it, or in what it calls, acts as it returns (its
+    caller still sees the exception: an open that catches it undoes what was
+    done); inside a section it waits for that section's end instead. Within
+    it, another object's code (a partner endpoint's) runs through
+    :func:`callout`, a wait on another process through :func:`interruptible`,
+    and a lock is taken with :class:`hold`.
+    """
+    section = signal_safe(method)
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return section(*args, **kwargs)
+        finally:
+            if _DEFERRED and not in_safe_section(sys._getframe(1)):
+                deliver_deferred_signals()
+
+    return cast("_F", run)
 
 
 def calling_out(func: _F) -> _F:
@@ -111,15 +128,6 @@ def calling_out(func: _F) -> _F:
     """
     _SAFE[func.__code__] = _CALLING_OUT
     return func
-
-
-def callout_lines(code: CodeType) -> frozenset[int] | None:
-    """The call-out lines of a safe section's code (found once, then kept),
-    None for a wait point; KeyError for code that is no section."""
-    callouts = _SAFE[code]
-    if callouts is _UNREAD:
-        callouts = _SAFE[code] = _callout_lines(code)
-    return callouts
 
 
 def deliver_deferred_signals() -> None:
@@ -173,12 +181,12 @@ def interruptible(fn: Callable[..., _T], *args: Any) -> _T:
 
 # every line of it waits: signals pass (a wait interrupted just as it ended
 # loses only a reply its caller then treats as never come)
-_SAFE[interruptible.__code__] = None
+_SAFE[interruptible.__code__] = _PASSES
 # A finalizer (a Manager's, giving its guard lease back) runs wherever the
 # garbage collector happens to run, and what it raises is printed and dropped
 # ("Exception ignored in"): a signal landing in one waits for the next delivery
-# instead of being lost. No call-out line: every line of it waits.
-_SAFE[weakref.finalize.__call__.__code__] = frozenset()
+# instead of being lost: a section, every line of it waits.
+_SAFE[weakref.finalize.__call__.__code__] = _SECTION
 
 #: how often a section waiting for a contended lock looks for a deferred signal
 #: (well within the 0.5 s in which Ctrl-C must act)
@@ -197,8 +205,10 @@ class hold:  # lower case: it reads as a call, ``with hold(lock):``
     A plain ``with lock:`` there would wait deaf to Ctrl-C while another
     thread holds the lock. Here a free lock is taken at once; a contended one
     is waited for in steps of :data:`HOLD_WAKE_SECONDS`, and a signal that
-    arrived meanwhile is delivered between two steps, before the lock is ours
-    (so it is never left taken). Once taken, the block is part of the section.
+    arrived during the wait is delivered between two steps, before the lock is
+    ours (so it is never left taken); one deferred before the wait began still
+    waits for the section's end (a close must not be cut by a Ctrl-C that
+    landed before it had to wait). Once taken, the block is part of the section.
     """
 
     __slots__ = ("_lock",)
@@ -211,8 +221,9 @@ class hold:  # lower case: it reads as a call, ``with hold(lock):``
         lock = self._lock
         if lock.acquire(False):
             return
+        arrived = _ARRIVALS[0]  # a signal deferred before the wait waits for the section
         while not lock.acquire(True, HOLD_WAKE_SECONDS):
-            if _DEFERRED:
+            if _ARRIVALS[0] != arrived:
                 deliver_deferred_signals()
 
     @signal_safe
@@ -273,6 +284,7 @@ class _Guard:
     def __call__(self, signum: int, frame: FrameType | None) -> Any:
         if in_safe_section(frame):
             _DEFERRED[signum] = frame
+            _ARRIVALS[0] += 1
             return None
         return self.previous(signum, frame)
 
@@ -353,61 +365,16 @@ def release_interrupt_guard(lease: object) -> None:
 def in_safe_section(frame: FrameType | None) -> bool:
     """Whether a signal interrupting ``frame`` must wait.
 
-    Walks outwards to the innermost safe frame: the signal waits unless that
-    frame stands on one of its call-out lines (then whatever runs below it is
-    plugin code, which stays interruptible).
+    Walks outwards to the innermost marked frame: the signal waits in a
+    section, and in a :func:`calling_out` section's own frame (not in what
+    it calls); it passes in an :func:`interruptible` wait, or with no mark.
     """
     interrupted = frame
     while frame is not None:
-        code = frame.f_code
-        if code in _SAFE:
-            callouts = callout_lines(code)
-            if callouts is _CALLING_OUT:
+        mark = _SAFE.get(frame.f_code)
+        if mark is not None:
+            if mark is _CALLING_OUT:
                 return frame is interrupted  # in its own lines, not in a callback
-            return callouts is not None and frame.f_lineno not in callouts
+            return mark is _SECTION
         frame = frame.f_back
     return False
-
-
-def _callout_lines(code: CodeType) -> frozenset[int]:
-    """The lines of ``code`` that load the local ``call`` or enter a ``with``."""
-    lines = set()
-    line: int | None = None
-    for instruction in dis.get_instructions(code):
-        positions = getattr(instruction, "positions", None)
-        if positions is not None and positions.lineno is not None:
-            line = positions.lineno
-        elif instruction.starts_line:  # Python 3.10
-            line = instruction.starts_line
-        if line is None:
-            continue
-        if instruction.opname in _ENTER_WITH or (
-            instruction.opname in _LOAD_LOCAL and CALLOUT in _loaded(instruction.argval)
-        ):
-            lines.add(line)
-    return frozenset(lines)
-
-
-#: the opcodes that enter a ``with``: SETUP_WITH (3.10), BEFORE_WITH (3.11-3.13),
-#: LOAD_SPECIAL (3.14, which looks up ``__enter__`` and ``__exit__``). On 3.14 the
-#: ``__enter__`` is a CALL, whose end lets a signal in before the body's handler
-#: is set up: a signal landing just after a lock's ``__enter__`` leaves it held
-#: (CPython issue 148874: fixed in its main branch; 3.14.10 still has it)
-_ENTER_WITH = frozenset({"SETUP_WITH", "BEFORE_WITH", "LOAD_SPECIAL"})
-#: the opcodes that load a local to use it: 3.13 pairs two loads in one
-#: instruction, 3.14 loads a borrowed reference (LOAD_FAST_AND_CLEAR, which a
-#: comprehension uses to save a name it shadows, is no use of it)
-_LOAD_LOCAL = frozenset(
-    {
-        "LOAD_FAST",
-        "LOAD_FAST_CHECK",
-        "LOAD_FAST_LOAD_FAST",
-        "LOAD_FAST_BORROW",
-        "LOAD_FAST_BORROW_LOAD_FAST_BORROW",
-    }
-)
-
-
-def _loaded(argval: object) -> tuple[object, ...]:
-    """The names an instruction loads: one, or a pair (the 3.13+ paired loads)."""
-    return argval if isinstance(argval, tuple) else (argval,)

@@ -201,18 +201,25 @@ def test_ctrl_c_ends_a_section_s_wait_for_a_contended_lock() -> None:
     lock.release()
 
 
-def test_hold_waits_for_a_lock_the_holder_gives_back() -> None:
-    lock = threading.Lock()
+def held_by_another_thread(lock: threading.Lock, wakeups: int) -> threading.Thread:
+    """A thread that holds ``lock`` for ``wakeups`` of a waiting hold's steps
+    (started; returned once it holds the lock)."""
     taken = threading.Event()
 
     def holder() -> None:
         with lock:
             taken.set()
-            threading.Event().wait(2 * signals.HOLD_WAKE_SECONDS)  # a few wake-ups
+            threading.Event().wait(wakeups * signals.HOLD_WAKE_SECONDS)
 
     other = threading.Thread(target=holder)
     other.start()
     taken.wait(GUARD)
+    return other
+
+
+def test_hold_waits_for_a_lock_the_holder_gives_back() -> None:
+    lock = threading.Lock()
+    other = held_by_another_thread(lock, 2)
 
     @irqbypass.signal_safe
     def section() -> bool:
@@ -227,3 +234,59 @@ def test_hold_waits_for_a_lock_the_holder_gives_back() -> None:
 def test_the_deferred_signals_are_not_public_state() -> None:
     assert not hasattr(signals, "DEFERRED")
     assert "DEFERRED" not in dir(irqbypass)
+
+
+def test_an_uninterrupted_method_runs_to_its_end_and_then_raises() -> None:
+    steps: list[str] = []
+
+    class Resource:
+        @irqbypass.plugin.uninterrupted
+        def close(self, how: str) -> str:
+            signal.raise_signal(signal.SIGINT)  # lands in it: waits for its end
+            steps.append(f"closed {how}")
+            return how
+
+    with pytest.raises(KeyboardInterrupt):
+        Resource().close("whole")
+    assert steps == ["closed whole"]
+    assert Resource.close.__name__ == "close"  # the method's own name and doc
+
+
+def test_an_uninterrupted_method_inside_a_section_leaves_delivery_to_it() -> None:
+    steps: list[str] = []
+
+    @irqbypass.plugin.uninterrupted
+    def part() -> None:
+        signal.raise_signal(signal.SIGINT)
+        steps.append("part")
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        part()
+        steps.append("rest of the section")  # not cut by the part's delivery
+
+    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        section()
+    assert steps == ["part", "rest of the section"]
+
+
+def test_a_signal_deferred_before_a_contended_wait_waits_for_the_section() -> None:
+    """Only a Ctrl-C that arrives during the wait ends it: one that landed
+    earlier in the section (say in a close) must not cut it at its lock."""
+    lock = threading.Lock()
+    steps: list[str] = []
+    other = held_by_another_thread(lock, 3)
+
+    @irqbypass.signal_safe
+    def section() -> None:
+        signal.raise_signal(signal.SIGINT)  # deferred before the wait
+        with irqbypass.hold(lock):
+            steps.append("held")
+        steps.append("section done")
+
+    try:
+        with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+            section()
+    finally:
+        other.join(GUARD)
+    assert steps == ["held", "section done"]

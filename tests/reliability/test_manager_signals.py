@@ -363,13 +363,13 @@ def test_every_callback_is_called_on_a_call_out_line() -> None:
     # connect: stop, stop, add, add, the rollback's del, start, start; disconnect: stop,
     # stop, del, del (the rollback's), start, start: eight calls in all
     sequence = manager_module._sequence
-    assert signals.callout_lines(sequence.__code__) is signals._CALLING_OUT
+    assert signals._SAFE[sequence.__code__] is signals._CALLING_OUT
     tree = ast.parse(textwrap.dedent(inspect.getsource(sequence)))
     called = [ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)]
     assert sorted(called) == sorted(["fn"] * 6 + ["c.add_producer", "c.del_producer"]), called
     assert "callout(functools.partial(hook, " in inspect.getsource(manager._veto)
     for body in (manager._register, manager._unregister, manager._veto):
-        assert signals.callout_lines(body.__code__) == frozenset(), body
+        assert signals._SAFE[body.__code__] is signals._SECTION, body
     for public in (
         manager.register_producer,
         manager.register_consumer,
