@@ -115,32 +115,30 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         as not opened)."""
         if self.descriptor is not None:
             return
-        self._open()
-
-    @irqbypass.signal_safe
-    def _open(self) -> None:
-        """A signal anywhere in here waits until the ``callout`` lines, where
-        what it interrupts is undone before it goes on: so no point remains
-        where it could leave the descriptor's file, fds or drainer behind
-        unknown to :meth:`close` (or to the caller)."""
         try:
-            descriptor = PostedDescriptor(
-                nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
-            )
-            partner = self._record(descriptor)
-            if self.drain:
-                assert descriptor.notification is not None  # our own descriptor has one
-                self._drainer = irqbypass.event_loop().add_reader(
-                    descriptor.notification,
-                    functools.partial(self._on_notified, descriptor),
-                    owner=f"{self._path.label} (drainer)",
-                )
-            if partner is not None:
-                irqbypass.callout(self._attach, partner)  # the producer's code: interruptible
-            irqbypass.callout(irqbypass.deliver_deferred_signals)  # a Ctrl-C that waited acts
-        except BaseException:
-            self._close()
+            self._open()
+        except BaseException:  # a Ctrl-C that waited for _open acts as it returns: undone
+            self.close()
             raise
+
+    @irqbypass.plugin.uninterrupted
+    def _open(self) -> None:
+        """A signal anywhere in here waits until it returns, but in the producer's
+        code (``callout``): so no point remains where it could leave the
+        descriptor's file, fds or drainer behind unknown to :meth:`close`."""
+        descriptor = PostedDescriptor(
+            nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
+        )
+        partner = self._record(descriptor)
+        if self.drain:
+            assert descriptor.notification is not None  # our own descriptor has one
+            self._drainer = irqbypass.event_loop().add_reader(
+                descriptor.notification,
+                functools.partial(self._on_notified, descriptor),
+                owner=f"{self._path.label} (drainer)",
+            )
+        if partner is not None:
+            irqbypass.callout(self._attach, partner)  # the producer's code: interruptible
 
     def _record(self, descriptor: PostedDescriptor) -> irqbypass.Producer | None:
         with self._lock:
@@ -149,19 +147,12 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             self._problem = None
             return self._partner
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
         """Withdraw the posting path, stop the relay and the drainer (a last
         sync if draining), keep the final counters, and unmap the descriptor
-        (its file removed whatever interrupts this: a second Ctrl-C included)."""
-        try:
-            self._close()
-        finally:
-            irqbypass.deliver_deferred_signals()
-
-    @irqbypass.signal_safe
-    def _close(self) -> None:
-        """Signal-safe but for the producer's code (``callout``): once begun, the
-        descriptor is released whatever lands."""
+        (its file removed whatever interrupts this: a second Ctrl-C included).
+        Once begun it runs to its end, but in the producer's code (``callout``)."""
         descriptor = self.descriptor
         if descriptor is None:
             self._cancel_drainer()  # a drainer registered before its descriptor was recorded
@@ -173,7 +164,6 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         finally:
             self._release(descriptor)
 
-    @irqbypass.signal_safe
     def _release(self, descriptor: PostedDescriptor) -> None:
         """Stop the drainer (a callback of this process's loop: not a wait on
         another process) and close the descriptor, on every path."""

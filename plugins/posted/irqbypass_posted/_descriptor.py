@@ -132,16 +132,17 @@ class PostedDescriptor(PostingRules):
             if file:
                 nonce = os.urandom(NONCE_SIZE)
                 self._b[_NONCE * 8 : _NONCE * 8 + NONCE_SIZE] = nonce
-                self._publish(file, nonce)  # once the memory is whole: attachers may come
-                irqbypass.deliver_deferred_signals()  # a Ctrl-C that waited: close() removes it
+                # once the memory is whole: attachers may come; a Ctrl-C that waited
+                # for the record acts as it returns, and close() removes it
+                self._publish(file, nonce)
         except BaseException:
             self.close()
             raise
 
-    @irqbypass.signal_safe
+    @irqbypass.plugin.uninterrupted
     def _publish(self, file: str, nonce: bytes) -> None:
         """Write the record naming this memory at ``file`` and own it at once:
-        signal-safe, so a Ctrl-C landing after the file exists and before this
+        uninterrupted, so a Ctrl-C landing after the file exists and before this
         object knows its fd waits, instead of leaving the file behind."""
         self._path = file
         self._record_fd = create_record(file, MAPPING_SIZE, self._fd, nonce)
@@ -260,21 +261,15 @@ class PostedDescriptor(PostingRules):
         if record >= 0 and self._path is not None:
             remove_record(self._path, record)
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
         """Unmap; remove the file if this object created it; close the
         notification eventfd if it owns it. Posters made by :meth:`poster`
         must no longer be called. Idempotent, and undoes a half-made descriptor.
 
         In a fork()ed child it only drops the child's copies: the file and the
-        notification eventfd stay the parent's. Signal-safe: a Ctrl-C (or a
+        notification eventfd stay the parent's. Uninterrupted: a Ctrl-C (or a
         second one) that lands in it waits until the file is gone."""
-        try:
-            self._close()
-        finally:
-            irqbypass.deliver_deferred_signals()
-
-    @irqbypass.signal_safe
-    def _close(self) -> None:
         try:
             self.closed = True
             _LIVE.discard(self)
@@ -287,7 +282,7 @@ class PostedDescriptor(PostingRules):
                 self._close_file()
             else:
                 # under the lock, so no post is between its check and its flock
-                with self._lock:
+                with irqbypass.hold(self._lock):  # a section: Ctrl-C still ends the wait
                     self._usable[0] = False
                     self._unmap()
                     self._close_file()
