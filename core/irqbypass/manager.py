@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Hashable, Sequence
+from threading import RLock
 from typing import Any
 
 from .endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
@@ -47,9 +48,10 @@ from .errors import (
 from .options import show_value
 from .plugins import CORE_PLUGIN, PluginHost
 from .signals import (
-    DeliveringLock,
+    _DEFERRED,  # read on every call: a dict's truth costs nothing
     calling_out,
     callout,
+    deliver_deferred_signals,
     hold_interrupt_guard,
     release_interrupt_guard,
     signal_safe,
@@ -66,6 +68,8 @@ STEPS: dict[str, str] = {
     "pair": "pair",  # not a callback: the irqbypass_pair hook, before them
 }
 
+#: the callbacks whose failure fails a connect (the others' are reported after it)
+_ADDS = ("add_consumer", "add_producer")
 #: (endpoint, callback name, what it raised)
 _Failure = tuple[Any, str, BaseException]
 _Failures = tuple[_Failure, ...]
@@ -102,7 +106,7 @@ class Manager:
         }
         # Reentrant only so that a callback calling back in is told so: the
         # thread inside finds _running set and raises ReentrantCallError.
-        self._lock = DeliveringLock()
+        self._lock = RLock()
         self._running = False
         if guard_sigint:
             # given back when this manager is garbage: no handler outlives the managers
@@ -124,8 +128,12 @@ class Manager:
         """
         if not isinstance(producer, Producer):
             raise _not_an_endpoint(producer, "producer")
-        with self._lock:
-            self._register(producer, True)
+        try:
+            with self._lock:
+                self._register(producer, True, self._producers, self._consumers)
+        finally:
+            if _DEFERRED:
+                deliver_deferred_signals()
 
     def register_consumer(self, consumer: Consumer) -> None:
         """Register ``consumer``; if a producer holds its token, connect them.
@@ -140,8 +148,12 @@ class Manager:
                 f"consumer {_name(consumer)} lacks the required callback(s) "
                 f"{', '.join(missing_consumer_callbacks(consumer))}"
             )
-        with self._lock:
-            self._register(consumer, False)
+        try:
+            with self._lock:
+                self._register(consumer, False, self._consumers, self._producers)
+        finally:
+            if _DEFERRED:
+                deliver_deferred_signals()
 
     def unregister_producer(self, producer: Producer) -> bool:
         """Unregister ``producer`` (this very object), disconnecting it first.
@@ -149,16 +161,26 @@ class Manager:
         Returns False, changing nothing, when it is not registered. Raises
         CallbackError, after unregistering, when a disconnect callback raised.
         """
-        with self._lock:
-            return self._unregister(producer, True)
+        try:
+            with self._lock:
+                return self._unregister(producer, True, self._producers, self._consumers)
+        finally:
+            if _DEFERRED:
+                deliver_deferred_signals()
 
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
-        with self._lock:
-            return self._unregister(consumer, False)
+        try:
+            with self._lock:
+                return self._unregister(consumer, False, self._consumers, self._producers)
+        finally:
+            if _DEFERRED:
+                deliver_deferred_signals()
 
     @signal_safe
-    def _register(self, endpoint: Any, producing: bool) -> None:
+    def _register(
+        self, endpoint: Any, producing: bool, mine: dict[Hashable, Any], theirs: dict[Hashable, Any]
+    ) -> None:
         try:
             token = endpoint._token
         except AttributeError:
@@ -167,7 +189,6 @@ class Manager:
             raise _invalid_token(endpoint)
         if self._running:
             raise _reentered()
-        mine, theirs = self._sides[producing]
         self._running = True
         try:
             try:
@@ -194,14 +215,15 @@ class Manager:
                 p, c = producer, consumer
                 if plugins.wrapped:
                     p, c = self._hooked(producer, consumer)
-                failure, failures = _sequence(producer, consumer, p, c, True)
+                failures = _sequence(producer, consumer, p, c, True)
+                if failures and failures[0][1] in _ADDS:
+                    failure, *rest = failures
+                    failures = tuple(rest)
             if failure is not None:
                 del mine[token]  # the kernel's xa_erase after a failed connect
                 raise _connect_error(
                     producer, consumer, endpoint, failure, failures, self._blamable()
                 )
-            producer._consumer = consumer
-            consumer._producer = producer
         finally:
             self._running = False
         if failures:
@@ -212,14 +234,15 @@ class Manager:
             raise _callback_error(state, failures, self.plugins.wrapped)
 
     @signal_safe
-    def _unregister(self, endpoint: Any, producing: bool) -> bool:
+    def _unregister(
+        self, endpoint: Any, producing: bool, mine: dict[Hashable, Any], theirs: dict[Hashable, Any]
+    ) -> bool:
         try:
             token = endpoint._token
         except AttributeError:
             return False  # not an endpoint (or never initialised): never registered
         if self._running:
             raise _reentered()
-        mine, theirs = self._sides[producing]
         self._running = True
         try:
             try:
@@ -235,9 +258,7 @@ class Manager:
                 p, c = producer, consumer
                 if self.plugins.wrapped:
                     p, c = self._hooked(producer, consumer)
-                _, failures = _sequence(producer, consumer, p, c, False)
-                producer._consumer = None
-                consumer._producer = None
+                failures = _sequence(producer, consumer, p, c, False)
             del mine[token]
         finally:
             self._running = False
@@ -326,12 +347,11 @@ class Manager:
 
 
 @calling_out
-def _sequence(
-    producer: Any, consumer: Any, p: Any, c: Any, connect: bool
-) -> tuple[_Failure | None, _Failures]:
+def _sequence(producer: Any, consumer: Any, p: Any, c: Any, connect: bool) -> _Failures:
     """Connect: stop, stop, add, add (the producer's add rolled back if the
-    consumer's fails), start, start. Disconnect: stop, stop, del, del, start,
-    start. Returns the add that failed (if one did) and what else raised."""
+    consumer's fails), start, start; the pair linked if both adds succeeded.
+    Disconnect: stop, stop, del, del, start, start; the pair unlinked. Returns
+    what raised, the add that failed (if one did) first."""
     failure: _Failure | None = None
     failures: _Failures = ()
     undo = not connect  # the producer's del: the disconnect's, or a failed connect's rollback
@@ -377,7 +397,15 @@ def _sequence(
             fn()
         except BaseException as exc:
             failures += ((producer, "start", exc),)
-    return failure, failures
+    if failure is not None:
+        return (failure, *failures)
+    if connect:
+        producer._consumer = consumer
+        consumer._producer = producer
+    else:
+        producer._consumer = None
+        consumer._producer = None
+    return failures
 
 
 class _Hooked:

@@ -26,11 +26,9 @@ defined, and the mark is read only when a signal arrives:
 - :func:`currently_signal_safe` says whether a signal would wait here (for
   assertions).
 
-Two forms for the manager's fast path, where a frame per callback or per
-call would cost more than the work: :func:`calling_out` marks a section whose
-every call is a call-out (it calls callbacks and nothing else), and a
-:class:`DeliveringLock` is an ``RLock`` taken outside the sections it
-serializes whose release delivers what waited.
+For the manager's fast path, where a frame per callback would cost more
+than the work, :func:`calling_out` marks a section whose every call is a
+call-out (it calls callbacks and nothing else).
 
 The innermost marked frame decides: a section called from inside a
 :func:`callout` is safe again, a :func:`callout` inside a section passes.
@@ -50,7 +48,6 @@ on the fast path: it walks the interrupted stack only when a signal arrives.
 
 from __future__ import annotations
 
-import _thread
 import functools
 import signal
 import sys
@@ -245,27 +242,6 @@ class delivering_deferred_signals:  # lower case: it reads as a call
     def __exit__(self, *exc: object) -> None:
         if _DEFERRED and not in_safe_section(sys._getframe(1)):
             deliver_deferred_signals()  # (inside a section, the section's caller delivers)
-
-
-class DeliveringLock(_thread.RLock):  # type: ignore[misc]
-    """An ``RLock`` whose release, at the end of its ``with`` block, delivers
-    the signals that waited (as :func:`delivering_deferred_signals` does):
-    for a lock taken outside the sections it serializes (the manager's), so
-    that a Ctrl-C ends a wait for it. A reentrant release leaves them to the
-    outermost one."""
-
-    __slots__ = ()
-
-    def _owned(self) -> bool:
-        """Whether this thread still holds it (``_is_owned`` is not in typeshed)."""
-        owned: bool = self._is_owned()  # type: ignore[attr-defined]
-        return owned
-
-    @signal_safe  # a signal as it starts would skip the release
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self.release()
-        if _DEFERRED and not self._owned() and not in_safe_section(sys._getframe(1)):
-            deliver_deferred_signals()
 
 
 def currently_signal_safe() -> bool:
