@@ -24,7 +24,10 @@ defined, and the mark is read only when a signal arrives:
 - ``with`` :func:`delivering_deferred_signals` ``():`` around the call of a
   section runs, as the block ends, the handlers of the signals that waited;
 - :func:`currently_signal_safe` says whether a signal would wait here (for
-  assertions).
+  assertions);
+- :func:`uninterrupted` (``irqbypass.plugin.uninterrupted``) is the template a
+  plugin uses for a method that, once begun, runs to its end: a section whose
+  deferred signals act as it returns.
 
 For the manager's fast path, where a frame per callback would cost more
 than the work, :func:`calling_out` marks a section whose every call is a
