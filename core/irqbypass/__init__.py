@@ -28,14 +28,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from .config import Config, EndpointConfig, load_config, parse_config
-    from .endpoints import Consumer, Endpoint, Producer
-    from .errors import (
+    from importlib.abc import Loader
+
+    from ._config import Config, EndpointConfig, load_config, parse_config
+    from ._endpoints import Consumer, Endpoint, Producer
+    from ._errors import (
         AlreadyRegisteredError,
         BusyError,
         CallbackError,
@@ -55,11 +58,11 @@ if TYPE_CHECKING:
         UnknownKindError,
         Veto,
     )
-    from .eventfd import Eventfd
-    from .loop import event_loop
-    from .manager import Manager
-    from .plugins import PluginHost, load_plugins
-    from .signals import (
+    from ._eventfd import Eventfd
+    from ._loop import event_loop
+    from ._manager import Manager
+    from ._plugins import PluginHost, load_plugins
+    from ._signals import (
         callout,
         currently_signal_safe,
         deliver_deferred_signals,
@@ -69,114 +72,114 @@ if TYPE_CHECKING:
         interruptible,
         signal_safe,
     )
-    from .status import PairStatus
-    from .tokens import TokenTable
-    from .topology import Changes, Placed, Topology, Totals
+    from ._status import PairStatus
+    from ._tokens import TokenTable
+    from ._topology import Changes, Placed, Topology, Totals
 
 if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while deprecated
-    from .device import (
+    from ._device import (
         QUIESCE_MODES as QUIESCE_MODES,
     )
-    from .device import (
+    from ._device import (
         DeviceInterrupt as DeviceInterrupt,
     )
-    from .device import (
+    from ._device import (
         DeviceProducer as DeviceProducer,
     )
-    from .devicegroup import (
+    from ._devicegroup import (
         DeviceCalls as DeviceCalls,
     )
-    from .devicegroup import (
+    from ._devicegroup import (
         DeviceGroup as DeviceGroup,
     )
-    from .eventfd import (
+    from ._eventfd import (
         HoldingEventfd as HoldingEventfd,
     )
-    from .hookspecs import (
+    from ._hookspecs import (
         HookRelay as HookRelay,
     )
-    from .hookspecs import (
+    from ._hookspecs import (
         hookimpl as hookimpl,
     )
-    from .hookspecs import (
+    from ._hookspecs import (
         hookspec as hookspec,
     )
-    from .kinds import (
+    from ._kinds import (
         Availability as Availability,
     )
-    from .kinds import (
+    from ._kinds import (
         EndpointSpec as EndpointSpec,
     )
-    from .kinds import (
+    from ._kinds import (
         Factory as Factory,
     )
-    from .kinds import (
+    from ._kinds import (
         Kind as Kind,
     )
-    from .kinds import (
+    from ._kinds import (
         KindRegistrar as KindRegistrar,
     )
-    from .kinds import (
+    from ._kinds import (
         KindRegistry as KindRegistry,
     )
-    from .kinds import (
+    from ._kinds import (
         Side as Side,
     )
-    from .loop import (
+    from ._loop import (
         EventLoop as EventLoop,
     )
-    from .loop import (
+    from ._loop import (
         LoopFault as LoopFault,
     )
-    from .loop import (
+    from ._loop import (
         LoopHandle as LoopHandle,
     )
-    from .options import (
+    from ._options import (
         Options as Options,
     )
-    from .options import (
+    from ._options import (
         Settings as Settings,
     )
-    from .options import (
+    from ._options import (
         show_value as show_value,
     )
-    from .paths import (
+    from ._paths import (
         UnsafePathError as UnsafePathError,
     )
-    from .paths import (
+    from ._paths import (
         check_owner as check_owner,
     )
-    from .paths import (
+    from ._paths import (
         open_directory as open_directory,
     )
-    from .paths import (
+    from ._paths import (
         open_file as open_file,
     )
-    from .paths import (
+    from ._paths import (
         split_path as split_path,
     )
-    from .paths import (
+    from ._paths import (
         trusted_uids as trusted_uids,
     )
-    from .plugins import (
+    from ._plugins import (
         PluginInfo as PluginInfo,
     )
-    from .seam import (
+    from ._seam import (
         IOC_NONE as IOC_NONE,
     )
-    from .seam import (
+    from ._seam import (
         IOC_READ as IOC_READ,
     )
-    from .seam import (
+    from ._seam import (
         IOC_WRITE as IOC_WRITE,
     )
-    from .seam import (
+    from ._seam import (
         RealSeam as RealSeam,
     )
-    from .seam import (
+    from ._seam import (
         Seam as Seam,
     )
-    from .seam import (
+    from ._seam import (
         ioctl_number as ioctl_number,
     )
     from .testing import (
@@ -188,9 +191,9 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
 
 #: each submodule and the public names it defines: what ``__getattr__`` imports
 _MODULES: dict[str, tuple[str, ...]] = {
-    "config": ("Config", "EndpointConfig", "load_config", "parse_config"),
-    "endpoints": ("Consumer", "Endpoint", "Producer"),
-    "errors": (
+    "_config": ("Config", "EndpointConfig", "load_config", "parse_config"),
+    "_endpoints": ("Consumer", "Endpoint", "Producer"),
+    "_errors": (
         "AlreadyRegisteredError",
         "BusyError",
         "CallbackError",
@@ -210,11 +213,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnknownKindError",
         "Veto",
     ),
-    "eventfd": ("Eventfd",),
-    "loop": ("event_loop",),
-    "manager": ("Manager",),
-    "plugins": ("PluginHost", "load_plugins"),
-    "signals": (
+    "_eventfd": ("Eventfd",),
+    "_loop": ("event_loop",),
+    "_manager": ("Manager",),
+    "_plugins": ("PluginHost", "load_plugins"),
+    "_signals": (
         "callout",
         "currently_signal_safe",
         "deliver_deferred_signals",
@@ -224,9 +227,9 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "interruptible",
         "signal_safe",
     ),
-    "status": ("PairStatus",),
-    "tokens": ("TokenTable",),
-    "topology": ("Changes", "Placed", "Topology", "Totals"),
+    "_status": ("PairStatus",),
+    "_tokens": ("TokenTable",),
+    "_topology": ("Changes", "Placed", "Topology", "Totals"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -283,6 +286,8 @@ def __getattr__(name: str) -> Any:
     """Import a public name's module on first use and keep the name here; a
     name that moved to a tier says where it lives now (and is not kept, so
     that every use is told)."""
+    if name in _RENAMED:  # a module, reached as an attribute
+        return _renamed(name)
     if name not in _MOVED:
         return _public(name)
     tier = next(t for t in _TIERS if name in importlib.import_module(f"{__name__}.{t}").__all__)
@@ -294,6 +299,59 @@ def __getattr__(name: str) -> Any:
     )
     return getattr(importlib.import_module(f"{__name__}.{tier}"), name)
 
+
+#: the implementation modules' names before they were private: ``import
+#: irqbypass.topology`` still works until 0.3, with a DeprecationWarning, and is
+#: the module ``irqbypass._topology`` itself (so a test's monkeypatch reaches it)
+_RENAMED = frozenset(
+    """
+    collector config control device devicegroup deviceoptions devicestate endpoints
+    errors eventfd exporter hookspecs kinds loop manager metrics notify options
+    paths plugins requires seam serving signals status tokens topology
+    """.split()  # noqa: SIM905 (a record of names, read as one)
+)
+
+
+def _renamed(name: str, stacklevel: int = 3) -> Any:
+    """The private module a 0.1.0 module name stands for, with the warning."""
+    warnings.warn(
+        f"module irqbypass.{name} is deprecated: it is private now (irqbypass._{name}); "
+        "import the public API from irqbypass, irqbypass.plugin, irqbypass.system or "
+        "irqbypass.testing; the old name goes in irqbypass 0.3",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return importlib.import_module(f"{__name__}._{name}")
+
+
+class _OldModulePaths:
+    """A finder (``sys.meta_path``) for the modules' names of 0.1.0: each is
+    the private module it became, imported as such, with a warning."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: object = None, target: object = None) -> Any:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in _RENAMED:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(fullname, cast("Loader", _OldModulePaths))
+
+    @staticmethod
+    def create_module(spec: Any) -> Any:
+        module = _renamed(spec.name.rpartition(".")[2])
+        spec.loader_state = module.__spec__  # the import system sets ours on it next
+        return module
+
+    @staticmethod
+    def exec_module(module: Any) -> None:
+        """The module ran when it was imported under its own name: give it its
+        own spec back."""
+        module.__spec__ = module.__spec__.loader_state
+
+
+if not any(getattr(finder, "__qualname__", "") == "_OldModulePaths" for finder in sys.meta_path):
+    sys.meta_path.append(_OldModulePaths)
 
 __all__ = [
     "AlreadyRegisteredError",

@@ -16,16 +16,16 @@ import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ._config import Config, EndpointConfig
+from ._endpoints import Consumer, Endpoint, Producer
+from ._errors import ConfigError, IrqBypassError, PluginError, TopologyError
+from ._eventfd import Eventfd
+from ._kinds import EndpointSpec
 from ._ledger import Ledger, Placed
-from .config import Config, EndpointConfig
-from .endpoints import Consumer, Endpoint, Producer
-from .errors import ConfigError, IrqBypassError, PluginError, TopologyError
-from .eventfd import Eventfd
-from .kinds import EndpointSpec
-from .options import show_exception, show_value
-from .plugins import PluginHost
-from .signals import callout, deliver_deferred_signals, signal_safe
-from .tokens import TokenTable
+from ._options import show_exception, show_value
+from ._plugins import PluginHost
+from ._signals import callout, deliver_deferred_signals, signal_safe
+from ._tokens import TokenTable
 
 _log = logging.getLogger("irqbypass.topology")
 

@@ -19,13 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import _plan
-from .config import Config, EndpointConfig
-from .endpoints import Endpoint, Producer
-from .eventfd import Eventfd
-from .options import show_exception
-from .signals import signal_safe
-from .status import PairStatus
-from .tokens import TokenTable
+from ._config import Config, EndpointConfig
+from ._endpoints import Endpoint, Producer
+from ._eventfd import Eventfd
+from ._options import show_exception
+from ._signals import signal_safe
+from ._status import PairStatus
+from ._tokens import TokenTable
 
 #: The counters the core adds up across re-opens; every other stat is a
 #: per-open figure (or a gauge, such as ``pending``) and is shown as it is.

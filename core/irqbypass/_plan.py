@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .config import Config, EndpointConfig, typed_differences
-from .errors import TopologyError
-from .options import show_value
+from ._config import Config, EndpointConfig, typed_differences
+from ._errors import TopologyError
+from ._options import show_value
 
 #: how many entry names a refusal lists (then " ...")
 LISTED = 20

@@ -25,13 +25,13 @@ from typing import Literal
 
 from . import _plan
 from ._build import Builder, log_traceback
+from ._config import Config, EndpointConfig
+from ._errors import CallbackError, ConnectError, IrqBypassError, TopologyError, Veto, with_notes
 from ._ledger import Ledger, Placed
+from ._manager import Manager
+from ._options import show_error, show_exception
 from ._plan import Plan
-from .config import Config, EndpointConfig
-from .errors import CallbackError, ConnectError, IrqBypassError, TopologyError, Veto, with_notes
-from .manager import Manager
-from .options import show_error, show_exception
-from .signals import callout, deliver_deferred_signals, signal_safe
+from ._signals import callout, deliver_deferred_signals, signal_safe
 
 #: the steps of a transaction, as its failure names them
 Step = Literal["build", "open", "register"]

@@ -18,23 +18,23 @@ from typing import TYPE_CHECKING
 from . import _exports
 
 if TYPE_CHECKING:
-    from .device import QUIESCE_MODES, DeviceInterrupt, DeviceProducer
-    from .devicegroup import DeviceCalls, DeviceGroup
-    from .eventfd import HoldingEventfd
-    from .hookspecs import HookRelay, hookimpl, hookspec
-    from .kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
-    from .loop import EventLoop, LoopFault, LoopHandle
-    from .options import Options, Settings, show_value
-    from .plugins import PluginInfo
-    from .signals import uninterrupted
+    from ._device import QUIESCE_MODES, DeviceInterrupt, DeviceProducer
+    from ._devicegroup import DeviceCalls, DeviceGroup
+    from ._eventfd import HoldingEventfd
+    from ._hookspecs import HookRelay, hookimpl, hookspec
+    from ._kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
+    from ._loop import EventLoop, LoopFault, LoopHandle
+    from ._options import Options, Settings, show_value
+    from ._plugins import PluginInfo
+    from ._signals import uninterrupted
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
-    "device": ("QUIESCE_MODES", "DeviceInterrupt", "DeviceProducer"),
-    "devicegroup": ("DeviceCalls", "DeviceGroup"),
-    "eventfd": ("HoldingEventfd",),
-    "hookspecs": ("HookRelay", "hookimpl", "hookspec"),
-    "kinds": (
+    "_device": ("QUIESCE_MODES", "DeviceInterrupt", "DeviceProducer"),
+    "_devicegroup": ("DeviceCalls", "DeviceGroup"),
+    "_eventfd": ("HoldingEventfd",),
+    "_hookspecs": ("HookRelay", "hookimpl", "hookspec"),
+    "_kinds": (
         "Availability",
         "EndpointSpec",
         "Factory",
@@ -43,10 +43,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "KindRegistry",
         "Side",
     ),
-    "loop": ("EventLoop", "LoopFault", "LoopHandle"),
-    "options": ("Options", "Settings", "show_value"),
-    "plugins": ("PluginInfo",),
-    "signals": ("uninterrupted",),
+    "_loop": ("EventLoop", "LoopFault", "LoopHandle"),
+    "_options": ("Options", "Settings", "show_value"),
+    "_plugins": ("PluginInfo",),
+    "_signals": ("uninterrupted",),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
 

@@ -31,10 +31,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from .eventfd import Eventfd
-from .loop import event_loop
-from .manager import Manager
-from .plugins import PluginHost
+from ._eventfd import Eventfd
+from ._loop import event_loop
+from ._manager import Manager
+from ._plugins import PluginHost
 from .testing import HandsOver, open_fds
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from . import _exports
 
 if TYPE_CHECKING:
-    from .paths import (
+    from ._paths import (
         UnsafePathError,
         check_owner,
         open_directory,
@@ -26,11 +26,11 @@ if TYPE_CHECKING:
         split_path,
         trusted_uids,
     )
-    from .seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
+    from ._seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
-    "paths": (
+    "_paths": (
         "UnsafePathError",
         "check_owner",
         "open_directory",
@@ -38,7 +38,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "split_path",
         "trusted_uids",
     ),
-    "seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
+    "_seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
 

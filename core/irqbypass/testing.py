@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from .errors import InvalidEndpointError
-from .eventfd import Eventfd
+from ._errors import InvalidEndpointError
+from ._eventfd import Eventfd
 
 __all__ = ["DeviceCall", "FakeDevice", "HandsOver", "open_fds"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 
 
 @pytest.fixture

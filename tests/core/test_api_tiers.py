@@ -78,3 +78,26 @@ def test_no_name_is_in_two_tiers() -> None:
     assert sorted({n for n in names if names.count(n) > 1}) == []
     # and every name the package exported before the tiers is still somewhere
     assert set(irqbypass._MOVED) <= set(names)
+
+
+@pytest.mark.parametrize("name", sorted(irqbypass._RENAMED))
+def test_an_old_module_path_warns_and_is_the_private_module(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``import irqbypass.topology`` (a module made private) still works for one
+    release, with a DeprecationWarning, and is ``irqbypass._topology`` itself,
+    its own spec kept: a test's monkeypatch through the old name reaches it."""
+    private = importlib.import_module(f"irqbypass._{name}")
+    monkeypatch.delitem(sys.modules, f"irqbypass.{name}", raising=False)
+    monkeypatch.delitem(vars(irqbypass), name, raising=False)
+    with pytest.warns(DeprecationWarning, match=rf"module irqbypass\.{name} is deprecated"):
+        old = importlib.import_module(f"irqbypass.{name}")
+    assert old is private and private.__spec__.name == f"irqbypass._{name}"
+    monkeypatch.delitem(vars(irqbypass), name, raising=False)
+    with pytest.warns(DeprecationWarning, match=rf"irqbypass\._{name}"):
+        assert getattr(irqbypass, name) is private
+
+
+def test_an_unknown_module_is_still_not_found() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("irqbypass.no_such_module")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import irqbypass
 import pytest
+from irqbypass._config import parse_config
 from irqbypass.cli import DOCS_URL, bundled, main, template
-from irqbypass.config import parse_config
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from irqbypass import cli
-from irqbypass.plugins import ENV_LOAD
+from irqbypass._plugins import ENV_LOAD
 
 
 @pytest.fixture(autouse=True)

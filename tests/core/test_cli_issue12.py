@@ -24,9 +24,9 @@ import irqbypass.plugin
 import pytest
 from cli_support import EXE, ROOT, clean_env, run, topology
 from irqbypass import cli
+from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 from irqbypass.cli import output, summary
 from irqbypass.cli import run as run_command
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -370,7 +370,7 @@ class _Fired(irqbypass.Producer):
 def _row(
     coalesces: bool, settled: bool, queued: int = 0, **stats: int
 ) -> Iterator[irqbypass.PairStatus]:
-    from irqbypass.topology import Placed
+    from irqbypass._topology import Placed
 
     config = irqbypass.parse_config(
         '[[producers]]\nname="p"\nkind="x"\ntoken="t"\n'
@@ -577,7 +577,7 @@ class Counting(Sink):
 
 @pytest.mark.parametrize("done", [True, False])
 def test_each_summary_row_comes_from_one_read_of_each_end(done: bool) -> None:
-    from irqbypass.topology import Placed
+    from irqbypass._topology import Placed
 
     config = irqbypass.parse_config(
         '[[producers]]\nname="racing"\nkind="x"\ntoken="t"\n'

@@ -108,7 +108,7 @@ def test_a_failed_reload_shows_in_systemd_s_status(tmp_path: Path) -> None:
 
 
 def test_a_status_line_is_one_line_whatever_the_error_says() -> None:
-    from irqbypass.notify import STATUS_CHARS, status
+    from irqbypass._notify import STATUS_CHARS, status
 
     line = status("2 errors:\na.toml:1: one\na.toml:2: READY=1 " + "x" * 1000)
     assert "\n" not in line and line.startswith("STATUS=2 errors: a.toml:1: one a.toml:2: ")

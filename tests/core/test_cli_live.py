@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from irqbypass import control
+from irqbypass import _control as control
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "docs" / "cli.md"

@@ -13,7 +13,7 @@ from typing import Any
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass.requires import core_requirement, parse_version
+from irqbypass._requires import core_requirement, parse_version
 
 if sys.version_info >= (3, 11):
     import tomllib

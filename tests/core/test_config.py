@@ -8,7 +8,7 @@ from pathlib import Path
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass.config import load_config, parse_config
+from irqbypass._config import load_config, parse_config
 
 PAIR = """\
 [[producers]]

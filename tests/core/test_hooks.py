@@ -11,7 +11,7 @@ from typing import Any
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass import hookspecs
+from irqbypass import _hookspecs as hookspecs
 from recorders import CONNECT, DISCONNECT, Boom, RecordingConsumer, RecordingProducer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -176,7 +176,7 @@ def test_a_plugin_in_the_wrong_entry_point_group_is_named_without_importing_it(
 
 
 def test_the_family_table_names_each_plugin_s_own_kinds(no_env: None) -> None:
-    from irqbypass.kinds import FAMILY
+    from irqbypass._kinds import FAMILY
 
     host = irqbypass.load_plugins(environ={})
     claimed = {}

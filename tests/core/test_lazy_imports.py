@@ -52,8 +52,8 @@ def test_importing_the_package_imports_none_of_its_modules() -> None:
 
 def test_a_name_imports_its_module_and_only_what_that_needs() -> None:
     loaded = modules_after("import irqbypass\nirqbypass.Eventfd")
-    assert "irqbypass.eventfd" in loaded
-    assert "irqbypass.topology" not in loaded and "pluggy" not in loaded
+    assert "irqbypass._eventfd" in loaded
+    assert "irqbypass._topology" not in loaded and "pluggy" not in loaded
 
 
 #: the public modules (the API's tiers) and each one's names, as (tier, name)
@@ -87,7 +87,7 @@ def test_a_from_import_goes_through_getattr_too() -> None:
     assert set(irqbypass._WHERE) == set(irqbypass.__all__)
     from irqbypass import Topology  # from-imports go through __getattr__ too
 
-    assert Topology is irqbypass.topology.Topology
+    assert Topology is irqbypass._topology.Topology
 
 
 @pytest.mark.parametrize("tier", ["plugin", "system", "testing"])
@@ -95,7 +95,7 @@ def test_importing_a_tier_imports_none_of_the_implementation(tier: str) -> None:
     """A plugin imports irqbypass.plugin at its top: that must cost no module of the
     core (testing holds the device models' base: it imports the Eventfd, nothing more)."""
     loaded = {m for m in modules_after(f"import irqbypass.{tier}") if m.startswith("irqbypass.")}
-    eventfd = {"irqbypass.eventfd", "irqbypass.errors", "irqbypass.options"}
+    eventfd = {"irqbypass._eventfd", "irqbypass._errors", "irqbypass._options"}
     assert loaded <= ({f"irqbypass.{tier}"} | (eventfd if tier == "testing" else set()))
     if tier != "testing":  # (the Eventfd's options import difflib)
         assert not set(HEAVY) & modules_after(f"import irqbypass.{tier}")
@@ -121,7 +121,7 @@ def test_the_version_is_the_installed_distributions() -> None:
 
 
 def test_the_duration_limit_is_the_configurations() -> None:
-    from irqbypass import config
+    from irqbypass import _config as config
 
     assert cli.MAX_DURATION == config.MAX_DURATION
 
@@ -145,6 +145,6 @@ def test_a_submodule_is_an_attribute_after_a_bare_import() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert proc.stdout.splitlines() == [
-        irqbypass.plugins.ENV_LOAD,
+        irqbypass._plugins.ENV_LOAD,
         "module 'irqbypass' has no attribute 'no_such_module'",
     ]

@@ -144,7 +144,7 @@ def test_an_availability_check_gets_the_entry_s_options_positionally() -> None:
         seen.append(options)
         return "no" if options.get("device") == "/nonexistent" else None
 
-    from irqbypass.kinds import KindRegistry
+    from irqbypass._kinds import KindRegistry
 
     registry = KindRegistry()
     irqbypass.plugin.KindRegistrar("p", registry).consumer("c", _never, availability=entry_check)

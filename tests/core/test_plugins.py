@@ -12,7 +12,7 @@ from pathlib import Path
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 
 
 def make_distribution(

@@ -9,8 +9,9 @@ import signal
 import threading
 
 import irqbypass
+import irqbypass.plugin
 import pytest
-from irqbypass import signals
+from irqbypass import _signals as signals
 
 GUARD = 60.0
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import irqbypass
 import pytest
-from irqbypass.collector import without_collection
-from irqbypass.config import parse_config
-from irqbypass.topology import Topology
+from irqbypass._collector import without_collection
+from irqbypass._config import parse_config
+from irqbypass._topology import Topology
 from test_topology import TOPO
 from test_topology_interrupts import Interrupting
 

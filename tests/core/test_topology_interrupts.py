@@ -15,8 +15,8 @@ from pathlib import Path
 import irqbypass
 import pytest
 from irqbypass import cli
-from irqbypass.config import parse_config
-from irqbypass.topology import Topology
+from irqbypass._config import parse_config
+from irqbypass._topology import Topology
 from test_topology import TOPO, Journal
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")

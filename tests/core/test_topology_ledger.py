@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import irqbypass
 import pytest
 from irqbypass import _ledger
+from irqbypass._config import Config, parse_config
 from irqbypass._ledger import Ledger, Placed
-from irqbypass.config import Config, parse_config
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

@@ -14,8 +14,8 @@ from typing import Any
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass.config import parse_config
-from irqbypass.topology import Topology, differences
+from irqbypass._config import parse_config
+from irqbypass._topology import Topology, differences
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

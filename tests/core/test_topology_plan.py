@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 from irqbypass import _plan
-from irqbypass.config import Config, EndpointConfig, parse_config
-from irqbypass.errors import TopologyError
+from irqbypass._config import Config, EndpointConfig, parse_config
+from irqbypass._errors import TopologyError
 
 
 def pair(n: int, *, token: str | None = None, level: int = 0, optional: bool = False) -> str:

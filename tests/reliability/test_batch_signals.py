@@ -19,9 +19,9 @@ from contextlib import ExitStack
 
 import interrupts
 import irqbypass
-import irqbypass.device as device_module
-import irqbypass.devicegroup as group_module
-import irqbypass.devicestate as state_module
+import irqbypass._device as device_module
+import irqbypass._devicegroup as group_module
+import irqbypass._devicestate as state_module
 import irqbypass_vfio._device as shared_module
 import irqbypass_vfio._open as open_module
 import irqbypass_vfio._vector as vector_module

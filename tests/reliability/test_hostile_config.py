@@ -57,7 +57,7 @@ HUGE_HEX = "0x" + "f" * 5000
 @pytest.fixture(scope="module")
 def host() -> irqbypass.PluginHost:
     """mock and logging only, whatever the environment says."""
-    saved = {k: os.environ.pop(k) for k in (irqbypass.plugins.ENV_LOAD,) if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in (irqbypass._plugins.ENV_LOAD,) if k in os.environ}
     try:
         return irqbypass.load_plugins(allow=PLUGINS)
     finally:
@@ -417,8 +417,8 @@ def test_random_documents_from_the_schema(data: bytes, host: irqbypass.PluginHos
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     env = dict(os.environ)
-    env[irqbypass.plugins.ENV_LOAD] = ",".join(PLUGINS)
-    env.pop(irqbypass.plugins.ENV_DISABLE, None)
+    env[irqbypass._plugins.ENV_LOAD] = ",".join(PLUGINS)
+    env.pop(irqbypass._plugins.ENV_DISABLE, None)
     yield env
 
 
@@ -486,15 +486,15 @@ def test_cli_main_in_process(
     """``irqbypass check`` on random input: 0 or 1, never an exception."""
     path = tmp_path_factory.mktemp("cli") / "hostile.toml"
     path.write_bytes(data)
-    saved = os.environ.get(irqbypass.plugins.ENV_LOAD)
-    os.environ[irqbypass.plugins.ENV_LOAD] = ",".join(PLUGINS)
+    saved = os.environ.get(irqbypass._plugins.ENV_LOAD)
+    os.environ[irqbypass._plugins.ENV_LOAD] = ",".join(PLUGINS)
     try:
         status = cli.main(["check", str(path)])
     finally:
         if saved is None:
-            del os.environ[irqbypass.plugins.ENV_LOAD]
+            del os.environ[irqbypass._plugins.ENV_LOAD]
         else:
-            os.environ[irqbypass.plugins.ENV_LOAD] = saved
+            os.environ[irqbypass._plugins.ENV_LOAD] = saved
     err = capsys.readouterr().err
     assert status in (0, 1)
     if status == 1:

@@ -17,8 +17,8 @@ from typing import Any
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass.config import parse_config
-from irqbypass.topology import Topology
+from irqbypass._config import parse_config
+from irqbypass._topology import Topology
 from rel_support import COUNTERS
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")

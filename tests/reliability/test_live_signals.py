@@ -20,14 +20,14 @@ from collections.abc import Callable
 
 import interrupts
 import irqbypass
-import irqbypass.manager
-import irqbypass.signals
-import irqbypass.tokens
-import irqbypass.topology
+import irqbypass._manager
+import irqbypass._signals
+import irqbypass._tokens
+import irqbypass._topology
 import pytest
 from irqbypass import _build, _ledger, _plan, _transaction
-from irqbypass.config import parse_config
-from irqbypass.topology import Topology
+from irqbypass._config import parse_config
+from irqbypass._topology import Topology
 from rel_support import COUNTERS
 from test_topology_live import Recorder, pair, pairs
 
@@ -38,10 +38,10 @@ STRIDE = 3
 #: the topology's parts (the facade, its plan, ledger, builder and transaction)
 #: and what they call in the core (the signal machinery's callout included)
 FILES = [
-    *(m.__file__ for m in (irqbypass.topology, _plan, _ledger, _build, _transaction)),
-    irqbypass.tokens.__file__,
-    irqbypass.manager.__file__,
-    irqbypass.signals.__file__,
+    *(m.__file__ for m in (irqbypass._topology, _plan, _ledger, _build, _transaction)),
+    irqbypass._tokens.__file__,
+    irqbypass._manager.__file__,
+    irqbypass._signals.__file__,
 ]
 
 BEFORE = {"p0", "c0", "p1", "c1"}

@@ -22,7 +22,8 @@ from typing import Any
 import irqbypass
 import irqbypass.system
 import pytest
-from irqbypass import metrics, paths
+from irqbypass import _metrics as metrics
+from irqbypass import _paths as paths
 from rel_support import COUNTERS
 
 HANG_GUARD = 120.0
@@ -253,7 +254,7 @@ class Server:
     ``idle``), on a thread of the test's: what it answers is recorded."""
 
     def __init__(self, path: Path, answer: Callable[[str], dict[str, Any]] | None = None) -> None:
-        from irqbypass import control
+        from irqbypass import _control as control
 
         self.served: list[str] = []
         self.answer = answer or (lambda request: {"ok": True, "request": request})
@@ -291,7 +292,7 @@ def test_idle_clients_do_not_delay_the_others(tmp_path: Path, server: Server) ->
     """Ten idle clients of our own user, connected first: a status is answered
     while they still hold their connections (before: each idle one took its
     2 s deadline in turn, the whole main loop waiting)."""
-    from irqbypass import control
+    from irqbypass import _control as control
 
     idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(10)]
     try:
@@ -320,7 +321,7 @@ CLIENTS = 500
 
 def test_five_hundred_clients_at_once_are_all_answered(tmp_path: Path, server: Server) -> None:
     """Each client waits out its own deadline: a full backlog is no refusal."""
-    from irqbypass import control
+    from irqbypass import _control as control
 
     answers: list[object] = []
     lock = threading.Lock()
@@ -346,7 +347,7 @@ def test_five_hundred_clients_at_once_are_all_answered(tmp_path: Path, server: S
 def test_a_slow_answer_reaches_its_client(tmp_path: Path) -> None:
     """A reload that takes longer than the client's serving deadline: its
     answer is still whole JSON (before: the deadline began before the reload)."""
-    from irqbypass import control
+    from irqbypass import _control as control
 
     def slow(request: str) -> dict[str, Any]:
         time.sleep(control.SERVE_SECONDS + 0.5)  # the reload's own work, not a limit
@@ -365,7 +366,7 @@ def test_an_accept_short_of_fds_rests_the_listener(tmp_path: Path) -> None:
     readable: the server must stop watching it a while, not spin."""
     import resource
 
-    from irqbypass import control
+    from irqbypass import _control as control
 
     made = control.ControlServer(str(tmp_path / "c.sock"), lambda request: {"ok": True})
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -553,7 +554,7 @@ def test_a_socket_name_too_long_says_so(tmp_path: Path) -> None:
 def test_a_long_directory_is_no_obstacle(tmp_path: Path) -> None:
     """A path over 107 bytes with a short name: served and asked through the
     directory's fd (before: "cannot connect: None")."""
-    from irqbypass import control
+    from irqbypass import _control as control
 
     deep = tmp_path / ("d" * 100) / ("e" * 100)
     deep.mkdir(parents=True)
@@ -638,7 +639,7 @@ def _bad_entries(n: int) -> str:
 def test_finding_the_lines_of_many_errors_is_linear(text: Callable[[int], str]) -> None:
     """Twice the errors cost about twice the work (it was four times: each
     error's line was found by scanning the whole file)."""
-    from irqbypass import config
+    from irqbypass import _config as config
 
     def check(n: int) -> Callable[[], object]:
         def parse() -> None:
@@ -668,8 +669,8 @@ def test_a_reload_adding_many_pairs_and_changing_one_is_linear() -> None:
     """The reload's change runs signal-safe (a SIGTERM waits for its next
     delivery point): a quadratic step in it made SIGTERM wait 11-67 s at
     2,500 pairs. Twice the pairs must cost about twice the work."""
-    from irqbypass.config import parse_config
-    from irqbypass.topology import Topology
+    from irqbypass._config import parse_config
+    from irqbypass._topology import Topology
 
     host = irqbypass.load_plugins(allow=["irqbypass-mock", "irqbypass-logging"])
 
@@ -802,7 +803,7 @@ def test_a_textfile_that_cannot_be_written_never_skips_the_teardown(tmp_path: Pa
 
 @pytest.fixture
 def loop() -> Iterator[Any]:
-    from irqbypass.loop import EventLoop
+    from irqbypass._loop import EventLoop
 
     made = EventLoop(name="live-surfaces")
     yield made
@@ -911,7 +912,7 @@ def test_the_control_path_appears_only_once_listening(
     the path then failed with ECONNREFUSED, and a second run starting on the
     same path took it for a killed run's and removed it. The path must appear
     only once the socket listens, and no temporary name is left behind."""
-    from irqbypass import control
+    from irqbypass import _control as control
 
     seen: list[bool] = []
     real_listen = socket.socket.listen

@@ -25,8 +25,8 @@ from typing import Any
 import irqbypass
 import pytest
 import rel_support
-from irqbypass import manager as manager_module
-from irqbypass import signals
+from irqbypass import _manager as manager_module
+from irqbypass import _signals as signals
 
 STORM_SIGNALS = int(os.environ.get("IRQBYPASS_STORM_SIGNALS", "2000"))
 

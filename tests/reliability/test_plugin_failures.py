@@ -22,7 +22,7 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 from rel_support import COUNTERS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

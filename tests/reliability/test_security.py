@@ -12,7 +12,7 @@ from pathlib import Path
 
 import irqbypass
 import pytest
-from irqbypass.plugins import ENV_DISABLE, ENV_LOAD
+from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 from rel_support import COUNTERS
 
 MARKER_MODULE = """

@@ -18,7 +18,7 @@ from typing import Any
 
 import irqbypass
 import pytest
-from irqbypass import signals
+from irqbypass import _signals as signals
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import interrupts
 import irqbypass
-import irqbypass.signals as signals_module
+import irqbypass._signals as signals_module
 import pytest
 from rel_support import COUNTERS
 

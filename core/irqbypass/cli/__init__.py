@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..errors import IrqBypassError
+from .._errors import IrqBypassError
 from .output import TABLE_ROWS, LogLines, fresh_line, print_error, print_notes, say
 
 #: the project's documentation (the core's Project-URL "Documentation"; a test holds them equal)

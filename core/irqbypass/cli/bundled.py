@@ -16,9 +16,9 @@ import sys
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from ..config import Config
-from ..errors import IrqBypassError
-from ..kinds import to_install
+from .._config import Config
+from .._errors import IrqBypassError
+from .._kinds import to_install
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):

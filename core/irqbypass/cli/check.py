@@ -9,11 +9,11 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from ..config import Config
-from ..errors import ConfigError, IrqBypassError
-from ..plugins import PluginHost
-from ..status import PairStatus
-from ..topology import Topology
+from .._config import Config
+from .._errors import ConfigError, IrqBypassError
+from .._plugins import PluginHost
+from .._status import PairStatus
+from .._topology import Topology
 from .files import load_file
 from .hosting import plugin_host, table_errors
 from .output import counted, lists_every, print_error, print_rows, print_warning, say

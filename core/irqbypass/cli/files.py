@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import Config, load_config, parse_config
+from .._config import Config, load_config, parse_config
 
 STDIN = "-"
 

@@ -12,10 +12,10 @@ import textwrap
 from collections.abc import Generator
 from typing import Any, TextIO
 
-from ..config import Config
-from ..errors import ConfigError, IrqBypassError
-from ..hookspecs import hookimpl
-from ..plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
+from .._config import Config
+from .._errors import ConfigError, IrqBypassError
+from .._hookspecs import hookimpl
+from .._plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
 from . import version
 from .output import is_tty, print_table, print_warning, say, screen_width
 

@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from .. import control
-from ..config import MAX_CONFIG_BYTES, Config, parse_config
-from ..errors import ConfigError, IrqBypassError
-from ..metrics import REFRESH_SECONDS, Metrics, PairingEvents
-from ..notify import notify, reloading, status
-from ..options import show_exception
-from ..paths import file_kind
-from ..plugins import PluginHost
-from ..topology import Topology
+from .. import _control as control
+from .._config import MAX_CONFIG_BYTES, Config, parse_config
+from .._errors import ConfigError, IrqBypassError
+from .._metrics import REFRESH_SECONDS, Metrics, PairingEvents
+from .._notify import notify, reloading, status
+from .._options import show_exception
+from .._paths import file_kind
+from .._plugins import PluginHost
+from .._topology import Topology
 from .output import TABLE_ROWS, counted, lists_every, print_error, print_warning, say
 from .summary import print_summary, snapshot
 

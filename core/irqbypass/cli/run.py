@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ..config import Config, parse_config
-from ..errors import IrqBypassError
-from ..notify import notify
-from ..plugins import PluginHost
-from ..signals import guard_signals, interruptible
-from ..topology import Placed, Topology
+from .._config import Config, parse_config
+from .._errors import IrqBypassError
+from .._notify import notify
+from .._plugins import PluginHost
+from .._signals import guard_signals, interruptible
+from .._topology import Placed, Topology
 from . import bundled
 from .check import pairing_problems, raise_every_error
 from .files import STDIN, load_file

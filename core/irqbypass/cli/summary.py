@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from ..status import PairStatus
-from ..topology import Topology
+from .._status import PairStatus
+from .._topology import Topology
 from .output import counted, number, print_rows, say
 
 

@@ -24,7 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..errors import IrqBypassError
+from .._errors import IrqBypassError
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):

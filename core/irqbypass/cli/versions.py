@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from .. import __version__
-from ..plugins import GROUP
-from ..requires import core_requirement
+from .._plugins import GROUP
+from .._requires import core_requirement
 
 
 def print_versions(out: TextIO) -> None:

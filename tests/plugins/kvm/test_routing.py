@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import irqbypass
 import pytest
-from irqbypass.config import parse_config
+from irqbypass._config import parse_config
 from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute, Vm, _abi, _kvm, _routing
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")

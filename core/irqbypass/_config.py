@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError, IrqBypassError
-from .kinds import SIDES, Side
-from .options import show_value
+from ._errors import ConfigError, IrqBypassError
+from ._kinds import SIDES, Side
+from ._options import show_value
 
 if sys.version_info >= (3, 11):
     import tomllib

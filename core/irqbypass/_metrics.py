@@ -29,10 +29,10 @@ import secrets
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
-from .errors import IrqBypassError
-from .hookspecs import hookimpl
-from .options import show_error, show_value
-from .paths import UnsafePathError, open_at, open_directory, split_path
+from ._errors import IrqBypassError
+from ._hookspecs import hookimpl
+from ._options import show_error, show_value
+from ._paths import UnsafePathError, open_at, open_directory, split_path
 
 _log = logging.getLogger("irqbypass.metrics")
 
@@ -137,7 +137,7 @@ class Metrics:
             yield core.CounterMetricFamily(f"irqbypass_{name}", what, value=value)
 
     def serve(self, port: int, address: str) -> None:
-        from .exporter import Exporter
+        from ._exporter import Exporter
 
         self._server = Exporter(port, address, self.scrape)
 

@@ -48,9 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import InvalidEndpointError, LoopClosedError
-from .eventfd import Eventfd
-from .options import show_exception, show_value
+from ._errors import InvalidEndpointError, LoopClosedError
+from ._eventfd import Eventfd
+from ._options import show_exception, show_value
 
 if TYPE_CHECKING:  # asyncio itself only where the VMM brings its loop (attach)
     import asyncio

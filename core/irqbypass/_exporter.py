@@ -21,9 +21,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from .errors import IrqBypassError
-from .options import show_exception
-from .serving import PAUSE_SECONDS, Conversations
+from ._errors import IrqBypassError
+from ._options import show_exception
+from ._serving import PAUSE_SECONDS, Conversations
 
 _log = logging.getLogger("irqbypass.metrics")
 
@@ -53,7 +53,7 @@ class Exporter:
                 max_request=MAX_REQUEST, complete=_headers_of, respond=self._answer,
             )  # fmt: skip
             self._connections.add_waker(self._wake_r)
-            from .loop import _start_thread  # its signals blocked, as the loop's threads
+            from ._loop import _start_thread  # its signals blocked, as the loop's threads
 
             self._thread = _start_thread(self._run, "irqbypass-metrics")
         except BaseException:

@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import IrqBypassError
-from .paths import open_directory, split_path
-from .serving import Conversations
+from ._errors import IrqBypassError
+from ._paths import open_directory, split_path
+from ._serving import Conversations
 
 #: the longest request line; a request is a word
 MAX_REQUEST = 256

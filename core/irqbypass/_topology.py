@@ -31,22 +31,22 @@ from functools import partial
 
 from . import _plan
 from ._build import Builder
+from ._collector import without_collection
+from ._config import Config, EndpointConfig
+from ._errors import TopologyError, with_notes
+from ._eventfd import Eventfd
 from ._ledger import Ledger
 from ._ledger import Placed as Placed
 from ._ledger import Totals as Totals
+from ._manager import Manager
+from ._options import show_value
 from ._plan import Changes as Changes
 from ._plan import differences as differences
+from ._plugins import PluginHost
+from ._signals import delivering_deferred_signals, signal_safe
+from ._status import PairStatus
+from ._tokens import CheckTokens, TokenTable
 from ._transaction import Transaction, deliver
-from .collector import without_collection
-from .config import Config, EndpointConfig
-from .errors import TopologyError, with_notes
-from .eventfd import Eventfd
-from .manager import Manager
-from .options import show_value
-from .plugins import PluginHost
-from .signals import delivering_deferred_signals, signal_safe
-from .status import PairStatus
-from .tokens import CheckTokens, TokenTable
 
 
 def _token_table(

@@ -34,8 +34,8 @@ from collections.abc import Callable, Hashable, Sequence
 from threading import RLock
 from typing import Any
 
-from .endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
-from .errors import (
+from ._endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
+from ._errors import (
     AlreadyRegisteredError,
     CallbackError,
     ConnectError,
@@ -45,9 +45,9 @@ from .errors import (
     TokenInUseError,
     with_notes,
 )
-from .options import show_value
-from .plugins import CORE_PLUGIN, PluginHost
-from .signals import (
+from ._options import show_value
+from ._plugins import CORE_PLUGIN, PluginHost
+from ._signals import (
     _DEFERRED,  # read on every call: a dict's truth costs nothing
     calling_out,
     callout,

@@ -31,7 +31,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from .errors import IrqBypassError, printable
+from ._errors import IrqBypassError, printable
 
 __all__ = [
     "UnsafePathError",

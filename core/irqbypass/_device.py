@@ -34,14 +34,14 @@ import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import ClassVar, TypeVar
 
-from .devicegroup import DeviceCalls, DeviceGroup, HeldLocks, detach_each, lock_order, point_each
-from .deviceoptions import DeviceOptions, DeviceWording
-from .devicestate import InterruptState
-from .endpoints import Producer
-from .errors import InvalidEndpointError, IrqBypassError
-from .eventfd import Eventfd
-from .seam import RealSeam, Seam
-from .signals import callout, delivering_deferred_signals, signal_safe
+from ._devicegroup import DeviceCalls, DeviceGroup, HeldLocks, detach_each, lock_order, point_each
+from ._deviceoptions import DeviceOptions, DeviceWording
+from ._devicestate import InterruptState
+from ._endpoints import Producer
+from ._errors import InvalidEndpointError, IrqBypassError
+from ._eventfd import Eventfd
+from ._seam import RealSeam, Seam
+from ._signals import callout, delivering_deferred_signals, signal_safe
 
 _G = TypeVar("_G", bound=DeviceGroup)
 

@@ -31,12 +31,12 @@ import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
-from .errors import DeviceError
-from .seam import RealSeam, Seam
-from .signals import hold, signal_safe
+from ._errors import DeviceError
+from ._seam import RealSeam, Seam
+from ._signals import hold, signal_safe
 
 if TYPE_CHECKING:
-    from .device import DeviceInterrupt
+    from ._device import DeviceInterrupt
 
 __all__ = ["DeviceCalls", "DeviceGroup", "HeldLocks", "detach_each", "lock_order", "point_each"]
 

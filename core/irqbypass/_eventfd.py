@@ -21,8 +21,8 @@ import time
 import warnings
 from collections.abc import Callable
 
-from .errors import EventfdClosedError, InvalidEndpointError
-from .options import show_value as show
+from ._errors import EventfdClosedError, InvalidEndpointError
+from ._options import show_value as show
 
 _COUNTER = struct.Struct("=Q")
 #: how soon a waiting :meth:`Eventfd.read` notices that the Eventfd was closed

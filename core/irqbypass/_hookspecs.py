@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from .endpoints import Consumer, Endpoint, Producer
-    from .kinds import KindRegistrar, Side
-    from .options import Options
+    from ._endpoints import Consumer, Endpoint, Producer
+    from ._kinds import KindRegistrar, Side
+    from ._options import Options
 
 PROJECT = "irqbypass"
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .errors import InvalidEndpointError, TopologyError
-from .eventfd import Eventfd
-from .options import show_value
-from .signals import signal_safe
+from ._errors import InvalidEndpointError, TopologyError
+from ._eventfd import Eventfd
+from ._options import show_value
+from ._signals import signal_safe
 
 
 class TokenTable:

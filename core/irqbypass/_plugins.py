@@ -40,12 +40,13 @@ from typing import Any, cast
 
 import pluggy
 
-from . import __version__, hookspecs
-from .errors import IrqBypassError, PluginError, printable
-from .hookspecs import HookRelay, hookimpl
-from .kinds import KindRegistrar, KindRegistry
-from .options import Options, show_error, show_exception, show_value
-from .requires import core_requirement
+from . import __version__
+from . import _hookspecs as hookspecs
+from ._errors import IrqBypassError, PluginError, printable
+from ._hookspecs import HookRelay, hookimpl
+from ._kinds import KindRegistrar, KindRegistry
+from ._options import Options, show_error, show_exception, show_value
+from ._requires import core_requirement
 
 GROUP = "irqbypass"
 ENV_LOAD = "IRQBYPASS_LOAD_PLUGINS"

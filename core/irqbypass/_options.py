@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
-from .errors import ConfigError, InvalidEndpointError, printable
+from ._errors import ConfigError, InvalidEndpointError, printable
 
 #: the highest fd number (an int in C: ``os.dup`` and the ioctls refuse more)
 MAX_FD = 2**31 - 1

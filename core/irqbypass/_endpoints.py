@@ -28,11 +28,11 @@ import itertools
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from .errors import InvalidEndpointError
+from ._errors import InvalidEndpointError
 
 if TYPE_CHECKING:
-    from .eventfd import Eventfd
-from .options import show_exception, show_value
+    from ._eventfd import Eventfd
+from ._options import show_exception, show_value
 
 #: The callbacks a consumer must define (the kernel refuses one without them).
 REQUIRED_CONSUMER_CALLBACKS = ("add_producer", "del_producer")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import errno
 from typing import Any, ClassVar
 
-from .devicegroup import DeviceCalls
-from .errors import DeviceError, InvalidEndpointError
-from .kinds import EndpointSpec
-from .options import MAX_FD, Options, show_value
+from ._devicegroup import DeviceCalls
+from ._errors import DeviceError, InvalidEndpointError
+from ._kinds import EndpointSpec
+from ._options import MAX_FD, Options, show_value
 
 __all__ = ["DeviceOptions", "DeviceWording"]
 

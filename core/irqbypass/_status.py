@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .endpoints import Consumer
-from .options import show_exception
+from ._endpoints import Consumer
+from ._options import show_exception
 
 if TYPE_CHECKING:
     from ._ledger import Placed

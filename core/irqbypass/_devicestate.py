@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from .eventfd import Eventfd, HoldingEventfd
+from ._eventfd import Eventfd, HoldingEventfd
 
 if TYPE_CHECKING:
-    from .device import DeviceInterrupt
+    from ._device import DeviceInterrupt
 
 __all__ = ["InterruptState"]
 

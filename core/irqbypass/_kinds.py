@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from .endpoints import Consumer, Endpoint, Producer
-from .errors import KindConflictError, UnknownKindError
-from .options import Options, show_exception, show_value
+from ._endpoints import Consumer, Endpoint, Producer
+from ._errors import KindConflictError, UnknownKindError
+from ._options import Options, show_exception, show_value
 
 #: which end of a pair: a topology entry's side, a kind's, a lifecycle hook's ``side``
 Side = Literal["producer", "consumer"]
