@@ -133,9 +133,10 @@ class MockProducer(irqbypass.Producer):
             # burst interrupts every period; a denormal rate makes it inf: one burst
             period = self.burst / self.rate if self.rate > 0 else 0.0
             try:
-                self._timer = irqbypass.event_loop().call_every(
-                    period, self._tick, owner=f"mock producer {self.name!r}", delay=self.delay
-                )
+                with self._lock:  # a first tick's fire waits for _timer: it may stop it
+                    self._timer = irqbypass.event_loop().call_every(
+                        period, self._tick, owner=f"mock producer {self.name!r}", delay=self.delay
+                    )
             except BaseException:
                 self.close()
                 raise
