@@ -71,16 +71,18 @@ def test_a_large_limit_makes_the_vcpu_poll(kvm_usable: None, token: irqbypass.Ev
     # window (2 of 4 full runs; 8 of 8 alone polled from the 4th halt on), so the
     # traffic goes on, 50 at a time, up to ROUNDS times, until a halt polled
     stats: dict[str, int] = {}
-    with Guest(line=5, halt_poll_ns=500_000_000) as guest:
-        with KvmIrqfdConsumer(token=token, vm=guest):
-            for _ in range(ROUNDS):
-                start = guest.count
-                for i in range(1, N + 1):
-                    token.write()
-                    assert guest.wait_count(start + i), f"stopped at {guest.count}: {guest.error}"
-                stats = vcpu_stats_or_skip(guest)
-                if stats["halt_attempted_poll"] > 0:
-                    break
+    with (
+        Guest(line=5, halt_poll_ns=500_000_000) as guest,
+        KvmIrqfdConsumer(token=token, vm=guest),
+    ):
+        for _ in range(ROUNDS):
+            start = guest.count
+            for i in range(1, N + 1):
+                token.write()
+                assert guest.wait_count(start + i), f"stopped at {guest.count}: {guest.error}"
+            stats = vcpu_stats_or_skip(guest)
+            if stats["halt_attempted_poll"] > 0:
+                break
     assert stats["halt_attempted_poll"] > 0, stats
 
 
