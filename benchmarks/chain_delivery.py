@@ -74,6 +74,48 @@ class Run:
         return seconds / self.delivered * 1e6
 
 
+def summarize(
+    runs: dict[str, list[Run]],
+    *,
+    heading: str,
+    against: str,
+    report: Report,
+    series_label: str,
+    cpu_parts: tuple[str, ...],
+) -> None:
+    """Print each path's best round (the least machine CPU per interrupt: the
+    least disturbed), the ratios and every round, and draw the figures into
+    ``report``."""
+    rows = {path: min(runs[path], key=lambda r: r.machine / r.delivered) for path in PATHS}
+    print(heading)
+    print(f"{'path':6} {'irq/s':>7} {'process us':>11} {'kworker us':>11} {'machine us':>11}")
+    for path, r in rows.items():
+        print(
+            f"{path:6} {r.rate:7.0f} {r.us(r.process):11.1f} {r.us(r.kworker):11.1f}"
+            f" {r.us(r.machine):11.1f}"
+        )
+    irqfd, relay = rows["irqfd"], rows["relay"]
+    print(
+        f"{against}: {irqfd.rate / relay.rate:.2f}x the interrupts per second, "
+        f"{relay.us(relay.machine) / irqfd.us(irqfd.machine):.2f}x less machine CPU per "
+        f"interrupt, {relay.us(relay.process) / irqfd.us(irqfd.process):.2f}x less of this "
+        "process's"
+    )
+    for path in PATHS:
+        print(f"  {path} per round (irq/s): " + ", ".join(f"{r.rate:.0f}" for r in runs[path]))
+    rate = report.figure(
+        "rate", "guest-counted interrupts per second (best round)", x_label="path",
+        y_label="interrupts/s", kind="bar",
+    )  # fmt: skip
+    rate.series(series_label, list(PATHS), [rows[p].rate for p in PATHS])
+    cpu = report.figure(
+        "cpu", "CPU per interrupt (best round)", x_label="path", y_label="us per interrupt",
+        kind="bar",
+    )  # fmt: skip
+    for part in cpu_parts:
+        cpu.series(part, list(PATHS), [rows[p].us(getattr(rows[p], part)) for p in PATHS])
+
+
 def drive(guest: Guest, edu: Edu, count: int) -> Run:
     """Raise ``count`` MSIs on edu, each after the guest acknowledged the last."""
     ack = guest.ack_eventfd
@@ -135,47 +177,22 @@ def main() -> int:
         if guest.vector_counts() != {VECTOR: guest.count}:
             raise SystemExit(f"MSIs arrived on other vectors: {guest.vector_counts()}")
 
-    def best(path: str) -> Run:
-        """The round with the least machine CPU per interrupt (the least disturbed)."""
-        return min(runs[path], key=lambda r: r.machine / r.delivered)
-
-    rows = {path: best(path) for path in PATHS}
-    print(
-        f"edu MSI ({args.device}) into the x2APIC guest on Linux {series} in the TCG test guest: "
-        f"{args.count} interrupts per path and round, {args.rounds} rounds, best round shown"
-    )
-    print(f"{'path':6} {'irq/s':>7} {'process us':>11} {'kworker us':>11} {'machine us':>11}")
-    for path, r in rows.items():
-        print(
-            f"{path:6} {r.rate:7.0f} {r.us(r.process):11.1f} {r.us(r.kworker):11.1f}"
-            f" {r.us(r.machine):11.1f}"
-        )
-    irqfd, relay = rows["irqfd"], rows["relay"]
-    print(
-        f"irqfd against relay: {irqfd.rate / relay.rate:.2f}x the interrupts per second, "
-        f"{relay.us(relay.machine) / irqfd.us(irqfd.machine):.2f}x less machine CPU per "
-        f"interrupt, {relay.us(relay.process) / irqfd.us(irqfd.process):.2f}x less of this "
-        "process's"
-    )
-    for path in PATHS:
-        print(f"  {path} per round (irq/s): " + ", ".join(f"{r.rate:.0f}" for r in runs[path]))
     report = Report(
         f"chain_delivery_linux{series}",
         f"edu's MSI into a KVM guest on Linux {series} (TCG test guest): irqfd against a relay",
     )
-    rate = report.figure(
-        "rate", "guest-counted interrupts per second (best round)", x_label="path",
-        y_label="interrupts/s", kind="bar",
-    )  # fmt: skip
-    rate.series("edu MSI", list(PATHS), [rows[p].rate for p in PATHS])
-    cpu = report.figure(
-        "cpu", "CPU per interrupt (best round)", x_label="path", y_label="us per interrupt",
-        kind="bar",
-    )  # fmt: skip
-    # kworkers: next to nothing on either path (an MSI irqfd injects within the
-    # eventfd signal); printed above, not drawn (a bar of height 0)
-    for part in ("machine", "process"):
-        cpu.series(part, list(PATHS), [rows[p].us(getattr(rows[p], part)) for p in PATHS])
+    summarize(
+        runs,
+        heading=f"edu MSI ({args.device}) into the x2APIC guest on Linux {series} in the TCG "
+        f"test guest: {args.count} interrupts per path and round, {args.rounds} rounds, "
+        "best round shown",
+        against="irqfd against relay",
+        report=report,
+        series_label="edu MSI",
+        # kworkers: next to nothing on either path (an MSI irqfd injects within the
+        # eventfd signal); printed, not drawn (a bar of height 0)
+        cpu_parts=("machine", "process"),
+    )
     report.write(args.json)
     return 0
 

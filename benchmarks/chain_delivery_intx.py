@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import sys
 import threading
 import time
@@ -41,8 +40,8 @@ from pathlib import Path
 
 import irqbypass
 import irqbypass_kvm
-from chain_delivery import Run, busy_cpu
-from delivery import kworker_cpu, thread_cpu
+from chain_delivery import PATHS, Run, busy_cpu, summarize
+from delivery import Relay, kworker_cpu, thread_cpu
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
 from irqbypass_vfio import VfioProducer
 from report import Report, add_json_option
@@ -52,7 +51,6 @@ from edu import Edu
 
 #: a PIC line the ELCR can make level-triggered
 LINE = 10
-PATHS = ("irqfd", "relay")
 
 
 class Acks:
@@ -79,30 +77,17 @@ class Acks:
             return self._cond.wait_for(lambda: self.count >= n, timeout)
 
 
-class LineRelay:
+class LineRelay(Relay):
     """Read the token, raise the line; at the guest's ack, lower it and unmask."""
 
-    def __init__(self, guest: Guest, token: irqbypass.Eventfd, producer: VfioProducer,
-                 acks: Acks) -> None:  # fmt: skip
-        assert guest.vm is not None
-        self.vm, self.token, self.producer, self.acks = guest.vm, token, producer, acks
-        self.stop = irqbypass.Eventfd()
-        self.thread = threading.Thread(target=self.run, name="relay")
+    def __init__(
+        self, guest: Guest, token: irqbypass.Eventfd, producer: VfioProducer, acks: Acks
+    ) -> None:
+        super().__init__(guest, token)
+        self.producer, self.acks = producer, acks
 
-    def run(self) -> None:
-        poller = select.poll()
-        poller.register(self.token.fileno(), select.POLLIN)
-        poller.register(self.stop.fileno(), select.POLLIN)
-        token_fd = self.token.fileno()
-        while True:
-            ready = poller.poll()
-            if any(fd != token_fd for fd, _ in ready):
-                return
-            try:
-                os.read(token_fd, 8)
-            except BlockingIOError:
-                continue
-            self.vm.irq_line(LINE, 1)
+    def inject(self) -> None:
+        self.vm.irq_line(LINE, 1)  # level: it stays up until the guest's acknowledgement
 
     def eoi(self) -> None:
         self.vm.irq_line(LINE, 0)
@@ -110,13 +95,11 @@ class LineRelay:
 
     def __enter__(self) -> LineRelay:
         self.acks.after_ack.append(self.eoi)
-        self.thread.start()
+        super().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.write()
-        self.thread.join()
-        self.stop.close()
+        super().__exit__(*exc)
         self.acks.after_ack.remove(self.eoi)
 
 
@@ -181,43 +164,21 @@ def main() -> int:
         return 0
     series = ".".join(os.uname().release.split(".")[:2])
     runs = measure(args.device, args.count, args.rounds)
-    rows = {path: min(runs[path], key=lambda r: r.machine / r.delivered) for path in PATHS}
-    print(
-        f"edu INTx ({args.device}) into the PIC guest's level line {LINE} on Linux {series} in "
-        f"the TCG test guest: {args.count} interrupts per path and round, {args.rounds} "
-        "rounds, best round shown"
-    )
-    print(f"{'path':6} {'irq/s':>7} {'process us':>11} {'kworker us':>11} {'machine us':>11}")
-    for path, r in rows.items():
-        print(
-            f"{path:6} {r.rate:7.0f} {r.us(r.process):11.1f} {r.us(r.kworker):11.1f}"
-            f" {r.us(r.machine):11.1f}"
-        )
-    irqfd, relay = rows["irqfd"], rows["relay"]
-    print(
-        f"resample irqfd against relay: {irqfd.rate / relay.rate:.2f}x the interrupts per "
-        f"second, {relay.us(relay.machine) / irqfd.us(irqfd.machine):.2f}x less machine CPU "
-        f"per interrupt, {relay.us(relay.process) / irqfd.us(irqfd.process):.2f}x less of "
-        "this process's"
-    )
-    for path in PATHS:
-        print(f"  {path} per round (irq/s): " + ", ".join(f"{r.rate:.0f}" for r in runs[path]))
     report = Report(
         f"chain_delivery_intx_linux{series}",
         f"edu's INTx into a KVM guest's level line on Linux {series} (TCG test guest): "
         "resample irqfd against a KVM_IRQ_LINE relay",
     )
-    rate = report.figure(
-        "rate", "guest-counted interrupts per second (best round)", x_label="path",
-        y_label="interrupts/s", kind="bar",
-    )  # fmt: skip
-    rate.series("edu INTx", list(PATHS), [rows[p].rate for p in PATHS])
-    cpu = report.figure(
-        "cpu", "CPU per interrupt (best round)", x_label="path", y_label="us per interrupt",
-        kind="bar",
-    )  # fmt: skip
-    for part in ("machine", "process", "kworker"):
-        cpu.series(part, list(PATHS), [rows[p].us(getattr(rows[p], part)) for p in PATHS])
+    summarize(
+        runs,
+        heading=f"edu INTx ({args.device}) into the PIC guest's level line {LINE} on Linux "
+        f"{series} in the TCG test guest: {args.count} interrupts per path and round, "
+        f"{args.rounds} rounds, best round shown",
+        against="resample irqfd against relay",
+        report=report,
+        series_label="edu INTx",
+        cpu_parts=("machine", "process", "kworker"),
+    )
     report.write(args.json)
     return 0
 

@@ -187,11 +187,15 @@ class Relay:
                 os.read(token_fd, 8)
             except BlockingIOError:
                 continue
-            if self.msi is not None:
-                self.vm.signal_msi(self.msi)
-            else:
-                self.vm.irq_line(LINE, 1)
-                self.vm.irq_line(LINE, 0)
+            self.inject()
+
+    def inject(self) -> None:
+        """One interrupt into the guest: the MSI, or an edge on the pin."""
+        if self.msi is not None:
+            self.vm.signal_msi(self.msi)
+        else:
+            self.vm.irq_line(LINE, 1)
+            self.vm.irq_line(LINE, 0)
 
     def __enter__(self) -> Relay:
         self.thread.start()
