@@ -138,19 +138,29 @@ def drive(guest: Guest, edu: Edu, count: int) -> Run:
     return Run(delivered, wall, process, kw, busy)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def chain_args(description: str, count: int) -> argparse.Namespace | None:
+    """A chain benchmark's options (``--device``, ``--count``, ``--rounds``,
+    ``--json``), or None, said why, where it cannot run: no edu named (it runs
+    in the test guest), or no usable /dev/kvm."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", help="edu's PCI address, bound to vfio-pci (test guest)")
-    parser.add_argument("--count", type=int, default=500, help="interrupts per path and round")
+    parser.add_argument("--count", type=int, default=count, help="interrupts per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path")
     add_json_option(parser)
     args = parser.parse_args()
     reason = irqbypass_kvm.unavailable_reason()
     if not args.device:
         print("skipped: needs edu behind vfio-pci: run it in the test guest (see the docstring)")
-        return 0
+        return None
     if reason is not None:
         print(f"skipped: {reason}")
+        return None
+    return args
+
+
+def main() -> int:
+    args = chain_args(__doc__.splitlines()[0], count=500)
+    if args is None:
         return 0
     series = ".".join(os.uname().release.split(".")[:2])
     runs: dict[str, list[Run]] = {path: [] for path in PATHS}

@@ -30,7 +30,6 @@ interrupt (this process's threads, the kernel workers, the whole machine).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -39,12 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
-import irqbypass_kvm
-from chain_delivery import PATHS, Run, busy_cpu, summarize
+from chain_delivery import PATHS, Run, busy_cpu, chain_args, summarize
 from delivery import Relay, kworker_cpu, thread_cpu
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
 from irqbypass_vfio import VfioProducer
-from report import Report, add_json_option
+from report import Report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "guest"))
 from edu import Edu
@@ -149,18 +147,8 @@ def measure(device: str, count: int, rounds: int) -> dict[str, list[Run]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", help="edu's PCI address, bound to vfio-pci (test guest)")
-    parser.add_argument("--count", type=int, default=300, help="interrupts per path and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path")
-    add_json_option(parser)
-    args = parser.parse_args()
-    reason = irqbypass_kvm.unavailable_reason()
-    if not args.device:
-        print("skipped: needs edu behind vfio-pci: run it in the test guest (see the docstring)")
-        return 0
-    if reason is not None:
-        print(f"skipped: {reason}")
+    args = chain_args(__doc__.splitlines()[0], count=300)
+    if args is None:
         return 0
     series = ".".join(os.uname().release.split(".")[:2])
     runs = measure(args.device, args.count, args.rounds)
