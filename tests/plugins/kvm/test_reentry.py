@@ -19,10 +19,9 @@ import fcntl
 
 import irqbypass
 import pytest
-from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute
+from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute, _abi
 from irqbypass_mock import MockProducer
 
-KVMIO = 0xAE
 #: the x2APIC guest's vector for the consumer's MSI
 MSI_VECTOR = 0x41
 
@@ -49,8 +48,8 @@ class kvm_vcpu_events(ctypes.Structure):
 
 
 assert ctypes.sizeof(kvm_vcpu_events) == 64
-KVM_GET_VCPU_EVENTS = (2 << 30) | (64 << 16) | (KVMIO << 8) | 0x9F
-KVM_SET_VCPU_EVENTS = (1 << 30) | (64 << 16) | (KVMIO << 8) | 0xA0
+KVM_GET_VCPU_EVENTS = _abi._ior(0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _abi._iow(0xA0, kvm_vcpu_events)
 
 
 def reinject(vcpu_fd: int, vector: int) -> None:
