@@ -43,8 +43,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy core/irqbypass $(foreach p,$(PLUGINS),$(p)/irqbypass_$(notdir $(p)))
 
+# the system packages, then Debian 6.12's linux/vfio.h into .cache (no root needed:
+# bookworm's own header predates the VFIO cdev that tests/plugins/vfio/test_abi.py checks)
 provision:
 	@bash scripts/provision
+	@bash scripts/vfio-header
 
 # The oldest CPython requires-python claims (3.10: pyenv's, which this project's
 # machines come with) and the newest Debian ships (3.14, from Debian unstable),
