@@ -34,7 +34,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any, cast
 
@@ -62,17 +62,11 @@ class _CoreCallbacks:
 
     @hookimpl(trylast=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> None:
-        if side == "producer":
-            endpoint.add_consumer(partner)
-        else:
-            endpoint.add_producer(partner)
+        (endpoint.add_consumer if side == "producer" else endpoint.add_producer)(partner)
 
     @hookimpl(trylast=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> None:
-        if side == "producer":
-            endpoint.del_consumer(partner)
-        else:
-            endpoint.del_producer(partner)
+        (endpoint.del_consumer if side == "producer" else endpoint.del_producer)(partner)
 
     @hookimpl(trylast=True)
     def irqbypass_stop(self, endpoint: Any, side: str) -> None:
@@ -121,12 +115,7 @@ class FilteredPlugin:
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "distribution": self.distribution,
-            "version": self.version,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -150,43 +150,37 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -> None:
-    def help_(text: str) -> str:
-        return text if shown else argparse.SUPPRESS
+#: the global options: flags, then argparse's settings ("dest" is the main
+#: parser's; each command's hidden copy adds "_after", merged by _parse)
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--block",), {
+        "action": "append", "default": [], "dest": "block", "metavar": "NAME",
+        "help": "do not load this plugin or distribution (repeatable)",
+    }),
+    (("-p",), {
+        "action": "append", "default": [], "dest": "plugin_modules", "metavar": "MODULE",
+        "help": "also load this module as a plugin, without packaging it (repeatable)",
+    }),
+    (("--strict",), {
+        "action": "store_true", "dest": "strict",
+        "help": "a plugin that fails to load, or a warning of `check`, is an error",
+    }),
+    (("-v", "--verbose"), {
+        "action": "count", "default": 0, "dest": "verbose",
+        "help": "log every step (plugins, apply, teardown) and what logging consumers log; "
+        "-vv: also every callback and DEBUG messages",
+    }),
+)  # fmt: skip
 
-    parser.add_argument(
-        "--block",
-        action="append",
-        default=[],
-        dest=f"block{suffix}",
-        metavar="NAME",
-        help=help_("do not load this plugin or distribution (repeatable)"),
-    )
-    parser.add_argument(
-        "-p",
-        action="append",
-        default=[],
-        dest=f"plugin_modules{suffix}",
-        metavar="MODULE",
-        help=help_("also load this module as a plugin, without packaging it (repeatable)"),
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        dest=f"strict{suffix}",
-        help=help_("a plugin that fails to load, or a warning of `check`, is an error"),
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        dest=f"verbose{suffix}",
-        help=help_(
-            "log every step (plugins, apply, teardown) and what logging consumers log; "
-            "-vv: also every callback and DEBUG messages"
-        ),
-    )
+
+def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -> None:
+    for flags, settings in _GLOBAL_OPTIONS:
+        own = {**settings, "dest": settings["dest"] + suffix}
+        if isinstance(own.get("default"), list):
+            own["default"] = []  # a list of its own for each parser, never one shared
+        if not shown:
+            own["help"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **own)
 
 
 def _parser(problems: list[str] | None = None) -> _Parser:
