@@ -11,6 +11,7 @@ import signal
 from collections.abc import Iterator
 
 import irqbypass
+import irqbypass.signalsafe
 import pytest
 from guest_results import (
     guest_kernel,
@@ -52,7 +53,7 @@ def guarded_sigint() -> Iterator[None]:
     before = signal.getsignal(signal.SIGINT)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    irqbypass.guard_signals((signal.SIGINT,))
+    irqbypass.signalsafe.guard_signals((signal.SIGINT,))
     try:
         yield
     finally:

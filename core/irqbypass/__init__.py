@@ -7,10 +7,11 @@ curates its own:
 
 - ``irqbypass`` (this module): for a program that embeds the manager: the
   Manager, the endpoints and their tokens, topologies and their configuration,
-  the plugin loader, signal safety for code that must not be cut, and the one
-  error hierarchy;
+  the plugin loader, and the one error hierarchy;
 - :mod:`irqbypass.plugin`: for plugin authors: hooks, kinds, options, the
   device-producer template and the event loop's types;
+- :mod:`irqbypass.signalsafe`: for code a Ctrl-C must not cut (a VMM's own, a
+  plugin's ``uninterrupted`` methods): sections, call-outs, locks, delivery;
 - :mod:`irqbypass.system`: the system helpers: ioctl numbers and the seam to
   the OS, and opening paths others may share;
 - :mod:`irqbypass.testing`: fakes and fixtures for tests.
@@ -62,16 +63,6 @@ if TYPE_CHECKING:
     from ._loop import event_loop
     from ._manager import Manager
     from ._plugins import PluginHost, load_plugins
-    from ._signals import (
-        callout,
-        currently_signal_safe,
-        deliver_deferred_signals,
-        delivering_deferred_signals,
-        guard_signals,
-        hold,
-        interruptible,
-        signal_safe,
-    )
     from ._status import PairStatus
     from ._tokens import TokenTable
     from ._topology import Changes, Placed, Topology, Totals
@@ -182,6 +173,30 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
     from ._seam import (
         ioctl_number as ioctl_number,
     )
+    from ._signals import (
+        callout as callout,
+    )
+    from ._signals import (
+        currently_signal_safe as currently_signal_safe,
+    )
+    from ._signals import (
+        deliver_deferred_signals as deliver_deferred_signals,
+    )
+    from ._signals import (
+        delivering_deferred_signals as delivering_deferred_signals,
+    )
+    from ._signals import (
+        guard_signals as guard_signals,
+    )
+    from ._signals import (
+        hold as hold,
+    )
+    from ._signals import (
+        interruptible as interruptible,
+    )
+    from ._signals import (
+        signal_safe as signal_safe,
+    )
     from .testing import (
         DeviceCall as DeviceCall,
     )
@@ -217,16 +232,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_loop": ("event_loop",),
     "_manager": ("Manager",),
     "_plugins": ("PluginHost", "load_plugins"),
-    "_signals": (
-        "callout",
-        "currently_signal_safe",
-        "deliver_deferred_signals",
-        "delivering_deferred_signals",
-        "guard_signals",
-        "hold",
-        "interruptible",
-        "signal_safe",
-    ),
     "_status": ("PairStatus",),
     "_tokens": ("TokenTable",),
     "_topology": ("Changes", "Placed", "Topology", "Totals"),
@@ -235,7 +240,7 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 #: what this module exported before the API had tiers and exports no more:
 #: ``irqbypass.NAME`` still works until 0.3, with a DeprecationWarning that names
-#: the tier which exports it now (the tiers' ``__all__`` say which)
+#: the public module which exports it now (the modules' ``__all__`` say which)
 _MOVED = frozenset(
     """
     Availability DeviceCall DeviceCalls DeviceGroup DeviceInterrupt DeviceProducer
@@ -244,9 +249,12 @@ _MOVED = frozenset(
     PluginInfo QUIESCE_MODES RealSeam Seam Settings Side UnsafePathError check_owner
     hookimpl hookspec ioctl_number open_directory open_file show_value split_path
     trusted_uids
+    callout currently_signal_safe deliver_deferred_signals delivering_deferred_signals
+    guard_signals hold interruptible signal_safe
     """.split()  # noqa: SIM905 (a record of names, read as one)
 )
-_TIERS = ("plugin", "system", "testing")
+#: the public modules beside this one (each ``__all__`` is what it exports)
+_TIERS = ("plugin", "signalsafe", "system", "testing")
 
 
 def _exports(
@@ -316,8 +324,8 @@ def _renamed(name: str, stacklevel: int = 3) -> Any:
     """The private module a 0.1.0 module name stands for, with the warning."""
     warnings.warn(
         f"module irqbypass.{name} is deprecated: it is private now (irqbypass._{name}); "
-        "import the public API from irqbypass, irqbypass.plugin, irqbypass.system or "
-        "irqbypass.testing; the old name goes in irqbypass 0.3",
+        f"import the public API from irqbypass or {', '.join(f'irqbypass.{t}' for t in _TIERS)}; "
+        "the old name goes in irqbypass 0.3",
         DeprecationWarning,
         stacklevel=stacklevel,
     )
@@ -386,16 +394,8 @@ __all__ = [
     "Totals",
     "UnknownKindError",
     "Veto",
-    "callout",
-    "currently_signal_safe",
-    "deliver_deferred_signals",
-    "delivering_deferred_signals",
     "event_loop",
-    "guard_signals",
-    "hold",
-    "interruptible",
     "load_config",
     "load_plugins",
     "parse_config",
-    "signal_safe",
 ]

@@ -63,7 +63,7 @@ class DeviceInterrupt:
     the :class:`DeviceProducer` composing it decides when each runs and records
     where the interrupt points. An operation that raises has changed nothing
     the producer records; one that waits on another process does so through
-    :func:`irqbypass.interruptible`.
+    :func:`irqbypass.signalsafe.interruptible`.
     """
 
     #: the device can mask this interrupt (and keeps it pending meanwhile)

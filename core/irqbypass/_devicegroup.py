@@ -252,7 +252,7 @@ def detach_each(batch: Sequence[DeviceInterrupt]) -> None:
 class HeldLocks:
     """Every lock of a batch, all held or none, taken in :func:`lock_order`
     (whatever the batch's own order: two batches sharing producers cannot each
-    hold what the other waits for), each through :class:`~irqbypass.hold`, so
+    hold what the other waits for), each through :class:`~irqbypass.signalsafe.hold`, so
     a Ctrl-C ends a wait for a contended lock and none is left taken."""
 
     def __init__(self, locks: Sequence[tuple[int, threading.RLock]]) -> None:

@@ -83,11 +83,11 @@ class Manager:
     :func:`~irqbypass.load_plugins` for the installed ones).
 
     Created in the main thread while SIGINT has Python's default handler, it
-    puts :func:`~irqbypass.guard_signals`' guard in front of that handler, so
+    puts :func:`~irqbypass.signalsafe.guard_signals`' guard in front of that handler, so
     that a Ctrl-C waits for the manager's bookkeeping; once every manager that
     did so is gone (garbage), Python's handler is back. ``guard_sigint=False``:
     the manager never touches a signal handler (the program guards its own
-    handlers with :func:`~irqbypass.guard_signals`, or accepts that a Ctrl-C
+    handlers with :func:`~irqbypass.signalsafe.guard_signals`, or accepts that a Ctrl-C
     landing in the bookkeeping can leave the manager inconsistent).
     """
 

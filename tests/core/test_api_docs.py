@@ -1,10 +1,10 @@
 """docs/api.md documents every name the API's tiers export, so the two cannot drift.
 
 A name added to ``irqbypass.__all__`` (or to a tier's, ``irqbypass.plugin``,
-``irqbypass.system``, ``irqbypass.testing``) needs its own autodoc directive in
-docs/api.md (``.. autoclass:: irqbypass.NAME`` or ``irqbypass.TIER.NAME``,
-``autofunction``, ``autodata`` or ``autoexception``); the docs build (``make
-docs``, ``-W``) fails on one naming something that is not there.
+``irqbypass.signalsafe``, ``irqbypass.system``, ``irqbypass.testing``) needs its
+own autodoc directive in docs/api.md (``.. autoclass:: irqbypass.NAME`` or
+``irqbypass.TIER.NAME``, ``autofunction``, ``autodata`` or ``autoexception``); the
+docs build (``make docs``, ``-W``) fails on one naming something that is not there.
 """
 
 from __future__ import annotations
@@ -14,16 +14,23 @@ from pathlib import Path
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import irqbypass.system
 import irqbypass.testing
 
 API = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 DIRECTIVE = re.compile(
     r"^\.\. auto(?:class|function|data|exception)::"
-    r" (irqbypass(?:\.(?:plugin|system|testing))?\.\w+)",
+    r" (irqbypass(?:\.(?:plugin|signalsafe|system|testing))?\.\w+)",
     re.M,
 )
-TIERS = [irqbypass, irqbypass.plugin, irqbypass.system, irqbypass.testing]
+TIERS = [
+    irqbypass,
+    irqbypass.plugin,
+    irqbypass.signalsafe,
+    irqbypass.system,
+    irqbypass.testing,
+]
 #: every public name, as documented: irqbypass.NAME or irqbypass.TIER.NAME
 EXPORTED = {f"{tier.__name__}.{name}" for tier in TIERS for name in tier.__all__}
 

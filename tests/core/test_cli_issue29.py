@@ -523,7 +523,7 @@ def test_a_signal_landing_in_a_finalizer_waits_instead_of_being_lost(
     import os
     import weakref
 
-    import irqbypass
+    import irqbypass.signalsafe
 
     class Owner:
         pass
@@ -533,4 +533,4 @@ def test_a_signal_landing_in_a_finalizer_waits_instead_of_being_lost(
     del owner
     gc.collect()  # the finalizer has run: the signal landed in it
     with pytest.raises(KeyboardInterrupt):
-        irqbypass.deliver_deferred_signals()
+        irqbypass.signalsafe.deliver_deferred_signals()

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import irqbypass.system
 import irqbypass.testing
 import pytest
@@ -646,7 +647,7 @@ def test_a_ctrl_c_during_teardown_waits_for_its_end(
 
 class StalledDevice(PeerDevice):
     """A device in another process whose swap is never acknowledged: the
-    operation waits through irqbypass.interruptible, as a peer's reply must."""
+    operation waits through irqbypass.signalsafe.interruptible, as a peer's reply must."""
 
     def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
         super().__init__(token, **facts)
@@ -659,7 +660,7 @@ class StalledDevice(PeerDevice):
             poller = select.poll()
             poller.register(self.never.fileno(), select.POLLIN)
             try:
-                irqbypass.interruptible(poller.poll, 600_000)  # the hang guard
+                irqbypass.signalsafe.interruptible(poller.poll, 600_000)  # the hang guard
             except BaseException:
                 # what the peer applied is unknown: the device is lost, not pointed
                 self.owner.lose(Gone("interrupted in the middle of the swap", errno=errno.EINTR))

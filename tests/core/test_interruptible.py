@@ -1,4 +1,4 @@
-"""irqbypass.interruptible: a wait inside a signal-safe section that Ctrl-C
+"""irqbypass.signalsafe.interruptible: a wait inside a signal-safe section that Ctrl-C
 ends at once (issue 20: a section waited for a back-end's reply, so Ctrl-C
 took effect only after the timeout)."""
 
@@ -8,6 +8,7 @@ import signal
 import threading
 
 import irqbypass
+import irqbypass.signalsafe
 import pytest
 
 GUARD = 60.0
@@ -35,11 +36,11 @@ def test_a_signal_passes_a_wait_inside_a_section() -> None:
     never = threading.Event()
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         steps.append("before")
         waiting.set()
-        irqbypass.interruptible(never.wait, GUARD)  # a peer that never answers
+        irqbypass.signalsafe.interruptible(never.wait, GUARD)  # a peer that never answers
         steps.append("after")  # not reached: the wait raised
 
     thread = interrupt_main_when(waiting)
@@ -53,11 +54,11 @@ def test_a_signal_deferred_earlier_is_delivered_as_the_wait_starts() -> None:
     never = threading.Event()
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)  # lands in the section: deferred
         steps.append("deferred")
-        irqbypass.interruptible(never.wait, GUARD)
+        irqbypass.signalsafe.interruptible(never.wait, GUARD)
         steps.append("after")
 
     with pytest.raises(KeyboardInterrupt):
@@ -68,7 +69,7 @@ def test_a_signal_deferred_earlier_is_delivered_as_the_wait_starts() -> None:
 def test_outside_a_wait_the_section_still_defers() -> None:
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)
         steps.append("finished")
@@ -78,9 +79,9 @@ def test_outside_a_wait_the_section_still_defers() -> None:
         steps.append("returned")
     finally:
         with pytest.raises(KeyboardInterrupt):
-            irqbypass.deliver_deferred_signals()
+            irqbypass.signalsafe.deliver_deferred_signals()
     assert steps == ["finished", "returned"]
 
 
 def test_interruptible_returns_what_the_call_returns() -> None:
-    assert irqbypass.interruptible(max, 3, 7) == 7
+    assert irqbypass.signalsafe.interruptible(max, 3, 7) == 7

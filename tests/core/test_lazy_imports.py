@@ -17,6 +17,7 @@ from importlib import metadata
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import irqbypass.system
 import pytest
 from irqbypass import cli
@@ -57,7 +58,12 @@ def test_a_name_imports_its_module_and_only_what_that_needs() -> None:
 
 
 #: the public modules (the API's tiers) and each one's names, as (tier, name)
-TIERS = {"irqbypass": irqbypass, "plugin": irqbypass.plugin, "system": irqbypass.system}
+TIERS = {
+    "irqbypass": irqbypass,
+    "plugin": irqbypass.plugin,
+    "signalsafe": irqbypass.signalsafe,
+    "system": irqbypass.system,
+}
 PUBLIC = [(tier, name) for tier, module in TIERS.items() for name in module.__all__]
 
 
@@ -90,7 +96,7 @@ def test_a_from_import_goes_through_getattr_too() -> None:
     assert Topology is irqbypass._topology.Topology
 
 
-@pytest.mark.parametrize("tier", ["plugin", "system", "testing"])
+@pytest.mark.parametrize("tier", ["plugin", "signalsafe", "system", "testing"])
 def test_importing_a_tier_imports_none_of_the_implementation(tier: str) -> None:
     """A plugin imports irqbypass.plugin at its top: that must cost no module of the
     core (testing holds the device models' base: it imports the Eventfd, nothing more)."""

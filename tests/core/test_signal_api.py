@@ -10,6 +10,7 @@ import threading
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import pytest
 from irqbypass import _signals as signals
 
@@ -22,26 +23,29 @@ pytestmark = pytest.mark.usefixtures("guarded_sigint")
 def test_a_signal_in_a_section_waits_for_the_delivering_block() -> None:
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)  # lands in the section: deferred
         steps.append("finished")
 
-    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+    with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
         section()
         steps.append("block")
     assert steps == ["finished", "block"]
-    with irqbypass.delivering_deferred_signals():
+    with irqbypass.signalsafe.delivering_deferred_signals():
         steps.append("nothing waits any more")  # delivered once, not twice
 
 
 def test_what_the_delivered_signal_raises_replaces_the_block_s_error() -> None:
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)
         raise irqbypass.IrqBypassError("the section failed")
 
-    with pytest.raises(KeyboardInterrupt) as caught, irqbypass.delivering_deferred_signals():
+    with (
+        pytest.raises(KeyboardInterrupt) as caught,
+        irqbypass.signalsafe.delivering_deferred_signals(),
+    ):
         section()
     assert isinstance(caught.value.__context__, irqbypass.IrqBypassError)
 
@@ -58,24 +62,24 @@ def test_a_signal_passes_inside_a_callout_and_nowhere_else_in_the_section() -> N
         signal.raise_signal(signal.SIGINT)
         steps.append("helper")
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         try:
-            irqbypass.callout(plugin_code)
+            irqbypass.signalsafe.callout(plugin_code)
         except KeyboardInterrupt:
             steps.append("caught")
         own_helper()
         steps.append("section done")
 
-    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+    with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
         section()
     assert steps == ["callback", "caught", "helper", "section done"]
 
 
 def test_a_callout_passes_its_arguments_and_its_result() -> None:
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> int:
-        return irqbypass.callout(max, 3, 7)
+        return irqbypass.signalsafe.callout(max, 3, 7)
 
     assert section() == 7
 
@@ -85,13 +89,13 @@ def test_a_signal_deferred_earlier_stays_deferred_through_a_callout() -> None:
     the callback would be blamed for a Ctrl-C that landed in the bookkeeping."""
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)  # deferred
-        irqbypass.callout(steps.append, "callback ran")
+        irqbypass.signalsafe.callout(steps.append, "callback ran")
         steps.append("section done")
 
-    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+    with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
         section()
     assert steps == ["callback ran", "section done"]
 
@@ -99,25 +103,27 @@ def test_a_signal_deferred_earlier_stays_deferred_through_a_callout() -> None:
 def test_currently_signal_safe_names_the_innermost_mark() -> None:
     seen: dict[str, bool] = {}
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def inner_section() -> None:
-        seen["section inside a callout"] = irqbypass.currently_signal_safe()
+        seen["section inside a callout"] = irqbypass.signalsafe.currently_signal_safe()
 
     def plugin_code() -> None:
-        seen["callout"] = irqbypass.currently_signal_safe()
+        seen["callout"] = irqbypass.signalsafe.currently_signal_safe()
         inner_section()
 
     def helper() -> None:
-        seen["helper of a section"] = irqbypass.currently_signal_safe()
+        seen["helper of a section"] = irqbypass.signalsafe.currently_signal_safe()
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
-        seen["section"] = irqbypass.currently_signal_safe()
+        seen["section"] = irqbypass.signalsafe.currently_signal_safe()
         helper()
-        irqbypass.callout(plugin_code)
-        irqbypass.interruptible(lambda: seen.update(wait=irqbypass.currently_signal_safe()))
+        irqbypass.signalsafe.callout(plugin_code)
+        irqbypass.signalsafe.interruptible(
+            lambda: seen.update(wait=irqbypass.signalsafe.currently_signal_safe())
+        )
 
-    seen["outside"] = irqbypass.currently_signal_safe()
+    seen["outside"] = irqbypass.signalsafe.currently_signal_safe()
     section()
     assert seen == {
         "outside": False,
@@ -132,9 +138,9 @@ def test_currently_signal_safe_names_the_innermost_mark() -> None:
 def test_hold_takes_a_free_lock_and_gives_it_back_on_every_path() -> None:
     lock = threading.Lock()
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section(fail: bool) -> None:
-        with irqbypass.hold(lock):
+        with irqbypass.signalsafe.hold(lock):
             assert lock.locked()
             if fail:
                 raise irqbypass.IrqBypassError("inside the block")
@@ -150,14 +156,14 @@ def test_a_signal_inside_a_held_block_waits_for_the_section() -> None:
     lock = threading.RLock()
     steps: list[str] = []
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
-        with irqbypass.hold(lock):
+        with irqbypass.signalsafe.hold(lock):
             signal.raise_signal(signal.SIGINT)
             steps.append("block done")
         steps.append("section done")
 
-    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+    with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
         section()
     assert steps == ["block done", "section done"]
     assert lock.acquire(blocking=False)  # given back (an RLock: mine again)
@@ -185,10 +191,10 @@ def test_ctrl_c_ends_a_section_s_wait_for_a_contended_lock() -> None:
     other.start()
     taken.wait(GUARD)
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         waiting.set()
-        with irqbypass.hold(lock):
+        with irqbypass.signalsafe.hold(lock):
             steps.append("never: the other thread holds it")
 
     try:
@@ -222,9 +228,9 @@ def test_hold_waits_for_a_lock_the_holder_gives_back() -> None:
     lock = threading.Lock()
     other = held_by_another_thread(lock, 2)
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> bool:
-        with irqbypass.hold(lock):
+        with irqbypass.signalsafe.hold(lock):
             return lock.locked()
 
     assert section()
@@ -261,12 +267,12 @@ def test_an_uninterrupted_method_inside_a_section_leaves_delivery_to_it() -> Non
         signal.raise_signal(signal.SIGINT)
         steps.append("part")
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         part()
         steps.append("rest of the section")  # not cut by the part's delivery
 
-    with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+    with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
         section()
     assert steps == ["part", "rest of the section"]
 
@@ -278,15 +284,15 @@ def test_a_signal_deferred_before_a_contended_wait_waits_for_the_section() -> No
     steps: list[str] = []
     other = held_by_another_thread(lock, 3)
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section() -> None:
         signal.raise_signal(signal.SIGINT)  # deferred before the wait
-        with irqbypass.hold(lock):
+        with irqbypass.signalsafe.hold(lock):
             steps.append("held")
         steps.append("section done")
 
     try:
-        with pytest.raises(KeyboardInterrupt), irqbypass.delivering_deferred_signals():
+        with pytest.raises(KeyboardInterrupt), irqbypass.signalsafe.delivering_deferred_signals():
             section()
     finally:
         other.join(GUARD)

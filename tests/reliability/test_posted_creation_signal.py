@@ -15,6 +15,7 @@ from typing import Any
 import interrupts
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import irqbypass_posted._backing as backing_module
 import irqbypass_posted._consumer as consumer_module
 import irqbypass_posted._descriptor as descriptor_module
@@ -133,7 +134,7 @@ def test_sigint_anywhere_in_a_posted_run_exits_with_its_summary_and_leaves_nothi
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
-    irqbypass.guard_signals((signal.SIGINT,))
+    irqbypass.signalsafe.guard_signals((signal.SIGINT,))
 
     def make() -> tuple[Callable[[], object], Callable[[BaseException | None], None]]:
         code: list[int] = []

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import irqbypass
+import irqbypass.signalsafe
 import pytest
 from irqbypass import _signals as signals
 
@@ -94,7 +95,7 @@ def test_a_guard_the_program_installed_stays() -> None:
         pass
 
     signal.signal(signal.SIGINT, mine)
-    assert irqbypass.guard_signals((signal.SIGINT,)) == [signal.SIGINT]
+    assert irqbypass.signalsafe.guard_signals((signal.SIGINT,)) == [signal.SIGINT]
     guard = handler()
     manager = irqbypass.Manager()
     assert handler() is guard

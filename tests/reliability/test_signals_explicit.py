@@ -17,6 +17,7 @@ from collections.abc import Callable
 import interrupts
 import irqbypass
 import irqbypass._signals as signals_module
+import irqbypass.signalsafe
 import pytest
 from rel_support import COUNTERS
 
@@ -45,13 +46,13 @@ class Pair:
     def bookkeeping(self) -> None:
         """The section's own code: a call, so a point where a handler can run."""
 
-    @irqbypass.signal_safe
+    @irqbypass.signalsafe.signal_safe
     def section(self) -> None:
-        with irqbypass.hold(self.lock):
+        with irqbypass.signalsafe.hold(self.lock):
             self.stopped += 1
             self.bookkeeping()
             try:
-                self.recorded = irqbypass.callout(self.callback)
+                self.recorded = irqbypass.signalsafe.callout(self.callback)
             except KeyboardInterrupt:
                 self.recorded = False
                 self.interrupted_callback += 1
@@ -59,7 +60,7 @@ class Pair:
             self.started += 1
 
     def operation(self) -> None:
-        with irqbypass.delivering_deferred_signals():
+        with irqbypass.signalsafe.delivering_deferred_signals():
             self.section()
 
 

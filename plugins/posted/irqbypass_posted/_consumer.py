@@ -15,6 +15,7 @@ from collections.abc import Hashable, Mapping
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 
 from ._backing import problem_with_path
 from ._descriptor import LockMode, Port, PostedDescriptor, check_vector
@@ -138,7 +139,9 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                 owner=f"{self._path.label} (drainer)",
             )
         if partner is not None:
-            irqbypass.callout(self._attach, partner)  # the producer's code: interruptible
+            irqbypass.signalsafe.callout(
+                self._attach, partner
+            )  # the producer's code: interruptible
 
     def _record(self, descriptor: PostedDescriptor) -> irqbypass.Producer | None:
         with self._lock:
@@ -160,7 +163,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         try:
             partner = self._partner
             if partner is not None:
-                irqbypass.callout(self._detach, partner)
+                irqbypass.signalsafe.callout(self._detach, partner)
         finally:
             self._release(descriptor)
 

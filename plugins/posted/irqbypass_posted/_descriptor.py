@@ -17,6 +17,7 @@ import weakref
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 
 from ._backing import NONCE_SIZE, create_record, make_memory, open_memory, remove_record
 from ._layout import (
@@ -282,7 +283,7 @@ class PostedDescriptor(PostingRules):
                 self._close_file()
             else:
                 # under the lock, so no post is between its check and its flock
-                with irqbypass.hold(self._lock):  # a section: Ctrl-C still ends the wait
+                with irqbypass.signalsafe.hold(self._lock):  # a section: Ctrl-C still ends the wait
                     self._usable[0] = False
                     self._unmap()
                     self._close_file()

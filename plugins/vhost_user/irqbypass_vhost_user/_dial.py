@@ -20,6 +20,7 @@ import struct
 import time
 
 import irqbypass
+import irqbypass.signalsafe
 import irqbypass.system
 
 from .errors import BackendGoneError, BackendTimeoutError, VhostUserError
@@ -166,7 +167,7 @@ def _connect_within(
                         errno=errno.ECONNREFUSED,
                     ) from exc
                 # a back-end between bind and listen, or busy: try again until the deadline
-                irqbypass.interruptible(time.sleep, 0.01)
+                irqbypass.signalsafe.interruptible(time.sleep, 0.01)
             except OSError as exc:
                 code = exc.errno or errno.EIO
                 hint = {

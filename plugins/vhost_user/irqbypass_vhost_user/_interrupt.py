@@ -23,6 +23,7 @@ from typing import Protocol
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import irqbypass.system
 
 from . import _wire as wire
@@ -327,7 +328,7 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
                 return True
             # the used ring has no notification of its own here; a wait on the
             # back-end, so one a Ctrl-C ends at once (in the teardown's section)
-            irqbypass.interruptible(waited.wait, 0.001)
+            irqbypass.signalsafe.interruptible(waited.wait, 0.001)
         return ring.in_flight == 0
 
     def _stop_ring(self) -> None:

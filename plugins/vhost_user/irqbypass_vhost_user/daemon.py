@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import irqbypass
+import irqbypass.signalsafe
 
 __all__ = ["BINARY", "INSTALL_HOWTO", "StorageDaemon", "unavailable_reason"]
 
@@ -138,7 +139,7 @@ class StorageDaemon:
                 process.send_signal(sig)
                 # waiting for another process, maybe in a teardown's signal-safe
                 # section: Ctrl-C must end it (and the kill below makes sure)
-                irqbypass.interruptible(process.wait, 5.0)
+                irqbypass.signalsafe.interruptible(process.wait, 5.0)
         except BaseException:  # no answer to SIGTERM in 5 s, or interrupted: make sure
             process.kill()
             process.wait()

@@ -12,6 +12,7 @@ import threading
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.signalsafe
 import pytest
 from irqbypass_logging import LoggingConsumer
 from irqbypass_vhost_user import (
@@ -459,7 +460,7 @@ def test_ctrl_c_during_a_swap_waits_until_the_kick_is_accounted(
     previous = signal.getsignal(signal.SIGINT)
     with contextlib.ExitStack() as stack:
         stack.callback(signal.signal, signal.SIGINT, previous)
-        irqbypass.guard_signals((signal.SIGINT,))
+        irqbypass.signalsafe.guard_signals((signal.SIGINT,))
         vmm_call = stack.enter_context(irqbypass.Eventfd())
         conn, _driver, _kick = vmm_set_up(daemon, vmm_call, stack)
         producer = VhostUserProducer(token=token, connection=conn.fileno(), reply_ack=True)
