@@ -165,7 +165,8 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
     #: the name under which stats() reports whether the interrupt is pointed
     POINTED_STAT: ClassVar[str] = "bound"
     #: what the interrupt's number is called ("vector", "queue"): the constructor's
-    #: ``number`` is then checked, 0..2**32-1, under that name; None: not checked
+    #: ``number`` is then checked, 0..2**32-1, under that name (and ``number_option``
+    #: reads the spec's option of that name); None: not checked
     NUMBER_LABEL: ClassVar[str | None] = None
 
     def __init__(

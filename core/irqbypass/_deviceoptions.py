@@ -20,6 +20,7 @@ class DeviceOptions:
     and factories: the device-or-fd rule and the interrupt's number."""
 
     kind: ClassVar[str]
+    NUMBER_LABEL: ClassVar[str | None]
     name: str
 
     @classmethod
@@ -31,6 +32,13 @@ class DeviceOptions:
     def number(value: int | None, irq: int | None) -> int:
         """An interrupt's number (queue, vector): given, else the spec's irq, else 0."""
         return value if value is not None else (irq if irq is not None else 0)
+
+    @classmethod
+    def number_option(cls, opts: Options, irq: int | None) -> int:
+        """A spec's interrupt number: the option :attr:`NUMBER_LABEL` names ("queue",
+        "vector"), as the constructor's keyword is named, 0..2**32-1; else ``irq``, else 0."""
+        assert cls.NUMBER_LABEL is not None, f"{cls.__name__} numbers no interrupt"
+        return opts.get_int(cls.NUMBER_LABEL, cls.number(None, irq), min=0, max=2**32 - 1)
 
     def check_number(self, label: str, value: object) -> None:
         """Refuse ``value`` unless it is an int in 0..2**32-1 (an ioctl's u32), naming

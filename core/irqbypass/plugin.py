@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._options import Options, Settings, show_value
     from ._plugins import PluginInfo
     from ._signals import uninterrupted
+    from ._vhost import VhostVirtqueue
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -47,6 +48,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_options": ("Options", "Settings", "show_value"),
     "_plugins": ("PluginInfo",),
     "_signals": ("uninterrupted",),
+    "_vhost": ("VhostVirtqueue",),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
 
@@ -72,6 +74,7 @@ __all__ = [
     "PluginInfo",
     "Settings",
     "Side",
+    "VhostVirtqueue",
     "hookimpl",
     "hookspec",
     "show_value",

@@ -1,5 +1,6 @@
 """The vhost-vdpa ABI this plugin speaks: ioctl numbers, struct layouts, and
-the virtio status bits.
+the virtio status bits (the vhost ioctls every vhost device answers are the
+core's :class:`irqbypass.plugin.VhostVirtqueue`'s).
 
 Every value here is checked against what gcc computes from
 ``/usr/include/linux/vhost.h`` and ``linux/virtio_config.h`` by
@@ -11,33 +12,26 @@ from __future__ import annotations
 import ctypes
 
 import irqbypass
+import irqbypass.plugin
 import irqbypass.system
 
-VHOST_VIRTIO = 0xAF
+_VQ = irqbypass.plugin.VhostVirtqueue
+VHOST_VIRTIO = _VQ.VHOST_VIRTIO
+vhost_vring_file = _VQ.vhost_vring_file
+VHOST_SET_OWNER = _VQ.VHOST_SET_OWNER
+VHOST_SET_VRING_CALL = _VQ.VHOST_SET_VRING_CALL
 
 
 class vhost_vring_state(ctypes.Structure):
     _fields_ = [("index", ctypes.c_uint), ("num", ctypes.c_uint)]
 
 
-class vhost_vring_file(ctypes.Structure):
-    """``fd`` -1 unbinds."""
-
-    _fields_ = [("index", ctypes.c_uint), ("fd", ctypes.c_int)]
-
-
 def _ioc(direction: int, nr: int, size: int) -> int:
     return irqbypass.system.ioctl_number(direction, VHOST_VIRTIO, nr, size)
 
 
-_IOC_NONE, _IOC_WRITE, _IOC_READ = (
-    irqbypass.system.IOC_NONE,
-    irqbypass.system.IOC_WRITE,
-    irqbypass.system.IOC_READ,
-)
+_IOC_WRITE, _IOC_READ = irqbypass.system.IOC_WRITE, irqbypass.system.IOC_READ
 _R, _W = _IOC_READ, _IOC_WRITE
-VHOST_SET_OWNER = _ioc(_IOC_NONE, 0x01, 0)
-VHOST_SET_VRING_CALL = _ioc(_W, 0x21, ctypes.sizeof(vhost_vring_file))
 VHOST_VDPA_GET_DEVICE_ID = _ioc(_R, 0x70, ctypes.sizeof(ctypes.c_uint32))
 VHOST_VDPA_GET_STATUS = _ioc(_R, 0x71, ctypes.sizeof(ctypes.c_uint8))
 VHOST_VDPA_GET_VQS_COUNT = _ioc(_R, 0x80, ctypes.sizeof(ctypes.c_uint32))

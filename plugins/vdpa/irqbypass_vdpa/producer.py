@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 import irqbypass
 import irqbypass.plugin
@@ -101,7 +101,7 @@ class VdpaProducer(irqbypass.plugin.DeviceProducer):
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VdpaProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(opts, "/dev/vhost-vdpa-N")
-        queue = opts.get_int("queue", cls.number(None, spec.irq), min=0, max=2**32 - 1)
+        queue = cls.number_option(opts, spec.irq)
         require = opts.get_bool("require_driver_ok", True)
         group = opts.get_raw("group")
         if group is not None and (
@@ -153,7 +153,7 @@ class VdpaProducer(irqbypass.plugin.DeviceProducer):
         return self.interrupt.vq_group
 
 
-class VdpaQueue(irqbypass.plugin.DeviceInterrupt):
+class VdpaQueue(irqbypass.plugin.VhostVirtqueue):
     """Virtqueue ``queue``'s call interrupt of the vhost-vdpa device ``device``
     (opened, owned and made ours with VHOST_SET_OWNER) or ``device_fd`` (the VMM's)."""
 
@@ -170,8 +170,7 @@ class VdpaQueue(irqbypass.plugin.DeviceInterrupt):
         require_driver_ok: bool,
         group: int | None,
     ) -> None:
-        self.calls = calls
-        self.device, self.device_fd, self.queue = device, device_fd, queue
+        super().__init__(calls, device, device_fd, queue)
         self.require_driver_ok = require_driver_ok
         self.expected_group = group
         self.device_id: int | None = None
@@ -181,10 +180,7 @@ class VdpaQueue(irqbypass.plugin.DeviceInterrupt):
 
     def open(self) -> None:
         path = self.device
-        self.group = irqbypass.plugin.DeviceGroup.take(
-            self.calls,
-            self.device,
-            self.device_fd,
+        fd = self.take(
             {
                 errno.ENOENT: f"{path} does not exist: {CREATE_HOWTO}",
                 errno.EACCES: _no_permission(path),
@@ -195,35 +191,16 @@ class VdpaQueue(irqbypass.plugin.DeviceInterrupt):
                 ),
             },
         )
-        self._check_status(self.group.fd)
-        self._count_queues(self.group.fd)
-        if self.group.ours:
-            self.calls.ioctl(
-                self.group.fd,
-                "VHOST_SET_OWNER",
-                _abi.VHOST_SET_OWNER,
-                0,
-                {errno.EBUSY: "the device already has an owner"},
-            )
-        self._check_group(self.group.fd)
+        self._check_status(fd)
+        self._count_queues(fd)
+        self.set_owner({errno.EBUSY: "the device already has an owner"})
+        self._check_group(fd)
 
-    def point(self, fd: int) -> None:
-        """VHOST_SET_VRING_CALL: the virtqueue's call interrupt signals ``fd`` (-1: none)."""
-        assert self.group is not None
-        arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
-        self.calls.ioctl(
-            self.group.fd,
-            "VHOST_SET_VRING_CALL",
-            _abi.VHOST_SET_VRING_CALL,
-            arg,
-            {
-                errno.ENOBUFS: (
-                    f"virtqueue {self.queue} does not exist: the device has "
-                    f"{self.vq_count if self.vq_count is not None else 'fewer'} virtqueues"
-                ),
-                errno.EPERM: _NOT_OWNER,
-            },
-        )
+    def queues(self) -> str:
+        return f"{self.vq_count if self.vq_count is not None else 'fewer'} virtqueues"
+
+    def point_hints(self) -> Mapping[int, str]:
+        return {errno.EPERM: _NOT_OWNER}
 
     # -- what vhost-vdpa has of its own ------------------------------------------
 

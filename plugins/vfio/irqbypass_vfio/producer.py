@@ -141,7 +141,7 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
             index = _parse_index(raw_index)
         except irqbypass.InvalidEndpointError as exc:
             raise opts.error("index", str(exc)) from None
-        vector = opts.get_int("vector", cls.number(None, spec.irq), min=0, max=2**32 - 1)
+        vector = cls.number_option(opts, spec.irq)
         if index == _abi.VFIO_PCI_INTX_IRQ_INDEX and vector != 0:
             raise opts.error("vector", f"INTx has a single vector, 0 (got {vector})")
         device_name = opts.get_str("device_name")

@@ -75,7 +75,7 @@ class VhostProducer(irqbypass.plugin.DeviceProducer):
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VhostProducer:
         opts = spec.options_reader()
         device, fd = cls.device_or_fd(opts, DEVICE_HELP)
-        queue = opts.get_int("queue", cls.number(None, spec.irq), min=0, max=2**32 - 1)
+        queue = cls.number_option(opts, spec.irq)
         opts.finish()
         return cls(**cls.spec_common(spec), device=device, device_fd=fd, queue=queue)
 
@@ -91,52 +91,29 @@ class VhostProducer(irqbypass.plugin.DeviceProducer):
         return self.interrupt.features
 
 
-class VhostQueue(irqbypass.plugin.DeviceInterrupt):
+class VhostQueue(irqbypass.plugin.VhostVirtqueue):
     """Virtqueue ``queue``'s call interrupt of the vhost device ``device`` (a
     node, opened and owned) or ``device_fd`` (the VMM's fd)."""
 
-    def __init__(
-        self,
-        calls: irqbypass.plugin.DeviceCalls,
-        device: str | None,
-        device_fd: int | None,
-        queue: int,
-    ) -> None:
-        self.calls = calls
-        self.device, self.device_fd, self.queue = device, device_fd, queue
-        self.features: int | None = None
+    #: what VHOST_GET_FEATURES offered, once open
+    features: int | None = None
 
     def open(self) -> None:
         path = self.device
-        self.group = irqbypass.plugin.DeviceGroup.take(
-            self.calls,
-            self.device,
-            self.device_fd,
+        fd = self.take(
             {
                 errno.ENOENT: f"{path} does not exist: {LOAD_HOWTO}",
                 errno.EACCES: f"no permission to open {path}: run as root, or give this "
                 f"user the node (`chown $USER {path}`, or the kvm group's udev rule)",
             },
         )
-        fd = self.group.fd
         features = bytearray(ctypes.sizeof(ctypes.c_uint64))
         self.calls.ioctl(fd, "VHOST_GET_FEATURES", _abi.VHOST_GET_FEATURES, features)
         self.features = int.from_bytes(features, "little")
-        if self.group.ours:
-            self.calls.ioctl(fd, "VHOST_SET_OWNER", _abi.VHOST_SET_OWNER, 0)
+        self.set_owner()
 
-    def point(self, fd: int) -> None:
-        """VHOST_SET_VRING_CALL: the virtqueue's call signals ``fd`` (-1: none)."""
-        assert self.group is not None
-        arg = bytearray(bytes(_abi.vhost_vring_file(index=self.queue, fd=fd)))
-        known = VHOST_NODES.get(self.device or "", "fewer")
-        self.calls.ioctl(
-            self.group.fd,
-            "VHOST_SET_VRING_CALL",
-            _abi.VHOST_SET_VRING_CALL,
-            arg,
-            {errno.ENOBUFS: f"virtqueue {self.queue} does not exist: the device has {known}"},
-        )
+    def queues(self) -> str:
+        return VHOST_NODES.get(self.device or "", "fewer")
 
 
 _HINTS = {
