@@ -29,6 +29,7 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import irqbypass
 import irqbypass.testing
@@ -36,6 +37,8 @@ import irqbypass.testing
 from . import _abi
 
 Call = irqbypass.testing.DeviceCall
+
+_S = TypeVar("_S", bound=ctypes.Structure)
 
 __all__ = ["PCI_IRQS", "PCI_IRQS_NORESIZE_MSIX", "REQUEST_NAMES", "Call", "FakeVfio"]
 
@@ -311,10 +314,17 @@ class FakeVfio(_VfioNodes):
 
     # -- the kernel's side of each ioctl -----------------------------------
 
-    def _device_info(self, file: _File, arg: bytearray | int) -> int:
+    def _device_arg(
+        self, file: _File, arg: bytearray | int, layout: type[_S]
+    ) -> tuple[bytearray, _S]:
+        """A device ioctl's argument and the struct the kernel reads from it
+        (only once the device is ready)."""
         assert isinstance(arg, bytearray)
         self._device_ready(file)
-        info = _abi.vfio_device_info.from_buffer_copy(arg)
+        return arg, layout.from_buffer_copy(arg)
+
+    def _device_info(self, file: _File, arg: bytearray | int) -> int:
+        arg, info = self._device_arg(file, arg, _abi.vfio_device_info)
         if info.argsz < 16:
             raise _err(errno.EINVAL)
         info.flags = _abi.VFIO_DEVICE_FLAGS_PCI | _abi.VFIO_DEVICE_FLAGS_RESET
@@ -324,9 +334,7 @@ class FakeVfio(_VfioNodes):
         return 0
 
     def _irq_info(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        self._device_ready(file)
-        info = _abi.vfio_irq_info.from_buffer_copy(arg)
+        arg, info = self._device_arg(file, arg, _abi.vfio_irq_info)
         # vfio-pci refuses an index it does not report (ERR on a device that is not
         # PCIe) with EINVAL, as it does one out of range (found on the driver)
         if info.argsz < ctypes.sizeof(_abi.vfio_irq_info) or info.index >= self.num_irqs:
@@ -338,9 +346,7 @@ class FakeVfio(_VfioNodes):
         return 0
 
     def _set_irqs(self, file: _File, arg: bytearray | int) -> int:
-        assert isinstance(arg, bytearray)
-        self._device_ready(file)
-        hdr = _abi.vfio_irq_set.from_buffer_copy(arg)
+        arg, hdr = self._device_arg(file, arg, _abi.vfio_irq_set)
         data = bytes(arg[ctypes.sizeof(_abi.vfio_irq_set) :])
         data_type, action = self._validate(hdr)
         if action == _abi.VFIO_IRQ_SET_ACTION_TRIGGER:
