@@ -221,6 +221,9 @@ def test_pairing_with_the_logging_consumer(
         (errno.ENOTTY, "not a vhost-vdpa device"),
         (errno.EINVAL, "refused the arguments"),
         (errno.EBUSY, "in use by another owner"),
+        # the hints VhostVirtqueue.point takes from the vdpa queue (its queues, its EPERM)
+        (errno.ENOBUFS, "virtqueue 0 does not exist: the device has 3 virtqueues"),
+        (errno.EPERM, "not the fd's vhost owner"),
     ],
 )
 def test_bind_refused_by_the_device(
