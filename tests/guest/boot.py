@@ -3,6 +3,7 @@
 
     scripts/guest [--kernel 6.1|6.12] kvm|vfio|vdpa|kvm,vfio|all [--check] [NODEID ...]
     scripts/guest [--kernel 6.1|6.12] vfio --exec 'COMMAND'   (a command instead of pytest)
+    scripts/guest [--timeout SECONDS] ...   (a longer hang guard: a benchmark's long run)
 
 One boot serves every family named: its QEMU devices and kernel arguments are
 the union of theirs, and the guest sets up each family's devices before one
@@ -282,7 +283,11 @@ def parse_kernel(arg: str) -> str:
 
 
 def run(
-    families: list[str], nodeids: list[str], series: str = DEFAULT_KERNEL, command: str = ""
+    families: list[str],
+    nodeids: list[str],
+    series: str = DEFAULT_KERNEL,
+    command: str = "",
+    timeout: float = BOOT_TIMEOUT_S,
 ) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     name = boot_name(families, series)
@@ -290,10 +295,10 @@ def run(
         # one boot of a name at a time per checkout (its output folder is
         # replaced); boots of other kernels run beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _run(families, nodeids, series, command)
+        return _run(families, nodeids, series, command, timeout)
 
 
-def _run(families: list[str], nodeids: list[str], series: str, command: str = "") -> int:
+def _run(families: list[str], nodeids: list[str], series: str, command: str, timeout: float) -> int:
     version = ""
     for family in families:
         version = check(family, series)
@@ -331,7 +336,7 @@ def _run(families: list[str], nodeids: list[str], series: str, command: str = ""
     print(f"guest: booting {name} ({version}, TCG); log: {log}", flush=True)
     started = time.monotonic()
     with open(log, "wb") as logf:
-        vng_rc = boot(argv, env, logf)
+        vng_rc = boot(argv, env, logf, timeout)
     elapsed = time.monotonic() - started
     rc_file = out / "rc"
     if not rc_file.exists():
@@ -362,6 +367,10 @@ def main() -> int:
         help="run COMMAND (bash, in the checkout, the devices set up and named by the "
         "IRQBYPASS_TEST_* variables; $IRQBYPASS_GUEST_OUT is the boot's folder) instead of pytest",
     )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=BOOT_TIMEOUT_S, metavar="SECONDS",
+        help=f"stop the guest after SECONDS, boot included (default {BOOT_TIMEOUT_S:g})",
+    )  # fmt: skip
     parser.add_argument("nodeids", nargs="*", help="in-guest pytest node ids (default: all)")
     args = parser.parse_args()
     try:
@@ -378,7 +387,7 @@ def main() -> int:
             return 0
         if args.command and args.nodeids:
             parser.error("give node ids or --exec, not both")
-        return run(families, args.nodeids, series, args.command)
+        return run(families, args.nodeids, series, args.command, args.timeout)
     except Missing as exc:
         print(f"guest: cannot boot the {name} guest: {exc} (set up with: {SETUP})")
         return SKIP
