@@ -40,32 +40,25 @@ if TYPE_CHECKING:
     from ._config import Config, EndpointConfig, load_config, parse_config
     from ._endpoints import Consumer, Endpoint, Producer
     from ._errors import (
-        AlreadyRegisteredError,
         BusyError,
-        CallbackError,
         CallbackFailure,
         ConfigError,
-        ConnectError,
         DeviceError,
         EventfdClosedError,
         InvalidEndpointError,
         IrqBypassError,
-        KindConflictError,
         LoopClosedError,
         PluginError,
         ReentrantCallError,
-        TokenInUseError,
         TopologyError,
-        UnknownKindError,
         Veto,
     )
     from ._eventfd import Eventfd
     from ._loop import event_loop
     from ._manager import Manager
     from ._plugins import PluginHost, load_plugins
-    from ._status import PairStatus
     from ._tokens import TokenTable
-    from ._topology import Changes, Placed, Topology, Totals
+    from ._topology import Topology
 
 if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while deprecated
     from ._device import (
@@ -82,6 +75,24 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
     )
     from ._devicegroup import (
         DeviceGroup as DeviceGroup,
+    )
+    from ._errors import (
+        AlreadyRegisteredError as AlreadyRegisteredError,
+    )
+    from ._errors import (
+        CallbackError as CallbackError,
+    )
+    from ._errors import (
+        ConnectError as ConnectError,
+    )
+    from ._errors import (
+        KindConflictError as KindConflictError,
+    )
+    from ._errors import (
+        TokenInUseError as TokenInUseError,
+    )
+    from ._errors import (
+        UnknownKindError as UnknownKindError,
     )
     from ._eventfd import (
         HoldingEventfd as HoldingEventfd,
@@ -115,6 +126,12 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
     )
     from ._kinds import (
         Side as Side,
+    )
+    from ._ledger import (
+        Placed as Placed,
+    )
+    from ._ledger import (
+        Totals as Totals,
     )
     from ._loop import (
         EventLoop as EventLoop,
@@ -151,6 +168,9 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
     )
     from ._paths import (
         trusted_uids as trusted_uids,
+    )
+    from ._plan import (
+        Changes as Changes,
     )
     from ._plugins import (
         PluginInfo as PluginInfo,
@@ -197,6 +217,9 @@ if TYPE_CHECKING:  # the names that moved to a tier (_MOVED): typed here while d
     from ._signals import (
         signal_safe as signal_safe,
     )
+    from ._status import (
+        PairStatus as PairStatus,
+    )
     from .testing import (
         DeviceCall as DeviceCall,
     )
@@ -209,32 +232,25 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_config": ("Config", "EndpointConfig", "load_config", "parse_config"),
     "_endpoints": ("Consumer", "Endpoint", "Producer"),
     "_errors": (
-        "AlreadyRegisteredError",
         "BusyError",
-        "CallbackError",
         "CallbackFailure",
         "ConfigError",
-        "ConnectError",
         "DeviceError",
         "EventfdClosedError",
         "InvalidEndpointError",
         "IrqBypassError",
-        "KindConflictError",
         "LoopClosedError",
         "PluginError",
         "ReentrantCallError",
-        "TokenInUseError",
         "TopologyError",
-        "UnknownKindError",
         "Veto",
     ),
     "_eventfd": ("Eventfd",),
     "_loop": ("event_loop",),
     "_manager": ("Manager",),
     "_plugins": ("PluginHost", "load_plugins"),
-    "_status": ("PairStatus",),
     "_tokens": ("TokenTable",),
-    "_topology": ("Changes", "Placed", "Topology", "Totals"),
+    "_topology": ("Topology",),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -251,10 +267,12 @@ _MOVED = frozenset(
     trusted_uids
     callout currently_signal_safe deliver_deferred_signals delivering_deferred_signals
     guard_signals hold interruptible signal_safe
+    AlreadyRegisteredError CallbackError ConnectError KindConflictError TokenInUseError
+    UnknownKindError Changes PairStatus Placed Totals
     """.split()  # noqa: SIM905 (a record of names, read as one)
 )
 #: the public modules beside this one (each ``__all__`` is what it exports)
-_TIERS = ("plugin", "signalsafe", "system", "testing")
+_TIERS = ("exceptions", "plugin", "reports", "signalsafe", "system", "testing")
 
 
 def _exports(
@@ -362,14 +380,10 @@ if not any(getattr(finder, "__qualname__", "") == "_OldModulePaths" for finder i
     sys.meta_path.append(_OldModulePaths)
 
 __all__ = [
-    "AlreadyRegisteredError",
     "BusyError",
-    "CallbackError",
     "CallbackFailure",
-    "Changes",
     "Config",
     "ConfigError",
-    "ConnectError",
     "Consumer",
     "DeviceError",
     "Endpoint",
@@ -378,21 +392,15 @@ __all__ = [
     "EventfdClosedError",
     "InvalidEndpointError",
     "IrqBypassError",
-    "KindConflictError",
     "LoopClosedError",
     "Manager",
-    "PairStatus",
-    "Placed",
     "PluginError",
     "PluginHost",
     "Producer",
     "ReentrantCallError",
-    "TokenInUseError",
     "TokenTable",
     "Topology",
     "TopologyError",
-    "Totals",
-    "UnknownKindError",
     "Veto",
     "event_loop",
     "load_config",

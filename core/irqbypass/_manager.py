@@ -10,10 +10,10 @@ One lock serializes every change and is held while callbacks run, as the
 kernel's mutex is.
 
 Where the kernel stays silent, this manager reports: an ``add`` failure is a
-:class:`~irqbypass.ConnectError` raised from the callback's exception; a
+:class:`~irqbypass.exceptions.ConnectError` raised from the callback's exception; a
 ``stop``/``start``/``del`` failure cannot change the outcome (those callbacks
 cannot fail in the kernel, and the sequence runs on exactly as the kernel's
-does), so the operation completes and then a :class:`~irqbypass.CallbackError`
+does), so the operation completes and then a :class:`~irqbypass.exceptions.CallbackError`
 says what happened.
 
 Signals: the bookkeeping runs in :func:`~irqbypass.signals.signal_safe`

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import irqbypass_counter
 import irqbypass_ticker
@@ -43,7 +44,7 @@ def test_kinds_register_in_process() -> None:
         assert host.kinds.get("consumer", "counter").factory == (
             irqbypass_counter.CounterConsumer.from_spec
         )
-    with pytest.raises(irqbypass.UnknownKindError):
+    with pytest.raises(irqbypass.exceptions.UnknownKindError):
         host.kinds.get("producer", "ticker")  # unregistered again
 
 
@@ -100,7 +101,7 @@ def test_tracer_times_every_callback_and_vetoes() -> None:
             ("del", "consumer"),
             ("start", "producer"),
         ]
-        with pytest.raises(irqbypass.ConnectError) as info:
+        with pytest.raises(irqbypass.exceptions.ConnectError) as info:
             manager.register_consumer(irqbypass_counter.CounterConsumer(token="t", name="counter1"))
         assert isinstance(info.value.__cause__, irqbypass.Veto)
         assert producer.consumer is None
@@ -108,7 +109,7 @@ def test_tracer_times_every_callback_and_vetoes() -> None:
         tracer.refuse = {"ticker1"}
         manager.unregister_producer(producer)
         manager.register_consumer(consumer)
-        with pytest.raises(irqbypass.ConnectError, match="ticker1 may not be paired"):
+        with pytest.raises(irqbypass.exceptions.ConnectError, match="ticker1 may not be paired"):
             manager.register_producer(irqbypass_ticker.TickerProducer(token="t", name="ticker1"))
         assert consumer.producer is None
     assert not manager.plugins.wrapped  # back on the fast path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import irqbypass
+import irqbypass.exceptions
 
 
 class VectorProducer(irqbypass.Producer):
@@ -59,9 +60,9 @@ def main() -> None:
         try:
             manager.register_producer(vector)
             manager.register_consumer(line)
-        except irqbypass.ConnectError as exc:
+        except irqbypass.exceptions.ConnectError as exc:
             print("not paired:", exc, "cause:", repr(exc.__cause__))
-        except irqbypass.CallbackError as exc:
+        except irqbypass.exceptions.CallbackError as exc:
             print("registered, but a callback failed:", exc, exc.errors)
         except irqbypass.BusyError as exc:  # TokenInUseError, AlreadyRegisteredError
             print("token taken:", exc, "errno", exc.errno)

@@ -1,6 +1,7 @@
 """docs/api.md documents every name the API's tiers export, so the two cannot drift.
 
-A name added to ``irqbypass.__all__`` (or to a tier's, ``irqbypass.plugin``,
+A name added to ``irqbypass.__all__`` (or to another public module's,
+``irqbypass.exceptions``, ``irqbypass.plugin``, ``irqbypass.reports``,
 ``irqbypass.signalsafe``, ``irqbypass.system``, ``irqbypass.testing``) needs its
 own autodoc directive in docs/api.md (``.. autoclass:: irqbypass.NAME`` or
 ``irqbypass.TIER.NAME``, ``autofunction``, ``autodata`` or ``autoexception``); the
@@ -13,7 +14,9 @@ import re
 from pathlib import Path
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
+import irqbypass.reports
 import irqbypass.signalsafe
 import irqbypass.system
 import irqbypass.testing
@@ -21,12 +24,14 @@ import irqbypass.testing
 API = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 DIRECTIVE = re.compile(
     r"^\.\. auto(?:class|function|data|exception)::"
-    r" (irqbypass(?:\.(?:plugin|signalsafe|system|testing))?\.\w+)",
+    r" (irqbypass(?:\.(?:exceptions|plugin|reports|signalsafe|system|testing))?\.\w+)",
     re.M,
 )
 TIERS = [
     irqbypass,
+    irqbypass.exceptions,
     irqbypass.plugin,
+    irqbypass.reports,
     irqbypass.signalsafe,
     irqbypass.system,
     irqbypass.testing,
@@ -122,10 +127,14 @@ def test_the_api_page_lists_no_internal_field() -> None:
     """Placed.serial and Placed.released are bookkeeping: not on the page."""
     from sphinx.pycode import ModuleAnalyzer
 
-    block = API.read_text().split(".. autoclass:: irqbypass.Placed", 1)[1].split(".. auto", 1)[0]
-    documented = ModuleAnalyzer.for_module(irqbypass.Placed.__module__).find_attr_docs()
+    block = (
+        API.read_text()
+        .split(".. autoclass:: irqbypass.reports.Placed", 1)[1]
+        .split(".. auto", 1)[0]
+    )
+    documented = ModuleAnalyzer.for_module(irqbypass.reports.Placed.__module__).find_attr_docs()
     shown = {attr for (cls, attr) in documented if cls == "Placed"}
     if ":undoc-members:" in block:
-        shown |= set(irqbypass.Placed.__dataclass_fields__)
+        shown |= set(irqbypass.reports.Placed.__dataclass_fields__)
     assert {"config", "endpoint", "opened", "registered"} <= shown
     assert not shown & {"serial", "released"}

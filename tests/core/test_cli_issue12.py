@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
+import irqbypass.reports
 import pytest
 from cli_support import EXE, ROOT, clean_env, run, topology
 from irqbypass import cli
@@ -169,7 +171,7 @@ def test_a_wrapper_veto_names_the_plugin_not_the_endpoint() -> None:
     manager = irqbypass.Manager(host)
     producer = Device(token="t")
     manager.register_producer(producer)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         manager.register_consumer(Sink(token="t", name="sink"))
     message = str(info.value)
     assert producer.calls == [], "add_consumer was never called"
@@ -195,7 +197,7 @@ def test_an_endpoint_that_raises_under_a_wrapper_is_still_blamed() -> None:
     host.register(Passing(), name="tracer")
     manager = irqbypass.Manager(host)
     manager.register_producer(Failing(token="t"))
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         manager.register_consumer(Sink(token="t", name="sink"))
     assert "producer 'dev0'.add_consumer() raised OSError" in str(info.value)
     assert "tracer" not in str(info.value)
@@ -369,7 +371,7 @@ class _Fired(irqbypass.Producer):
 
 def _row(
     coalesces: bool, settled: bool, queued: int = 0, **stats: int
-) -> Iterator[irqbypass.PairStatus]:
+) -> Iterator[irqbypass.reports.PairStatus]:
     from irqbypass._topology import Placed
 
     config = irqbypass.parse_config(
@@ -382,7 +384,7 @@ def _row(
     with irqbypass.Eventfd() as eventfd:
         if queued:
             eventfd.write(queued)
-        yield irqbypass.PairStatus(
+        yield irqbypass.reports.PairStatus(
             "t",
             Placed(config.producers[0], _Fired(stats["fired"])),
             Placed(config.consumers[0], _Counted(counted, coalesces)),
@@ -590,9 +592,9 @@ def test_each_summary_row_comes_from_one_read_of_each_end(done: bool) -> None:
         tokens: ClassVar[dict[str, object]] = {}
         finished = True
 
-        def status(self, settled: bool | None = None) -> list[irqbypass.PairStatus]:
+        def status(self, settled: bool | None = None) -> list[irqbypass.reports.PairStatus]:
             return [
-                irqbypass.PairStatus(
+                irqbypass.reports.PairStatus(
                     "t",
                     Placed(config.producers[0], producer),
                     Placed(config.consumers[0], consumer),

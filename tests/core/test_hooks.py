@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 from irqbypass import _hookspecs as hookspecs
@@ -86,7 +87,7 @@ def test_wrapper_veto_is_a_failed_connect() -> None:
     mgr.plugins.register(Veto(), name="veto")
     p, c = RecordingProducer(log, token="t"), RecordingConsumer(log, token="t")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(c)
     assert isinstance(info.value.__cause__, PermissionError)
     # the consumer's add never ran; the producer's half was rolled back
@@ -195,7 +196,7 @@ def test_failure_inside_wrapped_call_reaches_wrapper() -> None:
     mgr = irqbypass.Manager()
     mgr.plugins.register(Tracer(log), name="tracer")
     mgr.register_producer(RecordingProducer(log, token="t"))
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(RecordingConsumer(log, token="t", fail="add_producer"))
     assert "trace c.add raised c.add_producer failed" in log
     assert isinstance(info.value.__cause__, Boom)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 from cli_support import HERE, run, topology
@@ -206,14 +207,14 @@ def test_an_unknown_kind_of_the_family_says_what_to_install(
     monkeypatch.setattr(metadata, "distribution", fresh)
     host = irqbypass.PluginHost()
     host.register(irqbypass_mock, name="mock")
-    with pytest.raises(irqbypass.UnknownKindError) as info:
+    with pytest.raises(irqbypass.exceptions.UnknownKindError) as info:
         host.kinds.get("producer", "vhost-user")
     assert str(info.value) == (
         "no plugin provides producer kind 'vhost-user': it comes with distribution "
         "irqbypass-vhost-user, which is not installed; install it "
         "(pip install irqbypass-vhost-user) (known producer kinds: mock)"
     )
-    with pytest.raises(irqbypass.UnknownKindError, match="did you mean 'mock'"):
+    with pytest.raises(irqbypass.exceptions.UnknownKindError, match="did you mean 'mock'"):
         host.kinds.get("producer", "mok")
 
 
@@ -308,7 +309,7 @@ def test_a_veto_on_a_producer_without_add_consumer_runs(first: str) -> None:
                 manager.register_consumer(endpoint)
 
         register(ends[0])
-        with pytest.raises(irqbypass.ConnectError) as info:
+        with pytest.raises(irqbypass.exceptions.ConnectError) as info:
             register(ends[1])
         assert isinstance(info.value.__cause__, irqbypass.Veto)
         message = str(info.value)

@@ -16,7 +16,9 @@ import sys
 from importlib import metadata
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
+import irqbypass.reports
 import irqbypass.signalsafe
 import irqbypass.system
 import pytest
@@ -60,7 +62,9 @@ def test_a_name_imports_its_module_and_only_what_that_needs() -> None:
 #: the public modules (the API's tiers) and each one's names, as (tier, name)
 TIERS = {
     "irqbypass": irqbypass,
+    "exceptions": irqbypass.exceptions,
     "plugin": irqbypass.plugin,
+    "reports": irqbypass.reports,
     "signalsafe": irqbypass.signalsafe,
     "system": irqbypass.system,
 }
@@ -96,7 +100,9 @@ def test_a_from_import_goes_through_getattr_too() -> None:
     assert Topology is irqbypass._topology.Topology
 
 
-@pytest.mark.parametrize("tier", ["plugin", "signalsafe", "system", "testing"])
+@pytest.mark.parametrize(
+    "tier", ["exceptions", "plugin", "reports", "signalsafe", "system", "testing"]
+)
 def test_importing_a_tier_imports_none_of_the_implementation(tier: str) -> None:
     """A plugin imports irqbypass.plugin at its top: that must cost no module of the
     core (testing holds the device models' base: it imports the Eventfd, nothing more)."""

@@ -14,6 +14,7 @@ from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 from cli_support import pair, run, topology
@@ -81,7 +82,7 @@ def _never(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
 def test_an_unknown_kind_names_the_plugin_whose_registration_raised() -> None:
     host = irqbypass.PluginHost()
     host.register(_BrokenKinds(), name="broken")
-    with pytest.raises(irqbypass.UnknownKindError) as info:
+    with pytest.raises(irqbypass.exceptions.UnknownKindError) as info:
         host.kinds.get("producer", "half")
     message = str(info.value)
     assert "no plugin provides producer kind 'half'" in message
@@ -101,7 +102,7 @@ class _CrashingEntryPoint:
 def test_an_unknown_kind_names_a_plugin_that_failed_to_load() -> None:
     host = irqbypass.PluginHost()
     host.load_entry_points(entry_points=lambda: [_CrashingEntryPoint()], environ={})  # type: ignore[list-item]
-    with pytest.raises(irqbypass.UnknownKindError) as info:
+    with pytest.raises(irqbypass.exceptions.UnknownKindError) as info:
         host.kinds.get("producer", "fancy")
     message = str(info.value)
     assert "no plugin provides producer kind 'fancy'" in message
@@ -402,7 +403,7 @@ def test_a_hook_that_raises_something_else_than_an_irqbypass_error_is_named_a_bu
     manager = irqbypass.Manager(host, guard_sigint=False)
     with irqbypass.Eventfd() as token:
         manager.register_consumer(faulty_plugin_sink(token))
-        with pytest.raises(irqbypass.ConnectError) as info:
+        with pytest.raises(irqbypass.exceptions.ConnectError) as info:
             manager.register_producer(irqbypass.Producer(token=token, name="p"))
     message = str(info.value)
     assert "plugin 'broken-hook' raised RuntimeError: the hook is broken" in message

@@ -28,6 +28,7 @@ def make_distribution(
 
 GOOD_PLUGIN = """
 import irqbypass
+import irqbypass.exceptions
 
 class Sink(irqbypass.Consumer):
     def add_producer(self, producer): pass
@@ -150,7 +151,7 @@ def test_duplicate_kind_names_both_plugins(site: Path) -> None:
     host = irqbypass.load_plugins()
     (problem,) = host.check_kinds()
     assert "'mock'" in problem and "'mock' and 'othermock_mod'" in problem
-    with pytest.raises(irqbypass.KindConflictError, match="'mock' and 'othermock_mod'"):
+    with pytest.raises(irqbypass.exceptions.KindConflictError, match="'mock' and 'othermock_mod'"):
         host.kinds.get("producer", "mock")
     assert host.kinds.get("producer", "othermock").plugin == "othermock_mod"
     assert host.kinds.get("consumer", "logging").plugin == "logging"
@@ -193,7 +194,7 @@ def test_wrong_hook_signature_is_refused_with_name() -> None:
 
 def test_unknown_kind_suggests_the_closest() -> None:
     host = irqbypass.load_plugins()
-    with pytest.raises(irqbypass.UnknownKindError, match="did you mean 'mock'") as info:
+    with pytest.raises(irqbypass.exceptions.UnknownKindError, match="did you mean 'mock'") as info:
         host.kinds.get("producer", "mokc")
     assert info.value.errno == errno.ENOENT
 

@@ -12,6 +12,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 from recorders import (
@@ -184,7 +185,7 @@ def test_second_endpoint_with_taken_token_is_busy(
     register = getattr(mgr, f"register_{side}")
     first, second = cls(log, token="t", name="a"), cls(log, token="t", name="b")
     register(first)
-    with pytest.raises(irqbypass.TokenInUseError) as info:
+    with pytest.raises(irqbypass.exceptions.TokenInUseError) as info:
         register(second)
     assert info.value.errno == errno.EBUSY
     assert isinstance(info.value, irqbypass.BusyError)
@@ -197,7 +198,7 @@ def test_same_object_twice_is_busy(mgr: irqbypass.Manager, log: list[str], side:
     register = getattr(mgr, f"register_{side}")
     endpoint = cls(log, token="t")
     register(endpoint)
-    with pytest.raises(irqbypass.AlreadyRegisteredError) as info:
+    with pytest.raises(irqbypass.exceptions.AlreadyRegisteredError) as info:
         register(endpoint)
     assert info.value.errno == errno.EBUSY
     assert log == []
@@ -210,7 +211,7 @@ def test_busy_registration_while_paired_calls_nothing(
     mgr.register_producer(p)
     mgr.register_consumer(c)
     log.clear()
-    with pytest.raises(irqbypass.TokenInUseError):
+    with pytest.raises(irqbypass.exceptions.TokenInUseError):
         mgr.register_consumer(RecordingConsumer(log, token="t", name="c2"))
     assert log == [] and p.consumer is c
 
@@ -253,7 +254,7 @@ def test_consumer_add_failure_rolls_back_producer(mgr: irqbypass.Manager, log: l
     p = RecordingProducer(log, token="t")
     c = RecordingConsumer(log, token="t", fail="add_producer")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(c)
     assert log == [
         "p.stop",
@@ -274,7 +275,7 @@ def test_producer_add_failure_skips_consumer_add(mgr: irqbypass.Manager, log: li
     c = RecordingConsumer(log, token="t")
     p = RecordingProducer(log, token="t", fail="add_consumer")
     mgr.register_consumer(c)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_producer(p)
     assert log == ["p.stop", "c.stop", "p.add_consumer", "c.start", "p.start"]
     assert isinstance(info.value.__cause__, Boom)
@@ -287,7 +288,7 @@ def test_connect_error_carries_errno_of_cause(mgr: irqbypass.Manager) -> None:
             raise OSError(errno.ENOSPC, "no posted-interrupt slots")
 
     mgr.register_producer(RecordingProducer([], token="t"))
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(Refusing([], token="t"))
     assert info.value.errno == errno.ENOSPC
     assert "no posted-interrupt slots" in str(info.value)
@@ -299,7 +300,7 @@ def test_failed_endpoint_can_register_again_after_fix(
     p = RecordingProducer(log, token="t")
     c = RecordingConsumer(log, token="t", fail="add_producer")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError):
+    with pytest.raises(irqbypass.exceptions.ConnectError):
         mgr.register_consumer(c)
     c.fail = ""
     mgr.register_consumer(c)
@@ -374,7 +375,7 @@ def test_stop_start_failure_in_connect_still_pairs(
     p = RecordingProducer(log, token="t", fail=step if side == "producer" else "")
     c = RecordingConsumer(log, token="t", fail=step if side == "consumer" else "")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.CallbackError) as info:
+    with pytest.raises(irqbypass.exceptions.CallbackError) as info:
         mgr.register_consumer(c)
     assert log == CONNECT, "the sequence runs on exactly as the kernel's"
     assert p.consumer is c and mgr.consumers() == [c]
@@ -393,7 +394,7 @@ def test_failure_in_disconnect_still_unregisters(
     mgr.register_consumer(c)
     log.clear()
     (p if side == "producer" else c).fail = step
-    with pytest.raises(irqbypass.CallbackError) as info:
+    with pytest.raises(irqbypass.exceptions.CallbackError) as info:
         mgr.unregister_producer(p)
     assert log == DISCONNECT
     assert mgr.producers() == [] and mgr.consumers() == [c]
@@ -407,7 +408,7 @@ def test_rollback_and_start_failures_are_all_reported(
     p = RecordingProducer(log, token="t", fail="del_consumer")
     c = RecordingConsumer(log, token="t", fail="add_producer")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(c)
     assert [str(e) for e in info.value.errors] == [
         "c.add_producer failed",
@@ -448,7 +449,7 @@ def test_reentrant_call_gets_clear_error(mgr: irqbypass.Manager, log: list[str])
                 raise
 
     mgr.register_producer(RecordingProducer(log, token="t"))
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(Reentering(log, token="t"))
     assert isinstance(info.value.__cause__, irqbypass.ReentrantCallError)
     assert errors and errors[0].errno == errno.EDEADLK

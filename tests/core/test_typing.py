@@ -25,6 +25,7 @@ from collections.abc import Generator
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass.exceptions
 import irqbypass_kvm
 from irqbypass_mock import MockProducer
 
@@ -101,7 +102,7 @@ def test_unnamed_endpoints_get_distinct_names() -> None:
     assert irqbypass.Producer(token="t", name="dev0").name == "dev0"
     manager = irqbypass.Manager(guard_sigint=False)
     manager.register_producer(first)
-    with pytest.raises(irqbypass.TokenInUseError) as caught:
+    with pytest.raises(irqbypass.exceptions.TokenInUseError) as caught:
         manager.register_producer(second)
     # which of two unnamed producers holds the token: the message can tell
     assert f"held by producer {first.name!r}" in str(caught.value)

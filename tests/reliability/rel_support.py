@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 
 #: name -> count, printed at the end of the session (see conftest.py)
@@ -272,9 +273,17 @@ class Model:
                 out.raises, out.message = cls, message
                 return
         if decisive is not None:
-            out.raises, out.cause, out.errors = irqbypass.ConnectError, decisive, everything
+            out.raises, out.cause, out.errors = (
+                irqbypass.exceptions.ConnectError,
+                decisive,
+                everything,
+            )
         elif failures:
-            out.raises, out.cause, out.errors = irqbypass.CallbackError, failures[0], failures
+            out.raises, out.cause, out.errors = (
+                irqbypass.exceptions.CallbackError,
+                failures[0],
+                failures,
+            )
 
     def register(self, ep: Any, side: str) -> Expected:
         out = Expected()
@@ -289,7 +298,9 @@ class Model:
         held = mine.get(ep.token)
         if held is not None:
             out.raises = (
-                irqbypass.AlreadyRegisteredError if held is ep else irqbypass.TokenInUseError
+                irqbypass.exceptions.AlreadyRegisteredError
+                if held is ep
+                else irqbypass.exceptions.TokenInUseError
             )
             return out
         partner = theirs.get(ep.token)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import pytest
 from rel_support import COUNTERS, Boom, RConsumer, RProducer, make_manager
 
@@ -103,7 +104,7 @@ def test_random_operations_from_threads(threads: int, mode: str) -> None:
                     else:
                         (mgr.register_consumer if register else mgr.unregister_consumer)(ep)
                     name = "ok"
-                except (irqbypass.BusyError, irqbypass.CallbackError) as exc:
+                except (irqbypass.BusyError, irqbypass.exceptions.CallbackError) as exc:
                     name = type(exc).__name__
                 with outcome_lock:
                     outcomes[name] = outcomes.get(name, 0) + 1
@@ -217,7 +218,7 @@ def test_reentrant_error_from_add_fails_the_connect() -> None:
 
     c.probe = probe
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError) as info:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as info:
         mgr.register_consumer(c)
     assert isinstance(info.value.__cause__, irqbypass.ReentrantCallError)
     assert not mgr.is_registered(c) and not mgr.is_registered(intruder)

@@ -14,6 +14,7 @@ from collections.abc import Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 from rel_support import COUNTERS, Boom, RConsumer, RProducer, Wrapper
@@ -195,7 +196,7 @@ def test_connect_fault(
     assert log == expected
 
     if add_failed:
-        check_error(raised, exc, irqbypass.ConnectError, failing, how)
+        check_error(raised, exc, irqbypass.exceptions.ConnectError, failing, how)
         # the endpoint being registered is not registered; its partner is, unpaired
         assert not mgr.is_registered(second)  # type: ignore[arg-type]
         assert mgr.is_registered(first)  # type: ignore[arg-type]
@@ -205,7 +206,7 @@ def test_connect_fault(
             text = str(raised)
             assert "was not registered" in text and "stays registered, unpaired" in text
     else:
-        check_error(raised, exc, irqbypass.CallbackError, failing, how)
+        check_error(raised, exc, irqbypass.exceptions.CallbackError, failing, how)
         assert mgr.is_registered(p) and mgr.is_registered(c)
         assert p.consumer is c and c.producer is p
         assert mgr.pairs() == [(p, c)]
@@ -248,7 +249,7 @@ def test_disconnect_fault(
     if how == "hook":
         expected.remove(failing[0])
     assert log == expected
-    check_error(raised, exc, irqbypass.CallbackError, failing, how)
+    check_error(raised, exc, irqbypass.exceptions.CallbackError, failing, how)
     if exc is not KeyboardInterrupt:
         assert "was unregistered and disconnected" in str(raised)
     # unregistered, disconnected; the partner stays registered, unpaired
@@ -285,7 +286,7 @@ def test_every_position_failing_at_once(exc: type[BaseException]) -> None:
     if exc is KeyboardInterrupt:
         assert type(raised) is KeyboardInterrupt and str(raised) == "p.stop failed"
     else:
-        assert isinstance(raised, irqbypass.CallbackError)
+        assert isinstance(raised, irqbypass.exceptions.CallbackError)
         assert [str(e) for e in raised.errors] == [f"{e} failed" for e in DISCONNECT]
         assert raised.__cause__ is raised.errors[0]
     assert len(mgr) == 1 and mgr.is_registered(p) and p.consumer is None

@@ -8,6 +8,7 @@ from collections.abc import Generator
 from typing import Any
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 import pytest
 import rel_support
@@ -135,7 +136,7 @@ def test_an_exception_that_cannot_be_printed_still_gives_a_message() -> None:
 
     mgr = irqbypass.Manager()
     mgr.register_consumer(C("t"))
-    with pytest.raises(irqbypass.ConnectError) as caught:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as caught:
         mgr.register_producer(Fails("t"))
     assert "Unprintable: <unprintable>" in str(caught.value)
     assert isinstance(caught.value.__cause__, Unprintable)
@@ -155,14 +156,16 @@ def test_names_with_control_characters_or_that_raise_are_escaped_in_messages() -
     mgr = irqbypass.Manager()
     evil = P("t", name="dev\x1b[2J\n\x00" + "x" * 500)
     mgr.register_producer(evil)
-    with pytest.raises(irqbypass.TokenInUseError) as caught:
+    with pytest.raises(irqbypass.exceptions.TokenInUseError) as caught:
         mgr.register_producer(P("t", name="other"))
     text = str(caught.value)
     assert "\x1b" not in text and "\n" not in text and "\x00" not in text
     assert "\\x1b[2J\\n\\x00" in text and len(text) < 400
     bad = BadName("u")
     mgr.register_producer(bad)
-    with pytest.raises(irqbypass.AlreadyRegisteredError, match="producer 'BadName' is already"):
+    with pytest.raises(
+        irqbypass.exceptions.AlreadyRegisteredError, match="producer 'BadName' is already"
+    ):
         mgr.register_producer(bad)
 
 
@@ -196,7 +199,7 @@ def test_a_plugin_veto_names_the_plugin_not_the_endpoint() -> None:
     mgr.plugins.register(Vetoer(), name="vetoer")
     p = P("t", name="dev0")
     mgr.register_producer(p)
-    with pytest.raises(irqbypass.ConnectError) as caught:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as caught:
         mgr.register_consumer(C("t"))
     text = str(caught.value)
     assert "plugin 'vetoer' raised PermissionError: policy forbids this pair" in text
@@ -214,7 +217,7 @@ def test_an_endpoint_failure_under_a_wrapper_still_names_the_endpoint() -> None:
     mgr = irqbypass.Manager()
     mgr.plugins.register(Passer(), name="passer")
     mgr.register_consumer(C("t"))
-    with pytest.raises(irqbypass.ConnectError) as caught:
+    with pytest.raises(irqbypass.exceptions.ConnectError) as caught:
         mgr.register_producer(Fails("t", name="dev0"))
     assert "producer 'dev0'.add_consumer() raised OSError" in str(caught.value)
     assert "plugin" not in str(caught.value)

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 import irqbypass
+import irqbypass.exceptions
 import pytest
 from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 from rel_support import COUNTERS
@@ -100,7 +101,7 @@ def test_failures_are_reported_by_name_and_others_work(site: Path) -> None:
         "producer kind 'mock' is registered by plugins 'mock' and 'rel_kind_clash'; "
         "it is refused until one is blocked"
     ]
-    with pytest.raises(irqbypass.KindConflictError, match="'mock' and 'rel_kind_clash'"):
+    with pytest.raises(irqbypass.exceptions.KindConflictError, match="'mock' and 'rel_kind_clash'"):
         host.kinds.get("producer", "mock")
     assert host.kinds.get("producer", "rel-other").plugin == "rel_kind_clash"
     assert host.kinds.get("consumer", "rel-sink").plugin == "rel_good"

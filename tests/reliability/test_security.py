@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import irqbypass
+import irqbypass.exceptions
 import pytest
 from irqbypass._plugins import ENV_DISABLE, ENV_LOAD
 from rel_support import COUNTERS
@@ -82,7 +83,9 @@ def test_config_cannot_import_a_module(text: str, marker_module: Path) -> None:
 
 def test_kind_is_never_resolved_as_a_module(marker_module: Path) -> None:
     host = irqbypass.load_plugins(allow=["irqbypass-mock"])
-    with pytest.raises(irqbypass.UnknownKindError, match="no plugin provides producer kind"):
+    with pytest.raises(
+        irqbypass.exceptions.UnknownKindError, match="no plugin provides producer kind"
+    ):
         host.kinds.get("producer", "rel_marker_mod.Thing")
     assert not marker_module.exists()
 

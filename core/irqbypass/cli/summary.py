@@ -11,7 +11,7 @@ from .output import counted, number, print_rows, say
 
 
 def snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
-    """Every token's row, each read once (:meth:`~irqbypass.PairStatus.snapshot`:
+    """Every token's row, each read once (:meth:`~irqbypass.reports.PairStatus.snapshot`:
     the counts are defined there, for the API and the CLI alike). ``settled``: a
     final reading, once every producer is done; False while the run goes on."""
     # asked once, not per row: it asks every producer (per row it was O(N^2))

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Hashable
 
 import irqbypass
+import irqbypass.exceptions
 import irqbypass.plugin
 
 from ._descriptor import Port, PostedDescriptor
@@ -63,7 +64,7 @@ class PostingPath:
             return
         self.direct = False
         if not isinstance(self.token, irqbypass.Eventfd) or self.token.closed:
-            raise irqbypass.ConnectError(
+            raise irqbypass.exceptions.ConnectError(
                 f"{self.label}: producer {producer.name!r} declined "
                 "the direct posting path and the token is not an open irqbypass.Eventfd, so "
                 "there is nothing to relay from; pair with a producer that posts directly, "
