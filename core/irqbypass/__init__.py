@@ -7,7 +7,9 @@ curates its own:
 
 - ``irqbypass`` (this module): for a program that embeds the manager: the
   Manager, the endpoints and their tokens, topologies and their configuration,
-  the plugin loader, and the one error hierarchy;
+  the plugin loader, and the one error hierarchy's root and kinds; beside it,
+  :mod:`irqbypass.exceptions` has the finer errors and :mod:`irqbypass.reports`
+  the types of what a topology reports;
 - :mod:`irqbypass.plugin`: for plugin authors: hooks, kinds, options, the
   device-producer template and the event loop's types;
 - :mod:`irqbypass.signalsafe`: for code a Ctrl-C must not cut (a VMM's own, a

@@ -4,9 +4,10 @@ A plugin imports :mod:`irqbypass` for what every user of the manager has (the
 endpoints, :class:`~irqbypass.Eventfd`, the errors, :func:`~irqbypass.event_loop`)
 and this module for the extension points: the hook markers, the kinds it
 registers and the options it reads, the device-producer template and the event
-loop's types. System helpers
-(ioctl numbers, paths others may share) are in :mod:`irqbypass.system`; fakes
-and fixtures for its tests in :mod:`irqbypass.testing`.
+loop's types. System helpers (ioctl numbers, paths others may share) are in
+:mod:`irqbypass.system`; what an :func:`uninterrupted` method calls another
+object's code, waits and takes locks through, in :mod:`irqbypass.signalsafe`;
+fakes and fixtures for its tests in :mod:`irqbypass.testing`.
 
 Every name is imported on first use, as :mod:`irqbypass`'s are.
 """
