@@ -130,21 +130,29 @@ class E1000e:
         self.write(IMC, 0xFFFFFFFF)
 
 
+#: attach (an eventfd each) or detach (-1s) MSI-X vectors: :func:`set_irqs`
+EVENTFD_TRIGGER = abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER
+
+
+def set_irqs(fd: int, flags: int, start: int, count: int, fds: tuple[int, ...] = ()) -> None:
+    """VFIO_DEVICE_SET_IRQS on ``fd``'s MSI-X index for vectors ``start`` ..
+    ``start + count - 1``: with ``fds`` (one eventfd or -1 each) as its data
+    where given (DATA_EVENTFD), none otherwise (DATA_NONE)."""
+    buf = abi.irq_set(flags, abi.VFIO_PCI_MSIX_IRQ_INDEX, start, count, abi.eventfd_data(*fds))
+    fcntl.ioctl(fd, abi.VFIO_DEVICE_SET_IRQS, buf)
+
+
 def take_pending(fd: int, wait: float) -> list[int]:
     """What each vector of ``fd``'s enabled MSI-X index held (see the module
     doc): fresh eventfds attached to all of them (which unmasks them, and a
     held message is sent at once), read within ``wait``, detached again."""
     tokens = [Eventfd() for _ in range(VECTORS)]
     try:
-        data = abi.eventfd_data(*(t.fileno() for t in tokens))
-        flags = abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER
-        index = abi.VFIO_PCI_MSIX_IRQ_INDEX
-        fcntl.ioctl(fd, abi.VFIO_DEVICE_SET_IRQS, abi.irq_set(flags, index, 0, VECTORS, data))
+        set_irqs(fd, EVENTFD_TRIGGER, 0, VECTORS, tuple(t.fileno() for t in tokens))
         try:
             return [t.read(timeout=wait) for t in tokens]
         finally:
-            data = abi.eventfd_data(*(-1 for _ in tokens))
-            fcntl.ioctl(fd, abi.VFIO_DEVICE_SET_IRQS, abi.irq_set(flags, index, 0, VECTORS, data))
+            set_irqs(fd, EVENTFD_TRIGGER, 0, VECTORS, (-1,) * VECTORS)
     finally:
         for t in tokens:
             t.close()

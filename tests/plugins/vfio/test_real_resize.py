@@ -40,7 +40,7 @@ from contextlib import ExitStack, contextmanager
 
 import irqbypass
 import pytest
-from e1000e import PACE_S, VECTORS, E1000e
+from e1000e import EVENTFD_TRIGGER, PACE_S, VECTORS, E1000e, set_irqs
 from edu import device_fd
 from irqbypass_vfio import VfioProducer
 from irqbypass_vfio import _abi as abi
@@ -50,7 +50,6 @@ pytestmark = pytest.mark.guest("vfio")
 
 E1000E = os.environ.get("IRQBYPASS_TEST_VFIO_E1000E", "")
 MSIX = abi.VFIO_PCI_MSIX_IRQ_INDEX
-EVENTFD_TRIGGER = abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER
 NONE_TRIGGER = abi.VFIO_IRQ_SET_DATA_NONE | abi.VFIO_IRQ_SET_ACTION_TRIGGER
 #: the vectors raised the whole time, and the one added and taken away
 FIRING, ADDED = (0, 1, 2, 3), 4
@@ -66,11 +65,6 @@ QUIET_S = PACE_S
 def need_e1000e() -> None:
     if not E1000E:
         pytest.skip("no e1000e device: these run in the vfio test guest (make guest-test)")
-
-
-def set_irqs(fd: int, flags: int, start: int, count: int, fds: tuple[int, ...] = ()) -> None:
-    buf = abi.irq_set(flags, MSIX, start, count, abi.eventfd_data(*fds) if fds else b"")
-    fcntl.ioctl(fd, abi.VFIO_DEVICE_SET_IRQS, buf)
 
 
 def noresize(fd: int) -> bool:
