@@ -25,7 +25,7 @@ _T = TypeVar("_T")
 def without_collection(call: Callable[..., _T], *args: Any) -> _T:
     """``call(*args)`` with the cyclic collector off, as the caller had it after.
 
-    Signal-safe without the guard of :mod:`irqbypass.signals`: CPython runs a
+    Signal-safe without the guard of :mod:`irqbypass.signalsafe`: CPython runs a
     signal handler only after a C call such as ``gc.disable()`` returns (or in
     Python code), so ``disable`` is inside the ``try`` (a ``KeyboardInterrupt``
     right after it still runs the ``finally``), and the ``finally`` reaches

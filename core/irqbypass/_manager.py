@@ -16,7 +16,7 @@ cannot fail in the kernel, and the sequence runs on exactly as the kernel's
 does), so the operation completes and then a :class:`~irqbypass.exceptions.CallbackError`
 says what happened.
 
-Signals: the bookkeeping runs in :func:`~irqbypass.signals.signal_safe`
+Signals: the bookkeeping runs in :func:`~irqbypass.signalsafe.signal_safe`
 sections, so a Ctrl-C landing in the manager's own code waits until the state is
 consistent; one landing in a callback interrupts that callback (a hang stays
 escapable), the sequence completes, and the ``KeyboardInterrupt`` is re-raised

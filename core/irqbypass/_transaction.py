@@ -9,8 +9,8 @@ replace restores them, through a transaction of its own. The step under way
 own state, read when a failure is told.
 
 Signal safety: the bookkeeping of each step is a signal-safe section
-(:func:`~irqbypass.signals.signal_safe`); only the calls into plugins and the
-manager (each a :func:`~irqbypass.signals.callout`) let a signal through, so
+(:func:`~irqbypass.signalsafe.signal_safe`); only the calls into plugins and the
+manager (each a :func:`~irqbypass.signalsafe.callout`) let a signal through, so
 a Ctrl-C interrupts a hanging ``open`` and is otherwise raised between steps,
 where the undo starts from a state that is recorded whole.
 """
