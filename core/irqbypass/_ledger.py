@@ -15,6 +15,7 @@ read when a row's figures are.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from ._tokens import TokenTable
 #: The counters the core adds up across re-opens; every other stat is a
 #: per-open figure (or a gauge, such as ``pending``) and is shown as it is.
 COUNTERS = ("fired", "delivered", "coalesced", "reads", "direct", "eventfd")
+_COUNTED = frozenset(COUNTERS)
 #: How many removed entries' totals are kept, for a device plugged in again
 #: under the same name (the oldest are forgotten first): bounded.
 RETIRED_KEPT = 4096
@@ -46,11 +48,10 @@ class Totals:
         """Add what an endpoint that closed counted (its counters: ``fired``,
         ``delivered``, ``coalesced``, ``reads``, ``direct``, ``eventfd``)."""
         counters = self.counters
-        for key in COUNTERS:
-            value = stats.get(key)
-            if value is None:  # most endpoints have two or three of them
-                continue
-            if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        for key, value in stats.items():  # a stats dict has 2-4 keys: fewer than COUNTERS
+            if key in _COUNTED and (
+                type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+            ):
                 counters[key] = counters.get(key, 0) + value
 
 
@@ -146,8 +147,11 @@ class Ledger:
         self._ends: dict[str, dict[str, Placed]] = {}
         #: token -> reason, for each pair a plugin's Veto(unpaired=True) left unpaired
         self._vetoed: dict[str, str] = {}
-        #: (side, name) -> what the earlier endpoints of a removed entry counted
-        self._retired: dict[tuple[str, str], Totals] = {}
+        #: (side, name) -> what the earlier endpoints of a removed entry counted,
+        #: oldest first; an OrderedDict: its oldest goes in O(1), where a dict's
+        #: first key is found past every slot deleted before it (5 us a removal
+        #: at 10,000 pairs)
+        self._retired: OrderedDict[tuple[str, str], Totals] = OrderedDict()
         self._serial = 0
 
     # -- reading -------------------------------------------------------------
@@ -249,29 +253,34 @@ class Ledger:
     def release(self, built: Iterable[Placed]) -> None:
         """Forget endpoints that are closed (or never opened): out of the
         indexes, their tokens released, their counts kept for a re-plug."""
+        by_name, by_token, vetoed, table = self._placed, self._ends, self._vetoed, self.token_table
         for placed in built:
             entry = placed.config
-            if self._placed.get(entry.name) is placed:
-                del self._placed[entry.name]
-                self._vetoed.pop(entry.token, None)  # a pair again, or no pair at all
-                ends = self._ends.get(entry.token, {})
-                if ends.get(entry.side) is placed:
-                    del ends[entry.side]
-                if not ends:
-                    self._ends.pop(entry.token, None)
+            token = entry.token
+            if by_name.get(entry.name) is placed:
+                del by_name[entry.name]
+                if vetoed:
+                    vetoed.pop(token, None)  # a pair again, or no pair at all
+                ends = by_token.get(token)
+                if ends is not None:
+                    if ends.get(entry.side) is placed:
+                        del ends[entry.side]
+                    if not ends:
+                        del by_token[token]
             if not placed.released:
                 placed.released = True  # never twice
-                self.token_table.release(entry.token)
+                table.release(token)
                 self._retire(entry, placed.history)
 
     def _retire(self, entry: EndpointConfig, history: Totals) -> None:
         if not history.opens and not history.counters:
             return
         key = (entry.side, entry.name)
-        self._retired.pop(key, None)
-        self._retired[key] = history
-        while len(self._retired) > RETIRED_KEPT:
-            del self._retired[next(iter(self._retired))]
+        retired = self._retired
+        retired.pop(key, None)
+        retired[key] = history
+        while len(retired) > RETIRED_KEPT:
+            retired.popitem(last=False)
 
     @signal_safe
     def adopt(

@@ -57,9 +57,11 @@ def _close(unit: list[Placed]) -> None:
 
 
 def _final_stats(placed: Placed) -> Mapping[str, object]:
-    """What a just-closed endpoint counted; a stats() that raises counts nothing."""
+    """What a just-closed endpoint counted, as a dict; a stats() that raises
+    or returns no mapping counts nothing (the undo goes on)."""
     try:
-        return placed.endpoint.stats()
+        stats = placed.endpoint.stats()
+        return stats if type(stats) is dict else dict(stats.items())
     except Exception:
         return {}
 
@@ -286,23 +288,11 @@ class Transaction:
         for unit in reversed(_units(placed)):
             for one in reversed(unit):
                 if one.registered:
-                    endpoint = one.endpoint
                     off = unregister[one.config.side]
-                    # an unregister that a Ctrl-C cut before the manager took it
-                    # is tried again (twice at most): an undo, once begun, finishes
-                    for _attempt in range(3):
-                        try:
-                            callout(off, endpoint)
-                        except BaseException as exc:  # Ctrl-C included: recorded, and on
-                            interrupt = interrupt or _interrupt(exc)
-                            if isinstance(exc, Exception):
-                                errors.append(f"unregister of {one.label}: {_failure(exc)}")
-                        else:
-                            break  # it returned: no longer registered (no lookup needed)
-                        if not self.manager.is_registered(endpoint):  # type: ignore[arg-type]
-                            break
-                    else:
-                        errors.append(f"unregister of {one.label}: interrupted three times")
+                    try:
+                        callout(off, one.endpoint)  # it returned: no longer registered
+                    except BaseException as exc:  # Ctrl-C included: recorded, and on
+                        interrupt = self._unregister_again(one, off, exc, errors, interrupt)
                     one.registered = False
             opened = [one for one in reversed(unit) if one.opened]
             if opened:
@@ -322,6 +312,35 @@ class Transaction:
                 _tell(progress, left)
         self.ledger.release(placed)
         return errors, interrupt
+
+    @signal_safe
+    def _unregister_again(
+        self,
+        one: Placed,
+        off: Callable[..., object],
+        exc: BaseException,
+        errors: list[str],
+        interrupt: BaseException | None,
+    ) -> BaseException | None:
+        """After ``off(one.endpoint)`` raised ``exc``: record it, and try again
+        (twice at most) while the endpoint is still registered (a Ctrl-C cut the
+        unregister before the manager took it): an undo, once begun,
+        finishes. Returns the first interrupt."""
+        for attempt in range(3):
+            if attempt:
+                try:
+                    callout(off, one.endpoint)
+                except BaseException as again:
+                    exc = again
+                else:
+                    return interrupt  # it returned: no longer registered
+            interrupt = interrupt or _interrupt(exc)
+            if isinstance(exc, Exception):
+                errors.append(f"unregister of {one.label}: {_failure(exc)}")
+            if not self.manager.is_registered(one.endpoint):  # type: ignore[arg-type]
+                return interrupt
+        errors.append(f"unregister of {one.label}: interrupted three times")
+        return interrupt
 
     @signal_safe
     def detach(self, names: list[str]) -> tuple[list[str], BaseException | None]:

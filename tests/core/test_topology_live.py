@@ -595,6 +595,21 @@ def test_counts_add_up_across_reopens_with_this_opens_figures_apart(
     assert p0 is not None and p0.stats()["fired"] == 8 and p0.opens == 3
 
 
+def test_a_stats_that_returns_no_mapping_counts_nothing_and_the_teardown_finishes(
+    topo: Topology, rec: Recorder
+) -> None:
+    p0, p1 = topo.entry("p0"), topo.entry("p1")
+    assert p0 is not None and p1 is not None
+    p0.endpoint.stats = lambda: None  # type: ignore[method-assign]  # a plugin's bug
+    p1.endpoint.fired = 4  # type: ignore[attr-defined]
+    topo.teardown()  # was: AttributeError out of the undo, half of it not done
+    assert not topo.applied and topo.placed == [] and len(topo.token_table) == 0
+    topo.apply()  # the counts of the others carry on; p0's stats counted nothing
+    p0, p1 = topo.entry("p0"), topo.entry("p1")
+    assert p0 is not None and p0.opens == 2 and p0.history.counters == {}
+    assert p1 is not None and p1.stats()["fired"] == 4 and p1.opens == 2
+
+
 def test_a_removed_entry_that_cannot_be_restored_is_named(topo: Topology, rec: Recorder) -> None:
     rec.fail = {"open c2"}  # the new c2 fails, and so does the old one's reopening
     new = pairs(0, 1) + pair(2).replace(
