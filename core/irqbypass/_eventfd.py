@@ -30,6 +30,8 @@ CLOSE_NOTICE_SECONDS = 0.1
 _MAX_INITVAL = 2**32 - 1  # eventfd(2) takes an unsigned int
 _MAX_COUNT = 2**64 - 2  # the counter's maximum; a write of 2**64 - 1 is EINVAL
 _FOREVER = 10**9  # seconds: a longer read timeout waits forever
+#: the types of a timeout the read's fast path takes as they are (not bool)
+_SECONDS = (int, float)
 
 
 def _is_int(value: object) -> bool:
@@ -214,6 +216,18 @@ class Eventfd:
         Returns 0 when nothing arrived in time; raises
         :class:`EventfdClosedError` if the Eventfd is (or gets) closed.
         """
+        if type(timeout) in _SECONDS and timeout == 0 and self._nonblocking:
+            # the loop's readers: the read cannot wait, so (as a write) it is
+            # done under the guard, in one section: a close waits for it
+            with self._guard:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                try:
+                    value: int = _COUNTER.unpack(os.read(fd, 8))[0]
+                except BlockingIOError:
+                    return 0
+                return value
         timeout = _read_timeout(timeout)
         guard, inside = self._guard, False
         try:
@@ -269,9 +283,10 @@ class Eventfd:
         """End the borrow of ``on_close`` (idempotent); the last one out closes
         an fd that close() left open for it."""
         with self._guard:
-            if on_close not in self._borrowers:
-                return
-            self._borrowers.remove(on_close)
+            try:
+                self._borrowers.remove(on_close)
+            except ValueError:
+                return  # given back already
             self._users -= 1
             later = self._close_later if self._users == 0 else -1
             if later >= 0:

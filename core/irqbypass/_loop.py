@@ -193,8 +193,11 @@ class _Readers:
         if self.by_fd.get(handle.fd) is handle:
             del self.by_fd[handle.fd]
             if not closed:
-                with contextlib.suppress(OSError):  # the owner closed a raw fd first
+                # not contextlib.suppress: 0.35 us more in each reader's cancel
+                try:  # noqa: SIM105
                     self.epoll.unregister(handle.fd)
+                except OSError:
+                    pass  # the owner closed a raw fd first
         borrowed, handle.borrowed = handle.borrowed, None
         return borrowed
 
@@ -564,8 +567,9 @@ class EventLoop:
                     borrowed = self._readers.remove(handle, closed=self._closed)
                 elif self._watchdog.current is not handle:  # a running timer is out of the heap
                     self._timers.cancelled()
-            if threading.get_ident() != self._loop_thread:
-                # the callback may be running right now: wait until it returned
+            if self._watchdog.current is handle and threading.get_ident() != self._loop_thread:
+                # the callback is running right now (the lock held, it cannot
+                # begin meanwhile): wait until it returned
                 self._cancel_waiters += 1
                 try:
                     while self._watchdog.current is handle:

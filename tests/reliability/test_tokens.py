@@ -129,6 +129,48 @@ def test_eventfd_close_during_a_read_never_reads_a_reused_fd_number() -> None:
         token.write(1)
 
 
+def test_reads_that_cannot_wait_race_a_close_and_never_read_a_reused_fd_number() -> None:
+    """The loop readers' ``read(0)`` is done under the Eventfd's guard in one
+    section (it cannot wait): a close from another thread waits for it, so
+    the read never touches a number the close gave back and another eventfd took."""
+    for _ in range(20):
+        token = irqbypass.Eventfd()
+        outcome: list[BaseException] = []
+
+        def reader(
+            token: irqbypass.Eventfd = token, outcome: list[BaseException] = outcome
+        ) -> None:
+            while True:
+                try:
+                    token.read(0)
+                except BaseException as exc:
+                    outcome.append(exc)
+                    return
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        token.close()
+        with irqbypass.Eventfd() as other:  # most likely the number just closed
+            other.write(5)
+            thread.join(GUARD_SECONDS)
+            assert not thread.is_alive()
+            assert isinstance(outcome[0], irqbypass.EventfdClosedError), outcome
+            assert other.read(0) == 5, "the closed token's reader took another eventfd's count"
+
+
+def test_a_read_timeout_is_checked_whatever_the_path() -> None:
+    """``read(0)``'s fast path takes an int or a float as it is; everything
+    else still goes through the checks (False is not 0 seconds)."""
+    with irqbypass.Eventfd() as efd:
+        efd.write(2)
+        for bad in (False, True, float("nan"), "0"):
+            with pytest.raises(irqbypass.InvalidEndpointError, match="timeout"):
+                efd.read(bad)  # type: ignore[arg-type]
+        assert efd.read(0) == 2, "a refused read took the count"
+        efd.write(1)
+        assert efd.read(-1) == 1 and efd.read(0.0) == 0
+
+
 def _pair(kind: str, token: irqbypass.Eventfd) -> tuple[irqbypass.Producer, irqbypass.Consumer]:
     if kind == "mock-eventfd->logging":
         return MockProducer(token=token, rate=2000, count=-1, name="src"), LoggingConsumer(

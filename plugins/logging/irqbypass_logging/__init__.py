@@ -137,12 +137,15 @@ class LoggingConsumer(irqbypass.Consumer):
         """Whether a record at ``self.level`` passes the consumer's logger, as
         ``self.log.isEnabledFor`` says, without making that logger: while it
         does not exist it has no level, and (its name without a dot of its own)
-        its effective level is its parent's."""
+        its effective level is its parent's: the parent's cached
+        ``isEnabledFor`` says it, unless the parent itself is disabled."""
         if (
             self._log is None
             and self._log_parent_is_ours
             and not isinstance(_LOGGERS.get(self._log_name), logging.Logger)
         ):
+            if not _PARENT_LOGGER.disabled:
+                return _PARENT_LOGGER.isEnabledFor(self.level)
             return (
                 logging.root.manager.disable < self.level
                 and self.level >= _PARENT_LOGGER.getEffectiveLevel()

@@ -152,3 +152,29 @@ def test_a_logger_is_made_only_when_a_record_passes_it(
             assert f"{name} interrupt count=1" in logged
     finally:
         parent.setLevel(was)
+
+
+def test_without_its_logger_a_consumer_logs_as_that_logger_would(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before its logger is made, whether a record passes is the parent's
+    (cached) say, except where they differ: logging.disable() stops it; a
+    disabled parent (logging.config's disable_existing_loggers) does not,
+    the consumer's own new logger is not disabled."""
+    parent = logging.getLogger("irqbypass.logging")
+    was = parent.disabled
+    with irqbypass.Eventfd() as efd, caplog.at_level(logging.INFO, logger="irqbypass.logging"):
+        consumer = LoggingConsumer(token=efd, name="cache-check", level="INFO")
+        logging.disable(logging.INFO)
+        try:
+            consumer._event("interrupt", count=1)
+        finally:
+            logging.disable(logging.NOTSET)
+        assert not _has_logger("irqbypass.logging.cache-check")
+        parent.disabled = True
+        try:
+            consumer._event("interrupt", count=2)
+        finally:
+            parent.disabled = was
+    logged = [r.getMessage() for r in caplog.records if r.name.endswith("cache-check")]
+    assert logged == ["cache-check interrupt count=2"]
