@@ -286,6 +286,7 @@ class Transaction:
             "consumer": self.manager.unregister_consumer,
         }
         for unit in reversed(_units(placed)):
+            opened: list[Placed] = []  # to close, once the unit is unregistered
             for one in reversed(unit):
                 if one.registered:
                     off = unregister[one.config.side]
@@ -294,7 +295,8 @@ class Transaction:
                     except BaseException as exc:  # Ctrl-C included: recorded, and on
                         interrupt = self._unregister_again(one, off, exc, errors, interrupt)
                     one.registered = False
-            opened = [one for one in reversed(unit) if one.opened]
+                if one.opened:
+                    opened.append(one)
             if opened:
                 for one in opened:
                     one.opened = False
