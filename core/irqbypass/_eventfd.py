@@ -40,28 +40,40 @@ def _is_int(value: object) -> bool:
 
 #: an eventfd's fdinfo is about 120 bytes; another file's fields past this are not needed
 _FDINFO_BYTES = 4096
+#: the fields read, each as it starts a line of the fdinfo
+_EVENTFD_ID = b"\neventfd-id:"
+_EVENTFD_COUNT = b"\neventfd-count:"
 
 
-def _read_fdinfo(fd: int) -> dict[str, str]:
-    """The fields of ``/proc/self/fdinfo/<fd>`` (empty when it cannot be read).
-    One open, one read and one close, without a Python file object: every
-    eventfd made reads it once for its identity, and a file object cost 16 us
-    against 10 (the open of the /proc entry itself is 5 of them)."""
+def _read_fdinfo(fd: int) -> bytes:
+    """The text of ``/proc/self/fdinfo/<fd>`` after a newline (each field
+    then follows one), or empty when it cannot be read. One open, one read and
+    one close, without a Python file object: every eventfd made reads it once
+    for its identity, and a file object cost 16 us against 10 (the open of the
+    /proc entry itself is 5 of them)."""
     try:
         info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return b""
     try:
         data = os.read(info, _FDINFO_BYTES)
     except OSError:
-        return {}
+        return b""
     finally:
         os.close(info)
-    fields = {}
-    for line in data.decode("ascii", "replace").splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
+    return b"\n" + data
+
+
+def _fdinfo_field(info: bytes, tag: bytes) -> str | None:
+    """The value of the field ``tag`` (``b"\\nname:"``) in ``info``, or None:
+    found by one search, not by splitting every line into a dict (0.4 us
+    against 1.4, in every Eventfd made)."""
+    at = info.find(tag)
+    if at < 0:
+        return None
+    start = at + len(tag)
+    end = info.find(b"\n", start)
+    return info[start : end if end >= 0 else len(info)].strip().decode("ascii", "replace")
 
 
 class Eventfd:
@@ -139,7 +151,7 @@ class Eventfd:
 
     @staticmethod
     def _kernel_identity(fd: int) -> tuple[str, int]:
-        kernel_id = _read_fdinfo(fd).get("eventfd-id")
+        kernel_id = _fdinfo_field(_read_fdinfo(fd), _EVENTFD_ID)
         if kernel_id is not None and kernel_id.isdigit():
             return ("eventfd-id", int(kernel_id))
         return ("fd", fd)
@@ -364,7 +376,7 @@ def _check_eventfd(fd: int, owned: bool) -> int:
         raise InvalidEndpointError(
             f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
         ) from exc
-    if "eventfd-count" not in _read_fdinfo(fd):
+    if _fdinfo_field(_read_fdinfo(fd), _EVENTFD_COUNT) is None:
         raise InvalidEndpointError(
             f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
         )

