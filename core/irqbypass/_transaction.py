@@ -46,14 +46,15 @@ Adopt = Callable[
 _SERIAL = operator.attrgetter("serial")
 
 
-def _close(unit: list[Placed]) -> None:
-    """Close endpoints (last opened first), through ``close_group`` if defined."""
+def _closes(unit: list[Placed]) -> list[tuple[list[Placed], Callable[[], object]]]:
+    """The calls that close a unit (last opened first), each with what it
+    closes: its class's ``close_group`` once, or else each endpoint's own
+    ``close``, each a call of its own, so that one that raises (or a Ctrl-C
+    inside it) leaves none of the others open."""
     close_group = type(unit[0].endpoint).close_group
     if close_group is None:
-        for placed in unit:
-            placed.endpoint.close()
-    else:
-        close_group([placed.endpoint for placed in unit])
+        return [([placed], placed.endpoint.close) for placed in unit]
+    return [(unit, partial(close_group, [placed.endpoint for placed in unit]))]
 
 
 def _final_stats(placed: Placed) -> Mapping[str, object]:
@@ -301,12 +302,13 @@ class Transaction:
                 for one in opened:
                     one.opened = False
                     one.history.opens += 1
-                try:
-                    callout(_close, opened)
-                except BaseException as exc:
-                    interrupt = interrupt or _interrupt(exc)
-                    what = opened[0].label if len(opened) == 1 else _group_label(opened)
-                    errors.append(f"close of {what}: {_failure(exc, opened[0].plugin)}")
+                for closed, close in _closes(opened):
+                    try:
+                        callout(close)
+                    except BaseException as exc:  # Ctrl-C included: recorded, and on
+                        interrupt = interrupt or _interrupt(exc)
+                        what = closed[0].label if len(closed) == 1 else _group_label(closed)
+                        errors.append(f"close of {what}: {_failure(exc, closed[0].plugin)}")
                 for one in opened:
                     one.history.retire(_final_stats(one))
             left -= len(unit)

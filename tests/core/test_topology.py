@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import irqbypass
@@ -342,3 +342,59 @@ def test_a_failing_register_after_a_group_open_closes_the_whole_group(
     assert Batch.log[-1] == "close_group c3 c1 c0"
     assert journal.log[-1] == "close c2"
     assert len(topo.manager) == 0
+
+
+class OpenGroupOnly(Batch):
+    """Opens as one group but closes one by one (no ``close_group``); the
+    closes of the names in ``refuse`` raise what it makes (an error, or the
+    KeyboardInterrupt of a Ctrl-C cutting them): made anew each time, so that
+    no raised exception, and the frames its traceback holds, outlives a test."""
+
+    close_group = None
+    refuse: ClassVar[dict[str, Callable[[], BaseException]]] = {}
+
+    def close(self) -> None:
+        Batch.log.append(f"close {self.name}")
+        refused = OpenGroupOnly.refuse.get(self.name or "")
+        if refused is not None:
+            raise refused()
+
+
+class OpenGroupOnlyPlugin:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
+        def make(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
+            spec.options_reader().finish()
+            return OpenGroupOnly(token=spec.token, name=spec.name)
+
+        register.consumer("batch", make)
+
+
+def _refused() -> BaseException:
+    return irqbypass.DeviceError("detach refused", errno=16)
+
+
+@pytest.mark.parametrize("refused", [_refused, KeyboardInterrupt], ids=["raises", "ctrl-c"])
+def test_a_group_without_close_group_closes_every_endpoint_when_one_close_fails(
+    journal: Journal, host: irqbypass.PluginHost, refused: Callable[[], BaseException]
+) -> None:
+    Batch.log, Batch.fail = [], set()
+    OpenGroupOnly.refuse = {"c1": refused}
+    try:
+        with host.registered(OpenGroupOnlyPlugin(), name="batch"):
+            topo = Topology(parse_config(GROUPED, file="t.toml"), host)
+            topo.apply()
+            assert Batch.log[0] == "open_group c0 c1 c3"
+            Batch.log.clear()
+            with pytest.raises((irqbypass.TopologyError, KeyboardInterrupt)) as info:
+                topo.teardown()
+    finally:
+        OpenGroupOnly.refuse = {}
+    # c1's close failed, and c0's (after it, last opened first) still ran
+    assert Batch.log == ["del c1", "del c0", "close c3", "close c1", "close c0"]
+    if refused is KeyboardInterrupt:
+        assert info.type is KeyboardInterrupt
+    else:
+        assert "close of consumer 'c1'" in str(info.value)
+        assert "detach refused" in str(info.value)
+    assert topo.placed == [] and len(topo.manager) == 0
