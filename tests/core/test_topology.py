@@ -274,11 +274,16 @@ class Batch(irqbypass.Consumer):
 
 
 class BatchPlugin:
+    """Provides the consumer kind "batch", whose endpoints are ``kind``'s."""
+
+    def __init__(self, kind: type[Batch] = Batch) -> None:
+        self.kind = kind
+
     @irqbypass.plugin.hookimpl
     def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
         def make(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
             spec.options_reader().finish()
-            return Batch(token=spec.token, name=spec.name)
+            return self.kind(token=spec.token, name=spec.name)
 
         register.consumer("batch", make)
 
@@ -360,16 +365,6 @@ class OpenGroupOnly(Batch):
             raise refused()
 
 
-class OpenGroupOnlyPlugin:
-    @irqbypass.plugin.hookimpl
-    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
-        def make(spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Endpoint:
-            spec.options_reader().finish()
-            return OpenGroupOnly(token=spec.token, name=spec.name)
-
-        register.consumer("batch", make)
-
-
 def _refused() -> BaseException:
     return irqbypass.DeviceError("detach refused", errno=16)
 
@@ -381,7 +376,7 @@ def test_a_group_without_close_group_closes_every_endpoint_when_one_close_fails(
     Batch.log, Batch.fail = [], set()
     OpenGroupOnly.refuse = {"c1": refused}
     try:
-        with host.registered(OpenGroupOnlyPlugin(), name="batch"):
+        with host.registered(BatchPlugin(OpenGroupOnly), name="batch"):
             topo = Topology(parse_config(GROUPED, file="t.toml"), host)
             topo.apply()
             assert Batch.log[0] == "open_group c0 c1 c3"
