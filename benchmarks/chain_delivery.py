@@ -38,7 +38,7 @@ import irqbypass_kvm
 from delivery import Relay, kworker_cpu, thread_cpu
 from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute
 from irqbypass_vfio import VfioProducer
-from report import Report, add_json_option
+from report import Report, add_json_option, kernel_series
 
 # edu's registers through the VFIO region (the guest tests' helper)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "guest"))
@@ -162,7 +162,7 @@ def main() -> int:
     args = chain_args(__doc__.splitlines()[0], count=500)
     if args is None:
         return 0
-    series = ".".join(os.uname().release.split(".")[:2])
+    series = kernel_series()
     runs: dict[str, list[Run]] = {path: [] for path in PATHS}
     with (
         Guest(apic="x2apic", ack="eventfd") as guest,

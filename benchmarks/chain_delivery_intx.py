@@ -30,7 +30,6 @@ interrupt (this process's threads, the kernel workers, the whole machine).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from chain_delivery import PATHS, Run, busy_cpu, chain_args, summarize
 from delivery import Relay, kworker_cpu, thread_cpu
 from irqbypass_kvm import Guest, KvmIrqfdConsumer
 from irqbypass_vfio import VfioProducer
-from report import Report
+from report import Report, kernel_series
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "guest"))
 from edu import Edu
@@ -150,7 +149,7 @@ def main() -> int:
     args = chain_args(__doc__.splitlines()[0], count=300)
     if args is None:
         return 0
-    series = ".".join(os.uname().release.split(".")[:2])
+    series = kernel_series()
     runs = measure(args.device, args.count, args.rounds)
     report = Report(
         f"chain_delivery_intx_linux{series}",

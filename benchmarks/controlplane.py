@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from report import Report, add_json_option
+from report import Report, add_json_option, kernel_series
 from startup import baseline_path
 
 FIRES = 20
@@ -152,7 +152,7 @@ def report_name() -> tuple[str, str]:
     (tests/guest/inside.sh sets IRQBYPASS_IN_GUEST) named after its kernel."""
     if not os.environ.get("IRQBYPASS_IN_GUEST"):
         return "controlplane", ""
-    series = ".".join(os.uname().release.split(".")[:2])
+    series = kernel_series()
     return f"controlplane_linux{series}", f" (the {series} test guest, TCG)"
 
 

@@ -131,6 +131,12 @@ def _command() -> str:
     return " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *shown])
 
 
+def kernel_series() -> str:
+    """The running kernel's series ("6.12" of "6.12.118+deb12-amd64"): what
+    names the results of a run in a test guest, one file per guest kernel."""
+    return ".".join(os.uname().release.split(".")[:2])
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """The ``--json FILE`` option every benchmark takes."""
     parser.add_argument(

@@ -36,7 +36,7 @@ import irqbypass
 import irqbypass.system
 from irqbypass_vfio import VfioProducer, _abi
 from irqbypass_vfio.testing import PCI_IRQS, FakeVfio
-from report import Report, add_json_option
+from report import Report, add_json_option, kernel_series
 
 MSIX = _abi.VFIO_PCI_MSIX_IRQ_INDEX
 Timing = tuple[float, float, int]  # open, close (seconds), SET_IRQS calls
@@ -118,7 +118,7 @@ def main() -> None:
     else:
         sizes = [int(s) for s in args.sizes.split(",")]
     # on a device, the kernel's series names the results: one file per guest kernel
-    series = ".".join(os.uname().release.split(".")[:2])
+    series = kernel_series()
     where = f"vfio-pci {series}, {args.device}" if args.device else "the model (FakeVfio)"
     print(f"vfio vectors on {where}: best of {args.rounds} rounds, pid {os.getpid()}")
     best: dict[str, dict[int, Timing]] = {"one by one": {}, "batched": {}}
