@@ -27,7 +27,12 @@ defined, and the mark is read only when a signal arrives:
   assertions);
 - :func:`uninterrupted` (``irqbypass.plugin.uninterrupted``) is the template a
   plugin uses for a method that, once begun, runs to its end: a section whose
-  deferred signals act as it returns.
+  deferred signals act as it returns. The plugin's other templates mark, where
+  they are defined, what such a method reaches: :func:`waits_on_peer` (a wait on
+  another process: an :func:`interruptible` call), :func:`calls_partner` (another
+  endpoint's code: a :func:`callout`) and :func:`holding` (an uninterrupted
+  method run with a lock taken through :class:`hold`). So a plugin never needs
+  this machinery itself.
 
 For the manager's fast path, where a frame per callback would cost more
 than the work, :func:`calling_out` marks a section whose every call is a
@@ -229,6 +234,66 @@ class hold:  # lower case: it reads as a call, ``with hold(lock):``
     @signal_safe
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+def waits_on_peer(func: _F) -> _F:
+    """A plugin's template for a function that waits on another process (a
+    reply, a drain, a child's exit): each call is an :func:`interruptible` one.
+
+    Ctrl-C acts inside it at once, even when an :func:`uninterrupted` method
+    calls it, whatever the peer does; a Ctrl-C that waited in that method is
+    delivered as it begins. What it raises, its caller leaves consistent.
+    """
+
+    def waiting(*args: Any, **kwargs: Any) -> Any:
+        if _DEFERRED:
+            deliver_deferred_signals()
+        return func(*args, **kwargs)
+
+    _SAFE[waiting.__code__] = _PASSES  # as interruptible's: every line of it waits
+    return cast("_F", functools.wraps(func)(waiting))
+
+
+def calls_partner(method: _F) -> _F:
+    """A plugin's template for a method that runs another endpoint's code (its
+    partner's, a plugin it does not know): each call is a :func:`callout`.
+
+    Called from an :func:`uninterrupted` method, a Ctrl-C that lands in it is
+    raised there, so one Ctrl-C ends a partner that hangs (the caller, which
+    runs to its end, re-raises it); one landing just as it returned waits for
+    the caller's end, as in any :func:`callout`. Called outside a section, such
+    a signal acts as it returns.
+    """
+
+    @functools.wraps(method)
+    def calling(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callout(functools.partial(method, *args, **kwargs))
+        finally:
+            if _DEFERRED and not in_safe_section(sys._getframe(1)):
+                deliver_deferred_signals()
+
+    return cast("_F", calling)
+
+
+def holding(lock_of: Callable[[Any], _Lock]) -> Callable[[_F], _F]:
+    """A plugin's template for an :func:`uninterrupted` method that runs with a
+    lock held: ``@holding(lambda self: self._lock)``.
+
+    The lock is taken through :class:`hold`: a Ctrl-C still ends the wait for a
+    lock another thread holds (a plain ``with lock:`` in a section would wait
+    deaf to it), and the lock is never left taken.
+    """
+
+    def template(method: _F) -> _F:
+        @functools.wraps(method)
+        def locked(self: object, *args: Any, **kwargs: Any) -> Any:
+            with hold(lock_of(self)):
+                return method(self, *args, **kwargs)
+
+        return uninterrupted(cast("_F", locked))
+
+    return template
 
 
 class delivering_deferred_signals:  # lower case: it reads as a call

@@ -4,10 +4,12 @@ A plugin imports :mod:`irqbypass` for what every user of the manager has (the
 endpoints, :class:`~irqbypass.Eventfd`, the errors, :func:`~irqbypass.event_loop`)
 and this module for the extension points: the hook markers, the kinds it
 registers and the options it reads, the device-producer template and the event
-loop's types. System helpers (ioctl numbers, paths others may share) are in
-:mod:`irqbypass.system`; what an :func:`uninterrupted` method calls another
-object's code, waits and takes locks through, in :mod:`irqbypass.signalsafe`;
-fakes and fixtures for its tests in :mod:`irqbypass.testing`.
+loop's types, and the templates of signal safety: a method that, once begun,
+runs to its end (:func:`uninterrupted`, :func:`holding` with a lock held) and
+what such a method reaches, marked where it is defined (:func:`waits_on_peer`,
+:func:`calls_partner`), so a plugin never needs :mod:`irqbypass.signalsafe`.
+System helpers (ioctl numbers, paths others may share) are in
+:mod:`irqbypass.system`; fakes and fixtures for its tests in :mod:`irqbypass.testing`.
 
 Every name is imported on first use, as :mod:`irqbypass`'s are.
 """
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ._loop import EventLoop, LoopFault, LoopHandle
     from ._options import Options, Settings, show_value
     from ._plugins import PluginInfo
-    from ._signals import uninterrupted
+    from ._signals import calls_partner, holding, uninterrupted, waits_on_peer
     from ._vhost import VhostVirtqueue
 
 #: each implementation module and the names this tier takes from it
@@ -48,7 +50,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_loop": ("EventLoop", "LoopFault", "LoopHandle"),
     "_options": ("Options", "Settings", "show_value"),
     "_plugins": ("PluginInfo",),
-    "_signals": ("uninterrupted",),
+    "_signals": ("calls_partner", "holding", "uninterrupted", "waits_on_peer"),
     "_vhost": ("VhostVirtqueue",),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
@@ -76,8 +78,11 @@ __all__ = [
     "Settings",
     "Side",
     "VhostVirtqueue",
+    "calls_partner",
+    "holding",
     "hookimpl",
     "hookspec",
     "show_value",
     "uninterrupted",
+    "waits_on_peer",
 ]

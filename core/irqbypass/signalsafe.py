@@ -1,10 +1,10 @@
 """Signal safety, for code of your own that a Ctrl-C must not cut.
 
 The manager guards its bookkeeping with these; a VMM uses them for its own
-sections (and :func:`guard_signals` after installing handlers of its own), a
-plugin within its :func:`irqbypass.plugin.uninterrupted` methods (another
-object's code through :func:`callout`, a wait on another process through
-:func:`interruptible`, a lock through :class:`hold`). A section is marked where
+sections (and :func:`guard_signals` after installing handlers of its own). A
+plugin never needs them: its methods that must not be cut and what they reach
+are marked with :mod:`irqbypass.plugin`'s templates (``uninterrupted``,
+``holding``, ``waits_on_peer``, ``calls_partner``), built on these. A section is marked where
 it is defined (:func:`signal_safe`); a signal that lands in it waits, and is
 delivered by :class:`delivering_deferred_signals` around the section's call.
 See docs/embedding.md, "Signals and Ctrl-C", and docs/design.md.

@@ -15,7 +15,6 @@ from collections.abc import Hashable, Mapping
 
 import irqbypass
 import irqbypass.plugin
-import irqbypass.signalsafe
 
 from ._backing import problem_with_path
 from ._descriptor import LockMode, Port, PostedDescriptor, check_vector
@@ -125,7 +124,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     @irqbypass.plugin.uninterrupted
     def _open(self) -> None:
         """A signal anywhere in here waits until it returns, but in the producer's
-        code (``callout``): so no point remains where it could leave the
+        code (:meth:`_attach`, ``calls_partner``): so no point remains where it could leave the
         descriptor's file, fds or drainer behind unknown to :meth:`close`."""
         descriptor = PostedDescriptor(
             nv=self.nv, ndst=self.ndst, sn=self.sn, file=self.file, lock=self.lock
@@ -139,9 +138,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
                 owner=f"{self._path.label} (drainer)",
             )
         if partner is not None:
-            irqbypass.signalsafe.callout(
-                self._attach, partner
-            )  # the producer's code: interruptible
+            self._attach(partner)  # the producer's code: interruptible
 
     def _record(self, descriptor: PostedDescriptor) -> irqbypass.Producer | None:
         with self._lock:
@@ -155,7 +152,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         """Withdraw the posting path, stop the relay and the drainer (a last
         sync if draining), keep the final counters, and unmap the descriptor
         (its file removed whatever interrupts this: a second Ctrl-C included).
-        Once begun it runs to its end, but in the producer's code (``callout``)."""
+        Once begun it runs to its end, but in the producer's code (``calls_partner``)."""
         descriptor = self.descriptor
         if descriptor is None:
             self._cancel_drainer()  # a drainer registered before its descriptor was recorded
@@ -163,7 +160,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         try:
             partner = self._partner
             if partner is not None:
-                irqbypass.signalsafe.callout(self._detach, partner)
+                self._detach(partner)  # the producer's code: interruptible
         finally:
             self._release(descriptor)
 
@@ -253,12 +250,14 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         else:
             descriptor.release_port(port)
 
+    @irqbypass.plugin.calls_partner
     def _attach(self, producer: irqbypass.Producer) -> None:
         """Open the posting path (our lock is not held: the producer takes its own)."""
         descriptor, port = self.descriptor, self._port
         assert descriptor is not None and port is not None
         self._path.offer(producer, descriptor, port)
 
+    @irqbypass.plugin.calls_partner
     def _detach(self, producer: irqbypass.Producer) -> None:
         descriptor, port = self.descriptor, self._port
         try:

@@ -17,7 +17,6 @@ import weakref
 
 import irqbypass
 import irqbypass.plugin
-import irqbypass.signalsafe
 
 from ._backing import NONCE_SIZE, create_record, make_memory, open_memory, remove_record
 from ._layout import (
@@ -282,16 +281,20 @@ class PostedDescriptor(PostingRules):
                 self._unmap()
                 self._close_file()
             else:
-                # under the lock, so no post is between its check and its flock
-                with irqbypass.signalsafe.hold(self._lock):  # a section: Ctrl-C still ends the wait
-                    self._usable[0] = False
-                    self._unmap()
-                    self._close_file()
-                    self._close_notification()
+                self._close_shared()
                 return
             self._close_notification()
         finally:
             self._remove_file()  # whatever cut the above short: the file goes
+
+    @irqbypass.plugin.holding(lambda self: self._lock)
+    def _close_shared(self) -> None:
+        """Under the lock, so no post is between its check and its flock (a
+        Ctrl-C still ends the wait for it)."""
+        self._usable[0] = False
+        self._unmap()
+        self._close_file()
+        self._close_notification()
 
     def _drop_record(self) -> None:
         record, self._record_fd = self._record_fd, -1

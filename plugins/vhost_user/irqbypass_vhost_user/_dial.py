@@ -20,7 +20,7 @@ import struct
 import time
 
 import irqbypass
-import irqbypass.signalsafe
+import irqbypass.plugin
 import irqbypass.system
 
 from .errors import BackendGoneError, BackendTimeoutError, VhostUserError
@@ -166,8 +166,7 @@ def _connect_within(
                         "restart it",
                         errno=errno.ECONNREFUSED,
                     ) from exc
-                # a back-end between bind and listen, or busy: try again until the deadline
-                irqbypass.signalsafe.interruptible(time.sleep, 0.01)
+                _pause_for_the_backend()  # between bind and listen, or busy: until the deadline
             except OSError as exc:
                 code = exc.errno or errno.EIO
                 hint = {
@@ -201,3 +200,10 @@ def _check_peer(sock: socket.socket, path: str, what: str, trusted: frozenset[in
             f"{uid}",
             errno=errno.EACCES,
         )
+
+
+@irqbypass.plugin.waits_on_peer
+def _pause_for_the_backend() -> None:
+    """A back-end between bind and listen, or busy: a pause before the next try
+    to connect, a wait on it that a Ctrl-C ends at once."""
+    time.sleep(0.01)

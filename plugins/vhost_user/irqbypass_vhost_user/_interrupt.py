@@ -23,7 +23,6 @@ from typing import Protocol
 
 import irqbypass
 import irqbypass.plugin
-import irqbypass.signalsafe
 import irqbypass.system
 
 from . import _wire as wire
@@ -33,6 +32,7 @@ from ._vring import OwnedRing
 from .connection import Connection
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
+from .ring import SplitRing
 
 __all__ = ["WANTED_PROTOCOL", "Backend", "CallHost", "VirtqueueCall"]
 
@@ -320,16 +320,9 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
         in flight complete after its reply, fail to signal and make
         qemu-storage-daemon panic. True when the ring is empty."""
         ring = None if self.own is None else self.own.ring
-        if ring is None:
+        if ring is None or ring.in_flight == 0:
             return True
-        waited = threading.Event()
-        for _ in range(max(1, int(self.settings.drain_timeout * 1000))):
-            if ring.in_flight == 0:
-                return True
-            # the used ring has no notification of its own here; a wait on the
-            # back-end, so one a Ctrl-C ends at once (in the teardown's section)
-            irqbypass.signalsafe.interruptible(waited.wait, 0.001)
-        return ring.in_flight == 0
+        return _wait_for_completions(ring, self.settings.drain_timeout)
 
     def _stop_ring(self) -> None:
         conn = self.conn
@@ -343,3 +336,16 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
                 f"{self.queue}, base {ring.avail_idx} (every request given back)",
                 errno.EPROTO,
             )
+
+
+@irqbypass.plugin.waits_on_peer
+def _wait_for_completions(ring: SplitRing, timeout: float) -> bool:
+    """Whether the back-end returned every request in flight within ``timeout``
+    seconds. The used ring has no notification of its own here: a wait on the
+    back-end, so one a Ctrl-C ends at once (in the teardown's section too)."""
+    waited = threading.Event()
+    for _ in range(max(1, int(timeout * 1000))):
+        waited.wait(0.001)
+        if ring.in_flight == 0:
+            return True
+    return False

@@ -4,8 +4,8 @@ Every wait is bounded: one deadline, ``timeout`` seconds, for a whole request
 (its message and fds, its reply, the round trip that makes it synchronous), so
 a back-end that stalls, answers each part just in time, or queues this
 connection behind another front-end (as qemu-storage-daemon does: it serves
-one at a time), is an error, never a hang. Every wait is
-:func:`irqbypass.signalsafe.interruptible`: Ctrl-C is never deferred behind a back-end.
+one at a time), is an error, never a hang. Every wait is one
+:func:`irqbypass.plugin.waits_on_peer` method: Ctrl-C is never deferred behind a back-end.
 A reply is checked before it is believed: its request, version, reply flag and
 size must be what the spec says, and fds it should not carry are closed. After
 a back-end vanished or answered nonsense the connection is *broken*: every
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import irqbypass
-import irqbypass.signalsafe
+import irqbypass.plugin
 
 from . import _wire as wire
 from ._dial import MAX_SOCKET_NAME, check_socket_path, dial
@@ -238,10 +238,11 @@ class Connection:
             "sharing this connection); the stream cannot be trusted"
         )
 
+    @irqbypass.plugin.waits_on_peer
     def _deadline_wait(self, events: int, deadline: float, doing: str) -> None:
-        """Wait until the socket is ready or ``deadline`` passes. The wait is
-        :func:`irqbypass.signalsafe.interruptible`: a request made in a signal-safe
-        section cannot defer Ctrl-C behind a back-end that does not answer."""
+        """Wait until the socket is ready or ``deadline`` passes. A wait on the
+        peer: a request made in an uninterrupted method cannot defer Ctrl-C
+        behind a back-end that does not answer."""
         assert self._sock is not None
         poller = select.poll()
         poller.register(self._sock.fileno(), events)
@@ -255,7 +256,7 @@ class Connection:
                     "front-end, or check the back-end's log"
                 )
             wait = math.ceil(min(remaining, _POLL_SLICE) * 1000)
-            if irqbypass.signalsafe.interruptible(poller.poll, wait):
+            if poller.poll(wait):
                 return
 
     def _unblocked(self, doing: str, call: Callable[..., _T], *args: Any) -> _T | None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 import irqbypass
-import irqbypass.signalsafe
+import irqbypass.plugin
 
 __all__ = ["BINARY", "INSTALL_HOWTO", "StorageDaemon", "unavailable_reason"]
 
@@ -137,9 +137,7 @@ class StorageDaemon:
         try:
             if process.poll() is None:
                 process.send_signal(sig)
-                # waiting for another process, maybe in a teardown's signal-safe
-                # section: Ctrl-C must end it (and the kill below makes sure)
-                irqbypass.signalsafe.interruptible(process.wait, 5.0)
+                _await_exit(process, 5.0)  # Ctrl-C ends it (and the kill below makes sure)
         except BaseException:  # no answer to SIGTERM in 5 s, or interrupted: make sure
             process.kill()
             process.wait()
@@ -154,3 +152,10 @@ class StorageDaemon:
             directory, self.directory = self.directory, None
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+@irqbypass.plugin.waits_on_peer
+def _await_exit(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for the daemon to exit: a wait on another process, maybe in a
+    teardown's uninterrupted section, that a Ctrl-C ends at once."""
+    process.wait(timeout)
