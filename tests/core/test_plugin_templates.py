@@ -12,8 +12,8 @@ from pathlib import Path
 
 import irqbypass.plugin
 import pytest
+from test_interruptible import GUARD, interrupt_main_when
 
-GUARD = 60.0
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 #: the signal machinery: the embedders' tier and its implementation
 MACHINERY = frozenset({"irqbypass.signalsafe", "irqbypass._signals"})
@@ -78,19 +78,6 @@ def test_no_plugin_imports_the_signal_machinery() -> None:
 
 # SIGINT raises KeyboardInterrupt, guarded as a Manager guards it (tests/conftest.py)
 signals = pytest.mark.usefixtures("guarded_sigint")
-
-
-def interrupt_main_when(ready: threading.Event) -> threading.Thread:
-    main = threading.main_thread().ident
-    assert main is not None
-
-    def run() -> None:
-        if ready.wait(GUARD):
-            signal.pthread_kill(main, signal.SIGINT)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 @signals
