@@ -129,7 +129,7 @@ def test_a_command_imports_its_module_when_it_runs(tmp_path: object) -> None:
 
 
 def test_the_version_is_the_installed_distributions() -> None:
-    assert cli.version() == metadata.version("irqbypass")
+    assert irqbypass.__version__ == metadata.version("irqbypass")
 
 
 def test_the_duration_limit_is_the_configurations() -> None:

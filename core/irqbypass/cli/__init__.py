@@ -8,7 +8,7 @@ on SIGUSR1 (both acted on in its main loop, never in the handler).
 The commands live in the modules of this package, one concept each
 (``check``, ``run``, ``live``, ``summary``, ``hosting``, ``output``, ``files``);
 :func:`main` is the entry point (``irqbypass.cli:main``). A command's module is
-imported once the arguments name it (:class:`_Command`), so ``--version`` and
+imported once the arguments name it (:data:`_COMMANDS`), so ``--version`` and
 ``--help`` import no plugin, no asyncio and no TOML reader.
 """
 
@@ -25,7 +25,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from .. import __version__
 from .._errors import IrqBypassError
@@ -57,7 +57,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
     _set_up_logging(args.verbose)
     try:
-        result: int = args.func(args)
+        command = _COMMANDS[args.command]
+        module = importlib.import_module(f".{command.module}", __name__)
+        result: int = getattr(module, command.function)(args)
         return result
     except IrqBypassError as exc:
         errors = [str(error) for error in getattr(exc, "errors", (exc,))]
@@ -150,212 +152,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-#: the global options: flags, then argparse's settings ("dest" is the main
-#: parser's; each command's hidden copy adds "_after", merged by _parse)
-_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
-    (("--block",), {
-        "action": "append", "default": [], "dest": "block", "metavar": "NAME",
-        "help": "do not load this plugin or distribution (repeatable)",
-    }),
-    (("-p",), {
-        "action": "append", "default": [], "dest": "plugin_modules", "metavar": "MODULE",
-        "help": "also load this module as a plugin, without packaging it (repeatable)",
-    }),
-    (("--strict",), {
-        "action": "store_true", "dest": "strict",
-        "help": "a plugin that fails to load, or a warning of `check`, is an error",
-    }),
-    (("-v", "--verbose"), {
-        "action": "count", "default": 0, "dest": "verbose",
-        "help": "log every step (plugins, apply, teardown) and what logging consumers log; "
-        "-vv: also every callback and DEBUG messages",
-    }),
-)  # fmt: skip
-
-
-def _global_options(parser: argparse.ArgumentParser, suffix: str, shown: bool) -> None:
-    for flags, settings in _GLOBAL_OPTIONS:
-        own = {**settings, "dest": settings["dest"] + suffix}
-        if isinstance(own.get("default"), list):
-            own["default"] = []  # a list of its own for each parser, never one shared
-        if not shown:
-            own["help"] = argparse.SUPPRESS
-        parser.add_argument(*flags, **own)
-
-
-def _parser(problems: list[str] | None = None) -> _Parser:
-    """The command line's parser. A value of the wrong form is added to
-    ``problems`` (and parsing goes on, to find the others), or, without a list,
-    stops the parse as argparse does."""
-    checked = _Checked(problems)
-    parser = _Parser(
-        noted=problems,
-        prog="irqbypass",
-        description="The IRQ bypass manager for userspace VMMs.",
-        epilog=f"Global options may also follow the command. Docs: {DOCS_URL}",
-    )
-    parser.add_argument(
-        "--version",
-        action=_Version,
-        help="show the version and exit; twice: also Python and the installed plugins",
-    )
-    _global_options(parser, "", shown=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, noted=problems)
-        _global_options(sub, "_after", shown=False)
-        sub.set_defaults(parser=sub)  # whose usage a wrong argument prints
-        return sub
-
-    plugins = command("plugins", "list the plugins, their kinds, hooks, and what was left out")
-    plugins.add_argument("--json", action="store_true", help="print JSON")
-    plugins.set_defaults(func=_Command("hosting", "cmd_plugins"))
-
-    check_cmd = command("check", "validate a topology file and its pairs, opening no device")
-    check_cmd.add_argument("file", help="the TOML file, or - for standard input")
-    check_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    _listing_options(check_cmd)
-    check_cmd.set_defaults(func=_Command("check", "cmd_check"))
-
-    run = command("run", "apply a topology, run it, tear it down")
-    run.add_argument("file", help="the TOML file, or - for standard input")
-    _run_options(run, checked)
-    _serving_options(run, checked)
-    run.set_defaults(func=_Command("run", "cmd_run"))
-
-    status = command("status", "show the pairs of a running `irqbypass run --control PATH`")
-    status.add_argument("path", help="the run's control socket")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    _listing_options(status)
-    status.set_defaults(func=_Command("live", "cmd_status"))
-
-    reload = command("reload", "make a running `irqbypass run --control PATH` reload its file")
-    reload.add_argument("path", help="the run's control socket")
-    reload.add_argument("--json", action="store_true", help="print JSON")
-    reload.set_defaults(func=_Command("live", "cmd_reload"))
-
-    demo = command("demo", "run the bundled demo topology")
-    _run_options(demo, checked)
-    demo.set_defaults(func=_Command("run", "cmd_demo"))
-    _bundled_commands(command)
-    return parser
-
-
-def _serving_options(run: argparse.ArgumentParser, checked: _Checked) -> None:
-    """What a run serves while it runs: its control socket and its metrics."""
-    run.add_argument(
-        "--control",
-        type=checked(_control_path, "--control"),
-        metavar="PATH",
-        help="answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
-        "(created 0600, for your user only)",
-    )
-    run.add_argument(
-        "--metrics-port",
-        type=checked(_port_number, "--metrics-port"),
-        metavar="PORT",
-        help="serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
-    )
-    run.add_argument(
-        "--metrics-address",
-        default="127.0.0.1",
-        metavar="ADDR",
-        help="the address --metrics-port listens on (default: 127.0.0.1)",
-    )
-    run.add_argument(
-        "--metrics-textfile",
-        metavar="PATH",
-        help="write Prometheus metrics to PATH every second, for node_exporter's textfile "
-        "collector (needs irqbypass[metrics])",
-    )
-
-
-def _bundled_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """The commands that write what the core ships: the examples, a plugin to start from."""
-    examples = command("examples", "list the bundled example topologies and systemd unit")
-    examples.add_argument(
-        "--write", metavar="DIR", help="write them into DIR (made if missing; never overwrites)"
-    )
-    examples.set_defaults(func=_Command("bundled", "cmd_examples"))
-
-    new_plugin = command(
-        "new-plugin", "write a plugin to start from: irqbypass-NAME, module irqbypass_NAME"
-    )
-    new_plugin.add_argument("name", help="the plugin's name: lower-case words joined by '-'")
-    new_plugin.add_argument(
-        "--directory", default=".", metavar="DIR", help="where to write irqbypass-NAME/"
-    )
-    new_plugin.set_defaults(func=_Command("template", "cmd_new_plugin"))
-
-
-class _Command:
-    """A command's function, its module imported when the command runs."""
-
-    def __init__(self, module: str, function: str) -> None:
-        self.module, self.function = module, function
-
-    def __call__(self, args: argparse.Namespace) -> int:
-        module = importlib.import_module(f".{self.module}", __name__)
-        result: int = getattr(module, self.function)(args)
-        return result
-
-
-def version() -> str:
-    """The core's version: :data:`irqbypass.__version__`, its one source (the
-    package is imported already: nothing more to read)."""
-    return __version__
-
-
-class _Version(argparse.Action):
-    """``--version``: the core's version, nothing imported (``--version
-    --version``, the plugins too, is handled before parsing)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        sys.stdout.write(f"irqbypass {version()}\n")
-        parser.exit()
-
-
-def _run_options(parser: argparse.ArgumentParser, checked: _Checked) -> None:
-    parser.add_argument(
-        "--duration",
-        type=checked(_seconds, "--duration"),
-        metavar="S",
-        help="stop after S seconds at most (default: the file's [run] duration, or until "
-        f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _listing_options(parser)
-
-
-def _listing_options(parser: argparse.ArgumentParser) -> None:
-    """-q and --all, which exclude each other (checked in :func:`_parse`, not
-    by an argparse group, which stops at the clash before the other values)."""
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="no header; each table as its totals and only the pairs with a problem",
-    )
-    parser.add_argument(
-        "--all",
-        action="store_true",
-        help=f"list every pair, however many (by default a table of more than {TABLE_ROWS} "
-        "pairs is its totals and the pairs with a problem; -v lists every pair too)",
-    )
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse's parser; its error (a missing argument, say) comes after the
     wrong values noted before it (``noted``, see :class:`_Checked`), each on
     its own line, then exit status 2."""
 
-    def __init__(self, *args: Any, noted: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.noted = noted if noted is not None else []
+    noted: list[str]
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -364,26 +166,26 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-class _Checked:
-    """Option types that note a wrong value in ``problems`` and give None, so
-    the parse goes on to the next (without a list: argparse's own stop)."""
+class _Checked(argparse.Action):
+    """An option whose value its check (:data:`_CHECKS`, by option) turns into
+    the value; a wrong one is noted in the parser's ``noted`` and left None, so
+    the parse goes on to the next."""
 
-    def __init__(self, problems: list[str] | None) -> None:
-        self.problems = problems
-
-    def __call__(self, check: Callable[[str], Any], option: str) -> Callable[[str], Any]:
-        problems = self.problems
-        if problems is None:
-            return check
-
-        def convert(text: str) -> Any:
-            try:
-                return check(text)
-            except argparse.ArgumentTypeError as exc:
-                problems.append(f"argument {option}: {exc}")
-                return None
-
-        return convert
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        (option,) = self.option_strings
+        try:
+            value = _CHECKS[option](str(values))
+        except argparse.ArgumentTypeError as exc:
+            assert isinstance(parser, _Parser)
+            parser.noted.append(f"argument {option}: {exc}")
+            value = None
+        setattr(namespace, self.dest, value)
 
 
 def _seconds(text: str) -> float:
@@ -416,6 +218,174 @@ def _port_number(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
     return port
+
+
+#: each checked option's check (``"action": _Checked`` in its settings)
+_CHECKS: dict[str, Callable[[str], Any]] = {
+    "--duration": _seconds,
+    "--control": _control_path,
+    "--metrics-port": _port_number,
+}
+
+
+#: an option (or a positional argument): its flags, then argparse's settings
+_Option = tuple[tuple[str, ...], dict[str, Any]]
+
+#: the global options ("dest" is the main parser's; each command's hidden copy
+#: adds "_after", merged by _parse)
+_GLOBAL_OPTIONS: tuple[_Option, ...] = (
+    (("--block",), {
+        "action": "append", "default": [], "dest": "block", "metavar": "NAME",
+        "help": "do not load this plugin or distribution (repeatable)",
+    }),
+    (("-p",), {
+        "action": "append", "default": [], "dest": "plugin_modules", "metavar": "MODULE",
+        "help": "also load this module as a plugin, without packaging it (repeatable)",
+    }),
+    (("--strict",), {
+        "action": "store_true", "dest": "strict",
+        "help": "a plugin that fails to load, or a warning of `check`, is an error",
+    }),
+    (("-v", "--verbose"), {
+        "action": "count", "default": 0, "dest": "verbose",
+        "help": "log every step (plugins, apply, teardown) and what logging consumers log; "
+        "-vv: also every callback and DEBUG messages",
+    }),
+)  # fmt: skip
+_HIDDEN_GLOBAL_OPTIONS: tuple[_Option, ...] = tuple(
+    (flags, {**settings, "dest": settings["dest"] + "_after", "help": argparse.SUPPRESS})
+    for flags, settings in _GLOBAL_OPTIONS
+)
+
+_FILE: _Option = (("file",), {"help": "the TOML file, or - for standard input"})
+_SOCKET: _Option = (("path",), {"help": "the run's control socket"})
+_JSON: _Option = (("--json",), {"action": "store_true", "help": "print JSON"})
+#: -q and --all, which exclude each other (checked in :func:`_parse`, not by an
+#: argparse group, which stops at the clash before the other values)
+_LISTING: tuple[_Option, ...] = (
+    (("-q", "--quiet"), {
+        "action": "store_true",
+        "help": "no header; each table as its totals and only the pairs with a problem",
+    }),
+    (("--all",), {
+        "action": "store_true",
+        "help": f"list every pair, however many (by default a table of more than {TABLE_ROWS} "
+        "pairs is its totals and the pairs with a problem; -v lists every pair too)",
+    }),
+)  # fmt: skip
+#: how long a run runs, and how it lists (run and demo)
+_RUN: tuple[_Option, ...] = (
+    (("--duration",), {
+        "action": _Checked, "metavar": "S",
+        "help": "stop after S seconds at most (default: the file's [run] duration, or until "
+        f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
+    }),
+    (("--json",), {"action": "store_true", "help": "print the summary as JSON"}),
+    *_LISTING,
+)  # fmt: skip
+#: what a run serves while it runs: its control socket and its metrics
+_SERVING: tuple[_Option, ...] = (
+    (("--control",), {
+        "action": _Checked, "metavar": "PATH",
+        "help": "answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
+        "(created 0600, for your user only)",
+    }),
+    (("--metrics-port",), {
+        "action": _Checked, "metavar": "PORT",
+        "help": "serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
+    }),
+    (("--metrics-address",), {
+        "default": "127.0.0.1", "metavar": "ADDR",
+        "help": "the address --metrics-port listens on (default: 127.0.0.1)",
+    }),
+    (("--metrics-textfile",), {
+        "metavar": "PATH",
+        "help": "write Prometheus metrics to PATH every second, for node_exporter's textfile "
+        "collector (needs irqbypass[metrics])",
+    }),
+)  # fmt: skip
+
+
+class _Command(NamedTuple):
+    """A command: its help line, where its function is (``module``, imported
+    only when the command runs, so ``--version`` and ``--help`` import no
+    plugin) and its arguments, in the order ``--help`` lists them."""
+
+    help: str
+    module: str
+    function: str
+    arguments: tuple[_Option, ...]
+
+
+_COMMANDS: dict[str, _Command] = {
+    "plugins": _Command(
+        "list the plugins, their kinds, hooks, and what was left out",
+        "hosting", "cmd_plugins", (_JSON,),
+    ),
+    "check": _Command(
+        "validate a topology file and its pairs, opening no device",
+        "check", "cmd_check",
+        (_FILE, (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
+         *_LISTING),
+    ),
+    "run": _Command(
+        "apply a topology, run it, tear it down", "run", "cmd_run", (_FILE, *_RUN, *_SERVING)
+    ),
+    "status": _Command(
+        "show the pairs of a running `irqbypass run --control PATH`",
+        "live", "cmd_status", (_SOCKET, _JSON, *_LISTING),
+    ),
+    "reload": _Command(
+        "make a running `irqbypass run --control PATH` reload its file",
+        "live", "cmd_reload", (_SOCKET, _JSON),
+    ),
+    "demo": _Command("run the bundled demo topology", "run", "cmd_demo", _RUN),
+    "examples": _Command(
+        "list the bundled example topologies and systemd unit", "bundled", "cmd_examples",
+        ((("--write",), {
+            "metavar": "DIR", "help": "write them into DIR (made if missing; never overwrites)",
+        }),),
+    ),
+    "new-plugin": _Command(
+        "write a plugin to start from: irqbypass-NAME, module irqbypass_NAME",
+        "template", "cmd_new_plugin",
+        ((("name",), {"help": "the plugin's name: lower-case words joined by '-'"}),
+         (("--directory",), {
+             "default": ".", "metavar": "DIR", "help": "where to write irqbypass-NAME/",
+         })),
+    ),
+}  # fmt: skip
+
+
+def _parser(problems: list[str]) -> _Parser:
+    """The command line's parser, built from the tables above: the main
+    parser's global options, then each command's hidden copy of them and its
+    own arguments. A value of the wrong form is added to ``problems`` (and
+    parsing goes on, to find the others)."""
+    parser = _Parser(
+        prog="irqbypass",
+        description="The IRQ bypass manager for userspace VMMs.",
+        epilog=f"Global options may also follow the command. Docs: {DOCS_URL}",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"irqbypass {__version__}",
+        help="show the version and exit; twice: also Python and the installed plugins",
+    )
+    building: list[tuple[_Parser, tuple[_Option, ...]]] = [(parser, _GLOBAL_OPTIONS)]
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in _COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        sub.set_defaults(parser=sub)  # whose usage a wrong argument prints
+        building.append((sub, (*_HIDDEN_GLOBAL_OPTIONS, *command.arguments)))
+    for built, options in building:
+        built.noted = problems
+        for flags, settings in options:
+            if isinstance(settings.get("default"), list):  # a list of its own for each parser
+                settings = {**settings, "default": []}
+            built.add_argument(*flags, **settings)
+    return parser
 
 
 def _set_up_logging(verbose: int) -> None:

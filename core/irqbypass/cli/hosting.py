@@ -12,11 +12,11 @@ import textwrap
 from collections.abc import Generator
 from typing import Any, TextIO
 
+from .. import __version__
 from .._config import Config
 from .._errors import ConfigError, IrqBypassError
 from .._hookspecs import hookimpl
 from .._plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
-from . import version
 from .output import is_tty, print_table, print_warning, say, screen_width
 
 #: plugins the CLI itself registers (tracing, metrics): not listed as the user's
@@ -127,7 +127,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     kinds = _kind_table(host)
     if args.json:
         doc = {
-            "irqbypass": version(),
+            "irqbypass": __version__,
             "python": sys.version.split()[0],
             "plugins": [i.as_dict() for i in infos],
             "kinds": kinds,
@@ -136,7 +136,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         }
         say(json.dumps(doc, indent=2), sys.stdout)
         return 0
-    say(f"irqbypass {version()} (Python {sys.version.split()[0]})", sys.stdout)
+    say(f"irqbypass {__version__} (Python {sys.version.split()[0]})", sys.stdout)
     if not infos:
         why = "all of them were left out (below)" if host.filtered else "none is installed"
         say(f"no plugins loaded: {why}", sys.stdout)
@@ -174,7 +174,7 @@ def print_header(host: PluginHost, out: TextIO) -> None:
         for i in host.info()
         if i.error is None and i.name not in _CORE_PLUGINS
     ]
-    line = f"irqbypass {version()}; plugins: {', '.join(loaded) or 'none'}"
+    line = f"irqbypass {__version__}; plugins: {', '.join(loaded) or 'none'}"
     if is_tty(out):  # wrapped at a plugin name, not in the middle of one
         line = textwrap.fill(line, max(40, screen_width(out) - 1), subsequent_indent="  ")
     say(line, out)
