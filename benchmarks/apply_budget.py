@@ -29,6 +29,7 @@ topology pauses it in apply and teardown). Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import select
@@ -40,7 +41,7 @@ from typing import Any
 
 import irqbypass
 import irqbypass.plugin
-from irqbypass._eventfd import Eventfd
+from irqbypass._eventfd import _EVENTFD_ID, Eventfd, _fdinfo_field
 from report import Report, add_json_option
 
 OPTIONS = {"rate": 0.0, "count": 20, "delay": 3600.0}
@@ -100,7 +101,7 @@ def token_round(n: int, parts: Parts) -> None:
     flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
     with timed(parts.slot("os.eventfd")):
         fds = [os.eventfd(0, flags) for _ in range(n)]
-    identity = Eventfd._kernel_identity
+    identity = functools.partial(_fdinfo_field, tag=_EVENTFD_ID)
     with timed(parts.slot("identity read")):
         for fd in fds:
             identity(fd)

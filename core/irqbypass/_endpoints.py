@@ -40,31 +40,11 @@ REQUIRED_CONSUMER_CALLBACKS = ("add_producer", "del_producer")
 _E = TypeVar("_E", bound="Endpoint")
 
 
-def check_token(token: object, what: str) -> None:
-    """Refuse a token the manager cannot index (EINVAL)."""
-    if token is None:
-        raise InvalidEndpointError(
-            f"{what}: token is None; pass the eventfd (or any hashable value) "
-            "that pairs this endpoint with its partner"
-        )
-    if not isinstance(token, Hashable):
-        raise InvalidEndpointError(
-            f"{what}: token {show_value(token)} is not hashable; use an Eventfd, "
-            "a string, an int or another hashable value"
-        )
-    try:
-        hash(token)
-    except Exception as exc:  # a hostile __hash__ can raise anything
-        raise InvalidEndpointError(
-            f"{what}: token {show_value(token)} is not hashable ({show_exception(exc)})"
-        ) from exc
-
-
-def missing_consumer_callbacks(consumer: object) -> list[str]:
-    """The required consumer callbacks that ``consumer`` lacks."""
-    return [
-        name for name in REQUIRED_CONSUMER_CALLBACKS if not callable(getattr(consumer, name, None))
-    ]
+#: what a None token is told (by the constructor, and by a manager given one)
+NO_TOKEN = (
+    "token is None; pass the eventfd (or any hashable value) that pairs this endpoint "
+    "with its partner"
+)
 
 
 #: numbers the default names of unnamed endpoints (next() on a count is atomic)
@@ -88,7 +68,20 @@ class Endpoint:
             raise InvalidEndpointError(
                 f"{type(self).__name__}: name must be a str or None, not {type(name).__name__}"
             )
-        check_token(token, f"{type(self).__name__}({name or ''})")
+        what = f"{type(self).__name__}({name or ''})"
+        if token is None:
+            raise InvalidEndpointError(f"{what}: {NO_TOKEN}")
+        if not isinstance(token, Hashable):
+            raise InvalidEndpointError(
+                f"{what}: token {show_value(token)} is not hashable; use an Eventfd, "
+                "a string, an int or another hashable value"
+            )
+        try:
+            hash(token)  # the manager's index needs it: refused here, not on registering
+        except Exception as exc:  # a hostile __hash__ can raise anything
+            raise InvalidEndpointError(
+                f"{what}: token {show_value(token)} is not hashable ({show_exception(exc)})"
+            ) from exc
         self._token = token
         #: the name in every message; unnamed endpoints get distinct ones
         #: ("MockProducer-1", "MockProducer-2"), or two messages would read alike
@@ -177,7 +170,7 @@ class Consumer(Endpoint):
     start: Callable[[], None] | None = None
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
-        missing = missing_consumer_callbacks(self)
+        missing = [n for n in REQUIRED_CONSUMER_CALLBACKS if not callable(getattr(self, n, None))]
         if missing:
             raise InvalidEndpointError(
                 f"{type(self).__name__} lacks the required consumer callback(s) "

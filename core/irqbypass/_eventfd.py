@@ -20,11 +20,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ._errors import EventfdClosedError, InvalidEndpointError
 from ._options import show_value as show
 
 _COUNTER = struct.Struct("=Q")
+_T = TypeVar("_T")
 #: how soon a waiting :meth:`Eventfd.read` notices that the Eventfd was closed
 CLOSE_NOTICE_SECONDS = 0.1
 _MAX_INITVAL = 2**32 - 1  # eventfd(2) takes an unsigned int
@@ -40,40 +42,37 @@ def _is_int(value: object) -> bool:
 
 #: an eventfd's fdinfo is about 120 bytes; another file's fields past this are not needed
 _FDINFO_BYTES = 4096
+#: where the kernel shows an fd's fields, one a line
+_FDINFO = "/proc/self/fdinfo/{}"
 #: the fields read, each as it starts a line of the fdinfo
 _EVENTFD_ID = b"\neventfd-id:"
 _EVENTFD_COUNT = b"\neventfd-count:"
 
 
-def _read_fdinfo(fd: int) -> bytes:
-    """The text of ``/proc/self/fdinfo/<fd>`` after a newline (each field
-    then follows one), or empty when it cannot be read. One open, one read and
-    one close, without a Python file object: every eventfd made reads it once
-    for its identity, and a file object cost 16 us against 10 (the open of the
-    /proc entry itself is 5 of them)."""
+def _fdinfo_field(fd: int, tag: bytes) -> str | None:
+    """The value of the field ``tag`` (``b"\\nname:"``) in ``/proc/self/fdinfo/<fd>``,
+    or None (no such field, or no fdinfo to read).
+
+    One open, one read and one close, without a Python file object (every
+    eventfd made reads it once for its identity: a file object cost 16 us
+    against 10), and the field found by one search rather than by splitting
+    every line into a dict (0.4 us against 1.4)."""
     try:
-        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        info = os.open(_FDINFO.format(fd), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return b""
+        return None
     try:
-        data = os.read(info, _FDINFO_BYTES)
+        data = b"\n" + os.read(info, _FDINFO_BYTES)  # each field then follows a newline
     except OSError:
-        return b""
+        return None
     finally:
         os.close(info)
-    return b"\n" + data
-
-
-def _fdinfo_field(info: bytes, tag: bytes) -> str | None:
-    """The value of the field ``tag`` (``b"\\nname:"``) in ``info``, or None:
-    found by one search, not by splitting every line into a dict (0.4 us
-    against 1.4, in every Eventfd made)."""
-    at = info.find(tag)
+    at = data.find(tag)
     if at < 0:
         return None
     start = at + len(tag)
-    end = info.find(b"\n", start)
-    return info[start : end if end >= 0 else len(info)].strip().decode("ascii", "replace")
+    end = data.find(b"\n", start)
+    return data[start : end if end >= 0 else len(data)].strip().decode("ascii", "replace")
 
 
 class Eventfd:
@@ -104,7 +103,11 @@ class Eventfd:
     _identity: tuple[str, int]
 
     def __init__(self, initval: int = 0, *, semaphore: bool = False) -> None:
-        if not _is_int(initval) or not 0 <= initval <= _MAX_INITVAL:
+        if (
+            not isinstance(initval, int)
+            or isinstance(initval, bool)
+            or not 0 <= initval <= _MAX_INITVAL
+        ):
             raise InvalidEndpointError(
                 f"Eventfd initval {show(initval)} is not an int from 0 to {_MAX_INITVAL}"
             )
@@ -113,15 +116,15 @@ class Eventfd:
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         if semaphore:
             flags |= os.EFD_SEMAPHORE
-        self._init_state(-1, owned=True)
-        self._fd = os.eventfd(initval, flags)
-        self._nonblocking = True  # made so here; an fd from elsewhere may block
-        self._identity = self._kernel_identity(self._fd)
+        # made non-blocking here; an fd from elsewhere may block
+        self._adopt(os.eventfd(initval, flags), owned=True, nonblocking=True)
 
-    def _init_state(self, fd: int, *, owned: bool) -> None:
+    def _adopt(self, fd: int, *, owned: bool, nonblocking: bool = False) -> None:
+        """Take ``fd`` (an eventfd) as this object's: its state, and its
+        identity as a token, the kernel's eventfd-id (else the fd number)."""
         self._fd = fd
         self._owned = owned
-        self._nonblocking = False
+        self._nonblocking = nonblocking
         self._identity = ("fd", fd)
         self._guard = threading.Lock()
         #: calls using the fd right now; close() leaves it open until they are done
@@ -130,6 +133,9 @@ class Eventfd:
         #: who borrowed the fd for longer than a call (the event loop's readers):
         #: each is called on close() and gives its borrow back
         self._borrowers: list[Callable[[], object]] = []
+        kernel_id = _fdinfo_field(fd, _EVENTFD_ID)
+        if kernel_id is not None and kernel_id.isdigit():
+            self._identity = ("eventfd-id", int(kernel_id))
 
     @classmethod
     def from_fd(cls, fd: int, *, owned: bool = False) -> Eventfd:
@@ -145,16 +151,8 @@ class Eventfd:
     def _wrap(cls, fd: int, *, owned: bool) -> Eventfd:
         """An Eventfd around ``fd``, an eventfd already checked."""
         self = cls.__new__(cls)
-        self._init_state(fd, owned=owned)
-        self._identity = cls._kernel_identity(fd)
+        self._adopt(fd, owned=owned)
         return self
-
-    @staticmethod
-    def _kernel_identity(fd: int) -> tuple[str, int]:
-        kernel_id = _fdinfo_field(_read_fdinfo(fd), _EVENTFD_ID)
-        if kernel_id is not None and kernel_id.isdigit():
-            return ("eventfd-id", int(kernel_id))
-        return ("fd", fd)
 
     @property
     def kernel_id(self) -> int | None:
@@ -186,25 +184,13 @@ class Eventfd:
             "close a token only after every endpoint using it is closed"
         )
 
-    # The fd is borrowed for the length of each call: ``_users`` counts the
-    # calls inside, and close() leaves the number taken until the last is out.
-    # Between the increment and ``inside = True`` (and in the decrement) no
-    # call is made, so no signal handler can run there and the count is exact.
-
-    def write(self, value: int = 1) -> None:
-        """Add ``value`` to the counter: signal the interrupt ``value`` times."""
-        if not (type(value) is int or _is_int(value)) or not 0 <= value <= _MAX_COUNT:
-            raise InvalidEndpointError(
-                f"Eventfd.write({show(value)}): the value must be an int from 0 to {_MAX_COUNT}"
-            )
+    def _using(self, use: Callable[..., _T], *args: Any) -> _T:
+        """``use(fd, *args)``, the fd borrowed for the length of the call:
+        ``_users`` counts the calls inside, and close() leaves the number taken
+        until the last is out. Between the increment and ``inside = True`` (and
+        in the decrement) no call is made, so no signal handler can run there
+        and the count is exact."""
         guard, inside = self._guard, False
-        if self._nonblocking:  # the write cannot wait: done under the guard, in one section
-            with guard:
-                fd = self._fd
-                if fd < 0:
-                    raise self._closed_error()
-                os.write(fd, _COUNTER.pack(value))
-            return
         try:
             with guard:
                 fd = self._fd
@@ -212,7 +198,7 @@ class Eventfd:
                     raise self._closed_error()
                 self._users += 1
                 inside = True
-            os.write(fd, _COUNTER.pack(value))
+            return use(fd, *args)
         finally:
             if inside:
                 with guard:
@@ -221,6 +207,21 @@ class Eventfd:
                     if later >= 0:
                         self._close_later = -1
                         os.close(later)
+
+    def write(self, value: int = 1) -> None:
+        """Add ``value`` to the counter: signal the interrupt ``value`` times."""
+        if not (type(value) is int or _is_int(value)) or not 0 <= value <= _MAX_COUNT:
+            raise InvalidEndpointError(
+                f"Eventfd.write({show(value)}): the value must be an int from 0 to {_MAX_COUNT}"
+            )
+        if not self._nonblocking:  # a write that may wait: the fd borrowed meanwhile
+            self._using(os.write, _COUNTER.pack(value))
+            return
+        with self._guard:  # the write cannot wait: done under the guard, in one section
+            fd = self._fd
+            if fd < 0:
+                raise self._closed_error()
+            os.write(fd, _COUNTER.pack(value))
 
     def read(self, timeout: float | None = None) -> int:
         """Take the counter, waiting up to ``timeout`` seconds (None: forever).
@@ -240,44 +241,11 @@ class Eventfd:
                 except BlockingIOError:
                     return 0
                 return value
-        timeout = _read_timeout(timeout)
-        guard, inside = self._guard, False
-        try:
-            with guard:
-                fd = self._fd
-                if fd < 0:
-                    raise self._closed_error()
-                self._users += 1
-                inside = True
-            return _take_counter(self, fd, timeout)
-        finally:
-            if inside:
-                with guard:
-                    self._users -= 1
-                    later = self._close_later if self._users == 0 else -1
-                    if later >= 0:
-                        self._close_later = -1
-                        os.close(later)
+        return self._using(_take_counter, self, _read_timeout(timeout))
 
     def dup(self) -> Eventfd:
         """A new owned fd for the same eventfd (the same token)."""
-        guard, inside = self._guard, False
-        try:
-            with guard:
-                fd = self._fd
-                if fd < 0:
-                    raise self._closed_error()
-                self._users += 1
-                inside = True
-            return Eventfd._wrap(os.dup(fd), owned=True)
-        finally:
-            if inside:
-                with guard:
-                    self._users -= 1
-                    later = self._close_later if self._users == 0 else -1
-                    if later >= 0:
-                        self._close_later = -1
-                        os.close(later)
+        return Eventfd._wrap(self._using(os.dup), owned=True)
 
     def _borrow(self, on_close: Callable[[], object]) -> int:
         """Take the fd number until :meth:`_give_back` (the event loop watching
@@ -376,7 +344,7 @@ def _check_eventfd(fd: int, owned: bool) -> int:
         raise InvalidEndpointError(
             f"fd {show(fd)} is not a file descriptor; pass the int of an open eventfd"
         ) from exc
-    if _fdinfo_field(_read_fdinfo(fd), _EVENTFD_COUNT) is None:
+    if _fdinfo_field(fd, _EVENTFD_COUNT) is None:
         raise InvalidEndpointError(
             f"fd {fd} is not an eventfd; create one with os.eventfd() or irqbypass.Eventfd()"
         )
@@ -399,7 +367,7 @@ def _read_timeout(timeout: float | None) -> float | None:
     return max(timeout, 0.0)
 
 
-def _take_counter(eventfd: Eventfd, fd: int, timeout: float | None) -> int:
+def _take_counter(fd: int, eventfd: Eventfd, timeout: float | None) -> int:
     """:meth:`Eventfd.read` once ``fd`` is borrowed: one read for the loop's
     readers, else a poll in steps of :data:`CLOSE_NOTICE_SECONDS` (a close
     meanwhile is noticed) up to ``timeout``."""

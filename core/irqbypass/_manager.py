@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable, Sequence
 from threading import RLock
 from typing import Any
 
-from ._endpoints import Consumer, Producer, check_token, missing_consumer_callbacks
+from ._endpoints import NO_TOKEN, REQUIRED_CONSUMER_CALLBACKS, Consumer, Producer
 from ._errors import (
     AlreadyRegisteredError,
     CallbackError,
@@ -144,10 +144,7 @@ class Manager:
         if not isinstance(consumer, Consumer):
             raise _not_an_endpoint(consumer, "consumer")
         if consumer.add_producer is None or consumer.del_producer is None:
-            raise InvalidEndpointError(
-                f"consumer {_name(consumer)} lacks the required callback(s) "
-                f"{', '.join(missing_consumer_callbacks(consumer))}"
-            )
+            raise _lacking(consumer)
         try:
             with self._lock:
                 self._register(consumer, False, self._consumers, self._producers)
@@ -444,7 +441,8 @@ def _route(
 
 
 def _invalid_token(endpoint: object, cause: BaseException | None = None) -> InvalidEndpointError:
-    """The EINVAL for a token that is None, unhashable, or whose hash/eq raises."""
+    """The EINVAL for a token that is None (no ``cause``), or unhashable, or whose
+    hash/eq raises (``cause``: what it raised)."""
     what = f"{_side(endpoint)} {_name(endpoint)}"
     if cause is not None:
         return InvalidEndpointError(
@@ -452,11 +450,7 @@ def _invalid_token(endpoint: object, cause: BaseException | None = None) -> Inva
             f"as a key ({_brief(cause)}); use an Eventfd, a string, an int or another value "
             "whose hash and equality work"
         )
-    try:
-        check_token(getattr(endpoint, "_token", None), what)
-    except InvalidEndpointError as error:
-        return error
-    raise AssertionError("_invalid_token called for a valid token")  # pragma: no cover
+    return InvalidEndpointError(f"{what}: {NO_TOKEN}")
 
 
 def _forget(table: dict[Hashable, Any], endpoint: object) -> None:
@@ -465,6 +459,13 @@ def _forget(table: dict[Hashable, Any], endpoint: object) -> None:
     if len(kept) != len(table):
         table.clear()
         table.update(kept)
+
+
+def _lacking(consumer: object) -> InvalidEndpointError:
+    missing = [n for n in REQUIRED_CONSUMER_CALLBACKS if not callable(getattr(consumer, n, None))]
+    return InvalidEndpointError(
+        f"consumer {_name(consumer)} lacks the required callback(s) {', '.join(missing)}"
+    )
 
 
 def _uninitialised(endpoint: object) -> InvalidEndpointError:

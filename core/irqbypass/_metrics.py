@@ -67,22 +67,23 @@ class PairingEvents:
     per pair: the consumer's ``add`` and ``del``, the callbacks every consumer has)."""
 
     def __init__(self) -> None:
-        self.pairings = 0
-        self.unpairings = 0
+        #: connects and disconnects so far, by the hook step that counts them
+        self.counts = {"add": 0, "del": 0}
+
+    def _counted(self, side: str, step: str) -> Generator[None, None, None]:
+        """Around a callback: the consumer's counted once it returned."""
+        result = yield
+        if side == "consumer":
+            self.counts[step] += 1
+        return result
 
     @hookimpl(wrapper=True)
     def irqbypass_add(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
-        result = yield
-        if side == "consumer":
-            self.pairings += 1
-        return result
+        return (yield from self._counted(side, "add"))
 
     @hookimpl(wrapper=True)
     def irqbypass_del(self, endpoint: Any, partner: Any, side: str) -> Generator[None, None, None]:
-        result = yield
-        if side == "consumer":
-            self.unpairings += 1
-        return result
+        return (yield from self._counted(side, "del"))
 
 
 class Metrics:
@@ -110,18 +111,16 @@ class Metrics:
     def collect(self) -> Iterator[Any]:
         core = self._client.core
         pairs, reloads, failed = self._latest
-        for name, what in _COUNTERS:
-            family = core.CounterMetricFamily(f"irqbypass_{name}", what, labels=_PAIR_LABELS)
-            for row in pairs:
-                if isinstance(row.get(name), int):
-                    family.add_metric(_labels(row), row[name])
-            yield family
-        for name, what in _GAUGES:
-            family = core.GaugeMetricFamily(f"irqbypass_{name}", what, labels=_PAIR_LABELS)
-            for row in pairs:
-                if isinstance(row.get(name), int):
-                    family.add_metric(_labels(row), row[name])
-            yield family
+        for table, family_of in (
+            (_COUNTERS, core.CounterMetricFamily),
+            (_GAUGES, core.GaugeMetricFamily),
+        ):
+            for name, what in table:
+                family = family_of(f"irqbypass_{name}", what, labels=_PAIR_LABELS)
+                for row in pairs:
+                    if isinstance(row.get(name), int):
+                        family.add_metric(_labels(row), row[name])
+                yield family
         paired = core.GaugeMetricFamily(
             "irqbypass_paired", "1 while the pair's bypass is connected", labels=_PAIR_LABELS
         )
@@ -129,8 +128,8 @@ class Metrics:
             paired.add_metric(_labels(row), 1 if row.get("paired") else 0)
         yield paired
         for name, value, what in (
-            ("pairings", self.events.pairings, "pairs the manager connected"),
-            ("unpairings", self.events.unpairings, "pairs the manager disconnected"),
+            ("pairings", self.events.counts["add"], "pairs the manager connected"),
+            ("unpairings", self.events.counts["del"], "pairs the manager disconnected"),
             ("reloads", reloads, "reloads of the file that changed the topology as asked"),
             ("reload_failures", failed, "reloads refused or rolled back"),
         ):

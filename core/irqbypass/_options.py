@@ -24,6 +24,15 @@ from ._errors import ConfigError, InvalidEndpointError, printable
 #: the highest fd number (an int in C: ``os.dup`` and the ioctls refuse more)
 MAX_FD = 2**31 - 1
 
+#: what each accessor takes (a bool is never taken for a number) and how an
+#: error names it: the one table :meth:`Options._value` checks a value against
+_KINDS: dict[str, tuple[Any, str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
 
 class Options:
     """A reader over one ``options`` table; call :meth:`finish` when done."""
@@ -41,19 +50,50 @@ class Options:
         it."""
         return ConfigError(problem, file=self._file, key=f"{self._where}.{key}")
 
-    def _take(self, key: str) -> Any:
-        self._read.add(key)
-        return self._values.get(key)
-
     def missing(self, key: str) -> ConfigError:
         """The error for a required key that is not there."""
         return self.error(key, f"missing required option {key!r}; set it in this entry's options")
 
-    def _take_or_default(self, key: str, default: Any, required: bool) -> Any:
-        value = self._take(key)
-        if value is None and required:
-            raise self.missing(key)
-        return value
+    def _value(
+        self,
+        key: str,
+        kind: str,
+        default: Any,
+        required: bool,
+        low: float | None = None,
+        high: float | None = None,
+        choices: Sequence[str] | None = None,
+    ) -> Any:
+        """``key``'s value checked as ``kind`` (a key of :data:`_KINDS`), in
+        ``low``..``high``, one of ``choices``; ``default`` when missing, or the
+        missing-key error when ``required``. Every typed accessor is this."""
+        self._read.add(key)
+        value = self._values.get(key)
+        if value is None:
+            if required:
+                raise self.missing(key)
+            return default
+        types, expected = _KINDS[kind]
+        if not isinstance(value, types) or (isinstance(value, bool) and kind != "bool"):
+            raise self.error(key, f"expected {expected}, got {_describe(value)}")
+        if kind == "float":
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer beyond any float
+                finite = False
+            if not finite:
+                raise self.error(key, f"expected a finite number, got {show_value(value)}")
+        elif kind == "str":
+            if "\0" in value:  # a path, a name or a word for the kernel: none holds a NUL
+                raise self.error(key, f"{show_value(value)} holds a NUL byte; remove it")
+            if choices is not None and value not in choices:
+                allowed = ", ".join(map(repr, choices))
+                raise self.error(key, f"{show_value(value)} is not one of {allowed}")
+        if low is not None and value < low:
+            raise self.error(key, f"{show_value(value)} is below the minimum {low}")
+        if high is not None and value > high:
+            raise self.error(key, f"{show_value(value)} is above the maximum {high}")
+        return float(value) if kind == "float" else value  # (the messages show it as given)
 
     @overload
     def get_int(
@@ -78,13 +118,8 @@ class Options:
         max: int | None = None,
     ) -> int:
         """An integer; ``required=True``: there is no default, a missing key is an error."""
-        value = self._take_or_default(key, default, required)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {_describe(value)}")
-        self._check_range(key, value, min, max)
-        return value
+        number: int = self._value(key, "int", default, required, min, max)
+        return number
 
     @overload
     def get_float(
@@ -109,19 +144,8 @@ class Options:
         max: float | None = None,
     ) -> float:
         """A number (an int is taken too); ``required`` as for :meth:`get_int`."""
-        value = self._take_or_default(key, default, required)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {_describe(value)}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer beyond any float
-            finite = False
-        if not finite:
-            raise self.error(key, f"expected a finite number, got {show_value(value)}")
-        self._check_range(key, value, min, max)
-        return float(value)
+        number: float = self._value(key, "float", default, required, min, max)
+        return number
 
     @overload
     def get_bool(self, key: str, default: bool) -> bool: ...
@@ -129,12 +153,8 @@ class Options:
     def get_bool(self, key: str, *, required: Literal[True]) -> bool: ...
     def get_bool(self, key: str, default: bool = False, *, required: bool = False) -> bool:
         """true or false; ``required`` as for :meth:`get_int`."""
-        value = self._take_or_default(key, default, required)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_describe(value)}")
-        return value
+        flag: bool = self._value(key, "bool", default, required)
+        return flag
 
     @overload
     def get_str(
@@ -158,22 +178,13 @@ class Options:
         default; ``required=True``: a missing key is an error, the type ``str``.
         A NUL byte is refused: what a string option names (a path, a device, a
         name the kernel takes) cannot hold one, and ``run`` could not use it."""
-        value = self._take_or_default(key, default, required)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_describe(value)}")
-        if "\0" in value:  # a path, a name or a word for the kernel: none holds a NUL
-            raise self.error(key, f"{show_value(value)} holds a NUL byte; remove it")
-        if choices is not None and value not in choices:
-            allowed = ", ".join(map(repr, choices))
-            raise self.error(key, f"{show_value(value)} is not one of {allowed}")
-        return value
+        text: str | None = self._value(key, "str", default, required, choices=choices)
+        return text
 
     def get_fd(self, key: str) -> int | None:
         """An fd number this process inherited (0 to :data:`MAX_FD`: what
         ``os.dup`` and an ioctl take), or None when missing."""
-        value = self._take(key)
+        value = self.get_raw(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FD:
@@ -184,7 +195,8 @@ class Options:
 
     def get_raw(self, key: str) -> Any:
         """The value as TOML gave it, for kinds with their own structured options."""
-        return self._take(key)
+        self._read.add(key)
+        return self._values.get(key)
 
     def finish(self) -> None:
         """Refuse every key no accessor asked for."""
@@ -216,12 +228,6 @@ class Options:
             raise self.error(exc.option, exc.in_config or exc.message) from exc
         except InvalidEndpointError as exc:
             raise ConfigError(exc.message, file=self._file, key=self._where) from exc
-
-    def _check_range(self, key: str, value: float, low: float | None, high: float | None) -> None:
-        if low is not None and value < low:
-            raise self.error(key, f"{show_value(value)} is below the minimum {low}")
-        if high is not None and value > high:
-            raise self.error(key, f"{show_value(value)} is above the maximum {high}")
 
 
 class _Refusal(InvalidEndpointError):
