@@ -302,11 +302,16 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
 
     # -- open / close ------------------------------------------------------------
 
+    def _locked(self, section: Callable[[], None]) -> None:
+        """Run ``section`` (a signal-safe one) under the producer's lock; the
+        signals that waited in it are delivered once the lock is free."""
+        with delivering_deferred_signals(), self._lock:
+            section()
+
     def open(self) -> None:
         """Open the device and point its interrupt at the token (under the producer's lock; a
         Ctrl-C waits for the bookkeeping)."""
-        with delivering_deferred_signals(), self._lock:
-            self._open()
+        self._locked(self._open)
 
     @signal_safe
     def _open(self) -> None:
@@ -385,8 +390,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
     def stop(self) -> None:
         """Quiesce the interrupt before an add or del, as :attr:`quiesce` says (under the
         producer's lock)."""
-        with delivering_deferred_signals(), self._lock:
-            self._stop()
+        self._locked(self._stop)
 
     @signal_safe
     def _stop(self) -> None:
@@ -402,8 +406,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
     def start(self) -> None:
         """Unmask, or point the interrupt back at the token; then replay what
         the holding eventfd caught (even if that failed)."""
-        with delivering_deferred_signals(), self._lock:
-            self._start()
+        self._locked(self._start)
 
     @signal_safe
     def _start(self) -> None:
