@@ -45,7 +45,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ._errors import InvalidEndpointError, LoopClosedError
@@ -87,7 +87,11 @@ class _FileLike(Protocol):
 
 
 class LoopHandle:
-    """One reader or timer on an :class:`EventLoop`; :meth:`cancel` removes it."""
+    """One reader or timer on an :class:`EventLoop`; :meth:`cancel` removes it.
+
+    What a registration gives is checked here, once, whichever method made it:
+    the owner label, the callback and a timer's seconds (``seconds``: its
+    ``("period", value)`` and ``("delay", value)``, in the order told)."""
 
     __slots__ = (
         "_loop",
@@ -103,14 +107,34 @@ class LoopHandle:
     )
 
     def __init__(
-        self, loop: EventLoop, callback: Callback, owner: str, fd: int, period: float | None
+        self, loop: EventLoop, callback: Callback, owner: str, *seconds: tuple[str, object]
     ) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise InvalidEndpointError(
+                f"the loop needs an owner label (a non-empty str naming the endpoint), "
+                f"not {show_value(owner)}"
+            )
+        if not callable(callback):
+            raise InvalidEndpointError(
+                f"{owner}: loop callback {show_value(callback)} is not callable"
+            )
+        for what, value in seconds:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or math.isnan(value)
+                or value < 0
+            ):
+                raise InvalidEndpointError(
+                    f"{owner}: loop timer {what} {show_value(value)} must be a number of "
+                    "seconds >= 0"
+                )
         self._loop = loop
         self.callback = callback
         #: who registered it: the label faults and watchdog lines name
         self.owner = owner
-        self.fd = fd  # -1 for a timer
-        self.period = period  # None for a reader or a one-shot timer
+        self.fd = -1  # a reader's, set by add_reader; -1 for a timer
+        self.period: float | None = None  # a periodic timer's
         self.when = 0.0
         #: "active", "cancelled", "failed" (the callback raised), "done" (a one-shot ran)
         self.state = "active"
@@ -138,11 +162,71 @@ class LoopHandle:
     def cancel(self) -> None:
         """Remove it (idempotent). From another thread, returns once the
         callback is not running and never will again."""
-        self._loop._cancel(self)
+        self._remove("cancelled")
+
+    def _remove(self, state: str) -> None:
+        """Take it off its loop as ``state`` ("cancelled", or "failed": its
+        callback raised); unless called from the loop's thread, wait for a
+        running callback to return."""
+        loop = self._loop
+        borrowed = None
+        with loop._lock:
+            running = loop._watchdog.current is self
+            if self.state == "active":
+                self.state = state
+                if self.fd >= 0:
+                    borrowed = self._unwatch()
+                elif not running:  # (a running timer is out of the heap)
+                    # it stays in the heap until due; not forever: a plugin may set
+                    # and cancel far timers, so the cancelled never outnumber the live
+                    loop._timers_cancelled += 1
+                    if loop._timers_cancelled > 64 and loop._timers_cancelled * 2 > len(
+                        loop._timers
+                    ):
+                        loop._timers = [e for e in loop._timers if e[2].state == "active"]
+                        heapq.heapify(loop._timers)
+                        loop._timers_cancelled = 0
+            if running and threading.get_ident() != loop._loop_thread:
+                # the lock held, the callback cannot begin meanwhile: wait until it returned
+                loop._cancel_waiters += 1
+                try:
+                    while loop._watchdog.current is self:
+                        loop._idle.wait()
+                finally:
+                    loop._cancel_waiters -= 1
+        if borrowed is not None:
+            borrowed._give_back(self._source_closed)
+
+    def _unwatch(self) -> Eventfd | None:
+        """Take a reader out of its loop's epoll set (the loop's lock held);
+        returns the Eventfd it borrowed, to give back outside the lock."""
+        loop = self._loop
+        if loop._readers.get(self.fd) is self:
+            del loop._readers[self.fd]
+            if not loop._closed:
+                # not contextlib.suppress: 0.35 us more in each reader's cancel
+                try:  # noqa: SIM105
+                    loop._epoll.unregister(self.fd)
+                except OSError:
+                    pass  # the owner closed a raw fd first
+        borrowed, self.borrowed = self.borrowed, None
+        return borrowed
 
     def _source_closed(self) -> None:
-        """What a borrowed Eventfd calls when it is closed."""
-        self._loop._source_closed(self)
+        """What a borrowed Eventfd calls when it is closed: drop the reader and
+        let its callback find out (its read raises EventfdClosedError)."""
+        if self.state != "active":
+            return
+        loop = self._loop
+        with loop._lock:
+            if self.state != "active":
+                return
+            self.state = "cancelled"
+            borrowed = self._unwatch()
+        if borrowed is not None:
+            borrowed._give_back(self._source_closed)  # now the fd is closed
+        if not loop._closed:
+            loop.call_later(0.0, self.callback, owner=self.owner)
 
     def __repr__(self) -> str:
         what = f"reader fd {self.fd}" if self.fd >= 0 else "timer"
@@ -161,121 +245,13 @@ class LoopFault:
     time: float
 
 
-class _Readers:
-    """The epoll set: one reader per fd, and the wakeup eventfd that cuts a
-    wait short. Changed with the loop's lock held."""
-
-    def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.epoll.register(self.wakeup, select.EPOLLIN)
-        self.by_fd: dict[int, LoopHandle] = {}
-
-    def held(self, handle: LoopHandle, owner: str) -> LoopHandle | None:
-        """The reader ``handle``'s fd number has now, if that fd was closed and
-        its number reused behind our back; a reader of the same file is refused."""
-        handle.identity = _identity(handle.fd, owner)
-        held = self.by_fd.get(handle.fd)
-        if held is not None and held.identity == handle.identity:
-            raise InvalidEndpointError(
-                f"{owner}: fd {handle.fd} already has a reader on the loop "
-                f"({held.owner}); one reader per fd"
-            )
-        return held
-
-    def add(self, handle: LoopHandle, owner: str) -> None:
-        _register(self.epoll, handle.fd, owner)
-        self.by_fd[handle.fd] = handle
-
-    def remove(self, handle: LoopHandle, *, closed: bool) -> Eventfd | None:
-        """Take a reader out of the epoll set; returns the Eventfd it borrowed,
-        to give back outside the loop's lock."""
-        if self.by_fd.get(handle.fd) is handle:
-            del self.by_fd[handle.fd]
-            if not closed:
-                # not contextlib.suppress: 0.35 us more in each reader's cancel
-                try:  # noqa: SIM105
-                    self.epoll.unregister(handle.fd)
-                except OSError:
-                    pass  # the owner closed a raw fd first
-        borrowed, handle.borrowed = handle.borrowed, None
-        return borrowed
-
-    def poll(self, timeout: float) -> list[int]:
-        """Wait up to ``timeout`` seconds; the readers' fds that are ready."""
-        ready = []
-        for fd, _mask in self.epoll.poll(timeout):
-            if fd == self.wakeup:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self.wakeup, 8)
-            else:
-                ready.append(fd)
-        return ready
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):  # closed, or full (it is awake then)
-            os.write(self.wakeup, _WAKE)
-
-    def close(self) -> None:
-        self.by_fd.clear()
-        self.epoll.close()
-        os.close(self.wakeup)
-
-
-class _Timers:
-    """The timers by deadline: a heap the loop's lock guards (every method is
-    called with it held). A cancelled timer stays in the heap until it is due
-    or the cancelled outnumber the live, then the heap is compacted."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[float, int, LoopHandle]] = []
-        self._cancelled = 0
-        self._seq = itertools.count()
-
-    def push(self, handle: LoopHandle) -> bool:
-        """Schedule ``handle`` at ``handle.when``; True if it is the earliest now."""
-        earliest = not self.heap or handle.when < self.heap[0][0]
-        heapq.heappush(self.heap, (handle.when, next(self._seq), handle))
-        return earliest
-
-    def wait(self) -> float | None:
-        """Seconds until the earliest deadline (at most a minute: the wait is
-        cut, not the timer), or None: no timer."""
-        if not self.heap:
-            return None
-        return min(_MAX_WAIT, max(0.0, self.heap[0][0] - time.monotonic()))
-
-    def pop_due(self, now: float) -> list[LoopHandle]:
-        """Take out the active timers due by ``now``, in deadline order."""
-        due: list[LoopHandle] = []
-        while self.heap and self.heap[0][0] <= now:
-            _, _, handle = heapq.heappop(self.heap)
-            if handle.state == "active":
-                due.append(handle)
-            else:
-                self._cancelled = max(0, self._cancelled - 1)
-        return due
-
-    def cancelled(self) -> None:
-        """One timer in the heap was cancelled: a plugin that sets and cancels
-        far timers must not grow the heap forever."""
-        self._cancelled += 1
-        if self._cancelled > 64 and self._cancelled * 2 > len(self.heap):
-            self.heap = [entry for entry in self.heap if entry[2].state == "active"]
-            heapq.heapify(self.heap)
-            self._cancelled = 0
-
-    def handles(self) -> list[LoopHandle]:
-        return [entry[2] for entry in self.heap]
-
-
+@dataclass(eq=False)
 class _Faults:
     """What went wrong on the loop: the latest faults, their count, and the log."""
 
-    def __init__(self) -> None:
-        #: the latest faults, oldest first (at most FAULTS_KEPT)
-        self.kept: collections.deque[LoopFault] = collections.deque(maxlen=FAULTS_KEPT)
-        self.count = 0
+    #: the latest faults, oldest first (at most FAULTS_KEPT): the loop's ``faults``
+    kept: collections.deque[LoopFault]
+    count: int = 0
 
     def record(
         self, handle: LoopHandle, kind: str, message: str, level: int, exc_info: bool = False
@@ -326,38 +302,27 @@ class _Faults:
         self.record(handle, "blocked", message, logging.WARNING)
 
 
+@dataclass(eq=False)
 class _Watchdog:
     """Which callback runs now and since when; its own thread names one that
-    runs longer than ``seconds``, once. ``begin``/``end`` are called with
-    ``lock`` held (the loop's), which ``cancel()`` waits on for a running
-    callback to return."""
+    runs longer than ``seconds``, once. The loop sets ``current``, ``since``
+    and ``reported`` with ``lock`` held (the loop's), which ``cancel()`` waits
+    on for a running callback to return."""
 
-    def __init__(self, lock: threading.Lock, seconds: float, faults: _Faults) -> None:
-        self._lock = lock
-        self.seconds = seconds
-        self._faults = faults
-        self.current: LoopHandle | None = None
-        self.since = 0.0
-        self._reported = False
-        #: set by stop(): the watchdog's wait ends at once
-        self._stop = threading.Event()
-
-    def begin(self, handle: LoopHandle) -> None:
-        self.current, self.since = handle, time.monotonic()
-        self._reported = False
-
-    def end(self) -> bool:
-        """The callback returned; True if the watchdog already named it."""
-        self.current = None
-        return self._reported
-
-    def stop(self) -> None:
-        self._stop.set()
+    lock: threading.Lock
+    seconds: float
+    faults: _Faults
+    current: LoopHandle | None = None
+    since: float = 0.0
+    #: the watchdog named ``current`` already
+    reported: bool = False
+    #: set when the loop closes: the watchdog's wait ends at once
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         """The watchdog's thread: checks a few times per threshold.
 
-        It waits on an Event (stop() wakes it at once), not time.sleep (which
+        It waits on an Event (closing wakes it at once), not time.sleep (which
         a test may patch). A check that raises is logged once and the
         watchdog goes on: a thread that died would leave the loop unwatched,
         and its traceback would land in whatever runs; a wait that raises
@@ -366,7 +331,7 @@ class _Watchdog:
         failed = False
         while True:
             try:
-                if self._stop.wait(tick):
+                if self.stopped.wait(tick):
                     return
             except Exception as exc:
                 log.error("irqbypass loop: the watchdog cannot wait (%s); it stops",
@@ -382,17 +347,17 @@ class _Watchdog:
 
     def check(self) -> None:
         """Name the running callback if it has run too long (once)."""
-        with self._lock:
+        with self.lock:
             handle, since = self.current, self.since
             report = (
                 handle is not None
-                and not self._reported
+                and not self.reported
                 and time.monotonic() - since >= self.seconds
             )
             if report:
-                self._reported = True
+                self.reported = True
         if report and handle is not None:
-            self._faults.blocked(handle, time.monotonic() - since, returned=False, reported=False)
+            self.faults.blocked(handle, time.monotonic() - since, returned=False, reported=False)
 
 
 class _Asyncio:
@@ -417,7 +382,7 @@ class _Asyncio:
         return cls(loop, host)
 
     def start(self) -> None:
-        self.host.add_reader(self._loop._readers.epoll.fileno(), self.turn)
+        self.host.add_reader(self._loop._epoll.fileno(), self.turn)
         self.turn()
 
     def stop(self, *, closed: bool) -> None:
@@ -425,11 +390,11 @@ class _Asyncio:
             self._timer.cancel()
             self._timer = None
         if not closed:
-            self.host.remove_reader(self._loop._readers.epoll.fileno())
+            self.host.remove_reader(self._loop._epoll.fileno())
 
     def turn(self) -> None:
         """One turn: run what is ready, then set asyncio's timer for the next
-        due timer of ours."""
+        due timer of ours (at most a minute away: the wait is cut, not the timer)."""
         loop = self._loop
         if loop._asyncio is not self or loop.closed:
             return
@@ -438,7 +403,8 @@ class _Asyncio:
             self._timer.cancel()
             self._timer = None
         with loop._lock:
-            delay = loop._timers.wait()
+            timers = loop._timers
+            delay = min(_MAX_WAIT, max(0.0, timers[0][0] - time.monotonic())) if timers else None
         if delay is not None:
             self._timer = self.host.call_later(delay, self.turn)
 
@@ -448,9 +414,8 @@ class EventLoop:
 
     Most code uses :func:`irqbypass.event_loop` (the process's loop). A loop
     of your own runs its thread from the first registration, or inside asyncio
-    after :meth:`attach`; :meth:`close` releases it. The timers, the faults,
-    the watchdog and asyncio are parts of their own; this class registers,
-    runs and removes.
+    after :meth:`attach`; :meth:`close` releases it. The faults, the watchdog
+    and asyncio are parts of their own; this class registers, runs and removes.
     """
 
     def __init__(
@@ -462,11 +427,22 @@ class EventLoop:
             )
         self.name = name
         self.watchdog_seconds = float(watchdog_seconds)
+        #: guards the readers, the timers and the watchdog's record of the running callback
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._readers = _Readers()
-        self._timers = _Timers()
-        self._faults = _Faults()
+        #: the epoll set: one reader per fd, and the wakeup eventfd that cuts a wait short
+        self._epoll = select.epoll()
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
+        self._readers: dict[int, LoopHandle] = {}
+        #: the timers by deadline, a heap of (when, sequence, handle). A cancelled
+        #: timer stays in it until it is due or the cancelled outnumber the live
+        self._timers: list[tuple[float, int, LoopHandle]] = []
+        self._timer_sequence = itertools.count()
+        self._timers_cancelled = 0
+        #: the latest faults, oldest first (at most FAULTS_KEPT)
+        self.faults: collections.deque[LoopFault] = collections.deque(maxlen=FAULTS_KEPT)
+        self._faults = _Faults(self.faults)
         self._watchdog = _Watchdog(self._lock, self.watchdog_seconds, self._faults)
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -475,8 +451,6 @@ class EventLoop:
         #: the thread running callbacks now
         self._loop_thread: int | None = None
         self._cancel_waiters = 0
-        #: the latest faults, oldest first (at most FAULTS_KEPT)
-        self.faults = self._faults.kept
         #: callbacks run, in all (readers and timers)
         self.callbacks_run = 0
 
@@ -491,9 +465,10 @@ class EventLoop:
         """Call ``callback()`` on the loop whenever ``source`` (an fd, or an
         object with ``fileno()``) is readable, until cancelled. One reader per
         fd. An :class:`~irqbypass.Eventfd` is borrowed while watched."""
-        _check_owner(owner, callback)
-        handle = LoopHandle(self, callback, owner, -1, None)
-        stale: tuple[LoopHandle, Eventfd | None] | None = None
+        handle = LoopHandle(self, callback, owner)
+        #: the reader the fd number had, if that fd was closed and its number reused
+        stale: LoopHandle | None = None
+        stale_borrowed: Eventfd | None = None
         try:
             if isinstance(source, Eventfd):
                 handle.borrowed = source  # before the borrow: the undo below finds it
@@ -501,12 +476,27 @@ class EventLoop:
             else:
                 handle.fd = _fileno(source, owner)
             with self._lock:
-                self._check_open()
-                held = self._readers.held(handle, owner)
-                if held is not None:  # its fd was closed behind our back, the number reused
-                    self._faults.reused(held)
-                    stale = held, self._readers.remove(held, closed=self._closed)
-                self._readers.add(handle, owner)
+                if self._closed:
+                    raise self._closed_error()
+                try:  # the file, which tells a number closed and reused behind our back
+                    info = os.fstat(handle.fd)
+                except OSError as exc:
+                    raise _unwatchable(handle, exc) from exc
+                handle.identity = info.st_dev, info.st_ino
+                stale = self._readers.get(handle.fd)
+                if stale is not None and stale.identity == handle.identity:
+                    raise InvalidEndpointError(
+                        f"{owner}: fd {handle.fd} already has a reader on the loop "
+                        f"({stale.owner}); one reader per fd"
+                    )
+                if stale is not None:
+                    self._faults.reused(stale)
+                    stale_borrowed = stale._unwatch()
+                try:
+                    self._epoll.register(handle.fd, select.EPOLLIN)
+                except OSError as exc:
+                    raise _unwatchable(handle, exc, by_epoll=True) from exc
+                self._readers[handle.fd] = handle
         except BaseException:
             handle.state = "cancelled"
             if handle.borrowed is not None:
@@ -514,15 +504,14 @@ class EventLoop:
                 handle.borrowed = None
             raise
         finally:
-            if stale is not None and stale[1] is not None:
-                stale[1]._give_back(stale[0]._source_closed)
+            if stale is not None and stale_borrowed is not None:
+                stale_borrowed._give_back(stale._source_closed)
         self._ensure_running()
         return handle
 
     def call_later(self, delay: float, callback: Callback, *, owner: str) -> LoopHandle:
         """Call ``callback()`` once, ``delay`` seconds from now, on the loop."""
-        _check_owner(owner, callback)
-        return self._add_timer(_seconds(delay, "delay", owner), callback, owner, None)
+        return self._add_timer(LoopHandle(self, callback, owner, ("delay", delay)), delay)
 
     def call_every(
         self, period: float, callback: Callback, *, owner: str, delay: float = 0.0
@@ -530,77 +519,37 @@ class EventLoop:
         """Call ``callback()`` every ``period`` seconds (0: on every turn of the
         loop), the first time ``delay`` seconds from now, until cancelled. Late
         turns are made up (ticks keep the schedule, not the gaps)."""
-        _check_owner(owner, callback)
-        period = _seconds(period, "period", owner)
-        return self._add_timer(_seconds(delay, "delay", owner), callback, owner, period)
+        handle = LoopHandle(self, callback, owner, ("period", period), ("delay", delay))
+        handle.period = float(period)
+        return self._add_timer(handle, delay)
 
-    def _add_timer(
-        self, delay: float, callback: Callback, owner: str, period: float | None
-    ) -> LoopHandle:
-        handle = LoopHandle(self, callback, owner, -1, period)
+    def _add_timer(self, handle: LoopHandle, delay: float) -> LoopHandle:
         handle.when = time.monotonic() + delay
         with self._lock:
-            self._check_open()
-            earliest = self._timers.push(handle)
+            if self._closed:
+                raise self._closed_error()
+            earliest = not self._timers or handle.when < self._timers[0][0]
+            heapq.heappush(self._timers, (handle.when, next(self._timer_sequence), handle))
         # a thread waiting in epoll must learn of the earlier deadline; under
         # asyncio, so must asyncio's timer (the wakeup makes our epoll fd readable)
         if earliest and (threading.get_ident() != self._loop_thread or self._asyncio is not None):
-            self._readers.wake()
+            with contextlib.suppress(OSError):  # closed, or full (it is awake then)
+                os.write(self._wakeup, _WAKE)
         self._ensure_running()
         return handle
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LoopClosedError(
-                f"event loop {self.name!r} is closed; use irqbypass.event_loop() for the "
-                "process's loop"
-            )
-
-    # -- removing ------------------------------------------------------------
-
-    def _cancel(self, handle: LoopHandle, state: str = "cancelled") -> None:
-        borrowed = None
-        with self._lock:
-            if handle.state == "active":
-                handle.state = state
-                if handle.fd >= 0:
-                    borrowed = self._readers.remove(handle, closed=self._closed)
-                elif self._watchdog.current is not handle:  # a running timer is out of the heap
-                    self._timers.cancelled()
-            if self._watchdog.current is handle and threading.get_ident() != self._loop_thread:
-                # the callback is running right now (the lock held, it cannot
-                # begin meanwhile): wait until it returned
-                self._cancel_waiters += 1
-                try:
-                    while self._watchdog.current is handle:
-                        self._idle.wait()
-                finally:
-                    self._cancel_waiters -= 1
-        if borrowed is not None:
-            borrowed._give_back(handle._source_closed)
-
-    def _source_closed(self, handle: LoopHandle) -> None:
-        """A watched Eventfd was closed: drop the reader and let its callback
-        find out (its read raises EventfdClosedError)."""
-        if handle.state != "active":
-            return
-        callback, owner = handle.callback, handle.owner
-        with self._lock:
-            if handle.state != "active":
-                return
-            handle.state = "cancelled"
-            borrowed = self._readers.remove(handle, closed=self._closed)
-        if borrowed is not None:
-            borrowed._give_back(handle._source_closed)  # now the fd is closed
-        if not self._closed:
-            self.call_later(0.0, callback, owner=owner)
+    def _closed_error(self) -> LoopClosedError:
+        return LoopClosedError(
+            f"event loop {self.name!r} is closed; use irqbypass.event_loop() for the process's loop"
+        )
 
     # -- running ---------------------------------------------------------------
 
     def start(self) -> None:
         """Start the loop's thread now (the first registration does it anyway),
         unless it runs already or under asyncio."""
-        self._check_open()
+        if self._closed:
+            raise self._closed_error()
         self._ensure_running()
 
     def _ensure_running(self) -> None:
@@ -613,11 +562,18 @@ class EventLoop:
             self._watchdog_thread = _start_thread(self._watchdog.run, f"{self.name}-watchdog")
 
     def _run_thread(self) -> None:
+        """The loop's thread: wait until the next timer is due (at most a
+        minute: the wait is cut, not the timer) or a reader is ready."""
         self._loop_thread = threading.get_ident()
         while not self._closed:
             with self._lock:
-                wait = self._timers.wait()
-            self.run_once(_MAX_WAIT if wait is None else wait)
+                timers = self._timers
+                wait = (
+                    min(_MAX_WAIT, max(0.0, timers[0][0] - time.monotonic()))
+                    if timers
+                    else _MAX_WAIT
+                )
+            self.run_once(wait)
 
     def run_once(self, timeout: float = 0.0) -> None:
         """Wait up to ``timeout`` seconds for readers, then run what is ready
@@ -625,45 +581,57 @@ class EventLoop:
         asyncio once attached. Not for use alongside the loop's own thread."""
         self._loop_thread = threading.get_ident()
         try:
-            ready = self._readers.poll(timeout)
+            ready = self._epoll.poll(timeout)
         except OSError as exc:
             if exc.errno in (errno.EBADF, errno.EINVAL) and self._closed:
                 return
             raise
-        for fd in ready:
-            handle = self._readers.by_fd.get(fd)
-            if handle is not None:
-                self._call(handle)
+        for fd, _mask in ready:
+            if fd == self._wakeup:  # it only cut the wait short
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup, 8)
+                continue
+            reader = self._readers.get(fd)
+            if reader is not None:
+                self._call(reader)
         now = time.monotonic()
+        due: list[LoopHandle] = []
         with self._lock:
-            due = self._timers.pop_due(now)
-        for handle in due:
-            if handle.state == "active":
-                self._call(handle, timer=True)
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if timer.state == "active":
+                    due.append(timer)
+                else:
+                    self._timers_cancelled = max(0, self._timers_cancelled - 1)
+        for timer in due:
+            if timer.state == "active":
+                self._call(timer, timer=True)
 
     def _call(self, handle: LoopHandle, *, timer: bool = False) -> None:
         """Run one callback. A timer's next turn is scheduled (or a one-shot
         marked done) under the lock that ends the call: one acquisition, and no
         moment at which it is neither running nor in the heap."""
+        watchdog = self._watchdog
         with self._lock:
             if handle.state != "active":
                 return
-            self._watchdog.begin(handle)
+            watchdog.current, watchdog.since, watchdog.reported = handle, time.monotonic(), False
         try:
             handle.callback()
         except BaseException as exc:  # a loop thread has no Ctrl-C: anything raised is a fault
             self._faults.raised(handle, exc)
-            self._cancel(handle, "failed")
+            handle._remove("failed")
         finally:
-            elapsed = time.monotonic() - self._watchdog.since
+            elapsed = time.monotonic() - watchdog.since
             with self._lock:
-                reported = self._watchdog.end()
+                reported, watchdog.current = watchdog.reported, None
                 if timer and handle.state == "active" and not self._closed:
                     if handle.period is None:
                         handle.state = "done"
                     else:
                         handle.when += handle.period
-                        self._timers.push(handle)
+                        entry = (handle.when, next(self._timer_sequence), handle)
+                        heapq.heappush(self._timers, entry)
                 if self._cancel_waiters:
                     self._idle.notify_all()
             self.callbacks_run += 1
@@ -678,7 +646,8 @@ class EventLoop:
         asyncio timer. Call from ``loop``'s thread before anything registers
         (a loop whose thread already runs cannot move); :meth:`detach` undoes it."""
         with self._lock:
-            self._check_open()
+            if self._closed:
+                raise self._closed_error()
             self._asyncio = _Asyncio.take(self, loop)
         self._loop_thread = threading.get_ident()
         self._asyncio.start()
@@ -704,7 +673,7 @@ class EventLoop:
     def handles(self, owner: str | None = None) -> list[LoopHandle]:
         """The active readers and timers (of ``owner``, if given)."""
         with self._lock:
-            every = [*self._readers.by_fd.values(), *self._timers.handles()]
+            every = [*self._readers.values(), *(entry[2] for entry in self._timers)]
         return [h for h in every if h.state == "active" and owner in (None, h.owner)]
 
     def close(self) -> None:
@@ -715,19 +684,22 @@ class EventLoop:
             if self._closed:
                 return
             self._closed = True
-            pending = [*self._readers.by_fd.values(), *self._timers.handles()]
-        self._readers.wake()
-        self._watchdog.stop()
+            pending = [*self._readers.values(), *(entry[2] for entry in self._timers)]
+        with contextlib.suppress(OSError):  # the loop's thread ends its wait
+            os.write(self._wakeup, _WAKE)
+        self._watchdog.stopped.set()
         for thread in (self._thread, self._watchdog_thread):
             if thread is not None and thread.ident != threading.get_ident():
                 thread.join()
         if self._asyncio is not None:
             self.detach()
         for handle in pending:
-            self._cancel(handle)
+            handle.cancel()
         with self._lock:
-            self._timers.heap.clear()
-            self._readers.close()
+            self._timers.clear()
+            self._readers.clear()
+            self._epoll.close()
+            os.close(self._wakeup)
 
     @property
     def closed(self) -> bool:
@@ -735,18 +707,8 @@ class EventLoop:
         return self._closed
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._readers.by_fd)} readers"
+        state = "closed" if self._closed else f"{len(self._readers)} readers"
         return f"<EventLoop {self.name!r} {state}>"
-
-
-def _check_owner(owner: object, callback: object) -> None:
-    if not isinstance(owner, str) or not owner:
-        raise InvalidEndpointError(
-            f"the loop needs an owner label (a non-empty str naming the endpoint), "
-            f"not {show_value(owner)}"
-        )
-    if not callable(callback):
-        raise InvalidEndpointError(f"{owner}: loop callback {show_value(callback)} is not callable")
 
 
 def _name(callback: Callback) -> str:
@@ -754,19 +716,6 @@ def _name(callback: Callback) -> str:
     callback = getattr(callback, "func", callback)
     name = getattr(callback, "__qualname__", None) or getattr(callback, "__name__", None)
     return name if isinstance(name, str) else type(callback).__name__
-
-
-def _seconds(value: object, what: str, owner: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise InvalidEndpointError(
-            f"{owner}: loop timer {what} {show_value(value)} must be a number of seconds >= 0"
-        )
-    return float(value)
 
 
 def _fileno(source: object, owner: str) -> int:
@@ -779,30 +728,20 @@ def _fileno(source: object, owner: str) -> int:
     return fd
 
 
-def _identity(fd: int, owner: str) -> tuple[int, int]:
-    try:
-        info = os.fstat(fd)
-    except OSError as exc:
-        raise InvalidEndpointError(
-            f"{owner}: fd {fd} cannot be watched: {exc.strerror} (errno {exc.errno})",
-            errno=exc.errno,
-        ) from exc
-    return info.st_dev, info.st_ino
-
-
-def _register(epoll: select.epoll, fd: int, owner: str) -> None:
-    try:
-        epoll.register(fd, select.EPOLLIN)
-    except OSError as exc:
-        hint = (
-            ": epoll takes pipes, sockets, eventfds and devices, not a regular file or a directory"
-            if exc.errno == errno.EPERM
-            else ""
-        )
-        raise InvalidEndpointError(
-            f"{owner}: fd {fd} cannot be watched: {exc.strerror} (errno {exc.errno}){hint}",
-            errno=exc.errno,
-        ) from exc
+def _unwatchable(
+    handle: LoopHandle, exc: OSError, *, by_epoll: bool = False
+) -> InvalidEndpointError:
+    """Why the loop cannot watch ``handle``'s fd (fstat, or epoll, refused it)."""
+    hint = (
+        ": epoll takes pipes, sockets, eventfds and devices, not a regular file or a directory"
+        if by_epoll and exc.errno == errno.EPERM
+        else ""
+    )
+    return InvalidEndpointError(
+        f"{handle.owner}: fd {handle.fd} cannot be watched: {exc.strerror} "
+        f"(errno {exc.errno}){hint}",
+        errno=exc.errno,
+    )
 
 
 def _start_thread(target: Callable[[], None], name: str) -> threading.Thread:
@@ -827,9 +766,9 @@ def event_loop() -> EventLoop:
     the first registration, unless it was attached to asyncio first)."""
     global _default
     loop = _default
-    if loop is None or loop.closed:
+    if loop is None or loop._closed:
         with _default_lock:
-            if _default is None or _default.closed:
+            if _default is None or _default._closed:
                 _default = EventLoop()
             loop = _default
     return loop
@@ -842,7 +781,7 @@ def _forked() -> None:
     loop, _default = _default, None
     _default_lock = threading.Lock()
     if loop is not None:
-        for fd in (loop._readers.epoll.fileno(), loop._readers.wakeup):
+        for fd in (loop._epoll.fileno(), loop._wakeup):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
