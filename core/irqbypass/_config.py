@@ -29,6 +29,7 @@ Unknown keys are refused with the closest valid one.
 from __future__ import annotations
 
 import bisect
+import copy
 import difflib
 import functools
 import hashlib
@@ -38,7 +39,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from ._errors import ConfigError, IrqBypassError
 from ._kinds import SIDES, Side
@@ -49,19 +50,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-_T = TypeVar("_T")
-
 MAX_IRQ = 2**31 - 1
 MAX_DURATION = 7 * 24 * 3600.0
 _KEY = re.compile(r"^(\w+)(?:\[(\d+)\])?(?:\.(\w+))?(?:\.([\w-]+))?")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: "$" would let "\n" end it
 #: a configuration is a few kB; a bigger "file" (/dev/zero, a log) is refused, not read
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
-
-_TOP_KEYS = ("plugins", "run", "producers", "consumers")
-_PLUGIN_KEYS = ("load", "block", "strict")
-_RUN_KEYS = ("duration",)
-_ENDPOINT_KEYS = ("name", "kind", "token", "irq", "bypass", "optional", "options")
 
 
 @dataclass(frozen=True)
@@ -146,6 +140,8 @@ class Config:
     producers: tuple[EndpointConfig, ...] = ()
     consumers: tuple[EndpointConfig, ...] = ()
     text: str = field(default="", repr=False, compare=False)
+    #: every entry, producers first, each side in file order
+    endpoints: tuple[EndpointConfig, ...] = field(init=False, repr=False, compare=False)
     #: entry name -> entry, built once with the configuration
     by_name: Mapping[str, EndpointConfig] = field(init=False, repr=False, compare=False)
     #: the entries' digest, group by group (see :class:`EntryGroups`)
@@ -153,22 +149,18 @@ class Config:
 
     def __post_init__(self) -> None:
         entries = self.producers + self.consumers
+        object.__setattr__(self, "endpoints", entries)
         object.__setattr__(self, "by_name", {e.name: e for e in entries})
         object.__setattr__(self, "groups", EntryGroups(entries))
-
-    @property
-    def endpoints(self) -> tuple[EndpointConfig, ...]:
-        """Every entry, producers first, each side in file order."""
-        return self.producers + self.consumers
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError about ``key`` of this file, with its line where found
         (the text's lines are indexed once, at the first error)."""
-        lines = self.__dict__.get("_lines")
-        if lines is None:
-            lines = _Lines(self.text)
-            object.__setattr__(self, "_lines", lines)
-        return _Validator(self.file, lines).error(key, problem)
+        reader = self.__dict__.get("_reader")
+        if reader is None:
+            reader = _Reader(self.file, self.text)
+            object.__setattr__(self, "_reader", reader)
+        return reader.error(key, problem)
 
     def token_names(self) -> list[str]:
         """Every token name, in order of first use."""
@@ -306,7 +298,7 @@ def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
             "invalid TOML: a number has too many digits; use a value in its key's range",
             file=file,
         ) from None
-    return _Validator(file, text).config(raw)
+    return _Reader(file, text).config(raw)
 
 
 _HEADER = re.compile(r"\s*(\[\[?)([^\[\]]*)\]")
@@ -362,11 +354,212 @@ class _Lines:
         return None
 
 
-class _Validator:
-    def __init__(self, file: str, text: str | _Lines) -> None:
-        self.file = file
-        self.index = text if isinstance(text, _Lines) else _Lines(text)
-        self.lines = self.index.lines
+class _Range(NamedTuple):
+    low: float
+    high: float
+    #: whether ``low`` itself is in (otherwise only what is above it)
+    low_included: bool
+
+
+class _Field(NamedTuple):
+    rule: _Rule
+    #: the value when the key is absent, as is (copied: no two entries share one)
+    default: object = None
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """What one value of the file must be: its TOML types, then its form or
+    range; a table's keys. Rules are data (the schema below) and
+    :meth:`_Reader.read` is the one place that applies them."""
+
+    #: what the value should be, as "expected ..., got ..." says it
+    expected: str
+    types: tuple[type, ...]
+    #: the type every item of an array must have
+    items: type | None = None
+    #: what a string must match, whole
+    pattern: re.Pattern[str] | None = None
+    #: the range a number must be in
+    within: _Range | None = None
+    #: the problem of a value of the right type out of form or range
+    #: (``{value}``: the value as :func:`show_value` shows it)
+    invalid: str = ""
+    convert: Callable[[Any], Any] | None = None
+    #: a table's keys, in the order they are checked
+    fields: Mapping[str, _Field] | None = None
+    #: where a table's unknown keys that hold tables are kept (a plugin's own
+    #: settings); without it every unknown key is refused
+    others: str = ""
+
+
+# -- the schema: every key of the file, its type and its rule -----------------
+
+_ANY = _Rule("anything", (object,))
+_TABLE = _Rule("a table", (dict,))
+_BOOLEAN = _Rule("true or false", (bool,))
+_NAMES = _Rule("a list of strings", (list,), items=str, convert=tuple)
+_IDENTIFIER = _Rule(
+    "a string",
+    (str,),
+    pattern=_NAME,
+    invalid="{value} is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'",
+)
+_IRQ = _Rule(
+    f"an integer from 0 to {MAX_IRQ}",
+    (int,),
+    within=_Range(0, MAX_IRQ, low_included=True),
+    # out of range says what a wrong type says ("int" is what _describe calls an int)
+    invalid=f"expected an integer from 0 to {MAX_IRQ}, got int {{value}}",
+)
+_SECONDS = _Rule(
+    "seconds",
+    (int, float),
+    within=_Range(0, MAX_DURATION, low_included=False),
+    invalid=f"{{value}} is out of range (0, {MAX_DURATION:.0f}] seconds",
+    convert=float,
+)
+_PLUGINS = _Rule(
+    "a table",
+    (dict,),
+    fields={
+        "load": _Field(_NAMES),
+        "block": _Field(_NAMES, ()),
+        "strict": _Field(_BOOLEAN, False),
+    },
+    others="tables",
+)
+_RUN = _Rule("a table", (dict,), fields={"duration": _Field(_SECONDS)})
+_ENDPOINT = _Rule(
+    "a table",
+    (dict,),
+    fields={
+        "name": _Field(_IDENTIFIER, required=True),
+        "kind": _Field(_IDENTIFIER, required=True),
+        "token": _Field(_IDENTIFIER, required=True),
+        "irq": _Field(_IRQ),
+        "bypass": _Field(_BOOLEAN, True),
+        "optional": _Field(_BOOLEAN, False),
+        "options": _Field(_TABLE, {}),
+    },
+)
+#: the file's sections; "" is the file itself, whose own keys are the
+#: sections (each section is read on its own: its problem is reported with the
+#: others'); then the arrays of entries, each entry read on its own too
+_SECTIONS: dict[str, _Field] = {
+    "": _Field(
+        _Rule(
+            "a table",
+            (dict,),
+            fields=dict.fromkeys(("plugins", "run", "producers", "consumers"), _Field(_ANY)),
+        )
+    ),
+    "plugins": _Field(_PLUGINS, {}),
+    "run": _Field(_RUN, {}),
+}
+_ENTRIES: dict[Side, _Rule] = {
+    side: _Rule(f"an array of tables ([[{side}s]])", (list,)) for side in SIDES
+}
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Reads a parsed file against the schema; its errors name the file, the
+    key and, where found, the line."""
+
+    file: str
+    text: str
+    #: the text's lines, indexed at the first error (a valid file never needs it)
+    lines: _Lines | None = None
+
+    def config(self, raw: dict[str, Any]) -> Config:
+        """The validated Config. Every problem of the file is reported at
+        once: its unknown keys, each section's first problem, each entry's,
+        and the entries that clash."""
+        found: list[IrqBypassError] = []
+        sections: dict[str, Any] = {}
+        for key, (rule, default, _) in _SECTIONS.items():
+            try:
+                sections[key] = self.read(raw.get(key, default) if key else raw, key, rule)
+            except ConfigError as exc:
+                found.extend(exc.errors)
+        entries: dict[Side, list[EndpointConfig]] = {side: [] for side in SIDES}
+        for side, rule in _ENTRIES.items():
+            key = f"{side}s"
+            try:
+                tables = self.read(raw.get(key, []), key, rule)
+            except ConfigError as exc:
+                found.extend(exc.errors)
+                continue
+            for index, table in enumerate(tables):
+                try:
+                    values = self.read(table, f"{key}[{index}]", _ENDPOINT)
+                except ConfigError as exc:
+                    found.extend(exc.errors)
+                    continue
+                entries[side].append(EndpointConfig(side=side, index=index, **values))
+        found += self.clashes(entries["producer"] + entries["consumer"])
+        if found:
+            raise in_file_order(found)
+        return Config(
+            file=self.file,
+            plugins=PluginSettings(**sections["plugins"]),
+            duration=sections["run"]["duration"],
+            producers=tuple(entries["producer"]),
+            consumers=tuple(entries["consumer"]),
+            text="\n".join(self.text.splitlines()),
+        )
+
+    def read(self, value: Any, key: str, rule: _Rule) -> Any:
+        """``value``, the value of ``key``, checked against ``rule`` and
+        converted; a table's keys are read in the schema's order, and its
+        first problem is raised (its unknown keys all at once)."""
+        wrong_type = not isinstance(value, rule.types)
+        wrong_type |= type(value) is bool and bool not in rule.types  # True is an int too
+        if not wrong_type and rule.items is not None:  # an array: each item's type
+            wrong_type = not all(isinstance(item, rule.items) for item in value)
+        if wrong_type:
+            raise self.error(key, f"expected {rule.expected}, got {_describe(value)}")
+        span = rule.within
+        if (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
+            span is not None
+            and not (
+                (value >= span.low if span.low_included else value > span.low)
+                and value <= span.high
+            )
+        ):
+            raise self.error(key, rule.invalid.format(value=show_value(value)))
+        if rule.fields is None:
+            return value if rule.convert is None else rule.convert(value)
+        fields = rule.fields
+        others = (
+            {k: v for k, v in value.items() if isinstance(v, dict) and k not in fields}
+            if rule.others
+            else {}
+        )
+        problems = []
+        for unknown in (k for k in value if k not in fields and k not in others):
+            close = difflib.get_close_matches(unknown, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                self.error(
+                    f"{key}.{unknown}" if key else unknown,
+                    f"unknown key {unknown!r}{hint} (valid keys: {', '.join(fields)})",
+                )
+            )
+        if problems:
+            raise in_file_order(problems)
+        for name, field_ in fields.items():
+            if field_.required and name not in value:
+                raise self.error(key, f"missing required key {name!r}")
+        read: dict[str, Any] = {rule.others: others} if rule.others else {}
+        for name, (rule_, default, _) in fields.items():
+            if name in value:
+                read[name] = self.read(value[name], f"{key}.{name}", rule_)
+            else:
+                read[name] = copy.copy(default)
+        return read
 
     def error(self, key: str, problem: str, line: int | None = None) -> ConfigError:
         return ConfigError(problem, file=self.file, key=key, line=line or self.find_line(key))
@@ -377,7 +570,9 @@ class _Validator:
         if not match:
             return None
         table, index, leaf, option = match.groups()
-        lines = self.index
+        if self.lines is None:
+            self.lines = _Lines(self.text)
+        lines = self.lines
         if index is not None:
             entries = lines.headers.get(("[[", table), [])
             if int(index) >= len(entries):
@@ -388,7 +583,7 @@ class _Validator:
             if option is not None:  # options.rate: inline or in a [producers.options] table
                 entry_end = entries[int(index) + 1] if int(index) + 1 < len(entries) else None
                 pattern = rf"(^|[{{,\s]){re.escape(option)}\s*="
-                found = lines.find(start, entry_end or len(self.lines), pattern, search=True)
+                found = lines.find(start, entry_end or len(lines.lines), pattern, search=True)
                 if found is not None:
                     return found
             found = lines.find(start, lines.next_start(start), rf"\s*{re.escape(leaf)}\s*=")
@@ -406,144 +601,8 @@ class _Validator:
             return headers[0] + 1
         return lines.find(headers[0], lines.next_start(headers[0]), rf"\s*{re.escape(leaf)}\s*=")
 
-    def refuse_unknown(self, table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-        problems = []
-        for key in table:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                path = f"{where}.{key}" if where else key
-                problems.append(
-                    self.error(path, f"unknown key {key!r}{hint} (valid keys: {', '.join(known)})")
-                )
-        if problems:
-            raise in_file_order(problems)
-
-    def config(self, raw: dict[str, Any]) -> Config:
-        """The validated Config; every problem of the file is reported at once."""
-        found: list[IrqBypassError] = []
-
-        def attempt(check: Callable[..., _T], *args: Any) -> _T | None:
-            try:
-                return check(*args)
-            except ConfigError as exc:
-                found.extend(exc.errors)
-                return None
-
-        attempt(self.refuse_unknown, raw, _TOP_KEYS, "")
-        plugins = attempt(self.plugins, raw.get("plugins", {}))
-        duration = attempt(self.run, raw.get("run", {}))
-        sides: dict[Side, list[EndpointConfig]] = {}
-        for side in SIDES:
-            entries = attempt(self.table_array, raw.get(f"{side}s", []), side) or []
-            parsed = [attempt(self.endpoint, e, side, i) for i, e in enumerate(entries)]
-            sides[side] = [e for e in parsed if e is not None]
-        attempt(self.cross_check, sides["producer"] + sides["consumer"])
-        if found:
-            raise in_file_order(found)
-        return Config(
-            file=self.file,
-            plugins=plugins or PluginSettings(),
-            duration=duration,
-            producers=tuple(sides["producer"]),
-            consumers=tuple(sides["consumer"]),
-            text="\n".join(self.lines),
-        )
-
-    def table(self, value: Any, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(key, f"expected a table, got {_describe(value)}")
-        return value
-
-    def plugins(self, value: Any) -> PluginSettings:
-        table = self.table(value, "plugins")
-        # a table is a plugin's own settings ([plugins.audit]); any other key is ours
-        tables = {k: v for k, v in table.items() if isinstance(v, dict) and k not in _PLUGIN_KEYS}
-        self.refuse_unknown(
-            {k: v for k, v in table.items() if k not in tables}, _PLUGIN_KEYS, "plugins"
-        )
-        load = table.get("load")
-        return PluginSettings(
-            load=None if load is None else tuple(self.names(load, "plugins.load")),
-            block=tuple(self.names(table.get("block", []), "plugins.block")),
-            strict=self.boolean(table.get("strict", False), "plugins.strict"),
-            tables=tables,
-        )
-
-    def names(self, value: Any, key: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(key, f"expected a list of strings, got {_describe(value)}")
-        return list(value)
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_describe(value)}")
-        return value
-
-    def run(self, value: Any) -> float | None:
-        table = self.table(value, "run")
-        self.refuse_unknown(table, _RUN_KEYS, "run")
-        duration = table.get("duration")
-        if duration is None:
-            return None
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)):
-            raise self.error("run.duration", f"expected seconds, got {_describe(duration)}")
-        if not 0 < duration <= MAX_DURATION:
-            raise self.error(
-                "run.duration",
-                f"{show_value(duration)} is out of range (0, {MAX_DURATION:.0f}] seconds",
-            )
-        return float(duration)
-
-    def table_array(self, value: Any, side: Side) -> list[Any]:
-        key = f"{side}s"
-        if not isinstance(value, list):
-            raise self.error(
-                key, f"expected an array of tables ([[{key}]]), got {_describe(value)}"
-            )
-        return value
-
-    def endpoint(self, value: Any, side: Side, index: int) -> EndpointConfig:
-        where = f"{side}s[{index}]"
-        table = self.table(value, where)
-        self.refuse_unknown(table, _ENDPOINT_KEYS, where)
-        for required in ("name", "kind", "token"):
-            if required not in table:
-                raise self.error(where, f"missing required key {required!r}")
-        name = self.identifier(table["name"], f"{where}.name")
-        kind = self.identifier(table["kind"], f"{where}.kind")
-        token = self.identifier(table["token"], f"{where}.token")
-        irq = table.get("irq")
-        if irq is not None and (
-            isinstance(irq, bool) or not isinstance(irq, int) or not 0 <= irq <= MAX_IRQ
-        ):
-            raise self.error(
-                f"{where}.irq", f"expected an integer from 0 to {MAX_IRQ}, got {_describe(irq)}"
-            )
-        return EndpointConfig(
-            side=side,
-            index=index,
-            name=name,
-            kind=kind,
-            token=token,
-            irq=irq,
-            bypass=self.boolean(table.get("bypass", True), f"{where}.bypass"),
-            optional=self.boolean(table.get("optional", False), f"{where}.optional"),
-            options=self.table(table.get("options", {}), f"{where}.options"),
-        )
-
-    def identifier(self, value: Any, key: str) -> str:
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_describe(value)}")
-        if not _NAME.fullmatch(value):
-            raise self.error(
-                key,
-                f"{show_value(value)} is not a valid name: "
-                "use 1 to 64 letters, digits, '_', '-' or '.'",
-            )
-        return value
-
-    def cross_check(self, endpoints: list[EndpointConfig]) -> None:
+    def clashes(self, endpoints: list[EndpointConfig]) -> list[IrqBypassError]:
+        """Two entries of one name, two of one side on one token."""
         names: dict[str, EndpointConfig] = {}
         tokens: dict[tuple[str, str], EndpointConfig] = {}
         problems: list[IrqBypassError] = []
@@ -568,8 +627,7 @@ class _Validator:
                     )
                 )
             tokens.setdefault((e.side, e.token), e)
-        if problems:
-            raise in_file_order(problems)
+        return problems
 
 
 def in_file_order(errors: Sequence[IrqBypassError]) -> IrqBypassError:
