@@ -93,9 +93,11 @@ class LoggingConsumer(irqbypass.Consumer):
             )
         self.level = numeric
         self.json_file = json_file
-        self._log_name = f"{_PARENT}.{_printable(self.name)}"
+        #: the name as log lines show it (control characters escaped)
+        self._shown = _printable(self.name)
+        self._log_name = f"{_PARENT}.{self._shown}"
         self._log: logging.Logger | None = None
-        self._log_parent_is_ours = "." not in _printable(self.name)
+        self._log_parent_is_ours = "." not in self._shown
         self._lock = threading.Lock()
         self._json_lock = threading.Lock()
         self._json: IO[str] | None = None
@@ -133,25 +135,6 @@ class LoggingConsumer(irqbypass.Consumer):
             self._log = logging.getLogger(self._log_name)
         return self._log
 
-    def _logs(self) -> bool:
-        """Whether a record at ``self.level`` passes the consumer's logger, as
-        ``self.log.isEnabledFor`` says, without making that logger: while it
-        does not exist it has no level, and (its name without a dot of its own)
-        its effective level is its parent's: the parent's cached
-        ``isEnabledFor`` says it, unless the parent itself is disabled."""
-        if (
-            self._log is None
-            and self._log_parent_is_ours
-            and not isinstance(_LOGGERS.get(self._log_name), logging.Logger)
-        ):
-            if not _PARENT_LOGGER.disabled:
-                return _PARENT_LOGGER.isEnabledFor(self.level)
-            return (
-                logging.root.manager.disable < self.level
-                and self.level >= _PARENT_LOGGER.getEffectiveLevel()
-            )
-        return self.log.isEnabledFor(self.level)
-
     @property
     def events(self) -> list[str]:
         """The latest event names, oldest first (at most :data:`EVENTS_KEPT`)."""
@@ -159,9 +142,27 @@ class LoggingConsumer(irqbypass.Consumer):
 
     def _event(self, event: str, **fields: Any) -> None:
         self._events.append(event)
-        if self._logs():  # the line is built only to be logged
+        # Whether a record at self.level passes the consumer's logger, as
+        # self.log.isEnabledFor says, without making that logger: while it does
+        # not exist it has no level, and (its name without a dot of its own) its
+        # effective level is its parent's: the parent's cached isEnabledFor says
+        # it, unless the parent itself is disabled.
+        if (
+            self._log is not None
+            or not self._log_parent_is_ours
+            or isinstance(_LOGGERS.get(self._log_name), logging.Logger)
+        ):
+            logs = self.log.isEnabledFor(self.level)
+        elif not _PARENT_LOGGER.disabled:
+            logs = _PARENT_LOGGER.isEnabledFor(self.level)
+        else:
+            logs = (
+                logging.root.manager.disable < self.level
+                and self.level >= _PARENT_LOGGER.getEffectiveLevel()
+            )
+        if logs:  # the line is built only to be logged
             detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
-            self.log.log(self.level, "%s %s%s", _printable(self.name), event, detail)
+            self.log.log(self.level, "%s %s%s", self._shown, event, detail)
         if self._json is None and self._json_error is None:
             return  # no json_file: nothing to write or count
         with self._json_lock:  # the loop's reader and the manager's callbacks both write
@@ -213,7 +214,7 @@ class LoggingConsumer(irqbypass.Consumer):
         self._event("open")
         try:
             self._reader = irqbypass.event_loop().add_reader(
-                self.token, self._on_readable, owner=f"logging consumer {_printable(self.name)!r}"
+                self.token, self._on_readable, owner=f"logging consumer {self._shown!r}"
             )
         except BaseException:
             self._eventfd = None
@@ -230,18 +231,16 @@ class LoggingConsumer(irqbypass.Consumer):
         or one in a directory others can change, is refused; a character
         device root owns (/dev/null) is taken."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        whose = f"logging consumer {self.name!r}"
         try:
             fd = irqbypass.system.open_file(path, flags, 0o600, what="json_file", devices=True)
-        except irqbypass.system.UnsafePathError as exc:
+        except irqbypass.system.UnsafePathError as exc:  # the path's own words, and whose it is
             raise irqbypass.system.UnsafePathError(
-                f"logging consumer {self.name!r}: {exc.message}", errno=exc.errno
+                f"{whose}: {exc.message}", errno=exc.errno
             ) from exc
         except OSError as exc:
-            raise irqbypass.DeviceError(
-                f"logging consumer {self.name!r}: cannot open json_file "
-                f"{show_value(path)}: {exc.strerror}",
-                errno=exc.errno,
-            ) from exc
+            problem = f"cannot open json_file {show_value(path)}: {exc.strerror}"
+            raise irqbypass.DeviceError(f"{whose}: {problem}", errno=exc.errno) from exc
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def close(self) -> None:
@@ -254,7 +253,7 @@ class LoggingConsumer(irqbypass.Consumer):
         self._reader = None
         self._problem = reader.problem
         try:
-            self._drain(0)
+            self._drain()
         except irqbypass.EventfdClosedError:
             self._report_token_closed()
         self._event("close", delivered=self._delivered)
@@ -275,9 +274,10 @@ class LoggingConsumer(irqbypass.Consumer):
             ) from error
 
     def _on_readable(self) -> None:
-        """The loop's callback: take what the eventfd holds (never waits)."""
+        """The loop's callback: take what the eventfd holds; a token closed
+        under the consumer stops the reader."""
         try:
-            self._drain(0)
+            self._drain()
         except irqbypass.EventfdClosedError:
             self._report_token_closed()
             reader = self._reader
@@ -294,11 +294,13 @@ class LoggingConsumer(irqbypass.Consumer):
             self.name,
         )
 
-    def _drain(self, timeout: float) -> None:
+    def _drain(self) -> None:
+        """Take and count what the eventfd holds (never waits): the reader's
+        callback, and close()'s last look."""
         eventfd = self._eventfd
         if eventfd is None or self._token_closed:
             return
-        count = eventfd.read(timeout)
+        count = eventfd.read(0)
         if count:
             with self._lock:
                 self._delivered += count

@@ -21,10 +21,6 @@ __all__ = ["MockProducer", "irqbypass_register_kinds"]
 log = logging.getLogger("irqbypass.mock")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 UNLIMITED = -1
 #: bursts one turn of the loop's timer fires at ``rate = 0`` ("as fast as it can"):
 #: back to back, each burst its own write as at any rate; bounded, so that an
@@ -57,7 +53,8 @@ class MockProducer(irqbypass.Producer):
         super().__init__(token=token, irq=irq, name=name)
         what = f"mock producer {self.name!r}"
         for key, value in (("rate", rate), ("delay", delay)):
-            if not _is_number(value) or not math.isfinite(value):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
                 raise irqbypass.InvalidEndpointError(
                     f"{what}: {key} must be a finite number of "
                     f"{'interrupts per second' if key == 'rate' else 'seconds'}, "
@@ -183,36 +180,33 @@ class MockProducer(irqbypass.Producer):
 
     def _tick(self) -> None:
         """The loop's timer: fire one burst, or at ``rate = 0`` up to
-        :data:`BURSTS_PER_TURN` of them back to back (the last may be smaller)."""
+        :data:`BURSTS_PER_TURN` of them back to back (the last may be smaller);
+        the timer stops once the mock fired its count or gave up."""
         for _ in range(BURSTS_PER_TURN if self.rate == 0 else 1):
-            if not self._fire_burst():
-                return
-
-    def _fire_burst(self) -> bool:
-        """One burst; False once the mock fired its count or gave up (its timer stopped)."""
-        remaining = (
-            self.burst if self.count == UNLIMITED else min(self.burst, self.count - self._scheduled)
-        )
-        if remaining <= 0:
-            self._stop_timer()
-            return False
-        try:
-            self.fire(remaining)
-        except irqbypass.EventfdClosedError:
-            log.error(
-                "mock producer %r: its token eventfd was closed while the producer was "
-                "open; it stops firing (close endpoints before their token)",
-                self.name,
+            remaining = (
+                self.burst
+                if self.count == UNLIMITED
+                else min(self.burst, self.count - self._scheduled)
             )
-            self._gave_up = True
-            self._stop_timer()
-            return False
-        # counted after the fire, so `finished` never runs ahead of `fired`
-        self._scheduled += remaining
-        if self.count != UNLIMITED and self._scheduled >= self.count:
-            self._stop_timer()
-            return False
-        return True
+            if remaining <= 0:
+                self._stop_timer()
+                return
+            try:
+                self.fire(remaining)
+            except irqbypass.EventfdClosedError:
+                log.error(
+                    "mock producer %r: its token eventfd was closed while the producer was "
+                    "open; it stops firing (close endpoints before their token)",
+                    self.name,
+                )
+                self._gave_up = True
+                self._stop_timer()
+                return
+            # counted after the fire, so `finished` never runs ahead of `fired`
+            self._scheduled += remaining
+            if self.count != UNLIMITED and self._scheduled >= self.count:
+                self._stop_timer()
+                return
 
     def _stop_timer(self) -> None:
         timer = self._timer
@@ -228,10 +222,11 @@ class MockProducer(irqbypass.Producer):
     @property
     def finished(self) -> bool:
         """Fired the whole count, or gave up (its token was closed, or the loop
-        removed its timer: :attr:`problem`)."""
-        if self._gave_up or self.problem is not None:
+        removed its timer: :attr:`problem`, which need not be worded to be told)."""
+        if self._gave_up or (self.count != UNLIMITED and self._scheduled >= self.count):
             return True
-        return self.count != UNLIMITED and self._scheduled >= self.count
+        timer = self._timer
+        return timer.error is not None if timer is not None else self._problem is not None
 
     def stats(self) -> Mapping[str, int]:
         with self._lock:
