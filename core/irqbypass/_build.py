@@ -14,10 +14,11 @@ import logging
 import sysconfig
 import traceback
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._config import Config, EndpointConfig
-from ._endpoints import Consumer, Endpoint, Producer
+from ._endpoints import Consumer, Producer
 from ._errors import ConfigError, IrqBypassError, PluginError, TopologyError
 from ._eventfd import Eventfd
 from ._kinds import EndpointSpec
@@ -100,39 +101,31 @@ def _located(
     return line or 0, exc
 
 
-def consumers_first(entries: Iterable[EndpointConfig]) -> list[EndpointConfig]:
-    """The sink is ready before the source can fire."""
-    entries = list(entries)
-    return [e for e in entries if e.side == "consumer"] + [
-        e for e in entries if e.side == "producer"
-    ]
-
-
+@dataclass(frozen=True, slots=True, eq=False)
 class Builder:
     """Makes endpoints from entries through the kinds of ``plugins``, each on
     its token's eventfd from ``ledger``'s token table (released there)."""
 
-    def __init__(self, plugins: PluginHost, ledger: Ledger) -> None:
-        self.plugins = plugins
-        self.ledger = ledger
+    plugins: PluginHost
+    ledger: Ledger
 
     def build_file(self, file: Config) -> None:
         """Build every entry of ``file`` into the ledger (its optional pairs
         that cannot work here left out), or nothing: on failure what was built
-        is released."""
+        is released. Nothing if the ledger holds endpoints (built already)."""
         ledger = self.ledger
+        if ledger:
+            return
         skipped = self.unavailable(file.endpoints)
-        ledger.seed(file.token_names(), skipped)
+        ledger.seed(file, skipped)
         built: list[Placed] = []
         try:
             self.build(file.endpoints, file, skipped, built)
-            for placed in built:
-                ledger.insert(placed)
+            ledger.insert(built)
         except BaseException:
             ledger.release(built)
             ledger.unseed()
             raise
-        ledger.built(file)
 
     def build(
         self,
@@ -141,13 +134,17 @@ class Builder:
         skipped: Mapping[str, str],
         built: list[Placed],
     ) -> None:
-        """Build ``entries`` (consumers first) into ``built``, each holding its
-        token; entries of a ``skipped`` token are validated only. Every entry
-        is tried, so that every error is told at once, in file order (a
-        ConfigError whose ``errors`` lists them). On failure what ``built``
-        holds is the caller's to release."""
+        """Build ``entries`` (consumers first: the sink is ready before the
+        source can fire) into ``built``, each holding its token; entries of a
+        ``skipped`` token are validated only. Every entry is tried, so that
+        every error is told at once, in file order (a ConfigError whose
+        ``errors`` lists them). On failure what ``built`` holds is the
+        caller's to release."""
         errors: list[tuple[int, IrqBypassError]] = []
-        for entry in consumers_first(entries):
+        entries = list(entries)
+        for entry in [e for e in entries if e.side == "consumer"] + [
+            e for e in entries if e.side == "producer"
+        ]:
             try:
                 if entry.token not in skipped:
                     self._build_into(entry, source, built)
@@ -167,16 +164,53 @@ class Builder:
 
     @signal_safe
     def _build_into(self, entry: EndpointConfig, source: Config, built: list[Placed]) -> None:
-        """Build one endpoint on its token's eventfd, recorded in ``built`` the
-        moment it holds the token (signal-safe: the token cannot leak)."""
+        """Build one endpoint by its kind's factory, on its token's eventfd,
+        and check what the factory returned; record it in ``built`` the moment
+        it holds the token (signal-safe: the token cannot leak). The factory
+        is the plugin's code: its own ``callout``."""
+        try:
+            kind = self.plugins.kinds.get(entry.side, entry.kind)
+        except PluginError as exc:
+            raise source.error(f"{entry.key_path}.kind", str(exc)) from exc
         table = self.ledger.token_table
         token = table.acquire(entry.token)
         try:
-            endpoint, plugin = callout(self._make, entry, source, token)
+            spec = EndpointSpec(
+                name=entry.name,
+                kind=entry.kind,
+                side=entry.side,
+                token=token,
+                token_name=entry.token,
+                irq=entry.irq,
+                bypass=entry.bypass,
+                options=entry.options,
+                key_path=entry.key_path,
+                file=source.file,
+            )
+            try:
+                endpoint = callout(kind.factory, spec)
+            except ConfigError:
+                raise
+            except IrqBypassError as exc:
+                raise source.error(entry.key_path, str(exc)) from exc
+            except Exception as exc:
+                log_traceback(exc, f"the factory of kind {entry.kind!r} (plugin {kind.plugin})")
+                raise TopologyError(
+                    f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
+                    f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "
+                    "this is a bug in that plugin"
+                ) from exc
+            problem = _wrong_endpoint(endpoint, spec)
+            if problem is not None:
+                _discard(endpoint, table)
+                raise TopologyError(
+                    f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
+                    f"{entry.kind!r} (plugin {kind.plugin}) {problem}; this is a bug in that plugin"
+                )
         except BaseException:
             table.release(entry.token)
             raise
-        built.append(Placed(entry, endpoint, token=token, plugin=plugin))
+        built.append(Placed(entry, endpoint, token=token, plugin=kind.plugin))
 
     def _installed(self, entry: EndpointConfig) -> bool:
         try:
@@ -200,43 +234,3 @@ class Builder:
             if reason is not None:
                 skipped[entry.token] = f"{entry.side} {entry.name!r} (kind {entry.kind}): {reason}"
         return skipped
-
-    def _make(self, entry: EndpointConfig, source: Config, token: Eventfd) -> tuple[Endpoint, str]:
-        """The entry's endpoint, checked, and the plugin whose kind built it."""
-        try:
-            kind = self.plugins.kinds.get(entry.side, entry.kind)
-        except PluginError as exc:
-            raise source.error(f"{entry.key_path}.kind", str(exc)) from exc
-        spec = EndpointSpec(
-            name=entry.name,
-            kind=entry.kind,
-            side=entry.side,
-            token=token,
-            token_name=entry.token,
-            irq=entry.irq,
-            bypass=entry.bypass,
-            options=entry.options,
-            key_path=entry.key_path,
-            file=source.file,
-        )
-        try:
-            endpoint = kind.factory(spec)
-        except ConfigError:
-            raise
-        except IrqBypassError as exc:
-            raise source.error(entry.key_path, str(exc)) from exc
-        except Exception as exc:
-            log_traceback(exc, f"the factory of kind {entry.kind!r} (plugin {kind.plugin})")
-            raise TopologyError(
-                f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
-                f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "
-                "this is a bug in that plugin"
-            ) from exc
-        problem = _wrong_endpoint(endpoint, spec)
-        if problem is not None:
-            _discard(endpoint, self.ledger.token_table)
-            raise TopologyError(
-                f"{source.file}: {entry.key_path} {entry.name!r}: the factory of kind "
-                f"{entry.kind!r} (plugin {kind.plugin}) {problem}; this is a bug in that plugin"
-            )
-        return endpoint, kind.plugin

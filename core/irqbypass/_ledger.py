@@ -88,7 +88,7 @@ class Placed:
     @property
     def label(self) -> str:
         """``side 'name' (kind K)``: how messages name this endpoint."""
-        return _plan.label(self.config)
+        return _plan.LABEL.format(self.config)
 
     def stats(self) -> dict[str, int]:
         """The endpoint's stats, its counters (:data:`COUNTERS`) added up over
@@ -127,6 +127,7 @@ class Placed:
         return self.history.opens + (1 if self.opened else 0)
 
 
+@dataclass(slots=True, eq=False)
 class Ledger:
     """What a topology runs: its entries, its endpoints and their tokens.
 
@@ -137,26 +138,25 @@ class Ledger:
     ``tokens`` is read off ``_ends``, never kept beside it.
     """
 
-    def __init__(self, token_table: TokenTable) -> None:
-        #: where tokens are held from (released when an endpoint is forgotten)
-        self.token_table = token_table
-        #: entry name -> entry, every running entry (skipped ones included), in order
-        self.entries: dict[str, EndpointConfig] = {}
-        #: (token, reason) of every optional pair left out
-        self.skipped: list[tuple[str, str]] = []
-        #: the file the entries are exactly (built, or reloaded, and no attach,
-        #: detach or change since): a reload may compare them group by group
-        self.file: Config | None = None
-        self._placed: dict[str, Placed] = {}
-        self._ends: dict[str, dict[str, Placed]] = {}
-        #: token -> reason, for each pair a plugin's Veto(unpaired=True) left unpaired
-        self._vetoed: dict[str, str] = {}
-        #: (side, name) -> what the earlier endpoints of a removed entry counted,
-        #: oldest first; an OrderedDict: its oldest goes in O(1), where a dict's
-        #: first key is found past every slot deleted before it (5 us a removal
-        #: at 10,000 pairs)
-        self._retired: OrderedDict[tuple[str, str], Totals] = OrderedDict()
-        self._serial = 0
+    #: where tokens are held from (released when an endpoint is forgotten)
+    token_table: TokenTable
+    #: entry name -> entry, every running entry (skipped ones included), in order
+    entries: dict[str, EndpointConfig] = field(default_factory=dict, init=False)
+    #: (token, reason) of every optional pair left out
+    skipped: list[tuple[str, str]] = field(default_factory=list, init=False)
+    #: the file the entries are exactly (built, or reloaded, and no attach,
+    #: detach or change since): a reload may compare them group by group
+    file: Config | None = field(default=None, init=False)
+    _placed: dict[str, Placed] = field(default_factory=dict, init=False)
+    _ends: dict[str, dict[str, Placed]] = field(default_factory=dict, init=False)
+    #: token -> reason, for each pair a plugin's Veto(unpaired=True) left unpaired
+    vetoed: dict[str, str] = field(default_factory=dict, init=False)
+    #: (side, name) -> what the earlier endpoints of a removed entry counted,
+    #: oldest first; an OrderedDict: its oldest goes in O(1), where a dict's
+    #: first key is found past every slot deleted before it (5 us a removal
+    #: at 10,000 pairs)
+    _retired: OrderedDict[tuple[str, str], Totals] = field(default_factory=OrderedDict, init=False)
+    _serial: int = field(default=0, init=False)
 
     # -- reading -------------------------------------------------------------
 
@@ -193,20 +193,9 @@ class Ledger:
         return tokens
 
     @property
-    def vetoed(self) -> list[tuple[str, str]]:
-        """(token, reason) of every pair a veto left unpaired."""
-        return list(self._vetoed.items())
-
-    @property
     def applied(self) -> bool:
         """Some endpoint is open."""
         return any(placed.opened for placed in self._placed.values())
-
-    @property
-    def finished(self) -> bool:
-        """Every producer is done firing."""
-        producers = [p for p in self._placed.values() if p.config.side == "producer"]
-        return bool(producers) and all(p.finished for p in producers)
 
     def status(self, settled: bool) -> list[PairStatus]:
         """One row per token, in the order tokens were first used."""
@@ -226,38 +215,44 @@ class Ledger:
 
     # -- changing ------------------------------------------------------------
 
-    def seed(self, tokens: Iterable[str], skipped: Mapping[str, str]) -> None:
-        """Before a file's endpoints are inserted: its pairs left out
-        (``skipped``: token -> reason), and its other ``tokens`` listed in this
-        order (the file's order of first use), which ``status()`` keeps."""
+    def seed(self, file: Config, skipped: Mapping[str, str]) -> None:
+        """Before ``file``'s endpoints are inserted: its entries are the
+        running ones, its pairs left out are ``skipped`` (token -> reason), and
+        its other tokens are listed in the file's order of first use, which
+        ``status()`` keeps (its endpoints are inserted consumers first)."""
+        self.entries = dict(file.by_name)
+        self.file = file
         self.skipped = sorted(skipped.items())
-        for token in tokens:
+        for token in file.token_names():
             if token not in skipped:
                 self._ends[token] = {}
 
     def veto(self, token: str, reason: str) -> None:
         """Record that a plugin's veto left the pair of ``token`` unpaired."""
-        self._vetoed[token] = reason
+        self.vetoed[token] = reason
 
     @signal_safe
-    def insert(self, placed: Placed) -> None:
-        """Make a built endpoint part of the topology (its indexes)."""
-        entry = placed.config
-        earlier = self._retired.pop((entry.side, entry.name), None)
-        if earlier is not None:  # the same name plugged again: its counts carry on
-            placed.history.opens += earlier.opens
-            for key, value in earlier.counters.items():
-                placed.history.counters[key] = placed.history.counters.get(key, 0) + value
-        self._serial += 1
-        placed.serial = self._serial
-        self._placed[entry.name] = placed
-        self._ends.setdefault(entry.token, {})[entry.side] = placed
+    def insert(self, built: Iterable[Placed]) -> None:
+        """Make built endpoints part of the topology (its indexes), in this
+        order (undone in the reverse); all of them or none."""
+        retired, by_name, by_token = self._retired, self._placed, self._ends
+        for placed in built:
+            entry = placed.config
+            earlier = retired.pop((entry.side, entry.name), None)
+            if earlier is not None:  # the same name plugged again: its counts carry on
+                placed.history.opens += earlier.opens
+                for key, value in earlier.counters.items():
+                    placed.history.counters[key] = placed.history.counters.get(key, 0) + value
+            self._serial += 1
+            placed.serial = self._serial
+            by_name[entry.name] = placed
+            by_token.setdefault(entry.token, {})[entry.side] = placed
 
     @signal_safe
     def release(self, built: Iterable[Placed]) -> None:
         """Forget endpoints that are closed (or never opened): out of the
         indexes, their tokens released, their counts kept for a re-plug."""
-        by_name, by_token, vetoed, table = self._placed, self._ends, self._vetoed, self.token_table
+        by_name, by_token, vetoed, table = self._placed, self._ends, self.vetoed, self.token_table
         for placed in built:
             entry = placed.config
             token = entry.token
@@ -324,13 +319,11 @@ class Ledger:
                 self.skipped = [(t, r) for t, r in self.skipped if t != entry.token]
 
     def unseed(self) -> None:
-        """Drop the tokens seeded and never used (a build that failed)."""
+        """Undo :meth:`seed` (a build that failed): no entry runs, and the
+        tokens seeded and never used are dropped."""
+        self.entries = {}
+        self.file = None
         self._ends = {token: ends for token, ends in self._ends.items() if ends}
-
-    def built(self, file: Config) -> None:
-        """The entries are ``file``'s (a build placed them)."""
-        self.entries = dict(file.by_name)
-        self.file = file
 
     @signal_safe
     def attached(self, entries: Iterable[EndpointConfig]) -> None:
@@ -403,7 +396,7 @@ class Ledger:
         if count != len(self._placed):
             found.append(f"{len(self._placed)} endpoints placed, {count} listed by token")
         found += [
-            f"token {t!r} is vetoed with no endpoint" for t in self._vetoed if t not in self._ends
+            f"token {t!r} is vetoed with no endpoint" for t in self.vetoed if t not in self._ends
         ]
         return found
 

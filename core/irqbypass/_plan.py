@@ -56,9 +56,9 @@ def differences(old: EndpointConfig, new: EndpointConfig) -> tuple[str, ...]:
     return typed_differences(old, new)
 
 
-def label(entry: EndpointConfig) -> str:
-    """``side 'name' (kind K)``: how messages name an entry's endpoint."""
-    return f"{entry.side} {entry.name!r} (kind {entry.kind})"
+#: how messages name an entry's endpoint: ``LABEL.format(entry)`` is
+#: ``side 'name' (kind K)``
+LABEL = "{0.side} {0.name!r} (kind {0.kind})"
 
 
 class Running(Protocol):
@@ -314,7 +314,7 @@ def check_new(running: Running, entries: Sequence[EndpointConfig], source: Confi
         held = _holder(running, entry.token, entry.side)
         if held is not None:
             raise TopologyError(
-                f"{where}: token {entry.token!r} is already used by {label(held)}; "
+                f"{where}: token {entry.token!r} is already used by {LABEL.format(held)}; "
                 f"one {entry.side} per token"
             )
 
@@ -348,7 +348,7 @@ def check_change(
         end = (entry.token, entry.side)
         held = _holder(running, entry.token, entry.side)
         if end in ends or (held is not None and held.name not in leaving):
-            holder = label(held) if held is not None else "another new entry"
+            holder = LABEL.format(held) if held is not None else "another new entry"
             problems.append(
                 f"{entry.name!r}: token {entry.token!r} is already used by {holder}; "
                 f"one {entry.side} per token"

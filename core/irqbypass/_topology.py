@@ -49,35 +49,6 @@ from ._tokens import CheckTokens, TokenTable
 from ._transaction import Transaction, deliver
 
 
-def _token_table(
-    config: Config,
-    plugins: PluginHost,
-    manager: Manager | None,
-    tokens: TokenTable | Mapping[str, Eventfd | int] | None,
-) -> TokenTable:
-    """The token table of a topology made of these arguments, checked."""
-    for value, cls, what in (
-        (config, Config, "config (from irqbypass.load_config or parse_config)"),
-        (plugins, PluginHost, "plugins (from irqbypass.load_plugins)"),
-    ):
-        if not isinstance(value, cls):
-            raise TopologyError(
-                f"Topology: {what} must be an irqbypass.{cls.__name__}, "
-                f"not {type(value).__name__} {show_value(value)}"
-            )
-    if manager is not None and not isinstance(manager, Manager):
-        raise TopologyError(
-            f"Topology: manager must be an irqbypass.Manager or None, "
-            f"not {type(manager).__name__} {show_value(manager)}"
-        )
-    if tokens is not None and not isinstance(tokens, TokenTable | Mapping):
-        raise TopologyError(
-            f"Topology: tokens must be an irqbypass.TokenTable, a mapping of token names "
-            f"to eventfds, or None, not {type(tokens).__name__} {show_value(tokens)}"
-        )
-    return tokens if isinstance(tokens, TokenTable) else TokenTable(dict(tokens or {}))
-
-
 class Topology:
     """The endpoints of one configuration, applied to one manager.
 
@@ -95,7 +66,26 @@ class Topology:
         *,
         tokens: TokenTable | Mapping[str, Eventfd | int] | None = None,
     ) -> None:
-        table = _token_table(config, plugins, manager, tokens)
+        for value, cls, what in (
+            (config, Config, "config (from irqbypass.load_config or parse_config)"),
+            (plugins, PluginHost, "plugins (from irqbypass.load_plugins)"),
+        ):
+            if not isinstance(value, cls):
+                raise TopologyError(
+                    f"Topology: {what} must be an irqbypass.{cls.__name__}, "
+                    f"not {type(value).__name__} {show_value(value)}"
+                )
+        if manager is not None and not isinstance(manager, Manager):
+            raise TopologyError(
+                f"Topology: manager must be an irqbypass.Manager or None, "
+                f"not {type(manager).__name__} {show_value(manager)}"
+            )
+        if tokens is not None and not isinstance(tokens, TokenTable | Mapping):
+            raise TopologyError(
+                f"Topology: tokens must be an irqbypass.TokenTable, a mapping of token names "
+                f"to eventfds, or None, not {type(tokens).__name__} {show_value(tokens)}"
+            )
+        table = tokens if isinstance(tokens, TokenTable) else TokenTable(dict(tokens or {}))
         self.config = config
         self.plugins = plugins
         self.manager = manager if manager is not None else Manager(plugins)
@@ -128,7 +118,7 @@ class Topology:
     def vetoed(self) -> list[tuple[str, str]]:
         """(token, reason) of every pair a hook's ``Veto(reason, unpaired=True)``
         left unpaired: both ends open, the interrupts on the eventfd path."""
-        return self._ledger.vetoed
+        return list(self._ledger.vetoed.items())
 
     @property
     def applied(self) -> bool:
@@ -143,11 +133,9 @@ class Topology:
         ``check_only`` (``irqbypass check``): every token gets one shared
         eventfd, never signalled, so a check costs one fd however large the file;
         such a topology is for looking at, not for :meth:`apply`."""
-        if self._ledger:
-            return
-        if check_only:
+        if check_only and not self._ledger:
             self._ledger.token_table, self._checking = CheckTokens(), True
-        self._builder.build_file(self.config)
+        self._builder.build_file(self.config)  # nothing if built
 
     # -- applying ----------------------------------------------------------
 
@@ -163,25 +151,22 @@ class Topology:
         The cyclic garbage collector is paused meanwhile, and put back as the
         caller had it on every path: the objects made are all long-lived (a
         full collection would walk them all and free nothing)."""
-        without_collection(self._apply, progress)
-
-    def _apply(self, progress: Callable[[int, int], object] | None) -> None:
         if self._checking:
             raise TopologyError(
                 f"{self.config.file} was built with check_only; build a new Topology to apply"
             )
-        if self.applied:
+        if self._ledger.applied:
             raise TopologyError(
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )
-        doing = self._transaction(f"applying {self.config.file}", repr(self.config.file))
-        try:
-            self.build()
-            doing.open(self.placed, progress)
-        except BaseException as exc:
-            undo_errors, interrupt = self._finish()
-            undone = "nothing was applied: every endpoint opened was closed again"
-            raise doing.failed(exc, undo_errors, interrupt, undone)  # noqa: B904 (its cause is set)
+        doing = Transaction(
+            self._ledger,
+            self._builder,
+            self.manager,
+            f"applying {self.config.file}",
+            repr(self.config.file),
+        )
+        without_collection(doing.apply, self.config, progress)
 
     def teardown(self, progress: Callable[[int], object] | None = None) -> None:
         """Unregister and close everything, in reverse. Every step is attempted
@@ -193,7 +178,9 @@ class Topology:
         endpoint (or group) with how many endpoints are left; an exception it
         raises is ignored (teardown finishes). The cyclic garbage collector is
         paused meanwhile, as in :meth:`apply`."""
-        errors, interrupt = without_collection(self._finish, progress)
+        errors, interrupt = without_collection(
+            Transaction(self._ledger, self._builder, self.manager).teardown, progress
+        )
         interrupt = deliver(interrupt)
         if interrupt is not None:
             raise with_notes(interrupt, errors and [self._teardown_message(errors)])
@@ -202,15 +189,6 @@ class Topology:
 
     def _teardown_message(self, errors: list[str]) -> str:
         return f"tearing down {self.config.file}: " + "; ".join(errors)
-
-    def _finish(
-        self, progress: Callable[[int], object] | None = None
-    ) -> tuple[list[str], BaseException | None]:
-        """Undo every step and release the tokens; (what failed, the first
-        interrupt)."""
-        result = self._transaction().undo(self.placed, progress)
-        self._ledger.clear()
-        return result
 
     # -- changing a running topology -----------------------------------------
 
@@ -230,7 +208,9 @@ class Topology:
         _plan.check_new(self._ledger, new, source)
         commit = partial(self._ledger.attached, new)
         action = f"attaching to {self.config.file}"
-        change = self._transaction(action, repr(source.file)).change
+        change = Transaction(
+            self._ledger, self._builder, self.manager, action, repr(source.file)
+        ).change
         with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
             change(source, new, [], commit=commit, home=self.config)
 
@@ -245,7 +225,7 @@ class Topology:
         wanted = list(dict.fromkeys(names))
         action = f"detaching from {self.config.file}"
         _plan.check_detach(self._ledger, wanted, action)
-        errors, interrupt = self._transaction().detach(wanted)
+        errors, interrupt = Transaction(self._ledger, self._builder, self.manager).detach(wanted)
         interrupt = deliver(interrupt)
         message = f"{action}: " + "; ".join(errors)
         if interrupt is not None:
@@ -316,28 +296,21 @@ class Topology:
         tokens it touches are closed and opened."""
         with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
             if not plan.touched:  # nothing to close or open: the entries only
-                self._adopt(plan.updates, None, plan.config)
+                self._adopt(plan, None)
                 return
-            carry_out = self._transaction(plan.action, repr(plan.source.file)).carry_out
+            carry_out = Transaction(
+                self._ledger, self._builder, self.manager, plan.action, repr(plan.source.file)
+            ).carry_out
             carry_out(plan, home=self.config, adopt=self._adopt)
 
-    def _transaction(self, action: str = "", building: str = "") -> Transaction:
-        """A transaction on this topology: ``action`` names it in errors,
-        ``building`` what its first step builds."""
-        return Transaction(self._ledger, self._builder, self.manager, action, building)
-
     @signal_safe
-    def _adopt(
-        self,
-        updates: Mapping[str, EndpointConfig | None],
-        skipped: list[tuple[str, str]] | None,
-        config: Config | None,
-    ) -> None:
-        """Make the changed entries the running ones, in place, and ``config``
-        (if any) the running file (signal-safe: all of it)."""
-        self._ledger.adopt(updates, skipped, config)
-        if config is not None:
-            self.config = config
+    def _adopt(self, plan: _plan.Plan, skipped: list[tuple[str, str]] | None) -> None:
+        """Make the entries ``plan`` changed the running ones (the ledger's),
+        the pairs left out ``skipped`` (None: as they are), and the file it
+        is, if any, the running file (signal-safe: all of it)."""
+        self._ledger.adopt(plan.updates, skipped, plan.config)
+        if plan.config is not None:
+            self.config = plan.config
 
     # -- looking -----------------------------------------------------------
 
@@ -358,7 +331,8 @@ class Topology:
     @property
     def finished(self) -> bool:
         """Every producer is done firing."""
-        return self._ledger.finished
+        producers = [p for p in self._ledger.placed if p.config.side == "producer"]
+        return bool(producers) and all(p.finished for p in producers)
 
     def __enter__(self) -> Topology:
         self.apply()

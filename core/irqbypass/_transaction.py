@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -36,11 +37,9 @@ from ._signals import callout, deliver_deferred_signals, signal_safe
 #: the steps of a transaction, as its failure names them
 Step = Literal["build", "open", "register"]
 
-#: what makes a plan's entries the running ones once it is done: adopt(updates,
-#: the left-out pairs (None: as they are), the file the entries now are)
-Adopt = Callable[
-    [Mapping[str, EndpointConfig | None], list[tuple[str, str]] | None, Config | None], None
-]
+#: what makes a plan's entries the running ones once it is done: adopt(plan,
+#: the left-out pairs then (None: as they are))
+Adopt = Callable[[Plan, list[tuple[str, str]] | None], None]
 
 #: the order endpoints were placed in (undone in reverse)
 _SERIAL = operator.attrgetter("serial")
@@ -168,6 +167,7 @@ def _failed(
     return error
 
 
+@dataclass(slots=True, eq=False)
 class Transaction:
     """One apply, attach, change or teardown of a topology (``action`` names
     it in errors), on its ``ledger``, with its ``builder`` and ``manager``.
@@ -177,17 +177,15 @@ class Transaction:
     registered; :meth:`doing` tells them, and :meth:`failed` the failure.
     """
 
-    def __init__(
-        self, ledger: Ledger, builder: Builder, manager: Manager, action: str, building: str
-    ) -> None:
-        self.ledger = ledger
-        self.builder = builder
-        self.manager = manager
-        self.action = action
-        self.step: Step = "build"
-        self.subject: str | Placed | list[Placed] = building
-        #: every endpoint this transaction built (what its undo releases)
-        self.built: list[Placed] = []
+    ledger: Ledger
+    builder: Builder
+    manager: Manager
+    action: str = ""
+    #: what the step under way acts on: first what is built (a file's repr)
+    subject: str | Placed | list[Placed] = ""
+    step: Step = "build"
+    #: every endpoint this transaction built (what its undo releases)
+    built: list[Placed] = field(default_factory=list)
 
     def doing(self) -> tuple[Step, str, str]:
         """The step under way, on what, and the plugin whose code runs it ("": the core's)."""
@@ -199,16 +197,25 @@ class Transaction:
         what = subject[0].label if len(subject) == 1 else _group_label(subject)
         return self.step, what, subject[0].plugin
 
-    def build(
-        self, entries: Iterable[EndpointConfig], source: Config, skipped: Mapping[str, str]
-    ) -> None:
-        """Build ``entries`` into :attr:`built` (each holding its token)."""
-        self.builder.build(entries, source, skipped, self.built)
+    def apply(self, file: Config, progress: Callable[[int, int], object] | None) -> None:
+        """Build ``file``'s endpoints (unless built), then open and register
+        them all, or undo it all and raise; ``progress`` as for :meth:`open`."""
+        try:
+            self.builder.build_file(file)
+            self.open(self.ledger.placed, progress)
+        except BaseException as exc:
+            undo_errors, interrupt = self.teardown()
+            undone = "nothing was applied: every endpoint opened was closed again"
+            raise self.failed(exc, undo_errors, interrupt, undone)  # noqa: B904 (its cause is set)
 
-    def place(self, placed: Iterable[Placed]) -> None:
-        """Make built endpoints part of the topology (the ledger's indexes)."""
-        for one in placed:
-            self.ledger.insert(one)
+    def teardown(
+        self, progress: Callable[[int], object] | None = None
+    ) -> tuple[list[str], BaseException | None]:
+        """Undo every endpoint and release the tokens; (what failed, the first
+        interrupt)."""
+        result = self.undo(self.ledger.placed, progress)
+        self.ledger.clear()
+        return result
 
     def open(
         self, placed: Sequence[Placed], progress: Callable[[int, int], object] | None = None
@@ -362,14 +369,14 @@ class Transaction:
         adopt: Adopt,
     ) -> None:
         """Do ``plan``, all or nothing, in O(changes): only the pairs on the
-        tokens it touches are closed and opened; then ``adopt(updates,
-        skipped, file)`` makes its entries the running ones."""
+        tokens it touches are closed and opened; then ``adopt(plan,
+        skipped)`` makes its entries the running ones."""
         moves = _plan.moves(plan, self.ledger, self.builder.unavailable)
         self.change(
             plan.source,
             list(moves.coming),
             [self.ledger[name] for name in moves.leaving],
-            commit=partial(adopt, plan.updates, list(moves.now_skipped), plan.config),
+            commit=partial(adopt, plan, list(moves.now_skipped)),
             home=home,
             skipped=moves.skipped,
         )
@@ -400,13 +407,13 @@ class Transaction:
         leaving_names = {p.config.name for p in removed}
         leaving_tokens = {p.config.token for p in removed}
         try:
-            self.build(added, source, skipped)
+            self.builder.build(added, source, skipped, self.built)
             first = [
                 p
                 for p in self.built
                 if p.config.name not in leaving_names and p.config.token not in leaving_tokens
             ]
-            self.place(first)
+            self.ledger.insert(first)
             self.open(first)
         except BaseException as exc:
             errors, interrupt = self.undo(self.built)
@@ -430,7 +437,7 @@ class Transaction:
                 raise interrupt
             opened = {id(p) for p in first}  # by identity: `in first` was O(N^2) in __eq__
             second = [p for p in self.built if id(p) not in opened]
-            self.place(second)
+            self.ledger.insert(second)
             self.open(second)
         except BaseException as exc:
             errors += self._restore(old, home)
@@ -447,12 +454,10 @@ class Transaction:
         (a transaction of its own). What could not be restored is returned
         (and is then missing)."""
         errors, _ = self.undo(self.built)
-        again = Transaction(
-            self.ledger, self.builder, self.manager, self.action, "the removed entries"
-        )
+        again = replace(self, subject="the removed entries", step="build", built=[])
         try:
-            again.build(old, home, {})
-            again.place(again.built)
+            again.builder.build(old, home, {}, again.built)
+            again.ledger.insert(again.built)
             again.open(again.built)
         except BaseException as exc:
             more, _ = again.undo(again.built)

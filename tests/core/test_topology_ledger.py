@@ -39,16 +39,14 @@ class Sink(irqbypass.Consumer):
 
 def place(ledger: Ledger, config: Config) -> list[Placed]:
     """Build and insert every entry as a topology's build does (no plugin)."""
-    ledger.seed(config.token_names(), {})
+    ledger.seed(config, {})
     built = []
     for entry in config.endpoints:
         token = ledger.token_table.acquire(entry.token)
         cls = irqbypass.Producer if entry.side == "producer" else Sink
         endpoint: irqbypass.Endpoint = cls(token=token, name=entry.name)
         built.append(Placed(entry, endpoint, token=token))
-    for placed in built:
-        ledger.insert(placed)
-    ledger.built(config)
+    ledger.insert(built)
     return built
 
 
@@ -75,7 +73,7 @@ def test_a_released_pair_is_out_of_every_index(ledger: Ledger) -> None:
     ledger.release([ledger["p1"], ledger["c1"]])
     ledger.forget(["p1", "c1"])
     assert ledger.violations() == []
-    assert ledger.get("p1") is None and ledger.ends("t1") == [] and ledger.vetoed == []
+    assert ledger.get("p1") is None and ledger.ends("t1") == [] and ledger.vetoed == {}
     assert set(ledger.tokens) == {"t0"} and "t1" not in ledger.token_table
     assert ledger.file is None
 
@@ -87,7 +85,7 @@ def test_a_name_placed_again_carries_its_counts_on(ledger: Ledger) -> None:
     assert ledger.violations() == []  # retired, and no longer placed
     token = ledger.token_table.acquire("t1")
     again = Placed(old.config, irqbypass.Producer(token=token, name="p1"), token=token)
-    ledger.insert(again)
+    ledger.insert([again])
     assert again.history.opens == 2 and again.history.counters == {"fired": 7}
     assert ledger.violations() == []
 
@@ -140,7 +138,7 @@ def test_each_broken_invariant_is_named(ledger: Ledger, corrupt: object, named: 
     # put it back, so the fixture releases what it placed
     ledger._placed, ledger._ends, ledger.entries = undo["placed"], undo["ends"], undo["entries"]  # type: ignore[assignment]
     ledger.skipped.clear()
-    ledger._vetoed.clear()
+    ledger.vetoed.clear()
     ledger._retired.clear()
     for placed in ledger._placed.values():
         placed.released = placed.registered = False
