@@ -278,13 +278,17 @@ _TIERS = ("exceptions", "plugin", "reports", "signalsafe", "system", "testing")
 
 
 def _exports(
-    module: str, modules: Mapping[str, tuple[str, ...]], namespace: dict[str, Any]
+    module: str,
+    modules: Mapping[str, tuple[str, ...]],
+    namespace: dict[str, Any],
+    old: Mapping[str, Callable[[str], Any]] | None = None,
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A public module's PEP 562 ``__getattr__`` and ``__dir__``: each name of
     ``modules`` (implementation module -> names) is imported from its module
-    on first use and kept in ``namespace``; of this package, a submodule is
-    imported when reached as an attribute (as when every module was imported
-    eagerly)."""
+    on first use and kept in ``namespace``; a name of ``old`` (one the module
+    no longer exports) is what its function gives (with its warning); of this
+    package, a submodule is imported when reached as an attribute (as when
+    every module was imported eagerly)."""
     where = {name: home for home, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
@@ -293,6 +297,8 @@ def _exports(
             value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
             namespace[name] = value
             return value
+        if old is not None and name in old:
+            return old[name](name)
         if module == __name__ and not name.startswith("__"):
             try:
                 return importlib.import_module(f".{name}", __name__)
@@ -307,23 +313,15 @@ def _exports(
     return __getattr__, __dir__
 
 
-_public, __dir__ = _exports(__name__, _MODULES, globals())
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the name here; a
-    name that moved to a tier says where it lives now (and is not kept, so
-    that every use is told)."""
-    if name in _RENAMED:  # a module, reached as an attribute
-        return _renamed(name)
-    if name not in _MOVED:
-        return _public(name)
+def _moved(name: str) -> Any:
+    """A name that moved to a tier, from there, with a warning that says
+    where it lives now (it is not kept here, so that every use is told)."""
     tier = next(t for t in _TIERS if name in importlib.import_module(f"{__name__}.{t}").__all__)
     warnings.warn(
         f"irqbypass.{name} is deprecated: import it from irqbypass.{tier} "
         f"(from irqbypass.{tier} import {name}); the old name goes in irqbypass 0.3",
         DeprecationWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
     return getattr(importlib.import_module(f"{__name__}.{tier}"), name)
 
@@ -350,6 +348,16 @@ def _renamed(name: str, stacklevel: int = 3) -> Any:
         stacklevel=stacklevel,
     )
     return importlib.import_module(f"{__name__}._{name}")
+
+
+#: each public name is imported on first use; an old name (a module reached as
+#: an attribute, a name that moved to a tier) says where it lives now
+__getattr__, __dir__ = _exports(
+    __name__,
+    _MODULES,
+    globals(),
+    {**dict.fromkeys(_RENAMED, _renamed), **dict.fromkeys(_MOVED, _moved)},
+)
 
 
 class _OldModulePaths:

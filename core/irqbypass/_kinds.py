@@ -137,33 +137,42 @@ def _takes_options(check: Callable[..., object]) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _SideRegistrar(Generic[_E]):
+    """``register.producer`` or ``register.consumer``: one plugin's entry to
+    register kinds of one side, typed by the endpoint class the side builds."""
+
+    side: Side
+    plugin: str
+    registry: KindRegistry
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[[EndpointSpec], _E],
+        *,
+        availability: Availability | None = None,
+    ) -> None:
+        """Register kind ``name`` of this side; ``availability`` says whether
+        it can work on this machine (None: always)."""
+        self.registry.add(Kind(name, self.side, factory, self.plugin, availability))
+
+
 class KindRegistrar:
-    """What ``irqbypass_register_kinds`` receives: register kinds by side."""
+    """What ``irqbypass_register_kinds`` receives: register kinds by side,
+    ``register.producer(name, factory, *, availability=None)`` and
+    ``register.consumer(name, factory, *, availability=None)``."""
+
+    #: register producer kind ``name``: ``(name, factory, *, availability=None)``,
+    #: ``factory`` building a :class:`~irqbypass.Producer`; ``availability``
+    #: says whether it can work on this machine (None: always)
+    producer: _SideRegistrar[Producer]
+    #: register consumer kind ``name``, as :attr:`producer` does a producer's
+    consumer: _SideRegistrar[Consumer]
 
     def __init__(self, plugin: str, registry: KindRegistry) -> None:
-        self._plugin = plugin
-        self._registry = registry
-
-    def producer(
-        self,
-        name: str,
-        factory: Callable[[EndpointSpec], Producer],
-        *,
-        availability: Availability | None = None,
-    ) -> None:
-        """Register producer kind ``name``; ``availability`` says whether it
-        can work on this machine (None: always)."""
-        self._registry.add(Kind(name, "producer", factory, self._plugin, availability))
-
-    def consumer(
-        self,
-        name: str,
-        factory: Callable[[EndpointSpec], Consumer],
-        *,
-        availability: Availability | None = None,
-    ) -> None:
-        """Register consumer kind ``name`` (see :meth:`producer`)."""
-        self._registry.add(Kind(name, "consumer", factory, self._plugin, availability))
+        self.producer = _SideRegistrar("producer", plugin, registry)
+        self.consumer = _SideRegistrar("consumer", plugin, registry)
 
 
 class KindRegistry:
