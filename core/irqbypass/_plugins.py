@@ -174,10 +174,24 @@ class PluginHost:
             raise PluginError(f"plugin {what} cannot be registered: {show_error(exc)}") from exc
         except Exception as exc:  # a hostile object's attributes can raise anything
             raise PluginError(f"plugin {what} cannot be registered: {show_exception(exc)}") from exc
-        problem = _unknown_hooks(self.pm, plugin)
-        if problem is not None:
+        # a hook no spec declares (of another irqbypass release, or misspelt) would
+        # never be called: the plugin is refused, as pytest refuses one
+        unknown = sorted(
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or []
+            if caller.spec is None
+            and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
+        )
+        if unknown:
             self.pm.unregister(plugin)
-            raise PluginError(f"plugin {registered or name!r} cannot be registered: {problem}")
+            raise PluginError(
+                f"plugin {registered or name!r} cannot be registered: it implements "
+                f"{'hook' if len(unknown) == 1 else 'hooks'} {', '.join(map(repr, unknown))}, "
+                f"which irqbypass {__version__} does not have: it was written for another "
+                f"irqbypass release or the name is misspelt; the hooks of irqbypass "
+                f"{__version__} are {', '.join(_hook_names())} (mark a hook of another "
+                "project's with @irqbypass.plugin.hookimpl(optionalhook=True))"
+            )
         self._refresh()
         plugin_name = registered if registered is not None else str(name)
         for warning in _unmarked_hooks(self.pm, plugin, plugin_name):
@@ -243,7 +257,10 @@ class PluginHost:
         is a seam for tests.
         """
         env = os.environ if environ is None else environ
-        every = list(entry_points() if entry_points is not None else _all_entry_points())
+        if entry_points is None:  # every group's, so that a plugin in the wrong group is seen
+            every = [ep for dist in metadata.distributions() for ep in dist.entry_points]
+        else:
+            every = list(entry_points())
         found = [ep for ep in every if getattr(ep, "group", GROUP) == GROUP]
         for misplaced in _misplaced(every):
             self.filtered.append(misplaced)
@@ -251,10 +268,9 @@ class PluginHost:
             warning = f"plugin {misplaced.name} ({label}) is not loaded: {misplaced.reason}"
             _log.info("%s", warning)  # the CLI warns of host.warnings
             self.warnings.append(warning)
-        choice = _Choice(env, allow, block)
+        chosen, unmatched = _choose(found, env, allow, block)
         failures = []
-        for ep, dist in _unique(found):
-            reason = choice.reason(ep, dist)
+        for ep, dist, reason in chosen:
             if reason is None and self.pm.has_plugin(ep.name):
                 reason = f"a plugin named {ep.name!r} is already registered"
             if reason is not None:
@@ -262,12 +278,16 @@ class PluginHost:
                 self.filtered.append(FilteredPlugin(ep.name, dist, version, reason))
                 _log.info("plugin %s (%s) not loaded: %s", ep.name, dist, reason)
                 continue
-            info = self._load_one(ep, dist)
-            if info is not None:
-                failures.append(info)
-                if strict:
-                    raise PluginError(_failure_message(info))
-        self.unmatched += choice.unmatched()
+            info = _load_one(self, ep, dist)
+            if info is None:
+                version = ep.dist.version if ep.dist is not None else None
+                self._sources[ep.name] = _Source(dist, version)
+                _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
+                continue
+            failures.append(info)
+            if strict:
+                raise PluginError(_failure_message(info))
+        self.unmatched += unmatched
         self.failures.extend(failures)
         self._kinds = None  # the left-out list changed
         return failures
@@ -310,37 +330,6 @@ class PluginHost:
         self.failures.append(info)
         self._kinds = None  # an unknown kind's message names the failure
         _log.info("plugin module %s failed to load: %s", module, info.error)
-
-    def _load_one(self, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
-        version = ep.dist.version if ep.dist is not None else None
-
-        def failed(message: str, why: str, error: BaseException | None = None) -> PluginInfo:
-            _log.info("plugin %s (%s %s) %s: %s", ep.name, dist, version, why, message)
-            return PluginInfo(
-                name=ep.name,
-                distribution=dist,
-                version=version,
-                module=getattr(ep, "value", None),
-                error=message,
-                traceback=_traceback(error) if error is not None else None,
-            )
-
-        mismatch = _core_mismatch(ep.dist, dist)
-        if mismatch is not None:  # refused before its code is imported
-            return failed(mismatch, "not loaded")
-        try:
-            plugin = ep.load()
-            self.register(plugin, name=ep.name)
-        except (Exception, SystemExit) as exc:  # sys.exit() at import is a failed plugin too
-            # a refused registration reports pluggy's own error, or the core's reason
-            error = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ else exc
-            message = show_exception(error)
-            if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
-                message = str(exc).split(": ", 1)[-1]
-            return failed(message, "failed to load", error)
-        self._sources[ep.name] = _Source(dist, version)
-        _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
-        return None
 
     # -- kinds -------------------------------------------------------------
 
@@ -409,20 +398,26 @@ class PluginHost:
             for side, name, plugins in registry.conflicts()
             for plugin in plugins
         }
-        result = [
-            PluginInfo(
-                name=name,
-                distribution=source.distribution,
-                version=source.version,
-                kinds={k: v for k, v in registry.of_plugin(name).items() if v},
-                hooks=sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []),
-                error=self._kind_failures.get(name) or conflicts.get(name),
-                module=_module_of(plugin),
+        result = []
+        for name, plugin in self.pm.list_name_plugin():
+            if name == CORE_PLUGIN or plugin is None:
+                continue
+            source = self._sources.get(name, _Source(None, None))
+            # where the plugin's code is: its module's name, or its class's
+            module = getattr(plugin, "__name__", None)
+            if not isinstance(module, str) or not isinstance(plugin, type(sys)):
+                module = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+            result.append(
+                PluginInfo(
+                    name=name,
+                    distribution=source.distribution,
+                    version=source.version,
+                    kinds={k: v for k, v in registry.of_plugin(name).items() if v},
+                    hooks=sorted(c.name for c in self.pm.get_hookcallers(plugin) or []),
+                    error=self._kind_failures.get(name) or conflicts.get(name),
+                    module=module,
+                )
             )
-            for name, plugin in self.pm.list_name_plugin()
-            if name != CORE_PLUGIN and plugin is not None
-            for source in [self._sources.get(name, _Source(None, None))]
-        ]
         return sorted(result + self.failures, key=lambda i: i.name)
 
 
@@ -490,72 +485,98 @@ def _collect_kinds(
     return registry, failures
 
 
-def _module_of(plugin: object) -> str:
-    """Where a plugin's code is: its module's name, or its class's."""
-    module = getattr(plugin, "__name__", None)
-    if not isinstance(module, str) or not isinstance(plugin, type(sys)):
-        module = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
-    return module
+def _load_one(host: PluginHost, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
+    """Load and register one installed plugin; what failed, or None."""
+    version = ep.dist.version if ep.dist is not None else None
+
+    def failed(message: str, why: str, error: BaseException | None = None) -> PluginInfo:
+        _log.info("plugin %s (%s %s) %s: %s", ep.name, dist, version, why, message)
+        return PluginInfo(
+            name=ep.name,
+            distribution=dist,
+            version=version,
+            module=getattr(ep, "value", None),
+            error=message,
+            traceback=_traceback(error) if error is not None else None,
+        )
+
+    # a distribution that requires another core release is refused before its
+    # code is imported, with what to install (unreadable metadata: the import tells)
+    try:
+        requires = ep.dist.requires if ep.dist is not None else None
+    except Exception:
+        requires = None
+    requirement = core_requirement(requires, GROUP)
+    problem = requirement.problem(__version__) if requirement is not None else None
+    if requirement is not None and problem is not None:
+        return failed(
+            f"{problem}; install a release of {dist} made for irqbypass {__version__} "
+            f"(pip install --upgrade {dist}) or an irqbypass it supports "
+            f"(pip install '{requirement.text}'), or block it (--block {dist})",
+            "not loaded",
+        )
+    try:
+        plugin = ep.load()
+        host.register(plugin, name=ep.name)
+    except (Exception, SystemExit) as exc:  # sys.exit() at import is a failed plugin too
+        # a refused registration reports pluggy's own error, or the core's reason
+        error = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ else exc
+        message = show_exception(error)
+        if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
+            message = str(exc).split(": ", 1)[-1]
+        return failed(message, "failed to load", error)
+    return None
 
 
-class _Choice:
-    """Which installed plugins load: the program's ``allow`` list, else the
-    user's environment (see the module doc); then the block list. It
-    remembers every name it saw, to tell the load-list entries that named none."""
-
-    def __init__(
-        self, env: Mapping[str, str], allow: Sequence[str] | None, block: Iterable[str]
-    ) -> None:
-        self.disabled = False
-        self.source = "the allow list"
-        if allow is None:
-            self.disabled = bool(env.get(ENV_DISABLE))
-            if ENV_LOAD in env:
-                allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
-                self.source = ENV_LOAD
-        self.allow = allow
-        self.allowed = None if allow is None else {_normalize(n) for n in allow}
-        self.blocked = {_normalize(n) for n in block}
-        self.matched: set[str] = set()
-
-    def reason(self, ep: metadata.EntryPoint, dist: str | None) -> str | None:
-        """Why ``ep`` is left out, or None: it loads."""
-        names = {_normalize(ep.name), _normalize(dist or "")}
-        self.matched |= names
-        if self.disabled:
-            return f"{ENV_DISABLE} is set"
-        if self.allowed is not None and not names & self.allowed:
-            return f"not in {self.source} ({', '.join(self.allow or ()) or 'empty'})"
-        if names & self.blocked:
-            return "blocked (config [plugins] block or --block)"
-        return None
-
-    def unmatched(self) -> list[str]:
-        """The load-list entries that named no plugin or distribution seen."""
-        if self.allow is None or self.disabled:
-            return []
-        return [
-            f"{self.source} names {name!r}, which is no installed plugin or distribution"
-            for name in self.allow
-            if _normalize(name) not in self.matched
-        ]
-
-
-def _unique(
+def _choose(
     found: Iterable[metadata.EntryPoint],
-) -> Iterator[tuple[metadata.EntryPoint, str | None]]:
-    """Each entry point with its distribution's name, sorted, and once: one
-    distribution seen twice (an editable install beside a regular one, a
-    ``lib64`` symlink) loads once. Each METADATA is parsed once."""
+    env: Mapping[str, str],
+    allow: Sequence[str] | None,
+    block: Iterable[str],
+) -> tuple[list[tuple[metadata.EntryPoint, str | None, str | None]], list[str]]:
+    """Which installed plugins load: the program's ``allow`` list, else the
+    user's environment (see the module doc); then the block list. Each entry
+    point comes once, sorted, with its distribution's name and why it is left
+    out (None: it loads): one distribution seen twice (an editable install
+    beside a regular one, a ``lib64`` symlink) loads once, and each METADATA is
+    parsed once. Then the load-list entries that named no plugin or
+    distribution seen."""
+    disabled = False
+    source = "the allow list"
+    if allow is None:
+        disabled = bool(env.get(ENV_DISABLE))
+        if ENV_LOAD in env:
+            allow = [n for n in (s.strip() for s in env[ENV_LOAD].split(",")) if n]
+            source = ENV_LOAD
+    allowed = None if allow is None else {_normalize(n) for n in allow}
+    blocked = {_normalize(n) for n in block}
     found = list(found)
     dists = {id(ep): _dist_name(ep) for ep in found}
     seen: set[tuple[str, str]] = set()
+    matched: set[str] = set()  # every name seen, to tell the load-list entries that named none
+    chosen: list[tuple[metadata.EntryPoint, str | None, str | None]] = []
     for ep in sorted(found, key=lambda e: (dists[id(e)] or "", e.name)):
         dist = dists[id(ep)]
         key = (_normalize(dist or ""), ep.name)
-        if key not in seen:
-            seen.add(key)
-            yield ep, dist
+        if key in seen:
+            continue
+        seen.add(key)
+        names = {_normalize(ep.name), _normalize(dist or "")}
+        matched |= names
+        reason = None
+        if disabled:
+            reason = f"{ENV_DISABLE} is set"
+        elif allowed is not None and not names & allowed:
+            reason = f"not in {source} ({', '.join(allow or ()) or 'empty'})"
+        elif names & blocked:
+            reason = "blocked (config [plugins] block or --block)"
+        chosen.append((ep, dist, reason))
+    unmatched = [
+        f"{source} names {name!r}, which is no installed plugin or distribution"
+        for name in (() if allow is None or disabled else allow)
+        if _normalize(name) not in matched
+    ]
+    return chosen, unmatched
 
 
 # -- a plugin's hooks, checked beyond what pluggy checks ----------------------
@@ -604,27 +625,6 @@ def _unmarked_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> list
     return warnings
 
 
-def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> str | None:
-    """Why ``plugin`` is refused: it implements a hook no spec declares (a
-    hook of another irqbypass release, or a misspelt name, that would
-    otherwise never be called), or None."""
-    unknown = sorted(
-        caller.name
-        for caller in pm.get_hookcallers(plugin) or []
-        if caller.spec is None
-        and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
-    )
-    if not unknown:
-        return None
-    return (
-        f"it implements {_hooks_word(unknown)} {', '.join(map(repr, unknown))}, which "
-        f"irqbypass {__version__} does not have: it was written for another irqbypass release "
-        f"or the name is misspelt; the hooks of irqbypass {__version__} are "
-        f"{', '.join(_hook_names())} (mark a hook of another project's with "
-        "@irqbypass.plugin.hookimpl(optionalhook=True))"
-    )
-
-
 def _invalid(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
     """pluggy's refusal on one line: a hook whose arguments this core does
     not pass (written for another release) says what this core passes."""
@@ -658,13 +658,6 @@ def _names(value: object, what: str) -> list[str]:
         if not isinstance(name, str):
             raise PluginError(f"{what} holds {show_value(name)}, which is not a name (a str)")
     return [str(name) for name in names]
-
-
-def _all_entry_points() -> Iterator[metadata.EntryPoint]:
-    """Every entry point of every distribution (what ``entry_points(group=)``
-    reads anyway), so that a plugin in the wrong group is seen too."""
-    for dist in metadata.distributions():
-        yield from dist.entry_points
 
 
 def _misplaced(every: Iterable[metadata.EntryPoint]) -> list[FilteredPlugin]:
@@ -713,30 +706,8 @@ def _misplaced(every: Iterable[metadata.EntryPoint]) -> list[FilteredPlugin]:
     return [plugin for _, plugin in sorted(found, key=lambda pair: pair[0])]
 
 
-def _core_mismatch(dist: metadata.Distribution | None, name: str | None) -> str | None:
-    """Why a plugin's distribution does not fit this core release, with what to
-    install, or None (no distribution, or no requirement on the core)."""
-    try:
-        requires = dist.requires if dist is not None else None
-    except Exception:  # unreadable metadata: the import will tell what is wrong
-        return None
-    requirement = core_requirement(requires, GROUP)
-    problem = requirement.problem(__version__) if requirement is not None else None
-    if requirement is None or problem is None:
-        return None
-    return (
-        f"{problem}; install a release of {name} made for irqbypass {__version__} "
-        f"(pip install --upgrade {name}) or an irqbypass it supports "
-        f"(pip install '{requirement.text}'), or block it (--block {name})"
-    )
-
-
 def _hook_names() -> list[str]:
     return sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
-
-
-def _hooks_word(names: Sequence[str]) -> str:
-    return "hook" if len(names) == 1 else "hooks"
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str | None:
