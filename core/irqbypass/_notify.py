@@ -13,13 +13,18 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 
-def notify(*lines: str) -> bool:
-    """Send ``lines`` to ``$NOTIFY_SOCKET``; whether it was sent."""
+def notify(*lines: str, describe: Callable[[], str] | None = None) -> bool:
+    """Send ``lines`` to ``$NOTIFY_SOCKET``, and the ``STATUS=`` line of
+    ``describe()`` (asked only when there is a socket to send it to: it may
+    read every pair); whether it was sent."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address or address[0] not in "/@":
         return False
+    if describe is not None:
+        lines = (*lines, status(describe()))
     target = "\0" + address[1:] if address[0] == "@" else address
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

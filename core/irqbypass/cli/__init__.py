@@ -41,51 +41,55 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The entry point. A Ctrl-C at any moment, even while a command's modules
-    are still being imported (the first half second), ends in one line and exit
-    130, never a traceback: every error of ours is a message."""
+    """The entry point: the arguments, logging as ``-v`` asks, the command.
+    Every error of ours is a message: a Ctrl-C at any moment, even while a
+    command's modules are still being imported (the first half second), ends
+    in one line and exit 130, never a traceback."""
     try:
-        return _main(argv)
-    except KeyboardInterrupt as exc:  # before the command's own handling began, or after it
-        signum = getattr(exc, "signum", signal.SIGINT)
-        fresh_line(signum)
-        print_error(f"stopped by {signal.Signals(signum).name}")
-        return 128 + signum
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    args = _parse(argv)
-    _set_up_logging(args.verbose)
-    try:
-        command = _COMMANDS[args.command]
-        module = importlib.import_module(f".{command.module}", __name__)
-        result: int = getattr(module, command.function)(args)
-        return result
-    except IrqBypassError as exc:
-        errors = [str(error) for error in getattr(exc, "errors", (exc,))]
-        for error in errors:  # every problem of a file, in file order
-            print_error(error)
-        _json_error(args, errors[0], 1, errors)
-        return 1
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        fresh_line(signum)
-        print_notes(exc)
-        print_error(f"stopped by {signal.Signals(signum).name}")
-        _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
-        return 128 + signum
-    except BrokenPipeError:
-        # the reader went away (`irqbypass plugins --json | head`): not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 0
-    except OSError as exc:
+        args = _parse(argv)
+        # -v: INFO, plus everything the user's logging consumers log (their level
+        # is the user's choice); -vv: DEBUG everywhere, every callback traced
+        handler = LogLines()  # through the one place every line goes (a progress line is cleared)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+        logging.basicConfig(level=level, handlers=[handler], force=True)
         if args.verbose:
-            traceback.print_exc()
-        print_error(_os_error(exc))
-        _json_error(args, _os_error(exc), 1)
-        return 1
+            logging.getLogger("irqbypass.logging").setLevel(logging.DEBUG)
+        try:
+            command = _COMMANDS[args.command]
+            module = importlib.import_module(f".{command.module}", __name__)
+            result: int = getattr(module, command.function)(args)
+            return result
+        except IrqBypassError as exc:
+            errors = [str(error) for error in getattr(exc, "errors", (exc,))]
+            for error in errors:  # every problem of a file, in file order
+                print_error(error)
+            _json_error(args, errors[0], 1, errors)
+            return 1
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            fresh_line(signum)
+            print_notes(exc)
+            print_error(f"stopped by {signal.Signals(signum).name}")
+            _json_error(args, f"stopped by {signal.Signals(signum).name}", 128 + signum)
+            return 128 + signum
+        except BrokenPipeError:
+            # the reader went away (`irqbypass plugins --json | head`): not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 0
+        except OSError as exc:
+            if args.verbose:
+                traceback.print_exc()
+            print_error(_os_error(exc))
+            _json_error(args, _os_error(exc), 1)
+            return 1
+    except KeyboardInterrupt as exc:  # before the command's own handling began, or in it
+        signum = getattr(exc, "signum", signal.SIGINT)
+        fresh_line(signum)
+        print_error(f"stopped by {signal.Signals(signum).name}")
+        return 128 + signum
 
 
 def _json_error(
@@ -123,33 +127,6 @@ def _os_error(exc: OSError) -> str:
         )
     what = f" ({exc.filename})" if exc.filename else ""
     return f"{exc.strerror or exc}{what}; run with -v for the traceback"
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The arguments; every wrong value and unknown option of the command line
-    is reported in one go (as a file's errors are), then exit status 2."""
-    given = sys.argv[1:] if argv is None else list(argv)
-    if given.count("--version") >= 2:  # as pytest's: the plugins too, none imported
-        from .versions import print_versions
-
-        print_versions(sys.stdout)
-        raise SystemExit(0)
-    problems: list[str] = []
-    parser = _parser(problems)
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        problems.append(f"unrecognized arguments: {' '.join(unknown)}")
-    if getattr(args, "quiet", False) and getattr(args, "all", False):
-        problems.append("argument --all: not allowed with argument -q/--quiet")
-    if problems:
-        command: _Parser = getattr(args, "parser", parser)
-        command.error(problems.pop())
-    # global options may come before or after the command (`irqbypass check F -v`)
-    args.block = [*args.block, *args.block_after]
-    args.plugin_modules = [*args.plugin_modules, *args.plugin_modules_after]
-    args.strict = args.strict or args.strict_after
-    args.verbose = args.verbose + args.verbose_after
-    return args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -357,11 +334,17 @@ _COMMANDS: dict[str, _Command] = {
 }  # fmt: skip
 
 
-def _parser(problems: list[str]) -> _Parser:
-    """The command line's parser, built from the tables above: the main
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, parsed by the parser the tables above describe (the main
     parser's global options, then each command's hidden copy of them and its
-    own arguments. A value of the wrong form is added to ``problems`` (and
-    parsing goes on, to find the others)."""
+    own arguments). Every wrong value and unknown option of the command line
+    is reported in one go (as a file's errors are), then exit status 2."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given.count("--version") >= 2:  # as pytest's: the plugins too, none imported
+        from .versions import print_versions
+
+        print_versions(sys.stdout)
+        raise SystemExit(0)
     parser = _Parser(
         prog="irqbypass",
         description="The IRQ bypass manager for userspace VMMs.",
@@ -379,27 +362,30 @@ def _parser(problems: list[str]) -> _Parser:
         sub = commands.add_parser(name, help=command.help, description=command.help)
         sub.set_defaults(parser=sub)  # whose usage a wrong argument prints
         building.append((sub, (*_HIDDEN_GLOBAL_OPTIONS, *command.arguments)))
+    problems: list[str] = []  # the wrong values, noted as the parse goes on (_Checked)
     for built, options in building:
         built.noted = problems
         for flags, settings in options:
             if isinstance(settings.get("default"), list):  # a list of its own for each parser
                 settings = {**settings, "default": []}
             built.add_argument(*flags, **settings)
-    return parser
-
-
-def _set_up_logging(verbose: int) -> None:
-    """-v: INFO, plus everything the user's logging consumers log (their level is
-    the user's choice); -vv: DEBUG everywhere, every callback traced."""
-    handler = LogLines()  # through the one place every line goes (a progress line is cleared)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING,
-        handlers=[handler],
-        force=True,
-    )
-    if verbose:
-        logging.getLogger("irqbypass.logging").setLevel(logging.DEBUG)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        problems.append(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "quiet", False) and getattr(args, "all", False):
+        problems.append("argument --all: not allowed with argument -q/--quiet")
+    if problems:
+        getattr(args, "parser", parser).error(problems.pop())
+    # global options may come before or after the command (`irqbypass check F -v`)
+    args.block = [*args.block, *args.block_after]
+    args.plugin_modules = [*args.plugin_modules, *args.plugin_modules_after]
+    args.strict = args.strict or args.strict_after
+    args.verbose = args.verbose + args.verbose_after
+    # whether a table lists every pair: asked (--all, -v); never under -q (its
+    # totals and the pairs with a problem); None: if it is short enough
+    listing = getattr(args, "all", False) or args.verbose
+    args.every = False if getattr(args, "quiet", False) else True if listing else None
+    return args
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from .._status import PairStatus
 from .._topology import Topology
 from .files import load_file
 from .hosting import plugin_host, table_errors
-from .output import counted, lists_every, print_error, print_rows, print_warning, say
+from .output import counted, print_error, print_table, print_warning, say
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             for p in pairs
         ]
         header = ("TOKEN", "PRODUCER", "CONSUMER", "STATE")
-        print_rows(header, listed, sys.stdout, lists_every(args, len(listed)))
+        print_table(header, listed, sys.stdout, args.every)
         for warning in warnings:
             print_warning(warning)
     if warnings and args.strict:

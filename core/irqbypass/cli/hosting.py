@@ -154,11 +154,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 say("  " + info.traceback.rstrip().replace("\n", "\n  "), sys.stdout)
     if kinds:
         say("kinds here:", sys.stdout)
-        table = [("SIDE", "KIND", "PLUGIN", "AVAILABLE")]
+        table = []
         for k in kinds:
             state = "yes" if k["unavailable"] is None else f"no: {k['unavailable']}"
-            table.append((k["side"], k["name"], k["plugin"] or "-", state))
-        print_table(table, sys.stdout)
+            table.append(((k["side"], k["name"], k["plugin"] or "-", state), False))
+        print_table(("SIDE", "KIND", "PLUGIN", "AVAILABLE"), table, sys.stdout)
     if host.filtered:
         say("not loaded:", sys.stdout)
         for f in host.filtered:

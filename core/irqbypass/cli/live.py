@@ -15,61 +15,77 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .. import _control as control
 from .._config import MAX_CONFIG_BYTES, Config, parse_config
 from .._errors import ConfigError, IrqBypassError
 from .._metrics import REFRESH_SECONDS, Metrics, PairingEvents
-from .._notify import notify, reloading, status
+from .._notify import notify, reloading
 from .._options import show_exception
 from .._paths import file_kind
 from .._plugins import PluginHost
+from .._signals import guard_signals
 from .._topology import Topology
-from .output import TABLE_ROWS, counted, lists_every, print_error, print_warning, say
+from .output import TABLE_ROWS, counted, print_error, print_warning, say
 from .summary import print_summary, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
 
 
-class Live:
-    """What a running ``run`` answers: SIGHUP (reload the file), SIGUSR1 (a
-    status snapshot on stderr) and the ``--control`` socket. The handlers only
-    note the signal; the main loop acts on it at its next tick (:meth:`idle`)."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: a clean teardown, then exit 128 + 15."""
 
-    def __init__(
-        self, topology: Topology, file: str | None, metrics: Metrics | None = None
-    ) -> None:
-        self.topology = topology
-        self.metrics = metrics
-        self._metrics_at = 0.0
-        #: the file a reload reads again (None: standard input or the demo)
-        self.file = file
-        self.server: control.ControlServer | None = None
-        self.started = time.monotonic()
-        self.reloads = 0
-        self.failed_reloads = 0
-        #: whether SIGUSR1's table lists every pair (the run's --all, -q; None: by its size)
-        self.every: bool | None = None
-        #: why the last reload failed, until one succeeds (systemd's STATUS= says it)
-        self.reload_error: str | None = None
-        #: signals noted by the handlers, not yet acted on (at most one each)
-        self.pending: set[int] = set()
+    signum = signal.SIGTERM
+
+
+@dataclass(eq=False)
+class Live:
+    """What a running ``run`` answers: SIGTERM (a clean teardown), SIGHUP
+    (reload the file), SIGUSR1 (a status snapshot on stderr) and the
+    ``--control`` socket. The handlers of the last two only note the signal;
+    the main loop acts on it at its next tick (:meth:`idle`)."""
+
+    topology: Topology
+    #: the file a reload reads again (None: standard input or the demo)
+    file: str | None
+    metrics: Metrics | None = None
+    #: whether SIGUSR1's table lists every pair (the run's --all, -q; None: by its size)
+    every: bool | None = None
+    server: control.ControlServer | None = field(default=None, init=False)
+    started: float = field(default_factory=time.monotonic, init=False)
+    reloads: int = field(default=0, init=False)
+    failed_reloads: int = field(default=0, init=False)
+    #: why the last reload failed, until one succeeds (systemd's STATUS= says it)
+    reload_error: str | None = field(default=None, init=False)
+    #: signals noted by the handlers, not yet acted on (at most one each)
+    pending: set[int] = field(default_factory=set, init=False)
+    _metrics_at: float = field(default=0.0, init=False)
 
     @contextmanager
     def signals(self) -> Iterator[None]:
+        """Within the block, SIGTERM tears down as Ctrl-C does instead of
+        killing us with devices still attached, and SIGHUP and SIGUSR1 are
+        noted for the main loop (only the main thread can install handlers)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
+        def terminate(signum: int, frame: object) -> None:
+            raise _Terminated
+
         def note(signum: int, frame: object) -> None:
             self.pending.add(signum)  # nothing else: the main loop acts on it
 
-        previous = {signum: signal.signal(signum, note) for signum in _LIVE_SIGNALS}
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+        guard_signals()  # both wait while the manager's and the topology's bookkeeping runs
         try:
+            for signum in _LIVE_SIGNALS:
+                previous[signum] = signal.signal(signum, note)
             yield
         finally:
-            for signum, handler in previous.items():
+            for signum, handler in reversed(previous.items()):
                 signal.signal(signum, handler)
 
     def listen(self, path: str) -> None:
@@ -77,8 +93,9 @@ class Live:
         _log.info("control socket: %s", path)
 
     def ready(self) -> None:
-        self._refresh_metrics(force=True)
-        notify("READY=1", status(self._status_line()))
+        if self.metrics is not None:
+            self._refresh_metrics(self.metrics, force=True)
+        notify("READY=1", describe=self._status_line)
 
     def close(self) -> None:
         """Stop serving (the socket, the exporter) and remove the textfile.
@@ -95,43 +112,42 @@ class Live:
                     f"closing the {what} failed: {show_exception(exc)}; tearing down anyway"
                 )
 
-    def _refresh_metrics(self, force: bool = False) -> None:
+    def _refresh_metrics(self, metrics: Metrics, force: bool = False) -> None:
         now = time.monotonic()
-        if self.metrics is None or (not force and now - self._metrics_at < REFRESH_SECONDS):
+        if not force and now - self._metrics_at < REFRESH_SECONDS:
             return
         self._metrics_at = now
         pairs = [row.as_dict() for row in snapshot(self.topology, settled=False)]
-        self.metrics.update(pairs, self.reloads, self.failed_reloads)
+        metrics.update(pairs, self.reloads, self.failed_reloads)
 
     def idle(self, seconds: float) -> None:
         """Serve the control socket's clients for ``seconds``, acting on the
-        signals as they arrive. Nothing here blocks on a client: each is
-        served a step at a time as it is ready (see :mod:`irqbypass.control`)."""
-        self._act()
+        signals noted before and meanwhile. Nothing here blocks on a client:
+        each is served a step at a time as it is ready (see
+        :mod:`irqbypass.control`), and at least once a tick (its deadlines are
+        cut there)."""
         end = time.monotonic() + seconds
+        served = False
         while True:
+            while self.pending:
+                signum = min(self.pending)
+                self.pending.discard(signum)
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif signum == signal.SIGUSR1:
+                    self.print_status(sys.stderr)
             left = end - time.monotonic()
+            if served and left <= 0:
+                break
             if self.server is None:
                 time.sleep(max(0.0, left))
-                break
-            if left <= 0:
-                self.server.serve()  # at least once a tick: deadlines are cut here
-                break
-            ready, _, _ = select.select([self.server], [], [], min(left, _DEADLINE_TICK))
-            self.server.serve()
-            if ready:
-                self._act()
-        self._act()
-        self._refresh_metrics()
-
-    def _act(self) -> None:
-        while self.pending:
-            signum = min(self.pending)
-            self.pending.discard(signum)
-            if signum == signal.SIGHUP:
-                self.reload()
-            elif signum == signal.SIGUSR1:
-                self.print_status(sys.stderr)
+            else:
+                if left > 0:
+                    select.select([self.server], [], [], min(left, _DEADLINE_TICK))
+                self.server.serve()
+            served = True
+        if self.metrics is not None:
+            self._refresh_metrics(self.metrics)
 
     def answer(self, request: str) -> dict[str, Any]:
         if request == "reload":
@@ -189,13 +205,14 @@ class Live:
             print_error(message)
             return {"ok": False, "error": message, "unchanged": unchanged}
         finally:
-            notify("READY=1", status(self._status_line()))
+            notify("READY=1", describe=self._status_line)
         if new.plugins != old.plugins:
             print_warning(
                 f"{self.file}: [plugins] changed; the plugins are loaded at start: restart"
             )
         say(f"irqbypass: reloaded {self.file}: {changes.describe()}", sys.stderr)
-        self._refresh_metrics(force=True)
+        if self.metrics is not None:
+            self._refresh_metrics(self.metrics, force=True)
         return {
             "ok": True,
             "added": list(changes.added),
@@ -246,12 +263,11 @@ def _read_again(file: str) -> Config:
     return parse_config(b"".join(chunks), file=file)
 
 
-def serve_metrics(args: argparse.Namespace, host: PluginHost) -> Metrics | None:
-    """The Prometheus exporter the options ask for, counting pairings through
-    a plugin on ``host`` (so only a run with metrics takes the hooked path)."""
-    port, textfile = getattr(args, "metrics_port", None), getattr(args, "metrics_textfile", None)
-    if port is None and textfile is None:
-        return None
+def serve_metrics(args: argparse.Namespace, host: PluginHost) -> Metrics:
+    """The Prometheus exporter that ``--metrics-port`` or ``--metrics-textfile``
+    asks for, counting pairings through a plugin on ``host`` (so only a run with
+    metrics takes the hooked path)."""
+    port, textfile = args.metrics_port, args.metrics_textfile
     events = PairingEvents()
     metrics = Metrics(events)
     host.register(events, name="irqbypass.metrics")
@@ -358,7 +374,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc.get("ok"):
-        _print_status(doc, sys.stdout, lists_every(args, len(doc["pairs"])))
+        _print_status(doc, sys.stdout, args.every)
     else:
         print_error(str(doc["error"]))
     return 0 if doc.get("ok") else 1

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 
 def print_notes(exc: BaseException) -> None:
@@ -61,29 +61,6 @@ def number(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def print_table(rows: Sequence[Sequence[str]], out: TextIO, width: int | None = None) -> None:
-    """Columns padded to their widest cell. On a terminal (or given ``width``),
-    a last column too long for it (a skip reason of 250 characters) wraps at
-    word boundaries under itself, instead of the terminal breaking it anywhere;
-    piped output keeps one line per row, for scripts and diffs."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    if width is None and is_tty(out):
-        width = screen_width(out)
-    indent = 2 + sum(w + 2 for w in widths[:-1])
-    room = (width - 1 - indent) if width is not None else 0
-    for r in rows:
-        head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
-        last = r[-1]
-        if width is None or len(last) <= room:
-            say((head + last).rstrip(), out)
-        elif room >= 20:  # wrapped under its column
-            lines = textwrap.wrap(last, room, break_on_hyphens=False) or [last]
-            say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
-        else:  # no room left at the right: on lines of its own, indented
-            lines = textwrap.wrap(last, max(20, width - 7), break_on_hyphens=False) or [last]
-            say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
-
-
 class _Screen:
     """The progress line a terminal shows now, if any, and the lock every
     write takes (a log line comes from the event loop's thread too)."""
@@ -92,37 +69,6 @@ class _Screen:
         self.lock = threading.RLock()
         #: the terminal stream a progress line is drawn on, until cleared or ended
         self.progress: TextIO | None = None
-
-    def say(self, text: str, out: TextIO) -> None:
-        with self.lock:
-            self._clear_for(out)
-            out.write(text + "\n")  # a terminal's stream is line-buffered: shown now
-
-    def draw(self, line: str, stream: TextIO) -> None:
-        """Draw (or redraw) the progress line, cut to the terminal's width."""
-        with self.lock:
-            stream.write(f"\r{_fit(line, screen_width(stream))}\x1b[K")
-            stream.flush()
-            self.progress = stream
-
-    def end(self, stream: TextIO, keep: bool) -> None:
-        """The progress on ``stream`` is over: end its line with a newline
-        (keeping its last figures, or after a ``^C`` the terminal echoed on a
-        line a message cleared), or clear it."""
-        with self.lock:
-            self.progress = None
-            stream.write("\n" if keep else "\r\x1b[K")
-            stream.flush()
-
-    def _clear_for(self, out: TextIO) -> None:
-        """Clear the progress line before a line on its stream or on another
-        terminal (the same screen, as a rule); it is drawn again at its next tick."""
-        stream = self.progress
-        if stream is None or (out is not stream and not is_tty(out)):
-            return
-        self.progress = None
-        stream.write("\r\x1b[K")
-        stream.flush()
 
 
 #: the one screen of the process: every line of the CLI goes through it
@@ -134,25 +80,39 @@ _SCREEN = _Screen()
 TABLE_ROWS = 20
 
 
-def lists_every(args: Any, pairs: int) -> bool:
-    """Whether a table lists every pair: asked (``--all``, ``-v``) or short
-    enough; never under ``--quiet`` (totals and the pairs with a problem)."""
-    if getattr(args, "quiet", False):
-        return False
-    return bool(getattr(args, "all", False) or getattr(args, "verbose", 0) or pairs <= TABLE_ROWS)
-
-
-def print_rows(
+def print_table(
     header: Sequence[str],
     rows: Sequence[tuple[Sequence[str], bool]],
     out: TextIO,
-    every: bool,
+    every: bool | None = True,
+    width: int | None = None,
 ) -> None:
     """A table of ``(cells, has a problem)`` rows: all of them, or (``every``
-    false) only those with a problem, then how many were left out."""
+    false) only those with a problem, then how many were left out (None: all
+    of a table of at most TABLE_ROWS). Columns are padded to their widest cell.
+    On a terminal (or given ``width``), a last column too long for it (a skip
+    reason of 250 characters) wraps at word boundaries under itself, instead of
+    the terminal breaking it anywhere; piped output keeps one line per row, for
+    scripts and diffs."""
+    if every is None:
+        every = len(rows) <= TABLE_ROWS
     shown = [cells for cells, problem in rows if every or problem]
-    if shown:
-        print_table([header, *shown], out)
+    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
+    if width is None and is_tty(out):
+        width = screen_width(out)
+    indent = 2 + sum(w + 2 for w in widths[:-1])
+    room = (width - 1 - indent) if width is not None else 0
+    for r in [header, *shown] if shown else []:  # no row shown: no header either
+        head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
+        last = r[-1]
+        if width is None or len(last) <= room:
+            say((head + last).rstrip(), out)
+        elif room >= 20:  # wrapped under its column
+            lines = textwrap.wrap(last, room, break_on_hyphens=False) or [last]
+            say("\n".join([head + lines[0], *(" " * indent + ln for ln in lines[1:])]), out)
+        else:  # no room left at the right: on lines of its own, indented
+            lines = textwrap.wrap(last, max(20, width - 7), break_on_hyphens=False) or [last]
+            say("\n".join([head.rstrip(), *("      " + ln for ln in lines)]), out)
     left = len(rows) - len(shown)
     if left:
         say(f"  ({counted(left, 'pair')} without a problem not listed: --all lists them)", out)
@@ -163,15 +123,33 @@ def say(text: str, out: TextIO) -> None:
     terminal: print() writes the text and its newline apart, and unbuffered
     (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
     the same stream or, with 2>&1, the other."""
-    _SCREEN.say(text, out)
+    with _SCREEN.lock:
+        # the progress line is cleared before a line on its stream or on another
+        # terminal (the same screen, as a rule); it is drawn again at its next tick
+        stream = _SCREEN.progress
+        if stream is not None and (out is stream or is_tty(out)):
+            _SCREEN.progress = None
+            stream.write("\r\x1b[K")
+            stream.flush()
+        out.write(text + "\n")  # a terminal's stream is line-buffered: shown now
 
 
 def draw_progress(line: str, stream: TextIO) -> None:
-    _SCREEN.draw(line, stream)
+    """Draw (or redraw) the progress line, cut to the terminal's width."""
+    with _SCREEN.lock:
+        stream.write(f"\r{_fit(line, screen_width(stream))}\x1b[K")
+        stream.flush()
+        _SCREEN.progress = stream
 
 
 def end_progress(stream: TextIO, keep: bool) -> None:
-    _SCREEN.end(stream, keep)
+    """The progress on ``stream`` is over: end its line with a newline
+    (keeping its last figures, or after a ``^C`` the terminal echoed on a
+    line a message cleared), or clear it."""
+    with _SCREEN.lock:
+        _SCREEN.progress = None
+        stream.write("\n" if keep else "\r\x1b[K")
+        stream.flush()
 
 
 class LogLines(logging.Handler):

@@ -7,18 +7,14 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .._config import Config, parse_config
 from .._errors import IrqBypassError
 from .._notify import notify
-from .._plugins import PluginHost
-from .._signals import guard_signals, interruptible
+from .._signals import interruptible
 from .._topology import Placed, Topology
 from . import bundled
 from .check import pairing_problems, raise_every_error
@@ -31,7 +27,6 @@ from .output import (
     end_progress,
     fresh_line,
     is_tty,
-    lists_every,
     print_error,
     print_notes,
     print_warning,
@@ -51,42 +46,15 @@ TICK_SECONDS = 0.1
 STILL_SECONDS = 0.3
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    return _run(args, load_file(args.file))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    config = parse_config(bundled.demo_text(), file=bundled.DEMO)
-    bundled.check_demo(config)  # the core alone: one line naming what to install
-    args.control = args.metrics_port = args.metrics_textfile = None
-    return _run(args, config, DEFAULT_DURATION)
-
-
-def _run(args: argparse.Namespace, config: Config, default: float | None = None) -> int:
+def cmd_run(
+    args: argparse.Namespace, config: Config | None = None, default: float | None = None
+) -> int:
+    """``irqbypass run FILE`` (``demo`` gives its ``config`` and ``default``
+    duration). What ``check`` warns of is told before anything is opened (every
+    error of the plugin tables first, when there is one); with ``--strict`` a
+    warning stops the run."""
+    config = load_file(args.file) if config is None else config
     host = plugin_host(args, config, collect=True)
-    warnings = _preflight(args, config, host)
-    duration = args.duration or config.duration or default
-    out = sys.stdout
-    metrics = serve_metrics(args, host)
-    try:
-        topology = Topology(config, host)
-    except BaseException:
-        if metrics is not None:
-            metrics.close()
-        raise
-    file = getattr(args, "file", None)
-    live = Live(topology, file if file not in (None, STDIN) else None, metrics)
-    live.every = False if args.quiet else True if args.all or args.verbose else None
-    if not (args.json or args.quiet):
-        print_header(host, out)
-    with _terminate_as_interrupt(), live.signals():
-        ended = _session(args, topology, live, duration, out)
-    return _report(args, topology, warnings, ended, out)
-
-
-def _preflight(args: argparse.Namespace, config: Config, host: PluginHost) -> list[str]:
-    """What ``check`` warns of, told before anything is opened (every error of
-    the tables first, when asked); with ``--strict`` a warning stops the run."""
     if getattr(args, "table_errors", None):  # nothing is opened: every error, as check says
         raise_every_error(config, host, table_errors(args))
     warnings = pairing_problems(config, host)
@@ -96,7 +64,31 @@ def _preflight(args: argparse.Namespace, config: Config, host: PluginHost) -> li
         raise IrqBypassError(
             f"{config.file}: {counted(len(warnings), 'warning')} (--strict); nothing was opened"
         )
-    return warnings
+    duration = args.duration or config.duration or default
+    out = sys.stdout
+    metrics = None
+    if args.metrics_port is not None or args.metrics_textfile is not None:
+        metrics = serve_metrics(args, host)
+    try:
+        topology = Topology(config, host)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    file = getattr(args, "file", None)
+    live = Live(topology, file if file not in (None, STDIN) else None, metrics, args.every)
+    if not (args.json or args.quiet):
+        print_header(host, out)
+    with live.signals():
+        ended = _session(args, topology, live, duration, out)
+    return _report(args, topology, warnings, ended, out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = parse_config(bundled.demo_text(), file=bundled.DEMO)
+    bundled.check_demo(config)  # the core alone: one line naming what to install
+    args.control = args.metrics_port = args.metrics_textfile = None
+    return cmd_run(args, config, DEFAULT_DURATION)
 
 
 @dataclass
@@ -122,9 +114,7 @@ def _session(
     """Apply, run until done or stopped, read the summary, tear down: the
     teardown runs on every path, and the summary is read before it."""
     try:
-        stopped_by = _apply(args, topology, live)
-        if stopped_by is None:
-            stopped_by = _serve(args, topology, live, duration, out)
+        stopped_by = _serve(args, topology, live, duration, out)
         summary, interrupted = _summary(topology)
         stopped_by = stopped_by or interrupted
         placed = topology.placed  # teardown forgets them, and their faults
@@ -149,24 +139,6 @@ def _session(
     return _Ended(summary, stopped_by, placed, vetoed, teardown_error)
 
 
-def _apply(args: argparse.Namespace, topology: Topology, live: Live) -> int | None:
-    """Listen (``--control``) and apply; the signal that stopped the apply
-    (which undid what it had done: nothing ran), or None."""
-    if args.control:
-        live.listen(args.control)
-    applying = _StepProgress(sys.stderr, "applying")
-    try:
-        with applying:
-            topology.apply(progress=applying.applying)
-    except KeyboardInterrupt as exc:
-        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
-        if not applying.shown:  # a progress line is cleared, ^C echo and all
-            fresh_line(stopped_by)
-        print_notes(exc)
-        return stopped_by
-    return None
-
-
 def _serve(
     args: argparse.Namespace,
     topology: Topology,
@@ -174,16 +146,31 @@ def _serve(
     duration: float | None,
     out: TextIO,
 ) -> int | None:
-    """Show the pairs and run until done; the signal that stopped it, or None."""
-    _log_applied(topology)
+    """Listen (``--control``), apply, show the pairs and run until done; the
+    signal that stopped it, or None. A signal that stops the apply has it undo
+    what it had done: nothing ran."""
+    if args.control:
+        live.listen(args.control)
+    applying = _StepProgress(sys.stderr, "applying")
+    try:
+        with applying:
+            topology.apply(progress=applying.applying if applying.stream else None)
+    except KeyboardInterrupt as exc:
+        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
+        if not applying.shown:  # a progress line is cleared, ^C echo and all
+            fresh_line(stopped_by)
+        print_notes(exc)
+        return stopped_by
+    for placed in topology.placed:
+        state = "opened, registered" if placed.registered else "opened, not registered"
+        _log.info("%s: %s", placed.label, state)
     try:
         if not args.json:
-            tokens = len(topology.status()) + len(topology.skipped)
-            print_pairs(topology, out, lists_every(args, tokens))
+            print_pairs(topology, out, args.every)
         live.ready()
         _wait(topology, duration, sys.stderr, live)
     except KeyboardInterrupt as exc:
-        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
+        stopped_by = getattr(exc, "signum", signal.SIGINT)
         # the wait's progress line ends its line itself, after the ^C echo
         if not (is_tty(sys.stderr) and _waits(topology, live)):
             fresh_line(stopped_by)
@@ -225,7 +212,7 @@ def _report(
         }
         say(json.dumps(doc, indent=2), out)
     else:
-        print_summary(ended.summary, out, every=lists_every(args, len(ended.summary)))
+        print_summary(ended.summary, out, every=args.every)
     for fault in faults:
         print_warning(fault)
     for error in errors:
@@ -256,7 +243,7 @@ def _teardown(
     ``tearing down: N left`` on a terminal."""
     try:
         with _StepProgress(sys.stderr if progress else None, "tearing down") as shown:
-            topology.teardown(progress=shown.tearing_down)
+            topology.teardown(progress=shown.tearing_down if shown.stream else None)
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
@@ -274,50 +261,21 @@ def _report_teardown(topology: Topology) -> None:
         print_error(str(error))
 
 
-def _log_applied(topology: Topology) -> None:
-    for placed in topology.placed:
-        state = "opened, registered" if placed.registered else "opened, not registered"
-        _log.info("%s: %s", placed.label, state)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: a clean teardown, then exit 128 + 15."""
-
-    signum = signal.SIGTERM
-
-
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM tears down like Ctrl-C instead of killing us
-    with devices still attached (only the main thread can install handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    guard_signals()  # both wait while the manager's and the topology's bookkeeping runs
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
+@dataclass
 class _StepProgress:
     """``applying 4120/10000`` / ``tearing down: 3100 left`` on a terminal,
     redrawn at most every TICK_SECONDS and cleared at the end (nothing at all
-    when the stream is not a terminal)."""
+    when the stream is not a terminal: the block sees ``stream`` None)."""
 
-    def __init__(self, stream: TextIO | None, what: str) -> None:
-        self.stream = stream if stream is not None and is_tty(stream) else None
-        self.what = what
-        self.shown = False
-        #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
-        self.last = time.monotonic()
+    stream: TextIO | None
+    what: str
+    shown: bool = False
+    #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
+    last: float = field(default_factory=time.monotonic)
 
     def __enter__(self) -> _StepProgress:
+        if self.stream is not None and not is_tty(self.stream):
+            self.stream = None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -340,21 +298,19 @@ class _StepProgress:
         draw_progress(line, self.stream)
 
 
-def _wait(
-    topology: Topology, duration: float | None, progress: TextIO, service: Live | None = None
-) -> None:
+def _wait(topology: Topology, duration: float | None, progress: TextIO, service: Live) -> None:
     """Run until ``duration`` passes (None: until a signal), or every producer
     finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
     A topology with no producer has nothing to wait for. With a control socket
     a reload may bring producers, so only the duration or a signal ends the
     run, whether it has no producer or its producers have finished. Each tick,
     ``service`` acts on the signals and the control requests that arrived."""
-    if not _waits(topology, service):
+    serving = service.server is not None
+    producers = [p for p in topology.placed if p.config.side == "producer"]
+    if not (producers or serving):  # as _waits says
         _log.info("no producer: nothing to wait for")
         return
-    serving = service is not None and service.server is not None
     live = is_tty(progress)
-    producers = [p for p in topology.placed if p.config.side == "producer"]
     start = time.monotonic()
     finished_at: float | None = None
     previous: list[tuple[int | None, int | None, int | None]] | None = None
@@ -363,7 +319,7 @@ def _wait(
     try:
         while True:
             now = time.monotonic()
-            if service is not None and service.reloads != reloads:  # other producers now
+            if service.reloads != reloads:  # other producers now
                 reloads = service.reloads
                 producers = [p for p in topology.placed if p.config.side == "producer"]
             finished = topology.finished and not serving
@@ -393,18 +349,13 @@ def _wait(
             # a tick's reading may take at most a fifth of the time (10,000 pairs)
             pause = max(TICK_SECONDS, 4 * (time.monotonic() - now))
             # a signal that waited (in a finalizer, say) acts as the wait begins
-            if service is not None:
-                interruptible(service.idle, pause)
-            else:
-                interruptible(time.sleep, pause)
+            interruptible(service.idle, pause)
     finally:
         if live:
             end_progress(progress, keep=True)
 
 
-def _waits(topology: Topology, service: Live | None) -> bool:
+def _waits(topology: Topology, service: Live) -> bool:
     """Whether :func:`_wait` waits (and, on a terminal, draws its progress line):
     some producer fires, or a control socket may bring some."""
-    return any(p.config.side == "producer" for p in topology.placed) or (
-        service is not None and service.server is not None
-    )
+    return service.server is not None or any(p.config.side == "producer" for p in topology.placed)

@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from .._status import PairStatus
 from .._topology import Topology
-from .output import counted, number, print_rows, say
+from .output import TABLE_ROWS, counted, number, print_table, say
 
 
 def snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
@@ -32,9 +32,10 @@ def progress_line(rows: list[PairStatus], elapsed: float, finished: int, produce
     )
 
 
-def print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
+def print_pairs(topology: Topology, out: TextIO, every: bool | None = True) -> None:
     """The applied table: every pair, or (``every`` false) its totals and the
-    pairs not as the file asked (vetoed, one-ended, skipped)."""
+    pairs not as the file asked (vetoed, one-ended, skipped); None: every pair
+    of a table of at most TABLE_ROWS."""
     rows: list[tuple[tuple[str, ...], bool]] = []
     vetoed = dict(topology.vetoed)
     paired = 0
@@ -45,9 +46,15 @@ def print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
             state = f"unpaired (eventfd only): vetoed: {vetoed[row.token]}"
         # unpaired with both ends and no veto: bypass = false on one, as asked
         problem = row.token in vetoed or row.producer is None or row.consumer is None
-        rows.append(((row.token, _ends(row.producer), _ends(row.consumer), state), problem))
+        producer, consumer = (
+            "-" if end is None else f"{end.config.name} ({end.config.kind})"
+            for end in (row.producer, row.consumer)
+        )
+        rows.append(((row.token, producer, consumer, state), problem))
     for token, reason in topology.skipped:
         rows.append(((token, "-", "-", f"skipped: {reason}"), True))
+    if every is None:
+        every = len(rows) <= TABLE_ROWS
     if every:
         say(f"{topology.config.file}: applied", out)
     else:
@@ -57,11 +64,7 @@ def print_pairs(topology: Topology, out: TextIO, every: bool = True) -> None:
             f"{len(rows) - paired - skipped} unpaired, {skipped} skipped",
             out,
         )
-    print_rows(("TOKEN", "PRODUCER", "CONSUMER", "STATE"), rows, out, every)
-
-
-def _ends(placed: Any) -> str:
-    return "-" if placed is None else f"{placed.config.name} ({placed.config.kind})"
+    print_table(("TOKEN", "PRODUCER", "CONSUMER", "STATE"), rows, out, every)
 
 
 _SUMMARY_COLUMNS = (
@@ -71,13 +74,19 @@ _SUMMARY_COLUMNS = (
 
 
 def print_summary(
-    summary: list[dict[str, Any]], out: TextIO, title: str = "summary:", every: bool = True
+    summary: list[dict[str, Any]],
+    out: TextIO,
+    title: str = "summary:",
+    every: bool | None = True,
 ) -> None:
     """The summary table: every pair, or (``every`` false) the totals and the
-    pairs with a problem (lost interrupts, an end's problem, one end only)."""
+    pairs with a problem (lost interrupts, an end's problem, one end only);
+    None: every pair of a table of at most TABLE_ROWS."""
     if not summary:
         say("summary: nothing ran (no pair was applied)", out)
         return
+    if every is None:
+        every = len(summary) <= TABLE_ROWS
     if not every:
         title = f"{title.removesuffix(':') or 'summary'}: {_totals(summary)}"
     if title:
@@ -102,7 +111,7 @@ def print_summary(
         )
         problem = bool(row["problems"] or row["lost"] or not (row["producer"] and row["consumer"]))
         rows.append((cells, problem))
-    print_rows(_SUMMARY_COLUMNS, rows, out, every)
+    print_table(_SUMMARY_COLUMNS, rows, out, every)
     problems = [p for row in summary for p in row["problems"]]
     if problems:
         say("problems:", out)
