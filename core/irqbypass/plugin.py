@@ -3,13 +3,16 @@
 A plugin imports :mod:`irqbypass` for what every user of the manager has (the
 endpoints, :class:`~irqbypass.Eventfd`, the errors, :func:`~irqbypass.event_loop`)
 and this module for the extension points: the hook markers, the kinds it
-registers and the options it reads, the device-producer template and the event
-loop's types, and the templates of signal safety: a method that, once begun,
-runs to its end (:func:`uninterrupted`, :func:`holding` with a lock held) and
-what such a method reaches, marked where it is defined (:func:`waits_on_peer`,
-:func:`calls_partner`), so a plugin never needs :mod:`irqbypass.signalsafe`.
-System helpers (ioctl numbers, paths others may share) are in
-:mod:`irqbypass.system`; fakes and fixtures for its tests in :mod:`irqbypass.testing`.
+registers and the options it reads, the device-producer template (and the
+keywords it takes, :class:`DeviceArgs`), the event
+loop's types, an attribute read from one of its parts (:class:`Alias`), what it
+starts and closes (:class:`Service`), and the templates of signal safety: a
+method that, once begun, runs to its end (:func:`uninterrupted`, :func:`holding`
+with a lock held) and what such a method reaches, marked where it is defined
+(:func:`waits_on_peer`, :func:`calls_partner`), so a plugin never needs
+:mod:`irqbypass.signalsafe`. System helpers (ioctl numbers, paths others may
+share) are in :mod:`irqbypass.system`; fakes and fixtures for its tests in
+:mod:`irqbypass.testing`.
 
 Every name is imported on first use, as :mod:`irqbypass`'s are.
 """
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from ._options import Options, Settings, show_value
     from ._plugins import PluginInfo
     from ._signals import calls_partner, holding, uninterrupted, waits_on_peer
+    from ._templates import Alias, DeviceArgs, Service
     from ._vhost import VhostVirtqueue
 
 #: each implementation module and the names this tier takes from it
@@ -51,6 +55,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_options": ("Options", "Settings", "show_value"),
     "_plugins": ("PluginInfo",),
     "_signals": ("calls_partner", "holding", "uninterrupted", "waits_on_peer"),
+    "_templates": ("Alias", "DeviceArgs", "Service"),
     "_vhost": ("VhostVirtqueue",),
 }
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
@@ -58,7 +63,9 @@ __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
 
 __all__ = [
     "QUIESCE_MODES",
+    "Alias",
     "Availability",
+    "DeviceArgs",
     "DeviceCalls",
     "DeviceGroup",
     "DeviceInterrupt",
@@ -75,6 +82,7 @@ __all__ = [
     "LoopHandle",
     "Options",
     "PluginInfo",
+    "Service",
     "Settings",
     "Side",
     "VhostVirtqueue",

@@ -198,3 +198,37 @@ def test_a_ctrl_c_ends_the_wait_for_a_held_lock_and_leaves_it_untaken() -> None:
     finally:
         contended.lock.release()
     assert steps == [True] and not contended.lock.locked()
+
+
+def test_an_alias_reads_its_path_and_cannot_be_set() -> None:
+    class Settings:
+        queue = 3
+
+    class Producer:
+        queue = irqbypass.plugin.Alias[int]("settings.queue")
+
+        def __init__(self) -> None:
+            self.settings = Settings()
+
+    producer = Producer()
+    assert producer.queue == 3 and Producer.queue.path == "settings.queue"
+    with pytest.raises(AttributeError, match=r"read-only: it is Producer's settings\.queue"):
+        producer.queue = 4
+    assert producer.queue == 3
+
+
+def test_a_service_is_started_and_closed_by_with() -> None:
+    steps: list[str] = []
+
+    class Daemon(irqbypass.plugin.Service):
+        def start(self) -> None:
+            steps.append("start")
+
+        def close(self) -> None:
+            steps.append("close")
+
+    with pytest.raises(RuntimeError), Daemon() as daemon:
+        assert isinstance(daemon, Daemon)
+        raise RuntimeError
+    assert steps == ["start", "close"]
+

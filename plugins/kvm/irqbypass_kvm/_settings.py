@@ -209,13 +209,8 @@ class GivenGuest(_Guest):
     where: ClassVar[str] = "guest"
     batches: ClassVar[bool] = True
 
-    @property
-    def arg(self) -> VmArg:
-        return self.guest
-
-    @property
-    def apic(self) -> str | None:
-        return self.guest.apic
+    arg = irqbypass.plugin.Alias[VmArg]("guest")
+    apic = irqbypass.plugin.Alias[str | None]("guest.apic")
 
     @property
     def line(self) -> int | None:
@@ -276,9 +271,7 @@ class VmFd(_Vmm):
 
     fd: int
 
-    @property
-    def arg(self) -> VmArg:
-        return self.fd
+    arg = irqbypass.plugin.Alias[VmArg]("fd")
 
     @property
     def where(self) -> str:
@@ -300,9 +293,7 @@ class GivenVm(_Vmm):
 
     vm: Vm
 
-    @property
-    def arg(self) -> VmArg:
-        return self.vm
+    arg = irqbypass.plugin.Alias[VmArg]("vm")
 
     @property
     def where(self) -> str:

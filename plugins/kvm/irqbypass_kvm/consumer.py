@@ -122,42 +122,19 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
 
     # -- the irqfd ------------------------------------------------------------------
 
-    @property
-    def eventfd(self) -> irqbypass.Eventfd:
-        return self._irqfd.eventfd
-
-    @property
-    def vm(self) -> Vm | None:
-        """The VM while open."""
-        return self._irqfd.vm
-
-    @property
-    def guest(self) -> Guest | None:
-        """The guest whose count is ``delivered`` (own or given), if any."""
-        return self._irqfd.guest
-
-    @property
-    def gsi(self) -> int | None:
-        """The GSI (an MSI's, when left out: None until first routed)."""
-        return self._irqfd.gsi
-
-    @property
-    def msi(self) -> MsiRoute | None:
-        """The MSI message (None for a pin); :meth:`set_msi` changes it."""
-        return self._irqfd.msi
-
-    @property
-    def assigned(self) -> bool:
-        return self._irqfd.assigned
-
-    @property
-    def masked(self) -> bool:
-        return self._irqfd.masked
-
-    @property
-    def resample_eventfd(self) -> irqbypass.Eventfd | None:
-        """While open in resample mode: the eventfd KVM signals at the guest's EOI."""
-        return self._irqfd.resample_eventfd
+    eventfd = irqbypass.plugin.Alias[irqbypass.Eventfd]("_irqfd.eventfd")
+    #: The VM while open.
+    vm = irqbypass.plugin.Alias[Vm | None]("_irqfd.vm")
+    #: The guest whose count is ``delivered`` (own or given), if any.
+    guest = irqbypass.plugin.Alias[Guest | None]("_irqfd.guest")
+    #: The GSI (an MSI's, when left out: None until first routed).
+    gsi = irqbypass.plugin.Alias[int | None]("_irqfd.gsi")
+    #: The MSI message (None for a pin); :meth:`set_msi` changes it.
+    msi = irqbypass.plugin.Alias[MsiRoute | None]("_irqfd.msi")
+    assigned = irqbypass.plugin.Alias[bool]("_irqfd.assigned")
+    masked = irqbypass.plugin.Alias[bool]("_irqfd.masked")
+    #: While open in resample mode: the eventfd KVM signals at the guest's EOI.
+    resample_eventfd = irqbypass.plugin.Alias[irqbypass.Eventfd | None]("_irqfd.resample_eventfd")
 
     def open(self) -> None:
         """Assign the irqfd (and route the MSI first, if any). All or nothing."""

@@ -28,6 +28,7 @@ import struct
 import time
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi, _apic
 from ._apic import APIC_MODES, MSI_VECTORS
@@ -138,7 +139,7 @@ def _pic_handler(code: bytearray, line: int) -> None:
     emit((0xCF,))  # iret                      ; no EOI: the outer run sends it
 
 
-class Guest(VcpuThread):
+class Guest(VcpuThread, irqbypass.plugin.Service):
     """A running one-vCPU guest that counts interrupts on one PIC ``line``, or,
     with ``apic="x2apic"``, MSIs into its local APIC on every vector 0x20-0xFE
     (:meth:`vector_count`; ``line`` and ``level`` do not apply).
@@ -286,13 +287,6 @@ class Guest(VcpuThread):
         if self._kvm_fd >= 0:
             os.close(self._kvm_fd)
             self._kvm_fd = -1
-
-    def __enter__(self) -> Guest:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_kvm_fd", -1) >= 0:

@@ -19,12 +19,16 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING
 
 import irqbypass
 import irqbypass.plugin
 import irqbypass.system
 
 from . import _abi
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["VdpaProducer", "VdpaQueue"]
 
@@ -72,19 +76,12 @@ class VdpaProducer(irqbypass.plugin.DeviceProducer):
         self,
         *,
         token: Hashable,
-        device: str | None = None,
-        device_fd: int | None = None,
         queue: int | None = None,
-        irq: int | None = None,
-        name: str | None = None,
         require_driver_ok: bool = True,
         group: int | None = None,
-        seam: irqbypass.system.Seam | None = None,
+        **device: Unpack[irqbypass.plugin.DeviceArgs],
     ) -> None:
-        super().__init__(
-            token=token, irq=irq, number=queue, name=name, seam=seam,
-            device=device, device_fd=device_fd, device_help="/dev/vhost-vdpa-N",
-        )  # fmt: skip
+        super().__init__(token=token, number=queue, device_help="/dev/vhost-vdpa-N", **device)
         q = self.interrupt_number
         if group is not None and (isinstance(group, bool) or group < 0):
             raise irqbypass.InvalidEndpointError(
@@ -94,7 +91,12 @@ class VdpaProducer(irqbypass.plugin.DeviceProducer):
         self.require_driver_ok = require_driver_ok
         self.expected_group = group
         self.interrupt: VdpaQueue = VdpaQueue(
-            self.calls, device, device_fd, q, require_driver_ok=require_driver_ok, group=group
+            self.calls,
+            self.device,
+            self.device_fd,
+            q,
+            require_driver_ok=require_driver_ok,
+            group=group,
         )
 
     @classmethod
@@ -124,33 +126,20 @@ class VdpaProducer(irqbypass.plugin.DeviceProducer):
     def hint(self, code: int, op: str, fd: int) -> str:
         return _HINTS.get(code) or "see the kernel log (dmesg)"
 
-    @property
-    def bound_to(self) -> int | None:
-        """The eventfd the virtqueue's call interrupt signals (the token, or the
-        holding eventfd while stopped), None when unbound."""
-        return self.pointed_at
+    #: The eventfd the virtqueue's call interrupt signals (the token, or the holding eventfd
+    #: while stopped), None when unbound.
+    bound_to = irqbypass.plugin.Alias[int | None]("pointed_at")
 
     # -- what open() found ------------------------------------------------------
 
-    @property
-    def device_id(self) -> int | None:
-        """The virtio device id (VHOST_VDPA_GET_DEVICE_ID), once open."""
-        return self.interrupt.device_id
-
-    @property
-    def status(self) -> int | None:
-        """The virtio status the device had at open (VHOST_VDPA_GET_STATUS)."""
-        return self.interrupt.status
-
-    @property
-    def vq_count(self) -> int | None:
-        """How many virtqueues the device has (None: the kernel predates the question)."""
-        return self.interrupt.vq_count
-
-    @property
-    def vq_group(self) -> int | None:
-        """The virtqueue's group (None: the parent has no groups)."""
-        return self.interrupt.vq_group
+    #: The virtio device id (VHOST_VDPA_GET_DEVICE_ID), once open.
+    device_id = irqbypass.plugin.Alias[int | None]("interrupt.device_id")
+    #: The virtio status the device had at open (VHOST_VDPA_GET_STATUS).
+    status = irqbypass.plugin.Alias[int | None]("interrupt.status")
+    #: How many virtqueues the device has (None: the kernel predates the question).
+    vq_count = irqbypass.plugin.Alias[int | None]("interrupt.vq_count")
+    #: The virtqueue's group (None: the parent has no groups).
+    vq_group = irqbypass.plugin.Alias[int | None]("interrupt.vq_group")
 
 
 class VdpaQueue(irqbypass.plugin.VhostVirtqueue):

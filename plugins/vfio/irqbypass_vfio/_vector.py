@@ -13,6 +13,7 @@ import ctypes
 import errno
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import overload
 
 import irqbypass
 import irqbypass.plugin
@@ -40,6 +41,22 @@ def index_label(index: int) -> str:
     return _INDEX_LABELS.get(index, f"index {index}")
 
 
+class _Flag:
+    """A bit of the ``flags`` the kernel answered, read as a bool attribute."""
+
+    def __init__(self, bit: int) -> None:
+        self.bit = bit
+
+    @overload
+    def __get__(self, info: None, owner: type) -> _Flag: ...
+
+    @overload
+    def __get__(self, info: IrqInfo | DeviceInfo, owner: type) -> bool: ...
+
+    def __get__(self, info: IrqInfo | DeviceInfo | None, owner: type) -> bool | _Flag:
+        return self if info is None else bool(info.flags & self.bit)
+
+
 @dataclass(frozen=True)
 class IrqInfo:
     """What ``VFIO_DEVICE_GET_IRQ_INFO`` said about one index."""
@@ -48,21 +65,10 @@ class IrqInfo:
     flags: int
     count: int
 
-    @property
-    def eventfd(self) -> bool:
-        return bool(self.flags & _abi.VFIO_IRQ_INFO_EVENTFD)
-
-    @property
-    def maskable(self) -> bool:
-        return bool(self.flags & _abi.VFIO_IRQ_INFO_MASKABLE)
-
-    @property
-    def automasked(self) -> bool:
-        return bool(self.flags & _abi.VFIO_IRQ_INFO_AUTOMASKED)
-
-    @property
-    def noresize(self) -> bool:
-        return bool(self.flags & _abi.VFIO_IRQ_INFO_NORESIZE)
+    eventfd = _Flag(_abi.VFIO_IRQ_INFO_EVENTFD)
+    maskable = _Flag(_abi.VFIO_IRQ_INFO_MASKABLE)
+    automasked = _Flag(_abi.VFIO_IRQ_INFO_AUTOMASKED)
+    noresize = _Flag(_abi.VFIO_IRQ_INFO_NORESIZE)
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,7 @@ class DeviceInfo:
     num_regions: int
     num_irqs: int
 
-    @property
-    def pci(self) -> bool:
-        return bool(self.flags & _abi.VFIO_DEVICE_FLAGS_PCI)
+    pci = _Flag(_abi.VFIO_DEVICE_FLAGS_PCI)
 
 
 @dataclass(frozen=True)

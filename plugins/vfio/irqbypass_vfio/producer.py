@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import irqbypass
 import irqbypass.plugin
@@ -29,6 +30,9 @@ from . import _abi
 from ._hints import BIND_HOWTO, fd_kind, generic_hint
 from ._open import BDF, CONTAINER_PATH, IOMMUFD_PATH
 from ._vector import INDEX_NAMES, DeviceInfo, IrqInfo, VectorConfig, VfioVector, index_label
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["INDEX_NAMES", "MSI_QUIESCES", "DeviceInfo", "IrqInfo", "VfioProducer"]
 __all__ += ["BIND_HOWTO", "CONTAINER_PATH", "IOMMUFD_PATH", "index_label"]  # (their old home)
@@ -56,6 +60,10 @@ def _parse_index(index: int | str) -> int:
     return index
 
 
+#: what ``device`` names, for messages
+_DEVICE_HELP = "a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>"
+
+
 class VfioProducer(irqbypass.plugin.DeviceProducer):
     """Vector ``vector`` of interrupt index ``index`` of a VFIO device.
 
@@ -79,22 +87,15 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
         self,
         *,
         token: Hashable,
-        device: str | None = None,
-        device_fd: int | None = None,
         device_name: str | None = None,
         index: int | str = "msix",
         vector: int | None = None,
-        irq: int | None = None,
-        name: str | None = None,
         iommufd: str | int = IOMMUFD_PATH,
         msi_quiesce: str | None = None,
-        seam: irqbypass.system.Seam | None = None,
+        **device: Unpack[irqbypass.plugin.DeviceArgs],
     ) -> None:
-        super().__init__(
-            token=token, irq=irq, number=vector, name=name, seam=seam,
-            device=device, device_fd=device_fd,
-            device_help="a PCI address, /dev/vfio/devices/vfioN or /dev/vfio/<group>",
-        )  # fmt: skip
+        super().__init__(token=token, number=vector, device_help=_DEVICE_HELP, **device)
+        path = self.device
         what = f"vfio producer {self.name!r}"
         vec = self.interrupt_number
         try:
@@ -113,11 +114,11 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
         self.msi_quiesce = msi_quiesce
         self.vector = vec
         self.device_name = device_name
-        if device is not None and BDF.match(device):
-            self.device_name = device_name or device.lower()
+        if path is not None and BDF.match(path):
+            self.device_name = device_name or path.lower()
         self.iommufd = iommufd
         config = VectorConfig(
-            device, device_fd, self.device_name, iommufd, self.index, vec, self.name
+            path, self.device_fd, self.device_name, iommufd, self.index, vec, self.name
         )
         #: the vector, as open() finds it: the device (shared with the producers of
         #: its other vectors: the last to close closes it) and our claim on the vector
@@ -169,29 +170,15 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
 
     # -- what open() found -------------------------------------------------------
 
-    @property
-    def attached_to(self) -> int | None:
-        """The eventfd the vector's trigger points at (token, or the holding
-        eventfd while stopped), None when detached."""
-        return self.pointed_at
-
-    @property
-    def mode(self) -> str | None:
-        """How the device was opened: "cdev", "group" or "fd" (None before the first open)."""
-        return self.interrupt.mode
-
-    @property
-    def devid(self) -> int | None:
-        """The iommufd device id of a cdev."""
-        return self.interrupt.devid
-
-    @property
-    def device_info(self) -> DeviceInfo | None:
-        return self.interrupt.device_info
-
-    @property
-    def irq_info(self) -> IrqInfo | None:
-        return self.interrupt.irq_info
+    #: The eventfd the vector's trigger points at (token, or the holding eventfd while stopped),
+    #: None when detached.
+    attached_to = irqbypass.plugin.Alias[int | None]("pointed_at")
+    #: How the device was opened: "cdev", "group" or "fd" (None before the first open).
+    mode = irqbypass.plugin.Alias[str | None]("interrupt.mode")
+    #: The iommufd device id of a cdev.
+    devid = irqbypass.plugin.Alias[int | None]("interrupt.devid")
+    device_info = irqbypass.plugin.Alias[DeviceInfo | None]("interrupt.device_info")
+    irq_info = irqbypass.plugin.Alias[IrqInfo | None]("interrupt.irq_info")
 
     @property
     def quiesce(self) -> str:

@@ -18,12 +18,16 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import irqbypass
 import irqbypass.plugin
 import irqbypass.system
 
 from . import _abi
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["VHOST_NODES", "VhostProducer", "VhostQueue"]
 
@@ -58,18 +62,11 @@ class VhostProducer(irqbypass.plugin.DeviceProducer):
         *,
         token: Hashable,
         queue: int | None = None,
-        device: str | None = None,
-        device_fd: int | None = None,
-        name: str | None = None,
-        irq: int | None = None,
-        seam: irqbypass.system.Seam | None = None,
+        **device: Unpack[irqbypass.plugin.DeviceArgs],
     ) -> None:
-        super().__init__(
-            token=token, irq=irq, number=queue, name=name, seam=seam,
-            device=device, device_fd=device_fd, device_help=DEVICE_HELP,
-        )  # fmt: skip
+        super().__init__(token=token, number=queue, device_help=DEVICE_HELP, **device)
         self.queue = self.interrupt_number
-        self.interrupt: VhostQueue = VhostQueue(self.calls, device, device_fd, self.queue)
+        self.interrupt: VhostQueue = VhostQueue(self.calls, self.device, self.device_fd, self.queue)
 
     @classmethod
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> VhostProducer:
@@ -85,10 +82,8 @@ class VhostProducer(irqbypass.plugin.DeviceProducer):
     def hint(self, code: int, op: str, fd: int) -> str:
         return _HINTS.get(code, "see the kernel log (dmesg)")
 
-    @property
-    def features(self) -> int | None:
-        """What VHOST_GET_FEATURES offered, once open."""
-        return self.interrupt.features
+    #: What VHOST_GET_FEATURES offered, once open.
+    features = irqbypass.plugin.Alias[int | None]("interrupt.features")
 
 
 class VhostQueue(irqbypass.plugin.VhostVirtqueue):

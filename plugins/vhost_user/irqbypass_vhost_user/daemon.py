@@ -35,7 +35,7 @@ def unavailable_reason() -> str | None:
     return None
 
 
-class StorageDaemon:
+class StorageDaemon(irqbypass.plugin.Service):
     """``qemu-storage-daemon`` exporting a ``image_size``-byte image as
     vhost-user-blk with ``queues`` virtqueues at :attr:`socket_path`."""
 
@@ -58,13 +58,6 @@ class StorageDaemon:
     @property
     def log_path(self) -> str:
         return os.path.join(self.directory or "", "daemon.log")
-
-    def __enter__(self) -> StorageDaemon:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def start(self) -> None:
         """Start it (again, after :meth:`kill`) and wait until its socket exists."""

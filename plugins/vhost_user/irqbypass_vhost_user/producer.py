@@ -118,55 +118,20 @@ class VhostUserProducer(irqbypass.plugin.DeviceProducer):
 
     # -- the settings, as the producer's attributes -------------------------------
 
-    @property
-    def queue(self) -> int:
-        return self.settings.queue
-
-    @property
-    def socket_path(self) -> str | None:
-        return self.settings.socket
-
-    @property
-    def spawn(self) -> bool:
-        return self.settings.spawn
-
-    @property
-    def timeout(self) -> float:
-        return self.settings.timeout
-
-    @property
-    def queue_size(self) -> int:
-        return self.settings.queue_size
-
-    @property
-    def reply_ack(self) -> bool:
-        return self.settings.reply_ack
-
-    @property
-    def requests(self) -> int:
-        return self.settings.requests
-
-    @property
-    def rate(self) -> float:
-        return self.settings.rate
-
-    @property
-    def delay(self) -> float:
-        return self.settings.delay
-
-    @property
-    def drain_timeout(self) -> float:
-        return self.settings.drain_timeout
-
-    @property
-    def backend_uid(self) -> int | None:
-        return self.settings.backend_uid
+    queue = irqbypass.plugin.Alias[int]("settings.queue")
+    socket_path = irqbypass.plugin.Alias[str | None]("settings.socket")
+    spawn = irqbypass.plugin.Alias[bool]("settings.spawn")
+    timeout = irqbypass.plugin.Alias[float]("settings.timeout")
+    queue_size = irqbypass.plugin.Alias[int]("settings.queue_size")
+    reply_ack = irqbypass.plugin.Alias[bool]("settings.reply_ack")
+    requests = irqbypass.plugin.Alias[int]("settings.requests")
+    rate = irqbypass.plugin.Alias[float]("settings.rate")
+    delay = irqbypass.plugin.Alias[float]("settings.delay")
+    drain_timeout = irqbypass.plugin.Alias[float]("settings.drain_timeout")
+    backend_uid = irqbypass.plugin.Alias[int | None]("settings.backend_uid")
+    owns_connection = irqbypass.plugin.Alias[bool]("settings.owns_connection")
 
     # -- naming, and what the call holds while open -------------------------------
-
-    @property
-    def owns_connection(self) -> bool:
-        return self.settings.owns_connection
 
     def interrupt_name(self) -> str:
         return f"virtqueue {self.queue}"
@@ -174,14 +139,9 @@ class VhostUserProducer(irqbypass.plugin.DeviceProducer):
     def where(self) -> str:
         return f"{self._call.backend_label()}, {self.interrupt_name()}"
 
-    @property
-    def connection(self) -> Connection | None:
-        return self._call.conn
-
-    @property
-    def daemon(self) -> StorageDaemon | None:
-        """The private qemu-storage-daemon (``spawn``), while open."""
-        return self._call.daemon
+    connection = irqbypass.plugin.Alias[Connection | None]("_call.conn")
+    #: The private qemu-storage-daemon (``spawn``), while open.
+    daemon = irqbypass.plugin.Alias[StorageDaemon | None]("_call.daemon")
 
     @property
     def memory(self) -> GuestMemory | None:
@@ -198,26 +158,15 @@ class VhostUserProducer(irqbypass.plugin.DeviceProducer):
         """The virtio-blk driver on :attr:`ring` (owned connections, while open)."""
         return None if self._call.own is None else self._call.own.driver
 
-    @property
-    def features(self) -> int:
-        """The back-end's virtio features (GET_FEATURES of an owned connection)."""
-        return self._call.features
-
-    @property
-    def protocol_features(self) -> int:
-        """The protocol features negotiated (of those this producer asks for)."""
-        return self._call.protocol_features
-
-    @property
-    def queue_count(self) -> int | None:
-        """The back-end's virtqueues (GET_QUEUE_NUM, with MQ)."""
-        return self._call.queue_count
-
-    @property
-    def bound_to(self) -> int | None:
-        """The eventfd the virtqueue's call signals: the token, or the holding
-        eventfd while stopped; None when unbound."""
-        return self.pointed_at
+    #: The back-end's virtio features (GET_FEATURES of an owned connection).
+    features = irqbypass.plugin.Alias[int]("_call.features")
+    #: The protocol features negotiated (of those this producer asks for).
+    protocol_features = irqbypass.plugin.Alias[int]("_call.protocol_features")
+    #: The back-end's virtqueues (GET_QUEUE_NUM, with MQ).
+    queue_count = irqbypass.plugin.Alias[int | None]("_call.queue_count")
+    #: The eventfd the virtqueue's call signals: the token, or the holding eventfd while stopped;
+    #: None when unbound.
+    bound_to = irqbypass.plugin.Alias[int | None]("pointed_at")
 
     # -- the producer's own load ----------------------------------------------
 
