@@ -231,4 +231,3 @@ def test_a_service_is_started_and_closed_by_with() -> None:
         assert isinstance(daemon, Daemon)
         raise RuntimeError
     assert steps == ["start", "close"]
-
