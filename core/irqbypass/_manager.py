@@ -52,6 +52,7 @@ from ._signals import (
     calling_out,
     callout,
     deliver_deferred_signals,
+    hold,
     hold_interrupt_guard,
     release_interrupt_guard,
     signal_safe,
@@ -99,11 +100,6 @@ class Manager:
         # per direction can work on either side's pair of indexes
         self._producers: dict[Hashable, Any] = {}
         self._consumers: dict[Hashable, Any] = {}
-        #: registering a producer (True) or a consumer: its side's index, then the other's
-        self._sides = {
-            True: (self._producers, self._consumers),
-            False: (self._consumers, self._producers),
-        }
         # Reentrant only so that a callback calling back in is told so: the
         # thread inside finds _running set and raises ReentrantCallError.
         self._lock = RLock()
@@ -114,10 +110,10 @@ class Manager:
 
     # -- registering -------------------------------------------------------
     #
-    # The public methods check what they are given and take the lock outside
-    # the signal-safe sections (a Ctrl-C ends a wait for it; its release
-    # delivers any signal that waited); one section per direction does the
-    # work for both sides.
+    # The public methods check what they are given, call the signal-safe
+    # section that does the work (one per direction, for both sides), and
+    # deliver any signal that waited in it. The section takes the lock: a free
+    # one at once, a contended one through hold() (a Ctrl-C ends the wait).
 
     def register_producer(self, producer: Producer) -> None:
         """Register ``producer``; if a consumer holds its token, connect them.
@@ -129,8 +125,7 @@ class Manager:
         if not isinstance(producer, Producer):
             raise _not_an_endpoint(producer, "producer")
         try:
-            with self._lock:
-                self._register(producer, True, self._producers, self._consumers)
+            self._register(producer, True, self._producers, self._consumers)
         finally:
             if _DEFERRED:
                 deliver_deferred_signals()
@@ -146,8 +141,7 @@ class Manager:
         if consumer.add_producer is None or consumer.del_producer is None:
             raise _lacking(consumer)
         try:
-            with self._lock:
-                self._register(consumer, False, self._consumers, self._producers)
+            self._register(consumer, False, self._consumers, self._producers)
         finally:
             if _DEFERRED:
                 deliver_deferred_signals()
@@ -159,8 +153,7 @@ class Manager:
         CallbackError, after unregistering, when a disconnect callback raised.
         """
         try:
-            with self._lock:
-                return self._unregister(producer, True, self._producers, self._consumers)
+            return self._unregister(producer, True, self._producers, self._consumers)
         finally:
             if _DEFERRED:
                 deliver_deferred_signals()
@@ -168,8 +161,7 @@ class Manager:
     def unregister_consumer(self, consumer: Consumer) -> bool:
         """Unregister ``consumer`` (this very object), disconnecting it first."""
         try:
-            with self._lock:
-                return self._unregister(consumer, False, self._consumers, self._producers)
+            return self._unregister(consumer, False, self._consumers, self._producers)
         finally:
             if _DEFERRED:
                 deliver_deferred_signals()
@@ -184,7 +176,11 @@ class Manager:
             raise _uninitialised(endpoint) from None
         if token is None:
             raise _invalid_token(endpoint)
-        if self._running:
+        lock = self._lock
+        if not lock.acquire(False):  # contended: waited for as hold() does, Ctrl-C acting
+            hold(lock).__enter__()
+        if self._running:  # the thread inside, called back: the RLock let it in
+            lock.release()
             raise _reentered()
         self._running = True
         try:
@@ -223,6 +219,7 @@ class Manager:
                 )
         finally:
             self._running = False
+            lock.release()
         if failures:
             state = (
                 f"{_side(endpoint)} {_name(endpoint)} was registered and paired with "
@@ -238,7 +235,11 @@ class Manager:
             token = endpoint._token
         except AttributeError:
             return False  # not an endpoint (or never initialised): never registered
-        if self._running:
+        lock = self._lock
+        if not lock.acquire(False):  # contended: waited for as hold() does, Ctrl-C acting
+            hold(lock).__enter__()
+        if self._running:  # the thread inside, called back: the RLock let it in
+            lock.release()
             raise _reentered()
         self._running = True
         try:
@@ -259,6 +260,7 @@ class Manager:
             del mine[token]
         finally:
             self._running = False
+            lock.release()
         if failures:
             state = f"{_side(endpoint)} {_name(endpoint)} was unregistered"
             if partner is not None:

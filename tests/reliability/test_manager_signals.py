@@ -359,7 +359,8 @@ def test_every_callback_is_called_on_a_call_out_line() -> None:
     The connect and disconnect sequences are sections whose every call is a
     call-out (``calling_out``): each calls the callbacks and nothing else; the
     irqbypass_pair hook goes through ``callout``; the bodies around them have
-    no call-out at all, and the lock is taken outside them."""
+    no call-out at all, and take the lock themselves: a free one at once, a
+    contended one through ``hold`` (a Ctrl-C ends that wait: the next test)."""
     manager = manager_module.Manager
     # connect: stop, stop, add, add, the rollback's del, start, start; disconnect: stop,
     # stop, del, del (the rollback's), start, start: eight calls in all
@@ -378,7 +379,12 @@ def test_every_callback_is_called_on_a_call_out_line() -> None:
         manager.unregister_consumer,
     ):
         assert public.__code__ not in signals._SAFE, public
-        assert "with self._lock:" in inspect.getsource(public), public
+        assert "_lock" not in inspect.getsource(public), public
+    for body in (manager._register, manager._unregister):
+        source = inspect.getsource(body)
+        assert "if not lock.acquire(False):" in source, body
+        assert "hold(lock).__enter__()" in source, body
+        assert "lock.release()" in source, body
 
 
 def test_a_ctrl_c_while_waiting_for_the_lock_gets_through() -> None:
