@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
     from ._loop import EventLoop, LoopFault, LoopHandle
     from ._options import Options, Settings, show_value
+    from ._optiontable import Option, build_from_options
     from ._plugins import PluginInfo
     from ._signals import calls_partner, holding, uninterrupted, waits_on_peer
     from ._templates import Alias, DeviceArgs, Service
@@ -53,6 +54,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "_loop": ("EventLoop", "LoopFault", "LoopHandle"),
     "_options": ("Options", "Settings", "show_value"),
+    "_optiontable": ("Option", "build_from_options"),
     "_plugins": ("PluginInfo",),
     "_signals": ("calls_partner", "holding", "uninterrupted", "waits_on_peer"),
     "_templates": ("Alias", "DeviceArgs", "Service"),
@@ -80,12 +82,14 @@ __all__ = [
     "KindRegistry",
     "LoopFault",
     "LoopHandle",
+    "Option",
     "Options",
     "PluginInfo",
     "Service",
     "Settings",
     "Side",
     "VhostVirtqueue",
+    "build_from_options",
     "calls_partner",
     "holding",
     "hookimpl",

@@ -43,6 +43,11 @@ _LOGGERS = logging.Logger.manager.loggerDict
 
 #: how many of the latest event names ``LoggingConsumer.events`` keeps
 EVENTS_KEPT = 1000
+#: a topology entry's options: the constructor's keywords
+OPTIONS = {
+    "json_file": irqbypass.plugin.Option("str"),
+    "level": irqbypass.plugin.Option("str", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+}
 
 
 def _printable(value: object) -> str:
@@ -115,16 +120,7 @@ class LoggingConsumer(irqbypass.Consumer):
 
     @classmethod
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> LoggingConsumer:
-        opts = spec.options_reader()
-        consumer = cls(
-            token=spec.token,
-            name=spec.name,
-            json_file=opts.get_str("json_file"),
-            level=opts.get_str("level", "INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-            or "INFO",
-        )
-        opts.finish()
-        return consumer
+        return irqbypass.plugin.build_from_options(cls, spec, OPTIONS)
 
     @property
     def log(self) -> logging.Logger:

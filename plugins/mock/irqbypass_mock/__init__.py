@@ -26,6 +26,13 @@ UNLIMITED = -1
 #: back to back, each burst its own write as at any rate; bounded, so that an
 #: unlimited mock leaves the loop's other fds and timers their turn
 BURSTS_PER_TURN = 64
+#: a topology entry's options: the constructor's keywords, with their bounds
+OPTIONS = {
+    "rate": irqbypass.plugin.Option("float", 1000.0, min=0.0, max=10_000_000.0),
+    "count": irqbypass.plugin.Option("int", 100, min=UNLIMITED, max=2**62),
+    "burst": irqbypass.plugin.Option("int", 1, min=1, max=1_000_000),
+    "delay": irqbypass.plugin.Option("float", 0.0, min=0.0, max=3600.0),
+}
 
 
 class MockProducer(irqbypass.Producer):
@@ -93,18 +100,7 @@ class MockProducer(irqbypass.Producer):
 
     @classmethod
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> MockProducer:
-        opts = spec.options_reader()
-        producer = cls(
-            token=spec.token,
-            irq=spec.irq or 0,
-            name=spec.name,
-            rate=opts.get_float("rate", 1000.0, min=0.0, max=10_000_000.0),
-            count=opts.get_int("count", 100, min=UNLIMITED, max=2**62),
-            burst=opts.get_int("burst", 1, min=1, max=1_000_000),
-            delay=opts.get_float("delay", 0.0, min=0.0, max=3600.0),
-        )
-        opts.finish()
-        return producer
+        return irqbypass.plugin.build_from_options(cls, spec, OPTIONS)
 
     # -- the device side ---------------------------------------------------
 
