@@ -161,9 +161,10 @@ def _serve(
             fresh_line(stopped_by)
         print_notes(exc)
         return stopped_by
-    for placed in topology.placed:
-        state = "opened, registered" if placed.registered else "opened, not registered"
-        _log.info("%s: %s", placed.label, state)
+    if _log.isEnabledFor(logging.INFO):  # -v: each endpoint's label, made only then
+        for placed in topology.placed:
+            state = "opened, registered" if placed.registered else "opened, not registered"
+            _log.info("%s: %s", placed.label, state)
     try:
         if not args.json:
             print_pairs(topology, out, args.every)
