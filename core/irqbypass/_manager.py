@@ -176,12 +176,8 @@ class Manager:
             raise _uninitialised(endpoint) from None
         if token is None:
             raise _invalid_token(endpoint)
-        lock = self._lock
-        if not lock.acquire(False):  # contended: waited for as hold() does, Ctrl-C acting
-            hold(lock).__enter__()
-        if self._running:  # the thread inside, called back: the RLock let it in
-            lock.release()
-            raise _reentered()
+        if not (got := self._lock.acquire(False)) or self._running:
+            self._wait_or_refuse(got)
         self._running = True
         try:
             try:
@@ -219,7 +215,7 @@ class Manager:
                 )
         finally:
             self._running = False
-            lock.release()
+            self._lock.release()
         if failures:
             state = (
                 f"{_side(endpoint)} {_name(endpoint)} was registered and paired with "
@@ -235,12 +231,8 @@ class Manager:
             token = endpoint._token
         except AttributeError:
             return False  # not an endpoint (or never initialised): never registered
-        lock = self._lock
-        if not lock.acquire(False):  # contended: waited for as hold() does, Ctrl-C acting
-            hold(lock).__enter__()
-        if self._running:  # the thread inside, called back: the RLock let it in
-            lock.release()
-            raise _reentered()
+        if not (got := self._lock.acquire(False)) or self._running:
+            self._wait_or_refuse(got)
         self._running = True
         try:
             try:
@@ -260,13 +252,24 @@ class Manager:
             del mine[token]
         finally:
             self._running = False
-            lock.release()
+            self._lock.release()
         if failures:
             state = f"{_side(endpoint)} {_name(endpoint)} was unregistered"
             if partner is not None:
                 state += f" and disconnected from {_name(partner)}"
             raise _callback_error(state, failures, self.plugins.wrapped)
         return True
+
+    def _wait_or_refuse(self, got: bool) -> None:
+        """The slow way into a section, which takes the lock. Not ``got``:
+        another thread holds it; waited for as hold() does (a Ctrl-C ends the
+        wait, and leaves the lock free). ``got`` while running: the thread
+        inside, called back by a callback (the RLock let it in), is refused."""
+        if not got:
+            hold(self._lock).__enter__()  # its __exit__: the section's release
+            return
+        self._lock.release()
+        raise _reentered()
 
     def _hooked(self, producer: Any, consumer: Any) -> tuple[_Hooked, _Hooked]:
         """Stand-ins that route each callback through the lifecycle hook a plugin

@@ -382,9 +382,10 @@ def test_every_callback_is_called_on_a_call_out_line() -> None:
         assert "_lock" not in inspect.getsource(public), public
     for body in (manager._register, manager._unregister):
         source = inspect.getsource(body)
-        assert "if not lock.acquire(False):" in source, body
-        assert "hold(lock).__enter__()" in source, body
-        assert "lock.release()" in source, body
+        assert "if not (got := self._lock.acquire(False)) or self._running:" in source, body
+        assert "self._wait_or_refuse(got)" in source, body
+        assert "self._lock.release()" in source, body
+    assert "hold(self._lock).__enter__()" in inspect.getsource(manager._wait_or_refuse)
 
 
 def test_a_ctrl_c_while_waiting_for_the_lock_gets_through() -> None:
