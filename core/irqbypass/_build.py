@@ -114,7 +114,7 @@ class Builder:
         that cannot work here left out), or nothing: on failure what was built
         is released. Nothing if the ledger holds endpoints (built already)."""
         ledger = self.ledger
-        if ledger:
+        if ledger.by_name:
             return
         skipped = self.unavailable(file.endpoints)
         ledger.seed(file, skipped)

@@ -131,7 +131,7 @@ class Placed:
 class Ledger:
     """What a topology runs: its entries, its endpoints and their tokens.
 
-    ``_placed`` is the index (entry name -> endpoint, in the order placed);
+    ``by_name`` is the index (entry name -> endpoint, in the order placed);
     ``_ends`` holds the same endpoints by token and side (a pair, for
     ``status()`` and the plans), in the order tokens were first used;
     ``entries`` is the configuration that runs, skipped entries included.
@@ -147,7 +147,9 @@ class Ledger:
     #: the file the entries are exactly (built, or reloaded, and no attach,
     #: detach or change since): a reload may compare them group by group
     file: Config | None = field(default=None, init=False)
-    _placed: dict[str, Placed] = field(default_factory=dict, init=False)
+    #: entry name -> its endpoint, in the order placed (undone in reverse); read
+    #: it freely, change it only through the ledger's methods
+    by_name: dict[str, Placed] = field(default_factory=dict, init=False)
     _ends: dict[str, dict[str, Placed]] = field(default_factory=dict, init=False)
     #: token -> reason, for each pair a plugin's Veto(unpaired=True) left unpaired
     vetoed: dict[str, str] = field(default_factory=dict, init=False)
@@ -159,23 +161,6 @@ class Ledger:
     _serial: int = field(default=0, init=False)
 
     # -- reading -------------------------------------------------------------
-
-    @property
-    def placed(self) -> list[Placed]:
-        """Every endpoint, in the order it was placed."""
-        return list(self._placed.values())
-
-    def __bool__(self) -> bool:
-        """Some endpoint is placed."""
-        return bool(self._placed)
-
-    def get(self, name: str) -> Placed | None:
-        """The endpoint of the entry ``name``, or None."""
-        return self._placed.get(name)
-
-    def __getitem__(self, name: str) -> Placed:
-        """The endpoint of the entry ``name`` (KeyError: none)."""
-        return self._placed[name]
 
     def ends(self, token: str) -> Sequence[EndpointConfig]:
         """The entries placed on ``token`` (what a plan reads)."""
@@ -195,7 +180,7 @@ class Ledger:
     @property
     def applied(self) -> bool:
         """Some endpoint is open."""
-        return any(placed.opened for placed in self._placed.values())
+        return any(placed.opened for placed in self.by_name.values())
 
     def status(self, settled: bool) -> list[PairStatus]:
         """One row per token, in the order tokens were first used."""
@@ -235,7 +220,7 @@ class Ledger:
     def insert(self, built: Iterable[Placed]) -> None:
         """Make built endpoints part of the topology (its indexes), in this
         order (undone in the reverse); all of them or none."""
-        retired, by_name, by_token = self._retired, self._placed, self._ends
+        retired, by_name, by_token = self._retired, self.by_name, self._ends
         for placed in built:
             entry = placed.config
             earlier = retired.pop((entry.side, entry.name), None)
@@ -252,7 +237,7 @@ class Ledger:
     def release(self, built: Iterable[Placed]) -> None:
         """Forget endpoints that are closed (or never opened): out of the
         indexes, their tokens released, their counts kept for a re-plug."""
-        by_name, by_token, vetoed, table = self._placed, self._ends, self.vetoed, self.token_table
+        by_name, by_token, vetoed, table = self.by_name, self._ends, self.vetoed, self.token_table
         for placed in built:
             entry = placed.config
             token = entry.token
@@ -296,7 +281,7 @@ class Ledger:
                 entries.pop(name, None)
                 continue
             entries[name] = entry
-            placed = self._placed.get(name)
+            placed = self.by_name.get(name)
             if placed is not None:  # moved in the file: its messages follow it
                 placed.config = entry
         if file is not None:
@@ -358,7 +343,7 @@ class Ledger:
     def _placed_violations(self) -> list[str]:
         found = []
         serial = 0
-        for name, placed in self._placed.items():
+        for name, placed in self.by_name.items():
             entry = placed.config
             if entry.name != name:
                 found.append(f"{placed.label} is placed under the name {name!r}")
@@ -387,14 +372,14 @@ class Ledger:
                 count += 1
                 if (placed.config.token, placed.config.side) != (token, side):
                     found.append(f"{placed.label} is listed as the {side} of token {token!r}")
-                if self._placed.get(placed.config.name) is not placed:
+                if self.by_name.get(placed.config.name) is not placed:
                     found.append(f"{placed.label} is on token {token!r} but not placed")
             if len({id(p.token) for p in ends.values()}) > 1:
                 found.append(f"the ends of token {token!r} hold different eventfds")
             if token in self.token_table and self.token_table.users(token) < len(ends):
                 found.append(f"token {token!r} has fewer users than ends")
-        if count != len(self._placed):
-            found.append(f"{len(self._placed)} endpoints placed, {count} listed by token")
+        if count != len(self.by_name):
+            found.append(f"{len(self.by_name)} endpoints placed, {count} listed by token")
         found += [
             f"token {t!r} is vetoed with no endpoint" for t in self.vetoed if t not in self._ends
         ]

@@ -112,7 +112,7 @@ class Topology:
     @property
     def placed(self) -> list[Placed]:
         """Every endpoint of the topology, in the order it was placed."""
-        return self._ledger.placed
+        return list(self._ledger.by_name.values())
 
     @property
     def vetoed(self) -> list[tuple[str, str]]:
@@ -133,7 +133,7 @@ class Topology:
         ``check_only`` (``irqbypass check``): every token gets one shared
         eventfd, never signalled, so a check costs one fd however large the file;
         such a topology is for looking at, not for :meth:`apply`."""
-        if check_only and not self._ledger:
+        if check_only and not self._ledger.by_name:
             self._ledger.token_table, self._checking = CheckTokens(), True
         self._builder.build_file(self.config)  # nothing if built
 
@@ -253,7 +253,7 @@ class Topology:
                 f"reconcile: new_config must be an irqbypass.Config (from load_config or "
                 f"parse_config), not {type(new_config).__name__} {show_value(new_config)}"
             )
-        if self._ledger and not self._ledger.applied:
+        if self._ledger.by_name and not self._ledger.applied:
             raise TopologyError(f"{self.config.file} is built but not applied; apply() it first")
         action = f"reloading {self.config.file} as {new_config.file}"
         plan = _plan.plan_reload(self._ledger, new_config, action)
@@ -326,12 +326,12 @@ class Topology:
 
     def entry(self, name: str) -> Placed | None:
         """The endpoint of the entry ``name``, or None."""
-        return self._ledger.get(name)
+        return self._ledger.by_name.get(name)
 
     @property
     def finished(self) -> bool:
         """Every producer is done firing."""
-        producers = [p for p in self._ledger.placed if p.config.side == "producer"]
+        producers = [p for p in self._ledger.by_name.values() if p.config.side == "producer"]
         return bool(producers) and all(p.finished for p in producers)
 
     def __enter__(self) -> Topology:

@@ -202,7 +202,7 @@ class Transaction:
         them all, or undo it all and raise; ``progress`` as for :meth:`open`."""
         try:
             self.builder.build_file(file)
-            self.open(self.ledger.placed, progress)
+            self.open(list(self.ledger.by_name.values()), progress)
         except BaseException as exc:
             undo_errors, interrupt = self.teardown()
             undone = "nothing was applied: every endpoint opened was closed again"
@@ -213,7 +213,7 @@ class Transaction:
     ) -> tuple[list[str], BaseException | None]:
         """Undo every endpoint and release the tokens; (what failed, the first
         interrupt)."""
-        result = self.undo(self.ledger.placed, progress)
+        result = self.undo(list(self.ledger.by_name.values()), progress)
         self.ledger.clear()
         return result
 
@@ -357,7 +357,7 @@ class Transaction:
     def detach(self, names: list[str]) -> tuple[list[str], BaseException | None]:
         """Undo the named entries and forget them (signal-safe: both or neither)."""
         ledger = self.ledger
-        errors, interrupt = self.undo([p for p in map(ledger.get, names) if p is not None])
+        errors, interrupt = self.undo([p for p in map(ledger.by_name.get, names) if p is not None])
         ledger.forget(names)
         return errors, interrupt
 
@@ -375,7 +375,7 @@ class Transaction:
         self.change(
             plan.source,
             list(moves.coming),
-            [self.ledger[name] for name in moves.leaving],
+            [self.ledger.by_name[name] for name in moves.leaving],
             commit=partial(adopt, plan, list(moves.now_skipped)),
             home=home,
             skipped=moves.skipped,

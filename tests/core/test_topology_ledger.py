@@ -55,31 +55,31 @@ def ledger() -> Iterator[Ledger]:
     ledger = Ledger(irqbypass.TokenTable())
     place(ledger, pairs(0, 1))
     yield ledger
-    ledger.release(ledger.placed)
+    ledger.release(list(ledger.by_name.values()))
     ledger.clear()
     assert len(ledger.token_table) == 0
 
 
 def test_a_ledger_built_from_a_file_keeps_its_invariants(ledger: Ledger) -> None:
     assert ledger.violations() == []
-    assert [p.config.name for p in ledger.placed] == ["p0", "p1", "c0", "c1"]
+    assert [p.config.name for p in ledger.by_name.values()] == ["p0", "p1", "c0", "c1"]
     assert [row.token for row in ledger.status(settled=False)] == ["t0", "t1"]
-    assert ledger.ends("t1") == [ledger["p1"].config, ledger["c1"].config]
-    assert ledger.tokens == {"t0": ledger["p0"].token, "t1": ledger["p1"].token}
+    assert ledger.ends("t1") == [ledger.by_name["p1"].config, ledger.by_name["c1"].config]
+    assert ledger.tokens == {"t0": ledger.by_name["p0"].token, "t1": ledger.by_name["p1"].token}
 
 
 def test_a_released_pair_is_out_of_every_index(ledger: Ledger) -> None:
     ledger.veto("t1", "vetoed")
-    ledger.release([ledger["p1"], ledger["c1"]])
+    ledger.release([ledger.by_name["p1"], ledger.by_name["c1"]])
     ledger.forget(["p1", "c1"])
     assert ledger.violations() == []
-    assert ledger.get("p1") is None and ledger.ends("t1") == [] and ledger.vetoed == {}
+    assert ledger.by_name.get("p1") is None and ledger.ends("t1") == [] and ledger.vetoed == {}
     assert set(ledger.tokens) == {"t0"} and "t1" not in ledger.token_table
     assert ledger.file is None
 
 
 def test_a_name_placed_again_carries_its_counts_on(ledger: Ledger) -> None:
-    old = ledger["p1"]
+    old = ledger.by_name["p1"]
     old.history.opens, old.history.counters["fired"] = 2, 7
     ledger.release([old])
     assert ledger.violations() == []  # retired, and no longer placed
@@ -93,8 +93,8 @@ def test_a_name_placed_again_carries_its_counts_on(ledger: Ledger) -> None:
 def test_the_retired_totals_are_bounded(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ledger, "RETIRED_KEPT", 1)
     for name in ("p0", "p1"):
-        ledger[name].history.opens = 1
-        ledger.release([ledger[name]])
+        ledger.by_name[name].history.opens = 1
+        ledger.release([ledger.by_name[name]])
     assert list(ledger._retired) == [("producer", "p1")]
 
 
@@ -102,9 +102,9 @@ def test_the_retired_totals_are_bounded(ledger: Ledger, monkeypatch: pytest.Monk
     ("corrupt", "named"),
     [
         (lambda lg: lg._ends["t1"].pop("consumer"), "4 endpoints placed, 3 listed by token"),
-        (lambda lg: lg._placed.pop("c1"), "consumer 'c1' (kind sink) is on token 't1' but not"),
-        (lambda lg: setattr(lg["p0"], "released", True), "'p0' (kind src) holds no token"),
-        (lambda lg: setattr(lg["p0"], "registered", True), "is registered but not open"),
+        (lambda lg: lg.by_name.pop("c1"), "consumer 'c1' (kind sink) is on token 't1' but not"),
+        (lambda lg: setattr(lg.by_name["p0"], "released", True), "'p0' (kind src) holds no token"),
+        (lambda lg: setattr(lg.by_name["p0"], "registered", True), "is registered but not open"),
         (lambda lg: lg.entries.pop("p0"), "producer 'p0' (kind src) is not the running entry"),
         (lambda lg: lg._ends.setdefault("t9", {}), "token 't9' is listed with no endpoint"),
         (lambda lg: lg.veto("t9", "no"), "token 't9' is vetoed with no endpoint"),
@@ -115,9 +115,12 @@ def test_the_retired_totals_are_bounded(ledger: Ledger, monkeypatch: pytest.Monk
             lambda lg: lg._retired.__setitem__(("producer", "p0"), _ledger.Totals(1)),
             "producer 'p0' (kind src) is placed and retired at once",
         ),
-        (lambda lg: setattr(lg["c1"], "serial", 1), "consumer 'c1' (kind sink) is out of the"),
         (
-            lambda lg: setattr(lg["c1"], "token", lg["p0"].token),
+            lambda lg: setattr(lg.by_name["c1"], "serial", 1),
+            "consumer 'c1' (kind sink) is out of the",
+        ),
+        (
+            lambda lg: setattr(lg.by_name["c1"], "token", lg.by_name["p0"].token),
             "the ends of token 't1' hold different eventfds",
         ),
         (lambda lg: lg.token_table.release("t1"), "token 't1' has fewer users than ends"),
@@ -125,22 +128,22 @@ def test_the_retired_totals_are_bounded(ledger: Ledger, monkeypatch: pytest.Monk
 )
 def test_each_broken_invariant_is_named(ledger: Ledger, corrupt: object, named: str) -> None:
     undo = {
-        "placed": dict(ledger._placed),
+        "placed": dict(ledger.by_name),
         "ends": {t: dict(e) for t, e in ledger._ends.items()},
         "entries": dict(ledger.entries),
-        "serial": {p.config.name: p.serial for p in ledger.placed},
-        "token": {p.config.name: p.token for p in ledger.placed},
+        "serial": {p.config.name: p.serial for p in ledger.by_name.values()},
+        "token": {p.config.name: p.token for p in ledger.by_name.values()},
         "users": ledger.token_table.users("t1"),
     }
     corrupt(ledger)  # type: ignore[operator]
     found = ledger.violations()
     assert any(named in problem for problem in found), found
     # put it back, so the fixture releases what it placed
-    ledger._placed, ledger._ends, ledger.entries = undo["placed"], undo["ends"], undo["entries"]  # type: ignore[assignment]
+    ledger.by_name, ledger._ends, ledger.entries = undo["placed"], undo["ends"], undo["entries"]  # type: ignore[assignment]
     ledger.skipped.clear()
     ledger.vetoed.clear()
     ledger._retired.clear()
-    for placed in ledger._placed.values():
+    for placed in ledger.by_name.values():
         placed.released = placed.registered = False
         placed.serial = undo["serial"][placed.config.name]  # type: ignore[index]
         placed.token = undo["token"][placed.config.name]  # type: ignore[index]
