@@ -87,7 +87,8 @@ class _FileLike(Protocol):
 
 
 class LoopHandle:
-    """One reader or timer on an :class:`EventLoop`; :meth:`cancel` removes it.
+    """One reader or timer on an :class:`EventLoop`; :meth:`cancel` takes it
+    off the loop (its reader out of the epoll set, its timer out of the heap).
 
     What a registration gives is checked here, once, whichever method made it:
     the owner label, the callback and a timer's seconds (``seconds``: its
@@ -414,8 +415,9 @@ class EventLoop:
 
     Most code uses :func:`irqbypass.event_loop` (the process's loop). A loop
     of your own runs its thread from the first registration, or inside asyncio
-    after :meth:`attach`; :meth:`close` releases it. The faults, the watchdog
-    and asyncio are parts of their own; this class registers, runs and removes.
+    after :meth:`attach`; :meth:`close` releases it. This class registers and
+    runs; a :class:`LoopHandle` takes itself off; the faults, the watchdog and
+    asyncio are parts of their own.
     """
 
     def __init__(
@@ -567,13 +569,8 @@ class EventLoop:
         self._loop_thread = threading.get_ident()
         while not self._closed:
             with self._lock:
-                timers = self._timers
-                wait = (
-                    min(_MAX_WAIT, max(0.0, timers[0][0] - time.monotonic()))
-                    if timers
-                    else _MAX_WAIT
-                )
-            self.run_once(wait)
+                due = self._timers[0][0] if self._timers else math.inf
+            self.run_once(min(_MAX_WAIT, max(0.0, due - time.monotonic())))
 
     def run_once(self, timeout: float = 0.0) -> None:
         """Wait up to ``timeout`` seconds for readers, then run what is ready
