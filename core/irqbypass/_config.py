@@ -29,7 +29,6 @@ Unknown keys are refused with the closest valid one.
 from __future__ import annotations
 
 import bisect
-import copy
 import difflib
 import functools
 import hashlib
@@ -363,9 +362,8 @@ class _Range(NamedTuple):
 
 class _Field(NamedTuple):
     rule: _Rule
-    #: the value when the key is absent, as is (copied: no two entries share one)
+    #: the value when the key is absent
     default: object = None
-    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +387,8 @@ class _Rule:
     convert: Callable[[Any], Any] | None = None
     #: a table's keys, in the order they are checked
     fields: Mapping[str, _Field] | None = None
+    #: the keys a table must have
+    required: tuple[str, ...] = ()
     #: where a table's unknown keys that hold tables are kept (a plugin's own
     #: settings); without it every unknown key is refused
     others: str = ""
@@ -435,14 +435,15 @@ _ENDPOINT = _Rule(
     "a table",
     (dict,),
     fields={
-        "name": _Field(_IDENTIFIER, required=True),
-        "kind": _Field(_IDENTIFIER, required=True),
-        "token": _Field(_IDENTIFIER, required=True),
+        "name": _Field(_IDENTIFIER),
+        "kind": _Field(_IDENTIFIER),
+        "token": _Field(_IDENTIFIER),
         "irq": _Field(_IRQ),
         "bypass": _Field(_BOOLEAN, True),
         "optional": _Field(_BOOLEAN, False),
         "options": _Field(_TABLE, {}),
     },
+    required=("name", "kind", "token"),
 )
 #: the file's sections; "" is the file itself, whose own keys are the
 #: sections (each section is read on its own: its problem is reported with the
@@ -479,22 +480,22 @@ class _Reader:
         and the entries that clash."""
         found: list[IrqBypassError] = []
         sections: dict[str, Any] = {}
-        for key, (rule, default, _) in _SECTIONS.items():
+        for key, (rule, default) in _SECTIONS.items():
             try:
-                sections[key] = self.read(raw.get(key, default) if key else raw, key, rule)
+                sections[key] = self.read(raw.get(key, default) if key else raw, rule, key)
             except ConfigError as exc:
                 found.extend(exc.errors)
         entries: dict[Side, list[EndpointConfig]] = {side: [] for side in SIDES}
         for side, rule in _ENTRIES.items():
             key = f"{side}s"
             try:
-                tables = self.read(raw.get(key, []), key, rule)
+                tables = self.read(raw.get(key, []), rule, key)
             except ConfigError as exc:
                 found.extend(exc.errors)
                 continue
             for index, table in enumerate(tables):
                 try:
-                    values = self.read(table, f"{key}[{index}]", _ENDPOINT)
+                    values = self.read(table, _ENDPOINT, f"{key}[{index}]")
                 except ConfigError as exc:
                     found.extend(exc.errors)
                     continue
@@ -511,54 +512,57 @@ class _Reader:
             text="\n".join(self.text.splitlines()),
         )
 
-    def read(self, value: Any, key: str, rule: _Rule) -> Any:
-        """``value``, the value of ``key``, checked against ``rule`` and
-        converted; a table's keys are read in the schema's order, and its
-        first problem is raised (its unknown keys all at once)."""
-        wrong_type = not isinstance(value, rule.types)
-        wrong_type |= type(value) is bool and bool not in rule.types  # True is an int too
-        if not wrong_type and rule.items is not None:  # an array: each item's type
-            wrong_type = not all(isinstance(item, rule.items) for item in value)
-        if wrong_type:
-            raise self.error(key, f"expected {rule.expected}, got {_describe(value)}")
-        span = rule.within
-        if (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
-            span is not None
+    def read(self, value: Any, rule: _Rule, key: str, name: str = "") -> Any:
+        """``value``, the value of ``key`` (or of its key ``name``: the path is
+        made only when needed), checked against ``rule`` and converted; a
+        table's keys are read in the schema's order, and its first problem is
+        raised (its unknown keys all at once)."""
+        kind = type(value)  # True is an int too: a bool fits only a rule that names bool
+        problem = None
+        if (kind not in rule.types and (kind is bool or not isinstance(value, rule.types))) or (
+            rule.items is not None and not all(isinstance(item, rule.items) for item in value)
+        ):
+            problem = f"expected {rule.expected}, got {_describe(value)}"
+        elif (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
+            rule.within is not None
             and not (
-                (value >= span.low if span.low_included else value > span.low)
-                and value <= span.high
+                (value >= rule.within.low if rule.within.low_included else value > rule.within.low)
+                and value <= rule.within.high
             )
         ):
-            raise self.error(key, rule.invalid.format(value=show_value(value)))
-        if rule.fields is None:
-            return value if rule.convert is None else rule.convert(value)
+            problem = rule.invalid.format(value=show_value(value))
+        if name:
+            key = f"{key}.{name}" if problem is not None or rule.fields is not None else key
+        if problem is not None:
+            raise self.error(key, problem)
         fields = rule.fields
-        others = (
-            {k: v for k, v in value.items() if isinstance(v, dict) and k not in fields}
-            if rule.others
-            else {}
-        )
-        problems = []
-        for unknown in (k for k in value if k not in fields and k not in others):
-            close = difflib.get_close_matches(unknown, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(
-                self.error(
-                    f"{key}.{unknown}" if key else unknown,
-                    f"unknown key {unknown!r}{hint} (valid keys: {', '.join(fields)})",
+        if fields is None:
+            return value if rule.convert is None else rule.convert(value)
+        others = {}  # a plugin's own tables, where the rule keeps them
+        if not value.keys() <= fields.keys():  # some key the schema does not name
+            if rule.others:
+                others = {k: v for k, v in value.items() if isinstance(v, dict) and k not in fields}
+            problems = []
+            for unknown in (k for k in value if k not in fields and k not in others):
+                close = difflib.get_close_matches(unknown, fields, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(
+                    self.error(
+                        f"{key}.{unknown}" if key else unknown,
+                        f"unknown key {unknown!r}{hint} (valid keys: {', '.join(fields)})",
+                    )
                 )
-            )
-        if problems:
-            raise in_file_order(problems)
-        for name, field_ in fields.items():
-            if field_.required and name not in value:
+            if problems:
+                raise in_file_order(problems)
+        for name in rule.required:
+            if name not in value:
                 raise self.error(key, f"missing required key {name!r}")
         read: dict[str, Any] = {rule.others: others} if rule.others else {}
-        for name, (rule_, default, _) in fields.items():
+        for name, (rule_, default) in fields.items():
             if name in value:
-                read[name] = self.read(value[name], f"{key}.{name}", rule_)
-            else:
-                read[name] = copy.copy(default)
+                read[name] = self.read(value[name], rule_, key, name)
+            else:  # a default table is a new one: no two entries share it
+                read[name] = default.copy() if isinstance(default, dict) else default
         return read
 
     def error(self, key: str, problem: str, line: int | None = None) -> ConfigError:
