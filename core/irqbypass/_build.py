@@ -166,8 +166,9 @@ class Builder:
     def _build_into(self, entry: EndpointConfig, source: Config, built: list[Placed]) -> None:
         """Build one endpoint by its kind's factory, on its token's eventfd,
         and check what the factory returned; record it in ``built`` the moment
-        it holds the token (signal-safe: the token cannot leak). The factory
-        is the plugin's code: its own ``callout``."""
+        it holds the token (signal-safe: the token cannot leak). The factory,
+        and the check of what it returned, are the plugin's code: each its own
+        ``callout``."""
         try:
             kind = self.plugins.kinds.get(entry.side, entry.kind)
         except PluginError as exc:
@@ -200,7 +201,8 @@ class Builder:
                     f"{entry.kind!r} (plugin {kind.plugin}) raised {show_exception(exc)}; "
                     "this is a bug in that plugin"
                 ) from exc
-            problem = _wrong_endpoint(endpoint, spec)
+            # what it returned is the plugin's object too (a name, a repr): a call-out
+            problem = callout(_wrong_endpoint, endpoint, spec)
             if problem is not None:
                 _discard(endpoint, table)
                 raise TopologyError(

@@ -9,14 +9,18 @@ and the tokens unreleased, and ``irqbypass run`` lost its summary and its
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass import cli
 from irqbypass._config import parse_config
 from irqbypass._topology import Topology
+from test_interruptible import GUARD, interrupt_main_when
 from test_topology import TOPO, Journal
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
@@ -116,3 +120,59 @@ def test_run_keeps_its_summary_and_message_when_ctrl_c_lands_in_teardown(
     assert "summary:" in out and "FIRED" in out
     assert "stopped by SIGINT; everything was torn down" in err
     assert "close of consumer 'c'" in err
+
+
+class StuckName(irqbypass.Producer):
+    """A plugin's bug: once armed, reading its name waits on a peer that never
+    answers (timed_out says whether the wait ran out instead of being ended)."""
+
+    armed: ClassVar[bool] = False
+    waiting: ClassVar[threading.Event] = threading.Event()
+    never: ClassVar[threading.Event] = threading.Event()
+    timed_out: ClassVar[list[bool]] = []
+
+    @property
+    def name(self) -> str:
+        if StuckName.armed:
+            StuckName.waiting.set()
+            if not StuckName.never.wait(GUARD):
+                StuckName.timed_out.append(True)
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+
+class StuckKind:
+    @irqbypass.plugin.hookimpl
+    def irqbypass_register_kinds(self, register: irqbypass.plugin.KindRegistrar) -> None:
+        register.producer("stuck", self.make)
+
+    def make(self, spec: irqbypass.plugin.EndpointSpec) -> irqbypass.Producer:
+        spec.options_reader().finish()
+        endpoint = StuckName(token=spec.token, name=spec.name)
+        StuckName.armed = True  # the next read of its name is the builder's check
+        return endpoint
+
+
+@pytest.mark.usefixtures("guarded_sigint")
+def test_a_ctrl_c_ends_a_plugin_hang_in_the_check_of_what_its_factory_returned() -> None:
+    """The builder checks the factory's endpoint (its name, its token) in the
+    plugin's call-out: a name that hangs is ended by one Ctrl-C, not waited for
+    inside the builder's signal-safe section, and the token is given back."""
+    plugins = irqbypass.PluginHost()
+    StuckName.armed, StuckName.timed_out[:] = False, []
+    StuckName.waiting.clear()
+    toml = '[[producers]]\nname = "p0"\nkind = "stuck"\ntoken = "a"\n'
+    with plugins.registered(StuckKind(), name="stuck"):
+        topology = Topology(parse_config(toml, file="t.toml"), plugins)
+        thread = interrupt_main_when(StuckName.waiting)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                topology.apply()
+        finally:
+            StuckName.armed = False
+            thread.join(GUARD)
+    assert StuckName.timed_out == []  # ended by the Ctrl-C, not by the wait running out
+    assert topology.placed == [] and topology.tokens == {}
