@@ -9,7 +9,7 @@ registers its irqfd consumer with the kernel's bypass manager.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import irqbypass
 import irqbypass.plugin
@@ -89,36 +89,32 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
 
     @classmethod
     def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> KvmIrqfdConsumer:
-        """Build from a topology entry (see docs/plugins/kvm.md for the options)."""
+        """Build from a topology entry (see docs/plugins/kvm.md for the options):
+        each option read once, in this order, into the constructor's keywords."""
         opts = spec.options_reader()
         vm = opts.get_raw("vm")  # the settings refuse a wrong one, naming the option
-        msi = _read_msi(opts)
-        apic = opts.get_str("apic", None, choices=APIC_MODES)
-        gsi = spec.irq
-        if opts.get_raw("gsi") is not None:
-            gsi = opts.get_int("gsi", 0, min=0, max=MAX_GSI_ROUTES - 1)
-        resample = opts.get_bool("resample", False)
-        guest_ack = opts.get_str("guest_ack", "exit", choices=("exit", "eventfd")) or "exit"
-        halt_poll_ns: int | None = None
-        if opts.get_raw("halt_poll_ns") is not None:
-            halt_poll_ns = opts.get_int("halt_poll_ns", 0, min=0, max=MAX_HALT_POLL_NS)
-        device = opts.get_str("device", DEFAULT_DEVICE) or DEFAULT_DEVICE
-        masked = opts.get_bool("masked", False)
+        options: _SpecOptions = {
+            "vm": "guest" if vm is None else vm,
+            "msi": _read_msi(opts),
+            "apic": opts.get_str("apic", None, choices=APIC_MODES),
+            "gsi": (
+                spec.irq
+                if opts.get_raw("gsi") is None
+                else opts.get_int("gsi", 0, min=0, max=MAX_GSI_ROUTES - 1)
+            ),
+            "resample": opts.get_bool("resample", False),
+            "guest_ack": opts.get_str("guest_ack", "exit", choices=("exit", "eventfd")) or "exit",
+            "halt_poll_ns": (
+                None
+                if opts.get_raw("halt_poll_ns") is None
+                else opts.get_int("halt_poll_ns", 0, min=0, max=MAX_HALT_POLL_NS)
+            ),
+            "device": opts.get_str("device", DEFAULT_DEVICE) or DEFAULT_DEVICE,
+            "masked": opts.get_bool("masked", False),
+        }
         opts.finish()
         with opts.refusals():
-            return cls(
-                token=spec.token,
-                vm="guest" if vm is None else vm,
-                gsi=gsi,
-                resample=resample,
-                msi=msi,
-                masked=masked,
-                apic=apic,
-                guest_ack=guest_ack,
-                halt_poll_ns=halt_poll_ns,
-                device=device,
-                name=spec.name,
-            )
+            return cls(token=spec.token, name=spec.name, **options)
 
     # -- the irqfd ------------------------------------------------------------------
 
@@ -240,6 +236,20 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         if "delivered" in stats:
             parts.append(f"guest counted {stats['delivered']}")
         return "; ".join(parts)
+
+
+class _SpecOptions(TypedDict):
+    """The constructor's keywords a topology entry gives (:meth:`KvmIrqfdConsumer.from_spec`)."""
+
+    vm: VmArg
+    msi: MsiRoute | None
+    apic: str | None
+    gsi: int | None
+    resample: bool
+    guest_ack: str
+    halt_poll_ns: int | None
+    device: str
+    masked: bool
 
 
 def _read_msi(opts: irqbypass.plugin.Options) -> MsiRoute | None:

@@ -26,6 +26,7 @@ import mmap
 import os
 import struct
 import time
+from typing import Protocol, TypeVar
 
 import irqbypass
 import irqbypass.plugin
@@ -265,28 +266,16 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
             self._release()
 
     def _release(self) -> None:
-        """Close every fd and mapping the guest owns (the VM goes with them)."""
-        if self.ack_eventfd is not None:
-            self.ack_eventfd.close()
-            self.ack_eventfd = None
-        if self._run is not None:
-            self._run.close()
-            self._run = None
-        if self._stats_fd >= 0:
-            os.close(self._stats_fd)
-            self._stats_fd = -1
-        if self._vcpu_fd >= 0:
-            os.close(self._vcpu_fd)
-            self._vcpu_fd = -1
-        if self.vm is not None:
-            self.vm.close()
-            self.vm = None
-        if self._mem is not None:
-            self._mem.close()
-            self._mem = None
-        if self._kvm_fd >= 0:
-            os.close(self._kvm_fd)
-            self._kvm_fd = -1
+        """Close every fd and mapping the guest owns (the VM goes with them), in
+        this order; each is forgotten once closed, so a second close retries
+        only what is left."""
+        self.ack_eventfd = _closed(self.ack_eventfd)
+        self._run = _closed(self._run)
+        self._stats_fd = _closed_fd(self._stats_fd)
+        self._vcpu_fd = _closed_fd(self._vcpu_fd)
+        self.vm = _closed(self.vm)
+        self._mem = _closed(self._mem)
+        self._kvm_fd = _closed_fd(self._kvm_fd)
 
     def __del__(self) -> None:
         if getattr(self, "_kvm_fd", -1) >= 0:
@@ -441,3 +430,25 @@ def _address_of(mem: mmap.mmap) -> int:
         return ctypes.addressof(ref)
     finally:
         del ref
+
+
+class _Closable(Protocol):
+    def close(self) -> object: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+
+
+def _closed(resource: _C | None) -> _C | None:
+    """Close ``resource``, if any; None, what its attribute holds from then on
+    (left as it was if the close raises: a second close retries it)."""
+    if resource is not None:
+        resource.close()
+    return None
+
+
+def _closed_fd(fd: int) -> int:
+    """Close ``fd``, if any; -1, what its attribute holds from then on."""
+    if fd >= 0:
+        os.close(fd)
+    return -1
