@@ -254,6 +254,12 @@ class _Vmm:
 
     guest: ClassVar[None] = None
     batches: ClassVar[bool] = True
+    #: the VM's fd (the subclass's)
+    fd: int
+
+    @property
+    def where(self) -> str:
+        return f"VM fd {self.fd}"
 
     def default_gsi(self) -> int | None:
         return None
@@ -273,10 +279,6 @@ class VmFd(_Vmm):
 
     arg = irqbypass.plugin.Alias[VmArg]("fd")
 
-    @property
-    def where(self) -> str:
-        return f"VM fd {self.fd}"
-
     def attach(self, label: str, route: Route, refs: int = 1) -> tuple[Vm, Guest | None]:
         return Vm.borrow(self.fd, refs), None
 
@@ -294,10 +296,7 @@ class GivenVm(_Vmm):
     vm: Vm
 
     arg = irqbypass.plugin.Alias[VmArg]("vm")
-
-    @property
-    def where(self) -> str:
-        return f"VM fd {self.vm.fd}"
+    fd = irqbypass.plugin.Alias[int]("vm.fd")
 
     def attach(self, label: str, route: Route, refs: int = 1) -> tuple[Vm, Guest | None]:
         return self.vm, None
