@@ -21,7 +21,8 @@ Hence, as OpenSSH's ``safe_path`` and systemd's ``chase`` do:
   others.
 
 Trusted: this process's effective uid and root, plus whatever uid the caller
-names (the user a back-end is known to run as).
+names (the user a back-end is known to run as). The public names are those
+:mod:`irqbypass.system` takes from here (its table is their one list).
 """
 
 from __future__ import annotations
@@ -32,15 +33,6 @@ import stat
 from collections.abc import Iterable
 
 from ._errors import IrqBypassError, printable
-
-__all__ = [
-    "UnsafePathError",
-    "check_owner",
-    "open_directory",
-    "open_file",
-    "split_path",
-    "trusted_uids",
-]
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
