@@ -15,19 +15,17 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "FLAG_NEED_REPLY",
-    "FLAG_REPLY",
     "HEADER",
     "MAX_FDS",
     "MAX_PAYLOAD",
     "MEMORY_MAX_REGIONS",
     "REPLY_SIZE",
-    "VERSION",
     "VERSION_MASK",
     "VHOST_USER_F_PROTOCOL_FEATURES",
     "VIRTIO_F_VERSION_1",
     "VRING_INDEX_MASK",
     "VRING_NOFD_FLAG",
+    "Flag",
     "Header",
     "MemoryRegion",
     "ProtocolFeature",
@@ -45,11 +43,6 @@ __all__ = [
 
 #: the header: request, flags, size (u32 each, native byte order)
 HEADER = struct.Struct("=III")
-#: flags: bits 0-1 the version, bit 2 "this is a reply", bit 3 "reply, please"
-VERSION = 0x1
-VERSION_MASK = 0x3
-FLAG_REPLY = 1 << 2
-FLAG_NEED_REPLY = 1 << 3
 
 #: the largest payload this front-end accepts in a reply (QEMU's own bound is
 #: the size of its payload union; 4 KiB is far above every reply we ask for)
@@ -110,6 +103,19 @@ class Request(enum.IntEnum):
     REM_MEM_REG = 38
     SET_STATUS = 39
     GET_STATUS = 40
+
+
+class Flag(enum.IntFlag):
+    """The header's ``flags`` ("Header" in the spec): the version in bits 0-1
+    (:data:`VERSION_MASK`), "this is a reply", "reply, please"."""
+
+    VERSION = 0x1
+    REPLY = 1 << 2
+    NEED_REPLY = 1 << 3
+
+
+#: the version's bits of the header's flags
+VERSION_MASK = 0x3
 
 
 class ProtocolFeature(enum.IntEnum):
@@ -178,7 +184,7 @@ class Header:
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.flags & FLAG_REPLY)
+        return bool(self.flags & Flag.REPLY)
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ def pack_memory_table(regions: list[MemoryRegion]) -> bytes:
 
 def message(request: Request, payload: bytes = b"", *, need_reply: bool = False) -> bytes:
     """A whole front-end message: header and payload."""
-    flags = VERSION | (FLAG_NEED_REPLY if need_reply else 0)
+    flags = Flag.VERSION | (Flag.NEED_REPLY if need_reply else 0)
     return Header(int(request), flags, len(payload)).pack() + payload
 
 

@@ -304,7 +304,7 @@ class Connection:
     def _receive(self, request: wire.Request, size: int, deadline: float) -> bytes:
         name = wire.request_name(request)
         header = wire.Header.unpack(self._read_exact(wire.HEADER.size, name, deadline))
-        if header.request != request or header.version != wire.VERSION or not header.is_reply:
+        if header.request != request or header.version != wire.Flag.VERSION or not header.is_reply:
             raise ProtocolError(
                 f"{self.what}: expected the reply to {name}, got "
                 f"{wire.request_name(header.request)} with flags {header.flags:#x} (a reply "

@@ -43,7 +43,7 @@ def pair() -> Iterator[tuple[Connection, socket.socket]]:
         theirs.close()
 
 
-def reply(request: int, payload: bytes, flags: int = wire.VERSION | wire.FLAG_REPLY) -> bytes:
+def reply(request: int, payload: bytes, flags: int = wire.Flag.VERSION | wire.Flag.REPLY) -> bytes:
     return struct.pack("=III", request, flags, len(payload)) + payload
 
 

@@ -59,7 +59,7 @@ def test_header_is_three_native_u32() -> None:
 def test_flags_version_reply_and_need_reply() -> None:
     # "Lower 2 bits are the version (currently 0x01)", "Bit 2 is the reply flag",
     # "Bit 3 is the need_reply flag"
-    assert (wire.VERSION, wire.VERSION_MASK, wire.FLAG_REPLY, wire.FLAG_NEED_REPLY) == (
+    assert (wire.Flag.VERSION, wire.VERSION_MASK, wire.Flag.REPLY, wire.Flag.NEED_REPLY) == (
         1, 0b11, 1 << 2, 1 << 3,
     )  # fmt: skip
     data = wire.message(wire.Request.SET_OWNER, need_reply=True)
