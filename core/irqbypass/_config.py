@@ -388,7 +388,7 @@ class _Rule:
     #: a table's keys, in the order they are checked
     fields: Mapping[str, _Field] | None = None
     #: the keys a table must have
-    required: tuple[str, ...] = ()
+    required: frozenset[str] = frozenset()
     #: where a table's unknown keys that hold tables are kept (a plugin's own
     #: settings); without it every unknown key is refused
     others: str = ""
@@ -443,7 +443,7 @@ _ENDPOINT = _Rule(
         "optional": _Field(_BOOLEAN, False),
         "options": _Field(_TABLE, {}),
     },
-    required=("name", "kind", "token"),
+    required=frozenset(("name", "kind", "token")),
 )
 #: the file's sections; "" is the file itself, whose own keys are the
 #: sections (each section is read on its own: its problem is reported with the
@@ -518,12 +518,12 @@ class _Reader:
         table's keys are read in the schema's order, and its first problem is
         raised (its unknown keys all at once)."""
         kind = type(value)  # True is an int too: a bool fits only a rule that names bool
-        problem = None
         if (kind not in rule.types and (kind is bool or not isinstance(value, rule.types))) or (
             rule.items is not None and not all(isinstance(item, rule.items) for item in value)
         ):
             problem = f"expected {rule.expected}, got {_describe(value)}"
-        elif (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
+            raise self.error(f"{key}.{name}" if name else key, problem)
+        if (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
             rule.within is not None
             and not (
                 (value >= rule.within.low if rule.within.low_included else value > rule.within.low)
@@ -531,13 +531,12 @@ class _Reader:
             )
         ):
             problem = rule.invalid.format(value=show_value(value))
-        if name:
-            key = f"{key}.{name}" if problem is not None or rule.fields is not None else key
-        if problem is not None:
-            raise self.error(key, problem)
+            raise self.error(f"{key}.{name}" if name else key, problem)
         fields = rule.fields
         if fields is None:
             return value if rule.convert is None else rule.convert(value)
+        if name:
+            key = f"{key}.{name}"
         others = {}  # a plugin's own tables, where the rule keeps them
         if not value.keys() <= fields.keys():  # some key the schema does not name
             if rule.others:
@@ -554,9 +553,9 @@ class _Reader:
                 )
             if problems:
                 raise in_file_order(problems)
-        for name in rule.required:
-            if name not in value:
-                raise self.error(key, f"missing required key {name!r}")
+        if not rule.required <= value.keys():
+            missing = next(name for name in fields if name in rule.required and name not in value)
+            raise self.error(key, f"missing required key {missing!r}")
         read: dict[str, Any] = {rule.others: others} if rule.others else {}
         for name, (rule_, default) in fields.items():
             if name in value:
