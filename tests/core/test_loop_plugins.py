@@ -77,7 +77,9 @@ def test_a_raising_reader_is_reported_against_its_consumer_and_the_rest_go_on(
     original = LoggingConsumer._on_readable
 
     def fragile(self: LoggingConsumer) -> None:
-        if self.name == "l0":
+        # only as the loop's callback (the reader registered): close()'s last look
+        # runs the same function, and this test is about the loop's reader
+        if self.name == "l0" and self._reader is not None:
             raise RuntimeError("a bug in the sink")
         original(self)
 

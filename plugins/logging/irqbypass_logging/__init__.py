@@ -248,10 +248,7 @@ class LoggingConsumer(irqbypass.Consumer):
         reader.cancel()  # returns once the callback is not running
         self._reader = None
         self._problem = reader.problem
-        try:
-            self._drain()
-        except irqbypass.EventfdClosedError:
-            self._report_token_closed()
+        self._on_readable()  # the last look, the reader gone: nothing to cancel
         self._event("close", delivered=self._delivered)
         self._eventfd = None
         if self._json is not None:
@@ -270,15 +267,25 @@ class LoggingConsumer(irqbypass.Consumer):
             ) from error
 
     def _on_readable(self) -> None:
-        """The loop's callback: take what the eventfd holds; a token closed
-        under the consumer stops the reader."""
+        """Take and count what the eventfd holds (never waits): the loop's
+        callback, and close()'s last look. A token closed under the consumer
+        is reported once and stops the reader."""
+        eventfd = self._eventfd
+        if eventfd is None or self._token_closed:
+            return
         try:
-            self._drain()
+            count = eventfd.read(0)
         except irqbypass.EventfdClosedError:
             self._report_token_closed()
             reader = self._reader
             if reader is not None:
                 reader.cancel()
+            return
+        if count:
+            with self._lock:
+                self._delivered += count
+                self._reads += 1
+            self._event("interrupt", count=count)
 
     def _report_token_closed(self) -> None:
         if self._token_closed:
@@ -289,19 +296,6 @@ class LoggingConsumer(irqbypass.Consumer):
             "it stops reading (close endpoints before their token)",
             self.name,
         )
-
-    def _drain(self) -> None:
-        """Take and count what the eventfd holds (never waits): the reader's
-        callback, and close()'s last look."""
-        eventfd = self._eventfd
-        if eventfd is None or self._token_closed:
-            return
-        count = eventfd.read(0)
-        if count:
-            with self._lock:
-                self._delivered += count
-                self._reads += 1
-            self._event("interrupt", count=count)
 
     def stats(self) -> Mapping[str, int]:
         with self._lock:
