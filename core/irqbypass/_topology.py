@@ -155,7 +155,7 @@ class Topology:
             raise TopologyError(
                 f"{self.config.file} was built with check_only; build a new Topology to apply"
             )
-        if self._ledger.applied:
+        if self._ledger.by_name and self._ledger.applied:  # nothing placed: nothing open
             raise TopologyError(
                 f"{self.config.file} is already applied; call teardown() before applying again"
             )

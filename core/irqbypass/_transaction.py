@@ -203,6 +203,7 @@ class Transaction:
         try:
             self.builder.build_file(file)
             self.open(list(self.ledger.by_name.values()), progress)
+            deliver_deferred_signals()  # one that waited as open() returned
         except BaseException as exc:
             undo_errors, interrupt = self.teardown()
             undone = "nothing was applied: every endpoint opened was closed again"
@@ -217,55 +218,51 @@ class Transaction:
         self.ledger.clear()
         return result
 
+    @signal_safe
     def open(
         self, placed: Sequence[Placed], progress: Callable[[int, int], object] | None = None
     ) -> None:
-        """Open and register ``placed``, unit by unit; ``progress(done, total)``
-        after each (in endpoints)."""
+        """Open and register ``placed``, unit by unit, recording each step the
+        moment it is done; ``progress(done, total)`` after each unit (in
+        endpoints). Signal-safe: the calls into plugins, the manager and
+        ``progress`` are each a ``callout`` (a signal there interrupts them, as
+        it should); anywhere else it waits for the end of the unit, where it
+        is delivered (the caller delivers one that lands after the last)."""
         done, total = 0, len(placed)
         for unit in _units(placed):
-            self._open_unit(unit)
+            self.step, self.subject = "open", unit
+            # the plugin's own method is the callout's: a signal raised out of it
+            # interrupted the open, so the unit is not open and the undo does not
+            # close it (one landing once open() returned waits, in callout's frame)
+            first = unit[0].endpoint
+            open_group = type(first).open_group
+            if open_group is None:
+                callout(first.open)
+            else:
+                callout(open_group, [one.endpoint for one in unit])
+            for one in unit:
+                one.opened = True
+            for one in unit:
+                if one.config.bypass:
+                    self.step, self.subject = "register", one
+                    register = getattr(self.manager, f"register_{one.config.side}")
+                    registered = False
+                    try:
+                        callout(register, one.endpoint)
+                        registered = True  # it returned: registered (no lookup needed)
+                    except ConnectError as exc:
+                        veto = exc.__cause__
+                        if not (isinstance(veto, Veto) and veto.unpaired):
+                            raise
+                        # the plugin leaves this pair unpaired: open, on the eventfd path
+                        self.ledger.veto(one.config.token, show_error(veto))
+                    finally:
+                        # a CallbackError means "registered, but a start raised": undo must see it
+                        one.registered = registered or self.manager.is_registered(one.endpoint)  # type: ignore[arg-type]
             deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
             done += len(unit)
             if progress is not None:
-                progress(done, total)
-
-    @signal_safe
-    def _open_unit(self, unit: list[Placed]) -> None:
-        """Open one unit and register its endpoints, recording each step the
-        moment it is done. The calls into plugins and the manager are each a
-        ``callout``: a signal there interrupts them, as it should; anywhere
-        else it waits for :func:`deliver_deferred_signals`."""
-        self.step, self.subject = "open", unit
-        # the plugin's own method is the callout's: a signal raised out of it
-        # interrupted the open, so the unit is not open and the undo does not
-        # close it (one landing once open() returned waits, in callout's frame)
-        first = unit[0].endpoint
-        open_group = type(first).open_group
-        if open_group is None:
-            callout(first.open)
-        else:
-            callout(open_group, [placed.endpoint for placed in unit])
-        for placed in unit:
-            placed.opened = True
-        for placed in unit:
-            if placed.config.bypass:
-                self.step, self.subject = "register", placed
-                endpoint = placed.endpoint
-                register = getattr(self.manager, f"register_{placed.config.side}")
-                registered = False
-                try:
-                    callout(register, endpoint)
-                    registered = True  # it returned: registered (no lookup needed)
-                except ConnectError as exc:
-                    veto = exc.__cause__
-                    if not (isinstance(veto, Veto) and veto.unpaired):
-                        raise
-                    # the plugin leaves this pair unpaired: open, on the eventfd path
-                    self.ledger.veto(placed.config.token, show_error(veto))
-                finally:
-                    # a CallbackError means "registered, but a start raised": undo must see it
-                    placed.registered = registered or self.manager.is_registered(endpoint)  # type: ignore[arg-type]
+                callout(progress, done, total)
 
     def failed(
         self,
