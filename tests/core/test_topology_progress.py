@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import irqbypass
 import pytest
+from irqbypass.cli import main, summary
 from irqbypass.cli import run as run_command
-from irqbypass.cli import summary
 
 
-def config(n: int) -> irqbypass.Config:
-    text = "".join(
+def text(n: int) -> str:
+    return "".join(
         f'[[producers]]\nname = "m{i}"\nkind = "mock"\ntoken = "t{i}"\n'
         "options = { count = 0 }\n"
         f'[[consumers]]\nname = "l{i}"\nkind = "logging"\ntoken = "t{i}"\n'
         for i in range(n)
     )
-    return irqbypass.parse_config(text, file="progress.toml")
+
+
+def config(n: int) -> irqbypass.Config:
+    return irqbypass.parse_config(text(n), file="progress.toml")
 
 
 @pytest.mark.usefixtures("no_fd_leak")
@@ -59,31 +63,41 @@ class Terminal(io.StringIO):
 
 def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears() -> None:
     stream = Terminal()
-    with run_command._StepProgress(stream, "applying") as shown:
-        shown.applying(1, 100)  # within the first tick: nothing yet
-        assert stream.getvalue() == ""
-        shown.last -= 1.0  # as if a tick passed
-        shown.applying(50, 100)
-        assert "applying 50/100" in stream.getvalue()
-        shown.applying(100, 100)  # the last one is drawn at once
+    shown = run_command._StepProgress(stream, "applying")
+    shown.applying(1, 100)  # within the first tick: nothing yet
+    assert stream.getvalue() == ""
+    shown.last -= 1.0  # as if a tick passed
+    shown.applying(50, 100)
+    assert "applying 50/100" in stream.getvalue()
+    shown.applying(100, 100)  # the last one is drawn at once
+    shown.end()
     assert stream.getvalue().endswith("applying 100/100\x1b[K\r\x1b[K")
 
     quiet = Terminal()
-    with run_command._StepProgress(quiet, "tearing down") as shown:
-        shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
+    shown = run_command._StepProgress(quiet, "tearing down")
+    shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
+    shown.end()
     assert quiet.getvalue() == ""
 
-    piped = io.StringIO()
-    with run_command._StepProgress(piped, "tearing down") as shown:
-        shown.last -= 1.0
-        shown.tearing_down(3100)
-    assert piped.getvalue() == "", "nothing when not a terminal"
-
     teardown = Terminal()
-    with run_command._StepProgress(teardown, "tearing down") as shown:
-        shown.last = time.monotonic() - 1.0
-        shown.tearing_down(3100)
+    shown = run_command._StepProgress(teardown, "tearing down")
+    shown.last = time.monotonic() - 1.0
+    shown.tearing_down(3100)
+    shown.end()
     assert "tearing down: 3100 left" in teardown.getvalue()
+
+
+def test_run_shows_no_step_progress_when_stderr_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Apply and teardown draw their progress on a terminal only: on a pipe
+    nothing, even once a tick has passed at every step."""
+    monkeypatch.setattr(run_command, "TICK_SECONDS", -1.0)  # every step is drawn, if any
+    file = tmp_path / "progress.toml"
+    file.write_text(text(3))
+    assert main(["run", str(file), "--duration", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert "applying" not in err and "tearing down" not in err, err
 
 
 def test_the_run_progress_line_totals_every_pair() -> None:

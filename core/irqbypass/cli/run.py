@@ -151,13 +151,16 @@ def _serve(
     what it had done: nothing ran."""
     if args.control:
         live.listen(args.control)
-    applying = _StepProgress(sys.stderr, "applying")
+    applying = _StepProgress(sys.stderr, "applying") if is_tty(sys.stderr) else None
     try:
-        with applying:
-            topology.apply(progress=applying.applying if applying.stream else None)
+        try:
+            topology.apply(progress=None if applying is None else applying.applying)
+        finally:  # the line is cleared before anything else is said
+            if applying is not None:
+                applying.end()
     except KeyboardInterrupt as exc:
         stopped_by: int = getattr(exc, "signum", signal.SIGINT)
-        if not applying.shown:  # a progress line is cleared, ^C echo and all
+        if applying is None or not applying.shown:  # a progress line is cleared, ^C echo and all
             fresh_line(stopped_by)
         print_notes(exc)
         return stopped_by
@@ -166,10 +169,13 @@ def _serve(
             state = "opened, registered" if placed.registered else "opened, not registered"
             _log.info("%s: %s", placed.label, state)
     try:
+        # one reading of the pairs (no count: none is read) serves the table and the wait
+        rows = topology.status(settled=False)
         if not args.json:
-            print_pairs(topology, out, args.every)
+            print_pairs(topology, rows, out, args.every)
         live.ready()
-        _wait(topology, duration, sys.stderr, live)
+        producers = [row.producer for row in rows if row.producer is not None]
+        _wait(topology, producers, duration, sys.stderr, live)
     except KeyboardInterrupt as exc:
         stopped_by = getattr(exc, "signum", signal.SIGINT)
         # the wait's progress line ends its line itself, after the ^C echo
@@ -242,9 +248,15 @@ def _teardown(
     step). The topology finishes its teardown either way, so a second Ctrl-C
     loses neither the summary nor the "torn down" message. ``progress``: show
     ``tearing down: N left`` on a terminal."""
+    shown = None
     try:
-        with _StepProgress(sys.stderr if progress else None, "tearing down") as shown:
-            topology.teardown(progress=shown.tearing_down if shown.stream else None)
+        if progress and is_tty(sys.stderr):
+            shown = _StepProgress(sys.stderr, "tearing down")
+        try:
+            topology.teardown(progress=None if shown is None else shown.tearing_down)
+        finally:  # the line is cleared before anything else is said
+            if shown is not None:
+                shown.end()
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
@@ -265,22 +277,18 @@ def _report_teardown(topology: Topology) -> None:
 @dataclass
 class _StepProgress:
     """``applying 4120/10000`` / ``tearing down: 3100 left`` on a terminal,
-    redrawn at most every TICK_SECONDS and cleared at the end (nothing at all
-    when the stream is not a terminal: the block sees ``stream`` None)."""
+    redrawn at most every TICK_SECONDS and cleared at the end. Made only for a
+    terminal: on a pipe apply and teardown get no progress callback at all."""
 
-    stream: TextIO | None
+    stream: TextIO
     what: str
     shown: bool = False
     #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
     last: float = field(default_factory=time.monotonic)
 
-    def __enter__(self) -> _StepProgress:
-        if self.stream is not None and not is_tty(self.stream):
-            self.stream = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.shown and self.stream is not None:
+    def end(self) -> None:
+        """Clear the line, if one was drawn."""
+        if self.shown:
             end_progress(self.stream, keep=False)
 
     def applying(self, done: int, total: int) -> None:
@@ -290,8 +298,6 @@ class _StepProgress:
         self._show(f"{self.what}: {left} left", left == 0)
 
     def _show(self, line: str, last: bool) -> None:
-        if self.stream is None:
-            return
         now = time.monotonic()
         if now - self.last < TICK_SECONDS and not (last and self.shown):
             return
@@ -299,15 +305,20 @@ class _StepProgress:
         draw_progress(line, self.stream)
 
 
-def _wait(topology: Topology, duration: float | None, progress: TextIO, service: Live) -> None:
+def _wait(
+    topology: Topology,
+    producers: list[Placed],
+    duration: float | None,
+    progress: TextIO,
+    service: Live,
+) -> None:
     """Run until ``duration`` passes (None: until a signal), or every producer
-    finished and every interrupt is accounted for (or had SETTLE_SECONDS to be).
-    A topology with no producer has nothing to wait for. With a control socket
-    a reload may bring producers, so only the duration or a signal ends the
-    run, whether it has no producer or its producers have finished. Each tick,
-    ``service`` acts on the signals and the control requests that arrived."""
+    (``producers``: as applied) finished and every interrupt is accounted for
+    (or had SETTLE_SECONDS to be); with none there is nothing to wait for. With
+    a control socket a reload may bring producers, so only the duration or a
+    signal ends the run. Each tick, ``service`` acts on the signals and the
+    control requests that arrived."""
     serving = service.server is not None
-    producers = [p for p in topology.placed if p.config.side == "producer"]
     if not (producers or serving):  # as _waits says
         _log.info("no producer: nothing to wait for")
         return
@@ -316,14 +327,14 @@ def _wait(topology: Topology, duration: float | None, progress: TextIO, service:
     finished_at: float | None = None
     previous: list[tuple[int | None, int | None, int | None]] | None = None
     still_since = 0.0
-    reloads = 0
+    reloads = (0, 0)
     try:
         while True:
             now = time.monotonic()
-            if service.reloads != reloads:  # other producers now
-                reloads = service.reloads
+            if (service.reloads, service.failed_reloads) != reloads:  # other producers now
+                reloads = (service.reloads, service.failed_reloads)
                 producers = [p for p in topology.placed if p.config.side == "producer"]
-            finished = topology.finished and not serving
+            finished = bool(producers) and all(p.finished for p in producers) and not serving
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = snapshot(topology, settled=False) if live or finished else []
             if live:

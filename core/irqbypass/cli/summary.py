@@ -32,15 +32,17 @@ def progress_line(rows: list[PairStatus], elapsed: float, finished: int, produce
     )
 
 
-def print_pairs(topology: Topology, out: TextIO, every: bool | None = True) -> None:
-    """The applied table: every pair, or (``every`` false) its totals and the
-    pairs not as the file asked (vetoed, one-ended, skipped); None: every pair
-    of a table of at most TABLE_ROWS."""
+def print_pairs(
+    topology: Topology, status: list[PairStatus], out: TextIO, every: bool | None = True
+) -> None:
+    """The applied table of ``topology``'s ``status`` (read with no count):
+    every pair, or (``every`` false) its totals and the pairs not as the file
+    asked (vetoed, one-ended, skipped); None: every pair of a table of at most
+    TABLE_ROWS."""
     rows: list[tuple[tuple[str, ...], bool]] = []
     vetoed = dict(topology.vetoed)
     paired = 0
-    # no count is read here: whether every producer finished need not be asked
-    for row in topology.status(settled=False):
+    for row in status:
         paired += row.paired
         state = "paired (bypass)" if row.paired else "unpaired (eventfd only)"
         if row.token in vetoed:
