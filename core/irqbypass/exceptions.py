@@ -9,24 +9,19 @@ registered twice, a pairing that failed (nothing registered) from a callback tha
 failed once the operation completed, a kind no plugin provides from one two
 plugins claim. The tree, with each one's errno, is on docs/api.md ("Errors").
 
-Every name is imported on first use, as :mod:`irqbypass`'s are.
+The errors are defined where the core raises them, and a program that catches
+one has that module loaded already: so this module imports them when it is
+imported (errno and typing, nothing of the command line's), not on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from . import _exports
-
-if TYPE_CHECKING:
-    from ._errors import (
-        AlreadyRegisteredError,
-        CallbackError,
-        ConnectError,
-        KindConflictError,
-        TokenInUseError,
-        UnknownKindError,
-    )
+from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
+from ._errors import CallbackError as CallbackError
+from ._errors import ConnectError as ConnectError
+from ._errors import KindConflictError as KindConflictError
+from ._errors import TokenInUseError as TokenInUseError
+from ._errors import UnknownKindError as UnknownKindError
 
 __all__ = [
     "AlreadyRegisteredError",
@@ -39,4 +34,3 @@ __all__ = [
 
 #: every name comes from the one implementation module
 _MODULES: dict[str, tuple[str, ...]] = {"_errors": tuple(__all__)}
-__getattr__, __dir__ = _exports(__name__, _MODULES, globals())

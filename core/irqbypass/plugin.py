@@ -23,19 +23,40 @@ from typing import TYPE_CHECKING
 
 from . import _exports
 
-if TYPE_CHECKING:
-    from ._device import QUIESCE_MODES, DeviceInterrupt, DeviceProducer
-    from ._devicegroup import DeviceCalls, DeviceGroup
-    from ._eventfd import HoldingEventfd
-    from ._hookspecs import HookRelay, hookimpl, hookspec
-    from ._kinds import Availability, EndpointSpec, Factory, Kind, KindRegistrar, KindRegistry, Side
-    from ._loop import EventLoop, LoopFault, LoopHandle
-    from ._options import Options, Settings, show_value
-    from ._optiontable import Option, build_from_options
-    from ._plugins import PluginInfo
-    from ._signals import calls_partner, holding, uninterrupted, waits_on_peer
-    from ._templates import Alias, DeviceArgs, Service
-    from ._vhost import VhostVirtqueue
+if TYPE_CHECKING:  # the names of _MODULES, as type checkers read them
+    from ._device import QUIESCE_MODES as QUIESCE_MODES
+    from ._device import DeviceInterrupt as DeviceInterrupt
+    from ._device import DeviceProducer as DeviceProducer
+    from ._devicegroup import DeviceCalls as DeviceCalls
+    from ._devicegroup import DeviceGroup as DeviceGroup
+    from ._eventfd import HoldingEventfd as HoldingEventfd
+    from ._hookspecs import HookRelay as HookRelay
+    from ._hookspecs import hookimpl as hookimpl
+    from ._hookspecs import hookspec as hookspec
+    from ._kinds import Availability as Availability
+    from ._kinds import EndpointSpec as EndpointSpec
+    from ._kinds import Factory as Factory
+    from ._kinds import Kind as Kind
+    from ._kinds import KindRegistrar as KindRegistrar
+    from ._kinds import KindRegistry as KindRegistry
+    from ._kinds import Side as Side
+    from ._loop import EventLoop as EventLoop
+    from ._loop import LoopFault as LoopFault
+    from ._loop import LoopHandle as LoopHandle
+    from ._options import Options as Options
+    from ._options import Settings as Settings
+    from ._options import show_value as show_value
+    from ._optiontable import Option as Option
+    from ._optiontable import build_from_options as build_from_options
+    from ._plugins import PluginInfo as PluginInfo
+    from ._signals import calls_partner as calls_partner
+    from ._signals import holding as holding
+    from ._signals import uninterrupted as uninterrupted
+    from ._signals import waits_on_peer as waits_on_peer
+    from ._templates import Alias as Alias
+    from ._templates import DeviceArgs as DeviceArgs
+    from ._templates import Service as Service
+    from ._vhost import VhostVirtqueue as VhostVirtqueue
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -60,41 +81,5 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "_templates": ("Alias", "DeviceArgs", "Service"),
     "_vhost": ("VhostVirtqueue",),
 }
+__all__ = [name for names in _MODULES.values() for name in names]
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
-
-
-__all__ = [
-    "QUIESCE_MODES",
-    "Alias",
-    "Availability",
-    "DeviceArgs",
-    "DeviceCalls",
-    "DeviceGroup",
-    "DeviceInterrupt",
-    "DeviceProducer",
-    "EndpointSpec",
-    "EventLoop",
-    "Factory",
-    "HoldingEventfd",
-    "HookRelay",
-    "Kind",
-    "KindRegistrar",
-    "KindRegistry",
-    "LoopFault",
-    "LoopHandle",
-    "Option",
-    "Options",
-    "PluginInfo",
-    "Service",
-    "Settings",
-    "Side",
-    "VhostVirtqueue",
-    "build_from_options",
-    "calls_partner",
-    "holding",
-    "hookimpl",
-    "hookspec",
-    "show_value",
-    "uninterrupted",
-    "waits_on_peer",
-]

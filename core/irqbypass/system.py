@@ -17,16 +17,19 @@ from typing import TYPE_CHECKING
 
 from . import _exports
 
-if TYPE_CHECKING:
-    from ._paths import (
-        UnsafePathError,
-        check_owner,
-        open_directory,
-        open_file,
-        split_path,
-        trusted_uids,
-    )
-    from ._seam import IOC_NONE, IOC_READ, IOC_WRITE, RealSeam, Seam, ioctl_number
+if TYPE_CHECKING:  # the names of _MODULES, as type checkers read them
+    from ._paths import UnsafePathError as UnsafePathError
+    from ._paths import check_owner as check_owner
+    from ._paths import open_directory as open_directory
+    from ._paths import open_file as open_file
+    from ._paths import split_path as split_path
+    from ._paths import trusted_uids as trusted_uids
+    from ._seam import IOC_NONE as IOC_NONE
+    from ._seam import IOC_READ as IOC_READ
+    from ._seam import IOC_WRITE as IOC_WRITE
+    from ._seam import RealSeam as RealSeam
+    from ._seam import Seam as Seam
+    from ._seam import ioctl_number as ioctl_number
 
 #: each implementation module and the names this tier takes from it
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -40,20 +43,5 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "_seam": ("IOC_NONE", "IOC_READ", "IOC_WRITE", "RealSeam", "Seam", "ioctl_number"),
 }
+__all__ = [name for names in _MODULES.values() for name in names]
 __getattr__, __dir__ = _exports(__name__, _MODULES, globals())
-
-
-__all__ = [
-    "IOC_NONE",
-    "IOC_READ",
-    "IOC_WRITE",
-    "RealSeam",
-    "Seam",
-    "UnsafePathError",
-    "check_owner",
-    "ioctl_number",
-    "open_directory",
-    "open_file",
-    "split_path",
-    "trusted_uids",
-]
