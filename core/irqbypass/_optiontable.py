@@ -1,12 +1,12 @@
 """A kind whose options are its constructor's keywords, declared once as a
-table of :class:`Option` and read by one function (:func:`build_from_options`),
+table of :class:`Option` and read by its factory (:class:`KeywordFactory`),
 instead of a ``from_spec`` per kind that reads them one by one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
     from ._endpoints import Endpoint
@@ -29,22 +29,29 @@ class Option:
     choices: Sequence[str] | None = None
 
 
-def build_from_options(
-    cls: Callable[..., _E], spec: EndpointSpec, options: Mapping[str, Option]
-) -> _E:
-    """``cls(token=spec.token, name=spec.name, **read)`` (a producer gets
-    ``irq=spec.irq or 0`` too), each key of ``options`` read as its
-    :class:`Option` says, in that order; then a key of the entry that
-    ``options`` does not declare is refused, with the closest valid name
-    (:meth:`~irqbypass.plugin.Options.finish`). A kind's ``from_spec`` in one line."""
-    opts = spec.options_reader()
-    keywords: dict[str, Any] = {"token": spec.token, "name": spec.name}
-    if spec.side == "producer":
-        keywords["irq"] = spec.irq or 0
-    for key, option in options.items():
-        keywords[key] = opts._value(
-            key, option.kind, option.default, False, option.min, option.max, option.choices
-        )
-    endpoint = cls(**keywords)
-    opts.finish()
-    return endpoint
+@dataclass(frozen=True)
+class KeywordFactory(Generic[_E]):
+    """A kind's factory (``register.producer(name, KeywordFactory(cls, options))``)
+    for an endpoint whose options are its constructor's keywords: the table
+    it is given is what it reads, no ``from_spec`` of the kind's own."""
+
+    endpoint: Callable[..., _E]
+    options: Mapping[str, Option]
+
+    def __call__(self, spec: EndpointSpec) -> _E:
+        """``endpoint(token=spec.token, name=spec.name, **read)`` (a producer
+        gets ``irq=spec.irq or 0`` too), each key of ``options`` read as its
+        :class:`Option` says, in that order; then a key of the entry that
+        ``options`` does not declare is refused, with the closest valid name
+        (:meth:`~irqbypass.plugin.Options.finish`)."""
+        opts = spec.options_reader()
+        keywords: dict[str, Any] = {"token": spec.token, "name": spec.name}
+        if spec.side == "producer":
+            keywords["irq"] = spec.irq or 0
+        for key, option in self.options.items():
+            keywords[key] = opts._value(
+                key, option.kind, option.default, False, option.min, option.max, option.choices
+            )
+        endpoint = self.endpoint(**keywords)
+        opts.finish()
+        return endpoint

@@ -46,8 +46,8 @@ if TYPE_CHECKING:  # the names of _MODULES, as type checkers read them
     from ._options import Options as Options
     from ._options import Settings as Settings
     from ._options import show_value as show_value
+    from ._optiontable import KeywordFactory as KeywordFactory
     from ._optiontable import Option as Option
-    from ._optiontable import build_from_options as build_from_options
     from ._plugins import PluginInfo as PluginInfo
     from ._signals import calls_partner as calls_partner
     from ._signals import holding as holding
@@ -75,7 +75,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "_loop": ("EventLoop", "LoopFault", "LoopHandle"),
     "_options": ("Options", "Settings", "show_value"),
-    "_optiontable": ("Option", "build_from_options"),
+    "_optiontable": ("KeywordFactory", "Option"),
     "_plugins": ("PluginInfo",),
     "_signals": ("calls_partner", "holding", "uninterrupted", "waits_on_peer"),
     "_templates": ("Alias", "DeviceArgs", "Service"),

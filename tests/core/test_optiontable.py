@@ -1,4 +1,4 @@
-"""irqbypass.plugin.build_from_options: a kind whose options are its
+"""irqbypass.plugin.KeywordFactory: a kind whose options are its
 constructor's keywords, built from a declared table of Option."""
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ def spec(side: str = "producer", irq: int | None = None, **options: object) -> A
 
 
 def test_defaults_and_given_values_become_the_keywords() -> None:
-    made = irqbypass.plugin.build_from_options(Made, spec(rate=2, mode="slow"), OPTIONS)
+    made = irqbypass.plugin.KeywordFactory(Made, OPTIONS)(spec(rate=2, mode="slow"))
     assert made.given == {
         "token": "t", "name": "e", "irq": 0, "rate": 2.0, "count": 3, "mode": "slow",
         "loud": False, "path": None,
     }  # fmt: skip
     assert isinstance(made.given["rate"], float), "a float option is a float, as get_float"
-    assert irqbypass.plugin.build_from_options(Made, spec(irq=7), OPTIONS).irq == 7
+    assert irqbypass.plugin.KeywordFactory(Made, OPTIONS)(spec(irq=7)).irq == 7
 
 
 def test_a_consumer_gets_no_irq() -> None:
-    sink = irqbypass.plugin.build_from_options(Sink, spec("consumer", loud=True), OPTIONS)
+    sink = irqbypass.plugin.KeywordFactory(Sink, OPTIONS)(spec("consumer", loud=True))
     assert "irq" not in sink.given and sink.given["loud"] is True
 
 
@@ -70,10 +70,10 @@ def test_a_consumer_gets_no_irq() -> None:
 )
 def test_a_wrong_option_names_its_file_and_key(options: dict[str, object], problem: str) -> None:
     with pytest.raises(irqbypass.ConfigError, match=rf"f\.toml: producers\[0\]\.{problem}"):
-        irqbypass.plugin.build_from_options(Made, spec(**options), OPTIONS)
+        irqbypass.plugin.KeywordFactory(Made, OPTIONS)(spec(**options))
 
 
 def test_options_are_read_in_the_declared_order() -> None:
     """Two wrong values: the first declared is the one told."""
     with pytest.raises(irqbypass.ConfigError, match=r"options\.rate"):
-        irqbypass.plugin.build_from_options(Made, spec(count=0, rate=-1.0), OPTIONS)
+        irqbypass.plugin.KeywordFactory(Made, OPTIONS)(spec(count=0, rate=-1.0))

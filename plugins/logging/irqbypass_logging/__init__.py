@@ -118,10 +118,6 @@ class LoggingConsumer(irqbypass.Consumer):
         self._json_error: OSError | None = None
         self._token_closed = False
 
-    @classmethod
-    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> LoggingConsumer:
-        return irqbypass.plugin.build_from_options(cls, spec, OPTIONS)
-
     @property
     def log(self) -> logging.Logger:
         """The consumer's logger, ``irqbypass.logging.<name>``, made on first use:
@@ -331,4 +327,4 @@ class LoggingConsumer(irqbypass.Consumer):
 
 @irqbypass.plugin.hookimpl
 def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
-    register.consumer("logging", LoggingConsumer.from_spec)
+    register.consumer("logging", irqbypass.plugin.KeywordFactory(LoggingConsumer, OPTIONS))

@@ -98,10 +98,6 @@ class MockProducer(irqbypass.Producer):
         self._token_lost = 0
         self._gave_up = False
 
-    @classmethod
-    def from_spec(cls, spec: irqbypass.plugin.EndpointSpec) -> MockProducer:
-        return irqbypass.plugin.build_from_options(cls, spec, OPTIONS)
-
     # -- the device side ---------------------------------------------------
 
     @property
@@ -259,4 +255,4 @@ class MockProducer(irqbypass.Producer):
 
 @irqbypass.plugin.hookimpl
 def irqbypass_register_kinds(register: irqbypass.plugin.KindRegistrar) -> None:
-    register.producer("mock", MockProducer.from_spec)
+    register.producer("mock", irqbypass.plugin.KeywordFactory(MockProducer, OPTIONS))

@@ -14,7 +14,7 @@ import irqbypass
 import irqbypass.plugin
 import irqbypass.system
 import pytest
-from irqbypass_logging import LoggingConsumer
+from irqbypass_logging import LoggingConsumer, irqbypass_register_kinds
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -65,8 +65,10 @@ def test_bad_level_refused() -> None:
     spec = irqbypass.plugin.EndpointSpec(
         name="l", kind="logging", side="consumer", token="x", options={"level": "LOUD"}
     )
+    registry = irqbypass.plugin.KindRegistry()
+    irqbypass_register_kinds(irqbypass.plugin.KindRegistrar("irqbypass-logging", registry))
     with pytest.raises(irqbypass.ConfigError, match="is not one of"):
-        LoggingConsumer.from_spec(spec)
+        registry.get("consumer", "logging").factory(spec)
 
 
 def test_json_file_symlink_is_refused(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import time
 import irqbypass
 import irqbypass.plugin
 import pytest
-from irqbypass_mock import MockProducer
+from irqbypass_mock import MockProducer, irqbypass_register_kinds
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -131,19 +131,23 @@ def test_direct_path_replaces_the_eventfd() -> None:
         assert mock.stats() == {"fired": 9, "direct": 7, "eventfd": 2, "pending": 0}
 
 
-def test_from_spec_validates_options() -> None:
+def test_the_kind_s_factory_validates_options() -> None:
     def spec(**options: object) -> irqbypass.plugin.EndpointSpec:
         return irqbypass.plugin.EndpointSpec(
             name="m", kind="mock", side="producer", token="t", options=options,
             key_path="producers[0]", file="f.toml",
         )  # fmt: skip
 
-    mock = MockProducer.from_spec(spec(rate=5.0, count=-1, burst=2, delay=0.5))
+    registry = irqbypass.plugin.KindRegistry()
+    irqbypass_register_kinds(irqbypass.plugin.KindRegistrar("irqbypass-mock", registry))
+    from_spec = registry.get("producer", "mock").factory
+    mock = from_spec(spec(rate=5.0, count=-1, burst=2, delay=0.5))
+    assert isinstance(mock, MockProducer)
     assert (mock.rate, mock.count, mock.burst, mock.delay) == (5.0, -1, 2, 0.5)
     with pytest.raises(irqbypass.ConfigError, match=r"f.toml: producers\[0\].options.count"):
-        MockProducer.from_spec(spec(count=-2))
+        from_spec(spec(count=-2))
     with pytest.raises(irqbypass.ConfigError, match="did you mean 'burst'"):
-        MockProducer.from_spec(spec(brust=3))
+        from_spec(spec(brust=3))
     with pytest.raises(irqbypass.InvalidEndpointError):
         MockProducer(token="t", burst=0)
 
