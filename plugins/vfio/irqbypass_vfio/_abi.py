@@ -65,36 +65,35 @@ VFIO_PCI_NUM_IRQS = 5
 
 u32, s32, u64 = ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
 
+#: how every VFIO ioctl's argument begins: its size as the caller made it (the
+#: kernel checks it against its ``minsz``, and a later kernel's longer struct
+#: against it) and its flags
+_ARGSZ_FLAGS = (("argsz", u32), ("flags", u32))
+
 
 class vfio_group_status(ctypes.Structure):
-    _fields_ = [("argsz", u32), ("flags", u32)]
+    _fields_ = _ARGSZ_FLAGS
 
 
 class vfio_device_info(ctypes.Structure):
-    _fields_ = [
-        ("argsz", u32),
-        ("flags", u32),
-        ("num_regions", u32),
-        ("num_irqs", u32),
-        ("cap_offset", u32),
-    ]
+    _fields_ = [*_ARGSZ_FLAGS, ("num_regions", u32), ("num_irqs", u32), ("cap_offset", u32)]
 
 
 class vfio_irq_info(ctypes.Structure):
-    _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("count", u32)]
+    _fields_ = [*_ARGSZ_FLAGS, ("index", u32), ("count", u32)]
 
 
 class vfio_irq_set(ctypes.Structure):
     """The header; ``count`` data items (s32 eventfds, u8 bools) follow it."""
 
-    _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("start", u32), ("count", u32)]
+    _fields_ = [*_ARGSZ_FLAGS, ("index", u32), ("start", u32), ("count", u32)]
 
 
 class vfio_device_bind_iommufd(ctypes.Structure):
     """The 6.6 layout; later kernels append ``token_uuid_ptr`` behind a flag,
     and accept this shorter ``argsz`` (their ``minsz`` ends at ``out_devid``)."""
 
-    _fields_ = [("argsz", u32), ("flags", u32), ("iommufd", s32), ("out_devid", u32)]
+    _fields_ = [*_ARGSZ_FLAGS, ("iommufd", s32), ("out_devid", u32)]
 
 
 def irq_set(flags: int, index: int, start: int, count: int, data: bytes = b"") -> bytearray:
