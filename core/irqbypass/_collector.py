@@ -15,15 +15,17 @@ paused are still counted, and the first collection after is as usual.
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def without_collection(call: Callable[..., _T], *args: Any) -> _T:
-    """``call(*args)`` with the cyclic collector off, as the caller had it after.
+def without_collection(call: _F) -> _F:
+    """``call``, run with the cyclic collector off, as the caller had it after
+    (a decorator: what runs so is marked where it is defined).
 
     Signal-safe without the guard of :mod:`irqbypass.signalsafe`: CPython runs a
     signal handler only after a C call such as ``gc.disable()`` returns (or in
@@ -32,10 +34,15 @@ def without_collection(call: Callable[..., _T], *args: Any) -> _T:
     ``gc.enable()`` without running Python code first. Nested and concurrent
     calls compose: only a call that found the collector on turns it back on.
     """
-    enabled = gc.isenabled()
-    try:
-        gc.disable()
-        return call(*args)
-    finally:
-        if enabled:
-            gc.enable()
+
+    @functools.wraps(call)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        try:
+            gc.disable()
+            return call(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return cast("_F", paused)

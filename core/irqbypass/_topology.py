@@ -43,7 +43,7 @@ from ._options import show_value
 from ._plan import Changes as Changes
 from ._plan import differences as differences
 from ._plugins import PluginHost
-from ._signals import delivering_deferred_signals, signal_safe
+from ._signals import deliver_deferred_signals, delivering_deferred_signals, signal_safe
 from ._status import PairStatus
 from ._tokens import CheckTokens, TokenTable
 from ._transaction import Transaction, deliver
@@ -139,6 +139,7 @@ class Topology:
 
     # -- applying ----------------------------------------------------------
 
+    @without_collection
     def apply(self, progress: Callable[[int, int], object] | None = None) -> None:
         """Open and register every endpoint, or undo it all and raise.
 
@@ -151,23 +152,24 @@ class Topology:
         The cyclic garbage collector is paused meanwhile, and put back as the
         caller had it on every path: the objects made are all long-lived (a
         full collection would walk them all and free nothing)."""
+        file = self.config.file
         if self._checking:
-            raise TopologyError(
-                f"{self.config.file} was built with check_only; build a new Topology to apply"
-            )
+            raise TopologyError(f"{file} was built with check_only; build a new Topology to apply")
         if self._ledger.by_name and self._ledger.applied:  # nothing placed: nothing open
-            raise TopologyError(
-                f"{self.config.file} is already applied; call teardown() before applying again"
-            )
+            raise TopologyError(f"{file} is already applied; call teardown() before applying again")
         doing = Transaction(
-            self._ledger,
-            self._builder,
-            self.manager,
-            f"applying {self.config.file}",
-            repr(self.config.file),
+            self._ledger, self._builder, self.manager, f"applying {file}", repr(file)
         )
-        without_collection(doing.apply, self.config, progress)
+        try:
+            self._builder.build_file(self.config)  # nothing if built
+            doing.open(list(self._ledger.by_name.values()), progress)
+            deliver_deferred_signals()  # a Ctrl-C that waited as open() returned
+        except BaseException as exc:
+            errors, interrupt = doing.teardown()
+            undone = "nothing was applied: every endpoint opened was closed again"
+            raise doing.failed(exc, errors, interrupt, undone)  # noqa: B904 (its cause is set)
 
+    @without_collection
     def teardown(self, progress: Callable[[int], object] | None = None) -> None:
         """Unregister and close everything, in reverse. Every step is attempted
         and, once begun, teardown finishes: a Ctrl-C or SIGTERM during it waits
@@ -178,8 +180,8 @@ class Topology:
         endpoint (or group) with how many endpoints are left; an exception it
         raises is ignored (teardown finishes). The cyclic garbage collector is
         paused meanwhile, as in :meth:`apply`."""
-        errors, interrupt = without_collection(
-            Transaction(self._ledger, self._builder, self.manager).teardown, progress
+        errors, interrupt = Transaction(self._ledger, self._builder, self.manager).teardown(
+            progress
         )
         interrupt = deliver(interrupt)
         if interrupt is not None:

@@ -197,18 +197,6 @@ class Transaction:
         what = subject[0].label if len(subject) == 1 else _group_label(subject)
         return self.step, what, subject[0].plugin
 
-    def apply(self, file: Config, progress: Callable[[int, int], object] | None) -> None:
-        """Build ``file``'s endpoints (unless built), then open and register
-        them all, or undo it all and raise; ``progress`` as for :meth:`open`."""
-        try:
-            self.builder.build_file(file)
-            self.open(list(self.ledger.by_name.values()), progress)
-            deliver_deferred_signals()  # one that waited as open() returned
-        except BaseException as exc:
-            undo_errors, interrupt = self.teardown()
-            undone = "nothing was applied: every endpoint opened was closed again"
-            raise self.failed(exc, undo_errors, interrupt, undone)  # noqa: B904 (its cause is set)
-
     def teardown(
         self, progress: Callable[[int], object] | None = None
     ) -> tuple[list[str], BaseException | None]:

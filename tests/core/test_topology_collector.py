@@ -95,11 +95,12 @@ def test_an_interrupted_teardown_restores_the_collector(
 def test_nested_pauses_restore_only_at_the_outermost(collector: bool) -> None:
     seen: list[bool] = []
 
+    @without_collection
     def inner() -> None:
         seen.append(gc.isenabled())
-        without_collection(seen.append, gc.isenabled())
+        without_collection(seen.append)(gc.isenabled())
         seen.append(gc.isenabled())
 
-    without_collection(inner)
+    inner()
     assert seen == [False, False, False]
     assert gc.isenabled() is collector
