@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -61,29 +62,42 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears() -> None:
+def test_step_progress_draws_on_a_terminal_only_after_a_tick_and_clears(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stream = Terminal()
-    shown = run_command._StepProgress(stream, "applying")
-    shown.applying(1, 100)  # within the first tick: nothing yet
-    assert stream.getvalue() == ""
-    shown.last -= 1.0  # as if a tick passed
-    shown.applying(50, 100)
-    assert "applying 50/100" in stream.getvalue()
-    shown.applying(100, 100)  # the last one is drawn at once
-    shown.end()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with run_command._step_progress("applying") as shown:
+        assert shown is not None
+        shown.applying(1, 100)  # within the first tick: nothing yet
+        assert stream.getvalue() == ""
+        shown.last -= 1.0  # as if a tick passed
+        shown.applying(50, 100)
+        assert "applying 50/100" in stream.getvalue()
+        shown.applying(100, 100)  # the last one is drawn at once
     assert stream.getvalue().endswith("applying 100/100\x1b[K\r\x1b[K")
 
     quiet = Terminal()
-    shown = run_command._StepProgress(quiet, "tearing down")
-    shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
-    shown.end()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    with run_command._step_progress("tearing down") as shown:
+        assert shown is not None
+        shown.tearing_down(0)  # a teardown quicker than a tick shows nothing
     assert quiet.getvalue() == ""
 
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    with run_command._step_progress("tearing down") as shown:
+        assert shown is None, "nothing when not a terminal"
+    assert piped.getvalue() == ""
+
     teardown = Terminal()
-    shown = run_command._StepProgress(teardown, "tearing down")
-    shown.last = time.monotonic() - 1.0
-    shown.tearing_down(3100)
-    shown.end()
+    monkeypatch.setattr(sys, "stderr", teardown)
+    with run_command._step_progress("tearing down", wanted=False) as shown:
+        assert shown is None, "nothing when not wanted"
+    with run_command._step_progress("tearing down") as shown:
+        assert shown is not None
+        shown.last = time.monotonic() - 1.0
+        shown.tearing_down(3100)
     assert "tearing down: 3100 left" in teardown.getvalue()
 
 

@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -151,13 +153,10 @@ def _serve(
     what it had done: nothing ran."""
     if args.control:
         live.listen(args.control)
-    applying = _StepProgress(sys.stderr, "applying") if is_tty(sys.stderr) else None
+    applying: _StepProgress | None = None  # the progress, once made
     try:
-        try:
+        with _step_progress("applying") as applying:
             topology.apply(progress=None if applying is None else applying.applying)
-        finally:  # the line is cleared before anything else is said
-            if applying is not None:
-                applying.end()
     except KeyboardInterrupt as exc:
         stopped_by: int = getattr(exc, "signum", signal.SIGINT)
         if applying is None or not applying.shown:  # a progress line is cleared, ^C echo and all
@@ -248,15 +247,9 @@ def _teardown(
     step). The topology finishes its teardown either way, so a second Ctrl-C
     loses neither the summary nor the "torn down" message. ``progress``: show
     ``tearing down: N left`` on a terminal."""
-    shown = None
     try:
-        if progress and is_tty(sys.stderr):
-            shown = _StepProgress(sys.stderr, "tearing down")
-        try:
+        with _step_progress("tearing down", progress) as shown:
             topology.teardown(progress=None if shown is None else shown.tearing_down)
-        finally:  # the line is cleared before anything else is said
-            if shown is not None:
-                shown.end()
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
@@ -274,22 +267,32 @@ def _report_teardown(topology: Topology) -> None:
         print_error(str(error))
 
 
+@contextmanager
+def _step_progress(what: str, wanted: bool = True) -> Iterator[_StepProgress | None]:
+    """On a terminal (and if ``wanted``), the progress of the block's step,
+    its line cleared at the end; None on a pipe: apply and teardown then get
+    no progress callback at all."""
+    if not (wanted and is_tty(sys.stderr)):
+        yield None
+        return
+    progress = _StepProgress(sys.stderr, what)
+    try:
+        yield progress
+    finally:
+        if progress.shown:
+            end_progress(progress.stream, keep=False)
+
+
 @dataclass
 class _StepProgress:
     """``applying 4120/10000`` / ``tearing down: 3100 left`` on a terminal,
-    redrawn at most every TICK_SECONDS and cleared at the end. Made only for a
-    terminal: on a pipe apply and teardown get no progress callback at all."""
+    redrawn at most every TICK_SECONDS (see :func:`_step_progress`)."""
 
     stream: TextIO
     what: str
     shown: bool = False
     #: nothing is drawn in the first TICK_SECONDS: a small topology shows none
     last: float = field(default_factory=time.monotonic)
-
-    def end(self) -> None:
-        """Clear the line, if one was drawn."""
-        if self.shown:
-            end_progress(self.stream, keep=False)
 
     def applying(self, done: int, total: int) -> None:
         self._show(f"{self.what} {done}/{total}", done == total)
