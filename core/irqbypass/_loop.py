@@ -321,7 +321,8 @@ class _Watchdog:
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        """The watchdog's thread: checks a few times per threshold.
+        """The watchdog's thread: a few times per threshold, names the running
+        callback if it has run too long (once).
 
         It waits on an Event (closing wakes it at once), not time.sleep (which
         a test may patch). A check that raises is logged once and the
@@ -339,26 +340,23 @@ class _Watchdog:
                           show_exception(exc))  # fmt: skip
                 return
             try:
-                self.check()
+                with self.lock:  # the check: is the running callback late, unnamed?
+                    handle, since = self.current, self.since
+                    late = (
+                        handle is not None
+                        and not self.reported
+                        and time.monotonic() - since >= self.seconds
+                    )
+                    if late:
+                        self.reported = True
+                if late and handle is not None:
+                    elapsed = time.monotonic() - since
+                    self.faults.blocked(handle, elapsed, returned=False, reported=False)
             except Exception as exc:
                 if not failed:
                     failed = True
                     log.error("irqbypass loop: a watchdog check raised %s; it goes on "
                               "(told once)", show_exception(exc))  # fmt: skip
-
-    def check(self) -> None:
-        """Name the running callback if it has run too long (once)."""
-        with self.lock:
-            handle, since = self.current, self.since
-            report = (
-                handle is not None
-                and not self.reported
-                and time.monotonic() - since >= self.seconds
-            )
-            if report:
-                self.reported = True
-        if report and handle is not None:
-            self.faults.blocked(handle, time.monotonic() - since, returned=False, reported=False)
 
 
 class _Asyncio:
