@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -180,3 +181,27 @@ def test_without_its_logger_a_consumer_logs_as_that_logger_would(
             parent.disabled = was
     logged = [r.getMessage() for r in caplog.records if r.name.endswith("cache-check")]
     assert logged == ["cache-check interrupt count=2"]
+
+
+def test_close_counts_what_the_loop_has_not_read_yet() -> None:
+    """close() takes what the eventfd still holds: with the loop busy in
+    another callback, the reader never ran, and nothing is lost."""
+    busy, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        busy.set()
+        release.wait(60)
+
+    with irqbypass.Eventfd() as token:
+        consumer = LoggingConsumer(token=token, name="late")
+        consumer.open()
+        blocker = irqbypass.event_loop().call_later(0.0, block, owner="busy endpoint")
+        try:
+            assert busy.wait(60), "the loop runs the blocking callback"
+            token.write(5)
+            consumer.close()
+            assert consumer.stats()["delivered"] == 5
+            assert consumer.events[-2:] == ["interrupt", "close"]
+        finally:
+            release.set()
+            blocker.cancel()
