@@ -393,7 +393,7 @@ class _Asyncio:
 
     def turn(self) -> None:
         """One turn: run what is ready, then set asyncio's timer for the next
-        due timer of ours (at most a minute away: the wait is cut, not the timer)."""
+        due timer of ours."""
         loop = self._loop
         if loop._asyncio is not self or loop.closed:
             return
@@ -401,9 +401,7 @@ class _Asyncio:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        with loop._lock:
-            timers = loop._timers
-            delay = min(_MAX_WAIT, max(0.0, timers[0][0] - time.monotonic())) if timers else None
+        delay = loop._next_wait()
         if delay is not None:
             self._timer = self.host.call_later(delay, self.turn)
 
@@ -558,53 +556,53 @@ class EventLoop:
         with self._lock:
             if self._thread is not None or self._asyncio is not None or self._closed:
                 return
-            self._thread = _start_thread(self._run, f"{self.name}", None)
+            self._thread = _start_thread(self._run_thread, f"{self.name}")
             self._watchdog_thread = _start_thread(self._watchdog.run, f"{self.name}-watchdog")
 
     def run_once(self, timeout: float = 0.0) -> None:
-        """Wait up to ``timeout`` seconds for readers, then run what is ready
-        and every timer that is due (asyncio does, once attached; not for use
-        alongside the loop's own thread)."""
-        self._run(timeout)
-
-    def _run(self, timeout: float | None) -> None:
-        """One turn; or (None: the loop's own thread) turns until closed, each
-        waiting for a reader or the next timer (a minute at most: the wait is cut)."""
+        """Wait up to ``timeout`` seconds for readers, then run what is ready and every due timer
+        (asyncio does, once attached; not beside the loop's own thread); closed, it does nothing."""
         self._loop_thread = threading.get_ident()
-        while not self._closed:
-            wait = timeout
-            if wait is None:
-                with self._lock:
-                    due = self._timers[0][0] if self._timers else math.inf
-                wait = min(_MAX_WAIT, max(0.0, due - time.monotonic()))
-            try:
-                ready = self._epoll.poll(wait)
-            except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.EINVAL) and self._closed:
-                    return
-                raise
-            for fd, _mask in ready:
-                if fd == self._wakeup:  # it only cut the wait short
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wakeup, 8)
-                    continue
-                reader = self._readers.get(fd)
-                if reader is not None:
-                    self._call(reader)
-            now = time.monotonic()
-            due_timers: list[LoopHandle] = []
-            with self._lock:
-                while self._timers and self._timers[0][0] <= now:
-                    timer = heapq.heappop(self._timers)[2]
-                    if timer.state == "active":
-                        due_timers.append(timer)
-                    else:
-                        self._timers_cancelled = max(0, self._timers_cancelled - 1)
-            for timer in due_timers:
-                if timer.state == "active":
-                    self._call(timer, timer=True)
-            if timeout is not None:
+        if self._closed:
+            return
+        try:
+            ready = self._epoll.poll(timeout)
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EINVAL) and self._closed:
                 return
+            raise
+        for fd, _mask in ready:
+            if fd == self._wakeup:  # it only cut the wait short
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup, 8)
+                continue
+            reader = self._readers.get(fd)
+            if reader is not None:
+                self._call(reader)
+        now = time.monotonic()
+        due_timers: list[LoopHandle] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if timer.state == "active":
+                    due_timers.append(timer)
+                else:
+                    self._timers_cancelled = max(0, self._timers_cancelled - 1)
+        for timer in due_timers:
+            if timer.state == "active":
+                self._call(timer, timer=True)
+
+    def _run_thread(self) -> None:
+        """The loop's own thread: turns until closed."""
+        while not self._closed:
+            wait = self._next_wait()
+            self.run_once(_MAX_WAIT if wait is None else wait)
+
+    def _next_wait(self) -> float | None:
+        """Seconds to the earliest timer (at most a minute: the wait is cut), or None: no timer."""
+        with self._lock:
+            due = self._timers[0][0] if self._timers else None
+        return None if due is None else min(_MAX_WAIT, max(0.0, due - time.monotonic()))
 
     def _call(self, handle: LoopHandle, *, timer: bool = False) -> None:
         """Run one callback. A timer's next turn is scheduled (or a one-shot
@@ -743,11 +741,10 @@ def _unwatchable(
     )
 
 
-def _start_thread(target: Callable[..., None], name: str, *args: object) -> threading.Thread:
-    """A daemon thread running ``target(*args)`` with every asynchronous signal
-    blocked, from its first instruction (set in the creator around start):
-    signals go to the main thread."""
-    thread = threading.Thread(target=target, name=name, args=args, daemon=True)
+def _start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with every asynchronous signal blocked, from its first
+    instruction (set in the creator around start): signals go to the main thread."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
     blocked = set(signal.valid_signals()) - _SYNCHRONOUS
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
