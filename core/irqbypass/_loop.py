@@ -340,23 +340,26 @@ class _Watchdog:
                           show_exception(exc))  # fmt: skip
                 return
             try:
-                with self.lock:  # the check: is the running callback late, unnamed?
-                    handle, since = self.current, self.since
-                    late = (
-                        handle is not None
-                        and not self.reported
-                        and time.monotonic() - since >= self.seconds
-                    )
-                    if late:
-                        self.reported = True
-                if late and handle is not None:
-                    elapsed = time.monotonic() - since
-                    self.faults.blocked(handle, elapsed, returned=False, reported=False)
+                self.check()
             except Exception as exc:
                 if not failed:
                     failed = True
                     log.error("irqbypass loop: a watchdog check raised %s; it goes on "
                               "(told once)", show_exception(exc))  # fmt: skip
+
+    def check(self) -> None:
+        """Name the running callback if it has run too long (once)."""
+        with self.lock:
+            handle, since = self.current, self.since
+            late = (
+                handle is not None
+                and not self.reported
+                and time.monotonic() - since >= self.seconds
+            )
+            if late:
+                self.reported = True
+        if late and handle is not None:
+            self.faults.blocked(handle, time.monotonic() - since, returned=False, reported=False)
 
 
 class _Asyncio:

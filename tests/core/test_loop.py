@@ -233,21 +233,15 @@ def test_the_watchdog_survives_a_check_that_raises(
     """A watchdog check that raises is logged once and the watchdog goes on:
     it still names a callback that blocks afterwards."""
     checks: list[int] = []
-    real = loop._watchdog.lock
+    watch_once = loop._watchdog.check
 
-    class Failing:
-        """The watchdog's lock, whose first three checks raise."""
+    def failing() -> None:
+        checks.append(1)
+        if len(checks) <= 3:
+            raise RuntimeError("broken check")
+        watch_once()
 
-        def __enter__(self) -> None:
-            checks.append(1)
-            if len(checks) <= 3:
-                raise RuntimeError("broken check")
-            real.acquire()
-
-        def __exit__(self, *exc: object) -> None:
-            real.release()
-
-    monkeypatch.setattr(loop._watchdog, "lock", Failing())
+    monkeypatch.setattr(loop._watchdog, "check", failing)
     release = threading.Event()
     with caplog.at_level(logging.WARNING, logger="irqbypass.loop"):
         loop.start()
