@@ -246,9 +246,7 @@ def waits_on_peer(func: _F) -> _F:
     """
 
     def waiting(*args: Any, **kwargs: Any) -> Any:
-        if _DEFERRED:
-            deliver_deferred_signals()
-        return func(*args, **kwargs)
+        return interruptible(functools.partial(func, *args, **kwargs))
 
     _SAFE[waiting.__code__] = _PASSES  # as interruptible's: every line of it waits
     return cast("_F", functools.wraps(func)(waiting))
