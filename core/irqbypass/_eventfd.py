@@ -368,17 +368,9 @@ def _read_timeout(timeout: float | None) -> float | None:
 
 
 def _take_counter(fd: int, eventfd: Eventfd, timeout: float | None) -> int:
-    """:meth:`Eventfd.read` once ``fd`` is borrowed: one read for the loop's
-    readers, else a poll in steps of :data:`CLOSE_NOTICE_SECONDS` (a close
-    meanwhile is noticed) up to ``timeout``."""
-    if timeout == 0 and eventfd._nonblocking:  # the loop's readers: one read, no poll
-        if eventfd._fd < 0:
-            raise eventfd._closed_error(" while a read waited on it")
-        try:
-            value: int = _COUNTER.unpack(os.read(fd, 8))[0]
-            return value
-        except BlockingIOError:
-            return 0
+    """:meth:`Eventfd.read` once ``fd`` is borrowed: a poll in steps of
+    :data:`CLOSE_NOTICE_SECONDS` (a close meanwhile is noticed) up to
+    ``timeout`` (the loop readers' read(0) never comes here: it cannot wait)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -391,7 +383,7 @@ def _take_counter(fd: int, eventfd: Eventfd, timeout: float | None) -> int:
             raise eventfd._closed_error(" while a read waited on it")
         if ready:
             try:
-                value = _COUNTER.unpack(os.read(fd, 8))[0]
+                value: int = _COUNTER.unpack(os.read(fd, 8))[0]
                 return value
             except BlockingIOError:
                 pass  # another reader took it
