@@ -9,41 +9,34 @@ from __future__ import annotations
 
 import ctypes
 
-# -- ioctl number encoding (asm-generic/ioctl.h) -----------------------------
+import irqbypass
+import irqbypass.system
 
-_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
-_IOC_NRSHIFT = 0
-_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
-_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
-_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
-_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+# -- ioctl number encoding (asm-generic/ioctl.h: the core's) ------------------
+
+_NONE, _W, _R = irqbypass.system.IOC_NONE, irqbypass.system.IOC_WRITE, irqbypass.system.IOC_READ
 
 KVMIO = 0xAE
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
-    return (
-        (direction << _IOC_DIRSHIFT)
-        | (KVMIO << _IOC_TYPESHIFT)
-        | (nr << _IOC_NRSHIFT)
-        | (size << _IOC_SIZESHIFT)
-    )
+    return irqbypass.system.ioctl_number(direction, KVMIO, nr, size)
 
 
 def _io(nr: int) -> int:
-    return _ioc(_IOC_NONE, nr, 0)
+    return _ioc(_NONE, nr, 0)
 
 
 def _iow(nr: int, struct: type[ctypes.Structure]) -> int:
-    return _ioc(_IOC_WRITE, nr, ctypes.sizeof(struct))
+    return _ioc(_W, nr, ctypes.sizeof(struct))
 
 
 def _ior(nr: int, struct: type[ctypes.Structure]) -> int:
-    return _ioc(_IOC_READ, nr, ctypes.sizeof(struct))
+    return _ioc(_R, nr, ctypes.sizeof(struct))
 
 
 def _iowr(nr: int, struct: type[ctypes.Structure]) -> int:
-    return _ioc(_IOC_READ | _IOC_WRITE, nr, ctypes.sizeof(struct))
+    return _ioc(_R | _W, nr, ctypes.sizeof(struct))
 
 
 # -- structs -----------------------------------------------------------------
