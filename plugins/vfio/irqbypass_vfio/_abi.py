@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import ctypes
 
+import irqbypass
+import irqbypass.system
+
 VFIO_TYPE = ord(";")
 VFIO_BASE = 100
-_IOC_TYPESHIFT = 8
 
 
 def _io(nr: int) -> int:
     """``_IO(VFIO_TYPE, nr)``: direction 0, size 0."""
-    return (VFIO_TYPE << _IOC_TYPESHIFT) | nr
+    return irqbypass.system.ioctl_number(irqbypass.system.IOC_NONE, VFIO_TYPE, nr, 0)
 
 
 VFIO_API_VERSION = 0
