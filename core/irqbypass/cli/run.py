@@ -315,12 +315,12 @@ def _wait(
     progress: TextIO,
     service: Live,
 ) -> None:
-    """Run until ``duration`` passes (None: until a signal), or every producer
-    (``producers``: as applied) finished and every interrupt is accounted for
-    (or had SETTLE_SECONDS to be); with none there is nothing to wait for. With
-    a control socket a reload may bring producers, so only the duration or a
-    signal ends the run. Each tick, ``service`` acts on the signals and the
-    control requests that arrived."""
+    """Run until ``duration`` passes (None: until a signal), or the topology
+    finished and every interrupt is accounted for (or had SETTLE_SECONDS to
+    be); with no producer (``producers``: as applied) there is nothing to wait
+    for. With a control socket a reload may bring producers, so only the
+    duration or a signal ends the run. Each tick, ``service`` acts on the
+    signals and the control requests that arrived."""
     serving = service.server is not None
     if not (producers or serving):  # as _waits says
         _log.info("no producer: nothing to wait for")
@@ -337,7 +337,7 @@ def _wait(
             if (service.reloads, service.failed_reloads) != reloads:  # other producers now
                 reloads = (service.reloads, service.failed_reloads)
                 producers = [p for p in topology.placed if p.config.side == "producer"]
-            finished = bool(producers) and all(p.finished for p in producers) and not serving
+            finished = not serving and topology.finished
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = snapshot(topology, settled=False) if live or finished else []
             if live:
