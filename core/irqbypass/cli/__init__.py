@@ -144,9 +144,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Checked(argparse.Action):
-    """An option whose value its check (:data:`_CHECKS`, by option) turns into
-    the value; a wrong one is noted in the parser's ``noted`` and left None, so
-    the parse goes on to the next."""
+    """An option whose value its check (``"check"`` in its settings) turns
+    into the value; a wrong one is noted in the parser's ``noted`` and left
+    None, so the parse goes on to the next."""
+
+    def __init__(self, *args: Any, check: Callable[[str], Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check = check
 
     def __call__(
         self,
@@ -157,7 +161,7 @@ class _Checked(argparse.Action):
     ) -> None:
         (option,) = self.option_strings
         try:
-            value = _CHECKS[option](str(values))
+            value = self.check(str(values))
         except argparse.ArgumentTypeError as exc:
             assert isinstance(parser, _Parser)
             parser.noted.append(f"argument {option}: {exc}")
@@ -195,14 +199,6 @@ def _port_number(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
     return port
-
-
-#: each checked option's check (``"action": _Checked`` in its settings)
-_CHECKS: dict[str, Callable[[str], Any]] = {
-    "--duration": _seconds,
-    "--control": _control_path,
-    "--metrics-port": _port_number,
-}
 
 
 #: an option (or a positional argument): its flags, then argparse's settings
@@ -253,7 +249,7 @@ _LISTING: tuple[_Option, ...] = (
 #: how long a run runs, and how it lists (run and demo)
 _RUN: tuple[_Option, ...] = (
     (("--duration",), {
-        "action": _Checked, "metavar": "S",
+        "action": _Checked, "check": _seconds, "metavar": "S",
         "help": "stop after S seconds at most (default: the file's [run] duration, or until "
         f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
     }),
@@ -263,12 +259,12 @@ _RUN: tuple[_Option, ...] = (
 #: what a run serves while it runs: its control socket and its metrics
 _SERVING: tuple[_Option, ...] = (
     (("--control",), {
-        "action": _Checked, "metavar": "PATH",
+        "action": _Checked, "check": _control_path, "metavar": "PATH",
         "help": "answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
         "(created 0600, for your user only)",
     }),
     (("--metrics-port",), {
-        "action": _Checked, "metavar": "PORT",
+        "action": _Checked, "check": _port_number, "metavar": "PORT",
         "help": "serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
     }),
     (("--metrics-address",), {
