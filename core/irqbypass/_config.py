@@ -359,6 +359,11 @@ class _Range(NamedTuple):
     #: whether ``low`` itself is in (otherwise only what is above it)
     low_included: bool
 
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` is in the range (NaN never is)."""
+        above = value >= self.low if self.low_included else value > self.low
+        return above and value <= self.high
+
 
 class _Field(NamedTuple):
     rule: _Rule
@@ -524,11 +529,7 @@ class _Reader:
             problem = f"expected {rule.expected}, got {_describe(value)}"
             raise self.error(f"{key}.{name}" if name else key, problem)
         if (rule.pattern is not None and not rule.pattern.fullmatch(value)) or (
-            rule.within is not None
-            and not (
-                (value >= rule.within.low if rule.within.low_included else value > rule.within.low)
-                and value <= rule.within.high
-            )
+            rule.within is not None and not rule.within.holds(value)
         ):
             problem = rule.invalid.format(value=show_value(value))
             raise self.error(f"{key}.{name}" if name else key, problem)
