@@ -79,6 +79,30 @@ def _same_release(version: str, prefix: list[int]) -> bool:
     return release[: len(prefix)] + [0] * (len(prefix) - len(release)) == prefix
 
 
+def _satisfies(version: str, op: str, wanted: str) -> bool:
+    """Whether ``version`` meets one clause, ``op wanted`` (PEP 440)."""
+    if op == "===":
+        return version.strip() == wanted
+    if wanted.endswith(".*") and op in ("==", "!="):
+        return _same_release(version, _release(wanted[:-2])) == (op == "==")
+    if op == "~=":  # ~=0.1.2 means >=0.1.2, ==0.1.*
+        at_least = parse_version(version) >= parse_version(wanted)
+        prefix = _release(wanted)[:-1]
+        if not prefix:
+            raise ValueError(f"~={wanted} needs at least two release numbers")
+        return at_least and _same_release(version, prefix)
+    have, want = parse_version(version), parse_version(wanted)
+    return {
+        "==": have == want,
+        "!=": have != want,
+        "<=": have <= want,
+        ">=": have >= want,
+        # PEP 440: <0.2 excludes 0.2's pre-releases; >0.1 excludes 0.1's post-releases
+        "<": have < want and not (want[2] == (3, 0) and have[:2] == want[:2]),
+        ">": have > want and not (want[3] == -1 and have[:3] == want[:3]),
+    }[op]
+
+
 @dataclass(frozen=True)
 class CoreRequirement:
     """One ``Requires-Dist`` entry naming the core, as the plugin wrote it."""
@@ -93,30 +117,7 @@ class CoreRequirement:
                 match = _CLAUSE.match(clause)
                 if match is None:
                     raise ValueError(f"{clause!r} is no version clause")
-                op, wanted = match.groups()
-                if op == "===":
-                    fits = version.strip() == wanted
-                elif wanted.endswith(".*") and op in ("==", "!="):
-                    fits = _same_release(version, _release(wanted[:-2])) == (op == "==")
-                elif op == "~=":  # ~=0.1.2 means >=0.1.2, ==0.1.*
-                    at_least = parse_version(version) >= parse_version(wanted)
-                    prefix = _release(wanted)[:-1]
-                    if not prefix:
-                        raise ValueError(f"~={wanted} needs at least two release numbers")
-                    fits = at_least and _same_release(version, prefix)
-                else:
-                    have, want = parse_version(version), parse_version(wanted)
-                    fits = {
-                        "==": have == want,
-                        "!=": have != want,
-                        "<=": have <= want,
-                        ">=": have >= want,
-                        # PEP 440: <0.2 excludes 0.2's pre-releases; >0.1 excludes 0.1's
-                        # post-releases
-                        "<": have < want and not (want[2] == (3, 0) and have[:2] == want[:2]),
-                        ">": have > want and not (want[3] == -1 and have[:3] == want[:3]),
-                    }[op]
-                if not fits:
+                if not _satisfies(version, *match.groups()):
                     return f"it requires {self.text}, and this is irqbypass {version}"
         except ValueError as exc:
             return f"its requirement {self.text!r} cannot be read ({exc})"
