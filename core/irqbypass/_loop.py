@@ -409,6 +409,18 @@ class _Asyncio:
             self._timer = self.host.call_later(delay, self.turn)
 
 
+def _epoll_with_wakeup() -> tuple[select.epoll, int]:
+    """An epoll set with a wakeup eventfd registered in it (written to cut a
+    wait short); if a step fails (EMFILE, ENOMEM), neither fd is left open."""
+    with contextlib.ExitStack() as undo:
+        epoll = undo.enter_context(select.epoll())
+        wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        undo.callback(os.close, wakeup)
+        epoll.register(wakeup, select.EPOLLIN)
+        undo.pop_all()
+    return epoll, wakeup
+
+
 class EventLoop:
     """An epoll set and a timer heap, run by one thread or by asyncio.
 
@@ -432,9 +444,7 @@ class EventLoop:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         #: the epoll set: one reader per fd, and the wakeup eventfd that cuts a wait short
-        self._epoll = select.epoll()
-        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._epoll.register(self._wakeup, select.EPOLLIN)
+        self._epoll, self._wakeup = _epoll_with_wakeup()
         self._readers: dict[int, LoopHandle] = {}
         #: the timers by deadline, a heap of (when, sequence, handle). A cancelled
         #: timer stays in it until it is due or the cancelled outnumber the live

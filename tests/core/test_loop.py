@@ -7,8 +7,10 @@ asserts how long something took."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -393,6 +395,53 @@ def test_bad_arguments_are_refused() -> None:
         assert own.running_thread is not None, "a registration started the thread"
     finally:
         own.close()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+_REAL_EPOLL = select.epoll
+
+
+class _RefusingEpoll:
+    """A real epoll set whose registrations fail, as ENOMEM would make them."""
+
+    def __init__(self) -> None:
+        self._epoll = _REAL_EPOLL()
+
+    def register(self, fd: object, eventmask: int = 0) -> None:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    def close(self) -> None:
+        self._epoll.close()
+
+    def __enter__(self) -> _RefusingEpoll:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.mark.parametrize("failing", ["eventfd", "register"])
+def test_a_loop_that_cannot_be_made_leaks_no_fd(
+    monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The epoll set and the wakeup eventfd are both closed when a later step
+    of the constructor fails (EMFILE on the eventfd, ENOMEM on the register)."""
+    if failing == "eventfd":
+
+        def no_eventfd(*args: object) -> int:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(os, "eventfd", no_eventfd)
+    else:
+        monkeypatch.setattr(select, "epoll", _RefusingEpoll)
+    before = _open_fds()
+    with pytest.raises(OSError) as caught:
+        irqbypass.plugin.EventLoop()
+    assert caught.value.errno in (errno.EMFILE, errno.ENOMEM)
+    assert _open_fds() == before
 
 
 def test_the_loop_threads_block_signals(loop: irqbypass.plugin.EventLoop) -> None:
