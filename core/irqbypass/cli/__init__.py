@@ -144,13 +144,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Checked(argparse.Action):
-    """An option whose value its check (``"check"`` in its settings) turns
-    into the value; a wrong one is noted in the parser's ``noted`` and left
-    None, so the parse goes on to the next."""
+    """An option whose value its class's ``check`` turns into the value (each
+    checked option is a subclass, named as its ``"action"``); a wrong one is
+    noted in the parser's ``noted`` and left None, so the parse goes on to the
+    next."""
 
-    def __init__(self, *args: Any, check: Callable[[str], Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.check = check
+    check: Callable[[str], Any]
 
     def __call__(
         self,
@@ -169,36 +168,46 @@ class _Checked(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= MAX_DURATION:
-        raise argparse.ArgumentTypeError(
-            f"the duration must be more than 0 and at most {MAX_DURATION:.0f} seconds"
-        )
-    return value
+class _Seconds(_Checked):
+    """``--duration S``: more than 0, at most MAX_DURATION."""
+
+    @staticmethod
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not 0 < value <= MAX_DURATION:
+            raise argparse.ArgumentTypeError(
+                f"the duration must be more than 0 and at most {MAX_DURATION:.0f} seconds"
+            )
+        return value
 
 
-def _control_path(value: str) -> str:
+class _ControlPath(_Checked):
     """``--control PATH``: a name for the socket."""
-    if not value:
-        raise argparse.ArgumentTypeError("the path is empty; name the socket to create")
-    if "\0" in value:
-        raise argparse.ArgumentTypeError("the path holds a NUL byte")
-    return value
+
+    @staticmethod
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError("the path is empty; name the socket to create")
+        if "\0" in text:
+            raise argparse.ArgumentTypeError("the path holds a NUL byte")
+        return text
 
 
-def _port_number(value: str) -> int:
+class _PortNumber(_Checked):
     """``--metrics-port PORT``: 0 to 65535 (0: any free port)."""
-    try:
-        port = int(value, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
-    return port
+
+    @staticmethod
+    def check(text: str) -> int:
+        try:
+            port = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        if not 0 <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
+        return port
 
 
 #: an option (or a positional argument): its flags, then argparse's settings
@@ -249,7 +258,7 @@ _LISTING: tuple[_Option, ...] = (
 #: how long a run runs, and how it lists (run and demo)
 _RUN: tuple[_Option, ...] = (
     (("--duration",), {
-        "action": _Checked, "check": _seconds, "metavar": "S",
+        "action": _Seconds, "metavar": "S",
         "help": "stop after S seconds at most (default: the file's [run] duration, or until "
         f"SIGINT/SIGTERM; at most {MAX_DURATION:.0f} s, 7 days)",
     }),
@@ -259,12 +268,12 @@ _RUN: tuple[_Option, ...] = (
 #: what a run serves while it runs: its control socket and its metrics
 _SERVING: tuple[_Option, ...] = (
     (("--control",), {
-        "action": _Checked, "check": _control_path, "metavar": "PATH",
+        "action": _ControlPath, "metavar": "PATH",
         "help": "answer `irqbypass status PATH` and `irqbypass reload PATH` on this UNIX socket "
         "(created 0600, for your user only)",
     }),
     (("--metrics-port",), {
-        "action": _Checked, "check": _port_number, "metavar": "PORT",
+        "action": _PortNumber, "metavar": "PORT",
         "help": "serve Prometheus metrics over HTTP on PORT (needs irqbypass[metrics])",
     }),
     (("--metrics-address",), {
