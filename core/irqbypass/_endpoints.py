@@ -62,8 +62,16 @@ class Endpoint:
     #: every one of them even if one fails, then raises.
     open_group: ClassVar[Callable[..., None] | None] = None
     close_group: ClassVar[Callable[..., None] | None] = None
+    #: the callbacks a subclass must define, checked when an endpoint is made
+    _required: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
+        missing = [n for n in self._required if not callable(getattr(self, n, None))]
+        if missing:
+            raise InvalidEndpointError(
+                f"{type(self).__name__} lacks the required {self.side} callback(s) "
+                f"{', '.join(missing)}; define them as methods"
+            )
         if name is not None and not isinstance(name, str):
             raise InvalidEndpointError(
                 f"{type(self).__name__}: name must be a str or None, not {type(name).__name__}"
@@ -138,10 +146,12 @@ class Producer(Endpoint):
     stop: Callable[[], None] | None = None
     start: Callable[[], None] | None = None
 
+    #: the paired consumer, set by the manager (None: unpaired)
+    _consumer: Consumer | None = None
+
     def __init__(self, *, token: Hashable, irq: int = 0, name: str | None = None) -> None:
         super().__init__(token=token, name=name)
         self.irq = irq
-        self._consumer: Consumer | None = None
 
     @property
     def consumer(self) -> Consumer | None:
@@ -162,22 +172,16 @@ class Consumer(Endpoint):
 
     side = "consumer"
 
-    #: Required: a subclass must define these two (None is refused, EINVAL).
+    #: Required: a subclass must define these two (None is refused, EINVAL,
+    #: when the consumer is made).
     add_producer: Callable[[Producer], None] | None = None
     del_producer: Callable[[Producer], None] | None = None
+    _required = REQUIRED_CONSUMER_CALLBACKS
     #: Optional; None means absent.
     stop: Callable[[], None] | None = None
     start: Callable[[], None] | None = None
-
-    def __init__(self, *, token: Hashable, name: str | None = None) -> None:
-        missing = [n for n in REQUIRED_CONSUMER_CALLBACKS if not callable(getattr(self, n, None))]
-        if missing:
-            raise InvalidEndpointError(
-                f"{type(self).__name__} lacks the required consumer callback(s) "
-                f"{', '.join(missing)}; define them as methods"
-            )
-        super().__init__(token=token, name=name)
-        self._producer: Producer | None = None
+    #: the paired producer, set by the manager (None: unpaired)
+    _producer: Producer | None = None
 
     @property
     def producer(self) -> Producer | None:

@@ -62,6 +62,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -316,12 +317,15 @@ def currently_signal_safe() -> bool:
     return in_safe_section(sys._getframe(1))
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class _Guard:
-    """The installed handler: defer inside a safe section, else pass the signal on."""
+    """The installed handler: defer inside a safe section, else pass the signal on.
 
-    def __init__(self, signum: int, previous: _Handler) -> None:
-        self.signum = signum
-        self.previous = previous
+    A value: the signal, and the handler it stands in front of (its repr
+    names both); compared by identity, as any handler is."""
+
+    signum: int
+    previous: _Handler
 
     def __call__(self, signum: int, frame: FrameType | None) -> Any:
         if in_safe_section(frame):
@@ -329,10 +333,6 @@ class _Guard:
             _ARRIVALS[0] += 1
             return None
         return self.previous(signum, frame)
-
-    def __repr__(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"<irqbypass signal guard for {name} in front of {self.previous!r}>"
 
 
 def guard_signals(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> list[int]:
