@@ -271,22 +271,11 @@ class PluginHost:
         chosen, unmatched = _choose(found, env, allow, block)
         failures = []
         for ep, dist, reason in chosen:
-            if reason is None and self.pm.has_plugin(ep.name):
-                reason = f"a plugin named {ep.name!r} is already registered"
-            if reason is not None:
-                version = ep.dist.version if ep.dist is not None else None
-                self.filtered.append(FilteredPlugin(ep.name, dist, version, reason))
-                _log.info("plugin %s (%s) not loaded: %s", ep.name, dist, reason)
-                continue
-            info = _load_one(self, ep, dist)
-            if info is None:
-                version = ep.dist.version if ep.dist is not None else None
-                self._sources[ep.name] = _Source(dist, version)
-                _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
-                continue
-            failures.append(info)
-            if strict:
-                raise PluginError(_failure_message(info))
+            info = _load_one(self, ep, dist, reason)
+            if info is not None:
+                failures.append(info)
+                if strict:
+                    raise PluginError(_failure_message(info))
         self.unmatched += unmatched
         self.failures.extend(failures)
         self._kinds = None  # the left-out list changed
@@ -335,12 +324,28 @@ class PluginHost:
 
     @property
     def kinds(self) -> KindRegistry:
-        """Every kind the registered plugins provide (computed once per change)."""
-        if self._kinds is None:
-            self._kinds, self._kind_failures = _collect_kinds(
-                self.pm, self.filtered, self.unmatched, self.failures
-            )
-        return self._kinds
+        """Every kind the registered plugins provide (computed once per change), with
+        what was left out and what failed: an unknown kind's error names them."""
+        if self._kinds is not None:
+            return self._kinds
+        registry = KindRegistry()
+        registry.left_out = [
+            f"{f.name} ({f.distribution or 'no distribution'}): {f.reason}" for f in self.filtered
+        ] + list(self.unmatched)
+        failures = {}
+        for impl in self.pm.hook.irqbypass_register_kinds.get_hookimpls():
+            try:
+                impl.function(register=KindRegistrar(impl.plugin_name, registry))
+            except Exception as exc:
+                registry.remove_plugin(impl.plugin_name)
+                failures[impl.plugin_name] = (
+                    f"irqbypass_register_kinds raised {show_exception(exc)}"
+                )
+        registry.failed = [
+            f"plugin {i.name!r} ({_dist_label(i.distribution, i.version)})" for i in self.failures
+        ] + [f"plugin {name!r} (in irqbypass_register_kinds)" for name in sorted(failures)]
+        self._kinds, self._kind_failures = registry, failures
+        return registry
 
     def check_kinds(self, *, strict: bool = False) -> list[str]:
         """Problems with kinds: plugins whose registration raised, and names two
@@ -457,37 +462,19 @@ def load_plugins(
     return host
 
 
-def _collect_kinds(
-    pm: pluggy.PluginManager,
-    filtered: Sequence[FilteredPlugin],
-    unmatched: Sequence[str],
-    failed: Sequence[PluginInfo],
-) -> tuple[KindRegistry, dict[str, str]]:
-    """Every kind the plugins of ``pm`` register, with what was left out and
-    what failed (an unknown kind's error names them); and the plugins whose
-    ``irqbypass_register_kinds`` raised, with why (their kinds are dropped)."""
-    registry = KindRegistry()
-    registry.left_out = [
-        f"{f.name} ({f.distribution or 'no distribution'}): {f.reason}" for f in filtered
-    ] + list(unmatched)
-    failures = {}
-    caller = pm.hook.irqbypass_register_kinds
-    for impl in caller.get_hookimpls():
-        registrar = KindRegistrar(impl.plugin_name, registry)
-        try:
-            impl.function(register=registrar)
-        except Exception as exc:
-            registry.remove_plugin(impl.plugin_name)
-            failures[impl.plugin_name] = f"irqbypass_register_kinds raised {show_exception(exc)}"
-    registry.failed = [
-        f"plugin {i.name!r} ({_dist_label(i.distribution, i.version)})" for i in failed
-    ] + [f"plugin {name!r} (in irqbypass_register_kinds)" for name in sorted(failures)]
-    return registry, failures
-
-
-def _load_one(host: PluginHost, ep: metadata.EntryPoint, dist: str | None) -> PluginInfo | None:
-    """Load and register one installed plugin; what failed, or None."""
+def _load_one(
+    host: PluginHost, ep: metadata.EntryPoint, dist: str | None, reason: str | None
+) -> PluginInfo | None:
+    """One chosen entry point: left out (``reason``, or a plugin of its name is
+    registered already), refused (it requires another core release), or
+    loaded and registered; what failed, or None."""
     version = ep.dist.version if ep.dist is not None else None
+    if reason is None and host.pm.has_plugin(ep.name):
+        reason = f"a plugin named {ep.name!r} is already registered"
+    if reason is not None:
+        host.filtered.append(FilteredPlugin(ep.name, dist, version, reason))
+        _log.info("plugin %s (%s) not loaded: %s", ep.name, dist, reason)
+        return None
 
     def failed(message: str, why: str, error: BaseException | None = None) -> PluginInfo:
         _log.info("plugin %s (%s %s) %s: %s", ep.name, dist, version, why, message)
@@ -525,6 +512,8 @@ def _load_one(host: PluginHost, ep: metadata.EntryPoint, dist: str | None) -> Pl
         if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
             message = str(exc).split(": ", 1)[-1]
         return failed(message, "failed to load", error)
+    host._sources[ep.name] = _Source(dist, version)
+    _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
     return None
 
 
