@@ -66,11 +66,11 @@ class Endpoint:
     _required: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, token: Hashable, name: str | None = None) -> None:
-        missing = [n for n in self._required if not callable(getattr(self, n, None))]
+        missing = ", ".join(n for n in self._required if not callable(getattr(self, n, None)))
         if missing:
             raise InvalidEndpointError(
-                f"{type(self).__name__} lacks the required {self.side} callback(s) "
-                f"{', '.join(missing)}; define them as methods"
+                f"{type(self).__name__} lacks the required {self.side} callback(s) {missing}; "
+                "define them as methods"
             )
         if name is not None and not isinstance(name, str):
             raise InvalidEndpointError(

@@ -159,6 +159,18 @@ def test_consumer_without_required_callbacks_refused_at_construction() -> None:
     with pytest.raises(irqbypass.InvalidEndpointError, match="del_producer") as info:
         NoDel(token="t")
     assert info.value.errno == errno.EINVAL
+    assert str(info.value) == (
+        "NoDel lacks the required consumer callback(s) del_producer; define them as methods"
+    )
+    with pytest.raises(irqbypass.InvalidEndpointError, match="del_producer"):
+        NoDel(token=None)  # told before what is wrong with the token
+
+
+def test_a_producer_requires_no_callback() -> None:
+    class Bare(irqbypass.Producer):
+        pass
+
+    assert Bare(token="t").consumer is None
 
 
 def test_consumer_without_required_callbacks_refused_at_registration(
