@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -225,6 +226,59 @@ def test_sigusr1_prints_a_status_and_the_run_goes_on(tmp: Path) -> None:
     assert started.proc.poll() is None
     assert started.stop() == 128 + signal.SIGTERM
     assert "summary:" in started.out.read_text()
+
+
+def _full(writer: int) -> bool:
+    """Whether a write into the pipe of ``writer`` would block (no room left)."""
+    return not select.select([], [writer], [], 0)[1]
+
+
+def test_a_stderr_nobody_reads_stalls_no_interrupt_and_a_ctrl_c_still_exits(tmp: Path) -> None:
+    """-v logs every interrupt on stderr from the event loop's thread; with
+    stderr a pipe nobody reads, the loop drops its lines instead of waiting (the
+    interrupts go on being delivered), and after Ctrl-C the run tears down and
+    exits although its last lines cannot be written (both hung before)."""
+    (tmp / "live.toml").write_text(pair(0, rate=1000.0))
+    reader, writer = os.pipe()  # the writer stays open here, to see the pipe full
+    try:
+        with (tmp / "run.out").open("w") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "irqbypass",
+                    "-v",
+                    "run",
+                    "live.toml",
+                    "--control",
+                    "live.sock",
+                ],
+                cwd=tmp,
+                env=env(),
+                stdout=out,
+                stderr=writer,
+            )
+        try:
+            wait_for("the control socket", lambda: (tmp / "live.sock").exists())
+            wait_for("stderr to fill", lambda: _full(writer))
+            first = _delivered(tmp)
+            wait_for("more interrupts delivered", lambda: _delivered(tmp) > first + 100)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert "summary:" in (tmp / "run.out").read_text()
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def _delivered(tmp: Path) -> int:
+    status = cli("status", "live.sock", "--json", cwd=tmp)
+    assert status.returncode == 0, status.stderr
+    return int(json.loads(status.stdout)["pairs"][0]["delivered"])
 
 
 def test_the_control_socket_is_the_users_alone(tmp: Path, run: Run) -> None:

@@ -29,7 +29,15 @@ from typing import Any, NamedTuple, NoReturn
 
 from .. import __version__
 from .._errors import IrqBypassError
-from .output import TABLE_ROWS, LogLines, fresh_line, print_error, print_notes, say
+from .output import (
+    TABLE_ROWS,
+    LogLines,
+    fresh_line,
+    print_error,
+    print_notes,
+    say,
+    stop_signal,
+)
 
 #: the project's documentation (the core's Project-URL "Documentation"; a test holds them equal)
 DOCS_URL = "https://irqbypass.readthedocs.io/"
@@ -67,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error(args, errors[0], 1, errors)
             return 1
         except KeyboardInterrupt as exc:
-            signum = getattr(exc, "signum", signal.SIGINT)
+            signum = stop_signal(exc)
             fresh_line(signum)
             print_notes(exc)
             print_error(f"stopped by {signal.Signals(signum).name}")
@@ -86,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error(args, _os_error(exc), 1)
             return 1
     except KeyboardInterrupt as exc:  # before the command's own handling began, or in it
-        signum = getattr(exc, "signum", signal.SIGINT)
+        signum = stop_signal(exc)
         fresh_line(signum)
         print_error(f"stopped by {signal.Signals(signum).name}")
         return 128 + signum

@@ -2,18 +2,44 @@
 warnings and errors on standard error, and the one progress line of a
 terminal. Every line goes through :func:`say`, which clears a progress line
 being shown first, so a message during a run never starts in the middle of it
-(as pip and pytest do)."""
+(as pip and pytest do).
+
+A reader that stops reading (a pipe into a paused pager, a terminal on
+Ctrl-S) holds no thread of ours for long: the event loop's threads never wait
+for it (their log line is dropped, and counted), and once a signal has stopped
+the command (:func:`stop_signal`) the main thread waits for it at most
+:data:`LEAVING_SECONDS` in all, so the process still exits."""
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Sequence
 from typing import TextIO
+
+#: once a signal stopped the command, how long its last lines may wait, in all,
+#: for a reader that does not read
+LEAVING_SECONDS = 0.5
+#: how long another thread (the event loop's) waits for the screen's lock
+_OTHER_THREAD_WAIT = 0.1
+#: bytes per write: a pipe found writable takes this much without blocking
+_CHUNK = 512
+
+
+def stop_signal(exc: KeyboardInterrupt) -> int:
+    """The signal that stopped the command (SIGINT unless the interrupt names
+    another); from now on the main thread's writes wait for their reader at
+    most until :data:`LEAVING_SECONDS` from the first stop."""
+    if _SCREEN.leave_by is None:
+        _SCREEN.leave_by = time.monotonic() + LEAVING_SECONDS
+    signum: int = getattr(exc, "signum", signal.SIGINT)
+    return signum
 
 
 def print_notes(exc: BaseException) -> None:
@@ -29,8 +55,7 @@ def fresh_line(signum: int) -> None:
     if signum == signal.SIGINT and is_tty(sys.stderr):
         with _SCREEN.lock:
             _SCREEN.progress = None  # the newline ends a progress line being shown
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            _SCREEN.write(sys.stderr, "\n")
 
 
 def is_tty(stream: TextIO) -> bool:
@@ -62,13 +87,44 @@ def number(value: int | None) -> str:
 
 
 class _Screen:
-    """The progress line a terminal shows now, if any, and the lock every
-    write takes (a log line comes from the event loop's thread too)."""
+    """The progress line a terminal shows now, if any, the lock every write
+    takes (a log line comes from the event loop's thread too), and the writes
+    themselves, which wait for a stalled reader only as long as the module doc
+    says."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         #: the terminal stream a progress line is drawn on, until cleared or ended
         self.progress: TextIO | None = None
+        #: when the main thread stops waiting for readers (set by stop_signal)
+        self.leave_by: float | None = None
+        #: log lines of other threads dropped: their reader was not reading
+        self.dropped = 0
+
+    def write(self, stream: TextIO, text: str) -> bool:
+        """Write ``text`` whole, or as much as its reader takes in time (the
+        rest is dropped); False if some was dropped. A stream with no file
+        descriptor (a StringIO) is written as it is."""
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            stream.write(text)
+            stream.flush()
+            return True
+        stream.flush()  # what an earlier print() left in its buffer goes first
+        data = text.encode(stream.encoding or "utf-8", stream.errors or "strict")
+        # the event loop's threads never wait for a reader; the main thread until
+        # it leaves (a Ctrl-C ends that wait too)
+        main = threading.current_thread() is threading.main_thread()
+        end = self.leave_by if main else time.monotonic()
+        writable = select.poll()
+        writable.register(fd, select.POLLOUT)
+        while data:
+            left = None if end is None else max(0, round((end - time.monotonic()) * 1000))
+            if not writable.poll(left):
+                return False
+            data = data[os.write(fd, data[:_CHUNK]) :]
+        return True
 
 
 #: the one screen of the process: every line of the CLI goes through it
@@ -122,23 +178,36 @@ def say(text: str, out: TextIO) -> None:
     """Print one line in one write, after clearing a progress line on the same
     terminal: print() writes the text and its newline apart, and unbuffered
     (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
-    the same stream or, with 2>&1, the other."""
-    with _SCREEN.lock:
+    the same stream or, with 2>&1, the other. Another thread's line is dropped
+    (and counted) rather than wait for a reader or for the main thread's write."""
+    main = threading.current_thread() is threading.main_thread()
+    if not _SCREEN.lock.acquire(timeout=-1 if main else _OTHER_THREAD_WAIT):
+        _SCREEN.dropped += 1
+        return
+    try:
         # the progress line is cleared before a line on its stream or on another
         # terminal (the same screen, as a rule); it is drawn again at its next tick
         stream = _SCREEN.progress
         if stream is not None and (out is stream or is_tty(out)):
             _SCREEN.progress = None
-            stream.write("\r\x1b[K")
-            stream.flush()
-        out.write(text + "\n")  # a terminal's stream is line-buffered: shown now
+            _SCREEN.write(stream, "\r\x1b[K")
+        if main and _SCREEN.dropped:
+            dropped, _SCREEN.dropped = _SCREEN.dropped, 0
+            _SCREEN.write(
+                sys.stderr,
+                f"irqbypass: warning: {counted(dropped, 'log line')} not written: "
+                "standard error was not being read\n",
+            )
+        if not _SCREEN.write(out, text + "\n") and not main:
+            _SCREEN.dropped += 1
+    finally:
+        _SCREEN.lock.release()
 
 
 def draw_progress(line: str, stream: TextIO) -> None:
     """Draw (or redraw) the progress line, cut to the terminal's width."""
     with _SCREEN.lock:
-        stream.write(f"\r{_fit(line, screen_width(stream))}\x1b[K")
-        stream.flush()
+        _SCREEN.write(stream, f"\r{_fit(line, screen_width(stream))}\x1b[K")
         _SCREEN.progress = stream
 
 
@@ -148,8 +217,7 @@ def end_progress(stream: TextIO, keep: bool) -> None:
     line a message cleared), or clear it."""
     with _SCREEN.lock:
         _SCREEN.progress = None
-        stream.write("\n" if keep else "\r\x1b[K")
-        stream.flush()
+        _SCREEN.write(stream, "\n" if keep else "\r\x1b[K")
 
 
 class LogLines(logging.Handler):

@@ -33,6 +33,7 @@ from .output import (
     print_notes,
     print_warning,
     say,
+    stop_signal,
 )
 from .summary import print_pairs, print_summary, progress_line, snapshot
 
@@ -132,7 +133,7 @@ def _session(
         notify("STOPPING=1")
         live.close()
     except KeyboardInterrupt as exc:  # a signal landing here: the teardown runs anyway
-        stopped_by = stopped_by or getattr(exc, "signum", signal.SIGINT)
+        stopped_by = stopped_by or stop_signal(exc)
         live.close()
     _log.info("tearing down %s", topology.config.file)
     teardown_error, teardown_signal = _teardown(topology)
@@ -158,7 +159,7 @@ def _serve(
         with _step_progress("applying") as applying:
             topology.apply(progress=None if applying is None else applying.applying)
     except KeyboardInterrupt as exc:
-        stopped_by: int = getattr(exc, "signum", signal.SIGINT)
+        stopped_by: int = stop_signal(exc)
         if applying is None or not applying.shown:  # a progress line is cleared, ^C echo and all
             fresh_line(stopped_by)
         print_notes(exc)
@@ -176,7 +177,7 @@ def _serve(
         producers = [row.producer for row in rows if row.producer is not None]
         _wait(topology, producers, duration, sys.stderr, live)
     except KeyboardInterrupt as exc:
-        stopped_by = getattr(exc, "signum", signal.SIGINT)
+        stopped_by = stop_signal(exc)
         # the wait's progress line ends its line itself, after the ^C echo
         if not (is_tty(sys.stderr) and _waits(topology, live)):
             fresh_line(stopped_by)
@@ -236,7 +237,7 @@ def _summary(topology: Topology) -> tuple[list[dict[str, Any]], int | None]:
         try:
             return [row.as_dict() for row in snapshot(topology)], signum
         except KeyboardInterrupt as exc:
-            signum = signum or getattr(exc, "signum", signal.SIGINT)
+            signum = signum or stop_signal(exc)
     return [], signum
 
 
@@ -253,7 +254,7 @@ def _teardown(
     except IrqBypassError as exc:
         return exc, None
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+        signum = stop_signal(exc)
         fresh_line(signum)
         print_notes(exc)
         return None, signum

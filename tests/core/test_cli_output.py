@@ -1,0 +1,94 @@
+"""The CLI's writes and a reader that stops reading (cli/output.py): the event
+loop's threads never wait for it, and after a stop the main thread waits for it
+only so long."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+import pytest
+from irqbypass.cli import output
+
+HANG_GUARD = 120.0
+
+
+@pytest.fixture
+def screen(monkeypatch: pytest.MonkeyPatch) -> output._Screen:
+    fresh = output._Screen()
+    monkeypatch.setattr(output, "_SCREEN", fresh)
+    return fresh
+
+
+@pytest.fixture
+def stalled() -> Iterator[tuple[int, TextIO]]:
+    """A text stream on a pipe that is full: nobody reads it."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    try:
+        while True:
+            os.write(writer, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(writer, True)
+    with os.fdopen(writer, "w") as stream:
+        yield reader, stream
+    os.close(reader)
+
+
+def _drain(reader: int) -> bytes:
+    os.set_blocking(reader, False)
+    taken = b""
+    try:
+        while chunk := os.read(reader, 65536):
+            taken += chunk
+    except BlockingIOError:
+        pass
+    os.set_blocking(reader, True)
+    return taken
+
+
+def test_another_threads_line_is_dropped_not_waited_for_and_told_later(
+    screen: output._Screen, stalled: tuple[int, TextIO], capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader, stream = stalled
+    loop_thread = threading.Thread(target=output.say, args=("from the loop", stream))
+    loop_thread.start()
+    loop_thread.join(HANG_GUARD)
+    stuck = loop_thread.is_alive()
+    if stuck:
+        _drain(reader)  # let it go, then fail
+    assert not stuck, "the loop's thread waited for a reader that does not read"
+    assert screen.dropped == 1
+    _drain(reader)
+    output.say("from the main thread", stream)  # the reader reads again
+    assert _drain(reader) == b"from the main thread\n"
+    assert capsys.readouterr().err == (
+        "irqbypass: warning: 1 log line not written: standard error was not being read\n"
+    )
+    assert screen.dropped == 0
+
+
+def test_after_a_stop_the_main_thread_waits_for_a_reader_only_so_long(
+    screen: output._Screen, stalled: tuple[int, TextIO]
+) -> None:
+    reader, stream = stalled
+    assert output.stop_signal(KeyboardInterrupt()) == signal.SIGINT  # the clock starts
+    assert screen.leave_by is not None
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("the main thread waited for a reader after the stop")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang guard, not a time limit
+    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD)
+    try:
+        output.say("stopped", stream)  # returns: the line is dropped once the time is up
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() >= screen.leave_by
+    assert b"stopped" not in _drain(reader)
