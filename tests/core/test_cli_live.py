@@ -12,6 +12,7 @@ rewrite them from a fresh run::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -77,7 +78,14 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 class Run:
     """``irqbypass run live.toml --control live.sock`` in ``tmp``, its output in files."""
 
-    def __init__(self, tmp: Path, *extra: str, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *extra: str,
+        environ: dict[str, str] | None = None,
+        stderr: int | None = None,
+    ) -> None:
+        """``stderr``: an fd to write it to instead of ``run.err``."""
         self.tmp = tmp
         self.out, self.err = tmp / "run.out", tmp / "run.err"
         with self.out.open("w") as out, self.err.open("w") as err:
@@ -86,7 +94,7 @@ class Run:
                 cwd=tmp,
                 env={**env(), **(environ or {})},
                 stdout=out,
-                stderr=err,
+                stderr=err if stderr is None else stderr,
                 text=True,
             )
 
@@ -228,9 +236,31 @@ def test_sigusr1_prints_a_status_and_the_run_goes_on(tmp: Path) -> None:
     assert "summary:" in started.out.read_text()
 
 
-def _full(writer: int) -> bool:
-    """Whether a write into the pipe of ``writer`` would block (no room left)."""
-    return not select.select([], [writer], [], 0)[1]
+@contextlib.contextmanager
+def _unread_stderr(tmp: Path, *options: str, full: bool) -> Iterator[tuple[Run, int]]:
+    """``irqbypass run live.toml --control live.sock [options]`` whose stderr is
+    a pipe nobody reads (``full``: full before it starts); the run and the
+    pipe's writer, kept open here to see it full. The run is killed if a test
+    leaves it running."""
+    reader, writer = os.pipe()
+    if full:
+        os.set_blocking(writer, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(writer, b"x" * 4096)
+        os.set_blocking(writer, True)
+    try:
+        started = Run(tmp, "--control", "live.sock", *options, stderr=writer)
+        try:
+            wait_for("the control socket", lambda: (tmp / "live.sock").exists())
+            yield started, writer
+        finally:
+            if started.proc.poll() is None:
+                started.proc.kill()
+                started.proc.wait()
+    finally:
+        os.close(reader)
+        os.close(writer)
 
 
 def test_a_stderr_nobody_reads_stalls_no_interrupt_and_a_ctrl_c_still_exits(tmp: Path) -> None:
@@ -239,40 +269,25 @@ def test_a_stderr_nobody_reads_stalls_no_interrupt_and_a_ctrl_c_still_exits(tmp:
     interrupts go on being delivered), and after Ctrl-C the run tears down and
     exits although its last lines cannot be written (both hung before)."""
     (tmp / "live.toml").write_text(pair(0, rate=1000.0))
-    reader, writer = os.pipe()  # the writer stays open here, to see the pipe full
-    try:
-        with (tmp / "run.out").open("w") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "irqbypass",
-                    "-v",
-                    "run",
-                    "live.toml",
-                    "--control",
-                    "live.sock",
-                ],
-                cwd=tmp,
-                env=env(),
-                stdout=out,
-                stderr=writer,
-            )
-        try:
-            wait_for("the control socket", lambda: (tmp / "live.sock").exists())
-            wait_for("stderr to fill", lambda: _full(writer))
-            first = _delivered(tmp)
-            wait_for("more interrupts delivered", lambda: _delivered(tmp) > first + 100)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert "summary:" in (tmp / "run.out").read_text()
-    finally:
-        os.close(reader)
-        os.close(writer)
+    with _unread_stderr(tmp, "-v", full=False) as (started, writer):
+        wait_for("stderr to fill", lambda: not select.select([], [writer], [], 0)[1])
+        first = _delivered(tmp)
+        wait_for("more interrupts delivered", lambda: _delivered(tmp) > first + 100)
+        started.signal(signal.SIGINT)
+        assert started.proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
+    assert "summary:" in started.out.read_text()
+
+
+def test_a_stalled_stderr_keeps_no_status_request_waiting(tmp: Path) -> None:
+    """SIGUSR1 prints the status on stderr from the run's main loop; with stderr
+    a full pipe nobody reads, the print gives up after a while and the loop goes
+    on serving the control socket (before, it waited for the reader forever)."""
+    with _unread_stderr(tmp, full=True) as (started, _writer):
+        started.signal(signal.SIGUSR1)
+        for _ in range(3):  # the first may be served before the print begins
+            _delivered(tmp)
+        assert started.stop() == 128 + signal.SIGTERM
+    assert "summary:" in started.out.read_text()
 
 
 def _delivered(tmp: Path) -> int:

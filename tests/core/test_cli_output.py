@@ -68,7 +68,7 @@ def test_another_threads_line_is_dropped_not_waited_for_and_told_later(
     output.say("from the main thread", stream)  # the reader reads again
     assert _drain(reader) == b"from the main thread\n"
     assert capsys.readouterr().err == (
-        "irqbypass: warning: 1 log line not written: standard error was not being read\n"
+        "irqbypass: warning: 1 line of output not written: nothing was reading it\n"
     )
     assert screen.dropped == 0
 
@@ -92,3 +92,27 @@ def test_after_a_stop_the_main_thread_waits_for_a_reader_only_so_long(
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() >= screen.leave_by
     assert b"stopped" not in _drain(reader)
+
+
+def test_while_serving_a_run_the_main_thread_waits_for_a_reader_only_a_while(
+    screen: output._Screen, stalled: tuple[int, TextIO], capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader, stream = stalled
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("the run's main loop waited for a reader")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang guard, not a time limit
+    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD)
+    try:
+        with output.serving():
+            output.say("a status", stream)  # dropped after SERVING_WAIT
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not screen.serving
+    assert screen.dropped == 1
+    assert b"a status" not in _drain(reader)
+    output.say("read again", stream)
+    assert _drain(reader) == b"read again\n"
+    assert "1 line of output not written" in capsys.readouterr().err

@@ -5,10 +5,12 @@ being shown first, so a message during a run never starts in the middle of it
 (as pip and pytest do).
 
 A reader that stops reading (a pipe into a paused pager, a terminal on
-Ctrl-S) holds no thread of ours for long: the event loop's threads never wait
-for it (their log line is dropped, and counted), and once a signal has stopped
-the command (:func:`stop_signal`) the main thread waits for it at most
-:data:`LEAVING_SECONDS` in all, so the process still exits."""
+Ctrl-S) holds no loop of ours for long: the event loop's threads never wait
+for it, the main thread waits at most :data:`SERVING_WAIT` a write while it
+serves a run (:func:`serving`), and once a signal has stopped the command
+(:func:`stop_signal`) at most :data:`LEAVING_SECONDS` in all, so the process
+still exits. A line not written in time is dropped, and the count of them is
+told on standard error by the main thread's next line."""
 
 from __future__ import annotations
 
@@ -20,12 +22,15 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TextIO
 
 #: once a signal stopped the command, how long its last lines may wait, in all,
 #: for a reader that does not read
 LEAVING_SECONDS = 0.5
+#: while the main thread serves a run, how long one write may wait for its reader
+SERVING_WAIT = 0.5
 #: how long another thread (the event loop's) waits for the screen's lock
 _OTHER_THREAD_WAIT = 0.1
 #: bytes per write: a pipe found writable takes this much without blocking
@@ -40,6 +45,18 @@ def stop_signal(exc: KeyboardInterrupt) -> int:
         _SCREEN.leave_by = time.monotonic() + LEAVING_SECONDS
     signum: int = getattr(exc, "signum", signal.SIGINT)
     return signum
+
+
+@contextmanager
+def serving() -> Iterator[None]:
+    """The main thread serves a run meanwhile (the signals, the control socket,
+    the progress line): no write of it waits for a reader longer than
+    :data:`SERVING_WAIT`."""
+    _SCREEN.serving = True
+    try:
+        yield
+    finally:
+        _SCREEN.serving = False
 
 
 def print_notes(exc: BaseException) -> None:
@@ -98,7 +115,9 @@ class _Screen:
         self.progress: TextIO | None = None
         #: when the main thread stops waiting for readers (set by stop_signal)
         self.leave_by: float | None = None
-        #: log lines of other threads dropped: their reader was not reading
+        #: whether the main thread serves a run now (see serving)
+        self.serving = False
+        #: lines dropped since the last told: their reader was not reading
         self.dropped = 0
 
     def write(self, stream: TextIO, text: str) -> bool:
@@ -113,10 +132,7 @@ class _Screen:
             return True
         stream.flush()  # what an earlier print() left in its buffer goes first
         data = text.encode(stream.encoding or "utf-8", stream.errors or "strict")
-        # the event loop's threads never wait for a reader; the main thread until
-        # it leaves (a Ctrl-C ends that wait too)
-        main = threading.current_thread() is threading.main_thread()
-        end = self.leave_by if main else time.monotonic()
+        end = self._wait_until()
         writable = select.poll()
         writable.register(fd, select.POLLOUT)
         while data:
@@ -125,6 +141,17 @@ class _Screen:
                 return False
             data = data[os.write(fd, data[:_CHUNK]) :]
         return True
+
+    def _wait_until(self) -> float | None:
+        """How long a write may wait for its reader: the event loop's threads
+        not at all; the main thread until it leaves, or a while if it serves a
+        run, else as long as it takes (a Ctrl-C ends that wait too)."""
+        now = time.monotonic()
+        if threading.current_thread() is not threading.main_thread():
+            return now
+        if self.leave_by is not None:
+            return self.leave_by
+        return now + SERVING_WAIT if self.serving else None
 
 
 #: the one screen of the process: every line of the CLI goes through it
@@ -179,7 +206,7 @@ def say(text: str, out: TextIO) -> None:
     terminal: print() writes the text and its newline apart, and unbuffered
     (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
     the same stream or, with 2>&1, the other. Another thread's line is dropped
-    (and counted) rather than wait for a reader or for the main thread's write."""
+    (and counted) rather than wait long for the main thread's write."""
     main = threading.current_thread() is threading.main_thread()
     if not _SCREEN.lock.acquire(timeout=-1 if main else _OTHER_THREAD_WAIT):
         _SCREEN.dropped += 1
@@ -195,10 +222,10 @@ def say(text: str, out: TextIO) -> None:
             dropped, _SCREEN.dropped = _SCREEN.dropped, 0
             _SCREEN.write(
                 sys.stderr,
-                f"irqbypass: warning: {counted(dropped, 'log line')} not written: "
-                "standard error was not being read\n",
+                f"irqbypass: warning: {counted(dropped, 'line')} of output not written: "
+                "nothing was reading it\n",
             )
-        if not _SCREEN.write(out, text + "\n") and not main:
+        if not _SCREEN.write(out, text + "\n"):
             _SCREEN.dropped += 1
     finally:
         _SCREEN.lock.release()

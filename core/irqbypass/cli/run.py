@@ -33,6 +33,7 @@ from .output import (
     print_notes,
     print_warning,
     say,
+    serving,
     stop_signal,
 )
 from .summary import print_pairs, print_summary, progress_line, snapshot
@@ -175,7 +176,8 @@ def _serve(
             print_pairs(topology, rows, out, args.every)
         live.ready()
         producers = [row.producer for row in rows if row.producer is not None]
-        _wait(topology, producers, duration, sys.stderr, live)
+        with serving():  # the run's main loop: no write of it waits long for a reader
+            _wait(topology, producers, duration, sys.stderr, live)
     except KeyboardInterrupt as exc:
         stopped_by = stop_signal(exc)
         # the wait's progress line ends its line itself, after the ^C echo
