@@ -83,13 +83,15 @@ class EndpointConfig:
     #: their fingerprints are equal (one string comparison, taken once, here:
     #: an entry is a value, its options are read and never changed)
     fingerprint: str = field(init=False, repr=False, compare=False)
-    #: where the entry is in its file, as errors name it: ``producers[0]``
-    key_path: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         text = "\0".join(map(canonical, _compared_values(self)))
         object.__setattr__(self, "fingerprint", text)
-        object.__setattr__(self, "key_path", f"{self.side}s[{self.index}]")
+
+    @property
+    def key_path(self) -> str:
+        """Where the entry is in its file, as errors name it: ``producers[0]``."""
+        return f"{self.side}s[{self.index}]"
 
 
 #: the keys that make an entry changed when they differ (its place in the file does not)
