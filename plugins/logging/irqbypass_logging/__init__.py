@@ -206,7 +206,7 @@ class LoggingConsumer(irqbypass.Consumer):
         self._event("open")
         try:
             self._reader = irqbypass.event_loop().add_reader(
-                self.token, self._on_readable, owner=f"logging consumer {self._shown!r}"
+                self.token, self._on_readable, owner=f"logging consumer {self.name!r}"
             )
         except BaseException:
             self._eventfd = None

@@ -205,3 +205,16 @@ def test_close_counts_what_the_loop_has_not_read_yet() -> None:
         finally:
             release.set()
             blocker.cancel()
+
+
+def test_the_loop_names_the_reader_by_the_consumers_name_escaped_once() -> None:
+    """A name with a control character is shown as repr() shows it, as every
+    other endpoint's reader is (it was escaped twice: 'a\\\\x1bb')."""
+    with irqbypass.Eventfd() as token:
+        consumer = LoggingConsumer(token=token, name="a\x1bb")
+        consumer.open()
+        try:
+            owners = [h.owner for h in irqbypass.event_loop().handles()]
+            assert "logging consumer 'a\\x1bb'" in owners
+        finally:
+            consumer.close()
