@@ -28,8 +28,8 @@ from .._paths import file_kind
 from .._plugins import PluginHost
 from .._signals import guard_signals
 from .._topology import Topology
-from .output import TABLE_ROWS, counted, print_error, print_warning, say
-from .summary import print_summary, snapshot
+from .output import counted, lists_every, print_error, print_warning, say
+from .summary import print_summary, reasons, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
 
@@ -164,8 +164,8 @@ class Live:
             "reloads": self.reloads,
             "failed_reloads": self.failed_reloads,
             "pairs": [row.as_dict() for row in snapshot(topology, settled=False)],
-            "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
-            "vetoed": [{"token": t, "reason": r} for t, r in topology.vetoed],
+            "skipped": reasons(topology.skipped),
+            "vetoed": reasons(topology.vetoed),
         }
 
     def print_status(self, out: TextIO) -> None:
@@ -287,8 +287,7 @@ def _print_status(doc: dict[str, Any], out: TextIO, every: bool | None = None) -
     table lists ``every`` pair, or only those with a problem (None: every pair
     of a table of at most TABLE_ROWS, as run's tables)."""
     pairs = doc.get("pairs", [])
-    if every is None:
-        every = len(pairs) <= TABLE_ROWS
+    every = lists_every(every, len(pairs))
     paired = sum(1 for p in pairs if p.get("paired"))
     say(
         f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "

@@ -163,6 +163,12 @@ _SCREEN = _Screen()
 TABLE_ROWS = 20
 
 
+def lists_every(every: bool | None, rows: int) -> bool:
+    """Whether a table of ``rows`` lists every one: as the user asked (``--all``,
+    ``-q``), else (None) when it has at most TABLE_ROWS."""
+    return rows <= TABLE_ROWS if every is None else every
+
+
 def print_table(
     header: Sequence[str],
     rows: Sequence[tuple[Sequence[str], bool]],
@@ -177,8 +183,7 @@ def print_table(
     reason of 250 characters) wraps at word boundaries under itself, instead of
     the terminal breaking it anywhere; piped output keeps one line per row, for
     scripts and diffs."""
-    if every is None:
-        every = len(rows) <= TABLE_ROWS
+    every = lists_every(every, len(rows))
     shown = [cells for cells, problem in rows if every or problem]
     widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
     if width is None and is_tty(out):

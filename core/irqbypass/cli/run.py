@@ -36,7 +36,7 @@ from .output import (
     serving,
     stop_signal,
 )
-from .summary import print_pairs, print_summary, progress_line, snapshot
+from .summary import print_pairs, print_summary, progress_line, reasons, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
 
@@ -213,8 +213,8 @@ def _report(
             "file": topology.config.file,
             "interrupted": stopped_by is not None,
             "pairs": ended.summary,
-            "skipped": [{"token": t, "reason": r} for t, r in topology.skipped],
-            "vetoed": [{"token": t, "reason": r} for t, r in ended.vetoed],
+            "skipped": reasons(topology.skipped),
+            "vetoed": reasons(ended.vetoed),
             "warnings": [*warnings, *faults],
             "error": errors[0] if errors else None,
             "errors": errors,

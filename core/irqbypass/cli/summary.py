@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from .._status import PairStatus
 from .._topology import Topology
-from .output import TABLE_ROWS, counted, number, print_table, say
+from .output import counted, lists_every, number, print_table, say
 
 
 def snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
@@ -16,6 +16,11 @@ def snapshot(topology: Topology, settled: bool = True) -> list[PairStatus]:
     final reading, once every producer is done; False while the run goes on."""
     # asked once, not per row: it asks every producer (per row it was O(N^2))
     return [row.snapshot() for row in topology.status(settled=None if settled else False)]
+
+
+def reasons(left_out: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The JSON form of ``Topology.skipped`` or ``vetoed``: a token and why, each."""
+    return [{"token": token, "reason": reason} for token, reason in left_out]
 
 
 def progress_line(rows: list[PairStatus], elapsed: float, finished: int, producers: int) -> str:
@@ -56,8 +61,7 @@ def print_pairs(
         rows.append(((row.token, producer, consumer, state), problem))
     for token, reason in topology.skipped:
         rows.append(((token, "-", "-", f"skipped: {reason}"), True))
-    if every is None:
-        every = len(rows) <= TABLE_ROWS
+    every = lists_every(every, len(rows))
     if every:
         say(f"{topology.config.file}: applied", out)
     else:
@@ -88,8 +92,7 @@ def print_summary(
     if not summary:
         say("summary: nothing ran (no pair was applied)", out)
         return
-    if every is None:
-        every = len(summary) <= TABLE_ROWS
+    every = lists_every(every, len(summary))
     if not every:
         title = f"{title.removesuffix(':') or 'summary'}: {_totals(summary)}"
     if title:
