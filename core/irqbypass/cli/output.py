@@ -212,28 +212,35 @@ def say(text: str, out: TextIO) -> None:
     (PYTHONUNBUFFERED) a log line of the loop thread could land between them, on
     the same stream or, with 2>&1, the other. Another thread's line is dropped
     (and counted) rather than wait long for the main thread's write."""
-    main = threading.current_thread() is threading.main_thread()
-    if not _SCREEN.lock.acquire(timeout=-1 if main else _OTHER_THREAD_WAIT):
+    if threading.current_thread() is threading.main_thread():
+        with _SCREEN.lock:
+            _say(text, out, main=True)
+    elif _SCREEN.lock.acquire(timeout=_OTHER_THREAD_WAIT):
+        try:  # (signals run their handlers in the main thread: none lands in between)
+            _say(text, out, main=False)
+        finally:
+            _SCREEN.lock.release()
+    else:
         _SCREEN.dropped += 1
-        return
-    try:
-        # the progress line is cleared before a line on its stream or on another
-        # terminal (the same screen, as a rule); it is drawn again at its next tick
-        stream = _SCREEN.progress
-        if stream is not None and (out is stream or is_tty(out)):
-            _SCREEN.progress = None
-            _SCREEN.write(stream, "\r\x1b[K")
-        if main and _SCREEN.dropped:
-            dropped, _SCREEN.dropped = _SCREEN.dropped, 0
-            _SCREEN.write(
-                sys.stderr,
-                f"irqbypass: warning: {counted(dropped, 'line')} of output not written: "
-                "nothing was reading it\n",
-            )
-        if not _SCREEN.write(out, text + "\n"):
-            _SCREEN.dropped += 1
-    finally:
-        _SCREEN.lock.release()
+
+
+def _say(text: str, out: TextIO, main: bool) -> None:
+    """:func:`say`'s line, the screen's lock held."""
+    # the progress line is cleared before a line on its stream or on another
+    # terminal (the same screen, as a rule); it is drawn again at its next tick
+    stream = _SCREEN.progress
+    if stream is not None and (out is stream or is_tty(out)):
+        _SCREEN.progress = None
+        _SCREEN.write(stream, "\r\x1b[K")
+    if main and _SCREEN.dropped:
+        dropped, _SCREEN.dropped = _SCREEN.dropped, 0
+        _SCREEN.write(
+            sys.stderr,
+            f"irqbypass: warning: {counted(dropped, 'line')} of output not written: "
+            "nothing was reading it\n",
+        )
+    if not _SCREEN.write(out, text + "\n"):
+        _SCREEN.dropped += 1
 
 
 def draw_progress(line: str, stream: TextIO) -> None:
