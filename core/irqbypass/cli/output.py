@@ -15,6 +15,7 @@ told on standard error by the main thread's next line."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import signal
@@ -136,7 +137,7 @@ class _Screen:
         writable = select.poll()
         writable.register(fd, select.POLLOUT)
         while data:
-            left = None if end is None else max(0, round((end - time.monotonic()) * 1000))
+            left = None if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
             if not writable.poll(left):
                 return False
             data = data[os.write(fd, data[:_CHUNK]) :]
