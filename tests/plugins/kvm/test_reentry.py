@@ -69,7 +69,8 @@ def test_a_reinjected_interrupt_is_counted_apart(
     controller: str, request: pytest.FixtureRequest, token: irqbypass.Eventfd
 ) -> None:
     """Three interrupts, the second delivered again into its own handler: the
-    guest counts three (on the PIC's line, or the x2APIC's vector), one re-entry."""
+    guest counts three (on the PIC's line, or the x2APIC's vector), and that
+    re-entry apart (at least once: a nested hypervisor may replay it again)."""
     guest: Guest = request.getfixturevalue("guest" if controller == "pic" else "apic_guest")
     vector = guest.vector if controller == "pic" else MSI_VECTOR
     route = MsiRoute(0xFEE00000, MSI_VECTOR) if controller == "x2apic" else None
