@@ -132,27 +132,28 @@ class LoggingConsumer(irqbypass.Consumer):
         """The latest event names, oldest first (at most :data:`EVENTS_KEPT`)."""
         return list(self._events)
 
-    def _event(self, event: str, **fields: Any) -> None:
-        self._events.append(event)
-        # Whether a record at self.level passes the consumer's logger, as
-        # self.log.isEnabledFor says, without making that logger: while it does
-        # not exist it has no level, and (its name without a dot of its own) its
-        # effective level is its parent's: the parent's cached isEnabledFor says
-        # it, unless the parent itself is disabled.
+    def _logs(self) -> bool:
+        """Whether a record at ``self.level`` passes the consumer's logger, as
+        ``self.log.isEnabledFor`` says, without making that logger: while it
+        does not exist it has no level, and (its name without a dot of its own)
+        its effective level is its parent's: the parent's cached
+        ``isEnabledFor`` says it, unless the parent itself is disabled."""
         if (
             self._log is not None
             or not self._log_parent_is_ours
             or isinstance(_LOGGERS.get(self._log_name), logging.Logger)
         ):
-            logs = self.log.isEnabledFor(self.level)
-        elif not _PARENT_LOGGER.disabled:
-            logs = _PARENT_LOGGER.isEnabledFor(self.level)
-        else:
-            logs = (
-                logging.root.manager.disable < self.level
-                and self.level >= _PARENT_LOGGER.getEffectiveLevel()
-            )
-        if logs:  # the line is built only to be logged
+            return self.log.isEnabledFor(self.level)
+        if not _PARENT_LOGGER.disabled:
+            return _PARENT_LOGGER.isEnabledFor(self.level)
+        return (
+            logging.root.manager.disable < self.level
+            and self.level >= _PARENT_LOGGER.getEffectiveLevel()
+        )
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self._events.append(event)
+        if self._logs():  # the line is built only to be logged
             detail = "".join(f" {k}={_printable(v)}" for k, v in fields.items())
             self.log.log(self.level, "%s %s%s", self._shown, event, detail)
         if self._json is None and self._json_error is None:
