@@ -28,7 +28,7 @@ from .._paths import file_kind
 from .._plugins import PluginHost
 from .._signals import guard_signals
 from .._topology import Topology
-from .output import counted, lists_every, print_error, print_warning, say
+from .output import counted, print_error, print_warning, say
 from .summary import print_summary, reasons, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
@@ -287,7 +287,6 @@ def _print_status(doc: dict[str, Any], out: TextIO, every: bool | None = None) -
     table lists ``every`` pair, or only those with a problem (None: every pair
     of a table of at most TABLE_ROWS, as run's tables)."""
     pairs = doc.get("pairs", [])
-    every = lists_every(every, len(pairs))
     paired = sum(1 for p in pairs if p.get("paired"))
     say(
         f"{doc.get('file')}: running {doc.get('uptime', 0):.1f} s (pid {doc.get('pid')}), "
