@@ -103,11 +103,7 @@ class Eventfd:
     _identity: tuple[str, int]
 
     def __init__(self, initval: int = 0, *, semaphore: bool = False) -> None:
-        if (
-            not isinstance(initval, int)
-            or isinstance(initval, bool)
-            or not 0 <= initval <= _MAX_INITVAL
-        ):
+        if not (type(initval) is int or _is_int(initval)) or not 0 <= initval <= _MAX_INITVAL:
             raise InvalidEndpointError(
                 f"Eventfd initval {show(initval)} is not an int from 0 to {_MAX_INITVAL}"
             )
