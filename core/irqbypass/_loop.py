@@ -786,14 +786,18 @@ def event_loop() -> EventLoop:
 
 def _forked() -> None:
     """A fork()ed child has no loop thread, and its epoll set is the parent's
-    (shared across fork): drop ours unused and let the child make its own."""
+    (shared across fork): drop ours unused and let the child make its own.
+    The old loop is closed for good here (its fds once, the epoll set through
+    its object): freed or closed later, it must not close the numbers again,
+    by then the child's own files."""
     global _default, _default_lock
     loop, _default = _default, None
     _default_lock = threading.Lock()
     if loop is not None:
-        for fd in (loop._epoll.fileno(), loop._wakeup):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        loop._closed = True  # no handle, no close(), no unregister: the child is alone here
+        loop._epoll.close()
+        with contextlib.suppress(OSError):
+            os.close(loop._wakeup)
 
 
 os.register_at_fork(after_in_child=_forked)

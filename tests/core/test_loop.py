@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -538,3 +540,33 @@ def test_a_forked_child_gets_a_loop_of_its_own() -> None:
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_never_closes_a_number_the_parents_loop_had_again() -> None:
+    """In the child, the parent's loop is dropped and its fds closed once: the
+    loop object, freed or closed later, does not close them again, by then the
+    numbers of the child's own files (its pipe took the epoll set's number)."""
+    loop = irqbypass.plugin.EventLoop()
+    numbers = {loop._epoll.fileno(), loop._wakeup}
+    irqbypass_loop = sys.modules["irqbypass._loop"]
+    previous = irqbypass_loop._default
+    irqbypass_loop._default = loop  # the process's loop, as the child inherits it
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 1
+            try:
+                reused = set(os.pipe())  # the lowest free numbers: the loop's, closed at fork
+                closed = loop.closed  # it takes no handle in the child
+                loop.close()
+                del loop
+                gc.collect()
+                still = {fd for fd in reused if os.path.exists(f"/proc/self/fd/{fd}")}
+                status = 2 if not numbers & reused else 3 if still != reused else 4 * (not closed)
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        irqbypass_loop._default = previous
+        loop.close()
