@@ -324,8 +324,8 @@ def _wait(
     for. With a control socket a reload may bring producers, so only the
     duration or a signal ends the run. Each tick, ``service`` acts on the
     signals and the control requests that arrived."""
-    serving = service.server is not None
-    if not (producers or serving):  # as _waits says
+    listening = service.server is not None  # a control socket: a reload may bring work
+    if not (producers or listening):  # as _waits says
         _log.info("no producer: nothing to wait for")
         return
     live = is_tty(progress)
@@ -340,7 +340,7 @@ def _wait(
             if (service.reloads, service.failed_reloads) != reloads:  # other producers now
                 reloads = (service.reloads, service.failed_reloads)
                 producers = [p for p in topology.placed if p.config.side == "producer"]
-            finished = not serving and topology.finished
+            finished = not listening and topology.finished
             # the rows cost O(pairs): read only for the progress line or once finished
             rows = snapshot(topology, settled=False) if live or finished else []
             if live:
