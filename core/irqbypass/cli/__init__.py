@@ -25,6 +25,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any, NamedTuple, NoReturn
 
 from .. import __version__
@@ -117,11 +118,8 @@ def _json_error(
         "error": error,
         "errors": list(errors) or [error],
     }
-    try:
+    with suppress(OSError):  # the reader went away: the stderr line is what is left
         say(json.dumps(doc, indent=2), sys.stdout)
-        sys.stdout.flush()
-    except OSError:  # the reader went away: the stderr line is what is left
-        pass
 
 
 def _os_error(exc: OSError) -> str:

@@ -170,7 +170,6 @@ class Live:
 
     def print_status(self, out: TextIO) -> None:
         _print_status(self.status(), out, self.every)
-        out.flush()
 
     def _status_line(self) -> str:
         rows = self.topology.status()
