@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -116,3 +117,16 @@ def test_while_serving_a_run_the_main_thread_waits_for_a_reader_only_a_while(
     output.say("read again", stream)
     assert _drain(reader) == b"read again\n"
     assert "1 line of output not written" in capsys.readouterr().err
+
+
+def test_a_count_of_dropped_lines_that_cannot_be_told_is_kept_for_later(
+    screen: output._Screen, stalled: tuple[int, TextIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warning that tells how many lines were dropped goes to stderr; when
+    stderr is the stalled stream too, the count is kept, not lost with it."""
+    _reader, stream = stalled
+    screen.dropped = 2  # as two lines of the loop dropped earlier
+    monkeypatch.setattr(sys, "stderr", stream)
+    with output.serving():
+        output.say("a status", stream)
+    assert screen.dropped == 3  # the two, and this line

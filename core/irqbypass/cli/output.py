@@ -118,8 +118,21 @@ class _Screen:
         self.leave_by: float | None = None
         #: whether the main thread serves a run now (see serving)
         self.serving = False
-        #: lines dropped since the last told: their reader was not reading
+        #: lines dropped since the last told (their reader was not reading), under a
+        #: lock of its own: a thread that timed out on the screen's lock counts too
         self.dropped = 0
+        self._counting = threading.Lock()
+
+    def drop(self, lines: int = 1) -> None:
+        """Count ``lines`` dropped, to be told by the main thread's next line."""
+        with self._counting:
+            self.dropped += lines
+
+    def take_dropped(self) -> int:
+        """The lines dropped since the last told, now to be told."""
+        with self._counting:
+            dropped, self.dropped = self.dropped, 0
+        return dropped
 
     def write(self, stream: TextIO, text: str) -> bool:
         """Write ``text`` whole, or as much as its reader takes in time (the
@@ -224,7 +237,7 @@ def say(text: str, out: TextIO) -> None:
         finally:
             _SCREEN.lock.release()
     else:
-        _SCREEN.dropped += 1
+        _SCREEN.drop()
 
 
 def _say(text: str, out: TextIO, main: bool) -> None:
@@ -235,15 +248,15 @@ def _say(text: str, out: TextIO, main: bool) -> None:
     if stream is not None and (out is stream or is_tty(out)):
         _SCREEN.progress = None
         _SCREEN.write(stream, "\r\x1b[K")
-    if main and _SCREEN.dropped:
-        dropped, _SCREEN.dropped = _SCREEN.dropped, 0
-        _SCREEN.write(
-            sys.stderr,
+    if main and (dropped := _SCREEN.take_dropped()):
+        notice = (
             f"irqbypass: warning: {counted(dropped, 'line')} of output not written: "
-            "nothing was reading it\n",
+            "nothing was reading it\n"
         )
+        if not _SCREEN.write(sys.stderr, notice):
+            _SCREEN.drop(dropped)  # still to be told
     if not _SCREEN.write(out, text + "\n"):
-        _SCREEN.dropped += 1
+        _SCREEN.drop()
 
 
 def draw_progress(line: str, stream: TextIO) -> None:
