@@ -545,7 +545,7 @@ def test_a_forked_child_gets_a_loop_of_its_own() -> None:
 def test_a_forked_child_never_closes_a_number_the_parents_loop_had_again() -> None:
     """In the child, the parent's loop is dropped and its fds closed once: the
     loop object, freed or closed later, does not close them again, by then the
-    numbers of the child's own files (its pipe took the epoll set's number)."""
+    numbers of the child's own files (a pipe put at those very numbers)."""
     loop = irqbypass.plugin.EventLoop()
     numbers = {loop._epoll.fileno(), loop._wakeup}
     irqbypass_loop = sys.modules["irqbypass._loop"]
@@ -556,13 +556,14 @@ def test_a_forked_child_never_closes_a_number_the_parents_loop_had_again() -> No
         if pid == 0:  # pragma: no cover - the child
             status = 1
             try:
-                reused = set(os.pipe())  # the lowest free numbers: the loop's, closed at fork
+                for number, end in zip(sorted(numbers), os.pipe(), strict=True):
+                    os.dup2(end, number)  # the child's own files, at the numbers the loop had
                 closed = loop.closed  # it takes no handle in the child
                 loop.close()
                 del loop
                 gc.collect()
-                still = {fd for fd in reused if os.path.exists(f"/proc/self/fd/{fd}")}
-                status = 2 if not numbers & reused else 3 if still != reused else 4 * (not closed)
+                still = {fd for fd in numbers if os.path.exists(f"/proc/self/fd/{fd}")}
+                status = 3 if still != numbers else 4 * (not closed)
             finally:
                 os._exit(status)
         _, status = os.waitpid(pid, 0)
