@@ -29,7 +29,7 @@ from . import _wire as wire
 from ._load import BlkLoad
 from ._settings import VhostUserSettings
 from ._vring import OwnedRing
-from .connection import Connection
+from .connection import Connection, Turns
 from .daemon import StorageDaemon
 from .errors import BackendGoneError, VhostUserError
 from .ring import SplitRing
@@ -59,10 +59,21 @@ class Backend(irqbypass.plugin.DeviceGroup):
 
     It holds no device fd (-1): the device is a process, and each producer
     that owns its connection has one of its own (qemu-storage-daemon serves one
-    front-end at a time); a handed connection stays the VMM's."""
+    front-end at a time); a handed connection stays the VMM's. Shared under a
+    connection's identity, it holds the :class:`~.connection.Turns` of every
+    producer's connection to that socket."""
 
     def __init__(self) -> None:
         super().__init__(-1)
+        self.turns: Turns | None = None
+
+    def take_turns(self, conn: Connection) -> None:
+        """Have ``conn`` (before its first request here) take turns with the
+        other producers' connections to this socket."""
+        if self.turns is None:
+            self.turns = conn.turns
+        else:
+            conn.turns = self.turns
 
 
 class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
@@ -226,7 +237,7 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
     def _connect(self) -> None:
         given, s = self.settings.connection, self.settings
         if isinstance(given, Connection):
-            self._take_claim(("connection", *given.identity()))
+            self._claim_connection(given)
             self.conn = given
             return
         if given is not None:
@@ -234,7 +245,7 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
                 given, what=self.host.describe(), timeout=s.timeout, reply_ack=s.reply_ack
             )
             try:
-                self._take_claim(("connection", *conn.identity()))
+                self._claim_connection(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -251,9 +262,14 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
         self.conn = Connection.connect(
             path, what=self.host.describe(), timeout=s.timeout, backend_uid=s.backend_uid
         )
-        self._take_claim(("connection", *self.conn.identity()))
+        self._claim_connection(self.conn)
 
-    def _take_claim(self, key: Hashable) -> None:
+    def _claim_connection(self, conn: Connection) -> None:
+        """Claim this virtqueue on ``conn``'s socket, whose requests then take
+        turns with those of the other producers on it."""
+        self._take_claim(("connection", *conn.identity())).take_turns(conn)
+
+    def _take_claim(self, key: Hashable) -> Backend:
         """Claim this virtqueue in the back-end shared under ``key``, or refuse
         (EBUSY) if another producer of this process binds it."""
         backend = Backend.share(self.host.seam, ("vhost-user", key), Backend)
@@ -267,6 +283,7 @@ class VirtqueueCall(irqbypass.plugin.DeviceInterrupt):
                 errno=errno.EBUSY,
             )
         self._backends.append(backend)
+        return backend
 
     def _negotiate(self) -> None:
         """GET_FEATURES ... SET_FEATURES, as QEMU's vhost_user_backend_init and

@@ -36,7 +36,14 @@ from . import _wire as wire
 from ._dial import MAX_SOCKET_NAME, check_socket_path, dial
 from .errors import BackendGoneError, BackendTimeoutError, ProtocolError, VhostUserError
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_SOCKET_NAME", "MAX_TIMEOUT", "Connection", "check_socket_path"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_SOCKET_NAME",
+    "MAX_TIMEOUT",
+    "Connection",
+    "Turns",
+    "check_socket_path",
+]
 
 DEFAULT_TIMEOUT = 5.0
 #: the longest wait a configuration may ask for (an hour: beyond any back-end
@@ -49,6 +56,16 @@ _POLL_SLICE = 0.05
 _T = TypeVar("_T")
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED)
 _FD_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * array.array("i").itemsize)
+
+
+class Turns:
+    """What the connections to one socket share (producers handed the VMM's one
+    connection, by one fd or by dups): one request at a time on the stream,
+    and its first break, after which none of them can trust it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.broken: VhostUserError | None = None
 
 
 class Connection:
@@ -75,8 +92,9 @@ class Connection:
         self.owned = owned
         #: REPLY_ACK negotiated: need_reply makes any request synchronous
         self.reply_ack = reply_ack
-        self.broken: VhostUserError | None = None
-        self._lock = threading.Lock()
+        #: shared with the other connections to this socket (see :class:`Turns`),
+        #: set before the first request
+        self.turns = Turns()
 
     @classmethod
     def connect(
@@ -118,6 +136,11 @@ class Connection:
         return cls(sock, what=what, timeout=timeout, owned=False, reply_ack=reply_ack)
 
     # -- state -------------------------------------------------------------
+
+    @property
+    def broken(self) -> VhostUserError | None:
+        """The error that made this socket's stream untrustworthy, or None."""
+        return self.turns.broken
 
     @property
     def closed(self) -> bool:
@@ -162,6 +185,7 @@ class Connection:
 
     # -- requests ----------------------------------------------------------
 
+    @irqbypass.plugin.holding(lambda self: self.turns.lock)
     def request(
         self,
         request: wire.Request,
@@ -177,38 +201,41 @@ class Connection:
         need_reply (the back-end's non-zero answer is a refusal), without it
         by a GET_FEATURES round trip behind it (a back-end handles messages in
         order, so its reply means the request was handled).
+
+        Its turn on the socket first (the lock of :class:`Turns`, which a
+        Ctrl-C still ends a wait for); once begun, it runs to its end but for
+        its waits on the back-end, where a Ctrl-C acts at once.
         """
-        with self._lock:
-            self._check()
-            deadline = time.monotonic() + self.timeout  # one for the whole exchange
-            try:
-                self._refuse_unasked(request)
-                reply_size = wire.REPLY_SIZE.get(request)
-                ack = sync and reply_size is None and self.reply_ack
-                self._send(wire.message(request, payload, need_reply=ack), fds, request, deadline)
-                if reply_size is not None:
-                    return self._receive(request, reply_size, deadline)
-                if ack:
-                    status = wire.unpack_u64(self._receive(request, 8, deadline))
-                    if status != 0:
-                        raise VhostUserError(
-                            f"{self.what}: the back-end refused {wire.request_name(request)} "
-                            f"(REPLY_ACK status {status:#x}); see its log",
-                            errno=errno.EIO,
-                        )
-                elif sync:
-                    self._send(wire.message(wire.Request.GET_FEATURES), (), request, deadline)
-                    self._receive(wire.Request.GET_FEATURES, 8, deadline)
-                return b""
-            except VhostUserError as exc:
-                # a late reply or a half-sent message would desynchronize the stream
-                self.broken = self.broken or exc
-                raise
-            except BaseException:  # Ctrl-C (or a bug) in the middle of a message: the same
-                self.broken = self.broken or ProtocolError(
-                    f"{self.what}: interrupted in the middle of {wire.request_name(request)}"
-                )
-                raise
+        self._check()
+        deadline = time.monotonic() + self.timeout  # one for the whole exchange
+        try:
+            self._refuse_unasked(request)
+            reply_size = wire.REPLY_SIZE.get(request)
+            ack = sync and reply_size is None and self.reply_ack
+            self._send(wire.message(request, payload, need_reply=ack), fds, request, deadline)
+            if reply_size is not None:
+                return self._receive(request, reply_size, deadline)
+            if ack:
+                status = wire.unpack_u64(self._receive(request, 8, deadline))
+                if status != 0:
+                    raise VhostUserError(
+                        f"{self.what}: the back-end refused {wire.request_name(request)} "
+                        f"(REPLY_ACK status {status:#x}); see its log",
+                        errno=errno.EIO,
+                    )
+            elif sync:
+                self._send(wire.message(wire.Request.GET_FEATURES), (), request, deadline)
+                self._receive(wire.Request.GET_FEATURES, 8, deadline)
+            return b""
+        except VhostUserError as exc:
+            # a late reply or a half-sent message would desynchronize the stream
+            self.turns.broken = self.broken or exc
+            raise
+        except BaseException:  # Ctrl-C (or a bug) in the middle of a message: the same
+            self.turns.broken = self.broken or ProtocolError(
+                f"{self.what}: interrupted in the middle of {wire.request_name(request)}"
+            )
+            raise
 
     def _check(self) -> None:
         if self._sock is None:

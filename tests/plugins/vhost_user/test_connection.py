@@ -11,12 +11,16 @@ import array
 import contextlib
 import errno
 import os
+import signal
 import socket
 import struct
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_vhost_user import (
     BackendGoneError,
@@ -24,6 +28,7 @@ from irqbypass_vhost_user import (
     Connection,
     ProtocolError,
     VhostUserError,
+    VhostUserProducer,
 )
 from irqbypass_vhost_user import _wire as wire
 
@@ -294,3 +299,96 @@ def test_one_deadline_for_the_whole_reply(pair: tuple[Connection, socket.socket]
     finally:
         done.set()
         thread.join(30.0)
+
+
+@pytest.mark.parametrize("fds", ["one-fd", "dup"])
+def test_producers_handed_one_connection_share_its_break(fds: str) -> None:
+    """A reply that breaks the stream for one producer breaks it for the other
+    on the same socket too: its request fails at once, and nothing is sent."""
+    ours, backend = socket.socketpair()
+    second = ours.fileno() if fds == "one-fd" else os.dup(ours.fileno())
+    try:
+        with irqbypass.Eventfd() as token0, irqbypass.Eventfd() as token1:
+            first, other = (
+                VhostUserProducer(
+                    token=token, connection=fd, queue=queue, reply_ack=True, timeout=1.0
+                )
+                for token, fd, queue in ((token0, ours.fileno(), 0), (token1, second, 1))
+            )
+            set_call = wire.Request.SET_VRING_CALL
+            for producer in (first, other):  # each open's SET_VRING_CALL (20 bytes), acked
+                answered = answer(backend, reply(set_call, struct.pack("=Q", 0)), after=20)
+                producer.open()
+                answered.join()
+            try:
+                # the stop's SET_VRING_CALL answered as if it were GET_FEATURES
+                answered = answer(backend, reply(1, struct.pack("=Q", 0)), after=20)
+                with pytest.raises(ProtocolError, match="got VHOST_USER_GET_FEATURES"):
+                    first.stop()
+                answered.join()
+                with pytest.raises(ProtocolError, match="unusable since"):
+                    other.stop()
+                with pytest.raises(BlockingIOError):
+                    backend.recv(1, socket.MSG_DONTWAIT)  # the second was never sent
+            finally:
+                for producer in (first, other):  # each says the break again, and releases all
+                    with contextlib.suppress(ProtocolError):
+                        producer.close()
+    finally:
+        if second != ours.fileno():
+            os.close(second)
+        ours.close()
+        backend.close()
+
+
+def _main_thread_in(conn: Connection) -> bool:
+    """Whether the main thread is in a method of ``conn``."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None:
+        if frame.f_locals.get("self") is conn:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.usefixtures("guarded_sigint")
+def test_ctrl_c_ends_a_wait_for_the_turn_and_takes_nothing(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    """Another connection to the socket waits on a stalled back-end with the
+    turn; a Ctrl-C ends this one's wait for it, in a signal-safe section as a
+    producer's stop() is, at once (a plain lock there waits deaf until the
+    other's timeout), and leaves neither the turn taken nor the stream broken."""
+    first, backend = pair
+    first.timeout = 60.0
+    other = Connection.from_fd(first.fileno(), what="vhost-user producer 'vq1' (fake)")
+    other.turns = first.turns
+
+    @irqbypass.plugin.uninterrupted
+    def swap() -> bytes:
+        return other.request(wire.Request.GET_FEATURES)
+
+    try:
+        asked = threading.Thread(target=first.request, args=(wire.Request.GET_FEATURES,))
+        asked.start()
+        assert backend.recv(12) == struct.pack("=III", 1, 1, 0)  # first has the turn, stalled
+
+        def interrupt() -> None:
+            while not _main_thread_in(other):
+                time.sleep(0.001)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            swap()
+        interrupter.join()
+        assert asked.is_alive()  # the back-end still has not answered the first
+        backend.sendall(reply(1, struct.pack("=Q", 0)))
+        asked.join(30.0)
+        assert not asked.is_alive() and first.broken is None
+        answered = answer(backend, reply(1, struct.pack("=Q", 7)))
+        assert wire.unpack_u64(other.request(wire.Request.GET_FEATURES)) == 7
+        answered.join()
+    finally:
+        other.close()

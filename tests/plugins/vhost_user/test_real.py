@@ -483,3 +483,50 @@ def test_ctrl_c_during_a_swap_waits_until_the_kick_is_accounted(
         stats = producer.stats()
         # nothing completed while stopped: no held completion, the start's kick a phantom
         assert (stats["held"], stats["absorbed"], stats["phantom"]) == (0, 0, 2)
+
+
+@pytest.mark.parametrize("reply_ack", [True, False], ids=["reply-ack", "round-trip"])
+@pytest.mark.parametrize("fds", ["one-fd", "dup"])
+def test_producers_handed_one_connection_take_turns_on_it(
+    daemon: StorageDaemon, reply_ack: bool, fds: str
+) -> None:
+    """Two producers (virtqueues 0 and 1) handed the VMM's one connection, by
+    the same fd or by a dup of it, each opened and closed from its own thread:
+    one request at a time on the socket, so neither reads the other's reply
+    (a reply waiting before a request is a protocol error)."""
+    rounds = 100
+    with contextlib.ExitStack() as stack:
+        vmm_call = stack.enter_context(irqbypass.Eventfd())
+        conn, _driver, _kick = vmm_set_up(daemon, vmm_call, stack)
+        second = conn.fileno() if fds == "one-fd" else os.dup(conn.fileno())
+        if fds == "dup":
+            stack.callback(os.close, second)
+        producers = [
+            VhostUserProducer(
+                token=stack.enter_context(irqbypass.Eventfd()),
+                connection=fd,
+                queue=queue,
+                reply_ack=reply_ack,
+                name=f"vq{queue}",
+            )
+            for queue, fd in ((0, conn.fileno()), (1, second))
+        ]
+        failures: list[BaseException] = []
+
+        def cycle(producer: VhostUserProducer) -> None:
+            try:
+                for _ in range(rounds):
+                    producer.open()
+                    producer.close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=cycle, args=(p,)) for p in producers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert conn.alive()  # and the VMM's connection still answers in turn
+        conn.request(wire.Request.SET_VRING_CALL, wire.pack_vring_file(0, has_fd=True),
+                     [vmm_call.fileno()], sync=True)  # fmt: skip
