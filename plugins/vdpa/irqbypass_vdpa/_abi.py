@@ -30,8 +30,7 @@ def _ioc(direction: int, nr: int, size: int) -> int:
     return irqbypass.system.ioctl_number(direction, VHOST_VIRTIO, nr, size)
 
 
-_IOC_WRITE, _IOC_READ = irqbypass.system.IOC_WRITE, irqbypass.system.IOC_READ
-_R, _W = _IOC_READ, _IOC_WRITE
+_R, _W = irqbypass.system.IOC_READ, irqbypass.system.IOC_WRITE
 VHOST_VDPA_GET_DEVICE_ID = _ioc(_R, 0x70, ctypes.sizeof(ctypes.c_uint32))
 VHOST_VDPA_GET_STATUS = _ioc(_R, 0x71, ctypes.sizeof(ctypes.c_uint8))
 VHOST_VDPA_GET_VQS_COUNT = _ioc(_R, 0x80, ctypes.sizeof(ctypes.c_uint32))
