@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import irqbypass
+import irqbypass.plugin
 
 from ._irqfd import Irqfd
 from ._kvm import Vm
@@ -38,21 +39,14 @@ def open_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoi
         raise
 
 
+@irqbypass.plugin.uninterrupted
 def close_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoint]) -> None:
-    """See :meth:`KvmIrqfdConsumer.close_group`."""
+    """See :meth:`KvmIrqfdConsumer.close_group`. Runs to its end once begun (a
+    Ctrl-C acts as it returns): a teardown calls it once for the whole group."""
     singles, batches = _partition(cls, endpoints, opening=False)
     errors: list[BaseException] = []
     for batch in batches:
-        irqfds = [consumer._irqfd for consumer in batch]
-        locked = 0
-        try:
-            for irqfd in irqfds:
-                irqfd.lock.acquire()
-                locked += 1
-            _close_batch(irqfds, errors)
-        finally:
-            for irqfd in irqfds[:locked]:
-                irqfd.lock.release()
+        _Locked([consumer._irqfd for consumer in batch]).close(errors)
     for consumer in singles:
         try:
             consumer.close()
@@ -64,6 +58,33 @@ def close_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpo
             f"failed, the first: {errors[0]}; everything else was released",
             errno=getattr(errors[0], "errno", None),
         ) from errors[0]
+
+
+class _Locked:
+    """The irqfds of one batch, whose locks are taken as one (all or none), so
+    that :func:`irqbypass.plugin.holding` can wait for them without going deaf
+    to a Ctrl-C while another thread holds one."""
+
+    def __init__(self, irqfds: list[Irqfd]) -> None:
+        self.irqfds = irqfds
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken: list[Irqfd] = []
+        for irqfd in self.irqfds:
+            if not irqfd.lock.acquire(blocking, timeout):
+                for held in reversed(taken):
+                    held.lock.release()
+                return False
+            taken.append(irqfd)
+        return True
+
+    def release(self) -> None:
+        for irqfd in reversed(self.irqfds):
+            irqfd.lock.release()
+
+    @irqbypass.plugin.holding(lambda self: self)
+    def close(self, errors: list[BaseException]) -> None:
+        _close_batch(self.irqfds, errors)
 
 
 def _partition(

@@ -12,6 +12,7 @@ import errno
 import threading
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._kvm import Vm
@@ -120,10 +121,12 @@ class Irqfd:
             except irqbypass.IrqBypassError as exc:
                 errors.append(exc)
 
+    @irqbypass.plugin.holding(lambda self: self.lock)
     def close(self) -> None:
-        with self.lock:
-            errors: list[BaseException] = []
-            self.teardown(errors)
+        """Runs to its end once begun (a Ctrl-C acts as it returns): a teardown
+        calls each close once, so what a cut one left would stay open."""
+        errors: list[BaseException] = []
+        self.teardown(errors)
         if errors:
             raise irqbypass.DeviceError(
                 f"{self.label}: closing failed ({errors[0]}); everything else was released",

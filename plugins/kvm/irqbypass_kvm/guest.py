@@ -249,8 +249,10 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
             ioctl(vm, _abi.KVM_IOEVENTFD, ioeventfd, "KVM_IOEVENTFD (ack port)")
             self._ioeventfd_assigned = True
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
-        """Stop the vCPU thread and close every fd and mapping (idempotent)."""
+        """Stop the vCPU thread and close every fd and mapping (idempotent);
+        runs to its end once begun (a Ctrl-C acts as it returns)."""
         self._stop_vcpu()
         try:
             if self._ioeventfd_assigned and self.vm is not None and self.ack_eventfd is not None:

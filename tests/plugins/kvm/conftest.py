@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import irqbypass_kvm
 import pytest
+from irqbypass_kvm import Vm, _abi, _kvm
 
 
 @functools.cache
@@ -65,3 +66,16 @@ def apic_guest(kvm_usable: None, request: pytest.FixtureRequest) -> Iterator[irq
     with irqbypass_kvm.Guest(apic="x2apic") as running:
         yield running
         note_reentries(request, running)
+
+
+@pytest.fixture
+def vm(kvm_usable: None) -> Iterator[Vm]:
+    """A VM with the in-kernel irqchip and no vCPU: all routing needs."""
+    kvm_fd = _kvm.open_device()
+    vm = Vm.create(kvm_fd)
+    try:
+        _kvm.ioctl(vm.fd, _abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+        yield vm
+    finally:
+        vm.close()
+        _kvm.os.close(kvm_fd)

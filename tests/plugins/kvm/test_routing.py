@@ -18,19 +18,6 @@ MSI = MsiRoute(0xFEE00000, 0x41)
 
 
 @pytest.fixture
-def vm(kvm_usable: None) -> Iterator[Vm]:
-    """A VM with the in-kernel irqchip and no vCPU: all routing needs."""
-    kvm_fd = _kvm.open_device()
-    vm = Vm.create(kvm_fd)
-    try:
-        _kvm.ioctl(vm.fd, _abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
-        yield vm
-    finally:
-        vm.close()
-        _kvm.os.close(kvm_fd)
-
-
-@pytest.fixture
 def routing_ioctls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The entry count of every KVM_SET_GSI_ROUTING the plugin issues."""
     calls: list[int] = []
