@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -370,6 +371,8 @@ class _Asyncio:
         self._loop = loop
         self.host = host
         self._timer: asyncio.TimerHandle | None = None
+        #: asyncio's thread (attach is called from it): where its reader may be removed
+        self.thread = threading.get_ident()
 
     @classmethod
     def take(cls, loop: EventLoop, host: asyncio.AbstractEventLoop) -> _Asyncio:
@@ -387,12 +390,29 @@ class _Asyncio:
         self.host.add_reader(self._loop._epoll.fileno(), self.turn)
         self.turn()
 
-    def stop(self, *, closed: bool) -> None:
+    def stop(self, release: Callable[[], None] | None = None) -> None:
+        """Take the epoll fd out of asyncio's watch, then ``release()`` (a close:
+        the loop's fds), in that order: an fd closed while asyncio still held
+        it left asyncio taking the file that reused its number for ours, never
+        watched. asyncio's own thread does it, handed the work while asyncio
+        runs elsewhere; at once on its thread, or when it does not run."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not closed:
-            self.host.remove_reader(self._loop._epoll.fileno())
+        fd = self._loop._epoll.fileno()
+
+        def off() -> None:
+            self.host.remove_reader(fd)
+            if release is not None:
+                release()
+
+        if threading.get_ident() == self.thread or not self.host.is_running():
+            off()
+            return
+        try:
+            self.host.call_soon_threadsafe(off)
+        except RuntimeError:  # asyncio closed meanwhile: its reader went with it
+            off()
 
     def turn(self) -> None:
         """One turn: run what is ready, then set asyncio's timer for the next
@@ -668,7 +688,7 @@ class EventLoop:
         driver, self._asyncio = self._asyncio, None
         if driver is None:
             return
-        driver.stop(closed=self._closed)
+        driver.stop()
         self._loop_thread = None
         if self.handles():  # what is still registered goes on, on the loop's own thread
             self._ensure_running()
@@ -689,7 +709,8 @@ class EventLoop:
     def close(self) -> None:
         """Stop the loop and release its fds (idempotent). Timers and readers
         still registered are cancelled, never run; a callback running now
-        finishes first (unless this is called from one)."""
+        finishes first (unless this is called from one). Attached to asyncio,
+        the fds are released once out of asyncio's watch (by its thread)."""
         with self._lock:
             if self._closed:
                 return
@@ -701,15 +722,13 @@ class EventLoop:
         for thread in (self._thread, self._watchdog_thread):
             if thread is not None and thread.ident != threading.get_ident():
                 thread.join()
-        if self._asyncio is not None:
-            self.detach()
         for handle in pending:
             handle.cancel()
-        with self._lock:
-            self._timers.clear()
-            self._readers.clear()
-            self._epoll.close()
-            os.close(self._wakeup)
+        driver, self._asyncio = self._asyncio, None
+        if driver is None:
+            _release(self)
+        else:  # out of asyncio's watch first, then released
+            driver.stop(functools.partial(_release, self))
 
     @property
     def closed(self) -> bool:
@@ -719,6 +738,15 @@ class EventLoop:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._readers)} readers"
         return f"<EventLoop {self.name!r} {state}>"
+
+
+def _release(loop: EventLoop) -> None:
+    """The end of a close: the loop's fds closed, its readers and timers forgotten."""
+    with loop._lock:
+        loop._timers.clear()
+        loop._readers.clear()
+        loop._epoll.close()
+        os.close(loop._wakeup)
 
 
 def _name(callback: Callback) -> str:

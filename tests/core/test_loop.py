@@ -510,6 +510,58 @@ def test_the_loop_runs_inside_asyncio_with_no_thread() -> None:
     assert {thread for _, thread in seen} == {threading.main_thread()}
 
 
+async def _a_reader_at(number: int) -> None:
+    """An asyncio reader of a pipe put at ``number`` runs when the pipe is written
+    (with a hang guard): asyncio watches that number afresh."""
+    host = asyncio.get_running_loop()
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(read_end, number)
+        got = asyncio.Event()
+        host.add_reader(number, got.set)
+        try:
+            os.write(write_end, b"x")
+            await asyncio.wait_for(got.wait(), GUARD)
+        finally:
+            host.remove_reader(number)
+    finally:
+        for fd in {read_end, write_end, number}:
+            os.close(fd)
+
+
+def test_closing_an_attached_loop_leaves_asyncio_no_stale_reader() -> None:
+    """A loop closed while attached takes its epoll fd out of asyncio first:
+    asyncio kept it, the number was reused by the VMM's next file, and
+    asyncio, taking that reader for the one it had, never watched it."""
+
+    async def main() -> None:
+        own = irqbypass.plugin.EventLoop(name="closed-attached")
+        own.attach(asyncio.get_running_loop())
+        number = own._epoll.fileno()
+        own.close()  # from asyncio's thread, while attached
+        await _a_reader_at(number)
+
+    asyncio.run(main())
+
+
+def test_closing_an_attached_loop_from_another_thread_leaves_no_stale_reader() -> None:
+    """The same from another thread: asyncio's thread takes the epoll fd out of
+    its watch before the fd is closed, so no reused number is left unwatched."""
+
+    async def main() -> None:
+        own = irqbypass.plugin.EventLoop(name="closed-elsewhere")
+        own.attach(asyncio.get_running_loop())
+        number = own._epoll.fileno()
+        closer = threading.Thread(target=own.close)
+        closer.start()
+        while closer.is_alive() or os.path.exists(f"/proc/self/fd/{number}"):
+            await asyncio.sleep(0.005)  # asyncio's thread runs what close() handed it
+        closer.join()
+        await _a_reader_at(number)
+
+    asyncio.run(asyncio.wait_for(main(), GUARD))
+
+
 def test_attach_after_the_thread_started_is_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
