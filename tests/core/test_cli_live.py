@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -222,6 +223,31 @@ def test_a_broken_reload_changes_nothing_and_the_run_goes_on(
     assert after["failed_reloads"] == 1 and run.proc.poll() is None
     (tmp / "live.toml").write_text(pair(0) + pair(1))  # fixed: the next reload works
     assert control.request(str(tmp / "live.sock"), "reload")["added"] == ["dev1", "sink1"]
+
+
+@pytest.mark.parametrize("via", ["control", "sighup"])
+def test_a_reload_short_of_fds_fails_and_the_run_goes_on(tmp: Path, run: Run, via: str) -> None:
+    """A reload that runs out of file descriptors (an OSError from the kernel,
+    not an IrqBypassError) is a failed reload like any other: rolled back, said,
+    counted, and the run goes on (before: SIGHUP ended the run with exit 1, and
+    the control socket closed the connection with no answer and said nothing)."""
+    used = len(os.listdir(f"/proc/{run.proc.pid}/fd"))
+    _soft, hard = resource.prlimit(run.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(run.proc.pid, resource.RLIMIT_NOFILE, (used + 10, hard))
+    (tmp / "live.toml").write_text("".join(pair(n) for n in range(40)))  # 39 more eventfds
+    said = "reload of live.toml failed; the running topology is unchanged: out of file descriptors"
+    if via == "control":
+        doc = control.request(str(tmp / "live.sock"), "reload")
+        assert doc["ok"] is False and doc["unchanged"] is True
+        assert said in doc["error"], doc["error"]
+    else:
+        run.signal(signal.SIGHUP)
+    wait_for("the reload's end", lambda: said in run.stderr() or run.proc.poll() is not None)
+    assert said in run.stderr(), run.stderr()
+    after = control.request(str(tmp / "live.sock"), "status")
+    assert [p["token"] for p in after["pairs"]] == ["vec0"]
+    assert after["failed_reloads"] == 1 and run.proc.poll() is None
+    assert run.stop() == 128 + signal.SIGTERM
 
 
 def test_sigusr1_prints_a_status_and_the_run_goes_on(tmp: Path) -> None:

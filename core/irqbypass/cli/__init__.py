@@ -15,12 +15,10 @@ imported once the arguments name it (:data:`_COMMANDS`), so ``--version`` and
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import traceback
@@ -34,6 +32,7 @@ from .output import (
     TABLE_ROWS,
     LogLines,
     fresh_line,
+    os_error,
     print_error,
     print_notes,
     say,
@@ -91,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             if args.verbose:
                 traceback.print_exc()
-            print_error(_os_error(exc))
-            _json_error(args, _os_error(exc), 1)
+            print_error(os_error(exc))
+            _json_error(args, os_error(exc), 1)
             return 1
     except KeyboardInterrupt as exc:  # before the command's own handling began, or in it
         signum = stop_signal(exc)
@@ -120,19 +119,6 @@ def _json_error(
     }
     with suppress(OSError):  # the reader went away: the stderr line is what is left
         say(json.dumps(doc, indent=2), sys.stdout)
-
-
-def _os_error(exc: OSError) -> str:
-    """An OSError that escaped every layer, as a message that says what to do."""
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return (
-            f"out of file descriptors ({errno.errorcode[exc.errno]}: {exc.strerror}; "
-            f"`ulimit -n` is {soft}): each token needs an eventfd and each endpoint what its "
-            "device needs; raise the limit (`ulimit -n 4096`) or split the topology"
-        )
-    what = f" ({exc.filename})" if exc.filename else ""
-    return f"{exc.strerror or exc}{what}; run with -v for the traceback"
 
 
 class _Parser(argparse.ArgumentParser):

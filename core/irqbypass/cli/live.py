@@ -28,7 +28,7 @@ from .._paths import file_kind
 from .._plugins import PluginHost
 from .._signals import guard_signals
 from .._topology import Topology
-from .output import counted, print_error, print_warning, say
+from .output import counted, os_error, print_error, print_warning, say
 from .summary import print_summary, reasons, snapshot
 
 _log = logging.getLogger("irqbypass.cli")
@@ -195,11 +195,16 @@ class Live:
             changes = self.topology.reconcile(new)
             self.reloads += 1
             self.reload_error = None
-        except IrqBypassError as exc:
+        except (IrqBypassError, OSError) as exc:  # OSError: the kernel's, out of fds say
             self.failed_reloads += 1
             unchanged = before == {p.config.name: p.config for p in self.topology.placed}
             state = "the running topology is unchanged" if unchanged else "see above"
-            message = f"reload of {self.file} failed; {state}: {exc}"
+            if isinstance(exc, IrqBypassError):
+                why = str(exc)
+            else:
+                why = os_error(exc)
+                _log.info("the reload's error", exc_info=exc)  # -v: its traceback
+            message = f"reload of {self.file} failed; {state}: {why}"
             self.reload_error = message
             print_error(message)
             return {"ok": False, "error": message, "unchanged": unchanged}

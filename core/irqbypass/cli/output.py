@@ -14,9 +14,11 @@ told on standard error by the main thread's next line."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import resource
 import select
 import signal
 import sys
@@ -74,6 +76,20 @@ def fresh_line(signum: int) -> None:
         with _SCREEN.lock:
             _SCREEN.progress = None  # the newline ends a progress line being shown
             _SCREEN.write(sys.stderr, "\n")
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError of the kernel's (one that escaped every layer, or ended a
+    reload: out of fds), as a message that says what to do."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors ({errno.errorcode[exc.errno]}: {exc.strerror}; "
+            f"`ulimit -n` is {soft}): each token needs an eventfd and each endpoint what its "
+            "device needs; raise the limit (`ulimit -n 4096`) or split the topology"
+        )
+    what = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{what}; run with -v for the traceback"
 
 
 def is_tty(stream: TextIO) -> bool:
