@@ -258,10 +258,13 @@ class Vm:
             fcntl.ioctl(self.fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, flags, resamplefd or 0))
         except OSError as exc:
             if exc.errno == errno.EBUSY:
+                # KVM refuses an eventfd one of this VM's irqfds has, and since
+                # Linux 6.17 one that any VM's irqfd has (one irqfd per eventfd)
                 raise irqbypass.DeviceError(
-                    f"eventfd {eventfd} is already assigned as an irqfd on this VM; "
-                    "deassign it first (close the consumer or the VMM's irqfd that "
-                    "holds it) or use another eventfd",
+                    f"eventfd {eventfd} is already assigned as an irqfd on this VM "
+                    "or, since Linux 6.17, on another VM (an eventfd feeds one irqfd "
+                    "on the whole host); deassign it first (close the consumer or the "
+                    "VMM's irqfd that holds it) or use another eventfd",
                     errno=errno.EBUSY,
                 ) from exc
             raise _failed(f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})", exc) from exc

@@ -278,6 +278,31 @@ def test_same_eventfd_and_gsi_twice_is_busy_and_the_first_keeps_working(
 
 @pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
+def test_an_eventfd_busy_on_another_vm_is_not_said_to_be_on_this_one(
+    kvm_usable: None, token: irqbypass.Eventfd
+) -> None:
+    """Linux 6.17 binds an eventfd to at most one irqfd on the whole host: a
+    second VM's assign is EBUSY too, and the error must not send the user
+    looking for a holder on the VM that has none."""
+    with Guest(line=5) as one, Guest(line=5) as other:
+        first = KvmIrqfdConsumer(token=token, vm=one, name="first")
+        second = KvmIrqfdConsumer(token=token, vm=other, name="second")
+        with first:
+            try:
+                second.open()
+            except irqbypass.DeviceError as exc:
+                assert exc.errno == errno.EBUSY
+                message = str(exc)
+                assert "already assigned as an irqfd" in message
+                assert "on this VM;" not in message, "it is on another VM"
+                assert "or, since Linux 6.17, on another VM" in message
+            else:  # a kernel before 6.17 lets both VMs listen
+                second.close()
+            assert_nothing_open(second)
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
 def test_guest_not_running_is_refused(kvm_usable: None, token: irqbypass.Eventfd) -> None:
     guest = Guest(line=5)
     consumer = KvmIrqfdConsumer(token=token, vm=guest)
