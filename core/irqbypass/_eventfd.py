@@ -379,12 +379,32 @@ def _take_counter(fd: int, eventfd: Eventfd, timeout: float | None) -> int:
             raise eventfd._closed_error(" while a read waited on it")
         if ready:
             try:
-                value: int = _COUNTER.unpack(os.read(fd, 8))[0]
-                return value
+                return _read_now(fd, eventfd._nonblocking)
             except BlockingIOError:
                 pass  # another reader took it
         if deadline is not None and time.monotonic() >= deadline:
             return 0
+
+
+def _read_now(fd: int, nonblocking: bool) -> int:
+    """Take the counter, never waiting: another reader (the VMM's, KVM's irqfd
+    in the kernel) may have taken it since the poll said ready, and a read(2)
+    of an eventfd opened blocking (the VMM's) would then wait for the next
+    signal, past any timeout. RWF_NOWAIT makes that one read non-blocking
+    without touching the flags the VMM's own descriptors share (BlockingIOError:
+    nothing there); a kernel that refuses it for an eventfd gets read(2)."""
+    if not nonblocking:
+        buffer = bytearray(8)
+        try:
+            os.preadv(fd, [buffer], -1, os.RWF_NOWAIT)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        else:
+            value: int = _COUNTER.unpack(buffer)[0]
+            return value
+    value = _COUNTER.unpack(os.read(fd, 8))[0]
+    return value
 
 
 class HoldingEventfd:

@@ -8,6 +8,9 @@ eventfd (or file) by then. These tests make the reuse happen on purpose.
 from __future__ import annotations
 
 import logging
+import os
+import select
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -156,6 +159,56 @@ def test_reads_that_cannot_wait_race_a_close_and_never_read_a_reused_fd_number()
             assert not thread.is_alive()
             assert isinstance(outcome[0], irqbypass.EventfdClosedError), outcome
             assert other.read(0) == 5, "the closed token's reader took another eventfd's count"
+
+
+def test_a_read_of_the_vmms_blocking_eventfd_never_blocks_when_another_reader_wins() -> None:
+    """An eventfd the VMM made without EFD_NONBLOCK (``Eventfd.from_fd``) read
+    with a timeout: another reader of that eventfd (the VMM's own, or KVM's
+    irqfd taking each count in the kernel) may take the count between the
+    read's poll and its read(2). That read(2) then blocked until the next
+    signal, past the timeout and deaf to a close. Now it is a read that cannot
+    wait: the count gone, the read goes on polling, and times out with 0."""
+    fd = os.eventfd(0)  # the VMM's eventfd: blocking
+    other = os.dup(fd)  # another reader of the same eventfd
+    token = irqbypass.Eventfd.from_fd(fd)
+    poll_type = type(select.poll())
+    outcome: list[BaseException | int] = []
+    won: list[int] = []
+
+    def the_other_reader_wins(frame: object, event: str, arg: object) -> None:
+        # as the read's poll returns "ready", the other reader takes the count
+        if (
+            event == "c_return"
+            and isinstance(getattr(arg, "__self__", None), poll_type)
+            and getattr(arg, "__name__", "") == "poll"
+            and not won
+        ):
+            won.append(int.from_bytes(os.read(other, 8), "little"))
+
+    def reader() -> None:
+        sys.setprofile(the_other_reader_wins)
+        try:
+            outcome.append(token.read(0.2))
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            sys.setprofile(None)
+
+    try:
+        os.write(other, (1).to_bytes(8, "little"))
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        thread.join(GUARD_SECONDS)
+        blocked = thread.is_alive()
+        if blocked:  # let it out: a signal it then takes
+            os.write(other, (1).to_bytes(8, "little"))
+            thread.join(GUARD_SECONDS)
+        assert not blocked, "the read blocked in read(2) after the other reader took the count"
+        assert won == [1] and outcome == [0], (won, outcome)
+    finally:
+        token.close()
+        os.close(other)
+        os.close(fd)
 
 
 def test_a_read_timeout_is_checked_whatever_the_path() -> None:
