@@ -85,8 +85,9 @@ class Run:
         *extra: str,
         environ: dict[str, str] | None = None,
         stderr: int | None = None,
+        stdout: int | None = None,
     ) -> None:
-        """``stderr``: an fd to write it to instead of ``run.err``."""
+        """``stderr``, ``stdout``: an fd to write it to instead of ``run.err``, ``run.out``."""
         self.tmp = tmp
         self.out, self.err = tmp / "run.out", tmp / "run.err"
         with self.out.open("w") as out, self.err.open("w") as err:
@@ -94,7 +95,7 @@ class Run:
                 [sys.executable, "-m", "irqbypass", "run", "live.toml", *extra],
                 cwd=tmp,
                 env={**env(), **(environ or {})},
-                stdout=out,
+                stdout=out if stdout is None else stdout,
                 stderr=err if stderr is None else stderr,
                 text=True,
             )
@@ -313,6 +314,56 @@ def test_a_stalled_stderr_keeps_no_status_request_waiting(tmp: Path) -> None:
         for _ in range(3):  # the first may be served before the print begins
             _delivered(tmp)
         assert started.stop() == 128 + signal.SIGTERM
+    assert "summary:" in started.out.read_text()
+
+
+@contextlib.contextmanager
+def _closed_reader() -> Iterator[int]:
+    """The writing end of a pipe whose reader has gone (``| head`` that exited)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        yield writer
+    finally:
+        os.close(writer)
+
+
+def test_a_stdout_whose_reader_went_away_does_not_end_the_run(tmp: Path) -> None:
+    """``irqbypass run FILE --control S | head -1``: once the reader is gone the
+    run's lines on stdout are dropped (and told on stderr), the run goes on
+    serving, and a SIGTERM still ends it with 143 and its line on stderr (before:
+    the first write's BrokenPipeError ended the run at once, exit 0, no word)."""
+    with _closed_reader() as stdout:
+        started = Run(tmp, "--control", "live.sock", stdout=stdout)
+        try:
+            wait_for("a status", lambda: _answers(tmp) or started.proc.poll() is not None)
+            assert started.proc.poll() is None, started.stderr()
+        finally:
+            status = started.stop()
+    assert status == 128 + signal.SIGTERM, started.stderr()
+    err = started.stderr()
+    assert "stopped by SIGTERM; everything was torn down" in err
+    assert "of output not written: nothing was reading it" in err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_stderr_whose_reader_went_away_loses_no_answer_and_ends_no_run(tmp: Path) -> None:
+    """With stderr's reader gone, a reload still answers (its line is dropped:
+    before, its BrokenPipeError closed the connection with no answer), SIGUSR1
+    ends no run (before: exit 0 at once), and SIGTERM still ends it with 143."""
+    with _closed_reader() as stderr:
+        started = Run(tmp, "--control", "live.sock", stderr=stderr)
+        try:
+            wait_for("a status", lambda: _answers(tmp) or started.proc.poll() is not None)
+            (tmp / "live.toml").write_text(pair(0) + pair(1))
+            assert control.request(str(tmp / "live.sock"), "reload")["added"] == ["dev1", "sink1"]
+            started.signal(signal.SIGUSR1)
+            for _ in range(2):  # the first may be served before the status is printed
+                control.request(str(tmp / "live.sock"), "status")
+            assert started.proc.poll() is None
+        finally:
+            status = started.stop()
+    assert status == 128 + signal.SIGTERM
     assert "summary:" in started.out.read_text()
 
 

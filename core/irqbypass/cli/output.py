@@ -26,7 +26,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TextIO
 
 #: once a signal stopped the command, how long its last lines may wait, in all,
@@ -60,6 +60,20 @@ def serving() -> Iterator[None]:
         yield
     finally:
         _SCREEN.serving = False
+
+
+@contextmanager
+def outliving() -> Iterator[None]:
+    """A run outlives the readers of its output (``| head`` that exits, a log
+    reader that dies): within the block, a line whose reader has gone is
+    dropped and counted as one not read, as a stalled reader's, instead of
+    ending the run at once with the BrokenPipeError that ends a one-shot
+    command."""
+    _SCREEN.outliving = True
+    try:
+        yield
+    finally:
+        _SCREEN.outliving = False
 
 
 def print_notes(exc: BaseException) -> None:
@@ -138,6 +152,10 @@ class _Screen:
         #: lock of its own: a thread that timed out on the screen's lock counts too
         self.dropped = 0
         self._counting = threading.Lock()
+        #: whether a reader gone drops the lines instead of ending the command (outliving)
+        self.outliving = False
+        #: the fds whose reader has gone (within outliving), now writing to /dev/null
+        self.gone: set[int] = set()
 
     def drop(self, lines: int = 1) -> None:
         """Count ``lines`` dropped, to be told by the main thread's next line."""
@@ -153,13 +171,39 @@ class _Screen:
     def write(self, stream: TextIO, text: str) -> bool:
         """Write ``text`` whole, or as much as its reader takes in time (the
         rest is dropped); False if some was dropped. A stream with no file
-        descriptor (a StringIO) is written as it is."""
+        descriptor (a StringIO) is written as it is. Within :func:`outliving`,
+        a reader gone drops this line and every later one (see :meth:`_gone`)."""
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
             stream.write(text)
             stream.flush()
             return True
+        if fd in self.gone:
+            return False
+        try:
+            return self._write(stream, fd, text)
+        except BrokenPipeError:
+            if not self.outliving:
+                raise  # a command's own end: main's "the reader went away"
+            self._gone(stream, fd)
+            return False
+
+    def _gone(self, stream: TextIO, fd: int) -> None:
+        """The reader of ``fd`` has gone: the fd writes to /dev/null from now on
+        (what print() left in the stream's buffer, and Python's flush at exit,
+        go there), and the lines meant for it are dropped and counted."""
+        self.gone.add(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(devnull, fd, inheritable=fd <= 2)
+        finally:
+            os.close(devnull)
+        with suppress(OSError, ValueError):
+            stream.flush()
+
+    def _write(self, stream: TextIO, fd: int, text: str) -> bool:
+        """:meth:`write` on a stream with a file descriptor."""
         stream.flush()  # what an earlier print() left in its buffer goes first
         # a view: each chunk written moves it on instead of copying what is left
         # (a copy per chunk made a 5 MB --json summary quadratic)

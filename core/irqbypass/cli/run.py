@@ -29,6 +29,7 @@ from .output import (
     end_progress,
     fresh_line,
     is_tty,
+    outliving,
     print_error,
     print_notes,
     print_warning,
@@ -81,11 +82,12 @@ def cmd_run(
         raise
     file = getattr(args, "file", None)
     live = Live(topology, file if file not in (None, STDIN) else None, metrics, args.every)
-    if not (args.json or args.quiet):
-        print_header(host, out)
-    with live.signals():
-        ended = _session(args, topology, live, duration, out)
-    return _report(args, topology, warnings, ended, out)
+    with outliving():  # a reader gone (`| head`) ends no run: its lines are dropped
+        if not (args.json or args.quiet):
+            print_header(host, out)
+        with live.signals():
+            ended = _session(args, topology, live, duration, out)
+        return _report(args, topology, warnings, ended, out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
