@@ -119,6 +119,21 @@ def open_device(device: str = DEFAULT_DEVICE) -> int:
     return fd
 
 
+#: kcmp(2) (x86-64's syscall number) with KCMP_FILE: are two fds one open file?
+_SYS_KCMP, _KCMP_FILE = 312, 0
+
+
+def same_open_file(fd: int, other: int) -> bool | None:
+    """Whether ``fd`` and ``other`` are one open file (a dup, a copy received
+    with SCM_RIGHTS), by kcmp(2); None where kcmp is refused (a kernel without
+    CONFIG_KCMP, a container's seccomp filter). A KVM VM has exactly one open
+    file, so for VM fds this says whether they are one VM."""
+    pid = ctypes.c_long(os.getpid())
+    args = (ctypes.c_long(_SYS_KCMP), pid, pid, ctypes.c_long(_KCMP_FILE))
+    ret: int = _libc.syscall(*args, ctypes.c_long(fd), ctypes.c_long(other))
+    return None if ret < 0 else ret == 0
+
+
 def fd_target(fd: int) -> str | None:
     """What ``fd`` points to (``anon_inode:kvm-vm`` for a VM), None if closed."""
     try:
@@ -164,15 +179,20 @@ class Vm:
     whole table, so every writer must go through one table: the x86 default
     (GSI n -> IOAPIC pin n, and PIC pin n for n < 16) plus the MSI routes
     consumers add. ``Vm.borrow(fd)`` returns the one shared instance for a
-    borrowed fd. It hands out MSI GSIs (:meth:`claim_gsi`), lowest free first.
+    VMM's VM, whichever of its fds reaches it. It hands out MSI GSIs
+    (:meth:`claim_gsi`), lowest free first.
     """
 
+    #: the borrowed instances, by their own fd, with their references
     _borrowed: ClassVar[dict[int, tuple[Vm, int]]] = {}
     _borrowed_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, fd: int, *, owned: bool) -> None:
         self.fd = fd
         self.owned = owned
+        #: the fd numbers a VMM handed over for this VM (borrowed): what tells
+        #: it apart where kcmp(2) is refused
+        self.handed: set[int] = set()
         self.routing = RoutingTable()
         self._caps: dict[int, int] = {}
         self._gsi_owners: dict[int, tuple[object, str]] = {}
@@ -189,27 +209,44 @@ class Vm:
 
     @classmethod
     def borrow(cls, fd: int, refs: int = 1) -> Vm:
-        """The shared wrapper of a VMM-owned VM fd, taking ``refs`` references
-        (one per consumer); release each with :meth:`close`."""
+        """The shared wrapper of a VMM-owned VM, taking ``refs`` references
+        (one per consumer); release each with :meth:`close`. Every fd of one VM
+        (a dup, a copy received over a socket) gets the same wrapper, which
+        works on a copy of the fd of its own: the VMM may close any of its fds
+        whose consumers are closed."""
         check_vm_fd(fd)
         with cls._borrowed_lock:
-            vm, held = cls._borrowed.get(fd, (None, 0))
+            vm = cls._wrapper_of(fd)
             if vm is None:
-                vm = cls(fd, owned=False)
-            cls._borrowed[fd] = (vm, held + refs)
+                vm = cls(os.dup(fd), owned=False)
+            vm.handed.add(fd)
+            held = cls._borrowed.get(vm.fd, (vm, 0))[1]
+            cls._borrowed[vm.fd] = (vm, held + refs)
             return vm
 
+    @classmethod
+    def _wrapper_of(cls, fd: int) -> Vm | None:
+        """Under the lock: the borrowed wrapper of the VM ``fd`` is one of, if
+        any. One VM has one wrapper: KVM_SET_GSI_ROUTING replaces the VM's whole
+        table, so two tables of one VM would take each other's routes away."""
+        for vm, _ in cls._borrowed.values():
+            same = same_open_file(fd, vm.fd)
+            if same or (same is None and fd in vm.handed):
+                return vm
+        return None
+
     def close(self, refs: int = 1) -> None:
-        """Close an owned fd; drop ``refs`` references to a borrowed one (never closed)."""
+        """Close an owned fd; drop ``refs`` references to a borrowed VM (the
+        last closes the wrapper's own copy of its fd; the VMM's stay open)."""
         if not self.owned:
             with Vm._borrowed_lock:
                 vm, held = Vm._borrowed.get(self.fd, (None, 0))
-                if vm is self:
-                    if held <= refs:
-                        del Vm._borrowed[self.fd]
-                    else:
-                        Vm._borrowed[self.fd] = (vm, held - refs)
-            return
+                if vm is not self:
+                    return
+                if held > refs:
+                    Vm._borrowed[self.fd] = (vm, held - refs)
+                    return
+                del Vm._borrowed[self.fd]
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)

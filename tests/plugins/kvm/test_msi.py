@@ -4,6 +4,7 @@ assigns."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -153,4 +154,63 @@ def test_closing_after_the_token_was_closed_still_removes_the_msi_route(
         a.close()
         assert b.vm.msi_routes == {51: MSI}
         assert kvm_listens(token)
+    assert Vm._borrowed == {}
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+def test_one_vm_handed_over_through_two_fds_keeps_one_routing_table(apic_guest: Guest) -> None:
+    """One VMM's VM reached through two fds (a dup, or a copy received with
+    SCM_RIGHTS): KVM_SET_GSI_ROUTING replaces the VM's whole table, so both
+    consumers' MSIs must go into the one table of that VM, on GSIs of their own,
+    or the last write takes the other's route away. And the VMM may close the
+    fd of a consumer once that consumer is closed: the other one goes on."""
+    assert apic_guest.vm is not None
+    fds = [os.dup(apic_guest.vm.fd) for _ in range(2)]
+    tokens = [irqbypass.Eventfd(), irqbypass.Eventfd()]
+    try:
+        a = KvmIrqfdConsumer(token=tokens[0], vm=fds[0], msi=MsiRoute(0xFEE00000, 0x41), name="a")
+        b = KvmIrqfdConsumer(token=tokens[1], vm=fds[1], msi=MsiRoute(0xFEE00000, 0x42), name="b")
+        with b:
+            with a:
+                assert a.gsi != b.gsi, "two consumers of one VM took the same GSI"
+                tokens[0].write()
+                assert apic_guest.wait_count(1)
+                tokens[1].write()
+                assert apic_guest.wait_count(2)
+                assert apic_guest.vector_counts() == {0x41: 1, 0x42: 1}, "a's MSI went astray"
+            os.close(fds.pop(0))  # a is closed: the VMM lets go of its fd
+            b.set_msi(MsiRoute(0xFEE00000, 0x43))
+            tokens[1].write()
+            assert apic_guest.wait_count(3)
+            assert apic_guest.vector_count(0x43) == 1
+        assert Vm._borrowed == {}
+    finally:
+        for token in tokens:
+            token.close()
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+def test_fds_of_two_vms_get_two_wrappers_and_without_kcmp_one_number_gets_one(
+    vm: Vm, apic_guest: Guest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert apic_guest.vm is not None
+    one, other = Vm.borrow(vm.fd), Vm.borrow(apic_guest.vm.fd)
+    try:
+        assert one is not other
+    finally:
+        one.close()
+        other.close()
+    # where kcmp(2) is refused (a container's seccomp filter), the fd number the
+    # VMM handed over is all that tells one VM from another
+    monkeypatch.setattr(_kvm, "same_open_file", lambda fd, other: None)
+    first, again = Vm.borrow(vm.fd), Vm.borrow(vm.fd)
+    try:
+        assert first is again
+    finally:
+        first.close()
+        again.close()
     assert Vm._borrowed == {}
