@@ -817,12 +817,17 @@ def _forked() -> None:
     (shared across fork): drop ours unused and let the child make its own.
     The old loop is closed for good here (its fds once, the epoll set through
     its object): freed or closed later, it must not close the numbers again,
-    by then the child's own files."""
+    by then the child's own files. What a thread of the parent was doing with
+    it is over in the child: the lock it held is free, the callback it ran is
+    not running (the child's cancel and token close would wait on them)."""
     global _default, _default_lock
     loop, _default = _default, None
     _default_lock = threading.Lock()
     if loop is not None:
         loop._closed = True  # no handle, no close(), no unregister: the child is alone here
+        loop._lock = loop._watchdog.lock = threading.Lock()
+        loop._idle = threading.Condition(loop._lock)
+        loop._watchdog.current = None
         loop._epoll.close()
         with contextlib.suppress(OSError):
             os.close(loop._wakeup)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import irqbypass
 import irqbypass.plugin
 import pytest
+from fork_support import in_child
 
 GUARD = 60.0  # seconds: a hang guard, never a speed limit
 
@@ -592,6 +593,51 @@ def test_a_forked_child_gets_a_loop_of_its_own() -> None:
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_closes_what_the_parents_loop_watched_whatever_it_was_doing() -> None:
+    """fork() while the process's loop was busy: its thread running a reader's
+    callback, and its lock taken (the loop takes it around every callback; any
+    thread takes it to add or cancel). The child, which has no such thread,
+    closes the endpoints it inherited: cancelling that reader and closing its
+    token must return. Before, the child waited for ever on the lock no
+    thread of its own would release, and then for the callback to return."""
+    loop = irqbypass.event_loop()
+    inside, leave, fork_done = threading.Event(), threading.Event(), threading.Event()
+    token = irqbypass.Eventfd()
+
+    def busy() -> None:
+        inside.set()
+        leave.wait(GUARD)
+
+    handle = loop.add_reader(token, busy, owner="busy")
+    try:
+        token.write(1)
+        assert inside.wait(GUARD), "the callback runs"
+
+        def holds_the_lock() -> None:
+            with loop._lock:  # as the loop's thread, between two callbacks
+                fork_done.wait(GUARD)
+
+        holder = threading.Thread(target=holds_the_lock, daemon=True)
+        holder.start()
+        until(lambda: loop._lock.locked(), "the lock is taken")
+
+        def child() -> int:
+            handle.cancel()  # what the endpoint's close() does
+            token.close()
+            return 0 if handle.state == "cancelled" and token.closed else 3
+
+        try:
+            status = in_child(child)
+        finally:
+            fork_done.set()
+            leave.set()
+            holder.join(GUARD)
+        assert status == 0, "the child hung (-1) or failed"
+    finally:
+        handle.cancel()
+        token.close()
 
 
 def test_a_forked_child_never_closes_a_number_the_parents_loop_had_again() -> None:

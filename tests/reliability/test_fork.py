@@ -5,29 +5,16 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
 import pytest
+from fork_support import in_child
 from irqbypass_posted import Port, PostedDescriptor
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 GUARD_SECONDS = 60.0  # a hang guard, never a speed limit
-
-
-def _in_child(body: Callable[[], int]) -> int:
-    """Run ``body`` in a fork()ed child; its return value is the exit status."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 99
-        try:
-            status = body()
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork and flock semantics of Linux")
@@ -56,7 +43,7 @@ def test_descriptor_inherited_by_a_forked_child_refuses_with_a_clear_error(
             d.close()
             return 0
 
-        assert _in_child(child) == 0
+        assert in_child(child) == 0
         if path is not None:
             assert os.path.exists(path), "the child's close removed the parent's file"
         assert d.counters()["posted"] == 1  # the parent's descriptor is untouched and usable
@@ -83,7 +70,7 @@ def test_forked_child_that_attaches_posts_without_losing_a_vector(tmp_path: Path
             return 0
 
         pid_status: list[int] = []
-        waiter = threading.Thread(target=lambda: pid_status.append(_in_child(child)))
+        waiter = threading.Thread(target=lambda: pid_status.append(in_child(child)))
         waiter.start()
         for _ in range(posts):
             poster()
