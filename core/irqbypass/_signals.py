@@ -342,7 +342,8 @@ def guard_signals(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> l
     Idempotent. Only the main thread can install handlers: elsewhere this does
     nothing. A signal whose handler is not a Python callable (SIG_DFL, SIG_IGN)
     is left alone: no Python code runs for it that could be cut. Returns the
-    signal numbers guarded now.
+    signal numbers guarded now. A guard the managers' leases put there is the
+    program's from now on: no manager going takes it away.
     """
     if threading.current_thread() is not threading.main_thread():
         return []
@@ -350,6 +351,9 @@ def guard_signals(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> l
     for signum in signums:
         current = signal.getsignal(signum)
         if isinstance(current, _Guard):
+            with _LEASES_LOCK:
+                if current in _INSTALLED:
+                    _INSTALLED.clear()
             guarded.append(signum)
         elif callable(current):
             signal.signal(signum, _Guard(signum, current))

@@ -104,6 +104,24 @@ def test_a_guard_the_program_installed_stays() -> None:
     assert handler() is guard
 
 
+def test_a_guard_the_program_asked_for_while_a_managers_stood_there_stays() -> None:
+    """The program calls guard_signals() (for sections of its own) while a
+    manager's guard stands in front of Python's handler: the call found SIGINT
+    guarded and changed nothing, so the guard stayed the managers', and the
+    last of them took it away: the program's sections were cut by Ctrl-C
+    again. The guard it asked for is its own now, and stays."""
+    manager = irqbypass.Manager()
+    guard = handler()
+    assert irqbypass.signalsafe.guard_signals((signal.SIGINT,)) == [signal.SIGINT]
+    del manager
+    gc.collect()
+    assert handler() is guard, "the guard the program asked for was taken away"
+    another = irqbypass.Manager()  # a later manager leaves it alone too
+    del another
+    gc.collect()
+    assert handler() is guard
+
+
 def test_a_manager_dropped_in_another_thread_is_restored_later() -> None:
     """A finalizer off the main thread cannot set a handler: the guard stays
     (it passes signals on) until a lease is given back in the main thread."""
