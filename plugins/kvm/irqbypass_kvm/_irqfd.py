@@ -181,7 +181,11 @@ class Irqfd:
             if not self.masked:
                 return
             if self.vm is not None:
-                self.route_then_assign()
+                try:
+                    self.route_then_assign()
+                except BaseException:  # masked as before: the route it wrote goes again
+                    self.deassign_then_unroute(errors=[])
+                    raise
             self.masked = False
 
     def set_msi(self, route: MsiRoute) -> None:

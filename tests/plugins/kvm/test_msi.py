@@ -4,6 +4,7 @@ assigns."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -102,6 +103,38 @@ def test_msi_starting_masked_assigns_nothing_until_unmasked(
         assert calls == [] and not kvm_listens(token)
         consumer.unmask()
         assert calls == ["route 41 0x4041", "assign 41"]
+    assert calls[2:] == ["deassign 41", "unroute 41"]
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+def test_an_unmask_kvm_refuses_leaves_the_vector_masked_and_unrouted(
+    guest: Guest, token: irqbypass.Eventfd, calls: list[str]
+) -> None:
+    """unmask() routes, then assigns: when the assign is refused (the VMM, or
+    since Linux 6.17 another VM, holds the eventfd as an irqfd: EBUSY), the
+    route it wrote goes again, so the vector is masked as before: nothing in
+    the VM's table, and a set_msi() while masked only records the message."""
+    assert guest.vm is not None
+    consumer = KvmIrqfdConsumer(token=token, vm=guest.vm.fd, gsi=41, msi=MSI, masked=True)
+    with consumer:
+        guest.vm.irqfd_assign(token.fileno(), 5)  # the VMM's irqfd holds the token
+        del calls[:]
+        try:
+            with pytest.raises(irqbypass.DeviceError) as info:
+                consumer.unmask()
+            assert info.value.errno == errno.EBUSY
+            assert consumer.masked and not consumer.assigned
+            assert consumer.vm is not None and consumer.vm.msi_routes == {}, "route left behind"
+            assert calls == ["route 41 0x4041", "unroute 41"]
+            consumer.set_msi(MsiRoute(0xFEE00000, 0x4042))  # masked: nothing touches KVM
+            assert calls[2:] == []
+        finally:
+            guest.vm.irqfd_deassign(token.fileno(), 5)
+        del calls[:]
+        consumer.unmask()  # the VMM let go: now it takes
+        assert calls == ["route 41 0x4042", "assign 41"]
+        assert kvm_listens(token)
     assert calls[2:] == ["deassign 41", "unroute 41"]
 
 
