@@ -43,6 +43,7 @@ import math
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +65,8 @@ log = logging.getLogger("irqbypass.loop")
 WATCHDOG_SECONDS = 1.0
 #: the longest single wait (a far timer or none: the wait is cut, not the timer)
 _MAX_WAIT = 60.0
+#: seconds given as an int beyond this no float holds (refused, as any bad seconds)
+_FLOAT_MAX = sys.float_info.max
 #: how many faults :attr:`EventLoop.faults` keeps (the latest)
 FAULTS_KEPT = 100
 _WAKE = (1).to_bytes(8, "little")
@@ -124,6 +127,7 @@ class LoopHandle:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
+                or (isinstance(value, int) and value > _FLOAT_MAX)  # no float holds it
                 or math.isnan(value)
                 or value < 0
             ):
@@ -454,7 +458,9 @@ class EventLoop:
     def __init__(
         self, *, name: str = "irqbypass-loop", watchdog_seconds: float = WATCHDOG_SECONDS
     ) -> None:
-        if not (isinstance(watchdog_seconds, (int, float)) and watchdog_seconds > 0):
+        if not (isinstance(watchdog_seconds, (int, float)) and watchdog_seconds > 0) or (
+            isinstance(watchdog_seconds, int) and watchdog_seconds > _FLOAT_MAX
+        ):
             raise InvalidEndpointError(
                 f"EventLoop watchdog_seconds={show_value(watchdog_seconds)}: use seconds > 0"
             )

@@ -377,6 +377,27 @@ def test_a_token_closed_under_its_reader_is_noticed_and_its_number_kept(
     assert loop.handles() == []
 
 
+def test_seconds_no_float_can_hold_are_refused_as_any_bad_seconds() -> None:
+    """An int of seconds beyond what a float holds (a hostile configuration
+    value a plugin passes on): refused with the loop's own error, as a NaN or
+    a negative number is, where the check itself raised OverflowError."""
+    huge = 10**400
+    with pytest.raises(irqbypass.InvalidEndpointError, match="watchdog_seconds"):
+        irqbypass.plugin.EventLoop(watchdog_seconds=huge)
+    own = irqbypass.plugin.EventLoop()
+    try:
+        for register in (
+            lambda: own.call_later(huge, lambda: None, owner="x"),
+            lambda: own.call_every(huge, lambda: None, owner="x"),
+            lambda: own.call_every(1.0, lambda: None, owner="x", delay=huge),
+        ):
+            with pytest.raises(irqbypass.InvalidEndpointError, match="seconds"):
+                register()
+        assert own.handles() == []
+    finally:
+        own.close()
+
+
 def test_bad_arguments_are_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
