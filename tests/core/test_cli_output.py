@@ -130,3 +130,43 @@ def test_a_count_of_dropped_lines_that_cannot_be_told_is_kept_for_later(
     with output.serving():
         output.say("a status", stream)
     assert screen.dropped == 3  # the two, and this line
+
+
+def test_while_serving_a_stalled_reader_costs_one_wait_not_one_per_line(
+    screen: output._Screen, stalled: tuple[int, TextIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status of many lines (SIGUSR1 with --all) on a stalled stderr: the main
+    loop waits for the reader once, then drops the other lines at once until it
+    reads again (before: SERVING_WAIT per line, 60 pairs kept the control socket
+    unanswered for 30 s, past its clients' 10 s deadline)."""
+    reader, stream = stalled
+    real_poll = output.select.poll
+    waits: list[int | None] = []  # the poll timeouts that expired with nothing writable
+
+    class Poll:
+        def __init__(self) -> None:
+            self.poll_ = real_poll()
+
+        def register(self, fd: int, mask: int) -> None:
+            self.poll_.register(fd, mask)
+
+        def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
+            ready = self.poll_.poll(timeout)
+            if not ready and timeout:
+                waits.append(timeout)
+            return ready
+
+    monkeypatch.setattr(output.select, "poll", Poll)
+    monkeypatch.setattr(output, "SERVING_WAIT", 0.01)  # the old code fails sooner
+    monkeypatch.setattr(sys, "stderr", stream)  # SIGUSR1's status: stderr is the stalled one
+    with output.serving():
+        for n in range(40):
+            output.say(f"row {n}", stream)
+    assert len(waits) == 1, f"waited for the stalled reader {len(waits)} times"
+    assert screen.dropped == 40
+    _drain(reader)  # the reader reads again: lines go out again, the count is told
+    with output.serving():
+        output.say("read again", stream)
+    assert _drain(reader) == (
+        b"irqbypass: warning: 40 lines of output not written: nothing was reading it\nread again\n"
+    )

@@ -6,8 +6,9 @@ being shown first, so a message during a run never starts in the middle of it
 
 A reader that stops reading (a pipe into a paused pager, a terminal on
 Ctrl-S) holds no loop of ours for long: the event loop's threads never wait
-for it, the main thread waits at most :data:`SERVING_WAIT` a write while it
-serves a run (:func:`serving`), and once a signal has stopped the command
+for it, the main thread waits at most :data:`SERVING_WAIT` for it while it
+serves a run (:func:`serving`; once: until the reader reads again its later
+lines wait no more), and once a signal has stopped the command
 (:func:`stop_signal`) at most :data:`LEAVING_SECONDS` in all, so the process
 still exits. A line not written in time is dropped, and the count of them is
 told on standard error by the main thread's next line."""
@@ -156,6 +157,9 @@ class _Screen:
         self.outliving = False
         #: the fds whose reader has gone (within outliving), now writing to /dev/null
         self.gone: set[int] = set()
+        #: the fds whose reader the main thread waited for in vain, until it reads again:
+        #: a status of many lines costs one wait, not one per line
+        self.stalled: set[int] = set()
 
     def drop(self, lines: int = 1) -> None:
         """Count ``lines`` dropped, to be told by the main thread's next line."""
@@ -208,26 +212,33 @@ class _Screen:
         # a view: each chunk written moves it on instead of copying what is left
         # (a copy per chunk made a 5 MB --json summary quadratic)
         data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
-        end = self._wait_until()
+        main = threading.current_thread() is threading.main_thread()
+        end = self._wait_until(fd, main)
         writable = select.poll()
         writable.register(fd, select.POLLOUT)
         while data:
             left = None if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
             if not writable.poll(left):
+                if main:  # the main thread waited its while in vain: not again for this fd
+                    self.stalled.add(fd)
                 return False
             data = data[os.write(fd, data[:_CHUNK]) :]
+        self.stalled.discard(fd)
         return True
 
-    def _wait_until(self) -> float | None:
+    def _wait_until(self, fd: int, main: bool) -> float | None:
         """How long a write may wait for its reader: the event loop's threads
         not at all; the main thread until it leaves, or a while if it serves a
-        run, else as long as it takes (a Ctrl-C ends that wait too)."""
+        run (once: not at all while its reader has not read since, ``stalled``),
+        else as long as it takes (a Ctrl-C ends that wait too)."""
         now = time.monotonic()
-        if threading.current_thread() is not threading.main_thread():
+        if not main:
             return now
-        if self.leave_by is not None:
-            return self.leave_by
-        return now + SERVING_WAIT if self.serving else None
+        if self.leave_by is None and not self.serving:
+            return None
+        if fd in self.stalled:
+            return now
+        return self.leave_by if self.leave_by is not None else now + SERVING_WAIT
 
 
 #: the one screen of the process: every line of the CLI goes through it
