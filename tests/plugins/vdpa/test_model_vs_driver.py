@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import irqbypass
+import irqbypass.system
 import pytest
 from irqbypass_vdpa import RealSeam, VdpaProducer
 from irqbypass_vdpa import _abi as abi
@@ -41,7 +42,7 @@ class Target:
         except OSError as exc:
             return ("errno", errno.errorcode[exc.errno or 0])
         # what the kernel wrote back, for the ioctls that read
-        reads = request >> 30 & abi._IOC_READ
+        reads = request >> 30 & irqbypass.system.IOC_READ
         return ("ok", bytes(arg).hex()) if reads and not isinstance(arg, int) else ("ok",)
 
 
