@@ -287,9 +287,15 @@ def merged(*fragments: Config) -> Config:
 
 
 def _holder(running: Running, token: str, side: str) -> EndpointConfig | None:
+    """The entry holding ``side`` of ``token``: placed, or of a pair left out
+    (no endpoint, and an end all the same: looked for only on such a token)."""
     for entry in running.ends(token):
         if entry.side == side:
             return entry
+    if any(t == token for t, _ in running.skipped):
+        for entry in running.entries.values():
+            if entry.token == token and entry.side == side:
+                return entry
     return None
 
 

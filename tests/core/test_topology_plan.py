@@ -207,6 +207,28 @@ def test_an_attach_of_a_known_name_or_a_held_end_is_refused() -> None:
     _plan.check_new(running, list(fresh.endpoints), fresh)  # nothing to refuse
 
 
+def test_an_end_held_by_an_entry_left_out_is_held_all_the_same() -> None:
+    """A pair left out (an optional kind unavailable here) still holds its
+    token's ends: a second consumer on that token is refused, by an attach and
+    by a change, as one on a running pair is. Both let it in: the running
+    entries then had two consumers on one token, which no file may have."""
+    running = Running(config(0, 2), skipped=[("t2", "consumer 'c2' (kind sink): absent")])
+    extra = parse_config(
+        '[[consumers]]\nname = "c9"\nkind = "sink"\ntoken = "t2"\n', file="plug.toml"
+    )
+    with pytest.raises(TopologyError) as caught:
+        _plan.check_new(running, list(extra.endpoints), extra)
+    assert str(caught.value) == (
+        "plug.toml: consumers[0]: token 't2' is already used by consumer 'c2' (kind sink); "
+        "one consumer per token"
+    )
+    with pytest.raises(TopologyError, match="'c9': token 't2' is already used by consumer 'c2'"):
+        _plan.plan_change(running, extra, [], _plan.fragment((), "r"), "changing")
+    # the entry left out may be replaced, or removed for another to take its end
+    _plan.plan_change(running, _plan.fragment((), "a"), [], config(2, file="r.toml"), "changing")
+    _plan.plan_change(running, extra, ["c2"], _plan.fragment((), "r"), "changing")
+
+
 def test_a_detach_of_unknown_names_lists_the_first_twenty_entries() -> None:
     running = Running(config(*range(11)))
     _plan.check_detach(running, ["p3", "c10"], "detaching")  # known: nothing raised
