@@ -5,8 +5,8 @@ configuration), the endpoint placed for each (by name, and by token and side),
 the tokens they hold from the token table, the pairs left out (``skipped``) or
 left unpaired by a veto, and what removed entries counted (for a device
 plugged in again under the same name). Only the ledger's own methods change
-its indexes (``seed``, ``insert``, ``release``, ``adopt``, ``attached``,
-``forget``, ``lose``, ``clear``; those that run while a change is under way
+its indexes (``seed``, ``insert``, ``release``, ``adopt``, ``forget``,
+``lose``, ``clear``; those that run while a change is under way
 are signal-safe sections, all of it or nothing), and :meth:`Ledger.violations`
 says which invariant does not hold, if any (the tests ask it after every
 change). The ledger calls no plugin: the stats of :meth:`Ledger.status` are
@@ -309,13 +309,6 @@ class Ledger:
         self.entries = {}
         self.file = None
         self._ends = {token: ends for token, ends in self._ends.items() if ends}
-
-    @signal_safe
-    def attached(self, entries: Iterable[EndpointConfig]) -> None:
-        """New entries run (an attach placed them); they are no file's."""
-        for entry in entries:
-            self.entries[entry.name] = entry
-        self.file = None
 
     def lose(self, entries: Iterable[EndpointConfig]) -> None:
         """Forget entries whose endpoints could not be restored."""

@@ -202,6 +202,16 @@ def plan_change(
     return _planned(running, action, source, updates, changes)
 
 
+def plan_attach(running: Running, source: Config, action: str) -> Plan:
+    """The plan of ``Topology.attach``: every entry of ``source`` added, checked
+    (:func:`check_new`); carried out as a change is, so a pair left out stays
+    out with what joins it."""
+    new = source.endpoints
+    check_new(running, new, source)
+    changes = Changes(added=tuple(e.name for e in new))
+    return _planned(running, action, source, {e.name: e for e in new}, changes)
+
+
 def moves(
     plan: Plan,
     running: Running,

@@ -27,7 +27,6 @@ undo, restore, all or nothing).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 
 from . import _plan
 from ._build import Builder
@@ -206,15 +205,8 @@ class Topology:
         ``parse_config``: its errors name the fragment), or EndpointConfig
         objects."""
         source = _plan.fragment(entries, "attach")
-        new = list(source.endpoints)
-        _plan.check_new(self._ledger, new, source)
-        commit = partial(self._ledger.attached, new)
         action = f"attaching to {self.config.file}"
-        change = Transaction(
-            self._ledger, self._builder, self.manager, action, repr(source.file)
-        ).change
-        with delivering_deferred_signals():  # a Ctrl-C that waited for the bookkeeping
-            change(source, new, [], commit=commit, home=self.config)
+        self._carry_out(_plan.plan_attach(self._ledger, source, action))
 
     def detach(self, names: Iterable[str]) -> None:
         """Unregister and close the named entries (a hot-unplug), last placed

@@ -198,6 +198,42 @@ def test_attach_refuses_a_name_or_a_token_side_already_there(topo: Topology, rec
     assert rec.log == []
 
 
+def optional(text: str) -> str:
+    return text.replace('kind = "rec-absent"', 'kind = "rec-absent"\noptional = true')
+
+
+@pytest.mark.parametrize("how", ["attach", "change"])
+def test_attach_leaves_out_what_is_left_out_as_change_does(
+    host: irqbypass.PluginHost, rec: Recorder, how: str
+) -> None:
+    """A pair left out (an optional kind unavailable here) stays out whatever
+    is plugged: an attach opened the producer plugged onto a token whose
+    consumer was left out (the ledger then said the token was both left out
+    and running), and an attached optional pair that cannot work here was
+    left out without being listed in ``skipped``. Now an attach leaves out
+    and lists what a change does."""
+    text = pair(0) + optional('[[consumers]]\nname = "c3"\nkind = "rec-absent"\ntoken = "t3"\n')
+    with Topology(parse_config(text, file="live.toml"), host) as topology:
+        rec.log.clear()
+        plug = getattr(topology, how)
+        plugged = parse_config('[[producers]]\nname = "p3"\nkind = "rec-src"\ntoken = "t3"\n')
+        plug(plugged) if how == "attach" else plug(add=plugged)
+        assert "open p3" not in rec.log, "the producer of a pair left out was opened"
+        assert topology.entry("p3") is None and "p3" in topology._ledger.entries
+        assert [t for t, _ in topology.skipped] == ["t3"]
+        pair5 = parse_config(optional(pair(5, sink="rec-absent")), file="plug.toml")
+        plug(pair5) if how == "attach" else plug(add=pair5)
+        assert topology.skipped == [
+            ("t3", "consumer 'c3' (kind rec-absent): no such device here"),
+            ("t5", "consumer 'c5' (kind rec-absent): no such device here"),
+        ]
+        assert topology._ledger.violations() == []
+        untouched(rec, "p0", "c0")
+        topology.detach(["p5", "c5"])
+        assert [t for t, _ in topology.skipped] == ["t3"]
+        assert topology._ledger.violations() == []
+
+
 def test_attach_with_an_unknown_kind_names_the_fragment_and_its_line(
     topo: Topology, rec: Recorder
 ) -> None:
