@@ -166,11 +166,15 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     def _release(self, descriptor: PostedDescriptor) -> None:
         """Stop the drainer (a callback of this process's loop: not a wait on
-        another process) and close the descriptor, on every path."""
+        another process) and close the descriptor, on every path: when a Ctrl-C
+        ends a wait for a peer's file lock, the counters kept are read as they are."""
         try:
             if self._cancel_drainer():
                 descriptor.drain()  # the last sync: everything posted is delivered
-            self._keep_last(descriptor)
+            self._keep_last(descriptor.counters())
+        except BaseException:
+            self._keep_last(descriptor.counters(wait=False))
+            raise
         finally:
             descriptor.close()
 
@@ -183,9 +187,9 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         self._note_problem(drainer)
         return True
 
-    def _keep_last(self, descriptor: PostedDescriptor) -> None:
+    def _keep_last(self, counters: dict[str, int]) -> None:
         with self._lock:
-            self._last = self._counters(descriptor)
+            self._last = self._counters(counters)
             self.descriptor = None
 
     def _note_problem(self, handle: irqbypass.plugin.LoopHandle) -> None:
@@ -270,8 +274,8 @@ class PostedInterruptConsumer(irqbypass.Consumer):
 
     # -- looking -----------------------------------------------------------
 
-    def _counters(self, descriptor: PostedDescriptor) -> dict[str, int]:
-        counters = descriptor.counters()
+    def _counters(self, counters: dict[str, int]) -> dict[str, int]:
+        """The stats, from the descriptor's ``counters``."""
         port = self._port
         return {
             "delivered": counters["posts_drained"],
@@ -306,4 +310,4 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             descriptor = self.descriptor
             if descriptor is None:
                 return dict(self._last) if self._last else dict.fromkeys(_NEVER_OPENED, 0)
-            return self._counters(descriptor)
+            return self._counters(descriptor.counters())

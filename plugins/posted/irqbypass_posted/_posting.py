@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _poster
 from ._layout import (
@@ -85,7 +86,7 @@ class PostingRules:
             if self.lock_mode != "file":
                 return body(*args)
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                _lock_file(self._fd)
                 return body(*args)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -332,8 +333,14 @@ class PostingRules:
         q = self._q
         return q[_DRAINED : _DRAINED + 256].tolist(), list(self._pending)
 
-    def counters(self) -> dict[str, int]:
-        """posted, notified, syncs, vectors_drained, posts_drained, pending."""
+    def counters(self, *, wait: bool = True) -> dict[str, int]:
+        """posted, notified, syncs, vectors_drained, posts_drained, pending.
+        ``wait=False`` reads them without waiting for a lock: a snapshot a post
+        or another process's sync may be changing (what a close keeps when a
+        Ctrl-C ended its wait for a peer holding the file lock)."""
+        if not wait:
+            self._check_usable()
+            return self._counters_locked()
         return self._locked(self._counters_locked)
 
     def _counters_locked(self) -> dict[str, int]:
@@ -348,6 +355,21 @@ class PostingRules:
             "posts_drained": drained,
             "pending": pending,
         }
+
+
+def _lock_file(fd: int) -> None:
+    """flock(LOCK_EX) on the memory: at once when it is free; else the wait is
+    one on another process (an attacher holds it, for as long as it likes), so
+    a Ctrl-C ends it even inside an uninterrupted close."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _wait_for_file_lock(fd)
+
+
+@irqbypass.plugin.waits_on_peer
+def _wait_for_file_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _forked_error(path: str | None, pid: int) -> irqbypass.DeviceError:

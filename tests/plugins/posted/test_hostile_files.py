@@ -12,6 +12,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import irqbypass
@@ -302,3 +303,64 @@ def test_ctrl_c_in_the_consumers_close_leaves_no_file(
             consumer.close()
         assert not path.exists(), "the descriptor file was left behind"
         assert consumer.descriptor is None
+
+
+PEER_HOLDS_THE_FILE_LOCK = r"""
+import fcntl, sys
+from irqbypass_posted import PostedDescriptor
+
+with PostedDescriptor.attach(sys.argv[1]) as peer:
+    fcntl.flock(peer._fd, fcntl.LOCK_EX)  # a vCPU process stopped inside its sync
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test lets go
+"""
+
+
+@pytest.mark.usefixtures("guarded_sigint")
+def test_ctrl_c_ends_a_close_waiting_for_a_peers_file_lock(tmp_path: Path) -> None:
+    """An attacher (another process) may hold the memory's flock as long as it
+    likes: a Ctrl-C must end the consumer's close, which is uninterrupted, and
+    the close must still remove the file and let go of the descriptor."""
+    path = tmp_path / "pi0"
+    main = threading.get_ident()
+    done = threading.Event()
+    released: list[bool] = []
+    with irqbypass.Eventfd() as token:
+        consumer = PostedInterruptConsumer(token=token, file=str(path))
+        consumer.open()
+        peer = subprocess.Popen(
+            [sys.executable, "-c", PEER_HOLDS_THE_FILE_LOCK, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert peer.stdin is not None and peer.stdout is not None
+        try:
+            assert peer.stdout.readline() == "locked\n"
+
+            def interrupt_until_done() -> None:
+                # SIGINT now and then until the close is over; the hang guard:
+                # the peer lets go after 60 s, so a deaf close ends, and fails
+                for _ in range(600):
+                    if done.wait(0.1):
+                        return
+                    signal.pthread_kill(main, signal.SIGINT)
+                released.append(True)
+                peer.stdin.close()  # type: ignore[union-attr]
+
+            helper = threading.Thread(target=interrupt_until_done)
+            helper.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    consumer.close()
+                assert not released, "the close waited for the peer, deaf to Ctrl-C"
+            finally:
+                done.set()
+                helper.join()
+            assert consumer.descriptor is None
+            assert not path.exists(), "the descriptor file was left behind"
+        finally:
+            if not peer.stdin.closed:
+                peer.stdin.close()
+            peer.wait(timeout=60)
+            peer.stdout.close()
