@@ -49,10 +49,41 @@ class VhostVirtqueue(DeviceInterrupt):
         self.device, self.device_fd, self.queue = device, device_fd, queue
 
     def take(self, hints: Mapping[int, str]) -> int:
-        """The device's group (the node opened, ``hints`` wording its errnos, or
-        the VMM's fd): its fd."""
-        self.group = DeviceGroup.take(self.calls, self.device, self.device_fd, hints)
-        return self.group.fd
+        """The device's group: the node opened (``hints`` wording its errnos),
+        this producer's own; or the VMM's fd, shared with this process's other
+        producers handed it, one per virtqueue (EBUSY for a second: the
+        virtqueue has one call eventfd, and it would take the first's). Its fd."""
+        fd = self.device_fd
+        if fd is None:
+            self.group = DeviceGroup.take(self.calls, self.device, None, hints)
+            return self.group.fd
+        group = self.join(
+            DeviceGroup,
+            self.calls.seam,
+            ("vhost device fd", fd),
+            lambda: DeviceGroup.take(self.calls, None, fd, hints),
+        )
+        holder = self.claim(self.queue, self.calls.describe())
+        if holder is not None:
+            raise self.calls.refuse(
+                f"virtqueue {self.queue} of this device is already bound by {holder} in "
+                "this process: a virtqueue has one call eventfd; close that producer first, "
+                "or use another virtqueue",
+                errno.EBUSY,
+            )
+        return group.fd
+
+    def close(self) -> None:
+        """Give back the virtqueue and the share of a VMM's fd (which stays
+        open); close a node this producer opened."""
+        group, self.group = self.group, None
+        if group is None:
+            return
+        if self.claimed:
+            group.unclaim(self.queue)
+            self.claimed = False
+        if group.key is None or group.unshare():
+            group.close()
 
     def set_owner(self, hints: Mapping[int, str] | None = None) -> None:
         """``VHOST_SET_OWNER`` on a node this open opened (a VMM's fd is left as it is)."""
