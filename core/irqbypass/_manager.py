@@ -345,7 +345,8 @@ class Manager:
 # and ``c`` are the endpoints, or the stand-ins of Manager._hooked. It calls
 # nothing but callbacks, so a signal passes inside a callback and waits on its
 # own lines (irqbypass.signals.calling_out): a callout() frame per callback
-# would cost more than the manager's own work.
+# would cost more than the manager's own work. Each callback is read inside
+# its try: one that raises when read (a property) fails as that callback.
 
 
 @calling_out
@@ -357,16 +358,16 @@ def _sequence(producer: Any, consumer: Any, p: Any, c: Any, connect: bool) -> _F
     failure: _Failure | None = None
     failures: _Failures = ()
     undo = not connect  # the producer's del: the disconnect's, or a failed connect's rollback
-    if (fn := p.stop) is not None:
-        try:
+    try:
+        if (fn := p.stop) is not None:
             fn()
-        except BaseException as exc:
-            failures += ((producer, "stop", exc),)
-    if (fn := c.stop) is not None:
-        try:
+    except BaseException as exc:
+        failures += ((producer, "stop", exc),)
+    try:
+        if (fn := c.stop) is not None:
             fn()
-        except BaseException as exc:
-            failures += ((consumer, "stop", exc),)
+    except BaseException as exc:
+        failures += ((consumer, "stop", exc),)
     if connect:
         try:
             if (fn := p.add_consumer) is not None:
@@ -384,21 +385,22 @@ def _sequence(producer: Any, consumer: Any, p: Any, c: Any, connect: bool) -> _F
             c.del_producer(producer)
         except BaseException as exc:
             failures += ((consumer, "del_producer", exc),)
-    if undo and (fn := p.del_consumer) is not None:
+    if undo:
         try:
-            fn(consumer)
+            if (fn := p.del_consumer) is not None:
+                fn(consumer)
         except BaseException as exc:
             failures += ((producer, "del_consumer", exc),)
-    if (fn := c.start) is not None:
-        try:
+    try:
+        if (fn := c.start) is not None:
             fn()
-        except BaseException as exc:
-            failures += ((consumer, "start", exc),)
-    if (fn := p.start) is not None:
-        try:
+    except BaseException as exc:
+        failures += ((consumer, "start", exc),)
+    try:
+        if (fn := p.start) is not None:
             fn()
-        except BaseException as exc:
-            failures += ((producer, "start", exc),)
+    except BaseException as exc:
+        failures += ((producer, "start", exc),)
     if failure is not None:
         return (failure, *failures)
     if connect:
@@ -429,13 +431,21 @@ class _Hooked:
 def _route(
     endpoint: Any, side: str, name: str, step: str, hooks: dict[str, Callable[..., Any]]
 ) -> Callable[..., Any] | None:
-    method: Callable[..., Any] | None = getattr(endpoint, name)
+    try:
+        method: Callable[..., Any] | None = getattr(endpoint, name)
+    except Exception as exc:  # read raising (a property): the callback fails as it is called
+        return functools.partial(_raise, exc)
     hook = hooks.get(step)
     if method is None or hook is None:
         return method
     if step in ("add", "del"):
         return lambda partner: hook(endpoint=endpoint, partner=partner, side=side)
     return lambda: hook(endpoint=endpoint, side=side)
+
+
+def _raise(exc: BaseException, *args: object) -> None:
+    """A callback that could not be read: calling it raises what reading it did."""
+    raise exc
 
 
 # -- messages ---------------------------------------------------------------

@@ -221,3 +221,78 @@ def test_an_endpoint_failure_under_a_wrapper_still_names_the_endpoint() -> None:
         mgr.register_producer(Fails("t", name="dev0"))
     assert "producer 'dev0'.add_consumer() raised OSError" in str(caught.value)
     assert "plugin" not in str(caught.value)
+
+
+class Counts:
+    """Counts its stops and starts."""
+
+    stops = starts = 0
+
+    def stop(self) -> None:
+        self.stops += 1
+
+    def start(self) -> None:
+        self.starts += 1
+
+
+class Counting(Counts, P):
+    pass
+
+
+class CountingC(Counts, C):
+    pass
+
+
+def _unreadable(cls: type, callback: str) -> type:
+    """``cls`` whose ``callback`` raises when read (a property, as a plugin's
+    lazy attribute or ``__getattr__`` may)."""
+
+    def read(self: object) -> None:
+        raise RuntimeError(f"reading {callback} broke")
+
+    return type(f"Unreadable{cls.__name__}", (cls,), {callback: property(read)})
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["fast path", "wrapped"])
+@pytest.mark.parametrize(
+    ("side", "callback"),
+    [
+        ("producer", "stop"),
+        ("producer", "start"),
+        ("producer", "del_consumer"),
+        ("consumer", "stop"),
+        ("consumer", "start"),
+    ],
+)
+def test_a_callback_that_raises_when_read_fails_as_that_callback(
+    side: str, callback: str, wrapped: bool
+) -> None:
+    """A callback whose attribute raises when read is that callback failing:
+    the sequence goes on, every other endpoint stopped is started again, the
+    pair is made (and unmade), and a CallbackError names the callback. Before,
+    the read escaped the sequence as itself, half-way: on the fast path the
+    producer was left stopped and the consumer registered unpaired, its token
+    held; wrapped, the endpoint was left in the index, never connected."""
+    mgr = irqbypass.Manager()
+    if wrapped:
+        mgr.plugins.register(Passer(), name="passer")
+    p = (_unreadable(Counting, callback) if side == "producer" else Counting)("t")
+    c = (_unreadable(CountingC, callback) if side == "consumer" else CountingC)("t")
+    well = c if side == "producer" else p
+    told: list[str] = []
+    mgr.register_producer(p)
+    try:
+        mgr.register_consumer(c)
+    except irqbypass.exceptions.CallbackError as exc:
+        told.append(str(exc))
+    assert mgr.is_registered(c) and p.consumer is c and c.producer is p
+    assert (well.stops, well.starts) == (1, 1), "the other endpoint was left stopped"
+    try:
+        assert mgr.unregister_consumer(c)
+    except irqbypass.exceptions.CallbackError as exc:
+        told.append(str(exc))
+    assert not mgr.is_registered(c) and p.consumer is None and c.producer is None
+    assert (well.stops, well.starts) == (2, 2)
+    named = f"{side} '{p.name if side == 'producer' else c.name}'.{callback}() raised RuntimeError"
+    assert told and all(named in t and f"reading {callback} broke" in t for t in told), told
+    assert mgr.unregister_producer(p) and idle(mgr)
