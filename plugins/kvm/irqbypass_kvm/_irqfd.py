@@ -15,7 +15,7 @@ import irqbypass
 import irqbypass.plugin
 
 from . import _abi
-from ._kvm import Vm
+from ._kvm import Vm, os_call
 from ._routing import MsiRoute
 from ._settings import KvmSettings, Msi, Route, Target
 from .guest import Guest
@@ -61,7 +61,9 @@ class Irqfd:
                 self.vm, self.own_guest = self.target.attach(self.label, self.route)
                 self.check_caps(self.vm)
                 if self.resample:
-                    self.resample_eventfd = self.given_resample or irqbypass.Eventfd()
+                    self.resample_eventfd = self.given_resample or os_call(
+                        "making the resample eventfd", irqbypass.Eventfd
+                    )
                 if not self.masked:
                     self.route_then_assign()
             except BaseException:

@@ -13,8 +13,8 @@ import heapq
 import os
 import struct
 import threading
-from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar, TypeVar
 
 import irqbypass
 
@@ -27,6 +27,8 @@ from ._routing import (
     MsiRoute,
     RoutingTable,
 )
+
+_T = TypeVar("_T")
 
 #: where the KVM device lives; every entry point takes a ``device`` path seam
 DEFAULT_DEVICE = "/dev/kvm"
@@ -48,15 +50,31 @@ def ioctl(fd: int, request: int, arg: int | ctypes.Structure | bytearray, what: 
             return ret
         return fcntl.ioctl(fd, request, arg, True)  # type: ignore[no-any-return]
     except OSError as exc:
-        raise irqbypass.DeviceError(
-            f"{what} failed: {exc.strerror} (errno {exc.errno})", errno=exc.errno
-        ) from exc
+        raise _failed(what, exc) from exc
+
+
+#: the errnos of a process (or a system) out of file descriptors
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 def _failed(what: str, exc: OSError) -> irqbypass.DeviceError:
-    return irqbypass.DeviceError(
-        f"{what} failed: {exc.strerror} (errno {exc.errno})", errno=exc.errno
+    advice = (
+        "; the process is out of file descriptors: raise its limit (ulimit -n) or close others"
+        if exc.errno in _OUT_OF_FDS
+        else ""
     )
+    return irqbypass.DeviceError(
+        f"{what} failed: {exc.strerror} (errno {exc.errno}){advice}", errno=exc.errno
+    )
+
+
+def os_call(what: str, call: Callable[..., _T], *args: object) -> _T:
+    """``call(*args)``, an OSError from it raised as a DeviceError naming
+    ``what`` (a new fd, a mapping: what an fd limit or low memory refuses)."""
+    try:
+        return call(*args)
+    except OSError as exc:
+        raise _failed(what, exc) from exc
 
 
 #: ``struct kvm_irqfd`` (fd, gsi, flags, resamplefd, 16 bytes of padding), packed
@@ -97,6 +115,8 @@ def open_device(device: str = DEFAULT_DEVICE) -> int:
             errno=exc.errno,
         ) from exc
     except OSError as exc:
+        if exc.errno in _OUT_OF_FDS:
+            raise _failed(f"opening {device}", exc) from exc
         raise irqbypass.DeviceError(
             f"cannot open {device}: {exc.strerror}; check that it is the KVM device",
             errno=exc.errno,
@@ -218,7 +238,7 @@ class Vm:
         with cls._borrowed_lock:
             vm = cls._wrapper_of(fd)
             if vm is None:
-                vm = cls(os.dup(fd), owned=False)
+                vm = cls(os_call(f"dup of VM fd {fd}", os.dup, fd), owned=False)
             vm.handed.add(fd)
             held = cls._borrowed.get(vm.fd, (vm, 0))[1]
             cls._borrowed[vm.fd] = (vm, held + refs)

@@ -34,7 +34,7 @@ import irqbypass.plugin
 from . import _abi, _apic
 from ._apic import APIC_MODES, MSI_VECTORS
 from ._asm import idle_loop, ivt_entry, le16, prologue, reentry_check
-from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device
+from ._kvm import DEFAULT_DEVICE, Vm, check_halt_poll_ns, ioctl, open_device, os_call
 from ._vcpu import ACK_PORT, READY_PORT, VcpuThread
 
 __all__ = ["APIC_MODES", "ELCR_LINES", "GUEST_LINES", "MSI_VECTORS", "Guest", "guest_program"]
@@ -214,7 +214,13 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
         vm = self.vm.fd
         ioctl(vm, _abi.KVM_SET_TSS_ADDR, TSS_ADDR, "KVM_SET_TSS_ADDR")
         ioctl(vm, _abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
-        self._mem = mmap.mmap(-1, MEM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._mem = os_call(
+            "mapping the guest's memory",
+            mmap.mmap,
+            -1,
+            MEM_SIZE,
+            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+        )
         self._mem[CODE_ADDR : CODE_ADDR + len(self.program)] = self.program
         region = _abi.kvm_userspace_memory_region(
             slot=0, guest_phys_addr=0, memory_size=MEM_SIZE, userspace_addr=_address_of(self._mem)
@@ -230,7 +236,10 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
                 self._vcpu_fd, _abi.KVM_GET_STATS_FD, 0, "KVM_GET_STATS_FD (vCPU)"
             )
         run_size = ioctl(self._kvm_fd, _abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
-        self._run = mmap.mmap(self._vcpu_fd, run_size, mmap.MAP_SHARED)
+        # mmap keeps a dup of the fd: one more fd
+        self._run = os_call(
+            "mapping the vCPU's kvm_run", mmap.mmap, self._vcpu_fd, run_size, mmap.MAP_SHARED
+        )
         sregs = _abi.kvm_sregs()
         ioctl(self._vcpu_fd, _abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
         for seg in (sregs.cs, sregs.ds, sregs.es, sregs.ss):
@@ -239,7 +248,7 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
         regs = _abi.kvm_regs(rip=CODE_ADDR, rsp=STACK_TOP, rflags=0x2)
         ioctl(self._vcpu_fd, _abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
         if self.ack == "eventfd":
-            self.ack_eventfd = irqbypass.Eventfd()
+            self.ack_eventfd = os_call("making the guest's ack eventfd", irqbypass.Eventfd)
             ioeventfd = _abi.kvm_ioeventfd(
                 addr=ACK_PORT,
                 len=1,

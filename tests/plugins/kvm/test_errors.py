@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import tempfile
 from collections.abc import Iterator
 
@@ -371,3 +372,63 @@ def test_the_file_and_python_make_the_same_settings(token: irqbypass.Eventfd) ->
     )
     own = KvmIrqfdConsumer.from_spec(spec(token, resample=True)).settings
     assert own.target == _settings.OwnGuest() and own.route == _settings.Pin(5, resample=True)
+
+
+def _open_with_fds_left(consumer: KvmIrqfdConsumer, left: int) -> BaseException | None:
+    """``consumer.open()`` with exactly ``left`` file descriptors free under
+    RLIMIT_NOFILE (the others taken): what it raised, if anything."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))), hard))
+    try:
+        while True:
+            try:
+                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                break
+        for _ in range(min(left, len(taken))):
+            os.close(taken.pop())
+        try:
+            consumer.open()
+        except BaseException as exc:
+            return exc
+        return None
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+@pytest.mark.parametrize("where", ["own guest", "VM fd (MSI)", "VM fd (resample)"])
+def test_running_out_of_fds_at_any_step_of_open_is_a_device_error(
+    kvm_usable: None, vm: irqbypass_kvm.Vm, where: str
+) -> None:
+    """Each step of open() that makes an fd (the guest's, a dup of the VMM's VM
+    fd, an mmap of the vCPU, an eventfd) can meet RLIMIT_NOFILE: each time the
+    error is a DeviceError (EMFILE) that says to raise the limit, and nothing is
+    left open; with enough fds the consumer opens."""
+    for left in range(16):
+        with irqbypass.Eventfd() as token:
+            consumer = (
+                KvmIrqfdConsumer(token=token, vm="guest", gsi=5, resample=True, guest_ack="eventfd")
+                if where == "own guest"
+                else KvmIrqfdConsumer(
+                    token=token, vm=vm.fd, msi=irqbypass_kvm.MsiRoute(0xFEE00000, 0x41)
+                )
+                if where == "VM fd (MSI)"
+                else KvmIrqfdConsumer(token=token, vm=vm.fd, gsi=5, resample=True)
+            )
+            failure = _open_with_fds_left(consumer, left)
+            if failure is None:
+                consumer.close()
+                assert left > 0, "open() made no fd: nothing was tried"
+                break
+            assert isinstance(failure, irqbypass.DeviceError), f"{left} fds left: {failure!r}"
+            assert failure.errno == errno.EMFILE
+            assert "ulimit -n" in str(failure), str(failure)
+            assert_nothing_open(consumer)
+            assert irqbypass_kvm.Vm._borrowed == {}
+    else:
+        pytest.fail("16 free fds were not enough to open")
