@@ -13,7 +13,6 @@ import irqbypass.plugin
 from ._irqfd import Irqfd
 from ._kvm import Vm
 from ._routing import describe
-from ._settings import VmFd
 
 if TYPE_CHECKING:
     from .consumer import KvmIrqfdConsumer
@@ -195,12 +194,10 @@ def _close_batch(batch: list[Irqfd], errors: list[BaseException]) -> None:
     # what Irqfd._release does, for the whole batch at once (batched irqfds
     # have no resample eventfd and no own guest)
     vm.release_gsis([(i.gsi, i) for i in batch if i.claimed and i.gsi is not None])
-    borrowed = 0
     for irqfd in batch:
         irqfd.claimed = False
         if irqfd.auto_gsi:
             irqfd.gsi = None
         irqfd.vm = None
-        borrowed += isinstance(irqfd.target, VmFd)
-    if borrowed:
-        vm.close(refs=borrowed)  # drops our references; a borrowed fd is never closed
+    # one VM, one kind of target (the batch's key): the references they took
+    batch[0].target.detach(vm, refs=len(batch))

@@ -255,6 +255,28 @@ class Vm:
                 return vm
         return None
 
+    def hold(self, refs: int = 1) -> Vm:
+        """Take ``refs`` more references to a borrowed Vm (a consumer handed the
+        Vm itself holds it while open, as one handed the fd does; give each back
+        with :meth:`release`). An owned Vm needs none."""
+        if self.owned:
+            return self
+        with Vm._borrowed_lock:
+            vm, held = Vm._borrowed.get(self.fd, (None, 0))
+            if vm is not self:
+                raise irqbypass.InvalidEndpointError(
+                    "this Vm was given back (its last reference closed, and its copy of "
+                    "the VM fd with it); borrow it again with Vm.borrow(fd)",
+                    errno=errno.EBADF,
+                )
+            Vm._borrowed[self.fd] = (self, held + refs)
+        return self
+
+    def release(self, refs: int = 1) -> None:
+        """Give back ``refs`` references :meth:`hold` took (an owned Vm: nothing)."""
+        if not self.owned:
+            self.close(refs)
+
     def close(self, refs: int = 1) -> None:
         """Close an owned fd; drop ``refs`` references to a borrowed VM (the
         last closes the wrapper's own copy of its fd; the VMM's stay open)."""

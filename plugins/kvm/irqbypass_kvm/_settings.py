@@ -299,10 +299,12 @@ class GivenVm(_Vmm):
     fd = irqbypass.plugin.Alias[int]("vm.fd")
 
     def attach(self, label: str, route: Route, refs: int = 1) -> tuple[Vm, Guest | None]:
-        return self.vm, None
+        """The Vm, held while open if it is a borrowed one (its caller may give
+        its own reference back first)."""
+        return self.vm.hold(refs), None
 
     def detach(self, vm: Vm, refs: int = 1) -> None:
-        """Nothing: the Vm is the caller's."""
+        vm.release(refs)
 
     def batch_key(self) -> object | None:
         return id(self.vm)

@@ -247,3 +247,32 @@ def test_fds_of_two_vms_get_two_wrappers_and_without_kcmp_one_number_gets_one(
         first.close()
         again.close()
     assert Vm._borrowed == {}
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+@pytest.mark.parametrize("opening", ["alone", "as a batch"])
+def test_a_consumer_given_a_borrowed_vm_holds_it_while_open(
+    vm: Vm, token: irqbypass.Eventfd, opening: str
+) -> None:
+    """A VMM that shares the plugin's table borrows the Vm (Vm.borrow) and hands
+    the Vm itself to its consumers: each holds a reference while open, as one
+    handed the fd does, so the VMM may give its own back before they close."""
+    shared = Vm.borrow(vm.fd)
+    consumer = KvmIrqfdConsumer(token=token, vm=shared, msi=MsiRoute(0xFEE00000, 0x41))
+    if opening == "alone":
+        consumer.open()
+    else:
+        KvmIrqfdConsumer.open_group([consumer])
+    shared.close()  # the VMM's reference; its consumer is still open
+    consumer.set_msi(MsiRoute(0xFEE00000, 0x42))
+    assert shared.msi_routes == {24: MsiRoute(0xFEE00000, 0x42)}
+    assert kvm_listens(token)
+    if opening == "alone":
+        consumer.close()
+    else:
+        KvmIrqfdConsumer.close_group([consumer])
+    assert shared.msi_routes == {} and not kvm_listens(token)
+    assert Vm._borrowed == {}
+    with pytest.raises(irqbypass.InvalidEndpointError, match="borrow it again"):
+        consumer.open()  # every reference is given back: its copy of the fd is closed
