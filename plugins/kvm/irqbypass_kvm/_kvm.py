@@ -217,6 +217,9 @@ class Vm:
         self._caps: dict[int, int] = {}
         self._gsi_owners: dict[int, tuple[object, str]] = {}
         self._free_gsis: list[int] = []  # a heap of released GSIs below _next_gsi
+        #: what the heap holds: each GSI once (one given back again and again,
+        #: claimed by number in between, would else be pushed once per release)
+        self._listed_free: set[int] = set()
         self._next_gsi = FIRST_MSI_GSI
         self._lock = threading.Lock()
 
@@ -403,10 +406,12 @@ class Vm:
             return gsi
         if len(self._gsi_owners) >= MAX_MSI_ROUTES:
             raise self._full(name)
-        while self._free_gsis and self._free_gsis[0] in self._gsi_owners:
-            heapq.heappop(self._free_gsis)
-        if self._free_gsis:
-            gsi = heapq.heappop(self._free_gsis)
+        free, listed = self._free_gsis, self._listed_free
+        while free and free[0] in self._gsi_owners:
+            listed.discard(heapq.heappop(free))
+        if free:
+            gsi = heapq.heappop(free)
+            listed.discard(gsi)
         else:
             while self._next_gsi in self._gsi_owners:
                 self._next_gsi += 1
@@ -432,15 +437,16 @@ class Vm:
 
     def release_gsis(self, claims: Iterable[tuple[int, object]]) -> None:
         """Give back many (GSI, owner) claims under one lock."""
-        owners, free = self._gsi_owners, self._free_gsis
+        owners, free, listed = self._gsi_owners, self._free_gsis, self._listed_free
         with self._lock:
             for gsi, owner in claims:
                 held = owners.get(gsi)
                 if held is None or held[0] is not owner:
                     continue
                 del owners[gsi]
-                if gsi < self._next_gsi:
+                if gsi < self._next_gsi and gsi not in listed:
                     heapq.heappush(free, gsi)
+                    listed.add(gsi)
 
     # -- lines ---------------------------------------------------------------
 

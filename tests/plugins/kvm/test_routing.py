@@ -199,6 +199,24 @@ def test_left_out_gsis_come_from_the_vm_lowest_free_first(
     assert masked.gsi is None and fixed.gsi == 25
 
 
+def test_the_free_gsi_list_stays_bounded_when_a_fixed_gsi_comes_and_goes() -> None:
+    """A consumer with a fixed GSI below the next new one, opened and closed
+    again and again (a VMM toggling a vector): its GSI is given back each time,
+    and the free list must hold it once, not once per close. Without KVM: the
+    allocator is plain bookkeeping (no ioctl)."""
+    vm = Vm(-1, owned=False)
+    auto, fixed = object(), object()
+    assert vm.claim_gsi(None, auto, "auto") == 24
+    assert vm.claim_gsi(None, fixed, "other") == 25
+    vm.release_gsi(24, auto)
+    for _ in range(1000):
+        assert vm.claim_gsi(24, fixed, "fixed") == 24
+        vm.release_gsi(24, fixed)
+    assert len(vm._free_gsis) == 1, "the free list grew by one per close"
+    assert vm.claim_gsi(None, auto, "auto") == 24  # lowest free first, all the same
+    assert vm.claim_gsi(None, object(), "next") == 26
+
+
 @pytest.mark.guest("kvm")
 def test_two_consumers_never_share_a_gsi(vm: Vm, tokens: list[irqbypass.Eventfd]) -> None:
     first = KvmIrqfdConsumer(token=tokens[0], vm=vm.fd, gsi=40, msi=MSI, name="first")
