@@ -256,6 +256,19 @@ class Ledger:
                 table.release(token)
                 self._retire(entry, placed.history)
 
+    def waiting(self, leaving: Iterable[Placed]) -> list[Placed]:
+        """The ends a veto left open and unregistered whose partner is in
+        ``leaving`` (closed by now): the pair is gone, so they register again,
+        as applying the file afresh would."""
+        found = []
+        for placed in leaving:
+            token = placed.config.token
+            if token in self.vetoed:
+                for other in self._ends.get(token, {}).values():
+                    if other.opened and other.config.bypass and not other.registered:
+                        found.append(other)
+        return found
+
     def _retire(self, entry: EndpointConfig, history: Totals) -> None:
         if not history.opens and not history.counters:
             return

@@ -233,24 +233,29 @@ class Transaction:
             for one in unit:
                 if one.config.bypass:
                     self.step, self.subject = "register", one
-                    register = getattr(self.manager, f"register_{one.config.side}")
-                    registered = False
-                    try:
-                        callout(register, one.endpoint)
-                        registered = True  # it returned: registered (no lookup needed)
-                    except ConnectError as exc:
-                        veto = exc.__cause__
-                        if not (isinstance(veto, Veto) and veto.unpaired):
-                            raise
-                        # the plugin leaves this pair unpaired: open, on the eventfd path
-                        self.ledger.veto(one.config.token, show_error(veto))
-                    finally:
-                        # a CallbackError means "registered, but a start raised": undo must see it
-                        one.registered = registered or self.manager.is_registered(one.endpoint)  # type: ignore[arg-type]
+                    self._register(one)
             deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
             done += len(unit)
             if progress is not None:
                 callout(progress, done, total)
+
+    def _register(self, one: Placed) -> None:
+        """Register ``one`` (open) with the manager, recording it the moment it
+        is; a plugin's Veto(unpaired=True) leaves its pair unpaired (recorded)."""
+        register = getattr(self.manager, f"register_{one.config.side}")
+        registered = False
+        try:
+            callout(register, one.endpoint)
+            registered = True  # it returned: registered (no lookup needed)
+        except ConnectError as exc:
+            veto = exc.__cause__
+            if not (isinstance(veto, Veto) and veto.unpaired):
+                raise
+            # the plugin leaves this pair unpaired: open, on the eventfd path
+            self.ledger.veto(one.config.token, show_error(veto))
+        finally:
+            # a CallbackError means "registered, but a start raised": undo must see it
+            one.registered = registered or self.manager.is_registered(one.endpoint)  # type: ignore[arg-type]
 
     def failed(
         self,
@@ -306,7 +311,14 @@ class Transaction:
             left -= len(unit)
             if progress is not None:
                 _tell(progress, left)
+        waiting = self.ledger.waiting(placed)
         self.ledger.release(placed)
+        for one in waiting:  # the pair asked again: alone, or with the end that comes next
+            try:
+                self._register(one)
+            except BaseException as exc:  # Ctrl-C included: recorded, and on
+                interrupt = interrupt or _interrupt(exc)
+                errors.append(f"register of {one.label}: {_failure(exc)}")
         return errors, interrupt
 
     @signal_safe

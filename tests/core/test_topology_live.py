@@ -452,6 +452,55 @@ def test_reconcile_moves_a_token_and_skips_an_unavailable_optional_pair(
     assert "close p2" in rec.log  # its whole pair is left out
 
 
+class Denies:
+    """A pairing policy: ``Veto(unpaired=True)`` for the producers named in ``deny``."""
+
+    def __init__(self, *deny: str) -> None:
+        self.deny = set(deny)
+
+    @irqbypass.plugin.hookimpl
+    def irqbypass_pair(self, producer: irqbypass.Producer, consumer: irqbypass.Consumer) -> None:
+        if producer.name in self.deny:
+            raise irqbypass.Veto(f"{producer.name} is denied", unpaired=True)
+
+
+@pytest.mark.parametrize("changed", ["p1", "c1", "c1 unplugged and plugged"])
+def test_a_change_to_a_vetoed_pair_asks_for_the_pair_again(
+    host: irqbypass.PluginHost, rec: Recorder, changed: str
+) -> None:
+    """A pair a plugin's Veto(unpaired=True) left unpaired has one end open but
+    not registered. Changing either end asks the plugin again, as applying the
+    new file afresh would: changing the consumer re-registered it alone (the
+    producer, never registered, stayed out: the pair could not pair again,
+    and the veto was no longer told)."""
+    policy = Denies("p1")
+    with host.registered(policy, name="policy"):
+        topology = Topology(parse_config(pairs(0, 1), file="live.toml"), host)
+        with topology:
+            assert topology.vetoed == [("t1", "p1 is denied")]
+            assert paired(topology) == {"t0": True, "t1": False}
+            rec.log.clear()
+            if changed.endswith("plugged"):
+                topology.detach(["c1"])
+                assert topology.vetoed == []
+                topology.attach(parse_config(pair(1).split("[[consumers]]")[1].join(
+                    ["[[consumers]]", ""]), file="plug.toml"))  # fmt: skip
+            else:
+                level = f'name = "{changed}"\noptions = {{ level = 2 }}\n'
+                topology.reconcile(
+                    parse_config(pairs(0, 1).replace(f'name = "{changed}"\n', level))
+                )
+            assert topology.vetoed == [("t1", "p1 is denied")], "the veto is told again"
+            policy.deny.clear()  # the policy now allows it: the next change pairs them
+            name = changed.split()[0]
+            level = f'name = "{name}"\noptions = {{ level = 3 }}\n'
+            topology.reconcile(parse_config(pairs(0, 1).replace(f'name = "{name}"\n', level)))
+            assert paired(topology) == {"t0": True, "t1": True}
+            assert topology.vetoed == []
+            assert topology._ledger.violations() == []
+            untouched(rec, "p0", "c0")
+
+
 def test_a_reload_of_a_large_file_compares_group_by_group(
     host: irqbypass.PluginHost, rec: Recorder
 ) -> None:
