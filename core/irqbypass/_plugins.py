@@ -122,6 +122,8 @@ class FilteredPlugin:
 class _Source:
     distribution: str | None
     version: str | None
+    #: why the distribution's metadata cannot be read (None: it can)
+    unreadable: str | None = None
 
 
 class PluginHost:
@@ -258,7 +260,7 @@ class PluginHost:
         """
         env = os.environ if environ is None else environ
         if entry_points is None:  # every group's, so that a plugin in the wrong group is seen
-            every = [ep for dist in metadata.distributions() for ep in dist.entry_points]
+            every = _installed_entry_points(self.warnings)
         else:
             every = list(entry_points())
         found = [ep for ep in every if getattr(ep, "group", GROUP) == GROUP]
@@ -270,8 +272,8 @@ class PluginHost:
             self.warnings.append(warning)
         chosen, unmatched = _choose(found, env, allow, block)
         failures = []
-        for ep, dist, reason in chosen:
-            info = _load_one(self, ep, dist, reason)
+        for ep, source, reason in chosen:
+            info = _load_one(self, ep, source, reason)
             if info is not None:
                 failures.append(info)
                 if strict:
@@ -463,12 +465,13 @@ def load_plugins(
 
 
 def _load_one(
-    host: PluginHost, ep: metadata.EntryPoint, dist: str | None, reason: str | None
+    host: PluginHost, ep: metadata.EntryPoint, source: _Source, reason: str | None
 ) -> PluginInfo | None:
     """One chosen entry point: left out (``reason``, or a plugin of its name is
-    registered already), refused (it requires another core release), or
-    loaded and registered; what failed, or None."""
-    version = ep.dist.version if ep.dist is not None else None
+    registered already), refused (its distribution's metadata cannot be read,
+    or it requires another core release), or loaded and registered; what
+    failed, or None."""
+    dist, version = source.distribution, source.version
     if reason is None and host.pm.has_plugin(ep.name):
         reason = f"a plugin named {ep.name!r} is already registered"
     if reason is not None:
@@ -487,6 +490,8 @@ def _load_one(
             traceback=_traceback(error) if error is not None else None,
         )
 
+    if source.unreadable is not None:
+        return failed(source.unreadable, "not loaded")
     # a distribution that requires another core release is refused before its
     # code is imported, with what to install (unreadable metadata: the import tells)
     try:
@@ -512,7 +517,7 @@ def _load_one(
         if error is exc and isinstance(exc, PluginError):  # "plugin 'x' cannot be ...: why"
             message = str(exc).split(": ", 1)[-1]
         return failed(message, "failed to load", error)
-    host._sources[ep.name] = _Source(dist, version)
+    host._sources[ep.name] = source
     _log.info("loaded plugin %s (%s %s)", ep.name, dist, version)
     return None
 
@@ -522,10 +527,10 @@ def _choose(
     env: Mapping[str, str],
     allow: Sequence[str] | None,
     block: Iterable[str],
-) -> tuple[list[tuple[metadata.EntryPoint, str | None, str | None]], list[str]]:
+) -> tuple[list[tuple[metadata.EntryPoint, _Source, str | None]], list[str]]:
     """Which installed plugins load: the program's ``allow`` list, else the
     user's environment (see the module doc); then the block list. Each entry
-    point comes once, sorted, with its distribution's name and why it is left
+    point comes once, sorted, with its distribution and why it is left
     out (None: it loads): one distribution seen twice (an editable install
     beside a regular one, a ``lib64`` symlink) loads once, and each METADATA is
     parsed once. Then the load-list entries that named no plugin or
@@ -540,12 +545,12 @@ def _choose(
     allowed = None if allow is None else {_normalize(n) for n in allow}
     blocked = {_normalize(n) for n in block}
     found = list(found)
-    dists = {id(ep): _dist_name(ep) for ep in found}
+    sources = {id(ep): _source(ep) for ep in found}
     seen: set[tuple[str, str]] = set()
     matched: set[str] = set()  # every name seen, to tell the load-list entries that named none
-    chosen: list[tuple[metadata.EntryPoint, str | None, str | None]] = []
-    for ep in sorted(found, key=lambda e: (dists[id(e)] or "", e.name)):
-        dist = dists[id(ep)]
+    chosen: list[tuple[metadata.EntryPoint, _Source, str | None]] = []
+    for ep in sorted(found, key=lambda e: (sources[id(e)].distribution or "", e.name)):
+        dist = sources[id(ep)].distribution
         key = (_normalize(dist or ""), ep.name)
         if key in seen:
             continue
@@ -559,7 +564,7 @@ def _choose(
             reason = f"not in {source} ({', '.join(allow or ()) or 'empty'})"
         elif names & blocked:
             reason = "blocked (config [plugins] block or --block)"
-        chosen.append((ep, dist, reason))
+        chosen.append((ep, sources[id(ep)], reason))
     unmatched = [
         f"{source} names {name!r}, which is no installed plugin or distribution"
         for name in (() if allow is None or disabled else allow)
@@ -700,8 +705,48 @@ def _hook_names() -> list[str]:
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str | None:
+    return _source(ep).distribution
+
+
+def _source(ep: metadata.EntryPoint) -> _Source:
     dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else None
+    return _Source(None, None) if dist is None else _read_source(dist)
+
+
+def _read_source(dist: metadata.Distribution) -> _Source:
+    """A distribution's name and version, from one parse of its METADATA;
+    one that cannot be read (not UTF-8, say) says so, never raises."""
+    try:
+        read = dist.metadata
+        return _Source(read["Name"], read["Version"])
+    except Exception as exc:
+        return _Source(None, None, f"the metadata of its distribution ({_where(dist)}) cannot "
+                       f"be read ({show_exception(exc)}); reinstall it, or block it")  # fmt: skip
+
+
+def _installed_entry_points(warnings: list[str]) -> list[metadata.EntryPoint]:
+    """Every installed distribution's entry points, of every group. One whose
+    entry_points.txt cannot be read (a line without "=", bytes not UTF-8) is
+    a warning in ``warnings``, never the end of the discovery: any
+    distribution's, not only a plugin's, would hide every plugin."""
+    found: list[metadata.EntryPoint] = []
+    for dist in metadata.distributions():
+        try:
+            found += dist.entry_points
+        except Exception as exc:
+            name = _read_source(dist).distribution or "(unnamed)"
+            warning = (
+                f"distribution {name} ({_where(dist)}): its entry_points.txt cannot be read "
+                f"({show_exception(exc)}), so any plugin it holds is not loaded; reinstall it"
+            )
+            _log.info("%s", warning)  # the CLI warns of host.warnings
+            warnings.append(warning)
+    return found
+
+
+def _where(dist: metadata.Distribution) -> str:
+    """Where a distribution's metadata is (its dist-info directory, when known)."""
+    return printable(str(getattr(dist, "_path", None) or "an unknown place"))
 
 
 def _normalize(name: str) -> str:

@@ -323,3 +323,79 @@ def test_cli_survives_a_plugin_exiting_on_import(site: Path) -> None:
     listed = {entry["name"]: entry["error"] for entry in json.loads(proc.stdout)["plugins"]}
     assert listed == {"mock": None, "rel_exit_on_import": "SystemExit: 3"}
     assert "irqbypass: warning: plugin 'rel_exit_on_import'" in proc.stderr
+
+
+# -- distributions whose metadata cannot be read ------------------------------
+
+#: entry_points.txt that importlib.metadata cannot read: a line without "=" (a
+#: hand edit), bytes that are not UTF-8 (a file another tool wrote)
+UNREADABLE_ENTRY_POINTS = {
+    "no-equals": b"[console_scripts]\nthis line has no equals sign\n",
+    "not-utf8": b"[console_scripts]\ntool = tool:main\xff\n",
+}
+
+
+def install_unreadable(site: Path, entry_points: bytes) -> Path:
+    """A distribution (no plugin of ours: some other tool) whose entry_points.txt
+    cannot be read; its dist-info directory."""
+    info = site / "some_tool-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: some-tool\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_bytes(entry_points)
+    return info
+
+
+@pytest.mark.parametrize(
+    "entry_points", UNREADABLE_ENTRY_POINTS.values(), ids=list(UNREADABLE_ENTRY_POINTS)
+)
+def test_a_distribution_whose_entry_points_cannot_be_read_hides_no_plugin(
+    site: Path, entry_points: bytes
+) -> None:
+    """Any installed distribution's unreadable entry_points.txt (not even a
+    plugin's) is a warning naming it; every plugin is still found (before: the
+    TypeError or UnicodeDecodeError of importlib.metadata ended the discovery,
+    so every irqbypass command crashed with a traceback)."""
+    info = install_unreadable(site, entry_points)
+    host = irqbypass.load_plugins(environ={}, block=list(DISTS)[:3])
+    assert {"rel_good", "mock", "logging"} <= names(host)
+    [warning] = [w for w in host.warnings if "some-tool" in w]
+    assert str(info) in warning and "entry_points.txt cannot be read" in warning, warning
+    assert "reinstall it" in warning, warning
+    COUNTERS["plugin failure cases"] += 1
+
+
+def test_a_plugin_whose_metadata_cannot_be_read_is_reported_and_others_work(site: Path) -> None:
+    """A plugin whose METADATA is not UTF-8 is a failed plugin, named by its
+    entry point, with what to do; the others load, and strict makes it fatal
+    (before: the UnicodeDecodeError of reading its name ended the discovery)."""
+    info = site / "irqbypass_rel_latin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_bytes(
+        b"Metadata-Version: 2.1\nName: irqbypass-rel-latin\nVersion: 1.0\nSummary: caf\xe9\n"
+    )
+    (info / "entry_points.txt").write_text("[irqbypass]\nrel_latin = rel_good\n")
+    host = irqbypass.load_plugins(environ={}, block=list(DISTS)[:3])
+    [failure] = [f for f in host.failures if f.name == "rel_latin"]
+    assert failure.error is not None
+    assert failure.error.startswith(f"the metadata of its distribution ({info}) cannot be read")
+    assert "UnicodeDecodeError" in failure.error and "reinstall it" in failure.error
+    assert {"rel_good", "mock", "logging"} <= names(host)
+    with pytest.raises(
+        irqbypass.PluginError, match=r"plugin 'rel_latin' .*failed to load: the metadata"
+    ):
+        irqbypass.load_plugins(environ={}, block=list(DISTS)[:3], strict=True)
+    # blocked by its plugin name, it is left out like any other
+    host = irqbypass.load_plugins(environ={}, block=[*list(DISTS)[:3], "rel_latin"])
+    assert [f.name for f in host.failures] == []
+    COUNTERS["plugin failure cases"] += 1
+
+
+@pytest.mark.parametrize(
+    "entry_points", UNREADABLE_ENTRY_POINTS.values(), ids=list(UNREADABLE_ENTRY_POINTS)
+)
+def test_cli_survives_an_unreadable_distribution(site: Path, entry_points: bytes) -> None:
+    install_unreadable(site, entry_points)
+    proc = run_cli(site, "plugins", "--json", env={ENV_LOAD: "irqbypass-mock"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [entry["name"] for entry in json.loads(proc.stdout)["plugins"]] == ["mock"]
+    assert "irqbypass: warning: distribution some-tool" in proc.stderr, proc.stderr
