@@ -32,10 +32,17 @@ def open_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoi
             _open_batch([consumer._irqfd for consumer in batch])
             opened.extend(batch)
     except BaseException:
-        for consumer in reversed(opened):
-            with contextlib.suppress(irqbypass.IrqBypassError):
-                consumer.close()
+        _close_all(opened)
         raise
+
+
+@irqbypass.plugin.uninterrupted
+def _close_all(consumers: list[KvmIrqfdConsumer]) -> None:
+    """The undo of a failed open_group, to its end: a Ctrl-C acts as it returns
+    (a caller takes the group as not opened: what it left open stays open)."""
+    for consumer in reversed(consumers):
+        with contextlib.suppress(irqbypass.IrqBypassError):
+            consumer.close()
 
 
 @irqbypass.plugin.uninterrupted
@@ -129,14 +136,20 @@ def _open_batch(batch: list[Irqfd]) -> None:
             done = True
         finally:
             if not done:
-                attached = [irqfd for irqfd in batch if irqfd.vm is vm]
-                if attached:
-                    _close_batch(attached, [])
-                if len(batch) > len(attached):  # the references no irqfd took
-                    first.target.detach(vm, refs=len(batch) - len(attached))
+                _undo_batch(batch, vm)
     finally:
         for irqfd in batch[:locked]:
             irqfd.lock.release()
+
+
+@irqbypass.plugin.uninterrupted
+def _undo_batch(batch: list[Irqfd], vm: Vm) -> None:
+    """What a failed (or interrupted) batch open did, undone to its end."""
+    attached = [irqfd for irqfd in batch if irqfd.vm is vm]
+    if attached:
+        _close_batch(attached, [])
+    if len(batch) > len(attached):  # the references no irqfd took
+        batch[0].target.detach(vm, refs=len(batch) - len(attached))
 
 
 def _route(vm: Vm, batch: list[Irqfd]) -> None:

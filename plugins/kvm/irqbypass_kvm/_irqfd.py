@@ -67,8 +67,14 @@ class Irqfd:
                 if not self.masked:
                     self.route_then_assign()
             except BaseException:
-                self.teardown(errors=[])
+                self._undo()
                 raise
+
+    @irqbypass.plugin.uninterrupted
+    def _undo(self) -> None:
+        """What a failed (or interrupted) open did, undone to its end: a second
+        Ctrl-C acts as it returns (a caller takes the open as not done)."""
+        self.teardown(errors=[])
 
     def check_caps(self, vm: Vm) -> None:
         vm.require(_abi.KVM_CAP_IRQFD, "irqfd (KVM_CAP_IRQFD)")

@@ -10,6 +10,7 @@ import signal
 import irqbypass
 import pytest
 from irqbypass_kvm import Guest, KvmIrqfdConsumer, MsiRoute, Vm
+from irqbypass_kvm._irqfd import Irqfd
 
 pytestmark = pytest.mark.usefixtures("guarded_sigint", "no_fd_leak")
 
@@ -103,3 +104,48 @@ def test_ctrl_c_as_a_guest_stops_its_vcpu_still_closes_it(
         guest.close()
     monkeypatch.undo()
     assert not guest.running and guest.vm is None, "the guest's VM was left open"
+
+
+@pytest.mark.guest("kvm")
+def test_a_second_ctrl_c_in_the_undo_of_an_interrupted_open_still_closes_the_guest(
+    kvm_usable: None, token: irqbypass.Eventfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C once the irqfd is assigned makes open() undo what it did; a
+    second one as the undo deassigns must not leave the own guest running."""
+    consumer = KvmIrqfdConsumer(token=token, vm="guest", gsi=5)
+    interrupt_after(monkeypatch, Irqfd, "route_then_assign")
+    interrupt_after(monkeypatch, Vm, "irqfd_deassign")
+    with pytest.raises(KeyboardInterrupt):
+        consumer.open()
+    monkeypatch.undo()
+    assert consumer.vm is None and consumer.guest is None, "the undo stopped half-way"
+    assert not consumer.assigned
+
+
+@pytest.mark.guest("kvm")
+def test_ctrl_c_in_the_undo_of_a_failed_open_group_still_closes_every_consumer(
+    kvm_usable: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_group opens a and b, then c fails: the undo closes b and a. A
+    Ctrl-C as it closes b must not leave a open (a topology takes a failed
+    open_group as nothing opened: what it left open would never be closed)."""
+    tokens = [irqbypass.Eventfd() for _ in range(3)]
+    try:
+        a = KvmIrqfdConsumer(token=tokens[0], vm="guest", gsi=5, name="a")
+        b = KvmIrqfdConsumer(token=tokens[1], vm="guest", gsi=5, name="b")
+        c = KvmIrqfdConsumer(token=tokens[2], vm="guest", gsi=5, device="/nonexistent/kvm")
+        real_close = KvmIrqfdConsumer.close
+
+        def close_then_interrupt(self: KvmIrqfdConsumer) -> None:
+            real_close(self)
+            if self is b:
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(KvmIrqfdConsumer, "close", close_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            KvmIrqfdConsumer.open_group([a, b, c])
+        monkeypatch.undo()
+        assert a.vm is None and b.vm is None, "the undo left a consumer open"
+    finally:
+        for t in tokens:
+            t.close()
