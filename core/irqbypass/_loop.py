@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ._errors import InvalidEndpointError, LoopClosedError
+from ._errors import InvalidEndpointError, IrqBypassError, LoopClosedError
 from ._eventfd import Eventfd
 from ._options import show_exception, show_value
 
@@ -543,7 +543,7 @@ class EventLoop:
         finally:
             if stale is not None and stale_borrowed is not None:
                 stale_borrowed._give_back(stale._source_closed)
-        self._ensure_running()
+        self._ensure_running(handle)
         return handle
 
     def call_later(self, delay: float, callback: Callback, *, owner: str) -> LoopHandle:
@@ -572,7 +572,7 @@ class EventLoop:
         if earliest and (threading.get_ident() != self._loop_thread or self._asyncio is not None):
             with contextlib.suppress(OSError):  # closed, or full (it is awake then)
                 os.write(self._wakeup, _WAKE)
-        self._ensure_running()
+        self._ensure_running(handle)
         return handle
 
     def _closed_error(self) -> LoopClosedError:
@@ -589,14 +589,9 @@ class EventLoop:
             raise self._closed_error()
         self._ensure_running()
 
-    def _ensure_running(self) -> None:
-        if self._thread is not None or self._asyncio is not None or self._closed:
-            return
-        with self._lock:
-            if self._thread is not None or self._asyncio is not None or self._closed:
-                return
-            self._thread = _start_thread(self._run_thread, f"{self.name}")
-            self._watchdog_thread = _start_thread(self._watchdog.run, f"{self.name}-watchdog")
+    def _ensure_running(self, asking: LoopHandle | None = None) -> None:
+        if self._thread is None and self._asyncio is None and not self._closed:
+            _start(self, asking)
 
     def run_once(self, timeout: float = 0.0) -> None:
         """Wait up to ``timeout`` seconds for readers, then run what is ready and every due timer
@@ -744,6 +739,29 @@ class EventLoop:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._readers)} readers"
         return f"<EventLoop {self.name!r} {state}>"
+
+
+def _start(loop: EventLoop, asking: LoopHandle | None) -> None:
+    """Start the loop's threads, the watchdog's first: a loop thread that
+    cannot start leaves none, and the next registration tries again. One that
+    cannot (the process at its thread limit) takes ``asking``, the
+    registration that needed it, off again: its caller is told it failed."""
+    try:
+        with loop._lock:
+            if loop._thread is not None or loop._asyncio is not None or loop._closed:
+                return
+            if loop._watchdog_thread is None:
+                loop._watchdog_thread = _start_thread(loop._watchdog.run, f"{loop.name}-watchdog")
+            loop._thread = _start_thread(loop._run_thread, loop.name)
+    except RuntimeError as exc:  # Thread.start's "can't start new thread"
+        if asking is not None:
+            asking._remove("cancelled")
+        raise IrqBypassError(
+            f"event loop {loop.name!r} cannot start its thread ({show_exception(exc)}): the "
+            "process is at its limit of threads (ulimit -u, or its cgroup's pids.max); raise "
+            "it, or start fewer threads",
+            errno=errno.EAGAIN,
+        ) from exc
 
 
 def _release(loop: EventLoop) -> None:

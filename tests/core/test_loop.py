@@ -398,6 +398,48 @@ def test_seconds_no_float_can_hold_are_refused_as_any_bad_seconds() -> None:
         own.close()
 
 
+@pytest.mark.parametrize("failing", ["watchdog", "loop"])
+def test_a_thread_that_cannot_start_leaves_no_registration_behind(
+    monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The process at its thread limit (ulimit -u, a container's pids.max):
+    the loop's first registration cannot start the loop's threads. It raised
+    Python's RuntimeError and left the reader registered (its token borrowed)
+    although the caller was told it failed; with the second thread refused,
+    the loop then ran for good without a watchdog. Now the registration is
+    taken off again, the error is the loop's (EAGAIN, saying what to raise),
+    and the next registration starts what is missing. (Root ignores ulimit -u,
+    so the limit is a start that fails, as Thread.start does at the limit.)"""
+    irqbypass_loop = sys.modules["irqbypass._loop"]
+    real = irqbypass_loop._start_thread
+    refused: list[str] = []
+
+    def at_the_limit(target: Callable[[], None], name: str) -> threading.Thread:
+        if name.endswith("-watchdog") == (failing == "watchdog") and not refused:
+            refused.append(name)
+            raise RuntimeError("can't start new thread")
+        return real(target, name)
+
+    monkeypatch.setattr(irqbypass_loop, "_start_thread", at_the_limit)
+    own = irqbypass.plugin.EventLoop(name="limited")
+    try:
+        with irqbypass.Eventfd() as token:
+            with pytest.raises(irqbypass.IrqBypassError, match="cannot start its thread") as caught:
+                own.add_reader(token, lambda: None, owner="first")
+            assert caught.value.errno == errno.EAGAIN and "pids.max" in str(caught.value)
+            assert refused and own.handles() == [], "the failed registration was left behind"
+            with pytest.raises(irqbypass.IrqBypassError, match="cannot start its thread"):
+                refused.clear()
+                own.call_later(0.0, lambda: None, owner="second")
+            assert own.handles() == []
+            got: list[int] = []
+            own.call_later(0.0, lambda: got.append(1), owner="third")  # the limit is gone
+            until(lambda: got, "the loop runs")
+            assert own._watchdog_thread is not None and own._watchdog_thread.is_alive()
+    finally:
+        own.close()
+
+
 def test_bad_arguments_are_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
