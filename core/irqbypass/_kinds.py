@@ -105,7 +105,7 @@ class Kind(Generic[_E]):
                 reason = check(options=table)
             else:
                 reason = check(table) if taking == "positional" else check()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin ends no command
             return (
                 f"its availability check raised {show_exception(exc)}; "
                 f"this is a bug in plugin {self.plugin}"

@@ -338,7 +338,7 @@ class PluginHost:
         for impl in self.pm.hook.irqbypass_register_kinds.get_hookimpls():
             try:
                 impl.function(register=KindRegistrar(impl.plugin_name, registry))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() (argparse in a plugin) too
                 registry.remove_plugin(impl.plugin_name)
                 failures[impl.plugin_name] = (
                     f"irqbypass_register_kinds raised {show_exception(exc)}"
@@ -380,7 +380,7 @@ class PluginHost:
                 impl.function(options=options)
             except IrqBypassError:
                 raise
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginError(
                     f"plugin {name!r}: irqbypass_configure raised {show_exception(exc)}; "
                     "this is a bug in that plugin"

@@ -399,3 +399,77 @@ def test_cli_survives_an_unreadable_distribution(site: Path, entry_points: bytes
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert [entry["name"] for entry in json.loads(proc.stdout)["plugins"]] == ["mock"]
     assert "irqbypass: warning: distribution some-tool" in proc.stderr, proc.stderr
+
+
+# -- a plugin whose hooks call sys.exit() --------------------------------------
+
+
+@pytest.fixture
+def exiting(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    install(site, "irqbypass-rel-exit-hooks", "rel_exit_in_hooks")
+    monkeypatch.delenv("IRQBYPASS_REL_EXIT", raising=False)
+    yield site
+    sys.modules.pop("rel_exit_in_hooks", None)
+
+
+def test_exit_in_register_kinds_is_a_plugin_failure(
+    exiting: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.exit() in irqbypass_register_kinds (argparse in a plugin) is that
+    plugin's failure: its kinds are left out, the others work, strict makes it
+    fatal (before: the SystemExit went through the host and ended the process)."""
+    monkeypatch.setenv("IRQBYPASS_REL_EXIT", "register_kinds")
+    allow = ["irqbypass-rel-exit-hooks", "irqbypass-mock"]
+    host = irqbypass.load_plugins(allow=allow)
+    assert host.check_kinds() == [
+        "plugin 'rel_exit_in_hooks': irqbypass_register_kinds raised SystemExit: 4"
+    ]
+    assert host.kinds.names("consumer") == [] and host.kinds.names("producer") == ["mock"]
+    with pytest.raises(irqbypass.PluginError, match="irqbypass_register_kinds raised SystemExit"):
+        irqbypass.load_plugins(allow=allow, strict=True)
+
+
+def test_exit_in_an_availability_check_is_the_kinds_reason(
+    exiting: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IRQBYPASS_REL_EXIT", "availability")
+    host = irqbypass.load_plugins(allow=["irqbypass-rel-exit-hooks"])
+    reason = host.kinds.get("consumer", "rel-exit").unavailable_reason()
+    assert reason is not None and reason.startswith("its availability check raised SystemExit: 4")
+
+
+def test_exit_in_configure_is_a_plugin_error(
+    exiting: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IRQBYPASS_REL_EXIT", "configure")
+    host = irqbypass.load_plugins(allow=["irqbypass-rel-exit-hooks"])
+    with pytest.raises(irqbypass.PluginError) as caught:
+        host.configure({})
+    assert str(caught.value).startswith(
+        "plugin 'rel_exit_in_hooks': irqbypass_configure raised SystemExit: 4; "
+        "this is a bug in that plugin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hook", "command", "code", "said"),
+    [
+        ("register_kinds", ["plugins"], 0, "irqbypass: warning: plugin 'rel_exit_in_hooks': "),
+        ("availability", ["plugins"], 0, "rel-exit"),
+        ("configure", ["demo", "--duration", "0.1"], 1, "irqbypass: error: plugin "),
+    ],
+    ids=["register_kinds", "availability", "configure"],
+)
+def test_cli_survives_a_plugin_exiting_in_a_hook(
+    exiting: Path, hook: str, command: list[str], code: int, said: str
+) -> None:
+    """Before: `irqbypass plugins` (or demo) ended silently with the plugin's
+    exit status 4, having printed nothing."""
+    env = {
+        "IRQBYPASS_REL_EXIT": hook,
+        ENV_LOAD: "irqbypass-rel-exit-hooks,irqbypass-mock,irqbypass-logging",
+    }
+    proc = run_cli(exiting, *command, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == code and "Traceback" not in output, output
+    assert said in output and "SystemExit: 4" in output, output
