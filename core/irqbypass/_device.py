@@ -30,8 +30,10 @@ device producer", walks through one.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from types import FrameType
 from typing import ClassVar, TypeVar
 
 from ._devicegroup import DeviceCalls, DeviceGroup, HeldLocks, detach_each, lock_order, point_each
@@ -41,7 +43,13 @@ from ._endpoints import Producer
 from ._errors import InvalidEndpointError, IrqBypassError
 from ._eventfd import Eventfd
 from ._seam import RealSeam, Seam
-from ._signals import callout, delivering_deferred_signals, signal_safe
+from ._signals import (
+    _DEFERRED,  # read as each section ends: a dict's truth costs nothing
+    callout,
+    deliver_deferred_signals,
+    in_safe_section,
+    signal_safe,
+)
 
 _G = TypeVar("_G", bound=DeviceGroup)
 
@@ -305,7 +313,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
     def _locked(self, section: Callable[[], None]) -> None:
         """Run ``section`` (a signal-safe one) under the producer's lock; the
         signals that waited in it are delivered once the lock is free."""
-        with delivering_deferred_signals(), self._lock:
+        with _delivering(), self._lock:
             section()
 
     def open(self) -> None:
@@ -343,7 +351,7 @@ class DeviceProducer(DeviceWording, DeviceOptions, Producer):
         attempted, then the first failure raised, else what :meth:`lose`
         recorded (a lost device is not asked to detach). Closed either way."""
         was_open = False
-        with delivering_deferred_signals(), self._lock:
+        with _delivering(), self._lock:
             if self._opened:
                 was_open = True
                 self._teardown()
@@ -450,7 +458,7 @@ class _Batch:
         return HeldLocks([(p._lock_order, p._lock) for p in self.batch])
 
     def open(self) -> None:
-        with delivering_deferred_signals(), self.locks():  # delivered once they are released
+        with _delivering(), self.locks():  # delivered once they are released
             self._open()
 
     @signal_safe
@@ -483,7 +491,7 @@ class _Batch:
 
     def close(self) -> None:
         was_open: list[DeviceProducer] = []
-        with delivering_deferred_signals(), self.locks():  # delivered once they are released
+        with _delivering(), self.locks():  # delivered once they are released
             was_open = [p for p in self.batch if p._opened]
             self._close()
         for p in was_open:
@@ -515,6 +523,34 @@ class _Batch:
                     errors.append(exc)
         if errors:
             raise min(errors, key=lambda exc: isinstance(exc, Exception))
+
+
+class _delivering:  # lower case: it reads as a call
+    """``with _delivering():`` around a producer's section: as the block ends,
+    the signals that waited in it are delivered, unless the producer was called
+    from inside a section (a Topology opens it through a callout, a Manager
+    stops it in a pairing): they then wait for that section's end, as an
+    uninterrupted method's do. Raised here, a Ctrl-C would tell that caller an
+    open that completed was interrupted, and the open would never be closed."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if _DEFERRED and not _enclosed(sys._getframe(1)):
+            deliver_deferred_signals()
+
+
+def _enclosed(frame: FrameType | None) -> bool:
+    """Whether ``frame``, or a frame out from it, is where a signal waits: a
+    section's own lines, whose end delivers what waited."""
+    while frame is not None:
+        if in_safe_section(frame):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _quietly(step: Callable[[], object]) -> None:

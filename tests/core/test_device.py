@@ -98,8 +98,8 @@ class Line(irqbypass.plugin.DeviceProducer):
     kind = "line"
     DEVICE: ClassVar[type[LineDevice]] = LineDevice
 
-    def __init__(self, token: irqbypass.Eventfd, **facts: bool) -> None:
-        super().__init__(token=token, name="l")
+    def __init__(self, token: irqbypass.Eventfd, name: str = "l", **facts: bool) -> None:
+        super().__init__(token=token, name=name)
         self.dev = self.DEVICE(token, **facts)
         self.dev.producer = self
         self.interrupt = self.dev
