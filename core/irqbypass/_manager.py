@@ -95,6 +95,11 @@ class Manager:
     def __init__(self, plugins: PluginHost | None = None, *, guard_sigint: bool = True) -> None:
         if not isinstance(guard_sigint, bool):
             raise IrqBypassError(f"guard_sigint={show_value(guard_sigint)} is not True or False")
+        if plugins is not None and not isinstance(plugins, PluginHost):
+            raise IrqBypassError(
+                f"Manager: plugins must be an irqbypass.PluginHost (irqbypass.load_plugins() "
+                f"makes one) or None, not {type(plugins).__name__} {show_value(plugins)}"
+            )
         self.plugins = plugins if plugins is not None else PluginHost()
         # token -> Producer and token -> Consumer; typed Any so that one body
         # per direction can work on either side's pair of indexes

@@ -296,3 +296,18 @@ def test_a_callback_that_raises_when_read_fails_as_that_callback(
     named = f"{side} '{p.name if side == 'producer' else c.name}'.{callback}() raised RuntimeError"
     assert told and all(named in t and f"reading {callback} broke" in t for t in told), told
     assert mgr.unregister_producer(p) and idle(mgr)
+
+
+@pytest.mark.parametrize(
+    "plugins",
+    [42, "irqbypass-mock", irqbypass.load_plugins, object()],
+    ids=["int", "str", "load_plugins", "object"],
+)
+def test_a_manager_refuses_plugins_that_are_no_plugin_host(plugins: Any) -> None:
+    """``Manager(irqbypass.load_plugins)`` (the function, not its host) was
+    taken: the first pairing then failed with a raw AttributeError half-way,
+    the consumer left registered and unpaired. Now the constructor refuses it,
+    as it refuses a guard_sigint that is no bool, saying what to pass."""
+    with pytest.raises(irqbypass.IrqBypassError, match=r"irqbypass\.PluginHost") as caught:
+        irqbypass.Manager(plugins)
+    assert "load_plugins()" in str(caught.value)
