@@ -9,6 +9,7 @@ paired consumer's EOI eventfd as its unmask eventfd.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 from collections.abc import Callable, Mapping
@@ -269,8 +270,13 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
             )
             if got > 0:
                 raise self.too_few(got, self.vector + 1)
-        if fd >= 0 and self.unmask_eventfd is None:
-            self.wire_unmask(self.paired_eoi())  # opened while paired
+        if fd >= 0:
+            try:
+                self.wire_paired()
+            except BaseException:
+                with contextlib.suppress(irqbypass.IrqBypassError):  # the refusal is raised
+                    self.point(-1)  # all or nothing: the device does not keep the token
+                raise
 
     def attach_alone(self, fd: int, block: int) -> None:
         """Attach ``fd`` to this vector alone (``block``: in a block not yet
@@ -315,6 +321,11 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
         self.set_irqs(_abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_UNMASK)
 
     # -- INTx: unmasked by the consumer's EOI eventfd -----------------------------
+
+    def wire_paired(self) -> None:
+        """Attached while paired: the paired consumer's EOI eventfd wired, if any."""
+        if self.unmask_eventfd is None:
+            self.wire_unmask(self.paired_eoi())
 
     def wire_unmask(self, eoi: irqbypass.Eventfd | None) -> None:
         """Hand ``eoi`` (the paired consumer's EOI eventfd) to vfio-pci as INTx's

@@ -198,3 +198,44 @@ def test_the_kvm_consumer_offers_its_resample_eventfd(
         assert fake.unmask_eventfd() is None
         mgr.unregister_consumer(resample)
     assert os.get_blocking(eoi.fileno()) is False
+
+
+def vmm_intx(fake: FakeVfio, trigger: irqbypass.Eventfd) -> int:
+    """A VMM's device fd (cdev, bound) whose INTx it enabled, with an unmask eventfd of its own."""
+    fd = fake.open("/dev/vfio/devices/vfio0", os.O_RDWR)
+    bind = bytearray(struct.pack("=IIiI", 16, 0, fake.open("/dev/iommu", 0), 0))
+    fake.ioctl(fd, _abi.VFIO_DEVICE_BIND_IOMMUFD, bind)
+    for flags in (
+        _abi.VFIO_IRQ_SET_DATA_EVENTFD | _abi.VFIO_IRQ_SET_ACTION_TRIGGER,
+        UNMASK_EVENTFD,
+    ):
+        fake.ioctl(fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(flags, trigger.fileno())))
+    return fd
+
+
+@pytest.mark.parametrize("how", ["open"])
+def test_an_open_whose_unmask_is_refused_leaves_no_trigger_on_the_vmms_fd(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd, how: str
+) -> None:
+    """Opened while paired, the producer attaches the token, then hands over the
+    EOI eventfd: vfio-pci refuses it (EBUSY, the VMM set one), and the open
+    fails all or nothing: the VMM's device does not keep signalling the token."""
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    with irqbypass.Eventfd() as vmm:
+        fd = vmm_intx(fake, vmm)
+        p = VfioProducer(token=token, seam=fake, device_fd=fd, index="intx", name="line")
+        consumer = EoiConsumer(token, eoi)
+        mgr.register_consumer(consumer)
+        mgr.register_producer(p)  # not open: nothing to wire yet
+        with pytest.raises(irqbypass.DeviceError) as err:
+            p.open() if how == "open" else VfioProducer.open_group([p])
+        assert err.value.errno == errno.EBUSY and "already has an unmask eventfd" in str(err.value)
+        assert p.fd is None and p.attached_to is None
+        assert fake.trigger_of(INTX, 0) is None, "the token is still the line's trigger"
+        assert fake.unmask_eventfd() == vmm.fileno()  # the VMM's, untouched
+        mgr.unregister_producer(p)
+        mgr.unregister_consumer(consumer)
+        fake.ioctl(fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(UNMASK_EVENTFD, -1)))
+        for f in list(fake.open_fds):
+            fake.close(f)
