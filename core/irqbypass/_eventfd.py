@@ -243,6 +243,20 @@ class Eventfd:
         """A new owned fd for the same eventfd (the same token)."""
         return Eventfd._wrap(self._using(os.dup), owned=True)
 
+    def keep_open(self, on_close: Callable[[], object]) -> int:
+        """The fd number, kept open until :meth:`let_go`, for a kernel object
+        bound to it that must be undone through it (KVM drops an irqfd only when
+        the eventfd itself goes, which a copy in another process delays): a
+        :meth:`close` meanwhile leaves the number taken and calls ``on_close()``,
+        which is expected to undo that object and let go. Raises
+        EventfdClosedError once closed."""
+        return self._borrow(on_close)
+
+    def let_go(self, on_close: Callable[[], object]) -> None:
+        """End the :meth:`keep_open` of ``on_close`` (idempotent); the last one
+        out closes an fd that close() left open for it."""
+        self._give_back(on_close)
+
     def _borrow(self, on_close: Callable[[], object]) -> int:
         """Take the fd number until :meth:`_give_back` (the event loop watching
         it): close() then leaves the number taken and calls ``on_close()``, which

@@ -62,6 +62,34 @@ def test_borrowed_fd_is_not_closed() -> None:
         os.close(fd)
 
 
+def test_keep_open_holds_the_fd_number_through_a_close_until_let_go() -> None:
+    """What a kernel object bound to the fd (an irqfd) needs to undo itself when
+    its owner closes the Eventfd first: the number stays open for on_close."""
+    seen: list[str] = []
+    efd = irqbypass.Eventfd()
+
+    def on_close() -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))  # still open here
+        efd.let_go(on_close)
+
+    fd = efd.keep_open(on_close)
+    assert fd == efd.fileno()
+    efd.close()
+    assert seen == ["anon_inode:[eventfd]"]
+    assert not os.path.exists(f"/proc/self/fd/{fd}")  # let go: closed
+    efd.let_go(on_close)  # idempotent
+    with pytest.raises(irqbypass.EventfdClosedError):
+        efd.keep_open(on_close)
+    with irqbypass.Eventfd() as other:  # let go before the close: nothing is called
+
+        def not_called() -> None:
+            seen.append("called")
+
+        assert other.keep_open(not_called) == other.fileno()
+        other.let_go(not_called)
+    assert seen == ["anon_inode:[eventfd]"]
+
+
 def test_from_fd_refuses_non_eventfds() -> None:
     r, w = os.pipe()
     try:

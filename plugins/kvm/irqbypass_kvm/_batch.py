@@ -167,11 +167,10 @@ def _route(vm: Vm, batch: list[Irqfd]) -> None:
 
 def _assign(vm: Vm, batch: list[Irqfd]) -> None:
     """One KVM_IRQFD each; a refusal names the irqfd and its route."""
-    assign = vm.irqfd_assign
     for irqfd in batch:
         assert irqfd.gsi is not None and irqfd.msi is not None
         try:
-            assign(irqfd.eventfd.fileno(), irqfd.gsi)
+            irqfd.assign(vm)
         except irqbypass.IrqBypassError as exc:
             raise irqbypass.DeviceError(
                 f"{irqfd.label} (GSI {irqfd.gsi}, MSI {describe(irqfd.msi)}): "
@@ -179,7 +178,6 @@ def _assign(vm: Vm, batch: list[Irqfd]) -> None:
                 "was opened",
                 errno=exc.errno,
             ) from exc
-        irqfd.assigned = True
 
 
 def _close_batch(batch: list[Irqfd], errors: list[BaseException]) -> None:
@@ -187,15 +185,7 @@ def _close_batch(batch: list[Irqfd], errors: list[BaseException]) -> None:
     vm = batch[0].vm
     assert vm is not None
     for irqfd in batch:
-        if irqfd.eventfd.closed:
-            irqfd.assigned = False  # KVM dropped the irqfd with the eventfd
-        if irqfd.assigned:
-            irqfd.assigned = False
-            assert irqfd.gsi is not None
-            try:
-                vm.irqfd_deassign(irqfd.eventfd.fileno(), irqfd.gsi)
-            except irqbypass.IrqBypassError as exc:
-                errors.append(exc)
+        irqfd.deassign(vm, errors)
     routed = [irqfd for irqfd in batch if irqfd.routed]
     for irqfd in routed:
         irqfd.routed = False

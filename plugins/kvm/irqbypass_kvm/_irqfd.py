@@ -45,6 +45,8 @@ class Irqfd:
         self.vm: Vm | None = None
         self.own_guest: Guest | None = None
         self.assigned = self.routed = self.claimed = False
+        #: while assigned: the token's fd number, kept open (Eventfd.keep_open)
+        self._fd = -1
         #: what the own guest counted when it was closed
         self.last_delivered = 0
 
@@ -108,20 +110,50 @@ class Irqfd:
             self.routed = True
         assert self.gsi is not None
         resample_fd = self.resample_eventfd.fileno() if self.resample_eventfd else None
-        vm.irqfd_assign(self.eventfd.fileno(), self.gsi, resample_fd)
-        self.assigned = True
+        self.assign(vm, resample_fd)
+
+    def assign(self, vm: Vm, resample_fd: int | None = None) -> None:
+        """KVM_IRQFD on the token's fd, which is kept open until :meth:`deassign`:
+        KVM drops an irqfd only when the eventfd itself goes, and a copy elsewhere
+        (a vhost-user back-end's call fd) keeps it, so a token closed first must
+        still be deassigned (:meth:`_token_closing`)."""
+        assert self.gsi is not None
+        fd = self.eventfd.keep_open(self._token_closing)
+        try:
+            vm.irqfd_assign(fd, self.gsi, resample_fd)
+        except BaseException:
+            self.eventfd.let_go(self._token_closing)
+            raise
+        self._fd, self.assigned = fd, True
+
+    def deassign(self, vm: Vm, errors: list[BaseException]) -> None:
+        """KVM_IRQFD deassign, if assigned; then the token's fd is let go."""
+        if not self.assigned:
+            return
+        self.assigned = False
+        assert self.gsi is not None
+        try:
+            vm.irqfd_deassign(self._fd, self.gsi)
+        except irqbypass.IrqBypassError as exc:
+            errors.append(exc)
+        finally:
+            self._fd = -1
+            self.eventfd.let_go(self._token_closing)
+
+    def _token_closing(self) -> None:
+        """The token is being closed while assigned (its fd still open for us):
+        deassign now, as KVM would not while a copy of the eventfd lives."""
+        with self.lock:
+            if self.vm is not None:
+                self.deassign(self.vm, [])  # the token is going: nothing to report to
+            self.eventfd.let_go(self._token_closing)
 
     def deassign_then_unroute(self, errors: list[BaseException]) -> None:
         """Mask order: the irqfd goes before the route it uses."""
         vm = self.vm
         if vm is None or self.gsi is None:
             return
-        if self.assigned:
-            self.assigned = False
-            try:
-                vm.irqfd_deassign(self.eventfd.fileno(), self.gsi)
-            except irqbypass.IrqBypassError as exc:
-                errors.append(exc)
+        self.deassign(vm, errors)
         if self.routed:
             self.routed = False
             try:
@@ -144,10 +176,6 @@ class Irqfd:
     def teardown(self, errors: list[BaseException]) -> None:
         if self.vm is None:
             return
-        if self.eventfd.closed:
-            # KVM drops the irqfd itself when the eventfd's last reference goes;
-            # the MSI route is ours and is removed below all the same
-            self.assigned = False
         self.deassign_then_unroute(errors)
         self._release()
 

@@ -276,3 +276,41 @@ def test_a_consumer_given_a_borrowed_vm_holds_it_while_open(
     assert Vm._borrowed == {}
     with pytest.raises(irqbypass.InvalidEndpointError, match="borrow it again"):
         consumer.open()  # every reference is given back: its copy of the fd is closed
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+@pytest.mark.parametrize("route", ["pin", "MSI", "MSI batch"])
+def test_a_token_closed_before_its_consumer_while_a_copy_lives_is_deassigned(
+    guest: Guest, route: str
+) -> None:
+    """KVM drops an irqfd only when the eventfd itself goes; a copy elsewhere
+    (the vhost-user back-end's call fd, a fork()ed child's) keeps it. So a VMM
+    that closes its token before the consumer must still find the irqfd gone
+    once the consumer is closed: the back-end's writes reach nobody, and the
+    eventfd can be an irqfd again (Linux 6.17+ binds it to one irqfd host-wide)."""
+    assert guest.vm is not None
+    token = irqbypass.Eventfd()
+    backend = os.dup(token.fileno())  # the back-end's copy of the call fd
+    try:
+        if route == "pin":
+            consumer = KvmIrqfdConsumer(token=token, vm=guest)
+        else:
+            consumer = KvmIrqfdConsumer(token=token, vm=guest.vm.fd, msi=MSI)
+        if route == "MSI batch":
+            KvmIrqfdConsumer.open_group([consumer])
+        else:
+            consumer.open()
+        assert kvm_listens(token)
+        token.close()  # the VMM closed its token first
+        if route == "MSI batch":
+            KvmIrqfdConsumer.close_group([consumer])
+        else:
+            consumer.close()
+        with irqbypass.Eventfd.from_fd(backend) as copy:  # the back-end's; not owned
+            assert not kvm_listens(copy), "KVM still listens to the back-end's writes"
+            with KvmIrqfdConsumer(token=copy, vm=guest):  # an irqfd again: not EBUSY
+                assert kvm_listens(copy)
+    finally:
+        token.close()
+        os.close(backend)
