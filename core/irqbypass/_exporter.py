@@ -66,14 +66,17 @@ class Exporter:
         return len(self._connections)
 
     def close(self) -> None:
-        """Stop the thread, close every connection and the listener (once)."""
-        thread, self._thread = self._thread, None
+        """Stop the thread, close every connection and the listener (once).
+        A Ctrl-C while the thread ends its scrape leaves it all for the next
+        call: nothing the thread may still use is closed under it."""
+        thread = self._thread
         if thread is None:
             return
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         thread.join()
+        self._thread = None
         self._release()
 
     def _release(self) -> None:

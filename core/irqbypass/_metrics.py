@@ -177,10 +177,17 @@ class Metrics:
         self.problem = None
 
     def close(self) -> None:
-        """Stop serving, and remove the textfile if it is still the one we wrote."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Stop serving, and remove the textfile if it is still the one we
+        wrote: also when a Ctrl-C cuts the wait for the exporter's thread
+        (called again, close finishes the exporter)."""
+        try:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+        finally:
+            self._remove_textfile()
+
+    def _remove_textfile(self) -> None:
         if self._textfile is not None:
             dirfd, name = self._textfile
             self._textfile = None

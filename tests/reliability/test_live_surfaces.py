@@ -930,3 +930,66 @@ def test_the_control_path_appears_only_once_listening(
     finally:
         server.close()
     assert not (tmp_path / "c.sock").exists()
+
+
+# -- a Ctrl-C while the metrics close -------------------------------------------
+
+
+def _main_thread_joining() -> bool:
+    """Whether the main thread waits in Thread.join (found in its stack)."""
+    import sys
+
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "join":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_ctrl_c_while_the_exporter_stops_still_removes_the_textfile(
+    tmp_path: Path, exporter: metrics.Metrics
+) -> None:
+    """Ctrl-C (a real SIGINT) lands while close() waits for the exporter's
+    thread to end its scrape: the textfile is still removed (before: the
+    KeyboardInterrupt skipped it, and node_exporter went on exporting pairs
+    that no longer existed), and close() called again finishes the exporter
+    (before: it returned at once, its listener left open for good)."""
+    import signal
+
+    exporter.update([ROW], 0, 0)
+    port = _port(exporter)
+    textfile = tmp_path / "node.prom"
+    exporter.write_to(str(textfile))
+    server = exporter._server
+    entered, release = threading.Event(), threading.Event()
+    real_scrape = server.scrape
+
+    def slow_scrape() -> bytes:  # a scrape of a big topology, still running
+        entered.set()
+        release.wait(HANG_GUARD)
+        return bytes(real_scrape())
+
+    server.scrape = slow_scrape
+    scraper = threading.Thread(target=lambda: _scrape(port), daemon=True)
+    scraper.start()
+    wait_for("the scrape to begin", entered.is_set)
+
+    def interrupt() -> None:
+        wait_for("close() to wait for the exporter's thread", _main_thread_joining)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            exporter.close()
+    finally:
+        release.set()
+        interrupter.join(HANG_GUARD)
+        scraper.join(HANG_GUARD)
+    assert not textfile.exists(), "the textfile was left behind"
+    exporter.close()  # the caller's second try (the run's teardown retries its close)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD).close()
+    assert not any(t.name == "irqbypass-metrics" for t in threading.enumerate())
