@@ -87,7 +87,8 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
 
     def point_batch(self, batch: Sequence[tuple[irqbypass.plugin.DeviceInterrupt, int]]) -> None:
         """Each run of consecutive vectors of one index attached with one
-        ``SET_IRQS`` (a NORESIZE block enabled whole with one); on failure none
+        ``SET_IRQS`` (a NORESIZE block enabled whole with one), then a paired
+        INTx's EOI eventfd wired, as a vector's own point does; on failure none
         is left attached and the error names the vector."""
         fds = {_vector(i): fd for i, fd in batch}
         done: list[list[VfioVector]] = []
@@ -95,6 +96,8 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
             for run in self.runs(list(fds)):
                 self.attach_run(run, fds)
                 done.append(run)
+            for v in fds:
+                v.wire_paired()
         except BaseException:
             for run in reversed(done):
                 with contextlib.suppress(irqbypass.IrqBypassError):  # the failure is raised

@@ -59,6 +59,17 @@ def intx(token: irqbypass.Eventfd, fake: FakeVfio) -> VfioProducer:
     )
 
 
+def paired(
+    token: irqbypass.Eventfd, eoi: irqbypass.Eventfd, fake: FakeVfio
+) -> tuple[irqbypass.Manager, VfioProducer, EoiConsumer]:
+    """An INTx producer registered, not opened, with a consumer offering ``eoi``."""
+    mgr = irqbypass.Manager()
+    p, consumer = intx(token, fake), EoiConsumer(token, eoi)
+    mgr.register_consumer(consumer)
+    mgr.register_producer(p)
+    return mgr, p, consumer
+
+
 def unmask_calls(fake: FakeVfio) -> list[bytes | int]:
     return [
         c.payload
@@ -107,10 +118,7 @@ def test_a_producer_opened_while_paired_wires_at_open_and_close_takes_it_back(
     no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
 ) -> None:
     fake = FakeVfio()
-    mgr = irqbypass.Manager()
-    p, consumer = intx(token, fake), EoiConsumer(token, eoi)
-    mgr.register_consumer(consumer)
-    mgr.register_producer(p)  # not open: nothing to wire yet
+    mgr, p, consumer = paired(token, eoi, fake)  # not open: nothing to wire yet
     assert fake.calls == []
     p.open()
     assert fake.unmask_eventfd() == eoi.fileno()
@@ -213,7 +221,7 @@ def vmm_intx(fake: FakeVfio, trigger: irqbypass.Eventfd) -> int:
     return fd
 
 
-@pytest.mark.parametrize("how", ["open"])
+@pytest.mark.parametrize("how", ["open", "open_group"])
 def test_an_open_whose_unmask_is_refused_leaves_no_trigger_on_the_vmms_fd(
     no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd, how: str
 ) -> None:
@@ -239,3 +247,20 @@ def test_an_open_whose_unmask_is_refused_leaves_no_trigger_on_the_vmms_fd(
         fake.ioctl(fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(UNMASK_EVENTFD, -1)))
         for f in list(fake.open_fds):
             fake.close(f)
+
+
+def test_a_group_opened_while_paired_wires_the_eoi_eventfd_as_open_does(
+    no_fd_leak: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd
+) -> None:
+    fake = FakeVfio()
+    mgr, p, consumer = paired(token, eoi, fake)
+    VfioProducer.open_group([p])
+    assert fake.unmask_eventfd() == eoi.fileno()
+    assert fake.fire(INTX) == 1
+    eoi.write(1)  # the guest's EOI unmasks the line without a userspace step
+    assert fake.service_unmask() and fake.fire(INTX) == 1
+    assert token.read(0) == 2
+    VfioProducer.close_group([p])  # still paired: taken back before the device closes
+    assert fake.unmask_eventfd() is None and fake.open_fds == []
+    mgr.unregister_producer(p)
+    mgr.unregister_consumer(consumer)
