@@ -372,7 +372,8 @@ class PluginHost:
         file has none) through its ``irqbypass_configure`` hook; return a
         warning for each table that names no registered plugin. A plugin's
         ConfigError is raised as it is; anything else it raises is a
-        PluginError naming it."""
+        PluginError naming it. A table of a plugin without the hook is warned
+        of too: nothing reads it."""
         for impl in self.pm.hook.irqbypass_configure.get_hookimpls():
             name = impl.plugin_name
             options = Options(tables.get(name, {}), where=f"plugins.{name}", file=file)
@@ -385,14 +386,9 @@ class PluginHost:
                     f"plugin {name!r}: irqbypass_configure raised {show_exception(exc)}; "
                     "this is a bug in that plugin"
                 ) from exc
+        readers = {impl.plugin_name for impl in self.pm.hook.irqbypass_configure.get_hookimpls()}
         registered = {name for name, _ in self.pm.list_name_plugin()}
-        return [
-            f"plugins.{name}: no plugin named {name!r} is loaded, so nothing reads this table"
-            + (f"; did you mean {close[0]!r}?" if close else "")
-            for name in tables
-            if name not in registered
-            for close in [difflib.get_close_matches(name, sorted(registered), n=1)]
-        ]
+        return [_unread_table(name, registered) for name in tables if name not in readers]
 
     # -- reporting ---------------------------------------------------------
 
@@ -426,6 +422,20 @@ class PluginHost:
                 )
             )
         return sorted(result + self.failures, key=lambda i: i.name)
+
+
+def _unread_table(name: str, registered: set[str]) -> str:
+    """The warning for ``[plugins.NAME]`` that no irqbypass_configure reads."""
+    if name in registered:
+        return (
+            f"plugins.{name}: plugin {name!r} has no irqbypass_configure hook, so it takes no "
+            "settings and nothing reads this table; remove it, or set the option where the "
+            "plugin reads it (an entry's options)"
+        )
+    close = difflib.get_close_matches(name, sorted(registered), n=1)
+    return f"plugins.{name}: no plugin named {name!r} is loaded, so nothing reads this table" + (
+        f"; did you mean {close[0]!r}?" if close else ""
+    )
 
 
 def load_plugins(

@@ -336,6 +336,24 @@ def test_a_plugin_s_table_is_checked_by_the_plugin_with_its_line(tmp_path: Path)
     )
 
 
+def test_a_table_of_a_plugin_that_takes_no_settings_is_a_warning(tmp_path: Path) -> None:
+    """[plugins.mock] with a key: mock has no irqbypass_configure hook, so
+    nothing reads the table; that is said, as for a table naming no plugin
+    (before: nothing was said, and the setting was silently lost)."""
+    host = irqbypass.load_plugins(allow=["irqbypass-mock"])
+    assert host.configure({"mock": {"rate": 5}}) == [
+        "plugins.mock: plugin 'mock' has no irqbypass_configure hook, so it takes no "
+        "settings and nothing reads this table; remove it, or set the option where the "
+        "plugin reads it (an entry's options)"
+    ]
+    path = topology(tmp_path, "[plugins.mock]\nrate = 5\n\n" + pair("mock", "logging"))
+    result = run("check", path)
+    assert result.returncode == 0, result.stderr
+    assert "irqbypass: warning: plugins.mock: plugin 'mock' has no irqbypass_configure" in (
+        result.stderr
+    ), result.stderr
+
+
 def test_configure_hands_each_plugin_its_own_table_from_python() -> None:
     seen: dict[str, dict[str, object]] = {}
 
