@@ -473,3 +473,27 @@ def test_cli_survives_a_plugin_exiting_in_a_hook(
     output = proc.stdout + proc.stderr
     assert proc.returncode == code and "Traceback" not in output, output
     assert said in output and "SystemExit: 4" in output, output
+
+
+@pytest.mark.parametrize(
+    "entry_points", UNREADABLE_ENTRY_POINTS.values(), ids=list(UNREADABLE_ENTRY_POINTS)
+)
+def test_the_long_version_survives_an_unreadable_distribution(
+    site: Path, entry_points: bytes
+) -> None:
+    """`irqbypass --version --version`, what one runs to see what is installed,
+    lists the plugins and says which distributions cannot be read (before: the
+    traceback of importlib.metadata, and no list)."""
+    install_unreadable(site, entry_points)
+    latin = site / "irqbypass_rel_latin-1.0.dist-info"
+    latin.mkdir()
+    (latin / "METADATA").write_bytes(b"Metadata-Version: 2.1\nName: caf\xe9\nVersion: 1.0\n")
+    (latin / "entry_points.txt").write_text("[irqbypass]\nrel_latin = rel_good\n")
+    proc = run_cli(site, "--version", "--version")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "  rel_good (irqbypass-rel-good 1.0): rel_good; " in proc.stdout, proc.stdout
+    assert (
+        f"  rel_latin (no distribution): rel_good; the metadata of its distribution ({latin})"
+        in (proc.stdout)
+    ), proc.stdout
+    assert "irqbypass: warning: distribution some-tool" in proc.stderr, proc.stderr

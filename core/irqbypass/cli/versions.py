@@ -6,13 +6,13 @@ plugin with its version and the core releases it accepts, as pytest's
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
 from .. import __version__
-from .._plugins import GROUP
+from .._plugins import GROUP, _installed_entry_points, _source
 from .._requires import core_requirement
+from .output import print_warning
 
 
 def print_versions(out: TextIO) -> None:
@@ -20,16 +20,22 @@ def print_versions(out: TextIO) -> None:
     out.write(f"irqbypass {__version__} at {where}\n")
     out.write(f"Python {sys.version.split()[0]} at {sys.executable}\n")
     seen: set[tuple[str, str]] = set()
-    lines = []
-    for ep in metadata.entry_points(group=GROUP):
-        dist = ep.dist
-        name = dist.metadata["Name"] if dist is not None else "no distribution"
+    lines: list[str] = []
+    warnings: list[str] = []
+    for ep in _installed_entry_points(warnings):  # an unreadable distribution: a warning
+        if ep.group != GROUP:
+            continue
+        source = _source(ep)
+        name = source.distribution or "no distribution"
         if (name, ep.name) in seen:
             continue  # one distribution seen twice (an editable install beside another)
         seen.add((name, ep.name))
-        version = f" {dist.version}" if dist is not None else ""
-        requirement = core_requirement(dist.requires if dist is not None else None, GROUP)
-        if requirement is None:
+        version = f" {source.version}" if source.version else ""
+        requires = ep.dist.requires if ep.dist is not None and not source.unreadable else None
+        requirement = core_requirement(requires, GROUP)
+        if source.unreadable is not None:
+            needs = source.unreadable
+        elif requirement is None:
             needs = "states no irqbypass release"
         else:
             problem = requirement.problem(__version__)
@@ -39,3 +45,5 @@ def print_versions(out: TextIO) -> None:
         lines.append(f"  {ep.name} ({name}{version}): {ep.value}; {needs}\n")
     out.write(f"installed plugins (entry-point group {GROUP!r}, none imported):\n")
     out.writelines(sorted(lines) or ["  none\n"])
+    for warning in warnings:
+        print_warning(warning)
