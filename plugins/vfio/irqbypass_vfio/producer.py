@@ -190,21 +190,25 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
     def _paired_eoi(self) -> irqbypass.Eventfd | None:
         return self.consumer.eoi_eventfd if self.consumer is not None else None
 
+    # Both run to their end once begun (a Ctrl-C waits for the manager's
+    # bookkeeping): cut between the SET_IRQS and its record, the record would
+    # not say what vfio-pci holds, and close() would leave it on a VMM's fd.
+
+    @irqbypass.plugin.holding(lambda self: self.lock)
     def add_consumer(self, consumer: irqbypass.Consumer) -> None:
         """Pairing: an INTx producer wires the consumer's EOI eventfd, if any."""
-        with self.lock:
-            if self.interrupt.unmask_eventfd is None:
-                self.interrupt.wire_unmask(consumer.eoi_eventfd)
+        if self.interrupt.unmask_eventfd is None:
+            self.interrupt.wire_unmask(_eoi_of(consumer))
 
+    @irqbypass.plugin.holding(lambda self: self.lock)
     def del_consumer(self, consumer: irqbypass.Consumer) -> None:
         """Unpairing: the unmask eventfd taken back; a line not stopped is
         unmasked, so nothing waits for an EOI that no one forwards now."""
-        with self.lock:
-            if self.interrupt.unmask_eventfd is None:
-                return
-            self.interrupt.unwire_unmask()
-            if not self.stopped and self.pointed_at is not None:
-                self.interrupt.unmask()
+        if self.interrupt.unmask_eventfd is None:
+            return
+        self.interrupt.unwire_unmask()
+        if not self.stopped and self.pointed_at is not None:
+            self.interrupt.unmask()
 
     # -- loopback and the batch ----------------------------------------------------
 
@@ -241,6 +245,12 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
 
 
 _LOOPBACK = _abi.VFIO_IRQ_SET_DATA_NONE | _abi.VFIO_IRQ_SET_ACTION_TRIGGER
+
+
+@irqbypass.plugin.calls_partner
+def _eoi_of(consumer: irqbypass.Consumer) -> irqbypass.Eventfd | None:
+    """The consumer's EOI eventfd: its own code, which a Ctrl-C may cut."""
+    return consumer.eoi_eventfd
 
 
 def _producers(endpoints: Sequence[object], verb: str) -> list[VfioProducer]:

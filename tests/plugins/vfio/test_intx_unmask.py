@@ -6,6 +6,7 @@ model, whose ``service_unmask()`` is vfio's virqfd reading that eventfd."""
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import struct
@@ -264,3 +265,68 @@ def test_a_group_opened_while_paired_wires_the_eoi_eventfd_as_open_does(
     assert fake.unmask_eventfd() is None and fake.open_fds == []
     mgr.unregister_producer(p)
     mgr.unregister_consumer(consumer)
+
+
+class CutVfio(FakeVfio):
+    """A Ctrl-C arrives as the SET_IRQS of INTx's unmask eventfd (fd ``cut_fd``:
+    the EOI, or -1 to take it back) begins or as vfio-pci has done it (``when``)."""
+
+    cut_fd: int | None = None
+    when = "after"
+
+    def ioctl(self, fd: int, request: int, arg: bytearray | int) -> int:
+        cut = self._cut(request, arg)
+        if cut and self.when == "before":
+            _thread.interrupt_main()  # handled as the call below begins
+        result = super().ioctl(fd, request, arg)
+        if cut and self.when == "after":
+            _thread.interrupt_main()  # handled as this call returns
+        return result
+
+    def _cut(self, request: int, arg: bytearray | int) -> bool:
+        if request != _abi.VFIO_DEVICE_SET_IRQS or not isinstance(arg, bytearray) or len(arg) < 24:
+            return False
+        flags, fd = struct.unpack_from("=I", arg, 4)[0], struct.unpack_from("=i", arg, 20)[0]
+        if flags != UNMASK_EVENTFD or fd != self.cut_fd:
+            return False
+        self.cut_fd = None  # once
+        return True
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", ["pairing", "unpairing"])
+def test_a_ctrl_c_as_the_unmask_eventfd_is_handed_over_leaves_the_record_true(
+    no_fd_leak: None,
+    guarded_sigint: None,
+    token: irqbypass.Eventfd,
+    eoi: irqbypass.Eventfd,
+    step: str,
+    when: str,
+) -> None:
+    """Whenever a Ctrl-C lands in the pairing's wiring (or the unpairing's
+    taking back), the producer's record of INTx's unmask eventfd is what
+    vfio-pci holds, so close() takes back what is there: on a VMM's fd, which
+    the producer does not close, none is left to refuse the next pairing."""
+    fake = CutVfio()
+    mgr = irqbypass.Manager()
+    with irqbypass.Eventfd() as vmm:
+        fd = vmm_intx(fake, vmm)
+        fake.ioctl(fd, _abi.VFIO_DEVICE_SET_IRQS, bytearray(set_irqs(UNMASK_EVENTFD, -1)))
+        p = VfioProducer(token=token, seam=fake, device_fd=fd, index="intx", name="line")
+        consumer = EoiConsumer(token, eoi)
+        p.open()
+        mgr.register_consumer(consumer)
+        fake.when, fake.cut_fd = when, eoi.fileno() if step == "pairing" else -1
+        with pytest.raises(KeyboardInterrupt):
+            mgr.register_producer(p)
+            mgr.unregister_producer(p)
+        assert fake.cut_fd is None, "the Ctrl-C was never sent"
+        recorded = p.interrupt.unmask_eventfd
+        assert fake.unmask_eventfd() == (None if recorded is None else recorded.fileno())
+        p.close()
+        assert fake.unmask_eventfd() is None, "the producer left its unmask eventfd on the VMM's fd"
+        if mgr.is_registered(p):
+            mgr.unregister_producer(p)
+        mgr.unregister_consumer(consumer)
+        for f in list(fake.open_fds):
+            fake.close(f)
