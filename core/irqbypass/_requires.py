@@ -97,10 +97,16 @@ def _satisfies(version: str, op: str, wanted: str) -> bool:
         "!=": have != want,
         "<=": have <= want,
         ">=": have >= want,
-        # PEP 440: <0.2 excludes 0.2's pre-releases; >0.1 excludes 0.1's post-releases
-        "<": have < want and not (want[2] == (3, 0) and have[:2] == want[:2]),
-        ">": have > want and not (want[3] == -1 and have[:3] == want[:3]),
+        # PEP 440: <0.2 excludes 0.2's pre-releases (not 0.2 itself below 0.2.post1);
+        # >0.1 excludes 0.1's post-releases (not 0.1.0.dev1 above 0.1.dev0)
+        "<": have < want and not (_is_pre(have) and not _is_pre(want) and have[:2] == want[:2]),
+        ">": have > want and not (have[3] != -1 and want[3] == -1 and have[:3] == want[:3]),
     }[op]
+
+
+def _is_pre(key: Key) -> bool:
+    """Whether a :func:`parse_version` key is a pre- or dev-release."""
+    return key[2] != (3, 0) or key[4] != float("inf")
 
 
 @dataclass(frozen=True)

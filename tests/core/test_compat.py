@@ -62,6 +62,11 @@ def test_trailing_zeros_and_local_labels_do_not_change_a_version() -> None:
         ("!=0.1.3", "0.1.3", False),
         (">0.1", "0.1.post1", False),  # >V excludes V's post-releases
         (">0.1", "0.1.1", True),
+        # only a pre-release of V is kept out of <V, only a post-release of V out of >V
+        ("<0.1.0.post1", "0.1.0", True),
+        ("<0.1.0.post2", "0.1.0.post1", True),
+        ("<0.1.0.post1", "0.1.0.post1", False),
+        (">0.1.dev0", "0.1.0.dev1", True),
         ("", "0.1.0", True),
     ],
 )
