@@ -14,6 +14,7 @@ import gc
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import irqbypass
@@ -120,6 +121,28 @@ def test_a_guard_the_program_asked_for_while_a_managers_stood_there_stays() -> N
     del another
     gc.collect()
     assert handler() is guard
+
+
+def test_an_in_process_run_leaves_sigint_as_it_found_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``irqbypass run`` called in-process (an embedder, the tests) guards
+    SIGINT only while it runs: its topology's manager stands the guard there,
+    and the run asks for nothing more, so once the run's objects are gone
+    Python's handler is back (asyncio.run after it installs its graceful one).
+    Since a guard a program asks for stays its own, the run's guard_signals()
+    of SIGINT made that guard stay after it."""
+    from irqbypass import cli
+
+    topology = tmp_path / "t.toml"
+    topology.write_text(
+        '[[producers]]\nname="m"\nkind="mock"\ntoken="t"\noptions={rate=0.0, count=3}\n'
+        '[[consumers]]\nname="l"\nkind="logging"\ntoken="t"\n'
+    )
+    assert cli.main(["run", str(topology), "--json"]) == 0
+    capsys.readouterr()
+    gc.collect()
+    assert handler() is signal.default_int_handler
 
 
 def test_a_manager_dropped_in_another_thread_is_restored_later() -> None:

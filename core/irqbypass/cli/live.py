@@ -26,7 +26,7 @@ from .._notify import notify, reloading
 from .._options import show_exception
 from .._paths import file_kind
 from .._plugins import PluginHost
-from .._signals import guard_signals
+from .._signals import _Guard, guard_signals
 from .._topology import Topology
 from .output import counted, os_error, print_error, print_warning, say
 from .summary import print_summary, reasons, snapshot
@@ -79,7 +79,10 @@ class Live:
             self.pending.add(signum)  # nothing else: the main loop acts on it
 
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
-        guard_signals()  # both wait while the manager's and the topology's bookkeeping runs
+        # both wait while the manager's and the topology's bookkeeping runs; SIGINT's
+        # guard the manager stood there is left the manager's (gone with it, after)
+        guarded = isinstance(signal.getsignal(signal.SIGINT), _Guard)
+        guard_signals((signal.SIGTERM,) if guarded else (signal.SIGTERM, signal.SIGINT))
         try:
             for signum in _LIVE_SIGNALS:
                 previous[signum] = signal.signal(signum, note)
