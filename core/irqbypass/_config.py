@@ -287,7 +287,7 @@ def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
         match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = int(match.group(1)) if match else None
         if where is None and "end of document" in str(exc):
-            where = max(1, len(text.splitlines()))
+            where = max(1, len(toml_lines(text)))
         problem = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", str(exc))
         raise ConfigError(f"invalid TOML: {problem}", file=file, line=where) from None
     except RecursionError:
@@ -298,6 +298,17 @@ def parse_config(data: bytes | str, *, file: str = "<string>") -> Config:
             file=file,
         ) from None
     return _Reader(file, text).config(raw)
+
+
+def toml_lines(text: str) -> list[str]:
+    """The text's lines as TOML counts them: ended by LF or CRLF only.
+    ``str.splitlines`` also ends one at U+2028, U+2029, NEL and other
+    characters a TOML comment or string may hold, which moved every line
+    after them by one in an error."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":  # the text's last newline ends its last line; none follows it
+        lines.pop()
+    return lines
 
 
 _HEADER = re.compile(r"\s*(\[\[?)([^\[\]]*)\]")
@@ -313,7 +324,7 @@ class _Lines:
     every parse)."""
 
     def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
+        self.lines = toml_lines(text)
 
     @property
     def starts(self) -> list[int]:
@@ -514,7 +525,7 @@ class _Reader:
             duration=sections["run"]["duration"],
             producers=tuple(entries["producer"]),
             consumers=tuple(entries["consumer"]),
-            text="\n".join(self.text.splitlines()),
+            text="\n".join(toml_lines(self.text)),
         )
 
     def read(self, value: Any, rule: _Rule, key: str, name: str = "") -> Any:

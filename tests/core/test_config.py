@@ -149,6 +149,24 @@ def test_syntax_errors(text: str | bytes, line: int | None, problem: str) -> Non
     assert error.line == line and problem in str(error) and error.file == "topo.toml"
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["LS", "PS", "NEL"])
+def test_a_unicode_line_separator_in_a_comment_or_string_moves_no_line(separator: str) -> None:
+    """TOML ends a line at LF only: a U+2028 (text pasted from a web page or a
+    PDF) in a comment or a string is no line break, so every error keeps its
+    own line (before: str.splitlines() counted one more line from there on, so
+    the error named the line below the key, and an unclosed table's "end of
+    document" a line past the end)."""
+    head = f"# pasted{separator}comment\n[plugins.audit]\nnote = 'a{separator}b'\n"
+    error = error_of(head + "[[producers]]\nname = 'p'\nkind = 'mock'\ntoken = 't'\nirq = -1\n")
+    assert (error.key, error.line) == ("producers[0].irq", 8)
+    error = error_of(head + "[[producers]]\nname = 'p")
+    assert error.line == 5 and "invalid TOML" in error.problem
+    config = parse_config(
+        f"# a{separator}b\n[[producers]]\nname = 'p'\nkind = 'mock'\ntoken = 't'\n"
+    )
+    assert config.error("producers[0].token", "x").line == 5
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(irqbypass.ConfigError, match="cannot read the file") as info:
         load_config(tmp_path / "nope.toml")
