@@ -375,8 +375,6 @@ class _Asyncio:
         self._loop = loop
         self.host = host
         self._timer: asyncio.TimerHandle | None = None
-        #: asyncio's thread (attach is called from it): where its reader may be removed
-        self.thread = threading.get_ident()
 
     @classmethod
     def take(cls, loop: EventLoop, host: asyncio.AbstractEventLoop) -> _Asyncio:
@@ -398,25 +396,15 @@ class _Asyncio:
         """Take the epoll fd out of asyncio's watch, then ``release()`` (a close:
         the loop's fds), in that order: an fd closed while asyncio still held
         it left asyncio taking the file that reused its number for ours, never
-        watched. asyncio's own thread does it, handed the work while asyncio
-        runs elsewhere; at once on its thread, or when it does not run."""
+        watched. Done at once, from any thread: handed to asyncio's thread, it
+        would never run (and the fds never close) once asyncio stopped first;
+        what it changes in asyncio (a dict entry, an epoll_ctl) is atomic."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        fd = self._loop._epoll.fileno()
-
-        def off() -> None:
-            self.host.remove_reader(fd)
-            if release is not None:
-                release()
-
-        if threading.get_ident() == self.thread or not self.host.is_running():
-            off()
-            return
-        try:
-            self.host.call_soon_threadsafe(off)
-        except RuntimeError:  # asyncio closed meanwhile: its reader went with it
-            off()
+        self.host.remove_reader(self._loop._epoll.fileno())
+        if release is not None:
+            release()
 
     def turn(self) -> None:
         """One turn: run what is ready, then set asyncio's timer for the next

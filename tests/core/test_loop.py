@@ -626,6 +626,34 @@ def test_closing_an_attached_loop_from_another_thread_leaves_no_stale_reader() -
     asyncio.run(asyncio.wait_for(main(), GUARD))
 
 
+def test_closing_an_attached_loop_from_another_thread_releases_its_fds_as_asyncio_stops() -> None:
+    """A close from another thread, asyncio stopping right after (a VMM's
+    shutdown: a thread closes what it owns, the loop is stopped and closed):
+    the fds are released by the close itself. Handed to asyncio's thread to
+    do, the work waited behind the stop and was dropped with the loop: both
+    fds stayed open for good."""
+    host = asyncio.new_event_loop()
+    own = irqbypass.plugin.EventLoop(name="closed-as-asyncio-stops")
+    numbers: list[int] = []
+
+    def shutdown() -> None:
+        own.attach(host)
+        numbers.extend((own._epoll.fileno(), own._wakeup))
+        closer = threading.Thread(target=own.close)
+        closer.start()
+        closer.join(GUARD)
+        host.stop()
+
+    try:
+        host.call_soon(shutdown)
+        host.run_forever()
+    finally:
+        host.close()
+    assert own.closed and numbers
+    still = [n for n in numbers if os.path.exists(f"/proc/self/fd/{n}")]
+    assert still == [], "the loop's fds were left open"
+
+
 def test_attach_after_the_thread_started_is_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
