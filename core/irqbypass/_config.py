@@ -356,10 +356,13 @@ class _Lines:
         return self.starts[at] if at < len(self.starts) else len(self.lines)
 
     def find(self, start: int, end: int, pattern: str, search: bool = False) -> int | None:
+        """The first line from ``start`` to ``end`` that ``pattern`` matches
+        (or, with ``search``, holds), a comment line never (an old value kept
+        there is not the key's)."""
         compiled = re.compile(pattern)
         test = compiled.search if search else compiled.match
         for i in range(start, end):
-            if test(self.lines[i]):
+            if test(self.lines[i]) and not self.lines[i].lstrip().startswith("#"):
                 return i + 1
         return None
 

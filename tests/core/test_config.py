@@ -167,6 +167,27 @@ def test_a_unicode_line_separator_in_a_comment_or_string_moves_no_line(separator
     assert config.error("producers[0].token", "x").line == 5
 
 
+def test_an_option_s_line_is_never_a_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old value commented out above the live one (as one keeps it while
+    trying another): the error names the live line (before: the comment's,
+    which the option's search matched first)."""
+    from irqbypass.cli import main
+
+    path = tmp_path / "t.toml"
+    path.write_text(
+        PAIR.replace(
+            "options = { count = 3 }", "# options = { rate = 100.0 }\noptions = { rate = -5.0 }"
+        )
+    )
+    assert main(["check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert f"{path}:7: producers[0].options.rate: -5.0 is below the minimum" in said, said
+    config = load_config(path)
+    assert config.error("producers[0].options.rate", "x").line == 7
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(irqbypass.ConfigError, match="cannot read the file") as info:
         load_config(tmp_path / "nope.toml")
