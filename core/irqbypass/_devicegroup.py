@@ -122,7 +122,8 @@ class DeviceGroup:
         #: the calls that opened it: :meth:`close` words its failures with them
         self.calls = calls
         #: one call on the device at a time, with the bookkeeping it needs
-        self.lock = threading.Lock()
+        #: (reentrant: a batch holds it across the calls that each take it)
+        self.lock = threading.RLock()
         self.users = 0
         self.key: Hashable = None
         #: interrupt (the plugin's key) -> the name of the producer holding it

@@ -92,17 +92,18 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
         is left attached and the error names the vector."""
         fds = {_vector(i): fd for i, fd in batch}
         done: list[list[VfioVector]] = []
-        try:
-            for run in self.runs(list(fds)):
-                self.attach_run(run, fds)
-                done.append(run)
-            for v in fds:
-                v.wire_paired()
-        except BaseException:
-            for run in reversed(done):
-                with contextlib.suppress(irqbypass.IrqBypassError):  # the failure is raised
-                    self.detach_run(run)
-            raise
+        with self.locked():  # the runs cut by what is enabled, as it stays until attached
+            try:
+                for run in self.runs(list(fds)):
+                    self.attach_run(run, fds)
+                    done.append(run)
+                for v in fds:
+                    v.wire_paired()
+            except BaseException:
+                for run in reversed(done):
+                    with contextlib.suppress(irqbypass.IrqBypassError):  # the failure is raised
+                        self.detach_run(run)
+                raise
 
     def detach_batch(self, batch: Sequence[irqbypass.plugin.DeviceInterrupt]) -> None:
         for run in self.runs([_vector(i) for i in batch]):

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 import irqbypass
 import pytest
 from irqbypass_vfio import VfioProducer, _abi
+from irqbypass_vfio._device import VfioDevice
 from irqbypass_vfio.testing import PCI_IRQS, PCI_IRQS_NORESIZE_MSIX, FakeVfio
 
 MSIX = _abi.VFIO_PCI_MSIX_IRQ_INDEX
@@ -359,4 +360,104 @@ def test_a_batch_takes_its_locks_in_one_global_order(
     assert not opener.is_alive()
     assert first.attached_to is not None and second.attached_to is not None
     VfioProducer.close_group([first, second])
+    assert fake.open_fds == []
+
+
+def held_elsewhere(lock: object) -> bool:
+    """Whether a thread other than a fresh one holds ``lock`` (asked from a fresh thread)."""
+    free: list[bool] = []
+
+    def probe() -> None:
+        got = lock.acquire(blocking=False)  # type: ignore[attr-defined]
+        free.append(got)
+        if got:
+            lock.release()  # type: ignore[attr-defined]
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    prober.join()
+    return free == [False]
+
+
+class Alongside:
+    """Just before the batch's VfioDevice ``step``, another thread opens
+    ``other`` (a vector of the same device, alone): the interleaving two
+    threads opening vectors of one device can make. When the batch holds the
+    device's lock there, the other open waits for it (:meth:`join` after the
+    batch); otherwise it is waited for at once, in the batch's window."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: str, other: VfioProducer) -> None:
+        self.other = other
+        self.error: list[BaseException] = []
+        self.thread: threading.Thread | None = None
+        original = getattr(VfioDevice, step)
+
+        def interleaved(device: VfioDevice, *args: object) -> object:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.open_other)
+                self.thread.start()
+                if not held_elsewhere(device.lock):
+                    self.thread.join()
+            return original(device, *args)
+
+        monkeypatch.setattr(VfioDevice, step, interleaved)
+
+    def open_other(self) -> None:
+        try:
+            self.other.open()
+        except BaseException as exc:  # told to the test
+            self.error.append(exc)
+
+    def join(self) -> None:
+        assert self.thread is not None, "the batch never reached the step"
+        self.thread.join(timeout=60)  # a hang guard
+        assert not self.thread.is_alive() and self.error == []
+
+
+def test_a_batch_attaches_its_own_vectors_when_another_thread_enables_the_block_first(
+    no_fd_leak: None, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6.1 (NORESIZE): the batch's vectors 0 and 5 are one run (the first
+    attach enables the whole block); another thread enables the block first
+    (vector 2 alone). The batch still attaches vectors 0 and 5, not 0 and 1."""
+    fake = FakeVfio(irqs=PCI_IRQS_NORESIZE_MSIX)
+    zero, five, two = producers(fake, tokens, [0, 5, 2])
+    other = Alongside(monkeypatch, "attach_run", two)
+    try:
+        VfioProducer.open_group([zero, five])
+        other.join()
+        assert two.attached_to == tokens[2].fileno()
+        triggers = [fake.trigger_of(MSIX, v) for v in range(6)]
+        assert triggers == [tokens[0].fileno(), None, tokens[2].fileno(), None, None,
+                            tokens[1].fileno()]  # fmt: skip
+        VfioProducer.close_group([zero, five])
+        assert fake.trigger_of(MSIX, 2) == tokens[2].fileno()
+    finally:
+        VfioProducer.close_group([zero, five, two])
+    assert fake.open_fds == []
+
+
+def test_naming_a_refused_vector_leaves_another_threads_vector_attached(
+    no_fd_leak: None, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6.1 (NORESIZE): the batch's first attach (the whole block, vectors 0
+    and 1) is refused for vector 1; before its vectors are tried one by one
+    to name it, another thread enables the block with vector 5. Naming the
+    vector neither detaches vector 5 nor disables the index under it."""
+    fake = FakeVfio(irqs=PCI_IRQS_NORESIZE_MSIX)
+    fake.refuse_vectors[(MSIX, 1)] = errno.EINVAL
+    zero, one, five = producers(fake, tokens, [0, 1, 5])
+    other = Alongside(monkeypatch, "name_the_vector", five)
+    try:
+        with pytest.raises(irqbypass.DeviceError) as err:
+            VfioProducer.open_group([zero, one])
+        assert "vector 1:" in str(err.value)
+        other.join()
+        assert five.attached_to == tokens[2].fileno()
+        assert fake.trigger_of(MSIX, 5) == tokens[2].fileno(), "vector 5 was detached"
+        assert fake.irq_type == MSIX, "the index was disabled under vector 5"
+        assert [fake.trigger_of(MSIX, v) for v in (0, 1)] == [None, None]
+        assert fake.fire(MSIX, 5) == 1
+    finally:
+        VfioProducer.close_group([zero, one, five])
     assert fake.open_fds == []
