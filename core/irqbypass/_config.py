@@ -51,7 +51,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 MAX_IRQ = 2**31 - 1
 MAX_DURATION = 7 * 24 * 3600.0
-_KEY = re.compile(r"^(\w+)(?:\[(\d+)\])?(?:\.(\w+))?(?:\.([\w-]+))?")
+#: a key path: table, [index], leaf, option; a leaf may be a plugin's name, which
+#: may hold a dash (plugins.vhost-user.KEY)
+_KEY = re.compile(r"^(\w+)(?:\[(\d+)\])?(?:\.([\w-]+))?(?:\.([\w-]+))?")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: "$" would let "\n" end it
 #: a configuration is a few kB; a bigger "file" (/dev/zero, a log) is refused, not read
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -606,8 +608,10 @@ class _Reader:
                     return found
             found = lines.find(start, lines.next_start(start), rf"\s*{re.escape(leaf)}\s*=")
             return found or start + 1
-        if leaf is not None and option is not None:  # plugins.audit.deny
+        if leaf is not None:  # plugins.audit.deny, or plugins.audit: in [plugins.audit]
             sub = lines.headers.get(("[", f"{table}.{leaf}"))
+            if sub and option is None:
+                return sub[0] + 1
             if sub:
                 end = lines.next_start(sub[0])
                 found = lines.find(sub[0] + 1, end, rf"\s*{re.escape(option)}\s*=")

@@ -354,6 +354,29 @@ def test_a_table_of_a_plugin_that_takes_no_settings_is_a_warning(tmp_path: Path)
     ), result.stderr
 
 
+def test_a_table_of_a_plugin_named_with_a_dash_has_its_lines() -> None:
+    """A plugin's name may hold a dash (its entry point's: this project's
+    vhost-user has one): an error in its table names the line of its key, as
+    for any other name (before: the key path's pattern stopped at the dash and
+    found no line)."""
+    import audit_plugin
+
+    config = irqbypass.parse_config(
+        "[run]\nduration = 1.0\n\n[plugins.audit-plugin]\nunpaired = true\ndney = ['p1']\n",
+        file="t.toml",
+    )
+    host = irqbypass.PluginHost()
+    host.register(audit_plugin, name="audit-plugin")
+    with pytest.raises(irqbypass.ConfigError) as caught:
+        host.configure(config.plugins.tables, file=config.file)
+    assert caught.value.key == "plugins.audit-plugin.dney"
+    located = config.error(caught.value.key, caught.value.problem)  # as `irqbypass check` does
+    assert str(located) == (
+        "t.toml:6: plugins.audit-plugin.dney: unknown option 'dney'; did you mean 'deny'?"
+    )
+    assert config.error("plugins.audit-plugin", "x").line == 4
+
+
 def test_configure_hands_each_plugin_its_own_table_from_python() -> None:
     seen: dict[str, dict[str, object]] = {}
 
