@@ -168,14 +168,18 @@ class DeviceGroup:
             group.users += 1
             return cast(_G, group)
 
-    def unshare(self) -> bool:
-        """One user fewer: True when it was the last (its caller then closes it)."""
+    def unshare(self, close: Callable[[], None] | None = None) -> bool:
+        """One user fewer: True when it was the last (its caller then closes
+        it, or ``close`` does, before another producer can share the device:
+        one whose node opens only once would find it still open)."""
         with hold(self._SHARED_LOCK):
             self.users -= 1
             if self.users > 0:
                 return False
             if self._SHARED.get(self.key) is self:
                 del self._SHARED[self.key]
+            if close is not None:
+                close()
             return True
 
     def locked(self) -> hold:

@@ -218,11 +218,10 @@ class VfioVector(irqbypass.plugin.DeviceInterrupt):
         if self.claimed:
             group.unclaim((self.index, self.vector))
             self.claimed = False
-        if group.unshare():
-            try:
-                group.close(self._close_failure)
-            except irqbypass.DeviceError as exc:
-                first = first or exc
+        try:
+            group.unshare(lambda: group.close(self._close_failure))
+        except irqbypass.DeviceError as exc:
+            first = first or exc
         if first is not None:
             raise first
 

@@ -10,10 +10,11 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import irqbypass
+import irqbypass.plugin
 import pytest
 from irqbypass_vfio import VfioProducer, _abi
 from irqbypass_vfio._device import VfioDevice
@@ -383,10 +384,17 @@ class Alongside:
     """Just before the batch's VfioDevice ``step``, another thread opens
     ``other`` (a vector of the same device, alone): the interleaving two
     threads opening vectors of one device can make. When the batch holds the
-    device's lock there, the other open waits for it (:meth:`join` after the
-    batch); otherwise it is waited for at once, in the batch's window."""
+    lock there (``lock_of``: the device's), the other open waits for it
+    (:meth:`join` after the batch); otherwise it is waited for at once, in the
+    batch's window."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: str, other: VfioProducer) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        step: str,
+        other: VfioProducer,
+        lock_of: Callable[[VfioDevice], object] = lambda device: device.lock,
+    ) -> None:
         self.other = other
         self.error: list[BaseException] = []
         self.thread: threading.Thread | None = None
@@ -396,7 +404,7 @@ class Alongside:
             if self.thread is None:
                 self.thread = threading.Thread(target=self.open_other)
                 self.thread.start()
-                if not held_elsewhere(device.lock):
+                if not held_elsewhere(lock_of(device)):
                     self.thread.join()
             return original(device, *args)
 
@@ -460,4 +468,24 @@ def test_naming_a_refused_vector_leaves_another_threads_vector_attached(
         assert fake.fire(MSIX, 5) == 1
     finally:
         VfioProducer.close_group([zero, one, five])
+    assert fake.open_fds == []
+
+
+def test_a_vector_opened_as_the_devices_last_closes_opens_it_again(
+    no_fd_leak: None, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last producer of a device gives up its share and closes the device
+    (a group node opens once); another thread opening a vector of it in
+    between opens it again: after the close, not before (EBUSY: "already
+    open elsewhere")."""
+    fake = FakeVfio()
+    zero, one = producers(fake, tokens, [0, 1])
+    zero.open()
+    other = Alongside(
+        monkeypatch, "close", one, lock_of=lambda device: irqbypass.plugin.DeviceGroup._SHARED_LOCK
+    )
+    zero.close()
+    other.join()
+    assert one.attached_to == tokens[1].fileno() and fake.trigger_of(MSIX, 1) is not None
+    one.close()
     assert fake.open_fds == []
