@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -129,6 +130,7 @@ class Eventfd:
         #: who borrowed the fd for longer than a call (the event loop's readers):
         #: each is called on close() and gives its borrow back
         self._borrowers: list[Callable[[], object]] = []
+        _LIVE.add(self)
         kernel_id = _fdinfo_field(fd, _EVENTFD_ID)
         if kernel_id is not None and kernel_id.isdigit():
             self._identity = ("eventfd-id", int(kernel_id))
@@ -333,6 +335,23 @@ class Eventfd:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         kind, value = self._identity
         return f"<Eventfd {state} {kind}={value}>"
+
+
+#: every Eventfd made, while it lives: what a fork()ed child must set free
+_LIVE: weakref.WeakSet[Eventfd] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a fork()ed child only the thread that forked exists: a guard another
+    thread of the parent held (the loop's, reading) is copied held, and the
+    calls it was making never end; each Eventfd gets a free guard, and only its
+    borrows (the loop's readers) still count as users."""
+    for eventfd in list(_LIVE):
+        eventfd._guard = threading.Lock()
+        eventfd._users = len(eventfd._borrowers)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _check_eventfd(fd: int, owned: bool) -> int:

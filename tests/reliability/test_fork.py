@@ -79,3 +79,42 @@ def test_forked_child_that_attaches_posts_without_losing_a_vector(tmp_path: Path
         assert d.counters()["posted"] == 2 * posts
         d.sync()
         assert d.drained_per_vector() == {9: 2 * posts}
+
+
+def test_a_forked_child_can_use_and_close_a_token_another_thread_was_reading() -> None:
+    """fork() while another thread was inside a token's read (the loop's
+    readers take the count under the Eventfd's guard): in the child that
+    thread does not exist, but its hold on the guard was copied, so the
+    child's write and close of the token waited for ever. Now the child gets
+    every Eventfd's guard free (and the calls in flight over)."""
+    token = irqbypass.Eventfd()
+    token.write(1)
+    inside, leave = threading.Event(), threading.Event()
+
+    def pause_in_the_read(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "read" and not inside.is_set():
+            inside.set()  # inside read(0), the guard held
+            leave.wait(GUARD_SECONDS)
+
+    def reader() -> None:
+        sys.setprofile(pause_in_the_read)
+        try:
+            token.read(0)
+        finally:
+            sys.setprofile(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        assert inside.wait(GUARD_SECONDS), "the reader is inside its read"
+
+        def child() -> int:
+            token.write(2)
+            token.close()
+            return 0 if token.closed else 3
+
+        assert in_child(child) == 0, "the child hung (-1) or failed"
+    finally:
+        leave.set()
+        thread.join(GUARD_SECONDS)
+        token.close()
