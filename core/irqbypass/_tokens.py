@@ -32,6 +32,8 @@ class TokenTable:
         self._users: dict[str, int] = {}
         #: names whose eventfd the VMM owns: never closed by the table
         self._provided: set[str] = set()
+        #: each provided eventfd -> its name (one eventfd is one token)
+        self._names: dict[Eventfd, str] = {}
         for name, token in (provided or {}).items():
             self.provide(name, token)
 
@@ -57,9 +59,16 @@ class TokenTable:
         eventfd = Eventfd.from_fd(token) if isinstance(token, int) else token
         if eventfd.closed:
             raise InvalidEndpointError(f"token {name!r}: the Eventfd is closed; pass an open one")
+        other = self._names.get(eventfd)
+        if other is not None:  # the manager would pair the two names' endpoints
+            raise TopologyError(
+                f"token {name!r}: this eventfd is already the table's token {other!r}; one "
+                f"eventfd is one token: name it {other!r} wherever it is used"
+            )
         self._eventfds[name] = eventfd
         self._users[name] = 0
         self._provided.add(name)
+        self._names[eventfd] = name
 
     def withdraw(self, name: str) -> Eventfd:
         """Take a provided token back out; refused while an entry uses it."""
@@ -72,7 +81,9 @@ class TokenTable:
             )
         self._provided.discard(name)
         del self._users[name]
-        return self._eventfds.pop(name)
+        eventfd = self._eventfds.pop(name)
+        self._names.pop(eventfd, None)
+        return eventfd
 
     @signal_safe
     def acquire(self, name: str) -> Eventfd:

@@ -361,6 +361,32 @@ def test_a_provided_token_is_refused_twice_and_withdrawn_only_when_unused(
         table.provide("y", "fd 3")  # type: ignore[arg-type]
 
 
+def test_one_eventfd_is_provided_under_one_name(host: irqbypass.PluginHost) -> None:
+    """One eventfd is one token: provided under two names (the VMM's fd and a
+    dup of it, or the same fd twice), the manager paired a producer of one
+    name with a consumer of the other, while the topology, its status and its
+    plans took them for two one-ended tokens (status said both unpaired; a
+    change of one end ran callbacks on the other). The second name is refused,
+    naming the first."""
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    copy = os.dup(fd)
+    try:
+        table = irqbypass.TokenTable({"a": fd})
+        for again in (fd, copy, irqbypass.Eventfd.from_fd(copy)):
+            with pytest.raises(irqbypass.TopologyError, match="already the table's token 'a'"):
+                table.provide("b", again)
+            assert "b" not in table
+        text = pair(0, token="a").split("[[consumers]]")[0] + '[[consumers]]\nname = "c"\n'
+        with pytest.raises(irqbypass.TopologyError, match="already the table's token 'a'"):
+            Topology(parse_config(text + 'kind = "rec-sink"\ntoken = "b"\n'), host,
+                     tokens={"a": fd, "b": copy})  # fmt: skip
+        assert table.withdraw("a") == irqbypass.Eventfd.from_fd(fd)
+        table.provide("b", copy)  # withdrawn: the eventfd may take another name
+    finally:
+        os.close(copy)
+        os.close(fd)
+
+
 # -- reconcile ---------------------------------------------------------------------
 
 
