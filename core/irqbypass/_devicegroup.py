@@ -42,6 +42,11 @@ __all__ = ["DeviceCalls", "DeviceGroup", "HeldLocks", "detach_each", "lock_order
 
 _G = TypeVar("_G", bound="DeviceGroup")
 _ORDER = itertools.count()
+#: what to do when an open (or an ioctl handing out an fd) finds no fd free
+_OUT_OF_FDS = (
+    "the process (EMFILE) or the system (ENFILE) is out of file descriptors: raise the "
+    "limit (`ulimit -n`, RLIMIT_NOFILE; fs.file-max) or close others"
+)
 
 
 def lock_order() -> int:
@@ -67,8 +72,11 @@ class DeviceCalls:
         return DeviceError(f"{self.describe()}: {problem}", errno=code)
 
     def failure(self, op: str, exc: OSError, hint: str) -> DeviceError:
-        """``op`` failed in the kernel: its errno, and ``hint`` (what to do)."""
+        """``op`` failed in the kernel: its errno, and ``hint`` (what to do;
+        for a process or system out of fds, what to do about that instead)."""
         code = exc.errno if exc.errno is not None else errno.EIO
+        if code in (errno.EMFILE, errno.ENFILE):
+            hint = _OUT_OF_FDS
         return DeviceError(
             f"{self.describe()}: {op} failed: {os.strerror(code)} (errno {code}); {hint}",
             errno=code,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import struct
 import threading
 from collections.abc import Iterator
@@ -728,3 +729,37 @@ def test_attach_while_another_index_is_enabled_says_so(
         assert fake.trigger_of(msi, 0) == vmm_vector.fileno()  # the VMM's is untouched
         for fd in list(fake.open_fds):
             fake.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("left", "failing"),
+    [(0, "open(/dev/vfio/7)"), (1, "open(/dev/vfio/vfio)"), (2, "VFIO_GROUP_GET_DEVICE_FD")],
+)
+def test_out_of_fds_says_so_and_how_to_raise_the_limit(
+    no_fd_leak: None, token: irqbypass.Eventfd, fake: FakeVfio, left: int, failing: str
+) -> None:
+    """The process at its fd limit (RLIMIT_NOFILE, real: the model's fds are
+    real) with ``left`` fds to spare: the open, or the ioctl that hands out a
+    new fd, fails with EMFILE, and the message says to raise the limit, not to
+    look in the kernel log for the device's complaint."""
+    p = producer(token, fake, device=GROUP, device_name=BDF)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+    holes = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)]
+    while holes[-1] <= highest:  # every fd number up to the highest taken: the next is new
+        holes.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    try:
+        os.close(holes.pop())  # free again: with the limit, `left` new fds from here
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + left, hard))
+        with pytest.raises(irqbypass.DeviceError) as err:
+            p.open()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in holes:
+            os.close(fd)
+    assert err.value.errno == errno.EMFILE
+    message = str(err.value)
+    assert f"{failing} failed: Too many open files" in message
+    assert "out of file descriptors" in message and "ulimit -n" in message
+    assert "dmesg" not in message
+    assert_clean(fake)
