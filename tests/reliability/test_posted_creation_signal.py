@@ -5,14 +5,11 @@ behind (the rerun then failed with "already exists")."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import interrupts
 import irqbypass
 import irqbypass.plugin
 import irqbypass.signalsafe
@@ -25,10 +22,9 @@ import irqbypass_posted._poster as poster_module
 import irqbypass_posted._posting as posting_module
 import irqbypass_posted._settings as settings_module
 import pytest
-from irqbypass import cli
-from irqbypass.cli import run as run_module
 from irqbypass_posted import PostedDescriptor
 from rel_support import COUNTERS
+from run_sweep import sweep_runs
 
 # SIGINT raises KeyboardInterrupt, guarded as a Manager guards it (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("guarded_sigint")
@@ -95,14 +91,6 @@ POSTED_FILES = [
 ]
 
 
-def open_fds() -> dict[int, str]:
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the fd listdir used, closed by now
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-    return fds
-
-
 def posted_handles() -> list[irqbypass.plugin.LoopHandle]:
     return [h for h in irqbypass.event_loop().handles() if "posted-interrupt" in h.owner]
 
@@ -110,65 +98,33 @@ def posted_handles() -> list[irqbypass.plugin.LoopHandle]:
 def test_sigint_anywhere_in_a_posted_run_exits_with_its_summary_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    irqbypass.event_loop().start()  # its fds and threads live as long as the process
-    # the plugins are discovered once, not per run (reading every installed
-    # distribution's metadata costs about a second here, and is not what is swept)
-    host = run_module.plugin_host(cli._parse(["run", "-"]))
-    monkeypatch.setattr(run_module, "plugin_host", lambda args, config=None, collect=False: host)
     directory = tmp_path / "run"
     directory.mkdir()
     config = tmp_path / "posted.toml"
     config.write_text(
         "".join(TOPOLOGY.format(k=k, irq=40 + k, directory=directory) for k in range(PAIRS))
     )
-    fds_before = open_fds()
-    failures: list[str] = []
-    runs = [0]
-    # how many SIGINTs reached Python's handler: the guard defers it in a safe
-    # section and calls this later (a run's count of points varies with the
-    # timing of its stats() calls, so a late arrival point may never come)
-    arrived = [0, 0]
 
-    def on_sigint(signum: int, frame: object) -> None:
-        arrived[0] += 1
-        raise KeyboardInterrupt
+    def files_and_handles_left() -> list[str]:
+        left = sorted(p.name for p in directory.iterdir())
+        for p in directory.iterdir():
+            p.unlink()
+        handles = posted_handles()
+        for handle in handles:
+            handle.cancel()
+        return [
+            *([f"files left: {left}"] if left else []),
+            *([f"loop handles left: {handles}"] if handles else []),
+        ]
 
-    signal.signal(signal.SIGINT, on_sigint)
-    irqbypass.signalsafe.guard_signals((signal.SIGINT,))
-
-    def make() -> tuple[Callable[[], object], Callable[[BaseException | None], None]]:
-        code: list[int] = []
-
-        def action() -> None:
-            code.append(cli.main(["run", str(config)]))
-
-        def check(exc: BaseException | None) -> None:
-            runs[0] += 1
-            signalled, arrived[1] = arrived[0] != arrived[1], arrived[0]
-            out = capsys.readouterr().out
-            left = sorted(p.name for p in directory.iterdir())
-            for p in directory.iterdir():
-                p.unlink()
-            now = open_fds()
-            leaked = {fd: t for fd, t in now.items() if fds_before.get(fd) != t}
-            fds_before.update(leaked)  # each leak told once (closing it is not the test's to do)
-            handles = posted_handles()
-            for handle in handles:
-                handle.cancel()
-            problems = [
-                *([f"raised {exc!r}"] if exc is not None else []),
-                *([f"exit {code}"] if code != ([130] if signalled else [0]) else []),
-                *(["no summary"] if "summary" not in out else []),
-                *([f"files left: {left}"] if left else []),
-                *([f"fds left: {leaked}"] if leaked else []),
-                *([f"loop handles left: {handles}"] if handles else []),
-            ]
-            if problems:
-                failures.append(f"run {runs[0]}: " + "; ".join(problems))
-
-        return action, check
-
-    result = interrupts.sweep(make, POSTED_FILES, stride=STRIDE)
-    COUNTERS["signals: posted run arrival points"] += result.points
-    assert result.points > 100  # the sweep reached the plugin
-    assert not failures, f"{len(failures)} of {runs[0] - 1} runs:\n" + "\n".join(failures[:20])
+    points, failures, runs = sweep_runs(
+        config,
+        POSTED_FILES,
+        stride=STRIDE,
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+        look=files_and_handles_left,
+    )
+    COUNTERS["signals: posted run arrival points"] += points
+    assert points > 100  # the sweep reached the plugin
+    assert not failures, f"{len(failures)} of {runs - 1} runs:\n" + "\n".join(failures[:20])

@@ -38,11 +38,13 @@ __all__ = [
 ]
 
 
+@irqbypass.plugin.uninterrupted
 def unavailable_reason(device: str = DEFAULT_DEVICE) -> str | None:
     """Why this plugin cannot run a guest here, or None when it can.
 
     Opens the device, checks the capabilities the consumer needs, and creates
     and destroys a VM; a demo can skip its kvm pair with this reason.
+    Uninterrupted (a few ioctls): a Ctrl-C never leaves the device or the VM open.
     """
     try:
         kvm_fd = open_device(device)

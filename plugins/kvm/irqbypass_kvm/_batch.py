@@ -26,11 +26,11 @@ def open_group(cls: type[KvmIrqfdConsumer], endpoints: Sequence[irqbypass.Endpoi
     opened: list[KvmIrqfdConsumer] = []
     try:
         for consumer in singles:
+            opened.append(consumer)  # first: a Ctrl-C as it returns still closes it
             consumer.open()
-            opened.append(consumer)
         for batch in batches:
-            _open_batch([consumer._irqfd for consumer in batch])
             opened.extend(batch)
+            _Locked([consumer._irqfd for consumer in batch]).open()
     except BaseException:
         _close_all(opened)
         raise
@@ -89,6 +89,12 @@ class _Locked:
             irqfd.lock.release()
 
     @irqbypass.plugin.holding(lambda self: self)
+    def open(self) -> None:
+        """:func:`_open_batch`, whole: a Ctrl-C acts as it returns (the caller
+        then closes the batch)."""
+        _open_batch(self.irqfds)
+
+    @irqbypass.plugin.holding(lambda self: self)
     def close(self, errors: list[BaseException]) -> None:
         _close_batch(self.irqfds, errors)
 
@@ -114,32 +120,25 @@ def _partition(
 
 
 def _open_batch(batch: list[Irqfd]) -> None:
-    """Open unmasked MSI irqfds of one VM: claim their GSIs, write all their
-    routes with one ioctl, assign each irqfd; on any failure undo it all."""
-    locked = 0
+    """Open unmasked MSI irqfds of one VM (their locks held): claim their GSIs,
+    write all their routes with one ioctl, assign each irqfd; on any failure
+    undo it all."""
+    first = batch[0]
+    vm = first.target.attach(first.label, first.route, refs=len(batch))[0]
+    done = False
     try:
         for irqfd in batch:
-            irqfd.lock.acquire()
-            locked += 1
-        first = batch[0]
-        vm = first.target.attach(first.label, first.route, refs=len(batch))[0]
-        done = False
-        try:
-            for irqfd in batch:
-                irqfd.vm = vm  # from here on _close_batch undoes whatever was done
-            first.check_caps(vm)  # what the batch shares; a devid is per irqfd
-            for irqfd in batch:
-                if irqfd.msi is not None and irqfd.msi.devid is not None:
-                    irqfd.check_caps(vm)
-            _route(vm, batch)
-            _assign(vm, batch)
-            done = True
-        finally:
-            if not done:
-                _undo_batch(batch, vm)
+            irqfd.vm = vm  # from here on _close_batch undoes whatever was done
+        first.check_caps(vm)  # what the batch shares; a devid is per irqfd
+        for irqfd in batch:
+            if irqfd.msi is not None and irqfd.msi.devid is not None:
+                irqfd.check_caps(vm)
+        _route(vm, batch)
+        _assign(vm, batch)
+        done = True
     finally:
-        for irqfd in batch[:locked]:
-            irqfd.lock.release()
+        if not done:
+            _undo_batch(batch, vm)
 
 
 @irqbypass.plugin.uninterrupted

@@ -51,28 +51,38 @@ class Irqfd:
         self.last_delivered = 0
 
     def open(self) -> None:
-        with self.lock:
-            if self.vm is not None:
-                return
-            if self.eventfd.closed:
-                raise irqbypass.InvalidEndpointError(
-                    f"{self.label}: its token eventfd is closed; give it an open eventfd",
-                    errno=errno.EBADF,
-                )
-            try:
-                self.vm, self.own_guest = self.target.attach(self.label, self.route)
-                self.check_caps(self.vm)
-                if self.resample:
-                    self.resample_eventfd = self.given_resample or os_call(
-                        "making the resample eventfd", irqbypass.Eventfd
-                    )
-                if not self.masked:
-                    self.route_then_assign()
-            except BaseException:
-                self._undo()
-                raise
+        """All or nothing, Ctrl-C included: one that lands in the steps acts as
+        they return, and what they did is undone (a caller takes the open as
+        not done)."""
+        if self.vm is not None:
+            return
+        try:
+            self._open()
+        except BaseException:
+            self._undo()
+            raise
 
-    @irqbypass.plugin.uninterrupted
+    @irqbypass.plugin.holding(lambda self: self.lock)
+    def _open(self) -> None:
+        """Signal-safe but in the guest's wait for its first run: no point where
+        a Ctrl-C could leave a guest, an fd or a reference made and not recorded."""
+        if self.vm is not None:
+            return
+        if self.eventfd.closed:
+            raise irqbypass.InvalidEndpointError(
+                f"{self.label}: its token eventfd is closed; give it an open eventfd",
+                errno=errno.EBADF,
+            )
+        self.vm, self.own_guest = self.target.attach(self.label, self.route)
+        self.check_caps(self.vm)
+        if self.resample:
+            self.resample_eventfd = self.given_resample or os_call(
+                "making the resample eventfd", irqbypass.Eventfd
+            )
+        if not self.masked:
+            self.route_then_assign()
+
+    @irqbypass.plugin.holding(lambda self: self.lock)
     def _undo(self) -> None:
         """What a failed (or interrupted) open did, undone to its end: a second
         Ctrl-C acts as it returns (a caller takes the open as not done)."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import irqbypass
+import irqbypass.plugin
 
 from . import _abi
 from ._apic import FAULT_PORT
@@ -70,7 +71,7 @@ class VcpuThread:
             self._thread.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        if not self._ready.wait(timeout) or self.error is not None:
+        if not _wait_ready(self._ready, timeout) or self.error is not None:
             raise self.error or irqbypass.DeviceError(
                 f"the guest did not reach its ready port within {timeout}s; "
                 "is KVM working (try a simple VMM on this host)?",
@@ -191,3 +192,11 @@ class VcpuThread:
 
     def release_acks(self) -> None:
         self._gate.set()
+
+
+@irqbypass.plugin.waits_on_peer
+def _wait_ready(ready: threading.Event, timeout: float) -> bool:
+    """The guest's first run, up to ``timeout`` (KVM and the vCPU thread, which
+    a nested or loaded host can make slow): a Ctrl-C ends the wait even inside
+    an uninterrupted open."""
+    return ready.wait(timeout)

@@ -136,8 +136,10 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         """Assign the irqfd (and route the MSI first, if any). All or nothing."""
         self._irqfd.open()
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
-        """Deassign the irqfd and release what open() opened (idempotent)."""
+        """Deassign the irqfd and release what open() opened (idempotent); once
+        begun, from its first line, it runs to its end (a Ctrl-C acts as it returns)."""
         self._irqfd.close()
 
     # -- many at once (Topology.apply/teardown, or the embedding VMM) -------------
@@ -151,10 +153,12 @@ class KvmIrqfdConsumer(irqbypass.Consumer):
         _batch.open_group(cls, endpoints)
 
     @classmethod
+    @irqbypass.plugin.uninterrupted
     def close_group(cls, endpoints: Sequence[irqbypass.Endpoint]) -> None:
         """Close many consumers: the routed MSI consumers of one VM are deassigned
         one by one and unrouted with one KVM_SET_GSI_ROUTING; every consumer is
-        closed even if a step fails, and then the first failure is raised."""
+        closed even if a step fails, and then the first failure is raised (a
+        Ctrl-C as it returns)."""
         _batch.close_group(cls, endpoints)
 
     # -- MSI vector control (cloud-hypervisor's ordering) ------------------------

@@ -206,7 +206,10 @@ class Guest(VcpuThread, irqbypass.plugin.Service):
             self.close()
             raise
 
+    @irqbypass.plugin.uninterrupted
     def _setup(self) -> None:
+        """Make the VM and the vCPU: uninterrupted, so that a Ctrl-C never lands
+        between an fd's making and its recording (start() undoes it all)."""
         self._kvm_fd = open_device(self.device)
         self.vm = Vm.create(self._kvm_fd, self.device)
         if self.halt_poll_ns is not None:
