@@ -332,5 +332,12 @@ class Topology:
         self.apply()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.teardown()
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        """Tear down; a Ctrl-C (or another interrupt) that ended the block stays
+        what is raised, a teardown failure noted on it, as in :meth:`teardown`."""
+        try:
+            self.teardown()
+        except TopologyError as failed:
+            if isinstance(error, Exception) or not isinstance(error, BaseException):
+                raise
+            with_notes(error, [str(failed)])

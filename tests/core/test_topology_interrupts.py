@@ -77,6 +77,27 @@ def test_a_ctrl_c_in_a_close_interrupts_that_close_and_teardown_finishes(
         assert f"close of {'producer' if 'p' in step else 'consumer'} '{step.split()[1]}'" in notes
 
 
+def test_a_ctrl_c_in_a_with_block_stays_a_ctrl_c_when_a_close_fails(
+    journal: Interrupting, host: irqbypass.PluginHost
+) -> None:
+    """``with topology:`` tears down on a Ctrl-C too; a close that then failed
+    made the teardown's TopologyError replace the KeyboardInterrupt (an
+    ``except KeyboardInterrupt`` missed it, a VMM exited 1, not 130). The
+    interrupt wins, as it does in teardown itself, with the failure noted."""
+    journal.fail = {"close p0"}
+    topology = Topology(parse_config(TOPO, file="t.toml"), host)
+    with pytest.raises(KeyboardInterrupt) as caught, topology:
+        raise KeyboardInterrupt
+    assert closes(journal) == ["close c0", "close c1", "close p0", "close p1"]
+    assert topology.placed == [] and len(topology.manager) == 0
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "tearing down t.toml: close of producer 'p0'" in notes and "close p0 failed" in notes
+    journal.fail = {"close p0"}  # without an interrupt the failure is the error, as before
+    again = Topology(parse_config(TOPO, file="t.toml"), host)
+    with pytest.raises(irqbypass.TopologyError, match="close of producer 'p0'"), again:
+        pass
+
+
 def test_a_ctrl_c_in_an_open_undoes_everything_opened(
     journal: Interrupting, host: irqbypass.PluginHost
 ) -> None:
