@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -207,3 +208,36 @@ def test_every_example_passes_check(example: Path) -> None:
     result = run("check", str(example))
     assert result.returncode == 0, result.stderr
     assert ": OK: " in result.stdout
+
+
+def test_standard_input_is_read_only_up_to_the_bound_of_a_file() -> None:
+    """``irqbypass check -`` fed an endless stream (``yes | irqbypass check -``, a
+    wrong pipe): it stops reading past MAX_CONFIG_BYTES and says so, as for a
+    file (before: it read until an EOF that never came, memory growing)."""
+    from irqbypass._config import MAX_CONFIG_BYTES
+
+    proc = subprocess.Popen(
+        [*EXE, "check", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        line = b"# " + b"y" * 1021 + b"\n"
+        with contextlib.suppress(BrokenPipeError):  # it stopped reading: what is wanted
+            for _ in range(MAX_CONFIG_BYTES // len(line) + 2):  # past the bound, no EOF
+                proc.stdin.write(line)
+            proc.stdin.flush()
+        status = proc.wait(timeout=120)  # a hang guard: our end of stdin stays open
+        err = proc.stderr.read().decode()
+        assert status == 1, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        proc.stderr.close()
+    assert "<stdin>: more than 16 MiB: not a configuration file" in err, err

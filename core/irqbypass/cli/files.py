@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from .._config import Config, load_config, parse_config
+from .._config import MAX_CONFIG_BYTES, Config, load_config, parse_config
+from .._errors import ConfigError
 
 STDIN = "-"
 
 
 def load_file(file: str) -> Config:
-    if file == STDIN:
-        return parse_config(sys.stdin.buffer.read(), file="<stdin>")
-    return load_config(file)
+    """The topology of ``file``, or of standard input (``-``): read up to the
+    bound of a file either way (an endless pipe, ``yes |``, is no topology)."""
+    if file != STDIN:
+        return load_config(file)
+    data = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"more than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a configuration file; "
+            "check what is piped in",
+            file="<stdin>",
+        )
+    return parse_config(data, file="<stdin>")
