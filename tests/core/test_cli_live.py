@@ -367,6 +367,34 @@ def test_a_stderr_whose_reader_went_away_loses_no_answer_and_ends_no_run(tmp: Pa
     assert "summary:" in started.out.read_text()
 
 
+def test_a_ctrl_c_while_the_header_waits_for_its_reader_leaves_no_textfile(tmp: Path) -> None:
+    """The metrics textfile is written before the run prints its header; a
+    Ctrl-C while the header waits for a reader that does not read (a terminal on
+    Ctrl-S, a full pipe) ends the run and removes it, so node_exporter exports
+    no stale pair (before: the file stayed, its figures frozen)."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(writer, b"x" * 4096)
+    os.set_blocking(writer, True)
+    try:
+        started = Run(tmp, "--metrics-textfile", "live.prom", stdout=writer)
+        try:
+            wait_for("the textfile", lambda: (tmp / "live.prom").exists())
+            started.signal(signal.SIGINT)
+            assert started.proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
+        finally:
+            if started.proc.poll() is None:
+                started.proc.kill()
+                started.proc.wait()
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert "stopped by SIGINT" in started.stderr()
+    assert not (tmp / "live.prom").exists(), "a stale textfile was left behind"
+
+
 def _delivered(tmp: Path) -> int:
     status = cli("status", "live.sock", "--json", cwd=tmp)
     assert status.returncode == 0, status.stderr

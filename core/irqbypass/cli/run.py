@@ -76,18 +76,17 @@ def cmd_run(
         metrics = serve_metrics(args, host)
     try:
         topology = Topology(config, host)
-    except BaseException:
+        file = getattr(args, "file", None)
+        live = Live(topology, file if file not in (None, STDIN) else None, metrics, args.every)
+        with outliving():  # a reader gone (`| head`) ends no run: its lines are dropped
+            if not (args.json or args.quiet):
+                print_header(host, out)
+            with live.signals():
+                ended = _session(args, topology, live, duration, out)
+            return _report(args, topology, warnings, ended, out)
+    finally:  # the session closed them; a stop before it (in the header's write) did not
         if metrics is not None:
             metrics.close()
-        raise
-    file = getattr(args, "file", None)
-    live = Live(topology, file if file not in (None, STDIN) else None, metrics, args.every)
-    with outliving():  # a reader gone (`| head`) ends no run: its lines are dropped
-        if not (args.json or args.quiet):
-            print_header(host, out)
-        with live.signals():
-            ended = _session(args, topology, live, duration, out)
-        return _report(args, topology, warnings, ended, out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
