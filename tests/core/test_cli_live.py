@@ -269,6 +269,16 @@ def _unread_stderr(tmp: Path, *options: str, full: bool) -> Iterator[tuple[Run, 
     a pipe nobody reads (``full``: full before it starts); the run and the
     pipe's writer, kept open here to see it full. The run is killed if a test
     leaves it running."""
+    with _unread_pipe(full) as writer:
+        started = Run(tmp, "--control", "live.sock", *options, stderr=writer)
+        with _killed_at_end(started):
+            wait_for("the control socket", lambda: (tmp / "live.sock").exists())
+            yield started, writer
+
+
+@contextlib.contextmanager
+def _unread_pipe(full: bool) -> Iterator[int]:
+    """The writer of a pipe nobody reads (``full``: full already)."""
     reader, writer = os.pipe()
     if full:
         os.set_blocking(writer, False)
@@ -277,17 +287,21 @@ def _unread_stderr(tmp: Path, *options: str, full: bool) -> Iterator[tuple[Run, 
                 os.write(writer, b"x" * 4096)
         os.set_blocking(writer, True)
     try:
-        started = Run(tmp, "--control", "live.sock", *options, stderr=writer)
-        try:
-            wait_for("the control socket", lambda: (tmp / "live.sock").exists())
-            yield started, writer
-        finally:
-            if started.proc.poll() is None:
-                started.proc.kill()
-                started.proc.wait()
+        yield writer
     finally:
         os.close(reader)
         os.close(writer)
+
+
+@contextlib.contextmanager
+def _killed_at_end(started: Run) -> Iterator[None]:
+    """The run is killed if the block leaves it running."""
+    try:
+        yield
+    finally:
+        if started.proc.poll() is None:
+            started.proc.kill()
+            started.proc.wait()
 
 
 def test_a_stderr_nobody_reads_stalls_no_interrupt_and_a_ctrl_c_still_exits(tmp: Path) -> None:
@@ -372,25 +386,12 @@ def test_a_ctrl_c_while_the_header_waits_for_its_reader_leaves_no_textfile(tmp: 
     Ctrl-C while the header waits for a reader that does not read (a terminal on
     Ctrl-S, a full pipe) ends the run and removes it, so node_exporter exports
     no stale pair (before: the file stayed, its figures frozen)."""
-    reader, writer = os.pipe()
-    os.set_blocking(writer, False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(writer, b"x" * 4096)
-    os.set_blocking(writer, True)
-    try:
+    with _unread_pipe(full=True) as writer:
         started = Run(tmp, "--metrics-textfile", "live.prom", stdout=writer)
-        try:
+        with _killed_at_end(started):
             wait_for("the textfile", lambda: (tmp / "live.prom").exists())
             started.signal(signal.SIGINT)
             assert started.proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
-        finally:
-            if started.proc.poll() is None:
-                started.proc.kill()
-                started.proc.wait()
-    finally:
-        os.close(reader)
-        os.close(writer)
     assert "stopped by SIGINT" in started.stderr()
     assert not (tmp / "live.prom").exists(), "a stale textfile was left behind"
 
