@@ -10,7 +10,8 @@ by name, so a TOML fragment can describe a hot-plugged device on it.
 The table counts the entries using each name. An eventfd the table created is
 closed when its last user releases it; one the VMM provided is never closed here.
 Acquire and release are signal-safe: a Ctrl-C cannot land between an eventfd's
-creation and the table holding it (it would leak). A table is not locked: change
+creation and the table holding it (it would leak); it acts as the call returns
+(or as the section that called it ends). A table is not locked: change
 the topologies that share it from one thread.
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from ._errors import InvalidEndpointError, TopologyError
 from ._eventfd import Eventfd
 from ._options import show_value
-from ._signals import signal_safe
+from ._signals import uninterrupted
 
 
 class TokenTable:
@@ -85,7 +86,7 @@ class TokenTable:
         self._names.pop(eventfd, None)
         return eventfd
 
-    @signal_safe
+    @uninterrupted
     def acquire(self, name: str) -> Eventfd:
         """The eventfd of ``name`` (created on first use), with one more user."""
         eventfd = self._eventfds.get(name)
@@ -95,7 +96,7 @@ class TokenTable:
         self._users[name] += 1
         return eventfd
 
-    @signal_safe
+    @uninterrupted
     def release(self, name: str) -> None:
         """One user less; a created eventfd with no user left is closed."""
         users = self._users.get(name, 0) - 1
@@ -136,7 +137,7 @@ class CheckTokens(TokenTable):
     """``irqbypass check``: one never-signalled eventfd for every name, so a
     check costs one fd however large the file."""
 
-    @signal_safe
+    @uninterrupted
     def acquire(self, name: str) -> Eventfd:
         one = next(iter(self._eventfds.values()), None)
         if one is None:
@@ -145,7 +146,7 @@ class CheckTokens(TokenTable):
         self._users[name] = self._users.get(name, 0) + 1
         return one
 
-    @signal_safe
+    @uninterrupted
     def release(self, name: str) -> None:
         users = self._users.get(name, 0) - 1
         if users > 0:

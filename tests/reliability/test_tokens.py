@@ -290,3 +290,48 @@ def test_mock_fire_on_a_closed_token_names_the_producer() -> None:
         assert producer.stats()["token_lost"] == 1
     finally:
         producer.close()
+
+
+@pytest.mark.usefixtures("guarded_sigint")
+@pytest.mark.parametrize("call", ["acquire", "release"])
+def test_a_ctrl_c_in_a_token_table_call_acts_as_the_call_returns(
+    monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """TokenTable.acquire and release are public and signal-safe (the eventfd
+    made is never orphaned); a Ctrl-C landing in one called directly, outside
+    any section of irqbypass, waited, and nothing delivered it: it was lost
+    unless some later irqbypass call happened to end a section in the main
+    thread. Now it acts as the call returns, the table whole (the token held
+    by acquire, released by release)."""
+    import signal
+
+    from irqbypass import _signals, _tokens
+
+    real = _tokens.Eventfd
+    table = irqbypass.TokenTable()
+
+    class Landing(real):  # type: ignore[misc,valid-type]
+        """An eventfd whose making, or closing, a Ctrl-C lands in."""
+
+        def __init__(self) -> None:
+            if call == "acquire":
+                signal.raise_signal(signal.SIGINT)
+            super().__init__()
+
+        def close(self) -> None:
+            if call == "release":
+                signal.raise_signal(signal.SIGINT)
+            super().close()
+
+    monkeypatch.setattr(_tokens, "Eventfd", Landing)
+    try:
+        if call == "release":
+            table.acquire("t")
+        with pytest.raises(KeyboardInterrupt):
+            getattr(table, call)("t")
+        assert table.users("t") == (1 if call == "acquire" else 0)
+        assert not _signals._DEFERRED, "the Ctrl-C still waits"
+    finally:
+        _signals._DEFERRED.clear()
+        if "t" in table:
+            table.release("t")
