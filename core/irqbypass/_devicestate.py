@@ -113,8 +113,8 @@ class InterruptState:
             self.deferring = True
             return
         if mode == "swap":
-            self.swaps += 1
             self.point(self.hold.fileno())
+            self.swaps += 1  # moved (a refused swap left it on the token)
             return
         if opening:
             self.point(self.token_fd())

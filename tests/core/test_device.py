@@ -336,6 +336,21 @@ def test_a_refused_start_still_replays(no_fd_leak: None, token: irqbypass.Eventf
         assert token.read(0) == 3 and not line.stopped
 
 
+def test_a_refused_swap_is_no_swap(no_fd_leak: None, token: irqbypass.Eventfd) -> None:
+    """``swaps`` counts the stops that moved the interrupt to the holding
+    eventfd: one the device refused left it on the token, and is not one."""
+    with Line(token) as line:
+        line.fail["point"] = irqbypass.DeviceError("refused")
+        with pytest.raises(irqbypass.DeviceError):
+            line.stop()
+        assert line.pointed_at == token.fileno() and line.swaps == 0
+        line.start()
+        line.stop()  # the next one moves it
+        assert line.pointed_at != token.fileno() and line.swaps == 1
+        assert line.stats()["quiesces"] == 2  # stops, each counted
+        line.start()
+
+
 # -- a device that signals every new fd once (libvhost-user) -------------------------------
 
 
