@@ -231,7 +231,7 @@ class LoopHandle:
             borrowed = self._unwatch()
         if borrowed is not None:
             borrowed._give_back(self._source_closed)  # now the fd is closed
-        if not loop._closed:
+        with contextlib.suppress(LoopClosedError):  # a loop closing meanwhile runs nothing
             loop.call_later(0.0, self.callback, owner=self.owner)
 
     def __repr__(self) -> str:

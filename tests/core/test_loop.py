@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import irqbypass
 import irqbypass.plugin
@@ -438,6 +439,46 @@ def test_a_thread_that_cannot_start_leaves_no_registration_behind(
             assert own._watchdog_thread is not None and own._watchdog_thread.is_alive()
     finally:
         own.close()
+
+
+def test_a_token_closed_as_its_loop_closes_closes_without_an_error() -> None:
+    """A token closed in one thread while its reader's loop closes in another
+    (a VMM's shutdown): the reader, dropped, lets its callback find out on the
+    loop, unless the loop is closed. Closed between that check and the call,
+    the token's close() raised the loop's LoopClosedError, and no other
+    borrower of the token was told of the close."""
+    own = irqbypass.plugin.EventLoop(name="closing-too")
+    token = irqbypass.Eventfd()
+    own.add_reader(token, lambda: None, owner="reader")
+    paused, resume = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def between(frame: Any, event: str, arg: object) -> None:
+        # the reader has checked that the loop is open, and calls call_later
+        if event == "call" and frame.f_code.co_name == "call_later" and not paused.is_set():
+            paused.set()
+            resume.wait(GUARD)
+
+    def closes_the_token() -> None:
+        sys.setprofile(between)
+        try:
+            token.close()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sys.setprofile(None)
+
+    closer = threading.Thread(target=closes_the_token)
+    closer.start()
+    try:
+        assert paused.wait(GUARD), "the token's close reached its reader"
+        own.close()
+    finally:
+        resume.set()
+        closer.join(GUARD)
+        own.close()
+    assert errors == [] and token.closed
+    assert own.handles() == []
 
 
 def test_bad_arguments_are_refused() -> None:
