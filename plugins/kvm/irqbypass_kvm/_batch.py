@@ -188,7 +188,7 @@ def _close_batch(batch: list[Irqfd], errors: list[BaseException]) -> None:
     routed = [irqfd for irqfd in batch if irqfd.routed]
     for irqfd in routed:
         irqfd.routed = False
-    if routed:
+    if routed and not vm.closed:  # (a closed VM took its routes with it)
         try:
             vm.set_msi_routes([(irqfd.gsi, None) for irqfd in routed if irqfd.gsi is not None])
         except irqbypass.IrqBypassError as exc:

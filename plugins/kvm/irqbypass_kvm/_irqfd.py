@@ -137,13 +137,15 @@ class Irqfd:
         self._fd, self.assigned = fd, True
 
     def deassign(self, vm: Vm, errors: list[BaseException]) -> None:
-        """KVM_IRQFD deassign, if assigned; then the token's fd is let go."""
+        """KVM_IRQFD deassign, if assigned (on a VM its owner closed, KVM
+        dropped the irqfd with it); then the token's fd is let go."""
         if not self.assigned:
             return
         self.assigned = False
         assert self.gsi is not None
         try:
-            vm.irqfd_deassign(self._fd, self.gsi)
+            if not vm.closed:
+                vm.irqfd_deassign(self._fd, self.gsi)
         except irqbypass.IrqBypassError as exc:
             errors.append(exc)
         finally:
@@ -166,6 +168,8 @@ class Irqfd:
         self.deassign(vm, errors)
         if self.routed:
             self.routed = False
+            if vm.closed:  # KVM dropped the route with the VM
+                return
             try:
                 vm.set_msi_route(self.gsi, None)
             except irqbypass.IrqBypassError as exc:

@@ -334,10 +334,27 @@ class Vm:
 
     # -- irqfd ---------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Its fd is closed (an owned VM its owner closed: KVM dropped its
+        irqfds and routes with it)."""
+        return self.fd < 0
+
+    def _open_fd(self, what: str) -> int:
+        """The VM's fd, or a DeviceError (EBADF) once it is closed."""
+        if self.fd < 0:
+            raise irqbypass.DeviceError(
+                f"{what} failed: the VM is closed (its owner closed it, and KVM dropped "
+                "its irqfds and routes with it); use a running VM",
+                errno=errno.EBADF,
+            )
+        return self.fd
+
     def irqfd_assign(self, eventfd: int, gsi: int, resamplefd: int | None = None) -> None:
         flags = 0 if resamplefd is None else _abi.KVM_IRQFD_FLAG_RESAMPLE
+        fd = self._open_fd(f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})")
         try:
-            fcntl.ioctl(self.fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, flags, resamplefd or 0))
+            fcntl.ioctl(fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, flags, resamplefd or 0))
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 # KVM refuses an eventfd one of this VM's irqfds has, and since
@@ -353,8 +370,9 @@ class Vm:
 
     def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
         deassign = _abi.KVM_IRQFD_FLAG_DEASSIGN
+        fd = self._open_fd(f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})")
         try:
-            fcntl.ioctl(self.fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, deassign, 0))
+            fcntl.ioctl(fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, deassign, 0))
         except OSError as exc:
             raise _failed(f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})", exc) from exc
 
@@ -382,7 +400,7 @@ class Vm:
         """Many route changes with one KVM_SET_GSI_ROUTING; all or nothing, and
         an error names the route KVM refuses (and its owner, from ``owners``)."""
         with self._lock:
-            self.routing.write(self.fd, changes, owners)
+            self.routing.write(self._open_fd("KVM_SET_GSI_ROUTING"), changes, owners)
 
     def claim_gsi(self, gsi: int | None, owner: object, name: str) -> int:
         """Reserve an MSI GSI for ``owner``: ``gsi``, or the lowest free one.

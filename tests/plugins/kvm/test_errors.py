@@ -432,3 +432,41 @@ def test_running_out_of_fds_at_any_step_of_open_is_a_device_error(
             assert irqbypass_kvm.Vm._borrowed == {}
     else:
         pytest.fail("16 free fds were not enough to open")
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.usefixtures("no_fd_leak")
+@pytest.mark.parametrize("route", ["pin", "MSI", "MSI batch"])
+def test_closing_a_consumer_after_its_guest_was_closed_releases_it(
+    kvm_usable: None, token: irqbypass.Eventfd, route: str
+) -> None:
+    """The owner of a Guest may close it before the consumers on it: KVM took
+    their irqfds and routes with the VM, so their close has nothing left to
+    undo in KVM and must release the rest; an unmask meanwhile is a
+    DeviceError (EBADF) that says the VM is closed."""
+    guest = Guest(line=5) if route == "pin" else Guest(apic="x2apic")
+    guest.start()
+    msi = None if route == "pin" else irqbypass_kvm.MsiRoute(0xFEE00000, 0x41)
+    consumer = KvmIrqfdConsumer(token=token, vm=guest, msi=msi)
+    masked = KvmIrqfdConsumer(token=irqbypass.Eventfd(), vm=guest, msi=msi, masked=msi is not None)
+    try:
+        if route == "MSI batch":
+            KvmIrqfdConsumer.open_group([consumer, masked])
+        else:
+            consumer.open()
+            masked.open()
+        guest.close()  # its owner closed it first
+        if msi is not None:
+            with pytest.raises(irqbypass.DeviceError, match="the VM is closed") as info:
+                masked.unmask()
+            assert info.value.errno == errno.EBADF
+        if route == "MSI batch":
+            KvmIrqfdConsumer.close_group([consumer, masked])
+        else:
+            consumer.close()
+            masked.close()
+        assert_nothing_open(consumer)
+        assert_nothing_open(masked)
+    finally:
+        masked.token.close()
+        guest.close()
