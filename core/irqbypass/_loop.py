@@ -412,13 +412,15 @@ class _Asyncio:
         loop = self._loop
         if loop._asyncio is not self or loop.closed:
             return
-        loop.run_once(0.0)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        delay = loop._next_wait()
-        if delay is not None:
-            self._timer = self.host.call_later(delay, self.turn)
+        try:
+            loop.run_once(0.0)
+        finally:  # an interrupt goes on to asyncio's caller: the next turn still comes
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            delay = loop._next_wait()
+            if delay is not None:
+                self._timer = self.host.call_later(delay, self.turn)
 
 
 def _epoll_with_wakeup() -> tuple[select.epoll, int]:
@@ -610,9 +612,13 @@ class EventLoop:
                     due_timers.append(timer)
                 else:
                     self._timers_cancelled = max(0, self._timers_cancelled - 1)
-        for timer in due_timers:
+        for index, timer in enumerate(due_timers):
             if timer.state == "active":
-                self._call(timer, timer=True)
+                try:
+                    self._call(timer, timer=True)
+                except BaseException:  # a Ctrl-C for asyncio's caller: the rest stay due
+                    _requeue(self, due_timers[index + 1 :])
+                    raise
 
     def _run_thread(self) -> None:
         """The loop's own thread: turns until closed."""
@@ -638,6 +644,8 @@ class EventLoop:
         try:
             handle.callback()
         except BaseException as exc:  # a loop thread has no Ctrl-C: anything raised is a fault
+            if _for_the_vmm(exc):
+                raise
             self._faults.raised(handle, exc)
             handle._remove("failed")
         finally:
@@ -698,8 +706,7 @@ class EventLoop:
     def close(self) -> None:
         """Stop the loop and release its fds (idempotent). Timers and readers
         still registered are cancelled, never run; a callback running now
-        finishes first (unless this is called from one). Attached to asyncio,
-        the fds are released once out of asyncio's watch (by its thread)."""
+        finishes first (unless this is called from one)."""
         with self._lock:
             if self._closed:
                 return
@@ -750,6 +757,20 @@ def _start(loop: EventLoop, asking: LoopHandle | None) -> None:
             "it, or start fewer threads",
             errno=errno.EAGAIN,
         ) from exc
+
+
+def _for_the_vmm(exc: BaseException) -> bool:
+    """Whether what a callback raised is an interrupt for the VMM, not a fault:
+    a Ctrl-C (or SystemExit) on the main thread, where asyncio runs the loop.
+    The loop's own threads block signals: there it is the callback's own."""
+    return not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread()
+
+
+def _requeue(loop: EventLoop, timers: list[LoopHandle]) -> None:
+    """Timers taken as due but not run (an interrupt came first): due still."""
+    with loop._lock:
+        for timer in timers:
+            heapq.heappush(loop._timers, (timer.when, next(loop._timer_sequence), timer))
 
 
 def _release(loop: EventLoop) -> None:

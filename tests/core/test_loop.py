@@ -695,6 +695,82 @@ def test_closing_an_attached_loop_from_another_thread_releases_its_fds_as_asynci
     assert still == [], "the loop's fds were left open"
 
 
+@pytest.mark.usefixtures("guarded_sigint")
+def test_a_ctrl_c_in_a_callback_run_by_asyncio_reaches_the_vmm() -> None:
+    """Attached to asyncio, the callbacks run on the VMM's (main) thread,
+    where a Ctrl-C lands. One landing in a callback was taken for the
+    callback's fault: the reader was removed (its endpoint then deaf) and the
+    KeyboardInterrupt swallowed, so the VMM went on running. The interrupt now
+    reaches asyncio's caller, and the reader stays."""
+    own = irqbypass.plugin.EventLoop(name="interrupted-under-asyncio")
+    host = asyncio.new_event_loop()
+    ran: list[int] = []
+    handles: list[irqbypass.plugin.LoopHandle] = []
+    with irqbypass.Eventfd() as token:
+
+        def callback() -> None:
+            ran.append(token.read(0))
+            if len(ran) == 1:
+                signal.raise_signal(signal.SIGINT)  # the Ctrl-C lands here
+
+        async def main() -> None:
+            own.attach(asyncio.get_running_loop())
+            handles.append(own.add_reader(token, callback, owner="reader"))
+            token.write(1)
+            deadline = time.monotonic() + GUARD
+            while time.monotonic() < deadline:  # a hang guard: the interrupt ends it
+                await asyncio.sleep(0.005)
+
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                host.run_until_complete(main())
+            assert ran == [1] and handles[0].active, "the interrupted reader was removed"
+            assert own.fault_count == 0
+            token.write(2)  # the reader still serves, on the next turn
+            deadline = time.monotonic() + GUARD
+            while len(ran) < 2 and time.monotonic() < deadline:
+                host.run_until_complete(asyncio.sleep(0.005))
+            assert ran == [1, 2]
+        finally:
+            own.close()
+            host.close()
+
+
+@pytest.mark.usefixtures("guarded_sigint")
+def test_a_ctrl_c_in_a_timer_run_by_asyncio_loses_no_other_timer() -> None:
+    """Two timers due in one turn under asyncio, a Ctrl-C landing in the first:
+    the interrupt reaches asyncio's caller, and the second, taken off the heap
+    as due, still runs on a later turn (and the first, periodic, goes on)."""
+    own = irqbypass.plugin.EventLoop(name="timers-under-asyncio")
+    host = asyncio.new_event_loop()
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+        if ran.count("first") == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    async def main() -> None:
+        own.attach(asyncio.get_running_loop())
+        own.call_every(0.01, first, owner="first")
+        own.call_later(0.0, lambda: ran.append("second"), owner="second")
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:  # a hang guard: the interrupt ends it
+            await asyncio.sleep(0.005)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            host.run_until_complete(main())
+        deadline = time.monotonic() + GUARD
+        while not ("second" in ran and ran.count("first") > 1) and time.monotonic() < deadline:
+            host.run_until_complete(asyncio.sleep(0.005))
+        assert "second" in ran and ran.count("first") > 1, ran
+        assert own.fault_count == 0
+    finally:
+        own.close()
+        host.close()
+
+
 def test_attach_after_the_thread_started_is_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
