@@ -19,7 +19,9 @@ The contract a plugin relies on:
   can release what the callback uses); called from a callback, at once;
 - a callback that raises is removed and its error kept on the handle
   (:attr:`LoopHandle.problem`, for the endpoint's ``stats()``/``problem``) and in
-  :attr:`EventLoop.faults`; the other callbacks go on;
+  :attr:`EventLoop.faults`; the other callbacks go on (a Ctrl-C landing in one
+  that asyncio runs on the main thread is the VMM's: it propagates, the callback
+  stays);
 - a callback running longer than ``watchdog_seconds`` is named on the
   ``irqbypass.loop`` logger (stderr when logging is not configured);
 - the loop's threads block every asynchronous signal, so Ctrl-C always reaches
