@@ -120,7 +120,8 @@ class DeviceGroup:
     #: open groups shared in this process, by (the seam's device space, key):
     #: the kernel is one device space, each model its own
     _SHARED: ClassVar[dict[Hashable, DeviceGroup]] = {}
-    _SHARED_LOCK: ClassVar[threading.Lock] = threading.Lock()
+    #: reentrant: a group's open (or close) may share (or give up) another's
+    _SHARED_LOCK: ClassVar[threading.RLock] = threading.RLock()
 
     def __init__(
         self, fd: int, owned: Sequence[int] = (), calls: DeviceCalls | None = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import irqbypass
@@ -53,6 +53,27 @@ class VfioDevice(irqbypass.plugin.DeviceGroup):
         self.blocks: dict[int, int] = {}
         #: GET_INFO (-1) and GET_IRQ_INFO (index) answers (they do not change while open)
         self.info: dict[int, object] = {}
+        #: the group node the device was taken from (shared with the group's
+        #: other devices): its share is given up after the device is closed
+        self.node: irqbypass.plugin.DeviceGroup | None = None
+
+    def close(self, failure: Callable[[int, OSError], irqbypass.DeviceError] | None = None) -> None:
+        """Close the device (and what it owns), then give up the group node's
+        share (the last closes the group, then the container); every step
+        attempted, the first failure raised."""
+        node, self.node = self.node, None
+        first: irqbypass.DeviceError | None = None
+        try:
+            super().close(failure)
+        except irqbypass.DeviceError as exc:
+            first = exc
+        if node is not None:
+            try:
+                node.unshare(lambda: node.close(failure))
+            except irqbypass.DeviceError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def block_to_enable(self, v: VfioVector) -> int:
         """How many vectors the first attach on ``v``'s index must enable (0: attach alone).

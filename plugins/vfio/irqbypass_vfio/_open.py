@@ -28,6 +28,11 @@ CONTAINER_PATH = "/dev/vfio/vfio"
 IOMMUFD_PATH = "/dev/iommu"
 
 
+class VfioGroupNode(irqbypass.plugin.DeviceGroup):
+    """A VFIO group node and the container it sits in (closed in that order),
+    shared by this process's devices of the group: it opens only once."""
+
+
 class VfioOpener:
     """Opens the device a producer names, with its wording (``calls``)."""
 
@@ -42,6 +47,8 @@ class VfioOpener:
         self.fd: int | None = None
         self.mode: str | None = None  # "cdev", "group" or "fd"
         self.devid: int | None = None
+        #: the group node the device was taken from (shared by the group's devices)
+        self.node: VfioGroupNode | None = None
 
     def where(
         self, device: str | None, device_fd: int | None
@@ -63,18 +70,28 @@ class VfioOpener:
 
     def fresh(self, opener: Callable[[], None]) -> VfioDevice:
         """The device ``opener`` opens; on failure what it opened is closed."""
-        self.owned = []
+        self.owned, self.node = [], None
         try:
             opener()
         except BaseException:
-            fds, dev, self.owned, self.fd = self.owned, self.fd, [], None
-            for fd in sorted(fds, key=lambda f: f != dev):
-                with contextlib.suppress(OSError):  # the open's failure is raised
-                    self.seam.close(fd)
+            self.release()
             raise
         assert self.fd is not None and self.mode is not None
         owned, self.owned = self.owned, []
-        return VfioDevice(self.calls, self.fd, owned, self.mode, self.devid)
+        device = VfioDevice(self.calls, self.fd, owned, self.mode, self.devid)
+        device.node, self.node = self.node, None
+        return device
+
+    def release(self) -> None:
+        """Close what was opened so far (the device first), and give up the group node's share."""
+        fds, dev, self.owned, self.fd = self.owned, self.fd, [], None
+        for fd in sorted(fds, key=lambda f: f != dev):
+            with contextlib.suppress(OSError):  # the open's failure is raised
+                self.seam.close(fd)
+        node, self.node = self.node, None
+        if node is not None:
+            with contextlib.suppress(irqbypass.IrqBypassError):  # as above
+                node.unshare(node.close)
 
     def use_given_fd(self, fd: int) -> None:
         self.mode = "fd"
@@ -165,9 +182,10 @@ class VfioOpener:
         self.devid = _abi.vfio_device_bind_iommufd.from_buffer_copy(buf).out_devid
 
     def open_group(self, path: str) -> None:
-        """Legacy group: the group must be viable (every device in it bound to
-        vfio-pci or to nothing) and in a container with an IOMMU model set
-        before VFIO_GROUP_GET_DEVICE_FD hands out a device fd."""
+        """Legacy group: the device fd from VFIO_GROUP_GET_DEVICE_FD on the
+        group node, which this process's producers of the group's devices
+        share (a group node opens once: a multifunction device's functions sit
+        in one group)."""
         self.mode = "group"
         if not self.device_name:
             raise self.calls.refuse(
@@ -175,6 +193,25 @@ class VfioOpener:
                 "device_name (its PCI address, as listed in "
                 "/sys/kernel/iommu_groups/<group>/devices)"
             )
+        self.node = VfioGroupNode.share(self.seam, path, lambda: self.open_group_node(path))
+        self.take_device(self.node.fd)
+
+    def open_group_node(self, path: str) -> VfioGroupNode:
+        """The group node, opened: it must be viable (every device in it bound
+        to vfio-pci or to nothing) and in a container with an IOMMU model set
+        before VFIO_GROUP_GET_DEVICE_FD hands out a device fd. On failure what
+        it opened is closed again."""
+        taken, self.owned = self.owned, []
+        try:
+            self.set_up_group(path)
+            return VfioGroupNode(self.owned[0], self.owned, self.calls)
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            self.owned = taken
+
+    def set_up_group(self, path: str) -> None:
         group = self.open_node(path, BIND_HOWTO)
         status = _abi.vfio_group_status(argsz=ctypes.sizeof(_abi.vfio_group_status))
         buf = bytearray(bytes(status))
@@ -191,6 +228,10 @@ class VfioOpener:
             )
         if not flags & _abi.VFIO_GROUP_FLAGS_CONTAINER_SET:
             self.attach_container(group)
+
+    def take_device(self, group: int) -> None:
+        """VFIO_GROUP_GET_DEVICE_FD: the device fd of ``device_name``, owned."""
+        assert self.device_name is not None
         name = bytearray(self.device_name.encode() + b"\0")
         self.fd = self.calls.ioctl(
             group,

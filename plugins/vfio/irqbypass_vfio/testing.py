@@ -112,6 +112,10 @@ class _VfioNodes(irqbypass.testing.FakeDevice["_File"]):
         self.cdev_path = cdev_path
         self.group_path = group_path
         self.device_name = device_name
+        #: the other devices of the group (a multifunction device's functions):
+        #: GET_DEVICE_FD hands them out too; their interrupts are this model's one
+        #: device's (give them vectors of their own)
+        self.group_peers: tuple[str, ...] = ()
         self.viable = viable
         self.models = models
         self.others = others
@@ -206,7 +210,7 @@ class _VfioNodes(irqbypass.testing.FakeDevice["_File"]):
         if container is None or container.iommu is None:
             raise _err(errno.EINVAL)
         name = bytes(arg).split(b"\0", 1)[0].decode()
-        if name != self.device_name:
+        if name != self.device_name and name not in self.group_peers:
             raise _err(errno.ENODEV)
         path = f"{file.path}:{name}"
         return self.new_fd(path, _File("device", path))

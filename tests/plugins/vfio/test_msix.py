@@ -489,3 +489,26 @@ def test_a_vector_opened_as_the_devices_last_closes_opens_it_again(
     assert one.attached_to == tokens[1].fileno() and fake.trigger_of(MSIX, 1) is not None
     one.close()
     assert fake.open_fds == []
+
+
+def test_two_devices_of_one_iommu_group_share_the_group_node(
+    no_fd_leak: None, tokens: list[irqbypass.Eventfd]
+) -> None:
+    """Two functions of a multifunction device in one IOMMU group, a vector of
+    each: the group node opens once (a second open is EBUSY), so the second
+    device is taken from the group the first opened, and the group (then the
+    container) is closed after the last device."""
+    fake = FakeVfio()
+    fake.group_peers = ("0000:01:00.1",)
+    first = producers(fake, tokens, [0])[0]
+    second = producers(fake, tokens[1:], [1], device_name="0000:01:00.1")[0]
+    with first, second:
+        assert first.fd != second.fd
+        assert fake.opened == [GROUP, "/dev/vfio/vfio", f"{GROUP}:{BDF}", f"{GROUP}:0000:01:00.1"]
+        assert fake.trigger_of(MSIX, 0) == tokens[0].fileno()
+        assert fake.trigger_of(MSIX, 1) == tokens[1].fileno()
+        fds = {file.path: fd for fd, file in fake.files.items()}
+        second.close()  # the group stays open for the first
+        assert fake.closed == [fds[f"{GROUP}:0000:01:00.1"]]
+    assert fake.closed[1:] == [fds[f"{GROUP}:{BDF}"], fds[GROUP], fds["/dev/vfio/vfio"]]
+    assert fake.open_fds == []
