@@ -41,9 +41,11 @@ class MockProducer(irqbypass.Producer):
     per turn of the event loop), ``burst`` at a time (one eventfd write each),
     starting ``delay`` seconds after :meth:`open`.
 
-    While the manager has it stopped, interrupts are held and fired on start,
-    so a quiesce loses none. ``token`` is the eventfd it signals; when the token
-    is not an :class:`irqbypass.Eventfd`, the producer opens (and owns) one.
+    While the manager has it stopped, what :meth:`fire` raises is held and
+    fired on start, so a quiesce loses none, and the schedule waits (it fires
+    nothing while stopped: a stop holds a bounded count). ``token`` is the
+    eventfd it signals; when the token is not an :class:`irqbypass.Eventfd`,
+    the producer opens (and owns) one.
     """
 
     def __init__(
@@ -173,8 +175,13 @@ class MockProducer(irqbypass.Producer):
     def _tick(self) -> None:
         """The loop's timer: fire one burst, or at ``rate = 0`` up to
         :data:`BURSTS_PER_TURN` of them back to back (the last may be smaller);
-        the timer stops once the mock fired its count or gave up."""
+        the timer stops once the mock fired its count or gave up. While the
+        manager has it stopped, it fires nothing (a stopped device raises no
+        interrupt): held interrupts stay what fire() raised, however long the
+        stop, and the schedule goes on at start()."""
         for _ in range(BURSTS_PER_TURN if self.rate == 0 else 1):
+            if self._stopped:
+                return
             remaining = (
                 self.burst
                 if self.count == UNLIMITED

@@ -6,6 +6,7 @@ import time
 
 import irqbypass
 import irqbypass.plugin
+import irqbypass_mock
 import pytest
 from irqbypass_mock import MockProducer, irqbypass_register_kinds
 
@@ -106,6 +107,44 @@ def test_stop_holds_and_start_replays() -> None:
             assert efd.read(0) == 0 and mock.stats()["pending"] == 5
             mock.start()
             assert efd.read(0) == 5 and mock.stats()["pending"] == 0
+
+
+@pytest.mark.parametrize("rate", [0.0, 1000.0], ids=["as-fast-as-it-can", "paced"])
+def test_the_schedule_waits_while_stopped(monkeypatch: pytest.MonkeyPatch, rate: float) -> None:
+    """While the manager has it stopped, the timer fires nothing (a stopped
+    device raises no interrupt): a stop holds only what fire() raised, and the
+    schedule goes on at start(), its count whole. Before: every tick fired into
+    ``pending`` (64 bursts a turn, turns back to back at rate 0), so a stop of a
+    second held billions, which start() then delivered one direct call each on
+    the manager's thread: a run with a posted-interrupt consumer stayed in its
+    apply for longer than 10 minutes."""
+    ticks = [0]
+    tick = MockProducer._tick
+
+    def counted(self: MockProducer) -> None:
+        tick(self)
+        ticks[0] += 1
+
+    monkeypatch.setattr(MockProducer, "_tick", counted)
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, rate=rate, count=-1, burst=3)
+        with mock:
+            wait_until(lambda: mock.stats()["fired"] > 0)
+            mock.stop()
+            fired, seen = mock.stats()["fired"], ticks[0]
+            wait_until(lambda: ticks[0] >= seen + 3)  # a tick or two may have begun before
+            during = mock.stats()
+            # at most the turn that had begun as stop() came: its bursts are held
+            turn = 3 * (irqbypass_mock.BURSTS_PER_TURN if rate == 0 else 1)
+            assert during["pending"] <= turn, during
+            held = during["pending"]
+            mock.fire(5)
+            assert mock.stats()["pending"] == held + 5
+            mock.start()
+            assert mock.stats()["pending"] == 0
+            wait_until(lambda: mock.stats()["fired"] > during["fired"] + 5)
+        assert drain(efd) == mock.stats()["fired"]
+    assert fired <= during["fired"]
 
 
 def test_direct_path_replaces_the_eventfd() -> None:
