@@ -898,6 +898,48 @@ def test_a_signal_while_the_surfaces_close_never_skips_the_teardown(
     assert code != 0, said
 
 
+def test_a_second_signal_while_the_surfaces_close_never_skips_the_teardown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Ctrl-C held down (the terminal repeats it): one interrupt lands in the
+    close of the control socket, the next in the close tried again; the
+    teardown still runs (before: the second escaped past it, every eventfd open)."""
+    from irqbypass.cli import live, main
+
+    interrupts: list[bool] = []
+    real_close = live.Live.close
+
+    def interrupted_close(self: Any) -> None:
+        real_close(self)
+        if len(interrupts) < 2:
+            interrupts.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(live.Live, "close", interrupted_close)
+    (tmp_path / "t.toml").write_text(_pair(0).replace("count = -1", "count = 3"))
+    irqbypass.event_loop().start()  # the process's loop and its wakeup eventfd stay
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        code: object = main(
+            [
+                *("run", str(tmp_path / "t.toml"), "--duration", "0.3"),
+                *("--control", str(tmp_path / "c.sock")),
+            ]
+        )
+    except KeyboardInterrupt:
+        code = "KeyboardInterrupt"
+    said = capsys.readouterr().err
+    assert interrupts == [True, True]
+    opened = {
+        fd
+        for fd in set(os.listdir("/proc/self/fd")) - before
+        if os.path.exists(f"/proc/self/fd/{fd}") and "eventfd" in os.readlink(f"/proc/self/fd/{fd}")
+    }
+    assert not opened, f"eventfds left open (the teardown was skipped): {opened}; {said}"
+    assert code == 128 + 2, said
+    assert "everything was torn down" in said
+
+
 @pytest.mark.parametrize("path", ["", "missing/dir/node.prom"], ids=["empty", "no-directory"])
 def test_a_textfile_path_that_cannot_be_used_names_its_option(tmp_path: Path, path: str) -> None:
     (tmp_path / "t.toml").write_text(TOPOLOGY)

@@ -131,17 +131,31 @@ def _session(
             _report_teardown(topology)
         raise
     # a teardown error is reported after the summary, never instead of it
-    try:
-        notify("STOPPING=1")
-        live.close()
-    except KeyboardInterrupt as exc:  # a signal landing here: the teardown runs anyway
-        stopped_by = stopped_by or stop_signal(exc)
-        live.close()
+    closed_by = _stop_serving(live)  # (not after `or`: it closes whatever stopped the run)
+    stopped_by = stopped_by or closed_by
     _log.info("tearing down %s", topology.config.file)
     teardown_error, teardown_signal = _teardown(topology)
     if stopped_by is None:
         stopped_by = teardown_signal
     return _Ended(summary, stopped_by, placed, vetoed, teardown_error)
+
+
+def _stop_serving(live: Live) -> int | None:
+    """Tell systemd the run stops, and close the live surfaces; a signal that
+    lands here (Ctrl-C held down: one after another) has the close go on where
+    it was cut, so the teardown that follows runs anyway. The first such
+    signal, or None."""
+    signum: int | None = None
+    told = False
+    while True:  # ends: each close forgets a surface before closing it
+        try:
+            if not told:
+                told = True
+                notify("STOPPING=1")
+            live.close()
+            return signum
+        except KeyboardInterrupt as exc:
+            signum = signum or stop_signal(exc)
 
 
 def _serve(
