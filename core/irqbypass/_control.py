@@ -158,9 +158,16 @@ class ControlServer:
             probe.settimeout(1.0)
             probe.connect(self._via_fd)
         except (ConnectionRefusedError, FileNotFoundError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name, dir_fd=self._dir)  # a killed run's: nothing listens
-            return
+            # a killed run's: nothing listens. Removed only if it is still the one
+            # probed: another run starting there may have put its own in its place
+            try:
+                now = os.lstat(self._name, dir_fd=self._dir)
+            except FileNotFoundError:
+                return  # gone meanwhile: the path is free
+            if _identity(now) == _identity(info):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._name, dir_fd=self._dir)
+                return
         except OSError:
             pass
         finally:
@@ -228,6 +235,12 @@ class ControlServer:
                 os.unlink(self._name, dir_fd=self._dir)
         os.close(self._dir)
         self._dir = -1
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    """What tells a socket file from another put at its name (an inode number
+    freed by an unlink is soon reused; its change time is not)."""
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)
 
 
 def _line_of(received: bytes, eof: bool) -> bytes | None:

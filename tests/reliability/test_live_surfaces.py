@@ -1035,3 +1035,47 @@ def test_a_ctrl_c_while_the_exporter_stops_still_removes_the_textfile(
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD).close()
     assert not any(t.name == "irqbypass-metrics" for t in threading.enumerate())
+
+
+def test_a_socket_put_in_place_of_a_stale_one_while_it_is_probed_is_not_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting on one --control path where a killed run left its
+    socket: both find it stale, the other replaces it and listens, and then
+    this one removed the other's live socket in place of the stale one (the
+    other run went on without its path, and `irqbypass status` reached this
+    run instead). Here the other run's socket appears while this run's probe
+    is refused: it is kept, and this run is refused as when it finds a run
+    listening there."""
+    from irqbypass import _control as control
+
+    path = tmp_path / "c.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # bound, never listening: what a SIGKILLed run leaves
+    other: list[Server] = []
+    real_socket = control.socket.socket
+
+    class Probe(real_socket):  # type: ignore[misc,valid-type]
+        def connect(self, address: Any) -> None:
+            try:
+                super().connect(address)
+            finally:  # refused: the other run replaces the stale socket meanwhile
+                if not other:
+                    path.unlink()
+                    other.append(Server(path))
+
+    monkeypatch.setattr(control.socket, "socket", Probe)
+    try:
+        with pytest.raises(irqbypass.IrqBypassError) as caught:
+            control.ControlServer(str(path), lambda request: {"ok": True})
+        assert caught.value.errno in (errno.EADDRINUSE, errno.EEXIST), caught.value
+        monkeypatch.undo()
+        assert control.request(str(path), "status", timeout=HANG_GUARD) == {
+            "ok": True,
+            "request": "status",
+        }, "the other run's socket was removed"
+        assert other[0].served == ["status"]
+    finally:
+        for server in other:
+            server.close()
