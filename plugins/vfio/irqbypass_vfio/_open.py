@@ -49,6 +49,9 @@ class VfioOpener:
         self.devid: int | None = None
         #: the group node the device was taken from (shared by the group's devices)
         self.node: VfioGroupNode | None = None
+        #: what to do when the device's node is missing (its PCI address, found
+        #: bound to vfio-pci in sysfs, says the node is only missing here)
+        self.missing_node = BIND_HOWTO
 
     def where(
         self, device: str | None, device_fd: int | None
@@ -61,6 +64,12 @@ class VfioOpener:
         if BDF.match(path):
             path, group = self.resolve_bdf(path.lower())
             is_group = group is not None
+            self.missing_node = (
+                f"PCI device {device.lower()} is bound to vfio-pci (sysfs says so), but its "
+                "node is missing from this /dev: in a container, pass it in (`docker run "
+                f"--device {path} --device {CONTAINER_PATH if is_group else IOMMUFD_PATH}`), "
+                "else create it (udev)"
+            )
         else:
             is_group = self.device_name is not None
         if is_group:
@@ -161,7 +170,7 @@ class VfioOpener:
         """iommufd cdev: open it, then VFIO_DEVICE_BIND_IOMMUFD, without which
         the kernel refuses every other device ioctl (EINVAL)."""
         self.mode = "cdev"
-        self.fd = self.open_node(path, BIND_HOWTO)
+        self.fd = self.open_node(path, self.missing_node)
         if isinstance(self.iommufd, int):
             iommufd = self.iommufd
         else:
@@ -212,7 +221,7 @@ class VfioOpener:
             self.owned = taken
 
     def set_up_group(self, path: str) -> None:
-        group = self.open_node(path, BIND_HOWTO)
+        group = self.open_node(path, self.missing_node)
         status = _abi.vfio_group_status(argsz=ctypes.sizeof(_abi.vfio_group_status))
         buf = bytearray(bytes(status))
         self.calls.ioctl(group, "VFIO_GROUP_GET_STATUS", _abi.VFIO_GROUP_GET_STATUS, buf)

@@ -763,3 +763,32 @@ def test_out_of_fds_says_so_and_how_to_raise_the_limit(
     assert "out of file descriptors" in message and "ulimit -n" in message
     assert "dmesg" not in message
     assert_clean(fake)
+
+
+@pytest.mark.parametrize("node", ["cdev", "group"])
+def test_a_bound_device_whose_node_is_missing_says_so(
+    no_fd_leak: None, token: irqbypass.Eventfd, tmp_path: Path, node: str
+) -> None:
+    """sysfs shows the device bound to vfio-pci, but its node is not in this
+    /dev (a container given sysfs, not the node): the message says the node
+    is missing here and how to pass it in, not to bind a device that is bound."""
+    dev = tmp_path / "bus/pci/devices" / BDF
+    (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
+    dev.mkdir(parents=True)
+    (dev / "driver").symlink_to(tmp_path / "bus/pci/drivers/vfio-pci")
+    if node == "cdev":
+        (dev / "vfio-dev/vfio3").mkdir(parents=True)
+        (dev / "vfio-dev/vfio3/dev").write_text("511:3\n")
+        missing = "/dev/vfio/devices/vfio3"
+    else:
+        (tmp_path / "kernel/iommu_groups/12").mkdir(parents=True)
+        (dev / "iommu_group").symlink_to(tmp_path / "kernel/iommu_groups/12")
+        missing = "/dev/vfio/12"
+    fake = FakeVfio(sysfs_root=str(tmp_path))
+    with pytest.raises(irqbypass.DeviceError) as err:
+        producer(token, fake, device=BDF).open()
+    message = str(err.value)
+    assert err.value.errno == errno.ENOENT and f"{missing} does not exist" in message
+    assert f"{BDF} is bound to vfio-pci" in message and "--device" in message
+    assert "driver_override" not in message
+    assert fake.open_fds == []
