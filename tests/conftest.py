@@ -7,8 +7,9 @@ third party's plugin."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import irqbypass
 import irqbypass.signalsafe
@@ -58,3 +59,35 @@ def guarded_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def _with_fds_left(call: Callable[[], object], left: int) -> BaseException | None:
+    """``call()`` with exactly ``left`` file descriptors free under the real
+    RLIMIT_NOFILE (the others taken): what it raised, if anything."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))), hard))
+    try:
+        while True:
+            try:
+                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                break
+        for _ in range(min(left, len(taken))):
+            os.close(taken.pop())
+        try:
+            call()
+        except BaseException as exc:
+            return exc
+        return None
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def with_fds_left() -> Callable[[Callable[[], object], int], BaseException | None]:
+    """``with_fds_left(call, n)``: ``call()`` with only ``n`` fds free (an fd
+    limit met at each step in turn); returns what it raised, or None."""
+    return _with_fds_left

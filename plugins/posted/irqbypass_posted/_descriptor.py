@@ -70,6 +70,17 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+def _failed(what: str, exc: OSError) -> irqbypass.DeviceError:
+    """An OSError of a step that makes an fd or a mapping, as a DeviceError
+    that says what to do when the process is out of fds."""
+    out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE)
+    advice = "; the process is out of file descriptors: raise its limit (ulimit -n)"
+    return irqbypass.DeviceError(
+        f"{what} failed: {exc.strerror} (errno {exc.errno}){advice if out_of_fds else ''}",
+        errno=exc.errno,
+    )
+
+
 def _check_notification(notification: object) -> None:
     if notification is not None and not isinstance(notification, irqbypass.Eventfd):
         raise irqbypass.InvalidEndpointError(
@@ -135,6 +146,10 @@ class PostedDescriptor(PostingRules):
                 # once the memory is whole: attachers may come; a Ctrl-C that waited
                 # for the record acts as it returns, and close() removes it
                 self._publish(file, nonce)
+        except OSError as exc:  # a new fd or mapping refused (an fd limit, low memory)
+            self.close()
+            where = f" {_show(file)}" if file else ""
+            raise _failed(f"making the posted-interrupt descriptor{where}", exc) from exc
         except BaseException:
             self.close()
             raise
@@ -186,6 +201,9 @@ class PostedDescriptor(PostingRules):
                     "creator, or is stale); attach again once its consumer is open",
                     errno=errno.ESTALE,
                 )
+        except OSError as exc:
+            self.close()
+            raise _failed(f"attaching to posted-interrupt descriptor {_show(path)}", exc) from exc
         except BaseException:
             self.close()
             raise

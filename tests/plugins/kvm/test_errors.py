@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import irqbypass
 import irqbypass.plugin
@@ -374,36 +373,14 @@ def test_the_file_and_python_make_the_same_settings(token: irqbypass.Eventfd) ->
     assert own.target == _settings.OwnGuest() and own.route == _settings.Pin(5, resample=True)
 
 
-def _open_with_fds_left(consumer: KvmIrqfdConsumer, left: int) -> BaseException | None:
-    """``consumer.open()`` with exactly ``left`` file descriptors free under
-    RLIMIT_NOFILE (the others taken): what it raised, if anything."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    taken: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))), hard))
-    try:
-        while True:
-            try:
-                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-            except OSError:
-                break
-        for _ in range(min(left, len(taken))):
-            os.close(taken.pop())
-        try:
-            consumer.open()
-        except BaseException as exc:
-            return exc
-        return None
-    finally:
-        for fd in taken:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 @pytest.mark.guest("kvm")
 @pytest.mark.usefixtures("no_fd_leak")
 @pytest.mark.parametrize("where", ["own guest", "VM fd (MSI)", "VM fd (resample)"])
 def test_running_out_of_fds_at_any_step_of_open_is_a_device_error(
-    kvm_usable: None, vm: irqbypass_kvm.Vm, where: str
+    kvm_usable: None,
+    vm: irqbypass_kvm.Vm,
+    where: str,
+    with_fds_left: Callable[[Callable[[], object], int], BaseException | None],
 ) -> None:
     """Each step of open() that makes an fd (the guest's, a dup of the VMM's VM
     fd, an mmap of the vCPU, an eventfd) can meet RLIMIT_NOFILE: each time the
@@ -420,7 +397,7 @@ def test_running_out_of_fds_at_any_step_of_open_is_a_device_error(
                 if where == "VM fd (MSI)"
                 else KvmIrqfdConsumer(token=token, vm=vm.fd, gsi=5, resample=True)
             )
-            failure = _open_with_fds_left(consumer, left)
+            failure = with_fds_left(consumer.open, left)
             if failure is None:
                 consumer.close()
                 assert left > 0, "open() made no fd: nothing was tried"

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import irqbypass
@@ -364,3 +365,38 @@ def test_ctrl_c_ends_a_close_waiting_for_a_peers_file_lock(tmp_path: Path) -> No
                 peer.stdin.close()
             peer.wait(timeout=60)
             peer.stdout.close()
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+@pytest.mark.parametrize("where", ["anonymous", "file", "file, drain"])
+def test_running_out_of_fds_at_any_step_of_open_is_an_irqbypass_error(
+    tmp_path: Path,
+    where: str,
+    with_fds_left: Callable[[Callable[[], object], int], BaseException | None],
+) -> None:
+    """Each step of open() that makes an fd (the memfd, the record, the
+    notification eventfd, the directory walk) can meet RLIMIT_NOFILE: each time
+    the error is an IrqBypassError (EMFILE; a DeviceError saying to raise the
+    limit, unless the path walk's UnsafePathError names the directory), and
+    nothing is left: no fd, no file; with enough fds the consumer opens."""
+    path = tmp_path / "pi0"
+    for left in range(16):
+        with irqbypass.Eventfd() as token:
+            consumer = PostedInterruptConsumer(
+                token=token,
+                file=None if where == "anonymous" else str(path),
+                drain=where.endswith("drain"),
+            )
+            failure = with_fds_left(consumer.open, left)
+            if failure is None:
+                consumer.close()
+                assert left > 0, "open() made no fd: nothing was tried"
+                break
+            assert isinstance(failure, irqbypass.IrqBypassError), f"{left} fds: {failure!r}"
+            assert failure.errno == errno.EMFILE
+            if not isinstance(failure, irqbypass.system.UnsafePathError):
+                assert "ulimit -n" in str(failure), str(failure)
+            assert consumer.descriptor is None
+            assert not path.exists()
+    else:
+        pytest.fail("16 free fds were not enough to open")
