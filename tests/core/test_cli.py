@@ -241,3 +241,18 @@ def test_standard_input_is_read_only_up_to_the_bound_of_a_file() -> None:
             proc.stdin.close()
         proc.stderr.close()
     assert "<stdin>: more than 16 MiB: not a configuration file" in err, err
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_not_a_traceback(tmp_path: Path) -> None:
+    """A file named in another encoding (``\\xff.toml``, from an old Latin-1
+    system) in a UTF-8 locale, where Python's stdout is strict: its name is
+    shown escaped (before: UnicodeEncodeError, a traceback, exit 1)."""
+    name = os.fsdecode(b"\xff.toml")  # as argv gives it: a lone surrogate
+    (tmp_path / name).write_text(
+        '[[producers]]\nname = "p"\nkind = "mock"\ntoken = "t"\n'
+        '[[consumers]]\nname = "c"\nkind = "logging"\ntoken = "t"\n'
+    )
+    result = run("check", str(tmp_path / name), env={"PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "\\udcff.toml: OK: 1 producer, 1 consumer, 1 token" in result.stdout

@@ -211,7 +211,10 @@ class _Screen:
         stream.flush()  # what an earlier print() left in its buffer goes first
         # a view: each chunk written moves it on instead of copying what is left
         # (a copy per chunk made a 5 MB --json summary quadratic)
-        data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+        # a strict stream (a UTF-8 locale) shows what it cannot encode escaped: a file
+        # name of another encoding (a lone surrogate from argv) is no traceback
+        errors = stream.errors if stream.errors not in (None, "strict") else "backslashreplace"
+        data = memoryview(text.encode(stream.encoding or "utf-8", errors))
         main = threading.current_thread() is threading.main_thread()
         end = self._wait_until(fd, main)
         writable = select.poll()
