@@ -26,6 +26,10 @@ UNLIMITED = -1
 #: back to back, each burst its own write as at any rate; bounded, so that an
 #: unlimited mock leaves the loop's other fds and timers their turn
 BURSTS_PER_TURN = 64
+#: direct-path calls one such turn makes at most: over a consumer's direct path a
+#: burst is one call per interrupt, so the turn is bounded by calls there too (the
+#: rest of a bigger burst goes on at the next turn)
+DIRECT_CALLS_PER_TURN = 4096
 #: a topology entry's options: the constructor's keywords, with their bounds
 OPTIONS = {
     "rate": irqbypass.plugin.Option("float", 1000.0, min=0.0, max=10_000_000.0),
@@ -178,7 +182,9 @@ class MockProducer(irqbypass.Producer):
         the timer stops once the mock fired its count or gave up. While the
         manager has it stopped, it fires nothing (a stopped device raises no
         interrupt): held interrupts stay what fire() raised, however long the
-        stop, and the schedule goes on at start()."""
+        stop, and the schedule goes on at start(). At rate 0 over a direct
+        path, a turn makes at most :data:`DIRECT_CALLS_PER_TURN` calls."""
+        calls = 0  # direct-path calls made this turn (bounded at rate 0)
         for _ in range(BURSTS_PER_TURN if self.rate == 0 else 1):
             if self._stopped:
                 return
@@ -190,6 +196,9 @@ class MockProducer(irqbypass.Producer):
             if remaining <= 0:
                 self._stop_timer()
                 return
+            direct = self.rate == 0 and self._direct is not None
+            if direct:
+                remaining = min(remaining, DIRECT_CALLS_PER_TURN - calls)
             try:
                 self.fire(remaining)
             except irqbypass.EventfdClosedError:
@@ -205,6 +214,9 @@ class MockProducer(irqbypass.Producer):
             self._scheduled += remaining
             if self.count != UNLIMITED and self._scheduled >= self.count:
                 self._stop_timer()
+                return
+            calls += remaining if direct else 0
+            if calls >= DIRECT_CALLS_PER_TURN:
                 return
 
     def _stop_timer(self) -> None:

@@ -147,6 +147,37 @@ def test_the_schedule_waits_while_stopped(monkeypatch: pytest.MonkeyPatch, rate:
     assert fired <= during["fired"]
 
 
+def test_rate_zero_bounds_a_turn_by_its_direct_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a consumer's direct path a burst is one call per interrupt, so at
+    rate 0 a turn of the loop's timer makes at most DIRECT_CALLS_PER_TURN of
+    them (a bigger burst goes on at the next turn): the turn stays bounded, as
+    the loop's other fds and timers (and a stop waiting for the producer's
+    lock) need. Before: 64 bursts of any size a turn (burst = 1,000,000 to a
+    posted-interrupt consumer: one turn ran 60 s, a run's teardown waited 10 s)."""
+    limit = irqbypass_mock.DIRECT_CALLS_PER_TURN
+    calls = [0]
+    per_turn: list[int] = []
+    tick = MockProducer._tick
+
+    def counted(self: MockProducer) -> None:
+        before = calls[0]
+        tick(self)
+        per_turn.append(calls[0] - before)
+
+    monkeypatch.setattr(MockProducer, "_tick", counted)
+    count = 3 * limit + 5
+    with irqbypass.Eventfd() as efd:
+        mock = MockProducer(token=efd, rate=0.0, count=count, burst=2 * limit, delay=3600.0)
+        with mock:
+            assert mock.offer_direct_path(lambda: calls.__setitem__(0, calls[0] + 1))
+            mock._timer.cancel()  # type: ignore[union-attr]  # the turns run here, in order
+            while not mock.finished:
+                counted(mock)
+        assert efd.read(0) == 0
+    assert calls[0] == count and mock.stats()["direct"] == count
+    assert max(per_turn) <= limit, per_turn
+
+
 def test_direct_path_replaces_the_eventfd() -> None:
     delivered: list[int] = []
 
