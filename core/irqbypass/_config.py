@@ -617,6 +617,12 @@ class _Reader:
                 found = lines.find(sub[0] + 1, end, rf"\s*{re.escape(option)}\s*=")
                 return found or sub[0] + 1
         headers = lines.headers.get(("[", table))
+        if not headers and leaf is None:  # a key of the file itself: a [[header]], or a key
+            arrays = lines.headers.get(("[[", table))  # written above every table
+            if arrays:
+                return arrays[0] + 1
+            first = lines.starts[0] if lines.starts else len(lines.lines)
+            return lines.find(0, first, rf"\s*{re.escape(table)}\s*=")
         if not headers:
             return None
         if leaf is None:

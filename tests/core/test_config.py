@@ -104,7 +104,7 @@ def test_valid_config_is_typed() -> None:
             5,
             "expected a table",
         ),
-        ("producers = 3\n", "producers", None, "expected an array of tables"),
+        ("producers = 3\n", "producers", 1, "expected an array of tables"),
         ("producers = [1]\n", "producers[0]", None, "expected a table"),
         ("[run]\nduration = -1\n", "run.duration", 2, "out of range"),
         ("[run]\nduration = inf\n", "run.duration", 2, "out of range"),
@@ -147,6 +147,28 @@ def test_validation_errors(text: str, key: str, line: int | None, problem: str) 
 def test_syntax_errors(text: str | bytes, line: int | None, problem: str) -> None:
     error = error_of(text)
     assert error.line == line and problem in str(error) and error.file == "topo.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "problem"),
+    [
+        # the likeliest typo of all: an entry's array header in the singular
+        (PAIR + "\n[[consumer]]\nname = 'c1'\n", "consumer", 13, "did you mean 'consumers'?"),
+        # a [run] key written above every table, where it is a key of the file
+        ("# topology\nduration = 5\n" + PAIR, "duration", 2, "unknown key 'duration'"),
+        ("[[producer]]\nname = 'p'\n" + PAIR, "producer", 1, "did you mean 'producers'?"),
+    ],
+    ids=["array-header", "top-level-key", "array-header-first"],
+)
+def test_an_unknown_key_of_the_file_itself_has_its_line(
+    text: str, key: str, line: int, problem: str
+) -> None:
+    """An unknown key of the file itself is found where it is written: as an
+    array of tables' header, or as a key above every table (before: only a
+    [table] header was looked for, so these had no line at all)."""
+    error = error_of(text)
+    assert (error.key, error.line) == (key, line), str(error)
+    assert problem in error.problem
 
 
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["LS", "PS", "NEL"])
