@@ -29,7 +29,8 @@ def notify(*lines: str, describe: Callable[[], str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.settimeout(1.0)  # a datagram send does not wait for the reader; a bound
-            sock.sendto("\n".join(lines).encode(), target)
+            # a file name of another encoding (a lone surrogate from argv) goes escaped
+            sock.sendto("\n".join(lines).encode(errors="backslashreplace"), target)
     except OSError:
         return False
     return True

@@ -107,6 +107,40 @@ def test_a_failed_reload_shows_in_systemd_s_status(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM
 
 
+def test_a_failed_reload_of_a_file_named_in_another_encoding_still_notifies(
+    tmp_path: Path,
+) -> None:
+    """The STATUS= line after a failed reload names the file; a name that is not
+    UTF-8 (a lone surrogate from argv) is sent escaped, and the run goes on
+    (before: UnicodeEncodeError out of notify, which only expected an OSError,
+    ended the run at the reload)."""
+    import os
+
+    path = tmp_path / os.fsdecode(b"\xff.toml")
+    path.write_text(ENDLESS)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(HANG_GUARD)
+        proc = subprocess.Popen(
+            [*EXE, "run", str(path)],
+            env=clean_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert notify.recv(4096).decode().startswith("READY=1")
+            path.write_text(ENDLESS + "x = [\n")
+            proc.send_signal(signal.SIGHUP)
+            assert notify.recv(4096).decode().startswith("RELOADING=1")
+            ready, status = notify.recv(4096).decode().split("\n")
+            assert ready == "READY=1" and "\\udcff.toml" in status, status
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=HANG_GUARD)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
 def test_a_status_line_is_one_line_whatever_the_error_says() -> None:
     from irqbypass._notify import STATUS_CHARS, status
 
