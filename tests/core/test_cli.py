@@ -256,3 +256,30 @@ def test_a_file_name_that_is_not_utf8_is_shown_not_a_traceback(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "\\udcff.toml: OK: 1 producer, 1 consumer, 1 token" in result.stdout
+
+
+@pytest.mark.parametrize("json_", [False, True], ids=["table", "json"])
+def test_check_strict_fails_whatever_became_of_its_reader(json_: bool) -> None:
+    """``irqbypass check FILE --strict | grep -q OK`` in CI: a file with warnings
+    fails (exit 1, the warnings and the error on stderr) also when the reader of
+    stdout has gone before the table (before: exit 0 and not a word)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone: every write to stdout is EPIPE
+    try:
+        result = subprocess.run(
+            [*EXE, "check", str(ROOT / "docs/examples/topologies/mistakes.toml"), "--strict"]
+            + ["--json"] * json_,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 1, result.stderr
+    assert "mistakes.toml: 3 warnings (--strict)" in result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    if not json_:
+        assert "token 'vector0' has only a producer" in result.stderr

@@ -18,7 +18,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import traceback
@@ -35,6 +34,7 @@ from .output import (
     os_error,
     print_error,
     print_notes,
+    reader_gone,
     say,
     stop_signal,
 )
@@ -83,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + signum
         except BrokenPipeError:
             # the reader went away (`irqbypass plugins --json | head`): not an error
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            reader_gone(sys.stdout)
             return 0
         except OSError as exc:
             if args.verbose:

@@ -16,7 +16,7 @@ from .._status import PairStatus
 from .._topology import Topology
 from .files import load_file
 from .hosting import plugin_host, table_errors
-from .output import counted, print_error, print_table, print_warning, say
+from .output import counted, print_error, print_table, print_warning, reader_gone, say
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -35,6 +35,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     order = {name: i for i, name in enumerate(config.token_names())}
     pairs.sort(key=lambda p: order[p["token"]])
     warnings = pairing_problems(config, host)
+    failing = bool(warnings and args.strict)
+    try:
+        _print_result(args, config, pairs, warnings)
+    except BrokenPipeError:
+        if not failing:
+            raise  # the reader went away: not an error (main)
+        reader_gone(sys.stdout)  # the warnings and the exit status still say it failed
+    if not args.json:
+        for warning in warnings:
+            print_warning(warning)
+    if failing:
+        print_error(f"{config.file}: {counted(len(warnings), 'warning')} (--strict)")
+        return 1
+    return 0
+
+
+def _print_result(
+    args: argparse.Namespace, config: Config, pairs: list[dict[str, Any]], warnings: list[str]
+) -> None:
+    """What check prints on standard output: the JSON document, or the table."""
     if args.json:
         doc = {
             "file": config.file,
@@ -64,12 +84,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
         header = ("TOKEN", "PRODUCER", "CONSUMER", "STATE")
         print_table(header, listed, sys.stdout, args.every)
-        for warning in warnings:
-            print_warning(warning)
-    if warnings and args.strict:
-        print_error(f"{config.file}: {counted(len(warnings), 'warning')} (--strict)")
-        return 1
-    return 0
 
 
 def raise_every_error(config: Config, host: PluginHost, found: list[IrqBypassError]) -> NoReturn:

@@ -107,6 +107,20 @@ def os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{what}; run with -v for the traceback"
 
 
+def reader_gone(stream: TextIO) -> None:
+    """The reader of ``stream`` has gone: its fd writes to /dev/null from now
+    on, so what print() left in its buffer, and Python's flush at exit, raise
+    no BrokenPipeError."""
+    fd = stream.fileno()
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(devnull, fd, inheritable=fd <= 2)
+    finally:
+        os.close(devnull)
+    with suppress(OSError, ValueError):
+        stream.flush()
+
+
 def is_tty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -198,13 +212,7 @@ class _Screen:
         (what print() left in the stream's buffer, and Python's flush at exit,
         go there), and the lines meant for it are dropped and counted."""
         self.gone.add(fd)
-        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.dup2(devnull, fd, inheritable=fd <= 2)
-        finally:
-            os.close(devnull)
-        with suppress(OSError, ValueError):
-            stream.flush()
+        reader_gone(stream)
 
     def _write(self, stream: TextIO, fd: int, text: str) -> bool:
         """:meth:`write` on a stream with a file descriptor."""
