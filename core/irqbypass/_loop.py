@@ -336,7 +336,7 @@ class _Watchdog:
         watchdog goes on: a thread that died would leave the loop unwatched,
         and its traceback would land in whatever runs; a wait that raises
         stops it cleanly, logged, rather than spin."""
-        tick = self.seconds / 4
+        tick = min(self.seconds / 4, threading.TIMEOUT_MAX)  # inf: it never fires, and waits
         failed = False
         while True:
             try:

@@ -481,6 +481,33 @@ def test_a_token_closed_as_its_loop_closes_closes_without_an_error() -> None:
     assert own.handles() == []
 
 
+@pytest.mark.parametrize("seconds", [float("inf"), 1e12], ids=["inf", "1e12"])
+def test_a_watchdog_that_never_fires_still_watches(
+    seconds: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``watchdog_seconds=inf`` (no callback is ever too long) or any number
+    whose quarter is beyond what a wait takes: the watchdog's first wait raised
+    OverflowError, it logged an error and stopped. It now waits as long as a
+    wait can, and goes on."""
+    own = irqbypass.plugin.EventLoop(name="patient", watchdog_seconds=seconds)
+    try:
+        own.start()
+        thread = own._watchdog_thread
+        assert thread is not None and thread.ident is not None
+
+        def waiting() -> bool:
+            frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
+            while frame is not None and frame.f_code.co_name != "wait":
+                frame = frame.f_back
+            return frame is not None
+
+        until(lambda: not thread.is_alive() or waiting(), "the watchdog waits, or is gone")
+        assert thread.is_alive(), "the watchdog stopped"
+    finally:
+        own.close()
+    assert "cannot wait" not in caplog.text
+
+
 def test_bad_arguments_are_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
