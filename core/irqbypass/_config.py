@@ -600,13 +600,18 @@ class _Reader:
             start = entries[int(index)]
             if leaf is None:
                 return start + 1
+            entry_end = entries[int(index) + 1] if int(index) + 1 < len(entries) else None
+            end = entry_end or len(lines.lines)
             if option is not None:  # options.rate: inline or in a [producers.options] table
-                entry_end = entries[int(index) + 1] if int(index) + 1 < len(entries) else None
                 pattern = rf"(^|[{{,\s]){re.escape(option)}\s*="
-                found = lines.find(start, entry_end or len(lines.lines), pattern, search=True)
+                found = lines.find(start, end, pattern, search=True)
                 if found is not None:
                     return found
             found = lines.find(start, lines.next_start(start), rf"\s*{re.escape(leaf)}\s*=")
+            if found is None:  # a sub-table of the entry: [producers.LEAF]
+                subs = lines.headers.get(("[", f"{table}.{leaf}"), [])  # in file order
+                at = bisect.bisect_right(subs, start)
+                found = subs[at] + 1 if at < len(subs) and subs[at] < end else None
             return found or start + 1
         if leaf is not None:  # plugins.audit.deny, or plugins.audit: in [plugins.audit]
             sub = lines.headers.get(("[", f"{table}.{leaf}"))

@@ -171,6 +171,20 @@ def test_an_unknown_key_of_the_file_itself_has_its_line(
     assert problem in error.problem
 
 
+def test_an_entry_s_unknown_sub_table_has_its_line() -> None:
+    """[producers.option] (for [producers.options]) below an entry: the error
+    names that header's line, not the entry's first (before: line 1 here, the
+    entry's header, four lines above the typo)."""
+    error = error_of(
+        "[[producers]]\nname='a'\nkind='mock'\ntoken='t'\n[producers.option]\nrate=1\n"
+        "\n[[producers]]\nname='b'\nkind='mock'\ntoken='t2'\n[producers.optoins]\nrate=1\n"
+    )
+    assert [(e.key, e.line) for e in error.errors] == [
+        ("producers[0].option", 5),
+        ("producers[1].optoins", 12),
+    ], str(error)
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["LS", "PS", "NEL"])
 def test_a_unicode_line_separator_in_a_comment_or_string_moves_no_line(separator: str) -> None:
     """TOML ends a line at LF only: a U+2028 (text pasted from a web page or a
