@@ -708,14 +708,15 @@ class EventLoop:
     def close(self) -> None:
         """Stop the loop and release its fds (idempotent). Timers and readers
         still registered are cancelled, never run; a callback running now
-        finishes first (unless this is called from one)."""
+        finishes first (unless this is called from one). A close cut short (a
+        Ctrl-C in that wait) is finished by the next."""
         with self._lock:
-            if self._closed:
+            if self._epoll.closed:  # released: nothing left to do
                 return
             self._closed = True
             pending = [*self._readers.values(), *(entry[2] for entry in self._timers)]
-        with contextlib.suppress(OSError):  # the loop's thread ends its wait
-            os.write(self._wakeup, _WAKE)
+            with contextlib.suppress(OSError):  # the loop's thread ends its wait
+                os.write(self._wakeup, _WAKE)  # (under the lock: not released meanwhile)
         self._watchdog.stopped.set()
         for thread in (self._thread, self._watchdog_thread):
             if thread is not None and thread.ident != threading.get_ident():
@@ -778,6 +779,8 @@ def _requeue(loop: EventLoop, timers: list[LoopHandle]) -> None:
 def _release(loop: EventLoop) -> None:
     """The end of a close: the loop's fds closed, its readers and timers forgotten."""
     with loop._lock:
+        if loop._epoll.closed:  # another close did it
+            return
         loop._timers.clear()
         loop._readers.clear()
         loop._epoll.close()

@@ -508,6 +508,44 @@ def test_a_watchdog_that_never_fires_still_watches(
     assert "cannot wait" not in caplog.text
 
 
+@pytest.mark.usefixtures("guarded_sigint")
+def test_a_close_cut_by_ctrl_c_is_finished_by_the_next_close() -> None:
+    """close() waits for a callback that runs; a Ctrl-C in that wait (the VMM's
+    shutdown, pressed twice) ended the close before its readers were cancelled
+    and its fds released, and every later close() returned at once (the loop
+    was marked closed): the epoll fd and the wakeup eventfd stayed open for
+    good. The next close() now finishes the work."""
+    own = irqbypass.plugin.EventLoop(name="cut-close")
+    numbers = [own._epoll.fileno(), own._wakeup]
+    inside, leave = threading.Event(), threading.Event()
+    own.call_later(0.0, lambda: (inside.set(), leave.wait(GUARD)), owner="slow")
+    assert inside.wait(GUARD), "the callback runs"
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_the_join() -> None:
+        def joining() -> bool:
+            frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+            while frame is not None and frame.f_code.co_name != "join":
+                frame = frame.f_back
+            return frame is not None
+
+        until(joining, "close() waits for the callback")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_the_join, daemon=True)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            own.close()
+    finally:
+        leave.set()
+        interrupter.join(GUARD)
+    own.close()  # the shutdown goes on
+    assert [n for n in numbers if os.path.exists(f"/proc/self/fd/{n}")] == []
+    assert own.handles() == []
+
+
 def test_bad_arguments_are_refused() -> None:
     own = irqbypass.plugin.EventLoop()
     try:
