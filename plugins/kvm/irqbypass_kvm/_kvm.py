@@ -343,16 +343,22 @@ class Vm:
     def _open_fd(self, what: str) -> int:
         """The VM's fd, or a DeviceError (EBADF) once it is closed."""
         if self.fd < 0:
-            raise irqbypass.DeviceError(
-                f"{what} failed: the VM is closed (its owner closed it, and KVM dropped "
-                "its irqfds and routes with it); use a running VM",
-                errno=errno.EBADF,
-            )
+            raise self._closed_error(what)
         return self.fd
+
+    @staticmethod
+    def _closed_error(what: str) -> irqbypass.DeviceError:
+        return irqbypass.DeviceError(
+            f"{what} failed: the VM is closed (its owner closed it, and KVM dropped "
+            "its irqfds and routes with it); use a running VM",
+            errno=errno.EBADF,
+        )
 
     def irqfd_assign(self, eventfd: int, gsi: int, resamplefd: int | None = None) -> None:
         flags = 0 if resamplefd is None else _abi.KVM_IRQFD_FLAG_RESAMPLE
-        fd = self._open_fd(f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})")
+        fd = self.fd
+        if fd < 0:  # (the message is made only then: this is the batch's per-vector path)
+            raise self._closed_error(f"KVM_IRQFD assign (eventfd {eventfd}, GSI {gsi})")
         try:
             fcntl.ioctl(fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, flags, resamplefd or 0))
         except OSError as exc:
@@ -370,7 +376,9 @@ class Vm:
 
     def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
         deassign = _abi.KVM_IRQFD_FLAG_DEASSIGN
-        fd = self._open_fd(f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})")
+        fd = self.fd
+        if fd < 0:
+            raise self._closed_error(f"KVM_IRQFD deassign (eventfd {eventfd}, GSI {gsi})")
         try:
             fcntl.ioctl(fd, _abi.KVM_IRQFD, _IRQFD.pack(eventfd, gsi, deassign, 0))
         except OSError as exc:
