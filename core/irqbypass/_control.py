@@ -314,6 +314,11 @@ def request(path: str, what: str, timeout: float | None = None) -> dict[str, Any
             data += chunk
             if len(data) > MAX_ANSWER:
                 raise IrqBypassError(f"{path}: the answer is over {MAX_ANSWER} bytes")
+    if not data:  # stopped or killed while it served us (a reload cut by Ctrl-C, say)
+        raise IrqBypassError(
+            f"{path}: the run closed the connection without an answer; is it still running?",
+            errno=errno.ECONNRESET,
+        )
     try:
         doc = json.loads(data)
     except ValueError as exc:

@@ -497,6 +497,30 @@ def test_reload_trusts_no_servers_shape(
     assert code == 1 and "Traceback" not in err and "not lists of names" in err, err
 
 
+@pytest.mark.parametrize("request_", ["status", "reload"])
+def test_a_run_that_closes_without_an_answer_is_said_so(
+    tmp_path: Path, request_: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run closed the connection with no answer (stopped, or killed, while
+    a reload ran): the error says so and what to check (before: "the answer is
+    not JSON (Expecting value: line 1 column 1 (char 0))", about an answer that
+    never came)."""
+    from irqbypass.cli import main
+
+    listener, thread = _fake_server(tmp_path / "s.sock", b"")
+    try:
+        code = main([request_, str(tmp_path / "s.sock")])
+    finally:
+        thread.join(HANG_GUARD)
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 1 and "not JSON" not in err, err
+    assert (
+        f"{tmp_path / 's.sock'}: the run closed the connection without an answer; "
+        "is it still running?" in err
+    ), err
+
+
 def test_a_good_status_still_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from irqbypass.cli import main
 
