@@ -188,7 +188,7 @@ class VfioProducer(irqbypass.plugin.DeviceProducer):
     # -- INTx: unmasked by the consumer's EOI eventfd -----------------------------
 
     def _paired_eoi(self) -> irqbypass.Eventfd | None:
-        return self.consumer.eoi_eventfd if self.consumer is not None else None
+        return _eoi_of(self.consumer) if self.consumer is not None else None
 
     # Both run to their end once begun (a Ctrl-C waits for the manager's
     # bookkeeping): cut between the SET_IRQS and its record, the record would

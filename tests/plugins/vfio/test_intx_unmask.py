@@ -9,7 +9,9 @@ from __future__ import annotations
 import _thread
 import errno
 import os
+import signal
 import struct
+import threading
 from collections.abc import Iterator
 
 import irqbypass
@@ -330,3 +332,60 @@ def test_a_ctrl_c_as_the_unmask_eventfd_is_handed_over_leaves_the_record_true(
         mgr.unregister_consumer(consumer)
         for f in list(fake.open_fds):
             fake.close(f)
+
+
+class HangingConsumer(EoiConsumer):
+    """A consumer whose ``eoi_eventfd`` hangs (a partner's code: another
+    plugin's), until a Ctrl-C cuts it or the hang guard lets it go."""
+
+    def __init__(self, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd) -> None:
+        super().__init__(token, eoi)
+        self.entered = threading.Event()
+        self.never = threading.Event()
+        self.cut = False
+
+    @property
+    def eoi_eventfd(self) -> irqbypass.Eventfd | None:
+        if not self.entered.is_set():  # the pairing's own read does not hang
+            return self.eoi
+        try:
+            self.never.wait(10)  # the hang guard
+        except KeyboardInterrupt:
+            self.cut = True
+            raise
+        return self.eoi
+
+
+@pytest.mark.parametrize("how", ["open", "open_group"])
+def test_a_ctrl_c_ends_a_partner_hanging_in_the_open(
+    no_fd_leak: None, guarded_sigint: None, token: irqbypass.Eventfd, eoi: irqbypass.Eventfd,
+    how: str,
+) -> None:  # fmt: skip
+    """Opened while paired, the producer reads the consumer's EOI eventfd: a
+    partner's code, which a Ctrl-C must be able to end (it is called out of
+    the open's signal-safe section); the open is then undone."""
+    fake = FakeVfio()
+    mgr = irqbypass.Manager()
+    p, consumer = intx(token, fake), HangingConsumer(token, eoi)
+    mgr.register_consumer(consumer)
+    mgr.register_producer(p)
+    consumer.entered.set()
+    main = threading.main_thread().ident
+    assert main is not None
+    interrupter = threading.Thread(target=signal.pthread_kill, args=(main, signal.SIGINT))
+    original = consumer.never.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        interrupter.start()  # the Ctrl-C, once the partner hangs
+        return original(timeout)
+
+    consumer.never.wait = wait  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            p.open() if how == "open" else VfioProducer.open_group([p])
+    finally:
+        interrupter.join()
+    assert consumer.cut, "the Ctrl-C waited for the partner's hang guard"
+    assert p.fd is None and fake.trigger_of(INTX, 0) is None and fake.open_fds == []
+    mgr.unregister_producer(p)
+    mgr.unregister_consumer(consumer)
