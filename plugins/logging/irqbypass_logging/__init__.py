@@ -236,9 +236,13 @@ class LoggingConsumer(irqbypass.Consumer):
             raise irqbypass.DeviceError(f"{whose}: {problem}", errno=exc.errno) from exc
         return os.fdopen(fd, "a", encoding="utf-8")
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
         """Stop the reader, take what is left, close the file; then raise a
-        DeviceError if json_file records were lost."""
+        DeviceError if json_file records were lost. Once begun it runs to its
+        end: a Ctrl-C landing in it acts as it returns (the file closed, the
+        last records written). Its one wait is for the reader's callback, on
+        this process's loop: no other process."""
         reader = self._reader
         if reader is None:
             return

@@ -218,3 +218,38 @@ def test_the_loop_names_the_reader_by_the_consumers_name_escaped_once() -> None:
             assert "logging consumer 'a\\x1bb'" in owners
         finally:
             consumer.close()
+
+
+@pytest.mark.usefixtures("guarded_sigint")  # as in irqbypass run, or beside a Manager
+def test_ctrl_c_in_the_close_still_closes_the_file_and_keeps_the_last_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT handled just as the reader is cancelled (a Ctrl-C during a
+    teardown): the close still takes what the eventfd holds, writes its last
+    records and closes json_file, then raises the KeyboardInterrupt. Before: it
+    ended there, the file stayed open for good (a second close returned at
+    once) and the last interrupts and the 'close' record were never written."""
+    import signal
+
+    path = tmp_path / "events.jsonl"
+    with irqbypass.Eventfd() as efd:
+        consumer = LoggingConsumer(token=efd, name="sink", json_file=str(path))
+        consumer.open()
+        reader = consumer._reader
+        assert reader is not None
+        real_cancel = type(reader).cancel
+
+        def cancel_then_interrupt(handle: irqbypass.plugin.LoopHandle) -> None:
+            real_cancel(handle)
+            efd.write(4)  # arrived as the reader went: the close's last look takes it
+            signal.raise_signal(signal.SIGINT)  # handled as this call returns
+
+        monkeypatch.setattr(type(reader), "cancel", cancel_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            consumer.close()
+        monkeypatch.undo()
+        assert consumer._json is None, "json_file was left open"
+        consumer.close()  # closed already: nothing left to do
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[-1]["event"] == "close" and records[-1]["delivered"] == 4, records
+    assert consumer.stats()["delivered"] == 4
