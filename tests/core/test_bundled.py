@@ -133,6 +133,30 @@ def test_new_plugin_writes_once(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "already exists; nothing was written" in capsys.readouterr().err
 
 
+def test_new_plugin_that_fails_halfway_leaves_no_half_written_folder(tmp_path: Path) -> None:
+    """A write that fails after the first files (here the kernel's file-size
+    limit, EFBIG, as a full disk or a quota would) removes what was written:
+    the next try starts clean (before: a half-written plugin stayed, and the
+    next new-plugin refused it as "already exists")."""
+    import resource
+
+    def limited() -> None:  # files of at most 2 KiB: the module (3 KiB) fails, the 3rd
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "irqbypass", "new-plugin", "tick", "--directory", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "irqbypass-tick").exists(), "a half-written plugin was left"
+    assert main(["new-plugin", "tick", "--directory", str(tmp_path)]) == 0  # starts clean
+
+
 def test_the_long_version_lists_the_plugins_without_importing_them() -> None:
     code = (
         "import sys; from irqbypass.cli import main\n"

@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import re
+import shutil
 import string
 import sys
 from importlib import resources
@@ -97,13 +98,17 @@ def write(name: str, directory: str) -> tuple[str, list[str]]:
             "directory with --directory)"
         ) from None
     written = []
-    for path, data in _files(values).items():
-        target = os.path.join(root, path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        written.append(path)
+    try:
+        for path, data in _files(values).items():
+            target = os.path.join(root, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            written.append(path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written plugin stays (ours: made above)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return root, written
 
 
