@@ -136,7 +136,10 @@ class MockProducer(irqbypass.Producer):
                 self.close()
                 raise
 
+    @irqbypass.plugin.uninterrupted
     def close(self) -> None:
+        """Cancel the timer and let the eventfd go (closing the one it owns).
+        Once begun it runs to its end: a Ctrl-C landing in it acts as it returns."""
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()  # returns once a tick is not running

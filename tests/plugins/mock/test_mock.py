@@ -227,3 +227,30 @@ def test_closed_token_refused_on_open() -> None:
     efd.close()
     with pytest.raises(irqbypass.InvalidEndpointError, match="closed"):
         MockProducer(token=efd).open()
+
+
+@pytest.mark.usefixtures("guarded_sigint")  # as in irqbypass run, or beside a Manager
+def test_ctrl_c_in_the_close_still_closes_its_own_eventfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGINT handled just as the timer is cancelled (a Ctrl-C during a
+    teardown): the close still lets its eventfd go (and closes the one it
+    owns), then raises the KeyboardInterrupt. Before: it ended there, the
+    eventfd it had opened stayed open for good and fire() still wrote to it."""
+    import signal
+
+    mock = MockProducer(token="not-an-eventfd", rate=1.0, count=-1, delay=3600.0)
+    mock.open()
+    timer = mock._timer
+    assert timer is not None and mock.eventfd is not None
+    real_cancel = type(timer).cancel
+
+    def cancel_then_interrupt(handle: irqbypass.plugin.LoopHandle) -> None:
+        real_cancel(handle)
+        signal.raise_signal(signal.SIGINT)  # handled as this call returns
+
+    monkeypatch.setattr(type(timer), "cancel", cancel_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        mock.close()
+    monkeypatch.undo()
+    assert mock.eventfd is None, "the eventfd it owns was left open"
+    with pytest.raises(irqbypass.IrqBypassError, match="not open"):
+        mock.fire()
