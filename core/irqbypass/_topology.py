@@ -146,7 +146,8 @@ class Topology:
         before a signal can land (the bookkeeping is signal-safe; the plugin's
         own ``open`` and the registration stay interruptible), and the undo,
         once begun, finishes (see :meth:`teardown`). ``progress(done, total)``
-        is called after each endpoint (or group) is applied, in endpoints.
+        is called after each endpoint (or group) is applied, in endpoints; an
+        exception it raises is ignored (the apply goes on), as in teardown.
 
         The cyclic garbage collector is paused meanwhile, and put back as the
         caller had it on every path: the objects made are all long-lived (a

@@ -237,7 +237,8 @@ class Transaction:
             deliver_deferred_signals()  # a Ctrl-C that waited for the bookkeeping
             done += len(unit)
             if progress is not None:
-                callout(progress, done, total)
+                with contextlib.suppress(Exception):  # advisory, as in teardown: never fails it
+                    callout(progress, done, total)
 
     def _register(self, one: Placed) -> None:
         """Register ``one`` (open) with the manager, recording it the moment it

@@ -57,6 +57,25 @@ def test_a_failing_teardown_progress_does_not_stop_the_teardown() -> None:
     assert all(c._reader is None for c in consumers), "every consumer was closed"
 
 
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_failing_apply_progress_neither_undoes_the_apply_nor_blames_a_plugin() -> None:
+    """As in teardown, the progress callback is advisory: one that raised (the
+    terminal went away) failed the whole apply, undoing every endpoint, with an
+    error blaming the last endpoint's step ("register of consumer 'l0' (kind
+    logging) failed: the terminal went away"). The apply now goes on, every
+    pair applied; a Ctrl-C in it still interrupts the apply."""
+    topology = irqbypass.Topology(config(3), irqbypass.load_plugins())
+
+    def broken(done: int, total: int) -> None:
+        raise RuntimeError("the terminal went away")
+
+    topology.apply(progress=broken)
+    try:
+        assert len(topology.placed) == 6 and all(r.paired for r in topology.status())
+    finally:
+        topology.teardown()
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
