@@ -91,12 +91,39 @@ class _Locked:
     @irqbypass.plugin.holding(lambda self: self)
     def open(self) -> None:
         """:func:`_open_batch`, whole: a Ctrl-C acts as it returns (the caller
-        then closes the batch)."""
-        _open_batch(self.irqfds)
+        then closes the batch). The batch was formed before its locks were
+        taken: what another thread opened since is left as it is, and one it
+        masked (or whose token it closed) opens alone."""
+        fresh = [irqfd for irqfd in self.irqfds if irqfd.vm is None]
+        batch = [irqfd for irqfd in fresh if irqfd.batch_key(True) is not None]
+        if batch:
+            _open_batch(batch)
+        if len(batch) < len(fresh):
+            batched = set(map(id, batch))
+            for irqfd in fresh:
+                if id(irqfd) not in batched:
+                    irqfd.open()
 
     @irqbypass.plugin.holding(lambda self: self)
     def close(self, errors: list[BaseException]) -> None:
-        _close_batch(self.irqfds, errors)
+        """:func:`_close_batch`, for what is still routed on the batch's VM
+        (another thread may have closed or masked some since the batch was
+        formed); the others close alone."""
+        batch = [irqfd for irqfd in self.irqfds if irqfd.batch_key(False) is not None]
+        vms = {id(irqfd.vm) for irqfd in batch}
+        if len(vms) == 1:
+            _close_batch(batch, errors)
+        else:  # (closed and opened again on another VM meanwhile: each alone)
+            batch = []
+        if len(batch) == len(self.irqfds):
+            return
+        batched = set(map(id, batch))
+        for irqfd in self.irqfds:
+            if id(irqfd) not in batched:
+                try:
+                    irqfd.close()
+                except irqbypass.IrqBypassError as exc:
+                    errors.append(exc)
 
 
 def _partition(

@@ -305,3 +305,42 @@ def test_a_keyboard_interrupt_inside_a_batch_leaves_nothing_behind(
     assert not any(c.assigned or c.vm is not None or c.gsi is not None for c in consumers)
     assert not any(kvm_listens(t) for t in tokens)
     assert Vm._borrowed == {}
+
+
+@pytest.mark.guest("kvm")
+@pytest.mark.parametrize("step", ["open", "close"])
+def test_a_consumer_another_thread_opens_or_closes_as_a_batch_forms_stays_consistent(
+    vm: Vm, tokens: list[irqbypass.Eventfd], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """open_group/close_group sort the consumers into batches before they take
+    their locks: one that another thread opens (or closes) in between must not
+    be opened (closed) a second time by the batch: no GSI, route or reference
+    of it may be lost or leaked."""
+    from irqbypass_kvm import _batch
+
+    consumers = [
+        KvmIrqfdConsumer(token=t, vm=vm.fd, msi=MSI, name=f"v{i}") for i, t in enumerate(tokens[:3])
+    ]
+    if step == "close":
+        KvmIrqfdConsumer.open_group(consumers)
+    real = _batch._partition
+
+    def partition_then_another_thread(*args: object, **kwargs: object) -> object:
+        parts = real(*args, **kwargs)  # type: ignore[arg-type]
+        # another thread, in the window before the batch takes its locks
+        consumers[1].open() if step == "open" else consumers[1].close()
+        return parts
+
+    monkeypatch.setattr(_batch, "_partition", partition_then_another_thread)
+    (KvmIrqfdConsumer.open_group if step == "open" else KvmIrqfdConsumer.close_group)(consumers)
+    monkeypatch.undo()
+    if step == "open":
+        assert all(c.assigned for c in consumers)
+        assert len({c.gsi for c in consumers}) == 3
+        shared = consumers[0].vm
+        assert shared is not None and set(shared.msi_routes) == {c.gsi for c in consumers}
+        KvmIrqfdConsumer.close_group(consumers)
+        assert shared.msi_routes == {}
+    assert not any(c.assigned or c.vm is not None for c in consumers)
+    assert Vm._borrowed == {}, "a reference to the VM was left"
+    assert not any(kvm_listens(t) for t in tokens[:3])
