@@ -626,10 +626,10 @@ class _Reader:
             arrays = lines.headers.get(("[[", table))  # written above every table
             if arrays:
                 return arrays[0] + 1
+        if not headers:  # a key above every table: run = {...}, run.duration = ...
             first = lines.starts[0] if lines.starts else len(lines.lines)
-            return lines.find(0, first, rf"\s*{re.escape(table)}\s*=")
-        if not headers:
-            return None
+            dotted = "" if leaf is None else rf"(\s*\.\s*{re.escape(leaf)})?"
+            return lines.find(0, first, rf"\s*{re.escape(table)}{dotted}\s*=")
         if leaf is None:
             return headers[0] + 1
         return lines.find(headers[0], lines.next_start(headers[0]), rf"\s*{re.escape(leaf)}\s*=")

@@ -171,6 +171,23 @@ def test_an_unknown_key_of_the_file_itself_has_its_line(
     assert problem in error.problem
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("# t\nrun = { duration = -1 }\n", "run.duration", 2),
+        ("# t\nrun.duration = -1\n", "run.duration", 2),
+        ("# t\n\nplugins = { load = 'x' }\n", "plugins.load", 3),
+    ],
+    ids=["inline-table", "dotted-key", "inline-plugins"],
+)
+def test_a_section_written_as_a_key_has_its_line(text: str, key: str, line: int) -> None:
+    """[run] or [plugins] written as a key of the file (an inline table, or
+    dotted keys) rather than a [header]: an error in it names its line
+    (before: none, only a [run] header was looked for)."""
+    error = error_of(text)
+    assert (error.key, error.line) == (key, line), str(error)
+
+
 def test_an_entry_s_unknown_sub_table_has_its_line() -> None:
     """[producers.option] (for [producers.options]) below an entry: the error
     names that header's line, not the entry's first (before: line 1 here, the
