@@ -518,3 +518,20 @@ def test_metrics_over_http_count_pairings_and_reloads(tmp: Path) -> None:
     finally:
         assert started.stop() == 128 + signal.SIGTERM
     assert "irqbypass.metrics" not in started.out.read_text()  # not listed as a plugin
+
+
+def test_metrics_on_any_free_port_say_which(tmp: Path) -> None:
+    """``--metrics-port 0`` (any free port, as the help offers) says on stderr
+    where the metrics are, so they can be scraped (before: the port was never
+    told, not even under -v)."""
+    import urllib.request
+
+    started = Run(tmp, "--metrics-port", "0")
+    try:
+        wait_for("the metrics' address", lambda: "/metrics" in started.stderr())
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", started.stderr())
+        assert found, started.stderr()
+        with urllib.request.urlopen(found.group(0), timeout=HANG_GUARD) as reply:
+            assert b"irqbypass_pairings_total" in reply.read()
+    finally:
+        assert started.stop() == 128 + signal.SIGTERM

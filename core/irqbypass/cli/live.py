@@ -281,6 +281,12 @@ def serve_metrics(args: argparse.Namespace, host: PluginHost) -> Metrics:
     try:
         if port is not None:
             metrics.serve(port, args.metrics_address)
+            address = args.metrics_address
+            where = f"http://{f'[{address}]' if ':' in address else address}:{metrics.port}/metrics"
+            if port == 0:  # any free port: this line is the only way to know which
+                say(f"irqbypass: metrics on {where} (--metrics-port 0: a free port)", sys.stderr)
+            else:
+                _log.info("metrics: %s", where)
         if textfile is not None:
             metrics.write_to(textfile)
     except BaseException:
