@@ -283,3 +283,27 @@ def test_check_strict_fails_whatever_became_of_its_reader(json_: bool) -> None:
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
     if not json_:
         assert "token 'vector0' has only a producer" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["run", "--duration", "0.2"]], ids=str)
+def test_a_closed_standard_output_is_no_traceback(tmp_path: Path, command: list[str]) -> None:
+    """Started with standard output closed (``>&-``: Python's sys.stdout is then
+    None), a command writes its results nowhere, as print() does, and does its
+    job (before: AttributeError at the first line, a traceback, exit 1)."""
+    topo = tmp_path / "t.toml"
+    topo.write_text(
+        '[[producers]]\nname = "p"\nkind = "mock"\ntoken = "t"\noptions = { count = 3 }\n'
+        '[[consumers]]\nname = "c"\nkind = "logging"\ntoken = "t"\n'
+    )
+    result = subprocess.run(
+        [*EXE, command[0], str(topo), *command[1:]],
+        stdout=None,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+        env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr

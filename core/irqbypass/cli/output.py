@@ -191,6 +191,8 @@ class _Screen:
         rest is dropped); False if some was dropped. A stream with no file
         descriptor (a StringIO) is written as it is. Within :func:`outliving`,
         a reader gone drops this line and every later one (see :meth:`_gone`)."""
+        if stream is None:  # the fd was closed when Python started (`>&-`): as print() does
+            return True
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
