@@ -12,7 +12,6 @@ pairs only with wrappers of the same fd, not with its duplicates.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import struct
@@ -389,9 +388,9 @@ def _read_timeout(timeout: float | None) -> float | None:
         raise InvalidEndpointError(
             f"Eventfd.read timeout={show(timeout)}: use seconds (a number) or None"
         )
-    if math.isnan(timeout):
+    if timeout != timeout:  # NaN (math.isnan takes no int a float cannot hold)
         raise InvalidEndpointError("Eventfd.read timeout=nan: use seconds or None")
-    if timeout > _FOREVER:  # inf
+    if timeout > _FOREVER:  # inf, or an int beyond any clock
         return None
     return max(timeout, 0.0)
 

@@ -224,6 +224,18 @@ def test_a_read_timeout_is_checked_whatever_the_path() -> None:
         assert efd.read(-1) == 1 and efd.read(0.0) == 0
 
 
+def test_a_read_timeout_no_float_holds_is_forever_or_none() -> None:
+    """``read(10**400)``: a timeout beyond any clock is forever, as ``inf`` is;
+    ``read(-10**400)`` does not wait, as any negative one. The check of the
+    timeout (math.isnan) raised OverflowError for an int no float holds."""
+    with irqbypass.Eventfd() as efd:
+        efd.write(3)
+        assert efd.read(10**400) == 3  # forever: the count is there at once
+        assert efd.read(-(10**400)) == 0
+        efd.write(1)
+        assert efd.read(-(10**400)) == 1
+
+
 def _pair(kind: str, token: irqbypass.Eventfd) -> tuple[irqbypass.Producer, irqbypass.Consumer]:
     if kind == "mock-eventfd->logging":
         return MockProducer(token=token, rate=2000, count=-1, name="src"), LoggingConsumer(
