@@ -307,3 +307,22 @@ def test_a_closed_standard_output_is_no_traceback(tmp_path: Path, command: list[
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_standard_input_closed_is_an_error_that_says_so() -> None:
+    """``irqbypass check -`` started with standard input closed (``<&-``:
+    Python's sys.stdin is then None): an error that says so (before:
+    AttributeError, a traceback)."""
+    result = subprocess.run(
+        [*EXE, "check", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(0),
+        env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+        check=False,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "<stdin>: standard input is closed; give the topology on it, or name a file" in (
+        result.stderr
+    )

@@ -15,6 +15,10 @@ def load_file(file: str) -> Config:
     bound of a file either way (an endless pipe, ``yes |``, is no topology)."""
     if file != STDIN:
         return load_config(file)
+    if sys.stdin is None:  # its fd was closed when Python started (`<&-`)
+        raise ConfigError(
+            "standard input is closed; give the topology on it, or name a file", file="<stdin>"
+        )
     data = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(
