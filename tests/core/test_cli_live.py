@@ -381,18 +381,23 @@ def test_a_stderr_whose_reader_went_away_loses_no_answer_and_ends_no_run(tmp: Pa
     assert "summary:" in started.out.read_text()
 
 
-def test_a_ctrl_c_while_the_header_waits_for_its_reader_leaves_no_textfile(tmp: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_ctrl_c_while_the_header_waits_for_its_reader_leaves_no_textfile(
+    tmp: Path, signum: int
+) -> None:
     """The metrics textfile is written before the run prints its header; a
-    Ctrl-C while the header waits for a reader that does not read (a terminal on
-    Ctrl-S, a full pipe) ends the run and removes it, so node_exporter exports
-    no stale pair (before: the file stayed, its figures frozen)."""
+    Ctrl-C (or SIGTERM: systemctl stop) while the header waits for a reader
+    that does not read (a terminal on Ctrl-S, a full pipe) ends the run and
+    removes it, so node_exporter exports no stale pair (before: the file
+    stayed, its figures frozen; SIGTERM killed the run there, its handler not
+    yet in place)."""
     with _unread_pipe(full=True) as writer:
         started = Run(tmp, "--metrics-textfile", "live.prom", stdout=writer)
         with _killed_at_end(started):
             wait_for("the textfile", lambda: (tmp / "live.prom").exists())
-            started.signal(signal.SIGINT)
-            assert started.proc.wait(timeout=HANG_GUARD) == 128 + signal.SIGINT
-    assert "stopped by SIGINT" in started.stderr()
+            started.signal(signum)
+            assert started.proc.wait(timeout=HANG_GUARD) == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name}" in started.stderr()
     assert not (tmp / "live.prom").exists(), "a stale textfile was left behind"
 
 

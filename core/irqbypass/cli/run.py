@@ -79,9 +79,9 @@ def cmd_run(
         file = getattr(args, "file", None)
         live = Live(topology, file if file not in (None, STDIN) else None, metrics, args.every)
         with outliving():  # a reader gone (`| head`) ends no run: its lines are dropped
-            if not (args.json or args.quiet):
-                print_header(host, out)
-            with live.signals():
+            with live.signals():  # before the header: its write may wait for a reader
+                if not (args.json or args.quiet):
+                    print_header(host, out)
                 ended = _session(args, topology, live, duration, out)
             return _report(args, topology, warnings, ended, out)
     finally:  # the session closed them; a stop before it (in the header's write) did not
