@@ -66,14 +66,19 @@ def _with_fds_left(call: Callable[[], object], left: int) -> BaseException | Non
     RLIMIT_NOFILE (the others taken): what it raised, if anything."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     taken: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))), hard))
+    # room for ``left`` above the highest fd open now: every hole below it and
+    # that room are filled, then ``left`` given back (a process whose fds have
+    # no hole, as in the test guest, still gets them)
+    highest = max(map(int, os.listdir("/proc/self/fd")))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + left, hard))
     try:
         while True:
             try:
                 taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
             except OSError:
                 break
-        for _ in range(min(left, len(taken))):
+        assert len(taken) >= left, f"{len(taken)} fds could be taken, not {left}"
+        for _ in range(left):
             os.close(taken.pop())
         try:
             call()
