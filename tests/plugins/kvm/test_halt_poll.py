@@ -78,6 +78,10 @@ def test_zero_means_the_vcpu_never_polls_and_still_counts_exactly(
     with Guest(line=5, halt_poll_ns=0) as guest:
         stats = deliver_to_a_sleeping_vcpu(guest, token, N)
         assert guest.count == N
+        # the last ack exits to the vCPU thread after the guest counted it: wait for it
+        deadline = time.monotonic() + 10.0
+        while guest.acks < N and guest.error is None and time.monotonic() < deadline:
+            time.sleep(0.001)
         assert guest.acks == N
     # the vCPU slept before each interrupt (so each ended a halt KVM counts),
     # and none of its halts polled
