@@ -91,8 +91,31 @@ def _with_fds_left(call: Callable[[], object], left: int) -> BaseException | Non
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def _open_under_each_fd_limit(
+    make: Callable[[irqbypass.Eventfd], irqbypass.Consumer],
+) -> Iterator[tuple[int, BaseException, irqbypass.Consumer]]:
+    """Open ``make(token)``'s endpoint (a new token each time) with 0, 1, 2 ...
+    fds free until it opens, then close it; yield ``(left, what the open raised,
+    the endpoint)`` for each limit it did not open under, while its token is
+    open, so the caller checks what the failure left. Fails when 16 free fds
+    are not enough, or when the open needed none (nothing was tried)."""
+    for left in range(16):
+        with irqbypass.Eventfd() as token:
+            endpoint = make(token)
+            failure = _with_fds_left(endpoint.open, left)
+            if failure is None:
+                endpoint.close()
+                assert left > 0, "open() made no fd: nothing was tried"
+                return
+            yield left, failure, endpoint
+    pytest.fail("16 free fds were not enough to open")
+
+
 @pytest.fixture
-def with_fds_left() -> Callable[[Callable[[], object], int], BaseException | None]:
-    """``with_fds_left(call, n)``: ``call()`` with only ``n`` fds free (an fd
-    limit met at each step in turn); returns what it raised, or None."""
-    return _with_fds_left
+def open_under_each_fd_limit() -> Callable[
+    [Callable[[irqbypass.Eventfd], irqbypass.Consumer]],
+    Iterator[tuple[int, BaseException, irqbypass.Consumer]],
+]:
+    """``for left, failure, endpoint in open_under_each_fd_limit(make):`` each
+    step of an open that makes an fd meets RLIMIT_NOFILE in turn."""
+    return _open_under_each_fd_limit

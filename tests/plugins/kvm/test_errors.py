@@ -6,6 +6,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import irqbypass
 import irqbypass.plugin
@@ -380,35 +381,30 @@ def test_running_out_of_fds_at_any_step_of_open_is_a_device_error(
     kvm_usable: None,
     vm: irqbypass_kvm.Vm,
     where: str,
-    with_fds_left: Callable[[Callable[[], object], int], BaseException | None],
+    open_under_each_fd_limit: Callable[..., Iterator[tuple[int, BaseException, Any]]],
 ) -> None:
     """Each step of open() that makes an fd (the guest's, a dup of the VMM's VM
     fd, an mmap of the vCPU, an eventfd) can meet RLIMIT_NOFILE: each time the
     error is a DeviceError (EMFILE) that says to raise the limit, and nothing is
     left open; with enough fds the consumer opens."""
-    for left in range(16):
-        with irqbypass.Eventfd() as token:
-            consumer = (
-                KvmIrqfdConsumer(token=token, vm="guest", gsi=5, resample=True, guest_ack="eventfd")
-                if where == "own guest"
-                else KvmIrqfdConsumer(
-                    token=token, vm=vm.fd, msi=irqbypass_kvm.MsiRoute(0xFEE00000, 0x41)
-                )
-                if where == "VM fd (MSI)"
-                else KvmIrqfdConsumer(token=token, vm=vm.fd, gsi=5, resample=True)
+
+    def make(token: irqbypass.Eventfd) -> KvmIrqfdConsumer:
+        if where == "own guest":
+            return KvmIrqfdConsumer(
+                token=token, vm="guest", gsi=5, resample=True, guest_ack="eventfd"
             )
-            failure = with_fds_left(consumer.open, left)
-            if failure is None:
-                consumer.close()
-                assert left > 0, "open() made no fd: nothing was tried"
-                break
-            assert isinstance(failure, irqbypass.DeviceError), f"{left} fds left: {failure!r}"
-            assert failure.errno == errno.EMFILE
-            assert "ulimit -n" in str(failure), str(failure)
-            assert_nothing_open(consumer)
-            assert irqbypass_kvm.Vm._borrowed == {}
-    else:
-        pytest.fail("16 free fds were not enough to open")
+        if where == "VM fd (MSI)":
+            return KvmIrqfdConsumer(
+                token=token, vm=vm.fd, msi=irqbypass_kvm.MsiRoute(0xFEE00000, 0x41)
+            )
+        return KvmIrqfdConsumer(token=token, vm=vm.fd, gsi=5, resample=True)
+
+    for left, failure, consumer in open_under_each_fd_limit(make):
+        assert isinstance(failure, irqbypass.DeviceError), f"{left} fds left: {failure!r}"
+        assert failure.errno == errno.EMFILE
+        assert "ulimit -n" in str(failure), str(failure)
+        assert_nothing_open(consumer)
+        assert irqbypass_kvm.Vm._borrowed == {}
 
 
 @pytest.mark.guest("kvm")

@@ -13,8 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import irqbypass
 import irqbypass.plugin
@@ -372,7 +373,7 @@ def test_ctrl_c_ends_a_close_waiting_for_a_peers_file_lock(tmp_path: Path) -> No
 def test_running_out_of_fds_at_any_step_of_open_is_an_irqbypass_error(
     tmp_path: Path,
     where: str,
-    with_fds_left: Callable[[Callable[[], object], int], BaseException | None],
+    open_under_each_fd_limit: Callable[..., Iterator[tuple[int, BaseException, Any]]],
 ) -> None:
     """Each step of open() that makes an fd (the memfd, the record, the
     notification eventfd, the directory walk) can meet RLIMIT_NOFILE: each time
@@ -380,23 +381,18 @@ def test_running_out_of_fds_at_any_step_of_open_is_an_irqbypass_error(
     limit, unless the path walk's UnsafePathError names the directory), and
     nothing is left: no fd, no file; with enough fds the consumer opens."""
     path = tmp_path / "pi0"
-    for left in range(16):
-        with irqbypass.Eventfd() as token:
-            consumer = PostedInterruptConsumer(
-                token=token,
-                file=None if where == "anonymous" else str(path),
-                drain=where.endswith("drain"),
-            )
-            failure = with_fds_left(consumer.open, left)
-            if failure is None:
-                consumer.close()
-                assert left > 0, "open() made no fd: nothing was tried"
-                break
-            assert isinstance(failure, irqbypass.IrqBypassError), f"{left} fds: {failure!r}"
-            assert failure.errno == errno.EMFILE
-            if not isinstance(failure, irqbypass.system.UnsafePathError):
-                assert "ulimit -n" in str(failure), str(failure)
-            assert consumer.descriptor is None
-            assert not path.exists()
-    else:
-        pytest.fail("16 free fds were not enough to open")
+
+    def make(token: irqbypass.Eventfd) -> PostedInterruptConsumer:
+        return PostedInterruptConsumer(
+            token=token,
+            file=None if where == "anonymous" else str(path),
+            drain=where.endswith("drain"),
+        )
+
+    for left, failure, consumer in open_under_each_fd_limit(make):
+        assert isinstance(failure, irqbypass.IrqBypassError), f"{left} fds: {failure!r}"
+        assert failure.errno == errno.EMFILE
+        if not isinstance(failure, irqbypass.system.UnsafePathError):
+            assert "ulimit -n" in str(failure), str(failure)
+        assert consumer.descriptor is None
+        assert not path.exists()
