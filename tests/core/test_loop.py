@@ -760,6 +760,33 @@ def test_closing_an_attached_loop_from_another_thread_releases_its_fds_as_asynci
     assert still == [], "the loop's fds were left open"
 
 
+def _interrupted_under_asyncio(
+    own: irqbypass.plugin.EventLoop,
+    host: asyncio.AbstractEventLoop,
+    register: Callable[[], object],
+) -> None:
+    """Attach ``own`` to ``host``, ``register()`` what the Ctrl-C will land in,
+    and run ``host`` until that KeyboardInterrupt reaches its caller (a hang
+    guard ends the run otherwise, and the test fails)."""
+
+    async def main() -> None:
+        own.attach(asyncio.get_running_loop())
+        register()
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:  # a hang guard: the interrupt ends it
+            await asyncio.sleep(0.005)
+
+    with pytest.raises(KeyboardInterrupt):
+        host.run_until_complete(main())
+
+
+def _run_until(host: asyncio.AbstractEventLoop, condition: Callable[[], bool]) -> None:
+    """Run ``host`` turn by turn until ``condition()`` holds (or the hang guard)."""
+    deadline = time.monotonic() + GUARD
+    while not condition() and time.monotonic() < deadline:
+        host.run_until_complete(asyncio.sleep(0.005))
+
+
 @pytest.mark.usefixtures("guarded_sigint")
 def test_a_ctrl_c_in_a_callback_run_by_asyncio_reaches_the_vmm() -> None:
     """Attached to asyncio, the callbacks run on the VMM's (main) thread,
@@ -778,23 +805,16 @@ def test_a_ctrl_c_in_a_callback_run_by_asyncio_reaches_the_vmm() -> None:
             if len(ran) == 1:
                 signal.raise_signal(signal.SIGINT)  # the Ctrl-C lands here
 
-        async def main() -> None:
-            own.attach(asyncio.get_running_loop())
+        def register() -> None:
             handles.append(own.add_reader(token, callback, owner="reader"))
             token.write(1)
-            deadline = time.monotonic() + GUARD
-            while time.monotonic() < deadline:  # a hang guard: the interrupt ends it
-                await asyncio.sleep(0.005)
 
         try:
-            with pytest.raises(KeyboardInterrupt):
-                host.run_until_complete(main())
+            _interrupted_under_asyncio(own, host, register)
             assert ran == [1] and handles[0].active, "the interrupted reader was removed"
             assert own.fault_count == 0
             token.write(2)  # the reader still serves, on the next turn
-            deadline = time.monotonic() + GUARD
-            while len(ran) < 2 and time.monotonic() < deadline:
-                host.run_until_complete(asyncio.sleep(0.005))
+            _run_until(host, lambda: len(ran) >= 2)
             assert ran == [1, 2]
         finally:
             own.close()
@@ -815,20 +835,13 @@ def test_a_ctrl_c_in_a_timer_run_by_asyncio_loses_no_other_timer() -> None:
         if ran.count("first") == 1:
             signal.raise_signal(signal.SIGINT)
 
-    async def main() -> None:
-        own.attach(asyncio.get_running_loop())
+    def register() -> None:
         own.call_every(0.01, first, owner="first")
         own.call_later(0.0, lambda: ran.append("second"), owner="second")
-        deadline = time.monotonic() + GUARD
-        while time.monotonic() < deadline:  # a hang guard: the interrupt ends it
-            await asyncio.sleep(0.005)
 
     try:
-        with pytest.raises(KeyboardInterrupt):
-            host.run_until_complete(main())
-        deadline = time.monotonic() + GUARD
-        while not ("second" in ran and ran.count("first") > 1) and time.monotonic() < deadline:
-            host.run_until_complete(asyncio.sleep(0.005))
+        _interrupted_under_asyncio(own, host, register)
+        _run_until(host, lambda: "second" in ran and ran.count("first") > 1)
         assert "second" in ran and ran.count("first") > 1, ran
         assert own.fault_count == 0
     finally:
