@@ -23,6 +23,7 @@ import irqbypass
 import irqbypass.plugin
 import pytest
 from fork_support import in_child
+from main_thread import main_thread_joining
 
 GUARD = 60.0  # seconds: a hang guard, never a speed limit
 
@@ -524,13 +525,7 @@ def test_a_close_cut_by_ctrl_c_is_finished_by_the_next_close() -> None:
     assert main is not None
 
     def interrupt_the_join() -> None:
-        def joining() -> bool:
-            frame = sys._current_frames().get(main)  # type: ignore[arg-type]
-            while frame is not None and frame.f_code.co_name != "join":
-                frame = frame.f_back
-            return frame is not None
-
-        until(joining, "close() waits for the callback")
+        until(main_thread_joining, "close() waits for the callback")
         signal.pthread_kill(main, signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt_the_join, daemon=True)

@@ -24,6 +24,7 @@ import irqbypass.system
 import pytest
 from irqbypass import _metrics as metrics
 from irqbypass import _paths as paths
+from main_thread import main_thread_joining
 from rel_support import COUNTERS
 
 HANG_GUARD = 120.0
@@ -1001,18 +1002,6 @@ def test_the_control_path_appears_only_once_listening(
 # -- a Ctrl-C while the metrics close -------------------------------------------
 
 
-def _main_thread_joining() -> bool:
-    """Whether the main thread waits in Thread.join (found in its stack)."""
-    import sys
-
-    frame = sys._current_frames().get(threading.main_thread().ident or 0)
-    while frame is not None:
-        if frame.f_code.co_name == "join":
-            return True
-        frame = frame.f_back
-    return False
-
-
 def test_a_ctrl_c_while_the_exporter_stops_still_removes_the_textfile(
     tmp_path: Path, exporter: metrics.Metrics
 ) -> None:
@@ -1044,7 +1033,7 @@ def test_a_ctrl_c_while_the_exporter_stops_still_removes_the_textfile(
     wait_for("the scrape to begin", entered.is_set)
 
     def interrupt() -> None:
-        wait_for("close() to wait for the exporter's thread", _main_thread_joining)
+        wait_for("close() to wait for the exporter's thread", main_thread_joining)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt, daemon=True)

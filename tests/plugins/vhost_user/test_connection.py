@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from irqbypass_vhost_user import (
     VhostUserProducer,
 )
 from irqbypass_vhost_user import _wire as wire
+from main_thread import main_thread_in
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -341,16 +341,6 @@ def test_producers_handed_one_connection_share_its_break(fds: str) -> None:
         backend.close()
 
 
-def _main_thread_in(conn: Connection) -> bool:
-    """Whether the main thread is in a method of ``conn``."""
-    frame = sys._current_frames().get(threading.main_thread().ident or 0)
-    while frame is not None:
-        if frame.f_locals.get("self") is conn:
-            return True
-        frame = frame.f_back
-    return False
-
-
 @pytest.mark.usefixtures("guarded_sigint")
 def test_ctrl_c_ends_a_wait_for_the_turn_and_takes_nothing(
     pair: tuple[Connection, socket.socket],
@@ -374,7 +364,7 @@ def test_ctrl_c_ends_a_wait_for_the_turn_and_takes_nothing(
         assert backend.recv(12) == struct.pack("=III", 1, 1, 0)  # first has the turn, stalled
 
         def interrupt() -> None:
-            while not _main_thread_in(other):
+            while not main_thread_in(lambda frame: frame.f_locals.get("self") is other):
                 time.sleep(0.001)
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
