@@ -245,23 +245,13 @@ class Eventfd:
         return Eventfd._wrap(self._using(os.dup), owned=True)
 
     def keep_open(self, on_close: Callable[[], object]) -> int:
-        """The fd number, kept open until :meth:`let_go`, for a kernel object
-        bound to it that must be undone through it (KVM drops an irqfd only when
-        the eventfd itself goes, which a copy in another process delays): a
+        """The fd number, kept open until :meth:`let_go`, for whatever is bound
+        to it for longer than a call: the event loop watching it, or a kernel
+        object that must be undone through it (KVM drops an irqfd only when the
+        eventfd itself goes, which a copy in another process delays). A
         :meth:`close` meanwhile leaves the number taken and calls ``on_close()``,
-        which is expected to undo that object and let go. Raises
-        EventfdClosedError once closed."""
-        return self._borrow(on_close)
-
-    def let_go(self, on_close: Callable[[], object]) -> None:
-        """End the :meth:`keep_open` of ``on_close`` (idempotent); the last one
-        out closes an fd that close() left open for it."""
-        self._give_back(on_close)
-
-    def _borrow(self, on_close: Callable[[], object]) -> int:
-        """Take the fd number until :meth:`_give_back` (the event loop watching
-        it): close() then leaves the number taken and calls ``on_close()``, which
-        is expected to stop watching and give the borrow back."""
+        which is expected to undo that and let go. Raises EventfdClosedError
+        once closed."""
         with self._guard:
             fd = self._fd
             if fd < 0:
@@ -270,14 +260,14 @@ class Eventfd:
             self._borrowers.append(on_close)
             return fd
 
-    def _give_back(self, on_close: Callable[[], object]) -> None:
-        """End the borrow of ``on_close`` (idempotent); the last one out closes
-        an fd that close() left open for it."""
+    def let_go(self, on_close: Callable[[], object]) -> None:
+        """End the :meth:`keep_open` of ``on_close`` (idempotent); the last one
+        out closes an fd that close() left open for it."""
         with self._guard:
             try:
                 self._borrowers.remove(on_close)
             except ValueError:
-                return  # given back already
+                return  # let go already
             self._users -= 1
             later = self._close_later if self._users == 0 else -1
             if later >= 0:

@@ -203,7 +203,7 @@ class LoopHandle:
                 finally:
                     loop._cancel_waiters -= 1
         if borrowed is not None:
-            borrowed._give_back(self._source_closed)
+            borrowed.let_go(self._source_closed)
 
     def _unwatch(self) -> Eventfd | None:
         """Take a reader out of its loop's epoll set (the loop's lock held);
@@ -232,7 +232,7 @@ class LoopHandle:
             self.state = "cancelled"
             borrowed = self._unwatch()
         if borrowed is not None:
-            borrowed._give_back(self._source_closed)  # now the fd is closed
+            borrowed.let_go(self._source_closed)  # now the fd is closed
         with contextlib.suppress(LoopClosedError):  # a loop closing meanwhile runs nothing
             loop.call_later(0.0, self.callback, owner=self.owner)
 
@@ -501,7 +501,7 @@ class EventLoop:
         try:
             if isinstance(source, Eventfd):
                 handle.borrowed = source  # before the borrow: the undo below finds it
-                handle.fd = source._borrow(handle._source_closed)
+                handle.fd = source.keep_open(handle._source_closed)
             else:
                 handle.fd = _fileno(source, owner)
             with self._lock:
@@ -529,12 +529,12 @@ class EventLoop:
         except BaseException:
             handle.state = "cancelled"
             if handle.borrowed is not None:
-                handle.borrowed._give_back(handle._source_closed)
+                handle.borrowed.let_go(handle._source_closed)
                 handle.borrowed = None
             raise
         finally:
             if stale is not None and stale_borrowed is not None:
-                stale_borrowed._give_back(stale._source_closed)
+                stale_borrowed.let_go(stale._source_closed)
         self._ensure_running(handle)
         return handle
 
