@@ -190,23 +190,30 @@ class SplitRing:
     def pop_used(self) -> list[tuple[int, int]]:
         """The (head, written length) of every chain the device returned since
         the last call."""
-        view = self.memory.view
         end = self.device_used_idx()
         returned = (end - self.used_idx) & 0xFFFF
         if returned > self.outstanding:
             raise ProtocolError(
-                f"the back-end moved the used index to {end} (from {self.used_idx}): "
-                f"{returned} chains returned, more than the {self.outstanding} it "
-                "was given; it corrupted the used ring (see its log)",
+                f"the back-end moved the used index to {end} (from {self.used_idx}) with "
+                f"the available index at {self._published()}: {returned} chains returned, "
+                f"more than the {self.outstanding} it was given (the used ring's entries "
+                f"from {self.used_idx}, as (head, length): {self._used_entries(4)}); it "
+                "corrupted the used ring (see its log)",
                 errno=errno.EIO,
             )
-        done = []
-        while self.used_idx != end:
-            slot = self._off(self.used_gpa) + 4 + 8 * (self.used_idx % self.size)
-            head, length = _USED_ELEM.unpack_from(view, slot)
-            done.append((head, length))
-            self.used_idx = (self.used_idx + 1) & 0xFFFF
+        done = self._used_entries(returned)
+        self.used_idx = end
         return done
+
+    def _used_entries(self, n: int) -> list[tuple[int, int]]:
+        """The (head, length) of the ``n`` used-ring entries from ``used_idx`` on."""
+        view, base = self.memory.view, self._off(self.used_gpa) + 4
+        entries = []
+        for i in range(n):
+            slot = base + 8 * ((self.used_idx + i) % self.size)
+            head, length = _USED_ELEM.unpack_from(view, slot)
+            entries.append((head, length))
+        return entries
 
     @property
     def unpublished(self) -> int:

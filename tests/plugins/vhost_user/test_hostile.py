@@ -311,7 +311,9 @@ def test_a_used_index_beyond_what_was_given_is_refused(
         ring = producer.ring
         used_idx = ring.used_gpa - producer.memory.guest_addr + 2
         producer.memory.view[used_idx : used_idx + 2] = (60000).to_bytes(2, "little")
-        with pytest.raises(ProtocolError, match="60000 chains returned, more than the 0"):
+        used_ring = r"60000 \(from 0\) with the available index at 0: 60000 chains returned"
+        entries = r"entries from 0, as \(head, length\): \[\(0, 0\),"
+        with pytest.raises(ProtocolError, match=f"{used_ring}, more than the 0 .*{entries}"):
             producer.reap()
         assert producer.problem is not None
         with contextlib.suppress(ProtocolError):
