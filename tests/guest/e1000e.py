@@ -20,12 +20,18 @@ Counting them exactly needs QEMU 7.2's e1000e_core.c read closely:
   is sent again by every later ``e1000e_send_msi`` (any ICS or IMS write).
 
 So :meth:`E1000e.setup` auto-clears every cause (EIAC) and sets IAME (IMS
-stays), and the tests raise one vector again only after its last message
-arrived and :data:`PACE_S` passed, so no cause is ever postponed and the flag
-never sticks. PACE_S is far beyond the 128 us because a timer's ``running``
-stays true until QEMU's main loop runs its callback, which on a loaded host
-comes late: with 5 ms, two TCG guests and the host's suite on 2 cores, vector
-0's flag stuck once (every later raise of it arrived twice, three tests failed).
+stays), and no cause is raised while its vector's timer runs, so none is
+ever postponed and no flag sticks. A wait cannot promise that: a timer's
+``running`` stays true until QEMU's main loop runs its callback, which on a
+loaded host comes late (with a 5 ms pause, two TCG guests and the host's
+suite on 2 cores, vector 0's flag stuck once; with 50 ms and a third TCG
+guest, vector 2's: every later raise of it arrived twice, nine tests
+failed). So before each raise while MSI-X is on, :meth:`E1000e.raise_vector`
+ends every running timer itself: ``e1000e_set_ims`` runs all their callbacks
+at once, in the write, when every valid IMS bit is written with
+CTRL_EXT.INT_TIMERS_CLEAR_ENA set (``e1000e_intrmgr_fire_all_timers``); the
+IMS bits beyond the five causes are cleared again at once (IMC). The
+raises still wait :data:`PACE_S` after the vector's last message, as before.
 A flag stuck by an earlier run stays stuck until the device is reset.
 
 The same timers abort QEMU 7.2 (``assert(msix_enabled)`` and its opposite in
@@ -59,6 +65,8 @@ CTRL, CTRL_EXT, ICR, ITR, ICS, IMS, IMC, EIAC, IVAR = (
 )  # fmt: skip
 EITR0 = 0xE8
 CTRL_EXT_IAME = 1 << 27
+#: with it, writing every valid IMS bit ends the running interrupt timers at once
+CTRL_EXT_INT_TIMERS_CLEAR_ENA = 1 << 29
 #: the five MSI-X causes (ICR bits) in IVAR's order, one per vector here
 CAUSES = (1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24)  # RxQ0, RxQ1, TxQ0, TxQ1, Other
 NAMES = ("RxQ0", "RxQ1", "TxQ0", "TxQ1", "Other")
@@ -100,15 +108,28 @@ class E1000e:
             ivar |= (0x8 | v) << (4 * v)  # 3 bits of vector and the valid bit per cause
         self.write(IVAR, ivar)
         self.write(EIAC, sum(CAUSES))
-        self.write(CTRL_EXT, self.read(CTRL_EXT) | CTRL_EXT_IAME)
+        ctrl_ext = self.read(CTRL_EXT) | CTRL_EXT_IAME | CTRL_EXT_INT_TIMERS_CLEAR_ENA
+        self.write(CTRL_EXT, ctrl_ext)
         self.write(IMS, sum(CAUSES))
 
-    def raise_vector(self, v: int) -> None:
-        """Raise vector v's cause, no sooner than PACE_S after its last message."""
+    def raise_vector(self, v: int, *, msix: bool = True) -> None:
+        """Raise vector v's cause, no sooner than PACE_S after its last message;
+        with ``msix`` (the index is enabled), after ending every running
+        throttling timer (:meth:`end_throttling`). Not ``msix``: MSI-X is
+        disabled (the cause is latched for INTx), where those timers' callbacks
+        must not run (QEMU asserts MSI-X is on)."""
         wait = self.last_sent[v] + PACE_S - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        if msix:
+            self.end_throttling()
         self.write(ICS, CAUSES[v])
+
+    def end_throttling(self) -> None:
+        """Run the callback of every throttling timer still running, now (see
+        the module doc): a cause raised next is sent, never postponed."""
+        self.write(IMS, 0xFFFFFFFF)  # every valid bit: e1000e_intrmgr_fire_all_timers
+        self.write(IMC, 0xFFFFFFFF & ~sum(CAUSES))  # only the five causes stay enabled
 
     def arrived(self, v: int) -> None:
         """Note that vector v's message arrived (the pacing starts from here)."""

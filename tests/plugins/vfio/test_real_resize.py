@@ -261,7 +261,7 @@ def test_regrow_loses_what_is_raised_while_the_index_is_disabled(
                     set_irqs(fd, NONE_TRIGGER, 0, 0)  # disabled: every vector freed
                     ioctl_s["disable"].append(time.monotonic() - t0)
                     for v in FIRING:
-                        nic.raise_vector(v)
+                        nic.raise_vector(v, msix=False)
                         nic.arrived(v)  # pace from here
                     window["raised"] += len(FIRING)
                     window["latched"] += len(nic.take_latched(FIRING))
