@@ -203,6 +203,35 @@ def test_closed_pipe_is_not_a_traceback() -> None:
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "words", [["plugins", "--json"], ["--version"], ["--version", "--version"]], ids=" ".join
+)
+def test_a_reader_gone_before_the_first_line_ends_a_one_shot_command_at_exit_0(
+    words: list[str],
+) -> None:
+    """docs/cli.md: `irqbypass plugins --json | head -c 1` "and the other one-shot
+    commands just stop, exit 0", and no error is a traceback. The reader's end is
+    closed before the command starts, so every write is EPIPE (`| head -c 1` races
+    the writes). Before, `--version --version` (printed while the arguments are
+    parsed) ended in a BrokenPipeError traceback and exit 1."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [*EXE, *words],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.toml")), ids=str)
 def test_every_example_passes_check(example: Path) -> None:
     result = run("check", str(example))

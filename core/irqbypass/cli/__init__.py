@@ -338,7 +338,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if given.count("--version") >= 2:  # as pytest's: the plugins too, none imported
         from .versions import print_versions
 
-        print_versions(sys.stdout)
+        try:
+            print_versions(sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`| head`), as in main: not an error
+            reader_gone(sys.stdout)
         raise SystemExit(0)
     parser = _Parser(
         prog="irqbypass",
