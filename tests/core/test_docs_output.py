@@ -229,3 +229,38 @@ def test_only_the_output_of_a_host_with_kvm_waits_for_one() -> None:
     assert needs_kvm("IRQBYPASS_LOAD_PLUGINS=irqbypass-mock,irqbypass-kvm irqbypass plugins")
     assert not needs_kvm("irqbypass check docs/examples/topologies/optional.toml")
     assert not needs_kvm("irqbypass run docs/examples/topologies/small.toml")
+
+
+#: the plugin guide's run of the example plugins' tests: the environment, then pytest's arguments
+PLUGIN_TESTS_RUN = re.compile(
+    r"```console\n\$ (?P<env>PYTHONPATH=\S+) \.venv/bin/pytest (?P<args>.+?)\n(?P<body>.*?)```",
+    re.S,
+)
+
+
+def test_the_plugin_guide_s_run_of_the_example_plugins_tests_prints_what_it_shows() -> None:
+    """docs/plugin-guide.md, "Testing a plugin in-process": the command that runs the
+    example plugins' tests prints what the page shows, its duration aside. Before, it
+    ran all of docs/examples (10 tests by then, while the page showed 5) without -q
+    (pytest's header too)."""
+    page = (ROOT / "docs" / "plugin-guide.md").read_text()
+    block = PLUGIN_TESTS_RUN.search(page)
+    assert block is not None, "docs/plugin-guide.md lost the run of the example plugins' tests"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IRQBYPASS_", "PYTEST_"))}
+    key, _, value = block["env"].partition("=")
+    env[key] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *shlex.split(block["args"])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def timeless(text: str) -> str:
+        return re.sub(r" in [\d.]+s$", " in Ns", text, flags=re.M)
+
+    assert timeless(result.stdout) == timeless(block["body"]), result.stdout
