@@ -123,6 +123,20 @@ def test_one_boot_serves_several_families() -> None:
         boot.parse_families("vfio,nvme")
 
 
+def test_the_boot_folders_docs_testing_names_are_those_scripts_guest_writes() -> None:
+    """docs/testing.md's `scripts/guest ...` lines name the folder each boot
+    writes under .cache/guest (before: `scripts/guest all` named vdpa+vfio-6.1,
+    from before the kvm family joined the 6.1 guest)."""
+    page = (ROOT / "docs" / "testing.md").read_text()
+    lines = re.findall(r"^\$ scripts/guest (.+?)\s+#.*\.cache/guest/([\w+.-]+)/", page, re.M)
+    assert len(lines) >= 4, "docs/testing.md lost its scripts/guest lines"
+    for args, folder in lines:
+        words = args.split()
+        kernel = words[words.index("--kernel") + 1] if "--kernel" in words else boot.DEFAULT_KERNEL
+        (families,) = [w for w in words if not w.startswith("-") and w != kernel]
+        assert boot.boot_name(boot.parse_families(families, kernel), kernel) == folder, args
+
+
 def test_each_kernel_boots_the_families_it_has() -> None:
     assert boot.parse_families("all", "6.12") == ["kvm", "vfio"]
     assert boot.boot_name(["vfio"], "6.12") == "vfio-6.12"
