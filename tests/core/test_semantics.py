@@ -7,8 +7,10 @@ __connect/__disconnect); any deviation is a bug.
 from __future__ import annotations
 
 import errno
+import re
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Hashable, Iterator
+from pathlib import Path
 from typing import Any
 
 import irqbypass
@@ -533,3 +535,54 @@ def test_only_endpoints_can_register(mgr: irqbypass.Manager) -> None:
             register(Duck())  # type: ignore[arg-type]
         assert info.value.errno == errno.EINVAL
     assert len(mgr) == 0
+
+
+class _FailingConsumer(irqbypass.Consumer):
+    """A consumer whose callback ``fail`` raises OSError(ENODEV, "<callback> boom")."""
+
+    def __init__(self, *, token: Hashable, fail: str) -> None:
+        super().__init__(token=token, name="c")
+        self.fail = fail
+
+    def _step(self, what: str) -> None:
+        if what == self.fail:
+            raise OSError(errno.ENODEV, f"{what} boom")
+
+    def add_producer(self, producer: irqbypass.Producer) -> None:
+        self._step("add_producer")
+
+    def del_producer(self, producer: irqbypass.Producer) -> None:
+        self._step("del_producer")
+
+    def start(self) -> None:
+        self._step("start")
+
+
+def _message_of(fail: str) -> str:
+    """The message of what semantics.md's example with a failing ``fail`` raises."""
+    mgr = irqbypass.Manager()
+    producer, consumer = BareProducer(token="t", name="p"), _FailingConsumer(token="t", fail=fail)
+    mgr.register_producer(producer)
+    try:
+        mgr.register_consumer(consumer)
+        if fail == "del_producer":
+            mgr.unregister_producer(producer)
+    except irqbypass.CallbackFailure as exc:
+        return str(exc)
+    raise AssertionError(f"a failing {fail} raised nothing")
+
+
+def test_the_messages_semantics_md_shows_are_the_real_ones() -> None:
+    """docs/semantics.md quotes a ConnectError and two CallbackErrors (up to its
+    "..."): each is the start of what the manager says. Before, two had drifted
+    ("'p' stays registered" for "producer 'p' ...", "The state is" for "The
+    registration state is")."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "semantics.md").read_text()
+    shown = [" ".join(b.split()) for b in re.findall(r"```text\n(.*?)```", page, re.S)]
+    assert len(shown) == 3, "docs/semantics.md's three example messages"
+    for fail, text in zip(("add_producer", "start", "del_producer"), shown, strict=True):
+        real = " ".join(_message_of(fail).split())
+        if text.endswith("..."):
+            assert real.startswith(text.removesuffix("...").rstrip()), (text, real)
+        else:
+            assert real == text
