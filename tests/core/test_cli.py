@@ -24,6 +24,25 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def run_with_reader_gone(*args: str) -> subprocess.CompletedProcess[str]:
+    """``irqbypass ARGS`` whose stdout is a pipe with its reader already closed:
+    every write to stdout is EPIPE (``| head -c 1`` would race the writes)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [*EXE, *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
+            check=False,
+        )
+    finally:
+        os.close(writer)
+
+
 def test_demo_runs_and_ends_by_itself() -> None:
     result = run("demo", "--json")
     assert result.returncode == 0, result.stderr
@@ -214,20 +233,7 @@ def test_a_reader_gone_before_the_first_line_ends_a_one_shot_command_at_exit_0(
     closed before the command starts, so every write is EPIPE (`| head -c 1` races
     the writes). Before, `--version --version` (printed while the arguments are
     parsed) ended in a BrokenPipeError traceback and exit 1."""
-    reader, writer = os.pipe()
-    os.close(reader)
-    try:
-        result = subprocess.run(
-            [*EXE, *words],
-            stdout=writer,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
-            check=False,
-        )
-    finally:
-        os.close(writer)
+    result = run_with_reader_gone(*words)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
@@ -292,21 +298,8 @@ def test_check_strict_fails_whatever_became_of_its_reader(json_: bool) -> None:
     """``irqbypass check FILE --strict | grep -q OK`` in CI: a file with warnings
     fails (exit 1, the warnings and the error on stderr) also when the reader of
     stdout has gone before the table (before: exit 0 and not a word)."""
-    reader, writer = os.pipe()
-    os.close(reader)  # the reader has gone: every write to stdout is EPIPE
-    try:
-        result = subprocess.run(
-            [*EXE, "check", str(ROOT / "docs/examples/topologies/mistakes.toml"), "--strict"]
-            + ["--json"] * json_,
-            stdout=writer,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if not k.startswith("IRQBYPASS_")},
-            check=False,
-        )
-    finally:
-        os.close(writer)
+    mistakes = str(ROOT / "docs/examples/topologies/mistakes.toml")
+    result = run_with_reader_gone("check", mistakes, "--strict", *["--json"] * json_)
     assert result.returncode == 1, result.stderr
     assert "mistakes.toml: 3 warnings (--strict)" in result.stderr
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
