@@ -5,6 +5,7 @@ Plugins under test are modules of tests/core loaded with ``-p``
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -207,6 +208,37 @@ def test_a_long_skip_reason_wraps_under_its_column_on_an_80_column_terminal() ->
     assert rest and all(ln[:column].strip() == "" for ln in rest), "wrapped under STATE"
     reason = long_row[long_row.index("would be skipped") :]
     assert " ".join(ln.strip() for ln in [lines[start][column:], *rest]) == reason
+
+
+SUMMARY_HEADER = (
+    *("TOKEN", "PRODUCER", "CONSUMER", "FIRED", "DELIVERED"),
+    *("COALESCED", "QUEUED", "LOST", "DETAILS"),
+)
+SUMMARY_ROW = (
+    *("vector-kvm", "vhost-user-blk", "guest-msi", "400", "399", "1", "0", "0"),
+    "direct=0 eventfd=400 pending=0 assigned=1 gsi=5 paired=1 stops=1 starts=1",
+)
+
+
+def test_columns_too_wide_for_two_spaces_between_them_get_one() -> None:
+    from irqbypass.cli.output import print_table
+
+    narrow, wide = io.StringIO(), io.StringIO()
+    print_table(SUMMARY_HEADER, [(SUMMARY_ROW, False)], narrow, width=80)
+    print_table(SUMMARY_HEADER, [(SUMMARY_ROW, False)], wide, width=200)
+    lines = narrow.getvalue().splitlines()
+    assert all(len(ln) <= 79 for ln in lines), lines  # the header's LOST wrapped
+    assert lines[0].split() == list(SUMMARY_HEADER[:-1]), lines
+    assert lines[0].startswith("  TOKEN      PRODUCER       CONSUMER  FIRED DELIVERED "), lines
+    two_apart = "  TOKEN       PRODUCER        CONSUMER   FIRED  "
+    assert wide.getvalue().startswith(two_apart), "where they fit, as before"
+
+
+def test_the_demo_fits_an_80_column_terminal() -> None:
+    lines = on_a_terminal("demo").splitlines()
+    assert all(len(ln) <= 79 for ln in lines), [ln for ln in lines if len(ln) > 79]
+    (header,) = [ln for ln in lines if ln.split()[:1] == ["TOKEN"] and "LOST" in ln]
+    assert header.split() == list(SUMMARY_HEADER[:-1]), header
 
 
 # -- 11: every error of a file, in file order, with its line --------------------

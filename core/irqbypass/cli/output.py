@@ -282,16 +282,21 @@ def print_table(
     On a terminal (or given ``width``), a last column too long for it (a skip
     reason of 250 characters) wraps at word boundaries under itself, instead of
     the terminal breaking it anywhere; piped output keeps one line per row, for
-    scripts and diffs."""
+    scripts and diffs. Columns are two spaces apart, or one where the
+    columns before the last would not fit the terminal with two (the
+    demo's summary on 80 columns: its header's LOST wrapped)."""
     every = lists_every(every, len(rows))
     shown = [cells for cells, problem in rows if every or problem]
     widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
     if width is None and is_tty(out):
         width = screen_width(out)
-    indent = 2 + sum(w + 2 for w in widths[:-1])
+    gap = 2
+    if width is not None and sum(w + gap for w in widths[:-1]) > width - 1:
+        gap = 1
+    indent = 2 + sum(w + gap for w in widths[:-1])
     room = (width - 1 - indent) if width is not None else 0
     for r in [header, *shown] if shown else []:  # no row shown: no header either
-        head = "  " + "".join(c.ljust(w + 2) for c, w in zip(r[:-1], widths, strict=False))
+        head = "  " + "".join(c.ljust(w + gap) for c, w in zip(r[:-1], widths, strict=False))
         last = r[-1]
         if width is None or len(last) <= room:
             say((head + last).rstrip(), out)
