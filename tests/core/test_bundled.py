@@ -45,6 +45,18 @@ def test_no_shipped_example_names_a_path_of_the_checkout() -> None:
             assert (ROOT / "docs" / page).with_suffix(".md").is_file(), f"{name}: {url}"
 
 
+def test_the_examples_listing_fits_an_80_column_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each example is listed on one line: its name and the first clause of
+    its leading comment (vhost-user.toml's ran to 113 characters, broken
+    mid-word on 80 columns)."""
+    assert main(["examples"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(bundled.bundled()) + 1
+    assert all(len(ln) <= 79 for ln in lines), [ln for ln in lines if len(ln) > 79]
+
+
 def test_examples_write_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
