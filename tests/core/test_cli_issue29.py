@@ -463,6 +463,24 @@ def test_every_wrong_argument_is_reported_in_one_go_in_order(tmp_path: Path) -> 
     ], missing.stderr
 
 
+def test_files_after_the_one_a_command_takes_say_to_run_it_once_for_each(
+    tmp_path: Path,
+) -> None:
+    """``irqbypass check examples/*.toml``, the shell's glob: argparse said
+    only that the second file was unrecognized."""
+    first, second = (topology(tmp_path, FINITE, name=f"{n}.toml") for n in "ab")
+    result = run("check", first, second)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"irqbypass check: error: unrecognized arguments: {second} "
+        "(`irqbypass check` takes one file: run it once for each)"
+    ), result.stderr
+    option = run("check", first, "--bogus")
+    assert option.stderr.splitlines()[-1].endswith("unrecognized arguments: --bogus"), "as before"
+    no_positional = run("plugins", "extra")
+    assert no_positional.stderr.splitlines()[-1].endswith("unrecognized arguments: extra")
+
+
 def test_status_of_a_large_run_scales_as_its_tables_do(tmp_path: Path) -> None:
     text = many(25, lonely=False).replace("count=2, rate=0.0", "count=-1, rate=20.0")
     sock = tmp_path / "c.sock"

@@ -370,7 +370,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             built.add_argument(*flags, **settings)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        problems.append(f"unrecognized arguments: {' '.join(unknown)}")
+        problems.append(_unrecognized(args.command, unknown))
     if getattr(args, "quiet", False) and getattr(args, "all", False):
         problems.append("argument --all: not allowed with argument -q/--quiet")
     if problems:
@@ -385,6 +385,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     listing = getattr(args, "all", False) or args.verbose
     args.every = False if getattr(args, "quiet", False) else True if listing else None
     return args
+
+
+def _unrecognized(command: str, unknown: Sequence[str]) -> str:
+    """argparse's message for arguments left over, and, where a word that is no
+    option is left after the command's one positional argument (``irqbypass
+    check examples/*.toml``), that it takes one: run it once for each."""
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    takes = [flags[0] for flags, _ in _COMMANDS[command].arguments if flags[0][0] != "-"]
+    if takes and any(not word.startswith("-") for word in unknown):
+        message += f" (`irqbypass {command}` takes one {takes[0]}: run it once for each)"
+    return message
 
 
 if __name__ == "__main__":  # pragma: no cover
