@@ -223,3 +223,18 @@ def test_availability_reason() -> None:
     assert host.kinds.get("consumer", "never").unavailable_reason() == "no device"
     reason = host.kinds.get("consumer", "crashy").unavailable_reason()
     assert reason is not None and "ZeroDivisionError" in reason
+
+
+def test_each_plugin_page_is_titled_by_its_kind_and_distribution() -> None:
+    """The docs' sidebar lists the plugin pages by title: each reads "The KIND
+    SIDE (DISTRIBUTION)" (four read "mock (producer)", "irqbypass-kvm: the
+    `kvm-irqfd` consumer" and so on), its kind and side as the summary names them."""
+    pages = sorted((Path(__file__).resolve().parents[2] / "docs" / "plugins").glob("*.md"))
+    assert len(pages) == 8
+    for page in pages:
+        name = f"irqbypass-{page.stem}"
+        summary = metadata.metadata(name)["Summary"]
+        side, kind = summary.split("'")[0].split()[1], summary.split("'")[1]
+        assert summary.startswith(f"irqbypass {side} kind '{kind}': "), summary
+        title = page.read_text(encoding="utf-8").splitlines()[0]
+        assert title == f"# The {kind} {side} ({name})", page.name
