@@ -18,12 +18,15 @@ setup: $(STAMP)
 # PYTHONWARNINGS: setuptools warns about every editable install (a dozen lines each)
 # --group dev: the development tools (pyproject.toml [dependency-groups], PEP 735),
 # kept out of the published metadata
+# @: one line says what the set-up does (make's echo of the pip command, an -e per
+# plugin, ran to 230 characters: three lines of an 80-column terminal, cut mid-word)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" \
+	@echo "setup: $(VENV) with the core, its $(words $(PLUGINS)) plugins and the dev tools (a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	@PYTHONWARNINGS="ignore:Editable installation" \
 	  $(BIN)/python -m pip install --quiet --quiet --group dev -e . $(foreach p,$(PLUGINS),-e $(p))
-	touch $(STAMP)
+	@touch $(STAMP)
 
 # without a usable /dev/kvm the demo skips its kvm pairs: say where they run
 demo: $(STAMP)
