@@ -210,6 +210,19 @@ def test_a_long_skip_reason_wraps_under_its_column_on_an_80_column_terminal() ->
     assert " ".join(ln.strip() for ln in [lines[start][column:], *rest]) == reason
 
 
+def test_the_long_version_fits_an_80_column_terminal() -> None:
+    """``--version --version`` lists each plugin on a line of its own (the
+    vhost-user one was 91 characters, ``irqbypass\n<0.2`` on 80 columns)."""
+    lines = on_a_terminal("--version", "--version").splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("installed plugins"))
+    plugins = lines[start + 1 :]
+    assert all(len(ln) <= 79 for ln in plugins), [ln for ln in plugins if len(ln) > 79]
+    entries = [ln for ln in plugins if not ln.startswith("    ")]
+    assert len(entries) == 8, plugins
+    joined = " ".join(ln.strip() for ln in plugins)
+    assert "vhost-user (irqbypass-vhost-user " in joined and "needs irqbypass<0.2,>=0.1" in joined
+
+
 SUMMARY_HEADER = (
     *("TOKEN", "PRODUCER", "CONSUMER", "FIRED", "DELIVERED"),
     *("COALESCED", "QUEUED", "LOST", "DETAILS"),

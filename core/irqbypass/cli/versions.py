@@ -6,13 +6,14 @@ plugin with its version and the core releases it accepts, as pytest's
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import TextIO
 
 from .. import __version__
 from .._plugins import GROUP, _installed_entry_points, _source
 from .._requires import core_requirement
-from .output import print_warning
+from .output import is_tty, print_warning, screen_width
 
 
 def print_versions(out: TextIO) -> None:
@@ -42,8 +43,17 @@ def print_versions(out: TextIO) -> None:
             needs = f"needs {requirement.text}" + (
                 f": not this core, so it is refused ({problem})" if problem else ""
             )
-        lines.append(f"  {ep.name} ({name}{version}): {ep.value}; {needs}\n")
+        lines.append(f"  {ep.name} ({name}{version}): {ep.value}; {needs}")
     out.write(f"installed plugins (entry-point group {GROUP!r}, none imported):\n")
-    out.writelines(sorted(lines) or ["  none\n"])
+    for line in sorted(lines) or ["  none"]:
+        if is_tty(out):  # wrapped at a word, under its plugin, as the run's header is
+            line = textwrap.fill(
+                line,
+                max(40, screen_width(out) - 1),
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        out.write(f"{line}\n")
     for warning in warnings:
         print_warning(warning)
