@@ -169,17 +169,20 @@ def test_ctrl_c_on_a_terminal_starts_its_message_on_a_new_line(tmp_path: Path) -
 # -- 13: a long reason at 80 columns -------------------------------------------
 
 
-def on_a_terminal(*args: str, columns: int = 80) -> str:
+def on_a_terminal(*args: str, columns: int = 80, errors: bool = False, status: int = 0) -> str:
+    """What the command shows on a terminal: its standard output, and (``errors``)
+    its standard error."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
+        stderr = slave if errors else subprocess.DEVNULL
         proc = subprocess.Popen(
-            [*EXE, *args], stdout=slave, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT
+            [*EXE, *args], stdout=slave, stderr=stderr, env=clean_env(), cwd=ROOT
         )
         os.close(slave)
         slave = -1
         shown = read_all(master)
-        assert proc.wait(timeout=300) == 0
+        assert proc.wait(timeout=300) == status
     finally:
         os.close(master)
         if slave >= 0:
@@ -221,6 +224,22 @@ def test_the_long_version_fits_an_80_column_terminal() -> None:
     assert len(entries) == 8, plugins
     joined = " ".join(ln.strip() for ln in plugins)
     assert "vhost-user (irqbypass-vhost-user " in joined and "needs irqbypass<0.2,>=0.1" in joined
+
+
+@pytest.mark.parametrize(
+    "path", ["docs/examples/topologies/bad.toml", "docs/examples/topologies/missing.toml"]
+)
+def test_an_error_wraps_at_words_on_an_80_column_terminal(path: str) -> None:
+    """The terminal broke a long error anywhere ("No such file or dire" /
+    "ctory"); piped, it stays one line."""
+    piped = run("check", path)
+    (message,) = piped.stderr.splitlines()
+    assert len(message) > 80, message
+    lines = on_a_terminal("check", path, errors=True, status=1).splitlines()
+    assert all(len(ln) <= 79 for ln in lines), [ln for ln in lines if len(ln) > 79]
+    assert lines[0].startswith("irqbypass: error: "), lines
+    assert len(lines) > 1 and all(ln.startswith("  ") for ln in lines[1:]), lines
+    assert " ".join(ln.strip() for ln in lines) == message
 
 
 SUMMARY_HEADER = (

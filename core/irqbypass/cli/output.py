@@ -376,8 +376,27 @@ class LogLines(logging.Handler):
 
 
 def print_warning(message: str) -> None:
-    say(f"irqbypass: warning: {message}", sys.stderr)
+    say(_on_screen(f"irqbypass: warning: {message}", sys.stderr), sys.stderr)
 
 
 def print_error(message: str) -> None:
-    say(f"irqbypass: error: {message}", sys.stderr)
+    say(_on_screen(f"irqbypass: error: {message}", sys.stderr), sys.stderr)
+
+
+def _on_screen(text: str, stream: TextIO) -> str:
+    """On a terminal, each line of a message too long for it wrapped at words,
+    the rest indented, as the run's plugins line is (the terminal broke it
+    anywhere: "No such file or dire" / "ctory"); piped, one line as it is."""
+    if not is_tty(stream):
+        return text
+    width = max(40, screen_width(stream) - 1)
+    return "\n".join(
+        textwrap.fill(
+            line,
+            width,
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for line in text.split("\n")
+    )
