@@ -242,6 +242,16 @@ def test_an_error_wraps_at_words_on_an_80_column_terminal(path: str) -> None:
     assert " ".join(ln.strip() for ln in lines) == message
 
 
+def test_a_usage_error_wraps_at_words_on_an_80_column_terminal() -> None:
+    """argparse's errors too: an unknown command's list of choices broke
+    inside 'plugins'."""
+    lines = on_a_terminal("nosuchcmd", errors=True, status=2).splitlines()
+    assert all(len(ln) <= 79 for ln in lines), [ln for ln in lines if len(ln) > 79]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("irqbypass: error: "))
+    message = " ".join(ln.strip() for ln in lines[start:])
+    assert "invalid choice: 'nosuchcmd' (choose from 'plugins', 'check', " in message, lines
+
+
 SUMMARY_HEADER = (
     *("TOKEN", "PRODUCER", "CONSUMER", "FIRED", "DELIVERED"),
     *("COALESCED", "QUEUED", "LOST", "DETAILS"),

@@ -31,6 +31,7 @@ from .output import (
     TABLE_ROWS,
     LogLines,
     fresh_line,
+    on_screen,
     os_error,
     print_error,
     print_notes,
@@ -129,7 +130,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         for problem in [*self.noted, message]:
-            sys.stderr.write(f"{self.prog}: error: {problem}\n")
+            sys.stderr.write(on_screen(f"{self.prog}: error: {problem}", sys.stderr) + "\n")
         raise SystemExit(2)
 
 

@@ -376,14 +376,14 @@ class LogLines(logging.Handler):
 
 
 def print_warning(message: str) -> None:
-    say(_on_screen(f"irqbypass: warning: {message}", sys.stderr), sys.stderr)
+    say(on_screen(f"irqbypass: warning: {message}", sys.stderr), sys.stderr)
 
 
 def print_error(message: str) -> None:
-    say(_on_screen(f"irqbypass: error: {message}", sys.stderr), sys.stderr)
+    say(on_screen(f"irqbypass: error: {message}", sys.stderr), sys.stderr)
 
 
-def _on_screen(text: str, stream: TextIO) -> str:
+def on_screen(text: str, stream: TextIO) -> str:
     """On a terminal, each line of a message too long for it wrapped at words,
     the rest indented, as the run's plugins line is (the terminal broke it
     anywhere: "No such file or dire" / "ctory"); piped, one line as it is."""
