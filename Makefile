@@ -28,13 +28,17 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	  $(BIN)/python -m pip install --quiet --quiet --group dev -e . $(foreach p,$(PLUGINS),-e $(p))
 	@touch $(STAMP)
 
-# without a usable /dev/kvm the demo skips its kvm pairs: say where they run
+# without a usable /dev/kvm the demo skips its kvm pairs: say where they run (at
+# words, to the terminal's width, as the command's own messages)
 demo: $(STAMP)
 	$(BIN)/irqbypass demo
 	@$(BIN)/python -c 'from importlib import import_module as i, util as u; \
+	  import shutil, textwrap; \
 	  r = u.find_spec("irqbypass_kvm") and i("irqbypass_kvm").unavailable_reason(); \
-	  r and print(f"demo: the kvm pairs were skipped here ({r}); make guest-demo runs " \
-	  "the demo in the test guest, whose KVM (kvm_amd on TCG) runs them")'
+	  r and print(textwrap.fill(f"demo: the kvm pairs were skipped here ({r}); make " \
+	  "guest-demo runs the demo in the test guest, whose KVM (kvm_amd on TCG) runs them", \
+	  shutil.get_terminal_size().columns - 1, subsequent_indent="  ", \
+	  break_long_words=False, break_on_hyphens=False))'
 
 # docs before pytest: tests/docs opens the built pages in a browser
 test: lint typecheck docs pytest
