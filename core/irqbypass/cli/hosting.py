@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-import textwrap
 from collections.abc import Generator
 from typing import Any, TextIO
 
@@ -17,7 +16,7 @@ from .._config import Config
 from .._errors import ConfigError, IrqBypassError
 from .._hookspecs import hookimpl
 from .._plugins import ENV_DISABLE, ENV_LOAD, PluginHost, PluginInfo, load_plugins
-from .output import is_tty, print_table, print_warning, say, screen_width
+from .output import fit_to_screen, is_tty, print_table, print_warning, say
 
 #: plugins the CLI itself registers (tracing, metrics): not listed as the user's
 _CORE_PLUGINS = ("irqbypass.trace", "irqbypass.metrics")
@@ -176,5 +175,5 @@ def print_header(host: PluginHost, out: TextIO) -> None:
     ]
     line = f"irqbypass {__version__}; plugins: {', '.join(loaded) or 'none'}"
     if is_tty(out):  # wrapped at a plugin name, not in the middle of one
-        line = textwrap.fill(line, max(40, screen_width(out) - 1), subsequent_indent="  ")
+        line = fit_to_screen(line, out)
     say(line, out)

@@ -384,17 +384,23 @@ def print_error(message: str) -> None:
 
 
 def on_screen(text: str, stream: TextIO) -> str:
-    """On a terminal, each line of a message too long for it wrapped at words,
-    the rest indented, as the run's plugins line is (the terminal broke it
-    anywhere: "No such file or dire" / "ctory"); piped, one line as it is."""
-    if not is_tty(stream):
-        return text
+    """On a terminal, a message fitted to it (:func:`fit_to_screen`: the
+    terminal broke it anywhere, "No such file or dire" / "ctory"); piped, one
+    line as it is, for scripts."""
+    return fit_to_screen(text, stream) if is_tty(stream) else text
+
+
+def fit_to_screen(text: str, stream: TextIO, indent: str = "  ") -> str:
+    """Each line of ``text`` filled to the terminal's width less one, broken at
+    spaces only (a path longer than the width stays whole), later lines
+    indented by ``indent``: how every long line this CLI prints on a terminal
+    wraps."""
     width = max(40, screen_width(stream) - 1)
     return "\n".join(
         textwrap.fill(
             line,
             width,
-            subsequent_indent="  ",
+            subsequent_indent=indent,
             break_long_words=False,
             break_on_hyphens=False,
         )

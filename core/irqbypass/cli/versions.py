@@ -6,14 +6,13 @@ plugin with its version and the core releases it accepts, as pytest's
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 from typing import TextIO
 
 from .. import __version__
 from .._plugins import GROUP, _installed_entry_points, _source
 from .._requires import core_requirement
-from .output import is_tty, print_warning, screen_width
+from .output import fit_to_screen, is_tty, print_warning
 
 
 def print_versions(out: TextIO) -> None:
@@ -47,13 +46,7 @@ def print_versions(out: TextIO) -> None:
     out.write(f"installed plugins (entry-point group {GROUP!r}, none imported):\n")
     for line in sorted(lines) or ["  none"]:
         if is_tty(out):  # wrapped at a word, under its plugin, as the run's header is
-            line = textwrap.fill(
-                line,
-                max(40, screen_width(out) - 1),
-                subsequent_indent="    ",
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
+            line = fit_to_screen(line, out, indent="    ")
         out.write(f"{line}\n")
     for warning in warnings:
         print_warning(warning)
