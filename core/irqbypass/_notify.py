@@ -28,7 +28,11 @@ def notify(*lines: str, describe: Callable[[], str] | None = None) -> bool:
     target = "\0" + address[1:] if address[0] == "@" else address
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(1.0)  # a datagram send does not wait for the reader; a bound
+            # a datagram send waits while the reader's queue is full (the kernel's
+            # unix_dgram: net.unix.max_dgram_qlen); 1 s bounds that, and a Ctrl-C
+            # ends it at once (no caller is a signal-safe section). A dropped
+            # READY=1 would fail the service's start, so no MSG_DONTWAIT
+            sock.settimeout(1.0)
             # a file name of another encoding (a lone surrogate from argv) goes escaped
             sock.sendto("\n".join(lines).encode(errors="backslashreplace"), target)
     except OSError:
