@@ -743,10 +743,16 @@ def _start(loop: EventLoop, asking: LoopHandle | None) -> None:
     """Start the loop's threads, the watchdog's first: a loop thread that
     cannot start leaves none, and the next registration tries again. One that
     cannot (the process at its thread limit) takes ``asking``, the
-    registration that needed it, off again: its caller is told it failed."""
+    registration that needed it, off again: its caller is told it failed.
+    None starts for an ``asking`` no longer active: registered from another
+    thread under asyncio, it can have run, and the loop been detached, before
+    its registration got here (each active handle's own registration, or the
+    detach, starts what it needs)."""
     try:
         with loop._lock:
             if loop._thread is not None or loop._asyncio is not None or loop._closed:
+                return
+            if asking is not None and asking.state != "active":
                 return
             if loop._watchdog_thread is None:
                 loop._watchdog_thread = _start_thread(loop._watchdog.run, f"{loop.name}-watchdog")

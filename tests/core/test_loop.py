@@ -675,6 +675,44 @@ def test_the_loop_runs_inside_asyncio_with_no_thread() -> None:
     assert {thread for _, thread in seen} == {threading.main_thread()}
 
 
+def test_a_registration_that_ran_before_the_detach_starts_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timer registered from another thread under asyncio, which asyncio ran
+    and the program detached after, before that registration reached its own
+    "start the loop's thread if nothing runs it" step: the loop starts no
+    thread, for nothing is left to run (before: one started, so about one run
+    in 16 of this file failed test_the_loop_runs_inside_asyncio_with_no_thread,
+    whose other thread lost the race on a loaded host)."""
+    own = irqbypass.plugin.EventLoop(name="asyncio-loop")
+    detached = threading.Event()
+    real = own._ensure_running
+
+    def late(asking: Any = None) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            assert detached.wait(GUARD), "the main thread never detached"
+        real(asking)
+
+    monkeypatch.setattr(own, "_ensure_running", late)
+
+    async def main() -> None:
+        own.attach(asyncio.get_running_loop())
+        done = threading.Event()
+        other = threading.Thread(target=lambda: own.call_later(0.0, done.set, owner="other"))
+        other.start()
+        while not done.is_set():  # asyncio ran it: the other thread is still in call_later
+            await asyncio.sleep(0.005)
+        own.detach()
+        detached.set()
+        await asyncio.to_thread(other.join)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+        assert own.running_thread is None, "a thread started for a timer that had run"
+    finally:
+        own.close()
+
+
 async def _a_reader_at(number: int) -> None:
     """An asyncio reader of a pipe put at ``number`` runs when the pipe is written
     (with a hang guard): asyncio watches that number afresh."""
