@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Hashable, Mapping
@@ -222,7 +223,7 @@ class LoggingConsumer(irqbypass.Consumer):
         a symlink is refused, not followed; a FIFO cannot hang the open; a file
         another user owns or can write (who would read or forge our records),
         or one in a directory others can change, is refused; a character
-        device root owns (/dev/null) is taken."""
+        device root owns (/dev/null) is taken, non-blocking."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         whose = f"logging consumer {self.name!r}"
         try:
@@ -234,6 +235,10 @@ class LoggingConsumer(irqbypass.Consumer):
         except OSError as exc:
             problem = f"cannot open json_file {show_value(path)}: {exc.strerror}"
             raise irqbypass.DeviceError(f"{whose}: {problem}", errno=exc.errno) from exc
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            # a terminal (/dev/tty, a pty) waits for its reader, and close() and the
+            # loop's reader must not: a write it cannot take now is a lost record
+            os.set_blocking(fd, False)
         return os.fdopen(fd, "a", encoding="utf-8")
 
     @irqbypass.plugin.uninterrupted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -253,3 +254,49 @@ def test_ctrl_c_in_the_close_still_closes_the_file_and_keeps_the_last_records(
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert records[-1]["event"] == "close" and records[-1]["delivered"] == 4, records
     assert consumer.stats()["delivered"] == 4
+
+
+def test_a_terminal_nobody_reads_never_holds_the_close() -> None:
+    """json_file naming a terminal root owns (/dev/tty, a pty: a character
+    device, taken as /dev/null is) whose reader stalls (Ctrl-S, a paused
+    pager): close() is uninterrupted, so a blocking write there deferred
+    Ctrl-C for as long as the terminal stayed paused (and a record written by
+    the loop's reader held the loop's one thread). The records that do not fit
+    are lost and said so; nothing waits for the terminal."""
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    if os.stat(path).st_uid != 0:
+        pytest.skip("the pty is not root's: open_file takes only root's devices")
+    outcome: list[BaseException | None] = []
+    try:
+        with irqbypass.Eventfd() as efd:
+            consumer = LoggingConsumer(token=efd, name="sink", json_file=path)
+            consumer.open()
+            os.set_blocking(slave, False)  # fill what the terminal holds: nobody reads it
+            with pytest.raises(BlockingIOError):
+                while True:
+                    os.write(slave, b"x" * 4096)
+
+            def close() -> None:
+                try:
+                    consumer.close()
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=close)
+            worker.start()
+            worker.join(120)  # a hang guard only: the close waits for no reader
+            if worker.is_alive():
+                os.set_blocking(master, False)
+                while worker.is_alive():  # read the terminal, so that the close ends
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(master, 1 << 16)
+                    worker.join(0.01)
+                pytest.fail("close() waited for a terminal nobody reads")
+    finally:
+        os.close(master)
+        os.close(slave)
+    error = outcome[0]
+    assert isinstance(error, irqbypass.DeviceError), error
+    assert error.errno == errno.EAGAIN and "were not written to json_file" in error.message
