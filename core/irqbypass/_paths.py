@@ -27,6 +27,7 @@ names (the user a back-end is known to run as). The public names are those
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -87,39 +88,46 @@ def _check_directory(fd: int, trusted: frozenset[int], shown: str) -> None:
         )
 
 
-def open_directory(path: str, *, trusted: Iterable[int] = ()) -> int:
+def open_directory(path: str, *, trusted: Iterable[int] = (), create: bool = False) -> int:
     """An ``O_PATH`` fd of directory ``path``, opened one component at a
     time from ``/`` (or the working directory) without following a link at
     any of them, after checking it and each directory above it (see the
-    module doc). ``trusted`` adds uids to ours and root's. The caller closes
-    the fd."""
+    module doc). ``trusted`` adds uids to ours and root's. ``create``: make
+    each missing directory (as ``os.makedirs``, mode 0777 less the umask),
+    each only in one that passed those checks. The caller closes the fd."""
     uids = trusted_uids(*trusted)
     if "\0" in path:
         raise UnsafePathError(f"path {path!r} contains a NUL byte", errno=errno.EINVAL)
-    fd = _walk(path)
+    fd = _walk(path, uids if create else None)
     try:
-        current = os.open(".", _DIR_FLAGS, dir_fd=fd)
-        try:
-            while True:
-                _check_directory(current, uids, path)
-                parent = os.open("..", _DIR_FLAGS, dir_fd=current)
-                same = os.path.samestat(os.fstat(parent), os.fstat(current))
-                os.close(current)
-                current = parent
-                if same:  # "/" is its own parent
-                    break
-        finally:
-            os.close(current)
+        _check_ancestry(fd, uids, path)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _walk(path: str) -> int:
+def _check_ancestry(fd: int, uids: frozenset[int], path: str) -> None:
+    """Check the directory ``fd`` and each one above it (walked up through ``..``)."""
+    current = os.open(".", _DIR_FLAGS, dir_fd=fd)
+    try:
+        while True:
+            _check_directory(current, uids, path)
+            parent = os.open("..", _DIR_FLAGS, dir_fd=current)
+            same = os.path.samestat(os.fstat(parent), os.fstat(current))
+            os.close(current)
+            current = parent
+            if same:  # "/" is its own parent
+                break
+    finally:
+        os.close(current)
+
+
+def _walk(path: str, create: frozenset[int] | None = None) -> int:
     """Open ``path`` component by component, each with ``O_NOFOLLOW |
     O_DIRECTORY`` relative to the one before: a link anywhere in it (not only
-    at its end) is refused, never followed."""
+    at its end) is refused, never followed. ``create``: the trusted uids; a
+    missing component is made once the directory it goes in passed the checks."""
     fd = os.open("/" if path.startswith("/") else ".", _DIR_FLAGS)
     walked = "/" if path.startswith("/") else ""
     try:
@@ -128,7 +136,7 @@ def _walk(path: str) -> int:
                 continue
             walked = os.path.join(walked, component)
             try:
-                child = os.open(component, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                child = _open_child(fd, component, create, path)
             except OSError as exc:
                 raise _unopenable(path, walked, exc) from exc
             os.close(fd)
@@ -137,6 +145,18 @@ def _walk(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_child(fd: int, component: str, create: frozenset[int] | None, path: str) -> int:
+    try:
+        return os.open(component, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except FileNotFoundError:
+        if create is None or component == "..":
+            raise
+    _check_ancestry(fd, create, path)  # never make a directory where others could plant
+    with contextlib.suppress(FileExistsError):  # made meanwhile: opened as any other
+        os.mkdir(component, 0o777, dir_fd=fd)
+    return os.open(component, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
 
 
 def _unopenable(path: str, walked: str, exc: OSError) -> UnsafePathError:

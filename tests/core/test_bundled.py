@@ -4,6 +4,8 @@ version, and no checkout path in what the CLI prints."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import subprocess
 import sys
@@ -193,3 +195,49 @@ def test_the_plugins_page_lists_every_plugin_with_its_install_line() -> None:
     for pyproject in sorted(ROOT.glob("plugins/*/pyproject.toml")):
         name = tomllib.loads(pyproject.read_text())["project"]["name"]
         assert f"`pip install {name}`" in page, name
+
+
+def _another_user() -> int:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory another user owns (chown): run as root")
+    return pwd.getpwnam("nobody").pw_uid
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> dict[str, Path]:
+    """What another user can put in a shared sticky directory (as /tmp is)
+    for ``--write DIR`` or ``--directory DIR``: a link to a directory of
+    their choosing, or a directory of their own (in which they could swap
+    what we write, a systemd unit, for a file of theirs)."""
+    uid = _another_user()
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    elsewhere.mkdir()
+    (shared / "link").symlink_to(elsewhere)
+    os.lchown(shared / "link", uid, uid)
+    (shared / "theirs").mkdir()
+    os.chown(shared / "theirs", uid, uid)
+    return {"link": shared / "link", "theirs": shared / "theirs" / "sub",
+            "elsewhere": elsewhere}  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["link", "theirs"])
+@pytest.mark.parametrize("command", ["examples", "new-plugin"])
+def test_nothing_is_written_through_a_path_another_user_controls(
+    where: str, command: str, planted: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: both commands followed the link (the examples and the unit
+    landed in the directory it named) and wrote into a directory under
+    another user's. Now refused, naming why, and nothing is written."""
+    target = planted[where]
+    argv = (
+        ["examples", "--write", str(target)]
+        if command == "examples"
+        else ["new-plugin", "tick", "--directory", str(target)]
+    )
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert ("symbolic link" if where == "link" else "not by a trusted user") in err, err
+    assert list(planted["elsewhere"].iterdir()) == []
+    assert not os.path.lexists(planted["theirs"])

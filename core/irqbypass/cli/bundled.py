@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from .._config import Config
 from .._errors import IrqBypassError
 from .._kinds import to_install
+from .._paths import open_at, open_directory
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -62,20 +63,35 @@ def cmd_examples(args: argparse.Namespace) -> int:
             print(f"{name:<20} {_summary(example)}")
         print("write them into a directory with `irqbypass examples --write DIR`")
         return 0
-    os.makedirs(args.write, exist_ok=True)
-    present = [n for n in examples if os.path.lexists(os.path.join(args.write, n))]
-    if present:
-        raise IrqBypassError(
-            f"{args.write}: {', '.join(present)} already there; nothing was written "
-            "(remove them, or write into another directory)"
-        )
-    for name, example in examples.items():
-        # O_EXCL: never through a link or over a file made meanwhile
-        fd = os.open(os.path.join(args.write, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(example.read_bytes())
-        print(os.path.join(args.write, name))
+    # made if missing, but never through a link, nor in a directory another
+    # user could change (who could swap an example or the unit for their own)
+    dirfd = open_directory(args.write, create=True)
+    try:
+        present = [n for n in examples if _there(dirfd, n)]
+        if present:
+            raise IrqBypassError(
+                f"{args.write}: {', '.join(present)} already there; nothing was written "
+                "(remove them, or write into another directory)"
+            )
+        for name, example in examples.items():
+            shown = os.path.join(args.write, name)
+            # O_EXCL: never through a link or over a file made meanwhile
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = open_at(dirfd, name, flags, 0o644, what="example", shown=shown)
+            with os.fdopen(fd, "wb") as out:
+                out.write(example.read_bytes())
+            print(shown)
+    finally:
+        os.close(dirfd)
     return 0
+
+
+def _there(dirfd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dirfd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def demo_missing(config: Config) -> list[str]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._errors import IrqBypassError
+from .._paths import open_at, open_directory
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -89,20 +90,29 @@ def write(name: str, directory: str) -> tuple[str, list[str]]:
     """Write plugin ``name`` into ``directory``; its folder and files."""
     values = names(name)
     root = os.path.join(directory, values["dist"])
+    # made if missing, but never through a link, nor in a directory another
+    # user could change (who could swap the plugin's files for their own)
+    dirfd = open_directory(directory, create=True)
     try:
-        os.makedirs(directory, exist_ok=True)
-        os.mkdir(root)  # never into a folder that is already there
+        os.mkdir(values["dist"], dir_fd=dirfd)  # never into a folder that is already there
     except FileExistsError:
         raise IrqBypassError(
             f"{root} already exists; nothing was written (remove it or choose another "
             "directory with --directory)"
         ) from None
+    finally:
+        os.close(dirfd)
     written = []
     try:
         for path, data in _files(values).items():
             target = os.path.join(root, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            folder, leaf = os.path.split(target)
+            folderfd = open_directory(folder, create=True)
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                fd = open_at(folderfd, leaf, flags, 0o644, what="plugin file", shown=target)
+            finally:
+                os.close(folderfd)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             written.append(path)
