@@ -9,6 +9,7 @@ to it, and how it is closed, in a fork()ed child too.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -82,9 +83,21 @@ def _failed(what: str, exc: OSError) -> irqbypass.DeviceError:
 
 
 def _check_notification(notification: object) -> None:
-    if notification is not None and not isinstance(notification, irqbypass.Eventfd):
+    if notification is None:
+        return
+    if not isinstance(notification, irqbypass.Eventfd):
         raise irqbypass.InvalidEndpointError(
             f"notification must be an irqbypass.Eventfd or None, not {_show(notification)}"
+        )
+    # the notification is written holding Python's lock (see _layout._write): a
+    # write that could wait, on a counter the sharing process filled, would
+    # freeze every thread of this one, Ctrl-C included
+    if not fcntl.fcntl(notification.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK:
+        raise irqbypass.InvalidEndpointError(
+            "the notification eventfd blocks (it was made without EFD_NONBLOCK): a "
+            "process sharing it that fills its counter would freeze this one at its next "
+            "notification; make it with EFD_NONBLOCK (as irqbypass.Eventfd() does)",
+            errno=errno.EINVAL,
         )
 
 

@@ -396,3 +396,32 @@ def test_running_out_of_fds_at_any_step_of_open_is_an_irqbypass_error(
             assert "ulimit -n" in str(failure), str(failure)
         assert consumer.descriptor is None
         assert not path.exists()
+
+
+@pytest.mark.parametrize("side", ["create", "attach"])
+def test_a_notification_eventfd_that_blocks_is_refused(side: str, tmp_path: Path) -> None:
+    """The notification is written through libc holding Python's lock (no GIL
+    ping-pong with the vCPU it wakes), safe only if the write cannot wait. A
+    VMM's eventfd made without EFD_NONBLOCK was taken: once the process that
+    shares it filled its counter (eventfd_write 0xfffffffffffffffe), the next
+    post froze the whole process, every thread and Ctrl-C with it. Now
+    refused when given, saying how to make it."""
+    raw = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        with irqbypass.Eventfd.from_fd(raw) as note:
+            with pytest.raises(irqbypass.InvalidEndpointError) as info:
+                if side == "create":
+                    PostedDescriptor(notification=note).close()
+                else:
+                    with PostedDescriptor(file=str(tmp_path / "pi")):
+                        PostedDescriptor.attach(str(tmp_path / "pi"), notification=note).close()
+            assert "EFD_NONBLOCK" in info.value.message
+            assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(raw)
+    nonblocking = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        with irqbypass.Eventfd.from_fd(nonblocking) as note, PostedDescriptor(notification=note):
+            pass  # taken as before
+    finally:
+        os.close(nonblocking)
