@@ -234,10 +234,9 @@ class Eventfd:
                 if fd < 0:
                     raise self._closed_error()
                 try:
-                    value: int = _COUNTER.unpack(os.read(fd, 8))[0]
+                    return _read_now(fd)  # never waits, whoever shares the fd
                 except BlockingIOError:
                     return 0
-                return value
         return self._using(_take_counter, self, _read_timeout(timeout))
 
     def dup(self) -> Eventfd:
@@ -401,27 +400,35 @@ def _take_counter(fd: int, eventfd: Eventfd, timeout: float | None) -> int:
             raise eventfd._closed_error(" while a read waited on it")
         if ready:
             try:
-                return _read_now(fd, eventfd._nonblocking)
+                return _read_now(fd)
             except BlockingIOError:
                 pass  # another reader took it
         if deadline is not None and time.monotonic() >= deadline:
             return 0
 
 
-def _read_now(fd: int, nonblocking: bool) -> int:
+#: whether this kernel takes RWF_NOWAIT for an eventfd's read (found at the first refusal)
+_NOWAIT = [True]
+
+
+def _read_now(fd: int) -> int:
     """Take the counter, never waiting: another reader (the VMM's, KVM's irqfd
     in the kernel) may have taken it since the poll said ready, and a read(2)
     of an eventfd opened blocking (the VMM's) would then wait for the next
-    signal, past any timeout. RWF_NOWAIT makes that one read non-blocking
-    without touching the flags the VMM's own descriptors share (BlockingIOError:
-    nothing there); a kernel that refuses it for an eventfd gets read(2)."""
-    if not nonblocking:
+    signal, past any timeout. Nor is one made here safe by its O_NONBLOCK: it
+    belongs to the open file description, which every holder of the fd shares
+    (a back-end given the token over SCM_RIGHTS) and any of them can clear.
+    RWF_NOWAIT makes this one read non-blocking whatever the description's
+    flags say, without touching them (BlockingIOError: nothing there); a kernel
+    that refuses it for an eventfd gets read(2)."""
+    if _NOWAIT[0]:
         buffer = bytearray(8)
         try:
             os.preadv(fd, [buffer], -1, os.RWF_NOWAIT)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
+            _NOWAIT[0] = False
         else:
             value: int = _COUNTER.unpack(buffer)[0]
             return value

@@ -168,3 +168,34 @@ def test_without_an_eventfd_id_the_identity_is_the_fd_number(
     monkeypatch.setattr(_eventfd, "_EVENTFD_ID", b"\nno-such-field:")  # a kernel before 6.2
     with irqbypass.Eventfd() as efd:
         assert efd.kernel_id is None and efd._identity == ("fd", efd.fileno())
+
+
+def test_a_read_that_cannot_wait_never_waits_whatever_a_sharer_does() -> None:
+    """read(0) of an Eventfd made here is the loop readers' read, done under
+    the Eventfd's guard because it "cannot wait". Another holder of its open
+    file description (a vhost-user back-end given the token as its call fd,
+    over SCM_RIGHTS) can clear O_NONBLOCK on it (fcntl F_SETFL): then an empty
+    counter made that read wait for the next signal, in the loop's one thread
+    or in a consumer's uninterrupted close (the logging consumer's last look:
+    Ctrl-C deferred for good). Now it never waits: 0, as when nothing came."""
+    import fcntl
+    import threading
+
+    with irqbypass.Eventfd() as efd:
+        peer = os.dup(efd.fileno())  # the same open file description, as SCM_RIGHTS gives
+        try:
+            fcntl.fcntl(peer, fcntl.F_SETFL, fcntl.fcntl(peer, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            got: list[int] = []
+            worker = threading.Thread(target=lambda: got.append(efd.read(0)))
+            worker.start()
+            worker.join(120)  # a hang guard only: the read must not wait at all
+            waited = worker.is_alive()
+            if waited:
+                os.eventfd_write(peer, 5)  # what the read waited for: it ends
+                worker.join()
+            assert not waited, "read(0) waited for a signal"
+            assert got == [0]
+            os.eventfd_write(peer, 3)
+            assert efd.read(0) == 3
+        finally:
+            os.close(peer)
