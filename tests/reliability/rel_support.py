@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import irqbypass
+import irqbypass._manager
 import irqbypass.exceptions
 import irqbypass.plugin
 
@@ -40,7 +41,15 @@ class Boom(Exception):
 
 
 class Veto(Exception):
-    """What the vetoing wrapper raises from ``irqbypass_add``."""
+    """What the vetoing wrapper raises from ``irqbypass_add`` (and the vetoing
+    pairer from ``irqbypass_pair``)."""
+
+
+#: a callback told to "fail" with this calls back into its manager (``reenter``)
+#: and lets what that raised propagate: semantics.md says it is refused at once
+REENTER = irqbypass.ReentrantCallError
+#: what such a call back in raises (the manager's own words)
+REENTERED = str(irqbypass._manager._reentered())
 
 
 Probe = Callable[[Any, str], None]
@@ -53,6 +62,7 @@ class _Recording:
     log: list[str]
     fails: dict[str, type[BaseException]]
     probe: Probe | None
+    reenter: Callable[[], object] | None
     added: int
     deleted: int
 
@@ -68,6 +78,7 @@ class _Recording:
         self.fails = dict(fails or {})
         self.veto = veto
         self.probe = None
+        self.reenter = None  # the call back into the manager, for a REENTER failure
         self.added = 0  # adds that returned normally
         self.deleted = 0  # dels called (whatever they did)
         self.stops = 0
@@ -85,6 +96,9 @@ class _Recording:
         if self.probe is not None:
             self.probe(self, callback)
         failure = self.fails.get(callback)
+        if failure is REENTER and self.reenter is not None:
+            self.reenter()  # raises ReentrantCallError, which propagates
+            raise AssertionError(f"{self.name}.{callback}: calling back in was not refused")
         if failure is not None:
             raise failure(f"{self.name}.{callback} failed")
         if step == "add":
@@ -181,12 +195,39 @@ class Wrapper:
         return (yield)
 
 
+class Pairer:
+    """A plugin implementing ``irqbypass_pair``: logs ``P pair <producer>
+    <consumer>`` and refuses (Veto) a pair where either endpoint's ``veto`` is
+    true. ``probe`` (if set) is called first, with the pair."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.probe: Callable[[Any, Any], None] | None = None
+
+    @irqbypass.plugin.hookimpl
+    def irqbypass_pair(self, producer: Any, consumer: Any) -> None:
+        self.log.append(f"P pair {producer.name} {consumer.name}")
+        if self.probe is not None:
+            self.probe(producer, consumer)
+        if producer.veto or consumer.veto:
+            raise Veto(f"veto pair {producer.name} {consumer.name}")
+
+
 def make_manager(mode: str, log: list[str]) -> irqbypass.Manager:
-    """``fast``: no plugin; ``pass``: a pass-through wrapper; ``veto``: one that vetoes."""
+    """``fast``: no plugin; ``pass``: a pass-through wrapper; ``veto``: one that
+    vetoes adds; ``pair``: a pass-through wrapper and a :class:`Pairer`."""
     mgr = irqbypass.Manager()
     if mode != "fast":
         mgr.plugins.register(Wrapper(log, veto=mode == "veto"), name=f"wrapper-{mode}")
+    if mode == "pair":
+        mgr.plugins.register(Pairer(log), name="pairer")
     return mgr
+
+
+def pairer(mgr: irqbypass.Manager) -> Pairer | None:
+    """The manager's :class:`Pairer`, if it has one."""
+    plugin = mgr.plugins.pm.get_plugin("pairer")
+    return plugin if isinstance(plugin, Pairer) else None
 
 
 # -- the model ---------------------------------------------------------------
@@ -207,7 +248,12 @@ class Expected:
     errors: list[Exc] = field(default_factory=list)
     #: the message of a passed-through KeyboardInterrupt-like exception
     message: str | None = None
+    #: for a passed-through interrupt: what its note must name (endpoint and callback)
+    note: str | None = None
     returns: Any = None
+    #: the pair the call connects or disconnects, and which (None: it does neither)
+    pair: tuple[Any, Any] | None = None
+    connect: bool = False
 
 
 class Model:
@@ -229,10 +275,23 @@ class Model:
                 return (Veto, f"veto {ep.name}")
         out.log.append(f"{ep.name}.{callback}")
         failure = ep.fails.get(callback)
+        if failure is REENTER:
+            return (REENTER, REENTERED)
         return (failure, f"{ep.name}.{callback} failed") if failure is not None else None
+
+    @staticmethod
+    def _note(ep: Any, callback: str) -> str:
+        """What the note of an interrupt raised by ``ep.callback()`` names."""
+        if callback == "pair":
+            return f"the pairing of {ep.side} {ep.name!r}"
+        return f"{ep.side} {ep.name!r}.{callback}()"
 
     def _connect(self, p: Any, c: Any, out: Expected) -> tuple[Exc | None, list[Exc]]:
         failures: list[Exc] = []
+        if self.mode == "pair":  # irqbypass_pair: once, before any callback
+            out.log.append(f"P pair {p.name} {c.name}")
+            if p.veto or c.veto:
+                return (Veto, f"veto pair {p.name} {c.name}"), failures
 
         def void(ep: Any, callback: str) -> None:
             exc = self._invoke(ep, callback, out)
@@ -271,6 +330,8 @@ class Model:
         for cls, message in everything:
             if not issubclass(cls, Exception):  # KeyboardInterrupt passes through
                 out.raises, out.message = cls, message
+                name, callback = message.removesuffix(" failed").split(".")
+                out.note = f"{name!r}.{callback}()"
                 return
         if decisive is not None:
             out.raises, out.cause, out.errors = (
@@ -308,6 +369,7 @@ class Model:
             mine[ep.token] = ep
             return out
         p, c = (ep, partner) if side == "producer" else (partner, ep)
+        out.pair, out.connect = (p, c), True
         failure, failures = self._connect(p, c, out)
         if failure is None:
             mine[ep.token] = ep
@@ -328,6 +390,7 @@ class Model:
         failures: list[Exc] = []
         if partner is not None:
             p, c = (ep, partner) if side == "producer" else (partner, ep)
+            out.pair = (p, c)
             failures = self._disconnect(p, c, out)
         del mine[ep.token]
         self._report(out, None, failures)
@@ -386,13 +449,19 @@ def run_and_check(
     assert isinstance(raised, BaseException)
     if expected.message is not None:
         assert str(raised) == expected.message
+    if expected.note is not None:  # an interrupt let through names what it interrupted
+        notes = getattr(raised, "__notes__", [])
+        assert any(
+            n.startswith("irqbypass: interrupted in ") and expected.note in n for n in notes
+        ), (notes, expected.note)
     if expected.cause is not None:
         assert isinstance(raised, irqbypass.CallbackFailure)
         cause = raised.__cause__
         assert (type(cause), str(cause)) == expected.cause
         assert [(type(e), str(e)) for e in raised.errors] == expected.errors
         assert raised.errors[0] is cause
-        assert raised.errno is None  # Boom and Veto carry no errno
+        # Boom and Veto carry no errno; a refused call back in is EDEADLK
+        assert raised.errno == getattr(expected.cause[0], "errno", None)
         assert str(expected.cause[1]) in str(raised)  # the message names the failure
     if isinstance(raised, irqbypass.IrqBypassError):
         assert str(raised)  # every error says what was wrong
