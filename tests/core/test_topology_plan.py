@@ -7,9 +7,13 @@ checked without a plugin, a device or a manager.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, given, settings
 from irqbypass import _plan
 from irqbypass._config import Config, EndpointConfig, parse_config
 from irqbypass._errors import TopologyError
@@ -251,3 +255,143 @@ def test_a_fragment_is_a_config_or_entries_and_nothing_else() -> None:
         _plan.fragment(5, "attach")  # type: ignore[arg-type]
     with pytest.raises(TopologyError, match=r"list of irqbypass\.EndpointConfig"):
         _plan.fragment(["p0"], "attach")  # type: ignore[list-item]
+
+
+# -- property: a reload's plan, by groups and entry by entry, against an oracle --
+
+#: IRQBYPASS_CONFIG_EXAMPLES (make fuzz raises it) scales this property
+PLAN_EXAMPLES = int(os.environ.get("IRQBYPASS_CONFIG_EXAMPLES", "150"))
+NAMES = [f"e{n}" for n in range(12)]
+TOKENS = ["t0", "t1", "t2", "t3", "t4", "t5"]
+#: option values TOML tells apart though Python may call them equal (1, 1.0, true)
+OPTION_VALUES = st.sampled_from(
+    [0, 1, 1.0, 0.0, -0.0, True, False, "1", "", [1], [1.0], [], {"a": 1}, {"a": True}, {}]
+)
+Entry = dict[str, object]
+#: an entry's place: (whether it is a consumer's, its index on its side), in file order
+Place = tuple[bool, int]
+#: what an absent key is: writing it out with this value changes nothing
+DEFAULTS: Entry = {"irq": None, "bypass": True, "optional": False, "options": {}}
+
+
+def _typed(value: object) -> object:
+    """A value with its TOML type, for the oracle (``1`` is not ``1.0`` nor
+    ``true``; ``-0.0`` is written differently from ``0.0``)."""
+    if isinstance(value, dict):
+        return ("table", tuple(sorted((k, _typed(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("array", tuple(map(_typed, value)))
+    return (type(value).__name__, repr(value))
+
+
+@st.composite
+def _files(draw: st.DrawFn) -> tuple[str, list[Entry]]:
+    """A valid file of up to 12 entries (names unique, one end per token and
+    side), as TOML and as the entries it holds (every key, defaults filled in)."""
+    names = draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=len(NAMES)))
+    entries: list[Entry] = []
+    used: dict[str, set[str]] = {"producer": set(), "consumer": set()}
+    for name in names:
+        side = draw(st.sampled_from(["producer", "consumer"]))
+        free = [t for t in TOKENS if t not in used[side]]
+        if not free:
+            continue
+        token = draw(st.sampled_from(free))
+        used[side].add(token)
+        entry: Entry = {
+            "side": side,
+            "name": name,
+            "kind": draw(st.sampled_from(["src", "sink"])),
+            "token": token,
+        }
+        for key, values in (
+            ("irq", st.sampled_from([0, 5])),
+            ("bypass", st.booleans()),
+            ("optional", st.booleans()),
+            ("options", st.dictionaries(st.sampled_from(["a", "b"]), OPTION_VALUES, max_size=2)),
+        ):
+            if draw(st.booleans()):
+                entry[key] = draw(values)
+        entries.append(entry)
+    order = {"producer": 0, "consumer": 1}
+    entries.sort(key=lambda e: order[str(e["side"])])  # each side's index: its place in the file
+    text = "".join(
+        f"[[{e['side']}s]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in e.items() if k != "side")
+        for e in entries
+    )
+    return text, [{**DEFAULTS, **e} for e in entries]
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _placed(entries: list[Entry]) -> dict[str, tuple[Place, Entry]]:
+    """name -> (its place in the file, the entry)."""
+    index = {"producer": 0, "consumer": 0}
+    found: dict[str, tuple[Place, Entry]] = {}
+    for entry in entries:
+        side = str(entry["side"])
+        found[str(entry["name"])] = ((side != "producer", index[side]), entry)
+        index[side] += 1
+    return found
+
+
+def _oracle(old: list[Entry], new: list[Entry]) -> tuple[_plan.Changes, set[str], set[object]]:
+    """What a reload from ``old`` to ``new`` changes, from the written values:
+    the changes, the names whose entry the ledger must adopt (changed, added,
+    removed, or only moved in the file), and the touched tokens."""
+    keys = ("side", "kind", "token", "irq", "bypass", "optional", "options")
+    before, after = _placed(old), _placed(new)
+    added = sorted((after[n][0], n) for n in after.keys() - before.keys())
+    removed = sorted((before[n][0], n) for n in before.keys() - after.keys())
+    changed: list[tuple[Place, str]] = []
+    why: dict[str, tuple[str, ...]] = {}
+    moved: set[str] = set()
+    touched = {after[n][1]["token"] for _, n in added} | {before[n][1]["token"] for _, n in removed}
+    for name in before.keys() & after.keys():
+        (was, b), (now, a) = before[name], after[name]
+        differ = tuple(k for k in keys if _typed(b[k]) != _typed(a[k]))
+        if differ:
+            changed.append((now, name))
+            why[name] = differ
+            touched |= {b["token"], a["token"]}
+        elif was != now:
+            moved.add(name)
+    changes = _plan.Changes(
+        tuple(n for _, n in added),
+        tuple(n for _, n in removed),
+        tuple(n for _, n in sorted(changed)),
+        why,
+    )
+    updates = {n for _, n in added} | {n for _, n in removed} | set(why) | moved
+    return changes, updates, touched
+
+
+@settings(max_examples=PLAN_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(old=_files(), new=_files())
+def test_a_reloads_plan_is_what_the_files_differ_in(
+    old: tuple[str, list[Entry]], new: tuple[str, list[Entry]]
+) -> None:
+    """Both ways of finding what a reload changes (group digests when the
+    running entries are a file's, else entry by entry) plan exactly what the
+    two files differ in: added, removed and changed names in file order, the
+    keys each changed one differs in (in TOML types; a default written out is
+    no change), every entry the ledger adopts (moved ones too), and the
+    touched tokens."""
+    old_config, new_config = parse_config(old[0], file="old.toml"), parse_config(new[0])
+    changes, updates, touched = _oracle(old[1], new[1])
+    for as_file in (True, False):
+        plan = _plan.plan_reload(Running(old_config, as_file=as_file), new_config, "reloading")
+        assert plan.changes == changes, as_file
+        assert set(plan.updates) == updates, as_file
+        assert all(plan.updates[n] is new_config.by_name.get(n) for n in updates), as_file
+        assert plan.touched == touched, as_file
