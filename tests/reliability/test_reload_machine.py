@@ -2,7 +2,8 @@
 
 A hypothesis RuleBasedStateMachine applies a random file to a Topology, then
 reloads it (``Topology.reconcile``) with more random files, now and then with
-one open or add failing once. The files draw from a small pool of names and
+one open or add failing once (a DeviceError, or a KeyboardInterrupt: undone
+and let through). The files draw from a small pool of names and
 tokens, with changed options, moved tokens and entries, irq, bypass (false:
 opened, never registered) and optional pairs whose kind is unavailable (left
 out); each reload keeps some tokens' entries as they were. After every reload the
@@ -43,17 +44,22 @@ CONSUMERS = ("c0", "c1", "c2", "c3", "c4")
 class Recorder:
     """Kinds ``rec-src``, ``rec-sink`` and ``rec-absent`` (never available):
     every call journaled as ``<what> <name>``; ``fail`` names the one call that
-    fails, once. Every endpoint made is kept, to check it is closed at the end."""
+    fails, once, raising ``fail_with`` (a DeviceError, or a KeyboardInterrupt as
+    a Ctrl-C inside the call raises). Every endpoint made is kept, to check it
+    is closed at the end."""
 
     def __init__(self) -> None:
         self.log: list[str] = []
         self.fail: str | None = None
+        self.fail_with: type[BaseException] = irqbypass.DeviceError
         self.made: list[_Journal] = []
 
     def act(self, what: str) -> None:
         self.log.append(what)
         if what == self.fail:
             self.fail = None
+            if self.fail_with is KeyboardInterrupt:
+                raise KeyboardInterrupt
             raise irqbypass.DeviceError(f"{what} failed", errno=5)
 
     def _made(self, endpoint: _Journal, spec: irqbypass.plugin.EndpointSpec) -> None:
@@ -197,8 +203,12 @@ def _ends(entries: Iterable[EndpointConfig]) -> dict[str, set[tuple[str, str]]]:
     return ends
 
 
+#: (the call, the name, what it raises): ``open X`` or ``add X`` failing once
+Failing = tuple[str, str, type[BaseException]]
 FAILING = st.none() | st.tuples(
-    st.sampled_from(["open", "add"]), st.sampled_from(PRODUCERS + CONSUMERS)
+    st.sampled_from(["open", "add"]),
+    st.sampled_from(PRODUCERS + CONSUMERS),
+    st.sampled_from([irqbypass.DeviceError, irqbypass.DeviceError, KeyboardInterrupt]),
 )
 
 
@@ -229,18 +239,20 @@ class ReloadMachine(RuleBasedStateMachine):
         layout = data.draw(layouts(self.layout))
         return parse_config(data.draw(files(layout)), file=f"f{self.count}.toml"), layout
 
-    def _attempt(
-        self, what: str, call: Callable[[], object], failing: tuple[str, str] | None
-    ) -> bool:
+    def _attempt(self, what: str, call: Callable[[], object], failing: Failing | None) -> bool:
         """``call()`` with ``failing`` (``open X``, ``add X``) failing once:
-        whether it was done (else it raised TopologyError, for that fault)."""
-        self.rec.fail = None if failing is None else " ".join(failing)
+        whether it was done (else it raised TopologyError, or the
+        KeyboardInterrupt, for that fault)."""
+        self.rec.fail = None if failing is None else f"{failing[0]} {failing[1]}"
+        self.rec.fail_with = irqbypass.DeviceError if failing is None else failing[2]
         self.rec.log.clear()
         try:
             call()
-        except irqbypass.TopologyError as error:
-            consumed = failing is not None and self.rec.fail is None
-            assert consumed, f"{error} though nothing failed"
+        except (irqbypass.TopologyError, KeyboardInterrupt) as error:
+            assert failing is not None and self.rec.fail is None, f"{error!r}: nothing failed"
+            # an interrupt is undone and let through as itself; a failure is told
+            interrupted = failing[2] is KeyboardInterrupt
+            assert isinstance(error, KeyboardInterrupt) is interrupted, repr(error)
             COUNTERS[f"reload machine: {what} undone"] += 1
             return False
         finally:
@@ -249,7 +261,7 @@ class ReloadMachine(RuleBasedStateMachine):
         return True
 
     @rule(data=st.data(), failing=FAILING)
-    def reload(self, data: st.DataObject, failing: tuple[str, str] | None) -> None:
+    def reload(self, data: st.DataObject, failing: Failing | None) -> None:
         assert self.topology is not None
         config, layout = self._next(data)
         before = list(self.entries.values())
@@ -258,7 +270,7 @@ class ReloadMachine(RuleBasedStateMachine):
         self._untouched(before, config.endpoints)
 
     @rule(data=st.data(), failing=FAILING, same=st.booleans())
-    def change(self, data: st.DataObject, failing: tuple[str, str] | None, same: bool) -> None:
+    def change(self, data: st.DataObject, failing: Failing | None, same: bool) -> None:
         """The next file's differences as one change: added, removed and
         replaced entries (with ``same``, the unchanged ones replaced too: no
         change for them)."""
