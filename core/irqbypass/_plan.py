@@ -212,6 +212,16 @@ def plan_attach(running: Running, source: Config, action: str) -> Plan:
     return _planned(running, action, source, {e.name: e for e in new}, changes)
 
 
+def plan_revisit(running: Running, tokens: Iterable[str], source: Config, action: str) -> Plan:
+    """The plan that looks again at the pairs left out on ``tokens``, an end
+    of which was detached: no entry changes, but the tokens count as touched,
+    so :func:`moves` builds and opens the rest of their entries when none of
+    them is unavailable now, or leaves them out with the reason that holds now
+    (a change removing that end does the same). ``source``: the running file,
+    which a build error names."""
+    return Plan(action, source, {}, Changes(), frozenset(tokens))
+
+
 def moves(
     plan: Plan,
     running: Running,

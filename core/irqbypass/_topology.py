@@ -214,14 +214,20 @@ class Topology:
         first; every other pair is left alone (the partner of a detached end
         is unpaired and keeps running). Every step is attempted, as in
         :meth:`teardown`, and then what failed is raised. An unknown name is
-        refused before anything is done."""
+        refused before anything is done. A pair left out whose unavailable
+        end is detached is looked at again, as a change removing that end
+        does: what remains on its token is opened (all or nothing) when none
+        of it is unavailable."""
         if isinstance(names, str):
             names = [names]
         wanted = list(dict.fromkeys(names))
         action = f"detaching from {self.config.file}"
         _plan.check_detach(self._ledger, wanted, action)
+        left_out = _left_out(self._ledger, wanted)
         errors, interrupt = Transaction(self._ledger, self._builder, self.manager).detach(wanted)
         interrupt = deliver(interrupt)
+        if interrupt is None:
+            errors += _revisit(self, left_out, action)
         message = f"{action}: " + "; ".join(errors)
         if interrupt is not None:
             raise with_notes(interrupt, [message] if errors else [])
@@ -342,3 +348,22 @@ class Topology:
             if isinstance(error, Exception) or not isinstance(error, BaseException):
                 raise
             with_notes(error, [str(failed)])
+
+
+def _left_out(ledger: Ledger, names: Iterable[str]) -> set[str]:
+    """The tokens of the pairs left out that the entries ``names`` are on."""
+    return {ledger.entries[name].token for name in names} & {t for t, _ in ledger.skipped}
+
+
+def _revisit(topology: Topology, tokens: set[str], action: str) -> list[str]:
+    """After a detach: the pairs left out on ``tokens`` that still are (some
+    entry remains on them: :meth:`Ledger.forget`), looked at again as a
+    change removing the detached end does, all or nothing. What failed."""
+    revisit = tokens & {token for token, _ in topology._ledger.skipped}
+    if not revisit:
+        return []
+    try:
+        topology._carry_out(_plan.plan_revisit(topology._ledger, revisit, topology.config, action))
+    except TopologyError as exc:
+        return [str(exc).removeprefix(f"{action}: ")]
+    return []

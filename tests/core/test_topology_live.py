@@ -234,6 +234,34 @@ def test_attach_leaves_out_what_is_left_out_as_change_does(
         assert topology._ledger.violations() == []
 
 
+@pytest.mark.parametrize("how", ["detach", "change"])
+def test_detaching_the_unavailable_end_of_a_pair_left_out_brings_up_the_rest(
+    host: irqbypass.PluginHost, rec: Recorder, how: str
+) -> None:
+    """Found by tests/reliability/test_reload_machine.py (make fuzz, seed 780):
+    detaching the optional end whose kind is unavailable kept its token left out
+    for an entry no longer there, the producer remaining on it never opened,
+    and a reload of a file naming exactly the running entries changed nothing,
+    where applying that file opens it. A detach now looks at such a token again,
+    as a change removing that end always did."""
+    text = pair(0) + optional(pair(3, sink="rec-absent"))
+    with Topology(parse_config(text, file="live.toml"), host) as topology:
+        assert [t for t, _ in topology.skipped] == ["t3"] and topology.entry("p3") is None
+        rec.log.clear()
+        topology.detach(["c3"]) if how == "detach" else topology.change(remove=["c3"])
+        assert topology.skipped == [] and rec.of("p3") == ["open p3"]
+        assert topology.entry("p3") is not None and topology._ledger.violations() == []
+        untouched(rec, "p0", "c0")
+        rec.log.clear()
+        changes = topology.reconcile(parse_config(pair(0) + pair(3).split("[[consumers]]")[0]))
+        assert not changes and rec.log == []
+        # the available end detached instead: the pair stays out, for its other end
+        topology.attach(parse_config(optional(pair(4, sink="rec-absent"))))
+        topology.detach(["p4"])
+        assert topology.skipped == [("t4", "consumer 'c4' (kind rec-absent): no such device here")]
+        assert "open c4" not in rec.log and topology._ledger.violations() == []
+
+
 def test_attach_with_an_unknown_kind_names_the_fragment_and_its_line(
     topo: Topology, rec: Recorder
 ) -> None:

@@ -29,7 +29,7 @@ import hypothesis.strategies as st
 import irqbypass
 import irqbypass.plugin
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from irqbypass._config import Config, EndpointConfig, parse_config
 from irqbypass._topology import Topology
 from rel_support import COUNTERS
@@ -289,6 +289,25 @@ class ReloadMachine(RuleBasedStateMachine):
         if self._attempt("changes", call, failing):
             self.entries, self.file, self.layout = after, None, layout
         self._untouched(before, after.values())
+
+    @precondition(lambda self: bool(self.entries))
+    @rule(data=st.data())
+    def detach(self, data: st.DataObject) -> None:
+        """Some entries detached (a hot-unplug): what remains runs as if applied."""
+        assert self.topology is not None
+        names = data.draw(st.lists(st.sampled_from(sorted(self.entries)), min_size=1, unique=True))
+        self.rec.log.clear()
+        self.topology.detach(names)
+        COUNTERS["reload machine: detaches"] += 1
+        before = list(self.entries.values())
+        self.entries = {n: e for n, e in self.entries.items() if n not in names}
+        self.file = None
+        self.layout = {
+            token: kept
+            for token, ends in self.layout.items()
+            if (kept := {side: e for side, e in ends.items() if e["name"] not in names})
+        }
+        self._untouched(before, self.entries.values())
 
     def _untouched(self, old: Iterable[EndpointConfig], new: Iterable[EndpointConfig]) -> None:
         """The entries of a token whose entries are the same before and after saw nothing."""
