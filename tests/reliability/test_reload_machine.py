@@ -1,16 +1,18 @@
 """Model-based testing of a running topology reloaded with random files.
 
 A hypothesis RuleBasedStateMachine applies a random file to a Topology, then
-reloads it (``Topology.reconcile``) with more random files, now and then with
-one open or add failing once (a DeviceError, or a KeyboardInterrupt: undone
-and let through). The files draw from a small pool of names and
-tokens, with changed options, moved tokens and entries, irq, bypass (false:
-opened, never registered) and optional pairs whose kind is unavailable (left
-out); each reload keeps some tokens' entries as they were. After every reload the
-topology must be exactly what applying the new file would make it (a failed
-one: exactly what it was before), and the pairs the reload did not touch (a
-token whose entries are the same in both files) saw no callback, no open and
-no close. At teardown every endpoint ever opened is closed.
+reloads it (``Topology.reconcile``) or changes it (``change``) towards more
+random files, attaches entries on ends nothing holds, or detaches some; a
+reload, change or attach now and then with one open or add failing once (a
+DeviceError, or a KeyboardInterrupt: undone and let through). The files draw
+from a small pool of names and tokens, with changed options, moved tokens and
+entries, irq, bypass (false: opened, never registered) and optional pairs whose
+kind is unavailable (left out); each reload keeps some tokens' entries as they
+were. After every step the topology must be exactly what applying its entries
+would make it (a failed one: exactly what it was before), and the pairs the
+step did not touch (a token whose entries are the same in both files) saw no
+callback, no open and no close. At teardown every endpoint ever opened is
+closed.
 
 ``IRQBYPASS_MACHINE_EXAMPLES`` (default 150, a third of it here: each step
 opens a topology) and ``IRQBYPASS_MACHINE_STEPS`` (default 50, a quarter here)
@@ -287,6 +289,29 @@ class ReloadMachine(RuleBasedStateMachine):
         after = {n: e for n, e in old.items() if n not in remove}
         after.update({e.name: e for e in add + differ})
         if self._attempt("changes", call, failing):
+            self.entries, self.file, self.layout = after, None, layout
+        self._untouched(before, after.values())
+
+    @rule(data=st.data(), failing=FAILING)
+    def attach(self, data: st.DataObject, failing: Failing | None) -> None:
+        """New entries on ends nothing holds (a hot-plug), as a TOML fragment."""
+        assert self.topology is not None
+        drawn = data.draw(layouts(self.layout))
+        used = set(self.entries)
+        plugged: Layout = {}
+        for token, ends in drawn.items():
+            for side, entry in ends.items():
+                if side not in self.layout.get(token, {}) and entry["name"] not in used:
+                    plugged.setdefault(token, {})[side] = entry
+                    used.add(str(entry["name"]))
+        self.count += 1
+        fragment = parse_config(data.draw(files(plugged)), file=f"plug{self.count}.toml")
+        before = list(self.entries.values())
+        after = {**self.entries, **fragment.by_name}
+        if self._attempt("attaches", partial(self.topology.attach, fragment), failing):
+            layout = {token: dict(ends) for token, ends in self.layout.items()}
+            for token, ends in plugged.items():
+                layout.setdefault(token, {}).update(ends)
             self.entries, self.file, self.layout = after, None, layout
         self._untouched(before, after.values())
 
