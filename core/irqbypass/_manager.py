@@ -246,7 +246,16 @@ class Manager:
                 registered = False  # unhashable or hostile: never registered
             if not registered:
                 return False
-            partner = theirs.get(token)
+            # the partner is the one it is linked to, as the kernel disconnects
+            # through producer->consumer, when that one is registered here (a
+            # pair on two fds of one eventfd, one closed: a closed Eventfd equals
+            # only itself); else the token's other side
+            link = endpoint._consumer if producing else endpoint._producer
+            try:
+                linked = link is not None and theirs.get(link._token) is link
+            except Exception:  # a partner whose token's hash or eq raises
+                linked = False
+            partner = link if linked else theirs.get(token)
             failures: _Failures = ()
             if partner is not None:
                 producer, consumer = (endpoint, partner) if producing else (partner, endpoint)

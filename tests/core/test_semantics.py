@@ -365,6 +365,33 @@ def test_unregister_frees_token(mgr: irqbypass.Manager, log: list[str]) -> None:
     assert mgr.producers() == [p2]
 
 
+@pytest.mark.parametrize("leaving", ["producer", "consumer"])
+@pytest.mark.parametrize("closed", ["producer", "consumer"])
+def test_a_paired_endpoint_is_disconnected_though_a_token_was_closed(
+    mgr: irqbypass.Manager, log: list[str], closed: str, leaving: str
+) -> None:
+    """Rule 2 (the kernel disconnects through ``producer->consumer``): a pair on
+    two fds of one eventfd, one of them closed while registered, is still
+    disconnected when either end leaves. The partner was looked up by token, and
+    a closed Eventfd equals only itself, so the endpoint left without a stop,
+    del or start, both links still naming each other; a new producer on the
+    eventfd then connected to a consumer that had never seen the del."""
+    with irqbypass.Eventfd() as efd, efd.dup() as twin:
+        p, c = RecordingProducer(log, token=efd), RecordingConsumer(log, token=twin)
+        mgr.register_producer(p)
+        mgr.register_consumer(c)
+        (efd if closed == "producer" else twin).close()
+        log.clear()
+        if leaving == "producer":
+            assert mgr.unregister_producer(p) is True
+        else:
+            assert mgr.unregister_consumer(c) is True
+        assert log == DISCONNECT
+        assert p.consumer is None and c.producer is None and mgr.pairs() == []
+        stays = c if leaving == "producer" else p
+        assert mgr.is_registered(stays) and len(mgr) == 1
+
+
 def test_unregister_unpaired_calls_nothing(mgr: irqbypass.Manager, log: list[str]) -> None:
     p = RecordingProducer(log, token="t")
     mgr.register_producer(p)
