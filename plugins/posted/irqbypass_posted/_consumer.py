@@ -23,6 +23,8 @@ from ._settings import DEFAULT_NV, PostedSettings
 
 __all__ = ["DEFAULT_NV", "PostedInterruptConsumer"]
 
+#: the descriptor's counts of posts that waited for a peer's file lock (once one did)
+_WAITING = ("waiting_for_peer", "waited_for_peer", "lock_retries")
 #: the stats of a consumer that was never opened
 _NEVER_OPENED = ("delivered", "posted", "notified", "vectors_drained", "syncs")
 
@@ -199,7 +201,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
     def _on_notified(self, descriptor: PostedDescriptor) -> None:
         """The vCPU, on the loop: a notification came; sync PIR to IRR, take the vectors."""
         if descriptor.wait(0):
-            descriptor.drain()
+            descriptor.drain(defer=True)  # never waits here for a peer's file lock
 
     # -- the bypass callbacks ----------------------------------------------
 
@@ -287,6 +289,7 @@ class PostedInterruptConsumer(irqbypass.Consumer):
             "held": port.held_count if port is not None else 0,
             "relayed": self._path.relayed,
             "early": self._path.early,
+            **{key: counters[key] for key in _WAITING if key in counters},
             **({"token_closed": 1} if self._path.token_closed else {}),
             **({"loop_errors": 1} if self.problem is not None else {}),
         }
@@ -305,7 +308,10 @@ class PostedInterruptConsumer(irqbypass.Consumer):
         taken (what the guest sees as interrupts; fewer when posts coalesce);
         ``posted``, ``notified``, ``syncs``; ``undrained``: posted, not yet
         synced; ``held``: held while stopped; ``relayed``: posts that came via
-        the eventfd relay; ``early``: signalled before the direct path was set."""
+        the eventfd relay; ``early``: signalled before the direct path was set;
+        once a post waited for a peer's file lock, ``waiting_for_peer`` (posts
+        the loop keeps for it now), ``waited_for_peer`` (in all) and
+        ``lock_retries`` (the loop's tries of the lock)."""
         with self._lock:  # held while reading: close() unmaps only after taking it
             descriptor = self.descriptor
             if descriptor is None:

@@ -39,6 +39,7 @@ from ._layout import (
     check_vector,
 )
 from ._posting import PostingRules
+from ._waiting import PeerWait
 
 __all__ = [
     "DESCRIPTOR_SIZE",
@@ -65,6 +66,7 @@ def _forked() -> None:
         descriptor._in_child = True
         descriptor._usable[0] = False
         descriptor._disarm()
+        descriptor._waiting.timer = None  # the parent's loop's: the child's close leaves it
     _LIVE.clear()
 
 
@@ -246,6 +248,9 @@ class PostedDescriptor(PostingRules):
         #: vector's bit and ON are both set, it may post and is not held (see
         #: :meth:`poster`); cleared under the lock by whatever changes that
         self._armed: list[list[bool]] = []
+        #: posts (and the drainer's sync) the event loop could not make at once: a
+        #: peer held the file lock; made by its timer, or whatever locks next
+        self._waiting = PeerWait()
         self.notification: irqbypass.Eventfd | None = None
         self._own_notification = False
         self._nfd = -1
@@ -316,6 +321,7 @@ class PostedDescriptor(PostingRules):
                 return
             self._close_notification()
         finally:
+            self._waiting.cancel()  # its timer: unusable now, it would make nothing
             self._remove_file()  # whatever cut the above short: the file goes
 
     @irqbypass.plugin.holding(lambda self: self._lock)

@@ -122,6 +122,37 @@ class SyncResult:
         return sum(self.posts.values())
 
 
+class DescriptorFields:
+    """The hardware fields of a descriptor mapped at ``_b``, read as they are
+    (no lock: a post or another process's sync may be changing them)."""
+
+    _b: memoryview
+
+    def raw(self) -> bytes:
+        """The 64 descriptor bytes, exactly as mapped."""
+        return bytes(self._b[:DESCRIPTOR_SIZE])
+
+    @property
+    def pir(self) -> int:
+        return int.from_bytes(self._b[PIR_OFFSET:PIR_BYTES], "little")
+
+    @property
+    def on(self) -> bool:
+        return bool(self._b[CONTROL_OFFSET] & ON_BIT)
+
+    @property
+    def sn(self) -> bool:
+        return bool(self._b[CONTROL_OFFSET] & SN_BIT)
+
+    @property
+    def nv(self) -> int:
+        return self._b[NV_OFFSET]
+
+    @property
+    def ndst(self) -> int:
+        return int.from_bytes(self._b[NDST_OFFSET : NDST_OFFSET + 4], "little")
+
+
 class Port:
     """One producer's way in: while ``held`` (the pair is stopped), posts are
     counted here instead of reaching the descriptor, and flushed on release.

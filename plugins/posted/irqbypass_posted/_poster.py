@@ -55,22 +55,35 @@ def _marker(
 
 def flocked(rules: PostingRules, port: Port) -> Callable[[], None]:
     """The poster of a descriptor in lock mode ``"file"``: the whole rule on
-    every post, under the flock (another process may clear ON or a bit)."""
+    every post, under the flock (another process may clear ON or a bit), the
+    posts that waited for it made first. The flock is only tried: when a peer
+    holds it, the post goes the general way (:meth:`PostingRules.post_port`:
+    kept for later on the event loop's thread, else a wait with the thread
+    lock released)."""
     lock, usable, unusable = rules._lock, rules._usable, rules._unusable_error
     mark = _marker(rules, port, [False], armable=False)
-    fd = rules._fd
+    fd, waiting, post_port = rules._fd, rules._waiting, rules.post_port
     flock = fcntl.flock
-    ex, un = fcntl.LOCK_EX, fcntl.LOCK_UN
+    ex, un = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN
 
     def post_file_locked() -> None:
         with lock:
             if not usable[0]:
                 raise unusable()
             try:
-                flock(fd, ex)
-                mark()
+                try:
+                    flock(fd, ex)
+                except BlockingIOError:
+                    taken = False
+                else:
+                    taken = True
+                    if waiting.posts:
+                        waiting.make(rules)
+                    mark()
             finally:
                 flock(fd, un)
+        if not taken:
+            post_port(port, 1)
 
     return post_file_locked
 

@@ -8,9 +8,16 @@ Linux's ``sync_pir_to_irr``: clear ON, then take PIR into the IRR.
 Every locked section is ``with self._lock`` around ``flock`` in try/finally: a
 KeyboardInterrupt (or any exception) landing anywhere in it releases both.
 Unlocking a flock that was not taken is harmless, so the finally need not know
-how far the ``try`` got. The notification is written under the lock right
-after ON is set, with no call in between (so no point where a signal handler
-can run): ON set without its notification would leave the vCPU asleep for good.
+how far the ``try`` got. The flock is only tried under the thread lock, never
+waited for: a peer process may hold it as long as it likes, and the process's
+event loop must not wait for it, neither in a post of its own nor for the
+thread lock of a thread that waits. On the loop's thread a post that finds it
+taken is kept for later (:mod:`._waiting`); elsewhere the thread waits for the
+peer with the thread lock released, then tries again.
+
+The notification is written under the lock right after ON is set, with no
+call in between (so no point where a signal handler can run): ON set without
+its notification would leave the vCPU asleep for good.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,13 +43,13 @@ from ._layout import (
     _SYNCS,
     _VECTORS_DRAINED,
     CONTROL_OFFSET,
-    DESCRIPTOR_SIZE,
     NDST_OFFSET,
     NV_OFFSET,
     ON_BIT,
     PIR_BYTES,
     PIR_OFFSET,
     SN_BIT,
+    DescriptorFields,
     LockMode,
     Port,
     SyncResult,
@@ -49,13 +58,14 @@ from ._layout import (
     _write_error,
     check_vector,
 )
+from ._waiting import LAST_RETRY, PeerWait
 
 __all__ = ["PostingRules"]
 
 _T = TypeVar("_T")
 
 
-class PostingRules:
+class PostingRules(DescriptorFields):
     """Post, hold, sync, drain and read a descriptor mapped at ``_b`` (bytes)
     and ``_q`` (u64 slots), under ``_lock`` and, in lock mode ``"file"``, the
     flock of ``_fd``. :class:`~irqbypass_posted.PostedDescriptor` maps it and
@@ -76,20 +86,39 @@ class PostingRules:
     _pending: memoryview | list[int]
     _armed: list[list[bool]]
     _nfd: int
+    _waiting: PeerWait
 
     # -- locking (see the module's docstring) --------------------------------------
 
-    def _locked(self, body: Callable[..., _T], *args: object) -> _T:
-        """``body(*args)`` under the thread lock and, in file mode, the flock."""
-        with self._lock:
-            self._check_usable()
-            if self.lock_mode != "file":
-                return body(*args)
-            try:
-                _lock_file(self._fd)
-                return body(*args)
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _locked(
+        self, body: Callable[..., _T], *args: object, busy: Callable[..., _T] | None = None
+    ) -> _T:
+        """``body(*args)`` under the thread lock and, in file mode, the flock (the
+        posts waiting for it made first). If a peer holds it, on the event loop's
+        thread ``busy(self, *args)`` keeps the work for later; elsewhere (or without
+        ``busy``) this waits for the peer without the thread lock, and tries again."""
+        waiter = -1
+        try:
+            while True:
+                with self._lock:
+                    self._check_usable()
+                    if self.lock_mode != "file":
+                        return body(*args)
+                    try:
+                        if _took_file_lock(self._fd):
+                            if self._waiting.posts:
+                                self._waiting.make(self)
+                            return body(*args)
+                        if busy is not None and _on_the_loop():
+                            return busy(self, *args)
+                        if waiter < 0:
+                            waiter = _another_description(self._fd)
+                    finally:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+                _wait_for_file_lock(waiter)
+        finally:
+            if waiter >= 0:
+                os.close(waiter)
 
     def _check_usable(self) -> None:
         if not self._usable[0]:
@@ -115,7 +144,7 @@ class PostingRules:
         check_vector(vector)
         if count <= 0:
             return False
-        return self._locked(self._post_locked, vector, count, urgent)
+        return self._locked(self._post_locked, vector, count, urgent, busy=self._waiting.keep)
 
     def _post_locked(self, vector: int, count: int, urgent: bool) -> bool:
         b = self._b
@@ -160,7 +189,7 @@ class PostingRules:
         how the eventfd relay posts what one read took."""
         if count <= 0:
             return False
-        return self._locked(self._post_port_locked, port, count)
+        return self._locked(self._post_port_locked, port, count, busy=self._waiting.keep_port)
 
     def _post_port_locked(self, port: Port, count: int) -> bool:
         if port.held:
@@ -203,11 +232,13 @@ class PostingRules:
         posts: dict[int, int] = {}
         return SyncResult(self._take_locked(posts), posts)
 
-    def drain(self) -> int:
+    def drain(self, *, defer: bool = False) -> int:
         """:meth:`sync`, then :meth:`acknowledge` every vector in the IRR, in
         one locked step: what a vCPU that takes every interrupt at once does
-        (the consumer's drainer). Returns the posts taken."""
-        return self._locked(self._drain_locked)
+        (the consumer's drainer). Returns the posts taken. ``defer``: on the
+        event loop's thread, a peer holding the file lock leaves the drain to
+        the loop, done once the peer lets go (0 returned now)."""
+        return self._locked(self._drain_locked, busy=self._waiting.keep_drain if defer else None)
 
     def _drain_locked(self) -> int:
         before = self._q[_POSTS_DRAINED]
@@ -293,31 +324,7 @@ class PostingRules:
             self._b.__setitem__, slice(NDST_OFFSET, NDST_OFFSET + 4), ndst.to_bytes(4, "little")
         )
 
-    # -- looking -------------------------------------------------------------
-
-    def raw(self) -> bytes:
-        """The 64 descriptor bytes, exactly as mapped."""
-        return bytes(self._b[:DESCRIPTOR_SIZE])
-
-    @property
-    def pir(self) -> int:
-        return int.from_bytes(self._b[PIR_OFFSET:PIR_BYTES], "little")
-
-    @property
-    def on(self) -> bool:
-        return bool(self._b[CONTROL_OFFSET] & ON_BIT)
-
-    @property
-    def sn(self) -> bool:
-        return bool(self._b[CONTROL_OFFSET] & SN_BIT)
-
-    @property
-    def nv(self) -> int:
-        return self._b[NV_OFFSET]
-
-    @property
-    def ndst(self) -> int:
-        return int.from_bytes(self._b[NDST_OFFSET : NDST_OFFSET + 4], "little")
+    # -- looking (the fields themselves: DescriptorFields) --------------------
 
     def posted_per_vector(self) -> dict[int, int]:
         """Posts per vector so far (drained and pending), vectors with any."""
@@ -334,7 +341,9 @@ class PostingRules:
         return q[_DRAINED : _DRAINED + 256].tolist(), list(self._pending)
 
     def counters(self, *, wait: bool = True) -> dict[str, int]:
-        """posted, notified, syncs, vectors_drained, posts_drained, pending.
+        """posted, notified, syncs, vectors_drained, posts_drained, pending;
+        once a post waited for a peer's file lock, also waiting_for_peer,
+        waited_for_peer and lock_retries (:meth:`PeerWait.stats`).
         ``wait=False`` reads them without waiting for a lock: a snapshot a post
         or another process's sync may be changing (what a close keeps when a
         Ctrl-C ended its wait for a peer holding the file lock)."""
@@ -354,22 +363,58 @@ class PostingRules:
             "vectors_drained": q[_VECTORS_DRAINED],
             "posts_drained": drained,
             "pending": pending,
+            **self._waiting.stats(),
         }
 
 
-def _lock_file(fd: int) -> None:
-    """flock(LOCK_EX) on the memory: at once when it is free; else the wait is
-    one on another process (an attacher holds it, for as long as it likes), so
-    a Ctrl-C ends it even inside an uninterrupted close."""
+def _took_file_lock(fd: int) -> bool:
+    """flock(LOCK_EX) on the memory if it is free now (never a wait)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        _wait_for_file_lock(fd)
+        return False
+    return True
+
+
+def _on_the_loop() -> bool:
+    """Whether this thread runs the process's event loop: its own thread, or
+    the thread of the VMM's asyncio loop it is attached to."""
+    thread = irqbypass.event_loop().running_thread
+    if thread is not None:
+        return thread is threading.current_thread()
+    asyncio = sys.modules.get("asyncio")  # not imported: no asyncio loop runs here
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _another_description(fd: int) -> int:
+    """A new open file description of the memory, to wait on for the peer's
+    flock without the thread lock (a flock belongs to the description: this
+    one excludes ours too, which is then only held for a moment); -1 if none
+    can be opened (out of fds): the wait then polls."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 @irqbypass.plugin.waits_on_peer
-def _wait_for_file_lock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_EX)
+def _wait_for_file_lock(waiter: int) -> None:
+    """Wait until no other process holds the memory's flock (an attacher may
+    hold it as long as it likes, so a Ctrl-C ends this, even inside an
+    uninterrupted close); the caller then tries for it again."""
+    if waiter < 0:
+        time.sleep(LAST_RETRY)
+        return
+    try:
+        fcntl.flock(waiter, fcntl.LOCK_EX)
+    finally:
+        fcntl.flock(waiter, fcntl.LOCK_UN)
 
 
 def _forked_error(path: str | None, pid: int) -> irqbypass.DeviceError:

@@ -5,7 +5,9 @@ it (issue 32 item 13)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pwd
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,9 @@ import irqbypass
 import irqbypass.plugin
 import irqbypass.system
 import pytest
-from irqbypass_posted import RECORD_SIZE, PostedDescriptor, PostedInterruptConsumer
+from irqbypass_logging import LoggingConsumer
+from irqbypass_mock import MockProducer
+from irqbypass_posted import RECORD_SIZE, Port, PostedDescriptor, PostedInterruptConsumer
 
 
 def nobody() -> int:
@@ -425,3 +430,293 @@ def test_a_notification_eventfd_that_blocks_is_refused(side: str, tmp_path: Path
             pass  # taken as before
     finally:
         os.close(nonblocking)
+
+
+# -- a peer that keeps the file lock, and the process's one event loop ----------
+
+TIMEOUT = 60.0  # only against hangs
+
+
+@contextlib.contextmanager
+def peer_holding_the_file_lock(path: Path) -> Iterator[PostedDescriptor]:
+    """An attacher's own open file description of the memory, holding its flock
+    (a vCPU process stopped inside its sync, or a hostile one) until the block ends."""
+    with PostedDescriptor.attach(str(path)) as peer:
+        fcntl.flock(peer._fd, fcntl.LOCK_EX)
+        try:
+            yield peer
+        finally:
+            fcntl.flock(peer._fd, fcntl.LOCK_UN)
+
+
+def wait_while_the_loop_turns(condition: Callable[[], bool], *owners: str) -> None:
+    """Wait for ``condition``; fail as soon as the loop's watchdog names a
+    callback of one of ``owners`` as blocking the loop (its verdict, not a
+    clock of this test's: the deadline is only against hangs)."""
+    loop = irqbypass.event_loop()
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        blocked = [
+            fault
+            for fault in list(loop.faults)
+            if fault.kind == "blocked" and any(owner in fault.owner for owner in owners)
+        ]
+        assert not blocked, f"the event loop waited for the peer: {blocked[0].message}"
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def waiting(descriptor: PostedDescriptor) -> tuple[int, int]:
+    """Posts waiting for the peer's lock now, and the retries the loop made
+    (read without the locks: the peer holds one)."""
+    counters = descriptor.counters(wait=False)
+    return counters.get("waiting_for_peer", 0), counters.get("lock_retries", 0)
+
+
+@pytest.mark.parametrize("way", ["relay", "direct", "drainer"])
+def test_a_peer_keeping_the_file_lock_does_not_stop_the_event_loop(
+    tmp_path: Path, way: str
+) -> None:
+    """While a peer holds the memory's flock, a post made on the event loop (the
+    relay reading the token, a producer's direct post from its loop timer) or
+    the drainer's sync must not wait for it: the loop goes on serving every
+    other endpoint (here a mock into a logging consumer); the posts wait,
+    counted, and every one is made once the peer lets go."""
+    path = tmp_path / f"pi-{way}"
+    name = f"vcpu-{way}"
+    signalled = 0 if way == "drainer" else 3
+    with irqbypass.Eventfd() as token, irqbypass.Eventfd() as other_token:
+        consumer = PostedInterruptConsumer(
+            token=token, name=name, vector=40, file=str(path), drain=way == "drainer"
+        )
+        producer: irqbypass.Producer = (
+            MockProducer(token=token, name=f"dev-{way}", irq=40, count=3, rate=0.0)
+            if way == "direct"
+            else irqbypass.Producer(token=token, name=f"dev-{way}", irq=40)  # declines: relayed
+        )
+        other = MockProducer(token=other_token, name=f"other-{way}", count=0)
+        logged = LoggingConsumer(token=other_token, name=f"logged-{way}")
+        mgr = irqbypass.Manager()
+        with consumer, other, logged:
+            mgr.register_consumer(logged)
+            mgr.register_producer(other)
+            mgr.register_consumer(consumer)
+            descriptor = consumer.descriptor
+            assert descriptor is not None and descriptor.notification is not None
+            mgr.register_producer(producer)  # (pairing stops and starts: not under the peer)
+            try:
+                with peer_holding_the_file_lock(path):
+                    if way == "direct":
+                        assert isinstance(producer, MockProducer)
+                        producer.open()  # its loop timer posts through the direct path
+                    elif way == "relay":
+                        token.write(signalled)
+                    else:  # as a peer's post that notified: the drainer syncs
+                        descriptor.notification.write(1)
+                    other.fire(1)
+                    wait_while_the_loop_turns(
+                        lambda: (
+                            logged.stats()["delivered"] == 1
+                            and waiting(descriptor)[0] == signalled
+                            and waiting(descriptor)[1] >= 1
+                        ),
+                        name,
+                        f"dev-{way}",
+                    )
+                    assert descriptor.counters(wait=False)["posted"] == 0
+                # made by the loop's timer once the peer let go (nothing here takes the locks)
+                wait_while_the_loop_turns(
+                    lambda: (
+                        waiting(descriptor)[0] == 0
+                        and descriptor.counters(wait=False)["syncs"] == (way == "drainer")
+                    ),
+                    name,
+                    f"dev-{way}",
+                )
+                stats = consumer.stats()
+                assert (stats["posted"], stats["notified"]) == (signalled, 1 if signalled else 0)
+                if way == "drainer":
+                    assert stats["syncs"] == 1  # the drain the notification asked for
+                else:
+                    assert descriptor.sync().posts == {40: signalled}
+            finally:
+                mgr.unregister_producer(producer)
+                if isinstance(producer, MockProducer):
+                    producer.close()
+                mgr.unregister_consumer(consumer)
+                mgr.unregister_producer(other)
+                mgr.unregister_consumer(logged)
+    assert not path.exists()
+
+
+def relayed(
+    token: irqbypass.Eventfd, path: Path, name: str, **options: Any
+) -> tuple[PostedInterruptConsumer, irqbypass.Producer, irqbypass.Manager]:
+    """An open file-backed consumer ``name`` (vector 40), paired with a producer
+    that declines the direct path: what the token is signalled the loop relays."""
+    consumer = PostedInterruptConsumer(token=token, name=name, file=str(path), **options)
+    producer = irqbypass.Producer(token=token, name=f"dev-{name}", irq=40)
+    mgr = irqbypass.Manager()
+    consumer.open()
+    mgr.register_consumer(consumer)
+    mgr.register_producer(producer)
+    return consumer, producer, mgr
+
+
+@contextlib.contextmanager
+def ctrl_c_until_the_end() -> Iterator[None]:
+    """A SIGINT to this thread every 0.1 s until the block ends."""
+    target, done = threading.get_ident(), threading.Event()
+
+    def interrupt() -> None:
+        while not done.wait(0.1):
+            signal.pthread_kill(target, signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()
+
+
+def retry_timers(path: Path) -> list[irqbypass.plugin.LoopHandle]:
+    """The loop's timers that try the descriptor's file lock again."""
+    owner = f"{path} lock=file> (waiting for a peer's file lock)"
+    return [handle for handle in irqbypass.event_loop().handles() if owner in handle.owner]
+
+
+@pytest.mark.parametrize(
+    ("sn", "urgent", "notifies"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["sn-clear", "sn-set", "sn-set-urgent"],
+)
+def test_posts_kept_for_a_peer_are_all_made_once_it_lets_go(
+    tmp_path: Path, sn: bool, urgent: bool, notifies: bool
+) -> None:
+    """Posts of three vectors made on the loop (a poster, post_many, post_port)
+    while a peer holds the file lock: kept as counts behind one timer, tried
+    again and again; once the peer lets go the timer makes every one, each
+    vector's count exact, with the one notification the rule gives those posts
+    (ON clear, and SN clear or one of them urgent), or none."""
+    path = tmp_path / "pi0"
+    loop = irqbypass.event_loop()
+    with PostedDescriptor(file=str(path), sn=sn) as d:
+        assert d.notification is not None
+        poster = d.poster(Port(40))
+        urgent_port = Port(42, urgent=urgent)
+        returned: list[object] = []
+
+        def post_on_the_loop() -> None:
+            for _ in range(5):
+                returned.append(poster())
+            returned.append(d.post_many(41, 3))
+            returned.append(d.post_port(urgent_port, 2))
+
+        with peer_holding_the_file_lock(path):
+            loop.call_later(0.0, post_on_the_loop, owner="test: posts on the loop")
+            wait_while_the_loop_turns(
+                lambda: waiting(d)[0] == 10 and waiting(d)[1] >= 3, "test: posts on the loop"
+            )
+            assert returned == [None] * 5 + [False, False]  # no notification yet
+            assert len(retry_timers(path)) == 1, "one timer per descriptor, not per post"
+            counters = d.counters(wait=False)
+            assert (counters["posted"], counters["notified"], d.pir, d.on) == (0, 0, 0, False)
+            assert counters["waited_for_peer"] == 10
+        wait_while_the_loop_turns(lambda: waiting(d)[0] == 0, "waiting for a peer's")
+        assert d.posted_per_vector() == {40: 5, 41: 3, 42: 2}
+        assert d.counters()["notified"] == d.notification.read(0) == int(notifies)
+        assert d.on == notifies and d.pir == 0b111 << 40
+        assert d.sync().posts == {40: 5, 41: 3, 42: 2}
+        assert retry_timers(path) == []
+
+
+@pytest.mark.usefixtures("no_fd_leak", "guarded_sigint")
+def test_ctrl_c_ends_a_close_while_posts_wait_for_a_peer(tmp_path: Path) -> None:
+    """Closing while relayed posts wait for a peer that keeps the lock: the close
+    waits for the peer (as any close does) until a Ctrl-C ends it; the retry
+    timer is taken off the loop, the file removed, no fd or thread left, and the
+    posts that never reached the descriptor are told in the last stats."""
+    path = tmp_path / "pi0"
+    with irqbypass.Eventfd() as token:
+        consumer, producer, mgr = relayed(token, path, "vcpu-closing")
+        descriptor = consumer.descriptor
+        assert descriptor is not None
+        with peer_holding_the_file_lock(path):
+            token.write(3)
+            wait_while_the_loop_turns(lambda: waiting(descriptor)[0] == 3, "vcpu-closing")
+            assert len(retry_timers(path)) == 1
+            with ctrl_c_until_the_end(), pytest.raises(KeyboardInterrupt):
+                consumer.close()  # (the peer never lets go: without Ctrl-C, a hang)
+            assert consumer.descriptor is None
+            assert retry_timers(path) == []
+        stats = consumer.stats()
+        assert (stats["waiting_for_peer"], stats["waited_for_peer"], stats["posted"]) == (3, 3, 0)
+        mgr.unregister_producer(producer)
+        mgr.unregister_consumer(consumer)
+    assert not path.exists()
+
+
+@pytest.mark.usefixtures("no_fd_leak")
+def test_a_close_makes_the_posts_that_waited_once_the_peer_lets_go(tmp_path: Path) -> None:
+    """A close in another thread while posts wait for a peer: once the peer lets
+    go (before or while the close waits for it), every post is made and counted
+    in the last stats; the retry timer is gone."""
+    path = tmp_path / "pi0"
+    with irqbypass.Eventfd() as token:
+        consumer, producer, mgr = relayed(token, path, "vcpu-let-go", drain=True)
+        descriptor = consumer.descriptor
+        assert descriptor is not None
+        closer = threading.Thread(target=consumer.close)
+        with peer_holding_the_file_lock(path):
+            token.write(4)
+            wait_while_the_loop_turns(lambda: waiting(descriptor)[0] == 4, "vcpu-let-go")
+            closer.start()
+        closer.join()
+        stats = consumer.stats()
+        assert (stats["posted"], stats["delivered"], stats["waiting_for_peer"]) == (4, 4, 0)
+        assert stats["notified"] == 1
+        assert retry_timers(path) == []
+        mgr.unregister_producer(producer)
+        mgr.unregister_consumer(consumer)
+    assert not path.exists()
+
+
+def someone_waits_for_the_lock_of(peer: PostedDescriptor) -> bool:
+    """A flock request of this process blocked on the memory (``/proc/locks``)."""
+    inode = os.fstat(peer._fd).st_ino
+    with open("/proc/locks") as locks:
+        return any(
+            "-> FLOCK" in line and f" {os.getpid()} " in line and f":{inode} " in line
+            for line in locks
+        )
+
+
+def test_a_thread_waiting_for_the_peer_does_not_stop_the_loop_either(tmp_path: Path) -> None:
+    """A thread of ours that waits for the peer's lock (a status reader's
+    stats(), a vCPU thread's sync) must not hold the descriptor's thread lock
+    meanwhile: the loop's relay would wait for that lock, and so for the peer."""
+    path = tmp_path / "pi0"
+    with irqbypass.Eventfd() as token:
+        consumer, producer, mgr = relayed(token, path, "vcpu-beside")
+        with consumer:
+            descriptor = consumer.descriptor
+            assert descriptor is not None
+            seen: list[dict[str, int]] = []
+            reader = threading.Thread(target=lambda: seen.append(dict(consumer.stats())))
+            try:
+                with peer_holding_the_file_lock(path) as peer:
+                    reader.start()
+                    wait_while_the_loop_turns(lambda: someone_waits_for_the_lock_of(peer))
+                    token.write(2)
+                    wait_while_the_loop_turns(lambda: waiting(descriptor)[0] == 2, "vcpu-beside")
+                    assert not seen
+            finally:
+                reader.join()
+            wait_while_the_loop_turns(lambda: waiting(descriptor)[0] == 0, "vcpu-beside")
+            assert len(seen) == 1 and seen[0]["posted"] == 2  # made first by whoever locked first
+            assert consumer.stats()["posted"] == 2
+            mgr.unregister_producer(producer)
+            mgr.unregister_consumer(consumer)
+    assert not path.exists()
