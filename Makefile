@@ -28,17 +28,16 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	  $(BIN)/python -m pip install --quiet --quiet --group dev -e . $(foreach p,$(PLUGINS),-e $(p))
 	@touch $(STAMP)
 
-# without a usable /dev/kvm the demo skips its kvm pairs: say where they run (at
-# words, to the terminal's width, as the command's own messages)
+# without a usable /dev/kvm the demo skips its kvm pairs: say where they run (on a
+# terminal wrapped at words by the CLI's own on_screen, as its messages are)
 demo: $(STAMP)
 	$(BIN)/irqbypass demo
-	@$(BIN)/python -c 'from importlib import import_module as i, util as u; \
-	  import shutil, textwrap; \
+	@$(BIN)/python -c 'from importlib import import_module as i, util as u; import sys; \
+	  from irqbypass.cli.output import on_screen; \
 	  r = u.find_spec("irqbypass_kvm") and i("irqbypass_kvm").unavailable_reason(); \
-	  r and print(textwrap.fill(f"demo: the kvm pairs were skipped here ({r}); make " \
+	  r and print(on_screen(f"demo: the kvm pairs were skipped here ({r}); make " \
 	  "guest-demo runs the demo in the test guest, whose KVM (kvm_amd on TCG) runs them", \
-	  shutil.get_terminal_size().columns - 1, subsequent_indent="  ", \
-	  break_long_words=False, break_on_hyphens=False))'
+	  sys.stdout))'
 
 # docs before pytest: tests/docs opens the built pages in a browser
 test: lint typecheck docs pytest
