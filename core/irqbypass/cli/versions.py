@@ -44,9 +44,8 @@ def print_versions(out: TextIO) -> None:
             )
         lines.append(f"  {ep.name} ({name}{version}): {ep.value}; {needs}")
     out.write(f"installed plugins (entry-point group {GROUP!r}, none imported):\n")
+    wrap = is_tty(out)  # wrapped at a word, under its plugin, as the run's header is
     for line in sorted(lines) or ["  none"]:
-        if is_tty(out):  # wrapped at a word, under its plugin, as the run's header is
-            line = fit_to_screen(line, out, indent="    ")
-        out.write(f"{line}\n")
+        out.write(f"{fit_to_screen(line, out, indent='    ') if wrap else line}\n")
     for warning in warnings:
         print_warning(warning)
