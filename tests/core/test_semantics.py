@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import re
 import threading
-from collections.abc import Generator, Hashable, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -564,31 +564,23 @@ def test_only_endpoints_can_register(mgr: irqbypass.Manager) -> None:
     assert len(mgr) == 0
 
 
-class _FailingConsumer(irqbypass.Consumer):
-    """A consumer whose callback ``fail`` raises OSError(ENODEV, "<callback> boom")."""
-
-    def __init__(self, *, token: Hashable, fail: str) -> None:
-        super().__init__(token=token, name="c")
-        self.fail = fail
+class _FailingConsumer(RecordingConsumer):
+    """A recording consumer whose callback ``fail`` raises OSError(ENODEV,
+    "<callback> boom"), semantics.md's example error."""
 
     def _step(self, what: str) -> None:
+        self.log.append(f"{self.name}.{what}")
         if what == self.fail:
             raise OSError(errno.ENODEV, f"{what} boom")
-
-    def add_producer(self, producer: irqbypass.Producer) -> None:
-        self._step("add_producer")
-
-    def del_producer(self, producer: irqbypass.Producer) -> None:
-        self._step("del_producer")
-
-    def start(self) -> None:
-        self._step("start")
 
 
 def _message_of(fail: str) -> str:
     """The message of what semantics.md's example with a failing ``fail`` raises."""
     mgr = irqbypass.Manager()
-    producer, consumer = BareProducer(token="t", name="p"), _FailingConsumer(token="t", fail=fail)
+    producer, consumer = (
+        BareProducer(token="t", name="p"),
+        _FailingConsumer([], token="t", fail=fail),
+    )
     mgr.register_producer(producer)
     try:
         mgr.register_consumer(consumer)
