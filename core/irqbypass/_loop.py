@@ -843,6 +843,14 @@ _default: EventLoop | None = None
 _default_lock = threading.Lock()
 
 
+def on_loop_thread(loop: EventLoop | None = None) -> bool:
+    """Whether the calling thread runs ``loop``'s turns (the process's loop by
+    default): its own thread, or the thread of the asyncio loop it is attached
+    to. Code there must never wait on another process: every endpoint of the
+    process waits on that thread."""
+    return threading.get_ident() == (loop or event_loop())._loop_thread
+
+
 def event_loop() -> EventLoop:
     """The process's event loop, created on first use (its thread starts with
     the first registration, unless it was attached to asyncio first)."""

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the names of _MODULES, as type checkers read them
     from ._loop import EventLoop as EventLoop
     from ._loop import LoopFault as LoopFault
     from ._loop import LoopHandle as LoopHandle
+    from ._loop import on_loop_thread as on_loop_thread
     from ._options import Options as Options
     from ._options import Settings as Settings
     from ._options import show_value as show_value
@@ -73,7 +74,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "KindRegistry",
         "Side",
     ),
-    "_loop": ("EventLoop", "LoopFault", "LoopHandle"),
+    "_loop": ("EventLoop", "LoopFault", "LoopHandle", "on_loop_thread"),
     "_options": ("Options", "Settings", "show_value"),
     "_optiontable": ("KeywordFactory", "Option"),
     "_plugins": ("PluginInfo",),

@@ -988,3 +988,36 @@ def test_a_forked_child_never_closes_a_number_the_parents_loop_had_again() -> No
     finally:
         irqbypass_loop._default = previous
         loop.close()
+
+
+def test_on_loop_thread_is_true_only_where_the_loop_turns() -> None:
+    """irqbypass.plugin.on_loop_thread: in a callback of the loop's own thread,
+    and under asyncio in asyncio's thread, True; in the main thread beside the
+    loop's own thread, and in another thread beside asyncio, False."""
+    own = irqbypass.plugin.EventLoop(name="which-thread")
+    try:
+        seen: list[bool] = []
+        own.call_later(0.0, lambda: seen.append(irqbypass.plugin.on_loop_thread(own)), owner="t")
+        deadline = time.monotonic() + GUARD
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert seen == [True]
+        assert not irqbypass.plugin.on_loop_thread(own)
+    finally:
+        own.close()
+
+    attached = irqbypass.plugin.EventLoop(name="which-thread-asyncio")
+    elsewhere: list[bool] = []
+
+    async def main() -> None:
+        attached.attach(asyncio.get_running_loop())
+        here = irqbypass.plugin.on_loop_thread(attached)
+        await asyncio.to_thread(lambda: elsewhere.append(irqbypass.plugin.on_loop_thread(attached)))
+        attached.detach()
+        assert here
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+    finally:
+        attached.close()
+    assert elsewhere == [False]

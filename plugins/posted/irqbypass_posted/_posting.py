@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -109,7 +108,7 @@ class PostingRules(DescriptorFields):
                             if self._waiting.posts:
                                 self._waiting.make(self)
                             return body(*args)
-                        if busy is not None and _on_the_loop():
+                        if busy is not None and irqbypass.plugin.on_loop_thread():
                             return busy(self, *args)
                         if waiter < 0:
                             waiter = _another_description(self._fd)
@@ -372,22 +371,6 @@ def _took_file_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
-    return True
-
-
-def _on_the_loop() -> bool:
-    """Whether this thread runs the process's event loop: its own thread, or
-    the thread of the VMM's asyncio loop it is attached to."""
-    thread = irqbypass.event_loop().running_thread
-    if thread is not None:
-        return thread is threading.current_thread()
-    asyncio = sys.modules.get("asyncio")  # not imported: no asyncio loop runs here
-    if asyncio is None:
-        return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
         return False
     return True
 
